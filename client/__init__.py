@@ -1,0 +1,1 @@
+"""virtvol.client: asyncio client library and the virsh-compatible ``virtvol`` command."""

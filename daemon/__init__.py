@@ -1,0 +1,1 @@
+"""virtvol.daemon: ``virtvold``, the storage daemon."""

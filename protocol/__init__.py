@@ -1,0 +1,1 @@
+"""virtvol.protocol: the sans-IO core of libvirt's RPC protocol (XDR, frames, state machines)."""
