@@ -1,0 +1,255 @@
+"""Shared helpers and fixtures for tests that talk to real libvirt 9.0 peers.
+
+API (keep it small; everything here is importable from ``conftest`` too):
+
+``free_port() -> int``
+    A TCP port on 127.0.0.1 that was free a moment ago.
+
+``reference_libvirtd`` (fixture, function scope) -> ``ReferenceLibvirtd``
+    A fresh real libvirtd (Debian's 9.0, storage driver only, running as
+    ``nobody``) from ``shared/tools/reference-libvirtd``, with all its state in a
+    new world-traversable folder under /tmp. A persistent dir pool
+    ``pool_name`` ("default") at ``pool_dir`` is defined and started. Fields:
+    ``tcp_uri`` (``storage+tcp://127.0.0.1:PORT/session``), ``unix_uri``,
+    ``pool_name``, ``pool_dir``, ``pid``, ``port``, ``state_dir``. The daemon is
+    killed and the folder removed afterwards. Files in ``pool_dir`` are created
+    by libvirtd as ``nobody`` (mode 0600); tests running as root can read them.
+    Start-up takes well under a second. If libvirtd or the script is missing,
+    the fixture fails (it never skips).
+
+``run_virsh(uri, *args, check=True) -> CompletedProcess[str]``
+    Runs ``virsh -c URI ARGS...`` (C locale, captured text output). With
+    ``check`` a non-zero exit fails the test, showing stdout and stderr.
+
+``run_system_python(code, *args, check=True) -> CompletedProcess[str]``
+    Runs a python3-libvirt snippet with /usr/bin/python3 (the only interpreter
+    that has the ``libvirt`` module); ``args`` become ``sys.argv[1:]``.
+
+The shared folder is ``<clone>/../shared`` (``/work/shared`` next to
+``/work/main``); if that does not exist, ``$VIRTVOL_SHARED_DIR`` is used.
+Import the helpers in test modules with ``from tests.conftest import ...``
+(pytest's importlib import mode registers this module as ``tests.conftest``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+POOL_NAME = "default"
+_COMMAND_TIMEOUT = 60.0
+
+
+def shared_dir() -> Path:
+    """The project's ``shared/`` folder: a sibling of the clone, else $VIRTVOL_SHARED_DIR."""
+    sibling = Path(__file__).resolve().parents[2] / "shared"
+    env = os.environ.get("VIRTVOL_SHARED_DIR")
+    if not sibling.is_dir() and env:
+        return Path(env)
+    return sibling
+
+
+def reference_libvirtd_script() -> Path:
+    """Path of the script that starts the reference libvirtd (fails the test if absent)."""
+    candidates = [Path(__file__).resolve().parents[2] / "shared/tools/reference-libvirtd"]
+    env = os.environ.get("VIRTVOL_SHARED_DIR")
+    if env:
+        candidates.append(Path(env) / "tools/reference-libvirtd")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    pytest.fail(
+        "reference-libvirtd not found (looked at "
+        + ", ".join(str(c) for c in candidates)
+        + "); set VIRTVOL_SHARED_DIR to the shared/ folder",
+        pytrace=False,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing was listening on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"
+    env.pop("LANG", None)
+    env.pop("LANGUAGE", None)
+    env.pop("LIBVIRT_DEFAULT_URI", None)
+    return env
+
+
+def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{what} exited with {proc.returncode}\n"
+            f"--- stdout ---\n{proc.stdout}--- stderr ---\n{proc.stderr}",
+            pytrace=False,
+        )
+
+
+def run_virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``virsh -c uri *args`` and return the completed process (text output)."""
+    virsh = shutil.which("virsh")
+    if virsh is None:
+        pytest.fail("virsh missing: apt-get install -y libvirt-clients", pytrace=False)
+    proc = subprocess.run(
+        [virsh, "-c", uri, *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=_COMMAND_TIMEOUT,
+        check=False,
+    )
+    if check:
+        _check(proc, "virsh " + " ".join(args))
+    return proc
+
+
+def run_system_python(
+    code: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a python3-libvirt snippet with /usr/bin/python3; ``args`` are its argv[1:]."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.fail(f"{SYSTEM_PYTHON} missing", pytrace=False)
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=_COMMAND_TIMEOUT,
+        check=False,
+    )
+    if check:
+        _check(proc, f"{SYSTEM_PYTHON} snippet")
+    return proc
+
+
+@dataclass(frozen=True)
+class ReferenceLibvirtd:
+    """A running reference libvirtd with an active dir pool."""
+
+    tcp_uri: str
+    unix_uri: str
+    pool_name: str
+    pool_dir: Path
+    pid: int
+    port: int
+    state_dir: Path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5.0
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 2.0
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _start(state_dir: Path) -> ReferenceLibvirtd:
+    """Start libvirtd in ``state_dir`` and make the pool; raise RuntimeError on failure."""
+    script = reference_libvirtd_script()
+    port = free_port()
+    proc = subprocess.run(
+        [str(script), str(state_dir), str(port)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=_COMMAND_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    fields = dict(item.split("=", 1) for item in proc.stdout.strip().splitlines()[-1].split(" "))
+    daemon = ReferenceLibvirtd(
+        tcp_uri=fields["tcp"],
+        unix_uri=fields["unix"],
+        pool_name=POOL_NAME,
+        pool_dir=state_dir / "pool",
+        pid=int(fields["pid"]),
+        port=port,
+        state_dir=state_dir,
+    )
+    pool = run_virsh(
+        daemon.tcp_uri,
+        f"pool-define-as {POOL_NAME} dir --target {daemon.pool_dir}; pool-start {POOL_NAME}",
+        check=False,
+    )
+    if pool.returncode != 0 or not _alive(daemon.pid):
+        _stop(daemon.pid)
+        log = state_dir / "libvirtd.out"
+        raise RuntimeError(
+            f"pool set-up on {daemon.tcp_uri} failed:\n{pool.stdout}{pool.stderr}"
+            + (log.read_text(errors="replace") if log.exists() else "")
+        )
+    return daemon
+
+
+@pytest.fixture
+def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
+    """A fresh real libvirtd 9.0 with an active dir pool "default" (see module doc)."""
+    if shutil.which("libvirtd") is None and not Path("/usr/sbin/libvirtd").exists():
+        pytest.fail(
+            "libvirtd missing: apt-get install -y --no-install-recommends "
+            "libvirt-daemon libvirt-clients",
+            pytrace=False,
+        )
+    if os.geteuid() != 0:
+        pytest.fail("reference_libvirtd needs root (it runs libvirtd as nobody)", pytrace=False)
+    errors: list[str] = []
+    for _attempt in range(3):  # a port picked by free_port() can be taken meanwhile
+        base = Path(tempfile.mkdtemp(prefix="virtvol-ref-", dir="/tmp"))
+        base.chmod(0o755)
+        try:
+            daemon = _start(base / "state")
+        except RuntimeError as exc:
+            errors.append(str(exc))
+            shutil.rmtree(base, ignore_errors=True)
+            continue
+        try:
+            yield daemon
+        finally:
+            _stop(daemon.pid)
+            shutil.rmtree(base, ignore_errors=True)
+        return
+    pytest.fail("reference libvirtd did not start:\n" + "\n".join(errors), pytrace=False)
