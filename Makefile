@@ -6,7 +6,10 @@ STATE_DIR ?= $(CURDIR)/.virtvol-state
 
 .PHONY: setup run test lint typecheck unit bench clean
 
-$(BIN)/virtvold: pyproject.toml
+# A strict editable install links each module file: reinstall when modules come or go.
+PACKAGE_FILES := $(wildcard protocol/*.py client/*.py daemon/*.py daemon/*/*.py)
+
+$(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict

@@ -1,0 +1,554 @@
+"""The connection state machine, for the client role and the server role.
+
+Theory of operation: a ``Connection`` owns a ``FrameReader`` and turns frames
+into events (``next_event``), and turns the caller's intentions into bytes
+(the ``call``, ``reply``, ``send_*`` methods). It performs no I/O: the asyncio
+layers in ``virtvol.client`` and ``virtvol.daemon`` move the bytes.
+
+Calls. The client numbers its calls from 0 and keeps each one pending until a
+REPLY with the same serial arrives; replies may come in any order, and a reply
+to no pending call is a ``RemoteProtocolError``. The server keeps each decoded
+CALL pending until it replies to it, in any order. A CALL the server cannot
+serve (unknown program, version or procedure, a bad status, arguments that do
+not decode) becomes a ``CallRejected`` event carrying the libvirt error to send
+back; the connection goes on.
+
+Streams. A call to a stream procedure creates a ``Stream`` (see
+``virtvol.protocol.stream``) under the call's serial, sparse when the call's
+flags carry bit 1. An error reply removes it, an OK reply lets the client
+start. Stream frames are checked against the stream's table; a stream that
+reached a terminal state is forgotten, and frames for a stream the server does
+not know are dropped (``FrameIgnored``), as libvirtd does.
+
+Keepalive frames (program KEEPALIVE, type MESSAGE) are reported as
+``PingReceived``/``PongReceived``; answering and timing them belongs to the
+caller (see ``virtvol.protocol.keepalive``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from virtvol.protocol.constants import (
+    KEEPALIVE_PROGRAM,
+    KEEPALIVE_PROTOCOL_VERSION,
+    MESSAGE_MAX,
+    REMOTE_PROGRAM,
+    REMOTE_PROTOCOL_VERSION,
+    KeepaliveProcedure,
+    MessageStatus,
+    MessageType,
+)
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.exceptions import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    XdrError,
+)
+from virtvol.protocol.frames import Frame, FrameReader, Header, Payload, encode_frame, encode_head
+from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
+from virtvol.protocol.procedures import PROCEDURES, Procedure
+from virtvol.protocol.remote import RemoteError, StreamHole
+from virtvol.protocol.stream import Side, Stream, StreamInput
+from virtvol.protocol.xdr import XdrStruct
+
+_SERIAL_MODULUS = 1 << 32
+
+# ---------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True, slots=True)
+class CallReceived:
+    """Server: a call to serve. ``args`` is None for procedures without arguments."""
+
+    serial: int
+    procedure: Procedure
+    args: XdrStruct | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallRejected:
+    """Server: a call that cannot be served; send ``error`` with ``reply_error``."""
+
+    serial: int
+    procedure: int
+    error: RemoteError
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """Client: the successful result of a call (None for void results)."""
+
+    serial: int
+    procedure: int
+    result: XdrStruct | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReplyReceived:
+    """Client: a call failed."""
+
+    serial: int
+    procedure: int
+    error: RemoteError
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDataReceived:
+    serial: int
+    data: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHoleReceived:
+    serial: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEndReceived:
+    """Client: the server's EOF frame ended a download."""
+
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFinishReceived:
+    """Server: the client asked to finish the stream; answer with finish_ack or error."""
+
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAbortReceived:
+    """Server: the client aborted the stream; answer with finish_ack."""
+
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFinished:
+    """Client: the server confirmed a finish or an abort."""
+
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """Client: the server reported an error on the stream, which is now dead."""
+
+    serial: int
+    error: RemoteError
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """An asynchronous MESSAGE of the REMOTE program (an event), payload undecoded."""
+
+    procedure: int
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class FrameIgnored:
+    """A frame dropped without an answer, as libvirtd drops it (for logging)."""
+
+    header: Header
+    reason: str
+
+
+Event = (
+    CallReceived
+    | CallRejected
+    | ReplyReceived
+    | ErrorReplyReceived
+    | StreamDataReceived
+    | StreamHoleReceived
+    | StreamEndReceived
+    | StreamFinishReceived
+    | StreamAbortReceived
+    | StreamFinished
+    | StreamFailed
+    | PingReceived
+    | PongReceived
+    | MessageReceived
+    | FrameIgnored
+)
+
+
+def rpc_error(message: str, code: ErrorCode = ErrorCode.RPC) -> RemoteError:
+    """An RPC-layer error as libvirtd words it (domain RPC, level error)."""
+    return RemoteError(code=code, domain=ErrorDomain.RPC, message=message)
+
+
+# ---------------------------------------------------------------------------
+
+
+class Connection:
+    """One end of a libvirt RPC connection.
+
+    Args:
+        side: ``Side.CLIENT`` or ``Side.SERVER``.
+        max_message: the largest frame accepted from the peer (header + payload).
+    """
+
+    def __init__(self, side: Side, *, max_message: int = MESSAGE_MAX) -> None:
+        self.side = side
+        self.reader = FrameReader(max_message=max_message)
+        self._next_serial = 0
+        self._pending: dict[int, int] = {}  # serial -> procedure
+        self.streams: dict[int, Stream] = {}
+
+    # -- receiving ------------------------------------------------------------
+
+    def get_buffer(self) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reader.buffer_updated(nbytes)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        self.reader.feed(data)
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; close the connection.
+        """
+        frame = self.reader.next_frame()
+        if frame is None:
+            return None
+        return self._handle(frame)
+
+    def events(self) -> list[Event]:
+        """Every event the received bytes make up so far."""
+        result: list[Event] = []
+        while (event := self.next_event()) is not None:
+            result.append(event)
+        return result
+
+    def _handle(self, frame: Frame) -> Event:
+        header = frame.header
+        if header.program == KEEPALIVE_PROGRAM:
+            return self._handle_keepalive(frame)
+        kind = header.type
+        if kind in (MessageType.STREAM, MessageType.STREAM_HOLE):
+            return self._handle_stream(frame)
+        if self.side is Side.SERVER:
+            if kind == MessageType.CALL:
+                return self._handle_call(frame)
+            return FrameIgnored(header, f"unexpected message type {kind}")
+        if kind == MessageType.REPLY:
+            return self._handle_reply(frame)
+        if kind == MessageType.MESSAGE and header.program == REMOTE_PROGRAM:
+            return MessageReceived(header.procedure, frame.payload)
+        raise RemoteProtocolError(f"unexpected frame from the server: {header.describe()}")
+
+    def _handle_keepalive(self, frame: Frame) -> Event:
+        header = frame.header
+        if header.type == MessageType.MESSAGE and header.version == KEEPALIVE_PROTOCOL_VERSION:
+            if header.procedure == KeepaliveProcedure.PING:
+                return PingReceived()
+            if header.procedure == KeepaliveProcedure.PONG:
+                return PongReceived()
+        if self.side is Side.SERVER and header.type == MessageType.CALL:
+            return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))
+        return FrameIgnored(header, "unexpected keepalive frame")
+
+    def _reject(self, header: Header, error: RemoteError) -> CallRejected:
+        self._pending[header.serial] = header.procedure
+        return CallRejected(header.serial, header.procedure, error)
+
+    def _handle_call(self, frame: Frame) -> Event:
+        header = frame.header
+        if header.program != REMOTE_PROGRAM or header.version != REMOTE_PROTOCOL_VERSION:
+            message = f"Cannot find program {header.program} version {header.version}"
+            return self._reject(header, rpc_error(message))
+        if header.status != MessageStatus.OK:
+            return self._reject(header, rpc_error(f"Unexpected message status {header.status}"))
+        if header.serial in self._pending:
+            raise RemoteProtocolError(f"serial {header.serial} is already in use")
+        procedure = PROCEDURES.get(header.procedure)
+        if procedure is None:
+            name = REMOTE_PROCEDURE_NAMES.get(header.procedure)
+            if name is None:
+                return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))
+            message = f"this function is not supported by the connection driver: {name}"
+            return self._reject(header, rpc_error(message, ErrorCode.NO_SUPPORT))
+        try:
+            args = procedure.args.decode(frame.payload) if procedure.args else None
+            if procedure.args is None and frame.payload:
+                raise XdrError(procedure.name, "arguments given to a procedure that takes none")
+        except XdrError:
+            return self._reject(header, rpc_error("Unable to decode message payload"))
+        self._pending[header.serial] = header.procedure
+        if procedure.stream is not None:
+            sparse = bool(getattr(args, "flags", 0) & 1)
+            self.streams[header.serial] = Stream(
+                Side.SERVER,
+                procedure.stream,
+                sparse=sparse,
+                serial=header.serial,
+                procedure=header.procedure,
+            )
+        return CallReceived(header.serial, procedure, args)
+
+    def _handle_reply(self, frame: Frame) -> Event:
+        header = frame.header
+        procedure = self._pending.pop(header.serial, None)
+        if procedure is None or procedure != header.procedure:
+            raise RemoteProtocolError(f"reply to no pending call: {header.describe()}")
+        stream = self.streams.get(header.serial)
+        if header.status == MessageStatus.OK:
+            ret = PROCEDURES[procedure].ret if procedure in PROCEDURES else None
+            result = ret.decode(frame.payload) if ret is not None else None
+            if ret is None and frame.payload:
+                raise RemoteProtocolError(f"unexpected result payload: {header.describe()}")
+            if stream is not None:
+                stream.replied = True
+            return ReplyReceived(header.serial, procedure, result)
+        if header.status == MessageStatus.ERROR:
+            if stream is not None:
+                del self.streams[header.serial]
+            return ErrorReplyReceived(header.serial, procedure, RemoteError.decode(frame.payload))
+        raise RemoteProtocolError(f"reply with status {header.status}")
+
+    def _handle_stream(self, frame: Frame) -> Event:
+        header = frame.header
+        stream = self.streams.get(header.serial)
+        if stream is None or stream.procedure != header.procedure:
+            if self.side is Side.SERVER:
+                return FrameIgnored(header, "stream frame for no open stream")
+            raise RemoteProtocolError(f"stream frame for no open stream: {header.describe()}")
+        what, event = self._classify_stream_frame(frame)
+        stream.receive(what)
+        if stream.finished:
+            del self.streams[header.serial]
+        return event
+
+    def _classify_stream_frame(self, frame: Frame) -> tuple[StreamInput, Event]:
+        header, payload, serial = frame.header, frame.payload, frame.header.serial
+        if header.type == MessageType.STREAM_HOLE:
+            if header.status != MessageStatus.CONTINUE:
+                raise RemoteProtocolError(f"skip frame with status {header.status}")
+            hole = StreamHole.decode(payload)
+            if hole.length <= 0 or hole.flags != 0:
+                raise RemoteProtocolError(f"invalid skip: length {hole.length} flags {hole.flags}")
+            return StreamInput.HOLE, StreamHoleReceived(serial, hole.length)
+        if header.status == MessageStatus.CONTINUE:
+            if payload:
+                return StreamInput.DATA, StreamDataReceived(serial, payload)
+            if self.side is Side.CLIENT:
+                return StreamInput.EOF, StreamEndReceived(serial)
+            raise RemoteProtocolError("empty data frame from the client")
+        if header.status == MessageStatus.OK:
+            if payload:
+                raise RemoteProtocolError("stream finish frame with a payload")
+            if self.side is Side.CLIENT:
+                return StreamInput.FINISH_ACK, StreamFinished(serial)
+            return StreamInput.FINISH, StreamFinishReceived(serial)
+        if header.status == MessageStatus.ERROR:
+            if self.side is Side.SERVER:
+                if payload:
+                    raise RemoteProtocolError("stream abort frame with a payload")
+                return StreamInput.ABORT, StreamAbortReceived(serial)
+            return StreamInput.ERROR, StreamFailed(serial, RemoteError.decode(payload))
+        raise RemoteProtocolError(f"stream frame with status {header.status}")
+
+    # -- sending: calls and replies -------------------------------------------
+
+    def call(
+        self,
+        procedure: int,
+        args: XdrStruct | None = None,
+        *,
+        program: int = REMOTE_PROGRAM,
+        version: int = REMOTE_PROTOCOL_VERSION,
+    ) -> tuple[int, bytes]:
+        """Client: start a call; returns its serial and the frame to send."""
+        self._require(Side.CLIENT, "call")
+        serial = self._next_serial
+        self._next_serial = (serial + 1) % _SERIAL_MODULUS
+        payload = args.encode() if args is not None else b""
+        self._pending[serial] = procedure
+        spec = PROCEDURES.get(procedure) if program == REMOTE_PROGRAM else None
+        if spec is not None and spec.stream is not None:
+            sparse = bool(getattr(args, "flags", 0) & 1)
+            self.streams[serial] = Stream(
+                Side.CLIENT, spec.stream, sparse=sparse, serial=serial, procedure=procedure
+            )
+        header = Header(program, version, procedure, MessageType.CALL, serial, MessageStatus.OK)
+        return serial, encode_frame(header, payload)
+
+    def forget_call(self, serial: int) -> None:
+        """Client: stop waiting for a call's reply (its waiter gave up); a late reply is
+        then a protocol error, so use this only when the connection is being dropped."""
+        self._pending.pop(serial, None)
+        self.streams.pop(serial, None)
+
+    def reply(self, serial: int, result: XdrStruct | None = None) -> bytes:
+        """Server: the successful answer to a pending call."""
+        procedure = self._take_pending(serial)
+        stream = self.streams.get(serial)
+        if stream is not None:
+            stream.replied = True
+        header = Header(
+            REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, procedure, MessageType.REPLY, serial, 0
+        )
+        return encode_frame(header, result.encode() if result is not None else b"")
+
+    def reply_error(self, serial: int, error: RemoteError) -> bytes:
+        """Server: the error answer to a pending call (a stream it opened is dropped)."""
+        procedure = self._take_pending(serial)
+        self.streams.pop(serial, None)
+        header = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            procedure,
+            MessageType.REPLY,
+            serial,
+            MessageStatus.ERROR,
+        )
+        return encode_frame(header, error.encode())
+
+    def pending_calls(self) -> frozenset[int]:
+        return frozenset(self._pending)
+
+    def _take_pending(self, serial: int) -> int:
+        self._require(Side.SERVER, "reply")
+        try:
+            return self._pending.pop(serial)
+        except KeyError:
+            raise LocalProtocolError(f"no pending call with serial {serial}") from None
+
+    def _require(self, side: Side, action: str) -> None:
+        if self.side is not side:
+            raise LocalProtocolError(f"a {self.side.value} cannot {action}")
+
+    # -- sending: streams -------------------------------------------------------
+
+    def _stream_frame(
+        self, serial: int, what: StreamInput, kind: MessageType, status: MessageStatus
+    ) -> Header:
+        stream = self.streams.get(serial)
+        if stream is None:
+            raise LocalProtocolError(f"no open stream with serial {serial}")
+        stream.send(what)
+        if stream.finished:
+            del self.streams[serial]
+        return Header(
+            REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, stream.procedure, kind, serial, status
+        )
+
+    def send_data(self, serial: int, data: Payload) -> tuple[bytes, Payload]:
+        """A data frame: returns (head, data) to write back to back, without joining."""
+        if not data:
+            raise LocalProtocolError("a data frame needs at least one byte")
+        header = self._stream_frame(
+            serial, StreamInput.DATA, MessageType.STREAM, MessageStatus.CONTINUE
+        )
+        return encode_head(header, len(data)), data
+
+    def send_hole(self, serial: int, length: int) -> bytes:
+        """A skip frame (STREAM_HOLE): ``length`` bytes that read as zeros."""
+        if length <= 0:
+            raise LocalProtocolError(f"a hole needs a positive length, not {length}")
+        header = self._stream_frame(
+            serial, StreamInput.HOLE, MessageType.STREAM_HOLE, MessageStatus.CONTINUE
+        )
+        return encode_frame(header, StreamHole(length, 0).encode())
+
+    def send_eof(self, serial: int) -> bytes:
+        """Server: the empty data frame that ends a download."""
+        header = self._stream_frame(
+            serial, StreamInput.EOF, MessageType.STREAM, MessageStatus.CONTINUE
+        )
+        return encode_frame(header)
+
+    def send_finish(self, serial: int) -> bytes:
+        """Client: ask the server to finish the stream."""
+        header = self._stream_frame(
+            serial, StreamInput.FINISH, MessageType.STREAM, MessageStatus.OK
+        )
+        return encode_frame(header)
+
+    def send_abort(self, serial: int) -> bytes:
+        """Client: abort the stream."""
+        header = self._stream_frame(
+            serial, StreamInput.ABORT, MessageType.STREAM, MessageStatus.ERROR
+        )
+        return encode_frame(header)
+
+    def send_finish_ack(self, serial: int) -> bytes:
+        """Server: confirm a finish or an abort."""
+        header = self._stream_frame(
+            serial, StreamInput.FINISH_ACK, MessageType.STREAM, MessageStatus.OK
+        )
+        return encode_frame(header)
+
+    def send_stream_error(self, serial: int, error: RemoteError) -> bytes:
+        """Server: report that the stream failed; it is dead afterwards."""
+        header = self._stream_frame(
+            serial, StreamInput.ERROR, MessageType.STREAM, MessageStatus.ERROR
+        )
+        return encode_frame(header, error.encode())
+
+    # -- sending: messages --------------------------------------------------------
+
+    def send_ping(self) -> bytes:
+        return _keepalive(KeepaliveProcedure.PING)
+
+    def send_pong(self) -> bytes:
+        return _keepalive(KeepaliveProcedure.PONG)
+
+    def send_message(self, procedure: int, body: XdrStruct) -> bytes:
+        """Server: an asynchronous event (e.g. CONNECT_EVENT_CONNECTION_CLOSED)."""
+        self._require(Side.SERVER, "send events")
+        header = Header(
+            REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, procedure, MessageType.MESSAGE, 0, 0
+        )
+        return encode_frame(header, body.encode())
+
+
+def _keepalive(procedure: KeepaliveProcedure) -> bytes:
+    header = Header(
+        KEEPALIVE_PROGRAM, KEEPALIVE_PROTOCOL_VERSION, procedure, MessageType.MESSAGE, 0, 0
+    )
+    return encode_frame(header)
+
+
+__all__ = [
+    "CallReceived",
+    "CallRejected",
+    "Connection",
+    "ErrorReplyReceived",
+    "Event",
+    "FrameIgnored",
+    "MessageReceived",
+    "PingReceived",
+    "PongReceived",
+    "ProtocolError",
+    "ReplyReceived",
+    "Side",
+    "StreamAbortReceived",
+    "StreamDataReceived",
+    "StreamEndReceived",
+    "StreamFailed",
+    "StreamFinishReceived",
+    "StreamFinished",
+    "StreamHoleReceived",
+    "rpc_error",
+]

@@ -1,0 +1,204 @@
+"""Frames: the length word, the 24-byte header, and the payload.
+
+``FrameReader`` is an incremental parser built for asyncio's BufferedProtocol
+(``get_buffer`` / ``buffer_updated``) but free of I/O: the transport writes
+straight into the memory the reader hands out.
+
+Theory of operation: small frames (every control message) are read into one
+fixed scratch buffer, several per read, and their payloads copied out (they
+are small). A frame too large for the scratch buffer gets a payload buffer of
+its own as soon as its header is known; the few payload bytes already in the
+scratch buffer move over, and every later read lands directly in the payload
+buffer. Stream data therefore reaches the consumer as a memoryview over the
+very buffer the kernel filled: no join and no per-frame copy. The length word
+is checked (28 <= length <= 4 + 32 MiB, or a smaller limit) before anything is
+allocated for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from dataclasses import dataclass
+
+from virtvol.protocol.constants import (
+    FRAME_OVERHEAD,
+    LENGTH_WORD_SIZE,
+    MESSAGE_MAX,
+    PROGRAM_NAMES,
+    MessageStatus,
+    MessageType,
+)
+from virtvol.protocol.exceptions import RemoteProtocolError
+
+_FRAME_HEAD = struct.Struct(">IIIiiIi")
+
+Payload = bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The six header words. ``type`` and ``status`` stay plain ints here: an
+    unknown value is the connection's to judge, not the framing's."""
+
+    program: int
+    version: int
+    procedure: int
+    type: int
+    serial: int
+    status: int
+
+    def describe(self) -> str:
+        program = PROGRAM_NAMES.get(self.program, f"0x{self.program:08x}")
+        try:
+            kind = MessageType(self.type).name
+        except ValueError:
+            kind = f"type={self.type}"
+        try:
+            status = MessageStatus(self.status).name
+        except ValueError:
+            status = f"status={self.status}"
+        return f"{program} proc={self.procedure} {kind} serial={self.serial} {status}"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    header: Header
+    payload: Payload
+
+
+def encode_head(header: Header, payload_length: int) -> bytes:
+    """The 28 bytes (length word + header) that go before a payload of that length."""
+    return _FRAME_HEAD.pack(
+        FRAME_OVERHEAD + payload_length,
+        header.program,
+        header.version,
+        header.procedure,
+        header.type,
+        header.serial,
+        header.status,
+    )
+
+
+def encode_frame(header: Header, payload: Payload = b"") -> bytes:
+    """A whole frame as one bytes object (for control messages; data goes head + view)."""
+    return encode_head(header, len(payload)) + payload
+
+
+def decode_head(data: Payload) -> tuple[int, Header]:
+    """Split the first 28 bytes into the length word and the header."""
+    length, program, version, procedure, kind, serial, status = _FRAME_HEAD.unpack_from(data)
+    return length, Header(program, version, procedure, kind, serial, status)
+
+
+class FrameReader:
+    """Turns a byte stream, in chunks of any size, into ``Frame`` objects.
+
+    Args:
+        max_message: the largest header + payload accepted (libvirt: 32 MiB).
+        scratch_size: the buffer for small frames; larger frames get their own.
+    """
+
+    def __init__(self, *, max_message: int = MESSAGE_MAX, scratch_size: int = 16384) -> None:
+        if scratch_size < FRAME_OVERHEAD:
+            raise ValueError("scratch buffer smaller than a frame head")
+        self._max_length = LENGTH_WORD_SIZE + max_message
+        self._scratch = bytearray(scratch_size)
+        self._scratch_view = memoryview(self._scratch)
+        self._start = 0
+        self._end = 0
+        self._big_header: Header | None = None
+        self._big_payload: memoryview | None = None
+        self._big_filled = 0
+        self._ready: collections.deque[Frame] = collections.deque()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not yet form a whole frame."""
+        return self._end - self._start + self._big_filled
+
+    def at_frame_boundary(self) -> bool:
+        """True when no partial frame is held (a clean place for the stream to end)."""
+        return self._big_payload is None and self._start == self._end
+
+    def get_buffer(self) -> memoryview:
+        """Memory to receive the next bytes into; pass the count to ``buffer_updated``."""
+        if self._big_payload is not None:
+            return self._big_payload[self._big_filled :]
+        if self._start and (self._start == self._end or len(self._scratch) - self._end < 4096):
+            pending = self._end - self._start
+            self._scratch[:pending] = self._scratch[self._start : self._end]
+            self._start, self._end = 0, pending
+        return self._scratch_view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Account for ``nbytes`` written into the last ``get_buffer`` memory."""
+        if self._big_payload is not None:
+            self._big_filled += nbytes
+            if self._big_filled == len(self._big_payload):
+                self._finish_big_frame()
+            return
+        self._end += nbytes
+        self._parse_scratch()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` in (a convenience for tests and tools that hold bytes)."""
+        view = memoryview(data).cast("B")
+        while view:
+            target = self.get_buffer()
+            count = min(len(target), len(view))
+            target[:count] = view[:count]
+            view = view[count:]
+            self.buffer_updated(count)
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None when more bytes are needed."""
+        return self._ready.popleft() if self._ready else None
+
+    def __iter__(self) -> FrameReader:
+        return self
+
+    def __next__(self) -> Frame:
+        frame = self.next_frame()
+        if frame is None:
+            raise StopIteration
+        return frame
+
+    def _check_length(self, length: int) -> None:
+        if length < FRAME_OVERHEAD:
+            raise RemoteProtocolError(f"frame length {length} is below the minimum of 28")
+        if length > self._max_length:
+            raise RemoteProtocolError(
+                f"frame length {length} exceeds the maximum of {self._max_length}"
+            )
+
+    def _parse_scratch(self) -> None:
+        scratch = self._scratch
+        while self._end - self._start >= LENGTH_WORD_SIZE:
+            length = int.from_bytes(scratch[self._start : self._start + 4], "big")
+            self._check_length(length)
+            available = self._end - self._start
+            if length <= available:
+                _, header = decode_head(self._scratch_view[self._start :])
+                payload = bytes(scratch[self._start + FRAME_OVERHEAD : self._start + length])
+                self._ready.append(Frame(header, payload))
+                self._start += length
+                continue
+            if length <= len(scratch) or available < FRAME_OVERHEAD:
+                return  # wait for the rest; compaction in get_buffer makes room
+            self._begin_big_frame(length)
+            return
+
+    def _begin_big_frame(self, length: int) -> None:
+        _, header = decode_head(self._scratch_view[self._start :])
+        payload = memoryview(bytearray(length - FRAME_OVERHEAD))
+        already = self._end - self._start - FRAME_OVERHEAD
+        payload[:already] = self._scratch_view[self._start + FRAME_OVERHEAD : self._end]
+        self._start = self._end = 0
+        self._big_header, self._big_payload, self._big_filled = header, payload, already
+
+    def _finish_big_frame(self) -> None:
+        assert self._big_header is not None
+        assert self._big_payload is not None
+        self._ready.append(Frame(self._big_header, self._big_payload))
+        self._big_header, self._big_payload, self._big_filled = None, None, 0

@@ -1,0 +1,383 @@
+"""The XDR structs of the REMOTE program that virtvol speaks, declared from the wire facts.
+
+Names follow libvirt's ``remote_<procedure>_args`` / ``_ret`` in CamelCase.
+``char`` members (pool state, volume type) travel as 32-bit ints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from virtvol.protocol.constants import (
+    MESSAGE_STRING_MAX,
+    REMOTE_AUTH_TYPE_LIST_MAX,
+    REMOTE_STORAGE_POOL_LIST_MAX,
+    REMOTE_STORAGE_VOL_LIST_MAX,
+    REMOTE_STRING_MAX,
+    VIR_UUID_BUFLEN,
+    AuthType,
+)
+from virtvol.protocol.xdr import (
+    Array,
+    Enum,
+    FixedOpaque,
+    Hyper,
+    Int,
+    Optional,
+    String,
+    UHyper,
+    UInt,
+    XdrStruct,
+)
+
+NonnullString = Annotated[str, String(REMOTE_STRING_MAX)]
+OptionalString = Annotated[str | None, Optional(String(REMOTE_STRING_MAX))]
+Uuid = Annotated[bytes, FixedOpaque(VIR_UUID_BUFLEN)]
+I32 = Annotated[int, Int()]
+U32 = Annotated[int, UInt()]
+U64 = Annotated[int, UHyper()]
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePool(XdrStruct):
+    """``remote_nonnull_storage_pool``."""
+
+    name: NonnullString
+    uuid: Uuid
+
+
+@dataclass(frozen=True, slots=True)
+class StorageVol(XdrStruct):
+    """``remote_nonnull_storage_vol``; ``key`` is the absolute path for a dir pool."""
+
+    pool: NonnullString
+    name: NonnullString
+    key: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class Domain(XdrStruct):
+    """``remote_nonnull_domain`` (only ever absent inside an error)."""
+
+    name: NonnullString
+    uuid: Uuid
+    id: I32
+
+
+@dataclass(frozen=True, slots=True)
+class Network(XdrStruct):
+    """``remote_nonnull_network`` (only ever absent inside an error)."""
+
+    name: NonnullString
+    uuid: Uuid
+
+
+ErrorString = Annotated[str | None, Optional(String(MESSAGE_STRING_MAX))]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteError(XdrStruct):
+    """``remote_error``, the payload of every error reply and server stream error."""
+
+    code: I32
+    domain: I32
+    message: ErrorString
+    level: I32 = 2
+    dom: Annotated[Domain | None, Optional(Domain.codec())] = None
+    str1: ErrorString = None
+    str2: ErrorString = None
+    str3: ErrorString = None
+    int1: I32 = -1
+    int2: I32 = -1
+    net: Annotated[Network | None, Optional(Network.codec())] = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHole(XdrStruct):
+    """``virNetStreamHole``: the payload of a skip (STREAM_HOLE) frame."""
+
+    length: Annotated[int, Hyper()]
+    flags: U32 = 0
+
+
+# -- connection ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOpenArgs(XdrStruct):
+    name: OptionalString
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSupportsFeatureArgs(XdrStruct):
+    feature: I32
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSupportsFeatureRet(XdrStruct):
+    supported: I32
+
+
+@dataclass(frozen=True, slots=True)
+class AuthListRet(XdrStruct):
+    types: Annotated[tuple[AuthType, ...], Array(Enum(AuthType), REMOTE_AUTH_TYPE_LIST_MAX)]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectGetTypeRet(XdrStruct):
+    type: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectGetVersionRet(XdrStruct):
+    hv_ver: U64
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectGetLibVersionRet(XdrStruct):
+    lib_ver: U64
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectGetHostnameRet(XdrStruct):
+    hostname: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectGetUriRet(XdrStruct):
+    uri: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectEventConnectionClosedMsg(XdrStruct):
+    reason: I32
+
+
+# -- pools ----------------------------------------------------------------------
+
+PoolNames = Annotated[
+    tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_STORAGE_POOL_LIST_MAX)
+]
+VolNames = Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_STORAGE_VOL_LIST_MAX)]
+
+
+@dataclass(frozen=True, slots=True)
+class NumRet(XdrStruct):
+    """The ``{int num}`` result of the CONNECT_NUM_OF_* and *_NUM_OF_* procedures."""
+
+    num: I32
+
+
+@dataclass(frozen=True, slots=True)
+class ListNamesArgs(XdrStruct):
+    """``{int maxnames}`` of CONNECT_LIST_(DEFINED_)STORAGE_POOLS."""
+
+    maxnames: I32
+
+
+@dataclass(frozen=True, slots=True)
+class ListPoolNamesRet(XdrStruct):
+    names: PoolNames
+
+
+@dataclass(frozen=True, slots=True)
+class PoolXmlArgs(XdrStruct):
+    """``{xml, flags}`` of STORAGE_POOL_CREATE_XML and STORAGE_POOL_DEFINE_XML."""
+
+    xml: NonnullString
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRet(XdrStruct):
+    """``{pool}``: the result of every call that returns a pool."""
+
+    pool: StoragePool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolArgs(XdrStruct):
+    """``{pool}``: destroy, undefine, info, autostart get, volume count, is-active/persistent."""
+
+    pool: StoragePool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFlagsArgs(XdrStruct):
+    """``{pool, flags}``: create (start), refresh, XML description."""
+
+    pool: StoragePool
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class LookupByNameArgs(XdrStruct):
+    name: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class LookupByUuidArgs(XdrStruct):
+    uuid: Uuid
+
+
+@dataclass(frozen=True, slots=True)
+class VolArgs(XdrStruct):
+    """``{vol}``: pool lookup by volume, volume info, path."""
+
+    vol: StorageVol
+
+
+@dataclass(frozen=True, slots=True)
+class PoolGetInfoRet(XdrStruct):
+    state: I32
+    capacity: U64
+    allocation: U64
+    available: U64
+
+
+@dataclass(frozen=True, slots=True)
+class XmlRet(XdrStruct):
+    """``{xml}``: pool and volume XML descriptions."""
+
+    xml: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class AutostartRet(XdrStruct):
+    autostart: I32
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSetAutostartArgs(XdrStruct):
+    pool: StoragePool
+    autostart: I32
+
+
+@dataclass(frozen=True, slots=True)
+class PoolListVolumesArgs(XdrStruct):
+    pool: StoragePool
+    maxnames: I32
+
+
+@dataclass(frozen=True, slots=True)
+class ListVolNamesRet(XdrStruct):
+    names: VolNames
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRet(XdrStruct):
+    active: I32
+
+
+@dataclass(frozen=True, slots=True)
+class PersistentRet(XdrStruct):
+    persistent: I32
+
+
+@dataclass(frozen=True, slots=True)
+class ListAllPoolsArgs(XdrStruct):
+    need_results: I32
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class ListAllPoolsRet(XdrStruct):
+    pools: Annotated[
+        tuple[StoragePool, ...], Array(StoragePool.codec(), REMOTE_STORAGE_POOL_LIST_MAX)
+    ]
+    ret: U32
+
+
+@dataclass(frozen=True, slots=True)
+class PoolListAllVolumesArgs(XdrStruct):
+    pool: StoragePool
+    need_results: I32
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class PoolListAllVolumesRet(XdrStruct):
+    vols: Annotated[tuple[StorageVol, ...], Array(StorageVol.codec(), REMOTE_STORAGE_VOL_LIST_MAX)]
+    ret: U32
+
+
+# -- volumes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VolCreateXmlArgs(XdrStruct):
+    pool: StoragePool
+    xml: NonnullString
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class VolCreateXmlFromArgs(XdrStruct):
+    pool: StoragePool
+    xml: NonnullString
+    clonevol: StorageVol
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class VolRet(XdrStruct):
+    """``{vol}``: the result of every call that returns a volume."""
+
+    vol: StorageVol
+
+
+@dataclass(frozen=True, slots=True)
+class VolFlagsArgs(XdrStruct):
+    """``{vol, flags}``: delete, wipe, XML description, info with flags."""
+
+    vol: StorageVol
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class VolLookupByNameArgs(XdrStruct):
+    pool: StoragePool
+    name: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class VolLookupByKeyArgs(XdrStruct):
+    key: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class VolLookupByPathArgs(XdrStruct):
+    path: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class VolGetInfoRet(XdrStruct):
+    type: I32
+    capacity: U64
+    allocation: U64
+
+
+@dataclass(frozen=True, slots=True)
+class VolGetPathRet(XdrStruct):
+    """The path of a volume; libvirt names the field ``name``."""
+
+    name: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class VolTransferArgs(XdrStruct):
+    """Arguments of STORAGE_VOL_UPLOAD and STORAGE_VOL_DOWNLOAD; flag 1 asks for sparse."""
+
+    vol: StorageVol
+    offset: U64
+    length: U64
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class VolResizeArgs(XdrStruct):
+    vol: StorageVol
+    capacity: U64
+    flags: U32

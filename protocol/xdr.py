@@ -1,0 +1,383 @@
+"""A typed XDR codec (RFC 4506) for the structs of libvirt's RPC protocol.
+
+Structs are frozen dataclasses deriving from ``XdrStruct`` whose fields carry
+their XDR type in ``Annotated`` metadata::
+
+    @dataclass(frozen=True, slots=True)
+    class StoragePool(XdrStruct):
+        name: Annotated[str, String(REMOTE_STRING_MAX)]
+        uuid: Annotated[bytes, FixedOpaque(16)]
+
+A field whose type is itself an ``XdrStruct`` needs no annotation. Each class
+is compiled once, on first use, into a list of field codecs.
+
+Decoding never trusts the peer: every length is checked against the declared
+maximum and against the bytes that are left *before* anything is allocated,
+errors name the path of the field that failed, and trailing bytes are an
+error. Encoding uses xdrlib3's packer for the primitives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+import typing
+from typing import Any, ClassVar, Self
+
+import xdrlib3
+
+from virtvol.protocol.exceptions import XdrError
+
+_INT = struct.Struct(">i")
+_UINT = struct.Struct(">I")
+_HYPER = struct.Struct(">q")
+_UHYPER = struct.Struct(">Q")
+
+
+class Reader:
+    """A cursor over bytes being decoded, with bounds checked on every read."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def _take(self, size: int, path: str) -> int:
+        if size > self.remaining:
+            raise XdrError(path, f"needs {size} bytes, only {self.remaining} left")
+        start = self._pos
+        self._pos += size
+        return start
+
+    def int32(self, path: str) -> int:
+        value: int = _INT.unpack_from(self._data, self._take(4, path))[0]
+        return value
+
+    def uint32(self, path: str) -> int:
+        value: int = _UINT.unpack_from(self._data, self._take(4, path))[0]
+        return value
+
+    def int64(self, path: str) -> int:
+        value: int = _HYPER.unpack_from(self._data, self._take(8, path))[0]
+        return value
+
+    def uint64(self, path: str) -> int:
+        value: int = _UHYPER.unpack_from(self._data, self._take(8, path))[0]
+        return value
+
+    def fixed(self, size: int, path: str) -> bytes:
+        padded = size + (-size % 4)
+        start = self._take(padded, path)
+        padding = bytes(self._data[start + size : start + padded])
+        if padding.strip(b"\0"):
+            raise XdrError(path, "non-zero padding")
+        return bytes(self._data[start : start + size])
+
+    def variable(self, maximum: int, path: str) -> bytes:
+        size = self.uint32(path)
+        if size > maximum:
+            raise XdrError(path, f"length {size} exceeds the maximum {maximum}")
+        return self.fixed(size, path)
+
+    def expect_end(self, path: str) -> None:
+        if self.remaining:
+            raise XdrError(path, f"{self.remaining} trailing bytes")
+
+
+class Codec:
+    """How one XDR type is written and read."""
+
+    python_type: ClassVar[str] = "object"
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        raise NotImplementedError
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        raise NotImplementedError
+
+    def min_size(self) -> int:
+        """The fewest bytes an encoded value takes (used to bound array counts)."""
+        return 4
+
+
+class Int(Codec):
+    """``int``: signed 32-bit."""
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        packer.pack_int(value)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return reader.int32(path)
+
+
+class UInt(Codec):
+    """``unsigned int``: unsigned 32-bit."""
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        packer.pack_uint(value)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return reader.uint32(path)
+
+
+class Hyper(Codec):
+    """``hyper``: signed 64-bit."""
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        packer.pack_hyper(value)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return reader.int64(path)
+
+    def min_size(self) -> int:
+        return 8
+
+
+class UHyper(Codec):
+    """``unsigned hyper``: unsigned 64-bit."""
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        packer.pack_uhyper(value)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return reader.uint64(path)
+
+    def min_size(self) -> int:
+        return 8
+
+
+class Bool(Codec):
+    """``bool``: 0 or 1 in 32 bits; anything else is a decoding error."""
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        packer.pack_uint(1 if value else 0)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        raw = reader.uint32(path)
+        if raw > 1:
+            raise XdrError(path, f"boolean value {raw}")
+        return raw == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Enum(Codec):
+    """``enum``: a signed 32-bit value that must be one of ``enum_type``'s members."""
+
+    enum_type: type[enum.IntEnum]
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        packer.pack_int(int(value))
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        raw = reader.int32(path)
+        try:
+            return self.enum_type(raw)
+        except ValueError:
+            raise XdrError(path, f"{raw} is not a valid {self.enum_type.__name__}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class String(Codec):
+    """``string<maximum>``: length, bytes, padding. Decoded as UTF-8.
+
+    Bytes that are not UTF-8 survive a round trip through ``surrogateescape``.
+    """
+
+    maximum: int
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        raw = value.encode("utf-8", "surrogateescape")
+        if len(raw) > self.maximum:
+            raise XdrError("", f"string of {len(raw)} bytes exceeds the maximum {self.maximum}")
+        packer.pack_string(raw)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return reader.variable(self.maximum, path).decode("utf-8", "surrogateescape")
+
+
+@dataclasses.dataclass(frozen=True)
+class Opaque(Codec):
+    """``opaque<maximum>``: variable-length bytes."""
+
+    maximum: int
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        if len(value) > self.maximum:
+            raise XdrError("", f"opaque of {len(value)} bytes exceeds the maximum {self.maximum}")
+        packer.pack_opaque(bytes(value))
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return reader.variable(self.maximum, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedOpaque(Codec):
+    """``opaque[size]``: exactly ``size`` bytes (a UUID is ``FixedOpaque(16)``)."""
+
+    size: int
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        if len(value) != self.size:
+            raise XdrError("", f"fixed opaque needs {self.size} bytes, got {len(value)}")
+        packer.pack_fopaque(self.size, bytes(value))
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return reader.fixed(self.size, path)
+
+    def min_size(self) -> int:
+        return self.size + (-self.size % 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optional(Codec):
+    """``T *``: a boolean presence flag, then the value when present."""
+
+    inner: Codec
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        if value is None:
+            packer.pack_uint(0)
+        else:
+            packer.pack_uint(1)
+            self.inner.pack(packer, value)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        present = reader.uint32(path)
+        if present > 1:
+            raise XdrError(path, f"optional presence flag {present}")
+        return self.inner.unpack(reader, path) if present else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Array(Codec):
+    """``T name<maximum>``: a count, then the elements. Decoded as a tuple."""
+
+    inner: Codec
+    maximum: int
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        if len(value) > self.maximum:
+            raise XdrError("", f"array of {len(value)} exceeds the maximum {self.maximum}")
+        packer.pack_uint(len(value))
+        for item in value:
+            self.inner.pack(packer, item)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        count = reader.uint32(path)
+        if count > self.maximum:
+            raise XdrError(path, f"array count {count} exceeds the maximum {self.maximum}")
+        # Refuse a count the remaining bytes cannot hold before building anything.
+        if count * self.inner.min_size() > reader.remaining:
+            raise XdrError(path, f"array count {count} does not fit in {reader.remaining} bytes")
+        return tuple(self.inner.unpack(reader, f"{path}[{index}]") for index in range(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class Struct(Codec):
+    """A nested ``XdrStruct``."""
+
+    struct_type: type[XdrStruct]
+
+    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        value.pack(packer)
+
+    def unpack(self, reader: Reader, path: str) -> Any:
+        return self.struct_type.unpack(reader, path)
+
+    def min_size(self) -> int:
+        return sum(codec.min_size() for _, codec in self.struct_type.fields())
+
+
+_Field = tuple[str, Codec]
+
+
+class XdrStruct:
+    """Base of every XDR struct: subclasses are frozen dataclasses with annotated fields."""
+
+    __slots__ = ()
+    _xdr_fields: ClassVar[tuple[_Field, ...] | None] = None
+
+    @classmethod
+    def fields(cls) -> tuple[_Field, ...]:
+        """The (name, codec) pairs of the struct, compiled once per class."""
+        compiled = cls.__dict__.get("_xdr_fields")
+        if compiled is None:
+            compiled = tuple(_compile_fields(cls))
+            type.__setattr__(cls, "_xdr_fields", compiled)
+        return compiled
+
+    @classmethod
+    def codec(cls) -> Struct:
+        """This struct as a codec, to nest it inside ``Optional`` or ``Array``."""
+        return Struct(cls)
+
+    def pack(self, packer: xdrlib3.Packer) -> None:
+        for name, codec in self.fields():
+            try:
+                codec.pack(packer, getattr(self, name))
+            except XdrError as error:
+                inner = f" ({error.path})" if error.path else ""
+                raise XdrError(f"{type(self).__name__}.{name}{inner}", error.reason) from None
+            except (struct.error, xdrlib3.Error, TypeError, AttributeError) as error:
+                raise XdrError(f"{type(self).__name__}.{name}", str(error)) from None
+
+    @classmethod
+    def unpack(cls, reader: Reader, path: str = "") -> Self:
+        prefix = path or cls.__name__
+        values = {name: codec.unpack(reader, f"{prefix}.{name}") for name, codec in cls.fields()}
+        return cls(**values)
+
+    def encode(self) -> bytes:
+        """The XDR bytes of this value."""
+        packer = xdrlib3.Packer()
+        self.pack(packer)
+        result: bytes = packer.get_buffer()
+        return result
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Decode exactly one value from ``data``; trailing bytes are an error."""
+        reader = Reader(data)
+        value = cls.unpack(reader)
+        reader.expect_end(cls.__name__)
+        return value
+
+
+def _compile_fields(cls: type) -> list[_Field]:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return [(field.name, _codec_for(hints[field.name], cls)) for field in dataclasses.fields(cls)]
+
+
+def _codec_for(hint: Any, owner: type) -> Codec:
+    if typing.get_origin(hint) is typing.Annotated:
+        for extra in hint.__metadata__:
+            if isinstance(extra, Codec):
+                return extra
+        hint = typing.get_args(hint)[0]
+    if isinstance(hint, type) and issubclass(hint, XdrStruct):
+        return Struct(hint)
+    raise TypeError(f"{owner.__name__}: no XDR type for {hint!r}")
+
+
+def encode_value(codec: Codec, value: Any) -> bytes:
+    """Encode a bare value (not a struct) with ``codec``."""
+    packer = xdrlib3.Packer()
+    codec.pack(packer, value)
+    result: bytes = packer.get_buffer()
+    return result
+
+
+def decode_value(codec: Codec, data: bytes | bytearray | memoryview, path: str = "value") -> Any:
+    """Decode exactly one bare value with ``codec``."""
+    reader = Reader(data)
+    value = codec.unpack(reader, path)
+    reader.expect_end(path)
+    return value
