@@ -1,0 +1,1 @@
+"""Benchmarks: virtvol measured side by side with real libvirt and the loopback limit."""
