@@ -1,0 +1,42 @@
+"""The daemon's storage layer: directory pools and their volumes, without networking.
+
+``StorageRegistry`` is the entry point; the RPC layer maps each storage
+procedure to one of its methods and the wire structs to ``PoolRef`` and
+``VolumeRef``. Failures are raised as ``ErrorReport`` with libvirt's codes and
+texts.
+"""
+
+from .flags import (
+    ListPoolsFlags,
+    PoolCreateFlags,
+    PoolDefineFlags,
+    PoolXMLFlags,
+    VolCreateFlags,
+    VolInfoFlags,
+    VolResizeFlags,
+    VolStreamFlags,
+)
+from .model import Chunk, PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
+from .registry import StorageRegistry
+from .transfer import VolumeReader, VolumeWriter
+
+__all__ = [
+    "Chunk",
+    "ListPoolsFlags",
+    "PoolCreateFlags",
+    "PoolDefineFlags",
+    "PoolInfo",
+    "PoolRef",
+    "PoolState",
+    "PoolXMLFlags",
+    "StorageRegistry",
+    "VolCreateFlags",
+    "VolInfoFlags",
+    "VolResizeFlags",
+    "VolStreamFlags",
+    "VolumeInfo",
+    "VolumeReader",
+    "VolumeRef",
+    "VolumeType",
+    "VolumeWriter",
+]

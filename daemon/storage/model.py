@@ -1,0 +1,83 @@
+"""Plain values the storage layer hands to the RPC layer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PoolState(enum.IntEnum):
+    """libvirt's ``virStoragePoolState``."""
+
+    INACTIVE = 0
+    BUILDING = 1
+    RUNNING = 2
+    DEGRADED = 3
+    INACCESSIBLE = 4
+
+
+class VolumeType(enum.IntEnum):
+    """libvirt's ``virStorageVolType``; a directory pool only has FILE volumes."""
+
+    FILE = 0
+    BLOCK = 1
+    DIR = 2
+    NETWORK = 3
+    NETDIR = 4
+    PLOOP = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRef:
+    """A pool as the wire names it (``remote_nonnull_storage_pool``): name and 16 raw UUID bytes."""
+
+    name: str
+    uuid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRef:
+    """A volume as the wire names it (``remote_nonnull_storage_vol``).
+
+    ``key`` is the volume's absolute path. Operations find the volume by
+    ``pool`` and ``name`` only, as libvirt does; ``key`` is informative.
+    """
+
+    pool: str
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """``virStoragePoolInfo``: sizes in bytes of the file system holding the pool."""
+
+    state: PoolState
+    capacity: int
+    allocation: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """``virStorageVolInfo``: ``allocation`` is the physical size when asked for it."""
+
+    type: VolumeType
+    capacity: int
+    allocation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One step of a download: ``length`` bytes of data (in the caller's buffer) or of hole.
+
+    A zero ``length`` marks the end of the stream.
+    """
+
+    data: bool
+    length: int
+
+    @property
+    def eof(self) -> bool:
+        """True when the download has nothing more to send."""
+        return self.length == 0

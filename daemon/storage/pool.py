@@ -1,0 +1,123 @@
+"""One directory pool: its definitions, whether it runs, and the volumes it is busy with."""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+
+from virtvol.protocol.errors import ErrorCode
+
+from .model import PoolRef
+from .poolxml import DEFAULT_DIR_MODE, PoolDefinition, PoolRuntime
+from .reports import pool_not_active, storage_error, system_error, volume_in_use
+from .volumes import VolumeDir
+
+
+class Busy(enum.Enum):
+    """Why a volume may not be uploaded to, deleted, wiped or resized right now."""
+
+    BUILDING = "building"
+    UPLOADING = "uploading"
+
+
+class Pool:
+    """Registry entry of a pool.
+
+    ``live`` is the definition the pool runs (or would run) with; ``config`` is
+    the persisted one (None for a transient pool). They differ only while a
+    running pool has been redefined: the new definition applies at next start.
+    """
+
+    def __init__(self, live: PoolDefinition, config: PoolDefinition | None) -> None:
+        self.live = live
+        self.config = config
+        self.autostart = False
+        self.volumes: VolumeDir | None = None
+        self.runtime: PoolRuntime | None = None
+        self.busy: dict[str, Busy] = {}
+        self.upload_temps: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self.live.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.live.uuid
+
+    @property
+    def ref(self) -> PoolRef:
+        return PoolRef(self.live.name, self.live.uuid)
+
+    @property
+    def active(self) -> bool:
+        return self.volumes is not None
+
+    @property
+    def persistent(self) -> bool:
+        return self.config is not None
+
+    def active_volumes(self) -> VolumeDir:
+        """The pool's files, or libvirt's "storage pool '%s' is not active"."""
+        if self.volumes is None:
+            raise pool_not_active(self.name)
+        return self.volumes
+
+    def start(self, *, build: bool) -> None:
+        """Open the target directory (creating it first when ``build``)."""
+        target = self.live.target
+        if build:
+            mode = DEFAULT_DIR_MODE if self.live.mode is None else self.live.mode
+            try:
+                os.makedirs(target, exist_ok=True)
+                os.chmod(target, mode)
+            except OSError as exc:
+                raise system_error(f"cannot create path '{target}'", exc) from None
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise system_error(f"cannot open directory '{target}'", exc) from None
+        volumes = VolumeDir(target, fd)
+        try:
+            volumes.remove_stale_temps(self.upload_temps)
+            self.volumes = volumes
+            self.refresh_runtime()
+        except OSError as exc:
+            self.volumes = None
+            volumes.close()
+            raise system_error(f"cannot read directory '{target}'", exc) from None
+
+    def stop(self) -> None:
+        """Close the target directory; the definition stays."""
+        if self.volumes is not None:
+            self.volumes.close()
+            self.volumes = None
+        if self.config is not None:
+            self.live = self.config
+
+    def refresh_runtime(self) -> PoolRuntime:
+        """Sizes of the file system holding the pool, and the directory's permissions."""
+        volumes = self.active_volumes()
+        fs = os.statvfs(volumes.fd)
+        st = os.fstat(volumes.fd)
+        capacity = fs.f_frsize * fs.f_blocks
+        self.runtime = PoolRuntime(
+            capacity=capacity,
+            allocation=capacity - fs.f_frsize * fs.f_bfree,
+            available=fs.f_frsize * fs.f_bavail,
+            mode=stat.S_IMODE(st.st_mode),
+            owner=st.st_uid,
+            group=st.st_gid,
+        )
+        return self.runtime
+
+    def check_not_busy(self, name: str) -> None:
+        """libvirt's refusals for a volume that is being built or uploaded to."""
+        reason = self.busy.get(name)
+        if reason is Busy.BUILDING:
+            raise storage_error(
+                ErrorCode.OPERATION_INVALID, f"volume '{name}' is still being allocated."
+            )
+        if reason is Busy.UPLOADING:
+            raise volume_in_use(name)

@@ -1,0 +1,143 @@
+"""Pool definitions: parsing ``<pool>`` XML and writing it back in libvirt's layout."""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from dataclasses import dataclass
+
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+from .names import check_pool_name
+from .reports import storage_error, xml_error
+from .xmldoc import child_text, escape, parse_document
+
+# virStoragePoolType, in enum order: libvirt names the number in its errors.
+POOL_TYPES = (
+    "dir",
+    "fs",
+    "netfs",
+    "logical",
+    "disk",
+    "iscsi",
+    "iscsi-direct",
+    "scsi",
+    "mpath",
+    "rbd",
+    "sheepdog",
+    "gluster",
+    "zfs",
+    "vstorage",
+)
+
+DEFAULT_DIR_MODE = 0o711  # what libvirt gives a directory it builds for a pool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDefinition:
+    """What a ``<pool type='dir'>`` document defines."""
+
+    name: str
+    uuid: bytes
+    target: str
+    # <target><permissions><mode>, used when the pool directory is built.
+    mode: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRuntime:
+    """Live facts shown in the XML of a pool that has been started."""
+
+    capacity: int
+    allocation: int
+    available: int
+    mode: int
+    owner: int
+    group: int
+
+
+def clean_path(path: str) -> str:
+    """Collapse repeated slashes and drop a trailing one, as libvirt does (no '..' resolution)."""
+    cleaned = re.sub(r"/{2,}", "/", path)
+    if len(cleaned) > 1 and cleaned.endswith("/"):
+        cleaned = cleaned[:-1]
+    return cleaned
+
+
+def parse_pool_xml(text: str) -> PoolDefinition:
+    """Parse a pool definition; a missing UUID is generated.
+
+    Raises:
+        ErrorReport: for malformed XML, missing or bad elements, or pool types
+            other than "dir" (libvirt's "missing backend" error).
+    """
+    root = parse_document(text, "pool", "storage_pool_definition")
+    pool_type = root.get("type")
+    if pool_type is None:
+        raise xml_error("Missing required attribute 'type' in element 'pool'", ErrorDomain.XML)
+    if pool_type not in POOL_TYPES:
+        raise xml_error(
+            f"Invalid value for attribute 'type' in element 'pool': '{pool_type}'.",
+            ErrorDomain.XML,
+        )
+    if pool_type != "dir":
+        number = POOL_TYPES.index(pool_type)
+        raise storage_error(
+            ErrorCode.INTERNAL_ERROR, f"missing backend for pool type {number} ({pool_type})"
+        )
+    name = child_text(root, "name")
+    if name is None:
+        raise xml_error("missing pool source name element")
+    check_pool_name(name)
+    uuid_text = child_text(root, "uuid")
+    if uuid_text is None:
+        raw_uuid = uuidlib.uuid4().bytes
+    else:
+        try:
+            raw_uuid = uuidlib.UUID(uuid_text).bytes
+        except ValueError:
+            raise xml_error("malformed uuid element") from None
+    target = child_text(root, "target/path")
+    if target is None:
+        raise xml_error("missing storage pool target path")
+    if not target.startswith("/"):
+        # libvirt accepts it and resolves it against the daemon's working
+        # directory; a daemon should not depend on where it was started.
+        raise xml_error(f"storage pool target path '{target}' must be absolute")
+    mode_text = child_text(root, "target/permissions/mode")
+    mode = None
+    if mode_text is not None:
+        try:
+            mode = int(mode_text, 8)
+        except ValueError:
+            mode = -1
+        if not 0 <= mode <= 0o7777:
+            raise xml_error("malformed octal mode")
+    return PoolDefinition(name=name, uuid=raw_uuid, target=clean_path(target), mode=mode)
+
+
+def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> str:
+    """The pool's XML as libvirt 9.0 prints it (sizes and permissions once it has run)."""
+    sizes = runtime or PoolRuntime(0, 0, 0, 0, 0, 0)
+    lines = [
+        "<pool type='dir'>",
+        f"  <name>{escape(definition.name)}</name>",
+        f"  <uuid>{uuidlib.UUID(bytes=definition.uuid)}</uuid>",
+        f"  <capacity unit='bytes'>{sizes.capacity}</capacity>",
+        f"  <allocation unit='bytes'>{sizes.allocation}</allocation>",
+        f"  <available unit='bytes'>{sizes.available}</available>",
+        "  <source>",
+        "  </source>",
+        "  <target>",
+        f"    <path>{escape(definition.target)}</path>",
+    ]
+    mode = runtime.mode if runtime is not None else definition.mode
+    if mode is not None:
+        lines.append("    <permissions>")
+        lines.append(f"      <mode>{mode:04o}</mode>")
+        if runtime is not None:
+            lines.append(f"      <owner>{runtime.owner}</owner>")
+            lines.append(f"      <group>{runtime.group}</group>")
+        lines.append("    </permissions>")
+    lines += ["  </target>", "</pool>", ""]
+    return "\n".join(lines)

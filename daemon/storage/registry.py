@@ -1,0 +1,660 @@
+"""StorageRegistry: the daemon's directory pools and their volumes, one method per procedure.
+
+All methods are synchronous and thread-safe: the RPC layer may run the slow
+ones (volume create/clone/wipe/resize, pool start) in worker threads. A
+registry lock guards the bookkeeping; long file work runs outside it while the
+volume is marked busy, so other requests are not held up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, check_flags
+
+from .configstore import ConfigStore
+from .flags import (
+    LIST_POOLS_ACTIVITY,
+    LIST_POOLS_ALL,
+    LIST_POOLS_AUTOSTART,
+    LIST_POOLS_PERSISTENCE,
+    LIST_POOLS_TYPES,
+    ListPoolsFlags,
+    PoolCreateFlags,
+    PoolDefineFlags,
+    PoolXMLFlags,
+    VolCreateFlags,
+    VolInfoFlags,
+    VolResizeFlags,
+    VolStreamFlags,
+)
+from .model import PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
+from .names import check_new_volume_name
+from .pool import Busy, Pool
+from .poolxml import PoolDefinition, clean_path, format_pool_xml, parse_pool_xml
+from .reports import (
+    no_pool_named,
+    no_pool_with_uuid,
+    no_volume_with_key,
+    no_volume_with_path,
+    pool_already_active,
+    pool_has_jobs,
+    pool_still_active,
+    storage_error,
+    uuid_text,
+)
+from .transfer import VolumeReader, VolumeWriter
+from .volumes import VolumeDir, metadata_prealloc_unsupported
+from .volxml import format_volume_xml, parse_volume_xml
+from .xmldoc import escape
+
+log = logging.getLogger(__name__)
+
+STORAGE = ErrorDomain.STORAGE
+
+
+class StorageRegistry:
+    """Directory pools defined in (and persisted under) ``state_dir``.
+
+    Args:
+        state_dir: where pool definitions live (``<state_dir>/pools``).
+        sync_uploads: fdatasync whole-volume uploads before they replace the
+            volume (crash-safe "old or new content"); see ``transfer``.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, sync_uploads: bool = True) -> None:
+        self._store = ConfigStore(state_dir)
+        self._pools: dict[str, Pool] = {}
+        self._lock = threading.RLock()
+        self._sync_uploads = sync_uploads
+
+    # ------------------------------------------------------------------
+    # Lifecycle of the registry itself
+
+    def load(self) -> None:
+        """Restore persisted pools and start those marked autostart.
+
+        A pool that fails to start is logged and stays defined but inactive.
+        """
+        with self._lock:
+            for stored in self._store.load():
+                if stored.definition.name in self._pools:
+                    continue
+                pool = Pool(stored.definition, stored.definition)
+                pool.autostart = stored.autostart
+                self._pools[pool.name] = pool
+            for pool in list(self._pools.values()):
+                if pool.autostart and not pool.active:
+                    try:
+                        pool.start(build=False)
+                    except Exception as exc:
+                        log.error("cannot autostart storage pool %r: %s", pool.name, exc)
+
+    def ensure_pool(self, name: str, path: str | os.PathLike[str]) -> PoolRef:
+        """Define (persistently, with autostart), build and start pool ``name`` at ``path``.
+
+        Idempotent, for the daemon's ``--pool NAME=DIR`` option: an existing pool
+        of that name keeps its UUID; its target is updated if it changed.
+        """
+        target = clean_path(os.path.abspath(os.fspath(path)))
+        with self._lock:
+            existing = self._pools.get(name)
+            if existing is not None and existing.live.target != target and existing.active:
+                self.destroy_pool(existing.ref)
+            existing = self._pools.get(name)
+            if existing is not None and existing.config is not None:
+                definition = PoolDefinition(name, existing.uuid, target, existing.config.mode)
+            else:
+                definition = parse_pool_xml(
+                    f"<pool type='dir'><name>{escape(name)}</name>"
+                    f"<target><path>{escape(target)}</path></target></pool>"
+                )
+            ref = self._define(definition)
+            pool = self._pools[name]
+            if not pool.autostart:
+                self.set_pool_autostart(ref, True)
+            if not pool.active:
+                pool.start(build=True)
+            return ref
+
+    def close(self) -> None:
+        """Close every pool directory (the daemon is stopping); definitions stay."""
+        with self._lock:
+            for pool in self._pools.values():
+                if pool.volumes is not None:
+                    pool.volumes.close()
+                    pool.volumes = None
+
+    # ------------------------------------------------------------------
+    # Finding pools
+
+    def _pool(self, ref: PoolRef) -> Pool:
+        """The pool a wire reference names: by UUID, as libvirt does."""
+        for pool in self._pools.values():
+            if pool.uuid == ref.uuid:
+                return pool
+        raise no_pool_with_uuid(ref.uuid, ref.name)
+
+    def _pool_named(self, name: str) -> Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            raise no_pool_named(name)
+        return pool
+
+    def lookup_pool_by_name(self, name: str) -> PoolRef:
+        """STORAGE_POOL_LOOKUP_BY_NAME."""
+        with self._lock:
+            return self._pool_named(name).ref
+
+    def lookup_pool_by_uuid(self, uuid: bytes) -> PoolRef:
+        """STORAGE_POOL_LOOKUP_BY_UUID (16 raw bytes)."""
+        with self._lock:
+            for pool in self._pools.values():
+                if pool.uuid == uuid:
+                    return pool.ref
+            raise no_pool_with_uuid(uuid)
+
+    def lookup_pool_by_volume(self, volume: VolumeRef) -> PoolRef:
+        """STORAGE_POOL_LOOKUP_BY_VOLUME: the pool named by ``volume.pool``."""
+        with self._lock:
+            return self._pool_named(volume.pool).ref
+
+    # ------------------------------------------------------------------
+    # Listing pools
+
+    def num_active_pools(self) -> int:
+        """CONNECT_NUM_OF_STORAGE_POOLS."""
+        with self._lock:
+            return sum(pool.active for pool in self._pools.values())
+
+    def list_active_pool_names(self, maxnames: int) -> list[str]:
+        """CONNECT_LIST_STORAGE_POOLS: at most ``maxnames`` names."""
+        with self._lock:
+            return [p.name for p in self._sorted_pools() if p.active][: max(maxnames, 0)]
+
+    def num_defined_pools(self) -> int:
+        """CONNECT_NUM_OF_DEFINED_STORAGE_POOLS (inactive pools)."""
+        with self._lock:
+            return sum(not pool.active for pool in self._pools.values())
+
+    def list_defined_pool_names(self, maxnames: int) -> list[str]:
+        """CONNECT_LIST_DEFINED_STORAGE_POOLS: inactive pools, at most ``maxnames``."""
+        with self._lock:
+            return [p.name for p in self._sorted_pools() if not p.active][: max(maxnames, 0)]
+
+    def list_all_pools(self, flags: int = 0) -> list[PoolRef]:
+        """CONNECT_LIST_ALL_STORAGE_POOLS with libvirt's filter groups.
+
+        Within a group (activity, persistence, autostart, type) bits are ORed;
+        groups are ANDed; an empty group does not filter.
+        """
+        check_flags(flags, LIST_POOLS_ALL, "storageConnectListAllStoragePools", STORAGE)
+        wanted = ListPoolsFlags(flags)
+        with self._lock:
+            return [p.ref for p in self._sorted_pools() if _pool_matches(p, wanted)]
+
+    def _sorted_pools(self) -> list[Pool]:
+        return sorted(self._pools.values(), key=lambda pool: pool.name)
+
+    # ------------------------------------------------------------------
+    # Defining, starting and stopping pools
+
+    def define_pool_xml(self, xml: str, flags: int = 0) -> PoolRef:
+        """STORAGE_POOL_DEFINE_XML: add or update a persistent pool (not started)."""
+        check_flags(flags, PoolDefineFlags.VALIDATE, "storagePoolDefineXML", STORAGE)
+        definition = parse_pool_xml(xml)
+        with self._lock:
+            return self._define(definition)
+
+    def _define(self, definition: PoolDefinition) -> PoolRef:
+        existing = self._check_duplicate(definition)
+        self._store.save(definition)
+        if existing is None:
+            pool = Pool(definition, definition)
+            self._pools[pool.name] = pool
+        else:
+            existing.config = definition
+            if not existing.active:
+                existing.live = definition
+        return PoolRef(definition.name, definition.uuid)
+
+    def _check_duplicate(self, definition: PoolDefinition) -> Pool | None:
+        """libvirt's duplicate rules: same UUID must mean same name and vice versa,
+        and no two pools may share a target directory. Returns the pool being
+        redefined, if any."""
+        same_uuid = next((p for p in self._pools.values() if p.uuid == definition.uuid), None)
+        if same_uuid is not None and same_uuid.name != definition.name:
+            raise storage_error(
+                ErrorCode.OPERATION_FAILED,
+                f"pool '{same_uuid.name}' is already defined with uuid {uuid_text(same_uuid.uuid)}",
+            )
+        same_name = self._pools.get(definition.name)
+        if same_name is not None and same_uuid is None:
+            raise storage_error(
+                ErrorCode.OPERATION_FAILED,
+                f"pool '{same_name.name}' already exists with uuid {uuid_text(same_name.uuid)}",
+            )
+        for other in self._pools.values():
+            if other is same_name:
+                continue
+            targets = {other.live.target} | ({other.config.target} if other.config else set())
+            if definition.target in targets:
+                raise storage_error(
+                    ErrorCode.OPERATION_FAILED, f"Storage source conflict with pool: '{other.name}'"
+                )
+        return same_name
+
+    def create_pool_xml(self, xml: str, flags: int = 0) -> PoolRef:
+        """STORAGE_POOL_CREATE_XML: define a transient pool and start it.
+
+        The transient pool vanishes when destroyed. A name or UUID already in
+        use is refused (an active one with "already active").
+        """
+        check_flags(flags, _CREATE_FLAGS, "storagePoolCreateXML", STORAGE)
+        definition = parse_pool_xml(xml)
+        with self._lock:
+            existing = self._pools.get(definition.name)
+            if existing is not None and existing.active:
+                raise pool_already_active(existing.name)
+            if existing is not None or any(p.uuid == definition.uuid for p in self._pools.values()):
+                self._check_duplicate(definition)
+                raise storage_error(
+                    ErrorCode.OPERATION_FAILED,
+                    f"pool '{definition.name}' already exists with uuid "
+                    f"{uuid_text(self._pool_named(definition.name).uuid)}",
+                )
+            self._check_duplicate(definition)
+            pool = Pool(definition, None)
+            self._start(pool, flags)
+            self._pools[pool.name] = pool
+            return pool.ref
+
+    def start_pool(self, ref: PoolRef, flags: int = 0) -> None:
+        """STORAGE_POOL_CREATE: start a defined pool; WITH_BUILD creates its directory."""
+        check_flags(flags, _CREATE_FLAGS, "storagePoolCreate", STORAGE)
+        with self._lock:
+            pool = self._pool(ref)
+            if pool.active:
+                raise pool_already_active(pool.name)
+            self._start(pool, flags)
+
+    @staticmethod
+    def _start(pool: Pool, flags: int) -> None:
+        if flags & (PoolCreateFlags.WITH_BUILD_OVERWRITE | PoolCreateFlags.WITH_BUILD_NO_OVERWRITE):
+            # Both ask to format a source device, which a directory pool has not.
+            raise storage_error(
+                ErrorCode.OPERATION_INVALID,
+                f"No source device specified when formatting pool '{pool.name}'",
+            )
+        pool.start(build=bool(flags & PoolCreateFlags.WITH_BUILD))
+
+    def destroy_pool(self, ref: PoolRef) -> None:
+        """STORAGE_POOL_DESTROY: stop the pool; a transient one disappears."""
+        with self._lock:
+            pool = self._pool(ref)
+            pool.active_volumes()
+            if pool.busy:
+                raise pool_has_jobs(pool.name)
+            pool.stop()
+            if not pool.persistent:
+                del self._pools[pool.name]
+
+    def undefine_pool(self, ref: PoolRef) -> None:
+        """STORAGE_POOL_UNDEFINE: forget an inactive persistent pool (its files stay)."""
+        with self._lock:
+            pool = self._pool(ref)
+            if pool.active:
+                raise pool_still_active(pool.name)
+            self._store.remove(pool.name)
+            del self._pools[pool.name]
+
+    def refresh_pool(self, ref: PoolRef, flags: int = 0) -> None:
+        """STORAGE_POOL_REFRESH: re-read sizes and drop upload temporaries left by a crash."""
+        check_flags(flags, 0, "storagePoolRefresh", STORAGE)
+        with self._lock:
+            pool = self._pool(ref)
+            pool.active_volumes().remove_stale_temps(pool.upload_temps)
+            pool.refresh_runtime()
+
+    # ------------------------------------------------------------------
+    # Pool properties
+
+    def pool_info(self, ref: PoolRef) -> PoolInfo:
+        """STORAGE_POOL_GET_INFO: state and sizes (last known ones for an inactive pool)."""
+        with self._lock:
+            pool = self._pool(ref)
+            runtime = pool.refresh_runtime() if pool.active else pool.runtime
+            state = PoolState.RUNNING if pool.active else PoolState.INACTIVE
+            if runtime is None:
+                return PoolInfo(state, 0, 0, 0)
+            return PoolInfo(state, runtime.capacity, runtime.allocation, runtime.available)
+
+    def pool_xml(self, ref: PoolRef, flags: int = 0) -> str:
+        """STORAGE_POOL_GET_XML_DESC; INACTIVE gives the definition the next start uses."""
+        check_flags(flags, PoolXMLFlags.INACTIVE, "storagePoolGetXMLDesc", STORAGE)
+        with self._lock:
+            pool = self._pool(ref)
+            config = pool.config
+            if flags & PoolXMLFlags.INACTIVE and config is not None and config != pool.live:
+                return format_pool_xml(config, None)
+            runtime = pool.refresh_runtime() if pool.active else pool.runtime
+            return format_pool_xml(pool.live, runtime)
+
+    def pool_autostart(self, ref: PoolRef) -> bool:
+        """STORAGE_POOL_GET_AUTOSTART."""
+        with self._lock:
+            return self._pool(ref).autostart
+
+    def set_pool_autostart(self, ref: PoolRef, autostart: bool) -> None:
+        """STORAGE_POOL_SET_AUTOSTART; transient pools have nowhere to record it."""
+        with self._lock:
+            pool = self._pool(ref)
+            if not pool.persistent:
+                raise storage_error(ErrorCode.INTERNAL_ERROR, "pool has no config file")
+            self._store.set_autostart(pool.name, autostart)
+            pool.autostart = autostart
+
+    def pool_is_active(self, ref: PoolRef) -> bool:
+        """STORAGE_POOL_IS_ACTIVE."""
+        with self._lock:
+            return self._pool(ref).active
+
+    def pool_is_persistent(self, ref: PoolRef) -> bool:
+        """STORAGE_POOL_IS_PERSISTENT."""
+        with self._lock:
+            return self._pool(ref).persistent
+
+    # ------------------------------------------------------------------
+    # Listing and finding volumes
+
+    def num_volumes(self, ref: PoolRef) -> int:
+        """STORAGE_POOL_NUM_OF_VOLUMES."""
+        with self._lock:
+            return len(self._pool(ref).active_volumes().names())
+
+    def list_volume_names(self, ref: PoolRef, maxnames: int) -> list[str]:
+        """STORAGE_POOL_LIST_VOLUMES: at most ``maxnames`` names, sorted."""
+        with self._lock:
+            return self._pool(ref).active_volumes().names()[: max(maxnames, 0)]
+
+    def list_all_volumes(self, ref: PoolRef, flags: int = 0) -> list[VolumeRef]:
+        """STORAGE_POOL_LIST_ALL_VOLUMES (no flags defined)."""
+        check_flags(flags, 0, "storagePoolListAllVolumes", STORAGE)
+        with self._lock:
+            pool = self._pool(ref)
+            volumes = pool.active_volumes()
+            return [VolumeRef(pool.name, n, volumes.volume_path(n)) for n in volumes.names()]
+
+    def lookup_volume_by_name(self, ref: PoolRef, name: str) -> VolumeRef:
+        """STORAGE_VOL_LOOKUP_BY_NAME; the pool must be active."""
+        with self._lock:
+            pool = self._pool(ref)
+            volumes = pool.active_volumes()
+            volumes.require(name)
+            return VolumeRef(pool.name, name, volumes.volume_path(name))
+
+    def lookup_volume_by_key(self, key: str) -> VolumeRef:
+        """STORAGE_VOL_LOOKUP_BY_KEY: the key is the volume's absolute path, compared exactly."""
+        with self._lock:
+            found = self._volume_at(key)
+            if found is None:
+                raise no_volume_with_key(key)
+            return found
+
+    def lookup_volume_by_path(self, path: str) -> VolumeRef:
+        """STORAGE_VOL_LOOKUP_BY_PATH: like the key, after collapsing repeated slashes."""
+        cleaned = clean_path(path)
+        with self._lock:
+            found = self._volume_at(cleaned)
+            if found is None:
+                raise no_volume_with_path(path, cleaned)
+            return found
+
+    def _volume_at(self, path: str) -> VolumeRef | None:
+        directory, _, name = path.rpartition("/")
+        directory = directory or "/"
+        for pool in self._sorted_pools():
+            volumes = pool.volumes
+            if volumes is not None and volumes.path == directory and volumes.stat(name):
+                return VolumeRef(pool.name, name, volumes.volume_path(name))
+        return None
+
+    # ------------------------------------------------------------------
+    # Volume properties
+
+    def volume_info(self, volume: VolumeRef, flags: int = 0) -> VolumeInfo:
+        """STORAGE_VOL_GET_INFO(_FLAGS): capacity is the file size, allocation the
+        blocks in use, or the file size again with GET_PHYSICAL."""
+        check_flags(flags, VolInfoFlags.GET_PHYSICAL, "storageVolGetInfoFlags", STORAGE)
+        with self._lock:
+            st = self._volume_pool(volume).active_volumes().require(volume.name)
+        allocation = st.st_size if flags & VolInfoFlags.GET_PHYSICAL else st.st_blocks * 512
+        return VolumeInfo(VolumeType.FILE, st.st_size, allocation)
+
+    def volume_xml(self, volume: VolumeRef, flags: int = 0) -> str:
+        """STORAGE_VOL_GET_XML_DESC."""
+        check_flags(flags, 0, "storageVolGetXMLDesc", STORAGE)
+        with self._lock:
+            volumes = self._volume_pool(volume).active_volumes()
+            st = volumes.require(volume.name)
+            return format_volume_xml(volume.name, volumes.volume_path(volume.name), st)
+
+    def volume_path(self, volume: VolumeRef) -> str:
+        """STORAGE_VOL_GET_PATH."""
+        with self._lock:
+            volumes = self._volume_pool(volume).active_volumes()
+            volumes.require(volume.name)
+            return volumes.volume_path(volume.name)
+
+    def _volume_pool(self, volume: VolumeRef) -> Pool:
+        """The pool of a wire volume reference (found by the pool's name, as libvirt does)."""
+        return self._pool_named(volume.pool)
+
+    # ------------------------------------------------------------------
+    # Creating and changing volumes
+
+    def create_volume_xml(self, ref: PoolRef, xml: str, flags: int = 0) -> VolumeRef:
+        """STORAGE_VOL_CREATE_XML: a raw file, sparse except for the requested allocation
+        (which defaults to the capacity, as in libvirt)."""
+        check_flags(
+            flags,
+            VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.VALIDATE,
+            "storageVolCreateXML",
+            STORAGE,
+        )
+        request = parse_volume_xml(xml)
+        if flags & VolCreateFlags.PREALLOC_METADATA:
+            raise metadata_prealloc_unsupported()
+        with self._building(ref, request.name) as (pool, volumes):
+            volumes.create(request)
+        return VolumeRef(pool.name, request.name, volumes.volume_path(request.name))
+
+    def create_volume_xml_from(
+        self, ref: PoolRef, xml: str, source: VolumeRef, flags: int = 0
+    ) -> VolumeRef:
+        """STORAGE_VOL_CREATE_XML_FROM: a sparse copy of ``source`` (same pool only).
+
+        Capacity may be omitted (the source's size is used) and is never below
+        the source's size. Only the source's data is copied: holes stay holes.
+        """
+        check_flags(flags, _CLONE_FLAGS, "storageVolCreateXMLFrom", STORAGE)
+        request = parse_volume_xml(xml, capacity_required=False)
+        if flags & VolCreateFlags.PREALLOC_METADATA:
+            raise metadata_prealloc_unsupported()
+        with self._lock:
+            source_pool = self._volume_pool(source)
+            source_pool.active_volumes().require(source.name)
+            if source_pool.busy.get(source.name) is Busy.BUILDING:
+                source_pool.check_not_busy(source.name)
+        if source_pool.uuid != ref.uuid:
+            raise storage_error(
+                ErrorCode.OPERATION_UNSUPPORTED,
+                "cloning a volume from another pool is not supported",
+            )
+        with self._building(ref, request.name) as (pool, volumes):
+            volumes.create_from(request, source.name)
+        return VolumeRef(pool.name, request.name, volumes.volume_path(request.name))
+
+    @contextmanager
+    def _building(self, ref: PoolRef, name: str) -> Iterator[tuple[Pool, VolumeDir]]:
+        """Reserve a new volume name while its file is being made, outside the lock."""
+        with self._lock:
+            pool = self._pool(ref)
+            volumes = pool.active_volumes()
+            check_new_volume_name(name, volumes.path)
+            pool.check_not_busy(name)
+            pool.busy[name] = Busy.BUILDING
+        try:
+            yield pool, volumes
+        finally:
+            with self._lock:
+                pool.busy.pop(name, None)
+
+    @contextmanager
+    def _changing(self, volume: VolumeRef) -> Iterator[VolumeDir]:
+        """Hold an existing volume busy while it is changed, outside the lock."""
+        with self._lock:
+            pool = self._volume_pool(volume)
+            volumes = pool.active_volumes()
+            volumes.require(volume.name)
+            pool.check_not_busy(volume.name)
+            pool.busy[volume.name] = Busy.BUILDING
+        try:
+            yield volumes
+        finally:
+            with self._lock:
+                pool.busy.pop(volume.name, None)
+
+    def delete_volume(self, volume: VolumeRef, flags: int = 0) -> None:
+        """STORAGE_VOL_DELETE: remove the file (no flags are supported for files)."""
+        check_flags(flags, 0, "virStorageBackendVolDeleteLocal", STORAGE)
+        with self._changing(volume) as volumes:
+            volumes.delete(volume.name)
+
+    def wipe_volume(self, volume: VolumeRef, flags: int = 0) -> None:
+        """STORAGE_VOL_WIPE: the volume reads as zeros afterwards, same size, blocks freed."""
+        check_flags(flags, 0, "storageVolWipePattern", STORAGE)
+        with self._changing(volume) as volumes:
+            volumes.wipe(volume.name)
+
+    def resize_volume(self, volume: VolumeRef, capacity: int, flags: int = 0) -> None:
+        """STORAGE_VOL_RESIZE with ALLOCATE / DELTA / SHRINK, under libvirt's rules.
+
+        Shrinking needs SHRINK and may not go below the current allocation;
+        DELTA makes ``capacity`` relative; ALLOCATE preallocates the new part.
+        """
+        check_flags(flags, _RESIZE_FLAGS, "storageVolResize", STORAGE)
+        with self._changing(volume) as volumes:
+            volumes.resize(
+                volume.name,
+                capacity,
+                delta=bool(flags & VolResizeFlags.DELTA),
+                shrink=bool(flags & VolResizeFlags.SHRINK),
+                allocate=bool(flags & VolResizeFlags.ALLOCATE),
+            )
+
+    # ------------------------------------------------------------------
+    # Transfers
+
+    def open_download(
+        self, volume: VolumeRef, offset: int, length: int, flags: int = 0
+    ) -> VolumeReader:
+        """STORAGE_VOL_DOWNLOAD: a reader of ``[offset, offset+length)`` (length 0: to EOF).
+
+        With the SPARSE flag the reader reports holes; without it holes are read
+        as zero data. The caller must ``close()`` the reader.
+        """
+        check_flags(flags, VolStreamFlags.SPARSE, "storageVolDownload", STORAGE)
+        with self._lock:
+            pool = self._volume_pool(volume)
+            volumes = pool.active_volumes()
+            if pool.busy.get(volume.name) is Busy.BUILDING:
+                pool.check_not_busy(volume.name)
+            fd = volumes.open(volume.name, os.O_RDONLY)
+        try:
+            return VolumeReader(fd, offset, length, sparse=bool(flags & VolStreamFlags.SPARSE))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def open_upload(
+        self, volume: VolumeRef, offset: int, length: int, flags: int = 0
+    ) -> VolumeWriter:
+        """STORAGE_VOL_UPLOAD: a writer for the stream; the volume is busy until
+        ``commit()`` or ``abort()``.
+
+        offset 0 and length 0 replace the whole volume atomically (it ends up
+        exactly as long as the stream); otherwise the stream writes in place
+        from ``offset`` and may not exceed a non-zero ``length``.
+        """
+        check_flags(flags, VolStreamFlags.SPARSE, "storageVolUpload", STORAGE)
+        with self._lock:
+            pool = self._volume_pool(volume)
+            volumes = pool.active_volumes()
+            volumes.require(volume.name)
+            pool.check_not_busy(volume.name)
+            if offset == 0 and length == 0:
+                temp, fd = volumes.create_upload_temp(volume.name)
+                pool.upload_temps.add(temp)
+            else:
+                temp, fd = None, volumes.open(volume.name, os.O_WRONLY)
+            pool.busy[volume.name] = Busy.UPLOADING
+
+        def finish(success: bool) -> None:
+            try:
+                if temp is not None:
+                    _settle_upload_temp(volumes, temp, volume.name, success)
+            finally:
+                with self._lock:
+                    pool.busy.pop(volume.name, None)
+                    if temp is not None:
+                        pool.upload_temps.discard(temp)
+
+        try:
+            return VolumeWriter(
+                fd, offset, length, finish=finish, sync=temp is not None and self._sync_uploads
+            )
+        except BaseException:
+            os.close(fd)
+            finish(False)
+            raise
+
+
+def _settle_upload_temp(volumes: VolumeDir, temp: str, name: str, success: bool) -> None:
+    """Put a finished whole-volume upload in place, or throw it away."""
+    if not success:
+        volumes.remove_temp(temp)
+        return
+    try:
+        volumes.replace(temp, name)
+    except OSError as exc:
+        volumes.remove_temp(temp)
+        raise storage_error(
+            ErrorCode.OPERATION_FAILED, f"cannot replace volume '{name}': {exc.strerror}"
+        ) from None
+
+
+def _pool_matches(pool: Pool, wanted: ListPoolsFlags) -> bool:
+    def group(bits: ListPoolsFlags, yes: ListPoolsFlags, value: bool) -> bool:
+        chosen = wanted & bits
+        return not chosen or bool(chosen & yes if value else chosen & ~yes)
+
+    return (
+        group(LIST_POOLS_ACTIVITY, ListPoolsFlags.ACTIVE, pool.active)
+        and group(LIST_POOLS_PERSISTENCE, ListPoolsFlags.PERSISTENT, pool.persistent)
+        and group(LIST_POOLS_AUTOSTART, ListPoolsFlags.AUTOSTART, pool.autostart)
+        and (not wanted & LIST_POOLS_TYPES or bool(wanted & ListPoolsFlags.DIR))
+    )
+
+
+_CREATE_FLAGS = (
+    PoolCreateFlags.WITH_BUILD
+    | PoolCreateFlags.WITH_BUILD_OVERWRITE
+    | PoolCreateFlags.WITH_BUILD_NO_OVERWRITE
+)
+_CLONE_FLAGS = VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.REFLINK | VolCreateFlags.VALIDATE
+_RESIZE_FLAGS = VolResizeFlags.ALLOCATE | VolResizeFlags.DELTA | VolResizeFlags.SHRINK

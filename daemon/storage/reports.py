@@ -1,0 +1,102 @@
+"""The errors the storage layer raises, worded as libvirt 9.0's storage driver words them."""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+
+STORAGE = ErrorDomain.STORAGE
+
+
+def storage_error(code: ErrorCode, detail: str) -> ErrorReport:
+    """``virReportError(code, detail)`` from the storage driver."""
+    return ErrorReport.raised(code, STORAGE, detail)
+
+
+def system_error(
+    what: str, exc: OSError | int, domain: ErrorDomain = ErrorDomain.NONE
+) -> ErrorReport:
+    """``virReportSystemError``: "<what>: <strerror>" with the errno in ``int1``.
+
+    libvirt's file helpers report these from the util layer, whose domain is NONE.
+    """
+    err = exc if isinstance(exc, int) else (exc.errno or 0)
+    message = f"{what}: {os.strerror(err)}"
+    return ErrorReport(ErrorCode.SYSTEM_ERROR, domain, message, str1="%s", str2=message, int1=err)
+
+
+def uuid_text(raw: bytes) -> str:
+    """The dashed lower-case form libvirt prints."""
+    return str(uuidlib.UUID(bytes=raw)) if len(raw) == 16 else raw.hex()
+
+
+def no_pool_named(name: str) -> ErrorReport:
+    return storage_error(ErrorCode.NO_STORAGE_POOL, f"no storage pool with matching name '{name}'")
+
+
+def no_pool_with_uuid(raw: bytes, name: str | None = None) -> ErrorReport:
+    detail = f"no storage pool with matching uuid '{uuid_text(raw)}'"
+    if name is not None:
+        detail += f" ({name})"
+    return storage_error(ErrorCode.NO_STORAGE_POOL, detail)
+
+
+def pool_not_active(name: str) -> ErrorReport:
+    return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is not active")
+
+
+def pool_already_active(name: str) -> ErrorReport:
+    return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is already active")
+
+
+def pool_still_active(name: str) -> ErrorReport:
+    return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is still active")
+
+
+def pool_has_jobs(name: str) -> ErrorReport:
+    return storage_error(
+        ErrorCode.OPERATION_INVALID, f"pool '{name}' has asynchronous jobs running."
+    )
+
+
+def no_volume_named(name: str) -> ErrorReport:
+    return storage_error(ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching name '{name}'")
+
+
+def no_volume_with_key(key: str) -> ErrorReport:
+    return storage_error(ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching key {key}")
+
+
+def no_volume_with_path(path: str, cleaned: str) -> ErrorReport:
+    detail = f"no storage vol with matching path '{path}'"
+    if cleaned != path:
+        detail += f" ({cleaned})"
+    return storage_error(ErrorCode.NO_STORAGE_VOL, detail)
+
+
+def volume_in_use(name: str) -> ErrorReport:
+    return storage_error(ErrorCode.OPERATION_INVALID, f"volume '{name}' is still in use.")
+
+
+def volume_exists(name: str) -> ErrorReport:
+    # libvirt's message for this code is "storage volume %s exists already".
+    message = f"storage volume '{name}' exists already"
+    return ErrorReport(
+        ErrorCode.STORAGE_VOL_EXIST,
+        STORAGE,
+        message,
+        str1="storage volume %s exists already",
+        str2=f"'{name}'",
+    )
+
+
+def xml_error(detail: str, domain: ErrorDomain = STORAGE) -> ErrorReport:
+    """VIR_ERR_XML_ERROR, "XML error: <detail>"."""
+    return ErrorReport.raised(ErrorCode.XML_ERROR, domain, detail)
+
+
+def invalid_arg(detail: str, domain: ErrorDomain = STORAGE) -> ErrorReport:
+    """VIR_ERR_INVALID_ARG raised with virReportError, so with the "invalid argument: " prefix."""
+    return ErrorReport.raised(ErrorCode.INVALID_ARG, domain, detail)

@@ -1,0 +1,256 @@
+"""Volume files of one directory pool, reached only through the pool directory's descriptor.
+
+Every name is checked to be a plain file name and every open uses the pool
+directory fd with O_NOFOLLOW, so no volume operation can read or write outside
+the pool directory, whatever symlinks are planted in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+
+from virtvol.daemon import sparsefile
+from virtvol.protocol.errors import ErrorCode, ErrorReport
+
+from .names import RESERVED_PREFIX, is_volume_name
+from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
+from .volxml import MAX_FILE_SIZE, VolumeRequest
+
+VOLUME_MODE = 0o600  # what libvirt gives the files it creates in a dir pool
+_UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
+
+# O_NONBLOCK: opening a FIFO someone planted must not hang; it is refused
+# right after by the regular-file check. No effect on regular files.
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+
+class VolumeDir:
+    """The files of an active pool; ``fd`` is the open pool directory."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def volume_path(self, name: str) -> str:
+        """The volume's absolute path, which is also its key."""
+        return ("" if self.path == "/" else self.path) + "/" + name
+
+    def close(self) -> None:
+        """Close the pool directory descriptor."""
+        os.close(self.fd)
+
+    # -- looking up -------------------------------------------------------
+
+    def stat(self, name: str) -> os.stat_result | None:
+        """The volume's stat, or None when ``name`` is not a regular file of the pool."""
+        if not is_volume_name(name):
+            return None
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except OSError:
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def require(self, name: str) -> os.stat_result:
+        """The volume's stat, or libvirt's "no storage vol with matching name" error."""
+        st = self.stat(name)
+        if st is None:
+            raise no_volume_named(name)
+        return st
+
+    def names(self) -> list[str]:
+        """Volume names in sorted order: regular files only; symlinks, directories and
+        temporary files are not volumes."""
+        found = []
+        with os.scandir(self.fd) as entries:
+            for entry in entries:
+                if is_volume_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    found.append(entry.name)
+        return sorted(found)
+
+    def open(self, name: str, flags: int) -> int:
+        """Open an existing volume file; symlinks and non-regular files count as missing."""
+        if not is_volume_name(name):
+            raise no_volume_named(name)
+        try:
+            fd = os.open(name, flags | _OPEN_FLAGS, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise no_volume_named(name) from None
+            raise system_error(f"cannot open volume '{self.volume_path(name)}'", exc) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise no_volume_named(name)
+        return fd
+
+    # -- creating ---------------------------------------------------------
+
+    def _create_file(self, name: str, mode: int = VOLUME_MODE) -> int:
+        try:
+            return os.open(
+                name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, mode, dir_fd=self.fd
+            )
+        except FileExistsError:
+            raise volume_exists(name) from None
+        except OSError as exc:
+            raise system_error(f"Failed to create file '{self.volume_path(name)}'", exc) from None
+
+    def _discard(self, name: str, fd: int) -> None:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self.fd)
+
+    def create(self, request: VolumeRequest) -> None:
+        """Create a raw file: sparse, with ``request.allocation`` bytes preallocated."""
+        capacity = request.capacity or 0
+        allocation = capacity if request.allocation is None else request.allocation
+        fd = self._create_file(request.name)
+        path = self.volume_path(request.name)
+        try:
+            os.ftruncate(fd, capacity)
+            try:
+                sparsefile.allocate(fd, 0, allocation)
+            except OSError as exc:
+                raise system_error(
+                    f"cannot allocate {allocation} bytes in file '{path}'", exc
+                ) from None
+        except BaseException:
+            self._discard(request.name, fd)
+            raise
+        os.close(fd)
+
+    def create_from(self, request: VolumeRequest, source: str) -> None:
+        """Create a raw file holding a sparse copy of volume ``source``.
+
+        The new capacity is the larger of the requested one and the source's
+        size. Only the source's data extents are copied, so its holes stay holes.
+        """
+        src_fd = self.open(source, os.O_RDONLY)
+        try:
+            size = os.fstat(src_fd).st_size
+            capacity = max(request.capacity or 0, size)
+            dst_fd = self._create_file(request.name)
+            try:
+                os.ftruncate(dst_fd, capacity)
+                sparsefile.copy_sparse(src_fd, dst_fd, size)
+            except OSError as exc:
+                self._discard(request.name, dst_fd)
+                raise system_error(
+                    f"failed to copy '{self.volume_path(source)}' to "
+                    f"'{self.volume_path(request.name)}'",
+                    exc,
+                ) from None
+            except BaseException:
+                self._discard(request.name, dst_fd)
+                raise
+            os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    # -- changing ---------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        """Remove the volume file."""
+        self.require(name)
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            raise no_volume_named(name) from None
+        except OSError as exc:
+            raise system_error(f"cannot unlink file '{self.volume_path(name)}'", exc) from None
+
+    def wipe(self, name: str) -> None:
+        """Make the whole volume read as zeros, keeping its size and freeing its blocks."""
+        fd = self.open(name, os.O_WRONLY)
+        try:
+            sparsefile.punch_hole(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            raise system_error(f"Failed to wipe vol '{self.volume_path(name)}'", exc) from None
+        finally:
+            os.close(fd)
+
+    def resize(
+        self, name: str, capacity: int, *, delta: bool, shrink: bool, allocate: bool
+    ) -> None:
+        """Change the volume's size with libvirt's rules (see StorageRegistry.resize_volume)."""
+        fd = self.open(name, os.O_RDWR)
+        path = self.volume_path(name)
+        try:
+            st = os.fstat(fd)
+            current, allocation = st.st_size, st.st_blocks * 512
+            if delta:
+                new = current - min(capacity, current) if shrink else current + capacity
+            else:
+                new = capacity
+            if new < current:
+                if new < allocation:
+                    raise invalid_arg("can't shrink capacity below existing allocation")
+                if not shrink:
+                    raise invalid_arg(
+                        "Can't shrink capacity below current capacity unless shrink flag "
+                        "explicitly specified"
+                    )
+            if new > MAX_FILE_SIZE:
+                raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
+            try:
+                if allocate and new > current:
+                    sparsefile.allocate(fd, current, new - current)
+                os.ftruncate(fd, new)
+            except OSError as exc:
+                raise system_error(f"Failed to truncate file '{path}'", exc) from None
+        finally:
+            os.close(fd)
+
+    # -- whole-volume upload temporaries ------------------------------------
+
+    def create_upload_temp(self, like: str) -> tuple[str, int]:
+        """Create a hidden temporary file for replacing volume ``like``.
+
+        It gets the volume's mode (and owner, where permitted); its name starts
+        with the reserved prefix, so listings never show it.
+        """
+        st = self.require(like)
+        name = _UPLOAD_PREFIX + secrets.token_hex(8)
+        fd = self._create_file(name, VOLUME_MODE)
+        try:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, st.st_uid, st.st_gid)
+        except BaseException:
+            self._discard(name, fd)
+            raise
+        return name, fd
+
+    def replace(self, temp: str, name: str) -> None:
+        """Atomically put file ``temp`` in place of volume ``name``."""
+        os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def remove_temp(self, temp: str) -> None:
+        """Remove a temporary file, ignoring one that is already gone."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=self.fd)
+
+    def remove_stale_temps(self, keep: set[str]) -> None:
+        """Delete upload temporaries left by a crash (all but those in ``keep``)."""
+        with os.scandir(self.fd) as entries:
+            stale = [
+                entry.name
+                for entry in entries
+                if entry.name.startswith(_UPLOAD_PREFIX)
+                and entry.name not in keep
+                and entry.is_file(follow_symlinks=False)
+            ]
+        for name in stale:
+            self.remove_temp(name)
+
+
+def metadata_prealloc_unsupported() -> ErrorReport:
+    """PREALLOC_METADATA makes no sense for raw files; libvirt refuses it the same way."""
+    return storage_error(
+        ErrorCode.OPERATION_UNSUPPORTED, "metadata preallocation is not supported for raw volumes"
+    )

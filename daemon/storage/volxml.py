@@ -1,0 +1,129 @@
+"""Volume definitions: parsing ``<volume>`` XML and writing it in libvirt's layout."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from xml.etree.ElementTree import Element
+
+from virtvol.protocol.errors import ErrorCode
+
+from .reports import storage_error, xml_error
+from .units import scaled_size
+from .xmldoc import child_text, escape, parse_document
+
+# Largest size a Linux file can have (off_t).
+MAX_FILE_SIZE = (1 << 63) - 1
+
+# virStorageFileFormat names libvirt knows for file volumes. Only raw can be
+# created without qemu-img, which virtvol does not use.
+_KNOWN_FORMATS = frozenset(
+    [
+        "none",
+        "raw",
+        "dir",
+        "bochs",
+        "cloop",
+        "dmg",
+        "iso",
+        "vpc",
+        "vdi",
+        "fat",
+        "vhd",
+        "ploop",
+        "cow",
+        "qcow",
+        "qcow2",
+        "qed",
+        "vmdk",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRequest:
+    """What a ``<volume>`` document asks for.
+
+    ``allocation`` None means "as much as capacity" (libvirt's default);
+    ``capacity`` None is allowed only when cloning (the source's size is used).
+    """
+
+    name: str
+    capacity: int | None
+    allocation: int | None
+
+
+def _size(root: Element, tag: str) -> int | None:
+    element = root.find(tag)
+    if element is None:
+        return None
+    text = (element.text or "").strip()
+    if not text.isascii() or not text.isdigit():
+        raise xml_error(f"malformed {tag} element")
+    return scaled_size(int(text), element.get("unit"), MAX_FILE_SIZE)
+
+
+def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequest:
+    """Parse a volume definition for a directory pool (raw files only).
+
+    Raises:
+        ErrorReport: malformed XML, missing name or capacity, bad sizes or units,
+            or a format other than raw.
+    """
+    root = parse_document(text, "volume", "storage_volume_definition")
+    name = child_text(root, "name")
+    if name is None:
+        raise xml_error("missing volume name element")
+    capacity = _size(root, "capacity")
+    if capacity is None and capacity_required:
+        raise xml_error("missing capacity element")
+    allocation = _size(root, "allocation")
+    fmt_element = root.find("target/format")
+    fmt = fmt_element.get("type") if fmt_element is not None else None
+    if fmt is not None and fmt != "raw":
+        if fmt not in _KNOWN_FORMATS:
+            raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
+        raise storage_error(
+            ErrorCode.INTERNAL_ERROR,
+            "creation of non-raw file images is not supported without qemu-img.",
+        )
+    if capacity is not None and allocation is not None and allocation > capacity:
+        # libvirt grows the capacity to the requested allocation.
+        capacity = allocation
+    return VolumeRequest(name=name, capacity=capacity, allocation=allocation)
+
+
+def _timestamp(tag: str, ns: int) -> str:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    value = f"{seconds}.{nanos:09d}" if nanos else str(seconds)
+    return f"      <{tag}>{value}</{tag}>"
+
+
+def format_volume_xml(name: str, path: str, st: os.stat_result) -> str:
+    """The volume's XML as libvirt 9.0 prints it for a raw file in a directory pool."""
+    lines = [
+        "<volume type='file'>",
+        f"  <name>{escape(name)}</name>",
+        f"  <key>{escape(path)}</key>",
+        f"  <capacity unit='bytes'>{st.st_size}</capacity>",
+        f"  <allocation unit='bytes'>{st.st_blocks * 512}</allocation>",
+        f"  <physical unit='bytes'>{st.st_size}</physical>",
+        "  <target>",
+        f"    <path>{escape(path)}</path>",
+        "    <format type='raw'/>",
+        "    <permissions>",
+        f"      <mode>{st.st_mode & 0o7777:04o}</mode>",
+        f"      <owner>{st.st_uid}</owner>",
+        f"      <group>{st.st_gid}</group>",
+        "    </permissions>",
+        "    <timestamps>",
+        _timestamp("atime", st.st_atime_ns),
+        _timestamp("mtime", st.st_mtime_ns),
+        _timestamp("ctime", st.st_ctime_ns),
+        "      <btime>0</btime>",
+        "    </timestamps>",
+        "  </target>",
+        "</volume>",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Hardened XML parsing and escaping shared by the pool and volume formats.
+
+Definitions arrive from the network, so the parser is defusedxml's with DTDs,
+entities and external references refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+from xml.etree.ElementTree import Element, ParseError
+
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+
+from .reports import xml_error
+
+# defusedxml ships no type hints; going through importlib keeps mypy strict
+# whether or not a stub package is installed.
+_defused_et = importlib.import_module("defusedxml.ElementTree")
+_defused_common = importlib.import_module("defusedxml.common")
+
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"}
+
+
+def escape(text: str) -> str:
+    """Escape text for an element body or a quoted attribute, as libvirt does."""
+    return "".join(_ESCAPES.get(ch, ch) for ch in text)
+
+
+def parse_document(text: str, root: str, source: str) -> Element:
+    """Parse ``text`` and check that its root element is ``root``.
+
+    Args:
+        text: the XML document.
+        root: the expected root tag ("pool", "volume").
+        source: the document name libvirt puts in parse errors, e.g.
+            "storage_pool_definition".
+
+    Raises:
+        ErrorReport: VIR_ERR_XML_DETAIL for malformed XML (libvirt's code and
+            wording), VIR_ERR_XML_ERROR for forbidden constructs or a wrong root.
+    """
+    try:
+        element: Element = _defused_et.fromstring(text, forbid_dtd=True)
+    except ParseError as exc:
+        line = exc.position[0] if exc.position else 1
+        message = f"({source}):{line}: {exc.msg}"
+        raise ErrorReport(ErrorCode.XML_DETAIL, ErrorDomain.STORAGE, message) from None
+    except _defused_common.DefusedXmlException:
+        raise xml_error(
+            f"({source}): DTDs, entity declarations and external references are not accepted"
+        ) from None
+    if element.tag != root:
+        raise xml_error(f"expecting root element of '{root}', not '{element.tag}'", ErrorDomain.XML)
+    return element
+
+
+def child_text(parent: Element, path: str) -> str | None:
+    """Stripped text of the first element at ``path``, or None when absent or empty."""
+    found = parent.find(path)
+    if found is None or found.text is None:
+        return None
+    text = found.text.strip()
+    return text or None
