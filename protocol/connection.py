@@ -209,6 +209,9 @@ class Connection:
         self.reader = FrameReader(max_message=max_message)
         self._next_serial = 0
         self._pending: dict[int, int] = {}  # serial -> procedure
+        # Server: (program, version) of rejected calls; the error reply must carry them,
+        # since libvirt's client matches a reply on program, version and serial.
+        self._rejected: dict[int, tuple[int, int]] = {}
         self.streams: dict[int, Stream] = {}
 
     # -- receiving ------------------------------------------------------------
@@ -270,6 +273,7 @@ class Connection:
 
     def _reject(self, header: Header, error: RemoteError) -> CallRejected:
         self._pending[header.serial] = header.procedure
+        self._rejected[header.serial] = (header.program, header.version)
         return CallRejected(header.serial, header.procedure, error)
 
     def _handle_call(self, frame: Frame) -> Event:
@@ -402,6 +406,7 @@ class Connection:
     def reply(self, serial: int, result: XdrStruct | None = None) -> bytes:
         """Server: the successful answer to a pending call."""
         procedure = self._take_pending(serial)
+        self._rejected.pop(serial, None)
         stream = self.streams.get(serial)
         if stream is not None:
             stream.replied = True
@@ -414,9 +419,10 @@ class Connection:
         """Server: the error answer to a pending call (a stream it opened is dropped)."""
         procedure = self._take_pending(serial)
         self.streams.pop(serial, None)
+        program, version = self._rejected.pop(serial, (REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION))
         header = Header(
-            REMOTE_PROGRAM,
-            REMOTE_PROTOCOL_VERSION,
+            program,
+            version,
             procedure,
             MessageType.REPLY,
             serial,
