@@ -1,0 +1,783 @@
+"""The client and server state machines, wired back to back."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.protocol.conftest import Pair, joined, read_frames
+from virtvol.protocol.connection import (
+    CallReceived,
+    CallRejected,
+    Connection,
+    ErrorReplyReceived,
+    FrameIgnored,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+    ReplyReceived,
+    StreamAbortReceived,
+    StreamDataReceived,
+    StreamEndReceived,
+    StreamFailed,
+    StreamFinished,
+    StreamFinishReceived,
+    StreamHoleReceived,
+    rpc_error,
+)
+from virtvol.protocol.constants import (
+    KEEPALIVE_PROGRAM,
+    QEMU_PROGRAM,
+    REMOTE_PROGRAM,
+    AuthType,
+    KeepaliveProcedure,
+    MessageStatus,
+    MessageType,
+)
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
+from virtvol.protocol.frames import Header, encode_frame
+from virtvol.protocol.procedures import PROCEDURES, Proc
+from virtvol.protocol.remote import (
+    AuthListRet,
+    ConnectEventConnectionClosedMsg,
+    ConnectSupportsFeatureArgs,
+    ConnectSupportsFeatureRet,
+    LookupByNameArgs,
+    PoolRet,
+    RemoteError,
+    StoragePool,
+    StorageVol,
+    StreamHole,
+    VolTransferArgs,
+)
+from virtvol.protocol.stream import Side, StreamState
+
+UPLOAD = Proc.STORAGE_VOL_UPLOAD
+DOWNLOAD = Proc.STORAGE_VOL_DOWNLOAD
+VOL = StorageVol(pool="default", name="disk.img", key="/srv/pool/disk.img")
+POOL = StoragePool(name="default", uuid=bytes(range(16)))
+WRITE_ERROR = RemoteError(
+    code=ErrorCode.SYSTEM_ERROR, domain=ErrorDomain.RPC, message="cannot write: No space left"
+)
+
+
+def _open_stream(pair: Pair, procedure: Proc, *, sparse: bool) -> int:
+    """CALL and REPLY of a stream procedure; returns the stream's serial."""
+    args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=1 if sparse else 0)
+    serial, call = pair.client.call(procedure, args)
+    assert pair.to_server(call) == [CallReceived(serial, PROCEDURES[procedure], args)]
+    assert pair.server.streams[serial].sparse is sparse
+    assert pair.client.streams[serial].sparse is sparse
+    assert pair.to_client(pair.server.reply(serial)) == [ReplyReceived(serial, procedure, None)]
+    return serial
+
+
+def _header(serial: int, procedure: int, kind: int, status: int) -> Header:
+    return Header(REMOTE_PROGRAM, 1, procedure, kind, serial, status)
+
+
+# -- whole transfers -----------------------------------------------------------------
+
+
+def test_sparse_upload() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    frames = [
+        pair.client.send_hole(serial, 16384),
+        joined(pair.client.send_data(serial, b"a" * 4096)),
+        pair.client.send_hole(serial, 1 << 40),
+        joined(pair.client.send_data(serial, memoryview(b"b" * 100000))),
+        pair.client.send_hole(serial, 7),
+        pair.client.send_finish(serial),
+    ]
+    assert pair.to_server(*frames) == [
+        StreamHoleReceived(serial, 16384),
+        StreamDataReceived(serial, b"a" * 4096),
+        StreamHoleReceived(serial, 1 << 40),
+        StreamDataReceived(serial, b"b" * 100000),
+        StreamHoleReceived(serial, 7),
+        StreamFinishReceived(serial),
+    ]
+    assert pair.to_client(pair.server.send_finish_ack(serial)) == [StreamFinished(serial)]
+    assert pair.idle()
+
+
+def test_sparse_download() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    frames = [
+        pair.server.send_hole(serial, 16384),
+        joined(pair.server.send_data(serial, b"x" * 262120)),
+        pair.server.send_hole(serial, 45056),
+        pair.server.send_hole(serial, 4096),
+        joined(pair.server.send_data(serial, b"y")),
+        pair.server.send_hole(serial, 126976),
+        pair.server.send_eof(serial),
+    ]
+    assert pair.to_client(*frames) == [
+        StreamHoleReceived(serial, 16384),
+        StreamDataReceived(serial, b"x" * 262120),
+        StreamHoleReceived(serial, 45056),
+        StreamHoleReceived(serial, 4096),
+        StreamDataReceived(serial, b"y"),
+        StreamHoleReceived(serial, 126976),
+        StreamEndReceived(serial),
+    ]
+    assert pair.client.streams[serial].state is StreamState.EOF_SEEN
+    assert pair.to_server(pair.client.send_finish(serial)) == [StreamFinishReceived(serial)]
+    assert pair.to_client(pair.server.send_finish_ack(serial)) == [StreamFinished(serial)]
+    assert pair.idle()
+
+
+def test_hole_frame_layout() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    frame = pair.client.send_hole(serial, 61440)
+    assert frame == bytes.fromhex(
+        "00000028 20008086 00000001 000000d0 00000006 00000000 00000002000000000000f000 00000000"
+    )
+    (decoded,) = read_frames(frame)
+    assert StreamHole.decode(decoded.payload) == StreamHole(61440, 0)
+
+
+def test_dense_upload() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=False)
+    chunks = [bytes([n]) * 262120 for n in range(3)] + [b"tail"]
+    frames = [joined(pair.client.send_data(serial, chunk)) for chunk in chunks]
+    assert pair.to_server(*frames) == [StreamDataReceived(serial, chunk) for chunk in chunks]
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_hole(serial, 4096)
+    assert pair.to_server(pair.client.send_finish(serial)) == [StreamFinishReceived(serial)]
+    assert pair.to_client(pair.server.send_finish_ack(serial)) == [StreamFinished(serial)]
+    assert pair.idle()
+
+
+def test_dense_download() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=False)
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_hole(serial, 4096)
+    frames = [joined(pair.server.send_data(serial, b"d" * size)) for size in (262120, 24, 1)]
+    frames.append(pair.server.send_eof(serial))
+    assert pair.to_client(*frames) == [
+        StreamDataReceived(serial, b"d" * 262120),
+        StreamDataReceived(serial, b"d" * 24),
+        StreamDataReceived(serial, b"d"),
+        StreamEndReceived(serial),
+    ]
+    assert pair.to_server(pair.client.send_finish(serial)) == [StreamFinishReceived(serial)]
+    assert pair.to_client(pair.server.send_finish_ack(serial)) == [StreamFinished(serial)]
+    assert pair.idle()
+
+
+def test_empty_download() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    assert pair.to_client(pair.server.send_eof(serial)) == [StreamEndReceived(serial)]
+    assert pair.to_server(pair.client.send_finish(serial)) == [StreamFinishReceived(serial)]
+    assert pair.to_client(pair.server.send_finish_ack(serial)) == [StreamFinished(serial)]
+    assert pair.idle()
+
+
+def test_data_before_the_reply_reaches_the_client() -> None:
+    """libvirtd registers the stream before it queues the REPLY; the client copes."""
+    pair = Pair()
+    args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=1)
+    serial, call = pair.client.call(DOWNLOAD, args)
+    pair.to_server(call)
+    early = joined(pair.server.send_data(serial, b"early"))
+    reply = pair.server.reply(serial)
+    assert pair.to_client(early, reply) == [
+        StreamDataReceived(serial, b"early"),
+        ReplyReceived(serial, DOWNLOAD, None),
+    ]
+
+
+def test_upload_and_download_streams_side_by_side() -> None:
+    pair = Pair()
+    up = _open_stream(pair, UPLOAD, sparse=True)
+    down = _open_stream(pair, DOWNLOAD, sparse=False)
+    assert pair.to_server(
+        joined(pair.client.send_data(up, b"u")), pair.client.send_hole(up, 10)
+    ) == [StreamDataReceived(up, b"u"), StreamHoleReceived(up, 10)]
+    assert pair.to_client(
+        joined(pair.server.send_data(down, b"d")), pair.server.send_eof(down)
+    ) == [
+        StreamDataReceived(down, b"d"),
+        StreamEndReceived(down),
+    ]
+    assert pair.to_server(pair.client.send_finish(up), pair.client.send_finish(down)) == [
+        StreamFinishReceived(up),
+        StreamFinishReceived(down),
+    ]
+    assert pair.to_client(pair.server.send_finish_ack(down), pair.server.send_finish_ack(up)) == [
+        StreamFinished(down),
+        StreamFinished(up),
+    ]
+    assert pair.idle()
+
+
+# -- aborts and errors -------------------------------------------------------------
+
+
+def test_upload_abort() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    data = joined(pair.client.send_data(serial, b"partial"))
+    abort = pair.client.send_abort(serial)
+    assert pair.client.streams[serial].state is StreamState.ABORTING
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_data(serial, b"more")
+    assert pair.to_server(data, abort) == [
+        StreamDataReceived(serial, b"partial"),
+        StreamAbortReceived(serial),
+    ]
+    assert abort == encode_frame(_header(serial, UPLOAD, MessageType.STREAM, MessageStatus.ERROR))
+    assert pair.to_client(pair.server.send_finish_ack(serial)) == [StreamFinished(serial)]
+    assert pair.idle()
+
+
+def test_download_abort_crosses_data_in_flight() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    abort = pair.client.send_abort(serial)
+    # The server keeps sending until it reads the abort.
+    in_flight = [
+        joined(pair.server.send_data(serial, b"late")),
+        pair.server.send_hole(serial, 4096),
+        pair.server.send_eof(serial),
+    ]
+    assert pair.to_server(abort) == [StreamAbortReceived(serial)]
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_finish_ack(serial + 1)
+    ack = pair.server.send_finish_ack(serial)
+    assert pair.to_client(*in_flight, ack) == [
+        StreamDataReceived(serial, b"late"),
+        StreamHoleReceived(serial, 4096),
+        StreamEndReceived(serial),
+        StreamFinished(serial),
+    ]
+    assert pair.idle()
+
+
+def test_download_abort_after_eof() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=False)
+    pair.to_client(pair.server.send_eof(serial))
+    assert pair.to_server(pair.client.send_abort(serial)) == [StreamAbortReceived(serial)]
+    assert pair.to_client(pair.server.send_finish_ack(serial)) == [StreamFinished(serial)]
+    assert pair.idle()
+
+
+def test_server_error_mid_upload_drops_later_client_frames() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    assert pair.to_server(joined(pair.client.send_data(serial, b"first"))) == [
+        StreamDataReceived(serial, b"first")
+    ]
+    error = pair.server.send_stream_error(serial, WRITE_ERROR)
+    assert serial not in pair.server.streams
+    # Frames the client sent before it read the error.
+    late = [
+        joined(pair.client.send_data(serial, b"second")),
+        pair.client.send_hole(serial, 4096),
+        pair.client.send_finish(serial),
+    ]
+    events = pair.to_server(*late)
+    assert [type(event) for event in events] == [FrameIgnored] * 3
+    assert all(isinstance(e, FrameIgnored) and e.header.serial == serial for e in events)
+    assert pair.to_client(error) == [StreamFailed(serial, WRITE_ERROR)]
+    assert pair.idle()
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_finish(serial)
+
+
+def test_server_error_answers_a_finish() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=False)
+    assert pair.to_server(pair.client.send_finish(serial)) == [StreamFinishReceived(serial)]
+    error = pair.server.send_stream_error(serial, WRITE_ERROR)
+    assert pair.to_client(error) == [StreamFailed(serial, WRITE_ERROR)]
+    assert pair.idle()
+
+
+def test_server_error_mid_download() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    frames = [
+        joined(pair.server.send_data(serial, b"some")),
+        pair.server.send_stream_error(serial, WRITE_ERROR),
+    ]
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_eof(serial)
+    assert pair.to_client(*frames) == [
+        StreamDataReceived(serial, b"some"),
+        StreamFailed(serial, WRITE_ERROR),
+    ]
+    assert pair.idle()
+
+
+def test_error_reply_to_a_stream_call_opens_no_stream() -> None:
+    pair = Pair()
+    args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=1)
+    serial, call = pair.client.call(UPLOAD, args)
+    pair.to_server(call)
+    error = rpc_error("unsupported flags (0x1) in function storageVolUpload", ErrorCode.INVALID_ARG)
+    assert pair.to_client(pair.server.reply_error(serial, error)) == [
+        ErrorReplyReceived(serial, UPLOAD, error)
+    ]
+    assert pair.idle()
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_data(serial, b"x")
+    # A stream frame for it is a protocol error on the client, dropped by the server.
+    stray = encode_frame(_header(serial, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"x")
+    assert [type(event) for event in pair.to_server(stray)] == [FrameIgnored]
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(stray)
+
+
+# -- calls -------------------------------------------------------------------------
+
+
+def test_serials_count_from_zero() -> None:
+    client = Connection(Side.CLIENT)
+    serials = [client.call(Proc.AUTH_LIST)[0] for _ in range(3)]
+    assert serials == [0, 1, 2]
+
+
+def test_replies_out_of_order() -> None:
+    pair = Pair()
+    calls = [
+        pair.client.call(Proc.AUTH_LIST),
+        pair.client.call(Proc.CONNECT_SUPPORTS_FEATURE, ConnectSupportsFeatureArgs(10)),
+        pair.client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, LookupByNameArgs("default")),
+        pair.client.call(Proc.CONNECT_CLOSE),
+    ]
+    events = pair.to_server(*(frame for _, frame in calls))
+    assert [event.serial for event in events if isinstance(event, CallReceived)] == [0, 1, 2, 3]
+    assert pair.server.pending_calls() == {0, 1, 2, 3}
+    replies = [
+        pair.server.reply(2, PoolRet(POOL)),
+        pair.server.reply_error(3, rpc_error("closing failed")),
+        pair.server.reply(0, AuthListRet((AuthType.NONE,))),
+        pair.server.reply(1, ConnectSupportsFeatureRet(1)),
+    ]
+    assert pair.client.pending_calls() == {0, 1, 2, 3}
+    assert pair.to_client(*replies) == [
+        ReplyReceived(2, Proc.STORAGE_POOL_LOOKUP_BY_NAME, PoolRet(POOL)),
+        ErrorReplyReceived(3, Proc.CONNECT_CLOSE, rpc_error("closing failed")),
+        ReplyReceived(0, Proc.AUTH_LIST, AuthListRet((AuthType.NONE,))),
+        ReplyReceived(1, Proc.CONNECT_SUPPORTS_FEATURE, ConnectSupportsFeatureRet(1)),
+    ]
+    assert pair.idle()
+
+
+def _rejected(pair: Pair, frame: bytes) -> CallRejected:
+    (event,) = pair.to_server(frame)
+    assert isinstance(event, CallRejected)
+    return event
+
+
+def _check_rejection(pair: Pair, event: CallRejected, call_header: Header) -> None:
+    """The error reply mirrors the call's program, version, procedure and serial, and
+    the client sees it as the failure of its call; the connection goes on."""
+    reply = pair.server.reply_error(event.serial, event.error)
+    (frame,) = read_frames(reply)
+    assert frame.header == Header(
+        call_header.program,
+        call_header.version,
+        call_header.procedure,
+        MessageType.REPLY,
+        call_header.serial,
+        MessageStatus.ERROR,
+    )
+    assert RemoteError.decode(frame.payload) == event.error
+    assert pair.to_client(reply) == [
+        ErrorReplyReceived(call_header.serial, call_header.procedure, event.error)
+    ]
+    # The connection is still usable.
+    serial, call = pair.client.call(Proc.AUTH_LIST)
+    assert pair.to_server(call) == [CallReceived(serial, PROCEDURES[Proc.AUTH_LIST], None)]
+    reply = pair.server.reply(serial, AuthListRet((AuthType.NONE,)))
+    assert pair.to_client(reply) == [
+        ReplyReceived(serial, Proc.AUTH_LIST, AuthListRet((AuthType.NONE,)))
+    ]
+    assert pair.idle()
+
+
+def test_unknown_procedure_is_rejected() -> None:
+    pair = Pair()
+    serial, call = pair.client.call(99999)
+    event = _rejected(pair, call)
+    assert event == CallRejected(serial, 99999, rpc_error("unknown procedure: 99999"))
+    assert event.error.code == ErrorCode.RPC
+    assert event.error.domain == ErrorDomain.RPC
+    assert event.error.level == 2
+    _check_rejection(pair, event, read_frames(call)[0].header)
+
+
+def test_hypervisor_procedure_is_not_supported() -> None:
+    pair = Pair()
+    serial, call = pair.client.call(10)  # DOMAIN_CREATE_XML: a real procedure, not served
+    event = _rejected(pair, call)
+    assert event.serial == serial
+    assert event.error.code == ErrorCode.NO_SUPPORT
+    assert event.error.message == (
+        "this function is not supported by the connection driver: DOMAIN_CREATE_XML"
+    )
+    _check_rejection(pair, event, read_frames(call)[0].header)
+
+
+@pytest.mark.parametrize(("program", "version"), [(QEMU_PROGRAM, 1), (REMOTE_PROGRAM, 2)])
+def test_wrong_program_or_version_is_rejected(program: int, version: int) -> None:
+    pair = Pair()
+    serial, call = pair.client.call(Proc.AUTH_LIST, program=program, version=version)
+    event = _rejected(pair, call)
+    assert event.serial == serial
+    assert event.error == rpc_error(f"Cannot find program {program} version {version}")
+    _check_rejection(pair, event, read_frames(call)[0].header)
+
+
+def test_undecodable_arguments_are_rejected() -> None:
+    pair = Pair()
+    header = _header(0, Proc.STORAGE_POOL_LOOKUP_BY_NAME, MessageType.CALL, MessageStatus.OK)
+    for payload in (b"", b"\x00\x00\x00\x09abc", LookupByNameArgs("x").encode() + b"\0\0\0\0"):
+        pair = Pair()
+        event = _rejected(pair, encode_frame(header, payload))
+        assert event == CallRejected(
+            0, Proc.STORAGE_POOL_LOOKUP_BY_NAME, rpc_error("Unable to decode message payload")
+        )
+    # Arguments to a procedure that takes none.
+    pair = Pair()
+    header = _header(0, Proc.AUTH_LIST, MessageType.CALL, MessageStatus.OK)
+    event = _rejected(pair, encode_frame(header, b"\0\0\0\0"))
+    assert event.error == rpc_error("Unable to decode message payload")
+    assert pair.server.reply_error(0, event.error)
+
+
+def test_call_with_a_bad_status_is_rejected() -> None:
+    pair = Pair()
+    header = _header(0, Proc.AUTH_LIST, MessageType.CALL, MessageStatus.CONTINUE)
+    event = _rejected(pair, encode_frame(header))
+    assert event.error == rpc_error("Unexpected message status 2")
+
+
+def test_undecodable_stream_call_opens_no_stream() -> None:
+    pair = Pair()
+    header = _header(0, UPLOAD, MessageType.CALL, MessageStatus.OK)
+    _rejected(pair, encode_frame(header, b"\0\0\0\1"))
+    assert not pair.server.streams
+
+
+def test_odd_frames_on_the_server_are_ignored() -> None:
+    pair = Pair()
+    odd = [
+        _header(0, Proc.AUTH_LIST, MessageType.REPLY, MessageStatus.OK),
+        _header(0, 362, MessageType.MESSAGE, MessageStatus.OK),
+        _header(5, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE),
+        _header(5, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE),
+    ]
+    events = pair.to_server(*(encode_frame(header, b"\0" * 12) for header in odd))
+    assert [type(event) for event in events] == [FrameIgnored] * 4
+    assert [event.header for event in events if isinstance(event, FrameIgnored)] == odd
+    assert pair.idle()
+
+
+def test_event_message_reaches_the_client() -> None:
+    pair = Pair()
+    message = pair.server.send_message(
+        Proc.CONNECT_EVENT_CONNECTION_CLOSED, ConnectEventConnectionClosedMsg(reason=2)
+    )
+    (event,) = pair.to_client(message)
+    assert isinstance(event, MessageReceived)
+    assert event.procedure == Proc.CONNECT_EVENT_CONNECTION_CLOSED
+    assert ConnectEventConnectionClosedMsg.decode(event.payload).reason == 2
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_message(362, ConnectEventConnectionClosedMsg(reason=0))
+
+
+# -- keepalive ----------------------------------------------------------------------
+
+
+def test_keepalive_ping_pong_both_ways() -> None:
+    pair = Pair()
+    ping = pair.client.send_ping()
+    assert ping == bytes.fromhex("0000001c 6b656570 00000001 00000001 00000002 00000000 00000000")
+    assert pair.to_server(ping) == [PingReceived()]
+    pong = pair.server.send_pong()
+    assert pong == bytes.fromhex("0000001c 6b656570 00000001 00000002 00000002 00000000 00000000")
+    assert pair.to_client(pong) == [PongReceived()]
+    assert pair.to_client(pair.server.send_ping()) == [PingReceived()]
+    assert pair.to_server(pair.client.send_pong()) == [PongReceived()]
+
+
+def test_keepalive_interleaves_with_a_stream() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    frames = [
+        joined(pair.client.send_data(serial, b"1")),
+        pair.client.send_ping(),
+        pair.client.send_hole(serial, 9),
+    ]
+    assert pair.to_server(*frames) == [
+        StreamDataReceived(serial, b"1"),
+        PingReceived(),
+        StreamHoleReceived(serial, 9),
+    ]
+
+
+def test_odd_keepalive_frames() -> None:
+    pair = Pair()
+    unknown = Header(KEEPALIVE_PROGRAM, 1, 7, MessageType.MESSAGE, 0, 0)
+    wrong_version = Header(KEEPALIVE_PROGRAM, 2, KeepaliveProcedure.PING, MessageType.MESSAGE, 0, 0)
+    events = pair.to_server(encode_frame(unknown), encode_frame(wrong_version))
+    assert [type(event) for event in events] == [FrameIgnored, FrameIgnored]
+    assert [type(event) for event in pair.to_client(encode_frame(unknown))] == [FrameIgnored]
+    call = Header(KEEPALIVE_PROGRAM, 1, KeepaliveProcedure.PING, MessageType.CALL, 4, 0)
+    (event,) = pair.to_server(encode_frame(call))
+    assert event == CallRejected(4, 1, rpc_error("unknown procedure: 1"))
+
+
+# -- illegal moves -------------------------------------------------------------------
+
+
+def test_hole_on_a_non_sparse_upload() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=False)
+    with pytest.raises(LocalProtocolError, match="non-sparse"):
+        pair.client.send_hole(serial, 4096)
+    hole = encode_frame(
+        _header(serial, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE),
+        StreamHole(4096).encode(),
+    )
+    with pytest.raises(RemoteProtocolError, match="non-sparse"):
+        pair.to_server(hole)
+
+
+def test_hole_on_a_non_sparse_download() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=False)
+    with pytest.raises(LocalProtocolError, match="non-sparse"):
+        pair.server.send_hole(serial, 4096)
+    hole = encode_frame(
+        _header(serial, DOWNLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE),
+        StreamHole(4096).encode(),
+    )
+    with pytest.raises(RemoteProtocolError, match="non-sparse"):
+        pair.to_client(hole)
+
+
+@pytest.mark.parametrize(("length", "flags"), [(0, 0), (-1, 0), (4096, 1)])
+def test_invalid_hole_is_refused(length: int, flags: int) -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    if flags == 0:
+        with pytest.raises(LocalProtocolError):
+            pair.server.send_hole(serial, length)
+    hole = encode_frame(
+        _header(serial, DOWNLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE),
+        StreamHole(length, flags).encode(),
+    )
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(hole)
+
+
+def test_data_after_finish() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    finish = pair.client.send_finish(serial)
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_data(serial, b"late")
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_hole(serial, 1)
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_finish(serial)
+    late = encode_frame(
+        _header(serial, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"late"
+    )
+    assert pair.to_server(finish) == [StreamFinishReceived(serial)]
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(late)
+
+
+def test_download_data_after_eof() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    eof = pair.server.send_eof(serial)
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_data(serial, b"late")
+    late = encode_frame(
+        _header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"late"
+    )
+    assert pair.to_client(eof) == [StreamEndReceived(serial)]
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(late)
+
+
+def test_finish_before_eof_on_a_download() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_finish(serial)
+    finish = encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.OK))
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(finish)
+
+
+def test_unsolicited_finish_ack_from_the_server() -> None:
+    """libvirt's client drops the connection on a STREAM/OK used as EOF."""
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_finish_ack(serial)
+    ack = encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.OK))
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(ack)
+
+
+def test_reply_to_an_unknown_serial() -> None:
+    pair = Pair()
+    serial, call = pair.client.call(Proc.AUTH_LIST)
+    pair.to_server(call)
+    with pytest.raises(LocalProtocolError):
+        pair.server.reply(serial + 1)
+    stray = encode_frame(_header(serial + 1, Proc.AUTH_LIST, MessageType.REPLY, MessageStatus.OK))
+    with pytest.raises(RemoteProtocolError, match="no pending call"):
+        pair.to_client(stray)
+
+
+def test_reply_with_the_wrong_procedure() -> None:
+    pair = Pair()
+    serial, _ = pair.client.call(Proc.CONNECT_CLOSE)
+    stray = encode_frame(_header(serial, Proc.AUTH_LIST, MessageType.REPLY, MessageStatus.OK))
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(stray)
+
+
+def test_second_reply_to_the_same_call() -> None:
+    pair = Pair()
+    serial, call = pair.client.call(Proc.CONNECT_CLOSE)
+    pair.to_server(call)
+    reply = pair.server.reply(serial)
+    with pytest.raises(LocalProtocolError):
+        pair.server.reply(serial)
+    assert pair.to_client(reply) == [ReplyReceived(serial, Proc.CONNECT_CLOSE, None)]
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(reply)
+
+
+def test_eof_from_the_client() -> None:
+    pair = Pair()
+    for procedure in (UPLOAD, DOWNLOAD):
+        serial = _open_stream(pair, procedure, sparse=True)
+        with pytest.raises(LocalProtocolError):
+            pair.client.send_eof(serial)
+        eof = encode_frame(_header(serial, procedure, MessageType.STREAM, MessageStatus.CONTINUE))
+        with pytest.raises(RemoteProtocolError):
+            pair.to_server(eof)
+        pair = Pair()
+
+
+def test_client_data_before_the_reply() -> None:
+    pair = Pair()
+    args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=1)
+    serial, call = pair.client.call(UPLOAD, args)
+    with pytest.raises(LocalProtocolError, match="before the call was answered"):
+        pair.client.send_data(serial, b"eager")
+    assert [type(event) for event in pair.to_server(call)] == [CallReceived]
+    eager = encode_frame(_header(serial, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"x")
+    with pytest.raises(RemoteProtocolError, match="before the call was answered"):
+        pair.to_server(eager)
+
+
+def test_upload_data_from_the_server() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_data(serial, b"wrong way")
+    with pytest.raises(LocalProtocolError):
+        pair.server.send_eof(serial)
+    wrong = encode_frame(_header(serial, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"w")
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(wrong)
+
+
+def test_download_data_from_the_client() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_data(serial, b"wrong way")
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_hole(serial, 5)
+    wrong = encode_frame(
+        _header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"w"
+    )
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(wrong)
+
+
+def test_empty_data_frame_cannot_be_sent() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_data(serial, b"")
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_hole(serial, 0)
+
+
+def test_stream_frames_with_bad_payloads() -> None:
+    pair = Pair()
+    up = _open_stream(pair, UPLOAD, sparse=True)
+    abort_with_payload = encode_frame(
+        _header(up, UPLOAD, MessageType.STREAM, MessageStatus.ERROR), b"\0\0\0\0"
+    )
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(abort_with_payload)
+    bad = [
+        (MessageType.STREAM, MessageStatus.OK, b"x"),
+        (MessageType.STREAM, MessageStatus.ERROR, b"\0"),
+        (MessageType.STREAM, 7, b""),
+        (MessageType.STREAM_HOLE, MessageStatus.OK, StreamHole(1).encode()),
+        (MessageType.STREAM_HOLE, MessageStatus.CONTINUE, b""),
+        (MessageType.STREAM_HOLE, MessageStatus.CONTINUE, StreamHole(1).encode() + b"\0"),
+    ]
+    for kind, status, payload in bad:
+        pair = Pair()
+        down = _open_stream(pair, DOWNLOAD, sparse=True)
+        with pytest.raises(RemoteProtocolError):
+            pair.to_client(encode_frame(_header(down, DOWNLOAD, kind, status), payload))
+
+
+def test_wrong_roles() -> None:
+    client = Connection(Side.CLIENT)
+    server = Connection(Side.SERVER)
+    with pytest.raises(LocalProtocolError):
+        server.call(Proc.AUTH_LIST)
+    with pytest.raises(LocalProtocolError):
+        client.reply(0)
+    with pytest.raises(LocalProtocolError):
+        client.reply_error(0, rpc_error("x"))
+    with pytest.raises(LocalProtocolError):
+        client.send_finish(0)
+    client.receive_data(encode_frame(_header(0, Proc.AUTH_LIST, MessageType.CALL, 0)))
+    with pytest.raises(RemoteProtocolError):
+        client.events()
+
+
+def test_duplicate_serial_from_the_client() -> None:
+    pair = Pair()
+    _, call = pair.client.call(Proc.CONNECT_CLOSE)
+    pair.to_server(call)
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(call)
+
+
+def test_forget_call() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    other, _ = pair.client.call(Proc.AUTH_LIST)
+    pair.client.forget_call(other)
+    pair.client.forget_call(serial)
+    assert not pair.client.pending_calls()
+    assert not pair.client.streams
