@@ -192,7 +192,7 @@ class StorageRegistry:
         Within a group (activity, persistence, autostart, type) bits are ORed;
         groups are ANDed; an empty group does not filter.
         """
-        check_flags(flags, LIST_POOLS_ALL, "storageConnectListAllStoragePools", STORAGE)
+        _check_flags(flags, LIST_POOLS_ALL, "storageConnectListAllStoragePools")
         wanted = ListPoolsFlags(flags)
         with self._lock:
             return [p.ref for p in self._sorted_pools() if _pool_matches(p, wanted)]
@@ -205,7 +205,7 @@ class StorageRegistry:
 
     def define_pool_xml(self, xml: str, flags: int = 0) -> PoolRef:
         """STORAGE_POOL_DEFINE_XML: add or update a persistent pool (not started)."""
-        check_flags(flags, PoolDefineFlags.VALIDATE, "storagePoolDefineXML", STORAGE)
+        _check_flags(flags, PoolDefineFlags.VALIDATE, "storagePoolDefineXML")
         definition = parse_pool_xml(xml)
         with self._lock:
             return self._define(definition)
@@ -254,7 +254,7 @@ class StorageRegistry:
         The transient pool vanishes when destroyed. A name or UUID already in
         use is refused (an active one with "already active").
         """
-        check_flags(flags, _CREATE_FLAGS, "storagePoolCreateXML", STORAGE)
+        _check_flags(flags, _CREATE_FLAGS, "storagePoolCreateXML")
         definition = parse_pool_xml(xml)
         with self._lock:
             existing = self._pools.get(definition.name)
@@ -275,7 +275,7 @@ class StorageRegistry:
 
     def start_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_CREATE: start a defined pool; WITH_BUILD creates its directory."""
-        check_flags(flags, _CREATE_FLAGS, "storagePoolCreate", STORAGE)
+        _check_flags(flags, _CREATE_FLAGS, "storagePoolCreate")
         with self._lock:
             pool = self._pool(ref)
             if pool.active:
@@ -314,7 +314,7 @@ class StorageRegistry:
 
     def refresh_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_REFRESH: re-read sizes and drop upload temporaries left by a crash."""
-        check_flags(flags, 0, "storagePoolRefresh", STORAGE)
+        _check_flags(flags, 0, "storagePoolRefresh")
         with self._lock:
             pool = self._pool(ref)
             pool.active_volumes().remove_stale_temps(pool.upload_temps)
@@ -335,7 +335,7 @@ class StorageRegistry:
 
     def pool_xml(self, ref: PoolRef, flags: int = 0) -> str:
         """STORAGE_POOL_GET_XML_DESC; INACTIVE gives the definition the next start uses."""
-        check_flags(flags, PoolXMLFlags.INACTIVE, "storagePoolGetXMLDesc", STORAGE)
+        _check_flags(flags, PoolXMLFlags.INACTIVE, "storagePoolGetXMLDesc")
         with self._lock:
             pool = self._pool(ref)
             config = pool.config
@@ -383,7 +383,7 @@ class StorageRegistry:
 
     def list_all_volumes(self, ref: PoolRef, flags: int = 0) -> list[VolumeRef]:
         """STORAGE_POOL_LIST_ALL_VOLUMES (no flags defined)."""
-        check_flags(flags, 0, "storagePoolListAllVolumes", STORAGE)
+        _check_flags(flags, 0, "storagePoolListAllVolumes")
         with self._lock:
             pool = self._pool(ref)
             volumes = pool.active_volumes()
@@ -429,7 +429,7 @@ class StorageRegistry:
     def volume_info(self, volume: VolumeRef, flags: int = 0) -> VolumeInfo:
         """STORAGE_VOL_GET_INFO(_FLAGS): capacity is the file size, allocation the
         blocks in use, or the file size again with GET_PHYSICAL."""
-        check_flags(flags, VolInfoFlags.GET_PHYSICAL, "storageVolGetInfoFlags", STORAGE)
+        _check_flags(flags, VolInfoFlags.GET_PHYSICAL, "storageVolGetInfoFlags")
         with self._lock:
             st = self._volume_pool(volume).active_volumes().require(volume.name)
         allocation = st.st_size if flags & VolInfoFlags.GET_PHYSICAL else st.st_blocks * 512
@@ -437,7 +437,7 @@ class StorageRegistry:
 
     def volume_xml(self, volume: VolumeRef, flags: int = 0) -> str:
         """STORAGE_VOL_GET_XML_DESC."""
-        check_flags(flags, 0, "storageVolGetXMLDesc", STORAGE)
+        _check_flags(flags, 0, "storageVolGetXMLDesc")
         with self._lock:
             volumes = self._volume_pool(volume).active_volumes()
             st = volumes.require(volume.name)
@@ -460,11 +460,8 @@ class StorageRegistry:
     def create_volume_xml(self, ref: PoolRef, xml: str, flags: int = 0) -> VolumeRef:
         """STORAGE_VOL_CREATE_XML: a raw file, sparse except for the requested allocation
         (which defaults to the capacity, as in libvirt)."""
-        check_flags(
-            flags,
-            VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.VALIDATE,
-            "storageVolCreateXML",
-            STORAGE,
+        _check_flags(
+            flags, VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.VALIDATE, "storageVolCreateXML"
         )
         request = parse_volume_xml(xml)
         if flags & VolCreateFlags.PREALLOC_METADATA:
@@ -481,7 +478,7 @@ class StorageRegistry:
         Capacity may be omitted (the source's size is used) and is never below
         the source's size. Only the source's data is copied: holes stay holes.
         """
-        check_flags(flags, _CLONE_FLAGS, "storageVolCreateXMLFrom", STORAGE)
+        _check_flags(flags, _CLONE_FLAGS, "storageVolCreateXMLFrom")
         request = parse_volume_xml(xml, capacity_required=False)
         if flags & VolCreateFlags.PREALLOC_METADATA:
             raise metadata_prealloc_unsupported()
@@ -531,13 +528,13 @@ class StorageRegistry:
 
     def delete_volume(self, volume: VolumeRef, flags: int = 0) -> None:
         """STORAGE_VOL_DELETE: remove the file (no flags are supported for files)."""
-        check_flags(flags, 0, "virStorageBackendVolDeleteLocal", STORAGE)
+        _check_flags(flags, 0, "virStorageBackendVolDeleteLocal")
         with self._changing(volume) as volumes:
             volumes.delete(volume.name)
 
     def wipe_volume(self, volume: VolumeRef, flags: int = 0) -> None:
         """STORAGE_VOL_WIPE: the volume reads as zeros afterwards, same size, blocks freed."""
-        check_flags(flags, 0, "storageVolWipePattern", STORAGE)
+        _check_flags(flags, 0, "storageVolWipePattern")
         with self._changing(volume) as volumes:
             volumes.wipe(volume.name)
 
@@ -547,7 +544,7 @@ class StorageRegistry:
         Shrinking needs SHRINK and may not go below the current allocation;
         DELTA makes ``capacity`` relative; ALLOCATE preallocates the new part.
         """
-        check_flags(flags, _RESIZE_FLAGS, "storageVolResize", STORAGE)
+        _check_flags(flags, _RESIZE_FLAGS, "storageVolResize")
         with self._changing(volume) as volumes:
             volumes.resize(
                 volume.name,
@@ -568,7 +565,7 @@ class StorageRegistry:
         With the SPARSE flag the reader reports holes; without it holes are read
         as zero data. The caller must ``close()`` the reader.
         """
-        check_flags(flags, VolStreamFlags.SPARSE, "storageVolDownload", STORAGE)
+        _check_flags(flags, VolStreamFlags.SPARSE, "storageVolDownload")
         with self._lock:
             pool = self._volume_pool(volume)
             volumes = pool.active_volumes()
@@ -591,7 +588,7 @@ class StorageRegistry:
         exactly as long as the stream); otherwise the stream writes in place
         from ``offset`` and may not exceed a non-zero ``length``.
         """
-        check_flags(flags, VolStreamFlags.SPARSE, "storageVolUpload", STORAGE)
+        _check_flags(flags, VolStreamFlags.SPARSE, "storageVolUpload")
         with self._lock:
             pool = self._volume_pool(volume)
             volumes = pool.active_volumes()
@@ -624,6 +621,12 @@ class StorageRegistry:
             raise
 
 
+def _check_flags(flags: int, supported: int, function: str) -> None:
+    # int(): inverting an IntFlag member only flips the bits the enum defines,
+    # which would hide unknown flags from the check.
+    check_flags(flags, int(supported), function, STORAGE)
+
+
 def _settle_upload_temp(volumes: VolumeDir, temp: str, name: str, success: bool) -> None:
     """Put a finished whole-volume upload in place, or throw it away."""
     if not success:
@@ -639,8 +642,8 @@ def _settle_upload_temp(volumes: VolumeDir, temp: str, name: str, success: bool)
 
 
 def _pool_matches(pool: Pool, wanted: ListPoolsFlags) -> bool:
-    def group(bits: ListPoolsFlags, yes: ListPoolsFlags, value: bool) -> bool:
-        chosen = wanted & bits
+    def group(bits: int, yes: int, value: bool) -> bool:
+        chosen = int(wanted) & bits
         return not chosen or bool(chosen & yes if value else chosen & ~yes)
 
     return (

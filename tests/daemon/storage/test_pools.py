@@ -1,0 +1,405 @@
+"""Pool lifecycle, persistence, lookups, lists and their libvirt errors."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.storage.conftest import NO_POOL, NOT_VALID, PoolSetup, fails
+from virtvol.daemon.storage import (
+    ListPoolsFlags,
+    PoolCreateFlags,
+    PoolRef,
+    PoolState,
+    PoolXMLFlags,
+    StorageRegistry,
+)
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+UUID = "4040308c-6b3e-4a07-a1eb-923ff41ea901"
+
+
+def pool_xml(name: str, target: Path | str, uuid_text: str | None = None, kind: str = "dir") -> str:
+    uuid_part = f"<uuid>{uuid_text}</uuid>" if uuid_text else ""
+    return (
+        f"<pool type='{kind}'><name>{name}</name>{uuid_part}"
+        f"<target><path>{target}</path></target></pool>"
+    )
+
+
+def test_define_start_destroy_undefine(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    target = tmp_path / "p1"
+    target.mkdir()
+    ref = registry.define_pool_xml(pool_xml("p1", target, UUID))
+    assert ref == PoolRef("p1", uuid.UUID(UUID).bytes)
+    assert not registry.pool_is_active(ref)
+    assert registry.pool_is_persistent(ref)
+    assert registry.pool_info(ref).state == PoolState.INACTIVE
+    registry.start_pool(ref)
+    info = registry.pool_info(ref)
+    assert info.state == PoolState.RUNNING
+    assert info.capacity >= info.allocation > 0
+    assert info.available > 0
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 'p1' is already active"):
+        registry.start_pool(ref)
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 'p1' is still active"):
+        registry.undefine_pool(ref)
+    registry.destroy_pool(ref)
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 'p1' is not active"):
+        registry.destroy_pool(ref)
+    registry.undefine_pool(ref)
+    with fails(ErrorCode.NO_STORAGE_POOL, NO_POOL + f"uuid '{UUID}' (p1)"):
+        registry.pool_info(ref)
+    assert target.is_dir()  # undefine never deletes data
+    assert not (tmp_path / "state/pools/p1.xml").exists()
+
+
+def test_pool_xml_matches_libvirt_layout(setup: PoolSetup) -> None:
+    text = setup.registry.pool_xml(setup.ref)
+    st = os.stat(setup.pool_dir)
+    info = setup.registry.pool_info(setup.ref)
+    lines = text.splitlines()
+    assert lines[0] == "<pool type='dir'>"
+    assert lines[1] == "  <name>default</name>"
+    assert lines[2] == f"  <uuid>{uuid.UUID(bytes=setup.ref.uuid)}</uuid>"
+    assert lines[3] == f"  <capacity unit='bytes'>{info.capacity}</capacity>"
+    assert lines[6:10] == [
+        "  <source>",
+        "  </source>",
+        "  <target>",
+        f"    <path>{setup.pool_dir}</path>",
+    ]
+    assert lines[10:15] == [
+        "    <permissions>",
+        "      <mode>0711</mode>",
+        f"      <owner>{st.st_uid}</owner>",
+        f"      <group>{st.st_gid}</group>",
+        "    </permissions>",
+    ]
+    assert lines[15:] == ["  </target>", "</pool>"]
+    assert text.endswith("</pool>\n")
+
+
+def test_inactive_xml_has_zero_sizes_and_no_permissions(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    ref = registry.define_pool_xml(pool_xml("p", tmp_path / "d", UUID))
+    assert registry.pool_xml(ref) == (
+        "<pool type='dir'>\n  <name>p</name>\n"
+        f"  <uuid>{UUID}</uuid>\n"
+        "  <capacity unit='bytes'>0</capacity>\n"
+        "  <allocation unit='bytes'>0</allocation>\n"
+        "  <available unit='bytes'>0</available>\n"
+        "  <source>\n  </source>\n"
+        f"  <target>\n    <path>{tmp_path}/d</path>\n  </target>\n</pool>\n"
+    )
+    assert registry.pool_info(ref).capacity == 0
+
+
+def test_redefine_while_running_applies_at_next_start(setup: PoolSetup, tmp_path: Path) -> None:
+    registry = setup.registry
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    registry.define_pool_xml(pool_xml("default", other, str(uuid.UUID(bytes=setup.ref.uuid))))
+    assert f"<path>{setup.pool_dir}</path>" in registry.pool_xml(setup.ref)
+    inactive = registry.pool_xml(setup.ref, PoolXMLFlags.INACTIVE)
+    assert f"<path>{other}</path>" in inactive
+    registry.destroy_pool(setup.ref)
+    registry.start_pool(setup.ref)
+    assert f"<path>{other}</path>" in registry.pool_xml(setup.ref)
+
+
+def test_start_requires_directory_unless_built(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    target = tmp_path / "a" / "b"
+    ref = registry.define_pool_xml(pool_xml("p", target))
+    with fails(
+        ErrorCode.SYSTEM_ERROR,
+        f"cannot open directory '{target}': No such file or directory",
+        ErrorDomain.NONE,
+    ):
+        registry.start_pool(ref)
+    for flags in (2, 4, 6, 7):
+        with fails(
+            ErrorCode.OPERATION_INVALID,
+            NOT_VALID + "No source device specified when formatting pool 'p'",
+        ):
+            registry.start_pool(ref, flags)
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x8) in function storagePoolCreate"):
+        registry.start_pool(ref, 8)
+    registry.start_pool(ref, PoolCreateFlags.WITH_BUILD)
+    assert target.is_dir()
+    assert (target.stat().st_mode & 0o7777) == 0o711
+
+
+def test_build_uses_requested_mode(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    xml = (
+        "<pool type='dir'><name>p</name><target><path>"
+        f"{tmp_path}/m</path><permissions><mode>0750</mode></permissions></target></pool>"
+    )
+    ref = registry.define_pool_xml(xml)
+    assert "<mode>0750</mode>" in registry.pool_xml(ref)
+    registry.start_pool(ref, 1)
+    assert ((tmp_path / "m").stat().st_mode & 0o7777) == 0o750
+
+
+def test_transient_pool(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    xml = pool_xml("t", tmp_path / "t")
+    with fails(
+        ErrorCode.SYSTEM_ERROR,
+        f"cannot open directory '{tmp_path}/t': No such file or directory",
+        ErrorDomain.NONE,
+    ):
+        registry.create_pool_xml(xml)
+    assert registry.list_all_pools() == []
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x8) in function storagePoolCreateXML"):
+        registry.create_pool_xml(xml, 8)
+    ref = registry.create_pool_xml(xml, PoolCreateFlags.WITH_BUILD)
+    assert registry.pool_is_active(ref)
+    assert not registry.pool_is_persistent(ref)
+    assert not registry.pool_autostart(ref)
+    with fails(ErrorCode.INTERNAL_ERROR, "internal error: pool has no config file"):
+        registry.set_pool_autostart(ref, True)
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 't' is already active"):
+        registry.create_pool_xml(xml)
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 't' is still active"):
+        registry.undefine_pool(ref)
+    assert not (tmp_path / "state/pools/t.xml").exists()
+    registry.destroy_pool(ref)
+    with fails(ErrorCode.NO_STORAGE_POOL, NO_POOL + "name 't'"):
+        registry.lookup_pool_by_name("t")
+    assert StorageRegistry(tmp_path / "state").list_all_pools() == []
+
+
+def test_transient_pool_made_persistent_by_define(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    ref = registry.create_pool_xml(pool_xml("t", tmp_path / "t", UUID), 1)
+    registry.define_pool_xml(pool_xml("t", tmp_path / "t", UUID))
+    assert registry.pool_is_persistent(ref)
+    registry.destroy_pool(ref)
+    assert registry.lookup_pool_by_name("t") == ref
+
+
+def test_create_xml_refuses_defined_name(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    registry.define_pool_xml(pool_xml("p", tmp_path / "p", UUID))
+    with fails(
+        ErrorCode.OPERATION_FAILED, f"operation failed: pool 'p' already exists with uuid {UUID}"
+    ):
+        registry.create_pool_xml(pool_xml("p", tmp_path / "p", UUID), 1)
+
+
+def test_persistence_and_autostart(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    registry = StorageRegistry(state)
+    a = registry.define_pool_xml(pool_xml("a", tmp_path / "a"))
+    b = registry.define_pool_xml(pool_xml("b", tmp_path / "b"))
+    registry.start_pool(a, 1)
+    registry.start_pool(b, 1)
+    registry.set_pool_autostart(a, True)
+    assert registry.pool_autostart(a)
+    registry.set_pool_autostart(b, True)
+    registry.set_pool_autostart(b, False)
+    registry.close()
+
+    again = StorageRegistry(state)
+    again.load()
+    assert again.list_all_pools() == [a, b]
+    assert again.pool_is_active(a)
+    assert again.pool_autostart(a)
+    assert not again.pool_is_active(b)
+    assert not again.pool_autostart(b)
+    assert f"<path>{tmp_path}/b</path>" in again.pool_xml(b)
+
+
+def test_autostart_failure_leaves_pool_defined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    registry = StorageRegistry(state)
+    ref = registry.define_pool_xml(pool_xml("gone", tmp_path / "gone"))
+    registry.set_pool_autostart(ref, True)
+    again = StorageRegistry(state)
+    again.load()
+    assert not again.pool_is_active(ref)
+    assert "cannot autostart storage pool 'gone'" in caplog.text
+
+
+def test_unreadable_definition_is_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pools = tmp_path / "state" / "pools"
+    pools.mkdir(parents=True)
+    (pools / "bad.xml").write_text("<pool type='dir'><name>bad")
+    (pools / "misnamed.xml").write_text(pool_xml("other", tmp_path / "o"))
+    registry = StorageRegistry(tmp_path / "state")
+    registry.load()
+    assert registry.list_all_pools() == []
+    assert (pools / "bad.xml").exists()
+    assert "ignoring pool definition" in caplog.text
+
+
+def test_ensure_pool_is_idempotent(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = StorageRegistry(state)
+    ref = first.ensure_pool("default", tmp_path / "pool")
+    assert first.pool_is_active(ref)
+    assert first.pool_autostart(ref)
+    assert first.ensure_pool("default", tmp_path / "pool") == ref
+    first.close()
+    second = StorageRegistry(state)
+    second.load()
+    assert second.ensure_pool("default", str(tmp_path / "pool") + "/") == ref
+    assert second.list_active_pool_names(10) == ["default"]
+    moved = second.ensure_pool("default", tmp_path / "moved")
+    assert moved == ref
+    assert f"<path>{tmp_path}/moved</path>" in second.pool_xml(ref)
+    assert (tmp_path / "moved").is_dir()
+
+
+def test_lookups(setup: PoolSetup) -> None:
+    registry, ref = setup.registry, setup.ref
+    assert registry.lookup_pool_by_name("default") == ref
+    assert registry.lookup_pool_by_uuid(ref.uuid) == ref
+    volume = setup.volume("v", 1)
+    assert registry.lookup_pool_by_volume(volume) == ref
+    with fails(ErrorCode.NO_STORAGE_POOL, NO_POOL + "name 'nope'"):
+        registry.lookup_pool_by_name("nope")
+    with fails(ErrorCode.NO_STORAGE_POOL, NO_POOL + "uuid '01010101-0101-0101-0101-010101010101'"):
+        registry.lookup_pool_by_uuid(b"\x01" * 16)
+    with fails(ErrorCode.NO_STORAGE_POOL, NO_POOL + "name 'x'"):
+        registry.lookup_pool_by_volume(volume.__class__("x", "v", "/k"))
+    # A reference is resolved by UUID: a stale name does not matter, a stale UUID does.
+    assert registry.pool_is_active(PoolRef("renamed", ref.uuid))
+
+
+def test_define_errors(setup: PoolSetup, tmp_path: Path) -> None:
+    registry = setup.registry
+    existing = str(uuid.UUID(bytes=setup.ref.uuid))
+    cases: list[tuple[str, ErrorCode, ErrorDomain, str]] = [
+        (pool_xml("default", tmp_path / "x"), ErrorCode.OPERATION_FAILED, ErrorDomain.STORAGE,
+         f"operation failed: pool 'default' already exists with uuid {existing}"),
+        (pool_xml("p9", tmp_path / "x", existing), ErrorCode.OPERATION_FAILED, ErrorDomain.STORAGE,
+         f"operation failed: pool 'default' is already defined with uuid {existing}"),
+        (pool_xml("p8", setup.pool_dir), ErrorCode.OPERATION_FAILED, ErrorDomain.STORAGE,
+         "operation failed: Storage source conflict with pool: 'default'"),
+        (pool_xml("p7", "/x", kind="rbd"), ErrorCode.INTERNAL_ERROR, ErrorDomain.STORAGE,
+         "internal error: missing backend for pool type 9 (rbd)"),
+        (pool_xml("p7", "/x", kind="logical"), ErrorCode.INTERNAL_ERROR, ErrorDomain.STORAGE,
+         "internal error: missing backend for pool type 3 (logical)"),
+        (pool_xml("p7", "/x", kind="bogus"), ErrorCode.XML_ERROR, ErrorDomain.XML,
+         "XML error: Invalid value for attribute 'type' in element 'pool': 'bogus'."),
+        ("<pool><name>p7</name></pool>", ErrorCode.XML_ERROR, ErrorDomain.XML,
+         "XML error: Missing required attribute 'type' in element 'pool'"),
+        ("<pool type='dir'><target><path>/x</path></target></pool>", ErrorCode.XML_ERROR,
+         ErrorDomain.STORAGE, "XML error: missing pool source name element"),
+        ("<pool type='dir'><name>p7</name></pool>", ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
+         "XML error: missing storage pool target path"),
+        (pool_xml("p7", "rel/x"), ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
+         "XML error: storage pool target path 'rel/x' must be absolute"),
+        (pool_xml("p7", "/x", "zz"), ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
+         "XML error: malformed uuid element"),
+        (pool_xml("p/7", "/x"), ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
+         "XML error: name p/7 cannot contain '/'"),
+        (pool_xml(".hidden", "/x"), ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
+         "XML error: name .hidden is not usable as a pool name"),
+        ("<volume/>", ErrorCode.XML_ERROR, ErrorDomain.XML,
+         "XML error: expecting root element of 'pool', not 'volume'"),
+        ("<pool type='dir'>", ErrorCode.XML_DETAIL, ErrorDomain.STORAGE,
+         "(storage_pool_definition):1: no element found: line 1, column 17"),
+        ("<!DOCTYPE pool [<!ENTITY e 'x'>]><pool type='dir'><name>&e;</name></pool>",
+         ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
+         "XML error: (storage_pool_definition): DTDs, entity declarations and external "
+         "references are not accepted"),
+    ]  # fmt: skip
+    for xml, code, domain, message in cases:
+        with fails(code, message, domain):
+            registry.define_pool_xml(xml)
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x2) in function storagePoolDefineXML"):
+        registry.define_pool_xml(pool_xml("p7", "/x"), 2)
+    assert registry.list_all_pools() == [setup.ref]
+    assert sorted(os.listdir(setup.state_dir / "pools")) == ["default.autostart", "default.xml"]
+
+
+def test_trailing_slashes_are_cleaned(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    ref = registry.define_pool_xml(pool_xml("p", f"{tmp_path}//p4/"))
+    assert f"<path>{tmp_path}/p4</path>" in registry.pool_xml(ref)
+
+
+def test_flag_checks(setup: PoolSetup) -> None:
+    registry, ref = setup.registry, setup.ref
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x1) in function storagePoolRefresh"):
+        registry.refresh_pool(ref, 1)
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x2) in function storagePoolGetXMLDesc"):
+        registry.pool_xml(ref, 2)
+    with fails(
+        ErrorCode.INVALID_ARG,
+        "unsupported flags (0x2000000) in function storageConnectListAllStoragePools",
+    ):
+        registry.list_all_pools(1 << 25)
+    with fails(
+        ErrorCode.INVALID_ARG, "unsupported flags (0x1) in function storagePoolListAllVolumes"
+    ):
+        registry.list_all_volumes(ref, 1)
+
+
+def test_list_filters(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    run = registry.define_pool_xml(pool_xml("run", tmp_path / "run"))
+    registry.start_pool(run, 1)
+    registry.set_pool_autostart(run, True)
+    idle = registry.define_pool_xml(pool_xml("idle", tmp_path / "idle"))
+    temp = registry.create_pool_xml(pool_xml("temp", tmp_path / "temp"), 1)
+    F = ListPoolsFlags
+    assert registry.list_all_pools() == [idle, run, temp]
+    assert registry.list_all_pools(F.ACTIVE) == [run, temp]
+    assert registry.list_all_pools(F.INACTIVE) == [idle]
+    assert registry.list_all_pools(F.ACTIVE | F.INACTIVE) == [idle, run, temp]
+    assert registry.list_all_pools(F.TRANSIENT) == [temp]
+    assert registry.list_all_pools(F.PERSISTENT | F.ACTIVE) == [run]
+    assert registry.list_all_pools(F.AUTOSTART) == [run]
+    assert registry.list_all_pools(F.NO_AUTOSTART | F.ACTIVE) == [temp]
+    assert registry.list_all_pools(F.DIR) == [idle, run, temp]
+    assert registry.list_all_pools(F.FS | F.LOGICAL) == []
+    assert registry.list_all_pools(F.FS | F.DIR | F.INACTIVE) == [idle]
+    assert registry.num_active_pools() == 2
+    assert registry.list_active_pool_names(10) == ["run", "temp"]
+    assert registry.list_active_pool_names(1) == ["run"]
+    assert registry.num_defined_pools() == 1
+    assert registry.list_defined_pool_names(10) == ["idle"]
+    assert registry.list_defined_pool_names(0) == []
+
+
+def test_inactive_pool_refuses_volume_work(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state")
+    ref = registry.define_pool_xml(pool_xml("p6", tmp_path / "p6"))
+    message = NOT_VALID + "storage pool 'p6' is not active"
+    calls: list[Callable[[], object]] = [
+        lambda: registry.refresh_pool(ref),
+        lambda: registry.num_volumes(ref),
+        lambda: registry.list_volume_names(ref, 10),
+        lambda: registry.list_all_volumes(ref),
+        lambda: registry.lookup_volume_by_name(ref, "x"),
+        lambda: registry.create_volume_xml(
+            ref, "<volume><name>x</name><capacity>1</capacity></volume>"
+        ),
+    ]
+    for call in calls:
+        with fails(ErrorCode.OPERATION_INVALID, message):
+            call()
+
+
+def test_refresh_removes_stale_upload_temporaries(setup: PoolSetup) -> None:
+    stale = setup.pool_dir / ".virtvol-upload-0123456789abcdef"
+    stale.write_bytes(b"half an upload")
+    setup.registry.refresh_pool(setup.ref)
+    assert not stale.exists()
+    stale.write_bytes(b"again")
+    setup.registry.destroy_pool(setup.ref)
+    setup.registry.start_pool(setup.ref)
+    assert not stale.exists()
