@@ -1,0 +1,272 @@
+"""Downloads and uploads at file level: extents, holes, limits, atomic replacement."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, allocated, fails
+from virtvol.daemon.storage import Chunk, VolumeReader, VolumeRef
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+MIB = 1 << 20
+
+
+def sparse_file(path: Path, size: int, data: list[tuple[int, bytes]]) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, chunk in data:
+            f.seek(offset)
+            f.write(chunk)
+
+
+def drain(reader: VolumeReader, buffer_size: int = 64 * 1024) -> list[tuple[bool, int, bytes]]:
+    """All chunks as (data?, length, bytes-if-data)."""
+    buffer = bytearray(buffer_size)
+    chunks = []
+    with reader:
+        while not (chunk := reader.next_chunk(buffer)).eof:
+            chunks.append((chunk.data, chunk.length, bytes(buffer[: chunk.length]) * chunk.data))
+    return chunks
+
+
+def content(chunks: list[tuple[bool, int, bytes]]) -> bytes:
+    return b"".join(data if is_data else bytes(length) for is_data, length, data in chunks)
+
+
+@pytest.fixture
+def holey(setup: PoolSetup) -> VolumeRef:
+    """A 16-block volume: hole, 2 blocks of data, hole, 1 block of data, trailing hole."""
+    sparse_file(
+        setup.pool_dir / "holey",
+        16 * BLOCK,
+        [(2 * BLOCK, b"a" * 2 * BLOCK), (8 * BLOCK, b"b" * BLOCK)],
+    )
+    return setup.registry.lookup_volume_by_name(setup.ref, "holey")
+
+
+def test_sparse_download_walks_extents(setup: PoolSetup, holey: VolumeRef) -> None:
+    chunks = drain(setup.registry.open_download(holey, 0, 0, 1), buffer_size=BLOCK)
+    assert [(d, n) for d, n, _ in chunks] == [
+        (False, 2 * BLOCK),
+        (True, BLOCK),  # data is cut at the buffer size...
+        (True, BLOCK),
+        (False, 4 * BLOCK),
+        (True, BLOCK),
+        (False, 7 * BLOCK),  # ...and the trailing hole is reported, so the size is known
+    ]
+    assert content(chunks) == (setup.pool_dir / "holey").read_bytes()
+
+
+def test_download_window(setup: PoolSetup, holey: VolumeRef) -> None:
+    registry = setup.registry
+    whole = (setup.pool_dir / "holey").read_bytes()
+    start, length = 3 * BLOCK - 10, 6 * BLOCK
+    chunks = drain(registry.open_download(holey, start, length, 1))
+    assert [(d, n) for d, n, _ in chunks] == [
+        (True, BLOCK + 10),
+        (False, 4 * BLOCK),
+        (True, BLOCK - 10),
+    ]
+    assert content(chunks) == whole[start : start + length]
+    assert drain(registry.open_download(holey, 15 * BLOCK, 0, 1)) == [(False, BLOCK, b"")]
+    assert drain(registry.open_download(holey, 16 * BLOCK, 0, 1)) == []
+    assert drain(registry.open_download(holey, 99 * BLOCK, 5, 1)) == []
+    assert content(drain(registry.open_download(holey, 10, 1 << 40, 1))) == whole[10:]
+
+
+def test_plain_download_reads_holes_as_data(setup: PoolSetup, holey: VolumeRef) -> None:
+    chunks = drain(setup.registry.open_download(holey, 0, 0), buffer_size=5 * BLOCK)
+    assert [(d, n) for d, n, _ in chunks] == [(True, 5 * BLOCK)] * 3 + [(True, BLOCK)]
+    assert content(chunks) == (setup.pool_dir / "holey").read_bytes()
+
+
+def test_download_of_huge_sparse_volume(setup: PoolSetup) -> None:
+    tib = 1 << 40
+    sparse_file(setup.pool_dir / "huge", tib, [(MIB, b"x" * 3000), (tib - 1, b"y")])
+    volume = setup.registry.lookup_volume_by_name(setup.ref, "huge")
+    chunks = drain(setup.registry.open_download(volume, 0, 0, 1))
+    assert [(d, n) for d, n, _ in chunks] == [
+        (False, MIB),
+        (True, BLOCK),
+        (False, tib - MIB - 2 * BLOCK),
+        (True, BLOCK),
+    ]
+    assert chunks[1][2] == b"x" * 3000 + bytes(BLOCK - 3000)
+    assert chunks[3][2].endswith(b"y")
+
+
+def test_reader_stops_when_file_shrinks(setup: PoolSetup) -> None:
+    volume = setup.file("v", b"z" * 2 * BLOCK)
+    reader = setup.registry.open_download(volume, 0, 0)
+    os.truncate(setup.pool_dir / "v", BLOCK)
+    buffer = bytearray(4 * BLOCK)
+    assert reader.next_chunk(buffer) == Chunk(True, BLOCK)
+    assert reader.next_chunk(buffer).eof
+    assert reader.position == reader.end == BLOCK
+    reader.close()
+    reader.close()
+
+
+def test_download_flags(setup: PoolSetup, holey: VolumeRef) -> None:
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x2) in function storageVolDownload"):
+        setup.registry.open_download(holey, 0, 0, 2)
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x2) in function storageVolUpload"):
+        setup.registry.open_upload(holey, 0, 0, 2)
+
+
+def test_whole_upload_replaces_exactly(setup: PoolSetup) -> None:
+    """Upload over a volume full of other bytes: the result is the stream, holes included."""
+    registry = setup.registry
+    path = setup.pool_dir / "v"
+    path.write_bytes(b"\xee" * 32 * BLOCK)
+    os.chmod(path, 0o640)
+    volume = registry.lookup_volume_by_name(setup.ref, "v")
+    first, second = os.urandom(BLOCK + 7), os.urandom(3 * BLOCK)
+    writer = registry.open_upload(volume, 0, 0, 1)
+    writer.write(memoryview(first))
+    writer.skip(3 * BLOCK - 7)
+    writer.write(second)
+    writer.skip(4 * BLOCK)
+    assert writer.position == 11 * BLOCK
+    # Nothing changes until commit, and the temporary file is not a volume.
+    assert path.read_bytes() == b"\xee" * 32 * BLOCK
+    assert registry.list_volume_names(setup.ref, 10) == ["v"]
+    writer.commit()
+    expected = first + bytes(3 * BLOCK - 7) + second + bytes(4 * BLOCK)
+    assert path.read_bytes() == expected
+    assert allocated(path) == 5 * BLOCK  # the holes are real holes
+    assert (path.stat().st_mode & 0o7777) == 0o640
+    assert sorted(os.listdir(setup.pool_dir)) == ["v"]
+    # Longer than before works too, and ending in data sets the size.
+    with registry.open_upload(volume, 0, 0, 1) as writer:
+        writer.skip(40 * BLOCK)
+        writer.write(b"end")
+        writer.commit()
+    assert path.stat().st_size == 40 * BLOCK + 3
+    assert allocated(path) == BLOCK
+
+
+def test_whole_upload_of_nothing_empties_the_volume(setup: PoolSetup) -> None:
+    volume = setup.file("v", b"old")
+    setup.registry.open_upload(volume, 0, 0).commit()
+    assert (setup.pool_dir / "v").read_bytes() == b""
+
+
+def test_whole_upload_abort_keeps_old_content(setup: PoolSetup) -> None:
+    volume = setup.file("v", b"precious" * 1000)
+    writer = setup.registry.open_upload(volume, 0, 0, 1)
+
+    def interrupted() -> None:
+        with writer:
+            writer.write(b"half-baked")
+            raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError):
+        interrupted()
+    assert (setup.pool_dir / "v").read_bytes() == b"precious" * 1000
+    assert os.listdir(setup.pool_dir) == ["v"]
+    writer.abort()  # a second abort is harmless
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "upload stream is already finished"):
+        writer.write(b"late")
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "upload stream is already finished"):
+        writer.commit()
+    setup.registry.delete_volume(volume)  # no longer busy
+
+
+def test_upload_fsyncs_when_asked(setup: PoolSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    from virtvol.daemon.storage import StorageRegistry
+
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    registry = StorageRegistry(setup.state_dir)
+    registry.load()
+    volume = setup.file("v", b"old")
+    registry.open_upload(volume, 0, 0).commit()
+    assert len(synced) == 1
+    registry.open_upload(volume, 1, 0).commit()  # in-place uploads are not synced
+    assert len(synced) == 1
+    registry.close()
+
+
+def test_failed_sync_keeps_old_content(setup: PoolSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    from virtvol.daemon.storage import StorageRegistry
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    registry = StorageRegistry(setup.state_dir)
+    registry.load()
+    volume = setup.file("v", b"old")
+    writer = registry.open_upload(volume, 0, 0)
+    writer.write(b"new")
+    message = "cannot write to stream: Input/output error"
+    with fails(ErrorCode.SYSTEM_ERROR, message, ErrorDomain.STREAMS):
+        writer.commit()
+    assert (setup.pool_dir / "v").read_bytes() == b"old"
+    assert os.listdir(setup.pool_dir) == ["v"]
+    registry.close()
+
+
+def test_partial_upload_writes_in_place(setup: PoolSetup) -> None:
+    path = setup.pool_dir / "v"
+    path.write_bytes(b"\xee" * 16 * BLOCK)
+    volume = setup.registry.lookup_volume_by_name(setup.ref, "v")
+    writer = setup.registry.open_upload(volume, 2 * BLOCK, 8 * BLOCK, 1)
+    writer.write(b"A" * BLOCK)
+    writer.skip(3 * BLOCK)  # old bytes there must read as zeros and be freed
+    writer.write(b"B" * 10)
+    no_space = "cannot write to stream: No space left on device"
+    with fails(ErrorCode.SYSTEM_ERROR, no_space, ErrorDomain.STREAMS):
+        writer.write(b"C" * 4 * BLOCK)  # beyond offset + length
+    writer.skip(100 * BLOCK)  # clipped to the window
+    writer.commit()
+    expected = (
+        b"\xee" * 2 * BLOCK
+        + b"A" * BLOCK
+        + bytes(3 * BLOCK)
+        + b"B" * 10
+        + bytes(4 * BLOCK - 10)
+        + b"\xee" * 6 * BLOCK
+    )
+    assert path.read_bytes() == expected
+    assert allocated(path) == 16 * BLOCK - 6 * BLOCK
+
+
+def test_in_place_upload_extends_with_holes(setup: PoolSetup) -> None:
+    path = setup.pool_dir / "v"
+    path.write_bytes(b"x" * BLOCK)
+    volume = setup.registry.lookup_volume_by_name(setup.ref, "v")
+    writer = setup.registry.open_upload(volume, BLOCK // 2, 0, 1)
+    writer.skip(4 * BLOCK)  # half inside the file (punched), the rest extends it
+    writer.commit()
+    assert path.read_bytes() == b"x" * (BLOCK // 2) + bytes(4 * BLOCK)
+    writer = setup.registry.open_upload(volume, 0, 0)
+    writer.abort()
+    assert path.stat().st_size == 4 * BLOCK + BLOCK // 2
+
+
+def test_upload_to_missing_or_inactive(setup: PoolSetup) -> None:
+    ghost = VolumeRef("default", "ghost", "/k")
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "name 'ghost'"):
+        setup.registry.open_upload(ghost, 0, 0)
+    volume = setup.volume("v", 1)
+    setup.registry.destroy_pool(setup.ref)
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 'default' is not active"):
+        setup.registry.open_upload(volume, 0, 0)
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 'default' is not active"):
+        setup.registry.open_download(volume, 0, 0)
+
+
+def test_reader_survives_whole_upload(setup: PoolSetup) -> None:
+    volume = setup.file("v", b"old!" * BLOCK)
+    reader = setup.registry.open_download(volume, 0, 0, 1)
+    writer = setup.registry.open_upload(volume, 0, 0, 1)
+    writer.write(b"new")
+    writer.commit()
+    assert content(drain(reader)) == b"old!" * BLOCK
+    assert (setup.pool_dir / "v").read_bytes() == b"new"

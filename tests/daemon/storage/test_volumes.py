@@ -1,0 +1,432 @@
+"""Volume create/clone/delete/wipe/resize, lookups, XML, and name safety."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.daemon.storage.conftest import (
+    BLOCK,
+    NO_VOL,
+    NOT_VALID,
+    PoolSetup,
+    allocated,
+    fails,
+)
+from virtvol.daemon.storage import VolumeInfo, VolumeRef, VolumeType
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+MIB = 1 << 20
+
+
+def test_create_defaults_to_full_allocation(setup: PoolSetup) -> None:
+    vol = setup.registry.create_volume_xml(
+        setup.ref, "<volume><name>v1</name><capacity unit='M'>1</capacity></volume>"
+    )
+    path = setup.pool_dir / "v1"
+    assert vol == VolumeRef("default", "v1", str(path))
+    assert path.stat().st_size == MIB
+    assert allocated(path) == MIB
+    assert (path.stat().st_mode & 0o7777) == 0o600
+    assert setup.registry.volume_info(vol) == VolumeInfo(VolumeType.FILE, MIB, MIB)
+
+
+def test_create_sparse_and_partly_allocated(setup: PoolSetup) -> None:
+    registry = setup.registry
+    sparse = setup.volume("sparse", 1 << 30, 0)
+    assert registry.volume_info(sparse) == VolumeInfo(VolumeType.FILE, 1 << 30, 0)
+    assert registry.volume_info(sparse, 1) == VolumeInfo(VolumeType.FILE, 1 << 30, 1 << 30)
+    xml = (
+        "<volume><name>u1</name><capacity unit='KiB'>3</capacity>"
+        "<allocation unit='k'>1</allocation></volume>"
+    )
+    registry.create_volume_xml(setup.ref, xml)
+    assert (setup.pool_dir / "u1").stat().st_size == 3072
+    assert allocated(setup.pool_dir / "u1") == BLOCK
+    xml = (
+        "<volume><name>u2</name><capacity unit='KB'>3</capacity>"
+        "<allocation unit='b'>0</allocation></volume>"
+    )
+    registry.create_volume_xml(setup.ref, xml)
+    assert (setup.pool_dir / "u2").stat().st_size == 3000
+    # An allocation above the capacity raises the capacity, as in libvirt.
+    xml = "<volume><name>y</name><capacity>4096</capacity><allocation>8192</allocation></volume>"
+    registry.create_volume_xml(setup.ref, xml)
+    assert (setup.pool_dir / "y").stat().st_size == 8192
+    setup.volume("empty", 0)
+    assert (setup.pool_dir / "empty").stat().st_size == 0
+
+
+def test_create_errors(setup: PoolSetup) -> None:
+    registry, ref = setup.registry, setup.ref
+    setup.volume("v1", 1)
+    pool = str(setup.pool_dir)
+
+    def vol(body: str) -> str:
+        return f"<volume>{body}</volume>"
+
+    cap = "<capacity>1</capacity>"
+    cases: list[tuple[str, ErrorCode, ErrorDomain, str]] = [
+        (
+            vol("<name>v1</name>" + cap),
+            ErrorCode.STORAGE_VOL_EXIST,
+            ErrorDomain.STORAGE,
+            "storage volume 'v1' exists already",
+        ),
+        (
+            vol("<name>a/b</name>" + cap),
+            ErrorCode.OPERATION_INVALID,
+            ErrorDomain.STORAGE,
+            NOT_VALID + "volume name 'a/b' cannot contain '/'",
+        ),
+        (
+            vol("<name>..</name>" + cap),
+            ErrorCode.OPERATION_INVALID,
+            ErrorDomain.STORAGE,
+            NOT_VALID + f"volume target path '{pool}/..' already exists",
+        ),
+        (
+            vol("<name>.</name>" + cap),
+            ErrorCode.OPERATION_INVALID,
+            ErrorDomain.STORAGE,
+            NOT_VALID + f"volume target path '{pool}/.' already exists",
+        ),
+        (
+            vol("<name>.virtvol-x</name>" + cap),
+            ErrorCode.OPERATION_INVALID,
+            ErrorDomain.STORAGE,
+            NOT_VALID + "volume name '.virtvol-x' is reserved: names starting with "
+            "'.virtvol-' are used for temporary files",
+        ),
+        (
+            vol("<name>" + "n" * 256 + "</name>" + cap),
+            ErrorCode.OPERATION_INVALID,
+            ErrorDomain.STORAGE,
+            NOT_VALID + f"volume name '{'n' * 256}' is too long",
+        ),
+        (
+            vol("<name></name>" + cap),
+            ErrorCode.XML_ERROR,
+            ErrorDomain.STORAGE,
+            "XML error: missing volume name element",
+        ),
+        (
+            vol(cap),
+            ErrorCode.XML_ERROR,
+            ErrorDomain.STORAGE,
+            "XML error: missing volume name element",
+        ),
+        (
+            vol("<name>x</name>"),
+            ErrorCode.XML_ERROR,
+            ErrorDomain.STORAGE,
+            "XML error: missing capacity element",
+        ),
+        (
+            vol("<name>x</name><capacity>-1</capacity>"),
+            ErrorCode.XML_ERROR,
+            ErrorDomain.STORAGE,
+            "XML error: malformed capacity element",
+        ),
+        (
+            vol("<name>x</name><capacity>1</capacity><allocation>z</allocation>"),
+            ErrorCode.XML_ERROR,
+            ErrorDomain.STORAGE,
+            "XML error: malformed allocation element",
+        ),
+        (
+            vol("<name>x</name><capacity unit='Q'>1</capacity>"),
+            ErrorCode.INVALID_ARG,
+            ErrorDomain.NONE,
+            "invalid argument: unknown suffix 'Q'",
+        ),
+        (
+            vol("<name>x</name><capacity unit='KX'>1</capacity>"),
+            ErrorCode.INVALID_ARG,
+            ErrorDomain.NONE,
+            "invalid argument: unknown suffix 'KX'",
+        ),
+        (
+            vol("<name>x</name><capacity unit='EiB'>100</capacity>"),
+            ErrorCode.OVERFLOW,
+            ErrorDomain.NONE,
+            "numerical overflow: value too large: 100EiB",
+        ),
+        (
+            vol("<name>x</name>" + cap + "<target><format type='qcow2'/></target>"),
+            ErrorCode.INTERNAL_ERROR,
+            ErrorDomain.STORAGE,
+            "internal error: creation of non-raw file images is not supported without qemu-img.",
+        ),
+        (
+            vol("<name>x</name>" + cap + "<target><format type='bogus'/></target>"),
+            ErrorCode.CONFIG_UNSUPPORTED,
+            ErrorDomain.STORAGE,
+            "unsupported configuration: unknown volume format type bogus",
+        ),
+        (
+            "<pool><name>x</name></pool>",
+            ErrorCode.XML_ERROR,
+            ErrorDomain.XML,
+            "XML error: expecting root element of 'volume', not 'pool'",
+        ),
+        (
+            "<volume><name>x</name>",
+            ErrorCode.XML_DETAIL,
+            ErrorDomain.STORAGE,
+            "(storage_volume_definition):1: no element found: line 1, column 22",
+        ),
+    ]
+    for xml, code, domain, message in cases:
+        with fails(code, message, domain):
+            registry.create_volume_xml(ref, xml)
+    ok = vol("<name>x</name>" + cap)
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x2) in function storageVolCreateXML"):
+        registry.create_volume_xml(ref, ok, 2)
+    with fails(
+        ErrorCode.OPERATION_UNSUPPORTED,
+        "Operation not supported: metadata preallocation is not supported for raw volumes",
+    ):
+        registry.create_volume_xml(ref, ok, 1)
+    assert registry.list_volume_names(ref, 100) == ["v1"]
+    assert registry.create_volume_xml(ref, ok, 4).name == "x"  # VALIDATE is accepted
+    raw = vol("<name>r</name>" + cap + "<target><format type='raw'/></target>")
+    assert registry.create_volume_xml(ref, raw).name == "r"
+
+
+def test_volume_xml_matches_libvirt_layout(setup: PoolSetup) -> None:
+    vol = setup.volume("v", 5000, 0)
+    path = setup.pool_dir / "v"
+    os.utime(path, ns=(1795638953_523026733, 1795638953_000000000))
+    st = path.stat()
+    assert setup.registry.volume_xml(vol) == (
+        "<volume type='file'>\n"
+        "  <name>v</name>\n"
+        f"  <key>{path}</key>\n"
+        "  <capacity unit='bytes'>5000</capacity>\n"
+        "  <allocation unit='bytes'>0</allocation>\n"
+        "  <physical unit='bytes'>5000</physical>\n"
+        "  <target>\n"
+        f"    <path>{path}</path>\n"
+        "    <format type='raw'/>\n"
+        "    <permissions>\n"
+        "      <mode>0600</mode>\n"
+        f"      <owner>{st.st_uid}</owner>\n"
+        f"      <group>{st.st_gid}</group>\n"
+        "    </permissions>\n"
+        "    <timestamps>\n"
+        "      <atime>1795638953.523026733</atime>\n"
+        "      <mtime>1795638953</mtime>\n"
+        f"      <ctime>{st.st_ctime_ns // 10**9}.{st.st_ctime_ns % 10**9:09d}</ctime>\n"
+        "      <btime>0</btime>\n"
+        "    </timestamps>\n"
+        "  </target>\n"
+        "</volume>\n"
+    )
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x1) in function storageVolGetXMLDesc"):
+        setup.registry.volume_xml(vol, 1)
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x2) in function storageVolGetInfoFlags"):
+        setup.registry.volume_info(vol, 2)
+
+
+def test_names_are_escaped_in_xml(setup: PoolSetup) -> None:
+    xml = "<volume><name>a&amp;b&lt;'c'&gt;</name><capacity>1</capacity></volume>"
+    vol = setup.registry.create_volume_xml(setup.ref, xml)
+    assert vol.name == "a&b<'c'>"
+    assert "<name>a&amp;b&lt;&apos;c&apos;&gt;</name>" in setup.registry.volume_xml(vol)
+
+
+def test_lookups_and_lists(setup: PoolSetup) -> None:
+    registry, ref = setup.registry, setup.ref
+    b = setup.volume("b", 1)
+    a = setup.volume("a", 1)
+    assert registry.lookup_volume_by_name(ref, "a") == a
+    assert registry.lookup_volume_by_key(a.key) == a
+    assert registry.lookup_volume_by_path(a.key) == a
+    assert registry.lookup_volume_by_path(a.key.replace("/pool/", "//pool//")) == a
+    assert registry.volume_path(a) == str(setup.pool_dir / "a")
+    assert registry.num_volumes(ref) == 2
+    assert registry.list_volume_names(ref, 10) == ["a", "b"]
+    assert registry.list_volume_names(ref, 1) == ["a"]
+    assert registry.list_all_volumes(ref) == [a, b]
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "name 'nope'"):
+        registry.lookup_volume_by_name(ref, "nope")
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "key /tmp/nope"):
+        registry.lookup_volume_by_key("/tmp/nope")
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "path '/tmp/nope'"):
+        registry.lookup_volume_by_path("/tmp/nope")
+    dotted = f"{setup.pool_dir}/../pool/a"
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"path '{dotted}'"):
+        registry.lookup_volume_by_path(dotted)
+    with fails(
+        ErrorCode.NO_STORAGE_VOL, NO_VOL + f"path '{setup.pool_dir}//x' ({setup.pool_dir}/x)"
+    ):
+        registry.lookup_volume_by_path(f"{setup.pool_dir}//x")
+    for bad in ("", ".", "..", "../pool/a", "a/", "a\0", ".virtvol-upload-1"):
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{bad}'"):
+            registry.lookup_volume_by_name(ref, bad)
+    stale = VolumeRef("default", "gone", "/x")
+    for call in (registry.volume_info, registry.volume_xml, registry.volume_path):
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "name 'gone'"):
+            call(stale)
+
+
+def test_symlinks_and_other_files_are_not_volumes(setup: PoolSetup, tmp_path: Path) -> None:
+    registry, ref = setup.registry, setup.ref
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"do not touch")
+    (setup.pool_dir / "link").symlink_to(outside)
+    (setup.pool_dir / "dangling").symlink_to(tmp_path / "missing")
+    (setup.pool_dir / "subdir").mkdir()
+    os.mkfifo(setup.pool_dir / "fifo")
+    (setup.pool_dir / ".virtvol-upload-feed").write_bytes(b"temp")
+    setup.volume("real", 1)
+    assert registry.list_volume_names(ref, 100) == ["real"]
+    assert registry.num_volumes(ref) == 1
+    for name in ("link", "dangling", "subdir", "fifo"):
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{name}'"):
+            registry.lookup_volume_by_name(ref, name)
+        forged = VolumeRef("default", name, str(setup.pool_dir / name))
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{name}'"):
+            registry.open_download(forged, 0, 0).close()
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{name}'"):
+            registry.open_upload(forged, 0, 0)
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{name}'"):
+            registry.wipe_volume(forged)
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{name}'"):
+            registry.resize_volume(forged, 1 << 20)
+        with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{name}'"):
+            registry.delete_volume(forged)
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"key {setup.pool_dir}/link"):
+        registry.lookup_volume_by_key(f"{setup.pool_dir}/link")
+    with fails(ErrorCode.STORAGE_VOL_EXIST, "storage volume 'link' exists already"):
+        setup.volume("link", 1)
+    assert outside.read_bytes() == b"do not touch"
+    assert (setup.pool_dir / "link").is_symlink()
+
+
+def test_clone_is_sparse(setup: PoolSetup) -> None:
+    registry = setup.registry
+    source = setup.volume("src", 64 * BLOCK)
+    with open(setup.pool_dir / "src", "r+b") as f:
+        f.seek(BLOCK)
+        f.write(b"1" * BLOCK)
+        f.seek(40 * BLOCK)
+        f.write(b"2" * 10)
+    clone = registry.create_volume_xml_from(
+        setup.ref, "<volume><name>copy</name><capacity>1</capacity></volume>", source
+    )
+    copy = setup.pool_dir / "copy"
+    assert copy.read_bytes() == (setup.pool_dir / "src").read_bytes()
+    assert allocated(copy) == 2 * BLOCK
+    bigger = registry.create_volume_xml_from(
+        setup.ref, "<volume><name>big</name><capacity>1000000</capacity></volume>", clone
+    )
+    assert registry.volume_info(bigger).capacity == 1000000
+    no_capacity = "<volume><name>nocap</name></volume>"
+    assert (
+        registry.volume_info(
+            registry.create_volume_xml_from(setup.ref, no_capacity, source)
+        ).capacity
+        == 64 * BLOCK
+    )
+    with fails(ErrorCode.STORAGE_VOL_EXIST, "storage volume 'copy' exists already"):
+        registry.create_volume_xml_from(setup.ref, "<volume><name>copy</name></volume>", source)
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "name 'ghost'"):
+        registry.create_volume_xml_from(
+            setup.ref, "<volume><name>c2</name></volume>", VolumeRef("default", "ghost", "/k")
+        )
+    with fails(
+        ErrorCode.INVALID_ARG, "unsupported flags (0x8) in function storageVolCreateXMLFrom"
+    ):
+        registry.create_volume_xml_from(setup.ref, "<volume><name>c3</name></volume>", source, 8)
+    assert (
+        registry.create_volume_xml_from(
+            setup.ref, "<volume><name>c4</name></volume>", source, 2
+        ).name
+        == "c4"
+    )
+
+
+def test_delete(setup: PoolSetup) -> None:
+    vol = setup.volume("v", 1)
+    with fails(
+        ErrorCode.INVALID_ARG, "unsupported flags (0x1) in function virStorageBackendVolDeleteLocal"
+    ):
+        setup.registry.delete_volume(vol, 1)
+    setup.registry.delete_volume(vol)
+    assert not (setup.pool_dir / "v").exists()
+    with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "name 'v'"):
+        setup.registry.delete_volume(vol)
+
+
+def test_wipe_zeroes_and_frees(setup: PoolSetup) -> None:
+    vol = setup.file("w", os.urandom(8 * BLOCK + 100))
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x1) in function storageVolWipePattern"):
+        setup.registry.wipe_volume(vol, 1)
+    setup.registry.wipe_volume(vol)
+    assert (setup.pool_dir / "w").read_bytes() == bytes(8 * BLOCK + 100)
+    assert allocated(setup.pool_dir / "w") <= BLOCK  # a partial last block stays, zeroed
+
+
+def test_resize_rules(setup: PoolSetup) -> None:
+    registry = setup.registry
+    full = setup.volume("full", MIB, None)
+    sparse = setup.volume("sparse", 3000, 0)
+    shrink_below_alloc = "invalid argument: can't shrink capacity below existing allocation"
+    with fails(ErrorCode.INVALID_ARG, shrink_below_alloc):
+        registry.resize_volume(full, BLOCK)
+    with fails(ErrorCode.INVALID_ARG, shrink_below_alloc):
+        registry.resize_volume(full, BLOCK, 4)
+    with fails(
+        ErrorCode.INVALID_ARG,
+        "invalid argument: Can't shrink capacity below current capacity "
+        "unless shrink flag explicitly specified",
+    ):
+        registry.resize_volume(sparse, 1000)
+    registry.resize_volume(sparse, 1000, 4)
+    assert registry.volume_info(sparse).capacity == 1000
+    registry.resize_volume(sparse, 500, 2 | 4)
+    assert registry.volume_info(sparse).capacity == 500
+    registry.resize_volume(sparse, 5000, 4)  # growing with SHRINK is fine
+    registry.resize_volume(sparse, MIB, 2)
+    assert registry.volume_info(sparse) == VolumeInfo(VolumeType.FILE, MIB + 5000, 0)
+    registry.resize_volume(sparse, 2 * MIB, 1)
+    info = registry.volume_info(sparse)
+    assert info.capacity == 2 * MIB
+    assert info.allocation >= 2 * MIB - MIB - 5000
+    registry.resize_volume(full, MIB)  # same size: nothing to do
+    with fails(ErrorCode.INVALID_ARG, shrink_below_alloc):
+        registry.resize_volume(full, 10**9, 2 | 4)  # a delta shrink stops at zero
+    with fails(
+        ErrorCode.SYSTEM_ERROR,
+        f"Failed to truncate file '{setup.pool_dir}/full': File too large",
+        ErrorDomain.NONE,
+    ):
+        registry.resize_volume(full, 1 << 63)
+    with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x8) in function storageVolResize"):
+        registry.resize_volume(full, 1, 8)
+
+
+def test_busy_volume_refuses_changes(setup: PoolSetup) -> None:
+    registry = setup.registry
+    vol = setup.volume("v", BLOCK)
+    writer = registry.open_upload(vol, 0, 0)
+    in_use = NOT_VALID + "volume 'v' is still in use."
+    with fails(ErrorCode.OPERATION_INVALID, in_use):
+        registry.open_upload(vol, 0, 0)
+    with fails(ErrorCode.OPERATION_INVALID, in_use):
+        registry.open_upload(vol, 10, 10)
+    with fails(ErrorCode.OPERATION_INVALID, in_use):
+        registry.delete_volume(vol)
+    with fails(ErrorCode.OPERATION_INVALID, in_use):
+        registry.wipe_volume(vol)
+    with fails(ErrorCode.OPERATION_INVALID, in_use):
+        registry.resize_volume(vol, MIB)
+    with fails(
+        ErrorCode.OPERATION_INVALID, NOT_VALID + "pool 'default' has asynchronous jobs running."
+    ):
+        registry.destroy_pool(setup.ref)
+    registry.open_download(vol, 0, 0).close()  # reading stays allowed
+    writer.abort()
+    registry.delete_volume(vol)
