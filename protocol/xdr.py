@@ -130,6 +130,9 @@ class Hyper(Codec):
     """``hyper``: signed 64-bit."""
 
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        # xdrlib3 masks hypers to 64 bits: refuse what would wrap around.
+        if not -(1 << 63) <= value < 1 << 63:
+            raise XdrError("", f"{value} is out of range for a hyper")
         packer.pack_hyper(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
@@ -143,6 +146,8 @@ class UHyper(Codec):
     """``unsigned hyper``: unsigned 64-bit."""
 
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+        if not 0 <= value < 1 << 64:
+            raise XdrError("", f"{value} is out of range for an unsigned hyper")
         packer.pack_uhyper(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
