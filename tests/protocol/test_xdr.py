@@ -1,0 +1,245 @@
+"""The XDR codec: round trips of every struct, and refusals that name the field."""
+
+from __future__ import annotations
+
+import inspect
+import struct
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from virtvol.protocol import remote
+from virtvol.protocol.constants import AuthType
+from virtvol.protocol.exceptions import XdrError
+from virtvol.protocol.xdr import (
+    Array,
+    Bool,
+    Codec,
+    Enum,
+    FixedOpaque,
+    Hyper,
+    Int,
+    Opaque,
+    Optional,
+    String,
+    Struct,
+    UHyper,
+    UInt,
+    XdrStruct,
+    decode_value,
+    encode_value,
+)
+
+STRUCTS = sorted(
+    (
+        cls
+        for _, cls in inspect.getmembers(remote, inspect.isclass)
+        if issubclass(cls, XdrStruct) and cls.__module__ == remote.__name__
+    ),
+    key=lambda cls: cls.__name__,
+)
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=24)
+
+
+def strategy_for(codec: Codec) -> st.SearchStrategy[Any]:
+    """Values of the Python type a codec carries, built from the codec alone."""
+    if isinstance(codec, Int):
+        return st.integers(-(2**31), 2**31 - 1)
+    if isinstance(codec, UInt):
+        return st.integers(0, 2**32 - 1)
+    if isinstance(codec, Hyper):
+        return st.integers(-(2**63), 2**63 - 1)
+    if isinstance(codec, UHyper):
+        return st.integers(0, 2**64 - 1)
+    if isinstance(codec, Bool):
+        return st.booleans()
+    if isinstance(codec, Enum):
+        return st.sampled_from(list(codec.enum_type))
+    if isinstance(codec, String):
+        return TEXT
+    if isinstance(codec, Opaque):
+        return st.binary(max_size=min(codec.maximum, 32))
+    if isinstance(codec, FixedOpaque):
+        return st.binary(min_size=codec.size, max_size=codec.size)
+    if isinstance(codec, Optional):
+        return st.none() | strategy_for(codec.inner)
+    if isinstance(codec, Array):
+        return st.lists(strategy_for(codec.inner), max_size=min(codec.maximum, 3)).map(tuple)
+    if isinstance(codec, Struct):
+        return struct_strategy(codec.struct_type)
+    raise TypeError(f"no strategy for {codec!r}")
+
+
+def struct_strategy(cls: type[XdrStruct]) -> st.SearchStrategy[XdrStruct]:
+    return st.builds(cls, **{name: strategy_for(codec) for name, codec in cls.fields()})
+
+
+def test_every_struct_is_found() -> None:
+    names = {cls.__name__ for cls in STRUCTS}
+    assert {"RemoteError", "StreamHole", "VolTransferArgs", "ListAllPoolsRet"} <= names
+    assert len(STRUCTS) >= 40
+
+
+@pytest.mark.parametrize("cls", STRUCTS, ids=lambda cls: cls.__name__)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_round_trip(cls: type[XdrStruct], data: st.DataObject) -> None:
+    value = data.draw(struct_strategy(cls))
+    encoded = value.encode()
+    assert len(encoded) % 4 == 0
+    decoded = cls.decode(encoded)
+    assert decoded == value
+    assert decoded.encode() == encoded
+    assert cls.decode(memoryview(encoded)) == value
+    assert cls.decode(bytearray(encoded)) == value
+
+
+@settings(max_examples=50, deadline=None)
+@given(raw=st.binary(max_size=40))
+def test_any_string_bytes_survive_a_round_trip(raw: bytes) -> None:
+    """Names that are not UTF-8 come back as the same bytes (surrogateescape)."""
+    codec = String(100)
+    encoded = encode_value(Opaque(100), raw)
+    text = decode_value(codec, encoded)
+    assert encode_value(codec, text) == encoded
+
+
+def test_known_encodings() -> None:
+    vol = remote.StorageVol(pool="default", name="a.img", key="/p/a.img")
+    assert vol.encode() == bytes.fromhex(
+        "00000007 64656661756c7400 00000005 612e696d67000000 00000008 2f702f612e696d67"
+    )
+    assert remote.StreamHole(61440).encode() == bytes.fromhex("000000000000f000 00000000")
+    assert remote.ConnectOpenArgs(None, 0).encode() == bytes(8)
+    assert remote.AuthListRet((AuthType.NONE, AuthType.POLKIT)).encode() == bytes.fromhex(
+        "00000002 00000000 00000002"
+    )
+
+
+# -- refusals when decoding ------------------------------------------------------------
+
+
+def _u32(*values: int) -> bytes:
+    return struct.pack(f">{len(values)}I", *values)
+
+
+def _refused(
+    decode: Callable[[bytes], object], data: bytes, *fragments: str, limit: int = 64 * 1024
+) -> XdrError:
+    """Decoding fails with XdrError naming ``fragments``, without a large allocation."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(XdrError) as info:
+            decode(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    assert peak < limit, f"{peak} bytes allocated while refusing"
+    return info.value
+
+
+def test_string_longer_than_its_maximum() -> None:
+    data = _u32(1, 0xFFFFFFFF) + b"abcd" + _u32(0)
+    error = _refused(remote.ConnectOpenArgs.decode, data, "ConnectOpenArgs.name", "maximum")
+    assert error.path == "ConnectOpenArgs.name"
+
+
+def test_string_count_beyond_the_data() -> None:
+    data = _u32(4194304) + b"abcd"
+    _refused(remote.LookupByNameArgs.decode, data, "LookupByNameArgs.name", "4194304")
+
+
+def test_nested_field_paths() -> None:
+    pool = remote.StoragePool("p", bytes(16)).encode()
+    vol = remote.StorageVol("p", "v", "k").encode()
+    data = _u32(2) + vol + _u32(1) + b"p\0\0\0" + _u32(1) + b"v\0\0\0" + _u32(999) + _u32(1)
+    _refused(remote.PoolListAllVolumesRet.decode, data, "PoolListAllVolumesRet.vols[1].key")
+    data = pool + _u32(0xFFFFFFF0)
+    _refused(remote.VolLookupByNameArgs.decode, data, "VolLookupByNameArgs.name")
+    data = _u32(1, 2, 1, 0xFFFFFFFF)
+    _refused(remote.RemoteError.decode, data, "RemoteError.message", "maximum 4194304")
+
+
+def test_array_count_above_its_maximum() -> None:
+    data = _u32(16385) + bytes(64)
+    _refused(remote.ListAllPoolsRet.decode, data, "ListAllPoolsRet.pools", "16385", "16384")
+    data = _u32(21)
+    _refused(remote.AuthListRet.decode, data, "AuthListRet.types", "maximum 20")
+
+
+def test_array_count_beyond_the_data() -> None:
+    """16384 pools claimed (the maximum), 20 bytes present: refused before building."""
+    data = _u32(16384) + bytes(20)
+    _refused(remote.ListAllPoolsRet.decode, data, "ListAllPoolsRet.pools", "does not fit")
+    data = _u32(16384) + bytes(40)
+    _refused(remote.ListPoolNamesRet.decode, data, "ListPoolNamesRet.names", "does not fit")
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "fragment"),
+    [
+        (remote.ConnectSupportsFeatureArgs, b"\0\0\0", "needs 4 bytes"),
+        (remote.ConnectSupportsFeatureArgs, bytes(8), "trailing"),
+        (remote.ConnectOpenArgs, _u32(2, 0), "presence flag 2"),
+        (remote.AuthListRet, _u32(1, 7), "not a valid AuthType"),
+        (remote.LookupByNameArgs, _u32(1) + b"a\0\0\1", "padding"),
+        (remote.LookupByUuidArgs, bytes(15), "needs 16 bytes"),
+        (remote.StreamHole, bytes(8), "StreamHole.flags"),
+    ],
+)
+def test_malformed_bytes(cls: type[XdrStruct], data: bytes, fragment: str) -> None:
+    _refused(cls.decode, data, fragment)
+
+
+def test_bool_accepts_only_zero_and_one() -> None:
+    assert decode_value(Bool(), _u32(1)) is True
+    assert decode_value(Bool(), _u32(0)) is False
+    with pytest.raises(XdrError, match="boolean value 2"):
+        decode_value(Bool(), _u32(2))
+
+
+def test_opaque_limits() -> None:
+    assert decode_value(Opaque(8), _u32(5) + b"12345\0\0\0") == b"12345"
+    with pytest.raises(XdrError, match="exceeds the maximum 8"):
+        decode_value(Opaque(8), _u32(9) + bytes(12))
+    with pytest.raises(XdrError, match="exceeds the maximum 8"):
+        encode_value(Opaque(8), bytes(9))
+
+
+# -- refusals when encoding -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        remote.ConnectSupportsFeatureArgs(2**31),
+        remote.ConnectOpenArgs("x", -1),
+        remote.ConnectOpenArgs("x", 2**32),
+        remote.StreamHole(2**63),
+        remote.StreamHole(-(2**63) - 1),
+        remote.ConnectGetVersionRet(-1),
+        remote.ConnectGetVersionRet(2**64),
+        remote.StoragePool("p", bytes(15)),
+        remote.AuthListRet(tuple([AuthType.NONE] * 21)),
+        remote.LookupByNameArgs(123),  # type: ignore[arg-type]
+    ],
+    ids=repr,
+)
+def test_values_that_cannot_be_encoded(value: XdrStruct) -> None:
+    with pytest.raises(XdrError) as info:
+        value.encode()
+    assert info.value.path.startswith(type(value).__name__ + ".")
+
+
+def test_string_longer_than_its_maximum_is_not_encoded() -> None:
+    with pytest.raises(XdrError, match=r"exceeds the maximum 4"):
+        encode_value(String(4), "abcde")
+    with pytest.raises(XdrError, match=r"RemoteError\.message"):
+        remote.RemoteError(1, 2, "x" * (4194304 + 1)).encode()
