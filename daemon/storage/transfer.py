@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from virtvol.daemon import sparsefile
@@ -33,6 +33,30 @@ from .model import Chunk
 from .reports import storage_error, system_error
 
 _EOF = Chunk(data=False, length=0)
+
+# Zero detection granularity: blocks of this size, aligned to file offsets, that
+# hold only zeros are punched or skipped rather than written. Checking costs a
+# memcmp that stops at the first non-zero byte, so dense data pays almost nothing.
+ZERO_BLOCK = 64 * 1024
+
+
+def _zero_runs(view: memoryview, position: int) -> Iterator[tuple[int, int, bool]]:
+    """Split ``view`` (to be written at file offset ``position``) into maximal runs of
+    all-zero and not-all-zero blocks: (start, end, zero) with offsets into ``view``."""
+    size = len(view)
+    start = 0
+    run_zero = False
+    cursor = 0
+    while cursor < size:
+        block_end = min(size, cursor + ZERO_BLOCK - (position + cursor) % ZERO_BLOCK)
+        zero = sparsefile.is_zero(view[cursor:block_end])
+        if cursor > start and zero != run_zero:
+            yield start, cursor, run_zero
+            start = cursor
+        run_zero = zero
+        cursor = block_end
+    if cursor > start:
+        yield start, cursor, run_zero
 
 
 class VolumeReader:
@@ -151,6 +175,10 @@ class VolumeWriter:
     def write(self, data: memoryview | bytes | bytearray) -> None:
         """Write the next data frame at the stream position.
 
+        Zero blocks in the data become holes instead of written zeros, so a
+        dense stream (an old client, or a sparse image sent without the flag)
+        still leaves a sparse volume.
+
         Raises:
             ErrorReport: when the data goes beyond the stream's length limit
                 (libvirt's "cannot write to stream" with ENOSPC) or on I/O errors.
@@ -160,13 +188,30 @@ class VolumeWriter:
         if self._limit is not None and self._pos + len(view) > self._limit:
             raise system_error("cannot write to stream", errno.ENOSPC, ErrorDomain.STREAMS)
         try:
-            written = 0
-            while written < len(view):
-                written += os.pwrite(self._fd, view[written:], self._pos + written)
+            for start, end, zero in _zero_runs(view, self._pos):
+                if zero:
+                    self._zero(end - start)
+                else:
+                    self._pwrite_all(view[start:end])
         except OSError as exc:
             raise system_error("cannot write to stream", exc, ErrorDomain.STREAMS) from None
+
+    def _pwrite_all(self, view: memoryview) -> None:
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self._fd, view[written:], self._pos + written)
         self._pos += written
         self._size = max(self._size, self._pos)
+
+    def _zero(self, length: int) -> None:
+        """Make the next ``length`` bytes read as zeros without writing them."""
+        end = self._pos + length
+        if self._pos < self._size:
+            sparsefile.punch_hole(self._fd, self._pos, min(end, self._size) - self._pos)
+        if end > self._size:
+            os.ftruncate(self._fd, end)
+            self._size = end
+        self._pos = end
 
     def skip(self, length: int) -> None:
         """Apply a hole frame: the next ``length`` bytes read as zeros afterwards.
@@ -178,16 +223,10 @@ class VolumeWriter:
             length = min(length, self._limit - self._pos)
         if length <= 0:
             return
-        end = self._pos + length
         try:
-            if self._pos < self._size:
-                sparsefile.punch_hole(self._fd, self._pos, min(end, self._size) - self._pos)
-            if end > self._size:
-                os.ftruncate(self._fd, end)
-                self._size = end
+            self._zero(length)
         except OSError as exc:
             raise system_error("cannot write to stream", exc, ErrorDomain.STREAMS) from None
-        self._pos = end
 
     def commit(self) -> None:
         """Finish successfully (the stream's STREAM/OK): make the upload visible."""

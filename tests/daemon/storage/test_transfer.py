@@ -270,3 +270,24 @@ def test_reader_survives_whole_upload(setup: PoolSetup) -> None:
     writer.commit()
     assert content(drain(reader)) == b"old!" * BLOCK
     assert (setup.pool_dir / "v").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("whole_volume", [True, False])
+def test_zero_blocks_in_data_become_holes(setup: PoolSetup, whole_volume: bool) -> None:
+    """A dense stream (zeros sent as data) over a volume full of other bytes still leaves
+    exact bytes and a sparse volume: zero blocks are punched or skipped, never written."""
+    size = 4 * MIB + 1234
+    old = setup.file("dense", b"\xaa" * size)
+    payload = bytearray(size)
+    payload[MIB + 5 : MIB + 300005] = os.urandom(300000)
+    payload[-1000:] = b"\x01" * 1000
+    # length 0 is the atomic whole-volume path; an explicit length writes in place.
+    length = 0 if whole_volume else size
+    with setup.registry.open_upload(old, 0, length, 0) as writer:
+        view = memoryview(payload)
+        for start in range(0, size, 262120):  # libvirt's dense chunk: not block aligned
+            writer.write(view[start : start + 262120])
+        writer.commit()
+    path = setup.pool_dir / "dense"
+    assert path.read_bytes() == bytes(payload)
+    assert allocated(path) < 600 * 1024
