@@ -1,1 +1,75 @@
-"""virtvol.client: asyncio client library and the virsh-compatible ``virtvol`` command."""
+"""virtvol.client: asyncio client library and the virsh-compatible ``virtvol`` command.
+
+async with virtvol.client.connect("storage+tcp://host/system") as conn:
+    pool = await conn.lookup_pool_by_name("default")
+    vol = await pool.lookup_volume("disk.img")
+    await vol.upload_file("disk.img")
+"""
+
+from virtvol.client.connection import Connection, ProtocolMode, connect
+from virtvol.client.errors import (
+    ConnectionClosed,
+    InvalidArgument,
+    InvalidURI,
+    LibvirtError,
+    NoStoragePool,
+    NoStorageVolume,
+    NoSupport,
+    OperationDenied,
+    OperationFailed,
+    OperationInvalid,
+    ProtocolViolation,
+    SparseUnsupported,
+    StorageVolumeExists,
+    TransportError,
+    VirtvolError,
+)
+from virtvol.client.objects import (
+    PoolInfo,
+    PoolState,
+    StoragePool,
+    StorageVolume,
+    VolumeInfo,
+    VolumeType,
+)
+from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, StreamError, Upload
+from virtvol.client.transfer import TransferResult, download_file, upload_file
+from virtvol.client.uri import Target, default_uri, parse_uri
+
+__all__ = [
+    "FRAME_DATA_MAX",
+    "Connection",
+    "ConnectionClosed",
+    "Download",
+    "Hole",
+    "InvalidArgument",
+    "InvalidURI",
+    "LibvirtError",
+    "NoStoragePool",
+    "NoStorageVolume",
+    "NoSupport",
+    "OperationDenied",
+    "OperationFailed",
+    "OperationInvalid",
+    "PoolInfo",
+    "PoolState",
+    "ProtocolMode",
+    "ProtocolViolation",
+    "SparseUnsupported",
+    "StoragePool",
+    "StorageVolume",
+    "StorageVolumeExists",
+    "StreamError",
+    "Target",
+    "TransferResult",
+    "TransportError",
+    "Upload",
+    "VirtvolError",
+    "VolumeInfo",
+    "VolumeType",
+    "connect",
+    "default_uri",
+    "download_file",
+    "parse_uri",
+    "upload_file",
+]

@@ -1,0 +1,336 @@
+"""Opening a connection (``connect``) and the ``Connection`` object.
+
+The handshake is the one virsh performs, so that a libvirt daemon sees a
+familiar client: AUTH_LIST, CONNECT_SUPPORTS_FEATURE(10) (keepalive; the only
+feature a daemon answers before the open), CONNECT_OPEN with the URI's name,
+then features 14 and 15 and, if 15 is supported, REGISTER_CLOSE_CALLBACK. An
+error answer to a feature question means "not supported", as in libvirt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid as uuidlib
+from collections.abc import Generator
+from types import TracebackType
+from typing import Literal, Self, TypeVar
+
+from virtvol.client.errors import (
+    LibvirtError,
+    NoSupport,
+    TransportError,
+    VirtvolError,
+)
+from virtvol.client.objects import StoragePool, StorageVolume
+from virtvol.client.rpc import RpcProtocol
+from virtvol.client.uri import Target, default_uri, parse_uri
+from virtvol.protocol import remote as r
+from virtvol.protocol.constants import AuthType
+from virtvol.protocol.procedures import Proc
+from virtvol.protocol.xdr import XdrStruct
+
+__all__ = ["Connection", "ProtocolMode", "connect"]
+
+log = logging.getLogger("virtvol.client")
+
+ProtocolMode = Literal["current", "legacy"]
+
+FEATURE_PROGRAM_KEEPALIVE = 10
+FEATURE_REMOTE_EVENT_CALLBACK = 14
+FEATURE_REMOTE_CLOSE_CALLBACK = 15
+
+T = TypeVar("T", bound=XdrStruct)
+
+
+def _expect(result: XdrStruct | None, kind: type[T]) -> T:
+    if not isinstance(result, kind):
+        raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
+    return result
+
+
+class Connection:
+    """An open connection to a libvirt-compatible storage daemon.
+
+    Create it with ``await connect(uri)`` or ``async with connect(uri) as conn``.
+    Many calls may run at once on one connection (``asyncio.gather``).
+
+    Attributes:
+        uri: the URI it was opened with.
+        target: where it connected, as parsed from the URI.
+        protocol: ``"current"`` or ``"legacy"`` (acts as a client that predates sparse streams).
+    """
+
+    def __init__(self, rpc: RpcProtocol, target: Target, protocol: ProtocolMode) -> None:
+        self.rpc = rpc
+        self.target = target
+        self.uri = target.uri
+        self.protocol: ProtocolMode = protocol
+        self.keepalive_supported = False
+        self._close_callback = False
+        self._closed = False
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    async def _handshake(self, keepalive: tuple[float, int] | None) -> None:
+        try:
+            auth = _expect(await self.rpc.call(Proc.AUTH_LIST), r.AuthListRet)
+            methods = auth.types
+        except NoSupport:
+            methods = ()
+        if methods and AuthType.NONE not in methods:
+            names = ", ".join(AuthType(m).name.lower() for m in methods)
+            raise VirtvolError(f"the server requires authentication ({names}), not supported")
+        self.keepalive_supported = await self.supports_feature(FEATURE_PROGRAM_KEEPALIVE)
+        await self.rpc.call(
+            Proc.CONNECT_OPEN,
+            r.ConnectOpenArgs(name=self.target.open_name, flags=self.target.open_flags),
+        )
+        await self.supports_feature(FEATURE_REMOTE_EVENT_CALLBACK)
+        if await self.supports_feature(FEATURE_REMOTE_CLOSE_CALLBACK):
+            await self.rpc.call(Proc.CONNECT_REGISTER_CLOSE_CALLBACK)
+            self._close_callback = True
+        if keepalive is not None and keepalive[0] > 0 and self.keepalive_supported:
+            self.rpc.start_keepalive(keepalive[0], keepalive[1])
+
+    async def close(self) -> None:
+        """Say goodbye as virsh does (UNREGISTER_CLOSE_CALLBACK, CONNECT_CLOSE) and close.
+
+        Safe to call more than once and on a broken connection.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.rpc.failure is None:
+            try:
+                async with asyncio.timeout(5):
+                    if self._close_callback:
+                        await self.rpc.call(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK)
+                    await self.rpc.call(Proc.CONNECT_CLOSE)
+            except (LibvirtError, TransportError, TimeoutError) as exc:
+                log.debug("close of %s: %s", self.uri, exc)
+        self.rpc.close()
+        await self.rpc.closed
+
+    @property
+    def is_alive(self) -> bool:
+        """False once the connection failed or was closed."""
+        return not self._closed and self.rpc.failure is None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- connection-level calls ----------------------------------------------------------
+
+    async def supports_feature(self, feature: int) -> bool:
+        """Ask CONNECT_SUPPORTS_FEATURE; an error answer means False (libvirt's rule)."""
+        try:
+            ret = _expect(
+                await self.rpc.call(
+                    Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs(feature)
+                ),
+                r.ConnectSupportsFeatureRet,
+            )
+        except LibvirtError:
+            return False
+        return ret.supported == 1
+
+    async def lib_version(self) -> int:
+        """The daemon's library version (major * 1000000 + minor * 1000 + micro)."""
+        ret = await self.rpc.call(Proc.CONNECT_GET_LIB_VERSION)
+        return _expect(ret, r.ConnectGetLibVersionRet).lib_ver
+
+    async def get_type(self) -> str:
+        """The driver name (e.g. ``"storage"``)."""
+        return _expect(await self.rpc.call(Proc.CONNECT_GET_TYPE), r.ConnectGetTypeRet).type
+
+    # -- pools ---------------------------------------------------------------------------
+
+    def _pool(self, pool: r.StoragePool) -> StoragePool:
+        return StoragePool(self, pool.name, pool.uuid)
+
+    async def list_pools(self, *, flags: int = 0) -> list[StoragePool]:
+        """All pools matching libvirt's CONNECT_LIST_ALL_STORAGE_POOLS ``flags``
+        (0: every pool), sorted by name."""
+        ret = _expect(
+            await self.rpc.call(
+                Proc.CONNECT_LIST_ALL_STORAGE_POOLS, r.ListAllPoolsArgs(need_results=1, flags=flags)
+            ),
+            r.ListAllPoolsRet,
+        )
+        return sorted((self._pool(p) for p in ret.pools), key=lambda p: p.name)
+
+    async def lookup_pool_by_name(self, name: str) -> StoragePool:
+        """The pool called ``name``.
+
+        Raises:
+            NoStoragePool: no such pool.
+        """
+        ret = await self.rpc.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name))
+        return self._pool(_expect(ret, r.PoolRet).pool)
+
+    async def lookup_pool_by_uuid(self, uuid: str | bytes | uuidlib.UUID) -> StoragePool:
+        """The pool with that UUID (text, 16 raw bytes, or ``uuid.UUID``).
+
+        Raises:
+            NoStoragePool: no such pool.
+        """
+        if isinstance(uuid, str):
+            raw = uuidlib.UUID(uuid).bytes
+        elif isinstance(uuid, uuidlib.UUID):
+            raw = uuid.bytes
+        else:
+            raw = uuid
+        ret = await self.rpc.call(Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw))
+        return self._pool(_expect(ret, r.PoolRet).pool)
+
+    async def define_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
+        """Define a persistent pool from its XML (it stays inactive until started)."""
+        ret = await self.rpc.call(Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags))
+        return self._pool(_expect(ret, r.PoolRet).pool)
+
+    async def create_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
+        """Create and start a transient pool from its XML."""
+        ret = await self.rpc.call(Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags))
+        return self._pool(_expect(ret, r.PoolRet).pool)
+
+    # -- volumes by key or path ------------------------------------------------------------
+
+    async def lookup_volume_by_key(self, key: str) -> StorageVolume:
+        """The volume with that key (for dir pools, its path).
+
+        Raises:
+            NoStorageVolume: no such volume.
+        """
+        ret = await self.rpc.call(Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key))
+        return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
+
+    async def lookup_volume_by_path(self, path: str) -> StorageVolume:
+        """The volume at that path.
+
+        Raises:
+            NoStorageVolume: no such volume.
+        """
+        ret = await self.rpc.call(Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path))
+        return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
+
+
+async def _open_transport(target: Target) -> RpcProtocol:
+    loop = asyncio.get_running_loop()
+    description = target.uri
+    try:
+        if target.transport == "tcp":
+            assert target.host is not None
+            assert target.port is not None
+            _, protocol = await loop.create_connection(
+                lambda: RpcProtocol(description), target.host, target.port
+            )
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        elif target.transport == "unix":
+            assert target.socket_path is not None
+            _, protocol = await loop.create_unix_connection(
+                lambda: RpcProtocol(description), target.socket_path
+            )
+        else:
+            raise TransportError(
+                f"transport '{target.transport}' is not supported by virtvol (use tcp or unix)"
+            )
+    except OSError as exc:
+        where = target.socket_path or f"{target.host}:{target.port}"
+        raise TransportError(f"failed to connect to {where}: {exc.strerror or exc}") from exc
+    return protocol
+
+
+async def _connect(
+    uri: str | None,
+    *,
+    time_limit: float | None,
+    keepalive: tuple[float, int] | None,
+    protocol: ProtocolMode,
+    read_only: bool,
+) -> Connection:
+    if protocol not in ("current", "legacy"):
+        raise ValueError(f"protocol must be 'current' or 'legacy', not {protocol!r}")
+    target = parse_uri(uri if uri is not None else default_uri(), read_only=read_only)
+    async with asyncio.timeout(time_limit):
+        rpc = await _open_transport(target)
+        conn = Connection(rpc, target, protocol)
+        try:
+            await conn._handshake(keepalive)
+        except BaseException:
+            rpc.close()
+            raise
+    return conn
+
+
+class _Connecting:
+    """What ``connect`` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self._kwargs = kwargs
+        self._conn: Connection | None = None
+
+    def __await__(self) -> Generator[object, None, Connection]:
+        return _connect(**self._kwargs).__await__()  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await _connect(**self._kwargs)  # type: ignore[arg-type]
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+def connect(
+    uri: str | None = None,
+    *,
+    timeout: float | None = 30.0,
+    keepalive: tuple[float, int] | None = (5, 5),
+    protocol: ProtocolMode = "current",
+    read_only: bool = False,
+) -> _Connecting:
+    """Connect to a libvirt-compatible daemon (virtvold or libvirtd).
+
+    Usable as ``conn = await connect(uri)`` (close it with ``await conn.close()``)
+    or ``async with connect(uri) as conn:``.
+
+    Args:
+        uri: a libvirt URI such as ``storage+tcp://host/system`` or
+            ``storage+unix:///system?socket=/path``; None uses ``$VIRTVOL_DEFAULT_URI``.
+        timeout: seconds allowed for connecting and the handshake (None: no limit).
+        keepalive: ``(interval, count)``: ping after ``interval`` s of silence and
+            drop the connection after ``count`` unanswered pings; None or an
+            interval of 0 disables our pings (the peer's are always answered).
+        protocol: ``"current"``, or ``"legacy"`` to act as a client without
+            sparse streams (never asks for them; a hole from the peer is a protocol error).
+        read_only: open the connection read-only.
+
+    Returns:
+        An awaitable async context manager giving a ``Connection``.
+
+    Raises:
+        InvalidURI: the URI cannot be used.
+        TransportError: the daemon cannot be reached or dropped the connection.
+        LibvirtError: the daemon refused to open the connection.
+        TimeoutError: the handshake took longer than ``timeout``.
+    """
+    return _Connecting(
+        uri=uri, time_limit=timeout, keepalive=keepalive, protocol=protocol, read_only=read_only
+    )

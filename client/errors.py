@@ -1,0 +1,144 @@
+"""The client's exceptions.
+
+``VirtvolError`` is the root. ``LibvirtError`` carries an error the peer
+reported (code, domain, message), with one subclass per code users catch; the
+registry ``_BY_CODE`` picks the class. Transport failures (the peer went away,
+broke the protocol, or stopped answering keepalives) are ``TransportError``,
+which is also a builtin ``ConnectionError``.
+"""
+
+from __future__ import annotations
+
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorLevel
+from virtvol.protocol.remote import RemoteError
+
+__all__ = [
+    "ConnectionClosed",
+    "InvalidArgument",
+    "InvalidURI",
+    "LibvirtError",
+    "NoStoragePool",
+    "NoStorageVolume",
+    "NoSupport",
+    "OperationDenied",
+    "OperationFailed",
+    "OperationInvalid",
+    "ProtocolViolation",
+    "SparseUnsupported",
+    "StorageVolumeExists",
+    "TransportError",
+    "VirtvolError",
+    "error_from_remote",
+]
+
+
+class VirtvolError(Exception):
+    """Root of every error raised by ``virtvol.client``."""
+
+
+class InvalidURI(VirtvolError, ValueError):
+    """A connection URI that cannot be used (bad syntax or an unknown transport)."""
+
+
+class LibvirtError(VirtvolError):
+    """An error reported by the peer, as libvirt reports it.
+
+    Args:
+        code: libvirt's ``virErrorNumber``.
+        domain: libvirt's ``virErrorDomain``.
+        message: the full text (what virsh prints after ``error:``).
+        level: libvirt's error level (2 = error).
+    """
+
+    def __init__(self, code: int, domain: int, message: str, *, level: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+        self.domain = domain
+        self.message = message
+        self.level = level
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code}, domain={self.domain}, "
+            f"message={self.message!r})"
+        )
+
+
+class NoSupport(LibvirtError):
+    """The peer does not support the function (also libvirt's "unknown procedure")."""
+
+
+class InvalidArgument(LibvirtError):
+    """An argument or flag the peer refused."""
+
+
+class OperationFailed(LibvirtError):
+    """The operation failed on the peer."""
+
+
+class OperationDenied(LibvirtError):
+    """The operation is forbidden (read-only connection, access control)."""
+
+
+class OperationInvalid(LibvirtError):
+    """The operation is not valid in the object's state (e.g. the pool is not active)."""
+
+
+class NoStoragePool(LibvirtError):
+    """No storage pool matches."""
+
+
+class NoStorageVolume(LibvirtError):
+    """No storage volume matches."""
+
+
+class StorageVolumeExists(LibvirtError):
+    """A volume with that name exists already."""
+
+
+_BY_CODE: dict[int, type[LibvirtError]] = {
+    ErrorCode.NO_SUPPORT: NoSupport,
+    ErrorCode.INVALID_ARG: InvalidArgument,
+    ErrorCode.OPERATION_FAILED: OperationFailed,
+    ErrorCode.OPERATION_DENIED: OperationDenied,
+    ErrorCode.ACCESS_DENIED: OperationDenied,
+    ErrorCode.OPERATION_INVALID: OperationInvalid,
+    ErrorCode.NO_STORAGE_POOL: NoStoragePool,
+    ErrorCode.NO_STORAGE_VOL: NoStorageVolume,
+    ErrorCode.STORAGE_VOL_EXIST: StorageVolumeExists,
+}
+
+
+def error_from_remote(error: RemoteError) -> LibvirtError:
+    """The exception for a ``remote_error`` received from the peer.
+
+    As libvirt's client does, an RPC-layer "unknown procedure" error becomes
+    ``NoSupport`` (code VIR_ERR_NO_SUPPORT), so old peers read as "not supported".
+    """
+    code, domain = error.code, error.domain
+    message = error.message if error.message is not None else "unknown error"
+    if (
+        code == ErrorCode.RPC
+        and domain in (ErrorDomain.RPC, ErrorDomain.REMOTE)
+        and error.level == ErrorLevel.ERROR
+        and message.startswith("unknown procedure")
+    ):
+        code = ErrorCode.NO_SUPPORT
+    cls = _BY_CODE.get(code, LibvirtError)
+    return cls(code, domain, message, level=error.level)
+
+
+class SparseUnsupported(VirtvolError):
+    """``sparse=True`` was required but the peer cannot do sparse streams."""
+
+
+class TransportError(VirtvolError, ConnectionError):
+    """The connection failed: it could not be made, or it broke."""
+
+
+class ConnectionClosed(TransportError):
+    """The connection is closed (by us, by the peer, or after a failure)."""
+
+
+class ProtocolViolation(TransportError):
+    """The peer broke the wire protocol; the connection was dropped."""

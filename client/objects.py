@@ -1,0 +1,386 @@
+"""Storage pools and volumes: thin handles that turn method calls into RPC calls.
+
+A handle holds only the identity the wire uses (pool: name and UUID; volume:
+pool name, name and key); every property that can change is fetched anew.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from virtvol.client.interfaces import ConnectionLike as Connection
+from virtvol.client.streams import Download, Upload
+from virtvol.client.transfer import TransferResult, download_file, upload_file
+from virtvol.protocol import remote as r
+from virtvol.protocol.procedures import Proc
+from virtvol.protocol.xdr import XdrStruct
+
+__all__ = [
+    "PoolInfo",
+    "PoolState",
+    "StoragePool",
+    "StorageVolume",
+    "VolumeInfo",
+    "VolumeType",
+]
+
+T = TypeVar("T", bound=XdrStruct)
+
+Progress = Callable[[int, int], None]
+
+
+def _expect(result: XdrStruct | None, kind: type[T]) -> T:
+    if not isinstance(result, kind):
+        raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
+    return result
+
+
+class PoolState(enum.IntEnum):
+    """libvirt's ``virStoragePoolState``."""
+
+    INACTIVE = 0
+    BUILDING = 1
+    RUNNING = 2
+    DEGRADED = 3
+    INACCESSIBLE = 4
+
+
+class VolumeType(enum.IntEnum):
+    """libvirt's ``virStorageVolType``."""
+
+    FILE = 0
+    BLOCK = 1
+    DIR = 2
+    NETWORK = 3
+    NETDIR = 4
+    PLOOP = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """A pool's state and sizes in bytes."""
+
+    state: PoolState | int
+    capacity: int
+    allocation: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """A volume's type and sizes in bytes."""
+
+    type: VolumeType | int
+    capacity: int
+    allocation: int
+
+
+def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
+    try:
+        return kind(value)
+    except ValueError:
+        return value
+
+
+# Flags (libvirt's public values).
+POOL_XML_INACTIVE = 1
+VOL_RESIZE_ALLOCATE = 1
+VOL_RESIZE_DELTA = 2
+VOL_RESIZE_SHRINK = 4
+
+
+class StoragePool:
+    """A storage pool on the daemon.
+
+    Attributes:
+        connection: the connection it was found on.
+        name: the pool's name.
+        uuid: the pool's UUID.
+    """
+
+    def __init__(self, connection: Connection, name: str, uuid: bytes) -> None:
+        self.connection = connection
+        self.name = name
+        self.uuid = uuidlib.UUID(bytes=uuid)
+
+    def __repr__(self) -> str:
+        return f"StoragePool(name={self.name!r}, uuid='{self.uuid}')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoragePool) and (self.name, self.uuid) == (
+            other.name,
+            other.uuid,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.uuid))
+
+    @property
+    def wire(self) -> r.StoragePool:
+        """The pool as the wire names it."""
+        return r.StoragePool(self.name, self.uuid.bytes)
+
+    async def _call(self, procedure: int, args: XdrStruct) -> XdrStruct | None:
+        return await self.connection.rpc.call(procedure, args)
+
+    async def info(self) -> PoolInfo:
+        """State, capacity, allocation and available bytes (zeros while inactive)."""
+        ret = _expect(
+            await self._call(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire)), r.PoolGetInfoRet
+        )
+        return PoolInfo(
+            _enum_or_int(PoolState, ret.state), ret.capacity, ret.allocation, ret.available
+        )
+
+    async def xml_desc(self, *, inactive: bool = False) -> str:
+        """The pool's XML (``inactive``: the persistent definition)."""
+        flags = POOL_XML_INACTIVE if inactive else 0
+        ret = await self._call(Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags))
+        return _expect(ret, r.XmlRet).xml
+
+    async def is_active(self) -> bool:
+        """Whether the pool is running."""
+        ret = await self._call(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs(self.wire))
+        return _expect(ret, r.ActiveRet).active == 1
+
+    async def is_persistent(self) -> bool:
+        """Whether the pool has a persistent definition."""
+        ret = await self._call(Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs(self.wire))
+        return _expect(ret, r.PersistentRet).persistent == 1
+
+    async def autostart(self) -> bool:
+        """Whether the pool starts with the daemon."""
+        ret = await self._call(Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs(self.wire))
+        return _expect(ret, r.AutostartRet).autostart == 1
+
+    async def set_autostart(self, autostart: bool) -> None:
+        """Mark (or unmark) the pool to start with the daemon."""
+        await self._call(
+            Proc.STORAGE_POOL_SET_AUTOSTART, r.PoolSetAutostartArgs(self.wire, int(autostart))
+        )
+
+    async def start(self, *, flags: int = 0) -> None:
+        """Start (activate) a defined pool (``flags``: libvirt's build flags)."""
+        await self._call(Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags))
+
+    async def destroy(self) -> None:
+        """Stop the pool (its volumes are kept)."""
+        await self._call(Proc.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire))
+
+    async def undefine(self) -> None:
+        """Remove the pool's persistent definition."""
+        await self._call(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs(self.wire))
+
+    async def refresh(self) -> None:
+        """Rescan the pool's volumes."""
+        await self._call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(self.wire, 0))
+
+    async def num_of_volumes(self) -> int:
+        """How many volumes the pool holds."""
+        ret = await self._call(Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs(self.wire))
+        return _expect(ret, r.NumRet).num
+
+    async def list_volumes(self) -> list[StorageVolume]:
+        """The pool's volumes, sorted by name."""
+        ret = _expect(
+            await self._call(
+                Proc.STORAGE_POOL_LIST_ALL_VOLUMES,
+                r.PoolListAllVolumesArgs(self.wire, need_results=1, flags=0),
+            ),
+            r.PoolListAllVolumesRet,
+        )
+        vols = (StorageVolume.from_wire(self.connection, v) for v in ret.vols)
+        return sorted(vols, key=lambda v: v.name)
+
+    async def lookup_volume(self, name: str) -> StorageVolume:
+        """The volume called ``name`` in this (active) pool.
+
+        Raises:
+            NoStorageVolume: no such volume.
+            OperationInvalid: the pool is not active.
+        """
+        ret = await self._call(
+            Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(self.wire, name)
+        )
+        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+
+    async def create_volume(self, xml: str, *, flags: int = 0) -> StorageVolume:
+        """Create a volume from its XML description."""
+        ret = await self._call(
+            Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(self.wire, xml, flags)
+        )
+        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+
+    async def create_volume_from(
+        self, xml: str, source: StorageVolume, *, flags: int = 0
+    ) -> StorageVolume:
+        """Create a volume from XML, filled with a copy of ``source`` (a clone)."""
+        ret = await self._call(
+            Proc.STORAGE_VOL_CREATE_XML_FROM,
+            r.VolCreateXmlFromArgs(self.wire, xml, source.wire, flags),
+        )
+        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+
+
+class StorageVolume:
+    """A storage volume on the daemon.
+
+    Attributes:
+        connection: the connection it was found on.
+        pool_name: the name of the pool holding it.
+        name: the volume's name.
+        key: the volume's key (for dir pools, its path).
+    """
+
+    def __init__(self, connection: Connection, pool_name: str, name: str, key: str) -> None:
+        self.connection = connection
+        self.pool_name = pool_name
+        self.name = name
+        self.key = key
+
+    @classmethod
+    def from_wire(cls, connection: Connection, vol: r.StorageVol) -> StorageVolume:
+        """Build a handle from the wire struct."""
+        return cls(connection, vol.pool, vol.name, vol.key)
+
+    def __repr__(self) -> str:
+        return f"StorageVolume(pool={self.pool_name!r}, name={self.name!r}, key={self.key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StorageVolume) and (self.pool_name, self.name, self.key) == (
+            other.pool_name,
+            other.name,
+            other.key,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.pool_name, self.name, self.key))
+
+    @property
+    def wire(self) -> r.StorageVol:
+        """The volume as the wire names it."""
+        return r.StorageVol(self.pool_name, self.name, self.key)
+
+    async def _call(self, procedure: int, args: XdrStruct) -> XdrStruct | None:
+        return await self.connection.rpc.call(procedure, args)
+
+    async def info(self) -> VolumeInfo:
+        """Type, capacity and allocation."""
+        ret = _expect(
+            await self._call(Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire)), r.VolGetInfoRet
+        )
+        return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
+
+    async def xml_desc(self) -> str:
+        """The volume's XML description."""
+        ret = await self._call(Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs(self.wire, 0))
+        return _expect(ret, r.XmlRet).xml
+
+    async def path(self) -> str:
+        """The volume's path on the daemon's host."""
+        ret = await self._call(Proc.STORAGE_VOL_GET_PATH, r.VolArgs(self.wire))
+        return _expect(ret, r.VolGetPathRet).name
+
+    async def pool(self) -> StoragePool:
+        """The pool that holds the volume."""
+        ret = await self._call(Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(self.wire))
+        pool = _expect(ret, r.PoolRet).pool
+        return StoragePool(self.connection, pool.name, pool.uuid)
+
+    async def delete(self, *, flags: int = 0) -> None:
+        """Delete the volume."""
+        await self._call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(self.wire, flags))
+
+    async def wipe(self) -> None:
+        """Overwrite the volume's contents with zeros."""
+        await self._call(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0))
+
+    async def resize(
+        self, capacity: int, *, allocate: bool = False, delta: bool = False, shrink: bool = False
+    ) -> None:
+        """Change the volume's capacity.
+
+        Args:
+            capacity: the new capacity in bytes (with ``delta``: the change).
+            allocate: allocate the new space.
+            delta: ``capacity`` is relative to the current one.
+            shrink: allow a smaller capacity.
+        """
+        flags = (
+            (VOL_RESIZE_ALLOCATE if allocate else 0)
+            | (VOL_RESIZE_DELTA if delta else 0)
+            | (VOL_RESIZE_SHRINK if shrink else 0)
+        )
+        await self._call(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs(self.wire, capacity, flags))
+
+    def upload(self, *, offset: int = 0, length: int = 0, sparse: bool | None = None) -> Upload:
+        """A stream writing into the volume: ``async with vol.upload() as stream``.
+
+        Args:
+            offset: where in the volume writing starts.
+            length: the most bytes to write (0: no limit).
+            sparse: None negotiates (sparse if the peer can, dense otherwise),
+                True requires sparse, False never asks.
+        """
+        return Upload(self, offset=offset, length=length, sparse=sparse)
+
+    def download(self, *, offset: int = 0, length: int = 0, sparse: bool | None = None) -> Download:
+        """A stream reading the volume: ``async with vol.download() as stream: async for ...``.
+
+        Yields data chunks (``bytes`` or ``memoryview``) and ``Hole`` items.
+
+        Args:
+            offset: where in the volume reading starts.
+            length: the most bytes to read (0: to the end).
+            sparse: as for ``upload``.
+        """
+        return Download(self, offset=offset, length=length, sparse=sparse)
+
+    async def upload_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        length: int = 0,
+        sparse: bool | None = None,
+        detect_zeroes: bool = True,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Upload a local file, sending its holes (and, with ``detect_zeroes``, its
+        all-zero blocks) as holes. See ``virtvol.client.transfer.upload_file``."""
+        return await upload_file(
+            self,
+            path,
+            offset=offset,
+            length=length,
+            sparse=sparse,
+            detect_zeroes=detect_zeroes,
+            progress=progress,
+        )
+
+    async def download_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        length: int = 0,
+        sparse: bool | None = None,
+        detect_zeroes: bool = True,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Download into a local sparse file that appears atomically.
+        See ``virtvol.client.transfer.download_file``."""
+        return await download_file(
+            self,
+            path,
+            offset=offset,
+            length=length,
+            sparse=sparse,
+            detect_zeroes=detect_zeroes,
+            progress=progress,
+        )

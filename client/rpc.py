@@ -1,0 +1,408 @@
+"""The asyncio side of a client connection: bytes in, bytes out, waiters, flow control.
+
+Theory of operation: ``RpcProtocol`` is an ``asyncio.BufferedProtocol`` that
+lets the transport write straight into the protocol core's frame buffers
+(``Connection.get_buffer`` / ``buffer_updated``), so stream data reaches a
+consumer as a memoryview over the bytes the kernel filled. Every event the core
+produces is dispatched at once:
+
+* a reply resolves the future of the call with the same serial (many calls may
+  be in flight, answered in any order);
+* stream frames go to the ``StreamSink`` registered under the opening call's
+  serial (registered before the call is written, because a server may send
+  stream frames before the reply);
+* a keepalive PING is answered with a PONG at once; a separate task sends our
+  own PINGs after ``interval`` seconds of silence and drops the connection when
+  ``count`` of them went unanswered.
+
+When anything goes wrong with the connection (the peer closes it, breaks the
+protocol, stops answering keepalives) the failure is stored and raised in every
+waiter, every stream and every later call: nothing hangs.
+
+Flow control, both ways, with bounded memory:
+
+* receiving: a sink that holds too much unconsumed data calls
+  ``pause_reading(owner)``; the socket is not read until every owner resumed.
+  The kernel's socket buffer then fills and TCP stops the peer.
+* sending: ``drain()`` waits while the transport is above its high-water mark
+  (``pause_writing``/``resume_writing``). Data frames are written as the 28-byte
+  head and the payload view, never joined. The stdlib transports copy whatever
+  they cannot send at once; uvloop keeps a reference to the view instead, so a
+  reused buffer may only be recycled once the transport's buffer is empty:
+  ``write_data(..., release=...)`` calls ``release`` exactly then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from virtvol.client.errors import (
+    ConnectionClosed,
+    ProtocolViolation,
+    TransportError,
+    error_from_remote,
+)
+from virtvol.protocol.connection import (
+    Connection,
+    ErrorReplyReceived,
+    Event,
+    FrameIgnored,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+    ReplyReceived,
+    Side,
+    StreamDataReceived,
+    StreamEndReceived,
+    StreamFailed,
+    StreamFinished,
+    StreamHoleReceived,
+)
+from virtvol.protocol.exceptions import ProtocolError
+from virtvol.protocol.frames import Payload
+from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
+from virtvol.protocol.xdr import XdrStruct
+
+__all__ = ["RpcProtocol", "StreamSink"]
+
+log = logging.getLogger("virtvol.client")
+
+# The transport pauses the producer above this many buffered bytes. A few
+# frames' worth keeps the socket busy while bounding what we hold.
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+WRITE_LOW_WATER = 1024 * 1024
+
+StreamEvent = (
+    StreamDataReceived | StreamHoleReceived | StreamEndReceived | StreamFinished | StreamFailed
+)
+
+
+class StreamSink(Protocol):
+    """Receives the frames of one stream (implemented by the stream objects)."""
+
+    def stream_event(self, event: StreamEvent) -> None: ...
+
+    def connection_failed(self, exc: TransportError) -> None: ...
+
+
+class RpcProtocol(asyncio.BufferedProtocol):
+    """One client connection: the protocol core plus asyncio plumbing.
+
+    Args:
+        description: how to name the peer in error messages (the URI).
+    """
+
+    def __init__(self, description: str) -> None:
+        self.core = Connection(Side.CLIENT)
+        self.description = description
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._waiters: dict[int, asyncio.Future[XdrStruct | None]] = {}
+        self._sinks: dict[int, StreamSink] = {}
+        self._failure: TransportError | None = None
+        self._closing = False
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self._write_ready = asyncio.Event()
+        self._write_ready.set()
+        self._read_pausers: set[object] = set()
+        self._last_heard = self.loop.time()
+        self._keepalive_task: asyncio.Task[None] | None = None
+        # uvloop references written views instead of copying them.
+        self._copies_on_write = True
+        self._releases: collections.deque[Callable[[], None]] = collections.deque()
+        self._release_poll: asyncio.TimerHandle | None = None
+        self._writelines = False
+
+    # -- asyncio.BufferedProtocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        uvloop_transport = type(transport).__module__.startswith("uvloop")
+        self._copies_on_write = not uvloop_transport
+        # uvloop's writelines hands both pieces to one writev; the stdlib's joins them.
+        self._writelines = uvloop_transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.core.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._last_heard = self.loop.time()
+        try:
+            self.core.buffer_updated(nbytes)
+            while (event := self.core.next_event()) is not None:
+                self._dispatch(event)
+        except ProtocolError as exc:
+            self._fail(ProtocolViolation(f"protocol error from {self.description}: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._failure is None:
+            if self._closing:
+                failure: TransportError = ConnectionClosed("the connection is closed")
+            else:
+                reason = f": {exc}" if exc else ""
+                failure = ConnectionClosed(f"disconnected from {self.description}{reason}")
+            self._failure = failure
+        self._fail_everyone(self._failure)
+        self._write_ready.set()
+        self._run_releases()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_ready.clear()
+
+    def resume_writing(self) -> None:
+        self._write_ready.set()
+        self._check_releases()
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, ReplyReceived):
+            waiter = self._waiters.pop(event.serial, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event.result)
+        elif isinstance(event, ErrorReplyReceived):
+            waiter = self._waiters.pop(event.serial, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error_from_remote(event.error))
+        elif isinstance(
+            event,
+            StreamDataReceived
+            | StreamHoleReceived
+            | StreamEndReceived
+            | StreamFinished
+            | StreamFailed,
+        ):
+            sink = self._sinks.get(event.serial)
+            if sink is not None:
+                sink.stream_event(event)
+            if isinstance(event, StreamFinished | StreamFailed):
+                self._sinks.pop(event.serial, None)
+        elif isinstance(event, PingReceived):
+            self._write(self.core.send_pong())
+        elif isinstance(event, PongReceived):
+            pass
+        elif isinstance(event, MessageReceived):
+            log.debug("event %d from %s ignored", event.procedure, self.description)
+        elif isinstance(event, FrameIgnored):
+            log.debug("frame ignored (%s): %s", event.reason, event.header.describe())
+        else:  # pragma: no cover - server-side events never reach a client
+            log.debug("unexpected event %r", event)
+
+    # -- failure ------------------------------------------------------------------------
+
+    @property
+    def failure(self) -> TransportError | None:
+        """Why the connection is unusable, or None while it works."""
+        return self._failure
+
+    def check(self) -> None:
+        """Raise the connection's failure, if any."""
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, failure: TransportError) -> None:
+        if self._failure is None:
+            self._failure = failure
+            log.warning("%s", failure)
+        self._fail_everyone(self._failure)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail_everyone(self, failure: TransportError) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            if not waiter.done():
+                waiter.set_exception(failure)
+        sinks, self._sinks = self._sinks, {}
+        for sink in sinks.values():
+            sink.connection_failed(failure)
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def start_call(
+        self, procedure: int, args: XdrStruct | None = None, *, sink: StreamSink | None = None
+    ) -> tuple[int, asyncio.Future[XdrStruct | None]]:
+        """Write a CALL; returns its serial and the future of its result.
+
+        A ``sink`` receives the frames of the stream the call opens; it is
+        registered before the call leaves, since stream frames may overtake the reply.
+        """
+        self.check()
+        serial, frame = self.core.call(procedure, args)
+        waiter: asyncio.Future[XdrStruct | None] = self.loop.create_future()
+        self._waiters[serial] = waiter
+        if sink is not None:
+            self._sinks[serial] = sink
+        self._write(frame)
+        return serial, waiter
+
+    async def call(self, procedure: int, args: XdrStruct | None = None) -> XdrStruct | None:
+        """Make a call and wait for its result.
+
+        Raises:
+            LibvirtError: the peer answered with an error.
+            TransportError: the connection failed before the answer came.
+        """
+        _, waiter = self.start_call(procedure, args)
+        return await waiter
+
+    def forget_sink(self, serial: int) -> None:
+        """Stop routing a stream's frames (its call failed)."""
+        self._sinks.pop(serial, None)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write a control frame (finish, abort, hole)."""
+        self.check()
+        self._write(frame)
+
+    def write_data(
+        self, head: bytes, payload: Payload, *, release: Callable[[], None] | None = None
+    ) -> None:
+        """Write a data frame as its head and its payload, without joining them.
+
+        Args:
+            head: the 28 bytes from ``Connection.send_data``.
+            payload: the data (a view into the caller's buffer is fine).
+            release: called once the transport no longer needs ``payload``'s memory.
+        """
+        self.check()
+        transport = self.transport
+        assert transport is not None
+        if self._writelines:
+            transport.writelines((head, payload))
+        else:
+            transport.write(head)
+            transport.write(payload)
+        if release is not None:
+            if self._copies_on_write or transport.get_write_buffer_size() == 0:
+                release()
+            else:
+                self._releases.append(release)
+                self._schedule_release_poll()
+
+    def holds_views(self) -> bool:
+        """True when written memory may still be referenced by the transport (uvloop)."""
+        return not self._copies_on_write
+
+    def _check_releases(self) -> None:
+        if not self._releases:
+            return
+        if self.transport is None or self.transport.get_write_buffer_size() == 0:
+            self._run_releases()
+        else:
+            self._schedule_release_poll()
+
+    def _run_releases(self) -> None:
+        releases, self._releases = self._releases, collections.deque()
+        for release in releases:
+            release()
+
+    def _schedule_release_poll(self) -> None:
+        if self._release_poll is None:
+            self._release_poll = self.loop.call_later(0.0005, self._release_poll_fired)
+
+    def _release_poll_fired(self) -> None:
+        self._release_poll = None
+        self._check_releases()
+
+    async def drain(self) -> None:
+        """Wait until the transport wants more data (or raise the connection's failure)."""
+        self.check()
+        if not self._write_ready.is_set():
+            await self._write_ready.wait()
+            self.check()
+
+    async def flushed(self) -> None:
+        """Wait until the transport holds no reference to written memory."""
+        if self._copies_on_write:
+            return
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        def release() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self._releases.append(release)
+        self._check_releases()
+        await done
+
+    # -- reading flow control --------------------------------------------------------------
+
+    def pause_reading(self, owner: object) -> None:
+        """Stop reading the socket until ``owner`` (and any other pauser) resumes."""
+        if not self._read_pausers and self.transport is not None:
+            with contextlib.suppress(RuntimeError):
+                self.transport.pause_reading()
+        self._read_pausers.add(owner)
+
+    def resume_reading(self, owner: object) -> None:
+        """Withdraw ``owner``'s pause."""
+        if owner not in self._read_pausers:
+            return
+        self._read_pausers.discard(owner)
+        if not self._read_pausers and self.transport is not None:
+            # Time spent paused is our silence, not the peer's.
+            self._last_heard = self.loop.time()
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
+
+    # -- keepalive --------------------------------------------------------------------------
+
+    def start_keepalive(self, interval: float, count: int) -> None:
+        """Send PINGs after ``interval`` s of silence; give up after ``count`` unanswered."""
+        if self._keepalive_task is None and self._failure is None:
+            self._keepalive_task = self.loop.create_task(self._keepalive(interval, count))
+
+    async def _keepalive(self, interval: float, count: int) -> None:
+        tracker = KeepaliveTracker(interval, count, self.loop.time())
+        heard = self._last_heard
+        while self._failure is None:
+            now = self.loop.time()
+            if self._read_pausers:
+                self._last_heard = now
+            if self._last_heard != heard:
+                heard = self._last_heard
+                tracker.heard(heard)
+            action = tracker.poll(now)
+            if action is KeepaliveAction.SEND_PING:
+                log.debug("keepalive: ping %s", self.description)
+                self._write(self.core.send_ping())
+            elif action is KeepaliveAction.PEER_DEAD:
+                self._fail(
+                    ConnectionClosed(
+                        f"connection to {self.description} closed: no keepalive response "
+                        f"within {interval * (count + 1):g} s"
+                    )
+                )
+                return
+            await asyncio.sleep(max(0.05, tracker.deadline() - self.loop.time()))
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the transport (pending waiters get ``ConnectionClosed``)."""
+        self._closing = True
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,453 @@
+"""Volume upload and download streams, with sparse negotiation.
+
+Negotiation (``sparse=None``): the opening call carries flag 1 (sparse). A peer
+that predates sparse streams refuses it with VIR_ERR_INVALID_ARG "unsupported
+flags (0x1) in function storageVolUpload" (or ``...Download``); the call is then
+made once more without the flag, the stream is dense (``stream.sparse`` is
+False) and one warning is logged. ``sparse=True`` turns that refusal into
+``SparseUnsupported``; ``sparse=False`` never asks. In ``protocol="legacy"``
+mode the flag is never sent, and a hole from the peer is a protocol error.
+
+On a dense upload stream ``skip`` sends zeros, so the volume's contents are
+the same either way; only the bytes on the wire differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from virtvol.client.errors import (
+    InvalidArgument,
+    SparseUnsupported,
+    TransportError,
+    VirtvolError,
+    error_from_remote,
+)
+from virtvol.client.rpc import RpcProtocol, StreamEvent
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import (
+    StreamDataReceived,
+    StreamEndReceived,
+    StreamFailed,
+    StreamFinished,
+    StreamHoleReceived,
+)
+from virtvol.protocol.exceptions import LocalProtocolError
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from virtvol.client.interfaces import VolumeLike as StorageVolume
+
+__all__ = ["FRAME_DATA_MAX", "Download", "Hole", "StreamError", "Upload"]
+
+log = logging.getLogger("virtvol.client")
+
+# Data bytes per frame we send. libvirt's own senders use 262120 (its legacy
+# payload limit) but every libvirt >= 3.4 peer reads frames up to 32 MiB. Each
+# frame costs a fixed amount of Python work (header, state machine, two
+# transport writes), so 1 MiB frames cut that overhead four-fold against
+# 256 KiB while staying small next to what the peer may hold per client
+# (libvirtd keeps up to max_client_requests = 5 frames in flight) and short
+# enough that disk reads and socket writes overlap finely.
+FRAME_DATA_MAX = 1024 * 1024
+
+# A download pauses the socket when this much data waits for its consumer.
+READ_HIGH_WATER = 8 * 1024 * 1024
+READ_LOW_WATER = 2 * 1024 * 1024
+READ_MAX_ITEMS = 256
+
+_ZEROS = bytes(FRAME_DATA_MAX)
+_SPARSE_FLAG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """A run of ``length`` bytes that read as zeros and were not sent."""
+
+    length: int
+
+
+class StreamError(VirtvolError):
+    """A stream was used in a way its state does not allow (e.g. send after finish)."""
+
+
+def _is_sparse_refusal(exc: InvalidArgument) -> bool:
+    return "unsupported flags (0x1)" in exc.message
+
+
+class _StreamBase:
+    procedure: int
+    direction: str
+
+    def __init__(
+        self, volume: StorageVolume, *, offset: int, length: int, sparse: bool | None
+    ) -> None:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        self.volume = volume
+        self.offset = offset
+        self.length = length
+        self.requested_sparse = sparse
+        self.sparse = False
+        self.fell_back = False
+        self.serial = -1
+        self._rpc: RpcProtocol = volume.connection.rpc
+        self._error: BaseException | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._opened = False
+        self._closed = False
+
+    # -- opening with negotiation ------------------------------------------------------
+
+    async def _call(self, flags: int) -> None:
+        self._done = asyncio.get_running_loop().create_future()
+        args = r.VolTransferArgs(self.volume.wire, self.offset, self.length, flags)
+        serial, waiter = self._rpc.start_call(self.procedure, args, sink=self)
+        self.serial = serial
+        try:
+            await waiter
+        except BaseException:
+            self._rpc.forget_sink(serial)
+            raise
+
+    async def open(self) -> None:
+        """Make the opening call (``async with`` does this)."""
+        if self._opened:
+            raise StreamError("the stream is already open")
+        self._opened = True
+        legacy = self.volume.connection.protocol == "legacy"
+        wanted = self.requested_sparse
+        if wanted is True and legacy:
+            raise SparseUnsupported("sparse streams are not available with protocol='legacy'")
+        ask = wanted is not False and not legacy
+        try:
+            await self._call(_SPARSE_FLAG if ask else 0)
+            self.sparse = ask
+            return
+        except InvalidArgument as exc:
+            if not ask or not _is_sparse_refusal(exc):
+                raise
+            if wanted is True:
+                raise SparseUnsupported(
+                    f"{self.volume.connection.uri} does not support sparse streams: {exc.message}"
+                ) from exc
+            log.warning(
+                "%s does not support sparse streams (%s); the %s of volume '%s' goes dense",
+                self.volume.connection.uri,
+                exc.message,
+                self.direction,
+                self.volume.name,
+            )
+        await self._call(0)
+        self.sparse = False
+        self.fell_back = True
+
+    # -- sink ---------------------------------------------------------------------------
+
+    def stream_event(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamFinished):
+            self._set_done()
+        elif isinstance(event, StreamFailed):
+            self._error = error_from_remote(event.error)
+            self._set_done()
+        else:
+            self._stream_data(event)
+
+    def _stream_data(
+        self, event: StreamDataReceived | StreamHoleReceived | StreamEndReceived
+    ) -> None:
+        raise NotImplementedError
+
+    def connection_failed(self, exc: TransportError) -> None:
+        if self._error is None:
+            self._error = exc
+        self._set_done()
+
+    def _set_done(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        pass
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._opened or self.serial < 0:
+            raise StreamError("the stream is not open")
+        if self._closed:
+            raise StreamError("the stream is closed")
+
+    async def _wait_done(self) -> None:
+        assert self._done is not None
+        await self._done
+        self._closed = True
+        if self._error is not None:
+            raise self._error
+
+    async def abort(self) -> None:
+        """Abort the stream and wait for the peer's confirmation (errors are swallowed)."""
+        if self._closed or self._done is None or self._done.done():
+            self._closed = True
+            return
+        try:
+            self._rpc.write_frame(self._rpc.core.send_abort(self.serial))
+        except (LocalProtocolError, TransportError):
+            self._closed = True
+            return
+        self._on_abort()
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.shield(self._done)
+        except TimeoutError:
+            log.warning("no answer to the abort of a stream on %s", self.volume.connection.uri)
+        self._closed = True
+
+    def _on_abort(self) -> None:
+        pass
+
+
+class Upload(_StreamBase):
+    """A stream writing into a volume.
+
+    Use ``async with vol.upload(...) as stream``: ``send`` data, ``skip`` holes;
+    leaving the block finishes the stream (or aborts it on an exception).
+
+    Attributes:
+        sparse: whether holes travel as skip frames (else ``skip`` sends zeros).
+        fell_back: True when the peer refused sparse and the stream went dense.
+        data_bytes: data bytes sent so far. hole_bytes: bytes skipped so far.
+    """
+
+    procedure = Proc.STORAGE_VOL_UPLOAD
+    direction = "upload"
+
+    def __init__(
+        self, volume: StorageVolume, *, offset: int, length: int, sparse: bool | None
+    ) -> None:
+        super().__init__(volume, offset=offset, length=length, sparse=sparse)
+        self.data_bytes = 0
+        self.hole_bytes = 0
+
+    def _stream_data(
+        self, event: StreamDataReceived | StreamHoleReceived | StreamEndReceived
+    ) -> None:  # pragma: no cover - the protocol core refuses these on an upload
+        self._error = StreamError(f"unexpected {type(event).__name__} on an upload")
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.finish()
+        else:
+            await self.abort()
+
+    def send_frame(self, data: memoryview, release: Callable[[], None] | None = None) -> None:
+        """Write one data frame of at most ``FRAME_DATA_MAX`` bytes, without waiting.
+
+        ``release`` is called once the transport no longer needs ``data``'s
+        memory. Call ``drain`` afterwards to respect flow control.
+        """
+        self._check()
+        try:
+            head, payload = self._rpc.core.send_data(self.serial, data)
+        except LocalProtocolError as exc:
+            raise StreamError(str(exc)) from None
+        self._rpc.write_data(head, payload, release=release)
+        self.data_bytes += len(data)
+
+    async def drain(self) -> None:
+        """Wait while the connection's send buffer is full."""
+        await self._rpc.drain()
+        if self._error is not None:
+            raise self._error
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send data (split into frames of ``FRAME_DATA_MAX``).
+
+        The caller may reuse ``data``'s memory once this returns.
+
+        Raises:
+            LibvirtError: the peer reported an error on the stream.
+            TransportError: the connection failed.
+        """
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), FRAME_DATA_MAX):
+            self.send_frame(view[start : start + FRAME_DATA_MAX])
+            await self.drain()
+        if not isinstance(data, bytes) and self._rpc.holds_views():
+            await self._rpc.flushed()
+
+    async def skip(self, length: int) -> None:
+        """Skip ``length`` bytes: a hole on a sparse stream, zeros on a dense one."""
+        if length <= 0:
+            raise ValueError(f"a hole needs a positive length, not {length}")
+        self._check()
+        if self.sparse:
+            try:
+                frame = self._rpc.core.send_hole(self.serial, length)
+            except LocalProtocolError as exc:
+                raise StreamError(str(exc)) from None
+            self._rpc.write_frame(frame)
+            self.hole_bytes += length
+            await self.drain()
+            return
+        zeros = memoryview(_ZEROS)
+        left = length
+        while left:
+            count = min(left, FRAME_DATA_MAX)
+            self.send_frame(zeros[:count])
+            left -= count
+            await self.drain()
+
+    async def finish(self) -> None:
+        """Tell the peer the upload is complete and wait for its confirmation.
+
+        Raises:
+            LibvirtError: the peer could not complete the upload.
+        """
+        self._check()
+        try:
+            self._rpc.write_frame(self._rpc.core.send_finish(self.serial))
+        except LocalProtocolError as exc:
+            raise StreamError(str(exc)) from None
+        await self._wait_done()
+
+
+Item = bytes | memoryview | Hole
+
+
+class Download(_StreamBase):
+    """A stream reading a volume; iterate it for data chunks and ``Hole`` items.
+
+    ``async with vol.download(...) as stream: async for item in stream: ...``;
+    ``async for`` alone opens the stream on first use. Leaving the block early
+    (or on an exception) aborts the stream.
+
+    Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
+    connection stops reading its socket until the consumer catches up.
+
+    Attributes:
+        sparse: whether the peer sends holes (else every byte comes as data).
+        fell_back: True when the peer refused sparse and the stream went dense.
+        data_bytes, hole_bytes: what has been yielded so far.
+    """
+
+    procedure = Proc.STORAGE_VOL_DOWNLOAD
+    direction = "download"
+
+    def __init__(
+        self, volume: StorageVolume, *, offset: int, length: int, sparse: bool | None
+    ) -> None:
+        super().__init__(volume, offset=offset, length=length, sparse=sparse)
+        self._items: collections.deque[Item] = collections.deque()
+        self._queued = 0
+        self._eof = False
+        self._aborting = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.data_bytes = 0
+        self.hole_bytes = 0
+
+    def _stream_data(
+        self, event: StreamDataReceived | StreamHoleReceived | StreamEndReceived
+    ) -> None:
+        if self._aborting:
+            return
+        if isinstance(event, StreamDataReceived):
+            self._items.append(event.data)
+            self._queued += len(event.data)
+        elif isinstance(event, StreamHoleReceived):
+            self._items.append(Hole(event.length))
+        else:
+            self._eof = True
+        if not self._paused and (
+            self._queued > READ_HIGH_WATER or len(self._items) > READ_MAX_ITEMS
+        ):
+            self._paused = True
+            self._rpc.pause_reading(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._rpc.resume_reading(self)
+
+    def _on_abort(self) -> None:
+        self._aborting = True
+        self._items.clear()
+        self._queued = 0
+        self._resume()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._closed:
+            await self.abort()
+        self._resume()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Item:
+        if not self._opened:
+            await self.open()
+        while True:
+            if self._items:
+                item = self._items.popleft()
+                if isinstance(item, Hole):
+                    self.hole_bytes += item.length
+                else:
+                    self._queued -= len(item)
+                    self.data_bytes += len(item)
+                if self._paused and self._queued < READ_LOW_WATER and len(self._items) < 16:
+                    self._resume()
+                return item
+            if self._error is not None:
+                self._closed = True
+                self._resume()
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            if self._eof:
+                await self._finish()
+                raise StopAsyncIteration
+            self._resume()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def _finish(self) -> None:
+        try:
+            self._rpc.write_frame(self._rpc.core.send_finish(self.serial))
+        except LocalProtocolError as exc:
+            raise StreamError(str(exc)) from None
+        await self._wait_done()

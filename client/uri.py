@@ -1,0 +1,183 @@
+"""libvirt connection URIs: where to connect, and the name CONNECT_OPEN carries.
+
+A URI is ``driver[+transport]://[user@][host][:port]/path[?params]``. The
+rules follow libvirt's remote driver:
+
+* transports are ``tls, unix, ssh, libssh2, ext, tcp, libssh`` (any case);
+  without one, ``tls`` when there is a host and ``unix`` when there is not;
+  ``unix`` with a host is an error. virtvol itself connects over ``tcp`` and
+  ``unix``.
+* ports: the URI's, else 16509 for tcp and 16514 for tls.
+* UNIX socket: ``?socket=PATH`` wins; else ``?mode=legacy|direct|auto``
+  chooses between libvirtd's socket and the per-driver daemon's one
+  (``virt<driver>d-sock``); ``/session`` as non-root uses the user's runtime dir.
+* the CONNECT_OPEN name is the URI without ``+transport``, user, host and
+  port, and without the parameters the client consumes; ``?name=`` overrides
+  it, and ``remote`` schemes send "" so that the server picks.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtvol.client.errors import InvalidURI
+
+__all__ = ["DEFAULT_URI_ENV", "Target", "default_uri", "parse_uri"]
+
+DEFAULT_URI_ENV = "VIRTVOL_DEFAULT_URI"
+
+TRANSPORTS = frozenset({"tls", "unix", "ssh", "libssh2", "ext", "tcp", "libssh"})
+DEFAULT_PORTS = {"tcp": 16509, "tls": 16514}
+
+# Parameters the remote driver consumes itself; they never reach the server.
+CONSUMED_PARAMS = frozenset(
+    {
+        "socket",
+        "mode",
+        "name",
+        "command",
+        "auth",
+        "sshauth",
+        "netcat",
+        "keyfile",
+        "pkipath",
+        "known_hosts",
+        "known_hosts_verify",
+        "tls_priority",
+        "proxy",
+        "no_sanity",
+        "no_verify",
+        "no_tty",
+        "authfile",
+    }
+)
+
+# CONNECT_OPEN flag bits (the client's internal open flags).
+OPEN_READ_ONLY = 1
+OPEN_USER = 2
+
+_RUN_DIR = "/var/run/libvirt"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and how to connect, derived from a URI.
+
+    Attributes:
+        uri: the URI as given.
+        transport: ``"tcp"``, ``"unix"``, or another libvirt transport name.
+        host: the host for network transports (None for unix).
+        port: the TCP port for network transports.
+        socket_path: the UNIX socket path for the unix transport.
+        open_name: the name sent in CONNECT_OPEN.
+        open_flags: the CONNECT_OPEN flags (bit 0 read-only, bit 1 per-user).
+    """
+
+    uri: str
+    transport: str
+    host: str | None
+    port: int | None
+    socket_path: str | None
+    open_name: str
+    open_flags: int
+
+
+def default_uri() -> str:
+    """The URI used when none is given: ``$VIRTVOL_DEFAULT_URI``, else the local storage daemon."""
+    env = os.environ.get(DEFAULT_URI_ENV)
+    if env:
+        return env
+    return "storage:///system" if os.geteuid() == 0 else "storage:///session"
+
+
+def _runtime_dir() -> Path:
+    env = os.environ.get("XDG_RUNTIME_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache"
+
+
+def _unix_socket(driver: str, path: str, params: dict[str, str], *, read_only: bool) -> str:
+    if "socket" in params:
+        return params["socket"]
+    mode = params.get("mode", "auto")
+    if mode not in ("auto", "legacy", "direct"):
+        raise InvalidURI(f"Unknown remote mode '{mode}'")
+    suffix = "-sock-ro" if read_only else "-sock"
+    user = path == "/session" and os.geteuid() != 0
+    base = _runtime_dir() / "libvirt" if user else Path(_RUN_DIR)
+    legacy = base / f"libvirt{suffix}"
+    direct = base / f"virt{driver}d{suffix}" if driver else legacy
+    if mode == "legacy":
+        return str(legacy)
+    if mode == "direct":
+        return str(direct)
+    return str(direct if direct.exists() else legacy)
+
+
+def parse_uri(uri: str, *, read_only: bool = False) -> Target:
+    """Work out the transport, address and CONNECT_OPEN name of a libvirt URI.
+
+    Args:
+        uri: e.g. ``storage+tcp://host:16509/system`` or
+            ``storage+unix:///system?socket=/run/x.sock``.
+        read_only: open the connection read-only (CONNECT_OPEN flag bit 0).
+
+    Returns:
+        The ``Target``.
+
+    Raises:
+        InvalidURI: the URI has no scheme, an unknown transport, or a unix transport with a host.
+    """
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        port_in_uri = parts.port
+    except ValueError as exc:
+        raise InvalidURI(f"cannot parse URI '{uri}': {exc}") from None
+    if not parts.scheme:
+        raise InvalidURI(f"no scheme in URI '{uri}'")
+    driver, _, transport = parts.scheme.partition("+")
+    host = parts.hostname or None
+    transport = transport.lower()
+    if transport and transport not in TRANSPORTS:
+        raise InvalidURI("transport in URL not recognised (should be tls|unix|ssh|ext|tcp|libssh2)")
+    if not transport:
+        transport = "tls" if host else "unix"
+    if transport == "unix" and host:
+        raise InvalidURI("using unix socket and remote server 'host' is not supported.")
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    params = dict(query)
+
+    kept = [(k, v) for k, v in query if k not in CONSUMED_PARAMS]
+    if "name" in params:
+        open_name = params["name"]
+    elif driver.lower() == "remote":
+        open_name = ""
+    else:
+        rebuilt = urllib.parse.urlunsplit(
+            (driver, "", parts.path, urllib.parse.urlencode(kept), parts.fragment)
+        )
+        # urlunsplit drops the "//" of an empty authority; libvirt keeps it.
+        open_name = driver + "://" + rebuilt[len(driver) + 1 :]
+
+    flags = OPEN_READ_ONLY if read_only else 0
+    socket_path = None
+    port = None
+    if transport == "unix":
+        socket_path = _unix_socket(driver.lower(), parts.path, params, read_only=read_only)
+        if parts.path == "/session" and os.geteuid() != 0:
+            flags |= OPEN_USER
+    else:
+        port = port_in_uri if port_in_uri is not None else DEFAULT_PORTS.get(transport)
+    return Target(
+        uri=uri,
+        transport=transport,
+        host=host,
+        port=port,
+        socket_path=socket_path,
+        open_name=open_name,
+        open_flags=flags,
+    )

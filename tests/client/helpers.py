@@ -1,0 +1,38 @@
+"""Helpers shared by the client tests: sparse test images and file comparisons."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def write_sparse_image(path: Path, size: int = 8 * MIB, *, seed: int = 1) -> bytes:
+    """A file with data islands, real holes, a written-zero block and a trailing hole."""
+    rnd = bytes((seed * 37 + i * 11) % 251 for i in range(64 * KIB))
+    with path.open("wb") as f:
+        f.write(rnd * 2)  # 128 KiB of data at 0
+        f.seek(1 * MIB)
+        f.write(os.urandom(300 * KIB + 7))  # an unaligned island
+        f.seek(3 * MIB)
+        f.write(bytes(512 * KIB))  # written zeros: allocated, but all zero
+        f.seek(5 * MIB)
+        f.write(rnd)
+        f.truncate(size)  # trailing hole
+    return path.read_bytes()
+
+
+def allocated(path: Path) -> int:
+    """Bytes allocated on disk."""
+    return path.stat().st_blocks * 512
+
+
+def assert_same_file(a: Path, b: Path) -> None:
+    """Byte-for-byte equality with a readable failure."""
+    da, db = a.read_bytes(), b.read_bytes()
+    assert len(da) == len(db), f"sizes differ: {len(da)} != {len(db)}"
+    if da != db:
+        first = next(i for i, (x, y) in enumerate(zip(da, db, strict=True)) if x != y)
+        raise AssertionError(f"{a} and {b} differ first at byte {first}")

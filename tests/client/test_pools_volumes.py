@@ -1,0 +1,127 @@
+"""Connection, pool and volume operations of the library against a real libvirtd 9.0."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ReferenceLibvirtd, run_virsh
+from virtvol.client import (
+    InvalidArgument,
+    NoStoragePool,
+    NoStorageVolume,
+    OperationInvalid,
+    PoolState,
+    StorageVolumeExists,
+    VolumeType,
+    connect,
+)
+
+pytestmark = pytest.mark.interop
+
+VOL_XML = """<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>
+<allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>"""
+
+
+async def test_connect_tcp_and_unix(reference_libvirtd: ReferenceLibvirtd) -> None:
+    for uri in (reference_libvirtd.tcp_uri, reference_libvirtd.unix_uri):
+        async with connect(uri) as conn:
+            assert conn.keepalive_supported
+            assert await conn.lib_version() == 9000000
+            assert await conn.get_type() == "storage"
+            pools = await conn.list_pools()
+            assert [p.name for p in pools] == ["default"]
+    conn = await connect(reference_libvirtd.tcp_uri)
+    assert conn.is_alive
+    await conn.close()
+    await conn.close()
+    assert not conn.is_alive
+
+
+async def test_pool_operations(reference_libvirtd: ReferenceLibvirtd, tmp_path: Path) -> None:
+    target = reference_libvirtd.state_dir / "other"
+    xml = f"<pool type='dir'><name>other</name><target><path>{target}</path></target></pool>"
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        assert await pool.is_active()
+        assert await pool.is_persistent()
+        info = await pool.info()
+        assert info.state is PoolState.RUNNING
+        assert info.capacity > 0
+        assert str(reference_libvirtd.pool_dir) in await pool.xml_desc()
+        same = await conn.lookup_pool_by_uuid(str(pool.uuid))
+        assert same == pool
+
+        other = await conn.define_pool(xml)
+        assert not await other.is_active()
+        assert (await other.info()).state is PoolState.INACTIVE
+        await other.start(flags=1)  # build the folder
+        assert await other.is_active()
+        with pytest.raises(OperationInvalid, match="already active"):
+            await other.start()
+        await other.set_autostart(True)
+        assert await other.autostart()
+        await other.set_autostart(False)
+        await other.refresh()
+        assert await other.list_volumes() == []
+        with pytest.raises(OperationInvalid, match="still active"):
+            await other.undefine()
+        await other.destroy()
+        with pytest.raises(OperationInvalid, match="not active"):
+            await other.lookup_volume("x")
+        await other.undefine()
+        with pytest.raises(NoStoragePool, match="no storage pool with matching name 'other'"):
+            await conn.lookup_pool_by_name("other")
+        with pytest.raises(NoStoragePool):
+            await conn.lookup_pool_by_uuid("00000000-0000-0000-0000-000000000001")
+
+
+async def test_volume_operations(reference_libvirtd: ReferenceLibvirtd) -> None:
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        vol = await pool.create_volume(VOL_XML.format(name="a.img", size=1 << 20))
+        assert vol.name == "a.img"
+        assert vol.pool_name == "default"
+        path = await vol.path()
+        assert path == str(reference_libvirtd.pool_dir / "a.img")
+        assert await conn.lookup_volume_by_key(vol.key) == vol
+        assert await conn.lookup_volume_by_path(path) == vol
+        assert (await vol.pool()) == pool
+        info = await vol.info()
+        assert info.type is VolumeType.FILE
+        assert info.capacity == 1 << 20
+        assert "<name>a.img</name>" in await vol.xml_desc()
+        with pytest.raises(StorageVolumeExists, match="exists already"):
+            await pool.create_volume(VOL_XML.format(name="a.img", size=1))
+        await vol.resize(2 << 20)
+        assert (await vol.info()).capacity == 2 << 20
+        with pytest.raises(InvalidArgument, match="shrink"):
+            await vol.resize(1 << 20)
+        await vol.resize(1 << 20, shrink=True)
+        clone = await pool.create_volume_from(VOL_XML.format(name="b.img", size=1 << 20), vol)
+        await clone.wipe()
+        names = [v.name for v in await pool.list_volumes()]
+        assert names == ["a.img", "b.img"]
+        assert await pool.num_of_volumes() == 2
+        await clone.delete()
+        await vol.delete()
+        with pytest.raises(NoStorageVolume, match=r"matching name 'a\.img'"):
+            await pool.lookup_volume("a.img")
+        with pytest.raises(NoStorageVolume, match="matching path '/nope'"):
+            await conn.lookup_volume_by_path("/nope")
+    out = run_virsh(reference_libvirtd.tcp_uri, "vol-list", "default").stdout
+    assert "a.img" not in out
+
+
+async def test_many_calls_in_flight(reference_libvirtd: ReferenceLibvirtd) -> None:
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        results = await asyncio.gather(
+            *(pool.info() for _ in range(50)),
+            *(conn.lookup_pool_by_name("nope") for _ in range(10)),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, NoStoragePool) for r in results) == 10
+        assert sum(not isinstance(r, BaseException) for r in results) == 50
