@@ -115,7 +115,9 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         """Bytes received that do not yet form a whole frame."""
-        return self._end - self._start + self._big_filled
+        if self._big_payload is not None:
+            return FRAME_OVERHEAD + self._big_filled
+        return self._end - self._start
 
     def at_frame_boundary(self) -> bool:
         """True when no partial frame is held (a clean place for the stream to end)."""
