@@ -13,6 +13,9 @@ left over.
 
 ``raw_frame(frame)``: the bytes of a frame as it went on the wire.
 
+``strategy_for(codec)`` / ``struct_strategy(cls)``: hypothesis strategies built
+from the compiled XDR fields alone.
+
 ``Pair``: a client and a server ``Connection`` wired back to back; ``to_server``
 and ``to_client`` deliver bytes and return the events they produce.
 """
@@ -21,10 +24,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
 
 from virtvol.protocol.connection import Connection, Event
 from virtvol.protocol.frames import Frame, FrameReader, Payload, encode_head
 from virtvol.protocol.stream import Side
+from virtvol.protocol.xdr import (
+    Array,
+    Bool,
+    Codec,
+    Enum,
+    FixedOpaque,
+    Hyper,
+    Int,
+    Opaque,
+    Optional,
+    String,
+    Struct,
+    UHyper,
+    UInt,
+    XdrStruct,
+)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SESSIONS = ("virsh-session", "python-sparse")
@@ -127,3 +149,39 @@ class Pair:
             or self.client.streams
             or self.server.streams
         )
+
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=24)
+
+
+def strategy_for(codec: Codec) -> st.SearchStrategy[Any]:
+    """Values of the Python type a codec carries, built from the codec alone."""
+    if isinstance(codec, Int):
+        return st.integers(-(2**31), 2**31 - 1)
+    if isinstance(codec, UInt):
+        return st.integers(0, 2**32 - 1)
+    if isinstance(codec, Hyper):
+        return st.integers(-(2**63), 2**63 - 1)
+    if isinstance(codec, UHyper):
+        return st.integers(0, 2**64 - 1)
+    if isinstance(codec, Bool):
+        return st.booleans()
+    if isinstance(codec, Enum):
+        return st.sampled_from(list(codec.enum_type))
+    if isinstance(codec, String):
+        return TEXT
+    if isinstance(codec, Opaque):
+        return st.binary(max_size=min(codec.maximum, 32))
+    if isinstance(codec, FixedOpaque):
+        return st.binary(min_size=codec.size, max_size=codec.size)
+    if isinstance(codec, Optional):
+        return st.none() | strategy_for(codec.inner)
+    if isinstance(codec, Array):
+        return st.lists(strategy_for(codec.inner), max_size=min(codec.maximum, 3)).map(tuple)
+    if isinstance(codec, Struct):
+        return struct_strategy(codec.struct_type)
+    raise TypeError(f"no strategy for {codec!r}")
+
+
+def struct_strategy(cls: type[XdrStruct]) -> st.SearchStrategy[XdrStruct]:
+    return st.builds(cls, **{name: strategy_for(codec) for name, codec in cls.fields()})

@@ -93,6 +93,14 @@ def test_dump_reports_a_truncated_stream() -> None:
     )
 
 
+def test_dump_counts_the_bytes_of_a_cut_large_frame() -> None:
+    data = golden_bytes("virsh-session", "server")
+    start = data.index(bytes.fromhex("0001101c 20008086"))  # the 69660-byte data frame
+    proc = _run("-", stdin=data[: start + 1000])
+    assert proc.returncode == 1
+    assert proc.stderr == "error: 1000 bytes of an incomplete frame at the end\n"
+
+
 def test_dump_reports_a_bad_length_word() -> None:
     proc = _run("-", stdin=b"\x00\x00\x00\x10" + bytes(12))
     assert proc.returncode == 1

@@ -6,29 +6,19 @@ import inspect
 import struct
 import tracemalloc
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.protocol.conftest import struct_strategy
 from virtvol.protocol import remote
 from virtvol.protocol.constants import AuthType
 from virtvol.protocol.exceptions import XdrError
 from virtvol.protocol.xdr import (
-    Array,
     Bool,
-    Codec,
-    Enum,
-    FixedOpaque,
-    Hyper,
-    Int,
     Opaque,
-    Optional,
     String,
-    Struct,
-    UHyper,
-    UInt,
     XdrStruct,
     decode_value,
     encode_value,
@@ -42,41 +32,6 @@ STRUCTS = sorted(
     ),
     key=lambda cls: cls.__name__,
 )
-
-TEXT = st.text(st.characters(codec="utf-8"), max_size=24)
-
-
-def strategy_for(codec: Codec) -> st.SearchStrategy[Any]:
-    """Values of the Python type a codec carries, built from the codec alone."""
-    if isinstance(codec, Int):
-        return st.integers(-(2**31), 2**31 - 1)
-    if isinstance(codec, UInt):
-        return st.integers(0, 2**32 - 1)
-    if isinstance(codec, Hyper):
-        return st.integers(-(2**63), 2**63 - 1)
-    if isinstance(codec, UHyper):
-        return st.integers(0, 2**64 - 1)
-    if isinstance(codec, Bool):
-        return st.booleans()
-    if isinstance(codec, Enum):
-        return st.sampled_from(list(codec.enum_type))
-    if isinstance(codec, String):
-        return TEXT
-    if isinstance(codec, Opaque):
-        return st.binary(max_size=min(codec.maximum, 32))
-    if isinstance(codec, FixedOpaque):
-        return st.binary(min_size=codec.size, max_size=codec.size)
-    if isinstance(codec, Optional):
-        return st.none() | strategy_for(codec.inner)
-    if isinstance(codec, Array):
-        return st.lists(strategy_for(codec.inner), max_size=min(codec.maximum, 3)).map(tuple)
-    if isinstance(codec, Struct):
-        return struct_strategy(codec.struct_type)
-    raise TypeError(f"no strategy for {codec!r}")
-
-
-def struct_strategy(cls: type[XdrStruct]) -> st.SearchStrategy[XdrStruct]:
-    return st.builds(cls, **{name: strategy_for(codec) for name, codec in cls.fields()})
 
 
 def test_every_struct_is_found() -> None:
