@@ -1,0 +1,114 @@
+"""``virtvold``: the storage daemon speaking libvirt's RPC protocol.
+
+virtvold [--config FILE] [--listen URL]... [--pool NAME=DIR]... [--state-dir DIR]
+         [--protocol current|legacy] [--log-level LEVEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from virtvol.daemon.config import (
+    LOG_LEVELS,
+    PROTOCOL_MODES,
+    ConfigError,
+    Overrides,
+    Settings,
+    resolve,
+)
+from virtvol.daemon.service import Daemon, StartupError
+from virtvol.daemon.systemd import Notifier
+
+log = logging.getLogger("virtvol.daemon")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virtvold",
+        description="Serve directory storage pools to libvirt clients (virsh, python3-libvirt).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
+    parser.add_argument(
+        "--listen",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="tcp://HOST:PORT, unix:///PATH or unix-ro:///PATH (read-only); repeatable",
+    )
+    parser.add_argument(
+        "--pool",
+        metavar="NAME=DIR",
+        action="append",
+        default=[],
+        help="define (persistently) and start a directory pool; repeatable",
+    )
+    parser.add_argument("--state-dir", metavar="DIR", help="where pool definitions persist")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOL_MODES,
+        help="'legacy' behaves like libvirt before sparse streams (3.4)",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower)
+    return parser
+
+
+def overrides_from_args(argv: Sequence[str] | None) -> Overrides:
+    args = build_parser().parse_args(argv)
+    return Overrides(
+        config_file=args.config,
+        listen=tuple(args.listen),
+        pools=tuple(args.pool),
+        state_dir=args.state_dir,
+        protocol=args.protocol,
+        log_level=args.log_level,
+    )
+
+
+async def serve(settings: Settings, overrides: Overrides, notifier: Notifier) -> None:
+    # The daemon's asyncio objects are made inside the loop that runs them.
+    daemon = Daemon(settings, overrides, notifier)
+    await daemon.start()
+    await daemon.run_until_stopped()
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (faster socket I/O); plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    overrides = overrides_from_args(argv)
+    try:
+        settings = resolve(overrides)
+    except ConfigError as exc:
+        print(f"virtvold: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="virtvold %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    notifier = Notifier.from_environment()
+    loop_factory = _uvloop_factory()
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(settings, overrides, notifier))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        notifier.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""One client connection: bytes in through BufferedProtocol, calls served as concurrent tasks.
+
+Theory of operation: the transport reads straight into the protocol core's
+frame buffers (``get_buffer``/``buffer_updated``), so stream payloads reach
+the disk writer without a copy. Each decoded CALL becomes its own task: a slow
+call, a thread-bound storage operation or a long stream never holds up another
+call, and replies go out in whatever order the calls finish (libvirt matches
+them by serial). Stream frames are routed to their stream's handler by serial.
+A frame that breaks the protocol closes this connection only. The transport's
+write limits are set to zero, so "writing paused" means exactly "the transport
+holds unsent bytes"; the download handler uses that to know when its buffers
+are no longer referenced. Keepalive: every PING gets a PONG; a client that
+asked for feature 10 is pinged after ``interval`` seconds of silence and
+dropped after ``interval * (count + 1)``, as libvirtd does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Coroutine
+from typing import cast
+
+from virtvol.daemon.context import DaemonContext
+from virtvol.daemon.dispatch import serve_storage_call, vol_ref
+from virtvol.daemon.download import Download
+from virtvol.daemon.session import SESSION_PROCEDURES, Session
+from virtvol.daemon.storage import VolStreamFlags, VolumeReader, VolumeWriter
+from virtvol.daemon.streamio import TransferStats, remote_error
+from virtvol.daemon.upload import Upload
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import (
+    CallReceived,
+    CallRejected,
+    Connection,
+    Event,
+    FrameIgnored,
+    PingReceived,
+    StreamAbortReceived,
+    StreamDataReceived,
+    StreamFinishReceived,
+    StreamHoleReceived,
+)
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
+from virtvol.protocol.exceptions import ProtocolError
+from virtvol.protocol.frames import Payload
+from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
+from virtvol.protocol.procedures import Proc, StreamDirection
+from virtvol.protocol.stream import Side
+
+log = logging.getLogger("virtvol.daemon.connection")
+
+# VIR_CONNECT_CLOSE_REASON_EOF: what a client's close callback hears when we shut down.
+_CLOSE_REASON_EOF = 1
+_PEERCRED = struct.Struct("3i")
+
+
+def describe_peer(transport: asyncio.BaseTransport) -> str:
+    """``host:port`` for TCP, ``pid N uid U`` for Unix sockets (who, for the log)."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+        return f"{host}:{peer[1]}"
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            pid, uid, _ = _PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+        except OSError:
+            return "unix client"
+        return f"pid {pid} uid {uid}"
+    return "client"
+
+
+def internal_error(detail: str) -> ErrorReport:
+    return ErrorReport.raised(ErrorCode.INTERNAL_ERROR, ErrorDomain.RPC, detail)
+
+
+class ClientConnection(asyncio.BufferedProtocol):
+    """The server side of one libvirt RPC connection."""
+
+    def __init__(self, context: DaemonContext, listener: str, *, read_only: bool) -> None:
+        self._ctx = context
+        self._listener = listener
+        self.rpc = Connection(Side.SERVER)
+        self.session = Session(read_only=read_only, legacy=context.legacy)
+        self.peer = "?"
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: dict[int, Upload | Download] = {}
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._read_pausers: set[object] = set()
+        self._keepalive: KeepaliveTracker | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._started = time.monotonic()
+        self._calls = 0
+        self._streams_opened = 0
+        self._close_reason = "closed by the client"
+        self.closed = self._loop.create_future()
+
+    # -- asyncio.BufferedProtocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        # Zero limits: pause_writing fires whenever anything stays unsent.
+        self._transport.set_write_buffer_limits(high=0, low=0)
+        self.peer = describe_peer(transport)
+        self._ctx.connections.add(self)
+        self._ctx.total_connections += 1
+        log.info("%s: connected on %s", self.peer, self._listener)
+        if not self._ctx.accepting:
+            self.close("the daemon is stopping")
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.rpc.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.rpc.buffer_updated(nbytes)
+            if self._keepalive is not None:
+                self._keepalive.heard(self._loop.time())
+            while (event := self.rpc.next_event()) is not None:
+                self._dispatch(event)
+                if self._transport is None or self._transport.is_closing():
+                    return
+        except ProtocolError as exc:
+            self.abort(f"protocol error: {exc}")
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._close_reason == "closed by the client":
+            self._close_reason = f"lost: {exc}"
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self._wake_drain_waiters()
+        self._ctx.connections.discard(self)
+        log.info(
+            "%s: %s after %.3f s, %d calls, %d streams",
+            self.peer,
+            self._close_reason,
+            time.monotonic() - self._started,
+            self._calls,
+            self._streams_opened,
+        )
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain_waiters()
+
+    # -- FrameSink (used by the stream handlers) -----------------------------------
+
+    def send(self, frame: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(frame)
+
+    def send_data(self, head: bytes, data: Payload) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(head)
+            transport.write(data)
+
+    def write_buffer_empty(self) -> bool:
+        return self._transport is None or self._transport.get_write_buffer_size() == 0
+
+    async def drained(self) -> None:
+        while not self.write_buffer_empty():
+            if self._transport is None or self._transport.is_closing():
+                await self.closed  # the task is cancelled when the connection goes
+            elif self._write_paused:
+                waiter = self._loop.create_future()
+                self._drain_waiters.append(waiter)
+                await waiter
+            else:
+                await asyncio.sleep(0.001)  # a transport that buffered without pausing
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_reading(self, owner: object) -> None:
+        if not self._read_pausers and self._transport is not None:
+            self._transport.pause_reading()
+        self._read_pausers.add(owner)
+
+    def resume_reading(self, owner: object) -> None:
+        if owner not in self._read_pausers:
+            return
+        self._read_pausers.discard(owner)
+        transport = self._transport
+        if not self._read_pausers and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+            if self._keepalive is not None:
+                self._keepalive.heard(self._loop.time())
+
+    # -- closing --------------------------------------------------------------------
+
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def close(self, reason: str) -> None:
+        """Close after the queued frames are sent; tells a registered close callback."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._close_reason = reason
+        if self.session.close_callback:
+            event = r.ConnectEventConnectionClosedMsg(reason=_CLOSE_REASON_EOF)
+            self.send(self.rpc.send_message(Proc.CONNECT_EVENT_CONNECTION_CLOSED, event))
+        self._transport.close()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once (protocol violation, dead peer)."""
+        if self._transport is None:
+            return
+        if not self._transport.is_closing() or self._close_reason == "closed by the client":
+            self._close_reason = reason
+        log.warning("%s: closing: %s", self.peer, reason)
+        self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone and every task of it has cleaned up."""
+        await self.closed
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def wait_streams(self) -> None:
+        """Wait for the streams running now to end."""
+        tasks = [task for task in self._tasks if task.get_name().startswith("stream")]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- events ---------------------------------------------------------------------
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, StreamDataReceived):
+            handler = self._streams.get(event.serial)
+            if isinstance(handler, Upload):
+                handler.data_received(event.data)
+        elif isinstance(event, CallReceived):
+            self._calls += 1
+            self._spawn(self._serve(event), f"call-{event.serial}")
+        elif isinstance(event, StreamHoleReceived):
+            handler = self._streams.get(event.serial)
+            if isinstance(handler, Upload):
+                handler.hole_received(event.length)
+        elif isinstance(event, StreamFinishReceived | StreamAbortReceived):
+            stream = self._streams.get(event.serial)
+            if stream is not None and isinstance(event, StreamFinishReceived):
+                stream.client_finished()
+            elif stream is not None:
+                stream.client_aborted()
+        elif isinstance(event, PingReceived):
+            self.send(self.rpc.send_pong())
+        elif isinstance(event, CallRejected):
+            self._calls += 1
+            self.send(self.rpc.reply_error(event.serial, event.error))
+        elif isinstance(event, FrameIgnored):
+            log.debug("%s: dropped %s: %s", self.peer, event.header.describe(), event.reason)
+
+    def _spawn(self, work: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        task = self._loop.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: task %s failed", self.peer, task.get_name(), exc_info=task.exception())
+
+    # -- calls ----------------------------------------------------------------------
+
+    async def _serve(self, call: CallReceived) -> None:
+        procedure = call.procedure
+        try:
+            self.session.check_allowed(procedure)
+            if procedure.number == Proc.CONNECT_CLOSE:
+                self.send(self.rpc.reply(call.serial))
+                self.close("closed by CONNECT_CLOSE")
+                return
+            if procedure.stream is not None:
+                await self._open_stream(call)
+                return
+            if procedure.number in SESSION_PROCEDURES:
+                result = self.session.serve(procedure, call.args)
+                if self.session.keepalive_requested:
+                    self._start_keepalive()
+            else:
+                result = await self._loop.run_in_executor(
+                    self._ctx.calls,
+                    serve_storage_call,
+                    self._ctx.registry,
+                    procedure.number,
+                    call.args,
+                )
+        except ErrorReport as report:
+            self.send(self.rpc.reply_error(call.serial, remote_error(report)))
+            return
+        except Exception as exc:
+            log.exception("%s: %s failed", self.peer, procedure.name)
+            failure = internal_error(f"{procedure.name} failed: {exc}")
+            self.send(self.rpc.reply_error(call.serial, remote_error(failure)))
+            return
+        self.send(self.rpc.reply(call.serial, result))
+
+    async def _open_stream(self, call: CallReceived) -> None:
+        args = call.args
+        assert isinstance(args, r.VolTransferArgs)
+        upload = call.procedure.stream is StreamDirection.UPLOAD
+        function = "storageVolUpload" if upload else "storageVolDownload"
+        if self._ctx.legacy:
+            # libvirt before 3.4 took no flags on these calls.
+            check_flags(args.flags, 0, function, ErrorDomain.STORAGE)
+        if not self._ctx.accepting:
+            raise ErrorReport.raised(
+                ErrorCode.OPERATION_INVALID, ErrorDomain.STORAGE, "the daemon is stopping"
+            )
+        sparse = bool(args.flags & VolStreamFlags.SPARSE)
+        volume = vol_ref(args.vol)
+        stats = TransferStats(
+            "upload" if upload else "download",
+            f"{volume.pool}/{volume.name}",
+            self.peer,
+            sparse,
+            args.offset,
+            args.length,
+        )
+        handler: Upload | Download
+        if upload:
+            writer = await self._in_thread(
+                self._ctx.registry.open_upload, volume, args.offset, args.length, args.flags
+            )
+            assert isinstance(writer, VolumeWriter)
+            handler = Upload(self, call.serial, writer, executor=self._ctx.io, stats=stats)
+        else:
+            # The reader always reports holes: on a plain stream they go as zeros
+            # from memory instead of being read from the disk.
+            reader = await self._in_thread(
+                self._ctx.registry.open_download,
+                volume,
+                args.offset,
+                args.length,
+                args.flags | VolStreamFlags.SPARSE,
+            )
+            assert isinstance(reader, VolumeReader)
+            handler = Download(
+                self, call.serial, reader, sparse=sparse, executor=self._ctx.io, stats=stats
+            )
+        self._streams[call.serial] = handler
+        self._streams_opened += 1
+        self.send(self.rpc.reply(call.serial))
+        task = self._spawn(handler.run(), f"stream-{call.serial}")
+        task.add_done_callback(lambda _: self._streams.pop(call.serial, None))
+
+    async def _in_thread(
+        self, func: Callable[..., VolumeReader | VolumeWriter], *args: object
+    ) -> VolumeReader | VolumeWriter:
+        """Open a stream's file in a worker; if we are cancelled meanwhile, release it."""
+        future = self._loop.run_in_executor(self._ctx.calls, func, *args)
+        try:
+            result: VolumeReader | VolumeWriter = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_release_opened)
+            raise
+        return result
+
+    # -- keepalive --------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive is not None:
+            return
+        self._keepalive = KeepaliveTracker(
+            self._ctx.keepalive_interval, self._ctx.keepalive_count, self._loop.time()
+        )
+        self._schedule_keepalive()
+
+    def _schedule_keepalive(self) -> None:
+        assert self._keepalive is not None
+        self._keepalive_timer = self._loop.call_at(self._keepalive.deadline(), self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        tracker = self._keepalive
+        assert tracker is not None
+        now = self._loop.time()
+        if self._read_pausers:
+            tracker.heard(now)  # we stopped listening; the silence is ours
+        action = tracker.poll(now)
+        if action is KeepaliveAction.PEER_DEAD:
+            self.abort("no keepalive answer")
+            return
+        if action is KeepaliveAction.SEND_PING:
+            self.send(self.rpc.send_ping())
+        self._schedule_keepalive()
+
+
+def _release_opened(future: asyncio.Future[VolumeReader | VolumeWriter]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    opened = future.result()
+    if isinstance(opened, VolumeWriter):
+        opened.abort()
+    else:
+        opened.close()

@@ -1,0 +1,56 @@
+"""What every client connection shares: the registry, the worker threads, the settings."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from virtvol.daemon.storage import StorageRegistry
+
+# Worker threads. Calls and stream I/O get separate pools so that many busy
+# streams cannot make a pool-list wait, nor a slow wipe hold up a stream.
+CALL_WORKERS = 8
+IO_WORKERS = 32
+
+
+class TrackedConnection(Protocol):
+    """What the daemon does with a client connection (see ``connection.ClientConnection``)."""
+
+    def stream_count(self) -> int: ...
+
+    def close(self, reason: str) -> None: ...
+
+    def abort(self, reason: str) -> None: ...
+
+    async def wait_streams(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+@dataclass
+class DaemonContext:
+    registry: StorageRegistry
+    legacy: bool
+    keepalive_interval: float
+    keepalive_count: int
+    calls: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            CALL_WORKERS, thread_name_prefix="virtvold-call"
+        )
+    )
+    io: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            IO_WORKERS, thread_name_prefix="virtvold-io"
+        )
+    )
+    connections: set[TrackedConnection] = field(default_factory=set)
+    accepting: bool = True
+    total_connections: int = 0
+
+    def active_streams(self) -> int:
+        return sum(conn.stream_count() for conn in self.connections)
+
+    def shutdown_executors(self) -> None:
+        self.calls.shutdown(wait=True, cancel_futures=True)
+        self.io.shutdown(wait=True, cancel_futures=True)

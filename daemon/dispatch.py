@@ -1,0 +1,191 @@
+"""Storage procedures: wire structs in, one StorageRegistry method, wire structs out.
+
+Every handler here is synchronous and may touch the disk, so the connection
+runs them in a worker thread; the registry is thread-safe. Stream procedures
+(UPLOAD, DOWNLOAD) are not here: they live in ``upload`` and ``download``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
+from virtvol.protocol import remote as r
+from virtvol.protocol.constants import REMOTE_STORAGE_POOL_LIST_MAX, REMOTE_STORAGE_VOL_LIST_MAX
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.protocol.procedures import Proc
+from virtvol.protocol.xdr import XdrStruct
+
+Handler = Callable[[StorageRegistry, Any], XdrStruct | None]
+
+
+def pool_ref(pool: r.StoragePool) -> PoolRef:
+    return PoolRef(pool.name, pool.uuid)
+
+
+def vol_ref(vol: r.StorageVol) -> VolumeRef:
+    return VolumeRef(vol.pool, vol.name, vol.key)
+
+
+def _wire_pool(ref: PoolRef) -> r.StoragePool:
+    return r.StoragePool(name=ref.name, uuid=ref.uuid)
+
+
+def _wire_vol(ref: VolumeRef) -> r.StorageVol:
+    return r.StorageVol(pool=ref.pool, name=ref.name, key=ref.key)
+
+
+def _pool_ret(ref: PoolRef) -> r.PoolRet:
+    return r.PoolRet(pool=_wire_pool(ref))
+
+
+def _vol_ret(ref: VolumeRef) -> r.VolRet:
+    return r.VolRet(vol=_wire_vol(ref))
+
+
+def _check_maxnames(maxnames: int, limit: int, what: str) -> None:
+    # libvirtd's generated dispatcher refuses a request above the protocol's maximum.
+    if maxnames > limit:
+        raise ErrorReport(ErrorCode.RPC, ErrorDomain.RPC, f"maxnames > {what}")
+
+
+def _list_pools(reg: StorageRegistry, a: r.ListNamesArgs) -> r.ListPoolNamesRet:
+    _check_maxnames(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
+    return r.ListPoolNamesRet(names=tuple(reg.list_active_pool_names(a.maxnames)))
+
+
+def _list_defined_pools(reg: StorageRegistry, a: r.ListNamesArgs) -> r.ListPoolNamesRet:
+    _check_maxnames(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
+    return r.ListPoolNamesRet(names=tuple(reg.list_defined_pool_names(a.maxnames)))
+
+
+def _list_volumes(reg: StorageRegistry, a: r.PoolListVolumesArgs) -> r.ListVolNamesRet:
+    _check_maxnames(a.maxnames, REMOTE_STORAGE_VOL_LIST_MAX, "REMOTE_STORAGE_VOL_LIST_MAX")
+    return r.ListVolNamesRet(names=tuple(reg.list_volume_names(pool_ref(a.pool), a.maxnames)))
+
+
+def _list_all_pools(reg: StorageRegistry, a: r.ListAllPoolsArgs) -> r.ListAllPoolsRet:
+    pools = reg.list_all_pools(a.flags)
+    wire = tuple(_wire_pool(p) for p in pools) if a.need_results else ()
+    return r.ListAllPoolsRet(pools=wire, ret=len(pools))
+
+
+def _list_all_volumes(reg: StorageRegistry, a: r.PoolListAllVolumesArgs) -> r.PoolListAllVolumesRet:
+    vols = reg.list_all_volumes(pool_ref(a.pool), a.flags)
+    wire = tuple(_wire_vol(v) for v in vols) if a.need_results else ()
+    return r.PoolListAllVolumesRet(vols=wire, ret=len(vols))
+
+
+def _pool_info(reg: StorageRegistry, a: r.PoolArgs) -> r.PoolGetInfoRet:
+    info = reg.pool_info(pool_ref(a.pool))
+    return r.PoolGetInfoRet(
+        state=int(info.state),
+        capacity=info.capacity,
+        allocation=info.allocation,
+        available=info.available,
+    )
+
+
+def _vol_info(reg: StorageRegistry, a: r.VolArgs | r.VolFlagsArgs) -> r.VolGetInfoRet:
+    flags = a.flags if isinstance(a, r.VolFlagsArgs) else 0
+    info = reg.volume_info(vol_ref(a.vol), flags)
+    return r.VolGetInfoRet(type=int(info.type), capacity=info.capacity, allocation=info.allocation)
+
+
+def _start_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
+    reg.start_pool(pool_ref(a.pool), a.flags)
+
+
+def _destroy_pool(reg: StorageRegistry, a: r.PoolArgs) -> None:
+    reg.destroy_pool(pool_ref(a.pool))
+
+
+def _undefine_pool(reg: StorageRegistry, a: r.PoolArgs) -> None:
+    reg.undefine_pool(pool_ref(a.pool))
+
+
+def _refresh_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
+    reg.refresh_pool(pool_ref(a.pool), a.flags)
+
+
+def _set_autostart(reg: StorageRegistry, a: r.PoolSetAutostartArgs) -> None:
+    reg.set_pool_autostart(pool_ref(a.pool), bool(a.autostart))
+
+
+def _delete_volume(reg: StorageRegistry, a: r.VolFlagsArgs) -> None:
+    reg.delete_volume(vol_ref(a.vol), a.flags)
+
+
+def _wipe_volume(reg: StorageRegistry, a: r.VolFlagsArgs) -> None:
+    reg.wipe_volume(vol_ref(a.vol), a.flags)
+
+
+def _resize_volume(reg: StorageRegistry, a: r.VolResizeArgs) -> None:
+    reg.resize_volume(vol_ref(a.vol), a.capacity, a.flags)
+
+
+HANDLERS: dict[int, Handler] = {
+    Proc.CONNECT_NUM_OF_STORAGE_POOLS: lambda reg, a: r.NumRet(num=reg.num_active_pools()),
+    Proc.CONNECT_LIST_STORAGE_POOLS: _list_pools,
+    Proc.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS: lambda reg, a: r.NumRet(num=reg.num_defined_pools()),
+    Proc.CONNECT_LIST_DEFINED_STORAGE_POOLS: _list_defined_pools,
+    Proc.CONNECT_LIST_ALL_STORAGE_POOLS: _list_all_pools,
+    Proc.STORAGE_POOL_CREATE_XML: lambda reg, a: _pool_ret(reg.create_pool_xml(a.xml, a.flags)),
+    Proc.STORAGE_POOL_DEFINE_XML: lambda reg, a: _pool_ret(reg.define_pool_xml(a.xml, a.flags)),
+    Proc.STORAGE_POOL_CREATE: _start_pool,
+    Proc.STORAGE_POOL_DESTROY: _destroy_pool,
+    Proc.STORAGE_POOL_UNDEFINE: _undefine_pool,
+    Proc.STORAGE_POOL_REFRESH: _refresh_pool,
+    Proc.STORAGE_POOL_LOOKUP_BY_NAME: lambda reg, a: _pool_ret(reg.lookup_pool_by_name(a.name)),
+    Proc.STORAGE_POOL_LOOKUP_BY_UUID: lambda reg, a: _pool_ret(reg.lookup_pool_by_uuid(a.uuid)),
+    Proc.STORAGE_POOL_LOOKUP_BY_VOLUME: lambda reg, a: _pool_ret(
+        reg.lookup_pool_by_volume(vol_ref(a.vol))
+    ),
+    Proc.STORAGE_POOL_GET_INFO: _pool_info,
+    Proc.STORAGE_POOL_GET_XML_DESC: lambda reg, a: r.XmlRet(
+        xml=reg.pool_xml(pool_ref(a.pool), a.flags)
+    ),
+    Proc.STORAGE_POOL_GET_AUTOSTART: lambda reg, a: r.AutostartRet(
+        autostart=int(reg.pool_autostart(pool_ref(a.pool)))
+    ),
+    Proc.STORAGE_POOL_SET_AUTOSTART: _set_autostart,
+    Proc.STORAGE_POOL_IS_ACTIVE: lambda reg, a: r.ActiveRet(
+        active=int(reg.pool_is_active(pool_ref(a.pool)))
+    ),
+    Proc.STORAGE_POOL_IS_PERSISTENT: lambda reg, a: r.PersistentRet(
+        persistent=int(reg.pool_is_persistent(pool_ref(a.pool)))
+    ),
+    Proc.STORAGE_POOL_NUM_OF_VOLUMES: lambda reg, a: r.NumRet(
+        num=reg.num_volumes(pool_ref(a.pool))
+    ),
+    Proc.STORAGE_POOL_LIST_VOLUMES: _list_volumes,
+    Proc.STORAGE_POOL_LIST_ALL_VOLUMES: _list_all_volumes,
+    Proc.STORAGE_VOL_CREATE_XML: lambda reg, a: _vol_ret(
+        reg.create_volume_xml(pool_ref(a.pool), a.xml, a.flags)
+    ),
+    Proc.STORAGE_VOL_CREATE_XML_FROM: lambda reg, a: _vol_ret(
+        reg.create_volume_xml_from(pool_ref(a.pool), a.xml, vol_ref(a.clonevol), a.flags)
+    ),
+    Proc.STORAGE_VOL_DELETE: _delete_volume,
+    Proc.STORAGE_VOL_WIPE: _wipe_volume,
+    Proc.STORAGE_VOL_RESIZE: _resize_volume,
+    Proc.STORAGE_VOL_LOOKUP_BY_NAME: lambda reg, a: _vol_ret(
+        reg.lookup_volume_by_name(pool_ref(a.pool), a.name)
+    ),
+    Proc.STORAGE_VOL_LOOKUP_BY_KEY: lambda reg, a: _vol_ret(reg.lookup_volume_by_key(a.key)),
+    Proc.STORAGE_VOL_LOOKUP_BY_PATH: lambda reg, a: _vol_ret(reg.lookup_volume_by_path(a.path)),
+    Proc.STORAGE_VOL_GET_INFO: _vol_info,
+    Proc.STORAGE_VOL_GET_INFO_FLAGS: _vol_info,
+    Proc.STORAGE_VOL_GET_XML_DESC: lambda reg, a: r.XmlRet(
+        xml=reg.volume_xml(vol_ref(a.vol), a.flags)
+    ),
+    Proc.STORAGE_VOL_GET_PATH: lambda reg, a: r.VolGetPathRet(name=reg.volume_path(vol_ref(a.vol))),
+}
+
+
+def serve_storage_call(
+    registry: StorageRegistry, procedure: int, args: XdrStruct | None
+) -> XdrStruct | None:
+    """Run one storage procedure (raises ErrorReport with libvirt's error on failure)."""
+    return HANDLERS[procedure](registry, args)

@@ -1,0 +1,168 @@
+"""Listening sockets: ``tcp://HOST:PORT``, ``unix:///PATH``, ``unix-ro:///PATH``, or systemd's.
+
+Every listener is opened as a plain bound, listening socket first and then
+handed to asyncio with ``sock=``, so sockets from socket activation and our own
+take the same road.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from virtvol.daemon.systemd import ActivatedListeners
+
+_BACKLOG = 128
+RW_SOCKET_MODE = 0o600  # read-write: the owner only, as libvirt without polkit
+RO_SOCKET_MODE = 0o666  # read-only: every local user
+
+
+class ListenError(ValueError):
+    """A listen URL that cannot be parsed or bound."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One parsed ``--listen`` URL."""
+
+    kind: str  # "tcp" or "unix"
+    read_only: bool
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "tcp":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"tcp://{host}:{self.port}"
+        return f"{'unix-ro' if self.read_only else 'unix'}://{self.path}"
+
+
+def parse_listen_url(url: str) -> ListenAddress:
+    """Parse ``tcp://HOST:PORT``, ``unix:///PATH`` or ``unix-ro:///PATH``."""
+    parts = urlsplit(url)
+    if parts.scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError:
+            raise ListenError(f"bad port in listen URL {url!r}") from None
+        if not parts.hostname or port is None:
+            raise ListenError(f"listen URL {url!r} needs a host and a port")
+        return ListenAddress("tcp", read_only=False, host=parts.hostname, port=port)
+    if parts.scheme in ("unix", "unix-ro"):
+        path = parts.path
+        if parts.netloc or not path.startswith("/"):
+            raise ListenError(f"listen URL {url!r} needs an absolute path: unix:///PATH")
+        return ListenAddress("unix", read_only=parts.scheme == "unix-ro", path=path)
+    raise ListenError(f"listen URL {url!r}: scheme must be tcp, unix or unix-ro")
+
+
+@dataclass(slots=True)
+class BoundSocket:
+    """A listening socket and what it serves."""
+
+    sock: socket.socket
+    read_only: bool
+    label: str
+    unlink_path: str | None = None  # our own Unix socket file, removed at exit
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.unlink_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unlink_path)
+
+
+def _bind_tcp(address: ListenAddress) -> socket.socket:
+    infos = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a previous run, refusing to steal a live one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise ListenError(f"{path} is in use by another daemon")
+
+
+def _bind_unix(address: ListenAddress) -> socket.socket:
+    os.makedirs(os.path.dirname(address.path) or "/", exist_ok=True)
+    _remove_stale_socket(address.path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address.path)
+        os.chmod(address.path, RO_SOCKET_MODE if address.read_only else RW_SOCKET_MODE)
+        sock.listen(_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind(address: ListenAddress) -> BoundSocket:
+    """Open the listening socket for ``address``."""
+    try:
+        if address.kind == "tcp":
+            return BoundSocket(_bind_tcp(address), False, address.describe())
+        sock = _bind_unix(address)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address.describe()}: {exc.strerror}") from None
+    return BoundSocket(sock, address.read_only, address.describe(), unlink_path=address.path)
+
+
+def bind_all(urls: list[str]) -> list[BoundSocket]:
+    """Open every listener, or none (all are closed again when one fails)."""
+    bound: list[BoundSocket] = []
+    try:
+        for url in urls:
+            bound.append(bind(parse_listen_url(url)))
+    except BaseException:
+        for item in bound:
+            item.close()
+        raise
+    return bound
+
+
+def from_activation(activated: ActivatedListeners) -> list[BoundSocket]:
+    """Wrap systemd's sockets; systemd owns their files, so none is unlinked here."""
+    result = [BoundSocket(s, False, f"systemd:{_name(s)}") for s in activated.read_write]
+    result += [BoundSocket(s, True, f"systemd-ro:{_name(s)}") for s in activated.read_only]
+    result += [BoundSocket(s, False, f"systemd-tcp:{_name(s)}") for s in activated.tcp]
+    return result
+
+
+def _name(sock: socket.socket) -> str:
+    try:
+        return str(sock.getsockname())
+    except OSError:
+        return "?"

@@ -1,0 +1,185 @@
+"""The daemon's lifecycle: start, serve, reload on SIGHUP, stop cleanly on SIGTERM.
+
+Theory of operation: start-up loads the registry, brings up the ``--pool``
+pools, opens the listeners (systemd's, else our own), then tells systemd
+READY=1. SIGHUP re-reads the config and adds new pools. SIGTERM (or SIGINT)
+stops accepting, tells systemd STOPPING=1, closes idle connections, gives
+running streams ``shutdown_timeout`` seconds to end, then cancels what is left:
+an unfinished upload is aborted, so no half-written file replaces a volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+
+from virtvol.daemon.config import Overrides, Settings, resolve
+from virtvol.daemon.connection import ClientConnection
+from virtvol.daemon.context import DaemonContext
+from virtvol.daemon.listeners import BoundSocket, ListenError, bind_all, from_activation
+from virtvol.daemon.storage import StorageRegistry
+from virtvol.daemon.systemd import ActivationError, Notifier, activated_listeners
+from virtvol.protocol.errors import ErrorReport
+
+log = logging.getLogger("virtvol.daemon")
+
+_STATUS_PERIOD = 5.0
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says why."""
+
+
+class Daemon:
+    def __init__(self, settings: Settings, overrides: Overrides, notifier: Notifier) -> None:
+        self.settings = settings
+        self._overrides = overrides
+        self._notifier = notifier
+        self._servers: list[asyncio.Server] = []
+        self._bound: list[BoundSocket] = []
+        self._stop = asyncio.Event()
+        self._registry = StorageRegistry(settings.effective_state_dir())
+        self.context = DaemonContext(
+            registry=self._registry,
+            legacy=settings.legacy,
+            keepalive_interval=settings.keepalive_interval,
+            keepalive_count=settings.keepalive_count,
+        )
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.context.calls, self._load_pools, self.settings)
+        except (ErrorReport, OSError) as exc:
+            raise StartupError(f"cannot set up the storage pools: {exc}") from None
+        self._bound = self._open_listeners()
+        for bound in self._bound:
+            self._servers.append(await self._serve(bound))
+        for bound in self._bound:
+            log.info("listening on %s%s", bound.label, " (read-only)" if bound.read_only else "")
+        mode = "legacy (no sparse streams)" if self.settings.legacy else "current"
+        log.info("virtvold ready, protocol %s", mode)
+        self._notifier.ready(self._status())
+
+    def _load_pools(self, settings: Settings) -> None:
+        self._registry.load()
+        for name, directory in settings.pools.items():
+            self._registry.ensure_pool(name, directory)
+
+    def _open_listeners(self) -> list[BoundSocket]:
+        try:
+            activated = activated_listeners()
+        except ActivationError as exc:
+            raise StartupError(str(exc)) from None
+        if activated is not None:
+            if self.settings.listen:
+                activated.close()
+                raise StartupError("--listen cannot be combined with systemd socket activation")
+            return from_activation(activated)
+        try:
+            return bind_all(self.settings.effective_listen())
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
+
+    async def _serve(self, bound: BoundSocket) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        context, label, read_only = self.context, bound.label, bound.read_only
+
+        def factory() -> ClientConnection:
+            return ClientConnection(context, label, read_only=read_only)
+
+        if bound.sock.family == socket.AF_UNIX:
+            return await loop.create_unix_server(factory, sock=bound.sock)
+        return await loop.create_server(factory, sock=bound.sock)
+
+    # -- run ----------------------------------------------------------------------------
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        watchdog = loop.create_task(self._notifier.watchdog_loop())
+        status = loop.create_task(self._report_status())
+        try:
+            await self._stop.wait()
+        finally:
+            watchdog.cancel()
+            status.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _status(self) -> str:
+        return (
+            f"{len(self.context.connections)} connections, "
+            f"{self.context.active_streams()} streams, "
+            f"{self.context.total_connections} connections served"
+        )
+
+    async def _report_status(self) -> None:
+        while True:
+            await asyncio.sleep(_STATUS_PERIOD)
+            self._notifier.status(self._status())
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config again and bring up pools that are new in it."""
+        self._notifier.reloading()
+        try:
+            settings = resolve(self._overrides)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.context.calls, self._load_pools, settings)
+            logging.getLogger("virtvol").setLevel(settings.log_level.upper())
+            self.settings = settings
+            log.info("configuration reloaded: %d pools from the settings", len(settings.pools))
+        except Exception as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+        self._notifier.ready(self._status())
+
+    # -- stop -----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self._notifier.stopping()
+        log.info("stopping: %s", self._status())
+        self.context.accepting = False
+        for server in self._servers:
+            server.close()
+        connections = list(self.context.connections)
+        for conn in connections:
+            if conn.stream_count() == 0:
+                conn.close("the daemon is stopping")
+        busy = [conn for conn in connections if conn.stream_count()]
+        if busy:
+            waits = [asyncio.ensure_future(conn.wait_streams()) for conn in busy]
+            _, late = await asyncio.wait(waits, timeout=self.settings.shutdown_timeout)
+            for waiter in late:
+                waiter.cancel()
+            if late:
+                log.warning("stopping: aborting streams still running after the timeout")
+        for conn in list(self.context.connections):
+            if conn.stream_count():
+                conn.abort("the daemon is stopping")
+            else:
+                conn.close("the daemon is stopping")
+        # Cancelled stream tasks abort their uploads and close their files here.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                for conn in connections:
+                    await conn.wait_closed()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        for bound in self._bound:
+            bound.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.context.shutdown_executors)
+        self._registry.close()
+        log.info("stopped")

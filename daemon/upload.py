@@ -1,0 +1,165 @@
+"""Receiving a volume from the client (STORAGE_VOL_UPLOAD, procedure 208).
+
+Theory of operation: the connection hands over each data frame's payload as
+the memoryview the socket was read into, and each skip as a length; they wait
+in a queue, in stream order, and a worker thread applies them in batches
+(``VolumeWriter.write``: pwrite straight from that memory; ``skip``: punch or
+extend). When more than ``QUEUE_HIGH`` bytes wait for the disk the connection
+stops reading the socket, and reads again below ``QUEUE_LOW``: TCP pushes back
+on a client faster than the disk, and memory stays bounded. The client's
+finish commits the writer (for a whole-volume upload: fdatasync, then the
+atomic rename) and is acknowledged; an abort, an error or a lost connection
+aborts it, leaving the old content. A write error is reported at once as
+STREAM/ERROR; the core then forgets the stream, so later frames are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import collections.abc
+import concurrent.futures
+import enum
+
+from virtvol.daemon.storage import VolumeWriter
+from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.protocol.errors import ErrorReport
+from virtvol.protocol.frames import Payload
+
+QUEUE_HIGH = 16 << 20
+QUEUE_LOW = 4 << 20
+
+
+class _End(enum.Enum):
+    FINISH = "finished"
+    ABORT = "aborted"
+
+
+_Item = Payload | int  # data to write, or the length of a skip
+
+
+class Upload:
+    """One upload stream, from the OK reply of the call to the finish acknowledgement."""
+
+    def __init__(
+        self,
+        sink: FrameSink,
+        serial: int,
+        writer: VolumeWriter,
+        *,
+        executor: concurrent.futures.Executor,
+        stats: TransferStats,
+    ) -> None:
+        self._sink = sink
+        self._serial = serial
+        self._writer = writer
+        self._executor = executor
+        self.stats = stats
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_bytes = 0
+        self._end: _End | None = None
+        self._wakeup = asyncio.Event()
+        self._failed = False
+        self._reading_paused = False
+        self._working: asyncio.Future[None] | None = None
+
+    # -- events routed here by the connection --------------------------------
+
+    def data_received(self, data: Payload) -> None:
+        if self._failed:
+            return
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        self.stats.data_bytes += len(data)
+        if self._queued_bytes > QUEUE_HIGH and not self._reading_paused:
+            self._reading_paused = True
+            self._sink.pause_reading(self)
+        self._wakeup.set()
+
+    def hole_received(self, length: int) -> None:
+        if self._failed:
+            return
+        self._queue.append(length)
+        self.stats.holes += 1
+        self.stats.hole_bytes += length
+        self._wakeup.set()
+
+    def client_finished(self) -> None:
+        self._end = _End.FINISH
+        self._wakeup.set()
+
+    def client_aborted(self) -> None:
+        # Nothing queued matters any more: the writer is about to be aborted.
+        self._end = _End.ABORT
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._resume_reading()
+        self._wakeup.set()
+
+    # -- the task ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        outcome = "dropped"
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                if self._queue:
+                    await self._apply_queued()
+                if self._end is not None and not self._queue:
+                    break
+            if self._end is _End.FINISH:
+                await self._in_thread(self._writer.commit)
+            else:
+                await self._in_thread(self._writer.abort)
+            outcome = self._end.value
+            self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
+        except ErrorReport as report:
+            outcome = f"failed: {report.message}"
+            self._fail(report)
+        finally:
+            self._resume_reading()
+            if self._working is not None:
+                # A batch may still be in the worker: the writer is not shared between threads.
+                await asyncio.wait([self._working])
+            self._writer.abort()  # no-op after commit; keeps the old content otherwise
+            self.stats.log_end(outcome)
+
+    async def _in_thread(self, work: collections.abc.Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._working = loop.run_in_executor(self._executor, work)
+        await self._working
+        self._working = None
+
+    async def _apply_queued(self) -> None:
+        batch = list(self._queue)
+        self._queue.clear()
+        size = sum(len(item) for item in batch if not isinstance(item, int))
+        writer = self._writer
+
+        def apply() -> None:
+            for item in batch:
+                if isinstance(item, int):
+                    writer.skip(item)
+                else:
+                    writer.write(item)
+
+        try:
+            await self._in_thread(apply)
+        finally:
+            self._queued_bytes -= size
+            if self._queued_bytes <= QUEUE_LOW:
+                self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._sink.resume_reading(self)
+
+    def _fail(self, report: ErrorReport) -> None:
+        self._failed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        rpc = self._sink.rpc
+        if self._serial in rpc.streams:
+            self._sink.send(rpc.send_stream_error(self._serial, remote_error(report)))
