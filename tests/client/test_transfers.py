@@ -1,0 +1,162 @@
+"""Uploads and downloads against a real libvirtd 9.0: contents, holes, allocation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.conftest import ReferenceLibvirtd, run_virsh
+from virtvol.client import (
+    Connection,
+    Hole,
+    NoSupport,
+    SparseUnsupported,
+    StorageVolume,
+    connect,
+)
+
+pytestmark = pytest.mark.interop
+
+SIZE = 8 * MIB
+
+
+async def _new_volume(conn: Connection, name: str, size: int = SIZE) -> StorageVolume:
+    pool = await conn.lookup_pool_by_name("default")
+    xml = (
+        f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
+        "<allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>"
+    )
+    return await pool.create_volume(xml)
+
+
+@pytest.mark.parametrize("sparse", [None, True, False])
+async def test_upload_file_round_trip(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path, sparse: bool | None
+) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    seen: list[tuple[int, int]] = []
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await _new_volume(conn, "up.img")
+        result = await vol.upload_file(
+            source, sparse=sparse, progress=lambda d, h: seen.append((d, h))
+        )
+        assert result.sparse is (sparse is not False)
+        assert not result.fell_back
+        assert result.total_bytes == SIZE
+        assert seen[-1] == (result.data_bytes, result.hole_bytes)
+        on_disk = reference_libvirtd.pool_dir / "up.img"
+        assert_same_file(source, on_disk)
+        if result.sparse:
+            # Holes and the written-zero block stay unallocated on the daemon's side.
+            assert result.hole_bytes >= 6 * MIB
+            assert allocated(on_disk) <= allocated(source) - 512 * 1024
+        else:
+            assert result.hole_bytes == 0
+
+        back = tmp_path / "back.img"
+        down = await vol.download_file(back, sparse=sparse)
+        assert down.sparse is (sparse is not False)
+        assert_same_file(source, back)
+        # Sparse or dense stream, zero detection leaves a sparse file of the right size.
+        assert back.stat().st_size == SIZE
+        assert allocated(back) <= 1 * MIB
+        assert not list(tmp_path.glob(".back.img.*"))
+
+
+async def test_download_without_zero_detection_is_dense(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    run_virsh(reference_libvirtd.tcp_uri, "vol-create-as", "default", "v.img", "8M")
+    run_virsh(reference_libvirtd.tcp_uri, "vol-upload", "--pool", "default", "v.img", str(source))
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await (await conn.lookup_pool_by_name("default")).lookup_volume("v.img")
+        back = tmp_path / "dense.img"
+        result = await vol.download_file(back, sparse=False, detect_zeroes=False)
+        assert result.data_bytes == SIZE
+        assert_same_file(source, back)
+        assert allocated(back) >= SIZE
+
+
+async def test_stream_api_send_skip_and_iterate(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await _new_volume(conn, "s.img", 4 * MIB)
+        async with vol.upload() as up:
+            assert up.sparse
+            await up.send(b"HELLO")
+            await up.skip(2 * MIB - 5)
+            await up.send(bytearray(b"WORLD" * 1000))
+            await up.skip(4 * MIB - 2 * MIB - 5000)
+        expected = bytearray(4 * MIB)
+        expected[0:5] = b"HELLO"
+        expected[2 * MIB : 2 * MIB + 5000] = b"WORLD" * 1000
+        assert (reference_libvirtd.pool_dir / "s.img").read_bytes() == expected
+
+        got = bytearray()
+        holes = 0
+        async with vol.download() as down:
+            async for item in down:
+                if isinstance(item, Hole):
+                    holes += item.length
+                    got += bytes(item.length)
+                else:
+                    got += item
+        assert got == expected
+        assert holes >= 3 * MIB
+
+        # The same with async for alone and a range.
+        got.clear()
+        async for item in vol.download(offset=2 * MIB, length=5000, sparse=False):
+            assert not isinstance(item, Hole)
+            got += item
+        assert got == b"WORLD" * 1000
+
+
+async def test_abort_on_exception_and_connection_stays_usable(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await _new_volume(conn, "ab.img")
+        with pytest.raises(RuntimeError, match="stop"):
+            async with vol.upload() as up:
+                await up.send(b"x" * MIB)
+                raise RuntimeError("stop")
+        # Leave a download early: the stream is aborted.
+        async with vol.download(sparse=False) as down:
+            async for _item in down:
+                break
+        assert (await vol.info()).capacity == SIZE
+
+
+async def test_upload_error_from_the_daemon(reference_libvirtd: ReferenceLibvirtd) -> None:
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await _new_volume(conn, "small.img", 4096)
+        with pytest.raises(Exception, match="No space left on device"):
+            async with vol.upload(length=2) as up:
+                await up.send(b"HELLO")
+        assert await conn.lib_version() == 9000000
+
+
+async def test_sparse_refusal_falls_back_or_fails(
+    reference_libvirtd: ReferenceLibvirtd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libvirtd accepts flag 1; a legacy-mode client never sends it."""
+    async with connect(reference_libvirtd.tcp_uri, protocol="legacy") as conn:
+        vol = await _new_volume(conn, "lg.img", MIB)
+        with pytest.raises(SparseUnsupported):
+            async with vol.upload(sparse=True):
+                pass
+        with caplog.at_level(logging.WARNING, logger="virtvol.client"):
+            async with vol.upload() as up:
+                assert not up.sparse
+                await up.send(b"abc")
+                await up.skip(MIB - 3)  # zeros on a dense stream
+        assert not caplog.records
+    assert isinstance(NoSupport, type)
