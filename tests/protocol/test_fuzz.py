@@ -295,14 +295,13 @@ class BackToBack(RuleBasedStateMachine):
         self.to_client: list[bytes] = []
         self.procedures: dict[int, Proc] = {}
 
-    def _try(self, make: Callable[[], bytes], pipe: list[bytes]) -> None:
-        with contextlib.suppress(LocalProtocolError):
-            pipe.append(make())
-
     @staticmethod
     def _pick(choices: list[int], index: int) -> int:
         return choices[index % len(choices)] if choices else 1 << 30
 
+    @precondition(
+        lambda self: len(self.pair.client.pending_calls() | set(self.pair.client.streams)) < 3
+    )
     @rule(
         procedure=st.sampled_from(
             [Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD, Proc.AUTH_LIST]
@@ -317,21 +316,13 @@ class BackToBack(RuleBasedStateMachine):
         self.procedures[serial] = procedure
         self.to_server.append(frame)
 
-    @rule(index=st.integers(0, 9), ok=st.booleans())
-    def server_replies(self, index: int, ok: bool) -> None:
-        serial = self._pick(sorted(self.pair.server.pending_calls()), index)
-        server = self.pair.server
-        if ok:
-            result = AuthListRet(()) if self.procedures.get(serial) == Proc.AUTH_LIST else None
-            self._try(lambda: server.reply(serial, result), self.to_client)
-        else:
-            self._try(lambda: server.reply_error(serial, rpc_error("no")), self.to_client)
-
     @rule(
         index=st.integers(0, 9),
-        action=st.sampled_from(["data", "hole", "finish", "abort", "eof", "ack", "error"]),
+        action=st.sampled_from(
+            ["data", "hole", "data", "hole", "finish", "abort", "eof", "ack", "error", "ping"]
+        ),
     )
-    def client_stream_move(self, index: int, action: str) -> None:
+    def client_moves(self, index: int, action: str) -> None:
         client = self.pair.client
         serial = self._pick(sorted(client.streams), index)
         moves: dict[str, Callable[[], bytes]] = {
@@ -342,17 +333,28 @@ class BackToBack(RuleBasedStateMachine):
             "eof": lambda: client.send_eof(serial),
             "ack": lambda: client.send_finish_ack(serial),
             "error": lambda: client.send_stream_error(serial, rpc_error("x")),
+            "ping": client.send_ping if index % 2 else client.send_pong,
         }
-        self._try(moves[action], self.to_server)
+        with contextlib.suppress(LocalProtocolError):
+            self.to_server.append(moves[action]())
 
     @rule(
         index=st.integers(0, 9),
-        action=st.sampled_from(["data", "hole", "eof", "ack", "error", "finish", "abort"]),
+        action=st.sampled_from(
+            [
+                *["reply", "reply", "reply_error", "data", "hole", "data", "hole"],
+                *["eof", "ack", "ack", "error", "finish", "abort", "ping"],
+            ]
+        ),
     )
-    def server_stream_move(self, index: int, action: str) -> None:
+    def server_moves(self, index: int, action: str) -> None:
         server = self.pair.server
+        pending = self._pick(sorted(server.pending_calls()), index)
         serial = self._pick(sorted(server.streams), index)
+        result = AuthListRet(()) if self.procedures.get(pending) == Proc.AUTH_LIST else None
         moves: dict[str, Callable[[], bytes]] = {
+            "reply": lambda: server.reply(pending, result),
+            "reply_error": lambda: server.reply_error(pending, rpc_error("no")),
             "data": lambda: joined(server.send_data(serial, b"s" * (index + 1))),
             "hole": lambda: server.send_hole(serial, index + 1),
             "eof": lambda: server.send_eof(serial),
@@ -360,14 +362,10 @@ class BackToBack(RuleBasedStateMachine):
             "error": lambda: server.send_stream_error(serial, rpc_error("failed")),
             "finish": lambda: server.send_finish(serial),
             "abort": lambda: server.send_abort(serial),
+            "ping": server.send_ping if index % 2 else server.send_pong,
         }
-        self._try(moves[action], self.to_client)
-
-    @rule(from_client=st.booleans(), ping=st.booleans())
-    def keepalive(self, from_client: bool, ping: bool) -> None:
-        sender = self.pair.client if from_client else self.pair.server
-        frame = sender.send_ping() if ping else sender.send_pong()
-        (self.to_server if from_client else self.to_client).append(frame)
+        with contextlib.suppress(LocalProtocolError):
+            self.to_client.append(moves[action]())
 
     @precondition(lambda self: bool(self.to_server))
     @rule(count=st.integers(1, 4))
@@ -387,16 +385,13 @@ class BackToBack(RuleBasedStateMachine):
                 assert event.serial not in self.pair.client.streams
 
     @invariant()
-    def serials_are_consistent(self) -> None:
-        client, server = self.pair.client, self.pair.server
-        for serial, stream in client.streams.items():
-            assert stream.serial == serial
-            assert stream.procedure == self.procedures[serial]
-        for serial, stream in server.streams.items():
-            assert stream.serial == serial
-            assert stream.procedure == self.procedures[serial]
-        assert server.pending_calls() <= set(self.procedures)
-        assert client.pending_calls() <= set(self.procedures)
+    def streams_are_consistent(self) -> None:
+        for connection in (self.pair.client, self.pair.server):
+            for serial, stream in connection.streams.items():
+                assert stream.serial == serial
+                assert stream.procedure == self.procedures[serial]
+                assert not stream.finished
+            assert connection.pending_calls() <= set(self.procedures)
 
 
 BackToBack.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
