@@ -38,6 +38,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -253,3 +254,116 @@ def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
             shutil.rmtree(base, ignore_errors=True)
         return
     pytest.fail("reference libvirtd did not start:\n" + "\n".join(errors), pytrace=False)
+
+
+# -- virtvold (the daemon under test) ---------------------------------------------------
+#
+# ``virtvold`` (fixture, function scope) -> ``Virtvold``: a fresh daemon in a
+# subprocess, with a TCP listener on a free port, a read-write and a read-only Unix
+# socket, and an active persistent pool ``pool_name`` ("default") at ``pool_dir``, all
+# under pytest's tmp_path. Fields: ``tcp_uri`` (storage+tcp://127.0.0.1:PORT/system),
+# ``unix_uri``, ``ro_uri`` (the read-only socket), ``pool_name``, ``pool_dir``,
+# ``state_dir``, ``port``, ``log_path``, ``process``. ``legacy_virtvold``: the same with
+# ``--protocol legacy``. ``start_virtvold(base, *extra_args)`` / ``stop_virtvold(d)``
+# do it by hand (stop sends SIGTERM and waits; returns the exit code).
+
+
+@dataclass(frozen=True)
+class Virtvold:
+    tcp_uri: str
+    unix_uri: str
+    ro_uri: str
+    pool_name: str
+    pool_dir: Path
+    state_dir: Path
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_for_socket(path: Path, process: subprocess.Popen[bytes], deadline: float) -> bool:
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                time.sleep(0.02)
+                continue
+            return True
+    return False
+
+
+def start_virtvold(base: Path, *extra_args: str) -> Virtvold:
+    """Start virtvold with everything under ``base``; fails the test if it does not come up."""
+    base.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(3):
+        port = free_port()
+        sock, ro_sock = base / "virtvold-sock", base / "virtvold-sock-ro"
+        log_path = base / "virtvold.log"
+        args = [
+            sys.executable,
+            "-m",
+            "virtvol.daemon",
+            "--state-dir",
+            str(base / "state"),
+            "--pool",
+            f"{POOL_NAME}={base / 'pool'}",
+            "--listen",
+            f"tcp://127.0.0.1:{port}",
+            "--listen",
+            f"unix://{sock}",
+            "--listen",
+            f"unix-ro://{ro_sock}",
+            *extra_args,
+        ]
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        if _wait_for_socket(ro_sock, process, time.monotonic() + 15.0):
+            return Virtvold(
+                tcp_uri=f"storage+tcp://127.0.0.1:{port}/system",
+                unix_uri=f"storage+unix:///system?socket={sock}",
+                ro_uri=f"storage+unix:///system?socket={ro_sock}",
+                pool_name=POOL_NAME,
+                pool_dir=base / "pool",
+                state_dir=base / "state",
+                port=port,
+                log_path=log_path,
+                process=process,
+            )
+        process.kill()
+        process.wait()
+    pytest.fail("virtvold did not start:\n" + log_path.read_text(errors="replace"), pytrace=False)
+
+
+def stop_virtvold(daemon: Virtvold, timeout: float = 10.0) -> int:
+    """SIGTERM, wait (SIGKILL after ``timeout``); returns the exit code."""
+    if daemon.process.poll() is None:
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            return daemon.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            daemon.process.kill()
+    return daemon.process.wait()
+
+
+@pytest.fixture
+def virtvold(tmp_path: Path) -> Iterator[Virtvold]:
+    """A fresh virtvold with an active pool "default" (see the section comment above)."""
+    daemon = start_virtvold(tmp_path / "virtvold")
+    try:
+        yield daemon
+    finally:
+        stop_virtvold(daemon)
+
+
+@pytest.fixture
+def legacy_virtvold(tmp_path: Path) -> Iterator[Virtvold]:
+    """Like ``virtvold``, started with ``--protocol legacy`` (no sparse streams)."""
+    daemon = start_virtvold(tmp_path / "virtvold-legacy", "--protocol", "legacy")
+    try:
+        yield daemon
+    finally:
+        stop_virtvold(daemon)

@@ -1,0 +1,151 @@
+"""Helpers for the daemon tests: sparse test files, whole-file comparison, python3-libvirt runs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.conftest import run_system_python
+
+BLOCK = 4096
+
+# One python3-libvirt transfer, run with /usr/bin/python3 (the only interpreter with the
+# module). argv: URI POOL VOLUME MODE PATH [OFFSET LENGTH]. Prints a JSON report.
+CLIENT_SCRIPT = r"""
+import json, os, sys, libvirt
+
+uri, pool_name, vol_name, mode, path = sys.argv[1:6]
+offset, length = (int(sys.argv[6]), int(sys.argv[7])) if len(sys.argv) > 7 else (0, 0)
+conn = libvirt.open(uri)
+pool = conn.storagePoolLookupByName(pool_name)
+try:
+    vol = pool.storageVolLookupByName(vol_name)
+except libvirt.libvirtError:
+    vol = pool.createXML(
+        "<volume><name>%s</name><capacity>0</capacity><allocation>0</allocation></volume>"
+        % vol_name, 0)
+report = {"holes": 0, "data_frames": 0}
+st = conn.newStream(0)
+SPARSE = libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM
+
+def in_data(stream, cur, fd):
+    try:
+        data = os.lseek(fd, cur, os.SEEK_DATA)
+    except OSError:
+        return (0, os.fstat(fd).st_size - cur)
+    if data > cur:
+        return (0, data - cur)
+    return (1, os.lseek(fd, cur, os.SEEK_HOLE) - cur)
+
+if mode in ("sparse-upload", "upload"):
+    fd = os.open(path, os.O_RDONLY)
+    vol.upload(st, offset, length, SPARSE if mode == "sparse-upload" else 0)
+    if mode == "sparse-upload":
+        st.sparseSendAll(lambda s, n, f: os.read(f, n), in_data,
+                         lambda s, n, f: os.lseek(f, n, os.SEEK_CUR) and 0, fd)
+    else:
+        st.sendAll(lambda s, n, f: os.read(f, n), fd)
+    st.finish()
+elif mode in ("sparse-download", "download", "recvflags"):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    vol.download(st, offset, length, SPARSE if mode != "download" else 0)
+    if mode == "sparse-download":
+        def hole(s, n, f):
+            report["holes"] += 1
+            pos = os.lseek(f, n, os.SEEK_CUR)
+            os.ftruncate(f, pos)
+            return 0
+        st.sparseRecvAll(lambda s, b, f: os.write(f, b), hole, fd)
+    elif mode == "download":
+        st.recvAll(lambda s, b, f: os.write(f, b), fd)
+    else:
+        while True:
+            got = st.recvFlags(1 << 20, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
+            if got == -3:
+                n = st.recvHole(0)
+                report["holes"] += 1
+                os.ftruncate(fd, os.lseek(fd, n, os.SEEK_CUR))
+                continue
+            if not got:
+                break
+            report["data_frames"] += 1
+            os.write(fd, got)
+    st.finish()
+os.close(fd)
+conn.close()
+print(json.dumps(report))
+"""
+
+
+def run_client(
+    uri: str,
+    volume: str,
+    mode: str,
+    path: Path,
+    offset: int = 0,
+    length: int = 0,
+    *,
+    pool: str = "default",
+) -> dict[str, int]:
+    """One python3-libvirt transfer (see CLIENT_SCRIPT); returns its counters."""
+    proc = run_system_python(
+        CLIENT_SCRIPT, uri, pool, volume, mode, str(path), str(offset), str(length)
+    )
+    result: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def make_sparse_file(path: Path, size: int, data: Sequence[tuple[int, bytes]]) -> Path:
+    """A file of ``size`` bytes holding ``data`` pieces at their offsets, holes elsewhere."""
+    with path.open("wb") as handle:
+        handle.truncate(size)
+        for offset, piece in data:
+            handle.seek(offset)
+            handle.write(piece)
+    return path
+
+
+def data_extents(path: Path) -> list[tuple[int, int]]:
+    """The (start, end) data extents the file system reports."""
+    extents: list[tuple[int, int]] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, end))
+            pos = end
+    finally:
+        os.close(fd)
+    return extents
+
+
+def assert_same_content(expected: Path, actual: Path) -> None:
+    """Byte-for-byte equality, cheap for huge sparse files: sizes match, and every range
+    that is data in either file holds the same bytes in both (the rest is zeros in both)."""
+    size = expected.stat().st_size
+    assert actual.stat().st_size == size
+    with expected.open("rb") as left, actual.open("rb") as right:
+        for start, end in sorted(data_extents(expected) + data_extents(actual)):
+            left.seek(start)
+            right.seek(start)
+            remaining = end - start
+            while remaining:
+                count = min(remaining, 1 << 20)
+                assert left.read(count) == right.read(count), f"differs in [{start}, {end})"
+                remaining -= count
+
+
+def allocated(path: Path) -> int:
+    """Bytes the file really uses on disk."""
+    return path.stat().st_blocks * 512
