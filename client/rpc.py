@@ -117,6 +117,8 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._releases: collections.deque[Callable[[], None]] = collections.deque()
         self._release_poll: asyncio.TimerHandle | None = None
         self._writelines = False
+        self.pings_received = 0
+        self.pings_sent = 0
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
 
@@ -192,6 +194,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
             if isinstance(event, StreamFinished | StreamFailed):
                 self._sinks.pop(event.serial, None)
         elif isinstance(event, PingReceived):
+            self.pings_received += 1
             self._write(self.core.send_pong())
         elif isinstance(event, PongReceived):
             pass
@@ -386,6 +389,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
             action = tracker.poll(now)
             if action is KeepaliveAction.SEND_PING:
                 log.debug("keepalive: ping %s", self.description)
+                self.pings_sent += 1
                 self._write(self.core.send_ping())
             elif action is KeepaliveAction.PEER_DEAD:
                 self._fail(
