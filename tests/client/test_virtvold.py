@@ -1,0 +1,90 @@
+"""The client against virtvold, current and ``--protocol legacy`` (sparse fallback)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.conftest import Virtvold
+from virtvol.client import Connection, SparseUnsupported, StorageVolume, connect
+
+SIZE = 8 * MIB
+
+
+async def _volume(conn: Connection, name: str) -> StorageVolume:
+    pool = await conn.lookup_pool_by_name("default")
+    xml = (
+        f"<volume><name>{name}</name><capacity unit='bytes'>{SIZE}</capacity>"
+        "<allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>"
+    )
+    return await pool.create_volume(xml)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_round_trip_with_virtvold(virtvold: Virtvold, tmp_path: Path, transport: str) -> None:
+    uri = virtvold.tcp_uri if transport == "tcp" else virtvold.unix_uri
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    async with connect(uri) as conn:
+        assert [p.name for p in await conn.list_pools()] == ["default"]
+        vol = await _volume(conn, "rt.img")
+        up = await vol.upload_file(source)
+        assert up.sparse
+        assert not up.fell_back
+        assert up.hole_bytes >= 6 * MIB
+        on_disk = virtvold.pool_dir / "rt.img"
+        assert_same_file(source, on_disk)
+        assert allocated(on_disk) <= allocated(source)
+        back = tmp_path / "back.img"
+        down = await vol.download_file(back)
+        assert down.sparse
+        assert_same_file(source, back)
+        assert allocated(back) <= MIB
+
+
+async def test_negotiation_falls_back_against_legacy_virtvold(
+    legacy_virtvold: Virtvold, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    async with connect(legacy_virtvold.tcp_uri) as conn:
+        vol = await _volume(conn, "old.img")
+        with caplog.at_level(logging.WARNING, logger="virtvol.client"):
+            up = await vol.upload_file(source)
+        assert not up.sparse
+        assert up.fell_back
+        assert up.hole_bytes == 0
+        warnings = [r for r in caplog.records if "does not support sparse" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "unsupported flags (0x1) in function storageVolUpload" in warnings[0].getMessage()
+        on_disk = legacy_virtvold.pool_dir / "old.img"
+        assert_same_file(source, on_disk)
+
+        back = tmp_path / "back.img"
+        down = await vol.download_file(back)
+        assert down.fell_back
+        assert down.data_bytes == SIZE
+        assert_same_file(source, back)
+        # Still sparse: zero detection turned the dense stream's zeros into holes.
+        assert allocated(back) <= MIB
+
+        with pytest.raises(SparseUnsupported, match="storageVolDownload"):
+            await vol.download_file(tmp_path / "never.img", sparse=True)
+        assert not (tmp_path / "never.img").exists()
+        assert not list(tmp_path.glob(".never.img.*"))
+
+
+async def test_legacy_client_against_current_virtvold(virtvold: Virtvold, tmp_path: Path) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    async with connect(virtvold.tcp_uri, protocol="legacy") as conn:
+        vol = await _volume(conn, "lc.img")
+        up = await vol.upload_file(source)
+        assert not up.sparse
+        assert not up.fell_back
+        back = tmp_path / "back.img"
+        await vol.download_file(back)
+        assert_same_file(source, back)
