@@ -19,6 +19,7 @@ import json, os, sys, libvirt
 
 uri, pool_name, vol_name, mode, path = sys.argv[1:6]
 offset, length = (int(sys.argv[6]), int(sys.argv[7])) if len(sys.argv) > 7 else (0, 0)
+libvirt.registerErrorHandler(lambda *args: None, None)
 conn = libvirt.open(uri)
 pool = conn.storagePoolLookupByName(pool_name)
 try:
@@ -31,14 +32,20 @@ report = {"holes": 0, "data_frames": 0}
 st = conn.newStream(0)
 SPARSE = libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM
 
-def in_data(stream, cur, fd):
+def in_data(stream, fd):
+    # Like libvirt's virFileInData: look, then put the file position back.
+    cur = os.lseek(fd, 0, os.SEEK_CUR)
     try:
         data = os.lseek(fd, cur, os.SEEK_DATA)
     except OSError:
-        return (0, os.fstat(fd).st_size - cur)
-    if data > cur:
-        return (0, data - cur)
-    return (1, os.lseek(fd, cur, os.SEEK_HOLE) - cur)
+        result = (0, os.fstat(fd).st_size - cur)
+    else:
+        if data > cur:
+            result = (0, data - cur)
+        else:
+            result = (1, os.lseek(fd, cur, os.SEEK_HOLE) - cur)
+    os.lseek(fd, cur, os.SEEK_SET)
+    return result
 
 if mode in ("sparse-upload", "upload"):
     fd = os.open(path, os.O_RDONLY)

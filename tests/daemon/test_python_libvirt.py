@@ -1,0 +1,92 @@
+"""python3-libvirt 9.0 streams against virtvold, over awkward data/hole maps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Virtvold
+from tests.daemon.conftest import (
+    BLOCK,
+    allocated,
+    assert_same_content,
+    make_sparse_file,
+    run_client,
+)
+
+KIB, MIB, TIB = 1 << 10, 1 << 20, 1 << 40
+
+MAPS: dict[str, tuple[int, list[tuple[int, bytes]]]] = {
+    "hole-first": (3 * MIB, [(2 * MIB, os.urandom(5000))]),
+    "data-first": (2 * MIB, [(0, os.urandom(300_000))]),
+    "unaligned-tail": (MIB + 1234, [(0, b"a" * 10), (MIB, os.urandom(1234))]),
+    "one-byte": (1, [(0, b"\x7f")]),
+    "all-hole": (5 * MIB, []),
+    "many-extents": (8 * MIB, [(i * 2 * BLOCK, os.urandom(BLOCK)) for i in range(1024)]),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(MAPS))
+def test_sparse_round_trip(virtvold: Virtvold, tmp_path: Path, shape: str) -> None:
+    size, pieces = MAPS[shape]
+    source = make_sparse_file(tmp_path / "source", size, pieces)
+    run_client(virtvold.tcp_uri, shape, "sparse-upload", source)
+    volume = virtvold.pool_dir / shape
+    assert_same_content(source, volume)
+    assert allocated(volume) <= allocated(source) + 64 * KIB
+    out = tmp_path / "sparse-out"
+    run_client(virtvold.tcp_uri, shape, "sparse-download", out)
+    assert out.read_bytes() == source.read_bytes()
+    assert allocated(out) <= allocated(source) + 64 * KIB
+    stop = tmp_path / "recvflags-out"
+    counters = run_client(virtvold.unix_uri, shape, "recvflags", stop)
+    assert stop.read_bytes() == source.read_bytes()
+    if shape != "one-byte" and shape != "data-first":
+        assert counters["holes"] >= 1
+    plain = tmp_path / "plain-out"
+    run_client(virtvold.unix_uri, shape, "download", plain)
+    assert plain.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("shape", ["hole-first", "unaligned-tail", "many-extents"])
+def test_plain_upload(virtvold: Virtvold, tmp_path: Path, shape: str) -> None:
+    size, pieces = MAPS[shape]
+    source = make_sparse_file(tmp_path / "source", size, pieces)
+    run_client(virtvold.tcp_uri, shape, "upload", source)
+    assert (virtvold.pool_dir / shape).read_bytes() == source.read_bytes()
+
+
+def test_one_tebibyte_volume(virtvold: Virtvold, tmp_path: Path) -> None:
+    data = [(0, os.urandom(3000)), (TIB // 2, os.urandom(4096)), (TIB - 700, os.urandom(700))]
+    source = make_sparse_file(tmp_path / "huge", TIB, data)
+    run_client(virtvold.tcp_uri, "huge", "sparse-upload", source)
+    volume = virtvold.pool_dir / "huge"
+    assert volume.stat().st_size == TIB
+    assert allocated(volume) <= 64 * KIB
+    assert_same_content(source, volume)
+    out = tmp_path / "huge-out"
+    counters = run_client(virtvold.tcp_uri, "huge", "sparse-download", out)
+    assert counters["holes"] == 2
+    assert allocated(out) <= 64 * KIB
+    assert_same_content(source, out)
+
+
+def test_upload_over_other_bytes_leaves_real_holes(virtvold: Virtvold, tmp_path: Path) -> None:
+    size, pieces = MAPS["many-extents"]
+    source = make_sparse_file(tmp_path / "source", size, pieces)
+    volume = virtvold.pool_dir / "dense"
+    run_client(virtvold.tcp_uri, "dense", "sparse-upload", make_sparse_file(tmp_path / "x", 1, []))
+    volume.write_bytes(b"\xee" * (size + MIB))
+    # In place (offset 0, explicit length): skips must punch, not keep the old bytes.
+    run_client(virtvold.tcp_uri, "dense", "sparse-upload", source, 0, size)
+    content = volume.read_bytes()
+    assert content[:size] == source.read_bytes()
+    assert content[size:] == b"\xee" * MIB
+    assert allocated(volume) <= allocated(source) + MIB + 64 * KIB
+    # The whole volume: replaced, ending exactly where the stream ends.
+    volume.write_bytes(b"\xee" * (size + MIB))
+    run_client(virtvold.tcp_uri, "dense", "sparse-upload", source)
+    assert volume.read_bytes() == source.read_bytes()
+    assert allocated(volume) <= allocated(source) + 64 * KIB
