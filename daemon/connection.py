@@ -214,12 +214,13 @@ class ClientConnection(asyncio.BufferedProtocol):
     def stream_count(self) -> int:
         return len(self._streams)
 
-    def close(self, reason: str) -> None:
-        """Close after the queued frames are sent; tells a registered close callback."""
+    def close(self, reason: str, *, notify: bool = True) -> None:
+        """Close after the queued frames are sent; with ``notify``, a registered close
+        callback hears of it (not when the client asked for the close itself)."""
         if self._transport is None or self._transport.is_closing():
             return
         self._close_reason = reason
-        if self.session.close_callback:
+        if notify and self.session.close_callback:
             event = r.ConnectEventConnectionClosedMsg(reason=_CLOSE_REASON_EOF)
             self.send(self.rpc.send_message(Proc.CONNECT_EVENT_CONNECTION_CLOSED, event))
         self._transport.close()
@@ -292,7 +293,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.session.check_allowed(procedure)
             if procedure.number == Proc.CONNECT_CLOSE:
                 self.send(self.rpc.reply(call.serial))
-                self.close("closed by CONNECT_CLOSE")
+                self.close("closed by CONNECT_CLOSE", notify=False)
                 return
             if procedure.stream is not None:
                 await self._open_stream(call)

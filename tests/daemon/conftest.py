@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from tests.conftest import run_system_python
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import (
+    Connection,
+    ErrorReplyReceived,
+    Event,
+    ReplyReceived,
+    Side,
+)
+from virtvol.protocol.procedures import Proc
+from virtvol.protocol.xdr import XdrStruct
 
 BLOCK = 4096
 
@@ -156,3 +168,85 @@ def assert_same_content(expected: Path, actual: Path) -> None:
 def allocated(path: Path) -> int:
     """Bytes the file really uses on disk."""
     return path.stat().st_blocks * 512
+
+
+class RawClient:
+    """A bare libvirt RPC client on the protocol core, for what virsh cannot be made to do."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.rpc = Connection(Side.CLIENT)
+        self.events: list[Event] = []
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+    def send(self, *parts: bytes | memoryview) -> None:
+        for part in parts:
+            self.writer.write(part)
+
+    async def next_event(self, wait: float = 10.0) -> Event | None:
+        """The next event, or None when the daemon closed the connection."""
+        async with asyncio.timeout(wait):
+            while True:
+                event = self.rpc.next_event()
+                if event is not None:
+                    return event
+                data = await self.reader.read(1 << 20)
+                if not data:
+                    return None
+                self.rpc.receive_data(data)
+
+    async def call(self, procedure: int, args: XdrStruct | None = None) -> Event:
+        """Send a call and return its reply (or error reply); other events are kept."""
+        serial, frame = self.rpc.call(procedure, args)
+        self.send(frame)
+        while True:
+            event = await self.next_event()
+            assert event is not None, "connection closed while waiting for a reply"
+            if isinstance(event, ReplyReceived | ErrorReplyReceived) and event.serial == serial:
+                return event
+            self.events.append(event)
+
+    async def open(self, name: str = "storage:///system") -> None:
+        await self.call(Proc.AUTH_LIST)
+        reply = await self.call(Proc.CONNECT_OPEN, r.ConnectOpenArgs(name=name, flags=0))
+        assert isinstance(reply, ReplyReceived), reply
+
+    async def volume(self, name: str, pool: str = "default") -> r.StorageVol:
+        found = await self.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name=pool))
+        assert isinstance(found, ReplyReceived), found
+        assert isinstance(found.result, r.PoolRet)
+        vol = await self.call(
+            Proc.STORAGE_VOL_LOOKUP_BY_NAME,
+            r.VolLookupByNameArgs(pool=found.result.pool, name=name),
+        )
+        assert isinstance(vol, ReplyReceived), vol
+        assert isinstance(vol.result, r.VolRet)
+        return vol.result.vol
+
+
+@contextlib.asynccontextmanager
+async def raw_client(
+    port: int, *, open_name: str | None = "storage:///system"
+) -> AsyncIterator[RawClient]:
+    client = await RawClient.connect(port)
+    try:
+        if open_name is not None:
+            await client.open(open_name)
+        yield client
+    finally:
+        await client.close()
+
+
+def error_of(event: Event) -> tuple[int, int, str | None]:
+    assert isinstance(event, ErrorReplyReceived), event
+    return event.error.code, event.error.domain, event.error.message
