@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.protocol import remote as r
+from virtvol.protocol.constants import AuthType
 from virtvol.protocol.connection import (
     PingReceived,
     ReplyReceived,
@@ -27,7 +28,7 @@ def _result(event: object) -> object:
 
 async def test_handshake_as_libvirtd(virtvold: Virtvold) -> None:
     async with raw_client(virtvold.port, open_name=None) as client:
-        assert _result(await client.call(Proc.AUTH_LIST)) == r.AuthListRet(types=(0,))
+        assert _result(await client.call(Proc.AUTH_LIST)) == r.AuthListRet(types=(AuthType.NONE,))
         feature = Proc.CONNECT_SUPPORTS_FEATURE
         keepalive = await client.call(feature, r.ConnectSupportsFeatureArgs(10))
         assert _result(keepalive) == r.ConnectSupportsFeatureRet(1)
