@@ -10,12 +10,12 @@ from pathlib import Path
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import AuthType
 from virtvol.protocol.connection import (
     PingReceived,
     ReplyReceived,
     StreamFinished,
 )
+from virtvol.protocol.constants import AuthType
 from virtvol.protocol.procedures import Proc
 
 NOT_OPEN = (1, 7, "internal error: hypervisor connection not open")
