@@ -1,0 +1,94 @@
+"""virtvold's command line, config file, restart, SIGHUP reload and SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_virsh, start_virtvold, stop_virtvold
+from tests.daemon.conftest import RawClient
+from virtvol.daemon.config import ConfigError, Overrides, resolve
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import ReplyReceived
+from virtvol.protocol.procedures import Proc
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        'listen = ["tcp://127.0.0.1:1"]\nprotocol = "legacy"\nlog_level = "debug"\n'
+        'state_dir = "/nowhere"\n[pools]\na = "/srv/a"\nb = "/srv/b"\n'
+    )
+    settings = resolve(
+        Overrides(
+            config_file=str(config),
+            listen=("unix:///run/x",),
+            pools=("b=/data/b", "c=/data/c"),
+            protocol="current",
+        )
+    )
+    assert settings.listen == ("unix:///run/x",)
+    assert settings.pools == {"a": "/srv/a", "b": "/data/b", "c": "/data/c"}
+    assert settings.protocol == "current"
+    assert settings.log_level == "debug"
+    assert settings.state_dir == "/nowhere"
+    config.write_text("listn = []\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve(Overrides(config_file=str(config)))
+    with pytest.raises(ConfigError, match="NAME=DIR"):
+        resolve(Overrides(pools=("nodir",)))
+
+
+def test_restart_keeps_pools_and_sighup_adds_new_ones(tmp_path: Path) -> None:
+    base = tmp_path / "d"
+    daemon = start_virtvold(base)
+    run_virsh(daemon.tcp_uri, "vol-create-as", "default", "v", "1M")
+    assert stop_virtvold(daemon) == 0
+    config = tmp_path / "virtvold.toml"
+    config.write_text("")
+    daemon = start_virtvold(base, "--config", str(config))
+    try:
+        assert "v " in run_virsh(daemon.tcp_uri, "vol-list", "default").stdout
+        config.write_text(f'[pools]\nextra = "{tmp_path / "extra"}"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "extra" in run_virsh(daemon.tcp_uri, "pool-list").stdout:
+                break
+        assert " extra     active   yes" in run_virsh(daemon.tcp_uri, "pool-list").stdout
+    finally:
+        assert stop_virtvold(daemon) == 0
+
+
+async def test_sigterm_aborts_a_running_upload(tmp_path: Path) -> None:
+    config = tmp_path / "virtvold.toml"
+    config.write_text("shutdown_timeout = 0.3\n")
+    daemon = start_virtvold(tmp_path / "d", "--config", str(config))
+    try:
+        run_virsh(daemon.tcp_uri, "vol-create-as", "default", "v", "1M")
+        old = os.urandom(1 << 20)
+        (daemon.pool_dir / "v").write_bytes(old)
+        client = await RawClient.connect(daemon.port)
+        await client.open()
+        vol = await client.volume("v")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
+        assert isinstance(await client.call(Proc.STORAGE_VOL_UPLOAD, args), ReplyReceived)
+        serial = max(client.rpc.streams)
+        client.send(*client.rpc.send_data(serial, b"\x02" * 100_000))
+        await client.writer.drain()
+        await asyncio.sleep(0.2)
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(daemon.process.wait, 10) == 0
+        assert await client.next_event() is None
+        await client.close()
+    finally:
+        stop_virtvold(daemon)
+    assert (daemon.pool_dir / "v").read_bytes() == old
+    assert os.listdir(daemon.pool_dir) == ["v"]
+    log = daemon.log_text()
+    assert "upload default/v: dropped" in log
+    assert "stopped" in log
+    assert not (tmp_path / "d" / "virtvold-sock").exists()
