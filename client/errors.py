@@ -56,6 +56,8 @@ class LibvirtError(VirtvolError):
         self.domain = domain
         self.message = message
         self.level = level
+        # For stream errors: "open" (the opening call), "finish", or None (mid-stream).
+        self.stage: str | None = None
 
     def __repr__(self) -> str:
         return (

@@ -39,7 +39,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from virtvol.client.errors import (
     ConnectionClosed,
@@ -123,7 +123,8 @@ class RpcProtocol(asyncio.BufferedProtocol):
     # -- asyncio.BufferedProtocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         uvloop_transport = type(transport).__module__.startswith("uvloop")

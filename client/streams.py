@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
     InvalidArgument,
+    LibvirtError,
     SparseUnsupported,
     TransportError,
     VirtvolError,
@@ -119,6 +120,13 @@ class _StreamBase:
 
     async def open(self) -> None:
         """Make the opening call (``async with`` does this)."""
+        try:
+            await self._open()
+        except LibvirtError as exc:
+            exc.stage = "open"
+            raise
+
+    async def _open(self) -> None:
         if self._opened:
             raise StreamError("the stream is already open")
         self._opened = True
@@ -326,7 +334,11 @@ class Upload(_StreamBase):
             self._rpc.write_frame(self._rpc.core.send_finish(self.serial))
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
-        await self._wait_done()
+        try:
+            await self._wait_done()
+        except LibvirtError as exc:
+            exc.stage = "finish"
+            raise
 
 
 Item = bytes | memoryview | Hole

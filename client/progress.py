@@ -1,0 +1,92 @@
+"""Progress display for file transfers: a rich bar on a terminal, one summary line after."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Self, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from virtvol.client.sizes import format_size
+from virtvol.client.transfer import TransferResult
+
+__all__ = ["TransferProgress", "summary_line"]
+
+
+class TransferProgress:
+    """A progress bar (bytes covered, holes skipped, rate, ETA) drawn on stderr when it is
+    a terminal; does nothing otherwise or when ``enabled`` is False.
+
+    Args:
+        description: the text before the bar.
+        total: the bytes expected (data plus holes), or None if unknown.
+        enabled: False to draw nothing (``--quiet``).
+        stream: where to draw (stderr by default).
+    """
+
+    def __init__(
+        self, description: str, total: int | None, *, enabled: bool, stream: TextIO | None = None
+    ) -> None:
+        out = stream if stream is not None else sys.stderr
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if enabled and out.isatty():
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TextColumn("holes {task.fields[holes]}"),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=out),
+                transient=True,
+            )
+            self._task = self._progress.add_task(description, total=total, holes="0.00 B")
+
+    def __enter__(self) -> Self:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, data_bytes: int, hole_bytes: int) -> None:
+        """The progress callback of ``upload_file``/``download_file``."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, completed=data_bytes + hole_bytes, holes=format_size(hole_bytes)
+            )
+
+
+def summary_line(verb: str, result: TransferResult) -> str:
+    """One line: data bytes, hole bytes, seconds, rate and how the stream went."""
+    seconds = max(result.seconds, 1e-6)
+    rate = format_size(int(result.total_bytes / seconds))
+    if result.sparse:
+        mode = "sparse"
+    elif result.fell_back:
+        mode = "dense (peer has no sparse streams: fell back)"
+    else:
+        mode = "dense"
+    zeros = f", {format_size(result.zero_bytes)} zeros left as holes" if result.zero_bytes else ""
+    return (
+        f"{verb} {format_size(result.data_bytes)} data, {format_size(result.hole_bytes)} holes"
+        f"{zeros} in {result.seconds:.2f} s ({rate}/s), {mode}"
+    )

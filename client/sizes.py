@@ -1,0 +1,65 @@
+"""Sizes as virsh reads and prints them.
+
+Reading (libvirt's scaled integers): a number with an optional suffix, where
+``b``/``byte``/``bytes`` is 1, a bare ``k m g t p e`` (any case) or with ``iB``
+is a power of 1024, and with ``B`` (``KB``, ``MB``...) a power of 1000.
+Printing: two decimals in the largest binary unit that keeps the value at
+least 1 (``0.00 B``, ``9.77 KiB``, ``251.97 GiB``).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["SizeError", "format_size", "parse_size"]
+
+_UNITS = "kmgtpe"
+_PRETTY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+_NUMBER = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+class SizeError(ValueError):
+    """A size that cannot be parsed."""
+
+
+def parse_size(text: str, *, default_scale: int = 1) -> int:
+    """Parse ``text`` such as ``"10G"``, ``"512KiB"``, ``"1MB"`` or ``"4096"`` into bytes.
+
+    Args:
+        text: the size.
+        default_scale: the multiplier when there is no suffix.
+
+    Raises:
+        SizeError: not a non-negative integer with a known suffix.
+    """
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        raise SizeError(f"invalid size '{text}'")
+    value, suffix = int(match.group(1)), match.group(2)
+    if not suffix:
+        return value * default_scale
+    lower = suffix.lower()
+    if lower in ("b", "byte", "bytes"):
+        return value
+    unit = lower[0]
+    if unit not in _UNITS:
+        raise SizeError(f"unknown suffix '{suffix}' in size '{text}'")
+    power = _UNITS.index(unit) + 1
+    rest = suffix[1:]
+    if rest in ("", "ib", "iB", "IB") or rest.lower() == "ib":
+        base = 1024
+    elif rest in ("b", "B"):
+        base = 1000
+    else:
+        raise SizeError(f"unknown suffix '{suffix}' in size '{text}'")
+    return int(value * base**power)
+
+
+def format_size(value: int) -> str:
+    """``value`` bytes as virsh prints capacities: ``"1.00 MiB"``."""
+    scaled = float(value)
+    unit = 0
+    while scaled >= 1024 and unit < len(_PRETTY) - 1:
+        scaled /= 1024
+        unit += 1
+    return f"{scaled:.2f} {_PRETTY[unit]}"

@@ -1,0 +1,195 @@
+"""The ``virtvol`` command against a real libvirtd, compared with real virsh."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.conftest import ReferenceLibvirtd, run_virsh
+
+pytestmark = pytest.mark.interop
+
+
+def virtvol(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the command in a subprocess, as a user would."""
+    env = dict(os.environ, LC_ALL="C")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
+        + ["-c", uri, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, f"virtvol {args}: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def _mask_sizes(text: str) -> str:
+    """Free-space figures move between two runs; mask only them."""
+    return re.sub(r"\d+\.\d\d [KMGT]iB", "<size>", text)
+
+
+def test_listings_match_virsh(reference_libvirtd: ReferenceLibvirtd) -> None:
+    uri = reference_libvirtd.tcp_uri
+    other = reference_libvirtd.state_dir / "otherpool"
+    run_virsh(uri, "pool-define-as", "other", "dir", "--target", str(other))
+    run_virsh(uri, "vol-create-as", "default", "vol1", "1M", "--format", "raw")
+    run_virsh(uri, "vol-create-as", "default", "sp", "10005", "--allocation", "0")
+    for args in (
+        ["pool-list"],
+        ["pool-list", "--all"],
+        ["pool-list", "--inactive"],
+        ["pool-list", "--all", "--details"],
+        ["pool-info", "default"],
+        ["pool-info", "other"],
+        ["pool-info", "default", "--bytes"],
+        ["pool-dumpxml", "other"],
+        ["vol-list", "default"],
+        ["vol-list", "default", "--details"],
+        ["vol-info", "--pool", "default", "vol1"],
+        ["vol-info", "sp", "--pool", "default", "--bytes"],
+        ["vol-info", str(reference_libvirtd.pool_dir / "vol1")],
+        ["vol-path", "--pool", "default", "vol1"],
+        ["vol-key", "--pool", "default", "vol1"],
+    ):
+        ours = virtvol(uri, *args)
+        theirs = run_virsh(uri, *args)
+        assert _mask_sizes(ours.stdout) == _mask_sizes(theirs.stdout), args
+        assert ours.stderr == ""
+
+
+def test_errors_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: Path) -> None:
+    uri = reference_libvirtd.tcp_uri
+    other = reference_libvirtd.state_dir / "otherpool"
+    run_virsh(uri, "pool-define-as", "other", "dir", "--target", str(other))
+    run_virsh(uri, "vol-create-as", "default", "vol1", "1M", "--format", "raw")
+    source = tmp_path / "h.txt"
+    source.write_text("hello")
+    for args in (
+        ["pool-info", "nope"],
+        ["vol-info", "--pool", "default", "nope"],
+        ["vol-info", "nope"],
+        ["vol-create-as", "default", "vol1", "1M", "--format", "raw"],
+        ["vol-create-as", "default", "a/b", "1M", "--format", "raw"],
+        ["pool-define-as", "default", "dir", "--target", str(reference_libvirtd.pool_dir)],
+        ["pool-start", "default"],
+        ["pool-destroy", "other"],
+        ["pool-undefine", "default"],
+        ["vol-resize", "--pool", "default", "vol1", "512K"],
+        ["vol-upload", "--pool", "default", "nope", str(source)],
+        ["vol-upload", "--pool", "nope", "x", str(source)],
+        ["vol-upload", "--pool", "other", "x", str(source)],
+        ["vol-upload", "--pool", "default", "vol1", "/nonexistent"],
+        ["vol-download", "--pool", "default", "vol1", "/nonexistent-dir/x.bin"],
+    ):
+        ours = virtvol(uri, *args, check=False)
+        theirs = run_virsh(uri, *args, check=False)
+        assert ours.returncode == theirs.returncode == 1, args
+        assert ours.stderr == theirs.stderr, args
+
+
+def test_pool_and_volume_lifecycle(reference_libvirtd: ReferenceLibvirtd) -> None:
+    uri = reference_libvirtd.tcp_uri
+    target = reference_libvirtd.state_dir / "p2"
+    target.mkdir()
+    os.chown(target, reference_libvirtd.pool_dir.stat().st_uid, -1)
+    steps = [
+        (["pool-define-as", "p2", "dir", "--target", str(target)], "Pool p2 defined\n\n"),
+        (["pool-start", "p2"], "Pool p2 started\n\n"),
+        (["pool-autostart", "p2"], "Pool p2 marked as autostarted\n\n"),
+        (["pool-autostart", "p2", "--disable"], "Pool p2 unmarked as autostarted\n\n"),
+        (["pool-refresh", "p2"], "Pool p2 refreshed\n\n"),
+        (["vol-create-as", "p2", "v", "1MiB", "--allocation", "0"], "Vol v created\n\n"),
+        (
+            ["vol-resize", "--pool", "p2", "v", "2M"],
+            "Size of volume 'v' successfully changed to 2M\n\n",
+        ),
+        (["vol-clone", "--pool", "p2", "v", "w"], "Vol w cloned from v\n\n"),
+        (["vol-wipe", "--pool", "p2", "w"], "Vol w wiped\n\n"),
+        (["vol-delete", "--pool", "p2", "w"], "Vol w deleted\n\n"),
+        (["pool-destroy", "p2"], "Pool p2 destroyed\n\n"),
+        (["pool-undefine", "p2"], "Pool p2 has been undefined\n\n"),
+    ]
+    for args, expected in steps:
+        assert virtvol(uri, *args).stdout == expected, args
+    assert "<capacity unit='bytes'>2097152</capacity>" in (target / "v").read_text() or (
+        (target / "v").stat().st_size == 2 * MIB
+    )
+    xml = virtvol(uri, "pool-dumpxml", "default").stdout
+    assert "<name>default</name>" in xml
+    assert virtvol(uri, "pool-create-as", "t", "dir", "--target", str(target)).stdout == (
+        "Pool t created\n\n"
+    )
+    assert "t " in run_virsh(uri, "pool-list").stdout
+
+
+@pytest.mark.parametrize("mode", ["--sparse", "--no-sparse", None])
+def test_upload_and_download(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path, mode: str | None
+) -> None:
+    uri = reference_libvirtd.tcp_uri
+    source = tmp_path / "src.img"
+    write_sparse_image(source, 8 * MIB)
+    virtvol(uri, "vol-create-as", "default", "img", "8M", "--allocation", "0")
+    extra = [mode] if mode else []
+    up = virtvol(uri, "vol-upload", "--pool", "default", "img", str(source), *extra)
+    assert up.stdout == "\n"
+    assert re.fullmatch(
+        r"uploaded \S+ \S+ data, \S+ \S+ holes in \d+\.\d\d s \(\S+ \S+/s\), (sparse|dense)\n",
+        up.stderr,
+    ), up.stderr
+    assert ("dense" in up.stderr) is (mode == "--no-sparse")
+    assert_same_file(source, reference_libvirtd.pool_dir / "img")
+    back = tmp_path / "back.img"
+    down = virtvol(uri, "vol-download", "--pool", "default", "img", str(back), *extra)
+    assert down.stdout == "\n"
+    assert down.stderr.startswith("downloaded ")
+    assert_same_file(source, back)
+    assert allocated(back) <= MIB
+    # Quiet: nothing at all on stderr; a range with size suffixes.
+    part = tmp_path / "part.img"
+    quiet = virtvol(
+        uri,
+        "--quiet",
+        "vol-download",
+        "img",
+        str(part),
+        "--pool",
+        "default",
+        "--offset",
+        "1M",
+        "--length",
+        "300KiB",
+    )
+    assert quiet.stderr == ""
+    assert part.read_bytes() == source.read_bytes()[MIB : MIB + 300 * 1024]
+
+
+def test_connection_failure(tmp_path: Path) -> None:
+    proc = virtvol(f"storage+unix:///system?socket={tmp_path}/none", "pool-list", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: failed to connect to the hypervisor\nerror: ")
+
+
+def test_default_uri_from_environment(reference_libvirtd: ReferenceLibvirtd) -> None:
+    env = dict(os.environ, VIRTVOL_DEFAULT_URI=reference_libvirtd.unix_uri)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
+        + ["pool-list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert " default " in proc.stdout
