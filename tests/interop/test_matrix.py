@@ -239,6 +239,8 @@ def test_tshark_sees_the_same_skip_frames(
     finally:
         tshark.terminate()
         tshark.wait(20)
+        assert tshark.stderr is not None
+        tshark.stderr.close()
     fields = subprocess.run(
         [
             "tshark",
