@@ -27,6 +27,7 @@ caller (see ``virtvol.protocol.keepalive``).
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 from virtvol.protocol.constants import (
@@ -54,6 +55,7 @@ from virtvol.protocol.stream import Side, Stream, StreamInput
 from virtvol.protocol.xdr import XdrStruct
 
 _SERIAL_MODULUS = 1 << 32
+_ENDED_STREAMS_KEPT = 64
 
 # ---------------------------------------------------------------------------
 # Events
@@ -213,6 +215,10 @@ class Connection:
         # since libvirt's client matches a reply on program, version and serial.
         self._rejected: dict[int, tuple[int, int]] = {}
         self.streams: dict[int, Stream] = {}
+        # (serial, procedure) of the last streams that ended, whose late frames are dropped.
+        self._ended_streams: collections.OrderedDict[tuple[int, int], None] = (
+            collections.OrderedDict()
+        )
 
     # -- receiving ------------------------------------------------------------
 
@@ -336,12 +342,23 @@ class Connection:
         if stream is None or stream.procedure != header.procedure:
             if self.side is Side.SERVER:
                 return FrameIgnored(header, "stream frame for no open stream")
+            # Late frames for a stream that already ended are dropped, as libvirt's
+            # client does: libvirtd answers a finish that crossed its stream error
+            # with STREAM/OK, and follows a failed sparse download with more frames.
+            if (header.serial, header.procedure) in self._ended_streams:
+                return FrameIgnored(header, "stream frame after the stream ended")
             raise RemoteProtocolError(f"stream frame for no open stream: {header.describe()}")
         what, event = self._classify_stream_frame(frame)
         stream.receive(what)
         if stream.finished:
-            del self.streams[header.serial]
+            self._forget_stream(stream)
         return event
+
+    def _forget_stream(self, stream: Stream) -> None:
+        del self.streams[stream.serial]
+        self._ended_streams[(stream.serial, stream.procedure)] = None
+        if len(self._ended_streams) > _ENDED_STREAMS_KEPT:
+            self._ended_streams.popitem(last=False)
 
     def _classify_stream_frame(self, frame: Frame) -> tuple[StreamInput, Event]:
         header, payload, serial = frame.header, frame.payload, frame.header.serial
@@ -454,7 +471,7 @@ class Connection:
             raise LocalProtocolError(f"no open stream with serial {serial}")
         stream.send(what)
         if stream.finished:
-            del self.streams[serial]
+            self._forget_stream(stream)
         return Header(
             REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, stream.procedure, kind, serial, status
         )
