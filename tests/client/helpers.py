@@ -36,3 +36,8 @@ def assert_same_file(a: Path, b: Path) -> None:
     if da != db:
         first = next(i for i, (x, y) in enumerate(zip(da, db, strict=True)) if x != y)
         raise AssertionError(f"{a} and {b} differ first at byte {first}")
+
+
+def leftovers(folder: Path, name: str) -> list[Path]:
+    """Temporary files a download into ``folder/name`` left behind."""
+    return list(folder.glob(f".{name}.*"))

@@ -15,13 +15,14 @@ from tests.conftest import ReferenceLibvirtd, run_virsh
 
 pytestmark = pytest.mark.interop
 
+_COMMAND = [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
+
 
 def virtvol(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the command in a subprocess, as a user would."""
     env = dict(os.environ, LC_ALL="C")
     proc = subprocess.run(
-        [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
-        + ["-c", uri, *args],
+        [*_COMMAND, "-c", uri, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -184,8 +185,7 @@ def test_connection_failure(tmp_path: Path) -> None:
 def test_default_uri_from_environment(reference_libvirtd: ReferenceLibvirtd) -> None:
     env = dict(os.environ, VIRTVOL_DEFAULT_URI=reference_libvirtd.unix_uri)
     proc = subprocess.run(
-        [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
-        + ["pool-list"],
+        [*_COMMAND, "pool-list"],
         capture_output=True,
         text=True,
         env=env,

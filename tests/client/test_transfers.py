@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import pytest
 
-from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.client.helpers import MIB, allocated, assert_same_file, leftovers, write_sparse_image
 from tests.conftest import ReferenceLibvirtd, run_virsh
 from virtvol.client import (
     Connection,
     Hole,
+    LibvirtError,
     NoSupport,
     SparseUnsupported,
     StorageVolume,
@@ -64,7 +66,7 @@ async def test_upload_file_round_trip(
         # Sparse or dense stream, zero detection leaves a sparse file of the right size.
         assert back.stat().st_size == SIZE
         assert allocated(back) <= 1 * MIB
-        assert not list(tmp_path.glob(".back.img.*"))
+        assert not leftovers(tmp_path, "back.img")
 
 
 async def test_download_without_zero_detection_is_dense(
@@ -124,10 +126,14 @@ async def test_abort_on_exception_and_connection_stays_usable(
 ) -> None:
     async with connect(reference_libvirtd.tcp_uri) as conn:
         vol = await _new_volume(conn, "ab.img")
-        with pytest.raises(RuntimeError, match="stop"):
+
+        async def failing_upload() -> None:
             async with vol.upload() as up:
                 await up.send(b"x" * MIB)
                 raise RuntimeError("stop")
+
+        with pytest.raises(RuntimeError, match="stop"):
+            await failing_upload()
         # Leave a download early: the stream is aborted.
         async with vol.download(sparse=False) as down:
             async for _item in down:
@@ -160,3 +166,22 @@ async def test_sparse_refusal_falls_back_or_fails(
                 await up.skip(MIB - 3)  # zeros on a dense stream
         assert not caplog.records
     assert isinstance(NoSupport, type)
+
+
+async def test_sparse_download_past_the_end_fails_cleanly(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    """libvirtd answers with a stream error, an EOF and a second error; the
+    client reports the first and the connection stays usable."""
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await _new_volume(conn, "short.img", 10005)
+
+        async def read_all() -> None:
+            async for _item in vol.download(offset=20000, sparse=True):
+                pass
+
+        with pytest.raises(LibvirtError):
+            await read_all()
+        await asyncio.sleep(0.2)
+        assert conn.is_alive
+        assert (await vol.info()).capacity == 10005

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.client.helpers import MIB, allocated, assert_same_file, leftovers, write_sparse_image
 from tests.conftest import Virtvold
 from virtvol.client import Connection, SparseUnsupported, StorageVolume, connect
 
@@ -74,7 +74,7 @@ async def test_negotiation_falls_back_against_legacy_virtvold(
         with pytest.raises(SparseUnsupported, match="storageVolDownload"):
             await vol.download_file(tmp_path / "never.img", sparse=True)
         assert not (tmp_path / "never.img").exists()
-        assert not list(tmp_path.glob(".never.img.*"))
+        assert not leftovers(tmp_path, "never.img")
 
 
 async def test_legacy_client_against_current_virtvold(virtvold: Virtvold, tmp_path: Path) -> None:
