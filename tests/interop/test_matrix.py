@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -255,19 +254,18 @@ def test_tshark_sees_the_same_skip_frames(
             "-e",
             "tcp.srcport",
             "-e",
-            "libvirt.procedure",
+            "libvirt.type",
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split("\n")
-    holes = [line.split("\t") for line in fields if line.strip()]
-    # tshark may put several frames of one segment on a line: count procedures.
-    to_daemon = sum(len(procedures.split(",")) for src, procedures in holes if src != str(port))
-    from_daemon = sum(len(procedures.split(",")) for src, procedures in holes if src == str(port))
+    packets = [line.split("\t") for line in fields if line.strip()]
+    # One TCP segment can carry several frames: tshark lists each frame's type.
+    to_daemon = sum(types.split(",").count("6") for src, types in packets if src != str(port))
+    from_daemon = sum(types.split(",").count("6") for src, types in packets if src == str(port))
     assert to_daemon == summaries[0].skips_from_client > 0
     assert from_daemon == summaries[1].skips_from_server > 0
-    assert re.fullmatch(r"[0-9,]+", ",".join(p for _, p in holes))
 
 
 def _wait_for_capture(tshark: subprocess.Popen[str]) -> None:
