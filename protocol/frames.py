@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import struct
+import sys
 from dataclasses import dataclass
 
 from virtvol.protocol.constants import (
@@ -91,6 +92,48 @@ def decode_head(data: Payload) -> tuple[int, Header]:
     return length, Header(program, version, procedure, kind, serial, status)
 
 
+class PayloadBuffers:
+    """Recycles the memory that large payloads are received into.
+
+    A fresh buffer per frame costs an allocation, its zero-fill and the page
+    faults of new memory, frame after frame; reused memory costs nothing.
+    Whoever consumes a payload holds memoryviews of its buffer (the frame's
+    payload, slices of it, a write still pending); every one of them keeps one
+    shared reference to the buffer, so a buffer whose reference count is back
+    to what the pool alone holds is free again. The pool keeps at most
+    ``max_bytes``; beyond that, buffers are plain allocations left to the
+    garbage collector.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self._buffers: collections.deque[bytearray] = collections.deque()
+        self._pooled_bytes = 0
+        self._max_bytes = max_bytes
+        # Calibrate: what a buffer referenced by nothing but the pool counts in take().
+        self._buffers.append(bytearray(1))
+        self._free_refcount = self._refcount_of_first()
+        self._buffers.clear()
+
+    def _refcount_of_first(self) -> int:
+        for buffer in self._buffers:
+            return sys.getrefcount(buffer)
+        return 0
+
+    def take(self, size: int) -> memoryview:
+        """Memory for a payload of ``size`` bytes (not zeroed: the peer fills all of it)."""
+        buffers = self._buffers
+        for _ in range(len(buffers)):
+            buffer = buffers[0]
+            buffers.rotate(-1)
+            if sys.getrefcount(buffer) <= self._free_refcount and len(buffer) >= size:
+                return memoryview(buffer)[:size]
+        buffer = bytearray(size)
+        if self._pooled_bytes + size <= self._max_bytes:
+            buffers.append(buffer)
+            self._pooled_bytes += size
+        return memoryview(buffer)
+
+
 class FrameReader:
     """Turns a byte stream, in chunks of any size, into ``Frame`` objects.
 
@@ -111,6 +154,7 @@ class FrameReader:
         self._big_payload: memoryview | None = None
         self._big_filled = 0
         self._ready: collections.deque[Frame] = collections.deque()
+        self._payload_buffers = PayloadBuffers()
 
     @property
     def buffered(self) -> int:
@@ -193,7 +237,7 @@ class FrameReader:
 
     def _begin_big_frame(self, length: int) -> None:
         _, header = decode_head(self._scratch_view[self._start :])
-        payload = memoryview(bytearray(length - FRAME_OVERHEAD))
+        payload = self._payload_buffers.take(length - FRAME_OVERHEAD)
         already = self._end - self._start - FRAME_OVERHEAD
         payload[:already] = self._scratch_view[self._start + FRAME_OVERHEAD : self._end]
         self._start = self._end = 0
