@@ -4,7 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STATE_DIR ?= $(CURDIR)/.virtvol-state
 
-.PHONY: setup run test lint typecheck unit bench clean
+.PHONY: setup peers run test lint typecheck unit bench clean
+
+# The real libvirt 9.0 peers of the interop tests (Debian packages).
+PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps
+PEER_TOOLS := virsh libvirtd tshark systemd-analyze systemd-socket-activate
 
 # A strict editable install links each module file: reinstall when modules come or go.
 PACKAGE_FILES := $(wildcard protocol/*.py client/*.py daemon/*.py daemon/*/*.py)
@@ -32,7 +36,22 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest
 
-test: lint typecheck unit
+# Install the peers when one is missing (needs root, as the interop tests do).
+peers:
+	@missing=0; \
+	for tool in $(PEER_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	/usr/bin/python3 -c 'import libvirt' 2>/dev/null || missing=1; [ -x /bin/kill ] || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "the tests need root and: apt-get install --no-install-recommends $(PEER_PACKAGES)" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "installing $(PEER_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(PEER_PACKAGES) >/dev/null; \
+	fi
+
+test: peers lint typecheck unit
 
 bench: setup
 	$(BIN)/python -m bench.transfer
