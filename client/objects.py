@@ -17,6 +17,8 @@ from virtvol.client.interfaces import ConnectionLike as Connection
 from virtvol.client.streams import Download, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.protocol import remote as r
+from virtvol.protocol.constants import PoolState as PoolState
+from virtvol.protocol.constants import VolumeType as VolumeType
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
 
@@ -38,27 +40,6 @@ def _expect(result: XdrStruct | None, kind: type[T]) -> T:
     if not isinstance(result, kind):
         raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
     return result
-
-
-class PoolState(enum.IntEnum):
-    """libvirt's ``virStoragePoolState``."""
-
-    INACTIVE = 0
-    BUILDING = 1
-    RUNNING = 2
-    DEGRADED = 3
-    INACCESSIBLE = 4
-
-
-class VolumeType(enum.IntEnum):
-    """libvirt's ``virStorageVolType``."""
-
-    FILE = 0
-    BLOCK = 1
-    DIR = 2
-    NETWORK = 3
-    NETDIR = 4
-    PLOOP = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
-
-class PoolState(enum.IntEnum):
-    """libvirt's ``virStoragePoolState``."""
-
-    INACTIVE = 0
-    BUILDING = 1
-    RUNNING = 2
-    DEGRADED = 3
-    INACCESSIBLE = 4
-
-
-class VolumeType(enum.IntEnum):
-    """libvirt's ``virStorageVolType``; a directory pool only has FILE volumes."""
-
-    FILE = 0
-    BLOCK = 1
-    DIR = 2
-    NETWORK = 3
-    NETDIR = 4
-    PLOOP = 5
+from virtvol.protocol.constants import PoolState as PoolState
+from virtvol.protocol.constants import VolumeType as VolumeType
 
 
 @dataclass(frozen=True, slots=True)
