@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -631,9 +632,25 @@ def _event_loop_runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
+def _show_warnings(*, quiet: bool) -> None:
+    """The library's warnings (a sparse fallback, say) go to stderr as virsh words its own;
+    ``--quiet`` keeps only errors."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowercaseLevelFormatter())
+    logger = logging.getLogger("virtvol")
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
+class _LowercaseLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``virtvol`` command; returns the exit status (0, or 1 on error)."""
     args = _parser().parse_args(argv)
+    _show_warnings(quiet=args.quiet)
     try:
         with _event_loop_runner() as runner:
             output = runner.run(_run(args))
