@@ -11,11 +11,11 @@ so nobody depends on that offset.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 __all__ = [
     "ZERO_CHUNK",
@@ -26,6 +26,7 @@ __all__ = [
     "iter_extents",
     "next_extent",
     "punch_hole",
+    "start_writeback",
 ]
 
 # Reference buffer for zero detection and for writing zeros where a hole cannot
@@ -114,20 +115,23 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
 
-def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
-    name = ctypes.util.find_library("c")
+_CFunction = Callable[[int, int, int, int], int]
+
+
+def _libc_function(name: str, *argtypes: type) -> _CFunction | None:
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        func = libc.fallocate
+        # The C library is already loaded: no library search (ctypes.util runs ldconfig).
+        func = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    func.argtypes = argtypes
     func.restype = ctypes.c_int
-    fallocate: Callable[[int, int, int, int], int] = func
-    return fallocate
+    return cast(_CFunction, func)
 
 
-_fallocate = _load_fallocate()
+_fallocate = _libc_function(
+    "fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong
+)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -147,6 +151,25 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err))
     _write_zeros(fd, offset, min(offset + length, os.fstat(fd).st_size))
+
+
+_SYNC_FILE_RANGE_WRITE = 0x02
+
+
+_sync_file_range = _libc_function(
+    "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
+)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing the dirty pages of ``[offset, offset + length)`` to disk, without waiting.
+
+    A later ``fdatasync`` then only waits for what is still in flight. Best
+    effort: where ``sync_file_range`` is missing or refused, nothing happens
+    and ``fdatasync`` does all the work.
+    """
+    if _sync_file_range is not None and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _write_zeros(fd: int, offset: int, end: int) -> None:

@@ -8,8 +8,9 @@ extend). When more than ``QUEUE_HIGH`` bytes wait for the disk the connection
 stops reading the socket, and reads again below ``QUEUE_LOW``: TCP pushes back
 on a client faster than the disk, and memory stays bounded. The client's
 finish commits the writer (for a whole-volume upload: fdatasync, then the
-atomic rename) and is acknowledged; an abort, an error or a lost connection
-aborts it, leaving the old content. A write error is reported at once as
+atomic rename) and is acknowledged, and only then is the replaced content let
+go (slow for a big volume, and nothing the client waits for); an abort, an
+error or a lost connection aborts it, leaving the old content. A write error is reported at once as
 STREAM/ERROR; the core then forgets the stream, so later frames are dropped.
 """
 
@@ -114,6 +115,8 @@ class Upload:
                 await self._in_thread(self._writer.abort)
             outcome = self._end.value
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
+            # After the acknowledgement: the client need not wait for this.
+            await self._in_thread(self._writer.release_replaced)
         except ErrorReport as report:
             outcome = f"failed: {report.message}"
             self._fail(report)

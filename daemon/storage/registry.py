@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, check_flags
@@ -601,10 +601,11 @@ class StorageRegistry:
                 temp, fd = None, volumes.open(volume.name, os.O_WRONLY)
             pool.busy[volume.name] = Busy.UPLOADING
 
-        def finish(success: bool) -> None:
+        def finish(success: bool) -> Callable[[], None] | None:
             try:
                 if temp is not None:
-                    _settle_upload_temp(volumes, temp, volume.name, success)
+                    return _settle_upload_temp(volumes, temp, volume.name, success)
+                return None
             finally:
                 with self._lock:
                     pool.busy.pop(volume.name, None)
@@ -627,13 +628,18 @@ def _check_flags(flags: int, supported: int, function: str) -> None:
     check_flags(flags, int(supported), function, STORAGE)
 
 
-def _settle_upload_temp(volumes: VolumeDir, temp: str, name: str, success: bool) -> None:
-    """Put a finished whole-volume upload in place, or throw it away."""
+def _settle_upload_temp(
+    volumes: VolumeDir, temp: str, name: str, success: bool
+) -> Callable[[], None] | None:
+    """Put a finished whole-volume upload in place, or throw it away.
+
+    On success, returns what frees the replaced content (see ``VolumeDir.replace``).
+    """
     if not success:
         volumes.remove_temp(temp)
-        return
+        return None
     try:
-        volumes.replace(temp, name)
+        return volumes.replace(temp, name)
     except OSError as exc:
         volumes.remove_temp(temp)
         raise storage_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -189,6 +190,41 @@ def test_upload_fsyncs_when_asked(setup: PoolSetup, monkeypatch: pytest.MonkeyPa
     assert len(synced) == 1
     registry.open_upload(volume, 1, 0).commit()  # in-place uploads are not synced
     assert len(synced) == 1
+    registry.close()
+
+
+def open_files() -> set[str]:
+    targets = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the descriptor listdir used
+            targets.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return targets
+
+
+def test_synced_upload_starts_writeback_and_releases_old_content_late(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from virtvol.daemon import sparsefile
+    from virtvol.daemon.storage import StorageRegistry, transfer
+
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(transfer, "WRITEBACK_STEP", 4096)
+    monkeypatch.setattr(sparsefile, "start_writeback", lambda fd, at, n: started.append((at, n)))
+    registry = StorageRegistry(setup.state_dir)
+    registry.load()
+    volume = setup.file("v", b"old")
+    old_inode = os.stat(setup.pool_dir / "v").st_ino
+    writer = registry.open_upload(volume, 0, 0)
+    writer.write(b"\x01" * 10000)
+    assert started == [(0, 10000)]
+    writer.commit()
+    assert (setup.pool_dir / "v").read_bytes() == b"\x01" * 10000
+    # The replaced file is still referenced until release_replaced (then abort: a no-op).
+    assert str(setup.pool_dir / "v (deleted)") in open_files()
+    writer.release_replaced()
+    writer.abort()
+    assert old_inode != os.stat(setup.pool_dir / "v").st_ino
+    assert str(setup.pool_dir / "v (deleted)") not in open_files()
     registry.close()
 
 
