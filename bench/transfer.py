@@ -13,6 +13,7 @@ memory of client and daemon, which must not grow with the image.
 from __future__ import annotations
 
 import argparse
+import compileall
 import filecmp
 import os
 from collections.abc import Callable
@@ -40,6 +41,20 @@ def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     suffix = text[-1].upper()
     return int(text[:-1]) * units[suffix] if suffix in units else int(text)
+
+
+def compile_bytecode() -> None:
+    """Compile virtvol's modules, as installing a wheel does.
+
+    Each ``virtvol`` run is a new process; without cached bytecode (an
+    editable install run with PYTHONDONTWRITEBYTECODE=1, as in CI) it compiles
+    every module it imports first: 0.03 s more per run here, which is not what
+    an installed client costs.
+    """
+    import virtvol
+
+    for path in virtvol.__path__:
+        compileall.compile_dir(path, quiet=1)
 
 
 def make_image(path: Path, size: int) -> int:
@@ -137,6 +152,7 @@ def main() -> None:
     parser.add_argument("--memory-sizes", default="256M,2G")
     options = parser.parse_args()
     size = parse_size(options.size)
+    compile_bytecode()
     workdir = traversable_tempdir("virtvol-bench-")
     image = workdir / "image.raw"
     data = make_image(image, size)
