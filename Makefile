@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STATE_DIR ?= $(CURDIR)/.virtvol-state
+# TCP port of `make run` (make run PORT=16510 when 16509 is taken).
+PORT ?= 16509
 
 .PHONY: setup peers run test lint typecheck unit bench clean
 
@@ -24,7 +26,7 @@ setup: $(BIN)/virtvold
 # A directory pool "default" under a local state dir, loopback TCP and a Unix socket.
 run: setup
 	$(BIN)/virtvold --state-dir $(STATE_DIR) --pool default=$(STATE_DIR)/pools/default \
-		--listen tcp://127.0.0.1:16509 --listen unix://$(STATE_DIR)/virtvold-sock
+		--listen tcp://127.0.0.1:$(PORT) --listen unix://$(STATE_DIR)/virtvold-sock
 
 lint: setup
 	$(BIN)/ruff format --check .
