@@ -214,6 +214,8 @@ class Connection:
         # Server: (program, version) of rejected calls; the error reply must carry them,
         # since libvirt's client matches a reply on program, version and serial.
         self._rejected: dict[int, tuple[int, int]] = {}
+        # Client: the program of each pending call, which its reply must carry.
+        self._call_programs: dict[int, int] = {}
         self.streams: dict[int, Stream] = {}
         # (serial, procedure) of the last streams that ended, whose late frames are dropped.
         self._ended_streams: collections.OrderedDict[tuple[int, int], None] = (
@@ -278,6 +280,8 @@ class Connection:
         return FrameIgnored(header, "unexpected keepalive frame")
 
     def _reject(self, header: Header, error: RemoteError) -> CallRejected:
+        if header.serial in self._pending:
+            raise RemoteProtocolError(f"serial {header.serial} is already in use")
         self._pending[header.serial] = header.procedure
         self._rejected[header.serial] = (header.program, header.version)
         return CallRejected(header.serial, header.procedure, error)
@@ -319,7 +323,8 @@ class Connection:
     def _handle_reply(self, frame: Frame) -> Event:
         header = frame.header
         procedure = self._pending.pop(header.serial, None)
-        if procedure is None or procedure != header.procedure:
+        program = self._call_programs.pop(header.serial, None)
+        if procedure is None or procedure != header.procedure or program != header.program:
             raise RemoteProtocolError(f"reply to no pending call: {header.describe()}")
         stream = self.streams.get(header.serial)
         if header.status == MessageStatus.OK:
@@ -405,6 +410,7 @@ class Connection:
         self._next_serial = (serial + 1) % _SERIAL_MODULUS
         payload = args.encode() if args is not None else b""
         self._pending[serial] = procedure
+        self._call_programs[serial] = program
         spec = PROCEDURES.get(procedure) if program == REMOTE_PROGRAM else None
         if spec is not None and spec.stream is not None:
             sparse = bool(getattr(args, "flags", 0) & 1)
@@ -418,6 +424,7 @@ class Connection:
         """Client: stop waiting for a call's reply (its waiter gave up); a late reply is
         then a protocol error, so use this only when the connection is being dropped."""
         self._pending.pop(serial, None)
+        self._call_programs.pop(serial, None)
         self.streams.pop(serial, None)
 
     def reply(self, serial: int, result: XdrStruct | None = None) -> bytes:

@@ -197,7 +197,10 @@ class String(Codec):
     maximum: int
 
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
-        raw = value.encode("utf-8", "surrogateescape")
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as error:
+            raise XdrError("", f"string cannot be encoded: {error.reason}") from None
         if len(raw) > self.maximum:
             raise XdrError("", f"string of {len(raw)} bytes exceeds the maximum {self.maximum}")
         packer.pack_string(raw)

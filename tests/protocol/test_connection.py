@@ -655,6 +655,14 @@ def test_reply_with_the_wrong_procedure() -> None:
         pair.to_client(stray)
 
 
+def test_reply_from_another_program() -> None:
+    pair = Pair()
+    serial, _ = pair.client.call(Proc.CONNECT_CLOSE)
+    header = Header(QEMU_PROGRAM, 1, Proc.CONNECT_CLOSE, MessageType.REPLY, serial, 0)
+    with pytest.raises(RemoteProtocolError, match="no pending call"):
+        pair.to_client(encode_frame(header))
+
+
 def test_second_reply_to_the_same_call() -> None:
     pair = Pair()
     serial, call = pair.client.call(Proc.CONNECT_CLOSE)
@@ -771,6 +779,16 @@ def test_duplicate_serial_from_the_client() -> None:
     pair.to_server(call)
     with pytest.raises(RemoteProtocolError):
         pair.to_server(call)
+
+
+def test_duplicate_serial_of_a_rejected_call() -> None:
+    """A call that will be rejected may not reuse the serial of a call still pending."""
+    pair = Pair()
+    serial, call = pair.client.call(Proc.CONNECT_CLOSE)
+    pair.to_server(call)
+    clash = Header(QEMU_PROGRAM, 1, 1, MessageType.CALL, serial, MessageStatus.OK)
+    with pytest.raises(RemoteProtocolError, match="already in use"):
+        pair.to_server(encode_frame(clash))
 
 
 def test_forget_call() -> None:

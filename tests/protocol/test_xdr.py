@@ -198,3 +198,9 @@ def test_string_longer_than_its_maximum_is_not_encoded() -> None:
         encode_value(String(4), "abcde")
     with pytest.raises(XdrError, match=r"RemoteError\.message"):
         remote.RemoteError(1, 2, "x" * (4194304 + 1)).encode()
+
+
+def test_unencodable_string_is_an_xdr_error() -> None:
+    """A lone surrogate cannot become UTF-8 bytes: the codec says so in its own terms."""
+    with pytest.raises(XdrError, match=r"LookupByNameArgs\.name"):
+        remote.LookupByNameArgs(name="\ud800").encode()
