@@ -9,6 +9,8 @@ The config file holds the same settings as the command line::
     keepalive_interval = 5        # seconds; libvirtd's defaults
     keepalive_count = 5
     shutdown_timeout = 30         # seconds running streams get on SIGTERM
+    sync_uploads = true           # flush a whole-volume upload to disk before it replaces
+                                  # the volume (false: survives daemon crashes, not power cuts)
 
     [pools]
     default = "/var/lib/virtvol/pools/default"
@@ -67,6 +69,7 @@ class Settings:
     keepalive_interval: float = 5.0
     keepalive_count: int = 5
     shutdown_timeout: float = 30.0
+    sync_uploads: bool = True
     config_file: str | None = None
 
     @property
@@ -132,6 +135,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         "keepalive_interval",
         "keepalive_count",
         "shutdown_timeout",
+        "sync_uploads",
     }
     unknown = sorted(set(table) - known)
     if unknown:
@@ -147,6 +151,9 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
     state_dir = table.get("state_dir", "")
     if not isinstance(state_dir, str):
         raise ConfigError(f"{source}: state_dir must be a string")
+    sync_uploads = table.get("sync_uploads", True)
+    if not isinstance(sync_uploads, bool):
+        raise ConfigError(f"{source}: sync_uploads must be true or false")
     count = _number(table, "keepalive_count", 5, minimum=0)
     if count != int(count):
         raise ConfigError(f"{source}: keepalive_count must be an integer")
@@ -159,6 +166,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         keepalive_interval=_number(table, "keepalive_interval", 5.0, minimum=0.001),
         keepalive_count=int(count),
         shutdown_timeout=_number(table, "shutdown_timeout", 30.0, minimum=0),
+        sync_uploads=sync_uploads,
         config_file=source,
     )
 

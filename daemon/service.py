@@ -41,7 +41,9 @@ class Daemon:
         self._servers: list[asyncio.Server] = []
         self._bound: list[BoundSocket] = []
         self._stop = asyncio.Event()
-        self._registry = StorageRegistry(settings.effective_state_dir())
+        self._registry = StorageRegistry(
+            settings.effective_state_dir(), sync_uploads=settings.sync_uploads
+        )
         self.context = DaemonContext(
             registry=self._registry,
             legacy=settings.legacy,
@@ -79,7 +81,10 @@ class Daemon:
         if activated is not None:
             if self.settings.listen:
                 activated.close()
-                raise StartupError("--listen cannot be combined with systemd socket activation")
+                raise StartupError(
+                    "listen addresses (--listen or the config file's listen) cannot be"
+                    " combined with systemd socket activation"
+                )
             return from_activation(activated)
         try:
             return bind_all(self.settings.effective_listen())

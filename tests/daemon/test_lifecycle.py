@@ -43,6 +43,16 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
         resolve(Overrides(pools=("nodir",)))
 
 
+def test_sync_uploads_setting(tmp_path: Path) -> None:
+    config = tmp_path / "virtvold.toml"
+    assert resolve(Overrides()).sync_uploads is True
+    config.write_text("sync_uploads = false\n")
+    assert resolve(Overrides(config_file=str(config))).sync_uploads is False
+    config.write_text('sync_uploads = "no"\n')
+    with pytest.raises(ConfigError, match="sync_uploads must be true or false"):
+        resolve(Overrides(config_file=str(config)))
+
+
 def test_restart_keeps_pools_and_sighup_adds_new_ones(tmp_path: Path) -> None:
     base = tmp_path / "d"
     daemon = start_virtvold(base)

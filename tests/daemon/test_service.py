@@ -307,7 +307,8 @@ def test_virsh_through_each_activated_socket(base: Path) -> None:
         (
             ["--fdname=virtvold.socket:virtvold-ro.socket"],
             ["--listen", "tcp://127.0.0.1:1"],
-            "--listen cannot be combined with systemd socket activation",
+            "listen addresses (--listen or the config file's listen) cannot be combined"
+            " with systemd socket activation",
         ),
     ],
     ids=["unclaimed", "unnamed", "with-listen"],
