@@ -24,7 +24,7 @@ MAPS: dict[str, tuple[int, list[tuple[int, bytes]]]] = {
     "unaligned-tail": (MIB + 1234, [(0, b"a" * 10), (MIB, os.urandom(1234))]),
     "one-byte": (1, [(0, b"\x7f")]),
     "all-hole": (5 * MIB, []),
-    "many-extents": (8 * MIB, [(i * 2 * BLOCK, os.urandom(BLOCK)) for i in range(1024)]),
+    "many-extents": (24 * MIB, [(i * 2 * BLOCK, os.urandom(BLOCK)) for i in range(3000)]),
 }
 
 
