@@ -1,0 +1,79 @@
+"""On a terminal, ``virtvol vol-upload``/``vol-download`` draw a progress bar, then the summary."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client.helpers import MIB, write_sparse_image
+from tests.conftest import Virtvold, run_virsh
+
+pytestmark = pytest.mark.interop
+
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+_VIRTVOL = [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
+
+
+def run_on_terminal(*args: str) -> tuple[int, str]:
+    """Run ``virtvol ARGS`` with a pseudo-terminal as stdout and stderr; all it drew, as text."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [*_VIRTVOL, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        env=dict(os.environ, LC_ALL="C.UTF-8", COLUMNS="120", TERM="xterm"),
+    )
+    os.close(terminal)
+    drawn = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    code = process.wait(60)
+    return code, _ANSI.sub(b"", bytes(drawn)).decode(errors="replace")
+
+
+@pytest.mark.parametrize("verb", ["vol-upload", "vol-download"])
+def test_progress_bar_then_summary(virtvold: Virtvold, tmp_path: Path, verb: str) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, 64 * MIB)
+    run_virsh(virtvold.tcp_uri, "vol-create-as", "default", "img", "64M", "--allocation", "0")
+    if verb == "vol-download":
+        run_virsh(virtvold.tcp_uri, "vol-upload", "--pool", "default", "img", str(source))
+    local = source if verb == "vol-upload" else tmp_path / "copy.img"
+    code, drawn = run_on_terminal(
+        "-c", virtvold.tcp_uri, verb, "img", str(local), "--pool", "default"
+    )
+    assert code == 0, drawn
+    direction = "upload" if verb == "vol-upload" else "download"
+    # The bar: its description, the bytes covered and the holes skipped.
+    assert f"{direction} img" in drawn
+    assert "holes " in drawn
+    assert re.search(r"\d+(\.\d+)?/64\.0 MiB", drawn), drawn
+    # Then one summary line.
+    assert re.search(rf"{direction}ed \S+ \S+ data, \S+ \S+ holes.* s \(.+/s\), sparse", drawn), (
+        drawn
+    )
+
+
+def test_quiet_draws_nothing(virtvold: Virtvold, tmp_path: Path) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, 8 * MIB)
+    run_virsh(virtvold.tcp_uri, "vol-create-as", "default", "img", "8M", "--allocation", "0")
+    code, drawn = run_on_terminal(
+        "-c", virtvold.tcp_uri, "--quiet", "vol-upload", "img", str(source), "--pool", "default"
+    )
+    assert code == 0
+    assert drawn.strip() == ""
