@@ -16,6 +16,15 @@ with ``detect_zeroes``); holes only move the offset. The output is a fresh
 temporary file next to the destination, so every region never written is a
 hole; it is truncated to the final size and renamed over the destination only
 when the stream finished cleanly. A failed download leaves no file behind.
+Each batch goes out in one ``pwritev`` per run of data (zero blocks found
+with one memcmp each), so the writer makes few system calls and seldom
+competes with the event loop for the GIL. The written file is left in the
+page cache, unlike the daemon's streamed volumes: a recycled window (writeback
+every 32 MiB, the step before waited for and dropped) writes 1 GiB in
+0.55-0.66 s instead of 2.6 s when fresh memory must come from the host, but
+its disk writes compete with a local daemon's disk reads and measured slower
+end to end (bench, download from virtvold 2.24 s against 1.73 s, from
+libvirtd 1.30 s against 1.09 s).
 """
 
 from __future__ import annotations
@@ -24,13 +33,11 @@ import asyncio
 import contextlib
 import os
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, Upload
@@ -54,6 +61,9 @@ UPLOAD_BUFFERS = 8
 # Download: bytes batched into one writer call, and batches in flight.
 WRITE_BATCH = 4 * 1024 * 1024
 WRITES_IN_FLIGHT = 4
+# Download: the most pieces one pwritev takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
+_ZERO_BLOCK_BYTES = bytes(ZERO_BLOCK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,35 +313,62 @@ async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None
 # -- download -------------------------------------------------------------------------
 
 
-def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
-    while view:
-        count = os.pwrite(fd, view, pos)
-        view = view[count:]
-        pos += count
+def _pwritev_all(fd: int, views: list[memoryview], pos: int) -> None:
+    """Write ``views`` back to back from ``pos`` with as few ``pwritev`` calls as it takes."""
+    while views:
+        chunk = views[:_IOV_MAX]
+        views = views[_IOV_MAX:]
+        total = sum(len(v) for v in chunk)
+        written = os.pwritev(fd, chunk, pos)
+        while written < total:  # rare: a short write; go on after what was written
+            pos += written
+            total -= written
+            while written >= len(chunk[0]):
+                written -= len(chunk.pop(0))
+            chunk[0] = chunk[0][written:]
+            written = os.pwritev(fd, chunk, pos)
+        pos += total
 
 
 def _write_batch(fd: int, views: list[memoryview], pos: int, detect_zeroes: bool) -> int:
-    """Write contiguous views from ``pos``; returns the zero bytes skipped."""
-    skipped = 0
+    """Write contiguous views from ``pos``; returns the zero bytes skipped.
+
+    Runs of data go out in one ``pwritev`` each (one for the whole batch when
+    it holds no zero block), so the thread makes few system calls and takes
+    the GIL back rarely; zero blocks are left as holes.
+    """
     if not detect_zeroes:
-        total = sum(len(v) for v in views)
-        written = os.pwritev(fd, views, pos)
-        if written < total:  # rare: finish piece by piece
-            for view in views:
-                if written >= len(view):
-                    written -= len(view)
-                else:
-                    _pwrite_all(fd, view[written:], pos + written)
-                    written = 0
-                pos += len(view)
+        _pwritev_all(fd, views, pos)
         return 0
+    return _write_skipping_zeroes(fd, views, pos)
+
+
+def _write_skipping_zeroes(fd: int, views: list[memoryview], pos: int) -> int:
+    skipped = 0
+    run: list[memoryview] = []  # data pieces contiguous in the file from run_start
+    run_start = pos
+    zero_block = _ZERO_BLOCK_BYTES
     for view in views:
-        for data, start, stop in zero_runs(view):
-            if data:
-                _pwrite_all(fd, view[start:stop], pos + start)
-            else:
-                skipped += stop - start
-        pos += len(view)
+        size = len(view)
+        data_from = 0  # start of the current data piece inside view
+        for start in range(0, size, ZERO_BLOCK):
+            block = view[start : start + ZERO_BLOCK]
+            if not zero_block.startswith(block):
+                continue
+            # A zero block: write what came before it, leave it as a hole.
+            if start > data_from:
+                run.append(view[data_from:start])
+            if run:
+                _pwritev_all(fd, run, run_start)
+                run = []
+            skipped += len(block)
+            data_from = start + len(block)
+            run_start = pos + data_from
+        if data_from < size:
+            run.append(view[data_from:] if data_from else view)
+        pos += size
+    if run:
+        _pwritev_all(fd, run, run_start)
     return skipped
 
 
@@ -370,13 +407,15 @@ async def download_file(
     """
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    target = Path(path)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    target = os.fspath(path)
+    head, name = os.path.split(target)
+    temp = os.path.join(head, f".{name}.{os.urandom(4).hex()}.part")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="virtvol-write")
     in_flight: set[asyncio.Future[int]] = set()
     slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
     zero_bytes = 0
+    write_errors: list[BaseException] = []
     try:
 
         async def submit(views: list[memoryview], pos: int) -> None:
@@ -388,15 +427,15 @@ async def download_file(
                 nonlocal zero_bytes
                 in_flight.discard(f)
                 slots.release()
-                if not f.cancelled() and f.exception() is None:
+                if f.cancelled():
+                    return
+                error = f.exception()
+                if error is None:
                     zero_bytes += f.result()
+                else:
+                    write_errors.append(error)
 
             future.add_done_callback(done)
-
-        async def check_writes() -> None:
-            for f in list(in_flight):
-                if f.done() and f.exception() is not None:
-                    await f
 
         pos = 0
         batch: list[memoryview] = []
@@ -418,13 +457,16 @@ async def download_file(
                     if batch_size >= WRITE_BATCH:
                         await submit(batch, batch_start)
                         batch, batch_size = [], 0
-                await check_writes()
+                if write_errors:
+                    raise write_errors[0]
                 if progress is not None:
                     progress(stream.data_bytes, stream.hole_bytes)
             if batch:
                 await submit(batch, batch_start)
             if in_flight:
                 await asyncio.gather(*in_flight)
+            if write_errors:
+                raise write_errors[0]
         await loop.run_in_executor(executor, os.ftruncate, fd, pos)
         os.close(fd)
         fd = -1
