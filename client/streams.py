@@ -160,7 +160,9 @@ class _StreamBase:
     # -- sink ---------------------------------------------------------------------------
 
     def stream_event(self, event: StreamEvent) -> None:
-        if isinstance(event, StreamFinished):
+        if type(event) is StreamDataReceived:  # the common case
+            self._stream_data(event)
+        elif isinstance(event, StreamFinished):
             self._set_done()
         elif isinstance(event, StreamFailed):
             self._error = error_from_remote(event.error)

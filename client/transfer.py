@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, Upload
-from virtvol.daemon.sparsefile import is_zero, iter_extents
+from virtvol.daemon.sparsefile import iter_extents
 
 if TYPE_CHECKING:
     from virtvol.client.interfaces import VolumeLike as StorageVolume
@@ -98,15 +98,22 @@ def zero_runs(view: memoryview, block: int = ZERO_BLOCK) -> list[tuple[bool, int
     Returns:
         ``(is_data, start, stop)`` tuples covering ``view`` in order.
     """
+    # One memcmp per block against a zero block (it stops at the first
+    # non-zero byte), and no Python work per block beyond the comparison.
+    zero = _ZERO_BLOCK_BYTES if block == ZERO_BLOCK else bytes(block)
+    view = memoryview(view).cast("B")
     runs: list[tuple[bool, int, int]] = []
     size = len(view)
+    run_data = None
+    run_start = 0
     for start in range(0, size, block):
-        stop = min(start + block, size)
-        data = not is_zero(view[start:stop])
-        if runs and runs[-1][0] == data:
-            runs[-1] = (data, runs[-1][1], stop)
-        else:
-            runs.append((data, start, stop))
+        data = not zero.startswith(view[start : start + block])
+        if data is not run_data:
+            if run_data is not None:
+                runs.append((run_data, run_start, start))
+            run_data, run_start = data, start
+    if run_data is not None:
+        runs.append((run_data, run_start, size))
     return runs
 
 
