@@ -438,26 +438,7 @@ async def vol_upload(conn: Connection, args: argparse.Namespace) -> str:
     except OSError as exc:
         raise CommandError(f"cannot read {args.file}") from exc
     total = min(size, args.length) if args.length else size
-    with TransferProgress(f"upload {vol.name}", total, enabled=not args.quiet) as bar:
-        try:
-            result = await vol.upload_file(
-                args.file,
-                offset=args.offset,
-                length=args.length,
-                sparse=_sparse_choice(args),
-                progress=bar.update,
-            )
-        except LibvirtError as exc:
-            _stream_failure("upload to", vol, exc)
-        except SparseUnsupported as exc:
-            _fail(f"cannot upload to volume {vol.name}", exc)
-        except OSError as exc:
-            if isinstance(exc, TransportError):
-                raise
-            raise CommandError(f"cannot read {args.file}", str(exc)) from exc
-    if not args.quiet:
-        sys.stderr.write(summary_line("uploaded", result) + "\n")
-    return ""
+    return await _transfer(vol, args, upload=True, total=total)
 
 
 def _check_destination(path: str) -> None:
@@ -476,9 +457,20 @@ async def vol_download(conn: Connection, args: argparse.Namespace) -> str:
             total = min(total, args.length)
     except LibvirtError:
         total = None
-    with TransferProgress(f"download {vol.name}", total, enabled=not args.quiet) as bar:
+    return await _transfer(vol, args, upload=False, total=total)
+
+
+async def _transfer(
+    vol: StorageVolume, args: argparse.Namespace, *, upload: bool, total: int | None
+) -> str:
+    """Move the file with a progress bar, map failures to virsh's messages, print the summary."""
+    verb, way, file_action = (
+        ("upload", "upload to", "read") if upload else ("download", "download from", "create")
+    )
+    move = vol.upload_file if upload else vol.download_file
+    with TransferProgress(f"{verb} {vol.name}", total, enabled=not args.quiet) as bar:
         try:
-            result = await vol.download_file(
+            result = await move(
                 args.file,
                 offset=args.offset,
                 length=args.length,
@@ -486,15 +478,15 @@ async def vol_download(conn: Connection, args: argparse.Namespace) -> str:
                 progress=bar.update,
             )
         except LibvirtError as exc:
-            _stream_failure("download from", vol, exc)
+            _stream_failure(way, vol, exc)
         except SparseUnsupported as exc:
-            _fail(f"cannot download from volume {vol.name}", exc)
+            _fail(f"cannot {way} volume {vol.name}", exc)
         except OSError as exc:
             if isinstance(exc, TransportError):
                 raise
-            raise CommandError(f"cannot create {args.file}", str(exc)) from exc
+            raise CommandError(f"cannot {file_action} {args.file}", str(exc)) from exc
     if not args.quiet:
-        sys.stderr.write(summary_line("downloaded", result) + "\n")
+        sys.stderr.write(summary_line(f"{verb}ed", result) + "\n")
     return ""
 
 
