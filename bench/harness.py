@@ -16,13 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools import libvirtd_peer
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-
-
-def shared_dir() -> Path:
-    sibling = REPO.parent / "shared"
-    return sibling if sibling.is_dir() else Path(os.environ.get("VIRTVOL_SHARED_DIR", sibling))
 
 
 def free_port() -> int:
@@ -119,24 +116,16 @@ class Daemon:
 def start_libvirtd() -> Daemon:
     workdir = traversable_tempdir("virtvol-bench-libvirtd-")
     port = free_port()
-    script = shared_dir() / "tools" / "reference-libvirtd"
-    out = subprocess.run(
-        [str(script), str(workdir / "state"), str(port)],
-        capture_output=True,
-        text=True,
-        check=True,
-        stdin=subprocess.DEVNULL,
-    ).stdout
-    fields = dict(item.split("=", 1) for item in out.strip().splitlines()[-1].split())
+    peer = libvirtd_peer.start(workdir / "state", port)
     pool_dir = workdir / "state" / "pool"
-    uri = fields["tcp"]
+    uri = peer.tcp_uri
     subprocess.run(
         ["virsh", "-q", "-c", uri, f"pool-define-as bench dir --target {pool_dir}"],
         check=True,
         capture_output=True,
     )
     subprocess.run(["virsh", "-q", "-c", uri, "pool-start bench"], check=True, capture_output=True)
-    return Daemon("libvirtd 9.0", int(fields["pid"]), uri, "bench", pool_dir, workdir)
+    return Daemon("libvirtd 9.0", peer.pid, uri, "bench", pool_dir, workdir)
 
 
 def start_virtvold() -> Daemon:

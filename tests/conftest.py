@@ -7,15 +7,15 @@ API (keep it small; everything here is importable from ``conftest`` too):
 
 ``reference_libvirtd`` (fixture, function scope) -> ``ReferenceLibvirtd``
     A fresh real libvirtd (Debian's 9.0, storage driver only, running as
-    ``nobody``) from ``shared/tools/reference-libvirtd``, with all its state in a
+    ``nobody``) started by ``tools/libvirtd_peer.py``, with all its state in a
     new world-traversable folder under /tmp. A persistent dir pool
     ``pool_name`` ("default") at ``pool_dir`` is defined and started. Fields:
     ``tcp_uri`` (``storage+tcp://127.0.0.1:PORT/session``), ``unix_uri``,
     ``pool_name``, ``pool_dir``, ``pid``, ``port``, ``state_dir``. The daemon is
     killed and the folder removed afterwards. Files in ``pool_dir`` are created
     by libvirtd as ``nobody`` (mode 0600); tests running as root can read them.
-    Start-up takes well under a second. If libvirtd or the script is missing,
-    the fixture fails (it never skips).
+    Start-up takes well under a second. If libvirtd or its storage driver is
+    missing, the fixture fails (it never skips).
 
 ``run_virsh(uri, *args, check=True) -> CompletedProcess[str]``
     Runs ``virsh -c URI ARGS...`` (C locale, captured text output). With
@@ -25,8 +25,6 @@ API (keep it small; everything here is importable from ``conftest`` too):
     Runs a python3-libvirt snippet with /usr/bin/python3 (the only interpreter
     that has the ``libvirt`` module); ``args`` become ``sys.argv[1:]``.
 
-The shared folder is ``<clone>/../shared`` (``/work/shared`` next to
-``/work/main``); if that does not exist, ``$VIRTVOL_SHARED_DIR`` is used.
 Import the helpers in test modules with ``from tests.conftest import ...``
 (pytest's importlib import mode registers this module as ``tests.conftest``).
 """
@@ -47,35 +45,11 @@ from pathlib import Path
 
 import pytest
 
+from tools import libvirtd_peer
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 POOL_NAME = "default"
 _COMMAND_TIMEOUT = 60.0
-
-
-def shared_dir() -> Path:
-    """The project's ``shared/`` folder: a sibling of the clone, else $VIRTVOL_SHARED_DIR."""
-    sibling = Path(__file__).resolve().parents[2] / "shared"
-    env = os.environ.get("VIRTVOL_SHARED_DIR")
-    if not sibling.is_dir() and env:
-        return Path(env)
-    return sibling
-
-
-def reference_libvirtd_script() -> Path:
-    """Path of the script that starts the reference libvirtd (fails the test if absent)."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared/tools/reference-libvirtd"]
-    env = os.environ.get("VIRTVOL_SHARED_DIR")
-    if env:
-        candidates.append(Path(env) / "tools/reference-libvirtd")
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    pytest.fail(
-        "reference-libvirtd not found (looked at "
-        + ", ".join(str(c) for c in candidates)
-        + "); set VIRTVOL_SHARED_DIR to the shared/ folder",
-        pytrace=False,
-    )
 
 
 def free_port() -> int:
@@ -151,77 +125,40 @@ class ReferenceLibvirtd:
     unix_uri: str
     pool_name: str
     pool_dir: Path
-    pid: int
     port: int
     state_dir: Path
+    peer: libvirtd_peer.LibvirtdPeer
+
+    @property
+    def pid(self) -> int:
+        return self.peer.pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _stop(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5.0
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if _alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 2.0
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-
-def _start(state_dir: Path) -> ReferenceLibvirtd:
+def start_reference_libvirtd(state_dir: Path) -> ReferenceLibvirtd:
     """Start libvirtd in ``state_dir`` and make the pool; raise RuntimeError on failure."""
-    script = reference_libvirtd_script()
-    port = free_port()
-    proc = subprocess.run(
-        [str(script), str(state_dir), str(port)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=_COMMAND_TIMEOUT,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{script} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    fields = dict(item.split("=", 1) for item in proc.stdout.strip().splitlines()[-1].split(" "))
+    try:
+        peer = libvirtd_peer.start(state_dir, free_port())
+    except libvirtd_peer.PeerError as exc:
+        raise RuntimeError(str(exc)) from exc
     daemon = ReferenceLibvirtd(
-        tcp_uri=fields["tcp"],
-        unix_uri=fields["unix"],
+        tcp_uri=peer.tcp_uri,
+        unix_uri=peer.unix_uri,
         pool_name=POOL_NAME,
         pool_dir=state_dir / "pool",
-        pid=int(fields["pid"]),
-        port=port,
+        port=peer.port,
         state_dir=state_dir,
+        peer=peer,
     )
     pool = run_virsh(
         daemon.tcp_uri,
         f"pool-define-as {POOL_NAME} dir --target {daemon.pool_dir}; pool-start {POOL_NAME}",
         check=False,
     )
-    if pool.returncode != 0 or not _alive(daemon.pid):
-        _stop(daemon.pid)
-        log = state_dir / "libvirtd.out"
+    if pool.returncode != 0:
+        peer.stop()
         raise RuntimeError(
             f"pool set-up on {daemon.tcp_uri} failed:\n{pool.stdout}{pool.stderr}"
-            + (log.read_text(errors="replace") if log.exists() else "")
+            + peer.log_path.read_text(errors="replace")
         )
     return daemon
 
@@ -242,7 +179,7 @@ def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
         base = Path(tempfile.mkdtemp(prefix="virtvol-ref-", dir="/tmp"))
         base.chmod(0o755)
         try:
-            daemon = _start(base / "state")
+            daemon = start_reference_libvirtd(base / "state")
         except RuntimeError as exc:
             errors.append(str(exc))
             shutil.rmtree(base, ignore_errors=True)
@@ -250,7 +187,7 @@ def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
         try:
             yield daemon
         finally:
-            _stop(daemon.pid)
+            daemon.peer.stop()
             shutil.rmtree(base, ignore_errors=True)
         return
     pytest.fail("reference libvirtd did not start:\n" + "\n".join(errors), pytrace=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _start, _stop, run_virsh
+from tests.conftest import run_virsh, start_reference_libvirtd
 from tests.interop.peers import (
     POOL,
     ClientUnderTest,
@@ -90,7 +90,7 @@ def allocated(path: Path) -> int:
 @pytest.fixture(scope="module")
 def daemons() -> Iterator[dict[str, DaemonUnderTest]]:
     base = traversable_tempdir("virtvol-matrix-ref-")
-    reference = _start(base / "state")
+    reference = start_reference_libvirtd(base / "state")
     try:
         with virtvold(legacy=False) as current, virtvold(legacy=True) as legacy:
             yield {
@@ -99,7 +99,7 @@ def daemons() -> Iterator[dict[str, DaemonUnderTest]]:
                 "libvirtd": libvirtd_under_test(reference),
             }
     finally:
-        _stop(reference.pid)
+        reference.peer.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -3,7 +3,7 @@
 #
 #   tests/protocol/golden/capture.sh            (as root: tshark captures on lo)
 #
-# It starts a throw-away reference libvirtd (shared/tools/reference-libvirtd) on a
+# It starts a throw-away reference libvirtd (tools/libvirtd_peer.py) on a
 # free loopback port and records two sessions with tshark:
 #
 #   virsh-session.*   one interactive virsh connection over storage+tcp:
@@ -24,9 +24,6 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
-shared=${VIRTVOL_SHARED_DIR:-$(dirname "$repo")/shared}
-ref=$shared/tools/reference-libvirtd
-[ -x "$ref" ] || { echo "missing $ref (set VIRTVOL_SHARED_DIR)" >&2; exit 2; }
 for tool in tshark virsh /usr/bin/python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 2; }
 done
@@ -45,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-info=$("$ref" "$work/state" "$port")
+info=$(cd "$repo" && python3 -m tools.libvirtd_peer "$work/state" "$port")
 daemon_pid=$(sed -n 's/^pid=\([0-9]*\) .*/\1/p' <<<"$info")
 uri=$(sed -n 's/.* tcp=\([^ ]*\) .*/\1/p' <<<"$info")
 pool_dir=$work/state/pool
