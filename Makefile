@@ -24,9 +24,17 @@ $(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
 setup: $(BIN)/virtvold
 
 # A directory pool "default" under a local state dir, loopback TCP and a Unix socket.
+# Plain TCP has no authentication: virtvold opens it only when told (--auth-tcp none).
+# A second `make run` in the same clone needs its own PORT= and STATE_DIR=.
 run: setup
-	$(BIN)/virtvold --state-dir $(STATE_DIR) --pool default=$(STATE_DIR)/pools/default \
-		--listen tcp://127.0.0.1:$(PORT) --listen unix://$(STATE_DIR)/virtvold-sock
+	@echo "make run: plain TCP on 127.0.0.1:$(PORT) without authentication (--auth-tcp none)," \
+		"for this loopback demo; every local user can use it"
+	@$(BIN)/virtvold --state-dir $(STATE_DIR) --pool default=$(STATE_DIR)/pools/default \
+		--auth-tcp none --listen tcp://127.0.0.1:$(PORT) \
+		--listen unix://$(STATE_DIR)/virtvold-sock \
+	|| { code=$$?; [ $$code != 1 ] || echo "make run: virtvold did not start. When another" \
+		"make run holds the port or the socket, give this one its own:" \
+		"make run PORT=$$(($(PORT) + 1)) STATE_DIR=$(STATE_DIR)-2" >&2; exit $$code; }
 
 lint: setup
 	$(BIN)/ruff format --check .

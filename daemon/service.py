@@ -16,7 +16,8 @@ import logging
 import signal
 import socket
 
-from virtvol.daemon.config import Overrides, Settings, resolve
+from virtvol.daemon import tcpauth
+from virtvol.daemon.config import ConfigError, Overrides, Settings, resolve
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.listeners import BoundSocket, ListenError, bind_all, from_activation
@@ -85,11 +86,21 @@ class Daemon:
                     "listen addresses (--listen or the config file's listen) cannot be"
                     " combined with systemd socket activation"
                 )
-            return from_activation(activated)
+            if activated.tcp and not self.settings.plain_tcp_allowed:
+                activated.close()
+                raise StartupError(tcpauth.refusal("the TCP socket from systemd"))
+            bound = from_activation(activated)
+            tcpauth.warn_unauthenticated(
+                item.label for item in bound if item.label.startswith("systemd-tcp:")
+            )
+            return bound
         try:
-            return bind_all(self.settings.effective_listen())
-        except ListenError as exc:
+            tcp = tcpauth.check_listen_urls(self.settings)
+            bound = bind_all(self.settings.effective_listen())
+        except (ConfigError, ListenError) as exc:
             raise StartupError(str(exc)) from None
+        tcpauth.warn_unauthenticated(tcp)
+        return bound
 
     async def _serve(self, bound: BoundSocket) -> asyncio.Server:
         loop = asyncio.get_running_loop()

@@ -248,6 +248,8 @@ def start_virtvold(base: Path, *extra_args: str) -> Virtvold:
             str(base / "state"),
             "--pool",
             f"{POOL_NAME}={base / 'pool'}",
+            "--auth-tcp",
+            "none",
             "--listen",
             f"tcp://127.0.0.1:{port}",
             "--listen",
