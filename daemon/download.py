@@ -128,10 +128,10 @@ class Download:
                 stats.data_bytes += chunk.length
                 continue
             free.appendleft(buffer)
-            stats.holes += 1
-            stats.hole_bytes += chunk.length
             if self._sparse:
                 sink.send(rpc.send_hole(serial, chunk.length))
+                stats.holes += 1
+                stats.hole_bytes += chunk.length
             elif not await self._send_zeros(chunk.length):
                 return False
 
@@ -141,6 +141,7 @@ class Download:
         while length > 0:
             count = min(FRAME_SIZE, length)
             sink.send_data(*rpc.send_data(serial, _ZEROS[:count]))
+            self.stats.data_bytes += count
             length -= count
             if not sink.write_buffer_empty():
                 await sink.drained()

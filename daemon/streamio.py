@@ -55,7 +55,12 @@ def remote_error(report: ErrorReport) -> RemoteError:
 
 @dataclass
 class TransferStats:
-    """Counters for the one log line each stream gets when it ends."""
+    """Counters for the one log line each stream gets when it ends.
+
+    ``data_bytes`` counts the payload of data frames as they crossed the wire (on a plain
+    stream, the zeros that stand for holes too); ``holes`` and ``hole_bytes`` count hole
+    frames only, so they stay 0 on a plain stream, whatever the volume holds.
+    """
 
     direction: str  # "upload" or "download"
     volume: str
@@ -68,20 +73,23 @@ class TransferStats:
     hole_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def describe_wire(self) -> str:
+        """What crossed the wire, e.g. "4096 data bytes and 2 holes (1048576 bytes)"."""
+        text = f"{self.data_bytes} data bytes"
+        if self.sparse:
+            return f"{text} and {self.holes} holes ({self.hole_bytes} bytes) on a sparse stream"
+        return f"{text} on a plain stream (holes travel as zeros)"
+
     def log_end(self, outcome: str) -> None:
         seconds = time.monotonic() - self.started
         rate = self.data_bytes / seconds / 2**20 if seconds > 0 else 0.0
         log.info(
-            "%s %s %s: %s; %d data bytes, %d holes (%d bytes), sparse=%s offset=%d "
-            "length=%d, %.3f s (%.1f MiB/s)",
+            "%s %s %s: %s; on the wire: %s; offset=%d length=%d, %.3f s (%.1f MiB/s of data)",
             self.peer,
             self.direction,
             self.volume,
             outcome,
-            self.data_bytes,
-            self.holes,
-            self.hole_bytes,
-            "yes" if self.sparse else "no",
+            self.describe_wire(),
             self.offset,
             self.length,
             seconds,
