@@ -245,12 +245,14 @@ def test_virsh_storage_session_reaches_virtvold_in_session_mode(shared_dir: Path
     assert not socket_path.exists()
 
 
-# Runs as root inside ``unshare -m``: /run is a fresh tmpfs and /etc an overlay, so the
-# real paths can be used without touching the machine's.
+# Runs as root inside ``unshare -m``: /run and /var/lib are fresh tmpfs and /etc an
+# overlay, so the real paths can be used without touching the machine's.
 _IN_PRIVATE_NAMESPACE = r"""
 import json, os, socket, subprocess, sys, time
 work = sys.argv[1]
 subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+# Should the config file go unread, the default state dir is private too.
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/var/lib"], check=True)
 os.makedirs(f"{work}/upper/virtvol")
 os.makedirs(f"{work}/overlay-work")
 subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
