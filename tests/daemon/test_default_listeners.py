@@ -221,9 +221,9 @@ def test_virsh_storage_session_reaches_virtvold_in_session_mode(shared_dir: Path
         assert tcp == []
         socket_path.chmod(0o666)
 
-        def virsh(*command: str) -> subprocess.CompletedProcess[str]:
+        def virsh(*command: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                ["virsh", "-c", "storage:///session", *command],
+                ["virsh", *flags, "-c", "storage:///session", *command],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -240,6 +240,11 @@ def test_virsh_storage_session_reaches_virtvold_in_session_mode(shared_dir: Path
         created = virsh("vol-create-as", "default", "s.img", "1M")
         assert created.returncode == 0, created.stderr
         assert (shared_dir / "pool" / "s.img").stat().st_size == 1 << 20
+        # Read-only in session mode: the same socket, the connection opened read-only.
+        refused = virsh("vol-create-as", "default", "r.img", "1M", flags=("-r",))
+        assert refused.returncode == 1
+        assert FORBIDDEN in refused.stderr
+        assert not (shared_dir / "pool" / "r.img").exists()
     finally:
         assert _stop(process) == 0, log.read_text()
     assert not socket_path.exists()
