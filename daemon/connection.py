@@ -16,10 +16,12 @@ dropped after ``interval * (count + 1)``, as libvirtd does.
 Limits (see ``limits``): a connection refused by admission is closed as soon as
 it is accepted. One that has not sent CONNECT_OPEN within ``handshake_timeout``
 is closed. With ``max_client_requests`` calls in flight, or more than
-``OUTPUT_HIGH_WATER`` reply bytes unsent, the connection stops reading its
+``OUTPUT_HIGH_WATER`` (256 KiB) reply bytes unsent, the connection stops reading its
 socket and stops handing out the frames it already read, until a call ends or
 the client reads: a client that pipelines calls or PINGs and never reads the
-answers costs a bounded amount of memory. A client whose unsent bytes do not
+answers costs a bounded amount of memory. After ``FRAMES_PER_TURN`` frames a
+connection pauses until the event loop has gone round once, so a flood on one
+socket delays the others by a turn, not by everything it sent. A client whose unsent bytes do not
 drain for ``interval * (count + 1)`` keepalive seconds has stopped reading and
 is dropped, keepalive or not. Thread-bound work waits in this connection's own
 queue of the shared ``FairExecutor``, so one busy client cannot starve others.
@@ -69,12 +71,16 @@ log = logging.getLogger("virtvol.daemon.connection")
 _CLOSE_REASON_EOF = 1
 _PEERCRED = struct.Struct("3i")
 # Reply bytes a client may leave unread before we stop reading its calls.
-OUTPUT_HIGH_WATER = 1 << 20
+OUTPUT_HIGH_WATER = 256 << 10
 # Owners of a read pause (besides the upload handlers): they also hold back the
 # frames already read, since serving those would add to what they limit.
 _REQUEST_LIMIT = "max_client_requests"
 _OUTPUT_BACKLOG = "unsent replies"
-_DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG})
+_TURN_OVER = "turn over"
+_DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG, _TURN_OVER})
+# Frames one connection may have served before it lets every other connection
+# have a turn of the event loop (the loop reads a busy socket many times over).
+FRAMES_PER_TURN = 16
 
 
 def describe_peer(transport: asyncio.BaseTransport) -> str:
@@ -121,6 +127,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._calls_in_flight = 0
+        self._frames_this_turn = 0
         self._streams_opening = 0
         self._send_buffers = SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE)
         self._calls = 0
@@ -175,9 +182,14 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if self._calls_in_flight >= self._ctx.limits.max_client_requests:
                     self.pause_reading(_REQUEST_LIMIT)
                     return
+                if self._frames_this_turn >= FRAMES_PER_TURN:
+                    self.pause_reading(_TURN_OVER)
+                    self._loop.call_soon(self._next_turn)
+                    return
                 event = self.rpc.next_event()
                 if event is None:
                     return
+                self._frames_this_turn += 1
                 self._dispatch(event)
                 if self._transport is None or self._transport.is_closing():
                     return
@@ -358,6 +370,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: task %s failed", self.peer, task.get_name(), exc_info=task.exception())
+
+    def _next_turn(self) -> None:
+        self._frames_this_turn = 0
+        self.resume_reading(_TURN_OVER)
+        self._dispatch_received()
 
     def _call_ended(self, task: asyncio.Task[None]) -> None:
         self._calls_in_flight -= 1
