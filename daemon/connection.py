@@ -13,26 +13,31 @@ are no longer referenced. Keepalive: every PING gets a PONG; a client that
 asked for feature 10 is pinged after ``interval`` seconds of silence and
 dropped after ``interval * (count + 1)``, as libvirtd does.
 
-Limits (see ``limits``): a connection refused by admission is closed as soon as
-it is accepted. One that has not sent CONNECT_OPEN within ``handshake_timeout``
-is closed. With ``max_client_requests`` calls in flight, or more than
-``OUTPUT_HIGH_WATER`` (256 KiB) reply bytes unsent, the connection stops reading its
-socket and stops handing out the frames it already read, until a call ends or
-the client reads: a client that pipelines calls or PINGs and never reads the
-answers costs a bounded amount of memory. After ``FRAMES_PER_TURN`` frames a
-connection pauses until the event loop has gone round once, so a flood on one
-socket delays the others by a turn, not by everything it sent. A client whose unsent bytes do not
-drain for ``interval * (count + 1)`` keepalive seconds has stopped reading and
-is dropped, keepalive or not. Thread-bound work waits in this connection's own
-queue of the shared ``FairExecutor``, so one busy client cannot starve others.
+Limits (see ``limits``): a connection refused by admission is closed as soon
+as it is accepted. One that has not sent CONNECT_OPEN within
+``handshake_timeout`` is closed. With ``max_client_requests`` calls in flight,
+or more than ``OUTPUT_HIGH_WATER`` (256 KiB) reply bytes unsent, the
+connection stops reading its socket and stops handing out the frames it
+already read, until a call ends or the client reads: a client that pipelines
+calls or PINGs and never reads the answers costs a bounded amount of memory.
+After ``FRAMES_PER_TURN`` frames a connection pauses until the event loop has
+gone round once, so a flood on one socket delays the others by a turn, not by
+everything it sent. A client whose unsent bytes do not drain at all (not a
+byte taken) for ``interval * (count + 1)`` keepalive seconds has stopped
+reading and is dropped, keepalive or not; a slow reader is not. Thread-bound
+work waits in this connection's own queue of the shared ``FairExecutor``, so
+one busy client cannot starve others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import sys
+import termios
 import time
 from collections.abc import Callable, Coroutine
 from typing import cast
@@ -126,6 +131,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._started = time.monotonic()
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._bytes_queued = 0  # every byte handed to the transport
+        # What the output looked like at the last stall check (see _output_progress).
+        self._output_mark: tuple[int, int] = (0, 0)
         self._calls_in_flight = 0
         self._frames_this_turn = 0
         self._streams_opening = 0
@@ -229,6 +237,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._write_paused = True
         stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
         if self._stall_timer is None and self._close_reason != "refused":
+            self._output_mark = self._output_progress()
             self._stall_timer = self._loop.call_later(stall, self._output_stalled, stall)
 
     def resume_writing(self) -> None:
@@ -248,6 +257,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(frame)
+            self._bytes_queued += len(frame)
             if transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
                 self.pause_reading(_OUTPUT_BACKLOG)
 
@@ -255,6 +265,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(head)
+            self._bytes_queued += len(head) + len(data)
             transport.write(data)
 
     def write_buffer_empty(self) -> bool:
@@ -399,10 +410,37 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
 
+    def _output_progress(self) -> tuple[int, int]:
+        """(bytes the transport has passed to the kernel, bytes the kernel still holds).
+
+        A transport reports progress only when a whole write completes (uvloop), so
+        a client slowly reading one large frame shows up in the kernel's queue
+        (SIOCOUTQ: unread on a Unix socket, unacknowledged on TCP) instead."""
+        transport = self._transport
+        if transport is None:
+            return self._output_mark
+        passed = self._bytes_queued - transport.get_write_buffer_size()
+        in_kernel = -1
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+                in_kernel = int.from_bytes(raw, sys.byteorder, signed=True)
+            except OSError:
+                pass
+        return passed, in_kernel
+
     def _output_stalled(self, seconds: float) -> None:
+        """A slow reader is fine; one that took nothing for ``seconds`` is gone."""
         self._stall_timer = None
-        if not self.write_buffer_empty():
-            self.abort(f"the client read nothing of its replies for {seconds:g} s")
+        if self.write_buffer_empty():
+            return
+        progress = self._output_progress()
+        if progress != self._output_mark:
+            self._output_mark = progress
+            self._stall_timer = self._loop.call_later(seconds, self._output_stalled, seconds)
+            return
+        self.abort(f"the client read nothing of its replies for {seconds:g} s")
 
     # -- calls ----------------------------------------------------------------------
 

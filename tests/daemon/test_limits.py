@@ -431,3 +431,29 @@ async def test_descriptors_run_short_and_the_daemon_keeps_serving(tmp_path: Path
         await serve_meanwhile(daemon, late, None, 0.1)
         await late.close()
         await client.close()
+
+
+async def test_a_slow_reader_is_not_dropped(tmp_path: Path) -> None:
+    # The reader takes 2.5 MB/s: 8 MiB of volume (and some 4 MB that the kernel's send
+    # buffer holds) leaves the transport's buffer non-empty for far longer than the
+    # 0.4 s allowed for taking nothing at all.
+    config = "keepalive_interval = 0.2\nkeepalive_count = 1\n"
+    with running(daemon_with(tmp_path, config)) as daemon:
+        _data_volume(daemon, 8 << 20)
+        client = await honest_client(daemon)
+        sock = client.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        pool = await _pool(client)
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        vol = await client.volume("big.img")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+        reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
+        assert isinstance(reply, ReplyReceived), reply
+        received = 0
+        while received < 8 << 20:
+            data = await asyncio.wait_for(client.reader.read(256 << 10), 5)
+            assert data, "the daemon dropped a client that was reading"
+            received += len(data)
+            await asyncio.sleep(0.1)
+        assert "read nothing" not in daemon.log_text()
+        await client.close()
