@@ -129,6 +129,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._keepalive: KeepaliveTracker | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._started = time.monotonic()
+        self._refused = False  # closed at once by admission: never served, never counted
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._bytes_queued = 0  # every byte handed to the transport
@@ -155,7 +156,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if refusal is not None:
             # Closed before anything is read or allocated; logged once per burst.
             ctx.admission.refusals.refused(f"{self.peer} on {self._listener}", refusal)
-            self._close_reason = "refused"
+            self._refused = True
             self._transport.abort()
             return
         ctx.connections.add(self)
@@ -210,7 +211,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
-        if self._close_reason == "refused":
+        if self._refused:
             if not self.closed.done():
                 self.closed.set_result(None)
             return  # never served, never counted
@@ -236,7 +237,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
-        if self._stall_timer is None and self._close_reason != "refused":
+        if self._stall_timer is None and not self._refused:
             self._output_mark = self._output_progress()
             self._stall_timer = self._loop.call_later(stall, self._output_stalled, stall)
 
