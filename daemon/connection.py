@@ -152,7 +152,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._transport.set_write_buffer_limits(high=0, low=0)
         self.peer = describe_peer(transport)
         ctx = self._ctx
-        refusal = ctx.admission.refusal(len(ctx.connections), len(ctx.anonymous))
+        refusal = ctx.admission.refusal(
+            len(ctx.connections), len(ctx.anonymous), ctx.active_streams()
+        )
         if refusal is not None:
             # Closed before anything is read or allocated; logged once per burst.
             ctx.admission.refusals.refused(f"{self.peer} on {self._listener}", refusal)

@@ -122,6 +122,11 @@ def test_admission_names_the_limit_that_refuses() -> None:
     assert tight.fd_budget == 1024 - 20 - 64
     assert tight.refusal(clients=tight.fd_budget - 1, anonymous=0) is None
     assert "out of file descriptors" in (tight.refusal(clients=tight.fd_budget, anonymous=0) or "")
+    # Streams hold descriptors too.
+    assert tight.refusal(clients=tight.fd_budget - 10, anonymous=0, streams=4) is None
+    assert "5 streams" in (
+        tight.refusal(clients=tight.fd_budget - 10, anonymous=0, streams=5) or ""
+    )
 
 
 async def test_download_buffers_are_shared_and_bounded() -> None:
