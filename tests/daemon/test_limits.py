@@ -26,7 +26,13 @@ import pytest
 from tests.conftest import Virtvold, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient, error_of
 from virtvol.protocol import remote as r
-from virtvol.protocol.connection import Connection, ReplyReceived
+from virtvol.protocol.connection import (
+    Connection,
+    ReplyReceived,
+    StreamDataReceived,
+    StreamEndReceived,
+    StreamFinished,
+)
 from virtvol.protocol.constants import (
     MESSAGE_MAX,
     REMOTE_PROGRAM,
@@ -457,3 +463,41 @@ async def test_a_slow_reader_is_not_dropped(tmp_path: Path) -> None:
             await asyncio.sleep(0.1)
         assert "read nothing" not in daemon.log_text()
         await client.close()
+
+
+async def _download(client: RawClient, vol: r.StorageVol, *, abort_after: int | None) -> int:
+    """Download ``vol``; abort after ``abort_after`` data bytes (None: to the end)."""
+    args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+    reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
+    assert isinstance(reply, ReplyReceived), reply
+    serial = reply.serial
+    received = 0
+    while True:
+        event = await client.next_event()
+        assert event is not None
+        if isinstance(event, StreamDataReceived) and event.serial == serial:
+            received += len(event.data)
+            if abort_after is not None and received >= abort_after:
+                client.send(client.rpc.send_abort(serial))
+                abort_after = None
+        elif isinstance(event, StreamEndReceived) and event.serial == serial:
+            client.send(client.rpc.send_finish(serial))
+        elif isinstance(event, StreamFinished) and event.serial == serial:
+            return received
+
+
+async def test_aborted_downloads_give_their_buffers_back(tmp_path: Path) -> None:
+    # A connection's downloads share three buffers: one lost by an aborted (or failed)
+    # download would leave the connection's later downloads waiting for ever.
+    with running(daemon_with(tmp_path, "")) as daemon:
+        _data_volume(daemon, 32 << 20)
+        client = await honest_client(daemon)
+        pool = await _pool(client)
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        vol = await client.volume("big.img")
+        for _ in range(6):
+            got = await asyncio.wait_for(_download(client, vol, abort_after=1), 10)
+            assert 0 < got <= 32 << 20
+        assert await asyncio.wait_for(_download(client, vol, abort_after=None), 20) == 32 << 20
+        await client.close()
+        assert daemon.log_text().count("download default/big.img: aborted") == 6
