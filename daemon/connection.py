@@ -142,6 +142,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._keepalive_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        # A stream task cancelled before its first step never runs its own cleanup.
+        for stream in list(self._streams.values()):
+            stream.close()
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
         log.info(
@@ -363,11 +366,20 @@ class ClientConnection(asyncio.BufferedProtocol):
             handler = Download(
                 self, call.serial, reader, sparse=sparse, executor=self._ctx.io, stats=stats
             )
-        self._streams[call.serial] = handler
         self._streams_opened += 1
+        if self.closed.done():  # the connection went while the file was being opened
+            handler.close()
+            return
+        self._streams[call.serial] = handler
         self.send(self.rpc.reply(call.serial))
         task = self._spawn(handler.run(), f"stream-{call.serial}")
-        task.add_done_callback(lambda _: self._streams.pop(call.serial, None))
+        task.add_done_callback(lambda _: self._stream_ended(call.serial, handler))
+
+    def _stream_ended(self, serial: int, handler: Upload | Download) -> None:
+        # Also when the task was cancelled before its first step, so run() never ran.
+        handler.close()
+        if self._streams.get(serial) is handler:
+            del self._streams[serial]
 
     async def _in_thread(
         self, func: Callable[..., VolumeReader | VolumeWriter], *args: object
