@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import cast
 
 from virtvol.daemon.context import DaemonContext
-from virtvol.daemon.dispatch import serve_storage_call, vol_ref
+from virtvol.daemon.dispatch import HANDLERS, serve_storage_call, vol_ref
 from virtvol.daemon.download import Download
 from virtvol.daemon.session import SESSION_PROCEDURES, Session
 from virtvol.daemon.storage import VolStreamFlags, VolumeReader, VolumeWriter
@@ -43,6 +43,7 @@ from virtvol.protocol.connection import (
     StreamDataReceived,
     StreamFinishReceived,
     StreamHoleReceived,
+    rpc_error,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError
@@ -102,6 +103,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._calls = 0
         self._streams_opened = 0
         self._close_reason = "closed by the client"
+        # What a client that keeps calling the same bad thing gets logged once for.
+        self._logged_refusal = False
+        self._logged_failures: set[str] = set()
         self.closed = self._loop.create_future()
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
@@ -273,6 +277,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.send(self.rpc.send_pong())
         elif isinstance(event, CallRejected):
             self._calls += 1
+            self._log_refusal(event.procedure, event.error.message)
             self.send(self.rpc.reply_error(event.serial, event.error))
         elif isinstance(event, FrameIgnored):
             log.debug("%s: dropped %s: %s", self.peer, event.header.describe(), event.reason)
@@ -305,6 +310,12 @@ class ClientConnection(asyncio.BufferedProtocol):
                 result = self.session.serve(procedure, call.args)
                 if self.session.keepalive_requested:
                     self._start_keepalive()
+            elif procedure.number not in HANDLERS:
+                # In the table (the client side uses it) but nothing a client may call here.
+                message = f"unknown procedure: {procedure.number}"
+                self._log_refusal(procedure.number, message)
+                self.send(self.rpc.reply_error(call.serial, rpc_error(message)))
+                return
             else:
                 result = await self._loop.run_in_executor(
                     self._ctx.calls,
@@ -317,11 +328,23 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.send(self.rpc.reply_error(call.serial, remote_error(report)))
             return
         except Exception as exc:
-            log.exception("%s: %s failed", self.peer, procedure.name)
+            if procedure.name not in self._logged_failures:  # once per connection, not per call
+                self._logged_failures.add(procedure.name)
+                log.exception("%s: %s failed", self.peer, procedure.name)
             failure = internal_error(f"{procedure.name} failed: {exc}")
             self.send(self.rpc.reply_error(call.serial, remote_error(failure)))
             return
         self.send(self.rpc.reply(call.serial, result))
+
+    def _log_refusal(self, procedure: int, message: str | None) -> None:
+        if not self._logged_refusal:
+            self._logged_refusal = True
+            log.warning(
+                "%s: refused procedure %d (%s); further refusals on this connection go unlogged",
+                self.peer,
+                procedure,
+                message,
+            )
 
     async def _open_stream(self, call: CallReceived) -> None:
         args = call.args

@@ -25,7 +25,7 @@ import concurrent.futures
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.storage import Chunk, VolumeReader
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 
 # Data frame size. libvirt's peers accept frames up to 32 MiB but send
@@ -83,7 +83,8 @@ class Download:
             self._outcome = await self._client_ended
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
-        except ErrorReport as report:
+        except Exception as exc:
+            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("download", exc)
             self._outcome = f"failed: {report.message}"
             if self._serial in self._sink.rpc.streams:
                 self._sink.send(

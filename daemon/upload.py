@@ -30,7 +30,7 @@ import enum
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.storage import VolumeWriter
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
 
@@ -124,7 +124,8 @@ class Upload:
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
             # After the acknowledgement: the client need not wait for this.
             await self._file.run(self._writer.release_replaced)
-        except ErrorReport as report:
+        except Exception as exc:
+            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("upload", exc)
             self._outcome = f"failed: {report.message}"
             self._fail(report)
         finally:

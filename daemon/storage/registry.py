@@ -8,6 +8,7 @@ volume is marked busy, so other requests are not held up.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -45,9 +46,10 @@ from .reports import (
     pool_has_jobs,
     pool_still_active,
     storage_error,
+    system_error,
     uuid_text,
 )
-from .transfer import VolumeReader, VolumeWriter
+from .transfer import MAX_OFFSET, VolumeReader, VolumeWriter
 from .volumes import VolumeDir, metadata_prealloc_unsupported
 from .volxml import format_volume_xml, parse_volume_xml
 from .xmldoc import escape
@@ -55,6 +57,7 @@ from .xmldoc import escape
 log = logging.getLogger(__name__)
 
 STORAGE = ErrorDomain.STORAGE
+STREAMS_DOMAIN = ErrorDomain.STREAMS
 
 
 class StorageRegistry:
@@ -573,6 +576,7 @@ class StorageRegistry:
                 pool.check_not_busy(volume.name)
             fd = volumes.open(volume.name, os.O_RDONLY)
         try:
+            _seek_to(fd, offset, volumes.volume_path(volume.name))
             return VolumeReader(fd, offset, length, sparse=bool(flags & VolStreamFlags.SPARSE))
         except BaseException:
             os.close(fd)
@@ -599,6 +603,11 @@ class StorageRegistry:
                 pool.upload_temps.add(temp)
             else:
                 temp, fd = None, volumes.open(volume.name, os.O_WRONLY)
+                try:
+                    _seek_to(fd, offset, volumes.volume_path(volume.name))
+                except BaseException:
+                    os.close(fd)
+                    raise
             pool.busy[volume.name] = Busy.UPLOADING
 
         def finish(success: bool) -> Callable[[], None] | None:
@@ -620,6 +629,20 @@ class StorageRegistry:
             os.close(fd)
             finish(False)
             raise
+
+
+def _seek_to(fd: int, offset: int, path: str) -> None:
+    """Refuse a stream offset the file cannot be positioned at, as libvirt does: it seeks
+    the stream's file there first (an offset of 2^63 or more, or past the file system's
+    largest file, is EINVAL)."""
+    if offset == 0:
+        return
+    try:
+        if offset > MAX_OFFSET:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        os.lseek(fd, offset, os.SEEK_SET)
+    except OSError as exc:
+        raise system_error(f"Unable to seek {path} to {offset}", exc, STREAMS_DOMAIN) from None
 
 
 def _check_flags(flags: int, supported: int, function: str) -> None:
