@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import collections.abc
 import concurrent.futures
 import enum
 
