@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_virsh, start_virtvold, stop_virtvold
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.download import Download
@@ -351,3 +352,18 @@ async def test_stream_opened_as_the_connection_dies_is_released(
     assert _temps(pool) == []
     pool.registry.open_upload(volume, 0, 0).abort()  # the volume is not "in use"
     assert (pool.directory / "vol").read_bytes() == b"old content"
+
+
+def test_daemon_start_removes_temporaries_left_by_a_crash(tmp_path: Path) -> None:
+    pool_dir = tmp_path / "virtvold" / "pool"
+    pool_dir.mkdir(parents=True)
+    (pool_dir / "vol").write_bytes(b"content")
+    (pool_dir / ".virtvol-upload-0123456789abcdef").write_bytes(b"half an upload")
+    daemon = start_virtvold(tmp_path / "virtvold")
+    try:
+        listing = run_virsh(daemon.tcp_uri, "vol-list", "default").stdout
+        assert "vol" in listing
+        assert ".virtvol" not in listing
+        assert sorted(os.listdir(pool_dir)) == ["vol"]
+    finally:
+        stop_virtvold(daemon)
