@@ -11,7 +11,10 @@ write limits are set to zero, so "writing paused" means exactly "the transport
 holds unsent bytes"; the download handler uses that to know when its buffers
 are no longer referenced. Keepalive: every PING gets a PONG; a client that
 asked for feature 10 is pinged after ``interval`` seconds of silence and
-dropped after ``interval * (count + 1)``, as libvirtd does.
+dropped after ``interval * (count + 1)``, as libvirtd does. When the
+connection goes, every stream opened on it is closed (not only cancelled: a
+task cancelled before its first step never runs its own cleanup). Calls it
+cannot serve get libvirtd's error and one log line per connection.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from virtvol.protocol.procedures import Proc
 MIB = 1 << 20
 SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38
 RPC_ERROR, RPC_DOMAIN = 39, 7
+QEMU_PROGRAM = 0x20008087
 
 
 @pytest.mark.parametrize("procedure", [Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD])
@@ -82,12 +83,17 @@ async def test_server_only_and_unknown_procedures_log_once(
             for number, args in ((362, event_args), (100_000, None)):
                 _, frame = client.rpc.call(number, args)
                 client.send(frame)
+            # Misdirected: a storage procedure called on another program (QEMU's).
+            _, frame = client.rpc.call(Proc.CONNECT_GET_TYPE, program=QEMU_PROGRAM)
+            client.send(frame)
         replies = 0
-        while replies < 600:
+        while replies < 900:
             event = await client.next_event()
             assert event is not None
             assert error_of(event)[:2] == (RPC_ERROR, RPC_DOMAIN)
-            assert str(error_of(event)[2]).startswith("unknown procedure: ")
+            assert str(error_of(event)[2]).startswith(
+                ("unknown procedure: ", f"Cannot find program {QEMU_PROGRAM} version 1")
+            )
             replies += 1
         assert isinstance(await client.call(Proc.CONNECT_GET_TYPE), ReplyReceived)
     await asyncio.sleep(0.2)
