@@ -20,8 +20,9 @@ import pytest
 from tests.conftest import run_virsh, start_virtvold, stop_virtvold
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.context import DaemonContext
-from virtvol.daemon.download import Download
+from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.fileworker import FileWorker
+from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeRef, VolumeWriter
 from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
@@ -218,14 +219,23 @@ async def test_download_cancelled_mid_read_closes_after_the_worker(pool: Pool) -
         real_close()
 
     reader.close = close  # type: ignore[method-assign]
+    buffers = SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE)
     download = Download(
-        FakeSink(), 1, reader, sparse=True, executor=pool.executor, stats=_stats("download")
+        FakeSink(),
+        1,
+        reader,
+        sparse=True,
+        executor=pool.executor,
+        stats=_stats("download"),
+        buffers=buffers,
     )
     task = asyncio.create_task(download.run())
 
     await _cancel_while_blocked(task, gate, lambda: fd_is_open(fd) and not closed_at)
 
     assert closed_at == [["read returned"]]
+    # The buffer the read was filling is free again, but only after the read returned.
+    assert all(buffers.try_take() is not None for _ in range(BUFFERS_PER_CONNECTION))
 
 
 async def test_file_worker_release_waits_for_the_running_job(pool: Pool) -> None:
