@@ -38,6 +38,7 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.procedures import Proc
 
@@ -133,7 +134,11 @@ class _StreamBase:
         legacy = self.volume.connection.protocol == "legacy"
         wanted = self.requested_sparse
         if wanted is True and legacy:
-            raise SparseUnsupported("sparse streams are not available with protocol='legacy'")
+            raise SparseUnsupported(
+                ErrorCode.NO_SUPPORT,
+                ErrorDomain.STREAMS,
+                "sparse streams are not available with protocol='legacy'",
+            )
         ask = wanted is not False and not legacy
         try:
             await self._call(_SPARSE_FLAG if ask else 0)
@@ -144,7 +149,10 @@ class _StreamBase:
                 raise
             if wanted is True:
                 raise SparseUnsupported(
-                    f"{self.volume.connection.uri} does not support sparse streams: {exc.message}"
+                    exc.code,
+                    exc.domain,
+                    f"{self.volume.connection.uri} does not support sparse streams: {exc.message}",
+                    level=exc.level,
                 ) from exc
             log.warning(
                 "%s does not support sparse streams (%s); the %s of volume '%s' goes dense",
