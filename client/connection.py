@@ -61,6 +61,8 @@ class Connection:
         uri: the URI it was opened with.
         target: where it connected, as parsed from the URI.
         protocol: ``"current"`` or ``"legacy"`` (acts as a client that predates sparse streams).
+        sparse_fallback_reported: True once a stream on this connection fell back to
+            dense and the warning was logged (it is logged once per connection).
     """
 
     def __init__(self, rpc: RpcProtocol, target: Target, protocol: ProtocolMode) -> None:
@@ -69,6 +71,7 @@ class Connection:
         self.uri = target.uri
         self.protocol: ProtocolMode = protocol
         self.keepalive_supported = False
+        self.sparse_fallback_reported = False
         self._close_callback = False
         self._closed = False
 

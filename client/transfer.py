@@ -310,7 +310,11 @@ async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None
                 stream.send_frame(view[start:stop], release=item.release_one)
                 await stream.drain()
         if progress is not None:
-            progress(stream.data_bytes, stream.hole_bytes + hole)
+            # A pending hole counts as a hole only if it will travel as one.
+            if stream.sparse:
+                progress(stream.data_bytes, stream.hole_bytes + hole)
+            else:
+                progress(stream.data_bytes + hole, 0)
     if hole:
         await stream.skip(hole)
     if progress is not None:

@@ -61,7 +61,9 @@ def test_progress_bar_then_summary(virtvold: Virtvold, tmp_path: Path, verb: str
     # The bar: its description, the bytes covered and the holes skipped.
     assert f"{direction} img" in drawn
     assert "holes " in drawn
-    assert re.search(r"\d+(\.\d+)?/64\.0 MiB", drawn), drawn
+    # Binary units with two decimals, as in the summary line (rate included).
+    assert re.search(r"\d+\.\d\d (B|KiB|MiB)/64\.00 MiB", drawn), drawn
+    assert re.search(r"\d+\.\d\d (B|KiB|MiB|GiB)/s", drawn), drawn
     # Then one summary line.
     assert re.search(rf"{direction}ed \S+ \S+ data, \S+ \S+ holes.* s \(.+/s\), sparse", drawn), (
         drawn

@@ -1,0 +1,51 @@
+"""Building the small XML documents libvirt's storage calls take.
+
+``volume_xml`` writes what ``virsh vol-create-as`` sends, so that
+``pool.create_volume(volume_xml("disk.img", 10 * 2**30))`` makes the same
+volume as ``virsh vol-create-as POOL disk.img 10G``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["escape", "volume_xml"]
+
+
+def escape(text: str) -> str:
+    """``& < > ' "`` as XML entities (as libvirt escapes them), for text and attributes.
+
+    (What xml.sax.saxutils does, without the 12 ms importing it costs every run
+    of the command: it pulls in urllib and email.)
+    """
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("'", "&apos;")
+        .replace('"', "&quot;")
+    )
+
+
+def volume_xml(
+    name: str, capacity: int, *, allocation: int | None = None, format: str | None = None
+) -> str:
+    """The XML of a new volume.
+
+    Args:
+        name: the volume's name in its pool.
+        capacity: its size in bytes.
+        allocation: bytes to allocate up front (None: the pool's default, a
+            full allocation for dir pools; 0: none, a sparse file).
+        format: the image format (``"raw"``, ``"qcow2"``...); None: the pool's default.
+
+    Returns:
+        ``<volume>`` as virsh's vol-create-as writes it.
+    """
+    if capacity < 0 or (allocation is not None and allocation < 0):
+        raise ValueError("capacity and allocation must not be negative")
+    lines = ["<volume>", f"  <name>{escape(name)}</name>", f"  <capacity>{capacity}</capacity>"]
+    if allocation is not None:
+        lines.append(f"  <allocation>{allocation}</allocation>")
+    if format:
+        lines += ["  <target>", f"    <format type='{escape(format)}'/>", "  </target>"]
+    lines.append("</volume>")
+    return "\n".join(lines) + "\n"
