@@ -36,6 +36,7 @@ from virtvol.client.objects import (
 from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, StreamError, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.client.uri import Target, default_uri, parse_uri, resolve_uri
+from virtvol.client.xmldesc import volume_xml
 
 __all__ = [
     "FRAME_DATA_MAX",
@@ -75,4 +76,5 @@ __all__ = [
     "parse_uri",
     "resolve_uri",
     "upload_file",
+    "volume_xml",
 ]

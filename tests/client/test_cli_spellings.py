@@ -1,0 +1,224 @@
+"""Every spelling virsh 9.0 takes for virtvol's commands, and its refusals, compared with
+virsh itself: the same words to both against one real libvirtd, the same stdout, stderr
+and exit status. Also ``--quiet``, ``help`` and the download destination check."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ReferenceLibvirtd, run_virsh
+
+pytestmark = pytest.mark.interop
+
+_COMMAND = [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
+
+
+def run_virtvol(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LC_ALL="C")
+    return subprocess.run(
+        [*_COMMAND, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def both(uri: str, *args: str) -> tuple[str, str, int]:
+    """Run ``args`` with virsh, then virtvol; assert they answered alike; return virsh's."""
+    theirs = run_virsh(uri, *args, check=False)
+    ours = run_virtvol("-c", uri, *args)
+    assert (ours.stdout, ours.stderr, ours.returncode) == (
+        theirs.stdout,
+        theirs.stderr,
+        theirs.returncode,
+    ), args
+    return theirs.stdout, theirs.stderr, theirs.returncode
+
+
+def both_changing(uri: str, *template: str) -> None:
+    """A command that changes something: virsh acts on names ending in "-a", virtvol on
+    the same names ending in "-b"; their answers must match once the names are swapped."""
+    theirs = run_virsh(uri, *(w.replace("{}", "a") for w in template), check=False)
+    ours = run_virtvol("-c", uri, *(w.replace("{}", "b") for w in template))
+    assert ours.returncode == theirs.returncode, (template, theirs.stderr, ours.stderr)
+    assert ours.stdout.replace("-b", "-a") == theirs.stdout, template
+    assert ours.stderr.replace("-b", "-a") == theirs.stderr, template
+
+
+def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: Path) -> None:
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "v1", "1M", "--allocation", "0")
+    for args in (
+        # Positional, --opt value and --opt=value, the pool as a second positional.
+        ["vol-info", "v1", "default"],
+        ["vol-info", "--vol", "v1", "--pool", "default"],
+        ["vol-info", "--vol=v1", "--pool=default", "--bytes"],
+        ["vol-info", "--pool", "default", "v1", "--physical"],
+        ["vol-info", "v1", "--", "default"],
+        ["vol-path", "v1", "default"],
+        ["vol-key", "--vol", "v1", "--pool", "default"],
+        ["vol-dumpxml", "v1", "default"],
+        ["vol-list", "--pool", "default"],
+        ["vol-list", "--pool=default", "--details"],
+        ["pool-info", "--pool", "default"],
+        ["pool-info", "--pool=default", "--bytes"],
+        ["pool-dumpxml", "--pool", "default", "--inactive"],
+        ["pool-list", "--name"],
+        ["pool-list", "--uuid"],
+        ["pool-list", "--uuid", "--name", "--all"],
+        ["pool-list", "--persistent", "--autostart"],
+        ["pool-list", "--no-autostart", "--type", "dir,fs", "--details"],
+        ["vol-create-as", "default", "x", "1M", "0", "qcow2", "--print-xml"],
+        [
+            "pool-define-as",
+            "p",
+            "netfs",
+            "--source-host",
+            "h",
+            "--source-path",
+            "/e",
+            "--source-format",
+            "nfs",
+            "--target",
+            "/x",
+            "--print-xml",
+        ],
+        [
+            "pool-define-as",
+            "--name",
+            "p",
+            "--type",
+            "logical",
+            "--source-dev",
+            "/dev/sdb",
+            "--source-name",
+            "vg",
+            "--print-xml",
+        ],
+        # The refusals, word for word.
+        ["vol-info"],
+        ["vol-info", "v1", "default", "extra"],
+        ["vol-info", "v1", "--po", "default"],
+        ["vol-info", "v1", "--bytes=1"],
+        ["vol-info", "--vol", "v1", "--vol", "v1"],
+        ["vol-info", "v1", "--pool"],
+        ["vol-info", "v1", "--quiet-not"],
+        ["pool-list", "--all", "--inactive"],
+        ["pool-list", "--details", "--name"],
+        ["pool-list", "--type", "bogus"],
+        ["pool-start", "default", "--overwrite", "--no-overwrite"],
+        ["vol-create-as", "default", "x", "1X"],
+        ["vol-create-as", "default", "x", "abc"],
+        ["vol-create-as", "default", "x", "1M", "--allocation", "2Q"],
+        ["vol-download", "v1", str(tmp_path / "o"), "--pool", "default", "--offset", "1Q"],
+        ["vol-upload", "--vol", "v1", "--file", str(tmp_path / "none"), "--pool", "default"],
+        ["nosuch"],
+        ["help", "nosuch"],
+    ):
+        both(uri, *args)
+    # Quiet: no headers, no notices, no blank line after the output.
+    for args in (
+        ["pool-list"],
+        ["pool-list", "--details"],
+        ["vol-list", "default", "--details"],
+        ["vol-info", "v1", "default"],
+        ["vol-path", "v1", "--pool", "default"],
+        ["vol-info", "nope", "default"],
+        ["pool-refresh", "default"],
+    ):
+        both(uri, "-q", *args)
+    assert both(uri, "-q", "vol-list", "default")[0].startswith(" v1 ")
+
+
+def test_changing_spellings_match_virsh(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    uri = reference_libvirtd.tcp_uri
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"x" * 5000)
+    for template in (
+        ["vol-create-as", "--pool", "default", "--name", "n-{}", "--capacity", "1M"],
+        ["vol-create-as", "default", "q-{}", "1M", "--format", "qcow2", "--prealloc-metadata"],
+        ["vol-create-as", "default", "r-{}", "1M", "--prealloc-metadata"],  # raw: refused
+        # Quiet: virtvol's summary line would be the only difference.
+        ["-q", "vol-upload", "--vol", "n-{}", "--file", str(source), "--pool", "default"],
+        [
+            "-q",
+            "vol-upload",
+            "n-{}",
+            str(source),
+            "default",
+            "--offset",
+            "4096",
+            "--length",
+            "5000",
+        ],
+        ["-q", "vol-download", "--vol", "n-{}", "--file", str(tmp_path / "out-{}"), "default"],
+        ["vol-resize", "--vol", "n-{}", "--capacity", "2M", "--pool", "default"],
+        ["vol-clone", "--vol", "n-{}", "--newname", "c-{}", "--pool", "default"],
+        ["vol-wipe", "c-{}", "default", "--algorithm", "zero"],
+        ["vol-delete", "c-{}", "default"],
+        ["vol-delete", "--vol", "n-{}", "--pool", "default"],
+        ["-q", "vol-create-as", "default", "s-{}", "1M"],
+        ["-q", "vol-delete", "s-{}", "default"],
+        ["pool-define-as", "--name", "p-{}", "--type", "dir", "--target", f"{tmp_path}/p-{{}}"],
+        ["pool-autostart", "--pool", "p-{}"],
+        ["pool-autostart", "p-{}", "--disable"],
+        ["-q", "pool-undefine", "--pool", "p-{}"],
+    ):
+        both_changing(uri, *template)
+    assert (tmp_path / "out-a").read_bytes() == (tmp_path / "out-b").read_bytes()
+
+
+def test_download_onto_a_directory_is_refused_at_once(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "big", "1G", "--allocation", "0")
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    for target in (str(folder), str(folder) + "/", str(tmp_path / "missing" / "x")):
+        _, err, code = both(uri, "vol-download", "big", target, "--pool", "default")
+        assert (err, code) == (f"error: cannot create {target}\n", 1)
+    # Nothing was transferred: no temporary file was ever made next to the target.
+    assert list(folder.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"]
+
+
+def test_help_and_version() -> None:
+    listing = run_virtvol("help")
+    assert listing.returncode == 0
+    assert listing.stdout.startswith("Grouped commands:\n\n Storage Pool (help keyword 'pool'):\n")
+    assert "    vol-upload                     copy a file into a volume\n" in listing.stdout
+    # virsh's layout of one command's help, with the same synopsis and option labels.
+    ours = run_virtvol("help", "vol-upload").stdout
+    theirs = subprocess.run(
+        ["virsh", "help", "vol-upload"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    section = [line for line in ours.splitlines() if not line.startswith("    ")]
+    assert section == [line for line in theirs.splitlines() if not line.startswith("    ")]
+    assert "    vol-upload <vol> <file> [--pool <string>] [--offset <number>]" in ours
+    labels = [
+        line.split("  ")[2] for line in theirs.splitlines() if line.startswith(("    -", "    ["))
+    ]
+    assert len(labels) == 6
+    assert all(f"    {label}" in ours for label in labels)
+    assert "--no-sparse" in ours  # virtvol's own option, marked as such
+    assert run_virtvol("vol-upload", "--help").stdout == ours
+    assert run_virtvol("-q", "help", "vol-upload").stdout == ours[:-1]
+    installed = importlib.metadata.version("virtvol")
+    for flag in ("--version", "-v", "--version=short"):
+        version = run_virtvol(flag)
+        assert version.returncode == 0
+        assert version.stdout == installed + "\n"
+    assert run_virtvol("-V").stdout.startswith(f"virtvol {installed}")
+    assert "-c | --connect=URI" in run_virtvol("--help").stdout
