@@ -1070,13 +1070,16 @@ def _read_globals(argv: Sequence[str]) -> tuple[_Globals, list[str]]:
 
 
 async def _run(command: Command, handler: Handler, args: argparse.Namespace) -> str:
+    # virsh connects before the command when given -c, and within it otherwise (so a
+    # failure then ends with the command's blank line).
+    ran = not args.connect_given
     try:
         conn = await connect(args.connect, protocol=args.protocol, read_only=args.readonly)
     except TimeoutError as exc:
-        raise CommandError("failed to connect to the hypervisor", "timed out", ran=False) from exc
+        raise CommandError("failed to connect to the hypervisor", "timed out", ran=ran) from exc
     except (TransportError, VirtvolError, LibvirtError) as exc:
         message = exc.message if isinstance(exc, LibvirtError) else str(exc)
-        raise CommandError("failed to connect to the hypervisor", message, ran=False) from exc
+        raise CommandError("failed to connect to the hypervisor", message, ran=ran) from exc
     try:
         try:
             check_exclusive(command, vars(args))
@@ -1167,6 +1170,7 @@ def _prepare(argv: Sequence[str]) -> _Invocation:
     args = argparse.Namespace(
         **values,
         connect=_connect_uri(found.connect),
+        connect_given=found.connect is not None,
         quiet=quiet,
         readonly=found.readonly,
         protocol=found.protocol,
