@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from virtvol.client import InvalidURI, UnsupportedTransport, connect, parse_uri
+from virtvol.client import InvalidURI, UnsupportedTransport, connect, parse_uri, volume_xml
 from virtvol.client.display import format_table
 from virtvol.client.errors import NoSupport, error_from_remote
 from virtvol.client.libvirt_conf import load_client_config
@@ -138,3 +138,19 @@ def test_session_sockets_have_no_read_only_variant(
         f"{tmp_path}/libvirt/virtstoraged-sock"
     )
     assert parse_uri("remote:///session").socket_path == f"{tmp_path}/libvirt/libvirt-sock"
+
+
+def test_volume_xml() -> None:
+    assert volume_xml("a<b>'&\"", 1024, allocation=0, format="qcow2") == (
+        "<volume>\n"
+        "  <name>a&lt;b&gt;&apos;&amp;&quot;</name>\n"
+        "  <capacity>1024</capacity>\n"
+        "  <allocation>0</allocation>\n"
+        "  <target>\n"
+        "    <format type='qcow2'/>\n"
+        "  </target>\n"
+        "</volume>\n"
+    )
+    assert "<allocation>" not in volume_xml("v", 1)
+    with pytest.raises(ValueError, match="negative"):
+        volume_xml("v", -1)

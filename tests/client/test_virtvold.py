@@ -52,8 +52,9 @@ async def test_negotiation_falls_back_against_legacy_virtvold(
     write_sparse_image(source, SIZE)
     async with connect(legacy_virtvold.tcp_uri) as conn:
         vol = await _volume(conn, "old.img")
+        progress: list[tuple[int, int]] = []
         with caplog.at_level(logging.WARNING, logger="virtvol.client"):
-            up = await vol.upload_file(source)
+            up = await vol.upload_file(source, progress=lambda d, h: progress.append((d, h)))
             again = await vol.upload_file(source)
             back = tmp_path / "back.img"
             down = await vol.download_file(back)
@@ -61,6 +62,9 @@ async def test_negotiation_falls_back_against_legacy_virtvold(
         assert up.fell_back
         assert again.fell_back
         assert up.hole_bytes == 0
+        # A dense stream sends holes as zeros: progress counts them as data, never as holes.
+        assert progress[-1] == (SIZE, 0)
+        assert all(hole == 0 for _, hole in progress)
         # One warning for the connection, not one per transfer.
         warnings = [r for r in caplog.records if "has no sparse streams" in r.getMessage()]
         assert len(warnings) == 1
