@@ -1,13 +1,17 @@
 """``virtvol``: virsh's storage commands, over virtvol.client.
 
-    virtvol [-c URI] [--protocol current|legacy] [-q] COMMAND [ARGS...]
+    virtvol [-c URI] [-q] [-r] [--protocol current|legacy] COMMAND [ARGS...]
+    virtvol help [COMMAND] | virtvol --version
 
-Names, arguments, output and error texts follow virsh, so that a virsh user
-needs nothing new: tables and ``Label:  value`` blocks as virsh draws them,
-every command's output followed by one empty line, errors on stderr as
-``error: <what failed>`` and ``error: <the daemon's message>`` with exit
-status 1. vol-upload and vol-download also draw a progress bar on a terminal
-and print one summary line on stderr (``--quiet`` silences both).
+Names, arguments, output and error texts follow virsh 9.0, so that a virsh user
+needs nothing new: the same options and positional order (``cli_args``), tables
+and ``Label:  value`` blocks as virsh draws them, every command's output
+followed by one empty line, errors on stderr as ``error: <what failed>`` and
+``error: <the daemon's message>`` with exit status 1, the same default URI.
+``-q`` drops table headers, notices (``Notice``), the blank line, the progress
+bar and the summary line; warnings stay, as virsh keeps its own. vol-upload and
+vol-download draw a progress bar on a terminal and print one summary line on
+stderr. The README lists where virtvol differs on purpose.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ReferenceLibvirtd, run_virsh
+from tests.conftest import ReferenceLibvirtd, Virtvold, run_virsh
 
 pytestmark = pytest.mark.interop
 
@@ -222,3 +222,27 @@ def test_help_and_version() -> None:
         assert version.stdout == installed + "\n"
     assert run_virtvol("-V").stdout.startswith(f"virtvol {installed}")
     assert "-c | --connect=URI" in run_virtvol("--help").stdout
+
+
+def test_what_virtvol_cannot_do_is_refused_clearly(virtvold: Virtvold) -> None:
+    uri = virtvold.unix_uri
+    for args, message in (
+        (["pool-dumpxml", "default", "--xpath", "//name"], "option --xpath is not supported"),
+        (["vol-create-as", "default", "v", "1M", "--backing-vol", "b"], "option --backing-vol"),
+        (["vol-wipe", "v", "default", "--algorithm", "nnsa"], "wipe algorithm 'nnsa' is not"),
+        (["vol-upload", "v", "f", "--sparse", "--no-sparse"], "--sparse and --no-sparse are"),
+    ):
+        proc = run_virtvol("-c", uri, *args)
+        assert proc.returncode == 1, args
+        assert message in proc.stderr, (args, proc.stderr)
+    ssh = run_virtvol("-c", "storage+ssh://root@host/system", "pool-list")
+    assert (ssh.returncode, ssh.stderr) == (
+        1,
+        "error: failed to connect to the hypervisor\n"
+        "error: transport 'ssh' is not supported by virtvol (use tcp or unix)\n",
+    )
+    nothing = run_virtvol()
+    assert (nothing.returncode, nothing.stderr) == (
+        1,
+        "error: no command given (see 'virtvol help')\n",
+    )
