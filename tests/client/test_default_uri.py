@@ -160,6 +160,10 @@ def test_client_configuration_and_session_sockets(home: Path, tmp_path: Path) ->
     assert compare(home, ["-r", *session], env, as_nobody=True).stderr == _refused(
         f"{runtime}/libvirt/libvirt-sock"
     )
+    # Without $XDG_RUNTIME_DIR: glib's fallback, the user's cache folder.
+    assert compare(home, session, {}, as_nobody=True).stderr == _refused(
+        f"{home}/.cache/libvirt/libvirt-sock"
+    )
     sockets = runtime / "libvirt"
     sockets.mkdir(mode=0o700)
     os.chown(sockets, _NOBODY.pw_uid, _NOBODY.pw_gid)
