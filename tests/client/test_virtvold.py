@@ -95,3 +95,19 @@ async def test_legacy_client_against_current_virtvold(virtvold: Virtvold, tmp_pa
         back = tmp_path / "back.img"
         await vol.download_file(back)
         assert_same_file(source, back)
+
+
+async def test_download_onto_a_directory_fails_before_transferring(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    progress: list[tuple[int, int]] = []
+    async with connect(virtvold.unix_uri) as conn:
+        vol = await _volume(conn, "dir.img")
+        with pytest.raises(IsADirectoryError):
+            await vol.download_file(folder, progress=lambda d, h: progress.append((d, h)))
+        assert progress == []  # no stream was opened
+        assert list(folder.iterdir()) == []
+        assert not leftovers(tmp_path, "adir")
+        assert conn.is_alive
