@@ -421,7 +421,7 @@ async def download_file(
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     target = os.fspath(path)
-    if os.path.isdir(target):
+    if await loop.run_in_executor(None, os.path.isdir, target):
         # Found now, not by the final rename after the whole volume went by.
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
     head, name = os.path.split(target)
