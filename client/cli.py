@@ -468,14 +468,38 @@ async def vol_key(conn: Connection, args: argparse.Namespace) -> str:
     return vol.key + "\n"
 
 
+async def _backing_volume(conn: Connection, pool: StoragePool, name: str) -> str:
+    """--backing-vol as virsh reads it: a name in the pool, else a key, else a path."""
+    for lookup in (pool.lookup_volume, conn.lookup_volume_by_key, conn.lookup_volume_by_path):
+        try:
+            vol = await lookup(name)
+        except LibvirtError as exc:
+            error = exc
+            continue
+        try:
+            return await vol.path()
+        except LibvirtError as exc:
+            _fail(f"failed to get vol '{name}'", exc)
+    _fail(f"failed to get vol '{name}'", error)
+
+
 async def vol_create_as(conn: Connection, args: argparse.Namespace) -> str:
-    _unsupported(args, "backing-vol", "backing-vol-format")
+    pool = await _pool(conn, args.pool)
     capacity = _size_argument(args.capacity)
     allocation = None if args.allocation is None else _size_argument(args.allocation)
-    xml = volume_xml(args.name, capacity, allocation=allocation, format=args.format)
+    backing = None
+    if args.backing_vol is not None:
+        backing = await _backing_volume(conn, pool, args.backing_vol)
+    xml = volume_xml(
+        args.name,
+        capacity,
+        allocation=allocation,
+        format=args.format,
+        backing_path=backing,
+        backing_format=args.backing_vol_format if backing is not None else None,
+    )
     if args.print_xml:
         return xml
-    pool = await _pool(conn, args.pool)
     flags = VOL_CREATE_PREALLOC_METADATA if args.prealloc_metadata else 0
     try:
         await pool.create_volume(xml, flags=flags)
@@ -824,8 +848,8 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("capacity", "its size, e.g. 10G (bytes without a suffix)", required=True),
             Option("allocation", "bytes to allocate now, e.g. 0 for a sparse volume"),
             Option("format", "image format: raw, qcow2, ..."),
-            Option("backing-vol", "not supported by virtvol"),
-            Option("backing-vol-format", "not supported by virtvol"),
+            Option("backing-vol", "a volume to overlay (copy-on-write formats)"),
+            Option("backing-vol-format", "the format of --backing-vol"),
             Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
             Option("print-xml", "only print the volume's XML", "bool"),
         ),

@@ -26,7 +26,13 @@ def escape(text: str) -> str:
 
 
 def volume_xml(
-    name: str, capacity: int, *, allocation: int | None = None, format: str | None = None
+    name: str,
+    capacity: int,
+    *,
+    allocation: int | None = None,
+    format: str | None = None,
+    backing_path: str | None = None,
+    backing_format: str | None = None,
 ) -> str:
     """The XML of a new volume.
 
@@ -36,6 +42,8 @@ def volume_xml(
         allocation: bytes to allocate up front (None: the pool's default, a
             full allocation for dir pools; 0: none, a sparse file).
         format: the image format (``"raw"``, ``"qcow2"``...); None: the pool's default.
+        backing_path: the path of a backing volume (a copy-on-write overlay of it).
+        backing_format: the backing volume's format (with ``backing_path``).
 
     Returns:
         ``<volume>`` as virsh's vol-create-as writes it.
@@ -47,5 +55,10 @@ def volume_xml(
         lines.append(f"  <allocation>{allocation}</allocation>")
     if format:
         lines += ["  <target>", f"    <format type='{escape(format)}'/>", "  </target>"]
+    if backing_path is not None:
+        lines += ["  <backingStore>", f"    <path>{escape(backing_path)}</path>"]
+        if backing_format:
+            lines.append(f"    <format type='{escape(backing_format)}'/>")
+        lines.append("  </backingStore>")
     lines.append("</volume>")
     return "\n".join(lines) + "\n"

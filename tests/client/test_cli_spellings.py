@@ -98,6 +98,30 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["pool-list", "--no-autostart", "--type", "dir,fs", "--details"],
         ["vol-create-as", "default", "x", "1M", "0", "qcow2", "--print-xml"],
         [
+            "vol-create-as",
+            "default",
+            "x",
+            "1M",
+            "--format",
+            "qcow2",
+            "--backing-vol",
+            "v1",
+            "--backing-vol-format",
+            "raw",
+            "--print-xml",
+        ],
+        [
+            "vol-create-as",
+            "default",
+            "x",
+            "1M",
+            "--backing-vol",
+            str(reference_libvirtd.pool_dir / "v1"),
+            "--print-xml",
+        ],
+        ["vol-create-as", "default", "x", "1M", "--backing-vol", "nope", "--print-xml"],
+        ["vol-create-as", "default", "x", "1M", "--backing-vol-format", "raw", "--print-xml"],
+        [
             "pool-define-as",
             "p",
             "netfs",
@@ -182,6 +206,7 @@ def test_changing_spellings_match_virsh(
             "5000",
         ],
         ["-q", "vol-download", "--vol", "n-{}", "--file", str(tmp_path / "out-{}"), "default"],
+        ["vol-create-as", "default", "k-{}", "1M", "--backing-vol", "n-{}", "--format", "qcow2"],
         ["vol-resize", "--vol", "n-{}", "--capacity", "2M", "--pool", "default"],
         ["vol-clone", "--vol", "n-{}", "--newname", "c-{}", "--pool", "default"],
         ["vol-wipe", "c-{}", "default", "--algorithm", "zero"],
@@ -247,7 +272,7 @@ def test_what_virtvol_cannot_do_is_refused_clearly(virtvold: Virtvold) -> None:
     uri = virtvold.unix_uri
     for args, message in (
         (["pool-dumpxml", "default", "--xpath", "//name"], "option --xpath is not supported"),
-        (["vol-create-as", "default", "v", "1M", "--backing-vol", "b"], "option --backing-vol"),
+        (["vol-clone", "v", "w", "default", "--print-xml"], "option --print-xml is not"),
         (["vol-wipe", "v", "default", "--algorithm", "nnsa"], "wipe algorithm 'nnsa' is not"),
         (["vol-upload", "v", "f", "--sparse", "--no-sparse"], "--sparse and --no-sparse are"),
     ):
