@@ -45,7 +45,7 @@ from virtvol.client.objects import PoolState, StoragePool, StorageVolume, Volume
 from virtvol.client.progress import TransferProgress, summary_line
 from virtvol.client.sizes import SizeError, format_size, parse_size
 from virtvol.client.uri import DEFAULT_URI_ENV
-from virtvol.client.xmldesc import escape, volume_xml
+from virtvol.client.xmldesc import escape, renamed_volume_xml, volume_xml
 
 __all__ = ["main"]
 
@@ -509,15 +509,21 @@ async def vol_create_as(conn: Connection, args: argparse.Namespace) -> str:
 
 
 async def vol_clone(conn: Connection, args: argparse.Namespace) -> str:
-    _unsupported(args, "print-xml")
     vol = await _volume(conn, args.vol, args.pool)
     flags = VOL_CREATE_PREALLOC_METADATA if args.prealloc_metadata else 0
     if args.reflink:
         flags |= VOL_CREATE_REFLINK
     try:
         pool = await vol.pool()
-        info = await vol.info()
-        xml = volume_xml(args.newname, info.capacity)
+        # As virsh: the original's XML under the new name, so the copy keeps its format.
+        xml = renamed_volume_xml(await vol.xml_desc(), args.newname)
+    except LibvirtError as exc:
+        _fail(f"Failed to clone vol from {vol.name}", exc)
+    except ValueError as exc:
+        raise CommandError(f"Failed to clone vol from {vol.name}", str(exc)) from exc
+    if args.print_xml:
+        return xml  # no newline of its own: virsh prints it so, then the blank line
+    try:
         await pool.create_volume_from(xml, vol, flags=flags)
     except LibvirtError as exc:
         _fail(f"Failed to clone vol from {vol.name}", exc)
@@ -836,7 +842,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             _POOL_OF_VOL,
             Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
             Option("reflink", "share the data blocks (copy-on-write file systems)", "bool"),
-            Option("print-xml", "not supported by virtvol", "bool"),
+            Option("print-xml", "only print the copy's XML", "bool"),
         ),
         _command(
             "vol-create-as",

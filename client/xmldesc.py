@@ -7,7 +7,7 @@ volume as ``virsh vol-create-as POOL disk.img 10G``.
 
 from __future__ import annotations
 
-__all__ = ["escape", "volume_xml"]
+__all__ = ["escape", "renamed_volume_xml", "volume_xml"]
 
 
 def escape(text: str) -> str:
@@ -62,3 +62,27 @@ def volume_xml(
         lines.append("  </backingStore>")
     lines.append("</volume>")
     return "\n".join(lines) + "\n"
+
+
+def renamed_volume_xml(xml: str, name: str) -> str:
+    """A volume's XML (``vol.xml_desc()``) with another name: what ``virsh vol-clone``
+    sends to create the copy, so that it keeps the original's format and settings.
+
+    The document is written back as libxml2 writes it (double-quoted attributes,
+    ``<tag/>``), which is what ``virsh vol-clone --print-xml`` shows.
+
+    Raises:
+        ValueError: ``xml`` is not a volume's XML.
+    """
+    # Imported here: the command line needs it for vol-clone only.
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"not a volume's XML: {exc}") from None
+    element = root.find("name")
+    if root.tag != "volume" or element is None:
+        raise ValueError("not a volume's XML: no <volume><name>")
+    element.text = name
+    return ElementTree.tostring(root, encoding="unicode").replace(" />", "/>")

@@ -120,6 +120,8 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
             "--print-xml",
         ],
         ["vol-create-as", "default", "x", "1M", "--backing-vol", "nope", "--print-xml"],
+        ["vol-clone", "v1", "w", "default", "--print-xml"],
+        ["-q", "vol-clone", "--vol", "v1", "--newname", "w", "--pool", "default", "--print-xml"],
         ["vol-create-as", "default", "x", "1M", "--backing-vol-format", "raw", "--print-xml"],
         [
             "pool-define-as",
@@ -272,7 +274,7 @@ def test_what_virtvol_cannot_do_is_refused_clearly(virtvold: Virtvold) -> None:
     uri = virtvold.unix_uri
     for args, message in (
         (["pool-dumpxml", "default", "--xpath", "//name"], "option --xpath is not supported"),
-        (["vol-clone", "v", "w", "default", "--print-xml"], "option --print-xml is not"),
+        (["pool-define-as", "p", "iscsi", "--auth-type", "chap"], "option --auth-type is not"),
         (["vol-wipe", "v", "default", "--algorithm", "nnsa"], "wipe algorithm 'nnsa' is not"),
         (["vol-upload", "v", "f", "--sparse", "--no-sparse"], "--sparse and --no-sparse are"),
     ):

@@ -13,6 +13,7 @@ from virtvol.client.display import format_table
 from virtvol.client.errors import NoSupport, error_from_remote
 from virtvol.client.libvirt_conf import load_client_config
 from virtvol.client.sizes import SizeError, format_size, parse_size
+from virtvol.client.xmldesc import renamed_volume_xml
 from virtvol.protocol.remote import RemoteError
 
 
@@ -154,3 +155,17 @@ def test_volume_xml() -> None:
     assert "<allocation>" not in volume_xml("v", 1)
     with pytest.raises(ValueError, match="negative"):
         volume_xml("v", -1)
+
+
+def test_renamed_volume_xml() -> None:
+    original = (
+        "<volume type='file'>\n  <name>a</name>\n  <capacity unit='bytes'>5</capacity>\n"
+        "  <target>\n    <format type='qcow2'/>\n  </target>\n</volume>\n"
+    )
+    assert renamed_volume_xml(original, "b&c") == (
+        '<volume type="file">\n  <name>b&amp;c</name>\n  <capacity unit="bytes">5</capacity>\n'
+        '  <target>\n    <format type="qcow2"/>\n  </target>\n</volume>'
+    )
+    for bad in ("<pool><name>x</name></pool>", "<volume/>", "<volume"):
+        with pytest.raises(ValueError, match="not a volume's XML"):
+            renamed_volume_xml(bad, "b")
