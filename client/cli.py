@@ -286,42 +286,69 @@ async def pool_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
     return xml if xml.endswith("\n") else xml + "\n"
 
 
-_POOL_XML_UNSUPPORTED = (
-    "auth-type",
-    "auth-username",
-    "secret-usage",
-    "secret-uuid",
-    "adapter-name",
-    "adapter-wwnn",
-    "adapter-wwpn",
-    "adapter-parent",
-    "adapter-parent-wwnn",
-    "adapter-parent-wwpn",
-    "adapter-parent-fabric-wwn",
-    "source-protocol-ver",
-    "source-initiator",
-)
-
-
 def _pool_xml(args: argparse.Namespace) -> str:
-    """The pool XML virsh's pool-define-as/pool-create-as build from their options."""
-    _unsupported(args, *_POOL_XML_UNSUPPORTED)
-    lines = [f"<pool type='{escape(args.type)}'>", f"  <name>{escape(args.name)}</name>"]
+    """The pool XML virsh's pool-define-as/pool-create-as build from their options (the
+    same elements, order and conditions as virsh 9.0)."""
+    a = args
+    lines = [f"<pool type='{escape(a.type)}'>", f"  <name>{escape(a.name)}</name>"]
+    fc_host = a.adapter_wwnn and a.adapter_wwpn
     source = []
-    if args.source_host:
-        source.append(f"    <host name='{escape(args.source_host)}'/>")
-    if args.source_path:
-        source.append(f"    <dir path='{escape(args.source_path)}'/>")
-    if args.source_dev:
-        source.append(f"    <device path='{escape(args.source_dev)}'/>")
-    if args.source_format:
-        source.append(f"    <format type='{escape(args.source_format)}'/>")
-    if args.source_name:
-        source.append(f"    <name>{escape(args.source_name)}</name>")
-    if source:
-        lines += ["  <source>", *source, "  </source>"]
-    if args.target:
-        lines += ["  <target>", f"    <path>{escape(args.target)}</path>", "  </target>"]
+    if a.source_host:
+        source.append(f"<host name='{escape(a.source_host)}'/>")
+    if a.source_path:
+        source.append(f"<dir path='{escape(a.source_path)}'/>")
+    if a.source_dev:
+        source.append(f"<device path='{escape(a.source_dev)}'/>")
+    if a.source_initiator:
+        source += ["<initiator>", f"  <iqn name='{escape(a.source_initiator)}'/>", "</initiator>"]
+    if fc_host:
+        parent = ""
+        if a.adapter_parent:
+            parent = f" parent='{escape(a.adapter_parent)}'"
+        elif a.adapter_parent_wwnn and a.adapter_parent_wwpn:
+            parent = (
+                f" parent_wwnn='{escape(a.adapter_parent_wwnn)}'"
+                f" parent_wwpn='{escape(a.adapter_parent_wwpn)}'"
+            )
+        elif a.adapter_parent_fabric_wwn:
+            parent = f" parent_fabric_wwn='{escape(a.adapter_parent_fabric_wwn)}'"
+        source.append(
+            f"<adapter type='fc_host'{parent} wwnn='{escape(a.adapter_wwnn)}'"
+            f" wwpn='{escape(a.adapter_wwpn)}'/>"
+        )
+    elif a.adapter_name:
+        source.append(f"<adapter type='scsi_host' name='{escape(a.adapter_name)}'/>")
+    if a.auth_type and a.auth_username and (a.secret_usage or a.secret_uuid):
+        secret = (
+            f"usage='{escape(a.secret_usage)}'"
+            if a.secret_usage
+            else f"uuid='{escape(a.secret_uuid)}'"
+        )
+        source += [
+            f"<auth type='{escape(a.auth_type)}' username='{escape(a.auth_username)}'>",
+            f"  <secret {secret}/>",
+            "</auth>",
+        ]
+    if a.source_format:
+        source.append(f"<format type='{escape(a.source_format)}'/>")
+    if a.source_name:
+        source.append(f"<name>{escape(a.source_name)}</name>")
+    if a.source_protocol_ver:
+        source.append(f"<protocol ver='{escape(a.source_protocol_ver)}'/>")
+    # virsh writes <source> only for these options (auth or a protocol version alone: none).
+    if (
+        a.source_host
+        or a.source_path
+        or a.source_dev
+        or a.source_initiator
+        or a.source_format
+        or a.source_name
+        or fc_host
+        or a.adapter_name
+    ):
+        lines += ["  <source>", *(f"    {line}" for line in source), "  </source>"]
+    if a.target:
+        lines += ["  <target>", f"    <path>{escape(a.target)}</path>", "  </target>"]
     lines.append("</pool>")
     return "\n".join(lines) + "\n"
 
@@ -691,24 +718,19 @@ _POOL_AS = (
     Option("source-name", "name of the storage behind the pool (a volume group...)"),
     Option("target", "where the pool's volumes appear (a directory for dir pools)"),
     Option("source-format", "format of the storage behind the pool"),
-    *(
-        Option(name, "not supported by virtvol")
-        for name in (
-            "auth-type",
-            "auth-username",
-            "secret-usage",
-            "secret-uuid",
-            "adapter-name",
-            "adapter-wwnn",
-            "adapter-wwpn",
-            "adapter-parent",
-            "adapter-parent-wwnn",
-            "adapter-parent-wwpn",
-            "adapter-parent-fabric-wwn",
-            "source-protocol-ver",
-            "source-initiator",
-        )
-    ),
+    Option("auth-type", "authentication type for the storage (chap...)"),
+    Option("auth-username", "user name for that authentication"),
+    Option("secret-usage", "usage name of the secret holding the password"),
+    Option("secret-uuid", "UUID of the secret holding the password"),
+    Option("adapter-name", "SCSI host adapter name (scsi_host pools)"),
+    Option("adapter-wwnn", "fibre channel adapter WWNN (with --adapter-wwpn)"),
+    Option("adapter-wwpn", "fibre channel adapter WWPN (with --adapter-wwnn)"),
+    Option("adapter-parent", "parent scsi_hostN of a vHBA adapter"),
+    Option("adapter-parent-wwnn", "WWNN of the parent of a vHBA adapter"),
+    Option("adapter-parent-wwpn", "WWPN of the parent of a vHBA adapter"),
+    Option("adapter-parent-fabric-wwn", "fabric WWN of the parent of a vHBA adapter"),
+    Option("source-protocol-ver", "NFS protocol version to mount with"),
+    Option("source-initiator", "iSCSI initiator IQN"),
 )
 _TRANSFER = (
     Option("pool", "name or UUID of the pool holding the volume"),
@@ -749,7 +771,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "Create and start a transient pool described by the options.",
             *_POOL_AS,
             *_BUILD,
-            exclusive=(("overwrite", "no-overwrite"),),
+            exclusive=(("overwrite", "no-overwrite"), ("secret-usage", "secret-uuid")),
         ),
         _command(
             "pool-define-as",
@@ -757,6 +779,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "define a pool from options",
             "Define a persistent pool described by the options; it stays inactive.",
             *_POOL_AS,
+            exclusive=(("secret-usage", "secret-uuid"),),
         ),
         _command(
             "pool-destroy",
