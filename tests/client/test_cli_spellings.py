@@ -248,6 +248,8 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-info", "--vol", "v1", "--vol", "v1"],
         ["vol-info", "v1", "--pool"],
         ["vol-info", "v1", "--quiet-not"],
+        ["vol-info", "--pool", "--bytes", "v1"],  # a value may look like an option
+        ["vol-info", "v1", "-q"],  # after the command, -q is a word like any other
         ["pool-list", "--all", "--inactive"],
         ["pool-list", "--details", "--name"],
         ["pool-list", "--type", "bogus"],
