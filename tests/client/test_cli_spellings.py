@@ -408,3 +408,24 @@ def test_global_options_as_virsh_reads_them(virtvold: Virtvold) -> None:
             check=False,
         )
         same(run_virtvol(*args), theirs)
+
+
+def _synopsis(help_text: str) -> str:
+    lines = help_text.splitlines()
+    return lines[lines.index("  SYNOPSIS") + 1].strip()
+
+
+def test_every_command_takes_virsh_options_in_virsh_order() -> None:
+    """The synopsis lists every option in declaration order, which is also the order
+    positional words fill them: it must be virsh's, plus only virtvol's marked extras."""
+    listing = run_virtvol("help").stdout
+    commands = [line.split()[0] for line in listing.splitlines() if line.startswith("    ")]
+    assert len(commands) == 22
+    for name in commands:
+        theirs = subprocess.run(
+            ["virsh", "help", name], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        ours = run_virtvol("help", name).stdout
+        assert _synopsis(ours).replace(" [--no-sparse]", "") == _synopsis(theirs), name
+    group = run_virtvol("help", "volume").stdout
+    assert group.startswith(" Storage Volume (help keyword 'volume'):\n    vol-clone ")
