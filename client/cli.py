@@ -672,13 +672,16 @@ async def _transfer(
         ("upload", "upload to", "read") if upload else ("download", "download from", "create")
     )
     move = vol.upload_file if upload else vol.download_file
-    with TransferProgress(f"{verb} {vol.name}", total, enabled=not args.quiet) as bar:
+    sparse = _sparse_choice(args)
+    with TransferProgress(
+        f"{verb} {vol.name}", total, enabled=not args.quiet, holes=sparse is not False
+    ) as bar:
         try:
             result = await move(
                 args.file,
                 offset=args.offset,
                 length=args.length,
-                sparse=_sparse_choice(args),
+                sparse=sparse,
                 progress=bar.update,
             )
         except LibvirtError as exc:  # SparseUnsupported too: it fails the opening call

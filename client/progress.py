@@ -26,10 +26,17 @@ class TransferProgress:
         total: the bytes expected (data plus holes), or None if unknown.
         enabled: False to draw nothing (``--quiet``).
         stream: where to draw (stderr by default).
+        holes: False for a stream that is dense from the start: no "holes" column.
     """
 
     def __init__(
-        self, description: str, total: int | None, *, enabled: bool, stream: TextIO | None = None
+        self,
+        description: str,
+        total: int | None,
+        *,
+        enabled: bool,
+        stream: TextIO | None = None,
+        holes: bool = True,
     ) -> None:
         out = stream if stream is not None else sys.stderr
         self._progress: Progress | None = None
@@ -41,11 +48,11 @@ class TransferProgress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             sizes, rate = _binary_columns()
+            columns = [TextColumn("{task.description}"), BarColumn(), sizes]
+            if holes:
+                columns.append(TextColumn("holes {task.fields[holes]}"))
             self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                sizes,
-                TextColumn("holes {task.fields[holes]}"),
+                *columns,
                 rate,
                 TimeRemainingColumn(),
                 console=Console(file=out),
