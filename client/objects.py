@@ -73,6 +73,7 @@ POOL_XML_INACTIVE = 1
 VOL_RESIZE_ALLOCATE = 1
 VOL_RESIZE_DELTA = 2
 VOL_RESIZE_SHRINK = 4
+VOL_GET_PHYSICAL = 1
 
 
 class StoragePool:
@@ -250,11 +251,20 @@ class StorageVolume:
     async def _call(self, procedure: int, args: XdrStruct) -> XdrStruct | None:
         return await self.connection.rpc.call(procedure, args)
 
-    async def info(self) -> VolumeInfo:
-        """Type, capacity and allocation."""
-        ret = _expect(
-            await self._call(Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire)), r.VolGetInfoRet
-        )
+    async def info(self, *, physical: bool = False) -> VolumeInfo:
+        """Type, capacity and allocation.
+
+        Args:
+            physical: report the volume's physical size as its allocation
+                (libvirt's VIR_STORAGE_VOL_GET_PHYSICAL, sent with GET_INFO_FLAGS).
+        """
+        if physical:
+            call = await self._call(
+                Proc.STORAGE_VOL_GET_INFO_FLAGS, r.VolFlagsArgs(self.wire, VOL_GET_PHYSICAL)
+            )
+        else:
+            call = await self._call(Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire))
+        ret = _expect(call, r.VolGetInfoRet)
         return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
 
     async def xml_desc(self) -> str:
