@@ -8,6 +8,7 @@ async with virtvol.client.connect("storage+tcp://host/system") as conn:
 
 from virtvol.client.connection import Connection, ProtocolMode, connect
 from virtvol.client.errors import (
+    CallTimeout,
     ConnectionClosed,
     InvalidArgument,
     InvalidURI,
@@ -22,6 +23,7 @@ from virtvol.client.errors import (
     SparseUnsupported,
     StorageVolumeExists,
     TransportError,
+    UnsendableValue,
     VirtvolError,
 )
 from virtvol.client.objects import (
@@ -38,6 +40,7 @@ from virtvol.client.uri import Target, default_uri, parse_uri
 
 __all__ = [
     "FRAME_DATA_MAX",
+    "CallTimeout",
     "Connection",
     "ConnectionClosed",
     "Download",
@@ -63,6 +66,7 @@ __all__ = [
     "Target",
     "TransferResult",
     "TransportError",
+    "UnsendableValue",
     "Upload",
     "VirtvolError",
     "VolumeInfo",
