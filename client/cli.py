@@ -615,7 +615,7 @@ async def _run(args: argparse.Namespace) -> str:
     try:
         handler: Handler = args.handler
         return await handler(conn, args)
-    except TransportError as exc:
+    except VirtvolError as exc:  # a lost connection, a value the wire cannot carry
         raise CommandError(str(exc)) from exc
     finally:
         await conn.close()

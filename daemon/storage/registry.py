@@ -8,6 +8,7 @@ volume is marked busy, so other requests are not held up.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -45,6 +46,7 @@ from .reports import (
     pool_has_jobs,
     pool_still_active,
     storage_error,
+    system_error,
     uuid_text,
 )
 from .transfer import VolumeReader, VolumeWriter
@@ -55,6 +57,8 @@ from .xmldoc import escape
 log = logging.getLogger(__name__)
 
 STORAGE = ErrorDomain.STORAGE
+# The largest file offset (off_t is a signed 64-bit number).
+_OFF_T_MAX = (1 << 63) - 1
 
 
 class StorageRegistry:
@@ -573,6 +577,11 @@ class StorageRegistry:
                 pool.check_not_busy(volume.name)
             fd = volumes.open(volume.name, os.O_RDONLY)
         try:
+            _check_seekable(volumes, volume.name, offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
             return VolumeReader(fd, offset, length, sparse=bool(flags & VolStreamFlags.SPARSE))
         except BaseException:
             os.close(fd)
@@ -594,6 +603,7 @@ class StorageRegistry:
             volumes = pool.active_volumes()
             volumes.require(volume.name)
             pool.check_not_busy(volume.name)
+            _check_seekable(volumes, volume.name, offset)
             if offset == 0 and length == 0:
                 temp, fd = volumes.create_upload_temp(volume.name)
                 pool.upload_temps.add(temp)
@@ -620,6 +630,14 @@ class StorageRegistry:
             os.close(fd)
             finish(False)
             raise
+
+
+def _check_seekable(volumes: VolumeDir, name: str, offset: int) -> None:
+    # The wire allows any unsigned 64-bit offset, a file offset ends at 2**63 - 1;
+    # libvirt's stream opener fails its lseek the same way.
+    if offset > _OFF_T_MAX:
+        where = f"Unable to seek {volumes.volume_path(name)} to {offset}"
+        raise system_error(where, errno.EINVAL, ErrorDomain.STREAMS)
 
 
 def _check_flags(flags: int, supported: int, function: str) -> None:
