@@ -22,8 +22,7 @@ import concurrent.futures
 import contextlib
 
 from virtvol.daemon.storage import Chunk, VolumeReader
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
-from virtvol.protocol.errors import ErrorReport
+from virtvol.daemon.streamio import FrameSink, TransferStats, as_report, remote_error
 
 # Data frame size. libvirt's peers accept frames up to 32 MiB but send
 # 262120-byte ones. Measured here (2 cores, loopback TCP, uvloop, a page-cached
@@ -81,7 +80,8 @@ class Download:
             outcome = await self._client_ended
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
-        except ErrorReport as report:
+        except Exception as exc:
+            report = as_report(exc, f"download from {self.stats.volume}")
             outcome = f"failed: {report.message}"
             if self._serial in self._sink.rpc.streams:
                 self._sink.send(

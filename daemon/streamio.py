@@ -8,11 +8,21 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from virtvol.protocol.connection import Connection
-from virtvol.protocol.errors import ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.remote import RemoteError
 
 log = logging.getLogger("virtvol.daemon.stream")
+
+
+def as_report(exc: Exception, what: str) -> ErrorReport:
+    """The error a failed stream reports to the client: the handler's own, or, for a
+    failure nobody foresaw, an internal error (logged with its traceback), so that the
+    client is told instead of waiting for an answer that cannot come."""
+    if isinstance(exc, ErrorReport):
+        return exc
+    log.error("%s failed", what, exc_info=exc)
+    return ErrorReport.raised(ErrorCode.INTERNAL_ERROR, ErrorDomain.RPC, f"{what} failed: {exc}")
 
 
 class FrameSink(Protocol):

@@ -23,7 +23,7 @@ import concurrent.futures
 import enum
 
 from virtvol.daemon.storage import VolumeWriter
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.daemon.streamio import FrameSink, TransferStats, as_report, remote_error
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
 
@@ -117,7 +117,8 @@ class Upload:
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
             # After the acknowledgement: the client need not wait for this.
             await self._in_thread(self._writer.release_replaced)
-        except ErrorReport as report:
+        except Exception as exc:
+            report = as_report(exc, f"upload to {self.stats.volume}")
             outcome = f"failed: {report.message}"
             self._fail(report)
         finally:
