@@ -8,6 +8,7 @@ async with virtvol.client.connect("storage+tcp://host/system") as conn:
 
 from virtvol.client.connection import Connection, ProtocolMode, connect
 from virtvol.client.errors import (
+    CallTimeout,
     ConnectionClosed,
     InvalidArgument,
     InvalidURI,
@@ -23,6 +24,7 @@ from virtvol.client.errors import (
     StorageVolumeExists,
     TransportError,
     UnsupportedTransport,
+    UnsendableValue,
     VirtvolError,
 )
 from virtvol.client.objects import (
@@ -40,6 +42,7 @@ from virtvol.client.xmldesc import volume_xml
 
 __all__ = [
     "FRAME_DATA_MAX",
+    "CallTimeout",
     "Connection",
     "ConnectionClosed",
     "Download",
@@ -66,6 +69,7 @@ __all__ = [
     "TransferResult",
     "TransportError",
     "UnsupportedTransport",
+    "UnsendableValue",
     "Upload",
     "VirtvolError",
     "VolumeInfo",

@@ -68,11 +68,12 @@ from virtvol.protocol.connection import (
     rpc_error,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
-from virtvol.protocol.exceptions import ProtocolError
+from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 from virtvol.protocol.procedures import Proc, StreamDirection
 from virtvol.protocol.stream import Side
+from virtvol.protocol.xdr import XdrStruct
 
 log = logging.getLogger("virtvol.daemon.connection")
 
@@ -381,7 +382,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif isinstance(event, CallRejected):
             self._calls += 1
             self._log_refusal(event.procedure, event.error.message)
-            self.send(self.rpc.reply_error(event.serial, event.error))
+            self._reply_error(event.serial, event.error)
         elif isinstance(event, FrameIgnored):
             log.debug("%s: dropped %s: %s", self.peer, event.header.describe(), event.reason)
 
@@ -479,7 +480,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 # In the table (the client side uses it) but nothing a client may call here.
                 message = f"unknown procedure: {procedure.number}"
                 self._log_refusal(procedure.number, message)
-                self.send(self.rpc.reply_error(call.serial, rpc_error(message)))
+                self._reply_error(call.serial, rpc_error(message))
                 return
             else:
                 result = await self._ctx.call_queue.submit(
@@ -490,16 +491,37 @@ class ClientConnection(asyncio.BufferedProtocol):
                     call.args,
                 )
         except ErrorReport as report:
-            self.send(self.rpc.reply_error(call.serial, remote_error(report)))
+            self._reply_error(call.serial, remote_error(report))
             return
         except Exception as exc:
             if procedure.name not in self._logged_failures:  # once per connection, not per call
                 self._logged_failures.add(procedure.name)
                 log.exception("%s: %s failed", self.peer, procedure.name)
             failure = internal_error(f"{procedure.name} failed: {exc}")
-            self.send(self.rpc.reply_error(call.serial, remote_error(failure)))
+            self._reply_error(call.serial, remote_error(failure))
             return
-        self.send(self.rpc.reply(call.serial, result))
+        self._reply(call.serial, procedure.name, result)
+
+    def _reply(self, serial: int, name: str, result: XdrStruct | None) -> None:
+        """Answer a call; a result that cannot be encoded (a list longer than the
+        protocol allows) is answered with the RPC error libvirtd sends then."""
+        try:
+            frame = self.rpc.reply(serial, result)
+        except XdrEncodeError as exc:
+            log.error("%s: the result of %s cannot be sent: %s", self.peer, name, exc)
+            self._reply_error(serial, rpc_error(f"Unable to encode message payload: {exc}"))
+            return
+        self.send(frame)
+
+    def _reply_error(self, serial: int, error: r.RemoteError) -> None:
+        """Answer a call with an error; one that cannot be encoded (a message longer
+        than a wire string) goes as a plain one, so the call is never left unanswered."""
+        try:
+            frame = self.rpc.reply_error(serial, error)
+        except XdrEncodeError as exc:
+            log.error("%s: an error reply cannot be sent: %s", self.peer, exc)
+            frame = self.rpc.reply_error(serial, rpc_error("Unable to encode message payload"))
+        self.send(frame)
 
     def _log_refusal(self, procedure: int, message: str | None) -> None:
         if not self._logged_refusal:
