@@ -23,8 +23,8 @@ from virtvol.client.errors import (
     SparseUnsupported,
     StorageVolumeExists,
     TransportError,
-    UnsupportedTransport,
     UnsendableValue,
+    UnsupportedTransport,
     VirtvolError,
 )
 from virtvol.client.objects import (
@@ -68,8 +68,8 @@ __all__ = [
     "Target",
     "TransferResult",
     "TransportError",
-    "UnsupportedTransport",
     "UnsendableValue",
+    "UnsupportedTransport",
     "Upload",
     "VirtvolError",
     "VolumeInfo",

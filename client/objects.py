@@ -293,7 +293,9 @@ class StorageVolume:
                 timeout=timeout,
             )
         else:
-            call = await self._call(Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire), timeout=timeout)
+            call = await self._call(
+                Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire), timeout=timeout
+            )
         ret = _expect(call, r.VolGetInfoRet)
         return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
 

@@ -47,7 +47,9 @@ def unexpected_failure(what: str, exc: Exception) -> ErrorReport:
         what: the transfer, as "upload to POOL/VOLUME" or "download from POOL/VOLUME".
     """
     log.error("%s failed", what, exc_info=exc)
-    return ErrorReport.raised(ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{what} failed: {exc}")
+    return ErrorReport.raised(
+        ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{what} failed: {exc}"
+    )
 
 
 def remote_error(report: ErrorReport) -> RemoteError:
