@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         action="append",
         default=[],
-        help="tcp://HOST:PORT, unix:///PATH or unix-ro:///PATH (read-only); repeatable",
+        help="tcp://HOST:PORT, tls://HOST[:PORT] (16514), unix:///PATH or unix-ro:///PATH"
+        " (read-only); repeatable",
     )
     parser.add_argument(
         "--pool",

@@ -89,6 +89,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.rpc = Connection(Side.SERVER)
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
+        # Who the peer proved to be (the TLS client's DN), set before connection_made.
+        self.peer_identity: str | None = None
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,7 +115,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.peer = describe_peer(transport)
         self._ctx.connections.add(self)
         self._ctx.total_connections += 1
-        log.info("%s: connected on %s", self.peer, self._listener)
+        identity = f" as {self.peer_identity}" if self.peer_identity else ""
+        log.info("%s: connected on %s%s", self.peer, self._listener, identity)
         if not self._ctx.accepting:
             self.close("the daemon is stopping")
 
@@ -136,6 +139,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:  # a TLS client that never got in: logged by tls.py
+            if not self.closed.done():
+                self.closed.set_result(None)
+            return
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
         if self._keepalive_timer is not None:
