@@ -5,8 +5,8 @@ rules follow libvirt's remote driver:
 
 * transports are ``tls, unix, ssh, libssh2, ext, tcp, libssh`` (any case);
   without one, ``tls`` when there is a host and ``unix`` when there is not;
-  ``unix`` with a host is an error. virtvol itself connects over ``tcp`` and
-  ``unix``.
+  ``unix`` with a host is an error. virtvol itself connects over ``tcp``,
+  ``tls`` and ``unix``.
 * ports: the URI's, else 16509 for tcp and 16514 for tls.
 * UNIX socket: ``?socket=PATH`` wins; else ``?mode=legacy|direct|auto``
   chooses between libvirtd's socket and the per-driver daemon's one
@@ -74,6 +74,8 @@ class Target:
         socket_path: the UNIX socket path for the unix transport.
         open_name: the name sent in CONNECT_OPEN.
         open_flags: the CONNECT_OPEN flags (bit 0 read-only, bit 1 per-user).
+        pkipath: for tls, the ``?pkipath=`` folder holding the certificates (None: libvirt's).
+        tls_verify: for tls, False when ``?no_verify=1`` skips checking the server.
     """
 
     uri: str
@@ -83,6 +85,8 @@ class Target:
     socket_path: str | None
     open_name: str
     open_flags: int
+    pkipath: str | None = None
+    tls_verify: bool = True
 
 
 def default_uri() -> str:
@@ -180,4 +184,16 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         socket_path=socket_path,
         open_name=open_name,
         open_flags=flags,
+        pkipath=params.get("pkipath") or None,
+        tls_verify=not _flag(params.get("no_verify")),
     )
+
+
+def _flag(value: str | None) -> bool:
+    """libvirt's integer URI flags (``no_verify=1``): anything but 0 means yes."""
+    if value is None:
+        return False
+    try:
+        return int(value) != 0
+    except ValueError:
+        raise InvalidURI(f"Failed to parse value of URI component no_verify: {value}") from None
