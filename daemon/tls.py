@@ -41,6 +41,7 @@ SYSTEM_SERVER_KEY = "/etc/pki/libvirt/private/serverkey.pem"
 USER_PKI_DIR = Path(".pki") / "libvirt"
 
 HANDSHAKE_TIMEOUT = 30.0
+LINGER = 5.0  # how long a client whose handshake failed gets to read our alert and hang up
 # What the server sends inside TLS once the client's certificate passed its checks.
 CONFIRMATION = b"\x01"
 
@@ -325,6 +326,10 @@ class TlsListener:
         loop = asyncio.get_running_loop()
         policy = self._policy()
         connection = self._make_connection()
+        # A second handle on the socket: asyncio closes its own when the handshake
+        # fails, maybe with the client's last records unread, and a close with unread
+        # data sends a reset that can kill the client (SIGPIPE) before it reads our alert.
+        spare = client.dup()
         try:
             await loop.connect_accepted_socket(
                 lambda: TlsGate(policy, connection, peer),
@@ -335,6 +340,9 @@ class TlsListener:
         except (OSError, TimeoutError) as exc:
             log.warning("%s: TLS handshake failed: %s", peer, _reason(exc))
             client.close()
+            await _linger(spare)
+        else:
+            spare.close()
 
     def close(self) -> None:
         """Stop accepting and abandon unfinished handshakes."""
@@ -346,6 +354,22 @@ class TlsListener:
     async def wait_closed(self) -> None:
         tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _linger(sock: socket.socket) -> None:
+    """Hang up our side, then read and drop what the refused client still sends until it
+    hangs up too (5 s at most)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER):
+            while await loop.sock_recv(sock, 65536):
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()
 
 
 def _describe_address(address: object) -> str:

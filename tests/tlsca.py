@@ -145,3 +145,30 @@ def write_crl(ca: trustme.CA, path: Path, revoked: Sequence[int]) -> Path:
     crl = builder.sign(_ca_key(ca), hashes.SHA256())
     path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+class Pki:
+    """A CA with a server and one client folder per case, laid out for ``pkipath``.
+
+    ``server``: the server's files. Client folders: ``client`` (allowed DN),
+    ``other`` (a DN off the allow-list), ``wrongca`` (signed by another CA),
+    ``expired``, ``revoked`` (listed in ``crl``), ``nocert`` (the CA only),
+    ``untrusting`` (a good client certificate but another CA to check the server).
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.ca = new_ca()
+        self.base = base
+        self.server = write_server_pki(self.ca, base / "server")
+        issue_client(self.ca, base / "client")
+        issue_client(self.ca, base / "other", "C=FR,O=Elsewhere,CN=intruder")
+        issue_client(new_ca(), base / "wrongca", trust=self.ca)
+        issue_client(self.ca, base / "expired", expired=True)
+        self.revoked_serial = issue_client(self.ca, base / "revoked")
+        (base / "nocert").mkdir()
+        self.ca.cert_pem.write_to_path(str(base / "nocert" / "cacert.pem"))
+        issue_client(self.ca, base / "untrusting", trust=new_ca())
+        self.crl = write_crl(self.ca, base / "cacrl.pem", [self.revoked_serial])
+
+    def client_dir(self, case: str) -> Path:
+        return self.base / case
