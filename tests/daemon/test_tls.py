@@ -273,3 +273,22 @@ def test_unix_socket_modes_and_group(tmp_path: Path, virtvold: Virtvold) -> None
         assert int(pids[0]) != os.getpid()
     finally:
         stop_daemon(daemon)
+
+
+def test_no_verify_certificate_lets_clients_in_unchecked(tmp_path: Path, pki: Pki) -> None:
+    config = _write_config(
+        tmp_path / "virtvold.toml", pki, extra="tls_no_verify_certificate = true"
+    )
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    tls = TlsDaemon(daemon, port, config)
+    try:
+        # No certificate at all, and one off the allow-list: both get in.
+        run_virsh(tls.uri(pki, "nocert"), "uri")
+        run_virsh(tls.uri(pki, "other"), "uri")
+        log = tls.wait_for_log("as TLS without a client certificate check")
+        assert "client certificates not verified" in log
+    finally:
+        stop_daemon(daemon)
