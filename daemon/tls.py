@@ -20,9 +20,9 @@ and new connections use it, while running connections keep theirs.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -206,9 +206,37 @@ def distinguished_name(subject: SubjectName) -> str:
     return ",".join(parts)
 
 
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """fnmatch(3) without flags, as libvirtd uses it: ``*``, ``?``, ``[...]`` (``[!...]``),
+    and a backslash that makes the next character literal."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        i += 1
+        if ch == "\\" and i < len(pattern):
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif (
+            ch == "[" and (end := pattern.find("]", i + 1 if pattern[i : i + 1] in "!]" else i)) > 0
+        ):
+            body = pattern[i:end]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            out.append(f"[{'^' if negate else ''}{body.replace(chr(92), chr(92) * 2)}]")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
 def dn_allowed(dn: str, patterns: Sequence[str]) -> bool:
-    """True when ``dn`` matches one of the shell-style patterns (``*``, ``?``, ``[...]``)."""
-    return any(fnmatch.fnmatchcase(dn, pattern) for pattern in patterns)
+    """True when ``dn`` matches one of the shell-style patterns as a whole."""
+    return any(_pattern_regex(pattern).fullmatch(dn) for pattern in patterns)
 
 
 @dataclass(frozen=True, slots=True)

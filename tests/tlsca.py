@@ -74,9 +74,11 @@ def issue_client(
     *,
     expired: bool = False,
     trust: trustme.CA | None = None,
+    subject: x509.Name | None = None,
 ) -> int:
     """``cacert.pem`` (of ``trust``, default ``ca``), ``clientcert.pem`` (signed by
-    ``ca``) and ``clientkey.pem`` in ``directory``.
+    ``ca``) and ``clientkey.pem`` in ``directory``. ``subject`` replaces ``dn`` for names
+    that the simple ``dn`` syntax cannot write (commas or plus signs in values).
 
     Returns the certificate's serial number (for ``write_crl``).
     """
@@ -90,7 +92,7 @@ def issue_client(
     serial = x509.random_serial_number()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(dn))
+        .subject_name(subject if subject is not None else _name(dn))
         .issuer_name(_ca_cert(ca).subject)
         .public_key(key.public_key())
         .serial_number(serial)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -18,12 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 import virtvol.client
 from tests.conftest import Virtvold, free_port, run_system_python, run_virsh, start_virtvold
 from tests.conftest import stop_virtvold as stop_daemon
 from tests.daemon.conftest import allocated, assert_same_content, make_sparse_file
-from tests.tlsca import CLIENT_DN, Pki, write_crl
+from tests.tlsca import CLIENT_DN, Pki, issue_client, write_crl
 from virtvol.client.errors import LibvirtError
 
 MIB = 1 << 20
@@ -290,5 +293,40 @@ def test_no_verify_certificate_lets_clients_in_unchecked(tmp_path: Path, pki: Pk
         run_virsh(tls.uri(pki, "other"), "uri")
         log = tls.wait_for_log("as TLS without a client certificate check")
         assert "client certificates not verified" in log
+    finally:
+        stop_daemon(daemon)
+
+
+def test_logged_dn_is_the_one_libvirt_computes(tmp_path: Path, pki: Pki) -> None:
+    """The DN virtvold matches and logs equals virt-pki-query-dn's (libvirt's own code)."""
+
+    def rdn(*attributes: tuple[x509.ObjectIdentifier, str]) -> x509.RelativeDistinguishedName:
+        return x509.RelativeDistinguishedName([x509.NameAttribute(o, v) for o, v in attributes])
+
+    subject = x509.Name(
+        [
+            rdn((NameOID.COUNTRY_NAME, "GB")),
+            rdn((NameOID.ORGANIZATION_NAME, "Acme, Inc. <storage>")),
+            rdn((NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"), (NameOID.USER_ID, "u1")),
+            rdn((NameOID.COMMON_NAME, "backup+1")),
+            rdn((NameOID.EMAIL_ADDRESS, "root@example.org")),
+        ]
+    )
+    client = tmp_path / "odd"
+    issue_client(pki.ca, client, subject=subject)
+    query = shutil.which("virt-pki-query-dn")
+    assert query is not None, "virt-pki-query-dn missing: apt-get install -y libvirt-clients"
+    expected = subprocess.run(
+        [query, str(client / "clientcert.pem")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    config = _write_config(tmp_path / "virtvold.toml", pki)
+    config.write_text(config.read_text().replace("CN=*", 'CN=*", "C=GB,O=Acme*'))
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    try:
+        run_virsh(f"storage+tls://127.0.0.1:{port}/system?pkipath={client}", "uri")
+        TlsDaemon(daemon, port, config).wait_for_log(f"as DN '{expected}'")
     finally:
         stop_daemon(daemon)

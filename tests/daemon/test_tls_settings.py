@@ -52,6 +52,9 @@ def test_dn_escapes_specials_and_joins_multivalued_rdns() -> None:
         ("C=GB,ST=London,L=London,O=Red Hat,CN=other", False),
         ("CN=client", False),  # the whole DN must match, as fnmatch in libvirtd
         ("c=gb,*", False),  # case matters
+        ("C=GB,ST=London,L=London,O=Red[ ]Hat,CN=[!x]lient", True),
+        ("C=GB\\,*", True),  # a backslash quotes the next character, as in fnmatch(3)
+        ("C=GB\\*", False),
     ],
 )
 def test_dn_patterns(pattern: str, allowed: bool) -> None:
