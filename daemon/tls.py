@@ -313,6 +313,20 @@ class TlsGate(asyncio.Protocol):
         pass
 
 
+@dataclass(slots=True)
+class _Accepted:
+    """An accepted socket until its transport owns it."""
+
+    sock: socket.socket
+    handed_over: bool = False
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        # A handshake that failed or was cancelled (even before it started) must not
+        # leave the socket open; once a transport owns it, the transport closes it.
+        if not self.handed_over:
+            self.sock.close()
+
+
 class TlsListener:
     """Accepts connections on a listening socket and runs each one's TLS handshake.
 
@@ -346,14 +360,17 @@ class TlsListener:
                 log.error("accepting a TLS connection failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            task = loop.create_task(self._handshake(client, _describe_address(address)))
+            accepted = _Accepted(client)
+            task = loop.create_task(self._handshake(accepted, _describe_address(address)))
             self._handshakes.add(task)
+            task.add_done_callback(accepted.done)
             task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, client: socket.socket, peer: str) -> None:
+    async def _handshake(self, accepted: _Accepted, peer: str) -> None:
         loop = asyncio.get_running_loop()
         policy = self._policy()
         connection = self._make_connection()
+        client = accepted.sock
         # A second handle on the socket: asyncio closes its own when the handshake
         # fails, maybe with the client's last records unread, and a close with unread
         # data sends a reset that can kill the client (SIGPIPE) before it reads our alert.
@@ -365,11 +382,12 @@ class TlsListener:
                 ssl=policy.context,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
+            accepted.handed_over = True
         except (OSError, TimeoutError) as exc:
             log.warning("%s: TLS handshake failed: %s", peer, _reason(exc))
             client.close()
             await _linger(spare)
-        else:
+        finally:  # also when the daemon stops in the middle (cancelled)
             spare.close()
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -330,3 +331,15 @@ def test_logged_dn_is_the_one_libvirt_computes(tmp_path: Path, pki: Pki) -> None
         TlsDaemon(daemon, port, config).wait_for_log(f"as DN '{expected}'")
     finally:
         stop_daemon(daemon)
+
+
+def test_stop_abandons_unfinished_handshakes(tls_daemon: TlsDaemon) -> None:
+    """SIGTERM with a client stuck before its handshake: the daemon stops at once and the
+    client's connection is closed, not left open."""
+    with socket.create_connection(("127.0.0.1", tls_daemon.port), timeout=10) as stuck:
+        time.sleep(0.3)  # accepted, handshake waiting for a ClientHello that never comes
+        started = time.monotonic()
+        assert stop_daemon(tls_daemon.daemon) == 0
+        assert time.monotonic() - started < 8
+        assert stuck.recv(1) == b""
+    assert "stopped" in tls_daemon.daemon.log_text()
