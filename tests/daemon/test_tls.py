@@ -343,3 +343,44 @@ def test_stop_abandons_unfinished_handshakes(tls_daemon: TlsDaemon) -> None:
         assert time.monotonic() - started < 8
         assert stuck.recv(1) == b""
     assert "stopped" in tls_daemon.daemon.log_text()
+
+
+async def test_clients_refuse_a_revoked_server(
+    tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path
+) -> None:
+    """A cacrl.pem next to the client's files revokes the server's certificate: virtvol
+    refuses to talk, as virsh does."""
+    server = x509.load_pem_x509_certificate((pki.server / "servercert.pem").read_bytes())
+    client = tmp_path / "client"
+    shutil.copytree(pki.client_dir("client"), client)
+    write_crl(pki.ca, client / "cacrl.pem", [server.serial_number])
+    uri = f"storage+tls://127.0.0.1:{tls_daemon.port}/system?pkipath={client}"
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(uri)
+    assert caught.value.message == "authentication failed: Failed to verify peer's certificate"
+    virsh = run_virsh(uri, "uri", check=False)
+    assert "authentication failed: Failed to verify peer's certificate" in virsh.stderr
+
+
+def test_sighup_with_broken_certificates_keeps_the_running_ones(tmp_path: Path, pki: Pki) -> None:
+    server = tmp_path / "server"
+    shutil.copytree(pki.server, server)
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        f'ca_file = "{server / "cacert.pem"}"\n'
+        f'cert_file = "{server / "servercert.pem"}"\n'
+        f'key_file = "{server / "serverkey.pem"}"\n'
+    )
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    tls = TlsDaemon(daemon, port, config)
+    try:
+        (server / "serverkey.pem").unlink()
+        daemon.process.send_signal(signal.SIGHUP)
+        log = tls.wait_for_log("reload failed, keeping the running configuration")
+        assert f"Cannot read private key '{server / 'serverkey.pem'}'" in log
+        run_virsh(tls.uri(pki, "client"), "uri")
+    finally:
+        stop_daemon(daemon)
