@@ -225,18 +225,36 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
             ch == "[" and (end := pattern.find("]", i + 1 if pattern[i : i + 1] in "!]" else i)) > 0
         ):
             body = pattern[i:end]
-            negate = body.startswith("!")
+            negate = body.startswith(("!", "^"))
             body = body[1:] if negate else body
-            out.append(f"[{'^' if negate else ''}{body.replace(chr(92), chr(92) * 2)}]")
+            members = "".join(c if c == "-" else re.escape(c) for c in body)
+            out.append(f"[{'^' if negate else ''}{members}]")
             i = end + 1
         else:
             out.append(re.escape(ch))
     return re.compile("".join(out), re.DOTALL)
 
 
-def dn_allowed(dn: str, patterns: Sequence[str]) -> bool:
+def compile_dn_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
+    """The patterns of ``tls_allowed_dn_list``, checked once.
+
+    Raises:
+        TlsSetupError: a pattern cannot be used (a range such as ``[z-a]``).
+    """
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(_pattern_regex(pattern))
+        except re.error as exc:
+            raise TlsSetupError(
+                f"malformed tls_allowed_dn_list pattern {pattern!r}: {exc}"
+            ) from None
+    return tuple(compiled)
+
+
+def dn_allowed(dn: str, patterns: Sequence[str | re.Pattern[str]]) -> bool:
     """True when ``dn`` matches one of the shell-style patterns as a whole."""
-    return any(_pattern_regex(pattern).fullmatch(dn) for pattern in patterns)
+    return any((_pattern_regex(p) if isinstance(p, str) else p).fullmatch(dn) for p in patterns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,15 +263,19 @@ class TlsPolicy:
 
     context: ssl.SSLContext
     verify_clients: bool
-    allowed_dn_list: tuple[str, ...] | None
+    allowed_dn_list: tuple[re.Pattern[str], ...] | None
     credentials: ServerCredentials
 
     @classmethod
     def load(cls, files: TlsFiles) -> TlsPolicy:
         creds = locate_credentials(files, privileged=os.geteuid() == 0, home=Path.home())
         verify = not files.no_verify_certificate
+        allowed = files.allowed_dn_list
         return cls(
-            server_context(creds, verify_clients=verify), verify, files.allowed_dn_list, creds
+            server_context(creds, verify_clients=verify),
+            verify,
+            compile_dn_patterns(allowed) if allowed is not None else None,
+            creds,
         )
 
     def admit(self, ssl_object: ssl.SSLObject | None) -> tuple[str | None, str | None]:

@@ -16,6 +16,7 @@ from virtvol.daemon.tls import (
     SYSTEM_SERVER_CERT,
     TlsFiles,
     TlsSetupError,
+    compile_dn_patterns,
     distinguished_name,
     dn_allowed,
     locate_credentials,
@@ -55,11 +56,19 @@ def test_dn_escapes_specials_and_joins_multivalued_rdns() -> None:
         ("C=GB,ST=London,L=London,O=Red[ ]Hat,CN=[!x]lient", True),
         ("C=GB\\,*", True),  # a backslash quotes the next character, as in fnmatch(3)
         ("C=GB\\*", False),
+        ("C=GB,ST=London,L=London,O=Red Hat,CN=[^x]lient", True),
+        ("C=GB,ST=London,L=London,O=Red Hat,CN=[a-d]lient", True),
+        ("C=GB,ST=London,L=London,O=Red Hat,CN=[[]lient", False),
     ],
 )
 def test_dn_patterns(pattern: str, allowed: bool) -> None:
     dn = "C=GB,ST=London,L=London,O=Red Hat,CN=client"
     assert dn_allowed(dn, [pattern]) is allowed
+
+
+def test_malformed_dn_pattern_is_a_setup_error() -> None:
+    with pytest.raises(TlsSetupError, match="malformed tls_allowed_dn_list pattern"):
+        compile_dn_patterns(["CN=[z-a]"])
 
 
 def test_explicit_files_are_used_together(tmp_path: Path) -> None:
