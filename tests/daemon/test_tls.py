@@ -377,6 +377,7 @@ def test_sighup_with_broken_certificates_keeps_the_running_ones(tmp_path: Path, 
     )
     tls = TlsDaemon(daemon, port, config)
     try:
+        run_virsh(tls.uri(pki, "client"), "uri")  # serving: the SIGHUP handler is in place
         (server / "serverkey.pem").unlink()
         daemon.process.send_signal(signal.SIGHUP)
         log = tls.wait_for_log("reload failed, keeping the running configuration")
