@@ -2,8 +2,8 @@
 
 Theory of operation: a TLS listener accepts a plain TCP connection and runs
 the handshake in a task of its own (``loop.connect_accepted_socket``), so that
-a failed handshake gets a log line naming the peer and the reason. The server asks for a client
-certificate; OpenSSL checks its chain, dates and revocation during the
+a failed handshake gets a log line naming the peer and the reason. The
+server asks for a client certificate; OpenSSL checks its chain, dates and revocation during the
 handshake. Once the handshake is done the daemon checks what OpenSSL cannot:
 that a certificate was presented at all and that its distinguished name
 matches ``tls_allowed_dn_list``. Then, as libvirtd does, it sends one byte,
@@ -11,10 +11,10 @@ matches ``tls_allowed_dn_list``. Then, as libvirtd does, it sends one byte,
 frames. A refused client gets no byte: the connection is dropped, which
 libvirt's clients report as "Unable to read TLS confirmation".
 
-Credentials are found where libvirt keeps them (see ``locate_credentials``);
-libvirtd.conf's ``ca_file``, ``cert_file``, ``key_file`` and ``crl_file``
-override them. ``TlsPolicy`` objects are immutable: SIGHUP builds a new one
-and new connections use it, while running connections keep theirs.
+Credentials are found where libvirt keeps them (``tlscreds``), DNs are
+formatted and matched as libvirtd does (``distinguished_names``). ``TlsPolicy``
+objects are immutable: SIGHUP builds a new one and new connections use it,
+while running connections keep theirs.
 """
 
 from __future__ import annotations
@@ -25,236 +25,32 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
 
-log = logging.getLogger("virtvol.daemon.tls")
+from virtvol.daemon.distinguished_names import (
+    compile_dn_patterns,
+    distinguished_name,
+    dn_allowed,
+)
+from virtvol.daemon.tlscreds import (
+    ServerCredentials,
+    TlsFiles,
+    TlsSetupError,
+    locate_credentials,
+    server_context,
+)
 
-# libvirt's system-wide PKI locations.
-SYSTEM_CA_FILE = "/etc/pki/CA/cacert.pem"
-SYSTEM_CRL_FILE = "/etc/pki/CA/cacrl.pem"
-SYSTEM_SERVER_CERT = "/etc/pki/libvirt/servercert.pem"
-SYSTEM_SERVER_KEY = "/etc/pki/libvirt/private/serverkey.pem"
-# The per-user directory an unprivileged daemon looks in first (under $HOME).
-USER_PKI_DIR = Path(".pki") / "libvirt"
+__all__ = ["TlsFiles", "TlsListener", "TlsPolicy", "TlsSetupError"]
+
+log = logging.getLogger("virtvol.daemon.tls")
 
 HANDSHAKE_TIMEOUT = 30.0
 LINGER = 5.0  # how long a client whose handshake failed gets to read our alert and hang up
 # What the server sends inside TLS once the client's certificate passed its checks.
 CONFIRMATION = b"\x01"
-
-# gnutls's short names for the attributes of a distinguished name; libvirt
-# matches tls_allowed_dn_list against the DN as gnutls_x509_crt_get_dn prints it.
-_DN_SHORT_NAMES = {
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "commonName": "CN",
-    "emailAddress": "EMAIL",
-    "domainComponent": "DC",
-    "userId": "UID",
-    "streetAddress": "street",
-    "title": "title",
-    "givenName": "givenName",
-    "surname": "surName",
-    "serialNumber": "serialNumber",
-    "postalCode": "postalCode",
-}
-_DN_SPECIALS = frozenset(',+"\\<>;=')
-
-
-class TlsSetupError(ValueError):
-    """TLS credentials that cannot be used; the message names the file and the reason."""
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """libvirtd.conf's TLS settings (empty strings: "use libvirt's locations")."""
-
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    crl_file: str = ""
-    no_verify_certificate: bool = False
-    allowed_dn_list: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ServerCredentials:
-    ca_file: str
-    cert_file: str
-    key_file: str
-    crl_file: str | None  # None: no revocation list
-
-
-def locate_credentials(files: TlsFiles, *, privileged: bool, home: Path) -> ServerCredentials:
-    """The CA, certificate, key and CRL files the server uses, chosen as libvirtd does.
-
-    Explicit ``ca_file``/``cert_file``/``key_file`` are used together (all three
-    needed). Otherwise an unprivileged daemon takes the CA certificate, the CRL
-    and the certificate+key pair from ``~/.pki/libvirt`` where they exist, and
-    everything else from the system locations. An explicit ``crl_file`` must
-    exist; the default one is used only when present.
-    """
-    if files.ca_file or files.cert_file or files.key_file:
-        missing = [
-            name
-            for name, value in (
-                ("ca_file", files.ca_file),
-                ("cert_file", files.cert_file),
-                ("key_file", files.key_file),
-            )
-            if not value
-        ]
-        if missing:
-            raise TlsSetupError(
-                f"{', '.join(missing)} must be set too when any of ca_file, cert_file,"
-                " key_file is set"
-            )
-        return ServerCredentials(
-            files.ca_file, files.cert_file, files.key_file, files.crl_file or None
-        )
-    ca, cert, key = SYSTEM_CA_FILE, SYSTEM_SERVER_CERT, SYSTEM_SERVER_KEY
-    crl: str | None = files.crl_file or None
-    default_crl = SYSTEM_CRL_FILE
-    if not privileged:
-        user_dir = home / USER_PKI_DIR
-        if (user_dir / "cacert.pem").exists():
-            ca = str(user_dir / "cacert.pem")
-        if (user_dir / "cacrl.pem").exists():
-            default_crl = str(user_dir / "cacrl.pem")
-        if (user_dir / "servercert.pem").exists() and (user_dir / "serverkey.pem").exists():
-            cert, key = str(user_dir / "servercert.pem"), str(user_dir / "serverkey.pem")
-    if crl is None and os.path.exists(default_crl):
-        crl = default_crl
-    return ServerCredentials(ca, cert, key, crl)
-
-
-def _check_readable(kind: str, path: str) -> None:
-    if not os.access(path, os.R_OK):
-        reason = "No such file or directory" if not os.path.exists(path) else "Permission denied"
-        raise TlsSetupError(f"Cannot read {kind} '{path}': {reason}")
-
-
-def server_context(creds: ServerCredentials, *, verify_clients: bool) -> ssl.SSLContext:
-    """An SSL context that presents the server certificate and asks for the client's.
-
-    With ``verify_clients`` the client's chain must lead to the CA, be in date
-    and (with a CRL) not be revoked, or the handshake fails. Without it (libvirtd's
-    ``tls_no_verify_certificate``) no client certificate is asked for.
-    """
-    _check_readable("CA certificate", creds.ca_file)
-    _check_readable("certificate", creds.cert_file)
-    _check_readable("private key", creds.key_file)
-    if creds.crl_file is not None:
-        _check_readable("CA revocation list", creds.crl_file)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # No TLS 1.3 session tickets: libvirt's clients wait for the confirmation byte
-    # and take a ticket arriving alone as "no data yet", failing with EAGAIN.
-    context.num_tickets = 0
-    context.options |= ssl.OP_NO_TICKET
-    try:
-        context.load_cert_chain(creds.cert_file, creds.key_file)
-    except (ssl.SSLError, OSError) as exc:
-        raise TlsSetupError(
-            f"Unable to load server certificate {creds.cert_file} and key {creds.key_file}: {exc}"
-        ) from None
-    try:
-        context.load_verify_locations(cafile=creds.ca_file)
-        if creds.crl_file is not None:
-            context.load_verify_locations(cafile=creds.crl_file)
-            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    except (ssl.SSLError, OSError) as exc:
-        raise TlsSetupError(f"Unable to load CA certificate or revocation list: {exc}") from None
-    # CERT_OPTIONAL: a client without a certificate completes the handshake and
-    # is refused afterwards with a clear reason; a bad certificate fails the handshake.
-    context.verify_mode = ssl.CERT_OPTIONAL if verify_clients else ssl.CERT_NONE
-    return context
-
-
-SubjectName = tuple[tuple[tuple[str, str], ...], ...]
-
-
-def _escape_dn_value(value: str) -> str:
-    escaped = "".join(f"\\{ch}" if ch in _DN_SPECIALS else ch for ch in value)
-    if escaped.startswith(("#", " ")):
-        escaped = "\\" + escaped
-    if escaped.endswith(" ") and not escaped.endswith("\\ "):
-        escaped = escaped[:-1] + "\\ "
-    return escaped
-
-
-def distinguished_name(subject: SubjectName) -> str:
-    """The subject as libvirt prints it, e.g. ``C=GB,ST=London,L=London,O=Red Hat,CN=client``.
-
-    Attributes come in certificate order (country first in the usual layout),
-    separated by commas, multi-valued RDNs joined with ``+``.
-    """
-    parts = []
-    for rdn in subject:
-        parts.append(
-            "+".join(
-                f"{_DN_SHORT_NAMES.get(name, name)}={_escape_dn_value(value)}"
-                for name, value in rdn
-            )
-        )
-    return ",".join(parts)
-
-
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """fnmatch(3) without flags, as libvirtd uses it: ``*``, ``?``, ``[...]`` (``[!...]``),
-    and a backslash that makes the next character literal."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        i += 1
-        if ch == "\\" and i < len(pattern):
-            out.append(re.escape(pattern[i]))
-            i += 1
-        elif ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif (
-            ch == "[" and (end := pattern.find("]", i + 1 if pattern[i : i + 1] in "!]" else i)) > 0
-        ):
-            body = pattern[i:end]
-            negate = body.startswith(("!", "^"))
-            body = body[1:] if negate else body
-            members = "".join(c if c == "-" else re.escape(c) for c in body)
-            out.append(f"[{'^' if negate else ''}{members}]")
-            i = end + 1
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def compile_dn_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
-    """The patterns of ``tls_allowed_dn_list``, checked once.
-
-    Raises:
-        TlsSetupError: a pattern cannot be used (a range such as ``[z-a]``).
-    """
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(_pattern_regex(pattern))
-        except re.error as exc:
-            raise TlsSetupError(
-                f"malformed tls_allowed_dn_list pattern {pattern!r}: {exc}"
-            ) from None
-    return tuple(compiled)
-
-
-def dn_allowed(dn: str, patterns: Sequence[str | re.Pattern[str]]) -> bool:
-    """True when ``dn`` matches one of the shell-style patterns as a whole."""
-    return any((_pattern_regex(p) if isinstance(p, str) else p).fullmatch(dn) for p in patterns)
 
 
 @dataclass(frozen=True, slots=True)

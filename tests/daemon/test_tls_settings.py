@@ -10,15 +10,17 @@ import pytest
 
 from virtvol.client import tls as client_tls
 from virtvol.daemon.config import ConfigError, settings_from_toml
+from virtvol.daemon.distinguished_names import (
+    compile_dn_patterns,
+    distinguished_name,
+    dn_allowed,
+)
 from virtvol.daemon.listeners import parse_listen_url
-from virtvol.daemon.tls import (
+from virtvol.daemon.tlscreds import (
     SYSTEM_CA_FILE,
     SYSTEM_SERVER_CERT,
     TlsFiles,
     TlsSetupError,
-    compile_dn_patterns,
-    distinguished_name,
-    dn_allowed,
     locate_credentials,
 )
 
