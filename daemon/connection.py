@@ -139,10 +139,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is None:  # a TLS client that never got in: logged by tls.py
-            if not self.closed.done():
-                self.closed.set_result(None)
-            return
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
         if self._keepalive_timer is not None:
