@@ -128,6 +128,8 @@ class _Confirmation(asyncio.Protocol):
             self.result.set_result(data)
 
     def eof_received(self) -> bool | None:
+        # Not every event loop tells a clean TLS close from a dropped connection here,
+        # and libvirtd refuses by dropping: both read as "Unable to read TLS confirmation".
         self.connection_lost(None)
         return None
 
