@@ -139,6 +139,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Let go of the transport: uvloop's TLS transport keeps bound methods of this
+        # protocol after the loss, and the cycle would hold the stream buffers until
+        # the garbage collector runs.
+        self._transport = None
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
         if self._keepalive_timer is not None:
