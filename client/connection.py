@@ -26,6 +26,7 @@ from virtvol.client.errors import (
 )
 from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
+from virtvol.client.tls import client_context, locate_credentials, open_tls
 from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import AuthType
@@ -273,6 +274,18 @@ async def _open_transport(target: Target) -> RpcProtocol:
             sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        elif target.transport == "tls":
+            assert target.host is not None
+            assert target.port is not None
+            context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
+            opened = await open_tls(
+                target.host, target.port, context, lambda: RpcProtocol(description)
+            )
+            assert isinstance(opened, RpcProtocol)
+            protocol = opened
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         elif target.transport == "unix":
             assert target.socket_path is not None
             _, protocol = await loop.create_unix_connection(
@@ -280,7 +293,7 @@ async def _open_transport(target: Target) -> RpcProtocol:
             )
         else:
             raise TransportError(
-                f"transport '{target.transport}' is not supported by virtvol (use tcp or unix)"
+                f"transport '{target.transport}' is not supported by virtvol (use tcp, tls or unix)"
             )
     except OSError as exc:
         # libvirt's client's words, so that virsh users recognise them.

@@ -170,8 +170,14 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._fail_everyone(self._failure)
         self._write_ready.set()
         self._run_releases()
+        # uvloop's TLS transport keeps bound methods of this protocol after the loss:
+        # dropping our reference breaks the cycle, so the buffers go at once.
+        self.transport = None
         if self._keepalive_task is not None:
+            # The loop keeps the task until it ends; our reference would make a cycle
+            # through its CancelledError's traceback.
             self._keepalive_task.cancel()
+            self._keepalive_task = None
         if not self.closed.done():
             self.closed.set_result(None)
 

@@ -124,6 +124,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.rpc = Connection(Side.SERVER)
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
+        # Who the peer proved to be (the TLS client's DN), set before connection_made.
+        self.peer_identity: str | None = None
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -172,7 +174,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.connections.add(self)
         ctx.anonymous.add(self)
         ctx.total_connections += 1
-        log.info("%s: connected on %s", self.peer, self._listener)
+        identity = f" as {self.peer_identity}" if self.peer_identity else ""
+        log.info("%s: connected on %s%s", self.peer, self._listener, identity)
         self._handshake_timer = self._loop.call_later(
             ctx.limits.handshake_timeout, self._handshake_expired
         )
@@ -219,6 +222,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Let go of the transport: uvloop's TLS transport keeps bound methods of this
+        # protocol after the loss, and the cycle would hold the stream buffers until
+        # the garbage collector runs.
+        self._transport = None
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
         if self._refused:
