@@ -47,6 +47,7 @@ from .reports import (
     storage_error,
     uuid_text,
 )
+from .secrets import SecretStore
 from .transfer import VolumeReader, VolumeWriter
 from .volumes import VolumeDir, metadata_prealloc_unsupported
 from .volxml import format_volume_xml, parse_volume_xml
@@ -71,6 +72,8 @@ class StorageRegistry:
         self._pools: dict[str, Pool] = {}
         self._lock = threading.RLock()
         self._sync_uploads = sync_uploads
+        # libvirt's secret objects: the keys rbd pools authenticate with.
+        self.secrets = SecretStore(os.path.join(state_dir, "secrets"))
 
     # ------------------------------------------------------------------
     # Lifecycle of the registry itself
@@ -80,6 +83,7 @@ class StorageRegistry:
 
         A pool that fails to start is logged and stays defined but inactive.
         """
+        self.secrets.load()
         with self._lock:
             for stored in self._store.load():
                 if stored.definition.name in self._pools:
