@@ -28,7 +28,8 @@ from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.dispatch import serve_storage_call, vol_ref
 from virtvol.daemon.download import Download
 from virtvol.daemon.session import SESSION_PROCEDURES, Session
-from virtvol.daemon.storage import VolStreamFlags, VolumeReader, VolumeWriter
+from virtvol.daemon.storage import VolStreamFlags
+from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
 from virtvol.daemon.streamio import TransferStats, remote_error
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
@@ -345,21 +346,21 @@ class ClientConnection(asyncio.BufferedProtocol):
         handler: Upload | Download
         if upload:
             writer = await self._in_thread(
-                self._ctx.registry.open_upload, volume, args.offset, args.length, args.flags
+                self._ctx.registry.open_volume_upload, volume, args.offset, args.length, args.flags
             )
-            assert isinstance(writer, VolumeWriter)
+            assert isinstance(writer, ChunkWriter)
             handler = Upload(self, call.serial, writer, executor=self._ctx.io, stats=stats)
         else:
             # The reader always reports holes: on a plain stream they go as zeros
             # from memory instead of being read from the disk.
             reader = await self._in_thread(
-                self._ctx.registry.open_download,
+                self._ctx.registry.open_volume_download,
                 volume,
                 args.offset,
                 args.length,
                 args.flags | VolStreamFlags.SPARSE,
             )
-            assert isinstance(reader, VolumeReader)
+            assert isinstance(reader, ChunkReader)
             handler = Download(
                 self, call.serial, reader, sparse=sparse, executor=self._ctx.io, stats=stats
             )
@@ -370,12 +371,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         task.add_done_callback(lambda _: self._streams.pop(call.serial, None))
 
     async def _in_thread(
-        self, func: Callable[..., VolumeReader | VolumeWriter], *args: object
-    ) -> VolumeReader | VolumeWriter:
+        self, func: Callable[..., ChunkReader | ChunkWriter], *args: object
+    ) -> ChunkReader | ChunkWriter:
         """Open a stream's file in a worker; if we are cancelled meanwhile, release it."""
         future = self._loop.run_in_executor(self._ctx.calls, func, *args)
         try:
-            result: VolumeReader | VolumeWriter = await asyncio.shield(future)
+            result: ChunkReader | ChunkWriter = await asyncio.shield(future)
         except asyncio.CancelledError:
             future.add_done_callback(_release_opened)
             raise
@@ -410,11 +411,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._schedule_keepalive()
 
 
-def _release_opened(future: asyncio.Future[VolumeReader | VolumeWriter]) -> None:
+def _release_opened(future: asyncio.Future[ChunkReader | ChunkWriter]) -> None:
     if future.cancelled() or future.exception() is not None:
         return
     opened = future.result()
-    if isinstance(opened, VolumeWriter):
+    if isinstance(opened, ChunkWriter):
         opened.abort()
     else:
         opened.close()

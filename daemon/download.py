@@ -21,7 +21,8 @@ import collections
 import concurrent.futures
 import contextlib
 
-from virtvol.daemon.storage import Chunk, VolumeReader
+from virtvol.daemon.storage import Chunk
+from virtvol.daemon.storage.backend import ChunkReader
 from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
 from virtvol.protocol.errors import ErrorReport
 
@@ -45,7 +46,7 @@ class Download:
         self,
         sink: FrameSink,
         serial: int,
-        reader: VolumeReader,
+        reader: ChunkReader,
         *,
         sparse: bool,
         executor: concurrent.futures.Executor,

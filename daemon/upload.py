@@ -22,7 +22,7 @@ import collections.abc
 import concurrent.futures
 import enum
 
-from virtvol.daemon.storage import VolumeWriter
+from virtvol.daemon.storage.backend import ChunkWriter
 from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
@@ -46,7 +46,7 @@ class Upload:
         self,
         sink: FrameSink,
         serial: int,
-        writer: VolumeWriter,
+        writer: ChunkWriter,
         *,
         executor: concurrent.futures.Executor,
         stats: TransferStats,
