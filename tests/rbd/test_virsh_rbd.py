@@ -122,6 +122,10 @@ def test_virsh_sparse_round_trip_over_old_content(
     dense_out = tmp_path / "dense-out"
     run_virsh(uri, "vol-download", "--pool", RBD_POOL, name, str(dense_out))
     assert dense_out.read_bytes() == new.read_bytes()
+
+    clone = volume_name("clone")
+    run_virsh(uri, "vol-clone", "--pool", RBD_POOL, name, clone)
+    assert exported(ceph, clone, tmp_path) == new.read_bytes()
     assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
 
 
