@@ -100,22 +100,38 @@ class RbdReader:
         return self._end
 
     def next_chunk(self, buffer: memoryview | bytearray) -> Chunk:
-        """Data into ``buffer[:chunk.length]`` or a hole's length; length 0 at the end."""
-        if self._pos >= self._end:
-            return _EOF
-        if not self._runs:
-            hole = self._next_extent_data(len(buffer))
+        """Data into ``buffer[:chunk.length]`` or a hole's length; length 0 at the end.
+
+        Neighbouring holes (gaps between extents, zero blocks read inside them)
+        come out as one, up to ``EXTENT_WINDOW`` bytes.
+        """
+        hole = 0
+        while self._pos < self._end and hole < EXTENT_WINDOW:
+            if not self._runs:
+                gap = self._next_extent_data(len(buffer))
+                if gap:
+                    self._pos += gap
+                    hole += gap
+                    continue
+                if not self._runs:  # the image shrank under us
+                    break
+            start, stop, zero = self._runs[0]
+            if zero:
+                self._take_run()
+                hole += stop - start
+                continue
             if hole:
-                self._pos += hole
-                return Chunk(data=False, length=hole)
-        start, stop, zero = self._runs.popleft()
-        length = stop - start
-        if not zero:
-            memoryview(buffer)[:length] = self._pending[start:stop]
-        self._pos += length
+                break  # the data goes out with the next call
+            memoryview(buffer)[: stop - start] = self._pending[start:stop]
+            self._take_run()
+            return Chunk(data=True, length=stop - start)
+        return Chunk(data=False, length=hole) if hole else _EOF
+
+    def _take_run(self) -> None:
+        start, stop, _ = self._runs.popleft()
+        self._pos += stop - start
         if not self._runs:
             self._pending = memoryview(b"")
-        return Chunk(data=not zero, length=length)
 
     def _next_extent_data(self, most: int) -> int:
         """Read the next piece of data into the pending runs; or the hole before it."""

@@ -410,26 +410,34 @@ class StorageRegistry:
         """STORAGE_VOL_LOOKUP_BY_NAME; the pool must be active."""
         with self._lock:
             pool = self._pool(ref)
-            volumes = pool.rbd or pool.active_volumes()
-            volumes.require(name)
-            return VolumeRef(pool.name, name, volumes.volume_path(name))
+            images = pool.rbd
+            if images is None:
+                volumes = pool.active_volumes()
+                volumes.require(name)
+                return VolumeRef(pool.name, name, volumes.volume_path(name))
+        images.require(name)  # a cluster round trip: outside the lock
+        return VolumeRef(pool.name, name, images.volume_path(name))
 
     def lookup_volume_by_key(self, key: str) -> VolumeRef:
         """STORAGE_VOL_LOOKUP_BY_KEY: the key is the volume's absolute path, compared exactly."""
         with self._lock:
             found = self._volume_at(key)
-            if found is None:
-                raise no_volume_with_key(key)
-            return found
+            rbd_pools = self._rbd_pools()
+        found = found or _image_at(rbd_pools, key)
+        if found is None:
+            raise no_volume_with_key(key)
+        return found
 
     def lookup_volume_by_path(self, path: str) -> VolumeRef:
         """STORAGE_VOL_LOOKUP_BY_PATH: like the key, after collapsing repeated slashes."""
         cleaned = clean_path(path)
         with self._lock:
             found = self._volume_at(cleaned)
-            if found is None:
-                raise no_volume_with_path(path, cleaned)
-            return found
+            rbd_pools = self._rbd_pools()
+        found = found or _image_at(rbd_pools, cleaned)
+        if found is None:
+            raise no_volume_with_path(path, cleaned)
+        return found
 
     def _volume_at(self, path: str) -> VolumeRef | None:
         directory, _, name = path.rpartition("/")
@@ -438,13 +446,10 @@ class StorageRegistry:
             volumes = pool.volumes
             if volumes is not None and volumes.path == directory and volumes.stat(name):
                 return VolumeRef(pool.name, name, volumes.volume_path(name))
-            # An rbd volume's key is "<ceph pool>/<image>".
-            images = pool.rbd
-            if images is not None and images.path == path.partition("/")[0]:
-                name = path.partition("/")[2]
-                if images.exists(name):
-                    return VolumeRef(pool.name, name, images.volume_path(name))
         return None
+
+    def _rbd_pools(self) -> list[tuple[str, RbdVolumes]]:
+        return [(pool.name, pool.rbd) for pool in self._sorted_pools() if pool.rbd is not None]
 
     # ------------------------------------------------------------------
     # Volume properties
@@ -486,9 +491,13 @@ class StorageRegistry:
         """STORAGE_VOL_GET_PATH."""
         with self._lock:
             pool = self._volume_pool(volume)
-            volumes = pool.rbd or pool.active_volumes()
-            volumes.require(volume.name)
-            return volumes.volume_path(volume.name)
+            images = pool.rbd
+            if images is None:
+                volumes = pool.active_volumes()
+                volumes.require(volume.name)
+                return volumes.volume_path(volume.name)
+        images.require(volume.name)
+        return images.volume_path(volume.name)
 
     def _volume_pool(self, volume: VolumeRef) -> Pool:
         """The pool of a wire volume reference (found by the pool's name, as libvirt does)."""
@@ -524,7 +533,8 @@ class StorageRegistry:
             raise metadata_prealloc_unsupported()
         with self._lock:
             source_pool = self._volume_pool(source)
-            (source_pool.rbd or source_pool.active_volumes()).require(source.name)
+            if source_pool.rbd is None:  # an rbd pool finds out when it opens the image
+                source_pool.active_volumes().require(source.name)
             if source_pool.busy.get(source.name) is Busy.BUILDING:
                 source_pool.check_not_busy(source.name)
         if source_pool.uuid != ref.uuid:
@@ -557,7 +567,8 @@ class StorageRegistry:
         with self._lock:
             pool = self._volume_pool(volume)
             volumes = pool.rbd or pool.active_volumes()
-            volumes.require(volume.name)
+            if not isinstance(volumes, RbdVolumes):  # images are checked as they are opened
+                volumes.require(volume.name)
             pool.check_not_busy(volume.name)
             pool.busy[volume.name] = Busy.BUILDING
         try:
@@ -692,7 +703,6 @@ class StorageRegistry:
         """STORAGE_VOL_UPLOAD into an rbd pool (see ``open_upload`` and ``rbdtransfer``)."""
         with self._lock:
             pool = self._volume_pool(volume)
-            images.require(volume.name)
             pool.check_not_busy(volume.name)
             pool.busy[volume.name] = Busy.UPLOADING
         temp: str | None = None
@@ -721,6 +731,15 @@ class StorageRegistry:
         except BaseException:
             finish(False)
             raise
+
+
+def _image_at(rbd_pools: list[tuple[str, RbdVolumes]], key: str) -> VolumeRef | None:
+    """The rbd volume whose key (``<ceph pool>/<image>``) is ``key``, if any."""
+    ceph_pool, _, image = key.partition("/")
+    for pool_name, images in rbd_pools:
+        if images.path == ceph_pool and images.exists(image):
+            return VolumeRef(pool_name, image, images.volume_path(image))
+    return None
 
 
 def _check_flags(flags: int, supported: int, function: str) -> None:
