@@ -7,9 +7,22 @@ import os
 import re
 from pathlib import Path
 
-from tests.conftest import Virtvold, run_system_python, run_virsh
+from tests.conftest import (
+    Virtvold,
+    run_system_python,
+    run_virsh,
+    start_virtvold,
+    stop_virtvold,
+)
 from tests.daemon.conftest import allocated, make_sparse_file, run_client
-from tests.rbd.conftest import CEPH_POOL, RBD_POOL, SECRET_UUID, volume_name
+from tests.rbd.conftest import (
+    CEPH_POOL,
+    RBD_POOL,
+    SECRET_UUID,
+    define_rbd_pool,
+    rbd_pool_xml,
+    volume_name,
+)
 from tools.ceph_cluster import CephCluster
 
 MIB = 1 << 20
@@ -74,6 +87,9 @@ def test_volume_lifecycle(rbd_virtvold: Virtvold, ceph: CephCluster) -> None:
     assert run_virsh(uri, "vol-key", "--pool", RBD_POOL, name).stdout.strip() == (
         f"{CEPH_POOL}/{name}"
     )
+
+    by_key = run_virsh(uri, "vol-info", f"{CEPH_POOL}/{name}").stdout  # lookup by key
+    assert f"Name:           {name}" in by_key
 
     run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "16M")
     assert image_size(ceph, name) == 16 * MIB
@@ -214,3 +230,38 @@ def test_aborted_upload_leaves_the_old_image(
     run_virsh(uri, "vol-list", RBD_POOL)
     assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
     assert ceph.admin_key not in rbd_virtvold.log_text()
+
+
+def test_secret_by_usage_and_autostart(ceph: CephCluster, tmp_path: Path) -> None:
+    """A pool naming its secret by usage, autostarted by a restarted daemon."""
+    base = tmp_path / "daemon"
+    daemon = start_virtvold(base)
+    try:
+        define_rbd_pool(daemon.tcp_uri, ceph, tmp_path)
+        run_virsh(daemon.tcp_uri, "pool-destroy", RBD_POOL)
+        run_virsh(daemon.tcp_uri, "pool-undefine", RBD_POOL)
+        by_usage = tmp_path / "by-usage.xml"
+        by_usage.write_text(
+            rbd_pool_xml(ceph).replace(
+                f"<secret uuid='{SECRET_UUID}'/>", "<secret usage='client.admin secret'/>"
+            )
+        )
+        run_virsh(daemon.tcp_uri, "pool-define", str(by_usage))
+        run_virsh(daemon.tcp_uri, "pool-autostart", RBD_POOL)
+    finally:
+        stop_virtvold(daemon)
+    again = start_virtvold(base)
+    try:
+        assert re.search(
+            r"State:\s+running", run_virsh(again.tcp_uri, "pool-info", RBD_POOL).stdout
+        )
+        assert (
+            "<secret usage='client.admin secret'/>"
+            in run_virsh(again.tcp_uri, "pool-dumpxml", RBD_POOL).stdout
+        )
+        name = volume_name("usage")
+        run_virsh(again.tcp_uri, "vol-create-as", RBD_POOL, name, "1M")
+        assert name in images(ceph)
+        assert ceph.admin_key not in again.log_text()
+    finally:
+        stop_virtvold(again)
