@@ -6,7 +6,7 @@ STATE_DIR ?= $(CURDIR)/.virtvol-state
 # TCP port of `make run` (make run PORT=16510 when 16509 is taken).
 PORT ?= 16509
 
-.PHONY: setup ceph-binding peers run test lint typecheck unit bench clean
+.PHONY: setup ceph-binding peers run test lint typecheck unit bench bench-rbd clean
 
 # The real libvirt 9.0 peers of the interop tests (Debian packages).
 PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps \
@@ -74,6 +74,10 @@ test: peers lint typecheck unit
 
 bench: setup
 	$(BIN)/python -m bench.transfer
+
+# rbd pool transfers against rbd import/export, on a throwaway Ceph cluster.
+bench-rbd: setup
+	$(BIN)/python -m bench.rbd
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
