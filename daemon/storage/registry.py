@@ -403,8 +403,11 @@ class StorageRegistry:
         _check_flags(flags, 0, "storagePoolListAllVolumes")
         with self._lock:
             pool = self._pool(ref)
-            volumes = pool.rbd or pool.active_volumes()
-        return [VolumeRef(pool.name, n, volumes.volume_path(n)) for n in volumes.names()]
+            images = pool.rbd
+            if images is None:
+                volumes = pool.active_volumes()
+                return [VolumeRef(pool.name, n, volumes.volume_path(n)) for n in volumes.names()]
+        return [VolumeRef(pool.name, n, images.volume_path(n)) for n in images.names()]
 
     def lookup_volume_by_name(self, ref: PoolRef, name: str) -> VolumeRef:
         """STORAGE_VOL_LOOKUP_BY_NAME; the pool must be active."""
