@@ -46,12 +46,12 @@ def images(ceph: CephCluster) -> list[str]:
     return ceph.rbd("ls", CEPH_POOL).split()
 
 
-def download_log_line(daemon: Virtvold, name: str) -> str:
-    lines = [
-        line for line in daemon.log_text().splitlines() if f"download {RBD_POOL}/{name}:" in line
-    ]
+def stream_holes(daemon: Virtvold, direction: str, name: str) -> int:
+    """Skip frames of the last ``direction`` stream of volume ``name``, from the daemon's log."""
+    marker = f"{direction} {RBD_POOL}/{name}:"
+    lines = [line for line in daemon.log_text().splitlines() if marker in line]
     assert lines, daemon.log_text()
-    return lines[-1]
+    return int(re.search(r"(\d+) holes", lines[-1]).group(1))  # type: ignore[union-attr]
 
 
 def test_pool_lifecycle(rbd_virtvold: Virtvold) -> None:
@@ -123,6 +123,7 @@ def test_virsh_sparse_round_trip_over_old_content(
     )
     run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(new), "--sparse")
     assert exported(ceph, name, tmp_path) == new.read_bytes()
+    assert stream_holes(rbd_virtvold, "upload", name) == 2  # virsh sent the holes as skips
     info = run_virsh(uri, "vol-info", "--pool", RBD_POOL, name, "--bytes").stdout
     assert f"{size + MIB + 123} bytes" in info
     allocation = int(re.search(r"Allocation:\s+(\d+)", info).group(1))  # type: ignore[union-attr]
@@ -132,8 +133,7 @@ def test_virsh_sparse_round_trip_over_old_content(
     run_virsh(uri, "vol-download", "--pool", RBD_POOL, name, str(sparse_out), "--sparse")
     assert sparse_out.read_bytes() == new.read_bytes()
     assert allocated(sparse_out) <= 512 * 1024
-    holes = int(re.search(r"(\d+) holes", download_log_line(rbd_virtvold, name)).group(1))  # type: ignore[union-attr]
-    assert holes == 2  # neighbouring holes travel as one skip frame
+    assert stream_holes(rbd_virtvold, "download", name) == 2  # neighbouring holes: one skip
 
     dense_out = tmp_path / "dense-out"
     run_virsh(uri, "vol-download", "--pool", RBD_POOL, name, str(dense_out))
