@@ -23,7 +23,7 @@ import contextlib
 
 from virtvol.daemon.storage import Chunk
 from virtvol.daemon.storage.backend import ChunkReader
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.daemon.streamio import FrameSink, TransferStats, release_off_loop, remote_error
 from virtvol.protocol.errors import ErrorReport
 
 # Data frame size. libvirt's peers accept frames up to 32 MiB but send
@@ -89,12 +89,14 @@ class Download:
                     self._sink.rpc.send_stream_error(self._serial, remote_error(report))
                 )
         finally:
-            if self._reading is not None:
-                # The thread may still be filling a buffer: let it finish before closing the fd.
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait([self._reading])
-            self._reader.close()
-            self.stats.log_end(outcome)
+            try:
+                if self._reading is not None:
+                    # The thread may still be filling a buffer: let it finish before closing.
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait([self._reading])
+                await release_off_loop(self._executor, self._reader.close)
+            finally:
+                self.stats.log_end(outcome)
 
     async def _read(self, buffer: memoryview) -> Chunk:
         loop = asyncio.get_running_loop()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +40,22 @@ class FrameSink(Protocol):
 
     def resume_reading(self, owner: object) -> None:
         """Withdraw ``owner``'s pause."""
+
+
+async def release_off_loop(
+    executor: concurrent.futures.Executor, release: Callable[[], None]
+) -> None:
+    """Close a stream's volume in a worker: for an rbd image that is a cluster round trip.
+
+    Shielded, so a cancelled handler still lets it finish; run here when the
+    workers are already shut down (the daemon is stopping).
+    """
+    try:
+        future = asyncio.get_running_loop().run_in_executor(executor, release)
+    except RuntimeError:
+        release()
+        return
+    await asyncio.shield(future)
 
 
 def remote_error(report: ErrorReport) -> RemoteError:

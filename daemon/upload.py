@@ -23,7 +23,7 @@ import concurrent.futures
 import enum
 
 from virtvol.daemon.storage.backend import ChunkWriter
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.daemon.streamio import FrameSink, TransferStats, release_off_loop, remote_error
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
 
@@ -121,12 +121,15 @@ class Upload:
             outcome = f"failed: {report.message}"
             self._fail(report)
         finally:
-            self._resume_reading()
-            if self._working is not None:
-                # A batch may still be in the worker: the writer is not shared between threads.
-                await asyncio.wait([self._working])
-            self._writer.abort()  # no-op after commit; keeps the old content otherwise
-            self.stats.log_end(outcome)
+            try:
+                self._resume_reading()
+                if self._working is not None:
+                    # A batch may still be in the worker: the writer is not shared between threads.
+                    await asyncio.wait([self._working])
+                # A no-op after commit; keeps the old content otherwise.
+                await release_off_loop(self._executor, self._writer.abort)
+            finally:
+                self.stats.log_end(outcome)
 
     async def _in_thread(self, work: collections.abc.Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()

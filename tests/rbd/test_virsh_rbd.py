@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 from tests.conftest import (
@@ -49,7 +50,12 @@ def images(ceph: CephCluster) -> list[str]:
 def stream_holes(daemon: Virtvold, direction: str, name: str) -> int:
     """Skip frames of the last ``direction`` stream of volume ``name``, from the daemon's log."""
     marker = f"{direction} {RBD_POOL}/{name}:"
-    lines = [line for line in daemon.log_text().splitlines() if marker in line]
+    deadline = time.monotonic() + 10  # the line is written once the image is closed
+    while True:
+        lines = [line for line in daemon.log_text().splitlines() if marker in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert lines, daemon.log_text()
     return int(re.search(r"(\d+) holes", lines[-1]).group(1))  # type: ignore[union-attr]
 
