@@ -271,3 +271,29 @@ def test_secret_by_usage_and_autostart(ceph: CephCluster, tmp_path: Path) -> Non
         assert ceph.admin_key not in again.log_text()
     finally:
         stop_virtvold(again)
+
+
+def test_pool_start_failures(rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path) -> None:
+    uri = rbd_virtvold.tcp_uri
+    no_pool = tmp_path / "no-pool.xml"
+    no_pool.write_text(
+        rbd_pool_xml(ceph, "nopool").replace(f"<name>{CEPH_POOL}</name>", "<name>absent</name>")
+    )
+    run_virsh(uri, "pool-define", str(no_pool))
+    failed = run_virsh(uri, "pool-start", "nopool", check=False)
+    assert "failed to create the RBD IoCTX. Does the pool 'absent' exist?" in failed.stderr
+
+    unknown = "00000000-0000-4000-8000-00000000abcd"
+    no_secret = tmp_path / "no-secret.xml"
+    no_secret.write_text(
+        rbd_pool_xml(ceph, "nosecret")
+        .replace(f"<name>{CEPH_POOL}</name>", "<name>elsewhere</name>")
+        .replace(SECRET_UUID, unknown)
+    )
+    run_virsh(uri, "pool-define", str(no_secret))
+    failed = run_virsh(uri, "pool-start", "nosecret", check=False)
+    assert f"Secret not found: no secret with matching uuid '{unknown}'" in failed.stderr
+    conflict = tmp_path / "conflict.xml"
+    conflict.write_text(rbd_pool_xml(ceph, "again"))
+    clash = run_virsh(uri, "pool-define", str(conflict), check=False)
+    assert f"Storage source conflict with pool: '{RBD_POOL}'" in clash.stderr
