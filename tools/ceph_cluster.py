@@ -12,7 +12,7 @@ monitor map with ``monmaptool``, ``ceph-mon --mkfs``, then an OSD id from
 RAM (about twice their size), so test data should stay small.
 
     python -m tools.ceph_cluster DIR PORT
-        prints "conf=PATH key=BASE64" once the cluster takes writes; Ctrl-C stops it
+        prints "conf=PATH key=BASE64" once the cluster takes writes; SIGINT or SIGTERM stops it
 
 From Python: ``cluster = start(folder, port)``, ``cluster.create_pool("rbd")``,
 then ``cluster.stop()`` (the OSD first, then the monitor).
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -225,6 +226,10 @@ def _wait_osd_up(cluster: CephCluster) -> None:
 
 def main() -> None:
     folder, port = sys.argv[1], int(sys.argv[2])
+    # SIGINT (even when started in the background, where it is ignored) and SIGTERM
+    # both stop the cluster in order.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cluster = start(folder, port)
     print(f"conf={cluster.conf} key={cluster.admin_key}", flush=True)
     try:
