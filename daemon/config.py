@@ -15,6 +15,9 @@ The config file holds the same settings as the command line::
     [pools]
     default = "/var/lib/virtvol/pools/default"
 
+    [ceph_keys]                   # cephx keys offered to rbd pools as private secrets,
+    "client.admin secret" = "/etc/ceph/ceph.client.admin.keyring"   # by usage name
+
 A flag given on the command line replaces the file's value; ``--pool`` adds to
 (or overrides by name) the file's pools.
 """
@@ -70,6 +73,8 @@ class Settings:
     keepalive_count: int = 5
     shutdown_timeout: float = 30.0
     sync_uploads: bool = True
+    # usage name -> keyring file: private secrets of usage type ceph (see docs/rbd.md).
+    ceph_keys: dict[str, str] = field(default_factory=dict)
     config_file: str | None = None
 
     @property
@@ -136,6 +141,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         "keepalive_count",
         "shutdown_timeout",
         "sync_uploads",
+        "ceph_keys",
     }
     unknown = sorted(set(table) - known)
     if unknown:
@@ -148,6 +154,11 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         isinstance(k, str) and isinstance(v, str) and k and v for k, v in pools.items()
     ):
         raise ConfigError(f"{source}: [pools] must map names to directories")
+    ceph_keys = table.get("ceph_keys", {})
+    if not isinstance(ceph_keys, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in ceph_keys.items()
+    ):
+        raise ConfigError(f"{source}: [ceph_keys] must map usage names to key files")
     state_dir = table.get("state_dir", "")
     if not isinstance(state_dir, str):
         raise ConfigError(f"{source}: state_dir must be a string")
@@ -167,6 +178,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         keepalive_count=int(count),
         shutdown_timeout=_number(table, "shutdown_timeout", 30.0, minimum=0),
         sync_uploads=sync_uploads,
+        ceph_keys=dict(ceph_keys),
         config_file=source,
     )
 

@@ -17,6 +17,7 @@ import base64
 import binascii
 import contextlib
 import enum
+import errno
 import logging
 import os
 import secrets as token
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 SECRET = ErrorDomain.SECRET
 _XML = ".xml"
 _VALUE = ".base64"
+# UUIDs of secrets offered from key files: uuid5 of the usage name in this namespace.
+_KEY_FILE_NAMESPACE = uuidlib.UUID("1b7e5a0c-6f43-4d2a-9c8e-3a5d7f0b2e91")
 
 
 class UsageType(enum.IntEnum):
@@ -323,6 +326,27 @@ class SecretStore:
             )
         return entry.value
 
+    def offer_key_file(self, usage_id: str, path: str) -> SecretDefinition:
+        """A private, ephemeral ceph secret holding the cephx key in file ``path``.
+
+        For keys named in the daemon's config rather than set over the protocol.
+        The UUID follows from the usage name, so it stays the same across restarts
+        and a reload only refreshes the value.
+        """
+        key = read_key_file(path)
+        definition = SecretDefinition(
+            uuid=uuidlib.uuid5(_KEY_FILE_NAMESPACE, usage_id).bytes,
+            usage_type=UsageType.CEPH,
+            usage_id=usage_id,
+            ephemeral=True,
+            private=True,
+            description=f"cephx key from {path}",
+        )
+        with self._lock:
+            self._check_usage_free(definition)
+            self._entries[definition.uuid] = _Entry(definition, key)
+        return definition
+
     def undefine(self, uuid: bytes) -> None:
         """SECRET_UNDEFINE: the definition and its value are gone, from memory and disk."""
         with self._lock:
@@ -370,6 +394,24 @@ class SecretStore:
                 raise system_error(f"cannot remove secret file '{path.name}'", exc) from None
 
 
+def read_key_file(path: str) -> bytes:
+    """The cephx key in a keyring (``key = ...``) or a file holding just the base64 key."""
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        error = exc if isinstance(exc, OSError) else errno.EINVAL
+        raise system_error(f"cannot read ceph key file '{path}'", error) from None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "key":
+            text = value
+            break
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        raise secret_error(ErrorCode.INTERNAL_ERROR, f"no cephx key in '{path}'") from None
+
+
 def _matches(definition: SecretDefinition, wanted: ListSecretsFlags) -> bool:
     def group(yes: ListSecretsFlags, no: ListSecretsFlags, value: bool) -> bool:
         if not wanted & (yes | no):
@@ -396,4 +438,5 @@ __all__ = [
     "UsageType",
     "format_secret_xml",
     "parse_secret_xml",
+    "read_key_file",
 ]

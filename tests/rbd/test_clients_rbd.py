@@ -117,3 +117,33 @@ def test_rbd_pool_without_the_binding(
         registry.start_pool(ref)
     assert "python3-rados and python3-rbd" in failure.value.message
     assert not registry.pool_is_active(ref)
+
+
+def test_key_file_named_in_the_config(ceph: CephCluster, tmp_path: Path) -> None:
+    keyring = tmp_path / "ceph.client.admin.keyring"
+    keyring.write_text(f"[client.admin]\n\tkey = {ceph.admin_key}\n")
+    config = tmp_path / "virtvold.toml"
+    config.write_text(f'[ceph_keys]\n"admin key" = "{keyring}"\n')
+    daemon = start_virtvold(tmp_path / "daemon", "--config", str(config))
+    try:
+        uri = daemon.tcp_uri
+        listing = run_virsh(uri, "secret-list").stdout
+        assert "ceph admin key" in listing
+        uuid = listing.split()[listing.split().index("ceph") - 1]
+        refused = run_virsh(uri, "secret-get-value", uuid, check=False)
+        assert "Invalid secret: secret is private" in refused.stderr
+        pool = tmp_path / "pool.xml"
+        pool.write_text(
+            f"<pool type='rbd'><name>{RBD_POOL}</name><source><name>{CEPH_POOL}</name>"
+            f"<host name='127.0.0.1' port='{ceph.port}'/><auth type='ceph' username='admin'>"
+            "<secret usage='admin key'/></auth></source></pool>"
+        )
+        run_virsh(uri, "pool-define", str(pool))
+        run_virsh(uri, "pool-start", RBD_POOL)
+        name = volume_name("keyfile")
+        run_virsh(uri, "vol-create-as", RBD_POOL, name, "1M")
+        assert name in ceph.rbd("ls", CEPH_POOL).split()
+        assert not (tmp_path / "daemon" / "state" / "secrets").exists()  # never copied
+        assert ceph.admin_key not in daemon.log_text()
+    finally:
+        stop_virtvold(daemon)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 import uuid
 from pathlib import Path
 
 import pytest
 
+from virtvol.daemon.config import ConfigError, settings_from_toml
 from virtvol.daemon.storage.secrets import ListSecretsFlags, SecretStore, UsageType
 from virtvol.protocol.errors import ErrorCode, ErrorReport
 
@@ -69,3 +71,32 @@ def test_unreadable_secret_files_are_skipped(tmp_path: Path) -> None:
     again = SecretStore(folder)
     again.load()
     assert again.list_all() == [defined]
+
+
+def test_key_files_offer_private_ceph_secrets(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.key"
+    bare.write_text("AQBvaFtjAAAAABAAsG4n1+8bHDwYgUuxGQTw8w==\n")
+    store = SecretStore(tmp_path / "secrets")
+    offered = store.offer_key_file("k", str(bare))
+    assert offered.private
+    assert offered.ephemeral
+    assert store.value_for_pool(None, "k") == base64.b64decode(bare.read_text())
+    assert store.offer_key_file("k", str(bare)).uuid == offered.uuid  # stable
+    with pytest.raises(ErrorReport) as clash:
+        store.define_xml(_xml("k"))
+    assert "already defined for use with k" in clash.value.message
+    garbage = tmp_path / "garbage"
+    garbage.write_text("[client.x]\n\tcaps = none\n")
+    with pytest.raises(ErrorReport) as bad:
+        store.offer_key_file("g", str(garbage))
+    assert f"no cephx key in '{garbage}'" in bad.value.message
+    with pytest.raises(ErrorReport) as missing:
+        store.offer_key_file("m", str(tmp_path / "absent"))
+    assert "cannot read ceph key file" in missing.value.message
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_config_ceph_keys_must_name_files() -> None:
+    assert settings_from_toml({"ceph_keys": {"k": "/a"}}, "f").ceph_keys == {"k": "/a"}
+    with pytest.raises(ConfigError, match=r"\[ceph_keys\] must map usage names to key files"):
+        settings_from_toml({"ceph_keys": {"k": 1}}, "f")
