@@ -17,6 +17,8 @@ dropped after ``interval * (count + 1)``, as libvirtd does.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import socket
 import struct
@@ -378,7 +380,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         try:
             result: ChunkReader | ChunkWriter = await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(_release_opened)
+            future.add_done_callback(functools.partial(_release_opened, self._ctx.io))
             raise
         return result
 
@@ -411,11 +413,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._schedule_keepalive()
 
 
-def _release_opened(future: asyncio.Future[ChunkReader | ChunkWriter]) -> None:
+def _release_opened(
+    executor: concurrent.futures.Executor, future: asyncio.Future[ChunkReader | ChunkWriter]
+) -> None:
     if future.cancelled() or future.exception() is not None:
         return
     opened = future.result()
-    if isinstance(opened, ChunkWriter):
-        opened.abort()
-    else:
-        opened.close()
+    release = opened.abort if isinstance(opened, ChunkWriter) else opened.close
+    try:
+        executor.submit(release)  # an rbd image's close is a cluster round trip
+    except RuntimeError:  # the workers are gone: the daemon is stopping
+        release()
