@@ -6,7 +6,7 @@ STATE_DIR ?= $(CURDIR)/.virtvol-state
 # TCP port of `make run` (make run PORT=16510 when 16509 is taken).
 PORT ?= 16509
 
-.PHONY: setup ceph-binding peers run test lint typecheck unit bench bench-rbd clean
+.PHONY: setup ceph-binding peers run test lint typecheck unit bench bench-rbd clean install
 
 # The real libvirt 9.0 peers of the interop tests (Debian packages).
 PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps \
@@ -40,9 +40,17 @@ ceph-binding: $(BIN)/virtvold
 setup: $(BIN)/virtvold ceph-binding
 
 # A directory pool "default" under a local state dir, loopback TCP and a Unix socket.
+# Plain TCP has no authentication: virtvold opens it only when told (--auth-tcp none).
+# A second `make run` in the same clone needs its own PORT= and STATE_DIR=.
 run: setup
-	$(BIN)/virtvold --state-dir $(STATE_DIR) --pool default=$(STATE_DIR)/pools/default \
-		--listen tcp://127.0.0.1:$(PORT) --listen unix://$(STATE_DIR)/virtvold-sock
+	@echo "make run: plain TCP on 127.0.0.1:$(PORT) without authentication (--auth-tcp none)," \
+		"for this loopback demo; every local user can use it"
+	@$(BIN)/virtvold --state-dir $(STATE_DIR) --pool default=$(STATE_DIR)/pools/default \
+		--auth-tcp none --listen tcp://127.0.0.1:$(PORT) \
+		--listen unix://$(STATE_DIR)/virtvold-sock \
+	|| { code=$$?; [ $$code != 1 ] || echo "make run: virtvold did not start. When another" \
+		"make run holds the port or the socket, give this one its own:" \
+		"make run PORT=$$(($(PORT) + 1)) STATE_DIR=$(STATE_DIR)-2" >&2; exit $$code; }
 
 lint: setup
 	$(BIN)/ruff format --check .
@@ -81,3 +89,34 @@ bench-rbd: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# `make install` (as root): virtvold and virtvol in a virtual environment of their own
+# under PREFIX (Debian 12 refuses `pip install` into the system's Python), the systemd
+# units with ExecStart= and Documentation= pointing there, the docs, and the example
+# config as /etc/virtvol/virtvold.toml unless that file exists. DESTDIR= stages the
+# whole tree elsewhere (scripts then name PREFIX, where the tree is meant to end up).
+PREFIX ?= /opt/virtvol
+DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
+UNIT_FILES := virtvold.service virtvold.socket virtvold-ro.socket virtvold-tcp.socket
+STAGED := $(DESTDIR)$(PREFIX)
+
+install:
+	$(PYTHON) -m venv $(STAGED)
+	$(STAGED)/bin/pip install -q --disable-pip-version-check .
+	@if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlF "$(STAGED)" $(STAGED)/bin $(STAGED)/pyvenv.cfg | \
+	    xargs -r sed -i "s|$(STAGED)|$(PREFIX)|g"; \
+	fi
+	install -d $(DESTDIR)$(UNITDIR) $(STAGED)/share/doc/virtvol $(DESTDIR)/etc/virtvol
+	for unit in $(UNIT_FILES); do \
+	  sed "s|/opt/virtvol/|$(PREFIX)/|g" systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit; \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$unit; \
+	done
+	install -m 644 README.md docs/*.md examples/virtvold.toml $(STAGED)/share/doc/virtvol/
+	[ -e $(DESTDIR)/etc/virtvol/virtvold.toml ] || \
+	  install -m 644 examples/virtvold.toml $(DESTDIR)/etc/virtvol/virtvold.toml
+	@echo "installed $(PREFIX)/bin/virtvold and virtvol; next, as root:"
+	@echo "  systemctl daemon-reload"
+	@echo "  systemctl disable --now virtstoraged.socket virtstoraged-ro.socket virtstoraged-admin.socket"
+	@echo "  systemctl enable --now virtvold.socket virtvold-ro.socket"

@@ -140,6 +140,8 @@ def start_virtvold() -> Daemon:
             str(workdir / "state"),
             "--pool",
             f"bench={pool_dir}",
+            "--auth-tcp",
+            "none",
             "--listen",
             f"tcp://127.0.0.1:{port}",
             "--log-level",

@@ -67,13 +67,14 @@ def _timed(work: Callable[[], None]) -> float:
 
 
 _DAEMON = (sys.executable, "-m", "virtvol.daemon")
+_TCP = ("--auth-tcp", "none", "--listen")  # loopback only: no authentication needed
 
 
 def _start_virtvold(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     log = (folder / "virtvold.log").open("wb")
     process = subprocess.Popen(
-        [*_DAEMON, "--state-dir", str(folder / "state"), "--listen", f"tcp://127.0.0.1:{port}"],
+        [*_DAEMON, "--state-dir", str(folder / "state"), *_TCP, f"tcp://127.0.0.1:{port}"],
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,

@@ -156,6 +156,8 @@ class _Reader:
         detect_zeroes: bool,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
+        # The thread owns ``fd`` once started: it closes it after its last read,
+        # so no cancellation on the loop can close it under a running preadv.
         self.fd = fd
         self.end = end
         self.detect_zeroes = detect_zeroes
@@ -167,6 +169,7 @@ class _Reader:
         # Bounds the items (holes included) handed over but not yet consumed.
         self.slots = threading.Semaphore(UPLOAD_BUFFERS * 4)
         self.stop = threading.Event()
+        self.finished: asyncio.Future[None] = loop.create_future()
 
     def _wait(self, acquire: Callable[[float], object]) -> bool:
         while not self.stop.is_set():
@@ -192,11 +195,23 @@ class _Reader:
 
         return box[0] if self._wait(take) else None
 
-    def run(self) -> None:
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="virtvol-read", daemon=True).start()
+
+    def _run(self) -> None:
         try:
             self._walk()
         except BaseException as exc:  # handed to the loop, which raises it
-            self._hand_over(exc)
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                self._hand_over(exc)
+        finally:
+            os.close(self.fd)
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._mark_finished)
+
+    def _mark_finished(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
 
     def _walk(self) -> None:
         for extent in iter_extents(self.fd, 0, self.end):
@@ -264,17 +279,20 @@ async def upload_file(
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    reader: _Reader | None = None
     try:
         size = os.lseek(fd, 0, os.SEEK_END)
         end = size if length == 0 else min(size, length)
-        reader = _Reader(fd, end, detect_zeroes=detect_zeroes, loop=loop)
         async with Upload(volume, offset=offset, length=length, sparse=sparse) as stream:
-            thread = loop.run_in_executor(None, reader.run)
+            started_reader = _Reader(fd, end, detect_zeroes=detect_zeroes, loop=loop)
+            started_reader.start()
+            reader = started_reader
             try:
                 await _send_items(stream, reader, progress)
             finally:
                 reader.stop.set()
-                await thread
+                # Cancelled here, the thread still closes the file after its last read.
+                await asyncio.shield(reader.finished)
         return TransferResult(
             data_bytes=stream.data_bytes,
             hole_bytes=stream.hole_bytes,
@@ -284,7 +302,8 @@ async def upload_file(
             fell_back=stream.fell_back,
         )
     finally:
-        os.close(fd)
+        if reader is None:  # no thread ever had the file
+            os.close(fd)
 
 
 async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None) -> None:

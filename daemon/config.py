@@ -1,8 +1,12 @@
 """virtvold's settings: defaults, the TOML config file, and command-line overrides.
 
-The config file holds the same settings as the command line::
+The config file (``--config FILE``, else ``/etc/virtvol/virtvold.toml`` when it
+exists, as libvirtd reads ``/etc/libvirt/libvirtd.conf``) holds the same settings as the
+command line::
 
-    listen = ["tcp://127.0.0.1:16509", "unix:///run/virtvol/virtvold-sock"]
+    listen = ["unix:///run/libvirt/virtstoraged-sock", "tcp://127.0.0.1:16509"]
+    auth_tcp = "none"             # needed for any plain TCP listener (libvirtd's name)
+    unix_sock_dir = "/run/libvirt"  # where the default Unix sockets go
     state_dir = "/var/lib/virtvol"
     protocol = "current"          # or "legacy": a daemon from before sparse streams
     log_level = "info"
@@ -11,6 +15,11 @@ The config file holds the same settings as the command line::
     shutdown_timeout = 30         # seconds running streams get on SIGTERM
     sync_uploads = true           # flush a whole-volume upload to disk before it replaces
                                   # the volume (false: survives daemon crashes, not power cuts)
+    max_clients = 5000            # connections at once (libvirtd's name and default)
+    max_anonymous_clients = 20    # of them, connections that have not sent CONNECT_OPEN yet
+    max_client_requests = 5       # calls in flight per connection; reading pauses beyond
+    max_client_streams = 16       # upload/download streams open per connection
+    handshake_timeout = 30        # seconds a connection may take to send CONNECT_OPEN
 
     [pools]
     default = "/var/lib/virtvol/pools/default"
@@ -20,6 +29,14 @@ The config file holds the same settings as the command line::
 
 A flag given on the command line replaces the file's value; ``--pool`` adds to
 (or overrides by name) the file's pools.
+
+Without ``listen``, virtvold takes the Unix sockets of libvirt's storage daemon,
+virtstoraged, which libvirt's clients try first for ``storage:///system`` and
+``storage:///session``: in system mode (root) ``/run/libvirt/virtstoraged-sock`` and
+``virtstoraged-sock-ro``, in session mode ``$XDG_RUNTIME_DIR/libvirt/virtstoraged-sock``
+(libvirt has no read-only socket in session mode). No TCP listener is opened unless
+one is asked for, and plain TCP is refused unless ``auth_tcp = "none"``: virtvold has
+no SASL, so such a listener gives every client that reaches it full access.
 """
 
 from __future__ import annotations
@@ -33,7 +50,16 @@ from typing import Any, Literal
 ProtocolMode = Literal["current", "legacy"]
 PROTOCOL_MODES: tuple[ProtocolMode, ...] = ("current", "legacy")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-DEFAULT_TCP_LISTEN = "tcp://127.0.0.1:16509"
+# libvirtd's values for auth_tcp that mean something here: "sasl" (its default) refuses
+# plain TCP, since virtvold has no SASL; "none" allows it, unauthenticated.
+AUTH_TCP_MODES = ("sasl", "none")
+DEFAULT_CONFIG_FILE = "/etc/virtvol/virtvold.toml"
+SYSTEM_SOCK_DIR = "/run/libvirt"
+# The socket names of libvirt's modular storage daemon (libvirt's remote driver builds
+# them from the URI's driver name: "virt" + "storage" + "d").
+SOCKET_NAME = "virtstoraged-sock"
+RO_SOCKET_NAME = "virtstoraged-sock-ro"
+DaemonMode = Literal["system", "session"]
 
 
 class ConfigError(ValueError):
@@ -48,16 +74,23 @@ def default_state_dir() -> str:
     return str(Path(base) / "virtvol")
 
 
-def default_runtime_dir() -> str:
-    """Where the default Unix socket lives: ``/run/virtvol`` as root, else the user runtime dir."""
-    if os.geteuid() == 0:
-        return "/run/virtvol"
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/virtvol-{os.geteuid()}"
-    return str(Path(base) / "virtvol")
+def default_mode() -> DaemonMode:
+    """System mode as root, session mode otherwise: libvirt's clients choose the same way."""
+    return "system" if os.geteuid() == 0 else "session"
 
 
-def default_listen() -> list[str]:
-    return [f"unix://{default_runtime_dir()}/virtvold-sock", DEFAULT_TCP_LISTEN]
+def session_sock_dir() -> str:
+    """libvirt's user runtime dir: ``$XDG_RUNTIME_DIR/libvirt``, else under the cache dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return str(Path(base or Path.home() / ".cache") / "libvirt")
+
+
+def default_listen(mode: DaemonMode, sock_dir: str = "") -> list[str]:
+    """virtstoraged's Unix sockets for ``mode``, in ``sock_dir`` when given."""
+    if mode == "session":
+        return [f"unix://{sock_dir or session_sock_dir()}/{SOCKET_NAME}"]
+    directory = sock_dir or SYSTEM_SOCK_DIR
+    return [f"unix://{directory}/{SOCKET_NAME}", f"unix-ro://{directory}/{RO_SOCKET_NAME}"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +106,14 @@ class Settings:
     keepalive_count: int = 5
     shutdown_timeout: float = 30.0
     sync_uploads: bool = True
+    auth_tcp: str = "sasl"
+    unix_sock_dir: str = ""
+    mode: DaemonMode | None = None  # None: by the effective user, as libvirt
+    max_clients: int = 5000
+    max_anonymous_clients: int = 20
+    max_client_requests: int = 5
+    max_client_streams: int = 16
+    handshake_timeout: float = 30.0
     # usage name -> keyring file: private secrets of usage type ceph (see docs/rbd.md).
     ceph_keys: dict[str, str] = field(default_factory=dict)
     config_file: str | None = None
@@ -81,8 +122,17 @@ class Settings:
     def legacy(self) -> bool:
         return self.protocol == "legacy"
 
+    @property
+    def plain_tcp_allowed(self) -> bool:
+        return self.auth_tcp == "none"
+
+    def effective_mode(self) -> DaemonMode:
+        return self.mode or default_mode()
+
     def effective_listen(self) -> list[str]:
-        return list(self.listen) if self.listen else default_listen()
+        if self.listen:
+            return list(self.listen)
+        return default_listen(self.effective_mode(), self.unix_sock_dir)
 
     def effective_state_dir(self) -> str:
         return self.state_dir or default_state_dir()
@@ -98,6 +148,9 @@ class Overrides:
     state_dir: str | None = None
     protocol: str | None = None
     log_level: str | None = None
+    auth_tcp: str | None = None
+    unix_sock_dir: str | None = None
+    mode: DaemonMode | None = None
 
 
 def parse_pool_option(text: str) -> tuple[str, str]:
@@ -122,11 +175,24 @@ def _check_log_level(value: object) -> str:
     return value.lower()
 
 
+def _check_auth_tcp(value: object) -> str:
+    if value not in AUTH_TCP_MODES:
+        raise ConfigError(f"auth_tcp must be one of {', '.join(AUTH_TCP_MODES)}, not {value!r}")
+    return str(value)
+
+
 def _number(table: dict[str, Any], key: str, default: float, *, minimum: float) -> float:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
         raise ConfigError(f"{key} must be a number >= {minimum}, not {value!r}")
     return float(value)
+
+
+def _integer(table: dict[str, Any], key: str, default: int, *, minimum: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, not {value!r}")
+    return value
 
 
 def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
@@ -141,6 +207,13 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         "keepalive_count",
         "shutdown_timeout",
         "sync_uploads",
+        "auth_tcp",
+        "unix_sock_dir",
+        "max_clients",
+        "max_anonymous_clients",
+        "max_client_requests",
+        "max_client_streams",
+        "handshake_timeout",
         "ceph_keys",
     }
     unknown = sorted(set(table) - known)
@@ -162,6 +235,9 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
     state_dir = table.get("state_dir", "")
     if not isinstance(state_dir, str):
         raise ConfigError(f"{source}: state_dir must be a string")
+    unix_sock_dir = table.get("unix_sock_dir", "")
+    if not isinstance(unix_sock_dir, str) or (unix_sock_dir and not unix_sock_dir.startswith("/")):
+        raise ConfigError(f"{source}: unix_sock_dir must be an absolute path")
     sync_uploads = table.get("sync_uploads", True)
     if not isinstance(sync_uploads, bool):
         raise ConfigError(f"{source}: sync_uploads must be true or false")
@@ -178,6 +254,13 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         keepalive_count=int(count),
         shutdown_timeout=_number(table, "shutdown_timeout", 30.0, minimum=0),
         sync_uploads=sync_uploads,
+        auth_tcp=_check_auth_tcp(table.get("auth_tcp", "sasl")),
+        unix_sock_dir=unix_sock_dir,
+        max_clients=_integer(table, "max_clients", 5000, minimum=1),
+        max_anonymous_clients=_integer(table, "max_anonymous_clients", 20, minimum=1),
+        max_client_requests=_integer(table, "max_client_requests", 5, minimum=1),
+        max_client_streams=_integer(table, "max_client_streams", 16, minimum=1),
+        handshake_timeout=_number(table, "handshake_timeout", 30.0, minimum=0.001),
         ceph_keys=dict(ceph_keys),
         config_file=source,
     )
@@ -194,9 +277,17 @@ def load_config_file(path: str) -> Settings:
     return settings_from_toml(table, path)
 
 
+def config_file_to_read(overrides: Overrides) -> str | None:
+    """``--config``, else the default file when it exists, else none."""
+    if overrides.config_file:
+        return overrides.config_file
+    return DEFAULT_CONFIG_FILE if os.path.exists(DEFAULT_CONFIG_FILE) else None
+
+
 def resolve(overrides: Overrides) -> Settings:
     """The file's settings (if any) with the command line's on top."""
-    base = load_config_file(overrides.config_file) if overrides.config_file else Settings()
+    path = config_file_to_read(overrides)
+    base = load_config_file(path) if path else Settings()
     pools = dict(base.pools)
     for text in overrides.pools:
         name, directory = parse_pool_option(text)
@@ -208,4 +299,9 @@ def resolve(overrides: Overrides) -> Settings:
         state_dir=overrides.state_dir if overrides.state_dir is not None else base.state_dir,
         protocol=_check_protocol(overrides.protocol) if overrides.protocol else base.protocol,
         log_level=_check_log_level(overrides.log_level) if overrides.log_level else base.log_level,
+        auth_tcp=_check_auth_tcp(overrides.auth_tcp) if overrides.auth_tcp else base.auth_tcp,
+        unix_sock_dir=os.path.abspath(overrides.unix_sock_dir)
+        if overrides.unix_sock_dir
+        else base.unix_sock_dir,
+        mode=overrides.mode or base.mode,
     )

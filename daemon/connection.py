@@ -11,24 +11,46 @@ write limits are set to zero, so "writing paused" means exactly "the transport
 holds unsent bytes"; the download handler uses that to know when its buffers
 are no longer referenced. Keepalive: every PING gets a PONG; a client that
 asked for feature 10 is pinged after ``interval`` seconds of silence and
-dropped after ``interval * (count + 1)``, as libvirtd does.
+dropped after ``interval * (count + 1)``, as libvirtd does. When the
+connection goes, every stream opened on it is closed (not only cancelled: a
+task cancelled before its first step never runs its own cleanup). Calls it
+cannot serve get libvirtd's error and one log line per connection.
+
+Limits (see ``limits``): a connection refused by admission is closed as soon
+as it is accepted. One that has not sent CONNECT_OPEN within
+``handshake_timeout`` is closed. With ``max_client_requests`` calls in flight,
+or more than ``OUTPUT_HIGH_WATER`` (256 KiB) reply bytes unsent, the
+connection stops reading its socket and stops handing out the frames it
+already read, until a call ends or the client reads: a client that pipelines
+calls or PINGs and never reads the answers costs a bounded amount of memory.
+After ``FRAMES_PER_TURN`` frames a connection pauses until the event loop has
+gone round once, so a flood on one socket delays the others by a turn, not by
+everything it sent. A client whose unsent bytes do not drain at all (not a
+byte taken) for ``interval * (count + 1)`` keepalive seconds has stopped
+reading and is dropped, keepalive or not; a slow reader is not. Thread-bound
+work waits in this connection's own queue of the shared ``FairExecutor``, so
+one busy client cannot starve others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import functools
 import logging
 import socket
 import struct
+import sys
+import termios
 import time
 from collections.abc import Callable, Coroutine
 from typing import cast
 
 from virtvol.daemon.context import DaemonContext
-from virtvol.daemon.dispatch import serve_storage_call, vol_ref
-from virtvol.daemon.download import Download
+from virtvol.daemon.dispatch import HANDLERS, serve_storage_call, vol_ref
+from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
+from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.session import SESSION_PROCEDURES, Session
 from virtvol.daemon.storage import VolStreamFlags
 from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
@@ -46,6 +68,7 @@ from virtvol.protocol.connection import (
     StreamDataReceived,
     StreamFinishReceived,
     StreamHoleReceived,
+    rpc_error,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError
@@ -59,6 +82,17 @@ log = logging.getLogger("virtvol.daemon.connection")
 # VIR_CONNECT_CLOSE_REASON_EOF: what a client's close callback hears when we shut down.
 _CLOSE_REASON_EOF = 1
 _PEERCRED = struct.Struct("3i")
+# Reply bytes a client may leave unread before we stop reading its calls.
+OUTPUT_HIGH_WATER = 256 << 10
+# Owners of a read pause (besides the upload handlers): they also hold back the
+# frames already read, since serving those would add to what they limit.
+_REQUEST_LIMIT = "max_client_requests"
+_OUTPUT_BACKLOG = "unsent replies"
+_TURN_OVER = "turn over"
+_DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG, _TURN_OVER})
+# Frames one connection may have served before it lets every other connection
+# have a turn of the event loop (the loop reads a busy socket many times over).
+FRAMES_PER_TURN = 16
 
 
 def describe_peer(transport: asyncio.BaseTransport) -> str:
@@ -102,9 +136,22 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._keepalive: KeepaliveTracker | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._started = time.monotonic()
+        self._refused = False  # closed at once by admission: never served, never counted
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._bytes_queued = 0  # every byte handed to the transport
+        # What the output looked like at the last stall check (see _output_progress).
+        self._output_mark: tuple[int, int] = (0, 0)
+        self._calls_in_flight = 0
+        self._frames_this_turn = 0
+        self._streams_opening = 0
+        self._send_buffers = SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE)
         self._calls = 0
         self._streams_opened = 0
         self._close_reason = "closed by the client"
+        # What a client that keeps calling the same bad thing gets logged once for.
+        self._logged_refusal = False
+        self._logged_failures: set[str] = set()
         self.closed = self._loop.create_future()
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
@@ -114,10 +161,24 @@ class ClientConnection(asyncio.BufferedProtocol):
         # Zero limits: pause_writing fires whenever anything stays unsent.
         self._transport.set_write_buffer_limits(high=0, low=0)
         self.peer = describe_peer(transport)
-        self._ctx.connections.add(self)
-        self._ctx.total_connections += 1
+        ctx = self._ctx
+        refusal = ctx.admission.refusal(
+            len(ctx.connections), len(ctx.anonymous), ctx.active_streams()
+        )
+        if refusal is not None:
+            # Closed before anything is read or allocated; logged once per burst.
+            ctx.admission.refusals.refused(f"{self.peer} on {self._listener}", refusal)
+            self._refused = True
+            self._transport.abort()
+            return
+        ctx.connections.add(self)
+        ctx.anonymous.add(self)
+        ctx.total_connections += 1
         log.info("%s: connected on %s", self.peer, self._listener)
-        if not self._ctx.accepting:
+        self._handshake_timer = self._loop.call_later(
+            ctx.limits.handshake_timeout, self._handshake_expired
+        )
+        if not ctx.accepting:
             self.close("the daemon is stopping")
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -126,9 +187,30 @@ class ClientConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         try:
             self.rpc.buffer_updated(nbytes)
-            if self._keepalive is not None:
-                self._keepalive.heard(self._loop.time())
-            while (event := self.rpc.next_event()) is not None:
+        except ProtocolError as exc:
+            self.abort(f"protocol error: {exc}")
+            return
+        if self._keepalive is not None:
+            self._keepalive.heard(self._loop.time())
+        self._dispatch_received()
+
+    def _dispatch_received(self) -> None:
+        """Serve the frames read so far, unless a limit holds them back."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        try:
+            while not (self._read_pausers & _DISPATCH_HOLDS):
+                if self._calls_in_flight >= self._ctx.limits.max_client_requests:
+                    self.pause_reading(_REQUEST_LIMIT)
+                    return
+                if self._frames_this_turn >= FRAMES_PER_TURN:
+                    self.pause_reading(_TURN_OVER)
+                    self._loop.call_soon(self._next_turn)
+                    return
+                event = self.rpc.next_event()
+                if event is None:
+                    return
+                self._frames_this_turn += 1
                 self._dispatch(event)
                 if self._transport is None or self._transport.is_closing():
                     return
@@ -141,12 +223,21 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
+        if self._refused:
+            if not self.closed.done():
+                self.closed.set_result(None)
+            return  # never served, never counted
+        for timer in (self._keepalive_timer, self._handshake_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        # A stream task cancelled before its first step never runs its own cleanup.
+        for stream in list(self._streams.values()):
+            stream.close()
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
+        self._ctx.anonymous.discard(self)
         log.info(
             "%s: %s after %.3f s, %d calls, %d streams",
             self.peer,
@@ -160,21 +251,37 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
+        if self._stall_timer is None and not self._refused:
+            self._output_mark = self._output_progress()
+            self._stall_timer = self._loop.call_later(stall, self._output_stalled, stall)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._send_buffers.reclaim()
         self._wake_drain_waiters()
+        if _OUTPUT_BACKLOG in self._read_pausers:
+            self.resume_reading(_OUTPUT_BACKLOG)
+            self._dispatch_received()
 
     # -- FrameSink (used by the stream handlers) -----------------------------------
 
     def send(self, frame: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frame)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+            self._bytes_queued += len(frame)
+            if transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
+                self.pause_reading(_OUTPUT_BACKLOG)
 
     def send_data(self, head: bytes, data: Payload) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(head)
+            self._bytes_queued += len(head) + len(data)
             transport.write(data)
 
     def write_buffer_empty(self) -> bool:
@@ -198,8 +305,9 @@ class ClientConnection(asyncio.BufferedProtocol):
                 waiter.set_result(None)
 
     def pause_reading(self, owner: object) -> None:
-        if not self._read_pausers and self._transport is not None:
-            self._transport.pause_reading()
+        transport = self._transport
+        if not self._read_pausers and transport is not None and not transport.is_closing():
+            transport.pause_reading()
         self._read_pausers.add(owner)
 
     def resume_reading(self, owner: object) -> None:
@@ -258,7 +366,9 @@ class ClientConnection(asyncio.BufferedProtocol):
                 handler.data_received(event.data)
         elif isinstance(event, CallReceived):
             self._calls += 1
-            self._spawn(self._serve(event), f"call-{event.serial}")
+            self._calls_in_flight += 1
+            task = self._spawn(self._serve(event), f"call-{event.serial}")
+            task.add_done_callback(self._call_ended)
         elif isinstance(event, StreamHoleReceived):
             handler = self._streams.get(event.serial)
             if isinstance(handler, Upload):
@@ -273,6 +383,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.send(self.rpc.send_pong())
         elif isinstance(event, CallRejected):
             self._calls += 1
+            self._log_refusal(event.procedure, event.error.message)
             self.send(self.rpc.reply_error(event.serial, event.error))
         elif isinstance(event, FrameIgnored):
             log.debug("%s: dropped %s: %s", self.peer, event.header.describe(), event.reason)
@@ -287,6 +398,66 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: task %s failed", self.peer, task.get_name(), exc_info=task.exception())
+
+    def _next_turn(self) -> None:
+        self._frames_this_turn = 0
+        self.resume_reading(_TURN_OVER)
+        self._dispatch_received()
+
+    def _call_ended(self, task: asyncio.Task[None]) -> None:
+        self._calls_in_flight -= 1
+        if _REQUEST_LIMIT in self._read_pausers:
+            self.resume_reading(_REQUEST_LIMIT)
+            self._dispatch_received()
+
+    # -- limits -----------------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if not self.session.opened:
+            self.close(
+                f"no CONNECT_OPEN within handshake_timeout"
+                f" ({self._ctx.limits.handshake_timeout:g} s)",
+                notify=False,
+            )
+
+    def _opened(self) -> None:
+        self._ctx.anonymous.discard(self)
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _output_progress(self) -> tuple[int, int]:
+        """(bytes the transport has passed to the kernel, bytes the kernel still holds).
+
+        A transport reports progress only when a whole write completes (uvloop), so
+        a client slowly reading one large frame shows up in the kernel's queue
+        (SIOCOUTQ: unread on a Unix socket, unacknowledged on TCP) instead."""
+        transport = self._transport
+        if transport is None:
+            return self._output_mark
+        passed = self._bytes_queued - transport.get_write_buffer_size()
+        in_kernel = -1
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+                in_kernel = int.from_bytes(raw, sys.byteorder, signed=True)
+            except OSError:
+                pass
+        return passed, in_kernel
+
+    def _output_stalled(self, seconds: float) -> None:
+        """A slow reader is fine; one that took nothing for ``seconds`` is gone."""
+        self._stall_timer = None
+        if self.write_buffer_empty():
+            return
+        progress = self._output_progress()
+        if progress != self._output_mark:
+            self._output_mark = progress
+            self._stall_timer = self._loop.call_later(seconds, self._output_stalled, seconds)
+            return
+        self.abort(f"the client read nothing of its replies for {seconds:g} s")
 
     # -- calls ----------------------------------------------------------------------
 
@@ -303,11 +474,19 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             if procedure.number in SESSION_PROCEDURES:
                 result = self.session.serve(procedure, call.args)
+                if self.session.opened:
+                    self._opened()
                 if self.session.keepalive_requested:
                     self._start_keepalive()
+            elif procedure.number not in HANDLERS:
+                # In the table (the client side uses it) but nothing a client may call here.
+                message = f"unknown procedure: {procedure.number}"
+                self._log_refusal(procedure.number, message)
+                self.send(self.rpc.reply_error(call.serial, rpc_error(message)))
+                return
             else:
-                result = await self._loop.run_in_executor(
-                    self._ctx.calls,
+                result = await self._ctx.call_queue.submit(
+                    self,
                     serve_storage_call,
                     self._ctx.registry,
                     procedure.number,
@@ -317,11 +496,23 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.send(self.rpc.reply_error(call.serial, remote_error(report)))
             return
         except Exception as exc:
-            log.exception("%s: %s failed", self.peer, procedure.name)
+            if procedure.name not in self._logged_failures:  # once per connection, not per call
+                self._logged_failures.add(procedure.name)
+                log.exception("%s: %s failed", self.peer, procedure.name)
             failure = internal_error(f"{procedure.name} failed: {exc}")
             self.send(self.rpc.reply_error(call.serial, remote_error(failure)))
             return
         self.send(self.rpc.reply(call.serial, result))
+
+    def _log_refusal(self, procedure: int, message: str | None) -> None:
+        if not self._logged_refusal:
+            self._logged_refusal = True
+            log.warning(
+                "%s: refused procedure %d (%s); further refusals on this connection go unlogged",
+                self.peer,
+                procedure,
+                message,
+            )
 
     async def _open_stream(self, call: CallReceived) -> None:
         args = call.args
@@ -335,6 +526,30 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise ErrorReport.raised(
                 ErrorCode.OPERATION_INVALID, ErrorDomain.STORAGE, "the daemon is stopping"
             )
+        limit = self._ctx.limits.max_client_streams
+        if len(self._streams) + self._streams_opening >= limit:
+            raise ErrorReport.raised(
+                ErrorCode.OPERATION_FAILED,
+                ErrorDomain.STREAMS,
+                f"too many streams open on this connection (max_client_streams is {limit})",
+            )
+        self._streams_opening += 1
+        try:
+            handler = await self._open_handler(call, args, upload)
+        finally:
+            self._streams_opening -= 1
+        self._streams_opened += 1
+        if self.closed.done():  # the connection went while the file was being opened
+            handler.close()
+            return
+        self._streams[call.serial] = handler
+        self.send(self.rpc.reply(call.serial))
+        task = self._spawn(handler.run(), f"stream-{call.serial}")
+        task.add_done_callback(lambda _: self._stream_ended(call.serial, handler))
+
+    async def _open_handler(
+        self, call: CallReceived, args: r.VolTransferArgs, upload: bool
+    ) -> Upload | Download:
         sparse = bool(args.flags & VolStreamFlags.SPARSE)
         volume = vol_ref(args.vol)
         stats = TransferStats(
@@ -364,19 +579,27 @@ class ClientConnection(asyncio.BufferedProtocol):
             )
             assert isinstance(reader, ChunkReader)
             handler = Download(
-                self, call.serial, reader, sparse=sparse, executor=self._ctx.io, stats=stats
+                self,
+                call.serial,
+                reader,
+                sparse=sparse,
+                executor=self._ctx.io,
+                stats=stats,
+                buffers=self._send_buffers,
             )
-        self._streams[call.serial] = handler
-        self._streams_opened += 1
-        self.send(self.rpc.reply(call.serial))
-        task = self._spawn(handler.run(), f"stream-{call.serial}")
-        task.add_done_callback(lambda _: self._streams.pop(call.serial, None))
+        return handler
+
+    def _stream_ended(self, serial: int, handler: Upload | Download) -> None:
+        # Also when the task was cancelled before its first step, so run() never ran.
+        handler.close()
+        if self._streams.get(serial) is handler:
+            del self._streams[serial]
 
     async def _in_thread(
         self, func: Callable[..., ChunkReader | ChunkWriter], *args: object
     ) -> ChunkReader | ChunkWriter:
         """Open a stream's file in a worker; if we are cancelled meanwhile, release it."""
-        future = self._loop.run_in_executor(self._ctx.calls, func, *args)
+        future = self._ctx.call_queue.submit(self, func, *args)
         try:
             result: ChunkReader | ChunkWriter = await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -1,29 +1,33 @@
 """Sending a volume to the client (STORAGE_VOL_DOWNLOAD, procedure 209).
 
-Theory of operation: the handler owns a few preallocated frame buffers. A
-worker thread fills one buffer from the disk (``VolumeReader.next_chunk``)
-while the previous one is on its way out, so disk and socket overlap. A data
-chunk goes out as ``write(head)`` + ``write(view)`` with no join; the buffer is
-then "in flight" until the transport holds no unsent bytes, because asyncio
-(3.12+) and uvloop keep references to unsent data instead of copying it. When
-no buffer is free the handler waits for the transport to drain: the disk is
-read no faster than the client takes the data, and memory stays at a few
-buffers per stream whatever the volume size. Holes are one skip frame on a
+Theory of operation: the handler fills frame buffers taken from its
+connection's ``SendBuffers``. A worker thread fills one buffer from the disk
+(``VolumeReader.next_chunk``) while the previous one is on its way out, so
+disk and socket overlap. A data chunk goes out as ``write(head)`` +
+``write(view)`` with no join; the buffer is then "in flight" until the
+transport holds no unsent bytes, because asyncio (3.12+) and uvloop keep
+references to unsent data instead of copying it. When no buffer is free the
+handler waits for the transport to drain: the disk is read no faster than the
+client takes the data, and memory stays at a few buffers per connection
+whatever the volume size and however many downloads the client opened. Holes are one skip frame on a
 sparse stream; on a plain stream they go as data frames cut from one shared,
 immutable zero buffer (no disk read, no allocation). Then the EOF frame, and
 the handler waits for the client's finish (or abort) and acknowledges it.
+
+The reader's file belongs to a ``FileWorker``: it is closed only once no read
+is in a worker thread, however the stream ends (see ``fileworker``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import contextlib
 
+from virtvol.daemon.fileworker import FileWorker
+from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk
 from virtvol.daemon.storage.backend import ChunkReader
-from virtvol.daemon.streamio import FrameSink, TransferStats, release_off_loop, remote_error
+from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 
 # Data frame size. libvirt's peers accept frames up to 32 MiB but send
@@ -32,10 +36,10 @@ from virtvol.protocol.errors import ErrorReport
 # 1 MiB 1.5-1.6 GiB/s, 4 MiB 2.2-2.3 GiB/s, 8 MiB 2.0 GiB/s. The per-frame
 # costs (a thread hop for the read, two writes, the client's per-message work)
 # stop mattering at 4 MiB; beyond that the buffers fall out of the CPU caches.
-# Three 4 MiB buffers per stream keep memory at 12 MiB per download.
+# Three 4 MiB buffers per connection keep memory at 12 MiB per downloading client.
 FRAME_SIZE = 4 << 20
 # One buffer being filled from disk, up to two in flight on the socket.
-BUFFERS_PER_STREAM = 3
+BUFFERS_PER_CONNECTION = 3
 _ZEROS = memoryview(bytes(FRAME_SIZE))
 
 
@@ -51,15 +55,18 @@ class Download:
         sparse: bool,
         executor: concurrent.futures.Executor,
         stats: TransferStats,
+        buffers: SendBuffers,
     ) -> None:
         self._sink = sink
+        self._buffers = buffers
+        self._held: memoryview | None = None  # taken, being filled, not sent
         self._serial = serial
         self._reader = reader
         self._sparse = sparse
-        self._executor = executor
+        self._file = FileWorker(executor, reader.close)
         self.stats = stats
         self._client_ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._reading: asyncio.Future[Chunk] | None = None
+        self._outcome = "dropped"
 
     # -- events routed here by the connection --------------------------------
 
@@ -74,67 +81,73 @@ class Download:
     # -- the task ---------------------------------------------------------------
 
     async def run(self) -> None:
-        outcome = "dropped"
         try:
             complete = await self._send_volume()
             if complete:
                 self._sink.send(self._sink.rpc.send_eof(self._serial))
-            outcome = await self._client_ended
+            self._outcome = await self._client_ended
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
-        except ErrorReport as report:
-            outcome = f"failed: {report.message}"
+        except Exception as exc:
+            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("download", exc)
+            self._outcome = f"failed: {report.message}"
             if self._serial in self._sink.rpc.streams:
                 self._sink.send(
                     self._sink.rpc.send_stream_error(self._serial, remote_error(report))
                 )
         finally:
-            try:
-                if self._reading is not None:
-                    # The thread may still be filling a buffer: let it finish before closing.
-                    with contextlib.suppress(BaseException):
-                        await asyncio.wait([self._reading])
-                await release_off_loop(self._executor, self._reader.close)
-            finally:
-                self.stats.log_end(outcome)
+            self.close()
+            await self._file.wait_closed()
+            # Only now is no worker thread filling the buffer this stream holds.
+            if self._held is not None:
+                self._buffers.give_back(self._held)
+                self._held = None
+
+    def close(self) -> None:
+        """End the stream now, whether its task ran or not; safe to call more than once.
+
+        The file is closed once no read is in a worker thread.
+        """
+        if self._file.closing:
+            return
+        self._file.close()
+        self.stats.log_end(self._outcome)
 
     async def _read(self, buffer: memoryview) -> Chunk:
-        loop = asyncio.get_running_loop()
-        self._reading = loop.run_in_executor(self._executor, self._reader.next_chunk, buffer)
-        chunk = await self._reading
-        self._reading = None
-        return chunk
+        reader = self._reader
+        return await self._file.run(lambda: reader.next_chunk(buffer))
 
     async def _send_volume(self) -> bool:
         """Send every data and hole frame; False when the client aborted meanwhile."""
-        buffers = [memoryview(bytearray(FRAME_SIZE)) for _ in range(BUFFERS_PER_STREAM)]
-        free = collections.deque(buffers)
-        in_flight: list[memoryview] = []
+        pool = self._buffers
         rpc, serial, sink, stats = self._sink.rpc, self._serial, self._sink, self.stats
         while True:
             if sink.write_buffer_empty():
-                free.extend(in_flight)
-                in_flight.clear()
-            while not free:
-                await sink.drained()
-                free.extend(in_flight)
-                in_flight.clear()
-            buffer = free.popleft()
+                pool.reclaim()
+            buffer = pool.try_take()
+            while buffer is None:
+                if not sink.write_buffer_empty():
+                    await sink.drained()
+                    pool.reclaim()
+                    buffer = pool.try_take()
+                else:
+                    buffer = await pool.take()  # another download of ours is filling them
+            self._held = buffer
             chunk = await self._read(buffer)
-            if self._client_ended.done():
-                return False
-            if chunk.eof:
-                return True
+            if self._client_ended.done() or chunk.eof:
+                return not self._client_ended.done()
             if chunk.data:
                 sink.send_data(*rpc.send_data(serial, buffer[: chunk.length]))
-                in_flight.append(buffer)
+                self._held = None
+                pool.sent(buffer)
                 stats.data_bytes += chunk.length
                 continue
-            free.appendleft(buffer)
-            stats.holes += 1
-            stats.hole_bytes += chunk.length
+            self._held = None
+            pool.give_back(buffer)
             if self._sparse:
                 sink.send(rpc.send_hole(serial, chunk.length))
+                stats.holes += 1
+                stats.hole_bytes += chunk.length
             elif not await self._send_zeros(chunk.length):
                 return False
 
@@ -144,6 +157,7 @@ class Download:
         while length > 0:
             count = min(FRAME_SIZE, length)
             sink.send_data(*rpc.send_data(serial, _ZEROS[:count]))
+            self.stats.data_bytes += count
             length -= count
             if not sink.write_buffer_empty():
                 await sink.drained()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from virtvol.protocol.connection import Connection
-from virtvol.protocol.errors import ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.remote import RemoteError
 
@@ -42,20 +39,13 @@ class FrameSink(Protocol):
         """Withdraw ``owner``'s pause."""
 
 
-async def release_off_loop(
-    executor: concurrent.futures.Executor, release: Callable[[], None]
-) -> None:
-    """Close a stream's volume in a worker: for an rbd image that is a cluster round trip.
-
-    Shielded, so a cancelled handler still lets it finish; run here when the
-    workers are already shut down (the daemon is stopping).
-    """
-    try:
-        future = asyncio.get_running_loop().run_in_executor(executor, release)
-    except RuntimeError:
-        release()
-        return
-    await asyncio.shield(future)
+def unexpected_failure(direction: str, exc: Exception) -> ErrorReport:
+    """A stream that broke for a reason nobody foresaw still ends with an error the client
+    hears (instead of a client waiting forever); the traceback goes to the log."""
+    log.error("%s stream failed", direction, exc_info=exc)
+    return ErrorReport.raised(
+        ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{direction} stream failed: {exc}"
+    )
 
 
 def remote_error(report: ErrorReport) -> RemoteError:
@@ -74,7 +64,12 @@ def remote_error(report: ErrorReport) -> RemoteError:
 
 @dataclass
 class TransferStats:
-    """Counters for the one log line each stream gets when it ends."""
+    """Counters for the one log line each stream gets when it ends.
+
+    ``data_bytes`` counts the payload of data frames as they crossed the wire (on a plain
+    stream, the zeros that stand for holes too); ``holes`` and ``hole_bytes`` count hole
+    frames only, so they stay 0 on a plain stream, whatever the volume holds.
+    """
 
     direction: str  # "upload" or "download"
     volume: str
@@ -87,20 +82,23 @@ class TransferStats:
     hole_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def describe_wire(self) -> str:
+        """What crossed the wire, e.g. "4096 data bytes and 2 holes (1048576 bytes)"."""
+        text = f"{self.data_bytes} data bytes"
+        if self.sparse:
+            return f"{text} and {self.holes} holes ({self.hole_bytes} bytes) on a sparse stream"
+        return f"{text} on a plain stream (holes travel as zeros)"
+
     def log_end(self, outcome: str) -> None:
         seconds = time.monotonic() - self.started
         rate = self.data_bytes / seconds / 2**20 if seconds > 0 else 0.0
         log.info(
-            "%s %s %s: %s; %d data bytes, %d holes (%d bytes), sparse=%s offset=%d "
-            "length=%d, %.3f s (%.1f MiB/s)",
+            "%s %s %s: %s; on the wire: %s; offset=%d length=%d, %.3f s (%.1f MiB/s of data)",
             self.peer,
             self.direction,
             self.volume,
             outcome,
-            self.data_bytes,
-            self.holes,
-            self.hole_bytes,
-            "yes" if self.sparse else "no",
+            self.describe_wire(),
             self.offset,
             self.length,
             seconds,

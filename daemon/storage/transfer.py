@@ -63,6 +63,9 @@ ZERO_BLOCK = 64 * 1024
 # page cache, every this many bytes (see above).
 WRITEBACK_STEP = 32 << 20
 
+# The largest file offset (off_t): no stream may write or reach past it.
+MAX_OFFSET = (1 << 63) - 1
+
 
 def _zero_runs(view: memoryview, position: int) -> Iterator[tuple[int, int, bool]]:
     """Split ``view`` (to be written at file offset ``position``) into maximal runs of
@@ -222,6 +225,8 @@ class VolumeWriter:
         view = memoryview(data).cast("B")
         if self._limit is not None and self._pos + len(view) > self._limit:
             raise system_error("cannot write to stream", errno.ENOSPC, ErrorDomain.STREAMS)
+        if self._pos + len(view) > MAX_OFFSET:
+            raise system_error("cannot write to stream", errno.EFBIG, ErrorDomain.STREAMS)
         try:
             for start, end, zero in _zero_runs(view, self._pos):
                 if zero:
@@ -265,6 +270,8 @@ class VolumeWriter:
             length = min(length, self._limit - self._pos)
         if length <= 0:
             return
+        if self._pos + length > MAX_OFFSET:
+            raise system_error("cannot write to stream", errno.EFBIG, ErrorDomain.STREAMS)
         try:
             self._zero(length)
         except OSError as exc:

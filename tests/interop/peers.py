@@ -57,6 +57,8 @@ def virtvold(*, legacy: bool) -> Iterator[DaemonUnderTest]:
         str(workdir / "state"),
         "--pool",
         f"{POOL}={pool_dir}",
+        "--auth-tcp",
+        "none",
         "--listen",
         f"tcp://127.0.0.1:{port}",
         "--listen",

@@ -11,6 +11,7 @@ import pytest
 
 from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, allocated, fails
 from virtvol.daemon.storage import Chunk, VolumeReader, VolumeRef
+from virtvol.daemon.storage.transfer import MAX_OFFSET
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 
 MIB = 1 << 20
@@ -327,3 +328,18 @@ def test_zero_blocks_in_data_become_holes(setup: PoolSetup, whole_volume: bool) 
     path = setup.pool_dir / "dense"
     assert path.read_bytes() == bytes(payload)
     assert allocated(path) < 600 * 1024
+
+
+def test_write_past_the_largest_offset_is_a_stream_error(setup: PoolSetup) -> None:
+    volume = setup.file("big", b"")
+    writer = setup.registry.open_upload(volume, 0, 0)
+    with writer:
+        writer._pos = MAX_OFFSET - 2  # where only a file system without limits gets
+        with fails(
+            ErrorCode.SYSTEM_ERROR, "cannot write to stream: File too large", ErrorDomain.STREAMS
+        ):
+            writer.write(b"abcd")
+        with fails(
+            ErrorCode.SYSTEM_ERROR, "cannot write to stream: File too large", ErrorDomain.STREAMS
+        ):
+            writer.skip(4)

@@ -1,0 +1,379 @@
+"""A stream's file is closed only after the worker thread is out of it, however the stream ends.
+
+The upload and download handlers are driven here without a socket: a fake
+connection, a real registry, and a writer (or reader) whose worker-thread
+call blocks on a ``threading.Event`` so the test decides when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_virsh, start_virtvold, stop_virtvold
+from virtvol.daemon.connection import ClientConnection
+from virtvol.daemon.context import DaemonContext
+from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
+from virtvol.daemon.fileworker import FileWorker
+from virtvol.daemon.sendbuffers import SendBuffers
+from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeRef, VolumeWriter
+from virtvol.daemon.streamio import TransferStats
+from virtvol.daemon.upload import Upload
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import Connection, ErrorReplyReceived, ReplyReceived, Side
+from virtvol.protocol.frames import Payload
+from virtvol.protocol.procedures import Proc
+
+MIB = 1 << 20
+
+
+@dataclass
+class FakeSink:
+    """The connection as a stream handler sees it; records what it is asked to send."""
+
+    rpc: Connection = field(default_factory=lambda: Connection(Side.SERVER))
+    sent: list[bytes] = field(default_factory=list)
+    paused_by: set[object] = field(default_factory=set)
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    def send_data(self, head: bytes, data: Payload) -> None:
+        self.sent.append(head + bytes(data))
+
+    def write_buffer_empty(self) -> bool:
+        return True
+
+    async def drained(self) -> None:
+        return None
+
+    def pause_reading(self, owner: object) -> None:
+        self.paused_by.add(owner)
+
+    def resume_reading(self, owner: object) -> None:
+        self.paused_by.discard(owner)
+
+
+class Gate:
+    """Holds a worker thread inside a call until the test opens it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.events: list[str] = []
+
+    def hold(self, what: str) -> None:
+        self.entered.set()
+        assert self.opened.wait(30), "the test never let the worker go"
+        self.events.append(f"{what} returned")
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 30)
+
+
+class BlockingWriter(VolumeWriter):
+    """A volume writer whose ``write`` blocks in the worker until the gate opens."""
+
+    gate: Gate
+
+    def write(self, data: memoryview | bytes | bytearray) -> None:
+        self.gate.hold("write")
+        super().write(data)
+
+
+class BlockingReader(VolumeReader):
+    """A volume reader whose ``next_chunk`` blocks in the worker until the gate opens."""
+
+    gate: Gate
+
+    def next_chunk(self, buffer: memoryview | bytearray) -> Chunk:
+        self.gate.hold("read")
+        return super().next_chunk(buffer)
+
+
+@dataclass
+class Pool:
+    registry: StorageRegistry
+    directory: Path
+    executor: concurrent.futures.ThreadPoolExecutor
+
+    def volume(self, name: str, content: bytes) -> VolumeRef:
+        (self.directory / name).write_bytes(content)
+        return self.registry.lookup_volume_by_name(self.registry.lookup_pool_by_name("p"), name)
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[Pool]:
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    registry.ensure_pool("p", tmp_path / "pool")
+    executor = concurrent.futures.ThreadPoolExecutor(2)
+    try:
+        yield Pool(registry, tmp_path / "pool", executor)
+    finally:
+        executor.shutdown(wait=True)
+        registry.close()
+
+
+def _stats(direction: str) -> TransferStats:
+    return TransferStats(direction, "p/vol", "test", False, 0, 0)
+
+
+def blocking_writer(pool: Pool, volume: VolumeRef, gate: Gate) -> BlockingWriter:
+    """Open a real upload of ``volume`` and make it a BlockingWriter (same state)."""
+    writer = pool.registry.open_upload(volume, 0, 0)
+    writer.__class__ = BlockingWriter
+    assert isinstance(writer, BlockingWriter)
+    writer.gate = gate
+    return writer
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _temps(pool: Pool) -> list[str]:
+    return [name for name in os.listdir(pool.directory) if name.startswith(".")]
+
+
+async def _cancel_while_blocked(
+    task: asyncio.Task[None], gate: Gate, still_open: Callable[[], bool]
+) -> None:
+    """Cancel ``task`` while its worker is held; the file must stay open until it returns."""
+    await gate.wait_entered()
+    task.cancel()
+    try:
+        await asyncio.sleep(0.1)  # plenty of time for a cleanup that does not wait
+        assert still_open(), "the file was released while the worker was still in it"
+        assert gate.events == []
+    finally:
+        gate.opened.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_upload_cancelled_mid_write_closes_after_the_worker(pool: Pool) -> None:
+    old = os.urandom(MIB)
+    volume = pool.volume("vol", old)
+    gate = Gate()
+    writer = blocking_writer(pool, volume, gate)
+    fd = writer._fd
+    closed_at: list[list[str]] = []
+    real_abort = writer.abort
+
+    def abort() -> None:
+        closed_at.append(list(gate.events))
+        real_abort()
+
+    writer.abort = abort  # type: ignore[method-assign]
+    upload = Upload(FakeSink(), 1, writer, executor=pool.executor, stats=_stats("upload"))
+    task = asyncio.create_task(upload.run())
+    upload.data_received(memoryview(b"\x01" * 65536))
+
+    await _cancel_while_blocked(task, gate, lambda: fd_is_open(fd) and not closed_at)
+
+    assert closed_at == [["write returned"]]  # released once, after the write
+    assert (pool.directory / "vol").read_bytes() == old  # aborted: old content kept
+    assert _temps(pool) == []
+    # The volume is free again: another upload may start.
+    pool.registry.open_upload(volume, 0, 0).abort()
+
+
+async def test_upload_cancelled_before_its_first_step_is_released(pool: Pool) -> None:
+    volume = pool.volume("vol", b"old")
+    writer = pool.registry.open_upload(volume, 0, 0)
+    upload = Upload(FakeSink(), 1, writer, executor=pool.executor, stats=_stats("upload"))
+    # What the connection does when it goes: close the stream, cancel its task.
+    task = asyncio.create_task(upload.run())
+    task.cancel()
+    upload.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _temps(pool) == []
+    pool.registry.open_upload(volume, 0, 0).abort()  # not "in use"
+
+
+async def test_download_cancelled_mid_read_closes_after_the_worker(pool: Pool) -> None:
+    volume = pool.volume("vol", os.urandom(MIB))
+    gate = Gate()
+    reader = pool.registry.open_download(volume, 0, 0, 1)
+    reader.__class__ = BlockingReader
+    assert isinstance(reader, BlockingReader)
+    reader.gate = gate
+    fd = reader._fd
+    closed_at: list[list[str]] = []
+    real_close = reader.close
+
+    def close() -> None:
+        closed_at.append(list(gate.events))
+        real_close()
+
+    reader.close = close  # type: ignore[method-assign]
+    buffers = SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE)
+    download = Download(
+        FakeSink(),
+        1,
+        reader,
+        sparse=True,
+        executor=pool.executor,
+        stats=_stats("download"),
+        buffers=buffers,
+    )
+    task = asyncio.create_task(download.run())
+
+    await _cancel_while_blocked(task, gate, lambda: fd_is_open(fd) and not closed_at)
+
+    assert closed_at == [["read returned"]]
+    # The buffer the read was filling is free again, but only after the read returned.
+    assert all(buffers.try_take() is not None for _ in range(BUFFERS_PER_CONNECTION))
+
+
+async def test_file_worker_release_waits_for_the_running_job(pool: Pool) -> None:
+    gate = Gate()
+    released = threading.Event()
+    worker = FileWorker(pool.executor, released.set)
+    job = asyncio.create_task(worker.run(lambda: gate.hold("job")))
+    await gate.wait_entered()
+    job.cancel()
+    worker.close()
+    worker.close()  # twice is harmless
+    await asyncio.sleep(0.05)
+    assert not released.is_set()
+    gate.opened.set()
+    await worker.wait_closed()
+    assert released.is_set()
+    assert gate.events == ["job returned"]
+    with pytest.raises(asyncio.CancelledError):
+        await job
+
+
+class FakeTransport(asyncio.Transport):
+    """Just enough transport for a ClientConnection driven by the test."""
+
+    def __init__(self, protocol: ClientConnection) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def feed(conn: ClientConnection, data: bytes) -> None:
+    """Hand ``data`` to the connection as the transport would."""
+    view = memoryview(data)
+    while view:
+        buffer = conn.get_buffer(-1)
+        count = min(len(buffer), len(view))
+        buffer[:count] = view[:count]
+        conn.buffer_updated(count)
+        view = view[count:]
+
+
+async def reply_to(client: Connection, transport: FakeTransport, serial: int) -> object:
+    """Wait for the reply to ``serial`` among what the connection wrote."""
+    for _ in range(500):
+        client.receive_data(bytes(transport.written))
+        transport.written.clear()
+        while (event := client.next_event()) is not None:
+            if isinstance(event, ReplyReceived | ErrorReplyReceived) and event.serial == serial:
+                return event
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no reply to call {serial}")
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("procedure", [Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD])
+async def test_stream_opened_as_the_connection_dies_is_released(
+    pool: Pool, procedure: Proc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = pool.volume("vol", b"old content")
+    context = DaemonContext(
+        registry=pool.registry, legacy=False, keepalive_interval=5, keepalive_count=5
+    )
+    before = open_fds()
+    conn = ClientConnection(context, "test", read_only=False)
+    transport = FakeTransport(conn)
+    conn.connection_made(transport)
+    real_spawn = conn._spawn
+
+    def spawn_then_die(work: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        # The connection dies right after the stream's task is created, before its first step.
+        task = real_spawn(work, name)
+        if name.startswith("stream"):
+            transport.closing = True
+            conn.connection_lost(ConnectionResetError("reset by the test"))
+        return task
+
+    monkeypatch.setattr(conn, "_spawn", spawn_then_die)
+    client = Connection(Side.CLIENT)
+    serial, frame = client.call(Proc.CONNECT_OPEN, r.ConnectOpenArgs(name="", flags=0))
+    feed(conn, frame)
+    assert isinstance(await reply_to(client, transport, serial), ReplyReceived)
+    wire = r.StorageVol(pool=volume.pool, name=volume.name, key=volume.key)
+    _, frame = client.call(procedure, r.VolTransferArgs(vol=wire, offset=0, length=0, flags=1))
+    feed(conn, frame)
+    async with asyncio.timeout(10):
+        await conn.wait_closed()
+    for _ in range(100):  # a release may still be finishing in a worker
+        if open_fds() == before:
+            break
+        await asyncio.sleep(0.02)
+    context.shutdown_executors()
+    assert open_fds() - before == set(), "descriptors left open"
+
+    assert _temps(pool) == []
+    pool.registry.open_upload(volume, 0, 0).abort()  # the volume is not "in use"
+    assert (pool.directory / "vol").read_bytes() == b"old content"
+
+
+def test_daemon_start_removes_temporaries_left_by_a_crash(tmp_path: Path) -> None:
+    pool_dir = tmp_path / "virtvold" / "pool"
+    pool_dir.mkdir(parents=True)
+    (pool_dir / "vol").write_bytes(b"content")
+    (pool_dir / ".virtvol-upload-0123456789abcdef").write_bytes(b"half an upload")
+    daemon = start_virtvold(tmp_path / "virtvold")
+    try:
+        listing = run_virsh(daemon.tcp_uri, "vol-list", "default").stdout
+        assert "vol" in listing
+        assert ".virtvol" not in listing
+        assert sorted(os.listdir(pool_dir)) == ["vol"]
+    finally:
+        stop_virtvold(daemon)
