@@ -35,7 +35,9 @@ one busy client cannot starve others.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fcntl
+import functools
 import logging
 import socket
 import struct
@@ -50,7 +52,8 @@ from virtvol.daemon.dispatch import HANDLERS, serve_storage_call, vol_ref
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.session import SESSION_PROCEDURES, Session
-from virtvol.daemon.storage import VolStreamFlags, VolumeReader, VolumeWriter
+from virtvol.daemon.storage import VolStreamFlags
+from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
 from virtvol.daemon.streamio import TransferStats, remote_error
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
@@ -589,21 +592,21 @@ class ClientConnection(asyncio.BufferedProtocol):
         handler: Upload | Download
         if upload:
             writer = await self._in_thread(
-                self._ctx.registry.open_upload, volume, args.offset, args.length, args.flags
+                self._ctx.registry.open_volume_upload, volume, args.offset, args.length, args.flags
             )
-            assert isinstance(writer, VolumeWriter)
+            assert isinstance(writer, ChunkWriter)
             handler = Upload(self, call.serial, writer, executor=self._ctx.io, stats=stats)
         else:
             # The reader always reports holes: on a plain stream they go as zeros
             # from memory instead of being read from the disk.
             reader = await self._in_thread(
-                self._ctx.registry.open_download,
+                self._ctx.registry.open_volume_download,
                 volume,
                 args.offset,
                 args.length,
                 args.flags | VolStreamFlags.SPARSE,
             )
-            assert isinstance(reader, VolumeReader)
+            assert isinstance(reader, ChunkReader)
             handler = Download(
                 self,
                 call.serial,
@@ -622,14 +625,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             del self._streams[serial]
 
     async def _in_thread(
-        self, func: Callable[..., VolumeReader | VolumeWriter], *args: object
-    ) -> VolumeReader | VolumeWriter:
+        self, func: Callable[..., ChunkReader | ChunkWriter], *args: object
+    ) -> ChunkReader | ChunkWriter:
         """Open a stream's file in a worker; if we are cancelled meanwhile, release it."""
         future = self._ctx.call_queue.submit(self, func, *args)
         try:
-            result: VolumeReader | VolumeWriter = await asyncio.shield(future)
+            result: ChunkReader | ChunkWriter = await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(_release_opened)
+            future.add_done_callback(functools.partial(_release_opened, self._ctx.io))
             raise
         return result
 
@@ -662,11 +665,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._schedule_keepalive()
 
 
-def _release_opened(future: asyncio.Future[VolumeReader | VolumeWriter]) -> None:
+def _release_opened(
+    executor: concurrent.futures.Executor, future: asyncio.Future[ChunkReader | ChunkWriter]
+) -> None:
     if future.cancelled() or future.exception() is not None:
         return
     opened = future.result()
-    if isinstance(opened, VolumeWriter):
-        opened.abort()
-    else:
-        opened.close()
+    release = opened.abort if isinstance(opened, ChunkWriter) else opened.close
+    try:
+        executor.submit(release)  # an rbd image's close is a cluster round trip
+    except RuntimeError:  # the workers are gone: the daemon is stopping
+        release()
