@@ -100,7 +100,7 @@ class _StreamBase:
         self.sparse = False
         self.fell_back = False
         self.serial = -1
-        self._rpc: RpcProtocol = volume.connection.rpc
+        self._rpc: RpcProtocol = volume.connection._rpc
         self._error: BaseException | None = None
         self._done: asyncio.Future[None] | None = None
         self._opened = False
@@ -283,7 +283,7 @@ class Upload(_StreamBase):
         else:
             await self.abort()
 
-    def send_frame(self, data: memoryview, release: Callable[[], None] | None = None) -> None:
+    def send_frame(self, data: memoryview, *, release: Callable[[], None] | None = None) -> None:
         """Write one data frame of at most ``FRAME_DATA_MAX`` bytes, without waiting.
 
         ``release`` is called once the transport no longer needs ``data``'s
