@@ -30,6 +30,7 @@ from virtvol.client.errors import (
     ProtocolViolation,
     SparseUnsupported,
     StorageVolumeExists,
+    StreamError,
     TransportError,
     UnsendableValue,
     UnsupportedTransport,
@@ -43,7 +44,7 @@ from virtvol.client.objects import (
     VolumeInfo,
     VolumeType,
 )
-from virtvol.client.streams import Download, Hole, StreamError, Upload
+from virtvol.client.streams import Download, Hole, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.client.uri import default_uri
 from virtvol.client.xmldesc import volume_xml
