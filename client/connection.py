@@ -309,12 +309,24 @@ async def _connect(
         raise UnsupportedTransport(target.transport, " or ".join(sorted(SUPPORTED_TRANSPORTS)))
     async with asyncio.timeout(time_limit):
         rpc = await _open_transport(target)
-        conn = Connection(rpc, target, protocol)
-        try:
-            await conn._handshake(keepalive)
-        except BaseException:
-            rpc.close()
-            raise
+        return await handshake(rpc, target, protocol=protocol, keepalive=keepalive)
+
+
+async def handshake(
+    rpc: RpcProtocol,
+    target: Target,
+    *,
+    protocol: ProtocolMode,
+    keepalive: tuple[float, int] | None,
+) -> Connection:
+    """Open a ``Connection`` over a transport that is already connected (internal:
+    ``connect`` and ``virtvol.client.testing`` use it); the transport is closed on failure."""
+    conn = Connection(rpc, target, protocol)
+    try:
+        await conn._handshake(keepalive)
+    except BaseException:
+        rpc.close()
+        raise
     return conn
 
 

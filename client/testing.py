@@ -1,0 +1,760 @@
+"""An in-memory storage daemon for the tests of code that uses ``virtvol.client``.
+
+    async with virtvol.client.testing.memory_daemon(pools={"default": {"a.img": b"data"}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("default")).lookup_volume("a.img")
+        await vol.download_file(tmp_path / "a.img")
+
+``conn`` is a real ``Connection``: every call is encoded, framed and decoded by
+the same protocol core that speaks to virtvold and libvirtd, and answered by a
+server role of that core in the same event loop. No socket, thread or file is
+involved; bytes cross an in-memory transport, one event-loop turn each way.
+
+The daemon models what the client sees of libvirt's storage driver: pools
+(active or not, with autostart), volumes holding bytes and holes, upload and
+download streams (sparse when asked, with holes for what was never written or
+was skipped), and libvirt's error codes and messages for missing pools and
+volumes, inactive pools, existing names and refused flags. ``MemoryDaemon``
+keeps that state between connections and lets a test look at it.
+
+Volumes live in memory: this is for tests, with volumes of a few megabytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from virtvol.client.connection import Connection, ProtocolMode, handshake
+from virtvol.client.rpc import RpcProtocol
+from virtvol.client.uri import Target
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import (
+    CallReceived,
+    CallRejected,
+    Event,
+    PingReceived,
+    Side,
+    StreamAbortReceived,
+    StreamDataReceived,
+    StreamFinishReceived,
+    StreamHoleReceived,
+)
+from virtvol.protocol.connection import (
+    Connection as ProtocolConnection,
+)
+from virtvol.protocol.constants import LEGACY_PAYLOAD_MAX, AuthType, PoolState, VolumeType
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, unsupported_flags
+from virtvol.protocol.exceptions import ProtocolError
+from virtvol.protocol.procedures import Proc
+from virtvol.protocol.xdr import XdrStruct
+
+__all__ = ["MemoryDaemon", "MemoryPool", "MemoryVolume", "memory_daemon"]
+
+URI = "storage:///memory"
+LIB_VERSION = 9_000_000  # answers as libvirt 9.0 does
+POOL_CAPACITY = 1 << 40
+_SPARSE_FLAG = 1
+_RESIZE_ALLOCATE, _RESIZE_DELTA, _RESIZE_SHRINK = 1, 2, 4
+_FEATURES = {10, 14, 15}  # keepalive, event callbacks, close callback
+_UNITS = {
+    "b": 1,
+    "bytes": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+
+T = TypeVar("T", bound=XdrStruct)
+
+
+# ---------------------------------------------------------------------------
+# The storage model
+
+
+@dataclass(eq=False)
+class MemoryVolume:
+    """A volume: its bytes, and which of them are allocated (the rest are holes).
+
+    Attributes:
+        name: the volume's name in its pool.
+        content: the bytes (``capacity`` of them; holes read as zeros).
+        allocated: one byte per content byte, 1 where data was written, 0 in a hole.
+    """
+
+    name: str
+    content: bytearray
+    allocated: bytearray
+
+    @classmethod
+    def filled(cls, name: str, data: bytes) -> MemoryVolume:
+        """A volume holding ``data``, every byte allocated."""
+        return cls(name, bytearray(data), bytearray(b"\x01") * len(data))
+
+    @classmethod
+    def empty(cls, name: str, capacity: int) -> MemoryVolume:
+        """A volume of ``capacity`` bytes that is one hole."""
+        return cls(name, bytearray(capacity), bytearray(capacity))
+
+    @property
+    def capacity(self) -> int:
+        """Its size in bytes."""
+        return len(self.content)
+
+    @property
+    def allocation(self) -> int:
+        """Bytes not in holes."""
+        return self.allocated.count(1)
+
+    def extents(self, start: int, end: int) -> list[tuple[bool, int, int]]:
+        """``(is_data, start, end)`` runs covering ``start..end``."""
+        runs = []
+        for match in re.finditer(rb"\x01+|\x00+", self.allocated[start:end]):
+            runs.append((match.group()[0] == 1, start + match.start(), start + match.end()))
+        return runs
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write data at ``offset``, growing the volume as a file grows."""
+        self._grow(offset + len(data))
+        self.content[offset : offset + len(data)] = data
+        self.allocated[offset : offset + len(data)] = b"\x01" * len(data)
+
+    def punch(self, offset: int, length: int) -> None:
+        """Make ``offset..offset+length`` a hole."""
+        self._grow(offset + length)
+        self.content[offset : offset + length] = bytes(length)
+        self.allocated[offset : offset + length] = bytes(length)
+
+    def resize(self, capacity: int) -> None:
+        """Change the size: new bytes are a hole, bytes past the new end are gone."""
+        del self.content[capacity:]
+        del self.allocated[capacity:]
+        self._grow(capacity)
+
+    def _grow(self, end: int) -> None:
+        if end > len(self.content):
+            self.content.extend(bytes(end - len(self.content)))
+            self.allocated.extend(bytes(end - len(self.allocated)))
+
+
+@dataclass(eq=False)
+class MemoryPool:
+    """A pool and its volumes.
+
+    Attributes:
+        name: the pool's name.
+        uuid: its UUID (derived from the name, so that tests can predict it).
+        active: whether it runs (volumes of an inactive pool cannot be reached).
+        autostart: whether it would start with the daemon.
+        volumes: its volumes by name.
+    """
+
+    name: str
+    uuid: uuidlib.UUID
+    active: bool = True
+    autostart: bool = False
+    volumes: dict[str, MemoryVolume] = field(default_factory=dict)
+
+    def key(self, volume: str) -> str:
+        """The key (and path) of a volume of this pool."""
+        return f"/{self.name}/{volume}"
+
+
+def _volume_from_spec(name: str, spec: bytes | int) -> MemoryVolume:
+    if isinstance(spec, int):
+        return MemoryVolume.empty(name, spec)
+    return MemoryVolume.filled(name, bytes(spec))
+
+
+class MemoryDaemon:
+    """The daemon's state, shared by every connection made with ``connect``.
+
+    Args:
+        pools: pool name to its volumes; a volume is its bytes (all allocated)
+            or its capacity in bytes (one hole).
+        sparse_streams: False plays a daemon from before sparse streams (libvirt
+            < 3.4): the sparse flag is refused as such a daemon refuses it.
+
+    Attributes:
+        pools: the ``MemoryPool`` objects by name, to arrange or inspect state.
+    """
+
+    def __init__(
+        self,
+        *,
+        pools: Mapping[str, Mapping[str, bytes | int]] | None = None,
+        sparse_streams: bool = True,
+    ) -> None:
+        self.sparse_streams = sparse_streams
+        self.pools: dict[str, MemoryPool] = {}
+        for pool_name, volumes in (pools or {}).items():
+            pool = MemoryPool(pool_name, uuidlib.uuid5(uuidlib.NAMESPACE_URL, URI + pool_name))
+            for vol_name, spec in volumes.items():
+                pool.volumes[vol_name] = _volume_from_spec(vol_name, spec)
+            self.pools[pool_name] = pool
+
+    def volume(self, pool: str, name: str) -> MemoryVolume:
+        """The volume ``name`` of pool ``pool`` (``KeyError`` if either is missing)."""
+        return self.pools[pool].volumes[name]
+
+    @contextlib.asynccontextmanager
+    async def connect(self, *, protocol: ProtocolMode = "current") -> AsyncIterator[Connection]:
+        """A ``Connection`` to this daemon, closed when the block ends.
+
+        Args:
+            protocol: as for ``virtvol.client.connect``.
+        """
+        loop = asyncio.get_running_loop()
+        rpc = RpcProtocol(URI)
+        client_side = _MemoryTransport(loop, rpc)
+        server = _MemoryServer(self, client_side)
+        client_side.peer = server
+        rpc.connection_made(client_side)
+        target = Target(URI, "memory", None, None, None, URI, 0)
+        conn = await handshake(rpc, target, protocol=protocol, keepalive=None)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+            server.stop()
+
+
+@contextlib.asynccontextmanager
+async def memory_daemon(
+    *,
+    pools: Mapping[str, Mapping[str, bytes | int]] | None = None,
+    sparse_streams: bool = True,
+    protocol: ProtocolMode = "current",
+) -> AsyncIterator[Connection]:
+    """A ``Connection`` to a new in-memory daemon: ``async with memory_daemon(...) as conn``.
+
+    Args:
+        pools: as for ``MemoryDaemon``, e.g. ``{"default": {"a.img": b"data", "b.img": 4096}}``.
+        sparse_streams: as for ``MemoryDaemon``.
+        protocol: as for ``virtvol.client.connect``.
+    """
+    daemon = MemoryDaemon(pools=pools, sparse_streams=sparse_streams)
+    async with daemon.connect(protocol=protocol) as conn:
+        yield conn
+
+
+# ---------------------------------------------------------------------------
+# The in-memory transport
+
+
+class _MemoryTransport(asyncio.Transport):
+    """The client's end: what it writes goes to the server, what the server writes
+    reaches the client's protocol on a later loop turn (never inside its own call)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol: RpcProtocol) -> None:
+        super().__init__()
+        self._loop = loop
+        self._protocol = protocol
+        self.peer: _MemoryServer | None = None
+        self._inbound: collections.deque[bytes | memoryview] = collections.deque()
+        self._delivery: asyncio.Handle | None = None
+        self._reading = True
+        self._closing = False
+        self._lost = False
+
+    # Client -> server.
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        chunk = bytes(data)
+        peer = self.peer
+        assert peer is not None
+        self._loop.call_soon(peer.receive, chunk)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    # Server -> client.
+    def deliver(self, data: bytes) -> None:
+        if self._lost:
+            return
+        self._inbound.append(memoryview(data))
+        self._schedule_delivery()
+
+    def _schedule_delivery(self) -> None:
+        if self._delivery is None and self._reading and self._inbound:
+            self._delivery = self._loop.call_soon(self._deliver_pending)
+
+    def _deliver_pending(self) -> None:
+        self._delivery = None
+        while self._inbound and self._reading and not self._closing:
+            chunk = self._inbound.popleft()
+            buffer = self._protocol.get_buffer(len(chunk))
+            count = min(len(buffer), len(chunk))
+            buffer[:count] = chunk[:count]
+            if count < len(chunk):
+                # The rest waits its turn: the client may pause reading in buffer_updated.
+                self._inbound.appendleft(chunk[count:])
+            self._protocol.buffer_updated(count)
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        self._schedule_delivery()
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    # Closing.
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._shut(None)
+
+    def abort(self) -> None:
+        self._shut(None)
+
+    def drop(self, reason: Exception) -> None:
+        """The server side went away."""
+        self._shut(reason)
+
+    def _shut(self, reason: Exception | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self.peer is not None:
+            self.peer.stop()
+        self._loop.call_soon(self._connection_lost, reason)
+
+    def _connection_lost(self, reason: Exception | None) -> None:
+        self._lost = True
+        self._inbound.clear()
+        self._protocol.connection_lost(reason)
+
+
+# ---------------------------------------------------------------------------
+# The server
+
+
+def _args(args: XdrStruct | None, kind: type[T]) -> T:
+    assert isinstance(args, kind), (kind, args)
+    return args
+
+
+def _storage_error(code: ErrorCode, detail: str) -> ErrorReport:
+    return ErrorReport.raised(code, ErrorDomain.STORAGE, detail)
+
+
+def _remote(report: ErrorReport) -> r.RemoteError:
+    return r.RemoteError(
+        code=report.code,
+        domain=report.domain,
+        message=report.message,
+        str1=report.str1,
+        str2=report.str2,
+        str3=report.str3,
+        int1=report.int1,
+        int2=report.int2,
+    )
+
+
+def _size(element: ET.Element | None) -> int:
+    if element is None or element.text is None:
+        return 0
+    unit = (element.get("unit") or "bytes").lower()
+    if unit not in _UNITS:
+        raise _storage_error(ErrorCode.INVALID_ARG, f"unknown storage size unit '{unit}'")
+    return int(element.text.strip()) * _UNITS[unit]
+
+
+class _Transfer:
+    """One open stream on the server side."""
+
+    def __init__(self, volume: MemoryVolume, *, offset: int, length: int, sparse: bool) -> None:
+        self.volume = volume
+        self.position = offset
+        self.end = offset + length if length else None
+        self.sparse = sparse
+        self.task: asyncio.Task[None] | None = None
+
+
+class _MemoryServer:
+    """libvirt's storage procedures over ``MemoryDaemon``'s state, for one connection."""
+
+    def __init__(self, daemon: MemoryDaemon, client: _MemoryTransport) -> None:
+        self.daemon = daemon
+        self.client = client
+        self.core = ProtocolConnection(Side.SERVER)
+        self.transfers: dict[int, _Transfer] = {}
+        self.stopped = False
+        self.handlers: dict[int, Callable[[XdrStruct | None], XdrStruct | None]] = {
+            Proc.AUTH_LIST: lambda _: r.AuthListRet(types=(AuthType.NONE,)),
+            Proc.CONNECT_SUPPORTS_FEATURE: self._supports_feature,
+            Proc.CONNECT_OPEN: lambda _: None,
+            Proc.CONNECT_CLOSE: lambda _: None,
+            Proc.CONNECT_REGISTER_CLOSE_CALLBACK: lambda _: None,
+            Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK: lambda _: None,
+            Proc.CONNECT_GET_TYPE: lambda _: r.ConnectGetTypeRet("storage"),
+            Proc.CONNECT_GET_LIB_VERSION: lambda _: r.ConnectGetLibVersionRet(LIB_VERSION),
+            Proc.CONNECT_LIST_ALL_STORAGE_POOLS: self._list_pools,
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME: self._pool_by_name,
+            Proc.STORAGE_POOL_LOOKUP_BY_UUID: self._pool_by_uuid,
+            Proc.STORAGE_POOL_LOOKUP_BY_VOLUME: self._pool_by_volume,
+            Proc.STORAGE_POOL_GET_INFO: self._pool_info,
+            Proc.STORAGE_POOL_GET_XML_DESC: self._pool_xml,
+            Proc.STORAGE_POOL_IS_ACTIVE: self._pool_is_active,
+            Proc.STORAGE_POOL_IS_PERSISTENT: lambda _: r.PersistentRet(1),
+            Proc.STORAGE_POOL_GET_AUTOSTART: self._pool_autostart,
+            Proc.STORAGE_POOL_SET_AUTOSTART: self._pool_set_autostart,
+            Proc.STORAGE_POOL_CREATE: self._pool_start,
+            Proc.STORAGE_POOL_DESTROY: self._pool_destroy,
+            Proc.STORAGE_POOL_REFRESH: self._pool_refresh,
+            Proc.STORAGE_POOL_NUM_OF_VOLUMES: self._pool_num_volumes,
+            Proc.STORAGE_POOL_LIST_ALL_VOLUMES: self._pool_list_volumes,
+            Proc.STORAGE_VOL_LOOKUP_BY_NAME: self._vol_by_name,
+            Proc.STORAGE_VOL_LOOKUP_BY_KEY: self._vol_by_key,
+            Proc.STORAGE_VOL_LOOKUP_BY_PATH: self._vol_by_key,
+            Proc.STORAGE_VOL_CREATE_XML: self._vol_create,
+            Proc.STORAGE_VOL_GET_INFO: self._vol_info,
+            Proc.STORAGE_VOL_GET_INFO_FLAGS: self._vol_info,
+            Proc.STORAGE_VOL_GET_XML_DESC: self._vol_xml,
+            Proc.STORAGE_VOL_GET_PATH: self._vol_path,
+            Proc.STORAGE_VOL_DELETE: self._vol_delete,
+            Proc.STORAGE_VOL_WIPE: self._vol_wipe,
+            Proc.STORAGE_VOL_RESIZE: self._vol_resize,
+        }
+
+    # -- bytes in, events, bytes out ---------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        try:
+            self.core.receive_data(data)
+            while (event := self.core.next_event()) is not None:
+                self._dispatch(event)
+        except ProtocolError as exc:
+            self.client.drop(ConnectionResetError(f"the memory daemon dropped the client: {exc}"))
+
+    def send(self, frame: bytes) -> None:
+        self.client.deliver(frame)
+
+    def stop(self) -> None:
+        self.stopped = True
+        for transfer in self.transfers.values():
+            if transfer.task is not None:
+                transfer.task.cancel()
+        self.transfers.clear()
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, CallReceived):
+            self._serve(event)
+        elif isinstance(event, CallRejected):
+            self.send(self.core.reply_error(event.serial, event.error))
+        elif isinstance(event, StreamDataReceived | StreamHoleReceived):
+            transfer = self.transfers.get(event.serial)
+            if transfer is None:
+                return
+            if isinstance(event, StreamDataReceived):
+                transfer.volume.write(transfer.position, event.data)
+                transfer.position += len(event.data)
+            else:
+                transfer.volume.punch(transfer.position, event.length)
+                transfer.position += event.length
+        elif isinstance(event, StreamFinishReceived | StreamAbortReceived):
+            transfer = self.transfers.pop(event.serial, None)
+            if transfer is not None and transfer.task is not None:
+                transfer.task.cancel()
+            self.send(self.core.send_finish_ack(event.serial))
+        elif isinstance(event, PingReceived):
+            self.send(self.core.send_pong())
+
+    def _serve(self, call: CallReceived) -> None:
+        number = call.procedure.number
+        try:
+            if number in (Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD):
+                self._open_transfer(call)
+                return
+            handler = self.handlers.get(number)
+            if handler is None:
+                raise _storage_error(ErrorCode.NO_SUPPORT, call.procedure.name)
+            result = handler(call.args)
+        except ErrorReport as report:
+            self.send(self.core.reply_error(call.serial, _remote(report)))
+            return
+        self.send(self.core.reply(call.serial, result))
+
+    # -- lookups -----------------------------------------------------------------
+
+    def _pool(self, name: str, *, active: bool = False) -> MemoryPool:
+        pool = self.daemon.pools.get(name)
+        if pool is None:
+            raise _storage_error(
+                ErrorCode.NO_STORAGE_POOL, f"no storage pool with matching name '{name}'"
+            )
+        if active and not pool.active:
+            raise _storage_error(
+                ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is not active"
+            )
+        return pool
+
+    def _volume(self, wire: r.StorageVol) -> tuple[MemoryPool, MemoryVolume]:
+        pool = self.daemon.pools.get(wire.pool)
+        volume = pool.volumes.get(wire.name) if pool is not None and pool.active else None
+        if pool is None or volume is None:
+            raise _storage_error(
+                ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching name '{wire.name}'"
+            )
+        return pool, volume
+
+    @staticmethod
+    def _wire_pool(pool: MemoryPool) -> r.StoragePool:
+        return r.StoragePool(pool.name, pool.uuid.bytes)
+
+    @staticmethod
+    def _wire_vol(pool: MemoryPool, volume: MemoryVolume) -> r.StorageVol:
+        return r.StorageVol(pool.name, volume.name, pool.key(volume.name))
+
+    # -- connection --------------------------------------------------------------
+
+    def _supports_feature(self, args: XdrStruct | None) -> XdrStruct:
+        feature = _args(args, r.ConnectSupportsFeatureArgs).feature
+        return r.ConnectSupportsFeatureRet(int(feature in _FEATURES))
+
+    def _list_pools(self, args: XdrStruct | None) -> XdrStruct:
+        pools = tuple(self._wire_pool(p) for p in self.daemon.pools.values())
+        return r.ListAllPoolsRet(pools, len(pools))
+
+    # -- pools -------------------------------------------------------------------
+
+    def _pool_by_name(self, args: XdrStruct | None) -> XdrStruct:
+        return r.PoolRet(self._wire_pool(self._pool(_args(args, r.LookupByNameArgs).name)))
+
+    def _pool_by_uuid(self, args: XdrStruct | None) -> XdrStruct:
+        raw = _args(args, r.LookupByUuidArgs).uuid
+        for pool in self.daemon.pools.values():
+            if pool.uuid.bytes == raw:
+                return r.PoolRet(self._wire_pool(pool))
+        text = str(uuidlib.UUID(bytes=raw)) if len(raw) == 16 else raw.hex()
+        raise _storage_error(
+            ErrorCode.NO_STORAGE_POOL, f"no storage pool with matching uuid '{text}'"
+        )
+
+    def _pool_by_volume(self, args: XdrStruct | None) -> XdrStruct:
+        pool, _ = self._volume(_args(args, r.VolArgs).vol)
+        return r.PoolRet(self._wire_pool(pool))
+
+    def _pool_of(self, args: XdrStruct | None) -> MemoryPool:
+        assert isinstance(args, r.PoolArgs | r.PoolFlagsArgs), args
+        return self._pool(args.pool.name)
+
+    def _pool_info(self, args: XdrStruct | None) -> r.PoolGetInfoRet:
+        pool = self._pool_of(args)
+        if not pool.active:
+            return r.PoolGetInfoRet(PoolState.INACTIVE, 0, 0, 0)
+        used = sum(v.allocation for v in pool.volumes.values())
+        return r.PoolGetInfoRet(PoolState.RUNNING, POOL_CAPACITY, used, POOL_CAPACITY - used)
+
+    def _pool_xml(self, args: XdrStruct | None) -> XdrStruct:
+        pool = self._pool_of(args)
+        info = self._pool_info(args)
+        xml = (
+            f"<pool type='dir'>\n  <name>{pool.name}</name>\n  <uuid>{pool.uuid}</uuid>\n"
+            f"  <capacity unit='bytes'>{info.capacity}</capacity>\n"
+            f"  <allocation unit='bytes'>{info.allocation}</allocation>\n"
+            f"  <available unit='bytes'>{info.available}</available>\n"
+            f"  <target>\n    <path>/{pool.name}</path>\n  </target>\n</pool>\n"
+        )
+        return r.XmlRet(xml)
+
+    def _pool_is_active(self, args: XdrStruct | None) -> XdrStruct:
+        return r.ActiveRet(int(self._pool_of(args).active))
+
+    def _pool_autostart(self, args: XdrStruct | None) -> XdrStruct:
+        return r.AutostartRet(int(self._pool_of(args).autostart))
+
+    def _pool_set_autostart(self, args: XdrStruct | None) -> None:
+        wanted = _args(args, r.PoolSetAutostartArgs)
+        self._pool(wanted.pool.name).autostart = bool(wanted.autostart)
+
+    def _pool_start(self, args: XdrStruct | None) -> None:
+        pool = self._pool_of(args)
+        if pool.active:
+            raise _storage_error(
+                ErrorCode.OPERATION_INVALID, f"storage pool '{pool.name}' is already active"
+            )
+        pool.active = True
+
+    def _pool_destroy(self, args: XdrStruct | None) -> None:
+        self._pool(self._pool_of(args).name, active=True).active = False
+
+    def _pool_refresh(self, args: XdrStruct | None) -> None:
+        self._pool(self._pool_of(args).name, active=True)
+
+    def _pool_num_volumes(self, args: XdrStruct | None) -> XdrStruct:
+        return r.NumRet(len(self._pool(self._pool_of(args).name, active=True).volumes))
+
+    def _pool_list_volumes(self, args: XdrStruct | None) -> XdrStruct:
+        pool = self._pool(_args(args, r.PoolListAllVolumesArgs).pool.name, active=True)
+        vols = tuple(self._wire_vol(pool, v) for v in pool.volumes.values())
+        return r.PoolListAllVolumesRet(vols, len(vols))
+
+    # -- volumes -----------------------------------------------------------------
+
+    def _vol_by_name(self, args: XdrStruct | None) -> XdrStruct:
+        wanted = _args(args, r.VolLookupByNameArgs)
+        pool = self._pool(wanted.pool.name, active=True)
+        volume = pool.volumes.get(wanted.name)
+        if volume is None:
+            raise _storage_error(
+                ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching name '{wanted.name}'"
+            )
+        return r.VolRet(self._wire_vol(pool, volume))
+
+    def _vol_by_key(self, args: XdrStruct | None) -> XdrStruct:
+        assert isinstance(args, r.VolLookupByKeyArgs | r.VolLookupByPathArgs), args
+        key = args.key if isinstance(args, r.VolLookupByKeyArgs) else args.path
+        for pool in self.daemon.pools.values():
+            for volume in pool.volumes.values() if pool.active else ():
+                if pool.key(volume.name) == key:
+                    return r.VolRet(self._wire_vol(pool, volume))
+        what = "path" if isinstance(args, r.VolLookupByPathArgs) else "key"
+        raise _storage_error(ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching {what} {key}")
+
+    def _vol_create(self, args: XdrStruct | None) -> XdrStruct:
+        wanted = _args(args, r.VolCreateXmlArgs)
+        pool = self._pool(wanted.pool.name, active=True)
+        try:
+            root = ET.fromstring(wanted.xml)
+        except ET.ParseError as exc:
+            raise ErrorReport.raised(ErrorCode.XML_ERROR, ErrorDomain.STORAGE, str(exc)) from None
+        name = (root.findtext("name") or "").strip()
+        if not name:
+            raise ErrorReport.raised(
+                ErrorCode.XML_ERROR, ErrorDomain.STORAGE, "missing volume name element"
+            )
+        if name in pool.volumes:
+            raise ErrorReport(
+                ErrorCode.STORAGE_VOL_EXIST,
+                ErrorDomain.STORAGE,
+                f"storage volume '{name}' exists already",
+            )
+        pool.volumes[name] = MemoryVolume.empty(name, _size(root.find("capacity")))
+        return r.VolRet(self._wire_vol(pool, pool.volumes[name]))
+
+    def _vol_info(self, args: XdrStruct | None) -> XdrStruct:
+        assert isinstance(args, r.VolArgs | r.VolFlagsArgs), args
+        _, volume = self._volume(args.vol)
+        return r.VolGetInfoRet(VolumeType.FILE, volume.capacity, volume.allocation)
+
+    def _vol_xml(self, args: XdrStruct | None) -> XdrStruct:
+        pool, volume = self._volume(_args(args, r.VolFlagsArgs).vol)
+        key = pool.key(volume.name)
+        xml = (
+            f"<volume type='file'>\n  <name>{volume.name}</name>\n  <key>{key}</key>\n"
+            f"  <capacity unit='bytes'>{volume.capacity}</capacity>\n"
+            f"  <allocation unit='bytes'>{volume.allocation}</allocation>\n"
+            f"  <target>\n    <path>{key}</path>\n    <format type='raw'/>\n"
+            "  </target>\n</volume>\n"
+        )
+        return r.XmlRet(xml)
+
+    def _vol_path(self, args: XdrStruct | None) -> XdrStruct:
+        pool, volume = self._volume(_args(args, r.VolArgs).vol)
+        return r.VolGetPathRet(pool.key(volume.name))
+
+    def _vol_delete(self, args: XdrStruct | None) -> None:
+        pool, volume = self._volume(_args(args, r.VolFlagsArgs).vol)
+        del pool.volumes[volume.name]
+
+    def _vol_wipe(self, args: XdrStruct | None) -> None:
+        _, volume = self._volume(_args(args, r.VolFlagsArgs).vol)
+        volume.write(0, bytes(volume.capacity))
+
+    def _vol_resize(self, args: XdrStruct | None) -> None:
+        wanted = _args(args, r.VolResizeArgs)
+        _, volume = self._volume(wanted.vol)
+        if wanted.flags & _RESIZE_DELTA:
+            change = wanted.capacity
+            capacity = (
+                volume.capacity - change
+                if wanted.flags & _RESIZE_SHRINK
+                else volume.capacity + change
+            )
+        else:
+            capacity = wanted.capacity
+        if capacity < volume.capacity and not wanted.flags & _RESIZE_SHRINK:
+            raise _storage_error(
+                ErrorCode.INVALID_ARG,
+                "Can't shrink capacity below current capacity unless shrink flag "
+                "explicitly specified",
+            )
+        if capacity < 0:
+            raise _storage_error(ErrorCode.INVALID_ARG, "can't shrink capacity below zero")
+        volume.resize(capacity)
+
+    # -- streams -----------------------------------------------------------------
+
+    def _open_transfer(self, call: CallReceived) -> None:
+        wanted = _args(call.args, r.VolTransferArgs)
+        upload = call.procedure.number == Proc.STORAGE_VOL_UPLOAD
+        function = "storageVolUpload" if upload else "storageVolDownload"
+        supported = _SPARSE_FLAG if self.daemon.sparse_streams else 0
+        if wanted.flags & ~supported:
+            raise unsupported_flags(wanted.flags & ~supported, function, ErrorDomain.STORAGE)
+        _, volume = self._volume(wanted.vol)
+        if wanted.offset > volume.capacity:
+            raise _storage_error(
+                ErrorCode.INVALID_ARG,
+                f"offset {wanted.offset} is past the end of volume '{volume.name}'",
+            )
+        transfer = _Transfer(
+            volume,
+            offset=wanted.offset,
+            length=wanted.length,
+            sparse=bool(wanted.flags & _SPARSE_FLAG),
+        )
+        self.transfers[call.serial] = transfer
+        self.send(self.core.reply(call.serial))
+        if not upload:
+            task = asyncio.get_running_loop().create_task(self._send_volume(call.serial, transfer))
+            transfer.task = task
+
+    async def _send_volume(self, serial: int, transfer: _Transfer) -> None:
+        """A download: data and holes (holes as zeros on a dense stream), then the end."""
+        volume = transfer.volume
+        end = volume.capacity if transfer.end is None else min(transfer.end, volume.capacity)
+        for is_data, start, stop in volume.extents(transfer.position, end):
+            if not is_data and transfer.sparse:
+                self.send(self.core.send_hole(serial, stop - start))
+                continue
+            for piece in range(start, stop, LEGACY_PAYLOAD_MAX):
+                data = bytes(volume.content[piece : min(stop, piece + LEGACY_PAYLOAD_MAX)])
+                head, payload = self.core.send_data(serial, data)
+                self.send(head + bytes(payload))
+                # One frame per loop turn, so that an abort is heard mid-volume.
+                await asyncio.sleep(0)
+        self.send(self.core.send_eof(serial))
