@@ -152,7 +152,7 @@ class MemoryVolume:
             self.allocated.extend(bytes(end - len(self.allocated)))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class MemoryPool:
     """A pool and its volumes.
 
@@ -203,7 +203,9 @@ class MemoryDaemon:
         self.sparse_streams = sparse_streams
         self.pools: dict[str, MemoryPool] = {}
         for pool_name, volumes in (pools or {}).items():
-            pool = MemoryPool(pool_name, uuidlib.uuid5(uuidlib.NAMESPACE_URL, URI + pool_name))
+            pool = MemoryPool(
+                name=pool_name, uuid=uuidlib.uuid5(uuidlib.NAMESPACE_URL, URI + pool_name)
+            )
             for vol_name, spec in volumes.items():
                 pool.volumes[vol_name] = _volume_from_spec(vol_name, spec)
             self.pools[pool_name] = pool

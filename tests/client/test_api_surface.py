@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import pytest
 
 import virtvol.client
+import virtvol.client.testing
 
 PUBLIC = [
     "CallTimeout",
@@ -49,6 +53,10 @@ PUBLIC = [
     "volume_xml",
 ]
 
+TESTING = ["MemoryDaemon", "MemoryPool", "MemoryVolume", "memory_daemon"]
+
+MODULES = [virtvol.client, virtvol.client.testing]
+
 # Parameters with a default that may still be given by position: the one thing
 # the call is about, where a keyword would only be noise.
 POSITIONAL_OPTIONS = {("connect", "uri")}
@@ -72,9 +80,9 @@ def _own_doc(obj: object) -> str:
     return doc.strip()
 
 
-def _callables() -> Iterator[tuple[str, Callable[..., object]]]:
-    for name in virtvol.client.__all__:
-        obj = getattr(virtvol.client, name)
+def _callables(module: ModuleType) -> Iterator[tuple[str, Callable[..., object]]]:
+    for name in module.__all__:
+        obj = getattr(module, name)
         if isinstance(obj, type):
             if not obj.__module__.startswith("virtvol."):
                 continue
@@ -89,6 +97,7 @@ def _callables() -> Iterator[tuple[str, Callable[..., object]]]:
 
 def test_all_is_the_documented_surface() -> None:
     assert virtvol.client.__all__ == PUBLIC
+    assert virtvol.client.testing.__all__ == TESTING
 
 
 def test_internal_names_stay_importable_from_their_modules() -> None:
@@ -103,15 +112,18 @@ def test_internal_names_stay_importable_from_their_modules() -> None:
         assert name not in virtvol.client.__all__
 
 
-def test_every_public_name_has_a_docstring() -> None:
-    undocumented = [name for name in PUBLIC if not _own_doc(getattr(virtvol.client, name))]
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_every_public_name_has_a_docstring(module: ModuleType) -> None:
+    assert _own_doc(module)
+    undocumented = [name for name in module.__all__ if not _own_doc(getattr(module, name))]
     assert undocumented == []
 
 
-def test_every_public_method_and_property_has_a_docstring() -> None:
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_every_public_method_and_property_has_a_docstring(module: ModuleType) -> None:
     undocumented = []
-    for name in PUBLIC:
-        obj = getattr(virtvol.client, name)
+    for name in module.__all__:
+        obj = getattr(module, name)
         if not isinstance(obj, type) or not obj.__module__.startswith("virtvol."):
             continue
         for member_name, member in _public_members(obj):
@@ -126,9 +138,10 @@ def test_every_public_method_and_property_has_a_docstring() -> None:
     assert undocumented == []
 
 
-def test_options_are_keyword_only() -> None:
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_options_are_keyword_only(module: ModuleType) -> None:
     positional_options = []
-    for qualified, function in _callables():
+    for qualified, function in _callables(module):
         for param in inspect.signature(function).parameters.values():
             if param.default is inspect.Parameter.empty:
                 continue
@@ -141,7 +154,7 @@ def test_options_are_keyword_only() -> None:
 
 def test_the_surface_checks_see_every_callable() -> None:
     """The checks above walk the methods of the public classes, not only the functions."""
-    names = {name for name, _ in _callables()}
+    names = {name for name, _ in _callables(virtvol.client)}
     assert {"connect", "Connection.lookup_pool_by_name", "StorageVolume.resize"} <= names
     assert "Upload.send" in names
 
