@@ -63,6 +63,7 @@ POOL_CAPACITY = 1 << 40
 _SPARSE_FLAG = 1
 _RESIZE_ALLOCATE, _RESIZE_DELTA, _RESIZE_SHRINK = 1, 2, 4
 _FEATURES = {10, 14, 15}  # keepalive, event callbacks, close callback
+_INBOUND_FRAMES = 8  # frames the server may get ahead of a client that reads
 _UNITS = {
     "b": 1,
     "bytes": 1,
@@ -273,6 +274,8 @@ class _MemoryTransport(asyncio.Transport):
         self._reading = True
         self._closing = False
         self._lost = False
+        # Set whenever the client may take more: the server's download back-pressure.
+        self._room = asyncio.Event()
 
     # Client -> server.
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -318,6 +321,7 @@ class _MemoryTransport(asyncio.Transport):
                 # The rest waits its turn: the client may pause reading in buffer_updated.
                 self._inbound.appendleft(chunk[count:])
             self._protocol.buffer_updated(count)
+        self._room.set()
 
     def pause_reading(self) -> None:
         self._reading = False
@@ -325,6 +329,14 @@ class _MemoryTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         self._reading = True
         self._schedule_delivery()
+        self._room.set()
+
+    async def room(self) -> None:
+        """Wait while the client has stopped reading or has many frames waiting, as a
+        socket's buffers would make a server wait."""
+        while (not self._reading or len(self._inbound) > _INBOUND_FRAMES) and not self._closing:
+            self._room.clear()
+            await self._room.wait()
 
     def is_reading(self) -> bool:
         return self._reading
@@ -347,6 +359,7 @@ class _MemoryTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        self._room.set()
         if self.peer is not None:
             self.peer.stop()
         self._loop.call_soon(self._connection_lost, reason)
@@ -748,15 +761,18 @@ class _MemoryServer:
     async def _send_volume(self, serial: int, transfer: _Transfer) -> None:
         """A download: data and holes (holes as zeros on a dense stream), then the end."""
         volume = transfer.volume
+        first = transfer.position
         end = volume.capacity if transfer.end is None else min(transfer.end, volume.capacity)
-        for is_data, start, stop in volume.extents(transfer.position, end):
+        # What the volume holds as the stream opens: calls made meanwhile (a resize,
+        # a delete) cannot cut the stream short.
+        content = bytes(volume.content[first:end])
+        for is_data, start, stop in volume.extents(first, end):
             if not is_data and transfer.sparse:
                 self.send(self.core.send_hole(serial, stop - start))
                 continue
             for piece in range(start, stop, LEGACY_PAYLOAD_MAX):
-                data = bytes(volume.content[piece : min(stop, piece + LEGACY_PAYLOAD_MAX)])
+                data = content[piece - first : min(stop, piece + LEGACY_PAYLOAD_MAX) - first]
                 head, payload = self.core.send_data(serial, data)
                 self.send(head + bytes(payload))
-                # One frame per loop turn, so that an abort is heard mid-volume.
-                await asyncio.sleep(0)
+                await self.client.room()
         self.send(self.core.send_eof(serial))

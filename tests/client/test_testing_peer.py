@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -132,6 +133,55 @@ async def test_download_abandoned_midway_leaves_the_connection_usable() -> None:
                 break
         assert download.data_bytes < 1 * MIB
         assert (await vol.info()).capacity == 1 * MIB
+
+
+async def test_a_cancelled_download_stops_the_daemons_sender() -> None:
+    async with memory_daemon(pools={"p": {"v": b"\x07" * (32 * MIB)}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
+        first_item = asyncio.Event()
+
+        async def consume() -> None:
+            async with vol.download() as download:
+                async for _ in download:
+                    first_item.set()
+                    await asyncio.sleep(3600)
+
+        consumer = asyncio.create_task(consume())
+        await first_item.wait()
+        senders = _senders()
+        assert len(senders) == 1
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        await asyncio.sleep(0)
+        # Stopped by the abort, not run into the closed stream.
+        assert senders[0].cancelled()
+        # The abort was answered: the next call on the connection is served.
+        assert (await vol.info()).capacity == 32 * MIB
+
+
+async def test_a_download_sees_the_volume_as_it_opened() -> None:
+    async with memory_daemon(pools={"p": {"v": b"\x05" * MIB}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
+        received = 0
+        async with vol.download() as download:
+            async for item in download:
+                if received == 0:
+                    await vol.resize(0, shrink=True)
+                assert not isinstance(item, Hole)
+                assert set(bytes(item)) == {5}
+                received += len(item)
+        assert received == MIB
+        assert (await vol.info()).capacity == 0
+
+
+def _senders() -> list[asyncio.Task[object]]:
+    """The in-memory daemon's download tasks still running."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and "_send_volume" in repr(task.get_coro())
+    ]
 
 
 async def test_errors_carry_libvirts_codes() -> None:
