@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import virtvol.client
-import virtvol.client.testing
 from tests.client.helpers import MIB, write_sparse_image
 from virtvol.client import (
     Hole,
@@ -23,6 +22,10 @@ from virtvol.client import (
     SparseUnsupported,
     StorageVolumeExists,
     VolumeType,
+    memory_server,
+    memory_storage,
+    memory_transport,
+    testing,
 )
 from virtvol.client.testing import MemoryDaemon, memory_daemon
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
@@ -252,14 +255,14 @@ async def test_state_outlives_a_connection() -> None:
 
 
 def test_the_testing_module_never_imports_the_daemon() -> None:
-    """The in-memory daemon is the client's own: its imports name no daemon module."""
-    tree = ast.parse(Path(virtvol.client.testing.__file__).read_text())
-    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {
-        alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    }
+    """The in-memory daemon is the client's own: its modules import no daemon module."""
+    imported: set[str] = set()
+    for module in (testing, memory_server, memory_storage, memory_transport):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
     assert "virtvol.protocol.connection" in imported
     assert [name for name in imported if name.startswith("virtvol.daemon")] == []
