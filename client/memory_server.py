@@ -344,8 +344,9 @@ class MemoryServer:
             for volume in pool.volumes.values() if pool.active else ():
                 if pool.key(volume.name) == key:
                     return r.VolRet(self._wire_vol(pool, volume))
-        what = "path" if isinstance(args, r.VolLookupByPathArgs) else "key"
-        raise _storage_error(ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching {what} {key}")
+        # libvirt quotes a path but not a key.
+        detail = f"path '{key}'" if isinstance(args, r.VolLookupByPathArgs) else f"key {key}"
+        raise _storage_error(ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching {detail}")
 
     def _vol_create(self, args: XdrStruct | None) -> XdrStruct:
         wanted = _args(args, r.VolCreateXmlArgs)

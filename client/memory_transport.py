@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterable
 from typing import Protocol
 
 from virtvol.client.rpc import RpcProtocol
@@ -51,13 +50,6 @@ class MemoryTransport(asyncio.Transport):
         peer = self.peer
         assert peer is not None
         self._loop.call_soon(peer.receive, chunk)
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def can_write_eof(self) -> bool:
-        return False
 
     def get_write_buffer_size(self) -> int:
         return 0

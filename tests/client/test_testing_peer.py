@@ -14,6 +14,7 @@ from tests.client.helpers import MIB, write_sparse_image
 from virtvol.client import (
     Hole,
     InvalidArgument,
+    LibvirtError,
     NoStoragePool,
     NoStorageVolume,
     NoSupport,
@@ -21,6 +22,7 @@ from virtvol.client import (
     PoolState,
     SparseUnsupported,
     StorageVolumeExists,
+    TransportError,
     VolumeType,
     memory_server,
     memory_storage,
@@ -216,6 +218,47 @@ async def test_errors_carry_libvirts_codes() -> None:
             await conn.define_pool("<pool type='dir'><name>x</name></pool>")
         # The connection goes on after each refusal.
         assert await pool.num_of_volumes() == 1
+
+
+async def test_more_refusals_as_libvirt_words_them() -> None:
+    async with memory_daemon(pools={"p": {"v": b"12345678"}}) as conn:
+        pool = await conn.lookup_pool_by_name("p")
+        vol = await pool.lookup_volume("v")
+        assert await vol.pool() == pool
+        await pool.refresh()
+        with pytest.raises(OperationInvalid, match="storage pool 'p' is already active"):
+            await pool.start()
+        with pytest.raises(NoStorageVolume, match="no storage vol with matching key /p/w"):
+            await conn.lookup_volume_by_key("/p/w")
+        with pytest.raises(NoStorageVolume, match="no storage vol with matching path '/p/w'"):
+            await conn.lookup_volume_by_path("/p/w")
+        with pytest.raises(LibvirtError) as bad_xml:
+            await pool.create_volume("<volume><name>w</name>")
+        assert bad_xml.value.code == ErrorCode.XML_ERROR
+        with pytest.raises(LibvirtError) as no_name:
+            await pool.create_volume("<volume><capacity>1</capacity></volume>")
+        assert no_name.value.code == ErrorCode.XML_ERROR
+        with pytest.raises(InvalidArgument, match="unknown storage size unit 'parsecs'"):
+            await pool.create_volume(
+                "<volume><name>w</name><capacity unit='parsecs'>1</capacity></volume>"
+            )
+        with pytest.raises(InvalidArgument, match="can't shrink capacity below zero"):
+            await vol.resize(9, delta=True, shrink=True)
+        with pytest.raises(InvalidArgument, match="past the end"):
+            await vol.download(offset=9).open()
+        await vol.wipe()
+        assert (await vol.info()).allocation == 8
+        assert await pool.num_of_volumes() == 1
+
+
+async def test_a_client_that_breaks_the_protocol_is_dropped() -> None:
+    async with memory_daemon(pools={"p": {}}) as conn:
+        transport = conn._rpc.transport
+        assert transport is not None
+        transport.write(b"\x00\x00\x00\x04")  # a frame shorter than its own header
+        with pytest.raises(TransportError):
+            await conn.get_type()
+        assert not conn.is_alive
 
 
 async def test_stream_errors_name_their_stage() -> None:
