@@ -113,7 +113,7 @@ class StoragePool:
     async def _call(
         self, procedure: int, args: XdrStruct, *, timeout: float | None = None
     ) -> XdrStruct | None:
-        return await self.connection.rpc.call(procedure, args, timeout=timeout)
+        return await self.connection._rpc.call(procedure, args, timeout=timeout)
 
     async def info(self, *, timeout: float | None = None) -> PoolInfo:
         """State, capacity, allocation and available bytes (zeros while inactive)."""
@@ -276,7 +276,7 @@ class StorageVolume:
     async def _call(
         self, procedure: int, args: XdrStruct, *, timeout: float | None = None
     ) -> XdrStruct | None:
-        return await self.connection.rpc.call(procedure, args, timeout=timeout)
+        return await self.connection._rpc.call(procedure, args, timeout=timeout)
 
     async def info(self, *, physical: bool = False, timeout: float | None = None) -> VolumeInfo:
         """Type, capacity and allocation.
