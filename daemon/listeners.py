@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -20,6 +21,8 @@ from virtvol.daemon.systemd import ActivatedListeners
 _BACKLOG = 128
 RW_SOCKET_MODE = 0o600  # read-write: the owner only, as libvirt without polkit
 RO_SOCKET_MODE = 0o666  # read-only: every local user
+PRIVATE_UMASK = 0o077  # a session daemon's socket directory: 0700
+SHARED_UMASK = 0o022  # the system daemon's: 0755
 
 
 class ListenError(ValueError):
@@ -115,12 +118,29 @@ def _remove_stale_socket(path: str) -> None:
     raise ListenError(f"{path} is in use by another daemon")
 
 
-def _bind_unix(address: ListenAddress) -> socket.socket:
-    os.makedirs(os.path.dirname(address.path) or "/", exist_ok=True)
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    """Files and directories made meanwhile get at most ``~mask`` (start-up only: the
+    umask is the whole process's)."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _bind_unix(address: ListenAddress, *, private_dirs: bool) -> socket.socket:
+    # As libvirtd: the directories it has to create are 0700 for a user's daemon (only
+    # its owner has any business there), 0755 for the system's (whose read-only
+    # socket is every user's).
+    with _umask(PRIVATE_UMASK if private_dirs else SHARED_UMASK):
+        os.makedirs(os.path.dirname(address.path) or "/", exist_ok=True)
     _remove_stale_socket(address.path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(address.path)
+        # Bound as 0600 and only then opened up: never reachable by more than its mode says.
+        with _umask(0o177):
+            sock.bind(address.path)
         os.chmod(address.path, RO_SOCKET_MODE if address.read_only else RW_SOCKET_MODE)
         sock.listen(_BACKLOG)
     except OSError:
@@ -129,23 +149,24 @@ def _bind_unix(address: ListenAddress) -> socket.socket:
     return sock
 
 
-def bind(address: ListenAddress) -> BoundSocket:
-    """Open the listening socket for ``address``."""
+def bind(address: ListenAddress, *, private_dirs: bool = False) -> BoundSocket:
+    """Open the listening socket for ``address``; with ``private_dirs`` (a session
+    daemon), the directories made for a Unix socket are its owner's alone."""
     try:
         if address.kind == "tcp":
             return BoundSocket(_bind_tcp(address), False, address.describe())
-        sock = _bind_unix(address)
+        sock = _bind_unix(address, private_dirs=private_dirs)
     except OSError as exc:
         raise ListenError(f"cannot listen on {address.describe()}: {exc.strerror}") from None
     return BoundSocket(sock, address.read_only, address.describe(), unlink_path=address.path)
 
 
-def bind_all(urls: list[str]) -> list[BoundSocket]:
+def bind_all(urls: list[str], *, private_dirs: bool = False) -> list[BoundSocket]:
     """Open every listener, or none (all are closed again when one fails)."""
     bound: list[BoundSocket] = []
     try:
         for url in urls:
-            bound.append(bind(parse_listen_url(url)))
+            bound.append(bind(parse_listen_url(url), private_dirs=private_dirs))
     except BaseException:
         for item in bound:
             item.close()
