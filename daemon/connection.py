@@ -67,6 +67,7 @@ from virtvol.protocol.connection import (
     StreamHoleReceived,
     rpc_error,
 )
+from virtvol.protocol.constants import MESSAGE_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.frames import Payload
@@ -87,6 +88,11 @@ _REQUEST_LIMIT = "max_client_requests"
 _OUTPUT_BACKLOG = "unsent replies"
 _TURN_OVER = "turn over"
 _DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG, _TURN_OVER})
+# The largest frame (header + payload) from a client that cannot write: before
+# CONNECT_OPEN, or read-only. No call such a client may make comes near it, and
+# a frame sent in full costs its size for as long as its connection lives: this
+# keeps any local user at 1 MiB per connection instead of 32.
+LIMITED_MESSAGE_MAX = 1 << 20
 # Frames one connection may have served before it lets every other connection
 # have a turn of the event loop (the loop reads a busy socket many times over).
 FRAMES_PER_TURN = 16
@@ -120,7 +126,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def __init__(self, context: DaemonContext, listener: str, *, read_only: bool) -> None:
         self._ctx = context
         self._listener = listener
-        self.rpc = Connection(Side.SERVER)
+        self.rpc = Connection(Side.SERVER, max_message=LIMITED_MESSAGE_MAX)
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
         self._transport: asyncio.Transport | None = None
@@ -420,6 +426,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _opened(self) -> None:
         self._ctx.anonymous.discard(self)
+        if not self.session.read_only:
+            self.rpc.reader.max_message = MESSAGE_MAX  # uploads send large data frames
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None

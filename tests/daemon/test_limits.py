@@ -262,6 +262,75 @@ async def test_headers_announcing_32_mib_allocate_nothing_big(tmp_path: Path) ->
         await client.close()
 
 
+def whole_big_frame(kind: int = MessageType.CALL) -> bytes:
+    """A 32 MiB frame sent in full: memory a client pays for with its bandwidth, which
+    is no cost at all on the same machine."""
+    header = Header(
+        REMOTE_PROGRAM,
+        REMOTE_PROTOCOL_VERSION,
+        Proc.STORAGE_VOL_UPLOAD,
+        kind,
+        4242,
+        MessageStatus.CONTINUE if kind == MessageType.STREAM else MessageStatus.OK,
+    )
+    return encode_head(header, MESSAGE_MAX - 24) + bytes(MESSAGE_MAX - 24)
+
+
+async def test_big_frames_sent_in_full_by_clients_who_cannot_write_stay_bounded(
+    tmp_path: Path,
+) -> None:
+    """Read-only clients (the socket is every local user's) and clients that have not
+    sent CONNECT_OPEN make no call that needs a large frame; a frame over 1 MiB from
+    them closes their connection instead of taking up to 32 MiB each for as long as
+    the connection lives. A read-write connection still takes 32 MiB frames."""
+    with running(daemon_with(tmp_path, "max_anonymous_clients = 500\n")) as daemon:
+        pid = daemon.process.pid
+        client = await honest_client(daemon)
+        baseline = descriptors(pid)
+        blob = whole_big_frame(MessageType.STREAM)
+        hostile: list[socket.socket] = []
+        try:
+            for index in range(100):
+                # Half before CONNECT_OPEN, half after it, on the read-only socket.
+                sock = connect(daemon, "ro")
+                if index % 2:
+                    open_session(sock)
+                with suppress(OSError):  # closed by the daemon meanwhile
+                    sock.sendall(blob)
+                hostile.append(sock)
+                await serve_meanwhile(daemon, client, None, 0.01)
+            await serve_meanwhile(daemon, client, None, 0.3)
+            assert status_mib(pid, "VmHWM") < RSS_BOUND_MIB
+        finally:
+            for sock in hostile:
+                sock.close()
+        wait_for_descriptors(pid, baseline)
+        assert "exceeds the maximum of 1048580" in daemon.log_path.read_text()
+        # A read-only call of almost 1 MiB is still answered.
+        with connect(daemon, "ro") as sock:
+            rpc = open_session(sock)
+            _, frame = rpc.call(
+                Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="p" * 1_000_000)
+            )
+            sock.sendall(frame)
+            while (event := rpc.next_event()) is None:
+                rpc.receive_data(sock.recv(65536))
+            assert (
+                error_of(event)[2]
+                == f"Storage pool not found: no storage pool with matching name '{'p' * 1_000_000}'"
+            )
+        # A read-write client's 32 MiB frame (stream data for no stream) is taken and
+        # dropped; the connection goes on.
+        with connect(daemon, "unix") as sock:
+            rpc = open_session(sock)
+            sock.sendall(blob)
+            sock.sendall(pool_lookup(rpc))
+            while (event := rpc.next_event()) is None:
+                rpc.receive_data(sock.recv(65536))
+            assert isinstance(event, ReplyReceived), event
+        await client.close()
+
+
 async def test_unread_replies_and_pongs_stay_bounded_and_others_are_served(
     tmp_path: Path,
 ) -> None:
