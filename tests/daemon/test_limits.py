@@ -241,6 +241,7 @@ async def test_headers_announcing_32_mib_allocate_nothing_big(tmp_path: Path) ->
         pid = daemon.process.pid
         client = await honest_client(daemon)
         baseline = descriptors(pid)
+        rss_before = status_mib(pid, "VmRSS")
         hostile: list[socket.socket] = []
         try:
             for index in range(100):
@@ -256,6 +257,9 @@ async def test_headers_announcing_32_mib_allocate_nothing_big(tmp_path: Path) ->
                     await serve_meanwhile(daemon, client, None, 0.05)
             await serve_meanwhile(daemon, client, None, 0.5)
             assert status_mib(pid, "VmHWM") < RSS_BOUND_MIB
+            # 64 KiB per announced frame and the connections themselves: a few MiB. The
+            # bound above alone would let each connection take 2 MiB unnoticed.
+            assert status_mib(pid, "VmRSS") - rss_before < 16
         finally:
             for sock in hostile:
                 sock.close()
