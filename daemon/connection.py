@@ -177,7 +177,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.connections.add(self)
         ctx.anonymous.add(self)
         ctx.total_connections += 1
-        log.info("%s: connected on %s", self.peer, self._listener)
+        if ctx.connection_lines.allow():
+            log.info("%s: connected on %s", self.peer, self._listener)
         self._handshake_timer = self._loop.call_later(
             ctx.limits.handshake_timeout, self._handshake_expired
         )
@@ -241,14 +242,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
         self._ctx.anonymous.discard(self)
-        log.info(
-            "%s: %s after %.3f s, %d calls, %d streams",
-            self.peer,
-            self._close_reason,
-            time.monotonic() - self._started,
-            self._calls,
-            self._streams_opened,
-        )
+        if self._ctx.connection_lines.allow():
+            log.info(
+                "%s: %s after %.3f s, %d calls, %d streams",
+                self.peer,
+                self._close_reason,
+                time.monotonic() - self._started,
+                self._calls,
+                self._streams_opened,
+            )
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -345,7 +347,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if not self._transport.is_closing() or self._close_reason == "closed by the client":
             self._close_reason = reason
-        log.warning("%s: closing: %s", self.peer, reason)
+        if self._ctx.connection_lines.allow():
+            log.warning("%s: closing: %s", self.peer, reason)
         self._transport.abort()
 
     async def wait_closed(self) -> None:

@@ -30,6 +30,9 @@ log = logging.getLogger("virtvol.daemon.limits")
 FD_RESERVE_MIN = 64
 FD_RESERVE_FRACTION = 16
 REFUSAL_LOG_PERIOD = 10.0
+# Connection lines (connected, closed, closing) logged at most, per period.
+CONNECTION_LINES_BURST = 200
+CONNECTION_LINES_PERIOD = 10.0
 # What an open stream holds: its volume file, and room for a temp file or a directory.
 STREAM_DESCRIPTORS = 2
 
@@ -105,6 +108,49 @@ class RefusalLog:
         )
         self._last_logged = now
         self._unlogged = 0
+
+
+class LineBudget:
+    """At most ``burst`` log lines per ``period`` seconds; the rest are counted and summed
+    up in one line when the next period starts (with the first line logged in it).
+
+    For lines any local user can cause at will, one per connection: connecting and
+    closing again as fast as the kernel allows must not fill the disk with the log.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        burst: int = CONNECTION_LINES_BURST,
+        period: float = CONNECTION_LINES_PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._what = what
+        self._burst = burst
+        self._period = period
+        self._clock = clock
+        self._started: float | None = None
+        self._lines = 0
+        self._left_out = 0
+
+    def allow(self) -> bool:
+        """True when one more line may be logged now."""
+        now = self._clock()
+        if self._started is None or now - self._started >= self._period:
+            if self._left_out:
+                log.warning(
+                    "%d %s line(s) left out of the log in %.0f s",
+                    self._left_out,
+                    self._what,
+                    now - self._started if self._started is not None else 0.0,
+                )
+            self._started, self._lines, self._left_out = now, 0, 0
+        if self._lines < self._burst:
+            self._lines += 1
+            return True
+        self._left_out += 1
+        return False
 
 
 class Admission:

@@ -14,7 +14,7 @@ import pytest
 
 from virtvol.daemon.config import ConfigError, settings_from_toml
 from virtvol.daemon.fairqueue import FairExecutor
-from virtvol.daemon.limits import Admission, ConnectionLimits, RefusalLog
+from virtvol.daemon.limits import Admission, ConnectionLimits, LineBudget, RefusalLog
 from virtvol.daemon.sendbuffers import SendBuffers
 
 
@@ -110,6 +110,23 @@ def test_refusals_are_logged_once_per_burst(caplog: pytest.LogCaptureFixture) ->
     assert len(caplog.records) == 3
     assert "refused 499 more connection(s)" in caplog.records[1].getMessage()
     assert refusals.total == 501
+
+
+def test_connection_lines_beyond_the_budget_are_summed_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    budget = LineBudget("connection", burst=3, period=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="virtvol.daemon.limits"):
+        assert [budget.allow() for _ in range(1000)] == [True] * 3 + [False] * 997
+        now[0] += 9.9
+        assert not budget.allow()
+        assert not caplog.records
+        now[0] += 0.1
+        assert budget.allow()
+    assert [record.getMessage() for record in caplog.records] == [
+        "998 connection line(s) left out of the log in 10 s"
+    ]
 
 
 def test_admission_names_the_limit_that_refuses() -> None:

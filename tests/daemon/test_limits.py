@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Virtvold, start_virtvold, stop_virtvold
-from tests.daemon.conftest import RawClient, error_of
+from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.daemon.limits import FD_RESERVE_MIN
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -334,6 +334,22 @@ async def test_big_frames_sent_in_full_by_clients_who_cannot_write_stay_bounded(
                 rpc.receive_data(sock.recv(65536))
             assert isinstance(event, ReplyReceived), event
         await client.close()
+
+
+async def test_connecting_in_a_loop_does_not_flood_the_log(virtvold: Virtvold) -> None:
+    """Any local user can connect, send garbage and go, thousands of times a second:
+    three log lines each (connected, closing, closed) made megabytes a second."""
+    before = virtvold.log_path.stat().st_size
+    path = unix_path(virtvold.ro_uri)
+    for _ in range(1000):
+        with socket.socket(socket.AF_UNIX) as sock, suppress(ConnectionError):
+            sock.connect(path)
+            sock.send(b"\xff\xff\xff\xff")
+    async with raw_client(virtvold.port) as client:  # served, and logged in summary
+        assert isinstance(await client.call(Proc.CONNECT_GET_TYPE), ReplyReceived)
+    grown = virtvold.log_path.stat().st_size - before
+    # The first 200 lines of the period (some 400 bytes each per connection), no more.
+    assert grown < 200 * 200, f"the log grew by {grown} bytes"
 
 
 async def test_unread_replies_and_pongs_stay_bounded_and_others_are_served(
