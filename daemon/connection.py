@@ -328,7 +328,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- closing --------------------------------------------------------------------
 
     def stream_count(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + self._streams_opening
 
     def close(self, reason: str, *, notify: bool = True) -> None:
         """Close after the queued frames are sent; with ``notify``, a registered close
@@ -541,6 +541,11 @@ class ClientConnection(asyncio.BufferedProtocol):
                 ErrorDomain.STREAMS,
                 f"too many streams open on this connection (max_client_streams is {limit})",
             )
+        refusal = self._ctx.admission.stream_refusal(
+            len(self._ctx.connections), self._ctx.active_streams()
+        )
+        if refusal is not None:
+            raise ErrorReport.raised(ErrorCode.OPERATION_FAILED, ErrorDomain.STREAMS, refusal)
         self._streams_opening += 1
         try:
             handler = await self._open_handler(call, args, upload)

@@ -180,3 +180,17 @@ class Admission:
                 f" open, soft limit {self.fd_limit}, {self.fd_reserve} kept for volume files"
             )
         return None
+
+    def stream_refusal(self, clients: int, streams: int) -> str | None:
+        """Why one more stream cannot be opened (None: it can). Counts exclude it.
+
+        Connections already in may open streams past the budget, into the reserve,
+        but never into its second half: that stays for pool directories and whatever
+        else a call opens, so the daemon keeps serving calls with every stream open.
+        """
+        if clients + STREAM_DESCRIPTORS * (streams + 1) > self.fd_budget + self.fd_reserve // 2:
+            return (
+                f"too many streams open in the daemon ({streams}) for its open-files limit"
+                f" ({self.fd_limit})"
+            )
+        return None

@@ -129,6 +129,16 @@ def test_connection_lines_beyond_the_budget_are_summed_up(
     ]
 
 
+def test_streams_may_take_half_the_reserve_and_no_more() -> None:
+    admission = Admission(ConnectionLimits(), fd_limit=1024, fds_at_start=24)
+    assert (admission.fd_reserve, admission.fd_budget) == (64, 936)
+    # 10 connections: (936 + 32 - 10) // 2 = 479 streams in all, one more is refused.
+    assert admission.stream_refusal(clients=10, streams=478) is None
+    assert admission.stream_refusal(clients=10, streams=479) == (
+        "too many streams open in the daemon (479) for its open-files limit (1024)"
+    )
+
+
 def test_admission_names_the_limit_that_refuses() -> None:
     limits = ConnectionLimits(max_clients=10, max_anonymous_clients=3)
     admission = Admission(limits, fd_limit=1024, fds_at_start=20)

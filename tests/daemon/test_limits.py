@@ -536,6 +536,61 @@ async def test_descriptors_run_short_and_the_daemon_keeps_serving(tmp_path: Path
         await client.close()
 
 
+def _soft_limit_200() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+
+async def test_streams_leave_descriptors_for_the_calls(tmp_path: Path) -> None:
+    """A client that opens stream after stream (each holds a volume file) is refused
+    before the daemon runs out of descriptors: calls that open files still work."""
+    config = "max_client_streams = 1000\nmax_client_requests = 1000\n"
+    daemon = daemon_with(tmp_path, config, preexec_fn=_soft_limit_200)
+    with running(daemon):
+        (daemon.pool_dir / "empty.img").write_bytes(b"")
+        (daemon.pool_dir / "small.img").write_bytes(b"x" * 4096)
+        client = await honest_client(daemon)
+        pool = await _pool(client)
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        greedy = await honest_client(daemon)
+        args = r.VolTransferArgs(vol=await greedy.volume("empty.img"), offset=0, length=0, flags=0)
+        greedy.send(
+            b"".join(greedy.rpc.call(Proc.STORAGE_VOL_DOWNLOAD, args)[1] for _ in range(250))
+        )
+        opened, refusals = 0, set()
+        pending = set(greedy.rpc.pending_calls())
+        while pending:
+            event = await greedy.next_event()
+            assert event is not None
+            serial = getattr(event, "serial", None)
+            if serial in pending:
+                pending.discard(serial)
+                if isinstance(event, ReplyReceived):
+                    opened += 1
+                else:
+                    refusals.add(error_of(event))
+        assert opened > 16
+        assert refusals == {
+            (
+                ErrorCode.OPERATION_FAILED,
+                38,
+                f"operation failed: too many streams open in the daemon ({opened})"
+                " for its open-files limit (200)",
+            )
+        }
+        # With every stream the daemon allows open, calls still open files (the pool
+        # directory, the volume being created).
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        xml = "<volume><name>new.img</name><capacity>4096</capacity></volume>"
+        created = await client.call(
+            Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(pool=pool, xml=xml, flags=0)
+        )
+        assert isinstance(created, ReplyReceived), created
+        await greedy.close()
+        # The greedy client's streams are released: another can download again.
+        assert await _download(client, await client.volume("small.img"), abort_after=None) == 4096
+        await client.close()
+
+
 async def test_a_slow_reader_is_not_dropped(tmp_path: Path) -> None:
     # The reader takes 2.5 MB/s: 8 MiB of volume (and some 4 MB that the kernel's send
     # buffer holds) leaves the transport's buffer non-empty for far longer than the
