@@ -113,8 +113,8 @@ def test_system_mode_listens_on_virtstoraged_sockets_and_no_tcp(tmp_path: Path) 
         unix, tcp = _listeners(process.pid)
         assert unix == {str(sock_dir / "virtstoraged-sock"), str(sock_dir / "virtstoraged-sock-ro")}
         assert tcp == [], log.read_text()
-        assert stat.S_IMODE((sock_dir / "virtstoraged-sock").stat().st_mode) == 0o600
-        assert stat.S_IMODE((sock_dir / "virtstoraged-sock-ro").stat().st_mode) == 0o666
+        assert stat.S_IMODE((sock_dir / "virtstoraged-sock").stat().st_mode) == 0o700
+        assert stat.S_IMODE((sock_dir / "virtstoraged-sock-ro").stat().st_mode) == 0o777
         rw = f"storage+unix:///system?socket={sock_dir / 'virtstoraged-sock'}"
         ro = f"storage+unix:///system?socket={sock_dir / 'virtstoraged-sock-ro'}"
         assert (
@@ -390,8 +390,8 @@ def test_socket_directories_are_made_private_for_a_session_daemon(
             stat.S_IMODE((runtime / "libvirt").stat().st_mode),
         ) == modes
         assert stat.S_IMODE(existing.stat().st_mode) == 0o750
-        assert stat.S_IMODE((runtime / "libvirt" / "virtstoraged-sock").stat().st_mode) == 0o600
-        assert stat.S_IMODE((existing / "virtstoraged-sock-ro").stat().st_mode) == 0o666
+        assert stat.S_IMODE((runtime / "libvirt" / "virtstoraged-sock").stat().st_mode) == 0o700
+        assert stat.S_IMODE((existing / "virtstoraged-sock-ro").stat().st_mode) == 0o777
     finally:
         for item in bound:
             item.close()
