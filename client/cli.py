@@ -31,12 +31,10 @@ from virtvol.client.errors import (
 from virtvol.client.objects import PoolState, StoragePool, StorageVolume, VolumeType
 from virtvol.client.progress import TransferProgress, summary_line
 from virtvol.client.sizes import SizeError, format_size, parse_size
+from virtvol.protocol.constants import ListPoolsFlags, PoolCreateFlags
 
 __all__ = ["main"]
 
-LIST_INACTIVE = 1
-LIST_ACTIVE = 2
-POOL_CREATE_WITH_BUILD = 1
 
 _STATE_DETAILS = {
     PoolState.INACTIVE: "inactive",
@@ -138,9 +136,9 @@ async def pool_list(conn: Connection, args: argparse.Namespace) -> str:
     if args.all:
         flags = 0
     elif args.inactive:
-        flags = LIST_INACTIVE
+        flags = ListPoolsFlags.INACTIVE
     else:
-        flags = LIST_ACTIVE
+        flags = ListPoolsFlags.ACTIVE
     try:
         pools = await conn.list_pools(flags=flags)
     except LibvirtError as exc:
@@ -222,7 +220,7 @@ async def pool_define_as(conn: Connection, args: argparse.Namespace) -> str:
 
 
 async def pool_create_as(conn: Connection, args: argparse.Namespace) -> str:
-    flags = POOL_CREATE_WITH_BUILD if args.build else 0
+    flags = PoolCreateFlags.WITH_BUILD if args.build else 0
     try:
         await conn.create_pool(_pool_xml(args), flags=flags)
     except LibvirtError as exc:
@@ -247,7 +245,7 @@ def _pool_action(
 
 
 async def _start(pool: StoragePool, args: argparse.Namespace) -> None:
-    await pool.start(flags=POOL_CREATE_WITH_BUILD if args.build else 0)
+    await pool.start(flags=PoolCreateFlags.WITH_BUILD if args.build else 0)
 
 
 async def _destroy(pool: StoragePool, args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
 from virtvol.client.uri import Target, default_uri, parse_uri
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import AuthType
+from virtvol.protocol.constants import AuthType, DriverFeature
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
 
@@ -36,10 +36,6 @@ __all__ = ["Connection", "ProtocolMode", "connect"]
 log = logging.getLogger("virtvol.client")
 
 ProtocolMode = Literal["current", "legacy"]
-
-FEATURE_PROGRAM_KEEPALIVE = 10
-FEATURE_REMOTE_EVENT_CALLBACK = 14
-FEATURE_REMOTE_CLOSE_CALLBACK = 15
 
 T = TypeVar("T", bound=XdrStruct)
 
@@ -82,13 +78,13 @@ class Connection:
         if methods and AuthType.NONE not in methods:
             names = ", ".join(AuthType(m).name.lower() for m in methods)
             raise VirtvolError(f"the server requires authentication ({names}), not supported")
-        self.keepalive_supported = await self.supports_feature(FEATURE_PROGRAM_KEEPALIVE)
+        self.keepalive_supported = await self.supports_feature(DriverFeature.PROGRAM_KEEPALIVE)
         await self.rpc.call(
             Proc.CONNECT_OPEN,
             r.ConnectOpenArgs(name=self.target.open_name, flags=self.target.open_flags),
         )
-        await self.supports_feature(FEATURE_REMOTE_EVENT_CALLBACK)
-        if await self.supports_feature(FEATURE_REMOTE_CLOSE_CALLBACK):
+        await self.supports_feature(DriverFeature.REMOTE_EVENT_CALLBACK)
+        if await self.supports_feature(DriverFeature.REMOTE_CLOSE_CALLBACK):
             await self.rpc.call(Proc.CONNECT_REGISTER_CLOSE_CALLBACK)
             self._close_callback = True
         if keepalive is not None and keepalive[0] > 0 and self.keepalive_supported:

@@ -18,6 +18,7 @@ from virtvol.client.streams import Download, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import PoolState as PoolState
+from virtvol.protocol.constants import PoolXMLFlags, VolResizeFlags
 from virtvol.protocol.constants import VolumeType as VolumeType
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
@@ -68,13 +69,6 @@ def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
         return value
 
 
-# Flags (libvirt's public values).
-POOL_XML_INACTIVE = 1
-VOL_RESIZE_ALLOCATE = 1
-VOL_RESIZE_DELTA = 2
-VOL_RESIZE_SHRINK = 4
-
-
 class StoragePool:
     """A storage pool on the daemon.
 
@@ -120,7 +114,7 @@ class StoragePool:
 
     async def xml_desc(self, *, inactive: bool = False) -> str:
         """The pool's XML (``inactive``: the persistent definition)."""
-        flags = POOL_XML_INACTIVE if inactive else 0
+        flags = PoolXMLFlags.INACTIVE if inactive else 0
         ret = await self._call(Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags))
         return _expect(ret, r.XmlRet).xml
 
@@ -293,9 +287,9 @@ class StorageVolume:
             shrink: allow a smaller capacity.
         """
         flags = (
-            (VOL_RESIZE_ALLOCATE if allocate else 0)
-            | (VOL_RESIZE_DELTA if delta else 0)
-            | (VOL_RESIZE_SHRINK if shrink else 0)
+            (VolResizeFlags.ALLOCATE if allocate else 0)
+            | (VolResizeFlags.DELTA if delta else 0)
+            | (VolResizeFlags.SHRINK if shrink else 0)
         )
         await self._call(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs(self.wire, capacity, flags))
 

@@ -38,6 +38,7 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
+from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.procedures import Proc
 
@@ -65,7 +66,6 @@ READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
 
 _ZEROS = bytes(FRAME_DATA_MAX)
-_SPARSE_FLAG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +136,7 @@ class _StreamBase:
             raise SparseUnsupported("sparse streams are not available with protocol='legacy'")
         ask = wanted is not False and not legacy
         try:
-            await self._call(_SPARSE_FLAG if ask else 0)
+            await self._call(VolStreamFlags.SPARSE if ask else 0)
             self.sparse = ask
             return
         except InvalidArgument as exc:

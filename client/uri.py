@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtvol.client.errors import InvalidURI
+from virtvol.protocol.constants import ConnectOpenFlags
 
 __all__ = ["DEFAULT_URI_ENV", "Target", "default_uri", "parse_uri"]
 
@@ -56,7 +57,6 @@ CONSUMED_PARAMS = frozenset(
 )
 
 # CONNECT_OPEN flag bits (the client's internal open flags).
-OPEN_READ_ONLY = 1
 OPEN_USER = 2
 
 _RUN_DIR = "/var/run/libvirt"
@@ -163,7 +163,7 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         # urlunsplit drops the "//" of an empty authority; libvirt keeps it.
         open_name = driver + "://" + rebuilt[len(driver) + 1 :]
 
-    flags = OPEN_READ_ONLY if read_only else 0
+    flags = ConnectOpenFlags.RO if read_only else 0
     socket_path = None
     port = None
     if transport == "unix":

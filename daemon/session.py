@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import CONNECT_RO, AuthType, DriverFeature
+from virtvol.protocol.constants import AuthType, ConnectOpenFlags, DriverFeature
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.procedures import Proc, Procedure
 from virtvol.protocol.xdr import XdrStruct
@@ -186,7 +186,7 @@ class Session:
                     ErrorCode.INTERNAL_ERROR, ErrorDomain.RPC, "connection already open"
                 )
             self.uri = check_open_name(args.name)
-            if args.flags & CONNECT_RO:
+            if args.flags & ConnectOpenFlags.RO:
                 self.read_only = True
             return None
         if number == Proc.CONNECT_GET_TYPE:
