@@ -15,7 +15,7 @@ import socket
 import uuid as uuidlib
 from collections.abc import Generator
 from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Self, TypeVar
 
 from virtvol.client.errors import (
     LibvirtError,
@@ -27,15 +27,13 @@ from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
 from virtvol.client.uri import Target, default_uri, parse_uri
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import AuthType, DriverFeature
+from virtvol.protocol.constants import AuthType, DriverFeature, ProtocolMode
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
 
 __all__ = ["Connection", "ProtocolMode", "connect"]
 
 log = logging.getLogger("virtvol.client")
-
-ProtocolMode = Literal["current", "legacy"]
 
 T = TypeVar("T", bound=XdrStruct)
 

@@ -10,15 +10,16 @@ import enum
 import os
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from virtvol.client.interfaces import ConnectionLike as Connection
 from virtvol.client.streams import Download, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.protocol import remote as r
+from virtvol.protocol.constants import PoolInfo as PoolInfo
 from virtvol.protocol.constants import PoolState as PoolState
 from virtvol.protocol.constants import PoolXMLFlags, VolResizeFlags
+from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
@@ -41,25 +42,6 @@ def _expect(result: XdrStruct | None, kind: type[T]) -> T:
     if not isinstance(result, kind):
         raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
     return result
-
-
-@dataclass(frozen=True, slots=True)
-class PoolInfo:
-    """A pool's state and sizes in bytes."""
-
-    state: PoolState | int
-    capacity: int
-    allocation: int
-    available: int
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeInfo:
-    """A volume's type and sizes in bytes."""
-
-    type: VolumeType | int
-    capacity: int
-    allocation: int
 
 
 def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:

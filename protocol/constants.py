@@ -7,6 +7,8 @@ virkeepaliveprotocol.x and the public headers).
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from typing import Literal
 
 # Programs and their versions.
 REMOTE_PROGRAM = 0x20008086
@@ -190,3 +192,30 @@ class VolumeType(enum.IntEnum):
     NETWORK = 3
     NETDIR = 4
     PLOOP = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """``virStoragePoolInfo``: a pool's state and the sizes in bytes of what holds it.
+
+    ``state`` is a plain int when a peer reports a state this module does not know.
+    """
+
+    state: PoolState | int
+    capacity: int
+    allocation: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """``virStorageVolInfo``: ``allocation`` is the physical size when asked for it."""
+
+    type: VolumeType | int
+    capacity: int
+    allocation: int
+
+
+# How a peer plays the protocol: as libvirt 9.0 ("current") or as a libvirt from
+# before sparse streams (3.3, "legacy").
+ProtocolMode = Literal["current", "legacy"]
