@@ -15,7 +15,7 @@ import socket
 import uuid as uuidlib
 from collections.abc import Generator
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self
 
 from virtvol.client.errors import (
     LibvirtError,
@@ -26,22 +26,13 @@ from virtvol.client.errors import (
 from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
 from virtvol.client.uri import Target, default_uri, parse_uri
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import AuthType, DriverFeature, ProtocolMode
-from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
 
 __all__ = ["Connection", "ProtocolMode", "connect"]
 
 log = logging.getLogger("virtvol.client")
-
-T = TypeVar("T", bound=XdrStruct)
-
-
-def _expect(result: XdrStruct | None, kind: type[T]) -> T:
-    if not isinstance(result, kind):
-        raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
-    return result
 
 
 class Connection:
@@ -69,7 +60,7 @@ class Connection:
 
     async def _handshake(self, keepalive: tuple[float, int] | None) -> None:
         try:
-            auth = _expect(await self.rpc.call(Proc.AUTH_LIST), r.AuthListRet)
+            auth = await self.rpc.call(procedures.AUTH_LIST)
             methods = auth.types
         except NoSupport:
             methods = ()
@@ -78,12 +69,12 @@ class Connection:
             raise VirtvolError(f"the server requires authentication ({names}), not supported")
         self.keepalive_supported = await self.supports_feature(DriverFeature.PROGRAM_KEEPALIVE)
         await self.rpc.call(
-            Proc.CONNECT_OPEN,
+            procedures.CONNECT_OPEN,
             r.ConnectOpenArgs(name=self.target.open_name, flags=self.target.open_flags),
         )
         await self.supports_feature(DriverFeature.REMOTE_EVENT_CALLBACK)
         if await self.supports_feature(DriverFeature.REMOTE_CLOSE_CALLBACK):
-            await self.rpc.call(Proc.CONNECT_REGISTER_CLOSE_CALLBACK)
+            await self.rpc.call(procedures.CONNECT_REGISTER_CLOSE_CALLBACK)
             self._close_callback = True
         if keepalive is not None and keepalive[0] > 0 and self.keepalive_supported:
             self.rpc.start_keepalive(keepalive[0], keepalive[1])
@@ -100,8 +91,8 @@ class Connection:
             try:
                 async with asyncio.timeout(5):
                     if self._close_callback:
-                        await self.rpc.call(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK)
-                    await self.rpc.call(Proc.CONNECT_CLOSE)
+                        await self.rpc.call(procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK)
+                    await self.rpc.call(procedures.CONNECT_CLOSE)
             except (LibvirtError, TransportError, TimeoutError) as exc:
                 log.debug("close of %s: %s", self.uri, exc)
         self.rpc.close()
@@ -128,11 +119,8 @@ class Connection:
     async def supports_feature(self, feature: int) -> bool:
         """Ask CONNECT_SUPPORTS_FEATURE; an error answer means False (libvirt's rule)."""
         try:
-            ret = _expect(
-                await self.rpc.call(
-                    Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs(feature)
-                ),
-                r.ConnectSupportsFeatureRet,
+            ret = await self.rpc.call(
+                procedures.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs(feature)
             )
         except LibvirtError:
             return False
@@ -140,12 +128,12 @@ class Connection:
 
     async def lib_version(self) -> int:
         """The daemon's library version (major * 1000000 + minor * 1000 + micro)."""
-        ret = await self.rpc.call(Proc.CONNECT_GET_LIB_VERSION)
-        return _expect(ret, r.ConnectGetLibVersionRet).lib_ver
+        ret = await self.rpc.call(procedures.CONNECT_GET_LIB_VERSION)
+        return ret.lib_ver
 
     async def get_type(self) -> str:
         """The driver name (e.g. ``"storage"``)."""
-        return _expect(await self.rpc.call(Proc.CONNECT_GET_TYPE), r.ConnectGetTypeRet).type
+        return (await self.rpc.call(procedures.CONNECT_GET_TYPE)).type
 
     # -- pools ---------------------------------------------------------------------------
 
@@ -155,11 +143,9 @@ class Connection:
     async def list_pools(self, *, flags: int = 0) -> list[StoragePool]:
         """All pools matching libvirt's CONNECT_LIST_ALL_STORAGE_POOLS ``flags``
         (0: every pool), sorted by name."""
-        ret = _expect(
-            await self.rpc.call(
-                Proc.CONNECT_LIST_ALL_STORAGE_POOLS, r.ListAllPoolsArgs(need_results=1, flags=flags)
-            ),
-            r.ListAllPoolsRet,
+        ret = await self.rpc.call(
+            procedures.CONNECT_LIST_ALL_STORAGE_POOLS,
+            r.ListAllPoolsArgs(need_results=1, flags=flags),
         )
         return sorted((self._pool(p) for p in ret.pools), key=lambda p: p.name)
 
@@ -169,8 +155,8 @@ class Connection:
         Raises:
             NoStoragePool: no such pool.
         """
-        ret = await self.rpc.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name))
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        ret = await self.rpc.call(procedures.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name))
+        return self._pool(ret.pool)
 
     async def lookup_pool_by_uuid(self, uuid: str | bytes | uuidlib.UUID) -> StoragePool:
         """The pool with that UUID (text, 16 raw bytes, or ``uuid.UUID``).
@@ -184,18 +170,18 @@ class Connection:
             raw = uuid.bytes
         else:
             raw = uuid
-        ret = await self.rpc.call(Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw))
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        ret = await self.rpc.call(procedures.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw))
+        return self._pool(ret.pool)
 
     async def define_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
         """Define a persistent pool from its XML (it stays inactive until started)."""
-        ret = await self.rpc.call(Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags))
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        ret = await self.rpc.call(procedures.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags))
+        return self._pool(ret.pool)
 
     async def create_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
         """Create and start a transient pool from its XML."""
-        ret = await self.rpc.call(Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags))
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        ret = await self.rpc.call(procedures.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags))
+        return self._pool(ret.pool)
 
     # -- volumes by key or path ------------------------------------------------------------
 
@@ -205,8 +191,8 @@ class Connection:
         Raises:
             NoStorageVolume: no such volume.
         """
-        ret = await self.rpc.call(Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key))
-        return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
+        ret = await self.rpc.call(procedures.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key))
+        return StorageVolume.from_wire(self, ret.vol)
 
     async def lookup_volume_by_path(self, path: str) -> StorageVolume:
         """The volume at that path.
@@ -214,8 +200,10 @@ class Connection:
         Raises:
             NoStorageVolume: no such volume.
         """
-        ret = await self.rpc.call(Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path))
-        return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
+        ret = await self.rpc.call(
+            procedures.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path)
+        )
+        return StorageVolume.from_wire(self, ret.vol)
 
 
 async def _open_transport(target: Target) -> RpcProtocol:

@@ -10,19 +10,18 @@ import enum
 import os
 import uuid as uuidlib
 from collections.abc import Callable
-from typing import TypeVar
 
 from virtvol.client.interfaces import ConnectionLike as Connection
 from virtvol.client.streams import Download, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import PoolInfo as PoolInfo
 from virtvol.protocol.constants import PoolState as PoolState
 from virtvol.protocol.constants import PoolXMLFlags, VolResizeFlags
 from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
-from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
+from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 
 __all__ = [
     "PoolInfo",
@@ -33,15 +32,7 @@ __all__ = [
     "VolumeType",
 ]
 
-T = TypeVar("T", bound=XdrStruct)
-
 Progress = Callable[[int, int], None]
-
-
-def _expect(result: XdrStruct | None, kind: type[T]) -> T:
-    if not isinstance(result, kind):
-        raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
-    return result
 
 
 def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
@@ -82,14 +73,12 @@ class StoragePool:
         """The pool as the wire names it."""
         return r.StoragePool(self.name, self.uuid.bytes)
 
-    async def _call(self, procedure: int, args: XdrStruct) -> XdrStruct | None:
+    async def _call(self, procedure: Procedure[ArgsT, RetT], args: ArgsT) -> RetT:
         return await self.connection.rpc.call(procedure, args)
 
     async def info(self) -> PoolInfo:
         """State, capacity, allocation and available bytes (zeros while inactive)."""
-        ret = _expect(
-            await self._call(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire)), r.PoolGetInfoRet
-        )
+        ret = await self._call(procedures.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire))
         return PoolInfo(
             _enum_or_int(PoolState, ret.state), ret.capacity, ret.allocation, ret.available
         )
@@ -97,59 +86,58 @@ class StoragePool:
     async def xml_desc(self, *, inactive: bool = False) -> str:
         """The pool's XML (``inactive``: the persistent definition)."""
         flags = PoolXMLFlags.INACTIVE if inactive else 0
-        ret = await self._call(Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags))
-        return _expect(ret, r.XmlRet).xml
+        ret = await self._call(
+            procedures.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags)
+        )
+        return ret.xml
 
     async def is_active(self) -> bool:
         """Whether the pool is running."""
-        ret = await self._call(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs(self.wire))
-        return _expect(ret, r.ActiveRet).active == 1
+        ret = await self._call(procedures.STORAGE_POOL_IS_ACTIVE, r.PoolArgs(self.wire))
+        return ret.active == 1
 
     async def is_persistent(self) -> bool:
         """Whether the pool has a persistent definition."""
-        ret = await self._call(Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs(self.wire))
-        return _expect(ret, r.PersistentRet).persistent == 1
+        ret = await self._call(procedures.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs(self.wire))
+        return ret.persistent == 1
 
     async def autostart(self) -> bool:
         """Whether the pool starts with the daemon."""
-        ret = await self._call(Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs(self.wire))
-        return _expect(ret, r.AutostartRet).autostart == 1
+        ret = await self._call(procedures.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs(self.wire))
+        return ret.autostart == 1
 
     async def set_autostart(self, autostart: bool) -> None:
         """Mark (or unmark) the pool to start with the daemon."""
         await self._call(
-            Proc.STORAGE_POOL_SET_AUTOSTART, r.PoolSetAutostartArgs(self.wire, int(autostart))
+            procedures.STORAGE_POOL_SET_AUTOSTART, r.PoolSetAutostartArgs(self.wire, int(autostart))
         )
 
     async def start(self, *, flags: int = 0) -> None:
         """Start (activate) a defined pool (``flags``: libvirt's build flags)."""
-        await self._call(Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags))
+        await self._call(procedures.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags))
 
     async def destroy(self) -> None:
         """Stop the pool (its volumes are kept)."""
-        await self._call(Proc.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire))
+        await self._call(procedures.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire))
 
     async def undefine(self) -> None:
         """Remove the pool's persistent definition."""
-        await self._call(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs(self.wire))
+        await self._call(procedures.STORAGE_POOL_UNDEFINE, r.PoolArgs(self.wire))
 
     async def refresh(self) -> None:
         """Rescan the pool's volumes."""
-        await self._call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(self.wire, 0))
+        await self._call(procedures.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(self.wire, 0))
 
     async def num_of_volumes(self) -> int:
         """How many volumes the pool holds."""
-        ret = await self._call(Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs(self.wire))
-        return _expect(ret, r.NumRet).num
+        ret = await self._call(procedures.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs(self.wire))
+        return ret.num
 
     async def list_volumes(self) -> list[StorageVolume]:
         """The pool's volumes, sorted by name."""
-        ret = _expect(
-            await self._call(
-                Proc.STORAGE_POOL_LIST_ALL_VOLUMES,
-                r.PoolListAllVolumesArgs(self.wire, need_results=1, flags=0),
-            ),
-            r.PoolListAllVolumesRet,
+        ret = await self._call(
+            procedures.STORAGE_POOL_LIST_ALL_VOLUMES,
+            r.PoolListAllVolumesArgs(self.wire, need_results=1, flags=0),
         )
         vols = (StorageVolume.from_wire(self.connection, v) for v in ret.vols)
         return sorted(vols, key=lambda v: v.name)
@@ -162,26 +150,26 @@ class StoragePool:
             OperationInvalid: the pool is not active.
         """
         ret = await self._call(
-            Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(self.wire, name)
+            procedures.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(self.wire, name)
         )
-        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self.connection, ret.vol)
 
     async def create_volume(self, xml: str, *, flags: int = 0) -> StorageVolume:
         """Create a volume from its XML description."""
         ret = await self._call(
-            Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(self.wire, xml, flags)
+            procedures.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(self.wire, xml, flags)
         )
-        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self.connection, ret.vol)
 
     async def create_volume_from(
         self, xml: str, source: StorageVolume, *, flags: int = 0
     ) -> StorageVolume:
         """Create a volume from XML, filled with a copy of ``source`` (a clone)."""
         ret = await self._call(
-            Proc.STORAGE_VOL_CREATE_XML_FROM,
+            procedures.STORAGE_VOL_CREATE_XML_FROM,
             r.VolCreateXmlFromArgs(self.wire, xml, source.wire, flags),
         )
-        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self.connection, ret.vol)
 
 
 class StorageVolume:
@@ -223,39 +211,37 @@ class StorageVolume:
         """The volume as the wire names it."""
         return r.StorageVol(self.pool_name, self.name, self.key)
 
-    async def _call(self, procedure: int, args: XdrStruct) -> XdrStruct | None:
+    async def _call(self, procedure: Procedure[ArgsT, RetT], args: ArgsT) -> RetT:
         return await self.connection.rpc.call(procedure, args)
 
     async def info(self) -> VolumeInfo:
         """Type, capacity and allocation."""
-        ret = _expect(
-            await self._call(Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire)), r.VolGetInfoRet
-        )
+        ret = await self._call(procedures.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire))
         return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
 
     async def xml_desc(self) -> str:
         """The volume's XML description."""
-        ret = await self._call(Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs(self.wire, 0))
-        return _expect(ret, r.XmlRet).xml
+        ret = await self._call(procedures.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs(self.wire, 0))
+        return ret.xml
 
     async def path(self) -> str:
         """The volume's path on the daemon's host."""
-        ret = await self._call(Proc.STORAGE_VOL_GET_PATH, r.VolArgs(self.wire))
-        return _expect(ret, r.VolGetPathRet).name
+        ret = await self._call(procedures.STORAGE_VOL_GET_PATH, r.VolArgs(self.wire))
+        return ret.name
 
     async def pool(self) -> StoragePool:
         """The pool that holds the volume."""
-        ret = await self._call(Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(self.wire))
-        pool = _expect(ret, r.PoolRet).pool
+        ret = await self._call(procedures.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(self.wire))
+        pool = ret.pool
         return StoragePool(self.connection, pool.name, pool.uuid)
 
     async def delete(self, *, flags: int = 0) -> None:
         """Delete the volume."""
-        await self._call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(self.wire, flags))
+        await self._call(procedures.STORAGE_VOL_DELETE, r.VolFlagsArgs(self.wire, flags))
 
     async def wipe(self) -> None:
         """Overwrite the volume's contents with zeros."""
-        await self._call(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0))
+        await self._call(procedures.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0))
 
     async def resize(
         self, capacity: int, *, allocate: bool = False, delta: bool = False, shrink: bool = False
@@ -273,7 +259,7 @@ class StorageVolume:
             | (VolResizeFlags.DELTA if delta else 0)
             | (VolResizeFlags.SHRINK if shrink else 0)
         )
-        await self._call(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs(self.wire, capacity, flags))
+        await self._call(procedures.STORAGE_VOL_RESIZE, r.VolResizeArgs(self.wire, capacity, flags))
 
     def upload(self, *, offset: int = 0, length: int = 0, sparse: bool | None = None) -> Upload:
         """A stream writing into the volume: ``async with vol.upload() as stream``.

@@ -40,7 +40,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast, overload
 
 from virtvol.client.errors import (
     ConnectionClosed,
@@ -67,6 +67,7 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
+from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 from virtvol.protocol.xdr import XdrStruct
 
 __all__ = ["RpcProtocol", "StreamSink"]
@@ -252,24 +253,33 @@ class RpcProtocol(asyncio.BufferedProtocol):
     # -- calls ----------------------------------------------------------------------------
 
     def start_call(
-        self, procedure: int, args: XdrStruct | None = None, *, sink: StreamSink | None = None
-    ) -> tuple[int, asyncio.Future[XdrStruct | None]]:
+        self,
+        procedure: Procedure[Any, RetT],
+        args: XdrStruct | None = None,
+        *,
+        sink: StreamSink | None = None,
+    ) -> tuple[int, asyncio.Future[RetT]]:
         """Write a CALL; returns its serial and the future of its result.
 
         A ``sink`` receives the frames of the stream the call opens; it is
         registered before the call leaves, since stream frames may overtake the reply.
         """
         self.check()
-        serial, frame = self.core.call(procedure, args)
-        waiter: asyncio.Future[XdrStruct | None] = self.loop.create_future()
-        self._waiters[serial] = waiter
+        serial, frame = self.core.call(procedure.number, args)
+        # The core decodes the reply with the procedure's result struct: a RetT.
+        waiter: asyncio.Future[RetT] = self.loop.create_future()
+        self._waiters[serial] = cast("asyncio.Future[XdrStruct | None]", waiter)
         if sink is not None:
             self._sinks[serial] = sink
         self._write(frame)
         return serial, waiter
 
-    async def call(self, procedure: int, args: XdrStruct | None = None) -> XdrStruct | None:
-        """Make a call and wait for its result.
+    @overload
+    async def call(self, procedure: Procedure[None, RetT]) -> RetT: ...
+    @overload
+    async def call(self, procedure: Procedure[ArgsT, RetT], args: ArgsT) -> RetT: ...
+    async def call(self, procedure: Procedure[Any, RetT], args: XdrStruct | None = None) -> RetT:
+        """Make a call and wait for its result, typed by the procedure table.
 
         Raises:
             LibvirtError: the peer answered with an error.

@@ -30,6 +30,7 @@ from virtvol.client.errors import (
     error_from_remote,
 )
 from virtvol.client.rpc import RpcProtocol, StreamEvent
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     StreamDataReceived,
@@ -40,7 +41,7 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.exceptions import LocalProtocolError
-from virtvol.protocol.procedures import Proc
+from virtvol.protocol.procedures import Procedure
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -84,7 +85,7 @@ def _is_sparse_refusal(exc: InvalidArgument) -> bool:
 
 
 class _StreamBase:
-    procedure: int
+    procedure: Procedure[r.VolTransferArgs, None]
     direction: str
 
     def __init__(
@@ -237,7 +238,7 @@ class Upload(_StreamBase):
         data_bytes: data bytes sent so far. hole_bytes: bytes skipped so far.
     """
 
-    procedure = Proc.STORAGE_VOL_UPLOAD
+    procedure = procedures.STORAGE_VOL_UPLOAD
     direction = "upload"
 
     def __init__(
@@ -362,7 +363,7 @@ class Download(_StreamBase):
         data_bytes, hole_bytes: what has been yielded so far.
     """
 
-    procedure = Proc.STORAGE_VOL_DOWNLOAD
+    procedure = procedures.STORAGE_VOL_DOWNLOAD
     direction = "download"
 
     def __init__(
