@@ -485,7 +485,11 @@ class ClientConnection(asyncio.BufferedProtocol):
                     self._start_keepalive()
             else:
                 result = await self._ctx.call_queue.submit(
-                    self, handler.function, self._ctx.registry, call.args
+                    self,
+                    handler.function,
+                    self._ctx.registry,
+                    call.args,
+                    high_priority=procedure.high_priority,
                 )
         except ErrorReport as report:
             self.send(self.rpc.reply_error(call.serial, remote_error(report)))
