@@ -14,6 +14,7 @@ from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived
 from virtvol.protocol.constants import ConnectOpenFlags
 from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.procedures import PROCEDURES, Proc, Procedure
 from virtvol.protocol.xdr import Reader, XdrStruct
 
@@ -36,6 +37,12 @@ def test_a_second_handler_or_entry_is_refused() -> None:
         handler_table(Handler(p.STORAGE_VOL_DOWNLOAD, Runs.CLOSE))
     with pytest.raises(ValueError, match="CONNECT_GET_TYPE entered twice"):
         p._p(Proc.CONNECT_GET_TYPE, None, r.ConnectGetTypeRet)
+
+
+def test_the_table_names_procedures_as_libvirt_numbers_them() -> None:
+    for number, proc in PROCEDURES.items():
+        assert REMOTE_PROCEDURE_NAMES[number] == proc.name == Proc(number).name
+    assert set(PROCEDURES) == set(Proc)
 
 
 def test_refused_read_only_covers_every_mutating_procedure() -> None:
