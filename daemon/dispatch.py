@@ -5,9 +5,10 @@ connection-level procedures on the event loop with the connection's ``Session``;
 storage procedures (wire structs in, one StorageRegistry method, wire structs
 out) in a worker thread, since they may touch the disk (the registry is
 thread-safe); stream procedures open an ``Upload`` or ``Download``; CONNECT_CLOSE
-closes the connection. Whether a call is allowed (open, read-only) comes from the
-procedure table in ``protocol/procedures.py``, not from here. Handlers are
-checked against the table's argument and result types.
+closes the connection. What a procedure takes and returns, whether a read-only
+connection may call it and its priority come from the procedure table
+(``protocol/procedures.py``), not from here; handlers are type-checked against
+the table's argument and result types. Serving a new procedure: one line below.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from virtvol.daemon.session import Session
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
@@ -23,11 +24,8 @@ from virtvol.protocol import procedures as p
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import REMOTE_STORAGE_POOL_LIST_MAX, REMOTE_STORAGE_VOL_LIST_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
-from virtvol.protocol.procedures import Procedure
+from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 from virtvol.protocol.xdr import XdrStruct
-
-ArgsT = TypeVar("ArgsT", bound="XdrStruct | None")
-RetT = TypeVar("RetT", bound="XdrStruct | None")
 
 
 class Runs(enum.Enum):

@@ -2,8 +2,8 @@
 
 Every procedure virtvol serves or calls is listed once, here, with its argument
 and result structs (``None`` for void), whether it opens a stream (and in which
-direction), whether it changes state (a read-only connection refuses it) and
-libvirtd's scheduling priority. Each entry is a module constant typed by its
+direction), whether it changes state, whether a read-only connection refuses it
+and libvirtd's scheduling priority. Each entry is a module constant typed by its
 argument and result (``STORAGE_POOL_GET_INFO: Procedure[PoolArgs,
 PoolGetInfoRet]``), so a typed caller gets the right result type; ``PROCEDURES``
 maps every number to its entry. Adding a procedure: its number in ``Proc``, its
@@ -44,13 +44,10 @@ class Procedure(Generic[ArgsT, RetT]):
     mutating: bool = False
     # A message the server sends on its own (an event); a client may not call it.
     event: bool = False
-
-    @property
-    def refused_read_only(self) -> bool:
-        """Whether a read-only connection refuses the call: libvirt's API checks for
-        read-only access in every call that changes state, and in volume downloads
-        (a volume's content is not for every user)."""
-        return self.mutating or self.stream is StreamDirection.DOWNLOAD
+    # A read-only connection gets "read only access prevents <api_name>": libvirt's
+    # API checks for it in every call that changes state, and in a few that only
+    # read what not every user may see (a volume's content).
+    refused_read_only: bool = False
 
     @property
     def api_name(self) -> str:
@@ -127,6 +124,7 @@ def _p(
     stream: StreamDirection | None = ...,
     mutating: bool = ...,
     event: bool = ...,
+    refused_read_only: bool | None = ...,
 ) -> Procedure[None, None]: ...
 @overload
 def _p(
@@ -138,6 +136,7 @@ def _p(
     stream: StreamDirection | None = ...,
     mutating: bool = ...,
     event: bool = ...,
+    refused_read_only: bool | None = ...,
 ) -> Procedure[ArgsT, None]: ...
 @overload
 def _p(
@@ -149,6 +148,7 @@ def _p(
     stream: StreamDirection | None = ...,
     mutating: bool = ...,
     event: bool = ...,
+    refused_read_only: bool | None = ...,
 ) -> Procedure[None, RetT]: ...
 @overload
 def _p(
@@ -160,6 +160,7 @@ def _p(
     stream: StreamDirection | None = ...,
     mutating: bool = ...,
     event: bool = ...,
+    refused_read_only: bool | None = ...,
 ) -> Procedure[ArgsT, RetT]: ...
 def _p(
     proc: Proc,
@@ -170,12 +171,23 @@ def _p(
     stream: StreamDirection | None = None,
     mutating: bool = False,
     event: bool = False,
+    refused_read_only: bool | None = None,
 ) -> Procedure[Any, Any]:
-    """Enter a procedure in ``PROCEDURES`` (once) and return its typed entry."""
+    """Enter a procedure in ``PROCEDURES`` (once) and return its typed entry.
+
+    ``refused_read_only`` defaults to ``mutating``."""
     if proc.value in PROCEDURES:
         raise ValueError(f"{proc.name} entered twice")
     procedure: Procedure[Any, Any] = Procedure(
-        proc.value, proc.name, args, ret, not low, stream, mutating, event
+        proc.value,
+        proc.name,
+        args,
+        ret,
+        not low,
+        stream,
+        mutating,
+        event,
+        mutating if refused_read_only is None else refused_read_only,
     )
     PROCEDURES[proc.value] = procedure
     return procedure
@@ -255,6 +267,7 @@ STORAGE_VOL_DOWNLOAD = _p(
     None,
     low=True,
     stream=StreamDirection.DOWNLOAD,
+    refused_read_only=True,
 )
 STORAGE_VOL_RESIZE = _p(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs, None, low=True, mutating=True)
 CONNECT_LIST_ALL_STORAGE_POOLS = _p(
