@@ -22,6 +22,7 @@ from virtvol.client.errors import (
     SparseUnsupported,
     StorageVolumeExists,
     TransportError,
+    UnsupportedTransport,
     VirtvolError,
 )
 from virtvol.client.objects import (
@@ -34,7 +35,8 @@ from virtvol.client.objects import (
 )
 from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, StreamError, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
-from virtvol.client.uri import Target, default_uri, parse_uri
+from virtvol.client.uri import Target, default_uri, parse_uri, resolve_uri
+from virtvol.client.xmldesc import volume_xml
 
 __all__ = [
     "FRAME_DATA_MAX",
@@ -63,6 +65,7 @@ __all__ = [
     "Target",
     "TransferResult",
     "TransportError",
+    "UnsupportedTransport",
     "Upload",
     "VirtvolError",
     "VolumeInfo",
@@ -71,5 +74,7 @@ __all__ = [
     "default_uri",
     "download_file",
     "parse_uri",
+    "resolve_uri",
     "upload_file",
+    "volume_xml",
 ]

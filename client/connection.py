@@ -21,11 +21,12 @@ from virtvol.client.errors import (
     LibvirtError,
     NoSupport,
     TransportError,
+    UnsupportedTransport,
     VirtvolError,
 )
 from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
-from virtvol.client.uri import Target, default_uri, parse_uri
+from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import AuthType, DriverFeature, ProtocolMode
@@ -45,6 +46,8 @@ class Connection:
         uri: the URI it was opened with.
         target: where it connected, as parsed from the URI.
         protocol: ``"current"`` or ``"legacy"`` (acts as a client that predates sparse streams).
+        sparse_fallback_reported: True once a stream on this connection fell back to
+            dense and the warning was logged (it is logged once per connection).
     """
 
     def __init__(self, rpc: RpcProtocol, target: Target, protocol: ProtocolMode) -> None:
@@ -53,6 +56,7 @@ class Connection:
         self.uri = target.uri
         self.protocol: ProtocolMode = protocol
         self.keepalive_supported = False
+        self.sparse_fallback_reported = False
         self._close_callback = False
         self._closed = False
 
@@ -229,8 +233,13 @@ async def _open_transport(target: Target) -> RpcProtocol:
                 f"transport '{target.transport}' is not supported by virtvol (use tcp or unix)"
             )
     except OSError as exc:
-        where = target.socket_path or f"{target.host}:{target.port}"
-        raise TransportError(f"failed to connect to {where}: {exc.strerror or exc}") from exc
+        # libvirt's client's words, so that virsh users recognise them.
+        reason = exc.strerror or str(exc)
+        if target.socket_path is not None:
+            message = f"Failed to connect socket to '{target.socket_path}': {reason}"
+        else:
+            message = f"unable to connect to server at '{target.host}:{target.port}': {reason}"
+        raise TransportError(message) from exc
     return protocol
 
 
@@ -244,7 +253,9 @@ async def _connect(
 ) -> Connection:
     if protocol not in ("current", "legacy"):
         raise ValueError(f"protocol must be 'current' or 'legacy', not {protocol!r}")
-    target = parse_uri(uri if uri is not None else default_uri(), read_only=read_only)
+    target = parse_uri(resolve_uri(uri), read_only=read_only)
+    if target.transport not in SUPPORTED_TRANSPORTS:
+        raise UnsupportedTransport(target.transport, " or ".join(sorted(SUPPORTED_TRANSPORTS)))
     async with asyncio.timeout(time_limit):
         rpc = await _open_transport(target)
         conn = Connection(rpc, target, protocol)
@@ -295,7 +306,9 @@ def connect(
 
     Args:
         uri: a libvirt URI such as ``storage+tcp://host/system`` or
-            ``storage+unix:///system?socket=/path``; None uses ``$VIRTVOL_DEFAULT_URI``.
+            ``storage+unix:///system?socket=/path``, or an alias from libvirt's
+            client configuration; None picks the default as libvirt does
+            (``virtvol.client.uri.default_uri``).
         timeout: seconds allowed for connecting and the handshake (None: no limit).
         keepalive: ``(interval, count)``: ping after ``interval`` s of silence and
             drop the connection after ``count`` unanswered pings; None or an
@@ -308,7 +321,8 @@ def connect(
         An awaitable async context manager giving a ``Connection``.
 
     Raises:
-        InvalidURI: the URI cannot be used.
+        InvalidURI: the URI cannot be used (``UnsupportedTransport``: its
+            transport, such as ssh, is not one virtvol opens).
         TransportError: the daemon cannot be reached or dropped the connection.
         LibvirtError: the daemon refused to open the connection.
         TimeoutError: the handshake took longer than ``timeout``.

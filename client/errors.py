@@ -5,6 +5,17 @@ reported (code, domain, message), with one subclass per code users catch; the
 registry ``_BY_CODE`` picks the class. Transport failures (the peer went away,
 broke the protocol, or stopped answering keepalives) are ``TransportError``,
 which is also a builtin ``ConnectionError``.
+
+    VirtvolError
+    +-- InvalidURI (also ValueError)
+    |   +-- UnsupportedTransport       a transport virtvol cannot open (ssh, ...)
+    +-- LibvirtError (code, domain, message)
+    |   +-- NoSupport, InvalidArgument, OperationFailed, OperationDenied,
+    |   |   OperationInvalid, NoStoragePool, NoStorageVolume, StorageVolumeExists
+    |   +-- SparseUnsupported          sparse=True, and the peer has no sparse streams
+    +-- TransportError (also ConnectionError)
+    |   +-- ConnectionClosed, ProtocolViolation
+    +-- StreamError                    (virtvol.client.streams) a stream misused
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ __all__ = [
     "SparseUnsupported",
     "StorageVolumeExists",
     "TransportError",
+    "UnsupportedTransport",
     "VirtvolError",
     "error_from_remote",
 ]
@@ -38,6 +50,18 @@ class VirtvolError(Exception):
 
 class InvalidURI(VirtvolError, ValueError):
     """A connection URI that cannot be used (bad syntax or an unknown transport)."""
+
+
+class UnsupportedTransport(InvalidURI):
+    """A URI whose transport libvirt knows but virtvol cannot open (``storage+ssh://``).
+
+    Attributes:
+        transport: the transport's name.
+    """
+
+    def __init__(self, transport: str, supported: str) -> None:
+        super().__init__(f"transport '{transport}' is not supported by virtvol (use {supported})")
+        self.transport = transport
 
 
 class LibvirtError(VirtvolError):
@@ -130,8 +154,14 @@ def error_from_remote(error: RemoteError) -> LibvirtError:
     return cls(code, domain, message, level=error.level)
 
 
-class SparseUnsupported(VirtvolError):
-    """``sparse=True`` was required but the peer cannot do sparse streams."""
+class SparseUnsupported(LibvirtError):
+    """``sparse=True`` was required but the peer cannot do sparse streams.
+
+    A ``LibvirtError``: ``code`` and ``domain`` are those of the peer's refusal
+    of the sparse flag (VIR_ERR_INVALID_ARG, "unsupported flags (0x1) ..."), or
+    VIR_ERR_NO_SUPPORT when the connection was opened with ``protocol="legacy"``
+    and nothing was asked of the peer.
+    """
 
 
 class TransportError(VirtvolError, ConnectionError):

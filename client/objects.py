@@ -18,7 +18,7 @@ from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import PoolInfo as PoolInfo
 from virtvol.protocol.constants import PoolState as PoolState
-from virtvol.protocol.constants import PoolXMLFlags, VolResizeFlags
+from virtvol.protocol.constants import PoolXMLFlags, VolInfoFlags, VolResizeFlags
 from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
 from virtvol.protocol.procedures import ArgsT, Procedure, RetT
@@ -214,9 +214,20 @@ class StorageVolume:
     async def _call(self, procedure: Procedure[ArgsT, RetT], args: ArgsT) -> RetT:
         return await self.connection.rpc.call(procedure, args)
 
-    async def info(self) -> VolumeInfo:
-        """Type, capacity and allocation."""
-        ret = await self._call(procedures.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire))
+    async def info(self, *, physical: bool = False) -> VolumeInfo:
+        """Type, capacity and allocation.
+
+        Args:
+            physical: report the volume's physical size as its allocation
+                (libvirt's VIR_STORAGE_VOL_GET_PHYSICAL, sent with GET_INFO_FLAGS).
+        """
+        if physical:
+            ret = await self._call(
+                procedures.STORAGE_VOL_GET_INFO_FLAGS,
+                r.VolFlagsArgs(self.wire, VolInfoFlags.GET_PHYSICAL),
+            )
+        else:
+            ret = await self._call(procedures.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire))
         return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
 
     async def xml_desc(self) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import queue
 import threading
@@ -329,7 +330,11 @@ async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None
                 stream.send_frame(view[start:stop], release=item.release_one)
                 await stream.drain()
         if progress is not None:
-            progress(stream.data_bytes, stream.hole_bytes + hole)
+            # A pending hole counts as a hole only if it will travel as one.
+            if stream.sparse:
+                progress(stream.data_bytes, stream.hole_bytes + hole)
+            else:
+                progress(stream.data_bytes + hole, 0)
     if hole:
         await stream.skip(hole)
     if progress is not None:
@@ -427,13 +432,17 @@ async def download_file(
         The ``TransferResult``.
 
     Raises:
-        OSError: the destination cannot be written.
+        OSError: the destination cannot be written (``IsADirectoryError`` before
+            anything is transferred when it is a directory).
         LibvirtError: the peer refused or failed the download.
         TransportError: the connection failed.
     """
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     target = os.fspath(path)
+    if await loop.run_in_executor(None, os.path.isdir, target):
+        # Found now, not by the final rename after the whole volume went by.
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
     head, name = os.path.split(target)
     temp = os.path.join(head, f".{name}.{os.urandom(4).hex()}.part")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

@@ -157,6 +157,13 @@ class VolCreateFlags(enum.IntFlag):
     VALIDATE = 4
 
 
+class VolDeleteFlags(enum.IntFlag):
+    """``virStorageVolDeleteFlags``."""
+
+    ZEROED = 1
+    WITH_SNAPSHOTS = 2
+
+
 class VolResizeFlags(enum.IntFlag):
     """``virStorageVolResizeFlags``."""
 
