@@ -8,6 +8,7 @@ async with virtvol.client.connect("storage+tcp://host/system") as conn:
 
 from virtvol.client.connection import Connection, ProtocolMode, connect
 from virtvol.client.errors import (
+    CallTimeout,
     ConnectionClosed,
     InvalidArgument,
     InvalidURI,
@@ -22,6 +23,7 @@ from virtvol.client.errors import (
     SparseUnsupported,
     StorageVolumeExists,
     TransportError,
+    UnsendableValue,
     UnsupportedTransport,
     VirtvolError,
 )
@@ -40,6 +42,7 @@ from virtvol.client.xmldesc import volume_xml
 
 __all__ = [
     "FRAME_DATA_MAX",
+    "CallTimeout",
     "Connection",
     "ConnectionClosed",
     "Download",
@@ -65,6 +68,7 @@ __all__ = [
     "Target",
     "TransferResult",
     "TransportError",
+    "UnsendableValue",
     "UnsupportedTransport",
     "Upload",
     "VirtvolError",

@@ -1021,7 +1021,7 @@ async def _run(command: Command, handler: Handler, args: argparse.Namespace) -> 
         except ArgumentError as exc:
             raise CommandError(str(exc)) from None
         return await handler(conn, args)
-    except TransportError as exc:
+    except VirtvolError as exc:  # a lost connection, a value the wire cannot carry
         raise CommandError(str(exc)) from exc
     finally:
         await conn.close()

@@ -26,6 +26,7 @@ from virtvol.client.errors import (
 )
 from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
+from virtvol.client.tls import client_context, locate_credentials, open_tls
 from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
@@ -40,7 +41,9 @@ class Connection:
     """An open connection to a libvirt-compatible storage daemon.
 
     Create it with ``await connect(uri)`` or ``async with connect(uri) as conn``.
-    Many calls may run at once on one connection (``asyncio.gather``).
+    Many calls may run at once on one connection (``asyncio.gather``). Every
+    call takes a keyword-only ``timeout`` (seconds; None waits as long as the
+    connection lives): ``CallTimeout`` then, and the connection stays usable.
 
     Attributes:
         uri: the URI it was opened with.
@@ -120,49 +123,58 @@ class Connection:
 
     # -- connection-level calls ----------------------------------------------------------
 
-    async def supports_feature(self, feature: int) -> bool:
+    async def supports_feature(self, feature: int, *, timeout: float | None = None) -> bool:
         """Ask CONNECT_SUPPORTS_FEATURE; an error answer means False (libvirt's rule)."""
         try:
             ret = await self.rpc.call(
-                procedures.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs(feature)
+                procedures.CONNECT_SUPPORTS_FEATURE,
+                r.ConnectSupportsFeatureArgs(feature),
+                timeout=timeout,
             )
         except LibvirtError:
             return False
         return ret.supported == 1
 
-    async def lib_version(self) -> int:
+    async def lib_version(self, *, timeout: float | None = None) -> int:
         """The daemon's library version (major * 1000000 + minor * 1000 + micro)."""
-        ret = await self.rpc.call(procedures.CONNECT_GET_LIB_VERSION)
+        ret = await self.rpc.call(procedures.CONNECT_GET_LIB_VERSION, timeout=timeout)
         return ret.lib_ver
 
-    async def get_type(self) -> str:
+    async def get_type(self, *, timeout: float | None = None) -> str:
         """The driver name (e.g. ``"storage"``)."""
-        return (await self.rpc.call(procedures.CONNECT_GET_TYPE)).type
+        return (await self.rpc.call(procedures.CONNECT_GET_TYPE, timeout=timeout)).type
 
     # -- pools ---------------------------------------------------------------------------
 
     def _pool(self, pool: r.StoragePool) -> StoragePool:
         return StoragePool(self, pool.name, pool.uuid)
 
-    async def list_pools(self, *, flags: int = 0) -> list[StoragePool]:
+    async def list_pools(
+        self, *, flags: int = 0, timeout: float | None = None
+    ) -> list[StoragePool]:
         """All pools matching libvirt's CONNECT_LIST_ALL_STORAGE_POOLS ``flags``
         (0: every pool), sorted by name."""
         ret = await self.rpc.call(
             procedures.CONNECT_LIST_ALL_STORAGE_POOLS,
             r.ListAllPoolsArgs(need_results=1, flags=flags),
+            timeout=timeout,
         )
         return sorted((self._pool(p) for p in ret.pools), key=lambda p: p.name)
 
-    async def lookup_pool_by_name(self, name: str) -> StoragePool:
+    async def lookup_pool_by_name(self, name: str, *, timeout: float | None = None) -> StoragePool:
         """The pool called ``name``.
 
         Raises:
             NoStoragePool: no such pool.
         """
-        ret = await self.rpc.call(procedures.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name))
+        ret = await self.rpc.call(
+            procedures.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name), timeout=timeout
+        )
         return self._pool(ret.pool)
 
-    async def lookup_pool_by_uuid(self, uuid: str | bytes | uuidlib.UUID) -> StoragePool:
+    async def lookup_pool_by_uuid(
+        self, uuid: str | bytes | uuidlib.UUID, *, timeout: float | None = None
+    ) -> StoragePool:
         """The pool with that UUID (text, 16 raw bytes, or ``uuid.UUID``).
 
         Raises:
@@ -174,38 +186,54 @@ class Connection:
             raw = uuid.bytes
         else:
             raw = uuid
-        ret = await self.rpc.call(procedures.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw))
+        ret = await self.rpc.call(
+            procedures.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw), timeout=timeout
+        )
         return self._pool(ret.pool)
 
-    async def define_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
+    async def define_pool(
+        self, xml: str, *, flags: int = 0, timeout: float | None = None
+    ) -> StoragePool:
         """Define a persistent pool from its XML (it stays inactive until started)."""
-        ret = await self.rpc.call(procedures.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags))
+        ret = await self.rpc.call(
+            procedures.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
+        )
         return self._pool(ret.pool)
 
-    async def create_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
+    async def create_pool(
+        self, xml: str, *, flags: int = 0, timeout: float | None = None
+    ) -> StoragePool:
         """Create and start a transient pool from its XML."""
-        ret = await self.rpc.call(procedures.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags))
+        ret = await self.rpc.call(
+            procedures.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
+        )
         return self._pool(ret.pool)
 
     # -- volumes by key or path ------------------------------------------------------------
 
-    async def lookup_volume_by_key(self, key: str) -> StorageVolume:
+    async def lookup_volume_by_key(
+        self, key: str, *, timeout: float | None = None
+    ) -> StorageVolume:
         """The volume with that key (for dir pools, its path).
 
         Raises:
             NoStorageVolume: no such volume.
         """
-        ret = await self.rpc.call(procedures.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key))
+        ret = await self.rpc.call(
+            procedures.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key), timeout=timeout
+        )
         return StorageVolume.from_wire(self, ret.vol)
 
-    async def lookup_volume_by_path(self, path: str) -> StorageVolume:
+    async def lookup_volume_by_path(
+        self, path: str, *, timeout: float | None = None
+    ) -> StorageVolume:
         """The volume at that path.
 
         Raises:
             NoStorageVolume: no such volume.
         """
         ret = await self.rpc.call(
-            procedures.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path)
+            procedures.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path), timeout=timeout
         )
         return StorageVolume.from_wire(self, ret.vol)
 
@@ -223,6 +251,18 @@ async def _open_transport(target: Target) -> RpcProtocol:
             sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        elif target.transport == "tls":
+            assert target.host is not None
+            assert target.port is not None
+            context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
+            opened = await open_tls(
+                target.host, target.port, context, lambda: RpcProtocol(description)
+            )
+            assert isinstance(opened, RpcProtocol)
+            protocol = opened
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         elif target.transport == "unix":
             assert target.socket_path is not None
             _, protocol = await loop.create_unix_connection(
@@ -230,7 +270,7 @@ async def _open_transport(target: Target) -> RpcProtocol:
             )
         else:
             raise TransportError(
-                f"transport '{target.transport}' is not supported by virtvol (use tcp or unix)"
+                f"transport '{target.transport}' is not supported by virtvol (use tcp, tls or unix)"
             )
     except OSError as exc:
         # libvirt's client's words, so that virsh users recognise them.

@@ -4,7 +4,9 @@
 reported (code, domain, message), with one subclass per code users catch; the
 registry ``_BY_CODE`` picks the class. Transport failures (the peer went away,
 broke the protocol, or stopped answering keepalives) are ``TransportError``,
-which is also a builtin ``ConnectionError``.
+which is also a builtin ``ConnectionError``. A call not answered in time is
+``CallTimeout``, also a builtin ``TimeoutError``; an argument that cannot be
+put on the wire is ``UnsendableValue``, also a ``ValueError``.
 
     VirtvolError
     +-- InvalidURI (also ValueError)
@@ -15,15 +17,25 @@ which is also a builtin ``ConnectionError``.
     |   +-- SparseUnsupported          sparse=True, and the peer has no sparse streams
     +-- TransportError (also ConnectionError)
     |   +-- ConnectionClosed, ProtocolViolation
+    +-- CallTimeout (also TimeoutError)
+    +-- UnsendableValue (also ValueError)
     +-- StreamError                    (virtvol.client.streams) a stream misused
+
+The protocol core raises its own exceptions (``virtvol.protocol.exceptions``);
+``core_errors`` turns them into these at the edge where the client calls it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorLevel
+from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
 from virtvol.protocol.remote import RemoteError
 
 __all__ = [
+    "CallTimeout",
     "ConnectionClosed",
     "InvalidArgument",
     "InvalidURI",
@@ -38,8 +50,10 @@ __all__ = [
     "SparseUnsupported",
     "StorageVolumeExists",
     "TransportError",
+    "UnsendableValue",
     "UnsupportedTransport",
     "VirtvolError",
+    "core_errors",
     "error_from_remote",
 ]
 
@@ -174,3 +188,28 @@ class ConnectionClosed(TransportError):
 
 class ProtocolViolation(TransportError):
     """The peer broke the wire protocol; the connection was dropped."""
+
+
+class CallTimeout(VirtvolError, TimeoutError):
+    """A call got no answer within its ``timeout``; the connection stays usable and a
+    late answer is dropped."""
+
+
+class UnsendableValue(VirtvolError, ValueError):
+    """An argument the wire protocol cannot carry (a string or list over its
+    maximum, a number out of range); nothing was sent."""
+
+
+@contextlib.contextmanager
+def core_errors(description: str) -> Iterator[None]:
+    """Turn the protocol core's exceptions into the client's.
+
+    Args:
+        description: the peer, for the messages (its URI).
+    """
+    try:
+        yield
+    except LocalProtocolError as exc:
+        raise UnsendableValue(f"cannot send to {description}: {exc}") from exc
+    except RemoteProtocolError as exc:
+        raise ProtocolViolation(f"protocol error from {description}: {exc}") from exc

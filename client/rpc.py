@@ -43,9 +43,11 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast, overload
 
 from virtvol.client.errors import (
+    CallTimeout,
     ConnectionClosed,
     ProtocolViolation,
     TransportError,
+    core_errors,
     error_from_remote,
 )
 from virtvol.protocol.connection import (
@@ -64,7 +66,6 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
-from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 from virtvol.protocol.procedures import ArgsT, Procedure, RetT
@@ -148,11 +149,12 @@ class RpcProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._last_heard = self.loop.time()
         try:
-            self.core.buffer_updated(nbytes)
-            while (event := self.core.next_event()) is not None:
-                self._dispatch(event)
-        except ProtocolError as exc:
-            self._fail(ProtocolViolation(f"protocol error from {self.description}: {exc}"))
+            with core_errors(self.description):
+                self.core.buffer_updated(nbytes)
+                while (event := self.core.next_event()) is not None:
+                    self._dispatch(event)
+        except ProtocolViolation as exc:
+            self._fail(exc)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -168,8 +170,14 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._fail_everyone(self._failure)
         self._write_ready.set()
         self._run_releases()
+        # uvloop's TLS transport keeps bound methods of this protocol after the loss:
+        # dropping our reference breaks the cycle, so the buffers go at once.
+        self.transport = None
         if self._keepalive_task is not None:
+            # The loop keeps the task until it ends; our reference would make a cycle
+            # through its CancelledError's traceback.
             self._keepalive_task.cancel()
+            self._keepalive_task = None
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -263,9 +271,14 @@ class RpcProtocol(asyncio.BufferedProtocol):
 
         A ``sink`` receives the frames of the stream the call opens; it is
         registered before the call leaves, since stream frames may overtake the reply.
+
+        Raises:
+            UnsendableValue: ``args`` cannot be encoded; nothing was sent.
+            TransportError: the connection has failed.
         """
         self.check()
-        serial, frame = self.core.call(procedure.number, args)
+        with core_errors(self.description):
+            serial, frame = self.core.call(procedure.number, args)
         # The core decodes the reply with the procedure's result struct: a RetT.
         waiter: asyncio.Future[RetT] = self.loop.create_future()
         self._waiters[serial] = cast("asyncio.Future[XdrStruct | None]", waiter)
@@ -275,18 +288,46 @@ class RpcProtocol(asyncio.BufferedProtocol):
         return serial, waiter
 
     @overload
-    async def call(self, procedure: Procedure[None, RetT]) -> RetT: ...
+    async def call(
+        self, procedure: Procedure[None, RetT], *, timeout: float | None = None
+    ) -> RetT: ...
     @overload
-    async def call(self, procedure: Procedure[ArgsT, RetT], args: ArgsT) -> RetT: ...
-    async def call(self, procedure: Procedure[Any, RetT], args: XdrStruct | None = None) -> RetT:
+    async def call(
+        self, procedure: Procedure[ArgsT, RetT], args: ArgsT, *, timeout: float | None = None
+    ) -> RetT: ...
+    async def call(
+        self,
+        procedure: Procedure[Any, RetT],
+        args: XdrStruct | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> RetT:
         """Make a call and wait for its result, typed by the procedure table.
+
+        Args:
+            timeout: seconds to wait for the answer (None: as long as the connection lives).
 
         Raises:
             LibvirtError: the peer answered with an error.
             TransportError: the connection failed before the answer came.
+            CallTimeout: no answer within ``timeout``.
+            UnsendableValue: ``args`` cannot be encoded; nothing was sent.
         """
-        _, waiter = self.start_call(procedure, args)
-        return await waiter
+        serial, waiter = self.start_call(procedure, args)
+        if timeout is None:
+            return await waiter
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            if not waiter.cancelled():
+                raise  # not our deadline
+            # The core keeps the call pending, so a late answer is still matched
+            # (and dropped, having no waiter) instead of breaking the connection.
+            self._waiters.pop(serial, None)
+            raise CallTimeout(
+                f"no answer to {procedure.name} from {self.description} within {timeout:g} s"
+            ) from None
 
     def forget_sink(self, serial: int) -> None:
         """Stop routing a stream's frames (its call failed)."""

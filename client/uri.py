@@ -51,7 +51,7 @@ LIBVIRT_DEFAULT_URI_ENV = "LIBVIRT_DEFAULT_URI"
 TRANSPORTS = frozenset({"tls", "unix", "ssh", "libssh2", "ext", "tcp", "libssh"})
 DEFAULT_PORTS = {"tcp": 16509, "tls": 16514}
 # The transports virtvol can open.
-SUPPORTED_TRANSPORTS = frozenset({"tcp", "unix"})
+SUPPORTED_TRANSPORTS = frozenset({"tcp", "tls", "unix"})
 
 # Parameters the remote driver consumes itself; they never reach the server.
 CONSUMED_PARAMS = frozenset(
@@ -94,6 +94,8 @@ class Target:
         socket_path: the UNIX socket path for the unix transport.
         open_name: the name sent in CONNECT_OPEN.
         open_flags: the CONNECT_OPEN flags (bit 0 read-only, bit 1 per-user).
+        pkipath: for tls, the ``?pkipath=`` folder holding the certificates (None: libvirt's).
+        tls_verify: for tls, False when ``?no_verify=1`` skips checking the server.
     """
 
     uri: str
@@ -103,6 +105,8 @@ class Target:
     socket_path: str | None
     open_name: str
     open_flags: int
+    pkipath: str | None = None
+    tls_verify: bool = True
 
 
 def default_uri(config: ClientConfig | None = None) -> str:
@@ -228,4 +232,16 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         socket_path=socket_path,
         open_name=open_name,
         open_flags=flags,
+        pkipath=params.get("pkipath") or None,
+        tls_verify=not _flag(params.get("no_verify")),
     )
+
+
+def _flag(value: str | None) -> bool:
+    """libvirt's integer URI flags (``no_verify=1``): anything but 0 means yes."""
+    if value is None:
+        return False
+    try:
+        return int(value) != 0
+    except ValueError:
+        raise InvalidURI(f"Failed to parse value of URI component no_verify: {value}") from None

@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         action="append",
         default=[],
-        help="tcp://HOST:PORT (needs --auth-tcp none), unix:///PATH or unix-ro:///PATH"
-        " (read-only); repeatable. Default: virtstoraged's Unix sockets, no TCP",
+        help="tcp://HOST:PORT (needs --auth-tcp none), tls://HOST[:PORT] (16514),"
+        " unix:///PATH or unix-ro:///PATH (read-only); repeatable."
+        " Default: virtstoraged's Unix sockets, no TCP",
     )
     parser.add_argument(
         "--auth-tcp",

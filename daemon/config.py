@@ -21,6 +21,18 @@ command line::
     max_client_streams = 16       # upload/download streams open per connection
     handshake_timeout = 30        # seconds a connection may take to send CONNECT_OPEN
 
+    # libvirtd.conf's names. TLS (for tls:// listeners): without ca_file/cert_file/
+    # key_file the files are looked up where libvirt keeps them (docs/security.md).
+    ca_file = "/etc/pki/CA/cacert.pem"
+    cert_file = "/etc/pki/libvirt/servercert.pem"
+    key_file = "/etc/pki/libvirt/private/serverkey.pem"
+    crl_file = "/etc/pki/CA/cacrl.pem"
+    tls_no_verify_certificate = false   # true: accept clients without checking certificates
+    tls_allowed_dn_list = ["C=GB,ST=London,L=London,O=Example,CN=*"]
+    unix_sock_group = "libvirt"   # group of our own Unix sockets
+    unix_sock_rw_perms = "0770"   # default "0700": the owner only
+    unix_sock_ro_perms = "0777"
+
     [pools]
     default = "/var/lib/virtvol/pools/default"
 
@@ -112,6 +124,15 @@ class Settings:
     max_client_requests: int = 5
     max_client_streams: int = 16
     handshake_timeout: float = 30.0
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    crl_file: str = ""
+    tls_no_verify_certificate: bool = False
+    tls_allowed_dn_list: tuple[str, ...] | None = None  # None: every verified client
+    unix_sock_group: str = ""
+    unix_sock_rw_perms: int = 0o700
+    unix_sock_ro_perms: int = 0o777
     config_file: str | None = None
 
     @property
@@ -191,6 +212,54 @@ def _integer(table: dict[str, Any], key: str, default: int, *, minimum: int) -> 
     return value
 
 
+_TLS_FILE_KEYS = ("ca_file", "cert_file", "key_file", "crl_file")
+_ACCESS_KEYS = (
+    *_TLS_FILE_KEYS,
+    "tls_no_verify_certificate",
+    "tls_allowed_dn_list",
+    "unix_sock_group",
+    "unix_sock_rw_perms",
+    "unix_sock_ro_perms",
+)
+
+
+def _perms(table: dict[str, Any], key: str, default: int, source: str) -> int:
+    """An octal permission string such as ``"0770"``, as libvirtd.conf writes them."""
+    value = table.get(key)
+    if value is None:
+        return default
+    try:
+        mode = int(value, 8) if isinstance(value, str) else -1
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f'{source}: {key} must be an octal mode such as "0770", not {value!r}')
+    return mode
+
+
+def _access_settings(table: dict[str, Any], source: str) -> dict[str, Any]:
+    """The TLS and Unix socket access settings (libvirtd.conf's names)."""
+    result: dict[str, Any] = {}
+    for key in (*_TLS_FILE_KEYS, "unix_sock_group"):
+        value = table.get(key, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string")
+        result[key] = value
+    no_verify = table.get("tls_no_verify_certificate", False)
+    if no_verify not in (True, False, 0, 1):  # libvirtd.conf writes 0 or 1
+        raise ConfigError(f"{source}: tls_no_verify_certificate must be true or false")
+    result["tls_no_verify_certificate"] = bool(no_verify)
+    dn_list = table.get("tls_allowed_dn_list")
+    if dn_list is not None and (
+        not isinstance(dn_list, list) or not all(isinstance(item, str) for item in dn_list)
+    ):
+        raise ConfigError(f"{source}: tls_allowed_dn_list must be a list of DN patterns")
+    result["tls_allowed_dn_list"] = tuple(dn_list) if dn_list is not None else None
+    result["unix_sock_rw_perms"] = _perms(table, "unix_sock_rw_perms", 0o700, source)
+    result["unix_sock_ro_perms"] = _perms(table, "unix_sock_ro_perms", 0o777, source)
+    return result
+
+
 def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
     """Settings from a parsed TOML document; unknown keys are refused (typos must not pass)."""
     known = {
@@ -210,6 +279,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         "max_client_requests",
         "max_client_streams",
         "handshake_timeout",
+        *_ACCESS_KEYS,
     }
     unknown = sorted(set(table) - known)
     if unknown:
@@ -252,6 +322,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         max_client_streams=_integer(table, "max_client_streams", 16, minimum=1),
         handshake_timeout=_number(table, "handshake_timeout", 30.0, minimum=0.001),
         config_file=source,
+        **_access_settings(table, source),
     )
 
 

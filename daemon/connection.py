@@ -68,11 +68,12 @@ from virtvol.protocol.connection import (
     rpc_error,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
-from virtvol.protocol.exceptions import ProtocolError
+from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 from virtvol.protocol.procedures import Proc, StreamDirection
 from virtvol.protocol.stream import Side
+from virtvol.protocol.xdr import XdrStruct
 
 log = logging.getLogger("virtvol.daemon.connection")
 
@@ -123,6 +124,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.rpc = Connection(Side.SERVER)
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
+        # Who the peer proved to be (the TLS client's DN), set before connection_made.
+        self.peer_identity: str | None = None
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -171,7 +174,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.connections.add(self)
         ctx.anonymous.add(self)
         ctx.total_connections += 1
-        log.info("%s: connected on %s", self.peer, self._listener)
+        identity = f" as {self.peer_identity}" if self.peer_identity else ""
+        log.info("%s: connected on %s%s", self.peer, self._listener, identity)
         self._handshake_timer = self._loop.call_later(
             ctx.limits.handshake_timeout, self._handshake_expired
         )
@@ -218,6 +222,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Let go of the transport: uvloop's TLS transport keeps bound methods of this
+        # protocol after the loss, and the cycle would hold the stream buffers until
+        # the garbage collector runs.
+        self._transport = None
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
         if self._refused:
@@ -381,7 +389,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif isinstance(event, CallRejected):
             self._calls += 1
             self._log_refusal(event.procedure, event.error.message)
-            self.send(self.rpc.reply_error(event.serial, event.error))
+            self._reply_error(event.serial, event.error)
         elif isinstance(event, FrameIgnored):
             log.debug("%s: dropped %s: %s", self.peer, event.header.describe(), event.reason)
 
@@ -467,7 +475,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 # In the table (the client side uses it) but nothing a client may call here.
                 message = f"unknown procedure: {procedure.number}"
                 self._log_refusal(procedure.number, message)
-                self.send(self.rpc.reply_error(call.serial, rpc_error(message)))
+                self._reply_error(call.serial, rpc_error(message))
                 return
             if handler.runs is Runs.CLOSE:
                 self.send(self.rpc.reply(call.serial))
@@ -492,16 +500,37 @@ class ClientConnection(asyncio.BufferedProtocol):
                     high_priority=procedure.high_priority,
                 )
         except ErrorReport as report:
-            self.send(self.rpc.reply_error(call.serial, remote_error(report)))
+            self._reply_error(call.serial, remote_error(report))
             return
         except Exception as exc:
             if procedure.name not in self._logged_failures:  # once per connection, not per call
                 self._logged_failures.add(procedure.name)
                 log.exception("%s: %s failed", self.peer, procedure.name)
             failure = internal_error(f"{procedure.name} failed: {exc}")
-            self.send(self.rpc.reply_error(call.serial, remote_error(failure)))
+            self._reply_error(call.serial, remote_error(failure))
             return
-        self.send(self.rpc.reply(call.serial, result))
+        self._reply(call.serial, procedure.name, result)
+
+    def _reply(self, serial: int, name: str, result: XdrStruct | None) -> None:
+        """Answer a call; a result that cannot be encoded (a list longer than the
+        protocol allows) is answered with the RPC error libvirtd sends then."""
+        try:
+            frame = self.rpc.reply(serial, result)
+        except XdrEncodeError as exc:
+            log.error("%s: the result of %s cannot be sent: %s", self.peer, name, exc)
+            self._reply_error(serial, rpc_error(f"Unable to encode message payload: {exc}"))
+            return
+        self.send(frame)
+
+    def _reply_error(self, serial: int, error: r.RemoteError) -> None:
+        """Answer a call with an error; one that cannot be encoded (a message longer
+        than a wire string) goes as a plain one, so the call is never left unanswered."""
+        try:
+            frame = self.rpc.reply_error(serial, error)
+        except XdrEncodeError as exc:
+            log.error("%s: an error reply cannot be sent: %s", self.peer, exc)
+            frame = self.rpc.reply_error(serial, rpc_error("Unable to encode message payload"))
+        self.send(frame)
 
     def _log_refusal(self, procedure: int, message: str | None) -> None:
         if not self._logged_refusal:

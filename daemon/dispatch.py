@@ -108,6 +108,17 @@ def _check_maxnames(maxnames: int, limit: int, what: str) -> None:
         raise ErrorReport(ErrorCode.RPC, ErrorDomain.RPC, f"maxnames > {what}")
 
 
+def _check_list_length(count: int, limit: int, what: str) -> None:
+    # libvirtd's generated dispatcher refuses to answer a list-all call whose
+    # result the protocol cannot carry, whether or not the objects were asked for.
+    if count > limit:
+        raise ErrorReport.raised(
+            ErrorCode.INTERNAL_ERROR,
+            ErrorDomain.RPC,
+            f"Too many {what} '{count}' for limit '{limit}'",
+        )
+
+
 def _list_pools(reg: StorageRegistry, a: r.ListNamesArgs) -> r.ListPoolNamesRet:
     _check_maxnames(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
     return r.ListPoolNamesRet(names=tuple(reg.list_active_pool_names(a.maxnames)))
@@ -125,12 +136,14 @@ def _list_volumes(reg: StorageRegistry, a: r.PoolListVolumesArgs) -> r.ListVolNa
 
 def _list_all_pools(reg: StorageRegistry, a: r.ListAllPoolsArgs) -> r.ListAllPoolsRet:
     pools = reg.list_all_pools(a.flags)
+    _check_list_length(len(pools), REMOTE_STORAGE_POOL_LIST_MAX, "storage_pools")
     wire = tuple(_wire_pool(p) for p in pools) if a.need_results else ()
     return r.ListAllPoolsRet(pools=wire, ret=len(pools))
 
 
 def _list_all_volumes(reg: StorageRegistry, a: r.PoolListAllVolumesArgs) -> r.PoolListAllVolumesRet:
     vols = reg.list_all_volumes(pool_ref(a.pool), a.flags)
+    _check_list_length(len(vols), REMOTE_STORAGE_VOL_LIST_MAX, "storage_vols")
     wire = tuple(_wire_vol(v) for v in vols) if a.need_results else ()
     return r.PoolListAllVolumesRet(vols=wire, ret=len(vols))
 

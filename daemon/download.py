@@ -88,7 +88,11 @@ class Download:
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
         except Exception as exc:
-            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("download", exc)
+            report = (
+                exc
+                if isinstance(exc, ErrorReport)
+                else unexpected_failure(f"download from {self.stats.volume}", exc)
+            )
             self._outcome = f"failed: {report.message}"
             if self._serial in self._sink.rpc.streams:
                 self._sink.send(

@@ -39,12 +39,16 @@ class FrameSink(Protocol):
         """Withdraw ``owner``'s pause."""
 
 
-def unexpected_failure(direction: str, exc: Exception) -> ErrorReport:
+def unexpected_failure(what: str, exc: Exception) -> ErrorReport:
     """A stream that broke for a reason nobody foresaw still ends with an error the client
-    hears (instead of a client waiting forever); the traceback goes to the log."""
-    log.error("%s stream failed", direction, exc_info=exc)
+    hears (instead of a client waiting forever); the traceback goes to the log.
+
+    Args:
+        what: the transfer, as "upload to POOL/VOLUME" or "download from POOL/VOLUME".
+    """
+    log.error("%s failed", what, exc_info=exc)
     return ErrorReport.raised(
-        ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{direction} stream failed: {exc}"
+        ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{what} failed: {exc}"
     )
 
 

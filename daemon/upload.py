@@ -124,7 +124,11 @@ class Upload:
             # After the acknowledgement: the client need not wait for this.
             await self._file.run(self._writer.release_replaced)
         except Exception as exc:
-            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("upload", exc)
+            report = (
+                exc
+                if isinstance(exc, ErrorReport)
+                else unexpected_failure(f"upload to {self.stats.volume}", exc)
+            )
             self._outcome = f"failed: {report.message}"
             self._fail(report)
         finally:

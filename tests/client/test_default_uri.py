@@ -51,6 +51,9 @@ def _run(
         if as_nobody
         else []
     )
+    if as_nobody:
+        # Coverage data files go where the tests' user writes, not nobody.
+        env = {key: value for key, value in env.items() if not key.startswith("COVERAGE_")}
     return subprocess.run(
         [*prefix, *argv],
         capture_output=True,
