@@ -112,8 +112,8 @@ def test_system_mode_listens_on_virtstoraged_sockets_and_no_tcp(tmp_path: Path) 
         unix, tcp = _listeners(process.pid)
         assert unix == {str(sock_dir / "virtstoraged-sock"), str(sock_dir / "virtstoraged-sock-ro")}
         assert tcp == [], log.read_text()
-        assert stat.S_IMODE((sock_dir / "virtstoraged-sock").stat().st_mode) == 0o600
-        assert stat.S_IMODE((sock_dir / "virtstoraged-sock-ro").stat().st_mode) == 0o666
+        assert stat.S_IMODE((sock_dir / "virtstoraged-sock").stat().st_mode) == 0o700
+        assert stat.S_IMODE((sock_dir / "virtstoraged-sock-ro").stat().st_mode) == 0o777
         rw = f"storage+unix:///system?socket={sock_dir / 'virtstoraged-sock'}"
         ro = f"storage+unix:///system?socket={sock_dir / 'virtstoraged-sock-ro'}"
         assert (
