@@ -6,11 +6,17 @@ STATE_DIR ?= $(CURDIR)/.virtvol-state
 # TCP port of `make run` (make run PORT=16510 when 16509 is taken).
 PORT ?= 16509
 
-.PHONY: setup peers run test lint typecheck unit bench clean install
+.PHONY: setup ceph-binding peers run test lint typecheck unit bench bench-rbd clean install
 
 # The real libvirt 9.0 peers of the interop tests (Debian packages).
-PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps
-PEER_TOOLS := virsh libvirtd tshark systemd-analyze systemd-socket-activate
+PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps \
+	ceph-mon ceph-osd ceph-common python3-rbd python3-rados
+PEER_TOOLS := virsh libvirtd tshark systemd-analyze systemd-socket-activate \
+	ceph-mon ceph-osd ceph rbd monmaptool ceph-authtool
+# Ceph's Python binding (rbd pools) exists only as Debian's python3-rbd / python3-rados,
+# built for the system's CPython; setup links just those modules into the venv.
+CEPH_MODULES := rados rbd
+CEPH_PY_DIR ?= /usr/lib/python3/dist-packages
 
 # A strict editable install links each module file: reinstall when modules come or go.
 PACKAGE_FILES := $(wildcard protocol/*.py client/*.py daemon/*.py daemon/*/*.py)
@@ -21,7 +27,17 @@ $(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
 	touch $@
 
-setup: $(BIN)/virtvold
+# Link rados/rbd into the venv when Debian's packages are there and match its Python.
+ceph-binding: $(BIN)/virtvold
+	@site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])'); \
+	suffix=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))'); \
+	for module in $(CEPH_MODULES); do \
+	  if [ -e $(CEPH_PY_DIR)/$$module$$suffix ]; then \
+	    ln -sfn $(CEPH_PY_DIR)/$$module$$suffix $$site/$$module$$suffix; \
+	  fi; \
+	done
+
+setup: $(BIN)/virtvold ceph-binding
 
 # A directory pool "default" under a local state dir, loopback TCP and a Unix socket.
 # Plain TCP has no authentication: virtvold opens it only when told (--auth-tcp none).
@@ -58,6 +74,7 @@ peers:
 	@missing=0; \
 	for tool in $(PEER_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	/usr/bin/python3 -c 'import libvirt' 2>/dev/null || missing=1; [ -x /bin/kill ] || missing=1; \
+	/usr/bin/python3 -c 'import rados, rbd' 2>/dev/null || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" != 0 ]; then \
 	    echo "the tests need root and: apt-get install --no-install-recommends $(PEER_PACKAGES)" >&2; \
@@ -72,6 +89,10 @@ test: peers lint typecheck unit
 
 bench: setup
 	$(BIN)/python -m bench.transfer
+
+# rbd pool transfers against rbd import/export, on a throwaway Ceph cluster.
+bench-rbd: setup
+	$(BIN)/python -m bench.rbd
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

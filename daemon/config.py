@@ -36,6 +36,9 @@ command line::
     [pools]
     default = "/var/lib/virtvol/pools/default"
 
+    [ceph_keys]                   # cephx keys offered to rbd pools as private secrets,
+    "client.admin secret" = "/etc/ceph/ceph.client.admin.keyring"   # by usage name
+
 A flag given on the command line replaces the file's value; ``--pool`` adds to
 (or overrides by name) the file's pools.
 
@@ -133,6 +136,8 @@ class Settings:
     unix_sock_group: str = ""
     unix_sock_rw_perms: int = 0o700
     unix_sock_ro_perms: int = 0o777
+    # usage name -> keyring file: private secrets of usage type ceph (see docs/rbd.md).
+    ceph_keys: dict[str, str] = field(default_factory=dict)
     config_file: str | None = None
 
     @property
@@ -280,6 +285,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         "max_client_streams",
         "handshake_timeout",
         *_ACCESS_KEYS,
+        "ceph_keys",
     }
     unknown = sorted(set(table) - known)
     if unknown:
@@ -292,6 +298,11 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         isinstance(k, str) and isinstance(v, str) and k and v for k, v in pools.items()
     ):
         raise ConfigError(f"{source}: [pools] must map names to directories")
+    ceph_keys = table.get("ceph_keys", {})
+    if not isinstance(ceph_keys, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in ceph_keys.items()
+    ):
+        raise ConfigError(f"{source}: [ceph_keys] must map usage names to key files")
     state_dir = table.get("state_dir", "")
     if not isinstance(state_dir, str):
         raise ConfigError(f"{source}: state_dir must be a string")
@@ -321,6 +332,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         max_client_requests=_integer(table, "max_client_requests", 5, minimum=1),
         max_client_streams=_integer(table, "max_client_streams", 16, minimum=1),
         handshake_timeout=_number(table, "handshake_timeout", 30.0, minimum=0.001),
+        ceph_keys=dict(ceph_keys),
         config_file=source,
         **_access_settings(table, source),
     )

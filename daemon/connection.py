@@ -35,7 +35,9 @@ one busy client cannot starve others.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fcntl
+import functools
 import logging
 import socket
 import struct
@@ -50,7 +52,8 @@ from virtvol.daemon.dispatch import HANDLERS, Runs, vol_ref
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.session import Session
-from virtvol.daemon.storage import VolStreamFlags, VolumeReader, VolumeWriter
+from virtvol.daemon.storage import VolStreamFlags
+from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
 from virtvol.daemon.streamio import TransferStats, remote_error
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
@@ -67,6 +70,7 @@ from virtvol.protocol.connection import (
     StreamHoleReceived,
     rpc_error,
 )
+from virtvol.protocol.constants import MESSAGE_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
 from virtvol.protocol.frames import Payload
@@ -88,6 +92,11 @@ _REQUEST_LIMIT = "max_client_requests"
 _OUTPUT_BACKLOG = "unsent replies"
 _TURN_OVER = "turn over"
 _DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG, _TURN_OVER})
+# The largest frame (header + payload) from a client that cannot write: before
+# CONNECT_OPEN, or read-only. No call such a client may make comes near it, and
+# a frame sent in full costs its size for as long as its connection lives: this
+# keeps any local user at 1 MiB per connection instead of 32.
+LIMITED_MESSAGE_MAX = 1 << 20
 # Frames one connection may have served before it lets every other connection
 # have a turn of the event loop (the loop reads a busy socket many times over).
 FRAMES_PER_TURN = 16
@@ -121,7 +130,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def __init__(self, context: DaemonContext, listener: str, *, read_only: bool) -> None:
         self._ctx = context
         self._listener = listener
-        self.rpc = Connection(Side.SERVER)
+        self.rpc = Connection(Side.SERVER, max_message=LIMITED_MESSAGE_MAX)
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
         # Who the peer proved to be (the TLS client's DN), set before connection_made.
@@ -174,8 +183,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.connections.add(self)
         ctx.anonymous.add(self)
         ctx.total_connections += 1
-        identity = f" as {self.peer_identity}" if self.peer_identity else ""
-        log.info("%s: connected on %s%s", self.peer, self._listener, identity)
+        if ctx.connection_lines.allow():
+            identity = f" as {self.peer_identity}" if self.peer_identity else ""
+            log.info("%s: connected on %s%s", self.peer, self._listener, identity)
         self._handshake_timer = self._loop.call_later(
             ctx.limits.handshake_timeout, self._handshake_expired
         )
@@ -243,14 +253,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
         self._ctx.anonymous.discard(self)
-        log.info(
-            "%s: %s after %.3f s, %d calls, %d streams",
-            self.peer,
-            self._close_reason,
-            time.monotonic() - self._started,
-            self._calls,
-            self._streams_opened,
-        )
+        if self._ctx.connection_lines.allow():
+            log.info(
+                "%s: %s after %.3f s, %d calls, %d streams",
+                self.peer,
+                self._close_reason,
+                time.monotonic() - self._started,
+                self._calls,
+                self._streams_opened,
+            )
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -328,7 +339,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- closing --------------------------------------------------------------------
 
     def stream_count(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + self._streams_opening
 
     def close(self, reason: str, *, notify: bool = True) -> None:
         """Close after the queued frames are sent; with ``notify``, a registered close
@@ -347,7 +358,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if not self._transport.is_closing() or self._close_reason == "closed by the client":
             self._close_reason = reason
-        log.warning("%s: closing: %s", self.peer, reason)
+        if self._ctx.connection_lines.allow():
+            log.warning("%s: closing: %s", self.peer, reason)
         self._transport.abort()
 
     async def wait_closed(self) -> None:
@@ -428,6 +440,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _opened(self) -> None:
         self._ctx.anonymous.discard(self)
+        if not self.session.read_only:
+            self.rpc.reader.max_message = MESSAGE_MAX  # uploads send large data frames
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -561,6 +575,11 @@ class ClientConnection(asyncio.BufferedProtocol):
                 ErrorDomain.STREAMS,
                 f"too many streams open on this connection (max_client_streams is {limit})",
             )
+        refusal = self._ctx.admission.stream_refusal(
+            len(self._ctx.connections), self._ctx.active_streams()
+        )
+        if refusal is not None:
+            raise ErrorReport.raised(ErrorCode.OPERATION_FAILED, ErrorDomain.STREAMS, refusal)
         self._streams_opening += 1
         try:
             handler = await self._open_handler(call, args, upload)
@@ -591,21 +610,21 @@ class ClientConnection(asyncio.BufferedProtocol):
         handler: Upload | Download
         if upload:
             writer = await self._in_thread(
-                self._ctx.registry.open_upload, volume, args.offset, args.length, args.flags
+                self._ctx.registry.open_volume_upload, volume, args.offset, args.length, args.flags
             )
-            assert isinstance(writer, VolumeWriter)
+            assert isinstance(writer, ChunkWriter)
             handler = Upload(self, call.serial, writer, executor=self._ctx.io, stats=stats)
         else:
             # The reader always reports holes: on a plain stream they go as zeros
             # from memory instead of being read from the disk.
             reader = await self._in_thread(
-                self._ctx.registry.open_download,
+                self._ctx.registry.open_volume_download,
                 volume,
                 args.offset,
                 args.length,
                 args.flags | VolStreamFlags.SPARSE,
             )
-            assert isinstance(reader, VolumeReader)
+            assert isinstance(reader, ChunkReader)
             handler = Download(
                 self,
                 call.serial,
@@ -624,14 +643,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             del self._streams[serial]
 
     async def _in_thread(
-        self, func: Callable[..., VolumeReader | VolumeWriter], *args: object
-    ) -> VolumeReader | VolumeWriter:
+        self, func: Callable[..., ChunkReader | ChunkWriter], *args: object
+    ) -> ChunkReader | ChunkWriter:
         """Open a stream's file in a worker; if we are cancelled meanwhile, release it."""
         future = self._ctx.call_queue.submit(self, func, *args)
         try:
-            result: VolumeReader | VolumeWriter = await asyncio.shield(future)
+            result: ChunkReader | ChunkWriter = await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(_release_opened)
+            future.add_done_callback(functools.partial(_release_opened, self._ctx.io))
             raise
         return result
 
@@ -664,11 +683,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._schedule_keepalive()
 
 
-def _release_opened(future: asyncio.Future[VolumeReader | VolumeWriter]) -> None:
+def _release_opened(
+    executor: concurrent.futures.Executor, future: asyncio.Future[ChunkReader | ChunkWriter]
+) -> None:
     if future.cancelled() or future.exception() is not None:
         return
     opened = future.result()
-    if isinstance(opened, VolumeWriter):
-        opened.abort()
-    else:
-        opened.close()
+    release = opened.abort if isinstance(opened, ChunkWriter) else opened.close
+    try:
+        executor.submit(release)  # an rbd image's close is a cluster round trip
+    except RuntimeError:  # the workers are gone: the daemon is stopping
+        release()

@@ -20,9 +20,15 @@ from typing import Any
 
 from virtvol.daemon.session import Session
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
+from virtvol.daemon.storage.reports import uuid_text
+from virtvol.daemon.storage.secrets import SecretDefinition
 from virtvol.protocol import procedures as p
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import REMOTE_STORAGE_POOL_LIST_MAX, REMOTE_STORAGE_VOL_LIST_MAX
+from virtvol.protocol.constants import (
+    REMOTE_SECRET_LIST_MAX,
+    REMOTE_STORAGE_POOL_LIST_MAX,
+    REMOTE_STORAGE_VOL_LIST_MAX,
+)
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 from virtvol.protocol.xdr import XdrStruct
@@ -196,6 +202,36 @@ def _resize_volume(reg: StorageRegistry, a: r.VolResizeArgs) -> None:
     reg.resize_volume(vol_ref(a.vol), a.capacity, a.flags)
 
 
+def _wire_secret(definition: SecretDefinition) -> r.Secret:
+    return r.Secret(
+        uuid=definition.uuid, usage_type=int(definition.usage_type), usage_id=definition.usage_id
+    )
+
+
+def _secret_ret(definition: SecretDefinition) -> r.SecretRet:
+    return r.SecretRet(secret=_wire_secret(definition))
+
+
+def _list_secrets(reg: StorageRegistry, a: r.ListSecretsArgs) -> r.ListSecretsRet:
+    _check_maxnames(a.maxuuids, REMOTE_SECRET_LIST_MAX, "REMOTE_SECRET_LIST_MAX")
+    found = reg.secrets.list_all()[: max(a.maxuuids, 0)]
+    return r.ListSecretsRet(uuids=tuple(uuid_text(d.uuid) for d in found))
+
+
+def _list_all_secrets(reg: StorageRegistry, a: r.ListAllSecretsArgs) -> r.ListAllSecretsRet:
+    found = reg.secrets.list_all(a.flags)
+    wire = tuple(_wire_secret(d) for d in found) if a.need_results else ()
+    return r.ListAllSecretsRet(secrets=wire, ret=len(found))
+
+
+def _set_secret_value(reg: StorageRegistry, a: r.SecretSetValueArgs) -> None:
+    reg.secrets.set_value(a.secret.uuid, a.value, a.flags)
+
+
+def _undefine_secret(reg: StorageRegistry, a: r.SecretArgs) -> None:
+    reg.secrets.undefine(a.secret.uuid)
+
+
 HANDLERS = handler_table(
     session(p.AUTH_LIST, Session.auth_list),
     session(p.CONNECT_OPEN, Session.open),
@@ -291,4 +327,27 @@ HANDLERS = handler_table(
     storage(
         p.STORAGE_VOL_GET_PATH, lambda reg, a: r.VolGetPathRet(name=reg.volume_path(vol_ref(a.vol)))
     ),
+    storage(p.CONNECT_NUM_OF_SECRETS, lambda reg, a: r.NumRet(num=len(reg.secrets.list_all()))),
+    storage(p.CONNECT_LIST_SECRETS, _list_secrets),
+    storage(p.CONNECT_LIST_ALL_SECRETS, _list_all_secrets),
+    storage(
+        p.SECRET_LOOKUP_BY_UUID, lambda reg, a: _secret_ret(reg.secrets.lookup_by_uuid(a.uuid))
+    ),
+    storage(
+        p.SECRET_LOOKUP_BY_USAGE,
+        lambda reg, a: _secret_ret(reg.secrets.lookup_by_usage(a.usage_type, a.usage_id)),
+    ),
+    storage(
+        p.SECRET_DEFINE_XML, lambda reg, a: _secret_ret(reg.secrets.define_xml(a.xml, a.flags))
+    ),
+    storage(
+        p.SECRET_GET_XML_DESC,
+        lambda reg, a: r.XmlRet(xml=reg.secrets.xml(a.secret.uuid, a.flags)),
+    ),
+    storage(p.SECRET_SET_VALUE, _set_secret_value),
+    storage(
+        p.SECRET_GET_VALUE,
+        lambda reg, a: r.SecretGetValueRet(value=reg.secrets.get_value(a.secret.uuid, a.flags)),
+    ),
+    storage(p.SECRET_UNDEFINE, _undefine_secret),
 )

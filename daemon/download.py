@@ -25,7 +25,8 @@ import concurrent.futures
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.sendbuffers import SendBuffers
-from virtvol.daemon.storage import Chunk, VolumeReader
+from virtvol.daemon.storage import Chunk
+from virtvol.daemon.storage.backend import ChunkReader
 from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 
@@ -49,7 +50,7 @@ class Download:
         self,
         sink: FrameSink,
         serial: int,
-        reader: VolumeReader,
+        reader: ChunkReader,
         *,
         sparse: bool,
         executor: concurrent.futures.Executor,

@@ -143,6 +143,10 @@ class Daemon:
         return self._tls_policy
 
     def _load_pools(self, settings: Settings) -> None:
+        # Keys from the config join the stored secrets before pools autostart with them.
+        self._registry.secrets.load()
+        for usage, path in settings.ceph_keys.items():
+            self._registry.secrets.offer_key_file(usage, path)
         self._registry.load()
         for name, directory in settings.pools.items():
             self._registry.ensure_pool(name, directory)
@@ -169,7 +173,11 @@ class Daemon:
             return bound
         try:
             tcp = tcpauth.check_listen_urls(self.settings)
-            bound = bind_all(self.settings.effective_listen(), unix_access(self.settings))
+            bound = bind_all(
+                self.settings.effective_listen(),
+                unix_access(self.settings),
+                private_dirs=self.settings.effective_mode() == "session",
+            )
         except (ConfigError, ListenError) as exc:
             raise StartupError(str(exc)) from None
         tcpauth.warn_unauthenticated(tcp)

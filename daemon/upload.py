@@ -28,7 +28,7 @@ import concurrent.futures
 import enum
 
 from virtvol.daemon.fileworker import FileWorker
-from virtvol.daemon.storage import VolumeWriter
+from virtvol.daemon.storage.backend import ChunkWriter
 from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
@@ -52,7 +52,7 @@ class Upload:
         self,
         sink: FrameSink,
         serial: int,
-        writer: VolumeWriter,
+        writer: ChunkWriter,
         *,
         executor: concurrent.futures.Executor,
         stats: TransferStats,

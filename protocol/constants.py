@@ -57,6 +57,7 @@ HEADER_SIZE = 24
 FRAME_OVERHEAD = LENGTH_WORD_SIZE + HEADER_SIZE
 MESSAGE_MAX = 32 * 1024 * 1024
 PAYLOAD_MAX = MESSAGE_MAX - HEADER_SIZE
+LEGACY_PAYLOAD_MAX = 262120
 MESSAGE_STRING_MAX = 4194304
 
 # remote_protocol.x maxima.
@@ -64,6 +65,8 @@ REMOTE_STRING_MAX = 4194304
 REMOTE_STORAGE_POOL_LIST_MAX = 16384
 REMOTE_STORAGE_VOL_LIST_MAX = 16384
 REMOTE_AUTH_TYPE_LIST_MAX = 20
+REMOTE_SECRET_VALUE_MAX = 65536
+REMOTE_SECRET_LIST_MAX = 16384
 VIR_UUID_BUFLEN = 16
 
 
@@ -186,6 +189,8 @@ class VolStreamFlags(enum.IntFlag):
 
 
 class PoolState(enum.IntEnum):
+    """A pool's state (libvirt's ``virStoragePoolState``)."""
+
     INACTIVE = 0
     BUILDING = 1
     RUNNING = 2
@@ -194,6 +199,8 @@ class PoolState(enum.IntEnum):
 
 
 class VolumeType(enum.IntEnum):
+    """A volume's type (libvirt's ``virStorageVolType``)."""
+
     FILE = 0
     BLOCK = 1
     DIR = 2
