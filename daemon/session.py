@@ -82,8 +82,10 @@ def not_open() -> ErrorReport:
 
 
 def read_only_denied(function: str) -> ErrorReport:
+    # libvirt reports from the API's own module: libvirt-secret.c for virSecret*.
+    domain = ErrorDomain.SECRET if function.startswith("virSecret") else ErrorDomain.STORAGE
     return ErrorReport.raised(
-        ErrorCode.OPERATION_DENIED, ErrorDomain.STORAGE, f"read only access prevents {function}"
+        ErrorCode.OPERATION_DENIED, domain, f"read only access prevents {function}"
     )
 
 
