@@ -46,17 +46,15 @@ from virtvol.client.progress import TransferProgress, summary_line
 from virtvol.client.sizes import SizeError, format_size, parse_size
 from virtvol.client.uri import DEFAULT_URI_ENV
 from virtvol.client.xmldesc import escape, renamed_volume_xml, volume_xml
+from virtvol.protocol.constants import (
+    ListPoolsFlags,
+    PoolCreateFlags,
+    VolCreateFlags,
+    VolDeleteFlags,
+)
 
 __all__ = ["main"]
 
-LIST_INACTIVE = 1
-LIST_ACTIVE = 2
-POOL_CREATE_WITH_BUILD = 1
-POOL_CREATE_WITH_BUILD_OVERWRITE = 2
-POOL_CREATE_WITH_BUILD_NO_OVERWRITE = 4
-VOL_CREATE_PREALLOC_METADATA = 1
-VOL_CREATE_REFLINK = 2
-VOL_DELETE_WITH_SNAPSHOTS = 2
 
 _STATE_DETAILS = {
     PoolState.INACTIVE: "inactive",
@@ -196,17 +194,15 @@ _POOL_TYPES = [
     "vstorage",
     "iscsi-direct",
 ]
-LIST_PERSISTENT, LIST_TRANSIENT, LIST_AUTOSTART, LIST_NO_AUTOSTART = 4, 8, 16, 32
-LIST_FIRST_TYPE = 64
 
 
 def _pool_list_flags(args: argparse.Namespace) -> int:
-    flags = 0 if args.all else LIST_INACTIVE if args.inactive else LIST_ACTIVE
+    flags = 0 if args.all else ListPoolsFlags.INACTIVE if args.inactive else ListPoolsFlags.ACTIVE
     for given, bit in (
-        (args.persistent, LIST_PERSISTENT),
-        (args.transient, LIST_TRANSIENT),
-        (args.autostart, LIST_AUTOSTART),
-        (args.no_autostart, LIST_NO_AUTOSTART),
+        (args.persistent, ListPoolsFlags.PERSISTENT),
+        (args.transient, ListPoolsFlags.TRANSIENT),
+        (args.autostart, ListPoolsFlags.AUTOSTART),
+        (args.no_autostart, ListPoolsFlags.NO_AUTOSTART),
     ):
         if given:
             flags |= bit
@@ -214,7 +210,7 @@ def _pool_list_flags(args: argparse.Namespace) -> int:
         for name in args.type.split(","):
             if name not in _POOL_TYPES:
                 raise CommandError(f"Invalid pool type '{name}'")
-            flags |= LIST_FIRST_TYPE << _POOL_TYPES.index(name)
+            flags |= ListPoolsFlags.DIR << _POOL_TYPES.index(name)
     return flags
 
 
@@ -355,11 +351,11 @@ def _pool_xml(args: argparse.Namespace) -> str:
 
 def _build_flags(args: argparse.Namespace) -> int:
     """pool-start/pool-create-as: --build, --overwrite, --no-overwrite (exclusive)."""
-    flags = POOL_CREATE_WITH_BUILD if args.build else 0
+    flags = PoolCreateFlags.WITH_BUILD if args.build else 0
     if args.overwrite:
-        flags |= POOL_CREATE_WITH_BUILD_OVERWRITE
+        flags |= PoolCreateFlags.WITH_BUILD_OVERWRITE
     if args.no_overwrite:
-        flags |= POOL_CREATE_WITH_BUILD_NO_OVERWRITE
+        flags |= PoolCreateFlags.WITH_BUILD_NO_OVERWRITE
     return flags
 
 
@@ -527,7 +523,7 @@ async def vol_create_as(conn: Connection, args: argparse.Namespace) -> str:
     )
     if args.print_xml:
         return xml
-    flags = VOL_CREATE_PREALLOC_METADATA if args.prealloc_metadata else 0
+    flags = VolCreateFlags.PREALLOC_METADATA if args.prealloc_metadata else 0
     try:
         await pool.create_volume(xml, flags=flags)
     except LibvirtError as exc:
@@ -537,9 +533,9 @@ async def vol_create_as(conn: Connection, args: argparse.Namespace) -> str:
 
 async def vol_clone(conn: Connection, args: argparse.Namespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
-    flags = VOL_CREATE_PREALLOC_METADATA if args.prealloc_metadata else 0
+    flags = VolCreateFlags.PREALLOC_METADATA if args.prealloc_metadata else 0
     if args.reflink:
-        flags |= VOL_CREATE_REFLINK
+        flags |= VolCreateFlags.REFLINK
     try:
         pool = await vol.pool()
         # As virsh: the original's XML under the new name, so the copy keeps its format.
@@ -560,7 +556,7 @@ async def vol_clone(conn: Connection, args: argparse.Namespace) -> str:
 async def vol_delete(conn: Connection, args: argparse.Namespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     try:
-        await vol.delete(flags=VOL_DELETE_WITH_SNAPSHOTS if args.delete_snapshots else 0)
+        await vol.delete(flags=VolDeleteFlags.WITH_SNAPSHOTS if args.delete_snapshots else 0)
     except LibvirtError as exc:
         _fail(f"Failed to delete vol {args.vol}", exc)
     return Notice(f"Vol {args.vol} deleted\n")

@@ -15,7 +15,7 @@ import socket
 import uuid as uuidlib
 from collections.abc import Coroutine, Generator
 from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Self
 
 from virtvol.client.errors import (
     LibvirtError,
@@ -28,28 +28,13 @@ from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
 from virtvol.client.tls import client_context, locate_credentials, open_tls
 from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import AuthType
-from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
+from virtvol.protocol.constants import AuthType, DriverFeature, ProtocolMode
 
 __all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
 
 log = logging.getLogger("virtvol.client")
-
-ProtocolMode = Literal["current", "legacy"]
-
-FEATURE_PROGRAM_KEEPALIVE = 10
-FEATURE_REMOTE_EVENT_CALLBACK = 14
-FEATURE_REMOTE_CLOSE_CALLBACK = 15
-
-T = TypeVar("T", bound=XdrStruct)
-
-
-def _expect(result: XdrStruct | None, kind: type[T]) -> T:
-    if not isinstance(result, kind):
-        raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
-    return result
 
 
 class Connection:
@@ -83,21 +68,21 @@ class Connection:
 
     async def _handshake(self, keepalive: tuple[float, int] | None) -> None:
         try:
-            auth = _expect(await self._rpc.call(Proc.AUTH_LIST), r.AuthListRet)
+            auth = await self._rpc.call(procedures.AUTH_LIST)
             methods = auth.types
         except NoSupport:
             methods = ()
         if methods and AuthType.NONE not in methods:
             names = ", ".join(AuthType(m).name.lower() for m in methods)
             raise VirtvolError(f"the server requires authentication ({names}), not supported")
-        self.keepalive_supported = await self.supports_feature(FEATURE_PROGRAM_KEEPALIVE)
+        self.keepalive_supported = await self.supports_feature(DriverFeature.PROGRAM_KEEPALIVE)
         await self._rpc.call(
-            Proc.CONNECT_OPEN,
+            procedures.CONNECT_OPEN,
             r.ConnectOpenArgs(name=self.target.open_name, flags=self.target.open_flags),
         )
-        await self.supports_feature(FEATURE_REMOTE_EVENT_CALLBACK)
-        if await self.supports_feature(FEATURE_REMOTE_CLOSE_CALLBACK):
-            await self._rpc.call(Proc.CONNECT_REGISTER_CLOSE_CALLBACK)
+        await self.supports_feature(DriverFeature.REMOTE_EVENT_CALLBACK)
+        if await self.supports_feature(DriverFeature.REMOTE_CLOSE_CALLBACK):
+            await self._rpc.call(procedures.CONNECT_REGISTER_CLOSE_CALLBACK)
             self._close_callback = True
         if keepalive is not None and keepalive[0] > 0 and self.keepalive_supported:
             self._rpc.start_keepalive(keepalive[0], keepalive[1])
@@ -114,8 +99,8 @@ class Connection:
             try:
                 async with asyncio.timeout(5):
                     if self._close_callback:
-                        await self._rpc.call(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK)
-                    await self._rpc.call(Proc.CONNECT_CLOSE)
+                        await self._rpc.call(procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK)
+                    await self._rpc.call(procedures.CONNECT_CLOSE)
             except (LibvirtError, TransportError, TimeoutError) as exc:
                 log.debug("close of %s: %s", self.uri, exc)
         self._rpc.close()
@@ -142,13 +127,10 @@ class Connection:
     async def supports_feature(self, feature: int, *, timeout: float | None = None) -> bool:
         """Ask CONNECT_SUPPORTS_FEATURE; an error answer means False (libvirt's rule)."""
         try:
-            ret = _expect(
-                await self._rpc.call(
-                    Proc.CONNECT_SUPPORTS_FEATURE,
-                    r.ConnectSupportsFeatureArgs(feature),
-                    timeout=timeout,
-                ),
-                r.ConnectSupportsFeatureRet,
+            ret = await self._rpc.call(
+                procedures.CONNECT_SUPPORTS_FEATURE,
+                r.ConnectSupportsFeatureArgs(feature),
+                timeout=timeout,
             )
         except LibvirtError:
             return False
@@ -156,14 +138,12 @@ class Connection:
 
     async def lib_version(self, *, timeout: float | None = None) -> int:
         """The daemon's library version (major * 1000000 + minor * 1000 + micro)."""
-        ret = await self._rpc.call(Proc.CONNECT_GET_LIB_VERSION, timeout=timeout)
-        return _expect(ret, r.ConnectGetLibVersionRet).lib_ver
+        ret = await self._rpc.call(procedures.CONNECT_GET_LIB_VERSION, timeout=timeout)
+        return ret.lib_ver
 
     async def get_type(self, *, timeout: float | None = None) -> str:
         """The driver name (e.g. ``"storage"``)."""
-        return _expect(
-            await self._rpc.call(Proc.CONNECT_GET_TYPE, timeout=timeout), r.ConnectGetTypeRet
-        ).type
+        return (await self._rpc.call(procedures.CONNECT_GET_TYPE, timeout=timeout)).type
 
     # -- pools ---------------------------------------------------------------------------
 
@@ -175,13 +155,10 @@ class Connection:
     ) -> list[StoragePool]:
         """All pools matching libvirt's CONNECT_LIST_ALL_STORAGE_POOLS ``flags``
         (0: every pool), sorted by name."""
-        ret = _expect(
-            await self._rpc.call(
-                Proc.CONNECT_LIST_ALL_STORAGE_POOLS,
-                r.ListAllPoolsArgs(need_results=1, flags=flags),
-                timeout=timeout,
-            ),
-            r.ListAllPoolsRet,
+        ret = await self._rpc.call(
+            procedures.CONNECT_LIST_ALL_STORAGE_POOLS,
+            r.ListAllPoolsArgs(need_results=1, flags=flags),
+            timeout=timeout,
         )
         return sorted((self._pool(p) for p in ret.pools), key=lambda p: p.name)
 
@@ -192,9 +169,9 @@ class Connection:
             NoStoragePool: no such pool.
         """
         ret = await self._rpc.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name), timeout=timeout
+            procedures.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name), timeout=timeout
         )
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        return self._pool(ret.pool)
 
     async def lookup_pool_by_uuid(
         self, uuid: str | bytes | uuidlib.UUID, *, timeout: float | None = None
@@ -211,27 +188,27 @@ class Connection:
         else:
             raw = uuid
         ret = await self._rpc.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw), timeout=timeout
+            procedures.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw), timeout=timeout
         )
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        return self._pool(ret.pool)
 
     async def define_pool(
         self, xml: str, *, flags: int = 0, timeout: float | None = None
     ) -> StoragePool:
         """Define a persistent pool from its XML (it stays inactive until started)."""
         ret = await self._rpc.call(
-            Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
+            procedures.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
         )
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        return self._pool(ret.pool)
 
     async def create_pool(
         self, xml: str, *, flags: int = 0, timeout: float | None = None
     ) -> StoragePool:
         """Create and start a transient pool from its XML."""
         ret = await self._rpc.call(
-            Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
+            procedures.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
         )
-        return self._pool(_expect(ret, r.PoolRet).pool)
+        return self._pool(ret.pool)
 
     # -- volumes by key or path ------------------------------------------------------------
 
@@ -244,9 +221,9 @@ class Connection:
             NoStorageVolume: no such volume.
         """
         ret = await self._rpc.call(
-            Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key), timeout=timeout
+            procedures.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key), timeout=timeout
         )
-        return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self, ret.vol)
 
     async def lookup_volume_by_path(
         self, path: str, *, timeout: float | None = None
@@ -257,9 +234,9 @@ class Connection:
             NoStorageVolume: no such volume.
         """
         ret = await self._rpc.call(
-            Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path), timeout=timeout
+            procedures.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path), timeout=timeout
         )
-        return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self, ret.vol)
 
 
 async def _open_transport(target: Target) -> RpcProtocol:

@@ -26,7 +26,13 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.connection import (
     Connection as ProtocolConnection,
 )
-from virtvol.protocol.constants import LEGACY_PAYLOAD_MAX, AuthType, PoolState, VolumeType
+from virtvol.protocol.constants import (
+    LEGACY_PAYLOAD_MAX,
+    AuthType,
+    PoolState,
+    VolStreamFlags,
+    VolumeType,
+)
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, unsupported_flags
 from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.procedures import Proc
@@ -36,7 +42,6 @@ __all__ = ["MemoryServer"]
 
 LIB_VERSION = 9_000_000  # answers as libvirt 9.0 does
 POOL_CAPACITY = 1 << 40
-_SPARSE_FLAG = 1
 _RESIZE_DELTA, _RESIZE_SHRINK = 2, 4  # libvirt's VIR_STORAGE_VOL_RESIZE_* flags
 _FEATURES = {10, 14, 15}  # keepalive, event callbacks, close callback
 _UNITS = {
@@ -426,7 +431,7 @@ class MemoryServer:
         wanted = _args(call.args, r.VolTransferArgs)
         upload = call.procedure.number == Proc.STORAGE_VOL_UPLOAD
         function = "storageVolUpload" if upload else "storageVolDownload"
-        supported = _SPARSE_FLAG if self.sparse_streams else 0
+        supported = VolStreamFlags.SPARSE if self.sparse_streams else 0
         if wanted.flags & ~supported:
             raise unsupported_flags(wanted.flags & ~supported, function, ErrorDomain.STORAGE)
         _, volume = self._volume(wanted.vol)
@@ -439,7 +444,7 @@ class MemoryServer:
             volume,
             offset=wanted.offset,
             length=wanted.length,
-            sparse=bool(wanted.flags & _SPARSE_FLAG),
+            sparse=bool(wanted.flags & VolStreamFlags.SPARSE),
         )
         self.transfers[call.serial] = transfer
         self.send(self.core.reply(call.serial))

@@ -10,17 +10,18 @@ import enum
 import os
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
 
 from virtvol.client.interfaces import ConnectionLike as Connection
 from virtvol.client.streams import Download, Upload
 from virtvol.client.transfer import TransferResult, download_file, upload_file
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
+from virtvol.protocol.constants import PoolInfo as PoolInfo
 from virtvol.protocol.constants import PoolState as PoolState
+from virtvol.protocol.constants import PoolXMLFlags, VolInfoFlags, VolResizeFlags
+from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
-from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
+from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 
 __all__ = [
     "PoolInfo",
@@ -31,34 +32,7 @@ __all__ = [
     "VolumeType",
 ]
 
-T = TypeVar("T", bound=XdrStruct)
-
 Progress = Callable[[int, int], None]
-
-
-def _expect(result: XdrStruct | None, kind: type[T]) -> T:
-    if not isinstance(result, kind):
-        raise TypeError(f"expected {kind.__name__}, got {type(result).__name__}")
-    return result
-
-
-@dataclass(frozen=True, slots=True)
-class PoolInfo:
-    """A pool's state and sizes in bytes."""
-
-    state: PoolState | int
-    capacity: int
-    allocation: int
-    available: int
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeInfo:
-    """A volume's type and sizes in bytes."""
-
-    type: VolumeType | int
-    capacity: int
-    allocation: int
 
 
 def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
@@ -66,14 +40,6 @@ def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
         return kind(value)
     except ValueError:
         return value
-
-
-# Flags (libvirt's public values).
-POOL_XML_INACTIVE = 1
-VOL_RESIZE_ALLOCATE = 1
-VOL_RESIZE_DELTA = 2
-VOL_RESIZE_SHRINK = 4
-VOL_GET_PHYSICAL = 1
 
 
 class StoragePool:
@@ -111,15 +77,14 @@ class StoragePool:
         return r.StoragePool(self.name, self.uuid.bytes)
 
     async def _call(
-        self, procedure: int, args: XdrStruct, *, timeout: float | None = None
-    ) -> XdrStruct | None:
+        self, procedure: Procedure[ArgsT, RetT], args: ArgsT, *, timeout: float | None = None
+    ) -> RetT:
         return await self.connection._rpc.call(procedure, args, timeout=timeout)
 
     async def info(self, *, timeout: float | None = None) -> PoolInfo:
         """State, capacity, allocation and available bytes (zeros while inactive)."""
-        ret = _expect(
-            await self._call(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire), timeout=timeout),
-            r.PoolGetInfoRet,
+        ret = await self._call(
+            procedures.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire), timeout=timeout
         )
         return PoolInfo(
             _enum_or_int(PoolState, ret.state), ret.capacity, ret.allocation, ret.available
@@ -127,35 +92,37 @@ class StoragePool:
 
     async def xml_desc(self, *, inactive: bool = False, timeout: float | None = None) -> str:
         """The pool's XML (``inactive``: the persistent definition)."""
-        flags = POOL_XML_INACTIVE if inactive else 0
+        flags = PoolXMLFlags.INACTIVE if inactive else 0
         ret = await self._call(
-            Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
+            procedures.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
         )
-        return _expect(ret, r.XmlRet).xml
+        return ret.xml
 
     async def is_active(self, *, timeout: float | None = None) -> bool:
         """Whether the pool is running."""
-        ret = await self._call(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs(self.wire), timeout=timeout)
-        return _expect(ret, r.ActiveRet).active == 1
+        ret = await self._call(
+            procedures.STORAGE_POOL_IS_ACTIVE, r.PoolArgs(self.wire), timeout=timeout
+        )
+        return ret.active == 1
 
     async def is_persistent(self, *, timeout: float | None = None) -> bool:
         """Whether the pool has a persistent definition."""
         ret = await self._call(
-            Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs(self.wire), timeout=timeout
+            procedures.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs(self.wire), timeout=timeout
         )
-        return _expect(ret, r.PersistentRet).persistent == 1
+        return ret.persistent == 1
 
     async def autostart(self, *, timeout: float | None = None) -> bool:
         """Whether the pool starts with the daemon."""
         ret = await self._call(
-            Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs(self.wire), timeout=timeout
+            procedures.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs(self.wire), timeout=timeout
         )
-        return _expect(ret, r.AutostartRet).autostart == 1
+        return ret.autostart == 1
 
     async def set_autostart(self, autostart: bool, *, timeout: float | None = None) -> None:
         """Mark (or unmark) the pool to start with the daemon."""
         await self._call(
-            Proc.STORAGE_POOL_SET_AUTOSTART,
+            procedures.STORAGE_POOL_SET_AUTOSTART,
             r.PoolSetAutostartArgs(self.wire, int(autostart)),
             timeout=timeout,
         )
@@ -163,37 +130,36 @@ class StoragePool:
     async def start(self, *, flags: int = 0, timeout: float | None = None) -> None:
         """Start (activate) a defined pool (``flags``: libvirt's build flags)."""
         await self._call(
-            Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
+            procedures.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
         )
 
     async def destroy(self, *, timeout: float | None = None) -> None:
         """Stop the pool (its volumes are kept)."""
-        await self._call(Proc.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire), timeout=timeout)
+        await self._call(procedures.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire), timeout=timeout)
 
     async def undefine(self, *, timeout: float | None = None) -> None:
         """Remove the pool's persistent definition."""
-        await self._call(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs(self.wire), timeout=timeout)
+        await self._call(procedures.STORAGE_POOL_UNDEFINE, r.PoolArgs(self.wire), timeout=timeout)
 
     async def refresh(self, *, timeout: float | None = None) -> None:
         """Rescan the pool's volumes."""
-        await self._call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(self.wire, 0), timeout=timeout)
+        await self._call(
+            procedures.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(self.wire, 0), timeout=timeout
+        )
 
     async def num_of_volumes(self, *, timeout: float | None = None) -> int:
         """How many volumes the pool holds."""
         ret = await self._call(
-            Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs(self.wire), timeout=timeout
+            procedures.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs(self.wire), timeout=timeout
         )
-        return _expect(ret, r.NumRet).num
+        return ret.num
 
     async def list_volumes(self, *, timeout: float | None = None) -> list[StorageVolume]:
         """The pool's volumes, sorted by name."""
-        ret = _expect(
-            await self._call(
-                Proc.STORAGE_POOL_LIST_ALL_VOLUMES,
-                r.PoolListAllVolumesArgs(self.wire, need_results=1, flags=0),
-                timeout=timeout,
-            ),
-            r.PoolListAllVolumesRet,
+        ret = await self._call(
+            procedures.STORAGE_POOL_LIST_ALL_VOLUMES,
+            r.PoolListAllVolumesArgs(self.wire, need_results=1, flags=0),
+            timeout=timeout,
         )
         vols = (StorageVolume.from_wire(self.connection, v) for v in ret.vols)
         return sorted(vols, key=lambda v: v.name)
@@ -206,29 +172,33 @@ class StoragePool:
             OperationInvalid: the pool is not active.
         """
         ret = await self._call(
-            Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(self.wire, name), timeout=timeout
+            procedures.STORAGE_VOL_LOOKUP_BY_NAME,
+            r.VolLookupByNameArgs(self.wire, name),
+            timeout=timeout,
         )
-        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self.connection, ret.vol)
 
     async def create_volume(
         self, xml: str, *, flags: int = 0, timeout: float | None = None
     ) -> StorageVolume:
         """Create a volume from its XML description."""
         ret = await self._call(
-            Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(self.wire, xml, flags), timeout=timeout
+            procedures.STORAGE_VOL_CREATE_XML,
+            r.VolCreateXmlArgs(self.wire, xml, flags),
+            timeout=timeout,
         )
-        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self.connection, ret.vol)
 
     async def create_volume_from(
         self, xml: str, source: StorageVolume, *, flags: int = 0, timeout: float | None = None
     ) -> StorageVolume:
         """Create a volume from XML, filled with a copy of ``source`` (a clone)."""
         ret = await self._call(
-            Proc.STORAGE_VOL_CREATE_XML_FROM,
+            procedures.STORAGE_VOL_CREATE_XML_FROM,
             r.VolCreateXmlFromArgs(self.wire, xml, source.wire, flags),
             timeout=timeout,
         )
-        return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
+        return StorageVolume.from_wire(self.connection, ret.vol)
 
 
 class StorageVolume:
@@ -274,8 +244,8 @@ class StorageVolume:
         return r.StorageVol(self.pool_name, self.name, self.key)
 
     async def _call(
-        self, procedure: int, args: XdrStruct, *, timeout: float | None = None
-    ) -> XdrStruct | None:
+        self, procedure: Procedure[ArgsT, RetT], args: ArgsT, *, timeout: float | None = None
+    ) -> RetT:
         return await self.connection._rpc.call(procedure, args, timeout=timeout)
 
     async def info(self, *, physical: bool = False, timeout: float | None = None) -> VolumeInfo:
@@ -287,45 +257,48 @@ class StorageVolume:
             timeout: seconds to wait for the answer.
         """
         if physical:
-            call = await self._call(
-                Proc.STORAGE_VOL_GET_INFO_FLAGS,
-                r.VolFlagsArgs(self.wire, VOL_GET_PHYSICAL),
+            ret = await self._call(
+                procedures.STORAGE_VOL_GET_INFO_FLAGS,
+                r.VolFlagsArgs(self.wire, VolInfoFlags.GET_PHYSICAL),
                 timeout=timeout,
             )
         else:
-            call = await self._call(
-                Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire), timeout=timeout
+            ret = await self._call(
+                procedures.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire), timeout=timeout
             )
-        ret = _expect(call, r.VolGetInfoRet)
         return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
 
     async def xml_desc(self, *, timeout: float | None = None) -> str:
         """The volume's XML description."""
         ret = await self._call(
-            Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs(self.wire, 0), timeout=timeout
+            procedures.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs(self.wire, 0), timeout=timeout
         )
-        return _expect(ret, r.XmlRet).xml
+        return ret.xml
 
     async def path(self, *, timeout: float | None = None) -> str:
         """The volume's path on the daemon's host."""
-        ret = await self._call(Proc.STORAGE_VOL_GET_PATH, r.VolArgs(self.wire), timeout=timeout)
-        return _expect(ret, r.VolGetPathRet).name
+        ret = await self._call(
+            procedures.STORAGE_VOL_GET_PATH, r.VolArgs(self.wire), timeout=timeout
+        )
+        return ret.name
 
     async def pool(self, *, timeout: float | None = None) -> StoragePool:
         """The pool that holds the volume."""
         ret = await self._call(
-            Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(self.wire), timeout=timeout
+            procedures.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(self.wire), timeout=timeout
         )
-        pool = _expect(ret, r.PoolRet).pool
+        pool = ret.pool
         return StoragePool(self.connection, pool.name, pool.uuid)
 
     async def delete(self, *, flags: int = 0, timeout: float | None = None) -> None:
         """Delete the volume."""
-        await self._call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(self.wire, flags), timeout=timeout)
+        await self._call(
+            procedures.STORAGE_VOL_DELETE, r.VolFlagsArgs(self.wire, flags), timeout=timeout
+        )
 
     async def wipe(self, *, timeout: float | None = None) -> None:
         """Overwrite the volume's contents with zeros."""
-        await self._call(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0), timeout=timeout)
+        await self._call(procedures.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0), timeout=timeout)
 
     async def resize(
         self,
@@ -345,12 +318,14 @@ class StorageVolume:
             shrink: allow a smaller capacity.
         """
         flags = (
-            (VOL_RESIZE_ALLOCATE if allocate else 0)
-            | (VOL_RESIZE_DELTA if delta else 0)
-            | (VOL_RESIZE_SHRINK if shrink else 0)
+            (VolResizeFlags.ALLOCATE if allocate else 0)
+            | (VolResizeFlags.DELTA if delta else 0)
+            | (VolResizeFlags.SHRINK if shrink else 0)
         )
         await self._call(
-            Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs(self.wire, capacity, flags), timeout=timeout
+            procedures.STORAGE_VOL_RESIZE,
+            r.VolResizeArgs(self.wire, capacity, flags),
+            timeout=timeout,
         )
 
     def upload(self, *, offset: int = 0, length: int = 0, sparse: bool | None = None) -> Upload:

@@ -40,7 +40,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast, overload
 
 from virtvol.client.errors import (
     CallTimeout,
@@ -68,7 +68,7 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
-from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
+from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 from virtvol.protocol.xdr import XdrStruct
 
 __all__ = ["RpcProtocol", "StreamSink"]
@@ -261,8 +261,12 @@ class RpcProtocol(asyncio.BufferedProtocol):
     # -- calls ----------------------------------------------------------------------------
 
     def start_call(
-        self, procedure: int, args: XdrStruct | None = None, *, sink: StreamSink | None = None
-    ) -> tuple[int, asyncio.Future[XdrStruct | None]]:
+        self,
+        procedure: Procedure[Any, RetT],
+        args: XdrStruct | None = None,
+        *,
+        sink: StreamSink | None = None,
+    ) -> tuple[int, asyncio.Future[RetT]]:
         """Write a CALL; returns its serial and the future of its result.
 
         A ``sink`` receives the frames of the stream the call opens; it is
@@ -274,18 +278,31 @@ class RpcProtocol(asyncio.BufferedProtocol):
         """
         self.check()
         with core_errors(self.description):
-            serial, frame = self.core.call(procedure, args)
-        waiter: asyncio.Future[XdrStruct | None] = self.loop.create_future()
-        self._waiters[serial] = waiter
+            serial, frame = self.core.call(procedure.number, args)
+        # The core decodes the reply with the procedure's result struct: a RetT.
+        waiter: asyncio.Future[RetT] = self.loop.create_future()
+        self._waiters[serial] = cast("asyncio.Future[XdrStruct | None]", waiter)
         if sink is not None:
             self._sinks[serial] = sink
         self._write(frame)
         return serial, waiter
 
+    @overload
     async def call(
-        self, procedure: int, args: XdrStruct | None = None, *, timeout: float | None = None
-    ) -> XdrStruct | None:
-        """Make a call and wait for its result.
+        self, procedure: Procedure[None, RetT], *, timeout: float | None = None
+    ) -> RetT: ...
+    @overload
+    async def call(
+        self, procedure: Procedure[ArgsT, RetT], args: ArgsT, *, timeout: float | None = None
+    ) -> RetT: ...
+    async def call(
+        self,
+        procedure: Procedure[Any, RetT],
+        args: XdrStruct | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> RetT:
+        """Make a call and wait for its result, typed by the procedure table.
 
         Args:
             timeout: seconds to wait for the answer (None: as long as the connection lives).
@@ -308,9 +325,8 @@ class RpcProtocol(asyncio.BufferedProtocol):
             # The core keeps the call pending, so a late answer is still matched
             # (and dropped, having no waiter) instead of breaking the connection.
             self._waiters.pop(serial, None)
-            name = REMOTE_PROCEDURE_NAMES.get(procedure, str(procedure))
             raise CallTimeout(
-                f"no answer to {name} from {self.description} within {timeout:g} s"
+                f"no answer to {procedure.name} from {self.description} within {timeout:g} s"
             ) from None
 
     def forget_sink(self, serial: int) -> None:

@@ -30,6 +30,7 @@ from virtvol.client.errors import (
 )
 from virtvol.client.errors import StreamError as StreamError  # re-exported for older imports
 from virtvol.client.rpc import RpcProtocol, StreamEvent
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     StreamDataReceived,
@@ -38,9 +39,10 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
+from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.exceptions import LocalProtocolError
-from virtvol.protocol.procedures import Proc
+from virtvol.protocol.procedures import Procedure
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,7 +68,6 @@ READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
 
 _ZEROS = bytes(FRAME_DATA_MAX)
-_SPARSE_FLAG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ def _at_stage(exc: LibvirtError, stage: str) -> LibvirtError:
 
 
 class _StreamBase:
-    procedure: int
+    procedure: Procedure[r.VolTransferArgs, None]
     direction: str
 
     def __init__(
@@ -145,7 +146,7 @@ class _StreamBase:
             )
         ask = wanted is not False and not legacy
         try:
-            await self._call(_SPARSE_FLAG if ask else 0)
+            await self._call(VolStreamFlags.SPARSE if ask else 0)
             self.sparse = ask
             return
         except InvalidArgument as exc:
@@ -258,7 +259,7 @@ class Upload(_StreamBase):
         data_bytes: data bytes sent so far. hole_bytes: bytes skipped so far.
     """
 
-    procedure = Proc.STORAGE_VOL_UPLOAD
+    procedure = procedures.STORAGE_VOL_UPLOAD
     direction = "upload"
 
     def __init__(
@@ -382,7 +383,7 @@ class Download(_StreamBase):
         data_bytes, hole_bytes: what has been yielded so far.
     """
 
-    procedure = Proc.STORAGE_VOL_DOWNLOAD
+    procedure = procedures.STORAGE_VOL_DOWNLOAD
     direction = "download"
 
     def __init__(

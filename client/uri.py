@@ -33,6 +33,7 @@ from pathlib import Path
 
 from virtvol.client.errors import InvalidURI
 from virtvol.client.libvirt_conf import ClientConfig, load_client_config
+from virtvol.protocol.constants import ConnectOpenFlags
 
 __all__ = [
     "DEFAULT_URI_ENV",
@@ -76,7 +77,6 @@ CONSUMED_PARAMS = frozenset(
 )
 
 # CONNECT_OPEN flag bits (the client's internal open flags).
-OPEN_READ_ONLY = 1
 OPEN_USER = 2
 
 _RUN_DIR = "/var/run/libvirt"
@@ -213,7 +213,7 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         # urlunsplit drops the "//" of an empty authority; libvirt keeps it.
         open_name = driver + "://" + rebuilt[len(driver) + 1 :]
 
-    flags = OPEN_READ_ONLY if read_only else 0
+    flags = ConnectOpenFlags.RO if read_only else 0
     socket_path = None
     port = None
     if transport == "unix":

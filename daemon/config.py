@@ -59,7 +59,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-ProtocolMode = Literal["current", "legacy"]
+from virtvol.protocol.constants import ProtocolMode
+
 PROTOCOL_MODES: tuple[ProtocolMode, ...] = ("current", "legacy")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # libvirtd's values for auth_tcp that mean something here: "sasl" (its default) refuses

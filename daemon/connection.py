@@ -48,10 +48,10 @@ from collections.abc import Callable, Coroutine
 from typing import cast
 
 from virtvol.daemon.context import DaemonContext
-from virtvol.daemon.dispatch import HANDLERS, serve_storage_call, vol_ref
+from virtvol.daemon.dispatch import HANDLERS, Runs, vol_ref
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.sendbuffers import SendBuffers
-from virtvol.daemon.session import SESSION_PROCEDURES, Session
+from virtvol.daemon.session import Session
 from virtvol.daemon.storage import VolStreamFlags
 from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
 from virtvol.daemon.streamio import TransferStats, remote_error
@@ -484,32 +484,34 @@ class ClientConnection(asyncio.BufferedProtocol):
         procedure = call.procedure
         try:
             self.session.check_allowed(procedure)
-            if procedure.number == Proc.CONNECT_CLOSE:
-                self.send(self.rpc.reply(call.serial))
-                self.close("closed by CONNECT_CLOSE", notify=False)
-                return
-            if procedure.stream is not None:
-                await self._open_stream(call)
-                return
-            if procedure.number in SESSION_PROCEDURES:
-                result = self.session.serve(procedure, call.args)
-                if self.session.opened:
-                    self._opened()
-                if self.session.keepalive_requested:
-                    self._start_keepalive()
-            elif procedure.number not in HANDLERS:
+            handler = HANDLERS.get(procedure.number)
+            if handler is None:
                 # In the table (the client side uses it) but nothing a client may call here.
                 message = f"unknown procedure: {procedure.number}"
                 self._log_refusal(procedure.number, message)
                 self._reply_error(call.serial, rpc_error(message))
                 return
+            if handler.runs is Runs.CLOSE:
+                self.send(self.rpc.reply(call.serial))
+                self.close("closed by CONNECT_CLOSE", notify=False)
+                return
+            if handler.runs is Runs.STREAM:
+                await self._open_stream(call)
+                return
+            assert handler.function is not None
+            if handler.runs is Runs.SESSION:
+                result = handler.function(self.session, call.args)
+                if self.session.opened:
+                    self._opened()
+                if self.session.keepalive_requested:
+                    self._start_keepalive()
             else:
                 result = await self._ctx.call_queue.submit(
                     self,
-                    serve_storage_call,
+                    handler.function,
                     self._ctx.registry,
-                    procedure.number,
                     call.args,
+                    high_priority=procedure.high_priority,
                 )
         except ErrorReport as report:
             self._reply_error(call.serial, remote_error(report))

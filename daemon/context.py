@@ -19,6 +19,9 @@ from virtvol.daemon.storage import StorageRegistry
 # Worker threads. Calls and stream I/O get separate pools so that many busy
 # streams cannot make a pool-list wait, nor a slow wipe hold up a stream.
 CALL_WORKERS = 8
+# Calls' workers that take only high-priority calls (libvirtd's prio_workers):
+# those calls are quick, so two keep them moving while slow calls fill the rest.
+PRIORITY_CALL_WORKERS = 2
 IO_WORKERS = 32
 
 
@@ -44,7 +47,7 @@ class DaemonContext:
     keepalive_count: int
     calls: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
-            CALL_WORKERS, thread_name_prefix="virtvold-call"
+            CALL_WORKERS + PRIORITY_CALL_WORKERS, thread_name_prefix="virtvold-call"
         )
     )
     io: concurrent.futures.ThreadPoolExecutor = field(
@@ -64,7 +67,7 @@ class DaemonContext:
     admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
-        self.call_queue = FairExecutor(self.calls, CALL_WORKERS)
+        self.call_queue = FairExecutor(self.calls, CALL_WORKERS, PRIORITY_CALL_WORKERS)
         self.measure_descriptors(nofile_soft_limit())
 
     def measure_descriptors(self, fd_limit: int) -> None:

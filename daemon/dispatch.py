@@ -1,18 +1,28 @@
-"""Storage procedures: wire structs in, one StorageRegistry method, wire structs out.
+"""The daemon's handler of every procedure it serves, one entry per procedure.
 
-Every handler here is synchronous and may touch the disk, so the connection
-runs them in a worker thread; the registry is thread-safe. Stream procedures
-(UPLOAD, DOWNLOAD) are not here: they live in ``upload`` and ``download``.
+``HANDLERS`` maps each procedure number to one handler and says where it runs:
+connection-level procedures on the event loop with the connection's ``Session``;
+storage procedures (wire structs in, one StorageRegistry method, wire structs
+out) in a worker thread, since they may touch the disk (the registry is
+thread-safe); stream procedures open an ``Upload`` or ``Download``; CONNECT_CLOSE
+closes the connection. What a procedure takes and returns, whether a read-only
+connection may call it and its priority come from the procedure table
+(``protocol/procedures.py``), not from here; handlers are type-checked against
+the table's argument and result types. Serving a new procedure: one line below.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from virtvol.daemon.session import Session
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
 from virtvol.daemon.storage.reports import uuid_text
 from virtvol.daemon.storage.secrets import SecretDefinition
+from virtvol.protocol import procedures as p
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import (
     REMOTE_SECRET_LIST_MAX,
@@ -20,10 +30,58 @@ from virtvol.protocol.constants import (
     REMOTE_STORAGE_VOL_LIST_MAX,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
-from virtvol.protocol.procedures import Proc
+from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 from virtvol.protocol.xdr import XdrStruct
 
-Handler = Callable[[StorageRegistry, Any], XdrStruct | None]
+
+class Runs(enum.Enum):
+    """Where and how a procedure is served."""
+
+    SESSION = "session"  # on the event loop, with the connection's Session
+    STORAGE = "storage"  # in the connection's worker queue, with the StorageRegistry
+    STREAM = "stream"  # opens an upload or a download (daemon/upload.py, download.py)
+    CLOSE = "close"  # answered, then the connection closes
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    procedure: Procedure[Any, Any]
+    runs: Runs
+    # (Session or StorageRegistry, args) -> result; None for STREAM and CLOSE.
+    function: Callable[[Any, Any], XdrStruct | None] | None = None
+
+
+def session(
+    procedure: Procedure[ArgsT, RetT], function: Callable[[Session, ArgsT], RetT]
+) -> Handler:
+    return Handler(procedure, Runs.SESSION, function)
+
+
+def storage(
+    procedure: Procedure[ArgsT, RetT], function: Callable[[StorageRegistry, ArgsT], RetT]
+) -> Handler:
+    return Handler(procedure, Runs.STORAGE, function)
+
+
+def stream(procedure: Procedure[Any, Any]) -> Handler:
+    if procedure.stream is None:
+        raise ValueError(f"{procedure.name} opens no stream")
+    return Handler(procedure, Runs.STREAM)
+
+
+def handler_table(*handlers: Handler) -> dict[int, Handler]:
+    """The handlers by procedure number; a procedure handled twice is an error."""
+    table: dict[int, Handler] = {}
+    for handler in handlers:
+        procedure = handler.procedure
+        if procedure.number in table:
+            raise ValueError(f"{procedure.name} has two handlers")
+        if procedure.event:
+            raise ValueError(f"{procedure.name} is an event, not a call")
+        if (procedure.stream is not None) != (handler.runs is Runs.STREAM):
+            raise ValueError(f"{procedure.name}: a stream procedure needs a stream handler")
+        table[procedure.number] = handler
+    return table
 
 
 def pool_ref(pool: r.StoragePool) -> PoolRef:
@@ -174,86 +232,122 @@ def _undefine_secret(reg: StorageRegistry, a: r.SecretArgs) -> None:
     reg.secrets.undefine(a.secret.uuid)
 
 
-SECRET_HANDLERS: dict[int, Handler] = {
-    Proc.CONNECT_NUM_OF_SECRETS: lambda reg, a: r.NumRet(num=len(reg.secrets.list_all())),
-    Proc.CONNECT_LIST_SECRETS: _list_secrets,
-    Proc.CONNECT_LIST_ALL_SECRETS: _list_all_secrets,
-    Proc.SECRET_LOOKUP_BY_UUID: lambda reg, a: _secret_ret(reg.secrets.lookup_by_uuid(a.uuid)),
-    Proc.SECRET_LOOKUP_BY_USAGE: lambda reg, a: _secret_ret(
-        reg.secrets.lookup_by_usage(a.usage_type, a.usage_id)
+HANDLERS = handler_table(
+    session(p.AUTH_LIST, Session.auth_list),
+    session(p.CONNECT_OPEN, Session.open),
+    session(p.CONNECT_SUPPORTS_FEATURE, Session.supports_feature),
+    session(p.CONNECT_GET_TYPE, Session.get_type),
+    session(p.CONNECT_GET_VERSION, Session.get_version),
+    session(p.CONNECT_GET_LIB_VERSION, Session.get_lib_version),
+    session(p.CONNECT_GET_HOSTNAME, Session.get_hostname),
+    session(p.CONNECT_GET_URI, Session.get_uri),
+    session(p.CONNECT_REGISTER_CLOSE_CALLBACK, Session.register_close_callback),
+    session(p.CONNECT_UNREGISTER_CLOSE_CALLBACK, Session.unregister_close_callback),
+    Handler(p.CONNECT_CLOSE, Runs.CLOSE),
+    stream(p.STORAGE_VOL_UPLOAD),
+    stream(p.STORAGE_VOL_DOWNLOAD),
+    storage(p.CONNECT_NUM_OF_STORAGE_POOLS, lambda reg, a: r.NumRet(num=reg.num_active_pools())),
+    storage(p.CONNECT_LIST_STORAGE_POOLS, _list_pools),
+    storage(
+        p.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS, lambda reg, a: r.NumRet(num=reg.num_defined_pools())
     ),
-    Proc.SECRET_DEFINE_XML: lambda reg, a: _secret_ret(reg.secrets.define_xml(a.xml, a.flags)),
-    Proc.SECRET_GET_XML_DESC: lambda reg, a: r.XmlRet(xml=reg.secrets.xml(a.secret.uuid, a.flags)),
-    Proc.SECRET_SET_VALUE: _set_secret_value,
-    Proc.SECRET_GET_VALUE: lambda reg, a: r.SecretGetValueRet(
-        value=reg.secrets.get_value(a.secret.uuid, a.flags)
+    storage(p.CONNECT_LIST_DEFINED_STORAGE_POOLS, _list_defined_pools),
+    storage(p.CONNECT_LIST_ALL_STORAGE_POOLS, _list_all_pools),
+    storage(
+        p.STORAGE_POOL_CREATE_XML, lambda reg, a: _pool_ret(reg.create_pool_xml(a.xml, a.flags))
     ),
-    Proc.SECRET_UNDEFINE: _undefine_secret,
-}
-
-
-HANDLERS: dict[int, Handler] = {
-    Proc.CONNECT_NUM_OF_STORAGE_POOLS: lambda reg, a: r.NumRet(num=reg.num_active_pools()),
-    Proc.CONNECT_LIST_STORAGE_POOLS: _list_pools,
-    Proc.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS: lambda reg, a: r.NumRet(num=reg.num_defined_pools()),
-    Proc.CONNECT_LIST_DEFINED_STORAGE_POOLS: _list_defined_pools,
-    Proc.CONNECT_LIST_ALL_STORAGE_POOLS: _list_all_pools,
-    Proc.STORAGE_POOL_CREATE_XML: lambda reg, a: _pool_ret(reg.create_pool_xml(a.xml, a.flags)),
-    Proc.STORAGE_POOL_DEFINE_XML: lambda reg, a: _pool_ret(reg.define_pool_xml(a.xml, a.flags)),
-    Proc.STORAGE_POOL_CREATE: _start_pool,
-    Proc.STORAGE_POOL_DESTROY: _destroy_pool,
-    Proc.STORAGE_POOL_UNDEFINE: _undefine_pool,
-    Proc.STORAGE_POOL_REFRESH: _refresh_pool,
-    Proc.STORAGE_POOL_LOOKUP_BY_NAME: lambda reg, a: _pool_ret(reg.lookup_pool_by_name(a.name)),
-    Proc.STORAGE_POOL_LOOKUP_BY_UUID: lambda reg, a: _pool_ret(reg.lookup_pool_by_uuid(a.uuid)),
-    Proc.STORAGE_POOL_LOOKUP_BY_VOLUME: lambda reg, a: _pool_ret(
-        reg.lookup_pool_by_volume(vol_ref(a.vol))
+    storage(
+        p.STORAGE_POOL_DEFINE_XML, lambda reg, a: _pool_ret(reg.define_pool_xml(a.xml, a.flags))
     ),
-    Proc.STORAGE_POOL_GET_INFO: _pool_info,
-    Proc.STORAGE_POOL_GET_XML_DESC: lambda reg, a: r.XmlRet(
-        xml=reg.pool_xml(pool_ref(a.pool), a.flags)
+    storage(p.STORAGE_POOL_CREATE, _start_pool),
+    storage(p.STORAGE_POOL_DESTROY, _destroy_pool),
+    storage(p.STORAGE_POOL_UNDEFINE, _undefine_pool),
+    storage(p.STORAGE_POOL_REFRESH, _refresh_pool),
+    storage(
+        p.STORAGE_POOL_LOOKUP_BY_NAME, lambda reg, a: _pool_ret(reg.lookup_pool_by_name(a.name))
     ),
-    Proc.STORAGE_POOL_GET_AUTOSTART: lambda reg, a: r.AutostartRet(
-        autostart=int(reg.pool_autostart(pool_ref(a.pool)))
+    storage(
+        p.STORAGE_POOL_LOOKUP_BY_UUID, lambda reg, a: _pool_ret(reg.lookup_pool_by_uuid(a.uuid))
     ),
-    Proc.STORAGE_POOL_SET_AUTOSTART: _set_autostart,
-    Proc.STORAGE_POOL_IS_ACTIVE: lambda reg, a: r.ActiveRet(
-        active=int(reg.pool_is_active(pool_ref(a.pool)))
+    storage(
+        p.STORAGE_POOL_LOOKUP_BY_VOLUME,
+        lambda reg, a: _pool_ret(reg.lookup_pool_by_volume(vol_ref(a.vol))),
     ),
-    Proc.STORAGE_POOL_IS_PERSISTENT: lambda reg, a: r.PersistentRet(
-        persistent=int(reg.pool_is_persistent(pool_ref(a.pool)))
+    storage(p.STORAGE_POOL_GET_INFO, _pool_info),
+    storage(
+        p.STORAGE_POOL_GET_XML_DESC,
+        lambda reg, a: r.XmlRet(xml=reg.pool_xml(pool_ref(a.pool), a.flags)),
     ),
-    Proc.STORAGE_POOL_NUM_OF_VOLUMES: lambda reg, a: r.NumRet(
-        num=reg.num_volumes(pool_ref(a.pool))
+    storage(
+        p.STORAGE_POOL_GET_AUTOSTART,
+        lambda reg, a: r.AutostartRet(autostart=int(reg.pool_autostart(pool_ref(a.pool)))),
     ),
-    Proc.STORAGE_POOL_LIST_VOLUMES: _list_volumes,
-    Proc.STORAGE_POOL_LIST_ALL_VOLUMES: _list_all_volumes,
-    Proc.STORAGE_VOL_CREATE_XML: lambda reg, a: _vol_ret(
-        reg.create_volume_xml(pool_ref(a.pool), a.xml, a.flags)
+    storage(p.STORAGE_POOL_SET_AUTOSTART, _set_autostart),
+    storage(
+        p.STORAGE_POOL_IS_ACTIVE,
+        lambda reg, a: r.ActiveRet(active=int(reg.pool_is_active(pool_ref(a.pool)))),
     ),
-    Proc.STORAGE_VOL_CREATE_XML_FROM: lambda reg, a: _vol_ret(
-        reg.create_volume_xml_from(pool_ref(a.pool), a.xml, vol_ref(a.clonevol), a.flags)
+    storage(
+        p.STORAGE_POOL_IS_PERSISTENT,
+        lambda reg, a: r.PersistentRet(persistent=int(reg.pool_is_persistent(pool_ref(a.pool)))),
     ),
-    Proc.STORAGE_VOL_DELETE: _delete_volume,
-    Proc.STORAGE_VOL_WIPE: _wipe_volume,
-    Proc.STORAGE_VOL_RESIZE: _resize_volume,
-    Proc.STORAGE_VOL_LOOKUP_BY_NAME: lambda reg, a: _vol_ret(
-        reg.lookup_volume_by_name(pool_ref(a.pool), a.name)
+    storage(
+        p.STORAGE_POOL_NUM_OF_VOLUMES,
+        lambda reg, a: r.NumRet(num=reg.num_volumes(pool_ref(a.pool))),
     ),
-    Proc.STORAGE_VOL_LOOKUP_BY_KEY: lambda reg, a: _vol_ret(reg.lookup_volume_by_key(a.key)),
-    Proc.STORAGE_VOL_LOOKUP_BY_PATH: lambda reg, a: _vol_ret(reg.lookup_volume_by_path(a.path)),
-    Proc.STORAGE_VOL_GET_INFO: _vol_info,
-    Proc.STORAGE_VOL_GET_INFO_FLAGS: _vol_info,
-    Proc.STORAGE_VOL_GET_XML_DESC: lambda reg, a: r.XmlRet(
-        xml=reg.volume_xml(vol_ref(a.vol), a.flags)
+    storage(p.STORAGE_POOL_LIST_VOLUMES, _list_volumes),
+    storage(p.STORAGE_POOL_LIST_ALL_VOLUMES, _list_all_volumes),
+    storage(
+        p.STORAGE_VOL_CREATE_XML,
+        lambda reg, a: _vol_ret(reg.create_volume_xml(pool_ref(a.pool), a.xml, a.flags)),
     ),
-    Proc.STORAGE_VOL_GET_PATH: lambda reg, a: r.VolGetPathRet(name=reg.volume_path(vol_ref(a.vol))),
-    **SECRET_HANDLERS,
-}
-
-
-def serve_storage_call(
-    registry: StorageRegistry, procedure: int, args: XdrStruct | None
-) -> XdrStruct | None:
-    """Run one storage procedure (raises ErrorReport with libvirt's error on failure)."""
-    return HANDLERS[procedure](registry, args)
+    storage(
+        p.STORAGE_VOL_CREATE_XML_FROM,
+        lambda reg, a: _vol_ret(
+            reg.create_volume_xml_from(pool_ref(a.pool), a.xml, vol_ref(a.clonevol), a.flags)
+        ),
+    ),
+    storage(p.STORAGE_VOL_DELETE, _delete_volume),
+    storage(p.STORAGE_VOL_WIPE, _wipe_volume),
+    storage(p.STORAGE_VOL_RESIZE, _resize_volume),
+    storage(
+        p.STORAGE_VOL_LOOKUP_BY_NAME,
+        lambda reg, a: _vol_ret(reg.lookup_volume_by_name(pool_ref(a.pool), a.name)),
+    ),
+    storage(p.STORAGE_VOL_LOOKUP_BY_KEY, lambda reg, a: _vol_ret(reg.lookup_volume_by_key(a.key))),
+    storage(
+        p.STORAGE_VOL_LOOKUP_BY_PATH, lambda reg, a: _vol_ret(reg.lookup_volume_by_path(a.path))
+    ),
+    storage(p.STORAGE_VOL_GET_INFO, _vol_info),
+    storage(p.STORAGE_VOL_GET_INFO_FLAGS, _vol_info),
+    storage(
+        p.STORAGE_VOL_GET_XML_DESC,
+        lambda reg, a: r.XmlRet(xml=reg.volume_xml(vol_ref(a.vol), a.flags)),
+    ),
+    storage(
+        p.STORAGE_VOL_GET_PATH, lambda reg, a: r.VolGetPathRet(name=reg.volume_path(vol_ref(a.vol)))
+    ),
+    storage(p.CONNECT_NUM_OF_SECRETS, lambda reg, a: r.NumRet(num=len(reg.secrets.list_all()))),
+    storage(p.CONNECT_LIST_SECRETS, _list_secrets),
+    storage(p.CONNECT_LIST_ALL_SECRETS, _list_all_secrets),
+    storage(
+        p.SECRET_LOOKUP_BY_UUID, lambda reg, a: _secret_ret(reg.secrets.lookup_by_uuid(a.uuid))
+    ),
+    storage(
+        p.SECRET_LOOKUP_BY_USAGE,
+        lambda reg, a: _secret_ret(reg.secrets.lookup_by_usage(a.usage_type, a.usage_id)),
+    ),
+    storage(
+        p.SECRET_DEFINE_XML, lambda reg, a: _secret_ret(reg.secrets.define_xml(a.xml, a.flags))
+    ),
+    storage(
+        p.SECRET_GET_XML_DESC,
+        lambda reg, a: r.XmlRet(xml=reg.secrets.xml(a.secret.uuid, a.flags)),
+    ),
+    storage(p.SECRET_SET_VALUE, _set_secret_value),
+    storage(
+        p.SECRET_GET_VALUE,
+        lambda reg, a: r.SecretGetValueRet(value=reg.secrets.get_value(a.secret.uuid, a.flags)),
+    ),
+    storage(p.SECRET_UNDEFINE, _undefine_secret),
+)

@@ -8,6 +8,12 @@ all. One client that keeps many calls in flight therefore gets one worker per
 round like everyone else, instead of filling a shared FIFO ahead of them. A job
 cancelled before it starts is dropped; one cancelled while it runs finishes in
 its thread and its result is discarded, as with ``run_in_executor``.
+
+Priority workers, as libvirtd's ``prio_workers``: beyond the ``workers`` any
+job may use, ``priority_workers`` more run only high-priority jobs (the
+procedure table marks the calls that never block for long: lookups, info,
+lists), so slow calls (pool builds, wipes, volume creation) filling every
+worker do not hold up a client asking for a pool's info.
 """
 
 from __future__ import annotations
@@ -26,14 +32,19 @@ class _Job:
     future: asyncio.Future[Any]
     func: Callable[..., Any]
     args: tuple[object, ...]
+    high_priority: bool
 
 
 class FairExecutor:
-    """Runs each owner's jobs on ``executor``, ``workers`` at a time, owners in turn."""
+    """Runs each owner's jobs on ``executor``, ``workers`` at a time, owners in turn,
+    and high-priority jobs on up to ``priority_workers`` more."""
 
-    def __init__(self, executor: concurrent.futures.Executor, workers: int) -> None:
+    def __init__(
+        self, executor: concurrent.futures.Executor, workers: int, priority_workers: int = 0
+    ) -> None:
         self._executor = executor
         self._workers = workers
+        self._priority_workers = priority_workers
         self._running = 0
         self._queues: collections.OrderedDict[object, collections.deque[_Job]] = (
             collections.OrderedDict()
@@ -43,24 +54,28 @@ class FairExecutor:
     def queued(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    def submit(self, owner: object, func: Callable[..., Any], *args: object) -> asyncio.Future[Any]:
+    def submit(
+        self, owner: object, func: Callable[..., Any], *args: object, high_priority: bool = False
+    ) -> asyncio.Future[Any]:
         """Queue ``func(*args)`` for ``owner``; the future holds its result."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         queue = self._queues.get(owner)
         if queue is None:
             queue = self._queues[owner] = collections.deque()
-        queue.append(_Job(future, func, args))
+        queue.append(_Job(future, func, args, high_priority))
         self._start_jobs()
         return future
 
     def _start_jobs(self) -> None:
-        while self._running < self._workers and self._queues:
-            owner, queue = next(iter(self._queues.items()))
-            job = queue.popleft()
-            if queue:
-                self._queues.move_to_end(owner)
+        while self._queues:
+            if self._running < self._workers:
+                job = self._next_job(priority_only=False)
+            elif self._running < self._workers + self._priority_workers:
+                job = self._next_job(priority_only=True)
             else:
-                del self._queues[owner]
+                return
+            if job is None:
+                return
             if job.future.cancelled():
                 continue
             loop = job.future.get_loop()
@@ -71,6 +86,20 @@ class FairExecutor:
                 continue
             self._running += 1
             running.add_done_callback(functools.partial(self._finished, job.future))
+
+    def _next_job(self, *, priority_only: bool) -> _Job | None:
+        """The oldest job (high-priority only, if asked) of the first owner in line that
+        has one; that owner goes to the back of the line."""
+        for owner, queue in self._queues.items():
+            for index, job in enumerate(queue):
+                if job.high_priority or not priority_only:
+                    del queue[index]
+                    if queue:
+                        self._queues.move_to_end(owner)
+                    else:
+                        del self._queues[owner]
+                    return job
+        return None
 
     def _finished(self, future: asyncio.Future[Any], running: asyncio.Future[Any]) -> None:
         self._running -= 1

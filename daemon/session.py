@@ -5,8 +5,9 @@ OPEN. Authentication is "none" on every listener, so a client is authenticated
 from its first byte and AUTH_LIST answers [NONE]. While NEW, only AUTH_LIST,
 CONNECT_OPEN, CONNECT_CLOSE and SUPPORTS_FEATURE(10) are served; everything else
 gets libvirtd's "hypervisor connection not open". A read-only listener (or the
-read-only open flag) makes the connection refuse every procedure that changes
-state, and downloads, with libvirt's own "read only access prevents <function>".
+read-only open flag) makes the connection refuse every procedure the procedure
+table marks as such (``Procedure.refused_read_only``: those that change state,
+and downloads), with libvirt's own "read only access prevents <function>".
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import CONNECT_RO, AuthType, DriverFeature
+from virtvol.protocol.constants import AuthType, ConnectOpenFlags, DriverFeature
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.procedures import Proc, Procedure
-from virtvol.protocol.xdr import XdrStruct
 
 # libvirt 9.0.0, as the reference peer reports it. Clients do not need it for
 # sparse streams (they are negotiated by the call flag alone), but tools that
@@ -69,46 +70,8 @@ _DRIVER_SCHEMES = frozenset(
     }
 )
 
-# Procedures a read-only connection refuses: the table's mutating ones, plus
-# DOWNLOAD, which libvirt refuses too (volume content is not for every user).
-READ_ONLY_REFUSED_FUNCTIONS: dict[int, str] = {
-    Proc.STORAGE_POOL_CREATE_XML: "virStoragePoolCreateXML",
-    Proc.STORAGE_POOL_DEFINE_XML: "virStoragePoolDefineXML",
-    Proc.STORAGE_POOL_CREATE: "virStoragePoolCreate",
-    Proc.STORAGE_POOL_DESTROY: "virStoragePoolDestroy",
-    Proc.STORAGE_POOL_UNDEFINE: "virStoragePoolUndefine",
-    Proc.STORAGE_POOL_REFRESH: "virStoragePoolRefresh",
-    Proc.STORAGE_POOL_SET_AUTOSTART: "virStoragePoolSetAutostart",
-    Proc.STORAGE_VOL_CREATE_XML: "virStorageVolCreateXML",
-    Proc.STORAGE_VOL_DELETE: "virStorageVolDelete",
-    Proc.STORAGE_VOL_CREATE_XML_FROM: "virStorageVolCreateXMLFrom",
-    Proc.STORAGE_VOL_WIPE: "virStorageVolWipe",
-    Proc.STORAGE_VOL_UPLOAD: "virStorageVolUpload",
-    Proc.STORAGE_VOL_DOWNLOAD: "virStorageVolDownload",
-    Proc.STORAGE_VOL_RESIZE: "virStorageVolResize",
-    Proc.SECRET_DEFINE_XML: "virSecretDefineXML",
-    Proc.SECRET_SET_VALUE: "virSecretSetValue",
-    Proc.SECRET_GET_VALUE: "virSecretGetValue",
-    Proc.SECRET_UNDEFINE: "virSecretUndefine",
-}
-
 _ALLOWED_BEFORE_OPEN = frozenset(
     {Proc.AUTH_LIST, Proc.CONNECT_OPEN, Proc.CONNECT_CLOSE, Proc.CONNECT_SUPPORTS_FEATURE}
-)
-
-SESSION_PROCEDURES = frozenset(
-    {
-        Proc.CONNECT_OPEN,
-        Proc.CONNECT_GET_TYPE,
-        Proc.CONNECT_GET_VERSION,
-        Proc.CONNECT_GET_HOSTNAME,
-        Proc.CONNECT_SUPPORTS_FEATURE,
-        Proc.AUTH_LIST,
-        Proc.CONNECT_GET_URI,
-        Proc.CONNECT_GET_LIB_VERSION,
-        Proc.CONNECT_REGISTER_CLOSE_CALLBACK,
-        Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK,
-    }
 )
 
 
@@ -119,8 +82,10 @@ def not_open() -> ErrorReport:
 
 
 def read_only_denied(function: str) -> ErrorReport:
+    # libvirt reports from the API's own module: libvirt-secret.c for virSecret*.
+    domain = ErrorDomain.SECRET if function.startswith("virSecret") else ErrorDomain.STORAGE
     return ErrorReport.raised(
-        ErrorCode.OPERATION_DENIED, ErrorDomain.STORAGE, f"read only access prevents {function}"
+        ErrorCode.OPERATION_DENIED, domain, f"read only access prevents {function}"
     )
 
 
@@ -165,54 +130,53 @@ class Session:
     def opened(self) -> bool:
         return self.uri is not None
 
-    def check_allowed(self, procedure: Procedure) -> None:
+    def check_allowed(self, procedure: Procedure[Any, Any]) -> None:
         """Refuse a call the connection's state does not allow."""
         if not self.opened:
             if procedure.number not in _ALLOWED_BEFORE_OPEN:
                 raise not_open()
             return
-        function = READ_ONLY_REFUSED_FUNCTIONS.get(procedure.number)
-        if self.read_only and function is not None:
-            raise read_only_denied(function)
+        if self.read_only and procedure.refused_read_only:
+            raise read_only_denied(procedure.api_name)
 
-    def serve(self, procedure: Procedure, args: XdrStruct | None) -> XdrStruct | None:
-        """Answer a connection-level procedure (one of SESSION_PROCEDURES)."""
-        number = procedure.number
-        if number == Proc.AUTH_LIST:
-            return r.AuthListRet(types=(AuthType.NONE,))
-        if number == Proc.CONNECT_SUPPORTS_FEATURE:
-            assert isinstance(args, r.ConnectSupportsFeatureArgs)
-            return r.ConnectSupportsFeatureRet(supported=self._feature(args.feature))
-        if number == Proc.CONNECT_OPEN:
-            assert isinstance(args, r.ConnectOpenArgs)
-            if self.opened:
-                raise ErrorReport.raised(
-                    ErrorCode.INTERNAL_ERROR, ErrorDomain.RPC, "connection already open"
-                )
-            self.uri = check_open_name(args.name)
-            if args.flags & CONNECT_RO:
-                self.read_only = True
-            return None
-        if number == Proc.CONNECT_GET_TYPE:
-            return r.ConnectGetTypeRet(type="storage")
-        if number == Proc.CONNECT_GET_VERSION:
-            return r.ConnectGetVersionRet(hv_ver=DRIVER_VERSION)
-        if number == Proc.CONNECT_GET_LIB_VERSION:
-            return r.ConnectGetLibVersionRet(
-                lib_ver=LEGACY_LIB_VERSION if self.legacy else LIB_VERSION
+    # The connection-level procedures (daemon/dispatch.py names which is which).
+
+    def auth_list(self, args: None) -> r.AuthListRet:
+        return r.AuthListRet(types=(AuthType.NONE,))
+
+    def supports_feature(self, args: r.ConnectSupportsFeatureArgs) -> r.ConnectSupportsFeatureRet:
+        return r.ConnectSupportsFeatureRet(supported=self._feature(args.feature))
+
+    def open(self, args: r.ConnectOpenArgs) -> None:
+        if self.opened:
+            raise ErrorReport.raised(
+                ErrorCode.INTERNAL_ERROR, ErrorDomain.RPC, "connection already open"
             )
-        if number == Proc.CONNECT_GET_HOSTNAME:
-            return r.ConnectGetHostnameRet(hostname=socket.gethostname())
-        if number == Proc.CONNECT_GET_URI:
-            assert self.uri is not None
-            return r.ConnectGetUriRet(uri=self.uri)
-        if number == Proc.CONNECT_REGISTER_CLOSE_CALLBACK:
-            self.close_callback = True
-            return None
-        if number == Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK:
-            self.close_callback = False
-            return None
-        raise AssertionError(f"not a session procedure: {procedure.name}")
+        self.uri = check_open_name(args.name)
+        if args.flags & ConnectOpenFlags.RO:
+            self.read_only = True
+
+    def get_type(self, args: None) -> r.ConnectGetTypeRet:
+        return r.ConnectGetTypeRet(type="storage")
+
+    def get_version(self, args: None) -> r.ConnectGetVersionRet:
+        return r.ConnectGetVersionRet(hv_ver=DRIVER_VERSION)
+
+    def get_lib_version(self, args: None) -> r.ConnectGetLibVersionRet:
+        return r.ConnectGetLibVersionRet(lib_ver=LEGACY_LIB_VERSION if self.legacy else LIB_VERSION)
+
+    def get_hostname(self, args: None) -> r.ConnectGetHostnameRet:
+        return r.ConnectGetHostnameRet(hostname=socket.gethostname())
+
+    def get_uri(self, args: None) -> r.ConnectGetUriRet:
+        assert self.uri is not None
+        return r.ConnectGetUriRet(uri=self.uri)
+
+    def register_close_callback(self, args: None) -> None:
+        self.close_callback = True
+
+    def unregister_close_callback(self, args: None) -> None:
+        self.close_callback = False
 
     def _feature(self, feature: int) -> int:
         if feature == DriverFeature.PROGRAM_KEEPALIVE:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Any
 
 from virtvol.protocol.constants import (
     KEEPALIVE_PROGRAM,
@@ -68,7 +69,7 @@ class CallReceived:
     """Server: a call to serve. ``args`` is None for procedures without arguments."""
 
     serial: int
-    procedure: Procedure
+    procedure: Procedure[Any, Any]
     args: XdrStruct | None
 
 

@@ -7,6 +7,8 @@ virkeepaliveprotocol.x and the public headers).
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from typing import Literal
 
 # Programs and their versions.
 REMOTE_PROGRAM = 0x20008086
@@ -39,10 +41,6 @@ class MessageType(enum.IntEnum):
     CALL_WITH_FDS = 4
     REPLY_WITH_FDS = 5
     STREAM_HOLE = 6
-
-
-# The sparse-stream hole frame, by the name this project uses for it.
-VIR_NET_STREAM_SKIP = MessageType.STREAM_HOLE
 
 
 class MessageStatus(enum.IntEnum):
@@ -99,37 +97,95 @@ class DriverFeature(enum.IntEnum):
     NETWORK_UPDATE_HAS_CORRECT_ORDER = 16
 
 
-# Flags of the storage volume stream calls (since libvirt 3.4).
-VOL_UPLOAD_SPARSE_STREAM = 1
-VOL_DOWNLOAD_SPARSE_STREAM = 1
-
-# CONNECT_OPEN flags as the remote driver sends them.
-CONNECT_RO = 1
+# Flags (libvirt's public headers). Each flag is defined here once; the client
+# and the daemon import it.
 
 
-class ListPoolsFlag(enum.IntFlag):
-    """``VIR_CONNECT_LIST_STORAGE_POOLS_*``."""
+class ConnectOpenFlags(enum.IntFlag):
+    """``virConnectFlags`` as CONNECT_OPEN carries them."""
+
+    RO = 1
+
+
+class PoolCreateFlags(enum.IntFlag):
+    """``virStoragePoolCreateFlags`` (STORAGE_POOL_CREATE and _CREATE_XML)."""
+
+    NORMAL = 0
+    WITH_BUILD = 1
+    WITH_BUILD_OVERWRITE = 2
+    WITH_BUILD_NO_OVERWRITE = 4
+
+
+class PoolDefineFlags(enum.IntFlag):
+    """``virStoragePoolDefineFlags``."""
+
+    VALIDATE = 1
+
+
+class PoolXMLFlags(enum.IntFlag):
+    """``virStorageXMLFlags``."""
 
     INACTIVE = 1
-    ACTIVE = 2
-    PERSISTENT = 4
-    TRANSIENT = 8
-    AUTOSTART = 16
-    NO_AUTOSTART = 32
-    DIR = 64
-    FS = 128
-    NETFS = 256
-    LOGICAL = 512
-    DISK = 1024
-    ISCSI = 2048
-    SCSI = 4096
-    MPATH = 8192
-    RBD = 16384
-    SHEEPDOG = 32768
-    GLUSTER = 65536
-    ZFS = 131072
-    VSTORAGE = 262144
-    ISCSI_DIRECT = 524288
+
+
+class ListPoolsFlags(enum.IntFlag):
+    """``virConnectListAllStoragePoolsFlags``: filter groups for list_all_pools."""
+
+    INACTIVE = 1 << 0
+    ACTIVE = 1 << 1
+    PERSISTENT = 1 << 2
+    TRANSIENT = 1 << 3
+    AUTOSTART = 1 << 4
+    NO_AUTOSTART = 1 << 5
+    DIR = 1 << 6
+    FS = 1 << 7
+    NETFS = 1 << 8
+    LOGICAL = 1 << 9
+    DISK = 1 << 10
+    ISCSI = 1 << 11
+    SCSI = 1 << 12
+    MPATH = 1 << 13
+    RBD = 1 << 14
+    SHEEPDOG = 1 << 15
+    GLUSTER = 1 << 16
+    ZFS = 1 << 17
+    VSTORAGE = 1 << 18
+    ISCSI_DIRECT = 1 << 19
+
+
+class VolCreateFlags(enum.IntFlag):
+    """``virStorageVolCreateFlags``."""
+
+    PREALLOC_METADATA = 1
+    REFLINK = 2
+    VALIDATE = 4
+
+
+class VolDeleteFlags(enum.IntFlag):
+    """``virStorageVolDeleteFlags``."""
+
+    ZEROED = 1
+    WITH_SNAPSHOTS = 2
+
+
+class VolResizeFlags(enum.IntFlag):
+    """``virStorageVolResizeFlags``."""
+
+    ALLOCATE = 1
+    DELTA = 2
+    SHRINK = 4
+
+
+class VolInfoFlags(enum.IntFlag):
+    """``virStorageVolInfoFlags``."""
+
+    GET_PHYSICAL = 1
+
+
+class VolStreamFlags(enum.IntFlag):
+    """``VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM`` / ``..._DOWNLOAD_SPARSE_STREAM``."""
+
+    SPARSE = 1
 
 
 class PoolState(enum.IntEnum):
@@ -153,17 +209,28 @@ class VolumeType(enum.IntEnum):
     PLOOP = 5
 
 
-POOL_CREATE_WITH_BUILD = 1
-POOL_CREATE_WITH_BUILD_OVERWRITE = 2
-POOL_CREATE_WITH_BUILD_NO_OVERWRITE = 4
-POOL_DEFINE_VALIDATE = 1
-STORAGE_XML_INACTIVE = 1
-VOL_CREATE_PREALLOC_METADATA = 1
-VOL_CREATE_REFLINK = 2
-VOL_CREATE_VALIDATE = 4
-VOL_DELETE_ZEROED = 1
-VOL_DELETE_WITH_SNAPSHOTS = 2
-VOL_RESIZE_ALLOCATE = 1
-VOL_RESIZE_DELTA = 2
-VOL_RESIZE_SHRINK = 4
-VOL_GET_PHYSICAL = 1
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """``virStoragePoolInfo``: a pool's state and the sizes in bytes of what holds it.
+
+    ``state`` is a plain int when a peer reports a state this module does not know.
+    """
+
+    state: PoolState | int
+    capacity: int
+    allocation: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """``virStorageVolInfo``: ``allocation`` is the physical size when asked for it."""
+
+    type: VolumeType | int
+    capacity: int
+    allocation: int
+
+
+# How a peer plays the protocol: as libvirt 9.0 ("current") or as a libvirt from
+# before sparse streams (3.3, "legacy").
+ProtocolMode = Literal["current", "legacy"]

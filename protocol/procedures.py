@@ -1,17 +1,29 @@
 """The procedure table: what each procedure number takes, returns and opens.
 
-Every procedure virtvol serves or calls is listed with its argument and result
-structs (``None`` for void), whether it opens a stream (and in which direction),
-and libvirtd's scheduling priority.
+Every procedure virtvol serves or calls is listed once, here, with its argument
+and result structs (``None`` for void), whether it opens a stream (and in which
+direction), whether it changes state, whether a read-only connection refuses it
+and libvirtd's scheduling priority. Each entry is a module constant typed by its
+argument and result (``STORAGE_POOL_GET_INFO: Procedure[PoolArgs,
+PoolGetInfoRet]``), so a typed caller gets the right result type; ``PROCEDURES``
+maps every number to its entry. Adding a procedure: its number in ``Proc``, its
+entry below, and (if virtvold serves it) its handler in ``daemon/dispatch.py``.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
 
 from virtvol.protocol import remote as r
 from virtvol.protocol.xdr import XdrStruct
+
+ArgsT = TypeVar("ArgsT", bound="XdrStruct | None")
+RetT = TypeVar("RetT", bound="XdrStruct | None")
+
+# Words libvirt's API names spell in capitals (virStoragePoolCreateXML).
+_CAPITAL_WORDS = frozenset({"XML", "UUID", "URI"})
 
 
 class StreamDirection(enum.Enum):
@@ -22,16 +34,27 @@ class StreamDirection(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Procedure:
+class Procedure(Generic[ArgsT, RetT]):
     number: int
     name: str
-    args: type[XdrStruct] | None
-    ret: type[XdrStruct] | None
+    args: type[ArgsT] | None
+    ret: type[RetT] | None
     high_priority: bool = True
     stream: StreamDirection | None = None
     mutating: bool = False
     # A message the server sends on its own (an event); a client may not call it.
     event: bool = False
+    # A read-only connection gets "read only access prevents <api_name>": libvirt's
+    # API checks for it in every call that changes state, and in a few that only
+    # read what not every user may see (a volume's content).
+    refused_read_only: bool = False
+
+    @property
+    def api_name(self) -> str:
+        """The libvirt API function of the procedure (``virStorageVolCreateXML``),
+        as libvirt's errors name it."""
+        words = self.name.split("_")
+        return "vir" + "".join(w if w in _CAPITAL_WORDS else w.capitalize() for w in words)
 
 
 class Proc(enum.IntEnum):
@@ -98,106 +121,191 @@ class Proc(enum.IntEnum):
     STORAGE_VOL_GET_INFO_FLAGS = 378
 
 
+PROCEDURES: dict[int, Procedure[Any, Any]] = {}
+
+
+@overload
 def _p(
     proc: Proc,
-    args: type[XdrStruct] | None,
-    ret: type[XdrStruct] | None,
+    args: None,
+    ret: None,
+    *,
+    low: bool = ...,
+    stream: StreamDirection | None = ...,
+    mutating: bool = ...,
+    event: bool = ...,
+    refused_read_only: bool | None = ...,
+) -> Procedure[None, None]: ...
+@overload
+def _p(
+    proc: Proc,
+    args: type[ArgsT],
+    ret: None,
+    *,
+    low: bool = ...,
+    stream: StreamDirection | None = ...,
+    mutating: bool = ...,
+    event: bool = ...,
+    refused_read_only: bool | None = ...,
+) -> Procedure[ArgsT, None]: ...
+@overload
+def _p(
+    proc: Proc,
+    args: None,
+    ret: type[RetT],
+    *,
+    low: bool = ...,
+    stream: StreamDirection | None = ...,
+    mutating: bool = ...,
+    event: bool = ...,
+    refused_read_only: bool | None = ...,
+) -> Procedure[None, RetT]: ...
+@overload
+def _p(
+    proc: Proc,
+    args: type[ArgsT],
+    ret: type[RetT],
+    *,
+    low: bool = ...,
+    stream: StreamDirection | None = ...,
+    mutating: bool = ...,
+    event: bool = ...,
+    refused_read_only: bool | None = ...,
+) -> Procedure[ArgsT, RetT]: ...
+def _p(
+    proc: Proc,
+    args: type[Any] | None,
+    ret: type[Any] | None,
     *,
     low: bool = False,
     stream: StreamDirection | None = None,
     mutating: bool = False,
     event: bool = False,
-) -> Procedure:
-    return Procedure(proc.value, proc.name, args, ret, not low, stream, mutating, event)
+    refused_read_only: bool | None = None,
+) -> Procedure[Any, Any]:
+    """Enter a procedure in ``PROCEDURES`` (once) and return its typed entry.
 
-
-PROCEDURES: dict[int, Procedure] = {
-    p.number: p
-    for p in (
-        _p(Proc.CONNECT_OPEN, r.ConnectOpenArgs, None),
-        _p(Proc.CONNECT_CLOSE, None, None),
-        _p(Proc.CONNECT_GET_TYPE, None, r.ConnectGetTypeRet),
-        _p(Proc.CONNECT_GET_VERSION, None, r.ConnectGetVersionRet),
-        _p(Proc.CONNECT_GET_HOSTNAME, None, r.ConnectGetHostnameRet),
-        _p(
-            Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs, r.ConnectSupportsFeatureRet
-        ),
-        _p(Proc.AUTH_LIST, None, r.AuthListRet),
-        _p(Proc.CONNECT_NUM_OF_STORAGE_POOLS, None, r.NumRet),
-        _p(Proc.CONNECT_LIST_STORAGE_POOLS, r.ListNamesArgs, r.ListPoolNamesRet),
-        _p(Proc.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS, None, r.NumRet),
-        _p(Proc.CONNECT_LIST_DEFINED_STORAGE_POOLS, r.ListNamesArgs, r.ListPoolNamesRet),
-        _p(Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs, r.PoolRet, low=True, mutating=True),
-        _p(Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs, r.PoolRet, mutating=True),
-        _p(Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs, None, low=True, mutating=True),
-        _p(Proc.STORAGE_POOL_DESTROY, r.PoolArgs, None, mutating=True),
-        _p(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs, None, mutating=True),
-        _p(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs, None, low=True, mutating=True),
-        _p(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs, r.PoolRet),
-        _p(Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs, r.PoolRet),
-        _p(Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs, r.PoolRet),
-        _p(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs, r.PoolGetInfoRet),
-        _p(Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs, r.XmlRet),
-        _p(Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs, r.AutostartRet),
-        _p(Proc.STORAGE_POOL_SET_AUTOSTART, r.PoolSetAutostartArgs, None, mutating=True),
-        _p(Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs, r.NumRet),
-        _p(Proc.STORAGE_POOL_LIST_VOLUMES, r.PoolListVolumesArgs, r.ListVolNamesRet),
-        _p(Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs, r.VolRet, low=True, mutating=True),
-        _p(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs, None, low=True, mutating=True),
-        _p(Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs, r.VolRet),
-        _p(Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs, r.VolRet),
-        _p(Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs, r.VolRet),
-        _p(Proc.STORAGE_VOL_GET_INFO, r.VolArgs, r.VolGetInfoRet),
-        _p(Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs, r.XmlRet),
-        _p(Proc.STORAGE_VOL_GET_PATH, r.VolArgs, r.VolGetPathRet),
-        _p(Proc.CONNECT_GET_URI, None, r.ConnectGetUriRet),
-        _p(
-            Proc.STORAGE_VOL_CREATE_XML_FROM,
-            r.VolCreateXmlFromArgs,
-            r.VolRet,
-            low=True,
-            mutating=True,
-        ),
-        _p(Proc.CONNECT_NUM_OF_SECRETS, None, r.NumRet),
-        _p(Proc.CONNECT_LIST_SECRETS, r.ListSecretsArgs, r.ListSecretsRet),
-        _p(Proc.SECRET_LOOKUP_BY_UUID, r.LookupByUuidArgs, r.SecretRet),
-        _p(Proc.SECRET_DEFINE_XML, r.SecretXmlArgs, r.SecretRet, mutating=True),
-        _p(Proc.SECRET_GET_XML_DESC, r.SecretFlagsArgs, r.XmlRet),
-        _p(Proc.SECRET_SET_VALUE, r.SecretSetValueArgs, None, mutating=True),
-        _p(Proc.SECRET_GET_VALUE, r.SecretFlagsArgs, r.SecretGetValueRet),
-        _p(Proc.SECRET_UNDEFINE, r.SecretArgs, None, mutating=True),
-        _p(Proc.SECRET_LOOKUP_BY_USAGE, r.SecretLookupByUsageArgs, r.SecretRet),
-        _p(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs, r.ActiveRet),
-        _p(Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs, r.PersistentRet),
-        _p(Proc.CONNECT_GET_LIB_VERSION, None, r.ConnectGetLibVersionRet),
-        _p(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs, None, low=True, mutating=True),
-        _p(
-            Proc.STORAGE_VOL_UPLOAD,
-            r.VolTransferArgs,
-            None,
-            low=True,
-            stream=StreamDirection.UPLOAD,
-            mutating=True,
-        ),
-        _p(
-            Proc.STORAGE_VOL_DOWNLOAD,
-            r.VolTransferArgs,
-            None,
-            low=True,
-            stream=StreamDirection.DOWNLOAD,
-        ),
-        _p(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs, None, low=True, mutating=True),
-        _p(Proc.CONNECT_LIST_ALL_STORAGE_POOLS, r.ListAllPoolsArgs, r.ListAllPoolsRet),
-        _p(Proc.STORAGE_POOL_LIST_ALL_VOLUMES, r.PoolListAllVolumesArgs, r.PoolListAllVolumesRet),
-        _p(Proc.CONNECT_LIST_ALL_SECRETS, r.ListAllSecretsArgs, r.ListAllSecretsRet),
-        _p(Proc.CONNECT_REGISTER_CLOSE_CALLBACK, None, None),
-        _p(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK, None, None),
-        _p(
-            Proc.CONNECT_EVENT_CONNECTION_CLOSED,
-            r.ConnectEventConnectionClosedMsg,
-            None,
-            event=True,
-        ),
-        _p(Proc.STORAGE_VOL_GET_INFO_FLAGS, r.VolFlagsArgs, r.VolGetInfoRet),
+    ``refused_read_only`` defaults to ``mutating``."""
+    if proc.value in PROCEDURES:
+        raise ValueError(f"{proc.name} entered twice")
+    procedure: Procedure[Any, Any] = Procedure(
+        proc.value,
+        proc.name,
+        args,
+        ret,
+        not low,
+        stream,
+        mutating,
+        event,
+        mutating if refused_read_only is None else refused_read_only,
     )
-}
+    PROCEDURES[proc.value] = procedure
+    return procedure
+
+
+CONNECT_OPEN = _p(Proc.CONNECT_OPEN, r.ConnectOpenArgs, None)
+CONNECT_CLOSE = _p(Proc.CONNECT_CLOSE, None, None)
+CONNECT_GET_TYPE = _p(Proc.CONNECT_GET_TYPE, None, r.ConnectGetTypeRet)
+CONNECT_GET_VERSION = _p(Proc.CONNECT_GET_VERSION, None, r.ConnectGetVersionRet)
+CONNECT_GET_HOSTNAME = _p(Proc.CONNECT_GET_HOSTNAME, None, r.ConnectGetHostnameRet)
+CONNECT_SUPPORTS_FEATURE = _p(
+    Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs, r.ConnectSupportsFeatureRet
+)
+AUTH_LIST = _p(Proc.AUTH_LIST, None, r.AuthListRet)
+CONNECT_NUM_OF_STORAGE_POOLS = _p(Proc.CONNECT_NUM_OF_STORAGE_POOLS, None, r.NumRet)
+CONNECT_LIST_STORAGE_POOLS = _p(
+    Proc.CONNECT_LIST_STORAGE_POOLS, r.ListNamesArgs, r.ListPoolNamesRet
+)
+CONNECT_NUM_OF_DEFINED_STORAGE_POOLS = _p(Proc.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS, None, r.NumRet)
+CONNECT_LIST_DEFINED_STORAGE_POOLS = _p(
+    Proc.CONNECT_LIST_DEFINED_STORAGE_POOLS, r.ListNamesArgs, r.ListPoolNamesRet
+)
+STORAGE_POOL_CREATE_XML = _p(
+    Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs, r.PoolRet, low=True, mutating=True
+)
+STORAGE_POOL_DEFINE_XML = _p(Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs, r.PoolRet, mutating=True)
+STORAGE_POOL_CREATE = _p(Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs, None, low=True, mutating=True)
+STORAGE_POOL_DESTROY = _p(Proc.STORAGE_POOL_DESTROY, r.PoolArgs, None, mutating=True)
+STORAGE_POOL_UNDEFINE = _p(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs, None, mutating=True)
+STORAGE_POOL_REFRESH = _p(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs, None, low=True, mutating=True)
+STORAGE_POOL_LOOKUP_BY_NAME = _p(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs, r.PoolRet)
+STORAGE_POOL_LOOKUP_BY_UUID = _p(Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs, r.PoolRet)
+STORAGE_POOL_LOOKUP_BY_VOLUME = _p(Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs, r.PoolRet)
+STORAGE_POOL_GET_INFO = _p(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs, r.PoolGetInfoRet)
+STORAGE_POOL_GET_XML_DESC = _p(Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs, r.XmlRet)
+STORAGE_POOL_GET_AUTOSTART = _p(Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs, r.AutostartRet)
+STORAGE_POOL_SET_AUTOSTART = _p(
+    Proc.STORAGE_POOL_SET_AUTOSTART, r.PoolSetAutostartArgs, None, mutating=True
+)
+STORAGE_POOL_NUM_OF_VOLUMES = _p(Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs, r.NumRet)
+STORAGE_POOL_LIST_VOLUMES = _p(
+    Proc.STORAGE_POOL_LIST_VOLUMES, r.PoolListVolumesArgs, r.ListVolNamesRet
+)
+STORAGE_VOL_CREATE_XML = _p(
+    Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs, r.VolRet, low=True, mutating=True
+)
+STORAGE_VOL_DELETE = _p(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs, None, low=True, mutating=True)
+STORAGE_VOL_LOOKUP_BY_NAME = _p(Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs, r.VolRet)
+STORAGE_VOL_LOOKUP_BY_KEY = _p(Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs, r.VolRet)
+STORAGE_VOL_LOOKUP_BY_PATH = _p(Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs, r.VolRet)
+STORAGE_VOL_GET_INFO = _p(Proc.STORAGE_VOL_GET_INFO, r.VolArgs, r.VolGetInfoRet)
+STORAGE_VOL_GET_XML_DESC = _p(Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs, r.XmlRet)
+STORAGE_VOL_GET_PATH = _p(Proc.STORAGE_VOL_GET_PATH, r.VolArgs, r.VolGetPathRet)
+CONNECT_GET_URI = _p(Proc.CONNECT_GET_URI, None, r.ConnectGetUriRet)
+STORAGE_VOL_CREATE_XML_FROM = _p(
+    Proc.STORAGE_VOL_CREATE_XML_FROM,
+    r.VolCreateXmlFromArgs,
+    r.VolRet,
+    low=True,
+    mutating=True,
+)
+CONNECT_NUM_OF_SECRETS = _p(Proc.CONNECT_NUM_OF_SECRETS, None, r.NumRet)
+CONNECT_LIST_SECRETS = _p(Proc.CONNECT_LIST_SECRETS, r.ListSecretsArgs, r.ListSecretsRet)
+SECRET_LOOKUP_BY_UUID = _p(Proc.SECRET_LOOKUP_BY_UUID, r.LookupByUuidArgs, r.SecretRet)
+SECRET_DEFINE_XML = _p(Proc.SECRET_DEFINE_XML, r.SecretXmlArgs, r.SecretRet, mutating=True)
+SECRET_GET_XML_DESC = _p(Proc.SECRET_GET_XML_DESC, r.SecretFlagsArgs, r.XmlRet)
+SECRET_SET_VALUE = _p(Proc.SECRET_SET_VALUE, r.SecretSetValueArgs, None, mutating=True)
+SECRET_GET_VALUE = _p(
+    Proc.SECRET_GET_VALUE, r.SecretFlagsArgs, r.SecretGetValueRet, refused_read_only=True
+)
+SECRET_UNDEFINE = _p(Proc.SECRET_UNDEFINE, r.SecretArgs, None, mutating=True)
+SECRET_LOOKUP_BY_USAGE = _p(Proc.SECRET_LOOKUP_BY_USAGE, r.SecretLookupByUsageArgs, r.SecretRet)
+STORAGE_POOL_IS_ACTIVE = _p(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs, r.ActiveRet)
+STORAGE_POOL_IS_PERSISTENT = _p(Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs, r.PersistentRet)
+CONNECT_GET_LIB_VERSION = _p(Proc.CONNECT_GET_LIB_VERSION, None, r.ConnectGetLibVersionRet)
+STORAGE_VOL_WIPE = _p(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs, None, low=True, mutating=True)
+STORAGE_VOL_UPLOAD = _p(
+    Proc.STORAGE_VOL_UPLOAD,
+    r.VolTransferArgs,
+    None,
+    low=True,
+    stream=StreamDirection.UPLOAD,
+    mutating=True,
+)
+STORAGE_VOL_DOWNLOAD = _p(
+    Proc.STORAGE_VOL_DOWNLOAD,
+    r.VolTransferArgs,
+    None,
+    low=True,
+    stream=StreamDirection.DOWNLOAD,
+    refused_read_only=True,
+)
+STORAGE_VOL_RESIZE = _p(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs, None, low=True, mutating=True)
+CONNECT_LIST_ALL_STORAGE_POOLS = _p(
+    Proc.CONNECT_LIST_ALL_STORAGE_POOLS, r.ListAllPoolsArgs, r.ListAllPoolsRet
+)
+STORAGE_POOL_LIST_ALL_VOLUMES = _p(
+    Proc.STORAGE_POOL_LIST_ALL_VOLUMES, r.PoolListAllVolumesArgs, r.PoolListAllVolumesRet
+)
+CONNECT_LIST_ALL_SECRETS = _p(
+    Proc.CONNECT_LIST_ALL_SECRETS, r.ListAllSecretsArgs, r.ListAllSecretsRet
+)
+CONNECT_REGISTER_CLOSE_CALLBACK = _p(Proc.CONNECT_REGISTER_CLOSE_CALLBACK, None, None)
+CONNECT_UNREGISTER_CLOSE_CALLBACK = _p(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK, None, None)
+CONNECT_EVENT_CONNECTION_CLOSED = _p(
+    Proc.CONNECT_EVENT_CONNECTION_CLOSED,
+    r.ConnectEventConnectionClosedMsg,
+    None,
+    event=True,
+)
+STORAGE_VOL_GET_INFO_FLAGS = _p(Proc.STORAGE_VOL_GET_INFO_FLAGS, r.VolFlagsArgs, r.VolGetInfoRet)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from virtvol.protocol.constants import PoolInfo as PoolInfo
 from virtvol.protocol.constants import PoolState as PoolState
+from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
 
 
@@ -27,25 +29,6 @@ class VolumeRef:
     pool: str
     name: str
     key: str
-
-
-@dataclass(frozen=True, slots=True)
-class PoolInfo:
-    """``virStoragePoolInfo``: sizes in bytes of the file system holding the pool."""
-
-    state: PoolState
-    capacity: int
-    allocation: int
-    available: int
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeInfo:
-    """``virStorageVolInfo``: ``allocation`` is the physical size when asked for it."""
-
-    type: VolumeType
-    capacity: int
-    allocation: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,41 @@ async def test_a_failing_job_hands_its_exception_over(
     assert await fair.submit("a", lambda: 1) == 1
 
 
+async def test_high_priority_jobs_pass_slow_ones_on_the_priority_worker(
+    threads: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    fair = FairExecutor(threads, 1, priority_workers=1)
+    gate = threading.Event()
+    ran: list[str] = []
+    slow = fair.submit("a", gate.wait, 5)
+    queued_low = fair.submit("a", ran.append, "low")
+    # The only ordinary worker is busy and a low-priority job waits ahead of it.
+    assert await asyncio.wait_for(fair.submit("b", lambda: "info", high_priority=True), 2) == (
+        "info"
+    )
+    assert (
+        await asyncio.wait_for(fair.submit("a", ran.append, "high", high_priority=True), 2) is None
+    )
+    assert ran == ["high"]  # the priority worker never takes the low-priority job
+    gate.set()
+    await asyncio.gather(slow, queued_low)
+    assert ran == ["high", "low"]
+
+
+async def test_without_priority_workers_high_priority_jobs_wait_their_turn(
+    threads: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    fair = FairExecutor(threads, 1)
+    gate = threading.Event()
+    slow = fair.submit("a", gate.wait, 5)
+    info = fair.submit("b", lambda: "info", high_priority=True)
+    await asyncio.sleep(0.05)
+    assert not info.done()
+    gate.set()
+    assert await info == "info"
+    assert await slow is True
+
+
 def test_refusals_are_logged_once_per_burst(caplog: pytest.LogCaptureFixture) -> None:
     now = [100.0]
     refusals = RefusalLog(period=10.0, clock=lambda: now[0])

@@ -16,26 +16,30 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.conftest import RawClient, error_of
-from virtvol.daemon import connection as daemon_connection
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.context import DaemonContext
+from virtvol.daemon.dispatch import HANDLERS, storage
 from virtvol.daemon.storage import StorageRegistry
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived
 from virtvol.protocol.constants import REMOTE_STRING_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
 
 POOL = r.StoragePool(name="default", uuid=bytes(16))
 
 
-def _serve(registry: StorageRegistry, procedure: int, args: XdrStruct | None) -> XdrStruct | None:
-    if procedure == Proc.STORAGE_POOL_LIST_VOLUMES:
-        return r.ListVolNamesRet(names=("n" * (REMOTE_STRING_MAX + 1),))
-    if procedure == Proc.STORAGE_POOL_REFRESH:
-        # A lone surrogate has no UTF-8 form, even with surrogateescape.
-        raise ErrorReport(ErrorCode.INTERNAL_ERROR, ErrorDomain.STORAGE, "bad \ud800 name")
+def _unsendable_names(registry: StorageRegistry, args: r.PoolListVolumesArgs) -> r.ListVolNamesRet:
+    return r.ListVolNamesRet(names=("n" * (REMOTE_STRING_MAX + 1),))
+
+
+def _unsendable_error(registry: StorageRegistry, args: r.PoolFlagsArgs) -> None:
+    # A lone surrogate has no UTF-8 form, even with surrogateescape.
+    raise ErrorReport(ErrorCode.INTERNAL_ERROR, ErrorDomain.STORAGE, "bad \ud800 name")
+
+
+def _three_volumes(registry: StorageRegistry, args: r.PoolArgs) -> r.NumRet:
     return r.NumRet(num=3)
 
 
@@ -57,7 +61,12 @@ def context(tmp_path: Path) -> Iterator[DaemonContext]:
 async def client(
     context: DaemonContext, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[RawClient]:
-    monkeypatch.setattr(daemon_connection, "serve_storage_call", _serve)
+    for handler in (
+        storage(procedures.STORAGE_POOL_LIST_VOLUMES, _unsendable_names),
+        storage(procedures.STORAGE_POOL_REFRESH, _unsendable_error),
+        storage(procedures.STORAGE_POOL_NUM_OF_VOLUMES, _three_volumes),
+    ):
+        monkeypatch.setitem(HANDLERS, handler.procedure.number, handler)
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
     _, served = await loop.connect_accepted_socket(

@@ -26,7 +26,14 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_f
 from virtvol.protocol.exceptions import RemoteProtocolError
 from virtvol.protocol.frames import Frame, Header, PayloadBuffers, encode_frame
 from virtvol.protocol.procedures import Proc
-from virtvol.protocol.remote import ConnectOpenArgs, StorageVol, VolTransferArgs
+from virtvol.protocol.remote import (
+    ConnectOpenArgs,
+    Secret,
+    SecretGetValueRet,
+    SecretSetValueArgs,
+    StorageVol,
+    VolTransferArgs,
+)
 from virtvol.protocol.xdr import (
     Array,
     Bool,
@@ -202,3 +209,14 @@ def test_dump_names_what_it_does_not_know() -> None:
     assert procedure_name(0x12345678, 3) == "3"
     header = Header(REMOTE_PROGRAM, 1, 209, MessageType.STREAM_HOLE, 4, MessageStatus.CONTINUE)
     assert describe(Frame(header, b"\0\0")).endswith("hole=<undecodable>")
+
+
+def test_secret_values_never_show_in_reprs() -> None:
+    secret = Secret(uuid=bytes(16), usage_type=5, usage_id="client.admin")
+    value = b"AQBz-a-ceph-key"
+    args = SecretSetValueArgs(secret=secret, value=value, flags=0)
+    ret = SecretGetValueRet(value=value)
+    for text in (repr(args), repr(ret)):
+        assert "AQBz" not in text
+        assert f"<{len(value)} bytes>" in text
+    assert "client.admin" in repr(args)

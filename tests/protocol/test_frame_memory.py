@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
+
 from virtvol.protocol.constants import MESSAGE_MAX, MessageStatus, MessageType
+from virtvol.protocol.exceptions import RemoteProtocolError
 from virtvol.protocol.frames import (
     PAYLOAD_FIRST_STEP,
     FrameReader,
@@ -82,3 +85,17 @@ def test_a_grown_buffer_is_reused_for_the_next_frame() -> None:
     assert isinstance(second.payload, memoryview)
     # The second frame landed straight in the first one's (now free) buffer: no growth steps.
     assert id(second.payload.obj) == first_buffer
+
+
+def test_a_lowered_message_limit_refuses_the_next_bigger_frame() -> None:
+    reader = FrameReader()
+    assert reader.max_message == MESSAGE_MAX
+    reader.max_message = 1024
+    assert reader.max_message == 1024
+    reader.feed(encode_head(_HEADER, 1024 - 24))  # exactly the limit: accepted
+    reader.feed(b"x" * 1000)
+    frame = reader.next_frame()
+    assert frame is not None
+    assert len(frame.payload) == 1000
+    with pytest.raises(RemoteProtocolError, match="exceeds the maximum of 1028"):
+        reader.feed(encode_head(_HEADER, 1024 - 23))
