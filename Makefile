@@ -13,7 +13,7 @@ PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-w
 PEER_TOOLS := virsh libvirtd tshark systemd-analyze systemd-socket-activate
 
 # A strict editable install links each module file: reinstall when modules come or go.
-PACKAGE_FILES := $(wildcard protocol/*.py client/*.py daemon/*.py daemon/*/*.py)
+PACKAGE_FILES := $(wildcard protocol/*.py sparse/*.py client/*.py daemon/*.py daemon/*/*.py)
 
 $(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
 	$(PYTHON) -m venv $(VENV)

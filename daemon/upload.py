@@ -1,17 +1,17 @@
 """Receiving a volume from the client (STORAGE_VOL_UPLOAD, procedure 208).
 
-Theory of operation: the connection hands over each data frame's payload as
-the memoryview the socket was read into, and each skip as a length; they wait
-in a queue, in stream order, and a worker thread applies them in batches
-(``VolumeWriter.write``: pwrite straight from that memory; ``skip``: punch or
-extend). When more than ``QUEUE_HIGH`` bytes wait for the disk the connection
-stops reading the socket, and reads again below ``QUEUE_LOW``: TCP pushes back
-on a client faster than the disk, and memory stays bounded. The client's
-finish commits the writer (for a whole-volume upload: fdatasync, then the
-atomic rename) and is acknowledged, and only then is the replaced content let
-go (slow for a big volume, and nothing the client waits for); an abort, an
-error or a lost connection aborts it, leaving the old content. A write error is reported at once as
-STREAM/ERROR; the core then forgets the stream, so later frames are dropped.
+Theory of operation: the connection hands over each data frame's payload as the
+memoryview the socket was read into, and each skip as a length; they wait in a queue, in
+stream order, and a worker thread applies them in batches (``VolumeWriter.apply``: one
+pwritev per run of data straight from that memory; skips and zero blocks punched or
+extended). When more than ``QUEUE_HIGH`` bytes wait for the disk the connection stops
+reading the socket, and reads again below ``QUEUE_LOW``: TCP pushes back on a client
+faster than the disk, and memory stays bounded. The client's finish commits the writer
+(for a whole-volume upload: fdatasync, then the atomic rename) and is acknowledged, and
+only then is the replaced content let go (slow for a big volume, and nothing the client
+waits for); an abort, an error or a lost connection aborts it, leaving the old content.
+A write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
+later frames are dropped.
 """
 
 from __future__ import annotations
@@ -140,15 +140,8 @@ class Upload:
         size = sum(len(item) for item in batch if not isinstance(item, int))
         writer = self._writer
 
-        def apply() -> None:
-            for item in batch:
-                if isinstance(item, int):
-                    writer.skip(item)
-                else:
-                    writer.write(item)
-
         try:
-            await self._in_thread(apply)
+            await self._in_thread(lambda: writer.apply(batch))
         finally:
             self._queued_bytes -= size
             if self._queued_bytes <= QUEUE_LOW:

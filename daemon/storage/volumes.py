@@ -15,8 +15,8 @@ import secrets
 import stat
 from collections.abc import Callable
 
-from virtvol.daemon import sparsefile
 from virtvol.protocol.errors import ErrorCode, ErrorReport
+from virtvol.sparse import files as sparse_files
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
@@ -115,7 +115,7 @@ class VolumeDir:
         try:
             os.ftruncate(fd, capacity)
             try:
-                sparsefile.allocate(fd, 0, allocation)
+                sparse_files.allocate(fd, 0, allocation)
             except OSError as exc:
                 raise system_error(
                     f"cannot allocate {allocation} bytes in file '{path}'", exc
@@ -138,7 +138,7 @@ class VolumeDir:
             dst_fd = self._create_file(request.name)
             try:
                 os.ftruncate(dst_fd, capacity)
-                sparsefile.copy_sparse(src_fd, dst_fd, size)
+                sparse_files.copy_sparse(src_fd, dst_fd, size)
             except OSError as exc:
                 self._discard(request.name, dst_fd)
                 raise system_error(
@@ -169,7 +169,7 @@ class VolumeDir:
         """Make the whole volume read as zeros, keeping its size and freeing its blocks."""
         fd = self.open(name, os.O_WRONLY)
         try:
-            sparsefile.punch_hole(fd, 0, os.fstat(fd).st_size)
+            sparse_files.punch_hole(fd, 0, os.fstat(fd).st_size)
         except OSError as exc:
             raise system_error(f"Failed to wipe vol '{self.volume_path(name)}'", exc) from None
         finally:
@@ -200,7 +200,7 @@ class VolumeDir:
                 raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
             try:
                 if allocate and new > current:
-                    sparsefile.allocate(fd, current, new - current)
+                    sparse_files.allocate(fd, current, new - current)
                 os.ftruncate(fd, new)
             except OSError as exc:
                 raise system_error(f"Failed to truncate file '{path}'", exc) from None

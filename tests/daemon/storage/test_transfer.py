@@ -204,12 +204,13 @@ def open_files() -> set[str]:
 def test_synced_upload_starts_writeback_and_releases_old_content_late(
     setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from virtvol.daemon import sparsefile
-    from virtvol.daemon.storage import StorageRegistry, transfer
+    from virtvol.daemon.storage import StorageRegistry
+    from virtvol.sparse import files
+    from virtvol.sparse import writer as sparse_writer
 
     started: list[tuple[int, int]] = []
-    monkeypatch.setattr(transfer, "WRITEBACK_STEP", 4096)
-    monkeypatch.setattr(sparsefile, "start_writeback", lambda fd, at, n: started.append((at, n)))
+    monkeypatch.setattr(sparse_writer, "WRITEBACK_STEP", 4096)
+    monkeypatch.setattr(files, "start_writeback", lambda fd, at, n: started.append((at, n)))
     registry = StorageRegistry(setup.state_dir)
     registry.load()
     volume = setup.file("v", b"old")
