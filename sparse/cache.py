@@ -79,51 +79,63 @@ def resident_pages(fd: int, offset: int, length: int) -> bytes:
 class ReadWindow:
     """Tracks a sequential read and drops, window by window, only the pages it brought in.
 
-    Call ``reading(offset, length)`` before each read and ``close()`` at the
-    end. Best effort: where residency cannot be asked, nothing is dropped.
+    Windows are the aligned ``step``-sized pieces of the file. The residency
+    of a window is taken when the read enters the window before it: by the
+    time the read gets there, the kernel's read-ahead (which runs several MiB
+    ahead of large reads) has already brought in its first pages, which must
+    not count as resident before. Call ``reading(offset)`` before each read
+    and ``close()`` at the end. Best effort: where residency cannot be asked,
+    nothing is dropped.
     """
 
     def __init__(self, fd: int, step: int) -> None:
+        if step % PAGE_SIZE:
+            raise ValueError("the window must be a whole number of pages")
         self._fd = fd
         self._step = step
-        self._start = -1  # page-aligned start of the current window, -1 for none
-        self._end = -1
-        self._was_resident = b""
+        self._current: tuple[int, bytes] | None = None  # (window index, residency before)
+        self._next: tuple[int, bytes] | None = None
 
-    def reading(self, offset: int, length: int) -> None:
-        """Note that ``[offset, offset + length)`` is about to be read."""
-        if self._start <= offset and offset + length <= self._end:
+    def reading(self, offset: int) -> None:
+        """Note that a read starting at ``offset`` is about to happen."""
+        index = offset // self._step
+        if self._current is not None and self._current[0] == index:
             return
-        start = offset - offset % PAGE_SIZE
-        # Pages of the old window from here on are about to be read: keep them.
-        self.close(upto=start)
-        end = max(start + self._step, offset + length)
+        self._drop(self._current)
+        ahead, self._next = self._next, None
+        self._current = ahead if ahead is not None and ahead[0] == index else self._snapshot(index)
+        if ahead is not None and ahead[0] != index:
+            self._drop(ahead)
+        self._next = self._snapshot(index + 1)
+
+    def close(self) -> None:
+        """Drop what the read brought into memory; safe to call twice."""
+        current, self._current = self._current, None
+        ahead, self._next = self._next, None
+        self._drop(current)
+        self._drop(ahead)
+
+    def _snapshot(self, index: int) -> tuple[int, bytes] | None:
+        start = index * self._step
         size = os.fstat(self._fd).st_size
-        end = min(end, size + (-size % PAGE_SIZE))
+        length = min(self._step, size - start)
+        if length <= 0:
+            return None
         try:
-            self._was_resident = resident_pages(self._fd, start, end - start)
+            return index, resident_pages(self._fd, start, length)
         except OSError:
-            return
-        self._start, self._end = start, end
+            return None
 
-    def close(self, upto: int | None = None) -> None:
-        """Drop what the current window brought into memory (before ``upto``); safe twice."""
-        if self._start < 0:
+    def _drop(self, window: tuple[int, bytes] | None) -> None:
+        if window is None:
             return
-        start, resident = self._start, self._was_resident
-        if upto is not None:
-            resident = resident[: max(0, upto - start) // PAGE_SIZE]
-        self._start = self._end = -1
-        self._was_resident = b""
+        index, resident = window
+        start = index * self._step
         page = resident.find(0)
         while page >= 0:
             stop = resident.find(1, page)
             if stop < 0:
                 stop = len(resident)
-            os.posix_fadvise(
-                self._fd,
-                start + page * PAGE_SIZE,
-                (stop - page) * PAGE_SIZE,
-                os.POSIX_FADV_DONTNEED,
-            )
+            offset, length = start + page * PAGE_SIZE, (stop - page) * PAGE_SIZE
+            os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)
             page = resident.find(0, stop)

@@ -100,7 +100,7 @@ class SparseReader:
             return Chunk(data=False, length=length)
         view = memoryview(buffer)
         wanted = min(len(view), extent.end - self._pos)
-        self._window.reading(self._pos, wanted)
+        self._window.reading(self._pos)
         count = os.preadv(self._fd, [view[:wanted]], self._pos)
         if count == 0:  # the file shrank while being read
             self._end = self._pos

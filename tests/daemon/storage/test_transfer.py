@@ -328,3 +328,25 @@ def test_zero_blocks_in_data_become_holes(setup: PoolSetup, whole_volume: bool) 
     path = setup.pool_dir / "dense"
     assert path.read_bytes() == bytes(payload)
     assert allocated(path) < 600 * 1024
+
+
+def test_durable_upload_leaves_the_new_volume_in_memory(setup: PoolSetup) -> None:
+    """The upload is flushed to disk, but a download that follows reads memory, not the disk."""
+    from virtvol.daemon.storage import StorageRegistry
+    from virtvol.sparse.cache import resident_pages
+
+    registry = StorageRegistry(setup.state_dir)  # sync_uploads is on by default
+    registry.load()
+    volume = setup.file("v", b"old")
+    data = os.urandom(MIB)
+    with registry.open_upload(volume, 0, 0) as writer:
+        for _ in range(80):  # past a couple of writeback steps
+            writer.write(data)
+        writer.commit()
+    fd = os.open(setup.pool_dir / "v", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_size == 80 * MIB
+        assert resident_pages(fd, 0, 80 * MIB).count(0) == 0
+    finally:
+        os.close(fd)
+    registry.close()
