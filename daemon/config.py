@@ -11,6 +11,11 @@ The config file holds the same settings as the command line::
     shutdown_timeout = 30         # seconds running streams get on SIGTERM
     sync_uploads = true           # flush a whole-volume upload to disk before it replaces
                                   # the volume (false: survives daemon crashes, not power cuts)
+    max_clients = 5000            # connections at once (libvirtd's name and default)
+    max_anonymous_clients = 20    # of them, connections that have not sent CONNECT_OPEN yet
+    max_client_requests = 5       # calls in flight per connection; reading pauses beyond
+    max_client_streams = 16       # upload/download streams open per connection
+    handshake_timeout = 30        # seconds a connection may take to send CONNECT_OPEN
 
     [pools]
     default = "/var/lib/virtvol/pools/default"
@@ -70,6 +75,11 @@ class Settings:
     keepalive_count: int = 5
     shutdown_timeout: float = 30.0
     sync_uploads: bool = True
+    max_clients: int = 5000
+    max_anonymous_clients: int = 20
+    max_client_requests: int = 5
+    max_client_streams: int = 16
+    handshake_timeout: float = 30.0
     config_file: str | None = None
 
     @property
@@ -124,6 +134,13 @@ def _number(table: dict[str, Any], key: str, default: float, *, minimum: float) 
     return float(value)
 
 
+def _integer(table: dict[str, Any], key: str, default: int, *, minimum: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
 def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
     """Settings from a parsed TOML document; unknown keys are refused (typos must not pass)."""
     known = {
@@ -136,6 +153,11 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         "keepalive_count",
         "shutdown_timeout",
         "sync_uploads",
+        "max_clients",
+        "max_anonymous_clients",
+        "max_client_requests",
+        "max_client_streams",
+        "handshake_timeout",
     }
     unknown = sorted(set(table) - known)
     if unknown:
@@ -167,6 +189,11 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         keepalive_count=int(count),
         shutdown_timeout=_number(table, "shutdown_timeout", 30.0, minimum=0),
         sync_uploads=sync_uploads,
+        max_clients=_integer(table, "max_clients", 5000, minimum=1),
+        max_anonymous_clients=_integer(table, "max_anonymous_clients", 20, minimum=1),
+        max_client_requests=_integer(table, "max_client_requests", 5, minimum=1),
+        max_client_streams=_integer(table, "max_client_streams", 16, minimum=1),
+        handshake_timeout=_number(table, "handshake_timeout", 30.0, minimum=0.001),
         config_file=source,
     )
 

@@ -12,6 +12,17 @@ holds unsent bytes"; the download handler uses that to know when its buffers
 are no longer referenced. Keepalive: every PING gets a PONG; a client that
 asked for feature 10 is pinged after ``interval`` seconds of silence and
 dropped after ``interval * (count + 1)``, as libvirtd does.
+
+Limits (see ``limits``): a connection refused by admission is closed as soon as
+it is accepted. One that has not sent CONNECT_OPEN within ``handshake_timeout``
+is closed. With ``max_client_requests`` calls in flight, or more than
+``OUTPUT_HIGH_WATER`` reply bytes unsent, the connection stops reading its
+socket and stops handing out the frames it already read, until a call ends or
+the client reads: a client that pipelines calls or PINGs and never reads the
+answers costs a bounded amount of memory. A client whose unsent bytes do not
+drain for ``interval * (count + 1)`` keepalive seconds has stopped reading and
+is dropped, keepalive or not. Thread-bound work waits in this connection's own
+queue of the shared ``FairExecutor``, so one busy client cannot starve others.
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ from typing import cast
 
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.dispatch import serve_storage_call, vol_ref
-from virtvol.daemon.download import Download
+from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
+from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.session import SESSION_PROCEDURES, Session
 from virtvol.daemon.storage import VolStreamFlags, VolumeReader, VolumeWriter
 from virtvol.daemon.streamio import TransferStats, remote_error
@@ -56,6 +68,13 @@ log = logging.getLogger("virtvol.daemon.connection")
 # VIR_CONNECT_CLOSE_REASON_EOF: what a client's close callback hears when we shut down.
 _CLOSE_REASON_EOF = 1
 _PEERCRED = struct.Struct("3i")
+# Reply bytes a client may leave unread before we stop reading its calls.
+OUTPUT_HIGH_WATER = 1 << 20
+# Owners of a read pause (besides the upload handlers): they also hold back the
+# frames already read, since serving those would add to what they limit.
+_REQUEST_LIMIT = "max_client_requests"
+_OUTPUT_BACKLOG = "unsent replies"
+_DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG})
 
 
 def describe_peer(transport: asyncio.BaseTransport) -> str:
@@ -99,6 +118,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._keepalive: KeepaliveTracker | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._started = time.monotonic()
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._calls_in_flight = 0
+        self._streams_opening = 0
+        self._send_buffers = SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE)
         self._calls = 0
         self._streams_opened = 0
         self._close_reason = "closed by the client"
@@ -111,10 +135,22 @@ class ClientConnection(asyncio.BufferedProtocol):
         # Zero limits: pause_writing fires whenever anything stays unsent.
         self._transport.set_write_buffer_limits(high=0, low=0)
         self.peer = describe_peer(transport)
-        self._ctx.connections.add(self)
-        self._ctx.total_connections += 1
+        ctx = self._ctx
+        refusal = ctx.admission.refusal(len(ctx.connections), len(ctx.anonymous))
+        if refusal is not None:
+            # Closed before anything is read or allocated; logged once per burst.
+            ctx.admission.refusals.refused(f"{self.peer} on {self._listener}", refusal)
+            self._close_reason = "refused"
+            self._transport.abort()
+            return
+        ctx.connections.add(self)
+        ctx.anonymous.add(self)
+        ctx.total_connections += 1
         log.info("%s: connected on %s", self.peer, self._listener)
-        if not self._ctx.accepting:
+        self._handshake_timer = self._loop.call_later(
+            ctx.limits.handshake_timeout, self._handshake_expired
+        )
+        if not ctx.accepting:
             self.close("the daemon is stopping")
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -123,9 +159,25 @@ class ClientConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         try:
             self.rpc.buffer_updated(nbytes)
-            if self._keepalive is not None:
-                self._keepalive.heard(self._loop.time())
-            while (event := self.rpc.next_event()) is not None:
+        except ProtocolError as exc:
+            self.abort(f"protocol error: {exc}")
+            return
+        if self._keepalive is not None:
+            self._keepalive.heard(self._loop.time())
+        self._dispatch_received()
+
+    def _dispatch_received(self) -> None:
+        """Serve the frames read so far, unless a limit holds them back."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        try:
+            while not (self._read_pausers & _DISPATCH_HOLDS):
+                if self._calls_in_flight >= self._ctx.limits.max_client_requests:
+                    self.pause_reading(_REQUEST_LIMIT)
+                    return
+                event = self.rpc.next_event()
+                if event is None:
+                    return
                 self._dispatch(event)
                 if self._transport is None or self._transport.is_closing():
                     return
@@ -138,12 +190,18 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
+        if self._close_reason == "refused":
+            if not self.closed.done():
+                self.closed.set_result(None)
+            return  # never served, never counted
+        for timer in (self._keepalive_timer, self._handshake_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
+        self._ctx.anonymous.discard(self)
         log.info(
             "%s: %s after %.3f s, %d calls, %d streams",
             self.peer,
@@ -157,16 +215,29 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
+        if self._stall_timer is None and self._close_reason != "refused":
+            self._stall_timer = self._loop.call_later(stall, self._output_stalled, stall)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._send_buffers.reclaim()
         self._wake_drain_waiters()
+        if _OUTPUT_BACKLOG in self._read_pausers:
+            self.resume_reading(_OUTPUT_BACKLOG)
+            self._dispatch_received()
 
     # -- FrameSink (used by the stream handlers) -----------------------------------
 
     def send(self, frame: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frame)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+            if transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
+                self.pause_reading(_OUTPUT_BACKLOG)
 
     def send_data(self, head: bytes, data: Payload) -> None:
         transport = self._transport
@@ -195,8 +266,9 @@ class ClientConnection(asyncio.BufferedProtocol):
                 waiter.set_result(None)
 
     def pause_reading(self, owner: object) -> None:
-        if not self._read_pausers and self._transport is not None:
-            self._transport.pause_reading()
+        transport = self._transport
+        if not self._read_pausers and transport is not None and not transport.is_closing():
+            transport.pause_reading()
         self._read_pausers.add(owner)
 
     def resume_reading(self, owner: object) -> None:
@@ -255,7 +327,9 @@ class ClientConnection(asyncio.BufferedProtocol):
                 handler.data_received(event.data)
         elif isinstance(event, CallReceived):
             self._calls += 1
-            self._spawn(self._serve(event), f"call-{event.serial}")
+            self._calls_in_flight += 1
+            task = self._spawn(self._serve(event), f"call-{event.serial}")
+            task.add_done_callback(self._call_ended)
         elif isinstance(event, StreamHoleReceived):
             handler = self._streams.get(event.serial)
             if isinstance(handler, Upload):
@@ -285,6 +359,34 @@ class ClientConnection(asyncio.BufferedProtocol):
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: task %s failed", self.peer, task.get_name(), exc_info=task.exception())
 
+    def _call_ended(self, task: asyncio.Task[None]) -> None:
+        self._calls_in_flight -= 1
+        if _REQUEST_LIMIT in self._read_pausers:
+            self.resume_reading(_REQUEST_LIMIT)
+            self._dispatch_received()
+
+    # -- limits -----------------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if not self.session.opened:
+            self.close(
+                f"no CONNECT_OPEN within handshake_timeout"
+                f" ({self._ctx.limits.handshake_timeout:g} s)",
+                notify=False,
+            )
+
+    def _opened(self) -> None:
+        self._ctx.anonymous.discard(self)
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _output_stalled(self, seconds: float) -> None:
+        self._stall_timer = None
+        if not self.write_buffer_empty():
+            self.abort(f"the client read nothing of its replies for {seconds:g} s")
+
     # -- calls ----------------------------------------------------------------------
 
     async def _serve(self, call: CallReceived) -> None:
@@ -300,11 +402,13 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             if procedure.number in SESSION_PROCEDURES:
                 result = self.session.serve(procedure, call.args)
+                if self.session.opened:
+                    self._opened()
                 if self.session.keepalive_requested:
                     self._start_keepalive()
             else:
-                result = await self._loop.run_in_executor(
-                    self._ctx.calls,
+                result = await self._ctx.call_queue.submit(
+                    self,
                     serve_storage_call,
                     self._ctx.registry,
                     procedure.number,
@@ -332,6 +436,27 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise ErrorReport.raised(
                 ErrorCode.OPERATION_INVALID, ErrorDomain.STORAGE, "the daemon is stopping"
             )
+        limit = self._ctx.limits.max_client_streams
+        if len(self._streams) + self._streams_opening >= limit:
+            raise ErrorReport.raised(
+                ErrorCode.OPERATION_FAILED,
+                ErrorDomain.STREAMS,
+                f"too many streams open on this connection (max_client_streams is {limit})",
+            )
+        self._streams_opening += 1
+        try:
+            handler = await self._open_handler(call, args, upload)
+        finally:
+            self._streams_opening -= 1
+        self._streams[call.serial] = handler
+        self._streams_opened += 1
+        self.send(self.rpc.reply(call.serial))
+        task = self._spawn(handler.run(), f"stream-{call.serial}")
+        task.add_done_callback(lambda _: self._streams.pop(call.serial, None))
+
+    async def _open_handler(
+        self, call: CallReceived, args: r.VolTransferArgs, upload: bool
+    ) -> Upload | Download:
         sparse = bool(args.flags & VolStreamFlags.SPARSE)
         volume = vol_ref(args.vol)
         stats = TransferStats(
@@ -361,19 +486,21 @@ class ClientConnection(asyncio.BufferedProtocol):
             )
             assert isinstance(reader, VolumeReader)
             handler = Download(
-                self, call.serial, reader, sparse=sparse, executor=self._ctx.io, stats=stats
+                self,
+                call.serial,
+                reader,
+                sparse=sparse,
+                executor=self._ctx.io,
+                stats=stats,
+                buffers=self._send_buffers,
             )
-        self._streams[call.serial] = handler
-        self._streams_opened += 1
-        self.send(self.rpc.reply(call.serial))
-        task = self._spawn(handler.run(), f"stream-{call.serial}")
-        task.add_done_callback(lambda _: self._streams.pop(call.serial, None))
+        return handler
 
     async def _in_thread(
         self, func: Callable[..., VolumeReader | VolumeWriter], *args: object
     ) -> VolumeReader | VolumeWriter:
         """Open a stream's file in a worker; if we are cancelled meanwhile, release it."""
-        future = self._loop.run_in_executor(self._ctx.calls, func, *args)
+        future = self._ctx.call_queue.submit(self, func, *args)
         try:
             result: VolumeReader | VolumeWriter = await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -6,6 +6,13 @@ import concurrent.futures
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from virtvol.daemon.fairqueue import FairExecutor
+from virtvol.daemon.limits import (
+    Admission,
+    ConnectionLimits,
+    nofile_soft_limit,
+    open_descriptor_count,
+)
 from virtvol.daemon.storage import StorageRegistry
 
 # Worker threads. Calls and stream I/O get separate pools so that many busy
@@ -44,9 +51,24 @@ class DaemonContext:
             IO_WORKERS, thread_name_prefix="virtvold-io"
         )
     )
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     connections: set[TrackedConnection] = field(default_factory=set)
+    # Connections that have not sent CONNECT_OPEN yet (max_anonymous_clients).
+    anonymous: set[TrackedConnection] = field(default_factory=set)
     accepting: bool = True
     total_connections: int = 0
+    call_queue: FairExecutor = field(init=False)
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.call_queue = FairExecutor(self.calls, CALL_WORKERS)
+        self.measure_descriptors(nofile_soft_limit())
+
+    def measure_descriptors(self, fd_limit: int) -> None:
+        """Size the descriptor budget from ``fd_limit`` and what is open now."""
+        self.admission = Admission(
+            self.limits, fd_limit=fd_limit, fds_at_start=open_descriptor_count()
+        )
 
     def active_streams(self) -> int:
         return sum(conn.stream_count() for conn in self.connections)

@@ -1,14 +1,15 @@
 """Sending a volume to the client (STORAGE_VOL_DOWNLOAD, procedure 209).
 
-Theory of operation: the handler owns a few preallocated frame buffers. A
-worker thread fills one buffer from the disk (``VolumeReader.next_chunk``)
-while the previous one is on its way out, so disk and socket overlap. A data
-chunk goes out as ``write(head)`` + ``write(view)`` with no join; the buffer is
-then "in flight" until the transport holds no unsent bytes, because asyncio
-(3.12+) and uvloop keep references to unsent data instead of copying it. When
-no buffer is free the handler waits for the transport to drain: the disk is
-read no faster than the client takes the data, and memory stays at a few
-buffers per stream whatever the volume size. Holes are one skip frame on a
+Theory of operation: the handler fills frame buffers taken from its
+connection's ``SendBuffers``. A worker thread fills one buffer from the disk
+(``VolumeReader.next_chunk``) while the previous one is on its way out, so
+disk and socket overlap. A data chunk goes out as ``write(head)`` +
+``write(view)`` with no join; the buffer is then "in flight" until the
+transport holds no unsent bytes, because asyncio (3.12+) and uvloop keep
+references to unsent data instead of copying it. When no buffer is free the
+handler waits for the transport to drain: the disk is read no faster than the
+client takes the data, and memory stays at a few buffers per connection
+whatever the volume size and however many downloads the client opened. Holes are one skip frame on a
 sparse stream; on a plain stream they go as data frames cut from one shared,
 immutable zero buffer (no disk read, no allocation). Then the EOF frame, and
 the handler waits for the client's finish (or abort) and acknowledges it.
@@ -17,10 +18,10 @@ the handler waits for the client's finish (or abort) and acknowledges it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 
+from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk, VolumeReader
 from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
 from virtvol.protocol.errors import ErrorReport
@@ -31,10 +32,10 @@ from virtvol.protocol.errors import ErrorReport
 # 1 MiB 1.5-1.6 GiB/s, 4 MiB 2.2-2.3 GiB/s, 8 MiB 2.0 GiB/s. The per-frame
 # costs (a thread hop for the read, two writes, the client's per-message work)
 # stop mattering at 4 MiB; beyond that the buffers fall out of the CPU caches.
-# Three 4 MiB buffers per stream keep memory at 12 MiB per download.
+# Three 4 MiB buffers per connection keep memory at 12 MiB per downloading client.
 FRAME_SIZE = 4 << 20
 # One buffer being filled from disk, up to two in flight on the socket.
-BUFFERS_PER_STREAM = 3
+BUFFERS_PER_CONNECTION = 3
 _ZEROS = memoryview(bytes(FRAME_SIZE))
 
 
@@ -50,8 +51,11 @@ class Download:
         sparse: bool,
         executor: concurrent.futures.Executor,
         stats: TransferStats,
+        buffers: SendBuffers,
     ) -> None:
         self._sink = sink
+        self._buffers = buffers
+        self._held: memoryview | None = None  # taken, being filled, not sent
         self._serial = serial
         self._reader = reader
         self._sparse = sparse
@@ -92,6 +96,9 @@ class Download:
                 # The thread may still be filling a buffer: let it finish before closing the fd.
                 with contextlib.suppress(BaseException):
                     await asyncio.wait([self._reading])
+            if self._held is not None:
+                self._buffers.give_back(self._held)
+                self._held = None
             self._reader.close()
             self.stats.log_end(outcome)
 
@@ -104,30 +111,31 @@ class Download:
 
     async def _send_volume(self) -> bool:
         """Send every data and hole frame; False when the client aborted meanwhile."""
-        buffers = [memoryview(bytearray(FRAME_SIZE)) for _ in range(BUFFERS_PER_STREAM)]
-        free = collections.deque(buffers)
-        in_flight: list[memoryview] = []
+        pool = self._buffers
         rpc, serial, sink, stats = self._sink.rpc, self._serial, self._sink, self.stats
         while True:
             if sink.write_buffer_empty():
-                free.extend(in_flight)
-                in_flight.clear()
-            while not free:
-                await sink.drained()
-                free.extend(in_flight)
-                in_flight.clear()
-            buffer = free.popleft()
+                pool.reclaim()
+            buffer = pool.try_take()
+            while buffer is None:
+                if not sink.write_buffer_empty():
+                    await sink.drained()
+                    pool.reclaim()
+                    buffer = pool.try_take()
+                else:
+                    buffer = await pool.take()  # another download of ours is filling them
+            self._held = buffer
             chunk = await self._read(buffer)
-            if self._client_ended.done():
-                return False
-            if chunk.eof:
-                return True
+            if self._client_ended.done() or chunk.eof:
+                return not self._client_ended.done()
             if chunk.data:
                 sink.send_data(*rpc.send_data(serial, buffer[: chunk.length]))
-                in_flight.append(buffer)
+                self._held = None
+                pool.sent(buffer)
                 stats.data_bytes += chunk.length
                 continue
-            free.appendleft(buffer)
+            self._held = None
+            pool.give_back(buffer)
             stats.holes += 1
             stats.hole_bytes += chunk.length
             if self._sparse:

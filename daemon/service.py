@@ -19,6 +19,7 @@ import socket
 from virtvol.daemon.config import Overrides, Settings, resolve
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.context import DaemonContext
+from virtvol.daemon.limits import ConnectionLimits, raise_nofile_limit
 from virtvol.daemon.listeners import BoundSocket, ListenError, bind_all, from_activation
 from virtvol.daemon.storage import StorageRegistry
 from virtvol.daemon.systemd import ActivationError, Notifier, activated_listeners
@@ -49,12 +50,20 @@ class Daemon:
             legacy=settings.legacy,
             keepalive_interval=settings.keepalive_interval,
             keepalive_count=settings.keepalive_count,
+            limits=ConnectionLimits(
+                max_clients=settings.max_clients,
+                max_anonymous_clients=settings.max_anonymous_clients,
+                max_client_requests=settings.max_client_requests,
+                max_client_streams=settings.max_client_streams,
+                handshake_timeout=settings.handshake_timeout,
+            ),
         )
 
     # -- start ------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        fd_limit = raise_nofile_limit()
         try:
             await loop.run_in_executor(self.context.calls, self._load_pools, self.settings)
         except (ErrorReport, OSError) as exc:
@@ -62,6 +71,17 @@ class Daemon:
         self._bound = self._open_listeners()
         for bound in self._bound:
             self._servers.append(await self._serve(bound))
+        # The descriptor budget counts what is open now: listeners, logs, the state dir.
+        self.context.measure_descriptors(fd_limit)
+        admission = self.context.admission
+        log.info(
+            "open-files limit %d: up to %d connections (max_clients %d), %d descriptors"
+            " kept for volume files",
+            fd_limit,
+            min(admission.fd_budget, self.settings.max_clients),
+            self.settings.max_clients,
+            admission.fd_reserve,
+        )
         for bound in self._bound:
             log.info("listening on %s%s", bound.label, " (read-only)" if bound.read_only else "")
         mode = "legacy (no sparse streams)" if self.settings.legacy else "current"

@@ -13,6 +13,14 @@ buffer. Stream data therefore reaches the consumer as a memoryview over the
 very buffer the kernel filled: no join and no per-frame copy. The length word
 is checked (28 <= length <= 4 + 32 MiB, or a smaller limit) before anything is
 allocated for it.
+
+Memory is committed as bytes arrive, never on the word of a header: a large
+frame takes a recycled buffer when one is free (memory that exists already),
+else a fresh one of at most ``PAYLOAD_FIRST_STEP`` bytes that doubles each
+time it fills, up to the announced length. A peer that announces 32 MiB and
+sends nothing more costs 64 KiB, not 32 MiB; a peer that sends the bytes pays
+for them with its bandwidth. Once the pool holds buffers (any steady stream),
+frames land in them directly and nothing is copied.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from virtvol.protocol.constants import (
 from virtvol.protocol.exceptions import RemoteProtocolError
 
 _FRAME_HEAD = struct.Struct(">IIIiiIi")
+# The first fresh allocation for a large payload; it doubles as bytes arrive.
+PAYLOAD_FIRST_STEP = 64 << 10
 
 Payload = bytes | memoryview
 
@@ -121,17 +131,28 @@ class PayloadBuffers:
 
     def take(self, size: int) -> memoryview:
         """Memory for a payload of ``size`` bytes (not zeroed: the peer fills all of it)."""
+        view = self.take_free(size)
+        if view is not None:
+            return view
+        buffer = bytearray(size)
+        self.adopt(buffer)
+        return memoryview(buffer)
+
+    def take_free(self, size: int) -> memoryview | None:
+        """A recycled buffer of at least ``size`` bytes, cut to ``size``; None if none is free."""
         buffers = self._buffers
         for _ in range(len(buffers)):
             buffer = buffers[0]
             buffers.rotate(-1)
             if sys.getrefcount(buffer) <= self._free_refcount and len(buffer) >= size:
                 return memoryview(buffer)[:size]
-        buffer = bytearray(size)
-        if self._pooled_bytes + size <= self._max_bytes:
-            buffers.append(buffer)
-            self._pooled_bytes += size
-        return memoryview(buffer)
+        return None
+
+    def adopt(self, buffer: bytearray) -> None:
+        """Keep ``buffer`` for reuse once its payload is consumed, if the pool has room."""
+        if self._pooled_bytes + len(buffer) <= self._max_bytes:
+            self._buffers.append(buffer)
+            self._pooled_bytes += len(buffer)
 
 
 class FrameReader:
@@ -153,6 +174,7 @@ class FrameReader:
         self._big_header: Header | None = None
         self._big_payload: memoryview | None = None
         self._big_filled = 0
+        self._big_length = 0  # the announced payload length; _big_payload may be shorter yet
         self._ready: collections.deque[Frame] = collections.deque()
         self._payload_buffers = PayloadBuffers()
 
@@ -181,8 +203,10 @@ class FrameReader:
         """Account for ``nbytes`` written into the last ``get_buffer`` memory."""
         if self._big_payload is not None:
             self._big_filled += nbytes
-            if self._big_filled == len(self._big_payload):
+            if self._big_filled == self._big_length:
                 self._finish_big_frame()
+            elif self._big_filled == len(self._big_payload):
+                self._grow_big_payload()
             return
         self._end += nbytes
         self._parse_scratch()
@@ -237,14 +261,31 @@ class FrameReader:
 
     def _begin_big_frame(self, length: int) -> None:
         _, header = decode_head(self._scratch_view[self._start :])
-        payload = self._payload_buffers.take(length - FRAME_OVERHEAD)
+        size = length - FRAME_OVERHEAD
         already = self._end - self._start - FRAME_OVERHEAD
+        payload = self._payload_buffers.take_free(size)
+        if payload is None:
+            fresh = bytearray(min(size, max(PAYLOAD_FIRST_STEP, 2 * already)))
+            if len(fresh) == size:
+                self._payload_buffers.adopt(fresh)
+            payload = memoryview(fresh)
         payload[:already] = self._scratch_view[self._start + FRAME_OVERHEAD : self._end]
         self._start = self._end = 0
         self._big_header, self._big_payload, self._big_filled = header, payload, already
+        self._big_length = size
+
+    def _grow_big_payload(self) -> None:
+        """The payload buffer is full but the frame is not: double it (a bytes-in-hand step)."""
+        assert self._big_payload is not None
+        grown = bytearray(min(self._big_length, 2 * len(self._big_payload)))
+        grown[: self._big_filled] = self._big_payload
+        if len(grown) == self._big_length:
+            self._payload_buffers.adopt(grown)
+        self._big_payload = memoryview(grown)
 
     def _finish_big_frame(self) -> None:
         assert self._big_header is not None
         assert self._big_payload is not None
         self._ready.append(Frame(self._big_header, self._big_payload))
         self._big_header, self._big_payload, self._big_filled = None, None, 0
+        self._big_length = 0

@@ -1,0 +1,132 @@
+"""Admission: how many connections the daemon takes, and what it does with the rest.
+
+Theory of operation: every accepted connection is checked against three limits
+before it is served: ``max_clients`` connections in all, ``max_anonymous_clients``
+of them that have not sent CONNECT_OPEN yet (libvirtd's names and defaults),
+and the file descriptors left. A refused connection is closed at once, so the
+refusal itself costs no descriptor for longer than the accept. The descriptor
+budget is the soft RLIMIT_NOFILE (raised to the hard limit at start, as far as
+the kernel lets us) minus the descriptors open at start minus a reserve kept
+for volume files, directory handles and log rotation: a daemon that runs out
+of descriptors serves nobody, since it can no longer open a volume or accept
+on any socket. Refusals are logged once per burst: the first one, then at most
+one summary line every ``REFUSAL_LOG_PERIOD`` seconds while they go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("virtvol.daemon.limits")
+
+# Descriptors kept back for what connections open: volume files, pool
+# directories, the state directory. A sixteenth of the limit, at least 64.
+FD_RESERVE_MIN = 64
+FD_RESERVE_FRACTION = 16
+REFUSAL_LOG_PERIOD = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The per-daemon and per-connection limits (see ``config.Settings``)."""
+
+    max_clients: int = 5000
+    max_anonymous_clients: int = 20
+    max_client_requests: int = 5
+    max_client_streams: int = 16
+    handshake_timeout: float = 30.0
+
+
+def nofile_soft_limit() -> int:
+    """The soft RLIMIT_NOFILE in force (a large number when unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
+def open_descriptor_count() -> int:
+    """Descriptors this process has open now."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir used
+    except OSError:
+        return 0
+
+
+class RefusalLog:
+    """Logs refused connections once per burst instead of once per connection."""
+
+    def __init__(
+        self,
+        period: float = REFUSAL_LOG_PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._period = period
+        self._clock = clock
+        self._last_logged: float | None = None
+        self._unlogged = 0
+        self.total = 0
+
+    def refused(self, peer: str, reason: str) -> None:
+        self.total += 1
+        now = self._clock()
+        if self._last_logged is not None and now - self._last_logged < self._period:
+            self._unlogged += 1
+            return
+        if self._unlogged:
+            log.warning(
+                "refused %d more connection(s) in the last %.0f s",
+                self._unlogged,
+                now - self._last_logged if self._last_logged is not None else 0.0,
+            )
+        log.warning(
+            "refusing connection from %s: %s (further refusals are summed up, one line per %.0f s)",
+            peer,
+            reason,
+            self._period,
+        )
+        self._last_logged = now
+        self._unlogged = 0
+
+
+class Admission:
+    """Decides whether one more connection can be served."""
+
+    def __init__(self, limits: ConnectionLimits, *, fd_limit: int, fds_at_start: int) -> None:
+        self.limits = limits
+        self.fd_limit = fd_limit
+        self.fd_reserve = max(FD_RESERVE_MIN, fd_limit // FD_RESERVE_FRACTION)
+        # One descriptor per connection; the reserve is for what they open.
+        self.fd_budget = max(1, fd_limit - fds_at_start - self.fd_reserve)
+        self.refusals = RefusalLog()
+
+    def refusal(self, clients: int, anonymous: int) -> str | None:
+        """Why one more connection cannot be taken (None: it can). Counts exclude it."""
+        if clients >= self.limits.max_clients:
+            return f"max_clients ({self.limits.max_clients}) connections are open"
+        if anonymous >= self.limits.max_anonymous_clients:
+            return (
+                f"max_anonymous_clients ({self.limits.max_anonymous_clients}) connections"
+                " have not sent CONNECT_OPEN yet"
+            )
+        if clients >= self.fd_budget:
+            return (
+                f"out of file descriptors: {clients} connections open, soft limit"
+                f" {self.fd_limit}, {self.fd_reserve} kept for volume files"
+            )
+        return None

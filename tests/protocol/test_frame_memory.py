@@ -1,0 +1,84 @@
+"""FrameReader commits memory as bytes arrive, never on the word of a header."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from virtvol.protocol.constants import MESSAGE_MAX, MessageStatus, MessageType
+from virtvol.protocol.frames import (
+    PAYLOAD_FIRST_STEP,
+    FrameReader,
+    Header,
+    encode_frame,
+    encode_head,
+)
+
+_HEADER = Header(0x20008086, 1, 209, MessageType.STREAM, 7, MessageStatus.CONTINUE)
+
+
+def _allocated_while(action: FrameReader) -> int:
+    """Bytes still allocated after feeding a 32 MiB header to ``action`` (a fresh reader)."""
+    head = encode_head(_HEADER, MESSAGE_MAX - 24)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        action.feed(head)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return after - before
+
+
+def test_a_header_announcing_32_mib_allocates_little() -> None:
+    reader = FrameReader()
+    grown = _allocated_while(reader)
+    assert grown <= PAYLOAD_FIRST_STEP + 4096, f"{grown} bytes allocated for a bare header"
+    assert reader.next_frame() is None
+    assert not reader.at_frame_boundary()
+
+
+def test_memory_follows_the_bytes_that_arrive() -> None:
+    reader = FrameReader()
+    size = 8 << 20
+    reader.feed(encode_head(_HEADER, size))
+    sent = 0
+    step = 300_000
+    while sent < size // 8:
+        reader.feed(b"\x01" * step)
+        sent += step
+    held = len(reader.get_buffer()) + sent
+    # The buffer is at most twice what arrived (doubling), never the whole 8 MiB yet.
+    assert held <= 2 * sent + PAYLOAD_FIRST_STEP
+    assert held < size
+
+
+def test_a_payload_grown_in_steps_arrives_whole_and_in_order() -> None:
+    reader = FrameReader()
+    payload = bytes(range(256)) * ((3 << 20) // 256 + 7)
+    frame = encode_frame(_HEADER, payload)
+    for start in range(0, len(frame), 70_001):
+        reader.feed(frame[start : start + 70_001])
+    received = reader.next_frame()
+    assert received is not None
+    assert received.header == _HEADER
+    assert bytes(received.payload) == payload
+    assert reader.at_frame_boundary()
+
+
+def test_a_grown_buffer_is_reused_for_the_next_frame() -> None:
+    reader = FrameReader()
+    payload = b"\xab" * (1 << 20)
+    reader.feed(encode_frame(_HEADER, payload))
+    first = reader.next_frame()
+    assert first is not None
+    assert bytes(first.payload) == payload
+    assert isinstance(first.payload, memoryview)
+    first_buffer = id(first.payload.obj)
+    del first
+    reader.feed(encode_frame(_HEADER, b"\xcd" * (1 << 20)))
+    second = reader.next_frame()
+    assert second is not None
+    assert bytes(second.payload) == b"\xcd" * (1 << 20)
+    assert isinstance(second.payload, memoryview)
+    # The second frame landed straight in the first one's (now free) buffer: no growth steps.
+    assert id(second.payload.obj) == first_buffer
