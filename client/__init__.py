@@ -6,6 +6,8 @@ async with virtvol.client.connect("storage+tcp://host/system") as conn:
     await vol.upload_file("disk.img")
 """
 
+from typing import TYPE_CHECKING
+
 from virtvol.client.connection import Connection, ProtocolMode, connect
 from virtvol.client.errors import (
     ConnectionClosed,
@@ -33,8 +35,23 @@ from virtvol.client.objects import (
     VolumeType,
 )
 from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, StreamError, Upload
-from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.client.uri import Target, default_uri, parse_uri
+
+if TYPE_CHECKING:
+    from virtvol.client.transfer import TransferResult, download_file, upload_file
+
+# Whole-file transfers pull in the sparse engine (ctypes, threads): a command
+# that never moves a file does not import them.
+_LAZY = {"TransferResult", "download_file", "upload_file"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from virtvol.client import transfer
+
+        return getattr(transfer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FRAME_DATA_MAX",

@@ -621,7 +621,11 @@ async def _run(args: argparse.Namespace) -> str:
         await conn.close()
 
 
-def _event_loop_runner() -> asyncio.Runner:
+def _event_loop_runner(args: argparse.Namespace) -> asyncio.Runner:
+    # uvloop moves stream data faster, but importing it costs more than a
+    # short command spends in its loop: only transfers use it.
+    if args.handler not in (vol_upload, vol_download):
+        return asyncio.Runner()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -649,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _show_warnings(quiet=args.quiet)
     try:
-        with _event_loop_runner() as runner:
+        with _event_loop_runner(args) as runner:
             output = runner.run(_run(args))
     except CommandError as exc:
         sys.stdout.flush()

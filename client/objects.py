@@ -11,16 +11,18 @@ import os
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from virtvol.client.interfaces import ConnectionLike as Connection
 from virtvol.client.streams import Download, Upload
-from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import PoolState as PoolState
 from virtvol.protocol.constants import VolumeType as VolumeType
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from virtvol.client.transfer import TransferResult
 
 __all__ = [
     "PoolInfo",
@@ -334,6 +336,8 @@ class StorageVolume:
     ) -> TransferResult:
         """Upload a local file, sending its holes (and, with ``detect_zeroes``, its
         all-zero blocks) as holes. See ``virtvol.client.transfer.upload_file``."""
+        from virtvol.client.transfer import upload_file
+
         return await upload_file(
             self,
             path,
@@ -356,6 +360,8 @@ class StorageVolume:
     ) -> TransferResult:
         """Download into a local sparse file that appears atomically.
         See ``virtvol.client.transfer.download_file``."""
+        from virtvol.client.transfer import download_file
+
         return await download_file(
             self,
             path,

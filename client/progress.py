@@ -7,10 +7,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self, TextIO
 
 from virtvol.client.sizes import format_size
-from virtvol.client.transfer import TransferResult
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
+
+    from virtvol.client.transfer import TransferResult
 
 __all__ = ["TransferProgress", "summary_line"]
 
