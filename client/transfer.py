@@ -21,6 +21,7 @@ leaves no file behind. The written file is left in the page cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -52,17 +53,13 @@ WRITES_IN_FLIGHT = 4
 _T = TypeVar("_T")
 
 
-async def _settle(future: asyncio.Future[_T]) -> None:
-    """Wait until a worker's job has ended, even through cancellation (re-raised after).
-
-    What the worker uses (a descriptor, a buffer) is released after this, so
-    it must never return while the worker may still touch it. The job's own
-    outcome is not raised here: its owner handles it.
-    """
-    await _settle_all([future])
-
-
 async def _settle_all(futures: list[asyncio.Future[_T]]) -> None:
+    """Wait until workers' jobs have ended, even through cancellation (re-raised after).
+
+    What the workers use (a descriptor, a buffer) is released after this, so
+    it must never return while one may still touch it. The jobs' own outcomes
+    are not raised here: their owner handles them.
+    """
     cancelled = False
     for future in futures:
         while not future.done():
@@ -135,6 +132,8 @@ class _Reader:
         detect_zeroes: bool,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
+        # The thread owns ``reader`` once started: it closes it after its last
+        # read, so no cancellation on the loop can close it under a running preadv.
         self.reader = reader
         self.end = reader.end
         self.detect_zeroes = detect_zeroes
@@ -144,6 +143,7 @@ class _Reader:
         # Bounds the items (holes included) handed over but not yet consumed.
         self.slots = threading.Semaphore(UPLOAD_BUFFERS * 4)
         self.stop = threading.Event()
+        self.finished: asyncio.Future[None] = loop.create_future()
 
     def _hand_over(self, item: _Item | BaseException) -> bool:
         while not self.stop.is_set():
@@ -152,11 +152,28 @@ class _Reader:
                 return True
         return False
 
-    def run(self) -> None:
+    @property
+    def fd(self) -> int:
+        """The source's descriptor (-1 once closed)."""
+        return self.reader.fileno()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="virtvol-read", daemon=True).start()
+
+    def _run(self) -> None:
         try:
             self._walk()
         except BaseException as exc:  # handed to the loop, which raises it
-            self._hand_over(exc)
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                self._hand_over(exc)
+        finally:
+            self.reader.close()
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._mark_finished)
+
+    def _mark_finished(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
 
     def _walk(self) -> None:
         reader = self.reader
@@ -219,20 +236,23 @@ async def upload_file(
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    reader: _Reader | None = None
     try:
         source = SparseReader(fd, 0, length)
     except BaseException:
         os.close(fd)
         raise
     try:
-        reader = _Reader(source, detect_zeroes=detect_zeroes, loop=loop)
         async with Upload(volume, offset=offset, length=length, sparse=sparse) as stream:
-            thread = loop.run_in_executor(None, reader.run)
+            started_reader = _Reader(source, detect_zeroes=detect_zeroes, loop=loop)
+            started_reader.start()
+            reader = started_reader
             try:
                 await _send_items(stream, reader, progress)
             finally:
                 reader.stop.set()
-                await _settle(thread)
+                # Cancelled here, the thread still closes the file after its last read.
+                await asyncio.shield(reader.finished)
         return TransferResult(
             data_bytes=stream.data_bytes,
             hole_bytes=stream.hole_bytes,
@@ -242,7 +262,8 @@ async def upload_file(
             fell_back=stream.fell_back,
         )
     finally:
-        source.close()
+        if reader is None:  # no thread ever had the file
+            source.close()
 
 
 async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None) -> None:

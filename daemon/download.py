@@ -13,6 +13,9 @@ whatever the volume size and however many downloads the client opened. Holes are
 sparse stream; on a plain stream they go as data frames cut from one shared,
 immutable zero buffer (no disk read, no allocation). Then the EOF frame, and
 the handler waits for the client's finish (or abort) and acknowledges it.
+
+The reader's file belongs to a ``FileWorker``: it is closed only once no read
+is in a worker thread, however the stream ends (see ``fileworker``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 
+from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk, VolumeReader
 from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
@@ -59,10 +63,11 @@ class Download:
         self._serial = serial
         self._reader = reader
         self._sparse = sparse
-        self._executor = executor
+        self._loop = asyncio.get_running_loop()
+        self._file = FileWorker(executor, self._release_file)
         self.stats = stats
         self._client_ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._reading: asyncio.Future[Chunk] | None = None
+        self._outcome = "dropped"
 
     # -- events routed here by the connection --------------------------------
 
@@ -77,37 +82,46 @@ class Download:
     # -- the task ---------------------------------------------------------------
 
     async def run(self) -> None:
-        outcome = "dropped"
         try:
             complete = await self._send_volume()
             if complete:
                 self._sink.send(self._sink.rpc.send_eof(self._serial))
-            outcome = await self._client_ended
+            self._outcome = await self._client_ended
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
         except ErrorReport as report:
-            outcome = f"failed: {report.message}"
+            self._outcome = f"failed: {report.message}"
             if self._serial in self._sink.rpc.streams:
                 self._sink.send(
                     self._sink.rpc.send_stream_error(self._serial, remote_error(report))
                 )
         finally:
-            if self._reading is not None:
-                # The thread may still be filling a buffer: let it finish before closing the fd.
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait([self._reading])
-            if self._held is not None:
-                self._buffers.give_back(self._held)
-                self._held = None
-            self._reader.close()
-            self.stats.log_end(outcome)
+            self.close()
+            await self._file.wait_closed()
+
+    def close(self) -> None:
+        """End the stream now, whether its task ran or not; safe to call more than once.
+
+        The file is closed, and the buffer being filled handed back, once no
+        read is in a worker thread.
+        """
+        if self._file.closing:
+            return
+        self._file.close()
+        self.stats.log_end(self._outcome)
+
+    def _release_file(self) -> None:
+        """The file's release (see ``FileWorker``): on the loop, or in the last read's thread."""
+        self._reader.close()
+        held, self._held = self._held, None
+        if held is not None:
+            # The pool belongs to the loop.
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                self._loop.call_soon_threadsafe(self._buffers.give_back, held)
 
     async def _read(self, buffer: memoryview) -> Chunk:
-        loop = asyncio.get_running_loop()
-        self._reading = loop.run_in_executor(self._executor, self._reader.next_chunk, buffer)
-        chunk = await self._reading
-        self._reading = None
-        return chunk
+        reader = self._reader
+        return await self._file.run(lambda: reader.next_chunk(buffer))
 
     async def _send_volume(self) -> bool:
         """Send every data and hole frame; False when the client aborted meanwhile."""

@@ -12,6 +12,12 @@ only then is the replaced content let go (slow for a big volume, and nothing the
 waits for); an abort, an error or a lost connection aborts it, leaving the old content.
 A write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
 later frames are dropped.
+
+The writer's file belongs to a ``FileWorker``: however the stream ends (the
+task cancelled in the middle of a batch, or before it ever ran), the abort
+that closes the file runs only once no batch is in a worker thread, so no
+write can land in a file that reused the descriptor. ``close`` releases the
+stream from outside the task (the connection calls it when it goes).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import collections.abc
 import concurrent.futures
 import enum
 
+from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.storage import VolumeWriter
 from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
 from virtvol.protocol.errors import ErrorReport
@@ -54,7 +61,8 @@ class Upload:
         self._sink = sink
         self._serial = serial
         self._writer = writer
-        self._executor = executor
+        # abort() is a no-op after a commit, except letting go of the replaced content.
+        self._file = FileWorker(executor, writer.abort)
         self.stats = stats
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_bytes = 0
@@ -62,7 +70,7 @@ class Upload:
         self._wakeup = asyncio.Event()
         self._failed = False
         self._reading_paused = False
-        self._working: asyncio.Future[None] | None = None
+        self._outcome = "dropped"
 
     # -- events routed here by the connection --------------------------------
 
@@ -100,7 +108,6 @@ class Upload:
     # -- the task ---------------------------------------------------------------
 
     async def run(self) -> None:
-        outcome = "dropped"
         try:
             while True:
                 await self._wakeup.wait()
@@ -110,29 +117,33 @@ class Upload:
                 if self._end is not None and not self._queue:
                     break
             if self._end is _End.FINISH:
-                await self._in_thread(self._writer.commit)
+                await self._file.run(self._writer.commit)
             else:
-                await self._in_thread(self._writer.abort)
-            outcome = self._end.value
+                await self._file.run(self._writer.abort)
+            self._outcome = self._end.value
             self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
             # After the acknowledgement: the client need not wait for this.
-            await self._in_thread(self._writer.release_replaced)
+            await self._file.run(self._writer.release_replaced)
         except ErrorReport as report:
-            outcome = f"failed: {report.message}"
+            self._outcome = f"failed: {report.message}"
             self._fail(report)
         finally:
-            self._resume_reading()
-            if self._working is not None:
-                # A batch may still be in the worker: the writer is not shared between threads.
-                await asyncio.wait([self._working])
-            self._writer.abort()  # no-op after commit; keeps the old content otherwise
-            self.stats.log_end(outcome)
+            self.close()
+            await self._file.wait_closed()
 
-    async def _in_thread(self, work: collections.abc.Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        self._working = loop.run_in_executor(self._executor, work)
-        await self._working
-        self._working = None
+    def close(self) -> None:
+        """End the stream now, whether its task ran or not; safe to call more than once.
+
+        The writer is aborted (a no-op after its commit, keeping the old content
+        otherwise) once no batch is in a worker thread.
+        """
+        if self._file.closing:
+            return
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._resume_reading()
+        self._file.close()
+        self.stats.log_end(self._outcome)
 
     async def _apply_queued(self) -> None:
         batch = list(self._queue)
@@ -141,7 +152,7 @@ class Upload:
         writer = self._writer
 
         try:
-            await self._in_thread(lambda: writer.apply(batch))
+            await self._file.run(lambda: writer.apply(batch))
         finally:
             self._queued_bytes -= size
             if self._queued_bytes <= QUEUE_LOW:

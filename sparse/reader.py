@@ -70,6 +70,10 @@ class SparseReader:
         """Offset of the next byte to be handed out."""
         return self._pos
 
+    def fileno(self) -> int:
+        """The file's descriptor, -1 once closed."""
+        return self._fd
+
     @property
     def end(self) -> int:
         """Offset where the read stops (moved back if the file shrank meanwhile)."""

@@ -58,6 +58,10 @@ class VolumeReader:
         """Offset where the download stops."""
         return self._reader.end
 
+    def fileno(self) -> int:
+        """The volume's descriptor, -1 once closed."""
+        return self._reader.fileno()
+
     def next_chunk(self, buffer: memoryview | bytearray) -> Chunk:
         """Read the next piece: data into ``buffer[:chunk.length]``, or a hole's length.
 

@@ -1,0 +1,113 @@
+"""Blocking work on one open file, run in worker threads, and a release that waits for it.
+
+Theory of operation: ``loop.run_in_executor`` hands back an asyncio future
+that is cancelled the moment the awaiting task is, while the thread goes on
+with the job. Cleanup that closes the file from the event loop then pulls the
+descriptor from under the thread, and the kernel may hand the same number to
+the next file anybody opens: the thread's next ``pwrite`` or ``ftruncate``
+lands in that other file. ``FileWorker`` owns the release of the file (its
+closing, and whatever goes with it) and runs it only once no job is in a
+thread any more: at once when none is, otherwise in the worker thread right
+after the last job returns. No await is involved, so a second cancellation
+cannot skip it, and a job not yet started when its task is cancelled never
+starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class FileClosedError(RuntimeError):
+    """A job was submitted after the release was asked for."""
+
+
+class FileWorker:
+    """Runs the blocking jobs of one file in ``executor``; ``close`` releases the file.
+
+    Args:
+        executor: where the jobs run.
+        release: closes the file (and finishes what depends on it); runs exactly
+            once, never while a job runs, on the loop or in the thread of the
+            last job.
+    """
+
+    def __init__(self, executor: concurrent.futures.Executor, release: Callable[[], None]) -> None:
+        self._executor = executor
+        self._release = release
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._jobs = 0  # submitted and not yet returned (or cancelled before starting)
+        self._closing = False
+        self._released = self._loop.create_future()
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closing
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """Run ``job`` in a worker thread and return its result.
+
+        Cancelling the caller does not wait for a running job, but the release
+        will.
+
+        Raises:
+            FileClosedError: ``close`` was called already.
+        """
+        with self._lock:
+            if self._closing:
+                raise FileClosedError("the file is closed")
+            self._jobs += 1
+        try:
+            future = self._executor.submit(job)
+        except BaseException:
+            self._job_done()
+            raise
+        future.add_done_callback(lambda _: self._job_done())
+        return await asyncio.wrap_future(future, loop=self._loop)
+
+    def close(self) -> None:
+        """Release the file once no job is in a thread; safe to call more than once."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._jobs == 0
+        if idle:
+            self._do_release()
+
+    async def wait_closed(self) -> None:
+        """Wait until the release has run (``close`` must have been called)."""
+        await asyncio.shield(self._released)
+
+    def _job_done(self) -> None:
+        with self._lock:
+            self._jobs -= 1
+            release = self._closing and self._jobs == 0
+        if release:
+            self._do_release()
+
+    def _do_release(self) -> None:
+        try:
+            self._release()
+        except Exception:
+            log.exception("releasing a file failed")
+        finally:
+            # The loop may already be closed when a thread ends after daemon shutdown.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._mark_released)
+
+    def _mark_released(self) -> None:
+        if not self._released.done():
+            self._released.set_result(None)

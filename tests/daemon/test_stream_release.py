@@ -1,0 +1,250 @@
+"""A stream's file is closed only after the worker thread is out of it, however the stream ends.
+
+The upload and download handlers are driven here without a socket: a fake
+connection, a real registry, and a writer (or reader) whose worker-thread
+call blocks on a ``threading.Event`` so the test decides when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
+from virtvol.daemon.fileworker import FileWorker
+from virtvol.daemon.sendbuffers import SendBuffers
+from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeRef, VolumeWriter
+from virtvol.daemon.streamio import TransferStats
+from virtvol.daemon.upload import Upload
+from virtvol.protocol.connection import Connection, Side
+from virtvol.protocol.frames import Payload
+
+MIB = 1 << 20
+
+
+@dataclass
+class FakeSink:
+    """The connection as a stream handler sees it; records what it is asked to send."""
+
+    rpc: Connection = field(default_factory=lambda: Connection(Side.SERVER))
+    sent: list[bytes] = field(default_factory=list)
+    paused_by: set[object] = field(default_factory=set)
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    def send_data(self, head: bytes, data: Payload) -> None:
+        self.sent.append(head + bytes(data))
+
+    def write_buffer_empty(self) -> bool:
+        return True
+
+    async def drained(self) -> None:
+        return None
+
+    def pause_reading(self, owner: object) -> None:
+        self.paused_by.add(owner)
+
+    def resume_reading(self, owner: object) -> None:
+        self.paused_by.discard(owner)
+
+
+class Gate:
+    """Holds a worker thread inside a call until the test opens it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.events: list[str] = []
+
+    def hold(self, what: str) -> None:
+        self.entered.set()
+        assert self.opened.wait(30), "the test never let the worker go"
+        self.events.append(f"{what} returned")
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 30)
+
+
+class BlockingWriter(VolumeWriter):
+    """A volume writer whose ``apply`` (a batch of writes) blocks in the worker until the
+    gate opens."""
+
+    gate: Gate
+
+    def apply(self, items: Iterable[memoryview | bytes | bytearray | int]) -> None:
+        self.gate.hold("write")
+        super().apply(items)
+
+
+class BlockingReader(VolumeReader):
+    """A volume reader whose ``next_chunk`` blocks in the worker until the gate opens."""
+
+    gate: Gate
+
+    def next_chunk(self, buffer: memoryview | bytearray) -> Chunk:
+        self.gate.hold("read")
+        return super().next_chunk(buffer)
+
+
+@dataclass
+class Pool:
+    registry: StorageRegistry
+    directory: Path
+    executor: concurrent.futures.ThreadPoolExecutor
+
+    def volume(self, name: str, content: bytes) -> VolumeRef:
+        (self.directory / name).write_bytes(content)
+        return self.registry.lookup_volume_by_name(self.registry.lookup_pool_by_name("p"), name)
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[Pool]:
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    registry.ensure_pool("p", tmp_path / "pool")
+    executor = concurrent.futures.ThreadPoolExecutor(2)
+    try:
+        yield Pool(registry, tmp_path / "pool", executor)
+    finally:
+        executor.shutdown(wait=True)
+        registry.close()
+
+
+def _stats(direction: str) -> TransferStats:
+    return TransferStats(direction, "p/vol", "test", False, 0, 0)
+
+
+def blocking_writer(pool: Pool, volume: VolumeRef, gate: Gate) -> BlockingWriter:
+    """Open a real upload of ``volume`` and make it a BlockingWriter (same state)."""
+    writer = pool.registry.open_upload(volume, 0, 0)
+    writer.__class__ = BlockingWriter
+    assert isinstance(writer, BlockingWriter)
+    writer.gate = gate
+    return writer
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _temps(pool: Pool) -> list[str]:
+    return [name for name in os.listdir(pool.directory) if name.startswith(".")]
+
+
+async def _cancel_while_blocked(
+    task: asyncio.Task[None], gate: Gate, still_open: Callable[[], bool]
+) -> None:
+    """Cancel ``task`` while its worker is held; the file must stay open until it returns."""
+    await gate.wait_entered()
+    task.cancel()
+    try:
+        await asyncio.sleep(0.1)  # plenty of time for a cleanup that does not wait
+        assert still_open(), "the file was released while the worker was still in it"
+        assert gate.events == []
+    finally:
+        gate.opened.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_upload_cancelled_mid_write_closes_after_the_worker(pool: Pool) -> None:
+    old = os.urandom(MIB)
+    volume = pool.volume("vol", old)
+    gate = Gate()
+    writer = blocking_writer(pool, volume, gate)
+    fd = writer._fd
+    closed_at: list[list[str]] = []
+    real_abort = writer.abort
+
+    def abort() -> None:
+        closed_at.append(list(gate.events))
+        real_abort()
+
+    writer.abort = abort  # type: ignore[method-assign]
+    upload = Upload(FakeSink(), 1, writer, executor=pool.executor, stats=_stats("upload"))
+    task = asyncio.create_task(upload.run())
+    upload.data_received(memoryview(b"\x01" * 65536))
+
+    await _cancel_while_blocked(task, gate, lambda: fd_is_open(fd) and not closed_at)
+
+    assert closed_at == [["write returned"]]  # released once, after the write
+    assert (pool.directory / "vol").read_bytes() == old  # aborted: old content kept
+    assert _temps(pool) == []
+    # The volume is free again: another upload may start.
+    pool.registry.open_upload(volume, 0, 0).abort()
+
+
+async def test_upload_cancelled_before_its_first_step_is_released(pool: Pool) -> None:
+    volume = pool.volume("vol", b"old")
+    writer = pool.registry.open_upload(volume, 0, 0)
+    upload = Upload(FakeSink(), 1, writer, executor=pool.executor, stats=_stats("upload"))
+    # What the connection does when it goes: close the stream, cancel its task.
+    task = asyncio.create_task(upload.run())
+    task.cancel()
+    upload.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _temps(pool) == []
+    pool.registry.open_upload(volume, 0, 0).abort()  # not "in use"
+
+
+async def test_download_cancelled_mid_read_closes_after_the_worker(pool: Pool) -> None:
+    volume = pool.volume("vol", os.urandom(MIB))
+    gate = Gate()
+    reader = pool.registry.open_download(volume, 0, 0, 1)
+    reader.__class__ = BlockingReader
+    assert isinstance(reader, BlockingReader)
+    reader.gate = gate
+    fd = reader.fileno()
+    closed_at: list[list[str]] = []
+    real_close = reader.close
+
+    def close() -> None:
+        closed_at.append(list(gate.events))
+        real_close()
+
+    reader.close = close  # type: ignore[method-assign]
+    download = Download(
+        FakeSink(),
+        1,
+        reader,
+        sparse=True,
+        executor=pool.executor,
+        stats=_stats("download"),
+        buffers=SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE),
+    )
+    task = asyncio.create_task(download.run())
+
+    await _cancel_while_blocked(task, gate, lambda: fd_is_open(fd) and not closed_at)
+
+    assert closed_at == [["read returned"]]
+
+
+async def test_file_worker_release_waits_for_the_running_job(pool: Pool) -> None:
+    gate = Gate()
+    released = threading.Event()
+    worker = FileWorker(pool.executor, released.set)
+    job = asyncio.create_task(worker.run(lambda: gate.hold("job")))
+    await gate.wait_entered()
+    job.cancel()
+    worker.close()
+    worker.close()  # twice is harmless
+    await asyncio.sleep(0.05)
+    assert not released.is_set()
+    gate.opened.set()
+    await worker.wait_closed()
+    assert released.is_set()
+    assert gate.events == ["job returned"]
+    with pytest.raises(asyncio.CancelledError):
+        await job
