@@ -13,6 +13,7 @@ lives (to check the bytes and to warm or drop its page cache).
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ class Virtvold(_LibvirtProtocolPeer):
         self.pool_dir = self.workdir / "pool"
         self.pool_dir.mkdir()
         port = free_port()
-        socket = self.workdir / "sock"
+        unix_path = self.workdir / "sock"
         config = self.workdir / "virtvold.toml"
         config.write_text(f"sync_uploads = {'true' if sync_uploads else 'false'}\n")
         self.process = subprocess.Popen(
@@ -100,7 +101,7 @@ class Virtvold(_LibvirtProtocolPeer):
                 "--listen",
                 f"tcp://127.0.0.1:{port}",
                 "--listen",
-                f"unix://{socket}",
+                f"unix://{unix_path}",
                 "--log-level",
                 "warning",
             ],
@@ -111,7 +112,7 @@ class Virtvold(_LibvirtProtocolPeer):
         wait_for_port(port, self.process)
         self.uris = {
             "tcp": f"storage+tcp://127.0.0.1:{port}/system",
-            "unix": f"storage+unix:///system?socket={socket}",
+            "unix": f"storage+unix:///system?socket={unix_path}",
         }
 
     def _command(self, verb: str, transport: str, name: str, path: Path) -> list[str]:
@@ -183,7 +184,7 @@ class Nbdkit(Peer):
         with path.open("wb") as f:
             f.truncate(size)
         port = free_port()
-        socket = self.workdir / f"{name}.sock"
+        unix_path = self.workdir / f"{name}.sock"
         common = ["nbdkit", "--foreground", "--exit-with-parent", "--newstyle"]
         tcp = subprocess.Popen(
             [*common, "--ipaddr", "127.0.0.1", "--port", str(port), "file", str(path)],
@@ -191,17 +192,15 @@ class Nbdkit(Peer):
             stderr=subprocess.DEVNULL,
         )
         unix = subprocess.Popen(
-            [*common, "--unix", str(socket), "file", str(path)],
+            [*common, "--unix", str(unix_path), "file", str(path)],
             stdin=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         self.servers[name] = [tcp, unix]
         wait_for_port(port, tcp)
-        deadline = time.monotonic() + 10
-        while not socket.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_for_unix(unix_path, unix)
         self.addresses[(name, "tcp")] = f"nbd://127.0.0.1:{port}"
-        self.addresses[(name, "unix")] = f"nbd+unix:///?socket={socket}"
+        self.addresses[(name, "unix")] = f"nbd+unix:///?socket={unix_path}"
 
     def delete_volume(self, name: str) -> None:
         for server in self.servers.pop(name, []):
@@ -222,6 +221,21 @@ class Nbdkit(Peer):
         for name in list(self.servers):
             self.delete_volume(name)
         _rmtree(self.workdir)
+
+
+def _wait_for_unix(path: Path, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait until something accepts connections on the Unix socket ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {path}")
 
 
 def _rmtree(path: Path) -> None:
