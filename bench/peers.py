@@ -185,6 +185,7 @@ class Nbdkit(Peer):
             f.truncate(size)
         port = free_port()
         unix_path = self.workdir / f"{name}.sock"
+        unix_path.unlink(missing_ok=True)  # nbdkit refuses to bind over a stale one
         common = ["nbdkit", "--foreground", "--exit-with-parent", "--newstyle"]
         tcp = subprocess.Popen(
             [*common, "--ipaddr", "127.0.0.1", "--port", str(port), "file", str(path)],

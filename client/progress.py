@@ -35,7 +35,7 @@ class TransferProgress:
         self._task: TaskID | None = None
         if enabled and out.isatty():
             # rich only when a bar is drawn: importing it costs every run of the
-            # CLI 14-20 ms (measured here), more than a small transfer takes.
+            # CLI more than a small transfer takes (docs/performance.md).
             from rich.console import Console
             from rich.progress import (
                 BarColumn,

@@ -27,16 +27,15 @@ import contextlib
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk, VolumeReader
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats
 from virtvol.protocol.errors import ErrorReport
 
-# Data frame size. libvirt's peers accept frames up to 32 MiB but send
-# 262120-byte ones. Measured here (2 cores, loopback TCP, uvloop, a page-cached
-# 512 MiB volume, python3-libvirt recvAll, best of 3): 256 KiB frames 1.0 GiB/s,
-# 1 MiB 1.5-1.6 GiB/s, 4 MiB 2.2-2.3 GiB/s, 8 MiB 2.0 GiB/s. The per-frame
-# costs (a thread hop for the read, two writes, the client's per-message work)
-# stop mattering at 4 MiB; beyond that the buffers fall out of the CPU caches.
-# Three 4 MiB buffers per connection keep memory at 12 MiB per downloading client.
+# Data frame size. libvirt's peers accept frames up to 32 MiB (the interop tests
+# download with virsh and python3-libvirt) but send 262120-byte ones. Larger frames
+# cut the per-frame costs (a thread hop for the read, two writes, the client's
+# per-message work) until the buffers fall out of the CPU caches; 4 MiB was the
+# fastest (docs/performance.md). Three 4 MiB buffers per connection keep memory at
+# 12 MiB per downloading client.
 FRAME_SIZE = 4 << 20
 # One buffer being filled from disk, up to two in flight on the socket.
 BUFFERS_PER_CONNECTION = 3
@@ -57,10 +56,9 @@ class Download:
         stats: TransferStats,
         buffers: SendBuffers,
     ) -> None:
-        self._sink = sink
+        self._channel = StreamChannel(sink, serial)
         self._buffers = buffers
         self._held: memoryview | None = None  # taken, being filled, not sent
-        self._serial = serial
         self._reader = reader
         self._sparse = sparse
         self._loop = asyncio.get_running_loop()
@@ -85,16 +83,13 @@ class Download:
         try:
             complete = await self._send_volume()
             if complete:
-                self._sink.send(self._sink.rpc.send_eof(self._serial))
+                self._channel.send_eof()
             self._outcome = await self._client_ended
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
-            self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
+            self._channel.acknowledge_end()
         except ErrorReport as report:
             self._outcome = f"failed: {report.message}"
-            if self._serial in self._sink.rpc.streams:
-                self._sink.send(
-                    self._sink.rpc.send_stream_error(self._serial, remote_error(report))
-                )
+            self._channel.send_error(report)
         finally:
             self.close()
             await self._file.wait_closed()
@@ -126,14 +121,14 @@ class Download:
     async def _send_volume(self) -> bool:
         """Send every data and hole frame; False when the client aborted meanwhile."""
         pool = self._buffers
-        rpc, serial, sink, stats = self._sink.rpc, self._serial, self._sink, self.stats
+        channel, stats = self._channel, self.stats
         while True:
-            if sink.write_buffer_empty():
+            if channel.write_buffer_empty():
                 pool.reclaim()
             buffer = pool.try_take()
             while buffer is None:
-                if not sink.write_buffer_empty():
-                    await sink.drained()
+                if not channel.write_buffer_empty():
+                    await channel.drained()
                     pool.reclaim()
                     buffer = pool.try_take()
                 else:
@@ -143,7 +138,7 @@ class Download:
             if self._client_ended.done() or chunk.eof:
                 return not self._client_ended.done()
             if chunk.data:
-                sink.send_data(*rpc.send_data(serial, buffer[: chunk.length]))
+                channel.send_data(buffer[: chunk.length])
                 self._held = None
                 pool.sent(buffer)
                 stats.data_bytes += chunk.length
@@ -153,19 +148,19 @@ class Download:
             stats.holes += 1
             stats.hole_bytes += chunk.length
             if self._sparse:
-                sink.send(rpc.send_hole(serial, chunk.length))
+                channel.send_hole(chunk.length)
             elif not await self._send_zeros(chunk.length):
                 return False
 
     async def _send_zeros(self, length: int) -> bool:
         """A hole on a plain stream, as zero data frames; False when the client aborted."""
-        rpc, serial, sink = self._sink.rpc, self._serial, self._sink
+        channel = self._channel
         while length > 0:
             count = min(FRAME_SIZE, length)
-            sink.send_data(*rpc.send_data(serial, _ZEROS[:count]))
+            channel.send_data(_ZEROS[:count])
             length -= count
-            if not sink.write_buffer_empty():
-                await sink.drained()
+            if not channel.write_buffer_empty():
+                await channel.drained()
             if self._client_ended.done():
                 return False
         return True

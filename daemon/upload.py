@@ -30,7 +30,7 @@ import enum
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.storage import VolumeWriter
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error
+from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
 
@@ -58,8 +58,7 @@ class Upload:
         executor: concurrent.futures.Executor,
         stats: TransferStats,
     ) -> None:
-        self._sink = sink
-        self._serial = serial
+        self._channel = StreamChannel(sink, serial)
         self._writer = writer
         # abort() is a no-op after a commit, except letting go of the replaced content.
         self._file = FileWorker(executor, writer.abort)
@@ -82,7 +81,7 @@ class Upload:
         self.stats.data_bytes += len(data)
         if self._queued_bytes > QUEUE_HIGH and not self._reading_paused:
             self._reading_paused = True
-            self._sink.pause_reading(self)
+            self._channel.pause_reading(self)
         self._wakeup.set()
 
     def hole_received(self, length: int) -> None:
@@ -121,7 +120,7 @@ class Upload:
             else:
                 await self._file.run(self._writer.abort)
             self._outcome = self._end.value
-            self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
+            self._channel.acknowledge_end()
             # After the acknowledgement: the client need not wait for this.
             await self._file.run(self._writer.release_replaced)
         except ErrorReport as report:
@@ -161,12 +160,10 @@ class Upload:
     def _resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            self._sink.resume_reading(self)
+            self._channel.resume_reading(self)
 
     def _fail(self, report: ErrorReport) -> None:
         self._failed = True
         self._queue.clear()
         self._queued_bytes = 0
-        rpc = self._sink.rpc
-        if self._serial in rpc.streams:
-            self._sink.send(rpc.send_stream_error(self._serial, remote_error(report)))
+        self._channel.send_error(report)

@@ -85,3 +85,33 @@ def test_the_check_catches_offenders() -> None:
         (3, "sparse"),
         (6, "protocol"),
     ]
+
+
+# The stream handlers talk to their adapter (client: RpcProtocol's stream methods;
+# daemon: StreamChannel), never to the protocol core behind it.
+HANDLERS = {
+    "client/streams.py": "core",
+    "daemon/upload.py": "rpc",
+    "daemon/download.py": "rpc",
+}
+
+
+def core_accesses(source: str, core: str) -> list[int]:
+    """Lines where ``source`` reaches an attribute named ``core``."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute) and node.attr == core
+    ]
+
+
+@pytest.mark.parametrize("handler", sorted(HANDLERS))
+def test_stream_handlers_use_only_their_adapter(handler: str) -> None:
+    source = (ROOT / handler).read_text()
+    assert core_accesses(source, HANDLERS[handler]) == []
+
+
+def test_the_adapter_check_catches_offenders() -> None:
+    source = "x = self._rpc.core.send_data(1, b'')\nself._sink.rpc.send_eof(2)\n"
+    assert core_accesses(source, "core") == [1]
+    assert core_accesses(source, "rpc") == [2]

@@ -233,8 +233,8 @@ class VolumeDir:
 
         The replaced file stays referenced (an ``O_PATH`` descriptor) until the
         returned callable runs: the last reference to a large file is what
-        frees its page cache and blocks, which takes a while (0.09-0.3 s for
-        512 MiB here), and whoever waits for the rename need not wait for that.
+        frees its page cache and blocks, which takes a while for a large file
+        (docs/performance.md), and whoever waits for the rename need not wait for that.
         """
         try:
             old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
