@@ -11,7 +11,10 @@ write limits are set to zero, so "writing paused" means exactly "the transport
 holds unsent bytes"; the download handler uses that to know when its buffers
 are no longer referenced. Keepalive: every PING gets a PONG; a client that
 asked for feature 10 is pinged after ``interval`` seconds of silence and
-dropped after ``interval * (count + 1)``, as libvirtd does.
+dropped after ``interval * (count + 1)``, as libvirtd does. When the
+connection goes, every stream opened on it is closed (not only cancelled: a
+task cancelled before its first step never runs its own cleanup). Calls it
+cannot serve get libvirtd's error and one log line per connection.
 
 Limits (see ``limits``): a connection refused by admission is closed as soon as
 it is accepted. One that has not sent CONNECT_OPEN within ``handshake_timeout``
@@ -36,7 +39,7 @@ from collections.abc import Callable, Coroutine
 from typing import cast
 
 from virtvol.daemon.context import DaemonContext
-from virtvol.daemon.dispatch import serve_storage_call, vol_ref
+from virtvol.daemon.dispatch import HANDLERS, serve_storage_call, vol_ref
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.session import SESSION_PROCEDURES, Session
@@ -55,6 +58,7 @@ from virtvol.protocol.connection import (
     StreamDataReceived,
     StreamFinishReceived,
     StreamHoleReceived,
+    rpc_error,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError
@@ -126,6 +130,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._calls = 0
         self._streams_opened = 0
         self._close_reason = "closed by the client"
+        # What a client that keeps calling the same bad thing gets logged once for.
+        self._logged_refusal = False
+        self._logged_failures: set[str] = set()
         self.closed = self._loop.create_future()
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
@@ -199,6 +206,9 @@ class ClientConnection(asyncio.BufferedProtocol):
                 timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        # A stream task cancelled before its first step never runs its own cleanup.
+        for stream in list(self._streams.values()):
+            stream.close()
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
         self._ctx.anonymous.discard(self)
@@ -344,6 +354,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.send(self.rpc.send_pong())
         elif isinstance(event, CallRejected):
             self._calls += 1
+            self._log_refusal(event.procedure, event.error.message)
             self.send(self.rpc.reply_error(event.serial, event.error))
         elif isinstance(event, FrameIgnored):
             log.debug("%s: dropped %s: %s", self.peer, event.header.describe(), event.reason)
@@ -406,6 +417,12 @@ class ClientConnection(asyncio.BufferedProtocol):
                     self._opened()
                 if self.session.keepalive_requested:
                     self._start_keepalive()
+            elif procedure.number not in HANDLERS:
+                # In the table (the client side uses it) but nothing a client may call here.
+                message = f"unknown procedure: {procedure.number}"
+                self._log_refusal(procedure.number, message)
+                self.send(self.rpc.reply_error(call.serial, rpc_error(message)))
+                return
             else:
                 result = await self._ctx.call_queue.submit(
                     self,
@@ -418,11 +435,23 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.send(self.rpc.reply_error(call.serial, remote_error(report)))
             return
         except Exception as exc:
-            log.exception("%s: %s failed", self.peer, procedure.name)
+            if procedure.name not in self._logged_failures:  # once per connection, not per call
+                self._logged_failures.add(procedure.name)
+                log.exception("%s: %s failed", self.peer, procedure.name)
             failure = internal_error(f"{procedure.name} failed: {exc}")
             self.send(self.rpc.reply_error(call.serial, remote_error(failure)))
             return
         self.send(self.rpc.reply(call.serial, result))
+
+    def _log_refusal(self, procedure: int, message: str | None) -> None:
+        if not self._logged_refusal:
+            self._logged_refusal = True
+            log.warning(
+                "%s: refused procedure %d (%s); further refusals on this connection go unlogged",
+                self.peer,
+                procedure,
+                message,
+            )
 
     async def _open_stream(self, call: CallReceived) -> None:
         args = call.args
@@ -448,11 +477,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             handler = await self._open_handler(call, args, upload)
         finally:
             self._streams_opening -= 1
-        self._streams[call.serial] = handler
         self._streams_opened += 1
+        if self.closed.done():  # the connection went while the file was being opened
+            handler.close()
+            return
+        self._streams[call.serial] = handler
         self.send(self.rpc.reply(call.serial))
         task = self._spawn(handler.run(), f"stream-{call.serial}")
-        task.add_done_callback(lambda _: self._streams.pop(call.serial, None))
+        task.add_done_callback(lambda _: self._stream_ended(call.serial, handler))
 
     async def _open_handler(
         self, call: CallReceived, args: r.VolTransferArgs, upload: bool
@@ -495,6 +527,12 @@ class ClientConnection(asyncio.BufferedProtocol):
                 buffers=self._send_buffers,
             )
         return handler
+
+    def _stream_ended(self, serial: int, handler: Upload | Download) -> None:
+        # Also when the task was cancelled before its first step, so run() never ran.
+        handler.close()
+        if self._streams.get(serial) is handler:
+            del self._streams[serial]
 
     async def _in_thread(
         self, func: Callable[..., VolumeReader | VolumeWriter], *args: object

@@ -27,7 +27,7 @@ import contextlib
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk, VolumeReader
-from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats
+from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 
 # Data frame size. libvirt's peers accept frames up to 32 MiB (the interop tests
@@ -87,7 +87,8 @@ class Download:
             self._outcome = await self._client_ended
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._channel.acknowledge_end()
-        except ErrorReport as report:
+        except Exception as exc:
+            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("download", exc)
             self._outcome = f"failed: {report.message}"
             self._channel.send_error(report)
         finally:

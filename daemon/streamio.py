@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from virtvol.protocol.connection import Connection
-from virtvol.protocol.errors import ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.remote import RemoteError
 
@@ -89,6 +89,15 @@ class StreamChannel:
     def resume_reading(self, owner: object) -> None:
         """Withdraw ``owner``'s pause."""
         self._sink.resume_reading(owner)
+
+
+def unexpected_failure(direction: str, exc: Exception) -> ErrorReport:
+    """A stream that broke for a reason nobody foresaw still ends with an error the client
+    hears (instead of a client waiting forever); the traceback goes to the log."""
+    log.error("%s stream failed", direction, exc_info=exc)
+    return ErrorReport.raised(
+        ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{direction} stream failed: {exc}"
+    )
 
 
 def remote_error(report: ErrorReport) -> RemoteError:

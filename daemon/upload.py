@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import collections.abc
 import concurrent.futures
 import enum
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.storage import VolumeWriter
-from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats
+from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
 
@@ -123,7 +122,8 @@ class Upload:
             self._channel.acknowledge_end()
             # After the acknowledgement: the client need not wait for this.
             await self._file.run(self._writer.release_replaced)
-        except ErrorReport as report:
+        except Exception as exc:
+            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("upload", exc)
             self._outcome = f"failed: {report.message}"
             self._fail(report)
         finally:

@@ -296,6 +296,9 @@ class Connection:
         if header.serial in self._pending:
             raise RemoteProtocolError(f"serial {header.serial} is already in use")
         procedure = PROCEDURES.get(header.procedure)
+        if procedure is not None and procedure.event:
+            # libvirtd has no handler for what only a server sends.
+            return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))
         if procedure is None:
             name = REMOTE_PROCEDURE_NAMES.get(header.procedure)
             if name is None:

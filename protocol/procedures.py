@@ -30,6 +30,8 @@ class Procedure:
     high_priority: bool = True
     stream: StreamDirection | None = None
     mutating: bool = False
+    # A message the server sends on its own (an event); a client may not call it.
+    event: bool = False
 
 
 class Proc(enum.IntEnum):
@@ -94,8 +96,9 @@ def _p(
     low: bool = False,
     stream: StreamDirection | None = None,
     mutating: bool = False,
+    event: bool = False,
 ) -> Procedure:
-    return Procedure(proc.value, proc.name, args, ret, not low, stream, mutating)
+    return Procedure(proc.value, proc.name, args, ret, not low, stream, mutating, event)
 
 
 PROCEDURES: dict[int, Procedure] = {
@@ -169,7 +172,12 @@ PROCEDURES: dict[int, Procedure] = {
         _p(Proc.STORAGE_POOL_LIST_ALL_VOLUMES, r.PoolListAllVolumesArgs, r.PoolListAllVolumesRet),
         _p(Proc.CONNECT_REGISTER_CLOSE_CALLBACK, None, None),
         _p(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK, None, None),
-        _p(Proc.CONNECT_EVENT_CONNECTION_CLOSED, r.ConnectEventConnectionClosedMsg, None),
+        _p(
+            Proc.CONNECT_EVENT_CONNECTION_CLOSED,
+            r.ConnectEventConnectionClosedMsg,
+            None,
+            event=True,
+        ),
         _p(Proc.STORAGE_VOL_GET_INFO_FLAGS, r.VolFlagsArgs, r.VolGetInfoRet),
     )
 }

@@ -36,6 +36,9 @@ __all__ = ["WRITEBACK_STEP", "AtomicFile", "SparseWriter"]
 
 WRITEBACK_STEP = 32 << 20
 
+# The largest file offset (off_t): no stream may write or reach past it.
+MAX_OFFSET = (1 << 63) - 1
+
 
 class SparseWriter:
     """Writes data and holes in stream order from ``offset`` into ``fd``.
@@ -91,8 +94,8 @@ class SparseWriter:
         """Apply data (buffers) and holes (lengths) in order, with one ``pwritev`` per data run.
 
         Raises:
-            OSError: ENOSPC when data goes beyond the length limit (what was
-                before it is written); I/O errors.
+            OSError: ENOSPC when data goes beyond the length limit, EFBIG beyond
+                the largest file offset (what was before it is written); I/O errors.
         """
         run: list[memoryview] = []  # data contiguous in the file, ending at self._pos
         run_start = self._pos
@@ -101,12 +104,17 @@ class SparseWriter:
                 length = item if self._limit is None else min(item, self._limit - self._pos)
                 if length > 0:
                     run = self._flush(run, run_start)
+                    if self._pos + length > MAX_OFFSET:
+                        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
                     self._zero(length)
                 continue
             view = memoryview(item).cast("B")
             if self._limit is not None and self._pos + len(view) > self._limit:
                 self._flush(run, run_start)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self._pos + len(view) > MAX_OFFSET:
+                self._flush(run, run_start)
+                raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
             if not self._detect_zeroes:
                 if not run:
                     run_start = self._pos

@@ -68,10 +68,12 @@ class Pool:
         """Open the target directory (creating it first when ``build``)."""
         target = self.live.target
         if build:
-            mode = DEFAULT_DIR_MODE if self.live.mode is None else self.live.mode
             try:
+                created = not os.path.isdir(target)
                 os.makedirs(target, exist_ok=True)
-                os.chmod(target, mode)
+                # As libvirt: an existing directory keeps its mode unless one is asked for.
+                if created or self.live.mode is not None:
+                    os.chmod(target, DEFAULT_DIR_MODE if self.live.mode is None else self.live.mode)
             except OSError as exc:
                 raise system_error(f"cannot create path '{target}'", exc) from None
         try:
@@ -87,6 +89,13 @@ class Pool:
             self.volumes = None
             volumes.close()
             raise system_error(f"cannot read directory '{target}'", exc) from None
+
+    def directory_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the open pool directory; None when the pool is not running."""
+        if self.volumes is None:
+            return None
+        st = os.fstat(self.volumes.fd)
+        return (st.st_dev, st.st_ino)
 
     def stop(self) -> None:
         """Close the target directory; the definition stays."""

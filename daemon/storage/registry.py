@@ -8,13 +8,16 @@ volume is marked busy, so other requests are not held up.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from virtvol.protocol.errors import ErrorCode, ErrorDomain, check_flags
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
+from virtvol.sparse.writer import MAX_OFFSET
 
 from .configstore import ConfigStore
 from .flags import (
@@ -45,6 +48,7 @@ from .reports import (
     pool_has_jobs,
     pool_still_active,
     storage_error,
+    system_error,
     uuid_text,
 )
 from .transfer import VolumeReader, VolumeWriter
@@ -55,6 +59,7 @@ from .xmldoc import escape
 log = logging.getLogger(__name__)
 
 STORAGE = ErrorDomain.STORAGE
+STREAMS_DOMAIN = ErrorDomain.STREAMS
 
 
 class StorageRegistry:
@@ -91,6 +96,7 @@ class StorageRegistry:
                 if pool.autostart and not pool.active:
                     try:
                         pool.start(build=False)
+                        self._check_not_aliased(pool)
                     except Exception as exc:
                         log.error("cannot autostart storage pool %r: %s", pool.name, exc)
 
@@ -119,6 +125,7 @@ class StorageRegistry:
                 self.set_pool_autostart(ref, True)
             if not pool.active:
                 pool.start(build=True)
+                self._check_not_aliased(pool)
             return ref
 
     def close(self) -> None:
@@ -238,15 +245,28 @@ class StorageRegistry:
                 ErrorCode.OPERATION_FAILED,
                 f"pool '{same_name.name}' already exists with uuid {uuid_text(same_name.uuid)}",
             )
+        identity = _directory_identity(definition.target)
         for other in self._pools.values():
             if other is same_name:
                 continue
             targets = {other.live.target} | ({other.config.target} if other.config else set())
-            if definition.target in targets:
-                raise storage_error(
-                    ErrorCode.OPERATION_FAILED, f"Storage source conflict with pool: '{other.name}'"
-                )
+            # The same directory by another spelling ("pool/.", "a/../pool", a symlink) too:
+            # two pools over one directory would defeat each other's "in use" checks.
+            same_directory = identity is not None and identity in {
+                _directory_identity(target) for target in targets
+            }
+            if definition.target in targets or same_directory:
+                raise _source_conflict(other)
         return same_name
+
+    def _check_not_aliased(self, pool: Pool) -> None:
+        """Refuse to run a pool over a directory another running pool already serves
+        (a definition made before its directory existed escapes ``_check_duplicate``)."""
+        identity = pool.directory_identity()
+        for other in self._pools.values():
+            if other is not pool and other.active and other.directory_identity() == identity:
+                pool.stop()
+                raise _source_conflict(other)
 
     def create_pool_xml(self, xml: str, flags: int = 0) -> PoolRef:
         """STORAGE_POOL_CREATE_XML: define a transient pool and start it.
@@ -270,6 +290,7 @@ class StorageRegistry:
             self._check_duplicate(definition)
             pool = Pool(definition, None)
             self._start(pool, flags)
+            self._check_not_aliased(pool)
             self._pools[pool.name] = pool
             return pool.ref
 
@@ -281,6 +302,7 @@ class StorageRegistry:
             if pool.active:
                 raise pool_already_active(pool.name)
             self._start(pool, flags)
+            self._check_not_aliased(pool)
 
     @staticmethod
     def _start(pool: Pool, flags: int) -> None:
@@ -573,6 +595,7 @@ class StorageRegistry:
                 pool.check_not_busy(volume.name)
             fd = volumes.open(volume.name, os.O_RDONLY)
         try:
+            _seek_to(fd, offset, volumes.volume_path(volume.name))
             return VolumeReader(fd, offset, length, sparse=bool(flags & VolStreamFlags.SPARSE))
         except BaseException:
             os.close(fd)
@@ -598,7 +621,12 @@ class StorageRegistry:
                 temp, fd = volumes.create_upload_temp(volume.name)
                 pool.upload_temps.add(temp)
             else:
-                temp, fd = None, volumes.open(volume.name, os.O_WRONLY)
+                temp, fd = None, volumes.open_in_place(volume.name, os.O_WRONLY)
+                try:
+                    _seek_to(fd, offset, volumes.volume_path(volume.name))
+                except BaseException:
+                    os.close(fd)
+                    raise
             pool.busy[volume.name] = Busy.UPLOADING
 
         def finish(success: bool) -> Callable[[], None] | None:
@@ -620,6 +648,35 @@ class StorageRegistry:
             os.close(fd)
             finish(False)
             raise
+
+
+def _directory_identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the directory at ``path``, None when there is none (yet)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _source_conflict(other: Pool) -> ErrorReport:
+    return storage_error(
+        ErrorCode.OPERATION_FAILED, f"Storage source conflict with pool: '{other.name}'"
+    )
+
+
+def _seek_to(fd: int, offset: int, path: str) -> None:
+    """Refuse a stream offset the file cannot be positioned at, as libvirt does: it seeks
+    the stream's file there first (an offset of 2^63 or more, or past the file system's
+    largest file, is EINVAL)."""
+    if offset == 0:
+        return
+    try:
+        if offset > MAX_OFFSET:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        os.lseek(fd, offset, os.SEEK_SET)
+    except OSError as exc:
+        raise system_error(f"Unable to seek {path} to {offset}", exc, STREAMS_DOMAIN) from None
 
 
 def _check_flags(flags: int, supported: int, function: str) -> None:

@@ -89,6 +89,23 @@ class VolumeDir:
             raise no_volume_named(name)
         return fd
 
+    def open_in_place(self, name: str, flags: int) -> int:
+        """Open a volume to change its content in place (wipe, resize, ranged upload).
+
+        A file with more than one hard link is refused: its other names may be
+        outside the pool, and an in-place change would reach them too.
+        """
+        fd = self.open(name, flags)
+        links = os.fstat(fd).st_nlink
+        if links > 1:
+            os.close(fd)
+            raise storage_error(
+                ErrorCode.OPERATION_INVALID,
+                f"volume '{name}' has {links} hard links; changing it in place would change "
+                "every file linked to it",
+            )
+        return fd
+
     # -- creating ---------------------------------------------------------
 
     def _create_file(self, name: str, mode: int = VOLUME_MODE) -> int:
@@ -167,7 +184,7 @@ class VolumeDir:
 
     def wipe(self, name: str) -> None:
         """Make the whole volume read as zeros, keeping its size and freeing its blocks."""
-        fd = self.open(name, os.O_WRONLY)
+        fd = self.open_in_place(name, os.O_WRONLY)
         try:
             sparse_files.punch_hole(fd, 0, os.fstat(fd).st_size)
         except OSError as exc:
@@ -179,7 +196,7 @@ class VolumeDir:
         self, name: str, capacity: int, *, delta: bool, shrink: bool, allocate: bool
     ) -> None:
         """Change the volume's size with libvirt's rules (see StorageRegistry.resize_volume)."""
-        fd = self.open(name, os.O_RDWR)
+        fd = self.open_in_place(name, os.O_RDWR)
         path = self.volume_path(name)
         try:
             st = os.fstat(fd)

@@ -11,20 +11,25 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_virsh, start_virtvold, stop_virtvold
+from virtvol.daemon.connection import ClientConnection
+from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeRef, VolumeWriter
 from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
-from virtvol.protocol.connection import Connection, Side
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import Connection, ErrorReplyReceived, ReplyReceived, Side
 from virtvol.protocol.frames import Payload
+from virtvol.protocol.procedures import Proc
 
 MIB = 1 << 20
 
@@ -248,3 +253,125 @@ async def test_file_worker_release_waits_for_the_running_job(pool: Pool) -> None
     assert gate.events == ["job returned"]
     with pytest.raises(asyncio.CancelledError):
         await job
+
+
+class FakeTransport(asyncio.Transport):
+    """Just enough transport for a ClientConnection driven by the test."""
+
+    def __init__(self, protocol: ClientConnection) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def feed(conn: ClientConnection, data: bytes) -> None:
+    """Hand ``data`` to the connection as the transport would."""
+    view = memoryview(data)
+    while view:
+        buffer = conn.get_buffer(-1)
+        count = min(len(buffer), len(view))
+        buffer[:count] = view[:count]
+        conn.buffer_updated(count)
+        view = view[count:]
+
+
+async def reply_to(client: Connection, transport: FakeTransport, serial: int) -> object:
+    """Wait for the reply to ``serial`` among what the connection wrote."""
+    for _ in range(500):
+        client.receive_data(bytes(transport.written))
+        transport.written.clear()
+        while (event := client.next_event()) is not None:
+            if isinstance(event, ReplyReceived | ErrorReplyReceived) and event.serial == serial:
+                return event
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no reply to call {serial}")
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("procedure", [Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD])
+async def test_stream_opened_as_the_connection_dies_is_released(
+    pool: Pool, procedure: Proc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = pool.volume("vol", b"old content")
+    context = DaemonContext(
+        registry=pool.registry, legacy=False, keepalive_interval=5, keepalive_count=5
+    )
+    before = open_fds()
+    conn = ClientConnection(context, "test", read_only=False)
+    transport = FakeTransport(conn)
+    conn.connection_made(transport)
+    real_spawn = conn._spawn
+
+    def spawn_then_die(work: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        # The connection dies right after the stream's task is created, before its first step.
+        task = real_spawn(work, name)
+        if name.startswith("stream"):
+            transport.closing = True
+            conn.connection_lost(ConnectionResetError("reset by the test"))
+        return task
+
+    monkeypatch.setattr(conn, "_spawn", spawn_then_die)
+    client = Connection(Side.CLIENT)
+    serial, frame = client.call(Proc.CONNECT_OPEN, r.ConnectOpenArgs(name="", flags=0))
+    feed(conn, frame)
+    assert isinstance(await reply_to(client, transport, serial), ReplyReceived)
+    wire = r.StorageVol(pool=volume.pool, name=volume.name, key=volume.key)
+    _, frame = client.call(procedure, r.VolTransferArgs(vol=wire, offset=0, length=0, flags=1))
+    feed(conn, frame)
+    async with asyncio.timeout(10):
+        await conn.wait_closed()
+    for _ in range(100):  # a release may still be finishing in a worker
+        if open_fds() == before:
+            break
+        await asyncio.sleep(0.02)
+    context.shutdown_executors()
+    assert open_fds() - before == set(), "descriptors left open"
+
+    assert _temps(pool) == []
+    pool.registry.open_upload(volume, 0, 0).abort()  # the volume is not "in use"
+    assert (pool.directory / "vol").read_bytes() == b"old content"
+
+
+def test_daemon_start_removes_temporaries_left_by_a_crash(tmp_path: Path) -> None:
+    pool_dir = tmp_path / "virtvold" / "pool"
+    pool_dir.mkdir(parents=True)
+    (pool_dir / "vol").write_bytes(b"content")
+    (pool_dir / ".virtvol-upload-0123456789abcdef").write_bytes(b"half an upload")
+    daemon = start_virtvold(tmp_path / "virtvold")
+    try:
+        listing = run_virsh(daemon.tcp_uri, "vol-list", "default").stdout
+        assert "vol" in listing
+        assert ".virtvol" not in listing
+        assert sorted(os.listdir(pool_dir)) == ["vol"]
+    finally:
+        stop_virtvold(daemon)

@@ -12,6 +12,7 @@ import pytest
 from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, allocated, fails
 from virtvol.daemon.storage import Chunk, VolumeReader, VolumeRef
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.sparse.writer import MAX_OFFSET
 
 MIB = 1 << 20
 
@@ -350,3 +351,18 @@ def test_durable_upload_leaves_the_new_volume_in_memory(setup: PoolSetup) -> Non
     finally:
         os.close(fd)
     registry.close()
+
+
+def test_write_past_the_largest_offset_is_a_stream_error(setup: PoolSetup) -> None:
+    volume = setup.file("big", b"")
+    writer = setup.registry.open_upload(volume, 0, 0)
+    with writer:
+        writer._writer._pos = MAX_OFFSET - 2  # where only a file system without limits gets
+        with fails(
+            ErrorCode.SYSTEM_ERROR, "cannot write to stream: File too large", ErrorDomain.STREAMS
+        ):
+            writer.write(b"abcd")
+        with fails(
+            ErrorCode.SYSTEM_ERROR, "cannot write to stream: File too large", ErrorDomain.STREAMS
+        ):
+            writer.skip(4)

@@ -1,0 +1,118 @@
+"""One directory, one pool; no change in place reaches outside the pool; build keeps modes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Virtvold, run_virsh
+from tests.daemon.storage.conftest import NOT_VALID, PoolSetup, fails
+from virtvol.daemon.storage import PoolCreateFlags, StorageRegistry
+from virtvol.protocol.errors import ErrorCode
+
+CONFLICT = "operation failed: Storage source conflict with pool: 'default'"
+
+
+def pool_xml(name: str, target: Path | str, mode: str | None = None) -> str:
+    permissions = f"<permissions><mode>{mode}</mode></permissions>" if mode else ""
+    return (
+        f"<pool type='dir'><name>{name}</name>"
+        f"<target><path>{target}</path>{permissions}</target></pool>"
+    )
+
+
+def test_same_directory_by_another_spelling_is_a_conflict(setup: PoolSetup, tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(setup.pool_dir)
+    spellings = [
+        f"{setup.pool_dir}/.",
+        f"{tmp_path}/x/../pool",
+        f"{tmp_path}/link",
+    ]
+    for target in spellings:
+        with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+            setup.registry.define_pool_xml(pool_xml("alias", target))
+        with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+            setup.registry.create_pool_xml(pool_xml("alias", target))
+    assert [p.name for p in setup.registry.list_all_pools()] == ["default"]
+
+
+def test_alias_made_after_definition_cannot_start(setup: PoolSetup, tmp_path: Path) -> None:
+    later = tmp_path / "later"
+    ref = setup.registry.define_pool_xml(pool_xml("later", later))
+    later.symlink_to(setup.pool_dir)  # the directory appears, and it is the other pool's
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.start_pool(ref)
+    assert not setup.registry.pool_is_active(ref)
+    # Once the other pool stops, this one may run there.
+    setup.registry.destroy_pool(setup.ref)
+    setup.registry.start_pool(ref)
+    with fails(
+        ErrorCode.OPERATION_FAILED, "operation failed: Storage source conflict with pool: 'later'"
+    ):
+        setup.registry.start_pool(setup.ref)
+
+
+def test_hard_linked_volume_is_not_changed_in_place(setup: PoolSetup, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious" * 512)
+    os.link(outside, setup.pool_dir / "linked")
+    volume = setup.registry.lookup_volume_by_name(setup.ref, "linked")
+    refusal = NOT_VALID + (
+        "volume 'linked' has 2 hard links; changing it in place would change every file "
+        "linked to it"
+    )
+    with fails(ErrorCode.OPERATION_INVALID, refusal):
+        setup.registry.wipe_volume(volume)
+    with fails(ErrorCode.OPERATION_INVALID, refusal):
+        setup.registry.resize_volume(volume, 1 << 20)
+    with fails(ErrorCode.OPERATION_INVALID, refusal):
+        setup.registry.open_upload(volume, 0, 4096)
+    with fails(ErrorCode.OPERATION_INVALID, refusal):
+        setup.registry.open_upload(volume, 10, 0)
+    assert outside.read_bytes() == b"precious" * 512
+    # A whole-volume upload replaces the pool's name only; the other file keeps its bytes.
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert (setup.pool_dir / "linked").read_bytes() == b"new"
+    assert outside.read_bytes() == b"precious" * 512
+    # The volume has one link now: in-place changes are fine again.
+    setup.registry.resize_volume(volume, 4096)
+
+
+@pytest.mark.parametrize("explicit", [None, "0750"])
+def test_build_keeps_the_mode_of_an_existing_directory(
+    tmp_path: Path, explicit: str | None
+) -> None:
+    """As libvirt 9.0 (checked against libvirtd): building over an existing directory
+    changes its mode only when the definition asks for one."""
+    target = tmp_path / "existing"
+    target.mkdir()
+    target.chmod(0o700)
+    registry = StorageRegistry(tmp_path / "state")
+    ref = registry.define_pool_xml(pool_xml("p", target, explicit))
+    registry.start_pool(ref, PoolCreateFlags.WITH_BUILD)
+    assert target.stat().st_mode & 0o7777 == (0o700 if explicit is None else 0o750)
+    registry.destroy_pool(ref)
+    registry.undefine_pool(ref)
+    # The daemon's --pool NAME=DIR builds the same way.
+    registry.ensure_pool("q", target)
+    assert target.stat().st_mode & 0o7777 == (0o700 if explicit is None else 0o750)
+    registry.close()
+
+
+def test_virsh_cannot_define_a_second_pool_over_the_directory(virtvold: Virtvold) -> None:
+    result = run_virsh(
+        virtvold.tcp_uri,
+        "pool-define-as",
+        "alias",
+        "dir",
+        "--target",
+        f"{virtvold.pool_dir}/.",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"error: {CONFLICT}" in result.stderr

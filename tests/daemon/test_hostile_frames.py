@@ -1,0 +1,113 @@
+"""Frames a real client never sends: huge offsets and holes, calls to server-only procedures.
+
+Each gets libvirt's error on the wire (or a stream error), never a client left
+waiting, and the log gets at most one line per connection for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import Virtvold
+from tests.daemon.conftest import RawClient, error_of, raw_client
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import ReplyReceived, StreamFailed
+from virtvol.protocol.procedures import Proc
+
+MIB = 1 << 20
+SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38
+RPC_ERROR, RPC_DOMAIN = 39, 7
+QEMU_PROGRAM = 0x20008087
+
+
+@pytest.mark.parametrize("procedure", [Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD])
+@pytest.mark.parametrize("offset", [1 << 63, (1 << 64) - 1])
+async def test_offset_past_2_63_is_refused_like_libvirtd(
+    virtvold: Virtvold, procedure: Proc, offset: int
+) -> None:
+    (virtvold.pool_dir / "vol").write_bytes(b"old")
+    async with raw_client(virtvold.port) as client:
+        vol = await client.volume("vol")
+        args = r.VolTransferArgs(vol=vol, offset=offset, length=0, flags=0)
+        # libvirtd 9.0 seeks the file first and reports exactly this.
+        path = virtvold.pool_dir / "vol"
+        assert error_of(await client.call(procedure, args)) == (
+            SYSTEM_ERROR,
+            STREAMS_DOMAIN,
+            f"Unable to seek {path} to {offset}: Invalid argument",
+        )
+        # Nothing was left open: the volume takes a whole upload again.
+        upload = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+        reply = await client.call(Proc.STORAGE_VOL_UPLOAD, upload)
+        assert isinstance(reply, ReplyReceived)
+        client.send(client.rpc.send_abort(reply.serial))
+    assert (virtvold.pool_dir / "vol").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize(("data", "hole"), [(10, (1 << 63) - 5), (0, (1 << 63) - 1)])
+async def test_hole_ending_past_the_largest_offset_fails_the_stream(
+    virtvold: Virtvold, data: int, hole: int
+) -> None:
+    (virtvold.pool_dir / "vol").write_bytes(b"old")
+    async with raw_client(virtvold.port) as client:
+        vol = await client.volume("vol")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
+        reply = await client.call(Proc.STORAGE_VOL_UPLOAD, args)
+        assert isinstance(reply, ReplyReceived)
+        if data:
+            client.send(*client.rpc.send_data(reply.serial, b"y" * data))
+        client.send(client.rpc.send_hole(reply.serial, hole))
+        client.send(*client.rpc.send_data(reply.serial, b"z" * 10))
+        client.send(client.rpc.send_finish(reply.serial))
+        event = await client.next_event(wait=10)  # a hang fails here
+        assert isinstance(event, StreamFailed), event
+        assert event.error.code == SYSTEM_ERROR
+        assert event.error.message == "cannot write to stream: File too large"
+        # The connection goes on, and the volume is free and unchanged.
+        again = await client.call(Proc.STORAGE_VOL_UPLOAD, args)
+        assert isinstance(again, ReplyReceived)
+        client.send(client.rpc.send_abort(again.serial))
+    assert (virtvold.pool_dir / "vol").read_bytes() == b"old"
+    assert "Traceback" not in virtvold.log_text()
+
+
+@pytest.mark.parametrize("with_args", [True, False])
+async def test_server_only_and_unknown_procedures_log_once(
+    virtvold: Virtvold, with_args: bool
+) -> None:
+    event_args = r.ConnectEventConnectionClosedMsg(reason=1) if with_args else None
+    async with raw_client(virtvold.port) as client:
+        for _ in range(300):
+            for number, args in ((362, event_args), (100_000, None)):
+                _, frame = client.rpc.call(number, args)
+                client.send(frame)
+            # Misdirected: a storage procedure called on another program (QEMU's).
+            _, frame = client.rpc.call(Proc.CONNECT_GET_TYPE, program=QEMU_PROGRAM)
+            client.send(frame)
+        replies = 0
+        while replies < 900:
+            event = await client.next_event()
+            assert event is not None
+            assert error_of(event)[:2] == (RPC_ERROR, RPC_DOMAIN)
+            assert str(error_of(event)[2]).startswith(
+                ("unknown procedure: ", f"Cannot find program {QEMU_PROGRAM} version 1")
+            )
+            replies += 1
+        assert isinstance(await client.call(Proc.CONNECT_GET_TYPE), ReplyReceived)
+    await asyncio.sleep(0.2)
+    log = virtvold.log_text()
+    assert "Traceback" not in log
+    assert log.count("refused procedure") == 1
+
+
+async def test_a_second_connection_gets_its_own_log_line(virtvold: Virtvold) -> None:
+    for _ in range(2):
+        client = await RawClient.connect(virtvold.port)
+        await client.open()
+        for _ in range(3):
+            error_of(await client.call(362, r.ConnectEventConnectionClosedMsg(reason=1)))
+        await client.close()
+    await asyncio.sleep(0.2)
+    assert virtvold.log_text().count("refused procedure") == 2
