@@ -16,24 +16,31 @@ connection goes, every stream opened on it is closed (not only cancelled: a
 task cancelled before its first step never runs its own cleanup). Calls it
 cannot serve get libvirtd's error and one log line per connection.
 
-Limits (see ``limits``): a connection refused by admission is closed as soon as
-it is accepted. One that has not sent CONNECT_OPEN within ``handshake_timeout``
-is closed. With ``max_client_requests`` calls in flight, or more than
-``OUTPUT_HIGH_WATER`` reply bytes unsent, the connection stops reading its
-socket and stops handing out the frames it already read, until a call ends or
-the client reads: a client that pipelines calls or PINGs and never reads the
-answers costs a bounded amount of memory. A client whose unsent bytes do not
-drain for ``interval * (count + 1)`` keepalive seconds has stopped reading and
-is dropped, keepalive or not. Thread-bound work waits in this connection's own
-queue of the shared ``FairExecutor``, so one busy client cannot starve others.
+Limits (see ``limits``): a connection refused by admission is closed as soon
+as it is accepted. One that has not sent CONNECT_OPEN within
+``handshake_timeout`` is closed. With ``max_client_requests`` calls in flight,
+or more than ``OUTPUT_HIGH_WATER`` (256 KiB) reply bytes unsent, the
+connection stops reading its socket and stops handing out the frames it
+already read, until a call ends or the client reads: a client that pipelines
+calls or PINGs and never reads the answers costs a bounded amount of memory.
+After ``FRAMES_PER_TURN`` frames a connection pauses until the event loop has
+gone round once, so a flood on one socket delays the others by a turn, not by
+everything it sent. A client whose unsent bytes do not drain at all (not a
+byte taken) for ``interval * (count + 1)`` keepalive seconds has stopped
+reading and is dropped, keepalive or not; a slow reader is not. Thread-bound
+work waits in this connection's own queue of the shared ``FairExecutor``, so
+one busy client cannot starve others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import sys
+import termios
 import time
 from collections.abc import Callable, Coroutine
 from typing import cast
@@ -73,12 +80,16 @@ log = logging.getLogger("virtvol.daemon.connection")
 _CLOSE_REASON_EOF = 1
 _PEERCRED = struct.Struct("3i")
 # Reply bytes a client may leave unread before we stop reading its calls.
-OUTPUT_HIGH_WATER = 1 << 20
+OUTPUT_HIGH_WATER = 256 << 10
 # Owners of a read pause (besides the upload handlers): they also hold back the
 # frames already read, since serving those would add to what they limit.
 _REQUEST_LIMIT = "max_client_requests"
 _OUTPUT_BACKLOG = "unsent replies"
-_DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG})
+_TURN_OVER = "turn over"
+_DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG, _TURN_OVER})
+# Frames one connection may have served before it lets every other connection
+# have a turn of the event loop (the loop reads a busy socket many times over).
+FRAMES_PER_TURN = 16
 
 
 def describe_peer(transport: asyncio.BaseTransport) -> str:
@@ -122,9 +133,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._keepalive: KeepaliveTracker | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._started = time.monotonic()
+        self._refused = False  # closed at once by admission: never served, never counted
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._bytes_queued = 0  # every byte handed to the transport
+        # What the output looked like at the last stall check (see _output_progress).
+        self._output_mark: tuple[int, int] = (0, 0)
         self._calls_in_flight = 0
+        self._frames_this_turn = 0
         self._streams_opening = 0
         self._send_buffers = SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE)
         self._calls = 0
@@ -143,11 +159,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._transport.set_write_buffer_limits(high=0, low=0)
         self.peer = describe_peer(transport)
         ctx = self._ctx
-        refusal = ctx.admission.refusal(len(ctx.connections), len(ctx.anonymous))
+        refusal = ctx.admission.refusal(
+            len(ctx.connections), len(ctx.anonymous), ctx.active_streams()
+        )
         if refusal is not None:
             # Closed before anything is read or allocated; logged once per burst.
             ctx.admission.refusals.refused(f"{self.peer} on {self._listener}", refusal)
-            self._close_reason = "refused"
+            self._refused = True
             self._transport.abort()
             return
         ctx.connections.add(self)
@@ -182,9 +200,14 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if self._calls_in_flight >= self._ctx.limits.max_client_requests:
                     self.pause_reading(_REQUEST_LIMIT)
                     return
+                if self._frames_this_turn >= FRAMES_PER_TURN:
+                    self.pause_reading(_TURN_OVER)
+                    self._loop.call_soon(self._next_turn)
+                    return
                 event = self.rpc.next_event()
                 if event is None:
                     return
+                self._frames_this_turn += 1
                 self._dispatch(event)
                 if self._transport is None or self._transport.is_closing():
                     return
@@ -197,7 +220,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
-        if self._close_reason == "refused":
+        if self._refused:
             if not self.closed.done():
                 self.closed.set_result(None)
             return  # never served, never counted
@@ -226,7 +249,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
-        if self._stall_timer is None and self._close_reason != "refused":
+        if self._stall_timer is None and not self._refused:
+            self._output_mark = self._output_progress()
             self._stall_timer = self._loop.call_later(stall, self._output_stalled, stall)
 
     def resume_writing(self) -> None:
@@ -246,6 +270,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(frame)
+            self._bytes_queued += len(frame)
             if transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
                 self.pause_reading(_OUTPUT_BACKLOG)
 
@@ -253,6 +278,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(head)
+            self._bytes_queued += len(head) + len(data)
             transport.write(data)
 
     def write_buffer_empty(self) -> bool:
@@ -370,6 +396,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: task %s failed", self.peer, task.get_name(), exc_info=task.exception())
 
+    def _next_turn(self) -> None:
+        self._frames_this_turn = 0
+        self.resume_reading(_TURN_OVER)
+        self._dispatch_received()
+
     def _call_ended(self, task: asyncio.Task[None]) -> None:
         self._calls_in_flight -= 1
         if _REQUEST_LIMIT in self._read_pausers:
@@ -393,10 +424,37 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
 
+    def _output_progress(self) -> tuple[int, int]:
+        """(bytes the transport has passed to the kernel, bytes the kernel still holds).
+
+        A transport reports progress only when a whole write completes (uvloop), so
+        a client slowly reading one large frame shows up in the kernel's queue
+        (SIOCOUTQ: unread on a Unix socket, unacknowledged on TCP) instead."""
+        transport = self._transport
+        if transport is None:
+            return self._output_mark
+        passed = self._bytes_queued - transport.get_write_buffer_size()
+        in_kernel = -1
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+                in_kernel = int.from_bytes(raw, sys.byteorder, signed=True)
+            except OSError:
+                pass
+        return passed, in_kernel
+
     def _output_stalled(self, seconds: float) -> None:
+        """A slow reader is fine; one that took nothing for ``seconds`` is gone."""
         self._stall_timer = None
-        if not self.write_buffer_empty():
-            self.abort(f"the client read nothing of its replies for {seconds:g} s")
+        if self.write_buffer_empty():
+            return
+        progress = self._output_progress()
+        if progress != self._output_mark:
+            self._output_mark = progress
+            self._stall_timer = self._loop.call_later(seconds, self._output_stalled, seconds)
+            return
+        self.abort(f"the client read nothing of its replies for {seconds:g} s")
 
     # -- calls ----------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ and the file descriptors left. A refused connection is closed at once, so the
 refusal itself costs no descriptor for longer than the accept. The descriptor
 budget is the soft RLIMIT_NOFILE (raised to the hard limit at start, as far as
 the kernel lets us) minus the descriptors open at start minus a reserve kept
-for volume files, directory handles and log rotation: a daemon that runs out
+for volume files, directory handles and log rotation; each connection takes
+one descriptor of it and each open stream two: a daemon that runs out
 of descriptors serves nobody, since it can no longer open a volume or accept
 on any socket. Refusals are logged once per burst: the first one, then at most
 one summary line every ``REFUSAL_LOG_PERIOD`` seconds while they go on.
@@ -29,6 +30,8 @@ log = logging.getLogger("virtvol.daemon.limits")
 FD_RESERVE_MIN = 64
 FD_RESERVE_FRACTION = 16
 REFUSAL_LOG_PERIOD = 10.0
+# What an open stream holds: its volume file, and room for a temp file or a directory.
+STREAM_DESCRIPTORS = 2
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,9 @@ class Admission:
         self.fd_budget = max(1, fd_limit - fds_at_start - self.fd_reserve)
         self.refusals = RefusalLog()
 
-    def refusal(self, clients: int, anonymous: int) -> str | None:
-        """Why one more connection cannot be taken (None: it can). Counts exclude it."""
+    def refusal(self, clients: int, anonymous: int, streams: int = 0) -> str | None:
+        """Why one more connection cannot be taken (None: it can). Counts exclude it;
+        each open stream is counted as two descriptors (its file and a spare)."""
         if clients >= self.limits.max_clients:
             return f"max_clients ({self.limits.max_clients}) connections are open"
         if anonymous >= self.limits.max_anonymous_clients:
@@ -124,9 +128,9 @@ class Admission:
                 f"max_anonymous_clients ({self.limits.max_anonymous_clients}) connections"
                 " have not sent CONNECT_OPEN yet"
             )
-        if clients >= self.fd_budget:
+        if clients + STREAM_DESCRIPTORS * streams >= self.fd_budget:
             return (
-                f"out of file descriptors: {clients} connections open, soft limit"
-                f" {self.fd_limit}, {self.fd_reserve} kept for volume files"
+                f"out of file descriptors: {clients} connections and {streams} streams"
+                f" open, soft limit {self.fd_limit}, {self.fd_reserve} kept for volume files"
             )
         return None

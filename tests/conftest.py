@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +201,8 @@ def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
 # under pytest's tmp_path. Fields: ``tcp_uri`` (storage+tcp://127.0.0.1:PORT/system),
 # ``unix_uri``, ``ro_uri`` (the read-only socket), ``pool_name``, ``pool_dir``,
 # ``state_dir``, ``port``, ``log_path``, ``process``. ``legacy_virtvold``: the same with
-# ``--protocol legacy``. ``start_virtvold(base, *extra_args)`` / ``stop_virtvold(d)``
+# ``--protocol legacy``. ``start_virtvold(base, *extra_args, preexec_fn=None)`` /
+# ``stop_virtvold(d)``
 # do it by hand (stop sends SIGTERM and waits; returns the exit code).
 
 
@@ -233,8 +234,13 @@ def _wait_for_socket(path: Path, process: subprocess.Popen[bytes], deadline: flo
     return False
 
 
-def start_virtvold(base: Path, *extra_args: str) -> Virtvold:
-    """Start virtvold with everything under ``base``; fails the test if it does not come up."""
+def start_virtvold(
+    base: Path, *extra_args: str, preexec_fn: Callable[[], None] | None = None
+) -> Virtvold:
+    """Start virtvold with everything under ``base``; fails the test if it does not come up.
+
+    ``preexec_fn`` runs in the child before the daemon starts (e.g. to lower a limit).
+    """
     base.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):
         port = free_port()
@@ -257,7 +263,9 @@ def start_virtvold(base: Path, *extra_args: str) -> Virtvold:
             *extra_args,
         ]
         with log_path.open("ab") as log:
-            process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn
+            )
         if _wait_for_socket(ro_sock, process, time.monotonic() + 15.0):
             return Virtvold(
                 tcp_uri=f"storage+tcp://127.0.0.1:{port}/system",

@@ -584,6 +584,8 @@ def test_service_unit_settings() -> None:
     assert service["RuntimeDirectoryPreserve"] == ["yes"]
     assert service["ProtectSystem"] == ["strict"]
     assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    # systemd's default soft limit of 1024 descriptors is too few for max_clients.
+    assert service["LimitNOFILE"] == ["8192"]
     unit = _parse_unit(UNITS_DIR / "virtvold.service")["Unit"]
     assert "virtvold.socket" in unit["Requires"]
     assert "virtvold-tcp.socket" not in " ".join(unit["Requires"] + unit["Wants"])

@@ -1,0 +1,503 @@
+"""Hostile load against a running virtvold: memory, descriptors and fairness stay bounded.
+
+Every test runs hostile clients in a thread while an honest client, connected
+before they start, keeps making a storage call (served by the worker threads)
+and must be answered within ``ANSWER_WITHIN`` seconds each time. The daemon's
+memory is read from /proc/PID/status meanwhile and must stay under
+``RSS_BOUND_MIB``; a hostile flood stops as soon as it passes the bound, so a
+daemon without limits fails the test instead of eating the machine. When the
+hostile clients are gone, the daemon's descriptors are back to their baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Virtvold, start_virtvold, stop_virtvold
+from tests.daemon.conftest import RawClient, error_of
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import (
+    Connection,
+    ReplyReceived,
+    StreamDataReceived,
+    StreamEndReceived,
+    StreamFinished,
+)
+from virtvol.protocol.constants import (
+    MESSAGE_MAX,
+    REMOTE_PROGRAM,
+    REMOTE_PROTOCOL_VERSION,
+    MessageStatus,
+    MessageType,
+)
+from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.frames import Header, encode_head
+from virtvol.protocol.procedures import Proc
+from virtvol.protocol.stream import Side
+
+# The figure the daemon promises: under 256 MiB resident with 100 hostile connections.
+RSS_BOUND_MIB = 256
+ANSWER_WITHIN = 1.0
+FLOOD_SECONDS = 3.0
+
+
+def status_mib(pid: int, field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of ``pid`` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"{field} missing from /proc/{pid}/status")
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for_descriptors(pid: int, baseline: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while descriptors(pid) > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert descriptors(pid) <= baseline, f"{descriptors(pid)} descriptors open, was {baseline}"
+
+
+def daemon_with(tmp_path: Path, config: str, **kwargs: Callable[[], None]) -> Virtvold:
+    path = tmp_path / "virtvold.toml"
+    path.write_text(config)
+    return start_virtvold(tmp_path / "d", "--config", str(path), **kwargs)
+
+
+def unix_path(uri: str) -> str:
+    return uri.split("socket=", 1)[1]
+
+
+def connect(daemon: Virtvold, where: str) -> socket.socket:
+    """A plain socket to the daemon's ``tcp``, ``unix`` or ``ro`` listener."""
+    if where == "tcp":
+        return socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+    path = unix_path(daemon.ro_uri if where == "ro" else daemon.unix_uri)
+    deadline = time.monotonic() + 5
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.connect(path)
+        except BlockingIOError:  # the backlog is full: the daemon has not accepted yet
+            sock.close()
+            assert time.monotonic() < deadline, f"{path} accepts nothing"
+            time.sleep(0.01)
+            continue
+        return sock
+
+
+def open_session(sock: socket.socket) -> Connection:
+    """AUTH_LIST + CONNECT_OPEN, blocking; the connection core to build more frames with."""
+    rpc = Connection(Side.CLIENT)
+    for procedure, args in (
+        (Proc.AUTH_LIST, None),
+        (Proc.CONNECT_OPEN, r.ConnectOpenArgs(name="storage:///system", flags=0)),
+    ):
+        _, frame = rpc.call(procedure, args)
+        sock.sendall(frame)
+        while (event := rpc.next_event()) is None:
+            data = sock.recv(65536)
+            assert data, "closed during the handshake"
+            rpc.receive_data(data)
+        assert isinstance(event, ReplyReceived), event
+    return rpc
+
+
+def pool_lookup(rpc: Connection) -> bytes:
+    _, frame = rpc.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default"))
+    return frame
+
+
+def pipelined_calls(rpc: Connection, count: int = 8192) -> bytes:
+    """``count`` pool lookups in one write (the serials are the connection's own: one
+    blob serves every connection opened the same way)."""
+    return b"".join(pool_lookup(rpc) for _ in range(count))
+
+
+def pings(count: int = 8192) -> bytes:
+    return Connection(Side.CLIENT).send_ping() * count
+
+
+def big_frame_head() -> bytes:
+    """A header announcing a 32 MiB call, and a little of its payload."""
+    header = Header(
+        REMOTE_PROGRAM,
+        REMOTE_PROTOCOL_VERSION,
+        Proc.STORAGE_POOL_LOOKUP_BY_NAME,
+        MessageType.CALL,
+        4242,
+        MessageStatus.OK,
+    )
+    return encode_head(header, MESSAGE_MAX - 24) + b"\x00" * 1000
+
+
+class Flood:
+    """Writes each socket's bytes (again and again with ``repeat``), never reading.
+
+    The sockets get small receive buffers, so what the daemon sends backs up in
+    the daemon rather than in the kernel."""
+
+    def __init__(self, clients: list[tuple[socket.socket, bytes]], *, repeat: bool) -> None:
+        self._clients = clients
+        self._repeat = repeat
+        self.stop = threading.Event()
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Flood:
+        for sock, _ in self._clients:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(10)
+        for sock, _ in self._clients:
+            sock.close()
+
+    def _run(self) -> None:
+        pending = [memoryview(blob) for _, blob in self._clients]
+        while not self.stop.is_set():
+            progress = False
+            for index, (sock, blob) in enumerate(self._clients):
+                if not pending[index] and self._repeat:
+                    pending[index] = memoryview(blob)
+                if not pending[index]:
+                    continue
+                try:
+                    count = sock.send(pending[index])
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pending[index] = memoryview(b"")  # closed by the daemon
+                    continue
+                pending[index] = pending[index][count:]
+                self.sent += count
+                progress = True
+            if not progress:
+                time.sleep(0.01)
+
+
+async def honest_client(daemon: Virtvold) -> RawClient:
+    client = await RawClient.connect(daemon.port)
+    await client.open()
+    return client
+
+
+async def serve_meanwhile(
+    daemon: Virtvold, client: RawClient, flood: Flood | None, seconds: float
+) -> float:
+    """The honest client's calls, each answered in time, while memory stays bounded.
+
+    Returns the slowest answer in seconds."""
+    pid = daemon.process.pid
+    slowest = 0.0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rss = status_mib(pid, "VmRSS")
+        if rss > RSS_BOUND_MIB:
+            if flood is not None:
+                flood.stop.set()
+            pytest.fail(f"daemon RSS {rss:.0f} MiB passed {RSS_BOUND_MIB} MiB", pytrace=False)
+        started = time.monotonic()
+        reply = await asyncio.wait_for(
+            client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")),
+            timeout=3,
+        )
+        assert isinstance(reply, ReplyReceived), reply
+        slowest = max(slowest, time.monotonic() - started)
+        assert slowest < ANSWER_WITHIN, f"honest call took {slowest:.2f} s"
+        await asyncio.sleep(0.05)
+    return slowest
+
+
+@contextmanager
+def running(daemon: Virtvold) -> Iterator[Virtvold]:
+    try:
+        yield daemon
+    finally:
+        stop_virtvold(daemon)
+
+
+async def test_headers_announcing_32_mib_allocate_nothing_big(tmp_path: Path) -> None:
+    # Anonymous clients are let in here, so that the frame reader is what is tested.
+    with running(daemon_with(tmp_path, "max_anonymous_clients = 500\n")) as daemon:
+        pid = daemon.process.pid
+        client = await honest_client(daemon)
+        baseline = descriptors(pid)
+        hostile: list[socket.socket] = []
+        try:
+            for index in range(100):
+                # Half on the read-only socket before CONNECT_OPEN, half on TCP after it.
+                if index % 2:
+                    sock = connect(daemon, "ro")
+                else:
+                    sock = connect(daemon, "tcp")
+                    open_session(sock)
+                sock.sendall(big_frame_head())
+                hostile.append(sock)
+                if index % 10 == 9:
+                    await serve_meanwhile(daemon, client, None, 0.05)
+            await serve_meanwhile(daemon, client, None, 0.5)
+            assert status_mib(pid, "VmHWM") < RSS_BOUND_MIB
+        finally:
+            for sock in hostile:
+                sock.close()
+        wait_for_descriptors(pid, baseline)
+        await client.close()
+
+
+async def test_unread_replies_and_pongs_stay_bounded_and_others_are_served(
+    tmp_path: Path,
+) -> None:
+    with running(daemon_with(tmp_path, "max_anonymous_clients = 500\n")) as daemon:
+        pid = daemon.process.pid
+        client = await honest_client(daemon)
+        baseline = descriptors(pid)
+        clients: list[tuple[socket.socket, bytes]] = []
+        calls = b""
+        for where in ("unix", "ro", "tcp"):
+            for _ in range(25):
+                sock = connect(daemon, where)
+                rpc = open_session(sock)
+                calls = calls or pipelined_calls(rpc)
+                clients.append((sock, calls))
+        ping_flood = pings()
+        for _ in range(25):
+            clients.append((connect(daemon, "tcp"), ping_flood))
+        # 8192 calls per connection, sent once; PINGs without end.
+        calls_flood = Flood(clients[:75], repeat=False)
+        with calls_flood, Flood(clients[75:], repeat=True) as flood:
+            await serve_meanwhile(daemon, client, flood, FLOOD_SECONDS)
+            # The floods went on the whole time: the daemon stopped reading, it did not die.
+            assert flood.sent > 4 << 20
+            assert calls_flood.sent > 5 << 20
+        assert status_mib(pid, "VmHWM") < RSS_BOUND_MIB
+        wait_for_descriptors(pid, baseline)
+        await client.close()
+
+
+def _data_volume(daemon: Virtvold, size: int) -> None:
+    with (daemon.pool_dir / "big.img").open("wb") as handle:
+        block = os.urandom(1 << 20)
+        for _ in range(size >> 20):
+            handle.write(block)
+
+
+async def test_unread_downloads_are_bounded_per_connection(tmp_path: Path) -> None:
+    config = "max_client_requests = 64\n"  # every download opens at once
+    with running(daemon_with(tmp_path, config)) as daemon:
+        pid = daemon.process.pid
+        _data_volume(daemon, 64 << 20)
+        client = await honest_client(daemon)
+        await client.call(
+            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=await _pool(client), flags=0)
+        )
+        before = status_mib(pid, "VmRSS")
+        greedy = await honest_client(daemon)
+        vol = await greedy.volume("big.img")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+        frames = [greedy.rpc.call(Proc.STORAGE_VOL_DOWNLOAD, args)[1] for _ in range(50)]
+        greedy.send(b"".join(frames))  # and never read anything
+        await serve_meanwhile(daemon, client, None, 1.5)
+        grown = status_mib(pid, "VmRSS") - before
+        # Three 4 MiB frame buffers per connection, whatever the number of downloads.
+        assert grown < 40, f"RSS grew by {grown:.0f} MiB with 50 unread downloads"
+        # Now read: 16 downloads were opened, the other 34 refused with libvirt's error.
+        opened = refused = 0
+        pending = set(greedy.rpc.pending_calls())
+        while pending:
+            event = await greedy.next_event()
+            assert event is not None
+            serial: int | None = getattr(event, "serial", None)
+            if serial in pending and isinstance(event, ReplyReceived):
+                opened += 1
+                pending.discard(serial)
+            elif serial in pending:
+                code, _, message = error_of(event)
+                assert code == ErrorCode.OPERATION_FAILED
+                assert message is not None
+                assert "max_client_streams" in message
+                refused += 1
+                pending.discard(serial)
+        assert (opened, refused) == (16, 34)
+        baseline = descriptors(pid)
+        await greedy.close()
+        wait_for_descriptors(pid, baseline - 1 - 16)
+        await client.close()
+
+
+async def _pool(client: RawClient) -> r.StoragePool:
+    found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default"))
+    assert isinstance(found, ReplyReceived)
+    assert isinstance(found.result, r.PoolRet)
+    return found.result.pool
+
+
+async def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
+    config = "keepalive_interval = 0.2\nkeepalive_count = 1\n"
+    with running(daemon_with(tmp_path, config)) as daemon:
+        sock = connect(daemon, "unix")
+        rpc = open_session(sock)
+        started = time.monotonic()
+        with Flood([(sock, pipelined_calls(rpc))], repeat=False):
+            for _ in range(100):
+                if "read nothing" in daemon.log_text():
+                    break
+                await asyncio.sleep(0.05)
+        assert time.monotonic() - started < 3
+        assert "the client read nothing of its replies for 0.4 s" in daemon.log_text()
+
+
+async def test_handshake_timeout_and_anonymous_limit(tmp_path: Path) -> None:
+    config = "handshake_timeout = 0.5\nmax_anonymous_clients = 3\n"
+    with running(daemon_with(tmp_path, config)) as daemon:
+        await asyncio.sleep(0.2)  # start-up's probe connection is gone
+        idle = [connect(daemon, where) for where in ("tcp", "unix", "ro")]
+        await asyncio.sleep(0.1)
+        # A burst of refused connections: each closed at once, one log line for all.
+        started = time.monotonic()
+        for _ in range(10):
+            with connect(daemon, "tcp") as refused:
+                assert refused.recv(1) == b""
+        assert time.monotonic() - started < 0.4
+        assert daemon.log_text().count("max_anonymous_clients (3)") == 1
+        # The idle ones are closed when the handshake timeout passes.
+        for sock in idle:
+            assert sock.recv(1) == b""
+            sock.close()
+        assert daemon.log_text().count("no CONNECT_OPEN within handshake_timeout") == 3
+        # And the daemon takes new clients again.
+        client = await honest_client(daemon)
+        await serve_meanwhile(daemon, client, None, 0.1)
+        await client.close()
+
+
+async def test_max_clients(tmp_path: Path) -> None:
+    with running(daemon_with(tmp_path, "max_clients = 2\n")) as daemon:
+        first, second = await honest_client(daemon), await honest_client(daemon)
+        with connect(daemon, "unix") as third:
+            assert third.recv(1) == b""
+        assert "max_clients (2) connections are open" in daemon.log_text()
+        await first.close()
+        await asyncio.sleep(0.1)
+        again = await honest_client(daemon)
+        await serve_meanwhile(daemon, again, None, 0.1)
+        await again.close()
+        await second.close()
+
+
+def _soft_limit_1024() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+async def test_descriptors_run_short_and_the_daemon_keeps_serving(tmp_path: Path) -> None:
+    # Idle connections are let in by every other limit: the descriptor budget must act.
+    config = "max_anonymous_clients = 5000\nhandshake_timeout = 120\n"
+    daemon = daemon_with(tmp_path, config, preexec_fn=_soft_limit_1024)
+    with running(daemon):
+        pid = daemon.process.pid
+        client = await honest_client(daemon)
+        baseline = descriptors(pid)
+        idle: list[socket.socket] = []
+        refused = 0
+        try:
+            for index in range(1100):
+                sock = connect(daemon, ("tcp", "unix", "ro")[index % 3])
+                idle.append(sock)
+            await serve_meanwhile(daemon, client, None, 0.5)
+            assert descriptors(pid) < 1024
+            for sock in idle:
+                sock.setblocking(False)
+                with suppress(BlockingIOError):
+                    refused += sock.recv(1) == b""
+            assert refused > 0
+            log = daemon.log_text()
+            assert log.count("out of file descriptors") == 1, log[-2000:]
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_for_descriptors(pid, baseline)
+        late = await honest_client(daemon)
+        await serve_meanwhile(daemon, late, None, 0.1)
+        await late.close()
+        await client.close()
+
+
+async def test_a_slow_reader_is_not_dropped(tmp_path: Path) -> None:
+    # The reader takes 2.5 MB/s: 8 MiB of volume (and some 4 MB that the kernel's send
+    # buffer holds) leaves the transport's buffer non-empty for far longer than the
+    # 0.4 s allowed for taking nothing at all.
+    config = "keepalive_interval = 0.2\nkeepalive_count = 1\n"
+    with running(daemon_with(tmp_path, config)) as daemon:
+        _data_volume(daemon, 8 << 20)
+        client = await honest_client(daemon)
+        sock = client.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        pool = await _pool(client)
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        vol = await client.volume("big.img")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+        reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
+        assert isinstance(reply, ReplyReceived), reply
+        received = 0
+        while received < 8 << 20:
+            data = await asyncio.wait_for(client.reader.read(256 << 10), 5)
+            assert data, "the daemon dropped a client that was reading"
+            received += len(data)
+            await asyncio.sleep(0.1)
+        assert "read nothing" not in daemon.log_text()
+        await client.close()
+
+
+async def _download(client: RawClient, vol: r.StorageVol, *, abort_after: int | None) -> int:
+    """Download ``vol``; abort after ``abort_after`` data bytes (None: to the end)."""
+    args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+    reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
+    assert isinstance(reply, ReplyReceived), reply
+    serial = reply.serial
+    received = 0
+    while True:
+        event = await client.next_event()
+        assert event is not None
+        if isinstance(event, StreamDataReceived) and event.serial == serial:
+            received += len(event.data)
+            if abort_after is not None and received >= abort_after:
+                client.send(client.rpc.send_abort(serial))
+                abort_after = None
+        elif isinstance(event, StreamEndReceived) and event.serial == serial:
+            client.send(client.rpc.send_finish(serial))
+        elif isinstance(event, StreamFinished) and event.serial == serial:
+            return received
+
+
+async def test_aborted_downloads_give_their_buffers_back(tmp_path: Path) -> None:
+    # A connection's downloads share three buffers: one lost by an aborted (or failed)
+    # download would leave the connection's later downloads waiting for ever.
+    with running(daemon_with(tmp_path, "")) as daemon:
+        _data_volume(daemon, 32 << 20)
+        client = await honest_client(daemon)
+        pool = await _pool(client)
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        vol = await client.volume("big.img")
+        for _ in range(6):
+            got = await asyncio.wait_for(_download(client, vol, abort_after=1), 10)
+            assert 0 < got <= 32 << 20
+        assert await asyncio.wait_for(_download(client, vol, abort_after=None), 20) == 32 << 20
+        await client.close()
+        assert daemon.log_text().count("download default/big.img: aborted") == 6
