@@ -117,7 +117,7 @@ class ReadWindow:
 
     def _snapshot(self, index: int) -> tuple[int, bytes] | None:
         start = index * self._step
-        size = os.fstat(self._fd).st_size
+        size = os.lseek(self._fd, 0, os.SEEK_END)  # a block device's fstat size is 0
         length = min(self._step, size - start)
         if length <= 0:
             return None

@@ -56,7 +56,8 @@ class SparseReader:
     """
 
     def __init__(self, fd: int, offset: int = 0, length: int = 0, *, sparse: bool = True) -> None:
-        size = os.fstat(fd).st_size
+        # lseek, not fstat: a block device's fstat size is 0.
+        size = os.lseek(fd, 0, os.SEEK_END)
         self._fd = fd
         self._pos = min(offset, size)
         # length 0 means "to the end of the file", as in libvirt.

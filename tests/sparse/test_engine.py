@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -117,3 +118,22 @@ def test_atomic_file_replaces_on_commit_and_vanishes_otherwise(tmp_path: Path) -
     assert os.listdir(tmp_path) == ["t"]
     assert is_zero(b"")
     assert not is_zero(b"\0\1")
+
+
+def test_reader_reads_a_block_device_to_its_end(tmp_path: Path) -> None:
+    """A block device's fstat size is 0: the reader must take its size from lseek."""
+    image = tmp_path / "disk.img"
+    data = os.urandom(1 << 20)
+    image.write_bytes(data)
+    attach = ["losetup", "--find", "--show", "--read-only", str(image)]
+    device = subprocess.run(attach, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        received = bytearray()
+        buffer = bytearray(256 * KIB)
+        with SparseReader(os.open(device, os.O_RDONLY)) as reader:
+            while not (chunk := reader.next_chunk(buffer)).eof:
+                assert chunk.data  # a device knows no holes
+                received += buffer[: chunk.length]
+        assert bytes(received) == data
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
