@@ -115,9 +115,9 @@ class Download:
             with contextlib.suppress(RuntimeError):  # the loop is gone
                 self._loop.call_soon_threadsafe(self._buffers.give_back, held)
 
-    async def _read(self, buffer: memoryview) -> Chunk:
+    async def _read(self, buffer: memoryview) -> list[Chunk]:
         reader = self._reader
-        return await self._file.run(lambda: reader.next_chunk(buffer))
+        return await self._file.run(lambda: reader.read_pieces(buffer))
 
     async def _send_volume(self) -> bool:
         """Send every data and hole frame; False when the client aborted meanwhile."""
@@ -135,23 +135,29 @@ class Download:
                 else:
                     buffer = await pool.take()  # another download of ours is filling them
             self._held = buffer
-            chunk = await self._read(buffer)
-            if self._client_ended.done() or chunk.eof:
+            # One thread hop fills the buffer with the data of many small extents.
+            pieces = await self._read(buffer)
+            if self._client_ended.done() or not pieces:
                 return not self._client_ended.done()
-            if chunk.data:
-                channel.send_data(buffer[: chunk.length])
+            used = 0
+            for piece in pieces:
+                if piece.data:
+                    channel.send_data(buffer[used : used + piece.length])
+                    used += piece.length
+                    stats.data_bytes += piece.length
+                    if self._held is not None:  # referenced by the transport from now on
+                        self._held = None
+                        pool.sent(buffer)
+                    continue
+                stats.holes += 1
+                stats.hole_bytes += piece.length
+                if self._sparse:
+                    channel.send_hole(piece.length)
+                elif not await self._send_zeros(piece.length):
+                    return False
+            if self._held is not None:  # only holes: the buffer was never sent
                 self._held = None
-                pool.sent(buffer)
-                stats.data_bytes += chunk.length
-                continue
-            self._held = None
-            pool.give_back(buffer)
-            stats.holes += 1
-            stats.hole_bytes += chunk.length
-            if self._sparse:
-                channel.send_hole(chunk.length)
-            elif not await self._send_zeros(chunk.length):
-                return False
+                pool.give_back(buffer)
 
     async def _send_zeros(self, length: int) -> bool:
         """A hole on a plain stream, as zero data frames; False when the client aborted."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -23,10 +24,14 @@ from .cache import ReadWindow
 from .extents import Extent, next_extent
 from .zeros import Bytes
 
-__all__ = ["CACHE_WINDOW", "BufferPool", "Chunk", "SparseReader"]
+__all__ = ["CACHE_WINDOW", "PIECES_PER_READ", "BufferPool", "Chunk", "SparseReader", "read_pieces"]
 
 # Reads are tracked for page-cache hygiene in windows of this many bytes.
 CACHE_WINDOW = 32 << 20
+
+# The most chunks one ``read_pieces`` call returns: a fragmented file (4 KiB of data
+# every 64 KiB) then costs one call, and one thread hop, per 512 extents, not per extent.
+PIECES_PER_READ = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,10 @@ class SparseReader:
         self._pos += count
         return Chunk(data=True, length=count)
 
+    def read_pieces(self, buffer: Bytes, most: int = PIECES_PER_READ) -> list[Chunk]:
+        """The next chunks, data filling ``buffer`` back to back (see ``read_pieces``)."""
+        return read_pieces(self.next_chunk, buffer, most)
+
     def close(self) -> None:
         """Let go of what the read brought into memory and close the file; safe twice."""
         if self._fd >= 0:
@@ -129,6 +138,28 @@ class SparseReader:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def read_pieces(
+    next_chunk: Callable[[memoryview], Chunk], buffer: Bytes, most: int = PIECES_PER_READ
+) -> list[Chunk]:
+    """Fill ``buffer`` with as many following chunks as fit, in one call.
+
+    Data chunks lie back to back in ``buffer`` from its start, in order; hole
+    chunks take no room. Stops when the buffer is full, after ``most`` chunks,
+    or at the end. An empty list is the end.
+    """
+    view = memoryview(buffer)
+    pieces: list[Chunk] = []
+    used = 0
+    while len(pieces) < most and used < len(view):
+        chunk = next_chunk(view[used:])
+        if chunk.eof:
+            break
+        pieces.append(chunk)
+        if chunk.data:
+            used += chunk.length
+    return pieces
 
 
 class BufferPool:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
-from virtvol.sparse.reader import Chunk, SparseReader
+from virtvol.sparse.reader import Chunk, SparseReader, read_pieces
 from virtvol.sparse.writer import SparseWriter
 from virtvol.sparse.zeros import Bytes
 
@@ -72,6 +72,11 @@ class VolumeReader:
             return self._reader.next_chunk(buffer)
         except OSError as exc:
             raise system_error("cannot read from stream", exc, ErrorDomain.STREAMS) from None
+
+    def read_pieces(self, buffer: memoryview | bytearray) -> list[Chunk]:
+        """As many following chunks as fit in ``buffer``, data back to back from its
+        start (see ``virtvol.sparse.reader.read_pieces``); an empty list is the end."""
+        return read_pieces(self.next_chunk, buffer)
 
     def close(self) -> None:
         """Release the file; safe to call twice."""

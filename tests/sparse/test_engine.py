@@ -137,3 +137,31 @@ def test_reader_reads_a_block_device_to_its_end(tmp_path: Path) -> None:
         assert bytes(received) == data
     finally:
         subprocess.run(["losetup", "--detach", device], check=True)
+
+
+def test_read_pieces_packs_many_small_extents_into_one_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "fragmented"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+        for offset in range(0, 1 << 20, 64 * KIB):
+            f.seek(offset)
+            f.write(bytes([offset // (64 * KIB) + 1]) * 4 * KIB)
+    buffer = bytearray(40 * KIB)
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        pieces = reader.read_pieces(buffer)
+        # Ten 4 KiB extents fill the buffer; the holes between them take no room.
+        assert [(p.data, p.length) for p in pieces] == [
+            (True, 4 * KIB),
+            (False, 60 * KIB),
+        ] * 9 + [(True, 4 * KIB)]
+        assert bytes(buffer) == b"".join(bytes([i + 1]) * 4 * KIB for i in range(10))
+        rest = reader.read_pieces(buffer, most=3)
+        assert [(p.data, p.length) for p in rest] == [
+            (False, 60 * KIB),
+            (True, 4 * KIB),
+            (False, 60 * KIB),
+        ]
+        while reader.read_pieces(buffer):
+            pass
+        assert reader.position == 1 << 20
+        assert reader.read_pieces(buffer) == []
