@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, Upload
-from virtvol.sparse.reader import BufferPool, SparseReader
+from virtvol.sparse.reader import BufferPool, Chunk, SparseReader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import Bytes, zero_runs
 
@@ -179,26 +179,43 @@ class _Reader:
         reader = self.reader
         while (buffer := self.pool.take(self.stop)) is not None:
             position = reader.position
-            chunk = reader.next_chunk(buffer)
-            if chunk.eof:
+            # Many small extents share one buffer: a fragmented image is read ahead
+            # by the pool's bytes, not by its number of buffers.
+            pieces = reader.read_pieces(buffer)
+            if not pieces:
                 self.pool.give(buffer)
                 if reader.end < self.end:
                     raise OSError(f"the source file shrank while reading it (at {reader.end})")
                 self._hand_over(None)
                 return
-            if not chunk.data:
+            runs = self._runs(memoryview(buffer), pieces, position)
+            if all(zero for zero, _, _ in runs):
                 self.pool.give(buffer)
-                item: _Item = chunk.length
+                item: _Item = reader.position - position
             else:
-                view = memoryview(buffer)[: chunk.length]
-                runs = zero_runs(view, position) if self.detect_zeroes else [(False, 0, len(view))]
-                if all(zero for zero, _, _ in runs):
-                    self.pool.give(buffer)
-                    item = chunk.length
-                else:
-                    item = _Chunk(buffer, runs, self.pool)
+                item = _Chunk(buffer, runs, self.pool)
             if not self._hand_over(item):
                 return
+
+    def _runs(
+        self, view: memoryview, pieces: list[Chunk], position: int
+    ) -> list[tuple[bool, int, int]]:
+        """``(zero, start, stop)`` runs of a filled buffer: data runs are ``view[start:stop]``;
+        zero runs (holes, zero blocks) only count ``stop - start`` bytes."""
+        runs: list[tuple[bool, int, int]] = []
+        used = 0
+        for piece in pieces:
+            if not piece.data:
+                runs.append((True, 0, piece.length))
+            elif self.detect_zeroes:
+                data = view[used : used + piece.length]
+                runs += [(z, used + a, used + b) for z, a, b in zero_runs(data, position)]
+                used += piece.length
+            else:
+                runs.append((False, used, used + piece.length))
+                used += piece.length
+            position += piece.length
+        return runs
 
 
 async def upload_file(
