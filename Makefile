@@ -6,11 +6,17 @@ STATE_DIR ?= $(CURDIR)/.virtvol-state
 # TCP port of `make run` (make run PORT=16510 when 16509 is taken).
 PORT ?= 16509
 
-.PHONY: setup peers run test lint typecheck unit bench clean
+.PHONY: setup ceph-binding peers run test lint typecheck unit bench bench-rbd clean install
 
 # The real libvirt 9.0 peers of the interop tests (Debian packages).
-PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps
-PEER_TOOLS := virsh libvirtd tshark systemd-analyze systemd-socket-activate
+PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps \
+	ceph-mon ceph-osd ceph-common python3-rbd python3-rados
+PEER_TOOLS := virsh libvirtd tshark systemd-analyze systemd-socket-activate \
+	ceph-mon ceph-osd ceph rbd monmaptool ceph-authtool
+# Ceph's Python binding (rbd pools) exists only as Debian's python3-rbd / python3-rados,
+# built for the system's CPython; setup links just those modules into the venv.
+CEPH_MODULES := rados rbd
+CEPH_PY_DIR ?= /usr/lib/python3/dist-packages
 
 # A strict editable install links each module file: reinstall when modules come or go.
 PACKAGE_FILES := $(wildcard protocol/*.py sparse/*.py client/*.py daemon/*.py daemon/*/*.py)
@@ -21,12 +27,30 @@ $(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
 	touch $@
 
-setup: $(BIN)/virtvold
+# Link rados/rbd into the venv when Debian's packages are there and match its Python.
+ceph-binding: $(BIN)/virtvold
+	@site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])'); \
+	suffix=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))'); \
+	for module in $(CEPH_MODULES); do \
+	  if [ -e $(CEPH_PY_DIR)/$$module$$suffix ]; then \
+	    ln -sfn $(CEPH_PY_DIR)/$$module$$suffix $$site/$$module$$suffix; \
+	  fi; \
+	done
+
+setup: $(BIN)/virtvold ceph-binding
 
 # A directory pool "default" under a local state dir, loopback TCP and a Unix socket.
+# Plain TCP has no authentication: virtvold opens it only when told (--auth-tcp none).
+# A second `make run` in the same clone needs its own PORT= and STATE_DIR=.
 run: setup
-	$(BIN)/virtvold --state-dir $(STATE_DIR) --pool default=$(STATE_DIR)/pools/default \
-		--listen tcp://127.0.0.1:$(PORT) --listen unix://$(STATE_DIR)/virtvold-sock
+	@echo "make run: plain TCP on 127.0.0.1:$(PORT) without authentication (--auth-tcp none)," \
+		"for this loopback demo; every local user can use it"
+	@$(BIN)/virtvold --state-dir $(STATE_DIR) --pool default=$(STATE_DIR)/pools/default \
+		--auth-tcp none --listen tcp://127.0.0.1:$(PORT) \
+		--listen unix://$(STATE_DIR)/virtvold-sock \
+	|| { code=$$?; [ $$code != 1 ] || echo "make run: virtvold did not start. When another" \
+		"make run holds the port or the socket, give this one its own:" \
+		"make run PORT=$$(($(PORT) + 1)) STATE_DIR=$(STATE_DIR)-2" >&2; exit $$code; }
 
 lint: setup
 	$(BIN)/ruff format --check .
@@ -35,14 +59,22 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The whole suite under branch coverage, with every virtvold and virtvol the tests start
+# (coverage's subprocess patch, see [tool.coverage] in pyproject.toml): the floor
+# (fail_under) for the tree, and 100% for the protocol core.
 unit: setup
-	$(BIN)/pytest
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
+	$(BIN)/coverage report --include='protocol/*' --fail-under=100
 
 # Install the peers when one is missing (needs root, as the interop tests do).
 peers:
 	@missing=0; \
 	for tool in $(PEER_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	/usr/bin/python3 -c 'import libvirt' 2>/dev/null || missing=1; [ -x /bin/kill ] || missing=1; \
+	/usr/bin/python3 -c 'import rados, rbd' 2>/dev/null || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" != 0 ]; then \
 	    echo "the tests need root and: apt-get install --no-install-recommends $(PEER_PACKAGES)" >&2; \
@@ -72,5 +104,40 @@ bench: setup peers
 	fi
 	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
 
+# rbd pool transfers against rbd import/export, on a throwaway Ceph cluster.
+bench-rbd: setup
+	$(BIN)/python -m bench.rbd
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*
+
+# `make install` (as root): virtvold and virtvol in a virtual environment of their own
+# under PREFIX (Debian 12 refuses `pip install` into the system's Python), the systemd
+# units with ExecStart= and Documentation= pointing there, the docs, and the example
+# config as /etc/virtvol/virtvold.toml unless that file exists. DESTDIR= stages the
+# whole tree elsewhere (scripts then name PREFIX, where the tree is meant to end up).
+PREFIX ?= /opt/virtvol
+DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
+UNIT_FILES := virtvold.service virtvold.socket virtvold-ro.socket virtvold-tcp.socket
+STAGED := $(DESTDIR)$(PREFIX)
+
+install:
+	$(PYTHON) -m venv $(STAGED)
+	$(STAGED)/bin/pip install -q --disable-pip-version-check .
+	@if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlF "$(STAGED)" $(STAGED)/bin $(STAGED)/pyvenv.cfg | \
+	    xargs -r sed -i "s|$(STAGED)|$(PREFIX)|g"; \
+	fi
+	install -d $(DESTDIR)$(UNITDIR) $(STAGED)/share/doc/virtvol $(DESTDIR)/etc/virtvol
+	for unit in $(UNIT_FILES); do \
+	  sed "s|/opt/virtvol/|$(PREFIX)/|g" systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit; \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$unit; \
+	done
+	install -m 644 README.md docs/*.md examples/virtvold.toml $(STAGED)/share/doc/virtvol/
+	[ -e $(DESTDIR)/etc/virtvol/virtvold.toml ] || \
+	  install -m 644 examples/virtvold.toml $(DESTDIR)/etc/virtvol/virtvold.toml
+	@echo "installed $(PREFIX)/bin/virtvold and virtvol; next, as root:"
+	@echo "  systemctl daemon-reload"
+	@echo "  systemctl disable --now virtstoraged.socket virtstoraged-ro.socket virtstoraged-admin.socket"
+	@echo "  systemctl enable --now virtvold.socket virtvold-ro.socket"

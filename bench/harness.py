@@ -113,10 +113,12 @@ class Daemon:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_libvirtd() -> Daemon:
+def start_libvirtd(pki: Path | None = None) -> Daemon:
+    """libvirtd with pool "bench"; with ``pki`` (see bench.pki) clients use TLS."""
     workdir = traversable_tempdir("virtvol-bench-libvirtd-")
     port = free_port()
-    peer = libvirtd_peer.start(workdir / "state", port)
+    tls = libvirtd_peer.PeerTls(free_port(), pki) if pki is not None else None
+    peer = libvirtd_peer.start(workdir / "state", port, tls=tls)
     pool_dir = workdir / "state" / "pool"
     uri = peer.tcp_uri
     subprocess.run(
@@ -125,14 +127,29 @@ def start_libvirtd() -> Daemon:
         capture_output=True,
     )
     subprocess.run(["virsh", "-q", "-c", uri, "pool-start bench"], check=True, capture_output=True)
+    if pki is not None:
+        uri = peer.tls_uri(pki)
     return Daemon("libvirtd 9.0", peer.pid, uri, "bench", pool_dir, workdir)
 
 
-def start_virtvold() -> Daemon:
+def start_virtvold(pki: Path | None = None) -> Daemon:
+    """virtvold with pool "bench"; with ``pki`` (see bench.pki) clients use TLS."""
     workdir = traversable_tempdir("virtvol-bench-virtvold-")
     port = free_port()
     pool_dir = workdir / "pool"
     pool_dir.mkdir()
+    listen = ["--auth-tcp", "none", "--listen", f"tcp://127.0.0.1:{port}"]
+    uri = f"storage+tcp://127.0.0.1:{port}/system"
+    if pki is not None:
+        config = workdir / "virtvold.toml"
+        config.write_text(
+            f'ca_file = "{pki / "cacert.pem"}"\n'
+            f'cert_file = "{pki / "servercert.pem"}"\n'
+            f'key_file = "{pki / "serverkey.pem"}"\n'
+        )
+        port = free_port()
+        listen = ["--config", str(config), "--listen", f"tls://127.0.0.1:{port}"]
+        uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={pki}"
     process = subprocess.Popen(
         [
             str(VENV_BIN / "virtvold"),
@@ -140,8 +157,7 @@ def start_virtvold() -> Daemon:
             str(workdir / "state"),
             "--pool",
             f"bench={pool_dir}",
-            "--listen",
-            f"tcp://127.0.0.1:{port}",
+            *listen,
             "--log-level",
             "warning",
         ],
@@ -150,14 +166,7 @@ def start_virtvold() -> Daemon:
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, process)
-    return Daemon(
-        "virtvold",
-        process.pid,
-        f"storage+tcp://127.0.0.1:{port}/system",
-        "bench",
-        pool_dir,
-        workdir,
-    )
+    return Daemon("virtvold", process.pid, uri, "bench", pool_dir, workdir)
 
 
 def median(values: Sequence[float]) -> float:

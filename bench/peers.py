@@ -7,7 +7,9 @@
 
 A peer creates volumes, names the command lines that upload a local file into
 one and download one into a local file, and knows where the volume's file
-lives (to check the bytes and to warm or drop its page cache).
+lives (to check the bytes and to warm or drop its page cache). Given a PKI
+directory (``bench.pki``), the libvirt-protocol peers also listen for TLS and
+their "tcp" transfers go over it.
 """
 
 from __future__ import annotations
@@ -67,7 +69,14 @@ class _LibvirtProtocolPeer(Peer):
     """A daemon speaking libvirt's protocol, with one directory pool "bench"."""
 
     uris: dict[str, str]
+    tls_uri: str | None = None
     pool = "bench"
+
+    def transfer_uri(self, transport: str) -> str:
+        """Where transfers go: over TLS instead of plain TCP when the peer has it."""
+        if transport == "tcp" and self.tls_uri is not None:
+            return self.tls_uri
+        return self.uris[transport]
 
     def create_volume(self, name: str, size: int) -> None:
         uri = self.uris["tcp"]
@@ -80,7 +89,7 @@ class _LibvirtProtocolPeer(Peer):
 class Virtvold(_LibvirtProtocolPeer):
     client = "virtvol"
 
-    def __init__(self, *, sync_uploads: bool = True) -> None:
+    def __init__(self, *, sync_uploads: bool = True, pki: Path | None = None) -> None:
         self.name = "virtvold" if sync_uploads else "virtvold (sync_uploads = false)"
         self.workdir = traversable_tempdir("virtvol-bench-virtvold-")
         self.pool_dir = self.workdir / "pool"
@@ -88,7 +97,18 @@ class Virtvold(_LibvirtProtocolPeer):
         port = free_port()
         unix_path = self.workdir / "sock"
         config = self.workdir / "virtvold.toml"
-        config.write_text(f"sync_uploads = {'true' if sync_uploads else 'false'}\n")
+        settings = f"sync_uploads = {'true' if sync_uploads else 'false'}\n"
+        tls_listen: list[str] = []
+        if pki is not None:
+            settings += (
+                f'ca_file = "{pki / "cacert.pem"}"\n'
+                f'cert_file = "{pki / "servercert.pem"}"\n'
+                f'key_file = "{pki / "serverkey.pem"}"\n'
+            )
+            tls_port = free_port()
+            tls_listen = ["--listen", f"tls://127.0.0.1:{tls_port}"]
+            self.tls_uri = f"storage+tls://127.0.0.1:{tls_port}/system?pkipath={pki}"
+        config.write_text(settings)
         self.process = subprocess.Popen(
             [
                 str(VENV_BIN / "virtvold"),
@@ -98,10 +118,13 @@ class Virtvold(_LibvirtProtocolPeer):
                 str(self.workdir / "state"),
                 "--pool",
                 f"{self.pool}={self.pool_dir}",
+                "--auth-tcp",
+                "none",
                 "--listen",
                 f"tcp://127.0.0.1:{port}",
                 "--listen",
                 f"unix://{unix_path}",
+                *tls_listen,
                 "--log-level",
                 "warning",
             ],
@@ -116,7 +139,7 @@ class Virtvold(_LibvirtProtocolPeer):
         }
 
     def _command(self, verb: str, transport: str, name: str, path: Path) -> list[str]:
-        uri = self.uris[transport]
+        uri = self.transfer_uri(transport)
         program = str(VENV_BIN / "virtvol")
         return [program, "-c", uri, verb, name, str(path), "--pool", self.pool, "--sparse", "-q"]
 
@@ -140,16 +163,19 @@ class Libvirtd(_LibvirtProtocolPeer):
     name = "libvirtd 9.0"
     client = "virsh"
 
-    def __init__(self) -> None:
+    def __init__(self, *, pki: Path | None = None) -> None:
         self.workdir = traversable_tempdir("virtvol-bench-libvirtd-")
-        self.peer = libvirtd_peer.start(self.workdir / "state", free_port())
+        tls = libvirtd_peer.PeerTls(free_port(), pki) if pki is not None else None
+        self.peer = libvirtd_peer.start(self.workdir / "state", free_port(), tls=tls)
+        if pki is not None:
+            self.tls_uri = self.peer.tls_uri(pki)
         self.pool_dir = self.workdir / "state" / "pool"
         self.uris = {"tcp": self.peer.tcp_uri, "unix": self.peer.unix_uri}
         _virsh(self.uris["tcp"], f"pool-define-as {self.pool} dir --target {self.pool_dir}")
         _virsh(self.uris["tcp"], f"pool-start {self.pool}")
 
     def _command(self, verb: str, transport: str, name: str, path: Path) -> list[str]:
-        uri = self.uris[transport]
+        uri = self.transfer_uri(transport)
         return ["virsh", "-q", "-c", uri, verb, "--pool", self.pool, name, str(path), "--sparse"]
 
     def upload(self, transport: str, name: str, source: Path) -> list[str]:

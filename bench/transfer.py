@@ -1,6 +1,6 @@
 """Side-by-side transfer benchmark: virtvol, libvirt, NBD and the loopback limit.
 
-    python -m bench.transfer [--quick] [--repeat N] [--json FILE]
+    python -m bench.transfer [--quick] [--repeat N] [--json FILE] [--tls]
 
 One run moves the same images with every client/daemon pair: virtvol <->
 virtvold, virsh <-> a real libvirtd started on the spot, nbdcopy <-> nbdkit;
@@ -14,7 +14,9 @@ shows the ratios against libvirt, against the best other peer and against
 the raw loopback rate measured in the same run; the JSON beside it keeps every
 run. Then the peak memory of client and daemon for growing images and for a
 download consumed at 50 MB/s, the cost of durable uploads, and the targets
-each row misses.
+each row misses. With ``--tls`` virtvol and virsh reach both daemons over
+libvirt's TLS transport instead of plain TCP (certificates from a throwaway CA
+made with openssl; nbdcopy stays on plain TCP).
 
 Figures from a shared machine are noisy: compare ratios within one run.
 """
@@ -37,6 +39,7 @@ from bench import images, loopback
 from bench.harness import VENV_BIN, peak_rss_kib, reset_peak_rss, timed, traversable_tempdir
 from bench.images import GIB, MIB, TIB, Image
 from bench.peers import Libvirtd, Nbdkit, Peer, Virtvold
+from bench.pki import make_pki
 
 CONCURRENT = 8
 SLOW_RATE = 50_000_000  # bytes per second
@@ -384,6 +387,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small images, warm TCP only")
     parser.add_argument("--repeat", type=int, help="runs per cell (default 3, quick 1)")
     parser.add_argument("--json", default="bench-results.json", help="where the JSON goes")
+    parser.add_argument(
+        "--tls", action="store_true", help="virtvol and virsh over TLS instead of plain TCP"
+    )
     options = parser.parse_args()
     quick = options.quick
     repeat = options.repeat or (1 if quick else 3)
@@ -407,7 +413,8 @@ def main() -> None:
         transport: GIB / statistics.median(loopback.measure(GIB, transport) for _ in range(3))
         for transport in ("tcp", "unix")
     }
-    virtvold, libvirtd, nbdkit = Virtvold(), Libvirtd(), Nbdkit()
+    pki = make_pki(workdir / "pki") if options.tls else None
+    virtvold, libvirtd, nbdkit = Virtvold(pki=pki), Libvirtd(pki=pki), Nbdkit()
     peers: list[Peer] = [virtvold, libvirtd, nbdkit]
     nosync: Virtvold | None = None
     memory: list[Memory] = []
@@ -418,7 +425,7 @@ def main() -> None:
             for cond in conditions:
                 bench.run_image(image, source, peers, cond)
             if image is dense or image.name.startswith("frag"):
-                nosync = nosync or Virtvold(sync_uploads=False)
+                nosync = nosync or Virtvold(sync_uploads=False, pki=pki)
                 bench.run_image(image, source, [nosync], Condition("tcp", "warm"))
             source.unlink()
         small = images.dense(128 * MIB if not quick else 32 * MIB)
@@ -432,7 +439,7 @@ def main() -> None:
         # A fresh daemon: the peak of the one that served 8 transfers at once says nothing
         # about one transfer.
         virtvold.close()
-        virtvold = Virtvold()
+        virtvold = Virtvold(pki=pki)
         peers[0] = virtvold
         memory = measure_memory(bench, virtvold, sized)
         memory.append(measure_slow_reader(bench, virtvold, images.dense(256 * MIB)))
@@ -447,6 +454,8 @@ def main() -> None:
     print("ratios are libvirt's (or the best")
     print("other peer's) time over virtvol's; 'of raw' is virtvol's data rate over the raw")
     print(f"loopback rate (TCP {raw['tcp'] / MIB:.0f} MiB/s, Unix {raw['unix'] / MIB:.0f} MiB/s).")
+    if pki is not None:
+        print("virtvol and virsh over TLS where it says tcp (nbdcopy over plain TCP).")
     print("Noisy shared machine: compare ratios within one run.\n")
     misses = report(bench, raw, virtvold.name, libvirtd.name, [nbdkit.name])
     if nosync is not None:
@@ -479,6 +488,7 @@ def main() -> None:
     result = {
         "repeat": repeat,
         "quick": quick,
+        "tls": pki is not None,
         "raw_bytes_per_second": raw,
         "cells": [asdict(c) | {"median": c.seconds} for c in bench.cells],
         "memory": [asdict(m) for m in memory],

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from virtvol.client.connection import Connection, ProtocolMode, connect
 from virtvol.client.errors import (
+    CallTimeout,
     ConnectionClosed,
     InvalidArgument,
     InvalidURI,
@@ -24,6 +25,8 @@ from virtvol.client.errors import (
     SparseUnsupported,
     StorageVolumeExists,
     TransportError,
+    UnsendableValue,
+    UnsupportedTransport,
     VirtvolError,
 )
 from virtvol.client.objects import (
@@ -35,7 +38,8 @@ from virtvol.client.objects import (
     VolumeType,
 )
 from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, StreamError, Upload
-from virtvol.client.uri import Target, default_uri, parse_uri
+from virtvol.client.uri import Target, default_uri, parse_uri, resolve_uri
+from virtvol.client.xmldesc import volume_xml
 
 if TYPE_CHECKING:
     from virtvol.client.transfer import TransferResult, download_file, upload_file
@@ -55,6 +59,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "FRAME_DATA_MAX",
+    "CallTimeout",
     "Connection",
     "ConnectionClosed",
     "Download",
@@ -80,6 +85,8 @@ __all__ = [
     "Target",
     "TransferResult",
     "TransportError",
+    "UnsendableValue",
+    "UnsupportedTransport",
     "Upload",
     "VirtvolError",
     "VolumeInfo",
@@ -88,5 +95,7 @@ __all__ = [
     "default_uri",
     "download_file",
     "parse_uri",
+    "resolve_uri",
     "upload_file",
+    "volume_xml",
 ]

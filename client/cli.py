@@ -1,13 +1,17 @@
 """``virtvol``: virsh's storage commands, over virtvol.client.
 
-    virtvol [-c URI] [--protocol current|legacy] [-q] COMMAND [ARGS...]
+    virtvol [-c URI] [-q] [-r] [--protocol current|legacy] COMMAND [ARGS...]
+    virtvol help [COMMAND] | virtvol --version
 
-Names, arguments, output and error texts follow virsh, so that a virsh user
-needs nothing new: tables and ``Label:  value`` blocks as virsh draws them,
-every command's output followed by one empty line, errors on stderr as
-``error: <what failed>`` and ``error: <the daemon's message>`` with exit
-status 1. vol-upload and vol-download also draw a progress bar on a terminal
-and print one summary line on stderr (``--quiet`` silences both).
+Names, arguments, output and error texts follow virsh 9.0, so that a virsh user
+needs nothing new: the same options and positional order (``cli_args``), tables
+and ``Label:  value`` blocks as virsh draws them, every command's output
+followed by one empty line, errors on stderr as ``error: <what failed>`` and
+``error: <the daemon's message>`` with exit status 1, the same default URI.
+``-q`` drops table headers, notices (``Notice``), the blank line, the progress
+bar and the summary line; warnings stay, as virsh keeps its own. vol-upload and
+vol-download draw a progress bar on a terminal and print one summary line on
+stderr. The README lists where virtvol differs on purpose.
 """
 
 from __future__ import annotations
@@ -18,25 +22,41 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
+from virtvol.client.cli_args import (
+    ArgumentError,
+    Command,
+    Option,
+    check_exclusive,
+    format_command_help,
+    parse_arguments,
+)
+from virtvol.client.cli_globals import USAGE, read_globals, version_text
 from virtvol.client.connection import Connection, connect
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
-    SparseUnsupported,
     TransportError,
     VirtvolError,
 )
 from virtvol.client.objects import PoolState, StoragePool, StorageVolume, VolumeType
 from virtvol.client.progress import TransferProgress, summary_line
 from virtvol.client.sizes import SizeError, format_size, parse_size
+from virtvol.client.uri import DEFAULT_URI_ENV
+from virtvol.client.xmldesc import escape, renamed_volume_xml, volume_xml
 
 __all__ = ["main"]
 
 LIST_INACTIVE = 1
 LIST_ACTIVE = 2
 POOL_CREATE_WITH_BUILD = 1
+POOL_CREATE_WITH_BUILD_OVERWRITE = 2
+POOL_CREATE_WITH_BUILD_NO_OVERWRITE = 4
+VOL_CREATE_PREALLOC_METADATA = 1
+VOL_CREATE_REFLINK = 2
+VOL_DELETE_WITH_SNAPSHOTS = 2
 
 _STATE_DETAILS = {
     PoolState.INACTIVE: "inactive",
@@ -55,12 +75,21 @@ _VOL_TYPES = {
 }
 
 
-class CommandError(Exception):
-    """A failure to report as virsh does: ``error: <line>`` for each line."""
+class Notice(str):
+    """Output that reports an action ("Vol x created"); ``--quiet`` drops it, as virsh does."""
 
-    def __init__(self, *lines: str) -> None:
+
+class CommandError(Exception):
+    """A failure to report as virsh does: ``error: <line>`` for each line.
+
+    ``ran`` is False for failures before the command ran (connecting, an unknown
+    command): virsh ends a command that ran, even one that failed, with a blank line.
+    """
+
+    def __init__(self, *lines: str, ran: bool = True) -> None:
         super().__init__(lines[-1] if lines else "")
         self.lines = lines
+        self.ran = ran
 
 
 def _fail(context: str, exc: BaseException) -> NoReturn:
@@ -68,21 +97,38 @@ def _fail(context: str, exc: BaseException) -> NoReturn:
     raise CommandError(context, message) from exc
 
 
-def _yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
+def _unsupported(args: argparse.Namespace, *names: str) -> None:
+    """virsh options virtvol reads but cannot carry out: a clear refusal, not a silent no-op."""
+    for name in names:
+        if getattr(args, name.replace("-", "_")):
+            raise CommandError(f"option --{name} is not supported by virtvol")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(1)
-
-
-def _size(text: str) -> int:
+def _size_argument(text: str) -> int:
+    """A scaled size as vol-create-as reads it (virsh's messages on a bad one)."""
     try:
         return parse_size(text)
     except SizeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        lines = [f"Malformed size {text}"]
+        if exc.reason:
+            lines.append(f"invalid argument: {exc.reason}")
+        raise CommandError(*lines) from exc
+
+
+def _number_argument(text: str | None, name: str) -> int:
+    """--offset/--length: virsh takes plain numbers; virtvol also takes a size suffix."""
+    if text is None:
+        return 0
+    try:
+        return parse_size(text)
+    except SizeError:
+        raise CommandError(
+            f"Numeric value '{text}' for <{name}> option is malformed or out of range"
+        ) from None
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 # -- lookups, as virsh resolves its arguments --------------------------------------------------
@@ -134,17 +180,58 @@ async def _volume(conn: Connection, name: str, pool_name: str | None) -> Storage
 # -- pool commands ------------------------------------------------------------------------------
 
 
+_POOL_TYPES = [
+    "dir",
+    "fs",
+    "netfs",
+    "logical",
+    "disk",
+    "iscsi",
+    "scsi",
+    "mpath",
+    "rbd",
+    "sheepdog",
+    "gluster",
+    "zfs",
+    "vstorage",
+    "iscsi-direct",
+]
+LIST_PERSISTENT, LIST_TRANSIENT, LIST_AUTOSTART, LIST_NO_AUTOSTART = 4, 8, 16, 32
+LIST_FIRST_TYPE = 64
+
+
+def _pool_list_flags(args: argparse.Namespace) -> int:
+    flags = 0 if args.all else LIST_INACTIVE if args.inactive else LIST_ACTIVE
+    for given, bit in (
+        (args.persistent, LIST_PERSISTENT),
+        (args.transient, LIST_TRANSIENT),
+        (args.autostart, LIST_AUTOSTART),
+        (args.no_autostart, LIST_NO_AUTOSTART),
+    ):
+        if given:
+            flags |= bit
+    if args.type:
+        for name in args.type.split(","):
+            if name not in _POOL_TYPES:
+                raise CommandError(f"Invalid pool type '{name}'")
+            flags |= LIST_FIRST_TYPE << _POOL_TYPES.index(name)
+    return flags
+
+
 async def pool_list(conn: Connection, args: argparse.Namespace) -> str:
-    if args.all:
-        flags = 0
-    elif args.inactive:
-        flags = LIST_INACTIVE
-    else:
-        flags = LIST_ACTIVE
     try:
-        pools = await conn.list_pools(flags=flags)
+        pools = await conn.list_pools(flags=_pool_list_flags(args))
     except LibvirtError as exc:
         _fail("Failed to list pools", exc)
+    if args.name or args.uuid:
+        # virsh's layout: the UUID, then the name padded to 20 columns.
+        lines = []
+        for pool in pools:
+            parts = [str(pool.uuid)] if args.uuid else []
+            if args.name:
+                parts.append(f"{pool.name:<20}")
+            lines.append(" ".join(parts) + "\n")
+        return "".join(lines)
     rows = []
     for pool in pools:
         info = await pool.info()
@@ -163,7 +250,7 @@ async def pool_list(conn: Connection, args: argparse.Namespace) -> str:
     header = ["Name", "State", "Autostart"]
     if args.details:
         header += ["Persistent", "Capacity", "Allocation", "Available"]
-    return format_table(header, rows)
+    return format_table(header, rows, headers=not args.quiet)
 
 
 async def pool_info(conn: Connection, args: argparse.Namespace) -> str:
@@ -190,6 +277,7 @@ async def pool_info(conn: Connection, args: argparse.Namespace) -> str:
 
 
 async def pool_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
+    _unsupported(args, "xpath", "wrap")
     pool = await _pool(conn, args.pool)
     try:
         xml = await pool.xml_desc(inactive=args.inactive)
@@ -198,36 +286,103 @@ async def pool_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
     return xml if xml.endswith("\n") else xml + "\n"
 
 
-def escape(text: str) -> str:
-    """``&``, ``<`` and ``>`` as XML entities (what xml.sax.saxutils.escape does,
-    without the 12 ms that importing it costs every run: it pulls in urllib and email)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _pool_xml(args: argparse.Namespace) -> str:
-    target = (
-        f"  <target>\n    <path>{escape(args.target)}</path>\n  </target>\n" if args.target else ""
-    )
-    return (
-        f"<pool type='{escape(args.type)}'>\n  <name>{escape(args.name)}</name>\n{target}</pool>\n"
-    )
+    """The pool XML virsh's pool-define-as/pool-create-as build from their options (the
+    same elements, order and conditions as virsh 9.0)."""
+    a = args
+    lines = [f"<pool type='{escape(a.type)}'>", f"  <name>{escape(a.name)}</name>"]
+    fc_host = a.adapter_wwnn and a.adapter_wwpn
+    source = []
+    if a.source_host:
+        source.append(f"<host name='{escape(a.source_host)}'/>")
+    if a.source_path:
+        source.append(f"<dir path='{escape(a.source_path)}'/>")
+    if a.source_dev:
+        source.append(f"<device path='{escape(a.source_dev)}'/>")
+    if a.source_initiator:
+        source += ["<initiator>", f"  <iqn name='{escape(a.source_initiator)}'/>", "</initiator>"]
+    if fc_host:
+        parent = ""
+        if a.adapter_parent:
+            parent = f" parent='{escape(a.adapter_parent)}'"
+        elif a.adapter_parent_wwnn and a.adapter_parent_wwpn:
+            parent = (
+                f" parent_wwnn='{escape(a.adapter_parent_wwnn)}'"
+                f" parent_wwpn='{escape(a.adapter_parent_wwpn)}'"
+            )
+        elif a.adapter_parent_fabric_wwn:
+            parent = f" parent_fabric_wwn='{escape(a.adapter_parent_fabric_wwn)}'"
+        source.append(
+            f"<adapter type='fc_host'{parent} wwnn='{escape(a.adapter_wwnn)}'"
+            f" wwpn='{escape(a.adapter_wwpn)}'/>"
+        )
+    elif a.adapter_name:
+        source.append(f"<adapter type='scsi_host' name='{escape(a.adapter_name)}'/>")
+    if a.auth_type and a.auth_username and (a.secret_usage or a.secret_uuid):
+        secret = (
+            f"usage='{escape(a.secret_usage)}'"
+            if a.secret_usage
+            else f"uuid='{escape(a.secret_uuid)}'"
+        )
+        source += [
+            f"<auth type='{escape(a.auth_type)}' username='{escape(a.auth_username)}'>",
+            f"  <secret {secret}/>",
+            "</auth>",
+        ]
+    if a.source_format:
+        source.append(f"<format type='{escape(a.source_format)}'/>")
+    if a.source_name:
+        source.append(f"<name>{escape(a.source_name)}</name>")
+    if a.source_protocol_ver:
+        source.append(f"<protocol ver='{escape(a.source_protocol_ver)}'/>")
+    # virsh writes <source> only for these options (auth or a protocol version alone: none).
+    if (
+        a.source_host
+        or a.source_path
+        or a.source_dev
+        or a.source_initiator
+        or a.source_format
+        or a.source_name
+        or fc_host
+        or a.adapter_name
+    ):
+        lines += ["  <source>", *(f"    {line}" for line in source), "  </source>"]
+    if a.target:
+        lines += ["  <target>", f"    <path>{escape(a.target)}</path>", "  </target>"]
+    lines.append("</pool>")
+    return "\n".join(lines) + "\n"
+
+
+def _build_flags(args: argparse.Namespace) -> int:
+    """pool-start/pool-create-as: --build, --overwrite, --no-overwrite (exclusive)."""
+    flags = POOL_CREATE_WITH_BUILD if args.build else 0
+    if args.overwrite:
+        flags |= POOL_CREATE_WITH_BUILD_OVERWRITE
+    if args.no_overwrite:
+        flags |= POOL_CREATE_WITH_BUILD_NO_OVERWRITE
+    return flags
 
 
 async def pool_define_as(conn: Connection, args: argparse.Namespace) -> str:
+    xml = _pool_xml(args)
+    if args.print_xml:
+        return xml
     try:
-        await conn.define_pool(_pool_xml(args))
+        await conn.define_pool(xml)
     except LibvirtError as exc:
         _fail(f"Failed to define pool {args.name}", exc)
-    return f"Pool {args.name} defined\n"
+    return Notice(f"Pool {args.name} defined\n")
 
 
 async def pool_create_as(conn: Connection, args: argparse.Namespace) -> str:
-    flags = POOL_CREATE_WITH_BUILD if args.build else 0
+    xml = _pool_xml(args)
+    if args.print_xml:
+        return xml
     try:
-        await conn.create_pool(_pool_xml(args), flags=flags)
+        await conn.create_pool(xml, flags=_build_flags(args))
     except LibvirtError as exc:
         _fail(f"Failed to create pool {args.name}", exc)
-    return f"Pool {args.name} created\n"
+    return Notice(f"Pool {args.name} created\n")
 
 
 def _pool_action(
@@ -241,13 +396,13 @@ def _pool_action(
             await action(pool, args)
         except LibvirtError as exc:
             _fail(failure.format(name=pool.name), exc)
-        return success.format(name=pool.name) + "\n"
+        return Notice(success.format(name=pool.name) + "\n")
 
     return run
 
 
 async def _start(pool: StoragePool, args: argparse.Namespace) -> None:
-    await pool.start(flags=POOL_CREATE_WITH_BUILD if args.build else 0)
+    await pool.start(flags=_build_flags(args))
 
 
 async def _destroy(pool: StoragePool, args: argparse.Namespace) -> None:
@@ -270,8 +425,8 @@ async def pool_autostart(conn: Connection, args: argparse.Namespace) -> str:
         verb = "unmark" if args.disable else "mark"
         _fail(f"failed to {verb} pool {pool.name} as autostarted", exc)
     if args.disable:
-        return f"Pool {pool.name} unmarked as autostarted\n"
-    return f"Pool {pool.name} marked as autostarted\n"
+        return Notice(f"Pool {pool.name} unmarked as autostarted\n")
+    return Notice(f"Pool {pool.name} marked as autostarted\n")
 
 
 # -- volume commands ------------------------------------------------------------------------------
@@ -297,13 +452,13 @@ async def vol_list(conn: Connection, args: argparse.Namespace) -> str:
     header = ["Name", "Path"]
     if args.details:
         header += ["Type", "Capacity", "Allocation"]
-    return format_table(header, rows)
+    return format_table(header, rows, headers=not args.quiet)
 
 
 async def vol_info(conn: Connection, args: argparse.Namespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     try:
-        info = await vol.info()
+        info = await vol.info(physical=args.physical)
     except LibvirtError as exc:
         _fail(f"failed to get vol '{args.vol}' info", exc)
     show = (lambda v: f"{v} bytes") if args.bytes else format_size
@@ -312,12 +467,13 @@ async def vol_info(conn: Connection, args: argparse.Namespace) -> str:
             ("Name", vol.name),
             ("Type", _VOL_TYPES.get(VolumeType(info.type), "unknown")),
             ("Capacity", show(info.capacity)),
-            ("Allocation", show(info.allocation)),
+            ("Physical" if args.physical else "Allocation", show(info.allocation)),
         ]
     )
 
 
 async def vol_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
+    _unsupported(args, "xpath", "wrap")
     vol = await _volume(conn, args.vol, args.pool)
     try:
         xml = await vol.xml_desc()
@@ -339,54 +495,87 @@ async def vol_key(conn: Connection, args: argparse.Namespace) -> str:
     return vol.key + "\n"
 
 
-def _vol_xml(name: str, capacity: int, allocation: int | None, fmt: str | None) -> str:
-    lines = ["<volume>", f"  <name>{escape(name)}</name>", f"  <capacity>{capacity}</capacity>"]
-    if allocation is not None:
-        lines.append(f"  <allocation>{allocation}</allocation>")
-    if fmt:
-        lines += ["  <target>", f"    <format type='{escape(fmt)}'/>", "  </target>"]
-    lines.append("</volume>")
-    return "\n".join(lines) + "\n"
+async def _backing_volume(conn: Connection, pool: StoragePool, name: str) -> str:
+    """--backing-vol as virsh reads it: a name in the pool, else a key, else a path."""
+    for lookup in (pool.lookup_volume, conn.lookup_volume_by_key, conn.lookup_volume_by_path):
+        try:
+            vol = await lookup(name)
+        except LibvirtError as exc:
+            error = exc
+            continue
+        try:
+            return await vol.path()
+        except LibvirtError as exc:
+            _fail(f"failed to get vol '{name}'", exc)
+    _fail(f"failed to get vol '{name}'", error)
 
 
 async def vol_create_as(conn: Connection, args: argparse.Namespace) -> str:
     pool = await _pool(conn, args.pool)
-    xml = _vol_xml(args.name, args.capacity, args.allocation, args.format)
+    capacity = _size_argument(args.capacity)
+    allocation = None if args.allocation is None else _size_argument(args.allocation)
+    backing = None
+    if args.backing_vol is not None:
+        backing = await _backing_volume(conn, pool, args.backing_vol)
+    xml = volume_xml(
+        args.name,
+        capacity,
+        allocation=allocation,
+        format=args.format,
+        backing_path=backing,
+        backing_format=args.backing_vol_format if backing is not None else None,
+    )
+    if args.print_xml:
+        return xml
+    flags = VOL_CREATE_PREALLOC_METADATA if args.prealloc_metadata else 0
     try:
-        await pool.create_volume(xml)
+        await pool.create_volume(xml, flags=flags)
     except LibvirtError as exc:
         _fail(f"Failed to create vol {args.name}", exc)
-    return f"Vol {args.name} created\n"
+    return Notice(f"Vol {args.name} created\n")
 
 
 async def vol_clone(conn: Connection, args: argparse.Namespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
+    flags = VOL_CREATE_PREALLOC_METADATA if args.prealloc_metadata else 0
+    if args.reflink:
+        flags |= VOL_CREATE_REFLINK
     try:
         pool = await vol.pool()
-        info = await vol.info()
-        xml = _vol_xml(args.newname, info.capacity, None, None)
-        await pool.create_volume_from(xml, vol)
+        # As virsh: the original's XML under the new name, so the copy keeps its format.
+        xml = renamed_volume_xml(await vol.xml_desc(), args.newname)
     except LibvirtError as exc:
         _fail(f"Failed to clone vol from {vol.name}", exc)
-    return f"Vol {args.newname} cloned from {vol.name}\n"
+    except ValueError as exc:
+        raise CommandError(f"Failed to clone vol from {vol.name}", str(exc)) from exc
+    if args.print_xml:
+        return xml  # no newline of its own: virsh prints it so, then the blank line
+    try:
+        await pool.create_volume_from(xml, vol, flags=flags)
+    except LibvirtError as exc:
+        _fail(f"Failed to clone vol from {vol.name}", exc)
+    return Notice(f"Vol {args.newname} cloned from {vol.name}\n")
 
 
 async def vol_delete(conn: Connection, args: argparse.Namespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     try:
-        await vol.delete()
+        await vol.delete(flags=VOL_DELETE_WITH_SNAPSHOTS if args.delete_snapshots else 0)
     except LibvirtError as exc:
         _fail(f"Failed to delete vol {args.vol}", exc)
-    return f"Vol {args.vol} deleted\n"
+    return Notice(f"Vol {args.vol} deleted\n")
 
 
 async def vol_wipe(conn: Connection, args: argparse.Namespace) -> str:
+    if args.algorithm not in (None, "zero"):
+        # virsh's other algorithms need STORAGE_VOL_WIPE_PATTERN, which virtvol does not send.
+        raise CommandError(f"wipe algorithm '{args.algorithm}' is not supported by virtvol")
     vol = await _volume(conn, args.vol, args.pool)
     try:
         await vol.wipe()
     except LibvirtError as exc:
         _fail(f"Failed to wipe vol {args.vol}", exc)
-    return f"Vol {args.vol} wiped\n"
+    return Notice(f"Vol {args.vol} wiped\n")
 
 
 async def vol_resize(conn: Connection, args: argparse.Namespace) -> str:
@@ -408,7 +597,7 @@ async def vol_resize(conn: Connection, args: argparse.Namespace) -> str:
         await vol.resize(capacity, allocate=args.allocate, delta=delta, shrink=args.shrink)
     except LibvirtError as exc:
         _fail(f"Failed to change size of volume '{vol.name}' to {text}", exc)
-    return f"Size of volume '{vol.name}' successfully changed to {text}\n"
+    return Notice(f"Size of volume '{vol.name}' successfully changed to {text}\n")
 
 
 def _sparse_choice(args: argparse.Namespace) -> bool | None:
@@ -431,7 +620,13 @@ def _stream_failure(verb: str, vol: StorageVolume, exc: LibvirtError) -> NoRetur
     _fail(context, exc)
 
 
+def _read_range(args: argparse.Namespace) -> None:
+    args.offset = _number_argument(args.offset, "offset")
+    args.length = _number_argument(args.length, "length")
+
+
 async def vol_upload(conn: Connection, args: argparse.Namespace) -> str:
+    _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
     try:
         size = os.stat(args.file).st_size
@@ -442,11 +637,20 @@ async def vol_upload(conn: Connection, args: argparse.Namespace) -> str:
 
 
 def _check_destination(path: str) -> None:
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    """Refuse at once, as virsh does (it creates the file before the stream starts), a
+    destination that cannot be written: a directory, a missing folder, no permission."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if (
+        os.path.isdir(path)
+        or not os.path.isdir(folder)
+        or not os.access(folder, os.W_OK | os.X_OK)
+        or (os.path.lexists(path) and not os.access(path, os.W_OK))
+    ):
         raise CommandError(f"cannot create {path}")
 
 
 async def vol_download(conn: Connection, args: argparse.Namespace) -> str:
+    _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
     _check_destination(args.file)
     total: int | None = None
@@ -468,19 +672,20 @@ async def _transfer(
         ("upload", "upload to", "read") if upload else ("download", "download from", "create")
     )
     move = vol.upload_file if upload else vol.download_file
-    with TransferProgress(f"{verb} {vol.name}", total, enabled=not args.quiet) as bar:
+    sparse = _sparse_choice(args)
+    with TransferProgress(
+        f"{verb} {vol.name}", total, enabled=not args.quiet, holes=sparse is not False
+    ) as bar:
         try:
             result = await move(
                 args.file,
                 offset=args.offset,
                 length=args.length,
-                sparse=_sparse_choice(args),
+                sparse=sparse,
                 progress=bar.update,
             )
-        except LibvirtError as exc:
+        except LibvirtError as exc:  # SparseUnsupported too: it fails the opening call
             _stream_failure(way, vol, exc)
-        except SparseUnsupported as exc:
-            _fail(f"cannot {way} volume {vol.name}", exc)
         except OSError as exc:
             if isinstance(exc, TransportError):
                 raise
@@ -490,141 +695,359 @@ async def _transfer(
     return ""
 
 
-# -- the parser ----------------------------------------------------------------------------
+# -- the command table ------------------------------------------------------------------------
 
 Handler = Callable[[Connection, argparse.Namespace], Awaitable[str]]
 
+_POOL = Option("pool", "name or UUID of the pool", required=True)
+_POOL_OF_VOL = Option("pool", "name or UUID of the pool holding the volume")
+_VOL = Option("vol", "the volume: a name (with --pool), a key or a path", required=True)
+_XPATH = (
+    Option("xpath", "only the parts of the XML an XPath expression selects"),
+    Option("wrap", "put the XPath results under one root element", "bool"),
+)
+_BUILD = (
+    Option("build", "build the pool before starting it", "bool"),
+    Option("no-overwrite", "build, but refuse to overwrite data already there", "bool"),
+    Option("overwrite", "build, overwriting any data already there", "bool"),
+)
+_POOL_AS = (
+    Option("name", "name of the new pool", required=True),
+    Option("type", "type of the pool (dir, fs, netfs, logical...)", required=True),
+    Option("print-xml", "only print the pool's XML", "bool"),
+    Option("source-host", "host of the storage behind the pool"),
+    Option("source-path", "path of the storage behind the pool"),
+    Option("source-dev", "device holding the pool's storage"),
+    Option("source-name", "name of the storage behind the pool (a volume group...)"),
+    Option("target", "where the pool's volumes appear (a directory for dir pools)"),
+    Option("source-format", "format of the storage behind the pool"),
+    Option("auth-type", "authentication type for the storage (chap...)"),
+    Option("auth-username", "user name for that authentication"),
+    Option("secret-usage", "usage name of the secret holding the password"),
+    Option("secret-uuid", "UUID of the secret holding the password"),
+    Option("adapter-name", "SCSI host adapter name (scsi_host pools)"),
+    Option("adapter-wwnn", "fibre channel adapter WWNN (with --adapter-wwpn)"),
+    Option("adapter-wwpn", "fibre channel adapter WWPN (with --adapter-wwnn)"),
+    Option("adapter-parent", "parent scsi_hostN of a vHBA adapter"),
+    Option("adapter-parent-wwnn", "WWNN of the parent of a vHBA adapter"),
+    Option("adapter-parent-wwpn", "WWPN of the parent of a vHBA adapter"),
+    Option("adapter-parent-fabric-wwn", "fabric WWN of the parent of a vHBA adapter"),
+    Option("source-protocol-ver", "NFS protocol version to mount with"),
+    Option("source-initiator", "iSCSI initiator IQN"),
+)
+_TRANSFER = (
+    Option("pool", "name or UUID of the pool holding the volume"),
+    Option("offset", "where in the volume the transfer starts (bytes)", "number"),
+    Option("length", "the most bytes to transfer (0: all)", "number"),
+    Option("sparse", "require a sparse stream (virtvol asks for one anyway)", "bool"),
+    Option("no-sparse", "send every byte, holes included", "bool", extension=True),
+)
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="virtvol", description="virsh's storage commands, over virtvol")
-    parser.add_argument("-c", "--connect", metavar="URI", help="connection URI")
-    parser.add_argument("--protocol", choices=["current", "legacy"], default="current")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        sub.set_defaults(handler=handler)
-        sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
-        return sub
+def _command(
+    name: str,
+    handler: Handler,
+    summary: str,
+    description: str,
+    *options: Option,
+    exclusive: tuple[tuple[str, str], ...] = (),
+) -> tuple[Command, Handler]:
+    group = "pool" if name.startswith("pool-") else "volume"
+    return Command(name, summary, description, group, options, exclusive), handler
 
-    sub = command("pool-list", pool_list, "list pools")
-    sub.add_argument("--all", action="store_true")
-    sub.add_argument("--inactive", action="store_true")
-    sub.add_argument("--details", action="store_true")
 
-    sub = command("pool-info", pool_info, "storage pool information")
-    sub.add_argument("pool")
-    sub.add_argument("--bytes", action="store_true")
-
-    sub = command("pool-dumpxml", pool_dumpxml, "pool information in XML")
-    sub.add_argument("pool")
-    sub.add_argument("--inactive", action="store_true")
-
-    for name, handler in (("pool-define-as", pool_define_as), ("pool-create-as", pool_create_as)):
-        sub = command(name, handler, f"{name.split('-')[1]} a pool from a set of args")
-        sub.add_argument("name")
-        sub.add_argument("type")
-        sub.add_argument("--target")
-        if name == "pool-create-as":
-            sub.add_argument("--build", action="store_true")
-
-    sub = command(
-        "pool-start",
-        _pool_action(_start, "Failed to start pool {name}", "Pool {name} started"),
-        "start a pool",
-    )
-    sub.add_argument("pool")
-    sub.add_argument("--build", action="store_true")
-    for name, action, failure, success in (
-        ("pool-destroy", _destroy, "Failed to destroy pool {name}", "Pool {name} destroyed"),
-        (
-            "pool-undefine",
-            _undefine,
-            "Failed to undefine pool {name}",
-            "Pool {name} has been undefined",
+_COMMANDS: dict[str, tuple[Command, Handler]] = {
+    c.name: (c, h)
+    for c, h in (
+        _command(
+            "pool-autostart",
+            pool_autostart,
+            "start a pool when the daemon starts",
+            "Mark a pool to be started whenever the daemon starts, or unmark it.",
+            _POOL,
+            Option("disable", "stop starting the pool with the daemon", "bool"),
         ),
-        ("pool-refresh", _refresh, "Failed to refresh pool {name}", "Pool {name} refreshed"),
-    ):
-        sub = command(name, _pool_action(action, failure, success), name)
-        sub.add_argument("pool")
+        _command(
+            "pool-create-as",
+            pool_create_as,
+            "create and start a pool from options",
+            "Create and start a transient pool described by the options.",
+            *_POOL_AS,
+            *_BUILD,
+            exclusive=(("overwrite", "no-overwrite"), ("secret-usage", "secret-uuid")),
+        ),
+        _command(
+            "pool-define-as",
+            pool_define_as,
+            "define a pool from options",
+            "Define a persistent pool described by the options; it stays inactive.",
+            *_POOL_AS,
+            exclusive=(("secret-usage", "secret-uuid"),),
+        ),
+        _command(
+            "pool-destroy",
+            _pool_action(_destroy, "Failed to destroy pool {name}", "Pool {name} destroyed"),
+            "stop a pool",
+            "Stop an active pool; its definition and data stay.",
+            _POOL,
+        ),
+        _command(
+            "pool-dumpxml",
+            pool_dumpxml,
+            "a pool's XML",
+            "Print the XML description of a pool.",
+            _POOL,
+            Option("inactive", "the XML the pool will have when next started", "bool"),
+            *_XPATH,
+        ),
+        _command(
+            "pool-info",
+            pool_info,
+            "a pool's state and sizes",
+            "Print a pool's name, UUID, state and sizes.",
+            _POOL,
+            Option("bytes", "sizes in bytes", "bool"),
+        ),
+        _command(
+            "pool-list",
+            pool_list,
+            "list pools",
+            "List the active pools, or those the options select.",
+            Option("inactive", "only inactive pools", "bool"),
+            Option("all", "active and inactive pools", "bool"),
+            Option("transient", "only transient pools", "bool"),
+            Option("persistent", "only persistent pools", "bool"),
+            Option("autostart", "only pools started with the daemon", "bool"),
+            Option("no-autostart", "only pools not started with the daemon", "bool"),
+            Option("type", "only pools of these types (comma-separated)"),
+            Option("details", "more columns: persistence and sizes", "bool"),
+            Option("uuid", "only the pools' UUIDs", "bool"),
+            Option("name", "only the pools' names", "bool"),
+            exclusive=(
+                ("all", "inactive"),
+                ("persistent", "transient"),
+                ("autostart", "no-autostart"),
+                ("details", "uuid"),
+                ("details", "name"),
+            ),
+        ),
+        _command(
+            "pool-refresh",
+            _pool_action(_refresh, "Failed to refresh pool {name}", "Pool {name} refreshed"),
+            "rescan a pool",
+            "Look at a pool's storage again to find volumes added or removed behind its back.",
+            _POOL,
+        ),
+        _command(
+            "pool-start",
+            _pool_action(_start, "Failed to start pool {name}", "Pool {name} started"),
+            "start a pool",
+            "Start an inactive pool, building it first if asked.",
+            _POOL,
+            *_BUILD,
+            exclusive=(("overwrite", "no-overwrite"),),
+        ),
+        _command(
+            "pool-undefine",
+            _pool_action(
+                _undefine, "Failed to undefine pool {name}", "Pool {name} has been undefined"
+            ),
+            "forget an inactive pool",
+            "Remove the definition of an inactive pool; its data stays.",
+            _POOL,
+        ),
+        _command(
+            "vol-clone",
+            vol_clone,
+            "copy a volume",
+            "Create a volume in the same pool as a copy of another.",
+            Option(
+                "vol", "the volume to copy: a name (with --pool), a key or a path", required=True
+            ),
+            Option("newname", "name of the copy", required=True),
+            _POOL_OF_VOL,
+            Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
+            Option("reflink", "share the data blocks (copy-on-write file systems)", "bool"),
+            Option("print-xml", "only print the copy's XML", "bool"),
+        ),
+        _command(
+            "vol-create-as",
+            vol_create_as,
+            "create a volume from options",
+            "Create a volume in a pool from a name, a size and the options.",
+            Option("pool", "name or UUID of the pool", required=True),
+            Option("name", "name of the new volume", required=True),
+            Option("capacity", "its size, e.g. 10G (bytes without a suffix)", required=True),
+            Option("allocation", "bytes to allocate now, e.g. 0 for a sparse volume"),
+            Option("format", "image format: raw, qcow2, ..."),
+            Option("backing-vol", "a volume to overlay (copy-on-write formats)"),
+            Option("backing-vol-format", "the format of --backing-vol"),
+            Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
+            Option("print-xml", "only print the volume's XML", "bool"),
+        ),
+        _command(
+            "vol-delete",
+            vol_delete,
+            "delete a volume",
+            "Delete a volume and its data.",
+            _VOL,
+            _POOL_OF_VOL,
+            Option("delete-snapshots", "delete the volume's snapshots too", "bool"),
+        ),
+        _command(
+            "vol-download",
+            vol_download,
+            "copy a volume into a file",
+            "Copy a volume's contents into a local file, sparse, written in place only once"
+            " complete.",
+            _VOL,
+            Option("file", "the local file to write", required=True),
+            *_TRANSFER,
+            exclusive=(("sparse", "no-sparse"),),
+        ),
+        _command(
+            "vol-dumpxml",
+            vol_dumpxml,
+            "a volume's XML",
+            "Print the XML description of a volume.",
+            _VOL,
+            _POOL_OF_VOL,
+            *_XPATH,
+        ),
+        _command(
+            "vol-info",
+            vol_info,
+            "a volume's type and sizes",
+            "Print a volume's name, type, capacity and allocation.",
+            _VOL,
+            _POOL_OF_VOL,
+            Option("bytes", "sizes in bytes", "bool"),
+            Option("physical", "the size on disk instead of the allocation", "bool"),
+        ),
+        _command(
+            "vol-key",
+            vol_key,
+            "a volume's key",
+            "Print the key that names a volume on the host.",
+            Option("vol", "the volume: a name (with --pool) or a path", required=True),
+            _POOL_OF_VOL,
+        ),
+        _command(
+            "vol-list",
+            vol_list,
+            "list a pool's volumes",
+            "List the volumes of a pool with their paths.",
+            _POOL,
+            Option("details", "more columns: type and sizes", "bool"),
+        ),
+        _command(
+            "vol-path",
+            vol_path,
+            "a volume's path",
+            "Print the path of a volume on the host.",
+            Option("vol", "the volume: a name (with --pool) or a key", required=True),
+            _POOL_OF_VOL,
+        ),
+        _command(
+            "vol-resize",
+            vol_resize,
+            "change a volume's size",
+            "Grow or shrink a volume.",
+            _VOL,
+            Option("capacity", "new size, e.g. 20G, or +5G/-5G with --delta", required=True),
+            _POOL_OF_VOL,
+            Option("allocate", "allocate the new space now", "bool"),
+            Option("delta", "the capacity is a change, not the new size", "bool"),
+            Option("shrink", "allow making the volume smaller", "bool"),
+        ),
+        _command(
+            "vol-upload",
+            vol_upload,
+            "copy a file into a volume",
+            "Copy a local file's contents into a volume; holes and zero blocks travel as holes.",
+            _VOL,
+            Option("file", "the local file to read", required=True),
+            *_TRANSFER,
+            exclusive=(("sparse", "no-sparse"),),
+        ),
+        _command(
+            "vol-wipe",
+            vol_wipe,
+            "overwrite a volume with zeros",
+            "Overwrite all of a volume's data with zeros.",
+            _VOL,
+            _POOL_OF_VOL,
+            Option("algorithm", "how to wipe; virtvol does 'zero' only"),
+        ),
+    )
+}
 
-    sub = command("pool-autostart", pool_autostart, "autostart a pool")
-    sub.add_argument("pool")
-    sub.add_argument("--disable", action="store_true")
-
-    sub = command("vol-list", vol_list, "list volumes")
-    sub.add_argument("pool")
-    sub.add_argument("--details", action="store_true")
-
-    for name, handler in (
-        ("vol-info", vol_info),
-        ("vol-dumpxml", vol_dumpxml),
-        ("vol-path", vol_path),
-        ("vol-key", vol_key),
-        ("vol-delete", vol_delete),
-        ("vol-wipe", vol_wipe),
-    ):
-        sub = command(name, handler, name)
-        sub.add_argument("vol")
-        sub.add_argument("--pool")
-        if name == "vol-info":
-            sub.add_argument("--bytes", action="store_true")
-
-    sub = command("vol-create-as", vol_create_as, "create a volume from a set of args")
-    sub.add_argument("pool")
-    sub.add_argument("name")
-    sub.add_argument("capacity", type=_size)
-    sub.add_argument("--allocation", type=_size)
-    sub.add_argument("--format")
-
-    sub = command("vol-clone", vol_clone, "clone a volume")
-    sub.add_argument("vol")
-    sub.add_argument("newname")
-    sub.add_argument("--pool")
-
-    sub = command("vol-resize", vol_resize, "resize a volume")
-    sub.add_argument("vol")
-    sub.add_argument("capacity")
-    sub.add_argument("--pool")
-    sub.add_argument("--allocate", action="store_true")
-    sub.add_argument("--delta", action="store_true")
-    sub.add_argument("--shrink", action="store_true")
-
-    for name, handler in (("vol-upload", vol_upload), ("vol-download", vol_download)):
-        sub = command(name, handler, f"{name[4:]} a volume's contents")
-        sub.add_argument("vol")
-        sub.add_argument("file")
-        sub.add_argument("--pool")
-        sub.add_argument("--offset", type=_size, default=0)
-        sub.add_argument("--length", type=_size, default=0)
-        sparse = sub.add_mutually_exclusive_group()
-        sparse.add_argument("--sparse", action="store_true")
-        sparse.add_argument("--no-sparse", action="store_true")
-    return parser
+_GROUPS = (("pool", "Storage Pool"), ("volume", "Storage Volume"))
 
 
-async def _run(args: argparse.Namespace) -> str:
+def _command_list(group: str | None = None) -> str:
+    lines = []
+    for keyword, title in _GROUPS:
+        if group is not None and group != keyword:
+            continue
+        lines.append(f" {title} (help keyword '{keyword}'):")
+        for command, _ in sorted(_COMMANDS.values(), key=lambda c: c[0].name):
+            if command.group == keyword:
+                lines.append(f"    {command.name:<30} {command.summary}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _help(topic: str | None) -> str:
+    if topic is None:
+        return "Grouped commands:\n\n" + _command_list()
+    if topic in _COMMANDS:
+        return format_command_help(_COMMANDS[topic][0])
+    if topic in dict(_GROUPS):
+        return _command_list(topic)
+    raise CommandError(f"command or command group '{topic}' doesn't exist")
+
+
+async def _run(command: Command, handler: Handler, args: argparse.Namespace) -> str:
+    # virsh connects before the command when given -c, and within it otherwise (so a
+    # failure then ends with the command's blank line).
+    ran = not args.connect_given
     try:
-        conn = await connect(args.connect, protocol=args.protocol)
+        conn = await connect(args.connect, protocol=args.protocol, read_only=args.readonly)
     except TimeoutError as exc:
-        raise CommandError("failed to connect to the hypervisor", "timed out") from exc
+        raise CommandError("failed to connect to the hypervisor", "timed out", ran=ran) from exc
     except (TransportError, VirtvolError, LibvirtError) as exc:
         message = exc.message if isinstance(exc, LibvirtError) else str(exc)
-        raise CommandError("failed to connect to the hypervisor", message) from exc
+        raise CommandError("failed to connect to the hypervisor", message, ran=ran) from exc
     try:
-        handler: Handler = args.handler
+        try:
+            check_exclusive(command, vars(args))
+        except ArgumentError as exc:
+            raise CommandError(str(exc)) from None
         return await handler(conn, args)
-    except TransportError as exc:
+    except VirtvolError as exc:  # a lost connection, a value the wire cannot carry
         raise CommandError(str(exc)) from exc
     finally:
         await conn.close()
 
 
-def _event_loop_runner(args: argparse.Namespace) -> asyncio.Runner:
+def _connect_uri(given: str | None) -> str | None:
+    """virsh's choice: ``-c``, then ``$VIRSH_DEFAULT_CONNECT_URI``; ``$VIRTVOL_DEFAULT_URI``
+    (virtvol's own) comes first of the variables. None leaves the rest to the library
+    (``$LIBVIRT_DEFAULT_URI``, libvirt's client configuration, the local daemon)."""
+    if given:
+        return given
+    for name in (DEFAULT_URI_ENV, "VIRSH_DEFAULT_CONNECT_URI"):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def _event_loop_runner(handler: Handler) -> asyncio.Runner:
     # uvloop moves stream data faster, but importing it costs more than a
     # short command spends in its loop: only transfers use it.
-    if args.handler not in (vol_upload, vol_download):
+    if handler not in (vol_upload, vol_download):
         return asyncio.Runner()
     try:
         import uvloop
@@ -633,14 +1056,15 @@ def _event_loop_runner(args: argparse.Namespace) -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def _show_warnings(*, quiet: bool) -> None:
-    """The library's warnings (a sparse fallback, say) go to stderr as virsh words its own;
-    ``--quiet`` keeps only errors."""
+def _show_warnings() -> None:
+    """The library's warnings (a sparse fallback, say) go to stderr as virsh words its own
+    (``warning: ...``). ``--quiet`` keeps them, as virsh keeps its warnings under ``-q``:
+    it silences notices and decoration, not news that something went differently."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LowercaseLevelFormatter())
     logger = logging.getLogger("virtvol")
     logger.addHandler(handler)
-    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    logger.setLevel(logging.WARNING)
 
 
 class _LowercaseLevelFormatter(logging.Formatter):
@@ -648,22 +1072,92 @@ class _LowercaseLevelFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
+@dataclass
+class _Invocation:
+    """What the command line asks for: a text to print (help, version), or a command."""
+
+    args: argparse.Namespace
+    text: str | None = None
+    command: Command | None = None
+    handler: Handler | None = None
+
+
+def _prepare(argv: Sequence[str]) -> _Invocation:
+    """Read the command line (raises ArgumentError or CommandError as virsh would)."""
+    found, rest = read_globals(argv)
+    plain = argparse.Namespace(quiet=found.quiet)
+    if found.show == "help":
+        return _Invocation(plain, text=USAGE + _command_list())
+    if found.show is not None:
+        return _Invocation(plain, text=version_text(found.show.removeprefix("version-")))
+    if not rest:
+        raise ArgumentError("no command given (see 'virtvol help')")
+    name, words = rest[0], rest[1:]
+    # --quiet after the command: virtvol's own spelling (virsh takes it only before).
+    end = words.index("--") if "--" in words else len(words)
+    quiet = found.quiet or "--quiet" in words[:end]
+    words = [w for i, w in enumerate(words) if i >= end or w != "--quiet"]
+    plain.quiet = quiet
+    if name == "help":
+        help_command = Command("help", "", "", "", (Option("command", ""),))
+        topic = parse_arguments(help_command, words)["command"]
+        text = _help(topic if isinstance(topic, str) else None)
+        return _Invocation(plain, text=text if quiet else text + "\n")
+    if name not in _COMMANDS:
+        raise CommandError(f"unknown command: '{name}'", ran=False)
+    command, handler = _COMMANDS[name]
+    if "--help" in words[:end]:
+        text = format_command_help(command)
+        return _Invocation(plain, text=text if quiet else text + "\n")
+    values = parse_arguments(command, words)
+    args = argparse.Namespace(
+        **values,
+        connect=_connect_uri(found.connect),
+        connect_given=found.connect is not None,
+        quiet=quiet,
+        readonly=found.readonly,
+        protocol=found.protocol,
+    )
+    return _Invocation(args, command=command, handler=handler)
+
+
+def _print(output: str, *, quiet: bool) -> None:
+    """virsh's way: a blank line after each command's output; with --quiet, neither
+    the blank line nor notices such as "Vol x created"."""
+    if quiet:
+        if not isinstance(output, Notice):
+            sys.stdout.write(output)
+    else:
+        sys.stdout.write(output + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``virtvol`` command; returns the exit status (0, or 1 on error)."""
-    args = _parser().parse_args(argv)
-    _show_warnings(quiet=args.quiet)
+    quiet = False
     try:
-        with _event_loop_runner(args) as runner:
-            output = runner.run(_run(args))
+        invocation = _prepare(sys.argv[1:] if argv is None else argv)
+        quiet = invocation.args.quiet
+        if invocation.command is None or invocation.handler is None:
+            sys.stdout.write(invocation.text or "")
+            return 0
+        _show_warnings()
+        with _event_loop_runner(invocation.handler) as runner:
+            output = runner.run(_run(invocation.command, invocation.handler, invocation.args))
+    except ArgumentError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
     except CommandError as exc:
         sys.stdout.flush()
         for line in exc.lines:
             sys.stderr.write(f"error: {line}\n")
+        sys.stderr.flush()
+        if exc.ran and not quiet:
+            sys.stdout.write("\n")
         return 1
     except KeyboardInterrupt:
         return 130
-    sys.stdout.write(output + "\n")
-    sys.stdout.flush()
+    _print(output, quiet=quiet)
     return 0
 
 

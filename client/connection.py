@@ -21,11 +21,13 @@ from virtvol.client.errors import (
     LibvirtError,
     NoSupport,
     TransportError,
+    UnsupportedTransport,
     VirtvolError,
 )
 from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.rpc import RpcProtocol
-from virtvol.client.uri import Target, default_uri, parse_uri
+from virtvol.client.tls import client_context, locate_credentials, open_tls
+from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import AuthType
 from virtvol.protocol.procedures import Proc
@@ -54,12 +56,16 @@ class Connection:
     """An open connection to a libvirt-compatible storage daemon.
 
     Create it with ``await connect(uri)`` or ``async with connect(uri) as conn``.
-    Many calls may run at once on one connection (``asyncio.gather``).
+    Many calls may run at once on one connection (``asyncio.gather``). Every
+    call takes a keyword-only ``timeout`` (seconds; None waits as long as the
+    connection lives): ``CallTimeout`` then, and the connection stays usable.
 
     Attributes:
         uri: the URI it was opened with.
         target: where it connected, as parsed from the URI.
         protocol: ``"current"`` or ``"legacy"`` (acts as a client that predates sparse streams).
+        sparse_fallback_reported: True once a stream on this connection fell back to
+            dense and the warning was logged (it is logged once per connection).
     """
 
     def __init__(self, rpc: RpcProtocol, target: Target, protocol: ProtocolMode) -> None:
@@ -68,6 +74,7 @@ class Connection:
         self.uri = target.uri
         self.protocol: ProtocolMode = protocol
         self.keepalive_supported = False
+        self.sparse_fallback_reported = False
         self._close_callback = False
         self._closed = False
 
@@ -131,12 +138,14 @@ class Connection:
 
     # -- connection-level calls ----------------------------------------------------------
 
-    async def supports_feature(self, feature: int) -> bool:
+    async def supports_feature(self, feature: int, *, timeout: float | None = None) -> bool:
         """Ask CONNECT_SUPPORTS_FEATURE; an error answer means False (libvirt's rule)."""
         try:
             ret = _expect(
                 await self.rpc.call(
-                    Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs(feature)
+                    Proc.CONNECT_SUPPORTS_FEATURE,
+                    r.ConnectSupportsFeatureArgs(feature),
+                    timeout=timeout,
                 ),
                 r.ConnectSupportsFeatureRet,
             )
@@ -144,41 +153,51 @@ class Connection:
             return False
         return ret.supported == 1
 
-    async def lib_version(self) -> int:
+    async def lib_version(self, *, timeout: float | None = None) -> int:
         """The daemon's library version (major * 1000000 + minor * 1000 + micro)."""
-        ret = await self.rpc.call(Proc.CONNECT_GET_LIB_VERSION)
+        ret = await self.rpc.call(Proc.CONNECT_GET_LIB_VERSION, timeout=timeout)
         return _expect(ret, r.ConnectGetLibVersionRet).lib_ver
 
-    async def get_type(self) -> str:
+    async def get_type(self, *, timeout: float | None = None) -> str:
         """The driver name (e.g. ``"storage"``)."""
-        return _expect(await self.rpc.call(Proc.CONNECT_GET_TYPE), r.ConnectGetTypeRet).type
+        return _expect(
+            await self.rpc.call(Proc.CONNECT_GET_TYPE, timeout=timeout), r.ConnectGetTypeRet
+        ).type
 
     # -- pools ---------------------------------------------------------------------------
 
     def _pool(self, pool: r.StoragePool) -> StoragePool:
         return StoragePool(self, pool.name, pool.uuid)
 
-    async def list_pools(self, *, flags: int = 0) -> list[StoragePool]:
+    async def list_pools(
+        self, *, flags: int = 0, timeout: float | None = None
+    ) -> list[StoragePool]:
         """All pools matching libvirt's CONNECT_LIST_ALL_STORAGE_POOLS ``flags``
         (0: every pool), sorted by name."""
         ret = _expect(
             await self.rpc.call(
-                Proc.CONNECT_LIST_ALL_STORAGE_POOLS, r.ListAllPoolsArgs(need_results=1, flags=flags)
+                Proc.CONNECT_LIST_ALL_STORAGE_POOLS,
+                r.ListAllPoolsArgs(need_results=1, flags=flags),
+                timeout=timeout,
             ),
             r.ListAllPoolsRet,
         )
         return sorted((self._pool(p) for p in ret.pools), key=lambda p: p.name)
 
-    async def lookup_pool_by_name(self, name: str) -> StoragePool:
+    async def lookup_pool_by_name(self, name: str, *, timeout: float | None = None) -> StoragePool:
         """The pool called ``name``.
 
         Raises:
             NoStoragePool: no such pool.
         """
-        ret = await self.rpc.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name))
+        ret = await self.rpc.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name), timeout=timeout
+        )
         return self._pool(_expect(ret, r.PoolRet).pool)
 
-    async def lookup_pool_by_uuid(self, uuid: str | bytes | uuidlib.UUID) -> StoragePool:
+    async def lookup_pool_by_uuid(
+        self, uuid: str | bytes | uuidlib.UUID, *, timeout: float | None = None
+    ) -> StoragePool:
         """The pool with that UUID (text, 16 raw bytes, or ``uuid.UUID``).
 
         Raises:
@@ -190,37 +209,55 @@ class Connection:
             raw = uuid.bytes
         else:
             raw = uuid
-        ret = await self.rpc.call(Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw))
+        ret = await self.rpc.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw), timeout=timeout
+        )
         return self._pool(_expect(ret, r.PoolRet).pool)
 
-    async def define_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
+    async def define_pool(
+        self, xml: str, *, flags: int = 0, timeout: float | None = None
+    ) -> StoragePool:
         """Define a persistent pool from its XML (it stays inactive until started)."""
-        ret = await self.rpc.call(Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags))
+        ret = await self.rpc.call(
+            Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
+        )
         return self._pool(_expect(ret, r.PoolRet).pool)
 
-    async def create_pool(self, xml: str, *, flags: int = 0) -> StoragePool:
+    async def create_pool(
+        self, xml: str, *, flags: int = 0, timeout: float | None = None
+    ) -> StoragePool:
         """Create and start a transient pool from its XML."""
-        ret = await self.rpc.call(Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags))
+        ret = await self.rpc.call(
+            Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
+        )
         return self._pool(_expect(ret, r.PoolRet).pool)
 
     # -- volumes by key or path ------------------------------------------------------------
 
-    async def lookup_volume_by_key(self, key: str) -> StorageVolume:
+    async def lookup_volume_by_key(
+        self, key: str, *, timeout: float | None = None
+    ) -> StorageVolume:
         """The volume with that key (for dir pools, its path).
 
         Raises:
             NoStorageVolume: no such volume.
         """
-        ret = await self.rpc.call(Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key))
+        ret = await self.rpc.call(
+            Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key), timeout=timeout
+        )
         return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
 
-    async def lookup_volume_by_path(self, path: str) -> StorageVolume:
+    async def lookup_volume_by_path(
+        self, path: str, *, timeout: float | None = None
+    ) -> StorageVolume:
         """The volume at that path.
 
         Raises:
             NoStorageVolume: no such volume.
         """
-        ret = await self.rpc.call(Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path))
+        ret = await self.rpc.call(
+            Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path), timeout=timeout
+        )
         return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
 
 
@@ -237,6 +274,18 @@ async def _open_transport(target: Target) -> RpcProtocol:
             sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        elif target.transport == "tls":
+            assert target.host is not None
+            assert target.port is not None
+            context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
+            opened = await open_tls(
+                target.host, target.port, context, lambda: RpcProtocol(description)
+            )
+            assert isinstance(opened, RpcProtocol)
+            protocol = opened
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         elif target.transport == "unix":
             assert target.socket_path is not None
             _, protocol = await loop.create_unix_connection(
@@ -244,11 +293,16 @@ async def _open_transport(target: Target) -> RpcProtocol:
             )
         else:
             raise TransportError(
-                f"transport '{target.transport}' is not supported by virtvol (use tcp or unix)"
+                f"transport '{target.transport}' is not supported by virtvol (use tcp, tls or unix)"
             )
     except OSError as exc:
-        where = target.socket_path or f"{target.host}:{target.port}"
-        raise TransportError(f"failed to connect to {where}: {exc.strerror or exc}") from exc
+        # libvirt's client's words, so that virsh users recognise them.
+        reason = exc.strerror or str(exc)
+        if target.socket_path is not None:
+            message = f"Failed to connect socket to '{target.socket_path}': {reason}"
+        else:
+            message = f"unable to connect to server at '{target.host}:{target.port}': {reason}"
+        raise TransportError(message) from exc
     return protocol
 
 
@@ -262,7 +316,9 @@ async def _connect(
 ) -> Connection:
     if protocol not in ("current", "legacy"):
         raise ValueError(f"protocol must be 'current' or 'legacy', not {protocol!r}")
-    target = parse_uri(uri if uri is not None else default_uri(), read_only=read_only)
+    target = parse_uri(resolve_uri(uri), read_only=read_only)
+    if target.transport not in SUPPORTED_TRANSPORTS:
+        raise UnsupportedTransport(target.transport, " or ".join(sorted(SUPPORTED_TRANSPORTS)))
     async with asyncio.timeout(time_limit):
         rpc = await _open_transport(target)
         conn = Connection(rpc, target, protocol)
@@ -313,7 +369,9 @@ def connect(
 
     Args:
         uri: a libvirt URI such as ``storage+tcp://host/system`` or
-            ``storage+unix:///system?socket=/path``; None uses ``$VIRTVOL_DEFAULT_URI``.
+            ``storage+unix:///system?socket=/path``, or an alias from libvirt's
+            client configuration; None picks the default as libvirt does
+            (``virtvol.client.uri.default_uri``).
         timeout: seconds allowed for connecting and the handshake (None: no limit).
         keepalive: ``(interval, count)``: ping after ``interval`` s of silence and
             drop the connection after ``count`` unanswered pings; None or an
@@ -326,7 +384,8 @@ def connect(
         An awaitable async context manager giving a ``Connection``.
 
     Raises:
-        InvalidURI: the URI cannot be used.
+        InvalidURI: the URI cannot be used (``UnsupportedTransport``: its
+            transport, such as ssh, is not one virtvol opens).
         TransportError: the daemon cannot be reached or dropped the connection.
         LibvirtError: the daemon refused to open the connection.
         TimeoutError: the handshake took longer than ``timeout``.

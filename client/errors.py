@@ -4,15 +4,38 @@
 reported (code, domain, message), with one subclass per code users catch; the
 registry ``_BY_CODE`` picks the class. Transport failures (the peer went away,
 broke the protocol, or stopped answering keepalives) are ``TransportError``,
-which is also a builtin ``ConnectionError``.
+which is also a builtin ``ConnectionError``. A call not answered in time is
+``CallTimeout``, also a builtin ``TimeoutError``; an argument that cannot be
+put on the wire is ``UnsendableValue``, also a ``ValueError``.
+
+    VirtvolError
+    +-- InvalidURI (also ValueError)
+    |   +-- UnsupportedTransport       a transport virtvol cannot open (ssh, ...)
+    +-- LibvirtError (code, domain, message)
+    |   +-- NoSupport, InvalidArgument, OperationFailed, OperationDenied,
+    |   |   OperationInvalid, NoStoragePool, NoStorageVolume, StorageVolumeExists
+    |   +-- SparseUnsupported          sparse=True, and the peer has no sparse streams
+    +-- TransportError (also ConnectionError)
+    |   +-- ConnectionClosed, ProtocolViolation
+    +-- CallTimeout (also TimeoutError)
+    +-- UnsendableValue (also ValueError)
+    +-- StreamError                    (virtvol.client.streams) a stream misused
+
+The protocol core raises its own exceptions (``virtvol.protocol.exceptions``);
+``core_errors`` turns them into these at the edge where the client calls it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorLevel
+from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
 from virtvol.protocol.remote import RemoteError
 
 __all__ = [
+    "CallTimeout",
     "ConnectionClosed",
     "InvalidArgument",
     "InvalidURI",
@@ -27,7 +50,10 @@ __all__ = [
     "SparseUnsupported",
     "StorageVolumeExists",
     "TransportError",
+    "UnsendableValue",
+    "UnsupportedTransport",
     "VirtvolError",
+    "core_errors",
     "error_from_remote",
 ]
 
@@ -38,6 +64,18 @@ class VirtvolError(Exception):
 
 class InvalidURI(VirtvolError, ValueError):
     """A connection URI that cannot be used (bad syntax or an unknown transport)."""
+
+
+class UnsupportedTransport(InvalidURI):
+    """A URI whose transport libvirt knows but virtvol cannot open (``storage+ssh://``).
+
+    Attributes:
+        transport: the transport's name.
+    """
+
+    def __init__(self, transport: str, supported: str) -> None:
+        super().__init__(f"transport '{transport}' is not supported by virtvol (use {supported})")
+        self.transport = transport
 
 
 class LibvirtError(VirtvolError):
@@ -130,8 +168,14 @@ def error_from_remote(error: RemoteError) -> LibvirtError:
     return cls(code, domain, message, level=error.level)
 
 
-class SparseUnsupported(VirtvolError):
-    """``sparse=True`` was required but the peer cannot do sparse streams."""
+class SparseUnsupported(LibvirtError):
+    """``sparse=True`` was required but the peer cannot do sparse streams.
+
+    A ``LibvirtError``: ``code`` and ``domain`` are those of the peer's refusal
+    of the sparse flag (VIR_ERR_INVALID_ARG, "unsupported flags (0x1) ..."), or
+    VIR_ERR_NO_SUPPORT when the connection was opened with ``protocol="legacy"``
+    and nothing was asked of the peer.
+    """
 
 
 class TransportError(VirtvolError, ConnectionError):
@@ -144,3 +188,28 @@ class ConnectionClosed(TransportError):
 
 class ProtocolViolation(TransportError):
     """The peer broke the wire protocol; the connection was dropped."""
+
+
+class CallTimeout(VirtvolError, TimeoutError):
+    """A call got no answer within its ``timeout``; the connection stays usable and a
+    late answer is dropped."""
+
+
+class UnsendableValue(VirtvolError, ValueError):
+    """An argument the wire protocol cannot carry (a string or list over its
+    maximum, a number out of range); nothing was sent."""
+
+
+@contextlib.contextmanager
+def core_errors(description: str) -> Iterator[None]:
+    """Turn the protocol core's exceptions into the client's.
+
+    Args:
+        description: the peer, for the messages (its URI).
+    """
+    try:
+        yield
+    except LocalProtocolError as exc:
+        raise UnsendableValue(f"cannot send to {description}: {exc}") from exc
+    except RemoteProtocolError as exc:
+        raise ProtocolViolation(f"protocol error from {description}: {exc}") from exc

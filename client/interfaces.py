@@ -27,6 +27,9 @@ class ConnectionLike(Protocol):
     @property
     def protocol(self) -> str: ...
 
+    # Set once the sparse fallback was reported, so that it is logged once per connection.
+    sparse_fallback_reported: bool
+
 
 class VolumeLike(Protocol):
     """What streams and file helpers use of a ``StorageVolume``."""

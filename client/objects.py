@@ -75,10 +75,14 @@ POOL_XML_INACTIVE = 1
 VOL_RESIZE_ALLOCATE = 1
 VOL_RESIZE_DELTA = 2
 VOL_RESIZE_SHRINK = 4
+VOL_GET_PHYSICAL = 1
 
 
 class StoragePool:
     """A storage pool on the daemon.
+
+    Every method that calls the daemon takes a keyword-only ``timeout`` (seconds;
+    None waits as long as the connection lives) and raises ``CallTimeout`` then.
 
     Attributes:
         connection: the connection it was found on.
@@ -108,79 +112,95 @@ class StoragePool:
         """The pool as the wire names it."""
         return r.StoragePool(self.name, self.uuid.bytes)
 
-    async def _call(self, procedure: int, args: XdrStruct) -> XdrStruct | None:
-        return await self.connection.rpc.call(procedure, args)
+    async def _call(
+        self, procedure: int, args: XdrStruct, *, timeout: float | None = None
+    ) -> XdrStruct | None:
+        return await self.connection.rpc.call(procedure, args, timeout=timeout)
 
-    async def info(self) -> PoolInfo:
+    async def info(self, *, timeout: float | None = None) -> PoolInfo:
         """State, capacity, allocation and available bytes (zeros while inactive)."""
         ret = _expect(
-            await self._call(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire)), r.PoolGetInfoRet
+            await self._call(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire), timeout=timeout),
+            r.PoolGetInfoRet,
         )
         return PoolInfo(
             _enum_or_int(PoolState, ret.state), ret.capacity, ret.allocation, ret.available
         )
 
-    async def xml_desc(self, *, inactive: bool = False) -> str:
+    async def xml_desc(self, *, inactive: bool = False, timeout: float | None = None) -> str:
         """The pool's XML (``inactive``: the persistent definition)."""
         flags = POOL_XML_INACTIVE if inactive else 0
-        ret = await self._call(Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags))
+        ret = await self._call(
+            Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
+        )
         return _expect(ret, r.XmlRet).xml
 
-    async def is_active(self) -> bool:
+    async def is_active(self, *, timeout: float | None = None) -> bool:
         """Whether the pool is running."""
-        ret = await self._call(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs(self.wire))
+        ret = await self._call(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs(self.wire), timeout=timeout)
         return _expect(ret, r.ActiveRet).active == 1
 
-    async def is_persistent(self) -> bool:
+    async def is_persistent(self, *, timeout: float | None = None) -> bool:
         """Whether the pool has a persistent definition."""
-        ret = await self._call(Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs(self.wire))
+        ret = await self._call(
+            Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs(self.wire), timeout=timeout
+        )
         return _expect(ret, r.PersistentRet).persistent == 1
 
-    async def autostart(self) -> bool:
+    async def autostart(self, *, timeout: float | None = None) -> bool:
         """Whether the pool starts with the daemon."""
-        ret = await self._call(Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs(self.wire))
+        ret = await self._call(
+            Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs(self.wire), timeout=timeout
+        )
         return _expect(ret, r.AutostartRet).autostart == 1
 
-    async def set_autostart(self, autostart: bool) -> None:
+    async def set_autostart(self, autostart: bool, *, timeout: float | None = None) -> None:
         """Mark (or unmark) the pool to start with the daemon."""
         await self._call(
-            Proc.STORAGE_POOL_SET_AUTOSTART, r.PoolSetAutostartArgs(self.wire, int(autostart))
+            Proc.STORAGE_POOL_SET_AUTOSTART,
+            r.PoolSetAutostartArgs(self.wire, int(autostart)),
+            timeout=timeout,
         )
 
-    async def start(self, *, flags: int = 0) -> None:
+    async def start(self, *, flags: int = 0, timeout: float | None = None) -> None:
         """Start (activate) a defined pool (``flags``: libvirt's build flags)."""
-        await self._call(Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags))
+        await self._call(
+            Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
+        )
 
-    async def destroy(self) -> None:
+    async def destroy(self, *, timeout: float | None = None) -> None:
         """Stop the pool (its volumes are kept)."""
-        await self._call(Proc.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire))
+        await self._call(Proc.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire), timeout=timeout)
 
-    async def undefine(self) -> None:
+    async def undefine(self, *, timeout: float | None = None) -> None:
         """Remove the pool's persistent definition."""
-        await self._call(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs(self.wire))
+        await self._call(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs(self.wire), timeout=timeout)
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, timeout: float | None = None) -> None:
         """Rescan the pool's volumes."""
-        await self._call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(self.wire, 0))
+        await self._call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(self.wire, 0), timeout=timeout)
 
-    async def num_of_volumes(self) -> int:
+    async def num_of_volumes(self, *, timeout: float | None = None) -> int:
         """How many volumes the pool holds."""
-        ret = await self._call(Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs(self.wire))
+        ret = await self._call(
+            Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs(self.wire), timeout=timeout
+        )
         return _expect(ret, r.NumRet).num
 
-    async def list_volumes(self) -> list[StorageVolume]:
+    async def list_volumes(self, *, timeout: float | None = None) -> list[StorageVolume]:
         """The pool's volumes, sorted by name."""
         ret = _expect(
             await self._call(
                 Proc.STORAGE_POOL_LIST_ALL_VOLUMES,
                 r.PoolListAllVolumesArgs(self.wire, need_results=1, flags=0),
+                timeout=timeout,
             ),
             r.PoolListAllVolumesRet,
         )
         vols = (StorageVolume.from_wire(self.connection, v) for v in ret.vols)
         return sorted(vols, key=lambda v: v.name)
 
-    async def lookup_volume(self, name: str) -> StorageVolume:
+    async def lookup_volume(self, name: str, *, timeout: float | None = None) -> StorageVolume:
         """The volume called ``name`` in this (active) pool.
 
         Raises:
@@ -188,30 +208,36 @@ class StoragePool:
             OperationInvalid: the pool is not active.
         """
         ret = await self._call(
-            Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(self.wire, name)
+            Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(self.wire, name), timeout=timeout
         )
         return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
 
-    async def create_volume(self, xml: str, *, flags: int = 0) -> StorageVolume:
+    async def create_volume(
+        self, xml: str, *, flags: int = 0, timeout: float | None = None
+    ) -> StorageVolume:
         """Create a volume from its XML description."""
         ret = await self._call(
-            Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(self.wire, xml, flags)
+            Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(self.wire, xml, flags), timeout=timeout
         )
         return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
 
     async def create_volume_from(
-        self, xml: str, source: StorageVolume, *, flags: int = 0
+        self, xml: str, source: StorageVolume, *, flags: int = 0, timeout: float | None = None
     ) -> StorageVolume:
         """Create a volume from XML, filled with a copy of ``source`` (a clone)."""
         ret = await self._call(
             Proc.STORAGE_VOL_CREATE_XML_FROM,
             r.VolCreateXmlFromArgs(self.wire, xml, source.wire, flags),
+            timeout=timeout,
         )
         return StorageVolume.from_wire(self.connection, _expect(ret, r.VolRet).vol)
 
 
 class StorageVolume:
     """A storage volume on the daemon.
+
+    Every method that makes one call takes a keyword-only ``timeout``, as on
+    ``StoragePool``; transfers end when their stream does.
 
     Attributes:
         connection: the connection it was found on.
@@ -249,42 +275,68 @@ class StorageVolume:
         """The volume as the wire names it."""
         return r.StorageVol(self.pool_name, self.name, self.key)
 
-    async def _call(self, procedure: int, args: XdrStruct) -> XdrStruct | None:
-        return await self.connection.rpc.call(procedure, args)
+    async def _call(
+        self, procedure: int, args: XdrStruct, *, timeout: float | None = None
+    ) -> XdrStruct | None:
+        return await self.connection.rpc.call(procedure, args, timeout=timeout)
 
-    async def info(self) -> VolumeInfo:
-        """Type, capacity and allocation."""
-        ret = _expect(
-            await self._call(Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire)), r.VolGetInfoRet
-        )
+    async def info(self, *, physical: bool = False, timeout: float | None = None) -> VolumeInfo:
+        """Type, capacity and allocation.
+
+        Args:
+            physical: report the volume's physical size as its allocation
+                (libvirt's VIR_STORAGE_VOL_GET_PHYSICAL, sent with GET_INFO_FLAGS).
+            timeout: seconds to wait for the answer.
+        """
+        if physical:
+            call = await self._call(
+                Proc.STORAGE_VOL_GET_INFO_FLAGS,
+                r.VolFlagsArgs(self.wire, VOL_GET_PHYSICAL),
+                timeout=timeout,
+            )
+        else:
+            call = await self._call(
+                Proc.STORAGE_VOL_GET_INFO, r.VolArgs(self.wire), timeout=timeout
+            )
+        ret = _expect(call, r.VolGetInfoRet)
         return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
 
-    async def xml_desc(self) -> str:
+    async def xml_desc(self, *, timeout: float | None = None) -> str:
         """The volume's XML description."""
-        ret = await self._call(Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs(self.wire, 0))
+        ret = await self._call(
+            Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs(self.wire, 0), timeout=timeout
+        )
         return _expect(ret, r.XmlRet).xml
 
-    async def path(self) -> str:
+    async def path(self, *, timeout: float | None = None) -> str:
         """The volume's path on the daemon's host."""
-        ret = await self._call(Proc.STORAGE_VOL_GET_PATH, r.VolArgs(self.wire))
+        ret = await self._call(Proc.STORAGE_VOL_GET_PATH, r.VolArgs(self.wire), timeout=timeout)
         return _expect(ret, r.VolGetPathRet).name
 
-    async def pool(self) -> StoragePool:
+    async def pool(self, *, timeout: float | None = None) -> StoragePool:
         """The pool that holds the volume."""
-        ret = await self._call(Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(self.wire))
+        ret = await self._call(
+            Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(self.wire), timeout=timeout
+        )
         pool = _expect(ret, r.PoolRet).pool
         return StoragePool(self.connection, pool.name, pool.uuid)
 
-    async def delete(self, *, flags: int = 0) -> None:
+    async def delete(self, *, flags: int = 0, timeout: float | None = None) -> None:
         """Delete the volume."""
-        await self._call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(self.wire, flags))
+        await self._call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(self.wire, flags), timeout=timeout)
 
-    async def wipe(self) -> None:
+    async def wipe(self, *, timeout: float | None = None) -> None:
         """Overwrite the volume's contents with zeros."""
-        await self._call(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0))
+        await self._call(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0), timeout=timeout)
 
     async def resize(
-        self, capacity: int, *, allocate: bool = False, delta: bool = False, shrink: bool = False
+        self,
+        capacity: int,
+        *,
+        allocate: bool = False,
+        delta: bool = False,
+        shrink: bool = False,
+        timeout: float | None = None,
     ) -> None:
         """Change the volume's capacity.
 
@@ -299,7 +351,9 @@ class StorageVolume:
             | (VOL_RESIZE_DELTA if delta else 0)
             | (VOL_RESIZE_SHRINK if shrink else 0)
         )
-        await self._call(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs(self.wire, capacity, flags))
+        await self._call(
+            Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs(self.wire, capacity, flags), timeout=timeout
+        )
 
     def upload(self, *, offset: int = 0, length: int = 0, sparse: bool | None = None) -> Upload:
         """A stream writing into the volume: ``async with vol.upload() as stream``.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Self, TextIO
 from virtvol.client.sizes import format_size
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
+    from rich.progress import Progress, ProgressColumn, Task, TaskID
 
     from virtvol.client.transfer import TransferResult
 
@@ -18,17 +18,26 @@ __all__ = ["TransferProgress", "summary_line"]
 
 class TransferProgress:
     """A progress bar (bytes covered, holes skipped, rate, ETA) drawn on stderr when it is
-    a terminal; does nothing otherwise or when ``enabled`` is False.
+    a terminal; does nothing otherwise or when ``enabled`` is False. Sizes and rate are
+    in binary units (KiB, MiB...), as in the summary line; "holes" counts only bytes
+    that travelled as holes (0 on a dense stream).
 
     Args:
         description: the text before the bar.
         total: the bytes expected (data plus holes), or None if unknown.
         enabled: False to draw nothing (``--quiet``).
         stream: where to draw (stderr by default).
+        holes: False for a stream that is dense from the start: no "holes" column.
     """
 
     def __init__(
-        self, description: str, total: int | None, *, enabled: bool, stream: TextIO | None = None
+        self,
+        description: str,
+        total: int | None,
+        *,
+        enabled: bool,
+        stream: TextIO | None = None,
+        holes: bool = True,
     ) -> None:
         out = stream if stream is not None else sys.stderr
         self._progress: Progress | None = None
@@ -37,21 +46,15 @@ class TransferProgress:
             # rich only when a bar is drawn: importing it costs every run of the
             # CLI more than a small transfer takes (docs/performance.md).
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+            sizes, rate = _binary_columns()
+            columns = [TextColumn("{task.description}"), BarColumn(), sizes]
+            if holes:
+                columns.append(TextColumn("holes {task.fields[holes]}"))
             self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(binary_units=True),
-                TextColumn("holes {task.fields[holes]}"),
-                TransferSpeedColumn(),
+                *columns,
+                rate,
                 TimeRemainingColumn(),
                 console=Console(file=out),
                 transient=True,
@@ -78,6 +81,25 @@ class TransferProgress:
             self._progress.update(
                 self._task, completed=data_bytes + hole_bytes, holes=format_size(hole_bytes)
             )
+
+
+def _binary_columns() -> tuple[ProgressColumn, ProgressColumn]:
+    """Bytes done/total and the rate, in the binary units of the summary line
+    (rich's own columns print the rate in decimal units)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Sizes(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            done = format_size(int(task.completed))
+            return Text(done if task.total is None else f"{done}/{format_size(int(task.total))}")
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?/s" if speed is None else f"{format_size(int(speed))}/s")
+
+    return Sizes(), Rate()
 
 
 def summary_line(verb: str, result: TransferResult) -> str:

@@ -43,9 +43,11 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from virtvol.client.errors import (
+    CallTimeout,
     ConnectionClosed,
     ProtocolViolation,
     TransportError,
+    core_errors,
     error_from_remote,
 )
 from virtvol.protocol.connection import (
@@ -64,9 +66,9 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
-from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
+from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.xdr import XdrStruct
 
 __all__ = ["RpcProtocol", "StreamSink"]
@@ -147,11 +149,12 @@ class RpcProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._last_heard = self.loop.time()
         try:
-            self.core.buffer_updated(nbytes)
-            while (event := self.core.next_event()) is not None:
-                self._dispatch(event)
-        except ProtocolError as exc:
-            self._fail(ProtocolViolation(f"protocol error from {self.description}: {exc}"))
+            with core_errors(self.description):
+                self.core.buffer_updated(nbytes)
+                while (event := self.core.next_event()) is not None:
+                    self._dispatch(event)
+        except ProtocolViolation as exc:
+            self._fail(exc)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -167,8 +170,14 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._fail_everyone(self._failure)
         self._write_ready.set()
         self._run_releases()
+        # uvloop's TLS transport keeps bound methods of this protocol after the loss:
+        # dropping our reference breaks the cycle, so the buffers go at once.
+        self.transport = None
         if self._keepalive_task is not None:
+            # The loop keeps the task until it ends; our reference would make a cycle
+            # through its CancelledError's traceback.
             self._keepalive_task.cancel()
+            self._keepalive_task = None
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -258,9 +267,14 @@ class RpcProtocol(asyncio.BufferedProtocol):
 
         A ``sink`` receives the frames of the stream the call opens; it is
         registered before the call leaves, since stream frames may overtake the reply.
+
+        Raises:
+            UnsendableValue: ``args`` cannot be encoded; nothing was sent.
+            TransportError: the connection has failed.
         """
         self.check()
-        serial, frame = self.core.call(procedure, args)
+        with core_errors(self.description):
+            serial, frame = self.core.call(procedure, args)
         waiter: asyncio.Future[XdrStruct | None] = self.loop.create_future()
         self._waiters[serial] = waiter
         if sink is not None:
@@ -268,15 +282,36 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._write(frame)
         return serial, waiter
 
-    async def call(self, procedure: int, args: XdrStruct | None = None) -> XdrStruct | None:
+    async def call(
+        self, procedure: int, args: XdrStruct | None = None, *, timeout: float | None = None
+    ) -> XdrStruct | None:
         """Make a call and wait for its result.
+
+        Args:
+            timeout: seconds to wait for the answer (None: as long as the connection lives).
 
         Raises:
             LibvirtError: the peer answered with an error.
             TransportError: the connection failed before the answer came.
+            CallTimeout: no answer within ``timeout``.
+            UnsendableValue: ``args`` cannot be encoded; nothing was sent.
         """
-        _, waiter = self.start_call(procedure, args)
-        return await waiter
+        serial, waiter = self.start_call(procedure, args)
+        if timeout is None:
+            return await waiter
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            if not waiter.cancelled():
+                raise  # not our deadline
+            # The core keeps the call pending, so a late answer is still matched
+            # (and dropped, having no waiter) instead of breaking the connection.
+            self._waiters.pop(serial, None)
+            name = REMOTE_PROCEDURE_NAMES.get(procedure, str(procedure))
+            raise CallTimeout(
+                f"no answer to {name} from {self.description} within {timeout:g} s"
+            ) from None
 
     def forget_sink(self, serial: int) -> None:
         """Stop routing a stream's frames (its call failed)."""

@@ -19,7 +19,16 @@ _NUMBER = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
 
 
 class SizeError(ValueError):
-    """A size that cannot be parsed."""
+    """A size that cannot be parsed.
+
+    Attributes:
+        reason: libvirt's words for what is wrong (``unknown suffix 'X'``), or
+            None when libvirt gives none (not a number at all).
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def parse_size(text: str, *, default_scale: int = 1) -> int:
@@ -43,7 +52,7 @@ def parse_size(text: str, *, default_scale: int = 1) -> int:
         return value
     unit = lower[0]
     if unit not in _UNITS:
-        raise SizeError(f"unknown suffix '{suffix}' in size '{text}'")
+        raise SizeError(f"unknown suffix '{suffix}' in size '{text}'", f"unknown suffix '{suffix}'")
     power = _UNITS.index(unit) + 1
     rest = suffix[1:]
     if rest in ("", "ib", "iB", "IB") or rest.lower() == "ib":
@@ -51,7 +60,7 @@ def parse_size(text: str, *, default_scale: int = 1) -> int:
     elif rest in ("b", "B"):
         base = 1000
     else:
-        raise SizeError(f"unknown suffix '{suffix}' in size '{text}'")
+        raise SizeError(f"unknown suffix '{suffix}' in size '{text}'", f"unknown suffix '{suffix}'")
     return int(value * base**power)
 
 

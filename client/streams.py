@@ -4,7 +4,7 @@ Negotiation (``sparse=None``): the opening call carries flag 1 (sparse). A peer
 that predates sparse streams refuses it with VIR_ERR_INVALID_ARG "unsupported
 flags (0x1) in function storageVolUpload" (or ``...Download``); the call is then
 made once more without the flag, the stream is dense (``stream.sparse`` is
-False) and one warning is logged. ``sparse=True`` turns that refusal into
+False) and one warning is logged per connection. ``sparse=True`` turns that refusal into
 ``SparseUnsupported``; ``sparse=False`` never asks. In ``protocol="legacy"``
 mode the flag is never sent, and a hole from the peer is a protocol error.
 
@@ -38,6 +38,7 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.procedures import Proc
 
@@ -133,7 +134,11 @@ class _StreamBase:
         legacy = self.volume.connection.protocol == "legacy"
         wanted = self.requested_sparse
         if wanted is True and legacy:
-            raise SparseUnsupported("sparse streams are not available with protocol='legacy'")
+            raise SparseUnsupported(
+                ErrorCode.NO_SUPPORT,
+                ErrorDomain.STREAMS,
+                "sparse streams are not available with protocol='legacy'",
+            )
         ask = wanted is not False and not legacy
         try:
             await self._call(_SPARSE_FLAG if ask else 0)
@@ -144,18 +149,29 @@ class _StreamBase:
                 raise
             if wanted is True:
                 raise SparseUnsupported(
-                    f"{self.volume.connection.uri} does not support sparse streams: {exc.message}"
+                    exc.code,
+                    exc.domain,
+                    f"{self.volume.connection.uri} does not support sparse streams: {exc.message}",
+                    level=exc.level,
                 ) from exc
-            log.warning(
-                "%s does not support sparse streams (%s); the %s of volume '%s' goes dense",
-                self.volume.connection.uri,
-                exc.message,
-                self.direction,
-                self.volume.name,
-            )
+            self._report_fallback(exc)
         await self._call(0)
         self.sparse = False
         self.fell_back = True
+
+    def _report_fallback(self, refusal: InvalidArgument) -> None:
+        """One warning per connection: every later stream on it falls back the same way."""
+        conn = self.volume.connection
+        if conn.sparse_fallback_reported:
+            log.debug("the %s of volume '%s' goes dense", self.direction, self.volume.name)
+            return
+        conn.sparse_fallback_reported = True
+        log.warning(
+            "%s has no sparse streams (%s): transfers on this connection send every byte,"
+            " holes included",
+            conn.uri,
+            refusal.message,
+        )
 
     # -- sink ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -306,7 +307,11 @@ async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None
                 stream.send_frame(view[start:stop], release=item.release_one)
                 await stream.drain()
         if progress is not None:
-            progress(stream.data_bytes, stream.hole_bytes + hole)
+            # A pending hole counts as a hole only if it will travel as one.
+            if stream.sparse:
+                progress(stream.data_bytes, stream.hole_bytes + hole)
+            else:
+                progress(stream.data_bytes + hole, 0)
     if hole:
         await stream.skip(hole)
     if progress is not None:
@@ -345,12 +350,17 @@ async def download_file(
         The ``TransferResult``.
 
     Raises:
-        OSError: the destination cannot be written.
+        OSError: the destination cannot be written (``IsADirectoryError`` before
+            anything is transferred when it is a directory).
         LibvirtError: the peer refused or failed the download.
         TransportError: the connection failed.
     """
     started = time.monotonic()
     loop = asyncio.get_running_loop()
+    target = os.fspath(path)
+    if await loop.run_in_executor(None, os.path.isdir, target):
+        # Found now, not by the final rename after the whole volume went by.
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
     output = AtomicFile(path)
     writer = SparseWriter(output.fd, detect_zeroes=detect_zeroes)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="virtvol-write")

@@ -5,12 +5,20 @@ rules follow libvirt's remote driver:
 
 * transports are ``tls, unix, ssh, libssh2, ext, tcp, libssh`` (any case);
   without one, ``tls`` when there is a host and ``unix`` when there is not;
-  ``unix`` with a host is an error. virtvol itself connects over ``tcp`` and
-  ``unix``.
+  ``unix`` with a host is an error. virtvol itself connects over the
+  transports in ``SUPPORTED_TRANSPORTS``; ``connect`` refuses the others
+  with ``UnsupportedTransport``.
 * ports: the URI's, else 16509 for tcp and 16514 for tls.
 * UNIX socket: ``?socket=PATH`` wins; else ``?mode=legacy|direct|auto``
   chooses between libvirtd's socket and the per-driver daemon's one
-  (``virt<driver>d-sock``); ``/session`` as non-root uses the user's runtime dir.
+  (``virt<driver>d-sock``, ``-sock-ro`` for read-only): ``auto`` takes the
+  per-driver socket if it exists, else libvirtd's. ``/session`` as non-root
+  uses the user's runtime dir (``$XDG_RUNTIME_DIR/libvirt``), which has no
+  read-only sockets.
+* the default URI (``default_uri``): ``$VIRTVOL_DEFAULT_URI``, then
+  ``$LIBVIRT_DEFAULT_URI``, then ``uri_default`` in libvirt's client
+  configuration, then ``storage:///system`` (root) or ``storage:///session``.
+  Aliases from that configuration (``uri_aliases``) apply to every URI.
 * the CONNECT_OPEN name is the URI without ``+transport``, user, host and
   port, and without the parameters the client consumes; ``?name=`` overrides
   it, and ``remote`` schemes send "" so that the server picks.
@@ -24,13 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtvol.client.errors import InvalidURI
+from virtvol.client.libvirt_conf import ClientConfig, load_client_config
 
-__all__ = ["DEFAULT_URI_ENV", "Target", "default_uri", "parse_uri"]
+__all__ = [
+    "DEFAULT_URI_ENV",
+    "LIBVIRT_DEFAULT_URI_ENV",
+    "SUPPORTED_TRANSPORTS",
+    "Target",
+    "default_uri",
+    "parse_uri",
+    "resolve_uri",
+]
 
 DEFAULT_URI_ENV = "VIRTVOL_DEFAULT_URI"
+LIBVIRT_DEFAULT_URI_ENV = "LIBVIRT_DEFAULT_URI"
 
 TRANSPORTS = frozenset({"tls", "unix", "ssh", "libssh2", "ext", "tcp", "libssh"})
 DEFAULT_PORTS = {"tcp": 16509, "tls": 16514}
+# The transports virtvol can open.
+SUPPORTED_TRANSPORTS = frozenset({"tcp", "tls", "unix"})
 
 # Parameters the remote driver consumes itself; they never reach the server.
 CONSUMED_PARAMS = frozenset(
@@ -74,6 +94,8 @@ class Target:
         socket_path: the UNIX socket path for the unix transport.
         open_name: the name sent in CONNECT_OPEN.
         open_flags: the CONNECT_OPEN flags (bit 0 read-only, bit 1 per-user).
+        pkipath: for tls, the ``?pkipath=`` folder holding the certificates (None: libvirt's).
+        tls_verify: for tls, False when ``?no_verify=1`` skips checking the server.
     """
 
     uri: str
@@ -83,21 +105,48 @@ class Target:
     socket_path: str | None
     open_name: str
     open_flags: int
+    pkipath: str | None = None
+    tls_verify: bool = True
 
 
-def default_uri() -> str:
-    """The URI used when none is given: ``$VIRTVOL_DEFAULT_URI``, else the local storage daemon."""
-    env = os.environ.get(DEFAULT_URI_ENV)
-    if env:
-        return env
+def default_uri(config: ClientConfig | None = None) -> str:
+    """The URI used when none is given, chosen as libvirt's library chooses it.
+
+    ``$VIRTVOL_DEFAULT_URI``, then ``$LIBVIRT_DEFAULT_URI``, then ``uri_default``
+    in libvirt's client configuration; without any, the local storage daemon
+    (``storage:///system`` as root, else ``storage:///session``), where
+    libvirt would ask its own daemon to pick a driver.
+
+    Raises:
+        InvalidURI: the client configuration cannot be read.
+    """
+    for name in (DEFAULT_URI_ENV, LIBVIRT_DEFAULT_URI_ENV):
+        env = os.environ.get(name)
+        if env:
+            return env
+    if config is None:
+        config = load_client_config()
+    if config.uri_default:
+        return config.uri_default
     return "storage:///system" if os.geteuid() == 0 else "storage:///session"
 
 
+def resolve_uri(uri: str | None) -> str:
+    """The URI to open for ``uri`` (None: ``default_uri()``), after libvirt's ``uri_aliases``.
+
+    Raises:
+        InvalidURI: the client configuration cannot be read or has a malformed alias.
+    """
+    config = load_client_config()
+    return config.resolve_alias(uri if uri else default_uri(config))
+
+
 def _runtime_dir() -> Path:
+    """Where a user's daemons put their sockets (glib's user runtime dir, as libvirt uses)."""
     env = os.environ.get("XDG_RUNTIME_DIR")
     if env:
         return Path(env)
-    return Path.home() / ".cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def _unix_socket(driver: str, path: str, params: dict[str, str], *, read_only: bool) -> str:
@@ -106,8 +155,9 @@ def _unix_socket(driver: str, path: str, params: dict[str, str], *, read_only: b
     mode = params.get("mode", "auto")
     if mode not in ("auto", "legacy", "direct"):
         raise InvalidURI(f"Unknown remote mode '{mode}'")
-    suffix = "-sock-ro" if read_only else "-sock"
     user = path == "/session" and os.geteuid() != 0
+    # A user's daemon has one socket: libvirt names no read-only one there.
+    suffix = "-sock-ro" if read_only and not user else "-sock"
     base = _runtime_dir() / "libvirt" if user else Path(_RUN_DIR)
     legacy = base / f"libvirt{suffix}"
     direct = base / f"virt{driver}d{suffix}" if driver else legacy
@@ -167,7 +217,9 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
     socket_path = None
     port = None
     if transport == "unix":
-        socket_path = _unix_socket(driver.lower(), parts.path, params, read_only=read_only)
+        # A "remote" URI names no driver: libvirtd's socket serves it.
+        socket_driver = "" if driver.lower() == "remote" else driver.lower()
+        socket_path = _unix_socket(socket_driver, parts.path, params, read_only=read_only)
         if parts.path == "/session" and os.geteuid() != 0:
             flags |= OPEN_USER
     else:
@@ -180,4 +232,16 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         socket_path=socket_path,
         open_name=open_name,
         open_flags=flags,
+        pkipath=params.get("pkipath") or None,
+        tls_verify=not _flag(params.get("no_verify")),
     )
+
+
+def _flag(value: str | None) -> bool:
+    """libvirt's integer URI flags (``no_verify=1``): anything but 0 means yes."""
+    if value is None:
+        return False
+    try:
+        return int(value) != 0
+    except ValueError:
+        raise InvalidURI(f"Failed to parse value of URI component no_verify: {value}") from None

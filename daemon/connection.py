@@ -35,7 +35,9 @@ one busy client cannot starve others.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fcntl
+import functools
 import logging
 import socket
 import struct
@@ -50,7 +52,8 @@ from virtvol.daemon.dispatch import HANDLERS, serve_storage_call, vol_ref
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.session import SESSION_PROCEDURES, Session
-from virtvol.daemon.storage import VolStreamFlags, VolumeReader, VolumeWriter
+from virtvol.daemon.storage import VolStreamFlags
+from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
 from virtvol.daemon.streamio import TransferStats, remote_error
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
@@ -68,11 +71,12 @@ from virtvol.protocol.connection import (
     rpc_error,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
-from virtvol.protocol.exceptions import ProtocolError
+from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
 from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 from virtvol.protocol.procedures import Proc, StreamDirection
 from virtvol.protocol.stream import Side
+from virtvol.protocol.xdr import XdrStruct
 
 log = logging.getLogger("virtvol.daemon.connection")
 
@@ -123,6 +127,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.rpc = Connection(Side.SERVER)
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
+        # Who the peer proved to be (the TLS client's DN), set before connection_made.
+        self.peer_identity: str | None = None
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -171,7 +177,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.connections.add(self)
         ctx.anonymous.add(self)
         ctx.total_connections += 1
-        log.info("%s: connected on %s", self.peer, self._listener)
+        identity = f" as {self.peer_identity}" if self.peer_identity else ""
+        log.info("%s: connected on %s%s", self.peer, self._listener, identity)
         self._handshake_timer = self._loop.call_later(
             ctx.limits.handshake_timeout, self._handshake_expired
         )
@@ -218,6 +225,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Let go of the transport: uvloop's TLS transport keeps bound methods of this
+        # protocol after the loss, and the cycle would hold the stream buffers until
+        # the garbage collector runs.
+        self._transport = None
         if exc is not None and self._close_reason == "closed by the client":
             self._close_reason = f"lost: {exc}"
         if self._refused:
@@ -381,7 +392,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif isinstance(event, CallRejected):
             self._calls += 1
             self._log_refusal(event.procedure, event.error.message)
-            self.send(self.rpc.reply_error(event.serial, event.error))
+            self._reply_error(event.serial, event.error)
         elif isinstance(event, FrameIgnored):
             log.debug("%s: dropped %s: %s", self.peer, event.header.describe(), event.reason)
 
@@ -479,7 +490,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 # In the table (the client side uses it) but nothing a client may call here.
                 message = f"unknown procedure: {procedure.number}"
                 self._log_refusal(procedure.number, message)
-                self.send(self.rpc.reply_error(call.serial, rpc_error(message)))
+                self._reply_error(call.serial, rpc_error(message))
                 return
             else:
                 result = await self._ctx.call_queue.submit(
@@ -490,16 +501,37 @@ class ClientConnection(asyncio.BufferedProtocol):
                     call.args,
                 )
         except ErrorReport as report:
-            self.send(self.rpc.reply_error(call.serial, remote_error(report)))
+            self._reply_error(call.serial, remote_error(report))
             return
         except Exception as exc:
             if procedure.name not in self._logged_failures:  # once per connection, not per call
                 self._logged_failures.add(procedure.name)
                 log.exception("%s: %s failed", self.peer, procedure.name)
             failure = internal_error(f"{procedure.name} failed: {exc}")
-            self.send(self.rpc.reply_error(call.serial, remote_error(failure)))
+            self._reply_error(call.serial, remote_error(failure))
             return
-        self.send(self.rpc.reply(call.serial, result))
+        self._reply(call.serial, procedure.name, result)
+
+    def _reply(self, serial: int, name: str, result: XdrStruct | None) -> None:
+        """Answer a call; a result that cannot be encoded (a list longer than the
+        protocol allows) is answered with the RPC error libvirtd sends then."""
+        try:
+            frame = self.rpc.reply(serial, result)
+        except XdrEncodeError as exc:
+            log.error("%s: the result of %s cannot be sent: %s", self.peer, name, exc)
+            self._reply_error(serial, rpc_error(f"Unable to encode message payload: {exc}"))
+            return
+        self.send(frame)
+
+    def _reply_error(self, serial: int, error: r.RemoteError) -> None:
+        """Answer a call with an error; one that cannot be encoded (a message longer
+        than a wire string) goes as a plain one, so the call is never left unanswered."""
+        try:
+            frame = self.rpc.reply_error(serial, error)
+        except XdrEncodeError as exc:
+            log.error("%s: an error reply cannot be sent: %s", self.peer, exc)
+            frame = self.rpc.reply_error(serial, rpc_error("Unable to encode message payload"))
+        self.send(frame)
 
     def _log_refusal(self, procedure: int, message: str | None) -> None:
         if not self._logged_refusal:
@@ -560,21 +592,21 @@ class ClientConnection(asyncio.BufferedProtocol):
         handler: Upload | Download
         if upload:
             writer = await self._in_thread(
-                self._ctx.registry.open_upload, volume, args.offset, args.length, args.flags
+                self._ctx.registry.open_volume_upload, volume, args.offset, args.length, args.flags
             )
-            assert isinstance(writer, VolumeWriter)
+            assert isinstance(writer, ChunkWriter)
             handler = Upload(self, call.serial, writer, executor=self._ctx.io, stats=stats)
         else:
             # The reader always reports holes: on a plain stream they go as zeros
             # from memory instead of being read from the disk.
             reader = await self._in_thread(
-                self._ctx.registry.open_download,
+                self._ctx.registry.open_volume_download,
                 volume,
                 args.offset,
                 args.length,
                 args.flags | VolStreamFlags.SPARSE,
             )
-            assert isinstance(reader, VolumeReader)
+            assert isinstance(reader, ChunkReader)
             handler = Download(
                 self,
                 call.serial,
@@ -593,14 +625,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             del self._streams[serial]
 
     async def _in_thread(
-        self, func: Callable[..., VolumeReader | VolumeWriter], *args: object
-    ) -> VolumeReader | VolumeWriter:
+        self, func: Callable[..., ChunkReader | ChunkWriter], *args: object
+    ) -> ChunkReader | ChunkWriter:
         """Open a stream's file in a worker; if we are cancelled meanwhile, release it."""
         future = self._ctx.call_queue.submit(self, func, *args)
         try:
-            result: VolumeReader | VolumeWriter = await asyncio.shield(future)
+            result: ChunkReader | ChunkWriter = await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(_release_opened)
+            future.add_done_callback(functools.partial(_release_opened, self._ctx.io))
             raise
         return result
 
@@ -633,11 +665,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._schedule_keepalive()
 
 
-def _release_opened(future: asyncio.Future[VolumeReader | VolumeWriter]) -> None:
+def _release_opened(
+    executor: concurrent.futures.Executor, future: asyncio.Future[ChunkReader | ChunkWriter]
+) -> None:
     if future.cancelled() or future.exception() is not None:
         return
     opened = future.result()
-    if isinstance(opened, VolumeWriter):
-        opened.abort()
-    else:
-        opened.close()
+    release = opened.abort if isinstance(opened, ChunkWriter) else opened.close
+    try:
+        executor.submit(release)  # an rbd image's close is a cluster round trip
+    except RuntimeError:  # the workers are gone: the daemon is stopping
+        release()

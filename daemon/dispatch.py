@@ -11,8 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
+from virtvol.daemon.storage.reports import uuid_text
+from virtvol.daemon.storage.secrets import SecretDefinition
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import REMOTE_STORAGE_POOL_LIST_MAX, REMOTE_STORAGE_VOL_LIST_MAX
+from virtvol.protocol.constants import (
+    REMOTE_SECRET_LIST_MAX,
+    REMOTE_STORAGE_POOL_LIST_MAX,
+    REMOTE_STORAGE_VOL_LIST_MAX,
+)
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
@@ -50,6 +56,17 @@ def _check_maxnames(maxnames: int, limit: int, what: str) -> None:
         raise ErrorReport(ErrorCode.RPC, ErrorDomain.RPC, f"maxnames > {what}")
 
 
+def _check_list_length(count: int, limit: int, what: str) -> None:
+    # libvirtd's generated dispatcher refuses to answer a list-all call whose
+    # result the protocol cannot carry, whether or not the objects were asked for.
+    if count > limit:
+        raise ErrorReport.raised(
+            ErrorCode.INTERNAL_ERROR,
+            ErrorDomain.RPC,
+            f"Too many {what} '{count}' for limit '{limit}'",
+        )
+
+
 def _list_pools(reg: StorageRegistry, a: r.ListNamesArgs) -> r.ListPoolNamesRet:
     _check_maxnames(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
     return r.ListPoolNamesRet(names=tuple(reg.list_active_pool_names(a.maxnames)))
@@ -67,12 +84,14 @@ def _list_volumes(reg: StorageRegistry, a: r.PoolListVolumesArgs) -> r.ListVolNa
 
 def _list_all_pools(reg: StorageRegistry, a: r.ListAllPoolsArgs) -> r.ListAllPoolsRet:
     pools = reg.list_all_pools(a.flags)
+    _check_list_length(len(pools), REMOTE_STORAGE_POOL_LIST_MAX, "storage_pools")
     wire = tuple(_wire_pool(p) for p in pools) if a.need_results else ()
     return r.ListAllPoolsRet(pools=wire, ret=len(pools))
 
 
 def _list_all_volumes(reg: StorageRegistry, a: r.PoolListAllVolumesArgs) -> r.PoolListAllVolumesRet:
     vols = reg.list_all_volumes(pool_ref(a.pool), a.flags)
+    _check_list_length(len(vols), REMOTE_STORAGE_VOL_LIST_MAX, "storage_vols")
     wire = tuple(_wire_vol(v) for v in vols) if a.need_results else ()
     return r.PoolListAllVolumesRet(vols=wire, ret=len(vols))
 
@@ -123,6 +142,54 @@ def _wipe_volume(reg: StorageRegistry, a: r.VolFlagsArgs) -> None:
 
 def _resize_volume(reg: StorageRegistry, a: r.VolResizeArgs) -> None:
     reg.resize_volume(vol_ref(a.vol), a.capacity, a.flags)
+
+
+def _wire_secret(definition: SecretDefinition) -> r.Secret:
+    return r.Secret(
+        uuid=definition.uuid, usage_type=int(definition.usage_type), usage_id=definition.usage_id
+    )
+
+
+def _secret_ret(definition: SecretDefinition) -> r.SecretRet:
+    return r.SecretRet(secret=_wire_secret(definition))
+
+
+def _list_secrets(reg: StorageRegistry, a: r.ListSecretsArgs) -> r.ListSecretsRet:
+    _check_maxnames(a.maxuuids, REMOTE_SECRET_LIST_MAX, "REMOTE_SECRET_LIST_MAX")
+    found = reg.secrets.list_all()[: max(a.maxuuids, 0)]
+    return r.ListSecretsRet(uuids=tuple(uuid_text(d.uuid) for d in found))
+
+
+def _list_all_secrets(reg: StorageRegistry, a: r.ListAllSecretsArgs) -> r.ListAllSecretsRet:
+    found = reg.secrets.list_all(a.flags)
+    wire = tuple(_wire_secret(d) for d in found) if a.need_results else ()
+    return r.ListAllSecretsRet(secrets=wire, ret=len(found))
+
+
+def _set_secret_value(reg: StorageRegistry, a: r.SecretSetValueArgs) -> None:
+    reg.secrets.set_value(a.secret.uuid, a.value, a.flags)
+
+
+def _undefine_secret(reg: StorageRegistry, a: r.SecretArgs) -> None:
+    reg.secrets.undefine(a.secret.uuid)
+
+
+SECRET_HANDLERS: dict[int, Handler] = {
+    Proc.CONNECT_NUM_OF_SECRETS: lambda reg, a: r.NumRet(num=len(reg.secrets.list_all())),
+    Proc.CONNECT_LIST_SECRETS: _list_secrets,
+    Proc.CONNECT_LIST_ALL_SECRETS: _list_all_secrets,
+    Proc.SECRET_LOOKUP_BY_UUID: lambda reg, a: _secret_ret(reg.secrets.lookup_by_uuid(a.uuid)),
+    Proc.SECRET_LOOKUP_BY_USAGE: lambda reg, a: _secret_ret(
+        reg.secrets.lookup_by_usage(a.usage_type, a.usage_id)
+    ),
+    Proc.SECRET_DEFINE_XML: lambda reg, a: _secret_ret(reg.secrets.define_xml(a.xml, a.flags)),
+    Proc.SECRET_GET_XML_DESC: lambda reg, a: r.XmlRet(xml=reg.secrets.xml(a.secret.uuid, a.flags)),
+    Proc.SECRET_SET_VALUE: _set_secret_value,
+    Proc.SECRET_GET_VALUE: lambda reg, a: r.SecretGetValueRet(
+        value=reg.secrets.get_value(a.secret.uuid, a.flags)
+    ),
+    Proc.SECRET_UNDEFINE: _undefine_secret,
+}
 
 
 HANDLERS: dict[int, Handler] = {
@@ -181,6 +248,7 @@ HANDLERS: dict[int, Handler] = {
         xml=reg.volume_xml(vol_ref(a.vol), a.flags)
     ),
     Proc.STORAGE_VOL_GET_PATH: lambda reg, a: r.VolGetPathRet(name=reg.volume_path(vol_ref(a.vol))),
+    **SECRET_HANDLERS,
 }
 
 

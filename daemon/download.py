@@ -26,7 +26,8 @@ import contextlib
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.sendbuffers import SendBuffers
-from virtvol.daemon.storage import Chunk, VolumeReader
+from virtvol.daemon.storage import Chunk
+from virtvol.daemon.storage.backend import ChunkReader
 from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 
@@ -49,7 +50,7 @@ class Download:
         self,
         sink: FrameSink,
         serial: int,
-        reader: VolumeReader,
+        reader: ChunkReader,
         *,
         sparse: bool,
         executor: concurrent.futures.Executor,
@@ -88,7 +89,11 @@ class Download:
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._channel.acknowledge_end()
         except Exception as exc:
-            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("download", exc)
+            report = (
+                exc
+                if isinstance(exc, ErrorReport)
+                else unexpected_failure(f"download from {self.stats.volume}", exc)
+            )
             self._outcome = f"failed: {report.message}"
             self._channel.send_error(report)
         finally:
@@ -149,10 +154,10 @@ class Download:
                         self._held = None
                         pool.sent(buffer)
                     continue
-                stats.holes += 1
-                stats.hole_bytes += piece.length
                 if self._sparse:
                     channel.send_hole(piece.length)
+                    stats.holes += 1
+                    stats.hole_bytes += piece.length
                 elif not await self._send_zeros(piece.length):
                     return False
             if self._held is not None:  # only holes: the buffer was never sent
@@ -165,6 +170,7 @@ class Download:
         while length > 0:
             count = min(FRAME_SIZE, length)
             channel.send_data(_ZEROS[:count])
+            self.stats.data_bytes += count
             length -= count
             if not channel.write_buffer_empty():
                 await channel.drained()

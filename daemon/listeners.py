@@ -1,4 +1,5 @@
-"""Listening sockets: ``tcp://HOST:PORT``, ``unix:///PATH``, ``unix-ro:///PATH``, or systemd's.
+"""Listening sockets: ``tcp://HOST:PORT``, ``tls://HOST[:PORT]``, ``unix:///PATH``,
+``unix-ro:///PATH``, or systemd's.
 
 Every listener is opened as a plain bound, listening socket first and then
 handed to asyncio with ``sock=``, so sockets from socket activation and our own
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import os
 import socket
 import stat
@@ -18,8 +20,9 @@ from urllib.parse import urlsplit
 from virtvol.daemon.systemd import ActivatedListeners
 
 _BACKLOG = 128
-RW_SOCKET_MODE = 0o600  # read-write: the owner only, as libvirt without polkit
-RO_SOCKET_MODE = 0o666  # read-only: every local user
+RW_SOCKET_MODE = 0o700  # read-write: the owner only, libvirtd's unix_sock_rw_perms without polkit
+RO_SOCKET_MODE = 0o777  # read-only: every local user, libvirtd's unix_sock_ro_perms
+DEFAULT_TLS_PORT = 16514
 
 
 class ListenError(ValueError):
@@ -30,22 +33,51 @@ class ListenError(ValueError):
 class ListenAddress:
     """One parsed ``--listen`` URL."""
 
-    kind: str  # "tcp" or "unix"
+    kind: str  # "tcp", "tls" or "unix"
     read_only: bool
     host: str = ""
     port: int = 0
     path: str = ""
 
     def describe(self) -> str:
-        if self.kind == "tcp":
+        if self.kind in ("tcp", "tls"):
             host = f"[{self.host}]" if ":" in self.host else self.host
-            return f"tcp://{host}:{self.port}"
+            return f"{self.kind}://{host}:{self.port}"
         return f"{'unix-ro' if self.read_only else 'unix'}://{self.path}"
 
 
+@dataclass(frozen=True, slots=True)
+class UnixSocketAccess:
+    """Who may connect to our own Unix sockets: libvirtd's ``unix_sock_*`` settings."""
+
+    group: str = ""  # unix_sock_group: the sockets' group (name or number); "" keeps ours
+    rw_mode: int = RW_SOCKET_MODE  # unix_sock_rw_perms
+    ro_mode: int = RO_SOCKET_MODE  # unix_sock_ro_perms
+
+    def gid(self) -> int:
+        """The group id for ``group``; -1 leaves the group alone."""
+        if not self.group:
+            return -1
+        if self.group.isdigit():
+            return int(self.group)
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise ListenError(f"unix_sock_group: no group named {self.group!r}") from None
+
+
 def parse_listen_url(url: str) -> ListenAddress:
-    """Parse ``tcp://HOST:PORT``, ``unix:///PATH`` or ``unix-ro:///PATH``."""
+    """Parse ``tcp://HOST:PORT``, ``tls://HOST[:PORT]``, ``unix:///PATH`` or ``unix-ro:///PATH``."""
     parts = urlsplit(url)
+    if parts.scheme == "tls":
+        try:
+            port = parts.port
+        except ValueError:
+            raise ListenError(f"bad port in listen URL {url!r}") from None
+        if not parts.hostname:
+            raise ListenError(f"listen URL {url!r} needs a host: tls://HOST[:PORT]")
+        port = DEFAULT_TLS_PORT if port is None else port
+        return ListenAddress("tls", read_only=False, host=parts.hostname, port=port)
     if parts.scheme == "tcp":
         try:
             port = parts.port
@@ -59,7 +91,7 @@ def parse_listen_url(url: str) -> ListenAddress:
         if parts.netloc or not path.startswith("/"):
             raise ListenError(f"listen URL {url!r} needs an absolute path: unix:///PATH")
         return ListenAddress("unix", read_only=parts.scheme == "unix-ro", path=path)
-    raise ListenError(f"listen URL {url!r}: scheme must be tcp, unix or unix-ro")
+    raise ListenError(f"listen URL {url!r}: scheme must be tcp, tls, unix or unix-ro")
 
 
 @dataclass(slots=True)
@@ -70,6 +102,7 @@ class BoundSocket:
     read_only: bool
     label: str
     unlink_path: str | None = None  # our own Unix socket file, removed at exit
+    tls: bool = False  # clients must pass the TLS handshake and certificate checks first
 
     def close(self) -> None:
         self.sock.close()
@@ -115,13 +148,17 @@ def _remove_stale_socket(path: str) -> None:
     raise ListenError(f"{path} is in use by another daemon")
 
 
-def _bind_unix(address: ListenAddress) -> socket.socket:
+def _bind_unix(address: ListenAddress, access: UnixSocketAccess) -> socket.socket:
+    gid = access.gid()
     os.makedirs(os.path.dirname(address.path) or "/", exist_ok=True)
     _remove_stale_socket(address.path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(address.path)
-        os.chmod(address.path, RO_SOCKET_MODE if address.read_only else RW_SOCKET_MODE)
+        # Mode and group are set before listen(): nobody connects in between.
+        os.chmod(address.path, access.ro_mode if address.read_only else access.rw_mode)
+        if gid != -1:
+            os.chown(address.path, -1, gid)
         sock.listen(_BACKLOG)
     except OSError:
         sock.close()
@@ -129,23 +166,25 @@ def _bind_unix(address: ListenAddress) -> socket.socket:
     return sock
 
 
-def bind(address: ListenAddress) -> BoundSocket:
+def bind(address: ListenAddress, access: UnixSocketAccess | None = None) -> BoundSocket:
     """Open the listening socket for ``address``."""
     try:
         if address.kind == "tcp":
             return BoundSocket(_bind_tcp(address), False, address.describe())
-        sock = _bind_unix(address)
+        if address.kind == "tls":
+            return BoundSocket(_bind_tcp(address), False, address.describe(), tls=True)
+        sock = _bind_unix(address, access or UnixSocketAccess())
     except OSError as exc:
         raise ListenError(f"cannot listen on {address.describe()}: {exc.strerror}") from None
     return BoundSocket(sock, address.read_only, address.describe(), unlink_path=address.path)
 
 
-def bind_all(urls: list[str]) -> list[BoundSocket]:
+def bind_all(urls: list[str], access: UnixSocketAccess | None = None) -> list[BoundSocket]:
     """Open every listener, or none (all are closed again when one fails)."""
     bound: list[BoundSocket] = []
     try:
         for url in urls:
-            bound.append(bind(parse_listen_url(url)))
+            bound.append(bind(parse_listen_url(url), access))
     except BaseException:
         for item in bound:
             item.close()

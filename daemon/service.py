@@ -2,7 +2,8 @@
 
 Theory of operation: start-up loads the registry, brings up the ``--pool``
 pools, opens the listeners (systemd's, else our own), then tells systemd
-READY=1. SIGHUP re-reads the config and adds new pools. SIGTERM (or SIGINT)
+READY=1. SIGHUP re-reads the config, adds new pools and reloads the TLS
+certificates (new connections use them). SIGTERM (or SIGINT)
 stops accepting, tells systemd STOPPING=1, closes idle connections, gives
 running streams ``shutdown_timeout`` seconds to end, then cancels what is left:
 an unfinished upload is aborted, so no half-written file replaces a volume.
@@ -16,13 +17,21 @@ import logging
 import signal
 import socket
 
-from virtvol.daemon.config import Overrides, Settings, resolve
+from virtvol.daemon import tcpauth
+from virtvol.daemon.config import ConfigError, Overrides, Settings, resolve
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.limits import ConnectionLimits, raise_nofile_limit
-from virtvol.daemon.listeners import BoundSocket, ListenError, bind_all, from_activation
+from virtvol.daemon.listeners import (
+    BoundSocket,
+    ListenError,
+    UnixSocketAccess,
+    bind_all,
+    from_activation,
+)
 from virtvol.daemon.storage import StorageRegistry
 from virtvol.daemon.systemd import ActivationError, Notifier, activated_listeners
+from virtvol.daemon.tls import TlsFiles, TlsListener, TlsPolicy, TlsSetupError
 from virtvol.protocol.errors import ErrorReport
 
 log = logging.getLogger("virtvol.daemon")
@@ -34,14 +43,34 @@ class StartupError(RuntimeError):
     """The daemon cannot start; the message says why."""
 
 
+def tls_files(settings: Settings) -> TlsFiles:
+    return TlsFiles(
+        ca_file=settings.ca_file,
+        cert_file=settings.cert_file,
+        key_file=settings.key_file,
+        crl_file=settings.crl_file,
+        no_verify_certificate=settings.tls_no_verify_certificate,
+        allowed_dn_list=settings.tls_allowed_dn_list,
+    )
+
+
+def unix_access(settings: Settings) -> UnixSocketAccess:
+    return UnixSocketAccess(
+        group=settings.unix_sock_group,
+        rw_mode=settings.unix_sock_rw_perms,
+        ro_mode=settings.unix_sock_ro_perms,
+    )
+
+
 class Daemon:
     def __init__(self, settings: Settings, overrides: Overrides, notifier: Notifier) -> None:
         self.settings = settings
         self._overrides = overrides
         self._notifier = notifier
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | TlsListener] = []
         self._bound: list[BoundSocket] = []
         self._stop = asyncio.Event()
+        self._tls_policy: TlsPolicy | None = None
         self._registry = StorageRegistry(
             settings.effective_state_dir(), sync_uploads=settings.sync_uploads
         )
@@ -69,6 +98,13 @@ class Daemon:
         except (ErrorReport, OSError) as exc:
             raise StartupError(f"cannot set up the storage pools: {exc}") from None
         self._bound = self._open_listeners()
+        if any(bound.tls for bound in self._bound):
+            try:
+                self._tls_policy = self._load_tls(self.settings)
+            except TlsSetupError as exc:
+                for bound in self._bound:
+                    bound.close()
+                raise StartupError(f"cannot set up TLS: {exc}") from None
         for bound in self._bound:
             self._servers.append(await self._serve(bound))
         # The descriptor budget counts what is open now: listeners, logs, the state dir.
@@ -88,7 +124,29 @@ class Daemon:
         log.info("virtvold ready, protocol %s", mode)
         self._notifier.ready(self._status())
 
+    @staticmethod
+    def _load_tls(settings: Settings) -> TlsPolicy:
+        policy = TlsPolicy.load(tls_files(settings))
+        creds = policy.credentials
+        log.info(
+            "TLS: CA %s, certificate %s, key %s, %s; client certificates %s",
+            creds.ca_file,
+            creds.cert_file,
+            creds.key_file,
+            f"revocation list {creds.crl_file}" if creds.crl_file else "no revocation list",
+            "required and verified" if policy.verify_clients else "not verified",
+        )
+        return policy
+
+    def _current_tls_policy(self) -> TlsPolicy:
+        assert self._tls_policy is not None
+        return self._tls_policy
+
     def _load_pools(self, settings: Settings) -> None:
+        # Keys from the config join the stored secrets before pools autostart with them.
+        self._registry.secrets.load()
+        for usage, path in settings.ceph_keys.items():
+            self._registry.secrets.offer_key_file(usage, path)
         self._registry.load()
         for name, directory in settings.pools.items():
             self._registry.ensure_pool(name, directory)
@@ -105,13 +163,23 @@ class Daemon:
                     "listen addresses (--listen or the config file's listen) cannot be"
                     " combined with systemd socket activation"
                 )
-            return from_activation(activated)
+            if activated.tcp and not self.settings.plain_tcp_allowed:
+                activated.close()
+                raise StartupError(tcpauth.refusal("the TCP socket from systemd"))
+            bound = from_activation(activated)
+            tcpauth.warn_unauthenticated(
+                item.label for item in bound if item.label.startswith("systemd-tcp:")
+            )
+            return bound
         try:
-            return bind_all(self.settings.effective_listen())
-        except ListenError as exc:
+            tcp = tcpauth.check_listen_urls(self.settings)
+            bound = bind_all(self.settings.effective_listen(), unix_access(self.settings))
+        except (ConfigError, ListenError) as exc:
             raise StartupError(str(exc)) from None
+        tcpauth.warn_unauthenticated(tcp)
+        return bound
 
-    async def _serve(self, bound: BoundSocket) -> asyncio.Server:
+    async def _serve(self, bound: BoundSocket) -> asyncio.Server | TlsListener:
         loop = asyncio.get_running_loop()
         context, label, read_only = self.context, bound.label, bound.read_only
 
@@ -120,6 +188,10 @@ class Daemon:
 
         if bound.sock.family == socket.AF_UNIX:
             return await loop.create_unix_server(factory, sock=bound.sock)
+        if bound.tls:
+            listener = TlsListener(bound.sock, self._current_tls_policy, factory)
+            listener.start()
+            return listener
         return await loop.create_server(factory, sock=bound.sock)
 
     # -- run ----------------------------------------------------------------------------
@@ -162,6 +234,8 @@ class Daemon:
             settings = resolve(self._overrides)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.context.calls, self._load_pools, settings)
+            if self._tls_policy is not None:
+                self._tls_policy = self._load_tls(settings)
             logging.getLogger("virtvol").setLevel(settings.log_level.upper())
             self.settings = settings
             log.info("configuration reloaded: %d pools from the settings", len(settings.pools))

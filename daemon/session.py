@@ -86,6 +86,10 @@ READ_ONLY_REFUSED_FUNCTIONS: dict[int, str] = {
     Proc.STORAGE_VOL_UPLOAD: "virStorageVolUpload",
     Proc.STORAGE_VOL_DOWNLOAD: "virStorageVolDownload",
     Proc.STORAGE_VOL_RESIZE: "virStorageVolResize",
+    Proc.SECRET_DEFINE_XML: "virSecretDefineXML",
+    Proc.SECRET_SET_VALUE: "virSecretSetValue",
+    Proc.SECRET_GET_VALUE: "virSecretGetValue",
+    Proc.SECRET_UNDEFINE: "virSecretUndefine",
 }
 
 _ALLOWED_BEFORE_OPEN = frozenset(

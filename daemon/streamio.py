@@ -91,12 +91,16 @@ class StreamChannel:
         self._sink.resume_reading(owner)
 
 
-def unexpected_failure(direction: str, exc: Exception) -> ErrorReport:
+def unexpected_failure(what: str, exc: Exception) -> ErrorReport:
     """A stream that broke for a reason nobody foresaw still ends with an error the client
-    hears (instead of a client waiting forever); the traceback goes to the log."""
-    log.error("%s stream failed", direction, exc_info=exc)
+    hears (instead of a client waiting forever); the traceback goes to the log.
+
+    Args:
+        what: the transfer, as "upload to POOL/VOLUME" or "download from POOL/VOLUME".
+    """
+    log.error("%s failed", what, exc_info=exc)
     return ErrorReport.raised(
-        ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{direction} stream failed: {exc}"
+        ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{what} failed: {exc}"
     )
 
 
@@ -116,7 +120,12 @@ def remote_error(report: ErrorReport) -> RemoteError:
 
 @dataclass
 class TransferStats:
-    """Counters for the one log line each stream gets when it ends."""
+    """Counters for the one log line each stream gets when it ends.
+
+    ``data_bytes`` counts the payload of data frames as they crossed the wire (on a plain
+    stream, the zeros that stand for holes too); ``holes`` and ``hole_bytes`` count hole
+    frames only, so they stay 0 on a plain stream, whatever the volume holds.
+    """
 
     direction: str  # "upload" or "download"
     volume: str
@@ -129,20 +138,23 @@ class TransferStats:
     hole_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def describe_wire(self) -> str:
+        """What crossed the wire, e.g. "4096 data bytes and 2 holes (1048576 bytes)"."""
+        text = f"{self.data_bytes} data bytes"
+        if self.sparse:
+            return f"{text} and {self.holes} holes ({self.hole_bytes} bytes) on a sparse stream"
+        return f"{text} on a plain stream (holes travel as zeros)"
+
     def log_end(self, outcome: str) -> None:
         seconds = time.monotonic() - self.started
         rate = self.data_bytes / seconds / 2**20 if seconds > 0 else 0.0
         log.info(
-            "%s %s %s: %s; %d data bytes, %d holes (%d bytes), sparse=%s offset=%d "
-            "length=%d, %.3f s (%.1f MiB/s)",
+            "%s %s %s: %s; on the wire: %s; offset=%d length=%d, %.3f s (%.1f MiB/s of data)",
             self.peer,
             self.direction,
             self.volume,
             outcome,
-            self.data_bytes,
-            self.holes,
-            self.hole_bytes,
-            "yes" if self.sparse else "no",
+            self.describe_wire(),
             self.offset,
             self.length,
             seconds,

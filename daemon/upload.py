@@ -28,7 +28,7 @@ import concurrent.futures
 import enum
 
 from virtvol.daemon.fileworker import FileWorker
-from virtvol.daemon.storage import VolumeWriter
+from virtvol.daemon.storage.backend import ChunkWriter
 from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
@@ -52,7 +52,7 @@ class Upload:
         self,
         sink: FrameSink,
         serial: int,
-        writer: VolumeWriter,
+        writer: ChunkWriter,
         *,
         executor: concurrent.futures.Executor,
         stats: TransferStats,
@@ -123,7 +123,11 @@ class Upload:
             # After the acknowledgement: the client need not wait for this.
             await self._file.run(self._writer.release_replaced)
         except Exception as exc:
-            report = exc if isinstance(exc, ErrorReport) else unexpected_failure("upload", exc)
+            report = (
+                exc
+                if isinstance(exc, ErrorReport)
+                else unexpected_failure(f"upload to {self.stats.volume}", exc)
+            )
             self._outcome = f"failed: {report.message}"
             self._fail(report)
         finally:

@@ -1,6 +1,6 @@
 """Download a volume into a local sparse file, printing progress.
 
-python examples/download_image.py URI POOL VOLUME FILE
+.venv/bin/python examples/download_image.py URI POOL VOLUME FILE
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """List the pools of a daemon and the volumes of each active pool.
 
-python examples/list_pools.py storage+tcp://127.0.0.1:16509/system
+.venv/bin/python examples/list_pools.py storage+tcp://127.0.0.1:16509/system
 """
 
 from __future__ import annotations

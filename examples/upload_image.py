@@ -1,6 +1,6 @@
 """Upload a (sparse) disk image into a new volume; holes travel as holes.
 
-python examples/upload_image.py URI POOL VOLUME FILE
+.venv/bin/python examples/upload_image.py URI POOL VOLUME FILE
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ async def main(uri: str, pool_name: str, volume: str, path: str) -> None:
     size = os.stat(path).st_size
     async with virtvol.client.connect(uri) as conn:
         pool = await conn.lookup_pool_by_name(pool_name)
-        xml = (
-            f"<volume><name>{volume}</name><capacity unit='bytes'>{size}</capacity>"
-            "<allocation unit='bytes'>0</allocation>"
-            "<target><format type='raw'/></target></volume>"
-        )
+        # A sparse raw volume as large as the file (virsh vol-create-as ... --allocation 0).
+        xml = virtvol.client.volume_xml(volume, size, allocation=0, format="raw")
         vol = await pool.create_volume(xml)
         result = await vol.upload_file(path)
         print(f"sent {result.data_bytes} data bytes and {result.hole_bytes} hole bytes")

@@ -34,6 +34,7 @@ from virtvol.protocol.constants import (
     KEEPALIVE_PROGRAM,
     KEEPALIVE_PROTOCOL_VERSION,
     MESSAGE_MAX,
+    PAYLOAD_MAX,
     REMOTE_PROGRAM,
     REMOTE_PROTOCOL_VERSION,
     KeepaliveProcedure,
@@ -45,7 +46,8 @@ from virtvol.protocol.exceptions import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
-    XdrError,
+    XdrDecodeError,
+    XdrEncodeError,
 )
 from virtvol.protocol.frames import Frame, FrameReader, Header, Payload, encode_frame, encode_head
 from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
@@ -308,8 +310,10 @@ class Connection:
         try:
             args = procedure.args.decode(frame.payload) if procedure.args else None
             if procedure.args is None and frame.payload:
-                raise XdrError(procedure.name, "arguments given to a procedure that takes none")
-        except XdrError:
+                raise XdrDecodeError(
+                    procedure.name, "arguments given to a procedure that takes none"
+                )
+        except XdrDecodeError:
             return self._reject(header, rpc_error("Unable to decode message payload"))
         self._pending[header.serial] = header.procedure
         if procedure.stream is not None:
@@ -407,11 +411,17 @@ class Connection:
         program: int = REMOTE_PROGRAM,
         version: int = REMOTE_PROTOCOL_VERSION,
     ) -> tuple[int, bytes]:
-        """Client: start a call; returns its serial and the frame to send."""
+        """Client: start a call; returns its serial and the frame to send.
+
+        Raises:
+            XdrEncodeError: ``args`` cannot be encoded; no serial was used and
+                nothing is pending.
+        """
         self._require(Side.CLIENT, "call")
+        # Encode first: a value that cannot go on the wire must leave no trace.
+        payload = _encode(args)
         serial = self._next_serial
         self._next_serial = (serial + 1) % _SERIAL_MODULUS
-        payload = args.encode() if args is not None else b""
         self._pending[serial] = procedure
         self._call_programs[serial] = program
         spec = PROCEDURES.get(procedure) if program == REMOTE_PROGRAM else None
@@ -431,8 +441,17 @@ class Connection:
         self.streams.pop(serial, None)
 
     def reply(self, serial: int, result: XdrStruct | None = None) -> bytes:
-        """Server: the successful answer to a pending call."""
-        procedure = self._take_pending(serial)
+        """Server: the successful answer to a pending call.
+
+        Raises:
+            XdrEncodeError: ``result`` cannot be encoded; the call stays pending,
+                to be answered with ``reply_error``.
+        """
+        procedure = self._pending_procedure(serial)
+        # Encode before the call stops being pending: a result that cannot go on
+        # the wire must leave the call to be answered with an error.
+        payload = _encode(result)
+        del self._pending[serial]
         self._rejected.pop(serial, None)
         stream = self.streams.get(serial)
         if stream is not None:
@@ -440,11 +459,17 @@ class Connection:
         header = Header(
             REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, procedure, MessageType.REPLY, serial, 0
         )
-        return encode_frame(header, result.encode() if result is not None else b"")
+        return encode_frame(header, payload)
 
     def reply_error(self, serial: int, error: RemoteError) -> bytes:
-        """Server: the error answer to a pending call (a stream it opened is dropped)."""
-        procedure = self._take_pending(serial)
+        """Server: the error answer to a pending call (a stream it opened is dropped).
+
+        Raises:
+            XdrEncodeError: ``error`` cannot be encoded; the call stays pending.
+        """
+        procedure = self._pending_procedure(serial)
+        payload = _encode(error)
+        del self._pending[serial]
         self.streams.pop(serial, None)
         program, version = self._rejected.pop(serial, (REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION))
         header = Header(
@@ -455,15 +480,15 @@ class Connection:
             serial,
             MessageStatus.ERROR,
         )
-        return encode_frame(header, error.encode())
+        return encode_frame(header, payload)
 
     def pending_calls(self) -> frozenset[int]:
         return frozenset(self._pending)
 
-    def _take_pending(self, serial: int) -> int:
+    def _pending_procedure(self, serial: int) -> int:
         self._require(Side.SERVER, "reply")
         try:
-            return self._pending.pop(serial)
+            return self._pending[serial]
         except KeyError:
             raise LocalProtocolError(f"no pending call with serial {serial}") from None
 
@@ -499,10 +524,11 @@ class Connection:
         """A skip frame (STREAM_HOLE): ``length`` bytes that read as zeros."""
         if length <= 0:
             raise LocalProtocolError(f"a hole needs a positive length, not {length}")
+        payload = StreamHole(length, 0).encode()
         header = self._stream_frame(
             serial, StreamInput.HOLE, MessageType.STREAM_HOLE, MessageStatus.CONTINUE
         )
-        return encode_frame(header, StreamHole(length, 0).encode())
+        return encode_frame(header, payload)
 
     def send_eof(self, serial: int) -> bytes:
         """Server: the empty data frame that ends a download."""
@@ -534,10 +560,11 @@ class Connection:
 
     def send_stream_error(self, serial: int, error: RemoteError) -> bytes:
         """Server: report that the stream failed; it is dead afterwards."""
+        payload = _encode(error)
         header = self._stream_frame(
             serial, StreamInput.ERROR, MessageType.STREAM, MessageStatus.ERROR
         )
-        return encode_frame(header, error.encode())
+        return encode_frame(header, payload)
 
     # -- sending: messages --------------------------------------------------------
 
@@ -554,6 +581,19 @@ class Connection:
             REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, procedure, MessageType.MESSAGE, 0, 0
         )
         return encode_frame(header, body.encode())
+
+
+def _encode(value: XdrStruct | None) -> bytes:
+    """The payload of a call, reply or error, refused when no peer would accept the frame."""
+    if value is None:
+        return b""
+    payload = value.encode()
+    if len(payload) > PAYLOAD_MAX:
+        raise XdrEncodeError(
+            type(value).__name__,
+            f"{len(payload)} bytes exceed the largest message payload ({PAYLOAD_MAX})",
+        )
+    return payload
 
 
 def _keepalive(procedure: KeepaliveProcedure) -> bytes:

@@ -227,6 +227,8 @@ MESSAGE_PREFIX: dict[ErrorCode, str] = {
     ErrorCode.ACCESS_DENIED: "access denied: ",
     ErrorCode.STORAGE_POOL_BUILT: "storage pool already built: ",
     ErrorCode.OPERATION_ABORTED: "operation aborted: ",
+    ErrorCode.INVALID_SECRET: "Invalid secret: ",
+    ErrorCode.NO_SECRET: "Secret not found: ",
 }
 
 

@@ -73,6 +73,15 @@ class Proc(enum.IntEnum):
     STORAGE_VOL_GET_PATH = 100
     CONNECT_GET_URI = 110
     STORAGE_VOL_CREATE_XML_FROM = 125
+    CONNECT_NUM_OF_SECRETS = 139
+    CONNECT_LIST_SECRETS = 140
+    SECRET_LOOKUP_BY_UUID = 141
+    SECRET_DEFINE_XML = 142
+    SECRET_GET_XML_DESC = 143
+    SECRET_SET_VALUE = 144
+    SECRET_GET_VALUE = 145
+    SECRET_UNDEFINE = 146
+    SECRET_LOOKUP_BY_USAGE = 147
     STORAGE_POOL_IS_ACTIVE = 154
     STORAGE_POOL_IS_PERSISTENT = 155
     CONNECT_GET_LIB_VERSION = 157
@@ -82,6 +91,7 @@ class Proc(enum.IntEnum):
     STORAGE_VOL_RESIZE = 260
     CONNECT_LIST_ALL_STORAGE_POOLS = 281
     STORAGE_POOL_LIST_ALL_VOLUMES = 282
+    CONNECT_LIST_ALL_SECRETS = 287
     CONNECT_REGISTER_CLOSE_CALLBACK = 360
     CONNECT_UNREGISTER_CLOSE_CALLBACK = 361
     CONNECT_EVENT_CONNECTION_CLOSED = 362
@@ -148,6 +158,15 @@ PROCEDURES: dict[int, Procedure] = {
             low=True,
             mutating=True,
         ),
+        _p(Proc.CONNECT_NUM_OF_SECRETS, None, r.NumRet),
+        _p(Proc.CONNECT_LIST_SECRETS, r.ListSecretsArgs, r.ListSecretsRet),
+        _p(Proc.SECRET_LOOKUP_BY_UUID, r.LookupByUuidArgs, r.SecretRet),
+        _p(Proc.SECRET_DEFINE_XML, r.SecretXmlArgs, r.SecretRet, mutating=True),
+        _p(Proc.SECRET_GET_XML_DESC, r.SecretFlagsArgs, r.XmlRet),
+        _p(Proc.SECRET_SET_VALUE, r.SecretSetValueArgs, None, mutating=True),
+        _p(Proc.SECRET_GET_VALUE, r.SecretFlagsArgs, r.SecretGetValueRet),
+        _p(Proc.SECRET_UNDEFINE, r.SecretArgs, None, mutating=True),
+        _p(Proc.SECRET_LOOKUP_BY_USAGE, r.SecretLookupByUsageArgs, r.SecretRet),
         _p(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs, r.ActiveRet),
         _p(Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs, r.PersistentRet),
         _p(Proc.CONNECT_GET_LIB_VERSION, None, r.ConnectGetLibVersionRet),
@@ -170,6 +189,7 @@ PROCEDURES: dict[int, Procedure] = {
         _p(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs, None, low=True, mutating=True),
         _p(Proc.CONNECT_LIST_ALL_STORAGE_POOLS, r.ListAllPoolsArgs, r.ListAllPoolsRet),
         _p(Proc.STORAGE_POOL_LIST_ALL_VOLUMES, r.PoolListAllVolumesArgs, r.PoolListAllVolumesRet),
+        _p(Proc.CONNECT_LIST_ALL_SECRETS, r.ListAllSecretsArgs, r.ListAllSecretsRet),
         _p(Proc.CONNECT_REGISTER_CLOSE_CALLBACK, None, None),
         _p(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK, None, None),
         _p(

@@ -12,6 +12,8 @@ from typing import Annotated
 from virtvol.protocol.constants import (
     MESSAGE_STRING_MAX,
     REMOTE_AUTH_TYPE_LIST_MAX,
+    REMOTE_SECRET_LIST_MAX,
+    REMOTE_SECRET_VALUE_MAX,
     REMOTE_STORAGE_POOL_LIST_MAX,
     REMOTE_STORAGE_VOL_LIST_MAX,
     REMOTE_STRING_MAX,
@@ -24,6 +26,7 @@ from virtvol.protocol.xdr import (
     FixedOpaque,
     Hyper,
     Int,
+    Opaque,
     Optional,
     String,
     UHyper,
@@ -381,3 +384,91 @@ class VolResizeArgs(XdrStruct):
     vol: StorageVol
     capacity: U64
     flags: U32
+
+
+# -- secrets --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Secret(XdrStruct):
+    """``remote_nonnull_secret``: UUID, usage type and usage ID (e.g. the ceph name)."""
+
+    uuid: Uuid
+    usage_type: I32
+    usage_id: NonnullString
+
+
+SecretValue = Annotated[bytes, Opaque(REMOTE_SECRET_VALUE_MAX)]
+
+
+@dataclass(frozen=True, slots=True)
+class ListSecretsArgs(XdrStruct):
+    maxuuids: I32
+
+
+@dataclass(frozen=True, slots=True)
+class ListSecretsRet(XdrStruct):
+    uuids: Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_SECRET_LIST_MAX)]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretXmlArgs(XdrStruct):
+    """``{xml, flags}`` of SECRET_DEFINE_XML."""
+
+    xml: NonnullString
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRet(XdrStruct):
+    secret: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class SecretArgs(XdrStruct):
+    secret: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFlagsArgs(XdrStruct):
+    """``{secret, flags}``: XML description, get value."""
+
+    secret: Secret
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSetValueArgs(XdrStruct):
+    secret: Secret
+    value: SecretValue
+    flags: U32
+
+    def __repr__(self) -> str:
+        # The value is a credential: never in a log line or a traceback.
+        return f"SecretSetValueArgs(secret={self.secret!r}, value=<{len(self.value)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretGetValueRet(XdrStruct):
+    value: SecretValue
+
+    def __repr__(self) -> str:
+        return f"SecretGetValueRet(value=<{len(self.value)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretLookupByUsageArgs(XdrStruct):
+    usage_type: I32
+    usage_id: NonnullString
+
+
+@dataclass(frozen=True, slots=True)
+class ListAllSecretsArgs(XdrStruct):
+    need_results: I32
+    flags: U32
+
+
+@dataclass(frozen=True, slots=True)
+class ListAllSecretsRet(XdrStruct):
+    secrets: Annotated[tuple[Secret, ...], Array(Secret.codec(), REMOTE_SECRET_LIST_MAX)]
+    ret: U32

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Self
 
 import xdrlib3
 
-from virtvol.protocol.exceptions import XdrError
+from virtvol.protocol.exceptions import XdrDecodeError, XdrEncodeError
 
 _INT = struct.Struct(">i")
 _UINT = struct.Struct(">I")
@@ -50,7 +50,7 @@ class Reader:
 
     def _take(self, size: int, path: str) -> int:
         if size > self.remaining:
-            raise XdrError(path, f"needs {size} bytes, only {self.remaining} left")
+            raise XdrDecodeError(path, f"needs {size} bytes, only {self.remaining} left")
         start = self._pos
         self._pos += size
         return start
@@ -76,18 +76,18 @@ class Reader:
         start = self._take(padded, path)
         padding = bytes(self._data[start + size : start + padded])
         if padding.strip(b"\0"):
-            raise XdrError(path, "non-zero padding")
+            raise XdrDecodeError(path, "non-zero padding")
         return bytes(self._data[start : start + size])
 
     def variable(self, maximum: int, path: str) -> bytes:
         size = self.uint32(path)
         if size > maximum:
-            raise XdrError(path, f"length {size} exceeds the maximum {maximum}")
+            raise XdrDecodeError(path, f"length {size} exceeds the maximum {maximum}")
         return self.fixed(size, path)
 
     def expect_end(self, path: str) -> None:
         if self.remaining:
-            raise XdrError(path, f"{self.remaining} trailing bytes")
+            raise XdrDecodeError(path, f"{self.remaining} trailing bytes")
 
 
 class Codec:
@@ -132,7 +132,7 @@ class Hyper(Codec):
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
         # xdrlib3 masks hypers to 64 bits: refuse what would wrap around.
         if not -(1 << 63) <= value < 1 << 63:
-            raise XdrError("", f"{value} is out of range for a hyper")
+            raise XdrEncodeError("", f"{value} is out of range for a hyper")
         packer.pack_hyper(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
@@ -147,7 +147,7 @@ class UHyper(Codec):
 
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
         if not 0 <= value < 1 << 64:
-            raise XdrError("", f"{value} is out of range for an unsigned hyper")
+            raise XdrEncodeError("", f"{value} is out of range for an unsigned hyper")
         packer.pack_uhyper(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
@@ -166,7 +166,7 @@ class Bool(Codec):
     def unpack(self, reader: Reader, path: str) -> Any:
         raw = reader.uint32(path)
         if raw > 1:
-            raise XdrError(path, f"boolean value {raw}")
+            raise XdrDecodeError(path, f"boolean value {raw}")
         return raw == 1
 
 
@@ -184,7 +184,7 @@ class Enum(Codec):
         try:
             return self.enum_type(raw)
         except ValueError:
-            raise XdrError(path, f"{raw} is not a valid {self.enum_type.__name__}") from None
+            raise XdrDecodeError(path, f"{raw} is not a valid {self.enum_type.__name__}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,9 +200,11 @@ class String(Codec):
         try:
             raw = value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError as error:
-            raise XdrError("", f"string cannot be encoded: {error.reason}") from None
+            raise XdrEncodeError("", f"string cannot be encoded: {error.reason}") from None
         if len(raw) > self.maximum:
-            raise XdrError("", f"string of {len(raw)} bytes exceeds the maximum {self.maximum}")
+            raise XdrEncodeError(
+                "", f"string of {len(raw)} bytes exceeds the maximum {self.maximum}"
+            )
         packer.pack_string(raw)
 
     def unpack(self, reader: Reader, path: str) -> Any:
@@ -217,7 +219,9 @@ class Opaque(Codec):
 
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
         if len(value) > self.maximum:
-            raise XdrError("", f"opaque of {len(value)} bytes exceeds the maximum {self.maximum}")
+            raise XdrEncodeError(
+                "", f"opaque of {len(value)} bytes exceeds the maximum {self.maximum}"
+            )
         packer.pack_opaque(bytes(value))
 
     def unpack(self, reader: Reader, path: str) -> Any:
@@ -232,7 +236,7 @@ class FixedOpaque(Codec):
 
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
         if len(value) != self.size:
-            raise XdrError("", f"fixed opaque needs {self.size} bytes, got {len(value)}")
+            raise XdrEncodeError("", f"fixed opaque needs {self.size} bytes, got {len(value)}")
         packer.pack_fopaque(self.size, bytes(value))
 
     def unpack(self, reader: Reader, path: str) -> Any:
@@ -258,7 +262,7 @@ class Optional(Codec):
     def unpack(self, reader: Reader, path: str) -> Any:
         present = reader.uint32(path)
         if present > 1:
-            raise XdrError(path, f"optional presence flag {present}")
+            raise XdrDecodeError(path, f"optional presence flag {present}")
         return self.inner.unpack(reader, path) if present else None
 
 
@@ -271,7 +275,7 @@ class Array(Codec):
 
     def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
         if len(value) > self.maximum:
-            raise XdrError("", f"array of {len(value)} exceeds the maximum {self.maximum}")
+            raise XdrEncodeError("", f"array of {len(value)} exceeds the maximum {self.maximum}")
         packer.pack_uint(len(value))
         for item in value:
             self.inner.pack(packer, item)
@@ -279,10 +283,12 @@ class Array(Codec):
     def unpack(self, reader: Reader, path: str) -> Any:
         count = reader.uint32(path)
         if count > self.maximum:
-            raise XdrError(path, f"array count {count} exceeds the maximum {self.maximum}")
+            raise XdrDecodeError(path, f"array count {count} exceeds the maximum {self.maximum}")
         # Refuse a count the remaining bytes cannot hold before building anything.
         if count * self.inner.min_size() > reader.remaining:
-            raise XdrError(path, f"array count {count} does not fit in {reader.remaining} bytes")
+            raise XdrDecodeError(
+                path, f"array count {count} does not fit in {reader.remaining} bytes"
+            )
         return tuple(self.inner.unpack(reader, f"{path}[{index}]") for index in range(count))
 
 
@@ -329,11 +335,11 @@ class XdrStruct:
         for name, codec in self.fields():
             try:
                 codec.pack(packer, getattr(self, name))
-            except XdrError as error:
+            except XdrEncodeError as error:
                 inner = f" ({error.path})" if error.path else ""
-                raise XdrError(f"{type(self).__name__}.{name}{inner}", error.reason) from None
+                raise XdrEncodeError(f"{type(self).__name__}.{name}{inner}", error.reason) from None
             except (struct.error, xdrlib3.Error, TypeError, AttributeError) as error:
-                raise XdrError(f"{type(self).__name__}.{name}", str(error)) from None
+                raise XdrEncodeError(f"{type(self).__name__}.{name}", str(error)) from None
 
     @classmethod
     def unpack(cls, reader: Reader, path: str = "") -> Self:

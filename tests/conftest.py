@@ -254,6 +254,8 @@ def start_virtvold(
             str(base / "state"),
             "--pool",
             f"{POOL_NAME}={base / 'pool'}",
+            "--auth-tcp",
+            "none",
             "--listen",
             f"tcp://127.0.0.1:{port}",
             "--listen",

@@ -8,7 +8,11 @@ expect system users and services that a throwaway peer does not have.
     python -m tools.libvirtd_peer DIR PORT
         prints "pid=N tcp=URI unix=URI" once the daemon answers on PORT
 
-From Python: ``peer = start(state_dir, port)``, then ``peer.stop()``.
+From Python: ``peer = start(state_dir, port)``, then ``peer.stop()``. With
+``tls=PeerTls(tls_port, pki_dir)`` the daemon also listens for TLS on
+``tls_port``: ``pki_dir`` holds ``cacert.pem``, ``servercert.pem``,
+``serverkey.pem`` and optionally ``cacrl.pem`` (copied into the state folder
+for ``nobody``); ``allowed_dn_list`` becomes ``tls_allowed_dn_list``.
 """
 
 from __future__ import annotations
@@ -41,12 +45,22 @@ class PeerError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class PeerTls:
+    """A TLS listener for the reference libvirtd."""
+
+    port: int
+    pki_dir: Path
+    allowed_dn_list: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class LibvirtdPeer:
     """A running reference libvirtd."""
 
     process: subprocess.Popen[bytes]
     port: int
     state_dir: Path
+    tls_port: int | None = None
 
     @property
     def pid(self) -> int:
@@ -66,6 +80,12 @@ class LibvirtdPeer:
     @property
     def tcp_uri(self) -> str:
         return f"storage+tcp://127.0.0.1:{self.port}/session"
+
+    def tls_uri(self, pkipath: Path) -> str:
+        """``storage+tls://127.0.0.1:PORT/session?pkipath=DIR`` (needs ``tls=`` at start)."""
+        if self.tls_port is None:
+            raise PeerError("this libvirtd was started without TLS")
+        return f"storage+tls://127.0.0.1:{self.tls_port}/session?pkipath={pkipath}"
 
     @property
     def unix_socket(self) -> Path:
@@ -97,19 +117,38 @@ def _libvirtd() -> str:
     return found
 
 
-def _config(port: int) -> str:
+def _config(port: int, tls: PeerTls | None, pki: Path) -> str:
     # Loopback TCP without authentication: this peer exists for local tests only.
-    return "\n".join(
-        [
-            "listen_tls = 0",
-            "listen_tcp = 1",
-            f'tcp_port = "{port}"',
-            'listen_addr = "127.0.0.1"',
-            'auth_tcp = "none"',
-            'auth_unix_rw = "none"',
-            "",
+    lines = [
+        "listen_tcp = 1",
+        f'tcp_port = "{port}"',
+        'listen_addr = "127.0.0.1"',
+        'auth_tcp = "none"',
+        'auth_unix_rw = "none"',
+    ]
+    if tls is None:
+        lines.append("listen_tls = 0")
+    else:
+        lines += [
+            "listen_tls = 1",
+            f'tls_port = "{tls.port}"',
+            f'ca_file = "{pki / "cacert.pem"}"',
+            f'cert_file = "{pki / "servercert.pem"}"',
+            f'key_file = "{pki / "serverkey.pem"}"',
         ]
-    )
+        if (pki / "cacrl.pem").exists():
+            lines.append(f'crl_file = "{pki / "cacrl.pem"}"')
+        if tls.allowed_dn_list is not None:
+            patterns = ", ".join(f'"{pattern}"' for pattern in tls.allowed_dn_list)
+            lines.append(f"tls_allowed_dn_list = [{patterns}]")
+    return "\n".join([*lines, ""])
+
+
+def _copy_pki(tls: PeerTls, pki: Path) -> None:
+    pki.mkdir(exist_ok=True)
+    for name in ("cacert.pem", "servercert.pem", "serverkey.pem", "cacrl.pem"):
+        if (tls.pki_dir / name).exists():
+            shutil.copyfile(tls.pki_dir / name, pki / name)
 
 
 def _check_reachable(path: Path) -> None:
@@ -139,8 +178,11 @@ def _answers(port: int) -> bool:
         return True
 
 
-def start(state_dir: Path, port: int, *, timeout: float = 10.0) -> LibvirtdPeer:
-    """Start libvirtd with its state in ``state_dir``; return once it answers on ``port``.
+def start(
+    state_dir: Path, port: int, *, timeout: float = 10.0, tls: PeerTls | None = None
+) -> LibvirtdPeer:
+    """Start libvirtd with its state in ``state_dir``; return once it answers on ``port``
+    (and on ``tls.port`` when given).
 
     Raises:
         PeerError: libvirtd or its storage driver is missing, or the daemon did not come up.
@@ -156,8 +198,11 @@ def start(state_dir: Path, port: int, *, timeout: float = 10.0) -> LibvirtdPeer:
     link = state_dir / "drivers" / STORAGE_DRIVER
     if not link.is_symlink():
         link.symlink_to(driver)
+    pki = state_dir / "pki"
+    if tls is not None:
+        _copy_pki(tls, pki)
     config = state_dir / "libvirtd.conf"
-    config.write_text(_config(port))
+    config.write_text(_config(port, tls, pki))
     user = pwd.getpwnam(PEER_USER)
     group = grp.getgrgid(user.pw_gid)
     _chown_tree(state_dir, user.pw_uid, user.pw_gid)
@@ -184,10 +229,10 @@ def start(state_dir: Path, port: int, *, timeout: float = 10.0) -> LibvirtdPeer:
             start_new_session=True,
             cwd=state_dir,
         )
-    peer = LibvirtdPeer(process, port, state_dir)
+    peer = LibvirtdPeer(process, port, state_dir, tls.port if tls is not None else None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _answers(port):
+        if _answers(port) and (tls is None or _answers(tls.port)):
             return peer
         if process.poll() is not None:
             break

@@ -10,7 +10,9 @@ from virtvol.protocol.errors import ErrorCode
 
 from .model import PoolRef
 from .poolxml import DEFAULT_DIR_MODE, PoolDefinition, PoolRuntime
+from .rbdvolumes import RbdVolumes
 from .reports import pool_not_active, storage_error, system_error, volume_in_use
+from .secrets import SecretStore
 from .volumes import VolumeDir
 
 
@@ -34,6 +36,8 @@ class Pool:
         self.config = config
         self.autostart = False
         self.volumes: VolumeDir | None = None
+        # The images of an active rbd pool (``volumes`` stays None for those).
+        self.rbd: RbdVolumes | None = None
         self.runtime: PoolRuntime | None = None
         self.busy: dict[str, Busy] = {}
         self.upload_temps: set[str] = set()
@@ -52,7 +56,7 @@ class Pool:
 
     @property
     def active(self) -> bool:
-        return self.volumes is not None
+        return self.volumes is not None or self.rbd is not None
 
     @property
     def persistent(self) -> bool:
@@ -64,8 +68,26 @@ class Pool:
             raise pool_not_active(self.name)
         return self.volumes
 
-    def start(self, *, build: bool) -> None:
-        """Open the target directory (creating it first when ``build``)."""
+    def start(self, *, build: bool, secrets: SecretStore | None = None) -> None:
+        """Open the target directory (creating it first when ``build``).
+
+        An rbd pool connects to its cluster instead, with the key of the secret
+        its ``<auth>`` names (looked up in ``secrets``).
+        """
+        source = self.live.rbd
+        if source is not None:
+            key = None
+            if source.username is not None:
+                assert secrets is not None
+                key = secrets.value_for_pool(source.secret_uuid, source.secret_usage)
+            self.rbd = RbdVolumes.connect(source, key)
+            try:
+                self.refresh_runtime()
+            except BaseException:
+                self.rbd.close()
+                self.rbd = None
+                raise
+            return
         target = self.live.target
         if build:
             try:
@@ -99,6 +121,9 @@ class Pool:
 
     def stop(self) -> None:
         """Close the target directory; the definition stays."""
+        if self.rbd is not None:
+            self.rbd.close()
+            self.rbd = None
         if self.volumes is not None:
             self.volumes.close()
             self.volumes = None
@@ -107,6 +132,9 @@ class Pool:
 
     def refresh_runtime(self) -> PoolRuntime:
         """Sizes of the file system holding the pool, and the directory's permissions."""
+        if self.rbd is not None:
+            self.runtime = self.rbd.runtime()
+            return self.runtime
         volumes = self.active_volumes()
         fs = os.statvfs(volumes.fd)
         st = os.fstat(volumes.fd)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 
 from .names import check_pool_name
+from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
 from .xmldoc import child_text, escape, parse_document
 
@@ -35,13 +36,19 @@ DEFAULT_DIR_MODE = 0o711  # what libvirt gives a directory it builds for a pool
 
 @dataclass(frozen=True, slots=True)
 class PoolDefinition:
-    """What a ``<pool type='dir'>`` document defines."""
+    """What a ``<pool type='dir'>`` or ``<pool type='rbd'>`` document defines.
+
+    An rbd pool has ``rbd`` set and no directory: its ``target`` is
+    ``rbd:<monitors>/<ceph pool>``, so that two definitions of the same
+    Ceph pool conflict like two of the same directory.
+    """
 
     name: str
     uuid: bytes
     target: str
     # <target><permissions><mode>, used when the pool directory is built.
     mode: int | None = None
+    rbd: RbdSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +87,7 @@ def parse_pool_xml(text: str) -> PoolDefinition:
             f"Invalid value for attribute 'type' in element 'pool': '{pool_type}'.",
             ErrorDomain.XML,
         )
-    if pool_type != "dir":
+    if pool_type not in ("dir", "rbd"):
         number = POOL_TYPES.index(pool_type)
         raise storage_error(
             ErrorCode.INTERNAL_ERROR, f"missing backend for pool type {number} ({pool_type})"
@@ -97,6 +104,11 @@ def parse_pool_xml(text: str) -> PoolDefinition:
             raw_uuid = uuidlib.UUID(uuid_text).bytes
         except ValueError:
             raise xml_error("malformed uuid element") from None
+    if pool_type == "rbd":
+        source = parse_rbd_source(root)
+        return PoolDefinition(
+            name=name, uuid=raw_uuid, target=f"rbd:{source.mon_host}/{source.pool}", rbd=source
+        )
     target = child_text(root, "target/path")
     if target is None:
         raise xml_error("missing storage pool target path")
@@ -119,6 +131,20 @@ def parse_pool_xml(text: str) -> PoolDefinition:
 def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> str:
     """The pool's XML as libvirt 9.0 prints it (sizes and permissions once it has run)."""
     sizes = runtime or PoolRuntime(0, 0, 0, 0, 0, 0)
+    if definition.rbd is not None:
+        return "\n".join(
+            [
+                "<pool type='rbd'>",
+                f"  <name>{escape(definition.name)}</name>",
+                f"  <uuid>{uuidlib.UUID(bytes=definition.uuid)}</uuid>",
+                f"  <capacity unit='bytes'>{sizes.capacity}</capacity>",
+                f"  <allocation unit='bytes'>{sizes.allocation}</allocation>",
+                f"  <available unit='bytes'>{sizes.available}</available>",
+                *format_rbd_source(definition.rbd),
+                "</pool>",
+                "",
+            ]
+        )
     lines = [
         "<pool type='dir'>",
         f"  <name>{escape(definition.name)}</name>",

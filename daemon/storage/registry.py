@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.sparse.writer import MAX_OFFSET
 
+from .backend import ChunkReader, ChunkWriter
 from .configstore import ConfigStore
 from .flags import (
     LIST_POOLS_ACTIVITY,
@@ -39,6 +40,8 @@ from .model import PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeTy
 from .names import check_new_volume_name
 from .pool import Busy, Pool
 from .poolxml import PoolDefinition, clean_path, format_pool_xml, parse_pool_xml
+from .rbdtransfer import RbdReader, RbdWriter
+from .rbdvolumes import RbdVolumes
 from .reports import (
     no_pool_named,
     no_pool_with_uuid,
@@ -51,9 +54,10 @@ from .reports import (
     system_error,
     uuid_text,
 )
+from .secrets import SecretStore
 from .transfer import VolumeReader, VolumeWriter
 from .volumes import VolumeDir, metadata_prealloc_unsupported
-from .volxml import format_volume_xml, parse_volume_xml
+from .volxml import format_rbd_volume_xml, format_volume_xml, parse_volume_xml
 from .xmldoc import escape
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,8 @@ class StorageRegistry:
         self._pools: dict[str, Pool] = {}
         self._lock = threading.RLock()
         self._sync_uploads = sync_uploads
+        # libvirt's secret objects: the keys rbd pools authenticate with.
+        self.secrets = SecretStore(os.path.join(state_dir, "secrets"))
 
     # ------------------------------------------------------------------
     # Lifecycle of the registry itself
@@ -85,6 +91,7 @@ class StorageRegistry:
 
         A pool that fails to start is logged and stays defined but inactive.
         """
+        self.secrets.load()
         with self._lock:
             for stored in self._store.load():
                 if stored.definition.name in self._pools:
@@ -95,7 +102,7 @@ class StorageRegistry:
             for pool in list(self._pools.values()):
                 if pool.autostart and not pool.active:
                     try:
-                        pool.start(build=False)
+                        pool.start(build=False, secrets=self.secrets)
                         self._check_not_aliased(pool)
                     except Exception as exc:
                         log.error("cannot autostart storage pool %r: %s", pool.name, exc)
@@ -135,6 +142,9 @@ class StorageRegistry:
                 if pool.volumes is not None:
                     pool.volumes.close()
                     pool.volumes = None
+                if pool.rbd is not None:
+                    pool.rbd.close()
+                    pool.rbd = None
 
     # ------------------------------------------------------------------
     # Finding pools
@@ -263,6 +273,8 @@ class StorageRegistry:
         """Refuse to run a pool over a directory another running pool already serves
         (a definition made before its directory existed escapes ``_check_duplicate``)."""
         identity = pool.directory_identity()
+        if identity is None:  # an rbd pool: no directory (its source was checked at define)
+            return
         for other in self._pools.values():
             if other is not pool and other.active and other.directory_identity() == identity:
                 pool.stop()
@@ -304,21 +316,21 @@ class StorageRegistry:
             self._start(pool, flags)
             self._check_not_aliased(pool)
 
-    @staticmethod
-    def _start(pool: Pool, flags: int) -> None:
+    def _start(self, pool: Pool, flags: int) -> None:
         if flags & (PoolCreateFlags.WITH_BUILD_OVERWRITE | PoolCreateFlags.WITH_BUILD_NO_OVERWRITE):
             # Both ask to format a source device, which a directory pool has not.
             raise storage_error(
                 ErrorCode.OPERATION_INVALID,
                 f"No source device specified when formatting pool '{pool.name}'",
             )
-        pool.start(build=bool(flags & PoolCreateFlags.WITH_BUILD))
+        pool.start(build=bool(flags & PoolCreateFlags.WITH_BUILD), secrets=self.secrets)
 
     def destroy_pool(self, ref: PoolRef) -> None:
         """STORAGE_POOL_DESTROY: stop the pool; a transient one disappears."""
         with self._lock:
             pool = self._pool(ref)
-            pool.active_volumes()
+            if pool.rbd is None:
+                pool.active_volumes()
             if pool.busy:
                 raise pool_has_jobs(pool.name)
             pool.stop()
@@ -339,7 +351,8 @@ class StorageRegistry:
         _check_flags(flags, 0, "storagePoolRefresh")
         with self._lock:
             pool = self._pool(ref)
-            pool.active_volumes().remove_stale_temps(pool.upload_temps)
+            if pool.rbd is None:
+                pool.active_volumes().remove_stale_temps(pool.upload_temps)
             pool.refresh_runtime()
 
     # ------------------------------------------------------------------
@@ -395,46 +408,63 @@ class StorageRegistry:
 
     def num_volumes(self, ref: PoolRef) -> int:
         """STORAGE_POOL_NUM_OF_VOLUMES."""
+        return len(self._volume_names(ref))
+
+    def _volume_names(self, ref: PoolRef) -> list[str]:
         with self._lock:
-            return len(self._pool(ref).active_volumes().names())
+            pool = self._pool(ref)
+            if pool.rbd is None:
+                return pool.active_volumes().names()
+            images = pool.rbd
+        return images.names()
 
     def list_volume_names(self, ref: PoolRef, maxnames: int) -> list[str]:
         """STORAGE_POOL_LIST_VOLUMES: at most ``maxnames`` names, sorted."""
-        with self._lock:
-            return self._pool(ref).active_volumes().names()[: max(maxnames, 0)]
+        return self._volume_names(ref)[: max(maxnames, 0)]
 
     def list_all_volumes(self, ref: PoolRef, flags: int = 0) -> list[VolumeRef]:
         """STORAGE_POOL_LIST_ALL_VOLUMES (no flags defined)."""
         _check_flags(flags, 0, "storagePoolListAllVolumes")
         with self._lock:
             pool = self._pool(ref)
-            volumes = pool.active_volumes()
-            return [VolumeRef(pool.name, n, volumes.volume_path(n)) for n in volumes.names()]
+            images = pool.rbd
+            if images is None:
+                volumes = pool.active_volumes()
+                return [VolumeRef(pool.name, n, volumes.volume_path(n)) for n in volumes.names()]
+        return [VolumeRef(pool.name, n, images.volume_path(n)) for n in images.names()]
 
     def lookup_volume_by_name(self, ref: PoolRef, name: str) -> VolumeRef:
         """STORAGE_VOL_LOOKUP_BY_NAME; the pool must be active."""
         with self._lock:
             pool = self._pool(ref)
-            volumes = pool.active_volumes()
-            volumes.require(name)
-            return VolumeRef(pool.name, name, volumes.volume_path(name))
+            images = pool.rbd
+            if images is None:
+                volumes = pool.active_volumes()
+                volumes.require(name)
+                return VolumeRef(pool.name, name, volumes.volume_path(name))
+        images.require(name)  # a cluster round trip: outside the lock
+        return VolumeRef(pool.name, name, images.volume_path(name))
 
     def lookup_volume_by_key(self, key: str) -> VolumeRef:
         """STORAGE_VOL_LOOKUP_BY_KEY: the key is the volume's absolute path, compared exactly."""
         with self._lock:
             found = self._volume_at(key)
-            if found is None:
-                raise no_volume_with_key(key)
-            return found
+            rbd_pools = self._rbd_pools()
+        found = found or _image_at(rbd_pools, key)
+        if found is None:
+            raise no_volume_with_key(key)
+        return found
 
     def lookup_volume_by_path(self, path: str) -> VolumeRef:
         """STORAGE_VOL_LOOKUP_BY_PATH: like the key, after collapsing repeated slashes."""
         cleaned = clean_path(path)
         with self._lock:
             found = self._volume_at(cleaned)
-            if found is None:
-                raise no_volume_with_path(path, cleaned)
-            return found
+            rbd_pools = self._rbd_pools()
+        found = found or _image_at(rbd_pools, cleaned)
+        if found is None:
+            raise no_volume_with_path(path, cleaned)
+        return found
 
     def _volume_at(self, path: str) -> VolumeRef | None:
         directory, _, name = path.rpartition("/")
@@ -445,6 +475,9 @@ class StorageRegistry:
                 return VolumeRef(pool.name, name, volumes.volume_path(name))
         return None
 
+    def _rbd_pools(self) -> list[tuple[str, RbdVolumes]]:
+        return [(pool.name, pool.rbd) for pool in self._sorted_pools() if pool.rbd is not None]
+
     # ------------------------------------------------------------------
     # Volume properties
 
@@ -453,13 +486,29 @@ class StorageRegistry:
         blocks in use, or the file size again with GET_PHYSICAL."""
         _check_flags(flags, VolInfoFlags.GET_PHYSICAL, "storageVolGetInfoFlags")
         with self._lock:
-            st = self._volume_pool(volume).active_volumes().require(volume.name)
+            pool = self._volume_pool(volume)
+            images = pool.rbd
+            if images is None:
+                st = pool.active_volumes().require(volume.name)
+        if images is not None:
+            capacity, allocation = images.info(volume.name)
+            if flags & VolInfoFlags.GET_PHYSICAL:
+                allocation = capacity
+            return VolumeInfo(VolumeType.NETWORK, capacity, allocation)
         allocation = st.st_size if flags & VolInfoFlags.GET_PHYSICAL else st.st_blocks * 512
         return VolumeInfo(VolumeType.FILE, st.st_size, allocation)
 
     def volume_xml(self, volume: VolumeRef, flags: int = 0) -> str:
         """STORAGE_VOL_GET_XML_DESC."""
         _check_flags(flags, 0, "storageVolGetXMLDesc")
+        with self._lock:
+            pool = self._volume_pool(volume)
+            images = pool.rbd
+        if images is not None:
+            capacity, allocation = images.info(volume.name)
+            return format_rbd_volume_xml(
+                volume.name, images.volume_path(volume.name), capacity, allocation
+            )
         with self._lock:
             volumes = self._volume_pool(volume).active_volumes()
             st = volumes.require(volume.name)
@@ -468,9 +517,14 @@ class StorageRegistry:
     def volume_path(self, volume: VolumeRef) -> str:
         """STORAGE_VOL_GET_PATH."""
         with self._lock:
-            volumes = self._volume_pool(volume).active_volumes()
-            volumes.require(volume.name)
-            return volumes.volume_path(volume.name)
+            pool = self._volume_pool(volume)
+            images = pool.rbd
+            if images is None:
+                volumes = pool.active_volumes()
+                volumes.require(volume.name)
+                return volumes.volume_path(volume.name)
+        images.require(volume.name)
+        return images.volume_path(volume.name)
 
     def _volume_pool(self, volume: VolumeRef) -> Pool:
         """The pool of a wire volume reference (found by the pool's name, as libvirt does)."""
@@ -506,7 +560,8 @@ class StorageRegistry:
             raise metadata_prealloc_unsupported()
         with self._lock:
             source_pool = self._volume_pool(source)
-            source_pool.active_volumes().require(source.name)
+            if source_pool.rbd is None:  # an rbd pool finds out when it opens the image
+                source_pool.active_volumes().require(source.name)
             if source_pool.busy.get(source.name) is Busy.BUILDING:
                 source_pool.check_not_busy(source.name)
         if source_pool.uuid != ref.uuid:
@@ -519,11 +574,11 @@ class StorageRegistry:
         return VolumeRef(pool.name, request.name, volumes.volume_path(request.name))
 
     @contextmanager
-    def _building(self, ref: PoolRef, name: str) -> Iterator[tuple[Pool, VolumeDir]]:
+    def _building(self, ref: PoolRef, name: str) -> Iterator[tuple[Pool, VolumeDir | RbdVolumes]]:
         """Reserve a new volume name while its file is being made, outside the lock."""
         with self._lock:
             pool = self._pool(ref)
-            volumes = pool.active_volumes()
+            volumes = pool.rbd or pool.active_volumes()
             check_new_volume_name(name, volumes.path)
             pool.check_not_busy(name)
             pool.busy[name] = Busy.BUILDING
@@ -534,12 +589,13 @@ class StorageRegistry:
                 pool.busy.pop(name, None)
 
     @contextmanager
-    def _changing(self, volume: VolumeRef) -> Iterator[VolumeDir]:
+    def _changing(self, volume: VolumeRef) -> Iterator[VolumeDir | RbdVolumes]:
         """Hold an existing volume busy while it is changed, outside the lock."""
         with self._lock:
             pool = self._volume_pool(volume)
-            volumes = pool.active_volumes()
-            volumes.require(volume.name)
+            volumes = pool.rbd or pool.active_volumes()
+            if not isinstance(volumes, RbdVolumes):  # images are checked as they are opened
+                volumes.require(volume.name)
             pool.check_not_busy(volume.name)
             pool.busy[volume.name] = Busy.BUILDING
         try:
@@ -578,6 +634,31 @@ class StorageRegistry:
 
     # ------------------------------------------------------------------
     # Transfers
+
+    def open_volume_download(
+        self, volume: VolumeRef, offset: int, length: int, flags: int = 0
+    ) -> ChunkReader:
+        """``open_download`` for a volume of any pool type (an rbd image or a file)."""
+        with self._lock:
+            pool = self._volume_pool(volume)
+            images = pool.rbd
+            if images is not None and pool.busy.get(volume.name) is Busy.BUILDING:
+                pool.check_not_busy(volume.name)
+        if images is None:
+            return self.open_download(volume, offset, length, flags)
+        _check_flags(flags, VolStreamFlags.SPARSE, "storageVolDownload")
+        return RbdReader(images, volume.name, offset, length)
+
+    def open_volume_upload(
+        self, volume: VolumeRef, offset: int, length: int, flags: int = 0
+    ) -> ChunkWriter:
+        """``open_upload`` for a volume of any pool type (an rbd image or a file)."""
+        with self._lock:
+            images = self._volume_pool(volume).rbd
+        if images is None:
+            return self.open_upload(volume, offset, length, flags)
+        _check_flags(flags, VolStreamFlags.SPARSE, "storageVolUpload")
+        return self._open_rbd_upload(images, volume, offset, length)
 
     def open_download(
         self, volume: VolumeRef, offset: int, length: int, flags: int = 0
@@ -649,6 +730,50 @@ class StorageRegistry:
             finish(False)
             raise
 
+    def _open_rbd_upload(
+        self, images: RbdVolumes, volume: VolumeRef, offset: int, length: int
+    ) -> RbdWriter:
+        """STORAGE_VOL_UPLOAD into an rbd pool (see ``open_upload`` and ``rbdtransfer``)."""
+        with self._lock:
+            pool = self._volume_pool(volume)
+            pool.check_not_busy(volume.name)
+            pool.busy[volume.name] = Busy.UPLOADING
+        temp: str | None = None
+
+        def finish(success: bool) -> Callable[[], None] | None:
+            try:
+                if temp is None:
+                    return None
+                if success:
+                    try:
+                        return images.replace(temp, volume.name)
+                    except BaseException:
+                        images.remove_temp(temp)
+                        raise
+                images.remove_temp(temp)
+                return None
+            finally:
+                with self._lock:
+                    pool.busy.pop(volume.name, None)
+
+        try:
+            if offset == 0 and length == 0:
+                temp = images.create_upload_temp(volume.name)
+                return RbdWriter(images, temp, 0, 0, fresh=True, finish=finish)
+            return RbdWriter(images, volume.name, offset, length, fresh=False, finish=finish)
+        except BaseException:
+            finish(False)
+            raise
+
+
+def _image_at(rbd_pools: list[tuple[str, RbdVolumes]], key: str) -> VolumeRef | None:
+    """The rbd volume whose key (``<ceph pool>/<image>``) is ``key``, if any."""
+    ceph_pool, _, image = key.partition("/")
+    for pool_name, images in rbd_pools:
+        if images.path == ceph_pool and images.exists(image):
+            return VolumeRef(pool_name, image, images.volume_path(image))
+    return None
+
 
 def _directory_identity(path: str) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the directory at ``path``, None when there is none (yet)."""
@@ -713,7 +838,10 @@ def _pool_matches(pool: Pool, wanted: ListPoolsFlags) -> bool:
         group(LIST_POOLS_ACTIVITY, ListPoolsFlags.ACTIVE, pool.active)
         and group(LIST_POOLS_PERSISTENCE, ListPoolsFlags.PERSISTENT, pool.persistent)
         and group(LIST_POOLS_AUTOSTART, ListPoolsFlags.AUTOSTART, pool.autostart)
-        and (not wanted & LIST_POOLS_TYPES or bool(wanted & ListPoolsFlags.DIR))
+        and (
+            not wanted & LIST_POOLS_TYPES
+            or bool(wanted & (ListPoolsFlags.RBD if pool.live.rbd else ListPoolsFlags.DIR))
+        )
     )
 
 

@@ -127,3 +127,21 @@ def format_volume_xml(name: str, path: str, st: os.stat_result) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def format_rbd_volume_xml(name: str, path: str, capacity: int, allocation: int) -> str:
+    """The XML libvirt 9.0 prints for an image of an rbd pool (a network volume)."""
+    lines = [
+        "<volume type='network'>",
+        f"  <name>{escape(name)}</name>",
+        f"  <key>{escape(path)}</key>",
+        f"  <capacity unit='bytes'>{capacity}</capacity>",
+        f"  <allocation unit='bytes'>{allocation}</allocation>",
+        "  <target>",
+        f"    <path>{escape(path)}</path>",
+        "    <format type='raw'/>",
+        "  </target>",
+        "</volume>",
+        "",
+    ]
+    return "\n".join(lines)

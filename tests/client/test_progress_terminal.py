@@ -61,7 +61,9 @@ def test_progress_bar_then_summary(virtvold: Virtvold, tmp_path: Path, verb: str
     # The bar: its description, the bytes covered and the holes skipped.
     assert f"{direction} img" in drawn
     assert "holes " in drawn
-    assert re.search(r"\d+(\.\d+)?/64\.0 MiB", drawn), drawn
+    # Binary units with two decimals, as in the summary line (rate included).
+    assert re.search(r"\d+\.\d\d (B|KiB|MiB)/64\.00 MiB", drawn), drawn
+    assert re.search(r"\d+\.\d\d (B|KiB|MiB|GiB)/s", drawn), drawn
     # Then one summary line.
     assert re.search(rf"{direction}ed \S+ \S+ data, \S+ \S+ holes.* s \(.+/s\), sparse", drawn), (
         drawn
@@ -77,3 +79,17 @@ def test_quiet_draws_nothing(virtvold: Virtvold, tmp_path: Path) -> None:
     )
     assert code == 0
     assert drawn.strip() == ""
+
+
+def test_dense_transfer_draws_no_holes(virtvold: Virtvold, tmp_path: Path) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, 8 * MIB)
+    run_virsh(virtvold.tcp_uri, "vol-create-as", "default", "img", "8M", "--allocation", "0")
+    code, drawn = run_on_terminal(
+        "-c", virtvold.unix_uri, "vol-upload", "img", str(source), "--pool", "default",
+        "--no-sparse",
+    )  # fmt: skip
+    assert code == 0, drawn
+    assert "upload img" in drawn
+    assert "holes 0" not in drawn  # no holes column: none can travel
+    assert re.search(r"uploaded 8\.00 MiB data, 0\.00 B holes.*, dense", drawn), drawn

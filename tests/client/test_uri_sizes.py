@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from pathlib import Path
+
 import pytest
 
-from virtvol.client import InvalidURI, parse_uri
+from virtvol.client import InvalidURI, UnsupportedTransport, connect, parse_uri, volume_xml
 from virtvol.client.display import format_table
 from virtvol.client.errors import NoSupport, error_from_remote
+from virtvol.client.libvirt_conf import load_client_config
 from virtvol.client.sizes import SizeError, format_size, parse_size
+from virtvol.client.xmldesc import renamed_volume_xml
 from virtvol.protocol.remote import RemoteError
 
 
@@ -83,3 +89,83 @@ def test_unknown_procedure_maps_to_no_support() -> None:
     error = error_from_remote(RemoteError(code=39, domain=7, message="unknown procedure: 66"))
     assert isinstance(error, NoSupport)
     assert error.code == 3
+
+
+def test_unsupported_transport_names_it() -> None:
+    async def open_ssh() -> None:
+        await connect("storage+ssh://user@host/system")
+
+    with pytest.raises(UnsupportedTransport, match="transport 'ssh' is not supported") as info:
+        asyncio.run(open_ssh())
+    assert isinstance(info.value, InvalidURI)
+    assert info.value.transport == "ssh"
+
+
+def test_client_config_default_and_aliases(tmp_path: Path) -> None:
+    conf = tmp_path / "libvirt.conf"
+    conf.write_text(
+        "# a comment\n"
+        'uri_default = "storage:///session"  # trailing comment\n'
+        "uri_aliases = [\n"
+        '  "here=storage+unix:///system?socket=/tmp/s",\n'
+        "  'there=storage+tcp://h/system',\n"
+        "]\n"
+        "remote_mode = 'legacy'\n"
+    )
+    config = load_client_config(conf)
+    assert config.uri_default == "storage:///session"
+    assert config.resolve_alias("there") == "storage+tcp://h/system"
+    assert config.resolve_alias("here") == "storage+unix:///system?socket=/tmp/s"
+    assert config.resolve_alias("storage:///system") == "storage:///system"
+    assert load_client_config(tmp_path / "missing.conf").uri_default is None
+    conf.write_text('uri_aliases = [ "bad alias=storage:///system" ]\n')
+    with pytest.raises(InvalidURI, match="aliases may only contain"):
+        load_client_config(conf).resolve_alias("x")
+    conf.write_text("uri_default = \n")
+    with pytest.raises(InvalidURI, match="no value"):
+        load_client_config(conf)
+
+
+def test_session_sockets_have_no_read_only_variant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    legacy = parse_uri("storage:///session", read_only=True)
+    assert legacy.socket_path == f"{tmp_path}/libvirt/libvirt-sock"
+    (tmp_path / "libvirt").mkdir()
+    (tmp_path / "libvirt" / "virtstoraged-sock").touch()
+    assert parse_uri("storage:///session", read_only=True).socket_path == (
+        f"{tmp_path}/libvirt/virtstoraged-sock"
+    )
+    assert parse_uri("remote:///session").socket_path == f"{tmp_path}/libvirt/libvirt-sock"
+
+
+def test_volume_xml() -> None:
+    assert volume_xml("a<b>'&\"", 1024, allocation=0, format="qcow2") == (
+        "<volume>\n"
+        "  <name>a&lt;b&gt;&apos;&amp;&quot;</name>\n"
+        "  <capacity>1024</capacity>\n"
+        "  <allocation>0</allocation>\n"
+        "  <target>\n"
+        "    <format type='qcow2'/>\n"
+        "  </target>\n"
+        "</volume>\n"
+    )
+    assert "<allocation>" not in volume_xml("v", 1)
+    with pytest.raises(ValueError, match="negative"):
+        volume_xml("v", -1)
+
+
+def test_renamed_volume_xml() -> None:
+    original = (
+        "<volume type='file'>\n  <name>a</name>\n  <capacity unit='bytes'>5</capacity>\n"
+        "  <target>\n    <format type='qcow2'/>\n  </target>\n</volume>\n"
+    )
+    assert renamed_volume_xml(original, "b&c") == (
+        '<volume type="file">\n  <name>b&amp;c</name>\n  <capacity unit="bytes">5</capacity>\n'
+        '  <target>\n    <format type="qcow2"/>\n  </target>\n</volume>'
+    )
+    for bad in ("<pool><name>x</name></pool>", "<volume/>", "<volume"):
+        with pytest.raises(ValueError, match="not a volume's XML"):
+            renamed_volume_xml(bad, "b")

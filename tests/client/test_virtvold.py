@@ -52,19 +52,26 @@ async def test_negotiation_falls_back_against_legacy_virtvold(
     write_sparse_image(source, SIZE)
     async with connect(legacy_virtvold.tcp_uri) as conn:
         vol = await _volume(conn, "old.img")
+        progress: list[tuple[int, int]] = []
         with caplog.at_level(logging.WARNING, logger="virtvol.client"):
-            up = await vol.upload_file(source)
+            up = await vol.upload_file(source, progress=lambda d, h: progress.append((d, h)))
+            again = await vol.upload_file(source)
+            back = tmp_path / "back.img"
+            down = await vol.download_file(back)
         assert not up.sparse
         assert up.fell_back
+        assert again.fell_back
         assert up.hole_bytes == 0
-        warnings = [r for r in caplog.records if "does not support sparse" in r.getMessage()]
+        # A dense stream sends holes as zeros: progress counts them as data, never as holes.
+        assert progress[-1] == (SIZE, 0)
+        assert all(hole == 0 for _, hole in progress)
+        # One warning for the connection, not one per transfer.
+        warnings = [r for r in caplog.records if "has no sparse streams" in r.getMessage()]
         assert len(warnings) == 1
         assert "unsupported flags (0x1) in function storageVolUpload" in warnings[0].getMessage()
         on_disk = legacy_virtvold.pool_dir / "old.img"
         assert_same_file(source, on_disk)
 
-        back = tmp_path / "back.img"
-        down = await vol.download_file(back)
         assert down.fell_back
         assert down.data_bytes == SIZE
         assert_same_file(source, back)
@@ -88,3 +95,19 @@ async def test_legacy_client_against_current_virtvold(virtvold: Virtvold, tmp_pa
         back = tmp_path / "back.img"
         await vol.download_file(back)
         assert_same_file(source, back)
+
+
+async def test_download_onto_a_directory_fails_before_transferring(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    progress: list[tuple[int, int]] = []
+    async with connect(virtvold.unix_uri) as conn:
+        vol = await _volume(conn, "dir.img")
+        with pytest.raises(IsADirectoryError):
+            await vol.download_file(folder, progress=lambda d, h: progress.append((d, h)))
+        assert progress == []  # no stream was opened
+        assert list(folder.iterdir()) == []
+        assert not leftovers(tmp_path, "adir")
+        assert conn.is_alive

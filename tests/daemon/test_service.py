@@ -199,6 +199,8 @@ def start_daemon(
         str(base / "state"),
         "--pool",
         f"default={pool_dir}",
+        "--auth-tcp",
+        "none",
         "--listen",
         f"tcp://127.0.0.1:{port}",
         *extra_args,
@@ -254,6 +256,8 @@ def test_virsh_through_each_activated_socket(base: Path) -> None:
         str(base / "state"),
         "--pool",
         f"default={base / 'pool'}",
+        "--auth-tcp",
+        "none",
     ]
     # Without --accept, the first connection on any socket starts one daemon and it gets
     # all three listening descriptors at once.
@@ -287,6 +291,7 @@ def test_virsh_through_each_activated_socket(base: Path) -> None:
     assert log.count("Execing ") == 1, log
     for label in (f"systemd:{rw}", f"systemd-ro:{ro} (read-only)", "systemd-tcp:('127.0.0.1'"):
         assert f"listening on {label}" in log, log
+    assert 'without authentication (auth_tcp = "none")' in log, log
     # The daemon serves only what it was handed: no listener of its own.
     assert log.count("virtvold INFO virtvol.daemon: listening on ") == 3, log
     # The socket files belong to the activator: the daemon leaves them alone.
@@ -306,7 +311,7 @@ def test_virsh_through_each_activated_socket(base: Path) -> None:
         ([], [], "Missing LISTEN_FDNAMES env from systemd socket activation"),
         (
             ["--fdname=virtvold.socket:virtvold-ro.socket"],
-            ["--listen", "tcp://127.0.0.1:1"],
+            ["--listen", "unix:///nonexistent/virtvold-sock"],
             "listen addresses (--listen or the config file's listen) cannot be combined"
             " with systemd socket activation",
         ),
@@ -348,6 +353,40 @@ def test_activation_the_daemon_cannot_use_stops_the_start(
     log = log_path.read_text(errors="replace")
     assert code == 1, log
     assert f"virtvold ERROR virtvol.daemon: {message}" in log, log
+    assert "ready" not in log, log
+
+
+def test_activated_tcp_socket_without_auth_tcp_none_stops_the_start(base: Path) -> None:
+    """virtvold-tcp.socket enabled but auth_tcp left at its default: no plain TCP served."""
+    rw, port = base / "rw", free_port()
+    log_path = base / "activate.log"
+    argv = [
+        _socket_activate(),
+        f"--listen={rw}",
+        f"--listen=127.0.0.1:{port}",
+        "--fdname=virtvold.socket:virtvold-tcp.socket",
+        virtvold_executable(),
+        "--state-dir",
+        str(base / "state"),
+    ]
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            argv, env=_environment(), stdin=subprocess.DEVNULL, stdout=output, stderr=output
+        )
+    try:
+        _wait(lambda: _listening_lines(log_path) == 2, "two activated sockets", 15, process)
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+            code = process.wait(15)
+            with contextlib.suppress(ConnectionResetError):
+                assert client.recv(100) == b""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = log_path.read_text(errors="replace")
+    assert code == 1, log
+    assert "the TCP socket from systemd: plain TCP is unauthenticated" in log, log
+    assert 'auth_tcp = "none"' in log, log
     assert "ready" not in log, log
 
 

@@ -220,6 +220,7 @@ async def test_download_cancelled_mid_read_closes_after_the_worker(pool: Pool) -
         real_close()
 
     reader.close = close  # type: ignore[method-assign]
+    buffers = SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE)
     download = Download(
         FakeSink(),
         1,
@@ -227,7 +228,7 @@ async def test_download_cancelled_mid_read_closes_after_the_worker(pool: Pool) -
         sparse=True,
         executor=pool.executor,
         stats=_stats("download"),
-        buffers=SendBuffers(BUFFERS_PER_CONNECTION, FRAME_SIZE),
+        buffers=buffers,
     )
     task = asyncio.create_task(download.run())
 
@@ -238,6 +239,10 @@ async def test_download_cancelled_mid_read_closes_after_the_worker(pool: Pool) -
     assert closed_at[0] == gate.events
     assert gate.events
     assert set(gate.events) == {"read returned"}
+    # The buffer the read was filling is free again, but only after the read returned
+    # (the release hands it back to the loop).
+    await asyncio.sleep(0)
+    assert all(buffers.try_take() is not None for _ in range(BUFFERS_PER_CONNECTION))
 
 
 async def test_file_worker_release_waits_for_the_running_job(pool: Pool) -> None:

@@ -572,16 +572,12 @@ def test_service_unit_settings() -> None:
     assert service["NotifyAccess"] == ["main"]
     assert service["WatchdogSec"] == ["30"]
     assert service["Restart"] == ["on-failure"]
-    assert service["ExecStart"][0].split()[:3] == [
-        "/usr/local/bin/virtvold",
-        "--state-dir",
-        "/var/lib/virtvol",
-    ]
+    # Where `make install` puts it (and rewrites it for another PREFIX).
+    assert service["ExecStart"] == ["/opt/virtvol/bin/virtvold $VIRTVOLD_ARGS"]
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["StateDirectory"] == ["virtvol"]
-    # The socket units own files in /run/virtvol: stopping the service must not remove them.
-    assert service["RuntimeDirectory"] == ["virtvol"]
-    assert service["RuntimeDirectoryPreserve"] == ["yes"]
+    # /run/libvirt is shared with libvirt's other daemons: never a RuntimeDirectory.
+    assert "RuntimeDirectory" not in service
     assert service["ProtectSystem"] == ["strict"]
     assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     # systemd's default soft limit of 1024 descriptors is too few for max_clients.
@@ -589,19 +585,31 @@ def test_service_unit_settings() -> None:
     unit = _parse_unit(UNITS_DIR / "virtvold.service")["Unit"]
     assert "virtvold.socket" in unit["Requires"]
     assert "virtvold-tcp.socket" not in " ".join(unit["Requires"] + unit["Wants"])
+    # A drop-in for virtstoraged: one or the other. Its admin socket would start it.
+    assert unit["Conflicts"] == ["virtstoraged.service virtstoraged-admin.socket"]
+    assert unit["Documentation"][0] == "file:///opt/virtvol/share/doc/virtvol/systemd.md"
 
 
 @pytest.mark.parametrize(
     ("name", "listen", "mode"),
     [
-        ("virtvold.socket", "/run/virtvol/virtvold-sock", "0600"),
-        ("virtvold-ro.socket", "/run/virtvol/virtvold-sock-ro", "0666"),
+        ("virtvold.socket", "/run/libvirt/virtstoraged-sock", "0600"),
+        ("virtvold-ro.socket", "/run/libvirt/virtstoraged-sock-ro", "0666"),
         ("virtvold-tcp.socket", "127.0.0.1:16509", None),
     ],
 )
 def test_socket_unit_settings(name: str, listen: str, mode: str | None) -> None:
+    """virtstoraged's socket paths, which libvirt's client tries first (see
+    tests/daemon/test_default_listeners.py), and virtstoraged's unit for the same path
+    is a conflict."""
     unit = _parse_unit(UNITS_DIR / name)
     assert unit["Socket"]["ListenStream"] == [listen]
+    if listen.startswith("/run/libvirt/"):
+        theirs = listen.rsplit("/", 1)[1].replace("-sock", "") + ".socket"
+        assert unit["Unit"]["Conflicts"] == [theirs]
+        assert unit["Unit"]["Before"] == [theirs]
+    else:
+        assert "Conflicts" not in unit["Unit"]
     assert unit["Socket"].get("SocketMode") == (None if mode is None else [mode])
     assert unit["Socket"]["Service"] == ["virtvold.service"]
     assert unit["Install"]["WantedBy"] == ["sockets.target"]
@@ -637,7 +645,7 @@ def _copy_units(tmp_path: Path) -> Path:
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     for name in UNIT_NAMES:
         text = (UNITS_DIR / name).read_text()
-        (units / name).write_text(text.replace("/usr/local/bin/virtvold", str(fake)))
+        (units / name).write_text(text.replace("/opt/virtvol/bin/virtvold", str(fake)))
     return units
 
 

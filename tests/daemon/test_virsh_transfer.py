@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,40 @@ def test_delete_after_transfer(uri: str, virtvold: Virtvold, source: Path) -> No
     run_virsh(uri, "vol-delete", "--pool", "default", "gone")
     assert not (virtvold.pool_dir / "gone").exists()
     assert sorted(os.listdir(virtvold.pool_dir)) == []
+
+
+_WIRE = re.compile(
+    r"(upload|download) default/(\S+): finished; on the wire: (\d+) data bytes"
+    r"(?: and (\d+) holes \((\d+) bytes\) on a sparse stream| on a plain stream \(holes travel"
+    r" as zeros\));"
+)
+
+
+def _wire_lines(virtvold: Virtvold) -> list[tuple[str, int, int | None, int | None]]:
+    """(direction, data bytes, holes, hole bytes) of each finished stream in the log."""
+    return [
+        (m[1], int(m[3]), int(m[4]) if m[4] else None, int(m[5]) if m[5] else None)
+        for m in _WIRE.finditer(virtvold.log_text())
+    ]
+
+
+def test_log_lines_count_what_crossed_the_wire(
+    virtvold: Virtvold, source: Path, tmp_path: Path
+) -> None:
+    """Holes are counted only when they travel as holes; on a plain stream, zeros are data."""
+    uri = virtvold.unix_uri
+    run_virsh(uri, "vol-create-as", "default", "disk", "1M")
+    run_virsh(uri, "vol-upload", "--pool", "default", "disk", str(source), "--sparse")
+    run_virsh(uri, "vol-upload", "--pool", "default", "disk", str(source))
+    run_virsh(uri, "vol-download", "--pool", "default", "disk", str(tmp_path / "a"), "--sparse")
+    run_virsh(uri, "vol-download", "--pool", "default", "disk", str(tmp_path / "b"))
+    lines = _wire_lines(virtvold)
+    assert [line[0] for line in lines] == ["upload", "upload", "download", "download"], lines
+    for direction, data, holes, hole_bytes in (lines[0], lines[2]):
+        assert holes is not None
+        assert holes >= 2, (direction, lines)
+        assert hole_bytes is not None
+        assert data + hole_bytes == 3 * MIB
+        assert data < MIB
+    for _, data, holes, hole_bytes in (lines[1], lines[3]):
+        assert (data, holes, hole_bytes) == (3 * MIB, None, None), lines

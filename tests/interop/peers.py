@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +44,9 @@ def traversable_tempdir(prefix: str) -> Path:
 
 
 @contextmanager
-def virtvold(*, legacy: bool) -> Iterator[DaemonUnderTest]:
-    """A virtvold subprocess with pool "default", on a free TCP port and a Unix socket."""
+def virtvold(*, legacy: bool, extra_args: Sequence[str] = ()) -> Iterator[DaemonUnderTest]:
+    """A virtvold subprocess with pool "default", on a free TCP port and a Unix socket
+    (and ``extra_args``, such as more listeners)."""
     workdir = traversable_tempdir("virtvol-interop-")
     pool_dir = workdir / "pool"
     pool_dir.mkdir()
@@ -57,12 +58,15 @@ def virtvold(*, legacy: bool) -> Iterator[DaemonUnderTest]:
         str(workdir / "state"),
         "--pool",
         f"{POOL}={pool_dir}",
+        "--auth-tcp",
+        "none",
         "--listen",
         f"tcp://127.0.0.1:{port}",
         "--listen",
         f"unix://{socket_path}",
         "--protocol",
         "legacy" if legacy else "current",
+        *extra_args,
     ]
     log = (workdir / "virtvold.log").open("wb")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)

@@ -5,7 +5,7 @@ The copies are decoded with the protocol core's frame reader afterwards, so a
 test can prove what crossed the wire (which call flags were sent, which calls
 failed, how many skip frames went each way), for TCP and Unix sockets alike.
 tshark cannot capture a Unix socket; for TCP the tests cross-check this
-relay's view against tshark's libvirt dissector.
+relay's view against a tshark capture (see ``tests.interop.pcap``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def _user_environment() -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if key not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "LIBVIRT_DEFAULT_URI"}
-        and not key.startswith(("PYTEST_", "LISTEN_", "NOTIFY_", "WATCHDOG_", "MAKE"))
+        and not key.startswith(("PYTEST_", "LISTEN_", "NOTIFY_", "WATCHDOG_", "MAKE", "COVERAGE_"))
     }
     path = [part for part in env.get("PATH", "").split(os.pathsep) if "/.venv/" not in part + "/"]
     env["PATH"] = os.pathsep.join(path or ["/usr/local/bin", "/usr/bin", "/bin"])

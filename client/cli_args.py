@@ -1,0 +1,188 @@
+"""Command arguments as virsh reads them, and virsh-style help for them.
+
+virsh does not use getopt for a command's arguments; its rules, which this
+module follows (checked against virsh 9.0):
+
+* ``--name value`` and ``--name=value`` for options that take a value,
+  ``--name`` alone for flags (``--flag=x`` is an error); names are never
+  abbreviated, and an option may appear once;
+* any other word fills the next option that takes a value and has not been
+  given yet, in the order the command declares them: ``vol-info X P`` is
+  ``vol-info --vol X --pool P``; after ``--`` every word is such a value;
+* a command's required options must all be present; exclusive options are
+  refused when the command runs (``check_exclusive``), as virsh does.
+
+The error texts are virsh's, so that a typo reads the same in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "ArgumentError",
+    "Command",
+    "Option",
+    "check_exclusive",
+    "format_command_help",
+    "parse_arguments",
+]
+
+Kind = Literal["bool", "string", "number"]
+
+
+class ArgumentError(Exception):
+    """A command line virsh would refuse; the message is virsh's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option of a command.
+
+    Attributes:
+        name: the option's name without ``--``.
+        help: one line for ``help COMMAND``.
+        kind: ``"bool"`` (a flag), ``"string"`` or ``"number"`` (takes a value).
+        required: the command cannot run without it (shown as ``<name>``).
+        extension: virtvol's own option, which virsh does not have.
+    """
+
+    name: str
+    help: str
+    kind: Kind = "string"
+    required: bool = False
+    extension: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: its name, what it does, its options and their exclusions.
+
+    Attributes:
+        name: e.g. ``"vol-upload"``.
+        summary: one line for ``help``.
+        description: the paragraph of ``help COMMAND``.
+        group: the help keyword of its group (``"pool"`` or ``"volume"``).
+        options: in declaration order (the order positional words fill them).
+        exclusive: pairs of options that may not be given together.
+    """
+
+    name: str
+    summary: str
+    description: str
+    group: str
+    options: tuple[Option, ...]
+    exclusive: tuple[tuple[str, str], ...] = field(default=())
+
+    def option(self, name: str) -> Option | None:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        return None
+
+
+def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]:
+    """Read ``words`` (what follows the command's name) as virsh would.
+
+    Returns:
+        Every option's ``dest``: True/False for flags, the text or None for the others.
+
+    Raises:
+        ArgumentError: with virsh's message.
+    """
+    given: dict[str, object] = {}
+    only_values = False
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if not only_values and word == "--":
+            only_values = True
+            continue
+        if not only_values and word.startswith("--") and len(word) > 2:
+            name, equals, value = word[2:].partition("=")
+            opt = command.option(name)
+            if opt is None:
+                raise ArgumentError(f"command '{command.name}' doesn't support option --{name}")
+            if opt.name in given:
+                raise ArgumentError(f"option --{opt.name} already seen")
+            if opt.kind == "bool":
+                if equals:
+                    raise ArgumentError(f"invalid '=' after option --{opt.name}")
+                given[opt.name] = True
+                continue
+            if not equals:
+                if i >= len(words):
+                    raise ArgumentError(f"expected syntax: --{opt.name} <{opt.kind}>")
+                value = words[i]
+                i += 1
+            given[opt.name] = value
+            continue
+        target = next(
+            (o for o in command.options if o.kind != "bool" and o.name not in given), None
+        )
+        if target is None:
+            raise ArgumentError(f"unexpected data '{word}'")
+        given[target.name] = word
+    for opt in command.options:
+        if opt.required and opt.name not in given:
+            raise ArgumentError(f"command '{command.name}' requires <{opt.name}> option")
+    return {
+        opt.dest: given.get(opt.name, False if opt.kind == "bool" else None)
+        for opt in command.options
+    }
+
+
+def check_exclusive(command: Command, values: dict[str, object]) -> None:
+    """virsh checks exclusive options when the command runs (after connecting).
+
+    Raises:
+        ArgumentError: two exclusive options were both given.
+    """
+    for first, second in command.exclusive:
+        if values.get(first.replace("-", "_")) and values.get(second.replace("-", "_")):
+            raise ArgumentError(f"Options --{first} and --{second} are mutually exclusive")
+
+
+def _synopsis_part(opt: Option) -> str:
+    if opt.kind == "bool":
+        return f"[--{opt.name}]"
+    if opt.required:
+        return f"<{opt.name}>"
+    return f"[--{opt.name} <{opt.kind}>]"
+
+
+def _option_label(opt: Option) -> str:
+    if opt.kind == "bool":
+        return f"--{opt.name}"
+    if opt.required:
+        return f"[--{opt.name}] <{opt.kind}>"
+    return f"--{opt.name} <{opt.kind}>"
+
+
+def format_command_help(command: Command) -> str:
+    """``help COMMAND`` in virsh's layout: NAME, SYNOPSIS, DESCRIPTION, OPTIONS."""
+    lines = [
+        "  NAME",
+        f"    {command.name} - {command.summary}",
+        "",
+        "  SYNOPSIS",
+        "    " + " ".join([command.name, *(_synopsis_part(o) for o in command.options)]),
+        "",
+        "  DESCRIPTION",
+        f"    {command.description}",
+        "",
+    ]
+    if command.options:
+        lines.append("  OPTIONS")
+        for opt in command.options:
+            note = " (virtvol only)" if opt.extension else ""
+            lines.append(f"    {_option_label(opt):<15}  {opt.help}{note}")
+        lines.append("")
+    return "\n".join(lines) + "\n"

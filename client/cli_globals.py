@@ -1,0 +1,144 @@
+"""The options before a ``virtvol`` command, read as virsh reads its own.
+
+virsh uses getopt_long for them: short options may be grouped (``-qr``) and take
+their value attached or as the next word (``-cURI``, ``-c URI``); long options
+may be abbreviated while unambiguous (``--conn=URI``). Reading stops at the
+first word that is not an option: the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from virtvol.client.cli_args import ArgumentError
+
+__all__ = ["USAGE", "Globals", "read_globals", "version_text"]
+
+USAGE = """\
+virtvol [options]... <command> [args...]
+
+  options:
+    -c | --connect=URI      the daemon to talk to (libvirt URI or alias)
+    -h | --help             this help
+    -q | --quiet            quiet mode: no table headers, notices, progress or summary
+    -r | --readonly         open the connection read-only
+    -v                      short version
+    -V                      long version
+         --version[=TYPE]   version, TYPE is short or long (default short)
+         --protocol=MODE    current, or legacy to act as a client without sparse
+                            streams (virtvol only)
+
+  commands (see 'virtvol help' and 'virtvol help COMMAND'):
+"""
+
+
+@dataclass
+class Globals:
+    """The options before the command, read as virsh reads its own (getopt)."""
+
+    connect: str | None = None
+    quiet: bool = False
+    readonly: bool = False
+    protocol: str = "current"
+    show: str | None = None  # "help", "version-short", "version-long"
+
+
+_SHORT_FLAGS = {
+    "q": "quiet",
+    "r": "readonly",
+    "h": "help",
+    "v": "version-short",
+    "V": "version-long",
+}
+_LONG = ("connect", "quiet", "readonly", "help", "version", "protocol")
+
+
+def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
+    """Read the options before the command; returns them and the command with its words.
+
+    Raises:
+        ArgumentError: an unknown option, or one without its value.
+    """
+    found = Globals()
+    i = 0
+
+    def value_of(name: str, attached: str | None) -> str:
+        nonlocal i
+        if attached is not None:
+            return attached
+        if i >= len(argv):
+            short = "'-c'/" if name == "connect" else ""
+            raise ArgumentError(f"option {short}'--{name}' requires an argument")
+        i += 1
+        return argv[i - 1]
+
+    def flag(name: str) -> None:
+        if name == "quiet":
+            found.quiet = True
+        elif name == "readonly":
+            found.readonly = True
+        elif found.show is None:
+            found.show = name
+
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            break
+        if word.startswith("--"):
+            name, equals, attached = word[2:].partition("=")
+            matches = [n for n in _LONG if n.startswith(name)] if name else []
+            if name in _LONG:
+                matches = [name]
+            if len(matches) != 1:
+                raise ArgumentError(f"unsupported option '{word}'. See --help.")
+            long = matches[0]
+            if long == "connect":
+                found.connect = value_of("connect", attached if equals else None)
+            elif long == "protocol":
+                found.protocol = value_of("protocol", attached if equals else None)
+                if found.protocol not in ("current", "legacy"):
+                    raise ArgumentError(f"unknown protocol '{found.protocol}' (current, legacy)")
+            elif long == "version":
+                kind = attached if equals else "short"
+                if kind not in ("short", "long"):
+                    raise ArgumentError(f"unsupported option '{word}'. See --help.")
+                found.show = found.show or f"version-{kind}"
+            elif equals:
+                raise ArgumentError(f"option '--{long}' doesn't allow an argument")
+            else:
+                flag(long)
+            continue
+        if word.startswith("-") and len(word) > 1:
+            letters = word[1:]
+            while letters:
+                letter, letters = letters[0], letters[1:]
+                if letter == "c":
+                    if letters:
+                        found.connect, letters = letters, ""
+                    else:
+                        found.connect = value_of("connect", None)
+                elif letter in _SHORT_FLAGS:
+                    flag(_SHORT_FLAGS[letter])
+                else:
+                    raise ArgumentError(f"unsupported option '-{letter}'. See --help.")
+            continue
+        return found, [word, *argv[i:]]
+    return found, list(argv[i:])
+
+
+def version_text(kind: str) -> str:
+    """``--version`` (``short``: the number alone, as ``virsh --version``) or ``-V`` (``long``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("virtvol")
+    except PackageNotFoundError:  # pragma: no cover - run from a tree that was never installed
+        number = "unknown"
+    if kind == "short":
+        return number + "\n"
+    return (
+        f"virtvol {number}: virsh's storage commands over libvirt's RPC protocol\n"
+        "for storage pools and volumes (libvirt 9.0 wire protocol)\n"
+    )

@@ -1,0 +1,53 @@
+"""What the stream handlers need from a volume's reader and writer, whatever the pool type.
+
+A directory pool hands out ``transfer.VolumeReader`` / ``VolumeWriter`` (file
+descriptors), an rbd pool ``rbdtransfer.RbdReader`` / ``RbdWriter`` (librbd
+images); the handlers see only these interfaces and call them from one worker
+thread at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from virtvol.sparse.reader import Chunk
+
+
+@runtime_checkable
+class ChunkReader(Protocol):
+    """The volume side of a download."""
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+    def next_chunk(self, buffer: memoryview | bytearray) -> Chunk: ...
+
+    def read_pieces(self, buffer: memoryview | bytearray) -> list[Chunk]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChunkWriter(Protocol):
+    """The volume side of an upload: ``apply`` (or ``write``/``skip``) in stream
+    order, then ``commit`` or ``abort``, then ``release_replaced`` after the
+    acknowledgement."""
+
+    @property
+    def position(self) -> int: ...
+
+    def apply(self, items: Iterable[memoryview | bytes | bytearray | int]) -> None: ...
+
+    def write(self, data: memoryview | bytes | bytearray) -> None: ...
+
+    def skip(self, length: int) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def release_replaced(self) -> None: ...

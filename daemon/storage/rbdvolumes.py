@@ -1,0 +1,408 @@
+"""Volumes of an rbd pool: RBD images in one Ceph pool, reached through librbd.
+
+Every call here blocks (it talks to the cluster), so the registry runs them in
+worker threads, never on the event loop. One cluster connection and one I/O
+context serve the pool while it is active; images opened for a transfer keep
+them alive: ``close()`` on a pool whose images are still open (a download the
+pool was destroyed under) only marks it, and the last ``release()`` shuts the
+connection down. librados must never see its I/O context closed under an open
+image.
+
+Whole-volume uploads write a hidden image (``.virtvol-upload-…``) and swap it
+in by name when the stream commits. RBD refuses to rename onto an existing
+image, so the swap is two renames: the old image to a hidden name
+(``.virtvol-old-…``), then the new one to the volume's name, and the old one is
+removed after the client has its acknowledgement. If the second rename fails,
+the first is undone. Hidden names never show in volume lists.
+
+Ceph's Python binding comes only as distribution packages (Debian's
+``python3-rados``, ``python3-rbd``); it is imported when an rbd pool starts, so
+the daemon runs without it and such a pool fails to start with a message
+naming the packages.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import importlib
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from types import ModuleType
+from typing import Any
+
+from virtvol.protocol.errors import ErrorCode, ErrorReport
+
+from .names import RESERVED_PREFIX, is_volume_name
+from .poolxml import PoolRuntime
+from .rbdxml import RbdSource
+from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
+from .volxml import VolumeRequest
+
+UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
+REPLACED_PREFIX = RESERVED_PREFIX + "old-"
+
+# librbd's discard and write_zeroes take the length as an int: 2 GiB or more is
+# refused (EINVAL) or wraps. Zeroing goes in steps of this size.
+ZERO_STEP = 1 << 30
+
+# Seconds librados waits for the monitors and OSDs before giving up, as libvirt sets them.
+CLUSTER_TIMEOUT = "30"
+
+MISSING_BINDING = (
+    "rbd pools need Ceph's Python binding (modules 'rados' and 'rbd'): install the "
+    "python3-rados and python3-rbd packages, then run 'make setup' to link them"
+)
+
+
+def load_binding() -> tuple[ModuleType, ModuleType]:
+    """The ``rados`` and ``rbd`` modules, or a clear error naming the packages."""
+    try:
+        rados = importlib.import_module("rados")
+        rbd = importlib.import_module("rbd")
+    except ImportError:
+        raise storage_error(ErrorCode.INTERNAL_ERROR, MISSING_BINDING) from None
+    return rados, rbd
+
+
+def _errno(exc: BaseException) -> int:
+    value = getattr(exc, "errno", None)
+    return value if isinstance(value, int) and value > 0 else errno.EIO
+
+
+def zero_range(image: Any, offset: int, length: int) -> None:
+    """Make ``[offset, offset+length)`` read as zeros, freeing whole objects."""
+    end = offset + length
+    while offset < end:
+        step = min(ZERO_STEP, end - offset)
+        image.write_zeroes(offset, step)
+        offset += step
+
+
+def data_extents(image: Any, offset: int, length: int) -> list[tuple[int, int]]:
+    """Allocated ``(start, end)`` ranges in ``[offset, offset+length)``, merged, in order.
+
+    With fast-diff the object map answers; extents are whole RADOS objects
+    (clipped to the range), so a hole inside an object is found only by
+    reading it.
+    """
+    found: list[tuple[int, int]] = []
+
+    def seen(start: int, size: int, exists: bool) -> int:
+        if exists and size:
+            if found and found[-1][1] >= start:
+                found[-1] = (found[-1][0], max(found[-1][1], start + size))
+            else:
+                found.append((start, start + size))
+        return 0
+
+    if length > 0:
+        image.diff_iterate(offset, length, None, seen, whole_object=True)
+    end = offset + length
+    return [(max(a, offset), min(b, end)) for a, b in found if b > offset and a < end]
+
+
+class RbdVolumes:
+    """The images of an active rbd pool; thread-safe."""
+
+    def __init__(self, source: RbdSource, rbd: ModuleType, cluster: Any, ioctx: Any) -> None:
+        self.source = source
+        self.path = source.pool
+        self._rbd = rbd
+        self._cluster = cluster
+        self._ioctx = ioctx
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @classmethod
+    def connect(cls, source: RbdSource, key: bytes | None) -> RbdVolumes:
+        """Log in to the cluster and open the Ceph pool (the key comes from a libvirt secret)."""
+        rados, rbd = load_binding()
+        conf = {
+            "mon_host": source.mon_host,
+            "client_mount_timeout": CLUSTER_TIMEOUT,
+            "rados_mon_op_timeout": CLUSTER_TIMEOUT,
+            "rados_osd_op_timeout": CLUSTER_TIMEOUT,
+            "log_to_stderr": "false",
+            "err_to_stderr": "false",
+        }
+        if source.username is None:
+            conf["auth_supported"] = "none"
+        elif key is not None:
+            # libvirt keeps the decoded key; librados wants it in base64.
+            conf["key"] = base64.b64encode(key).decode()
+        cluster = rados.Rados(rados_id=source.username, conf=conf)
+        try:
+            cluster.connect(timeout=int(CLUSTER_TIMEOUT))
+        except Exception as exc:
+            cluster.shutdown()
+            raise system_error(
+                f"failed to connect to the RADOS monitor on: {source.mon_host}", _errno(exc)
+            ) from None
+        try:
+            ioctx = cluster.open_ioctx(source.pool)
+        except Exception as exc:
+            cluster.shutdown()
+            raise system_error(
+                f"failed to create the RBD IoCTX. Does the pool '{source.pool}' exist?",
+                _errno(exc),
+            ) from None
+        return cls(source, rbd, cluster, ioctx)
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """An image is being opened: keep the connection until ``release``."""
+        with self._lock:
+            # Once closing, only work on an open image's behalf may go on (the
+            # connection is still there); with no image open it is gone.
+            if self._closing and self._users == 0:
+                raise storage_error(ErrorCode.OPERATION_INVALID, "storage pool is not active")
+            self._users += 1
+
+    def release(self) -> None:
+        """An image opened after ``acquire`` is closed."""
+        with self._lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self._shutdown()
+
+    def close(self) -> None:
+        """Stop the pool; the connection goes once no image is open any more."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._ioctx.close()
+        self._cluster.shutdown()
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Keep the connection open for the length of a call."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    @contextmanager
+    def image(self, name: str, *, read_only: bool = False) -> Iterator[Any]:
+        """An open image for the length of a call; a missing one is libvirt's 'no volume'."""
+        image = self.open_image(name, read_only=read_only)
+        try:
+            yield image
+        finally:
+            self.close_image(image)
+
+    def open_image(self, name: str, *, read_only: bool = False) -> Any:
+        """Open an image; the caller must ``close_image`` it (from any thread)."""
+        if not is_volume_name(name) and not name.startswith(RESERVED_PREFIX):
+            raise no_volume_named(name)
+        self.acquire()
+        try:
+            return self._rbd.Image(self._ioctx, name, read_only=read_only)
+        except self._rbd.ImageNotFound:
+            self.release()
+            raise no_volume_named(name) from None
+        except Exception as exc:
+            self.release()
+            raise system_error(f"failed to open the RBD image '{name}'", _errno(exc)) from None
+
+    def close_image(self, image: Any) -> None:
+        try:
+            image.close()
+        finally:
+            self.release()
+
+    # -- the pool -------------------------------------------------------------------
+
+    def volume_path(self, name: str) -> str:
+        """``<ceph pool>/<image>``: libvirt's key and path of an rbd volume."""
+        return f"{self.source.pool}/{name}"
+
+    def runtime(self) -> PoolRuntime:
+        """Cluster-wide sizes, as libvirt reports them for an rbd pool."""
+        try:
+            with self._in_use():
+                stats = self._cluster.get_cluster_stats()
+                pool = self._ioctx.get_stats()
+        except Exception as exc:
+            raise system_error(
+                f"failed to stat the RADOS pool '{self.source.pool}'", _errno(exc)
+            ) from None
+        return PoolRuntime(
+            capacity=stats["kb"] * 1024,
+            allocation=pool["num_bytes"],
+            available=stats["kb_avail"] * 1024,
+            mode=0,
+            owner=0,
+            group=0,
+        )
+
+    def _all_names(self) -> list[str]:
+        try:
+            with self._in_use():
+                return list(self._rbd.RBD().list(self._ioctx))
+        except Exception as exc:
+            raise system_error("Unable to list RBD images", _errno(exc)) from None
+
+    def names(self) -> list[str]:
+        """Volume names, sorted; hidden upload images are not volumes."""
+        return sorted(name for name in self._all_names() if is_volume_name(name))
+
+    def require(self, name: str) -> None:
+        """Nothing, or libvirt's "no storage vol with matching name"."""
+        with self.image(name, read_only=True):
+            pass
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.require(name)
+        except ErrorReport:
+            return False
+        return True
+
+    def info(self, name: str) -> tuple[int, int]:
+        """(capacity, allocation): allocation is what the object map says is written."""
+        with self.image(name, read_only=True) as image:
+            size = image.size()
+            allocated = sum(end - start for start, end in data_extents(image, 0, size))
+            return size, allocated
+
+    # -- changes ----------------------------------------------------------------------
+
+    def create(self, request: VolumeRequest) -> None:
+        """A new, empty (thin) image; RBD has no preallocation, so allocation is ignored."""
+        self._create(request.name, request.capacity or 0)
+
+    def _create(self, name: str, capacity: int) -> None:
+        try:
+            with self._in_use():
+                self._rbd.RBD().create(self._ioctx, name, capacity, old_format=False)
+        except self._rbd.ImageExists:
+            raise volume_exists(name) from None
+        except Exception as exc:
+            raise system_error(
+                f"failed to create volume '{self.volume_path(name)}'", _errno(exc)
+            ) from None
+
+    def create_from(self, request: VolumeRequest, source: str) -> None:
+        """A copy of ``source`` (only its data is copied) of at least its size."""
+        name = request.name
+        with self.image(source, read_only=True) as image:
+            size = image.size()
+            self._create(name, max(request.capacity or 0, size))
+            try:
+                with self.image(name) as target:
+                    for start, end in data_extents(image, 0, size):
+                        _copy_range(image, target, start, end)
+            except BaseException:
+                self._remove_quietly(name)
+                raise
+
+    def delete(self, name: str) -> None:
+        self.require(name)
+        try:
+            with self._in_use():
+                self._rbd.RBD().remove(self._ioctx, name)
+        except self._rbd.ImageNotFound:
+            raise no_volume_named(name) from None
+        except Exception as exc:
+            raise system_error(
+                f"failed to remove volume '{self.volume_path(name)}'", _errno(exc)
+            ) from None
+
+    def wipe(self, name: str) -> None:
+        """The whole image reads as zeros; its objects are freed."""
+        with self.image(name) as image:
+            try:
+                zero_range(image, 0, image.size())
+            except Exception as exc:
+                raise system_error(f"failed to wipe RBD image {name}", _errno(exc)) from None
+
+    def resize(
+        self, name: str, capacity: int, *, delta: bool, shrink: bool, allocate: bool
+    ) -> None:
+        """libvirt's resize rules; RBD images cannot be preallocated."""
+        if allocate:
+            raise storage_error(
+                ErrorCode.INVALID_ARG,
+                "unsupported flags (0x1) in function virStorageBackendRBDResizeVol",
+            )
+        with self.image(name) as image:
+            current = image.size()
+            if delta:
+                new = current - min(capacity, current) if shrink else current + capacity
+            else:
+                new = capacity
+            if new < current:
+                allocation = sum(end - start for start, end in data_extents(image, 0, current))
+                if new < allocation:
+                    raise invalid_arg("can't shrink capacity below existing allocation")
+                if not shrink:
+                    raise invalid_arg(
+                        "Can't shrink capacity below current capacity unless shrink flag "
+                        "explicitly specified"
+                    )
+            try:
+                image.resize(new)
+            except Exception as exc:
+                raise system_error(
+                    f"failed to resize the RBD image '{name}'", _errno(exc)
+                ) from None
+
+    # -- whole-volume uploads -------------------------------------------------------------
+
+    def create_upload_temp(self, like: str) -> str:
+        """A hidden empty image of volume ``like``'s size, to be swapped in on commit."""
+        with self.image(like, read_only=True) as image:
+            size = image.size()
+        temp = UPLOAD_PREFIX + secrets.token_hex(8)
+        self._create(temp, size)
+        return temp
+
+    def replace(self, temp: str, name: str) -> Callable[[], None]:
+        """Swap image ``temp`` in as volume ``name``; returns what removes the old image."""
+        with self._in_use():
+            return self._swap(temp, name)
+
+    def _swap(self, temp: str, name: str) -> Callable[[], None]:
+        rbd = self._rbd.RBD()
+        old = REPLACED_PREFIX + secrets.token_hex(8)
+        try:
+            rbd.rename(self._ioctx, name, old)
+        except Exception as exc:
+            raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
+        try:
+            rbd.rename(self._ioctx, temp, name)
+        except Exception as exc:
+            rbd.rename(self._ioctx, old, name)
+            raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
+        return lambda: self._remove_quietly(old)
+
+    def remove_temp(self, temp: str) -> None:
+        self._remove_quietly(temp)
+
+    def _remove_quietly(self, name: str) -> None:
+        with self._in_use(), suppress(self._rbd.ImageNotFound):
+            self._rbd.RBD().remove(self._ioctx, name)
+
+
+def _copy_range(source: Any, target: Any, start: int, end: int) -> None:
+    step = 4 << 20
+    zeros = bytes(step)
+    while start < end:
+        count = min(step, end - start)
+        data = source.read(start, count)
+        if data != zeros[: len(data)]:
+            target.write(data, start)
+        start += count

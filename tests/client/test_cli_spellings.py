@@ -1,0 +1,431 @@
+"""Every spelling virsh 9.0 takes for virtvol's commands, and its refusals, compared with
+virsh itself: the same words to both against one real libvirtd, the same stdout, stderr
+and exit status. Also ``--quiet``, ``help`` and the download destination check."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ReferenceLibvirtd, Virtvold, run_virsh
+
+pytestmark = pytest.mark.interop
+
+_COMMAND = [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
+
+
+def run_virtvol(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LC_ALL="C")
+    return subprocess.run(
+        [*_COMMAND, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def _mask_pool_sizes(text: str) -> str:
+    """A pool's allocation and free space move between two runs (the host's disk is
+    shared); only those figures are masked."""
+    text = re.sub(r"(Allocation|Available):( +)\d{7,}", r"\1:\2<bytes>", text)
+    return re.sub(r"\d+\.\d\d [KMGTPE]iB", "<size>", text)
+
+
+def same(ours: subprocess.CompletedProcess[str], theirs: subprocess.CompletedProcess[str]) -> None:
+    assert (_mask_pool_sizes(ours.stdout), ours.stderr, ours.returncode) == (
+        _mask_pool_sizes(theirs.stdout),
+        theirs.stderr,
+        theirs.returncode,
+    ), ours.args
+
+
+def both(uri: str, *args: str) -> tuple[str, str, int]:
+    """Run ``args`` with virsh, then virtvol; assert they answered alike; return virsh's."""
+    theirs = run_virsh(uri, *args, check=False)
+    ours = run_virtvol("-c", uri, *args)
+    if any(a.startswith("pool-") for a in args):
+        same(ours, theirs)
+    else:
+        assert (ours.stdout, ours.stderr, ours.returncode) == (
+            theirs.stdout,
+            theirs.stderr,
+            theirs.returncode,
+        ), args
+    return theirs.stdout, theirs.stderr, theirs.returncode
+
+
+def both_changing(uri: str, *template: str) -> None:
+    """A command that changes something: virsh acts on names ending in "-a", virtvol on
+    the same names ending in "-b"; their answers must match once the names are swapped."""
+    theirs = run_virsh(uri, *(w.replace("{}", "a") for w in template), check=False)
+    ours = run_virtvol("-c", uri, *(w.replace("{}", "b") for w in template))
+    assert ours.returncode == theirs.returncode, (template, theirs.stderr, ours.stderr)
+    assert ours.stdout.replace("-b", "-a") == theirs.stdout, template
+    assert ours.stderr.replace("-b", "-a") == theirs.stderr, template
+
+
+def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: Path) -> None:
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "v1", "1M", "--allocation", "0")
+    for args in (
+        # Positional, --opt value and --opt=value, the pool as a second positional.
+        ["vol-info", "v1", "default"],
+        ["vol-info", "--vol", "v1", "--pool", "default"],
+        ["vol-info", "--vol=v1", "--pool=default", "--bytes"],
+        ["vol-info", "--pool", "default", "v1", "--physical"],
+        ["vol-info", "v1", "--", "default"],
+        ["vol-path", "v1", "default"],
+        ["vol-key", "--vol", "v1", "--pool", "default"],
+        ["vol-dumpxml", "v1", "default"],
+        ["vol-list", "--pool", "default"],
+        ["vol-list", "--pool=default", "--details"],
+        ["pool-info", "--pool", "default"],
+        ["pool-info", "--pool=default", "--bytes"],
+        ["pool-dumpxml", "--pool", "default", "--inactive"],
+        ["pool-list", "--name"],
+        ["pool-list", "--uuid"],
+        ["pool-list", "--uuid", "--name", "--all"],
+        ["pool-list", "--persistent", "--autostart"],
+        ["pool-list", "--no-autostart", "--type", "dir,fs", "--details"],
+        ["vol-create-as", "default", "x", "1M", "0", "qcow2", "--print-xml"],
+        [
+            "vol-create-as",
+            "default",
+            "x",
+            "1M",
+            "--format",
+            "qcow2",
+            "--backing-vol",
+            "v1",
+            "--backing-vol-format",
+            "raw",
+            "--print-xml",
+        ],
+        [
+            "vol-create-as",
+            "default",
+            "x",
+            "1M",
+            "--backing-vol",
+            str(reference_libvirtd.pool_dir / "v1"),
+            "--print-xml",
+        ],
+        ["vol-create-as", "default", "x", "1M", "--backing-vol", "nope", "--print-xml"],
+        ["vol-clone", "v1", "w", "default", "--print-xml"],
+        ["-q", "vol-clone", "--vol", "v1", "--newname", "w", "--pool", "default", "--print-xml"],
+        ["vol-create-as", "default", "x", "1M", "--backing-vol-format", "raw", "--print-xml"],
+        [
+            "pool-define-as",
+            "p",
+            "netfs",
+            "--source-host",
+            "h",
+            "--source-path",
+            "/e",
+            "--source-format",
+            "nfs",
+            "--target",
+            "/x",
+            "--print-xml",
+        ],
+        [
+            "pool-define-as",
+            "--name",
+            "p",
+            "--type",
+            "logical",
+            "--source-dev",
+            "/dev/sdb",
+            "--source-name",
+            "vg",
+            "--print-xml",
+        ],
+        [
+            "pool-define-as",
+            "p",
+            "iscsi",
+            "--source-host",
+            "h",
+            "--source-path",
+            "/e",
+            "--source-dev",
+            "/dev/x",
+            "--source-name",
+            "n",
+            "--target",
+            "/t",
+            "--source-format",
+            "f",
+            "--auth-type",
+            "chap",
+            "--auth-username",
+            "u",
+            "--secret-usage",
+            "su",
+            "--adapter-name",
+            "an",
+            "--adapter-wwnn",
+            "1",
+            "--adapter-wwpn",
+            "2",
+            "--adapter-parent",
+            "ap",
+            "--source-protocol-ver",
+            "3",
+            "--source-initiator",
+            "iqn.x",
+            "--print-xml",
+        ],
+        [
+            "pool-create-as",
+            "p",
+            "iscsi",
+            "--auth-type",
+            "chap",
+            "--auth-username",
+            "u",
+            "--secret-uuid",
+            "8",
+            "--adapter-name",
+            "an",
+            "--print-xml",
+        ],
+        [
+            "pool-define-as",
+            "p",
+            "scsi",
+            "--adapter-wwnn",
+            "1",
+            "--adapter-wwpn",
+            "2",
+            "--adapter-parent-wwnn",
+            "5",
+            "--adapter-parent-wwpn",
+            "6",
+            "--adapter-parent-fabric-wwn",
+            "7",
+            "--print-xml",
+        ],
+        [
+            "pool-define-as",
+            "p",
+            "scsi",
+            "--adapter-wwnn",
+            "1",
+            "--adapter-wwpn",
+            "2",
+            "--adapter-parent-fabric-wwn",
+            "7",
+            "--print-xml",
+        ],
+        [
+            "pool-define-as",
+            "p",
+            "iscsi",
+            "--auth-type",
+            "chap",
+            "--adapter-wwnn",
+            "1",
+            "--source-protocol-ver",
+            "4",
+            "--print-xml",
+        ],
+        ["pool-define-as", "p", "iscsi", "--secret-usage", "a", "--secret-uuid", "b"],
+        # The refusals, word for word.
+        ["vol-info"],
+        ["vol-info", "v1", "default", "extra"],
+        ["vol-info", "v1", "--po", "default"],
+        ["vol-info", "v1", "--bytes=1"],
+        ["vol-info", "--vol", "v1", "--vol", "v1"],
+        ["vol-info", "v1", "--pool"],
+        ["vol-info", "v1", "--quiet-not"],
+        ["vol-info", "--pool", "--bytes", "v1"],  # a value may look like an option
+        ["vol-info", "v1", "-q"],  # after the command, -q is a word like any other
+        ["pool-list", "--all", "--inactive"],
+        ["pool-list", "--details", "--name"],
+        ["pool-list", "--type", "bogus"],
+        ["pool-start", "default", "--overwrite", "--no-overwrite"],
+        ["vol-create-as", "default", "x", "1X"],
+        ["vol-create-as", "default", "x", "abc"],
+        ["vol-create-as", "default", "x", "1M", "--allocation", "2Q"],
+        ["vol-download", "v1", str(tmp_path / "o"), "--pool", "default", "--offset", "1Q"],
+        ["vol-upload", "--vol", "v1", "--file", str(tmp_path / "none"), "--pool", "default"],
+        ["nosuch"],
+        ["help", "nosuch"],
+    ):
+        both(uri, *args)
+    # Quiet: no headers, no notices, no blank line after the output.
+    for args in (
+        ["pool-list"],
+        ["pool-list", "--details"],
+        ["vol-list", "default", "--details"],
+        ["vol-info", "v1", "default"],
+        ["vol-path", "v1", "--pool", "default"],
+        ["vol-info", "nope", "default"],
+        ["pool-refresh", "default"],
+    ):
+        both(uri, "-q", *args)
+    assert both(uri, "-q", "vol-list", "default")[0].startswith(" v1 ")
+
+
+def test_changing_spellings_match_virsh(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    uri = reference_libvirtd.tcp_uri
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"x" * 5000)
+    for template in (
+        ["vol-create-as", "--pool", "default", "--name", "n-{}", "--capacity", "1M"],
+        ["vol-create-as", "default", "q-{}", "1M", "--format", "qcow2", "--prealloc-metadata"],
+        ["vol-create-as", "default", "r-{}", "1M", "--prealloc-metadata"],  # raw: refused
+        # Quiet: virtvol's summary line would be the only difference.
+        ["-q", "vol-upload", "--vol", "n-{}", "--file", str(source), "--pool", "default"],
+        [
+            "-q",
+            "vol-upload",
+            "n-{}",
+            str(source),
+            "default",
+            "--offset",
+            "4096",
+            "--length",
+            "5000",
+        ],
+        ["-q", "vol-download", "--vol", "n-{}", "--file", str(tmp_path / "out-{}"), "default"],
+        ["vol-create-as", "default", "k-{}", "1M", "--backing-vol", "n-{}", "--format", "qcow2"],
+        ["vol-resize", "--vol", "n-{}", "--capacity", "2M", "--pool", "default"],
+        ["vol-clone", "--vol", "n-{}", "--newname", "c-{}", "--pool", "default"],
+        ["vol-wipe", "c-{}", "default", "--algorithm", "zero"],
+        ["vol-delete", "c-{}", "default"],
+        ["vol-delete", "--vol", "n-{}", "--pool", "default"],
+        ["-q", "vol-create-as", "default", "s-{}", "1M"],
+        ["-q", "vol-delete", "s-{}", "default"],
+        ["pool-define-as", "--name", "p-{}", "--type", "dir", "--target", f"{tmp_path}/p-{{}}"],
+        ["pool-autostart", "--pool", "p-{}"],
+        ["pool-autostart", "p-{}", "--disable"],
+        ["-q", "pool-undefine", "--pool", "p-{}"],
+    ):
+        both_changing(uri, *template)
+    assert (tmp_path / "out-a").read_bytes() == (tmp_path / "out-b").read_bytes()
+
+
+def test_download_onto_a_directory_is_refused_at_once(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "big", "1G", "--allocation", "0")
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    for target in (str(folder), str(folder) + "/", str(tmp_path / "missing" / "x")):
+        _, err, code = both(uri, "vol-download", "big", target, "--pool", "default")
+        assert (err, code) == (f"error: cannot create {target}\n", 1)
+    # Nothing was transferred: no temporary file was ever made next to the target.
+    assert list(folder.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"]
+
+
+def test_help_and_version() -> None:
+    listing = run_virtvol("help")
+    assert listing.returncode == 0
+    assert listing.stdout.startswith("Grouped commands:\n\n Storage Pool (help keyword 'pool'):\n")
+    assert "    vol-upload                     copy a file into a volume\n" in listing.stdout
+    # virsh's layout of one command's help, with the same synopsis and option labels.
+    ours = run_virtvol("help", "vol-upload").stdout
+    theirs = subprocess.run(
+        ["virsh", "help", "vol-upload"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    section = [line for line in ours.splitlines() if not line.startswith("    ")]
+    assert section == [line for line in theirs.splitlines() if not line.startswith("    ")]
+    assert "    vol-upload <vol> <file> [--pool <string>] [--offset <number>]" in ours
+    labels = [
+        line.split("  ")[2] for line in theirs.splitlines() if line.startswith(("    -", "    ["))
+    ]
+    assert len(labels) == 6
+    assert all(f"    {label}" in ours for label in labels)
+    assert "--no-sparse" in ours  # virtvol's own option, marked as such
+    assert run_virtvol("vol-upload", "--help").stdout == ours
+    assert run_virtvol("-q", "help", "vol-upload").stdout == ours[:-1]
+    installed = importlib.metadata.version("virtvol")
+    for flag in ("--version", "-v", "--version=short"):
+        version = run_virtvol(flag)
+        assert version.returncode == 0
+        assert version.stdout == installed + "\n"
+    assert run_virtvol("-V").stdout.startswith(f"virtvol {installed}")
+    assert "-c | --connect=URI" in run_virtvol("--help").stdout
+
+
+def test_what_virtvol_cannot_do_is_refused_clearly(virtvold: Virtvold) -> None:
+    uri = virtvold.unix_uri
+    for args, message in (
+        (["pool-dumpxml", "default", "--xpath", "//name"], "option --xpath is not supported"),
+        (["vol-wipe", "v", "default", "--algorithm", "nnsa"], "wipe algorithm 'nnsa' is not"),
+        (["vol-upload", "v", "f", "--sparse", "--no-sparse"], "--sparse and --no-sparse are"),
+    ):
+        proc = run_virtvol("-c", uri, *args)
+        assert proc.returncode == 1, args
+        assert message in proc.stderr, (args, proc.stderr)
+    ssh = run_virtvol("-c", "storage+ssh://root@host/system", "pool-list")
+    assert (ssh.returncode, ssh.stderr) == (
+        1,
+        "error: failed to connect to the hypervisor\n"
+        "error: transport 'ssh' is not supported by virtvol (use tcp or unix)\n",
+    )
+    nothing = run_virtvol()
+    assert (nothing.returncode, nothing.stderr) == (
+        1,
+        "error: no command given (see 'virtvol help')\n",
+    )
+
+
+def test_global_options_as_virsh_reads_them(virtvold: Virtvold) -> None:
+    uri = virtvold.unix_uri
+    for args in (
+        ["-qc", uri, "pool-list"],
+        [f"-c{uri}", "-q", "pool-list", "--name"],
+        [f"--conn={uri}", "--qui", "vol-list", "default"],
+        ["--connect", uri, "-r", "pool-info", "default", "--bytes"],
+        ["-c", uri, "--", "pool-list"],
+        ["--foo"],
+        ["-c"],
+        ["-Z"],
+    ):
+        theirs = subprocess.run(
+            ["virsh", *args],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, LC_ALL="C"),
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+        same(run_virtvol(*args), theirs)
+
+
+def _synopsis(help_text: str) -> str:
+    lines = help_text.splitlines()
+    return lines[lines.index("  SYNOPSIS") + 1].strip()
+
+
+def test_every_command_takes_virsh_options_in_virsh_order() -> None:
+    """The synopsis lists every option in declaration order, which is also the order
+    positional words fill them: it must be virsh's, plus only virtvol's marked extras."""
+    listing = run_virtvol("help").stdout
+    commands = [line.split()[0] for line in listing.splitlines() if line.startswith("    ")]
+    assert len(commands) == 22
+    for name in commands:
+        theirs = subprocess.run(
+            ["virsh", "help", name], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        ours = run_virtvol("help", name).stdout
+        assert _synopsis(ours).replace(" [--no-sparse]", "") == _synopsis(theirs), name
+    group = run_virtvol("help", "volume").stdout
+    assert group.startswith(" Storage Volume (help keyword 'volume'):\n    vol-clone ")

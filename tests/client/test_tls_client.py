@@ -1,0 +1,78 @@
+"""The client's side of libvirt's TLS exchange against a scripted server."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import virtvol.client
+from tests.tlsca import Pki, write_server_pki
+from virtvol.client.errors import LibvirtError
+from virtvol.protocol.errors import ErrorCode
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+async def _scripted_server(pki: Pki, first: bytes, server: Path) -> AsyncIterator[int]:
+    """A TLS server with the certificate in ``server`` that sends ``first`` and waits."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server / "servercert.pem", server / "serverkey.pem")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(first)
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    async with listener:
+        yield listener.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+async def wrong_byte_server(pki: Pki) -> AsyncIterator[int]:
+    async for port in _scripted_server(pki, b"\x00", pki.server):
+        yield port
+
+
+@pytest.fixture
+async def misnamed_server(pki: Pki, tmp_path: Path) -> AsyncIterator[int]:
+    server = write_server_pki(pki.ca, tmp_path / "misnamed", names=("storage.example",))
+    async for port in _scripted_server(pki, b"\x00", server):
+        yield port
+
+
+async def test_a_server_that_does_not_confirm(wrong_byte_server: int, pki: Pki) -> None:
+    uri = f"storage+tls://127.0.0.1:{wrong_byte_server}/system?pkipath={pki.client_dir('client')}"
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(uri, timeout=10)
+    assert caught.value.code == ErrorCode.RPC
+    assert caught.value.message == "server verification (of our certificate or IP address) failed"
+
+
+async def test_the_server_name_must_match(misnamed_server: int, pki: Pki) -> None:
+    """A certificate for another name than the URI's host fails, unless no_verify=1."""
+    client = pki.client_dir("client")
+    uri = f"storage+tls://127.0.0.1:{misnamed_server}/system?pkipath={client}"
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(uri, timeout=10)
+    assert caught.value.code == ErrorCode.AUTH_FAILED
+    with pytest.raises(LibvirtError) as unverified:
+        await virtvol.client.connect(uri + "&no_verify=1", timeout=10)
+    # Past the certificate check: now the missing confirmation is what fails.
+    assert unverified.value.code == ErrorCode.RPC
+
+
+async def test_missing_ca_is_reported_before_connecting(tmp_path: Path) -> None:
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(f"storage+tls://127.0.0.1:1/system?pkipath={tmp_path}")
+    assert caught.value.message == (
+        f"Cannot read CA certificate '{tmp_path}/cacert.pem': No such file or directory"
+    )

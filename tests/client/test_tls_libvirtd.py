@@ -1,0 +1,93 @@
+"""virtvol (library and command) against a real libvirtd 9.0 listening for TLS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import virtvol.client
+from tests.client.helpers import MIB, allocated, write_sparse_image
+from tests.conftest import free_port, run_virsh
+from tests.tlsca import Pki
+from tools import libvirtd_peer
+from virtvol.client.errors import LibvirtError
+
+REFUSED = "Unable to read TLS confirmation: Input/output error"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_libvirtd(pki: Pki) -> Iterator[libvirtd_peer.LibvirtdPeer]:
+    """libvirtd with TLS (allow-list: libvirt's example DN) and an active pool "default"."""
+    base = Path(tempfile.mkdtemp(prefix="virtvol-tls-ref-", dir="/tmp"))
+    base.chmod(0o755)
+    tls = libvirtd_peer.PeerTls(
+        free_port(), pki.server, ("C=GB,ST=London,L=London,O=Red Hat,CN=*",)
+    )
+    peer = libvirtd_peer.start(base / "state", free_port(), tls=tls)
+    try:
+        pool_dir = base / "state" / "pool"
+        run_virsh(
+            peer.tcp_uri, f"pool-define-as default dir --target {pool_dir}; pool-start default"
+        )
+        yield peer
+    finally:
+        peer.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_sparse_round_trip(
+    tls_libvirtd: libvirtd_peer.LibvirtdPeer, pki: Pki, tmp_path: Path
+) -> None:
+    source = tmp_path / "source.img"
+    data = write_sparse_image(source, 24 * MIB)
+    out = tmp_path / "out.img"
+    async with virtvol.client.connect(tls_libvirtd.tls_uri(pki.client_dir("client"))) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        vol = await pool.create_volume(
+            f"<volume><name>disk</name><capacity unit='bytes'>{24 * MIB}</capacity></volume>"
+        )
+        sent = await vol.upload_file(source)
+        received = await vol.download_file(out)
+    assert out.read_bytes() == data
+    assert sent.sparse
+    assert received.sparse
+    assert received.hole_bytes > 0
+    assert allocated(out) <= allocated(source) + 64 * 1024
+
+
+async def test_refused_as_virsh_is(tls_libvirtd: libvirtd_peer.LibvirtdPeer, pki: Pki) -> None:
+    uri = tls_libvirtd.tls_uri(pki.client_dir("other"))
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(uri)
+    virsh = run_virsh(uri, "uri", check=False)
+    assert virsh.returncode == 1
+    assert f"error: {caught.value.message}" in virsh.stderr
+    assert caught.value.message == REFUSED
+    log = tls_libvirtd.log_path.read_text(errors="replace")
+    assert "not on the list of allowed clients" in log
+
+
+def test_cli_lists_pools(tls_libvirtd: libvirtd_peer.LibvirtdPeer, pki: Pki) -> None:
+    cli = Path(sys.executable).parent / "virtvol"
+    proc = subprocess.run(
+        [str(cli), "-c", tls_libvirtd.tls_uri(pki.client_dir("client")), "pool-list"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert " default   active   no" in proc.stdout

@@ -1,0 +1,105 @@
+"""virtvold, in-process: a stream whose disk side fails in a way nobody foresaw still
+ends with a stream error, never leaves the client waiting, and the connection goes on.
+
+The writer's ``apply`` and the reader's ``next_chunk`` are made to raise a
+``RuntimeError`` (a bug, not an ``ErrorReport``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.daemon.conftest import RawClient
+from virtvol.daemon.connection import ClientConnection
+from virtvol.daemon.context import DaemonContext
+from virtvol.daemon.storage import StorageRegistry, VolumeReader, VolumeWriter
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import ReplyReceived, StreamFailed
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+
+def _broken(*args: object) -> None:
+    raise RuntimeError("disk gremlin")
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Iterator[DaemonContext]:
+    registry = StorageRegistry(tmp_path / "state")
+    registry.load()
+    registry.ensure_pool("default", tmp_path / "pool")
+    (tmp_path / "pool" / "disk.img").write_bytes(b"old content")
+    ctx = DaemonContext(registry=registry, legacy=False, keepalive_interval=5, keepalive_count=5)
+    try:
+        yield ctx
+    finally:
+        ctx.shutdown_executors()
+        registry.close()
+
+
+@pytest.fixture
+async def client(context: DaemonContext) -> AsyncIterator[RawClient]:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    _, served = await loop.connect_accepted_socket(
+        lambda: ClientConnection(context, "test", read_only=False), theirs
+    )
+    reader, writer = await asyncio.open_connection(sock=ours)
+    raw = RawClient(reader, writer)
+    try:
+        await raw.open()
+        yield raw
+    finally:
+        await raw.close()
+        await served.wait_closed()
+
+
+async def _stream_error(client: RawClient) -> r.RemoteError:
+    while True:
+        event = await client.next_event()
+        assert event is not None, "the daemon closed the connection"
+        if isinstance(event, StreamFailed):
+            return event.error
+
+
+async def _still_serving(client: RawClient) -> None:
+    counted = await client.call(Proc.CONNECT_GET_TYPE)
+    assert isinstance(counted, ReplyReceived)
+
+
+async def test_an_upload_that_fails_unexpectedly_ends_with_an_error(
+    client: RawClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(VolumeWriter, "apply", _broken)
+    vol = await client.volume("disk.img")
+    opened = await client.call(Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol, 0, 0, 1))
+    assert isinstance(opened, ReplyReceived)
+    serial = max(client.rpc.streams)
+    head, data = client.rpc.send_data(serial, b"new content")
+    client.send(head, data)
+    error = await _stream_error(client)
+    assert (error.code, error.domain) == (ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS)
+    assert error.message == "internal error: upload to default/disk.img failed: disk gremlin"
+    assert (tmp_path / "pool" / "disk.img").read_bytes() == b"old content"
+    await _still_serving(client)
+
+
+async def test_a_download_that_fails_unexpectedly_ends_with_an_error(
+    client: RawClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(VolumeReader, "next_chunk", _broken)
+    vol = await client.volume("disk.img")
+    opened = await client.call(Proc.STORAGE_VOL_DOWNLOAD, r.VolTransferArgs(vol, 0, 0, 1))
+    assert isinstance(opened, ReplyReceived)
+    error = await _stream_error(client)
+    assert (error.code, error.domain) == (ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS)
+    assert error.message == "internal error: download from default/disk.img failed: disk gremlin"
+    await _still_serving(client)

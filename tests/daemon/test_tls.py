@@ -1,0 +1,387 @@
+"""virtvold's tls:// listener against real virsh 9.0, python3-libvirt 9.0 and virtvol.
+
+One throwaway CA per module (tests/tlsca.py). The daemon requires client
+certificates, checks them against the CA and the revocation list, and admits
+only DNs matching ``tls_allowed_dn_list``; refused clients get libvirt's error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+import virtvol.client
+from tests.conftest import Virtvold, free_port, run_system_python, run_virsh, start_virtvold
+from tests.conftest import stop_virtvold as stop_daemon
+from tests.daemon.conftest import allocated, assert_same_content, make_sparse_file
+from tests.tlsca import CLIENT_DN, Pki, issue_client, write_crl
+from virtvol.client.errors import LibvirtError
+
+MIB = 1 << 20
+REFUSED = "Unable to read TLS confirmation: Input/output error"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def _write_config(path: Path, pki: Pki, *, crl: Path | None = None, extra: str = "") -> Path:
+    lines = [
+        f'ca_file = "{pki.server / "cacert.pem"}"',
+        f'cert_file = "{pki.server / "servercert.pem"}"',
+        f'key_file = "{pki.server / "serverkey.pem"}"',
+        'tls_allowed_dn_list = ["C=GB,ST=London,L=London,O=Red Hat,CN=*"]',
+    ]
+    if crl is not None:
+        lines.append(f'crl_file = "{crl}"')
+    path.write_text("\n".join([*lines, extra, ""]))
+    return path
+
+
+class TlsDaemon:
+    def __init__(self, daemon: Virtvold, port: int, config: Path) -> None:
+        self.daemon = daemon
+        self.port = port
+        self.config = config
+
+    def uri(self, pki: Pki, case: str, extra: str = "") -> str:
+        return f"storage+tls://127.0.0.1:{self.port}/system?pkipath={pki.client_dir(case)}{extra}"
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.daemon.log_text()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        pytest.fail(f"{text!r} not in the daemon log:\n{self.daemon.log_text()}")
+
+
+@pytest.fixture
+def tls_daemon(tmp_path: Path, pki: Pki) -> Iterator[TlsDaemon]:
+    config = _write_config(tmp_path / "virtvold.toml", pki, crl=pki.crl)
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    try:
+        yield TlsDaemon(daemon, port, config)
+    finally:
+        stop_daemon(daemon)
+
+
+def test_virsh_sparse_round_trip(tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path) -> None:
+    uri = tls_daemon.uri(pki, "client")
+    source = make_sparse_file(
+        tmp_path / "source.img",
+        6 * MIB,
+        [(0, os.urandom(3 * MIB + 17)), (5 * MIB, b"WORLD")],
+    )
+    run_virsh(uri, "vol-create-as", "default", "disk", "1M")
+    run_virsh(uri, "vol-upload", "--pool", "default", "disk", str(source), "--sparse")
+    volume = tls_daemon.daemon.pool_dir / "disk"
+    assert_same_content(source, volume)
+    assert allocated(volume) <= allocated(source) + 64 * 1024
+    out = tmp_path / "out.img"
+    run_virsh(uri, "vol-download", "--pool", "default", "disk", str(out), "--sparse")
+    assert out.read_bytes() == source.read_bytes()
+    assert allocated(out) <= allocated(source) + 64 * 1024
+    log = tls_daemon.wait_for_log(f"as DN '{CLIENT_DN}'")
+    assert "on tls://127.0.0.1:" in log
+
+
+def test_python_libvirt_connects(tls_daemon: TlsDaemon, pki: Pki) -> None:
+    code = (
+        "import sys, libvirt\n"
+        "conn = libvirt.open(sys.argv[1])\n"
+        "print(conn.getType(), [p.name() for p in conn.listAllStoragePools()])\n"
+        "conn.close()\n"
+    )
+    out = run_system_python(code, tls_daemon.uri(pki, "client")).stdout
+    assert out.strip() == "storage ['default']"
+
+
+async def test_virtvol_library_sparse_round_trip(
+    tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path
+) -> None:
+    source = make_sparse_file(
+        tmp_path / "source.img",
+        40 * MIB,
+        [(MIB, os.urandom(9 * MIB)), (30 * MIB, os.urandom(5 * MIB + 3))],
+    )
+    out = tmp_path / "out.img"
+    async with virtvol.client.connect(tls_daemon.uri(pki, "client")) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        vol = await pool.create_volume(
+            f"<volume><name>disk</name><capacity unit='bytes'>{40 * MIB}</capacity></volume>"
+        )
+        sent = await vol.upload_file(source)
+        received = await vol.download_file(out)
+    assert out.read_bytes() == source.read_bytes()
+    assert allocated(out) <= allocated(source) + 64 * 1024
+    # Holes travelled as holes both ways, the data as data.
+    for result in (sent, received):
+        assert result.sparse
+        assert 14 * MIB + 3 <= result.data_bytes <= 14 * MIB + 4096
+        assert result.data_bytes + result.hole_bytes == 40 * MIB
+
+
+REFUSALS = [
+    ("other", "is not on the list of allowed clients (tls_allowed_dn_list)"),
+    ("wrongca", "unable to get local issuer certificate"),
+    ("expired", "certificate has expired"),
+    ("revoked", "certificate revoked"),
+    ("nocert", "no client certificate was presented"),
+]
+
+
+@pytest.mark.parametrize(("case", "logged"), REFUSALS, ids=[case for case, _ in REFUSALS])
+async def test_refused_clients(tls_daemon: TlsDaemon, pki: Pki, case: str, logged: str) -> None:
+    # no_sanity: virsh would refuse to send an expired or foreign certificate itself.
+    proc = run_virsh(tls_daemon.uri(pki, case, "&no_sanity=1"), "pool-list", check=False)
+    assert proc.returncode == 1
+    assert REFUSED in proc.stderr, proc.stderr
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(tls_daemon.uri(pki, case))
+    assert caught.value.message == REFUSED
+    log = tls_daemon.wait_for_log(logged)
+    line = next(line for line in log.splitlines() if logged in line)
+    assert "WARNING" in line
+    assert "127.0.0.1:" in line
+    assert "connected on tls" not in log
+
+
+def test_plain_text_to_the_tls_port(tls_daemon: TlsDaemon) -> None:
+    proc = run_virsh(f"storage+tcp://127.0.0.1:{tls_daemon.port}/system", "uri", check=False)
+    assert proc.returncode == 1
+    assert "End of file while reading data" in proc.stderr
+    tls_daemon.wait_for_log("TLS handshake failed: the client does not speak TLS")
+
+
+async def test_client_checks_the_server(tls_daemon: TlsDaemon, pki: Pki) -> None:
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(tls_daemon.uri(pki, "untrusting"))
+    assert caught.value.message == "authentication failed: Failed to verify peer's certificate"
+    virsh = run_virsh(tls_daemon.uri(pki, "untrusting", "&no_sanity=1"), "uri", check=False)
+    assert "authentication failed: Failed to verify peer's certificate" in virsh.stderr
+    # no_verify=1 skips the check of the server, as libvirt does.
+    async with virtvol.client.connect(tls_daemon.uri(pki, "untrusting", "&no_verify=1")) as conn:
+        assert await conn.get_type() == "storage"
+
+
+def test_cli_error_and_missing_files(tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path) -> None:
+    cli = [str(Path(sys.executable).parent / "virtvol")]
+    refused = subprocess.run(
+        [*cli, "-c", tls_daemon.uri(pki, "other"), "pool-list"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr == f"error: failed to connect to the hypervisor\nerror: {REFUSED}\n"
+    missing = tmp_path / "none"
+    uri = f"storage+tls://127.0.0.1:{tls_daemon.port}/system?pkipath={missing}"
+    ours = subprocess.run(
+        [*cli, "-c", uri, "pool-list"], capture_output=True, text=True, check=False, timeout=60
+    )
+    theirs = run_virsh(uri, "pool-list", check=False)
+    expected = f"Cannot read CA certificate '{missing}/cacert.pem': No such file or directory"
+    assert expected in theirs.stderr
+    assert ours.stderr == f"error: failed to connect to the hypervisor\nerror: {expected}\n"
+
+
+def test_sighup_reloads_the_revocation_list(tmp_path: Path, pki: Pki) -> None:
+    crl = tmp_path / "cacrl.pem"
+    write_crl(pki.ca, crl, [])
+    config = _write_config(tmp_path / "virtvold.toml", pki, crl=crl)
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    tls = TlsDaemon(daemon, port, config)
+    try:
+        run_virsh(tls.uri(pki, "revoked"), "uri")
+        write_crl(pki.ca, crl, [pki.revoked_serial])
+        daemon.process.send_signal(signal.SIGHUP)
+        tls.wait_for_log("configuration reloaded")
+        proc = run_virsh(tls.uri(pki, "revoked", "&no_sanity=1"), "uri", check=False)
+        assert REFUSED in proc.stderr
+        tls.wait_for_log("certificate revoked")
+        run_virsh(tls.uri(pki, "client"), "uri")
+    finally:
+        stop_daemon(daemon)
+
+
+def test_bad_tls_setup_stops_start_up(tmp_path: Path, pki: Pki) -> None:
+    config = tmp_path / "virtvold.toml"
+    config.write_text(f'ca_file = "{pki.server / "cacert.pem"}"\n')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "virtvol.daemon",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--listen",
+            f"tls://127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "cannot set up TLS: cert_file, key_file must be set too" in proc.stderr
+
+
+def test_unix_socket_modes_and_group(tmp_path: Path, virtvold: Virtvold) -> None:
+    # Defaults as libvirtd without polkit: read-write 0700, read-only 0777.
+    rw = Path(virtvold.unix_uri.split("socket=")[1])
+    ro = Path(virtvold.ro_uri.split("socket=")[1])
+    assert stat.S_IMODE(rw.stat().st_mode) == 0o700
+    assert stat.S_IMODE(ro.stat().st_mode) == 0o777
+    group = os.getegid()
+    config = tmp_path / "access.toml"
+    config.write_text(
+        f'unix_sock_group = "{group}"\nunix_sock_rw_perms = "0770"\nunix_sock_ro_perms = "0775"\n'
+    )
+    daemon = start_virtvold(tmp_path / "access", "--config", str(config))
+    try:
+        rw2 = Path(daemon.unix_uri.split("socket=")[1])
+        ro2 = Path(daemon.ro_uri.split("socket=")[1])
+        assert stat.S_IMODE(rw2.stat().st_mode) == 0o770
+        assert stat.S_IMODE(ro2.stat().st_mode) == 0o775
+        assert rw2.stat().st_gid == group
+        run_virsh(daemon.unix_uri, "uri")
+        # SO_PEERCRED: virsh's pid and uid, on the read-write socket.
+        pattern = rf"pid (\d+) uid {os.geteuid()}: connected on unix://{rw2}$"
+        pids = re.findall(pattern, daemon.log_text(), re.MULTILINE)
+        assert len(pids) == 1
+        assert int(pids[0]) != os.getpid()
+    finally:
+        stop_daemon(daemon)
+
+
+def test_no_verify_certificate_lets_clients_in_unchecked(tmp_path: Path, pki: Pki) -> None:
+    config = _write_config(
+        tmp_path / "virtvold.toml", pki, extra="tls_no_verify_certificate = true"
+    )
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    tls = TlsDaemon(daemon, port, config)
+    try:
+        # No certificate at all, and one off the allow-list: both get in.
+        run_virsh(tls.uri(pki, "nocert"), "uri")
+        run_virsh(tls.uri(pki, "other"), "uri")
+        log = tls.wait_for_log("as TLS without a client certificate check")
+        assert "client certificates not verified" in log
+    finally:
+        stop_daemon(daemon)
+
+
+def test_logged_dn_is_the_one_libvirt_computes(tmp_path: Path, pki: Pki) -> None:
+    """The DN virtvold matches and logs equals virt-pki-query-dn's (libvirt's own code)."""
+
+    def rdn(*attributes: tuple[x509.ObjectIdentifier, str]) -> x509.RelativeDistinguishedName:
+        return x509.RelativeDistinguishedName([x509.NameAttribute(o, v) for o, v in attributes])
+
+    subject = x509.Name(
+        [
+            rdn((NameOID.COUNTRY_NAME, "GB")),
+            rdn((NameOID.ORGANIZATION_NAME, "Acme, Inc. <storage>")),
+            rdn((NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"), (NameOID.USER_ID, "u1")),
+            rdn((NameOID.COMMON_NAME, "backup+1")),
+            rdn((NameOID.EMAIL_ADDRESS, "root@example.org")),
+        ]
+    )
+    client = tmp_path / "odd"
+    issue_client(pki.ca, client, subject=subject)
+    query = shutil.which("virt-pki-query-dn")
+    assert query is not None, "virt-pki-query-dn missing: apt-get install -y libvirt-clients"
+    expected = subprocess.run(
+        [query, str(client / "clientcert.pem")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    config = _write_config(tmp_path / "virtvold.toml", pki)
+    config.write_text(config.read_text().replace("CN=*", 'CN=*", "C=GB,O=Acme*'))
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    try:
+        run_virsh(f"storage+tls://127.0.0.1:{port}/system?pkipath={client}", "uri")
+        TlsDaemon(daemon, port, config).wait_for_log(f"as DN '{expected}'")
+    finally:
+        stop_daemon(daemon)
+
+
+def test_stop_abandons_unfinished_handshakes(tls_daemon: TlsDaemon) -> None:
+    """SIGTERM with a client stuck before its handshake: the daemon stops at once and the
+    client's connection is closed, not left open."""
+    with socket.create_connection(("127.0.0.1", tls_daemon.port), timeout=10) as stuck:
+        time.sleep(0.3)  # accepted, handshake waiting for a ClientHello that never comes
+        started = time.monotonic()
+        assert stop_daemon(tls_daemon.daemon) == 0
+        assert time.monotonic() - started < 8
+        assert stuck.recv(1) == b""
+    assert "stopped" in tls_daemon.daemon.log_text()
+
+
+async def test_clients_refuse_a_revoked_server(
+    tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path
+) -> None:
+    """A cacrl.pem next to the client's files revokes the server's certificate: virtvol
+    refuses to talk, as virsh does."""
+    server = x509.load_pem_x509_certificate((pki.server / "servercert.pem").read_bytes())
+    client = tmp_path / "client"
+    shutil.copytree(pki.client_dir("client"), client)
+    write_crl(pki.ca, client / "cacrl.pem", [server.serial_number])
+    uri = f"storage+tls://127.0.0.1:{tls_daemon.port}/system?pkipath={client}"
+    with pytest.raises(LibvirtError) as caught:
+        await virtvol.client.connect(uri)
+    assert caught.value.message == "authentication failed: Failed to verify peer's certificate"
+    virsh = run_virsh(uri, "uri", check=False)
+    assert "authentication failed: Failed to verify peer's certificate" in virsh.stderr
+
+
+def test_sighup_with_broken_certificates_keeps_the_running_ones(tmp_path: Path, pki: Pki) -> None:
+    server = tmp_path / "server"
+    shutil.copytree(pki.server, server)
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        f'ca_file = "{server / "cacert.pem"}"\n'
+        f'cert_file = "{server / "servercert.pem"}"\n'
+        f'key_file = "{server / "serverkey.pem"}"\n'
+    )
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    tls = TlsDaemon(daemon, port, config)
+    try:
+        run_virsh(tls.uri(pki, "client"), "uri")  # serving: the SIGHUP handler is in place
+        (server / "serverkey.pem").unlink()
+        daemon.process.send_signal(signal.SIGHUP)
+        log = tls.wait_for_log("reload failed, keeping the running configuration")
+        assert f"Cannot read private key '{server / 'serverkey.pem'}'" in log
+        run_virsh(tls.uri(pki, "client"), "uri")
+    finally:
+        stop_daemon(daemon)

@@ -1,0 +1,149 @@
+"""virtvol (command and library) with an rbd pool; two daemons on one Ceph pool; no binding."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.client.test_cli import virtvol
+from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
+from tests.rbd.conftest import CEPH_POOL, RBD_POOL, define_rbd_pool, volume_name
+from tests.rbd.test_virsh_rbd import exported
+from tools.ceph_cluster import CephCluster
+from virtvol.client import Hole, connect
+from virtvol.daemon.storage import StorageRegistry
+from virtvol.protocol.errors import ErrorReport
+
+
+def _volume_xml(name: str, size: int) -> str:
+    return f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity></volume>"
+
+
+def test_virtvol_command(rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path) -> None:
+    uri, name = rbd_virtvold.tcp_uri, volume_name("cli")
+    source = tmp_path / "source.img"
+    write_sparse_image(source, 8 * MIB)
+    virtvol(uri, "vol-create-as", RBD_POOL, name, "8M")
+    virtvol(uri, "vol-upload", name, str(source), "--pool", RBD_POOL, "--quiet")
+    assert exported(ceph, name, tmp_path) == source.read_bytes()
+    assert f"{CEPH_POOL}/{name}" in virtvol(uri, "vol-list", RBD_POOL).stdout
+    back = tmp_path / "back.img"
+    virtvol(uri, "vol-download", name, str(back), "--pool", RBD_POOL, "--quiet")
+    assert_same_file(source, back)
+    assert allocated(back) <= 2 * MIB
+    virtvol(uri, "vol-delete", name, "--pool", RBD_POOL)
+    assert name not in ceph.rbd("ls", CEPH_POOL).split()
+
+
+async def test_library_round_trip(rbd_virtvold: Virtvold, tmp_path: Path) -> None:
+    name = volume_name("lib")
+    source = tmp_path / "source.img"
+    write_sparse_image(source, 8 * MIB, seed=3)
+    async with connect(rbd_virtvold.unix_uri) as conn:
+        pool = await conn.lookup_pool_by_name(RBD_POOL)
+        vol = await pool.create_volume(_volume_xml(name, 8 * MIB))
+        up = await vol.upload_file(source)
+        assert up.sparse
+        assert up.hole_bytes >= 6 * MIB
+        back = tmp_path / "back.img"
+        down = await vol.download_file(back)
+        assert down.sparse
+        assert down.hole_bytes >= 6 * MIB
+        assert_same_file(source, back)
+        part = tmp_path / "part.img"
+        await vol.download_file(part, offset=MIB - 5, length=MIB)
+        assert part.read_bytes() == source.read_bytes()[MIB - 5 : 2 * MIB - 5]
+
+
+async def test_pool_destroyed_during_a_download(rbd_virtvold: Virtvold, tmp_path: Path) -> None:
+    """The cluster connection outlives the images a running download has open."""
+    name = volume_name("held")
+    content = os.urandom(12 * MIB)
+    source = tmp_path / "source.img"
+    source.write_bytes(content)
+    async with connect(rbd_virtvold.tcp_uri) as conn:
+        pool = await conn.lookup_pool_by_name(RBD_POOL)
+        vol = await pool.create_volume(_volume_xml(name, len(content)))
+        await vol.upload_file(source)
+        received = bytearray()
+        async with vol.download(sparse=True) as stream:
+            async for item in stream:
+                if not received:
+                    await pool.destroy()
+                received += bytes(item.length) if isinstance(item, Hole) else bytes(item)
+        assert bytes(received) == content
+        assert not await pool.is_active()
+        await pool.start()
+        assert name in [v.name for v in await pool.list_volumes()]
+
+
+def test_two_daemons_share_one_ceph_pool(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    other = start_virtvold(tmp_path / "other")
+    try:
+        define_rbd_pool(other.tcp_uri, ceph, tmp_path)
+        name = volume_name("shared")
+        run_virsh(rbd_virtvold.tcp_uri, "vol-create-as", RBD_POOL, name, "6M")
+        assert name in run_virsh(other.tcp_uri, "vol-list", RBD_POOL).stdout
+        source = tmp_path / "source.img"
+        write_sparse_image(source, 6 * MIB, seed=5)
+        run_virsh(rbd_virtvold.tcp_uri, "vol-upload", "--pool", RBD_POOL, name, str(source))
+        back = tmp_path / "back.img"
+        run_virsh(other.tcp_uri, "vol-download", "--pool", RBD_POOL, name, str(back), "--sparse")
+        assert_same_file(source, back)
+        run_virsh(other.tcp_uri, "vol-delete", "--pool", RBD_POOL, name)
+        assert name not in run_virsh(rbd_virtvold.tcp_uri, "vol-list", RBD_POOL).stdout
+        for daemon in (rbd_virtvold, other):
+            assert ceph.admin_key not in daemon.log_text()
+    finally:
+        stop_virtvold(other)
+
+
+def test_rbd_pool_without_the_binding(
+    tmp_path: Path, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "rbd", None)  # import rbd now raises ImportError
+    registry = StorageRegistry(tmp_path / "state")
+    ref = registry.define_pool_xml(
+        f"<pool type='rbd'><name>nobinding</name><source><name>{CEPH_POOL}</name>"
+        f"<host name='127.0.0.1' port='{ceph.port}'/></source></pool>"
+    )
+    with pytest.raises(ErrorReport) as failure:
+        registry.start_pool(ref)
+    assert "python3-rados and python3-rbd" in failure.value.message
+    assert not registry.pool_is_active(ref)
+
+
+def test_key_file_named_in_the_config(ceph: CephCluster, tmp_path: Path) -> None:
+    keyring = tmp_path / "ceph.client.admin.keyring"
+    keyring.write_text(f"[client.admin]\n\tkey = {ceph.admin_key}\n")
+    config = tmp_path / "virtvold.toml"
+    config.write_text(f'[ceph_keys]\n"admin key" = "{keyring}"\n')
+    daemon = start_virtvold(tmp_path / "daemon", "--config", str(config))
+    try:
+        uri = daemon.tcp_uri
+        listing = run_virsh(uri, "secret-list").stdout
+        assert "ceph admin key" in listing
+        uuid = listing.split()[listing.split().index("ceph") - 1]
+        refused = run_virsh(uri, "secret-get-value", uuid, check=False)
+        assert "Invalid secret: secret is private" in refused.stderr
+        pool = tmp_path / "pool.xml"
+        pool.write_text(
+            f"<pool type='rbd'><name>{RBD_POOL}</name><source><name>{CEPH_POOL}</name>"
+            f"<host name='127.0.0.1' port='{ceph.port}'/><auth type='ceph' username='admin'>"
+            "<secret usage='admin key'/></auth></source></pool>"
+        )
+        run_virsh(uri, "pool-define", str(pool))
+        run_virsh(uri, "pool-start", RBD_POOL)
+        name = volume_name("keyfile")
+        run_virsh(uri, "vol-create-as", RBD_POOL, name, "1M")
+        assert name in ceph.rbd("ls", CEPH_POOL).split()
+        assert not (tmp_path / "daemon" / "state" / "secrets").exists()  # never copied
+        assert ceph.admin_key not in daemon.log_text()
+    finally:
+        stop_virtvold(daemon)

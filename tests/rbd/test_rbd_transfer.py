@@ -1,0 +1,140 @@
+"""The rbd reader and writer on their own, against the session's Ceph cluster."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.rbd.conftest import CEPH_POOL, volume_name
+from tools.ceph_cluster import CephCluster
+from virtvol.daemon.storage.rbdtransfer import RbdReader, RbdWriter
+from virtvol.daemon.storage.rbdvolumes import RbdVolumes, zero_range
+from virtvol.daemon.storage.rbdxml import RbdSource
+from virtvol.daemon.storage.volxml import VolumeRequest
+from virtvol.sparse.reader import Chunk
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def images(ceph: CephCluster) -> Iterator[RbdVolumes]:
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    volumes = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        yield volumes
+    finally:
+        volumes.close()
+
+
+def _read_all(volumes: RbdVolumes, name: str, offset: int = 0, length: int = 0) -> list[Chunk]:
+    reader = RbdReader(volumes, name, offset, length)
+    buffer = bytearray(MIB)
+    chunks: list[Chunk] = []
+    try:
+        while True:
+            chunk = reader.next_chunk(buffer)
+            if chunk.eof:
+                return chunks
+            chunks.append(chunk)
+    finally:
+        reader.close()
+
+
+def _content(volumes: RbdVolumes, name: str) -> bytes:
+    with volumes.image(name, read_only=True) as image:
+        data: bytes = image.read(0, image.size())
+        return data
+
+
+def _upload(volumes: RbdVolumes, name: str, items: list[bytes | int], *, fresh: bool) -> None:
+    outcome: list[bool] = []
+    target = name
+    if fresh:
+        target = volumes.create_upload_temp(name)
+
+    def finish(success: bool) -> None:
+        outcome.append(success)
+        if fresh:
+            if success:
+                volumes.replace(target, name)()
+            else:
+                volumes.remove_temp(target)
+
+    writer = RbdWriter(volumes, target, 0, 0, fresh=fresh, finish=finish)
+    for item in items:
+        if isinstance(item, int):
+            writer.skip(item)
+        else:
+            writer.write(item)
+    writer.commit()
+    writer.release_replaced()
+    assert outcome == [True]
+
+
+def test_reader_merges_holes_and_finds_zeros_inside_objects(images: RbdVolumes) -> None:
+    name = volume_name("reader")
+    images.create(VolumeRequest(name, 16 * MIB, None))
+    island = os.urandom(5000)
+    with images.image(name) as image:
+        image.write(island, 100)
+        image.write(bytes(2 * MIB), 2 * MIB)  # written zeros: an allocated object, all zero
+        image.write(island, 9 * MIB + 3)
+    chunks = _read_all(images, name)
+    assert [c.data for c in chunks] == [True, False, True, False]
+    assert sum(c.length for c in chunks) == 16 * MIB
+    assert chunks[0].length == 64 * 1024  # the island's zero-padded block
+    expected = bytearray(16 * MIB)
+    expected[100 : 100 + 5000] = island
+    expected[9 * MIB + 3 : 9 * MIB + 5003] = island
+    assert _content(images, name) == bytes(expected)
+    part = _read_all(images, name, 9 * MIB, 10)
+    assert part == [Chunk(data=True, length=10)]
+
+
+def test_whole_upload_replaces_exactly(images: RbdVolumes) -> None:
+    name = volume_name("whole")
+    images.create(VolumeRequest(name, 4 * MIB, None))
+    with images.image(name) as image:
+        image.write(os.urandom(4 * MIB), 0)
+    head = os.urandom(3000)
+    _upload(images, name, [head, 6 * MIB, b"tail", bytes(200_000)], fresh=True)
+    content = _content(images, name)
+    assert len(content) == 3000 + 6 * MIB + 4 + 200_000
+    assert content == head + bytes(6 * MIB) + b"tail" + bytes(200_000)
+    assert images.names().count(name) == 1
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+
+
+def test_in_place_holes_zero_old_content(images: RbdVolumes) -> None:
+    name = volume_name("inplace")
+    images.create(VolumeRequest(name, 8 * MIB, None))
+    with images.image(name) as image:
+        image.write(b"\xaa" * (8 * MIB), 0)
+    _upload(images, name, [b"new", 5 * MIB, bytes(MIB)], fresh=False)
+    content = _content(images, name)
+    assert content == b"new" + bytes(6 * MIB) + b"\xaa" * (2 * MIB - 3)
+
+
+def test_aborted_whole_upload_keeps_the_volume(images: RbdVolumes) -> None:
+    name = volume_name("abort")
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    temp = images.create_upload_temp(name)
+    writer = RbdWriter(images, temp, 0, 0, fresh=True, finish=lambda ok: images.remove_temp(temp))
+    writer.write(b"new" * 1000)
+    writer.abort()
+    assert _content(images, name)[:3] == b"old"
+    assert temp not in images._all_names()
+
+
+def test_zeroing_more_than_two_gib(images: RbdVolumes) -> None:
+    name = volume_name("big")
+    images.create(VolumeRequest(name, 3 << 30, None))
+    with images.image(name) as image:
+        image.write(b"x", (3 << 30) - 1)
+        zero_range(image, 0, 3 << 30)  # librbd refuses one call of 2 GiB or more
+        assert image.read((3 << 30) - 1, 1) == b"\0"

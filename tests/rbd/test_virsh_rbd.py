@@ -1,0 +1,299 @@
+"""An rbd pool on virtvold, driven by virsh 9.0 and python3-libvirt 9.0, checked in Ceph itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from tests.conftest import (
+    Virtvold,
+    run_system_python,
+    run_virsh,
+    start_virtvold,
+    stop_virtvold,
+)
+from tests.daemon.conftest import allocated, make_sparse_file, run_client
+from tests.rbd.conftest import (
+    CEPH_POOL,
+    RBD_POOL,
+    SECRET_UUID,
+    define_rbd_pool,
+    rbd_pool_xml,
+    volume_name,
+)
+from tools.ceph_cluster import CephCluster
+
+MIB = 1 << 20
+
+
+def exported(ceph: CephCluster, name: str, folder: Path) -> bytes:
+    """The image's bytes as Ceph's own ``rbd export`` reads them."""
+    target = folder / f"export-{name}"
+    target.unlink(missing_ok=True)
+    ceph.rbd("export", f"{CEPH_POOL}/{name}", str(target))
+    return target.read_bytes()
+
+
+def image_size(ceph: CephCluster, name: str) -> int:
+    info = json.loads(ceph.rbd("info", "--format", "json", f"{CEPH_POOL}/{name}"))
+    size: int = info["size"]
+    return size
+
+
+def images(ceph: CephCluster) -> list[str]:
+    return ceph.rbd("ls", CEPH_POOL).split()
+
+
+def stream_holes(daemon: Virtvold, direction: str, name: str) -> int:
+    """Skip frames of the last ``direction`` stream of volume ``name``, from the daemon's log."""
+    marker = f"{direction} {RBD_POOL}/{name}:"
+    deadline = time.monotonic() + 10  # the line is written once the image is closed
+    while True:
+        lines = [line for line in daemon.log_text().splitlines() if marker in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines, daemon.log_text()
+    return int(re.search(r"(\d+) holes", lines[-1]).group(1))  # type: ignore[union-attr]
+
+
+def test_pool_lifecycle(rbd_virtvold: Virtvold) -> None:
+    uri = rbd_virtvold.tcp_uri
+    assert re.search(r"State:\s+running", run_virsh(uri, "pool-info", RBD_POOL).stdout)
+    xml = run_virsh(uri, "pool-dumpxml", RBD_POOL).stdout
+    assert "<pool type='rbd'>" in xml
+    assert f"<name>{CEPH_POOL}</name>" in xml
+    assert f"<secret uuid='{SECRET_UUID}'/>" in xml
+    assert RBD_POOL in run_virsh(uri, "pool-list", "--type", "rbd").stdout
+    assert RBD_POOL not in run_virsh(uri, "pool-list", "--type", "dir").stdout
+    run_virsh(uri, "pool-refresh", RBD_POOL)
+    run_virsh(uri, "pool-destroy", RBD_POOL)
+    stopped = run_virsh(uri, "vol-list", RBD_POOL, check=False)
+    assert f"storage pool '{RBD_POOL}' is not active" in stopped.stderr
+    run_virsh(uri, "pool-start", RBD_POOL)
+    run_virsh(uri, "vol-list", RBD_POOL)
+
+
+def test_volume_lifecycle(rbd_virtvold: Virtvold, ceph: CephCluster) -> None:
+    uri, name = rbd_virtvold.tcp_uri, volume_name("life")
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "8M")
+    assert name in images(ceph)
+    listing = run_virsh(uri, "vol-list", RBD_POOL).stdout
+    assert f"{CEPH_POOL}/{name}" in listing
+    info = run_virsh(uri, "vol-info", "--pool", RBD_POOL, name).stdout
+    assert re.search(r"Type:\s+network", info)
+    assert re.search(r"Capacity:\s+8.00 MiB", info)
+    assert re.search(r"Allocation:\s+0.00 B", info)
+    assert run_virsh(uri, "vol-path", "--pool", RBD_POOL, name).stdout.strip() == (
+        f"{CEPH_POOL}/{name}"
+    )
+    assert run_virsh(uri, "vol-key", "--pool", RBD_POOL, name).stdout.strip() == (
+        f"{CEPH_POOL}/{name}"
+    )
+
+    by_key = run_virsh(uri, "vol-info", f"{CEPH_POOL}/{name}").stdout  # lookup by key
+    assert f"Name:           {name}" in by_key
+
+    run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "16M")
+    assert image_size(ceph, name) == 16 * MIB
+    refused = run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "4M", check=False)
+    assert "Can't shrink capacity below current capacity unless shrink flag" in refused.stderr
+    run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "4M", "--shrink")
+    assert image_size(ceph, name) == 4 * MIB
+
+    run_virsh(uri, "vol-delete", "--pool", RBD_POOL, name)
+    assert name not in images(ceph)
+    missing = run_virsh(uri, "vol-info", "--pool", RBD_POOL, name, check=False)
+    assert "Storage volume not found" in missing.stderr
+
+
+def test_virsh_sparse_round_trip_over_old_content(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    uri, name = rbd_virtvold.tcp_uri, volume_name("rt")
+    size = 12 * MIB
+    old = tmp_path / "old.img"
+    old.write_bytes(os.urandom(size))
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, str(size))
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(old))  # dense
+    assert exported(ceph, name, tmp_path) == old.read_bytes()
+
+    # Holes where the old image had data must read back as zeros.
+    new = make_sparse_file(
+        tmp_path / "new.img",
+        size + MIB + 123,
+        [(0, b"head"), (5 * MIB + 7, os.urandom(70_000)), (size + MIB, os.urandom(123))],
+    )
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(new), "--sparse")
+    assert exported(ceph, name, tmp_path) == new.read_bytes()
+    assert stream_holes(rbd_virtvold, "upload", name) == 2  # virsh sent the holes as skips
+    info = run_virsh(uri, "vol-info", "--pool", RBD_POOL, name, "--bytes").stdout
+    assert f"{size + MIB + 123} bytes" in info
+    allocation = int(re.search(r"Allocation:\s+(\d+)", info).group(1))  # type: ignore[union-attr]
+    assert allocation <= 3 * 4 * MIB  # three RADOS objects hold data
+
+    sparse_out = tmp_path / "sparse-out"
+    run_virsh(uri, "vol-download", "--pool", RBD_POOL, name, str(sparse_out), "--sparse")
+    assert sparse_out.read_bytes() == new.read_bytes()
+    assert allocated(sparse_out) <= 512 * 1024
+    assert stream_holes(rbd_virtvold, "download", name) == 2  # neighbouring holes: one skip
+
+    dense_out = tmp_path / "dense-out"
+    run_virsh(uri, "vol-download", "--pool", RBD_POOL, name, str(dense_out))
+    assert dense_out.read_bytes() == new.read_bytes()
+
+    clone = volume_name("clone")
+    run_virsh(uri, "vol-clone", "--pool", RBD_POOL, name, clone)
+    assert exported(ceph, clone, tmp_path) == new.read_bytes()
+    assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
+
+
+def test_virsh_offset_and_length(rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path) -> None:
+    uri, name = rbd_virtvold.tcp_uri, volume_name("range")
+    base = os.urandom(8 * MIB)
+    whole = tmp_path / "whole.img"
+    whole.write_bytes(base)
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "8M")
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(whole))
+    patch = make_sparse_file(tmp_path / "patch", 2 * MIB, [(MIB, b"patched")])
+    run_virsh(
+        uri, "vol-upload", "--pool", RBD_POOL, name, str(patch),
+        "--offset", str(3 * MIB), "--length", str(2 * MIB), "--sparse",
+    )  # fmt: skip
+    expected = base[: 3 * MIB] + patch.read_bytes() + base[5 * MIB :]
+    assert exported(ceph, name, tmp_path) == expected
+    part = tmp_path / "part"
+    run_virsh(
+        uri, "vol-download", "--pool", RBD_POOL, name, str(part),
+        "--offset", str(3 * MIB - 10), "--length", str(MIB + 20), "--sparse",
+    )  # fmt: skip
+    assert part.read_bytes() == expected[3 * MIB - 10 : 4 * MIB + 10]
+
+
+def test_vol_wipe_frees_the_image(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    uri, name = rbd_virtvold.tcp_uri, volume_name("wipe")
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(6 * MIB))
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "6M")
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(data))
+    run_virsh(uri, "vol-wipe", "--pool", RBD_POOL, name)
+    assert exported(ceph, name, tmp_path) == bytes(6 * MIB)
+    # Whole objects are freed; the tail object, partly inside the image, is zeroed.
+    info = run_virsh(uri, "vol-info", "--pool", RBD_POOL, name, "--bytes").stdout
+    allocation = int(re.search(r"Allocation:\s+(\d+)", info).group(1))  # type: ignore[union-attr]
+    assert allocation <= 2 * MIB
+
+
+def test_python_libvirt_transfers(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    uri, name = rbd_virtvold.tcp_uri, volume_name("py")
+    source = make_sparse_file(
+        tmp_path / "source", 9 * MIB, [(MIB, os.urandom(5000)), (8 * MIB, os.urandom(MIB))]
+    )
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "9M")
+    run_client(uri, name, "sparse-upload", source, pool=RBD_POOL)
+    assert exported(ceph, name, tmp_path) == source.read_bytes()
+    out = tmp_path / "recv"
+    counters = run_client(rbd_virtvold.unix_uri, name, "recvflags", out, pool=RBD_POOL)
+    assert out.read_bytes() == source.read_bytes()
+    assert counters["holes"] >= 2
+    assert counters["data_frames"] >= 2
+    plain = tmp_path / "plain"
+    run_client(uri, name, "download", plain, pool=RBD_POOL)
+    assert plain.read_bytes() == source.read_bytes()
+
+
+ABORT_SCRIPT = r"""
+import sys, libvirt
+uri, pool, name = sys.argv[1:4]
+conn = libvirt.open(uri)
+vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+st = conn.newStream(0)
+vol.upload(st, 0, 0, 0)
+st.send(b"\xff" * (3 << 20))
+st.abort()
+conn.close()
+"""
+
+
+def test_aborted_upload_leaves_the_old_image(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    uri, name = rbd_virtvold.tcp_uri, volume_name("abort")
+    old = tmp_path / "old"
+    old.write_bytes(os.urandom(4 * MIB))
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "4M")
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(old))
+    run_system_python(ABORT_SCRIPT, uri, RBD_POOL, name)
+    assert exported(ceph, name, tmp_path) == old.read_bytes()
+    # The hidden image is gone once the daemon has seen the abort.
+    run_virsh(uri, "vol-list", RBD_POOL)
+    assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
+    assert ceph.admin_key not in rbd_virtvold.log_text()
+
+
+def test_secret_by_usage_and_autostart(ceph: CephCluster, tmp_path: Path) -> None:
+    """A pool naming its secret by usage, autostarted by a restarted daemon."""
+    base = tmp_path / "daemon"
+    daemon = start_virtvold(base)
+    try:
+        define_rbd_pool(daemon.tcp_uri, ceph, tmp_path)
+        run_virsh(daemon.tcp_uri, "pool-destroy", RBD_POOL)
+        run_virsh(daemon.tcp_uri, "pool-undefine", RBD_POOL)
+        by_usage = tmp_path / "by-usage.xml"
+        by_usage.write_text(
+            rbd_pool_xml(ceph).replace(
+                f"<secret uuid='{SECRET_UUID}'/>", "<secret usage='client.admin secret'/>"
+            )
+        )
+        run_virsh(daemon.tcp_uri, "pool-define", str(by_usage))
+        run_virsh(daemon.tcp_uri, "pool-autostart", RBD_POOL)
+    finally:
+        stop_virtvold(daemon)
+    again = start_virtvold(base)
+    try:
+        assert re.search(
+            r"State:\s+running", run_virsh(again.tcp_uri, "pool-info", RBD_POOL).stdout
+        )
+        assert (
+            "<secret usage='client.admin secret'/>"
+            in run_virsh(again.tcp_uri, "pool-dumpxml", RBD_POOL).stdout
+        )
+        name = volume_name("usage")
+        run_virsh(again.tcp_uri, "vol-create-as", RBD_POOL, name, "1M")
+        assert name in images(ceph)
+        assert ceph.admin_key not in again.log_text()
+    finally:
+        stop_virtvold(again)
+
+
+def test_pool_start_failures(rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path) -> None:
+    uri = rbd_virtvold.tcp_uri
+    no_pool = tmp_path / "no-pool.xml"
+    no_pool.write_text(
+        rbd_pool_xml(ceph, "nopool").replace(f"<name>{CEPH_POOL}</name>", "<name>absent</name>")
+    )
+    run_virsh(uri, "pool-define", str(no_pool))
+    failed = run_virsh(uri, "pool-start", "nopool", check=False)
+    assert "failed to create the RBD IoCTX. Does the pool 'absent' exist?" in failed.stderr
+
+    unknown = "00000000-0000-4000-8000-00000000abcd"
+    no_secret = tmp_path / "no-secret.xml"
+    no_secret.write_text(
+        rbd_pool_xml(ceph, "nosecret")
+        .replace(f"<name>{CEPH_POOL}</name>", "<name>elsewhere</name>")
+        .replace(SECRET_UUID, unknown)
+    )
+    run_virsh(uri, "pool-define", str(no_secret))
+    failed = run_virsh(uri, "pool-start", "nosecret", check=False)
+    assert f"Secret not found: no secret with matching uuid '{unknown}'" in failed.stderr
+    conflict = tmp_path / "conflict.xml"
+    conflict.write_text(rbd_pool_xml(ceph, "again"))
+    clash = run_virsh(uri, "pool-define", str(conflict), check=False)
+    assert f"Storage source conflict with pool: '{RBD_POOL}'" in clash.stderr
