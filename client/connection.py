@@ -318,7 +318,8 @@ async def _connect(
         raise ValueError(f"protocol must be 'current' or 'legacy', not {protocol!r}")
     target = parse_uri(resolve_uri(uri), read_only=read_only)
     if target.transport not in SUPPORTED_TRANSPORTS:
-        raise UnsupportedTransport(target.transport, " or ".join(sorted(SUPPORTED_TRANSPORTS)))
+        *others, last = sorted(SUPPORTED_TRANSPORTS)
+        raise UnsupportedTransport(target.transport, f"{', '.join(others)} or {last}")
     async with asyncio.timeout(time_limit):
         rpc = await _open_transport(target)
         conn = Connection(rpc, target, protocol)

@@ -377,7 +377,7 @@ def test_what_virtvol_cannot_do_is_refused_clearly(virtvold: Virtvold) -> None:
     assert (ssh.returncode, ssh.stderr) == (
         1,
         "error: failed to connect to the hypervisor\n"
-        "error: transport 'ssh' is not supported by virtvol (use tcp or unix)\n",
+        "error: transport 'ssh' is not supported by virtvol (use tcp, tls or unix)\n",
     )
     nothing = run_virtvol()
     assert (nothing.returncode, nothing.stderr) == (
