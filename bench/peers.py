@@ -141,7 +141,7 @@ class Virtvold(_LibvirtProtocolPeer):
     def _command(self, verb: str, transport: str, name: str, path: Path) -> list[str]:
         uri = self.transfer_uri(transport)
         program = str(VENV_BIN / "virtvol")
-        return [program, "-c", uri, verb, name, str(path), "--pool", self.pool, "--sparse", "-q"]
+        return [program, "-q", "-c", uri, verb, name, str(path), "--pool", self.pool, "--sparse"]
 
     def upload(self, transport: str, name: str, source: Path) -> list[str]:
         return self._command("vol-upload", transport, name, source)
