@@ -4,11 +4,19 @@ async with virtvol.client.connect("storage+tcp://host/system") as conn:
     pool = await conn.lookup_pool_by_name("default")
     vol = await pool.lookup_volume("disk.img")
     await vol.upload_file("disk.img")
+
+The names in ``__all__`` are the public API: connecting (``connect``,
+``PendingConnection``, ``Connection``, ``default_uri``), pools and volumes
+(``StoragePool``, ``StorageVolume``, ``PoolInfo``, ``VolumeInfo``, ``PoolState``,
+``VolumeType``, ``volume_xml``), transfers (``Upload``, ``Download``, ``Hole``,
+``upload_file``, ``download_file``, ``TransferResult``) and the errors (rooted at
+``VirtvolError``). ``virtvol.client.testing`` offers an in-memory daemon for
+tests. Other modules and names are internal: they may change in any release.
 """
 
 from typing import TYPE_CHECKING
 
-from virtvol.client.connection import Connection, ProtocolMode, connect
+from virtvol.client.connection import Connection, PendingConnection, connect
 from virtvol.client.errors import (
     CallTimeout,
     ConnectionClosed,
@@ -24,6 +32,7 @@ from virtvol.client.errors import (
     ProtocolViolation,
     SparseUnsupported,
     StorageVolumeExists,
+    StreamError,
     TransportError,
     UnsendableValue,
     UnsupportedTransport,
@@ -37,8 +46,8 @@ from virtvol.client.objects import (
     VolumeInfo,
     VolumeType,
 )
-from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, StreamError, Upload
-from virtvol.client.uri import Target, default_uri, parse_uri, resolve_uri
+from virtvol.client.streams import Download, Hole, Upload
+from virtvol.client.uri import default_uri
 from virtvol.client.xmldesc import volume_xml
 
 if TYPE_CHECKING:
@@ -58,7 +67,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "FRAME_DATA_MAX",
     "CallTimeout",
     "Connection",
     "ConnectionClosed",
@@ -73,16 +81,15 @@ __all__ = [
     "OperationDenied",
     "OperationFailed",
     "OperationInvalid",
+    "PendingConnection",
     "PoolInfo",
     "PoolState",
-    "ProtocolMode",
     "ProtocolViolation",
     "SparseUnsupported",
     "StoragePool",
     "StorageVolume",
     "StorageVolumeExists",
     "StreamError",
-    "Target",
     "TransferResult",
     "TransportError",
     "UnsendableValue",
@@ -94,8 +101,6 @@ __all__ = [
     "connect",
     "default_uri",
     "download_file",
-    "parse_uri",
-    "resolve_uri",
     "upload_file",
     "volume_xml",
 ]

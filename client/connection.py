@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 import uuid as uuidlib
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 
@@ -33,7 +33,7 @@ from virtvol.protocol.constants import AuthType
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
 
-__all__ = ["Connection", "ProtocolMode", "connect"]
+__all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
 
 log = logging.getLogger("virtvol.client")
 
@@ -69,7 +69,8 @@ class Connection:
     """
 
     def __init__(self, rpc: RpcProtocol, target: Target, protocol: ProtocolMode) -> None:
-        self.rpc = rpc
+        # The wire machinery; internal, used by the pool, volume and stream handles.
+        self._rpc = rpc
         self.target = target
         self.uri = target.uri
         self.protocol: ProtocolMode = protocol
@@ -82,7 +83,7 @@ class Connection:
 
     async def _handshake(self, keepalive: tuple[float, int] | None) -> None:
         try:
-            auth = _expect(await self.rpc.call(Proc.AUTH_LIST), r.AuthListRet)
+            auth = _expect(await self._rpc.call(Proc.AUTH_LIST), r.AuthListRet)
             methods = auth.types
         except NoSupport:
             methods = ()
@@ -90,16 +91,16 @@ class Connection:
             names = ", ".join(AuthType(m).name.lower() for m in methods)
             raise VirtvolError(f"the server requires authentication ({names}), not supported")
         self.keepalive_supported = await self.supports_feature(FEATURE_PROGRAM_KEEPALIVE)
-        await self.rpc.call(
+        await self._rpc.call(
             Proc.CONNECT_OPEN,
             r.ConnectOpenArgs(name=self.target.open_name, flags=self.target.open_flags),
         )
         await self.supports_feature(FEATURE_REMOTE_EVENT_CALLBACK)
         if await self.supports_feature(FEATURE_REMOTE_CLOSE_CALLBACK):
-            await self.rpc.call(Proc.CONNECT_REGISTER_CLOSE_CALLBACK)
+            await self._rpc.call(Proc.CONNECT_REGISTER_CLOSE_CALLBACK)
             self._close_callback = True
         if keepalive is not None and keepalive[0] > 0 and self.keepalive_supported:
-            self.rpc.start_keepalive(keepalive[0], keepalive[1])
+            self._rpc.start_keepalive(keepalive[0], keepalive[1])
 
     async def close(self) -> None:
         """Say goodbye as virsh does (UNREGISTER_CLOSE_CALLBACK, CONNECT_CLOSE) and close.
@@ -109,21 +110,21 @@ class Connection:
         if self._closed:
             return
         self._closed = True
-        if self.rpc.failure is None:
+        if self._rpc.failure is None:
             try:
                 async with asyncio.timeout(5):
                     if self._close_callback:
-                        await self.rpc.call(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK)
-                    await self.rpc.call(Proc.CONNECT_CLOSE)
+                        await self._rpc.call(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK)
+                    await self._rpc.call(Proc.CONNECT_CLOSE)
             except (LibvirtError, TransportError, TimeoutError) as exc:
                 log.debug("close of %s: %s", self.uri, exc)
-        self.rpc.close()
-        await self.rpc.closed
+        self._rpc.close()
+        await self._rpc.closed
 
     @property
     def is_alive(self) -> bool:
         """False once the connection failed or was closed."""
-        return not self._closed and self.rpc.failure is None
+        return not self._closed and self._rpc.failure is None
 
     async def __aenter__(self) -> Self:
         return self
@@ -142,7 +143,7 @@ class Connection:
         """Ask CONNECT_SUPPORTS_FEATURE; an error answer means False (libvirt's rule)."""
         try:
             ret = _expect(
-                await self.rpc.call(
+                await self._rpc.call(
                     Proc.CONNECT_SUPPORTS_FEATURE,
                     r.ConnectSupportsFeatureArgs(feature),
                     timeout=timeout,
@@ -155,13 +156,13 @@ class Connection:
 
     async def lib_version(self, *, timeout: float | None = None) -> int:
         """The daemon's library version (major * 1000000 + minor * 1000 + micro)."""
-        ret = await self.rpc.call(Proc.CONNECT_GET_LIB_VERSION, timeout=timeout)
+        ret = await self._rpc.call(Proc.CONNECT_GET_LIB_VERSION, timeout=timeout)
         return _expect(ret, r.ConnectGetLibVersionRet).lib_ver
 
     async def get_type(self, *, timeout: float | None = None) -> str:
         """The driver name (e.g. ``"storage"``)."""
         return _expect(
-            await self.rpc.call(Proc.CONNECT_GET_TYPE, timeout=timeout), r.ConnectGetTypeRet
+            await self._rpc.call(Proc.CONNECT_GET_TYPE, timeout=timeout), r.ConnectGetTypeRet
         ).type
 
     # -- pools ---------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class Connection:
         """All pools matching libvirt's CONNECT_LIST_ALL_STORAGE_POOLS ``flags``
         (0: every pool), sorted by name."""
         ret = _expect(
-            await self.rpc.call(
+            await self._rpc.call(
                 Proc.CONNECT_LIST_ALL_STORAGE_POOLS,
                 r.ListAllPoolsArgs(need_results=1, flags=flags),
                 timeout=timeout,
@@ -190,7 +191,7 @@ class Connection:
         Raises:
             NoStoragePool: no such pool.
         """
-        ret = await self.rpc.call(
+        ret = await self._rpc.call(
             Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name), timeout=timeout
         )
         return self._pool(_expect(ret, r.PoolRet).pool)
@@ -209,7 +210,7 @@ class Connection:
             raw = uuid.bytes
         else:
             raw = uuid
-        ret = await self.rpc.call(
+        ret = await self._rpc.call(
             Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs(raw), timeout=timeout
         )
         return self._pool(_expect(ret, r.PoolRet).pool)
@@ -218,7 +219,7 @@ class Connection:
         self, xml: str, *, flags: int = 0, timeout: float | None = None
     ) -> StoragePool:
         """Define a persistent pool from its XML (it stays inactive until started)."""
-        ret = await self.rpc.call(
+        ret = await self._rpc.call(
             Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
         )
         return self._pool(_expect(ret, r.PoolRet).pool)
@@ -227,7 +228,7 @@ class Connection:
         self, xml: str, *, flags: int = 0, timeout: float | None = None
     ) -> StoragePool:
         """Create and start a transient pool from its XML."""
-        ret = await self.rpc.call(
+        ret = await self._rpc.call(
             Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml, flags), timeout=timeout
         )
         return self._pool(_expect(ret, r.PoolRet).pool)
@@ -242,7 +243,7 @@ class Connection:
         Raises:
             NoStorageVolume: no such volume.
         """
-        ret = await self.rpc.call(
+        ret = await self._rpc.call(
             Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(key), timeout=timeout
         )
         return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
@@ -255,7 +256,7 @@ class Connection:
         Raises:
             NoStorageVolume: no such volume.
         """
-        ret = await self.rpc.call(
+        ret = await self._rpc.call(
             Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(path), timeout=timeout
         )
         return StorageVolume.from_wire(self, _expect(ret, r.VolRet).vol)
@@ -322,27 +323,64 @@ async def _connect(
         raise UnsupportedTransport(target.transport, f"{', '.join(others)} or {last}")
     async with asyncio.timeout(time_limit):
         rpc = await _open_transport(target)
-        conn = Connection(rpc, target, protocol)
-        try:
-            await conn._handshake(keepalive)
-        except BaseException:
-            rpc.close()
-            raise
+        return await handshake(rpc, target, protocol=protocol, keepalive=keepalive)
+
+
+async def handshake(
+    rpc: RpcProtocol,
+    target: Target,
+    *,
+    protocol: ProtocolMode,
+    keepalive: tuple[float, int] | None,
+) -> Connection:
+    """Open a ``Connection`` over a transport that is already connected (internal:
+    ``connect`` and ``virtvol.client.testing`` use it); the transport is closed on failure."""
+    conn = Connection(rpc, target, protocol)
+    try:
+        await conn._handshake(keepalive)
+    except BaseException:
+        rpc.close()
+        raise
     return conn
 
 
-class _Connecting:
-    """What ``connect`` returns: await it, or use it with ``async with``."""
+class PendingConnection:
+    """What ``connect`` returns: ``await`` it for a ``Connection``, or use it with
+    ``async with`` to have the connection closed on leaving the block.
 
-    def __init__(self, **kwargs: object) -> None:
-        self._kwargs = kwargs
+    Nothing happens until it is awaited or entered; each await opens a new connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        uri: str | None,
+        time_limit: float | None,
+        keepalive: tuple[float, int] | None,
+        protocol: ProtocolMode,
+        read_only: bool,
+    ) -> None:
+        self._uri = uri
+        self._time_limit = time_limit
+        self._keepalive = keepalive
+        self._protocol: ProtocolMode = protocol
+        self._read_only = read_only
         self._conn: Connection | None = None
 
+    def _open(self) -> Coroutine[object, None, Connection]:
+        return _connect(
+            self._uri,
+            time_limit=self._time_limit,
+            keepalive=self._keepalive,
+            protocol=self._protocol,
+            read_only=self._read_only,
+        )
+
     def __await__(self) -> Generator[object, None, Connection]:
-        return _connect(**self._kwargs).__await__()  # type: ignore[arg-type]
+        return self._open().__await__()
 
     async def __aenter__(self) -> Connection:
-        self._conn = await _connect(**self._kwargs)  # type: ignore[arg-type]
+        self._conn = await self._open()
         return self._conn
 
     async def __aexit__(
@@ -362,7 +400,7 @@ def connect(
     keepalive: tuple[float, int] | None = (5, 5),
     protocol: ProtocolMode = "current",
     read_only: bool = False,
-) -> _Connecting:
+) -> PendingConnection:
     """Connect to a libvirt-compatible daemon (virtvold or libvirtd).
 
     Usable as ``conn = await connect(uri)`` (close it with ``await conn.close()``)
@@ -382,7 +420,7 @@ def connect(
         read_only: open the connection read-only.
 
     Returns:
-        An awaitable async context manager giving a ``Connection``.
+        A ``PendingConnection``: await it, or enter it with ``async with``, for a ``Connection``.
 
     Raises:
         InvalidURI: the URI cannot be used (``UnsupportedTransport``: its
@@ -391,6 +429,6 @@ def connect(
         LibvirtError: the daemon refused to open the connection.
         TimeoutError: the handshake took longer than ``timeout``.
     """
-    return _Connecting(
+    return PendingConnection(
         uri=uri, time_limit=timeout, keepalive=keepalive, protocol=protocol, read_only=read_only
     )

@@ -19,7 +19,11 @@ put on the wire is ``UnsendableValue``, also a ``ValueError``.
     |   +-- ConnectionClosed, ProtocolViolation
     +-- CallTimeout (also TimeoutError)
     +-- UnsendableValue (also ValueError)
-    +-- StreamError                    (virtvol.client.streams) a stream misused
+    +-- StreamError                    a stream used in a way its state does not allow
+
+An error met by a stream (``LibvirtError`` or ``StreamError``) says where in the
+stream's life it happened, in ``stage``, given when it is made: ``"open"`` (the
+opening call), ``"finish"`` (closing it), or None (while data flowed).
 
 The protocol core raises its own exceptions (``virtvol.protocol.exceptions``);
 ``core_errors`` turns them into these at the edge where the client calls it.
@@ -49,6 +53,7 @@ __all__ = [
     "ProtocolViolation",
     "SparseUnsupported",
     "StorageVolumeExists",
+    "StreamError",
     "TransportError",
     "UnsendableValue",
     "UnsupportedTransport",
@@ -86,16 +91,19 @@ class LibvirtError(VirtvolError):
         domain: libvirt's ``virErrorDomain``.
         message: the full text (what virsh prints after ``error:``).
         level: libvirt's error level (2 = error).
+        stage: for an error a stream met, ``"open"`` (the opening call),
+            ``"finish"``, or None (while data flowed, or not a stream's error).
     """
 
-    def __init__(self, code: int, domain: int, message: str, *, level: int = 2) -> None:
+    def __init__(
+        self, code: int, domain: int, message: str, *, level: int = 2, stage: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.domain = domain
         self.message = message
         self.level = level
-        # For stream errors: "open" (the opening call), "finish", or None (mid-stream).
-        self.stage: str | None = None
+        self.stage = stage
 
     def __repr__(self) -> str:
         return (
@@ -149,8 +157,9 @@ _BY_CODE: dict[int, type[LibvirtError]] = {
 }
 
 
-def error_from_remote(error: RemoteError) -> LibvirtError:
-    """The exception for a ``remote_error`` received from the peer.
+def error_from_remote(error: RemoteError, *, stage: str | None = None) -> LibvirtError:
+    """The exception for a ``remote_error`` received from the peer (``stage``: see
+    ``LibvirtError``).
 
     As libvirt's client does, an RPC-layer "unknown procedure" error becomes
     ``NoSupport`` (code VIR_ERR_NO_SUPPORT), so old peers read as "not supported".
@@ -165,7 +174,7 @@ def error_from_remote(error: RemoteError) -> LibvirtError:
     ):
         code = ErrorCode.NO_SUPPORT
     cls = _BY_CODE.get(code, LibvirtError)
-    return cls(code, domain, message, level=error.level)
+    return cls(code, domain, message, level=error.level, stage=stage)
 
 
 class SparseUnsupported(LibvirtError):
@@ -198,6 +207,19 @@ class CallTimeout(VirtvolError, TimeoutError):
 class UnsendableValue(VirtvolError, ValueError):
     """An argument the wire protocol cannot carry (a string or list over its
     maximum, a number out of range); nothing was sent."""
+
+
+class StreamError(VirtvolError):
+    """A stream was used in a way its state does not allow (e.g. send after finish).
+
+    Args:
+        message: what was wrong.
+        stage: ``"open"``, ``"finish"`` or None, as for ``LibvirtError``.
+    """
+
+    def __init__(self, message: str, *, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 @contextlib.contextmanager

@@ -115,7 +115,7 @@ class StoragePool:
     async def _call(
         self, procedure: int, args: XdrStruct, *, timeout: float | None = None
     ) -> XdrStruct | None:
-        return await self.connection.rpc.call(procedure, args, timeout=timeout)
+        return await self.connection._rpc.call(procedure, args, timeout=timeout)
 
     async def info(self, *, timeout: float | None = None) -> PoolInfo:
         """State, capacity, allocation and available bytes (zeros while inactive)."""
@@ -278,7 +278,7 @@ class StorageVolume:
     async def _call(
         self, procedure: int, args: XdrStruct, *, timeout: float | None = None
     ) -> XdrStruct | None:
-        return await self.connection.rpc.call(procedure, args, timeout=timeout)
+        return await self.connection._rpc.call(procedure, args, timeout=timeout)
 
     async def info(self, *, physical: bool = False, timeout: float | None = None) -> VolumeInfo:
         """Type, capacity and allocation.

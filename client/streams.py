@@ -26,9 +26,9 @@ from virtvol.client.errors import (
     LibvirtError,
     SparseUnsupported,
     TransportError,
-    VirtvolError,
     error_from_remote,
 )
+from virtvol.client.errors import StreamError as StreamError  # re-exported for older imports
 from virtvol.client.rpc import RpcProtocol, StreamEvent
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from virtvol.client.interfaces import VolumeLike as StorageVolume
 
-__all__ = ["FRAME_DATA_MAX", "Download", "Hole", "StreamError", "Upload"]
+__all__ = ["FRAME_DATA_MAX", "Download", "Hole", "Upload"]
 
 log = logging.getLogger("virtvol.client")
 
@@ -76,12 +76,16 @@ class Hole:
     length: int
 
 
-class StreamError(VirtvolError):
-    """A stream was used in a way its state does not allow (e.g. send after finish)."""
-
-
 def _is_sparse_refusal(exc: InvalidArgument) -> bool:
     return "unsupported flags (0x1)" in exc.message
+
+
+def _at_stage(exc: LibvirtError, stage: str) -> LibvirtError:
+    """``exc`` as met at ``stage`` of a stream (an error's fields are set when it is made)."""
+    if exc.stage == stage:
+        return exc
+    staged = type(exc)(exc.code, exc.domain, exc.message, level=exc.level, stage=stage)
+    return staged.with_traceback(exc.__traceback__)
 
 
 class _StreamBase:
@@ -100,7 +104,7 @@ class _StreamBase:
         self.sparse = False
         self.fell_back = False
         self.serial = -1
-        self._rpc: RpcProtocol = volume.connection.rpc
+        self._rpc: RpcProtocol = volume.connection._rpc
         self._error: BaseException | None = None
         self._done: asyncio.Future[None] | None = None
         self._opened = False
@@ -124,12 +128,11 @@ class _StreamBase:
         try:
             await self._open()
         except LibvirtError as exc:
-            exc.stage = "open"
-            raise
+            raise _at_stage(exc, "open") from exc.__cause__
 
     async def _open(self) -> None:
         if self._opened:
-            raise StreamError("the stream is already open")
+            raise StreamError("the stream is already open", stage="open")
         self._opened = True
         legacy = self.volume.connection.protocol == "legacy"
         wanted = self.requested_sparse
@@ -138,6 +141,7 @@ class _StreamBase:
                 ErrorCode.NO_SUPPORT,
                 ErrorDomain.STREAMS,
                 "sparse streams are not available with protocol='legacy'",
+                stage="open",
             )
         ask = wanted is not False and not legacy
         try:
@@ -153,6 +157,7 @@ class _StreamBase:
                     exc.domain,
                     f"{self.volume.connection.uri} does not support sparse streams: {exc.message}",
                     level=exc.level,
+                    stage="open",
                 ) from exc
             self._report_fallback(exc)
         await self._call(0)
@@ -283,7 +288,7 @@ class Upload(_StreamBase):
         else:
             await self.abort()
 
-    def send_frame(self, data: memoryview, release: Callable[[], None] | None = None) -> None:
+    def send_frame(self, data: memoryview, *, release: Callable[[], None] | None = None) -> None:
         """Write one data frame of at most ``FRAME_DATA_MAX`` bytes, without waiting.
 
         ``release`` is called once the transport no longer needs ``data``'s
@@ -349,12 +354,11 @@ class Upload(_StreamBase):
         try:
             self._rpc.finish_stream(self.serial)
         except LocalProtocolError as exc:
-            raise StreamError(str(exc)) from None
+            raise StreamError(str(exc), stage="finish") from None
         try:
             await self._wait_done()
         except LibvirtError as exc:
-            exc.stage = "finish"
-            raise
+            raise _at_stage(exc, "finish") from exc.__cause__
 
 
 Item = bytes | memoryview | Hole

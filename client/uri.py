@@ -109,7 +109,7 @@ class Target:
     tls_verify: bool = True
 
 
-def default_uri(config: ClientConfig | None = None) -> str:
+def default_uri(*, config: ClientConfig | None = None) -> str:
     """The URI used when none is given, chosen as libvirt's library chooses it.
 
     ``$VIRTVOL_DEFAULT_URI``, then ``$LIBVIRT_DEFAULT_URI``, then ``uri_default``
@@ -138,7 +138,7 @@ def resolve_uri(uri: str | None) -> str:
         InvalidURI: the client configuration cannot be read or has a malformed alias.
     """
     config = load_client_config()
-    return config.resolve_alias(uri if uri else default_uri(config))
+    return config.resolve_alias(uri if uri else default_uri(config=config))
 
 
 def _runtime_dir() -> Path:

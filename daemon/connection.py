@@ -70,6 +70,7 @@ from virtvol.protocol.connection import (
     StreamHoleReceived,
     rpc_error,
 )
+from virtvol.protocol.constants import MESSAGE_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
 from virtvol.protocol.frames import Payload
@@ -91,6 +92,11 @@ _REQUEST_LIMIT = "max_client_requests"
 _OUTPUT_BACKLOG = "unsent replies"
 _TURN_OVER = "turn over"
 _DISPATCH_HOLDS = frozenset({_REQUEST_LIMIT, _OUTPUT_BACKLOG, _TURN_OVER})
+# The largest frame (header + payload) from a client that cannot write: before
+# CONNECT_OPEN, or read-only. No call such a client may make comes near it, and
+# a frame sent in full costs its size for as long as its connection lives: this
+# keeps any local user at 1 MiB per connection instead of 32.
+LIMITED_MESSAGE_MAX = 1 << 20
 # Frames one connection may have served before it lets every other connection
 # have a turn of the event loop (the loop reads a busy socket many times over).
 FRAMES_PER_TURN = 16
@@ -124,7 +130,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def __init__(self, context: DaemonContext, listener: str, *, read_only: bool) -> None:
         self._ctx = context
         self._listener = listener
-        self.rpc = Connection(Side.SERVER)
+        self.rpc = Connection(Side.SERVER, max_message=LIMITED_MESSAGE_MAX)
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
         # Who the peer proved to be (the TLS client's DN), set before connection_made.
@@ -177,8 +183,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         ctx.connections.add(self)
         ctx.anonymous.add(self)
         ctx.total_connections += 1
-        identity = f" as {self.peer_identity}" if self.peer_identity else ""
-        log.info("%s: connected on %s%s", self.peer, self._listener, identity)
+        if ctx.connection_lines.allow():
+            identity = f" as {self.peer_identity}" if self.peer_identity else ""
+            log.info("%s: connected on %s%s", self.peer, self._listener, identity)
         self._handshake_timer = self._loop.call_later(
             ctx.limits.handshake_timeout, self._handshake_expired
         )
@@ -246,14 +253,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
         self._ctx.anonymous.discard(self)
-        log.info(
-            "%s: %s after %.3f s, %d calls, %d streams",
-            self.peer,
-            self._close_reason,
-            time.monotonic() - self._started,
-            self._calls,
-            self._streams_opened,
-        )
+        if self._ctx.connection_lines.allow():
+            log.info(
+                "%s: %s after %.3f s, %d calls, %d streams",
+                self.peer,
+                self._close_reason,
+                time.monotonic() - self._started,
+                self._calls,
+                self._streams_opened,
+            )
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -331,7 +339,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- closing --------------------------------------------------------------------
 
     def stream_count(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + self._streams_opening
 
     def close(self, reason: str, *, notify: bool = True) -> None:
         """Close after the queued frames are sent; with ``notify``, a registered close
@@ -350,7 +358,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if not self._transport.is_closing() or self._close_reason == "closed by the client":
             self._close_reason = reason
-        log.warning("%s: closing: %s", self.peer, reason)
+        if self._ctx.connection_lines.allow():
+            log.warning("%s: closing: %s", self.peer, reason)
         self._transport.abort()
 
     async def wait_closed(self) -> None:
@@ -431,6 +440,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _opened(self) -> None:
         self._ctx.anonymous.discard(self)
+        if not self.session.read_only:
+            self.rpc.reader.max_message = MESSAGE_MAX  # uploads send large data frames
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -562,6 +573,11 @@ class ClientConnection(asyncio.BufferedProtocol):
                 ErrorDomain.STREAMS,
                 f"too many streams open on this connection (max_client_streams is {limit})",
             )
+        refusal = self._ctx.admission.stream_refusal(
+            len(self._ctx.connections), self._ctx.active_streams()
+        )
+        if refusal is not None:
+            raise ErrorReport.raised(ErrorCode.OPERATION_FAILED, ErrorDomain.STREAMS, refusal)
         self._streams_opening += 1
         try:
             handler = await self._open_handler(call, args, upload)

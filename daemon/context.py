@@ -10,6 +10,7 @@ from virtvol.daemon.fairqueue import FairExecutor
 from virtvol.daemon.limits import (
     Admission,
     ConnectionLimits,
+    LineBudget,
     nofile_soft_limit,
     open_descriptor_count,
 )
@@ -57,6 +58,8 @@ class DaemonContext:
     anonymous: set[TrackedConnection] = field(default_factory=set)
     accepting: bool = True
     total_connections: int = 0
+    # The per-connection log lines, which any local user can cause at will.
+    connection_lines: LineBudget = field(default_factory=lambda: LineBudget("connection"))
     call_queue: FairExecutor = field(init=False)
     admission: Admission = field(init=False)
 

@@ -30,6 +30,9 @@ log = logging.getLogger("virtvol.daemon.limits")
 FD_RESERVE_MIN = 64
 FD_RESERVE_FRACTION = 16
 REFUSAL_LOG_PERIOD = 10.0
+# Connection lines (connected, closed, closing) logged at most, per period.
+CONNECTION_LINES_BURST = 200
+CONNECTION_LINES_PERIOD = 10.0
 # What an open stream holds: its volume file, and room for a temp file or a directory.
 STREAM_DESCRIPTORS = 2
 
@@ -107,6 +110,49 @@ class RefusalLog:
         self._unlogged = 0
 
 
+class LineBudget:
+    """At most ``burst`` log lines per ``period`` seconds; the rest are counted and summed
+    up in one line when the next period starts (with the first line logged in it).
+
+    For lines any local user can cause at will, one per connection: connecting and
+    closing again as fast as the kernel allows must not fill the disk with the log.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        burst: int = CONNECTION_LINES_BURST,
+        period: float = CONNECTION_LINES_PERIOD,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._what = what
+        self._burst = burst
+        self._period = period
+        self._clock = clock
+        self._started: float | None = None
+        self._lines = 0
+        self._left_out = 0
+
+    def allow(self) -> bool:
+        """True when one more line may be logged now."""
+        now = self._clock()
+        if self._started is None or now - self._started >= self._period:
+            if self._left_out:
+                log.warning(
+                    "%d %s line(s) left out of the log in %.0f s",
+                    self._left_out,
+                    self._what,
+                    now - self._started if self._started is not None else 0.0,
+                )
+            self._started, self._lines, self._left_out = now, 0, 0
+        if self._lines < self._burst:
+            self._lines += 1
+            return True
+        self._left_out += 1
+        return False
+
+
 class Admission:
     """Decides whether one more connection can be served."""
 
@@ -132,5 +178,19 @@ class Admission:
             return (
                 f"out of file descriptors: {clients} connections and {streams} streams"
                 f" open, soft limit {self.fd_limit}, {self.fd_reserve} kept for volume files"
+            )
+        return None
+
+    def stream_refusal(self, clients: int, streams: int) -> str | None:
+        """Why one more stream cannot be opened (None: it can). Counts exclude it.
+
+        Connections already in may open streams past the budget, into the reserve,
+        but never into its second half: that stays for pool directories and whatever
+        else a call opens, so the daemon keeps serving calls with every stream open.
+        """
+        if clients + STREAM_DESCRIPTORS * (streams + 1) > self.fd_budget + self.fd_reserve // 2:
+            return (
+                f"too many streams open in the daemon ({streams}) for its open-files limit"
+                f" ({self.fd_limit})"
             )
         return None

@@ -14,6 +14,7 @@ import grp
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -23,6 +24,8 @@ _BACKLOG = 128
 RW_SOCKET_MODE = 0o700  # read-write: the owner only, libvirtd's unix_sock_rw_perms without polkit
 RO_SOCKET_MODE = 0o777  # read-only: every local user, libvirtd's unix_sock_ro_perms
 DEFAULT_TLS_PORT = 16514
+PRIVATE_UMASK = 0o077  # a session daemon's socket directory: 0700
+SHARED_UMASK = 0o022  # the system daemon's: 0755
 
 
 class ListenError(ValueError):
@@ -148,13 +151,32 @@ def _remove_stale_socket(path: str) -> None:
     raise ListenError(f"{path} is in use by another daemon")
 
 
-def _bind_unix(address: ListenAddress, access: UnixSocketAccess) -> socket.socket:
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    """Files and directories made meanwhile get at most ``~mask`` (start-up only: the
+    umask is the whole process's)."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _bind_unix(
+    address: ListenAddress, access: UnixSocketAccess, *, private_dirs: bool
+) -> socket.socket:
     gid = access.gid()
-    os.makedirs(os.path.dirname(address.path) or "/", exist_ok=True)
+    # As libvirtd: the directories it has to create are 0700 for a user's daemon (only
+    # its owner has any business there), 0755 for the system's (whose read-only
+    # socket is every user's).
+    with _umask(PRIVATE_UMASK if private_dirs else SHARED_UMASK):
+        os.makedirs(os.path.dirname(address.path) or "/", exist_ok=True)
     _remove_stale_socket(address.path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(address.path)
+        # Bound as 0600 and only then opened up: never reachable by more than its mode says.
+        with _umask(0o177):
+            sock.bind(address.path)
         # Mode and group are set before listen(): nobody connects in between.
         os.chmod(address.path, access.ro_mode if address.read_only else access.rw_mode)
         if gid != -1:
@@ -166,25 +188,33 @@ def _bind_unix(address: ListenAddress, access: UnixSocketAccess) -> socket.socke
     return sock
 
 
-def bind(address: ListenAddress, access: UnixSocketAccess | None = None) -> BoundSocket:
-    """Open the listening socket for ``address``."""
+def bind(
+    address: ListenAddress,
+    access: UnixSocketAccess | None = None,
+    *,
+    private_dirs: bool = False,
+) -> BoundSocket:
+    """Open the listening socket for ``address``; with ``private_dirs`` (a session
+    daemon), the directories made for a Unix socket are its owner's alone."""
     try:
         if address.kind == "tcp":
             return BoundSocket(_bind_tcp(address), False, address.describe())
         if address.kind == "tls":
             return BoundSocket(_bind_tcp(address), False, address.describe(), tls=True)
-        sock = _bind_unix(address, access or UnixSocketAccess())
+        sock = _bind_unix(address, access or UnixSocketAccess(), private_dirs=private_dirs)
     except OSError as exc:
         raise ListenError(f"cannot listen on {address.describe()}: {exc.strerror}") from None
     return BoundSocket(sock, address.read_only, address.describe(), unlink_path=address.path)
 
 
-def bind_all(urls: list[str], access: UnixSocketAccess | None = None) -> list[BoundSocket]:
+def bind_all(
+    urls: list[str], access: UnixSocketAccess | None = None, *, private_dirs: bool = False
+) -> list[BoundSocket]:
     """Open every listener, or none (all are closed again when one fails)."""
     bound: list[BoundSocket] = []
     try:
         for url in urls:
-            bound.append(bind(parse_listen_url(url), access))
+            bound.append(bind(parse_listen_url(url), access, private_dirs=private_dirs))
     except BaseException:
         for item in bound:
             item.close()

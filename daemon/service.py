@@ -173,7 +173,11 @@ class Daemon:
             return bound
         try:
             tcp = tcpauth.check_listen_urls(self.settings)
-            bound = bind_all(self.settings.effective_listen(), unix_access(self.settings))
+            bound = bind_all(
+                self.settings.effective_listen(),
+                unix_access(self.settings),
+                private_dirs=self.settings.effective_mode() == "session",
+            )
         except (ConfigError, ListenError) as exc:
             raise StartupError(str(exc)) from None
         tcpauth.warn_unauthenticated(tcp)

@@ -281,9 +281,14 @@ class Connection:
             return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))
         return FrameIgnored(header, "unexpected keepalive frame")
 
+    def _check_serial_free(self, serial: int) -> None:
+        """A call's serial must name no pending call and no open stream: a stream keeps
+        its call's serial after the reply, and a second call under it would hide it."""
+        if serial in self._pending or serial in self.streams:
+            raise RemoteProtocolError(f"serial {serial} is already in use")
+
     def _reject(self, header: Header, error: RemoteError) -> CallRejected:
-        if header.serial in self._pending:
-            raise RemoteProtocolError(f"serial {header.serial} is already in use")
+        self._check_serial_free(header.serial)
         self._pending[header.serial] = header.procedure
         self._rejected[header.serial] = (header.program, header.version)
         return CallRejected(header.serial, header.procedure, error)
@@ -295,8 +300,7 @@ class Connection:
             return self._reject(header, rpc_error(message))
         if header.status != MessageStatus.OK:
             return self._reject(header, rpc_error(f"Unexpected message status {header.status}"))
-        if header.serial in self._pending:
-            raise RemoteProtocolError(f"serial {header.serial} is already in use")
+        self._check_serial_free(header.serial)
         procedure = PROCEDURES.get(header.procedure)
         if procedure is not None and procedure.event:
             # libvirtd has no handler for what only a server sends.

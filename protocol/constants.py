@@ -133,6 +133,8 @@ class ListPoolsFlag(enum.IntFlag):
 
 
 class PoolState(enum.IntEnum):
+    """A pool's state (libvirt's ``virStoragePoolState``)."""
+
     INACTIVE = 0
     BUILDING = 1
     RUNNING = 2
@@ -141,6 +143,8 @@ class PoolState(enum.IntEnum):
 
 
 class VolumeType(enum.IntEnum):
+    """A volume's type (libvirt's ``virStorageVolType``)."""
+
     FILE = 0
     BLOCK = 1
     DIR = 2

@@ -179,6 +179,16 @@ class FrameReader:
         self._payload_buffers = PayloadBuffers()
 
     @property
+    def max_message(self) -> int:
+        """The largest header + payload accepted; a server may change it as the
+        connection's rights change (it applies from the next frame header on)."""
+        return self._max_length - LENGTH_WORD_SIZE
+
+    @max_message.setter
+    def max_message(self, value: int) -> None:
+        self._max_length = LENGTH_WORD_SIZE + value
+
+    @property
     def buffered(self) -> int:
         """Bytes received that do not yet form a whole frame."""
         if self._big_payload is not None:

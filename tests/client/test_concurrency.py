@@ -110,8 +110,8 @@ async def test_slow_download_survives_libvirtd_keepalive(
                 received += item
                 await asyncio.sleep(len(item) / rate)
         elapsed = time.monotonic() - started
-        assert conn.rpc.pings_sent == 0
-        assert conn.rpc.pings_received >= 1
+        assert conn._rpc.pings_sent == 0
+        assert conn._rpc.pings_received >= 1
         assert conn.is_alive
         assert await conn.lib_version() == 9000000
     assert elapsed > 35

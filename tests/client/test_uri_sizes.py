@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from virtvol.client import InvalidURI, UnsupportedTransport, connect, parse_uri, volume_xml
+from virtvol.client import InvalidURI, UnsupportedTransport, connect, volume_xml
 from virtvol.client.display import format_table
 from virtvol.client.errors import NoSupport, error_from_remote
 from virtvol.client.libvirt_conf import load_client_config
 from virtvol.client.sizes import SizeError, format_size, parse_size
+from virtvol.client.uri import parse_uri
 from virtvol.client.xmldesc import renamed_volume_xml
 from virtvol.protocol.remote import RemoteError
 

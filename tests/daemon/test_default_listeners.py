@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import free_port, run_virsh
 from virtvol.daemon.config import ConfigError, Overrides, default_listen, resolve
+from virtvol.daemon.listeners import bind_all
 
 VIRTVOLD = [sys.executable, "-m", "virtvol.daemon"]
 REPO = Path(__file__).resolve().parents[2]
@@ -112,8 +113,8 @@ def test_system_mode_listens_on_virtstoraged_sockets_and_no_tcp(tmp_path: Path) 
         unix, tcp = _listeners(process.pid)
         assert unix == {str(sock_dir / "virtstoraged-sock"), str(sock_dir / "virtstoraged-sock-ro")}
         assert tcp == [], log.read_text()
-        assert stat.S_IMODE((sock_dir / "virtstoraged-sock").stat().st_mode) == 0o600
-        assert stat.S_IMODE((sock_dir / "virtstoraged-sock-ro").stat().st_mode) == 0o666
+        assert stat.S_IMODE((sock_dir / "virtstoraged-sock").stat().st_mode) == 0o700
+        assert stat.S_IMODE((sock_dir / "virtstoraged-sock-ro").stat().st_mode) == 0o777
         rw = f"storage+unix:///system?socket={sock_dir / 'virtstoraged-sock'}"
         ro = f"storage+unix:///system?socket={sock_dir / 'virtstoraged-sock-ro'}"
         assert (
@@ -219,6 +220,9 @@ def test_virsh_storage_session_reaches_virtvold_in_session_mode(shared_dir: Path
         unix, tcp = _listeners(process.pid)
         assert unix == {str(socket_path)}, unix  # libvirt has no read-only session socket
         assert tcp == []
+        # Made by the daemon, as libvirt's $XDG_RUNTIME_DIR/libvirt: its owner's alone.
+        assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+        os.chown(socket_path.parent, nobody.pw_uid, nobody.pw_gid)
         socket_path.chmod(0o666)
 
         def virsh(*command: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -356,3 +360,38 @@ def test_settings_for_sockets_and_tcp(tmp_path: Path, monkeypatch: pytest.Monkey
         config.write_text(bad + "\n")
         with pytest.raises(ConfigError, match=message):
             resolve(Overrides(config_file=str(config)))
+
+
+@pytest.mark.parametrize(("private", "modes"), [(True, (0o700, 0o700)), (False, (0o755, 0o755))])
+def test_socket_directories_are_made_private_for_a_session_daemon(
+    tmp_path: Path, private: bool, modes: tuple[int, int]
+) -> None:
+    """A session daemon makes its socket directories 0700 (libvirt's
+    ``$XDG_RUNTIME_DIR/libvirt``), the system daemon 0755, whatever the umask; a
+    directory that exists already keeps its mode."""
+    runtime = tmp_path / "runtime"
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o750)
+    existing.chmod(0o750)
+    previous = os.umask(0)
+    try:
+        bound = bind_all(
+            [
+                f"unix://{runtime}/libvirt/virtstoraged-sock",
+                f"unix-ro://{existing}/virtstoraged-sock-ro",
+            ],
+            private_dirs=private,
+        )
+    finally:
+        os.umask(previous)
+    try:
+        assert (
+            stat.S_IMODE(runtime.stat().st_mode),
+            stat.S_IMODE((runtime / "libvirt").stat().st_mode),
+        ) == modes
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o750
+        assert stat.S_IMODE((runtime / "libvirt" / "virtstoraged-sock").stat().st_mode) == 0o700
+        assert stat.S_IMODE((existing / "virtstoraged-sock-ro").stat().st_mode) == 0o777
+    finally:
+        for item in bound:
+            item.close()

@@ -7,6 +7,8 @@ waiting, and the log gets at most one line per connection for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 
 import pytest
 
@@ -14,6 +16,13 @@ from tests.conftest import Virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived, StreamFailed
+from virtvol.protocol.constants import (
+    REMOTE_PROGRAM,
+    REMOTE_PROTOCOL_VERSION,
+    MessageStatus,
+    MessageType,
+)
+from virtvol.protocol.frames import Header, encode_frame
 from virtvol.protocol.procedures import Proc
 
 MIB = 1 << 20
@@ -111,3 +120,40 @@ async def test_a_second_connection_gets_its_own_log_line(virtvold: Virtvold) -> 
         await client.close()
     await asyncio.sleep(0.2)
     assert virtvold.log_text().count("refused procedure") == 2
+
+
+async def test_a_call_reusing_an_open_streams_serial_closes_the_connection(
+    virtvold: Virtvold,
+) -> None:
+    """Downloads opened again and again under one serial would each hold a descriptor
+    while the connection saw one stream: past ``max_client_streams`` and the
+    descriptor budget. The reuse is a protocol error; every stream is released."""
+    (virtvold.pool_dir / "vol").write_bytes(b"x")
+    pid = virtvold.process.pid
+    async with raw_client(virtvold.port) as client:
+        vol = await client.volume("vol")
+        baseline = len(os.listdir(f"/proc/{pid}/fd"))
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+        reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
+        assert isinstance(reply, ReplyReceived)
+        again = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            Proc.STORAGE_VOL_DOWNLOAD,
+            MessageType.CALL,
+            reply.serial,
+            MessageStatus.OK,
+        )
+        client.send(encode_frame(again, args.encode()))
+        # The daemon's first frame of the stream and its EOF may come; a reply to the
+        # second call (the client core knows no such call) may not.
+        with contextlib.suppress(ConnectionError):
+            while await client.next_event() is not None:
+                pass
+    # Below the baseline: the connection (and its stream) are gone.
+    for _ in range(100):
+        if len(os.listdir(f"/proc/{pid}/fd")) < baseline:
+            break
+        await asyncio.sleep(0.05)
+    assert len(os.listdir(f"/proc/{pid}/fd")) < baseline
+    assert f"protocol error: serial {reply.serial} is already in use" in virtvold.log_text()

@@ -14,7 +14,7 @@ import pytest
 
 from virtvol.daemon.config import ConfigError, settings_from_toml
 from virtvol.daemon.fairqueue import FairExecutor
-from virtvol.daemon.limits import Admission, ConnectionLimits, RefusalLog
+from virtvol.daemon.limits import Admission, ConnectionLimits, LineBudget, RefusalLog
 from virtvol.daemon.sendbuffers import SendBuffers
 
 
@@ -110,6 +110,33 @@ def test_refusals_are_logged_once_per_burst(caplog: pytest.LogCaptureFixture) ->
     assert len(caplog.records) == 3
     assert "refused 499 more connection(s)" in caplog.records[1].getMessage()
     assert refusals.total == 501
+
+
+def test_connection_lines_beyond_the_budget_are_summed_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    budget = LineBudget("connection", burst=3, period=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="virtvol.daemon.limits"):
+        assert [budget.allow() for _ in range(1000)] == [True] * 3 + [False] * 997
+        now[0] += 9.9
+        assert not budget.allow()
+        assert not caplog.records
+        now[0] += 0.1
+        assert budget.allow()
+    assert [record.getMessage() for record in caplog.records] == [
+        "998 connection line(s) left out of the log in 10 s"
+    ]
+
+
+def test_streams_may_take_half_the_reserve_and_no_more() -> None:
+    admission = Admission(ConnectionLimits(), fd_limit=1024, fds_at_start=24)
+    assert (admission.fd_reserve, admission.fd_budget) == (64, 936)
+    # 10 connections: (936 + 32 - 10) // 2 = 479 streams in all, one more is refused.
+    assert admission.stream_refusal(clients=10, streams=478) is None
+    assert admission.stream_refusal(clients=10, streams=479) == (
+        "too many streams open in the daemon (479) for its open-files limit (1024)"
+    )
 
 
 def test_admission_names_the_limit_that_refuses() -> None:

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Virtvold, start_virtvold, stop_virtvold
-from tests.daemon.conftest import RawClient, error_of
+from tests.daemon.conftest import RawClient, error_of, raw_client
+from virtvol.daemon.limits import FD_RESERVE_MIN
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     Connection,
@@ -240,6 +241,7 @@ async def test_headers_announcing_32_mib_allocate_nothing_big(tmp_path: Path) ->
         pid = daemon.process.pid
         client = await honest_client(daemon)
         baseline = descriptors(pid)
+        rss_before = status_mib(pid, "VmRSS")
         hostile: list[socket.socket] = []
         try:
             for index in range(100):
@@ -255,11 +257,99 @@ async def test_headers_announcing_32_mib_allocate_nothing_big(tmp_path: Path) ->
                     await serve_meanwhile(daemon, client, None, 0.05)
             await serve_meanwhile(daemon, client, None, 0.5)
             assert status_mib(pid, "VmHWM") < RSS_BOUND_MIB
+            # 64 KiB per announced frame and the connections themselves: a few MiB. The
+            # bound above alone would let each connection take 2 MiB unnoticed.
+            assert status_mib(pid, "VmRSS") - rss_before < 16
         finally:
             for sock in hostile:
                 sock.close()
         wait_for_descriptors(pid, baseline)
         await client.close()
+
+
+def whole_big_frame(kind: int = MessageType.CALL) -> bytes:
+    """A 32 MiB frame sent in full: memory a client pays for with its bandwidth, which
+    is no cost at all on the same machine."""
+    header = Header(
+        REMOTE_PROGRAM,
+        REMOTE_PROTOCOL_VERSION,
+        Proc.STORAGE_VOL_UPLOAD,
+        kind,
+        4242,
+        MessageStatus.CONTINUE if kind == MessageType.STREAM else MessageStatus.OK,
+    )
+    return encode_head(header, MESSAGE_MAX - 24) + bytes(MESSAGE_MAX - 24)
+
+
+async def test_big_frames_sent_in_full_by_clients_who_cannot_write_stay_bounded(
+    tmp_path: Path,
+) -> None:
+    """Read-only clients (the socket is every local user's) and clients that have not
+    sent CONNECT_OPEN make no call that needs a large frame; a frame over 1 MiB from
+    them closes their connection instead of taking up to 32 MiB each for as long as
+    the connection lives. A read-write connection still takes 32 MiB frames."""
+    with running(daemon_with(tmp_path, "max_anonymous_clients = 500\n")) as daemon:
+        pid = daemon.process.pid
+        client = await honest_client(daemon)
+        baseline = descriptors(pid)
+        blob = whole_big_frame(MessageType.STREAM)
+        hostile: list[socket.socket] = []
+        try:
+            for index in range(100):
+                # Half before CONNECT_OPEN, half after it, on the read-only socket.
+                sock = connect(daemon, "ro")
+                if index % 2:
+                    open_session(sock)
+                with suppress(OSError):  # closed by the daemon meanwhile
+                    sock.sendall(blob)
+                hostile.append(sock)
+                await serve_meanwhile(daemon, client, None, 0.01)
+            await serve_meanwhile(daemon, client, None, 0.3)
+            assert status_mib(pid, "VmHWM") < RSS_BOUND_MIB
+        finally:
+            for sock in hostile:
+                sock.close()
+        wait_for_descriptors(pid, baseline)
+        assert "exceeds the maximum of 1048580" in daemon.log_path.read_text()
+        # A read-only call of almost 1 MiB is still answered.
+        with connect(daemon, "ro") as sock:
+            rpc = open_session(sock)
+            _, frame = rpc.call(
+                Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="p" * 1_000_000)
+            )
+            sock.sendall(frame)
+            while (event := rpc.next_event()) is None:
+                rpc.receive_data(sock.recv(65536))
+            assert (
+                error_of(event)[2]
+                == f"Storage pool not found: no storage pool with matching name '{'p' * 1_000_000}'"
+            )
+        # A read-write client's 32 MiB frame (stream data for no stream) is taken and
+        # dropped; the connection goes on.
+        with connect(daemon, "unix") as sock:
+            rpc = open_session(sock)
+            sock.sendall(blob)
+            sock.sendall(pool_lookup(rpc))
+            while (event := rpc.next_event()) is None:
+                rpc.receive_data(sock.recv(65536))
+            assert isinstance(event, ReplyReceived), event
+        await client.close()
+
+
+async def test_connecting_in_a_loop_does_not_flood_the_log(virtvold: Virtvold) -> None:
+    """Any local user can connect, send garbage and go, thousands of times a second:
+    three log lines each (connected, closing, closed) made megabytes a second."""
+    before = virtvold.log_path.stat().st_size
+    path = unix_path(virtvold.ro_uri)
+    for _ in range(1000):
+        with socket.socket(socket.AF_UNIX) as sock, suppress(ConnectionError):
+            sock.connect(path)
+            sock.send(b"\xff\xff\xff\xff")
+    async with raw_client(virtvold.port) as client:  # served, and logged in summary
+        assert isinstance(await client.call(Proc.CONNECT_GET_TYPE), ReplyReceived)
+    grown = virtvold.log_path.stat().st_size - before
+    # The first 200 lines of the period (some 400 bytes each per connection), no more.
+    assert grown < 200 * 200, f"the log grew by {grown} bytes"
 
 
 async def test_unread_replies_and_pongs_stay_bounded_and_others_are_served(
@@ -421,7 +511,14 @@ async def test_descriptors_run_short_and_the_daemon_keeps_serving(tmp_path: Path
                 sock = connect(daemon, ("tcp", "unix", "ro")[index % 3])
                 idle.append(sock)
             await serve_meanwhile(daemon, client, None, 0.5)
-            assert descriptors(pid) < 1024
+            # The reserve is untouched by connections: volumes can still be opened.
+            assert descriptors(pid) <= 1024 - FD_RESERVE_MIN
+            (daemon.pool_dir / "small.img").write_bytes(b"x" * 4096)
+            pool = await _pool(client)
+            await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+            assert (
+                await _download(client, await client.volume("small.img"), abort_after=None) == 4096
+            )
             for sock in idle:
                 sock.setblocking(False)
                 with suppress(BlockingIOError):
@@ -436,6 +533,61 @@ async def test_descriptors_run_short_and_the_daemon_keeps_serving(tmp_path: Path
         late = await honest_client(daemon)
         await serve_meanwhile(daemon, late, None, 0.1)
         await late.close()
+        await client.close()
+
+
+def _soft_limit_200() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+
+async def test_streams_leave_descriptors_for_the_calls(tmp_path: Path) -> None:
+    """A client that opens stream after stream (each holds a volume file) is refused
+    before the daemon runs out of descriptors: calls that open files still work."""
+    config = "max_client_streams = 1000\nmax_client_requests = 1000\n"
+    daemon = daemon_with(tmp_path, config, preexec_fn=_soft_limit_200)
+    with running(daemon):
+        (daemon.pool_dir / "empty.img").write_bytes(b"")
+        (daemon.pool_dir / "small.img").write_bytes(b"x" * 4096)
+        client = await honest_client(daemon)
+        pool = await _pool(client)
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        greedy = await honest_client(daemon)
+        args = r.VolTransferArgs(vol=await greedy.volume("empty.img"), offset=0, length=0, flags=0)
+        greedy.send(
+            b"".join(greedy.rpc.call(Proc.STORAGE_VOL_DOWNLOAD, args)[1] for _ in range(250))
+        )
+        opened, refusals = 0, set()
+        pending = set(greedy.rpc.pending_calls())
+        while pending:
+            event = await greedy.next_event()
+            assert event is not None
+            serial = getattr(event, "serial", None)
+            if serial in pending:
+                pending.discard(serial)
+                if isinstance(event, ReplyReceived):
+                    opened += 1
+                else:
+                    refusals.add(error_of(event))
+        assert opened > 16
+        assert refusals == {
+            (
+                ErrorCode.OPERATION_FAILED,
+                38,
+                f"operation failed: too many streams open in the daemon ({opened})"
+                " for its open-files limit (200)",
+            )
+        }
+        # With every stream the daemon allows open, calls still open files (the pool
+        # directory, the volume being created).
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        xml = "<volume><name>new.img</name><capacity>4096</capacity></volume>"
+        created = await client.call(
+            Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(pool=pool, xml=xml, flags=0)
+        )
+        assert isinstance(created, ReplyReceived), created
+        await greedy.close()
+        # The greedy client's streams are released: another can download again.
+        assert await _download(client, await client.volume("small.img"), abort_after=None) == 4096
         await client.close()
 
 

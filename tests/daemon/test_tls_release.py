@@ -55,7 +55,7 @@ async def _download_and_watch(pki: Pki, tmp_path: Path) -> tuple[bool, bool]:
         assert isinstance(served, ClientConnection)
         server_side = weakref.ref(served)
         served_closed = served.closed
-        client_side = weakref.ref(conn.rpc)
+        client_side = weakref.ref(conn._rpc)
         del served, pool, vol
         await conn.close()
         del conn

@@ -791,6 +791,33 @@ def test_duplicate_serial_of_a_rejected_call() -> None:
         pair.to_server(encode_frame(clash))
 
 
+@pytest.mark.parametrize("procedure", [UPLOAD, DOWNLOAD, Proc.AUTH_LIST])
+def test_a_call_may_not_reuse_the_serial_of_an_open_stream(procedure: Proc) -> None:
+    """A stream stays under its call's serial after the reply: a second call under it
+    would hide the first stream from whoever tracks streams by serial (and from the
+    per-connection stream limit), so it is a protocol error like any serial in use."""
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=False)
+    args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=0)
+    payload = args.encode() if procedure != Proc.AUTH_LIST else b""
+    clash = Header(REMOTE_PROGRAM, 1, procedure, MessageType.CALL, serial, MessageStatus.OK)
+    with pytest.raises(RemoteProtocolError, match="already in use"):
+        pair.to_server(encode_frame(clash, payload))
+
+
+def test_the_serial_of_an_ended_stream_is_free_again() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=False)
+    pair.to_server(pair.client.send_finish(serial))
+    pair.to_client(pair.server.send_finish_ack(serial))
+    assert serial not in pair.server.streams
+    args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=0)
+    again = Header(REMOTE_PROGRAM, 1, UPLOAD, MessageType.CALL, serial, MessageStatus.OK)
+    assert pair.to_server(encode_frame(again, args.encode())) == [
+        CallReceived(serial, PROCEDURES[UPLOAD], args)
+    ]
+
+
 def test_forget_call() -> None:
     pair = Pair()
     serial = _open_stream(pair, UPLOAD, sparse=True)

@@ -1,0 +1,311 @@
+"""``virtvol.client.testing``: the in-memory daemon that library users test against."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+import virtvol.client
+from tests.client.helpers import MIB, write_sparse_image
+from virtvol.client import (
+    Hole,
+    InvalidArgument,
+    LibvirtError,
+    NoStoragePool,
+    NoStorageVolume,
+    NoSupport,
+    OperationInvalid,
+    PoolState,
+    SparseUnsupported,
+    StorageVolumeExists,
+    TransportError,
+    VolumeType,
+    memory_server,
+    memory_storage,
+    memory_transport,
+    testing,
+)
+from virtvol.client.testing import MemoryDaemon, memory_daemon
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+KIB = 1024
+
+
+async def test_pool_calls() -> None:
+    daemon = MemoryDaemon(pools={"default": {"a.img": b"abc", "b.img": 4096}, "spare": {}})
+    async with daemon.connect() as conn:
+        assert await conn.get_type() == "storage"
+        assert await conn.lib_version() == 9_000_000
+        pools = await conn.list_pools()
+        assert [p.name for p in pools] == ["default", "spare"]
+        pool = await conn.lookup_pool_by_name("default")
+        assert pool == pools[0]
+        assert await conn.lookup_pool_by_uuid(pool.uuid) == pool
+        info = await pool.info()
+        assert info.state is PoolState.RUNNING
+        assert info.allocation == 3
+        assert info.capacity == info.allocation + info.available
+        assert f"<uuid>{pool.uuid}</uuid>" in await pool.xml_desc()
+        assert await pool.num_of_volumes() == 2
+        assert [v.name for v in await pool.list_volumes()] == ["a.img", "b.img"]
+        await pool.set_autostart(True)
+        assert await pool.autostart()
+        assert daemon.pools["default"].autostart
+        await pool.destroy()
+        assert not await pool.is_active()
+        assert (await pool.info()).state is PoolState.INACTIVE
+        await pool.start()
+        assert await pool.is_active()
+
+
+async def test_volume_calls() -> None:
+    async with memory_daemon(pools={"default": {"a.img": b"abc"}}) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        xml = virtvol.client.volume_xml("new.img", 1 * MIB, allocation=0, format="raw")
+        vol = await pool.create_volume(xml)
+        info = await vol.info()
+        assert (info.type, info.capacity, info.allocation) == (VolumeType.FILE, MIB, 0)
+        assert await conn.lookup_volume_by_key(vol.key) == vol
+        assert await conn.lookup_volume_by_path(await vol.path()) == vol
+        assert await vol.pool() == pool
+        assert "<name>new.img</name>" in await vol.xml_desc()
+        await vol.resize(2 * MIB)
+        assert (await vol.info()).capacity == 2 * MIB
+        await vol.resize(MIB, delta=True, shrink=True)
+        assert (await vol.info()).capacity == MIB
+        await vol.delete()
+        assert [v.name for v in await pool.list_volumes()] == ["a.img"]
+
+
+async def test_sparse_stream_round_trip() -> None:
+    daemon = MemoryDaemon(pools={"default": {"disk.img": 64 * KIB}})
+    async with daemon.connect() as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        vol = await pool.lookup_volume("disk.img")
+        async with vol.upload() as upload:
+            await upload.send(b"\x01" * 1000)
+            await upload.skip(30_000)
+            await upload.send(b"\x02" * 500)
+        assert upload.sparse
+        assert (upload.data_bytes, upload.hole_bytes) == (1500, 30_000)
+        stored = daemon.volume("default", "disk.img")
+        assert stored.allocation == 1500
+        assert stored.content[:1000] == b"\x01" * 1000
+        assert stored.content[31_000:31_500] == b"\x02" * 500
+
+        items: list[bytes | Hole] = []
+        async with vol.download() as download:
+            async for item in download:
+                items.append(item if isinstance(item, Hole) else bytes(item))
+        assert download.sparse
+        assert items == [b"\x01" * 1000, Hole(30_000), b"\x02" * 500, Hole(64 * KIB - 31_500)]
+
+
+async def test_dense_download_sends_holes_as_zeros() -> None:
+    async with memory_daemon(pools={"p": {"v": 10_000}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
+        received = b""
+        async for item in vol.download(offset=100, length=5000, sparse=False):
+            assert not isinstance(item, Hole)
+            received += bytes(item)
+        assert received == bytes(5000)
+
+
+async def test_file_round_trip_keeps_holes(tmp_path: Path) -> None:
+    source = tmp_path / "source.img"
+    content = write_sparse_image(source, 8 * MIB)
+    async with memory_daemon(pools={"default": {"disk.img": 0}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("default")).lookup_volume("disk.img")
+        sent = await vol.upload_file(source)
+        assert sent.sparse
+        assert sent.hole_bytes > 4 * MIB
+        assert (await vol.info()).capacity == len(content)
+        copy = tmp_path / "copy.img"
+        received = await vol.download_file(copy)
+        assert received.hole_bytes == sent.hole_bytes
+        assert copy.read_bytes() == content
+
+
+async def test_download_abandoned_midway_leaves_the_connection_usable() -> None:
+    async with memory_daemon(pools={"p": {"v": bytes(range(256)) * 4096}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
+        async with vol.download() as download:
+            async for _ in download:
+                break
+        assert download.data_bytes < 1 * MIB
+        assert (await vol.info()).capacity == 1 * MIB
+
+
+async def test_a_cancelled_download_stops_the_daemons_sender() -> None:
+    async with memory_daemon(pools={"p": {"v": b"\x07" * (32 * MIB)}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
+        first_item = asyncio.Event()
+
+        async def consume() -> None:
+            async with vol.download() as download:
+                async for _ in download:
+                    first_item.set()
+                    await asyncio.sleep(3600)
+
+        consumer = asyncio.create_task(consume())
+        await first_item.wait()
+        senders = _senders()
+        assert len(senders) == 1
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        await asyncio.sleep(0)
+        # Stopped by the abort, not run into the closed stream.
+        assert senders[0].cancelled()
+        # The abort was answered: the next call on the connection is served.
+        assert (await vol.info()).capacity == 32 * MIB
+
+
+async def test_a_download_sees_the_volume_as_it_opened() -> None:
+    async with memory_daemon(pools={"p": {"v": b"\x05" * MIB}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
+        received = 0
+        async with vol.download() as download:
+            async for item in download:
+                if received == 0:
+                    await vol.resize(0, shrink=True)
+                assert not isinstance(item, Hole)
+                assert set(bytes(item)) == {5}
+                received += len(item)
+        assert received == MIB
+        assert (await vol.info()).capacity == 0
+
+
+def _senders() -> list[asyncio.Task[object]]:
+    """The in-memory daemon's download tasks still running."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and "_send_volume" in repr(task.get_coro())
+    ]
+
+
+async def test_errors_carry_libvirts_codes() -> None:
+    async with memory_daemon(pools={"default": {"a.img": b"a"}, "off": {}}) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        with pytest.raises(NoStorageVolume) as missing:
+            await pool.lookup_volume("nope.img")
+        assert (missing.value.code, missing.value.domain) == (
+            ErrorCode.NO_STORAGE_VOL,
+            ErrorDomain.STORAGE,
+        )
+        assert str(missing.value) == (
+            "Storage volume not found: no storage vol with matching name 'nope.img'"
+        )
+        with pytest.raises(NoStoragePool) as no_pool:
+            await conn.lookup_pool_by_name("nope")
+        assert no_pool.value.code == ErrorCode.NO_STORAGE_POOL
+        with pytest.raises(NoStoragePool):
+            await conn.lookup_pool_by_uuid(uuid.UUID(int=1))
+        with pytest.raises(StorageVolumeExists):
+            await pool.create_volume(virtvol.client.volume_xml("a.img", 1))
+        with pytest.raises(InvalidArgument):
+            await (await pool.lookup_volume("a.img")).resize(0)
+        off = await conn.lookup_pool_by_name("off")
+        await off.destroy()
+        with pytest.raises(OperationInvalid, match="storage pool 'off' is not active"):
+            await off.lookup_volume("x")
+        with pytest.raises(NoSupport):
+            await conn.define_pool("<pool type='dir'><name>x</name></pool>")
+        # The connection goes on after each refusal.
+        assert await pool.num_of_volumes() == 1
+
+
+async def test_more_refusals_as_libvirt_words_them() -> None:
+    async with memory_daemon(pools={"p": {"v": b"12345678"}}) as conn:
+        pool = await conn.lookup_pool_by_name("p")
+        vol = await pool.lookup_volume("v")
+        assert await vol.pool() == pool
+        await pool.refresh()
+        with pytest.raises(OperationInvalid, match="storage pool 'p' is already active"):
+            await pool.start()
+        with pytest.raises(NoStorageVolume, match="no storage vol with matching key /p/w"):
+            await conn.lookup_volume_by_key("/p/w")
+        with pytest.raises(NoStorageVolume, match="no storage vol with matching path '/p/w'"):
+            await conn.lookup_volume_by_path("/p/w")
+        with pytest.raises(LibvirtError) as bad_xml:
+            await pool.create_volume("<volume><name>w</name>")
+        assert bad_xml.value.code == ErrorCode.XML_ERROR
+        with pytest.raises(LibvirtError) as no_name:
+            await pool.create_volume("<volume><capacity>1</capacity></volume>")
+        assert no_name.value.code == ErrorCode.XML_ERROR
+        with pytest.raises(InvalidArgument, match="unknown storage size unit 'parsecs'"):
+            await pool.create_volume(
+                "<volume><name>w</name><capacity unit='parsecs'>1</capacity></volume>"
+            )
+        with pytest.raises(InvalidArgument, match="can't shrink capacity below zero"):
+            await vol.resize(9, delta=True, shrink=True)
+        with pytest.raises(InvalidArgument, match="past the end"):
+            await vol.download(offset=9).open()
+        await vol.wipe()
+        assert (await vol.info()).allocation == 8
+        assert await pool.num_of_volumes() == 1
+
+
+async def test_a_client_that_breaks_the_protocol_is_dropped() -> None:
+    async with memory_daemon(pools={"p": {}}) as conn:
+        transport = conn._rpc.transport
+        assert transport is not None
+        transport.write(b"\x00\x00\x00\x04")  # a frame shorter than its own header
+        with pytest.raises(TransportError):
+            await conn.get_type()
+        assert not conn.is_alive
+
+
+async def test_stream_errors_name_their_stage() -> None:
+    async with memory_daemon(pools={"default": {"a.img": b"a"}}) as conn:
+        vol = await (await conn.lookup_pool_by_name("default")).lookup_volume("a.img")
+        await vol.delete()
+        with pytest.raises(NoStorageVolume) as refused:
+            async with vol.upload() as upload:
+                await upload.send(b"x")
+        assert refused.value.stage == "open"
+
+
+async def test_a_daemon_without_sparse_streams() -> None:
+    daemon = MemoryDaemon(pools={"p": {"v": 8192}}, sparse_streams=False)
+    async with daemon.connect() as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
+        with pytest.raises(SparseUnsupported) as refused:
+            await vol.upload(sparse=True).open()
+        assert refused.value.stage == "open"
+        assert "unsupported flags (0x1) in function storageVolUpload" in str(refused.value)
+        async with vol.upload() as upload:
+            await upload.skip(100)
+            await upload.send(b"z")
+        assert (upload.sparse, upload.fell_back) == (False, True)
+        assert daemon.volume("p", "v").content[:101] == bytes(100) + b"z"
+
+
+async def test_state_outlives_a_connection() -> None:
+    daemon = MemoryDaemon(pools={"p": {}})
+    async with daemon.connect() as conn:
+        pool = await conn.lookup_pool_by_name("p")
+        await pool.create_volume(virtvol.client.volume_xml("kept", 4 * KIB))
+    assert daemon.volume("p", "kept").capacity == 4 * KIB
+    async with daemon.connect(protocol="legacy") as conn:
+        vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("kept")
+        assert (await vol.info()).allocation == 0
+
+
+def test_the_testing_module_never_imports_the_daemon() -> None:
+    """The in-memory daemon is the client's own: its modules import no daemon module."""
+    imported: set[str] = set()
+    for module in (testing, memory_server, memory_storage, memory_transport):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "virtvol.protocol.connection" in imported
+    assert [name for name in imported if name.startswith("virtvol.daemon")] == []
