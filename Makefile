@@ -19,7 +19,7 @@ CEPH_MODULES := rados rbd
 CEPH_PY_DIR ?= /usr/lib/python3/dist-packages
 
 # A strict editable install links each module file: reinstall when modules come or go.
-PACKAGE_FILES := $(wildcard protocol/*.py client/*.py daemon/*.py daemon/*/*.py)
+PACKAGE_FILES := $(wildcard protocol/*.py sparse/*.py client/*.py daemon/*.py daemon/*/*.py)
 
 $(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
 	$(PYTHON) -m venv $(VENV)
@@ -87,8 +87,22 @@ peers:
 
 test: peers lint typecheck unit
 
-bench: setup
-	$(BIN)/python -m bench.transfer
+# The NBD peers of the benchmark (Debian packages), installed when missing.
+BENCH_PACKAGES := nbdkit libnbd-bin
+# make bench BENCH_ARGS=--quick for a short run.
+BENCH_ARGS ?=
+
+bench: setup peers
+	@if ! command -v nbdkit >/dev/null || ! command -v nbdcopy >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "the benchmark needs root and: apt-get install --no-install-recommends $(BENCH_PACKAGES)" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "installing $(BENCH_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o DPkg::Lock::Timeout=600 --no-install-recommends $(BENCH_PACKAGES) >/dev/null; \
+	fi
+	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
 
 # rbd pool transfers against rbd import/export, on a throwaway Ceph cluster.
 bench-rbd: setup

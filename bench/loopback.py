@@ -1,13 +1,15 @@
-"""The raw loopback limit: bytes pushed through one TCP connection on 127.0.0.1,
-with no protocol and no disk, by two processes (sender and receiver).
+"""The raw loopback limit: bytes pushed through one stream socket (TCP on 127.0.0.1
+or a Unix socket), with no protocol and no disk, by two processes (sender and receiver).
 
-    python -m bench.loopback BYTES   -> prints the seconds taken
+    python -m bench.loopback BYTES [tcp|unix]   -> prints the seconds taken
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
+import tempfile
 import time
 from multiprocessing import Process
 
@@ -27,26 +29,35 @@ def _receive(listener: socket.socket, total: int) -> None:
         connection.sendall(b"k")
 
 
-def measure(total: int) -> float:
+def measure(total: int, transport: str = "tcp") -> float:
     """Seconds to move ``total`` bytes from one process to another over loopback."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        receiver = Process(target=_receive, args=(listener, total))
-        receiver.start()
-        payload = memoryview(bytes(CHUNK))
-        with socket.create_connection(listener.getsockname()) as sender:
-            started = time.perf_counter()
-            sent = 0
-            while sent < total:
-                piece = payload[: min(CHUNK, total - sent)]
-                sender.sendall(piece)
-                sent += len(piece)
-            sender.recv(1)
-            seconds = time.perf_counter() - started
-        receiver.join()
+    with tempfile.TemporaryDirectory() as folder:
+        if transport == "unix":
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: str | tuple[str, int] = os.path.join(folder, "sock")
+        else:
+            listener = socket.socket()
+            address = ("127.0.0.1", 0)
+        with listener:
+            listener.bind(address)
+            listener.listen(1)
+            receiver = Process(target=_receive, args=(listener, total))
+            receiver.start()
+            payload = memoryview(bytes(CHUNK))
+            family = listener.family
+            with socket.socket(family, socket.SOCK_STREAM) as sender:
+                sender.connect(listener.getsockname())
+                started = time.perf_counter()
+                sent = 0
+                while sent < total:
+                    piece = payload[: min(CHUNK, total - sent)]
+                    sender.sendall(piece)
+                    sent += len(piece)
+                sender.recv(1)
+                seconds = time.perf_counter() - started
+            receiver.join()
     return seconds
 
 
 if __name__ == "__main__":
-    print(f"{measure(int(sys.argv[1])):.3f}")
+    print(f"{measure(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else 'tcp'):.3f}")

@@ -1,50 +1,48 @@
-"""Side-by-side transfer benchmark: virtvol against real libvirt and the loopback limit.
+"""Side-by-side transfer benchmark: virtvol, libvirt, NBD and the loopback limit.
 
-    python -m bench.transfer [--size 1G] [--repeat 3] [--memory-sizes 256M,2G] [--tls]
+    python -m bench.transfer [--quick] [--repeat N] [--json FILE] [--tls]
 
-Each client/daemon pair uploads and then downloads one sparse image (half
-data, half holes) with sparse streams, ``--repeat`` times; the table shows the
-median seconds and the data rate, and the ratios that matter: virtvol against
-libvirt, and against the raw loopback rate measured in the same run. A second
-part repeats one virtvol transfer at several image sizes and prints the peak
-memory of client and daemon, which must not grow with the image. With
-``--tls`` every client talks to both daemons over libvirt's TLS transport
-(certificates from a throwaway CA made with openssl).
+One run moves the same images with every client/daemon pair: virtvol <->
+virtvold, virsh <-> a real libvirtd started on the spot, nbdcopy <-> nbdkit;
+over TCP and a Unix socket; with the page cache warm (source and volume read
+just before) and cold (``echo 3 > /proc/sys/vm/drop_caches`` before each
+transfer, as root). Rows: dense, sparse, fragmented and mostly-empty huge
+images, and 8 transfers at once. Every cell is the median whole-process time
+of ``--repeat`` runs (warm TCP; one fewer for the other conditions), the first
+of which is checked byte for byte. The table
+shows the ratios against libvirt, against the best other peer and against
+the raw loopback rate measured in the same run; the JSON beside it keeps every
+run. Then the peak memory of client and daemon for growing images and for a
+download consumed at 50 MB/s, the cost of durable uploads, and the targets
+each row misses. With ``--tls`` virtvol and virsh reach both daemons over
+libvirt's TLS transport instead of plain TCP (certificates from a throwaway CA
+made with openssl; nbdcopy stays on plain TCP).
+
+Figures from a shared machine are noisy: compare ratios within one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
-import filecmp
+import json
 import os
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import loopback
-from bench.harness import (
-    VENV_BIN,
-    Daemon,
-    median,
-    peak_rss_kib,
-    reset_peak_rss,
-    start_libvirtd,
-    start_virtvold,
-    timed,
-    traversable_tempdir,
-)
+from bench import images, loopback
+from bench.harness import VENV_BIN, peak_rss_kib, reset_peak_rss, timed, traversable_tempdir
+from bench.images import GIB, MIB, TIB, Image
+from bench.peers import Libvirtd, Nbdkit, Peer, Virtvold
 from bench.pki import make_pki
 
-MIB = 1 << 20
-EXTENT = 32 * MIB
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    suffix = text[-1].upper()
-    return int(text[:-1]) * units[suffix] if suffix in units else int(text)
+CONCURRENT = 8
+SLOW_RATE = 50_000_000  # bytes per second
 
 
 def compile_bytecode() -> None:
@@ -52,8 +50,7 @@ def compile_bytecode() -> None:
 
     Each ``virtvol`` run is a new process; without cached bytecode (an
     editable install run with PYTHONDONTWRITEBYTECODE=1, as in CI) it compiles
-    every module it imports first: 0.03 s more per run here, which is not what
-    an installed client costs.
+    every module it imports first, which is not what an installed client costs.
     """
     import virtvol
 
@@ -61,162 +58,443 @@ def compile_bytecode() -> None:
         compileall.compile_dir(path, quiet=1)
 
 
-def make_image(path: Path, size: int) -> int:
-    """Alternate 32 MiB of incompressible data and 32 MiB of hole; return the data bytes."""
-    block = os.urandom(MIB)
-    data = 0
-    with path.open("wb") as image:
-        for start in range(0, size, 2 * EXTENT):
-            image.seek(start)
-            for _ in range(min(EXTENT, size - start) // MIB):
-                image.write(block)
-                data += MIB
-        image.truncate(size)
-    return data
+def drop_caches() -> None:
+    """Empty the page cache (root only): the next transfer reads the disk."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-Command = Callable[[Daemon, str, Path], list[str]]
+def warm(path: Path) -> None:
+    """Bring the data of ``path`` into the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                pos = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, pos, os.SEEK_HOLE)
+            while pos < end:
+                pos += len(os.pread(fd, min(8 * MIB, end - pos), pos)) or end - pos
+    finally:
+        os.close(fd)
 
 
-def virsh_command(verb: str) -> Command:
-    def command(daemon: Daemon, volume: str, path: Path) -> list[str]:
-        pool = ["--pool", daemon.pool]
-        return ["virsh", "-q", "-c", daemon.uri, verb, *pool, volume, str(path), "--sparse"]
+def same_content(a: Path, b: Path) -> bool:
+    """Byte equality of two sparse files, reading only where either has data."""
+    from virtvol.sparse.extents import iter_extents
 
-    return command
-
-
-def virtvol_command(verb: str) -> Command:
-    def command(daemon: Daemon, volume: str, path: Path) -> list[str]:
-        program = str(VENV_BIN / "virtvol")
-        pool = ["--pool", daemon.pool]
-        return [program, "-c", daemon.uri, verb, volume, str(path), *pool, "--sparse", "--quiet"]
-
-    return command
-
-
-@dataclass(frozen=True)
-class Client:
-    name: str
-    upload: Command
-    download: Command
-
-
-VIRSH = Client("virsh", virsh_command("vol-upload"), virsh_command("vol-download"))
-VIRTVOL = Client("virtvol", virtvol_command("vol-upload"), virtvol_command("vol-download"))
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    size = a.stat().st_size
+    ranges: list[tuple[int, int]] = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for f in (fa, fb):
+            ranges += [(e.start, e.end) for e in iter_extents(f.fileno(), 0, size) if e.data]
+        ranges.sort()
+        pos = 0
+        for start, end in ranges:
+            start = max(start, pos)
+            while start < end:
+                count = min(8 * MIB, end - start)
+                if os.pread(fa.fileno(), count, start) != os.pread(fb.fileno(), count, start):
+                    return False
+                start += count
+            pos = max(pos, end)
+    return True
 
 
 @dataclass
-class Result:
-    client: str
-    daemon: str
-    upload_seconds: float
-    download_seconds: float
-    client_rss_kib: int
-    daemon_rss_kib: int
+class Cell:
+    """One row x condition x peer x direction: every run's seconds."""
+
+    row: str
+    transport: str
+    cache: str
+    peer: str
+    direction: str
+    data_bytes: int
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.runs)
 
 
-def run_pair(client: Client, daemon: Daemon, image: Path, size: int, repeat: int) -> Result:
-    volume = "bench.img"
-    _run(["virsh", "-q", "-c", daemon.uri, "vol-create-as", daemon.pool, volume, str(size)])
-    output = image.with_suffix(".out")
-    uploads, downloads, client_rss = [], [], 0
-    reset_peak_rss(daemon.pid)
-    try:
-        for attempt in range(repeat):
-            up = timed(client.upload(daemon, volume, image))
+@dataclass(frozen=True)
+class Condition:
+    transport: str
+    cache: str
+
+
+class Bench:
+    def __init__(self, workdir: Path, repeat: int) -> None:
+        self.workdir = workdir
+        self.repeat = repeat
+        self.cells: list[Cell] = []
+        self.notes: list[str] = []
+
+    def cell(self, row: str, cond: Condition, peer: Peer, direction: str, data: int) -> Cell:
+        cell = Cell(row, cond.transport, cond.cache, peer.name, direction, data)
+        self.cells.append(cell)
+        return cell
+
+    def runs_for(self, cond: Condition) -> int:
+        """Warm TCP is the headline: ``repeat`` runs; the other conditions one fewer,
+        at least one, to keep a full run near 10 minutes."""
+        if cond == Condition("tcp", "warm"):
+            return self.repeat
+        return max(1, self.repeat - 1)
+
+    def run_image(self, image: Image, source: Path, peers: Sequence[Peer], cond: Condition) -> None:
+        """Upload ``source`` into each peer and download it back, ``runs_for(cond)`` times."""
+        output = self.workdir / "download.out"
+        for peer in peers:
+            up = self.cell(image.label, cond, peer, "upload", image.data_bytes)
+            down = self.cell(image.label, cond, peer, "download", image.data_bytes)
+            volume = image.name
+            peer.create_volume(volume, image.size)
+            try:
+                for attempt in range(self.runs_for(cond)):
+                    self._prepare(cond, source)
+                    up.runs.append(timed(peer.upload(cond.transport, volume, source)).seconds)
+                    output.unlink(missing_ok=True)
+                    self._prepare(cond, peer.volume_path(volume))
+                    run = timed(peer.download(cond.transport, volume, output))
+                    down.runs.append(run.seconds)
+                    if attempt == 0 and not same_content(source, output):
+                        raise RuntimeError(f"{peer.client} <-> {peer.name}: {image.label} differs")
+                    output.unlink()
+            finally:
+                output.unlink(missing_ok=True)
+                peer.delete_volume(volume)
+            _progress(f"{image.label} {cond.transport} {cond.cache} {peer.name}", up, down)
+
+    def run_concurrent(
+        self, image: Image, source: Path, peers: Sequence[Peer], cond: Condition
+    ) -> None:
+        """``CONCURRENT`` uploads at once, then as many downloads, into separate volumes."""
+        label = f"{CONCURRENT} x {image.label} at once"
+        data = CONCURRENT * image.data_bytes
+        for peer in peers:
+            up = self.cell(label, cond, peer, "upload", data)
+            down = self.cell(label, cond, peer, "download", data)
+            names = [f"{image.name}-{i}" for i in range(CONCURRENT)]
+            outputs = [self.workdir / f"{name}.out" for name in names]
+            for name in names:
+                peer.create_volume(name, image.size)
+            try:
+                for _ in range(self.runs_for(cond)):
+                    self._prepare(cond, source)
+                    up.runs.append(
+                        _together([peer.upload(cond.transport, n, source) for n in names])
+                    )
+                    for path in outputs:
+                        path.unlink(missing_ok=True)
+                    down.runs.append(
+                        _together(
+                            [
+                                peer.download(cond.transport, n, out)
+                                for n, out in zip(names, outputs, strict=True)
+                            ]
+                        )
+                    )
+                if not same_content(source, outputs[-1]):
+                    raise RuntimeError(f"{peer.client} <-> {peer.name}: {label} differs")
+            finally:
+                for path in outputs:
+                    path.unlink(missing_ok=True)
+                for name in names:
+                    peer.delete_volume(name)
+            _progress(f"{label} {cond.transport} {peer.name}", up, down)
+
+    def _prepare(self, cond: Condition, path: Path) -> None:
+        if cond.cache == "cold":
+            drop_caches()
+        else:
+            warm(path)
+
+
+def _together(commands: list[list[str]]) -> float:
+    started = time.perf_counter()
+    processes = [
+        subprocess.Popen(c, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) for c in commands
+    ]
+    codes = [p.wait() for p in processes]
+    seconds = time.perf_counter() - started
+    if any(codes):
+        raise RuntimeError(f"{commands[0][0]} failed in a concurrent run: {codes}")
+    return seconds
+
+
+def _progress(what: str, up: Cell, down: Cell) -> None:
+    print(f"  {what}: up {up.seconds:.3f}s down {down.seconds:.3f}s", file=sys.stderr, flush=True)
+
+
+# -- memory -------------------------------------------------------------------------
+
+
+@dataclass
+class Memory:
+    what: str
+    client_mib: float
+    daemon_mib: float
+
+
+def measure_memory(bench: Bench, peer: Virtvold, sized: Sequence[Image]) -> list[Memory]:
+    results = []
+    for image in sized:
+        source = bench.workdir / f"{image.name}.raw"
+        image.write(source)
+        output = bench.workdir / "memory.out"
+        peer.create_volume(image.name, image.size)
+        try:
+            reset_peak_rss(peer.process.pid)
+            up = timed(peer.upload("tcp", image.name, source))
+            down = timed(peer.download("tcp", image.name, output))
+            daemon = peak_rss_kib(peer.process.pid)
+            client = max(up.max_rss_kib, down.max_rss_kib)
+            results.append(Memory(image.label, client / 1024, daemon / 1024))
+        finally:
             output.unlink(missing_ok=True)
-            down = timed(client.download(daemon, volume, output))
-            uploads.append(up.seconds)
-            downloads.append(down.seconds)
-            client_rss = max(client_rss, up.max_rss_kib, down.max_rss_kib)
-            if attempt == 0 and not filecmp.cmp(image, output, shallow=False):
-                raise RuntimeError(f"{client.name} <-> {daemon.name}: downloaded bytes differ")
-        daemon_rss = peak_rss_kib(daemon.pid)
+            source.unlink(missing_ok=True)
+            peer.delete_volume(image.name)
+        print(f"  memory {image.label}: done", file=sys.stderr, flush=True)
+    return results
+
+
+def measure_slow_reader(bench: Bench, peer: Virtvold, image: Image) -> Memory:
+    source = bench.workdir / "slow.raw"
+    image.write(source)
+    peer.create_volume(image.name, image.size)
+    try:
+        timed(peer.upload("tcp", image.name, source))
+        reset_peak_rss(peer.process.pid)
+        argv = [
+            str(VENV_BIN / "python"),
+            "-m",
+            "bench.slow_reader",
+            peer.uris["tcp"],
+            peer.pool,
+            image.name,
+            str(SLOW_RATE),
+        ]
+        run = timed(argv)
+        daemon = peak_rss_kib(peer.process.pid)
     finally:
-        output.unlink(missing_ok=True)
-        _run(["virsh", "-q", "-c", daemon.uri, "vol-delete", "--pool", daemon.pool, volume])
-    return Result(
-        client.name, daemon.name, median(uploads), median(downloads), client_rss, daemon_rss
+        source.unlink(missing_ok=True)
+        peer.delete_volume(image.name)
+    return Memory(f"{image.label} read at 50 MB/s", run.max_rss_kib / 1024, daemon / 1024)
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def find(cells: list[Cell], **match: str) -> Cell | None:
+    for cell in cells:
+        if all(getattr(cell, k) == v for k, v in match.items()):
+            return cell
+    return None
+
+
+def report(
+    bench: Bench, raw: dict[str, float], ours: str, libvirt: str, others: Sequence[str]
+) -> list[str]:
+    """Print the table; return the target misses."""
+    misses: list[str] = []
+    keys = []
+    for cell in bench.cells:
+        key = (cell.row, cell.transport, cell.cache, cell.direction)
+        if key not in keys:
+            keys.append(key)
+    header = (
+        f"{'row':44} {'via':4} {'cache':5} {'dir':4} {'virtvol':>8} {'libvirt':>8}"
+        f" {'nbd':>8} {'x libvirt':>9} {'x best':>7} {'of raw':>7}"
     )
+    print(header)
+    print("-" * len(header))
+    for row, transport, cache, direction in keys:
+        where = {"row": row, "transport": transport, "cache": cache, "direction": direction}
+        mine = find(bench.cells, peer=ours, **where)
+        theirs = find(bench.cells, peer=libvirt, **where)
+        rest = [find(bench.cells, peer=name, **where) for name in others]
+        if mine is None or theirs is None:
+            continue
+        peers_seconds = [c.seconds for c in [theirs, *rest] if c is not None]
+        best = min(peers_seconds)
+        nbd = rest[0].seconds if rest and rest[0] is not None else float("nan")
+        of_raw = mine.data_bytes / mine.seconds / raw[transport]
+        print(
+            f"{row:44} {transport:4} {cache:5} {direction[:4]:4} {mine.seconds:8.3f}"
+            f" {theirs.seconds:8.3f} {nbd:8.3f} {theirs.seconds / mine.seconds:8.2f}x"
+            f" {best / mine.seconds:6.2f}x {of_raw:7.1%}"
+        )
+        misses += _targets(row, where, mine, theirs, peers_seconds, of_raw, bench.cells, ours)
+    return misses
 
 
-def _run(argv: list[str]) -> None:
-    timed(argv)
-
-
-def rate(data: int, seconds: float) -> float:
-    return data / MIB / seconds
+def _targets(
+    row: str,
+    where: dict[str, str],
+    mine: Cell,
+    theirs: Cell,
+    peers_seconds: list[float],
+    of_raw: float,
+    cells: list[Cell],
+    ours: str,
+) -> list[str]:
+    name = f"{row} / {where['transport']} / {where['cache']} / {where['direction']}"
+    misses = []
+    ratio = theirs.seconds / mine.seconds
+    if row.startswith("dense"):
+        wanted = 2.0 if where["direction"] == "download" else 1.5
+        if ratio < wanted:
+            misses.append(f"{name}: {ratio:.2f}x libvirt, target {wanted}x")
+        if of_raw < 0.6:
+            misses.append(f"{name}: {of_raw:.0%} of raw loopback, target 60%")
+    if row.startswith("fragmented") and ratio < 2.0:
+        misses.append(f"{name}: {ratio:.2f}x libvirt, target 2x")
+    if (row.startswith("sparse") or "TiB" in row) and mine.seconds > 0.08:
+        misses.append(f"{name}: {mine.seconds:.3f} s, target <= 0.08 s")
+    slower = [s for s in peers_seconds if s >= 0.5 and s < mine.seconds]
+    if slower:
+        misses.append(f"{name}: slower than a peer taking {min(slower):.2f} s")
+    if row.startswith(f"{CONCURRENT} x"):
+        single = find(cells, peer=ours, row=row.split(" x ", 1)[1].rsplit(" at once", 1)[0])
+        alone = find(
+            cells,
+            peer=ours,
+            row=images.dense(GIB).label,
+            transport=where["transport"],
+            cache=where["cache"],
+            direction=where["direction"],
+        )
+        base = alone or single
+        if base is not None:
+            aggregate = mine.data_bytes / mine.seconds
+            one = base.data_bytes / base.seconds
+            if aggregate < one:
+                misses.append(
+                    f"{name}: {aggregate / MIB:.0f} MiB/s together, {one / MIB:.0f} MiB/s alone"
+                )
+    return misses
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", default="1G", help="virtual size of the image (half data)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--memory-sizes", default="256M,2G")
-    parser.add_argument("--tls", action="store_true", help="connect over TLS (port 16514 style)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small images, warm TCP only")
+    parser.add_argument("--repeat", type=int, help="runs per cell (default 3, quick 1)")
+    parser.add_argument("--json", default="bench-results.json", help="where the JSON goes")
+    parser.add_argument(
+        "--tls", action="store_true", help="virtvol and virsh over TLS instead of plain TCP"
+    )
     options = parser.parse_args()
-    size = parse_size(options.size)
+    quick = options.quick
+    repeat = options.repeat or (1 if quick else 3)
+    if os.geteuid() != 0:
+        sys.exit("the benchmark needs root: libvirtd runs as nobody, cold runs drop caches")
     compile_bytecode()
     workdir = traversable_tempdir("virtvol-bench-")
-    image = workdir / "image.raw"
-    data = make_image(image, size)
-    print(
-        f"image: {size / MIB:.0f} MiB virtual, {data / MIB:.0f} MiB data;"
-        f" median of {options.repeat} runs"
-    )
-
-    raw = median([loopback.measure(data) for _ in range(options.repeat)])
+    bench = Bench(workdir, repeat)
+    dense = images.dense(256 * MIB if quick else GIB)
+    rows = [
+        dense,
+        images.sparse(4 * GIB, 24 * MIB),
+        images.fragmented(256 * MIB if quick else GIB),
+        images.sparse(TIB, 8 * MIB, pieces=2),
+    ]
+    conditions = [Condition("tcp", "warm")]
+    if not quick:
+        conditions += [Condition("unix", "warm"), Condition("tcp", "cold")]
+    started = time.monotonic()
+    raw = {
+        transport: GIB / statistics.median(loopback.measure(GIB, transport) for _ in range(3))
+        for transport in ("tcp", "unix")
+    }
     pki = make_pki(workdir / "pki") if options.tls else None
-    libvirtd, virtvold = start_libvirtd(pki), start_virtvold(pki)
-    results: list[Result] = []
+    virtvold, libvirtd, nbdkit = Virtvold(pki=pki), Libvirtd(pki=pki), Nbdkit()
+    peers: list[Peer] = [virtvold, libvirtd, nbdkit]
+    nosync: Virtvold | None = None
+    memory: list[Memory] = []
     try:
-        for client, daemon in (
-            (VIRSH, libvirtd),
-            (VIRTVOL, virtvold),
-            (VIRSH, virtvold),
-            (VIRTVOL, libvirtd),
-        ):
-            results.append(run_pair(client, daemon, image, size, options.repeat))
-        print(
-            f"\n{'client':8} {'daemon':13} {'upload':>16} {'download':>16}"
-            f" {'client RSS':>11} {'daemon RSS':>11}"
-        )
-        print(f"{'raw TCP':8} {'loopback':13} {raw:7.2f}s {rate(data, raw):6.0f}MiB/s")
-        if pki is not None:
-            print("(every pair below over TLS)")
-        for r in results:
-            print(
-                f"{r.client:8} {r.daemon:13}"
-                f" {r.upload_seconds:7.2f}s {rate(data, r.upload_seconds):6.0f}MiB/s"
-                f" {r.download_seconds:7.2f}s {rate(data, r.download_seconds):6.0f}MiB/s"
-                f" {r.client_rss_kib / 1024:9.0f}MiB {r.daemon_rss_kib / 1024:9.0f}MiB"
-            )
-        base, ours = results[0], results[1]
-        print(
-            "\nratios (virtvol <-> virtvold against virsh <-> libvirtd, and against raw loopback):"
-        )
-        for label, mine, theirs in (
-            ("upload", ours.upload_seconds, base.upload_seconds),
-            ("download", ours.download_seconds, base.download_seconds),
-        ):
-            print(f"  {label:8} {theirs / mine:5.2f}x libvirt   {raw / mine:6.1%} of loopback")
-
-        print("\npeak memory of virtvol <-> virtvold by image size (must stay flat):")
-        for text in options.memory_sizes.split(","):
-            other = workdir / f"image-{text}.raw"
-            make_image(other, parse_size(text))
-            result = run_pair(VIRTVOL, virtvold, other, parse_size(text), 1)
-            other.unlink()
-            print(
-                f"  {text:>6}: client {result.client_rss_kib / 1024:6.0f} MiB,"
-                f" daemon {result.daemon_rss_kib / 1024:6.0f} MiB"
-            )
-    finally:
-        libvirtd.close()
+        for image in rows:
+            source = workdir / f"{image.name}.raw"
+            image.write(source)
+            for cond in conditions:
+                bench.run_image(image, source, peers, cond)
+            if image is dense or image.name.startswith("frag"):
+                nosync = nosync or Virtvold(sync_uploads=False, pki=pki)
+                bench.run_image(image, source, [nosync], Condition("tcp", "warm"))
+            source.unlink()
+        small = images.dense(128 * MIB if not quick else 32 * MIB)
+        source = workdir / "concurrent.raw"
+        small.write(source)
+        bench.run_concurrent(small, source, peers, Condition("tcp", "warm"))
+        source.unlink()
+        sized = [images.dense(256 * MIB)]
+        if not quick:
+            sized += [images.dense(4 * GIB), images.sparse(64 * GIB, 512 * MIB, pieces=16)]
+        # A fresh daemon: the peak of the one that served 8 transfers at once says nothing
+        # about one transfer.
         virtvold.close()
-        image.unlink(missing_ok=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+        virtvold = Virtvold(pki=pki)
+        peers[0] = virtvold
+        memory = measure_memory(bench, virtvold, sized)
+        memory.append(measure_slow_reader(bench, virtvold, images.dense(256 * MIB)))
+    finally:
+        for peer in [*peers, *([nosync] if nosync else [])]:
+            peer.close()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    elapsed = time.monotonic() - started
+
+    others = max(1, repeat - 1)
+    print(f"\nmedian whole-process seconds of {repeat} run(s) (warm TCP; {others} otherwise);")
+    print("ratios are libvirt's (or the best")
+    print("other peer's) time over virtvol's; 'of raw' is virtvol's data rate over the raw")
+    print(f"loopback rate (TCP {raw['tcp'] / MIB:.0f} MiB/s, Unix {raw['unix'] / MIB:.0f} MiB/s).")
+    if pki is not None:
+        print("virtvol and virsh over TLS where it says tcp (nbdcopy over plain TCP).")
+    print("Noisy shared machine: compare ratios within one run.\n")
+    misses = report(bench, raw, virtvold.name, libvirtd.name, [nbdkit.name])
+    if nosync is not None:
+        print("\ndurable uploads (the default) against sync_uploads = false, warm TCP:")
+        for cell in bench.cells:
+            if cell.peer != nosync.name or cell.direction != "upload":
+                continue
+            durable = find(
+                bench.cells,
+                peer=virtvold.name,
+                row=cell.row,
+                transport="tcp",
+                cache="warm",
+                direction="upload",
+            )
+            if durable is not None:
+                print(
+                    f"  {cell.row:44} durable {durable.seconds:.3f}s, unsynced {cell.seconds:.3f}s"
+                )
+    print("\npeak RSS of virtvol (client) and virtvold (daemon):")
+    for m in memory:
+        print(f"  {m.what:44} client {m.client_mib:5.0f} MiB, daemon {m.daemon_mib:5.0f} MiB")
+        for side, mib in (("client", m.client_mib), ("daemon", m.daemon_mib)):
+            if mib > 64:
+                misses.append(f"memory {m.what}: {side} {mib:.0f} MiB, target <= 64 MiB")
+    print(f"\n{len(misses)} target(s) missed:" if misses else "\nevery target met")
+    for miss in misses:
+        print(f"  {miss}")
+    print(f"\n{elapsed:.0f} s; JSON in {options.json}")
+    result = {
+        "repeat": repeat,
+        "quick": quick,
+        "tls": pki is not None,
+        "raw_bytes_per_second": raw,
+        "cells": [asdict(c) | {"median": c.seconds} for c in bench.cells],
+        "memory": [asdict(m) for m in memory],
+        "misses": misses,
+    }
+    Path(options.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ The names in ``__all__`` are the public API: connecting (``connect``,
 tests. Other modules and names are internal: they may change in any release.
 """
 
+from typing import TYPE_CHECKING
+
 from virtvol.client.connection import Connection, PendingConnection, connect
 from virtvol.client.errors import (
     CallTimeout,
@@ -45,9 +47,24 @@ from virtvol.client.objects import (
     VolumeType,
 )
 from virtvol.client.streams import Download, Hole, Upload
-from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.client.uri import default_uri
 from virtvol.client.xmldesc import volume_xml
+
+if TYPE_CHECKING:
+    from virtvol.client.transfer import TransferResult, download_file, upload_file
+
+# Whole-file transfers pull in the sparse engine (ctypes, threads): a command
+# that never moves a file does not import them.
+_LAZY = {"TransferResult", "download_file", "upload_file"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from virtvol.client import transfer
+
+        return getattr(transfer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CallTimeout",

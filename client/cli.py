@@ -1040,7 +1040,11 @@ def _connect_uri(given: str | None) -> str | None:
     return None
 
 
-def _event_loop_runner() -> asyncio.Runner:
+def _event_loop_runner(handler: Handler) -> asyncio.Runner:
+    # uvloop moves stream data faster, but importing it costs more than a
+    # short command spends in its loop: only transfers use it.
+    if handler not in (vol_upload, vol_download):
+        return asyncio.Runner()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -1134,7 +1138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(invocation.text or "")
             return 0
         _show_warnings()
-        with _event_loop_runner() as runner:
+        with _event_loop_runner(invocation.handler) as runner:
             output = runner.run(_run(invocation.command, invocation.handler, invocation.args))
     except ArgumentError as exc:
         sys.stderr.write(f"error: {exc}\n")

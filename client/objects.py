@@ -10,10 +10,10 @@ import enum
 import os
 import uuid as uuidlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from virtvol.client.interfaces import ConnectionLike as Connection
 from virtvol.client.streams import Download, Upload
-from virtvol.client.transfer import TransferResult, download_file, upload_file
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import PoolInfo as PoolInfo
@@ -22,6 +22,9 @@ from virtvol.protocol.constants import PoolXMLFlags, VolInfoFlags, VolResizeFlag
 from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
 from virtvol.protocol.procedures import ArgsT, Procedure, RetT
+
+if TYPE_CHECKING:
+    from virtvol.client.transfer import TransferResult
 
 __all__ = [
     "PoolInfo",
@@ -363,6 +366,8 @@ class StorageVolume:
     ) -> TransferResult:
         """Upload a local file, sending its holes (and, with ``detect_zeroes``, its
         all-zero blocks) as holes. See ``virtvol.client.transfer.upload_file``."""
+        from virtvol.client.transfer import upload_file
+
         return await upload_file(
             self,
             path,
@@ -385,6 +390,8 @@ class StorageVolume:
     ) -> TransferResult:
         """Download into a local sparse file that appears atomically.
         See ``virtvol.client.transfer.download_file``."""
+        from virtvol.client.transfer import download_file
+
         return await download_file(
             self,
             path,

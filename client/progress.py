@@ -7,10 +7,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self, TextIO
 
 from virtvol.client.sizes import format_size
-from virtvol.client.transfer import TransferResult
 
 if TYPE_CHECKING:
     from rich.progress import Progress, ProgressColumn, Task, TaskID
+
+    from virtvol.client.transfer import TransferResult
 
 __all__ = ["TransferProgress", "summary_line"]
 
@@ -43,7 +44,7 @@ class TransferProgress:
         self._task: TaskID | None = None
         if enabled and out.isatty():
             # rich only when a bar is drawn: importing it costs every run of the
-            # CLI 14-20 ms (measured here), more than a small transfer takes.
+            # CLI more than a small transfer takes (docs/performance.md).
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

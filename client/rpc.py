@@ -345,6 +345,32 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self.check()
         self._write(frame)
 
+    # -- the stream adapter: what Upload and Download call ---------------------------------
+
+    def send_stream_data(
+        self, serial: int, data: Payload, *, release: Callable[[], None] | None = None
+    ) -> None:
+        """Send one data frame of stream ``serial`` (see ``write_data`` for ``release``).
+
+        Raises:
+            LocalProtocolError: the stream cannot send data now.
+            TransportError: the connection failed.
+        """
+        head, payload = self.core.send_data(serial, data)
+        self.write_data(head, payload, release=release)
+
+    def send_stream_hole(self, serial: int, length: int) -> None:
+        """Send a hole of ``length`` bytes on stream ``serial``."""
+        self.write_frame(self.core.send_hole(serial, length))
+
+    def finish_stream(self, serial: int) -> None:
+        """Tell the peer that stream ``serial`` is complete (the answer comes as an event)."""
+        self.write_frame(self.core.send_finish(serial))
+
+    def abort_stream(self, serial: int) -> None:
+        """Abort stream ``serial`` (the peer's confirmation comes as an event)."""
+        self.write_frame(self.core.send_abort(serial))
+
     def write_data(
         self, head: bytes, payload: Payload, *, release: Callable[[], None] | None = None
     ) -> None:

@@ -231,7 +231,7 @@ class _StreamBase:
             self._closed = True
             return
         try:
-            self._rpc.write_frame(self._rpc.core.send_abort(self.serial))
+            self._rpc.abort_stream(self.serial)
         except (LocalProtocolError, TransportError):
             self._closed = True
             return
@@ -297,10 +297,9 @@ class Upload(_StreamBase):
         """
         self._check()
         try:
-            head, payload = self._rpc.core.send_data(self.serial, data)
+            self._rpc.send_stream_data(self.serial, data, release=release)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
-        self._rpc.write_data(head, payload, release=release)
         self.data_bytes += len(data)
 
     async def drain(self) -> None:
@@ -332,10 +331,9 @@ class Upload(_StreamBase):
         self._check()
         if self.sparse:
             try:
-                frame = self._rpc.core.send_hole(self.serial, length)
+                self._rpc.send_stream_hole(self.serial, length)
             except LocalProtocolError as exc:
                 raise StreamError(str(exc)) from None
-            self._rpc.write_frame(frame)
             self.hole_bytes += length
             await self.drain()
             return
@@ -355,7 +353,7 @@ class Upload(_StreamBase):
         """
         self._check()
         try:
-            self._rpc.write_frame(self._rpc.core.send_finish(self.serial))
+            self._rpc.finish_stream(self.serial)
         except LocalProtocolError as exc:
             raise StreamError(str(exc), stage="finish") from None
         try:
@@ -482,7 +480,7 @@ class Download(_StreamBase):
 
     async def _finish(self) -> None:
         try:
-            self._rpc.write_frame(self._rpc.core.send_finish(self.serial))
+            self._rpc.finish_stream(self.serial)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
         await self._wait_done()

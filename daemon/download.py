@@ -22,21 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.storage import Chunk
 from virtvol.daemon.storage.backend import ChunkReader
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error, unexpected_failure
+from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 
-# Data frame size. libvirt's peers accept frames up to 32 MiB but send
-# 262120-byte ones. Measured here (2 cores, loopback TCP, uvloop, a page-cached
-# 512 MiB volume, python3-libvirt recvAll, best of 3): 256 KiB frames 1.0 GiB/s,
-# 1 MiB 1.5-1.6 GiB/s, 4 MiB 2.2-2.3 GiB/s, 8 MiB 2.0 GiB/s. The per-frame
-# costs (a thread hop for the read, two writes, the client's per-message work)
-# stop mattering at 4 MiB; beyond that the buffers fall out of the CPU caches.
-# Three 4 MiB buffers per connection keep memory at 12 MiB per downloading client.
+# Data frame size. libvirt's peers accept frames up to 32 MiB (the interop tests
+# download with virsh and python3-libvirt) but send 262120-byte ones. Larger frames
+# cut the per-frame costs (a thread hop for the read, two writes, the client's
+# per-message work) until the buffers fall out of the CPU caches; 4 MiB was the
+# fastest (docs/performance.md). Three 4 MiB buffers per connection keep memory at
+# 12 MiB per downloading client.
 FRAME_SIZE = 4 << 20
 # One buffer being filled from disk, up to two in flight on the socket.
 BUFFERS_PER_CONNECTION = 3
@@ -57,13 +57,13 @@ class Download:
         stats: TransferStats,
         buffers: SendBuffers,
     ) -> None:
-        self._sink = sink
+        self._channel = StreamChannel(sink, serial)
         self._buffers = buffers
         self._held: memoryview | None = None  # taken, being filled, not sent
-        self._serial = serial
         self._reader = reader
         self._sparse = sparse
-        self._file = FileWorker(executor, reader.close)
+        self._loop = asyncio.get_running_loop()
+        self._file = FileWorker(executor, self._release_file)
         self.stats = stats
         self._client_ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._outcome = "dropped"
@@ -84,10 +84,10 @@ class Download:
         try:
             complete = await self._send_volume()
             if complete:
-                self._sink.send(self._sink.rpc.send_eof(self._serial))
+                self._channel.send_eof()
             self._outcome = await self._client_ended
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
-            self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
+            self._channel.acknowledge_end()
         except Exception as exc:
             report = (
                 exc
@@ -95,76 +95,85 @@ class Download:
                 else unexpected_failure(f"download from {self.stats.volume}", exc)
             )
             self._outcome = f"failed: {report.message}"
-            if self._serial in self._sink.rpc.streams:
-                self._sink.send(
-                    self._sink.rpc.send_stream_error(self._serial, remote_error(report))
-                )
+            self._channel.send_error(report)
         finally:
             self.close()
             await self._file.wait_closed()
-            # Only now is no worker thread filling the buffer this stream holds.
-            if self._held is not None:
-                self._buffers.give_back(self._held)
-                self._held = None
 
     def close(self) -> None:
         """End the stream now, whether its task ran or not; safe to call more than once.
 
-        The file is closed once no read is in a worker thread.
+        The file is closed, and the buffer being filled handed back, once no
+        read is in a worker thread.
         """
         if self._file.closing:
             return
         self._file.close()
         self.stats.log_end(self._outcome)
 
-    async def _read(self, buffer: memoryview) -> Chunk:
+    def _release_file(self) -> None:
+        """The file's release (see ``FileWorker``): on the loop, or in the last read's thread."""
+        self._reader.close()
+        held, self._held = self._held, None
+        if held is not None:
+            # The pool belongs to the loop.
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                self._loop.call_soon_threadsafe(self._buffers.give_back, held)
+
+    async def _read(self, buffer: memoryview) -> list[Chunk]:
         reader = self._reader
-        return await self._file.run(lambda: reader.next_chunk(buffer))
+        return await self._file.run(lambda: reader.read_pieces(buffer))
 
     async def _send_volume(self) -> bool:
         """Send every data and hole frame; False when the client aborted meanwhile."""
         pool = self._buffers
-        rpc, serial, sink, stats = self._sink.rpc, self._serial, self._sink, self.stats
+        channel, stats = self._channel, self.stats
         while True:
-            if sink.write_buffer_empty():
+            if channel.write_buffer_empty():
                 pool.reclaim()
             buffer = pool.try_take()
             while buffer is None:
-                if not sink.write_buffer_empty():
-                    await sink.drained()
+                if not channel.write_buffer_empty():
+                    await channel.drained()
                     pool.reclaim()
                     buffer = pool.try_take()
                 else:
                     buffer = await pool.take()  # another download of ours is filling them
             self._held = buffer
-            chunk = await self._read(buffer)
-            if self._client_ended.done() or chunk.eof:
+            # One thread hop fills the buffer with the data of many small extents.
+            pieces = await self._read(buffer)
+            if self._client_ended.done() or not pieces:
                 return not self._client_ended.done()
-            if chunk.data:
-                sink.send_data(*rpc.send_data(serial, buffer[: chunk.length]))
+            used = 0
+            for piece in pieces:
+                if piece.data:
+                    channel.send_data(buffer[used : used + piece.length])
+                    used += piece.length
+                    stats.data_bytes += piece.length
+                    if self._held is not None:  # referenced by the transport from now on
+                        self._held = None
+                        pool.sent(buffer)
+                    continue
+                if self._sparse:
+                    channel.send_hole(piece.length)
+                    stats.holes += 1
+                    stats.hole_bytes += piece.length
+                elif not await self._send_zeros(piece.length):
+                    return False
+            if self._held is not None:  # only holes: the buffer was never sent
                 self._held = None
-                pool.sent(buffer)
-                stats.data_bytes += chunk.length
-                continue
-            self._held = None
-            pool.give_back(buffer)
-            if self._sparse:
-                sink.send(rpc.send_hole(serial, chunk.length))
-                stats.holes += 1
-                stats.hole_bytes += chunk.length
-            elif not await self._send_zeros(chunk.length):
-                return False
+                pool.give_back(buffer)
 
     async def _send_zeros(self, length: int) -> bool:
         """A hole on a plain stream, as zero data frames; False when the client aborted."""
-        rpc, serial, sink = self._sink.rpc, self._serial, self._sink
+        channel = self._channel
         while length > 0:
             count = min(FRAME_SIZE, length)
-            sink.send_data(*rpc.send_data(serial, _ZEROS[:count]))
+            channel.send_data(_ZEROS[:count])
             self.stats.data_bytes += count
             length -= count
-            if not sink.write_buffer_empty():
-                await sink.drained()
+            if not channel.write_buffer_empty():
+                await channel.drained()
             if self._client_ended.done():
                 return False
         return True

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _released_already() -> None:
+    """What a ``FileWorker`` holds once its release ran."""
+
+
 class FileClosedError(RuntimeError):
     """A job was submitted after the release was asked for."""
 
@@ -99,8 +103,12 @@ class FileWorker:
             self._do_release()
 
     def _do_release(self) -> None:
+        # Runs once: let go of the release, often a bound method of the stream
+        # that owns this worker (a cycle that kept the stream's connection and
+        # buffers alive until the garbage collector ran).
+        release, self._release = self._release, _released_already
         try:
-            self._release()
+            release()
         except Exception:
             log.exception("releasing a file failed")
         finally:

@@ -39,6 +39,58 @@ class FrameSink(Protocol):
         """Withdraw ``owner``'s pause."""
 
 
+class StreamChannel:
+    """One stream's way to the wire: the only thing its handler calls.
+
+    The handlers (``upload``, ``download``) send data, holes, the end, the
+    acknowledgement of the client's finish and errors through this adapter;
+    it turns them into frames with the protocol core and queues them on the
+    connection, so no handler touches the core.
+    """
+
+    def __init__(self, sink: FrameSink, serial: int) -> None:
+        self._sink = sink
+        self.serial = serial
+
+    def send_data(self, payload: Payload) -> None:
+        """Queue a data frame; ``payload``'s memory is referenced until the transport drains."""
+        self._sink.send_data(*self._sink.rpc.send_data(self.serial, payload))
+
+    def send_hole(self, length: int) -> None:
+        """Queue a hole (skip) frame."""
+        self._sink.send(self._sink.rpc.send_hole(self.serial, length))
+
+    def send_eof(self) -> None:
+        """Queue the end of a download."""
+        self._sink.send(self._sink.rpc.send_eof(self.serial))
+
+    def acknowledge_end(self) -> None:
+        """Confirm the client's finish or abort (libvirtd sends an empty STREAM/OK for both)."""
+        self._sink.send(self._sink.rpc.send_finish_ack(self.serial))
+
+    def send_error(self, report: ErrorReport) -> None:
+        """Report a failure as STREAM/ERROR, unless the stream is already over on the wire."""
+        rpc = self._sink.rpc
+        if self.serial in rpc.streams:
+            self._sink.send(rpc.send_stream_error(self.serial, remote_error(report)))
+
+    def write_buffer_empty(self) -> bool:
+        """True when the transport holds no unsent bytes (so no reference to our buffers)."""
+        return self._sink.write_buffer_empty()
+
+    async def drained(self) -> None:
+        """Wait until the transport holds no unsent bytes (or the connection is gone)."""
+        await self._sink.drained()
+
+    def pause_reading(self, owner: object) -> None:
+        """Stop reading the socket until ``owner`` resumes it."""
+        self._sink.pause_reading(owner)
+
+    def resume_reading(self, owner: object) -> None:
+        """Withdraw ``owner``'s pause."""
+        self._sink.resume_reading(owner)
+
+
 def unexpected_failure(what: str, exc: Exception) -> ErrorReport:
     """A stream that broke for a reason nobody foresaw still ends with an error the client
     hears (instead of a client waiting forever); the traceback goes to the log.

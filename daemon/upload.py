@@ -1,17 +1,17 @@
 """Receiving a volume from the client (STORAGE_VOL_UPLOAD, procedure 208).
 
-Theory of operation: the connection hands over each data frame's payload as
-the memoryview the socket was read into, and each skip as a length; they wait
-in a queue, in stream order, and a worker thread applies them in batches
-(``VolumeWriter.write``: pwrite straight from that memory; ``skip``: punch or
-extend). When more than ``QUEUE_HIGH`` bytes wait for the disk the connection
-stops reading the socket, and reads again below ``QUEUE_LOW``: TCP pushes back
-on a client faster than the disk, and memory stays bounded. The client's
-finish commits the writer (for a whole-volume upload: fdatasync, then the
-atomic rename) and is acknowledged, and only then is the replaced content let
-go (slow for a big volume, and nothing the client waits for); an abort, an
-error or a lost connection aborts it, leaving the old content. A write error is reported at once as
-STREAM/ERROR; the core then forgets the stream, so later frames are dropped.
+Theory of operation: the connection hands over each data frame's payload as the
+memoryview the socket was read into, and each skip as a length; they wait in a queue, in
+stream order, and a worker thread applies them in batches (``VolumeWriter.apply``: one
+pwritev per run of data straight from that memory; skips and zero blocks punched or
+extended). When more than ``QUEUE_HIGH`` bytes wait for the disk the connection stops
+reading the socket, and reads again below ``QUEUE_LOW``: TCP pushes back on a client
+faster than the disk, and memory stays bounded. The client's finish commits the writer
+(for a whole-volume upload: fdatasync, then the atomic rename) and is acknowledged, and
+only then is the replaced content let go (slow for a big volume, and nothing the client
+waits for); an abort, an error or a lost connection aborts it, leaving the old content.
+A write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
+later frames are dropped.
 
 The writer's file belongs to a ``FileWorker``: however the stream ends (the
 task cancelled in the middle of a batch, or before it ever ran), the abort
@@ -29,7 +29,7 @@ import enum
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.storage.backend import ChunkWriter
-from virtvol.daemon.streamio import FrameSink, TransferStats, remote_error, unexpected_failure
+from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
 
@@ -57,8 +57,7 @@ class Upload:
         executor: concurrent.futures.Executor,
         stats: TransferStats,
     ) -> None:
-        self._sink = sink
-        self._serial = serial
+        self._channel = StreamChannel(sink, serial)
         self._writer = writer
         # abort() is a no-op after a commit, except letting go of the replaced content.
         self._file = FileWorker(executor, writer.abort)
@@ -81,7 +80,7 @@ class Upload:
         self.stats.data_bytes += len(data)
         if self._queued_bytes > QUEUE_HIGH and not self._reading_paused:
             self._reading_paused = True
-            self._sink.pause_reading(self)
+            self._channel.pause_reading(self)
         self._wakeup.set()
 
     def hole_received(self, length: int) -> None:
@@ -120,7 +119,7 @@ class Upload:
             else:
                 await self._file.run(self._writer.abort)
             self._outcome = self._end.value
-            self._sink.send(self._sink.rpc.send_finish_ack(self._serial))
+            self._channel.acknowledge_end()
             # After the acknowledgement: the client need not wait for this.
             await self._file.run(self._writer.release_replaced)
         except Exception as exc:
@@ -155,15 +154,8 @@ class Upload:
         size = sum(len(item) for item in batch if not isinstance(item, int))
         writer = self._writer
 
-        def apply() -> None:
-            for item in batch:
-                if isinstance(item, int):
-                    writer.skip(item)
-                else:
-                    writer.write(item)
-
         try:
-            await self._file.run(apply)
+            await self._file.run(lambda: writer.apply(batch))
         finally:
             self._queued_bytes -= size
             if self._queued_bytes <= QUEUE_LOW:
@@ -172,12 +164,10 @@ class Upload:
     def _resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            self._sink.resume_reading(self)
+            self._channel.resume_reading(self)
 
     def _fail(self, report: ErrorReport) -> None:
         self._failed = True
         self._queue.clear()
         self._queued_bytes = 0
-        rpc = self._sink.rpc
-        if self._serial in rpc.streams:
-            self._sink.send(rpc.send_stream_error(self._serial, remote_error(report)))
+        self._channel.send_error(report)

@@ -6,6 +6,8 @@ procedure to one of its methods and the wire structs to ``PoolRef`` and
 texts.
 """
 
+from virtvol.sparse.reader import Chunk
+
 from .flags import (
     ListPoolsFlags,
     PoolCreateFlags,
@@ -16,7 +18,7 @@ from .flags import (
     VolResizeFlags,
     VolStreamFlags,
 )
-from .model import Chunk, PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
+from .model import PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
 from .registry import StorageRegistry
 from .transfer import VolumeReader, VolumeWriter
 

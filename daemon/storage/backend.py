@@ -8,9 +8,10 @@ thread at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from .model import Chunk
+from virtvol.sparse.reader import Chunk
 
 
 @runtime_checkable
@@ -25,16 +26,21 @@ class ChunkReader(Protocol):
 
     def next_chunk(self, buffer: memoryview | bytearray) -> Chunk: ...
 
+    def read_pieces(self, buffer: memoryview | bytearray) -> list[Chunk]: ...
+
     def close(self) -> None: ...
 
 
 @runtime_checkable
 class ChunkWriter(Protocol):
-    """The volume side of an upload: ``write``/``skip`` in stream order, then
-    ``commit`` or ``abort``, then ``release_replaced`` after the acknowledgement."""
+    """The volume side of an upload: ``apply`` (or ``write``/``skip``) in stream
+    order, then ``commit`` or ``abort``, then ``release_replaced`` after the
+    acknowledgement."""
 
     @property
     def position(self) -> int: ...
+
+    def apply(self, items: Iterable[memoryview | bytes | bytearray | int]) -> None: ...
 
     def write(self, data: memoryview | bytes | bytearray) -> None: ...
 

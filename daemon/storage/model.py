@@ -29,19 +29,3 @@ class VolumeRef:
     pool: str
     name: str
     key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One step of a download: ``length`` bytes of data (in the caller's buffer) or of hole.
-
-    A zero ``length`` marks the end of the stream.
-    """
-
-    data: bool
-    length: int
-
-    @property
-    def eof(self) -> bool:
-        """True when the download has nothing more to send."""
-        return self.length == 0

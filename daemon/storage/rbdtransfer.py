@@ -1,9 +1,9 @@
 """Image side of downloads and uploads for rbd pools, with the dir pool's reader/writer interface.
 
 ``RbdReader`` and ``RbdWriter`` answer the calls the stream handlers make on
-``VolumeReader`` / ``VolumeWriter`` (``next_chunk``, ``close``; ``write``,
-``skip``, ``commit``, ``abort``, ``release_replaced``), one call at a time from
-a worker thread.
+``VolumeReader`` / ``VolumeWriter`` (``next_chunk``, ``read_pieces``, ``close``;
+``apply``, ``write``, ``skip``, ``commit``, ``abort``, ``release_replaced``), one
+call at a time from a worker thread.
 
 * A download asks the object map for allocated extents a window at a time
   (``diff_iterate``, whole objects) and reads only those. An extent is a
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import collections
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.sparse.reader import Chunk, read_pieces
 
-from .model import Chunk
 from .rbdvolumes import RbdVolumes, data_extents, zero_range
 from .reports import storage_error, system_error
 
@@ -127,6 +127,11 @@ class RbdReader:
             return Chunk(data=True, length=stop - start)
         return Chunk(data=False, length=hole) if hole else _EOF
 
+    def read_pieces(self, buffer: memoryview | bytearray) -> list[Chunk]:
+        """As many following chunks as fit in ``buffer``, data back to back from its
+        start (see ``virtvol.sparse.reader.read_pieces``); an empty list is the end."""
+        return read_pieces(self.next_chunk, buffer)
+
     def _take_run(self) -> None:
         start, stop, _ = self._runs.popleft()
         self._pos += stop - start
@@ -223,6 +228,14 @@ class RbdWriter:
     def _check_open(self) -> None:
         if self._finish is None:
             raise storage_error(ErrorCode.OPERATION_INVALID, "upload stream is already finished")
+
+    def apply(self, items: Iterable[memoryview | bytes | bytearray | int]) -> None:
+        """Data frames (buffers) and hole frames (lengths) in stream order."""
+        for item in items:
+            if isinstance(item, int):
+                self.skip(item)
+            else:
+                self.write(item)
 
     def write(self, data: memoryview | bytes | bytearray) -> None:
         """Write the next data frame; all-zero blocks are zeroed instead of written."""

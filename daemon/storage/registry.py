@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
+from virtvol.sparse.writer import MAX_OFFSET
 
 from .backend import ChunkReader, ChunkWriter
 from .configstore import ConfigStore
@@ -54,7 +55,7 @@ from .reports import (
     uuid_text,
 )
 from .secrets import SecretStore
-from .transfer import MAX_OFFSET, VolumeReader, VolumeWriter
+from .transfer import VolumeReader, VolumeWriter
 from .volumes import VolumeDir, metadata_prealloc_unsupported
 from .volxml import format_rbd_volume_xml, format_volume_xml, parse_volume_xml
 from .xmldoc import escape

@@ -15,8 +15,8 @@ import secrets
 import stat
 from collections.abc import Callable
 
-from virtvol.daemon import sparsefile
 from virtvol.protocol.errors import ErrorCode, ErrorReport
+from virtvol.sparse import files as sparse_files
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
@@ -132,7 +132,7 @@ class VolumeDir:
         try:
             os.ftruncate(fd, capacity)
             try:
-                sparsefile.allocate(fd, 0, allocation)
+                sparse_files.allocate(fd, 0, allocation)
             except OSError as exc:
                 raise system_error(
                     f"cannot allocate {allocation} bytes in file '{path}'", exc
@@ -155,7 +155,7 @@ class VolumeDir:
             dst_fd = self._create_file(request.name)
             try:
                 os.ftruncate(dst_fd, capacity)
-                sparsefile.copy_sparse(src_fd, dst_fd, size)
+                sparse_files.copy_sparse(src_fd, dst_fd, size)
             except OSError as exc:
                 self._discard(request.name, dst_fd)
                 raise system_error(
@@ -186,7 +186,7 @@ class VolumeDir:
         """Make the whole volume read as zeros, keeping its size and freeing its blocks."""
         fd = self.open_in_place(name, os.O_WRONLY)
         try:
-            sparsefile.punch_hole(fd, 0, os.fstat(fd).st_size)
+            sparse_files.punch_hole(fd, 0, os.fstat(fd).st_size)
         except OSError as exc:
             raise system_error(f"Failed to wipe vol '{self.volume_path(name)}'", exc) from None
         finally:
@@ -217,7 +217,7 @@ class VolumeDir:
                 raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
             try:
                 if allocate and new > current:
-                    sparsefile.allocate(fd, current, new - current)
+                    sparse_files.allocate(fd, current, new - current)
                 os.ftruncate(fd, new)
             except OSError as exc:
                 raise system_error(f"Failed to truncate file '{path}'", exc) from None
@@ -250,8 +250,8 @@ class VolumeDir:
 
         The replaced file stays referenced (an ``O_PATH`` descriptor) until the
         returned callable runs: the last reference to a large file is what
-        frees its page cache and blocks, which takes a while (0.09-0.3 s for
-        512 MiB here), and whoever waits for the rename need not wait for that.
+        frees its page cache and blocks, which takes a while for a large file
+        (docs/performance.md), and whoever waits for the rename need not wait for that.
         """
         try:
             old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)

@@ -1,7 +1,7 @@
 """virtvold, in-process: a stream whose disk side fails in a way nobody foresaw still
 ends with a stream error, never leaves the client waiting, and the connection goes on.
 
-The writer's ``write`` and the reader's ``next_chunk`` are made to raise a
+The writer's ``apply`` and the reader's ``next_chunk`` are made to raise a
 ``RuntimeError`` (a bug, not an ``ErrorReport``).
 """
 
@@ -78,7 +78,7 @@ async def _still_serving(client: RawClient) -> None:
 async def test_an_upload_that_fails_unexpectedly_ends_with_an_error(
     client: RawClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(VolumeWriter, "write", _broken)
+    monkeypatch.setattr(VolumeWriter, "apply", _broken)
     vol = await client.volume("disk.img")
     opened = await client.call(Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol, 0, 0, 1))
     assert isinstance(opened, ReplyReceived)

@@ -10,11 +10,11 @@ import pytest
 
 from tests.rbd.conftest import CEPH_POOL, volume_name
 from tools.ceph_cluster import CephCluster
-from virtvol.daemon.storage.model import Chunk
 from virtvol.daemon.storage.rbdtransfer import RbdReader, RbdWriter
 from virtvol.daemon.storage.rbdvolumes import RbdVolumes, zero_range
 from virtvol.daemon.storage.rbdxml import RbdSource
 from virtvol.daemon.storage.volxml import VolumeRequest
+from virtvol.sparse.reader import Chunk
 
 MIB = 1 << 20
 

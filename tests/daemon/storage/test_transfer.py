@@ -11,8 +11,8 @@ import pytest
 
 from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, allocated, fails
 from virtvol.daemon.storage import Chunk, VolumeReader, VolumeRef
-from virtvol.daemon.storage.transfer import MAX_OFFSET
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.sparse.writer import MAX_OFFSET
 
 MIB = 1 << 20
 
@@ -205,12 +205,13 @@ def open_files() -> set[str]:
 def test_synced_upload_starts_writeback_and_releases_old_content_late(
     setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from virtvol.daemon import sparsefile
-    from virtvol.daemon.storage import StorageRegistry, transfer
+    from virtvol.daemon.storage import StorageRegistry
+    from virtvol.sparse import files
+    from virtvol.sparse import writer as sparse_writer
 
     started: list[tuple[int, int]] = []
-    monkeypatch.setattr(transfer, "WRITEBACK_STEP", 4096)
-    monkeypatch.setattr(sparsefile, "start_writeback", lambda fd, at, n: started.append((at, n)))
+    monkeypatch.setattr(sparse_writer, "WRITEBACK_STEP", 4096)
+    monkeypatch.setattr(files, "start_writeback", lambda fd, at, n: started.append((at, n)))
     registry = StorageRegistry(setup.state_dir)
     registry.load()
     volume = setup.file("v", b"old")
@@ -330,11 +331,33 @@ def test_zero_blocks_in_data_become_holes(setup: PoolSetup, whole_volume: bool) 
     assert allocated(path) < 600 * 1024
 
 
+def test_durable_upload_leaves_the_new_volume_in_memory(setup: PoolSetup) -> None:
+    """The upload is flushed to disk, but a download that follows reads memory, not the disk."""
+    from virtvol.daemon.storage import StorageRegistry
+    from virtvol.sparse.cache import resident_pages
+
+    registry = StorageRegistry(setup.state_dir)  # sync_uploads is on by default
+    registry.load()
+    volume = setup.file("v", b"old")
+    data = os.urandom(MIB)
+    with registry.open_upload(volume, 0, 0) as writer:
+        for _ in range(80):  # past a couple of writeback steps
+            writer.write(data)
+        writer.commit()
+    fd = os.open(setup.pool_dir / "v", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_size == 80 * MIB
+        assert resident_pages(fd, 0, 80 * MIB).count(0) == 0
+    finally:
+        os.close(fd)
+    registry.close()
+
+
 def test_write_past_the_largest_offset_is_a_stream_error(setup: PoolSetup) -> None:
     volume = setup.file("big", b"")
     writer = setup.registry.open_upload(volume, 0, 0)
     with writer:
-        writer._pos = MAX_OFFSET - 2  # where only a file system without limits gets
+        writer._writer._pos = MAX_OFFSET - 2  # where only a file system without limits gets
         with fails(
             ErrorCode.SYSTEM_ERROR, "cannot write to stream: File too large", ErrorDomain.STREAMS
         ):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from virtvol.daemon import sparsefile
-from virtvol.daemon.sparsefile import Extent, is_zero, iter_extents
+from virtvol.sparse import files as sparsefile
+from virtvol.sparse.extents import Extent, iter_extents, next_extent
+from virtvol.sparse.zeros import is_zero
 
 B = 4096
 
@@ -68,7 +69,7 @@ def test_one_byte_file(make_file: MakeFile) -> None:
 def test_empty_range_yields_nothing(make_file: MakeFile) -> None:
     fd = make_file(0, [])
     assert extents(fd) == []
-    assert sparsefile.next_extent(fd, 10, 10) is None
+    assert next_extent(fd, 10, 10) is None
 
 
 def test_range_is_clipped_inside_extents(make_file: MakeFile) -> None:

@@ -1,0 +1,141 @@
+"""Page-cache hygiene: leave the cache as a transfer found it, at most.
+
+A read of a volume that was in memory must stay a read from memory for the
+next reader too: dropping it (as ``posix_fadvise(DONTNEED)`` on everything
+read does) costs the next download a disk read that libvirtd would not make.
+What a transfer itself brought in from the disk, though, is better let go:
+streaming a cold volume otherwise fills memory with pages nobody asked to
+keep, and fresh memory is what a cold read pays most for on a VM whose free
+memory is handed back to the host.
+
+So a reader asks the kernel (``mincore`` on a read-only mapping) which pages
+of the next window were resident before reading it, and after the window
+drops only the pages that were not. The mapping is never touched, so it
+faults nothing in; it costs three system calls per window.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+__all__ = ["PAGE_SIZE", "ReadWindow", "resident_pages"]
+
+PAGE_SIZE = mmap.PAGESIZE
+
+_PROT_READ = 0x1
+_MAP_SHARED = 0x01
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_mmap = _libc.mmap
+_mmap.restype = ctypes.c_void_p
+_mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_longlong,
+)
+_munmap = _libc.munmap
+_munmap.restype = ctypes.c_int
+_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_mincore = _libc.mincore
+_mincore.restype = ctypes.c_int
+_mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+
+
+def resident_pages(fd: int, offset: int, length: int) -> bytes:
+    """One byte per page of ``[offset, offset + length)``: 1 where the page is in memory.
+
+    ``offset`` must be a multiple of ``PAGE_SIZE``. The range should lie within
+    the file; pages past its end read as not resident.
+
+    Raises:
+        OSError: the file cannot be mapped (a pipe, a special file).
+    """
+    if length <= 0:
+        return b""
+    pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
+    address = _mmap(None, length, _PROT_READ, _MAP_SHARED, fd, offset)
+    if address in (None, _MAP_FAILED):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    try:
+        vector = ctypes.create_string_buffer(pages)
+        if _mincore(address, length, vector) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        _munmap(address, length)
+    raw = vector.raw
+    if raw.translate(None, b"\x00\x01"):  # the low bit is residency, the rest reserved
+        raw = bytes(b & 1 for b in raw)
+    return raw
+
+
+class ReadWindow:
+    """Tracks a sequential read and drops, window by window, only the pages it brought in.
+
+    Windows are the aligned ``step``-sized pieces of the file. The residency
+    of a window is taken when the read enters the window before it: by the
+    time the read gets there, the kernel's read-ahead (which runs several MiB
+    ahead of large reads) has already brought in its first pages, which must
+    not count as resident before. Call ``reading(offset)`` before each read
+    and ``close()`` at the end. Best effort: where residency cannot be asked,
+    nothing is dropped.
+    """
+
+    def __init__(self, fd: int, step: int) -> None:
+        if step % PAGE_SIZE:
+            raise ValueError("the window must be a whole number of pages")
+        self._fd = fd
+        self._step = step
+        self._current: tuple[int, bytes] | None = None  # (window index, residency before)
+        self._next: tuple[int, bytes] | None = None
+
+    def reading(self, offset: int) -> None:
+        """Note that a read starting at ``offset`` is about to happen."""
+        index = offset // self._step
+        if self._current is not None and self._current[0] == index:
+            return
+        self._drop(self._current)
+        ahead, self._next = self._next, None
+        self._current = ahead if ahead is not None and ahead[0] == index else self._snapshot(index)
+        if ahead is not None and ahead[0] != index:
+            self._drop(ahead)
+        self._next = self._snapshot(index + 1)
+
+    def close(self) -> None:
+        """Drop what the read brought into memory; safe to call twice."""
+        current, self._current = self._current, None
+        ahead, self._next = self._next, None
+        self._drop(current)
+        self._drop(ahead)
+
+    def _snapshot(self, index: int) -> tuple[int, bytes] | None:
+        start = index * self._step
+        size = os.lseek(self._fd, 0, os.SEEK_END)  # a block device's fstat size is 0
+        length = min(self._step, size - start)
+        if length <= 0:
+            return None
+        try:
+            return index, resident_pages(self._fd, start, length)
+        except OSError:
+            return None
+
+    def _drop(self, window: tuple[int, bytes] | None) -> None:
+        if window is None:
+            return
+        index, resident = window
+        start = index * self._step
+        page = resident.find(0)
+        while page >= 0:
+            stop = resident.find(1, page)
+            if stop < 0:
+                stop = len(resident)
+            offset, length = start + page * PAGE_SIZE, (stop - page) * PAGE_SIZE
+            os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)
+            page = resident.find(0, stop)

@@ -1,0 +1,182 @@
+"""Block-level calls on plain file descriptors: punch, allocate, writeback, write, copy.
+
+Everything positions its I/O explicitly (``pwrite``, ``copy_file_range`` with
+offsets), so descriptors can be shared with readers of other ranges.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from .extents import iter_extents
+from .zeros import ZEROS, zero_view
+
+__all__ = [
+    "allocate",
+    "copy_sparse",
+    "punch_hole",
+    "pwrite_all",
+    "pwritev_all",
+    "start_writeback",
+    "wait_writeback",
+    "write_zeros",
+]
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+_CFunction = Callable[[int, int, int, int], int]
+
+
+def _libc_function(name: str, *argtypes: type) -> _CFunction | None:
+    try:
+        # The C library is already loaded: no library search (ctypes.util runs ldconfig).
+        func = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = argtypes
+    func.restype = ctypes.c_int
+    return cast(_CFunction, func)
+
+
+_fallocate = _libc_function(
+    "fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong
+)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Make ``[offset, offset + length)`` read as zeros without changing the file size.
+
+    Deallocates the blocks (fallocate PUNCH_HOLE | KEEP_SIZE). Where the file
+    system or the C library cannot punch, the range (clipped to the current
+    size) is overwritten with zeros instead.
+    """
+    if length <= 0:
+        return
+    if _fallocate is not None:
+        mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+        if _fallocate(fd, mode, offset, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err))
+    write_zeros(fd, offset, min(offset + length, os.fstat(fd).st_size))
+
+
+_SYNC_FILE_RANGE_WAIT_BEFORE = 0x01
+_SYNC_FILE_RANGE_WRITE = 0x02
+_SYNC_FILE_RANGE_WAIT_AFTER = 0x04
+
+
+_sync_file_range = _libc_function(
+    "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
+)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing the dirty pages of ``[offset, offset + length)`` to disk, without waiting.
+
+    A later ``fdatasync`` then only waits for what is still in flight. Best
+    effort: where ``sync_file_range`` is missing or refused, nothing happens
+    and ``fdatasync`` does all the work.
+    """
+    if _sync_file_range is not None and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def wait_writeback(fd: int, offset: int, length: int) -> None:
+    """Write ``[offset, offset + length)`` to disk and wait for it; the pages stay cached.
+
+    Paired with ``start_writeback`` one step behind, it keeps the disk busy
+    while the network is, and leaves ``fdatasync`` little to wait for. The
+    written pages stay in the page cache: a download that follows the upload
+    reads memory, not the disk. Best effort, as ``start_writeback``.
+    """
+    if _sync_file_range is not None and length > 0:
+        flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
+        _sync_file_range(fd, offset, length, flags)
+
+
+def write_zeros(fd: int, offset: int, end: int) -> None:
+    """Write zeros over ``[offset, end)``: where a hole cannot be punched."""
+    while offset < end:
+        offset += os.pwrite(fd, zero_view(min(len(ZEROS), end - offset)), offset)
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``, going on after short writes."""
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
+
+
+# The most pieces one pwritev takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
+
+
+def pwritev_all(fd: int, views: Sequence[memoryview], offset: int) -> None:
+    """Write ``views`` back to back from ``offset`` with as few ``pwritev`` calls as it takes.
+
+    One system call for many frames' payloads: the writing thread takes the
+    GIL back rarely, and the kernel sees one large write.
+    """
+    pending = list(views)
+    while pending:
+        chunk = pending[:_IOV_MAX]
+        del pending[:_IOV_MAX]
+        total = sum(len(v) for v in chunk)
+        written = os.pwritev(fd, chunk, offset)
+        while written < total:  # rare: a short write; go on after what was written
+            offset += written
+            total -= written
+            while written >= len(chunk[0]):
+                written -= len(chunk.pop(0))
+            chunk[0] = chunk[0][written:]
+            written = os.pwritev(fd, chunk, offset)
+        offset += total
+
+
+def allocate(fd: int, offset: int, length: int) -> None:
+    """Reserve disk blocks for ``[offset, offset + length)``, growing the file if needed."""
+    if length > 0:
+        os.posix_fallocate(fd, offset, length)
+
+
+def copy_sparse(src_fd: int, dst_fd: int, end: int, buffer: bytearray | None = None) -> None:
+    """Copy the data extents of ``src_fd`` in ``[0, end)`` to the same offsets of ``dst_fd``.
+
+    Holes are not written, so they stay holes in a destination that was
+    created empty (or truncated) to its final size. ``copy_file_range`` lets
+    the kernel move (or share) the blocks; a read/write loop through
+    ``buffer`` is the fallback.
+    """
+    for extent in iter_extents(src_fd, 0, end):
+        if extent.data:
+            _copy_range(src_fd, dst_fd, extent.start, extent.end, buffer)
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, end: int, buffer: bytearray | None) -> None:
+    try:
+        while offset < end:
+            copied = os.copy_file_range(src_fd, dst_fd, end - offset, offset, offset)
+            if copied == 0:  # source shorter than expected
+                return
+            offset += copied
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    view = memoryview(buffer if buffer is not None else bytearray(len(ZEROS)))
+    while offset < end:
+        count = os.preadv(src_fd, [view[: min(len(view), end - offset)]], offset)
+        if count == 0:
+            return
+        written = 0
+        while written < count:
+            written += os.pwrite(dst_fd, view[written:count], offset + written)
+        offset += count

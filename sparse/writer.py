@@ -1,0 +1,218 @@
+"""Writing a stream of data and holes into a file, sparse and (on request) durable.
+
+Data goes out with ``pwritev``, one call per run of contiguous data in a
+batch, straight from the buffers it arrived in. Zero blocks in the data (the
+rule of ``zeros.zero_runs``) and holes make their range read as zeros
+without writing it: punched inside the file's existing size, left for a
+final ``ftruncate`` past it. So a dense stream (an old client, an image sent
+without the sparse flag) still leaves a sparse file, and a fresh file
+(a temporary that replaces a volume, a download's output) gets only the
+blocks that hold data.
+
+Durability (``sync``): every ``WRITEBACK_STEP`` bytes written, writeback of
+them starts (``sync_file_range``, no waiting) and the step before is waited
+for, so the disk works while the network does and the final ``fdatasync``
+only waits for the last step. The written pages stay in the page cache: a
+download that follows the upload is served from memory.
+
+``AtomicFile`` is the "old or new content, never a mix" half: a hidden
+temporary beside the target, renamed over it on commit (after the writer's
+``finish``, so a durable write is on disk before its name is), removed
+otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterable
+from types import TracebackType
+
+from . import files
+from .zeros import Bytes, zero_runs
+
+__all__ = ["WRITEBACK_STEP", "AtomicFile", "SparseWriter"]
+
+WRITEBACK_STEP = 32 << 20
+
+# The largest file offset (off_t): no stream may write or reach past it.
+MAX_OFFSET = (1 << 63) - 1
+
+
+class SparseWriter:
+    """Writes data and holes in stream order from ``offset`` into ``fd``.
+
+    Does not own ``fd``. Not thread-safe: one thread at a time, which the
+    owner of ``fd`` waits for before closing it.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        offset: int = 0,
+        length: int = 0,
+        *,
+        sync: bool = False,
+        detect_zeroes: bool = True,
+    ) -> None:
+        """Args:
+        fd: the open target file.
+        offset: where the stream starts in the file.
+        length: the most bytes the stream may cover, 0 for no limit.
+        sync: make ``finish`` durable (fdatasync) and start writeback early.
+        detect_zeroes: leave zero blocks of the data as holes.
+        """
+        self._fd = fd
+        self._pos = offset
+        self._limit = offset + length if length else None
+        self._size = os.fstat(fd).st_size
+        self._sync = sync
+        self._detect_zeroes = detect_zeroes
+        self._writeback_from = offset
+        self._written_back: tuple[int, int] | None = None
+        self.zero_bytes = 0  # data bytes found to be zero and not written
+
+    @property
+    def position(self) -> int:
+        """Offset of the next byte the stream will write."""
+        return self._pos
+
+    def write(self, data: Bytes) -> None:
+        """Write the next data at the stream position (zero blocks become holes).
+
+        Raises:
+            OSError: ENOSPC when the data goes beyond the length limit; I/O errors.
+        """
+        self.apply((data,))
+
+    def skip(self, length: int) -> None:
+        """Apply a hole: the next ``length`` bytes read as zeros, clipped to the length limit."""
+        self.apply((length,))
+
+    def apply(self, items: Iterable[Bytes | int]) -> None:
+        """Apply data (buffers) and holes (lengths) in order, with one ``pwritev`` per data run.
+
+        Raises:
+            OSError: ENOSPC when data goes beyond the length limit, EFBIG beyond
+                the largest file offset (what was before it is written); I/O errors.
+        """
+        run: list[memoryview] = []  # data contiguous in the file, ending at self._pos
+        run_start = self._pos
+        for item in items:
+            if isinstance(item, int):
+                length = item if self._limit is None else min(item, self._limit - self._pos)
+                if length > 0:
+                    run = self._flush(run, run_start)
+                    if self._pos + length > MAX_OFFSET:
+                        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+                    self._zero(length)
+                continue
+            view = memoryview(item).cast("B")
+            if self._limit is not None and self._pos + len(view) > self._limit:
+                self._flush(run, run_start)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self._pos + len(view) > MAX_OFFSET:
+                self._flush(run, run_start)
+                raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+            if not self._detect_zeroes:
+                if not run:
+                    run_start = self._pos
+                run.append(view)
+                self._pos += len(view)
+                continue
+            base = self._pos
+            for zero, start, stop in zero_runs(view, base):
+                if zero:
+                    run = self._flush(run, run_start)
+                    self._pos = base + start
+                    self._zero(stop - start)
+                    self.zero_bytes += stop - start
+                else:
+                    if not run:
+                        run_start = base + start
+                    run.append(view[start:stop] if stop - start < len(view) else view)
+                    self._pos = base + stop
+        self._flush(run, run_start)
+
+    def _flush(self, run: list[memoryview], start: int) -> list[memoryview]:
+        """Write a run of data at ``start``; returns a new, empty run."""
+        if not run:
+            return run
+        files.pwritev_all(self._fd, run, start)
+        end = start + sum(len(v) for v in run)
+        self._size = max(self._size, end)
+        if self._sync and end - self._writeback_from >= WRITEBACK_STEP:
+            step = (self._writeback_from, end - self._writeback_from)
+            files.start_writeback(self._fd, *step)
+            if self._written_back is not None:
+                files.wait_writeback(self._fd, *self._written_back)
+            self._written_back = step
+            self._writeback_from = end
+        return []
+
+    def _zero(self, length: int) -> None:
+        """Make ``[position, position + length)`` read as zeros without writing them."""
+        end = self._pos + length
+        if self._pos < self._size:
+            files.punch_hole(self._fd, self._pos, min(end, self._size) - self._pos)
+        self._pos = end
+
+    def finish(self) -> None:
+        """Extend the file over a trailing hole and, with ``sync``, flush it to disk.
+
+        Raises:
+            OSError: the flush or the truncate failed.
+        """
+        if self._pos > self._size:
+            os.ftruncate(self._fd, self._pos)
+            self._size = self._pos
+        if self._sync:
+            os.fdatasync(self._fd)
+
+
+class AtomicFile:
+    """A hidden temporary beside ``path`` that takes its place on ``commit``, or vanishes.
+
+    Usable as a context manager: leaving it without a commit removes the
+    temporary. ``fd`` is open for writing until ``commit`` or ``abort``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: int = 0o666) -> None:
+        self.target = os.fspath(path)
+        head, name = os.path.split(self.target)
+        self.temp = os.path.join(head, f".{name}.{os.urandom(4).hex()}.part")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self.fd = os.open(self.temp, flags, mode)
+        self._done = False
+
+    def commit(self) -> None:
+        """Close the temporary and rename it over the target."""
+        self._close()
+        try:
+            os.replace(self.temp, self.target)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        """Close and remove the temporary; safe to call twice, a no-op after ``commit``."""
+        self._close()
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp)
+
+    def _close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()

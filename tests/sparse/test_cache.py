@@ -1,0 +1,102 @@
+"""Page-cache hygiene: a transfer never evicts what was in memory before it.
+
+Residency is asked from the kernel (mincore). A volume that was resident
+before a download or an upload is resident after it; a cold volume a
+download read is let go again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from virtvol.daemon.storage import VolumeReader
+from virtvol.sparse.cache import PAGE_SIZE, resident_pages
+
+MIB = 1 << 20
+# Larger than the reader's cache window, so several windows are crossed.
+SIZE = 48 * MIB
+
+
+def resident_fraction(path: Path) -> float:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pages = resident_pages(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return pages.count(1) / len(pages)
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_all(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(4 * MIB):
+            pass
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    path = tmp_path / "vol"
+    with open(path, "wb") as f:
+        for _ in range(SIZE // MIB):
+            f.write(os.urandom(MIB))
+    return path
+
+
+def download(path: Path) -> int:
+    """Read the whole file through the daemon's download reader; returns the data bytes."""
+    buffer = bytearray(4 * MIB)
+    total = 0
+    with VolumeReader(os.open(path, os.O_RDONLY), 0, 0, sparse=True) as reader:
+        while not (chunk := reader.next_chunk(buffer)).eof:
+            total += chunk.length
+    return total
+
+
+def test_residency_is_reported(volume: Path) -> None:
+    read_all(volume)
+    assert resident_fraction(volume) == 1.0
+    evict(volume)
+    assert resident_fraction(volume) < 0.05
+    fd = os.open(volume, os.O_RDONLY)
+    try:
+        os.pread(fd, PAGE_SIZE, 5 * PAGE_SIZE)
+        assert resident_pages(fd, 5 * PAGE_SIZE, PAGE_SIZE) == b"\x01"
+    finally:
+        os.close(fd)
+
+
+def test_a_resident_volume_stays_resident_after_a_download(volume: Path) -> None:
+    read_all(volume)
+    assert resident_fraction(volume) == 1.0
+    assert download(volume) == SIZE
+    assert resident_fraction(volume) == 1.0
+
+
+def test_a_cold_volume_is_let_go_after_a_download(volume: Path) -> None:
+    evict(volume)
+    assert download(volume) == SIZE
+    assert resident_fraction(volume) == 0.0
+
+
+def test_half_resident_volume_keeps_exactly_its_resident_half(volume: Path) -> None:
+    evict(volume)
+    with open(volume, "rb") as f:  # the first 8 MiB were in use before the download
+        f.read(8 * MIB)
+    assert download(volume) == SIZE
+    fd = os.open(volume, os.O_RDONLY)
+    try:
+        assert resident_pages(fd, 0, 8 * MIB).count(0) == 0
+        assert resident_pages(fd, 16 * MIB, SIZE - 16 * MIB).count(1) < SIZE // PAGE_SIZE // 10
+    finally:
+        os.close(fd)

@@ -1,0 +1,167 @@
+"""The shared engine: the zero rule, the writer, the reader and the atomic file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from virtvol.sparse.reader import BufferPool, SparseReader
+from virtvol.sparse.writer import AtomicFile, SparseWriter
+from virtvol.sparse.zeros import ZERO_BLOCK, is_zero, zero_runs
+
+KIB = 1024
+
+
+def test_zero_runs_follow_file_offsets_not_buffer_starts() -> None:
+    data = bytearray(3 * ZERO_BLOCK)
+    data[ZERO_BLOCK + 5] = 1  # only the middle aligned block holds data
+    # The same bytes cut at different buffer boundaries give the same blocks.
+    assert zero_runs(data, 0) == [
+        (True, 0, ZERO_BLOCK),
+        (False, ZERO_BLOCK, 2 * ZERO_BLOCK),
+        (True, 2 * ZERO_BLOCK, 3 * ZERO_BLOCK),
+    ]
+    shifted = memoryview(data)[100:]
+    assert zero_runs(shifted, 100) == [
+        (True, 0, ZERO_BLOCK - 100),
+        (False, ZERO_BLOCK - 100, 2 * ZERO_BLOCK - 100),
+        (True, 2 * ZERO_BLOCK - 100, len(shifted)),
+    ]
+    assert zero_runs(b"", 7) == []
+    assert zero_runs(bytes(10), 3) == [(True, 0, 10)]
+
+
+def allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_writer_leaves_zero_blocks_and_holes_unwritten(tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        writer = SparseWriter(fd)
+        first = os.urandom(10 * KIB)
+        dense = bytearray(4 * ZERO_BLOCK)
+        dense[-1] = 9
+        writer.apply([first, 100 * KIB, bytes(dense), 3 * ZERO_BLOCK])
+        assert writer.position == len(first) + 100 * KIB + len(dense) + 3 * ZERO_BLOCK
+        writer.finish()  # the trailing hole extends the file
+        expected = first + bytes(100 * KIB) + bytes(dense) + bytes(3 * ZERO_BLOCK)
+        assert path.read_bytes() == expected
+        assert allocated(path) <= 3 * ZERO_BLOCK  # the 10 KiB, one data block, rounding
+        assert writer.zero_bytes >= 2 * ZERO_BLOCK
+    finally:
+        os.close(fd)
+
+
+def test_writer_punches_inside_the_old_size_and_keeps_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "vol"
+    path.write_bytes(b"\xee" * 8 * ZERO_BLOCK)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        writer = SparseWriter(fd, ZERO_BLOCK, 4 * ZERO_BLOCK)
+        writer.apply([bytes(ZERO_BLOCK), b"A" * 10, ZERO_BLOCK * 10])  # the hole is clipped
+        with pytest.raises(OSError, match="No space left") as info:
+            writer.write(b"B")  # beyond offset + length
+        assert info.value.errno == errno.ENOSPC
+        writer.finish()
+    finally:
+        os.close(fd)
+    expected = (
+        b"\xee" * ZERO_BLOCK + bytes(ZERO_BLOCK) + b"A" * 10 + bytes(3 * ZERO_BLOCK - 10)
+    ) + b"\xee" * 3 * ZERO_BLOCK
+    assert path.read_bytes() == expected
+
+
+def test_reader_hands_out_holes_and_data_in_pooled_buffers(tmp_path: Path) -> None:
+    path = tmp_path / "src"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(256 * KIB)
+        f.write(b"x" * 100 * KIB)
+    pool = BufferPool(1, 64 * KIB)
+    stop = threading.Event()
+    pieces = []
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        while True:
+            buffer = pool.take(stop)
+            assert buffer is not None
+            chunk = reader.next_chunk(buffer)
+            pool.give(buffer)
+            if chunk.eof:
+                break
+            pieces.append((chunk.data, chunk.length))
+    assert pieces == [
+        (False, 256 * KIB),
+        (True, 64 * KIB),
+        (True, 36 * KIB),
+        (False, (1 << 20) - 356 * KIB),
+    ]
+
+
+def test_atomic_file_replaces_on_commit_and_vanishes_otherwise(tmp_path: Path) -> None:
+    target = tmp_path / "t"
+    target.write_bytes(b"old")
+    with AtomicFile(target) as out:
+        os.write(out.fd, b"half")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["t"]
+    with AtomicFile(target) as out:
+        os.write(out.fd, b"new")
+        out.commit()
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["t"]
+    assert is_zero(b"")
+    assert not is_zero(b"\0\1")
+
+
+def test_reader_reads_a_block_device_to_its_end(tmp_path: Path) -> None:
+    """A block device's fstat size is 0: the reader must take its size from lseek."""
+    image = tmp_path / "disk.img"
+    data = os.urandom(1 << 20)
+    image.write_bytes(data)
+    attach = ["losetup", "--find", "--show", "--read-only", str(image)]
+    device = subprocess.run(attach, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        received = bytearray()
+        buffer = bytearray(256 * KIB)
+        with SparseReader(os.open(device, os.O_RDONLY)) as reader:
+            while not (chunk := reader.next_chunk(buffer)).eof:
+                assert chunk.data  # a device knows no holes
+                received += buffer[: chunk.length]
+        assert bytes(received) == data
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+
+
+def test_read_pieces_packs_many_small_extents_into_one_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "fragmented"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+        for offset in range(0, 1 << 20, 64 * KIB):
+            f.seek(offset)
+            f.write(bytes([offset // (64 * KIB) + 1]) * 4 * KIB)
+    buffer = bytearray(40 * KIB)
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        pieces = reader.read_pieces(buffer)
+        # Ten 4 KiB extents fill the buffer; the holes between them take no room.
+        assert [(p.data, p.length) for p in pieces] == [
+            (True, 4 * KIB),
+            (False, 60 * KIB),
+        ] * 9 + [(True, 4 * KIB)]
+        assert bytes(buffer) == b"".join(bytes([i + 1]) * 4 * KIB for i in range(10))
+        rest = reader.read_pieces(buffer, most=3)
+        assert [(p.data, p.length) for p in rest] == [
+            (False, 60 * KIB),
+            (True, 4 * KIB),
+            (False, 60 * KIB),
+        ]
+        while reader.read_pieces(buffer):
+            pass
+        assert reader.position == 1 << 20
+        assert reader.read_pieces(buffer) == []
