@@ -18,7 +18,7 @@ import contextlib
 import socket
 import subprocess
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.harness import (
     VENV_BIN,
@@ -28,6 +28,9 @@ from bench.harness import (
     wait_for_port,
 )
 from tools import libvirtd_peer
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TRANSPORTS = ("tcp", "unix")
 

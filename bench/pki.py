@@ -8,7 +8,10 @@ it serves as the daemons' certificate folder and as the clients' ``?pkipath=``.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _DAYS = "2"
 _SERVER_EXTENSIONS = (

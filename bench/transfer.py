@@ -31,15 +31,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import images, loopback
 from bench.harness import VENV_BIN, peak_rss_kib, reset_peak_rss, timed, traversable_tempdir
 from bench.images import GIB, MIB, TIB, Image
 from bench.peers import Libvirtd, Nbdkit, Peer, Virtvold
 from bench.pki import make_pki
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 CONCURRENT = 8
 SLOW_RATE = 50_000_000  # bytes per second

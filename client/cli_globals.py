@@ -8,10 +8,13 @@ first word that is not an option: the command.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from virtvol.client.cli_args import ArgumentError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["USAGE", "Globals", "read_globals", "version_text"]
 

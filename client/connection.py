@@ -13,9 +13,7 @@ import asyncio
 import logging
 import socket
 import uuid as uuidlib
-from collections.abc import Coroutine, Generator
-from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
     LibvirtError,
@@ -31,6 +29,10 @@ from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import AuthType, DriverFeature, ProtocolMode
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Generator
+    from types import TracebackType
 
 __all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
 

@@ -32,11 +32,15 @@ The protocol core raises its own exceptions (``virtvol.protocol.exceptions``);
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorLevel
 from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
-from virtvol.protocol.remote import RemoteError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from virtvol.protocol.remote import RemoteError
 
 __all__ = [
     "CallTimeout",

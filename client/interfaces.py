@@ -7,10 +7,11 @@ modules independent of one another.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from virtvol.client.rpc import RpcProtocol
-from virtvol.protocol import remote as r
+if TYPE_CHECKING:
+    from virtvol.client.rpc import RpcProtocol
+    from virtvol.protocol import remote as r
 
 __all__ = ["ConnectionLike", "VolumeLike"]
 

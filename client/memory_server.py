@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from virtvol.client.memory_storage import MemoryPool, MemoryVolume
-from virtvol.client.memory_transport import MemoryTransport
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     CallReceived,
@@ -37,6 +35,11 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, unsuppo
 from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from virtvol.client.memory_transport import MemoryTransport
 
 __all__ = ["MemoryServer"]
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from virtvol.client.rpc import RpcProtocol
+if TYPE_CHECKING:
+    from virtvol.client.rpc import RpcProtocol
 
 __all__ = ["MemoryTransport", "Peer"]
 

@@ -6,13 +6,10 @@ pool name, name and key); every property that can change is fetched anew.
 
 from __future__ import annotations
 
-import enum
-import os
 import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from virtvol.client.interfaces import ConnectionLike as Connection
 from virtvol.client.streams import Download, Upload
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
@@ -21,10 +18,14 @@ from virtvol.protocol.constants import PoolState as PoolState
 from virtvol.protocol.constants import PoolXMLFlags, VolInfoFlags, VolResizeFlags
 from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
-from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 
 if TYPE_CHECKING:
+    import enum
+    import os
+
+    from virtvol.client.interfaces import ConnectionLike as Connection
     from virtvol.client.transfer import TransferResult
+    from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 
 __all__ = [
     "PoolInfo",

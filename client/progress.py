@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from types import TracebackType
 from typing import TYPE_CHECKING, Self, TextIO
 
 from virtvol.client.sizes import format_size
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from rich.progress import Progress, ProgressColumn, Task, TaskID
 
     from virtvol.client.transfer import TransferResult

@@ -39,8 +39,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol, cast, overload
+from typing import TYPE_CHECKING, Any, Protocol, cast, overload
 
 from virtvol.client.errors import (
     CallTimeout,
@@ -66,10 +65,14 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
-from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
-from virtvol.protocol.procedures import ArgsT, Procedure, RetT
-from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from virtvol.protocol.frames import Payload
+    from virtvol.protocol.procedures import ArgsT, Procedure, RetT
+    from virtvol.protocol.xdr import XdrStruct
 
 __all__ = ["RpcProtocol", "StreamSink"]
 
@@ -135,7 +138,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
+        transport = cast("asyncio.Transport", transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         uvloop_transport = type(transport).__module__.startswith("uvloop")

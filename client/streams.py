@@ -18,7 +18,6 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
@@ -29,7 +28,6 @@ from virtvol.client.errors import (
     error_from_remote,
 )
 from virtvol.client.errors import StreamError as StreamError  # re-exported for older imports
-from virtvol.client.rpc import RpcProtocol, StreamEvent
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -42,12 +40,14 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.exceptions import LocalProtocolError
-from virtvol.protocol.procedures import Procedure
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import TracebackType
 
     from virtvol.client.interfaces import VolumeLike as StorageVolume
+    from virtvol.client.rpc import RpcProtocol, StreamEvent
+    from virtvol.protocol.procedures import Procedure
 
 __all__ = ["FRAME_DATA_MAX", "Download", "Hole", "Upload"]
 

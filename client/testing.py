@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 from virtvol.client.connection import Connection, ProtocolMode, handshake
 from virtvol.client.memory_server import MemoryServer
@@ -32,6 +32,9 @@ from virtvol.client.memory_storage import MemoryPool, MemoryVolume
 from virtvol.client.memory_transport import MemoryTransport
 from virtvol.client.rpc import RpcProtocol
 from virtvol.client.uri import Target
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
 
 __all__ = ["MemoryDaemon", "MemoryPool", "MemoryVolume", "memory_daemon"]
 

@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virtvol.client.errors import LibvirtError
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["ClientCredentials", "client_context", "locate_credentials", "open_tls"]
 

@@ -12,7 +12,7 @@ import asyncio
 import importlib.metadata
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from virtvol.daemon import tcpauth
 from virtvol.daemon.config import (
@@ -27,6 +27,9 @@ from virtvol.daemon.config import (
 )
 from virtvol.daemon.service import Daemon, StartupError
 from virtvol.daemon.systemd import Notifier
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 log = logging.getLogger("virtvol.daemon")
 

@@ -35,7 +35,6 @@ one busy client cannot starve others.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import fcntl
 import functools
 import logging
@@ -44,10 +43,8 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import Callable, Coroutine
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.dispatch import HANDLERS, Runs, vol_ref
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.sendbuffers import SendBuffers
@@ -73,11 +70,17 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.constants import MESSAGE_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
-from virtvol.protocol.frames import Payload
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 from virtvol.protocol.procedures import Proc, StreamDirection
 from virtvol.protocol.stream import Side
-from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    import concurrent.futures
+    from collections.abc import Callable, Coroutine
+
+    from virtvol.daemon.context import DaemonContext
+    from virtvol.protocol.frames import Payload
+    from virtvol.protocol.xdr import XdrStruct
 
 log = logging.getLogger("virtvol.daemon.connection")
 
@@ -166,7 +169,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- asyncio.BufferedProtocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = cast("asyncio.Transport", transport)
         # Zero limits: pause_writing fires whenever anything stays unsent.
         self._transport.set_write_buffer_limits(high=0, low=0)
         self.peer = describe_peer(transport)
@@ -205,9 +208,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._keepalive.heard(self._loop.time())
         self._dispatch_received()
 
+    def _gone(self) -> bool:
+        """True once the connection is closing or lost (a dispatched event may close it)."""
+        return self._transport is None or self._transport.is_closing()
+
     def _dispatch_received(self) -> None:
         """Serve the frames read so far, unless a limit holds them back."""
-        if self._transport is None or self._transport.is_closing():
+        if self._gone():
             return
         try:
             while not (self._read_pausers & _DISPATCH_HOLDS):
@@ -223,7 +230,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                     return
                 self._frames_this_turn += 1
                 self._dispatch(event)
-                if self._transport is None or self._transport.is_closing():
+                if self._gone():
                     return
         except ProtocolError as exc:
             self.abort(f"protocol error: {exc}")

@@ -16,12 +16,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtvol.daemon.session import Session
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
 from virtvol.daemon.storage.reports import uuid_text
-from virtvol.daemon.storage.secrets import SecretDefinition
 from virtvol.protocol import procedures as p
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import (
@@ -32,6 +31,9 @@ from virtvol.protocol.constants import (
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from virtvol.daemon.storage.secrets import SecretDefinition
 
 
 class Runs(enum.Enum):

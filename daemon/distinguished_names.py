@@ -8,9 +8,12 @@ allow-list means the same thing to virtvold.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from virtvol.daemon.tlscreds import TlsSetupError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # gnutls's short names for the attributes of a distinguished name; libvirt
 # matches tls_allowed_dn_list against the DN as gnutls_x509_crt_get_dn prints it.

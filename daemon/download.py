@@ -21,15 +21,19 @@ is in a worker thread, however the stream ends (see ``fileworker``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+from typing import TYPE_CHECKING
 
 from virtvol.daemon.fileworker import FileWorker
-from virtvol.daemon.sendbuffers import SendBuffers
-from virtvol.daemon.storage import Chunk
-from virtvol.daemon.storage.backend import ChunkReader
 from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from virtvol.daemon.sendbuffers import SendBuffers
+    from virtvol.daemon.storage import Chunk
+    from virtvol.daemon.storage.backend import ChunkReader
 
 # Data frame size. libvirt's peers accept frames up to 32 MiB (the interop tests
 # download with virsh and python3-libvirt) but send 262120-byte ones. Larger frames

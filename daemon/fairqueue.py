@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 
 @dataclass(slots=True)

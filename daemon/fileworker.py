@@ -16,12 +16,14 @@ starts.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import concurrent.futures
+    from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,11 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = logging.getLogger("virtvol.daemon.limits")
 

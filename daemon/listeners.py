@@ -14,11 +14,14 @@ import grp
 import os
 import socket
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from virtvol.daemon.systemd import ActivatedListeners
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from virtvol.daemon.systemd import ActivatedListeners
 
 _BACKLOG = 128
 RW_SOCKET_MODE = 0o700  # read-write: the owner only, libvirtd's unix_sock_rw_perms without polkit

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from virtvol.protocol.connection import Connection
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
-from virtvol.protocol.frames import Payload
 from virtvol.protocol.remote import RemoteError
+
+if TYPE_CHECKING:
+    from virtvol.protocol.connection import Connection
+    from virtvol.protocol.frames import Payload
 
 log = logging.getLogger("virtvol.daemon.stream")
 

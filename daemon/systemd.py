@@ -23,9 +23,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, MutableMapping
 
 __all__ = [
     "LISTEN_FDS_START",

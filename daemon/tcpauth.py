@@ -9,10 +9,13 @@ use the daemon with the daemon's rights; when it is allowed, the start-up says s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from virtvol.daemon.config import ConfigError, Settings
 from virtvol.daemon.listeners import ListenError, parse_listen_url
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 log = logging.getLogger("virtvol.daemon")
 

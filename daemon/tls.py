@@ -25,10 +25,9 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from virtvol.daemon.distinguished_names import (
     compile_dn_patterns,
@@ -42,6 +41,9 @@ from virtvol.daemon.tlscreds import (
     locate_credentials,
     server_context,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["TlsFiles", "TlsListener", "TlsPolicy", "TlsSetupError"]
 
@@ -114,7 +116,7 @@ class TlsGate(asyncio.Protocol):
         self._peer = peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        tls = cast(asyncio.Transport, transport)
+        tls = cast("asyncio.Transport", transport)
         dn, refusal = self._policy.admit(tls.get_extra_info("ssl_object"))
         if refusal is not None:
             log.warning("%s: TLS client refused: %s", self._peer, refusal)
@@ -124,7 +126,7 @@ class TlsGate(asyncio.Protocol):
         tls.write(CONFIRMATION)
         identity = f"DN '{dn}'" if dn else "TLS without a client certificate check"
         self._connection.peer_identity = identity
-        tls.set_protocol(cast(asyncio.BaseProtocol, self._connection))
+        tls.set_protocol(cast("asyncio.BaseProtocol", self._connection))
         self._connection.connection_made(tls)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - never before handover

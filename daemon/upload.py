@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import enum
+from typing import TYPE_CHECKING
 
 from virtvol.daemon.fileworker import FileWorker
-from virtvol.daemon.storage.backend import ChunkWriter
 from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from virtvol.daemon.storage.backend import ChunkWriter
 
 QUEUE_HIGH = 16 << 20
 QUEUE_LOW = 4 << 20

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.constants import (
     KEEPALIVE_PROGRAM,
@@ -25,6 +25,9 @@ from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.frames import Frame, FrameReader
 from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.remote import StreamHole
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def procedure_name(program: int, procedure: int) -> str:

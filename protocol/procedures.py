@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from virtvol.protocol import remote as r
-from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from virtvol.protocol.xdr import XdrStruct
 
 ArgsT = TypeVar("ArgsT", bound="XdrStruct | None")
 RetT = TypeVar("RetT", bound="XdrStruct | None")

@@ -41,7 +41,7 @@ def _libc_function(name: str, *argtypes: type) -> _CFunction | None:
         return None
     func.argtypes = argtypes
     func.restype = ctypes.c_int
-    return cast(_CFunction, func)
+    return cast("_CFunction", func)
 
 
 _fallocate = _libc_function(

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .cache import ReadWindow
 from .extents import Extent, next_extent
-from .zeros import Bytes
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from .zeros import Bytes
 
 __all__ = ["CACHE_WINDOW", "PIECES_PER_READ", "BufferPool", "Chunk", "SparseReader", "read_pieces"]
 

@@ -26,11 +26,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 from . import files
 from .zeros import Bytes, zero_runs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
 
 __all__ = ["WRITEBACK_STEP", "AtomicFile", "SparseWriter"]
 

@@ -39,13 +39,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tools import libvirtd_peer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 POOL_NAME = "default"

@@ -38,7 +38,7 @@ def virtvol_imports(source: str) -> list[tuple[int, str]]:
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif node.level == 0 and node.module:
             names = [node.module]
             if node.module == "virtvol":  # from virtvol import client
                 names = [f"virtvol.{alias.name}" for alias in node.names]

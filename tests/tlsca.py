@@ -11,14 +11,17 @@ lists, which trustme does not offer. Files are laid out as libvirt's
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 # The DN of libvirt's documentation example, as libvirt prints it.
 CLIENT_DN = "C=GB,ST=London,L=London,O=Red Hat,CN=client"

@@ -8,10 +8,12 @@ thread at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from virtvol.sparse.reader import Chunk
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from virtvol.sparse.reader import Chunk
 
 
 @runtime_checkable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode
 
@@ -12,8 +13,10 @@ from .model import PoolRef
 from .poolxml import DEFAULT_DIR_MODE, PoolDefinition, PoolRuntime
 from .rbdvolumes import RbdVolumes
 from .reports import pool_not_active, storage_error, system_error, volume_in_use
-from .secrets import SecretStore
 from .volumes import VolumeDir
+
+if TYPE_CHECKING:
+    from .secrets import SecretStore
 
 
 class Busy(enum.Enum):

@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import collections
 import errno
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse.reader import Chunk, read_pieces
 
 from .rbdvolumes import RbdVolumes, data_extents, zero_range
 from .reports import storage_error, system_error
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
 
 _EOF = Chunk(data=False, length=0)
 

@@ -28,18 +28,21 @@ import errno
 import importlib
 import secrets
 import threading
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.errors import ErrorCode, ErrorReport
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .poolxml import PoolRuntime
-from .rbdxml import RbdSource
 from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
-from .volxml import VolumeRequest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import ModuleType
+
+    from .rbdxml import RbdSource
+    from .volxml import VolumeRequest
 
 UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
 REPLACED_PREFIX = RESERVED_PREFIX + "old-"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from dataclasses import dataclass
-from xml.etree.ElementTree import Element
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode
 
 from .reports import storage_error, xml_error
 from .xmldoc import child_text, escape
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,12 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.sparse.writer import MAX_OFFSET
 
-from .backend import ChunkReader, ChunkWriter
 from .configstore import ConfigStore
 from .flags import (
     LIST_POOLS_ACTIVITY,
@@ -59,6 +58,11 @@ from .transfer import VolumeReader, VolumeWriter
 from .volumes import VolumeDir, metadata_prealloc_unsupported
 from .volxml import format_rbd_volume_xml, format_volume_xml, parse_volume_xml
 from .xmldoc import escape
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from .backend import ChunkReader, ChunkWriter
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,19 @@ libvirt's errors and the volume's life cycle.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse.reader import Chunk, SparseReader, read_pieces
 from virtvol.sparse.writer import SparseWriter
-from virtvol.sparse.zeros import Bytes
 
 from .reports import storage_error, system_error
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from types import TracebackType
+
+    from virtvol.sparse.zeros import Bytes
 
 __all__ = ["VolumeReader", "VolumeWriter"]
 

@@ -13,7 +13,7 @@ import functools
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorReport
 from virtvol.sparse import files as sparse_files
@@ -21,6 +21,9 @@ from virtvol.sparse import files as sparse_files
 from .names import RESERVED_PREFIX, is_volume_name
 from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
 from .volxml import MAX_FILE_SIZE, VolumeRequest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 VOLUME_MODE = 0o600  # what libvirt gives the files it creates in a dir pool
 _UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"

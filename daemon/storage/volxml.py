@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from xml.etree.ElementTree import Element
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode
 
 from .reports import storage_error, xml_error
 from .units import scaled_size
 from .xmldoc import child_text, escape, parse_document
+
+if TYPE_CHECKING:
+    import os
+    from xml.etree.ElementTree import Element
 
 # Largest size a Linux file can have (off_t).
 MAX_FILE_SIZE = (1 << 63) - 1

@@ -42,7 +42,7 @@ def parse_document(text: str, root: str, source: str) -> Element:
     try:
         element: Element = _defused_et.fromstring(text, forbid_dtd=True)
     except ParseError as exc:
-        line = exc.position[0] if exc.position else 1
+        line = exc.position[0]
         message = f"({source}):{line}: {exc.msg}"
         raise ErrorReport(ErrorCode.XML_DETAIL, ErrorDomain.STORAGE, message) from None
     except _defused_common.DefusedXmlException:

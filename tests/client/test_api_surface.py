@@ -6,13 +6,16 @@ Changing ``PUBLIC`` is an API change: it belongs in docs/CHANGELOG.md.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
 import virtvol.client
 import virtvol.client.testing
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import ModuleType
 
 PUBLIC = [
     "CallTimeout",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,7 +20,11 @@ from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, Connection, Side
 from virtvol.protocol.constants import REMOTE_STRING_MAX, AuthType
 from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from virtvol.protocol.xdr import XdrStruct
 
 POOL = r.StoragePool(name="default", uuid=bytes(16))
 ANSWERS: dict[int, XdrStruct | None] = {

@@ -7,14 +7,17 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
 from tests.conftest import ReferenceLibvirtd, run_virsh, start_virtvold, stop_virtvold
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.interop
 

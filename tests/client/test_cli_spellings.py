@@ -9,11 +9,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import ReferenceLibvirtd, Virtvold, run_virsh
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.interop
 

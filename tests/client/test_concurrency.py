@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
-from tests.conftest import ReferenceLibvirtd
 from virtvol.client import Connection, Hole, StorageVolume, connect
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import ReferenceLibvirtd
 
 pytestmark = pytest.mark.interop
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
-from tests.conftest import ReferenceLibvirtd
+
+if TYPE_CHECKING:
+    from tests.conftest import ReferenceLibvirtd
 
 pytestmark = pytest.mark.interop
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +12,10 @@ import virtvol.client
 from tests.tlsca import Pki, write_server_pki
 from virtvol.client.errors import LibvirtError
 from virtvol.protocol.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
 
 
 @pytest.fixture(scope="module")

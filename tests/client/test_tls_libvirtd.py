@@ -7,8 +7,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +18,9 @@ from tests.conftest import free_port, run_virsh
 from tests.tlsca import Pki
 from tools import libvirtd_peer
 from virtvol.client.errors import LibvirtError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REFUSED = "Unable to read TLS confirmation: Input/output error"
 

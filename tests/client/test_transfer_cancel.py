@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.helpers import MIB, write_sparse_image
-from tests.conftest import Virtvold
 from virtvol.client import connect, transfer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
 
 
 async def test_upload_cancelled_twice_keeps_the_source_open_for_the_reader(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +16,9 @@ from virtvol.client.sizes import SizeError, format_size, parse_size
 from virtvol.client.uri import parse_uri
 from virtvol.client.xmldesc import renamed_volume_xml
 from virtvol.protocol.remote import RemoteError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.helpers import MIB, allocated, assert_same_file, leftovers, write_sparse_image
-from tests.conftest import Virtvold
 from virtvol.client import Connection, SparseUnsupported, StorageVolume, connect
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
 
 SIZE = 8 * MIB
 

@@ -7,8 +7,7 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import run_system_python
 from virtvol.protocol import remote as r
@@ -20,7 +19,12 @@ from virtvol.protocol.connection import (
     Side,
 )
 from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
+
+    from virtvol.protocol.xdr import XdrStruct
 
 BLOCK = 4096
 

@@ -18,12 +18,15 @@ import os
 import random
 import socket
 import struct
+from typing import TYPE_CHECKING
 
-from tests.conftest import Virtvold
 from tests.daemon.conftest import RawClient, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ErrorReplyReceived, ReplyReceived, StreamFinished
 from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from tests.conftest import Virtvold
 
 MIB = 1 << 20
 BLOCK = 64 << 10

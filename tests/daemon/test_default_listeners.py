@@ -20,14 +20,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import free_port, run_virsh
 from virtvol.daemon.config import ConfigError, Overrides, default_listen, resolve
 from virtvol.daemon.listeners import bind_all
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 VIRTVOLD = [sys.executable, "-m", "virtvol.daemon"]
 REPO = Path(__file__).resolve().parents[2]

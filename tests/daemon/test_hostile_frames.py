@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import Virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived, StreamFailed
@@ -24,6 +24,9 @@ from virtvol.protocol.constants import (
 )
 from virtvol.protocol.frames import Header, encode_frame
 from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from tests.conftest import Virtvold
 
 MIB = 1 << 20
 SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38

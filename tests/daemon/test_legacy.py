@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import Virtvold, run_virsh
 from tests.daemon.conftest import make_sparse_file, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived
 from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_virsh_sparse_transfers_refused(legacy_virtvold: Virtvold, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,6 +15,9 @@ from virtvol.daemon.config import ConfigError, Overrides, resolve
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived
 from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +16,9 @@ from virtvol.daemon.config import ConfigError, settings_from_toml
 from virtvol.daemon.fairqueue import FairExecutor
 from virtvol.daemon.limits import Admission, ConnectionLimits, LineBudget, RefusalLog
 from virtvol.daemon.sendbuffers import SendBuffers
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture

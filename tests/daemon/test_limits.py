@@ -17,9 +17,9 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -45,6 +45,9 @@ from virtvol.protocol.errors import ErrorCode
 from virtvol.protocol.frames import Header, encode_head
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.stream import Side
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 # The figure the daemon promises: under 256 MiB resident with 100 hostile connections.
 RSS_BOUND_MIB = 256

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +18,9 @@ import virtvol.client
 from tests.conftest import POOL_NAME, run_system_python, run_virsh
 from virtvol.protocol.constants import REMOTE_STORAGE_VOL_LIST_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 COUNT = REMOTE_STORAGE_VOL_LIST_MAX + 1
 TOO_MANY = (

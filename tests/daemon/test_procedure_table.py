@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import ReferenceLibvirtd, Virtvold
 from tests.daemon.conftest import RawClient, error_of
 from virtvol.daemon.dispatch import HANDLERS, Handler, Runs, handler_table, stream
 from virtvol.protocol import procedures as p
@@ -17,6 +16,9 @@ from virtvol.protocol.errors import ErrorCode
 from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.procedures import PROCEDURES, Proc, Procedure
 from virtvol.protocol.xdr import Reader, XdrStruct
+
+if TYPE_CHECKING:
+    from tests.conftest import ReferenceLibvirtd, Virtvold
 
 REFUSED_READ_ONLY = [proc for proc in PROCEDURES.values() if proc.refused_read_only]
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import Virtvold
 from tests.daemon.conftest import (
     BLOCK,
     allocated,
@@ -15,6 +14,11 @@ from tests.daemon.conftest import (
     make_sparse_file,
     run_client,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
 
 KIB, MIB, TIB = 1 << 10, 1 << 20, 1 << 40
 

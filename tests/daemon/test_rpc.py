@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
@@ -17,6 +17,9 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.constants import AuthType
 from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 NOT_OPEN = (1, 7, "internal error: hypervisor connection not open")
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import Virtvold, run_system_python, run_virsh, start_virtvold, stop_virtvold
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # A Ceph key's shape; the test only needs it to be recognisable in files and logs.
 KEY = base64.b64decode("AQBvaFtjAAAAABAAsG4n1+8bHDwYgUuxGQTw8w==")

@@ -18,13 +18,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import free_port, run_virsh
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 NAMES = "virtvold.socket:virtvold-ro.socket:virtvold-tcp.socket"
 FORBIDDEN = "operation forbidden: read only access prevents virStorageVolCreateXML"

@@ -20,9 +20,8 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from tests.conftest import Virtvold
 from tests.daemon.conftest import RawClient, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -35,7 +34,12 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.exceptions import ProtocolError
 from virtvol.protocol.procedures import Proc, StreamDirection
-from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import Virtvold
+    from virtvol.protocol.xdr import XdrStruct
 
 SEED = 20261130
 CLIENTS = 4

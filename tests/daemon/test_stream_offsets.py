@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import virtvol.client
 from tests.conftest import POOL_NAME, run_virsh
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 PAST_OFF_T = 15 << 60  # 15 EiB: fits the wire, not a file offset
 PAST_WIRE = 20 << 60  # 20 EiB: more than an unsigned hyper holds

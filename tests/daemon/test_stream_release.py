@@ -11,9 +11,9 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -28,8 +28,12 @@ from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import Connection, ErrorReplyReceived, ReplyReceived, Side
-from virtvol.protocol.frames import Payload
 from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+
+    from virtvol.protocol.frames import Payload
 
 MIB = 1 << 20
 

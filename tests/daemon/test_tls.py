@@ -16,8 +16,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography import x509
@@ -29,6 +29,9 @@ from tests.conftest import stop_virtvold as stop_daemon
 from tests.daemon.conftest import allocated, assert_same_content, make_sparse_file
 from tests.tlsca import CLIENT_DN, Pki, issue_client, write_crl
 from virtvol.client.errors import LibvirtError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 MIB = 1 << 20
 REFUSED = "Unable to read TLS confirmation: Input/output error"

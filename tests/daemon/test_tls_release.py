@@ -11,7 +11,7 @@ import asyncio
 import gc
 import weakref
 from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import uvloop
@@ -23,6 +23,9 @@ from virtvol.daemon.config import Overrides, Settings
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.service import Daemon
 from virtvol.daemon.systemd import Notifier
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ the config keys libvirtd.conf shares with virtvold, and tls:// listen URLs."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +23,9 @@ from virtvol.daemon.tlscreds import (
     TlsSetupError,
     locate_credentials,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_dn_in_certificate_order_with_short_names() -> None:

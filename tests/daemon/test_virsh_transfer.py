@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import Virtvold, run_virsh
 from tests.daemon.conftest import allocated, assert_same_content, make_sparse_file
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MIB = 1 << 20
 

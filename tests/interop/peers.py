@@ -12,13 +12,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import SYSTEM_PYTHON, ReferenceLibvirtd, free_port
 from tests.interop.recorder import Endpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 VENV_BIN = Path(sys.executable).parent
 POOL = "default"

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.constants import MessageStatus, MessageType
 from virtvol.protocol.frames import Frame, FrameReader
 from virtvol.protocol.remote import StreamHole, VolTransferArgs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @dataclass(frozen=True)

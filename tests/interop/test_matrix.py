@@ -7,9 +7,9 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -24,6 +24,9 @@ from tests.interop.peers import (
     virtvold,
 )
 from tests.interop.recorder import Conversation, Endpoint, Recorder, WireSummary, summarize
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.interop
 

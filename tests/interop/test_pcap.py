@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import struct
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -26,6 +26,9 @@ from tests.interop.recorder import Conversation, summarize
 from virtvol.protocol.connection import Connection, Side
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.remote import StorageVol, VolTransferArgs
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CLIENT = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 16509)

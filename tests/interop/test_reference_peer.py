@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import pwd
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import ReferenceLibvirtd, run_system_python, run_virsh
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.interop
 

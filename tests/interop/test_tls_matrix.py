@@ -13,9 +13,9 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -31,6 +31,9 @@ from tests.interop.recorder import Endpoint
 from tests.interop.test_matrix import Cell, allocated, matrix_from_doc, write_source_image
 from tests.tlsca import Pki
 from tools import libvirtd_peer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.interop
 

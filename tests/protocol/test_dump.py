@@ -5,13 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.protocol.conftest import GOLDEN, SESSIONS, TsharkFrame, golden_bytes, tshark_frames
 from virtvol.protocol.constants import PROGRAM_NAMES
 from virtvol.protocol.dump import main
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import tracemalloc
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -35,6 +35,9 @@ from virtvol.protocol.remote import (
     VolTransferArgs,
 )
 from virtvol.protocol.stream import Side
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 FUZZ = settings(max_examples=150, deadline=None)
 LARGEST = 4 + MESSAGE_MAX

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -50,7 +50,11 @@ from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.procedures import PROCEDURES
 from virtvol.protocol.remote import RemoteError, StreamHole
 from virtvol.protocol.stream import Side
-from virtvol.protocol.xdr import XdrStruct
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from virtvol.protocol.xdr import XdrStruct
 
 DIRECTIONS = ("client", "server")
 

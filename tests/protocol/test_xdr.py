@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import struct
 import tracemalloc
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +23,9 @@ from virtvol.protocol.xdr import (
     decode_value,
     encode_value,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 STRUCTS = sorted(
     (

@@ -10,13 +10,16 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import Virtvold, free_port, run_virsh, start_virtvold, stop_virtvold
 from tools import ceph_cluster
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 CEPH_POOL = "rbd"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,10 +13,14 @@ from tests.client.test_cli import virtvol
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.rbd.conftest import CEPH_POOL, RBD_POOL, define_rbd_pool, volume_name
 from tests.rbd.test_virsh_rbd import exported
-from tools.ceph_cluster import CephCluster
 from virtvol.client import Hole, connect
 from virtvol.daemon.storage import StorageRegistry
 from virtvol.protocol.errors import ErrorReport
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tools.ceph_cluster import CephCluster
 
 
 def _volume_xml(name: str, size: int) -> str:

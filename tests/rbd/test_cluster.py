@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import rados
 import rbd
 
 from tests.rbd.conftest import CEPH_POOL
-from tools.ceph_cluster import CephCluster
+
+if TYPE_CHECKING:
+    from tools.ceph_cluster import CephCluster
 
 
 def test_cluster_takes_rbd_images_with_cephx(ceph: CephCluster) -> None:

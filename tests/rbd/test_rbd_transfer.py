@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.rbd.conftest import CEPH_POOL, volume_name
-from tools.ceph_cluster import CephCluster
 from virtvol.daemon.storage.rbdtransfer import RbdReader, RbdWriter
 from virtvol.daemon.storage.rbdvolumes import RbdVolumes, zero_range
 from virtvol.daemon.storage.rbdxml import RbdSource
 from virtvol.daemon.storage.volxml import VolumeRequest
 from virtvol.sparse.reader import Chunk
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tools.ceph_cluster import CephCluster
 
 MIB = 1 << 20
 

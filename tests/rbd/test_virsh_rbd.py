@@ -6,7 +6,7 @@ import json
 import os
 import re
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import (
     Virtvold,
@@ -24,7 +24,11 @@ from tests.rbd.conftest import (
     rbd_pool_xml,
     volume_name,
 )
-from tools.ceph_cluster import CephCluster
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tools.ceph_cluster import CephCluster
 
 MIB = 1 << 20
 

@@ -8,12 +8,15 @@ download read is let go again.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from virtvol.daemon.storage import VolumeReader
 from virtvol.sparse.cache import PAGE_SIZE, resident_pages
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MIB = 1 << 20
 # Larger than the reader's cache window, so several windows are crossed.

@@ -6,13 +6,16 @@ import errno
 import os
 import subprocess
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from virtvol.sparse.reader import BufferPool, SparseReader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import ZERO_BLOCK, is_zero, zero_runs
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KIB = 1024
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from virtvol.sparse import files as sparsefile
 from virtvol.sparse.extents import Extent, iter_extents, next_extent
 from virtvol.sparse.zeros import is_zero
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 B = 4096
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 BLOCK = 4096
 NOT_VALID = "Requested operation is not valid: "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,6 +11,9 @@ from tests.conftest import Virtvold, run_virsh
 from tests.daemon.storage.conftest import NOT_VALID, PoolSetup, fails
 from virtvol.daemon.storage import PoolCreateFlags, StorageRegistry
 from virtvol.protocol.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONFLICT = "operation failed: Storage source conflict with pool: 'default'"
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
-from pathlib import Path
-
-import pytest
+from typing import TYPE_CHECKING
 
 from tests.daemon.storage.conftest import NO_POOL, NOT_VALID, PoolSetup, fails
 from virtvol.daemon.storage import (
@@ -19,6 +16,12 @@ from virtvol.daemon.storage import (
     StorageRegistry,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    import pytest
 
 UUID = "4040308c-6b3e-4a07-a1eb-923ff41ea901"
 

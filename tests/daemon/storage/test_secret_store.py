@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import stat
 import uuid
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from virtvol.daemon.config import ConfigError, settings_from_toml
 from virtvol.daemon.storage.secrets import ListSecretsFlags, SecretStore, UsageType
 from virtvol.protocol.errors import ErrorCode, ErrorReport
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _xml(usage: str, *, private: bool = False, ephemeral: bool = False, uid: str = "") -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +13,9 @@ from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, a
 from virtvol.daemon.storage import Chunk, VolumeReader, VolumeRef
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse.writer import MAX_OFFSET
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MIB = 1 << 20
 

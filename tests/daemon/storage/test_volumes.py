@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.daemon.storage.conftest import (
     BLOCK,
@@ -15,6 +15,9 @@ from tests.daemon.storage.conftest import (
 )
 from virtvol.daemon.storage import VolumeInfo, VolumeRef, VolumeType
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MIB = 1 << 20
 
