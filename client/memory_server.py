@@ -76,19 +76,6 @@ def _storage_error(code: ErrorCode, detail: str) -> ErrorReport:
     return ErrorReport.raised(code, ErrorDomain.STORAGE, detail)
 
 
-def _remote(report: ErrorReport) -> r.RemoteError:
-    return r.RemoteError(
-        code=report.code,
-        domain=report.domain,
-        message=report.message,
-        str1=report.str1,
-        str2=report.str2,
-        str3=report.str3,
-        int1=report.int1,
-        int2=report.int2,
-    )
-
-
 def _size(element: ET.Element | None) -> int:
     if element is None or element.text is None:
         return 0
@@ -214,7 +201,7 @@ class MemoryServer:
                 raise _storage_error(ErrorCode.NO_SUPPORT, call.procedure.name)
             result = handler(call.args)
         except ErrorReport as report:
-            self.send(self.core.reply_error(call.serial, _remote(report)))
+            self.send(self.core.reply_error(call.serial, r.RemoteError.from_report(report)))
             return
         self.send(self.core.reply(call.serial, result))
 

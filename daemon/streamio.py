@@ -108,16 +108,7 @@ def unexpected_failure(what: str, exc: Exception) -> ErrorReport:
 
 def remote_error(report: ErrorReport) -> RemoteError:
     """The wire form of an error raised by the storage layer or the session."""
-    return RemoteError(
-        code=report.code,
-        domain=report.domain,
-        message=report.message,
-        str1=report.str1,
-        str2=report.str2,
-        str3=report.str3,
-        int1=report.int1,
-        int2=report.int2,
-    )
+    return RemoteError.from_report(report)
 
 
 @dataclass

@@ -7,7 +7,7 @@ Names follow libvirt's ``remote_<procedure>_args`` / ``_ret`` in CamelCase.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from virtvol.protocol.constants import (
     MESSAGE_STRING_MAX,
@@ -33,6 +33,9 @@ from virtvol.protocol.xdr import (
     UInt,
     XdrStruct,
 )
+
+if TYPE_CHECKING:
+    from virtvol.protocol.errors import ErrorReport
 
 NonnullString = Annotated[str, String(REMOTE_STRING_MAX)]
 OptionalString = Annotated[str | None, Optional(String(REMOTE_STRING_MAX))]
@@ -94,6 +97,20 @@ class RemoteError(XdrStruct):
     int1: I32 = -1
     int2: I32 = -1
     net: Annotated[Network | None, Optional(Network.codec())] = None
+
+    @classmethod
+    def from_report(cls, report: ErrorReport) -> RemoteError:
+        """The wire form of an error raised to be reported to the peer."""
+        return cls(
+            code=report.code,
+            domain=report.domain,
+            message=report.message,
+            str1=report.str1,
+            str2=report.str2,
+            str3=report.str3,
+            int1=report.int1,
+            int2=report.int2,
+        )
 
 
 @dataclass(frozen=True, slots=True)
