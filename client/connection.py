@@ -266,14 +266,10 @@ async def _open_transport(target: Target) -> RpcProtocol:
             sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        elif target.transport == "unix":
+        else:  # unix: _connect let only SUPPORTED_TRANSPORTS through
             assert target.socket_path is not None
             _, protocol = await loop.create_unix_connection(
                 lambda: RpcProtocol(description), target.socket_path
-            )
-        else:
-            raise TransportError(
-                f"transport '{target.transport}' is not supported by virtvol (use tcp, tls or unix)"
             )
     except OSError as exc:
         # libvirt's client's words, so that virsh users recognise them.

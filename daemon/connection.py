@@ -51,7 +51,7 @@ from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.session import Session
 from virtvol.daemon.storage import VolStreamFlags
 from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
-from virtvol.daemon.streamio import TransferStats, remote_error
+from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -521,14 +521,14 @@ class ClientConnection(asyncio.BufferedProtocol):
                     high_priority=procedure.high_priority,
                 )
         except ErrorReport as report:
-            self._reply_error(call.serial, remote_error(report))
+            self._reply_error(call.serial, r.RemoteError.from_report(report))
             return
         except Exception as exc:
             if procedure.name not in self._logged_failures:  # once per connection, not per call
                 self._logged_failures.add(procedure.name)
                 log.exception("%s: %s failed", self.peer, procedure.name)
             failure = internal_error(f"{procedure.name} failed: {exc}")
-            self._reply_error(call.serial, remote_error(failure))
+            self._reply_error(call.serial, r.RemoteError.from_report(failure))
             return
         self._reply(call.serial, procedure.name, result)
 

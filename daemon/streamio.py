@@ -74,7 +74,7 @@ class StreamChannel:
         """Report a failure as STREAM/ERROR, unless the stream is already over on the wire."""
         rpc = self._sink.rpc
         if self.serial in rpc.streams:
-            self._sink.send(rpc.send_stream_error(self.serial, remote_error(report)))
+            self._sink.send(rpc.send_stream_error(self.serial, RemoteError.from_report(report)))
 
     def write_buffer_empty(self) -> bool:
         """True when the transport holds no unsent bytes (so no reference to our buffers)."""
@@ -104,11 +104,6 @@ def unexpected_failure(what: str, exc: Exception) -> ErrorReport:
     return ErrorReport.raised(
         ErrorCode.INTERNAL_ERROR, ErrorDomain.STREAMS, f"{what} failed: {exc}"
     )
-
-
-def remote_error(report: ErrorReport) -> RemoteError:
-    """The wire form of an error raised by the storage layer or the session."""
-    return RemoteError.from_report(report)
 
 
 @dataclass

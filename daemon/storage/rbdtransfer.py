@@ -28,18 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse.reader import Chunk, read_pieces
+from virtvol.sparse.zeros import zero_runs
 
 from .rbdvolumes import RbdVolumes, data_extents, zero_range
 from .reports import storage_error, system_error
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
 
 _EOF = Chunk(data=False, length=0)
-
-# Zero detection granularity, aligned to image offsets (as for files).
-ZERO_BLOCK = 64 * 1024
-_ZEROS = bytes(ZERO_BLOCK)
 
 # How much of the image one object-map query covers: bounds the extent list.
 EXTENT_WINDOW = 1 << 30
@@ -47,24 +44,6 @@ EXTENT_WINDOW = 1 << 30
 # A whole-volume upload grows its fresh image by at least this much at a time
 # (a resize is a metadata update; the final size is set on commit).
 GROW_STEP = 1 << 30
-
-
-def zero_runs(data: memoryview, position: int) -> Iterator[tuple[int, int, bool]]:
-    """Maximal runs of all-zero / not-all-zero blocks of ``data`` (at image offset
-    ``position``): (start, end, zero), offsets into ``data``."""
-    size = len(data)
-    start = cursor = 0
-    run_zero = False
-    while cursor < size:
-        block_end = min(size, cursor + ZERO_BLOCK - (position + cursor) % ZERO_BLOCK)
-        zero = data[cursor:block_end] == _ZEROS[: block_end - cursor]
-        if cursor > start and zero != run_zero:
-            yield start, cursor, run_zero
-            start = cursor
-        run_zero = zero
-        cursor = block_end
-    if cursor > start:
-        yield start, cursor, run_zero
 
 
 def _io_error(what: str, exc: BaseException) -> Exception:
@@ -170,7 +149,10 @@ class RbdReader:
             if not data:
                 return 0
         self._pending = memoryview(data)
-        self._runs.extend(zero_runs(self._pending, self._pos))
+        # Zero blocks aligned to image offsets, by the one rule files use too.
+        self._runs.extend(
+            (start, stop, zero) for zero, start, stop in zero_runs(self._pending, self._pos)
+        )
         return 0
 
     def close(self) -> None:
@@ -246,7 +228,7 @@ class RbdWriter:
         if self._limit is not None and self._pos + len(view) > self._limit:
             raise system_error("cannot write to stream", errno.ENOSPC, ErrorDomain.STREAMS)
         try:
-            for start, end, zero in zero_runs(view, self._pos):
+            for zero, start, end in zero_runs(view, self._pos):
                 if zero:
                     self._zero(end - start)
                 else:
