@@ -193,7 +193,15 @@ class Daemon:
         if bound.sock.family == socket.AF_UNIX:
             return await loop.create_unix_server(factory, sock=bound.sock)
         if bound.tls:
-            listener = TlsListener(bound.sock, self._current_tls_policy, factory)
+            listener = TlsListener(
+                bound.sock,
+                self._current_tls_policy,
+                factory,
+                max_handshakes=self.settings.max_anonymous_clients,
+                refused=lambda peer, reason: context.admission.refusals.refused(
+                    f"{peer} on {label}", reason
+                ),
+            )
             listener.start()
             return listener
         return await loop.create_server(factory, sock=bound.sock)

@@ -160,10 +160,17 @@ class TlsListener:
         sock: socket.socket,
         policy: Callable[[], TlsPolicy],
         make_connection: Callable[[], ServedProtocol],
+        *,
+        max_handshakes: int,
+        refused: Callable[[str, str], None],
     ) -> None:
         self._sock = sock
         self._policy = policy
         self._make_connection = make_connection
+        # Connections still in their handshake are not yet counted by admission (that
+        # happens once they are handed over): bound them here, each holds descriptors.
+        self._max_handshakes = max_handshakes
+        self._refused = refused
         self._handshakes: set[asyncio.Task[None]] = set()
         self._accepting: asyncio.Task[None] | None = None
 
@@ -179,6 +186,13 @@ class TlsListener:
             except OSError as exc:  # EMFILE and friends: wait a little, keep serving
                 log.error("accepting a TLS connection failed: %s", exc)
                 await asyncio.sleep(0.5)
+                continue
+            if len(self._handshakes) >= self._max_handshakes:
+                client.close()
+                self._refused(
+                    _describe_address(address),
+                    f"{self._max_handshakes} TLS handshakes in progress (max_anonymous_clients)",
+                )
                 continue
             accepted = _Accepted(client)
             task = loop.create_task(self._handshake(accepted, _describe_address(address)))

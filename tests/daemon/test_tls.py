@@ -7,6 +7,7 @@ only DNs matching ``tls_allowed_dn_list``; refused clients get libvirt's error.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -387,4 +388,38 @@ def test_sighup_with_broken_certificates_keeps_the_running_ones(tmp_path: Path, 
         assert f"Cannot read private key '{server / 'serverkey.pem'}'" in log
         run_virsh(tls.uri(pki, "client"), "uri")
     finally:
+        stop_daemon(daemon)
+
+
+def _open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_unfinished_handshakes_are_bounded(tmp_path: Path, pki: Pki) -> None:
+    """Connections that never finish their TLS handshake are not yet counted by admission;
+    max_anonymous_clients bounds them too, so they cannot eat the daemon's descriptors,
+    and a client that does speak TLS still gets in once they are gone."""
+    config = _write_config(tmp_path / "virtvold.toml", pki, extra="max_anonymous_clients = 3")
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    stuck: list[socket.socket] = []
+    try:
+        baseline = _open_descriptors(daemon.process.pid)
+        for _ in range(40):
+            stuck.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        await asyncio.sleep(0.5)  # accepted; no ClientHello ever comes
+        # Each handshake in progress holds two descriptors; the rest are closed at once.
+        assert _open_descriptors(daemon.process.pid) <= baseline + 2 * 3 + 2
+        TlsDaemon(daemon, port, config).wait_for_log("TLS handshakes in progress")
+        for sock in stuck:
+            sock.close()
+        stuck.clear()
+        uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={pki.client_dir('client')}"
+        async with virtvol.client.connect(uri, timeout=10) as conn:
+            assert await conn.get_type() == "storage"
+    finally:
+        for sock in stuck:
+            sock.close()
         stop_daemon(daemon)
