@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import os
+import socket
 from typing import TYPE_CHECKING
 
 from tests.conftest import run_system_python
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
+    from virtvol.daemon.context import DaemonContext
     from virtvol.protocol.xdr import XdrStruct
 
 BLOCK = 4096
@@ -249,6 +251,28 @@ async def raw_client(
         yield client
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def in_process_client(context: DaemonContext) -> AsyncIterator[RawClient]:
+    """An opened raw client of a ``ClientConnection`` served in this event loop (over a
+    socket pair), for tests that look inside the daemon."""
+    # Imported here: most tests of this folder run virtvold as a subprocess.
+    from virtvol.daemon.connection import ClientConnection
+
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    _, served = await loop.connect_accepted_socket(
+        lambda: ClientConnection(context, "test", read_only=False), theirs
+    )
+    reader, writer = await asyncio.open_connection(sock=ours)
+    raw = RawClient(reader, writer)
+    try:
+        await raw.open()
+        yield raw
+    finally:
+        await raw.close()
+        await served.wait_closed()
 
 
 def error_of(event: Event) -> tuple[int, int, str | None]:

@@ -8,14 +8,11 @@ payload" and go on serving the connection.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.daemon.conftest import RawClient, error_of
-from virtvol.daemon.connection import ClientConnection
+from tests.daemon.conftest import RawClient, error_of, in_process_client
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.dispatch import HANDLERS, storage
 from virtvol.daemon.storage import StorageRegistry
@@ -70,19 +67,8 @@ async def client(
         storage(procedures.STORAGE_POOL_NUM_OF_VOLUMES, _three_volumes),
     ):
         monkeypatch.setitem(HANDLERS, handler.procedure.number, handler)
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket.socketpair()
-    _, served = await loop.connect_accepted_socket(
-        lambda: ClientConnection(context, "test", read_only=False), theirs
-    )
-    reader, writer = await asyncio.open_connection(sock=ours)
-    raw = RawClient(reader, writer)
-    try:
-        await raw.open()
+    async with in_process_client(context) as raw:
         yield raw
-    finally:
-        await raw.close()
-        await served.wait_closed()
 
 
 async def test_a_result_that_cannot_be_encoded_is_answered_with_an_error(

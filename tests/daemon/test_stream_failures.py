@@ -7,14 +7,11 @@ The writer's ``apply`` and the reader's ``next_chunk`` are made to raise a
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.daemon.conftest import RawClient
-from virtvol.daemon.connection import ClientConnection
+from tests.daemon.conftest import RawClient, in_process_client
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.storage import StorageRegistry, VolumeReader, VolumeWriter
 from virtvol.protocol import remote as r
@@ -47,19 +44,8 @@ def context(tmp_path: Path) -> Iterator[DaemonContext]:
 
 @pytest.fixture
 async def client(context: DaemonContext) -> AsyncIterator[RawClient]:
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket.socketpair()
-    _, served = await loop.connect_accepted_socket(
-        lambda: ClientConnection(context, "test", read_only=False), theirs
-    )
-    reader, writer = await asyncio.open_connection(sock=ours)
-    raw = RawClient(reader, writer)
-    try:
-        await raw.open()
+    async with in_process_client(context) as raw:
         yield raw
-    finally:
-        await raw.close()
-        await served.wait_closed()
 
 
 async def _stream_error(client: RawClient) -> r.RemoteError:
