@@ -46,23 +46,32 @@ from virtvol.client.objects import (
     VolumeInfo,
     VolumeType,
 )
-from virtvol.client.streams import Download, Hole, Upload
 from virtvol.client.uri import default_uri
 from virtvol.client.xmldesc import volume_xml
 
 if TYPE_CHECKING:
-    from virtvol.client.transfer import TransferResult, download_file, upload_file
+    from virtvol.client.streams import Download, Hole, Upload
+    from virtvol.client.transfer import download_file, upload_file
+    from virtvol.client.transfer_base import TransferResult
 
-# Whole-file transfers pull in the sparse engine (ctypes, threads): a command
-# that never moves a file does not import them.
-_LAZY = {"TransferResult", "download_file", "upload_file"}
+# Streams need asyncio, whole-file transfers the sparse engine (ctypes, threads):
+# the command line's short commands import neither.
+_LAZY = {
+    "Download": "virtvol.client.streams",
+    "Hole": "virtvol.client.streams",
+    "Upload": "virtvol.client.streams",
+    "TransferResult": "virtvol.client.transfer_base",
+    "download_file": "virtvol.client.transfer",
+    "upload_file": "virtvol.client.transfer",
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from virtvol.client import transfer
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        return getattr(transfer, name)
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -17,13 +17,12 @@ stderr. The README lists where virtvol differs on purpose.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from virtvol.client.cli_args import (
     ArgumentError,
@@ -52,6 +51,9 @@ from virtvol.protocol.constants import (
     VolCreateFlags,
     VolDeleteFlags,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["main"]
 
@@ -1004,12 +1006,15 @@ def _help(topic: str | None) -> str:
     raise CommandError(f"command or command group '{topic}' doesn't exist")
 
 
-async def _run(command: Command, handler: Handler, args: argparse.Namespace) -> str:
+Opener = Callable[..., Awaitable[Connection]]
+
+
+async def _run(command: Command, handler: Handler, args: argparse.Namespace, opener: Opener) -> str:
     # virsh connects before the command when given -c, and within it otherwise (so a
     # failure then ends with the command's blank line).
     ran = not args.connect_given
     try:
-        conn = await connect(args.connect, protocol=args.protocol, read_only=args.readonly)
+        conn = await opener(args.connect, protocol=args.protocol, read_only=args.readonly)
     except TimeoutError as exc:
         raise CommandError("failed to connect to the hypervisor", "timed out", ran=ran) from exc
     except (TransportError, VirtvolError, LibvirtError) as exc:
@@ -1043,6 +1048,8 @@ def _connect_uri(given: str | None) -> str | None:
 def _event_loop_runner(handler: Handler) -> asyncio.Runner:
     # uvloop moves stream data faster, but importing it costs more than a
     # short command spends in its loop: only transfers use it.
+    import asyncio
+
     if handler not in (vol_upload, vol_download):
         return asyncio.Runner()
     try:
@@ -1050,6 +1057,17 @@ def _event_loop_runner(handler: Handler) -> asyncio.Runner:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def _execute(command: Command, handler: Handler, args: argparse.Namespace) -> str:
+    """Run the command: over a blocking socket (``direct``) where the transport allows,
+    which spares a short command the event loop's start-up; TLS keeps the event loop."""
+    from virtvol.client import direct
+
+    if not direct.needs_event_loop(args.connect, read_only=args.readonly):
+        return direct.run_blocking(_run(command, handler, args, direct.open_direct))
+    with _event_loop_runner(handler) as runner:
+        return runner.run(_run(command, handler, args, connect))
 
 
 def _show_warnings() -> None:
@@ -1138,8 +1156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(invocation.text or "")
             return 0
         _show_warnings()
-        with _event_loop_runner(invocation.handler) as runner:
-            output = runner.run(_run(invocation.command, invocation.handler, invocation.args))
+        output = _execute(invocation.command, invocation.handler, invocation.args)
     except ArgumentError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

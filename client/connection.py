@@ -9,9 +9,7 @@ error answer to a feature question means "not supported", as in libvirt.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Self
 
@@ -23,8 +21,6 @@ from virtvol.client.errors import (
     VirtvolError,
 )
 from virtvol.client.objects import StoragePool, StorageVolume
-from virtvol.client.rpc import RpcProtocol
-from virtvol.client.tls import client_context, locate_credentials, open_tls
 from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
@@ -34,9 +30,15 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine, Generator
     from types import TracebackType
 
+    from virtvol.client.interfaces import CallEngine
+    from virtvol.client.rpc import RpcProtocol
+
 __all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
 
 log = logging.getLogger("virtvol.client")
+
+# Seconds each goodbye call may take before the connection is closed anyway.
+_GOODBYE_TIMEOUT = 5
 
 
 class Connection:
@@ -55,7 +57,7 @@ class Connection:
             dense and the warning was logged (it is logged once per connection).
     """
 
-    def __init__(self, rpc: RpcProtocol, target: Target, protocol: ProtocolMode) -> None:
+    def __init__(self, rpc: CallEngine, target: Target, protocol: ProtocolMode) -> None:
         # The wire machinery; internal, used by the pool, volume and stream handles.
         self._rpc = rpc
         self.target = target
@@ -99,14 +101,15 @@ class Connection:
         self._closed = True
         if self._rpc.failure is None:
             try:
-                async with asyncio.timeout(5):
-                    if self._close_callback:
-                        await self._rpc.call(procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK)
-                    await self._rpc.call(procedures.CONNECT_CLOSE)
+                if self._close_callback:
+                    await self._rpc.call(
+                        procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK, timeout=_GOODBYE_TIMEOUT
+                    )
+                await self._rpc.call(procedures.CONNECT_CLOSE, timeout=_GOODBYE_TIMEOUT)
             except (LibvirtError, TransportError, TimeoutError) as exc:
                 log.debug("close of %s: %s", self.uri, exc)
         self._rpc.close()
-        await self._rpc.closed
+        await self._rpc.wait_closed()
 
     @property
     def is_alive(self) -> bool:
@@ -242,6 +245,14 @@ class Connection:
 
 
 async def _open_transport(target: Target) -> RpcProtocol:
+    # Imported here: the command line opens most connections without an event loop
+    # (``direct``), and these modules cost it tens of milliseconds.
+    import asyncio
+    import socket
+
+    from virtvol.client.rpc import RpcProtocol
+    from virtvol.client.tls import client_context, locate_credentials, open_tls
+
     loop = asyncio.get_running_loop()
     description = target.uri
     try:
@@ -272,14 +283,17 @@ async def _open_transport(target: Target) -> RpcProtocol:
                 lambda: RpcProtocol(description), target.socket_path
             )
     except OSError as exc:
-        # libvirt's client's words, so that virsh users recognise them.
-        reason = exc.strerror or str(exc)
-        if target.socket_path is not None:
-            message = f"Failed to connect socket to '{target.socket_path}': {reason}"
-        else:
-            message = f"unable to connect to server at '{target.host}:{target.port}': {reason}"
-        raise TransportError(message) from exc
+        raise connect_failure(target, exc) from exc
     return protocol
+
+
+def connect_failure(target: Target, exc: OSError) -> TransportError:
+    """Why ``target`` could not be reached, in libvirt's client's words (virsh users
+    recognise them)."""
+    reason = exc.strerror or str(exc)
+    if target.socket_path is not None:
+        return TransportError(f"Failed to connect socket to '{target.socket_path}': {reason}")
+    return TransportError(f"unable to connect to server at '{target.host}:{target.port}': {reason}")
 
 
 async def _connect(
@@ -296,13 +310,15 @@ async def _connect(
     if target.transport not in SUPPORTED_TRANSPORTS:
         *others, last = sorted(SUPPORTED_TRANSPORTS)
         raise UnsupportedTransport(target.transport, f"{', '.join(others)} or {last}")
+    import asyncio
+
     async with asyncio.timeout(time_limit):
         rpc = await _open_transport(target)
         return await handshake(rpc, target, protocol=protocol, keepalive=keepalive)
 
 
 async def handshake(
-    rpc: RpcProtocol,
+    rpc: CallEngine,
     target: Target,
     *,
     protocol: ProtocolMode,

@@ -7,20 +7,80 @@ modules independent of one another.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 if TYPE_CHECKING:
-    from virtvol.client.rpc import RpcProtocol
-    from virtvol.protocol import remote as r
+    import os
 
-__all__ = ["ConnectionLike", "VolumeLike"]
+    from virtvol.client.errors import TransportError
+    from virtvol.client.transfer_base import Progress, TransferResult
+    from virtvol.protocol import remote as r
+    from virtvol.protocol.procedures import ArgsT, Procedure, RetT
+    from virtvol.protocol.xdr import XdrStruct
+
+__all__ = ["CallEngine", "ConnectionLike", "VolumeLike"]
+
+
+class CallEngine(Protocol):
+    """What a ``Connection`` needs of the machinery that carries its calls: the
+    event loop's ``rpc.RpcProtocol``, or the command line's blocking
+    ``direct.DirectRpc``, whose coroutines finish without ever suspending."""
+
+    @property
+    def failure(self) -> TransportError | None: ...
+
+    @overload
+    async def call(
+        self, procedure: Procedure[None, RetT], *, timeout: float | None = None
+    ) -> RetT: ...
+    @overload
+    async def call(
+        self, procedure: Procedure[ArgsT, RetT], args: ArgsT, *, timeout: float | None = None
+    ) -> RetT: ...
+    async def call(
+        self,
+        procedure: Procedure[Any, RetT],
+        args: XdrStruct | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> RetT: ...
+
+    def start_keepalive(self, interval: float, count: int) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def upload_file(
+        self,
+        volume: VolumeLike,
+        path: str | os.PathLike[str],
+        *,
+        offset: int,
+        length: int,
+        sparse: bool | None,
+        detect_zeroes: bool,
+        progress: Progress | None,
+    ) -> TransferResult: ...
+
+    async def download_file(
+        self,
+        volume: VolumeLike,
+        path: str | os.PathLike[str],
+        *,
+        offset: int,
+        length: int,
+        sparse: bool | None,
+        detect_zeroes: bool,
+        progress: Progress | None,
+    ) -> TransferResult: ...
 
 
 class ConnectionLike(Protocol):
     """What pools, volumes and streams use of a ``Connection``."""
 
     @property
-    def _rpc(self) -> RpcProtocol: ...
+    def _rpc(self) -> CallEngine: ...
 
     @property
     def uri(self) -> str: ...

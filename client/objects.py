@@ -7,10 +7,8 @@ pool name, name and key); every property that can change is fetched anew.
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from virtvol.client.streams import Download, Upload
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import PoolInfo as PoolInfo
@@ -24,7 +22,8 @@ if TYPE_CHECKING:
     import os
 
     from virtvol.client.interfaces import ConnectionLike as Connection
-    from virtvol.client.transfer import TransferResult
+    from virtvol.client.streams import Download, Upload
+    from virtvol.client.transfer_base import Progress, TransferResult
     from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 
 __all__ = [
@@ -35,8 +34,6 @@ __all__ = [
     "VolumeInfo",
     "VolumeType",
 ]
-
-Progress = Callable[[int, int], None]
 
 
 def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
@@ -341,6 +338,8 @@ class StorageVolume:
             sparse: None negotiates (sparse if the peer can, dense otherwise),
                 True requires sparse, False never asks.
         """
+        from virtvol.client.streams import Upload
+
         return Upload(self, offset=offset, length=length, sparse=sparse)
 
     def download(self, *, offset: int = 0, length: int = 0, sparse: bool | None = None) -> Download:
@@ -353,6 +352,8 @@ class StorageVolume:
             length: the most bytes to read (0: to the end).
             sparse: as for ``upload``.
         """
+        from virtvol.client.streams import Download
+
         return Download(self, offset=offset, length=length, sparse=sparse)
 
     async def upload_file(
@@ -367,9 +368,7 @@ class StorageVolume:
     ) -> TransferResult:
         """Upload a local file, sending its holes (and, with ``detect_zeroes``, its
         all-zero blocks) as holes. See ``virtvol.client.transfer.upload_file``."""
-        from virtvol.client.transfer import upload_file
-
-        return await upload_file(
+        return await self.connection._rpc.upload_file(
             self,
             path,
             offset=offset,
@@ -391,9 +390,7 @@ class StorageVolume:
     ) -> TransferResult:
         """Download into a local sparse file that appears atomically.
         See ``virtvol.client.transfer.download_file``."""
-        from virtvol.client.transfer import download_file
-
-        return await download_file(
+        return await self.connection._rpc.download_file(
             self,
             path,
             offset=offset,

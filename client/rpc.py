@@ -68,8 +68,11 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable
 
+    from virtvol.client.interfaces import VolumeLike
+    from virtvol.client.transfer_base import Progress, TransferResult
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import ArgsT, Procedure, RetT
     from virtvol.protocol.xdr import XdrStruct
@@ -512,6 +515,56 @@ class RpcProtocol(asyncio.BufferedProtocol):
                 return
             await asyncio.sleep(max(0.05, tracker.deadline() - self.loop.time()))
 
+    # -- whole files --------------------------------------------------------------------------
+
+    async def upload_file(
+        self,
+        volume: VolumeLike,
+        path: str | os.PathLike[str],
+        *,
+        offset: int,
+        length: int,
+        sparse: bool | None,
+        detect_zeroes: bool,
+        progress: Progress | None,
+    ) -> TransferResult:
+        """``transfer.upload_file`` (imported on first use: it brings threads and ctypes)."""
+        from virtvol.client.transfer import upload_file
+
+        return await upload_file(
+            volume,
+            path,
+            offset=offset,
+            length=length,
+            sparse=sparse,
+            detect_zeroes=detect_zeroes,
+            progress=progress,
+        )
+
+    async def download_file(
+        self,
+        volume: VolumeLike,
+        path: str | os.PathLike[str],
+        *,
+        offset: int,
+        length: int,
+        sparse: bool | None,
+        detect_zeroes: bool,
+        progress: Progress | None,
+    ) -> TransferResult:
+        """``transfer.download_file`` (imported on first use)."""
+        from virtvol.client.transfer import download_file
+
+        return await download_file(
+            volume,
+            path,
+            offset=offset,
+            length=length,
+            sparse=sparse,
+            detect_zeroes=detect_zeroes,
+            progress=progress,
+        )
+
     # -- closing ------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -521,3 +574,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
             self._keepalive_task.cancel()
         if self.transport is not None:
             self.transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport is gone."""
+        await self.closed

@@ -1,12 +1,9 @@
 """Volume upload and download streams, with sparse negotiation.
 
-Negotiation (``sparse=None``): the opening call carries flag 1 (sparse). A peer
-that predates sparse streams refuses it with VIR_ERR_INVALID_ARG "unsupported
-flags (0x1) in function storageVolUpload" (or ``...Download``); the call is then
-made once more without the flag, the stream is dense (``stream.sparse`` is
-False) and one warning is logged per connection. ``sparse=True`` turns that refusal into
-``SparseUnsupported``; ``sparse=False`` never asks. In ``protocol="legacy"``
-mode the flag is never sent, and a hole from the peer is a protocol error.
+Streams open with the sparse negotiation of ``transfer_base.negotiate_stream``
+(``stream.sparse`` tells the outcome, ``stream.fell_back`` a refusal). In
+``protocol="legacy"`` mode the flag is never sent, and a hole from the peer is
+a protocol error.
 
 On a dense upload stream ``skip`` sends zeros, so the volume's contents are
 the same either way; only the bytes on the wire differ.
@@ -21,13 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
-    InvalidArgument,
     LibvirtError,
-    SparseUnsupported,
     TransportError,
     error_from_remote,
 )
 from virtvol.client.errors import StreamError as StreamError  # re-exported for older imports
+from virtvol.client.rpc import RpcProtocol
+from virtvol.client.transfer_base import FRAME_DATA_MAX, at_stage, negotiate_stream
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -37,8 +34,6 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamHoleReceived,
 )
-from virtvol.protocol.constants import VolStreamFlags
-from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.exceptions import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -46,21 +41,12 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from virtvol.client.interfaces import VolumeLike as StorageVolume
-    from virtvol.client.rpc import RpcProtocol, StreamEvent
+    from virtvol.client.rpc import StreamEvent
     from virtvol.protocol.procedures import Procedure
 
 __all__ = ["FRAME_DATA_MAX", "Download", "Hole", "Upload"]
 
 log = logging.getLogger("virtvol.client")
-
-# Data bytes per frame we send. libvirt's own senders use 262120 (its legacy
-# payload limit) but every libvirt >= 3.4 peer reads frames up to 32 MiB. Each
-# frame costs a fixed amount of Python work (header, state machine, two
-# transport writes), so 1 MiB frames cut that overhead four-fold against
-# 256 KiB while staying small next to what the peer may hold per client
-# (libvirtd keeps up to max_client_requests = 5 frames in flight) and short
-# enough that disk reads and socket writes overlap finely.
-FRAME_DATA_MAX = 1024 * 1024
 
 # A download pauses the socket when this much data waits for its consumer.
 READ_HIGH_WATER = 8 * 1024 * 1024
@@ -75,18 +61,6 @@ class Hole:
     """A run of ``length`` bytes that read as zeros and were not sent."""
 
     length: int
-
-
-def _is_sparse_refusal(exc: InvalidArgument) -> bool:
-    return "unsupported flags (0x1)" in exc.message
-
-
-def _at_stage(exc: LibvirtError, stage: str) -> LibvirtError:
-    """``exc`` as met at ``stage`` of a stream (an error's fields are set when it is made)."""
-    if exc.stage == stage:
-        return exc
-    staged = type(exc)(exc.code, exc.domain, exc.message, level=exc.level, stage=stage)
-    return staged.with_traceback(exc.__traceback__)
 
 
 class _StreamBase:
@@ -105,7 +79,11 @@ class _StreamBase:
         self.sparse = False
         self.fell_back = False
         self.serial = -1
-        self._rpc: RpcProtocol = volume.connection._rpc
+        rpc = volume.connection._rpc
+        if not isinstance(rpc, RpcProtocol):
+            # The command line's blocking connections move whole files only.
+            raise StreamError("streams need a connection opened with connect()")
+        self._rpc = rpc
         self._error: BaseException | None = None
         self._done: asyncio.Future[None] | None = None
         self._opened = False
@@ -129,54 +107,14 @@ class _StreamBase:
         try:
             await self._open()
         except LibvirtError as exc:
-            raise _at_stage(exc, "open") from exc.__cause__
+            raise at_stage(exc, "open") from exc.__cause__
 
     async def _open(self) -> None:
         if self._opened:
             raise StreamError("the stream is already open", stage="open")
         self._opened = True
-        legacy = self.volume.connection.protocol == "legacy"
-        wanted = self.requested_sparse
-        if wanted is True and legacy:
-            raise SparseUnsupported(
-                ErrorCode.NO_SUPPORT,
-                ErrorDomain.STREAMS,
-                "sparse streams are not available with protocol='legacy'",
-                stage="open",
-            )
-        ask = wanted is not False and not legacy
-        try:
-            await self._call(VolStreamFlags.SPARSE if ask else 0)
-            self.sparse = ask
-            return
-        except InvalidArgument as exc:
-            if not ask or not _is_sparse_refusal(exc):
-                raise
-            if wanted is True:
-                raise SparseUnsupported(
-                    exc.code,
-                    exc.domain,
-                    f"{self.volume.connection.uri} does not support sparse streams: {exc.message}",
-                    level=exc.level,
-                    stage="open",
-                ) from exc
-            self._report_fallback(exc)
-        await self._call(0)
-        self.sparse = False
-        self.fell_back = True
-
-    def _report_fallback(self, refusal: InvalidArgument) -> None:
-        """One warning per connection: every later stream on it falls back the same way."""
-        conn = self.volume.connection
-        if conn.sparse_fallback_reported:
-            log.debug("the %s of volume '%s' goes dense", self.direction, self.volume.name)
-            return
-        conn.sparse_fallback_reported = True
-        log.warning(
-            "%s has no sparse streams (%s): transfers on this connection send every byte,"
-            " holes included",
-            conn.uri,
-            refusal.message,
+        self.sparse, self.fell_back = await negotiate_stream(
+            self.volume, self.requested_sparse, self.direction, self._call
         )
 
     # -- sink ---------------------------------------------------------------------------
@@ -359,7 +297,7 @@ class Upload(_StreamBase):
         try:
             await self._wait_done()
         except LibvirtError as exc:
-            raise _at_stage(exc, "finish") from exc.__cause__
+            raise at_stage(exc, "finish") from exc.__cause__
 
 
 Item = bytes | memoryview | Hole

@@ -26,22 +26,19 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from virtvol.client.streams import FRAME_DATA_MAX, Download, Hole, Upload
-from virtvol.sparse.reader import BufferPool, Chunk, SparseReader
+from virtvol.client.streams import Download, Hole, Upload
+from virtvol.client.transfer_base import FRAME_DATA_MAX, Progress, TransferResult, piece_runs
+from virtvol.sparse.reader import BufferPool, SparseReader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
-from virtvol.sparse.zeros import Bytes, zero_runs
 
 if TYPE_CHECKING:
     from virtvol.client.interfaces import VolumeLike as StorageVolume
+    from virtvol.sparse.zeros import Bytes
 
-__all__ = ["TransferResult", "download_file", "upload_file"]
-
-Progress = Callable[[int, int], None]
+__all__ = ["Progress", "TransferResult", "download_file", "upload_file"]
 
 # Read-ahead: buffers of FRAME_DATA_MAX per upload. Several are needed because
 # a transport that references (not copies) written memory holds some of them.
@@ -72,32 +69,6 @@ async def _settle_all(futures: list[asyncio.Future[_T]]) -> None:
                 break
     if cancelled:
         raise asyncio.CancelledError
-
-
-@dataclass(frozen=True, slots=True)
-class TransferResult:
-    """What a file transfer moved.
-
-    Attributes:
-        data_bytes: bytes that travelled as data.
-        hole_bytes: bytes that travelled as holes (skips).
-        zero_bytes: data bytes found to be zero and left as holes locally (download).
-        seconds: wall-clock duration.
-        sparse: whether the stream was sparse.
-        fell_back: True when sparse was asked for, refused, and the stream went dense.
-    """
-
-    data_bytes: int
-    hole_bytes: int
-    zero_bytes: int
-    seconds: float
-    sparse: bool
-    fell_back: bool
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes of the image covered (data plus holes)."""
-        return self.data_bytes + self.hole_bytes
 
 
 # -- upload ---------------------------------------------------------------------------
@@ -189,7 +160,9 @@ class _Reader:
                     raise OSError(f"the source file shrank while reading it (at {reader.end})")
                 self._hand_over(None)
                 return
-            runs = self._runs(memoryview(buffer), pieces, position)
+            runs = piece_runs(
+                memoryview(buffer), pieces, position, detect_zeroes=self.detect_zeroes
+            )
             if all(zero for zero, _, _ in runs):
                 self.pool.give(buffer)
                 item: _Item = reader.position - position
@@ -197,26 +170,6 @@ class _Reader:
                 item = _Chunk(buffer, runs, self.pool)
             if not self._hand_over(item):
                 return
-
-    def _runs(
-        self, view: memoryview, pieces: list[Chunk], position: int
-    ) -> list[tuple[bool, int, int]]:
-        """``(zero, start, stop)`` runs of a filled buffer: data runs are ``view[start:stop]``;
-        zero runs (holes, zero blocks) only count ``stop - start`` bytes."""
-        runs: list[tuple[bool, int, int]] = []
-        used = 0
-        for piece in pieces:
-            if not piece.data:
-                runs.append((True, 0, piece.length))
-            elif self.detect_zeroes:
-                data = view[used : used + piece.length]
-                runs += [(z, used + a, used + b) for z, a, b in zero_runs(data, position)]
-                used += piece.length
-            else:
-                runs.append((False, used, used + piece.length))
-                used += piece.length
-            position += piece.length
-        return runs
 
 
 async def upload_file(

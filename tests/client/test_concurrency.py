@@ -11,6 +11,7 @@ import pytest
 
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
 from virtvol.client import Connection, Hole, StorageVolume, connect
+from virtvol.client.rpc import RpcProtocol
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -114,6 +115,7 @@ async def test_slow_download_survives_libvirtd_keepalive(
                 received += item
                 await asyncio.sleep(len(item) / rate)
         elapsed = time.monotonic() - started
+        assert isinstance(conn._rpc, RpcProtocol)
         assert conn._rpc.pings_sent == 0
         assert conn._rpc.pings_received >= 1
         assert conn.is_alive

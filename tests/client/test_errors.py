@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import virtvol.client
-from virtvol.client import errors, streams
+from virtvol.client import errors, streams, transfer_base
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.remote import RemoteError
 
@@ -31,7 +31,7 @@ def test_an_error_met_at_a_stage_keeps_its_class_and_fields() -> None:
     original = errors.SparseUnsupported(
         ErrorCode.INVALID_ARG, ErrorDomain.STORAGE, "unsupported flags (0x1)", level=2
     )
-    staged = streams._at_stage(original, "open")
+    staged = transfer_base.at_stage(original, "open")
     assert type(staged) is errors.SparseUnsupported
     assert (staged.code, staged.domain, staged.message, staged.level, staged.stage) == (
         ErrorCode.INVALID_ARG,
@@ -41,4 +41,4 @@ def test_an_error_met_at_a_stage_keeps_its_class_and_fields() -> None:
         "open",
     )
     assert original.stage is None
-    assert streams._at_stage(staged, "open") is staged
+    assert transfer_base.at_stage(staged, "open") is staged

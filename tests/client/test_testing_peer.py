@@ -29,6 +29,7 @@ from virtvol.client import (
     memory_transport,
     testing,
 )
+from virtvol.client.rpc import RpcProtocol
 from virtvol.client.testing import MemoryDaemon, memory_daemon
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 
@@ -253,6 +254,7 @@ async def test_more_refusals_as_libvirt_words_them() -> None:
 
 async def test_a_client_that_breaks_the_protocol_is_dropped() -> None:
     async with memory_daemon(pools={"p": {}}) as conn:
+        assert isinstance(conn._rpc, RpcProtocol)
         transport = conn._rpc.transport
         assert transport is not None
         transport.write(b"\x00\x00\x00\x04")  # a frame shorter than its own header

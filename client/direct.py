@@ -1,0 +1,522 @@
+"""The command line's connections: one blocking socket, no event loop.
+
+A ``virtvol`` command makes a few calls one after the other, or moves one
+file. An event loop costs it more than it gives: importing asyncio and uvloop
+takes longer than most commands run, and every file read hops to a thread.
+``DirectRpc`` drives the same protocol core as ``rpc.RpcProtocol`` over a
+socket of its own, and its coroutines never suspend: the command's async code
+(the same ``Connection``, pools and volumes as the library's) runs under
+``run_blocking``, which steps the coroutine once and expects it finished.
+
+Theory of operation: while it waits for an answer, ``DirectRpc`` reads
+everything the peer sends and hands each event on at once: replies are kept
+for the call with the same serial, stream frames go to the stream's sink, the
+peer's keepalive PINGs are answered. After ``interval`` seconds of silence it
+sends PINGs of its own and gives up after ``count`` unanswered ones, so a
+vanished peer fails the command instead of hanging it (``KeepaliveTracker``,
+as the event-loop client). Writing never waits without reading: while the
+socket is full, what the peer sends is still read and handled, so a peer that
+reports a stream error and stops reading is heard. Control frames that arise
+while a frame is half written (a PONG) wait until that frame is complete.
+
+Unix and TCP connections are direct; TLS ones keep the event loop
+(``needs_event_loop``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import select
+import socket
+import time
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from virtvol.client.connection import Connection, connect_failure, handshake
+from virtvol.client.errors import (
+    CallTimeout,
+    ConnectionClosed,
+    ProtocolViolation,
+    TransportError,
+    VirtvolError,
+    core_errors,
+    error_from_remote,
+)
+from virtvol.client.uri import Target, parse_uri, resolve_uri
+from virtvol.protocol.connection import (
+    Connection as ProtocolCore,
+)
+from virtvol.protocol.connection import (
+    ErrorReplyReceived,
+    Event,
+    FrameIgnored,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+    ReplyReceived,
+    Side,
+    StreamDataReceived,
+    StreamEndReceived,
+    StreamFailed,
+    StreamFinished,
+    StreamHoleReceived,
+)
+from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Coroutine, Sequence
+
+    from virtvol.client.interfaces import VolumeLike
+    from virtvol.client.rpc import StreamEvent
+    from virtvol.client.transfer_base import Progress, TransferResult
+    from virtvol.protocol.constants import ProtocolMode
+    from virtvol.protocol.frames import Payload
+    from virtvol.protocol.procedures import ArgsT, Procedure, RetT
+    from virtvol.protocol.xdr import XdrStruct
+
+__all__ = ["DirectRpc", "needs_event_loop", "open_direct", "run_blocking"]
+
+log = logging.getLogger("virtvol.client")
+
+# The transports a blocking socket serves; TLS keeps the event loop's transport.
+DIRECT_TRANSPORTS = frozenset({"unix", "tcp"})
+
+_T = TypeVar("_T")
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine that never suspends (one using only ``DirectRpc``) to its end.
+
+    Raises:
+        RuntimeError: the coroutine waited for something only an event loop provides.
+    """
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        result: _T = finished.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a blocking command waited on an event loop")
+
+
+def needs_event_loop(uri: str | None, *, read_only: bool) -> bool:
+    """True when ``uri`` leads to a transport that ``DirectRpc`` does not open (TLS).
+
+    A URI that cannot be used at all reads as False: opening it directly raises the error.
+    """
+    try:
+        target = parse_uri(resolve_uri(uri), read_only=read_only)
+    except VirtvolError:
+        return False
+    return target.transport not in DIRECT_TRANSPORTS
+
+
+async def open_direct(
+    uri: str | None,
+    *,
+    protocol: ProtocolMode = "current",
+    read_only: bool = False,
+    time_limit: float | None = 30.0,
+    keepalive: tuple[float, int] | None = (5, 5),
+) -> Connection:
+    """Open a ``Connection`` over a blocking socket, handshake included (as ``connect``).
+
+    A coroutine that never suspends: await it from code ``run_blocking`` runs.
+
+    Raises:
+        InvalidURI: the URI cannot be used (``UnsupportedTransport``: not unix or tcp).
+        TransportError: the daemon cannot be reached or dropped the connection.
+        LibvirtError: the daemon refused to open the connection.
+        TimeoutError: connecting and the handshake took longer than ``time_limit``.
+    """
+    from virtvol.client.errors import UnsupportedTransport
+
+    target = parse_uri(resolve_uri(uri), read_only=read_only)
+    if target.transport not in DIRECT_TRANSPORTS:
+        raise UnsupportedTransport(target.transport, "unix or tcp")
+    sock = _open_socket(target, time_limit)
+    rpc = DirectRpc(sock, target.uri)
+    rpc.deadline = None if time_limit is None else time.monotonic() + time_limit
+    conn = await handshake(rpc, target, protocol=protocol, keepalive=keepalive)
+    rpc.deadline = None
+    return conn
+
+
+def _open_socket(target: Target, time_limit: float | None) -> socket.socket:
+    try:
+        if target.transport == "tcp":
+            assert target.host is not None
+            assert target.port is not None
+            sock = socket.create_connection((target.host, target.port), timeout=time_limit)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        assert target.socket_path is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(time_limit)
+            sock.connect(target.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise connect_failure(target, exc) from exc
+
+
+class DirectRpc:
+    """One client connection over a blocking socket (see the module docstring).
+
+    Args:
+        sock: the connected socket; the object owns it from now on.
+        description: how to name the peer in error messages (the URI).
+
+    Attributes:
+        deadline: a ``time.monotonic()`` after which every wait fails with
+            ``TimeoutError`` (the connection's time limit), or None.
+    """
+
+    def __init__(self, sock: socket.socket, description: str) -> None:
+        self.core = ProtocolCore(Side.CLIENT)
+        self.description = description
+        self.deadline: float | None = None
+        self.pings_received = 0
+        self.pings_sent = 0
+        self._sock = sock
+        sock.setblocking(False)
+        self._fd = sock.fileno()
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
+        self._replies: dict[int, ReplyReceived | ErrorReplyReceived] = {}
+        self._awaited: set[int] = set()
+        self._sinks: dict[int, Callable[[StreamEvent], None]] = {}
+        self._failure: TransportError | None = None
+        self._keepalive: KeepaliveTracker | None = None
+        # Control frames (PONG, PING) that wait for the frame being written to be complete.
+        self._control: collections.deque[bytes] = collections.deque()
+        self._writing = False
+
+    # -- failure ------------------------------------------------------------------------
+
+    @property
+    def failure(self) -> TransportError | None:
+        """Why the connection is unusable, or None while it works."""
+        return self._failure
+
+    def check(self) -> None:
+        """Raise the connection's failure, if any."""
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, failure: TransportError, *, warn: bool = False) -> TransportError:
+        if self._failure is None:
+            self._failure = failure
+            if warn:  # as the event-loop client: a broken peer is news, a closed one is not
+                log.warning("%s", failure)
+        return self._failure
+
+    def _lost(self, exc: OSError | None) -> TransportError:
+        reason = f": {exc}" if exc else ""
+        return self._fail(ConnectionClosed(f"disconnected from {self.description}{reason}"))
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def start_call(
+        self,
+        procedure: Procedure[Any, Any],
+        args: XdrStruct | None = None,
+        *,
+        sink: Callable[[StreamEvent], None] | None = None,
+    ) -> int:
+        """Write a CALL and return its serial; ``sink`` receives the frames of the
+        stream it opens (registered first: they may overtake the reply).
+
+        Raises:
+            UnsendableValue: ``args`` cannot be encoded; nothing was sent.
+            TransportError: the connection has failed.
+        """
+        self.check()
+        with core_errors(self.description):
+            serial, frame = self.core.call(procedure.number, args)
+        self._awaited.add(serial)
+        if sink is not None:
+            self._sinks[serial] = sink
+        self.write((frame,))
+        return serial
+
+    def wait_reply(self, serial: int, name: str, timeout: float | None = None) -> Any:
+        """The result of call ``serial`` (``name``: its procedure, for messages).
+
+        Raises:
+            LibvirtError: the peer answered with an error.
+            TransportError: the connection failed first.
+            CallTimeout: no answer within ``timeout`` seconds.
+            TimeoutError: the connection's ``deadline`` passed.
+        """
+        limit = None if timeout is None else time.monotonic() + timeout
+        try:
+            while serial not in self._replies:
+                if limit is not None and time.monotonic() >= limit:
+                    raise CallTimeout(
+                        f"no answer to {name} from {self.description} within {timeout:g} s"
+                    )
+                self.receive(limit)
+        finally:
+            self._awaited.discard(serial)
+        answer = self._replies.pop(serial)
+        if isinstance(answer, ErrorReplyReceived):
+            raise error_from_remote(answer.error)
+        return answer.result
+
+    @overload
+    async def call(
+        self, procedure: Procedure[None, RetT], *, timeout: float | None = None
+    ) -> RetT: ...
+    @overload
+    async def call(
+        self, procedure: Procedure[ArgsT, RetT], args: ArgsT, *, timeout: float | None = None
+    ) -> RetT: ...
+    async def call(
+        self,
+        procedure: Procedure[Any, RetT],
+        args: XdrStruct | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> RetT:
+        """Make a call and return its result (see ``rpc.RpcProtocol.call``); never suspends."""
+        serial = self.start_call(procedure, args)
+        result: RetT = self.wait_reply(serial, procedure.name, timeout)
+        return result
+
+    def forget_sink(self, serial: int) -> None:
+        """Stop routing a stream's frames (its call failed)."""
+        self._sinks.pop(serial, None)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def receive(self, limit: float | None = None) -> None:
+        """Wait for what the peer sends (until ``limit``, a ``time.monotonic()``, at the
+        latest) and handle every event it completes.
+
+        Raises:
+            TransportError: the connection failed.
+            TimeoutError: the connection's ``deadline`` passed.
+        """
+        self.check()
+        now = time.monotonic()
+        if self.deadline is not None:
+            if now >= self.deadline:
+                raise TimeoutError(f"no answer from {self.description} in time")
+            limit = self.deadline if limit is None else min(limit, self.deadline)
+        if self._keepalive is not None:
+            limit = (
+                self._keepalive.deadline()
+                if limit is None
+                else min(limit, self._keepalive.deadline())
+            )
+        wait_ms = None if limit is None else max(0, round((limit - now) * 1000))
+        if self._poller.poll(wait_ms):
+            self._read()
+        self._keep_alive()
+
+    def _read(self) -> None:
+        try:
+            count = self._sock.recv_into(self.core.get_buffer())
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise self._lost(exc) from exc
+        if count == 0:
+            raise self._lost(None)
+        if self._keepalive is not None:
+            self._keepalive.heard(time.monotonic())
+        try:
+            with core_errors(self.description):
+                self.core.buffer_updated(count)
+                while (event := self.core.next_event()) is not None:
+                    self._dispatch(event)
+        except ProtocolViolation as exc:
+            raise self._fail(exc, warn=True) from None
+        if self._control and not self._writing:
+            self.write(())
+
+    def _dispatch(self, event: Event) -> None:
+        if type(event) is StreamDataReceived:  # the common case, first and cheapest
+            sink = self._sinks.get(event.serial)
+            if sink is not None:
+                sink(event)
+            return
+        if isinstance(event, ReplyReceived | ErrorReplyReceived):
+            if event.serial in self._awaited:
+                self._replies[event.serial] = event
+            elif isinstance(event, ErrorReplyReceived):
+                # The stream a failed call opened is gone with it.
+                self._sinks.pop(event.serial, None)
+        elif isinstance(event, PingReceived):
+            self.pings_received += 1
+            self._control.append(self.core.send_pong())
+        elif isinstance(event, PongReceived):
+            pass
+        elif isinstance(event, MessageReceived):
+            log.debug("event %d from %s ignored", event.procedure, self.description)
+        elif isinstance(event, FrameIgnored):
+            log.debug("frame ignored (%s): %s", event.reason, event.header.describe())
+        elif isinstance(
+            event, StreamHoleReceived | StreamEndReceived | StreamFinished | StreamFailed
+        ):
+            sink = self._sinks.get(event.serial)
+            if sink is not None:
+                sink(event)
+            if isinstance(event, StreamFinished | StreamFailed):
+                self._sinks.pop(event.serial, None)
+        else:  # pragma: no cover - server-side events never reach a client
+            log.debug("unexpected event %r", event)
+
+    # -- keepalive ---------------------------------------------------------------------------
+
+    def start_keepalive(self, interval: float, count: int) -> None:
+        """Send PINGs after ``interval`` s of silence; give up after ``count`` unanswered."""
+        if self._keepalive is None:
+            self._keepalive = KeepaliveTracker(interval, count, time.monotonic())
+
+    def _keep_alive(self) -> None:
+        tracker = self._keepalive
+        if tracker is None:
+            return
+        action = tracker.poll(time.monotonic())
+        if action is KeepaliveAction.SEND_PING:
+            log.debug("keepalive: ping %s", self.description)
+            self.pings_sent += 1
+            self._control.append(self.core.send_ping())
+            if not self._writing:
+                self.write(())
+        elif action is KeepaliveAction.PEER_DEAD:
+            raise self._fail(
+                ConnectionClosed(
+                    f"connection to {self.description} closed: no keepalive response "
+                    f"within {tracker.interval * (tracker.count + 1):g} s"
+                ),
+                warn=True,
+            )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, parts: Sequence[Payload], *, stream: int | None = None) -> None:
+        """Write ``parts`` (one frame, or none to flush waiting control frames) in order.
+
+        While the socket is full, what the peer sends is read and handled. With
+        ``stream``, a failure the peer reports on that stream meanwhile stops the
+        write (``stream_failed`` tells); the frame is then cut short, so the
+        connection is marked failed.
+
+        Raises:
+            TransportError: the connection failed (or was cut by a stream failure).
+        """
+        self.check()
+        self._writing = True
+        try:
+            self._write_all([memoryview(part).cast("B") for part in parts if len(part)], stream)
+            while self._control:
+                self._write_all([memoryview(self._control.popleft())], None)
+        finally:
+            self._writing = False
+
+    def _write_all(self, views: list[memoryview], stream: int | None) -> None:
+        while views:
+            try:
+                sent = self._sock.sendmsg(views)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise self._lost(exc) from exc
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if not views:
+                return
+            if sent:
+                views[0] = views[0][sent:]
+            self._wait_writable(stream)
+
+    def _wait_writable(self, stream: int | None) -> None:
+        self._poller.modify(self._fd, select.POLLIN | select.POLLOUT)
+        try:
+            ready = self._poller.poll(_WRITE_POLL_MS)
+        finally:
+            self._poller.modify(self._fd, select.POLLIN)
+        if any(mask & (select.POLLIN | select.POLLHUP | select.POLLERR) for _, mask in ready):
+            self._read()
+        if stream is not None and stream not in self._sinks:
+            raise self._fail(
+                ConnectionClosed(f"the stream was ended by {self.description} during a write")
+            )
+        self._keep_alive()
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeoutError(f"{self.description} does not read in time")
+
+    # -- whole files -----------------------------------------------------------------------------
+
+    async def upload_file(
+        self,
+        volume: VolumeLike,
+        path: str | os.PathLike[str],
+        *,
+        offset: int,
+        length: int,
+        sparse: bool | None,
+        detect_zeroes: bool,
+        progress: Progress | None,
+    ) -> TransferResult:
+        """``direct_transfer.upload_file`` over this connection."""
+        from virtvol.client.direct_transfer import upload_file
+
+        return await upload_file(
+            self,
+            volume,
+            path,
+            offset=offset,
+            length=length,
+            sparse=sparse,
+            detect_zeroes=detect_zeroes,
+            progress=progress,
+        )
+
+    async def download_file(
+        self,
+        volume: VolumeLike,
+        path: str | os.PathLike[str],
+        *,
+        offset: int,
+        length: int,
+        sparse: bool | None,
+        detect_zeroes: bool,
+        progress: Progress | None,
+    ) -> TransferResult:
+        """``direct_transfer.download_file`` over this connection."""
+        from virtvol.client.direct_transfer import download_file
+
+        return await download_file(
+            self,
+            volume,
+            path,
+            offset=offset,
+            length=length,
+            sparse=sparse,
+            detect_zeroes=detect_zeroes,
+            progress=progress,
+        )
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket; later calls raise ``ConnectionClosed``."""
+        self._fail(ConnectionClosed("the connection is closed"))
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for: ``close`` closed the socket."""
+
+
+# How long one wait for a full socket lasts before keepalive and deadlines are checked.
+_WRITE_POLL_MS = 1000

@@ -1,0 +1,382 @@
+"""Moving whole files over a ``DirectRpc`` connection, in the calling thread.
+
+The same promises as ``transfer`` (which serves event-loop connections): holes
+and, with ``detect_zeroes``, all-zero blocks travel as skips on a sparse
+stream and as zeros on a dense one; a download appears at its path only once
+the stream finished cleanly, in an ``AtomicFile``. Only the driving differs:
+one thread reads the file and writes the socket in turn, or reads the socket
+and writes the file, with no thread hops and no queues. The kernel's socket
+buffers keep the peer busy while the file is read or written, and the disk's
+read-ahead and writeback run on their own.
+
+Upload: ``read_pieces`` fills a buffer with as many extents as fit (a
+fragmented image costs one call per buffer, not per extent), ``piece_runs``
+splits it by the zero rule, data runs go out as frames pointing into the
+buffer (written before the buffer is filled again), zero runs merge into
+skips. Download: every data frame is written to the file from the frame
+buffer it arrived in, as it arrives.
+
+Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
+awaited for ``ABORT_WAIT`` seconds) and removes a download's temporary file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from virtvol.client.errors import (
+    LibvirtError,
+    StreamError,
+    TransportError,
+    error_from_remote,
+)
+from virtvol.client.transfer_base import (
+    FRAME_DATA_MAX,
+    TransferResult,
+    at_stage,
+    negotiate_stream,
+    piece_runs,
+)
+from virtvol.protocol import procedures
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import (
+    StreamDataReceived,
+    StreamEndReceived,
+    StreamFailed,
+    StreamFinished,
+    StreamHoleReceived,
+)
+from virtvol.protocol.exceptions import LocalProtocolError
+from virtvol.sparse.reader import SparseReader
+from virtvol.sparse.writer import AtomicFile, SparseWriter
+from virtvol.sparse.zeros import zero_view
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from virtvol.client.interfaces import VolumeLike
+    from virtvol.client.rpc import StreamEvent
+    from virtvol.client.transfer_base import Progress
+    from virtvol.protocol.connection import Connection as ProtocolCore
+    from virtvol.protocol.frames import Payload
+    from virtvol.protocol.procedures import Procedure
+    from virtvol.protocol.xdr import XdrStruct
+
+__all__ = ["download_file", "upload_file"]
+
+# Bytes read from the source per ``read_pieces`` call (sent as frames of FRAME_DATA_MAX).
+READ_BUFFER = 4 * FRAME_DATA_MAX
+# Seconds an aborted stream waits for the peer's confirmation.
+ABORT_WAIT = 30.0
+
+
+class DirectRpc(Protocol):
+    """What a stream uses of ``direct.DirectRpc``."""
+
+    core: ProtocolCore
+
+    @property
+    def failure(self) -> TransportError | None: ...
+
+    def start_call(
+        self,
+        procedure: Procedure[Any, Any],
+        args: XdrStruct | None = None,
+        *,
+        sink: Callable[[StreamEvent], None] | None = None,
+    ) -> int: ...
+
+    def wait_reply(self, serial: int, name: str, timeout: float | None = None) -> Any: ...
+
+    def forget_sink(self, serial: int) -> None: ...
+
+    def receive(self, limit: float | None = None) -> None: ...
+
+    def write(self, parts: Sequence[Payload], *, stream: int | None = None) -> None: ...
+
+
+class _Stream:
+    """One stream on a ``DirectRpc``: its opening with negotiation, its frames, its end."""
+
+    def __init__(
+        self,
+        rpc: DirectRpc,
+        volume: VolumeLike,
+        procedure: Procedure[r.VolTransferArgs, None],
+        *,
+        offset: int,
+        length: int,
+        on_data: Callable[[StreamEvent], None] | None = None,
+    ) -> None:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        self.rpc = rpc
+        self.volume = volume
+        self.procedure = procedure
+        self.offset = offset
+        self.length = length
+        self.serial = -1
+        self.sparse = False
+        self.fell_back = False
+        self.done = False
+        self.error: LibvirtError | None = None
+        self._on_data = on_data
+
+    async def open(self, requested: bool | None, direction: str) -> None:
+        try:
+            self.sparse, self.fell_back = await negotiate_stream(
+                self.volume, requested, direction, self._open_call
+            )
+        except LibvirtError as exc:
+            raise at_stage(exc, "open") from exc.__cause__
+
+    async def _open_call(self, flags: int) -> None:
+        args = r.VolTransferArgs(self.volume.wire, self.offset, self.length, flags)
+        serial = self.rpc.start_call(self.procedure, args, sink=self._event)
+        self.serial = serial
+        try:
+            self.rpc.wait_reply(serial, self.procedure.name)
+        except BaseException:
+            self.rpc.forget_sink(serial)
+            raise
+
+    def _event(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamFinished):
+            self.done = True
+        elif isinstance(event, StreamFailed):
+            self.done = True
+            self.error = error_from_remote(event.error)
+        elif self._on_data is not None:
+            self._on_data(event)
+
+    def _ended(self) -> bool:
+        return self.done
+
+    def check(self) -> None:
+        """Raise the error the peer reported on the stream, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def send_data(self, data: memoryview) -> None:
+        try:
+            head, payload = self.rpc.core.send_data(self.serial, data)
+        except LocalProtocolError as exc:
+            raise StreamError(str(exc)) from None
+        self.rpc.write((head, payload), stream=self.serial)
+
+    def send_hole(self, length: int) -> None:
+        try:
+            frame = self.rpc.core.send_hole(self.serial, length)
+        except LocalProtocolError as exc:
+            raise StreamError(str(exc)) from None
+        self.rpc.write((frame,), stream=self.serial)
+
+    def wait_done(self) -> None:
+        """Wait for the peer's end of the stream; raise the error it reported."""
+        while not self.done:
+            self.rpc.receive()
+        self.check()
+
+    def finish(self) -> None:
+        """Send our finish and wait for the peer's confirmation."""
+        try:
+            frame = self.rpc.core.send_finish(self.serial)
+        except LocalProtocolError as exc:
+            raise StreamError(str(exc), stage="finish") from None
+        self.rpc.write((frame,))
+        try:
+            self.wait_done()
+        except LibvirtError as exc:
+            raise at_stage(exc, "finish") from exc.__cause__
+
+    def abort(self) -> None:
+        """Abort the stream and wait a while for the peer's confirmation (errors swallowed)."""
+        if self.done or self.serial < 0 or self.rpc.failure is not None:
+            return
+        try:
+            self.rpc.write((self.rpc.core.send_abort(self.serial),))
+            limit = time.monotonic() + ABORT_WAIT
+            while not self._ended() and time.monotonic() < limit:
+                self.rpc.receive(limit)
+        except (LocalProtocolError, TransportError, TimeoutError):
+            pass
+
+
+async def upload_file(
+    rpc: DirectRpc,
+    volume: VolumeLike,
+    path: str | os.PathLike[str],
+    *,
+    offset: int = 0,
+    length: int = 0,
+    sparse: bool | None = None,
+    detect_zeroes: bool = True,
+    progress: Progress | None = None,
+) -> TransferResult:
+    """Upload a local file into ``volume`` (the arguments of ``transfer.upload_file``)."""
+    started = time.monotonic()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        source = SparseReader(fd, 0, length)
+    except BaseException:
+        os.close(fd)
+        raise
+    with source:
+        stream = _Stream(rpc, volume, procedures.STORAGE_VOL_UPLOAD, offset=offset, length=length)
+        await stream.open(sparse, "upload")
+        try:
+            data, holes = _send_file(stream, source, detect_zeroes, progress)
+            stream.finish()
+        except BaseException:
+            stream.abort()
+            raise
+    return TransferResult(
+        data_bytes=data,
+        hole_bytes=holes,
+        zero_bytes=0,
+        seconds=time.monotonic() - started,
+        sparse=stream.sparse,
+        fell_back=stream.fell_back,
+    )
+
+
+def _send_file(
+    stream: _Stream, source: SparseReader, detect_zeroes: bool, progress: Progress | None
+) -> tuple[int, int]:
+    """Send the source's data and holes; returns (data bytes, hole bytes) as they travelled."""
+    buffer = bytearray(READ_BUFFER)
+    view = memoryview(buffer)
+    end = source.end
+    data = holes = pending_hole = 0
+
+    def send_hole(length: int) -> None:
+        nonlocal data, holes
+        if stream.sparse:
+            stream.send_hole(length)
+            holes += length
+            return
+        while length:  # a dense stream carries holes as zeros
+            count = min(length, FRAME_DATA_MAX)
+            stream.send_data(zero_view(count))
+            data += count
+            length -= count
+
+    while True:
+        position = source.position
+        pieces = source.read_pieces(buffer)
+        if not pieces:
+            break
+        for zero, start, stop in piece_runs(view, pieces, position, detect_zeroes=detect_zeroes):
+            if zero:
+                pending_hole += stop - start
+                continue
+            if pending_hole:
+                send_hole(pending_hole)
+                pending_hole = 0
+            for frame_start in range(start, stop, FRAME_DATA_MAX):
+                frame = view[frame_start : min(stop, frame_start + FRAME_DATA_MAX)]
+                stream.send_data(frame)
+                data += len(frame)
+        stream.check()
+        if progress is not None:
+            # A pending hole counts as a hole only if it will travel as one.
+            if stream.sparse:
+                progress(data, holes + pending_hole)
+            else:
+                progress(data + pending_hole, 0)
+    if source.end < end:
+        raise OSError(f"the source file shrank while reading it (at {source.end})")
+    if pending_hole:
+        send_hole(pending_hole)
+    if progress is not None:
+        progress(data, holes)
+    return data, holes
+
+
+async def download_file(
+    rpc: DirectRpc,
+    volume: VolumeLike,
+    path: str | os.PathLike[str],
+    *,
+    offset: int = 0,
+    length: int = 0,
+    sparse: bool | None = None,
+    detect_zeroes: bool = True,
+    progress: Progress | None = None,
+) -> TransferResult:
+    """Download ``volume`` into a local sparse file (the arguments of
+    ``transfer.download_file``): it appears at ``path`` only once complete."""
+    started = time.monotonic()
+    _refuse_directory(os.fspath(path))
+    with AtomicFile(path) as output:
+        receiver = _Receiver(SparseWriter(output.fd, detect_zeroes=detect_zeroes), progress)
+        stream = _Stream(
+            rpc,
+            volume,
+            procedures.STORAGE_VOL_DOWNLOAD,
+            offset=offset,
+            length=length,
+            on_data=receiver.event,
+        )
+        await stream.open(sparse, "download")
+        try:
+            while not receiver.ended and not stream.done:
+                rpc.receive()
+                if receiver.failure is not None:
+                    raise receiver.failure
+            stream.check()
+            if not stream.done:
+                stream.finish()
+        except BaseException:
+            stream.abort()
+            raise
+        receiver.writer.finish()
+        output.commit()
+    return TransferResult(
+        data_bytes=receiver.data,
+        hole_bytes=receiver.holes,
+        zero_bytes=receiver.writer.zero_bytes,
+        seconds=time.monotonic() - started,
+        sparse=stream.sparse,
+        fell_back=stream.fell_back,
+    )
+
+
+def _refuse_directory(target: str) -> None:
+    # Found now, not by the final rename after the whole volume went by.
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
+
+
+class _Receiver:
+    """Writes a download's frames into the file as they arrive."""
+
+    def __init__(self, writer: SparseWriter, progress: Progress | None) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.data = 0
+        self.holes = 0
+        self.ended = False
+        # A write that failed: raised by the receiving loop, never inside the protocol core.
+        self.failure: OSError | None = None
+
+    def event(self, event: StreamEvent) -> None:
+        if self.failure is not None:
+            return
+        try:
+            if type(event) is StreamDataReceived:
+                self.writer.write(event.data)
+                self.data += len(event.data)
+            elif isinstance(event, StreamHoleReceived):
+                self.writer.skip(event.length)
+                self.holes += event.length
+            elif isinstance(event, StreamEndReceived):
+                self.ended = True
+        except OSError as exc:
+            self.failure = exc
+            return
+        if self.progress is not None:
+            self.progress(self.data, self.holes)
