@@ -25,6 +25,9 @@ $(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	@# Byte-code now, as an installed package has it: where PYTHONDONTWRITEBYTECODE is set,
+	@# every virtvol command would otherwise compile its modules anew (~50 ms a start).
+	$(BIN)/python -m compileall -q $$($(BIN)/python -c 'import virtvol; print(*virtvol.__path__)') >/dev/null
 	touch $@
 
 # Link rados/rbd into the venv when Debian's packages are there and match its Python.

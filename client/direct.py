@@ -455,6 +455,29 @@ class DirectRpc:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise TimeoutError(f"{self.description} does not read in time")
 
+    # -- the stream adapter: what direct_transfer's streams call ------------------------------
+
+    def send_stream_data(self, serial: int, data: Payload) -> None:
+        """Send one data frame of stream ``serial``; returns once the kernel has it.
+
+        Raises:
+            LocalProtocolError: the stream cannot send data now.
+            TransportError: the connection failed, or the peer ended the stream meanwhile.
+        """
+        self.write(self.core.send_data(serial, data), stream=serial)
+
+    def send_stream_hole(self, serial: int, length: int) -> None:
+        """Send a hole of ``length`` bytes on stream ``serial``."""
+        self.write((self.core.send_hole(serial, length),), stream=serial)
+
+    def finish_stream(self, serial: int) -> None:
+        """Tell the peer that stream ``serial`` is complete (the answer comes to its sink)."""
+        self.write((self.core.send_finish(serial),))
+
+    def abort_stream(self, serial: int) -> None:
+        """Abort stream ``serial`` (the peer's confirmation comes to its sink)."""
+        self.write((self.core.send_abort(serial),))
+
     # -- whole files -----------------------------------------------------------------------------
 
     async def upload_file(

@@ -55,12 +55,11 @@ from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_view
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from virtvol.client.interfaces import VolumeLike
     from virtvol.client.rpc import StreamEvent
     from virtvol.client.transfer_base import Progress
-    from virtvol.protocol.connection import Connection as ProtocolCore
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
     from virtvol.protocol.xdr import XdrStruct
@@ -75,8 +74,6 @@ ABORT_WAIT = 30.0
 
 class DirectRpc(Protocol):
     """What a stream uses of ``direct.DirectRpc``."""
-
-    core: ProtocolCore
 
     @property
     def failure(self) -> TransportError | None: ...
@@ -95,7 +92,13 @@ class DirectRpc(Protocol):
 
     def receive(self, limit: float | None = None) -> None: ...
 
-    def write(self, parts: Sequence[Payload], *, stream: int | None = None) -> None: ...
+    def send_stream_data(self, serial: int, data: Payload) -> None: ...
+
+    def send_stream_hole(self, serial: int, length: int) -> None: ...
+
+    def finish_stream(self, serial: int) -> None: ...
+
+    def abort_stream(self, serial: int) -> None: ...
 
 
 class _Stream:
@@ -162,17 +165,15 @@ class _Stream:
 
     def send_data(self, data: memoryview) -> None:
         try:
-            head, payload = self.rpc.core.send_data(self.serial, data)
+            self.rpc.send_stream_data(self.serial, data)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
-        self.rpc.write((head, payload), stream=self.serial)
 
     def send_hole(self, length: int) -> None:
         try:
-            frame = self.rpc.core.send_hole(self.serial, length)
+            self.rpc.send_stream_hole(self.serial, length)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
-        self.rpc.write((frame,), stream=self.serial)
 
     def wait_done(self) -> None:
         """Wait for the peer's end of the stream; raise the error it reported."""
@@ -183,10 +184,9 @@ class _Stream:
     def finish(self) -> None:
         """Send our finish and wait for the peer's confirmation."""
         try:
-            frame = self.rpc.core.send_finish(self.serial)
+            self.rpc.finish_stream(self.serial)
         except LocalProtocolError as exc:
             raise StreamError(str(exc), stage="finish") from None
-        self.rpc.write((frame,))
         try:
             self.wait_done()
         except LibvirtError as exc:
@@ -197,7 +197,7 @@ class _Stream:
         if self.done or self.serial < 0 or self.rpc.failure is not None:
             return
         try:
-            self.rpc.write((self.rpc.core.send_abort(self.serial),))
+            self.rpc.abort_stream(self.serial)
             limit = time.monotonic() + ABORT_WAIT
             while not self._ended() and time.monotonic() < limit:
                 self.rpc.receive(limit)
