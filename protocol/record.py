@@ -85,42 +85,97 @@ def _make_init(
             return args + tail[len(args) - count :]
         return _checked_arguments(qualname, fields, defaults, args, kwargs)
 
-    # Unrolled for the sizes of the per-frame events; a loop beyond.
+    # Unrolled up to six fields (the per-frame events and the frame header): a loop
+    # over the setters costs a third more. Beyond six, the loop.
     if count == 0:
 
-        def init_empty(self: Any, *args: Any, **kwargs: Any) -> None:
+        def init_0(self: Any, *args: Any, **kwargs: Any) -> None:
             if args or kwargs:
                 arguments(args, kwargs)
 
-        return init_empty
+        return init_0
     if count == 1:
-        (set_first,) = setters
+        (set_a,) = setters
 
-        def init_one(self: Any, *args: Any, **kwargs: Any) -> None:
+        def init_1(self: Any, *args: Any, **kwargs: Any) -> None:
             if kwargs or len(args) != 1:
                 args = arguments(args, kwargs)
-            set_first(self, args[0])
+            set_a(self, args[0])
 
-        return init_one
+        return init_1
     if count == 2:
-        set_first, set_second = setters
+        set_a, set_b = setters
 
-        def init_two(self: Any, *args: Any, **kwargs: Any) -> None:
+        def init_2(self: Any, *args: Any, **kwargs: Any) -> None:
             if kwargs or len(args) != 2:
                 args = arguments(args, kwargs)
-            first, second = args
-            set_first(self, first)
-            set_second(self, second)
+            a, b = args
+            set_a(self, a)
+            set_b(self, b)
 
-        return init_two
+        return init_2
+    if count == 3:
+        set_a, set_b, set_c = setters
 
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        def init_3(self: Any, *args: Any, **kwargs: Any) -> None:
+            if kwargs or len(args) != 3:
+                args = arguments(args, kwargs)
+            a, b, c = args
+            set_a(self, a)
+            set_b(self, b)
+            set_c(self, c)
+
+        return init_3
+    if count == 4:
+        set_a, set_b, set_c, set_d = setters
+
+        def init_4(self: Any, *args: Any, **kwargs: Any) -> None:
+            if kwargs or len(args) != 4:
+                args = arguments(args, kwargs)
+            a, b, c, d = args
+            set_a(self, a)
+            set_b(self, b)
+            set_c(self, c)
+            set_d(self, d)
+
+        return init_4
+    if count == 5:
+        set_a, set_b, set_c, set_d, set_e = setters
+
+        def init_5(self: Any, *args: Any, **kwargs: Any) -> None:
+            if kwargs or len(args) != 5:
+                args = arguments(args, kwargs)
+            a, b, c, d, e = args
+            set_a(self, a)
+            set_b(self, b)
+            set_c(self, c)
+            set_d(self, d)
+            set_e(self, e)
+
+        return init_5
+    if count == 6:
+        set_a, set_b, set_c, set_d, set_e, set_f = setters
+
+        def init_6(self: Any, *args: Any, **kwargs: Any) -> None:
+            if kwargs or len(args) != 6:
+                args = arguments(args, kwargs)
+            a, b, c, d, e, f = args
+            set_a(self, a)
+            set_b(self, b)
+            set_c(self, c)
+            set_d(self, d)
+            set_e(self, e)
+            set_f(self, f)
+
+        return init_6
+
+    def init_n(self: Any, *args: Any, **kwargs: Any) -> None:
         if kwargs or len(args) != count:
             args = arguments(args, kwargs)
         for setter, value in zip(setters, args, strict=False):  # equal lengths
             setter(self, value)
 
-    return init
+    return init_n
 
 
 def _make_eq_and_hash(

@@ -84,6 +84,21 @@ def test_construction_by_position_keyword_and_both() -> None:
     assert StorageVol("p", "v", key="k") == StorageVol("p", "v", "k")
 
 
+@pytest.mark.parametrize("size", range(9))
+def test_records_of_every_size_take_positions_and_keywords(size: int) -> None:
+    # Construction is unrolled for the small sizes: each one, and the loop beyond.
+    fields = [f"field{index}" for index in range(size)]
+    metaclass: Any = type(Record)
+    cls = metaclass(f"Sized{size}", (Record,), {"__annotations__": dict.fromkeys(fields, "int")})
+    values = tuple(range(10, 10 + size))
+    by_position = cls(*values)
+    by_keyword = cls(**dict(zip(reversed(fields), reversed(values), strict=True)))
+    assert by_position == by_keyword
+    assert tuple(getattr(by_position, field) for field in fields) == values
+    with pytest.raises(TypeError, match=f"takes {size} positional arguments but {size + 1}"):
+        cls(*values, 99)
+
+
 def test_defaults_fill_what_a_call_leaves_out() -> None:
     assert StreamHole(5) == StreamHole(5, 0) == StreamHole(length=5)
     assert (_Point(1, 2).label, _Point(1, 2).weight) == ("origin", 1.0)
