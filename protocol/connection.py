@@ -28,7 +28,6 @@ caller (see ``virtvol.protocol.keepalive``).
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 from typing import Any
 
 from virtvol.protocol.constants import (
@@ -53,6 +52,7 @@ from virtvol.protocol.exceptions import (
 from virtvol.protocol.frames import Frame, FrameReader, Header, Payload, encode_frame, encode_head
 from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.procedures import PROCEDURES, Procedure
+from virtvol.protocol.record import Record
 from virtvol.protocol.remote import RemoteError, StreamHole
 from virtvol.protocol.stream import Side, Stream, StreamInput
 from virtvol.protocol.xdr import XdrStruct
@@ -64,8 +64,7 @@ _ENDED_STREAMS_KEPT = 64
 # Events
 
 
-@dataclass(frozen=True, slots=True)
-class CallReceived:
+class CallReceived(Record):
     """Server: a call to serve. ``args`` is None for procedures without arguments."""
 
     serial: int
@@ -73,8 +72,7 @@ class CallReceived:
     args: XdrStruct | None
 
 
-@dataclass(frozen=True, slots=True)
-class CallRejected:
+class CallRejected(Record):
     """Server: a call that cannot be served; send ``error`` with ``reply_error``."""
 
     serial: int
@@ -82,8 +80,7 @@ class CallRejected:
     error: RemoteError
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyReceived:
+class ReplyReceived(Record):
     """Client: the successful result of a call (None for void results)."""
 
     serial: int
@@ -91,8 +88,7 @@ class ReplyReceived:
     result: XdrStruct | None
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorReplyReceived:
+class ErrorReplyReceived(Record):
     """Client: a call failed."""
 
     serial: int
@@ -100,74 +96,63 @@ class ErrorReplyReceived:
     error: RemoteError
 
 
-@dataclass(frozen=True, slots=True)
-class StreamDataReceived:
+class StreamDataReceived(Record):
     serial: int
     data: Payload
 
 
-@dataclass(frozen=True, slots=True)
-class StreamHoleReceived:
+class StreamHoleReceived(Record):
     serial: int
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEndReceived:
+class StreamEndReceived(Record):
     """Client: the server's EOF frame ended a download."""
 
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamFinishReceived:
+class StreamFinishReceived(Record):
     """Server: the client asked to finish the stream; answer with finish_ack or error."""
 
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamAbortReceived:
+class StreamAbortReceived(Record):
     """Server: the client aborted the stream; answer with finish_ack."""
 
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamFinished:
+class StreamFinished(Record):
     """Client: the server confirmed a finish or an abort."""
 
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamFailed:
+class StreamFailed(Record):
     """Client: the server reported an error on the stream, which is now dead."""
 
     serial: int
     error: RemoteError
 
 
-@dataclass(frozen=True, slots=True)
-class PingReceived:
+class PingReceived(Record):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class PongReceived:
+class PongReceived(Record):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
+class MessageReceived(Record):
     """An asynchronous MESSAGE of the REMOTE program (an event), payload undecoded."""
 
     procedure: int
     payload: Payload
 
 
-@dataclass(frozen=True, slots=True)
-class FrameIgnored:
+class FrameIgnored(Record):
     """A frame dropped without an answer, as libvirtd drops it (for logging)."""
 
     header: Header

@@ -7,8 +7,9 @@ virkeepaliveprotocol.x and the public headers).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Literal
+
+from virtvol.protocol.record import Record
 
 # Programs and their versions.
 REMOTE_PROGRAM = 0x20008086
@@ -209,8 +210,7 @@ class VolumeType(enum.IntEnum):
     PLOOP = 5
 
 
-@dataclass(frozen=True, slots=True)
-class PoolInfo:
+class PoolInfo(Record):
     """``virStoragePoolInfo``: a pool's state and the sizes in bytes of what holds it.
 
     ``state`` is a plain int when a peer reports a state this module does not know.
@@ -222,8 +222,7 @@ class PoolInfo:
     available: int
 
 
-@dataclass(frozen=True, slots=True)
-class VolumeInfo:
+class VolumeInfo(Record):
     """``virStorageVolInfo``: ``allocation`` is the physical size when asked for it."""
 
     type: VolumeType | int

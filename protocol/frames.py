@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import struct
 import sys
-from dataclasses import dataclass
 
 from virtvol.protocol.constants import (
     FRAME_OVERHEAD,
@@ -39,6 +38,7 @@ from virtvol.protocol.constants import (
     MessageType,
 )
 from virtvol.protocol.exceptions import RemoteProtocolError
+from virtvol.protocol.record import Record
 
 _FRAME_HEAD = struct.Struct(">IIIiiIi")
 # The first fresh allocation for a large payload; it doubles as bytes arrive.
@@ -47,8 +47,7 @@ PAYLOAD_FIRST_STEP = 64 << 10
 Payload = bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(Record):
     """The six header words. ``type`` and ``status`` stay plain ints here: an
     unknown value is the connection's to judge, not the framing's."""
 
@@ -72,8 +71,7 @@ class Header:
         return f"{program} proc={self.procedure} {kind} serial={self.serial} {status}"
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(Record):
     header: Header
     payload: Payload
 

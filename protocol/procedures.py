@@ -13,10 +13,10 @@ entry below, and (if virtvold serves it) its handler in ``daemon/dispatch.py``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from virtvol.protocol import remote as r
+from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     from virtvol.protocol.xdr import XdrStruct
@@ -35,8 +35,7 @@ class StreamDirection(enum.Enum):
     DOWNLOAD = "download"  # server -> client (libvirt's @readstream)
 
 
-@dataclass(frozen=True, slots=True)
-class Procedure(Generic[ArgsT, RetT]):
+class Procedure(Record, Generic[ArgsT, RetT]):
     number: int
     name: str
     args: type[ArgsT] | None

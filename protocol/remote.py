@@ -6,7 +6,6 @@ Names follow libvirt's ``remote_<procedure>_args`` / ``_ret`` in CamelCase.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from virtvol.protocol.constants import (
@@ -45,7 +44,6 @@ U32 = Annotated[int, UInt()]
 U64 = Annotated[int, UHyper()]
 
 
-@dataclass(frozen=True, slots=True)
 class StoragePool(XdrStruct):
     """``remote_nonnull_storage_pool``."""
 
@@ -53,7 +51,6 @@ class StoragePool(XdrStruct):
     uuid: Uuid
 
 
-@dataclass(frozen=True, slots=True)
 class StorageVol(XdrStruct):
     """``remote_nonnull_storage_vol``; ``key`` is the absolute path for a dir pool."""
 
@@ -62,7 +59,6 @@ class StorageVol(XdrStruct):
     key: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class Domain(XdrStruct):
     """``remote_nonnull_domain`` (only ever absent inside an error)."""
 
@@ -71,7 +67,6 @@ class Domain(XdrStruct):
     id: I32
 
 
-@dataclass(frozen=True, slots=True)
 class Network(XdrStruct):
     """``remote_nonnull_network`` (only ever absent inside an error)."""
 
@@ -82,7 +77,6 @@ class Network(XdrStruct):
 ErrorString = Annotated[str | None, Optional(String(MESSAGE_STRING_MAX))]
 
 
-@dataclass(frozen=True, slots=True)
 class RemoteError(XdrStruct):
     """``remote_error``, the payload of every error reply and server stream error."""
 
@@ -113,7 +107,6 @@ class RemoteError(XdrStruct):
         )
 
 
-@dataclass(frozen=True, slots=True)
 class StreamHole(XdrStruct):
     """``virNetStreamHole``: the payload of a skip (STREAM_HOLE) frame."""
 
@@ -124,53 +117,43 @@ class StreamHole(XdrStruct):
 # -- connection ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectOpenArgs(XdrStruct):
     name: OptionalString
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectSupportsFeatureArgs(XdrStruct):
     feature: I32
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectSupportsFeatureRet(XdrStruct):
     supported: I32
 
 
-@dataclass(frozen=True, slots=True)
 class AuthListRet(XdrStruct):
     types: Annotated[tuple[AuthType, ...], Array(Enum(AuthType), REMOTE_AUTH_TYPE_LIST_MAX)]
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectGetTypeRet(XdrStruct):
     type: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectGetVersionRet(XdrStruct):
     hv_ver: U64
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectGetLibVersionRet(XdrStruct):
     lib_ver: U64
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectGetHostnameRet(XdrStruct):
     hostname: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectGetUriRet(XdrStruct):
     uri: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class ConnectEventConnectionClosedMsg(XdrStruct):
     reason: I32
 
@@ -183,26 +166,22 @@ PoolNames = Annotated[
 VolNames = Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_STORAGE_VOL_LIST_MAX)]
 
 
-@dataclass(frozen=True, slots=True)
 class NumRet(XdrStruct):
     """The ``{int num}`` result of the CONNECT_NUM_OF_* and *_NUM_OF_* procedures."""
 
     num: I32
 
 
-@dataclass(frozen=True, slots=True)
 class ListNamesArgs(XdrStruct):
     """``{int maxnames}`` of CONNECT_LIST_(DEFINED_)STORAGE_POOLS."""
 
     maxnames: I32
 
 
-@dataclass(frozen=True, slots=True)
 class ListPoolNamesRet(XdrStruct):
     names: PoolNames
 
 
-@dataclass(frozen=True, slots=True)
 class PoolXmlArgs(XdrStruct):
     """``{xml, flags}`` of STORAGE_POOL_CREATE_XML and STORAGE_POOL_DEFINE_XML."""
 
@@ -210,21 +189,18 @@ class PoolXmlArgs(XdrStruct):
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class PoolRet(XdrStruct):
     """``{pool}``: the result of every call that returns a pool."""
 
     pool: StoragePool
 
 
-@dataclass(frozen=True, slots=True)
 class PoolArgs(XdrStruct):
     """``{pool}``: destroy, undefine, info, autostart get, volume count, is-active/persistent."""
 
     pool: StoragePool
 
 
-@dataclass(frozen=True, slots=True)
 class PoolFlagsArgs(XdrStruct):
     """``{pool, flags}``: create (start), refresh, XML description."""
 
@@ -232,24 +208,20 @@ class PoolFlagsArgs(XdrStruct):
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class LookupByNameArgs(XdrStruct):
     name: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class LookupByUuidArgs(XdrStruct):
     uuid: Uuid
 
 
-@dataclass(frozen=True, slots=True)
 class VolArgs(XdrStruct):
     """``{vol}``: pool lookup by volume, volume info, path."""
 
     vol: StorageVol
 
 
-@dataclass(frozen=True, slots=True)
 class PoolGetInfoRet(XdrStruct):
     state: I32
     capacity: U64
@@ -257,52 +229,43 @@ class PoolGetInfoRet(XdrStruct):
     available: U64
 
 
-@dataclass(frozen=True, slots=True)
 class XmlRet(XdrStruct):
     """``{xml}``: pool and volume XML descriptions."""
 
     xml: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class AutostartRet(XdrStruct):
     autostart: I32
 
 
-@dataclass(frozen=True, slots=True)
 class PoolSetAutostartArgs(XdrStruct):
     pool: StoragePool
     autostart: I32
 
 
-@dataclass(frozen=True, slots=True)
 class PoolListVolumesArgs(XdrStruct):
     pool: StoragePool
     maxnames: I32
 
 
-@dataclass(frozen=True, slots=True)
 class ListVolNamesRet(XdrStruct):
     names: VolNames
 
 
-@dataclass(frozen=True, slots=True)
 class ActiveRet(XdrStruct):
     active: I32
 
 
-@dataclass(frozen=True, slots=True)
 class PersistentRet(XdrStruct):
     persistent: I32
 
 
-@dataclass(frozen=True, slots=True)
 class ListAllPoolsArgs(XdrStruct):
     need_results: I32
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class ListAllPoolsRet(XdrStruct):
     pools: Annotated[
         tuple[StoragePool, ...], Array(StoragePool.codec(), REMOTE_STORAGE_POOL_LIST_MAX)
@@ -310,14 +273,12 @@ class ListAllPoolsRet(XdrStruct):
     ret: U32
 
 
-@dataclass(frozen=True, slots=True)
 class PoolListAllVolumesArgs(XdrStruct):
     pool: StoragePool
     need_results: I32
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class PoolListAllVolumesRet(XdrStruct):
     vols: Annotated[tuple[StorageVol, ...], Array(StorageVol.codec(), REMOTE_STORAGE_VOL_LIST_MAX)]
     ret: U32
@@ -326,14 +287,12 @@ class PoolListAllVolumesRet(XdrStruct):
 # -- volumes --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class VolCreateXmlArgs(XdrStruct):
     pool: StoragePool
     xml: NonnullString
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class VolCreateXmlFromArgs(XdrStruct):
     pool: StoragePool
     xml: NonnullString
@@ -341,14 +300,12 @@ class VolCreateXmlFromArgs(XdrStruct):
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class VolRet(XdrStruct):
     """``{vol}``: the result of every call that returns a volume."""
 
     vol: StorageVol
 
 
-@dataclass(frozen=True, slots=True)
 class VolFlagsArgs(XdrStruct):
     """``{vol, flags}``: delete, wipe, XML description, info with flags."""
 
@@ -356,37 +313,31 @@ class VolFlagsArgs(XdrStruct):
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class VolLookupByNameArgs(XdrStruct):
     pool: StoragePool
     name: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class VolLookupByKeyArgs(XdrStruct):
     key: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class VolLookupByPathArgs(XdrStruct):
     path: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class VolGetInfoRet(XdrStruct):
     type: I32
     capacity: U64
     allocation: U64
 
 
-@dataclass(frozen=True, slots=True)
 class VolGetPathRet(XdrStruct):
     """The path of a volume; libvirt names the field ``name``."""
 
     name: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class VolTransferArgs(XdrStruct):
     """Arguments of STORAGE_VOL_UPLOAD and STORAGE_VOL_DOWNLOAD; flag 1 asks for sparse."""
 
@@ -396,7 +347,6 @@ class VolTransferArgs(XdrStruct):
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class VolResizeArgs(XdrStruct):
     vol: StorageVol
     capacity: U64
@@ -406,7 +356,6 @@ class VolResizeArgs(XdrStruct):
 # -- secrets --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Secret(XdrStruct):
     """``remote_nonnull_secret``: UUID, usage type and usage ID (e.g. the ceph name)."""
 
@@ -418,17 +367,14 @@ class Secret(XdrStruct):
 SecretValue = Annotated[bytes, Opaque(REMOTE_SECRET_VALUE_MAX)]
 
 
-@dataclass(frozen=True, slots=True)
 class ListSecretsArgs(XdrStruct):
     maxuuids: I32
 
 
-@dataclass(frozen=True, slots=True)
 class ListSecretsRet(XdrStruct):
     uuids: Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_SECRET_LIST_MAX)]
 
 
-@dataclass(frozen=True, slots=True)
 class SecretXmlArgs(XdrStruct):
     """``{xml, flags}`` of SECRET_DEFINE_XML."""
 
@@ -436,17 +382,14 @@ class SecretXmlArgs(XdrStruct):
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class SecretRet(XdrStruct):
     secret: Secret
 
 
-@dataclass(frozen=True, slots=True)
 class SecretArgs(XdrStruct):
     secret: Secret
 
 
-@dataclass(frozen=True, slots=True)
 class SecretFlagsArgs(XdrStruct):
     """``{secret, flags}``: XML description, get value."""
 
@@ -454,7 +397,6 @@ class SecretFlagsArgs(XdrStruct):
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class SecretSetValueArgs(XdrStruct):
     secret: Secret
     value: SecretValue
@@ -465,7 +407,6 @@ class SecretSetValueArgs(XdrStruct):
         return f"SecretSetValueArgs(secret={self.secret!r}, value=<{len(self.value)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
 class SecretGetValueRet(XdrStruct):
     value: SecretValue
 
@@ -473,19 +414,16 @@ class SecretGetValueRet(XdrStruct):
         return f"SecretGetValueRet(value=<{len(self.value)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
 class SecretLookupByUsageArgs(XdrStruct):
     usage_type: I32
     usage_id: NonnullString
 
 
-@dataclass(frozen=True, slots=True)
 class ListAllSecretsArgs(XdrStruct):
     need_results: I32
     flags: U32
 
 
-@dataclass(frozen=True, slots=True)
 class ListAllSecretsRet(XdrStruct):
     secrets: Annotated[tuple[Secret, ...], Array(Secret.codec(), REMOTE_SECRET_LIST_MAX)]
     ret: U32

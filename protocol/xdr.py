@@ -1,9 +1,8 @@
 """A typed XDR codec (RFC 4506) for the structs of libvirt's RPC protocol.
 
-Structs are frozen dataclasses deriving from ``XdrStruct`` whose fields carry
-their XDR type in ``Annotated`` metadata::
+Structs are frozen records (``virtvol.protocol.record``) deriving from
+``XdrStruct`` whose fields carry their XDR type in ``Annotated`` metadata::
 
-    @dataclass(frozen=True, slots=True)
     class StoragePool(XdrStruct):
         name: Annotated[str, String(REMOTE_STRING_MAX)]
         uuid: Annotated[bytes, FixedOpaque(16)]
@@ -19,7 +18,6 @@ error. Encoding uses xdrlib3's packer for the primitives.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import struct
 import typing
@@ -28,6 +26,7 @@ from typing import Any, ClassVar, Self
 import xdrlib3
 
 from virtvol.protocol.exceptions import XdrDecodeError, XdrEncodeError
+from virtvol.protocol.record import Record
 
 _INT = struct.Struct(">i")
 _UINT = struct.Struct(">I")
@@ -170,8 +169,7 @@ class Bool(Codec):
         return raw == 1
 
 
-@dataclasses.dataclass(frozen=True)
-class Enum(Codec):
+class Enum(Record, Codec):
     """``enum``: a signed 32-bit value that must be one of ``enum_type``'s members."""
 
     enum_type: type[enum.IntEnum]
@@ -187,8 +185,7 @@ class Enum(Codec):
             raise XdrDecodeError(path, f"{raw} is not a valid {self.enum_type.__name__}") from None
 
 
-@dataclasses.dataclass(frozen=True)
-class String(Codec):
+class String(Record, Codec):
     """``string<maximum>``: length, bytes, padding. Decoded as UTF-8.
 
     Bytes that are not UTF-8 survive a round trip through ``surrogateescape``.
@@ -211,8 +208,7 @@ class String(Codec):
         return reader.variable(self.maximum, path).decode("utf-8", "surrogateescape")
 
 
-@dataclasses.dataclass(frozen=True)
-class Opaque(Codec):
+class Opaque(Record, Codec):
     """``opaque<maximum>``: variable-length bytes."""
 
     maximum: int
@@ -228,8 +224,7 @@ class Opaque(Codec):
         return reader.variable(self.maximum, path)
 
 
-@dataclasses.dataclass(frozen=True)
-class FixedOpaque(Codec):
+class FixedOpaque(Record, Codec):
     """``opaque[size]``: exactly ``size`` bytes (a UUID is ``FixedOpaque(16)``)."""
 
     size: int
@@ -246,8 +241,7 @@ class FixedOpaque(Codec):
         return self.size + (-self.size % 4)
 
 
-@dataclasses.dataclass(frozen=True)
-class Optional(Codec):
+class Optional(Record, Codec):
     """``T *``: a boolean presence flag, then the value when present."""
 
     inner: Codec
@@ -266,8 +260,7 @@ class Optional(Codec):
         return self.inner.unpack(reader, path) if present else None
 
 
-@dataclasses.dataclass(frozen=True)
-class Array(Codec):
+class Array(Record, Codec):
     """``T name<maximum>``: a count, then the elements. Decoded as a tuple."""
 
     inner: Codec
@@ -292,8 +285,7 @@ class Array(Codec):
         return tuple(self.inner.unpack(reader, f"{path}[{index}]") for index in range(count))
 
 
-@dataclasses.dataclass(frozen=True)
-class Struct(Codec):
+class Struct(Record, Codec):
     """A nested ``XdrStruct``."""
 
     struct_type: type[XdrStruct]
@@ -311,8 +303,8 @@ class Struct(Codec):
 _Field = tuple[str, Codec]
 
 
-class XdrStruct:
-    """Base of every XDR struct: subclasses are frozen dataclasses with annotated fields."""
+class XdrStruct(Record):
+    """Base of every XDR struct: subclasses are frozen records with annotated fields."""
 
     __slots__ = ()
     _xdr_fields: ClassVar[tuple[_Field, ...] | None] = None
@@ -344,8 +336,8 @@ class XdrStruct:
     @classmethod
     def unpack(cls, reader: Reader, path: str = "") -> Self:
         prefix = path or cls.__name__
-        values = {name: codec.unpack(reader, f"{prefix}.{name}") for name, codec in cls.fields()}
-        return cls(**values)
+        # By position, in field order: the cheapest way to build a record.
+        return cls(*[codec.unpack(reader, f"{prefix}.{name}") for name, codec in cls.fields()])
 
     def encode(self) -> bytes:
         """The XDR bytes of this value."""
@@ -363,11 +355,9 @@ class XdrStruct:
         return value
 
 
-def _compile_fields(cls: type) -> list[_Field]:
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls.__name__} must be a dataclass")
+def _compile_fields(cls: type[XdrStruct]) -> list[_Field]:
     hints = typing.get_type_hints(cls, include_extras=True)
-    return [(field.name, _codec_for(hints[field.name], cls)) for field in dataclasses.fields(cls)]
+    return [(field, _codec_for(hints[field], cls)) for field in cls._record_fields]
 
 
 def _codec_for(hint: Any, owner: type) -> Codec:
