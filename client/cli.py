@@ -21,7 +21,6 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 from virtvol.client.cli_args import (
@@ -51,6 +50,7 @@ from virtvol.protocol.constants import (
     VolCreateFlags,
     VolDeleteFlags,
 )
+from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     import asyncio
@@ -1086,8 +1086,7 @@ class _LowercaseLevelFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
-@dataclass
-class _Invocation:
+class _Invocation(Record):
     """What the command line asks for: a text to print (help, version), or a command."""
 
     args: argparse.Namespace

@@ -17,8 +17,9 @@ The error texts are virsh's, so that a typo reads the same in both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,8 +40,7 @@ class ArgumentError(Exception):
     """A command line virsh would refuse; the message is virsh's."""
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
+class Option(Record):
     """One option of a command.
 
     Attributes:
@@ -62,8 +62,7 @@ class Option:
         return self.name.replace("-", "_")
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(Record):
     """A command: its name, what it does, its options and their exclusions.
 
     Attributes:
@@ -80,7 +79,7 @@ class Command:
     description: str
     group: str
     options: tuple[Option, ...]
-    exclusive: tuple[tuple[str, str], ...] = field(default=())
+    exclusive: tuple[tuple[str, str], ...] = ()
 
     def option(self, name: str) -> Option | None:
         for opt in self.options:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from virtvol.client.errors import InvalidURI
+from virtvol.protocol.record import Record
 
 __all__ = ["ClientConfig", "config_path", "load_client_config"]
 
@@ -33,8 +33,7 @@ _TOKEN = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
+class ClientConfig(Record):
     """The settings of libvirt's client configuration that choose the URI.
 
     Attributes:

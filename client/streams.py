@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
@@ -35,6 +34,7 @@ from virtvol.protocol.connection import (
     StreamHoleReceived,
 )
 from virtvol.protocol.exceptions import LocalProtocolError
+from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,8 +56,7 @@ READ_MAX_ITEMS = 256
 _ZEROS = bytes(FRAME_DATA_MAX)
 
 
-@dataclass(frozen=True, slots=True)
-class Hole:
+class Hole(Record):
     """A run of ``length`` bytes that read as zeros and were not sent."""
 
     length: int

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virtvol.client.errors import InvalidArgument, LibvirtError, SparseUnsupported
 from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.record import Record
 from virtvol.sparse.zeros import zero_runs
 
 if TYPE_CHECKING:
@@ -55,8 +55,7 @@ FRAME_DATA_MAX = 1024 * 1024
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class TransferResult:
+class TransferResult(Record):
     """What a file transfer moved.
 
     Attributes:

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 
 from virtvol.client.errors import InvalidURI
 from virtvol.client.libvirt_conf import ClientConfig, load_client_config
 from virtvol.protocol.constants import ConnectOpenFlags
+from virtvol.protocol.record import Record
 
 __all__ = [
     "DEFAULT_URI_ENV",
@@ -82,8 +82,7 @@ OPEN_USER = 2
 _RUN_DIR = "/var/run/libvirt"
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(Record):
     """Where and how to connect, derived from a URI.
 
     Attributes:

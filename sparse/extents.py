@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,8 +24,7 @@ __all__ = ["Extent", "iter_extents", "next_extent"]
 _NO_EXTENT_INFO = {errno.ESPIPE, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
-@dataclass(frozen=True, slots=True)
-class Extent:
+class Extent(Record):
     """A run of bytes ``[start, start + length)`` that is either data or a hole."""
 
     start: int

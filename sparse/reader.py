@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import queue
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from virtvol.protocol.record import Record
 
 from .cache import ReadWindow
 from .extents import Extent, next_extent
@@ -38,8 +39,7 @@ CACHE_WINDOW = 32 << 20
 PIECES_PER_READ = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(Record):
     """One step of a read: ``length`` bytes of data (in the caller's buffer) or of hole.
 
     A zero ``length`` marks the end.
