@@ -128,7 +128,7 @@ def event_loop_connect_error(uri: str) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("transport", ["unix"])
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_unreachable_daemon_reads_as_libvirt_says_it(tmp_path: Path, transport: str) -> None:
     if transport == "unix":
         uri = f"storage+unix:///system?socket={tmp_path / 'missing-sock'}"
