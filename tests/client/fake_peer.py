@@ -4,10 +4,12 @@
 a thread with the protocol core (``Side.SERVER``): it answers the handshake and
 the goodbye by itself and hands every other call to a handler the test sets
 (``handlers[procedure] = fn(peer, event)``). It keeps every byte the client sent
-(``received``) and every event they made (``events``); it answers the client's
+(``received``) and every event they made (``events``), calls ``on_data`` for
+each data frame of an upload; it answers the client's
 PINGs with PONGs unless ``silent``, confirms finishes and aborts, and can stop
 reading (``stop_reading``: the client's socket fills up) or hang up (``hang_up``).
-Data frames of an upload are counted (``data_bytes``), not kept.
+Data frames of an upload are counted (``data_bytes``), not kept. Helpers send
+frames as a handler needs them: ``reply``, ``send``, and the core (``core``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class FakePeer:
         self.core = Connection(Side.SERVER)
         self.keepalive = keepalive
         self.handlers: dict[int, Callable[[FakePeer, CallReceived], None]] = {}
+        self.on_data: Callable[[FakePeer, StreamDataReceived], None] | None = None
         self.received = bytearray()
         self.events: list[Event] = []
         self.calls: list[int] = []
@@ -157,6 +160,8 @@ class FakePeer:
     def _handle(self, event: Event) -> None:
         if isinstance(event, StreamDataReceived):
             self.data_bytes += len(event.data)
+            if self.on_data is not None:
+                self.on_data(self, event)
             return
         if self.silent:
             return

@@ -1,0 +1,290 @@
+"""The blocking engine (``direct``) when things go wrong: call timeouts, keepalive,
+peers that stop reading, hang up or fail a stream, local write failures and
+interruptions in the middle of a transfer.
+
+Most peers are ``FakePeer`` scripts (the failure is then certain and exact); the
+transfers that must leave a real daemon healthy run against virtvold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import resource
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.client.fake_peer import VOLUME, FakePeer
+from tests.client.helpers import MIB, assert_same_file
+from virtvol.client.direct import DirectRpc, open_direct, run_blocking
+from virtvol.client.errors import CallTimeout, ConnectionClosed, TransportError
+from virtvol.client.objects import StorageVolume
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import (
+    CallReceived,
+    Connection,
+    PingReceived,
+    PongReceived,
+    Side,
+)
+from virtvol.protocol.constants import DriverFeature
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
+    from virtvol.client.connection import Connection as ClientConnection
+
+INTERVAL, COUNT = 0.2, 2
+# What a dead peer may take: interval * (count + 1), plus scheduling slack.
+DEAD_PEER_LIMIT = INTERVAL * (COUNT + 1) + 0.6
+
+
+def open_conn(uri: str, **kwargs: Any) -> ClientConnection:
+    kwargs.setdefault("keepalive", (INTERVAL, COUNT))
+    return run_blocking(open_direct(uri, **kwargs))
+
+
+def rpc_of(conn: ClientConnection) -> DirectRpc:
+    rpc = conn._rpc
+    assert isinstance(rpc, DirectRpc)
+    return rpc
+
+
+def fake_volume(conn: ClientConnection) -> StorageVolume:
+    return StorageVolume.from_wire(conn, VOLUME)
+
+
+def real_volume(conn: ClientConnection, name: str = "vol") -> StorageVolume:
+    async def lookup() -> StorageVolume:
+        pool = await conn.lookup_pool_by_name("default")
+        return await pool.lookup_volume(name)
+
+    return run_blocking(lookup())
+
+
+def data_file(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes with no zero block (all of it travels as data)."""
+    block = bytes(range(1, 256)) * 4112  # 1048560 bytes, no zero byte
+    with path.open("wb") as f:
+        while f.tell() < size:
+            f.write(block[: size - f.tell()])
+    return path
+
+
+def close(conn: ClientConnection) -> None:
+    run_blocking(conn.close())
+
+
+# -- calls ---------------------------------------------------------------------------------
+
+
+def test_call_timeout_leaves_the_connection_usable(tmp_path: Path) -> None:
+    held: list[int] = []
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_GET_TYPE] = lambda _p, event: held.append(event.serial)
+        conn = open_conn(peer.uri)
+        rpc = rpc_of(conn)
+        started = time.monotonic()
+        with pytest.raises(CallTimeout, match=r"no answer to CONNECT_GET_TYPE .* within 0.2 s"):
+            run_blocking(conn.get_type(timeout=0.2))
+        assert 0.2 <= time.monotonic() - started < 1.0
+        assert len(held) == 1
+        # The late answer is dropped; the next call gets its own.
+        peer.reply(held[0], r.ConnectGetTypeRet(type="late"))
+        assert run_blocking(conn.supports_feature(DriverFeature.REMOTE_CLOSE_CALLBACK))
+        assert rpc._replies == {}
+        assert conn.is_alive
+        close(conn)
+
+
+def test_a_ping_during_a_call_is_answered_with_a_pong(tmp_path: Path) -> None:
+    marks: list[int] = []
+
+    def ping_then_answer(peer: FakePeer, event: CallReceived) -> None:
+        marks.append(len(peer.received))
+        peer.send(peer.core.send_ping())
+        threading.Timer(
+            0.3, peer.reply, (event.serial, r.ConnectGetTypeRet(type="storage"))
+        ).start()
+
+    with FakePeer(tmp_path) as peer:  # no keepalive feature: the client sends no PINGs
+        peer.handlers[Proc.CONNECT_GET_TYPE] = ping_then_answer
+        conn = open_conn(peer.uri)
+        assert run_blocking(conn.get_type()) == "storage"
+        rpc = rpc_of(conn)
+        assert rpc.pings_received == 1
+        assert rpc.pings_sent == 0
+        # The very next bytes the peer got after its PING: one PONG frame, whole.
+        pong = Connection(Side.CLIENT).send_pong()
+        assert bytes(peer.received[marks[0] : marks[0] + len(pong)]) == pong
+        assert sum(isinstance(e, PongReceived) for e in peer.events) == 1
+        close(conn)
+
+
+def test_a_peer_that_goes_silent_fails_the_call_by_keepalive(tmp_path: Path) -> None:
+    with FakePeer(tmp_path, keepalive=True) as peer:
+        conn = open_conn(peer.uri)
+        assert conn.keepalive_supported
+        peer.silent = True
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed, match=r"no keepalive response within 0\.6 s"):
+            run_blocking(conn.get_type())
+        elapsed = time.monotonic() - started
+        assert INTERVAL * COUNT <= elapsed < DEAD_PEER_LIMIT
+        assert rpc_of(conn).pings_sent == COUNT
+        deadline = time.monotonic() + 2
+        while sum(isinstance(e, PingReceived) for e in peer.events) < COUNT:
+            assert time.monotonic() < deadline, "the PINGs never reached the peer"
+            time.sleep(0.01)
+        assert not conn.is_alive
+        close(conn)  # nothing to say goodbye on
+
+
+# -- uploads to a peer that stops reading --------------------------------------------------
+
+
+def stop_reading_after_reply(peer: FakePeer, event: CallReceived) -> None:
+    peer.reply(event.serial)
+    peer.stop_reading()
+
+
+def test_a_ping_while_a_write_waits_is_answered_after_the_frame(tmp_path: Path) -> None:
+    source = data_file(tmp_path / "src.img", 8 * MIB)
+
+    def ping_while_full(peer: FakePeer, event: CallReceived) -> None:
+        stop_reading_after_reply(peer, event)
+
+        def ping_and_resume() -> None:
+            peer.send(peer.core.send_ping())
+            time.sleep(0.2)  # the client reads the PING while its frame is half written
+            peer.resume_reading()
+
+        threading.Timer(0.3, ping_and_resume).start()
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = ping_while_full
+        conn = open_conn(peer.uri)
+        result = run_blocking(fake_volume(conn).upload_file(source, sparse=False))
+        assert result.data_bytes == 8 * MIB
+        assert rpc_of(conn).pings_received == 1
+        assert peer.protocol_error is None  # the PONG did not land inside a data frame
+        assert sum(isinstance(e, PongReceived) for e in peer.events) == 1
+        assert peer.data_bytes == 8 * MIB
+        close(conn)
+
+
+# -- downloads that break --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", ["between frames", "inside a frame"])
+def test_a_download_cut_short_leaves_no_file(tmp_path: Path, cut: str) -> None:
+    chunk = bytes(range(1, 256)) * 256
+
+    def send_then_hang_up(peer: FakePeer, event: CallReceived) -> None:
+        peer.reply(event.serial)
+        for _ in range(3):
+            peer.send(b"".join(peer.core.send_data(event.serial, chunk)))
+        if cut == "inside a frame":
+            head, payload = peer.core.send_data(event.serial, chunk)
+            peer.send(head + payload[: len(chunk) // 2])
+        peer.hang_up()
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_then_hang_up
+        conn = open_conn(peer.uri)
+        with pytest.raises(ConnectionClosed, match="disconnected from"):
+            run_blocking(fake_volume(conn).download_file(work / "down.img"))
+        close(conn)
+    assert list(work.iterdir()) == []
+
+
+def test_a_download_whose_peer_breaks_the_protocol_leaves_no_file(tmp_path: Path) -> None:
+    def send_garbage(peer: FakePeer, event: CallReceived) -> None:
+        peer.reply(event.serial)
+        peer.send(b"\x00\x00\x00\x1c" + b"\xff" * 24)  # a frame of an unknown program
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_garbage
+        conn = open_conn(peer.uri)
+        with pytest.raises(TransportError, match="protocol error"):
+            run_blocking(fake_volume(conn).download_file(work / "down.img"))
+        assert not conn.is_alive
+        close(conn)
+    assert list(work.iterdir()) == []
+
+
+@contextlib.contextmanager
+def lowered_file_size_limit(limit: int) -> Iterator[None]:
+    """Files this process writes may not grow past ``limit`` bytes (root included):
+    a write beyond fails with EFBIG (SIGXFSZ is ignored meanwhile)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_local_write_failure_aborts_the_download(virtvold: Virtvold, tmp_path: Path) -> None:
+    data_file(virtvold.pool_dir / "vol", 8 * MIB)
+    work = tmp_path / "work"
+    work.mkdir()
+    conn = open_conn(virtvold.unix_uri)
+    try:
+        vol = real_volume(conn)
+        with lowered_file_size_limit(MIB), pytest.raises(OSError, match="File too large") as caught:
+            run_blocking(vol.download_file(work / "down.img"))
+        assert caught.value.errno == errno.EFBIG
+        assert list(work.iterdir()) == []
+        # The stream was aborted and confirmed: the connection goes on.
+        assert run_blocking(conn.get_type()) == "storage"
+    finally:
+        close(conn)
+    again = open_conn(virtvold.tcp_uri)
+    try:
+        run_blocking(real_volume(again).download_file(work / "down.img"))
+    finally:
+        close(again)
+    assert_same_file(virtvold.pool_dir / "vol", work / "down.img")
+
+
+# -- uploads interrupted by the caller -----------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_error_from_the_upload_progress_aborts_it(
+    virtvold: Virtvold, tmp_path: Path, error: type[BaseException]
+) -> None:
+    source = data_file(tmp_path / "src.img", 16 * MIB)
+    old = b"previous contents" * 1000
+    (virtvold.pool_dir / "vol").write_bytes(old)
+    calls: list[int] = []
+
+    def progress(data: int, holes: int) -> None:
+        calls.append(data)
+        if data >= 4 * MIB:
+            raise error("stop")
+
+    conn = open_conn(virtvold.tcp_uri)
+    try:
+        with pytest.raises(error, match="stop"):
+            run_blocking(real_volume(conn).upload_file(source, progress=progress))
+        assert 0 < calls[-1] < 16 * MIB
+        assert run_blocking(conn.get_type()) == "storage"  # aborted, confirmed, goes on
+    finally:
+        close(conn)
+    assert (virtvold.pool_dir / "vol").read_bytes() == old
+    assert virtvold.process.poll() is None
