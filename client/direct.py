@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import select
 import socket
 import time
@@ -305,21 +306,21 @@ class DirectRpc:
             TimeoutError: the connection's ``deadline`` passed.
         """
         self.check()
-        now = time.monotonic()
-        if self.deadline is not None:
-            if now >= self.deadline:
-                raise TimeoutError(f"no answer from {self.description} in time")
-            limit = self.deadline if limit is None else min(limit, self.deadline)
-        if self._keepalive is not None:
-            limit = (
-                self._keepalive.deadline()
-                if limit is None
-                else min(limit, self._keepalive.deadline())
-            )
-        wait_ms = None if limit is None else max(0, round((limit - now) * 1000))
-        if self._poller.poll(wait_ms):
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeoutError(f"no answer from {self.description} in time")
+        if self._poller.poll(self._wait_ms(limit)):
             self._read()
         self._keep_alive()
+
+    def _wait_ms(self, limit: float | None) -> int | None:
+        """Milliseconds a poll may wait: until ``limit``, the connection's deadline or
+        the keepalive's next step, whichever comes first (None: no end)."""
+        ends = [end for end in (limit, self.deadline) if end is not None]
+        if self._keepalive is not None:
+            ends.append(self._keepalive.deadline())
+        if not ends:
+            return None
+        return max(0, math.ceil((min(ends) - time.monotonic()) * 1000))
 
     def _read(self) -> None:
         try:
@@ -442,7 +443,7 @@ class DirectRpc:
     def _wait_writable(self, stream: int | None) -> None:
         self._poller.modify(self._fd, select.POLLIN | select.POLLOUT)
         try:
-            ready = self._poller.poll(_WRITE_POLL_MS)
+            ready = self._poller.poll(self._wait_ms(None))
         finally:
             self._poller.modify(self._fd, select.POLLIN)
         if any(mask & (select.POLLIN | select.POLLHUP | select.POLLERR) for _, mask in ready):
@@ -516,7 +517,3 @@ class DirectRpc:
 
     async def wait_closed(self) -> None:
         """Nothing to wait for: ``close`` closed the socket."""
-
-
-# How long one wait for a full socket lasts before keepalive and deadlines are checked.
-_WRITE_POLL_MS = 1000

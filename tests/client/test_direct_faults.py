@@ -155,6 +155,25 @@ def stop_reading_after_reply(peer: FakePeer, event: CallReceived) -> None:
     peer.stop_reading()
 
 
+def test_a_peer_that_stops_reading_and_answering_fails_the_upload_by_keepalive(
+    tmp_path: Path,
+) -> None:
+    source = data_file(tmp_path / "src.img", 16 * MIB)
+
+    def go_dead(peer: FakePeer, event: CallReceived) -> None:
+        stop_reading_after_reply(peer, event)
+        peer.silent = True
+
+    with FakePeer(tmp_path, keepalive=True) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = go_dead
+        conn = open_conn(peer.uri)
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed, match="no keepalive response"):
+            run_blocking(fake_volume(conn).upload_file(source))
+        assert time.monotonic() - started < DEAD_PEER_LIMIT
+        close(conn)
+
+
 def test_a_ping_while_a_write_waits_is_answered_after_the_frame(tmp_path: Path) -> None:
     source = data_file(tmp_path / "src.img", 8 * MIB)
 
