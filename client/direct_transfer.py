@@ -165,14 +165,23 @@ class _Stream:
             head, payload = self.rpc.core.send_data(self.serial, data)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
-        self.rpc.write((head, payload), stream=self.serial)
+        self._send((head, payload))
 
     def send_hole(self, length: int) -> None:
         try:
             frame = self.rpc.core.send_hole(self.serial, length)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
-        self.rpc.write((frame,), stream=self.serial)
+        self._send((frame,))
+
+    def _send(self, parts: Sequence[Payload]) -> None:
+        try:
+            self.rpc.write(parts, stream=self.serial)
+        except TransportError:
+            # A peer that failed the stream and stopped reading cut the write short:
+            # its error is the news, the dropped connection only the consequence.
+            self.check()
+            raise
 
     def wait_done(self) -> None:
         """Wait for the peer's end of the stream; raise the error it reported."""

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.client.fake_peer import VOLUME, FakePeer
+from tests.client.fake_peer import VOLUME, FakePeer, stream_error
 from tests.client.helpers import MIB, assert_same_file
 from virtvol.client.direct import DirectRpc, open_direct, run_blocking
-from virtvol.client.errors import CallTimeout, ConnectionClosed, TransportError
+from virtvol.client.errors import CallTimeout, ConnectionClosed, LibvirtError, TransportError
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -171,6 +171,28 @@ def test_a_peer_that_stops_reading_and_answering_fails_the_upload_by_keepalive(
         with pytest.raises(ConnectionClosed, match="no keepalive response"):
             run_blocking(fake_volume(conn).upload_file(source))
         assert time.monotonic() - started < DEAD_PEER_LIMIT
+        close(conn)
+
+
+def test_a_stream_error_from_a_peer_that_stopped_reading_is_raised(tmp_path: Path) -> None:
+    source = data_file(tmp_path / "src.img", 16 * MIB)
+
+    def fail_after_a_while(peer: FakePeer, event: Any) -> None:
+        if peer.data_bytes >= MIB and not peer.core.pending_calls() and not failed:
+            failed.append(event.serial)
+            peer.send(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
+            peer.stop_reading()
+
+    failed: list[int] = []
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda p, event: p.reply(event.serial)
+        peer.on_data = fail_after_a_while
+        conn = open_conn(peer.uri)
+        started = time.monotonic()
+        with pytest.raises(LibvirtError, match="disk on fire"):
+            run_blocking(fake_volume(conn).upload_file(source))
+        assert time.monotonic() - started < 3
+        assert failed
         close(conn)
 
 
