@@ -408,12 +408,13 @@ class DirectRpc:
         """Write ``parts`` (one frame, or none to flush waiting control frames) in order.
 
         While the socket is full, what the peer sends is read and handled. With
-        ``stream``, a failure the peer reports on that stream meanwhile stops the
-        write (``stream_failed`` tells); the frame is then cut short, so the
-        connection is marked failed.
+        ``stream``, the end of that stream meanwhile (the peer failed it) stops the
+        write. Whatever stops a write before its last byte (that, keepalive, Ctrl-C)
+        leaves the peer in the middle of a frame, where nothing else may follow: the
+        connection is then marked failed.
 
         Raises:
-            TransportError: the connection failed (or was cut by a stream failure).
+            TransportError: the connection failed (or was cut by the stream's end).
         """
         self.check()
         self._writing = True
@@ -425,20 +426,26 @@ class DirectRpc:
             self._writing = False
 
     def _write_all(self, views: list[memoryview], stream: int | None) -> None:
-        while views:
-            try:
-                sent = self._sock.sendmsg(views)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise self._lost(exc) from exc
-            while views and sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            if not views:
-                return
-            if sent:
-                views[0] = views[0][sent:]
-            self._wait_writable(stream)
+        try:
+            while views:
+                try:
+                    sent = self._sock.sendmsg(views)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise self._lost(exc) from exc
+                while views and sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                if not views:
+                    return
+                if sent:
+                    views[0] = views[0][sent:]
+                self._wait_writable(stream)
+        except BaseException:
+            # Part of the frame may be out (an interrupt can land before ``sent`` is
+            # known): an abort or a PONG written now would be read as its payload.
+            self._fail(ConnectionClosed(f"a frame to {self.description} was cut short"))
+            raise
 
     def _wait_writable(self, stream: int | None) -> None:
         self._poller.modify(self._fd, select.POLLIN | select.POLLOUT)

@@ -30,6 +30,7 @@ from virtvol.protocol.connection import (
     PingReceived,
     PongReceived,
     Side,
+    StreamAbortReceived,
 )
 from virtvol.protocol.constants import DriverFeature
 from virtvol.protocol.procedures import Proc
@@ -194,6 +195,35 @@ def test_a_stream_error_from_a_peer_that_stopped_reading_is_raised(tmp_path: Pat
         assert time.monotonic() - started < 3
         assert failed
         close(conn)
+
+
+@pytest.mark.timeout(20)
+def test_ctrl_c_in_the_middle_of_a_frame_drops_the_connection_at_once(tmp_path: Path) -> None:
+    """An interrupted data frame cannot be followed by an abort (the peer would read the
+    abort as data): the connection is given up, which aborts the upload on the peer."""
+    source = data_file(tmp_path / "src.img", 16 * MIB)
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+
+    def interrupt_later(peer: FakePeer, event: CallReceived) -> None:
+        stop_reading_after_reply(peer, event)
+        threading.Timer(0.3, signal.pthread_kill, (main_thread, signal.SIGINT)).start()
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = interrupt_later
+        conn = open_conn(peer.uri, keepalive=None)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_blocking(fake_volume(conn).upload_file(source))
+        assert time.monotonic() - started < 3
+        assert not conn.is_alive
+        close(conn)
+        peer.resume_reading()
+        assert peer.hung_up.wait(5)
+        # What the peer read is whole frames and the start of one; never an abort.
+        assert peer.protocol_error is None
+        assert not any(isinstance(e, StreamAbortReceived) for e in peer.events)
+        assert peer.core.reader.buffered > 0
 
 
 def test_a_ping_while_a_write_waits_is_answered_after_the_frame(tmp_path: Path) -> None:
