@@ -321,7 +321,7 @@ async def download_file(
     started = time.monotonic()
     _refuse_directory(os.fspath(path))
     with AtomicFile(path) as output:
-        receiver = _Receiver(SparseWriter(output.fd, detect_zeroes=detect_zeroes), progress)
+        receiver = _Receiver(SparseWriter(output.fd, detect_zeroes=detect_zeroes))
         stream = _Stream(
             rpc,
             volume,
@@ -331,15 +331,23 @@ async def download_file(
             on_data=receiver.event,
         )
         await stream.open(sparse, "download")
+        reported = (0, 0)
         try:
-            while not receiver.ended and not stream.done:
+            # A write failure is raised and progress reported here, never from inside
+            # the protocol core's handling of the frames (a failure there would leave
+            # the frames after it unhandled, and come again with each of them).
+            while receiver.failure is None and not receiver.ended and not stream.done:
                 rpc.receive()
-                if receiver.failure is not None:
-                    raise receiver.failure
+                if progress is not None and reported != (receiver.data, receiver.holes):
+                    reported = (receiver.data, receiver.holes)
+                    progress(*reported)
+            if receiver.failure is not None:
+                raise receiver.failure
             stream.check()
             if not stream.done:
                 stream.finish()
         except BaseException:
+            receiver.stopped = True
             stream.abort()
             raise
         receiver.writer.finish()
@@ -361,19 +369,19 @@ def _refuse_directory(target: str) -> None:
 
 
 class _Receiver:
-    """Writes a download's frames into the file as they arrive."""
+    """Writes a download's frames into the file as they arrive (until ``stopped``)."""
 
-    def __init__(self, writer: SparseWriter, progress: Progress | None) -> None:
+    def __init__(self, writer: SparseWriter) -> None:
         self.writer = writer
-        self.progress = progress
         self.data = 0
         self.holes = 0
         self.ended = False
+        self.stopped = False  # the download failed: the frames still coming are dropped
         # A write that failed: raised by the receiving loop, never inside the protocol core.
         self.failure: OSError | None = None
 
     def event(self, event: StreamEvent) -> None:
-        if self.failure is not None:
+        if self.failure is not None or self.stopped:
             return
         try:
             if type(event) is StreamDataReceived:
@@ -386,6 +394,3 @@ class _Receiver:
                 self.ended = True
         except OSError as exc:
             self.failure = exc
-            return
-        if self.progress is not None:
-            self.progress(self.data, self.holes)

@@ -332,6 +332,61 @@ def test_a_local_write_failure_aborts_the_download(virtvold: Virtvold, tmp_path:
     assert_same_file(virtvold.pool_dir / "vol", work / "down.img")
 
 
+@pytest.mark.timeout(20)
+def test_a_write_failure_on_frames_that_came_with_the_reply_is_raised_at_once(
+    tmp_path: Path,
+) -> None:
+    """The whole (small) download arrives with the opening reply, so the write fails
+    before the receiving loop starts: nothing more will come until the client speaks."""
+    chunk = bytes(range(1, 256)) * 16
+
+    def send_everything(peer: FakePeer, event: CallReceived) -> None:
+        frames = [peer.core.reply(event.serial)]
+        frames += [b"".join(peer.core.send_data(event.serial, chunk)) for _ in range(3)]
+        frames.append(peer.core.send_eof(event.serial))
+        peer.send(b"".join(frames))
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_everything
+        conn = open_conn(peer.uri)
+        with (
+            lowered_file_size_limit(len(chunk)),
+            pytest.raises(OSError, match="File too large") as caught,
+        ):
+            run_blocking(fake_volume(conn).download_file(work / "down.img"))
+        assert caught.value.errno == errno.EFBIG
+        assert run_blocking(conn.get_type()) == "storage"  # the abort was confirmed
+        close(conn)
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_error_from_the_download_progress_aborts_it(
+    virtvold: Virtvold, tmp_path: Path, error: type[BaseException]
+) -> None:
+    data_file(virtvold.pool_dir / "vol", 8 * MIB)
+    work = tmp_path / "work"
+    work.mkdir()
+    calls: list[int] = []
+
+    def progress(data: int, holes: int) -> None:
+        calls.append(data)
+        raise error("stop")
+
+    conn = open_conn(virtvold.unix_uri)
+    try:
+        with pytest.raises(error, match="stop"):
+            run_blocking(real_volume(conn).download_file(work / "down.img", progress=progress))
+        assert len(calls) == 1
+        assert list(work.iterdir()) == []
+        assert run_blocking(conn.get_type()) == "storage"
+        assert conn.is_alive
+    finally:
+        close(conn)
+
+
 # -- uploads interrupted by the caller -----------------------------------------------------
 
 
