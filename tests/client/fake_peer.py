@@ -6,7 +6,8 @@ the goodbye by itself and hands every other call to a handler the test sets
 (``handlers[procedure] = fn(peer, event)``). It keeps every byte the client sent
 (``received``) and every event they made (``events``), calls ``on_data`` for
 each data frame of an upload; it answers the client's
-PINGs with PONGs unless ``silent``, confirms finishes and aborts, and can stop
+PINGs with PONGs unless ``silent``, confirms finishes and aborts (unless
+``on_stream_end`` says otherwise), and can stop
 reading (``stop_reading``: the client's socket fills up) or hang up (``hang_up``).
 Data frames of an upload are counted (``data_bytes``), not kept. Helpers send
 frames as a handler needs them: ``reply``, ``send``, and the core (``core``).
@@ -66,6 +67,10 @@ class FakePeer:
         self.keepalive = keepalive
         self.handlers: dict[int, Callable[[FakePeer, CallReceived], None]] = {}
         self.on_data: Callable[[FakePeer, StreamDataReceived], None] | None = None
+        # The client's finish or abort (default: confirmed).
+        self.on_stream_end: (
+            Callable[[FakePeer, StreamFinishReceived | StreamAbortReceived], None] | None
+        ) = None
         self.received = bytearray()
         self.events: list[Event] = []
         self.calls: list[int] = []
@@ -168,7 +173,10 @@ class FakePeer:
         if isinstance(event, PingReceived):
             self.send(self.core.send_pong())
         elif isinstance(event, StreamFinishReceived | StreamAbortReceived):
-            self.send(self.core.send_finish_ack(event.serial))
+            if self.on_stream_end is not None:
+                self.on_stream_end(self, event)
+            else:
+                self.send(self.core.send_finish_ack(event.serial))
         elif isinstance(event, CallReceived):
             number = event.procedure.number
             self.calls.append(number)

@@ -224,8 +224,15 @@ def test_dense_transfers_carry_holes_as_zeros(virtvold: Virtvold, tmp_path: Path
     conn = open_conn(virtvold.tcp_uri)
     try:
         vol = volume(conn, "vol")
-        up = run_blocking(vol.upload_file(source, sparse=False, detect_zeroes=False))
+        seen: list[tuple[int, int]] = []
+        up = run_blocking(
+            vol.upload_file(
+                source, sparse=False, detect_zeroes=False, progress=lambda d, h: seen.append((d, h))
+            )
+        )
         assert (up.sparse, up.data_bytes, up.hole_bytes) == (False, 4 * MIB, 0)
+        assert seen[-1] == (4 * MIB, 0)
+        assert all(holes == 0 for _, holes in seen)  # holes travel, and count, as data
         assert_same_file(source, virtvold.pool_dir / "vol")
         target = tmp_path / "down.img"
         down = run_blocking(vol.download_file(target, sparse=False, offset=MIB, length=MIB))

@@ -148,6 +148,20 @@ def test_a_peer_that_goes_silent_fails_the_call_by_keepalive(tmp_path: Path) -> 
         close(conn)  # nothing to say goodbye on
 
 
+def test_a_slow_peer_that_answers_pings_keeps_the_connection(tmp_path: Path) -> None:
+    def answer_late(peer: FakePeer, event: CallReceived) -> None:
+        reply = (event.serial, r.ConnectGetTypeRet(type="storage"))
+        threading.Timer(DEAD_PEER_LIMIT + 0.3, peer.reply, reply).start()
+
+    with FakePeer(tmp_path, keepalive=True) as peer:
+        peer.handlers[Proc.CONNECT_GET_TYPE] = answer_late
+        conn = open_conn(peer.uri)
+        assert run_blocking(conn.get_type()) == "storage"
+        assert rpc_of(conn).pings_sent > COUNT  # each PONG renewed the peer's credit
+        assert sum(isinstance(e, PingReceived) for e in peer.events) == rpc_of(conn).pings_sent
+        close(conn)
+
+
 # -- uploads to a peer that stops reading --------------------------------------------------
 
 
@@ -195,6 +209,57 @@ def test_a_stream_error_from_a_peer_that_stopped_reading_is_raised(tmp_path: Pat
         assert time.monotonic() - started < 3
         assert failed
         close(conn)
+
+
+def test_a_peer_that_hangs_up_during_an_upload_fails_it(tmp_path: Path) -> None:
+    source = data_file(tmp_path / "src.img", 16 * MIB)
+
+    def hang_up_after_reply(peer: FakePeer, event: CallReceived) -> None:
+        peer.reply(event.serial)
+        peer.hang_up()
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = hang_up_after_reply
+        conn = open_conn(peer.uri)
+        with pytest.raises(ConnectionClosed, match="disconnected from"):
+            run_blocking(fake_volume(conn).upload_file(source))
+        assert not conn.is_alive
+        close(conn)
+
+
+def test_an_error_at_the_finish_is_raised_at_stage_finish(tmp_path: Path) -> None:
+    source = data_file(tmp_path / "src.img", MIB)
+
+    def fail_the_finish(peer: FakePeer, event: Any) -> None:
+        peer.send(peer.core.send_stream_error(event.serial, stream_error("cannot commit")))
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda p, event: p.reply(event.serial)
+        peer.on_stream_end = fail_the_finish
+        conn = open_conn(peer.uri)
+        with pytest.raises(LibvirtError, match="cannot commit") as caught:
+            run_blocking(fake_volume(conn).upload_file(source))
+        assert caught.value.stage == "finish"
+        assert peer.data_bytes == MIB
+        assert run_blocking(conn.get_type()) == "storage"
+        close(conn)
+
+
+def test_a_peer_that_hangs_up_on_the_abort_leaves_the_first_error(tmp_path: Path) -> None:
+    source = data_file(tmp_path / "src.img", 8 * MIB)
+
+    def stop(data: int, holes: int) -> None:
+        raise RuntimeError("stop")
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda p, event: p.reply(event.serial)
+        peer.on_stream_end = lambda p, _event: p.hang_up()
+        conn = open_conn(peer.uri)
+        with pytest.raises(RuntimeError, match="stop"):
+            run_blocking(fake_volume(conn).upload_file(source, progress=stop))
+        assert not conn.is_alive
+        close(conn)
+    assert any(isinstance(e, StreamAbortReceived) for e in peer.events)
 
 
 @pytest.mark.timeout(20)
