@@ -13,11 +13,14 @@ Upload: ``read_pieces`` fills a buffer with as many extents as fit (a
 fragmented image costs one call per buffer, not per extent), ``piece_runs``
 splits it by the zero rule, data runs go out as frames pointing into the
 buffer (written before the buffer is filled again), zero runs merge into
-skips. Download: every data frame is written to the file from the frame
-buffer it arrived in, as it arrives.
+skips; after each buffer what the peer sent meanwhile is handled without
+waiting, so a stream error stops the upload there. Download: every data
+frame is written to the file from the frame buffer it arrived in, as it
+arrives.
 
 Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
-awaited for ``ABORT_WAIT`` seconds) and removes a download's temporary file.
+awaited for ``ABORT_WAIT`` seconds), or drops the connection when it cut a
+frame short, and removes a download's temporary file.
 """
 
 from __future__ import annotations
@@ -183,6 +186,12 @@ class _Stream:
             self.check()
             raise
 
+    def poll(self) -> None:
+        """Handle what the peer sent meanwhile, without waiting: while the socket takes
+        every frame nothing else reads it, and a peer that failed the stream drops the
+        rest (and answers keepalive PINGs that would otherwise wait)."""
+        self.rpc.receive(time.monotonic())
+
     def wait_done(self) -> None:
         """Wait for the peer's end of the stream; raise the error it reported."""
         while not self.done:
@@ -289,6 +298,7 @@ def _send_file(
                 frame = view[frame_start : min(stop, frame_start + FRAME_DATA_MAX)]
                 stream.send_data(frame)
                 data += len(frame)
+        stream.poll()
         stream.check()
         if progress is not None:
             # A pending hole counts as a hole only if it will travel as one.

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import resource
 import signal
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from tests.conftest import Virtvold
     from virtvol.client.connection import Connection as ClientConnection
 
+# Linux's SO_SNDBUF beyond the system's maximum, for root (the socket module lacks it).
+SO_SNDBUFFORCE = 32
 INTERVAL, COUNT = 0.2, 2
 # What a dead peer may take: interval * (count + 1), plus scheduling slack.
 DEAD_PEER_LIMIT = INTERVAL * (COUNT + 1) + 0.6
@@ -260,6 +263,40 @@ def test_a_peer_that_hangs_up_on_the_abort_leaves_the_first_error(tmp_path: Path
         assert not conn.is_alive
         close(conn)
     assert any(isinstance(e, StreamAbortReceived) for e in peer.events)
+
+
+def test_a_stream_error_from_a_peer_that_goes_on_reading_stops_the_upload_early(
+    tmp_path: Path,
+) -> None:
+    """virtvold and libvirtd report a failed write at once and drop the frames that
+    follow: the client must hear it while it sends, not after the whole file, even
+    when its socket never fills (a fast peer on TCP, with large buffers)."""
+    source = data_file(tmp_path / "src.img", 64 * MIB)
+    error_sent = threading.Event()
+
+    def fail_once(peer: FakePeer, event: Any) -> None:
+        if not error_sent.is_set():
+            peer.send(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
+            error_sent.set()
+
+    def wait_for_the_error(data: int, holes: int) -> None:
+        assert error_sent.wait(5)
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda p, event: p.reply(event.serial)
+        peer.on_data = fail_once
+        conn = open_conn(peer.uri)
+        sock = rpc_of(conn)._sock
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 128 * MIB)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 128 * MIB
+        with pytest.raises(LibvirtError, match="disk on fire") as caught:
+            run_blocking(fake_volume(conn).upload_file(source, progress=wait_for_the_error))
+        assert caught.value.stage != "finish"
+        assert run_blocking(conn.get_type()) == "storage"  # no frame was cut: it goes on
+        close(conn)
+        assert peer.hung_up.wait(5)
+    # Heard one read buffer after it came, not after the 64 MiB of the file.
+    assert len(peer.received) < 16 * MIB
 
 
 @pytest.mark.timeout(20)
