@@ -331,7 +331,7 @@ async def download_file(
     started = time.monotonic()
     _refuse_directory(os.fspath(path))
     with AtomicFile(path) as output:
-        receiver = _Receiver(SparseWriter(output.fd, detect_zeroes=detect_zeroes))
+        receiver = _Receiver(SparseWriter(output.fd, detect_zeroes=detect_zeroes), progress)
         stream = _Stream(
             rpc,
             volume,
@@ -341,18 +341,16 @@ async def download_file(
             on_data=receiver.event,
         )
         await stream.open(sparse, "download")
-        reported = (0, 0)
         try:
             # A write failure is raised and progress reported here, never from inside
             # the protocol core's handling of the frames (a failure there would leave
             # the frames after it unhandled, and come again with each of them).
             while receiver.failure is None and not receiver.ended and not stream.done:
                 rpc.receive()
-                if progress is not None and reported != (receiver.data, receiver.holes):
-                    reported = (receiver.data, receiver.holes)
-                    progress(*reported)
+                receiver.report()
             if receiver.failure is not None:
                 raise receiver.failure
+            receiver.report()  # frames that came with the opening reply, if that was all
             stream.check()
             if not stream.done:
                 stream.finish()
@@ -381,14 +379,23 @@ def _refuse_directory(target: str) -> None:
 class _Receiver:
     """Writes a download's frames into the file as they arrive (until ``stopped``)."""
 
-    def __init__(self, writer: SparseWriter) -> None:
+    def __init__(self, writer: SparseWriter, progress: Progress | None) -> None:
         self.writer = writer
+        self.progress = progress
         self.data = 0
         self.holes = 0
+        self._reported = (0, 0)
         self.ended = False
         self.stopped = False  # the download failed: the frames still coming are dropped
         # A write that failed: raised by the receiving loop, never inside the protocol core.
         self.failure: OSError | None = None
+
+    def report(self) -> None:
+        """Call ``progress`` with the counts, if they changed since the last call."""
+        counts = (self.data, self.holes)
+        if self.progress is not None and counts != self._reported:
+            self._reported = counts
+            self.progress(*counts)
 
     def event(self, event: StreamEvent) -> None:
         if self.failure is not None or self.stopped:

@@ -37,7 +37,7 @@ from virtvol.protocol.constants import DriverFeature
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from tests.conftest import Virtvold
@@ -434,6 +434,34 @@ def test_a_local_write_failure_aborts_the_download(virtvold: Virtvold, tmp_path:
     assert_same_file(virtvold.pool_dir / "vol", work / "down.img")
 
 
+def send_whole_download(chunk: bytes, frames: int) -> Callable[[FakePeer, CallReceived], None]:
+    """A download handler that sends the reply, ``frames`` data frames and the end at once."""
+
+    def send(peer: FakePeer, event: CallReceived) -> None:
+        parts = [peer.core.reply(event.serial)]
+        parts += [b"".join(peer.core.send_data(event.serial, chunk)) for _ in range(frames)]
+        parts.append(peer.core.send_eof(event.serial))
+        peer.send(b"".join(parts))
+
+    return send
+
+
+def test_a_download_that_came_with_the_reply_reports_its_progress(tmp_path: Path) -> None:
+    chunk = bytes(range(1, 256)) * 16
+    seen: list[tuple[int, int]] = []
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(chunk, 3)
+        conn = open_conn(peer.uri)
+        target = tmp_path / "down.img"
+        result = run_blocking(
+            fake_volume(conn).download_file(target, progress=lambda d, h: seen.append((d, h)))
+        )
+        close(conn)
+    assert result.data_bytes == 3 * len(chunk)
+    assert seen[-1] == (3 * len(chunk), 0)
+    assert target.read_bytes() == chunk * 3
+
+
 @pytest.mark.timeout(20)
 def test_a_write_failure_on_frames_that_came_with_the_reply_is_raised_at_once(
     tmp_path: Path,
@@ -441,17 +469,10 @@ def test_a_write_failure_on_frames_that_came_with_the_reply_is_raised_at_once(
     """The whole (small) download arrives with the opening reply, so the write fails
     before the receiving loop starts: nothing more will come until the client speaks."""
     chunk = bytes(range(1, 256)) * 16
-
-    def send_everything(peer: FakePeer, event: CallReceived) -> None:
-        frames = [peer.core.reply(event.serial)]
-        frames += [b"".join(peer.core.send_data(event.serial, chunk)) for _ in range(3)]
-        frames.append(peer.core.send_eof(event.serial))
-        peer.send(b"".join(frames))
-
     work = tmp_path / "work"
     work.mkdir()
     with FakePeer(tmp_path) as peer:
-        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_everything
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(chunk, 3)
         conn = open_conn(peer.uri)
         with (
             lowered_file_size_limit(len(chunk)),
