@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import resource
 import signal
 import socket
@@ -84,6 +85,10 @@ def data_file(path: Path, size: int) -> Path:
 
 def close(conn: ClientConnection) -> None:
     run_blocking(conn.close())
+
+
+def open_descriptors() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
 
 
 # -- calls ---------------------------------------------------------------------------------
@@ -311,6 +316,7 @@ def test_ctrl_c_in_the_middle_of_a_frame_drops_the_connection_at_once(tmp_path: 
         stop_reading_after_reply(peer, event)
         threading.Timer(0.3, signal.pthread_kill, (main_thread, signal.SIGINT)).start()
 
+    before = open_descriptors()
     with FakePeer(tmp_path) as peer:
         peer.handlers[Proc.STORAGE_VOL_UPLOAD] = interrupt_later
         conn = open_conn(peer.uri, keepalive=None)
@@ -326,6 +332,7 @@ def test_ctrl_c_in_the_middle_of_a_frame_drops_the_connection_at_once(tmp_path: 
         assert peer.protocol_error is None
         assert not any(isinstance(e, StreamAbortReceived) for e in peer.events)
         assert peer.core.reader.buffered > 0
+    assert open_descriptors() == before  # the socket and the source: both closed
 
 
 def test_a_ping_while_a_write_waits_is_answered_after_the_frame(tmp_path: Path) -> None:
@@ -371,6 +378,7 @@ def test_a_download_cut_short_leaves_no_file(tmp_path: Path, cut: str) -> None:
 
     work = tmp_path / "work"
     work.mkdir()
+    before = open_descriptors()
     with FakePeer(tmp_path) as peer:
         peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_then_hang_up
         conn = open_conn(peer.uri)
@@ -378,6 +386,7 @@ def test_a_download_cut_short_leaves_no_file(tmp_path: Path, cut: str) -> None:
             run_blocking(fake_volume(conn).download_file(work / "down.img"))
         close(conn)
     assert list(work.iterdir()) == []
+    assert open_descriptors() == before  # the socket, the temporary: all closed
 
 
 def test_a_download_whose_peer_breaks_the_protocol_leaves_no_file(tmp_path: Path) -> None:
