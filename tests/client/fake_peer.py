@@ -83,6 +83,7 @@ class FakePeer:
         self._stopping = threading.Event()
         self._conn: socket.socket | None = None
         self._send_lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
         self._listener.listen(1)
@@ -100,6 +101,18 @@ class FakePeer:
     def reply(self, serial: int, result: XdrStruct | None = None) -> None:
         self.send(self.core.reply(serial, result))
 
+    def later(self, delay: float, action: Callable[..., object], *args: object) -> None:
+        """Run ``action(*args)`` in ``delay`` seconds (unless the peer stopped by then; a
+        client that left meanwhile is no error)."""
+
+        def run() -> None:
+            with contextlib.suppress(OSError):
+                action(*args)
+
+        timer = threading.Timer(delay, run)
+        self._timers.append(timer)
+        timer.start()
+
     def stop_reading(self) -> None:
         """Read nothing more until ``resume_reading``: the client's writes fill the socket."""
         self._reading.clear()
@@ -115,6 +128,9 @@ class FakePeer:
         self.hung_up.set()
 
     def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+            timer.join(10)
         self._stopping.set()
         self._reading.set()
         self.hang_up()

@@ -119,9 +119,7 @@ def test_a_ping_during_a_call_is_answered_with_a_pong(tmp_path: Path) -> None:
     def ping_then_answer(peer: FakePeer, event: CallReceived) -> None:
         marks.append(len(peer.received))
         peer.send(peer.core.send_ping())
-        threading.Timer(
-            0.3, peer.reply, (event.serial, r.ConnectGetTypeRet(type="storage"))
-        ).start()
+        peer.later(0.3, peer.reply, event.serial, r.ConnectGetTypeRet(type="storage"))
 
     with FakePeer(tmp_path) as peer:  # no keepalive feature: the client sends no PINGs
         peer.handlers[Proc.CONNECT_GET_TYPE] = ping_then_answer
@@ -159,7 +157,7 @@ def test_a_peer_that_goes_silent_fails_the_call_by_keepalive(tmp_path: Path) -> 
 def test_a_slow_peer_that_answers_pings_keeps_the_connection(tmp_path: Path) -> None:
     def answer_late(peer: FakePeer, event: CallReceived) -> None:
         reply = (event.serial, r.ConnectGetTypeRet(type="storage"))
-        threading.Timer(DEAD_PEER_LIMIT + 0.3, peer.reply, reply).start()
+        peer.later(DEAD_PEER_LIMIT + 0.3, peer.reply, *reply)
 
     with FakePeer(tmp_path, keepalive=True) as peer:
         peer.handlers[Proc.CONNECT_GET_TYPE] = answer_late
@@ -314,7 +312,7 @@ def test_ctrl_c_in_the_middle_of_a_frame_drops_the_connection_at_once(tmp_path: 
 
     def interrupt_later(peer: FakePeer, event: CallReceived) -> None:
         stop_reading_after_reply(peer, event)
-        threading.Timer(0.3, signal.pthread_kill, (main_thread, signal.SIGINT)).start()
+        peer.later(0.3, signal.pthread_kill, main_thread, signal.SIGINT)
 
     before = open_descriptors()
     with FakePeer(tmp_path) as peer:
@@ -346,7 +344,7 @@ def test_a_ping_while_a_write_waits_is_answered_after_the_frame(tmp_path: Path) 
             time.sleep(0.2)  # the client reads the PING while its frame is half written
             peer.resume_reading()
 
-        threading.Timer(0.3, ping_and_resume).start()
+        peer.later(0.3, ping_and_resume)
 
     with FakePeer(tmp_path) as peer:
         peer.handlers[Proc.STORAGE_VOL_UPLOAD] = ping_while_full
