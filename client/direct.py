@@ -136,9 +136,10 @@ async def open_direct(
     target = parse_uri(resolve_uri(uri), read_only=read_only)
     if target.transport not in DIRECT_TRANSPORTS:
         raise UnsupportedTransport(target.transport, "unix or tcp")
+    started = time.monotonic()
     sock = _open_socket(target, time_limit)
     rpc = DirectRpc(sock, target.uri)
-    rpc.deadline = None if time_limit is None else time.monotonic() + time_limit
+    rpc.deadline = None if time_limit is None else started + time_limit
     conn = await handshake(rpc, target, protocol=protocol, keepalive=keepalive)
     rpc.deadline = None
     return conn

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from tests.client.fake_peer import FakePeer
 from tests.client.helpers import MIB, assert_same_file, leftovers, write_sparse_image
 from tests.conftest import free_port
-from virtvol.client import connect
+from virtvol.client import connect, direct
 from virtvol.client.direct import DirectRpc, needs_event_loop, open_direct, run_blocking
 from virtvol.client.errors import (
     ConnectionClosed,
@@ -33,11 +34,13 @@ from virtvol.protocol import procedures
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
+    import socket
     from pathlib import Path
 
     from tests.conftest import Virtvold
     from virtvol.client.connection import Connection
     from virtvol.client.objects import StorageVolume
+    from virtvol.protocol.connection import CallReceived
 
 FAST_KEEPALIVE = (0.2, 2)
 
@@ -181,6 +184,27 @@ def test_open_times_out_when_the_peer_never_answers(tmp_path: Path) -> None:
         peer.handlers[Proc.CONNECT_OPEN] = lambda _p, _event: None
         with pytest.raises(TimeoutError, match="no answer from"):
             open_conn(peer.uri, time_limit=0.3)
+
+
+def test_the_time_limit_covers_connecting_and_the_handshake_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_socket = direct._open_socket
+
+    def slow_open_socket(*args: Any) -> socket.socket:
+        time.sleep(0.4)
+        return open_socket(*args)
+
+    def answer_late(peer: FakePeer, event: CallReceived) -> None:
+        peer.later(0.35, peer.reply, event.serial)
+
+    monkeypatch.setattr(direct, "_open_socket", slow_open_socket)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_OPEN] = answer_late
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            open_conn(peer.uri, time_limit=0.6)
+        assert time.monotonic() - started < 0.75
 
 
 # -- whole files against virtvold -------------------------------------------------------
