@@ -83,6 +83,8 @@ class FakePeer:
         self._stopping = threading.Event()
         self._conn: socket.socket | None = None
         self._send_lock = threading.Lock()
+        # The core is used by the serving thread and by delayed actions (``later``).
+        self.core_lock = threading.RLock()
         self._timers: list[threading.Timer] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
@@ -99,7 +101,8 @@ class FakePeer:
             self._conn.sendall(data)
 
     def reply(self, serial: int, result: XdrStruct | None = None) -> None:
-        self.send(self.core.reply(serial, result))
+        with self.core_lock:
+            self.send(self.core.reply(serial, result))
 
     def later(self, delay: float, action: Callable[..., object], *args: object) -> None:
         """Run ``action(*args)`` in ``delay`` seconds (unless the peer stopped by then; a
@@ -168,10 +171,11 @@ class FakePeer:
                     break
                 self.received += data
                 try:
-                    self.core.receive_data(data)
-                    for event in self.core.events():
-                        self.events.append(event)
-                        self._handle(event)
+                    with self.core_lock:
+                        self.core.receive_data(data)
+                        for event in self.core.events():
+                            self.events.append(event)
+                            self._handle(event)
                 except ProtocolError as exc:
                     self.protocol_error = exc
                     break
