@@ -10,6 +10,7 @@ error answer to a feature question means "not supported", as in libvirt.
 from __future__ import annotations
 
 import logging
+import os
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Self
 
@@ -289,8 +290,9 @@ async def _open_transport(target: Target) -> RpcProtocol:
 
 def connect_failure(target: Target, exc: OSError) -> TransportError:
     """Why ``target`` could not be reached, in libvirt's client's words (virsh users
-    recognise them)."""
-    reason = exc.strerror or str(exc)
+    recognise them): the system's text for the error number, as libvirt prints it, not
+    the wording of whichever layer raised it (asyncio's is "Connect call failed (...)")."""
+    reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
     if target.socket_path is not None:
         return TransportError(f"Failed to connect socket to '{target.socket_path}': {reason}")
     return TransportError(f"unable to connect to server at '{target.host}:{target.port}': {reason}")

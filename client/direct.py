@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import select
 import socket
 import time
@@ -135,9 +136,10 @@ async def open_direct(
     target = parse_uri(resolve_uri(uri), read_only=read_only)
     if target.transport not in DIRECT_TRANSPORTS:
         raise UnsupportedTransport(target.transport, "unix or tcp")
+    started = time.monotonic()
     sock = _open_socket(target, time_limit)
     rpc = DirectRpc(sock, target.uri)
-    rpc.deadline = None if time_limit is None else time.monotonic() + time_limit
+    rpc.deadline = None if time_limit is None else started + time_limit
     conn = await handshake(rpc, target, protocol=protocol, keepalive=keepalive)
     rpc.deadline = None
     return conn
@@ -305,21 +307,21 @@ class DirectRpc:
             TimeoutError: the connection's ``deadline`` passed.
         """
         self.check()
-        now = time.monotonic()
-        if self.deadline is not None:
-            if now >= self.deadline:
-                raise TimeoutError(f"no answer from {self.description} in time")
-            limit = self.deadline if limit is None else min(limit, self.deadline)
-        if self._keepalive is not None:
-            limit = (
-                self._keepalive.deadline()
-                if limit is None
-                else min(limit, self._keepalive.deadline())
-            )
-        wait_ms = None if limit is None else max(0, round((limit - now) * 1000))
-        if self._poller.poll(wait_ms):
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeoutError(f"no answer from {self.description} in time")
+        if self._poller.poll(self._wait_ms(limit)):
             self._read()
         self._keep_alive()
+
+    def _wait_ms(self, limit: float | None) -> int | None:
+        """Milliseconds a poll may wait: until ``limit``, the connection's deadline or
+        the keepalive's next step, whichever comes first (None: no end)."""
+        ends = [end for end in (limit, self.deadline) if end is not None]
+        if self._keepalive is not None:
+            ends.append(self._keepalive.deadline())
+        if not ends:
+            return None
+        return max(0, math.ceil((min(ends) - time.monotonic()) * 1000))
 
     def _read(self) -> None:
         try:
@@ -407,12 +409,13 @@ class DirectRpc:
         """Write ``parts`` (one frame, or none to flush waiting control frames) in order.
 
         While the socket is full, what the peer sends is read and handled. With
-        ``stream``, a failure the peer reports on that stream meanwhile stops the
-        write (``stream_failed`` tells); the frame is then cut short, so the
-        connection is marked failed.
+        ``stream``, the end of that stream meanwhile (the peer failed it) stops the
+        write. Whatever stops a write before its last byte (that, keepalive, Ctrl-C)
+        leaves the peer in the middle of a frame, where nothing else may follow: the
+        connection is then marked failed.
 
         Raises:
-            TransportError: the connection failed (or was cut by a stream failure).
+            TransportError: the connection failed (or was cut by the stream's end).
         """
         self.check()
         self._writing = True
@@ -424,25 +427,31 @@ class DirectRpc:
             self._writing = False
 
     def _write_all(self, views: list[memoryview], stream: int | None) -> None:
-        while views:
-            try:
-                sent = self._sock.sendmsg(views)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise self._lost(exc) from exc
-            while views and sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            if not views:
-                return
-            if sent:
-                views[0] = views[0][sent:]
-            self._wait_writable(stream)
+        try:
+            while views:
+                try:
+                    sent = self._sock.sendmsg(views)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise self._lost(exc) from exc
+                while views and sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                if not views:
+                    return
+                if sent:
+                    views[0] = views[0][sent:]
+                self._wait_writable(stream)
+        except BaseException:
+            # Part of the frame may be out (an interrupt can land before ``sent`` is
+            # known): an abort or a PONG written now would be read as its payload.
+            self._fail(ConnectionClosed(f"a frame to {self.description} was cut short"))
+            raise
 
     def _wait_writable(self, stream: int | None) -> None:
         self._poller.modify(self._fd, select.POLLIN | select.POLLOUT)
         try:
-            ready = self._poller.poll(_WRITE_POLL_MS)
+            ready = self._poller.poll(self._wait_ms(None))
         finally:
             self._poller.modify(self._fd, select.POLLIN)
         if any(mask & (select.POLLIN | select.POLLHUP | select.POLLERR) for _, mask in ready):
@@ -539,7 +548,3 @@ class DirectRpc:
 
     async def wait_closed(self) -> None:
         """Nothing to wait for: ``close`` closed the socket."""
-
-
-# How long one wait for a full socket lasts before keepalive and deadlines are checked.
-_WRITE_POLL_MS = 1000

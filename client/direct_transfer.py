@@ -13,11 +13,14 @@ Upload: ``read_pieces`` fills a buffer with as many extents as fit (a
 fragmented image costs one call per buffer, not per extent), ``piece_runs``
 splits it by the zero rule, data runs go out as frames pointing into the
 buffer (written before the buffer is filled again), zero runs merge into
-skips. Download: every data frame is written to the file from the frame
-buffer it arrived in, as it arrives.
+skips; after each buffer what the peer sent meanwhile is handled without
+waiting, so a stream error stops the upload there. Download: every data
+frame is written to the file from the frame buffer it arrived in, as it
+arrives.
 
 Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
-awaited for ``ABORT_WAIT`` seconds) and removes a download's temporary file.
+awaited for ``ABORT_WAIT`` seconds), or drops the connection when it cut a
+frame short, and removes a download's temporary file.
 """
 
 from __future__ import annotations
@@ -168,12 +171,29 @@ class _Stream:
             self.rpc.send_stream_data(self.serial, data)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
+        except TransportError:
+            self._stream_error_first()
+            raise
 
     def send_hole(self, length: int) -> None:
         try:
             self.rpc.send_stream_hole(self.serial, length)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
+        except TransportError:
+            self._stream_error_first()
+            raise
+
+    def _stream_error_first(self) -> None:
+        # A peer that failed the stream and stopped reading cut the write short:
+        # its error is the news, the dropped connection only the consequence.
+        self.check()
+
+    def poll(self) -> None:
+        """Handle what the peer sent meanwhile, without waiting: while the socket takes
+        every frame nothing else reads it, and a peer that failed the stream drops the
+        rest (and answers keepalive PINGs that would otherwise wait)."""
+        self.rpc.receive(time.monotonic())
 
     def wait_done(self) -> None:
         """Wait for the peer's end of the stream; raise the error it reported."""
@@ -280,6 +300,7 @@ def _send_file(
                 frame = view[frame_start : min(stop, frame_start + FRAME_DATA_MAX)]
                 stream.send_data(frame)
                 data += len(frame)
+        stream.poll()
         stream.check()
         if progress is not None:
             # A pending hole counts as a hole only if it will travel as one.
@@ -323,14 +344,20 @@ async def download_file(
         )
         await stream.open(sparse, "download")
         try:
-            while not receiver.ended and not stream.done:
+            # A write failure is raised and progress reported here, never from inside
+            # the protocol core's handling of the frames (a failure there would leave
+            # the frames after it unhandled, and come again with each of them).
+            while receiver.failure is None and not receiver.ended and not stream.done:
                 rpc.receive()
-                if receiver.failure is not None:
-                    raise receiver.failure
+                receiver.report()
+            if receiver.failure is not None:
+                raise receiver.failure
+            receiver.report()  # frames that came with the opening reply, if that was all
             stream.check()
             if not stream.done:
                 stream.finish()
         except BaseException:
+            receiver.stopped = True
             stream.abort()
             raise
         receiver.writer.finish()
@@ -352,19 +379,28 @@ def _refuse_directory(target: str) -> None:
 
 
 class _Receiver:
-    """Writes a download's frames into the file as they arrive."""
+    """Writes a download's frames into the file as they arrive (until ``stopped``)."""
 
     def __init__(self, writer: SparseWriter, progress: Progress | None) -> None:
         self.writer = writer
         self.progress = progress
         self.data = 0
         self.holes = 0
+        self._reported = (0, 0)
         self.ended = False
+        self.stopped = False  # the download failed: the frames still coming are dropped
         # A write that failed: raised by the receiving loop, never inside the protocol core.
         self.failure: OSError | None = None
 
+    def report(self) -> None:
+        """Call ``progress`` with the counts, if they changed since the last call."""
+        counts = (self.data, self.holes)
+        if self.progress is not None and counts != self._reported:
+            self._reported = counts
+            self.progress(*counts)
+
     def event(self, event: StreamEvent) -> None:
-        if self.failure is not None:
+        if self.failure is not None or self.stopped:
             return
         try:
             if type(event) is StreamDataReceived:
@@ -377,6 +413,3 @@ class _Receiver:
                 self.ended = True
         except OSError as exc:
             self.failure = exc
-            return
-        if self.progress is not None:
-            self.progress(self.data, self.holes)

@@ -1,0 +1,376 @@
+"""The command line's blocking engine (``direct``) on its own: opening, calls, closing,
+whole-file transfers and the sparse fallback against a real virtvold, and the
+choice of engine the command line makes.
+
+Everything runs without an event loop: each test drives the coroutines with
+``run_blocking``, as the command line does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.client.fake_peer import FakePeer
+from tests.client.helpers import MIB, assert_same_file, leftovers, write_sparse_image
+from tests.conftest import free_port
+from virtvol.client import connect, direct
+from virtvol.client.direct import DirectRpc, needs_event_loop, open_direct, run_blocking
+from virtvol.client.errors import (
+    ConnectionClosed,
+    SparseUnsupported,
+    TransportError,
+    UnsupportedTransport,
+)
+from virtvol.protocol import procedures
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    import socket
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
+    from virtvol.client.connection import Connection
+    from virtvol.client.objects import StorageVolume
+    from virtvol.protocol.connection import CallReceived
+
+FAST_KEEPALIVE = (0.2, 2)
+
+
+def open_conn(uri: str, **kwargs: Any) -> Connection:
+    kwargs.setdefault("keepalive", FAST_KEEPALIVE)
+    return run_blocking(open_direct(uri, **kwargs))
+
+
+def volume(conn: Connection, name: str) -> StorageVolume:
+    async def lookup() -> StorageVolume:
+        pool = await conn.lookup_pool_by_name("default")
+        return await pool.lookup_volume(name)
+
+    return run_blocking(lookup())
+
+
+def rpc_of(conn: Connection) -> DirectRpc:
+    rpc = conn._rpc
+    assert isinstance(rpc, DirectRpc)
+    return rpc
+
+
+# -- run_blocking ------------------------------------------------------------------------
+
+
+def test_run_blocking_returns_the_result_and_raises_the_error() -> None:
+    async def answer() -> int:
+        return 42
+
+    async def fail() -> None:
+        raise ValueError("no")
+
+    assert run_blocking(answer()) == 42
+    with pytest.raises(ValueError, match="no"):
+        run_blocking(fail())
+
+
+def test_run_blocking_refuses_a_coroutine_that_suspends_and_closes_it() -> None:
+    cleaned_up: list[str] = []
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(0)
+            cleaned_up.append("resumed")  # never: the coroutine is not resumed
+        finally:
+            cleaned_up.append("closed")
+
+    coroutine = waits()
+    with pytest.raises(RuntimeError, match="waited on an event loop"):
+        run_blocking(coroutine)
+    assert cleaned_up == ["closed"]
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+
+
+# -- needs_event_loop --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("storage+tls://127.0.0.1/system", True),
+        ("storage+tls://host:16514/system?no_verify=1", True),
+        ("storage+tcp://127.0.0.1:16509/system", False),
+        ("storage+unix:///system?socket=/nonexistent/sock", False),
+        ("storage:///system", False),
+        ("not a uri at all", False),
+    ],
+)
+def test_needs_event_loop_only_for_tls(uri: str, *, expected: bool) -> None:
+    assert needs_event_loop(uri, read_only=False) is expected
+
+
+def test_open_direct_refuses_tls() -> None:
+    with pytest.raises(UnsupportedTransport):
+        run_blocking(open_direct("storage+tls://127.0.0.1/system"))
+
+
+# -- opening and closing -------------------------------------------------------------------
+
+
+def event_loop_connect_error(uri: str) -> str:
+    async def attempt() -> None:
+        await connect(uri, timeout=5)
+
+    with pytest.raises(TransportError) as caught:
+        asyncio.run(attempt())
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_unreachable_daemon_reads_as_libvirt_says_it(tmp_path: Path, transport: str) -> None:
+    if transport == "unix":
+        uri = f"storage+unix:///system?socket={tmp_path / 'missing-sock'}"
+        expected = f"Failed to connect socket to '{tmp_path / 'missing-sock'}': "
+    else:
+        port = free_port()
+        uri = f"storage+tcp://127.0.0.1:{port}/system"
+        expected = f"unable to connect to server at '127.0.0.1:{port}': "
+    with pytest.raises(TransportError) as caught:
+        run_blocking(open_direct(uri, time_limit=5))
+    message = str(caught.value)
+    assert message.startswith(expected)
+    assert message == event_loop_connect_error(uri)
+
+
+def test_calls_work_and_close_says_goodbye(virtvold: Virtvold) -> None:
+    conn = open_conn(virtvold.tcp_uri)
+    assert conn.keepalive_supported
+    assert run_blocking(conn.get_type()) == "storage"
+    pools = run_blocking(conn.list_pools())
+    assert [p.name for p in pools] == ["default"]
+    rpc = rpc_of(conn)
+    run_blocking(conn.close())
+    assert not conn.is_alive
+    assert isinstance(rpc.failure, ConnectionClosed)
+    assert rpc._sock.fileno() == -1  # the socket is closed, not left to the collector
+    with pytest.raises(ConnectionClosed):
+        run_blocking(rpc.call(procedures.CONNECT_GET_TYPE))
+    run_blocking(conn.close())  # a second close is harmless
+
+
+def test_close_unregisters_and_closes_as_virsh_does(tmp_path: Path) -> None:
+    with FakePeer(tmp_path) as peer:
+        conn = open_conn(peer.uri)
+        run_blocking(conn.close())
+        assert peer.hung_up.wait(5)  # the client closed its socket after the goodbye
+    assert peer.calls[-2:] == [Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK, Proc.CONNECT_CLOSE]
+    assert Proc.CONNECT_REGISTER_CLOSE_CALLBACK in peer.calls
+
+
+def test_open_fails_when_the_peer_hangs_up_during_the_handshake(tmp_path: Path) -> None:
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_OPEN] = lambda p, _event: p.hang_up()
+        with pytest.raises(ConnectionClosed, match="disconnected from"):
+            open_conn(peer.uri)
+
+
+def test_open_times_out_when_the_peer_never_answers(tmp_path: Path) -> None:
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_OPEN] = lambda _p, _event: None
+        with pytest.raises(TimeoutError, match="no answer from"):
+            open_conn(peer.uri, time_limit=0.3)
+
+
+def test_the_time_limit_covers_connecting_and_the_handshake_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_socket = direct._open_socket
+
+    def slow_open_socket(*args: Any) -> socket.socket:
+        time.sleep(0.4)
+        return open_socket(*args)
+
+    def answer_late(peer: FakePeer, event: CallReceived) -> None:
+        peer.later(0.35, peer.reply, event.serial)
+
+    monkeypatch.setattr(direct, "_open_socket", slow_open_socket)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_OPEN] = answer_late
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            open_conn(peer.uri, time_limit=0.6)
+        assert time.monotonic() - started < 0.75
+
+
+# -- whole files against virtvold -------------------------------------------------------
+
+
+def test_upload_and_download_keep_the_image_and_its_holes(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, 8 * MIB)
+    (virtvold.pool_dir / "vol").write_bytes(b"")
+    conn = open_conn(virtvold.unix_uri)
+    try:
+        vol = volume(conn, "vol")
+        seen: list[tuple[int, int]] = []
+        up = run_blocking(vol.upload_file(source, progress=lambda d, h: seen.append((d, h))))
+        assert up.sparse
+        assert not up.fell_back
+        assert up.total_bytes == 8 * MIB
+        assert up.hole_bytes > 4 * MIB  # the holes and the written zeros travelled as skips
+        assert seen[-1] == (up.data_bytes, up.hole_bytes)
+        assert_same_file(source, virtvold.pool_dir / "vol")
+
+        target = tmp_path / "down.img"
+        downs: list[tuple[int, int]] = []
+        down = run_blocking(vol.download_file(target, progress=lambda d, h: downs.append((d, h))))
+        assert down.sparse
+        assert down.total_bytes == 8 * MIB
+        assert downs[-1] == (down.data_bytes, down.hole_bytes)
+        assert_same_file(source, target)
+        assert leftovers(tmp_path, "down.img") == []
+        assert run_blocking(conn.get_type()) == "storage"  # the connection goes on
+    finally:
+        run_blocking(conn.close())
+
+
+def test_dense_transfers_carry_holes_as_zeros(virtvold: Virtvold, tmp_path: Path) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, 4 * MIB)
+    (virtvold.pool_dir / "vol").write_bytes(b"")
+    conn = open_conn(virtvold.tcp_uri)
+    try:
+        vol = volume(conn, "vol")
+        seen: list[tuple[int, int]] = []
+        up = run_blocking(
+            vol.upload_file(
+                source, sparse=False, detect_zeroes=False, progress=lambda d, h: seen.append((d, h))
+            )
+        )
+        assert (up.sparse, up.data_bytes, up.hole_bytes) == (False, 4 * MIB, 0)
+        assert seen[-1] == (4 * MIB, 0)
+        assert all(holes == 0 for _, holes in seen)  # holes travel, and count, as data
+        assert_same_file(source, virtvold.pool_dir / "vol")
+        target = tmp_path / "down.img"
+        down = run_blocking(vol.download_file(target, sparse=False, offset=MIB, length=MIB))
+        assert (down.sparse, down.data_bytes, down.hole_bytes) == (False, MIB, 0)
+        assert target.read_bytes() == source.read_bytes()[MIB : 2 * MIB]
+    finally:
+        run_blocking(conn.close())
+
+
+def test_refusals_before_the_stream_opens(virtvold: Virtvold, tmp_path: Path) -> None:
+    (virtvold.pool_dir / "vol").write_bytes(b"x" * 4096)
+    work = tmp_path / "work"
+    (work / "folder").mkdir(parents=True)
+    conn = open_conn(virtvold.unix_uri)
+    try:
+        vol = volume(conn, "vol")
+        with pytest.raises(IsADirectoryError):
+            run_blocking(vol.download_file(work / "folder"))
+        with pytest.raises(ValueError, match="negative"):
+            run_blocking(vol.download_file(work / "out", offset=-1))
+        with pytest.raises(FileNotFoundError):
+            run_blocking(vol.upload_file(work / "missing"))
+        assert os.listdir(work) == ["folder"]
+        assert run_blocking(conn.get_type()) == "storage"
+    finally:
+        run_blocking(conn.close())
+
+
+# -- the sparse fallback -------------------------------------------------------------------
+
+
+def test_legacy_peer_falls_back_to_dense_with_one_warning(
+    legacy_virtvold: Virtvold, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, 4 * MIB)
+    (legacy_virtvold.pool_dir / "vol").write_bytes(b"")
+    caplog.set_level(logging.DEBUG, logger="virtvol.client")
+    conn = open_conn(legacy_virtvold.tcp_uri)
+    try:
+        vol = volume(conn, "vol")
+        up = run_blocking(vol.upload_file(source))
+        assert (up.sparse, up.fell_back, up.hole_bytes) == (False, True, 0)
+        assert up.data_bytes == 4 * MIB
+        assert_same_file(source, legacy_virtvold.pool_dir / "vol")
+        target = tmp_path / "down.img"
+        down = run_blocking(vol.download_file(target))
+        assert (down.sparse, down.fell_back) == (False, True)
+        assert_same_file(source, target)
+    finally:
+        run_blocking(conn.close())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "has no sparse streams" in warnings[0].getMessage()
+
+
+def test_legacy_peer_refuses_required_sparse_at_open(
+    legacy_virtvold: Virtvold, tmp_path: Path
+) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, MIB)
+    (legacy_virtvold.pool_dir / "vol").write_bytes(b"old")
+    conn = open_conn(legacy_virtvold.unix_uri)
+    try:
+        vol = volume(conn, "vol")
+        with pytest.raises(SparseUnsupported) as up:
+            run_blocking(vol.upload_file(source, sparse=True))
+        assert up.value.stage == "open"
+        with pytest.raises(SparseUnsupported) as down:
+            run_blocking(vol.download_file(tmp_path / "down.img", sparse=True))
+        assert down.value.stage == "open"
+        assert leftovers(tmp_path, "down.img") == []
+        assert not (tmp_path / "down.img").exists()
+        assert (legacy_virtvold.pool_dir / "vol").read_bytes() == b"old"
+        assert run_blocking(conn.get_type()) == "storage"
+    finally:
+        run_blocking(conn.close())
+
+
+# -- the command line's choice -------------------------------------------------------------
+
+CLI_PROBE = (
+    "import sys\n"
+    "from virtvol.client.cli import main\n"
+    "status = main(sys.argv[1:])\n"
+    "print('asyncio imported:', 'asyncio' in sys.modules, 'status:', status)\n"
+)
+
+
+def run_cli_probe(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("LIBVIRT_DEFAULT_URI", None)
+    env.pop("VIRTVOL_DEFAULT_URI", None)
+    return subprocess.run(
+        [sys.executable, "-c", CLI_PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_cli_runs_tcp_and_unix_commands_without_an_event_loop(
+    virtvold: Virtvold, transport: str
+) -> None:
+    uri = virtvold.tcp_uri if transport == "tcp" else virtvold.unix_uri
+    probe = run_cli_probe("-c", uri, "pool-list")
+    assert "default" in probe.stdout, probe.stderr
+    assert "asyncio imported: False status: 0" in probe.stdout
+
+
+def test_cli_keeps_the_event_loop_for_tls() -> None:
+    # The same probe tells the engines apart: a TLS URI goes through asyncio.
+    probe = run_cli_probe("-c", f"storage+tls://127.0.0.1:{free_port()}/system", "pool-list")
+    assert "asyncio imported: True status: 1" in probe.stdout, probe.stderr
