@@ -1173,5 +1173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run() -> NoReturn:
+    """The ``virtvol`` command: ``main``, then exit without tearing the interpreter down.
+
+    Every file the command wrote is closed and every thread joined by the time
+    ``main`` returns; what is left, freeing each module and object one by one, is
+    a sixth of a short command's time and nobody's benefit.
+    """
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe or a full disk: the output did not all arrive
+            status = status or 1
+    os._exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

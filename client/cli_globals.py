@@ -8,7 +8,6 @@ first word that is not an option: the command.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virtvol.client.cli_args import ArgumentError
@@ -36,15 +35,17 @@ virtvol [options]... <command> [args...]
 """
 
 
-@dataclass
 class Globals:
     """The options before the command, read as virsh reads its own (getopt)."""
 
-    connect: str | None = None
-    quiet: bool = False
-    readonly: bool = False
-    protocol: str = "current"
-    show: str | None = None  # "help", "version-short", "version-long"
+    __slots__ = ("connect", "protocol", "quiet", "readonly", "show")
+
+    def __init__(self) -> None:
+        self.connect: str | None = None
+        self.quiet = False
+        self.readonly = False
+        self.protocol = "current"
+        self.show: str | None = None  # "help", "version-short", "version-long"
 
 
 _SHORT_FLAGS = {

@@ -6,7 +6,6 @@ pool name, name and key); every property that can change is fetched anew.
 
 from __future__ import annotations
 
-import uuid as uuidlib
 from typing import TYPE_CHECKING
 
 from virtvol.protocol import procedures
@@ -20,6 +19,7 @@ from virtvol.protocol.constants import VolumeType as VolumeType
 if TYPE_CHECKING:
     import enum
     import os
+    import uuid as uuidlib
 
     from virtvol.client.interfaces import ConnectionLike as Connection
     from virtvol.client.streams import Download, Upload
@@ -58,24 +58,31 @@ class StoragePool:
     def __init__(self, connection: Connection, name: str, uuid: bytes) -> None:
         self.connection = connection
         self.name = name
-        self.uuid = uuidlib.UUID(bytes=uuid)
+        self._uuid = uuid
+
+    @property
+    def uuid(self) -> uuidlib.UUID:
+        """The pool's UUID."""
+        import uuid as uuidlib  # here: it costs every command ~2 ms to import
+
+        return uuidlib.UUID(bytes=self._uuid)
 
     def __repr__(self) -> str:
         return f"StoragePool(name={self.name!r}, uuid='{self.uuid}')"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StoragePool) and (self.name, self.uuid) == (
+        return isinstance(other, StoragePool) and (self.name, self._uuid) == (
             other.name,
-            other.uuid,
+            other._uuid,
         )
 
     def __hash__(self) -> int:
-        return hash((self.name, self.uuid))
+        return hash((self.name, self._uuid))
 
     @property
     def wire(self) -> r.StoragePool:
         """The pool as the wire names it."""
-        return r.StoragePool(self.name, self.uuid.bytes)
+        return r.StoragePool(self.name, self._uuid)
 
     async def _call(
         self, procedure: Procedure[ArgsT, RetT], args: ArgsT, *, timeout: float | None = None

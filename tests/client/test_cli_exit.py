@@ -1,0 +1,71 @@
+"""The ``virtvol`` console command: ``main``'s status, with every output flushed, then
+an exit that skips the interpreter's teardown."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from virtvol.client import cli
+
+_VENV_VIRTVOL = Path(sys.executable).with_name("virtvol")
+
+
+class _Exited(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def _fake_exit(status: int) -> None:
+    raise _Exited(status)
+
+
+class _FailingStream(io.StringIO):
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_run_flushes_then_exits_with_mains_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "argv", ["virtvol", "--version"])
+    monkeypatch.setattr(os, "_exit", _fake_exit)
+    with pytest.raises(_Exited) as exited:
+        cli.run()
+    assert exited.value.status == 0
+    assert out.getvalue().strip()  # the version, written before the exit
+
+
+def test_run_reports_output_that_could_not_be_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdout", _FailingStream())
+    monkeypatch.setattr(sys, "argv", ["virtvol", "--version"])
+    monkeypatch.setattr(os, "_exit", _fake_exit)
+    with pytest.raises(_Exited) as exited:
+        cli.run()
+    assert exited.value.status == 1
+
+
+def test_run_keeps_an_error_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "argv", ["virtvol", "no-such-command"])
+    monkeypatch.setattr(os, "_exit", _fake_exit)
+    with pytest.raises(_Exited) as exited:
+        cli.run()
+    assert exited.value.status == 1
+
+
+def test_the_installed_command_prints_all_its_output_through_a_pipe(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Teardown is skipped, flushing is not: the whole help arrives through the pipe.
+    assert cli.main(["help"]) == 0
+    expected = capsys.readouterr().out
+    done = subprocess.run(
+        [str(_VENV_VIRTVOL), "help"], capture_output=True, text=True, check=False, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (0, expected)
