@@ -133,7 +133,11 @@ class ClientConnection(asyncio.BufferedProtocol):
     def __init__(self, context: DaemonContext, listener: str, *, read_only: bool) -> None:
         self._ctx = context
         self._listener = listener
-        self.rpc = Connection(Side.SERVER, max_message=LIMITED_MESSAGE_MAX)
+        self.rpc = Connection(
+            Side.SERVER,
+            max_message=LIMITED_MESSAGE_MAX,
+            payload_buffers=context.payload_buffers,
+        )
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
         # Who the peer proved to be (the TLS client's DN), set before connection_made.

@@ -15,6 +15,7 @@ from virtvol.daemon.limits import (
     open_descriptor_count,
 )
 from virtvol.daemon.storage import StorageRegistry
+from virtvol.protocol.frames import PayloadBuffers
 
 # Worker threads. Calls and stream I/O get separate pools so that many busy
 # streams cannot make a pool-list wait, nor a slow wipe hold up a stream.
@@ -56,6 +57,9 @@ class DaemonContext:
         )
     )
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Received payload memory, recycled across connections: a new client's first big
+    # frames reuse what earlier ones left free instead of growing fresh buffers.
+    payload_buffers: PayloadBuffers = field(default_factory=PayloadBuffers)
     connections: set[TrackedConnection] = field(default_factory=set)
     # Connections that have not sent CONNECT_OPEN yet (max_anonymous_clients).
     anonymous: set[TrackedConnection] = field(default_factory=set)

@@ -49,7 +49,15 @@ from virtvol.protocol.exceptions import (
     XdrDecodeError,
     XdrEncodeError,
 )
-from virtvol.protocol.frames import Frame, FrameReader, Header, Payload, encode_frame, encode_head
+from virtvol.protocol.frames import (
+    Frame,
+    FrameReader,
+    Header,
+    Payload,
+    PayloadBuffers,
+    encode_frame,
+    encode_head,
+)
 from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.procedures import PROCEDURES, Procedure
 from virtvol.protocol.record import Record
@@ -192,11 +200,19 @@ class Connection:
     Args:
         side: ``Side.CLIENT`` or ``Side.SERVER``.
         max_message: the largest frame accepted from the peer (header + payload).
+        payload_buffers: the recycled memory of large payloads, shared by a server's
+            connections (``FrameReader``); None: the connection's own.
     """
 
-    def __init__(self, side: Side, *, max_message: int = MESSAGE_MAX) -> None:
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_message: int = MESSAGE_MAX,
+        payload_buffers: PayloadBuffers | None = None,
+    ) -> None:
         self.side = side
-        self.reader = FrameReader(max_message=max_message)
+        self.reader = FrameReader(max_message=max_message, payload_buffers=payload_buffers)
         self._next_serial = 0
         self._pending: dict[int, int] = {}  # serial -> procedure
         # Server: (program, version) of rejected calls; the error reply must carry them,

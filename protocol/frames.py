@@ -159,9 +159,18 @@ class FrameReader:
     Args:
         max_message: the largest header + payload accepted (libvirt: 32 MiB).
         scratch_size: the buffer for small frames; larger frames get their own.
+        payload_buffers: where large payloads' memory is recycled; a server shares one
+            among its connections, so that a new connection's first frames land in
+            memory that earlier ones left free. None: a pool of this reader's own.
     """
 
-    def __init__(self, *, max_message: int = MESSAGE_MAX, scratch_size: int = 16384) -> None:
+    def __init__(
+        self,
+        *,
+        max_message: int = MESSAGE_MAX,
+        scratch_size: int = 16384,
+        payload_buffers: PayloadBuffers | None = None,
+    ) -> None:
         if scratch_size < FRAME_OVERHEAD:
             raise ValueError("scratch buffer smaller than a frame head")
         self._max_length = LENGTH_WORD_SIZE + max_message
@@ -174,7 +183,7 @@ class FrameReader:
         self._big_filled = 0
         self._big_length = 0  # the announced payload length; _big_payload may be shorter yet
         self._ready: collections.deque[Frame] = collections.deque()
-        self._payload_buffers = PayloadBuffers()
+        self._payload_buffers = PayloadBuffers() if payload_buffers is None else payload_buffers
 
     @property
     def max_message(self) -> int:

@@ -12,6 +12,7 @@ from virtvol.protocol.frames import (
     PAYLOAD_FIRST_STEP,
     FrameReader,
     Header,
+    PayloadBuffers,
     encode_frame,
     encode_head,
 )
@@ -99,3 +100,33 @@ def test_a_lowered_message_limit_refuses_the_next_bigger_frame() -> None:
     assert len(frame.payload) == 1000
     with pytest.raises(RemoteProtocolError, match="exceeds the maximum of 1028"):
         reader.feed(encode_head(_HEADER, 1024 - 23))
+
+
+def test_readers_sharing_a_pool_reuse_each_others_free_buffers() -> None:
+    shared = PayloadBuffers()
+    payload = b"\xab" * (1 << 20)
+    first_reader = FrameReader(payload_buffers=shared)
+    first_reader.feed(encode_frame(_HEADER, payload))
+    first = first_reader.next_frame()
+    assert first is not None
+    assert isinstance(first.payload, memoryview)
+    first_buffer = id(first.payload.obj)
+    # Still held by its consumer: a second reader must not get it.
+    busy_reader = FrameReader(payload_buffers=shared)
+    busy_reader.feed(encode_frame(_HEADER, b"\x01" * (1 << 20)))
+    busy = busy_reader.next_frame()
+    assert busy is not None
+    assert isinstance(busy.payload, memoryview)
+    assert id(busy.payload.obj) != first_buffer
+    assert bytes(first.payload) == payload
+    del first
+    # Free again: a new reader's first big frame lands in it, whole, with no growth steps.
+    new_reader = FrameReader(payload_buffers=shared)
+    new_reader.feed(encode_head(_HEADER, 1 << 20))
+    assert len(new_reader.get_buffer()) == 1 << 20
+    new_reader.feed(b"\xcd" * (1 << 20))
+    second = new_reader.next_frame()
+    assert second is not None
+    assert isinstance(second.payload, memoryview)
+    assert id(second.payload.obj) == first_buffer
+    assert bytes(second.payload) == b"\xcd" * (1 << 20)
