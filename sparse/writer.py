@@ -73,6 +73,7 @@ class SparseWriter:
         self._sync = sync
         self._detect_zeroes = detect_zeroes
         self._writeback_from = offset
+        self._unsynced = 0  # data bytes written since writeback last started
         self._written_back: tuple[int, int] | None = None
         self.zero_bytes = 0  # data bytes found to be zero and not written
 
@@ -143,9 +144,14 @@ class SparseWriter:
         if not run:
             return run
         files.pwritev_all(self._fd, run, start)
-        end = start + sum(len(v) for v in run)
+        written = sum(len(v) for v in run)
+        end = start + written
         self._size = max(self._size, end)
-        if self._sync and end - self._writeback_from >= WRITEBACK_STEP:
+        self._unsynced += written
+        # Counted in data written, not in file offsets: data scattered over a large
+        # sparse range would otherwise wait for the disk after every extent.
+        if self._sync and self._unsynced >= WRITEBACK_STEP:
+            self._unsynced = 0
             step = (self._writeback_from, end - self._writeback_from)
             files.start_writeback(self._fd, *step)
             if self._written_back is not None:

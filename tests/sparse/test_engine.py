@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from virtvol.sparse import files
 from virtvol.sparse.reader import BufferPool, SparseReader
-from virtvol.sparse.writer import AtomicFile, SparseWriter
+from virtvol.sparse.writer import WRITEBACK_STEP, AtomicFile, SparseWriter
 from virtvol.sparse.zeros import ZERO_BLOCK, is_zero, zero_runs
 
 if TYPE_CHECKING:
@@ -168,3 +169,27 @@ def test_read_pieces_packs_many_small_extents_into_one_buffer(tmp_path: Path) ->
             pass
         assert reader.position == 1 << 20
         assert reader.read_pieces(buffer) == []
+
+
+def test_durable_writes_wait_for_the_disk_per_step_of_data_not_of_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 24 extents of 1 MiB spread over 4 GiB: 24 MiB of data is less than one writeback
+    # step, so nothing may wait for the disk before the final flush.
+    waits: list[tuple[int, int]] = []
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(files, "wait_writeback", lambda fd, o, n: waits.append((o, n)))
+    monkeypatch.setattr(files, "start_writeback", lambda fd, o, n: started.append((o, n)))
+    extent = b"\x01" * (1 << 20)
+    gap = (4 << 30) // 24 - len(extent)
+    with AtomicFile(tmp_path / "scattered") as output:
+        writer = SparseWriter(output.fd, sync=True)
+        for _ in range(24):
+            writer.apply((extent, gap))
+        assert (started, waits) == ([], [])
+        # Past one step of data, writeback starts, and is waited for one step later.
+        for _ in range(WRITEBACK_STEP // len(extent) * 2):
+            writer.apply((extent, gap))
+        assert len(started) == 2
+        assert waits == started[:1]
+        writer.finish()
