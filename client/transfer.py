@@ -209,7 +209,9 @@ async def upload_file(
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     reader: _Reader | None = None
     try:
-        source = SparseReader(fd, 0, length)
+        # A client's source is the user's file: its pages are left to the kernel, as cp
+        # and virsh leave them (the daemon, reading volumes, drops what it brought in).
+        source = SparseReader(fd, 0, length, drop_cache=False)
     except BaseException:
         os.close(fd)
         raise

@@ -28,6 +28,11 @@ _PROT_READ = 0x1
 _MAP_SHARED = 0x01
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
+# How close to the next window a read must start for the kernel's read-ahead to
+# reach into it: the read itself (up to 4 MiB here) plus read-ahead (up to twice a
+# large read), with room to spare.
+READ_AHEAD_REACH = 16 << 20
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _mmap = _libc.mmap
 _mmap.restype = ctypes.c_void_p
@@ -80,12 +85,13 @@ class ReadWindow:
     """Tracks a sequential read and drops, window by window, only the pages it brought in.
 
     Windows are the aligned ``step``-sized pieces of the file. The residency
-    of a window is taken when the read enters the window before it: by the
-    time the read gets there, the kernel's read-ahead (which runs several MiB
-    ahead of large reads) has already brought in its first pages, which must
-    not count as resident before. Call ``reading(offset)`` before each read
-    and ``close()`` at the end. Best effort: where residency cannot be asked,
-    nothing is dropped.
+    of a window is taken when the read comes within ``READ_AHEAD_REACH`` of it:
+    by the time the read gets there, the kernel's read-ahead (which runs
+    several MiB ahead of large reads) has already brought in its first pages,
+    which must not count as resident before. A read that enters a window from
+    afar (the next extent of a sparse file) takes its snapshot on entering.
+    Call ``reading(offset)`` before each read and ``close()`` at the end. Best
+    effort: where residency cannot be asked, nothing is dropped.
     """
 
     def __init__(self, fd: int, step: int) -> None:
@@ -100,13 +106,22 @@ class ReadWindow:
         """Note that a read starting at ``offset`` is about to happen."""
         index = offset // self._step
         if self._current is not None and self._current[0] == index:
+            if self._next is None:
+                self._look_ahead(offset)
             return
         self._drop(self._current)
         ahead, self._next = self._next, None
         self._current = ahead if ahead is not None and ahead[0] == index else self._snapshot(index)
         if ahead is not None and ahead[0] != index:
             self._drop(ahead)
-        self._next = self._snapshot(index + 1)
+        self._look_ahead(offset)
+
+    def _look_ahead(self, offset: int) -> None:
+        # Only a read close to the next window lets read-ahead into it; reads far from
+        # it (data scattered over a sparse file) spare themselves the snapshot.
+        index = offset // self._step
+        if (index + 1) * self._step - offset <= READ_AHEAD_REACH:
+            self._next = self._snapshot(index + 1)
 
     def close(self) -> None:
         """Drop what the read brought into memory; safe to call twice."""

@@ -61,10 +61,20 @@ class SparseReader:
     """Sequential reader of ``[offset, offset + length)`` of ``fd`` (length 0: to the end).
 
     Owns ``fd`` and closes it in ``close()``. Not thread-safe: one thread at
-    a time, which the caller must wait for before ``close()``.
+    a time, which the caller must wait for before ``close()``. With
+    ``drop_cache`` False the pages the read brings in are left to the kernel,
+    as ``cp`` leaves them (no residency checks, which cost ~0.6 ms per window).
     """
 
-    def __init__(self, fd: int, offset: int = 0, length: int = 0, *, sparse: bool = True) -> None:
+    def __init__(
+        self,
+        fd: int,
+        offset: int = 0,
+        length: int = 0,
+        *,
+        sparse: bool = True,
+        drop_cache: bool = True,
+    ) -> None:
         # lseek, not fstat: a block device's fstat size is 0.
         size = os.lseek(fd, 0, os.SEEK_END)
         self._fd = fd
@@ -73,7 +83,7 @@ class SparseReader:
         self._end = size if length == 0 else min(size, offset + length)
         self._sparse = sparse
         self._extent: Extent | None = None
-        self._window = ReadWindow(fd, CACHE_WINDOW)
+        self._window = ReadWindow(fd, CACHE_WINDOW) if drop_cache else None
 
     @property
     def position(self) -> int:
@@ -114,7 +124,8 @@ class SparseReader:
             return Chunk(data=False, length=length)
         view = memoryview(buffer)
         wanted = min(len(view), extent.end - self._pos)
-        self._window.reading(self._pos)
+        if self._window is not None:
+            self._window.reading(self._pos)
         count = os.preadv(self._fd, [view[:wanted]], self._pos)
         if count == 0:  # the file shrank while being read
             self._end = self._pos
@@ -130,7 +141,8 @@ class SparseReader:
         """Let go of what the read brought into memory and close the file; safe twice."""
         if self._fd >= 0:
             try:
-                self._window.close()
+                if self._window is not None:
+                    self._window.close()
             finally:
                 os.close(self._fd)
                 self._fd = -1

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from virtvol.daemon.storage import VolumeReader
+from virtvol.sparse import cache
 from virtvol.sparse.cache import PAGE_SIZE, resident_pages
+from virtvol.sparse.reader import SparseReader
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -103,3 +105,26 @@ def test_half_resident_volume_keeps_exactly_its_resident_half(volume: Path) -> N
         assert resident_pages(fd, 16 * MIB, SIZE - 16 * MIB).count(1) < SIZE // PAGE_SIZE // 10
     finally:
         os.close(fd)
+
+
+def test_a_reader_told_to_keep_the_cache_never_asks_for_residency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "source"
+    path.write_bytes(b"\x01" * (8 << 20))
+    asked: list[int] = []
+
+    def recorded(fd: int, offset: int, length: int) -> bytes:
+        asked.append(offset)
+        return bytes(length // PAGE_SIZE)
+
+    monkeypatch.setattr(cache, "resident_pages", recorded)
+    buffer = bytearray(1 << 20)
+    with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as kept:
+        while kept.read_pieces(buffer):
+            pass
+    assert asked == []
+    with SparseReader(os.open(path, os.O_RDONLY)) as dropping:
+        while dropping.read_pieces(buffer):
+            pass
+    assert asked  # the default reader takes residency snapshots
