@@ -96,7 +96,8 @@ def _refused_tcp(port: int) -> bool:
         probe.settimeout(2)
         try:
             probe.connect(("127.0.0.1", port))
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # Reset: the connection was queued just as the listener closed.
             return True
     return False
 
