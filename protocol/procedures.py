@@ -31,6 +31,10 @@ _CAPITAL_WORDS = frozenset({"XML", "UUID", "URI"})
 class StreamDirection(enum.Enum):
     """Which way a procedure's stream carries data."""
 
+    # Members are compared by identity, so they may hash by identity too: Enum's own
+    # hash is a Python call on the name, and the stream tables are looked up per frame.
+    __hash__ = object.__hash__
+
     UPLOAD = "upload"  # client -> server (libvirt's @writestream)
     DOWNLOAD = "download"  # server -> client (libvirt's @readstream)
 

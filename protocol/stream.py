@@ -26,11 +26,15 @@ from virtvol.protocol.procedures import StreamDirection
 
 
 class Side(enum.Enum):
+    __hash__ = object.__hash__  # as StreamDirection's
+
     CLIENT = "client"
     SERVER = "server"
 
 
 class StreamState(enum.Enum):
+    __hash__ = object.__hash__  # as StreamDirection's
+
     OPEN = "open"
     EOF_SEEN = "eof-seen"  # download: the server has sent its EOF frame
     FINISHING = "finishing"  # the client asked to finish; waiting for the server's answer
@@ -40,6 +44,8 @@ class StreamState(enum.Enum):
 
 
 class StreamInput(enum.Enum):
+    __hash__ = object.__hash__  # as StreamDirection's
+
     DATA = "data"
     HOLE = "hole"
     EOF = "eof"
@@ -153,14 +159,17 @@ class Stream:
         sender: Side,
         error: type[LocalProtocolError] | type[RemoteProtocolError],
     ) -> None:
-        label = f"{self.direction.value} stream {self.serial}"
+        # Runs for every frame: the checks first, the words only for a refusal.
         if _SENDER[self.direction].get(what) is not sender:
-            raise error(f"{sender.value} may not send {what.value} on a {label}")
+            raise error(f"{sender.value} may not send {what.value} on a {self._label()}")
         if what is StreamInput.HOLE and not self.sparse:
-            raise error(f"hole on the non-sparse {label}")
+            raise error(f"hole on the non-sparse {self._label()}")
         if sender is Side.CLIENT and not self.replied:
-            raise error(f"{what.value} on {label} before the call was answered")
+            raise error(f"{what.value} on {self._label()} before the call was answered")
         next_state = _TRANSITIONS[self.direction].get((self.state, what))
         if next_state is None:
-            raise error(f"{what.value} not allowed on {label} in state {self.state.value}")
+            raise error(f"{what.value} not allowed on {self._label()} in state {self.state.value}")
         self.state = next_state
+
+    def _label(self) -> str:
+        return f"{self.direction.value} stream {self.serial}"

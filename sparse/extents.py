@@ -52,12 +52,12 @@ def next_extent(fd: int, offset: int, end: int) -> Extent | None:
         data_at = os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
-            return Extent(offset, end - offset, data=False)
+            return Extent(offset, end - offset, False)
         if exc.errno in _NO_EXTENT_INFO:
-            return Extent(offset, end - offset, data=True)
+            return Extent(offset, end - offset, True)
         raise
     if data_at > offset:
-        return Extent(offset, min(data_at, end) - offset, data=False)
+        return Extent(offset, min(data_at, end) - offset, False)
     try:
         hole_at = os.lseek(fd, offset, os.SEEK_HOLE)
     except OSError as exc:
@@ -66,7 +66,7 @@ def next_extent(fd: int, offset: int, end: int) -> Extent | None:
         if exc.errno != errno.ENXIO and exc.errno not in _NO_EXTENT_INFO:
             raise
         hole_at = end
-    return Extent(offset, min(hole_at, end) - offset, data=True)
+    return Extent(offset, min(hole_at, end) - offset, True)
 
 
 def iter_extents(fd: int, start: int, end: int) -> Iterator[Extent]:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from tests.protocol.conftest import struct_strategy
 from virtvol.protocol import remote
 from virtvol.protocol.constants import AuthType
-from virtvol.protocol.exceptions import XdrError
+from virtvol.protocol.exceptions import XdrEncodeError, XdrError
+from virtvol.protocol.remote import StreamHole
 from virtvol.protocol.xdr import (
     Bool,
     Opaque,
@@ -207,3 +208,18 @@ def test_unencodable_string_is_an_xdr_error() -> None:
     """A lone surrogate cannot become UTF-8 bytes: the codec says so in its own terms."""
     with pytest.raises(XdrError, match=r"LookupByNameArgs\.name"):
         remote.LookupByNameArgs(name="\ud800").encode()
+
+
+@pytest.mark.parametrize(
+    ("length", "flags"), [(1, 0), (65536, 0), (1 << 40, 0), ((1 << 63) - 1, 0xFFFFFFFF), (-5, 1)]
+)
+def test_a_hole_encodes_as_the_generic_encoder_does(length: int, flags: int) -> None:
+    hole = StreamHole(length, flags)
+    assert hole.encode() == XdrStruct.encode(hole)
+    assert StreamHole.decode(hole.encode()) == hole
+
+
+@pytest.mark.parametrize(("length", "flags"), [(1 << 63, 0), (1, 1 << 32), (1, -1)])
+def test_a_hole_out_of_range_is_refused_naming_its_field(length: int, flags: int) -> None:
+    with pytest.raises(XdrEncodeError, match=r"StreamHole\.(length|flags)"):
+        StreamHole(length, flags).encode()
