@@ -83,6 +83,10 @@ log = logging.getLogger("virtvol.client")
 # The transports a blocking socket serves; TLS keeps the event loop's transport.
 DIRECT_TRANSPORTS = frozenset({"unix", "tcp"})
 
+# The most buffers one sendmsg takes (Linux's IOV_MAX), and so the most parts a batch
+# of stream frames collects before it goes out.
+_IOV_MAX = 1024
+
 _T = TypeVar("_T")
 
 
@@ -198,6 +202,8 @@ class DirectRpc:
         self._keepalive: KeepaliveTracker | None = None
         # Control frames (PONG, PING) that wait for the frame being written to be complete.
         self._control: collections.deque[bytes] = collections.deque()
+        # Stream frames that wait to go out together (``send_stream_data(more=True)``).
+        self._batch: list[Payload] = []
         self._writing = False
 
     # -- failure ------------------------------------------------------------------------
@@ -427,20 +433,23 @@ class DirectRpc:
             self._writing = False
 
     def _write_all(self, views: list[memoryview], stream: int | None) -> None:
+        first = 0  # views[first:] are still to go
         try:
-            while views:
+            while first < len(views):
                 try:
-                    sent = self._sock.sendmsg(views)
+                    sent = self._sock.sendmsg(views[first : first + _IOV_MAX])
                 except BlockingIOError:
                     sent = 0
                 except OSError as exc:
                     raise self._lost(exc) from exc
-                while views and sent >= len(views[0]):
-                    sent -= len(views.pop(0))
-                if not views:
+                while first < len(views) and sent >= len(views[first]):
+                    sent -= len(views[first])
+                    first += 1
+                if first == len(views):
                     return
                 if sent:
-                    views[0] = views[0][sent:]
+                    views[first] = views[first][sent:]
+                    continue  # the kernel took part: it may take more at once
                 self._wait_writable(stream)
         except BaseException:
             # Part of the frame may be out (an interrupt can land before ``sent`` is
@@ -466,25 +475,45 @@ class DirectRpc:
 
     # -- the stream adapter: what direct_transfer's streams call ------------------------------
 
-    def send_stream_data(self, serial: int, data: Payload) -> None:
-        """Send one data frame of stream ``serial``; returns once the kernel has it.
+    def send_stream_data(self, serial: int, data: Payload, *, more: bool = False) -> None:
+        """Send one data frame of stream ``serial``.
+
+        With ``more``, the frame may wait to go out with the next ones in one system
+        call (a fragmented image sends two small frames per extent): ``data``'s memory
+        must then stay untouched until ``flush_stream``, or a call without ``more``,
+        returns. Otherwise the frame, and any waiting before it, are with the kernel
+        when this returns.
 
         Raises:
             LocalProtocolError: the stream cannot send data now.
             TransportError: the connection failed, or the peer ended the stream meanwhile.
         """
-        self.write(self.core.send_data(serial, data), stream=serial)
+        self._send_stream(serial, self.core.send_data(serial, data), more)
 
-    def send_stream_hole(self, serial: int, length: int) -> None:
-        """Send a hole of ``length`` bytes on stream ``serial``."""
-        self.write((self.core.send_hole(serial, length),), stream=serial)
+    def send_stream_hole(self, serial: int, length: int, *, more: bool = False) -> None:
+        """Send a hole of ``length`` bytes on stream ``serial`` (``more``: as for data)."""
+        self._send_stream(serial, (self.core.send_hole(serial, length),), more)
+
+    def _send_stream(self, serial: int, parts: Sequence[Payload], more: bool) -> None:
+        self._batch += parts
+        if not more or len(self._batch) >= _IOV_MAX:
+            self.flush_stream(serial)
+
+    def flush_stream(self, serial: int) -> None:
+        """Write the frames of stream ``serial`` that wait to go out."""
+        batch, self._batch = self._batch, []
+        if batch:
+            self.write(batch, stream=serial)
 
     def finish_stream(self, serial: int) -> None:
         """Tell the peer that stream ``serial`` is complete (the answer comes to its sink)."""
+        self.flush_stream(serial)
         self.write((self.core.send_finish(serial),))
 
     def abort_stream(self, serial: int) -> None:
-        """Abort stream ``serial`` (the peer's confirmation comes to its sink)."""
+        """Abort stream ``serial`` (the peer's confirmation comes to its sink); frames
+        still waiting to go out are dropped, as the abort discards them anyway."""
+        self._batch = []
         self.write((self.core.send_abort(serial),))
 
     # -- whole files -----------------------------------------------------------------------------

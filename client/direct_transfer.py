@@ -12,8 +12,9 @@ read-ahead and writeback run on their own.
 Upload: ``read_pieces`` fills a buffer with as many extents as fit (a
 fragmented image costs one call per buffer, not per extent), ``piece_runs``
 splits it by the zero rule, data runs go out as frames pointing into the
-buffer (written before the buffer is filled again), zero runs merge into
-skips; after each buffer what the peer sent meanwhile is handled without
+buffer and zero runs merge into skips, all of one buffer's frames in as few
+``sendmsg`` calls as the kernel takes them (written before the buffer is filled
+again); after each buffer what the peer sent meanwhile is handled without
 waiting, so a stream error stops the upload there. Download: every data
 frame is written to the file from the frame buffer it arrived in, as it
 arrives.
@@ -95,9 +96,11 @@ class DirectRpc(Protocol):
 
     def receive(self, limit: float | None = None) -> None: ...
 
-    def send_stream_data(self, serial: int, data: Payload) -> None: ...
+    def send_stream_data(self, serial: int, data: Payload, *, more: bool = False) -> None: ...
 
-    def send_stream_hole(self, serial: int, length: int) -> None: ...
+    def send_stream_hole(self, serial: int, length: int, *, more: bool = False) -> None: ...
+
+    def flush_stream(self, serial: int) -> None: ...
 
     def finish_stream(self, serial: int) -> None: ...
 
@@ -167,8 +170,9 @@ class _Stream:
             raise self.error
 
     def send_data(self, data: memoryview) -> None:
+        """Queue a data frame: ``data``'s memory must stay as it is until ``flush``."""
         try:
-            self.rpc.send_stream_data(self.serial, data)
+            self.rpc.send_stream_data(self.serial, data, more=True)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
         except TransportError:
@@ -177,9 +181,17 @@ class _Stream:
 
     def send_hole(self, length: int) -> None:
         try:
-            self.rpc.send_stream_hole(self.serial, length)
+            self.rpc.send_stream_hole(self.serial, length, more=True)
         except LocalProtocolError as exc:
             raise StreamError(str(exc)) from None
+        except TransportError:
+            self._stream_error_first()
+            raise
+
+    def flush(self) -> None:
+        """Write the queued frames: their memory is free again when this returns."""
+        try:
+            self.rpc.flush_stream(self.serial)
         except TransportError:
             self._stream_error_first()
             raise
@@ -302,6 +314,7 @@ def _send_file(
                 frame = view[frame_start : min(stop, frame_start + FRAME_DATA_MAX)]
                 stream.send_data(frame)
                 data += len(frame)
+        stream.flush()  # before the next read overwrites the buffer the frames point into
         stream.poll()
         stream.check()
         if progress is not None:
@@ -314,6 +327,7 @@ def _send_file(
         raise OSError(f"the source file shrank while reading it (at {source.end})")
     if pending_hole:
         send_hole(pending_hole)
+    stream.flush()
     if progress is not None:
         progress(data, holes)
     return data, holes
