@@ -7,7 +7,7 @@ Names follow libvirt's ``remote_<procedure>_args`` / ``_ret`` in CamelCase.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Self
 
 from virtvol.protocol.constants import (
     MESSAGE_STRING_MAX,
@@ -121,6 +121,15 @@ class StreamHole(XdrStruct):
             return _STREAM_HOLE.pack(self.length, self.flags)
         except struct.error:
             return super().encode()  # out of range: the generic encoder names the field
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        # As ``encode``: one struct for the one well-formed size, the generic decoder
+        # (and its error messages) for anything else.
+        if len(data) == _STREAM_HOLE.size:
+            length, flags = _STREAM_HOLE.unpack(data)
+            return cls(length, flags)
+        return super().decode(data)
 
 
 _STREAM_HOLE = struct.Struct(">qI")

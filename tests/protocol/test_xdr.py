@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from tests.protocol.conftest import struct_strategy
 from virtvol.protocol import remote
 from virtvol.protocol.constants import AuthType
-from virtvol.protocol.exceptions import XdrEncodeError, XdrError
+from virtvol.protocol.exceptions import XdrDecodeError, XdrEncodeError, XdrError
 from virtvol.protocol.remote import StreamHole
 from virtvol.protocol.xdr import (
     Bool,
     Opaque,
+    Reader,
     String,
     XdrStruct,
     decode_value,
@@ -217,6 +218,13 @@ def test_a_hole_encodes_as_the_generic_encoder_does(length: int, flags: int) -> 
     hole = StreamHole(length, flags)
     assert hole.encode() == XdrStruct.encode(hole)
     assert StreamHole.decode(hole.encode()) == hole
+    assert StreamHole.decode(hole.encode()) == StreamHole.unpack(Reader(hole.encode()))
+
+
+@pytest.mark.parametrize("size", [0, 11, 13, 16])
+def test_a_hole_payload_of_the_wrong_size_is_refused(size: int) -> None:
+    with pytest.raises(XdrDecodeError):
+        StreamHole.decode(bytes(size))
 
 
 @pytest.mark.parametrize(("length", "flags"), [(1 << 63, 0), (1, 1 << 32), (1, -1)])
