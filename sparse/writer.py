@@ -9,11 +9,13 @@ without the sparse flag) still leaves a sparse file, and a fresh file
 (a temporary that replaces a volume, a download's output) gets only the
 blocks that hold data.
 
-Durability (``sync``): every ``WRITEBACK_STEP`` bytes written, writeback of
-them starts (``sync_file_range``, no waiting) and the step before is waited
-for, so the disk works while the network does and the final ``fdatasync``
-only waits for the last step. The written pages stay in the page cache: a
-download that follows the upload is served from memory.
+Durability (``sync``): every ``WRITEBACK_START`` bytes of data written,
+writeback of them starts (``sync_file_range``, no waiting), and every
+``WRITEBACK_STEP`` bytes what was started a step before is waited for: the
+disk works while the network does, memory waiting for the disk stays
+bounded, and the final ``fdatasync`` only waits for what is still in flight.
+The written pages stay in the page cache: a download that follows the upload
+is served from memory.
 
 ``AtomicFile`` is the "old or new content, never a mix" half: a hidden
 temporary beside the target, renamed over it on commit (after the writer's
@@ -35,8 +37,12 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
-__all__ = ["WRITEBACK_STEP", "AtomicFile", "SparseWriter"]
+__all__ = ["WRITEBACK_START", "WRITEBACK_STEP", "AtomicFile", "SparseWriter"]
 
+# Data written before its writeback is started, and data started before what was
+# started a step earlier is waited for. Both count data, not file offsets: data
+# scattered over a large sparse range would otherwise wait after every extent.
+WRITEBACK_START = 4 << 20
 WRITEBACK_STEP = 32 << 20
 
 # The largest file offset (off_t): no stream may write or reach past it.
@@ -72,9 +78,11 @@ class SparseWriter:
         self._size = os.fstat(fd).st_size
         self._sync = sync
         self._detect_zeroes = detect_zeroes
-        self._writeback_from = offset
-        self._unsynced = 0  # data bytes written since writeback last started
-        self._written_back: tuple[int, int] | None = None
+        self._writeback_from = offset  # where the data not yet started begins
+        self._unstarted = 0  # data bytes written since writeback last started
+        self._started = 0  # data bytes started since the last wait
+        self._wait_from = offset  # what a wait covers: [wait_from, wait_to)
+        self._wait_to: int | None = None
         self.zero_bytes = 0  # data bytes found to be zero and not written
 
     @property
@@ -147,18 +155,24 @@ class SparseWriter:
         written = sum(len(v) for v in run)
         end = start + written
         self._size = max(self._size, end)
-        self._unsynced += written
-        # Counted in data written, not in file offsets: data scattered over a large
-        # sparse range would otherwise wait for the disk after every extent.
-        if self._sync and self._unsynced >= WRITEBACK_STEP:
-            self._unsynced = 0
-            step = (self._writeback_from, end - self._writeback_from)
-            files.start_writeback(self._fd, *step)
-            if self._written_back is not None:
-                files.wait_writeback(self._fd, *self._written_back)
-            self._written_back = step
-            self._writeback_from = end
+        if self._sync:
+            self._unstarted += written
+            if self._unstarted >= WRITEBACK_START:
+                self._start_writeback(end)
         return []
+
+    def _start_writeback(self, end: int) -> None:
+        files.start_writeback(self._fd, self._writeback_from, end - self._writeback_from)
+        self._writeback_from = end
+        self._started += self._unstarted
+        self._unstarted = 0
+        if self._started < WRITEBACK_STEP:
+            return
+        self._started = 0
+        if self._wait_to is not None:
+            files.wait_writeback(self._fd, self._wait_from, self._wait_to - self._wait_from)
+            self._wait_from = self._wait_to
+        self._wait_to = end
 
     def _zero(self, length: int) -> None:
         """Make ``[position, position + length)`` read as zeros without writing them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import subprocess
 import threading
@@ -12,7 +13,7 @@ import pytest
 
 from virtvol.sparse import files
 from virtvol.sparse.reader import BufferPool, SparseReader
-from virtvol.sparse.writer import WRITEBACK_STEP, AtomicFile, SparseWriter
+from virtvol.sparse.writer import WRITEBACK_START, WRITEBACK_STEP, AtomicFile, SparseWriter
 from virtvol.sparse.zeros import ZERO_BLOCK, is_zero, zero_runs
 
 if TYPE_CHECKING:
@@ -174,22 +175,39 @@ def test_read_pieces_packs_many_small_extents_into_one_buffer(tmp_path: Path) ->
 def test_durable_writes_wait_for_the_disk_per_step_of_data_not_of_offsets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 24 extents of 1 MiB spread over 4 GiB: 24 MiB of data is less than one writeback
-    # step, so nothing may wait for the disk before the final flush.
+    # 24 extents of 1 MiB spread over 4 GiB: writeback starts every WRITEBACK_START of
+    # data, and nothing waits for the disk before a whole step of data is written.
     waits: list[tuple[int, int]] = []
     started: list[tuple[int, int]] = []
     monkeypatch.setattr(files, "wait_writeback", lambda fd, o, n: waits.append((o, n)))
     monkeypatch.setattr(files, "start_writeback", lambda fd, o, n: started.append((o, n)))
     extent = b"\x01" * (1 << 20)
-    gap = (4 << 30) // 24 - len(extent)
+    stride = (4 << 30) // 24
     with AtomicFile(tmp_path / "scattered") as output:
         writer = SparseWriter(output.fd, sync=True)
         for _ in range(24):
-            writer.apply((extent, gap))
-        assert (started, waits) == ([], [])
-        # Past one step of data, writeback starts, and is waited for one step later.
-        for _ in range(WRITEBACK_STEP // len(extent) * 2):
-            writer.apply((extent, gap))
-        assert len(started) == 2
-        assert waits == started[:1]
+            writer.apply((extent, stride - len(extent)))
+        per_start = WRITEBACK_START // len(extent)
+        assert waits == []
+        assert len(started) == 24 // per_start
+        # Started ranges follow each other without gaps or overlaps.
+        assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(started))
+        # Two more steps of data: the first step's ranges are waited for, one step behind.
+        for _ in range(2 * WRITEBACK_STEP // len(extent)):
+            writer.apply((extent, stride - len(extent)))
+        assert len(waits) == 1
+        first_step_end = started[WRITEBACK_STEP // WRITEBACK_START - 1]
+        assert waits[0] == (0, first_step_end[0] + first_step_end[1])
         writer.finish()
+
+
+def test_a_writer_without_sync_never_starts_writeback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(files, "start_writeback", lambda fd, o, n: calls.append(o))
+    with AtomicFile(tmp_path / "plain") as output:
+        writer = SparseWriter(output.fd)
+        writer.apply((b"\x01" * (8 << 20),))
+        writer.finish()
+    assert calls == []
