@@ -65,12 +65,10 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Coroutine, Sequence
 
-    from virtvol.client.interfaces import VolumeLike
+    from virtvol.client.interfaces import FileTransfers
     from virtvol.client.rpc import StreamEvent
-    from virtvol.client.transfer_base import Progress, TransferResult
     from virtvol.protocol.constants import ProtocolMode
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import ArgsT, Procedure, RetT
@@ -516,57 +514,13 @@ class DirectRpc:
         self._batch = []
         self.write((self.core.send_abort(serial),))
 
-    # -- whole files -----------------------------------------------------------------------------
+    # -- whole files --------------------------------------------------------------------------
 
-    async def upload_file(
-        self,
-        volume: VolumeLike,
-        path: str | os.PathLike[str],
-        *,
-        offset: int,
-        length: int,
-        sparse: bool | None,
-        detect_zeroes: bool,
-        progress: Progress | None,
-    ) -> TransferResult:
-        """``direct_transfer.upload_file`` over this connection."""
-        from virtvol.client.direct_transfer import upload_file
+    def file_transfers(self) -> FileTransfers:
+        """``direct_transfer``, which moves whole files over this connection."""
+        from virtvol.client import direct_transfer
 
-        return await upload_file(
-            self,
-            volume,
-            path,
-            offset=offset,
-            length=length,
-            sparse=sparse,
-            detect_zeroes=detect_zeroes,
-            progress=progress,
-        )
-
-    async def download_file(
-        self,
-        volume: VolumeLike,
-        path: str | os.PathLike[str],
-        *,
-        offset: int,
-        length: int,
-        sparse: bool | None,
-        detect_zeroes: bool,
-        progress: Progress | None,
-    ) -> TransferResult:
-        """``direct_transfer.download_file`` over this connection."""
-        from virtvol.client.direct_transfer import download_file
-
-        return await download_file(
-            self,
-            volume,
-            path,
-            offset=offset,
-            length=length,
-            sparse=sparse,
-            detect_zeroes=detect_zeroes,
-            progress=progress,
-        )
+        return direct_transfer
 
     # -- closing -------------------------------------------------------------------------------
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
+from virtvol.client.direct import DirectRpc
 from virtvol.client.errors import (
     LibvirtError,
     StreamError,
@@ -64,9 +65,7 @@ if TYPE_CHECKING:
     from virtvol.client.interfaces import VolumeLike
     from virtvol.client.rpc import StreamEvent
     from virtvol.client.transfer_base import Progress
-    from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
-    from virtvol.protocol.xdr import XdrStruct
 
 __all__ = ["download_file", "upload_file"]
 
@@ -76,35 +75,11 @@ READ_BUFFER = 4 * FRAME_DATA_MAX
 ABORT_WAIT = 30.0
 
 
-class DirectRpc(Protocol):
-    """What a stream uses of ``direct.DirectRpc``."""
-
-    @property
-    def failure(self) -> TransportError | None: ...
-
-    def start_call(
-        self,
-        procedure: Procedure[Any, Any],
-        args: XdrStruct | None = None,
-        *,
-        sink: Callable[[StreamEvent], None] | None = None,
-    ) -> int: ...
-
-    def wait_reply(self, serial: int, name: str, timeout: float | None = None) -> Any: ...
-
-    def forget_sink(self, serial: int) -> None: ...
-
-    def receive(self, limit: float | None = None) -> None: ...
-
-    def send_stream_data(self, serial: int, data: Payload, *, more: bool = False) -> None: ...
-
-    def send_stream_hole(self, serial: int, length: int, *, more: bool = False) -> None: ...
-
-    def flush_stream(self, serial: int) -> None: ...
-
-    def finish_stream(self, serial: int) -> None: ...
-
-    def abort_stream(self, serial: int) -> None: ...
+def _engine(volume: VolumeLike) -> DirectRpc:
+    rpc = volume.connection._rpc
+    if not isinstance(rpc, DirectRpc):  # pragma: no cover - each engine picks its own module
+        raise TypeError("direct_transfer moves files over DirectRpc connections only")
+    return rpc
 
 
 class _Stream:
@@ -238,7 +213,6 @@ class _Stream:
 
 
 async def upload_file(
-    rpc: DirectRpc,
     volume: VolumeLike,
     path: str | os.PathLike[str],
     *,
@@ -249,6 +223,7 @@ async def upload_file(
     progress: Progress | None = None,
 ) -> TransferResult:
     """Upload a local file into ``volume`` (the arguments of ``transfer.upload_file``)."""
+    rpc = _engine(volume)
     started = time.monotonic()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -334,7 +309,6 @@ def _send_file(
 
 
 async def download_file(
-    rpc: DirectRpc,
     volume: VolumeLike,
     path: str | os.PathLike[str],
     *,
@@ -346,6 +320,7 @@ async def download_file(
 ) -> TransferResult:
     """Download ``volume`` into a local sparse file (the arguments of
     ``transfer.download_file``): it appears at ``path`` only once complete."""
+    rpc = _engine(volume)
     started = time.monotonic()
     _refuse_directory(os.fspath(path))
     with AtomicFile(path) as output:

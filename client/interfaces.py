@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from virtvol.protocol.procedures import ArgsT, Procedure, RetT
     from virtvol.protocol.xdr import XdrStruct
 
-__all__ = ["CallEngine", "ConnectionLike", "VolumeLike"]
+__all__ = ["CallEngine", "ConnectionLike", "FileTransfers", "VolumeLike"]
 
 
 class CallEngine(Protocol):
@@ -51,16 +51,25 @@ class CallEngine(Protocol):
 
     async def wait_closed(self) -> None: ...
 
+    def file_transfers(self) -> FileTransfers:
+        """The module that moves whole files over this engine (imported on first use)."""
+        ...
+
+
+class FileTransfers(Protocol):
+    """``upload_file`` and ``download_file`` of one engine: ``transfer`` for the event
+    loop's connections, ``direct_transfer`` for the command line's."""
+
     async def upload_file(
         self,
         volume: VolumeLike,
         path: str | os.PathLike[str],
         *,
-        offset: int,
-        length: int,
-        sparse: bool | None,
-        detect_zeroes: bool,
-        progress: Progress | None,
+        offset: int = 0,
+        length: int = 0,
+        sparse: bool | None = None,
+        detect_zeroes: bool = True,
+        progress: Progress | None = None,
     ) -> TransferResult: ...
 
     async def download_file(
@@ -68,11 +77,11 @@ class CallEngine(Protocol):
         volume: VolumeLike,
         path: str | os.PathLike[str],
         *,
-        offset: int,
-        length: int,
-        sparse: bool | None,
-        detect_zeroes: bool,
-        progress: Progress | None,
+        offset: int = 0,
+        length: int = 0,
+        sparse: bool | None = None,
+        detect_zeroes: bool = True,
+        progress: Progress | None = None,
     ) -> TransferResult: ...
 
 

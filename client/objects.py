@@ -375,7 +375,7 @@ class StorageVolume:
     ) -> TransferResult:
         """Upload a local file, sending its holes (and, with ``detect_zeroes``, its
         all-zero blocks) as holes. See ``virtvol.client.transfer.upload_file``."""
-        return await self.connection._rpc.upload_file(
+        return await self.connection._rpc.file_transfers().upload_file(
             self,
             path,
             offset=offset,
@@ -397,7 +397,7 @@ class StorageVolume:
     ) -> TransferResult:
         """Download into a local sparse file that appears atomically.
         See ``virtvol.client.transfer.download_file``."""
-        return await self.connection._rpc.download_file(
+        return await self.connection._rpc.file_transfers().download_file(
             self,
             path,
             offset=offset,

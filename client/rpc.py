@@ -68,11 +68,9 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable
 
-    from virtvol.client.interfaces import VolumeLike
-    from virtvol.client.transfer_base import Progress, TransferResult
+    from virtvol.client.interfaces import FileTransfers
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import ArgsT, Procedure, RetT
     from virtvol.protocol.xdr import XdrStruct
@@ -517,53 +515,11 @@ class RpcProtocol(asyncio.BufferedProtocol):
 
     # -- whole files --------------------------------------------------------------------------
 
-    async def upload_file(
-        self,
-        volume: VolumeLike,
-        path: str | os.PathLike[str],
-        *,
-        offset: int,
-        length: int,
-        sparse: bool | None,
-        detect_zeroes: bool,
-        progress: Progress | None,
-    ) -> TransferResult:
-        """``transfer.upload_file`` (imported on first use: it brings threads and ctypes)."""
-        from virtvol.client.transfer import upload_file
+    def file_transfers(self) -> FileTransfers:
+        """``transfer`` (imported on first use: it brings threads and ctypes)."""
+        from virtvol.client import transfer
 
-        return await upload_file(
-            volume,
-            path,
-            offset=offset,
-            length=length,
-            sparse=sparse,
-            detect_zeroes=detect_zeroes,
-            progress=progress,
-        )
-
-    async def download_file(
-        self,
-        volume: VolumeLike,
-        path: str | os.PathLike[str],
-        *,
-        offset: int,
-        length: int,
-        sparse: bool | None,
-        detect_zeroes: bool,
-        progress: Progress | None,
-    ) -> TransferResult:
-        """``transfer.download_file`` (imported on first use)."""
-        from virtvol.client.transfer import download_file
-
-        return await download_file(
-            volume,
-            path,
-            offset=offset,
-            length=length,
-            sparse=sparse,
-            detect_zeroes=detect_zeroes,
-            progress=progress,
-        )
+        return transfer
 
     # -- closing ------------------------------------------------------------------------------
 
