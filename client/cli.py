@@ -16,11 +16,11 @@ stderr. The README lists where virtvol differs on purpose.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, NoReturn
 
 from virtvol.client.cli_args import (
@@ -97,7 +97,7 @@ def _fail(context: str, exc: BaseException) -> NoReturn:
     raise CommandError(context, message) from exc
 
 
-def _unsupported(args: argparse.Namespace, *names: str) -> None:
+def _unsupported(args: SimpleNamespace, *names: str) -> None:
     """virsh options virtvol reads but cannot carry out: a clear refusal, not a silent no-op."""
     for name in names:
         if getattr(args, name.replace("-", "_")):
@@ -198,7 +198,7 @@ _POOL_TYPES = [
 ]
 
 
-def _pool_list_flags(args: argparse.Namespace) -> int:
+def _pool_list_flags(args: SimpleNamespace) -> int:
     flags = 0 if args.all else ListPoolsFlags.INACTIVE if args.inactive else ListPoolsFlags.ACTIVE
     for given, bit in (
         (args.persistent, ListPoolsFlags.PERSISTENT),
@@ -216,7 +216,7 @@ def _pool_list_flags(args: argparse.Namespace) -> int:
     return flags
 
 
-async def pool_list(conn: Connection, args: argparse.Namespace) -> str:
+async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
     try:
         pools = await conn.list_pools(flags=_pool_list_flags(args))
     except LibvirtError as exc:
@@ -251,7 +251,7 @@ async def pool_list(conn: Connection, args: argparse.Namespace) -> str:
     return format_table(header, rows, headers=not args.quiet)
 
 
-async def pool_info(conn: Connection, args: argparse.Namespace) -> str:
+async def pool_info(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     try:
         info = await pool.info()
@@ -274,7 +274,7 @@ async def pool_info(conn: Connection, args: argparse.Namespace) -> str:
     return format_fields(fields)
 
 
-async def pool_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
+async def pool_dumpxml(conn: Connection, args: SimpleNamespace) -> str:
     _unsupported(args, "xpath", "wrap")
     pool = await _pool(conn, args.pool)
     try:
@@ -284,7 +284,7 @@ async def pool_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
     return xml if xml.endswith("\n") else xml + "\n"
 
 
-def _pool_xml(args: argparse.Namespace) -> str:
+def _pool_xml(args: SimpleNamespace) -> str:
     """The pool XML virsh's pool-define-as/pool-create-as build from their options (the
     same elements, order and conditions as virsh 9.0)."""
     a = args
@@ -351,7 +351,7 @@ def _pool_xml(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build_flags(args: argparse.Namespace) -> int:
+def _build_flags(args: SimpleNamespace) -> int:
     """pool-start/pool-create-as: --build, --overwrite, --no-overwrite (exclusive)."""
     flags = PoolCreateFlags.WITH_BUILD if args.build else 0
     if args.overwrite:
@@ -361,7 +361,7 @@ def _build_flags(args: argparse.Namespace) -> int:
     return flags
 
 
-async def pool_define_as(conn: Connection, args: argparse.Namespace) -> str:
+async def pool_define_as(conn: Connection, args: SimpleNamespace) -> str:
     xml = _pool_xml(args)
     if args.print_xml:
         return xml
@@ -372,7 +372,7 @@ async def pool_define_as(conn: Connection, args: argparse.Namespace) -> str:
     return Notice(f"Pool {args.name} defined\n")
 
 
-async def pool_create_as(conn: Connection, args: argparse.Namespace) -> str:
+async def pool_create_as(conn: Connection, args: SimpleNamespace) -> str:
     xml = _pool_xml(args)
     if args.print_xml:
         return xml
@@ -384,11 +384,11 @@ async def pool_create_as(conn: Connection, args: argparse.Namespace) -> str:
 
 
 def _pool_action(
-    action: Callable[[StoragePool, argparse.Namespace], Awaitable[None]],
+    action: Callable[[StoragePool, SimpleNamespace], Awaitable[None]],
     failure: str,
     success: str,
-) -> Callable[[Connection, argparse.Namespace], Awaitable[str]]:
-    async def run(conn: Connection, args: argparse.Namespace) -> str:
+) -> Callable[[Connection, SimpleNamespace], Awaitable[str]]:
+    async def run(conn: Connection, args: SimpleNamespace) -> str:
         pool = await _pool(conn, args.pool)
         try:
             await action(pool, args)
@@ -399,23 +399,23 @@ def _pool_action(
     return run
 
 
-async def _start(pool: StoragePool, args: argparse.Namespace) -> None:
+async def _start(pool: StoragePool, args: SimpleNamespace) -> None:
     await pool.start(flags=_build_flags(args))
 
 
-async def _destroy(pool: StoragePool, args: argparse.Namespace) -> None:
+async def _destroy(pool: StoragePool, args: SimpleNamespace) -> None:
     await pool.destroy()
 
 
-async def _undefine(pool: StoragePool, args: argparse.Namespace) -> None:
+async def _undefine(pool: StoragePool, args: SimpleNamespace) -> None:
     await pool.undefine()
 
 
-async def _refresh(pool: StoragePool, args: argparse.Namespace) -> None:
+async def _refresh(pool: StoragePool, args: SimpleNamespace) -> None:
     await pool.refresh()
 
 
-async def pool_autostart(conn: Connection, args: argparse.Namespace) -> str:
+async def pool_autostart(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     try:
         await pool.set_autostart(not args.disable)
@@ -430,7 +430,7 @@ async def pool_autostart(conn: Connection, args: argparse.Namespace) -> str:
 # -- volume commands ------------------------------------------------------------------------------
 
 
-async def vol_list(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_list(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     try:
         vols = await pool.list_volumes()
@@ -453,7 +453,7 @@ async def vol_list(conn: Connection, args: argparse.Namespace) -> str:
     return format_table(header, rows, headers=not args.quiet)
 
 
-async def vol_info(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_info(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     try:
         info = await vol.info(physical=args.physical)
@@ -470,7 +470,7 @@ async def vol_info(conn: Connection, args: argparse.Namespace) -> str:
     )
 
 
-async def vol_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_dumpxml(conn: Connection, args: SimpleNamespace) -> str:
     _unsupported(args, "xpath", "wrap")
     vol = await _volume(conn, args.vol, args.pool)
     try:
@@ -480,7 +480,7 @@ async def vol_dumpxml(conn: Connection, args: argparse.Namespace) -> str:
     return xml if xml.endswith("\n") else xml + "\n"
 
 
-async def vol_path(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_path(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     try:
         return await vol.path() + "\n"
@@ -488,7 +488,7 @@ async def vol_path(conn: Connection, args: argparse.Namespace) -> str:
         _fail(f"failed to get vol '{args.vol}' path", exc)
 
 
-async def vol_key(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_key(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     return vol.key + "\n"
 
@@ -508,7 +508,7 @@ async def _backing_volume(conn: Connection, pool: StoragePool, name: str) -> str
     _fail(f"failed to get vol '{name}'", error)
 
 
-async def vol_create_as(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_create_as(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     capacity = _size_argument(args.capacity)
     allocation = None if args.allocation is None else _size_argument(args.allocation)
@@ -533,7 +533,7 @@ async def vol_create_as(conn: Connection, args: argparse.Namespace) -> str:
     return Notice(f"Vol {args.name} created\n")
 
 
-async def vol_clone(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_clone(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     flags = VolCreateFlags.PREALLOC_METADATA if args.prealloc_metadata else 0
     if args.reflink:
@@ -555,7 +555,7 @@ async def vol_clone(conn: Connection, args: argparse.Namespace) -> str:
     return Notice(f"Vol {args.newname} cloned from {vol.name}\n")
 
 
-async def vol_delete(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_delete(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     try:
         await vol.delete(flags=VolDeleteFlags.WITH_SNAPSHOTS if args.delete_snapshots else 0)
@@ -564,7 +564,7 @@ async def vol_delete(conn: Connection, args: argparse.Namespace) -> str:
     return Notice(f"Vol {args.vol} deleted\n")
 
 
-async def vol_wipe(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_wipe(conn: Connection, args: SimpleNamespace) -> str:
     if args.algorithm not in (None, "zero"):
         # virsh's other algorithms need STORAGE_VOL_WIPE_PATTERN, which virtvol does not send.
         raise CommandError(f"wipe algorithm '{args.algorithm}' is not supported by virtvol")
@@ -576,7 +576,7 @@ async def vol_wipe(conn: Connection, args: argparse.Namespace) -> str:
     return Notice(f"Vol {args.vol} wiped\n")
 
 
-async def vol_resize(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_resize(conn: Connection, args: SimpleNamespace) -> str:
     text: str = args.capacity
     delta = args.delta
     body = text
@@ -598,7 +598,7 @@ async def vol_resize(conn: Connection, args: argparse.Namespace) -> str:
     return Notice(f"Size of volume '{vol.name}' successfully changed to {text}\n")
 
 
-def _sparse_choice(args: argparse.Namespace) -> bool | None:
+def _sparse_choice(args: SimpleNamespace) -> bool | None:
     if args.sparse:
         return True
     if args.no_sparse:
@@ -618,12 +618,12 @@ def _stream_failure(verb: str, vol: StorageVolume, exc: LibvirtError) -> NoRetur
     _fail(context, exc)
 
 
-def _read_range(args: argparse.Namespace) -> None:
+def _read_range(args: SimpleNamespace) -> None:
     args.offset = _number_argument(args.offset, "offset")
     args.length = _number_argument(args.length, "length")
 
 
-async def vol_upload(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:
     _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
     try:
@@ -647,7 +647,7 @@ def _check_destination(path: str) -> None:
         raise CommandError(f"cannot create {path}")
 
 
-async def vol_download(conn: Connection, args: argparse.Namespace) -> str:
+async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
     _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
     _check_destination(args.file)
@@ -663,7 +663,7 @@ async def vol_download(conn: Connection, args: argparse.Namespace) -> str:
 
 
 async def _transfer(
-    vol: StorageVolume, args: argparse.Namespace, *, upload: bool, total: int | None
+    vol: StorageVolume, args: SimpleNamespace, *, upload: bool, total: int | None
 ) -> str:
     """Move the file with a progress bar, map failures to virsh's messages, print the summary."""
     verb, way, file_action = (
@@ -695,7 +695,7 @@ async def _transfer(
 
 # -- the command table ------------------------------------------------------------------------
 
-Handler = Callable[[Connection, argparse.Namespace], Awaitable[str]]
+Handler = Callable[[Connection, SimpleNamespace], Awaitable[str]]
 
 _POOL = Option("pool", "name or UUID of the pool", required=True)
 _POOL_OF_VOL = Option("pool", "name or UUID of the pool holding the volume")
@@ -1009,7 +1009,7 @@ def _help(topic: str | None) -> str:
 Opener = Callable[..., Awaitable[Connection]]
 
 
-async def _run(command: Command, handler: Handler, args: argparse.Namespace, opener: Opener) -> str:
+async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener: Opener) -> str:
     # virsh connects before the command when given -c, and within it otherwise (so a
     # failure then ends with the command's blank line).
     ran = not args.connect_given
@@ -1059,7 +1059,7 @@ def _event_loop_runner(handler: Handler) -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def _execute(command: Command, handler: Handler, args: argparse.Namespace) -> str:
+def _execute(command: Command, handler: Handler, args: SimpleNamespace) -> str:
     """Run the command: over a blocking socket (``direct``) where the transport allows,
     which spares a short command the event loop's start-up; TLS keeps the event loop."""
     from virtvol.client import direct
@@ -1089,7 +1089,7 @@ class _LowercaseLevelFormatter(logging.Formatter):
 class _Invocation(Record):
     """What the command line asks for: a text to print (help, version), or a command."""
 
-    args: argparse.Namespace
+    args: SimpleNamespace
     text: str | None = None
     command: Command | None = None
     handler: Handler | None = None
@@ -1098,7 +1098,7 @@ class _Invocation(Record):
 def _prepare(argv: Sequence[str]) -> _Invocation:
     """Read the command line (raises ArgumentError or CommandError as virsh would)."""
     found, rest = read_globals(argv)
-    plain = argparse.Namespace(quiet=found.quiet)
+    plain = SimpleNamespace(quiet=found.quiet)
     if found.show == "help":
         return _Invocation(plain, text=USAGE + _command_list())
     if found.show is not None:
@@ -1123,7 +1123,7 @@ def _prepare(argv: Sequence[str]) -> _Invocation:
         text = format_command_help(command)
         return _Invocation(plain, text=text if quiet else text + "\n")
     values = parse_arguments(command, words)
-    args = argparse.Namespace(
+    args = SimpleNamespace(
         **values,
         connect=_connect_uri(found.connect),
         connect_given=found.connect is not None,
