@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
@@ -251,7 +252,6 @@ async def _open_transport(target: Target) -> RpcProtocol:
     # Imported here: the command line opens most connections without an event loop
     # (``direct``), and these modules cost it tens of milliseconds.
     import asyncio
-    import socket
 
     from virtvol.client.rpc import RpcProtocol
     from virtvol.client.tls import client_context, locate_credentials, open_tls
@@ -294,7 +294,12 @@ def connect_failure(target: Target, exc: OSError) -> TransportError:
     """Why ``target`` could not be reached, in libvirt's client's words (virsh users
     recognise them): the system's text for the error number, as libvirt prints it, not
     the wording of whichever layer raised it (asyncio's is "Connect call failed (...)")."""
-    reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+    # A name lookup's failure (socket.gaierror) carries a negative EAI code, not an errno:
+    # its own text is the one to show ("Name or service not known").
+    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        reason = os.strerror(exc.errno)
+    else:
+        reason = exc.strerror or str(exc)
     if target.socket_path is not None:
         return TransportError(f"Failed to connect socket to '{target.socket_path}': {reason}")
     return TransportError(f"unable to connect to server at '{target.host}:{target.port}': {reason}")

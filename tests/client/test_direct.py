@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +35,6 @@ from virtvol.protocol import procedures
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    import socket
     from pathlib import Path
 
     from tests.conftest import Virtvold
@@ -145,6 +145,22 @@ def test_unreachable_daemon_reads_as_libvirt_says_it(tmp_path: Path, transport: 
     message = str(caught.value)
     assert message.startswith(expected)
     assert message == event_loop_connect_error(uri)
+
+
+def test_a_host_name_that_does_not_resolve_reads_as_the_resolver_words_it() -> None:
+    uri = "storage+tcp://no-such-host.invalid:16599/system"
+    try:
+        socket.getaddrinfo("no-such-host.invalid", 16599)
+    except socket.gaierror as failure:
+        reason = failure.strerror
+    else:  # pragma: no cover - a resolver that answers for .invalid
+        pytest.fail("no-such-host.invalid resolved")
+    expected = f"unable to connect to server at 'no-such-host.invalid:16599': {reason}"
+    with pytest.raises(TransportError) as caught:
+        run_blocking(open_direct(uri, time_limit=5))
+    assert str(caught.value) == expected
+    assert "Unknown error" not in expected
+    assert event_loop_connect_error(uri) == expected
 
 
 def test_calls_work_and_close_says_goodbye(virtvold: Virtvold) -> None:
