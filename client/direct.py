@@ -17,7 +17,8 @@ vanished peer fails the command instead of hanging it (``KeepaliveTracker``,
 as the event-loop client). Writing never waits without reading: while the
 socket is full, what the peer sends is still read and handled, so a peer that
 reports a stream error and stops reading is heard. Control frames that arise
-while a frame is half written (a PONG) wait until that frame is complete.
+while frames are being written (a PONG) wait until that write is complete: one
+frame, or the frames of one read buffer (``send_stream_data(more=True)``).
 
 Unix and TCP connections are direct; TLS ones keep the event loop
 (``needs_event_loop``).
@@ -198,7 +199,7 @@ class DirectRpc:
         self._sinks: dict[int, Callable[[StreamEvent], None]] = {}
         self._failure: TransportError | None = None
         self._keepalive: KeepaliveTracker | None = None
-        # Control frames (PONG, PING) that wait for the frame being written to be complete.
+        # Control frames (PONG, PING) that wait for the write under way to be complete.
         self._control: collections.deque[bytes] = collections.deque()
         # Stream frames that wait to go out together (``send_stream_data(more=True)``).
         self._batch: list[Payload] = []

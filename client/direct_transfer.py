@@ -267,11 +267,21 @@ def _send_file(
             stream.send_hole(length)
             holes += length
             return
-        while length:  # a dense stream carries holes as zeros
+        # A dense stream carries holes as zeros; a long hole is sent a read buffer's
+        # worth at a time, each heard from the peer as after a buffer of data (an error
+        # stops it there; a PING is answered).
+        unchecked = 0
+        while length:
             count = min(length, FRAME_DATA_MAX)
             stream.send_data(zero_view(count))
             data += count
             length -= count
+            unchecked += count
+            if unchecked >= READ_BUFFER:
+                unchecked = 0
+                stream.flush()
+                stream.poll()
+                stream.check()
 
     while True:
         position = source.position

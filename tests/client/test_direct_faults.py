@@ -302,6 +302,33 @@ def test_a_stream_error_from_a_peer_that_goes_on_reading_stops_the_upload_early(
     assert len(peer.received) < 16 * MIB
 
 
+def test_a_stream_error_stops_a_long_hole_sent_as_zeros(tmp_path: Path) -> None:
+    """On a dense stream a hole travels as zero frames; a long one is heard from the
+    peer a read buffer at a time, as data is, not only after its last zero."""
+    source = tmp_path / "hole.img"
+    with source.open("wb") as f:
+        f.truncate(64 * MIB)
+    error_sent = threading.Event()
+
+    def fail_once(peer: FakePeer, event: Any) -> None:
+        if not error_sent.is_set():
+            peer.send(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
+            error_sent.set()
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda p, event: p.reply(event.serial)
+        peer.on_data = fail_once
+        conn = open_conn(peer.uri)
+        sock = rpc_of(conn)._sock
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 128 * MIB)
+        with pytest.raises(LibvirtError, match="disk on fire"):
+            run_blocking(fake_volume(conn).upload_file(source, sparse=False))
+        assert run_blocking(conn.get_type()) == "storage"
+        close(conn)
+        assert peer.hung_up.wait(5)
+    assert len(peer.received) < 16 * MIB
+
+
 @pytest.mark.timeout(20)
 def test_ctrl_c_in_the_middle_of_a_frame_drops_the_connection_at_once(tmp_path: Path) -> None:
     """An interrupted data frame cannot be followed by an abort (the peer would read the
