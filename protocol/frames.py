@@ -111,7 +111,16 @@ class PayloadBuffers:
     to what the pool alone holds is free again. The pool keeps at most
     ``max_bytes``; beyond that, buffers are plain allocations left to the
     garbage collector.
+
+    A server shares one pool among its connections, so what one peer does to it
+    must not hurt the others: a payload gets a buffer at most twice its size
+    (a small frame never ties up a 32 MiB buffer); buffers under ``MIN_POOLED``
+    are not kept (cheap to allocate, and the many sizes a peer can make up would
+    fill the pool); and a full pool makes room for a larger buffer by letting go
+    of smaller free ones, so buffers a peer left behind give way to live traffic.
     """
+
+    MIN_POOLED = 128 << 10
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self._buffers: collections.deque[bytearray] = collections.deque()
@@ -142,15 +151,37 @@ class PayloadBuffers:
         for _ in range(len(buffers)):
             buffer = buffers[0]
             buffers.rotate(-1)
-            if sys.getrefcount(buffer) <= self._free_refcount and len(buffer) >= size:
+            if size <= len(buffer) <= 2 * size and sys.getrefcount(buffer) <= self._free_refcount:
                 return memoryview(buffer)[:size]
         return None
 
     def adopt(self, buffer: bytearray) -> None:
-        """Keep ``buffer`` for reuse once its payload is consumed, if the pool has room."""
-        if self._pooled_bytes + len(buffer) <= self._max_bytes:
+        """Keep ``buffer`` for reuse once its payload is consumed, if the pool has room
+        (made by letting go of smaller free buffers if need be)."""
+        size = len(buffer)
+        if size < self.MIN_POOLED or size > self._max_bytes:
+            return
+        if self._pooled_bytes + size > self._max_bytes:
+            self._let_go_of_smaller(size, self._pooled_bytes + size - self._max_bytes)
+        if self._pooled_bytes + size <= self._max_bytes:
             self._buffers.append(buffer)
-            self._pooled_bytes += len(buffer)
+            self._pooled_bytes += size
+
+    def _let_go_of_smaller(self, size: int, needed: int) -> None:
+        """Drop free buffers smaller than ``size``, oldest first, until ``needed`` bytes
+        are freed or none is left to drop."""
+        kept: collections.deque[bytearray] = collections.deque()
+        for buffer in self._buffers:
+            if (
+                needed > 0
+                and len(buffer) < size
+                and sys.getrefcount(buffer) <= self._free_refcount
+            ):
+                needed -= len(buffer)
+                self._pooled_bytes -= len(buffer)
+            else:
+                kept.append(buffer)
+        self._buffers = kept
 
 
 class FrameReader:

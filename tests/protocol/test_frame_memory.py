@@ -130,3 +130,50 @@ def test_readers_sharing_a_pool_reuse_each_others_free_buffers() -> None:
     assert isinstance(second.payload, memoryview)
     assert id(second.payload.obj) == first_buffer
     assert bytes(second.payload) == b"\xcd" * (1 << 20)
+
+
+def test_a_small_payload_never_takes_a_much_larger_buffer() -> None:
+    pool = PayloadBuffers()
+    pool.adopt(bytearray(8 << 20))
+    assert pool.take_free(200 << 10) is None  # an 8 MiB buffer is not for 200 KiB
+    taken = pool.take_free(5 << 20)
+    assert taken is not None
+    assert len(taken) == 5 << 20
+
+
+def test_buffers_below_the_pooled_minimum_are_not_kept() -> None:
+    pool = PayloadBuffers()
+    pool.adopt(bytearray(PayloadBuffers.MIN_POOLED - 1))
+    assert pool.take_free(PayloadBuffers.MIN_POOLED - 1) is None
+    pool.adopt(bytearray(PayloadBuffers.MIN_POOLED))
+    assert pool.take_free(PayloadBuffers.MIN_POOLED) is not None
+
+
+def test_a_full_pool_lets_go_of_smaller_free_buffers_for_a_larger_one() -> None:
+    small = PayloadBuffers.MIN_POOLED
+    pool = PayloadBuffers(max_bytes=8 * small)
+    for _ in range(8):
+        pool.adopt(bytearray(small))
+    held = pool.take_free(small)  # in use: must stay
+    assert held is not None
+    pool.adopt(bytearray(4 * small))
+    big = pool.take_free(4 * small)
+    assert big is not None
+    assert len(big) == 4 * small
+    # The held one is still the pool's, and four other small ones were dropped for room.
+    freed = [pool.take_free(small) for _ in range(8)]
+    assert sum(view is not None for view in freed) == 3
+    assert all(view is None or view.obj is not held.obj for view in freed)
+
+
+def test_a_full_pool_keeps_its_buffers_when_the_newcomer_is_not_larger() -> None:
+    size = PayloadBuffers.MIN_POOLED
+    pool = PayloadBuffers(max_bytes=2 * size)
+    first, second = bytearray(size), bytearray(size)
+    pooled = {id(first), id(second)}  # alive in the pool, so these ids stay theirs
+    pool.adopt(first)
+    pool.adopt(second)
+    del first, second  # a buffer referenced from outside the pool is not free
+    pool.adopt(bytearray(size))
+    kept = [pool.take_free(size) for _ in range(3)]
+    assert {id(view.obj) for view in kept if view is not None} == pooled
