@@ -1169,7 +1169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    _print(output, quiet=quiet)
+    try:
+        _print(output, quiet=quiet)
+    except BrokenPipeError:  # the reader went away (``virtvol vol-list | head``)
+        return 1
     return 0
 
 

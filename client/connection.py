@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
@@ -39,7 +40,7 @@ __all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
 
 log = logging.getLogger("virtvol.client")
 
-# Seconds each goodbye call may take before the connection is closed anyway.
+# Seconds the goodbye calls may take together before the connection is closed anyway.
 _GOODBYE_TIMEOUT = 5
 
 
@@ -103,11 +104,13 @@ class Connection:
         self._closed = True
         if self._rpc.failure is None:
             try:
+                deadline = time.monotonic() + _GOODBYE_TIMEOUT
                 if self._close_callback:
                     await self._rpc.call(
                         procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK, timeout=_GOODBYE_TIMEOUT
                     )
-                await self._rpc.call(procedures.CONNECT_CLOSE, timeout=_GOODBYE_TIMEOUT)
+                left = max(0.0, deadline - time.monotonic())
+                await self._rpc.call(procedures.CONNECT_CLOSE, timeout=left)
             except (LibvirtError, TransportError, TimeoutError) as exc:
                 log.debug("close of %s: %s", self.uri, exc)
         self._rpc.close()

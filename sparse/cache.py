@@ -101,12 +101,14 @@ class ReadWindow:
         self._step = step
         self._current: tuple[int, bytes] | None = None  # (window index, residency before)
         self._next: tuple[int, bytes] | None = None
+        # The window whose look-ahead was taken (or found impossible): once per window.
+        self._looked_ahead_from: int | None = None
 
     def reading(self, offset: int) -> None:
         """Note that a read starting at ``offset`` is about to happen."""
         index = offset // self._step
         if self._current is not None and self._current[0] == index:
-            if self._next is None:
+            if self._looked_ahead_from != index:
                 self._look_ahead(offset)
             return
         self._drop(self._current)
@@ -121,6 +123,7 @@ class ReadWindow:
         # it (data scattered over a sparse file) spare themselves the snapshot.
         index = offset // self._step
         if (index + 1) * self._step - offset <= READ_AHEAD_REACH:
+            self._looked_ahead_from = index
             self._next = self._snapshot(index + 1)
 
     def close(self) -> None:

@@ -8,10 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from virtvol.client import cli
+
+if TYPE_CHECKING:
+    from tests.conftest import Virtvold
 
 _VENV_VIRTVOL = Path(sys.executable).with_name("virtvol")
 
@@ -69,3 +73,13 @@ def test_the_installed_command_prints_all_its_output_through_a_pipe(
         [str(_VENV_VIRTVOL), "help"], capture_output=True, text=True, check=False, timeout=30
     )
     assert (done.returncode, done.stdout) == (0, expected)
+
+
+def test_output_to_a_closed_pipe_ends_with_status_1_and_no_traceback(
+    virtvold: Virtvold, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdout", _FailingStream())
+    errors = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", errors)
+    assert cli.main(["-c", virtvold.unix_uri, "pool-list"]) == 1
+    assert "Traceback" not in errors.getvalue()

@@ -15,7 +15,7 @@ import pytest
 from virtvol.daemon.storage import VolumeReader
 from virtvol.sparse import cache
 from virtvol.sparse.cache import PAGE_SIZE, resident_pages
-from virtvol.sparse.reader import SparseReader
+from virtvol.sparse.reader import CACHE_WINDOW, SparseReader
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -128,3 +128,24 @@ def test_a_reader_told_to_keep_the_cache_never_asks_for_residency(
         while dropping.read_pieces(buffer):
             pass
     assert asked  # the default reader takes residency snapshots
+
+
+def test_scattered_extents_of_a_cold_file_are_let_go(tmp_path: Path) -> None:
+    # Data near the end of the first window (so its look-ahead is taken), then data
+    # three windows further: the unused look-ahead and every window read are dropped.
+    path = tmp_path / "scattered"
+    with open(path, "wb") as f:
+        f.truncate(4 * CACHE_WINDOW)
+        f.seek(CACHE_WINDOW - 4 * MIB)
+        f.write(os.urandom(2 * MIB))
+        f.seek(3 * CACHE_WINDOW + MIB)
+        f.write(os.urandom(2 * MIB))
+    evict(path)
+    assert resident_fraction(path) == 0.0
+    buffer = bytearray(MIB)
+    read = 0
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        while pieces := reader.read_pieces(buffer):
+            read += sum(p.length for p in pieces if p.data)
+    assert read == 4 * MIB
+    assert resident_fraction(path) == 0.0
