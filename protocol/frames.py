@@ -172,11 +172,7 @@ class PayloadBuffers:
         are freed or none is left to drop."""
         kept: collections.deque[bytearray] = collections.deque()
         for buffer in self._buffers:
-            if (
-                needed > 0
-                and len(buffer) < size
-                and sys.getrefcount(buffer) <= self._free_refcount
-            ):
+            if needed > 0 and len(buffer) < size and sys.getrefcount(buffer) <= self._free_refcount:
                 needed -= len(buffer)
                 self._pooled_bytes -= len(buffer)
             else:
