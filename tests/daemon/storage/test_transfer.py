@@ -213,7 +213,7 @@ def test_synced_upload_starts_writeback_and_releases_old_content_late(
     from virtvol.sparse import writer as sparse_writer
 
     started: list[tuple[int, int]] = []
-    monkeypatch.setattr(sparse_writer, "WRITEBACK_STEP", 4096)
+    monkeypatch.setattr(sparse_writer, "WRITEBACK_START", 4096)
     monkeypatch.setattr(files, "start_writeback", lambda fd, at, n: started.append((at, n)))
     registry = StorageRegistry(setup.state_dir)
     registry.load()
