@@ -129,13 +129,16 @@ def test_only_the_last_ended_streams_are_remembered() -> None:
 
 
 def test_a_full_payload_pool_hands_out_plain_buffers() -> None:
-    buffers = PayloadBuffers(max_bytes=100)
-    kept = buffers.take(60)
-    extra = buffers.take(60)  # above the pool's limit: not pooled
-    assert len(kept) == len(extra) == 60
+    size = PayloadBuffers.MIN_POOLED
+    buffers = PayloadBuffers(max_bytes=size + size // 2)
+    kept = buffers.take(size)
+    extra = buffers.take(size)  # above the pool's limit: not pooled
+    assert len(kept) == len(extra) == size
+    pooled = id(kept.obj)
     del kept, extra
-    again = buffers.take(50)  # the pooled buffer is free again and large enough
-    assert len(again) == 50
+    again = buffers.take(size * 3 // 4)  # the pooled buffer is free again and large enough
+    assert len(again) == size * 3 // 4
+    assert id(again.obj) == pooled
 
 
 # -- xdr --------------------------------------------------------------------------------

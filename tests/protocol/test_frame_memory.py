@@ -177,3 +177,14 @@ def test_a_full_pool_keeps_its_buffers_when_the_newcomer_is_not_larger() -> None
     pool.adopt(bytearray(size))
     kept = [pool.take_free(size) for _ in range(3)]
     assert {id(view.obj) for view in kept if view is not None} == pooled
+
+
+def test_take_hands_out_a_freed_buffer_again() -> None:
+    pool = PayloadBuffers()
+    first = pool.take(PayloadBuffers.MIN_POOLED)
+    owner = id(first.obj)
+    del first
+    again = pool.take(PayloadBuffers.MIN_POOLED)
+    assert id(again.obj) == owner
+    other = pool.take(PayloadBuffers.MIN_POOLED)  # the first is in use: a new one
+    assert id(other.obj) != owner
