@@ -137,6 +137,8 @@ class _Stream:
             self._on_data(event)
 
     def _ended(self) -> bool:
+        # Read through a call: the sink sets ``done`` while ``receive`` runs, which a
+        # type checker narrowing ``self.done`` after an earlier test cannot know.
         return self.done
 
     def check(self) -> None:
