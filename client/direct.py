@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import select
 import socket
 import time
@@ -84,7 +85,7 @@ DIRECT_TRANSPORTS = frozenset({"unix", "tcp"})
 
 # The most buffers one sendmsg takes (Linux's IOV_MAX), and so the most parts a batch
 # of stream frames collects before it goes out.
-_IOV_MAX = 1024
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 _T = TypeVar("_T")
 

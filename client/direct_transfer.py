@@ -26,6 +26,7 @@ frame short, and removes a download's temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -60,7 +61,7 @@ from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_view
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from virtvol.client.interfaces import VolumeLike
     from virtvol.client.rpc import StreamEvent
@@ -148,35 +149,30 @@ class _Stream:
 
     def send_data(self, data: memoryview) -> None:
         """Queue a data frame: ``data``'s memory must stay as it is until ``flush``."""
-        try:
+        with self._sending():
             self.rpc.send_stream_data(self.serial, data, more=True)
-        except LocalProtocolError as exc:
-            raise StreamError(str(exc)) from None
-        except TransportError:
-            self._stream_error_first()
-            raise
 
     def send_hole(self, length: int) -> None:
-        try:
+        with self._sending():
             self.rpc.send_stream_hole(self.serial, length, more=True)
-        except LocalProtocolError as exc:
-            raise StreamError(str(exc)) from None
-        except TransportError:
-            self._stream_error_first()
-            raise
 
     def flush(self) -> None:
         """Write the queued frames: their memory is free again when this returns."""
-        try:
+        with self._sending():
             self.rpc.flush_stream(self.serial)
-        except TransportError:
-            self._stream_error_first()
-            raise
 
-    def _stream_error_first(self) -> None:
-        # A peer that failed the stream and stopped reading cut the write short:
-        # its error is the news, the dropped connection only the consequence.
-        self.check()
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """A refused move becomes a ``StreamError``. A write cut short by a peer that
+        failed the stream and stopped reading raises the peer's error: that is the
+        news, the dropped connection only its consequence."""
+        try:
+            yield
+        except LocalProtocolError as exc:
+            raise StreamError(str(exc)) from None
+        except TransportError:
+            self.check()
+            raise
 
     def poll(self) -> None:
         """Handle what the peer sent meanwhile, without waiting: while the socket takes

@@ -116,7 +116,7 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 # The most pieces one pwritev takes (Linux's IOV_MAX).
-_IOV_MAX = 1024
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
 def pwritev_all(fd: int, views: Sequence[memoryview], offset: int) -> None:
