@@ -2,15 +2,17 @@
 
 Theory of operation: the connection hands over each data frame's payload as the
 memoryview the socket was read into, and each skip as a length; they wait in a queue, in
-stream order, and a worker thread applies them in batches (``VolumeWriter.apply``: one
-pwritev per run of data straight from that memory; skips and zero blocks punched or
-extended). When more than ``QUEUE_HIGH`` bytes wait for the disk the connection stops
-reading the socket, and reads again below ``QUEUE_LOW``: TCP pushes back on a client
-faster than the disk, and memory stays bounded. The client's finish commits the writer
-(for a whole-volume upload: fdatasync, then the atomic rename) and is acknowledged, and
-only then is the replaced content let go (slow for a big volume, and nothing the client
-waits for); an abort, an error or a lost connection aborts it, leaving the old content.
-A write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
+stream order, and a worker thread applies them in batches of up to ``BATCH_BYTES``
+(``VolumeWriter.apply``: one pwritev per run of data straight from that memory; skips
+and zero blocks punched or extended). The connection stops reading the socket while more
+than ``HELD_MAX`` bytes are held (queued or being written) and reads again once a
+batch's worth of room is back, while the worker still has queued batches to write: TCP
+pushes back on a client faster than the disk, memory stays bounded, and the network and
+the disk work at the same time instead of taking turns. The client's finish commits the
+writer (for a whole-volume upload: fdatasync, then the atomic rename) and is
+acknowledged, and only then is the replaced content let go (slow for a big volume, and
+nothing the client waits for); an abort, an error or a lost connection aborts it,
+leaving the old content. A write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
 later frames are dropped.
 
 The writer's file belongs to a ``FileWorker``: however the stream ends (the
@@ -37,8 +39,11 @@ if TYPE_CHECKING:
 
     from virtvol.daemon.storage.backend import ChunkWriter
 
-QUEUE_HIGH = 16 << 20
-QUEUE_LOW = 4 << 20
+# Payload bytes held per upload (waiting or being written), and taken per worker-thread
+# hop. Reading resumes when a batch's worth of room is free, which is while the worker
+# writes the next batch from what is still queued.
+HELD_MAX = 16 << 20
+BATCH_BYTES = 4 << 20
 
 
 class _End(enum.Enum):
@@ -67,7 +72,8 @@ class Upload:
         self._file = FileWorker(executor, writer.abort)
         self.stats = stats
         self._queue: collections.deque[_Item] = collections.deque()
-        self._queued_bytes = 0
+        self._queued_bytes = 0  # data bytes in the queue
+        self._writing_bytes = 0  # data bytes of the batch in the worker
         self._end: _End | None = None
         self._wakeup = asyncio.Event()
         self._failed = False
@@ -82,7 +88,7 @@ class Upload:
         self._queue.append(data)
         self._queued_bytes += len(data)
         self.stats.data_bytes += len(data)
-        if self._queued_bytes > QUEUE_HIGH and not self._reading_paused:
+        if self._queued_bytes + self._writing_bytes > HELD_MAX and not self._reading_paused:
             self._reading_paused = True
             self._channel.pause_reading(self)
         self._wakeup.set()
@@ -114,8 +120,8 @@ class Upload:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                if self._queue:
-                    await self._apply_queued()
+                while self._queue:
+                    await self._apply_batch()
                 if self._end is not None and not self._queue:
                     break
             if self._end is _End.FINISH:
@@ -152,17 +158,24 @@ class Upload:
         self._file.close()
         self.stats.log_end(self._outcome)
 
-    async def _apply_queued(self) -> None:
-        batch = list(self._queue)
-        self._queue.clear()
-        size = sum(len(item) for item in batch if not isinstance(item, int))
+    async def _apply_batch(self) -> None:
+        """Write the queue's first ``BATCH_BYTES`` of data (and the skips among them)."""
+        queue = self._queue
+        batch: list[_Item] = []
+        size = 0
+        while queue and size < BATCH_BYTES:
+            item = queue.popleft()
+            batch.append(item)
+            if not isinstance(item, int):
+                size += len(item)
+        self._queued_bytes -= size
+        self._writing_bytes = size
         writer = self._writer
-
         try:
             await self._file.run(lambda: writer.apply(batch))
         finally:
-            self._queued_bytes -= size
-            if self._queued_bytes <= QUEUE_LOW:
+            self._writing_bytes = 0
+            if self._queued_bytes <= HELD_MAX - BATCH_BYTES:
                 self._resume_reading()
 
     def _resume_reading(self) -> None:

@@ -1,0 +1,141 @@
+"""An upload reads the socket while its worker writes: the disk never waits for the network
+to refill a queue that was let run dry.
+
+The handler is driven without a socket: a fake connection that records when reading is
+paused and resumed, a real registry, and a writer whose batches go through one at a time
+when the test hands out a permit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from typing import TYPE_CHECKING
+
+from virtvol.daemon.storage import StorageRegistry, VolumeWriter
+from virtvol.daemon.streamio import TransferStats
+from virtvol.daemon.upload import BATCH_BYTES, HELD_MAX, Upload
+from virtvol.protocol.connection import Connection, Side
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from virtvol.protocol.frames import Payload
+
+MIB = 1 << 20
+
+
+class SteppedWriter(VolumeWriter):
+    """A volume writer whose batches each wait for a permit from the test."""
+
+    permits: threading.Semaphore
+    written: int
+
+    def apply(self, items: Iterable[memoryview | bytes | bytearray | int]) -> None:
+        batch = list(items)
+        assert self.permits.acquire(timeout=30), "the test never let the batch through"
+        super().apply(batch)
+        self.written += sum(len(item) for item in batch if not isinstance(item, int))
+
+
+class RecordingSink:
+    """The connection as the upload sees it; notes what the writer still had to do at
+    every resume of reading."""
+
+    def __init__(self, writer: SteppedWriter, fed: list[int]) -> None:
+        self.rpc = Connection(Side.SERVER)
+        self.sent: list[bytes] = []
+        self._paused = False
+        self.unwritten_at_resume: list[int] = []
+        self._writer = writer
+        self._fed = fed
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    def send_data(self, head: bytes, data: Payload) -> None:
+        self.sent.append(head + bytes(data))
+
+    def write_buffer_empty(self) -> bool:
+        return True
+
+    async def drained(self) -> None:
+        return None
+
+    def reading_paused(self) -> bool:
+        return self._paused
+
+    def pause_reading(self, owner: object) -> None:
+        self._paused = True
+
+    def resume_reading(self, owner: object) -> None:
+        self._paused = False
+        self.unwritten_at_resume.append(self._fed[0] - self._writer.written)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def _written_beyond(writer: SteppedWriter, before: int) -> Callable[[], bool]:
+    return lambda: writer.written > before
+
+
+async def test_reading_resumes_while_queued_data_is_still_being_written(tmp_path: Path) -> None:
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    registry.ensure_pool("p", tmp_path / "pool")
+    (tmp_path / "pool" / "vol").write_bytes(b"old")
+    volume = registry.lookup_volume_by_name(registry.lookup_pool_by_name("p"), "vol")
+    executor = concurrent.futures.ThreadPoolExecutor(2)
+    writer = registry.open_upload(volume, 0, 0)
+    writer.__class__ = SteppedWriter
+    assert isinstance(writer, SteppedWriter)
+    writer.permits = threading.Semaphore(0)
+    writer.written = 0
+    fed = [0]
+    sink = RecordingSink(writer, fed)
+    upload = Upload(
+        sink, 1, writer, executor=executor, stats=TransferStats("upload", "p/vol", "t", False, 0, 0)
+    )
+    frames = [os.urandom(MIB) for _ in range((HELD_MAX + 2 * BATCH_BYTES) // MIB)]
+    task = asyncio.create_task(upload.run())
+    try:
+        # The first batch is in the worker before the rest arrives, as on a real socket.
+        for frame in frames[: BATCH_BYTES // MIB]:
+            upload.data_received(memoryview(frame))
+            fed[0] += len(frame)
+        await asyncio.sleep(0.05)
+        for frame in frames[BATCH_BYTES // MIB :]:
+            upload.data_received(memoryview(frame))
+            fed[0] += len(frame)
+        assert sink.reading_paused(), "more than HELD_MAX held and the socket still read"
+
+        # Batches go through one by one until the socket is read again.
+        while sink.reading_paused():
+            writer.permits.release()
+            await _until(_written_beyond(writer, writer.written), "the batch was written")
+            await asyncio.sleep(0.01)  # the task resumes reading after the batch
+
+        # Reading resumed while the worker still had batches queued: the disk is kept
+        # busy while the network refills the queue.
+        assert sink.unwritten_at_resume[0] >= BATCH_BYTES
+        assert sink.unwritten_at_resume[0] <= HELD_MAX - BATCH_BYTES
+
+        upload.client_finished()
+        for _ in range(len(frames)):
+            writer.permits.release()
+        await asyncio.wait_for(task, 30)
+    finally:
+        writer.permits.release(len(frames))
+        if not task.done():
+            task.cancel()
+        executor.shutdown(wait=True)
+        registry.close()
+    assert (tmp_path / "pool" / "vol").read_bytes() == b"".join(frames)
