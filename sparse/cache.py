@@ -16,9 +16,13 @@ faults nothing in; it costs three system calls per window.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import mmap
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = ["PAGE_SIZE", "ReadWindow", "resident_pages"]
 
@@ -26,30 +30,49 @@ PAGE_SIZE = mmap.PAGESIZE
 
 _PROT_READ = 0x1
 _MAP_SHARED = 0x01
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 # How close to the next window a read must start for the kernel's read-ahead to
 # reach into it: the read itself (up to 4 MiB here) plus read-ahead (up to twice a
 # large read), with room to spare.
 READ_AHEAD_REACH = 16 << 20
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_mmap = _libc.mmap
-_mmap.restype = ctypes.c_void_p
-_mmap.argtypes = (
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_longlong,
-)
-_munmap = _libc.munmap
-_munmap.restype = ctypes.c_int
-_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-_mincore = _libc.mincore
-_mincore.restype = ctypes.c_int
-_mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+
+class _Libc:
+    """libc's mmap, munmap and mincore through ctypes."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.map_failed = ctypes.c_void_p(-1).value
+        self.mmap = libc.mmap
+        self.mmap.restype = ctypes.c_void_p
+        self.mmap.argtypes = (
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_longlong,
+        )
+        self.munmap = libc.munmap
+        self.munmap.restype = ctypes.c_int
+        self.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        self.mincore = libc.mincore
+        self.mincore.restype = ctypes.c_int
+        self.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+
+    def raise_errno(self) -> None:
+        err = self.ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@functools.cache
+def _libc() -> _Libc:
+    """Loaded on first use: importing ctypes costs every command that moves a file
+    a few milliseconds, and only readers that keep the cache tidy need it."""
+    return _Libc()
 
 
 def resident_pages(fd: int, offset: int, length: int) -> bytes:
@@ -63,18 +86,17 @@ def resident_pages(fd: int, offset: int, length: int) -> bytes:
     """
     if length <= 0:
         return b""
+    libc = _libc()
     pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
-    address = _mmap(None, length, _PROT_READ, _MAP_SHARED, fd, offset)
-    if address in (None, _MAP_FAILED):
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    address = libc.mmap(None, length, _PROT_READ, _MAP_SHARED, fd, offset)
+    if address in (None, libc.map_failed):
+        libc.raise_errno()
     try:
-        vector = ctypes.create_string_buffer(pages)
-        if _mincore(address, length, vector) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        vector: ctypes.Array[ctypes.c_char] = libc.ctypes.create_string_buffer(pages)
+        if libc.mincore(address, length, vector) != 0:
+            libc.raise_errno()
     finally:
-        _munmap(address, length)
+        libc.munmap(address, length)
     raw = vector.raw
     if raw.translate(None, b"\x00\x01"):  # the low bit is residency, the rest reserved
         raw = bytes(b & 1 for b in raw)

@@ -6,8 +6,8 @@ offsets), so descriptors can be shared with readers of other ranges.
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -33,20 +33,31 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _CFunction = Callable[[int, int, int, int], int]
 
 
-def _libc_function(name: str, *argtypes: type) -> _CFunction | None:
+def _libc_function(name: str, *argtypes: str) -> _CFunction | None:
+    """C library function ``name`` taking ``argtypes`` (ctypes type names), None where
+    the library lacks it. ctypes is imported here, on first use: the command line
+    imports this module for every transfer and seldom calls into libc."""
+    import ctypes
+
     try:
         # The C library is already loaded: no library search (ctypes.util runs ldconfig).
         func = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    func.argtypes = argtypes
+    func.argtypes = tuple(getattr(ctypes, argtype) for argtype in argtypes)
     func.restype = ctypes.c_int
     return cast("_CFunction", func)
 
 
-_fallocate = _libc_function(
-    "fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong
-)
+def _get_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
+
+
+@functools.cache
+def _fallocate() -> _CFunction | None:
+    return _libc_function("fallocate", "c_int", "c_int", "c_longlong", "c_longlong")
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -58,11 +69,12 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     """
     if length <= 0:
         return
-    if _fallocate is not None:
+    fallocate = _fallocate()
+    if fallocate is not None:
         mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-        if _fallocate(fd, mode, offset, length) == 0:
+        if fallocate(fd, mode, offset, length) == 0:
             return
-        err = ctypes.get_errno()
+        err = _get_errno()
         if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err))
     write_zeros(fd, offset, min(offset + length, os.fstat(fd).st_size))
@@ -73,9 +85,9 @@ _SYNC_FILE_RANGE_WRITE = 0x02
 _SYNC_FILE_RANGE_WAIT_AFTER = 0x04
 
 
-_sync_file_range = _libc_function(
-    "sync_file_range", ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint
-)
+@functools.cache
+def _sync_file_range() -> _CFunction | None:
+    return _libc_function("sync_file_range", "c_int", "c_longlong", "c_longlong", "c_uint")
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -85,8 +97,9 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     effort: where ``sync_file_range`` is missing or refused, nothing happens
     and ``fdatasync`` does all the work.
     """
-    if _sync_file_range is not None and length > 0:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+    sync_file_range = _sync_file_range()
+    if sync_file_range is not None and length > 0:
+        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def wait_writeback(fd: int, offset: int, length: int) -> None:
@@ -97,9 +110,10 @@ def wait_writeback(fd: int, offset: int, length: int) -> None:
     written pages stay in the page cache: a download that follows the upload
     reads memory, not the disk. Best effort, as ``start_writeback``.
     """
-    if _sync_file_range is not None and length > 0:
+    sync_file_range = _sync_file_range()
+    if sync_file_range is not None and length > 0:
         flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
-        _sync_file_range(fd, offset, length, flags)
+        sync_file_range(fd, offset, length, flags)
 
 
 def write_zeros(fd: int, offset: int, end: int) -> None:

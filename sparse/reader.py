@@ -14,7 +14,6 @@ sender: the reader runs ahead by at most the pool, whatever the file size.
 from __future__ import annotations
 
 import os
-import queue
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.record import Record
@@ -23,6 +22,7 @@ from .cache import ReadWindow
 from .extents import Extent, next_extent
 
 if TYPE_CHECKING:
+    import queue
     import threading
     from collections.abc import Callable
     from types import TracebackType
@@ -182,6 +182,9 @@ class BufferPool:
     """A fixed set of equal buffers shared by a filling thread and a consumer."""
 
     def __init__(self, count: int, size: int) -> None:
+        import queue  # here: only the asyncio engine's reading threads need it
+
+        self._empty = queue.Empty
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(count):
             self._free.put(bytearray(size))
@@ -191,7 +194,7 @@ class BufferPool:
         while not stop.is_set():
             try:
                 return self._free.get(timeout=poll)
-            except queue.Empty:
+            except self._empty:
                 continue
         return None
 
