@@ -67,7 +67,7 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import Callable, Coroutine, Iterable, Sequence
 
     from virtvol.client.interfaces import FileTransfers
     from virtvol.client.rpc import StreamEvent
@@ -493,6 +493,18 @@ class DirectRpc:
     def send_stream_hole(self, serial: int, length: int, *, more: bool = False) -> None:
         """Send a hole of ``length`` bytes on stream ``serial`` (``more``: as for data)."""
         self._send_stream(serial, (self.core.send_hole(serial, length),), more)
+
+    def send_stream_items(
+        self, serial: int, items: Iterable[Payload | int], *, more: bool = False
+    ) -> None:
+        """Send data (buffers) and holes (lengths) of stream ``serial`` in order, as one
+        batch of frames (``more``: as for data). Nothing goes out if an item is refused.
+
+        Raises:
+            LocalProtocolError: the stream cannot send one of them now.
+            TransportError: the connection failed, or the peer ended the stream meanwhile.
+        """
+        self._send_stream(serial, self.core.send_stream_items(serial, items), more)
 
     def _send_stream(self, serial: int, parts: Sequence[Payload], more: bool) -> None:
         self._batch += parts

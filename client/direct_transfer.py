@@ -156,6 +156,13 @@ class _Stream:
         with self._sending():
             self.rpc.send_stream_hole(self.serial, length, more=True)
 
+    def send_items(self, items: list[memoryview | int]) -> None:
+        """Queue data frames (buffers, kept as they are until ``flush``) and holes
+        (lengths) in order, as one batch."""
+        if items:
+            with self._sending():
+                self.rpc.send_stream_items(self.serial, items, more=True)
+
     def flush(self) -> None:
         """Write the queued frames: their memory is free again when this returns."""
         with self._sending():
@@ -286,17 +293,26 @@ def _send_file(
         pieces = source.read_pieces(buffer)
         if not pieces:
             break
+        # The buffer's frames, in order: data (views into the buffer) and holes (lengths).
+        items: list[memoryview | int] = []
         for zero, start, stop in piece_runs(view, pieces, position, detect_zeroes=detect_zeroes):
             if zero:
                 pending_hole += stop - start
                 continue
             if pending_hole:
-                send_hole(pending_hole)
+                if stream.sparse:
+                    items.append(pending_hole)
+                    holes += pending_hole
+                else:
+                    stream.send_items(items)
+                    items = []
+                    send_hole(pending_hole)
                 pending_hole = 0
             for frame_start in range(start, stop, FRAME_DATA_MAX):
                 frame = view[frame_start : min(stop, frame_start + FRAME_DATA_MAX)]
-                stream.send_data(frame)
+                items.append(frame)
                 data += len(frame)
+        stream.send_items(items)
         stream.flush()  # before the next read overwrites the buffer the frames point into
         stream.poll()
         stream.check()

@@ -12,8 +12,8 @@ the disk work at the same time instead of taking turns. The client's finish comm
 writer (for a whole-volume upload: fdatasync, then the atomic rename) and is
 acknowledged, and only then is the replaced content let go (slow for a big volume, and
 nothing the client waits for); an abort, an error or a lost connection aborts it,
-leaving the old content. A write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
-later frames are dropped.
+leaving the old content. A write error is reported at once as STREAM/ERROR; the core
+then forgets the stream, so later frames are dropped.
 
 The writer's file belongs to a ``FileWorker``: however the stream ends (the
 task cancelled in the middle of a batch, or before it ever ran), the abort

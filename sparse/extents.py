@@ -16,7 +16,7 @@ from virtvol.protocol.record import Record
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Extent", "iter_extents", "next_extent"]
+__all__ = ["Extent", "extent_after_hole", "iter_extents", "next_extent"]
 
 # lseek() errors meaning "this descriptor cannot tell data from holes":
 # pipes/sockets (ESPIPE), file systems or kernels without SEEK_DATA (EINVAL,
@@ -58,6 +58,24 @@ def next_extent(fd: int, offset: int, end: int) -> Extent | None:
         raise
     if data_at > offset:
         return Extent(offset, min(data_at, end) - offset, False)
+    return _data_from(fd, offset, end)
+
+
+def extent_after_hole(fd: int, offset: int, end: int) -> Extent | None:
+    """``next_extent`` where a hole the walk just reported ends at ``offset``.
+
+    SEEK_DATA found the data there already, so one SEEK_HOLE finds where it
+    ends: a fragmented file costs two calls per extent, not three. Should the
+    file have changed since (no data at ``offset`` any more), the full walk runs.
+    """
+    if offset >= end:
+        return None
+    extent = _data_from(fd, offset, end)
+    return extent if extent.length > 0 else next_extent(fd, offset, end)
+
+
+def _data_from(fd: int, offset: int, end: int) -> Extent:
+    """The data extent from ``offset``, where SEEK_DATA found data: up to the next hole."""
     try:
         hole_at = os.lseek(fd, offset, os.SEEK_HOLE)
     except OSError as exc:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 from .cache import ReadWindow
-from .extents import Extent, next_extent
+from .extents import Extent, extent_after_hole, next_extent
 
 if TYPE_CHECKING:
     import queue
@@ -112,7 +112,9 @@ class SparseReader:
             return _EOF
         extent = self._extent
         if extent is None or self._pos >= extent.end:
-            if self._sparse:
+            if extent is not None and not extent.data:
+                extent = extent_after_hole(self._fd, self._pos, self._end)
+            elif self._sparse:
                 extent = next_extent(self._fd, self._pos, self._end)
             else:
                 extent = Extent(self._pos, self._end - self._pos, True)

@@ -140,6 +140,76 @@ def test_hole_frame_layout() -> None:
     assert StreamHole.decode(decoded.payload) == StreamHole(61440, 0)
 
 
+def test_a_batch_of_stream_items_is_the_frames_one_by_one() -> None:
+    items: list[bytes | memoryview | int] = [
+        16384,
+        b"a" * 4096,
+        1 << 40,
+        memoryview(b"b" * 100000),
+        7,
+        b"c",
+    ]
+    one_by_one = Pair()
+    serial = _open_stream(one_by_one, UPLOAD, sparse=True)
+    expected = b"".join(
+        one_by_one.client.send_hole(serial, item)
+        if isinstance(item, int)
+        else joined(one_by_one.client.send_data(serial, item))
+        for item in items
+    )
+    batched = Pair()
+    assert _open_stream(batched, UPLOAD, sparse=True) == serial
+    parts = batched.client.send_stream_items(serial, items)
+    assert parts[2] is items[1]  # data goes out from the caller's buffer, not a copy
+    assert b"".join(parts) == expected
+    assert batched.to_server(b"".join(parts)) == [
+        StreamHoleReceived(serial, item)
+        if isinstance(item, int)
+        else StreamDataReceived(serial, item)
+        for item in items
+    ]
+    # From the server too, on a download.
+    down = _open_stream(batched, DOWNLOAD, sparse=True)
+    assert batched.to_client(b"".join(batched.server.send_stream_items(down, [b"x", 5]))) == [
+        StreamDataReceived(down, b"x"),
+        StreamHoleReceived(down, 5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sparse", "items", "refusal"),
+    [
+        (False, [b"data", 4096], "hole on the non-sparse"),
+        (True, [b"data", 0], "positive length"),
+        (True, [-1], "positive length"),
+        (True, [b"data", b""], "at least one byte"),
+    ],
+)
+def test_a_batch_with_a_refused_item_sends_nothing(
+    sparse: bool, items: list[bytes | int], refusal: str
+) -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=sparse)
+    with pytest.raises(LocalProtocolError, match=refusal):
+        pair.client.send_stream_items(serial, items)
+    assert pair.client.streams[serial].state is StreamState.OPEN
+    frames = [joined(pair.client.send_data(serial, b"ok")), pair.client.send_finish(serial)]
+    assert pair.to_server(*frames) == [
+        StreamDataReceived(serial, b"ok"),
+        StreamFinishReceived(serial),
+    ]
+
+
+def test_a_batch_goes_only_where_its_sender_may_send() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    with pytest.raises(LocalProtocolError, match="server may not send data"):
+        pair.server.send_stream_items(serial, [b"data"])
+    with pytest.raises(LocalProtocolError, match="no open stream"):
+        pair.client.send_stream_items(serial + 1, [b"data"])
+    assert pair.client.send_stream_items(serial, []) == []
+
+
 def test_dense_upload() -> None:
     pair = Pair()
     serial = _open_stream(pair, UPLOAD, sparse=False)

@@ -172,6 +172,43 @@ def test_read_pieces_packs_many_small_extents_into_one_buffer(tmp_path: Path) ->
         assert reader.read_pieces(buffer) == []
 
 
+def test_reading_a_fragmented_file_costs_two_seeks_per_extent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEEK_DATA over a hole finds the data after it: the data's end takes one SEEK_HOLE,
+    not a second SEEK_DATA first (a fragmented image has one extent every 64 KiB)."""
+    path = tmp_path / "fragmented"
+    extents = 16
+    with open(path, "wb") as f:
+        f.truncate(extents * 64 * KIB)
+        for offset in range(32 * KIB, extents * 64 * KIB, 64 * KIB):
+            f.seek(offset)
+            f.write(b"d" * 4 * KIB)
+    seeks: list[int] = []
+    real_lseek = os.lseek
+
+    def counting_lseek(fd: int, offset: int, whence: int) -> int:
+        seeks.append(whence)
+        return real_lseek(fd, offset, whence)
+
+    buffer = bytearray(1 << 20)
+    with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
+        monkeypatch.setattr(os, "lseek", counting_lseek)
+        pieces = reader.read_pieces(buffer)
+        monkeypatch.undo()
+        assert reader.read_pieces(buffer) == []
+    # hole, data, hole, data ... and the trailing hole
+    assert [(p.data, p.length) for p in pieces] == [
+        (False, 32 * KIB),
+        *[(True, 4 * KIB), (False, 60 * KIB)] * (extents - 1),
+        (True, 4 * KIB),
+        (False, 28 * KIB),
+    ]
+    assert bytes(buffer[: extents * 4 * KIB]) == b"d" * extents * 4 * KIB
+    # one SEEK_DATA per hole, one SEEK_HOLE per data extent
+    assert len(seeks) == 2 * extents + 1
+
+
 def test_durable_writes_wait_for_the_disk_per_step_of_data_not_of_offsets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
