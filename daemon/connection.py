@@ -76,7 +76,7 @@ from virtvol.protocol.stream import Side
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Sequence
 
     from virtvol.daemon.context import DaemonContext
     from virtvol.protocol.frames import Payload
@@ -304,12 +304,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             if transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
                 self.pause_reading(_OUTPUT_BACKLOG)
 
-    def send_data(self, head: bytes, data: Payload) -> None:
+    def send_parts(self, parts: Sequence[Payload]) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(head)
-            self._bytes_queued += len(head) + len(data)
-            transport.write(data)
+            # One writelines, one system call: a fragmented volume's frames are many and
+            # small, and every write of its own would be a send of its own.
+            transport.writelines(parts)
+            self._bytes_queued += sum(len(part) for part in parts)
 
     def write_buffer_empty(self) -> bool:
         return self._transport is None or self._transport.get_write_buffer_size() == 0

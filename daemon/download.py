@@ -3,10 +3,11 @@
 Theory of operation: the handler fills frame buffers taken from its
 connection's ``SendBuffers``. A worker thread fills one buffer from the disk
 (``VolumeReader.next_chunk``) while the previous one is on its way out, so
-disk and socket overlap. A data chunk goes out as ``write(head)`` +
-``write(view)`` with no join; the buffer is then "in flight" until the
-transport holds no unsent bytes, because asyncio (3.12+) and uvloop keep
-references to unsent data instead of copying it. When no buffer is free the
+disk and socket overlap. A buffer's frames go out in one ``writelines``: a
+head and a view into the buffer for each data chunk (no join), a skip for each
+hole; the buffer is then "in flight" until the transport holds no unsent
+bytes, because asyncio (3.12+) and uvloop keep references to unsent data
+instead of copying it. When no buffer is free the
 handler waits for the transport to drain: the disk is read no faster than the
 client takes the data, and memory stays at a few buffers per connection
 whatever the volume size and however many downloads the client opened. Holes are one skip frame on a
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from virtvol.daemon.sendbuffers import SendBuffers
     from virtvol.daemon.storage import Chunk
     from virtvol.daemon.storage.backend import ChunkReader
+    from virtvol.protocol.frames import Payload
 
 # Data frame size. libvirt's peers accept frames up to 32 MiB (the interop tests
 # download with virsh and python3-libvirt) but send 262120-byte ones. Larger frames
@@ -148,25 +150,35 @@ class Download:
             pieces = await self._read(buffer)
             if self._client_ended.done() or not pieces:
                 return not self._client_ended.done()
+            # The buffer's frames go out in one write: data as views into the buffer,
+            # holes as skips (or, on a plain stream, as zero frames sent on their own).
+            items: list[Payload | int] = []
             used = 0
             for piece in pieces:
                 if piece.data:
-                    channel.send_data(buffer[used : used + piece.length])
+                    items.append(buffer[used : used + piece.length])
                     used += piece.length
                     stats.data_bytes += piece.length
-                    if self._held is not None:  # referenced by the transport from now on
-                        self._held = None
-                        pool.sent(buffer)
-                    continue
-                if self._sparse:
-                    channel.send_hole(piece.length)
+                elif self._sparse:
+                    items.append(piece.length)
                     stats.holes += 1
                     stats.hole_bytes += piece.length
-                elif not await self._send_zeros(piece.length):
-                    return False
+                else:
+                    self._send_items(items, buffer)
+                    items = []
+                    if not await self._send_zeros(piece.length):
+                        return False
+            self._send_items(items, buffer)
             if self._held is not None:  # only holes: the buffer was never sent
                 self._held = None
                 pool.give_back(buffer)
+
+    def _send_items(self, items: list[Payload | int], buffer: memoryview) -> None:
+        """Write frames of ``buffer``'s pieces; from then on the transport references it."""
+        self._channel.send_items(items)
+        if self._held is not None and any(not isinstance(item, int) for item in items):
+            self._held = None
+            self._buffers.sent(buffer)
 
     async def _send_zeros(self, length: int) -> bool:
         """A hole on a plain stream, as zero data frames; False when the client aborted."""

@@ -11,6 +11,8 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.remote import RemoteError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from virtvol.protocol.connection import Connection
     from virtvol.protocol.frames import Payload
 
@@ -25,8 +27,9 @@ class FrameSink(Protocol):
     def send(self, frame: bytes) -> None:
         """Queue a whole frame on the transport (dropped once the connection is closing)."""
 
-    def send_data(self, head: bytes, data: Payload) -> None:
-        """Queue a data frame as two writes: the 28-byte head, then the payload itself."""
+    def send_parts(self, parts: Sequence[Payload]) -> None:
+        """Queue frames given as parts (heads, payloads) written back to back, unjoined:
+        payloads are referenced until the transport drains."""
 
     def write_buffer_empty(self) -> bool:
         """True when the transport holds no unsent bytes (so no reference to our buffers)."""
@@ -56,7 +59,13 @@ class StreamChannel:
 
     def send_data(self, payload: Payload) -> None:
         """Queue a data frame; ``payload``'s memory is referenced until the transport drains."""
-        self._sink.send_data(*self._sink.rpc.send_data(self.serial, payload))
+        self._sink.send_parts(self._sink.rpc.send_data(self.serial, payload))
+
+    def send_items(self, items: list[Payload | int]) -> None:
+        """Queue data frames (buffers, referenced until the transport drains) and holes
+        (lengths) in order, in one write."""
+        if items:
+            self._sink.send_parts(self._sink.rpc.send_stream_items(self.serial, items))
 
     def send_hole(self, length: int) -> None:
         """Queue a hole (skip) frame."""

@@ -167,15 +167,34 @@ class ReadWindow:
             return None
 
     def _drop(self, window: tuple[int, bytes] | None) -> None:
+        """Drop the pages of ``window`` that are in memory now and were not before.
+
+        Pages that are not in memory now (holes, which nothing read) cost nothing to
+        name, so each DONTNEED spans from one brought-in page to the next, up to a
+        page that was resident before: a warm fragmented volume, whose holes were
+        never in memory, costs no call at all, not one per hole.
+        """
         if window is None:
             return
-        index, resident = window
+        index, before = window
         start = index * self._step
-        page = resident.find(0)
+        try:
+            now = resident_pages(self._fd, start, len(before) * PAGE_SIZE)
+        except OSError:
+            return
+        now = now[: len(before)]
+        # Bytes are 0 or 1 per page: as big integers, & and ^ work page by page.
+        width = len(now)
+        now_bits = int.from_bytes(now, "big")
+        before_bits = int.from_bytes(before, "big")
+        ones = int.from_bytes(b"\x01" * width, "big")
+        kept = (now_bits & before_bits).to_bytes(width, "big")  # must stay in memory
+        brought = (now_bits & (before_bits ^ ones)).to_bytes(width, "big")
+        page = brought.find(1)
         while page >= 0:
-            stop = resident.find(1, page)
+            stop = kept.find(1, page)
             if stop < 0:
-                stop = len(resident)
+                stop = width
             offset, length = start + page * PAGE_SIZE, (stop - page) * PAGE_SIZE
             os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)
-            page = resident.find(0, stop)
+            page = brought.find(1, stop)

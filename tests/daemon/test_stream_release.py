@@ -31,7 +31,7 @@ from virtvol.protocol.connection import Connection, ErrorReplyReceived, ReplyRec
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 
     from virtvol.protocol.frames import Payload
 
@@ -49,8 +49,8 @@ class FakeSink:
     def send(self, frame: bytes) -> None:
         self.sent.append(frame)
 
-    def send_data(self, head: bytes, data: Payload) -> None:
-        self.sent.append(head + bytes(data))
+    def send_parts(self, parts: Sequence[Payload]) -> None:
+        self.sent.append(b"".join(parts))
 
     def write_buffer_empty(self) -> bool:
         return True

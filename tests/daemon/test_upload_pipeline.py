@@ -20,7 +20,7 @@ from virtvol.daemon.upload import BATCH_BYTES, HELD_MAX, Upload
 from virtvol.protocol.connection import Connection, Side
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from virtvol.protocol.frames import Payload
@@ -56,8 +56,8 @@ class RecordingSink:
     def send(self, frame: bytes) -> None:
         self.sent.append(frame)
 
-    def send_data(self, head: bytes, data: Payload) -> None:
-        self.sent.append(head + bytes(data))
+    def send_parts(self, parts: Sequence[Payload]) -> None:
+        self.sent.append(b"".join(parts))
 
     def write_buffer_empty(self) -> bool:
         return True

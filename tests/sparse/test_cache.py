@@ -149,3 +149,51 @@ def test_scattered_extents_of_a_cold_file_are_let_go(tmp_path: Path) -> None:
             read += sum(p.length for p in pieces if p.data)
     assert read == 4 * MIB
     assert resident_fraction(path) == 0.0
+
+
+def test_a_warm_fragmented_file_is_read_without_a_drop_per_hole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holes were never in memory and nothing read them: they are not "brought in", and
+    a warm fragmented volume (one extent every 64 KiB) costs no DONTNEED per hole."""
+    path = tmp_path / "fragmented"
+    size = 2 * CACHE_WINDOW
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset in range(0, size, 64 << 10):
+            f.seek(offset)
+            f.write(os.urandom(4096))
+    fd = os.open(path, os.O_RDONLY)
+    try:  # only the data is read into memory, as a user of the volume would
+        for offset in range(0, size, 64 << 10):
+            os.pread(fd, 4096, offset)
+        assert resident_pages(fd, 0, size).count(1) == size // (64 << 10)
+    finally:
+        os.close(fd)
+    drops: list[tuple[int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
+        drops.append((offset, length))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recorded)
+    buffer = bytearray(MIB)
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        while reader.read_pieces(buffer):
+            pass
+    assert drops == []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data_pages = resident_pages(fd, 0, size)[:: (64 << 10) // PAGE_SIZE]
+    finally:
+        os.close(fd)
+    assert data_pages == b"\x01" * (size // (64 << 10))  # every extent still in memory
+
+    # Cold, what the read brought in goes again, in a few calls, not one per extent.
+    evict(path)
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        while reader.read_pieces(buffer):
+            pass
+    assert resident_fraction(path) == 0.0
+    assert 0 < len(drops) <= 4
