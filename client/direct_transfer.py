@@ -15,9 +15,9 @@ splits it by the zero rule, data runs go out as frames pointing into the
 buffer and zero runs merge into skips, all of one buffer's frames in as few
 ``sendmsg`` calls as the kernel takes them (written before the buffer is filled
 again); after each buffer what the peer sent meanwhile is handled without
-waiting, so a stream error stops the upload there. Download: every data
-frame is written to the file from the frame buffer it arrived in, as it
-arrives.
+waiting, so a stream error stops the upload there. Download: the frames each
+read of the socket brings are written to the file together (one
+``SparseWriter.apply``) from the frame buffers they arrived in.
 
 Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
 awaited for ``ABORT_WAIT`` seconds), or drops the connection when it cut a
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from virtvol.client.interfaces import VolumeLike
     from virtvol.client.rpc import StreamEvent
     from virtvol.client.transfer_base import Progress
+    from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
 
 __all__ = ["download_file", "upload_file"]
@@ -362,12 +363,12 @@ async def download_file(
             # A write failure is raised and progress reported here, never from inside
             # the protocol core's handling of the frames (a failure there would leave
             # the frames after it unhandled, and come again with each of them).
-            while receiver.failure is None and not receiver.ended and not stream.done:
+            while not receiver.ended and not stream.done:
                 rpc.receive()
+                receiver.write()
                 receiver.report()
-            if receiver.failure is not None:
-                raise receiver.failure
-            receiver.report()  # frames that came with the opening reply, if that was all
+            receiver.write()  # frames that came with the opening reply, if that was all
+            receiver.report()
             stream.check()
             if not stream.done:
                 stream.finish()
@@ -394,7 +395,8 @@ def _refuse_directory(target: str) -> None:
 
 
 class _Receiver:
-    """Writes a download's frames into the file as they arrive (until ``stopped``)."""
+    """Collects a download's frames as they arrive (until ``stopped``) and writes them,
+    a receive's worth at a time, when ``write`` is called."""
 
     def __init__(self, writer: SparseWriter, progress: Progress | None) -> None:
         self.writer = writer
@@ -404,8 +406,7 @@ class _Receiver:
         self._reported = (0, 0)
         self.ended = False
         self.stopped = False  # the download failed: the frames still coming are dropped
-        # A write that failed: raised by the receiving loop, never inside the protocol core.
-        self.failure: OSError | None = None
+        self._pending: list[Payload | int] = []  # data and holes not yet written
 
     def report(self) -> None:
         """Call ``progress`` with the counts, if they changed since the last call."""
@@ -414,17 +415,26 @@ class _Receiver:
             self._reported = counts
             self.progress(*counts)
 
+    def write(self) -> None:
+        """Write what arrived since the last call: one ``SparseWriter.apply`` for all of
+        it (a fragmented volume's many small frames), never from inside the protocol
+        core's handling of the frames.
+
+        Raises:
+            OSError: the write failed.
+        """
+        pending, self._pending = self._pending, []
+        if pending:
+            self.writer.apply(pending)
+
     def event(self, event: StreamEvent) -> None:
-        if self.failure is not None or self.stopped:
+        if self.stopped:
             return
-        try:
-            if type(event) is StreamDataReceived:
-                self.writer.write(event.data)
-                self.data += len(event.data)
-            elif isinstance(event, StreamHoleReceived):
-                self.writer.skip(event.length)
-                self.holes += event.length
-            elif isinstance(event, StreamEndReceived):
-                self.ended = True
-        except OSError as exc:
-            self.failure = exc
+        if type(event) is StreamDataReceived:
+            self._pending.append(event.data)
+            self.data += len(event.data)
+        elif isinstance(event, StreamHoleReceived):
+            self._pending.append(event.length)
+            self.holes += event.length
+        elif isinstance(event, StreamEndReceived):
+            self.ended = True
