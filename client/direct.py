@@ -63,6 +63,7 @@ from virtvol.protocol.connection import (
     StreamFailed,
     StreamFinished,
     StreamHoleReceived,
+    StreamItemsReceived,
 )
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 
@@ -71,6 +72,10 @@ if TYPE_CHECKING:
 
     from virtvol.client.interfaces import FileTransfers
     from virtvol.client.rpc import StreamEvent
+
+    # What a stream's sink hears: the asyncio engine's events, and runs of data and
+    # skips gathered into one (``gather_stream_items``).
+    DirectStreamEvent = StreamEvent | StreamItemsReceived
     from virtvol.protocol.constants import ProtocolMode
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import ArgsT, Procedure, RetT
@@ -185,7 +190,9 @@ class DirectRpc:
     """
 
     def __init__(self, sock: socket.socket, description: str) -> None:
-        self.core = ProtocolCore(Side.CLIENT)
+        # A fragmented download is two small frames per extent: they reach the stream's
+        # sink a read's worth at a time.
+        self.core = ProtocolCore(Side.CLIENT, gather_stream_items=True)
         self.description = description
         self.deadline: float | None = None
         self.pings_received = 0
@@ -197,7 +204,7 @@ class DirectRpc:
         self._poller.register(self._fd, select.POLLIN)
         self._replies: dict[int, ReplyReceived | ErrorReplyReceived] = {}
         self._awaited: set[int] = set()
-        self._sinks: dict[int, Callable[[StreamEvent], None]] = {}
+        self._sinks: dict[int, Callable[[DirectStreamEvent], None]] = {}
         self._failure: TransportError | None = None
         self._keepalive: KeepaliveTracker | None = None
         # Control frames (PONG, PING) that wait for the write under way to be complete.
@@ -236,7 +243,7 @@ class DirectRpc:
         procedure: Procedure[Any, Any],
         args: XdrStruct | None = None,
         *,
-        sink: Callable[[StreamEvent], None] | None = None,
+        sink: Callable[[DirectStreamEvent], None] | None = None,
     ) -> int:
         """Write a CALL and return its serial; ``sink`` receives the frames of the
         stream it opens (registered first: they may overtake the reply).
@@ -351,7 +358,8 @@ class DirectRpc:
             self.write(())
 
     def _dispatch(self, event: Event) -> None:
-        if type(event) is StreamDataReceived:  # the common case, first and cheapest
+        if type(event) is StreamDataReceived or type(event) is StreamItemsReceived:
+            # the common cases, first and cheapest
             sink = self._sinks.get(event.serial)
             if sink is not None:
                 sink(event)

@@ -54,6 +54,7 @@ from virtvol.protocol.connection import (
     StreamFailed,
     StreamFinished,
     StreamHoleReceived,
+    StreamItemsReceived,
 )
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.sparse.reader import SparseReader
@@ -63,8 +64,8 @@ from virtvol.sparse.zeros import zero_view
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from virtvol.client.direct import DirectStreamEvent
     from virtvol.client.interfaces import VolumeLike
-    from virtvol.client.rpc import StreamEvent
     from virtvol.client.transfer_base import Progress
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
@@ -95,7 +96,7 @@ class _Stream:
         *,
         offset: int,
         length: int,
-        on_data: Callable[[StreamEvent], None] | None = None,
+        on_data: Callable[[DirectStreamEvent], None] | None = None,
     ) -> None:
         if offset < 0 or length < 0:
             raise ValueError("offset and length must not be negative")
@@ -129,7 +130,7 @@ class _Stream:
             self.rpc.forget_sink(serial)
             raise
 
-    def _event(self, event: StreamEvent) -> None:
+    def _event(self, event: DirectStreamEvent) -> None:
         if isinstance(event, StreamFinished):
             self.done = True
         elif isinstance(event, StreamFailed):
@@ -427,10 +428,17 @@ class _Receiver:
         if pending:
             self.writer.apply(pending)
 
-    def event(self, event: StreamEvent) -> None:
+    def event(self, event: DirectStreamEvent) -> None:
         if self.stopped:
             return
-        if type(event) is StreamDataReceived:
+        if type(event) is StreamItemsReceived:
+            self._pending += event.items
+            for item in event.items:
+                if isinstance(item, int):
+                    self.holes += item
+                else:
+                    self.data += len(item)
+        elif type(event) is StreamDataReceived:
             self._pending.append(event.data)
             self.data += len(event.data)
         elif isinstance(event, StreamHoleReceived):

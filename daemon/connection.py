@@ -65,6 +65,7 @@ from virtvol.protocol.connection import (
     StreamDataReceived,
     StreamFinishReceived,
     StreamHoleReceived,
+    StreamItemsReceived,
     rpc_error,
 )
 from virtvol.protocol.constants import MESSAGE_MAX
@@ -137,6 +138,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             Side.SERVER,
             max_message=LIMITED_MESSAGE_MAX,
             payload_buffers=context.payload_buffers,
+            # A fragmented upload is two small frames per extent: they reach the upload
+            # a read's worth at a time.
+            gather_stream_items=True,
         )
         self.session = Session(read_only=read_only, legacy=context.legacy)
         self.peer = "?"
@@ -232,7 +236,10 @@ class ClientConnection(asyncio.BufferedProtocol):
                 event = self.rpc.next_event()
                 if event is None:
                     return
-                self._frames_this_turn += 1
+                if type(event) is StreamItemsReceived:
+                    self._frames_this_turn += len(event.items)
+                else:
+                    self._frames_this_turn += 1
                 self._dispatch(event)
                 if self._gone():
                     return
@@ -389,7 +396,11 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- events ---------------------------------------------------------------------
 
     def _dispatch(self, event: Event) -> None:
-        if isinstance(event, StreamDataReceived):
+        if type(event) is StreamItemsReceived:
+            handler = self._streams.get(event.serial)
+            if isinstance(handler, Upload):
+                handler.items_received(event.items)
+        elif isinstance(event, StreamDataReceived):
             handler = self._streams.get(event.serial)
             if isinstance(handler, Upload):
                 handler.data_received(event.data)

@@ -86,12 +86,7 @@ class Upload:
         if self._failed:
             return
         self._queue.append(data)
-        self._queued_bytes += len(data)
-        self.stats.data_bytes += len(data)
-        if self._queued_bytes + self._writing_bytes > HELD_MAX and not self._reading_paused:
-            self._reading_paused = True
-            self._channel.pause_reading(self)
-        self._wakeup.set()
+        self._queued(len(data))
 
     def hole_received(self, length: int) -> None:
         if self._failed:
@@ -99,6 +94,29 @@ class Upload:
         self._queue.append(length)
         self.stats.holes += 1
         self.stats.hole_bytes += length
+        self._wakeup.set()
+
+    def items_received(self, items: list[_Item]) -> None:
+        """Data (payloads) and skips (lengths) that arrived in a row, in order."""
+        if self._failed:
+            return
+        self._queue += items
+        size = 0
+        for item in items:
+            if isinstance(item, int):
+                self.stats.holes += 1
+                self.stats.hole_bytes += item
+            else:
+                size += len(item)
+        self._queued(size)
+
+    def _queued(self, size: int) -> None:
+        """Account for ``size`` more data bytes in the queue; wake the task."""
+        self._queued_bytes += size
+        self.stats.data_bytes += size
+        if self._queued_bytes + self._writing_bytes > HELD_MAX and not self._reading_paused:
+            self._reading_paused = True
+            self._channel.pause_reading(self)
         self._wakeup.set()
 
     def client_finished(self) -> None:

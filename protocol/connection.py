@@ -117,6 +117,16 @@ class StreamHoleReceived(Record):
     length: int
 
 
+class StreamItemsReceived(Record):
+    """Data frames and skips of one stream that arrived in a row, in order: data as its
+    payload, a skip as its length (only from a ``Connection`` made with
+    ``gather_stream_items``; a lone one still comes as ``StreamDataReceived`` or
+    ``StreamHoleReceived``)."""
+
+    serial: int
+    items: list[Payload | int]
+
+
 class StreamEndReceived(Record):
     """Client: the server's EOF frame ended a download."""
 
@@ -177,6 +187,7 @@ Event = (
     | ErrorReplyReceived
     | StreamDataReceived
     | StreamHoleReceived
+    | StreamItemsReceived
     | StreamEndReceived
     | StreamFinishReceived
     | StreamAbortReceived
@@ -194,6 +205,10 @@ def rpc_error(message: str, code: ErrorCode = ErrorCode.RPC) -> RemoteError:
     return RemoteError(code=code, domain=ErrorDomain.RPC, message=message)
 
 
+# The payload of a well-formed skip frame.
+_HOLE_SIZE = len(StreamHole(1, 0).encode())
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -205,6 +220,9 @@ class Connection:
         max_message: the largest frame accepted from the peer (header + payload).
         payload_buffers: the recycled memory of large payloads, shared by a server's
             connections (``FrameReader``); None: the connection's own.
+        gather_stream_items: report data frames and skips of one stream that were
+            received in a row as one ``StreamItemsReceived`` (a fragmented image is two
+            small frames per extent), for consumers that handle it.
     """
 
     def __init__(
@@ -213,8 +231,10 @@ class Connection:
         *,
         max_message: int = MESSAGE_MAX,
         payload_buffers: PayloadBuffers | None = None,
+        gather_stream_items: bool = False,
     ) -> None:
         self.side = side
+        self._gather_stream_items = gather_stream_items
         self.reader = FrameReader(max_message=max_message, payload_buffers=payload_buffers)
         self._next_serial = 0
         self._pending: dict[int, int] = {}  # serial -> procedure
@@ -249,7 +269,12 @@ class Connection:
         frame = self.reader.next_frame()
         if frame is None:
             return None
-        return self._handle(frame)
+        event = self._handle(frame)
+        if self._gather_stream_items and (
+            type(event) is StreamDataReceived or type(event) is StreamHoleReceived
+        ):
+            return self._gather(event)
+        return event
 
     def events(self) -> list[Event]:
         """Every event the received bytes make up so far."""
@@ -374,6 +399,61 @@ class Connection:
         if stream.finished:
             self._forget_stream(stream)
         return event
+
+    def _gather(self, first: StreamDataReceived | StreamHoleReceived) -> Event:
+        """``first`` and the data frames and skips of its stream that follow it among the
+        frames already received, as one event.
+
+        Sending data or a skip never changes a stream's state, so once the state
+        machine took one of a kind the rest of that kind only need to be well formed;
+        and a stream that takes a skip takes data (skips only add the sparse flag to
+        what data needs: a test holds the table to it), so only a skip after data is
+        checked. The first frame that is anything else (or malformed, or refused) stays
+        for the next ``next_event``, which handles it, or refuses it, as it would have.
+        """
+        frame = self.reader.peek_frame()
+        if frame is None:
+            return first
+        serial = first.serial
+        stream = self.streams[serial]  # data and skips never end a stream
+        if type(first) is StreamDataReceived:
+            items: list[Payload | int] = [first.data]
+            hole_checked = False
+        else:
+            assert type(first) is StreamHoleReceived
+            items = [first.length]
+            hole_checked = True
+        procedure = stream.procedure
+        while frame is not None:
+            header = frame.header
+            if (
+                header.serial != serial
+                or header.procedure != procedure
+                or header.status != MessageStatus.CONTINUE
+                or header.program == KEEPALIVE_PROGRAM
+            ):
+                break
+            payload = frame.payload
+            if header.type == MessageType.STREAM and payload:
+                items.append(payload)
+            elif header.type == MessageType.STREAM_HOLE and len(payload) == _HOLE_SIZE:
+                hole = StreamHole.decode(payload)
+                if hole.length <= 0 or hole.flags != 0:
+                    break
+                if not hole_checked:
+                    try:
+                        stream.receive(StreamInput.HOLE)
+                    except RemoteProtocolError:
+                        break
+                    hole_checked = True
+                items.append(hole.length)
+            else:
+                break
+            self.reader.next_frame()
+            frame = self.reader.peek_frame()
+        if len(items) == 1:
+            return first
+        return StreamItemsReceived(serial, items)
 
     def _forget_stream(self, stream: Stream) -> None:
         del self.streams[stream.serial]
@@ -673,5 +753,6 @@ __all__ = [
     "StreamFinishReceived",
     "StreamFinished",
     "StreamHoleReceived",
+    "StreamItemsReceived",
     "rpc_error",
 ]

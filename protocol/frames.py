@@ -269,6 +269,10 @@ class FrameReader:
         """The next complete frame, or None when more bytes are needed."""
         return self._ready.popleft() if self._ready else None
 
+    def peek_frame(self) -> Frame | None:
+        """The frame ``next_frame`` would return, left in place."""
+        return self._ready[0] if self._ready else None
+
     def __iter__(self) -> FrameReader:
         return self
 

@@ -127,9 +127,9 @@ def joined(parts: tuple[bytes, Payload]) -> bytes:
 class Pair:
     """A client and a server connection joined by two in-memory pipes."""
 
-    def __init__(self) -> None:
-        self.client = Connection(Side.CLIENT)
-        self.server = Connection(Side.SERVER)
+    def __init__(self, *, gather_stream_items: bool = False) -> None:
+        self.client = Connection(Side.CLIENT, gather_stream_items=gather_stream_items)
+        self.server = Connection(Side.SERVER, gather_stream_items=gather_stream_items)
 
     def to_server(self, *chunks: bytes) -> list[Event]:
         for chunk in chunks:

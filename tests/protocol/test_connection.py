@@ -10,6 +10,7 @@ from virtvol.protocol.connection import (
     CallRejected,
     Connection,
     ErrorReplyReceived,
+    Event,
     FrameIgnored,
     MessageReceived,
     PingReceived,
@@ -22,6 +23,7 @@ from virtvol.protocol.connection import (
     StreamFinished,
     StreamFinishReceived,
     StreamHoleReceived,
+    StreamItemsReceived,
     rpc_error,
 )
 from virtvol.protocol.constants import (
@@ -50,7 +52,7 @@ from virtvol.protocol.remote import (
     StreamHole,
     VolTransferArgs,
 )
-from virtvol.protocol.stream import Side, StreamState
+from virtvol.protocol.stream import _TRANSITIONS, Side, StreamInput, StreamState
 
 UPLOAD = Proc.STORAGE_VOL_UPLOAD
 DOWNLOAD = Proc.STORAGE_VOL_DOWNLOAD
@@ -208,6 +210,123 @@ def test_a_batch_goes_only_where_its_sender_may_send() -> None:
     with pytest.raises(LocalProtocolError, match="no open stream"):
         pair.client.send_stream_items(serial + 1, [b"data"])
     assert pair.client.send_stream_items(serial, []) == []
+
+
+# -- data and skips gathered (gather_stream_items) ---------------------------------------
+
+
+def _items(events: list[Event]) -> list[bytes | memoryview | int]:
+    """The data and skips of ``events``, in order, whichever way they came."""
+    items: list[bytes | memoryview | int] = []
+    for event in events:
+        if isinstance(event, StreamItemsReceived):
+            items += event.items
+        elif isinstance(event, StreamDataReceived):
+            items.append(event.data)
+        elif isinstance(event, StreamHoleReceived):
+            items.append(event.length)
+    return items
+
+
+def test_data_and_skips_in_a_row_come_as_one_event() -> None:
+    pair = Pair(gather_stream_items=True)
+    up = _open_stream(pair, UPLOAD, sparse=True)
+    frames = [
+        joined(pair.client.send_data(up, b"a" * 4096)),
+        pair.client.send_hole(up, 61440),
+        joined(pair.client.send_data(up, b"b")),
+        pair.client.send_hole(up, 7),
+        pair.client.send_finish(up),
+    ]
+    assert pair.to_server(b"".join(frames)) == [
+        StreamItemsReceived(up, [b"a" * 4096, 61440, b"b", 7]),
+        StreamFinishReceived(up),
+    ]
+    # A lone frame is its own event, as without gathering; a skip may lead a run.
+    down = _open_stream(pair, DOWNLOAD, sparse=True)
+    assert pair.to_client(joined(pair.server.send_data(down, b"x"))) == [
+        StreamDataReceived(down, b"x")
+    ]
+    assert pair.to_client(pair.server.send_hole(down, 5)) == [StreamHoleReceived(down, 5)]
+    run = [pair.server.send_hole(down, 9), joined(pair.server.send_data(down, b"y"))]
+    assert pair.to_client(b"".join(run)) == [StreamItemsReceived(down, [9, b"y"])]
+
+
+def test_a_run_of_items_ends_where_the_stream_or_the_kind_of_frame_changes() -> None:
+    pair = Pair(gather_stream_items=True)
+    one = _open_stream(pair, DOWNLOAD, sparse=True)
+    two = _open_stream(pair, DOWNLOAD, sparse=True)
+    frames = [
+        joined(pair.server.send_data(one, b"1")),
+        pair.server.send_hole(one, 1),
+        joined(pair.server.send_data(two, b"2")),  # another stream
+        pair.server.send_hole(two, 2),
+        pair.server.send_ping(),  # keepalive in between
+        joined(pair.server.send_data(two, b"3")),
+        pair.server.send_eof(two),  # the end of the stream
+    ]
+    assert pair.to_client(b"".join(frames)) == [
+        StreamItemsReceived(one, [b"1", 1]),
+        StreamItemsReceived(two, [b"2", 2]),
+        PingReceived(),
+        StreamDataReceived(two, b"3"),
+        StreamEndReceived(two),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sparse", "bad_frame"),
+    [
+        # a skip on a plain stream, after data the stream took
+        (False, _header(0, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)),
+        # a skip of length 0
+        (True, _header(0, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)),
+        # an empty data frame
+        (True, _header(0, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE)),
+    ],
+)
+def test_a_refused_frame_after_a_run_is_refused_after_the_run(
+    sparse: bool, bad_frame: Header
+) -> None:
+    pair = Pair(gather_stream_items=True)
+    serial = _open_stream(pair, UPLOAD, sparse=sparse)
+    assert serial == bad_frame.serial
+    payload = StreamHole(4096 if not sparse else 0, 0).encode()
+    if bad_frame.type == MessageType.STREAM:
+        payload = b""
+    good = [joined(pair.client.send_data(serial, b"d" * 10)) for _ in range(2)]
+    pair.server.receive_data(b"".join(good) + encode_frame(bad_frame, payload))
+    assert pair.server.next_event() == StreamItemsReceived(serial, [b"d" * 10] * 2)
+    with pytest.raises(RemoteProtocolError):
+        pair.server.next_event()
+
+
+def test_gathered_and_single_frames_carry_the_same_items() -> None:
+    sizes = [1, 4096, 70000, 3, 262120]
+    for gather in (False, True):
+        pair = Pair(gather_stream_items=gather)
+        serial = _open_stream(pair, UPLOAD, sparse=True)
+        frames = b"".join(
+            joined(pair.client.send_data(serial, bytes([n]) * size))
+            + pair.client.send_hole(serial, size * 2)
+            for n, size in enumerate(sizes)
+        )
+        # Delivered in odd pieces: runs end wherever the received bytes end.
+        events: list[Event] = []
+        for start in range(0, len(frames), 9999):
+            events += pair.to_server(frames[start : start + 9999])
+        expected = [x for n, size in enumerate(sizes) for x in (bytes([n]) * size, size * 2)]
+        assert [bytes(i) if not isinstance(i, int) else i for i in _items(events)] == expected
+        assert any(isinstance(e, StreamItemsReceived) for e in events) is gather
+
+
+def test_a_stream_that_takes_a_skip_takes_data() -> None:
+    """What gathering relies on: data never needs more than a skip does, and neither
+    changes the stream's state."""
+    for table in _TRANSITIONS.values():
+        for (state, what), after in table.items():
+            if what is StreamInput.HOLE:
+                assert table[(state, StreamInput.DATA)] is after is state
 
 
 def test_dense_upload() -> None:
