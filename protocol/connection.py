@@ -50,6 +50,7 @@ from virtvol.protocol.exceptions import (
     XdrEncodeError,
 )
 from virtvol.protocol.frames import (
+    SCRATCH_SIZE,
     Frame,
     FrameReader,
     Header,
@@ -223,6 +224,8 @@ class Connection:
         gather_stream_items: report data frames and skips of one stream that were
             received in a row as one ``StreamItemsReceived`` (a fragmented image is two
             small frames per extent), for consumers that handle it.
+        scratch_size: the receive buffer of small frames (``FrameReader``): each read
+            of the socket fills at most this much of it.
     """
 
     def __init__(
@@ -232,10 +235,13 @@ class Connection:
         max_message: int = MESSAGE_MAX,
         payload_buffers: PayloadBuffers | None = None,
         gather_stream_items: bool = False,
+        scratch_size: int = SCRATCH_SIZE,
     ) -> None:
         self.side = side
         self._gather_stream_items = gather_stream_items
-        self.reader = FrameReader(max_message=max_message, payload_buffers=payload_buffers)
+        self.reader = FrameReader(
+            max_message=max_message, scratch_size=scratch_size, payload_buffers=payload_buffers
+        )
         self._next_serial = 0
         self._pending: dict[int, int] = {}  # serial -> procedure
         # Server: (program, version) of rejected calls; the error reply must carry them,

@@ -43,6 +43,8 @@ from virtvol.protocol.record import Record
 _FRAME_HEAD = struct.Struct(">IIIiiIi")
 # The first fresh allocation for a large payload; it doubles as bytes arrive.
 PAYLOAD_FIRST_STEP = 64 << 10
+# The default buffer for small frames: a server keeps one per connection.
+SCRATCH_SIZE = 16 << 10
 
 Payload = bytes | memoryview
 
@@ -195,7 +197,7 @@ class FrameReader:
         self,
         *,
         max_message: int = MESSAGE_MAX,
-        scratch_size: int = 16384,
+        scratch_size: int = SCRATCH_SIZE,
         payload_buffers: PayloadBuffers | None = None,
     ) -> None:
         if scratch_size < FRAME_OVERHEAD:
