@@ -326,7 +326,9 @@ def test_a_stream_error_stops_a_long_hole_sent_as_zeros(tmp_path: Path) -> None:
         assert run_blocking(conn.get_type()) == "storage"
         close(conn)
         assert peer.hung_up.wait(5)
-    assert len(peer.received) < 16 * MIB
+    # Heard before the hole's end: within a few read buffers (4 MiB each) of the error,
+    # with room for a peer thread that a busy machine runs late.
+    assert len(peer.received) < 48 * MIB
 
 
 @pytest.mark.timeout(20)
