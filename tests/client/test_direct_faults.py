@@ -571,3 +571,32 @@ def test_an_error_from_the_upload_progress_aborts_it(
         close(conn)
     assert (virtvold.pool_dir / "vol").read_bytes() == old
     assert virtvold.process.poll() is None
+
+
+# -- a source that changes during the upload --------------------------------------------------
+
+
+def test_a_source_cut_short_where_it_had_a_hole_fails_the_upload(tmp_path: Path) -> None:
+    """The file is cut back to its first read buffer of data while being sent: what it
+    held after that (a hole, then data) is gone, and must not travel as a hole."""
+    source = data_file(tmp_path / "src.img", 12 * MIB)
+    with source.open("r+b") as f:
+        f.truncate(4 * MIB)
+        f.truncate(8 * MIB)  # a hole from 4 MiB, where the first read buffer ends
+    data_file(tmp_path / "tail.img", 4 * MIB)
+    with source.open("ab") as tail:
+        tail.write((tmp_path / "tail.img").read_bytes())
+
+    def cut_after_the_first_buffer(data: int, holes: int) -> None:
+        if os.stat(source).st_size > 4 * MIB:
+            os.truncate(source, 4 * MIB)
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda p, event: p.reply(event.serial)
+        conn = open_conn(peer.uri)
+        with pytest.raises(OSError, match="shrank"):
+            run_blocking(fake_volume(conn).upload_file(source, progress=cut_after_the_first_buffer))
+        assert run_blocking(conn.get_type()) == "storage"  # aborted and confirmed
+        close(conn)
+    assert any(isinstance(e, StreamAbortReceived) for e in peer.events)
+    assert peer.data_bytes == 4 * MIB
