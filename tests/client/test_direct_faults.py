@@ -22,6 +22,7 @@ import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer, stream_error
 from tests.client.helpers import MIB, assert_same_file
+from virtvol.client import direct_transfer
 from virtvol.client.direct import DirectRpc, open_direct, run_blocking
 from virtvol.client.errors import CallTimeout, ConnectionClosed, LibvirtError, TransportError
 from virtvol.client.objects import StorageVolume
@@ -302,7 +303,9 @@ def test_a_stream_error_from_a_peer_that_goes_on_reading_stops_the_upload_early(
     assert len(peer.received) < 16 * MIB
 
 
-def test_a_stream_error_stops_a_long_hole_sent_as_zeros(tmp_path: Path) -> None:
+def test_a_stream_error_stops_a_long_hole_sent_as_zeros(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a dense stream a hole travels as zero frames; a long one is heard from the
     peer a read buffer at a time, as data is, not only after its last zero."""
     source = tmp_path / "hole.img"
@@ -315,6 +318,22 @@ def test_a_stream_error_stops_a_long_hole_sent_as_zeros(tmp_path: Path) -> None:
             peer.send(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
             error_sent.set()
 
+    # Once zeros went out, the client's looks at the socket wait for the error to be on
+    # its way: a busy machine's scheduling cannot let it send more buffers before that.
+    sending, looking = direct_transfer._Stream.send_data, direct_transfer._Stream.poll
+    zeros_sent = threading.Event()
+
+    def send_data(stream: Any, data: memoryview) -> None:
+        sending(stream, data)
+        zeros_sent.set()
+
+    def poll(stream: Any) -> None:
+        if zeros_sent.is_set():
+            assert error_sent.wait(5)
+        looking(stream)
+
+    monkeypatch.setattr(direct_transfer._Stream, "send_data", send_data)
+    monkeypatch.setattr(direct_transfer._Stream, "poll", poll)
     with FakePeer(tmp_path) as peer:
         peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda p, event: p.reply(event.serial)
         peer.on_data = fail_once
