@@ -21,7 +21,7 @@ arrives.
 
 Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
 awaited for ``ABORT_WAIT`` seconds), or drops the connection when it cut a
-frame short, and removes a download's temporary file.
+frame short or lost bytes a read took, and removes a download's temporary file.
 """
 
 from __future__ import annotations

@@ -404,6 +404,57 @@ def test_a_ping_while_a_write_waits_is_answered_after_the_frame(tmp_path: Path) 
         close(conn)
 
 
+class _InterruptedAfterARead:
+    """The connection's socket, with a Ctrl-C that lands as a read returns, once
+    ``after`` bytes came in: the bytes are out of the socket but nobody counted them."""
+
+    def __init__(self, inner: socket.socket, after: int) -> None:
+        self.inner = inner
+        self.after = after
+
+    def recv_into(self, buffer: memoryview) -> int:
+        count = self.inner.recv_into(buffer)
+        self.after -= count
+        if self.after <= 0 < self.after + count:
+            raise KeyboardInterrupt
+        return count
+
+    def sendmsg(self, buffers: Any) -> int:
+        return self.inner.sendmsg(buffers)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.timeout(20)
+def test_ctrl_c_as_a_read_returns_drops_the_connection_at_once(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """The bytes that read took are lost: the frames after them cannot be read, so
+    neither the abort's confirmation nor a goodbye can be waited for. The connection is
+    given up (which aborts the download on the peer) instead of waiting 30 s for an
+    answer that cannot be heard."""
+    data_file(virtvold.pool_dir / "vol", 16 * MIB)
+    work = tmp_path / "work"
+    work.mkdir()
+    before = open_descriptors()
+    conn = open_conn(virtvold.unix_uri)
+    vol = real_volume(conn)
+    rpc = rpc_of(conn)
+    rpc._sock = _InterruptedAfterARead(rpc._sock, 3 * MIB + 12345)  # type: ignore[assignment]
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_blocking(vol.download_file(work / "down.img"))
+    assert not conn.is_alive
+    close(conn)
+    assert time.monotonic() - started < 3
+    assert list(work.iterdir()) == []
+    assert open_descriptors() == before
+    again = open_conn(virtvold.tcp_uri)  # the daemon lives on
+    assert run_blocking(again.get_type()) == "storage"
+    close(again)
+
+
 # -- downloads that break --------------------------------------------------------------------
 
 
