@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -670,3 +671,43 @@ def test_a_source_cut_short_where_it_had_a_hole_fails_the_upload(tmp_path: Path)
         close(conn)
     assert any(isinstance(e, StreamAbortReceived) for e in peer.events)
     assert peer.data_bytes == 4 * MIB
+
+
+# -- download destinations that are not plain files -------------------------------------------
+
+
+def test_a_download_through_a_symbolic_link_writes_its_target(tmp_path: Path) -> None:
+    """virsh writes through the link; the temporary goes beside the link's target and
+    replaces that, so the link stays a link."""
+    chunk = bytes(range(1, 256)) * 16
+    work = tmp_path / "work"
+    (work / "images").mkdir(parents=True)
+    (work / "images" / "real.img").write_bytes(b"old")
+    link = work / "link.img"
+    link.symlink_to("images/real.img")
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(chunk, 3)
+        conn = open_conn(peer.uri)
+        run_blocking(fake_volume(conn).download_file(link))
+        close(conn)
+    assert link.is_symlink()
+    assert (work / "images" / "real.img").read_bytes() == chunk * 3
+    assert sorted(p.name for p in work.rglob("*")) == ["images", "link.img", "real.img"]
+
+
+def test_a_download_onto_a_device_or_fifo_is_refused_before_the_stream(tmp_path: Path) -> None:
+    """The temporary renamed over a FIFO or a device node would replace the node itself
+    (/dev/null became a regular file): such a destination is refused at once."""
+    work = tmp_path / "work"
+    work.mkdir()
+    fifo = work / "pipe"
+    os.mkfifo(fifo)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"x", 1)
+        conn = open_conn(peer.uri)
+        with pytest.raises(OSError, match="not a regular file"):
+            run_blocking(fake_volume(conn).download_file(fifo))
+        close(conn)
+    assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert os.listdir(work) == ["pipe"]
