@@ -343,17 +343,26 @@ class DirectRpc:
     def _read(self) -> None:
         try:
             count = self._sock.recv_into(self.core.get_buffer())
+            if count:
+                with core_errors(self.description):
+                    self.core.buffer_updated(count)
         except BlockingIOError:
             return
         except OSError as exc:
             raise self._lost(exc) from exc
+        except ProtocolViolation as exc:
+            raise self._fail(exc, warn=True) from None
+        except BaseException:
+            # An interrupt (Ctrl-C) that lands as the read returns loses the bytes it
+            # took from the socket: nothing after them can be read any more.
+            self._fail(ConnectionClosed(f"a read from {self.description} was cut short"))
+            raise
         if count == 0:
             raise self._lost(None)
         if self._keepalive is not None:
             self._keepalive.heard(time.monotonic())
         try:
             with core_errors(self.description):
-                self.core.buffer_updated(count)
                 while (event := self.core.next_event()) is not None:
                     self._dispatch(event)
         except ProtocolViolation as exc:

@@ -21,13 +21,12 @@ read of the socket brings are written to the file together (one
 
 Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
 awaited for ``ABORT_WAIT`` seconds), or drops the connection when it cut a
-frame short, and removes a download's temporary file.
+frame short or lost bytes a read took, and removes a download's temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from typing import TYPE_CHECKING
@@ -43,6 +42,7 @@ from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
     TransferResult,
     at_stage,
+    download_target,
     negotiate_stream,
     piece_runs,
 )
@@ -348,8 +348,7 @@ async def download_file(
     ``transfer.download_file``): it appears at ``path`` only once complete."""
     rpc = _engine(volume)
     started = time.monotonic()
-    _refuse_directory(os.fspath(path))
-    with AtomicFile(path) as output:
+    with AtomicFile(download_target(path)) as output:
         receiver = _Receiver(SparseWriter(output.fd, detect_zeroes=detect_zeroes), progress)
         stream = _Stream(
             rpc,
@@ -387,12 +386,6 @@ async def download_file(
         sparse=stream.sparse,
         fell_back=stream.fell_back,
     )
-
-
-def _refuse_directory(target: str) -> None:
-    # Found now, not by the final rename after the whole volume went by.
-    if os.path.isdir(target):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
 
 
 class _Receiver:

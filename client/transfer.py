@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import threading
 import time
@@ -30,7 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 from virtvol.client.streams import Download, Hole, Upload
-from virtvol.client.transfer_base import FRAME_DATA_MAX, Progress, TransferResult, piece_runs
+from virtvol.client.transfer_base import (
+    FRAME_DATA_MAX,
+    Progress,
+    TransferResult,
+    download_target,
+    piece_runs,
+)
 from virtvol.sparse.reader import BufferPool, SparseReader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 
@@ -305,18 +310,16 @@ async def download_file(
         The ``TransferResult``.
 
     Raises:
-        OSError: the destination cannot be written (``IsADirectoryError`` before
-            anything is transferred when it is a directory).
+        OSError: the destination cannot be written (before anything is transferred
+            when it is a directory, ``IsADirectoryError``, or a device or FIFO, which
+            the final rename would replace; a symbolic link's target is replaced).
         LibvirtError: the peer refused or failed the download.
         TransportError: the connection failed.
     """
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    target = os.fspath(path)
-    if await loop.run_in_executor(None, os.path.isdir, target):
-        # Found now, not by the final rename after the whole volume went by.
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
-    output = AtomicFile(path)
+    target = await loop.run_in_executor(None, download_target, path)
+    output = AtomicFile(target)
     writer = SparseWriter(output.fd, detect_zeroes=detect_zeroes)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="virtvol-write")
     in_flight: set[asyncio.Future[None]] = set()

@@ -18,7 +18,10 @@ mode the flag is never sent.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,7 @@ __all__ = [
     "Progress",
     "TransferResult",
     "at_stage",
+    "download_target",
     "negotiate_stream",
     "piece_runs",
 ]
@@ -171,3 +175,27 @@ def piece_runs(
             used += piece.length
         position += piece.length
     return runs
+
+
+def download_target(path: str | os.PathLike[str]) -> str:
+    """The file a download's ``AtomicFile`` replaces: ``path``, or the file a symbolic
+    link there leads to (the link stays a link, as when virsh writes through it).
+
+    Checked before the stream opens, not found by the final rename after the whole
+    volume went by.
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory.
+        OSError: ``path`` is a device, a FIFO or a socket: the rename would replace
+            the node itself, not write into it.
+    """
+    given = os.fspath(path)
+    try:
+        mode = os.stat(given).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OSError(f"not a regular file: {given} (a download would replace it, not fill it)")
+    return os.path.realpath(given)

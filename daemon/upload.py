@@ -5,15 +5,16 @@ memoryview the socket was read into, and each skip as a length; they wait in a q
 stream order, and a worker thread applies them in batches of up to ``BATCH_BYTES``
 (``VolumeWriter.apply``: one pwritev per run of data straight from that memory; skips
 and zero blocks punched or extended). The connection stops reading the socket while more
-than ``HELD_MAX`` bytes are held (queued or being written) and reads again once a
-batch's worth of room is back, while the worker still has queued batches to write: TCP
-pushes back on a client faster than the disk, memory stays bounded, and the network and
-the disk work at the same time instead of taking turns. The client's finish commits the
-writer (for a whole-volume upload: fdatasync, then the atomic rename) and is
-acknowledged, and only then is the replaced content let go (slow for a big volume, and
-nothing the client waits for); an abort, an error or a lost connection aborts it,
-leaving the old content. A write error is reported at once as STREAM/ERROR; the core
-then forgets the stream, so later frames are dropped.
+than ``HELD_MAX`` bytes are held (queued or being written; each frame also counts
+``FRAME_COST``, so a flood of skips is held too) and reads again once a batch's worth of
+room is back, while the worker still has queued batches to write: TCP pushes back on a
+client faster than the disk, memory stays bounded, and the network and the disk work at
+the same time instead of taking turns. The client's finish commits the writer (for a
+whole-volume upload: fdatasync, then the atomic rename) and is acknowledged, and only
+then is the replaced content let go (slow for a big volume, and nothing the client waits
+for); an abort, an error or a lost connection aborts it, leaving the old content. A
+write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
+later frames are dropped.
 
 The writer's file belongs to a ``FileWorker``: however the stream ends (the
 task cancelled in the middle of a batch, or before it ever ran), the abort
@@ -39,11 +40,15 @@ if TYPE_CHECKING:
 
     from virtvol.daemon.storage.backend import ChunkWriter
 
-# Payload bytes held per upload (waiting or being written), and taken per worker-thread
-# hop. Reading resumes when a batch's worth of room is free, which is while the worker
+# Bytes held per upload (waiting or being written), and taken per worker-thread hop.
+# Reading resumes when a batch's worth of room is free, which is while the worker
 # writes the next batch from what is still queued.
 HELD_MAX = 16 << 20
 BATCH_BYTES = 4 << 20
+# What each queued frame counts besides its payload: the queue's slot and the object
+# holding the payload or the skip's length. A skip has no payload, yet a flood of skips
+# (or of 1-byte frames) queued while the worker writes must stop the reading too.
+FRAME_COST = 64
 
 
 class _End(enum.Enum):
@@ -72,8 +77,8 @@ class Upload:
         self._file = FileWorker(executor, writer.abort)
         self.stats = stats
         self._queue: collections.deque[_Item] = collections.deque()
-        self._queued_bytes = 0  # data bytes in the queue
-        self._writing_bytes = 0  # data bytes of the batch in the worker
+        self._queued_bytes = 0  # what the queue holds (payloads and FRAME_COST per item)
+        self._writing_bytes = 0  # the same for the batch in the worker
         self._end: _End | None = None
         self._wakeup = asyncio.Event()
         self._failed = False
@@ -86,7 +91,8 @@ class Upload:
         if self._failed:
             return
         self._queue.append(data)
-        self._queued(len(data))
+        self.stats.data_bytes += len(data)
+        self._held(len(data) + FRAME_COST)
 
     def hole_received(self, length: int) -> None:
         if self._failed:
@@ -94,6 +100,14 @@ class Upload:
         self._queue.append(length)
         self.stats.holes += 1
         self.stats.hole_bytes += length
+        self._held(FRAME_COST)
+
+    def _held(self, cost: int) -> None:
+        """Count a queued item; pause the reading above ``HELD_MAX``; wake the task."""
+        self._queued_bytes += cost
+        if self._queued_bytes + self._writing_bytes > HELD_MAX and not self._reading_paused:
+            self._reading_paused = True
+            self._channel.pause_reading(self)
         self._wakeup.set()
 
     def items_received(self, items: list[_Item]) -> None:
@@ -101,23 +115,15 @@ class Upload:
         if self._failed:
             return
         self._queue += items
-        size = 0
+        data = 0
         for item in items:
             if isinstance(item, int):
                 self.stats.holes += 1
                 self.stats.hole_bytes += item
             else:
-                size += len(item)
-        self._queued(size)
-
-    def _queued(self, size: int) -> None:
-        """Account for ``size`` more data bytes in the queue; wake the task."""
-        self._queued_bytes += size
-        self.stats.data_bytes += size
-        if self._queued_bytes + self._writing_bytes > HELD_MAX and not self._reading_paused:
-            self._reading_paused = True
-            self._channel.pause_reading(self)
-        self._wakeup.set()
+                data += len(item)
+        self.stats.data_bytes += data
+        self._held(data + FRAME_COST * len(items))
 
     def client_finished(self) -> None:
         self._end = _End.FINISH
@@ -177,15 +183,14 @@ class Upload:
         self.stats.log_end(self._outcome)
 
     async def _apply_batch(self) -> None:
-        """Write the queue's first ``BATCH_BYTES`` of data (and the skips among them)."""
+        """Write the queue's first ``BATCH_BYTES`` (data, skips, each with ``FRAME_COST``)."""
         queue = self._queue
         batch: list[_Item] = []
         size = 0
         while queue and size < BATCH_BYTES:
             item = queue.popleft()
             batch.append(item)
-            if not isinstance(item, int):
-                size += len(item)
+            size += FRAME_COST if isinstance(item, int) else len(item) + FRAME_COST
         self._queued_bytes -= size
         self._writing_bytes = size
         writer = self._writer

@@ -118,6 +118,10 @@ class SparseReader:
                 extent = next_extent(self._fd, self._pos, self._end)
             else:
                 extent = Extent(self._pos, self._end - self._pos, True)
+            if extent is not None and not extent.data and extent.end == self._end:
+                extent = self._trailing_hole(extent)
+                if extent is None:
+                    return _EOF
             self._extent = extent
         assert extent is not None
         if not extent.data:
@@ -134,6 +138,19 @@ class SparseReader:
             return _EOF
         self._pos += count
         return Chunk(True, count)
+
+    def _trailing_hole(self, hole: Extent) -> Extent | None:
+        """``hole`` (which reaches the end) cut to the file's size now, or None if the
+        file ends before it: SEEK_DATA answers ENXIO past the end of a file that shrank
+        as it does in a trailing hole, and the shrinking must end the read, as a short
+        read does."""
+        size = os.lseek(self._fd, 0, os.SEEK_END)
+        if size >= self._end:
+            return hole
+        self._end = max(size, self._pos)
+        if self._pos >= self._end:
+            return None
+        return Extent(self._pos, self._end - self._pos, False)
 
     def read_pieces(self, buffer: Bytes, most: int = PIECES_PER_READ) -> list[Chunk]:
         """The next chunks, data filling ``buffer`` back to back (see ``read_pieces``)."""

@@ -139,3 +139,52 @@ async def test_reading_resumes_while_queued_data_is_still_being_written(tmp_path
         executor.shutdown(wait=True)
         registry.close()
     assert (tmp_path / "pool" / "vol").read_bytes() == b"".join(frames)
+
+
+async def test_a_flood_of_skips_is_held_to_the_bound_too(tmp_path: Path) -> None:
+    """A skip carries no payload, but each one waits in the queue as an object of its
+    own: skips that pile up while the worker writes a batch must stop the reading as
+    data does, or a client sending skips faster than the disk grows the daemon without
+    limit."""
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    registry.ensure_pool("p", tmp_path / "pool")
+    (tmp_path / "pool" / "vol").write_bytes(b"old")
+    volume = registry.lookup_volume_by_name(registry.lookup_pool_by_name("p"), "vol")
+    executor = concurrent.futures.ThreadPoolExecutor(2)
+    writer = registry.open_upload(volume, 0, 0)
+    writer.__class__ = SteppedWriter
+    assert isinstance(writer, SteppedWriter)
+    writer.permits = threading.Semaphore(0)
+    writer.written = 0
+    fed = [0]
+    sink = RecordingSink(writer, fed)
+    upload = Upload(
+        sink, 1, writer, executor=executor, stats=TransferStats("upload", "p/vol", "t", True, 0, 0)
+    )
+    task = asyncio.create_task(upload.run())
+    skips = 0
+    try:
+        upload.data_received(memoryview(os.urandom(MIB)))
+        fed[0] += MIB
+        await asyncio.sleep(0.05)  # that batch is in the worker, waiting for its permit
+        # A million skips: tens of MiB of queued objects, well past HELD_MAX.
+        while not sink.reading_paused() and skips < HELD_MAX // 16:
+            upload.hole_received(4096)
+            skips += 1
+        assert sink.reading_paused(), f"{skips} skips held and the socket still read"
+
+        # The skips go through as the worker takes them, and the socket is read again.
+        while sink.reading_paused():
+            writer.permits.release()
+            await asyncio.sleep(0.01)
+        upload.client_finished()
+        writer.permits.release(1000)
+        await asyncio.wait_for(task, 30)
+    finally:
+        writer.permits.release(1000)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        executor.shutdown(wait=True)
+        registry.close()
+    assert (tmp_path / "pool" / "vol").stat().st_size == MIB + skips * 4096

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from virtvol.sparse import files
-from virtvol.sparse.reader import BufferPool, SparseReader
+from virtvol.sparse.reader import BufferPool, Chunk, SparseReader
 from virtvol.sparse.writer import WRITEBACK_START, WRITEBACK_STEP, AtomicFile, SparseWriter
 from virtvol.sparse.zeros import ZERO_BLOCK, is_zero, zero_runs
 
@@ -107,6 +107,30 @@ def test_reader_hands_out_holes_and_data_in_pooled_buffers(tmp_path: Path) -> No
         (True, 36 * KIB),
         (False, (1 << 20) - 356 * KIB),
     ]
+
+
+@pytest.mark.parametrize("cut", [64 * KIB, 100 * KIB])
+def test_reader_ends_early_when_the_file_shrank_where_it_had_holes(
+    tmp_path: Path, cut: int
+) -> None:
+    """Past a file's end SEEK_DATA answers ENXIO, as it does in a trailing hole: a file
+    cut short at (or inside) a hole the reader had not reached must end the read there,
+    as a short read does, not read on as a hole up to the old size."""
+    path = tmp_path / "src"
+    with open(path, "wb") as f:
+        f.write(b"x" * 64 * KIB)
+        f.seek(256 * KIB)
+        f.write(b"y" * 64 * KIB)
+    buffer = bytearray(64 * KIB)
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        assert reader.next_chunk(buffer) == Chunk(True, 64 * KIB)
+        os.truncate(path, cut)
+        pieces = []
+        while not (chunk := reader.next_chunk(buffer)).eof:
+            pieces.append((chunk.data, chunk.length))
+        assert reader.end == cut
+    assert sum(length for _, length in pieces) == cut - 64 * KIB
+    assert all(not data for data, _ in pieces)
 
 
 def test_atomic_file_replaces_on_commit_and_vanishes_otherwise(tmp_path: Path) -> None:
@@ -205,8 +229,10 @@ def test_reading_a_fragmented_file_costs_two_seeks_per_extent(
         (False, 28 * KIB),
     ]
     assert bytes(buffer[: extents * 4 * KIB]) == b"d" * extents * 4 * KIB
-    # one SEEK_DATA per hole, one SEEK_HOLE per data extent
-    assert len(seeks) == 2 * extents + 1
+    # one SEEK_DATA per hole, one SEEK_HOLE per data extent, and the trailing hole's end
+    # checked against the file's size (SEEK_END)
+    assert seeks.count(os.SEEK_END) == 1
+    assert len(seeks) == 2 * extents + 2
 
 
 def test_durable_writes_wait_for_the_disk_per_step_of_data_not_of_offsets(
