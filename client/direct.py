@@ -348,10 +348,10 @@ class DirectRpc:
                     self.core.buffer_updated(count)
         except BlockingIOError:
             return
+        except ProtocolViolation as exc:  # an OSError too: before the socket's errors
+            raise self._fail(exc, warn=True) from None
         except OSError as exc:
             raise self._lost(exc) from exc
-        except ProtocolViolation as exc:
-            raise self._fail(exc, warn=True) from None
         except BaseException:
             # An interrupt (Ctrl-C) that lands as the read returns loses the bytes it
             # took from the socket: nothing after them can be read any more.

@@ -25,7 +25,12 @@ from tests.client.fake_peer import VOLUME, FakePeer, stream_error
 from tests.client.helpers import MIB, assert_same_file
 from virtvol.client import direct_transfer
 from virtvol.client.direct import DirectRpc, open_direct, run_blocking
-from virtvol.client.errors import CallTimeout, ConnectionClosed, LibvirtError, TransportError
+from virtvol.client.errors import (
+    CallTimeout,
+    ConnectionClosed,
+    LibvirtError,
+    ProtocolViolation,
+)
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -486,17 +491,28 @@ def test_a_download_cut_short_leaves_no_file(tmp_path: Path, cut: str) -> None:
     assert open_descriptors() == before  # the socket, the temporary: all closed
 
 
-def test_a_download_whose_peer_breaks_the_protocol_leaves_no_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\x00\x00\x1c" + b"\xff" * 24,  # a frame of an unknown program
+        b"\x7f\xff\xff\xff" + b"\xff" * 24,  # a length no frame may have
+    ],
+    ids=["unknown-program", "frame-too-long"],
+)
+def test_a_download_whose_peer_breaks_the_protocol_leaves_no_file(
+    tmp_path: Path, garbage: bytes
+) -> None:
     def send_garbage(peer: FakePeer, event: CallReceived) -> None:
         peer.reply(event.serial)
-        peer.send(b"\x00\x00\x00\x1c" + b"\xff" * 24)  # a frame of an unknown program
+        peer.send(garbage)
 
     work = tmp_path / "work"
     work.mkdir()
     with FakePeer(tmp_path) as peer:
         peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_garbage
         conn = open_conn(peer.uri)
-        with pytest.raises(TransportError, match="protocol error"):
+        # A broken protocol, not a lost connection: said as such.
+        with pytest.raises(ProtocolViolation, match="protocol error"):
             run_blocking(fake_volume(conn).download_file(work / "down.img"))
         assert not conn.is_alive
         close(conn)
