@@ -2,15 +2,17 @@
 
 Theory of operation: the handler fills frame buffers taken from its
 connection's ``SendBuffers``. A worker thread fills one buffer from the disk
-(``VolumeReader.next_chunk``) while the previous one is on its way out, so
+(``VolumeReader.read_pieces``) while the previous one is on its way out, so
 disk and socket overlap. A buffer's frames go out in one ``writelines``: a
-head and a view into the buffer for each data chunk (no join), a skip for each
-hole; the buffer is then "in flight" until the transport holds no unsent
-bytes, because asyncio (3.12+) and uvloop keep references to unsent data
-instead of copying it. When no buffer is free the
-handler waits for the transport to drain: the disk is read no faster than the
-client takes the data, and memory stays at a few buffers per connection
-whatever the volume size and however many downloads the client opened. Holes are one skip frame on a
+head and a view into the buffer for each data chunk (no join on uvloop or
+asyncio 3.12+, which keep references to unsent data instead of copying it), a
+skip for each hole. Once all of its pieces are queued the buffer is "in flight"
+until the transport holds no unsent bytes; not before, since on a plain stream
+a hole goes out as zero frames whose draining must not free a buffer whose data
+after the hole is still to be sent. When no buffer is free the handler waits for
+the transport to drain: the disk is read no faster than the client takes the
+data, and memory stays at a few buffers per connection whatever the volume size
+and however many downloads the client opened. Holes are one skip frame on a
 sparse stream; on a plain stream they go as data frames cut from one shared,
 immutable zero buffer (no disk read, no allocation). Then the EOF frame, and
 the handler waits for the client's finish (or abort) and acknowledges it.
@@ -65,7 +67,11 @@ class Download:
     ) -> None:
         self._channel = StreamChannel(sink, serial)
         self._buffers = buffers
-        self._held: memoryview | None = None  # taken, being filled, not sent
+        # The buffer taken for the current read: being filled, or sent from. It goes to
+        # the pool only once all of its pieces are queued (or the stream ends): in flight
+        # if the transport got some of its bytes, free otherwise.
+        self._held: memoryview | None = None
+        self._held_queued = False  # the transport holds some of the held buffer's bytes
         self._reader = reader
         self._sparse = sparse
         self._loop = asyncio.get_running_loop()
@@ -124,7 +130,15 @@ class Download:
         if held is not None:
             # The pool belongs to the loop.
             with contextlib.suppress(RuntimeError):  # the loop is gone
-                self._loop.call_soon_threadsafe(self._buffers.give_back, held)
+                self._loop.call_soon_threadsafe(self._hand_back, held, self._held_queued)
+
+    def _hand_back(self, buffer: memoryview, queued: bool) -> None:
+        """Return a buffer to the pool: in flight until the transport drains if the
+        transport got some of its bytes, free at once otherwise."""
+        if queued:
+            self._buffers.sent(buffer)
+        else:
+            self._buffers.give_back(buffer)
 
     async def _read(self, buffer: memoryview) -> list[Chunk]:
         reader = self._reader
@@ -145,7 +159,7 @@ class Download:
                     buffer = pool.try_take()
                 else:
                     buffer = await pool.take()  # another download of ours is filling them
-            self._held = buffer
+            self._held, self._held_queued = buffer, False
             # One thread hop fills the buffer with the data of many small extents.
             pieces = await self._read(buffer)
             if self._client_ended.done() or not pieces:
@@ -164,21 +178,22 @@ class Download:
                     stats.holes += 1
                     stats.hole_bytes += piece.length
                 else:
-                    self._send_items(items, buffer)
+                    # The buffer stays held while the zeros drain: the transport freeing
+                    # up must not free it, as its data after the hole is still to go.
+                    self._send_items(items)
                     items = []
                     if not await self._send_zeros(piece.length):
                         return False
-            self._send_items(items, buffer)
-            if self._held is not None:  # only holes: the buffer was never sent
+            self._send_items(items)
+            if self._held is buffer:
                 self._held = None
-                pool.give_back(buffer)
+                self._hand_back(buffer, self._held_queued)
 
-    def _send_items(self, items: list[Payload | int], buffer: memoryview) -> None:
-        """Write frames of ``buffer``'s pieces; from then on the transport references it."""
+    def _send_items(self, items: list[Payload | int]) -> None:
+        """Write frames of the held buffer's pieces (views into it, or hole lengths)."""
         self._channel.send_items(items)
-        if self._held is not None and any(not isinstance(item, int) for item in items):
-            self._held = None
-            self._buffers.sent(buffer)
+        if any(not isinstance(item, int) for item in items):
+            self._held_queued = True
 
     async def _send_zeros(self, length: int) -> bool:
         """A hole on a plain stream, as zero data frames; False when the client aborted."""

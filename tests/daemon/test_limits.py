@@ -514,8 +514,10 @@ async def test_descriptors_run_short_and_the_daemon_keeps_serving(tmp_path: Path
                 sock = connect(daemon, ("tcp", "unix", "ro")[index % 3])
                 idle.append(sock)
             await serve_meanwhile(daemon, client, None, 0.5)
-            # The reserve is untouched by connections: volumes can still be opened.
-            assert descriptors(pid) <= 1024 - FD_RESERVE_MIN
+            # The reserve is untouched by connections: volumes can still be opened. (A
+            # connection being refused holds its descriptor for a moment: on a busy
+            # machine the last few may still be closing.)
+            wait_for_descriptors(pid, 1024 - FD_RESERVE_MIN)
             (daemon.pool_dir / "small.img").write_bytes(b"x" * 4096)
             pool = await _pool(client)
             await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
