@@ -6,10 +6,10 @@ stream order, and a worker thread applies them in batches of up to ``BATCH_BYTES
 (``VolumeWriter.apply``: one pwritev per run of data straight from that memory; skips
 and zero blocks punched or extended). The connection stops reading the socket while more
 than ``HELD_MAX`` bytes are held (queued or being written; each frame also counts
-``FRAME_COST``, so a flood of skips is held too) and reads again once a batch's worth of
-room is back, while the worker still has queued batches to write: TCP pushes back on a
-client faster than the disk, memory stays bounded, and the network and the disk work at
-the same time instead of taking turns. The client's finish commits the writer (for a
+``FRAME_COST``, so a flood of skips is held too) and reads again when a written batch
+leaves a batch's worth of room, while queued batches remain for the worker: TCP pushes
+back on a client faster than the disk, memory stays bounded, and the worker does not
+wait for the socket to refill an empty queue. The client's finish commits the writer (for a
 whole-volume upload: fdatasync, then the atomic rename) and is acknowledged, and only
 then is the replaced content let go (slow for a big volume, and nothing the client waits
 for); an abort, an error or a lost connection aborts it, leaving the old content. A
