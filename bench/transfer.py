@@ -473,7 +473,8 @@ def main() -> None:
         else:
             print("; the")
             print(f"disk writes {disk_rate / MIB:.0f} MiB/s (direct I/O, then fdatasync), so")
-            print(f"a durable dense 1 GiB upload cannot take less than {GIB / disk_rate:.2f} s:")
+            floor = dense.data_bytes / disk_rate
+            print(f"a durable upload of the {dense.label} cannot take less than {floor:.2f} s:")
         for cell in bench.cells:
             if cell.peer != nosync.name or cell.direction != "upload":
                 continue
