@@ -11,13 +11,14 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import run_virsh, start_virtvold, stop_virtvold
+from tests.daemon.fake_sink import FakeSink
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
@@ -31,38 +32,10 @@ from virtvol.protocol.connection import Connection, ErrorReplyReceived, ReplyRec
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 
-    from virtvol.protocol.frames import Payload
 
 MIB = 1 << 20
-
-
-@dataclass
-class FakeSink:
-    """The connection as a stream handler sees it; records what it is asked to send."""
-
-    rpc: Connection = field(default_factory=lambda: Connection(Side.SERVER))
-    sent: list[bytes] = field(default_factory=list)
-    paused_by: set[object] = field(default_factory=set)
-
-    def send(self, frame: bytes) -> None:
-        self.sent.append(frame)
-
-    def send_parts(self, parts: Sequence[Payload]) -> None:
-        self.sent.append(b"".join(parts))
-
-    def write_buffer_empty(self) -> bool:
-        return True
-
-    async def drained(self) -> None:
-        return None
-
-    def pause_reading(self, owner: object) -> None:
-        self.paused_by.add(owner)
-
-    def resume_reading(self, owner: object) -> None:
-        self.paused_by.discard(owner)
 
 
 class Gate:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tests.daemon.fake_sink import FakeSink
 from virtvol.daemon.storage import StorageRegistry, VolumeWriter
 from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import BATCH_BYTES, HELD_MAX, Upload
-from virtvol.protocol.connection import Connection, Side
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable
     from pathlib import Path
-
-    from virtvol.protocol.frames import Payload
 
 MIB = 1 << 20
 
@@ -41,39 +41,63 @@ class SteppedWriter(VolumeWriter):
         self.written += sum(len(item) for item in batch if not isinstance(item, int))
 
 
-class RecordingSink:
-    """The connection as the upload sees it; notes what the writer still had to do at
-    every resume of reading."""
+class RecordingSink(FakeSink):
+    """A ``FakeSink`` that notes what the writer still had to do at every resume of
+    reading."""
 
     def __init__(self, writer: SteppedWriter, fed: list[int]) -> None:
-        self.rpc = Connection(Side.SERVER)
-        self.sent: list[bytes] = []
-        self._paused = False
+        super().__init__()
         self.unwritten_at_resume: list[int] = []
         self._writer = writer
         self._fed = fed
 
-    def send(self, frame: bytes) -> None:
-        self.sent.append(frame)
-
-    def send_parts(self, parts: Sequence[Payload]) -> None:
-        self.sent.append(b"".join(parts))
-
-    def write_buffer_empty(self) -> bool:
-        return True
-
-    async def drained(self) -> None:
-        return None
-
     def reading_paused(self) -> bool:
-        return self._paused
-
-    def pause_reading(self, owner: object) -> None:
-        self._paused = True
+        return bool(self.paused_by)
 
     def resume_reading(self, owner: object) -> None:
-        self._paused = False
+        super().resume_reading(owner)
         self.unwritten_at_resume.append(self._fed[0] - self._writer.written)
+
+
+@dataclass
+class SteppedUpload:
+    """An upload of volume "vol" whose writer waits for permits, and its running task."""
+
+    upload: Upload
+    writer: SteppedWriter
+    sink: RecordingSink
+    fed: list[int]  # data bytes handed to the upload so far
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def stepped_upload(tmp_path: Path, *, sparse: bool) -> AsyncIterator[SteppedUpload]:
+    """A whole-volume upload through a real registry, with a ``SteppedWriter``; on the
+    way out every batch still waiting is let through and the task ended."""
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    registry.ensure_pool("p", tmp_path / "pool")
+    (tmp_path / "pool" / "vol").write_bytes(b"old")
+    volume = registry.lookup_volume_by_name(registry.lookup_pool_by_name("p"), "vol")
+    executor = concurrent.futures.ThreadPoolExecutor(2)
+    writer = registry.open_upload(volume, 0, 0)
+    writer.__class__ = SteppedWriter
+    assert isinstance(writer, SteppedWriter)
+    writer.permits = threading.Semaphore(0)
+    writer.written = 0
+    fed = [0]
+    sink = RecordingSink(writer, fed)
+    stats = TransferStats("upload", "p/vol", "t", sparse, 0, 0)
+    upload = Upload(sink, 1, writer, executor=executor, stats=stats)
+    task = asyncio.create_task(upload.run())
+    try:
+        yield SteppedUpload(upload, writer, sink, fed, task)
+    finally:
+        writer.permits.release(1 << 20)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        executor.shutdown(wait=True)
+        registry.close()
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:
@@ -89,24 +113,9 @@ def _written_beyond(writer: SteppedWriter, before: int) -> Callable[[], bool]:
 
 
 async def test_reading_resumes_while_queued_data_is_still_being_written(tmp_path: Path) -> None:
-    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
-    registry.ensure_pool("p", tmp_path / "pool")
-    (tmp_path / "pool" / "vol").write_bytes(b"old")
-    volume = registry.lookup_volume_by_name(registry.lookup_pool_by_name("p"), "vol")
-    executor = concurrent.futures.ThreadPoolExecutor(2)
-    writer = registry.open_upload(volume, 0, 0)
-    writer.__class__ = SteppedWriter
-    assert isinstance(writer, SteppedWriter)
-    writer.permits = threading.Semaphore(0)
-    writer.written = 0
-    fed = [0]
-    sink = RecordingSink(writer, fed)
-    upload = Upload(
-        sink, 1, writer, executor=executor, stats=TransferStats("upload", "p/vol", "t", False, 0, 0)
-    )
     frames = [os.urandom(MIB) for _ in range((HELD_MAX + 2 * BATCH_BYTES) // MIB)]
-    task = asyncio.create_task(upload.run())
-    try:
+    async with stepped_upload(tmp_path, sparse=False) as stepped:
+        upload, writer, sink, fed = stepped.upload, stepped.writer, stepped.sink, stepped.fed
         # The first batch is in the worker before the rest arrives, as on a real socket.
         for frame in frames[: BATCH_BYTES // MIB]:
             upload.data_received(memoryview(frame))
@@ -131,13 +140,7 @@ async def test_reading_resumes_while_queued_data_is_still_being_written(tmp_path
         upload.client_finished()
         for _ in range(len(frames)):
             writer.permits.release()
-        await asyncio.wait_for(task, 30)
-    finally:
-        writer.permits.release(len(frames))
-        if not task.done():
-            task.cancel()
-        executor.shutdown(wait=True)
-        registry.close()
+        await asyncio.wait_for(stepped.task, 30)
     assert (tmp_path / "pool" / "vol").read_bytes() == b"".join(frames)
 
 
@@ -146,24 +149,9 @@ async def test_a_flood_of_skips_is_held_to_the_bound_too(tmp_path: Path) -> None
     own: skips that pile up while the worker writes a batch must stop the reading as
     data does, or a client sending skips faster than the disk grows the daemon without
     limit."""
-    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
-    registry.ensure_pool("p", tmp_path / "pool")
-    (tmp_path / "pool" / "vol").write_bytes(b"old")
-    volume = registry.lookup_volume_by_name(registry.lookup_pool_by_name("p"), "vol")
-    executor = concurrent.futures.ThreadPoolExecutor(2)
-    writer = registry.open_upload(volume, 0, 0)
-    writer.__class__ = SteppedWriter
-    assert isinstance(writer, SteppedWriter)
-    writer.permits = threading.Semaphore(0)
-    writer.written = 0
-    fed = [0]
-    sink = RecordingSink(writer, fed)
-    upload = Upload(
-        sink, 1, writer, executor=executor, stats=TransferStats("upload", "p/vol", "t", True, 0, 0)
-    )
-    task = asyncio.create_task(upload.run())
     skips = 0
-    try:
+    async with stepped_upload(tmp_path, sparse=True) as stepped:
+        upload, writer, sink, fed = stepped.upload, stepped.writer, stepped.sink, stepped.fed
         upload.data_received(memoryview(os.urandom(MIB)))
         fed[0] += MIB
         await asyncio.sleep(0.05)  # that batch is in the worker, waiting for its permit
@@ -179,12 +167,5 @@ async def test_a_flood_of_skips_is_held_to_the_bound_too(tmp_path: Path) -> None
             await asyncio.sleep(0.01)
         upload.client_finished()
         writer.permits.release(1000)
-        await asyncio.wait_for(task, 30)
-    finally:
-        writer.permits.release(1000)
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        executor.shutdown(wait=True)
-        registry.close()
+        await asyncio.wait_for(stepped.task, 30)
     assert (tmp_path / "pool" / "vol").stat().st_size == MIB + skips * 4096
