@@ -275,6 +275,18 @@ def test_a_peer_that_hangs_up_on_the_abort_leaves_the_first_error(tmp_path: Path
     assert any(isinstance(e, StreamAbortReceived) for e in peer.events)
 
 
+def fail_the_stream_once(error_sent: threading.Event) -> Callable[[FakePeer, Any], None]:
+    """A data handler for the scripted peer: the first frame gets a stream error ("disk
+    on fire") back, as virtvold sends on a failed write; ``error_sent`` is set then."""
+
+    def fail_once(peer: FakePeer, event: Any) -> None:
+        if not error_sent.is_set():
+            peer.send(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
+            error_sent.set()
+
+    return fail_once
+
+
 def test_a_stream_error_from_a_peer_that_goes_on_reading_stops_the_upload_early(
     tmp_path: Path,
 ) -> None:
@@ -283,11 +295,7 @@ def test_a_stream_error_from_a_peer_that_goes_on_reading_stops_the_upload_early(
     when its socket never fills (a fast peer on TCP, with large buffers)."""
     source = data_file(tmp_path / "src.img", 64 * MIB)
     error_sent = threading.Event()
-
-    def fail_once(peer: FakePeer, event: Any) -> None:
-        if not error_sent.is_set():
-            peer.send(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
-            error_sent.set()
+    fail_once = fail_the_stream_once(error_sent)
 
     def wait_for_the_error(data: int, holes: int) -> None:
         assert error_sent.wait(5)
@@ -318,11 +326,7 @@ def test_a_stream_error_stops_a_long_hole_sent_as_zeros(
     with source.open("wb") as f:
         f.truncate(64 * MIB)
     error_sent = threading.Event()
-
-    def fail_once(peer: FakePeer, event: Any) -> None:
-        if not error_sent.is_set():
-            peer.send(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
-            error_sent.set()
+    fail_once = fail_the_stream_once(error_sent)
 
     # Once zeros went out, the client's looks at the socket wait for the error to be on
     # its way: a busy machine's scheduling cannot let it send more buffers before that.
