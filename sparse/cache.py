@@ -16,13 +16,11 @@ faults nothing in; it costs three system calls per window.
 
 from __future__ import annotations
 
-import functools
+import errno
 import mmap
 import os
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import ctypes
+from . import libc
 
 __all__ = ["PAGE_SIZE", "ReadWindow", "resident_pages"]
 
@@ -37,44 +35,6 @@ _MAP_SHARED = 0x01
 READ_AHEAD_REACH = 16 << 20
 
 
-class _Libc:
-    """libc's mmap, munmap and mincore through ctypes."""
-
-    def __init__(self) -> None:
-        import ctypes
-
-        self.ctypes = ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.map_failed = ctypes.c_void_p(-1).value
-        self.mmap = libc.mmap
-        self.mmap.restype = ctypes.c_void_p
-        self.mmap.argtypes = (
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_longlong,
-        )
-        self.munmap = libc.munmap
-        self.munmap.restype = ctypes.c_int
-        self.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-        self.mincore = libc.mincore
-        self.mincore.restype = ctypes.c_int
-        self.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-
-    def raise_errno(self) -> None:
-        err = self.ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@functools.cache
-def _libc() -> _Libc:
-    """Loaded on first use: importing ctypes costs every command that moves a file
-    a few milliseconds, and only readers that keep the cache tidy need it."""
-    return _Libc()
-
-
 def resident_pages(fd: int, offset: int, length: int) -> bytes:
     """One byte per page of ``[offset, offset + length)``: 1 where the page is in memory.
 
@@ -86,17 +46,25 @@ def resident_pages(fd: int, offset: int, length: int) -> bytes:
     """
     if length <= 0:
         return b""
-    libc = _libc()
+    import ctypes  # for the vector and MAP_FAILED; imported by libc.function as well
+
+    mmap_ = libc.function(
+        "mmap", "c_void_p", "c_void_p", "c_size_t", "c_int", "c_int", "c_int", "c_longlong"
+    )
+    munmap = libc.function("munmap", "c_int", "c_void_p", "c_size_t")
+    mincore = libc.function("mincore", "c_int", "c_void_p", "c_size_t", "c_char_p")
+    if mmap_ is None or munmap is None or mincore is None:
+        raise OSError(errno.ENOSYS, "no mincore in the C library")
     pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
-    address = libc.mmap(None, length, _PROT_READ, _MAP_SHARED, fd, offset)
-    if address in (None, libc.map_failed):
+    address = mmap_(None, length, _PROT_READ, _MAP_SHARED, fd, offset)
+    if address in (None, ctypes.c_void_p(-1).value):  # NULL or MAP_FAILED
         libc.raise_errno()
     try:
-        vector: ctypes.Array[ctypes.c_char] = libc.ctypes.create_string_buffer(pages)
-        if libc.mincore(address, length, vector) != 0:
+        vector = ctypes.create_string_buffer(pages)
+        if mincore(address, length, vector) != 0:
             libc.raise_errno()
     finally:
-        libc.munmap(address, length)
+        munmap(address, length)
     raw = vector.raw
     if raw.translate(None, b"\x00\x01"):  # the low bit is residency, the rest reserved
         raw = bytes(b & 1 for b in raw)

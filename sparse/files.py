@@ -7,11 +7,11 @@ offsets), so descriptors can be shared with readers of other ranges.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from . import libc
 from .extents import iter_extents
 from .zeros import ZEROS, zero_view
 
@@ -33,31 +33,11 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _CFunction = Callable[[int, int, int, int], int]
 
 
-def _libc_function(name: str, *argtypes: str) -> _CFunction | None:
-    """C library function ``name`` taking ``argtypes`` (ctypes type names), None where
-    the library lacks it. ctypes is imported here, on first use: the command line
-    imports this module for every transfer and seldom calls into libc."""
-    import ctypes
-
-    try:
-        # The C library is already loaded: no library search (ctypes.util runs ldconfig).
-        func = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = tuple(getattr(ctypes, argtype) for argtype in argtypes)
-    func.restype = ctypes.c_int
-    return cast("_CFunction", func)
-
-
-def _get_errno() -> int:
-    import ctypes
-
-    return ctypes.get_errno()
-
-
-@functools.cache
 def _fallocate() -> _CFunction | None:
-    return _libc_function("fallocate", "c_int", "c_int", "c_longlong", "c_longlong")
+    return cast(
+        "_CFunction | None",
+        libc.function("fallocate", "c_int", "c_int", "c_int", "c_longlong", "c_longlong"),
+    )
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -74,7 +54,7 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
         if fallocate(fd, mode, offset, length) == 0:
             return
-        err = _get_errno()
+        err = libc.errno()
         if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err))
     write_zeros(fd, offset, min(offset + length, os.fstat(fd).st_size))
@@ -85,9 +65,11 @@ _SYNC_FILE_RANGE_WRITE = 0x02
 _SYNC_FILE_RANGE_WAIT_AFTER = 0x04
 
 
-@functools.cache
 def _sync_file_range() -> _CFunction | None:
-    return _libc_function("sync_file_range", "c_int", "c_longlong", "c_longlong", "c_uint")
+    return cast(
+        "_CFunction | None",
+        libc.function("sync_file_range", "c_int", "c_int", "c_longlong", "c_longlong", "c_uint"),
+    )
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
