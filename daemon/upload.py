@@ -88,30 +88,14 @@ class Upload:
     # -- events routed here by the connection --------------------------------
 
     def data_received(self, data: Payload) -> None:
-        if self._failed:
-            return
-        self._queue.append(data)
-        self.stats.data_bytes += len(data)
-        self._held(len(data) + FRAME_COST)
+        self.items_received([data])
 
     def hole_received(self, length: int) -> None:
-        if self._failed:
-            return
-        self._queue.append(length)
-        self.stats.holes += 1
-        self.stats.hole_bytes += length
-        self._held(FRAME_COST)
-
-    def _held(self, cost: int) -> None:
-        """Count a queued item; pause the reading above ``HELD_MAX``; wake the task."""
-        self._queued_bytes += cost
-        if self._queued_bytes + self._writing_bytes > HELD_MAX and not self._reading_paused:
-            self._reading_paused = True
-            self._channel.pause_reading(self)
-        self._wakeup.set()
+        self.items_received([length])
 
     def items_received(self, items: list[_Item]) -> None:
-        """Data (payloads) and skips (lengths) that arrived in a row, in order."""
+        """Data (payloads) and skips (lengths) that arrived in a row, in order: queued,
+        counted (each with ``FRAME_COST``), the reading paused above ``HELD_MAX``."""
         if self._failed:
             return
         self._queue += items
@@ -123,7 +107,11 @@ class Upload:
             else:
                 data += len(item)
         self.stats.data_bytes += data
-        self._held(data + FRAME_COST * len(items))
+        self._queued_bytes += data + FRAME_COST * len(items)
+        if self._queued_bytes + self._writing_bytes > HELD_MAX and not self._reading_paused:
+            self._reading_paused = True
+            self._channel.pause_reading(self)
+        self._wakeup.set()
 
     def client_finished(self) -> None:
         self._end = _End.FINISH
