@@ -16,7 +16,6 @@ stderr. The README lists where virtvol differs on purpose.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +38,7 @@ from virtvol.client.errors import (
     TransportError,
     VirtvolError,
 )
+from virtvol.client.log import when_first_used
 from virtvol.client.objects import PoolState, StoragePool, StorageVolume, VolumeType
 from virtvol.client.progress import TransferProgress, summary_line
 from virtvol.client.sizes import SizeError, format_size, parse_size
@@ -1073,17 +1073,30 @@ def _execute(command: Command, handler: Handler, args: SimpleNamespace) -> str:
 def _show_warnings() -> None:
     """The library's warnings (a sparse fallback, say) go to stderr as virsh words its own
     (``warning: ...``). ``--quiet`` keeps them, as virsh keeps its warnings under ``-q``:
-    it silences notices and decoration, not news that something went differently."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LowercaseLevelFormatter())
+    it silences notices and decoration, not news that something went differently.
+    The handler is put in place when the library first logs: most commands never do,
+    and spare importing logging."""
+    when_first_used(_stderr_warnings)
+
+
+_WARNINGS_HANDLER = "virtvol command line warnings"
+
+
+def _stderr_warnings() -> None:
+    import logging
+
+    class StderrWarnings(logging.Handler):
+        # Looks sys.stderr up for each record, so one handler serves every run of main()
+        # in a process, whatever stderr is at the time.
+        def emit(self, record: logging.LogRecord) -> None:
+            sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+
     logger = logging.getLogger("virtvol")
-    logger.addHandler(handler)
+    if not any(handler.name == _WARNINGS_HANDLER for handler in logger.handlers):
+        handler = StderrWarnings()
+        handler.name = _WARNINGS_HANDLER
+        logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
-
-
-class _LowercaseLevelFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 class _Invocation(Record):

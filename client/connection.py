@@ -9,7 +9,6 @@ error answer to a feature question means "not supported", as in libvirt.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -22,6 +21,7 @@ from virtvol.client.errors import (
     UnsupportedTransport,
     VirtvolError,
 )
+from virtvol.client.log import log
 from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
 from virtvol.protocol import procedures
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
 
-log = logging.getLogger("virtvol.client")
 
 # Seconds the goodbye calls may take together before the connection is closed anyway.
 _GOODBYE_TIMEOUT = 5

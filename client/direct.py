@@ -27,7 +27,6 @@ Unix and TCP connections are direct; TLS ones keep the event loop
 from __future__ import annotations
 
 import collections
-import logging
 import math
 import os
 import select
@@ -45,6 +44,7 @@ from virtvol.client.errors import (
     core_errors,
     error_from_remote,
 )
+from virtvol.client.log import log
 from virtvol.client.uri import Target, parse_uri, resolve_uri
 from virtvol.protocol.connection import (
     Connection as ProtocolCore,
@@ -83,7 +83,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DirectRpc", "needs_event_loop", "open_direct", "run_blocking"]
 
-log = logging.getLogger("virtvol.client")
 
 # The transports a blocking socket serves; TLS keeps the event loop's transport.
 DIRECT_TRANSPORTS = frozenset({"unix", "tcp"})

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 from typing import TYPE_CHECKING, Any, Protocol, cast, overload
 
 from virtvol.client.errors import (
@@ -49,6 +48,7 @@ from virtvol.client.errors import (
     core_errors,
     error_from_remote,
 )
+from virtvol.client.log import log
 from virtvol.protocol.connection import (
     Connection,
     ErrorReplyReceived,
@@ -77,7 +77,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RpcProtocol", "StreamSink"]
 
-log = logging.getLogger("virtvol.client")
 
 # The transport pauses the producer above this many buffered bytes. A few
 # frames' worth keeps the socket busy while bounding what we hold.

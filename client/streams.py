@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
@@ -22,6 +21,7 @@ from virtvol.client.errors import (
     error_from_remote,
 )
 from virtvol.client.errors import StreamError as StreamError  # re-exported for older imports
+from virtvol.client.log import log
 from virtvol.client.rpc import RpcProtocol
 from virtvol.client.transfer_base import FRAME_DATA_MAX, at_stage, negotiate_stream
 from virtvol.protocol import procedures
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FRAME_DATA_MAX", "Download", "Hole", "Upload"]
 
-log = logging.getLogger("virtvol.client")
 
 # A download pauses the socket when this much data waits for its consumer.
 READ_HIGH_WATER = 8 * 1024 * 1024

@@ -19,13 +19,13 @@ mode the flag is never sent.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from virtvol.client.errors import InvalidArgument, LibvirtError, SparseUnsupported
+from virtvol.client.log import log
 from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.record import Record
@@ -45,7 +45,6 @@ __all__ = [
     "piece_runs",
 ]
 
-log = logging.getLogger("virtvol.client")
 
 # Data bytes per frame we send. libvirt's own senders use 262120 (its legacy
 # payload limit) but every libvirt >= 3.4 peer reads frames up to 32 MiB. Each
