@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-
-import pytest
+from typing import TYPE_CHECKING
 
 from virtvol.client.log import LOGGER_NAME, log
+
+if TYPE_CHECKING:
+    import pytest
 
 PROBE = """
 import sys
 from virtvol.client.log import log, when_first_used
 seen = []
-when_first_used(lambda: seen.append("configured, logging imported: %s" % ("logging" in sys.modules)))
+when_first_used(lambda: seen.append(f"configured, logging imported: {'logging' in sys.modules}"))
 print("before:", "logging" in sys.modules, seen)
 log.debug("nothing to see")
 print("after:", seen)
