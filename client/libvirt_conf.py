@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from virtvol.client.errors import InvalidURI
 from virtvol.protocol.record import Record
@@ -42,7 +41,7 @@ class ClientConfig(Record):
         uri_aliases: ``uri_aliases`` entries as written (``name=URI``).
     """
 
-    path: Path | None
+    path: str | None
     uri_default: str | None
     uri_aliases: tuple[str, ...]
 
@@ -69,15 +68,15 @@ class ClientConfig(Record):
         return uri
 
 
-def config_path() -> Path:
+def config_path() -> str:
     """Where libvirt's library looks for its client configuration, for this process."""
     if os.geteuid() == 0:
-        return Path("/etc/libvirt/libvirt.conf")
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "libvirt" / "libvirt.conf"
+        return "/etc/libvirt/libvirt.conf"
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "libvirt", "libvirt.conf")
 
 
-def _values(text: str, path: Path) -> dict[str, str | list[str] | int]:
+def _values(text: str, path: str) -> dict[str, str | list[str] | int]:
     tokens: list[tuple[str, str]] = []
     pos = 0
     while pos < len(text):
@@ -128,7 +127,7 @@ def _values(text: str, path: Path) -> dict[str, str | list[str] | int]:
     return values
 
 
-def load_client_config(path: Path | None = None) -> ClientConfig:
+def load_client_config(path: str | os.PathLike[str] | None = None) -> ClientConfig:
     """Read libvirt's client configuration (``config_path()`` unless ``path`` is given).
 
     A missing file is an empty configuration.
@@ -136,9 +135,10 @@ def load_client_config(path: Path | None = None) -> ClientConfig:
     Raises:
         InvalidURI: the file cannot be parsed, or a setting has the wrong type.
     """
-    where = path if path is not None else config_path()
+    where = os.fspath(path) if path is not None else config_path()
     try:
-        text = where.read_text(encoding="utf-8", errors="replace")
+        with open(where, encoding="utf-8", errors="replace") as file:
+            text = file.read()
     except FileNotFoundError:
         return ClientConfig(None, None, ())
     except OSError as exc:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from pathlib import Path
 
 from virtvol.client.errors import InvalidURI
 from virtvol.client.libvirt_conf import ClientConfig, load_client_config
@@ -140,12 +139,12 @@ def resolve_uri(uri: str | None) -> str:
     return config.resolve_alias(uri if uri else default_uri(config=config))
 
 
-def _runtime_dir() -> Path:
+def _runtime_dir() -> str:
     """Where a user's daemons put their sockets (glib's user runtime dir, as libvirt uses)."""
     env = os.environ.get("XDG_RUNTIME_DIR")
     if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return env
+    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
 
 
 def _unix_socket(driver: str, path: str, params: dict[str, str], *, read_only: bool) -> str:
@@ -157,14 +156,14 @@ def _unix_socket(driver: str, path: str, params: dict[str, str], *, read_only: b
     user = path == "/session" and os.geteuid() != 0
     # A user's daemon has one socket: libvirt names no read-only one there.
     suffix = "-sock-ro" if read_only and not user else "-sock"
-    base = _runtime_dir() / "libvirt" if user else Path(_RUN_DIR)
-    legacy = base / f"libvirt{suffix}"
-    direct = base / f"virt{driver}d{suffix}" if driver else legacy
+    base = os.path.join(_runtime_dir(), "libvirt") if user else _RUN_DIR
+    legacy = os.path.join(base, f"libvirt{suffix}")
+    direct = os.path.join(base, f"virt{driver}d{suffix}") if driver else legacy
     if mode == "legacy":
-        return str(legacy)
+        return legacy
     if mode == "direct":
-        return str(direct)
-    return str(direct if direct.exists() else legacy)
+        return direct
+    return direct if os.path.exists(direct) else legacy
 
 
 def parse_uri(uri: str, *, read_only: bool = False) -> Target:
