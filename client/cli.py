@@ -618,6 +618,22 @@ def _stream_failure(verb: str, vol: StorageVolume, exc: LibvirtError) -> NoRetur
     _fail(context, exc)
 
 
+def _file_failure(exc: OSError, vol: StorageVolume, path: str, *, upload: bool) -> NoReturn:
+    """virsh's words for a local file that fails. Opening it (the error names the file):
+    "cannot read FILE" or "cannot create FILE". Reading or writing it while the stream
+    runs (the error names none): "cannot send data to volume V" or "cannot receive data
+    from volume V", then libvirt's stream loop's "send handler failed: REASON" or
+    "recv handler failed: REASON"."""
+    if exc.filename is not None:
+        raise CommandError(f"cannot {'read' if upload else 'create'} {path}", str(exc)) from exc
+    reason = exc.strerror or str(exc)
+    if upload:
+        context, detail = f"cannot send data to volume {vol.name}", "send handler failed"
+    else:
+        context, detail = f"cannot receive data from volume {vol.name}", "recv handler failed"
+    raise CommandError(context, f"{detail}: {reason}") from exc
+
+
 def _read_range(args: SimpleNamespace) -> None:
     args.offset = _number_argument(args.offset, "offset")
     args.length = _number_argument(args.length, "length")
@@ -666,9 +682,7 @@ async def _transfer(
     vol: StorageVolume, args: SimpleNamespace, *, upload: bool, total: int | None
 ) -> str:
     """Move the file with a progress bar, map failures to virsh's messages, print the summary."""
-    verb, way, file_action = (
-        ("upload", "upload to", "read") if upload else ("download", "download from", "create")
-    )
+    verb, way = ("upload", "upload to") if upload else ("download", "download from")
     move = vol.upload_file if upload else vol.download_file
     sparse = _sparse_choice(args)
     with TransferProgress(
@@ -687,7 +701,7 @@ async def _transfer(
         except OSError as exc:
             if isinstance(exc, TransportError):
                 raise
-            raise CommandError(f"cannot {file_action} {args.file}", str(exc)) from exc
+            _file_failure(exc, vol, args.file, upload=upload)
     if not args.quiet:
         sys.stderr.write(summary_line(f"{verb}ed", result) + "\n")
     return ""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.client.helpers import MIB, leftovers
 from tests.conftest import ReferenceLibvirtd, Virtvold, run_virsh
 
 if TYPE_CHECKING:
@@ -334,6 +335,63 @@ def test_download_onto_a_directory_is_refused_at_once(
     # Nothing was transferred: no temporary file was ever made next to the target.
     assert list(folder.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir()] == ["adir"]
+
+
+def _limited_to_a_mebibyte(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` unable to grow a file past 1 MiB: a write beyond fails with EFBIG
+    (SIGXFSZ ignored, which subprocess would restore)."""
+    return subprocess.run(
+        ["bash", "-c", 'trap "" XFSZ; ulimit -f 1024; exec "$@"', "limited", *argv],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, LC_ALL="C"),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_download_the_disk_refuses_fails_in_virshs_words(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    uri = reference_libvirtd.tcp_uri
+    source = tmp_path / "data.img"
+    source.write_bytes(os.urandom(4 * MIB))
+    run_virsh(uri, "vol-create-as", "default", "unwritable", "4M")
+    run_virsh(uri, "vol-upload", "unwritable", str(source), "--pool", "default")
+    target = tmp_path / "out.img"
+    download = ["-c", uri, "vol-download", "unwritable", str(target), "--pool", "default"]
+    try:
+        for mode in ([], ["--sparse"]):
+            theirs = _limited_to_a_mebibyte("virsh", *download, *mode)
+            ours = _limited_to_a_mebibyte(*_COMMAND, *download, *mode)
+            expected = (
+                "error: cannot receive data from volume unwritable\n"
+                "error: recv handler failed: File too large\n"
+            )
+            assert (theirs.stderr, theirs.returncode) == (expected, 1)
+            assert (ours.stdout, ours.stderr, ours.returncode) == (theirs.stdout, expected, 1)
+            assert leftovers(tmp_path, target.name) == []
+    finally:
+        run_virsh(uri, "vol-delete", "unwritable", "default")
+
+
+def test_an_upload_the_source_refuses_fails_in_virshs_words(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    # A folder opens for reading, and its first read fails (EISDIR): once the stream runs.
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "unreadable", "1M")
+    try:
+        for mode in ([], ["--sparse"]):
+            _, err, code = both(uri, "vol-upload", "unreadable", str(tmp_path), "default", *mode)
+            assert (err, code) == (
+                "error: cannot send data to volume unreadable\n"
+                "error: send handler failed: Is a directory\n",
+                1,
+            )
+    finally:
+        run_virsh(uri, "vol-delete", "unreadable", "default")
 
 
 def test_help_and_version() -> None:
