@@ -116,6 +116,17 @@ class ReadWindow:
             self._looked_ahead_from = index
             self._next = self._snapshot(index + 1)
 
+    def known_through(self, offset: int) -> int:
+        """Where the windows end whose residency before the read is known, once the read
+        at ``offset`` (given to ``reading`` first) has the next window's taken too: a
+        read may ask for pages ahead of itself up to there and still let go of exactly
+        the ones it brought in."""
+        index = offset // self._step
+        if self._looked_ahead_from != index:
+            self._looked_ahead_from = index
+            self._next = self._snapshot(index + 1)
+        return (index + 2) * self._step
+
     def close(self) -> None:
         """Drop what the read brought into memory; safe to call twice."""
         current, self._current = self._current, None

@@ -5,7 +5,9 @@ and hands out holes as lengths and data as reads into the buffer it is
 given, never crossing an extent boundary. With ``sparse`` False holes are
 read like data (the kernel returns zeros), for plain streams. Pages the read
 brings into memory are let go window by window, pages that were there before
-stay (``cache.ReadWindow``).
+stay (``cache.ReadWindow``). Where a read would wait for the disk, the reader
+asks the kernel for the data of the next extents at once (``POSIX_FADV_WILLNEED``),
+so a cold fragmented file costs the disk's queue, not one wait per extent.
 
 ``BufferPool`` is the fixed set of buffers a reading thread fills ahead of a
 sender: the reader runs ahead by at most the pool, whatever the file size.
@@ -13,7 +15,9 @@ sender: the reader runs ahead by at most the pool, whatever the file size.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections import deque
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.record import Record
@@ -33,6 +37,16 @@ __all__ = ["CACHE_WINDOW", "PIECES_PER_READ", "BufferPool", "Chunk", "SparseRead
 
 # Reads are tracked for page-cache hygiene in windows of this many bytes.
 CACHE_WINDOW = 32 << 20
+
+# How much data a cold read asks the kernel for ahead of itself, and the most extents
+# one such request walks ahead (the same SEEK_DATA/SEEK_HOLE the read makes, made early).
+# Reading a cold fragmented 1 GiB file (4 KiB every 64 KiB) one extent at a time waited
+# for the disk 16384 times: 1.5-1.8 s; with 256 extents asked for ahead, 0.2 s.
+PREFETCH_DATA = 4 << 20
+PREFETCH_EXTENTS = 1024
+
+# A read that must not wait for the disk: it fails with EAGAIN instead (Linux 4.14).
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 # The most chunks one ``read_pieces`` call returns: a fragmented file (4 KiB of data
 # every 64 KiB) then costs one call, and one thread hop, per 512 extents, not per extent.
@@ -84,6 +98,10 @@ class SparseReader:
         self._sparse = sparse
         self._extent: Extent | None = None
         self._window = ReadWindow(fd, CACHE_WINDOW) if drop_cache else None
+        self._ahead: deque[Extent] = deque()  # extents walked early, for a prefetch
+        self._prefetched_to = self._pos  # where the data asked for ahead ends
+        self._prefetched = 0  # bytes asked for ahead and not read yet (about)
+        self._nowait = _NOWAIT
 
     @property
     def position(self) -> int:
@@ -112,12 +130,7 @@ class SparseReader:
             return _EOF
         extent = self._extent
         if extent is None or self._pos >= extent.end:
-            if extent is not None and not extent.data:
-                extent = extent_after_hole(self._fd, self._pos, self._end)
-            elif self._sparse:
-                extent = next_extent(self._fd, self._pos, self._end)
-            else:
-                extent = Extent(self._pos, self._end - self._pos, True)
+            extent = self._ahead.popleft() if self._ahead else self._walk(extent, self._pos)
             if extent is not None and not extent.data and extent.end == self._end:
                 extent = self._trailing_hole(extent)
                 if extent is None:
@@ -132,12 +145,77 @@ class SparseReader:
         wanted = min(len(view), extent.end - self._pos)
         if self._window is not None:
             self._window.reading(self._pos)
-        count = os.preadv(self._fd, [view[:wanted]], self._pos)
+        count = self._read(view[:wanted])
         if count == 0:  # the file shrank while being read
             self._end = self._pos
             return _EOF
         self._pos += count
         return Chunk(True, count)
+
+    def _walk(self, previous: Extent | None, offset: int) -> Extent | None:
+        """The extent at ``offset``, which ``previous`` (if any) ends at."""
+        if previous is not None and not previous.data:
+            return extent_after_hole(self._fd, offset, self._end)
+        if self._sparse:
+            return next_extent(self._fd, offset, self._end)
+        return Extent(offset, self._end - offset, True)
+
+    def _read(self, into: memoryview) -> int:
+        """``preadv`` at the position; if that would wait for the disk, ask for what comes
+        next first, so that the disk is busy with it while this read waits."""
+        if self._nowait:
+            try:
+                count = os.preadv(self._fd, [into], self._pos, self._nowait)
+            except BlockingIOError:
+                if self._prefetched < PREFETCH_DATA // 2:
+                    self._prefetch()
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._nowait = 0  # not on this file system: plain reads
+            else:
+                self._prefetched = max(0, self._prefetched - count)
+                return count
+        count = os.preadv(self._fd, [into], self._pos)
+        self._prefetched = max(0, self._prefetched - count)
+        return count
+
+    def _prefetch(self) -> None:
+        """Ask the kernel (``POSIX_FADV_WILLNEED``) for the data from where the last
+        request ended, up to ``PREFETCH_DATA`` in all and ``PREFETCH_EXTENTS`` extents
+        walked ahead; with the page cache watched, only as far as the windows whose
+        residency is known, so that what this brings in is let go like what reads do."""
+        limit = self._end
+        if self._window is not None:
+            limit = min(limit, self._window.known_through(self._pos))
+        start = max(self._pos, self._prefetched_to)
+        budget = PREFETCH_DATA - self._prefetched
+        asked = 0
+        last = self._extent
+        walked = 0
+        extents = [self._extent, *self._ahead]
+        while asked < budget:
+            if extents:
+                extent = extents.pop(0)
+            elif last is not None and last.end < limit and walked < PREFETCH_EXTENTS:
+                extent = self._walk(last, last.end)
+                if extent is None:
+                    break
+                self._ahead.append(extent)
+                walked += 1
+            else:
+                break
+            last = extent
+            if extent is None or not extent.data or extent.end <= start:
+                continue
+            begin = max(extent.start, start)
+            stop = min(extent.end, limit, begin + budget - asked)
+            if stop <= begin:
+                break
+            os.posix_fadvise(self._fd, begin, stop - begin, os.POSIX_FADV_WILLNEED)
+            asked += stop - begin
+            self._prefetched_to = stop
+        self._prefetched += asked
 
     def _trailing_hole(self, hole: Extent) -> Extent | None:
         """``hole`` (which reaches the end) cut to the file's size now, or None if the
