@@ -9,6 +9,7 @@ what the asking brings in is let go like what the reads bring in.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import TYPE_CHECKING
 
@@ -101,7 +102,7 @@ def test_a_cold_read_asks_for_no_more_than_its_allowance_at_once(
         assert asked == [(0, PREFETCH_DATA)]
         assert read_data(reader) == path.read_bytes()[PIECE:]
     # Later requests go on from where the earlier ones ended, each within the allowance.
-    for (offset, length), (after, _) in zip(asked, asked[1:], strict=False):
+    for (offset, length), (after, _) in itertools.pairwise(asked):
         assert offset + length <= after
     assert all(length <= PREFETCH_DATA for _, length in asked)
 
