@@ -230,6 +230,24 @@ class FrameReader:
         self._max_length = LENGTH_WORD_SIZE + value
 
     @property
+    def scratch_size(self) -> int:
+        """The buffer for small frames: each read fills at most this much of it."""
+        return len(self._scratch)
+
+    def resize_scratch(self, size: int) -> None:
+        """Make the buffer for small frames ``size`` bytes (or what it holds, if more): a
+        server gives more room to a connection whose reads bring many small frames. The
+        bytes held move over. Not between ``get_buffer`` and its ``buffer_updated``.
+        """
+        if size < FRAME_OVERHEAD:
+            raise ValueError("scratch buffer smaller than a frame head")
+        pending = self._end - self._start
+        scratch = bytearray(max(size, pending))
+        scratch[:pending] = self._scratch_view[self._start : self._end]
+        self._scratch, self._scratch_view = scratch, memoryview(scratch)
+        self._start, self._end = 0, pending
+
+    @property
     def buffered(self) -> int:
         """Bytes received that do not yet form a whole frame."""
         if self._big_payload is not None:
