@@ -41,6 +41,35 @@ def test_zero_runs_follow_file_offsets_not_buffer_starts() -> None:
     assert zero_runs(bytes(10), 3) == [(True, 0, 10)]
 
 
+def _runs_block_by_block(data: bytes, position: int) -> list[tuple[bool, int, int]]:
+    """``zero_runs`` by its definition: every piece between block boundaries judged, equal
+    neighbours merged."""
+    runs: list[tuple[bool, int, int]] = []
+    start = 0
+    while start < len(data):
+        stop = min(len(data), start + ZERO_BLOCK - (position + start) % ZERO_BLOCK)
+        zero = not any(data[start:stop])
+        if runs and runs[-1][0] == zero:
+            runs[-1] = (zero, runs[-1][1], stop)
+        else:
+            runs.append((zero, start, stop))
+        start = stop
+    return runs
+
+
+@pytest.mark.parametrize("size", [0, 1, 4 * KIB, ZERO_BLOCK - 1, ZERO_BLOCK, ZERO_BLOCK + 1])
+@pytest.mark.parametrize("position", [0, 1, 60 * KIB, ZERO_BLOCK - 1, 5 * ZERO_BLOCK])
+@pytest.mark.parametrize("data_at", [None, 0, -1])
+def test_zero_runs_of_small_pieces_are_those_of_the_rule(
+    size: int, position: int, data_at: int | None
+) -> None:
+    """Pieces within one block take a shortcut; it must cut what the block walk cuts."""
+    data = bytearray(size)
+    if data_at is not None and size:
+        data[data_at] = 7
+    assert zero_runs(data, position) == _runs_block_by_block(bytes(data), position)
+
+
 def allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
