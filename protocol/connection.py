@@ -32,6 +32,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.constants import (
+    FRAME_OVERHEAD,
     KEEPALIVE_PROGRAM,
     KEEPALIVE_PROTOCOL_VERSION,
     MESSAGE_MAX,
@@ -51,6 +52,7 @@ from virtvol.protocol.exceptions import (
     XdrEncodeError,
 )
 from virtvol.protocol.frames import (
+    FRAME_HEAD,
     SCRATCH_SIZE,
     Frame,
     FrameReader,
@@ -645,9 +647,8 @@ class Connection:
         stream = self.streams.get(serial)
         if stream is None:
             raise LocalProtocolError(f"no open stream with serial {serial}")
-        program, version, procedure = REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, stream.procedure
-        continuing = MessageStatus.CONTINUE
-        data_header = Header(program, version, procedure, MessageType.STREAM, serial, continuing)
+        procedure = stream.procedure
+        pack_head = FRAME_HEAD.pack  # a data frame's head, without a Header record
         hole_head = b""  # made, and holes checked, with the first hole
         data_checked = False
         parts: list[Payload] = []
@@ -655,13 +656,21 @@ class Connection:
             if isinstance(item, int):
                 if item <= 0:
                     raise LocalProtocolError(f"a hole needs a positive length, not {item}")
-                payload = StreamHole(item, 0).encode()  # always 12 bytes: one head fits all
+                try:
+                    payload = _HOLE.pack(item, 0)
+                except struct.error:
+                    payload = StreamHole(item, 0).encode()  # raises, naming the field
                 if not hole_head:
                     stream.send(StreamInput.HOLE)
                     header = Header(
-                        program, version, procedure, MessageType.STREAM_HOLE, serial, continuing
+                        REMOTE_PROGRAM,
+                        REMOTE_PROTOCOL_VERSION,
+                        procedure,
+                        MessageType.STREAM_HOLE,
+                        serial,
+                        MessageStatus.CONTINUE,
                     )
-                    hole_head = encode_head(header, len(payload))
+                    hole_head = encode_head(header, _HOLE_SIZE)
                 parts.append(hole_head + payload)
                 continue
             if not item:
@@ -669,7 +678,17 @@ class Connection:
             if not data_checked:
                 stream.send(StreamInput.DATA)
                 data_checked = True
-            parts.append(encode_head(data_header, len(item)))
+            parts.append(
+                pack_head(
+                    FRAME_OVERHEAD + len(item),
+                    REMOTE_PROGRAM,
+                    REMOTE_PROTOCOL_VERSION,
+                    procedure,
+                    _STREAM,
+                    serial,
+                    _CONTINUE,
+                )
+            )
             parts.append(item)
         return parts
 

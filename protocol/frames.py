@@ -40,7 +40,8 @@ from virtvol.protocol.constants import (
 from virtvol.protocol.exceptions import RemoteProtocolError
 from virtvol.protocol.record import Record
 
-_FRAME_HEAD = struct.Struct(">IIIiiIi")
+# The length word and the six header words.
+FRAME_HEAD = struct.Struct(">IIIiiIi")
 _LENGTH_WORD = struct.Struct(">I")
 # The first fresh allocation for a large payload; it doubles as bytes arrive.
 PAYLOAD_FIRST_STEP = 64 << 10
@@ -87,7 +88,7 @@ RawFrame = tuple[Words, Payload]
 
 def encode_head(header: Header, payload_length: int) -> bytes:
     """The 28 bytes (length word + header) that go before a payload of that length."""
-    return _FRAME_HEAD.pack(
+    return FRAME_HEAD.pack(
         FRAME_OVERHEAD + payload_length,
         header.program,
         header.version,
@@ -322,7 +323,7 @@ class FrameReader:
         start, end, max_length = self._start, self._end, self._max_length
         try:
             while end - start >= FRAME_OVERHEAD:
-                words: Words = _FRAME_HEAD.unpack_from(scratch, start)
+                words: Words = FRAME_HEAD.unpack_from(scratch, start)
                 length = words[0]
                 if not FRAME_OVERHEAD <= length <= max_length:
                     self._check_length(length)

@@ -36,7 +36,7 @@ from virtvol.protocol.constants import (
     MessageType,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
-from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
+from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError, XdrEncodeError
 from virtvol.protocol.frames import Header, Payload, encode_frame
 from virtvol.protocol.procedures import PROCEDURES, Proc
 from virtvol.protocol.remote import (
@@ -199,6 +199,16 @@ def test_a_batch_with_a_refused_item_sends_nothing(
     assert pair.to_server(*frames) == [
         StreamDataReceived(serial, b"ok"),
         StreamFinishReceived(serial),
+    ]
+
+
+def test_a_batch_with_a_hole_too_long_for_the_wire_sends_nothing() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    with pytest.raises(XdrEncodeError, match="out of range for a hyper"):
+        pair.client.send_stream_items(serial, [b"data", 1 << 63])
+    assert pair.client.send_stream_items(serial, [(1 << 63) - 1]) == [
+        pair.client.send_hole(serial, (1 << 63) - 1)
     ]
 
 
