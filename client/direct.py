@@ -447,13 +447,22 @@ class DirectRpc:
         self.check()
         self._writing = True
         try:
-            self._write_all([memoryview(part).cast("B") for part in parts if len(part)], stream)
+            # Byte-addressed parts: bytes as they are (a frame's head, a skip), any other
+            # buffer as a view of bytes (its length then counts bytes, as sendmsg does).
+            self._write_all(
+                [
+                    part if type(part) is bytes else memoryview(part).cast("B")
+                    for part in parts
+                    if len(part)
+                ],
+                stream,
+            )
             while self._control:
-                self._write_all([memoryview(self._control.popleft())], None)
+                self._write_all([self._control.popleft()], None)
         finally:
             self._writing = False
 
-    def _write_all(self, views: list[memoryview], stream: int | None) -> None:
+    def _write_all(self, views: list[bytes | memoryview], stream: int | None) -> None:
         first = 0  # views[first:] are still to go
         try:
             while first < len(views):
@@ -469,7 +478,7 @@ class DirectRpc:
                 if first == len(views):
                     return
                 if sent:
-                    views[first] = views[first][sent:]
+                    views[first] = memoryview(views[first])[sent:]
                     continue  # the kernel took part: it may take more at once
                 self._wait_writable(stream)
         except BaseException:
