@@ -83,6 +83,8 @@ class SparseReader:
         self._end = size if length == 0 else min(size, offset + length)
         self._sparse = sparse
         self._extent: Extent | None = None
+        self._extent_end = 0  # the current extent's end (asked per chunk)
+        self._last_hole = self._last_data = _EOF
         self._window = ReadWindow(fd, CACHE_WINDOW) if drop_cache else None
 
     @property
@@ -108,36 +110,43 @@ class SparseReader:
         Raises:
             OSError: the read failed.
         """
-        if self._pos >= self._end:
+        pos = self._pos
+        if pos >= self._end:
             return _EOF
         extent = self._extent
-        if extent is None or self._pos >= extent.end:
+        if extent is None or pos >= self._extent_end:
             if extent is not None and not extent.data:
-                extent = extent_after_hole(self._fd, self._pos, self._end)
+                extent = extent_after_hole(self._fd, pos, self._end)
             elif self._sparse:
-                extent = next_extent(self._fd, self._pos, self._end)
+                extent = next_extent(self._fd, pos, self._end)
             else:
-                extent = Extent(self._pos, self._end - self._pos, True)
+                extent = Extent(pos, self._end - pos, True)
             if extent is not None and not extent.data and extent.end == self._end:
                 extent = self._trailing_hole(extent)
                 if extent is None:
                     return _EOF
-            self._extent = extent
-        assert extent is not None
+            assert extent is not None
+            self._extent, self._extent_end = extent, extent.end
+        # A fragmented file's extents are alike: the chunk handed out last (a record
+        # that cannot change) is handed out again when it fits, instead of a new one.
         if not extent.data:
-            length = extent.end - self._pos
-            self._pos = extent.end
-            return Chunk(False, length)  # by position: records build fastest so
-        view = memoryview(buffer)
-        wanted = min(len(view), extent.end - self._pos)
+            self._pos = self._extent_end
+            chunk = self._last_hole
+            if chunk.length != self._extent_end - pos:
+                chunk = self._last_hole = Chunk(False, self._extent_end - pos)
+            return chunk
+        wanted = min(len(buffer), self._extent_end - pos)
         if self._window is not None:
-            self._window.reading(self._pos)
-        count = os.preadv(self._fd, [view[:wanted]], self._pos)
+            self._window.reading(pos)
+        count = os.preadv(self._fd, [memoryview(buffer)[:wanted]], pos)
         if count == 0:  # the file shrank while being read
-            self._end = self._pos
+            self._end = pos
             return _EOF
-        self._pos += count
-        return Chunk(True, count)
+        self._pos = pos + count
+        chunk = self._last_data
+        if chunk.length != count:
+            chunk = self._last_data = Chunk(True, count)
+        return chunk
 
     def _trailing_hole(self, hole: Extent) -> Extent | None:
         """``hole`` (which reaches the end) cut to the file's size now, or None if the
@@ -187,9 +196,10 @@ def read_pieces(
     view = memoryview(buffer)
     pieces: list[Chunk] = []
     used = 0
-    while len(pieces) < most and used < len(view):
+    size = len(view)
+    while len(pieces) < most and used < size:
         chunk = next_chunk(view[used:])
-        if chunk.eof:
+        if not chunk.length:  # the end
             break
         pieces.append(chunk)
         if chunk.data:

@@ -225,6 +225,28 @@ def test_read_pieces_packs_many_small_extents_into_one_buffer(tmp_path: Path) ->
         assert reader.read_pieces(buffer) == []
 
 
+def test_chunks_of_unlike_extents_each_say_their_own_length(tmp_path: Path) -> None:
+    """The reader hands out its last chunk again when the next is alike; extents of
+    other sizes, and data cut by the buffer, must each get their own."""
+    layout = [(4, 60), (4, 60), (8, 56), (8, 56), (12, 52), (4, 60)]  # KiB of data, of hole
+    path = tmp_path / "unlike"
+    with open(path, "wb") as f:
+        for data, hole in layout:
+            f.write(b"d" * data * KIB)
+            f.seek(hole * KIB, os.SEEK_CUR)
+        f.truncate()
+    expected: list[tuple[bool, int]] = []
+    for data, hole in layout:
+        expected += [(True, min(data, 8) * KIB)] + ([(True, 4 * KIB)] if data > 8 else [])
+        expected.append((False, hole * KIB))
+    buffer = bytearray(8 * KIB)  # a 12 KiB extent comes as 8 KiB, then 4 KiB
+    chunks = []
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        while (chunk := reader.next_chunk(buffer)).length:
+            chunks.append((chunk.data, chunk.length))
+    assert chunks == expected
+
+
 def test_reading_a_fragmented_file_costs_two_seeks_per_extent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
