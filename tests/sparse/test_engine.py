@@ -325,3 +325,33 @@ def test_a_writer_without_sync_never_starts_writeback(
         writer.apply((b"\x01" * (8 << 20),))
         writer.finish()
     assert calls == []
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_pwritev_all_writes_every_view_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: bool
+) -> None:
+    """More views than one call takes, and (``short``) a kernel that writes at most
+    1000 bytes per call, cutting views in the middle."""
+    real_pwritev = os.pwritev
+    calls: list[int] = []
+
+    def pwritev(fd: int, views: list[memoryview], offset: int) -> int:
+        calls.append(len(views))
+        if not short:
+            return real_pwritev(fd, views, offset)
+        first = bytes(b"".join(views))[:1000]
+        return real_pwritev(fd, [first], offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    count = files._IOV_MAX + 5 if not short else 40
+    views = [memoryview(bytes([n % 251]) * (n % 97 + 1)) for n in range(count)]
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        files.pwritev_all(fd, views, 10)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(10) + b"".join(views)
+    assert max(calls) <= files._IOV_MAX
+    assert len(calls) == (2 if not short else -(-sum(map(len, views)) // 1000))
