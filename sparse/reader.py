@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 from .cache import ReadWindow
-from .extents import Extent, extent_after_hole, next_extent
+from .extents import next_span, span_after_hole
 
 if TYPE_CHECKING:
     import queue
@@ -82,8 +82,9 @@ class SparseReader:
         # length 0 means "to the end of the file", as in libvirt.
         self._end = size if length == 0 else min(size, offset + length)
         self._sparse = sparse
-        self._extent: Extent | None = None
-        self._extent_end = 0  # the current extent's end (asked per chunk)
+        # The current extent, as plain values (asked per chunk); none yet.
+        self._in_data = True
+        self._extent_end = 0
         self._last_hole = self._last_data = _EOF
         self._window = ReadWindow(fd, CACHE_WINDOW) if drop_cache else None
 
@@ -113,29 +114,18 @@ class SparseReader:
         pos = self._pos
         if pos >= self._end:
             return _EOF
-        extent = self._extent
-        if extent is None or pos >= self._extent_end:
-            if extent is not None and not extent.data:
-                extent = extent_after_hole(self._fd, pos, self._end)
-            elif self._sparse:
-                extent = next_extent(self._fd, pos, self._end)
-            else:
-                extent = Extent(pos, self._end - pos, True)
-            if extent is not None and not extent.data and extent.end == self._end:
-                extent = self._trailing_hole(extent)
-                if extent is None:
-                    return _EOF
-            assert extent is not None
-            self._extent, self._extent_end = extent, extent.end
+        if pos >= self._extent_end and not self._find_extent(pos):
+            return _EOF
+        extent_end = self._extent_end
         # A fragmented file's extents are alike: the chunk handed out last (a record
         # that cannot change) is handed out again when it fits, instead of a new one.
-        if not extent.data:
-            self._pos = self._extent_end
+        if not self._in_data:
+            self._pos = extent_end
             chunk = self._last_hole
-            if chunk.length != self._extent_end - pos:
-                chunk = self._last_hole = Chunk(False, self._extent_end - pos)
+            if chunk.length != extent_end - pos:
+                chunk = self._last_hole = Chunk(False, extent_end - pos)
             return chunk
-        wanted = min(len(buffer), self._extent_end - pos)
+        wanted = min(len(buffer), extent_end - pos)
         if self._window is not None:
             self._window.reading(pos)
         count = os.preadv(self._fd, [memoryview(buffer)[:wanted]], pos)
@@ -148,18 +138,27 @@ class SparseReader:
             chunk = self._last_data = Chunk(True, count)
         return chunk
 
-    def _trailing_hole(self, hole: Extent) -> Extent | None:
-        """``hole`` (which reaches the end) cut to the file's size now, or None if the
-        file ends before it: SEEK_DATA answers ENXIO past the end of a file that shrank
-        as it does in a trailing hole, and the shrinking must end the read, as a short
-        read does."""
-        size = os.lseek(self._fd, 0, os.SEEK_END)
-        if size >= self._end:
-            return hole
-        self._end = max(size, self._pos)
-        if self._pos >= self._end:
-            return None
-        return Extent(self._pos, self._end - self._pos, False)
+    def _find_extent(self, pos: int) -> bool:
+        """Make the extent at ``pos`` (< the end) the current one; False if the file
+        ends before it."""
+        end = self._end
+        if not self._sparse:
+            data, stop = True, end
+        elif self._extent_end and not self._in_data:
+            data, stop = span_after_hole(self._fd, pos, end)
+        else:
+            data, stop = next_span(self._fd, pos, end)
+        if not data and stop == end:
+            # A hole to the end: SEEK_DATA answers ENXIO past the end of a file that
+            # shrank as it does in a trailing hole, and the shrinking must end the read,
+            # as a short read does.
+            size = os.lseek(self._fd, 0, os.SEEK_END)
+            if size < end:
+                stop = self._end = max(size, pos)
+                if pos >= stop:
+                    return False
+        self._in_data, self._extent_end = data, stop
+        return True
 
     def read_pieces(self, buffer: Bytes, most: int = PIECES_PER_READ) -> list[Chunk]:
         """The next chunks, data filling ``buffer`` back to back (see ``read_pieces``)."""
