@@ -466,12 +466,16 @@ class DirectRpc:
         first = 0  # views[first:] are still to go
         try:
             while first < len(views):
+                parts = views[first : first + _IOV_MAX]
                 try:
-                    sent = self._sock.sendmsg(views[first : first + _IOV_MAX])
+                    sent = self._sock.sendmsg(parts)
                 except BlockingIOError:
                     sent = 0
                 except OSError as exc:
                     raise self._lost(exc) from exc
+                if sent == sum(map(len, parts)):  # all of them: no counting part by part
+                    first += len(parts)
+                    continue
                 while first < len(views) and sent >= len(views[first]):
                     sent -= len(views[first])
                     first += 1
