@@ -446,29 +446,42 @@ class DirectRpc:
         self.check()
         self._writing = True
         try:
-            self._write_all([memoryview(part).cast("B") for part in parts if len(part)], stream)
+            # Byte-addressed parts: bytes as they are (a frame's head, a skip), any other
+            # buffer as a view of bytes (its length then counts bytes, as sendmsg does).
+            self._write_all(
+                [
+                    part if type(part) is bytes else memoryview(part).cast("B")
+                    for part in parts
+                    if len(part)
+                ],
+                stream,
+            )
             while self._control:
-                self._write_all([memoryview(self._control.popleft())], None)
+                self._write_all([self._control.popleft()], None)
         finally:
             self._writing = False
 
-    def _write_all(self, views: list[memoryview], stream: int | None) -> None:
+    def _write_all(self, views: list[bytes | memoryview], stream: int | None) -> None:
         first = 0  # views[first:] are still to go
         try:
             while first < len(views):
+                parts = views[first : first + _IOV_MAX]
                 try:
-                    sent = self._sock.sendmsg(views[first : first + _IOV_MAX])
+                    sent = self._sock.sendmsg(parts)
                 except BlockingIOError:
                     sent = 0
                 except OSError as exc:
                     raise self._lost(exc) from exc
+                if sent == sum(map(len, parts)):  # all of them: no counting part by part
+                    first += len(parts)
+                    continue
                 while first < len(views) and sent >= len(views[first]):
                     sent -= len(views[first])
                     first += 1
                 if first == len(views):
                     return
                 if sent:
-                    views[first] = views[first][sent:]
+                    views[first] = memoryview(views[first])[sent:]
                     continue  # the kernel took part: it may take more at once
                 self._wait_writable(stream)
         except BaseException:

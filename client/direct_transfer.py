@@ -310,10 +310,12 @@ def _send_file(
                     items = []
                     send_hole(pending_hole)
                 pending_hole = 0
+            data += stop - start
+            if stop - start <= FRAME_DATA_MAX:  # one frame (a small extent's every run)
+                items.append(view[start:stop])
+                continue
             for frame_start in range(start, stop, FRAME_DATA_MAX):
-                frame = view[frame_start : min(stop, frame_start + FRAME_DATA_MAX)]
-                items.append(frame)
-                data += len(frame)
+                items.append(view[frame_start : min(stop, frame_start + FRAME_DATA_MAX)])
         stream.send_items(items)
         stream.flush()  # before the next read overwrites the buffer the frames point into
         stream.poll()

@@ -28,9 +28,11 @@ caller (see ``virtvol.protocol.keepalive``).
 from __future__ import annotations
 
 import collections
+import struct
 from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.constants import (
+    FRAME_OVERHEAD,
     KEEPALIVE_PROGRAM,
     KEEPALIVE_PROTOCOL_VERSION,
     MESSAGE_MAX,
@@ -50,6 +52,7 @@ from virtvol.protocol.exceptions import (
     XdrEncodeError,
 )
 from virtvol.protocol.frames import (
+    FRAME_HEAD,
     SCRATCH_SIZE,
     Frame,
     FrameReader,
@@ -206,8 +209,14 @@ def rpc_error(message: str, code: ErrorCode = ErrorCode.RPC) -> RemoteError:
     return RemoteError(code=code, domain=ErrorDomain.RPC, message=message)
 
 
-# The payload of a well-formed skip frame.
-_HOLE_SIZE = len(StreamHole(1, 0).encode())
+# The payload of a well-formed skip frame, and its words (length, flags) without a record:
+# a fragmented image has a skip per extent (a test holds this to ``StreamHole``).
+_HOLE = struct.Struct(">qI")
+_HOLE_SIZE = _HOLE.size
+# Plain ints for the per-frame comparisons of a run of stream frames.
+_CONTINUE = int(MessageStatus.CONTINUE)
+_STREAM = int(MessageType.STREAM)
+_STREAM_HOLE = int(MessageType.STREAM_HOLE)
 
 
 # ---------------------------------------------------------------------------
@@ -417,8 +426,8 @@ class Connection:
         checked. The first frame that is anything else (or malformed, or refused) stays
         for the next ``next_event``, which handles it, or refuses it, as it would have.
         """
-        frame = self.reader.peek_frame()
-        if frame is None:
+        ready = self.reader.ready
+        if not ready:
             return first
         serial = first.serial
         stream = self.streams[serial]  # data and skips never end a stream
@@ -430,21 +439,22 @@ class Connection:
             items = [first.length]
             hole_checked = True
         procedure = stream.procedure
-        while frame is not None:
-            header = frame.header
+        # The checks of ``_handle`` for a frame of this stream that carries data or a
+        # skip, on the frame's words as received (no records for the frames of a run).
+        while ready:
+            (_, program, _, frame_procedure, kind, frame_serial, status), payload = ready[0]
             if (
-                header.serial != serial
-                or header.procedure != procedure
-                or header.status != MessageStatus.CONTINUE
-                or header.program == KEEPALIVE_PROGRAM
+                frame_serial != serial
+                or frame_procedure != procedure
+                or status != _CONTINUE
+                or program == KEEPALIVE_PROGRAM
             ):
                 break
-            payload = frame.payload
-            if header.type == MessageType.STREAM and payload:
+            if kind == _STREAM and payload:
                 items.append(payload)
-            elif header.type == MessageType.STREAM_HOLE and len(payload) == _HOLE_SIZE:
-                hole = StreamHole.decode(payload)
-                if hole.length <= 0 or hole.flags != 0:
+            elif kind == _STREAM_HOLE and len(payload) == _HOLE_SIZE:
+                length, flags = _HOLE.unpack(payload)
+                if length <= 0 or flags != 0:
                     break
                 if not hole_checked:
                     try:
@@ -452,11 +462,10 @@ class Connection:
                     except RemoteProtocolError:
                         break
                     hole_checked = True
-                items.append(hole.length)
+                items.append(length)
             else:
                 break
-            self.reader.next_frame()
-            frame = self.reader.peek_frame()
+            ready.popleft()
         if len(items) == 1:
             return first
         return StreamItemsReceived(serial, items)
@@ -638,9 +647,8 @@ class Connection:
         stream = self.streams.get(serial)
         if stream is None:
             raise LocalProtocolError(f"no open stream with serial {serial}")
-        program, version, procedure = REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, stream.procedure
-        continuing = MessageStatus.CONTINUE
-        data_header = Header(program, version, procedure, MessageType.STREAM, serial, continuing)
+        procedure = stream.procedure
+        pack_head = FRAME_HEAD.pack  # a data frame's head, without a Header record
         hole_head = b""  # made, and holes checked, with the first hole
         data_checked = False
         parts: list[Payload] = []
@@ -648,13 +656,21 @@ class Connection:
             if isinstance(item, int):
                 if item <= 0:
                     raise LocalProtocolError(f"a hole needs a positive length, not {item}")
-                payload = StreamHole(item, 0).encode()  # always 12 bytes: one head fits all
+                try:
+                    payload = _HOLE.pack(item, 0)
+                except struct.error:
+                    payload = StreamHole(item, 0).encode()  # raises, naming the field
                 if not hole_head:
                     stream.send(StreamInput.HOLE)
                     header = Header(
-                        program, version, procedure, MessageType.STREAM_HOLE, serial, continuing
+                        REMOTE_PROGRAM,
+                        REMOTE_PROTOCOL_VERSION,
+                        procedure,
+                        MessageType.STREAM_HOLE,
+                        serial,
+                        MessageStatus.CONTINUE,
                     )
-                    hole_head = encode_head(header, len(payload))
+                    hole_head = encode_head(header, _HOLE_SIZE)
                 parts.append(hole_head + payload)
                 continue
             if not item:
@@ -662,7 +678,17 @@ class Connection:
             if not data_checked:
                 stream.send(StreamInput.DATA)
                 data_checked = True
-            parts.append(encode_head(data_header, len(item)))
+            parts.append(
+                pack_head(
+                    FRAME_OVERHEAD + len(item),
+                    REMOTE_PROGRAM,
+                    REMOTE_PROTOCOL_VERSION,
+                    procedure,
+                    _STREAM,
+                    serial,
+                    _CONTINUE,
+                )
+            )
             parts.append(item)
         return parts
 

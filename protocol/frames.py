@@ -40,7 +40,9 @@ from virtvol.protocol.constants import (
 from virtvol.protocol.exceptions import RemoteProtocolError
 from virtvol.protocol.record import Record
 
-_FRAME_HEAD = struct.Struct(">IIIiiIi")
+# The length word and the six header words.
+FRAME_HEAD = struct.Struct(">IIIiiIi")
+_LENGTH_WORD = struct.Struct(">I")
 # The first fresh allocation for a large payload; it doubles as bytes arrive.
 PAYLOAD_FIRST_STEP = 64 << 10
 # The default buffer for small frames: a server keeps one per connection.
@@ -78,9 +80,15 @@ class Frame(Record):
     payload: Payload
 
 
+# A received frame as the reader keeps it until it is taken: the length word and the six
+# header words as ``struct`` unpacked them (one call, no record), and the payload.
+Words = tuple[int, int, int, int, int, int, int]
+RawFrame = tuple[Words, Payload]
+
+
 def encode_head(header: Header, payload_length: int) -> bytes:
     """The 28 bytes (length word + header) that go before a payload of that length."""
-    return _FRAME_HEAD.pack(
+    return FRAME_HEAD.pack(
         FRAME_OVERHEAD + payload_length,
         header.program,
         header.version,
@@ -94,12 +102,6 @@ def encode_head(header: Header, payload_length: int) -> bytes:
 def encode_frame(header: Header, payload: Payload = b"") -> bytes:
     """A whole frame as one bytes object (for control messages; data goes head + view)."""
     return encode_head(header, len(payload)) + payload
-
-
-def decode_head(data: Payload) -> tuple[int, Header]:
-    """Split the first 28 bytes into the length word and the header."""
-    length, program, version, procedure, kind, serial, status = _FRAME_HEAD.unpack_from(data)
-    return length, Header(program, version, procedure, kind, serial, status)
 
 
 class PayloadBuffers:
@@ -207,11 +209,15 @@ class FrameReader:
         self._scratch_view = memoryview(self._scratch)
         self._start = 0
         self._end = 0
-        self._big_header: Header | None = None
+        self._big_words: Words | None = None
         self._big_payload: memoryview | None = None
         self._big_filled = 0
         self._big_length = 0  # the announced payload length; _big_payload may be shorter yet
-        self._ready: collections.deque[Frame] = collections.deque()
+        self.ready: collections.deque[RawFrame] = collections.deque()
+        """Complete frames not taken yet, oldest first, as (words, payload): ``words`` are
+        the length word and the header's six words (program, version, procedure, type,
+        serial, status). A consumer that handles runs of frames by their words alone
+        takes them with ``popleft``; ``next_frame`` takes the oldest as a ``Frame``."""
         self._payload_buffers = PayloadBuffers() if payload_buffers is None else payload_buffers
 
     @property
@@ -223,6 +229,24 @@ class FrameReader:
     @max_message.setter
     def max_message(self, value: int) -> None:
         self._max_length = LENGTH_WORD_SIZE + value
+
+    @property
+    def scratch_size(self) -> int:
+        """The buffer for small frames: each read fills at most this much of it."""
+        return len(self._scratch)
+
+    def resize_scratch(self, size: int) -> None:
+        """Make the buffer for small frames ``size`` bytes (or what it holds, if more): a
+        server gives more room to a connection whose reads bring many small frames. The
+        bytes held move over. Not between ``get_buffer`` and its ``buffer_updated``.
+        """
+        if size < FRAME_OVERHEAD:
+            raise ValueError("scratch buffer smaller than a frame head")
+        pending = self._end - self._start
+        scratch = bytearray(max(size, pending))
+        scratch[:pending] = self._scratch_view[self._start : self._end]
+        self._scratch, self._scratch_view = scratch, memoryview(scratch)
+        self._start, self._end = 0, pending
 
     @property
     def buffered(self) -> int:
@@ -269,11 +293,11 @@ class FrameReader:
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None when more bytes are needed."""
-        return self._ready.popleft() if self._ready else None
-
-    def peek_frame(self) -> Frame | None:
-        """The frame ``next_frame`` would return, left in place."""
-        return self._ready[0] if self._ready else None
+        if not self.ready:
+            return None
+        words, payload = self.ready.popleft()
+        _, program, version, procedure, kind, serial, status = words
+        return Frame(Header(program, version, procedure, kind, serial, status), payload)
 
     def __iter__(self) -> FrameReader:
         return self
@@ -293,25 +317,32 @@ class FrameReader:
             )
 
     def _parse_scratch(self) -> None:
-        scratch = self._scratch
-        while self._end - self._start >= LENGTH_WORD_SIZE:
-            length = int.from_bytes(scratch[self._start : self._start + 4], "big")
-            self._check_length(length)
-            available = self._end - self._start
-            if length <= available:
-                _, header = decode_head(self._scratch_view[self._start :])
-                payload = bytes(scratch[self._start + FRAME_OVERHEAD : self._start + length])
-                self._ready.append(Frame(header, payload))
-                self._start += length
-                continue
-            if length <= len(scratch) or available < FRAME_OVERHEAD:
-                return  # wait for the rest; compaction in get_buffer makes room
-            self._begin_big_frame(length)
-            return
+        # Per frame: one unpack of the 28-byte head, one copy of the payload; the
+        # fragmented images' small frames come many to a read, so nothing else.
+        scratch, view, ready = self._scratch, self._scratch_view, self.ready
+        start, end, max_length = self._start, self._end, self._max_length
+        try:
+            while end - start >= FRAME_OVERHEAD:
+                words: Words = FRAME_HEAD.unpack_from(scratch, start)
+                length = words[0]
+                if not FRAME_OVERHEAD <= length <= max_length:
+                    self._check_length(length)
+                if length > end - start:
+                    if length > len(scratch):
+                        self._start = start
+                        self._begin_big_frame(words)
+                        start, end = self._start, self._end
+                    return  # else wait for the rest; compaction in get_buffer makes room
+                ready.append((words, bytes(view[start + FRAME_OVERHEAD : start + length])))
+                start += length
+            if end - start >= LENGTH_WORD_SIZE:
+                # A head cut short: its length word is checked as soon as it is there.
+                self._check_length(_LENGTH_WORD.unpack_from(scratch, start)[0])
+        finally:
+            self._start = start
 
-    def _begin_big_frame(self, length: int) -> None:
-        _, header = decode_head(self._scratch_view[self._start :])
-        size = length - FRAME_OVERHEAD
+    def _begin_big_frame(self, words: Words) -> None:
+        size = words[0] - FRAME_OVERHEAD
         already = self._end - self._start - FRAME_OVERHEAD
         payload = self._payload_buffers.take_free(size)
         if payload is None:
@@ -321,7 +352,7 @@ class FrameReader:
             payload = memoryview(fresh)
         payload[:already] = self._scratch_view[self._start + FRAME_OVERHEAD : self._end]
         self._start = self._end = 0
-        self._big_header, self._big_payload, self._big_filled = header, payload, already
+        self._big_words, self._big_payload, self._big_filled = words, payload, already
         self._big_length = size
 
     def _grow_big_payload(self) -> None:
@@ -334,8 +365,8 @@ class FrameReader:
         self._big_payload = memoryview(grown)
 
     def _finish_big_frame(self) -> None:
-        assert self._big_header is not None
+        assert self._big_words is not None
         assert self._big_payload is not None
-        self._ready.append(Frame(self._big_header, self._big_payload))
-        self._big_header, self._big_payload, self._big_filled = None, None, 0
+        self.ready.append((self._big_words, self._big_payload))
+        self._big_words, self._big_payload, self._big_filled = None, None, 0
         self._big_length = 0

@@ -16,7 +16,13 @@ from virtvol.protocol.record import Record
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Extent", "extent_after_hole", "iter_extents", "next_extent"]
+__all__ = [
+    "Extent",
+    "iter_extents",
+    "next_extent",
+    "next_span",
+    "span_after_hole",
+]
 
 # lseek() errors meaning "this descriptor cannot tell data from holes":
 # pipes/sockets (ESPIPE), file systems or kernels without SEEK_DATA (EINVAL,
@@ -48,34 +54,39 @@ def next_extent(fd: int, offset: int, end: int) -> Extent | None:
     """
     if offset >= end:
         return None
+    data, stop = next_span(fd, offset, end)
+    return Extent(offset, stop - offset, data)
+
+
+def next_span(fd: int, offset: int, end: int) -> tuple[bool, int]:
+    """``next_extent`` as (data, where it stops), for ``offset < end``: no record, for
+    readers that walk many small extents."""
     try:
         data_at = os.lseek(fd, offset, os.SEEK_DATA)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
-            return Extent(offset, end - offset, False)
+            return False, end
         if exc.errno in _NO_EXTENT_INFO:
-            return Extent(offset, end - offset, True)
+            return True, end
         raise
     if data_at > offset:
-        return Extent(offset, min(data_at, end) - offset, False)
-    return _data_from(fd, offset, end)
+        return False, min(data_at, end)
+    return True, _data_end(fd, offset, end)
 
 
-def extent_after_hole(fd: int, offset: int, end: int) -> Extent | None:
-    """``next_extent`` where a hole the walk just reported ends at ``offset``.
+def span_after_hole(fd: int, offset: int, end: int) -> tuple[bool, int]:
+    """``next_span`` where a hole the walk just reported ends at ``offset``.
 
     SEEK_DATA found the data there already, so one SEEK_HOLE finds where it
     ends: a fragmented file costs two calls per extent, not three. Should the
     file have changed since (no data at ``offset`` any more), the full walk runs.
     """
-    if offset >= end:
-        return None
-    extent = _data_from(fd, offset, end)
-    return extent if extent.length > 0 else next_extent(fd, offset, end)
+    stop = _data_end(fd, offset, end)
+    return (True, stop) if stop > offset else next_span(fd, offset, end)
 
 
-def _data_from(fd: int, offset: int, end: int) -> Extent:
-    """The data extent from ``offset``, where SEEK_DATA found data: up to the next hole."""
+def _data_end(fd: int, offset: int, end: int) -> int:
+    """Where the data from ``offset`` (where SEEK_DATA found data) ends: the next hole."""
     try:
         hole_at = os.lseek(fd, offset, os.SEEK_HOLE)
     except OSError as exc:
@@ -84,7 +95,7 @@ def _data_from(fd: int, offset: int, end: int) -> Extent:
         if exc.errno != errno.ENXIO and exc.errno not in _NO_EXTENT_INFO:
             raise
         hole_at = end
-    return Extent(offset, min(hole_at, end) - offset, True)
+    return min(hole_at, end)
 
 
 def iter_extents(fd: int, start: int, end: int) -> Iterator[Extent]:

@@ -123,9 +123,12 @@ def pwritev_all(fd: int, views: Sequence[memoryview], offset: int) -> None:
     """
     pending = list(views)
     while pending:
-        chunk = pending[:_IOV_MAX]
-        del pending[:_IOV_MAX]
-        total = sum(len(v) for v in chunk)
+        if len(pending) <= _IOV_MAX:  # the usual case: one call takes them all
+            chunk, pending = pending, []
+        else:
+            chunk = pending[:_IOV_MAX]
+            del pending[:_IOV_MAX]
+        total = sum(map(len, chunk))
         written = os.pwritev(fd, chunk, offset)
         while written < total:  # rare: a short write; go on after what was written
             offset += written

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 from .cache import ReadWindow
-from .extents import Extent, extent_after_hole, next_extent
+from .extents import next_span, span_after_hole
 
 if TYPE_CHECKING:
     import queue
@@ -96,9 +96,13 @@ class SparseReader:
         # length 0 means "to the end of the file", as in libvirt.
         self._end = size if length == 0 else min(size, offset + length)
         self._sparse = sparse
-        self._extent: Extent | None = None
+        # The current extent, as plain values (asked per chunk); none yet.
+        self._in_data = True
+        self._extent_end = 0
+        self._last_hole = self._last_data = _EOF
         self._window = ReadWindow(fd, CACHE_WINDOW) if drop_cache else None
-        self._ahead: deque[Extent] = deque()  # extents walked early, for a prefetch
+        # Extents walked early for a prefetch, as (data, stop), in order after the current.
+        self._ahead: deque[tuple[bool, int]] = deque()
         self._prefetched_to = self._pos  # where the data asked for ahead ends
         self._prefetched = 0  # bytes asked for ahead and not read yet (about)
         self._nowait = _NOWAIT
@@ -126,49 +130,71 @@ class SparseReader:
         Raises:
             OSError: the read failed.
         """
-        if self._pos >= self._end:
+        pos = self._pos
+        if pos >= self._end:
             return _EOF
-        extent = self._extent
-        if extent is None or self._pos >= extent.end:
-            extent = self._ahead.popleft() if self._ahead else self._walk(extent, self._pos)
-            if extent is not None and not extent.data and extent.end == self._end:
-                extent = self._trailing_hole(extent)
-                if extent is None:
-                    return _EOF
-            self._extent = extent
-        assert extent is not None
-        if not extent.data:
-            length = extent.end - self._pos
-            self._pos = extent.end
-            return Chunk(False, length)  # by position: records build fastest so
-        view = memoryview(buffer)
-        wanted = min(len(view), extent.end - self._pos)
+        if pos >= self._extent_end and not self._find_extent(pos):
+            return _EOF
+        extent_end = self._extent_end
+        # A fragmented file's extents are alike: the chunk handed out last (a record
+        # that cannot change) is handed out again when it fits, instead of a new one.
+        if not self._in_data:
+            self._pos = extent_end
+            chunk = self._last_hole
+            if chunk.length != extent_end - pos:
+                chunk = self._last_hole = Chunk(False, extent_end - pos)
+            return chunk
+        wanted = min(len(buffer), extent_end - pos)
         if self._window is not None:
-            self._window.reading(self._pos)
-        count = self._read(view[:wanted])
+            self._window.reading(pos)
+        count = self._read(memoryview(buffer)[:wanted], pos)
         if count == 0:  # the file shrank while being read
-            self._end = self._pos
+            self._end = pos
             return _EOF
-        self._pos += count
-        return Chunk(True, count)
+        self._pos = pos + count
+        chunk = self._last_data
+        if chunk.length != count:
+            chunk = self._last_data = Chunk(True, count)
+        return chunk
 
-    def _walk(self, previous: Extent | None, offset: int) -> Extent | None:
-        """The extent at ``offset``, which ``previous`` (if any) ends at."""
-        if previous is not None and not previous.data:
-            return extent_after_hole(self._fd, offset, self._end)
-        if self._sparse:
-            return next_extent(self._fd, offset, self._end)
-        return Extent(offset, self._end - offset, True)
+    def _find_extent(self, pos: int) -> bool:
+        """Make the extent at ``pos`` (< the end) the current one; False if the file
+        ends before it."""
+        end = self._end
+        if self._ahead:
+            data, stop = self._ahead.popleft()
+        else:
+            data, stop = self._walk(pos, after_hole=bool(self._extent_end) and not self._in_data)
+        if not data and stop == end:
+            # A hole to the end: SEEK_DATA answers ENXIO past the end of a file that
+            # shrank as it does in a trailing hole, and the shrinking must end the read,
+            # as a short read does.
+            size = os.lseek(self._fd, 0, os.SEEK_END)
+            if size < end:
+                stop = self._end = max(size, pos)
+                if pos >= stop:
+                    return False
+        self._in_data, self._extent_end = data, stop
+        return True
 
-    def _read(self, into: memoryview) -> int:
-        """``preadv`` at the position; if that would wait for the disk, ask for what comes
-        next first, so that the disk is busy with it while this read waits."""
+    def _walk(self, pos: int, *, after_hole: bool) -> tuple[bool, int]:
+        """The extent at ``pos`` (< the end) as (data, stop); ``after_hole``: a hole the
+        walk reported ends at ``pos``."""
+        if not self._sparse:
+            return True, self._end
+        if after_hole:
+            return span_after_hole(self._fd, pos, self._end)
+        return next_span(self._fd, pos, self._end)
+
+    def _read(self, into: memoryview, pos: int) -> int:
+        """``preadv`` at ``pos``; if that would wait for the disk, ask for what comes next
+        first, so that the disk is busy with it while this read waits."""
         if self._nowait:
             try:
-                count = os.preadv(self._fd, [into], self._pos, self._nowait)
+                count = os.preadv(self._fd, [into], pos, self._nowait)
             except BlockingIOError:
                 if self._prefetched < PREFETCH_DATA // 2:
-                    self._prefetch()
+                    self._prefetch(pos)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise
@@ -176,59 +202,45 @@ class SparseReader:
             else:
                 self._prefetched = max(0, self._prefetched - count)
                 return count
-        count = os.preadv(self._fd, [into], self._pos)
+        count = os.preadv(self._fd, [into], pos)
         self._prefetched = max(0, self._prefetched - count)
         return count
 
-    def _prefetch(self) -> None:
-        """Ask the kernel (``POSIX_FADV_WILLNEED``) for the data from where the last
-        request ended, up to ``PREFETCH_DATA`` in all and ``PREFETCH_EXTENTS`` extents
-        walked ahead; with the page cache watched, only as far as the windows whose
-        residency is known, so that what this brings in is let go like what reads do."""
+    def _prefetch(self, pos: int) -> None:
+        """Ask the kernel (``POSIX_FADV_WILLNEED``) for the data from ``pos``, or from
+        where the last request ended, up to ``PREFETCH_DATA`` in all and
+        ``PREFETCH_EXTENTS`` extents walked ahead; with the page cache watched, only as
+        far as the windows whose residency is known, so that what this brings in is let
+        go like what reads bring in. ``pos`` is in the current extent, which is data."""
         limit = self._end
         if self._window is not None:
-            limit = min(limit, self._window.known_through(self._pos))
-        start = max(self._pos, self._prefetched_to)
+            limit = min(limit, self._window.known_through(pos))
+        start = max(pos, self._prefetched_to)
         budget = PREFETCH_DATA - self._prefetched
-        asked = 0
-        last = self._extent
-        walked = 0
-        extents = [self._extent, *self._ahead]
+        asked = walked = 0
+        # The current extent, then those walked already, then new ones: (data, from, to).
+        data, begin, stop = True, pos, self._extent_end
+        known = iter(self._ahead)
         while asked < budget:
-            if extents:
-                extent = extents.pop(0)
-            elif last is not None and last.end < limit and walked < PREFETCH_EXTENTS:
-                extent = self._walk(last, last.end)
-                if extent is None:
+            if data and stop > start:
+                first = max(begin, start)
+                last = min(stop, limit, first + budget - asked)
+                if last <= first:
                     break
-                self._ahead.append(extent)
+                os.posix_fadvise(self._fd, first, last - first, os.POSIX_FADV_WILLNEED)
+                asked += last - first
+                self._prefetched_to = last
+            following = next(known, None)
+            if following is None:
+                if stop >= limit or walked == PREFETCH_EXTENTS:
+                    break
+                following = self._walk(stop, after_hole=not data)
+                self._ahead.append(following)
+                known = iter(())
                 walked += 1
-            else:
-                break
-            last = extent
-            if extent is None or not extent.data or extent.end <= start:
-                continue
-            begin = max(extent.start, start)
-            stop = min(extent.end, limit, begin + budget - asked)
-            if stop <= begin:
-                break
-            os.posix_fadvise(self._fd, begin, stop - begin, os.POSIX_FADV_WILLNEED)
-            asked += stop - begin
-            self._prefetched_to = stop
+            begin = stop
+            data, stop = following
         self._prefetched += asked
-
-    def _trailing_hole(self, hole: Extent) -> Extent | None:
-        """``hole`` (which reaches the end) cut to the file's size now, or None if the
-        file ends before it: SEEK_DATA answers ENXIO past the end of a file that shrank
-        as it does in a trailing hole, and the shrinking must end the read, as a short
-        read does."""
-        size = os.lseek(self._fd, 0, os.SEEK_END)
-        if size >= self._end:
-            return hole
-        self._end = max(size, self._pos)
-        if self._pos >= self._end:
-            return None
-        return Extent(self._pos, self._end - self._pos, False)
 
     def read_pieces(self, buffer: Bytes, most: int = PIECES_PER_READ) -> list[Chunk]:
         """The next chunks, data filling ``buffer`` back to back (see ``read_pieces``)."""
@@ -265,9 +277,10 @@ def read_pieces(
     view = memoryview(buffer)
     pieces: list[Chunk] = []
     used = 0
-    while len(pieces) < most and used < len(view):
+    size = len(view)
+    while len(pieces) < most and used < size:
         chunk = next_chunk(view[used:])
-        if chunk.eof:
+        if not chunk.length:  # the end
             break
         pieces.append(chunk)
         if chunk.data:

@@ -152,7 +152,7 @@ class SparseWriter:
         if not run:
             return run
         files.pwritev_all(self._fd, run, start)
-        written = sum(len(v) for v in run)
+        written = sum(map(len, run))
         end = start + written
         self._size = max(self._size, end)
         if self._sync:

@@ -36,8 +36,8 @@ from virtvol.protocol.constants import (
     MessageType,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
-from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
-from virtvol.protocol.frames import Header, encode_frame
+from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError, XdrEncodeError
+from virtvol.protocol.frames import Header, Payload, encode_frame
 from virtvol.protocol.procedures import PROCEDURES, Proc
 from virtvol.protocol.remote import (
     AuthListRet,
@@ -202,6 +202,16 @@ def test_a_batch_with_a_refused_item_sends_nothing(
     ]
 
 
+def test_a_batch_with_a_hole_too_long_for_the_wire_sends_nothing() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    with pytest.raises(XdrEncodeError, match="out of range for a hyper"):
+        pair.client.send_stream_items(serial, [b"data", 1 << 63])
+    assert pair.client.send_stream_items(serial, [(1 << 63) - 1]) == [
+        pair.client.send_hole(serial, (1 << 63) - 1)
+    ]
+
+
 def test_a_batch_goes_only_where_its_sender_may_send() -> None:
     pair = Pair()
     serial = _open_stream(pair, UPLOAD, sparse=True)
@@ -318,6 +328,109 @@ def test_gathered_and_single_frames_carry_the_same_items() -> None:
         expected = [x for n, size in enumerate(sizes) for x in (bytes([n]) * size, size * 2)]
         assert [bytes(i) if not isinstance(i, int) else i for i in _items(events)] == expected
         assert any(isinstance(e, StreamItemsReceived) for e in events) is gather
+
+
+def _outcome(connection: Connection) -> list[object]:
+    """What a connection makes of what it received, runs taken apart into their items:
+    data, skips, other events, and where a refusal stopped it."""
+    outcome: list[object] = []
+    while True:
+        try:
+            event = connection.next_event()
+        except RemoteProtocolError as exc:
+            return [*outcome, f"refused: {exc}"]
+        if event is None:
+            return outcome
+        if isinstance(event, StreamItemsReceived):
+            outcome += [
+                ("item", event.serial, bytes(i) if not isinstance(i, int) else i)
+                for i in event.items
+            ]
+        elif isinstance(event, StreamDataReceived):
+            outcome.append(("item", event.serial, bytes(event.data)))
+        elif isinstance(event, StreamHoleReceived):
+            outcome.append(("item", event.serial, event.length))
+        else:
+            outcome.append(event)
+
+
+def _odd_frames(serial: int) -> dict[str, bytes]:
+    """Frames a run of data and skips of stream ``serial`` (an upload) must stop at."""
+    hole = MessageType.STREAM_HOLE
+    data = MessageType.STREAM
+    more = MessageStatus.CONTINUE
+    return {
+        "skip of length 0": encode_frame(
+            _header(serial, UPLOAD, hole, more), StreamHole(0).encode()
+        ),
+        "negative skip": encode_frame(_header(serial, UPLOAD, hole, more), StreamHole(-5).encode()),
+        "skip with flags": encode_frame(
+            _header(serial, UPLOAD, hole, more), StreamHole(5, 1).encode()
+        ),
+        "short skip payload": encode_frame(_header(serial, UPLOAD, hole, more), b"\0" * 8),
+        "long skip payload": encode_frame(
+            _header(serial, UPLOAD, hole, more), StreamHole(5).encode() + b"\0" * 4
+        ),
+        "skip with status OK": encode_frame(
+            _header(serial, UPLOAD, hole, MessageStatus.OK), StreamHole(5).encode()
+        ),
+        "empty data frame": encode_frame(_header(serial, UPLOAD, data, more)),
+        "data with status ERROR": encode_frame(
+            _header(serial, UPLOAD, data, MessageStatus.ERROR), b"x"
+        ),
+        "finish": encode_frame(_header(serial, UPLOAD, data, MessageStatus.OK)),
+        "finish with a payload": encode_frame(
+            _header(serial, UPLOAD, data, MessageStatus.OK), b"x"
+        ),
+        "abort": encode_frame(_header(serial, UPLOAD, data, MessageStatus.ERROR)),
+        "unknown status": encode_frame(_header(serial, UPLOAD, data, 7), b"x"),
+        "unknown type": encode_frame(_header(serial, UPLOAD, 9, more), b"x"),
+        "call": encode_frame(_header(serial, UPLOAD, MessageType.CALL, MessageStatus.OK)),
+        "other procedure": encode_frame(_header(serial, DOWNLOAD, data, more), b"x"),
+        "other serial": encode_frame(_header(serial + 7, UPLOAD, data, more), b"x"),
+        "other version": encode_frame(Header(REMOTE_PROGRAM, 9, UPLOAD, data, serial, more), b"x"),
+        "other program": encode_frame(Header(QEMU_PROGRAM, 1, UPLOAD, data, serial, more), b"x"),
+        "keepalive program": encode_frame(
+            Header(KEEPALIVE_PROGRAM, 1, UPLOAD, data, serial, more), b"x"
+        ),
+    }
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("lead", ["data", "skip"])
+@pytest.mark.parametrize("odd", list(_odd_frames(0)))
+def test_a_gathered_run_takes_and_refuses_what_single_frames_do(
+    sparse: bool, lead: str, odd: str
+) -> None:
+    """The run gathering checks frames by their words, not through ``_handle``: whatever
+    follows a run, the items, the events and the refusals are those of the frames one
+    by one."""
+    outcomes = []
+    for gather in (False, True):
+        pair = Pair(gather_stream_items=gather)
+        serial = _open_stream(pair, UPLOAD, sparse=sparse)
+        skip = encode_frame(
+            _header(serial, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE),
+            StreamHole(4096).encode(),
+        )
+        data = encode_frame(
+            _header(serial, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"d" * 10
+        )
+        run = [data, skip] if lead == "data" else [skip, data]
+        frames = [*run, *run, _odd_frames(serial)[odd], *run]
+        pair.server.receive_data(b"".join(frames))
+        outcomes.append(_outcome(pair.server))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0]  # the comparison had something to compare
+
+
+def test_skip_words_are_those_of_the_skip_record() -> None:
+    pair = Pair(gather_stream_items=True)
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    lengths = [1, 4096, (1 << 63) - 1, 12345678901]
+    frames = [pair.client.send_hole(serial, n) for n in lengths]
+    items: list[Payload | int] = list(lengths)
+    assert pair.to_server(b"".join(frames)) == [StreamItemsReceived(serial, items)]
 
 
 def test_a_stream_that_takes_a_skip_takes_data() -> None:

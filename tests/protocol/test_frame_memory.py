@@ -188,3 +188,22 @@ def test_take_hands_out_a_freed_buffer_again() -> None:
     assert id(again.obj) == owner
     other = pool.take(PayloadBuffers.MIN_POOLED)  # the first is in use: a new one
     assert id(other.obj) != owner
+
+
+def test_a_resized_scratch_buffer_keeps_what_it_holds() -> None:
+    frames = [encode_frame(_HEADER, bytes([n]) * 3000) for n in range(8)]
+    wire = b"".join(frames)
+    reader = FrameReader(scratch_size=4096)
+    reader.feed(wire[:5000])  # one frame and part of the next
+    reader.resize_scratch(64 << 10)
+    assert reader.scratch_size == 64 << 10
+    reader.feed(wire[5000:20000])
+    reader.resize_scratch(1024)  # less than the part of a frame it holds: that much
+    assert reader.scratch_size == reader.buffered > 1024
+    reader.feed(wire[20000:])
+    assert [bytes(frame.payload) for frame in reader] == [bytes([n]) * 3000 for n in range(8)]
+    assert reader.buffered == 0
+    reader.resize_scratch(1024)
+    assert reader.scratch_size == 1024
+    with pytest.raises(ValueError, match="smaller than a frame head"):
+        reader.resize_scratch(27)

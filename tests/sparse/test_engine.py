@@ -41,6 +41,35 @@ def test_zero_runs_follow_file_offsets_not_buffer_starts() -> None:
     assert zero_runs(bytes(10), 3) == [(True, 0, 10)]
 
 
+def _runs_block_by_block(data: bytes, position: int) -> list[tuple[bool, int, int]]:
+    """``zero_runs`` by its definition: every piece between block boundaries judged, equal
+    neighbours merged."""
+    runs: list[tuple[bool, int, int]] = []
+    start = 0
+    while start < len(data):
+        stop = min(len(data), start + ZERO_BLOCK - (position + start) % ZERO_BLOCK)
+        zero = not any(data[start:stop])
+        if runs and runs[-1][0] == zero:
+            runs[-1] = (zero, runs[-1][1], stop)
+        else:
+            runs.append((zero, start, stop))
+        start = stop
+    return runs
+
+
+@pytest.mark.parametrize("size", [0, 1, 4 * KIB, ZERO_BLOCK - 1, ZERO_BLOCK, ZERO_BLOCK + 1])
+@pytest.mark.parametrize("position", [0, 1, 60 * KIB, ZERO_BLOCK - 1, 5 * ZERO_BLOCK])
+@pytest.mark.parametrize("data_at", [None, 0, -1])
+def test_zero_runs_of_small_pieces_are_those_of_the_rule(
+    size: int, position: int, data_at: int | None
+) -> None:
+    """Pieces within one block take a shortcut; it must cut what the block walk cuts."""
+    data = bytearray(size)
+    if data_at is not None and size:
+        data[data_at] = 7
+    assert zero_runs(data, position) == _runs_block_by_block(bytes(data), position)
+
+
 def allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
@@ -196,6 +225,28 @@ def test_read_pieces_packs_many_small_extents_into_one_buffer(tmp_path: Path) ->
         assert reader.read_pieces(buffer) == []
 
 
+def test_chunks_of_unlike_extents_each_say_their_own_length(tmp_path: Path) -> None:
+    """The reader hands out its last chunk again when the next is alike; extents of
+    other sizes, and data cut by the buffer, must each get their own."""
+    layout = [(4, 60), (4, 60), (8, 56), (8, 56), (12, 52), (4, 60)]  # KiB of data, of hole
+    path = tmp_path / "unlike"
+    with open(path, "wb") as f:
+        for data, hole in layout:
+            f.write(b"d" * data * KIB)
+            f.seek(hole * KIB, os.SEEK_CUR)
+        f.truncate()
+    expected: list[tuple[bool, int]] = []
+    for data, hole in layout:
+        expected += [(True, min(data, 8) * KIB)] + ([(True, 4 * KIB)] if data > 8 else [])
+        expected.append((False, hole * KIB))
+    buffer = bytearray(8 * KIB)  # a 12 KiB extent comes as 8 KiB, then 4 KiB
+    chunks = []
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        while (chunk := reader.next_chunk(buffer)).length:
+            chunks.append((chunk.data, chunk.length))
+    assert chunks == expected
+
+
 def test_reading_a_fragmented_file_costs_two_seeks_per_extent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,3 +325,33 @@ def test_a_writer_without_sync_never_starts_writeback(
         writer.apply((b"\x01" * (8 << 20),))
         writer.finish()
     assert calls == []
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_pwritev_all_writes_every_view_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: bool
+) -> None:
+    """More views than one call takes, and (``short``) a kernel that writes at most
+    1000 bytes per call, cutting views in the middle."""
+    real_pwritev = os.pwritev
+    calls: list[int] = []
+
+    def pwritev(fd: int, views: list[memoryview], offset: int) -> int:
+        calls.append(len(views))
+        if not short:
+            return real_pwritev(fd, views, offset)
+        first = bytes(b"".join(views))[:1000]
+        return real_pwritev(fd, [first], offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    count = files._IOV_MAX + 5 if not short else 40
+    views = [memoryview(bytes([n % 251]) * (n % 97 + 1)) for n in range(count)]
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        files.pwritev_all(fd, views, 10)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(10) + b"".join(views)
+    assert max(calls) <= files._IOV_MAX
+    assert len(calls) == (2 if not short else -(-sum(map(len, views)) // 1000))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from virtvol.sparse import files as sparsefile
-from virtvol.sparse.extents import Extent, extent_after_hole, iter_extents, next_extent
+from virtvol.sparse.extents import Extent, iter_extents, next_extent, span_after_hole
 from virtvol.sparse.zeros import is_zero
 
 if TYPE_CHECKING:
@@ -53,8 +53,7 @@ def test_the_extent_after_a_hole_is_its_data_up_to_the_next_hole(make_file: Make
     fd = make_file(6 * B, [(2 * B, b"x" * 2 * B)])
     hole = next_extent(fd, 0, 6 * B)
     assert hole == Extent(0, 2 * B, data=False)
-    assert extent_after_hole(fd, hole.end, 6 * B) == Extent(2 * B, 2 * B, data=True)
-    assert extent_after_hole(fd, 3 * B, 3 * B) is None
+    assert span_after_hole(fd, hole.end, 6 * B) == (True, 4 * B)
 
 
 def test_the_extent_after_a_hole_is_walked_again_when_the_data_went(make_file: MakeFile) -> None:
@@ -62,7 +61,7 @@ def test_the_extent_after_a_hole_is_walked_again_when_the_data_went(make_file: M
     hole = next_extent(fd, 0, 6 * B)
     assert hole == Extent(0, 2 * B, data=False)
     sparsefile.punch_hole(fd, 2 * B, B)  # the file changes between the two calls
-    assert extent_after_hole(fd, hole.end, 6 * B) == Extent(2 * B, 3 * B, data=False)
+    assert span_after_hole(fd, hole.end, 6 * B) == (False, 5 * B)
 
 
 def test_data_first(make_file: MakeFile) -> None:
