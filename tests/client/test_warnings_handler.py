@@ -1,0 +1,76 @@
+"""The command line's warnings: once per run, and never failing the command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from tests.client.helpers import MIB, write_sparse_image
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
+
+PROBE = """
+import io, logging, sys
+from virtvol.client.cli import main
+uri, source, configure = sys.argv[1], sys.argv[2], sys.argv[3]
+if configure == "app":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="APP %(name)s %(message)s")
+for run in range(3):
+    err = io.StringIO()
+    sys.stderr, real = err, sys.stderr
+    try:
+        status = main(["-c", uri, "vol-upload", "--pool", "default", "img", source])
+    finally:
+        sys.stderr = real
+    warnings = [line for line in err.getvalue().splitlines() if line.startswith("warning: ")]
+    print("run", run, "status", status, "warnings", len(warnings))
+"""
+
+
+def test_main_run_three_times_warns_once_each(legacy_virtvold: Virtvold, tmp_path: Path) -> None:
+    source = tmp_path / "src.img"
+    write_sparse_image(source, MIB)
+    (legacy_virtvold.pool_dir / "img").write_bytes(b"")
+    for configure in ("none", "app"):
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE, legacy_virtvold.tcp_uri, str(source), configure],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        lines = probe.stdout.splitlines()
+        assert [line for line in lines if line.startswith("run")] == [
+            f"run {n} status 0 warnings 1" for n in range(3)
+        ], probe.stdout + probe.stderr
+        app = [line for line in lines if line.startswith("APP")]
+        assert len(app) == (3 if configure == "app" else 0), probe.stdout
+
+
+def test_a_warning_stderr_cannot_take_does_not_fail_the_upload(
+    legacy_virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """--quiet, stderr on a full disk: the fallback warning cannot be written. The upload
+    itself must not fail for it (logging's own handlers report and go on)."""
+    source = tmp_path / "src.img"
+    write_sparse_image(source, MIB)
+    (legacy_virtvold.pool_dir / "img").write_bytes(b"")
+    argv = ["-q", "-c", legacy_virtvold.tcp_uri, "vol-upload", "--pool", "default", "img"]
+    probe = (
+        "import sys; from virtvol.client.cli import main; rc = main(sys.argv[1:]);"
+        " sys.stdout.write(f'status {rc}\\n')"
+    )
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv, str(source)],
+            stdout=subprocess.PIPE,
+            stderr=full,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.stdout.endswith("status 0\n"), done.stdout

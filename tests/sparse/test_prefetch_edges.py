@@ -1,0 +1,144 @@
+"""The cold read's prefetch where the file changes, the read ends early, or the kernel errs."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+from virtvol.sparse.cache import resident_pages
+from virtvol.sparse.reader import Chunk, SparseReader
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+KIB = 1 << 10
+MIB = 1 << 20
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert resident_pages(fd, 0, os.fstat(fd).st_size).count(1) == 0
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("cut", [64 * KIB, 100 * KIB])
+def test_cold_reader_ends_early_when_the_file_shrank_where_it_had_holes(
+    tmp_path: Path, cut: int
+) -> None:
+    """test_engine's shrink test, with the file cold: the first read's prefetch walks
+    the extents ahead before the file is cut."""
+    path = tmp_path / "src"
+    with open(path, "wb") as f:
+        f.write(b"x" * 64 * KIB)
+        f.seek(256 * KIB)
+        f.write(b"y" * 64 * KIB)
+    evict(path)
+    buffer = bytearray(64 * KIB)
+    with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
+        assert reader.next_chunk(buffer) == Chunk(True, 64 * KIB)
+        os.truncate(path, cut)
+        pieces = []
+        while not (chunk := reader.next_chunk(buffer)).eof:
+            pieces.append((chunk.data, chunk.length))
+        assert reader.end == cut
+    assert sum(length for _, length in pieces) == cut - 64 * KIB
+
+
+def test_cold_reader_sees_data_written_into_a_hole_ahead(tmp_path: Path) -> None:
+    """Data written into a hole far ahead of the read, before the read gets there."""
+    path = tmp_path / "src"
+    with open(path, "wb") as f:
+        f.write(b"x" * 64 * KIB)
+        f.truncate(64 * MIB)
+    evict(path)
+    buffer = bytearray(64 * KIB)
+    with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
+        assert reader.next_chunk(buffer) == Chunk(True, 64 * KIB)
+        with open(path, "r+b") as f:
+            f.seek(32 * MIB)
+            f.write(b"z" * 64 * KIB)
+        pieces = []
+        while not (chunk := reader.next_chunk(buffer)).eof:
+            pieces.append((chunk.data, chunk.length))
+    assert any(data for data, _ in pieces), pieces
+
+
+def _resident(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return resident_pages(fd, 0, os.fstat(fd).st_size).count(1)
+    finally:
+        os.close(fd)
+
+
+def test_a_cold_read_closed_early_leaves_nothing_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "dense"
+    path.write_bytes(os.urandom(64 * MIB))
+    evict(path)
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        assert reader.next_chunk(bytearray(64 * KIB)) == Chunk(True, 64 * KIB)
+    assert _resident(path) == 0
+
+
+def _fragmented(path: Path, size: int, step: int = 64 * KIB, piece: int = 4 * KIB) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for index in range(size // step):
+            f.seek(index * step)
+            f.write(os.urandom(piece))
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_cold_fragmented_read_closed_early_leaves_nothing(tmp_path: Path, attempt: int) -> None:
+    path = tmp_path / "fragmented"
+    _fragmented(path, 128 * MIB)
+    evict(path)
+    with SparseReader(os.open(path, os.O_RDONLY)) as reader:
+        assert reader.next_chunk(bytearray(64 * KIB)) == Chunk(True, 4 * KIB)
+    assert _resident(path) == 0
+
+
+def test_a_nowait_read_answering_0_before_the_end_does_not_end_the_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """preadv2(2), BUGS: on Linux 5.9 and 5.10 a RWF_NOWAIT read may return 0 where the
+    data is not in memory, not at the end of the file (instead of EAGAIN)."""
+    path = tmp_path / "dense"
+    data = os.urandom(8 * MIB)
+    path.write_bytes(data)
+    evict(path)
+    real = os.preadv
+
+    def buggy_kernel(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        if flags and resident_pages(fd, offset - offset % 4096, 4096) == b"\x00":
+            return 0
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "preadv", buggy_kernel)
+    got = bytearray()
+    buffer = bytearray(MIB)
+    with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
+        while not (chunk := reader.next_chunk(buffer)).eof:
+            got += buffer[: chunk.length]
+        assert reader.end == len(data)
+    assert got == data
+
+
+@pytest.mark.parametrize("offset", [0, 3 * MIB + 4096, 33 * MIB])
+def test_a_cold_fragmented_ranged_read_leaves_nothing(tmp_path: Path, offset: int) -> None:
+    path = tmp_path / "fragmented"
+    _fragmented(path, 100 * MIB)
+    evict(path)
+    buffer = bytearray(4 * MIB)
+    with SparseReader(os.open(path, os.O_RDONLY), offset, 50 * MIB) as reader:
+        total = 0
+        while pieces := reader.read_pieces(buffer):
+            total += sum(p.length for p in pieces)
+    assert total == 50 * MIB
+    assert _resident(path) == 0
