@@ -15,6 +15,7 @@ sender: the reader runs ahead by at most the pool, whatever the file size.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections import deque
@@ -161,10 +162,10 @@ class SparseReader:
         """Make the extent at ``pos`` (< the end) the current one; False if the file
         ends before it."""
         end = self._end
-        if self._ahead:
-            data, stop = self._ahead.popleft()
-        else:
-            data, stop = self._walk(pos, after_hole=bool(self._extent_end) and not self._in_data)
+        following = self._next_ahead(pos) if self._ahead else None
+        if following is None:
+            following = self._walk(pos, after_hole=bool(self._extent_end) and not self._in_data)
+        data, stop = following
         if not data and stop == end:
             # A hole to the end: SEEK_DATA answers ENXIO past the end of a file that
             # shrank as it does in a trailing hole, and the shrinking must end the read,
@@ -176,6 +177,25 @@ class SparseReader:
                     return False
         self._in_data, self._extent_end = data, stop
         return True
+
+    def _next_ahead(self, pos: int) -> tuple[bool, int] | None:
+        """The next extent walked ahead, or None where the file changed since it was
+        walked: a hole is asked again (one SEEK_DATA), as data written into it, or the
+        file cut short inside it, must read as the walk made now would find them."""
+        data, stop = self._ahead.popleft()
+        if data:
+            return data, stop
+        try:
+            data_at: int | None = os.lseek(self._fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            data_at = None  # no data after it: a hole to the end, or a file cut short
+        if (stop == self._end and data_at is None) or (data_at is not None and data_at >= stop):
+            return data, stop
+        self._ahead.clear()
+        self._prefetched_to = pos
+        return None
 
     def _walk(self, pos: int, *, after_hole: bool) -> tuple[bool, int]:
         """The extent at ``pos`` (< the end) as (data, stop); ``after_hole``: a hole the
@@ -200,8 +220,9 @@ class SparseReader:
                     raise
                 self._nowait = 0  # not on this file system: plain reads
             else:
-                self._prefetched = max(0, self._prefetched - count)
-                return count
+                if count:  # Linux 5.9 and 5.10 may answer 0 short of the end, not EAGAIN
+                    self._prefetched = max(0, self._prefetched - count)
+                    return count
         count = os.preadv(self._fd, [into], pos)
         self._prefetched = max(0, self._prefetched - count)
         return count
@@ -251,10 +272,34 @@ class SparseReader:
         if self._fd >= 0:
             try:
                 if self._window is not None:
+                    with contextlib.suppress(OSError):  # best effort, as the drop is
+                        self._await_prefetch()
                     self._window.close()
             finally:
                 os.close(self._fd)
                 self._fd = -1
+
+    def _await_prefetch(self) -> None:
+        """Wait for the data asked for ahead and not read yet: pages still on their way
+        in are locked, and POSIX_FADV_DONTNEED passes over them."""
+        pos, prefetched_to = self._pos, self._prefetched_to
+        if prefetched_to <= pos or pos >= self._end:
+            return
+        scratch = memoryview(bytearray(min(PREFETCH_DATA, prefetched_to - pos)))
+        begin, data, stop = pos, self._in_data, self._extent_end
+        following = iter(self._ahead)
+        while begin < prefetched_to:
+            offset, last = begin, min(stop, prefetched_to)
+            while data and offset < last:
+                count = os.preadv(self._fd, [scratch[: last - offset]], offset)
+                if count <= 0:
+                    return
+                offset += count
+            step = next(following, None)
+            if step is None:
+                return
+            begin = stop
+            data, stop = step
 
     def __enter__(self) -> SparseReader:
         return self
