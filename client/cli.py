@@ -661,6 +661,12 @@ def _check_destination(path: str) -> None:
         or (os.path.lexists(path) and not os.access(path, os.W_OK))
     ):
         raise CommandError(f"cannot create {path}")
+    from virtvol.client.transfer_base import download_target
+
+    try:  # a device, a FIFO or a socket: refused before the stream opens, as a file
+        download_target(path)
+    except OSError as exc:
+        raise CommandError(f"cannot create {path}", str(exc)) from exc
 
 
 async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
@@ -1103,7 +1109,10 @@ def _stderr_warnings() -> None:
         # Looks sys.stderr up for each record, so one handler serves every run of main()
         # in a process, whatever stderr is at the time.
         def emit(self, record: logging.LogRecord) -> None:
-            sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+            try:
+                sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+            except Exception:  # a closed or full stderr must not fail the transfer
+                self.handleError(record)
 
     logger = logging.getLogger("virtvol")
     if not any(handler.name == _WARNINGS_HANDLER for handler in logger.handlers):
