@@ -705,8 +705,8 @@ async def _transfer(
         except LibvirtError as exc:  # SparseUnsupported too: it fails the opening call
             _stream_failure(way, vol, exc)
         except OSError as exc:
-            if isinstance(exc, TransportError):
-                raise
+            if isinstance(exc, (TransportError, VirtvolError)):
+                raise  # the connection's, not the file's (a lost peer, a call timed out)
             _file_failure(exc, vol, args.file, upload=upload)
     if not args.quiet:
         sys.stderr.write(summary_line(f"{verb}ed", result) + "\n")

@@ -9,6 +9,7 @@ application's logging configuration applies as usual.
 
 from __future__ import annotations
 
+import _thread
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
@@ -19,27 +20,33 @@ LOGGER_NAME = "virtvol.client"
 
 _logger: logging.Logger | None = None
 _on_first_use: list[Callable[[], None]] = []
+# The first use configures, once, before any thread logs (_thread: threading's import
+# is what this module spares).
+_first_use = _thread.RLock()
 
 
 def _real_logger() -> logging.Logger:
     global _logger
     if _logger is None:
-        import logging
+        with _first_use:
+            if _logger is None:
+                import logging
 
-        _logger = logging.getLogger(LOGGER_NAME)
-        while _on_first_use:
-            _on_first_use.pop(0)()
+                while _on_first_use:
+                    _on_first_use.pop(0)()
+                _logger = logging.getLogger(LOGGER_NAME)
     return _logger
 
 
 def when_first_used(configure: Callable[[], None]) -> None:
     """Run ``configure`` (which may import logging) before the first record is logged,
     or now if something has logged already."""
-    if _logger is None:
-        if configure not in _on_first_use:
-            _on_first_use.append(configure)
-    else:
-        configure()
+    with _first_use:
+        if _logger is None:
+            if configure not in _on_first_use:
+                _on_first_use.append(configure)
+            return
+    configure()
 
 
 class _DeferredLogger:
@@ -47,6 +54,9 @@ class _DeferredLogger:
 
     def __getattr__(self, name: str) -> object:
         return getattr(_real_logger(), name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(_real_logger(), name, value)
 
 
 log = cast("logging.Logger", _DeferredLogger())

@@ -15,7 +15,6 @@ sender: the reader runs ahead by at most the pool, whatever the file size.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections import deque
@@ -272,34 +271,13 @@ class SparseReader:
         if self._fd >= 0:
             try:
                 if self._window is not None:
-                    with contextlib.suppress(OSError):  # best effort, as the drop is
-                        self._await_prefetch()
+                    # Pages a prefetch is still reading in are locked and the drop passes
+                    # over them: a read closed early may leave up to PREFETCH_DATA behind.
+                    # Waiting for them here could hold the daemon's event loop on the disk.
                     self._window.close()
             finally:
                 os.close(self._fd)
                 self._fd = -1
-
-    def _await_prefetch(self) -> None:
-        """Wait for the data asked for ahead and not read yet: pages still on their way
-        in are locked, and POSIX_FADV_DONTNEED passes over them."""
-        pos, prefetched_to = self._pos, self._prefetched_to
-        if prefetched_to <= pos or pos >= self._end:
-            return
-        scratch = memoryview(bytearray(min(PREFETCH_DATA, prefetched_to - pos)))
-        begin, data, stop = pos, self._in_data, self._extent_end
-        following = iter(self._ahead)
-        while begin < prefetched_to:
-            offset, last = begin, min(stop, prefetched_to)
-            while data and offset < last:
-                count = os.preadv(self._fd, [scratch[: last - offset]], offset)
-                if count <= 0:
-                    return
-                offset += count
-            step = next(following, None)
-            if step is None:
-                return
-            begin = stop
-            data, stop = step
 
     def __enter__(self) -> SparseReader:
         return self

@@ -44,3 +44,13 @@ def test_records_name_their_caller_and_the_client_logger(caplog: pytest.LogCaptu
     assert record.name == "virtvol.client"
     assert record.getMessage() == "volume vol went dense"
     assert record.funcName == "test_records_name_their_caller_and_the_client_logger"
+
+
+def test_attributes_set_on_it_are_the_loggers() -> None:
+    real = logging.getLogger(LOGGER_NAME)
+    before = real.propagate
+    try:
+        log.propagate = not before
+        assert real.propagate is (not before)
+    finally:
+        real.propagate = before

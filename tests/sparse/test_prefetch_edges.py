@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from virtvol.sparse.cache import resident_pages
-from virtvol.sparse.reader import Chunk, SparseReader
+from virtvol.sparse.cache import PAGE_SIZE, resident_pages
+from virtvol.sparse.reader import PREFETCH_DATA, Chunk, SparseReader
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,6 +69,19 @@ def test_cold_reader_sees_data_written_into_a_hole_ahead(tmp_path: Path) -> None
     assert any(data for data, _ in pieces), pieces
 
 
+def device_read_ahead(path: Path) -> int:
+    """The most the kernel reads ahead in the file's device (``read_ahead_kb``)."""
+    device = os.stat(path).st_dev
+    queue = f"/sys/dev/block/{os.major(device)}:{os.minor(device)}"
+    for where in (f"{queue}/queue/read_ahead_kb", f"{queue}/../queue/read_ahead_kb"):
+        try:
+            with open(where) as setting:
+                return int(setting.read()) * KIB
+        except OSError:
+            continue
+    return 8 * MIB  # not a block device's file system: a generous guess
+
+
 def _resident(path: Path) -> int:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -77,13 +90,15 @@ def _resident(path: Path) -> int:
         os.close(fd)
 
 
-def test_a_cold_read_closed_early_leaves_nothing_in_memory(tmp_path: Path) -> None:
+def test_a_cold_read_closed_early_leaves_at_most_the_prefetch_in_memory(tmp_path: Path) -> None:
+    # What the prefetch was still reading in at the close (locked pages, which the drop
+    # passes over) may stay: never more than its allowance, and the kernel's read-ahead.
     path = tmp_path / "dense"
     path.write_bytes(os.urandom(64 * MIB))
     evict(path)
     with SparseReader(os.open(path, os.O_RDONLY)) as reader:
         assert reader.next_chunk(bytearray(64 * KIB)) == Chunk(True, 64 * KIB)
-    assert _resident(path) == 0
+    assert _resident(path) * PAGE_SIZE <= PREFETCH_DATA + device_read_ahead(path)
 
 
 def _fragmented(path: Path, size: int, step: int = 64 * KIB, piece: int = 4 * KIB) -> None:
@@ -94,14 +109,13 @@ def _fragmented(path: Path, size: int, step: int = 64 * KIB, piece: int = 4 * KI
             f.write(os.urandom(piece))
 
 
-@pytest.mark.parametrize("attempt", range(3))
-def test_a_cold_fragmented_read_closed_early_leaves_nothing(tmp_path: Path, attempt: int) -> None:
+def test_a_cold_fragmented_read_closed_early_leaves_at_most_the_prefetch(tmp_path: Path) -> None:
     path = tmp_path / "fragmented"
     _fragmented(path, 128 * MIB)
     evict(path)
     with SparseReader(os.open(path, os.O_RDONLY)) as reader:
         assert reader.next_chunk(bytearray(64 * KIB)) == Chunk(True, 4 * KIB)
-    assert _resident(path) == 0
+    assert _resident(path) * PAGE_SIZE <= PREFETCH_DATA
 
 
 def test_a_nowait_read_answering_0_before_the_end_does_not_end_the_read(
