@@ -8,8 +8,8 @@ over TCP and a Unix socket; with the page cache warm (source and volume read
 just before) and cold (``echo 3 > /proc/sys/vm/drop_caches`` before each
 transfer, as root). Rows: dense, sparse, fragmented and mostly-empty huge
 images, and 8 transfers at once. Every cell is the median whole-process time
-of ``--repeat`` runs (warm TCP; one fewer for the other conditions), the first
-of which is checked byte for byte. The table shows the ratios against
+of ``--repeat`` runs, the peers taking turns run by run; the first of each is
+checked byte for byte. The table shows the ratios against
 libvirt, against the best other peer and against the raw loopback rate
 measured in the same run; the JSON beside it keeps every run. Then the peak
 memory of client and daemon for growing images and for a download consumed at
@@ -145,23 +145,26 @@ class Bench:
         self.cells.append(cell)
         return cell
 
-    def runs_for(self, cond: Condition) -> int:
-        """Warm TCP is the headline: ``repeat`` runs; the other conditions one fewer,
-        at least one, to keep a full run near 10 minutes."""
-        if cond == Condition("tcp", "warm"):
-            return self.repeat
-        return max(1, self.repeat - 1)
-
     def run_image(self, image: Image, source: Path, peers: Sequence[Peer], cond: Condition) -> None:
-        """Upload ``source`` into each peer and download it back, ``runs_for(cond)`` times."""
+        """Upload ``source`` into each peer and download it back, ``repeat`` times,
+        the peers taking turns (see ``_turns``)."""
         output = self.workdir / "download.out"
-        for peer in peers:
-            up = self.cell(image.label, cond, peer, "upload", image.data_bytes)
-            down = self.cell(image.label, cond, peer, "download", image.data_bytes)
-            volume = image.name
-            peer.create_volume(volume, image.size)
-            try:
-                for attempt in range(self.runs_for(cond)):
+        cells = [
+            (
+                self.cell(image.label, cond, peer, "upload", image.data_bytes),
+                self.cell(image.label, cond, peer, "download", image.data_bytes),
+            )
+            for peer in peers
+        ]
+        volume = image.name
+        created: list[Peer] = []
+        try:
+            for peer in peers:
+                peer.create_volume(volume, image.size)
+                created.append(peer)
+            for attempt in range(self.repeat):
+                for index in _turns(len(peers), attempt):
+                    peer, (up, down) = peers[index], cells[index]
                     self._prepare(cond, source)
                     up.runs.append(timed(peer.upload(cond.transport, volume, source)).seconds)
                     output.unlink(missing_ok=True)
@@ -171,26 +174,38 @@ class Bench:
                     if attempt == 0 and not same_content(source, output):
                         raise RuntimeError(f"{peer.client} <-> {peer.name}: {image.label} differs")
                     output.unlink()
-            finally:
-                output.unlink(missing_ok=True)
+        finally:
+            output.unlink(missing_ok=True)
+            for peer in created:
                 peer.delete_volume(volume)
+        for peer, (up, down) in zip(peers, cells, strict=True):
             _progress(f"{image.label} {cond.transport} {cond.cache} {peer.name}", up, down)
 
     def run_concurrent(
         self, image: Image, source: Path, peers: Sequence[Peer], cond: Condition
     ) -> None:
-        """``CONCURRENT`` uploads at once, then as many downloads, into separate volumes."""
+        """``CONCURRENT`` uploads at once, then as many downloads, into separate volumes;
+        the peers take turns as in ``run_image``."""
         label = f"{CONCURRENT} x {image.label} at once"
         data = CONCURRENT * image.data_bytes
-        for peer in peers:
-            up = self.cell(label, cond, peer, "upload", data)
-            down = self.cell(label, cond, peer, "download", data)
-            names = [f"{image.name}-{i}" for i in range(CONCURRENT)]
-            outputs = [self.workdir / f"{name}.out" for name in names]
-            for name in names:
-                peer.create_volume(name, image.size)
-            try:
-                for _ in range(self.runs_for(cond)):
+        cells = [
+            (
+                self.cell(label, cond, peer, "upload", data),
+                self.cell(label, cond, peer, "download", data),
+            )
+            for peer in peers
+        ]
+        names = [f"{image.name}-{i}" for i in range(CONCURRENT)]
+        outputs = [self.workdir / f"{name}.out" for name in names]
+        created: list[Peer] = []
+        try:
+            for peer in peers:
+                for name in names:
+                    peer.create_volume(name, image.size)
+                created.append(peer)
+            for attempt in range(self.repeat):
+                for index in _turns(len(peers), attempt):
+                    peer, (up, down) = peers[index], cells[index]
                     self._prepare(cond, source)
                     up.runs.append(
                         _together([peer.upload(cond.transport, n, source) for n in names])
@@ -205,13 +220,17 @@ class Bench:
                             ]
                         )
                     )
-                if not same_content(source, outputs[-1]):
-                    raise RuntimeError(f"{peer.client} <-> {peer.name}: {label} differs")
-            finally:
-                for path in outputs:
-                    path.unlink(missing_ok=True)
+                    if attempt == 0 and not same_content(source, outputs[-1]):
+                        raise RuntimeError(f"{peer.client} <-> {peer.name}: {label} differs")
+                    for path in outputs:
+                        path.unlink()
+        finally:
+            for path in outputs:
+                path.unlink(missing_ok=True)
+            for peer in created:
                 for name in names:
                     peer.delete_volume(name)
+        for peer, (up, down) in zip(peers, cells, strict=True):
             _progress(f"{label} {cond.transport} {peer.name}", up, down)
 
     def _prepare(self, cond: Condition, path: Path) -> None:
@@ -219,6 +238,14 @@ class Bench:
             drop_caches()
         else:
             warm(path)
+
+
+def _turns(count: int, attempt: int) -> list[int]:
+    """The order of the peers in an attempt: each attempt starts with the next peer.
+    Run back to back, a peer's first transfer would always follow another peer's
+    clean-up, and on this VM memory freed a moment ago is cheap and memory the host
+    took back is not: taking turns spreads that over every peer."""
+    return [(attempt + step) % count for step in range(count)]
 
 
 def _together(commands: list[list[str]]) -> float:
@@ -457,8 +484,7 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     elapsed = time.monotonic() - started
 
-    others = max(1, repeat - 1)
-    print(f"\nmedian whole-process seconds of {repeat} run(s) (warm TCP; {others} otherwise);")
+    print(f"\nmedian whole-process seconds of {repeat} run(s), the peers taking turns;")
     print("ratios are libvirt's (or the best")
     print("other peer's) time over virtvol's; 'of raw' is virtvol's data rate over the raw")
     print(f"loopback rate (TCP {raw['tcp'] / MIB:.0f} MiB/s, Unix {raw['unix'] / MIB:.0f} MiB/s).")
