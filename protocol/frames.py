@@ -236,14 +236,21 @@ class FrameReader:
         return len(self._scratch)
 
     def resize_scratch(self, size: int) -> None:
-        """Make the buffer for small frames ``size`` bytes (or what it holds, if more): a
-        server gives more room to a connection whose reads bring many small frames. The
-        bytes held move over. Not between ``get_buffer`` and its ``buffer_updated``.
+        """Make the buffer for small frames ``size`` bytes: a server gives more room to a
+        connection whose reads bring many small frames. The bytes held move over, or, if
+        they are the start of a frame they would fill the buffer with, to that frame's own
+        memory. Not between ``get_buffer`` and its ``buffer_updated``.
         """
         if size < FRAME_OVERHEAD:
             raise ValueError("scratch buffer smaller than a frame head")
         pending = self._end - self._start
-        scratch = bytearray(max(size, pending))
+        if pending >= size:
+            # The start of one frame (no whole frame is held) that would fill the new
+            # buffer: it goes on in memory of its own, as it would have had it arrived
+            # now. A full buffer would leave ``get_buffer`` nothing to read into.
+            self._begin_big_frame(FRAME_HEAD.unpack_from(self._scratch, self._start))
+            pending = 0
+        scratch = bytearray(size)
         scratch[:pending] = self._scratch_view[self._start : self._end]
         self._scratch, self._scratch_view = scratch, memoryview(scratch)
         self._start, self._end = 0, pending

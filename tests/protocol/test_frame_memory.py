@@ -198,8 +198,10 @@ def test_a_resized_scratch_buffer_keeps_what_it_holds() -> None:
     reader.resize_scratch(64 << 10)
     assert reader.scratch_size == 64 << 10
     reader.feed(wire[5000:20000])
-    reader.resize_scratch(1024)  # less than the part of a frame it holds: that much
-    assert reader.scratch_size == reader.buffered > 1024
+    held = reader.buffered
+    reader.resize_scratch(1024)  # less than the part of a frame it holds
+    assert reader.scratch_size == 1024
+    assert reader.buffered == held > 1024
     reader.feed(wire[20000:])
     assert [bytes(frame.payload) for frame in reader] == [bytes([n]) * 3000 for n in range(8)]
     assert reader.buffered == 0
@@ -207,3 +209,29 @@ def test_a_resized_scratch_buffer_keeps_what_it_holds() -> None:
     assert reader.scratch_size == 1024
     with pytest.raises(ValueError, match="smaller than a frame head"):
         reader.resize_scratch(27)
+
+
+def _read_like_a_transport(reader: FrameReader, data: bytes) -> None:
+    """Feed ``data`` as asyncio's BufferedProtocol does: never a read into no room."""
+    view = memoryview(data)
+    while view:
+        target = reader.get_buffer()
+        assert len(target) > 0, "get_buffer left no room"
+        count = min(len(target), len(view))
+        target[:count] = view[:count]
+        view = view[count:]
+        reader.buffer_updated(count)
+
+
+@pytest.mark.parametrize("held", [1024, 1025, 3000])
+def test_a_scratch_buffer_shrunk_under_a_frame_it_holds_leaves_room(held: int) -> None:
+    # A server shrinks the buffer when an upload ends, whatever the client sent since.
+    frames = [encode_frame(_HEADER, bytes([n]) * 5000) for n in range(3)]
+    wire = b"".join(frames)
+    reader = FrameReader(scratch_size=64 << 10)
+    _read_like_a_transport(reader, wire[:held])
+    reader.resize_scratch(1024)
+    assert reader.buffered == held
+    _read_like_a_transport(reader, wire[held:])
+    assert [bytes(frame.payload) for frame in reader] == [bytes([n]) * 5000 for n in range(3)]
+    assert reader.at_frame_boundary()
