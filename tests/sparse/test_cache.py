@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.sparse.helpers import evict, fragmented, record_fadvise
 from virtvol.daemon.storage import VolumeReader
 from virtvol.sparse import cache
 from virtvol.sparse.cache import PAGE_SIZE, resident_pages
@@ -32,15 +33,6 @@ def resident_fraction(path: Path) -> float:
     finally:
         os.close(fd)
     return pages.count(1) / len(pages)
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def read_all(path: Path) -> None:
@@ -158,11 +150,7 @@ def test_a_warm_fragmented_file_is_read_without_a_drop_per_hole(
     a warm fragmented volume (one extent every 64 KiB) costs no DONTNEED per hole."""
     path = tmp_path / "fragmented"
     size = 2 * CACHE_WINDOW
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset in range(0, size, 64 << 10):
-            f.seek(offset)
-            f.write(os.urandom(4096))
+    fragmented(path, size)
     fd = os.open(path, os.O_RDONLY)
     try:  # only the data is read into memory, as a user of the volume would
         for offset in range(0, size, 64 << 10):
@@ -170,15 +158,7 @@ def test_a_warm_fragmented_file_is_read_without_a_drop_per_hole(
         assert resident_pages(fd, 0, size).count(1) == size // (64 << 10)
     finally:
         os.close(fd)
-    drops: list[tuple[int, int]] = []
-    real_fadvise = os.posix_fadvise
-
-    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
-        if advice == os.POSIX_FADV_DONTNEED:
-            drops.append((offset, length))
-        real_fadvise(fd, offset, length, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", recorded)
+    drops = record_fadvise(monkeypatch, os.POSIX_FADV_DONTNEED)
     buffer = bytearray(MIB)
     with SparseReader(os.open(path, os.O_RDONLY)) as reader:
         while reader.read_pieces(buffer):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.sparse.helpers import evict
 from virtvol.sparse import files
 from virtvol.sparse.reader import BufferPool, Chunk, SparseReader
 from virtvol.sparse.writer import WRITEBACK_START, WRITEBACK_STEP, AtomicFile, SparseWriter
@@ -139,17 +140,21 @@ def test_reader_hands_out_holes_and_data_in_pooled_buffers(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("cut", [64 * KIB, 100 * KIB])
+@pytest.mark.parametrize("cold", [False, True])
 def test_reader_ends_early_when_the_file_shrank_where_it_had_holes(
-    tmp_path: Path, cut: int
+    tmp_path: Path, cut: int, cold: bool
 ) -> None:
     """Past a file's end SEEK_DATA answers ENXIO, as it does in a trailing hole: a file
     cut short at (or inside) a hole the reader had not reached must end the read there,
-    as a short read does, not read on as a hole up to the old size."""
+    as a short read does, not read on as a hole up to the old size. Cold, the first read
+    walks the extents ahead (its prefetch) before the file is cut."""
     path = tmp_path / "src"
     with open(path, "wb") as f:
         f.write(b"x" * 64 * KIB)
         f.seek(256 * KIB)
         f.write(b"y" * 64 * KIB)
+    if cold:
+        evict(path)
     buffer = bytearray(64 * KIB)
     with SparseReader(os.open(path, os.O_RDONLY)) as reader:
         assert reader.next_chunk(buffer) == Chunk(True, 64 * KIB)

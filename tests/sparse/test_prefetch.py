@@ -13,6 +13,7 @@ import itertools
 import os
 from typing import TYPE_CHECKING
 
+from tests.sparse.helpers import evict, fragmented, record_fadvise
 from virtvol.sparse.cache import resident_pages
 from virtvol.sparse.reader import CACHE_WINDOW, PREFETCH_DATA, SparseReader
 
@@ -25,40 +26,6 @@ KIB = 1 << 10
 MIB = 1 << 20
 STEP = 64 * KIB
 PIECE = 4 * KIB
-
-
-def fragmented(path: Path, size: int) -> bytes:
-    """A file of ``size`` with ``PIECE`` bytes of data every ``STEP``; returns its data."""
-    data = os.urandom(size // STEP * PIECE)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for index in range(size // STEP):
-            f.seek(index * STEP)
-            f.write(data[index * PIECE : (index + 1) * PIECE])
-    return data
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        assert resident_pages(fd, 0, os.fstat(fd).st_size).count(1) == 0
-    finally:
-        os.close(fd)
-
-
-def record_willneed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    asked: list[tuple[int, int]] = []
-    real = os.posix_fadvise
-
-    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
-        if advice == os.POSIX_FADV_WILLNEED:
-            asked.append((offset, length))
-        real(fd, offset, length, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", recorded)
-    return asked
 
 
 def read_data(reader: SparseReader, buffer_size: int = MIB) -> bytes:
@@ -79,7 +46,7 @@ def test_a_cold_read_asks_for_the_extents_ahead_at_its_first_read(
     path = tmp_path / "fragmented"
     data = fragmented(path, 16 * MIB)
     evict(path)
-    asked = record_willneed(monkeypatch)
+    asked = record_fadvise(monkeypatch, os.POSIX_FADV_WILLNEED)
     with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
         first = reader.read_pieces(bytearray(PIECE))
         assert [(p.data, p.length) for p in first] == [(True, PIECE)]
@@ -96,7 +63,7 @@ def test_a_cold_read_asks_for_no_more_than_its_allowance_at_once(
     path = tmp_path / "dense"
     path.write_bytes(os.urandom(4 * PREFETCH_DATA))
     evict(path)
-    asked = record_willneed(monkeypatch)
+    asked = record_fadvise(monkeypatch, os.POSIX_FADV_WILLNEED)
     with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
         reader.read_pieces(bytearray(PIECE))
         assert asked == [(0, PREFETCH_DATA)]
@@ -110,7 +77,7 @@ def test_a_cold_read_asks_for_no_more_than_its_allowance_at_once(
 def test_a_warm_read_asks_for_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "fragmented"
     data = fragmented(path, 16 * MIB)
-    asked = record_willneed(monkeypatch)
+    asked = record_fadvise(monkeypatch, os.POSIX_FADV_WILLNEED)
     with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
         assert read_data(reader) == data
     assert asked == []
@@ -123,7 +90,7 @@ def test_with_the_cache_watched_a_cold_read_asks_only_within_known_windows(
     size = 4 * CACHE_WINDOW
     data = fragmented(path, size)
     evict(path)
-    asked = record_willneed(monkeypatch)
+    asked = record_fadvise(monkeypatch, os.POSIX_FADV_WILLNEED)
     with SparseReader(os.open(path, os.O_RDONLY)) as reader:
         reader.read_pieces(bytearray(PIECE))
         # The window being read and the next one have their residency taken: no further.

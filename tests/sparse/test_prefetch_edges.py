@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.sparse.helpers import evict, fragmented, resident_count
 from virtvol.sparse.cache import PAGE_SIZE, resident_pages
 from virtvol.sparse.reader import PREFETCH_DATA, Chunk, SparseReader
 
@@ -15,39 +16,6 @@ if TYPE_CHECKING:
 
 KIB = 1 << 10
 MIB = 1 << 20
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        assert resident_pages(fd, 0, os.fstat(fd).st_size).count(1) == 0
-    finally:
-        os.close(fd)
-
-
-@pytest.mark.parametrize("cut", [64 * KIB, 100 * KIB])
-def test_cold_reader_ends_early_when_the_file_shrank_where_it_had_holes(
-    tmp_path: Path, cut: int
-) -> None:
-    """test_engine's shrink test, with the file cold: the first read's prefetch walks
-    the extents ahead before the file is cut."""
-    path = tmp_path / "src"
-    with open(path, "wb") as f:
-        f.write(b"x" * 64 * KIB)
-        f.seek(256 * KIB)
-        f.write(b"y" * 64 * KIB)
-    evict(path)
-    buffer = bytearray(64 * KIB)
-    with SparseReader(os.open(path, os.O_RDONLY), drop_cache=False) as reader:
-        assert reader.next_chunk(buffer) == Chunk(True, 64 * KIB)
-        os.truncate(path, cut)
-        pieces = []
-        while not (chunk := reader.next_chunk(buffer)).eof:
-            pieces.append((chunk.data, chunk.length))
-        assert reader.end == cut
-    assert sum(length for _, length in pieces) == cut - 64 * KIB
 
 
 def test_cold_reader_sees_data_written_into_a_hole_ahead(tmp_path: Path) -> None:
@@ -82,14 +50,6 @@ def device_read_ahead(path: Path) -> int:
     return 8 * MIB  # not a block device's file system: a generous guess
 
 
-def _resident(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return resident_pages(fd, 0, os.fstat(fd).st_size).count(1)
-    finally:
-        os.close(fd)
-
-
 def test_a_cold_read_closed_early_leaves_at_most_the_prefetch_in_memory(tmp_path: Path) -> None:
     # What the prefetch was still reading in at the close (locked pages, which the drop
     # passes over) may stay: never more than its allowance, and the kernel's read-ahead.
@@ -98,24 +58,16 @@ def test_a_cold_read_closed_early_leaves_at_most_the_prefetch_in_memory(tmp_path
     evict(path)
     with SparseReader(os.open(path, os.O_RDONLY)) as reader:
         assert reader.next_chunk(bytearray(64 * KIB)) == Chunk(True, 64 * KIB)
-    assert _resident(path) * PAGE_SIZE <= PREFETCH_DATA + device_read_ahead(path)
-
-
-def _fragmented(path: Path, size: int, step: int = 64 * KIB, piece: int = 4 * KIB) -> None:
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for index in range(size // step):
-            f.seek(index * step)
-            f.write(os.urandom(piece))
+    assert resident_count(path) * PAGE_SIZE <= PREFETCH_DATA + device_read_ahead(path)
 
 
 def test_a_cold_fragmented_read_closed_early_leaves_at_most_the_prefetch(tmp_path: Path) -> None:
     path = tmp_path / "fragmented"
-    _fragmented(path, 128 * MIB)
+    fragmented(path, 128 * MIB)
     evict(path)
     with SparseReader(os.open(path, os.O_RDONLY)) as reader:
         assert reader.next_chunk(bytearray(64 * KIB)) == Chunk(True, 4 * KIB)
-    assert _resident(path) * PAGE_SIZE <= PREFETCH_DATA
+    assert resident_count(path) * PAGE_SIZE <= PREFETCH_DATA
 
 
 def test_a_nowait_read_answering_0_before_the_end_does_not_end_the_read(
@@ -147,7 +99,7 @@ def test_a_nowait_read_answering_0_before_the_end_does_not_end_the_read(
 @pytest.mark.parametrize("offset", [0, 3 * MIB + 4096, 33 * MIB])
 def test_a_cold_fragmented_ranged_read_leaves_nothing(tmp_path: Path, offset: int) -> None:
     path = tmp_path / "fragmented"
-    _fragmented(path, 100 * MIB)
+    fragmented(path, 100 * MIB)
     evict(path)
     buffer = bytearray(4 * MIB)
     with SparseReader(os.open(path, os.O_RDONLY), offset, 50 * MIB) as reader:
@@ -155,4 +107,4 @@ def test_a_cold_fragmented_ranged_read_leaves_nothing(tmp_path: Path, offset: in
         while pieces := reader.read_pieces(buffer):
             total += sum(p.length for p in pieces)
     assert total == 50 * MIB
-    assert _resident(path) == 0
+    assert resident_count(path) == 0
