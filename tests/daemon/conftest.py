@@ -22,7 +22,7 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
     from pathlib import Path
 
     from virtvol.daemon.context import DaemonContext
@@ -251,6 +251,26 @@ async def raw_client(
         yield client
     finally:
         await client.close()
+
+
+@contextlib.contextmanager
+def in_process_daemon(tmp_path: Path, *, sync_uploads: bool = True) -> Iterator[DaemonContext]:
+    """A daemon's context in this process: pool ``default`` in ``tmp_path / "pool"``
+    holding ``disk.img`` ("old content"); its workers and registry closed at the end."""
+    # Imported here: most tests of this folder run virtvold as a subprocess.
+    from virtvol.daemon.context import DaemonContext
+    from virtvol.daemon.storage import StorageRegistry
+
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=sync_uploads)
+    registry.load()
+    registry.ensure_pool("default", tmp_path / "pool")
+    (tmp_path / "pool" / "disk.img").write_bytes(b"old content")
+    ctx = DaemonContext(registry=registry, legacy=False, keepalive_interval=5, keepalive_count=5)
+    try:
+        yield ctx
+    finally:
+        ctx.shutdown_executors()
+        registry.close()
 
 
 @contextlib.asynccontextmanager

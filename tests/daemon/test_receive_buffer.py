@@ -8,10 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.daemon.conftest import in_process_client
+from tests.daemon.conftest import in_process_client, in_process_daemon
 from virtvol.daemon.connection import UPLOAD_RECEIVE_BUFFER, ClientConnection
-from virtvol.daemon.context import DaemonContext
-from virtvol.daemon.storage import StorageRegistry
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived, StreamFinished
 from virtvol.protocol.constants import (
@@ -27,19 +25,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from virtvol.daemon.context import DaemonContext
+
 
 @pytest.fixture
 def context(tmp_path: Path) -> Iterator[DaemonContext]:
-    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
-    registry.load()
-    registry.ensure_pool("default", tmp_path / "pool")
-    (tmp_path / "pool" / "disk.img").write_bytes(b"old content")
-    ctx = DaemonContext(registry=registry, legacy=False, keepalive_interval=5, keepalive_count=5)
-    try:
+    with in_process_daemon(tmp_path, sync_uploads=False) as ctx:
         yield ctx
-    finally:
-        ctx.shutdown_executors()
-        registry.close()
 
 
 def _served(context: DaemonContext) -> ClientConnection:

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.daemon.conftest import RawClient, in_process_client
-from virtvol.daemon.context import DaemonContext
-from virtvol.daemon.storage import StorageRegistry, VolumeReader, VolumeWriter
+from tests.daemon.conftest import RawClient, in_process_client, in_process_daemon
+from virtvol.daemon.storage import VolumeReader, VolumeWriter
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived, StreamFailed
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
@@ -23,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
+    from virtvol.daemon.context import DaemonContext
+
 
 def _broken(*args: object) -> None:
     raise RuntimeError("disk gremlin")
@@ -30,16 +31,8 @@ def _broken(*args: object) -> None:
 
 @pytest.fixture
 def context(tmp_path: Path) -> Iterator[DaemonContext]:
-    registry = StorageRegistry(tmp_path / "state")
-    registry.load()
-    registry.ensure_pool("default", tmp_path / "pool")
-    (tmp_path / "pool" / "disk.img").write_bytes(b"old content")
-    ctx = DaemonContext(registry=registry, legacy=False, keepalive_interval=5, keepalive_count=5)
-    try:
+    with in_process_daemon(tmp_path) as ctx:
         yield ctx
-    finally:
-        ctx.shutdown_executors()
-        registry.close()
 
 
 @pytest.fixture
