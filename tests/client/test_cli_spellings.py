@@ -24,17 +24,21 @@ pytestmark = pytest.mark.interop
 _COMMAND = [sys.executable, "-c", "from virtvol.client.cli import main; raise SystemExit(main())"]
 
 
-def run_virtvol(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, LC_ALL="C")
+def run_in_c_locale(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in the C locale (the words of virsh's messages), no input."""
     return subprocess.run(
-        [*_COMMAND, *args],
+        argv,
         capture_output=True,
         text=True,
-        env=env,
+        env=dict(os.environ, LC_ALL="C"),
         stdin=subprocess.DEVNULL,
         timeout=60,
         check=False,
     )
+
+
+def run_virtvol(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_in_c_locale([*_COMMAND, *args])
 
 
 def _mask_pool_sizes(text: str) -> str:
@@ -340,14 +344,8 @@ def test_download_onto_a_directory_is_refused_at_once(
 def _limited_to_a_mebibyte(*argv: str) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` unable to grow a file past 1 MiB: a write beyond fails with EFBIG
     (SIGXFSZ ignored, which subprocess would restore)."""
-    return subprocess.run(
-        ["bash", "-c", 'trap "" XFSZ; ulimit -f 1024; exec "$@"', "limited", *argv],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, LC_ALL="C"),
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
+    return run_in_c_locale(
+        ["bash", "-c", 'trap "" XFSZ; ulimit -f 1024; exec "$@"', "limited", *argv]
     )
 
 
@@ -459,15 +457,7 @@ def test_global_options_as_virsh_reads_them(virtvold: Virtvold) -> None:
         ["-c"],
         ["-Z"],
     ):
-        theirs = subprocess.run(
-            ["virsh", *args],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, LC_ALL="C"),
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-            check=False,
-        )
+        theirs = run_in_c_locale(["virsh", *args])
         same(run_virtvol(*args), theirs)
 
 
