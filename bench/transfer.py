@@ -146,40 +146,17 @@ class Bench:
         return cell
 
     def run_image(self, image: Image, source: Path, peers: Sequence[Peer], cond: Condition) -> None:
-        """Upload ``source`` into each peer and download it back, ``repeat`` times,
-        the peers taking turns (see ``_turns``)."""
-        output = self.workdir / "download.out"
-        cells = [
-            (
-                self.cell(image.label, cond, peer, "upload", image.data_bytes),
-                self.cell(image.label, cond, peer, "download", image.data_bytes),
-            )
-            for peer in peers
-        ]
-        volume = image.name
-        created: list[Peer] = []
-        try:
-            for peer in peers:
-                peer.create_volume(volume, image.size)
-                created.append(peer)
-            for attempt in range(self.repeat):
-                for index in _turns(len(peers), attempt):
-                    peer, (up, down) = peers[index], cells[index]
-                    self._prepare(cond, source)
-                    up.runs.append(timed(peer.upload(cond.transport, volume, source)).seconds)
-                    output.unlink(missing_ok=True)
-                    self._prepare(cond, peer.volume_path(volume))
-                    run = timed(peer.download(cond.transport, volume, output))
-                    down.runs.append(run.seconds)
-                    if attempt == 0 and not same_content(source, output):
-                        raise RuntimeError(f"{peer.client} <-> {peer.name}: {image.label} differs")
-                    output.unlink()
-        finally:
-            output.unlink(missing_ok=True)
-            for peer in created:
-                peer.delete_volume(volume)
-        for peer, (up, down) in zip(peers, cells, strict=True):
-            _progress(f"{image.label} {cond.transport} {cond.cache} {peer.name}", up, down)
+        """Upload ``source`` into each peer and download it back, ``repeat`` times, the
+        peers taking turns (see ``_turns``)."""
+        self._take_turns(
+            image.label,
+            f"{image.label} {cond.transport} {cond.cache}",
+            image,
+            source,
+            peers,
+            cond,
+            [image.name],
+        )
 
     def run_concurrent(
         self, image: Image, source: Path, peers: Sequence[Peer], cond: Condition
@@ -187,7 +164,23 @@ class Bench:
         """``CONCURRENT`` uploads at once, then as many downloads, into separate volumes;
         the peers take turns as in ``run_image``."""
         label = f"{CONCURRENT} x {image.label} at once"
-        data = CONCURRENT * image.data_bytes
+        names = [f"{image.name}-{i}" for i in range(CONCURRENT)]
+        self._take_turns(label, f"{label} {cond.transport}", image, source, peers, cond, names)
+
+    def _take_turns(
+        self,
+        label: str,
+        progress: str,
+        image: Image,
+        source: Path,
+        peers: Sequence[Peer],
+        cond: Condition,
+        names: list[str],
+    ) -> None:
+        """Upload ``source`` into the volumes ``names`` of each peer at once, then download
+        them at once, ``repeat`` times, the peers taking turns; the first download of each
+        peer is checked byte for byte."""
+        data = len(names) * image.data_bytes
         cells = [
             (
                 self.cell(label, cond, peer, "upload", data),
@@ -195,7 +188,6 @@ class Bench:
             )
             for peer in peers
         ]
-        names = [f"{image.name}-{i}" for i in range(CONCURRENT)]
         outputs = [self.workdir / f"{name}.out" for name in names]
         created: list[Peer] = []
         try:
@@ -207,19 +199,16 @@ class Bench:
                 for index in _turns(len(peers), attempt):
                     peer, (up, down) = peers[index], cells[index]
                     self._prepare(cond, source)
-                    up.runs.append(
-                        _together([peer.upload(cond.transport, n, source) for n in names])
-                    )
+                    up.runs.append(_moved([peer.upload(cond.transport, n, source) for n in names]))
                     for path in outputs:
                         path.unlink(missing_ok=True)
-                    down.runs.append(
-                        _together(
-                            [
-                                peer.download(cond.transport, n, out)
-                                for n, out in zip(names, outputs, strict=True)
-                            ]
-                        )
-                    )
+                    for name in names:
+                        self._prepare(cond, peer.volume_path(name))
+                    downloads = [
+                        peer.download(cond.transport, n, out)
+                        for n, out in zip(names, outputs, strict=True)
+                    ]
+                    down.runs.append(_moved(downloads))
                     if attempt == 0 and not same_content(source, outputs[-1]):
                         raise RuntimeError(f"{peer.client} <-> {peer.name}: {label} differs")
                     for path in outputs:
@@ -231,7 +220,7 @@ class Bench:
                 for name in names:
                     peer.delete_volume(name)
         for peer, (up, down) in zip(peers, cells, strict=True):
-            _progress(f"{label} {cond.transport} {peer.name}", up, down)
+            _progress(f"{progress} {peer.name}", up, down)
 
     def _prepare(self, cond: Condition, path: Path) -> None:
         if cond.cache == "cold":
@@ -246,6 +235,13 @@ def _turns(count: int, attempt: int) -> list[int]:
     clean-up, and on this VM memory freed a moment ago is cheap and memory the host
     took back is not: taking turns spreads that over every peer."""
     return [(attempt + step) % count for step in range(count)]
+
+
+def _moved(commands: list[list[str]]) -> float:
+    """The wall time of one transfer (``timed``), or of several at once (``_together``)."""
+    if len(commands) == 1:
+        return timed(commands[0]).seconds
+    return _together(commands)
 
 
 def _together(commands: list[list[str]]) -> float:
