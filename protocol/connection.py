@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import struct
-from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.constants import (
     FRAME_OVERHEAD,
@@ -62,6 +61,7 @@ from virtvol.protocol.frames import (
     encode_frame,
     encode_head,
 )
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.procedures import PROCEDURES, Procedure
 from virtvol.protocol.record import Record
@@ -71,6 +71,9 @@ from virtvol.protocol.xdr import XdrStruct
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    # Records read their annotations as text: none is needed at run time.
+    from typing import Any  # noqa: TC004
 
 _SERIAL_MODULUS = 1 << 32
 _ENDED_STREAMS_KEPT = 64

@@ -7,9 +7,12 @@ virkeepaliveprotocol.x and the public headers).
 from __future__ import annotations
 
 import enum
-from typing import Literal
 
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
+
+if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
 
 # Programs and their versions.
 REMOTE_PROGRAM = 0x20008086
@@ -232,4 +235,4 @@ class VolumeInfo(Record):
 
 # How a peer plays the protocol: as libvirt 9.0 ("current") or as a libvirt from
 # before sparse streams (3.3, "legacy").
-ProtocolMode = Literal["current", "legacy"]
+ProtocolMode: TypeAlias = 'Literal["current", "legacy"]'

@@ -13,16 +13,20 @@ entry below, and (if virtvold serves it) its handler in ``daemon/dispatch.py``.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from virtvol.protocol.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Generic, TypeVar, overload
+else:
+    from virtvol.protocol.hints import Generic, TypeVar, overload
 
 from virtvol.protocol import remote as r
 from virtvol.protocol.record import Record
+from virtvol.protocol.xdr import XdrStruct
 
-if TYPE_CHECKING:
-    from virtvol.protocol.xdr import XdrStruct
-
-ArgsT = TypeVar("ArgsT", bound="XdrStruct | None")
-RetT = TypeVar("RetT", bound="XdrStruct | None")
+ArgsT = TypeVar("ArgsT", bound=XdrStruct | None)
+RetT = TypeVar("RetT", bound=XdrStruct | None)
 
 # Words libvirt's API names spell in capitals (virStoragePoolCreateXML).
 _CAPITAL_WORDS = frozenset({"XML", "UUID", "URI"})

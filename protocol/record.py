@@ -26,20 +26,31 @@ costs what a dataclass's generated ``__init__`` costs.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, ClassVar, dataclass_transform
+import sys
+
+from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import inspect
     from collections.abc import Callable
+    from typing import Any, dataclass_transform
 
     # How a value goes into one slot: the ``__set__`` of the slot's descriptor.
     Setter = Callable[[Any, Any], None]
+else:
+    from virtvol.protocol.hints import dataclass_transform
 
 
 def _is_class_variable(annotation: object) -> bool:
     if isinstance(annotation, str):
         return annotation.startswith(("ClassVar", "typing.ClassVar"))
-    return annotation is ClassVar or getattr(annotation, "__origin__", None) is ClassVar
+    # An annotation object that is a ClassVar comes from a module that imported
+    # typing: when nothing has, there is none (and typing is not imported for it).
+    typing = sys.modules.get("typing")
+    if typing is None:
+        return False
+    class_var = typing.ClassVar
+    return annotation is class_var or getattr(annotation, "__origin__", None) is class_var
 
 
 def _values_getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:

@@ -2,12 +2,20 @@
 
 Names follow libvirt's ``remote_<procedure>_args`` / ``_ret`` in CamelCase.
 ``char`` members (pool state, volume type) travel as 32-bit ints.
+
+Unlike the rest of the package, this module does not postpone its annotations
+(no ``from __future__ import annotations``): the fields' XDR types are read from
+them as objects, which needs no ``typing`` at run time (``xdr._field_hints``).
 """
 
-from __future__ import annotations
-
 import struct
-from typing import TYPE_CHECKING, Annotated, Self
+
+from virtvol.protocol.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Annotated, Self
+else:
+    from virtvol.protocol.hints import Annotated
 
 from virtvol.protocol.constants import (
     MESSAGE_STRING_MAX,
@@ -94,7 +102,7 @@ class RemoteError(XdrStruct):
     net: Annotated[Network | None, Optional(Network.codec())] = None
 
     @classmethod
-    def from_report(cls, report: ErrorReport) -> RemoteError:
+    def from_report(cls, report: "ErrorReport") -> "RemoteError":
         """The wire form of an error raised to be reported to the peer."""
         return cls(
             code=report.code,
@@ -123,7 +131,7 @@ class StreamHole(XdrStruct):
             return super().encode()  # out of range: the generic encoder names the field
 
     @classmethod
-    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+    def decode(cls, data: bytes | bytearray | memoryview) -> "Self":
         # As ``encode``: one struct for the one well-formed size, the generic decoder
         # (and its error messages) for anything else.
         if len(data) == _STREAM_HOLE.size:

@@ -13,20 +13,22 @@ is compiled once, on first use, into a list of field codecs.
 Decoding never trusts the peer: every length is checked against the declared
 maximum and against the bytes that are left *before* anything is allocated,
 errors name the path of the field that failed, and trailing bytes are an
-error. Encoding uses xdrlib3's packer for the primitives.
+error. Encoding refuses what does not fit its XDR type rather than wrapping it.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-import typing
-from typing import Any, ClassVar, Self
-
-import xdrlib3
+import sys
 
 from virtvol.protocol.exceptions import XdrDecodeError, XdrEncodeError
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
+
+if TYPE_CHECKING:
+    # Records read their annotations as text: none is needed at run time.
+    from typing import Any, ClassVar, Self  # noqa: TC004
 
 _INT = struct.Struct(">i")
 _UINT = struct.Struct(">I")
@@ -89,12 +91,46 @@ class Reader:
             raise XdrDecodeError(path, f"{self.remaining} trailing bytes")
 
 
+class Writer:
+    """Bytes being encoded. A value out of range raises ``struct.error``."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def int32(self, value: int) -> None:
+        self._buffer += _INT.pack(value)
+
+    def uint32(self, value: int) -> None:
+        self._buffer += _UINT.pack(value)
+
+    def int64(self, value: int) -> None:
+        self._buffer += _HYPER.pack(value)
+
+    def uint64(self, value: int) -> None:
+        self._buffer += _UHYPER.pack(value)
+
+    def fixed(self, data: bytes) -> None:
+        """``data`` and the zero bytes that pad it to a multiple of four."""
+        self._buffer += data
+        self._buffer += bytes(-len(data) % 4)
+
+    def variable(self, data: bytes) -> None:
+        """The length of ``data``, then ``data`` padded."""
+        self._buffer += _UINT.pack(len(data))
+        self.fixed(data)
+
+    def getvalue(self) -> bytes:
+        return bytes(self._buffer)
+
+
 class Codec:
     """How one XDR type is written and read."""
 
     python_type: ClassVar[str] = "object"
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+    def pack(self, writer: Writer, value: Any) -> None:
         raise NotImplementedError
 
     def unpack(self, reader: Reader, path: str) -> Any:
@@ -108,8 +144,8 @@ class Codec:
 class Int(Codec):
     """``int``: signed 32-bit."""
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
-        packer.pack_int(value)
+    def pack(self, writer: Writer, value: Any) -> None:
+        writer.int32(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return reader.int32(path)
@@ -118,8 +154,8 @@ class Int(Codec):
 class UInt(Codec):
     """``unsigned int``: unsigned 32-bit."""
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
-        packer.pack_uint(value)
+    def pack(self, writer: Writer, value: Any) -> None:
+        writer.uint32(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return reader.uint32(path)
@@ -128,11 +164,10 @@ class UInt(Codec):
 class Hyper(Codec):
     """``hyper``: signed 64-bit."""
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
-        # xdrlib3 masks hypers to 64 bits: refuse what would wrap around.
+    def pack(self, writer: Writer, value: Any) -> None:
         if not -(1 << 63) <= value < 1 << 63:
             raise XdrEncodeError("", f"{value} is out of range for a hyper")
-        packer.pack_hyper(value)
+        writer.int64(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return reader.int64(path)
@@ -144,10 +179,10 @@ class Hyper(Codec):
 class UHyper(Codec):
     """``unsigned hyper``: unsigned 64-bit."""
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+    def pack(self, writer: Writer, value: Any) -> None:
         if not 0 <= value < 1 << 64:
             raise XdrEncodeError("", f"{value} is out of range for an unsigned hyper")
-        packer.pack_uhyper(value)
+        writer.uint64(value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return reader.uint64(path)
@@ -159,8 +194,8 @@ class UHyper(Codec):
 class Bool(Codec):
     """``bool``: 0 or 1 in 32 bits; anything else is a decoding error."""
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
-        packer.pack_uint(1 if value else 0)
+    def pack(self, writer: Writer, value: Any) -> None:
+        writer.uint32(1 if value else 0)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         raw = reader.uint32(path)
@@ -174,8 +209,8 @@ class Enum(Record, Codec):
 
     enum_type: type[enum.IntEnum]
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
-        packer.pack_int(int(value))
+    def pack(self, writer: Writer, value: Any) -> None:
+        writer.int32(int(value))
 
     def unpack(self, reader: Reader, path: str) -> Any:
         raw = reader.int32(path)
@@ -193,7 +228,7 @@ class String(Record, Codec):
 
     maximum: int
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+    def pack(self, writer: Writer, value: Any) -> None:
         try:
             raw = value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError as error:
@@ -202,7 +237,7 @@ class String(Record, Codec):
             raise XdrEncodeError(
                 "", f"string of {len(raw)} bytes exceeds the maximum {self.maximum}"
             )
-        packer.pack_string(raw)
+        writer.variable(raw)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return reader.variable(self.maximum, path).decode("utf-8", "surrogateescape")
@@ -213,12 +248,12 @@ class Opaque(Record, Codec):
 
     maximum: int
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+    def pack(self, writer: Writer, value: Any) -> None:
         if len(value) > self.maximum:
             raise XdrEncodeError(
                 "", f"opaque of {len(value)} bytes exceeds the maximum {self.maximum}"
             )
-        packer.pack_opaque(bytes(value))
+        writer.variable(bytes(value))
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return reader.variable(self.maximum, path)
@@ -229,10 +264,10 @@ class FixedOpaque(Record, Codec):
 
     size: int
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+    def pack(self, writer: Writer, value: Any) -> None:
         if len(value) != self.size:
             raise XdrEncodeError("", f"fixed opaque needs {self.size} bytes, got {len(value)}")
-        packer.pack_fopaque(self.size, bytes(value))
+        writer.fixed(bytes(value))
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return reader.fixed(self.size, path)
@@ -246,12 +281,12 @@ class Optional(Record, Codec):
 
     inner: Codec
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+    def pack(self, writer: Writer, value: Any) -> None:
         if value is None:
-            packer.pack_uint(0)
+            writer.uint32(0)
         else:
-            packer.pack_uint(1)
-            self.inner.pack(packer, value)
+            writer.uint32(1)
+            self.inner.pack(writer, value)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         present = reader.uint32(path)
@@ -266,12 +301,12 @@ class Array(Record, Codec):
     inner: Codec
     maximum: int
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
+    def pack(self, writer: Writer, value: Any) -> None:
         if len(value) > self.maximum:
             raise XdrEncodeError("", f"array of {len(value)} exceeds the maximum {self.maximum}")
-        packer.pack_uint(len(value))
+        writer.uint32(len(value))
         for item in value:
-            self.inner.pack(packer, item)
+            self.inner.pack(writer, item)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         count = reader.uint32(path)
@@ -290,8 +325,8 @@ class Struct(Record, Codec):
 
     struct_type: type[XdrStruct]
 
-    def pack(self, packer: xdrlib3.Packer, value: Any) -> None:
-        value.pack(packer)
+    def pack(self, writer: Writer, value: Any) -> None:
+        value.pack(writer)
 
     def unpack(self, reader: Reader, path: str) -> Any:
         return self.struct_type.unpack(reader, path)
@@ -323,14 +358,14 @@ class XdrStruct(Record):
         """This struct as a codec, to nest it inside ``Optional`` or ``Array``."""
         return Struct(cls)
 
-    def pack(self, packer: xdrlib3.Packer) -> None:
+    def pack(self, writer: Writer) -> None:
         for name, codec in self.fields():
             try:
-                codec.pack(packer, getattr(self, name))
+                codec.pack(writer, getattr(self, name))
             except XdrEncodeError as error:
                 inner = f" ({error.path})" if error.path else ""
                 raise XdrEncodeError(f"{type(self).__name__}.{name}{inner}", error.reason) from None
-            except (struct.error, xdrlib3.Error, TypeError, AttributeError) as error:
+            except (struct.error, TypeError, AttributeError) as error:
                 raise XdrEncodeError(f"{type(self).__name__}.{name}", str(error)) from None
 
     @classmethod
@@ -341,10 +376,9 @@ class XdrStruct(Record):
 
     def encode(self) -> bytes:
         """The XDR bytes of this value."""
-        packer = xdrlib3.Packer()
-        self.pack(packer)
-        result: bytes = packer.get_buffer()
-        return result
+        writer = Writer()
+        self.pack(writer)
+        return writer.getvalue()
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Self:
@@ -356,16 +390,52 @@ class XdrStruct(Record):
 
 
 def _compile_fields(cls: type[XdrStruct]) -> list[_Field]:
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = _field_hints(cls)
     return [(field, _codec_for(hints[field], cls)) for field in cls._record_fields]
 
 
+def _field_hints(cls: type[XdrStruct]) -> dict[str, object]:
+    """The annotation of each field, as ``typing.get_type_hints`` gives it.
+
+    The protocol's own structs (``virtvol.protocol.remote``) are declared without
+    ``from __future__ import annotations``: their annotations are objects already,
+    read here without importing typing (see ``virtvol.protocol.hints``). Structs
+    declared elsewhere may have their annotations as text, which typing evaluates
+    where the class was declared (the fields' only: a ``ClassVar`` of a base class
+    may name what exists for type checkers alone).
+    """
+    fields = set(cls._record_fields)
+    hints: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        declared = vars(klass).get("__annotations__", {})
+        own = {field: hint for field, hint in declared.items() if field in fields}
+        if any(isinstance(hint, str) for hint in own.values()):
+            import typing
+
+            module_names = vars(sys.modules[klass.__module__])
+            own = typing.get_type_hints(
+                _Annotated(own), module_names, dict(vars(klass)), include_extras=True
+            )
+        hints.update(own)
+    return hints
+
+
+class _Annotated:
+    """Something with annotations, for ``typing.get_type_hints``."""
+
+    def __init__(self, annotations: dict[str, object]) -> None:
+        self.__annotations__ = annotations
+
+
 def _codec_for(hint: Any, owner: type) -> Codec:
-    if typing.get_origin(hint) is typing.Annotated:
-        for extra in hint.__metadata__:
+    # ``Annotated[...]``, typing's or ``virtvol.protocol.hints``': the XDR type is in
+    # the metadata.
+    metadata = getattr(hint, "__metadata__", None)
+    if metadata is not None:
+        for extra in metadata:
             if isinstance(extra, Codec):
                 return extra
-        hint = typing.get_args(hint)[0]
+        hint = hint.__origin__
     if isinstance(hint, type) and issubclass(hint, XdrStruct):
         return Struct(hint)
     raise TypeError(f"{owner.__name__}: no XDR type for {hint!r}")
@@ -373,10 +443,12 @@ def _codec_for(hint: Any, owner: type) -> Codec:
 
 def encode_value(codec: Codec, value: Any) -> bytes:
     """Encode a bare value (not a struct) with ``codec``."""
-    packer = xdrlib3.Packer()
-    codec.pack(packer, value)
-    result: bytes = packer.get_buffer()
-    return result
+    writer = Writer()
+    try:
+        codec.pack(writer, value)
+    except (struct.error, TypeError, AttributeError) as error:
+        raise XdrEncodeError("", str(error)) from None
+    return writer.getvalue()
 
 
 def decode_value(codec: Codec, data: bytes | bytearray | memoryview, path: str = "value") -> Any:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
 
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:

@@ -9,7 +9,13 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Sequence
-from typing import cast
+
+from virtvol.protocol.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import cast
+else:
+    from virtvol.protocol.hints import cast
 
 from . import libc
 from .extents import iter_extents

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+
+from virtvol.protocol.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["errno", "function", "raise_errno"]
 

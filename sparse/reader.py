@@ -18,8 +18,8 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from typing import TYPE_CHECKING
 
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 from .cache import ReadWindow

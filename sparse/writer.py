@@ -28,7 +28,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import TYPE_CHECKING
+
+from virtvol.protocol.hints import TYPE_CHECKING
 
 from . import files
 from .zeros import Bytes, zero_runs

@@ -281,3 +281,16 @@ def test_importing_the_protocol_core_needs_no_dataclasses_or_event_loop() -> Non
     assert not imported & {"asyncio", "dataclasses", "inspect", "socket", "ssl"}
     for cls in (StoragePool, RemoteError, StreamDataReceived, Header):
         assert not hasattr(cls, "__dataclass_fields__")
+
+
+def test_without_typing_imported_no_annotation_object_is_a_class_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A command imports no typing (virtvol.protocol.hints), so no ClassVar object can
+    # exist, and the check must not import typing to find out.
+    from virtvol.protocol import record
+
+    monkeypatch.delitem(sys.modules, "typing")
+    assert not record._is_class_variable(int)
+    assert "typing" not in sys.modules
+    assert record._is_class_variable("ClassVar[int]")
