@@ -14,8 +14,6 @@ The names in ``__all__`` are the public API: connecting (``connect``,
 tests. Other modules and names are internal: they may change in any release.
 """
 
-from typing import TYPE_CHECKING
-
 from virtvol.client.connection import Connection, PendingConnection, connect
 from virtvol.client.errors import (
     CallTimeout,
@@ -48,6 +46,7 @@ from virtvol.client.objects import (
 )
 from virtvol.client.uri import default_uri
 from virtvol.client.xmldesc import volume_xml
+from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from virtvol.client.streams import Download, Hole, Upload

@@ -20,7 +20,6 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, NoReturn
 
 from virtvol.client.cli_args import (
     ArgumentError,
@@ -50,10 +49,12 @@ from virtvol.protocol.constants import (
     VolCreateFlags,
     VolDeleteFlags,
 )
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     import asyncio
+    from typing import NoReturn
 
 __all__ = ["main"]
 

@@ -17,12 +17,12 @@ The error texts are virsh's, so that a typo reads the same in both.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Literal, TypeAlias
 
 __all__ = [
     "ArgumentError",
@@ -33,7 +33,7 @@ __all__ = [
     "parse_arguments",
 ]
 
-Kind = Literal["bool", "string", "number"]
+Kind: TypeAlias = 'Literal["bool", "string", "number"]'
 
 
 class ArgumentError(Exception):

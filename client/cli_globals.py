@@ -8,9 +8,8 @@ first word that is not an option: the command.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from virtvol.client.cli_args import ArgumentError
+from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

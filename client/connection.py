@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Self
 
 from virtvol.client.errors import (
     LibvirtError,
@@ -27,11 +26,13 @@ from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import AuthType, DriverFeature, ProtocolMode
+from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import uuid as uuidlib
     from collections.abc import Coroutine, Generator
     from types import TracebackType
+    from typing import Self
 
     from virtvol.client.interfaces import CallEngine
     from virtvol.client.rpc import RpcProtocol
@@ -304,6 +305,10 @@ def connect_failure(target: Target, exc: OSError) -> TransportError:
         reason = exc.strerror or str(exc)
     if target.socket_path is not None:
         return TransportError(f"Failed to connect socket to '{target.socket_path}': {reason}")
+    if isinstance(exc, socket.gaierror):
+        return TransportError(
+            f"Unable to resolve address '{target.host}' service '{target.port}': {reason}"
+        )
     return TransportError(f"unable to connect to server at '{target.host}:{target.port}': {reason}")
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING
 
 from virtvol.client.direct import DirectRpc
 from virtvol.client.errors import (
@@ -57,6 +56,7 @@ from virtvol.protocol.connection import (
     StreamItemsReceived,
 )
 from virtvol.protocol.exceptions import LocalProtocolError
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.sparse.reader import SparseReader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_view

@@ -32,10 +32,10 @@ The protocol core raises its own exceptions (``virtvol.protocol.exceptions``);
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorLevel
 from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
+from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -17,19 +17,37 @@ skipped.
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 
 from virtvol.client.errors import InvalidURI
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
+
+if TYPE_CHECKING:
+    import re
 
 __all__ = ["ClientConfig", "config_path", "load_client_config"]
 
 _ALIAS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_TOKEN = re.compile(
+_TOKEN = (
     r"""\s+|\#[^\n]*|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<string>"[^"\n]*"|'[^'\n]*')"""
     r"""|(?P<number>-?\d+)|(?P<punct>[=\[\],;])"""
 )
+
+
+@functools.cache
+def _token_pattern() -> re.Pattern[str]:
+    # Imported when a file has settings: re is ~2 ms of a command's start-up, and
+    # the file as installed holds comments only.
+    import re
+
+    return re.compile(_TOKEN)
+
+
+def _holds_nothing(text: str) -> bool:
+    """True for blank lines and comments only: there is nothing to read."""
+    return all(not line.strip() or line.lstrip().startswith("#") for line in text.split("\n"))
 
 
 class ClientConfig(Record):
@@ -77,10 +95,13 @@ def config_path() -> str:
 
 
 def _values(text: str, path: str) -> dict[str, str | list[str] | int]:
+    if _holds_nothing(text):
+        return {}
     tokens: list[tuple[str, str]] = []
     pos = 0
+    pattern = _token_pattern()
     while pos < len(text):
-        match = _TOKEN.match(text, pos)
+        match = pattern.match(text, pos)
         if match is None:
             line = text.count("\n", 0, pos) + 1
             raise InvalidURI(f"{path}:{line}: cannot read the configuration near {text[pos]!r}")

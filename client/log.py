@@ -10,7 +10,13 @@ application's logging configuration applies as usual.
 from __future__ import annotations
 
 import _thread
-from typing import TYPE_CHECKING, cast
+
+from virtvol.protocol.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import cast
+else:
+    from virtvol.protocol.hints import cast
 
 if TYPE_CHECKING:
     import logging

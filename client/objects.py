@@ -6,8 +6,6 @@ pool name, name and key); every property that can change is fetched anew.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import PoolInfo as PoolInfo
@@ -15,6 +13,7 @@ from virtvol.protocol.constants import PoolState as PoolState
 from virtvol.protocol.constants import PoolXMLFlags, VolInfoFlags, VolResizeFlags
 from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
+from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import enum

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Self, TextIO
 
 from virtvol.client.sizes import format_size
+from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Self, TextIO
 
     from rich.progress import Progress, ProgressColumn, Task, TaskID
 

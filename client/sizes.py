@@ -9,13 +9,25 @@ least 1 (``0.00 B``, ``9.77 KiB``, ``251.97 GiB``).
 
 from __future__ import annotations
 
-import re
+import functools
+
+from virtvol.protocol.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import re
 
 __all__ = ["SizeError", "format_size", "parse_size"]
 
 _UNITS = "kmgtpe"
 _PRETTY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-_NUMBER = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+@functools.cache
+def _number() -> re.Pattern[str]:
+    # re is ~2 ms of start-up, and most commands read no size.
+    import re
+
+    return re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
 
 
 class SizeError(ValueError):
@@ -41,7 +53,7 @@ def parse_size(text: str, *, default_scale: int = 1) -> int:
     Raises:
         SizeError: not a non-negative integer with a known suffix.
     """
-    match = _NUMBER.fullmatch(text)
+    match = _number().fullmatch(text)
     if match is None:
         raise SizeError(f"invalid size '{text}'")
     value, suffix = int(match.group(1)), match.group(2)

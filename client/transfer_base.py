@@ -22,12 +22,12 @@ import errno
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from virtvol.client.errors import InvalidArgument, LibvirtError, SparseUnsupported
 from virtvol.client.log import log
 from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 from virtvol.sparse.zeros import zero_runs
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.client.helpers import MIB, leftovers
-from tests.conftest import ReferenceLibvirtd, Virtvold, run_virsh
+from tests.conftest import ReferenceLibvirtd, Virtvold, free_port, run_virsh
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -324,6 +324,21 @@ def test_changing_spellings_match_virsh(
     ):
         both_changing(uri, *template)
     assert (tmp_path / "out-a").read_bytes() == (tmp_path / "out-b").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "no-such-host.invalid:16599",  # no such name
+        "a..b",  # a name no resolver takes (it used to end in a UnicodeError traceback)
+        "127.0.0.1:{port}",  # nobody listening
+    ],
+)
+def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None:
+    uri = f"storage+tcp://{address.format(port=free_port())}/system"
+    _, err, code = both(uri, "pool-list")
+    assert err.startswith("error: failed to connect to the hypervisor\nerror: "), err
+    assert code == 1
 
 
 def test_download_onto_a_directory_is_refused_at_once(

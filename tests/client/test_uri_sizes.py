@@ -173,3 +173,23 @@ def test_renamed_volume_xml() -> None:
     for bad in ("<pool><name>x</name></pool>", "<volume/>", "<volume"):
         with pytest.raises(ValueError, match="not a volume's XML"):
             renamed_volume_xml(bad, "b")
+
+
+@pytest.mark.parametrize(
+    ("text", "default"),
+    [
+        ('# uri_default = "storage:///x"\n\n   # indented comment\n\t\n', None),
+        ("", None),
+        ("  uri_default = 'storage:///x' # not a comment line\n", "storage:///x"),
+        ('# comment\nuri_default = "a#b"\n', "a#b"),
+    ],
+)
+def test_client_config_of_comments_only(tmp_path: Path, text: str, default: str | None) -> None:
+    # A file of comments (libvirt.conf as Debian installs it) is read without
+    # tokenizing; a setting after comments, or a "#" inside a value, still counts.
+    conf = tmp_path / "libvirt.conf"
+    conf.write_text(text)
+    config = load_client_config(conf)
+    assert config.uri_default == default
+    assert config.uri_aliases == ()
+    assert config.path == str(conf)
