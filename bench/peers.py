@@ -81,6 +81,10 @@ class _LibvirtProtocolPeer(Peer):
             return self.tls_uri
         return self.uris[transport]
 
+    def list_pools(self, transport: str) -> list[str]:
+        """The command line of a ``pool-list``: a command's start-up, one call and output."""
+        raise NotImplementedError
+
     def create_volume(self, name: str, size: int) -> None:
         uri = self.uris["tcp"]
         _virsh(uri, "vol-create-as", self.pool, name, str(size), "--allocation", "0")
@@ -152,6 +156,9 @@ class Virtvold(_LibvirtProtocolPeer):
     def download(self, transport: str, name: str, target: Path) -> list[str]:
         return self._command("vol-download", transport, name, target)
 
+    def list_pools(self, transport: str) -> list[str]:
+        return [str(VENV_BIN / "virtvol"), "-c", self.transfer_uri(transport), "pool-list"]
+
     def daemon_pids(self) -> list[int]:
         return [self.process.pid]
 
@@ -186,6 +193,9 @@ class Libvirtd(_LibvirtProtocolPeer):
 
     def download(self, transport: str, name: str, target: Path) -> list[str]:
         return self._command("vol-download", transport, name, target)
+
+    def list_pools(self, transport: str) -> list[str]:
+        return ["virsh", "-c", self.transfer_uri(transport), "pool-list"]
 
     def daemon_pids(self) -> list[int]:
         return [self.peer.pid]

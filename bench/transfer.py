@@ -7,7 +7,8 @@ virtvold, virsh <-> a real libvirtd started on the spot, nbdcopy <-> nbdkit;
 over TCP and a Unix socket; with the page cache warm (source and volume read
 just before) and cold (``echo 3 > /proc/sys/vm/drop_caches`` before each
 transfer, as root). Rows: dense, sparse, fragmented and mostly-empty huge
-images, and 8 transfers at once. Every cell is the median whole-process time
+images, and 8 transfers at once; then a ``pool-list`` against virsh's (the
+start-up every short command pays, ``bench.startup``). Every cell is the median whole-process time
 of ``--repeat`` runs, the peers taking turns run by run; the first of each is
 checked byte for byte. The table shows the ratios against
 libvirt, against the best other peer and against the raw loopback rate
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import disk, images, loopback
+from bench import disk, images, loopback, startup
 from bench.harness import VENV_BIN, peak_rss_kib, reset_peak_rss, timed, traversable_tempdir
 from bench.images import GIB, MIB, TIB, Image
 from bench.peers import Libvirtd, Nbdkit, Peer, Virtvold
@@ -464,6 +465,7 @@ def main() -> None:
         small.write(source)
         bench.run_concurrent(small, source, peers, Condition("tcp", "warm"))
         source.unlink()
+        startup_seconds = startup.measure(virtvold, libvirtd, runs=5 if quick else startup.RUNS)
         sized = [images.dense(256 * MIB)]
         if not quick:
             sized += [images.dense(4 * GIB), images.sparse(64 * GIB, 512 * MIB, pieces=16)]
@@ -488,6 +490,7 @@ def main() -> None:
         print("virtvol and virsh over TLS where it says tcp (nbdcopy over plain TCP).")
     print("Noisy shared machine: compare ratios within one run.\n")
     misses = report(bench, raw, virtvold.name, libvirtd.name, [nbdkit.name])
+    misses += startup.report(startup_seconds)
     if nosync is not None:
         print("\ndurable uploads (the default) against sync_uploads = false, warm TCP", end="")
         if disk_rate is None:
@@ -530,6 +533,7 @@ def main() -> None:
         "disk_bytes_per_second": disk_rate,
         "cells": [asdict(c) | {"median": c.seconds} for c in bench.cells],
         "memory": [asdict(m) for m in memory],
+        "startup_seconds": startup_seconds,
         "misses": misses,
     }
     Path(options.json).write_text(json.dumps(result, indent=1) + "\n")
