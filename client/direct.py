@@ -100,6 +100,11 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX")
 # of this size: 16 times fewer reads and loop turns than the protocol core's default,
 # for memory a command can spare (a daemon keeps one such buffer per client).
 RECEIVE_BUFFER = 256 << 10
+# The first allocation for a large frame: virtvold's download frames (4 MiB) fit, where
+# the protocol's default (64 KiB, doubled as bytes arrive: six allocations and copies
+# for one such frame) guards a server against peers announcing frames they never send.
+# One connection's worth is bounded: a daemon can make this command commit 4 MiB.
+PAYLOAD_FIRST_STEP = 4 << 20
 
 _T = TypeVar("_T")
 
@@ -206,7 +211,12 @@ class DirectRpc:
     def __init__(self, sock: socket.socket, description: str) -> None:
         # A fragmented download is two small frames per extent: they reach the stream's
         # sink a read's worth at a time.
-        self.core = ProtocolCore(Side.CLIENT, gather_stream_items=True, scratch_size=RECEIVE_BUFFER)
+        self.core = ProtocolCore(
+            Side.CLIENT,
+            gather_stream_items=True,
+            scratch_size=RECEIVE_BUFFER,
+            payload_first_step=PAYLOAD_FIRST_STEP,
+        )
         self.description = description
         self.deadline: float | None = None
         self.pings_received = 0

@@ -52,6 +52,7 @@ from virtvol.protocol.exceptions import (
 )
 from virtvol.protocol.frames import (
     FRAME_HEAD,
+    PAYLOAD_FIRST_STEP,
     SCRATCH_SIZE,
     Frame,
     FrameReader,
@@ -238,6 +239,7 @@ class Connection:
             small frames per extent), for consumers that handle it.
         scratch_size: the receive buffer of small frames (``FrameReader``): each read
             of the socket fills at most this much of it.
+        payload_first_step: the first allocation for a large payload (``FrameReader``).
     """
 
     def __init__(
@@ -248,11 +250,15 @@ class Connection:
         payload_buffers: PayloadBuffers | None = None,
         gather_stream_items: bool = False,
         scratch_size: int = SCRATCH_SIZE,
+        payload_first_step: int = PAYLOAD_FIRST_STEP,
     ) -> None:
         self.side = side
         self._gather_stream_items = gather_stream_items
         self.reader = FrameReader(
-            max_message=max_message, scratch_size=scratch_size, payload_buffers=payload_buffers
+            max_message=max_message,
+            scratch_size=scratch_size,
+            payload_buffers=payload_buffers,
+            payload_first_step=payload_first_step,
         )
         self._next_serial = 0
         self._pending: dict[int, int] = {}  # serial -> procedure

@@ -193,6 +193,10 @@ class FrameReader:
         payload_buffers: where large payloads' memory is recycled; a server shares one
             among its connections, so that a new connection's first frames land in
             memory that earlier ones left free. None: a pool of this reader's own.
+        payload_first_step: the first fresh allocation for a large payload, before
+            bytes arrive to justify more (``PAYLOAD_FIRST_STEP``). A client of one
+            connection may commit a download frame's worth at once, where a server,
+            which many peers could make wait with announced frames, may not.
     """
 
     def __init__(
@@ -201,9 +205,11 @@ class FrameReader:
         max_message: int = MESSAGE_MAX,
         scratch_size: int = SCRATCH_SIZE,
         payload_buffers: PayloadBuffers | None = None,
+        payload_first_step: int = PAYLOAD_FIRST_STEP,
     ) -> None:
         if scratch_size < FRAME_OVERHEAD:
             raise ValueError("scratch buffer smaller than a frame head")
+        self._payload_first_step = payload_first_step
         self._max_length = LENGTH_WORD_SIZE + max_message
         self._scratch = bytearray(scratch_size)
         self._scratch_view = memoryview(self._scratch)
@@ -353,7 +359,7 @@ class FrameReader:
         already = self._end - self._start - FRAME_OVERHEAD
         payload = self._payload_buffers.take_free(size)
         if payload is None:
-            fresh = bytearray(min(size, max(PAYLOAD_FIRST_STEP, 2 * already)))
+            fresh = bytearray(min(size, max(self._payload_first_step, 2 * already)))
             if len(fresh) == size:
                 self._payload_buffers.adopt(fresh)
             payload = memoryview(fresh)

@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from virtvol.protocol.constants import MESSAGE_MAX, MessageStatus, MessageType
+from virtvol.protocol.constants import FRAME_OVERHEAD, MESSAGE_MAX, MessageStatus, MessageType
 from virtvol.protocol.exceptions import RemoteProtocolError
 from virtvol.protocol.frames import (
     PAYLOAD_FIRST_STEP,
@@ -235,3 +235,24 @@ def test_a_scratch_buffer_shrunk_under_a_frame_it_holds_leaves_room(held: int) -
     _read_like_a_transport(reader, wire[held:])
     assert [bytes(frame.payload) for frame in reader] == [bytes([n]) * 5000 for n in range(3)]
     assert reader.at_frame_boundary()
+
+
+def test_a_larger_first_step_takes_a_download_frame_in_one_allocation() -> None:
+    # The command line's reader (client/direct.py) commits 4 MiB at the first word of a
+    # 4 MiB frame, where the default grows from 64 KiB: no copies, one allocation.
+    reader = FrameReader(payload_first_step=4 << 20)
+    payload = bytes(range(256)) * ((4 << 20) // 256)
+    frame = encode_frame(_HEADER, payload)
+    reader.feed(frame[:1000])
+    buffer = reader.get_buffer()
+    assert len(buffer) == len(payload) - (1000 - FRAME_OVERHEAD)
+    for start in range(1000, len(frame), 256 << 10):
+        reader.feed(frame[start : start + (256 << 10)])
+        assert reader.get_buffer().obj is buffer.obj or reader.at_frame_boundary()
+    received = reader.next_frame()
+    assert received is not None
+    assert bytes(received.payload) == payload
+    # Never more than the frame announced, and only up to the first step ahead.
+    announced_32_mib = FrameReader(payload_first_step=4 << 20)
+    announced_32_mib.feed(encode_head(_HEADER, MESSAGE_MAX - 24))
+    assert len(announced_32_mib.get_buffer()) == 4 << 20
