@@ -235,4 +235,14 @@ class VolumeInfo(Record):
 
 # How a peer plays the protocol: as libvirt 9.0 ("current") or as a libvirt from
 # before sparse streams (3.3, "legacy").
-ProtocolMode: TypeAlias = 'Literal["current", "legacy"]'
+if TYPE_CHECKING:
+    ProtocolMode: TypeAlias = Literal["current", "legacy"]
+else:
+
+    def __getattr__(name: str) -> object:
+        # ProtocolMode is made on first use: a command does not import typing for it.
+        if name == "ProtocolMode":
+            from typing import Literal
+
+            return Literal["current", "legacy"]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -209,6 +209,8 @@ class FrameReader:
     ) -> None:
         if scratch_size < FRAME_OVERHEAD:
             raise ValueError("scratch buffer smaller than a frame head")
+        if payload_first_step < 1:
+            raise ValueError("a payload's first step must be at least one byte")
         self._payload_first_step = payload_first_step
         self._max_length = LENGTH_WORD_SIZE + max_message
         self._scratch = bytearray(scratch_size)

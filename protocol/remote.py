@@ -3,10 +3,12 @@
 Names follow libvirt's ``remote_<procedure>_args`` / ``_ret`` in CamelCase.
 ``char`` members (pool state, volume type) travel as 32-bit ints.
 
-Unlike the rest of the package, this module does not postpone its annotations
-(no ``from __future__ import annotations``): the fields' XDR types are read from
-them as objects, which needs no ``typing`` at run time (``xdr._field_hints``).
+Every field is annotated with a name defined in this module (an ``Annotated``
+alias or a struct): the codec looks the name up, which needs no ``typing`` at
+run time (``xdr._field_hints``).
 """
+
+from __future__ import annotations
 
 import struct
 
@@ -50,6 +52,7 @@ OptionalString = Annotated[str | None, Optional(String(REMOTE_STRING_MAX))]
 Uuid = Annotated[bytes, FixedOpaque(VIR_UUID_BUFLEN)]
 I32 = Annotated[int, Int()]
 U32 = Annotated[int, UInt()]
+I64 = Annotated[int, Hyper()]
 U64 = Annotated[int, UHyper()]
 
 
@@ -84,6 +87,8 @@ class Network(XdrStruct):
 
 
 ErrorString = Annotated[str | None, Optional(String(MESSAGE_STRING_MAX))]
+OptionalDomain = Annotated[Domain | None, Optional(Domain.codec())]
+OptionalNetwork = Annotated[Network | None, Optional(Network.codec())]
 
 
 class RemoteError(XdrStruct):
@@ -93,16 +98,16 @@ class RemoteError(XdrStruct):
     domain: I32
     message: ErrorString
     level: I32 = 2
-    dom: Annotated[Domain | None, Optional(Domain.codec())] = None
+    dom: OptionalDomain = None
     str1: ErrorString = None
     str2: ErrorString = None
     str3: ErrorString = None
     int1: I32 = -1
     int2: I32 = -1
-    net: Annotated[Network | None, Optional(Network.codec())] = None
+    net: OptionalNetwork = None
 
     @classmethod
-    def from_report(cls, report: "ErrorReport") -> "RemoteError":
+    def from_report(cls, report: ErrorReport) -> RemoteError:
         """The wire form of an error raised to be reported to the peer."""
         return cls(
             code=report.code,
@@ -119,7 +124,7 @@ class RemoteError(XdrStruct):
 class StreamHole(XdrStruct):
     """``virNetStreamHole``: the payload of a skip (STREAM_HOLE) frame."""
 
-    length: Annotated[int, Hyper()]
+    length: I64
     flags: U32 = 0
 
     def encode(self) -> bytes:
@@ -131,7 +136,7 @@ class StreamHole(XdrStruct):
             return super().encode()  # out of range: the generic encoder names the field
 
     @classmethod
-    def decode(cls, data: bytes | bytearray | memoryview) -> "Self":
+    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
         # As ``encode``: one struct for the one well-formed size, the generic decoder
         # (and its error messages) for anything else.
         if len(data) == _STREAM_HOLE.size:
@@ -159,8 +164,11 @@ class ConnectSupportsFeatureRet(XdrStruct):
     supported: I32
 
 
+AuthTypes = Annotated[tuple[AuthType, ...], Array(Enum(AuthType), REMOTE_AUTH_TYPE_LIST_MAX)]
+
+
 class AuthListRet(XdrStruct):
-    types: Annotated[tuple[AuthType, ...], Array(Enum(AuthType), REMOTE_AUTH_TYPE_LIST_MAX)]
+    types: AuthTypes
 
 
 class ConnectGetTypeRet(XdrStruct):
@@ -295,10 +303,11 @@ class ListAllPoolsArgs(XdrStruct):
     flags: U32
 
 
+Pools = Annotated[tuple[StoragePool, ...], Array(StoragePool.codec(), REMOTE_STORAGE_POOL_LIST_MAX)]
+
+
 class ListAllPoolsRet(XdrStruct):
-    pools: Annotated[
-        tuple[StoragePool, ...], Array(StoragePool.codec(), REMOTE_STORAGE_POOL_LIST_MAX)
-    ]
+    pools: Pools
     ret: U32
 
 
@@ -308,8 +317,11 @@ class PoolListAllVolumesArgs(XdrStruct):
     flags: U32
 
 
+Volumes = Annotated[tuple[StorageVol, ...], Array(StorageVol.codec(), REMOTE_STORAGE_VOL_LIST_MAX)]
+
+
 class PoolListAllVolumesRet(XdrStruct):
-    vols: Annotated[tuple[StorageVol, ...], Array(StorageVol.codec(), REMOTE_STORAGE_VOL_LIST_MAX)]
+    vols: Volumes
     ret: U32
 
 
@@ -400,8 +412,11 @@ class ListSecretsArgs(XdrStruct):
     maxuuids: I32
 
 
+SecretUuids = Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_SECRET_LIST_MAX)]
+
+
 class ListSecretsRet(XdrStruct):
-    uuids: Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_SECRET_LIST_MAX)]
+    uuids: SecretUuids
 
 
 class SecretXmlArgs(XdrStruct):
@@ -453,6 +468,9 @@ class ListAllSecretsArgs(XdrStruct):
     flags: U32
 
 
+Secrets = Annotated[tuple[Secret, ...], Array(Secret.codec(), REMOTE_SECRET_LIST_MAX)]
+
+
 class ListAllSecretsRet(XdrStruct):
-    secrets: Annotated[tuple[Secret, ...], Array(Secret.codec(), REMOTE_SECRET_LIST_MAX)]
+    secrets: Secrets
     ret: U32

@@ -27,8 +27,7 @@ from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
-    # Records read their annotations as text: none is needed at run time.
-    from typing import Any, ClassVar, Self  # noqa: TC004
+    from typing import Any, ClassVar, Self
 
 _INT = struct.Struct(">i")
 _UINT = struct.Struct(">I")
@@ -127,8 +126,6 @@ class Writer:
 
 class Codec:
     """How one XDR type is written and read."""
-
-    python_type: ClassVar[str] = "object"
 
     def pack(self, writer: Writer, value: Any) -> None:
         raise NotImplementedError
@@ -342,7 +339,10 @@ class XdrStruct(Record):
     """Base of every XDR struct: subclasses are frozen records with annotated fields."""
 
     __slots__ = ()
-    _xdr_fields: ClassVar[tuple[_Field, ...] | None] = None
+    if TYPE_CHECKING:
+        # Set on each struct class by ``fields``. Declared for the type checker only,
+        # so that ``typing.get_type_hints`` on a struct sees nothing but its fields.
+        _xdr_fields: ClassVar[tuple[_Field, ...] | None]
 
     @classmethod
     def fields(cls) -> tuple[_Field, ...]:
@@ -397,27 +397,39 @@ def _compile_fields(cls: type[XdrStruct]) -> list[_Field]:
 def _field_hints(cls: type[XdrStruct]) -> dict[str, object]:
     """The annotation of each field, as ``typing.get_type_hints`` gives it.
 
-    The protocol's own structs (``virtvol.protocol.remote``) are declared without
-    ``from __future__ import annotations``: their annotations are objects already,
-    read here without importing typing (see ``virtvol.protocol.hints``). Structs
-    declared elsewhere may have their annotations as text, which typing evaluates
-    where the class was declared (the fields' only: a ``ClassVar`` of a base class
-    may name what exists for type checkers alone).
+    A field annotated with a name defined in its class's module (the REMOTE structs
+    use ``Annotated`` aliases and struct names only) is looked up there, which needs
+    no typing at run time (see ``virtvol.protocol.hints``). Any other annotation is
+    evaluated by typing, as ``get_type_hints`` would (the module's names first).
     """
     fields = set(cls._record_fields)
     hints: dict[str, object] = {}
     for klass in reversed(cls.__mro__):
         declared = vars(klass).get("__annotations__", {})
+        module_names = vars(sys.modules[klass.__module__])
         own = {field: hint for field, hint in declared.items() if field in fields}
-        if any(isinstance(hint, str) for hint in own.values()):
-            import typing
-
-            module_names = vars(sys.modules[klass.__module__])
-            own = typing.get_type_hints(
-                _Annotated(own), module_names, dict(vars(klass)), include_extras=True
-            )
-        hints.update(own)
+        for field, hint in own.items():
+            if isinstance(hint, str):
+                if hint.isidentifier() and hint in module_names:
+                    hint = module_names[hint]
+                else:
+                    hints.update(_evaluated(klass, own, module_names))
+                    break
+            hints[field] = hint
     return hints
+
+
+def _evaluated(
+    klass: type, annotations: dict[str, object], module_names: dict[str, object]
+) -> dict[str, object]:
+    """``annotations`` of ``klass`` evaluated by typing, the module's names before the
+    class's own (the order ``typing.get_type_hints`` gives a class)."""
+    import typing
+
+    evaluated: dict[str, object] = typing.get_type_hints(
+        _Annotated(annotations), dict(vars(klass)), module_names, include_extras=True
+    )
+    return evaluated
 
 
 class _Annotated:

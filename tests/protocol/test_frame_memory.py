@@ -256,3 +256,6 @@ def test_a_larger_first_step_takes_a_download_frame_in_one_allocation() -> None:
     announced_32_mib = FrameReader(payload_first_step=4 << 20)
     announced_32_mib.feed(encode_head(_HEADER, MESSAGE_MAX - 24))
     assert len(announced_32_mib.get_buffer()) == 4 << 20
+    for step in (0, -1):
+        with pytest.raises(ValueError, match="first step"):
+            FrameReader(payload_first_step=step)

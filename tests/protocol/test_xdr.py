@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import struct
 import tracemalloc
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import pytest
 from hypothesis import given, settings
@@ -231,3 +231,23 @@ def test_a_hole_payload_of_the_wrong_size_is_refused(size: int) -> None:
 def test_a_hole_out_of_range_is_refused_naming_its_field(length: int, flags: int) -> None:
     with pytest.raises(XdrEncodeError, match=r"StreamHole\.(length|flags)"):
         StreamHole(length, flags).encode()
+
+
+@pytest.mark.parametrize("cls", [*STRUCTS, String, Opaque, Bool], ids=lambda cls: cls.__name__)
+def test_type_hints_of_a_struct_or_codec_are_its_fields(cls: type) -> None:
+    # What users and documentation tools read; the codec needs no typing for it.
+    import typing
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    assert tuple(hints) == getattr(cls, "_record_fields", ())
+
+
+def test_a_field_named_like_a_codec_still_finds_the_codec() -> None:
+    # Annotations evaluated the way typing.get_type_hints does: the module's names
+    # before the class's own (here, each field's slot descriptor).
+    class Clash(XdrStruct):
+        Opaque: Annotated[bytes, Opaque(8)]
+        String: Annotated[str, String(8)]
+
+    value = Clash(b"ab", "cd")
+    assert Clash.decode(value.encode()) == value
