@@ -226,7 +226,7 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
         # virsh's layout: the UUID, then the name padded to 20 columns.
         lines = []
         for pool in pools:
-            parts = [str(pool.uuid)] if args.uuid else []
+            parts = [pool.uuid_string] if args.uuid else []
             if args.name:
                 parts.append(f"{pool.name:<20}")
             lines.append(" ".join(parts) + "\n")
@@ -258,7 +258,7 @@ async def pool_info(conn: Connection, args: SimpleNamespace) -> str:
         info = await pool.info()
         fields = [
             ("Name", pool.name),
-            ("UUID", str(pool.uuid)),
+            ("UUID", pool.uuid_string),
             ("State", _STATE_DETAILS.get(PoolState(info.state), "unknown")),
             ("Persistent", _yes_no(await pool.is_persistent())),
             ("Autostart", _yes_no(await pool.autostart())),

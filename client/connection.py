@@ -25,7 +25,7 @@ from virtvol.client.objects import StoragePool, StorageVolume
 from virtvol.client.uri import SUPPORTED_TRANSPORTS, Target, parse_uri, resolve_uri
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import AuthType, DriverFeature, ProtocolMode
+from virtvol.protocol.constants import AuthType, DriverFeature
 from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,6 +36,17 @@ if TYPE_CHECKING:
 
     from virtvol.client.interfaces import CallEngine
     from virtvol.client.rpc import RpcProtocol
+    from virtvol.protocol.constants import ProtocolMode
+else:
+
+    def __getattr__(name: str) -> object:
+        # ProtocolMode, exported here, is made on first use (virtvol.protocol.constants).
+        if name == "ProtocolMode":
+            from virtvol.protocol import constants
+
+            return constants.ProtocolMode
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
 
@@ -290,6 +301,15 @@ async def _open_transport(target: Target) -> RpcProtocol:
             )
     except OSError as exc:
         raise connect_failure(target, exc) from exc
+    except UnicodeError:
+        # The event loop IDNA-encodes a host name given as text, which refuses names
+        # such as "a..b" that libvirt hands the resolver as they are: ask it so.
+        assert target.host is not None
+        try:
+            await loop.getaddrinfo(target.host.encode(), target.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise connect_failure(target, exc) from exc
+        raise
     return protocol
 
 

@@ -66,8 +66,14 @@ class StoragePool:
 
         return uuidlib.UUID(bytes=self._uuid)
 
+    @property
+    def uuid_string(self) -> str:
+        """The pool's UUID as text (libvirt's ``UUIDString``), without importing uuid."""
+        text = self._uuid.hex()
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
     def __repr__(self) -> str:
-        return f"StoragePool(name={self.name!r}, uuid='{self.uuid}')"
+        return f"StoragePool(name={self.name!r}, uuid='{self.uuid_string}')"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StoragePool) and (self.name, self._uuid) == (

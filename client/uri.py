@@ -8,7 +8,11 @@ rules follow libvirt's remote driver:
   ``unix`` with a host is an error. virtvol itself connects over the
   transports in ``SUPPORTED_TRANSPORTS``; ``connect`` refuses the others
   with ``UnsupportedTransport``.
+* hosts: ``tcp`` and ``tls`` without one connect to ``localhost``.
 * ports: the URI's, else 16509 for tcp and 16514 for tls.
+* what libvirt's URI parser refuses (a character RFC 3986 does not allow, a bad
+  %-escape, a port that is not digits) is refused in its words
+  (``internal error: Unable to parse URI ...``).
 * UNIX socket: ``?socket=PATH`` wins; else ``?mode=legacy|direct|auto``
   chooses between libvirtd's socket and the per-driver daemon's one
   (``virt<driver>d-sock``, ``-sock-ro`` for read-only): ``auto`` takes the
@@ -86,6 +90,11 @@ _PLAIN_URI_CHARACTERS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?=&+,@"
 )
 _SCHEME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+# What RFC 3986 allows in a URI: unreserved and reserved characters, and "%" escapes.
+_RFC3986_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
+)
+_HEX = frozenset("0123456789abcdefABCDEF")
 # What quote_plus leaves as it is (a space becomes "+").
 _UNQUOTED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~ ")
 
@@ -189,21 +198,37 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
     Raises:
         InvalidURI: the URI has no scheme, an unknown transport, or a unix transport with a host.
     """
+    unparsable = InvalidURI(f"internal error: Unable to parse URI {uri}")
+    if _not_rfc3986(uri):
+        raise unparsable
     try:
         parts = split_uri(uri)
     except ValueError as exc:
-        raise InvalidURI(f"cannot parse URI '{uri}': {exc}") from None
+        if str(exc) == "Port out of range 0-65535":  # digits libxml2 reads, but no port
+            raise InvalidURI(f"cannot parse URI '{uri}': {exc}") from None
+        raise unparsable from None
+    if parts.netloc.rpartition("@")[2].endswith(":"):  # a port without digits
+        raise unparsable
     if not parts.scheme:
-        raise InvalidURI(f"no scheme in URI '{uri}'")
+        raise InvalidURI(
+            f"no connection driver available for URI '{uri}' does not include a driver name"
+        )
     driver, _, transport = parts.scheme.partition("+")
     host = parts.host
     transport = transport.lower()
     if transport and transport not in TRANSPORTS:
-        raise InvalidURI("transport in URL not recognised (should be tls|unix|ssh|ext|tcp|libssh2)")
+        raise InvalidURI(
+            "invalid argument: remote_open: transport in URL not recognised"
+            " (should be tls|unix|ssh|ext|tcp|libssh2|libssh)"
+        )
     if not transport:
         transport = "tls" if host else "unix"
     if transport == "unix" and host:
-        raise InvalidURI("using unix socket and remote server 'host' is not supported.")
+        raise InvalidURI(
+            f"invalid argument: using unix socket and remote server '{host}' is not supported."
+        )
+    if host is None and transport in ("tcp", "tls"):
+        host = "localhost"  # libvirt's remote driver, for a URI without a server
     params = dict(parts.params)
 
     kept = [(k, v) for k, v in parts.params if k not in CONSUMED_PARAMS]
@@ -268,6 +293,14 @@ class UriParts(Record):
     host: str | None
     port: int | None
     params: tuple[tuple[str, str], ...]
+
+
+def _not_rfc3986(uri: str) -> bool:
+    """True for a URI libvirt's parser (libxml2's) refuses: a character RFC 3986 does
+    not allow (a space, non-ASCII...) or a %-escape without two hexadecimal digits."""
+    if not _RFC3986_CHARACTERS.issuperset(uri):
+        return True
+    return any(not _HEX.issuperset(escape[:2]) or len(escape) < 2 for escape in uri.split("%")[1:])
 
 
 def split_uri(uri: str) -> UriParts:

@@ -115,6 +115,21 @@ def test_internal_names_stay_importable_from_their_modules() -> None:
         assert name not in virtvol.client.__all__
 
 
+def test_protocol_mode_is_the_literal_type_it_names() -> None:
+    # Made on first use (a command imports no typing), it is still typing's Literal.
+    import typing
+
+    from virtvol.client.connection import ProtocolMode
+    from virtvol.protocol import constants
+
+    assert typing.get_args(ProtocolMode) == ("current", "legacy")
+    assert constants.ProtocolMode is ProtocolMode or constants.ProtocolMode == ProtocolMode
+    with pytest.raises(AttributeError):
+        constants.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError):
+        virtvol.client.connection.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
+
+
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_every_public_name_has_a_docstring(module: ModuleType) -> None:
     assert _own_doc(module)

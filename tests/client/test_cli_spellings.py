@@ -341,6 +341,26 @@ def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None
     assert code == 1
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "nothing",
+        "storage+bogus://h/system",
+        "storage+unix://h/system",
+        "storage+tcp://h:-1/system",
+        "storage+tcp://h:/system",
+        "storage+tcp://h/sys tem",
+        "storage+tcp://h/sys%zz",
+        "storage+tcp://[::1/system",
+        "storage+tcp://h/\u00e9",
+    ],
+)
+def test_a_uri_libvirt_refuses_is_refused_in_virshs_words(uri: str) -> None:
+    _, err, code = both(uri, "pool-list")
+    assert err.startswith("error: failed to connect to the hypervisor\nerror: "), err
+    assert code == 1
+
+
 def test_download_onto_a_directory_is_refused_at_once(
     reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:

@@ -163,6 +163,34 @@ def test_a_host_name_that_does_not_resolve_reads_as_the_resolver_words_it() -> N
     assert event_loop_connect_error(uri) == expected
 
 
+def test_a_host_name_the_idna_codec_refuses_goes_to_the_resolver_as_it_is() -> None:
+    # "a..b" has an empty label: as text, the IDNA codec refused it before any lookup
+    # (a UnicodeError traceback); libvirt, and now both engines, ask the resolver.
+    uri = "storage+tcp://a..b:16599/system"
+    try:
+        socket.getaddrinfo(b"a..b", 16599)
+    except socket.gaierror as failure:
+        reason = failure.strerror
+    else:  # pragma: no cover - a resolver that answers for a..b
+        pytest.fail("a..b resolved")
+    expected = f"Unable to resolve address 'a..b' service '16599': {reason}"
+    with pytest.raises(TransportError) as caught:
+        run_blocking(open_direct(uri, time_limit=5))
+    assert str(caught.value) == expected
+    assert event_loop_connect_error(uri) == expected
+
+
+def test_a_network_uri_without_a_host_means_localhost() -> None:
+    # As libvirt's remote driver reads storage+tcp:///system (it used to fail an assert).
+    port = free_port()
+    uri = f"storage+tcp://:{port}/system"
+    expected = f"unable to connect to server at 'localhost:{port}': Connection refused"
+    with pytest.raises(TransportError) as caught:
+        run_blocking(open_direct(uri, time_limit=5))
+    assert str(caught.value) == expected
+    assert event_loop_connect_error(uri) == expected
+
+
 def test_calls_work_and_close_says_goodbye(virtvold: Virtvold) -> None:
     conn = open_conn(virtvold.tcp_uri)
     assert conn.keepalive_supported

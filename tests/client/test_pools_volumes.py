@@ -56,6 +56,8 @@ async def test_pool_operations(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         assert str(reference_libvirtd.pool_dir) in await pool.xml_desc()
         same = await conn.lookup_pool_by_uuid(str(pool.uuid))
         assert same == pool
+        assert pool.uuid_string == str(pool.uuid)
+        assert f"<uuid>{pool.uuid_string}</uuid>" in await pool.xml_desc()
 
         other = await conn.define_pool(xml)
         assert not await other.is_active()

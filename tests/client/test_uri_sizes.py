@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from virtvol.client import InvalidURI, UnsupportedTransport, connect, volume_xml
 from virtvol.client.display import format_table
@@ -83,6 +86,36 @@ def test_sizes() -> None:
     assert format_size(0) == "0.00 B"
     assert format_size(10005) == "9.77 KiB"
     assert format_size(100000002) == "95.37 MiB"
+
+
+# The size syntax as a pattern: what parse_size reads without importing re.
+SIZE_PATTERN = re.compile(r"\s*([0-9]+)\s*([A-Za-z]*)\s*")
+
+
+@given(st.text(alphabet="0123456789 kKmMgGtTiIbBeEyYsx.-\t\u00a0\u2003", max_size=12))
+@example(" 10 G ")
+@example("1 0")
+@example("12\u2003KiB\u00a0")
+def test_sizes_read_as_the_pattern_reads_them(text: str) -> None:
+    def outcome(size: str) -> int | str:
+        try:
+            return parse_size(size)
+        except SizeError as error:
+            return "refused" if error.reason is None else f"unknown suffix: {error.reason}"
+
+    match = SIZE_PATTERN.fullmatch(text)
+    if match is None:
+        assert outcome(text) == "refused"
+    else:
+        # The number and the suffix the pattern finds, and nothing else, decide.
+        assert outcome(text) == outcome(match.group(1) + match.group(2))
+        assert outcome(text) != "refused"
+
+
+def test_only_ascii_digits_are_a_size() -> None:
+    # As virsh reads numbers (strtoull): other scripts' digits are refused.
+    with pytest.raises(SizeError, match="invalid size"):
+        parse_size("\u0661\u0662")
 
 
 def test_table_layout() -> None:
