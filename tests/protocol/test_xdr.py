@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import struct
 import tracemalloc
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
 from hypothesis import given, settings
@@ -251,3 +251,15 @@ def test_a_field_named_like_a_codec_still_finds_the_codec() -> None:
 
     value = Clash(b"ab", "cd")
     assert Clash.decode(value.encode()) == value
+
+
+def test_a_struct_whose_annotations_are_objects() -> None:
+    # Declared in a module that does not postpone annotations: read as they are.
+    from virtvol.protocol.xdr import Int
+
+    namespace = {"__annotations__": {"x": Annotated[int, Int()]}, "__module__": __name__}
+    metaclass: Any = type(XdrStruct)
+    point = metaclass("Point", (XdrStruct,), namespace)
+    value = point(7)
+    assert value.encode() == b"\0\0\0\7"
+    assert point.decode(value.encode()) == value
