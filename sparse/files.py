@@ -107,7 +107,7 @@ def wait_writeback(fd: int, offset: int, length: int) -> None:
 def write_zeros(fd: int, offset: int, end: int) -> None:
     """Write zeros over ``[offset, end)``: where a hole cannot be punched."""
     while offset < end:
-        offset += os.pwrite(fd, zero_view(min(len(ZEROS), end - offset)), offset)
+        offset += os.pwrite(fd, zero_view(min(len(ZEROS), WRITE_CALL_MAX, end - offset)), offset)
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -119,31 +119,50 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 # The most pieces one pwritev takes (Linux's IOV_MAX).
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
+# The most bytes one write system call carries. Since Linux 6.16, ext4 gives a larger
+# buffered write larger page-cache folios; where free memory has gone back to the
+# hypervisor (virtio-balloon free page reporting, as on the development VM), memory
+# for those costs several times more: 1 GiB written into a new file took 1.9-2.5 s
+# in 1-4 MiB writes and 0.2-0.36 s in 256-512 KiB ones (docs/performance.md). Writes
+# of this size get the small folios every older kernel gives; with memory freed a
+# moment ago, both sizes take 0.22-0.25 s.
+WRITE_CALL_MAX = 256 << 10
 
 
 def pwritev_all(fd: int, views: Sequence[memoryview], offset: int) -> None:
-    """Write ``views`` back to back from ``offset`` with as few ``pwritev`` calls as it takes.
+    """Write ``views`` back to back from ``offset``, at most ``WRITE_CALL_MAX`` bytes and
+    IOV_MAX views per ``pwritev``: many small frames' payloads go in one call (the
+    writing thread takes the GIL back rarely), a large frame in several."""
+    total = sum(map(len, views))
+    if total <= WRITE_CALL_MAX and len(views) <= _IOV_MAX:  # the usual case: one call
+        _pwritev_fully(fd, list(views), offset, total)
+        return
+    call: list[memoryview] = []
+    size = 0
+    for view in views:
+        while view:
+            part = view[: WRITE_CALL_MAX - size]
+            call.append(part)
+            size += len(part)
+            view = view[len(part) :]
+            if size == WRITE_CALL_MAX or len(call) == _IOV_MAX:
+                _pwritev_fully(fd, call, offset, size)
+                offset += size
+                call, size = [], 0
+    if call:
+        _pwritev_fully(fd, call, offset, size)
 
-    One system call for many frames' payloads: the writing thread takes the
-    GIL back rarely, and the kernel sees one large write.
-    """
-    pending = list(views)
-    while pending:
-        if len(pending) <= _IOV_MAX:  # the usual case: one call takes them all
-            chunk, pending = pending, []
-        else:
-            chunk = pending[:_IOV_MAX]
-            del pending[:_IOV_MAX]
-        total = sum(map(len, chunk))
-        written = os.pwritev(fd, chunk, offset)
-        while written < total:  # rare: a short write; go on after what was written
-            offset += written
-            total -= written
-            while written >= len(chunk[0]):
-                written -= len(chunk.pop(0))
-            chunk[0] = chunk[0][written:]
-            written = os.pwritev(fd, chunk, offset)
-        offset += total
+
+def _pwritev_fully(fd: int, call: list[memoryview], offset: int, total: int) -> None:
+    """One ``pwritev`` of ``call`` (``total`` bytes), going on after short writes."""
+    written = os.pwritev(fd, call, offset)
+    while written < total:  # rare: a short write; go on after what was written
+        offset += written
+        total -= written
+        while written >= len(call[0]):
+            written -= len(call.pop(0))
+        call[0] = call[0][written:]
+        written = os.pwritev(fd, call, offset)
 
 
 def allocate(fd: int, offset: int, length: int) -> None:
