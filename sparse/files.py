@@ -123,10 +123,10 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX")
 # buffered write larger page-cache folios; where free memory has gone back to the
 # hypervisor (virtio-balloon free page reporting, as on the development VM), memory
 # for those costs several times more: 1 GiB written into a new file took 1.9-2.5 s
-# in 1-4 MiB writes and 0.2-0.36 s in 256-512 KiB ones (docs/performance.md). Writes
-# of this size get the small folios every older kernel gives; with memory freed a
-# moment ago, both sizes take 0.22-0.25 s.
-WRITE_CALL_MAX = 256 << 10
+# in 1-4 MiB writes and 0.2-0.36 s in 256-512 KiB ones; eight downloads at once took
+# 1.16-1.25 s in 256 KiB writes and 0.77-0.88 s in 128 KiB ones (docs/performance.md).
+# With memory freed a moment ago, the size makes no difference.
+WRITE_CALL_MAX = 128 << 10
 
 
 def pwritev_all(fd: int, views: Sequence[memoryview], offset: int) -> None:

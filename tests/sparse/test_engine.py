@@ -335,7 +335,7 @@ def test_a_writer_without_sync_never_starts_writeback(
 def test_pwritev_all_writes_at_most_a_call_size_per_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 4 MiB frame goes in 256 KiB calls: larger buffered writes get large page-cache
+    """A 4 MiB frame goes in several calls: larger buffered writes get large page-cache
     folios, which cost several times more where the hypervisor took free memory back."""
     real_pwritev = os.pwritev
     sizes: list[int] = []
