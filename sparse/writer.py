@@ -15,7 +15,11 @@ writeback of them starts (``sync_file_range``, no waiting), and every
 disk works while the network does, memory waiting for the disk stays
 bounded, and the final ``fdatasync`` only waits for what is still in flight.
 The written pages stay in the page cache: a download that follows the upload
-is served from memory.
+is served from memory. ``writeback`` alone starts and waits the same way
+without the final flush: for a file written back soon anyway (ext4 writes a
+file renamed over another back at the rename when nobody flushed it; a 1 GiB
+upload without ``sync_uploads`` took 1.07-1.34 s that way, 0.75-0.99 s with
+writeback started while the data arrived).
 
 ``AtomicFile`` is the "old or new content, never a mix" half: a hidden
 temporary beside the target, renamed over it on commit (after the writer's
@@ -64,6 +68,7 @@ class SparseWriter:
         length: int = 0,
         *,
         sync: bool = False,
+        writeback: bool = False,
         detect_zeroes: bool = True,
     ) -> None:
         """Args:
@@ -71,6 +76,9 @@ class SparseWriter:
         offset: where the stream starts in the file.
         length: the most bytes the stream may cover, 0 for no limit.
         sync: make ``finish`` durable (fdatasync) and start writeback early.
+        writeback: start writeback early without the final flush: for a file that
+            will be written back anyway and soon (a temporary renamed over a volume,
+            which ext4 writes back at the rename when nobody flushed it).
         detect_zeroes: leave zero blocks of the data as holes.
         """
         self._fd = fd
@@ -78,6 +86,7 @@ class SparseWriter:
         self._limit = offset + length if length else None
         self._size = os.fstat(fd).st_size
         self._sync = sync
+        self._writeback = sync or writeback
         self._detect_zeroes = detect_zeroes
         self._writeback_from = offset  # where the data not yet started begins
         self._unstarted = 0  # data bytes written since writeback last started
@@ -156,7 +165,7 @@ class SparseWriter:
         written = sum(map(len, run))
         end = start + written
         self._size = max(self._size, end)
-        if self._sync:
+        if self._writeback:
             self._unstarted += written
             if self._unstarted >= WRITEBACK_START:
                 self._start_writeback(end)

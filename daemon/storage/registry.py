@@ -727,7 +727,12 @@ class StorageRegistry:
 
         try:
             return VolumeWriter(
-                fd, offset, length, finish=finish, sync=temp is not None and self._sync_uploads
+                fd,
+                offset,
+                length,
+                finish=finish,
+                sync=temp is not None and self._sync_uploads,
+                writeback=temp is not None,
             )
         except BaseException:
             os.close(fd)

@@ -111,6 +111,7 @@ class VolumeWriter:
         *,
         finish: Callable[[bool], Callable[[], None] | None],
         sync: bool = False,
+        writeback: bool = False,
     ) -> None:
         """Args:
         fd: the open target file (the volume, or the temporary that replaces it).
@@ -121,9 +122,10 @@ class VolumeWriter:
             It may return a callable that lets go of the replaced content,
             run by ``release_replaced``.
         sync: fdatasync before ``finish(True)`` (and start writeback early).
+        writeback: start writeback early without the fdatasync (``SparseWriter``).
         """
         self._fd = fd
-        self._writer = SparseWriter(fd, offset, length, sync=sync)
+        self._writer = SparseWriter(fd, offset, length, sync=sync, writeback=writeback)
         self._finish: Callable[[bool], Callable[[], None] | None] | None = finish
         self._release: Callable[[], None] | None = None
 

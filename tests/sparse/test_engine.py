@@ -332,6 +332,24 @@ def test_a_writer_without_sync_never_starts_writeback(
     assert calls == []
 
 
+def test_a_writer_with_early_writeback_but_no_sync_never_flushes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A temporary renamed over a volume without sync_uploads: ext4 writes it back at the
+    # rename anyway, so writeback starts while the data arrives, but nothing waits for
+    # the disk at the end.
+    started: list[int] = []
+    flushed: list[int] = []
+    monkeypatch.setattr(files, "start_writeback", lambda fd, o, n: started.append(o))
+    monkeypatch.setattr(os, "fdatasync", flushed.append)
+    with AtomicFile(tmp_path / "plain") as output:
+        writer = SparseWriter(output.fd, writeback=True)
+        writer.apply((b"\x01" * (8 << 20),))
+        writer.finish()
+    assert started == [0]
+    assert flushed == []
+
+
 def test_pwritev_all_writes_at_most_a_call_size_per_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
