@@ -29,6 +29,7 @@ from virtvol.protocol.constants import AuthType, DriverFeature
 from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import asyncio
     import uuid as uuidlib
     from collections.abc import Coroutine, Generator
     from types import TracebackType
@@ -277,7 +278,7 @@ async def _open_transport(target: Target) -> RpcProtocol:
             assert target.host is not None
             assert target.port is not None
             _, protocol = await loop.create_connection(
-                lambda: RpcProtocol(description), target.host, target.port
+                lambda: RpcProtocol(description), await _loop_host(loop, target), target.port
             )
             sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
             if sock is not None:
@@ -286,9 +287,13 @@ async def _open_transport(target: Target) -> RpcProtocol:
             assert target.host is not None
             assert target.port is not None
             context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
-            opened = await open_tls(
-                target.host, target.port, context, lambda: RpcProtocol(description)
-            )
+            host = await _loop_host(loop, target)
+            if host != target.host and context.check_hostname:
+                raise TransportError(
+                    f"unable to connect to server at '{target.host}:{target.port}': "
+                    "the host name cannot be checked against a certificate"
+                )
+            opened = await open_tls(host, target.port, context, lambda: RpcProtocol(description))
             assert isinstance(opened, RpcProtocol)
             protocol = opened
             sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
@@ -301,16 +306,24 @@ async def _open_transport(target: Target) -> RpcProtocol:
             )
     except OSError as exc:
         raise connect_failure(target, exc) from exc
-    except UnicodeError:
-        # The event loop IDNA-encodes a host name given as text, which refuses names
-        # such as "a..b" that libvirt hands the resolver as they are: ask it so.
-        assert target.host is not None
-        try:
-            await loop.getaddrinfo(target.host.encode(), target.port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise connect_failure(target, exc) from exc
-        raise
     return protocol
+
+
+async def _loop_host(loop: asyncio.AbstractEventLoop, target: Target) -> str:
+    """The host to give the event loop: the name, or for a name the IDNA codec refuses
+    ("a..b", a label over 63 characters), which the event loop would fail on before any
+    lookup, the first address the resolver gives for it as it is, as libvirt asks.
+
+    Raises:
+        OSError: the resolver does not know the name.
+    """
+    assert target.host is not None
+    try:
+        target.host.encode("idna")
+    except UnicodeError:
+        found = await loop.getaddrinfo(target.host.encode(), target.port, type=socket.SOCK_STREAM)
+        return str(found[0][4][0])
+    return target.host
 
 
 def connect_failure(target: Target, exc: OSError) -> TransportError:

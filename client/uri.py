@@ -297,9 +297,13 @@ class UriParts(Record):
 
 def _not_rfc3986(uri: str) -> bool:
     """True for a URI libvirt's parser (libxml2's) refuses: a character RFC 3986 does
-    not allow (a space, non-ASCII...) or a %-escape without two hexadecimal digits."""
+    not allow (a space, non-ASCII...) or a %-escape without two hexadecimal digits
+    (outside the brackets of an IPv6 host, where "%" starts a zone: [fe80::1%eth0])."""
     if not _RFC3986_CHARACTERS.issuperset(uri):
         return True
+    before, bracket, rest = uri.partition("[")
+    if bracket:
+        uri = before + rest.partition("]")[2]
     return any(not _HEX.issuperset(escape[:2]) or len(escape) < 2 for escape in uri.split("%")[1:])
 
 

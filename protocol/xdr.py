@@ -406,7 +406,8 @@ def _field_hints(cls: type[XdrStruct]) -> dict[str, object]:
     hints: dict[str, object] = {}
     for klass in reversed(cls.__mro__):
         declared = vars(klass).get("__annotations__", {})
-        module_names = vars(sys.modules[klass.__module__])
+        # As typing does: a class whose module is gone resolves against no names.
+        module_names = getattr(sys.modules.get(klass.__module__), "__dict__", {})
         own = {field: hint for field, hint in declared.items() if field in fields}
         for field, hint in own.items():
             if isinstance(hint, str):

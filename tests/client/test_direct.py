@@ -180,6 +180,19 @@ def test_a_host_name_the_idna_codec_refuses_goes_to_the_resolver_as_it_is() -> N
     assert event_loop_connect_error(uri) == expected
 
 
+def test_a_name_the_idna_codec_refuses_but_the_resolver_knows_is_connected_to() -> None:
+    # A 71-character label: no IDNA, but inet_aton reads it (127.0.0.1). The event loop
+    # is given the address the resolver found, as the direct engine gives it the name.
+    host = "127.0.0." + "0" * 70 + "1"
+    port = free_port()
+    uri = f"storage+tcp://{host}:{port}/system"
+    expected = f"unable to connect to server at '{host}:{port}': Connection refused"
+    with pytest.raises(TransportError) as caught:
+        run_blocking(open_direct(uri, time_limit=5))
+    assert str(caught.value) == expected
+    assert event_loop_connect_error(uri) == expected
+
+
 def test_a_network_uri_without_a_host_means_localhost() -> None:
     # As libvirt's remote driver reads storage+tcp:///system (it used to fail an assert).
     port = free_port()

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from virtvol.client import InvalidURI
 from virtvol.client.uri import UriParts, _encode_query, parse_uri, split_uri
 
 PLAIN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?=&+,@"
@@ -107,3 +108,12 @@ def test_urllib_parse_is_not_imported_for_a_plain_uri() -> None:
 )
 def test_open_name(uri: str, open_name: str) -> None:
     assert parse_uri(uri).open_name == open_name
+
+
+def test_an_ipv6_zone_is_not_taken_for_a_bad_escape() -> None:
+    # "%" inside the brackets starts a zone (libvirt takes it); elsewhere it must
+    # start an escape of two hex digits.
+    target = parse_uri("storage+tcp://[fe80::1%eth0]:1/system")
+    assert (target.host, target.port) == ("fe80::1%eth0", 1)
+    with pytest.raises(InvalidURI, match="Unable to parse URI"):
+        parse_uri("storage+tcp://[fe80::1]:1/sys%zz")

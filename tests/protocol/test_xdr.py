@@ -263,3 +263,13 @@ def test_a_struct_whose_annotations_are_objects() -> None:
     value = point(7)
     assert value.encode() == b"\0\0\0\7"
     assert point.decode(value.encode()) == value
+
+
+def test_a_struct_whose_module_is_gone() -> None:
+    # As typing.get_type_hints does: no module, no names, annotation objects still read.
+    from virtvol.protocol.xdr import Int
+
+    namespace = {"__annotations__": {"x": Annotated[int, Int()]}, "__module__": "gone_module"}
+    metaclass: Any = type(XdrStruct)
+    orphan = metaclass("Orphan", (XdrStruct,), namespace)
+    assert orphan.decode(orphan(5).encode()) == orphan(5)
