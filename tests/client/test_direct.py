@@ -131,6 +131,22 @@ def event_loop_connect_error(uri: str) -> str:
     return str(caught.value)
 
 
+def direct_connect_error(uri: str) -> str:
+    """What the command line's engine says when it cannot connect to ``uri``."""
+    with pytest.raises(TransportError) as caught:
+        run_blocking(open_direct(uri, time_limit=5))
+    return str(caught.value)
+
+
+def resolver_refusal(host: bytes, port: int) -> str:
+    """The resolver's words for a name it does not know."""
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as failure:
+        return str(failure.strerror)
+    pytest.fail(f"{host!r} resolved")  # pragma: no cover - a resolver that answers for it
+
+
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_unreachable_daemon_reads_as_libvirt_says_it(tmp_path: Path, transport: str) -> None:
     if transport == "unix":
@@ -140,25 +156,16 @@ def test_unreachable_daemon_reads_as_libvirt_says_it(tmp_path: Path, transport: 
         port = free_port()
         uri = f"storage+tcp://127.0.0.1:{port}/system"
         expected = f"unable to connect to server at '127.0.0.1:{port}': "
-    with pytest.raises(TransportError) as caught:
-        run_blocking(open_direct(uri, time_limit=5))
-    message = str(caught.value)
+    message = direct_connect_error(uri)
     assert message.startswith(expected)
     assert message == event_loop_connect_error(uri)
 
 
 def test_a_host_name_that_does_not_resolve_reads_as_the_resolver_words_it() -> None:
     uri = "storage+tcp://no-such-host.invalid:16599/system"
-    try:
-        socket.getaddrinfo("no-such-host.invalid", 16599)
-    except socket.gaierror as failure:
-        reason = failure.strerror
-    else:  # pragma: no cover - a resolver that answers for .invalid
-        pytest.fail("no-such-host.invalid resolved")
+    reason = resolver_refusal(b"no-such-host.invalid", 16599)
     expected = f"Unable to resolve address 'no-such-host.invalid' service '16599': {reason}"
-    with pytest.raises(TransportError) as caught:
-        run_blocking(open_direct(uri, time_limit=5))
-    assert str(caught.value) == expected
+    assert direct_connect_error(uri) == expected
     assert "Unknown error" not in expected
     assert event_loop_connect_error(uri) == expected
 
@@ -167,16 +174,9 @@ def test_a_host_name_the_idna_codec_refuses_goes_to_the_resolver_as_it_is() -> N
     # "a..b" has an empty label: as text, the IDNA codec refused it before any lookup
     # (a UnicodeError traceback); libvirt, and now both engines, ask the resolver.
     uri = "storage+tcp://a..b:16599/system"
-    try:
-        socket.getaddrinfo(b"a..b", 16599)
-    except socket.gaierror as failure:
-        reason = failure.strerror
-    else:  # pragma: no cover - a resolver that answers for a..b
-        pytest.fail("a..b resolved")
+    reason = resolver_refusal(b"a..b", 16599)
     expected = f"Unable to resolve address 'a..b' service '16599': {reason}"
-    with pytest.raises(TransportError) as caught:
-        run_blocking(open_direct(uri, time_limit=5))
-    assert str(caught.value) == expected
+    assert direct_connect_error(uri) == expected
     assert event_loop_connect_error(uri) == expected
 
 
@@ -187,9 +187,7 @@ def test_a_name_the_idna_codec_refuses_but_the_resolver_knows_is_connected_to() 
     port = free_port()
     uri = f"storage+tcp://{host}:{port}/system"
     expected = f"unable to connect to server at '{host}:{port}': Connection refused"
-    with pytest.raises(TransportError) as caught:
-        run_blocking(open_direct(uri, time_limit=5))
-    assert str(caught.value) == expected
+    assert direct_connect_error(uri) == expected
     assert event_loop_connect_error(uri) == expected
 
 
@@ -198,9 +196,7 @@ def test_a_network_uri_without_a_host_means_localhost() -> None:
     port = free_port()
     uri = f"storage+tcp://:{port}/system"
     expected = f"unable to connect to server at 'localhost:{port}': Connection refused"
-    with pytest.raises(TransportError) as caught:
-        run_blocking(open_direct(uri, time_limit=5))
-    assert str(caught.value) == expected
+    assert direct_connect_error(uri) == expected
     assert event_loop_connect_error(uri) == expected
 
 
