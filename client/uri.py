@@ -83,20 +83,17 @@ OPEN_USER = 2
 
 _RUN_DIR = "/var/run/libvirt"
 
+_ALPHANUMERIC = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 # URIs made of these characters only are split here; any other (a %-escape, a
 # fragment, an IPv6 host in brackets, spaces, non-ASCII...) goes to urllib.parse,
 # whose import (with the re and ipaddress it brings) is ~4 ms of every command.
-_PLAIN_URI_CHARACTERS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?=&+,@"
-)
-_SCHEME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+_PLAIN_URI_CHARACTERS = frozenset(_ALPHANUMERIC + "-._~:/?=&+,@")
+_SCHEME_CHARACTERS = frozenset(_ALPHANUMERIC + "+-.")
 # What RFC 3986 allows in a URI: unreserved and reserved characters, and "%" escapes.
-_RFC3986_CHARACTERS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
-)
+_RFC3986_CHARACTERS = frozenset(_ALPHANUMERIC + "-._~:/?#[]@!$&'()*+,;=%")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # What quote_plus leaves as it is (a space becomes "+").
-_UNQUOTED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~ ")
+_UNQUOTED = frozenset(_ALPHANUMERIC + "_.-~ ")
 
 
 class Target(Record):
