@@ -26,11 +26,13 @@ Unix and TCP connections are direct; TLS ones keep the event loop
 
 from __future__ import annotations
 
+# The C module, not socket.py: importing socket.py turns the C module's constants
+# into enums (~3 ms of every command), and a command needs none of them.
+import _socket
 import collections
 import math
 import os
 import select
-import socket
 import time
 
 from virtvol.protocol.hints import TYPE_CHECKING
@@ -168,21 +170,19 @@ async def open_direct(
     return conn
 
 
-def _open_socket(target: Target, time_limit: float | None) -> socket.socket:
+def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
     try:
         if target.transport == "tcp":
             assert target.host is not None
             assert target.port is not None
             # An ASCII name goes to the resolver as bytes: as text, it would first be
             # IDNA-encoded, and that codec's import (with re) is ~4 ms of a command.
-            # (create_connection hands the host to getaddrinfo, which takes bytes.)
             host = target.host.encode() if target.host.isascii() else target.host
-            address = (host, target.port)
-            sock = socket.create_connection(address, timeout=time_limit)  # type: ignore[arg-type]
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = _tcp_socket(host, target.port, time_limit)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             return sock
         assert target.socket_path is not None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(time_limit)
             sock.connect(target.socket_path)
@@ -194,6 +194,30 @@ def _open_socket(target: Target, time_limit: float | None) -> socket.socket:
         raise
     except OSError as exc:
         raise connect_failure(target, exc) from exc
+
+
+def _tcp_socket(host: bytes | str, port: int, time_limit: float | None) -> _socket.socket:
+    """A socket connected to the first of ``host``'s addresses that answers, in the
+    resolver's order; when none does, the first address's failure is raised (as
+    ``socket.create_connection`` does).
+    """
+    failures: list[OSError] = []
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(time_limit)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            failures.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if not failures:  # pragma: no cover - the resolver raises gaierror rather than
+        raise OSError(f"the resolver gave no address for {host!r}")  # answer with nothing
+    raise failures[0]
 
 
 class DirectRpc:
@@ -208,7 +232,7 @@ class DirectRpc:
             ``TimeoutError`` (the connection's time limit), or None.
     """
 
-    def __init__(self, sock: socket.socket, description: str) -> None:
+    def __init__(self, sock: _socket.socket, description: str) -> None:
         # A fragmented download is two small frames per extent: they reach the stream's
         # sink a read's worth at a time.
         self.core = ProtocolCore(

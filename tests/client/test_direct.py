@@ -8,6 +8,7 @@ Everything runs without an event loop: each test drives the coroutines with
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import inspect
 import logging
@@ -191,6 +192,37 @@ def test_a_name_the_idna_codec_refuses_but_the_resolver_knows_is_connected_to() 
     assert event_loop_connect_error(uri) == expected
 
 
+def test_every_address_of_a_name_is_tried_in_the_resolvers_order(
+    virtvold: Virtvold, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name with two addresses, the first refusing (a daemon listening on one family
+    # of "localhost" only): the command connects to the second, as virsh does. With
+    # both refusing, the failure told is the first address's.
+    served = virtvold.port
+    refused = free_port()
+    answers: dict[bytes, list[int]] = {b"twice": [refused, served], b"never": [refused, refused]}
+    asked: list[object] = []
+
+    def two_addresses(host: object, port: object, *args: Any) -> list[Any]:
+        asked.append(host)
+        assert isinstance(host, bytes)
+        return [
+            (_socket.AF_INET, _socket.SOCK_STREAM, 6, "", ("127.0.0.1", answer))
+            for answer in answers[host]
+        ]
+
+    monkeypatch.setattr(_socket, "getaddrinfo", two_addresses)
+    conn = run_blocking(open_direct(f"storage+tcp://twice:{served}/system", time_limit=5))
+    try:
+        assert run_blocking(conn.get_type()) == "storage"
+    finally:
+        run_blocking(conn.close())
+    assert direct_connect_error(f"storage+tcp://never:{served}/system") == (
+        f"unable to connect to server at 'never:{served}': Connection refused"
+    )
+    assert asked == [b"twice", b"never"]
+
+
 def test_a_network_uri_without_a_host_means_localhost() -> None:
     # As libvirt's remote driver reads storage+tcp:///system (it used to fail an assert).
     port = free_port()
@@ -244,7 +276,7 @@ def test_the_time_limit_covers_connecting_and_the_handshake_together(
 ) -> None:
     open_socket = direct._open_socket
 
-    def slow_open_socket(*args: Any) -> socket.socket:
+    def slow_open_socket(*args: Any) -> _socket.socket:
         time.sleep(0.4)
         return open_socket(*args)
 
@@ -399,6 +431,7 @@ CLI_PROBE = (
     "print('logging imported:', 'logging' in sys.modules)\n"
     "print('typing, urllib.parse, re imported:', "
     "[name in sys.modules for name in ('typing', 'urllib.parse', 're')])\n"
+    "print('socket imported:', 'socket' in sys.modules)\n"
 )
 
 
@@ -429,6 +462,8 @@ def test_cli_runs_tcp_and_unix_commands_without_an_event_loop(
     assert "logging imported: False" in probe.stdout
     # Nor typing and urllib.parse with the re they bring (~10 ms; virtvol.protocol.hints).
     assert "typing, urllib.parse, re imported: [False, False, False]" in probe.stdout
+    # Nor socket.py, whose enums of the C module's constants cost ~3 ms.
+    assert "socket imported: False" in probe.stdout
 
 
 def test_cli_keeps_the_event_loop_for_tls() -> None:

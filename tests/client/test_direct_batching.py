@@ -13,7 +13,7 @@ from tests.client.helpers import KIB, MIB, assert_same_file
 from virtvol.client.direct import DirectRpc, open_direct, run_blocking
 
 if TYPE_CHECKING:
-    import socket
+    import _socket
     from collections.abc import Sequence
     from pathlib import Path
 
@@ -28,7 +28,7 @@ SIZE = 64 * MIB  # 1024 extents: 2048 frames, more than one sendmsg may carry (I
 class _CountingSocket:
     """The connection's socket, counting the calls that write to it."""
 
-    def __init__(self, inner: socket.socket) -> None:
+    def __init__(self, inner: _socket.socket) -> None:
         self.inner = inner
         self.sendmsg_calls = 0
 

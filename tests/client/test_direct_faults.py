@@ -45,6 +45,7 @@ from virtvol.protocol.constants import DriverFeature
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
+    import _socket
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
@@ -419,7 +420,7 @@ class _InterruptedAfterARead:
     """The connection's socket, with a Ctrl-C that lands as a read returns, once
     ``after`` bytes came in: the bytes are out of the socket but nobody counted them."""
 
-    def __init__(self, inner: socket.socket, after: int) -> None:
+    def __init__(self, inner: _socket.socket, after: int) -> None:
         self.inner = inner
         self.after = after
 
