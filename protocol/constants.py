@@ -6,8 +6,7 @@ virkeepaliveprotocol.x and the public headers).
 
 from __future__ import annotations
 
-import enum
-
+from virtvol.protocol.enums import IntEnum, IntFlag
 from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
@@ -30,12 +29,12 @@ PROGRAM_NAMES = {
 }
 
 
-class KeepaliveProcedure(enum.IntEnum):
+class KeepaliveProcedure(IntEnum):
     PING = 1
     PONG = 2
 
 
-class MessageType(enum.IntEnum):
+class MessageType(IntEnum):
     """``virNetMessageType``; STREAM_HOLE is the frame virtvol calls a skip."""
 
     CALL = 0
@@ -47,7 +46,7 @@ class MessageType(enum.IntEnum):
     STREAM_HOLE = 6
 
 
-class MessageStatus(enum.IntEnum):
+class MessageStatus(IntEnum):
     """``virNetMessageStatus``."""
 
     OK = 0
@@ -74,13 +73,13 @@ REMOTE_SECRET_LIST_MAX = 16384
 VIR_UUID_BUFLEN = 16
 
 
-class AuthType(enum.IntEnum):
+class AuthType(IntEnum):
     NONE = 0
     SASL = 1
     POLKIT = 2
 
 
-class DriverFeature(enum.IntEnum):
+class DriverFeature(IntEnum):
     """``VIR_DRV_FEATURE_*`` numbers asked with CONNECT_SUPPORTS_FEATURE."""
 
     MIGRATION_V1 = 1
@@ -105,13 +104,13 @@ class DriverFeature(enum.IntEnum):
 # and the daemon import it.
 
 
-class ConnectOpenFlags(enum.IntFlag):
+class ConnectOpenFlags(IntFlag):
     """``virConnectFlags`` as CONNECT_OPEN carries them."""
 
     RO = 1
 
 
-class PoolCreateFlags(enum.IntFlag):
+class PoolCreateFlags(IntFlag):
     """``virStoragePoolCreateFlags`` (STORAGE_POOL_CREATE and _CREATE_XML)."""
 
     NORMAL = 0
@@ -120,19 +119,19 @@ class PoolCreateFlags(enum.IntFlag):
     WITH_BUILD_NO_OVERWRITE = 4
 
 
-class PoolDefineFlags(enum.IntFlag):
+class PoolDefineFlags(IntFlag):
     """``virStoragePoolDefineFlags``."""
 
     VALIDATE = 1
 
 
-class PoolXMLFlags(enum.IntFlag):
+class PoolXMLFlags(IntFlag):
     """``virStorageXMLFlags``."""
 
     INACTIVE = 1
 
 
-class ListPoolsFlags(enum.IntFlag):
+class ListPoolsFlags(IntFlag):
     """``virConnectListAllStoragePoolsFlags``: filter groups for list_all_pools."""
 
     INACTIVE = 1 << 0
@@ -157,7 +156,7 @@ class ListPoolsFlags(enum.IntFlag):
     ISCSI_DIRECT = 1 << 19
 
 
-class VolCreateFlags(enum.IntFlag):
+class VolCreateFlags(IntFlag):
     """``virStorageVolCreateFlags``."""
 
     PREALLOC_METADATA = 1
@@ -165,14 +164,14 @@ class VolCreateFlags(enum.IntFlag):
     VALIDATE = 4
 
 
-class VolDeleteFlags(enum.IntFlag):
+class VolDeleteFlags(IntFlag):
     """``virStorageVolDeleteFlags``."""
 
     ZEROED = 1
     WITH_SNAPSHOTS = 2
 
 
-class VolResizeFlags(enum.IntFlag):
+class VolResizeFlags(IntFlag):
     """``virStorageVolResizeFlags``."""
 
     ALLOCATE = 1
@@ -180,19 +179,19 @@ class VolResizeFlags(enum.IntFlag):
     SHRINK = 4
 
 
-class VolInfoFlags(enum.IntFlag):
+class VolInfoFlags(IntFlag):
     """``virStorageVolInfoFlags``."""
 
     GET_PHYSICAL = 1
 
 
-class VolStreamFlags(enum.IntFlag):
+class VolStreamFlags(IntFlag):
     """``VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM`` / ``..._DOWNLOAD_SPARSE_STREAM``."""
 
     SPARSE = 1
 
 
-class PoolState(enum.IntEnum):
+class PoolState(IntEnum):
     """A pool's state (libvirt's ``virStoragePoolState``)."""
 
     INACTIVE = 0
@@ -202,7 +201,7 @@ class PoolState(enum.IntEnum):
     INACCESSIBLE = 4
 
 
-class VolumeType(enum.IntEnum):
+class VolumeType(IntEnum):
     """A volume's type (libvirt's ``virStorageVolType``)."""
 
     FILE = 0

@@ -8,10 +8,10 @@ libvirt's habit of a fixed prefix per code followed by a detail.
 
 from __future__ import annotations
 
-import enum
+from virtvol.protocol.enums import IntEnum
 
 
-class ErrorCode(enum.IntEnum):
+class ErrorCode(IntEnum):
     """libvirt's ``virErrorNumber``."""
 
     OK = 0
@@ -121,7 +121,7 @@ class ErrorCode(enum.IntEnum):
     MULTIPLE_DOMAINS = 110
 
 
-class ErrorDomain(enum.IntEnum):
+class ErrorDomain(IntEnum):
     """libvirt's ``virErrorDomain``."""
 
     NONE = 0
@@ -199,7 +199,7 @@ class ErrorDomain(enum.IntEnum):
     CH = 72
 
 
-class ErrorLevel(enum.IntEnum):
+class ErrorLevel(IntEnum):
     """libvirt's ``virErrorLevel``; libvirtd always sends ERROR."""
 
     NONE = 0

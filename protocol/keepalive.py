@@ -9,10 +9,10 @@ in libvirt.
 
 from __future__ import annotations
 
-import enum
+from virtvol.protocol.enums import Enum
 
 
-class KeepaliveAction(enum.Enum):
+class KeepaliveAction(Enum):
     NOTHING = "nothing"
     SEND_PING = "send-ping"
     PEER_DEAD = "peer-dead"

@@ -12,8 +12,7 @@ entry below, and (if virtvold serves it) its handler in ``daemon/dispatch.py``.
 
 from __future__ import annotations
 
-import enum
-
+from virtvol.protocol.enums import Enum, IntEnum
 from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ RetT = TypeVar("RetT", bound=XdrStruct | None)
 _CAPITAL_WORDS = frozenset({"XML", "UUID", "URI"})
 
 
-class StreamDirection(enum.Enum):
+class StreamDirection(Enum):
     """Which way a procedure's stream carries data."""
 
     # Members are compared by identity, so they may hash by identity too: Enum's own
@@ -66,7 +65,7 @@ class Procedure(Record, Generic[ArgsT, RetT]):
         return "vir" + "".join(w if w in _CAPITAL_WORDS else w.capitalize() for w in words)
 
 
-class Proc(enum.IntEnum):
+class Proc(IntEnum):
     """REMOTE procedure numbers used by virtvol."""
 
     CONNECT_OPEN = 1

@@ -19,20 +19,19 @@ server may start sending before the client has read the reply.
 
 from __future__ import annotations
 
-import enum
-
+from virtvol.protocol.enums import Enum
 from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
 from virtvol.protocol.procedures import StreamDirection
 
 
-class Side(enum.Enum):
+class Side(Enum):
     __hash__ = object.__hash__  # as StreamDirection's
 
     CLIENT = "client"
     SERVER = "server"
 
 
-class StreamState(enum.Enum):
+class StreamState(Enum):
     __hash__ = object.__hash__  # as StreamDirection's
 
     OPEN = "open"
@@ -43,7 +42,7 @@ class StreamState(enum.Enum):
     FAILED = "failed"  # the server reported an error; the stream is dead
 
 
-class StreamInput(enum.Enum):
+class StreamInput(Enum):
     __hash__ = object.__hash__  # as StreamDirection's
 
     DATA = "data"
