@@ -55,7 +55,8 @@ DEFAULT_PORTS = {"tcp": 16509, "tls": 16514}
 # The transports virtvol can open.
 SUPPORTED_TRANSPORTS = frozenset({"tcp", "tls", "unix"})
 
-# Parameters the remote driver consumes itself; they never reach the server.
+# Parameters the remote driver consumes itself (their names in any case); they
+# never reach the server.
 CONSUMED_PARAMS = frozenset(
     {
         "socket",
@@ -92,8 +93,9 @@ _SCHEME_CHARACTERS = frozenset(_ALPHANUMERIC + "+-.")
 # What RFC 3986 allows in a URI: unreserved and reserved characters, and "%" escapes.
 _RFC3986_CHARACTERS = frozenset(_ALPHANUMERIC + "-._~:/?#[]@!$&'()*+,;=%")
 _HEX = frozenset("0123456789abcdefABCDEF")
-# What quote_plus leaves as it is (a space becomes "+").
-_UNQUOTED = frozenset(_ALPHANUMERIC + "_.-~ ")
+# What a parameter's value keeps unescaped in the name sent to the server (RFC 3986's
+# unreserved characters, as libvirt's remote driver escapes it).
+_UNRESERVED = frozenset(_ALPHANUMERIC + "-._~")
 
 
 class Target(Record):
@@ -226,9 +228,10 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         )
     if host is None and transport in ("tcp", "tls"):
         host = "localhost"  # libvirt's remote driver, for a URI without a server
-    params = dict(parts.params)
+    # The remote driver takes its own parameters whatever their case, the last of a name.
+    params = {name.lower(): value for name, value in parts.params}
 
-    kept = [(k, v) for k, v in parts.params if k not in CONSUMED_PARAMS]
+    kept = [(k, v) for k, v in parts.params if k.lower() not in CONSUMED_PARAMS]
     if "name" in params:
         open_name = params["name"]
     elif driver.lower() == "remote":
@@ -237,7 +240,7 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         # libvirt keeps the "//" of the empty authority.
         open_name = f"{driver}://{parts.path}"
         if kept:
-            open_name += "?" + _encode_query(kept)
+            open_name += "?" + format_params(kept)
         if parts.fragment:
             open_name += "#" + parts.fragment
 
@@ -279,7 +282,7 @@ class UriParts(Record):
     """A URI cut as ``urllib.parse.urlsplit`` cuts it, with its host, port and parameters.
 
     ``host`` is lower case (None when empty), ``params`` the query's pairs as
-    ``parse_qsl(query, keep_blank_values=True)`` gives them.
+    libvirt reads them (``query_params``).
     """
 
     scheme: str
@@ -330,19 +333,15 @@ def split_uri(uri: str) -> UriParts:
         port = int(port_text)
         if port > 65535:
             raise ValueError("Port out of range 0-65535")
-    params = []
-    for pair in query.split("&") if query else ():
-        if pair:
-            name, _, value = pair.partition("=")
-            params.append((name.replace("+", " "), value.replace("+", " ")))
-    return UriParts(scheme, netloc, path, query, "", hostname.lower() or None, port, tuple(params))
+    return UriParts(
+        scheme, netloc, path, query, "", hostname.lower() or None, port, query_params(query)
+    )
 
 
 def _split_with_urllib(uri: str) -> UriParts:
     import urllib.parse
 
     parts = urllib.parse.urlsplit(uri)
-    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     return UriParts(
         parts.scheme,
         parts.netloc,
@@ -351,14 +350,53 @@ def _split_with_urllib(uri: str) -> UriParts:
         parts.fragment,
         parts.hostname or None,
         parts.port,
-        tuple(params),
+        query_params(parts.query),
     )
 
 
-def _encode_query(pairs: list[tuple[str, str]]) -> str:
-    """``urllib.parse.urlencode(pairs)``."""
-    if all(_UNQUOTED.issuperset(name) and _UNQUOTED.issuperset(value) for name, value in pairs):
-        return "&".join(f"{name}={value}".replace(" ", "+") for name, value in pairs)
-    import urllib.parse
+def query_params(query: str) -> tuple[tuple[str, str], ...]:
+    """The (name, value) pairs of a URI's query, read as libvirt reads them.
 
-    return urllib.parse.urlencode(pairs)
+    A pair ends at the next "&", or where the rest of the query holds none, at the
+    next ";". "name" alone has the empty value; "=value" and empty pairs are skipped.
+    Names and values lose their %-escapes, and nothing else: a "+" stays a plus (as
+    in ``socket=/run/a+b``), where a web form's reading would make it a space.
+    """
+    params = []
+    while query:
+        end = query.find("&")
+        if end < 0:
+            end = query.find(";")
+        if end < 0:
+            end = len(query)
+        pair, query = query[:end], query[end + 1 :]
+        name, _, value = pair.partition("=")
+        if name:
+            params.append((_unescape(name), _unescape(value)))
+    return tuple(params)
+
+
+def _unescape(text: str) -> str:
+    if "%" not in text:
+        return text
+    import urllib.parse  # only for an escape: its import is ~4 ms of a command
+
+    return urllib.parse.unquote(text, errors="surrogateescape")
+
+
+def format_params(pairs: list[tuple[str, str]]) -> str:
+    """The query of the name sent to the server, as libvirt's remote driver writes it:
+    ``name=value`` pairs joined by "&", each value's characters %-escaped (UTF-8,
+    upper-case hex) but for RFC 3986's unreserved ones, each name as it is."""
+    return "&".join(f"{name}={_escape(value)}" for name, value in pairs)
+
+
+def _escape(value: str) -> str:
+    if _UNRESERVED.issuperset(value):
+        return value
+    return "".join(
+        char
+        if char in _UNRESERVED
+        else "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
+        for char in value
+    )

@@ -1,4 +1,5 @@
-"""URIs are cut without importing urllib.parse, exactly as urllib.parse cuts them."""
+"""URIs are cut without importing urllib.parse, exactly as urllib.parse cuts them; their
+query's parameters are read and written as libvirt's client does."""
 
 from __future__ import annotations
 
@@ -6,13 +7,22 @@ import os
 import subprocess
 import sys
 import urllib.parse
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.client.fake_peer import FakePeer
 from virtvol.client import InvalidURI
-from virtvol.client.uri import UriParts, _encode_query, parse_uri, split_uri
+from virtvol.client.uri import UriParts, format_params, parse_uri, query_params, split_uri
+from virtvol.protocol import remote as r
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from virtvol.protocol.connection import CallReceived
 
 PLAIN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?=&+,@"
 # Characters that send a URI to urllib.parse, mixed in with the plain ones.
@@ -35,7 +45,7 @@ def urllib_parts(uri: str) -> UriParts | str:
             parts.fragment,
             parts.hostname or None,
             parts.port,
-            tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True)),
+            query_params(parts.query),
         )
     except ValueError as error:
         return str(error)
@@ -66,11 +76,40 @@ def test_other_uris_go_to_urllib(uri: str) -> None:
     assert our_parts(uri) == urllib_parts(uri)
 
 
-@given(st.lists(st.tuples(st.text(), st.text()), max_size=4))
-@example([("a b", "c-d_e.f~g")])
-@example([("k", "/run/x:y")])
-def test_query_encoded_as_urlencode_does(pairs: list[tuple[str, str]]) -> None:
-    assert _encode_query(pairs) == urllib.parse.urlencode(pairs)
+@pytest.mark.parametrize(
+    ("query", "params"),
+    [
+        ("socket=/run/a+b&x=%2F%20", (("socket", "/run/a+b"), ("x", "/ "))),
+        # A name alone has the empty value; "=value" and empty pairs are skipped.
+        ("a&=b&&c=&d", (("a", ""), ("c", ""), ("d", ""))),
+        # ";" separates only where the rest of the query has no "&".
+        ("a=1;b=2", (("a", "1"), ("b", "2"))),
+        ("a=1;b=2&c=3", (("a", "1;b=2"), ("c", "3"))),
+        ("a=1&b=2;c=3", (("a", "1"), ("b", "2"), ("c", "3"))),
+        ("k=a=b&", (("k", "a=b"),)),
+        ("", ()),
+    ],
+)
+def test_query_params_read_as_libvirt_reads_them(
+    query: str, params: tuple[tuple[str, str], ...]
+) -> None:
+    assert query_params(query) == params
+
+
+@given(st.lists(st.text(), max_size=4))
+@example(["a b+c/d:é~"])
+def test_formatted_values_read_back_as_they_were(values: list[str]) -> None:
+    written = format_params([(f"n{index}", value) for index, value in enumerate(values)])
+    assert [value for _, value in query_params(written)] == values
+    assert written.isascii()
+    assert " " not in written
+    assert "+" not in written
+
+
+def test_values_are_escaped_as_libvirts_remote_driver_escapes_them() -> None:
+    assert format_params([("k", "a b+c/d:é~"), ("Name", "x")]) == (
+        "k=a%20b%2Bc%2Fd%3A%C3%A9~&Name=x"
+    )
 
 
 def test_urllib_parse_is_not_imported_for_a_plain_uri() -> None:
@@ -97,7 +136,9 @@ def test_urllib_parse_is_not_imported_for_a_plain_uri() -> None:
 @pytest.mark.parametrize(
     ("uri", "open_name"),
     [
-        ("storage+tcp://h/system?foo=a+b&pkipath=/p", "storage:///system?foo=a+b"),
+        ("storage+tcp://h/system?foo=a+b&pkipath=/p", "storage:///system?foo=a%2Bb"),
+        # The remote driver's own parameters, whatever their case, stay with the client.
+        ("storage+tcp://h/system?PKIPath=/p&No_Verify=1&foo=x", "storage:///system?foo=x"),
         ("storage+tcp://h/system?x=%2F", "storage:///system?x=%2F"),
         ("storage+tcp://h/system#part", "storage:///system#part"),
         ("storage+tcp://h", "storage://"),
@@ -117,3 +158,38 @@ def test_an_ipv6_zone_is_not_taken_for_a_bad_escape() -> None:
     assert (target.host, target.port) == ("fe80::1%eth0", 1)
     with pytest.raises(InvalidURI, match="Unable to parse URI"):
         parse_uri("storage+tcp://[fe80::1]:1/sys%zz")
+
+
+def _open_name_sent(command: list[str], peer: FakePeer) -> str:
+    """Run ``command`` against ``peer`` and return the name its CONNECT_OPEN carried
+    (the peer hangs up after answering it: the rest of the command fails)."""
+    names: list[str] = []
+
+    def take_the_name(peer: FakePeer, event: CallReceived) -> None:
+        assert isinstance(event.args, r.ConnectOpenArgs)
+        names.append(event.args.name or "")
+        peer.reply(event.serial)
+        peer.hang_up()
+
+    peer.handlers[Proc.CONNECT_OPEN] = take_the_name
+    env = {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_")}
+    subprocess.run(command, capture_output=True, timeout=60, check=False, env=env)
+    assert len(names) == 1, f"{command[0]} did not open a connection"
+    return names[0]
+
+
+def test_the_query_reaches_the_socket_and_the_server_as_with_virsh(tmp_path: Path) -> None:
+    # A socket path holding "+" (a plus, not a space, to libvirt), the remote driver's
+    # parameter in capitals, and a parameter for the server with "+", an escaped space
+    # and "/": virsh and virtvol reach the same socket and send the server the same name.
+    sent = {}
+    for client in ("virsh", "virtvol"):
+        folder = tmp_path / f"{client}+sock"
+        folder.mkdir()
+        with FakePeer(folder) as peer:
+            uri = f"storage+unix:///system?SOCKET={peer.path}&foo=a+b%20c/d"
+            command = [client, "-c", uri, "pool-list"]
+            if client == "virtvol":
+                command[:1] = [sys.executable, "-m", "virtvol.client.cli"]
+            sent[client] = _open_name_sent(command, peer)
+    assert sent["virtvol"] == sent["virsh"] == "storage:///system?foo=a%2Bb%20c%2Fd"
