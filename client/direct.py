@@ -179,13 +179,14 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
             # IDNA-encoded, and that codec's import (with re) is ~4 ms of a command.
             host = target.host.encode() if target.host.isascii() else target.host
             sock = _tcp_socket(host, target.port, time_limit)
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            return sock
-        assert target.socket_path is not None
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        else:
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            sock.settimeout(time_limit)
-            sock.connect(target.socket_path)
+            if target.socket_path is None:
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            else:
+                sock.settimeout(time_limit)
+                sock.connect(target.socket_path)
         except BaseException:
             sock.close()
             raise
@@ -198,26 +199,32 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
 
 def _tcp_socket(host: bytes | str, port: int, time_limit: float | None) -> _socket.socket:
     """A socket connected to the first of ``host``'s addresses that answers, in the
-    resolver's order; when none does, the first address's failure is raised (as
-    ``socket.create_connection`` does).
+    resolver's order; when none does, the last address's failure is raised (as
+    ``socket.create_connection`` and libvirt do).
     """
-    failures: list[OSError] = []
+    last_failure: OSError | None = None
     for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
-        sock = _socket.socket(family, kind, proto)
+        sock = None
         try:
+            # Inside the try: an address of a family this host cannot open (IPv6
+            # disabled) is a failure of that address, not of the connection.
+            sock = _socket.socket(family, kind, proto)
             sock.settimeout(time_limit)
             sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            failures.append(exc)
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            last_failure = exc
             continue
-        except BaseException:
-            sock.close()
-            raise
         return sock
-    if not failures:  # pragma: no cover - the resolver raises gaierror rather than
-        raise OSError(f"the resolver gave no address for {host!r}")  # answer with nothing
-    raise failures[0]
+    # The resolver raises gaierror rather than answer with no address.
+    assert last_failure is not None
+    try:
+        raise last_failure
+    finally:
+        last_failure = None  # the traceback holds this frame: no cycle through it
 
 
 class DirectRpc:

@@ -41,6 +41,11 @@ def assert_same_file(a: Path, b: Path) -> None:
         raise AssertionError(f"{a} and {b} differ first at byte {first}")
 
 
+def open_descriptors() -> list[str]:
+    """This process's open file descriptors."""
+    return sorted(os.listdir("/proc/self/fd"))
+
+
 def leftovers(folder: Path, name: str) -> list[Path]:
     """Temporary files a download into ``folder/name`` left behind."""
     return list(folder.glob(f".{name}.*"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import errno
 import inspect
 import logging
 import os
@@ -22,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.client.fake_peer import FakePeer
-from tests.client.helpers import MIB, assert_same_file, leftovers, write_sparse_image
+from tests.client.helpers import (
+    MIB,
+    assert_same_file,
+    leftovers,
+    open_descriptors,
+    write_sparse_image,
+)
 from tests.conftest import free_port
 from virtvol.client import connect, direct
 from virtvol.client.direct import DirectRpc, needs_event_loop, open_direct, run_blocking
@@ -195,32 +202,39 @@ def test_a_name_the_idna_codec_refuses_but_the_resolver_knows_is_connected_to() 
 def test_every_address_of_a_name_is_tried_in_the_resolvers_order(
     virtvold: Virtvold, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A name with two addresses, the first refusing (a daemon listening on one family
-    # of "localhost" only): the command connects to the second, as virsh does. With
-    # both refusing, the failure told is the first address's.
-    served = virtvold.port
-    refused = free_port()
-    answers: dict[bytes, list[int]] = {b"twice": [refused, served], b"never": [refused, refused]}
-    asked: list[object] = []
+    # A name with several addresses, the first failing (nobody listening there, or a
+    # family this host cannot open, as IPv6 where it is disabled): the command connects
+    # to the next, as virsh does. When all fail, the failure told is the last one's,
+    # as libvirt tells it.
+    refused = ("127.0.0.1", free_port())
+    served = ("127.0.0.1", virtvold.port)
+    no_such_family = 255  # above every family Linux knows: EAFNOSUPPORT
+    answers = {
+        b"refused-then-served": [(_socket.AF_INET, refused), (_socket.AF_INET, served)],
+        b"unopenable-then-served": [(no_such_family, refused), (_socket.AF_INET, served)],
+        b"refused-then-unopenable": [(_socket.AF_INET, refused), (no_such_family, refused)],
+        b"unopenable-then-refused": [(no_such_family, refused), (_socket.AF_INET, refused)],
+    }
+    opened = set(open_descriptors())
 
-    def two_addresses(host: object, port: object, *args: Any) -> list[Any]:
-        asked.append(host)
-        assert isinstance(host, bytes)
-        return [
-            (_socket.AF_INET, _socket.SOCK_STREAM, 6, "", ("127.0.0.1", answer))
-            for answer in answers[host]
-        ]
+    def several_addresses(host: bytes, port: object, *args: Any) -> list[Any]:
+        return [(family, _socket.SOCK_STREAM, 6, "", where) for family, where in answers[host]]
 
-    monkeypatch.setattr(_socket, "getaddrinfo", two_addresses)
-    conn = run_blocking(open_direct(f"storage+tcp://twice:{served}/system", time_limit=5))
-    try:
-        assert run_blocking(conn.get_type()) == "storage"
-    finally:
-        run_blocking(conn.close())
-    assert direct_connect_error(f"storage+tcp://never:{served}/system") == (
-        f"unable to connect to server at 'never:{served}': Connection refused"
+    monkeypatch.setattr(_socket, "getaddrinfo", several_addresses)
+    for host in ("refused-then-served", "unopenable-then-served"):
+        conn = run_blocking(open_direct(f"storage+tcp://{host}:1/system", time_limit=5))
+        try:
+            assert run_blocking(conn.get_type()) == "storage"
+        finally:
+            run_blocking(conn.close())
+    unopenable = os.strerror(errno.EAFNOSUPPORT)
+    assert direct_connect_error("storage+tcp://refused-then-unopenable:1/system") == (
+        f"unable to connect to server at 'refused-then-unopenable:1': {unopenable}"
     )
-    assert asked == [b"twice", b"never"]
+    assert direct_connect_error("storage+tcp://unopenable-then-refused:1/system") == (
+        "unable to connect to server at 'unopenable-then-refused:1': Connection refused"
+    )
+    assert set(open_descriptors()) == opened
 
 
 def test_a_network_uri_without_a_host_means_localhost() -> None:

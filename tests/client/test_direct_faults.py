@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer, stream_error
-from tests.client.helpers import MIB, assert_same_file
+from tests.client.helpers import MIB, assert_same_file, open_descriptors
 from virtvol.client import direct_transfer
 from virtvol.client.direct import DirectRpc, open_direct, run_blocking
 from virtvol.client.errors import (
@@ -93,10 +93,6 @@ def data_file(path: Path, size: int) -> Path:
 
 def close(conn: ClientConnection) -> None:
     run_blocking(conn.close())
-
-
-def open_descriptors() -> list[str]:
-    return sorted(os.listdir("/proc/self/fd"))
 
 
 # -- calls ---------------------------------------------------------------------------------
