@@ -16,6 +16,8 @@ What the quick way does not do, so a class here must do without it: class keywor
 (``boundary=``) and a second base; ``_order_`` and ``_ignore_``; ``auto()`` in a
 flag; members named ``name`` or ``value``; nested classes; zero-argument ``super()``
 or ``__class__`` in a method. Type checkers see the ``enum`` module's classes.
+``enum._simple_enum`` is private, though present in every Python this project supports
+(3.11 and later); the test would tell a change in it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from virtvol.protocol.hints import TYPE_CHECKING
 
 __all__ = ["Enum", "IntEnum", "IntFlag"]
 
-if TYPE_CHECKING or not hasattr(enum, "_simple_enum"):
+if TYPE_CHECKING:
     from enum import Enum, IntEnum, IntFlag
 else:
 
