@@ -172,7 +172,7 @@ async def open_direct(
 
 def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
     try:
-        if target.transport == "tcp":
+        if target.socket_path is None:
             assert target.host is not None
             assert target.port is not None
             # An ASCII name goes to the resolver as bytes: as text, it would first be
@@ -199,28 +199,33 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
 
 def _tcp_socket(host: bytes | str, port: int, time_limit: float | None) -> _socket.socket:
     """A socket connected to the first of ``host``'s addresses that answers, in the
-    resolver's order; when none does, the last address's failure is raised (as
-    ``socket.create_connection`` and libvirt do).
+    resolver's order, within ``time_limit`` for them all; when none does, the last
+    address's failure is raised, as libvirt reports it. An address of a family this
+    host cannot open (IPv6 disabled) is passed over, as ``socket.create_connection``
+    does.
     """
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     last_failure: OSError | None = None
     for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        if deadline is not None and last_failure is not None and time.monotonic() >= deadline:
+            break
         sock = None
         try:
-            # Inside the try: an address of a family this host cannot open (IPv6
-            # disabled) is a failure of that address, not of the connection.
             sock = _socket.socket(family, kind, proto)
-            sock.settimeout(time_limit)
+            sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 0.001))
             sock.connect(address)
-        except BaseException as exc:
+        except OSError as exc:
             if sock is not None:
                 sock.close()
-            if not isinstance(exc, OSError):
-                raise
             last_failure = exc
             continue
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         return sock
-    # The resolver raises gaierror rather than answer with no address.
-    assert last_failure is not None
+    if last_failure is None:  # pragma: no cover - the resolver raises gaierror instead
+        raise OSError(f"the resolver gave no address for {host!r}")
     try:
         raise last_failure
     finally:

@@ -168,8 +168,6 @@ def _unix_socket(driver: str, path: str, params: dict[str, str], *, read_only: b
     if "socket" in params:
         return params["socket"]
     mode = params.get("mode", "auto")
-    if mode not in ("auto", "legacy", "direct"):
-        raise InvalidURI(f"Unknown remote mode '{mode}'")
     user = path == "/session" and os.geteuid() != 0
     # A user's daemon has one socket: libvirt names no read-only one there.
     suffix = "-sock-ro" if read_only and not user else "-sock"
@@ -228,10 +226,8 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         )
     if host is None and transport in ("tcp", "tls"):
         host = "localhost"  # libvirt's remote driver, for a URI without a server
-    # The remote driver takes its own parameters whatever their case, the last of a name.
-    params = {name.lower(): value for name, value in parts.params}
-
-    kept = [(k, v) for k, v in parts.params if k.lower() not in CONSUMED_PARAMS]
+    params = _remote_params(parts.params)
+    kept = [(k, v) for k, v in parts.params if _ascii_lower(k) not in CONSUMED_PARAMS]
     if "name" in params:
         open_name = params["name"]
     elif driver.lower() == "remote":
@@ -264,18 +260,59 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         open_name=open_name,
         open_flags=flags,
         pkipath=params.get("pkipath") or None,
-        tls_verify=not _flag(params.get("no_verify")),
+        tls_verify=params.get("no_verify", "0") == "0",
     )
 
 
-def _flag(value: str | None) -> bool:
-    """libvirt's integer URI flags (``no_verify=1``): anything but 0 means yes."""
-    if value is None:
-        return False
-    try:
-        return int(value) != 0
-    except ValueError:
-        raise InvalidURI(f"Failed to parse value of URI component no_verify: {value}") from None
+# The remote driver's parameters that hold a C int, and the values of its named choices.
+_INT_PARAMS = frozenset({"no_verify", "no_tty", "no_sanity"})
+_CHOICES = {"mode": ("auto", "legacy", "direct"), "proxy": ("auto", "netcat", "native")}
+_C_SPACE = " \t\n\v\f\r"
+
+
+def _remote_params(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """The remote driver's own parameters, as libvirt's takes them: names in any (ASCII)
+    case, the last of a name winning, each integer checked where it stands; an integer
+    flag's value is given as "0" or "1".
+
+    Raises:
+        InvalidURI: an integer that is not one, or a mode or proxy libvirt does not know,
+            in libvirt's words.
+    """
+    params = {}
+    for name, value in pairs:
+        key = _ascii_lower(name)
+        if key in _INT_PARAMS:
+            number = _c_int(value)
+            if number is None:
+                raise InvalidURI(f"invalid argument: Failed to parse value of URI component {name}")
+            value = "0" if number == 0 else "1"
+        if key in CONSUMED_PARAMS:
+            params[key] = value
+    mode = params.get("mode")
+    if mode is not None and mode not in _CHOICES["mode"]:
+        raise InvalidURI(f"invalid argument: Unknown remote mode '{mode}'")
+    proxy = params.get("proxy")
+    if proxy is not None and proxy not in _CHOICES["proxy"]:
+        # libvirt 9.0's spelling, so that scripts matching virsh's message match ours
+        raise InvalidURI(f"invalid argument: Unnkown proxy type '{proxy}'")
+    return params
+
+
+def _ascii_lower(name: str) -> str:
+    """``name`` in lower case as C's strcasecmp compares it: ASCII letters only."""
+    return name.lower() if name.isascii() else name
+
+
+def _c_int(text: str) -> int | None:
+    """``text`` read as libvirt reads an int (strtol, base 10, all of it, in range), or
+    None."""
+    body = text.lstrip(_C_SPACE)
+    digits = body[1:] if body[:1] in ("+", "-") else body
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    number = int(body)
+    return number if -(2**31) <= number < 2**31 else None
 
 
 class UriParts(Record):
@@ -360,7 +397,8 @@ def query_params(query: str) -> tuple[tuple[str, str], ...]:
     A pair ends at the next "&", or where the rest of the query holds none, at the
     next ";". "name" alone has the empty value; "=value" and empty pairs are skipped.
     Names and values lose their %-escapes, and nothing else: a "+" stays a plus (as
-    in ``socket=/run/a+b``), where a web form's reading would make it a space.
+    in ``socket=/run/a+b``), where a web form's reading would make it a space; an
+    escaped NUL ends them. A pair of "=" alone is read as libvirt reads it (see below).
     """
     params = []
     while query:
@@ -369,19 +407,26 @@ def query_params(query: str) -> tuple[tuple[str, str], ...]:
             end = query.find(";")
         if end < 0:
             end = len(query)
-        pair, query = query[:end], query[end + 1 :]
-        name, _, value = pair.partition("=")
-        if name:
-            params.append((_unescape(name), _unescape(value)))
+        pair, rest = query[:end], query[end + 1 :]
+        if pair == "=":
+            # libvirt unescapes the empty name with a length of 0, which libxml2 takes
+            # for "to the end": the name is the rest of the query, "=" included.
+            params.append((_unescape(query), ""))
+        else:
+            name, _, value = pair.partition("=")
+            if name:
+                params.append((_unescape(name), _unescape(value)))
+        query = rest
     return tuple(params)
 
 
 def _unescape(text: str) -> str:
+    """``text`` without its %-escapes, cut at the first NUL (libvirt's are C strings)."""
     if "%" not in text:
         return text
     import urllib.parse  # only for an escape: its import is ~4 ms of a command
 
-    return urllib.parse.unquote(text, errors="surrogateescape")
+    return urllib.parse.unquote(text, errors="surrogateescape").partition("\x00")[0]
 
 
 def format_params(pairs: list[tuple[str, str]]) -> str:

@@ -353,6 +353,15 @@ def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None
         "storage+tcp://h/sys%zz",
         "storage+tcp://[::1/system",
         "storage+tcp://h/\u00e9",
+        # The remote driver's own parameters: integers as C reads them, every one of
+        # them, the name as written; known modes and proxies only.
+        "storage+tcp://h/system?No_Verify=x",
+        "storage+tcp://h/system?no_tty=1_0",
+        "storage+tcp://h/system?no_verify=1&NO_SANITY=99999999999",
+        "storage+tcp://h/system?no_verify=x&no_verify=1",
+        "storage+tcp://h/system?no_verify=1%20",
+        "storage+unix:///system?socket=/nonexistent&mode=bogus",
+        "storage+tcp://h/system?proxy=bogus",
     ],
 )
 def test_a_uri_libvirt_refuses_is_refused_in_virshs_words(uri: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import contextlib
 import errno
 import inspect
 import logging
@@ -204,8 +205,8 @@ def test_every_address_of_a_name_is_tried_in_the_resolvers_order(
 ) -> None:
     # A name with several addresses, the first failing (nobody listening there, or a
     # family this host cannot open, as IPv6 where it is disabled): the command connects
-    # to the next, as virsh does. When all fail, the failure told is the last one's,
-    # as libvirt tells it.
+    # to the next (virsh too: its resolver leaves out families the host has no address
+    # of). When all fail, the failure told is the last one's, as libvirt tells it.
     refused = ("127.0.0.1", free_port())
     served = ("127.0.0.1", virtvold.port)
     no_such_family = 255  # above every family Linux knows: EAFNOSUPPORT
@@ -235,6 +236,37 @@ def test_every_address_of_a_name_is_tried_in_the_resolvers_order(
         "unable to connect to server at 'unopenable-then-refused:1': Connection refused"
     )
     assert set(open_descriptors()) == opened
+
+
+def test_the_time_limit_covers_all_of_a_names_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three addresses that never answer (a listener whose backlog is full drops the
+    # connection requests): the command gives up after its time limit, not three of them.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filling = []
+    for _ in range(3):
+        waiting = socket.socket()
+        waiting.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            waiting.connect(listener.getsockname())
+        filling.append(waiting)
+
+    def three_addresses(host: bytes, port: object, *args: Any) -> list[Any]:
+        where = listener.getsockname()
+        return [(_socket.AF_INET, _socket.SOCK_STREAM, 6, "", where)] * 3
+
+    monkeypatch.setattr(_socket, "getaddrinfo", three_addresses)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            run_blocking(open_direct("storage+tcp://silent:1/system", time_limit=0.6))
+    finally:
+        for sock in [listener, *filling]:
+            sock.close()
+    assert 0.5 < time.monotonic() - started < 1.2
 
 
 def test_a_network_uri_without_a_host_means_localhost() -> None:

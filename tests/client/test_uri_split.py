@@ -88,6 +88,12 @@ def test_other_uris_go_to_urllib(uri: str) -> None:
         ("a=1&b=2;c=3", (("a", "1"), ("b", "2"), ("c", "3"))),
         ("k=a=b&", (("k", "a=b"),)),
         ("", ()),
+        # "=" alone: libvirt's name is the rest of the query (libxml2 reads a length of
+        # 0 as "to the end"), and the pairs after it are read as well.
+        ("foo=1&=&socket=/s", (("foo", "1"), ("=&socket=/s", ""), ("socket", "/s"))),
+        ("socket=/s&=", (("socket", "/s"), ("=", ""))),
+        # An escaped NUL ends a name or a value (C strings); an empty name stays.
+        ("a%00b=x%00y&%00=1", (("a", "x"), ("", "1"))),
     ],
 )
 def test_query_params_read_as_libvirt_reads_them(
@@ -96,7 +102,7 @@ def test_query_params_read_as_libvirt_reads_them(
     assert query_params(query) == params
 
 
-@given(st.lists(st.text(), max_size=4))
+@given(st.lists(st.text(st.characters(blacklist_characters="\x00")), max_size=4))
 @example(["a b+c/d:é~"])
 def test_formatted_values_read_back_as_they_were(values: list[str]) -> None:
     written = format_params([(f"n{index}", value) for index, value in enumerate(values)])
@@ -151,6 +157,17 @@ def test_open_name(uri: str, open_name: str) -> None:
     assert parse_uri(uri).open_name == open_name
 
 
+@pytest.mark.parametrize(
+    ("value", "verify"),
+    [("0", True), ("+0", True), (" \t-0", True), ("1", False), (" 1", False), ("-1", False)],
+)
+def test_integer_parameters_read_as_c_reads_them(value: str, verify: bool) -> None:
+    # Leading white space and a sign, as strtol takes them (the refusals are compared
+    # with virsh's in test_cli_spellings.py).
+    target = parse_uri(f"storage+tls://h/system?no_verify={urllib.parse.quote(value)}")
+    assert target.tls_verify is verify
+
+
 def test_an_ipv6_zone_is_not_taken_for_a_bad_escape() -> None:
     # "%" inside the brackets starts a zone (libvirt takes it); elsewhere it must
     # start an escape of two hex digits.
@@ -173,23 +190,40 @@ def _open_name_sent(command: list[str], peer: FakePeer) -> str:
 
     peer.handlers[Proc.CONNECT_OPEN] = take_the_name
     env = {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_")}
-    subprocess.run(command, capture_output=True, timeout=60, check=False, env=env)
+    subprocess.run(
+        command, capture_output=True, stdin=subprocess.DEVNULL, timeout=60, check=False, env=env
+    )
     assert len(names) == 1, f"{command[0]} did not open a connection"
     return names[0]
 
 
-def test_the_query_reaches_the_socket_and_the_server_as_with_virsh(tmp_path: Path) -> None:
-    # A socket path holding "+" (a plus, not a space, to libvirt), the remote driver's
-    # parameter in capitals, and a parameter for the server with "+", an escaped space
-    # and "/": virsh and virtvol reach the same socket and send the server the same name.
-    sent = {}
+@pytest.mark.parametrize(
+    ("query", "sent"),
+    [
+        # The remote driver's parameter in capitals, and one for the server with "+", an
+        # escaped space and "/".
+        ("SOCKET={socket}&foo=a+b%20c/d", "storage:///system?foo=a%2Bb%20c%2Fd"),
+        # "=" alone and an escaped NUL, read as libvirt reads them.
+        ("foo=1&=&socket={socket}&bar=x%00y&%00z=1", None),
+    ],
+)
+def test_the_query_reaches_the_socket_and_the_server_as_with_virsh(
+    tmp_path: Path, query: str, sent: str | None
+) -> None:
+    # The socket's path holds "+" (a plus, not a space, to libvirt): virsh and virtvol
+    # reach the same socket and send the server the same name.
+    # One after the other on the same path, which the name may carry.
+    folder = tmp_path / "a+sock"
+    folder.mkdir()
+    names = {}
     for client in ("virsh", "virtvol"):
-        folder = tmp_path / f"{client}+sock"
-        folder.mkdir()
         with FakePeer(folder) as peer:
-            uri = f"storage+unix:///system?SOCKET={peer.path}&foo=a+b%20c/d"
+            uri = "storage+unix:///system?" + query.format(socket=peer.path)
             command = [client, "-c", uri, "pool-list"]
             if client == "virtvol":
                 command[:1] = [sys.executable, "-m", "virtvol.client.cli"]
-            sent[client] = _open_name_sent(command, peer)
-    assert sent["virtvol"] == sent["virsh"] == "storage:///system?foo=a%2Bb%20c%2Fd"
+            names[client] = _open_name_sent(command, peer)
+        peer.path.unlink()
+    assert names["virtvol"] == names["virsh"]
+    if sent is not None:
+        assert names["virsh"] == sent
