@@ -210,7 +210,8 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         raise InvalidURI(
             f"no connection driver available for URI '{uri}' does not include a driver name"
         )
-    driver, _, transport = parts.scheme.partition("+")
+    # The driver as written: libvirt names it so to the server and in the socket's name.
+    driver, _, transport = uri[: len(parts.scheme)].partition("+")
     host = parts.host
     transport = transport.lower()
     if transport and transport not in TRANSPORTS:
@@ -230,7 +231,7 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
     kept = [(k, v) for k, v in parts.params if _ascii_lower(k) not in CONSUMED_PARAMS]
     if "name" in params:
         open_name = params["name"]
-    elif driver.lower() == "remote":
+    elif driver == "remote":
         open_name = ""
     else:
         # libvirt keeps the "//" of the empty authority.
@@ -245,7 +246,7 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
     port = None
     if transport == "unix":
         # A "remote" URI names no driver: libvirtd's socket serves it.
-        socket_driver = "" if driver.lower() == "remote" else driver.lower()
+        socket_driver = "" if driver == "remote" else driver
         socket_path = _unix_socket(socket_driver, parts.path, params, read_only=read_only)
         if parts.path == "/session" and os.geteuid() != 0:
             flags |= OPEN_USER

@@ -198,17 +198,24 @@ def _open_name_sent(command: list[str], peer: FakePeer) -> str:
 
 
 @pytest.mark.parametrize(
-    ("query", "sent"),
+    ("uri", "sent"),
     [
         # The remote driver's parameter in capitals, and one for the server with "+", an
         # escaped space and "/".
-        ("SOCKET={socket}&foo=a+b%20c/d", "storage:///system?foo=a%2Bb%20c%2Fd"),
+        (
+            "storage+unix:///system?SOCKET={socket}&foo=a+b%20c/d",
+            "storage:///system?foo=a%2Bb%20c%2Fd",
+        ),
         # "=" alone and an escaped NUL, read as libvirt reads them.
-        ("foo=1&=&socket={socket}&bar=x%00y&%00z=1", None),
+        ("storage+unix:///system?foo=1&=&socket={socket}&bar=x%00y&%00z=1", None),
+        # The driver as written.
+        ("STORAGE+Unix:///system?socket={socket}", "STORAGE:///system"),
+        ("REMOTE+unix:///system?socket={socket}", "REMOTE:///system"),
+        ("remote+unix:///system?socket={socket}", ""),
     ],
 )
 def test_the_query_reaches_the_socket_and_the_server_as_with_virsh(
-    tmp_path: Path, query: str, sent: str | None
+    tmp_path: Path, uri: str, sent: str | None
 ) -> None:
     # The socket's path holds "+" (a plus, not a space, to libvirt): virsh and virtvol
     # reach the same socket and send the server the same name.
@@ -218,8 +225,7 @@ def test_the_query_reaches_the_socket_and_the_server_as_with_virsh(
     names = {}
     for client in ("virsh", "virtvol"):
         with FakePeer(folder) as peer:
-            uri = "storage+unix:///system?" + query.format(socket=peer.path)
-            command = [client, "-c", uri, "pool-list"]
+            command = [client, "-c", uri.format(socket=peer.path), "pool-list"]
             if client == "virtvol":
                 command[:1] = [sys.executable, "-m", "virtvol.client.cli"]
             names[client] = _open_name_sent(command, peer)
