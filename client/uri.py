@@ -335,14 +335,26 @@ class UriParts(Record):
 
 def _not_rfc3986(uri: str) -> bool:
     """True for a URI libvirt's parser (libxml2's) refuses: a character RFC 3986 does
-    not allow (a space, non-ASCII...) or a %-escape without two hexadecimal digits
-    (outside the brackets of an IPv6 host, where "%" starts a zone: [fe80::1%eth0])."""
-    if not _RFC3986_CHARACTERS.issuperset(uri):
+    not allow (a space, non-ASCII...), a bracket outside the host, a second "#", or a
+    %-escape without two hexadecimal digits (outside the brackets of an IPv6 host,
+    where "%" starts a zone: [fe80::1%eth0])."""
+    if not _RFC3986_CHARACTERS.issuperset(uri) or uri.count("#") > 1:
         return True
-    before, bracket, rest = uri.partition("[")
+    authority, outside = "", uri
+    slashes = uri.find("://")
+    if slashes >= 0:
+        start = slashes + 3
+        end = min((i for i in (uri.find(c, start) for c in "/?#") if i >= 0), default=len(uri))
+        authority, outside = uri[start:end], uri[:start] + uri[end:]
+    if "[" in outside or "]" in outside:
+        return True
+    before, bracket, rest = authority.partition("[")
     if bracket:
-        uri = before + rest.partition("]")[2]
-    return any(not _HEX.issuperset(escape[:2]) or len(escape) < 2 for escape in uri.split("%")[1:])
+        authority = before + rest.partition("]")[2]
+    return any(
+        not _HEX.issuperset(escape[:2]) or len(escape) < 2
+        for escape in (outside + authority).split("%")[1:]
+    )
 
 
 def split_uri(uri: str) -> UriParts:
