@@ -32,10 +32,11 @@ from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncio
+    import socket
     import uuid as uuidlib
     from collections.abc import Coroutine, Generator
     from types import TracebackType
-    from typing import Self
+    from typing import Any, Self
 
     from virtvol.client.interfaces import CallEngine
     from virtvol.client.rpc import RpcProtocol
@@ -276,56 +277,97 @@ async def _open_transport(target: Target) -> RpcProtocol:
     loop = asyncio.get_running_loop()
     description = target.uri
     try:
-        if target.transport == "tcp":
-            assert target.host is not None
-            assert target.port is not None
-            _, protocol = await loop.create_connection(
-                lambda: RpcProtocol(description), await _loop_host(loop, target), target.port
-            )
-            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
-            if sock is not None:
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        elif target.transport == "tls":
-            assert target.host is not None
-            assert target.port is not None
-            context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
-            host = await _loop_host(loop, target)
-            if host != target.host and context.check_hostname:
-                raise TransportError(
-                    f"unable to connect to server at '{target.host}:{target.port}': "
-                    "the host name cannot be checked against a certificate"
-                )
-            opened = await open_tls(host, target.port, context, lambda: RpcProtocol(description))
-            assert isinstance(opened, RpcProtocol)
-            protocol = opened
-            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
-            if sock is not None:
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        else:  # unix: _connect let only SUPPORTED_TRANSPORTS through
+        if target.transport == "unix":  # _connect let only SUPPORTED_TRANSPORTS through
             assert target.socket_path is not None
             _, protocol = await loop.create_unix_connection(
                 lambda: RpcProtocol(description), target.socket_path
             )
+            return protocol
+        assert target.host is not None
+        addresses = await _addresses(loop, target)
+        if target.transport == "tcp":
+            sock = await _connect_first(loop, addresses)
+            _, protocol = await loop.create_connection(lambda: RpcProtocol(description), sock=sock)
+        else:
+            context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
+            idna_refused = _idna_refuses(target.host)
+            if idna_refused and context.check_hostname:
+                raise TransportError(
+                    f"unable to connect to server at '{target.host}:{target.port}': "
+                    "the host name cannot be checked against a certificate"
+                )
+            sock = await _connect_first(loop, addresses)
+            # Without a check of the name, SNI may carry the address the ssl module takes
+            # where it refuses the name.
+            server_name = sock.getpeername()[0] if idna_refused else target.host
+            opened = await open_tls(sock, server_name, context, lambda: RpcProtocol(description))
+            assert isinstance(opened, RpcProtocol)
+            protocol = opened
     except OSError as exc:
         raise connect_failure(target, exc) from exc
+    if protocol.transport is not None:
+        protocol.transport.get_extra_info("socket").setsockopt(
+            _socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1
+        )
     return protocol
 
 
-async def _loop_host(loop: asyncio.AbstractEventLoop, target: Target) -> str:
-    """The host to give the event loop: the name, or for a name the IDNA codec refuses
-    ("a..b", a label over 63 characters), which the event loop would fail on before any
-    lookup, the first address the resolver gives for it as it is, as libvirt asks.
+async def _addresses(
+    loop: asyncio.AbstractEventLoop, target: Target
+) -> list[tuple[int, int, int, tuple[Any, ...]]]:
+    """The host's addresses in the resolver's order, as (family, type, proto, address).
+    The name goes to the resolver as it is written (bytes: no IDNA step, which refuses
+    names such as "a..b" before any lookup), as libvirt asks.
 
     Raises:
         OSError: the resolver does not know the name.
     """
     assert target.host is not None
+    found = await loop.getaddrinfo(target.host.encode(), target.port, type=_socket.SOCK_STREAM)
+    return [(family, kind, proto, address) for family, kind, proto, _, address in found]
+
+
+async def _connect_first(
+    loop: asyncio.AbstractEventLoop, addresses: list[tuple[int, int, int, tuple[Any, ...]]]
+) -> socket.socket:
+    """A socket connected to the first of ``addresses`` that answers; when none does,
+    the last one's failure, as the command line's connection (``direct``) and libvirt
+    report it (the event loop's own connect would report "Multiple exceptions: ...")."""
+    import socket
+
+    last_failure: OSError | None = None
+    for family, kind, proto, address in addresses:
+        sock = None
+        try:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            last_failure = exc
+            continue
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        return sock
+    if last_failure is None:  # pragma: no cover - the resolver raises gaierror instead
+        raise OSError("the resolver gave no address")
     try:
-        target.host.encode("idna")
+        raise last_failure
+    finally:
+        last_failure = None  # the traceback holds this frame: no cycle through it
+
+
+def _idna_refuses(host: str) -> bool:
+    """True for a name the IDNA codec refuses ("a..b", a label over 63 characters): the
+    ssl module cannot check a certificate against it."""
+    try:
+        host.encode("idna")
     except UnicodeError:
-        found = await loop.getaddrinfo(target.host.encode(), target.port, type=_socket.SOCK_STREAM)
-        return str(found[0][4][0])
-    return target.host
+        return True
+    return False
 
 
 def connect_failure(target: Target, exc: OSError) -> TransportError:

@@ -28,6 +28,7 @@ from virtvol.client.errors import LibvirtError
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable
 
 __all__ = ["ClientCredentials", "client_context", "locate_credentials", "open_tls"]
@@ -142,23 +143,24 @@ class _Confirmation(asyncio.Protocol):
 
 
 async def open_tls(
-    host: str,
-    port: int,
+    sock: socket.socket,
+    server_name: str,
     context: ssl.SSLContext,
     make_protocol: Callable[[], asyncio.BaseProtocol],
 ) -> asyncio.BaseProtocol:
-    """Connect, shake hands, wait for the confirmation byte and return the RPC protocol.
+    """Over the connected ``sock``, shake hands with ``server_name`` (checked against
+    its certificate if ``context`` says so), wait for the confirmation byte and return
+    the RPC protocol.
 
     Raises:
         LibvirtError: the handshake failed, the server's certificate did not pass,
             or the server refused ours (libvirt's messages).
-        OSError: the server cannot be reached.
+        OSError: the connection broke.
     """
     loop = asyncio.get_running_loop()
-    server_hostname = host if context.check_hostname else None
     try:
         transport, gate = await loop.create_connection(
-            _Confirmation, host, port, ssl=context, server_hostname=server_hostname
+            _Confirmation, sock=sock, ssl=context, server_hostname=server_name
         )
     except ssl.SSLCertVerificationError:
         raise _error(

@@ -238,6 +238,36 @@ def test_every_address_of_a_name_is_tried_in_the_resolvers_order(
     assert set(open_descriptors()) == opened
 
 
+def test_the_event_loop_engine_tries_each_address_and_tells_the_last_failure(
+    virtvold: Virtvold, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the command line's engine: a name whose first address refuses connects to the
+    # next; when all refuse, the message is virsh's ("Connection refused"), not the
+    # event loop's "Multiple exceptions: ..." of every address.
+    refused = ("127.0.0.1", free_port())
+    served = ("127.0.0.1", virtvold.port)
+    answers = {
+        b"refused-then-served": [refused, served],
+        b"refused-twice": [refused, ("127.0.0.2", refused[1])],
+    }
+
+    async def several_addresses(
+        loop: asyncio.AbstractEventLoop, host: bytes, port: object, **kwargs: Any
+    ) -> list[Any]:
+        return [(_socket.AF_INET, _socket.SOCK_STREAM, 6, "", where) for where in answers[host]]
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", several_addresses)
+
+    async def get_type() -> str:
+        async with connect("storage+tcp://refused-then-served:1/system", timeout=5) as conn:
+            return await conn.get_type()
+
+    assert asyncio.run(get_type()) == "storage"
+    assert event_loop_connect_error("storage+tcp://refused-twice:1/system") == (
+        "unable to connect to server at 'refused-twice:1': Connection refused"
+    )
+
+
 def test_the_time_limit_covers_all_of_a_names_addresses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
