@@ -12,6 +12,7 @@ from __future__ import annotations
 # The C module, not socket.py, whose import turns the C module's constants into
 # enums (~3 ms of every command); the constants are the same.
 import _socket
+import errno
 import os
 import time
 
@@ -284,31 +285,37 @@ async def _open_transport(target: Target) -> RpcProtocol:
             )
             return protocol
         assert target.host is not None
+        context = None
+        if target.transport == "tls":  # the credentials first, as libvirt reads them
+            context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
         addresses = await _addresses(loop, target)
-        if target.transport == "tcp":
-            sock = await _connect_first(loop, addresses)
+        if context is None:
+            sock, _ = await _connect_first(loop, addresses)
             _, protocol = await loop.create_connection(lambda: RpcProtocol(description), sock=sock)
         else:
-            context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
             idna_refused = _idna_refuses(target.host)
             if idna_refused and context.check_hostname:
                 raise TransportError(
                     f"unable to connect to server at '{target.host}:{target.port}': "
                     "the host name cannot be checked against a certificate"
                 )
-            sock = await _connect_first(loop, addresses)
+            sock, address = await _connect_first(loop, addresses)
             # Without a check of the name, SNI may carry the address the ssl module takes
             # where it refuses the name.
-            server_name = sock.getpeername()[0] if idna_refused else target.host
+            server_name = str(address[0]) if idna_refused else target.host
             opened = await open_tls(sock, server_name, context, lambda: RpcProtocol(description))
             assert isinstance(opened, RpcProtocol)
             protocol = opened
+        if protocol.transport is not None:
+            try:
+                protocol.transport.get_extra_info("socket").setsockopt(
+                    _socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1
+                )
+            except OSError:
+                protocol.transport.abort()
+                raise
     except OSError as exc:
         raise connect_failure(target, exc) from exc
-    if protocol.transport is not None:
-        protocol.transport.get_extra_info("socket").setsockopt(
-            _socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1
-        )
     return protocol
 
 
@@ -329,10 +336,11 @@ async def _addresses(
 
 async def _connect_first(
     loop: asyncio.AbstractEventLoop, addresses: list[tuple[int, int, int, tuple[Any, ...]]]
-) -> socket.socket:
-    """A socket connected to the first of ``addresses`` that answers; when none does,
-    the last one's failure, as the command line's connection (``direct``) and libvirt
-    report it (the event loop's own connect would report "Multiple exceptions: ...")."""
+) -> tuple[socket.socket, tuple[Any, ...]]:
+    """A socket connected to the first of ``addresses`` that answers, and that address;
+    when none does, the last one's failure, as the command line's connection
+    (``direct``) and libvirt report it (the event loop's own connect would report
+    "Multiple exceptions: ...")."""
     import socket
 
     last_failure: OSError | None = None
@@ -341,7 +349,7 @@ async def _connect_first(
         try:
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
-            await loop.sock_connect(sock, address)
+            await _connect_socket(loop, sock, address)
         except OSError as exc:
             if sock is not None:
                 sock.close()
@@ -351,13 +359,41 @@ async def _connect_first(
             if sock is not None:
                 sock.close()
             raise
-        return sock
+        return sock, address
     if last_failure is None:  # pragma: no cover - the resolver raises gaierror instead
         raise OSError("the resolver gave no address")
     try:
         raise last_failure
     finally:
         last_failure = None  # the traceback holds this frame: no cycle through it
+
+
+async def _connect_socket(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[Any, ...]
+) -> None:
+    """Connect the non-blocking ``sock`` to ``address`` as it is. (uvloop's
+    ``sock_connect`` looks the address up again and loses an IPv6 address's scope,
+    so a link-local address with a zone would not connect.)
+
+    Raises:
+        OSError: the connection failed.
+    """
+    error = sock.connect_ex(address)
+    if error == errno.EINPROGRESS:
+        writable: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(sock.fileno(), wake)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock.fileno())
+        error = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
 
 
 def _idna_refuses(host: str) -> bool:

@@ -191,9 +191,9 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
             sock.close()
             raise
         return sock
-    except TimeoutError:
-        raise
     except OSError as exc:
+        if isinstance(exc, TimeoutError) and exc.errno is None:
+            raise  # the time limit ran out; the kernel's own ETIMEDOUT is a failure
         raise connect_failure(target, exc) from exc
 
 

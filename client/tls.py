@@ -177,6 +177,9 @@ async def open_tls(
         raise _error(
             ErrorCode.SYSTEM_ERROR, "Unable to read TLS confirmation: Input/output error"
         ) from None
+    except BaseException:  # a time limit, a cancelled task: the connection goes too
+        transport.abort()
+        raise
     if first != CONFIRMATION:
         transport.abort()
         raise _error(ErrorCode.RPC, "server verification (of our certificate or IP address) failed")

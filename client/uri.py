@@ -340,20 +340,21 @@ def _not_rfc3986(uri: str) -> bool:
     where "%" starts a zone: [fe80::1%eth0])."""
     if not _RFC3986_CHARACTERS.issuperset(uri) or uri.count("#") > 1:
         return True
-    authority, outside = "", uri
-    slashes = uri.find("://")
-    if slashes >= 0:
-        start = slashes + 3
-        end = min((i for i in (uri.find(c, start) for c in "/?#") if i >= 0), default=len(uri))
-        authority, outside = uri[start:end], uri[:start] + uri[end:]
+    rest, _, fragment = uri.partition("#")  # brackets may stand in a fragment (XPointer)
+    authority, outside = "", rest
+    colon = rest.find(":")
+    if colon > 0 and rest[colon + 1 : colon + 3] == "//":  # the authority follows the scheme
+        start = colon + 3
+        end = min((i for i in (rest.find(c, start) for c in "/?") if i >= 0), default=len(rest))
+        authority, outside = rest[start:end], rest[:start] + rest[end:]
     if "[" in outside or "]" in outside:
         return True
-    before, bracket, rest = authority.partition("[")
+    before, bracket, after = authority.partition("[")
     if bracket:
-        authority = before + rest.partition("]")[2]
+        authority = before + after.partition("]")[2]
     return any(
         not _HEX.issuperset(escape[:2]) or len(escape) < 2
-        for escape in (outside + authority).split("%")[1:]
+        for escape in (outside + authority + fragment).split("%")[1:]
     )
 
 

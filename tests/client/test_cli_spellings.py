@@ -353,10 +353,12 @@ def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None
         "storage+tcp://h/sys%zz",
         "storage+tcp://[::1/system",
         "storage+tcp://h/\u00e9",
-        # Brackets belong to an IPv6 host only; one "#" starts the fragment.
+        # Brackets belong to an IPv6 host (or a fragment) only; one "#" starts the
+        # fragment; "//" makes an authority only right after the scheme.
         "storage+tcp://h/system?a=[1]",
         "storage+tcp://h/[x]/system",
         "storage+tcp://h/sys#a#b",
+        "storage:/system?x=a://[::1]/",
         # The remote driver's own parameters: integers as C reads them, every one of
         # them, the name as written; known modes and proxies only.
         "storage+tcp://h/system?No_Verify=x",

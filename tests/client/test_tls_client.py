@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import TYPE_CHECKING
 
@@ -23,15 +24,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-async def _scripted_server(pki: Pki, first: bytes, server: Path) -> AsyncIterator[int]:
-    """A TLS server with the certificate in ``server`` that sends ``first`` and waits."""
+async def _scripted_server(
+    pki: Pki, first: bytes, server: Path, hung_up: asyncio.Event | None = None
+) -> AsyncIterator[int]:
+    """A TLS server with the certificate in ``server`` that sends ``first`` and waits
+    (``hung_up`` is set when a client hangs up)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(server / "servercert.pem", server / "serverkey.pem")
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(first)
         await writer.drain()
-        await reader.read()  # until the client hangs up
+        with contextlib.suppress(OSError):  # a client's reset is a hang-up too
+            await reader.read()  # until the client hangs up
+        if hung_up is not None:
+            hung_up.set()
         writer.close()
 
     listener = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
@@ -73,9 +80,22 @@ async def test_the_server_name_must_match(misnamed_server: int, pki: Pki) -> Non
     assert unverified.value.code == ErrorCode.RPC
 
 
-async def test_missing_ca_is_reported_before_connecting(tmp_path: Path) -> None:
+async def test_a_time_limit_during_the_confirmation_hangs_up(pki: Pki) -> None:
+    # A server that never sends the confirmation byte: the time limit ends the wait and
+    # the connection with it (it used to stay open until the event loop closed).
+    hung_up = asyncio.Event()
+    async for port in _scripted_server(pki, b"", pki.server, hung_up):
+        uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={pki.client_dir('client')}"
+        with pytest.raises(TimeoutError):
+            await virtvol.client.connect(uri, timeout=0.5)
+        await asyncio.wait_for(hung_up.wait(), 5)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+async def test_missing_ca_is_reported_before_connecting(tmp_path: Path, host: str) -> None:
+    # Before the name is even looked up, as libvirt reads its credentials first.
     with pytest.raises(LibvirtError) as caught:
-        await virtvol.client.connect(f"storage+tls://127.0.0.1:1/system?pkipath={tmp_path}")
+        await virtvol.client.connect(f"storage+tls://{host}:1/system?pkipath={tmp_path}")
     assert caught.value.message == (
         f"Cannot read CA certificate '{tmp_path}/cacert.pem': No such file or directory"
     )

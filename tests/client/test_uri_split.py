@@ -168,6 +168,14 @@ def test_integer_parameters_read_as_c_reads_them(value: str, verify: bool) -> No
     assert target.tls_verify is verify
 
 
+def test_brackets_stand_in_a_host_or_a_fragment() -> None:
+    # libxml2 takes them in a fragment too (XPointer), as virsh does.
+    assert parse_uri("storage+tcp://[::1]:1/system#a[1]").host == "::1"
+    for refused in ("storage+tcp://h/system?a=[1]", "storage:/system?x=a://[::1]/"):
+        with pytest.raises(InvalidURI, match="Unable to parse URI"):
+            parse_uri(refused)
+
+
 def test_an_ipv6_zone_is_not_taken_for_a_bad_escape() -> None:
     # "%" inside the brackets starts a zone (libvirt takes it); elsewhere it must
     # start an escape of two hex digits.
