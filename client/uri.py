@@ -265,9 +265,10 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
     )
 
 
-# The remote driver's parameters that hold a C int, and the values of its named choices.
+# The remote driver's parameters that hold a C int, and the values its choices take.
 _INT_PARAMS = frozenset({"no_verify", "no_tty", "no_sanity"})
-_CHOICES = {"mode": ("auto", "legacy", "direct"), "proxy": ("auto", "netcat", "native")}
+_MODES = ("auto", "legacy", "direct")
+_PROXIES = ("auto", "netcat", "native")
 _C_SPACE = " \t\n\v\f\r"
 
 
@@ -291,10 +292,10 @@ def _remote_params(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
         if key in CONSUMED_PARAMS:
             params[key] = value
     mode = params.get("mode")
-    if mode is not None and mode not in _CHOICES["mode"]:
+    if mode is not None and mode not in _MODES:
         raise InvalidURI(f"invalid argument: Unknown remote mode '{mode}'")
     proxy = params.get("proxy")
-    if proxy is not None and proxy not in _CHOICES["proxy"]:
+    if proxy is not None and proxy not in _PROXIES:
         # libvirt 9.0's spelling, so that scripts matching virsh's message match ours
         raise InvalidURI(f"invalid argument: Unnkown proxy type '{proxy}'")
     return params
