@@ -330,7 +330,8 @@ async def _addresses(
         OSError: the resolver does not know the name.
     """
     assert target.host is not None
-    found = await loop.getaddrinfo(target.host.encode(), target.port, type=_socket.SOCK_STREAM)
+    host = target.host.encode("utf-8", "surrogateescape")
+    found = await loop.getaddrinfo(host, target.port, type=_socket.SOCK_STREAM)
     return [(family, kind, proto, address) for family, kind, proto, _, address in found]
 
 

@@ -175,9 +175,10 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
         if target.socket_path is None:
             assert target.host is not None
             assert target.port is not None
-            # An ASCII name goes to the resolver as bytes: as text, it would first be
-            # IDNA-encoded, and that codec's import (with re) is ~4 ms of a command.
-            host = target.host.encode() if target.host.isascii() else target.host
+            # The name goes to the resolver as bytes, as libvirt passes it: as text, it
+            # would first be IDNA-encoded, and that codec's import (with re) is ~4 ms
+            # of a command (and refuses names such as "a..b" before any lookup).
+            host = target.host.encode("utf-8", "surrogateescape")
             sock = _tcp_socket(host, target.port, time_limit)
         else:
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -197,7 +198,7 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
         raise connect_failure(target, exc) from exc
 
 
-def _tcp_socket(host: bytes | str, port: int, time_limit: float | None) -> _socket.socket:
+def _tcp_socket(host: bytes, port: int, time_limit: float | None) -> _socket.socket:
     """A socket connected to the first of ``host``'s addresses that answers, in the
     resolver's order, within ``time_limit`` for them all; when none does, the last
     address's failure is raised, as libvirt reports it. An address of a family this

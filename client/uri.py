@@ -96,6 +96,10 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 # What a parameter's value keeps unescaped in the name sent to the server (RFC 3986's
 # unreserved characters, as libvirt's remote driver escapes it).
 _UNRESERVED = frozenset(_ALPHANUMERIC + "-._~")
+# What the path and the fragment of that name keep unescaped (as libxml2 writes a URI:
+# its "unreserved" characters, RFC 2396's, and some of the reserved ones).
+_PATH_KEEPS = frozenset(_ALPHANUMERIC + "-_.!~*'()" + "/;@&=+$,")
+_FRAGMENT_KEEPS = frozenset(_ALPHANUMERIC + "-_.!~*'()" + ";/?:@&=+$,[]")
 
 
 class Target(Record):
@@ -212,7 +216,7 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
         )
     # The driver as written: libvirt names it so to the server and in the socket's name.
     driver, _, transport = uri[: len(parts.scheme)].partition("+")
-    host = parts.host
+    host = _written_host(parts.netloc)
     transport = transport.lower()
     if transport and transport not in TRANSPORTS:
         raise InvalidURI(
@@ -234,12 +238,13 @@ def parse_uri(uri: str, *, read_only: bool = False) -> Target:
     elif driver == "remote":
         open_name = ""
     else:
-        # libvirt keeps the "//" of the empty authority.
-        open_name = f"{driver}://{parts.path}"
+        # libvirt keeps the "//" of the empty authority, and writes the path and the
+        # fragment anew from what their escapes stand for.
+        open_name = f"{driver}://{_escape(_unescape(parts.path), _PATH_KEEPS)}"
         if kept:
             open_name += "?" + format_params(kept)
         if parts.fragment:
-            open_name += "#" + parts.fragment
+            open_name += "#" + _escape(_unescape(parts.fragment), _FRAGMENT_KEEPS)
 
     flags = ConnectOpenFlags.RO if read_only else 0
     socket_path = None
@@ -448,15 +453,28 @@ def format_params(pairs: list[tuple[str, str]]) -> str:
     """The query of the name sent to the server, as libvirt's remote driver writes it:
     ``name=value`` pairs joined by "&", each value's characters %-escaped (UTF-8,
     upper-case hex) but for RFC 3986's unreserved ones, each name as it is."""
-    return "&".join(f"{name}={_escape(value)}" for name, value in pairs)
+    return "&".join(f"{name}={_escape(value, _UNRESERVED)}" for name, value in pairs)
 
 
-def _escape(value: str) -> str:
-    if _UNRESERVED.issuperset(value):
-        return value
+def _escape(text: str, keeps: frozenset[str]) -> str:
+    """``text`` with every character but those in ``keeps`` %-escaped (its UTF-8 bytes,
+    or the bytes a surrogate escape stands for, in upper-case hex)."""
+    if keeps.issuperset(text):
+        return text
     return "".join(
         char
-        if char in _UNRESERVED
+        if char in keeps
         else "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
-        for char in value
+        for char in text
     )
+
+
+def _written_host(netloc: str) -> str | None:
+    """The host of an authority as libvirt takes it: without user, port and brackets,
+    in the case it is written in, its %-escapes undone (None when empty)."""
+    host_port = netloc.rpartition("@")[2]
+    if host_port.startswith("["):
+        host = host_port[1 : host_port.find("]")]
+    else:
+        host = host_port.partition(":")[0]
+    return _unescape(host) or None

@@ -332,6 +332,10 @@ def test_changing_spellings_match_virsh(
         "no-such-host.invalid:16599",  # no such name
         "a..b",  # a name no resolver takes (it used to end in a UnicodeError traceback)
         "127.0.0.1:{port}",  # nobody listening
+        # The host as written, its escapes undone.
+        "LocalHost:{port}",
+        "local%68ost:{port}",
+        "h%C3%A9:{port}",
     ],
 )
 def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None:
@@ -359,6 +363,7 @@ def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None
         "storage+tcp://h/[x]/system",
         "storage+tcp://h/sys#a#b",
         "storage:/system?x=a://[::1]/",
+        "storage+unix://Ho%73t/system",
         # The remote driver's own parameters: integers as C reads them, every one of
         # them, the name as written; known modes and proxies only.
         "storage+tcp://h/system?No_Verify=x",

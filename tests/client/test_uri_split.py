@@ -216,8 +216,11 @@ def _open_name_sent(command: list[str], peer: FakePeer) -> str:
         ),
         # "=" alone and an escaped NUL, read as libvirt reads them.
         ("storage+unix:///system?foo=1&=&socket={socket}&bar=x%00y&%00z=1", None),
-        # The driver as written.
+        # The driver as written; the path and the fragment written anew from what their
+        # escapes stand for.
         ("STORAGE+Unix:///system?socket={socket}", "STORAGE:///system"),
+        ("storage+unix:///sys%74em/a:b%2F%C3%A9?socket={socket}", None),
+        ("storage+unix:///system?socket={socket}#a%41b%2F%20[1]?c:d", None),
         ("REMOTE+unix:///system?socket={socket}", "REMOTE:///system"),
         ("remote+unix:///system?socket={socket}", ""),
     ],
