@@ -341,9 +341,10 @@ class UriParts(Record):
 
 def _not_rfc3986(uri: str) -> bool:
     """True for a URI libvirt's parser (libxml2's) refuses: a character RFC 3986 does
-    not allow (a space, non-ASCII...), a bracket outside the host, a second "#", or a
-    %-escape without two hexadecimal digits (outside the brackets of an IPv6 host,
-    where "%" starts a zone: [fe80::1%eth0])."""
+    not allow (a space, non-ASCII...), a bracket outside an IPv6 host (or a fragment),
+    a second "@" in the authority or "#" in the URI, or a %-escape without two
+    hexadecimal digits (outside the brackets of an IPv6 host, where "%" starts a zone:
+    [fe80::1%eth0])."""
     if not _RFC3986_CHARACTERS.issuperset(uri) or uri.count("#") > 1:
         return True
     rest, _, fragment = uri.partition("#")  # brackets may stand in a fragment (XPointer)
@@ -353,11 +354,17 @@ def _not_rfc3986(uri: str) -> bool:
         start = colon + 3
         end = min((i for i in (rest.find(c, start) for c in "/?") if i >= 0), default=len(rest))
         authority, outside = rest[start:end], rest[:start] + rest[end:]
-    if "[" in outside or "]" in outside:
+    if "[" in outside or "]" in outside or authority.count("@") > 1:
         return True
     before, bracket, after = authority.partition("[")
     if bracket:
-        authority = before + after.partition("]")[2]
+        literal, closed, port = after.partition("]")
+        # [IPv6] is the whole host: right after the user, before the port or the end.
+        if not closed or before[-1:] not in ("", "@") or port[:1] not in ("", ":"):
+            return True
+        if "[" in literal or "]" in port:
+            return True
+        authority = before + port
     return any(
         not _HEX.issuperset(escape[:2]) or len(escape) < 2
         for escape in (outside + authority + fragment).split("%")[1:]

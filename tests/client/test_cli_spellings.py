@@ -364,6 +364,11 @@ def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None
         "storage+tcp://h/sys#a#b",
         "storage:/system?x=a://[::1]/",
         "storage+unix://Ho%73t/system",
+        # One user, and an IPv6 host in brackets as the whole host.
+        "storage+tcp://u@h@h2:1/system",
+        "storage+tcp://[::1]x/system",
+        "storage+tcp://[::1]]/system",
+        "storage+tcp://x[::1]/system",
         # The remote driver's own parameters: integers as C reads them, every one of
         # them, the name as written; known modes and proxies only.
         "storage+tcp://h/system?No_Verify=x",
