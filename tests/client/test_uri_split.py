@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from tests.client.fake_peer import FakePeer
 from virtvol.client import InvalidURI
-from virtvol.client.uri import UriParts, format_params, parse_uri, query_params, split_uri
+from virtvol.client.uri import (
+    UriParts,
+    _split_with_urllib,
+    format_params,
+    parse_uri,
+    query_params,
+    split_uri,
+)
 from virtvol.protocol import remote as r
 from virtvol.protocol.procedures import Proc
 
@@ -36,17 +43,7 @@ URI_PIECES = st.sampled_from(
 def urllib_parts(uri: str) -> UriParts | str:
     """What urllib.parse makes of ``uri``, or the message of the ValueError it raises."""
     try:
-        parts = urllib.parse.urlsplit(uri)
-        return UriParts(
-            parts.scheme,
-            parts.netloc,
-            parts.path,
-            parts.query,
-            parts.fragment,
-            parts.hostname or None,
-            parts.port,
-            query_params(parts.query),
-        )
+        return _split_with_urllib(uri)
     except ValueError as error:
         return str(error)
 

@@ -350,6 +350,17 @@ def test_a_writer_with_early_writeback_but_no_sync_never_flushes(
     assert flushed == []
 
 
+def _written_by_pwritev_all(tmp_path: Path, views: list[memoryview], offset: int) -> bytes:
+    """What a new file holds after ``pwritev_all`` wrote ``views`` at ``offset``."""
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        files.pwritev_all(fd, views, offset)
+    finally:
+        os.close(fd)
+    return path.read_bytes()
+
+
 def test_pwritev_all_writes_at_most_a_call_size_per_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -368,13 +379,7 @@ def test_pwritev_all_writes_at_most_a_call_size_per_call(
         memoryview(b"x" * 1000),
         memoryview(os.urandom(files.WRITE_CALL_MAX - 1000 + 7)),
     ]
-    path = tmp_path / "out"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        files.pwritev_all(fd, views, 3)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == bytes(3) + b"".join(views)
+    assert _written_by_pwritev_all(tmp_path, views, 3) == bytes(3) + b"".join(views)
     assert max(sizes) == files.WRITE_CALL_MAX
     assert sum(sizes) == sum(map(len, views))
     assert len(sizes) == -(-sum(map(len, views)) // files.WRITE_CALL_MAX)
@@ -399,12 +404,6 @@ def test_pwritev_all_writes_every_view_in_order(
     monkeypatch.setattr(os, "pwritev", pwritev)
     count = files._IOV_MAX + 5 if not short else 40
     views = [memoryview(bytes([n % 251]) * (n % 97 + 1)) for n in range(count)]
-    path = tmp_path / "out"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        files.pwritev_all(fd, views, 10)
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == bytes(10) + b"".join(views)
+    assert _written_by_pwritev_all(tmp_path, views, 10) == bytes(10) + b"".join(views)
     assert max(calls) <= files._IOV_MAX
     assert len(calls) == (2 if not short else -(-sum(map(len, views)) // 1000))
