@@ -99,7 +99,14 @@ def test_query_params_read_as_libvirt_reads_them(
     assert query_params(query) == params
 
 
-@given(st.lists(st.text(st.characters(blacklist_characters="\x00")), max_size=4))
+# Values as a URI yields them: text (no lone surrogates, as st.text() makes it) without
+# NUL, which ends a value.
+@given(
+    st.lists(
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00")),
+        max_size=4,
+    )
+)
 @example(["a b+c/d:é~"])
 def test_formatted_values_read_back_as_they_were(values: list[str]) -> None:
     written = format_params([(f"n{index}", value) for index, value in enumerate(values)])
