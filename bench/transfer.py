@@ -76,11 +76,12 @@ def settle_writeback() -> None:
 
     libvirtd and nbdkit write uploads in place and never flush them, so the kernel
     writes that data back later: in the middle of whatever transfer comes next. A
-    durable upload that followed one of theirs waited for their data and its own:
+    durable upload straight after one of theirs waited for their data and its own:
     2.1-2.7 s for the dense GiB, against 0.77-0.95 s after a ``sync`` (four of each,
-    taking turns with libvirtd and nbdkit). Unflushed uploads keep their head start
-    (their own data is still not on disk when their clock stops); they only stop
-    charging it to the next transfer.
+    taking turns with libvirtd and nbdkit). In the benchmark's own cycle, where a
+    download comes between two uploads, the difference was within the VM's noise.
+    Unflushed uploads keep their head start (their own data is still not on disk when
+    their clock stops); they only stop charging it to the next transfer.
     """
     os.sync()
 
