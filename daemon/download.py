@@ -163,6 +163,11 @@ class Download:
             # One thread hop fills the buffer with the data of many small extents.
             pieces = await self._read(buffer)
             if self._client_ended.done() or not pieces:
+                # Nothing of this read goes out: the buffer is free now, not at the
+                # client's finish (another download of the connection may wait for it).
+                if self._held is buffer:
+                    self._held = None
+                    self._hand_back(buffer, queued=False)
                 return not self._client_ended.done()
             # The buffer's frames go out in one write: data as views into the buffer,
             # holes as skips (or, on a plain stream, as zero frames sent on their own).

@@ -1,8 +1,10 @@
-"""A download's frame buffer is not refilled while the transport still holds its bytes.
+"""A download's frame buffers: not refilled while the transport still holds their bytes,
+and not kept by a download that has sent everything.
 
-The handler is driven without a socket: a transport that keeps what it is given by
-reference and copies the bytes out only when the test lets it drain (as uvloop keeps
-unsent data), a scripted reader, and the connection's real ``SendBuffers``.
+The first test drives the handler without a socket: a transport that keeps what it is
+given by reference and copies the bytes out only when the test lets it drain (as uvloop
+keeps unsent data), a scripted reader, and the connection's real ``SendBuffers``. The
+last runs a real virtvold.
 """
 
 from __future__ import annotations
@@ -13,11 +15,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from virtvol.daemon.download import Download
+from tests.daemon.conftest import raw_client
+from virtvol.daemon.download import BUFFERS_PER_CONNECTION, Download
 from virtvol.daemon.sendbuffers import SendBuffers
 from virtvol.daemon.streamio import TransferStats
 from virtvol.protocol import remote as r
-from virtvol.protocol.connection import CallReceived, Connection, StreamDataReceived
+from virtvol.protocol.connection import (
+    CallReceived,
+    Connection,
+    ReplyReceived,
+    StreamDataReceived,
+    StreamEndReceived,
+)
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.stream import Side
 from virtvol.sparse.reader import Chunk
@@ -25,6 +34,7 @@ from virtvol.sparse.reader import Chunk
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from tests.conftest import Virtvold
     from virtvol.protocol.frames import Payload
 
 K = 4096
@@ -152,3 +162,40 @@ def _data_of(client: Connection) -> bytes:
         if isinstance(event, StreamDataReceived):
             data += bytes(event.data)
     return data
+
+
+async def test_downloads_read_to_their_end_before_any_finish_all_end(virtvold: Virtvold) -> None:
+    """A client may read several downloads of one connection to their EOF before it
+    finishes any (libvirtd serves that). A download that had read the end still held the
+    buffer of that last, empty read until the client's finish, so once every buffer of
+    the connection was held so, the next download never got one: no data, no EOF."""
+    count = BUFFERS_PER_CONNECTION + 2
+    for index in range(count):
+        (virtvold.pool_dir / f"vol{index}").write_bytes(bytes([65 + index]) * 100_000)
+    async with raw_client(virtvold.port) as client:
+        serials = []
+        for index in range(count):
+            vol = await client.volume(f"vol{index}")
+            args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+            reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
+            assert isinstance(reply, ReplyReceived), reply
+            serials.append(reply.serial)
+        data = dict.fromkeys(serials, b"")
+        ended: list[int] = []
+
+        def take(event: object) -> None:
+            if isinstance(event, StreamDataReceived):
+                data[event.serial] += bytes(event.data)
+            elif isinstance(event, StreamEndReceived):
+                ended.append(event.serial)
+
+        for event in client.events:  # what arrived while the calls were answered
+            take(event)
+        while len(ended) < count:
+            take(await client.next_event(wait=10))  # a download left waiting fails here
+        for serial in serials:
+            client.send(client.rpc.send_finish(serial))
+    assert sorted(ended) == serials
+    assert [data[serial] for serial in serials] == [
+        bytes([65 + index]) * 100_000 for index in range(count)
+    ]
