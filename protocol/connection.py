@@ -409,7 +409,14 @@ class Connection:
     def _handle_stream(self, frame: Frame) -> Event:
         header = frame.header
         stream = self.streams.get(header.serial)
-        if stream is None or stream.procedure != header.procedure:
+        # A stream is its call's program, version, procedure and serial, as libvirt
+        # matches it: a frame that differs in any belongs to no stream.
+        if (
+            stream is None
+            or stream.procedure != header.procedure
+            or header.program != REMOTE_PROGRAM
+            or header.version != REMOTE_PROTOCOL_VERSION
+        ):
             if self.side is Side.SERVER:
                 return FrameIgnored(header, "stream frame for no open stream")
             # Late frames for a stream that already ended are dropped, as libvirt's
@@ -451,12 +458,13 @@ class Connection:
         # The checks of ``_handle`` for a frame of this stream that carries data or a
         # skip, on the frame's words as received (no records for the frames of a run).
         while ready:
-            (_, program, _, frame_procedure, kind, frame_serial, status), payload = ready[0]
+            (_, program, version, frame_procedure, kind, frame_serial, status), payload = ready[0]
             if (
                 frame_serial != serial
                 or frame_procedure != procedure
                 or status != _CONTINUE
-                or program == KEEPALIVE_PROGRAM
+                or program != REMOTE_PROGRAM
+                or version != REMOTE_PROTOCOL_VERSION
             ):
                 break
             if kind == _STREAM and payload:

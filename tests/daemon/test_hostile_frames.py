@@ -15,7 +15,7 @@ import pytest
 
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.protocol import remote as r
-from virtvol.protocol.connection import ReplyReceived, StreamFailed
+from virtvol.protocol.connection import ReplyReceived, StreamFailed, StreamFinished
 from virtvol.protocol.constants import (
     REMOTE_PROGRAM,
     REMOTE_PROTOCOL_VERSION,
@@ -160,3 +160,37 @@ async def test_a_call_reusing_an_open_streams_serial_closes_the_connection(
         await asyncio.sleep(0.05)
     assert len(os.listdir(f"/proc/{pid}/fd")) < baseline
     assert f"protocol error: serial {reply.serial} is already in use" in virtvold.log_text()
+
+
+@pytest.mark.parametrize(("program", "version"), [(QEMU_PROGRAM, 1), (REMOTE_PROGRAM, 2)])
+async def test_stream_frames_of_another_program_or_version_are_not_written(
+    virtvold: Virtvold, program: int, version: int
+) -> None:
+    """A stream is its call's program, version, procedure and serial (libvirtd matches all
+    four): a data frame or skip that names the upload's procedure and serial under
+    another program or version belongs to no stream and is dropped, not written into the
+    volume; alone, or amid the upload's own frames read together."""
+    (virtvold.pool_dir / "vol").write_bytes(b"old")
+    async with raw_client(virtvold.port) as client:
+        vol = await client.volume("vol")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
+        reply = await client.call(Proc.STORAGE_VOL_UPLOAD, args)
+        assert isinstance(reply, ReplyReceived)
+        serial = reply.serial
+
+        def foreign(kind: MessageType, payload: bytes) -> bytes:
+            header = Header(program, version, Proc.STORAGE_VOL_UPLOAD, kind, serial, 2)
+            return encode_frame(header, payload)
+
+        data, skip = MessageType.STREAM, MessageType.STREAM_HOLE
+        client.send(foreign(data, b"alone"), foreign(skip, r.StreamHole(4, 0).encode()))
+        await asyncio.sleep(0.2)  # read on their own, before the upload's own frames
+        client.send(
+            *client.rpc.send_data(serial, b"new"),
+            foreign(data, b"amid"),
+            foreign(skip, r.StreamHole(4, 0).encode()),
+            *client.rpc.send_data(serial, b" content"),
+            client.rpc.send_finish(serial),
+        )
+        assert isinstance(await client.next_event(), StreamFinished)
+    assert (virtvold.pool_dir / "vol").read_bytes() == b"new content"
