@@ -786,6 +786,31 @@ def test_odd_frames_on_the_server_are_ignored() -> None:
     assert pair.idle()
 
 
+@pytest.mark.parametrize(("program", "version"), [(QEMU_PROGRAM, 1), (REMOTE_PROGRAM, 9)])
+def test_stream_frames_of_another_program_or_version_belong_to_no_stream(
+    program: int, version: int
+) -> None:
+    """libvirt matches a stream frame by program and version too: the server drops one
+    that names an open stream's serial and procedure under others, the client refuses it."""
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    more, ok = MessageStatus.CONTINUE, MessageStatus.OK
+    data = MessageType.STREAM, more, b"x"
+    skip = MessageType.STREAM_HOLE, more, StreamHole(5).encode()
+    finish = MessageType.STREAM, ok, b""
+    foreign = [
+        encode_frame(Header(program, version, UPLOAD, kind, serial, status), payload)
+        for kind, status, payload in (data, skip, finish)
+    ]
+    events = pair.to_server(*foreign)
+    assert [type(event) for event in events] == [FrameIgnored] * 3
+    assert pair.server.streams[serial].state is StreamState.OPEN
+    download = _open_stream(pair, DOWNLOAD, sparse=True)
+    header = Header(program, version, DOWNLOAD, MessageType.STREAM, download, more)
+    with pytest.raises(RemoteProtocolError):
+        pair.to_client(encode_frame(header, b"x"))
+
+
 def test_event_message_reaches_the_client() -> None:
     pair = Pair()
     message = pair.server.send_message(
