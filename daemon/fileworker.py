@@ -7,10 +7,12 @@ descriptor from under the thread, and the kernel may hand the same number to
 the next file anybody opens: the thread's next ``pwrite`` or ``ftruncate``
 lands in that other file. ``FileWorker`` owns the release of the file (its
 closing, and whatever goes with it) and runs it only once no job is in a
-thread any more: at once when none is, otherwise in the worker thread right
-after the last job returns. No await is involved, so a second cancellation
-cannot skip it, and a job not yet started when its task is cancelled never
-starts.
+thread any more: in a worker thread at once when none is, otherwise in the
+worker thread right after the last job returns. No await is involved, so a
+second cancellation cannot skip it, and a job not yet started when its task is
+cancelled never starts. The release never runs on the event loop: removing a
+large upload's temporary frees its blocks and page cache (0.5 s for 2 GiB),
+which every other connection would wait for.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class FileWorker:
     Args:
         executor: where the jobs run.
         release: closes the file (and finishes what depends on it); runs exactly
-            once, never while a job runs, on the loop or in the thread of the
-            last job.
+            once, never while a job runs, in a worker thread (on the loop only
+            once ``executor`` is shut down).
     """
 
     def __init__(self, executor: concurrent.futures.Executor, release: Callable[[], None]) -> None:
@@ -91,7 +93,10 @@ class FileWorker:
             self._closing = True
             idle = self._jobs == 0
         if idle:
-            self._do_release()
+            try:
+                self._executor.submit(self._do_release)
+            except RuntimeError:  # the workers are gone: the daemon is stopping
+                self._do_release()
 
     async def wait_closed(self) -> None:
         """Wait until the release has run (``close`` must have been called)."""

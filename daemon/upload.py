@@ -13,8 +13,9 @@ wait for the socket to refill an empty queue. The client's finish commits the wr
 whole-volume upload: fdatasync, then the atomic rename) and is acknowledged, and only
 then is the replaced content let go (slow for a big volume, and nothing the client waits
 for); an abort, an error or a lost connection aborts it, leaving the old content. A
-write error is reported at once as STREAM/ERROR; the core then forgets the stream, so
-later frames are dropped.
+write error aborts it in a worker and is then reported as STREAM/ERROR, so the client
+that hears of it finds the volume free; the core then forgets the stream, so later
+frames are dropped.
 
 The writer's file belongs to a ``FileWorker``: however the stream ends (the
 task cancelled in the middle of a batch, or before it ever ran), the abort
@@ -28,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import logging
 from typing import TYPE_CHECKING
 
-from virtvol.daemon.fileworker import FileWorker
+from virtvol.daemon.fileworker import FileClosedError, FileWorker
 from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.frames import Payload
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     import concurrent.futures
 
     from virtvol.daemon.storage.backend import ChunkWriter
+
+log = logging.getLogger("virtvol.daemon.stream")
 
 # Bytes held per upload (waiting or being written), and taken per worker-thread hop.
 # Reading resumes when a batch's worth of room is free, which is while the worker
@@ -151,10 +155,21 @@ class Upload:
                 else unexpected_failure(f"upload to {self.stats.volume}", exc)
             )
             self._outcome = f"failed: {report.message}"
+            await self._abort_quietly()
             self._fail(report)
         finally:
             self.close()
             await self._file.wait_closed()
+
+    async def _abort_quietly(self) -> None:
+        """Abort the writer in a worker before a failure is reported: the client that hears
+        of it finds the volume free (the release, later, would do it in a thread too)."""
+        try:
+            await self._file.run(self._writer.abort)
+        except FileClosedError:
+            pass  # the release has it
+        except Exception:
+            log.exception("aborting the upload to %s failed", self.stats.volume)
 
     def close(self) -> None:
         """End the stream now, whether its task ran or not; safe to call more than once.

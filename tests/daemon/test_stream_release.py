@@ -29,6 +29,7 @@ from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import Connection, ErrorReplyReceived, ReplyReceived, Side
+from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
@@ -124,6 +125,19 @@ def _temps(pool: Pool) -> list[str]:
     return [name for name in os.listdir(pool.directory) if name.startswith(".")]
 
 
+async def _until_free(pool: Pool, volume: VolumeRef) -> None:
+    """Wait until the volume takes another upload: a stream dropped without a worker job
+    running is released in a worker thread soon after."""
+    for _ in range(500):
+        try:
+            pool.registry.open_upload(volume, 0, 0).abort()
+        except ErrorReport:
+            await asyncio.sleep(0.01)
+        else:
+            return
+    pool.registry.open_upload(volume, 0, 0).abort()  # still "in use": fails the test
+
+
 async def _cancel_while_blocked(
     task: asyncio.Task[None], gate: Gate, still_open: Callable[[], bool]
 ) -> None:
@@ -177,8 +191,50 @@ async def test_upload_cancelled_before_its_first_step_is_released(pool: Pool) ->
     upload.close()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await _until_free(pool, volume)
     assert _temps(pool) == []
-    pool.registry.open_upload(volume, 0, 0).abort()  # not "in use"
+
+
+async def test_an_idle_upload_dropped_with_its_connection_is_released_off_the_loop(
+    pool: Pool,
+) -> None:
+    """A client gone in the middle of a large upload leaves a large temporary, whose
+    removal frees its blocks and page cache (0.5 s for 2 GiB): run on the event loop, as
+    it was when no write was in a worker, it held up every other client meanwhile."""
+    volume = pool.volume("vol", b"old")
+    writer = pool.registry.open_upload(volume, 0, 0)
+    loop_thread = threading.current_thread()
+    aborted_in: list[threading.Thread] = []
+    real_abort = writer.abort
+
+    def abort() -> None:
+        aborted_in.append(threading.current_thread())
+        real_abort()
+
+    writer.abort = abort  # type: ignore[method-assign]
+    upload = Upload(FakeSink(), 1, writer, executor=pool.executor, stats=_stats("upload"))
+    task = asyncio.create_task(upload.run())
+    upload.data_received(memoryview(b"\x01" * 65536))
+    for _ in range(500):  # until the data is in the temporary
+        await asyncio.sleep(0.01)
+        if [(pool.directory / name).stat().st_size for name in _temps(pool)] == [65536]:
+            break
+    await asyncio.sleep(0.1)  # and the worker is out of it: the task waits for more
+    # What the connection does when it goes: cancel the stream's task, close the stream.
+    task.cancel()
+    upload.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(500):
+        if aborted_in:
+            break
+        await asyncio.sleep(0.01)
+    assert aborted_in
+    assert aborted_in[0] is not loop_thread
+    assert aborted_in == aborted_in[:1]  # once
+    await _until_free(pool, volume)
+    assert _temps(pool) == []
+    assert (pool.directory / "vol").read_bytes() == b"old"
 
 
 async def test_download_cancelled_mid_read_closes_after_the_worker(pool: Pool) -> None:
