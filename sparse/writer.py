@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 
 from virtvol.protocol.hints import TYPE_CHECKING
 
@@ -209,15 +210,30 @@ class AtomicFile:
 
     Usable as a context manager: leaving it without a commit removes the
     temporary. ``fd`` is open for writing until ``commit`` or ``abort``.
+
+    A temporary that will replace an existing file takes that file's permissions
+    and, where this process may give it away, its owner and group: the file named
+    stays as its owner made it, as when it is written in place.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: int = 0o666) -> None:
         self.target = os.fspath(path)
         head, name = os.path.split(self.target)
-        self.temp = os.path.join(head, f".{name}.{os.urandom(4).hex()}.part")
+        self.temp = os.path.join(head, f".{_shortened(name)}.{os.urandom(4).hex()}.part")
+        try:
+            existing: os.stat_result | None = os.stat(self.target)
+        except FileNotFoundError:
+            existing = None
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self.fd = os.open(self.temp, flags, mode)
+        # Never wider than the file it replaces, not even before its mode is copied.
+        self.fd = os.open(self.temp, flags, mode if existing is None else 0o600)
         self._done = False
+        if existing is not None:
+            try:
+                _take_over(self.fd, existing)
+            except BaseException:
+                self.abort()
+                raise
 
     def commit(self) -> None:
         """Close the temporary and rename it over the target."""
@@ -249,3 +265,27 @@ class AtomicFile:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.abort()
+
+
+# Bytes of the target's name kept in its temporary's: with the dot and the random
+# suffix it stays within the 255 bytes a name may have, whatever the target's length.
+_NAME_KEPT = 200
+
+
+def _shortened(name: str) -> str:
+    """``name`` cut to ``_NAME_KEPT`` bytes (a character cut in two stays as escapes)."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= _NAME_KEPT else os.fsdecode(raw[:_NAME_KEPT])
+
+
+def _take_over(fd: int, existing: os.stat_result) -> None:
+    """Give the temporary open as ``fd`` the owner, group and permissions of ``existing``.
+
+    Only the permission bits are copied (no set-user-ID on new content). An owner
+    this process may not give the file to (only root may) is left as it is.
+    """
+    made = os.fstat(fd)
+    if (made.st_uid, made.st_gid) != (existing.st_uid, existing.st_gid):
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, existing.st_uid, existing.st_gid)
+    os.fchmod(fd, stat.S_IMODE(existing.st_mode) & 0o777)

@@ -1,0 +1,114 @@
+"""Where a download lands: the file the user named, as virsh would leave it, and nothing
+more. Both engines (the command line's blocking one and the library's event loop) share
+``transfer_base.download_target`` and ``sparse.writer.AtomicFile``; each is run here
+against a scripted peer that sends a small volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.client.fake_peer import VOLUME, FakePeer
+from tests.client.test_direct_faults import send_whole_download
+from virtvol.client import connect
+from virtvol.client.direct import open_direct, run_blocking
+from virtvol.client.objects import StorageVolume
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from virtvol.client.connection import Connection
+    from virtvol.client.transfer_base import TransferResult
+
+CHUNK = bytes(range(1, 256)) * 16
+FRAMES = 3
+ENGINES = ["direct", "event-loop"]
+
+
+def download(engine: str, peer: FakePeer, path: Path | str) -> TransferResult:
+    """Download the peer's volume into ``path`` over a connection of ``engine``."""
+
+    async def move(conn: Connection) -> TransferResult:
+        try:
+            return await StorageVolume.from_wire(conn, VOLUME).download_file(path)
+        finally:
+            await conn.close()
+
+    if engine == "direct":
+        return run_blocking(move(run_blocking(open_direct(peer.uri, keepalive=None))))
+
+    async def on_a_loop() -> TransferResult:
+        return await move(await connect(peer.uri, keepalive=None))
+
+    return asyncio.run(on_a_loop())
+
+
+def serving_peer(folder: Path) -> FakePeer:
+    peer = FakePeer(folder)
+    peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(CHUNK, FRAMES)
+    return peer
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_download_over_a_file_keeps_its_permissions(tmp_path: Path, engine: str) -> None:
+    """virsh writes into an existing file, which keeps its mode: a private image must not
+    become readable by everyone because a new copy of it was downloaded."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "private.img"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    with serving_peer(tmp_path) as peer:
+        download(engine, peer, target)
+    assert target.read_bytes() == CHUNK * FRAMES
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_download_over_another_users_file_leaves_it_theirs(tmp_path: Path, engine: str) -> None:
+    """root downloading over a user's file (as virsh, writing into it) leaves it the user's."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "theirs.img"
+    target.write_bytes(b"old")
+    os.chown(target, 65534, 65534)
+    target.chmod(0o600)
+    with serving_peer(tmp_path) as peer:
+        download(engine, peer, target)
+    assert target.read_bytes() == CHUNK * FRAMES
+    made = target.stat()
+    assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (65534, 65534, 0o600)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_new_download_gets_the_usual_mode(tmp_path: Path, engine: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    previous = os.umask(0o027)
+    try:
+        with serving_peer(tmp_path) as peer:
+            download(engine, peer, work / "new.img")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((work / "new.img").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_file_name_as_long_as_the_file_system_takes_is_downloaded(
+    tmp_path: Path, engine: str
+) -> None:
+    """The hidden temporary beside it must fit the file system's name limit too."""
+    work = tmp_path / "work"
+    work.mkdir()
+    name = "é" * (os.pathconf(work, "PC_NAME_MAX") // 2)  # two bytes each in UTF-8
+    with serving_peer(tmp_path) as peer:
+        download(engine, peer, work / name)
+    assert os.listdir(work) == [name]
+    assert (work / name).read_bytes() == CHUNK * FRAMES
