@@ -666,6 +666,8 @@ def _check_destination(path: str) -> None:
 
     try:  # a device, a FIFO or a socket: refused before the stream opens, as a file
         download_target(path)
+    except IsADirectoryError:  # "copy/" names a folder, as one that exists above
+        raise CommandError(f"cannot create {path}") from None
     except OSError as exc:
         raise CommandError(f"cannot create {path}", str(exc)) from exc
 

@@ -184,7 +184,8 @@ def download_target(path: str | os.PathLike[str]) -> str:
     volume went by.
 
     Raises:
-        IsADirectoryError: ``path`` is a directory.
+        IsADirectoryError: ``path`` is a directory, or names one ("copy/", "copy/."),
+            which no file can be created as, even where none exists.
         OSError: ``path`` is a device, a FIFO or a socket: the rename would replace
             the node itself, not write into it.
     """
@@ -193,6 +194,8 @@ def download_target(path: str | os.PathLike[str]) -> str:
         mode = os.stat(given).st_mode
     except FileNotFoundError:
         mode = None
+    if os.path.basename(given) in ("", ".", ".."):  # "copy/" must not become "copy"
+        mode = stat.S_IFDIR
     if mode is not None and stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
     if mode is not None and not stat.S_ISREG(mode):

@@ -101,6 +101,21 @@ def test_a_new_download_gets_the_usual_mode(tmp_path: Path, engine: str) -> None
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("ending", ["/", "/."])
+def test_a_path_naming_a_folder_that_does_not_exist_is_refused(
+    tmp_path: Path, engine: str, ending: str
+) -> None:
+    """A path ending in "copy/" names a folder: virsh cannot create it; no file "copy"
+    may appear instead."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with serving_peer(tmp_path) as peer, pytest.raises(IsADirectoryError):
+        download(engine, peer, f"{work / 'copy'}{ending}")
+    assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    assert os.listdir(work) == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_file_name_as_long_as_the_file_system_takes_is_downloaded(
     tmp_path: Path, engine: str
 ) -> None:
