@@ -43,6 +43,7 @@ from virtvol.client.transfer_base import (
     at_stage,
     download_target,
     negotiate_stream,
+    past_length,
     piece_runs,
 )
 from virtvol.protocol import procedures
@@ -351,7 +352,8 @@ async def download_file(
     rpc = _engine(volume)
     started = time.monotonic()
     with AtomicFile(download_target(path)) as output:
-        receiver = _Receiver(SparseWriter(output.fd, detect_zeroes=detect_zeroes), progress)
+        writer = SparseWriter(output.fd, detect_zeroes=detect_zeroes)
+        receiver = _Receiver(writer, progress, length, volume.connection.uri)
         stream = _Stream(
             rpc,
             volume,
@@ -365,7 +367,7 @@ async def download_file(
             # A write failure is raised and progress reported here, never from inside
             # the protocol core's handling of the frames (a failure there would leave
             # the frames after it unhandled, and come again with each of them).
-            while not receiver.ended and not stream.done:
+            while not receiver.ended and not stream.done and not receiver.stopped:
                 rpc.receive()
                 receiver.write()
                 receiver.report()
@@ -392,16 +394,20 @@ async def download_file(
 
 class _Receiver:
     """Collects a download's frames as they arrive (until ``stopped``) and writes them,
-    a receive's worth at a time, when ``write`` is called."""
+    a receive's worth at a time, when ``write`` is called; fails the download at
+    ``write`` once the frames go past ``length`` (when not 0), writing none of those."""
 
-    def __init__(self, writer: SparseWriter, progress: Progress | None) -> None:
+    def __init__(self, writer: SparseWriter, progress: Progress | None, length: int, peer: str):
         self.writer = writer
         self.progress = progress
+        self.length = length
+        self.peer = peer
         self.data = 0
         self.holes = 0
         self._reported = (0, 0)
         self.ended = False
         self.stopped = False  # the download failed: the frames still coming are dropped
+        self.failure: StreamError | None = None  # the frames went past the length
         self._pending: list[Payload | int] = []  # data and holes not yet written
 
     def report(self) -> None:
@@ -418,26 +424,44 @@ class _Receiver:
 
         Raises:
             OSError: the write failed.
+            StreamError: the peer sent more than the length asked for.
         """
+        if self.failure is not None:
+            raise self.failure
         pending, self._pending = self._pending, []
         if pending:
             self.writer.apply(pending)
+
+    def _past_length(self, count: int) -> bool:
+        """Whether ``count`` more bytes go past the length asked for (which stops the
+        download)."""
+        if not self.length or self.data + self.holes + count <= self.length:
+            return False
+        self.failure = past_length(self.peer, self.length)
+        self.stopped = True
+        return True
 
     def event(self, event: DirectStreamEvent) -> None:
         if self.stopped:
             return
         if type(event) is StreamItemsReceived:
-            self._pending += event.items
+            data = holes = 0
             for item in event.items:
                 if isinstance(item, int):
-                    self.holes += item
+                    holes += item
                 else:
-                    self.data += len(item)
+                    data += len(item)
+            if not self._past_length(data + holes):
+                self._pending += event.items
+                self.data += data
+                self.holes += holes
         elif type(event) is StreamDataReceived:
-            self._pending.append(event.data)
-            self.data += len(event.data)
+            if not self._past_length(len(event.data)):
+                self._pending.append(event.data)
+                self.data += len(event.data)
         elif isinstance(event, StreamHoleReceived):
-            self._pending.append(event.length)
-            self.holes += event.length
+            if not self._past_length(event.length):
+                self._pending.append(event.length)
+                self.holes += event.length
         elif isinstance(event, StreamEndReceived):
             self.ended = True

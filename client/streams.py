@@ -23,7 +23,7 @@ from virtvol.client.errors import (
 from virtvol.client.errors import StreamError as StreamError  # re-exported for older imports
 from virtvol.client.log import log
 from virtvol.client.rpc import RpcProtocol
-from virtvol.client.transfer_base import FRAME_DATA_MAX, at_stage, negotiate_stream
+from virtvol.client.transfer_base import FRAME_DATA_MAX, at_stage, negotiate_stream, past_length
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -309,7 +309,9 @@ class Download(_StreamBase):
     (or on an exception) aborts the stream.
 
     Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
-    connection stops reading its socket until the consumer catches up.
+    connection stops reading its socket until the consumer catches up. A peer that
+    sends more than the ``length`` asked for (when not 0) fails the stream with
+    ``StreamError`` after the items within it, and it is aborted.
 
     Attributes:
         sparse: whether the peer sends holes (else every byte comes as data).
@@ -330,18 +332,35 @@ class Download(_StreamBase):
         self._aborting = False
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._received = 0  # data and hole bytes the peer sent
+        self._overrun: StreamError | None = None  # they went past ``length``
         self.data_bytes = 0
         self.hole_bytes = 0
+
+    def _past_length(self, count: int) -> bool:
+        """Whether ``count`` more bytes go past the length asked for (which fails the
+        stream, and drops them)."""
+        self._received += count
+        if not self.length or self._received <= self.length:
+            return False
+        self._overrun = past_length(self.volume.connection.uri, self.length)
+        return True
 
     def _stream_data(
         self, event: StreamDataReceived | StreamHoleReceived | StreamEndReceived
     ) -> None:
-        if self._aborting:
+        if self._aborting or self._overrun is not None:
             return
         if isinstance(event, StreamDataReceived):
+            if self._past_length(len(event.data)):
+                self._wake()
+                return
             self._items.append(event.data)
             self._queued += len(event.data)
         elif isinstance(event, StreamHoleReceived):
+            if self._past_length(event.length):
+                self._wake()
+                return
             self._items.append(Hole(event.length))
         else:
             self._eof = True
@@ -398,6 +417,9 @@ class Download(_StreamBase):
                 if self._paused and self._queued < READ_LOW_WATER and len(self._items) < 16:
                     self._resume()
                 return item
+            if self._overrun is not None:
+                await self.abort()
+                raise self._overrun
             if self._error is not None:
                 self._closed = True
                 self._resume()

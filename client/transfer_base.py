@@ -23,7 +23,7 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 
-from virtvol.client.errors import InvalidArgument, LibvirtError, SparseUnsupported
+from virtvol.client.errors import InvalidArgument, LibvirtError, SparseUnsupported, StreamError
 from virtvol.client.log import log
 from virtvol.protocol.constants import VolStreamFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
@@ -42,6 +42,7 @@ __all__ = [
     "at_stage",
     "download_target",
     "negotiate_stream",
+    "past_length",
     "piece_runs",
 ]
 
@@ -152,6 +153,13 @@ def at_stage(exc: LibvirtError, stage: str) -> LibvirtError:
         return exc
     staged = type(exc)(exc.code, exc.domain, exc.message, level=exc.level, stage=stage)
     return staged.with_traceback(exc.__traceback__)
+
+
+def past_length(peer: str, length: int) -> StreamError:
+    """The failure of a download whose peer sent more than the ``length`` bytes asked for
+    (data or holes): nothing beyond the range asked for is written, the stream is aborted.
+    libvirtd and virtvold send exactly the range."""
+    return StreamError(f"{peer} sent more than the {length} bytes asked for")
 
 
 def piece_runs(

@@ -17,10 +17,13 @@ from tests.client.fake_peer import VOLUME, FakePeer
 from tests.client.test_direct_faults import send_whole_download
 from virtvol.client import connect
 from virtvol.client.direct import open_direct, run_blocking
+from virtvol.client.errors import StreamError
 from virtvol.client.objects import StorageVolume
+from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from virtvol.client.connection import Connection
@@ -31,12 +34,13 @@ FRAMES = 3
 ENGINES = ["direct", "event-loop"]
 
 
-def download(engine: str, peer: FakePeer, path: Path | str) -> TransferResult:
+def download(engine: str, peer: FakePeer, path: Path | str, *, length: int = 0) -> TransferResult:
     """Download the peer's volume into ``path`` over a connection of ``engine``."""
 
     async def move(conn: Connection) -> TransferResult:
         try:
-            return await StorageVolume.from_wire(conn, VOLUME).download_file(path)
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            return await volume.download_file(path, length=length)
         finally:
             await conn.close()
 
@@ -127,3 +131,48 @@ def test_a_file_name_as_long_as_the_file_system_takes_is_downloaded(
         download(engine, peer, work / name)
     assert os.listdir(work) == [name]
     assert (work / name).read_bytes() == CHUNK * FRAMES
+
+
+# -- a peer that sends more than was asked for ----------------------------------------------
+
+
+def send_past_the_length(hole: int) -> Callable[[FakePeer, CallReceived], None]:
+    """A download handler that sends ``hole`` bytes of hole (if any) after two frames of
+    data, then a third frame and the end, whatever length was asked for."""
+
+    def send(peer: FakePeer, event: CallReceived) -> None:
+        parts = [peer.core.reply(event.serial)]
+        parts += [b"".join(peer.core.send_data(event.serial, CHUNK)) for _ in range(2)]
+        if hole:
+            parts.append(peer.core.send_hole(event.serial, hole))
+        parts.append(b"".join(peer.core.send_data(event.serial, CHUNK)))
+        parts.append(peer.core.send_eof(event.serial))
+        peer.send(b"".join(parts))
+
+    return send
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("hole", [0, 1 << 40], ids=["data", "hole"])
+def test_a_peer_that_sends_past_the_length_asked_for_fails_the_download(
+    tmp_path: Path, engine: str, hole: int
+) -> None:
+    """The peer answers a download of 2 frames' length with more (data, or a hole of a
+    TiB): nothing past the range asked for may reach the disk, and no file appears."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_past_the_length(hole)
+        with pytest.raises(StreamError, match=f"more than the {2 * len(CHUNK)} bytes asked"):
+            download(engine, peer, work / "copy.img", length=2 * len(CHUNK))
+    assert os.listdir(work) == []
+    assert any(isinstance(event, StreamAbortReceived) for event in peer.events)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_download_of_exactly_the_length_asked_for_succeeds(tmp_path: Path, engine: str) -> None:
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_past_the_length(0)
+        result = download(engine, peer, tmp_path / "copy.img", length=3 * len(CHUNK))
+    assert result.data_bytes == 3 * len(CHUNK)
+    assert (tmp_path / "copy.img").read_bytes() == CHUNK * 3
