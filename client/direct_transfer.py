@@ -173,12 +173,15 @@ class _Stream:
 
     @contextlib.contextmanager
     def _sending(self) -> Iterator[None]:
-        """A refused move becomes a ``StreamError``. A write cut short by a peer that
-        failed the stream and stopped reading raises the peer's error: that is the
-        news, the dropped connection only its consequence."""
+        """A refused move becomes a ``StreamError``, unless the peer failed the stream
+        (its error came before we sent anything, with the opening reply): the peer's
+        error is then raised. So is it for a write cut short by a peer that failed the
+        stream and stopped reading: that is the news, the dropped connection only its
+        consequence."""
         try:
             yield
         except LocalProtocolError as exc:
+            self.check()
             raise StreamError(str(exc)) from None
         except TransportError:
             self.check()
@@ -201,6 +204,7 @@ class _Stream:
         try:
             self.rpc.finish_stream(self.serial)
         except LocalProtocolError as exc:
+            self.check()  # the peer failed the stream before it had anything to finish
             raise StreamError(str(exc), stage="finish") from None
         try:
             self.wait_done()

@@ -237,6 +237,28 @@ def test_a_peer_that_hangs_up_during_an_upload_fails_it(tmp_path: Path) -> None:
         close(conn)
 
 
+@pytest.mark.parametrize("size", [8 * MIB, 0], ids=["data", "empty"])
+def test_a_stream_error_that_came_with_the_reply_is_the_one_raised(
+    tmp_path: Path, size: int
+) -> None:
+    """The peer fails the stream as soon as it opened it (its error arrives with the
+    reply): the upload says the peer's reason, not that the stream it ended is gone."""
+    source = data_file(tmp_path / "src.img", size)
+
+    def open_and_fail(peer: FakePeer, event: CallReceived) -> None:
+        failure = peer.core.send_stream_error(event.serial, stream_error("no room left"))
+        peer.send(peer.core.reply(event.serial) + failure)
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = open_and_fail
+        conn = open_conn(peer.uri)
+        with pytest.raises(LibvirtError, match="no room left"):
+            run_blocking(fake_volume(conn).upload_file(source))
+        assert run_blocking(conn.get_type()) == "storage"
+        close(conn)
+    assert peer.data_bytes == 0
+
+
 def test_an_error_at_the_finish_is_raised_at_stage_finish(tmp_path: Path) -> None:
     source = data_file(tmp_path / "src.img", MIB)
 
