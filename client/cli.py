@@ -17,6 +17,7 @@ stderr. The README lists where virtvol differs on purpose.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
@@ -644,10 +645,13 @@ async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:
     _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
     try:
-        size = os.stat(args.file).st_size
+        source = os.stat(args.file)
     except OSError as exc:
         raise CommandError(f"cannot read {args.file}") from exc
-    total = min(size, args.length) if args.length else size
+    # A pipe (standard input) or a device is read to its end: its size says nothing.
+    total: int | None = source.st_size if stat.S_ISREG(source.st_mode) else None
+    if args.length:
+        total = args.length if total is None else min(total, args.length)
     return await _transfer(vol, args, upload=True, total=total)
 
 

@@ -58,7 +58,7 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.hints import TYPE_CHECKING
-from virtvol.sparse.reader import SparseReader
+from virtvol.sparse.reader import source_reader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_view
 
@@ -70,6 +70,9 @@ if TYPE_CHECKING:
     from virtvol.client.transfer_base import Progress
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
+    from virtvol.sparse.reader import SparseReader, StreamReader
+
+    Source = SparseReader | StreamReader
 
 __all__ = ["download_file", "upload_file"]
 
@@ -239,9 +242,7 @@ async def upload_file(
     started = time.monotonic()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        # A client's source is the user's file: its pages are left to the kernel, as cp
-        # and virsh leave them (the daemon, reading volumes, drops what it brought in).
-        source = SparseReader(fd, 0, length, drop_cache=False)
+        source = source_reader(fd, length)
     except BaseException:
         os.close(fd)
         raise
@@ -265,7 +266,7 @@ async def upload_file(
 
 
 def _send_file(
-    stream: _Stream, source: SparseReader, detect_zeroes: bool, progress: Progress | None
+    stream: _Stream, source: Source, detect_zeroes: bool, progress: Progress | None
 ) -> tuple[int, int]:
     """Send the source's data and holes; returns (data bytes, hole bytes) as they travelled."""
     buffer = bytearray(READ_BUFFER)

@@ -36,7 +36,7 @@ from virtvol.client.transfer_base import (
     download_target,
     piece_runs,
 )
-from virtvol.sparse.reader import BufferPool, SparseReader
+from virtvol.sparse.reader import BufferPool, SparseReader, StreamReader, source_reader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class _Reader:
 
     def __init__(
         self,
-        reader: SparseReader,
+        reader: SparseReader | StreamReader,
         *,
         detect_zeroes: bool,
         loop: asyncio.AbstractEventLoop,
@@ -214,9 +214,7 @@ async def upload_file(
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     reader: _Reader | None = None
     try:
-        # A client's source is the user's file: its pages are left to the kernel, as cp
-        # and virsh leave them (the daemon, reading volumes, drops what it brought in).
-        source = SparseReader(fd, 0, length, drop_cache=False)
+        source = source_reader(fd, length)
     except BaseException:
         os.close(fd)
         raise

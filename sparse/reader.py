@@ -11,12 +11,17 @@ so a cold fragmented file costs the disk's queue, not one wait per extent.
 
 ``BufferPool`` is the fixed set of buffers a reading thread fills ahead of a
 sender: the reader runs ahead by at most the pool, whatever the file size.
+
+What cannot seek, or has no size to seek to (a pipe, a socket, a character
+device such as /dev/zero), is read by ``StreamReader`` instead: as data, from
+where it stands to its end or the length asked for; ``source_reader`` picks.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections import deque
 
 from virtvol.protocol.hints import TYPE_CHECKING
@@ -33,7 +38,16 @@ if TYPE_CHECKING:
 
     from .zeros import Bytes
 
-__all__ = ["CACHE_WINDOW", "PIECES_PER_READ", "BufferPool", "Chunk", "SparseReader", "read_pieces"]
+__all__ = [
+    "CACHE_WINDOW",
+    "PIECES_PER_READ",
+    "BufferPool",
+    "Chunk",
+    "SparseReader",
+    "StreamReader",
+    "read_pieces",
+    "source_reader",
+]
 
 # Reads are tracked for page-cache hygiene in windows of this many bytes.
 CACHE_WINDOW = 32 << 20
@@ -286,6 +300,85 @@ class SparseReader:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class StreamReader:
+    """Sequential reader of what cannot seek: the bytes of ``fd`` from where it stands,
+    all of them data, to its end or ``length`` bytes (0: no limit).
+
+    Owns ``fd`` and closes it in ``close()``; one thread at a time, as ``SparseReader``,
+    whose ``position``, ``end``, ``read_pieces`` and ``close`` it has.
+    """
+
+    def __init__(self, fd: int, length: int = 0) -> None:
+        self._fd = fd
+        self._pos = 0
+        # No size to know: the end is the length asked for, and never moves back.
+        self._end = length if length else (1 << 63) - 1
+
+    @property
+    def position(self) -> int:
+        """Bytes handed out so far."""
+        return self._pos
+
+    @property
+    def end(self) -> int:
+        """Where the read stops at the latest."""
+        return self._end
+
+    def fileno(self) -> int:
+        """The source's descriptor, -1 once closed."""
+        return self._fd
+
+    def read_pieces(self, buffer: Bytes, most: int = PIECES_PER_READ) -> list[Chunk]:
+        """One data chunk read into ``buffer``'s start, or none at the end.
+
+        Reads until the buffer is full, the end, or the source has nothing more ready
+        (a slow producer's data goes out as it comes). Waits for the first bytes.
+
+        Raises:
+            OSError: the read failed.
+        """
+        import select  # here: only a source that cannot seek needs it
+
+        view = memoryview(buffer).cast("B")[: self._end - self._pos]
+        ready = select.poll()
+        ready.register(self._fd, select.POLLIN)
+        used = 0
+        while used < len(view):
+            count = os.readv(self._fd, [view[used:]])
+            if count == 0:  # the end of the stream
+                break
+            used += count
+            if used < len(view) and not ready.poll(0):
+                break
+        self._pos += used
+        return [Chunk(True, used)] if used else []
+
+    def close(self) -> None:
+        """Close the source; safe twice."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> StreamReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def source_reader(fd: int, length: int = 0) -> SparseReader | StreamReader:
+    """The reader for an upload's source ``fd`` (owned by it from now on), from its start:
+    a file or a block device by its extents, leaving the page cache to the kernel (the
+    source is the user's file, as ``cp`` and virsh leave it); anything else as a stream.
+    """
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return SparseReader(fd, 0, length, drop_cache=False)
+    return StreamReader(fd, length)
 
 
 def read_pieces(

@@ -1,0 +1,111 @@
+"""Uploads from what cannot seek: a pipe (a FIFO, the command's standard input) or a
+character device. virsh reads such a source to its end (``xz -dc disk.xz | virsh
+vol-upload disk /dev/stdin``); so must both engines, as data, and stop at ``length``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.client.helpers import MIB
+from tests.client.test_cli_spellings import _COMMAND
+from virtvol.client import connect
+from virtvol.client.direct import open_direct, run_blocking
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
+    from virtvol.client.connection import Connection
+    from virtvol.client.transfer_base import TransferResult
+
+ENGINES = ["direct", "event-loop"]
+# Zero blocks among the data: they may travel as holes, and must read back as zeros.
+CONTENT = (os.urandom(MIB) + bytes(2 * MIB)) * 2 + os.urandom(12345)
+
+
+def upload(engine: str, uri: str, path: Path | str, *, length: int = 0) -> TransferResult:
+    """Upload ``path`` into the volume "vol" of pool "default" over ``engine``."""
+
+    async def move(conn: Connection) -> TransferResult:
+        try:
+            pool = await conn.lookup_pool_by_name("default")
+            volume = await pool.lookup_volume("vol")
+            return await volume.upload_file(path, length=length)
+        finally:
+            await conn.close()
+
+    if engine == "direct":
+        return run_blocking(move(run_blocking(open_direct(uri))))
+
+    async def on_a_loop() -> TransferResult:
+        return await move(await connect(uri))
+
+    return asyncio.run(on_a_loop())
+
+
+def feed(fifo: Path, data: bytes) -> threading.Thread:
+    """A thread that writes ``data`` into ``fifo`` a piece at a time, then closes it."""
+
+    def write() -> None:
+        with fifo.open("wb") as pipe:
+            for start in range(0, len(data), 100_000):
+                pipe.write(data[start : start + 100_000])
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_upload_from_a_fifo_sends_all_it_carries(
+    virtvold: Virtvold, tmp_path: Path, engine: str
+) -> None:
+    (virtvold.pool_dir / "vol").write_bytes(b"old" * 1000)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = feed(fifo, CONTENT)
+    upload(engine, virtvold.unix_uri, fifo)
+    writer.join(10)
+    assert (virtvold.pool_dir / "vol").read_bytes() == CONTENT
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_upload_from_a_character_device_stops_at_the_length(
+    virtvold: Virtvold, engine: str
+) -> None:
+    """/dev/zero has no end and seeks to 0: it is read as a stream, up to ``length``
+    (a ranged upload writes the range in place: the rest stays)."""
+    (virtvold.pool_dir / "vol").write_bytes(b"\xff" * (3 * MIB))
+    result = upload(engine, virtvold.unix_uri, "/dev/zero", length=2 * MIB + 5)
+    assert result.total_bytes == 2 * MIB + 5
+    expected = bytes(2 * MIB + 5) + b"\xff" * (MIB - 5)
+    assert (virtvold.pool_dir / "vol").read_bytes() == expected
+
+
+def test_vol_upload_reads_its_standard_input(virtvold: Virtvold) -> None:
+    (virtvold.pool_dir / "vol").write_bytes(b"old")
+    done = subprocess.run(
+        [
+            *_COMMAND,
+            "-c",
+            virtvold.unix_uri,
+            "vol-upload",
+            "vol",
+            "/dev/stdin",
+            "--pool",
+            "default",
+        ],
+        input=CONTENT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (virtvold.pool_dir / "vol").read_bytes() == CONTENT
