@@ -1216,6 +1216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print(output, quiet=quiet)
     except BrokenPipeError:  # the reader went away (``virtvol vol-list | head``)
         return 1
+    except OSError as exc:  # a full disk, an I/O error: said, not a traceback
+        sys.stderr.write(f"error: cannot write the output: {exc.strerror or exc}\n")
+        return 1
     return 0
 
 

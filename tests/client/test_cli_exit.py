@@ -83,3 +83,18 @@ def test_output_to_a_closed_pipe_ends_with_status_1_and_no_traceback(
     monkeypatch.setattr(sys, "stderr", errors)
     assert cli.main(["-c", virtvold.unix_uri, "pool-list"]) == 1
     assert "Traceback" not in errors.getvalue()
+
+
+def test_output_to_a_full_disk_is_an_error_not_a_traceback(virtvold: Virtvold) -> None:
+    """stdout on /dev/full: the write fails with ENOSPC, which says so on stderr."""
+    with Path("/dev/full").open("w") as full:
+        done = subprocess.run(
+            [str(_VENV_VIRTVOL), "-c", virtvold.unix_uri, "pool-list"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert done.stderr == "error: cannot write the output: No space left on device\n"
