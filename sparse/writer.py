@@ -282,10 +282,12 @@ def _take_over(fd: int, existing: os.stat_result) -> None:
     """Give the temporary open as ``fd`` the owner, group and permissions of ``existing``.
 
     Only the permission bits are copied (no set-user-ID on new content). An owner
-    this process may not give the file to (only root may) is left as it is.
+    this process may not give the file to (only root may) is left as it is, and so is
+    a mode a file system refuses (FAT takes few): the temporary's own, 0600, then stays.
     """
     made = os.fstat(fd)
     if (made.st_uid, made.st_gid) != (existing.st_uid, existing.st_gid):
         with contextlib.suppress(PermissionError):
             os.fchown(fd, existing.st_uid, existing.st_gid)
-    os.fchmod(fd, stat.S_IMODE(existing.st_mode) & 0o777)
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, stat.S_IMODE(existing.st_mode) & 0o777)
