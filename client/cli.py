@@ -117,16 +117,26 @@ def _size_argument(text: str) -> int:
         raise CommandError(*lines) from exc
 
 
+# The largest --offset or --length: the wire carries them as unsigned 64-bit numbers.
+_NUMBER_MAX = (1 << 64) - 1
+
+
 def _number_argument(text: str | None, name: str) -> int:
-    """--offset/--length: virsh takes plain numbers; virtvol also takes a size suffix."""
+    """--offset/--length: virsh takes plain numbers, with a "+" in front too, up to
+    2**64 - 1 (strtoull's rules); virtvol also takes a size suffix."""
     if text is None:
         return 0
+    unsigned = text.lstrip()
+    unsigned = unsigned[1:] if unsigned.startswith("+") else unsigned
     try:
-        return parse_size(text)
+        value = parse_size(unsigned)
     except SizeError:
+        value = _NUMBER_MAX + 1
+    if value > _NUMBER_MAX:
         raise CommandError(
             f"Numeric value '{text}' for <{name}> option is malformed or out of range"
-        ) from None
+        )
+    return value
 
 
 def _yes_no(flag: bool) -> str:

@@ -266,6 +266,10 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-create-as", "default", "x", "abc"],
         ["vol-create-as", "default", "x", "1M", "--allocation", "2Q"],
         ["vol-download", "v1", str(tmp_path / "o"), "--pool", "default", "--offset", "1Q"],
+        # strtoull's rules: a value past 64 bits is refused (a "+" in front is taken: below).
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "18446744073709551616"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "++1"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+-1"],
         ["vol-upload", "--vol", "v1", "--file", str(tmp_path / "none"), "--pool", "default"],
         ["nosuch"],
         ["help", "nosuch"],
@@ -280,6 +284,8 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-path", "v1", "--pool", "default"],
         ["vol-info", "nope", "default"],
         ["pool-refresh", "default"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+4096"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", " +1"],
     ):
         both(uri, "-q", *args)
     assert both(uri, "-q", "vol-list", "default")[0].startswith(" v1 ")
