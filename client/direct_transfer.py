@@ -58,7 +58,7 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.hints import TYPE_CHECKING
-from virtvol.sparse.reader import source_reader
+from virtvol.sparse.reader import StreamReader, source_reader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_view
 
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from virtvol.client.transfer_base import Progress
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
-    from virtvol.sparse.reader import SparseReader, StreamReader
+    from virtvol.sparse.reader import SparseReader
 
     Source = SparseReader | StreamReader
 
@@ -80,6 +80,9 @@ __all__ = ["download_file", "upload_file"]
 READ_BUFFER = 4 * FRAME_DATA_MAX
 # Seconds an aborted stream waits for the peer's confirmation.
 ABORT_WAIT = 30.0
+# Seconds between looks at the peer while a pipe has nothing to read: well within the
+# shortest keepalive a daemon is likely to be given (libvirtd's default allows 30 s).
+SOURCE_WAIT_STEP = 0.1
 
 
 def _engine(volume: VolumeLike) -> DirectRpc:
@@ -297,6 +300,12 @@ def _send_file(
                 stream.check()
 
     while True:
+        if isinstance(source, StreamReader):
+            # A pipe's producer may stall for longer than the peer's keepalive allows:
+            # its PINGs are answered (and its errors heard) while the pipe is empty.
+            while not source.wait(SOURCE_WAIT_STEP):
+                stream.poll()
+                stream.check()
         position = source.position
         pieces = source.read_pieces(buffer)
         if not pieces:

@@ -330,6 +330,15 @@ class StreamReader:
         """The source's descriptor, -1 once closed."""
         return self._fd
 
+    def wait(self, seconds: float) -> bool:
+        """Whether the source has bytes to read, or its end, within ``seconds``: a caller
+        that must stay responsive while a producer stalls waits here, not in a read."""
+        import select
+
+        ready = select.poll()
+        ready.register(self._fd, select.POLLIN)
+        return bool(ready.poll(max(0, round(seconds * 1000))))
+
     def read_pieces(self, buffer: Bytes, most: int = PIECES_PER_READ) -> list[Chunk]:
         """One data chunk read into ``buffer``'s start, or none at the end.
 

@@ -6,15 +6,18 @@ vol-upload disk /dev/stdin``); so must both engines, as data, and stop at ``leng
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.helpers import MIB
 from tests.client.test_cli_spellings import _COMMAND
+from tests.conftest import start_virtvold, stop_virtvold
 from virtvol.client import connect
 from virtvol.client.direct import open_direct, run_blocking
 
@@ -50,13 +53,20 @@ def upload(engine: str, uri: str, path: Path | str, *, length: int = 0) -> Trans
     return asyncio.run(on_a_loop())
 
 
-def feed(fifo: Path, data: bytes) -> threading.Thread:
-    """A thread that writes ``data`` into ``fifo`` a piece at a time, then closes it."""
+def feed(fifo: Path, data: bytes, *, stall: float = 0.0) -> threading.Thread:
+    """A thread that writes ``data`` into ``fifo`` a piece at a time, then closes it;
+    with ``stall``, it waits that many seconds half-way."""
+    halves = (data[: len(data) // 2], data[len(data) // 2 :])
 
     def write() -> None:
-        with fifo.open("wb") as pipe:
-            for start in range(0, len(data), 100_000):
-                pipe.write(data[start : start + 100_000])
+        # A reader that gave up (the test fails) closes the pipe: that is not news here.
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as pipe:
+            for number, half in enumerate(halves):
+                if number and stall:
+                    pipe.flush()
+                    time.sleep(stall)
+                for start in range(0, len(half), 100_000):
+                    pipe.write(half[start : start + 100_000])
 
     thread = threading.Thread(target=write, daemon=True)
     thread.start()
@@ -109,3 +119,25 @@ def test_vol_upload_reads_its_standard_input(virtvold: Virtvold) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (virtvold.pool_dir / "vol").read_bytes() == CONTENT
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_upload_waiting_for_a_stalled_pipe_still_answers_the_daemons_keepalive(
+    tmp_path: Path, engine: str
+) -> None:
+    """A pipe's producer may stall (a download feeding it, a decompressor): the daemon's
+    keepalive PINGs are answered meanwhile, or it drops the connection as dead (here
+    after 0.6 s of silence; libvirtd's default is 30 s), as virsh answers them."""
+    config = tmp_path / "virtvold.toml"
+    config.write_text("keepalive_interval = 0.2\nkeepalive_count = 2\n")
+    daemon = start_virtvold(tmp_path / "d", "--config", str(config))
+    try:
+        (daemon.pool_dir / "vol").write_bytes(b"old")
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        writer = feed(fifo, CONTENT, stall=2.0)
+        upload(engine, daemon.unix_uri, fifo)
+        writer.join(10)
+        assert (daemon.pool_dir / "vol").read_bytes() == CONTENT
+    finally:
+        stop_virtvold(daemon)
