@@ -39,6 +39,7 @@ from virtvol.client.errors import (
 )
 from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
+    SOURCE_WAIT_STEP,
     TransferResult,
     at_stage,
     download_target,
@@ -80,9 +81,6 @@ __all__ = ["download_file", "upload_file"]
 READ_BUFFER = 4 * FRAME_DATA_MAX
 # Seconds an aborted stream waits for the peer's confirmation.
 ABORT_WAIT = 30.0
-# Seconds between looks at the peer while a pipe has nothing to read: well within the
-# shortest keepalive a daemon is likely to be given (libvirtd's default allows 30 s).
-SOURCE_WAIT_STEP = 0.1
 
 
 def _engine(volume: VolumeLike) -> DirectRpc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from virtvol.client.errors import (
     LibvirtError,
@@ -53,6 +53,8 @@ READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
 
 _ZEROS = bytes(FRAME_DATA_MAX)
+
+_T = TypeVar("_T")
 
 
 class Hole(Record):
@@ -243,6 +245,25 @@ class Upload(_StreamBase):
         await self._rpc.drain()
         if self._error is not None:
             raise self._error
+
+    async def unless_failed(self, waiting: asyncio.Future[_T]) -> _T:
+        """``waiting``'s result, or the stream's error if the stream fails first (the peer
+        failed it, the connection went), ``waiting`` then cancelled: for a sender whose
+        source may keep it waiting (a pipe whose producer stalls).
+
+        Raises:
+            LibvirtError: the peer reported an error on the stream.
+            TransportError: the connection failed.
+        """
+        assert self._done is not None
+        try:
+            await asyncio.wait((waiting, self._done), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()  # not done: nobody is waiting for it any more
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()
+        self._check()
+        raise StreamError("the stream ended before its data")
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send data (split into frames of ``FRAME_DATA_MAX``).

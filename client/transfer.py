@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 from virtvol.client.streams import Download, Hole, Upload
 from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
+    SOURCE_WAIT_STEP,
     Progress,
     TransferResult,
     download_target,
@@ -155,6 +156,12 @@ class _Reader:
     def _walk(self) -> None:
         reader = self.reader
         while (buffer := self.pool.take(self.stop)) is not None:
+            if isinstance(reader, StreamReader):
+                # A stalled pipe must not hold up an upload that failed or was cancelled.
+                while not reader.wait(SOURCE_WAIT_STEP):
+                    if self.stop.is_set():
+                        self.pool.give(buffer)
+                        return
             position = reader.position
             # Many small extents share one buffer: a fragmented image is read ahead
             # by the pool's bytes, not by its number of buffers.
@@ -244,8 +251,12 @@ async def upload_file(
 
 async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None) -> None:
     hole = 0
+    items = reader.items
     while True:
-        item = await reader.items.get()
+        if items.empty():  # the source keeps us waiting: a failed stream must not
+            item = await stream.unless_failed(asyncio.ensure_future(items.get()))
+        else:
+            item = items.get_nowait()
         reader.slots.release()
         if isinstance(item, BaseException):
             raise item

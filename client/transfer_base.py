@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FRAME_DATA_MAX",
+    "SOURCE_WAIT_STEP",
     "Progress",
     "TransferResult",
     "at_stage",
@@ -54,6 +55,11 @@ __all__ = [
 # staying small next to what the peer may hold per client (libvirtd keeps up to
 # max_client_requests = 5 frames in flight).
 FRAME_DATA_MAX = 1024 * 1024
+
+# Seconds a source that cannot seek (a pipe) is waited for at a time; in between the
+# command line answers the peer's keepalive PINGs (libvirtd's default allows 30 s of
+# silence) and the library's reading thread sees whether its upload is still wanted.
+SOURCE_WAIT_STEP = 0.1
 
 # Called as ``progress(data_bytes, hole_bytes)`` while a file moves.
 Progress = Callable[[int, int], None]

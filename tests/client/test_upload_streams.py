@@ -20,6 +20,7 @@ from tests.client.test_cli_spellings import _COMMAND
 from tests.conftest import start_virtvold, stop_virtvold
 from virtvol.client import connect
 from virtvol.client.direct import open_direct, run_blocking
+from virtvol.client.errors import TransportError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -141,3 +142,48 @@ def test_an_upload_waiting_for_a_stalled_pipe_still_answers_the_daemons_keepaliv
         assert (daemon.pool_dir / "vol").read_bytes() == CONTENT
     finally:
         stop_virtvold(daemon)
+
+
+def test_a_library_upload_from_a_stalled_pipe_fails_when_its_connection_does(
+    tmp_path: Path,
+) -> None:
+    """The reading thread waits for the pipe a step at a time: when the connection goes
+    while the pipe's producer stalls, the upload fails at once instead of waiting for the
+    producer (which here would be for as long as the test lets it)."""
+    daemon = start_virtvold(tmp_path / "d")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    release = threading.Event()
+
+    def stalling_producer() -> None:
+        with fifo.open("wb") as pipe:
+            pipe.write(CONTENT[:MIB])
+            pipe.flush()
+            release.wait(60)
+
+    producer = threading.Thread(target=stalling_producer, daemon=True)
+    producer.start()
+
+    async def upload_then_lose_the_daemon() -> BaseException:
+        conn = await connect(daemon.unix_uri)
+        volume = await (await conn.lookup_pool_by_name("default")).lookup_volume("vol")
+        moving = asyncio.create_task(volume.upload_file(fifo))
+        await asyncio.sleep(0.5)  # the first MiB went; the pipe is empty now
+        daemon.process.kill()
+        try:
+            await asyncio.wait_for(moving, 10)
+        except Exception as exc:  # the failure is what the test looks at
+            return exc
+        finally:
+            await conn.close()
+        raise AssertionError("the upload succeeded without its daemon")
+
+    try:
+        (daemon.pool_dir / "vol").write_bytes(b"old")
+        failure = asyncio.run(upload_then_lose_the_daemon())
+    finally:
+        release.set()
+        stop_virtvold(daemon)
+        producer.join(10)
+    assert not isinstance(failure, TimeoutError), "the upload waited for the stalled pipe"
+    assert isinstance(failure, TransportError), failure
