@@ -332,7 +332,10 @@ class StreamReader:
 
     def wait(self, seconds: float) -> bool:
         """Whether the source has bytes to read, or its end, within ``seconds``: a caller
-        that must stay responsive while a producer stalls waits here, not in a read."""
+        that must stay responsive while a producer stalls waits here, not in a read.
+        Once ``length`` bytes were read that is the end, whatever the producer does next."""
+        if self._pos >= self._end:
+            return True
         import select
 
         ready = select.poll()

@@ -187,3 +187,33 @@ def test_a_library_upload_from_a_stalled_pipe_fails_when_its_connection_does(
         producer.join(10)
     assert not isinstance(failure, TimeoutError), "the upload waited for the stalled pipe"
     assert isinstance(failure, TransportError), failure
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_upload_of_a_length_ends_there_while_the_pipe_stays_open(
+    virtvold: Virtvold, tmp_path: Path, engine: str
+) -> None:
+    """Once ``length`` bytes came the upload is complete: it does not wait for whatever the
+    producer does next (a terminal left open, a producer that goes on later)."""
+    (virtvold.pool_dir / "vol").write_bytes(b"\xff" * 10)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    release = threading.Event()
+
+    def producer_that_stays() -> None:
+        with fifo.open("wb") as pipe:
+            pipe.write(b"abcd")
+            pipe.flush()
+            release.wait(20)
+
+    producer = threading.Thread(target=producer_that_stays, daemon=True)
+    producer.start()
+    started = time.monotonic()
+    try:
+        result = upload(engine, virtvold.unix_uri, fifo, length=4)
+    finally:
+        release.set()
+        producer.join(10)
+    assert time.monotonic() - started < 10, "the upload waited for the pipe past its length"
+    assert result.total_bytes == 4
+    assert (virtvold.pool_dir / "vol").read_bytes() == b"abcd" + b"\xff" * 6
