@@ -124,7 +124,8 @@ class Download:
         self.stats.log_end(self._outcome)
 
     def _release_file(self) -> None:
-        """The file's release (see ``FileWorker``): on the loop, or in the last read's thread."""
+        """The file's release (see ``FileWorker``): in a worker thread, never on the loop
+        while the daemon runs."""
         self._reader.close()
         held, self._held = self._held, None
         if held is not None:

@@ -47,7 +47,8 @@ class FileWorker:
         executor: where the jobs run.
         release: closes the file (and finishes what depends on it); runs exactly
             once, never while a job runs, in a worker thread (on the loop only
-            once ``executor`` is shut down).
+            once ``executor`` is shut down, in the shutting-down thread when that
+            drops it from the queue).
     """
 
     def __init__(self, executor: concurrent.futures.Executor, release: Callable[[], None]) -> None:
@@ -94,13 +95,21 @@ class FileWorker:
             idle = self._jobs == 0
         if idle:
             try:
-                self._executor.submit(self._do_release)
+                queued = self._executor.submit(self._do_release)
             except RuntimeError:  # the workers are gone: the daemon is stopping
                 self._do_release()
+            else:
+                # The daemon's stop drops what is still queued: then it runs in the thread
+                # that dropped it, as a job dropped so would let it run.
+                queued.add_done_callback(self._release_if_dropped)
 
     async def wait_closed(self) -> None:
         """Wait until the release has run (``close`` must have been called)."""
         await asyncio.shield(self._released)
+
+    def _release_if_dropped(self, queued: concurrent.futures.Future[None]) -> None:
+        if queued.cancelled():
+            self._do_release()
 
     def _job_done(self) -> None:
         with self._lock:

@@ -297,6 +297,24 @@ async def test_file_worker_release_waits_for_the_running_job(pool: Pool) -> None
         await job
 
 
+async def test_file_worker_release_queued_behind_busy_workers_runs_at_shutdown() -> None:
+    """An idle worker's release waits in the executor's queue like any job: the daemon's
+    stop, which drops the jobs still queued, must not drop it (an upload's temporary would
+    stay in the pool, its file open)."""
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    busy = threading.Event()
+    executor.submit(busy.wait, 10)  # the only worker is taken
+    released = threading.Event()
+    worker = FileWorker(executor, released.set)
+    worker.close()  # idle: its release is queued behind the busy worker
+    try:
+        executor.shutdown(wait=False, cancel_futures=True)
+    finally:
+        busy.set()
+    assert released.wait(5)
+    await worker.wait_closed()
+
+
 class FakeTransport(asyncio.Transport):
     """Just enough transport for a ClientConnection driven by the test."""
 
