@@ -273,21 +273,45 @@ _NAME_KEPT = 200
 
 
 def _shortened(name: str) -> str:
-    """``name`` cut to ``_NAME_KEPT`` bytes (a character cut in two stays as escapes)."""
-    raw = os.fsencode(name)
-    return name if len(raw) <= _NAME_KEPT else os.fsdecode(raw[:_NAME_KEPT])
+    """``name`` cut to at most ``_NAME_KEPT`` bytes, between characters: half of one
+    would make a name that is not UTF-8, which some file systems refuse."""
+    kept = 0
+    for index, character in enumerate(name):
+        kept += len(os.fsencode(character))  # an undecodable byte is one escape, one byte
+        if kept > _NAME_KEPT:
+            return name[:index]
+    return name
 
 
 def _take_over(fd: int, existing: os.stat_result) -> None:
     """Give the temporary open as ``fd`` the owner, group and permissions of ``existing``.
 
     Only the permission bits are copied (no set-user-ID on new content). An owner
-    this process may not give the file to (only root may) is left as it is, and so is
-    a mode a file system refuses (FAT takes few): the temporary's own, 0600, then stays.
+    this process may not give the file to (only root may: EPERM), or one this user
+    namespace has no number for (EINVAL), is left as it is, the group still taken where
+    it may be (a group of the user's own); so is a mode a file system refuses (FAT takes
+    few): the temporary's own, 0600, then stays.
     """
     made = os.fstat(fd)
-    if (made.st_uid, made.st_gid) != (existing.st_uid, existing.st_gid):
-        with contextlib.suppress(PermissionError):
-            os.fchown(fd, existing.st_uid, existing.st_gid)
+    same_group = made.st_gid == existing.st_gid
+    if made.st_uid != existing.st_uid or not same_group:
+        given = _give(fd, existing.st_uid, existing.st_gid)
+        if not given and not same_group:
+            _give(fd, -1, existing.st_gid)
     with contextlib.suppress(PermissionError):
         os.fchmod(fd, stat.S_IMODE(existing.st_mode) & 0o777)
+
+
+def _give(fd: int, uid: int, gid: int) -> bool:
+    """``fchown``; False where the owner or group is refused (EPERM, EINVAL).
+
+    Raises:
+        OSError: any other failure.
+    """
+    try:
+        os.fchown(fd, uid, gid)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EINVAL):
+            raise
+        return False
+    return True

@@ -183,6 +183,49 @@ def test_atomic_file_replaces_on_commit_and_vanishes_otherwise(tmp_path: Path) -
     assert not is_zero(b"\0\1")
 
 
+def test_atomic_file_temporary_of_a_long_name_cuts_it_between_characters(
+    tmp_path: Path,
+) -> None:
+    """The temporary keeps the start of a long name; cut inside a character, its name would
+    not be UTF-8 (which some file systems refuse, and listings show as garbage)."""
+    name = "a" + "\u00e9" * 127  # 255 bytes: 1, then 2 for each
+    with AtomicFile(tmp_path / name) as out:
+        temp = os.path.basename(out.temp)
+        os.fsencode(temp).decode("utf-8")  # raises for half a character
+        assert temp.startswith(".a\u00e9")
+        assert len(os.fsencode(temp)) <= 255
+        out.commit()
+    assert os.listdir(tmp_path) == [name]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another owner takes root to make")
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.EINVAL])
+def test_atomic_file_keeps_what_it_may_of_an_owner_it_cannot_give_the_file_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    """An owner this process may not give the file to (EPERM), or one the user namespace
+    has no number for (EINVAL, a container's unmapped owner): the download goes on, and
+    keeps the group where only the owner was refused, as ``cp -p`` does."""
+    target = tmp_path / "t"
+    target.write_bytes(b"old")
+    os.chown(target, 65534, 65533)
+    target.chmod(0o640)
+    real_fchown = os.fchown
+
+    def fchown(fd: int, uid: int, gid: int) -> None:
+        if uid != -1:  # giving the file away is refused; its group alone is taken
+            raise OSError(refusal, os.strerror(refusal))
+        real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(os, "fchown", fchown)
+    with AtomicFile(target) as out:
+        os.write(out.fd, b"new")
+        out.commit()
+    made = target.stat()
+    assert target.read_bytes() == b"new"
+    assert (made.st_uid, made.st_gid, made.st_mode & 0o7777) == (os.geteuid(), 65533, 0o640)
+
+
 def test_reader_reads_a_block_device_to_its_end(tmp_path: Path) -> None:
     """A block device's fstat size is 0: the reader must take its size from lseek."""
     image = tmp_path / "disk.img"
