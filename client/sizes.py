@@ -44,7 +44,10 @@ def parse_size(text: str, *, default_scale: int = 1) -> int:
     suffix = stripped[digits:].lstrip()
     if not digits or not (suffix == "" or (suffix.isascii() and suffix.isalpha())):
         raise SizeError(f"invalid size '{text}'")
-    value = int(stripped[:digits])
+    try:
+        value = int(stripped[:digits])
+    except ValueError:  # thousands of digits, more than int() reads: far past any size
+        raise SizeError(f"invalid size '{text}'") from None
     if not suffix:
         return value * default_scale
     lower = suffix.lower()

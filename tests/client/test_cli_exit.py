@@ -98,3 +98,18 @@ def test_output_to_a_full_disk_is_an_error_not_a_traceback(virtvold: Virtvold) -
         )
     assert done.returncode == 1
     assert done.stderr == "error: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.parametrize("option", ["--offset", "--length"])
+def test_a_range_number_of_thousands_of_digits_is_out_of_range_not_a_traceback(
+    virtvold: Virtvold, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    """Python refuses to read an int of more than 4300 digits (ValueError): past 64 bits
+    anyway, as virsh says."""
+    (virtvold.pool_dir / "vol").write_bytes(b"x")
+    digits = "1" * 5000
+    command = ["vol-download", "vol", str(tmp_path / "copy"), "--pool", "default"]
+    assert cli.main(["-c", virtvold.unix_uri, *command, option, digits]) == 1
+    name = option.removeprefix("--")
+    expected = f"error: Numeric value '{digits}' for <{name}> option is malformed or out of range\n"
+    assert capsys.readouterr().err == expected
