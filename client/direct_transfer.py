@@ -59,7 +59,7 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.hints import TYPE_CHECKING
-from virtvol.sparse.reader import StreamReader, source_reader
+from virtvol.sparse.reader import StreamReader, open_source, source_reader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_view
 
@@ -241,7 +241,7 @@ async def upload_file(
     """Upload a local file into ``volume`` (the arguments of ``transfer.upload_file``)."""
     rpc = _engine(volume)
     started = time.monotonic()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_source(path)
     try:
         source = source_reader(fd, length)
     except BaseException:

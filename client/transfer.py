@@ -37,7 +37,7 @@ from virtvol.client.transfer_base import (
     download_target,
     piece_runs,
 )
-from virtvol.sparse.reader import BufferPool, SparseReader, StreamReader, source_reader
+from virtvol.sparse.reader import BufferPool, SparseReader, StreamReader, open_source, source_reader
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ async def upload_file(
     """
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_source(path)
     reader: _Reader | None = None
     try:
         source = source_reader(fd, length)

@@ -45,6 +45,7 @@ __all__ = [
     "Chunk",
     "SparseReader",
     "StreamReader",
+    "open_source",
     "read_pieces",
     "source_reader",
 ]
@@ -380,6 +381,19 @@ class StreamReader:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def open_source(path: str | os.PathLike[str]) -> int:
+    """Open an upload's source to read. A FIFO whose writer has not come yet opens at once
+    instead of waiting for it (on an event loop, that wait held up everything else); its
+    reads block again, and ``StreamReader.wait`` waits for the writer's first bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def source_reader(fd: int, length: int = 0) -> SparseReader | StreamReader:

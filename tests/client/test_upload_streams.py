@@ -217,3 +217,40 @@ def test_an_upload_of_a_length_ends_there_while_the_pipe_stays_open(
     assert time.monotonic() - started < 10, "the upload waited for the pipe past its length"
     assert result.total_bytes == 4
     assert (virtvold.pool_dir / "vol").read_bytes() == b"abcd" + b"\xff" * 6
+
+
+def test_a_library_upload_from_a_fifo_without_its_writer_yet_leaves_the_loop_running(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """Opening a FIFO to read waits for its writer: done so on the event loop, it held up
+    every other task of the program (its connections' keepalives too) until then."""
+    (virtvold.pool_dir / "vol").write_bytes(b"old")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def late_writer() -> None:
+        time.sleep(2.0)
+        feed(fifo, CONTENT).join(20)
+
+    writer = threading.Thread(target=late_writer, daemon=True)
+    writer.start()
+
+    async def upload_and_tick() -> float:
+        conn = await connect(virtvold.unix_uri)
+        try:
+            volume = await (await conn.lookup_pool_by_name("default")).lookup_volume("vol")
+            moving = asyncio.create_task(volume.upload_file(fifo))
+            before = time.monotonic()
+            await asyncio.sleep(0.05)  # the upload opens the FIFO meanwhile
+            tick = time.monotonic() - before
+            await asyncio.wait_for(moving, 30)
+            return tick
+        finally:
+            await conn.close()
+
+    try:
+        tick = asyncio.run(upload_and_tick())
+    finally:
+        writer.join(30)
+    assert tick < 1.0, f"the event loop stood still for {tick:.1f} s"
+    assert (virtvold.pool_dir / "vol").read_bytes() == CONTENT
