@@ -24,8 +24,7 @@ def test_a_download_onto_a_device_is_refused_as_a_file_not_a_stream(virtvold: Vi
 
 def test_a_download_into_a_folder_that_does_not_exist_is_refused(virtvold: Virtvold) -> None:
     """A path ending in "copy/" names a folder: virsh cannot create the file and says
-    only that; no file
-    "copy" appears in its place."""
+    only that; no file "copy" appears in its place."""
     (virtvold.pool_dir / "v").write_bytes(b"x" * 4096)
     folder = virtvold.pool_dir.parent / "downloads"
     folder.mkdir()
