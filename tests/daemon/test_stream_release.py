@@ -219,7 +219,11 @@ async def test_an_idle_upload_dropped_with_its_connection_is_released_off_the_lo
         await asyncio.sleep(0.01)
         if [(pool.directory / name).stat().st_size for name in _temps(pool)] == [65536]:
             break
-    await asyncio.sleep(0.1)  # and the worker is out of it: the task waits for more
+    for _ in range(500):  # and the worker is out of it: the task waits for more
+        if upload._file._jobs == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert upload._file._jobs == 0  # else the release would run in the job's thread anyway
     # What the connection does when it goes: cancel the stream's task, close the stream.
     task.cancel()
     upload.close()
