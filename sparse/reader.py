@@ -312,10 +312,15 @@ class StreamReader:
     """
 
     def __init__(self, fd: int, length: int = 0) -> None:
+        import select  # here: only a source that cannot seek needs it
+
         self._fd = fd
         self._pos = 0
         # No size to know: the end is the length asked for, and never moves back.
         self._end = length if length else (1 << 63) - 1
+        # Whether the source has bytes (or its end) ready: asked before and between reads.
+        self._ready = select.poll()
+        self._ready.register(fd, select.POLLIN)
 
     @property
     def position(self) -> int:
@@ -337,11 +342,7 @@ class StreamReader:
         Once ``length`` bytes were read that is the end, whatever the producer does next."""
         if self._pos >= self._end:
             return True
-        import select
-
-        ready = select.poll()
-        ready.register(self._fd, select.POLLIN)
-        return bool(ready.poll(max(0, round(seconds * 1000))))
+        return bool(self._ready.poll(max(0, round(seconds * 1000))))
 
     def read_pieces(self, buffer: Bytes, most: int = PIECES_PER_READ) -> list[Chunk]:
         """One data chunk read into ``buffer``'s start, or none at the end.
@@ -352,11 +353,8 @@ class StreamReader:
         Raises:
             OSError: the read failed.
         """
-        import select  # here: only a source that cannot seek needs it
-
         view = memoryview(buffer).cast("B")[: self._end - self._pos]
-        ready = select.poll()
-        ready.register(self._fd, select.POLLIN)
+        ready = self._ready
         used = 0
         while used < len(view):
             count = os.readv(self._fd, [view[used:]])
