@@ -658,11 +658,28 @@ async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:
         source = os.stat(args.file)
     except OSError as exc:
         raise CommandError(f"cannot read {args.file}") from exc
-    # A pipe (standard input) or a device is read to its end: its size says nothing.
-    total: int | None = source.st_size if stat.S_ISREG(source.st_mode) else None
+    total = _source_size(args.file, source)
     if args.length:
         total = args.length if total is None else min(total, args.length)
     return await _transfer(vol, args, upload=True, total=total)
+
+
+def _source_size(path: str, source: os.stat_result) -> int | None:
+    """The bytes an upload of ``path`` will read, for the progress bar: a file's size, a
+    block device's (its ``stat`` says 0, its end says how large it is), and None for a
+    pipe or a character device, which are read to their end."""
+    if stat.S_ISREG(source.st_mode):
+        return source.st_size
+    if not stat.S_ISBLK(source.st_mode):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # the upload itself will say why it cannot read the device
+        return None
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 def _check_destination(path: str) -> None:

@@ -96,3 +96,22 @@ def test_dense_transfer_draws_no_holes(virtvold: Virtvold, tmp_path: Path) -> No
     assert "upload img" in drawn
     assert "holes 0" not in drawn  # no holes column: none can travel
     assert re.search(r"uploaded 8\.00 MiB data, 0\.00 B holes.*, dense", drawn), drawn
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="attaching a loop device takes root")
+def test_block_device_upload_bar_knows_the_device_size(virtvold: Virtvold, tmp_path: Path) -> None:
+    """A block device's ``stat`` size is 0; the bar takes its size from the device's end."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(3 * MIB))
+    attach = ["losetup", "--find", "--show", "--read-only", str(image)]
+    device = subprocess.run(attach, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        run_virsh(virtvold.tcp_uri, "vol-create-as", "default", "img", "3M")
+        code, drawn = run_on_terminal(
+            "-c", virtvold.tcp_uri, "vol-upload", "img", device, "--pool", "default"
+        )
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+    assert code == 0, drawn
+    assert re.search(r"\d+\.\d\d (B|KiB|MiB)/3\.00 MiB", drawn), drawn
+    assert (virtvold.pool_dir / "img").read_bytes() == image.read_bytes()
