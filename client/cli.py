@@ -129,6 +129,10 @@ def _number_argument(text: str | None, name: str) -> int:
     unsigned = text.lstrip()
     unsigned = unsigned[1:] if unsigned.startswith("+") else unsigned
     try:
+        # strtoull skips blanks before the sign only, and virsh wants nothing after the
+        # number: "+ 1" and "1 " are malformed (parse_size would take both).
+        if unsigned[:1].isspace() or unsigned[-1:].isspace():
+            raise SizeError(unsigned)
         value = parse_size(unsigned)
     except SizeError:
         value = _NUMBER_MAX + 1

@@ -270,6 +270,8 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "18446744073709551616"],
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "++1"],
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+-1"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+ 1"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "1 "],
         ["vol-upload", "--vol", "v1", "--file", str(tmp_path / "none"), "--pool", "default"],
         ["nosuch"],
         ["help", "nosuch"],
