@@ -1138,6 +1138,9 @@ def _show_warnings() -> None:
 
 
 _WARNINGS_HANDLER = "virtvol command line warnings"
+# A connection's failure, logged as it happens, waits here for the command's end: the
+# command usually fails with it, and virsh says it once, as the error (see main).
+_held_failures: list[str] = []
 
 
 def _stderr_warnings() -> None:
@@ -1148,6 +1151,9 @@ def _stderr_warnings() -> None:
         # in a process, whatever stderr is at the time.
         def emit(self, record: logging.LogRecord) -> None:
             try:
+                if getattr(record, "connection_failure", False):
+                    _held_failures.append(record.getMessage())
+                    return
                 sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
             except Exception:  # a closed or full stderr must not fail the transfer
                 self.handleError(record)
@@ -1158,6 +1164,15 @@ def _stderr_warnings() -> None:
         handler.name = _WARNINGS_HANDLER
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
+
+
+def _show_held_failures(errors: Sequence[str] = ()) -> None:
+    """Warn of the connection failures the command's ``errors`` do not already say (a
+    failure while saying goodbye, after the command's work was done)."""
+    for message in _held_failures:
+        if message not in errors:
+            sys.stderr.write(f"warning: {message}\n")
+    _held_failures.clear()
 
 
 class _Invocation(Record):
@@ -1222,6 +1237,7 @@ def _print(output: str, *, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``virtvol`` command; returns the exit status (0, or 1 on error)."""
     quiet = False
+    _held_failures.clear()
     try:
         invocation = _prepare(sys.argv[1:] if argv is None else argv)
         quiet = invocation.args.quiet
@@ -1235,6 +1251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except CommandError as exc:
         sys.stdout.flush()
+        _show_held_failures(exc.lines)
         for line in exc.lines:
             sys.stderr.write(f"error: {line}\n")
         sys.stderr.flush()
@@ -1242,7 +1259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write("\n")
         return 1
     except KeyboardInterrupt:
+        _show_held_failures()
         return 130
+    _show_held_failures()
     try:
         _print(output, quiet=quiet)
     except BrokenPipeError:  # the reader went away (``virtvol vol-list | head``)

@@ -52,7 +52,7 @@ from virtvol.client.errors import (
     core_errors,
     error_from_remote,
 )
-from virtvol.client.log import log
+from virtvol.client.log import CONNECTION_FAILURE, log
 from virtvol.client.uri import Target, parse_uri, resolve_uri
 from virtvol.protocol.connection import (
     Connection as ProtocolCore,
@@ -290,7 +290,7 @@ class DirectRpc:
         if self._failure is None:
             self._failure = failure
             if warn:  # as the event-loop client: a broken peer is news, a closed one is not
-                log.warning("%s", failure)
+                log.warning("%s", failure, extra=CONNECTION_FAILURE)
         return self._failure
 
     def _lost(self, exc: OSError | None) -> TransportError:

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 LOGGER_NAME = "virtvol.client"
+CONNECTION_FAILURE = {"connection_failure": True}
+"""``extra`` of the warning logged when a connection fails: the failure is also raised
+in every call and stream of the connection, so a caller that reports those (the
+command line) can tell this news apart from what it will say anyway."""
 
 _logger: logging.Logger | None = None
 _on_first_use: list[Callable[[], None]] = []

@@ -48,7 +48,7 @@ from virtvol.client.errors import (
     core_errors,
     error_from_remote,
 )
-from virtvol.client.log import log
+from virtvol.client.log import CONNECTION_FAILURE, log
 from virtvol.protocol.connection import (
     Connection,
     ErrorReplyReceived,
@@ -247,7 +247,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
     def _fail(self, failure: TransportError) -> None:
         if self._failure is None:
             self._failure = failure
-            log.warning("%s", failure)
+            log.warning("%s", failure, extra=CONNECTION_FAILURE)
         self._fail_everyone(self._failure)
         if self.transport is not None:
             self.transport.abort()
