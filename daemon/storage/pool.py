@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import os
 import stat
@@ -43,6 +44,9 @@ class Pool:
         self.rbd: RbdVolumes | None = None
         self.runtime: PoolRuntime | None = None
         self.busy: dict[str, Busy] = {}
+        # Volumes being read as a clone's source, with the number of clones reading
+        # each: they may be read and cloned again, but not changed under the copy.
+        self.cloning: collections.Counter[str] = collections.Counter()
         self.upload_temps: set[str] = set()
 
     @property
@@ -153,11 +157,11 @@ class Pool:
         return self.runtime
 
     def check_not_busy(self, name: str) -> None:
-        """libvirt's refusals for a volume that is being built or uploaded to."""
+        """libvirt's refusals for a volume that is being built, uploaded to or cloned."""
         reason = self.busy.get(name)
         if reason is Busy.BUILDING:
             raise storage_error(
                 ErrorCode.OPERATION_INVALID, f"volume '{name}' is still being allocated."
             )
-        if reason is Busy.UPLOADING:
+        if reason is Busy.UPLOADING or self.cloning[name]:
             raise volume_in_use(name)

@@ -573,24 +573,38 @@ class StorageRegistry:
                 ErrorCode.OPERATION_UNSUPPORTED,
                 "cloning a volume from another pool is not supported",
             )
-        with self._building(ref, request.name) as (pool, volumes):
+        with self._building(ref, request.name, source=source.name) as (pool, volumes):
             volumes.create_from(request, source.name)
         return VolumeRef(pool.name, request.name, volumes.volume_path(request.name))
 
     @contextmanager
-    def _building(self, ref: PoolRef, name: str) -> Iterator[tuple[Pool, VolumeDir | RbdVolumes]]:
-        """Reserve a new volume name while its file is being made, outside the lock."""
+    def _building(
+        self, ref: PoolRef, name: str, *, source: str | None = None
+    ) -> Iterator[tuple[Pool, VolumeDir | RbdVolumes]]:
+        """Reserve a new volume name while its file is being made, outside the lock.
+
+        A clone's ``source`` is held in use meanwhile, as libvirt holds it: a wipe,
+        resize or upload there would leave the copy part old, part new.
+        """
         with self._lock:
             pool = self._pool(ref)
             volumes = pool.rbd or pool.active_volumes()
             check_new_volume_name(name, volumes.path)
             pool.check_not_busy(name)
+            if source is not None and pool.busy.get(source) is Busy.BUILDING:
+                pool.check_not_busy(source)
             pool.busy[name] = Busy.BUILDING
+            if source is not None:
+                pool.cloning[source] += 1
         try:
             yield pool, volumes
         finally:
             with self._lock:
                 pool.busy.pop(name, None)
+                if source is not None:
+                    pool.cloning[source] -= 1
+                    if not pool.cloning[source]:
+                        del pool.cloning[source]
 
     @contextmanager
     def _changing(self, volume: VolumeRef) -> Iterator[VolumeDir | RbdVolumes]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from tests.daemon.storage.conftest import (
@@ -15,9 +17,12 @@ from tests.daemon.storage.conftest import (
 )
 from virtvol.daemon.storage import VolumeInfo, VolumeRef, VolumeType
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.sparse import files as sparse_files
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 MIB = 1 << 20
 
@@ -433,3 +438,49 @@ def test_busy_volume_refuses_changes(setup: PoolSetup) -> None:
     registry.open_download(vol, 0, 0).close()  # reading stays allowed
     writer.abort()
     registry.delete_volume(vol)
+
+
+def test_clone_source_is_in_use_while_it_is_copied(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As libvirt: the source of a clone cannot be changed under the copy (a wipe or an
+    in-place upload there would leave the clone half old, half new); reading it, or
+    cloning it again, stays allowed."""
+    registry = setup.registry
+    source = setup.file("src", b"s" * BLOCK)
+    copying, release = threading.Event(), threading.Event()
+    real_copy = sparse_files.copy_sparse
+
+    def slow_copy(src_fd: int, dst_fd: int, end: int) -> None:
+        copying.set()
+        assert release.wait(10)
+        real_copy(src_fd, dst_fd, end)
+
+    monkeypatch.setattr(sparse_files, "copy_sparse", slow_copy)
+    with ThreadPoolExecutor(1) as pool:
+        clone = pool.submit(
+            registry.create_volume_xml_from,
+            setup.ref,
+            "<volume><name>copy</name></volume>",
+            source,
+        )
+        assert copying.wait(10)
+        in_use = NOT_VALID + "volume 'src' is still in use."
+        try:
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.wipe_volume(source)
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.resize_volume(source, MIB)
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.delete_volume(source)
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.open_upload(source, 0, BLOCK)
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.open_upload(source, 0, 0)
+            registry.open_download(source, 0, 0).close()
+        finally:
+            release.set()
+        clone.result(10)
+    assert (setup.pool_dir / "copy").read_bytes() == b"s" * BLOCK
+    registry.wipe_volume(source)  # free again once the copy is done
+    registry.delete_volume(source)
