@@ -42,6 +42,7 @@ from .poolxml import PoolDefinition, clean_path, format_pool_xml, parse_pool_xml
 from .rbdtransfer import RbdReader, RbdWriter
 from .rbdvolumes import RbdVolumes
 from .reports import (
+    clone_name_taken,
     no_pool_named,
     no_pool_with_uuid,
     no_volume_with_key,
@@ -52,6 +53,7 @@ from .reports import (
     storage_error,
     system_error,
     uuid_text,
+    volume_exists,
 )
 from .secrets import SecretStore
 from .transfer import VolumeReader, VolumeWriter
@@ -574,7 +576,12 @@ class StorageRegistry:
                 "cloning a volume from another pool is not supported",
             )
         with self._building(ref, request.name, source=source.name) as (pool, volumes):
-            volumes.create_from(request, source.name)
+            try:
+                volumes.create_from(request, source.name)
+            except ErrorReport as exc:
+                if exc.code is ErrorCode.STORAGE_VOL_EXIST:  # made meanwhile, outside the daemon
+                    raise clone_name_taken(request.name) from None
+                raise
         return VolumeRef(pool.name, request.name, volumes.volume_path(request.name))
 
     @contextmanager
@@ -590,7 +597,11 @@ class StorageRegistry:
             pool = self._pool(ref)
             volumes = pool.rbd or pool.active_volumes()
             check_new_volume_name(name, volumes.path)
-            pool.check_not_busy(name)
+            # A name being built, uploaded to or changed is a volume that exists.
+            if name in pool.busy or (
+                isinstance(volumes, VolumeDir) and volumes.stat(name) is not None
+            ):
+                raise volume_exists(name) if source is None else clone_name_taken(name)
             if source is not None and pool.busy.get(source) is Busy.BUILDING:
                 pool.check_not_busy(source)
             pool.busy[name] = Busy.BUILDING

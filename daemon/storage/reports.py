@@ -92,6 +92,11 @@ def volume_exists(name: str) -> ErrorReport:
     )
 
 
+def clone_name_taken(name: str) -> ErrorReport:
+    """vol-create-from's refusal of a name in use, worded unlike vol-create's ``volume_exists``."""
+    return storage_error(ErrorCode.INTERNAL_ERROR, f"storage volume name '{name}' already in use.")
+
+
 def xml_error(detail: str, domain: ErrorDomain = STORAGE) -> ErrorReport:
     """VIR_ERR_XML_ERROR, "XML error: <detail>"."""
     return ErrorReport.raised(ErrorCode.XML_ERROR, domain, detail)

@@ -338,8 +338,14 @@ def test_clone_is_sparse(setup: PoolSetup) -> None:
         ).capacity
         == 64 * BLOCK
     )
-    with fails(ErrorCode.STORAGE_VOL_EXIST, "storage volume 'copy' exists already"):
+    with fails(
+        ErrorCode.INTERNAL_ERROR, "internal error: storage volume name 'copy' already in use."
+    ):
         registry.create_volume_xml_from(setup.ref, "<volume><name>copy</name></volume>", source)
+    with fails(
+        ErrorCode.INTERNAL_ERROR, "internal error: storage volume name 'src' already in use."
+    ):
+        registry.create_volume_xml_from(setup.ref, "<volume><name>src</name></volume>", source)
     with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "name 'ghost'"):
         registry.create_volume_xml_from(
             setup.ref, "<volume><name>c2</name></volume>", VolumeRef("default", "ghost", "/k")
@@ -484,3 +490,21 @@ def test_clone_source_is_in_use_while_it_is_copied(
     assert (setup.pool_dir / "copy").read_bytes() == b"s" * BLOCK
     registry.wipe_volume(source)  # free again once the copy is done
     registry.delete_volume(source)
+
+
+def test_a_busy_name_is_taken_for_a_new_volume(setup: PoolSetup) -> None:
+    """A volume that is being uploaded to still exists: creating or cloning onto its
+    name is refused as for any existing volume (libvirt's errors), not as "in use"."""
+    registry = setup.registry
+    vol = setup.volume("v", BLOCK)
+    other = setup.volume("other", BLOCK)
+    writer = registry.open_upload(vol, 0, 0)
+    try:
+        with fails(ErrorCode.STORAGE_VOL_EXIST, "storage volume 'v' exists already"):
+            setup.volume("v", BLOCK)
+        with fails(
+            ErrorCode.INTERNAL_ERROR, "internal error: storage volume name 'v' already in use."
+        ):
+            registry.create_volume_xml_from(setup.ref, "<volume><name>v</name></volume>", other)
+    finally:
+        writer.abort()
