@@ -15,7 +15,7 @@ import secrets
 import stat
 from typing import TYPE_CHECKING
 
-from virtvol.protocol.errors import ErrorCode, ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse import files as sparse_files
 
 from .names import RESERVED_PREFIX, is_volume_name
@@ -119,7 +119,14 @@ class VolumeDir:
         except FileExistsError:
             raise volume_exists(name) from None
         except OSError as exc:
-            raise system_error(f"Failed to create file '{self.volume_path(name)}'", exc) from None
+            raise _build_error(f"Failed to create file '{self.volume_path(name)}'", exc) from None
+
+    def _extend(self, fd: int, name: str, capacity: int) -> None:
+        """Give a new volume file its size (past the file system's largest file: EFBIG)."""
+        try:
+            os.ftruncate(fd, capacity)
+        except OSError as exc:
+            raise _build_error(f"cannot extend file '{self.volume_path(name)}'", exc) from None
 
     def _discard(self, name: str, fd: int) -> None:
         os.close(fd)
@@ -133,11 +140,11 @@ class VolumeDir:
         fd = self._create_file(request.name)
         path = self.volume_path(request.name)
         try:
-            os.ftruncate(fd, capacity)
+            self._extend(fd, request.name, capacity)
             try:
                 sparse_files.allocate(fd, 0, allocation)
             except OSError as exc:
-                raise system_error(
+                raise _build_error(
                     f"cannot allocate {allocation} bytes in file '{path}'", exc
                 ) from None
         except BaseException:
@@ -157,7 +164,7 @@ class VolumeDir:
             capacity = max(request.capacity or 0, size)
             dst_fd = self._create_file(request.name)
             try:
-                os.ftruncate(dst_fd, capacity)
+                self._extend(dst_fd, request.name, capacity)
                 sparse_files.copy_sparse(src_fd, dst_fd, size)
             except OSError as exc:
                 self._discard(request.name, dst_fd)
@@ -285,6 +292,12 @@ class VolumeDir:
             ]
         for name in stale:
             self.remove_temp(name)
+
+
+def _build_error(what: str, exc: OSError) -> ErrorReport:
+    """A failure making a new volume's file: libvirt's storage driver reports these itself,
+    so they carry its domain (the util layer's helpers, such as resize's, carry none)."""
+    return system_error(what, exc, ErrorDomain.STORAGE)
 
 
 def metadata_prealloc_unsupported() -> ErrorReport:

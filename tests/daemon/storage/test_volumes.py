@@ -508,3 +508,23 @@ def test_a_busy_name_is_taken_for_a_new_volume(setup: PoolSetup) -> None:
             registry.create_volume_xml_from(setup.ref, "<volume><name>v</name></volume>", other)
     finally:
         writer.abort()
+
+
+def test_a_capacity_past_the_largest_file_is_refused_as_libvirt_refuses_it(
+    setup: PoolSetup,
+) -> None:
+    """libvirtd's storage driver: "cannot extend file" (a system error of the storage
+    domain) for vol-create and vol-create-from alike, and nothing left in the pool."""
+    registry = setup.registry
+    source = setup.file("src", b"s" * BLOCK)
+    too_large = f"cannot extend file '{setup.pool_dir}/huge': File too large"
+    with fails(ErrorCode.SYSTEM_ERROR, too_large):
+        setup.volume("huge", 1 << 62)
+    with fails(ErrorCode.SYSTEM_ERROR, too_large):
+        setup.volume("huge", 1 << 62, None)
+    with fails(ErrorCode.SYSTEM_ERROR, too_large):
+        registry.create_volume_xml_from(
+            setup.ref, f"<volume><name>huge</name><capacity>{1 << 62}</capacity></volume>", source
+        )
+    assert os.listdir(setup.pool_dir) == ["src"]
+    assert registry.list_volume_names(setup.ref, 10) == ["src"]
