@@ -528,3 +528,22 @@ def test_a_capacity_past_the_largest_file_is_refused_as_libvirt_refuses_it(
         )
     assert os.listdir(setup.pool_dir) == ["src"]
     assert registry.list_volume_names(setup.ref, 10) == ["src"]
+
+
+def test_a_volume_name_is_taken_as_written(setup: PoolSetup) -> None:
+    """libvirt takes the name element's text as it is: spaces around it are part of the
+    name (trimming them made another volume than the one asked for)."""
+    registry = setup.registry
+    for name in (" lead", "trail ", "\tboth\n"):
+        created = registry.create_volume_xml(
+            setup.ref, f"<volume><name>{name}</name><capacity>1</capacity></volume>"
+        )
+        assert created.name == name
+        assert (setup.pool_dir / name).is_file()
+        assert registry.lookup_volume_by_name(setup.ref, name) == created
+    source = registry.lookup_volume_by_name(setup.ref, " lead")
+    clone = registry.create_volume_xml_from(
+        setup.ref, "<volume><name>copy </name></volume>", source
+    )
+    assert clone.name == "copy "
+    assert sorted(os.listdir(setup.pool_dir)) == sorted(registry.list_volume_names(setup.ref, 10))
