@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from virtvol.protocol.errors import ErrorCode
+import errno
 
-from .reports import storage_error, xml_error
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
+
+from .reports import storage_error, system_error, xml_error
 
 # Files the storage layer itself creates in a pool directory (whole-volume
 # upload temporaries) start with this; such names are never volumes.
@@ -43,7 +45,10 @@ def check_new_volume_name(name: str, pool_path: str) -> None:
             "are used for temporary files",
         )
     if not is_volume_name(name):
-        raise storage_error(ErrorCode.OPERATION_INVALID, f"volume name '{name}' is too long")
+        # Too long for a file name: libvirt finds out when it creates the file.
+        raise system_error(
+            f"Failed to create file '{pool_path}/{name}'", errno.ENAMETOOLONG, ErrorDomain.STORAGE
+        )
 
 
 def check_pool_name(name: str) -> None:

@@ -108,9 +108,9 @@ def test_create_errors(setup: PoolSetup) -> None:
         ),
         (
             vol("<name>" + "n" * 256 + "</name>" + cap),
-            ErrorCode.OPERATION_INVALID,
+            ErrorCode.SYSTEM_ERROR,
             ErrorDomain.STORAGE,
-            NOT_VALID + f"volume name '{'n' * 256}' is too long",
+            f"Failed to create file '{pool}/{'n' * 256}': File name too long",
         ),
         (
             vol("<name></name>" + cap),
