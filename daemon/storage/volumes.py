@@ -223,16 +223,31 @@ class VolumeDir:
                         "Can't shrink capacity below current capacity unless shrink flag "
                         "explicitly specified"
                     )
+            if allocate and new - allocation > self.available():
+                # Checked first, as libvirt does: a failing fallocate keeps the blocks
+                # it got, so trying would fill the file system before failing.
+                raise storage_error(
+                    ErrorCode.OPERATION_FAILED, "Not enough space left in storage pool"
+                )
             if new > MAX_FILE_SIZE:
                 raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
             try:
                 if allocate and new > current:
-                    sparse_files.allocate(fd, current, new - current)
+                    try:
+                        sparse_files.allocate(fd, current, new - current)
+                    except OSError:
+                        os.ftruncate(fd, current)  # give back what the failed call took
+                        raise
                 os.ftruncate(fd, new)
             except OSError as exc:
                 raise system_error(f"Failed to truncate file '{path}'", exc) from None
         finally:
             os.close(fd)
+
+    def available(self) -> int:
+        """Bytes the pool's file system has free for unprivileged use (the pool's "available")."""
+        fs = os.statvfs(self.fd)
+        return fs.f_frsize * fs.f_bavail
 
     # -- whole-volume upload temporaries ------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -547,3 +548,56 @@ def test_a_volume_name_is_taken_as_written(setup: PoolSetup) -> None:
     )
     assert clone.name == "copy "
     assert sorted(os.listdir(setup.pool_dir)) == sorted(registry.list_volume_names(setup.ref, 10))
+
+
+def test_resize_allocate_past_the_free_space_is_refused_up_front(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As libvirt: growing with ALLOCATE by more than the pool has free is refused before
+    any block is taken (a failing fallocate keeps what it got: the file system fills up)."""
+    registry = setup.registry
+    vol = setup.volume("v", BLOCK, BLOCK)
+    real_statvfs = os.statvfs
+    free_blocks = 16  # of 4 KiB: 64 KiB free, as the pool reports it
+
+    def small_file_system(path: int | str) -> os.statvfs_result:
+        st = real_statvfs(path)
+        fields = list(st)
+        fields[0], fields[1], fields[4] = BLOCK, BLOCK, free_blocks  # bsize, frsize, bavail
+        return os.statvfs_result(fields)
+
+    monkeypatch.setattr(os, "statvfs", small_file_system)
+    with fails(
+        ErrorCode.OPERATION_FAILED, "operation failed: Not enough space left in storage pool"
+    ):
+        registry.resize_volume(vol, MIB, 1)
+    with fails(
+        ErrorCode.OPERATION_FAILED, "operation failed: Not enough space left in storage pool"
+    ):
+        registry.resize_volume(vol, 1 << 62, 1)  # checked before the largest file size
+    assert registry.volume_info(vol) == VolumeInfo(VolumeType.FILE, BLOCK, BLOCK)
+    registry.resize_volume(vol, (free_blocks + 1) * BLOCK, 1)  # exactly what is free: fine
+    registry.resize_volume(vol, MIB)  # without ALLOCATE nothing is taken
+
+
+def test_a_failed_resize_allocate_gives_back_what_it_took(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Space can run out after the check (another writer): the volume keeps its size
+    and the blocks the failed allocation took are freed."""
+    registry = setup.registry
+    vol = setup.volume("v", BLOCK, BLOCK)
+    real_allocate = sparse_files.allocate
+
+    def runs_out(fd: int, offset: int, length: int) -> None:
+        real_allocate(fd, offset, length // 2)  # as ext4 does: keeps what it got
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sparse_files, "allocate", runs_out)
+    with fails(
+        ErrorCode.SYSTEM_ERROR,
+        f"Failed to truncate file '{setup.pool_dir}/v': No space left on device",
+        ErrorDomain.NONE,
+    ):
+        registry.resize_volume(vol, 64 * BLOCK, 1)
+    assert registry.volume_info(vol) == VolumeInfo(VolumeType.FILE, BLOCK, BLOCK)
