@@ -11,7 +11,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from .names import check_pool_name
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
-from .xmldoc import child_text, escape, parse_document
+from .xmldoc import child_string, child_text, escape, parse_document
 
 # virStoragePoolType, in enum order: libvirt names the number in its errors.
 POOL_TYPES = (
@@ -92,7 +92,7 @@ def parse_pool_xml(text: str) -> PoolDefinition:
         raise storage_error(
             ErrorCode.INTERNAL_ERROR, f"missing backend for pool type {number} ({pool_type})"
         )
-    name = child_text(root, "name")
+    name = child_string(root, "name")
     if name is None:
         raise xml_error("missing pool source name element")
     check_pool_name(name)

@@ -9,7 +9,7 @@ from virtvol.protocol.errors import ErrorCode
 
 from .reports import storage_error, xml_error
 from .units import scaled_size
-from .xmldoc import escape, parse_document
+from .xmldoc import child_string, escape, parse_document
 
 if TYPE_CHECKING:
     import os
@@ -74,10 +74,8 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
             or a format other than raw.
     """
     root = parse_document(text, "volume", "storage_volume_definition")
-    # As libvirt's string(./name): all the text inside, spaces kept (they name the file).
-    name_element = root.find("name")
-    name = "".join(name_element.itertext()) if name_element is not None else ""
-    if not name:
+    name = child_string(root, "name")
+    if name is None:
         raise xml_error("missing volume name element")
     capacity = _size(root, "capacity")
     if capacity is None and capacity_required:

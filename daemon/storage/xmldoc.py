@@ -54,6 +54,14 @@ def parse_document(text: str, root: str, source: str) -> Element:
     return element
 
 
+def child_string(parent: Element, path: str) -> str | None:
+    """All the text inside the first element at ``path``, untrimmed, as libvirt's XPath
+    ``string(path)`` reads names; None when absent or empty."""
+    found = parent.find(path)
+    text = "".join(found.itertext()) if found is not None else ""
+    return text or None
+
+
 def child_text(parent: Element, path: str) -> str | None:
     """Stripped text of the first element at ``path``, or None when absent or empty."""
     found = parent.find(path)

@@ -408,3 +408,20 @@ def test_refresh_removes_stale_upload_temporaries(setup: PoolSetup) -> None:
     setup.registry.destroy_pool(setup.ref)
     setup.registry.start_pool(setup.ref)
     assert not stale.exists()
+
+
+def test_a_pool_name_is_taken_as_written(tmp_path: Path) -> None:
+    """libvirt keeps spaces around a pool's name (trimming them named another pool)."""
+    state = tmp_path / "state"
+    registry = StorageRegistry(state)
+    ref = registry.define_pool_xml(pool_xml(" p ", tmp_path / "p"))
+    assert ref.name == " p "
+    assert registry.lookup_pool_by_name(" p ") == ref
+    registry.set_pool_autostart(ref, True)
+    registry.start_pool(ref, 1)
+    assert "<name> p </name>" in registry.pool_xml(ref)
+    registry.close()
+    again = StorageRegistry(state)
+    again.load()
+    assert again.list_all_pools() == [ref]
+    assert again.pool_is_active(ref)
