@@ -25,6 +25,7 @@ class Busy(enum.Enum):
 
     BUILDING = "building"
     UPLOADING = "uploading"
+    CHANGING = "changing"  # being deleted, wiped or resized
 
 
 class Pool:
@@ -163,5 +164,11 @@ class Pool:
             raise storage_error(
                 ErrorCode.OPERATION_INVALID, f"volume '{name}' is still being allocated."
             )
-        if reason is Busy.UPLOADING or self.cloning[name]:
+        if reason in (Busy.UPLOADING, Busy.CHANGING) or self.cloning[name]:
             raise volume_in_use(name)
+
+    def check_can_clone(self, name: str) -> None:
+        """A clone's source may be read while it is uploaded to (as in libvirt), but not
+        while it is being built or changed: the copy would take a half-made file."""
+        if self.busy.get(name) in (Busy.BUILDING, Busy.CHANGING):
+            self.check_not_busy(name)

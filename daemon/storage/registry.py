@@ -568,8 +568,7 @@ class StorageRegistry:
             source_pool = self._volume_pool(source)
             if source_pool.rbd is None:  # an rbd pool finds out when it opens the image
                 source_pool.active_volumes().require(source.name)
-            if source_pool.busy.get(source.name) is Busy.BUILDING:
-                source_pool.check_not_busy(source.name)
+            source_pool.check_can_clone(source.name)
         if source_pool.uuid != ref.uuid:
             raise storage_error(
                 ErrorCode.OPERATION_UNSUPPORTED,
@@ -602,8 +601,8 @@ class StorageRegistry:
                 isinstance(volumes, VolumeDir) and volumes.stat(name) is not None
             ):
                 raise volume_exists(name) if source is None else clone_name_taken(name)
-            if source is not None and pool.busy.get(source) is Busy.BUILDING:
-                pool.check_not_busy(source)
+            if source is not None:
+                pool.check_can_clone(source)
             pool.busy[name] = Busy.BUILDING
             if source is not None:
                 pool.cloning[source] += 1
@@ -626,7 +625,7 @@ class StorageRegistry:
             if not isinstance(volumes, RbdVolumes):  # images are checked as they are opened
                 volumes.require(volume.name)
             pool.check_not_busy(volume.name)
-            pool.busy[volume.name] = Busy.BUILDING
+            pool.busy[volume.name] = Busy.CHANGING
         try:
             yield volumes
         finally:

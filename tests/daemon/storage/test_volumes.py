@@ -601,3 +601,41 @@ def test_a_failed_resize_allocate_gives_back_what_it_took(
     ):
         registry.resize_volume(vol, 64 * BLOCK, 1)
     assert registry.volume_info(vol) == VolumeInfo(VolumeType.FILE, BLOCK, BLOCK)
+
+
+def test_a_volume_being_wiped_is_in_use_and_readable(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As libvirtd: while a wipe runs, changes are refused with "still in use" (the
+    volume exists; it is not "being allocated") and downloads are allowed."""
+    registry = setup.registry
+    vol = setup.file("v", b"v" * BLOCK)
+    wiping, release = threading.Event(), threading.Event()
+    real_punch = sparse_files.punch_hole
+
+    def slow_punch(fd: int, offset: int, length: int) -> None:
+        wiping.set()
+        assert release.wait(10)
+        real_punch(fd, offset, length)
+
+    monkeypatch.setattr(sparse_files, "punch_hole", slow_punch)
+    with ThreadPoolExecutor(1) as pool:
+        wipe = pool.submit(registry.wipe_volume, vol)
+        assert wiping.wait(10)
+        in_use = NOT_VALID + "volume 'v' is still in use."
+        try:
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.delete_volume(vol)
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.resize_volume(vol, MIB)
+            with fails(ErrorCode.OPERATION_INVALID, in_use):
+                registry.open_upload(vol, 0, 0)
+            with fails(ErrorCode.OPERATION_INVALID, in_use):  # a half-wiped copy: refused
+                registry.create_volume_xml_from(
+                    setup.ref, "<volume><name>copy</name></volume>", vol
+                )
+            registry.open_download(vol, 0, 0).close()
+        finally:
+            release.set()
+        wipe.result(10)
+    assert (setup.pool_dir / "v").read_bytes() == bytes(BLOCK)
