@@ -128,6 +128,18 @@ class VolumeDir:
         except OSError as exc:
             raise _build_error(f"cannot extend file '{self.volume_path(name)}'", exc) from None
 
+    def _apply_permissions(self, fd: int, request: VolumeRequest) -> None:
+        """The mode, owner and group the volume's XML asks for (open's mode is under umask)."""
+        try:
+            if request.mode is not None:
+                os.fchmod(fd, request.mode)
+            if request.owner is not None or request.group is not None:
+                owner, group = request.owner, request.group
+                os.fchown(fd, -1 if owner is None else owner, -1 if group is None else group)
+        except OSError as exc:
+            path = self.volume_path(request.name)
+            raise _build_error(f"Failed to create file '{path}'", exc) from None
+
     def _discard(self, name: str, fd: int) -> None:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -140,6 +152,7 @@ class VolumeDir:
         fd = self._create_file(request.name)
         path = self.volume_path(request.name)
         try:
+            self._apply_permissions(fd, request)
             self._extend(fd, request.name, capacity)
             try:
                 sparse_files.allocate(fd, 0, allocation)
@@ -164,6 +177,7 @@ class VolumeDir:
             capacity = max(request.capacity or 0, size)
             dst_fd = self._create_file(request.name)
             try:
+                self._apply_permissions(dst_fd, request)
                 self._extend(dst_fd, request.name, capacity)
                 sparse_files.copy_sparse(src_fd, dst_fd, size)
             except OSError as exc:

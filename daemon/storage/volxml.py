@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 # Largest size a Linux file can have (off_t).
 MAX_FILE_SIZE = (1 << 63) - 1
 
+# (uid_t)-1: "leave the owner (or group) as it is" to chown.
+_NO_ID = (1 << 32) - 1
+
 # virStorageFileFormat names libvirt knows for file volumes. Only raw can be
 # created without qemu-img, which virtvol does not use.
 _KNOWN_FORMATS = frozenset(
@@ -54,6 +57,10 @@ class VolumeRequest:
     name: str
     capacity: int | None
     allocation: int | None
+    # <target><permissions>: None leaves the daemon's default (0600, its own user).
+    mode: int | None = None
+    owner: int | None = None
+    group: int | None = None
 
 
 def _size(root: Element, tag: str) -> int | None:
@@ -93,7 +100,42 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     if capacity is not None and allocation is not None and allocation > capacity:
         # libvirt grows the capacity to the requested allocation.
         capacity = allocation
-    return VolumeRequest(name=name, capacity=capacity, allocation=allocation)
+    return VolumeRequest(
+        name=name,
+        capacity=capacity,
+        allocation=allocation,
+        mode=_mode(root),
+        owner=_id(root, "owner"),
+        group=_id(root, "group"),
+    )
+
+
+def _mode(root: Element) -> int | None:
+    """``<permissions><mode>``: octal, permission bits only (libvirt's rules)."""
+    text = child_string(root, "target/permissions/mode")
+    if text is None:
+        return None
+    digits = text.lstrip().removeprefix("+")
+    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) & ~0o777:
+        raise xml_error("malformed octal mode")
+    return int(digits, 8)
+
+
+def _id(root: Element, tag: str) -> int | None:
+    """``<permissions><owner>`` or ``<group>``: a uid or gid; -1 (or absent) keeps the default."""
+    element = root.find(f"target/permissions/{tag}")
+    if element is None:
+        return None
+    text = "".join(element.itertext()).lstrip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isascii() or not digits.isdigit():
+        raise xml_error(f"malformed {tag} element")
+    value = int(text)
+    if value == -1 or value == _NO_ID:
+        return None
+    if not 0 <= value < _NO_ID:
+        raise xml_error(f"malformed {tag} element")
+    return value
 
 
 def _timestamp(tag: str, ns: int) -> str:

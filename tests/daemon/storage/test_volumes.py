@@ -639,3 +639,61 @@ def test_a_volume_being_wiped_is_in_use_and_readable(
             release.set()
         wipe.result(10)
     assert (setup.pool_dir / "v").read_bytes() == bytes(BLOCK)
+
+
+def _with_permissions(name: str, permissions: str) -> str:
+    return (
+        f"<volume><name>{name}</name><capacity>{BLOCK}</capacity>"
+        f"<target><permissions>{permissions}</permissions></target></volume>"
+    )
+
+
+def test_a_new_volume_gets_the_permissions_its_xml_asks_for(setup: PoolSetup) -> None:
+    """libvirt applies <permissions> (mode, and owner and group where it may) to the file
+    it creates, for vol-create and vol-create-from alike; virsh's vol-clone sends the
+    original's, so a clone keeps its mode."""
+    registry = setup.registry
+    for name, mode_text, mode in (("a", "0640", 0o640), ("b", "604", 0o604), ("c", "0777", 0o777)):
+        vol = registry.create_volume_xml(
+            setup.ref, _with_permissions(name, f"<mode>{mode_text}</mode>")
+        )
+        assert (setup.pool_dir / name).stat().st_mode & 0o7777 == mode
+        assert f"<mode>{mode:04o}</mode>" in registry.volume_xml(vol)
+    registry.create_volume_xml(setup.ref, _with_permissions("d", "<mode></mode>"))
+    assert (setup.pool_dir / "d").stat().st_mode & 0o7777 == 0o600
+    clone = registry.create_volume_xml_from(
+        setup.ref,
+        "<volume><name>e</name><target><permissions><mode>0660</mode></permissions>"
+        "</target></volume>",
+        registry.lookup_volume_by_name(setup.ref, "a"),
+    )
+    assert (setup.pool_dir / clone.name).stat().st_mode & 0o7777 == 0o660
+    owned = _with_permissions("f", "<owner>65534</owner><group>65534</group>")
+    if os.geteuid() == 0:
+        registry.create_volume_xml(setup.ref, owned)
+        st = (setup.pool_dir / "f").stat()
+        assert (st.st_uid, st.st_gid) == (65534, 65534)
+    else:
+        with fails(
+            ErrorCode.SYSTEM_ERROR,
+            f"Failed to create file '{setup.pool_dir}/f': Operation not permitted",
+        ):
+            registry.create_volume_xml(setup.ref, owned)
+        assert not (setup.pool_dir / "f").exists()
+    registry.create_volume_xml(setup.ref, _with_permissions("g", "<owner>-1</owner>"))
+    assert (setup.pool_dir / "g").stat().st_uid == os.geteuid()
+
+
+def test_malformed_permissions_are_refused_as_libvirt_refuses_them(setup: PoolSetup) -> None:
+    for mode in ("01777", "0999", "x", "-1", "0640 "):
+        with fails(ErrorCode.XML_ERROR, "XML error: malformed octal mode"):
+            setup.registry.create_volume_xml(
+                setup.ref, _with_permissions("v", f"<mode>{mode}</mode>")
+            )
+    for element in ("owner", "group"):
+        for value in ("x", "", " 5 ", "4294967296", "-2"):
+            with fails(ErrorCode.XML_ERROR, f"XML error: malformed {element} element"):
+                setup.registry.create_volume_xml(
+                    setup.ref, _with_permissions("v", f"<{element}>{value}</{element}>")
+                )
+    assert os.listdir(setup.pool_dir) == []
