@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.errors import ErrorCode, ErrorReport
 
 from .reports import storage_error, xml_error
 from .units import scaled_size
@@ -21,11 +21,13 @@ MAX_FILE_SIZE = (1 << 63) - 1
 # (uid_t)-1: "leave the owner (or group) as it is" to chown.
 _NO_ID = (1 << 32) - 1
 
-# virStorageFileFormat names libvirt knows for file volumes. Only raw can be
-# created without qemu-img, which virtvol does not use.
+# virStorageVolType names ("type" of <volume>); the file itself is always made a file.
+_VOLUME_TYPES = frozenset(["file", "block", "dir", "network", "netdir", "ploop"])
+
+# virStorageFileFormat names libvirt knows for file volumes ("none", its zero, is
+# refused as unknown). Only raw can be created without qemu-img, which virtvol does not use.
 _KNOWN_FORMATS = frozenset(
     [
-        "none",
         "raw",
         "dir",
         "bochs",
@@ -84,6 +86,9 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     name = child_string(root, "name")
     if name is None:
         raise xml_error("missing volume name element")
+    kind = root.get("type")
+    if kind is not None and kind not in _VOLUME_TYPES:
+        raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume type '{kind}'")
     capacity = _size(root, "capacity")
     if capacity is None and capacity_required:
         raise xml_error("missing capacity element")
@@ -93,10 +98,13 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     if fmt is not None and fmt != "raw":
         if fmt not in _KNOWN_FORMATS:
             raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
-        raise storage_error(
-            ErrorCode.INTERNAL_ERROR,
-            "creation of non-raw file images is not supported without qemu-img.",
-        )
+        raise _needs_qemu_img()
+    # What a raw file cannot be: refused, not ignored (an empty volume instead of an
+    # overlay, or a plain one where encryption was asked for).
+    if child_string(root, "backingStore/path") is not None:
+        raise storage_error(ErrorCode.NO_SUPPORT, "backing storage not supported for raw volumes")
+    if root.find("target/encryption") is not None:
+        raise _needs_qemu_img()
     if capacity is not None and allocation is not None and allocation > capacity:
         # libvirt grows the capacity to the requested allocation.
         capacity = allocation
@@ -107,6 +115,13 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         mode=_mode(root),
         owner=_id(root, "owner"),
         group=_id(root, "group"),
+    )
+
+
+def _needs_qemu_img() -> ErrorReport:
+    return storage_error(
+        ErrorCode.INTERNAL_ERROR,
+        "creation of non-raw file images is not supported without qemu-img.",
     )
 
 

@@ -174,6 +174,31 @@ def test_create_errors(setup: PoolSetup) -> None:
             "unsupported configuration: unknown volume format type bogus",
         ),
         (
+            vol("<name>x</name>" + cap + "<target><format type='none'/></target>"),
+            ErrorCode.CONFIG_UNSUPPORTED,
+            ErrorDomain.STORAGE,
+            "unsupported configuration: unknown volume format type none",
+        ),
+        (
+            "<volume type='bogus'><name>x</name>" + cap + "</volume>",
+            ErrorCode.CONFIG_UNSUPPORTED,
+            ErrorDomain.STORAGE,
+            "unsupported configuration: unknown volume type 'bogus'",
+        ),
+        (  # a raw file cannot have one: ignoring it made an empty volume, not an overlay
+            vol(f"<name>x</name>{cap}<backingStore><path>{pool}/v1</path></backingStore>"),
+            ErrorCode.NO_SUPPORT,
+            ErrorDomain.STORAGE,
+            "this function is not supported by the connection driver: "
+            "backing storage not supported for raw volumes",
+        ),
+        (  # ignoring it made a plain volume of one asked to be encrypted
+            vol("<name>x</name>" + cap + "<target><encryption format='luks'/></target>"),
+            ErrorCode.INTERNAL_ERROR,
+            ErrorDomain.STORAGE,
+            "internal error: creation of non-raw file images is not supported without qemu-img.",
+        ),
+        (
             "<pool><name>x</name></pool>",
             ErrorCode.XML_ERROR,
             ErrorDomain.XML,
