@@ -639,7 +639,8 @@ class StorageRegistry:
             volumes.delete(volume.name)
 
     def wipe_volume(self, volume: VolumeRef, flags: int = 0) -> None:
-        """STORAGE_VOL_WIPE: the volume reads as zeros afterwards, same size, blocks freed."""
+        """STORAGE_VOL_WIPE: the volume reads as zeros afterwards, same size and, as in
+        libvirt, no blocks if it was sparse, all of them if it was fully allocated."""
         _check_flags(flags, 0, "storageVolWipePattern")
         with self._changing(volume) as volumes:
             volumes.wipe(volume.name)

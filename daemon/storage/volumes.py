@@ -207,10 +207,17 @@ class VolumeDir:
             raise system_error(f"cannot unlink file '{self.volume_path(name)}'", exc) from None
 
     def wipe(self, name: str) -> None:
-        """Make the whole volume read as zeros, keeping its size and freeing its blocks."""
+        """Make the whole volume read as zeros, keeping its size.
+
+        As libvirt: a sparse volume is left with no blocks, a fully allocated one
+        keeps them all (its space stays reserved), now holding zeros.
+        """
         fd = self.open_in_place(name, os.O_WRONLY)
         try:
-            sparse_files.punch_hole(fd, 0, os.fstat(fd).st_size)
+            st = os.fstat(fd)
+            sparse_files.punch_hole(fd, 0, st.st_size)
+            if st.st_blocks * 512 >= st.st_size:
+                sparse_files.allocate(fd, 0, st.st_size)
         except OSError as exc:
             raise system_error(f"Failed to wipe vol '{self.volume_path(name)}'", exc) from None
         finally:

@@ -400,13 +400,25 @@ def test_delete(setup: PoolSetup) -> None:
         setup.registry.delete_volume(vol)
 
 
-def test_wipe_zeroes_and_frees(setup: PoolSetup) -> None:
-    vol = setup.file("w", os.urandom(8 * BLOCK + 100))
+def test_wipe_zeroes_and_keeps_a_full_volume_allocated(setup: PoolSetup) -> None:
+    """As libvirtd (docs/libvirtd-observed.md, vol-wipe): a sparse volume ends with no
+    blocks, a fully allocated one keeps its blocks (a preallocated disk stays reserved)."""
+    sparse = setup.file("w", os.urandom(8 * BLOCK + 100))
+    with open(setup.pool_dir / "w", "r+b") as f:
+        f.truncate(64 * BLOCK)
     with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x1) in function storageVolWipePattern"):
-        setup.registry.wipe_volume(vol, 1)
-    setup.registry.wipe_volume(vol)
-    assert (setup.pool_dir / "w").read_bytes() == bytes(8 * BLOCK + 100)
-    assert allocated(setup.pool_dir / "w") <= BLOCK  # a partial last block stays, zeroed
+        setup.registry.wipe_volume(sparse, 1)
+    setup.registry.wipe_volume(sparse)
+    assert (setup.pool_dir / "w").read_bytes() == bytes(64 * BLOCK)
+    assert allocated(setup.pool_dir / "w") == 0
+    full = setup.file("full", os.urandom(8 * BLOCK + 100))
+    before = allocated(setup.pool_dir / "full")
+    setup.registry.wipe_volume(full)
+    assert (setup.pool_dir / "full").read_bytes() == bytes(8 * BLOCK + 100)
+    assert allocated(setup.pool_dir / "full") == before
+    thick = setup.volume("thick", MIB, None)
+    setup.registry.wipe_volume(thick)
+    assert setup.registry.volume_info(thick) == VolumeInfo(VolumeType.FILE, MIB, MIB)
 
 
 def test_resize_rules(setup: PoolSetup) -> None:
