@@ -246,9 +246,21 @@ class StorageRegistry:
         return PoolRef(definition.name, definition.uuid)
 
     def _check_duplicate(self, definition: PoolDefinition) -> Pool | None:
-        """libvirt's duplicate rules: same UUID must mean same name and vice versa,
-        and no two pools may share a target directory. Returns the pool being
-        redefined, if any."""
+        """libvirt's duplicate rules, in its order: no two pools may share a target
+        directory (a pool of the same name aside), then same UUID must mean same name
+        and vice versa. Returns the pool of that name and UUID, if any."""
+        identity = _directory_identity(definition.target)
+        for other in self._pools.values():
+            if other.name == definition.name:
+                continue
+            targets = {other.live.target} | ({other.config.target} if other.config else set())
+            # The same directory by another spelling ("pool/.", "a/../pool", a symlink) too:
+            # two pools over one directory would defeat each other's "in use" checks.
+            same_directory = identity is not None and identity in {
+                _directory_identity(target) for target in targets
+            }
+            if definition.target in targets or same_directory:
+                raise _source_conflict(other)
         same_uuid = next((p for p in self._pools.values() if p.uuid == definition.uuid), None)
         if same_uuid is not None and same_uuid.name != definition.name:
             raise storage_error(
@@ -261,18 +273,6 @@ class StorageRegistry:
                 ErrorCode.OPERATION_FAILED,
                 f"pool '{same_name.name}' already exists with uuid {uuid_text(same_name.uuid)}",
             )
-        identity = _directory_identity(definition.target)
-        for other in self._pools.values():
-            if other is same_name:
-                continue
-            targets = {other.live.target} | ({other.config.target} if other.config else set())
-            # The same directory by another spelling ("pool/.", "a/../pool", a symlink) too:
-            # two pools over one directory would defeat each other's "in use" checks.
-            same_directory = identity is not None and identity in {
-                _directory_identity(target) for target in targets
-            }
-            if definition.target in targets or same_directory:
-                raise _source_conflict(other)
         return same_name
 
     def _check_not_aliased(self, pool: Pool) -> None:
@@ -289,28 +289,32 @@ class StorageRegistry:
     def create_pool_xml(self, xml: str, flags: int = 0) -> PoolRef:
         """STORAGE_POOL_CREATE_XML: define a transient pool and start it.
 
-        The transient pool vanishes when destroyed. A name or UUID already in
-        use is refused (an active one with "already active").
+        The transient pool vanishes when destroyed. A pool defined under the same
+        name and UUID is started with this definition instead, as libvirt does (it
+        runs with it until it stops); an active one is refused.
         """
         _check_flags(flags, _CREATE_FLAGS, "storagePoolCreateXML")
         definition = parse_pool_xml(xml)
         with self._lock:
-            existing = self._pools.get(definition.name)
-            if existing is not None and existing.active:
-                raise pool_already_active(existing.name)
-            if existing is not None or any(p.uuid == definition.uuid for p in self._pools.values()):
-                self._check_duplicate(definition)
+            existing = self._check_duplicate(definition)
+            if existing is None:
+                pool = Pool(definition, None)
+                self._start(pool, flags)
+                self._check_not_aliased(pool)
+                self._pools[pool.name] = pool
+                return pool.ref
+            if existing.active:
                 raise storage_error(
-                    ErrorCode.OPERATION_FAILED,
-                    f"pool '{definition.name}' already exists with uuid "
-                    f"{uuid_text(self._pool_named(definition.name).uuid)}",
+                    ErrorCode.OPERATION_INVALID, f"pool is already active as '{existing.name}'"
                 )
-            self._check_duplicate(definition)
-            pool = Pool(definition, None)
-            self._start(pool, flags)
-            self._check_not_aliased(pool)
-            self._pools[pool.name] = pool
-            return pool.ref
+            existing.live = definition
+            try:
+                self._start(existing, flags)
+                self._check_not_aliased(existing)
+            except BaseException:
+                existing.stop()  # back to its persisted definition
+                raise
+            return existing.ref
 
     def start_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_CREATE: start a defined pool; WITH_BUILD creates its directory."""

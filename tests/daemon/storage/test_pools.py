@@ -169,8 +169,14 @@ def test_transient_pool(tmp_path: Path) -> None:
     assert not registry.pool_autostart(ref)
     with fails(ErrorCode.INTERNAL_ERROR, "internal error: pool has no config file"):
         registry.set_pool_autostart(ref, True)
-    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 't' is already active"):
+    # As libvirtd: another UUID under the name is a clash; the same pool, already active.
+    with fails(
+        ErrorCode.OPERATION_FAILED,
+        f"operation failed: pool 't' already exists with uuid {uuid.UUID(bytes=ref.uuid)}",
+    ):
         registry.create_pool_xml(xml)
+    with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "pool is already active as 't'"):
+        registry.create_pool_xml(pool_xml("t", tmp_path / "t", str(uuid.UUID(bytes=ref.uuid))))
     with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "storage pool 't' is still active"):
         registry.undefine_pool(ref)
     assert not (tmp_path / "state/pools/t.xml").exists()
@@ -189,13 +195,28 @@ def test_transient_pool_made_persistent_by_define(tmp_path: Path) -> None:
     assert registry.lookup_pool_by_name("t") == ref
 
 
-def test_create_xml_refuses_defined_name(tmp_path: Path) -> None:
+def test_create_xml_over_a_defined_pool(tmp_path: Path) -> None:
+    """As libvirtd: creating a pool defined (inactive) under the same name and UUID starts
+    it with the new definition, which lasts until it stops; another UUID is a clash, and
+    so is another pool's directory under a new name, checked first."""
     registry = StorageRegistry(tmp_path / "state")
-    registry.define_pool_xml(pool_xml("p", tmp_path / "p", UUID))
+    ref = registry.define_pool_xml(pool_xml("p", tmp_path / "p", UUID))
+    other = str(uuid.uuid4())
     with fails(
         ErrorCode.OPERATION_FAILED, f"operation failed: pool 'p' already exists with uuid {UUID}"
     ):
-        registry.create_pool_xml(pool_xml("p", tmp_path / "p", UUID), 1)
+        registry.create_pool_xml(pool_xml("p", tmp_path / "p2", other), 1)
+    with fails(
+        ErrorCode.OPERATION_FAILED, "operation failed: Storage source conflict with pool: 'p'"
+    ):
+        registry.create_pool_xml(pool_xml("q", tmp_path / "p", UUID), 1)
+    assert registry.create_pool_xml(pool_xml("p", tmp_path / "live", UUID), 1) == ref
+    assert registry.pool_is_active(ref)
+    assert registry.pool_is_persistent(ref)
+    assert f"<path>{tmp_path}/live</path>" in registry.pool_xml(ref)
+    registry.destroy_pool(ref)
+    assert registry.lookup_pool_by_name("p") == ref
+    assert f"<path>{tmp_path}/p</path>" in registry.pool_xml(ref)
 
 
 def test_persistence_and_autostart(tmp_path: Path) -> None:
@@ -290,6 +311,9 @@ def test_define_errors(setup: PoolSetup, tmp_path: Path) -> None:
          f"operation failed: pool 'default' is already defined with uuid {existing}"),
         (pool_xml("p8", setup.pool_dir), ErrorCode.OPERATION_FAILED, ErrorDomain.STORAGE,
          "operation failed: Storage source conflict with pool: 'default'"),
+        # The directory is checked before the UUID (libvirtd's order).
+        (pool_xml("p9", setup.pool_dir, existing), ErrorCode.OPERATION_FAILED,
+         ErrorDomain.STORAGE, "operation failed: Storage source conflict with pool: 'default'"),
         (pool_xml("p7", "/x", kind="rbd"), ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
          "XML error: element 'name' is mandatory for RBD pool"),
         (pool_xml("p7", "/x", kind="sheepdog"), ErrorCode.INTERNAL_ERROR, ErrorDomain.STORAGE,
