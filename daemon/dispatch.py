@@ -200,6 +200,10 @@ def _wipe_volume(reg: StorageRegistry, a: r.VolFlagsArgs) -> None:
     reg.wipe_volume(vol_ref(a.vol), a.flags)
 
 
+def _wipe_volume_pattern(reg: StorageRegistry, a: r.VolWipePatternArgs) -> None:
+    reg.wipe_volume_pattern(vol_ref(a.vol), a.algorithm, a.flags)
+
+
 def _resize_volume(reg: StorageRegistry, a: r.VolResizeArgs) -> None:
     reg.resize_volume(vol_ref(a.vol), a.capacity, a.flags)
 
@@ -311,6 +315,7 @@ HANDLERS = handler_table(
     ),
     storage(p.STORAGE_VOL_DELETE, _delete_volume),
     storage(p.STORAGE_VOL_WIPE, _wipe_volume),
+    storage(p.STORAGE_VOL_WIPE_PATTERN, _wipe_volume_pattern),
     storage(p.STORAGE_VOL_RESIZE, _resize_volume),
     storage(
         p.STORAGE_VOL_LOOKUP_BY_NAME,

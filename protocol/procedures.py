@@ -119,6 +119,7 @@ class Proc(IntEnum):
     STORAGE_VOL_WIPE = 165
     STORAGE_VOL_UPLOAD = 208
     STORAGE_VOL_DOWNLOAD = 209
+    STORAGE_VOL_WIPE_PATTERN = 259
     STORAGE_VOL_RESIZE = 260
     CONNECT_LIST_ALL_STORAGE_POOLS = 281
     STORAGE_POOL_LIST_ALL_VOLUMES = 282
@@ -297,6 +298,9 @@ STORAGE_VOL_DOWNLOAD = _p(
     low=True,
     stream=StreamDirection.DOWNLOAD,
     refused_read_only=True,
+)
+STORAGE_VOL_WIPE_PATTERN = _p(
+    Proc.STORAGE_VOL_WIPE_PATTERN, r.VolWipePatternArgs, None, low=True, mutating=True
 )
 STORAGE_VOL_RESIZE = _p(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs, None, low=True, mutating=True)
 CONNECT_LIST_ALL_STORAGE_POOLS = _p(

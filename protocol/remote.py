@@ -394,6 +394,12 @@ class VolResizeArgs(XdrStruct):
     flags: U32
 
 
+class VolWipePatternArgs(XdrStruct):
+    vol: StorageVol
+    algorithm: U32
+    flags: U32
+
+
 # -- secrets --------------------------------------------------------------------
 
 

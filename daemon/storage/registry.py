@@ -649,6 +649,24 @@ class StorageRegistry:
         with self._changing(volume) as volumes:
             volumes.wipe(volume.name)
 
+    def wipe_volume_pattern(self, volume: VolumeRef, algorithm: int, flags: int = 0) -> None:
+        """STORAGE_VOL_WIPE_PATTERN: the zero algorithm is ``wipe_volume`` (libvirt's wipe
+        is this call with it); the others would need scrub, which virtvold does not run."""
+        _check_flags(flags, 0, "storageVolWipePattern")
+        if algorithm >= WIPE_ALGORITHMS:
+            raise storage_error(
+                ErrorCode.INVALID_ARG, f"wiping algorithm {algorithm} not supported"
+            )
+        if algorithm == WIPE_ZERO:
+            self.wipe_volume(volume)
+            return
+        with self._changing(volume):
+            if algorithm == WIPE_TRIM:
+                raise storage_error(ErrorCode.NO_SUPPORT, "'trim' algorithm not supported")
+            raise storage_error(
+                ErrorCode.NO_SUPPORT, f"wiping algorithm {algorithm} is not supported by virtvold"
+            )
+
     def resize_volume(self, volume: VolumeRef, capacity: int, flags: int = 0) -> None:
         """STORAGE_VOL_RESIZE with ALLOCATE / DELTA / SHRINK, under libvirt's rules.
 
@@ -889,4 +907,6 @@ _CREATE_FLAGS = (
     | PoolCreateFlags.WITH_BUILD_NO_OVERWRITE
 )
 _CLONE_FLAGS = VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.REFLINK | VolCreateFlags.VALIDATE
+# virStorageVolWipeAlgorithm: ZERO, then scrub's patterns, then TRIM (the last).
+WIPE_ZERO, WIPE_TRIM, WIPE_ALGORITHMS = 0, 9, 10
 _RESIZE_FLAGS = VolResizeFlags.ALLOCATE | VolResizeFlags.DELTA | VolResizeFlags.SHRINK

@@ -1,0 +1,40 @@
+"""virStorageVolWipePattern (python3-libvirt's ``wipePattern``) against virtvold."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from tests.conftest import run_system_python
+
+if TYPE_CHECKING:
+    from tests.conftest import Virtvold
+
+WIPE = """
+import sys, libvirt
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.open(sys.argv[1])
+vol = conn.storagePoolLookupByName("default").storageVolLookupByName("v")
+for algorithm in (0, 9, 1, 10):
+    try:
+        vol.wipePattern(algorithm, 0)
+        print(algorithm, "ok")
+    except libvirt.libvirtError as e:
+        print(algorithm, e.get_error_code(), e.get_error_domain(), e.get_error_message())
+"""
+
+
+def test_wipe_pattern_zero_wipes_as_wipe_does(virtvold: Virtvold) -> None:
+    """libvirt's vol-wipe is the zero algorithm of this call, which python clients use
+    directly; the other algorithms are refused, past the last one as libvirtd refuses it."""
+    (virtvold.pool_dir / "v").write_bytes(os.urandom(8192))
+    out = run_system_python(WIPE, virtvold.tcp_uri).stdout.splitlines()
+    assert out == [
+        "0 ok",
+        "9 3 18 this function is not supported by the connection driver: "
+        "'trim' algorithm not supported",
+        "1 3 18 this function is not supported by the connection driver: "
+        "wiping algorithm 1 is not supported by virtvold",
+        "10 8 18 invalid argument: wiping algorithm 10 not supported",
+    ]
+    assert (virtvold.pool_dir / "v").read_bytes() == bytes(8192)
