@@ -662,9 +662,12 @@ class StorageRegistry:
             return
         with self._changing(volume):
             if algorithm == WIPE_TRIM:
-                raise storage_error(ErrorCode.NO_SUPPORT, "'trim' algorithm not supported")
+                raise storage_error(
+                    ErrorCode.ARGUMENT_UNSUPPORTED, "'trim' algorithm not supported"
+                )
             raise storage_error(
-                ErrorCode.NO_SUPPORT, f"wiping algorithm {algorithm} is not supported by virtvold"
+                ErrorCode.ARGUMENT_UNSUPPORTED,
+                f"wiping algorithm {algorithm} needs scrub, which virtvold does not run",
             )
 
     def resize_volume(self, volume: VolumeRef, capacity: int, flags: int = 0) -> None:

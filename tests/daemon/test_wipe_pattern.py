@@ -26,15 +26,14 @@ for algorithm in (0, 9, 1, 10):
 
 def test_wipe_pattern_zero_wipes_as_wipe_does(virtvold: Virtvold) -> None:
     """libvirt's vol-wipe is the zero algorithm of this call, which python clients use
-    directly; the other algorithms are refused, past the last one as libvirtd refuses it."""
+    directly; trim and an algorithm past the last are refused as libvirtd refuses them,
+    scrub's patterns with the reason."""
     (virtvold.pool_dir / "v").write_bytes(os.urandom(8192))
     out = run_system_python(WIPE, virtvold.tcp_uri).stdout.splitlines()
     assert out == [
         "0 ok",
-        "9 3 18 this function is not supported by the connection driver: "
-        "'trim' algorithm not supported",
-        "1 3 18 this function is not supported by the connection driver: "
-        "wiping algorithm 1 is not supported by virtvold",
+        "9 74 18 argument unsupported: 'trim' algorithm not supported",
+        "1 74 18 argument unsupported: wiping algorithm 1 needs scrub, which virtvold does not run",
         "10 8 18 invalid argument: wiping algorithm 10 not supported",
     ]
     assert (virtvold.pool_dir / "v").read_bytes() == bytes(8192)
