@@ -15,6 +15,13 @@ image, so the swap is two renames: the old image to a hidden name
 removed after the client has its acknowledgement. If the second rename fails,
 the first is undone. Hidden names never show in volume lists.
 
+An image removed under an open handle reads as zeros, without an error: a
+download (or a clone's source) would end "successfully" with zeros where the
+data was. So an image this daemon has open is never removed: a replaced or
+deleted volume's image is hidden under a ``.virtvol-old-…`` name and removed
+when its last handle here closes, as a file unlinked while open lives on until
+it is closed.
+
 Ceph's Python binding comes only as distribution packages (Debian's
 ``python3-rados``, ``python3-rbd``); it is imported when an rbd pool starts, so
 the daemon runs without it and such a pool fails to start with a message
@@ -24,8 +31,10 @@ naming the packages.
 from __future__ import annotations
 
 import base64
+import collections
 import errno
 import importlib
+import logging
 import secrets
 import threading
 from contextlib import contextmanager, suppress
@@ -43,6 +52,8 @@ if TYPE_CHECKING:
 
     from .rbdxml import RbdSource
     from .volxml import VolumeRequest
+
+log = logging.getLogger(__name__)
 
 UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
 REPLACED_PREFIX = RESERVED_PREFIX + "old-"
@@ -119,6 +130,13 @@ class RbdVolumes:
         self._lock = threading.Lock()
         self._users = 0
         self._closing = False
+        # Open handles by image id (an image keeps its id through renames), and the
+        # hidden names of images to remove once their last handle closes.
+        self._handle_ids: dict[Any, str] = {}
+        self._handles: collections.Counter[str] = collections.Counter()
+        self._remove_when_closed: dict[str, str] = {}
+        # Ids of images being removed: a handle that opened one meanwhile is refused.
+        self._removing: set[str] = set()
 
     @classmethod
     def connect(cls, source: RbdSource, key: bytes | None) -> RbdVolumes:
@@ -212,19 +230,81 @@ class RbdVolumes:
             raise no_volume_named(name)
         self.acquire()
         try:
-            return self._rbd.Image(self._ioctx, name, read_only=read_only)
+            image = self._rbd.Image(self._ioctx, name, read_only=read_only)
         except self._rbd.ImageNotFound:
             self.release()
             raise no_volume_named(name) from None
         except Exception as exc:
             self.release()
             raise system_error(f"failed to open the RBD image '{name}'", _errno(exc)) from None
+        try:
+            image_id: str = image.id()
+        except BaseException:
+            self.close_image(image)
+            raise
+        with self._lock:
+            removing = image_id in self._removing
+            if not removing:
+                self._handle_ids[image] = image_id
+                self._handles[image_id] += 1
+        if removing:  # opened by its old name just before it was hidden
+            self.close_image(image)
+            raise no_volume_named(name)
+        return image
 
     def close_image(self, image: Any) -> None:
+        """Close an image; the last handle of a replaced or deleted one removes it."""
         try:
             image.close()
         finally:
-            self.release()
+            try:
+                with self._lock:
+                    image_id = self._handle_ids.pop(image, None)
+                    hidden = None
+                    if image_id is not None:
+                        self._handles[image_id] -= 1
+                        if not self._handles[image_id]:
+                            del self._handles[image_id]
+                            hidden = self._remove_when_closed.pop(image_id, None)
+                if hidden is not None:
+                    assert image_id is not None
+                    self._remove_hidden(hidden, image_id)
+            finally:
+                self.release()
+
+    def _image_id(self, name: str) -> str:
+        with self.image(name, read_only=True) as image:
+            image_id: str = image.id()
+            return image_id
+
+    def _claim_unless_open(self, image_id: str) -> bool:
+        """Mark an image as being removed, unless this daemon has it open."""
+        with self._lock:
+            if self._handles[image_id]:
+                return False
+            self._removing.add(image_id)
+            return True
+
+    def _unclaim(self, image_id: str) -> None:
+        with self._lock:
+            self._removing.discard(image_id)
+
+    def _remove_hidden(self, hidden: str, image_id: str) -> None:
+        """Remove a replaced or deleted image now, or at the close of its last handle."""
+        with self._lock:
+            if self._handles[image_id]:
+                self._remove_when_closed[image_id] = hidden
+                return
+            self._removing.add(image_id)
+        try:
+            with self._in_use():
+                self._rbd.RBD().remove(self._ioctx, hidden)
+        except self._rbd.ImageNotFound:
+            pass
+        except Exception as exc:
+            log.error("cannot remove the replaced RBD image '%s': %s", hidden, exc)
+        finally:
+            self._unclaim(image_id)
 
     # -- the pool -------------------------------------------------------------------
 
@@ -313,16 +393,27 @@ class RbdVolumes:
                 raise
 
     def delete(self, name: str) -> None:
-        self.require(name)
+        """Remove the image; one this daemon still reads is hidden, and removed when read."""
+        image_id = self._image_id(name)
+        open_here = not self._claim_unless_open(image_id)
+        hidden = REPLACED_PREFIX + secrets.token_hex(8)
         try:
             with self._in_use():
-                self._rbd.RBD().remove(self._ioctx, name)
+                if open_here:
+                    self._rbd.RBD().rename(self._ioctx, name, hidden)
+                else:
+                    self._rbd.RBD().remove(self._ioctx, name)
         except self._rbd.ImageNotFound:
             raise no_volume_named(name) from None
         except Exception as exc:
             raise system_error(
                 f"failed to remove volume '{self.volume_path(name)}'", _errno(exc)
             ) from None
+        finally:
+            if not open_here:
+                self._unclaim(image_id)
+        if open_here:
+            self._remove_hidden(hidden, image_id)
 
     def wipe(self, name: str) -> None:
         """The whole image reads as zeros; its objects are freed."""
@@ -382,6 +473,7 @@ class RbdVolumes:
         rbd = self._rbd.RBD()
         old = REPLACED_PREFIX + secrets.token_hex(8)
         try:
+            old_id = self._image_id(name)
             rbd.rename(self._ioctx, name, old)
         except Exception as exc:
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
@@ -390,7 +482,7 @@ class RbdVolumes:
         except Exception as exc:
             rbd.rename(self._ioctx, old, name)
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
-        return lambda: self._remove_quietly(old)
+        return lambda: self._remove_hidden(old, old_id)
 
     def remove_temp(self, temp: str) -> None:
         self._remove_quietly(temp)

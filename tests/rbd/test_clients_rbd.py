@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -151,3 +153,52 @@ def test_key_file_named_in_the_config(ceph: CephCluster, tmp_path: Path) -> None
         assert ceph.admin_key not in daemon.log_text()
     finally:
         stop_virtvold(daemon)
+
+
+def _hidden_images(ceph: CephCluster) -> list[str]:
+    return [n for n in ceph.rbd("ls", CEPH_POOL).split() if n.startswith(".virtvol-")]
+
+
+def _wait_for_no_hidden_image(ceph: CephCluster, seconds: float) -> None:
+    """Until the daemon removed what it hides, or ``seconds`` passed (it may keep it)."""
+    deadline = time.monotonic() + seconds
+    while _hidden_images(ceph) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("change", ["replace", "delete"])
+async def test_download_keeps_reading_the_image_it_opened(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path, change: str
+) -> None:
+    """A download reads the content it started with to its end, as from a file, while
+    another client replaces the volume with a whole upload or deletes it: never zeros
+    from objects removed under it."""
+    name = volume_name("readheld")
+    content = os.urandom(48 * MIB)  # far more than a download reads ahead
+    source = tmp_path / "source.img"
+    source.write_bytes(content)
+    replacement = tmp_path / "replacement.img"
+    replacement.write_bytes(os.urandom(MIB))
+    async with connect(rbd_virtvold.tcp_uri) as conn, connect(rbd_virtvold.tcp_uri) as other:
+        pool = await conn.lookup_pool_by_name(RBD_POOL)
+        vol = await pool.create_volume(_volume_xml(name, len(content)))
+        await vol.upload_file(source)
+        same = await (await other.lookup_pool_by_name(RBD_POOL)).lookup_volume(name)
+        received = bytearray()
+        async with vol.download(sparse=True) as stream:
+            async for item in stream:
+                if not received:
+                    if change == "replace":
+                        await same.upload_file(replacement)
+                    else:
+                        await same.delete()
+                    await asyncio.to_thread(_wait_for_no_hidden_image, ceph, 2)
+                received += bytes(item.length) if isinstance(item, Hole) else bytes(item)
+        assert len(received) == len(content)
+        assert bytes(received) == content
+        if change == "replace":
+            assert exported(ceph, name, tmp_path) == replacement.read_bytes()
+        else:
+            assert name not in ceph.rbd("ls", CEPH_POOL).split()
+    _wait_for_no_hidden_image(ceph, 10)
+    assert _hidden_images(ceph) == []

@@ -142,3 +142,22 @@ def test_zeroing_more_than_two_gib(images: RbdVolumes) -> None:
         image.write(b"x", (3 << 30) - 1)
         zero_range(image, 0, 3 << 30)  # librbd refuses one call of 2 GiB or more
         assert image.read((3 << 30) - 1, 1) == b"\0"
+
+
+def test_an_image_open_here_is_hidden_not_removed(images: RbdVolumes) -> None:
+    """Deleting a volume this daemon reads (a clone's source) keeps its data readable by
+    the open handle, frees the name at once, and removes the image at the last close."""
+    name = volume_name("held")
+    data = os.urandom(6 * MIB)
+    images.create(VolumeRequest(name, len(data), None))
+    with images.image(name) as image:
+        image.write(data, 0)
+    with images.image(name, read_only=True) as reader:
+        images.delete(name)
+        assert name not in images.names()
+        assert not images.exists(name)
+        assert reader.read(0, len(data)) == data
+        images.create(VolumeRequest(name, MIB, None))  # the name is free again
+    assert [n for n in images._all_names() if n.startswith(".virtvol-")] == []
+    images.delete(name)
+    assert name not in images._all_names()
