@@ -393,13 +393,19 @@ class RbdVolumes:
                 raise
 
     def delete(self, name: str) -> None:
-        """Remove the image; one this daemon still reads is hidden, and removed when read."""
-        image_id = self._image_id(name)
-        open_here = not self._claim_unless_open(image_id)
+        """Remove the image; one this daemon still reads is hidden, and removed when read.
+
+        An image with snapshots is not hidden: Ceph refuses to remove it, now or later.
+        """
+        with self.image(name, read_only=True) as image:
+            image_id: str = image.id()
+            snapshots = _has_snapshots(image)
+        claimed = not snapshots and self._claim_unless_open(image_id)
+        hide = not snapshots and not claimed
         hidden = REPLACED_PREFIX + secrets.token_hex(8)
         try:
             with self._in_use():
-                if open_here:
+                if hide:
                     self._rbd.RBD().rename(self._ioctx, name, hidden)
                 else:
                     self._rbd.RBD().remove(self._ioctx, name)
@@ -410,9 +416,9 @@ class RbdVolumes:
                 f"failed to remove volume '{self.volume_path(name)}'", _errno(exc)
             ) from None
         finally:
-            if not open_here:
+            if claimed:
                 self._unclaim(image_id)
-        if open_here:
+        if hide:
             self._remove_hidden(hidden, image_id)
 
     def wipe(self, name: str) -> None:
@@ -457,8 +463,16 @@ class RbdVolumes:
     # -- whole-volume uploads -------------------------------------------------------------
 
     def create_upload_temp(self, like: str) -> str:
-        """A hidden empty image of volume ``like``'s size, to be swapped in on commit."""
+        """A hidden empty image of volume ``like``'s size, to be swapped in on commit;
+        refused for an image with snapshots, which the swap would leave behind in the
+        old image (and Ceph keeps an image while it has snapshots)."""
         with self.image(like, read_only=True) as image:
+            if _has_snapshots(image):
+                raise storage_error(
+                    ErrorCode.OPERATION_INVALID,
+                    f"volume '{like}' has snapshots, which a whole-volume upload would leave "
+                    "behind: upload with an offset or a length to write into it in place",
+                )
             size = image.size()
         temp = UPLOAD_PREFIX + secrets.token_hex(8)
         self._create(temp, size)
@@ -490,6 +504,10 @@ class RbdVolumes:
     def _remove_quietly(self, name: str) -> None:
         with self._in_use(), suppress(self._rbd.ImageNotFound):
             self._rbd.RBD().remove(self._ioctx, name)
+
+
+def _has_snapshots(image: Any) -> bool:
+    return any(True for _ in image.list_snaps())
 
 
 def _copy_range(source: Any, target: Any, start: int, end: int) -> None:

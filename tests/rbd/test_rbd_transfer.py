@@ -13,6 +13,7 @@ from virtvol.daemon.storage.rbdtransfer import RbdReader, RbdWriter
 from virtvol.daemon.storage.rbdvolumes import RbdVolumes, zero_range
 from virtvol.daemon.storage.rbdxml import RbdSource
 from virtvol.daemon.storage.volxml import VolumeRequest
+from virtvol.protocol.errors import ErrorReport
 from virtvol.sparse.reader import Chunk
 
 if TYPE_CHECKING:
@@ -161,3 +162,17 @@ def test_an_image_open_here_is_hidden_not_removed(images: RbdVolumes) -> None:
     assert [n for n in images._all_names() if n.startswith(".virtvol-")] == []
     images.delete(name)
     assert name not in images._all_names()
+
+
+def test_deleting_an_open_image_with_snapshots_is_refused(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    """As when nobody reads it: Ceph refuses, and the volume stays (not hidden for good)."""
+    name = volume_name("heldsnap")
+    images.create(VolumeRequest(name, MIB, None))
+    ceph.rbd("snap", "create", f"{CEPH_POOL}/{name}@keep")
+    with images.image(name, read_only=True), pytest.raises(ErrorReport) as refused:
+        images.delete(name)
+    assert refused.value.message.startswith(f"failed to remove volume '{CEPH_POOL}/{name}'")
+    assert name in images.names()
+    assert [n for n in images._all_names() if n.startswith(".virtvol-")] == []

@@ -301,3 +301,28 @@ def test_pool_start_failures(rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path
     conflict.write_text(rbd_pool_xml(ceph, "again"))
     clash = run_virsh(uri, "pool-define", str(conflict), check=False)
     assert f"Storage source conflict with pool: '{RBD_POOL}'" in clash.stderr
+
+
+def test_whole_upload_refused_over_snapshots(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """Swapping in a new image would leave the volume without its snapshots and the old
+    image, which Ceph will not remove while it has them, hidden for good."""
+    uri, name = rbd_virtvold.tcp_uri, volume_name("snap")
+    old = tmp_path / "old"
+    old.write_bytes(os.urandom(2 * MIB))
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "2M")
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(old))
+    ceph.rbd("snap", "create", f"{CEPH_POOL}/{name}@keep")
+    new = tmp_path / "new"
+    new.write_bytes(os.urandom(2 * MIB))
+    refused = run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(new), check=False)
+    assert refused.returncode != 0
+    assert f"volume '{name}' has snapshots" in refused.stderr
+    assert exported(ceph, name, tmp_path) == old.read_bytes()
+    assert "keep" in ceph.rbd("snap", "ls", f"{CEPH_POOL}/{name}")
+    assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
+    # In place (a length given) it is written, snapshots and all.
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(new), "--length", str(2 * MIB))
+    assert exported(ceph, name, tmp_path) == new.read_bytes()
+    assert "keep" in ceph.rbd("snap", "ls", f"{CEPH_POOL}/{name}")
