@@ -367,10 +367,12 @@ class RbdVolumes:
         """A new, empty (thin) image; RBD has no preallocation, so allocation is ignored."""
         self._create(request.name, request.capacity or 0)
 
-    def _create(self, name: str, capacity: int) -> None:
+    def _create(self, name: str, capacity: int, layout: dict[str, Any] | None = None) -> None:
         try:
             with self._in_use():
-                self._rbd.RBD().create(self._ioctx, name, capacity, old_format=False)
+                self._rbd.RBD().create(
+                    self._ioctx, name, capacity, old_format=False, **(layout or {})
+                )
         except self._rbd.ImageExists:
             raise volume_exists(name) from None
         except Exception as exc:
@@ -383,7 +385,7 @@ class RbdVolumes:
         name = request.name
         with self.image(source, read_only=True) as image:
             size = image.size()
-            self._create(name, max(request.capacity or 0, size))
+            self._create(name, max(request.capacity or 0, size), self._layout(image))
             try:
                 with self.image(name) as target:
                     for start, end in data_extents(image, 0, size):
@@ -463,9 +465,9 @@ class RbdVolumes:
     # -- whole-volume uploads -------------------------------------------------------------
 
     def create_upload_temp(self, like: str) -> str:
-        """A hidden empty image of volume ``like``'s size, to be swapped in on commit;
-        refused for an image with snapshots, which the swap would leave behind in the
-        old image (and Ceph keeps an image while it has snapshots)."""
+        """A hidden empty image laid out as volume ``like`` is, of its size, to be swapped
+        in on commit; refused for an image with snapshots, which the swap would leave
+        behind in the old image (and Ceph keeps an image while it has snapshots)."""
         with self.image(like, read_only=True) as image:
             if _has_snapshots(image):
                 raise storage_error(
@@ -474,9 +476,33 @@ class RbdVolumes:
                     "behind: upload with an offset or a length to write into it in place",
                 )
             size = image.size()
+            layout = self._layout(image)
         temp = UPLOAD_PREFIX + secrets.token_hex(8)
-        self._create(temp, size)
+        self._create(temp, size, layout)
         return temp
+
+    def _layout(self, image: Any) -> dict[str, Any]:
+        """What a new image needs to be laid out as ``image`` is (``RBD.create``'s
+        arguments): object size, striping, features and data pool."""
+        rbd = self._rbd
+        # Features librbd sets itself (the data pool one from its argument), never asked for.
+        implied = (
+            rbd.RBD_FEATURE_DATA_POOL
+            | rbd.RBD_FEATURE_OPERATIONS
+            | rbd.RBD_FEATURE_MIGRATING
+            | rbd.RBD_FEATURE_NON_PRIMARY
+        )
+        data_pool_id = image.data_pool_id()
+        data_pool = None
+        if data_pool_id >= 0 and data_pool_id != self._ioctx.get_pool_id():
+            data_pool = self._cluster.pool_reverse_lookup(data_pool_id)
+        return {
+            "order": image.stat()["order"],
+            "features": image.features() & ~implied,
+            "stripe_unit": image.stripe_unit(),
+            "stripe_count": image.stripe_count(),
+            "data_pool": data_pool,
+        }
 
     def replace(self, temp: str, name: str) -> Callable[[], None]:
         """Swap image ``temp`` in as volume ``name``; returns what removes the old image."""

@@ -303,6 +303,42 @@ def test_pool_start_failures(rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path
     assert f"Storage source conflict with pool: '{RBD_POOL}'" in clash.stderr
 
 
+def _layout(ceph: CephCluster, name: str) -> tuple[object, ...]:
+    info = json.loads(ceph.rbd("info", "--format", "json", f"{CEPH_POOL}/{name}"))
+    return (
+        info["object_size"],
+        info.get("stripe_unit"),
+        info.get("stripe_count"),
+        info.get("data_pool"),
+        sorted(info["features"]),
+    )
+
+
+def test_whole_upload_and_clone_keep_the_image_layout(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """An image made with Ceph's own tool (small objects, striping, a separate data pool,
+    as an erasure-coded setup needs) keeps all of it through a whole-volume upload, and
+    a clone has it too: its data does not move to the pool of the metadata."""
+    ceph.create_pool("virtvol-data")
+    uri, name = rbd_virtvold.tcp_uri, volume_name("layout")
+    ceph.rbd(
+        "create", "--size", "6M", "--object-size", "1M", "--stripe-unit", "64K",
+        "--stripe-count", "4", "--data-pool", "virtvol-data", "--image-feature",
+        "layering,exclusive-lock,object-map,fast-diff", f"{CEPH_POOL}/{name}",
+    )  # fmt: skip
+    before = _layout(ceph, name)
+    assert before[:4] == (MIB, 64 * 1024, 4, "virtvol-data")
+    source = make_sparse_file(tmp_path / "source", 5 * MIB + 1, [(MIB + 3, os.urandom(200_000))])
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(source), "--sparse")
+    assert exported(ceph, name, tmp_path) == source.read_bytes()
+    assert _layout(ceph, name) == before
+    clone = volume_name("layout-clone")
+    run_virsh(uri, "vol-clone", "--pool", RBD_POOL, name, clone)
+    assert exported(ceph, clone, tmp_path) == source.read_bytes()
+    assert _layout(ceph, clone) == before
+
+
 def test_whole_upload_refused_over_snapshots(
     rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
 ) -> None:
