@@ -48,6 +48,8 @@ class Pool:
         # Volumes being read as a clone's source, with the number of clones reading
         # each: they may be read and cloned again, but not changed under the copy.
         self.cloning: collections.Counter[str] = collections.Counter()
+        # An rbd pool connecting to its cluster, which the registry waits for unlocked.
+        self.starting = False
         self.upload_temps: set[str] = set()
 
     @property
@@ -82,19 +84,9 @@ class Pool:
         An rbd pool connects to its cluster instead, with the key of the secret
         its ``<auth>`` names (looked up in ``secrets``).
         """
-        source = self.live.rbd
-        if source is not None:
-            key = None
-            if source.username is not None:
-                assert secrets is not None
-                key = secrets.value_for_pool(source.secret_uuid, source.secret_usage)
-            self.rbd = RbdVolumes.connect(source, key)
-            try:
-                self.refresh_runtime()
-            except BaseException:
-                self.rbd.close()
-                self.rbd = None
-                raise
+        if self.live.rbd is not None:
+            assert secrets is not None
+            self.rbd, self.runtime = self.connect_rbd(secrets)
             return
         target = self.live.target
         if build:
@@ -119,6 +111,21 @@ class Pool:
             self.volumes = None
             volumes.close()
             raise system_error(f"cannot read directory '{target}'", exc) from None
+
+    def connect_rbd(self, secrets: SecretStore) -> tuple[RbdVolumes, PoolRuntime]:
+        """Connect an rbd pool to its cluster with the key of the secret its ``<auth>``
+        names, and read its sizes; the pool is not started by this (see ``start``)."""
+        source = self.live.rbd
+        assert source is not None
+        key = None
+        if source.username is not None:
+            key = secrets.value_for_pool(source.secret_uuid, source.secret_usage)
+        volumes = RbdVolumes.connect(source, key)
+        try:
+            return volumes, volumes.runtime()
+        except BaseException:
+            volumes.close()
+            raise
 
     def directory_identity(self) -> tuple[int, int] | None:
         """(st_dev, st_ino) of the open pool directory; None when the pool is not running."""

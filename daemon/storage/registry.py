@@ -49,6 +49,7 @@ from .reports import (
     no_volume_with_path,
     pool_already_active,
     pool_has_jobs,
+    pool_starting,
     pool_still_active,
     storage_error,
     system_error,
@@ -241,7 +242,7 @@ class StorageRegistry:
             self._pools[pool.name] = pool
         else:
             existing.config = definition
-            if not existing.active:
+            if not existing.active and not existing.starting:
                 existing.live = definition
         return PoolRef(definition.name, definition.uuid)
 
@@ -297,24 +298,28 @@ class StorageRegistry:
         definition = parse_pool_xml(xml)
         with self._lock:
             existing = self._check_duplicate(definition)
-            if existing is None:
-                pool = Pool(definition, None)
-                self._start(pool, flags)
-                self._check_not_aliased(pool)
-                self._pools[pool.name] = pool
-                return pool.ref
-            if existing.active:
+            if existing is not None and existing.active:
                 raise storage_error(
                     ErrorCode.OPERATION_INVALID, f"pool is already active as '{existing.name}'"
                 )
-            existing.live = definition
-            try:
-                self._start(existing, flags)
-                self._check_not_aliased(existing)
-            except BaseException:
-                existing.stop()  # back to its persisted definition
-                raise
-            return existing.ref
+            if existing is not None and existing.starting:
+                raise pool_starting(existing.name)
+            pool = Pool(definition, None) if existing is None else existing
+            pool.live = definition
+            if definition.rbd is None:
+                try:
+                    self._start(pool, flags)
+                    self._check_not_aliased(pool)
+                except BaseException:
+                    pool.stop()  # a defined pool goes back to its persisted definition
+                    raise
+                self._pools[pool.name] = pool
+                return pool.ref
+            _check_no_format(pool, flags)
+            pool.starting = True
+            self._pools[pool.name] = pool
+        self._start_rbd(pool)
+        return pool.ref
 
     def start_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_CREATE: start a defined pool; WITH_BUILD creates its directory."""
@@ -323,17 +328,35 @@ class StorageRegistry:
             pool = self._pool(ref)
             if pool.active:
                 raise pool_already_active(pool.name)
-            self._start(pool, flags)
-            self._check_not_aliased(pool)
+            if pool.starting:
+                raise pool_starting(pool.name)
+            if pool.live.rbd is None:
+                self._start(pool, flags)
+                self._check_not_aliased(pool)
+                return
+            _check_no_format(pool, flags)
+            pool.starting = True
+        self._start_rbd(pool)
 
     def _start(self, pool: Pool, flags: int) -> None:
-        if flags & (PoolCreateFlags.WITH_BUILD_OVERWRITE | PoolCreateFlags.WITH_BUILD_NO_OVERWRITE):
-            # Both ask to format a source device, which a directory pool has not.
-            raise storage_error(
-                ErrorCode.OPERATION_INVALID,
-                f"No source device specified when formatting pool '{pool.name}'",
-            )
+        _check_no_format(pool, flags)
         pool.start(build=bool(flags & PoolCreateFlags.WITH_BUILD), secrets=self.secrets)
+
+    def _start_rbd(self, pool: Pool) -> None:
+        """Connect an rbd pool marked ``starting`` without holding the lock: a monitor that
+        does not answer takes librados' timeout (30 s), which no other call waits for."""
+        try:
+            volumes, runtime = pool.connect_rbd(self.secrets)
+        except BaseException:
+            with self._lock:
+                pool.starting = False
+                pool.stop()  # a defined pool goes back to its persisted definition
+                if not pool.persistent and self._pools.get(pool.name) is pool:
+                    del self._pools[pool.name]  # a transient pool that did not start
+            raise
+        with self._lock:
+            pool.starting = False
+            pool.rbd, pool.runtime = volumes, runtime
 
     def destroy_pool(self, ref: PoolRef) -> None:
         """STORAGE_POOL_DESTROY: stop the pool; a transient one disappears."""
@@ -353,6 +376,8 @@ class StorageRegistry:
             pool = self._pool(ref)
             if pool.active:
                 raise pool_still_active(pool.name)
+            if pool.starting:
+                raise pool_starting(pool.name)
             self._store.remove(pool.name)
             del self._pools[pool.name]
 
@@ -861,6 +886,15 @@ def _seek_to(fd: int, offset: int, path: str) -> None:
         os.lseek(fd, offset, os.SEEK_SET)
     except OSError as exc:
         raise system_error(f"Unable to seek {path} to {offset}", exc, STREAMS_DOMAIN) from None
+
+
+def _check_no_format(pool: Pool, flags: int) -> None:
+    if flags & (PoolCreateFlags.WITH_BUILD_OVERWRITE | PoolCreateFlags.WITH_BUILD_NO_OVERWRITE):
+        # Both ask to format a source device, which neither pool type has.
+        raise storage_error(
+            ErrorCode.OPERATION_INVALID,
+            f"No source device specified when formatting pool '{pool.name}'",
+        )
 
 
 def _check_flags(flags: int, supported: int, function: str) -> None:

@@ -51,6 +51,11 @@ def pool_already_active(name: str) -> ErrorReport:
     return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is already active")
 
 
+def pool_starting(name: str) -> ErrorReport:
+    # An rbd pool waiting for its cluster; libvirt's callers would wait for it instead.
+    return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is starting")
+
+
 def pool_still_active(name: str) -> ErrorReport:
     return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is still active")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,7 @@ from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.rbd.conftest import CEPH_POOL, RBD_POOL, define_rbd_pool, volume_name
 from tests.rbd.test_virsh_rbd import exported
 from virtvol.client import Hole, connect
-from virtvol.daemon.storage import StorageRegistry
+from virtvol.daemon.storage import StorageRegistry, rbdvolumes
 from virtvol.protocol.errors import ErrorReport
 
 if TYPE_CHECKING:
@@ -202,3 +204,45 @@ async def test_download_keeps_reading_the_image_it_opened(
             assert name not in ceph.rbd("ls", CEPH_POOL).split()
     _wait_for_no_hidden_image(ceph, 10)
     assert _hidden_images(ceph) == []
+
+
+def test_a_pool_connecting_holds_up_no_other_call(
+    tmp_path: Path, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an rbd pool waits for a monitor that does not answer (librados' timeout,
+    30 s in the daemon), calls about other pools and about the pools' list go on."""
+    monkeypatch.setattr(rbdvolumes, "CLUSTER_TIMEOUT", "3")
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    other = registry.ensure_pool("files", tmp_path / "files")
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        ref = registry.define_pool_xml(
+            f"<pool type='rbd'><name>silent</name><source><name>{CEPH_POOL}</name>"
+            f"<host name='127.0.0.1' port='{silent.getsockname()[1]}'/></source></pool>"
+        )
+        failures: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                registry.start_pool(ref)
+            except BaseException as exc:  # handed to the test's thread
+                failures.append(exc)
+
+        starting = threading.Thread(target=start)
+        starting.start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        names = [pool.name for pool in registry.list_all_pools()]
+        assert registry.list_volume_names(other, 10) == []
+        assert time.monotonic() - began < 1.0
+        with pytest.raises(ErrorReport) as refused:
+            registry.start_pool(ref)  # a second start does not connect again
+        assert refused.value.message.endswith("storage pool 'silent' is starting")
+        starting.join()
+    assert names == ["files", "silent"]
+    assert len(failures) == 1
+    assert "failed to connect to the RADOS monitor" in str(failures[0])
+    assert not registry.pool_is_active(ref)
+    registry.undefine_pool(ref)
+    registry.close()
