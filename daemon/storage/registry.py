@@ -38,7 +38,7 @@ from .flags import (
 from .model import PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
 from .names import check_new_volume_name
 from .pool import Busy, Pool
-from .poolxml import PoolDefinition, clean_path, format_pool_xml, parse_pool_xml
+from .poolxml import PoolDefinition, PoolRuntime, clean_path, format_pool_xml, parse_pool_xml
 from .rbdtransfer import RbdReader, RbdWriter
 from .rbdvolumes import RbdVolumes
 from .reports import (
@@ -388,7 +388,7 @@ class StorageRegistry:
             pool = self._pool(ref)
             if pool.rbd is None:
                 pool.active_volumes().remove_stale_temps(pool.upload_temps)
-            pool.refresh_runtime()
+        self._current_runtime(pool)
 
     # ------------------------------------------------------------------
     # Pool properties
@@ -397,11 +397,11 @@ class StorageRegistry:
         """STORAGE_POOL_GET_INFO: state and sizes (last known ones for an inactive pool)."""
         with self._lock:
             pool = self._pool(ref)
-            runtime = pool.refresh_runtime() if pool.active else pool.runtime
             state = PoolState.RUNNING if pool.active else PoolState.INACTIVE
-            if runtime is None:
-                return PoolInfo(state, 0, 0, 0)
-            return PoolInfo(state, runtime.capacity, runtime.allocation, runtime.available)
+        runtime = self._current_runtime(pool)
+        if runtime is None:
+            return PoolInfo(state, 0, 0, 0)
+        return PoolInfo(state, runtime.capacity, runtime.allocation, runtime.available)
 
     def pool_xml(self, ref: PoolRef, flags: int = 0) -> str:
         """STORAGE_POOL_GET_XML_DESC; INACTIVE gives the definition the next start uses."""
@@ -411,8 +411,22 @@ class StorageRegistry:
             config = pool.config
             if flags & PoolXMLFlags.INACTIVE and config is not None and config != pool.live:
                 return format_pool_xml(config, None)
-            runtime = pool.refresh_runtime() if pool.active else pool.runtime
-            return format_pool_xml(pool.live, runtime)
+            live = pool.live
+        return format_pool_xml(live, self._current_runtime(pool))
+
+    def _current_runtime(self, pool: Pool) -> PoolRuntime | None:
+        """The pool's sizes, read anew when it is active (the last known ones otherwise);
+        an rbd pool's from its cluster without holding the lock, since a cluster that
+        stopped answering takes librados' timeout (30 s), which no other call waits for."""
+        with self._lock:
+            images = pool.rbd
+            if images is None:
+                return pool.refresh_runtime() if pool.active else pool.runtime
+        runtime = images.runtime()
+        with self._lock:
+            if pool.rbd is images:
+                pool.runtime = runtime
+        return runtime
 
     def pool_autostart(self, ref: PoolRef) -> bool:
         """STORAGE_POOL_GET_AUTOSTART."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import sys
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,7 +17,14 @@ import pytest
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
 from tests.client.test_cli import virtvol
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
-from tests.rbd.conftest import CEPH_POOL, RBD_POOL, define_rbd_pool, volume_name
+from tests.rbd.conftest import (
+    CEPH_POOL,
+    RBD_POOL,
+    SECRET_UUID,
+    define_rbd_pool,
+    rbd_pool_xml,
+    volume_name,
+)
 from tests.rbd.test_virsh_rbd import exported
 from virtvol.client import Hole, connect
 from virtvol.daemon.storage import StorageRegistry, rbdvolumes
@@ -25,6 +34,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tools.ceph_cluster import CephCluster
+    from virtvol.daemon.storage.poolxml import PoolRuntime
 
 
 def _volume_xml(name: str, size: int) -> str:
@@ -245,4 +255,41 @@ def test_a_pool_connecting_holds_up_no_other_call(
     assert "failed to connect to the RADOS monitor" in str(failures[0])
     assert not registry.pool_is_active(ref)
     registry.undefine_pool(ref)
+    registry.close()
+
+
+def test_a_slow_cluster_holds_up_no_other_call(
+    tmp_path: Path, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pool-info, pool-dumpxml and pool-refresh of an rbd pool ask the cluster for its
+    sizes (up to librados' 30 s when it stopped answering): other calls go on meanwhile."""
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    registry.secrets.define_xml(
+        f"<secret ephemeral='no' private='yes'><uuid>{SECRET_UUID}</uuid>"
+        "<usage type='ceph'><name>admin</name></usage></secret>"
+    )
+    registry.secrets.set_value(uuid.UUID(SECRET_UUID).bytes, base64.b64decode(ceph.admin_key))
+    ref = registry.define_pool_xml(rbd_pool_xml(ceph))
+    registry.start_pool(ref)
+    slow_runtime = rbdvolumes.RbdVolumes.runtime
+
+    def slow(self: rbdvolumes.RbdVolumes) -> PoolRuntime:
+        time.sleep(2)
+        return slow_runtime(self)
+
+    monkeypatch.setattr(rbdvolumes.RbdVolumes, "runtime", slow)
+    calls = [
+        lambda: registry.pool_info(ref),
+        lambda: registry.pool_xml(ref),
+        lambda: registry.refresh_pool(ref),
+    ]
+    for call in calls:
+        asking = threading.Thread(target=call)
+        asking.start()
+        time.sleep(0.3)
+        began = time.monotonic()
+        assert [pool.name for pool in registry.list_all_pools()] == [RBD_POOL]
+        assert time.monotonic() - began < 1.0
+        asking.join()
+    assert registry.pool_is_active(ref)
     registry.close()
