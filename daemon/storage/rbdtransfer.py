@@ -198,7 +198,7 @@ class RbdWriter:
         self._pos = offset
         self._limit = offset + length if length else None
         try:
-            self._image: Any = volumes.open_image(name)
+            self._image: Any = volumes.open_image(name, hidden=fresh)
             self._size: int = self._image.size()
         except BaseException:
             self._finish = None

@@ -224,9 +224,13 @@ class RbdVolumes:
         finally:
             self.close_image(image)
 
-    def open_image(self, name: str, *, read_only: bool = False) -> Any:
-        """Open an image; the caller must ``close_image`` it (from any thread)."""
-        if not is_volume_name(name) and not name.startswith(RESERVED_PREFIX):
+    def open_image(self, name: str, *, read_only: bool = False, hidden: bool = False) -> Any:
+        """Open an image; the caller must ``close_image`` it (from any thread).
+
+        A hidden image (an upload's, a replaced volume's) is no volume: only the
+        daemon's own work opens one (``hidden``), never a client's request by name.
+        """
+        if not is_volume_name(name) and not (hidden and name.startswith(RESERVED_PREFIX)):
             raise no_volume_named(name)
         self.acquire()
         try:

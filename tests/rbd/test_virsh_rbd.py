@@ -362,3 +362,25 @@ def test_whole_upload_refused_over_snapshots(
     run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(new), "--length", str(2 * MIB))
     assert exported(ceph, name, tmp_path) == new.read_bytes()
     assert "keep" in ceph.rbd("snap", "ls", f"{CEPH_POOL}/{name}")
+
+
+def test_hidden_images_are_no_volumes(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """An upload's or a replaced volume's hidden image is no volume by its name either, as
+    in a directory pool: not to be looked up, read, written or deleted by a client."""
+    uri, hidden = rbd_virtvold.tcp_uri, f".virtvol-old-{volume_name('x')}"
+    ceph.rbd("create", "--size", "1M", f"{CEPH_POOL}/{hidden}")
+    out = tmp_path / "out"
+    for command in (
+        ["vol-info", "--pool", RBD_POOL, hidden],
+        ["vol-info", f"{CEPH_POOL}/{hidden}"],  # by key
+        ["vol-download", "--pool", RBD_POOL, hidden, str(out)],
+        ["vol-delete", "--pool", RBD_POOL, hidden],
+        ["vol-wipe", "--pool", RBD_POOL, hidden],
+    ):
+        refused = run_virsh(uri, *command, check=False)
+        assert refused.returncode != 0, command
+        assert "Storage volume not found" in refused.stderr, command
+    assert hidden in images(ceph)
+    ceph.rbd("rm", f"{CEPH_POOL}/{hidden}")
