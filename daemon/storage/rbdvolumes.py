@@ -241,11 +241,7 @@ class RbdVolumes:
         except Exception as exc:
             self.release()
             raise system_error(f"failed to open the RBD image '{name}'", _errno(exc)) from None
-        try:
-            image_id: str = image.id()
-        except BaseException:
-            self.close_image(image)
-            raise
+        image_id = _id_of(image)
         with self._lock:
             removing = image_id in self._removing
             if not removing:
@@ -278,8 +274,7 @@ class RbdVolumes:
 
     def _image_id(self, name: str) -> str:
         with self.image(name, read_only=True) as image:
-            image_id: str = image.id()
-            return image_id
+            return _id_of(image)
 
     def _claim_unless_open(self, image_id: str) -> bool:
         """Mark an image as being removed, unless this daemon has it open."""
@@ -404,7 +399,7 @@ class RbdVolumes:
         An image with snapshots is not hidden: Ceph refuses to remove it, now or later.
         """
         with self.image(name, read_only=True) as image:
-            image_id: str = image.id()
+            image_id = _id_of(image)
             snapshots = _has_snapshots(image)
         claimed = not snapshots and self._claim_unless_open(image_id)
         hide = not snapshots and not claimed
@@ -534,6 +529,16 @@ class RbdVolumes:
     def _remove_quietly(self, name: str) -> None:
         with self._in_use(), suppress(self._rbd.ImageNotFound):
             self._rbd.RBD().remove(self._ioctx, name)
+
+
+def _id_of(image: Any) -> str:
+    """The image's id, which renames keep; "" for an image of the old format 1 (which
+    Ceph no longer creates), which has none: those are all counted as one image."""
+    try:
+        image_id: str = image.id()
+    except Exception:
+        return ""
+    return image_id
 
 
 def _has_snapshots(image: Any) -> bool:
