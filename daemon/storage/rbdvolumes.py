@@ -44,7 +44,14 @@ from virtvol.protocol.errors import ErrorCode, ErrorReport
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .poolxml import PoolRuntime
-from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
+from .reports import (
+    invalid_arg,
+    no_volume_named,
+    storage_error,
+    system_error,
+    volume_exists,
+    volume_in_use,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -466,7 +473,8 @@ class RbdVolumes:
     def create_upload_temp(self, like: str) -> str:
         """A hidden empty image laid out as volume ``like`` is, of its size, to be swapped
         in on commit; refused for an image with snapshots, which the swap would leave
-        behind in the old image (and Ceph keeps an image while it has snapshots)."""
+        behind in the old image (and Ceph keeps an image while it has snapshots), and
+        for one open for writing elsewhere."""
         with self.image(like, read_only=True) as image:
             if _has_snapshots(image):
                 raise storage_error(
@@ -474,6 +482,10 @@ class RbdVolumes:
                     f"volume '{like}' has snapshots, which a whole-volume upload would leave "
                     "behind: upload with an offset or a length to write into it in place",
                 )
+            if any(True for _ in image.watchers_list()):
+                # Open for writing elsewhere (a running guest): the swap would leave it
+                # writing to the old image, which Ceph refuses to remove while it is open.
+                raise volume_in_use(like)
             size = image.size()
             layout = self._layout(image)
         temp = UPLOAD_PREFIX + secrets.token_hex(8)

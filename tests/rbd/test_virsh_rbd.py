@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from tests.rbd.conftest import (
     rbd_pool_xml,
     volume_name,
 )
+from virtvol.daemon.storage.rbdvolumes import RbdVolumes
+from virtvol.daemon.storage.rbdxml import RbdSource
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -384,3 +387,30 @@ def test_hidden_images_are_no_volumes(
         assert "Storage volume not found" in refused.stderr, command
     assert hidden in images(ceph)
     ceph.rbd("rm", f"{CEPH_POOL}/{hidden}")
+
+
+def test_whole_upload_refused_while_a_guest_uses_the_image(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """An image open for writing elsewhere (a running guest) would go on being written
+    under the hidden name the swap gives it, which Ceph then refuses to remove."""
+    uri, name = rbd_virtvold.tcp_uri, volume_name("guest")
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "1M")
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(MIB))
+    guest = RbdVolumes.connect(
+        RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin"),
+        base64.b64decode(ceph.admin_key),
+    )
+    try:
+        with guest.image(name):
+            refused = run_virsh(
+                uri, "vol-upload", "--pool", RBD_POOL, name, str(source), check=False
+            )
+            assert refused.returncode != 0
+            assert f"volume '{name}' is still in use" in refused.stderr
+            assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
+    finally:
+        guest.close()
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(source))
+    assert exported(ceph, name, tmp_path) == source.read_bytes()
