@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from virtvol.client.errors import (
@@ -97,10 +98,21 @@ class _StreamBase:
         serial, waiter = self._rpc.start_call(self.procedure, args, sink=self)
         self.serial = serial
         try:
-            await waiter
+            # Shielded: an opener that gives up (cancelled) leaves the answer to come.
+            await asyncio.shield(waiter)
         except BaseException:
             self._rpc.forget_sink(serial)
+            if not waiter.done():
+                waiter.add_done_callback(lambda _: self._abort_unwanted(waiter, serial))
             raise
+
+    def _abort_unwanted(self, waiter: asyncio.Future[None], serial: int) -> None:
+        """Abort the stream the peer opened after its opener gave up: nobody will use it,
+        and the peer would hold the volume for as long as the connection lives."""
+        if waiter.cancelled() or waiter.exception() is not None:
+            return  # never opened
+        with contextlib.suppress(LocalProtocolError, TransportError):
+            self._rpc.abort_stream(serial)
 
     async def open(self) -> None:
         """Make the opening call (``async with`` does this)."""

@@ -1,0 +1,77 @@
+"""What a cancelled task leaves behind on a connection of the event-loop client: a stream
+the peer opens after its opener gave up is aborted. The peer is ``FakePeer``, scripted to
+hold back the answers in question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.client.fake_peer import VOLUME, FakePeer
+from virtvol.client import connect
+from virtvol.client.objects import StorageVolume
+from virtvol.protocol.connection import CallReceived, StreamAbortReceived
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Return once ``condition()`` holds; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        await asyncio.sleep(0.01)
+
+
+class HeldCalls:
+    """A handler that answers nothing: it keeps the serials and tells when one came."""
+
+    def __init__(self) -> None:
+        self.serials: list[int] = []
+        self.came = threading.Event()
+
+    def __call__(self, peer: FakePeer, event: CallReceived) -> None:
+        self.serials.append(event.serial)
+        self.came.set()
+
+    async def wait(self) -> int:
+        assert await asyncio.to_thread(self.came.wait, 10)
+        return self.serials[0]
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+async def test_a_stream_opened_after_its_opener_was_cancelled_is_aborted(
+    tmp_path: Path, direction: str
+) -> None:
+    """The open is cancelled before the peer answers it; the peer then opens the stream.
+    Nobody will ever use it: the client aborts it, or the peer would keep the volume busy
+    for as long as the connection lives."""
+    held = HeldCalls()
+    procedure = Proc.STORAGE_VOL_UPLOAD if direction == "upload" else Proc.STORAGE_VOL_DOWNLOAD
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[procedure] = held
+        async with connect(peer.uri, keepalive=None) as conn:
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            stream = volume.upload() if direction == "upload" else volume.download()
+            opening = asyncio.create_task(stream.open())
+            serial = await held.wait()
+            opening.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            peer.reply(serial)
+            await until(
+                lambda: any(
+                    isinstance(event, StreamAbortReceived) and event.serial == serial
+                    for event in peer.events
+                )
+            )
+            assert await conn.get_type() == "storage"
+        assert peer.protocol_error is None
