@@ -118,19 +118,26 @@ class Connection:
         if self._closed:
             return
         self._closed = True
-        if self._rpc.failure is None:
-            try:
-                deadline = time.monotonic() + _GOODBYE_TIMEOUT
-                if self._close_callback:
-                    await self._rpc.call(
-                        procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK, timeout=_GOODBYE_TIMEOUT
-                    )
-                left = max(0.0, deadline - time.monotonic())
-                await self._rpc.call(procedures.CONNECT_CLOSE, timeout=left)
-            except (LibvirtError, TransportError, TimeoutError) as exc:
-                log.debug("close of %s: %s", self.uri, exc)
-        self._rpc.close()
+        try:
+            if self._rpc.failure is None:
+                await self._say_goodbye()
+        finally:
+            # Cancelled during the goodbye, the connection is closed all the same: nothing
+            # else would close it (a second close returns at once).
+            self._rpc.close()
         await self._rpc.wait_closed()
+
+    async def _say_goodbye(self) -> None:
+        try:
+            deadline = time.monotonic() + _GOODBYE_TIMEOUT
+            if self._close_callback:
+                await self._rpc.call(
+                    procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK, timeout=_GOODBYE_TIMEOUT
+                )
+            left = max(0.0, deadline - time.monotonic())
+            await self._rpc.call(procedures.CONNECT_CLOSE, timeout=left)
+        except (LibvirtError, TransportError, TimeoutError) as exc:
+            log.debug("close of %s: %s", self.uri, exc)
 
     @property
     def is_alive(self) -> bool:

@@ -1,6 +1,6 @@
 """What a cancelled task leaves behind on a connection of the event-loop client: a stream
-the peer opens after its opener gave up is aborted. The peer is ``FakePeer``, scripted to
-hold back the answers in question.
+the peer opens after its opener gave up is aborted, and a cancelled goodbye still closes
+the connection. The peer is ``FakePeer``, scripted to hold back the answers in question.
 """
 
 from __future__ import annotations
@@ -75,3 +75,21 @@ async def test_a_stream_opened_after_its_opener_was_cancelled_is_aborted(
             )
             assert await conn.get_type() == "storage"
         assert peer.protocol_error is None
+
+
+async def test_a_goodbye_cancelled_while_the_peer_is_silent_still_closes_the_connection(
+    tmp_path: Path,
+) -> None:
+    held = HeldCalls()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_CLOSE] = held
+        conn = await connect(peer.uri, keepalive=None)
+        closing = asyncio.create_task(conn.close())
+        await held.wait()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        # The peer sees the end of the connection; it would otherwise stay open, its
+        # socket with it, until the garbage collector found the connection.
+        assert await asyncio.to_thread(peer.hung_up.wait, 10)
+        assert not conn.is_alive
