@@ -385,7 +385,10 @@ async def download_file(
         )
     finally:
         # Let running writes end before the descriptor is closed (its number
-        # could otherwise be reused under them), even when cancelled meanwhile.
-        await _settle_all(list(in_flight))
-        executor.shutdown(wait=True)
-        output.abort()  # a no-op after the commit
+        # could otherwise be reused under them), even when cancelled meanwhile;
+        # cancelled, the temporary still goes.
+        try:
+            await _settle_all(list(in_flight))
+        finally:
+            executor.shutdown(wait=True)
+            output.abort()  # a no-op after the commit

@@ -1,11 +1,13 @@
 """What a cancelled task leaves behind on a connection of the event-loop client: a stream
 the peer opens after its opener gave up is aborted, and a cancelled goodbye still closes
-the connection. The peer is ``FakePeer``, scripted to hold back the answers in question.
+the connection, and a download cancelled twice leaves nothing behind. The peer is
+``FakePeer``, scripted to hold back the answers in question.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -13,14 +15,18 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer
-from virtvol.client import connect
+from tests.client.helpers import open_descriptors
+from virtvol.client import connect, transfer
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
+from virtvol.sparse.writer import SparseWriter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from virtvol.sparse.zeros import Bytes
 
 
 async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
@@ -93,3 +99,52 @@ async def test_a_goodbye_cancelled_while_the_peer_is_silent_still_closes_the_con
         # socket with it, until the garbage collector found the connection.
         assert await asyncio.to_thread(peer.hung_up.wait, 10)
         assert not conn.is_alive
+
+
+async def test_a_download_cancelled_twice_leaves_no_temporary_and_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while a write is on the disk, a download waits for the write before it
+    closes its file; a second cancellation meanwhile (a second Ctrl-C, a time limit and
+    then its caller's) must not skip the removal of the temporary."""
+    work = tmp_path / "work"
+    work.mkdir()
+    writing, release = threading.Event(), threading.Event()
+    apply = SparseWriter.apply
+
+    def slow_apply(writer: SparseWriter, items: list[Bytes | int]) -> None:
+        writing.set()
+        assert release.wait(10)
+        apply(writer, items)
+
+    settling = asyncio.Event()
+    settle_all = transfer._settle_all
+
+    async def watched_settle_all(futures: list[asyncio.Future[None]]) -> None:
+        settling.set()
+        await settle_all(futures)
+
+    monkeypatch.setattr(SparseWriter, "apply", slow_apply)
+    monkeypatch.setattr(transfer, "_settle_all", watched_settle_all)
+    monkeypatch.setattr(transfer, "WRITE_BATCH_ITEMS", 1)
+
+    def one_frame_then_nothing(peer: FakePeer, event: CallReceived) -> None:
+        peer.send(peer.core.reply(event.serial) + b"".join(peer.core.send_data(event.serial, b"x")))
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = one_frame_then_nothing
+        async with connect(peer.uri, keepalive=None) as conn:
+            descriptors = open_descriptors()
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            task = asyncio.create_task(volume.download_file(work / "copy.img"))
+            try:
+                assert await asyncio.to_thread(writing.wait, 10)
+                task.cancel()  # the stream is aborted, then the write waited for
+                await asyncio.wait_for(settling.wait(), 10)
+                task.cancel()
+            finally:
+                release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert open_descriptors() == descriptors
+    assert os.listdir(work) == []
