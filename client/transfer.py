@@ -77,6 +77,10 @@ async def _settle_all(futures: list[asyncio.Future[_T]]) -> None:
         raise asyncio.CancelledError
 
 
+def _nothing() -> None:
+    pass
+
+
 # -- upload ---------------------------------------------------------------------------
 
 
@@ -386,9 +390,12 @@ async def download_file(
     finally:
         # Let running writes end before the descriptor is closed (its number
         # could otherwise be reused under them), even when cancelled meanwhile;
-        # cancelled, the temporary still goes.
+        # cancelled, the temporary still goes. The writer's one thread runs its jobs
+        # in order, so once a last, empty job has run no write (nor the finish) is
+        # left, whatever the loop's side cancelled; it is waited for on the loop,
+        # not in the executor's shutdown, which would hold every other task up.
         try:
-            await _settle_all(list(in_flight))
+            await _settle_all([asyncio.wrap_future(executor.submit(_nothing))])
         finally:
-            executor.shutdown(wait=True)
+            executor.shutdown(wait=False)
             output.abort()  # a no-op after the commit

@@ -1,6 +1,6 @@
 """What a cancelled task leaves behind on a connection of the event-loop client: a stream
 the peer opens after its opener gave up is aborted, and a cancelled goodbye still closes
-the connection, and a download cancelled twice leaves nothing behind. The peer is
+the connection, and a cancelled download leaves nothing behind and holds nobody up. The peer is
 ``FakePeer``, scripted to hold back the answers in question.
 """
 
@@ -16,6 +16,7 @@ import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer
 from tests.client.helpers import open_descriptors
+from tests.client.test_direct_faults import send_whole_download
 from virtvol.client import connect, transfer
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
@@ -148,3 +149,38 @@ async def test_a_download_cancelled_twice_leaves_no_temporary_and_no_descriptor(
                 await task
             assert open_descriptors() == descriptors
     assert os.listdir(work) == []
+
+
+async def test_a_download_cancelled_during_a_write_leaves_the_event_loop_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancelled download waits for the write on the disk before it closes its file,
+    but other tasks run meanwhile: here the one that lets the write end."""
+    writing, release = threading.Event(), threading.Event()
+    apply = SparseWriter.apply
+
+    def slow_apply(writer: SparseWriter, items: list[Bytes | int]) -> None:
+        writing.set()
+        release.wait(10)
+        apply(writer, items)
+
+    monkeypatch.setattr(SparseWriter, "apply", slow_apply)
+
+    async def let_the_write_end() -> None:
+        for _ in range(20):  # the download reaches its cleanup within a few turns
+            await asyncio.sleep(0)
+        release.set()
+
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"x" * 4096, 1)
+        async with connect(peer.uri, keepalive=None) as conn:
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            task = asyncio.create_task(volume.download_file(tmp_path / "copy.img"))
+            assert await asyncio.to_thread(writing.wait, 10)
+            task.cancel()
+            releasing = asyncio.create_task(let_the_write_end())
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Set by the loop, not by the write's own time limit.
+            assert releasing.done()
+    assert not (tmp_path / "copy.img").exists()
