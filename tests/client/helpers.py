@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 KIB = 1024
@@ -49,3 +52,11 @@ def open_descriptors() -> list[str]:
 def leftovers(folder: Path, name: str) -> list[Path]:
     """Temporary files a download into ``folder/name`` left behind."""
     return list(folder.glob(f".{name}.*"))
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Return once ``condition()`` holds; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        await asyncio.sleep(0.01)

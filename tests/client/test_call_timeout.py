@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import virtvol.client
+from tests.client.helpers import until
 from tests.conftest import free_port
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, Connection, Side
@@ -100,6 +101,21 @@ async def test_an_unanswered_call_times_out_and_the_connection_goes_on() -> None
         assert await conn.get_type(timeout=5) == "storage"
         pool = await conn.lookup_pool_by_name("default", timeout=5)
         assert pool.name == "default"
+        assert conn.is_alive
+
+
+async def test_a_cancelled_call_leaves_the_connection_usable() -> None:
+    async with slow_server() as (peer, uri), virtvol.client.connect(uri) as conn:
+        lookup = asyncio.create_task(conn.lookup_pool_by_name("default"))
+        await until(lambda: len(peer.held) == 1)
+        lookup.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lookup
+        # The answer to the cancelled call comes late, and is dropped.
+        peer.release.set()
+        assert await conn.get_type(timeout=5) == "storage"
+        assert (await conn.lookup_pool_by_name("default", timeout=5)).name == "default"
+        assert len(peer.held) == 2
         assert conn.is_alive
 
 

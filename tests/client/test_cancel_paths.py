@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer
-from tests.client.helpers import open_descriptors
+from tests.client.helpers import open_descriptors, until
 from tests.client.test_direct_faults import send_whole_download
 from virtvol.client import connect, transfer
 from virtvol.client.objects import StorageVolume
@@ -24,18 +23,9 @@ from virtvol.protocol.procedures import Proc
 from virtvol.sparse.writer import SparseWriter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
     from virtvol.sparse.zeros import Bytes
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
-    """Return once ``condition()`` holds; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never came true"
-        await asyncio.sleep(0.01)
 
 
 class HeldCalls:
