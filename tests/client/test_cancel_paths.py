@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer
-from tests.client.helpers import open_descriptors, until
+from tests.client.helpers import MIB, open_descriptors, until, write_sparse_image
 from tests.client.test_direct_faults import send_whole_download
 from virtvol.client import connect, transfer
 from virtvol.client.objects import StorageVolume
+from virtvol.client.rpc import RpcProtocol
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
 from virtvol.sparse.writer import SparseWriter
@@ -25,6 +26,7 @@ from virtvol.sparse.writer import SparseWriter
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tests.conftest import Virtvold
     from virtvol.sparse.zeros import Bytes
 
 
@@ -174,3 +176,46 @@ async def test_a_download_cancelled_during_a_write_leaves_the_event_loop_running
             # Set by the loop, not by the write's own time limit.
             assert releasing.done()
     assert not (tmp_path / "copy.img").exists()
+
+
+async def test_a_stalled_download_cancelled_among_other_transfers_lets_them_finish(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """One download's consumer stops: its queue fills and the connection stops reading
+    for everyone. Cancelling it lets the transfers that share the connection go on."""
+    (virtvold.pool_dir / "big").write_bytes(b"\x07" * (32 * MIB))
+    other = write_sparse_image(virtvold.pool_dir / "other", 8 * MIB, seed=3)
+    (virtvold.pool_dir / "target").write_bytes(b"")
+    source = tmp_path / "source"
+    sent = write_sparse_image(source, 8 * MIB, seed=4)
+    async with connect(virtvold.tcp_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        big, other_vol, target = [await pool.lookup_volume(n) for n in ("big", "other", "target")]
+        first_item = asyncio.Event()
+
+        async def stall() -> None:
+            async with big.download() as stream:
+                async for _ in stream:
+                    first_item.set()
+                    await asyncio.Event().wait()  # never set
+
+        stalled = asyncio.create_task(stall())
+        await first_item.wait()
+        rpc = conn._rpc
+        assert isinstance(rpc, RpcProtocol)
+        await until(lambda: bool(rpc._read_pausers))
+        others = asyncio.gather(
+            other_vol.download_file(tmp_path / "other.copy"),
+            target.upload_file(source),
+            conn.list_pools(),
+        )
+        stalled.cancel()
+        # Promptly: its abort is answered once the connection reads again (a generous
+        # bound; a connection left paused waits out the abort's 30 s).
+        await asyncio.wait({stalled}, timeout=10)
+        assert stalled.cancelled()
+        await asyncio.wait_for(others, 60)
+        assert not rpc._read_pausers
+        assert conn.is_alive
+    assert (tmp_path / "other.copy").read_bytes() == other
+    assert (virtvold.pool_dir / "target").read_bytes() == sent
