@@ -219,3 +219,58 @@ async def test_a_stalled_download_cancelled_among_other_transfers_lets_them_fini
         assert conn.is_alive
     assert (tmp_path / "other.copy").read_bytes() == other
     assert (virtvold.pool_dir / "target").read_bytes() == sent
+
+
+@pytest.mark.parametrize("how", ["cancelled", "time limit"])
+async def test_a_connect_given_up_during_the_handshake_closes_its_socket(
+    tmp_path: Path, how: str
+) -> None:
+    held = HeldCalls()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_OPEN] = held
+        if how == "cancelled":
+            opening = asyncio.create_task(connect(peer.uri).__aenter__())
+            await held.wait()
+            opening.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+        else:
+            with pytest.raises(TimeoutError):
+                await connect(peer.uri, timeout=0.3)
+        assert await asyncio.to_thread(peer.hung_up.wait, 10)
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+async def test_a_file_transfer_cancelled_before_its_stream_opened_leaves_nothing(
+    tmp_path: Path, direction: str
+) -> None:
+    """No descriptor stays open, no temporary beside the destination, and the stream the
+    peer opens afterwards is aborted."""
+    held = HeldCalls()
+    work = tmp_path / "work"
+    work.mkdir()
+    source = work / "source"
+    write_sparse_image(source, MIB)
+    procedure = Proc.STORAGE_VOL_UPLOAD if direction == "upload" else Proc.STORAGE_VOL_DOWNLOAD
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[procedure] = held
+        async with connect(peer.uri, keepalive=None) as conn:
+            descriptors = open_descriptors()
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            if direction == "upload":
+                task = asyncio.create_task(volume.upload_file(source))
+            else:
+                task = asyncio.create_task(volume.download_file(work / "copy.img"))
+            serial = await held.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert open_descriptors() == descriptors
+            assert os.listdir(work) == ["source"]
+            peer.reply(serial)
+            await until(
+                lambda: any(
+                    isinstance(event, StreamAbortReceived) and event.serial == serial
+                    for event in peer.events
+                )
+            )
