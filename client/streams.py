@@ -38,7 +38,7 @@ from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from types import TracebackType
 
     from virtvol.client.interfaces import VolumeLike as StorageVolume
@@ -339,7 +339,9 @@ class Download(_StreamBase):
 
     ``async with vol.download(...) as stream: async for item in stream: ...``;
     ``async for`` alone opens the stream on first use. Leaving the block early
-    (or on an exception) aborts the stream.
+    (or on an exception) aborts the stream; so does leaving an ``async for``
+    alone early (a ``break``, an exception, a cancelled task), once the event loop
+    closes the iteration it left.
 
     Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
     connection stops reading its socket until the consumer catches up. A peer that
@@ -433,8 +435,25 @@ class Download(_StreamBase):
             await self.abort()
         self._resume()
 
-    def __aiter__(self) -> Self:
-        return self
+    def __aiter__(self) -> AsyncIterator[Item]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Item]:
+        # A generator, closed when the loop that iterates it is left (the event loop
+        # closes a generator dropped early): a stream opened by the iteration itself
+        # has no ``async with`` to abort it, and its unread data would stop the
+        # connection's reading for every other call.
+        entered = self._opened
+        try:
+            while True:
+                try:
+                    item = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not entered:
+                await self.__aexit__(None, None, None)
 
     async def __anext__(self) -> Item:
         if not self._opened:

@@ -274,3 +274,35 @@ async def test_a_file_transfer_cancelled_before_its_stream_opened_leaves_nothing
                     for event in peer.events
                 )
             )
+
+
+@pytest.mark.parametrize("leaving", ["break", "cancelled"])
+async def test_a_download_iterated_without_async_with_and_left_early_is_aborted(
+    virtvold: Virtvold, leaving: str
+) -> None:
+    """``async for item in vol.download()`` left early (a ``break``, a cancelled task):
+    nothing else can abort that stream, whose unread data would otherwise stop the
+    connection's reading for every call."""
+    (virtvold.pool_dir / "big").write_bytes(b"\x07" * (32 * MIB))
+    async with connect(virtvold.tcp_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        big = await pool.lookup_volume("big")
+        if leaving == "break":
+            async for _ in big.download():
+                break
+        else:
+            first_item = asyncio.Event()
+
+            async def consume() -> None:
+                async for _ in big.download():
+                    first_item.set()
+                    await asyncio.Event().wait()  # never set
+
+            consumer = asyncio.create_task(consume())
+            await first_item.wait()
+            consumer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+        # A generous bound: a connection that stopped reading never answers.
+        assert await asyncio.wait_for(conn.get_type(), 10) == "storage"
+        assert (await big.info()).capacity == 32 * MIB
