@@ -1,16 +1,15 @@
 """Distinguished names as libvirt prints them, and ``tls_allowed_dn_list`` patterns.
 
 libvirtd matches the client's DN, formatted by gnutls_x509_crt_get_dn, against
-each pattern with fnmatch(3); both are reproduced here so that an existing
-allow-list means the same thing to virtvold.
+each pattern with GLib's g_pattern_match_simple (only ``*`` and ``?`` are
+wildcards); both are reproduced here so that an existing allow-list means the
+same thing to virtvold.
 """
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
-
-from virtvol.daemon.tlscreds import TlsSetupError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,6 +34,8 @@ _DN_SHORT_NAMES = {
     "postalCode": "postalCode",
 }
 _DN_SPECIALS = frozenset(',+"\\<>;=')
+# The only characters of a tls_allowed_dn_list pattern that are not themselves.
+_WILDCARDS = {"*": ".*", "?": "."}
 
 
 SubjectName = tuple[tuple[tuple[str, str], ...], ...]
@@ -67,51 +68,17 @@ def distinguished_name(subject: SubjectName) -> str:
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """fnmatch(3) without flags, as libvirtd uses it: ``*``, ``?``, ``[...]`` (``[!...]``),
-    and a backslash that makes the next character literal."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        i += 1
-        if ch == "\\" and i < len(pattern):
-            out.append(re.escape(pattern[i]))
-            i += 1
-        elif ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif (
-            ch == "[" and (end := pattern.find("]", i + 1 if pattern[i : i + 1] in "!]" else i)) > 0
-        ):
-            body = pattern[i:end]
-            negate = body.startswith(("!", "^"))
-            body = body[1:] if negate else body
-            members = "".join(c if c == "-" else re.escape(c) for c in body)
-            out.append(f"[{'^' if negate else ''}{members}]")
-            i = end + 1
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
+    """GLib's g_pattern_match_simple, as libvirtd 9.0 uses it: ``*`` is any string,
+    ``?`` any one character, and every other character, ``[`` and ``\\`` included,
+    only itself."""
+    return re.compile("".join(_WILDCARDS.get(ch) or re.escape(ch) for ch in pattern), re.DOTALL)
 
 
 def compile_dn_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
-    """The patterns of ``tls_allowed_dn_list``, checked once.
-
-    Raises:
-        TlsSetupError: a pattern cannot be used (a range such as ``[z-a]``).
-    """
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(_pattern_regex(pattern))
-        except re.error as exc:
-            raise TlsSetupError(
-                f"malformed tls_allowed_dn_list pattern {pattern!r}: {exc}"
-            ) from None
-    return tuple(compiled)
+    """The patterns of ``tls_allowed_dn_list``, compiled once."""
+    return tuple(_pattern_regex(pattern) for pattern in patterns)
 
 
 def dn_allowed(dn: str, patterns: Sequence[str | re.Pattern[str]]) -> bool:
-    """True when ``dn`` matches one of the shell-style patterns as a whole."""
+    """True when ``dn`` matches one of the wildcard patterns as a whole."""
     return any((_pattern_regex(p) if isinstance(p, str) else p).fullmatch(dn) for p in patterns)
