@@ -97,9 +97,9 @@ def _check_readable(kind: str, path: str) -> None:
 def server_context(creds: ServerCredentials, *, verify_clients: bool) -> ssl.SSLContext:
     """An SSL context that presents the server certificate and asks for the client's.
 
-    With ``verify_clients`` the client's chain must lead to the CA, be in date
-    and (with a CRL) not be revoked, or the handshake fails. Without it (libvirtd's
-    ``tls_no_verify_certificate``) no client certificate is asked for.
+    With ``verify_clients`` the client's chain must lead to the CA and be in date, and
+    (with a CRL) none of its certificates may be revoked, or the handshake fails.
+    Without it (libvirtd's ``tls_no_verify_certificate``) no client certificate is asked for.
     """
     _check_readable("CA certificate", creds.ca_file)
     _check_readable("certificate", creds.cert_file)
@@ -122,7 +122,9 @@ def server_context(creds: ServerCredentials, *, verify_clients: bool) -> ssl.SSL
         context.load_verify_locations(cafile=creds.ca_file)
         if creds.crl_file is not None:
             context.load_verify_locations(cafile=creds.crl_file)
-            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            # Every certificate of the chain, not only the client's: revoking a sub-CA
+            # must withdraw what it signed. Each CA of the chain then needs its CRL here.
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
     except (ssl.SSLError, OSError) as exc:
         raise TlsSetupError(f"Unable to load CA certificate or revocation list: {exc}") from None
     # CERT_OPTIONAL: a client without a certificate completes the handshake and

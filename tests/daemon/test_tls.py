@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import trustme
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -428,4 +429,40 @@ async def test_unfinished_handshakes_are_bounded(tmp_path: Path, pki: Pki) -> No
     finally:
         for sock in stuck:
             sock.close()
+        stop_daemon(daemon)
+
+
+@pytest.mark.parametrize("intermediate_revoked", [False, True])
+async def test_a_revoked_intermediate_ca_refuses_its_clients(
+    tmp_path: Path, pki: Pki, intermediate_revoked: bool
+) -> None:
+    """Revoking a sub-CA in the root's CRL withdraws every client certificate it signed,
+    though the client's own certificate is not on its sub-CA's (empty) CRL."""
+    intermediate = pki.ca.create_child_ca(key_type=trustme.KeyType.RSA)
+    client = tmp_path / "client"
+    issue_client(intermediate, client, trust=pki.ca)
+    with (client / "clientcert.pem").open("ab") as chain:
+        chain.write(intermediate.cert_pem.bytes())
+    serial = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes()).serial_number
+    root_crl = write_crl(pki.ca, tmp_path / "root.pem", [serial] if intermediate_revoked else [])
+    crl = tmp_path / "cacrl.pem"
+    crl.write_bytes(
+        root_crl.read_bytes() + write_crl(intermediate, tmp_path / "sub.pem", []).read_bytes()
+    )
+    config = _write_config(tmp_path / "virtvold.toml", pki, crl=crl)
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={client}"
+    try:
+        if not intermediate_revoked:
+            async with virtvol.client.connect(uri, timeout=10) as conn:
+                assert await conn.get_type() == "storage"
+            return
+        with pytest.raises(LibvirtError) as caught:
+            await virtvol.client.connect(uri, timeout=10)
+        assert caught.value.message == REFUSED
+        TlsDaemon(daemon, port, config).wait_for_log("certificate revoked")
+    finally:
         stop_daemon(daemon)
