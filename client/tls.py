@@ -101,7 +101,9 @@ def client_context(creds: ClientCredentials, *, verify: bool) -> ssl.SSLContext:
         context.load_verify_locations(cafile=creds.ca_file)
         if creds.crl_file is not None:
             context.load_verify_locations(cafile=creds.crl_file)
-            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            # Every certificate of the chain, as libvirt checks it: a revoked sub-CA
+            # withdraws the server certificates it signed.
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
     except (ssl.SSLError, OSError) as exc:
         raise _error(
             ErrorCode.SYSTEM_ERROR, f"Unable to set x509 CA certificate: {creds.ca_file}: {exc}"

@@ -466,3 +466,46 @@ async def test_a_revoked_intermediate_ca_refuses_its_clients(
         TlsDaemon(daemon, port, config).wait_for_log("certificate revoked")
     finally:
         stop_daemon(daemon)
+
+
+async def test_clients_refuse_a_server_from_a_revoked_sub_ca(tmp_path: Path, pki: Pki) -> None:
+    """virtvol checks the revocation of every certificate of the server's chain, as virsh
+    does: a server certificate signed by a sub-CA the root's CRL revoked is refused."""
+    intermediate = pki.ca.create_child_ca(key_type=trustme.KeyType.RSA)
+    leaf = intermediate.issue_cert("127.0.0.1", key_type=trustme.KeyType.RSA)
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "servercert.pem").write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(server / "serverkey.pem"))
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        f'ca_file = "{pki.server / "cacert.pem"}"\n'
+        f'cert_file = "{server / "servercert.pem"}"\n'
+        f'key_file = "{server / "serverkey.pem"}"\n'
+    )
+    client = tmp_path / "client"
+    shutil.copytree(pki.client_dir("client"), client)
+    serial = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes()).serial_number
+    sub_crl = write_crl(intermediate, tmp_path / "sub.pem", []).read_bytes()
+
+    def revoke(serials: list[int]) -> None:
+        root_crl = write_crl(pki.ca, tmp_path / "root.pem", serials).read_bytes()
+        (client / "cacrl.pem").write_bytes(root_crl + sub_crl)
+
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={client}"
+    try:
+        revoke([])
+        async with virtvol.client.connect(uri, timeout=10) as conn:
+            assert await conn.get_type() == "storage"
+        revoke([serial])
+        virsh = run_virsh(uri, "uri", check=False)
+        assert "authentication failed: Failed to verify peer's certificate" in virsh.stderr
+        with pytest.raises(LibvirtError) as caught:
+            await virtvol.client.connect(uri, timeout=10)
+        assert caught.value.message == "authentication failed: Failed to verify peer's certificate"
+    finally:
+        stop_daemon(daemon)
