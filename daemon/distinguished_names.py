@@ -33,7 +33,8 @@ _DN_SHORT_NAMES = {
     "serialNumber": "serialNumber",
     "postalCode": "postalCode",
 }
-_DN_SPECIALS = frozenset(',+"\\<>;=')
+# The characters gnutls escapes with a backslash in a value ("=" is not one of them).
+_DN_SPECIALS = frozenset(',+"\\<>;')
 # The only characters of a tls_allowed_dn_list pattern that are not themselves.
 _WILDCARDS = {"*": ".*", "?": "."}
 

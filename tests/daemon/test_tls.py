@@ -312,7 +312,7 @@ def test_logged_dn_is_the_one_libvirt_computes(tmp_path: Path, pki: Pki) -> None
     subject = x509.Name(
         [
             rdn((NameOID.COUNTRY_NAME, "GB")),
-            rdn((NameOID.ORGANIZATION_NAME, "Acme, Inc. <storage>")),
+            rdn((NameOID.ORGANIZATION_NAME, "Acme, Inc. <storage> a=b")),
             rdn((NameOID.ORGANIZATIONAL_UNIT_NAME, "ops"), (NameOID.USER_ID, "u1")),
             rdn((NameOID.COMMON_NAME, "backup+1")),
             rdn((NameOID.EMAIL_ADDRESS, "root@example.org")),
