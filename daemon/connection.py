@@ -510,6 +510,10 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     async def _serve(self, call: CallReceived) -> None:
         procedure = call.procedure
+        if self._gone():
+            # Read in the same batch as a CONNECT_CLOSE (or a drop) but started after
+            # it: libvirtd reads nothing more from a connection that is closing.
+            return
         try:
             self.session.check_allowed(procedure)
             handler = HANDLERS.get(procedure.number)

@@ -194,3 +194,21 @@ async def test_stream_frames_of_another_program_or_version_are_not_written(
         )
         assert isinstance(await client.next_event(), StreamFinished)
     assert (virtvold.pool_dir / "vol").read_bytes() == b"new content"
+
+
+async def test_calls_sent_after_connect_close_are_not_served(virtvold: Virtvold) -> None:
+    """A client that said goodbye gets no more calls served, even those that arrived with
+    its CONNECT_CLOSE: libvirtd stops reading the connection once it is closing."""
+    (virtvold.pool_dir / "vol").write_bytes(b"old")
+    async with raw_client(virtvold.port) as client:
+        vol = await client.volume("vol")
+        close_serial, close = client.rpc.call(Proc.CONNECT_CLOSE, None)
+        _, delete = client.rpc.call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(vol=vol, flags=0))
+        client.send(close + delete)
+        answered = []
+        while (event := await client.next_event()) is not None:
+            answered.append(getattr(event, "serial", None))
+        assert answered == [close_serial]
+    async with raw_client(virtvold.port) as later:
+        await later.volume("vol")  # a round trip: the deletion would have been done by now
+    assert (virtvold.pool_dir / "vol").read_bytes() == b"old"
