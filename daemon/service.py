@@ -198,6 +198,7 @@ class Daemon:
                 self._current_tls_policy,
                 factory,
                 max_handshakes=self.settings.max_anonymous_clients,
+                handshake_timeout=self.settings.handshake_timeout,
                 refused=lambda peer, reason: context.admission.refusals.refused(
                     f"{peer} on {label}", reason
                 ),

@@ -49,7 +49,6 @@ __all__ = ["TlsFiles", "TlsListener", "TlsPolicy", "TlsSetupError"]
 
 log = logging.getLogger("virtvol.daemon.tls")
 
-HANDSHAKE_TIMEOUT = 30.0
 LINGER = 5.0  # how long a client whose handshake failed gets to read our alert and hang up
 # What the server sends inside TLS once the client's certificate passed its checks.
 CONFIRMATION = b"\x01"
@@ -162,6 +161,7 @@ class TlsListener:
         make_connection: Callable[[], ServedProtocol],
         *,
         max_handshakes: int,
+        handshake_timeout: float,
         refused: Callable[[str, str], None],
     ) -> None:
         self._sock = sock
@@ -170,6 +170,9 @@ class TlsListener:
         # Connections still in their handshake are not yet counted by admission (that
         # happens once they are handed over): bound them here, each holds descriptors.
         self._max_handshakes = max_handshakes
+        # handshake_timeout: the TLS handshake gets as long as a client has for CONNECT_OPEN
+        # afterwards, so a peer that never finishes it holds its place no longer.
+        self._handshake_timeout = handshake_timeout
         self._refused = refused
         self._handshakes: set[asyncio.Task[None]] = set()
         self._accepting: asyncio.Task[None] | None = None
@@ -214,11 +217,11 @@ class TlsListener:
                 lambda: TlsGate(policy, connection, peer),
                 client,
                 ssl=policy.context,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                ssl_handshake_timeout=self._handshake_timeout,
             )
             accepted.handed_over = True
         except (OSError, TimeoutError) as exc:
-            log.warning("%s: TLS handshake failed: %s", peer, _reason(exc))
+            log.warning("%s: TLS handshake failed: %s", peer, _reason(exc, self._handshake_timeout))
             client.close()
             await _linger(spare)
         finally:  # also when the daemon stops in the middle (cancelled)
@@ -259,7 +262,7 @@ def _describe_address(address: object) -> str:
     return "client"
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         verify = getattr(exc, "verify_message", None)
         if verify:
@@ -268,5 +271,5 @@ def _reason(exc: BaseException) -> str:
             return f"the client does not speak TLS ({exc.reason})"
         return str(exc.reason)
     if isinstance(exc, TimeoutError):
-        return f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
+        return f"no handshake within {timeout:g} s"
     return str(exc) or type(exc).__name__

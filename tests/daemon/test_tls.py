@@ -509,3 +509,19 @@ async def test_clients_refuse_a_server_from_a_revoked_sub_ca(tmp_path: Path, pki
         assert caught.value.message == "authentication failed: Failed to verify peer's certificate"
     finally:
         stop_daemon(daemon)
+
+
+def test_handshake_timeout_bounds_the_tls_handshake(tmp_path: Path, pki: Pki) -> None:
+    """handshake_timeout covers the TLS handshake too: a peer that connects to the TLS port
+    and sends nothing holds a place among max_anonymous_clients that long, not 30 s."""
+    config = _write_config(tmp_path / "virtvold.toml", pki, extra="handshake_timeout = 1")
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            assert silent.recv(1) == b""  # hung up on, long before 10 s
+        TlsDaemon(daemon, port, config).wait_for_log("TLS handshake failed")
+    finally:
+        stop_daemon(daemon)
