@@ -53,6 +53,7 @@ no SASL, so such a listener gives every client that reaches it full access.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -205,8 +206,14 @@ def _check_auth_tcp(value: object) -> str:
 
 def _number(table: dict[str, Any], key: str, default: float, *, minimum: float) -> float:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ConfigError(f"{key} must be a number >= {minimum}, not {value!r}")
+    # TOML has inf and nan; neither is a usable time or count.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise ConfigError(f"{key} must be a finite number >= {minimum}, not {value!r}")
     return float(value)
 
 

@@ -56,6 +56,25 @@ def test_sync_uploads_setting(tmp_path: Path) -> None:
         resolve(Overrides(config_file=str(config)))
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "keepalive_count = inf",
+        "keepalive_count = nan",
+        "shutdown_timeout = nan",
+        "keepalive_interval = nan",
+        "keepalive_interval = inf",
+        "handshake_timeout = -inf",
+        "handshake_timeout = nan",
+    ],
+)
+def test_numbers_that_are_not_finite_are_refused(tmp_path: Path, line: str) -> None:
+    config = tmp_path / "virtvold.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=line.split()[0] + " must be"):
+        resolve(Overrides(config_file=str(config)))
+
+
 def test_restart_keeps_pools_and_sighup_adds_new_ones(tmp_path: Path) -> None:
     base = tmp_path / "d"
     daemon = start_virtvold(base)
