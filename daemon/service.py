@@ -29,6 +29,7 @@ from virtvol.daemon.listeners import (
     bind_all,
     from_activation,
 )
+from virtvol.daemon.statelock import StateDirInUse, StateDirLock, lock_state_dir
 from virtvol.daemon.storage import StorageRegistry
 from virtvol.daemon.systemd import ActivationError, Notifier, activated_listeners
 from virtvol.daemon.tls import TlsFiles, TlsListener, TlsPolicy, TlsSetupError
@@ -71,6 +72,7 @@ class Daemon:
         self._bound: list[BoundSocket] = []
         self._stop = asyncio.Event()
         self._tls_policy: TlsPolicy | None = None
+        self._state_lock: StateDirLock | None = None
         self._registry = StorageRegistry(
             settings.effective_state_dir(), sync_uploads=settings.sync_uploads
         )
@@ -91,6 +93,22 @@ class Daemon:
     # -- start ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:
+            self._state_lock = lock_state_dir(self.settings.effective_state_dir())
+        except StateDirInUse as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._start()
+        except BaseException:
+            self._release_state_dir()
+            raise
+
+    def _release_state_dir(self) -> None:
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         fd_limit = raise_nofile_limit()
         try:
@@ -294,4 +312,5 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.context.shutdown_executors)
         self._registry.close()
+        self._release_state_dir()
         log.info("stopped")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -124,3 +126,34 @@ async def test_sigterm_aborts_a_running_upload(tmp_path: Path) -> None:
     assert "upload default/v: dropped" in log
     assert "stopped" in log
     assert not (tmp_path / "d" / "virtvold-sock").exists()
+
+
+def test_a_second_daemon_on_one_state_directory_is_refused(tmp_path: Path) -> None:
+    # Two daemons over one state directory would overwrite each other's pool definitions,
+    # and a pool starting in one removes the other's upload temporaries.
+    first = start_virtvold(tmp_path / "a")
+    try:
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "virtvol.daemon",
+                "--state-dir",
+                str(first.state_dir),
+                "--listen",
+                f"unix://{tmp_path / 'second-sock'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a second daemon started on the state directory in use")
+    finally:
+        assert stop_virtvold(first) == 0
+    assert second.returncode == 1
+    assert f"state directory {first.state_dir} is in use by virtvold" in second.stderr
+    assert "Traceback" not in second.stderr
+    # Once the first daemon is gone the directory is free again.
+    stop_virtvold(start_virtvold(tmp_path / "a"))
