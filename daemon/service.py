@@ -6,7 +6,8 @@ READY=1. SIGHUP re-reads the config, adds new pools and reloads the TLS
 certificates (new connections use them). SIGTERM (or SIGINT)
 stops accepting, tells systemd STOPPING=1, closes idle connections, gives
 running streams ``shutdown_timeout`` seconds to end, then cancels what is left:
-an unfinished upload is aborted, so no half-written file replaces a volume.
+an unfinished upload is aborted, so no half-written file replaces a volume. A further
+signal while stopping is only logged.
 """
 
 from __future__ import annotations
@@ -239,9 +240,19 @@ class Daemon:
         finally:
             watchdog.cancel()
             status.cancel()
+        # Until the stop is done a further signal must not kill the daemon (an upload's
+        # temporary would stay behind) nor reload it; shutdown_timeout bounds the stop.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signal_while_stopping, sig)
+        try:
+            await self.stop()
+        finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-        await self.stop()
+
+    @staticmethod
+    def _signal_while_stopping(sig: signal.Signals) -> None:
+        log.warning("%s while stopping: already stopping", sig.name)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import run_virsh, start_virtvold, stop_virtvold
+from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient
 from virtvol.daemon.config import ConfigError, Overrides, resolve
 from virtvol.protocol import remote as r
@@ -157,3 +158,45 @@ def test_a_second_daemon_on_one_state_directory_is_refused(tmp_path: Path) -> No
     assert "Traceback" not in second.stderr
     # Once the first daemon is gone the directory is free again.
     stop_virtvold(start_virtvold(tmp_path / "a"))
+
+
+def _wait_for_log(daemon: Virtvold, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while text not in daemon.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+async def test_a_second_signal_while_stopping_lets_the_stop_finish(
+    tmp_path: Path, second: signal.Signals
+) -> None:
+    # Killed by the second signal, the daemon would leave the upload's temporary in the
+    # pool (and SIGINT ended in a traceback); the stop is bounded by shutdown_timeout anyway.
+    config = tmp_path / "virtvold.toml"
+    config.write_text("shutdown_timeout = 1.5\n")
+    daemon = start_virtvold(tmp_path / "d", "--config", str(config))
+    try:
+        run_virsh(daemon.tcp_uri, "vol-create-as", "default", "v", "1M")
+        old = os.urandom(1 << 20)
+        (daemon.pool_dir / "v").write_bytes(old)
+        client = await RawClient.connect(daemon.port)
+        await client.open()
+        vol = await client.volume("v")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
+        assert isinstance(await client.call(Proc.STORAGE_VOL_UPLOAD, args), ReplyReceived)
+        serial = max(client.rpc.streams)
+        client.send(*client.rpc.send_data(serial, b"\x02" * 100_000))
+        await client.writer.drain()
+        await asyncio.sleep(0.2)
+        daemon.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(_wait_for_log, daemon, "stopping:")
+        daemon.process.send_signal(second)
+        assert await asyncio.to_thread(daemon.process.wait, 10) == 0
+        await client.close()
+    finally:
+        stop_virtvold(daemon)
+    assert (daemon.pool_dir / "v").read_bytes() == old
+    assert os.listdir(daemon.pool_dir) == ["v"]
+    log = daemon.log_text()
+    assert "Traceback" not in log
+    assert "stopped" in log
