@@ -133,7 +133,11 @@ class StorageRegistry:
                     f"<pool type='dir'><name>{escape(name)}</name>"
                     f"<target><path>{escape(target)}</path></target></pool>"
                 )
-            ref = self._define(definition)
+            # Stored as it is already: nothing to write (the state dir may be full).
+            if existing is not None and existing.config == definition:
+                ref = PoolRef(name, definition.uuid)
+            else:
+                ref = self._define(definition)
             pool = self._pools[name]
             if not pool.autostart:
                 self.set_pool_autostart(ref, True)

@@ -6,6 +6,8 @@ import os
 import uuid
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.daemon.storage.conftest import NO_POOL, NOT_VALID, PoolSetup, fails
 from virtvol.daemon.storage import (
     ListPoolsFlags,
@@ -15,13 +17,11 @@ from virtvol.daemon.storage import (
     PoolXMLFlags,
     StorageRegistry,
 )
-from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
-
-    import pytest
 
 UUID = "4040308c-6b3e-4a07-a1eb-923ff41ea901"
 
@@ -283,6 +283,25 @@ def test_ensure_pool_is_idempotent(tmp_path: Path) -> None:
     assert moved == ref
     assert f"<path>{tmp_path}/moved</path>" in second.pool_xml(ref)
     assert (tmp_path / "moved").is_dir()
+
+
+def test_ensure_pool_writes_nothing_when_the_definition_is_unchanged(tmp_path: Path) -> None:
+    # A state directory that cannot be written (a full disk) must not keep a daemon whose
+    # --pool definitions are already stored from starting or reloading.
+    state = tmp_path / "state"
+    first = StorageRegistry(state)
+    ref = first.ensure_pool("default", tmp_path / "pool")
+    first.close()
+    stored = (state / "pools" / "default.xml").read_bytes()
+    (state / "pools" / ".default.xml.tmp").mkdir()  # no temporary can be written
+    second = StorageRegistry(state)
+    second.load()
+    assert second.ensure_pool("default", tmp_path / "pool") == ref
+    assert second.pool_is_active(ref)
+    assert second.ensure_pool("default", tmp_path / "pool") == ref
+    with pytest.raises(ErrorReport, match="cannot save pool config"):
+        second.ensure_pool("default", tmp_path / "moved")
+    assert (state / "pools" / "default.xml").read_bytes() == stored
 
 
 def test_lookups(setup: PoolSetup) -> None:
