@@ -60,12 +60,15 @@ class ConfigStore:
         return stored
 
     def save(self, definition: PoolDefinition) -> None:
-        """Write the definition atomically (temporary file, fsync, rename)."""
+        """Write the definition atomically (temporary file of mode 0600, fsync, rename)."""
         target = self._xml_path(definition.name)
         temp = target.with_name("." + target.name + ".tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(temp, "w", encoding="utf-8") as out:
+            # Owner only, as libvirt saves definitions; fchmod for a temporary left by a crash.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with open(fd, "w", encoding="utf-8") as out:
+                os.fchmod(fd, 0o600)
                 out.write(format_pool_xml(definition, None))
                 out.flush()
                 os.fsync(out.fileno())

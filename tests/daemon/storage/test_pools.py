@@ -304,6 +304,24 @@ def test_ensure_pool_writes_nothing_when_the_definition_is_unchanged(tmp_path: P
     assert (state / "pools" / "default.xml").read_bytes() == stored
 
 
+def test_stored_definitions_are_readable_by_the_owner_only(tmp_path: Path) -> None:
+    # As libvirt saves its XML definitions (0600): rbd pools name their cephx user and secret.
+    state = tmp_path / "state"
+    (state / "pools").mkdir(parents=True)
+    (state / "pools" / ".default.xml.tmp").write_text("left by a crash")
+    (state / "pools" / ".default.xml.tmp").chmod(0o666)
+    registry = StorageRegistry(state)
+    registry.ensure_pool("default", tmp_path / "pool")
+    assert (state / "pools" / "default.xml").stat().st_mode & 0o777 == 0o600
+    assert sorted(os.listdir(state / "pools")) == ["default.autostart", "default.xml"]
+    old_umask = os.umask(0o022)
+    try:
+        registry.ensure_pool("other", tmp_path / "other")
+    finally:
+        os.umask(old_umask)
+    assert (state / "pools" / "other.xml").stat().st_mode & 0o777 == 0o600
+
+
 def test_lookups(setup: PoolSetup) -> None:
     registry, ref = setup.registry, setup.ref
     assert registry.lookup_pool_by_name("default") == ref
