@@ -17,6 +17,7 @@ command line::
                                   # the volume (false: survives daemon crashes, not power cuts)
     max_clients = 5000            # connections at once (libvirtd's name and default)
     max_anonymous_clients = 20    # of them, connections that have not sent CONNECT_OPEN yet
+                                  # (0: no such limit, as in libvirtd)
     max_client_requests = 5       # calls in flight per connection; reading pauses beyond
     max_client_streams = 16       # upload/download streams open per connection
     handshake_timeout = 30        # seconds a connection may take to send CONNECT_OPEN
@@ -335,7 +336,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         auth_tcp=_check_auth_tcp(table.get("auth_tcp", "sasl")),
         unix_sock_dir=unix_sock_dir,
         max_clients=_integer(table, "max_clients", 5000, minimum=1),
-        max_anonymous_clients=_integer(table, "max_anonymous_clients", 20, minimum=1),
+        max_anonymous_clients=_integer(table, "max_anonymous_clients", 20, minimum=0),
         max_client_requests=_integer(table, "max_client_requests", 5, minimum=1),
         max_client_streams=_integer(table, "max_client_streams", 16, minimum=1),
         handshake_timeout=_number(table, "handshake_timeout", 30.0, minimum=0.001),

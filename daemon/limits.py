@@ -172,7 +172,8 @@ class Admission:
         each open stream is counted as two descriptors (its file and a spare)."""
         if clients >= self.limits.max_clients:
             return f"max_clients ({self.limits.max_clients}) connections are open"
-        if anonymous >= self.limits.max_anonymous_clients:
+        # 0 turns this limit off, as in libvirtd.conf.
+        if self.limits.max_anonymous_clients and anonymous >= self.limits.max_anonymous_clients:
             return (
                 f"max_anonymous_clients ({self.limits.max_anonymous_clients}) connections"
                 " have not sent CONNECT_OPEN yet"

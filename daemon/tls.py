@@ -190,7 +190,7 @@ class TlsListener:
                 log.error("accepting a TLS connection failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if len(self._handshakes) >= self._max_handshakes:
+            if self._max_handshakes and len(self._handshakes) >= self._max_handshakes:
                 client.close()
                 self._refused(
                     _describe_address(address),

@@ -194,6 +194,18 @@ def test_admission_names_the_limit_that_refuses() -> None:
     )
 
 
+def test_max_anonymous_clients_zero_turns_the_limit_off() -> None:
+    # libvirtd.conf: "Set this to zero to turn this feature off".
+    settings = settings_from_toml({"max_anonymous_clients": 0}, "test.toml")
+    assert settings.max_anonymous_clients == 0
+    limits = ConnectionLimits(max_clients=10, max_anonymous_clients=0)
+    admission = Admission(limits, fd_limit=1024, fds_at_start=20)
+    assert admission.refusal(clients=9, anonymous=9) is None
+    assert "max_clients (10)" in (admission.refusal(clients=10, anonymous=10) or "")
+    with pytest.raises(ConfigError, match="max_anonymous_clients"):
+        settings_from_toml({"max_anonymous_clients": -1}, "test.toml")
+
+
 async def test_download_buffers_are_shared_and_bounded() -> None:
     buffers = SendBuffers(2, 1024)
     first, second = buffers.try_take(), buffers.try_take()
