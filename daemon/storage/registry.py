@@ -309,6 +309,9 @@ class StorageRegistry:
             if existing is not None and existing.starting:
                 raise pool_starting(existing.name)
             pool = Pool(definition, None) if existing is None else existing
+            if definition.rbd is not None:
+                # Before the live definition changes: nothing puts a defined pool's back.
+                _check_no_format(pool, flags)
             pool.live = definition
             if definition.rbd is None:
                 try:
@@ -319,7 +322,6 @@ class StorageRegistry:
                     raise
                 self._pools[pool.name] = pool
                 return pool.ref
-            _check_no_format(pool, flags)
             pool.starting = True
             self._pools[pool.name] = pool
         self._start_rbd(pool)

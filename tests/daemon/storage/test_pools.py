@@ -486,3 +486,23 @@ def test_a_pool_name_is_taken_as_written(tmp_path: Path) -> None:
     again.load()
     assert again.list_all_pools() == [ref]
     assert again.pool_is_active(ref)
+
+
+def test_refused_rbd_create_leaves_a_defined_pool_with_its_definition(tmp_path: Path) -> None:
+    # A format flag is refused before any cluster is asked, and the pool defined under
+    # that name keeps the definition it starts with.
+    registry = StorageRegistry(tmp_path / "state")
+    pool_uuid = "2b2a4f96-53f2-4d34-9c3c-0d3f4a9f3b11"
+
+    def rbd_xml(host: str) -> str:
+        return (
+            f"<pool type='rbd'><name>ceph</name><uuid>{pool_uuid}</uuid>"
+            f"<source><name>rbd</name><host name='{host}'/></source></pool>"
+        )
+
+    ref = registry.define_pool_xml(rbd_xml("mon-a"))
+    defined = registry.pool_xml(ref)
+    with pytest.raises(ErrorReport, match="No source device specified"):
+        registry.create_pool_xml(rbd_xml("mon-b"), PoolCreateFlags.WITH_BUILD_OVERWRITE)
+    assert registry.pool_xml(ref) == defined
+    assert "mon-a" in defined
