@@ -142,7 +142,8 @@ class RbdVolumes:
         self._handle_ids: dict[Any, str] = {}
         self._handles: collections.Counter[str] = collections.Counter()
         self._remove_when_closed: dict[str, str] = {}
-        # Ids of images being removed: a handle that opened one meanwhile is refused.
+        # Ids of images being removed or removed (Ceph never gives an id again): a handle
+        # that opened one meanwhile, counted only after the removal, is refused.
         self._removing: set[str] = set()
 
     @classmethod
@@ -295,6 +296,12 @@ class RbdVolumes:
         with self._lock:
             self._removing.discard(image_id)
 
+    def _removed(self, image_id: str) -> None:
+        """The image is gone: its id stays claimed, so that a handle opened just before
+        the removal is refused, unless it is the id all old-format images share."""
+        if not image_id:
+            self._unclaim(image_id)
+
     def _remove_hidden(self, hidden: str, image_id: str) -> None:
         """Remove a replaced or deleted image now, or at the close of its last handle."""
         with self._lock:
@@ -308,9 +315,10 @@ class RbdVolumes:
         except self._rbd.ImageNotFound:
             pass
         except Exception as exc:
-            log.error("cannot remove the replaced RBD image '%s': %s", hidden, exc)
-        finally:
             self._unclaim(image_id)
+            log.error("cannot remove the replaced RBD image '%s': %s", hidden, exc)
+            return
+        self._removed(image_id)
 
     # -- the pool -------------------------------------------------------------------
 
@@ -417,15 +425,18 @@ class RbdVolumes:
                     self._rbd.RBD().rename(self._ioctx, name, hidden)
                 else:
                     self._rbd.RBD().remove(self._ioctx, name)
-        except self._rbd.ImageNotFound:
-            raise no_volume_named(name) from None
-        except Exception as exc:
-            raise system_error(
-                f"failed to remove volume '{self.volume_path(name)}'", _errno(exc)
-            ) from None
-        finally:
-            if claimed:
+        except BaseException as exc:
+            if claimed:  # still there: it may be opened again
                 self._unclaim(image_id)
+            if isinstance(exc, self._rbd.ImageNotFound):
+                raise no_volume_named(name) from None
+            if isinstance(exc, Exception):
+                raise system_error(
+                    f"failed to remove volume '{self.volume_path(name)}'", _errno(exc)
+                ) from None
+            raise
+        if claimed:
+            self._removed(image_id)
         if hide:
             self._remove_hidden(hidden, image_id)
 

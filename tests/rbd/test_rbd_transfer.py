@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.rbd.conftest import CEPH_POOL, volume_name
+from virtvol.daemon.storage import rbdvolumes
 from virtvol.daemon.storage.rbdtransfer import RbdReader, RbdWriter
 from virtvol.daemon.storage.rbdvolumes import RbdVolumes, zero_range
 from virtvol.daemon.storage.rbdxml import RbdSource
@@ -176,3 +177,25 @@ def test_deleting_an_open_image_with_snapshots_is_refused(
     assert refused.value.message.startswith(f"failed to remove volume '{CEPH_POOL}/{name}'")
     assert name in images.names()
     assert [n for n in images._all_names() if n.startswith(".virtvol-")] == []
+
+
+def test_an_image_opened_as_it_is_deleted_is_refused(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The delete runs whole between the open of a read handle and its counting: the
+    # handle must not go on reading the removed image (which reads as zeros).
+    name = volume_name("opened-while-deleted")
+    images.create(VolumeRequest(name, MIB, None))
+    real_id_of = rbdvolumes._id_of
+    deleted: list[bool] = []
+
+    def delete_first(image: object) -> str:
+        if not deleted:
+            deleted.append(True)
+            images.delete(name)
+        return real_id_of(image)
+
+    monkeypatch.setattr(rbdvolumes, "_id_of", delete_first)
+    with pytest.raises(ErrorReport, match="no storage vol with matching name"):
+        images.close_image(images.open_image(name, read_only=True))
+    assert deleted
