@@ -102,8 +102,9 @@ class _StreamBase:
             await asyncio.shield(waiter)
         except BaseException:
             self._rpc.forget_sink(serial)
-            if not waiter.done():
-                waiter.add_done_callback(lambda _: self._abort_unwanted(waiter, serial))
+            # Also when the answer came before the cancellation reached this task: the
+            # stream is open then, and nobody else will abort it.
+            waiter.add_done_callback(lambda _: self._abort_unwanted(waiter, serial))
             raise
 
     def _abort_unwanted(self, waiter: asyncio.Future[None], serial: int) -> None:

@@ -306,3 +306,40 @@ async def test_a_download_iterated_without_async_with_and_left_early_is_aborted(
         # A generous bound: a connection that stopped reading never answers.
         assert await asyncio.wait_for(conn.get_type(), 10) == "storage"
         assert (await big.info()).capacity == 32 * MIB
+
+
+async def test_a_stream_opened_as_its_opener_is_cancelled_is_aborted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer's answer has come (the stream is open) when the cancellation reaches the
+    opener, before it resumed: nobody uses that stream either, so it is aborted too."""
+    held = HeldCalls()
+    opening: list[asyncio.Task[None]] = []
+    real_start_call = RpcProtocol.start_call
+
+    def start_call(self: RpcProtocol, *args: object, **kwargs: object) -> object:
+        serial, waiter = real_start_call(self, *args, **kwargs)  # type: ignore[arg-type]
+        if getattr(args[0], "number", None) == Proc.STORAGE_VOL_DOWNLOAD:
+            # The opener is cancelled once the answer is there, before it resumed.
+            waiter.add_done_callback(lambda _: opening[0].cancel())
+        return serial, waiter
+
+    monkeypatch.setattr(RpcProtocol, "start_call", start_call)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = held
+        async with connect(peer.uri, keepalive=None) as conn:
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            opening.append(asyncio.create_task(volume.download().open()))
+            serial = await held.wait()
+            monkeypatch.undo()
+            peer.reply(serial)
+            with pytest.raises(asyncio.CancelledError):
+                await opening[0]
+            await until(
+                lambda: any(
+                    isinstance(event, StreamAbortReceived) and event.serial == serial
+                    for event in peer.events
+                )
+            )
+            assert await conn.get_type() == "storage"
+        assert peer.protocol_error is None
