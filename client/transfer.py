@@ -70,7 +70,9 @@ async def _settle_all(futures: list[asyncio.Future[_T]]) -> None:
             try:
                 await asyncio.shield(future)
             except asyncio.CancelledError:
-                cancelled = cancelled or not future.done()
+                # The job's own cancellation, or this task's: that one may come after
+                # the job ended too, before this task resumed.
+                cancelled = cancelled or not future.cancelled()
             except Exception:
                 break
     if cancelled:

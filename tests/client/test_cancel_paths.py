@@ -343,3 +343,15 @@ async def test_a_stream_opened_as_its_opener_is_cancelled_is_aborted(
             )
             assert await conn.get_type() == "storage"
         assert peer.protocol_error is None
+
+
+async def test_a_cancellation_as_the_waited_job_ends_is_raised() -> None:
+    """The task is cancelled once the job has ended but before it resumed: the wait
+    still ends in the cancellation, not as if nobody had asked for it."""
+    job: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(transfer._settle_all([job]))
+    await asyncio.sleep(0)
+    job.add_done_callback(lambda _: waiting.cancel())
+    job.set_result(None)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
