@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -318,7 +318,8 @@ async def test_a_stream_opened_as_its_opener_is_cancelled_is_aborted(
     real_start_call = RpcProtocol.start_call
 
     def start_call(self: RpcProtocol, *args: object, **kwargs: object) -> object:
-        serial, waiter = real_start_call(self, *args, **kwargs)  # type: ignore[arg-type]
+        started: tuple[int, asyncio.Future[Any]] = real_start_call(self, *args, **kwargs)  # type: ignore[arg-type]
+        serial, waiter = started
         if getattr(args[0], "number", None) == Proc.STORAGE_VOL_DOWNLOAD:
             # The opener is cancelled once the answer is there, before it resumed.
             waiter.add_done_callback(lambda _: opening[0].cancel())
