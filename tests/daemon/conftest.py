@@ -239,6 +239,15 @@ class RawClient:
         assert isinstance(vol.result, r.VolRet)
         return vol.result.vol
 
+    async def open_upload(self, name: str, *, flags: int = 1) -> int:
+        """Open a whole-volume upload into volume ``name`` of the default pool (sparse
+        unless ``flags`` says otherwise); the stream's serial."""
+        vol = await self.volume(name)
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=flags)
+        reply = await self.call(Proc.STORAGE_VOL_UPLOAD, args)
+        assert isinstance(reply, ReplyReceived), reply
+        return reply.serial
+
 
 @contextlib.asynccontextmanager
 async def raw_client(

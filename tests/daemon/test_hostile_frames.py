@@ -34,15 +34,6 @@ RPC_ERROR, RPC_DOMAIN = 39, 7
 QEMU_PROGRAM = 0x20008087
 
 
-async def _open_sparse_upload(client: RawClient) -> int:
-    """Open a sparse whole-volume upload into "vol"; its serial."""
-    vol = await client.volume("vol")
-    args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
-    reply = await client.call(Proc.STORAGE_VOL_UPLOAD, args)
-    assert isinstance(reply, ReplyReceived)
-    return reply.serial
-
-
 @pytest.mark.parametrize("procedure", [Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD])
 @pytest.mark.parametrize("offset", [1 << 63, (1 << 64) - 1])
 async def test_offset_past_2_63_is_refused_like_libvirtd(
@@ -73,7 +64,7 @@ async def test_hole_ending_past_the_largest_offset_fails_the_stream(
 ) -> None:
     (virtvold.pool_dir / "vol").write_bytes(b"old")
     async with raw_client(virtvold.port) as client:
-        serial = await _open_sparse_upload(client)
+        serial = await client.open_upload("vol")
         if data:
             client.send(*client.rpc.send_data(serial, b"y" * data))
         client.send(client.rpc.send_hole(serial, hole))
@@ -84,7 +75,7 @@ async def test_hole_ending_past_the_largest_offset_fails_the_stream(
         assert event.error.code == SYSTEM_ERROR
         assert event.error.message == "cannot write to stream: File too large"
         # The connection goes on, and the volume is free and unchanged.
-        client.send(client.rpc.send_abort(await _open_sparse_upload(client)))
+        client.send(client.rpc.send_abort(await client.open_upload("vol")))
     assert (virtvold.pool_dir / "vol").read_bytes() == b"old"
     assert "Traceback" not in virtvold.log_text()
 
@@ -176,7 +167,7 @@ async def test_stream_frames_of_another_program_or_version_are_not_written(
     volume; alone, or amid the upload's own frames read together."""
     (virtvold.pool_dir / "vol").write_bytes(b"old")
     async with raw_client(virtvold.port) as client:
-        serial = await _open_sparse_upload(client)
+        serial = await client.open_upload("vol")
 
         def foreign(kind: MessageType, payload: bytes) -> bytes:
             header = Header(program, version, Proc.STORAGE_VOL_UPLOAD, kind, serial, 2)

@@ -55,10 +55,7 @@ async def test_skip_frame_closes_the_connection(legacy_virtvold: Virtvold) -> No
         lib = await client.call(Proc.CONNECT_GET_LIB_VERSION)
         assert isinstance(lib, ReplyReceived)
         assert lib.result == r.ConnectGetLibVersionRet(3_003_000)
-        vol = await client.volume("Y")
-        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
-        assert isinstance(await client.call(Proc.STORAGE_VOL_UPLOAD, args), ReplyReceived)
-        serial = max(client.rpc.streams)
+        serial = await client.open_upload("Y", flags=0)
         client.send(*client.rpc.send_data(serial, b"abc"))
         # Our client core refuses holes on a plain stream: forge the frame as an old peer would.
         client.rpc.streams[serial].sparse = True

@@ -15,9 +15,6 @@ import pytest
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient
 from virtvol.daemon.config import ConfigError, Overrides, resolve
-from virtvol.protocol import remote as r
-from virtvol.protocol.connection import ReplyReceived
-from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,23 +95,31 @@ def test_restart_keeps_pools_and_sighup_adds_new_ones(tmp_path: Path) -> None:
         assert stop_virtvold(daemon) == 0
 
 
-async def test_sigterm_aborts_a_running_upload(tmp_path: Path) -> None:
+def _shutdown_config(tmp_path: Path, seconds: float) -> Path:
     config = tmp_path / "virtvold.toml"
-    config.write_text("shutdown_timeout = 0.3\n")
-    daemon = start_virtvold(tmp_path / "d", "--config", str(config))
+    config.write_text(f"shutdown_timeout = {seconds}\n")
+    return config
+
+
+async def _upload_under_way(daemon: Virtvold) -> tuple[bytes, RawClient]:
+    """Volume "v" with 1 MiB of old content, and a client whose whole-volume upload into
+    it has sent 100 kB and goes on: the old content, and that client."""
+    run_virsh(daemon.tcp_uri, "vol-create-as", "default", "v", "1M")
+    old = os.urandom(1 << 20)
+    (daemon.pool_dir / "v").write_bytes(old)
+    client = await RawClient.connect(daemon.port)
+    await client.open()
+    serial = await client.open_upload("v")
+    client.send(*client.rpc.send_data(serial, b"\x02" * 100_000))
+    await client.writer.drain()
+    await asyncio.sleep(0.2)  # the daemon takes the data in
+    return old, client
+
+
+async def test_sigterm_aborts_a_running_upload(tmp_path: Path) -> None:
+    daemon = start_virtvold(tmp_path / "d", "--config", str(_shutdown_config(tmp_path, 0.3)))
     try:
-        run_virsh(daemon.tcp_uri, "vol-create-as", "default", "v", "1M")
-        old = os.urandom(1 << 20)
-        (daemon.pool_dir / "v").write_bytes(old)
-        client = await RawClient.connect(daemon.port)
-        await client.open()
-        vol = await client.volume("v")
-        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
-        assert isinstance(await client.call(Proc.STORAGE_VOL_UPLOAD, args), ReplyReceived)
-        serial = max(client.rpc.streams)
-        client.send(*client.rpc.send_data(serial, b"\x02" * 100_000))
-        await client.writer.drain()
-        await asyncio.sleep(0.2)
+        old, client = await _upload_under_way(daemon)
         daemon.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(daemon.process.wait, 10) == 0
         assert await client.next_event() is None
@@ -172,22 +177,9 @@ async def test_a_second_signal_while_stopping_lets_the_stop_finish(
 ) -> None:
     # Killed by the second signal, the daemon would leave the upload's temporary in the
     # pool (and SIGINT ended in a traceback); the stop is bounded by shutdown_timeout anyway.
-    config = tmp_path / "virtvold.toml"
-    config.write_text("shutdown_timeout = 1.5\n")
-    daemon = start_virtvold(tmp_path / "d", "--config", str(config))
+    daemon = start_virtvold(tmp_path / "d", "--config", str(_shutdown_config(tmp_path, 1.5)))
     try:
-        run_virsh(daemon.tcp_uri, "vol-create-as", "default", "v", "1M")
-        old = os.urandom(1 << 20)
-        (daemon.pool_dir / "v").write_bytes(old)
-        client = await RawClient.connect(daemon.port)
-        await client.open()
-        vol = await client.volume("v")
-        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
-        assert isinstance(await client.call(Proc.STORAGE_VOL_UPLOAD, args), ReplyReceived)
-        serial = max(client.rpc.streams)
-        client.send(*client.rpc.send_data(serial, b"\x02" * 100_000))
-        await client.writer.drain()
-        await asyncio.sleep(0.2)
+        old, client = await _upload_under_way(daemon)
         daemon.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(_wait_for_log, daemon, "stopping:")
         daemon.process.send_signal(second)

@@ -104,10 +104,7 @@ async def test_dropped_upload_keeps_old_content(virtvold: Virtvold) -> None:
     for ending in ("drop", "abort"):
         client = await RawClient.connect(virtvold.port)
         await client.open()
-        vol = await client.volume("keep")
-        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
-        assert isinstance(await client.call(Proc.STORAGE_VOL_UPLOAD, args), ReplyReceived)
-        serial = max(client.rpc.streams)
+        serial = await client.open_upload("keep")
         for _ in range(8):
             client.send(*client.rpc.send_data(serial, b"\x01" * 262_120))
         client.send(client.rpc.send_hole(serial, 1 << 30))

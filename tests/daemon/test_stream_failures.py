@@ -58,10 +58,7 @@ async def test_an_upload_that_fails_unexpectedly_ends_with_an_error(
     client: RawClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(VolumeWriter, "apply", _broken)
-    vol = await client.volume("disk.img")
-    opened = await client.call(Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol, 0, 0, 1))
-    assert isinstance(opened, ReplyReceived)
-    serial = max(client.rpc.streams)
+    serial = await client.open_upload("disk.img")
     head, data = client.rpc.send_data(serial, b"new content")
     client.send(head, data)
     error = await _stream_error(client)
