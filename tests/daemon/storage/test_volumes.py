@@ -484,6 +484,23 @@ def test_busy_volume_refuses_changes(setup: PoolSetup) -> None:
     registry.delete_volume(vol)
 
 
+def _held_when_called(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> tuple[threading.Event, threading.Event]:
+    """Make ``sparse_files.<name>`` wait, once called, until released: (called, release).
+    A test then acts while the operation that called it is under way."""
+    called, release = threading.Event(), threading.Event()
+    real = getattr(sparse_files, name)
+
+    def held(*args: int) -> None:
+        called.set()
+        assert release.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(sparse_files, name, held)
+    return called, release
+
+
 def test_clone_source_is_in_use_while_it_is_copied(
     setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -492,15 +509,7 @@ def test_clone_source_is_in_use_while_it_is_copied(
     cloning it again, stays allowed."""
     registry = setup.registry
     source = setup.file("src", b"s" * BLOCK)
-    copying, release = threading.Event(), threading.Event()
-    real_copy = sparse_files.copy_sparse
-
-    def slow_copy(src_fd: int, dst_fd: int, end: int) -> None:
-        copying.set()
-        assert release.wait(10)
-        real_copy(src_fd, dst_fd, end)
-
-    monkeypatch.setattr(sparse_files, "copy_sparse", slow_copy)
+    copying, release = _held_when_called(monkeypatch, "copy_sparse")
     with ThreadPoolExecutor(1) as pool:
         clone = pool.submit(
             registry.create_volume_xml_from,
@@ -647,15 +656,7 @@ def test_a_volume_being_wiped_is_in_use_and_readable(
     volume exists; it is not "being allocated") and downloads are allowed."""
     registry = setup.registry
     vol = setup.file("v", b"v" * BLOCK)
-    wiping, release = threading.Event(), threading.Event()
-    real_punch = sparse_files.punch_hole
-
-    def slow_punch(fd: int, offset: int, length: int) -> None:
-        wiping.set()
-        assert release.wait(10)
-        real_punch(fd, offset, length)
-
-    monkeypatch.setattr(sparse_files, "punch_hole", slow_punch)
+    wiping, release = _held_when_called(monkeypatch, "punch_hole")
     with ThreadPoolExecutor(1) as pool:
         wipe = pool.submit(registry.wipe_volume, vol)
         assert wiping.wait(10)
