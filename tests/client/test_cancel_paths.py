@@ -30,6 +30,16 @@ if TYPE_CHECKING:
     from virtvol.sparse.zeros import Bytes
 
 
+async def _aborted(peer: FakePeer, serial: int) -> None:
+    """Wait until the peer has had the client's abort of stream ``serial``."""
+    await until(
+        lambda: any(
+            isinstance(event, StreamAbortReceived) and event.serial == serial
+            for event in peer.events
+        )
+    )
+
+
 class HeldCalls:
     """A handler that answers nothing: it keeps the serials and tells when one came."""
 
@@ -66,12 +76,7 @@ async def test_a_stream_opened_after_its_opener_was_cancelled_is_aborted(
             with pytest.raises(asyncio.CancelledError):
                 await opening
             peer.reply(serial)
-            await until(
-                lambda: any(
-                    isinstance(event, StreamAbortReceived) and event.serial == serial
-                    for event in peer.events
-                )
-            )
+            await _aborted(peer, serial)
             assert await conn.get_type() == "storage"
         assert peer.protocol_error is None
 
@@ -268,12 +273,7 @@ async def test_a_file_transfer_cancelled_before_its_stream_opened_leaves_nothing
             assert open_descriptors() == descriptors
             assert os.listdir(work) == ["source"]
             peer.reply(serial)
-            await until(
-                lambda: any(
-                    isinstance(event, StreamAbortReceived) and event.serial == serial
-                    for event in peer.events
-                )
-            )
+            await _aborted(peer, serial)
 
 
 @pytest.mark.parametrize("leaving", ["break", "cancelled"])
@@ -336,12 +336,7 @@ async def test_a_stream_opened_as_its_opener_is_cancelled_is_aborted(
             peer.reply(serial)
             with pytest.raises(asyncio.CancelledError):
                 await opening[0]
-            await until(
-                lambda: any(
-                    isinstance(event, StreamAbortReceived) and event.serial == serial
-                    for event in peer.events
-                )
-            )
+            await _aborted(peer, serial)
             assert await conn.get_type() == "storage"
         assert peer.protocol_error is None
 
