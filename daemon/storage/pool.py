@@ -146,10 +146,9 @@ class Pool:
             self.live = self.config
 
     def refresh_runtime(self) -> PoolRuntime:
-        """Sizes of the file system holding the pool, and the directory's permissions."""
-        if self.rbd is not None:
-            self.runtime = self.rbd.runtime()
-            return self.runtime
+        """Sizes of the file system holding the pool, and the directory's permissions (an
+        rbd pool's sizes come from its cluster, outside the registry's lock: see
+        ``StorageRegistry._current_runtime``)."""
         volumes = self.active_volumes()
         fs = os.statvfs(volumes.fd)
         st = os.fstat(volumes.fd)
