@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from virtvol.client.streams import Download, Hole, Upload
 from virtvol.client.transfer_base import (
@@ -54,27 +54,24 @@ WRITE_BATCH = 4 * 1024 * 1024
 WRITE_BATCH_ITEMS = 1024
 WRITES_IN_FLIGHT = 4
 
-_T = TypeVar("_T")
 
+async def _settle(job: asyncio.Future[None]) -> None:
+    """Wait until a worker's job has ended, even through cancellation (re-raised after).
 
-async def _settle_all(futures: list[asyncio.Future[_T]]) -> None:
-    """Wait until workers' jobs have ended, even through cancellation (re-raised after).
-
-    What the workers use (a descriptor, a buffer) is released after this, so
-    it must never return while one may still touch it. The jobs' own outcomes
-    are not raised here: their owner handles them.
+    What the worker uses (a descriptor, a buffer) is released after this, so it
+    must never return while the job may still touch it. The job's own outcome is
+    not raised here: its owner handles it.
     """
     cancelled = False
-    for future in futures:
-        while not future.done():
-            try:
-                await asyncio.shield(future)
-            except asyncio.CancelledError:
-                # The job's own cancellation, or this task's: that one may come after
-                # the job ended too, before this task resumed.
-                cancelled = cancelled or not future.cancelled()
-            except Exception:
-                break
+    while not job.done():
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The job's own cancellation, or this task's: that one may come after
+            # the job ended too, before this task resumed.
+            cancelled = cancelled or not job.cancelled()
+        except Exception:
+            break
     if cancelled:
         raise asyncio.CancelledError
 
@@ -397,7 +394,7 @@ async def download_file(
         # left, whatever the loop's side cancelled; it is waited for on the loop,
         # not in the executor's shutdown, which would hold every other task up.
         try:
-            await _settle_all([asyncio.wrap_future(executor.submit(_nothing))])
+            await _settle(asyncio.wrap_future(executor.submit(_nothing)))
         finally:
             executor.shutdown(wait=False)
             output.abort()  # a no-op after the commit

@@ -116,14 +116,14 @@ async def test_a_download_cancelled_twice_leaves_no_temporary_and_no_descriptor(
         apply(writer, items)
 
     settling = asyncio.Event()
-    settle_all = transfer._settle_all
+    settle = transfer._settle
 
-    async def watched_settle_all(futures: list[asyncio.Future[None]]) -> None:
+    async def watched_settle(job: asyncio.Future[None]) -> None:
         settling.set()
-        await settle_all(futures)
+        await settle(job)
 
     monkeypatch.setattr(SparseWriter, "apply", slow_apply)
-    monkeypatch.setattr(transfer, "_settle_all", watched_settle_all)
+    monkeypatch.setattr(transfer, "_settle", watched_settle)
     monkeypatch.setattr(transfer, "WRITE_BATCH_ITEMS", 1)
 
     def one_frame_then_nothing(peer: FakePeer, event: CallReceived) -> None:
@@ -345,7 +345,7 @@ async def test_a_cancellation_as_the_waited_job_ends_is_raised() -> None:
     """The task is cancelled once the job has ended but before it resumed: the wait
     still ends in the cancellation, not as if nobody had asked for it."""
     job: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiting = asyncio.create_task(transfer._settle_all([job]))
+    waiting = asyncio.create_task(transfer._settle(job))
     await asyncio.sleep(0)
     job.add_done_callback(lambda _: waiting.cancel())
     job.set_result(None)
