@@ -310,10 +310,7 @@ class RbdVolumes:
                 return
             self._removing.add(image_id)
         try:
-            with self._in_use():
-                self._rbd.RBD().remove(self._ioctx, hidden)
-        except self._rbd.ImageNotFound:
-            pass
+            self._remove_quietly(hidden)
         except Exception as exc:
             self._unclaim(image_id)
             log.error("cannot remove the replaced RBD image '%s': %s", hidden, exc)
