@@ -104,13 +104,22 @@ class Pool:
             raise system_error(f"cannot open directory '{target}'", exc) from None
         volumes = VolumeDir(target, fd)
         try:
-            volumes.remove_stale_temps(self.upload_temps)
             self.volumes = volumes
             self.refresh_runtime()
         except OSError as exc:
             self.volumes = None
             volumes.close()
             raise system_error(f"cannot read directory '{target}'", exc) from None
+
+    def remove_stale_temps(self) -> None:
+        """Delete the upload temporaries a crash left in the directory (this pool's running
+        uploads keep theirs). Only for a directory no other running pool serves: the
+        temporaries of that pool's uploads are not stale."""
+        volumes = self.active_volumes()
+        try:
+            volumes.remove_stale_temps(self.upload_temps)
+        except OSError as exc:
+            raise system_error(f"cannot read directory '{volumes.path}'", exc) from None
 
     def connect_rbd(self, secrets: SecretStore) -> tuple[RbdVolumes, PoolRuntime]:
         """Connect an rbd pool to its cluster with the key of the secret its ``<auth>``

@@ -110,7 +110,7 @@ class StorageRegistry:
                 if pool.autostart and not pool.active:
                     try:
                         pool.start(build=False, secrets=self.secrets)
-                        self._check_not_aliased(pool)
+                        self._claim_directory(pool)
                     except Exception as exc:
                         log.error("cannot autostart storage pool %r: %s", pool.name, exc)
 
@@ -143,7 +143,7 @@ class StorageRegistry:
                 self.set_pool_autostart(ref, True)
             if not pool.active:
                 pool.start(build=True)
-                self._check_not_aliased(pool)
+                self._claim_directory(pool)
             return ref
 
     def close(self) -> None:
@@ -280,9 +280,10 @@ class StorageRegistry:
             )
         return same_name
 
-    def _check_not_aliased(self, pool: Pool) -> None:
+    def _claim_directory(self, pool: Pool) -> None:
         """Refuse to run a pool over a directory another running pool already serves
-        (a definition made before its directory existed escapes ``_check_duplicate``)."""
+        (a definition made before its directory existed escapes ``_check_duplicate``),
+        then clear what a crash left there; the pool is stopped if either fails."""
         identity = pool.directory_identity()
         if identity is None:  # an rbd pool: no directory (its source was checked at define)
             return
@@ -290,6 +291,11 @@ class StorageRegistry:
             if other is not pool and other.active and other.directory_identity() == identity:
                 pool.stop()
                 raise _source_conflict(other)
+        try:
+            pool.remove_stale_temps()
+        except BaseException:
+            pool.stop()
+            raise
 
     def create_pool_xml(self, xml: str, flags: int = 0) -> PoolRef:
         """STORAGE_POOL_CREATE_XML: define a transient pool and start it.
@@ -316,7 +322,7 @@ class StorageRegistry:
             if definition.rbd is None:
                 try:
                     self._start(pool, flags)
-                    self._check_not_aliased(pool)
+                    self._claim_directory(pool)
                 except BaseException:
                     pool.stop()  # a defined pool goes back to its persisted definition
                     raise
@@ -338,7 +344,7 @@ class StorageRegistry:
                 raise pool_starting(pool.name)
             if pool.live.rbd is None:
                 self._start(pool, flags)
-                self._check_not_aliased(pool)
+                self._claim_directory(pool)
                 return
             _check_no_format(pool, flags)
             pool.starting = True
@@ -393,7 +399,7 @@ class StorageRegistry:
         with self._lock:
             pool = self._pool(ref)
             if pool.rbd is None:
-                pool.active_volumes().remove_stale_temps(pool.upload_temps)
+                pool.remove_stale_temps()
         self._current_runtime(pool)
 
     # ------------------------------------------------------------------

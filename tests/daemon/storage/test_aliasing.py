@@ -119,3 +119,22 @@ def test_virsh_cannot_define_a_second_pool_over_the_directory(virtvold: Virtvold
     )
     assert result.returncode == 1
     assert f"error: {CONFLICT}" in result.stderr
+
+
+def test_refused_alias_leaves_the_running_upload_alone(setup: PoolSetup, tmp_path: Path) -> None:
+    volume = setup.file("disk", b"old" * 1000)
+    later = tmp_path / "later"
+    ref = setup.registry.define_pool_xml(pool_xml("later", later))
+    later.symlink_to(setup.pool_dir)
+    writer = setup.registry.open_upload(volume, 0, 0)
+    writer.write(b"new" * 1000)
+    # Starting over the other pool's directory is refused, and must not clean that
+    # directory first: the temporary of the upload running there is not stale.
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.start_pool(ref)
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.start_pool(ref, PoolCreateFlags.WITH_BUILD)
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.create_pool_xml(pool_xml("later", later))
+    writer.commit()
+    assert (setup.pool_dir / "disk").read_bytes() == b"new" * 1000
