@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
-__all__ = ["WRITEBACK_START", "WRITEBACK_STEP", "AtomicFile", "SparseWriter"]
+__all__ = ["WRITEBACK_START", "WRITEBACK_STEP", "AtomicFile", "SparseWriter", "take_over"]
 
 # Data written before its writeback is started, and data started before what was
 # started a step earlier is waited for. Both count data, not file offsets: data
@@ -230,7 +230,7 @@ class AtomicFile:
         self._done = False
         if existing is not None:
             try:
-                _take_over(self.fd, existing)
+                take_over(self.fd, existing)
             except BaseException:
                 self.abort()
                 raise
@@ -283,7 +283,7 @@ def _shortened(name: str) -> str:
     return name
 
 
-def _take_over(fd: int, existing: os.stat_result) -> None:
+def take_over(fd: int, existing: os.stat_result) -> None:
     """Give the temporary open as ``fd`` the owner, group and permissions of ``existing``.
 
     Only the permission bits are copied (no set-user-ID on new content). An owner

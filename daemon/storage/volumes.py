@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse import files as sparse_files
+from virtvol.sparse.writer import take_over
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
@@ -275,17 +276,16 @@ class VolumeDir:
     def create_upload_temp(self, like: str) -> tuple[str, int]:
         """Create a hidden temporary file for replacing volume ``like``.
 
-        It gets the volume's mode (and owner, where permitted); its name starts
-        with the reserved prefix, so listings never show it.
+        It gets the volume's permission bits (never a set-user-ID or set-group-ID
+        bit: those were given to the old content) and its owner and group where
+        permitted (``take_over``); its name starts with the reserved prefix, so
+        listings never show it.
         """
         st = self.require(like)
         name = _UPLOAD_PREFIX + secrets.token_hex(8)
         fd = self._create_file(name, VOLUME_MODE)
         try:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fd, st.st_uid, st.st_gid)
+            take_over(fd, st)
         except BaseException:
             self._discard(name, fd)
             raise

@@ -155,6 +155,20 @@ def test_whole_upload_replaces_exactly(setup: PoolSetup) -> None:
     assert allocated(path) == BLOCK
 
 
+def test_whole_upload_gives_new_content_no_set_id_bits(setup: PoolSetup) -> None:
+    # New content must not run with a volume's set-user-ID or set-group-ID: the bits were
+    # given to other content, and the replacement may belong to another owner (the
+    # daemon's user, where it cannot give the file back to the volume's).
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    os.chmod(path, 0o6755)
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert path.read_bytes() == b"new"
+    assert path.stat().st_mode & 0o7777 == 0o755
+
+
 def test_whole_upload_of_nothing_empties_the_volume(setup: PoolSetup) -> None:
     volume = setup.file("v", b"old")
     setup.registry.open_upload(volume, 0, 0).commit()
