@@ -50,7 +50,6 @@ class Pool:
         self.cloning: collections.Counter[str] = collections.Counter()
         # An rbd pool connecting to its cluster, which the registry waits for unlocked.
         self.starting = False
-        self.upload_temps: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -117,7 +116,7 @@ class Pool:
         temporaries of that pool's uploads are not stale."""
         volumes = self.active_volumes()
         try:
-            volumes.remove_stale_temps(self.upload_temps)
+            volumes.remove_stale_temps()
         except OSError as exc:
             raise system_error(f"cannot read directory '{volumes.path}'", exc) from None
 

@@ -805,7 +805,6 @@ class StorageRegistry:
             pool.check_not_busy(volume.name)
             if offset == 0 and length == 0:
                 temp, fd = volumes.create_upload_temp(volume.name)
-                pool.upload_temps.add(temp)
             else:
                 temp, fd = None, volumes.open_in_place(volume.name, os.O_WRONLY)
                 try:
@@ -823,8 +822,6 @@ class StorageRegistry:
             finally:
                 with self._lock:
                     pool.busy.pop(volume.name, None)
-                    if temp is not None:
-                        pool.upload_temps.discard(temp)
 
         try:
             return VolumeWriter(

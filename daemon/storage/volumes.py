@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import secrets
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 VOLUME_MODE = 0o600  # what libvirt gives the files it creates in a dir pool
 _UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
+# Fresh names tried for an upload temporary that another daemon's clean-up removes at once.
+_TEMP_ATTEMPTS = 3
 
 # O_NONBLOCK: opening a FIFO someone planted must not hang; it is refused
 # right after by the regular-file check. No effect on regular files.
@@ -40,6 +43,9 @@ class VolumeDir:
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
+        # The upload temporaries made here and not yet replaced or removed, each with a
+        # descriptor of its own that holds its lock (see ``create_upload_temp``).
+        self._temps: dict[str, int] = {}
 
     def volume_path(self, name: str) -> str:
         """The volume's absolute path, which is also its key."""
@@ -279,17 +285,28 @@ class VolumeDir:
         It gets the volume's permission bits (never a set-user-ID or set-group-ID
         bit: those were given to the old content) and its owner and group where
         permitted (``take_over``); its name starts with the reserved prefix, so
-        listings never show it.
+        listings never show it. It stays locked (``flock``) until ``replace`` or
+        ``remove_temp``: another daemon serving the directory must not take it for
+        a crash's leftover (``remove_stale_temps``).
         """
         st = self.require(like)
-        name = _UPLOAD_PREFIX + secrets.token_hex(8)
-        fd = self._create_file(name, VOLUME_MODE)
-        try:
-            take_over(fd, st)
-        except BaseException:
-            self._discard(name, fd)
-            raise
-        return name, fd
+        for _ in range(_TEMP_ATTEMPTS):
+            name = _UPLOAD_PREFIX + secrets.token_hex(8)
+            fd = self._create_file(name, VOLUME_MODE)
+            try:
+                if not _lock(fd) or os.fstat(fd).st_nlink == 0:
+                    # Another daemon's clean-up came between the creation and the lock.
+                    os.close(fd)
+                    continue
+                take_over(fd, st)
+                self._temps[name] = os.dup(fd)  # keeps the lock once the writer closes fd
+            except BaseException:
+                self._discard(name, fd)
+                raise
+            return name, fd
+        raise storage_error(
+            ErrorCode.OPERATION_FAILED, f"cannot keep an upload temporary in '{self.path}'"
+        )
 
     def replace(self, temp: str, name: str) -> Callable[[], None] | None:
         """Atomically put file ``temp`` in place of volume ``name``.
@@ -309,25 +326,61 @@ class VolumeDir:
             if old >= 0:
                 os.close(old)
             raise
+        finally:
+            self._unlock(temp)
         return None if old < 0 else functools.partial(os.close, old)
 
     def remove_temp(self, temp: str) -> None:
         """Remove a temporary file, ignoring one that is already gone."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp, dir_fd=self.fd)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=self.fd)
+        finally:
+            self._unlock(temp)
 
-    def remove_stale_temps(self, keep: set[str]) -> None:
-        """Delete upload temporaries left by a crash (all but those in ``keep``)."""
+    def _unlock(self, temp: str) -> None:
+        held = self._temps.pop(temp, None)
+        if held is not None:
+            os.close(held)
+
+    def remove_stale_temps(self) -> None:
+        """Delete the upload temporaries a crash left: not this pool's running uploads',
+        nor those another process holds locked (another daemon's running uploads)."""
         with os.scandir(self.fd) as entries:
-            stale = [
+            candidates = [
                 entry.name
                 for entry in entries
                 if entry.name.startswith(_UPLOAD_PREFIX)
-                and entry.name not in keep
+                and entry.name not in self._temps
                 and entry.is_file(follow_symlinks=False)
             ]
-        for name in stale:
-            self.remove_temp(name)
+        for name in candidates:
+            try:
+                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                fd = -1  # unreadable: nobody's lock can be seen, as where flock is missing
+            try:
+                if fd < 0 or _lock(fd):
+                    self.remove_temp(name)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """Take the file's lock without waiting; False when another holder has it. On a file
+    system without locks no holder can be seen: the file counts as unlocked."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return True
+        raise
+    return True
 
 
 def _build_error(what: str, exc: OSError) -> ErrorReport:

@@ -17,6 +17,7 @@ from virtvol.daemon.storage import (
     PoolXMLFlags,
     StorageRegistry,
 )
+from virtvol.daemon.storage import volumes as volumes_module
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 if TYPE_CHECKING:
@@ -469,6 +470,46 @@ def test_refresh_removes_stale_upload_temporaries(setup: PoolSetup) -> None:
     setup.registry.destroy_pool(setup.ref)
     setup.registry.start_pool(setup.ref)
     assert not stale.exists()
+
+
+def test_another_daemons_running_upload_is_not_stale(setup: PoolSetup, tmp_path: Path) -> None:
+    # Two daemons (their own state directories) serving one directory: one starting or
+    # refreshing its pool must not take the other's running upload for a crash's leftover.
+    volume = setup.file("disk", b"old")
+    writer = setup.registry.open_upload(volume, 0, 0)
+    writer.write(b"new")
+    other = StorageRegistry(tmp_path / "other-state", sync_uploads=False)
+    ref = other.ensure_pool("default", setup.pool_dir)
+    other.refresh_pool(ref)
+    other.close()
+    writer.commit()
+    assert (setup.pool_dir / "disk").read_bytes() == b"new"
+    assert os.listdir(setup.pool_dir) == ["disk"]
+
+
+def test_upload_temporary_removed_before_its_lock_is_made_anew(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another daemon's clean-up may remove a temporary between its creation and its
+    # lock: the upload then takes a fresh one instead of writing into a nameless file.
+    volume = setup.file("disk", b"old")
+    real_lock = volumes_module._lock
+    removed: list[str] = []
+
+    def clean_up_first(fd: int) -> bool:
+        if not removed:
+            (name,) = [n for n in os.listdir(setup.pool_dir) if n.startswith(".virtvol-")]
+            os.unlink(setup.pool_dir / name)
+            removed.append(name)
+        return real_lock(fd)
+
+    monkeypatch.setattr(volumes_module, "_lock", clean_up_first)
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert removed
+    assert (setup.pool_dir / "disk").read_bytes() == b"new"
+    assert os.listdir(setup.pool_dir) == ["disk"]
 
 
 def test_a_pool_name_is_taken_as_written(tmp_path: Path) -> None:
