@@ -779,7 +779,7 @@ class StorageRegistry:
             volumes = pool.active_volumes()
             if pool.busy.get(volume.name) is Busy.BUILDING:
                 pool.check_not_busy(volume.name)
-            fd = volumes.open(volume.name, os.O_RDONLY)
+            fd = volumes.open(volume.name, os.O_RDONLY, stream=True)
         try:
             _seek_to(fd, offset, volumes.volume_path(volume.name))
             return VolumeReader(fd, offset, length, sparse=bool(flags & VolStreamFlags.SPARSE))
@@ -804,9 +804,13 @@ class StorageRegistry:
             volumes.require(volume.name)
             pool.check_not_busy(volume.name)
             if offset == 0 and length == 0:
+                # Replacing the file needs only the directory's permission; libvirt writes
+                # in place, so a volume it may not write (read-only, another user's) is
+                # refused there, and here too.
+                os.close(volumes.open(volume.name, os.O_WRONLY, stream=True))
                 temp, fd = volumes.create_upload_temp(volume.name)
             else:
-                temp, fd = None, volumes.open_in_place(volume.name, os.O_WRONLY)
+                temp, fd = None, volumes.open_in_place(volume.name, os.O_WRONLY, stream=True)
                 try:
                     _seek_to(fd, offset, volumes.volume_path(volume.name))
                 except BaseException:

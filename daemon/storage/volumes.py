@@ -84,8 +84,11 @@ class VolumeDir:
                     found.append(entry.name)
         return sorted(found)
 
-    def open(self, name: str, flags: int) -> int:
-        """Open an existing volume file; symlinks and non-regular files count as missing."""
+    def open(self, name: str, flags: int, *, stream: bool = False) -> int:
+        """Open an existing volume file; symlinks and non-regular files count as missing.
+
+        ``stream``: for an upload or a download, refused with libvirt's words for those.
+        """
         if not is_volume_name(name):
             raise no_volume_named(name)
         try:
@@ -93,19 +96,24 @@ class VolumeDir:
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR):
                 raise no_volume_named(name) from None
-            raise system_error(f"cannot open volume '{self.volume_path(name)}'", exc) from None
+            path = self.volume_path(name)
+            if stream:
+                raise system_error(
+                    f"Unable to open stream for '{path}'", exc, ErrorDomain.STREAMS
+                ) from None
+            raise system_error(f"cannot open volume '{path}'", exc) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise no_volume_named(name)
         return fd
 
-    def open_in_place(self, name: str, flags: int) -> int:
+    def open_in_place(self, name: str, flags: int, *, stream: bool = False) -> int:
         """Open a volume to change its content in place (wipe, resize, ranged upload).
 
         A file with more than one hard link is refused: its other names may be
         outside the pool, and an in-place change would reach them too.
         """
-        fd = self.open(name, flags)
+        fd = self.open(name, flags, stream=stream)
         links = os.fstat(fd).st_nlink
         if links > 1:
             os.close(fd)

@@ -15,6 +15,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse.writer import MAX_OFFSET
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 MIB = 1 << 20
@@ -167,6 +168,46 @@ def test_whole_upload_gives_new_content_no_set_id_bits(setup: PoolSetup) -> None
         writer.commit()
     assert path.read_bytes() == b"new"
     assert path.stat().st_mode & 0o7777 == 0o755
+
+
+@contextlib.contextmanager
+def unprivileged(directory: Path) -> Iterator[None]:
+    """Run the body without root's power to write any file: as ``nobody`` for root
+    (the pool directory opened already, it needs no access to its parents)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    directory.chmod(0o777)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_upload_refused_for_a_volume_the_daemon_cannot_write(setup: PoolSetup) -> None:
+    # libvirt writes an upload in place, so a volume it cannot open for writing (a
+    # read-only golden image, another user's file) refuses it. A whole-volume upload
+    # is a rename, which needs only the directory's permission: it must ask the same.
+    volume = setup.file("golden", b"golden")
+    path = setup.pool_dir / "golden"
+    path.chmod(0o444)
+    refusal = f"Unable to open stream for '{path}': Permission denied"
+    with unprivileged(setup.pool_dir):
+        for offset in (0, 1):
+            with fails(ErrorCode.SYSTEM_ERROR, refusal, ErrorDomain.STREAMS):
+                setup.registry.open_upload(volume, offset, 0)
+        # Reading it is not writing it.
+        with setup.registry.open_download(volume, 0, 0) as reader:
+            assert reader.next_chunk(bytearray(64)).length == 6
+    assert path.read_bytes() == b"golden"
+    assert os.listdir(setup.pool_dir) == ["golden"]
+    # The refusals left the volume free.
+    path.chmod(0o644)
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert path.read_bytes() == b"new"
 
 
 def test_whole_upload_of_nothing_empties_the_volume(setup: PoolSetup) -> None:
