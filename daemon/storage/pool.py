@@ -72,10 +72,35 @@ class Pool:
         return self.config is not None
 
     def active_volumes(self) -> VolumeDir:
-        """The pool's files, or libvirt's "storage pool '%s' is not active"."""
+        """The pool's files, or libvirt's "storage pool '%s' is not active".
+
+        Refused while the pool's path names another directory than the one it opened
+        (moved, removed, replaced by a symbolic link): libvirt, which goes by the path,
+        would use the one there now, and the paths the volumes are reported with name
+        that one. A refresh takes it (``reopen``).
+        """
+        volumes = self.opened_directory()
+        if not volumes.in_place():
+            raise storage_error(
+                ErrorCode.OPERATION_INVALID,
+                f"storage pool '{self.name}' directory '{volumes.path}' is not the one the "
+                "pool opened any more: refresh the pool to use the one there now",
+            )
+        return volumes
+
+    def opened_directory(self) -> VolumeDir:
+        """The directory the pool opened, wherever its path leads now; or "not active"."""
         if self.volumes is None:
             raise pool_not_active(self.name)
         return self.volumes
+
+    def reopen(self) -> None:
+        """Open the directory the pool's path names now in place of the one it opened;
+        on failure the pool is left inactive (as libvirt stops a pool it cannot refresh)."""
+        old = self.opened_directory()
+        self.volumes = None
+        old.close()
+        self.start(build=False)
 
     def start(self, *, build: bool, secrets: SecretStore | None = None) -> None:
         """Open the target directory (creating it first when ``build``).
@@ -114,7 +139,7 @@ class Pool:
         """Delete the upload temporaries a crash left in the directory (this pool's running
         uploads keep theirs). Only for a directory no other running pool serves: the
         temporaries of that pool's uploads are not stale."""
-        volumes = self.active_volumes()
+        volumes = self.opened_directory()
         try:
             volumes.remove_stale_temps()
         except OSError as exc:
@@ -157,7 +182,7 @@ class Pool:
         """Sizes of the file system holding the pool, and the directory's permissions (an
         rbd pool's sizes come from its cluster, outside the registry's lock: see
         ``StorageRegistry._current_runtime``)."""
-        volumes = self.active_volumes()
+        volumes = self.opened_directory()
         fs = os.statvfs(volumes.fd)
         st = os.fstat(volumes.fd)
         capacity = fs.f_frsize * fs.f_blocks

@@ -375,12 +375,16 @@ class StorageRegistry:
         with self._lock:
             pool = self._pool(ref)
             if pool.rbd is None:
-                pool.active_volumes()
+                pool.opened_directory()
             if pool.busy:
                 raise pool_has_jobs(pool.name)
-            pool.stop()
-            if not pool.persistent:
-                del self._pools[pool.name]
+            self._stop(pool)
+
+    def _stop(self, pool: Pool) -> None:
+        """Stop the pool; a transient one disappears."""
+        pool.stop()
+        if not pool.persistent and self._pools.get(pool.name) is pool:
+            del self._pools[pool.name]
 
     def undefine_pool(self, ref: PoolRef) -> None:
         """STORAGE_POOL_UNDEFINE: forget an inactive persistent pool (its files stay)."""
@@ -394,11 +398,25 @@ class StorageRegistry:
             del self._pools[pool.name]
 
     def refresh_pool(self, ref: PoolRef, flags: int = 0) -> None:
-        """STORAGE_POOL_REFRESH: re-read sizes and drop upload temporaries left by a crash."""
+        """STORAGE_POOL_REFRESH: re-read sizes and drop upload temporaries left by a crash.
+
+        A pool whose path names another directory now (see ``Pool.active_volumes``) takes
+        that one, once no operation runs in the old one; one it cannot open stops the pool,
+        as libvirt stops a pool whose refresh fails (a transient pool then vanishes).
+        """
         _check_flags(flags, 0, "storagePoolRefresh")
         with self._lock:
             pool = self._pool(ref)
             if pool.rbd is None:
+                if not pool.opened_directory().in_place():
+                    if pool.busy:
+                        raise pool_has_jobs(pool.name)
+                    try:
+                        pool.reopen()
+                        self._claim_directory(pool)
+                    except BaseException:
+                        self._stop(pool)
+                        raise
                 pool.remove_stale_temps()
         self._current_runtime(pool)
 
@@ -532,7 +550,12 @@ class StorageRegistry:
         directory = directory or "/"
         for pool in self._sorted_pools():
             volumes = pool.volumes
-            if volumes is not None and volumes.path == directory and volumes.stat(name):
+            if (
+                volumes is not None
+                and volumes.path == directory
+                and volumes.stat(name)
+                and volumes.in_place()
+            ):
                 return VolumeRef(pool.name, name, volumes.volume_path(name))
         return None
 

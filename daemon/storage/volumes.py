@@ -55,6 +55,16 @@ class VolumeDir:
         """Close the pool directory descriptor."""
         os.close(self.fd)
 
+    def in_place(self) -> bool:
+        """True while ``path`` still names the directory that was opened (not one moved,
+        removed or replaced by a symbolic link to another since)."""
+        try:
+            named = os.stat(self.path)
+        except OSError:
+            return False
+        opened = os.fstat(self.fd)
+        return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
     # -- looking up -------------------------------------------------------
 
     def stat(self, name: str) -> os.stat_result | None:

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import Virtvold, run_virsh
 from tests.daemon.storage.conftest import NOT_VALID, PoolSetup, fails
 from virtvol.daemon.storage import PoolCreateFlags, StorageRegistry
-from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -138,3 +138,70 @@ def test_refused_alias_leaves_the_running_upload_alone(setup: PoolSetup, tmp_pat
         setup.registry.create_pool_xml(pool_xml("later", later))
     writer.commit()
     assert (setup.pool_dir / "disk").read_bytes() == b"new" * 1000
+
+
+MOVED = NOT_VALID + (
+    "storage pool 'default' directory '{}' is not the one the pool opened any more: "
+    "refresh the pool to use the one there now"
+)
+
+
+def test_a_directory_replaced_under_a_running_pool_is_not_written(
+    setup: PoolSetup, tmp_path: Path
+) -> None:
+    # An operator moves the pool's files elsewhere and leaves a symbolic link: libvirt,
+    # which goes by the path, uses the new directory. Writing on into the old one while
+    # reporting the new one's paths would put volumes where no path names them.
+    volume = setup.file("disk", b"old")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "there").write_bytes(b"there")
+    setup.pool_dir.rename(tmp_path / "moved")
+    setup.pool_dir.symlink_to(elsewhere)
+    refused = MOVED.format(setup.pool_dir)
+    registry = setup.registry
+    with fails(ErrorCode.OPERATION_INVALID, refused):
+        setup.volume("new", 1)
+    with fails(ErrorCode.OPERATION_INVALID, refused):
+        registry.open_upload(volume, 0, 0)
+    with fails(ErrorCode.OPERATION_INVALID, refused):
+        registry.delete_volume(volume)
+    with fails(ErrorCode.OPERATION_INVALID, refused):
+        registry.list_volume_names(setup.ref, 10)
+    with pytest.raises(ErrorReport):
+        registry.lookup_volume_by_key(volume.key)
+    assert sorted(os.listdir(tmp_path / "moved")) == ["disk"]
+    # pool-info still answers; a refresh takes the directory the path names now.
+    registry.pool_info(setup.ref)
+    registry.refresh_pool(setup.ref)
+    assert registry.list_volume_names(setup.ref, 10) == ["there"]
+    setup.volume("new", 1)
+    assert sorted(os.listdir(elsewhere)) == ["new", "there"]
+
+
+def test_refresh_of_a_removed_directory_stops_the_pool(setup: PoolSetup, tmp_path: Path) -> None:
+    setup.pool_dir.rename(tmp_path / "moved")
+    path = setup.pool_dir
+    with fails(
+        ErrorCode.SYSTEM_ERROR,
+        f"cannot open directory '{path}': No such file or directory",
+        ErrorDomain.NONE,
+    ):
+        setup.registry.refresh_pool(setup.ref)
+    assert not setup.registry.pool_is_active(setup.ref)  # as libvirt stops it
+
+
+def test_refresh_waits_for_jobs_in_a_replaced_directory(setup: PoolSetup, tmp_path: Path) -> None:
+    volume = setup.file("disk", b"old")
+    writer = setup.registry.open_upload(volume, 0, 0)
+    setup.pool_dir.rename(tmp_path / "moved")
+    setup.pool_dir.mkdir()
+    with fails(
+        ErrorCode.OPERATION_INVALID, NOT_VALID + "pool 'default' has asynchronous jobs running."
+    ):
+        setup.registry.refresh_pool(setup.ref)
+    writer.write(b"new")
+    writer.commit()  # the upload ends where it began
+    assert (tmp_path / "moved" / "disk").read_bytes() == b"new"
+    setup.registry.refresh_pool(setup.ref)
+    assert setup.registry.list_volume_names(setup.ref, 10) == []

@@ -172,17 +172,26 @@ def test_whole_upload_gives_new_content_no_set_id_bits(setup: PoolSetup) -> None
 
 @contextlib.contextmanager
 def unprivileged(directory: Path) -> Iterator[None]:
-    """Run the body without root's power to write any file: as ``nobody`` for root
-    (the pool directory opened already, it needs no access to its parents)."""
+    """Run the body without root's power to write any file: as ``nobody`` for root,
+    with ``directory`` writable and its parents searchable meanwhile."""
     if os.geteuid() != 0:
         yield
         return
-    directory.chmod(0o777)
+    modes = {path: path.stat().st_mode for path in (directory, *directory.parents)}
+    for path, mode in modes.items():
+        path.chmod(mode | (0o777 if path == directory else 0o001))
+    groups, group = os.getgroups(), os.getegid()
+    os.setgroups([])
+    os.setegid(65534)
     os.seteuid(65534)
     try:
         yield
     finally:
         os.seteuid(0)
+        os.setegid(group)
+        os.setgroups(groups)
+        for path, mode in modes.items():
+            path.chmod(mode)
 
 
 def test_upload_refused_for_a_volume_the_daemon_cannot_write(setup: PoolSetup) -> None:
