@@ -142,6 +142,7 @@ class StorageRegistry:
             if not pool.autostart:
                 self.set_pool_autostart(ref, True)
             if not pool.active:
+                self._check_free_path(pool)
                 pool.start(build=True)
                 self._claim_directory(pool)
             return ref
@@ -287,15 +288,31 @@ class StorageRegistry:
         identity = pool.directory_identity()
         if identity is None:  # an rbd pool: no directory (its source was checked at define)
             return
-        for other in self._pools.values():
-            if other is not pool and other.active and other.directory_identity() == identity:
-                pool.stop()
-                raise _source_conflict(other)
+        other = self._running_pool_at(identity, pool)
+        if other is not None:
+            pool.stop()
+            raise _source_conflict(other)
         try:
             pool.remove_stale_temps()
         except BaseException:
             pool.stop()
             raise
+
+    def _running_pool_at(self, identity: tuple[int, int] | None, pool: Pool) -> Pool | None:
+        """The running pool other than ``pool`` serving the directory of ``identity``."""
+        if identity is None:
+            return None
+        for other in self._pools.values():
+            if other is not pool and other.active and other.directory_identity() == identity:
+                return other
+        return None
+
+    def _check_free_path(self, pool: Pool) -> None:
+        """Refuse, before anything is built or changed there, a pool whose path leads to a
+        running pool's directory now (``_claim_directory`` checks again once it is open)."""
+        other = self._running_pool_at(_directory_identity(pool.live.target), pool)
+        if other is not None:
+            raise _source_conflict(other)
 
     def create_pool_xml(self, xml: str, flags: int = 0) -> PoolRef:
         """STORAGE_POOL_CREATE_XML: define a transient pool and start it.
@@ -352,6 +369,7 @@ class StorageRegistry:
 
     def _start(self, pool: Pool, flags: int) -> None:
         _check_no_format(pool, flags)
+        self._check_free_path(pool)
         pool.start(build=bool(flags & PoolCreateFlags.WITH_BUILD), secrets=self.secrets)
 
     def _start_rbd(self, pool: Pool) -> None:

@@ -107,6 +107,22 @@ def test_build_keeps_the_mode_of_an_existing_directory(
     registry.close()
 
 
+def test_refused_build_leaves_the_other_pools_directory_mode(
+    setup: PoolSetup, tmp_path: Path
+) -> None:
+    # A build over a path that leads to a running pool's directory is refused: it must
+    # not give that directory the mode of the definition first.
+    setup.pool_dir.chmod(0o700)
+    later = tmp_path / "later"
+    ref = setup.registry.define_pool_xml(pool_xml("later", later, "0777"))
+    later.symlink_to(setup.pool_dir)
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.start_pool(ref, PoolCreateFlags.WITH_BUILD)
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.create_pool_xml(pool_xml("later", later, "0777"), PoolCreateFlags.WITH_BUILD)
+    assert setup.pool_dir.stat().st_mode & 0o7777 == 0o700
+
+
 def test_virsh_cannot_define_a_second_pool_over_the_directory(virtvold: Virtvold) -> None:
     result = run_virsh(
         virtvold.tcp_uri,
