@@ -205,6 +205,13 @@ def test_refresh_of_a_removed_directory_stops_the_pool(setup: PoolSetup, tmp_pat
     ):
         setup.registry.refresh_pool(setup.ref)
     assert not setup.registry.pool_is_active(setup.ref)  # as libvirt stops it
+    # A transient pool stopped that way is gone, as one destroyed is.
+    (tmp_path / "t").mkdir()
+    ref = setup.registry.create_pool_xml(pool_xml("t", tmp_path / "t"))
+    (tmp_path / "t").rename(tmp_path / "t-moved")
+    with pytest.raises(ErrorReport):
+        setup.registry.refresh_pool(ref)
+    assert [p.name for p in setup.registry.list_all_pools()] == ["default"]
 
 
 def test_refresh_waits_for_jobs_in_a_replaced_directory(setup: PoolSetup, tmp_path: Path) -> None:
