@@ -61,9 +61,9 @@ def pool_still_active(name: str) -> ErrorReport:
 
 
 def pool_has_jobs(name: str) -> ErrorReport:
-    return storage_error(
-        ErrorCode.OPERATION_INVALID, f"pool '{name}' has asynchronous jobs running."
-    )
+    # libvirt reports this as an internal error, not as an invalid operation; callers that
+    # retry on it (virt-clone wrappers, libvirt-go users) match on that code and text.
+    return storage_error(ErrorCode.INTERNAL_ERROR, f"pool '{name}' has asynchronous jobs running.")
 
 
 def no_volume_named(name: str) -> ErrorReport:

@@ -220,7 +220,7 @@ def test_refresh_waits_for_jobs_in_a_replaced_directory(setup: PoolSetup, tmp_pa
     setup.pool_dir.rename(tmp_path / "moved")
     setup.pool_dir.mkdir()
     with fails(
-        ErrorCode.OPERATION_INVALID, NOT_VALID + "pool 'default' has asynchronous jobs running."
+        ErrorCode.INTERNAL_ERROR, "internal error: pool 'default' has asynchronous jobs running."
     ):
         setup.registry.refresh_pool(setup.ref)
     writer.write(b"new")
