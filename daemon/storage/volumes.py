@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import logging
 import os
 import secrets
 import stat
@@ -23,6 +24,8 @@ from virtvol.sparse.writer import take_over
 from .names import RESERVED_PREFIX, is_volume_name
 from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
 from .volxml import MAX_FILE_SIZE, VolumeRequest
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -363,7 +366,9 @@ class VolumeDir:
 
     def remove_stale_temps(self) -> None:
         """Delete the upload temporaries a crash left: not this pool's running uploads',
-        nor those another process holds locked (another daemon's running uploads)."""
+        nor those another process holds locked (another daemon's running uploads), nor
+        those whose lock cannot be looked at. One that cannot be removed is logged and
+        kept: a leftover costs space, not the pool."""
         with os.scandir(self.fd) as entries:
             candidates = [
                 entry.name
@@ -374,17 +379,25 @@ class VolumeDir:
             ]
         for name in candidates:
             try:
-                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                fd = -1  # unreadable: nobody's lock can be seen, as where flock is missing
-            try:
-                if fd < 0 or _lock(fd):
+                if self._is_unlocked(name):
                     self.remove_temp(name)
-            finally:
-                if fd >= 0:
-                    os.close(fd)
+            except FileNotFoundError:
+                continue  # its upload finished or another clean-up came first
+            except OSError as exc:
+                log.warning("kept upload leftover '%s' in '%s': %s", name, self.path, exc.strerror)
+
+    def _is_unlocked(self, name: str) -> bool:
+        """Whether no process holds temporary ``name``'s lock. The lock needs a descriptor
+        that can read or write (a temporary has its volume's permission bits, which may
+        allow only one of them); a file that allows neither raises."""
+        try:
+            fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        except PermissionError:
+            fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        try:
+            return _lock(fd)
+        finally:
+            os.close(fd)
 
 
 def _lock(fd: int) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -547,3 +548,71 @@ def test_refused_rbd_create_leaves_a_defined_pool_with_its_definition(tmp_path: 
         registry.create_pool_xml(rbd_xml("mon-b"), PoolCreateFlags.WITH_BUILD_OVERWRITE)
     assert registry.pool_xml(ref) == defined
     assert "mon-a" in defined
+
+
+def test_a_running_upload_that_cannot_be_read_is_not_stale(
+    setup: PoolSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A temporary takes its volume's permission bits: one that is write-only for this
+    # daemon cannot be opened for reading, and its lock must be looked for all the same.
+    volume = setup.file("disk", b"old")
+    writer = setup.registry.open_upload(volume, 0, 0)
+    writer.write(b"new")
+    real_open = os.open
+
+    def write_only(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith(".virtvol-upload-") and flags & os.O_ACCMODE == os.O_RDONLY:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", write_only)
+    other = StorageRegistry(tmp_path / "other-state", sync_uploads=False)
+    ref = other.ensure_pool("default", setup.pool_dir)
+    other.refresh_pool(ref)
+    other.close()
+    monkeypatch.undo()
+    writer.commit()
+    assert (setup.pool_dir / "disk").read_bytes() == b"new"
+    assert os.listdir(setup.pool_dir) == ["disk"]
+
+
+def test_a_temporary_that_cannot_be_opened_at_all_is_kept(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither readable nor writable: nobody's lock can be seen, so it may be a running
+    # upload, and the clean-up leaves it.
+    kept = setup.pool_dir / ".virtvol-upload-0123456789abcdef"
+    kept.write_bytes(b"maybe running")
+    real_open = os.open
+
+    def closed_to_us(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith(".virtvol-upload-"):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", closed_to_us)
+    setup.registry.refresh_pool(setup.ref)
+    monkeypatch.undo()
+    assert kept.read_bytes() == b"maybe running"
+
+
+def test_a_leftover_that_cannot_be_removed_does_not_stop_the_pool(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    leftover = setup.pool_dir / ".virtvol-upload-0123456789abcdef"
+    leftover.write_bytes(b"half an upload")
+    real_unlink = os.unlink
+
+    def immutable(path: str, *args: Any, **kwargs: Any) -> None:
+        if str(path) == leftover.name:
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", immutable)
+    setup.registry.refresh_pool(setup.ref)
+    setup.registry.destroy_pool(setup.ref)
+    setup.registry.start_pool(setup.ref)
+    monkeypatch.undo()
+    assert leftover.exists()
+    assert setup.registry.list_volume_names(setup.ref, 10) == []
+    assert leftover.name in caplog.text
