@@ -84,6 +84,7 @@ class Connection:
         self.protocol: ProtocolMode = protocol
         self.keepalive_supported = False
         self.sparse_fallback_reported = False
+        self.upload_skips_leave_zeros: bool | None = None
         self._close_callback = False
         self._closed = False
 

@@ -99,6 +99,8 @@ class ConnectionLike(Protocol):
 
     # Set once the sparse fallback was reported, so that it is logged once per connection.
     sparse_fallback_reported: bool
+    # The daemon's answer to UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE; None until asked.
+    upload_skips_leave_zeros: bool | None
 
 
 class VolumeLike(Protocol):

@@ -14,6 +14,12 @@ then made once more without the flag, the stream is dense and one warning is
 logged per connection. ``sparse=True`` turns that refusal into
 ``SparseUnsupported``; ``sparse=False`` never asks. In ``protocol="legacy"``
 mode the flag is never sent.
+
+An upload asks for sparse (``sparse=None``) only where a skip leaves zeros: on a
+daemon that says so (virtvold's ``UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE``), or on a
+volume that holds no data at all. libvirtd seeks over a skip in a file, keeping
+the bytes the volume held there, so an upload over a libvirtd volume that holds
+data sends every byte: the volume then holds exactly the source's bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from collections.abc import Awaitable, Callable
 
 from virtvol.client.errors import InvalidArgument, LibvirtError, SparseUnsupported, StreamError
 from virtvol.client.log import log
-from virtvol.protocol.constants import VolStreamFlags
+from virtvol.protocol import procedures
+from virtvol.protocol import remote as r
+from virtvol.protocol.constants import UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE, VolStreamFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
@@ -119,6 +127,8 @@ async def negotiate_stream(
             stage="open",
         )
     ask = requested is not False and not legacy
+    if ask and requested is None and direction == "upload":
+        ask = await _skips_leave_zeros(volume)
     try:
         await open_call(VolStreamFlags.SPARSE if ask else 0)
         return ask, False
@@ -136,6 +146,35 @@ async def negotiate_stream(
         _report_fallback(volume, direction, exc)
     await open_call(0)
     return False, True
+
+
+async def _skips_leave_zeros(volume: VolumeLike) -> bool:
+    """Whether skipping a hole of an upload into ``volume`` leaves zeros there (see the
+    module docstring). The daemon's answer is asked once per connection."""
+    conn = volume.connection
+    if conn.upload_skips_leave_zeros is None:
+        try:
+            answer = await conn._rpc.call(
+                procedures.CONNECT_SUPPORTS_FEATURE,
+                r.ConnectSupportsFeatureArgs(UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE),
+            )
+            conn.upload_skips_leave_zeros = answer.supported == 1
+        except LibvirtError:  # libvirt's rule: an error answer means "not supported"
+            conn.upload_skips_leave_zeros = False
+    if conn.upload_skips_leave_zeros:
+        return True
+    info = await volume.connection._rpc.call(
+        procedures.STORAGE_VOL_GET_INFO, r.VolArgs(volume.wire)
+    )
+    if info.allocation == 0:
+        return True
+    log.info(
+        "%s keeps a volume's old bytes where an upload skips a hole, and volume '%s' holds"
+        " data: the upload sends every byte, holes included",
+        conn.uri,
+        volume.name,
+    )
+    return False
 
 
 def _report_fallback(volume: VolumeLike, direction: str, refusal: InvalidArgument) -> None:

@@ -19,7 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from virtvol.protocol import remote as r
-from virtvol.protocol.constants import AuthType, ConnectOpenFlags, DriverFeature
+from virtvol.protocol.constants import (
+    UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE,
+    AuthType,
+    ConnectOpenFlags,
+    DriverFeature,
+)
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.procedures import Proc, Procedure
 
@@ -41,6 +46,7 @@ _FEATURES_AFTER_OPEN = frozenset(
         DriverFeature.PROGRAM_KEEPALIVE,
         DriverFeature.REMOTE_EVENT_CALLBACK,
         DriverFeature.REMOTE_CLOSE_CALLBACK,
+        UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE,
     }
 )
 

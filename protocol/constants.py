@@ -100,6 +100,13 @@ class DriverFeature(IntEnum):
     NETWORK_UPDATE_HAS_CORRECT_ORDER = 16
 
 
+# virtvold's own CONNECT_SUPPORTS_FEATURE number, far above libvirt's (which count up
+# from 1; libvirt daemons answer 0 to numbers they do not know): 1 means a skip in an
+# upload leaves zeros in the volume. libvirtd seeks over a skip in a file, so the bytes
+# the volume held there stay.
+UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE = 0x76760001
+
+
 # Flags (libvirt's public headers). Each flag is defined here once; the client
 # and the daemon import it.
 

@@ -218,6 +218,9 @@ class FakePeer:
             return r.ConnectSupportsFeatureRet(supported=int(event.args.feature in supported))
         if number == Proc.CONNECT_GET_TYPE:
             return r.ConnectGetTypeRet(type="storage")
+        if number == Proc.STORAGE_VOL_GET_INFO:
+            # An empty volume: an upload may skip its holes (transfer_base).
+            return r.VolGetInfoRet(type=0, capacity=1 << 30, allocation=0)
         if number in (
             Proc.CONNECT_OPEN,
             Proc.CONNECT_CLOSE,

@@ -59,7 +59,8 @@ async def test_sparse_round_trip(
     async with virtvol.client.connect(tls_libvirtd.tls_uri(pki.client_dir("client"))) as conn:
         pool = await conn.lookup_pool_by_name("default")
         vol = await pool.create_volume(
-            f"<volume><name>disk</name><capacity unit='bytes'>{24 * MIB}</capacity></volume>"
+            f"<volume><name>disk</name><capacity unit='bytes'>{24 * MIB}</capacity>"
+            "<allocation>0</allocation></volume>"
         )
         sent = await vol.upload_file(source)
         received = await vol.download_file(out)

@@ -188,3 +188,26 @@ async def test_sparse_download_past_the_end_fails_cleanly(
         await asyncio.sleep(0.2)
         assert conn.is_alive
         assert (await vol.info()).capacity == 10005
+
+
+async def test_sparse_image_over_old_bytes_reads_back_exactly(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    # libvirtd seeks over a hole it receives, so the old bytes there stay: an upload to it
+    # must still leave exactly the image's bytes, zeros where the image has holes.
+    old = tmp_path / "old.img"
+    old.write_bytes(b"\xa5" * SIZE)
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await _new_volume(conn, "over.img")
+        await vol.upload_file(old, sparse=False)
+        up = await vol.upload_file(source)
+        # A volume holding no data takes skips: its holes read as zeros.
+        empty = await _new_volume(conn, "empty.img")
+        fresh = await empty.upload_file(source)
+    assert not up.sparse
+    assert not up.fell_back
+    assert_same_file(source, reference_libvirtd.pool_dir / "over.img")
+    assert fresh.sparse
+    assert_same_file(source, reference_libvirtd.pool_dir / "empty.img")

@@ -115,3 +115,22 @@ async def test_download_onto_a_directory_fails_before_transferring(
         assert list(folder.iterdir()) == []
         assert not leftovers(tmp_path, "adir")
         assert conn.is_alive
+
+
+@pytest.mark.parametrize("length", [0, SIZE])
+async def test_sparse_upload_over_old_bytes_is_exact(
+    virtvold: Virtvold, tmp_path: Path, length: int
+) -> None:
+    # virtvold leaves zeros where a skip goes, so a volume holding data still gets a
+    # sparse stream, written whole (length 0) or in place (a length).
+    old = tmp_path / "old.img"
+    old.write_bytes(b"\xa5" * SIZE)
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    async with connect(virtvold.tcp_uri) as conn:
+        vol = await _volume(conn, "over.img")
+        await vol.upload_file(old, sparse=False)
+        up = await vol.upload_file(source, length=length)
+    assert up.sparse
+    assert up.hole_bytes >= 6 * MIB
+    assert_same_file(source, virtvold.pool_dir / "over.img")
