@@ -113,34 +113,21 @@ def _size_argument(text: str) -> int:
     except SizeError as exc:
         lines = [f"Malformed size {text}"]
         if exc.reason:
-            lines.append(f"invalid argument: {exc.reason}")
+            lines.append(exc.reason)
         raise CommandError(*lines) from exc
-
-
-# The largest --offset or --length: the wire carries them as unsigned 64-bit numbers.
-_NUMBER_MAX = (1 << 64) - 1
 
 
 def _number_argument(text: str | None, name: str) -> int:
     """--offset/--length: virsh takes plain numbers, with a "+" in front too, up to
-    2**64 - 1 (strtoull's rules); virtvol also takes a size suffix."""
+    2**64 - 1, the wire's limit (strtoull's rules); virtvol also takes a size suffix."""
     if text is None:
         return 0
-    unsigned = text.lstrip()
-    unsigned = unsigned[1:] if unsigned.startswith("+") else unsigned
     try:
-        # strtoull skips blanks before the sign only, and virsh wants nothing after the
-        # number: "+ 1" and "1 " are malformed (parse_size would take both).
-        if unsigned[:1].isspace() or unsigned[-1:].isspace():
-            raise SizeError(unsigned)
-        value = parse_size(unsigned)
+        return parse_size(text)
     except SizeError:
-        value = _NUMBER_MAX + 1
-    if value > _NUMBER_MAX:
         raise CommandError(
             f"Numeric value '{text}' for <{name}> option is malformed or out of range"
-        )
-    return value
+        ) from None
 
 
 def _yes_no(flag: bool) -> str:
@@ -265,6 +252,26 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
     if args.details:
         header += ["Persistent", "Capacity", "Allocation", "Available"]
     return format_table(header, rows, headers=not args.quiet)
+
+
+async def pool_uuid(conn: Connection, args: SimpleNamespace) -> str:
+    """By name only, as virsh looks it up."""
+    try:
+        pool = await conn.lookup_pool_by_name(args.pool)
+    except LibvirtError as exc:
+        _fail(f"failed to get pool '{args.pool}'", exc)
+    return pool.uuid_string + "\n"
+
+
+async def pool_name(conn: Connection, args: SimpleNamespace) -> str:
+    """By UUID only: text that is no UUID fails with no daemon's answer, as in virsh."""
+    try:
+        pool = await conn.lookup_pool_by_uuid(args.pool)
+    except ValueError:
+        raise CommandError(f"failed to get pool '{args.pool}'") from None
+    except LibvirtError as exc:
+        _fail(f"failed to get pool '{args.pool}'", exc)
+    return pool.name + "\n"
 
 
 async def pool_info(conn: Connection, args: SimpleNamespace) -> str:
@@ -504,6 +511,32 @@ async def vol_path(conn: Connection, args: SimpleNamespace) -> str:
         _fail(f"failed to get vol '{args.vol}' path", exc)
 
 
+async def _volume_by_key_or_path(conn: Connection, text: str) -> StorageVolume:
+    """vol-name and vol-pool: by key, then by path (virsh tries no name: no pool)."""
+    try:
+        return await conn.lookup_volume_by_key(text)
+    except LibvirtError:
+        pass
+    try:
+        return await conn.lookup_volume_by_path(text)
+    except LibvirtError as exc:
+        _fail(f"failed to get vol '{text}'", exc)
+
+
+async def vol_name(conn: Connection, args: SimpleNamespace) -> str:
+    vol = await _volume_by_key_or_path(conn, args.vol)
+    return vol.name + "\n"
+
+
+async def vol_pool(conn: Connection, args: SimpleNamespace) -> str:
+    vol = await _volume_by_key_or_path(conn, args.vol)
+    try:
+        pool = await vol.pool()
+    except LibvirtError as exc:
+        _fail(f"failed to get parent pool of vol '{vol.name}'", exc)
+    return (pool.uuid_string if args.uuid else pool.name) + "\n"
+
+
 async def vol_key(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     return vol.key + "\n"
@@ -593,25 +626,22 @@ async def vol_wipe(conn: Connection, args: SimpleNamespace) -> str:
 
 
 async def vol_resize(conn: Connection, args: SimpleNamespace) -> str:
-    text: str = args.capacity
+    # As virsh reads it: blanks skipped; a "-" asks for a shrink by that much (the
+    # wire takes no negative size); a "+" is only a sign, the size stays absolute.
+    text: str = args.capacity.lstrip(" \t\n\v\f\r")
     delta = args.delta
-    body = text
     if text.startswith("-"):
         if not args.shrink:
             raise CommandError("negative size requires --shrink")
-        delta, body = True, text[1:]
-    elif text.startswith("+"):
-        delta, body = True, text[1:]
-    try:
-        capacity = parse_size(body)
-    except SizeError as exc:
-        raise CommandError(f"Malformed size {text}") from exc
+        delta, text = True, text[1:]
+    capacity = _size_argument(text)
     vol = await _volume(conn, args.vol, args.pool)
+    change = f"{'by' if delta else 'to'} {text}"
     try:
         await vol.resize(capacity, allocate=args.allocate, delta=delta, shrink=args.shrink)
     except LibvirtError as exc:
-        _fail(f"Failed to change size of volume '{vol.name}' to {text}", exc)
-    return Notice(f"Size of volume '{vol.name}' successfully changed to {text}\n")
+        _fail(f"Failed to change size of volume '{vol.name}' {change}", exc)
+    return Notice(f"Size of volume '{vol.name}' successfully changed {change}\n")
 
 
 def _sparse_choice(args: SimpleNamespace) -> bool | None:
@@ -888,6 +918,13 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             ),
         ),
         _command(
+            "pool-name",
+            pool_name,
+            "a pool's name from its UUID",
+            "Print the name of the pool with a given UUID.",
+            Option("pool", "the pool's UUID", required=True),
+        ),
+        _command(
             "pool-refresh",
             _pool_action(_refresh, "Failed to refresh pool {name}", "Pool {name} refreshed"),
             "rescan a pool",
@@ -902,6 +939,13 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             _POOL,
             *_BUILD,
             exclusive=(("overwrite", "no-overwrite"),),
+        ),
+        _command(
+            "pool-uuid",
+            pool_uuid,
+            "a pool's UUID from its name",
+            "Print the UUID of the pool with a given name.",
+            Option("pool", "the pool's name", required=True),
         ),
         _command(
             "pool-undefine",
@@ -997,12 +1041,27 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("details", "more columns: type and sizes", "bool"),
         ),
         _command(
+            "vol-name",
+            vol_name,
+            "a volume's name from its key or path",
+            "Print the name of the volume with a given key or path.",
+            Option("vol", "the volume's key or path", required=True),
+        ),
+        _command(
             "vol-path",
             vol_path,
             "a volume's path",
             "Print the path of a volume on the host.",
             Option("vol", "the volume: a name (with --pool) or a key", required=True),
             _POOL_OF_VOL,
+        ),
+        _command(
+            "vol-pool",
+            vol_pool,
+            "the pool of a volume",
+            "Print the name (or UUID) of the pool holding the volume with a given key or path.",
+            Option("vol", "the volume's key or path", required=True),
+            Option("uuid", "print the pool's UUID, not its name", "bool"),
         ),
         _command(
             "vol-resize",

@@ -265,6 +265,15 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-create-as", "default", "x", "1X"],
         ["vol-create-as", "default", "x", "abc"],
         ["vol-create-as", "default", "x", "1M", "--allocation", "2Q"],
+        # libvirt's scaled integers: strtoull's number, then the suffix straight after it.
+        ["vol-create-as", "default", "x", "1 M"],
+        ["vol-create-as", "default", "x", "1M "],
+        ["vol-create-as", "default", "x", "1.5M"],
+        ["vol-create-as", "default", "x", "0x10"],
+        ["vol-create-as", "default", "x", "16E"],
+        ["vol-create-as", "default", "x", "-1"],
+        ["vol-create-as", "default", "x", "+-1M"],
+        ["vol-create-as", "default", "x", " +1M", "--print-xml"],
         ["vol-download", "v1", str(tmp_path / "o"), "--pool", "default", "--offset", "1Q"],
         # strtoull's rules: a value past 64 bits is refused (a "+" in front is taken: below).
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "18446744073709551616"],
@@ -273,6 +282,19 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+ 1"],
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "1 "],
         ["vol-upload", "--vol", "v1", "--file", str(tmp_path / "none"), "--pool", "default"],
+        # Lookups by key or path, by name only, by UUID only.
+        ["vol-name", str(reference_libvirtd.pool_dir / "v1")],
+        ["vol-name", "v1"],
+        ["vol-name", "v1", "--pool", "default"],
+        ["vol-pool", str(reference_libvirtd.pool_dir / "v1")],
+        ["vol-pool", "--vol", str(reference_libvirtd.pool_dir / "v1"), "--uuid"],
+        ["vol-pool", "nope"],
+        ["vol-pool"],
+        ["pool-uuid", "default"],
+        ["pool-uuid", "nope"],
+        ["pool-name", "default"],
+        ["pool-name", "00000000-0000-0000-0000-000000000000"],
+        ["pool-name", "default", "extra"],
         ["nosuch"],
         ["help", "nosuch"],
     ):
@@ -291,6 +313,9 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
     ):
         both(uri, "-q", *args)
     assert both(uri, "-q", "vol-list", "default")[0].startswith(" v1 ")
+    uuid = both(uri, "pool-uuid", "default")[0].strip()
+    assert both(uri, "pool-name", uuid)[0] == "default\n\n"
+    assert both(uri, "pool-uuid", uuid)[2] == 1  # by name only
 
 
 def test_changing_spellings_match_virsh(
@@ -319,6 +344,15 @@ def test_changing_spellings_match_virsh(
         ["-q", "vol-download", "--vol", "n-{}", "--file", str(tmp_path / "out-{}"), "default"],
         ["vol-create-as", "default", "k-{}", "1M", "--backing-vol", "n-{}", "--format", "qcow2"],
         ["vol-resize", "--vol", "n-{}", "--capacity", "2M", "--pool", "default"],
+        # A "+" is a sign, not a growth: "+1M" asks for 1M, a shrink, refused.
+        ["vol-resize", "n-{}", "+1M", "default"],
+        ["vol-resize", "n-{}", " +3M", "default"],
+        ["vol-resize", "n-{}", "+1M", "default", "--delta"],
+        ["vol-resize", "n-{}", "-1M", "default", "--shrink"],
+        ["vol-resize", "n-{}", "-1M", "default"],
+        ["vol-resize", "n-{}", "-5X", "default", "--shrink"],
+        ["vol-resize", "n-{}", "+5X", "default"],
+        ["vol-info", "n-{}", "default", "--bytes"],
         ["vol-clone", "--vol", "n-{}", "--newname", "c-{}", "--pool", "default"],
         ["vol-wipe", "c-{}", "default", "--algorithm", "zero"],
         ["vol-delete", "c-{}", "default"],
@@ -539,7 +573,7 @@ def test_every_command_takes_virsh_options_in_virsh_order() -> None:
     positional words fill them: it must be virsh's, plus only virtvol's marked extras."""
     listing = run_virtvol("help").stdout
     commands = [line.split()[0] for line in listing.splitlines() if line.startswith("    ")]
-    assert len(commands) == 22
+    assert len(commands) == 26
     for name in commands:
         theirs = subprocess.run(
             ["virsh", "help", name], capture_output=True, text=True, timeout=60, check=True
