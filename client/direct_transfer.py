@@ -120,7 +120,7 @@ class _Stream:
     async def open(self, requested: bool | None, direction: str) -> None:
         try:
             self.sparse, self.fell_back = await negotiate_stream(
-                self.volume, requested, direction, self._open_call
+                self.volume, requested, direction, self._open_call, offset=self.offset
             )
         except LibvirtError as exc:
             raise at_stage(exc, "open") from exc.__cause__

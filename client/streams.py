@@ -127,7 +127,7 @@ class _StreamBase:
             raise StreamError("the stream is already open", stage="open")
         self._opened = True
         self.sparse, self.fell_back = await negotiate_stream(
-            self.volume, self.requested_sparse, self.direction, self._call
+            self.volume, self.requested_sparse, self.direction, self._call, offset=self.offset
         )
 
     # -- sink ---------------------------------------------------------------------------

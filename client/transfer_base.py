@@ -19,7 +19,9 @@ An upload asks for sparse (``sparse=None``) only where a skip leaves zeros: on a
 daemon that says so (virtvold's ``UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE``), or on a
 volume that holds no data at all. libvirtd seeks over a skip in a file, keeping
 the bytes the volume held there, so an upload over a libvirtd volume that holds
-data sends every byte: the volume then holds exactly the source's bytes.
+data sends every byte: the volume then holds exactly the source's bytes. A
+download from an offset past the volume's end does not ask (libvirtd fails a
+sparse one there and serves a dense one as empty).
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ async def negotiate_stream(
     requested: bool | None,
     direction: str,
     open_call: Callable[[int], Awaitable[None]],
+    *,
+    offset: int = 0,
 ) -> tuple[bool, bool]:
     """Open a stream by calling ``open_call(flags)`` as the module docstring says.
 
@@ -129,6 +133,8 @@ async def negotiate_stream(
     ask = requested is not False and not legacy
     if ask and requested is None and direction == "upload":
         ask = await _skips_leave_zeros(volume)
+    elif ask and requested is None and offset > 0:
+        ask = await _starts_within(volume, offset)
     try:
         await open_call(VolStreamFlags.SPARSE if ask else 0)
         return ask, False
@@ -146,6 +152,16 @@ async def negotiate_stream(
         _report_fallback(volume, direction, exc)
     await open_call(0)
     return False, True
+
+
+async def _starts_within(volume: VolumeLike, offset: int) -> bool:
+    """Whether a download from ``offset`` starts within the volume or at its end:
+    libvirtd fails a sparse download that starts past the end ("Library function
+    returned error but did not set virError") and serves a dense one as empty."""
+    info = await volume.connection._rpc.call(
+        procedures.STORAGE_VOL_GET_INFO, r.VolArgs(volume.wire)
+    )
+    return offset <= info.capacity
 
 
 async def _skips_leave_zeros(volume: VolumeLike) -> bool:

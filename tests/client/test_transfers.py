@@ -190,6 +190,32 @@ async def test_sparse_download_past_the_end_fails_cleanly(
         assert (await vol.info()).capacity == 10005
 
 
+async def test_download_past_the_end_is_empty_as_virshs_dense_one(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    # libvirtd fails a sparse download that starts past the volume's end, and serves a
+    # dense one as empty: virtvol's default asks for the one that works.
+    run_virsh(reference_libvirtd.tcp_uri, "vol-create-as", "default", "e.img", "10005")
+    theirs = tmp_path / "theirs"
+    run_virsh(
+        reference_libvirtd.tcp_uri,
+        "vol-download",
+        "e.img",
+        str(theirs),
+        "default",
+        "--offset",
+        "20000",
+    )
+    ours = tmp_path / "ours"
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await (await conn.lookup_pool_by_name("default")).lookup_volume("e.img")
+        result = await vol.download_file(ours, offset=20000)
+        at_the_end = await vol.download_file(tmp_path / "end", offset=10005)
+    assert ours.read_bytes() == theirs.read_bytes() == b""
+    assert result.total_bytes == 0
+    assert at_the_end.sparse  # from the end itself, sparse works
+
+
 async def test_sparse_image_over_old_bytes_reads_back_exactly(
     reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:
