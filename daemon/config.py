@@ -10,7 +10,7 @@ command line::
     state_dir = "/var/lib/virtvol"
     protocol = "current"          # or "legacy": a daemon from before sparse streams
     log_level = "info"
-    keepalive_interval = 5        # seconds; libvirtd's defaults
+    keepalive_interval = 5        # seconds; libvirtd's defaults (-1: never ping)
     keepalive_count = 5
     shutdown_timeout = 30         # seconds running streams get on SIGTERM
     sync_uploads = true           # flush a whole-volume upload to disk before it replaces
@@ -117,7 +117,8 @@ class Settings:
     state_dir: str = ""
     protocol: ProtocolMode = "current"
     log_level: str = "info"
-    keepalive_interval: float = 5.0
+    # None: the daemon never pings (libvirtd.conf's -1); clients' PINGs are still answered.
+    keepalive_interval: float | None = 5.0
     keepalive_count: int = 5
     shutdown_timeout: float = 30.0
     sync_uploads: bool = True
@@ -216,6 +217,13 @@ def _number(table: dict[str, Any], key: str, default: float, *, minimum: float) 
     ):
         raise ConfigError(f"{key} must be a finite number >= {minimum}, not {value!r}")
     return float(value)
+
+
+def _keepalive_interval(table: dict[str, Any]) -> float | None:
+    """Seconds of silence before a PING; -1 turns the daemon's PINGs off, as in libvirtd."""
+    if table.get("keepalive_interval") == -1 and not isinstance(table["keepalive_interval"], bool):
+        return None
+    return _number(table, "keepalive_interval", 5.0, minimum=0.001)
 
 
 def _integer(table: dict[str, Any], key: str, default: int, *, minimum: int) -> int:
@@ -329,7 +337,7 @@ def settings_from_toml(table: dict[str, Any], source: str) -> Settings:
         state_dir=state_dir,
         protocol=_check_protocol(table.get("protocol", "current")),
         log_level=_check_log_level(table.get("log_level", "info")),
-        keepalive_interval=_number(table, "keepalive_interval", 5.0, minimum=0.001),
+        keepalive_interval=_keepalive_interval(table),
         keepalive_count=int(count),
         shutdown_timeout=_number(table, "shutdown_timeout", 30.0, minimum=0),
         sync_uploads=sync_uploads,

@@ -290,6 +290,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._ctx.keepalive_interval is None:
+            return  # no keepalive: a peer that stops reading is waited for, as libvirtd does
         stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
         if self._stall_timer is None and not self._refused:
             self._output_mark = self._output_progress()
@@ -701,11 +703,10 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- keepalive --------------------------------------------------------------------
 
     def _start_keepalive(self) -> None:
-        if self._keepalive is not None:
+        interval = self._ctx.keepalive_interval
+        if self._keepalive is not None or interval is None:
             return
-        self._keepalive = KeepaliveTracker(
-            self._ctx.keepalive_interval, self._ctx.keepalive_count, self._loop.time()
-        )
+        self._keepalive = KeepaliveTracker(interval, self._ctx.keepalive_count, self._loop.time())
         self._schedule_keepalive()
 
     def _schedule_keepalive(self) -> None:

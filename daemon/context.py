@@ -44,7 +44,7 @@ class TrackedConnection(Protocol):
 class DaemonContext:
     registry: StorageRegistry
     legacy: bool
-    keepalive_interval: float
+    keepalive_interval: float | None  # None: no PINGs from the daemon (Settings)
     keepalive_count: int
     calls: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(

@@ -7,11 +7,14 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     PingReceived,
+    PongReceived,
     ReplyReceived,
     StreamFinished,
 )
@@ -120,6 +123,28 @@ async def test_dropped_upload_keeps_old_content(virtvold: Virtvold) -> None:
             await asyncio.sleep(0.05)
         assert volume.read_bytes() == old
         assert os.listdir(virtvold.pool_dir) == ["keep"]
+
+
+async def test_keepalive_interval_minus_one_sends_no_pings_but_answers_them(
+    tmp_path: Path,
+) -> None:
+    # libvirtd.conf's "off": the daemon never pings nor drops a silent client, and still
+    # answers the client's PINGs.
+    config = tmp_path / "virtvold.toml"
+    config.write_text("keepalive_interval = -1\nkeepalive_count = 1\n")
+    daemon = start_virtvold(tmp_path / "d", "--config", str(config))
+    try:
+        client = await RawClient.connect(daemon.port)
+        await client.call(Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs(10))
+        client.send(client.rpc.send_ping())
+        assert isinstance(await client.next_event(), PongReceived)
+        with pytest.raises(TimeoutError):  # nothing else comes: no PING, no close
+            await client.next_event(wait=1.5)
+        await client.call(Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs(10))
+        await client.close()
+    finally:
+        stop_virtvold(daemon)
+    assert "no keepalive answer" not in daemon.log_text()
 
 
 async def test_keepalive_pings_then_drops_a_silent_client(tmp_path: Path) -> None:
