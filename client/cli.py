@@ -16,6 +16,7 @@ stderr. The README lists where virtvol differs on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -718,18 +719,24 @@ def _source_size(path: str, source: os.stat_result) -> int | None:
 
 def _check_destination(path: str) -> None:
     """Refuse at once, as virsh does (it creates the file before the stream starts), a
-    destination that cannot be written: a directory, a missing folder, no permission."""
+    destination that cannot be written: a directory, a missing folder, no permission, a
+    socket. A FIFO or a device is written in place: only its own permission counts."""
+    from virtvol.client.transfer_base import download_target
+    from virtvol.sparse.sequential import is_filled_in_place
+
+    try:
+        in_place = is_filled_in_place(os.stat(path).st_mode)
+    except OSError:
+        in_place = False
     folder = os.path.dirname(os.path.abspath(path))
     if (
         os.path.isdir(path)
-        or not os.path.isdir(folder)
-        or not os.access(folder, os.W_OK | os.X_OK)
+        or (not in_place and not os.path.isdir(folder))
+        or (not in_place and not os.access(folder, os.W_OK | os.X_OK))
         or (os.path.lexists(path) and not os.access(path, os.W_OK))
     ):
         raise CommandError(f"cannot create {path}")
-    from virtvol.client.transfer_base import download_target
-
-    try:  # a device, a FIFO or a socket: refused before the stream opens, as a file
+    try:  # a socket: refused before the stream opens, as a file
         download_target(path)
     except IsADirectoryError:  # "copy/" names a folder, as one that exists above
         raise CommandError(f"cannot create {path}") from None
@@ -1293,6 +1300,15 @@ def _print(output: str, *, quiet: bool) -> None:
     sys.stdout.flush()
 
 
+def _flush_output(text: str = "") -> None:
+    """Write ``text`` to stdout and flush it around an error, unless its reader went
+    away: the error may be that very reader's going (a download into /dev/stdout piped
+    to ``head``)."""
+    with contextlib.suppress(OSError):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``virtvol`` command; returns the exit status (0, or 1 on error)."""
     quiet = False
@@ -1309,13 +1325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     except CommandError as exc:
-        sys.stdout.flush()
+        _flush_output()
         _show_held_failures(exc.lines)
         for line in exc.lines:
             sys.stderr.write(f"error: {line}\n")
         sys.stderr.flush()
         if exc.ran and not quiet:
-            sys.stdout.write("\n")
+            _flush_output("\n")
         return 1
     except KeyboardInterrupt:
         _show_held_failures()

@@ -3,7 +3,8 @@
 The same promises as ``transfer`` (which serves event-loop connections): holes
 and, with ``detect_zeroes``, all-zero blocks travel as skips on a sparse
 stream and as zeros on a dense one; a download appears at its path only once
-the stream finished cleanly, in an ``AtomicFile``. Only the driving differs:
+the stream finished cleanly, in an ``AtomicFile``, or goes into a FIFO or
+device as it arrives (``transfer_base.DownloadOutput``). Only the driving differs:
 one thread reads the file and writes the socket in turn, or reads the socket
 and writes the file, with no thread hops and no queues. The kernel's socket
 buffers keep the peer busy while the file is read or written, and the disk's
@@ -17,7 +18,8 @@ buffer and zero runs merge into skips, all of one buffer's frames in as few
 again); after each buffer what the peer sent meanwhile is handled without
 waiting, so a stream error stops the upload there. Download: the frames each
 read of the socket brings are written to the file together (one
-``SparseWriter.apply``) from the frame buffers they arrived in.
+``SparseWriter.apply``) from the frame buffers they arrived in. A FIFO that takes
+them slowly holds the next read of the socket back: the peer waits, nothing piles up.
 
 Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
 awaited for ``ABORT_WAIT`` seconds), or drops the connection when it cut a
@@ -40,6 +42,7 @@ from virtvol.client.errors import (
 from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
     SOURCE_WAIT_STEP,
+    DownloadOutput,
     TransferResult,
     at_stage,
     download_target,
@@ -60,7 +63,6 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.sparse.reader import StreamReader, open_source, source_reader
-from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_view
 
 if TYPE_CHECKING:
@@ -72,8 +74,11 @@ if TYPE_CHECKING:
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
     from virtvol.sparse.reader import SparseReader
+    from virtvol.sparse.sequential import SequentialWriter
+    from virtvol.sparse.writer import SparseWriter
 
     Source = SparseReader | StreamReader
+    Writer = SparseWriter | SequentialWriter
 
 __all__ = ["download_file", "upload_file"]
 
@@ -359,13 +364,14 @@ async def download_file(
     detect_zeroes: bool = True,
     progress: Progress | None = None,
 ) -> TransferResult:
-    """Download ``volume`` into a local sparse file (the arguments of
-    ``transfer.download_file``): it appears at ``path`` only once complete."""
+    """Download ``volume`` into a local sparse file, which appears at ``path`` only once
+    complete, or into the FIFO or device there as the bytes arrive (the arguments of
+    ``transfer.download_file``)."""
     rpc = _engine(volume)
     started = time.monotonic()
-    with AtomicFile(download_target(path)) as output:
-        writer = SparseWriter(output.fd, detect_zeroes=detect_zeroes)
-        receiver = _Receiver(writer, progress, length, volume.connection.uri)
+    # A FIFO's reader is waited for in steps: Ctrl-C still ends the wait.
+    with DownloadOutput(download_target(path), detect_zeroes=detect_zeroes) as output:
+        receiver = _Receiver(output.writer, progress, length, volume.connection.uri)
         stream = _Stream(
             rpc,
             volume,
@@ -409,7 +415,7 @@ class _Receiver:
     a receive's worth at a time, when ``write`` is called; fails the download at
     ``write`` once the frames go past ``length`` (when not 0), writing none of those."""
 
-    def __init__(self, writer: SparseWriter, progress: Progress | None, length: int, peer: str):
+    def __init__(self, writer: Writer, progress: Progress | None, length: int, peer: str):
         self.writer = writer
         self.progress = progress
         self.length = length

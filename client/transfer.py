@@ -15,7 +15,10 @@ one ``pwritev`` per run of data, zero blocks left as holes). The output is an
 ``AtomicFile``, a fresh temporary beside the destination, so every region
 never written is a hole; it is extended to the final size and renamed over
 the destination only when the stream finished cleanly. A failed download
-leaves no file behind. The written file is left in the page cache.
+leaves no file behind. The written file is left in the page cache. A FIFO
+or device takes the bytes in order instead (``DownloadOutput``, holes as
+zeros); with ``WRITES_IN_FLIGHT`` batches waiting on a slow reader the loop
+stops taking frames, and the peer waits.
 """
 
 from __future__ import annotations
@@ -26,25 +29,27 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from virtvol.client.streams import Download, Hole, Upload
 from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
     SOURCE_WAIT_STEP,
+    DownloadOutput,
     Progress,
     TransferResult,
     download_target,
     piece_runs,
 )
 from virtvol.sparse.reader import BufferPool, SparseReader, StreamReader, open_source, source_reader
-from virtvol.sparse.writer import AtomicFile, SparseWriter
 
 if TYPE_CHECKING:
     from virtvol.client.interfaces import VolumeLike as StorageVolume
     from virtvol.sparse.zeros import Bytes
 
 __all__ = ["Progress", "TransferResult", "download_file", "upload_file"]
+
+_Result = TypeVar("_Result")
 
 # Read-ahead: buffers of FRAME_DATA_MAX per upload. Several are needed because
 # a transport that references (not copies) written memory holds some of them.
@@ -55,7 +60,7 @@ WRITE_BATCH_ITEMS = 1024
 WRITES_IN_FLIGHT = 4
 
 
-async def _settle(job: asyncio.Future[None]) -> None:
+async def _settle(job: asyncio.Future[_Result]) -> None:
     """Wait until a worker's job has ended, even through cancellation (re-raised after).
 
     What the worker uses (a descriptor, a buffer) is released after this, so it
@@ -293,6 +298,32 @@ async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None
 # -- download -------------------------------------------------------------------------
 
 
+async def _open_output(path: str | os.PathLike[str], detect_zeroes: bool) -> DownloadOutput:
+    """Open the download's destination off the loop. A FIFO opens once a reader came,
+    which may take long: the thread that waits for it gives up when this is cancelled."""
+    loop = asyncio.get_running_loop()
+    target = await loop.run_in_executor(None, download_target, path)
+    if not target.in_place:
+        return DownloadOutput(target, detect_zeroes=detect_zeroes)
+    cancelled = threading.Event()
+
+    def open_it() -> DownloadOutput:
+        return DownloadOutput(
+            target, detect_zeroes=detect_zeroes, wanted=lambda: not cancelled.is_set()
+        )
+
+    opening = loop.run_in_executor(None, open_it)
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        cancelled.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await _settle(opening)
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().abort()  # the reader came just as the download was cancelled
+        raise
+
+
 async def download_file(
     volume: StorageVolume,
     path: str | os.PathLike[str],
@@ -303,11 +334,14 @@ async def download_file(
     detect_zeroes: bool = True,
     progress: Progress | None = None,
 ) -> TransferResult:
-    """Download ``volume`` into a local sparse file.
+    """Download ``volume`` into a local sparse file, or into a FIFO or device.
 
     The file appears at ``path`` (replacing any file there) only after the
     stream finished cleanly; until then the data goes to a hidden temporary
-    file in the same folder, which is removed if anything fails.
+    file in the same folder, which is removed if anything fails. A FIFO or a
+    device at ``path`` (``/dev/stdout``, ``/dev/null``) is written as the bytes
+    arrive, from its start, holes as zeros, as virsh does: a FIFO is waited for
+    until a reader opens it, and a reader slower than the stream holds it back.
 
     Args:
         volume: the source.
@@ -323,16 +357,16 @@ async def download_file(
 
     Raises:
         OSError: the destination cannot be written (before anything is transferred
-            when it is a directory, ``IsADirectoryError``, or a device or FIFO, which
-            the final rename would replace; a symbolic link's target is replaced).
+            when it is a directory, ``IsADirectoryError``, or a socket; a symbolic
+            link's target is replaced); ``BrokenPipeError`` when a FIFO's reader went
+            away before the end.
         LibvirtError: the peer refused or failed the download.
         TransportError: the connection failed.
     """
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    target = await loop.run_in_executor(None, download_target, path)
-    output = AtomicFile(target)
-    writer = SparseWriter(output.fd, detect_zeroes=detect_zeroes)
+    output = await _open_output(path, detect_zeroes)
+    writer = output.writer
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="virtvol-write")
     in_flight: set[asyncio.Future[None]] = set()
     slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
@@ -393,6 +427,7 @@ async def download_file(
         # in order, so once a last, empty job has run no write (nor the finish) is
         # left, whatever the loop's side cancelled; it is waited for on the loop,
         # not in the executor's shutdown, which would hold every other task up.
+        output.stop()  # a write waiting for a FIFO's stalled reader gives up
         try:
             await _settle(asyncio.wrap_future(executor.submit(_nothing)))
         finally:

@@ -39,6 +39,8 @@ from virtvol.protocol.constants import UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE, VolStre
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
+from virtvol.sparse.sequential import SequentialWriter, is_filled_in_place, open_in_place
+from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_runs
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "FRAME_DATA_MAX",
     "SOURCE_WAIT_STEP",
+    "DownloadOutput",
+    "DownloadTarget",
     "Progress",
     "TransferResult",
     "at_stage",
@@ -245,9 +249,19 @@ def piece_runs(
     return runs
 
 
-def download_target(path: str | os.PathLike[str]) -> str:
-    """The file a download's ``AtomicFile`` replaces: ``path``, or the file a symbolic
-    link there leads to (the link stays a link, as when virsh writes through it).
+class DownloadTarget(Record):
+    """Where a download goes: ``path`` to open, and whether it is filled in place (a
+    FIFO or a device, written as the bytes arrive) or replaced by a complete copy."""
+
+    path: str
+    in_place: bool
+
+
+def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
+    """Where a download of ``path`` goes. A FIFO or a device (``/dev/stdout``, ``/dev/null``)
+    takes the bytes itself, as virsh writes into it. Anything else is replaced by an
+    ``AtomicFile``: ``path``, or the file a symbolic link there leads to (the link stays
+    a link, as when virsh writes through it).
 
     Checked before the stream opens, not found by the final rename after the whole
     volume went by.
@@ -255,8 +269,7 @@ def download_target(path: str | os.PathLike[str]) -> str:
     Raises:
         IsADirectoryError: ``path`` is a directory, or names one ("copy/", "copy/."),
             which no file can be created as, even where none exists.
-        OSError: ``path`` is a device, a FIFO or a socket: the rename would replace
-            the node itself, not write into it.
+        OSError: ``path`` is a socket, which cannot be opened and the rename would replace.
     """
     given = os.fspath(path)
     try:
@@ -267,6 +280,72 @@ def download_target(path: str | os.PathLike[str]) -> str:
         mode = stat.S_IFDIR
     if mode is not None and stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
+    if mode is not None and is_filled_in_place(mode):
+        return DownloadTarget(given, in_place=True)
     if mode is not None and not stat.S_ISREG(mode):
         raise OSError(f"not a regular file: {given} (a download would replace it, not fill it)")
-    return os.path.realpath(given)
+    return DownloadTarget(os.path.realpath(given), in_place=False)
+
+
+class DownloadOutput:
+    """A download's destination, open: ``writer`` takes the stream in order; ``commit``
+    makes the result final and ``abort`` (or leaving it as a context manager uncommitted)
+    drops it. The one place both engines decide how a target is written:
+
+    - a regular file (or a new one): an ``AtomicFile`` written by a ``SparseWriter``,
+      renamed over the target on commit, removed on abort;
+    - a FIFO or a device: the node itself, written by a ``SequentialWriter`` as the
+      bytes arrive (holes as zeros); commit and abort only close it, as whatever was
+      written has been read or stored already.
+
+    Opening a FIFO waits for its reader while ``wanted()`` holds (see
+    ``sparse.sequential.open_in_place``).
+    """
+
+    def __init__(
+        self,
+        target: DownloadTarget,
+        *,
+        detect_zeroes: bool,
+        wanted: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.target = target
+        self._atomic: AtomicFile | None = None
+        self._fd = -1
+        if target.in_place:
+            self._fd = open_in_place(target.path, wanted)
+            self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd)
+        else:
+            self._atomic = AtomicFile(target.path)
+            self.writer = SparseWriter(self._atomic.fd, detect_zeroes=detect_zeroes)
+
+    def stop(self) -> None:
+        """Make a write into a FIFO or device that waits for room give up (from any
+        thread): a cancelled download must not wait for a reader that stalls."""
+        if isinstance(self.writer, SequentialWriter):
+            self.writer.stop()
+
+    def commit(self) -> None:
+        """Make the download final (after the writer's ``finish``)."""
+        if self._atomic is not None:
+            self._atomic.commit()
+        else:
+            self._close()
+
+    def abort(self) -> None:
+        """Drop a download not committed; a no-op after ``commit``, safe to call twice."""
+        if self._atomic is not None:
+            self._atomic.abort()
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> DownloadOutput:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()

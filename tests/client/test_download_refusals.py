@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING
 
 from tests.client.test_cli_spellings import run_virtvol
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.conftest import Virtvold
 
 
-def test_a_download_onto_a_device_is_refused_as_a_file_not_a_stream(virtvold: Virtvold) -> None:
+def test_a_download_onto_a_socket_is_refused_as_a_file_not_a_stream(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
     """The refusal comes before the stream opens (transfer_base.download_target): it is
-    about the file, not a failing receive handler."""
+    about the file, not a failing receive handler. A socket takes no open(), and a
+    rename would replace it (a FIFO or a device is written in place instead)."""
     (virtvold.pool_dir / "v").write_bytes(b"x" * 4096)
-    done = run_virtvol(
-        "-c", virtvold.tcp_uri, "vol-download", "v", "/dev/null", "--pool", "default"
-    )
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    path = folder / "sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        done = run_virtvol(
+            "-c", virtvold.tcp_uri, "vol-download", "v", str(path), "--pool", "default"
+        )
     assert done.returncode == 1
-    assert done.stderr.startswith("error: cannot create /dev/null\n"), done.stderr
+    assert done.stderr == (
+        f"error: cannot create {path}\n"
+        f"error: not a regular file: {path} (a download would replace it, not fill it)\n"
+    )
+    assert os.listdir(folder) == ["sock"]
 
 
 def test_a_download_into_a_folder_that_does_not_exist_is_refused(virtvold: Virtvold) -> None:
