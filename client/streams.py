@@ -373,6 +373,11 @@ class Download(_StreamBase):
         self.data_bytes = 0
         self.hole_bytes = 0
 
+    @property
+    def holds_items(self) -> bool:
+        """Whether items arrived that the iteration has not yielded yet."""
+        return bool(self._items)
+
     def _past_length(self, count: int) -> bool:
         """Whether ``count`` more bytes go past the length asked for (which fails the
         stream, and drops them)."""

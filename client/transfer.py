@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
+from virtvol.client.errors import LibvirtError
 from virtvol.client.streams import Download, Hole, Upload
 from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
@@ -390,20 +391,33 @@ async def download_file(
 
         batch: list[Bytes | int] = []
         batch_size = 0
+        # A FIFO's reader gets what arrived without waiting for a batch to fill up.
+        in_place = output.target.in_place
         async with Download(volume, offset=offset, length=length, sparse=sparse) as stream:
-            async for item in stream:
-                if isinstance(item, Hole):
-                    batch.append(item.length)
-                else:
-                    batch.append(item)
-                    batch_size += len(item)
-                if batch_size >= WRITE_BATCH or len(batch) >= WRITE_BATCH_ITEMS:
-                    await submit(batch)
-                    batch, batch_size = [], 0
-                if write_errors:
-                    raise write_errors[0]
-                if progress is not None:
-                    progress(stream.data_bytes, stream.hole_bytes)
+            try:
+                async for item in stream:
+                    if isinstance(item, Hole):
+                        batch.append(item.length)
+                    else:
+                        batch.append(item)
+                        batch_size += len(item)
+                    if (
+                        batch_size >= WRITE_BATCH
+                        or len(batch) >= WRITE_BATCH_ITEMS
+                        or (in_place and not stream.holds_items)
+                    ):
+                        await submit(batch)
+                        batch, batch_size = [], 0
+                    if write_errors:
+                        raise write_errors[0]
+                    if progress is not None:
+                        progress(stream.data_bytes, stream.hole_bytes)
+            except LibvirtError:
+                # What came before the peer's error still reaches a FIFO or device,
+                # as the command line's engine writes it before it hears the error.
+                if in_place and in_flight:
+                    await asyncio.wait(in_flight)
+                raise
             if batch:
                 await submit(batch)
             if in_flight:

@@ -735,19 +735,40 @@ def test_a_download_through_a_symbolic_link_writes_its_target(tmp_path: Path) ->
     assert sorted(p.name for p in work.rglob("*")) == ["images", "link.img", "real.img"]
 
 
-def test_a_download_onto_a_device_or_fifo_is_refused_before_the_stream(tmp_path: Path) -> None:
-    """The temporary renamed over a FIFO or a device node would replace the node itself
-    (/dev/null became a regular file): such a destination is refused at once."""
+def test_a_download_onto_a_socket_is_refused_before_the_stream(tmp_path: Path) -> None:
+    """The temporary renamed over a socket would replace the node itself, and a socket
+    takes no open(): such a destination is refused at once."""
+    work = tmp_path / "work"
+    work.mkdir()
+    path = work / "sock"
+    with socket.socket(socket.AF_UNIX) as listener, FakePeer(tmp_path) as peer:
+        listener.bind(str(path))
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"x", 1)
+        conn = open_conn(peer.uri)
+        with pytest.raises(OSError, match="not a regular file"):
+            run_blocking(fake_volume(conn).download_file(path))
+        close(conn)
+    assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert os.listdir(work) == ["sock"]
+
+
+def test_a_download_into_a_fifo_fills_it_and_leaves_it_a_fifo(tmp_path: Path) -> None:
+    """Written in place, as virsh writes: the node is not replaced (/dev/null once became
+    a regular file) and nothing is made beside it."""
     work = tmp_path / "work"
     work.mkdir()
     fifo = work / "pipe"
     os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
     with FakePeer(tmp_path) as peer:
-        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"x", 1)
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"xyz", 2)
         conn = open_conn(peer.uri)
-        with pytest.raises(OSError, match="not a regular file"):
-            run_blocking(fake_volume(conn).download_file(fifo))
+        run_blocking(fake_volume(conn).download_file(fifo))
         close(conn)
-    assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    reader.join(timeout=10)
+    assert received == [b"xyzxyz"]
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert os.listdir(work) == ["pipe"]

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.client.fake_peer import VOLUME, FakePeer, stream_error
 from tests.client.helpers import MIB, write_sparse_image
 from tests.conftest import run_virsh
-from virtvol.client import connect
+from virtvol.client import LibvirtError, StorageVolume, connect
 from virtvol.client.direct import open_direct, run_blocking
+from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from tests.conftest import ReferenceLibvirtd, Virtvold
     from virtvol.client.connection import Connection
     from virtvol.client.transfer_base import Progress, TransferResult
+    from virtvol.protocol.connection import CallReceived
 
 pytestmark = pytest.mark.interop
 
@@ -99,6 +102,24 @@ def download(
 
     async def on_a_loop() -> TransferResult:
         return await move(await connect(uri))
+
+    return asyncio.run(on_a_loop())
+
+
+def download_from_peer(engine: str, peer: FakePeer, target: Path) -> TransferResult:
+    """Download the scripted peer's volume into ``target`` on ``engine``."""
+
+    async def move(conn: Connection) -> TransferResult:
+        try:
+            return await StorageVolume.from_wire(conn, VOLUME).download_file(target)
+        finally:
+            await conn.close()
+
+    if engine == "direct":
+        return run_blocking(move(run_blocking(open_direct(peer.uri, keepalive=None))))
+
+    async def on_a_loop() -> TransferResult:
+        return await move(await connect(peer.uri, keepalive=None))
 
     return asyncio.run(on_a_loop())
 
@@ -205,6 +226,29 @@ async def test_a_cancelled_download_does_not_wait_for_a_fifo(
             os.close(never_read)
         assert (await volume.info()).capacity == SIZE
     assert sorted(os.listdir(downloads)) == ["stalled", "unread"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_stream_error_midway_fails_a_download_into_a_fifo(tmp_path: Path, engine: str) -> None:
+    """The bytes before the error went to the reader; the peer's error is raised and the
+    FIFO is closed, so the reader sees its end."""
+    sent = b"abc" * 1000
+
+    def send_then_fail(peer: FakePeer, event: CallReceived) -> None:
+        parts = [peer.core.reply(event.serial), *peer.core.send_data(event.serial, sent)]
+        parts.append(peer.core.send_stream_error(event.serial, stream_error("disk on fire")))
+        peer.send(b"".join(parts))
+
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    fifo = make_fifo(folder)
+    reader = FifoReader(fifo)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_then_fail
+        with pytest.raises(LibvirtError, match="disk on fire"):
+            download_from_peer(engine, peer, fifo)
+    assert reader.result() == sent
+    assert os.listdir(folder) == ["fifo"]
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import os
+import socket
 import stat
 import uuid
 from pathlib import Path
@@ -133,21 +134,27 @@ async def test_file_round_trip_keeps_holes(tmp_path: Path) -> None:
         assert copy.read_bytes() == content
 
 
-async def test_download_file_writes_through_a_link_and_refuses_a_fifo(tmp_path: Path) -> None:
-    """The temporary replaces a symbolic link's target (the link stays), and a FIFO is
-    refused before the stream: renamed over, the node itself would be replaced."""
+async def test_download_file_writes_through_a_link_and_fills_a_fifo(tmp_path: Path) -> None:
+    """The temporary replaces a symbolic link's target (the link stays); a FIFO takes the
+    bytes in place and stays a FIFO; a socket is refused before the stream: renamed over,
+    the node itself would be replaced."""
     (tmp_path / "real.img").write_bytes(b"old")
     (tmp_path / "link.img").symlink_to("real.img")
     os.mkfifo(tmp_path / "pipe")
     async with memory_daemon(pools={"p": {"v": b"new"}}) as conn:
         vol = await (await conn.lookup_pool_by_name("p")).lookup_volume("v")
         await vol.download_file(tmp_path / "link.img")
-        with pytest.raises(OSError, match="not a regular file"):
-            await vol.download_file(tmp_path / "pipe")
+        reading = asyncio.ensure_future(asyncio.to_thread((tmp_path / "pipe").read_bytes))
+        await vol.download_file(tmp_path / "pipe")
+        assert await reading == b"new"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(tmp_path / "sock"))
+            with pytest.raises(OSError, match="not a regular file"):
+                await vol.download_file(tmp_path / "sock")
     assert (tmp_path / "link.img").is_symlink()
     assert (tmp_path / "real.img").read_bytes() == b"new"
     assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe").st_mode)
-    assert sorted(os.listdir(tmp_path)) == ["link.img", "pipe", "real.img"]
+    assert sorted(os.listdir(tmp_path)) == ["link.img", "pipe", "real.img", "sock"]
 
 
 async def test_download_abandoned_midway_leaves_the_connection_usable() -> None:
