@@ -246,6 +246,36 @@ class Connection:
         )
         return self._pool(ret.pool)
 
+    async def storage_pool_capabilities(self, *, timeout: float | None = None) -> str:
+        """The ``<storagepoolCapabilities>`` XML: which pool types the daemon supports,
+        with their source and volume formats."""
+        ret = await self._rpc.call(
+            procedures.CONNECT_GET_STORAGE_POOL_CAPABILITIES,
+            r.StoragePoolCapabilitiesArgs(0),
+            timeout=timeout,
+        )
+        return ret.capabilities
+
+    async def find_storage_pool_sources(
+        self, pool_type: str, src_spec: str | None = None, *, timeout: float | None = None
+    ) -> str:
+        """The ``<sources>`` XML of the storage a pool of ``pool_type`` could use (the
+        NFS exports of a host, the volume groups on the host...).
+
+        Args:
+            pool_type: e.g. ``"netfs"``, ``"logical"``.
+            src_spec: a ``<source>`` XML saying where to look (a host, a port...).
+
+        Raises:
+            NoSupport: the pool type cannot discover its sources (``dir``).
+        """
+        ret = await self._rpc.call(
+            procedures.CONNECT_FIND_STORAGE_POOL_SOURCES,
+            r.FindPoolSourcesArgs(pool_type, src_spec, 0),
+            timeout=timeout,
+        )
+        return ret.xml
+
     # -- volumes by key or path ------------------------------------------------------------
 
     async def lookup_volume_by_key(

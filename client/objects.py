@@ -146,9 +146,23 @@ class StoragePool:
             procedures.STORAGE_POOL_CREATE, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
         )
 
+    async def build(self, *, flags: int = 0, timeout: float | None = None) -> None:
+        """Build the pool's storage on the host (a dir pool: its folder) while it is
+        inactive (``flags``: libvirt's ``PoolBuildFlags``, e.g. NO_OVERWRITE)."""
+        await self._call(
+            procedures.STORAGE_POOL_BUILD, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
+        )
+
     async def destroy(self, *, timeout: float | None = None) -> None:
         """Stop the pool (its volumes are kept)."""
         await self._call(procedures.STORAGE_POOL_DESTROY, r.PoolArgs(self.wire), timeout=timeout)
+
+    async def delete(self, *, flags: int = 0, timeout: float | None = None) -> None:
+        """Remove the pool's storage from the host (a dir pool: its empty folder) while
+        it is inactive; the definition stays. The opposite of ``build``."""
+        await self._call(
+            procedures.STORAGE_POOL_DELETE, r.PoolFlagsArgs(self.wire, flags), timeout=timeout
+        )
 
     async def undefine(self, *, timeout: float | None = None) -> None:
         """Remove the pool's persistent definition."""

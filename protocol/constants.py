@@ -117,6 +117,23 @@ class ConnectOpenFlags(IntFlag):
     RO = 1
 
 
+class PoolBuildFlags(IntFlag):
+    """``virStoragePoolBuildFlags`` (STORAGE_POOL_BUILD)."""
+
+    NEW = 0
+    REPAIR = 1
+    RESIZE = 2
+    NO_OVERWRITE = 4
+    OVERWRITE = 8
+
+
+class PoolDeleteFlags(IntFlag):
+    """``virStoragePoolDeleteFlags`` (STORAGE_POOL_DELETE)."""
+
+    NORMAL = 0
+    ZEROED = 1
+
+
 class PoolCreateFlags(IntFlag):
     """``virStoragePoolCreateFlags`` (STORAGE_POOL_CREATE and _CREATE_XML)."""
 

@@ -82,7 +82,10 @@ class Proc(IntEnum):
     STORAGE_POOL_CREATE_XML = 76
     STORAGE_POOL_DEFINE_XML = 77
     STORAGE_POOL_CREATE = 78
+    CONNECT_FIND_STORAGE_POOL_SOURCES = 75
+    STORAGE_POOL_BUILD = 79
     STORAGE_POOL_DESTROY = 80
+    STORAGE_POOL_DELETE = 81
     STORAGE_POOL_UNDEFINE = 82
     STORAGE_POOL_REFRESH = 83
     STORAGE_POOL_LOOKUP_BY_NAME = 84
@@ -128,6 +131,7 @@ class Proc(IntEnum):
     CONNECT_UNREGISTER_CLOSE_CALLBACK = 361
     CONNECT_EVENT_CONNECTION_CLOSED = 362
     STORAGE_VOL_GET_INFO_FLAGS = 378
+    CONNECT_GET_STORAGE_POOL_CAPABILITIES = 403
 
 
 PROCEDURES: dict[int, Procedure[Any, Any]] = {}
@@ -234,7 +238,15 @@ STORAGE_POOL_CREATE_XML = _p(
 )
 STORAGE_POOL_DEFINE_XML = _p(Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs, r.PoolRet, mutating=True)
 STORAGE_POOL_CREATE = _p(Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs, None, low=True, mutating=True)
+CONNECT_FIND_STORAGE_POOL_SOURCES = _p(
+    Proc.CONNECT_FIND_STORAGE_POOL_SOURCES,
+    r.FindPoolSourcesArgs,
+    r.FindPoolSourcesRet,
+    refused_read_only=True,
+)
+STORAGE_POOL_BUILD = _p(Proc.STORAGE_POOL_BUILD, r.PoolFlagsArgs, None, low=True, mutating=True)
 STORAGE_POOL_DESTROY = _p(Proc.STORAGE_POOL_DESTROY, r.PoolArgs, None, mutating=True)
+STORAGE_POOL_DELETE = _p(Proc.STORAGE_POOL_DELETE, r.PoolFlagsArgs, None, low=True, mutating=True)
 STORAGE_POOL_UNDEFINE = _p(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs, None, mutating=True)
 STORAGE_POOL_REFRESH = _p(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs, None, low=True, mutating=True)
 STORAGE_POOL_LOOKUP_BY_NAME = _p(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs, r.PoolRet)
@@ -321,3 +333,8 @@ CONNECT_EVENT_CONNECTION_CLOSED = _p(
     event=True,
 )
 STORAGE_VOL_GET_INFO_FLAGS = _p(Proc.STORAGE_VOL_GET_INFO_FLAGS, r.VolFlagsArgs, r.VolGetInfoRet)
+CONNECT_GET_STORAGE_POOL_CAPABILITIES = _p(
+    Proc.CONNECT_GET_STORAGE_POOL_CAPABILITIES,
+    r.StoragePoolCapabilitiesArgs,
+    r.StoragePoolCapabilitiesRet,
+)

@@ -226,6 +226,16 @@ class PoolXmlArgs(XdrStruct):
     flags: U32
 
 
+class StoragePoolCapabilitiesArgs(XdrStruct):
+    flags: U32
+
+
+class StoragePoolCapabilitiesRet(XdrStruct):
+    """``{capabilities}``: the ``<storagepoolCapabilities>`` document."""
+
+    capabilities: NonnullString
+
+
 class PoolRet(XdrStruct):
     """``{pool}``: the result of every call that returns a pool."""
 
@@ -239,7 +249,7 @@ class PoolArgs(XdrStruct):
 
 
 class PoolFlagsArgs(XdrStruct):
-    """``{pool, flags}``: create (start), refresh, XML description."""
+    """``{pool, flags}``: create (start), build, delete, refresh, XML description."""
 
     pool: StoragePool
     flags: U32
@@ -288,6 +298,16 @@ class PoolListVolumesArgs(XdrStruct):
 
 class ListVolNamesRet(XdrStruct):
     names: VolNames
+
+
+class FindPoolSourcesArgs(XdrStruct):
+    type: NonnullString
+    src_spec: OptionalString
+    flags: U32
+
+
+class FindPoolSourcesRet(XdrStruct):
+    xml: NonnullString
 
 
 class ActiveRet(XdrStruct):

@@ -12,6 +12,8 @@ from virtvol.client import (
     InvalidArgument,
     NoStoragePool,
     NoStorageVolume,
+    NoSupport,
+    OperationFailed,
     OperationInvalid,
     PoolState,
     StorageVolumeExists,
@@ -130,3 +132,33 @@ async def test_many_calls_in_flight(reference_libvirtd: ReferenceLibvirtd) -> No
         )
         assert sum(isinstance(r, NoStoragePool) for r in results) == 10
         assert sum(not isinstance(r, BaseException) for r in results) == 50
+
+
+async def test_pool_storage_is_built_and_deleted(reference_libvirtd: ReferenceLibvirtd) -> None:
+    target = reference_libvirtd.state_dir / "built"
+    xml = f"<pool type='dir'><name>built</name><target><path>{target}</path></target></pool>"
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        pool = await conn.define_pool(xml)
+        await pool.build()
+        assert target.is_dir()
+        await pool.start()
+        with pytest.raises(OperationInvalid, match="is still active"):
+            await pool.delete()
+        await pool.destroy()
+        await pool.delete()
+        assert not target.exists()
+        await pool.undefine()
+
+
+async def test_pool_capabilities_and_source_discovery(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        capabilities = await conn.storage_pool_capabilities()
+        assert capabilities.startswith("<storagepoolCapabilities>")
+        assert "<pool type='dir' supported='yes'>" in capabilities
+        with pytest.raises(NoSupport, match="does not support source discovery"):
+            await conn.find_storage_pool_sources("dir")
+        spec = "<source><host name='localhost'/></source>"
+        with pytest.raises(OperationFailed, match="no storage pools were found"):
+            await conn.find_storage_pool_sources("netfs", spec)
