@@ -257,7 +257,7 @@ class Connection:
         return ret.capabilities
 
     async def find_storage_pool_sources(
-        self, pool_type: str, src_spec: str | None = None, *, timeout: float | None = None
+        self, pool_type: str, *, src_spec: str | None = None, timeout: float | None = None
     ) -> str:
         """The ``<sources>`` XML of the storage a pool of ``pool_type`` could use (the
         NFS exports of a host, the volume groups on the host...).

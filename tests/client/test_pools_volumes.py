@@ -161,4 +161,4 @@ async def test_pool_capabilities_and_source_discovery(
             await conn.find_storage_pool_sources("dir")
         spec = "<source><host name='localhost'/></source>"
         with pytest.raises(OperationFailed, match="no storage pools were found"):
-            await conn.find_storage_pool_sources("netfs", spec)
+            await conn.find_storage_pool_sources("netfs", src_spec=spec)
