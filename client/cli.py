@@ -28,6 +28,7 @@ from virtvol.client.cli_args import (
     Command,
     Option,
     check_exclusive,
+    check_not_empty,
     format_command_help,
     parse_arguments,
 )
@@ -37,6 +38,7 @@ from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
     TransportError,
+    UnsendableValue,
     VirtvolError,
 )
 from virtvol.client.log import when_first_used
@@ -47,7 +49,9 @@ from virtvol.client.uri import DEFAULT_URI_ENV
 from virtvol.client.xmldesc import escape, renamed_volume_xml, volume_xml
 from virtvol.protocol.constants import (
     ListPoolsFlags,
+    PoolBuildFlags,
     PoolCreateFlags,
+    PoolDefineFlags,
     VolCreateFlags,
     VolDeleteFlags,
 )
@@ -135,6 +139,36 @@ def _yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+# virsh reads an XML file of up to 10 MiB; a larger one is refused before anything is sent.
+_MAX_XML_FILE = 10 * 1024 * 1024
+
+
+def _read_xml_file(path: str) -> str:
+    """An XML file as virsh reads it, in virsh's words when it cannot: "Failed to open
+    file" when opening fails, "Failed to read file" when reading does (a directory opens,
+    then fails to read) or the file is over 10 MiB. The text ends at a NUL byte, as a C
+    string does; bytes that are not UTF-8 travel unchanged."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_MAX_XML_FILE + 1)
+    except OSError as exc:
+        # A folder opens in C and fails its first read: virsh says it could not read it.
+        opened = isinstance(exc, IsADirectoryError) or exc.filename is None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        failure = "read" if opened else "open"
+        raise CommandError(f"Failed to {failure} file '{path}': {reason}") from None
+    if len(data) > _MAX_XML_FILE:
+        import errno
+
+        raise CommandError(f"Failed to read file '{path}': {os.strerror(errno.EOVERFLOW)}")
+    return data.partition(b"\0")[0].decode("utf-8", "surrogateescape")
+
+
+def _unsendable(context: str, exc: UnsendableValue) -> NoReturn:
+    """A text over the wire's limits (an XML file over 4 MiB): libvirt's client's words."""
+    raise CommandError(context, "Unable to encode message payload") from exc
+
+
 # -- lookups, as virsh resolves its arguments --------------------------------------------------
 
 
@@ -151,8 +185,11 @@ async def _pool(conn: Connection, name: str) -> StoragePool:
         _fail(f"failed to get pool '{name}'", exc)
 
 
-async def _volume(conn: Connection, name: str, pool_name: str | None) -> StorageVolume:
-    """By name in ``--pool``, then by key, then by path (the last error is reported)."""
+async def _volume(
+    conn: Connection, name: str, pool_name: str | None, *, pool_option: str = "pool"
+) -> StorageVolume:
+    """By name in ``--pool`` (vol-create-from: ``--inputpool``), then by key, then by
+    path (the last error is reported)."""
     pool = None
     if pool_name is not None:
         pool = await _pool(conn, pool_name)
@@ -174,7 +211,7 @@ async def _volume(conn: Connection, name: str, pool_name: str | None) -> Storage
             error = exc
     if vol is None:
         assert error is not None
-        hint = "" if pool_name is not None else ", specifying --pool might help"
+        hint = "" if pool_name is not None else f", specifying --{pool_option} might help"
         _fail(f"failed to get vol '{name}'{hint}", error)
     if pool is not None and vol.pool_name != pool.name:
         raise CommandError(f"Requested volume '{name}' is not in pool '{pool.name}'")
@@ -439,6 +476,97 @@ async def _refresh(pool: StoragePool, args: SimpleNamespace) -> None:
     await pool.refresh()
 
 
+def _pool_storage_action(
+    action: Callable[[StoragePool, SimpleNamespace], Awaitable[None]], verb: str, done: str
+) -> Callable[[Connection, SimpleNamespace], Awaitable[str]]:
+    """pool-build and pool-delete: virsh names the pool as it was given (a UUID too)."""
+
+    async def run(conn: Connection, args: SimpleNamespace) -> str:
+        pool = await _pool(conn, args.pool)
+        try:
+            await action(pool, args)
+        except LibvirtError as exc:
+            _fail(f"Failed to {verb} pool {args.pool}", exc)
+        return Notice(f"Pool {args.pool} {done}\n")
+
+    return run
+
+
+async def _build(pool: StoragePool, args: SimpleNamespace) -> None:
+    # No exclusion of --overwrite and --no-overwrite here, as in virsh: the daemon refuses.
+    flags = PoolBuildFlags.OVERWRITE if args.overwrite else 0
+    if args.no_overwrite:
+        flags |= PoolBuildFlags.NO_OVERWRITE
+    await pool.build(flags=flags)
+
+
+async def _delete(pool: StoragePool, args: SimpleNamespace) -> None:
+    await pool.delete()
+
+
+async def pool_define(conn: Connection, args: SimpleNamespace) -> str:
+    xml = _read_xml_file(args.file)
+    context = f"Failed to define pool from {args.file}"
+    try:
+        pool = await conn.define_pool(xml, flags=PoolDefineFlags.VALIDATE if args.validate else 0)
+    except LibvirtError as exc:
+        _fail(context, exc)
+    except UnsendableValue as exc:
+        _unsendable(context, exc)
+    return Notice(f"Pool {pool.name} defined from {args.file}\n")
+
+
+async def pool_create(conn: Connection, args: SimpleNamespace) -> str:
+    xml = _read_xml_file(args.file)
+    context = f"Failed to create pool from {args.file}"
+    try:
+        pool = await conn.create_pool(xml, flags=_build_flags(args))
+    except LibvirtError as exc:
+        _fail(context, exc)
+    except UnsendableValue as exc:
+        _unsendable(context, exc)
+    return Notice(f"Pool {pool.name} created from {args.file}\n")
+
+
+async def pool_capabilities(conn: Connection, args: SimpleNamespace) -> str:
+    try:
+        xml = await conn.storage_pool_capabilities()
+    except LibvirtError as exc:
+        _fail("failed to get storage pool capabilities", exc)
+    return xml + "\n"  # virsh adds a newline to the document's own
+
+
+async def _find_sources(conn: Connection, pool_type: str, src_spec: str | None) -> str:
+    context = f"Failed to find any {pool_type} pool sources"
+    try:
+        return await conn.find_storage_pool_sources(pool_type, src_spec=src_spec)
+    except LibvirtError as exc:
+        _fail(context, exc)
+    except UnsendableValue as exc:
+        _unsendable(context, exc)
+
+
+async def find_storage_pool_sources(conn: Connection, args: SimpleNamespace) -> str:
+    src_spec = None if args.srcSpec is None else _read_xml_file(args.srcSpec)
+    return await _find_sources(conn, args.type, src_spec)
+
+
+def _source_spec(host: str | None, port: str | None, initiator: str | None) -> str | None:
+    """The ``<source>`` virsh writes from --host, --port and --initiator: nothing without
+    a host, and the values as given, unescaped, as virsh writes them."""
+    if host is None:
+        return None
+    lines = ["<source>", f"  <host name='{host}'" + (f" port='{port}'" if port else "") + "/>"]
+    if initiator:
+        lines += ["  <initiator>", f"    <iqn name='{initiator}'/>", "  </initiator>"]
+    lines.append("</source>")
+    return "\n".join(lines) + "\n"
+
+
+async def find_storage_pool_sources_as(conn: Connection, args: SimpleNamespace) -> str:
+    return await _find_sources(conn, args.type, _source_spec(args.host, args.port, args.initiator))
+
+
 async def pool_autostart(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     try:
@@ -603,6 +731,42 @@ async def vol_clone(conn: Connection, args: SimpleNamespace) -> str:
     except LibvirtError as exc:
         _fail(f"Failed to clone vol from {vol.name}", exc)
     return Notice(f"Vol {args.newname} cloned from {vol.name}\n")
+
+
+def _vol_create_flags(args: SimpleNamespace) -> int:
+    flags = VolCreateFlags.PREALLOC_METADATA if args.prealloc_metadata else 0
+    if getattr(args, "reflink", False):
+        flags |= VolCreateFlags.REFLINK
+    if args.validate:
+        flags |= VolCreateFlags.VALIDATE
+    return flags
+
+
+async def vol_create(conn: Connection, args: SimpleNamespace) -> str:
+    pool = await _pool(conn, args.pool)
+    xml = _read_xml_file(args.file)
+    context = f"Failed to create vol from {args.file}"
+    try:
+        vol = await pool.create_volume(xml, flags=_vol_create_flags(args))
+    except LibvirtError as exc:
+        _fail(context, exc)
+    except UnsendableValue as exc:
+        _unsendable(context, exc)
+    return Notice(f"Vol {vol.name} created from {args.file}\n")
+
+
+async def vol_create_from(conn: Connection, args: SimpleNamespace) -> str:
+    pool = await _pool(conn, args.pool)
+    source = await _volume(conn, args.vol, args.inputpool, pool_option="inputpool")
+    xml = _read_xml_file(args.file)
+    context = f"Failed to create vol from {args.file}"
+    try:
+        vol = await pool.create_volume_from(xml, source, flags=_vol_create_flags(args))
+    except LibvirtError as exc:
+        _fail(context, exc)
+    except UnsendableValue as exc:
+        _unsendable(context, exc)
+    return Notice(f"Vol {vol.name} created from input vol {source.name}\n")
 
 
 async def vol_delete(conn: Connection, args: SimpleNamespace) -> str:
@@ -845,13 +1009,37 @@ def _command(
     *options: Option,
     exclusive: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Command, Handler]:
-    group = "pool" if name.startswith("pool-") else "volume"
+    group = "volume" if name.startswith("vol-") else "pool"
     return Command(name, summary, description, group, options, exclusive), handler
 
+
+_POOL_FILE = Option("file", "a file holding the pool's XML", required=True)
+_VALIDATE = Option("validate", "check the XML against libvirt's schema", "bool")
+_PREALLOC_METADATA = Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool")
 
 _COMMANDS: dict[str, tuple[Command, Handler]] = {
     c.name: (c, h)
     for c, h in (
+        _command(
+            "find-storage-pool-sources",
+            find_storage_pool_sources,
+            "find storage a pool could use",
+            "Print the <sources> XML of the storage a pool of the type could use, looking"
+            " where a <source> XML file says.",
+            Option("type", "the type of pool (netfs, logical, iscsi...)", required=True),
+            Option("srcSpec", "a file holding a <source> XML: where to look"),
+        ),
+        _command(
+            "find-storage-pool-sources-as",
+            find_storage_pool_sources_as,
+            "find storage a pool could use, from options",
+            "Print the <sources> XML of the storage a pool of the type could use, looking"
+            " at a host.",
+            Option("type", "the type of pool (netfs, logical, iscsi...)", required=True),
+            Option("host", "the host to look at"),
+            Option("port", "its port"),
+            Option("initiator", "the iSCSI initiator IQN to look with"),
+        ),
         _command(
             "pool-autostart",
             pool_autostart,
@@ -859,6 +1047,30 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "Mark a pool to be started whenever the daemon starts, or unmark it.",
             _POOL,
             Option("disable", "stop starting the pool with the daemon", "bool"),
+        ),
+        _command(
+            "pool-build",
+            _pool_storage_action(_build, "build", "built"),
+            "build a pool's storage",
+            "Make an inactive pool's storage on the host (a dir pool: its folder).",
+            _POOL,
+            Option("no-overwrite", "refuse to overwrite data already there", "bool"),
+            Option("overwrite", "overwrite any data already there", "bool"),
+        ),
+        _command(
+            "pool-capabilities",
+            pool_capabilities,
+            "the pool types the daemon supports",
+            "Print the daemon's storage pool capabilities XML: pool types and their formats.",
+        ),
+        _command(
+            "pool-create",
+            pool_create,
+            "create and start a pool from an XML file",
+            "Create and start a transient pool described by an XML file.",
+            _POOL_FILE,
+            *_BUILD,
+            exclusive=(("overwrite", "no-overwrite"),),
         ),
         _command(
             "pool-create-as",
@@ -870,12 +1082,29 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             exclusive=(("overwrite", "no-overwrite"), ("secret-usage", "secret-uuid")),
         ),
         _command(
+            "pool-define",
+            pool_define,
+            "define a pool from an XML file",
+            "Define a persistent pool described by an XML file, or change the definition of"
+            " one; it stays as it is until started.",
+            _POOL_FILE,
+            _VALIDATE,
+        ),
+        _command(
             "pool-define-as",
             pool_define_as,
             "define a pool from options",
             "Define a persistent pool described by the options; it stays inactive.",
             *_POOL_AS,
             exclusive=(("secret-usage", "secret-uuid"),),
+        ),
+        _command(
+            "pool-delete",
+            _pool_storage_action(_delete, "delete", "deleted"),
+            "delete a pool's storage",
+            "Remove an inactive pool's storage from the host (a dir pool: its empty folder);"
+            " its definition stays.",
+            _POOL,
         ),
         _command(
             "pool-destroy",
@@ -978,6 +1207,34 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("print-xml", "only print the copy's XML", "bool"),
         ),
         _command(
+            "vol-create",
+            vol_create,
+            "create a volume from an XML file",
+            "Create a volume in a pool from a file holding its XML.",
+            Option("pool", "name or UUID of the pool", required=True),
+            Option("file", "a file holding the volume's XML", required=True),
+            _PREALLOC_METADATA,
+            _VALIDATE,
+        ),
+        _command(
+            "vol-create-from",
+            vol_create_from,
+            "create a volume from an XML file, as a copy of another",
+            "Create a volume in a pool from a file holding its XML, filled with a copy of"
+            " another volume's data.",
+            Option("pool", "name or UUID of the pool", required=True),
+            Option("file", "a file holding the new volume's XML", required=True),
+            Option(
+                "vol",
+                "the volume to copy: a name (with --inputpool), a key or a path",
+                required=True,
+            ),
+            Option("inputpool", "name or UUID of the pool holding the volume to copy"),
+            _PREALLOC_METADATA,
+            Option("reflink", "share the data blocks (copy-on-write file systems)", "bool"),
+            _VALIDATE,
+        ),
+        _command(
             "vol-create-as",
             vol_create_as,
             "create a volume from options",
@@ -985,7 +1242,9 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("pool", "name or UUID of the pool", required=True),
             Option("name", "name of the new volume", required=True),
             Option("capacity", "its size, e.g. 10G (bytes without a suffix)", required=True),
-            Option("allocation", "bytes to allocate now, e.g. 0 for a sparse volume"),
+            Option(
+                "allocation", "bytes to allocate now, e.g. 0 for a sparse volume", empty_ok=True
+            ),
             Option("format", "image format: raw, qcow2, ..."),
             Option("backing-vol", "a volume to overlay (copy-on-write formats)"),
             Option("backing-vol-format", "the format of --backing-vol"),
@@ -1106,6 +1365,9 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
 
 _GROUPS = (("pool", "Storage Pool"), ("volume", "Storage Volume"))
 
+# virsh commands that open an editor or wait for events: virtvol runs one short command.
+_INTERACTIVE = frozenset({"pool-edit", "pool-event"})
+
 
 def _command_list(group: str | None = None) -> str:
     lines = []
@@ -1147,6 +1409,7 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
     try:
         try:
             check_exclusive(command, vars(args))
+            check_not_empty(command, vars(args))
         except ArgumentError as exc:
             raise CommandError(str(exc)) from None
         return await handler(conn, args)
@@ -1271,6 +1534,8 @@ def _prepare(argv: Sequence[str]) -> _Invocation:
         topic = parse_arguments(help_command, words)["command"]
         text = _help(topic if isinstance(topic, str) else None)
         return _Invocation(plain, text=text if quiet else text + "\n")
+    if name in _INTERACTIVE:
+        raise CommandError(f"command '{name}' is not supported by virtvol", ran=False)
     if name not in _COMMANDS:
         raise CommandError(f"unknown command: '{name}'", ran=False)
     command, handler = _COMMANDS[name]

@@ -29,6 +29,7 @@ __all__ = [
     "Command",
     "Option",
     "check_exclusive",
+    "check_not_empty",
     "format_command_help",
     "parse_arguments",
 ]
@@ -49,6 +50,7 @@ class Option(Record):
         kind: ``"bool"`` (a flag), ``"string"`` or ``"number"`` (takes a value).
         required: the command cannot run without it (shown as ``<name>``).
         extension: virtvol's own option, which virsh does not have.
+        empty_ok: an empty text is a value (virsh refuses it for most options).
     """
 
     name: str
@@ -56,6 +58,7 @@ class Option(Record):
     kind: Kind = "string"
     required: bool = False
     extension: bool = False
+    empty_ok: bool = False
 
     @property
     def dest(self) -> str:
@@ -149,6 +152,18 @@ def check_exclusive(command: Command, values: dict[str, object]) -> None:
     for first, second in command.exclusive:
         if values.get(first.replace("-", "_")) and values.get(second.replace("-", "_")):
             raise ArgumentError(f"Options --{first} and --{second} are mutually exclusive")
+
+
+def check_not_empty(command: Command, values: dict[str, object]) -> None:
+    """virsh refuses an empty text for an option that takes one, when the command runs
+    (after connecting), unless the option allows it.
+
+    Raises:
+        ArgumentError: the first such option, in declaration order.
+    """
+    for opt in command.options:
+        if opt.kind == "string" and not opt.empty_ok and values.get(opt.dest) == "":
+            raise ArgumentError(f"Failed to get option '{opt.name}': Option argument is empty")
 
 
 def _synopsis_part(opt: Option) -> str:
