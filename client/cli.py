@@ -449,13 +449,16 @@ def _pool_action(
     failure: str,
     success: str,
 ) -> Callable[[Connection, SimpleNamespace], Awaitable[str]]:
+    """A command on one pool; its messages name the pool as it was given (a UUID too),
+    as virsh's do."""
+
     async def run(conn: Connection, args: SimpleNamespace) -> str:
         pool = await _pool(conn, args.pool)
         try:
             await action(pool, args)
         except LibvirtError as exc:
-            _fail(failure.format(name=pool.name), exc)
-        return Notice(success.format(name=pool.name) + "\n")
+            _fail(failure.format(name=args.pool), exc)
+        return Notice(success.format(name=args.pool) + "\n")
 
     return run
 
@@ -474,22 +477,6 @@ async def _undefine(pool: StoragePool, args: SimpleNamespace) -> None:
 
 async def _refresh(pool: StoragePool, args: SimpleNamespace) -> None:
     await pool.refresh()
-
-
-def _pool_storage_action(
-    action: Callable[[StoragePool, SimpleNamespace], Awaitable[None]], verb: str, done: str
-) -> Callable[[Connection, SimpleNamespace], Awaitable[str]]:
-    """pool-build and pool-delete: virsh names the pool as it was given (a UUID too)."""
-
-    async def run(conn: Connection, args: SimpleNamespace) -> str:
-        pool = await _pool(conn, args.pool)
-        try:
-            await action(pool, args)
-        except LibvirtError as exc:
-            _fail(f"Failed to {verb} pool {args.pool}", exc)
-        return Notice(f"Pool {args.pool} {done}\n")
-
-    return run
 
 
 async def _build(pool: StoragePool, args: SimpleNamespace) -> None:
@@ -573,10 +560,10 @@ async def pool_autostart(conn: Connection, args: SimpleNamespace) -> str:
         await pool.set_autostart(not args.disable)
     except LibvirtError as exc:
         verb = "unmark" if args.disable else "mark"
-        _fail(f"failed to {verb} pool {pool.name} as autostarted", exc)
+        _fail(f"failed to {verb} pool {args.pool} as autostarted", exc)
     if args.disable:
-        return Notice(f"Pool {pool.name} unmarked as autostarted\n")
-    return Notice(f"Pool {pool.name} marked as autostarted\n")
+        return Notice(f"Pool {args.pool} unmarked as autostarted\n")
+    return Notice(f"Pool {args.pool} marked as autostarted\n")
 
 
 # -- volume commands ------------------------------------------------------------------------------
@@ -1050,7 +1037,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
         ),
         _command(
             "pool-build",
-            _pool_storage_action(_build, "build", "built"),
+            _pool_action(_build, "Failed to build pool {name}", "Pool {name} built"),
             "build a pool's storage",
             "Make an inactive pool's storage on the host (a dir pool: its folder).",
             _POOL,
@@ -1100,7 +1087,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
         ),
         _command(
             "pool-delete",
-            _pool_storage_action(_delete, "delete", "deleted"),
+            _pool_action(_delete, "Failed to delete pool {name}", "Pool {name} deleted"),
             "delete a pool's storage",
             "Remove an inactive pool's storage from the host (a dir pool: its empty folder);"
             " its definition stays.",

@@ -622,6 +622,7 @@ def test_file_and_build_commands_match_virsh(
     uri = reference_libvirtd.tcp_uri
     _xml_files(tmp_path, reference_libvirtd.pool_dir)
     run_virsh(uri, "vol-create-as", "default", "v1", "1M", "--allocation", "0")
+    uuid = run_virsh(uri, "pool-uuid", "default").stdout.strip()
     t = str(tmp_path)
     for args in (
         ["pool-capabilities"],
@@ -661,6 +662,11 @@ def test_file_and_build_commands_match_virsh(
         ["pool-delete", "default"],  # active
         ["pool-delete", "--pool", "nope"],
         ["pool-build"],
+        # A pool given by its UUID is named so in every message, as virsh names it.
+        ["pool-build", uuid],
+        ["pool-start", uuid],
+        ["pool-refresh", uuid],
+        ["pool-autostart", uuid, "--disable"],
         # Discovery: dir pools have none, netfs needs a host, the host has no NFS.
         ["find-storage-pool-sources", "dir"],
         ["find-storage-pool-sources", "bogus"],
