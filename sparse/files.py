@@ -171,17 +171,37 @@ def allocate(fd: int, offset: int, length: int) -> None:
         os.posix_fallocate(fd, offset, length)
 
 
-def copy_sparse(src_fd: int, dst_fd: int, end: int, buffer: bytearray | None = None) -> None:
-    """Copy the data extents of ``src_fd`` in ``[0, end)`` to the same offsets of ``dst_fd``.
+def copy_sparse(
+    src_fd: int,
+    dst_fd: int,
+    end: int,
+    buffer: bytearray | None = None,
+    *,
+    start: int = 0,
+    most: int | None = None,
+) -> int:
+    """Copy the data extents of ``src_fd`` in ``[start, end)`` to the same offsets of ``dst_fd``.
 
-    Holes are not written, so they stay holes in a destination that was
-    created empty (or truncated) to its final size. ``copy_file_range`` lets
-    the kernel move (or share) the blocks; a read/write loop through
-    ``buffer`` is the fallback.
+    Holes are not written, so they stay holes in a destination whose range was
+    empty (created, truncated or punched to its final size). ``copy_file_range``
+    lets the kernel move (or share) the blocks; a read/write loop through
+    ``buffer`` is the fallback. With ``most``, it stops once that many bytes of
+    data are copied, so a long copy can go in steps.
+
+    Returns:
+        Where the copy stopped: ``end`` once the whole range is done, otherwise
+        the offset the next step starts from.
     """
-    for extent in iter_extents(src_fd, 0, end):
-        if extent.data:
-            _copy_range(src_fd, dst_fd, extent.start, extent.end, buffer)
+    copied = 0
+    for extent in iter_extents(src_fd, start, end):
+        if not extent.data:
+            continue
+        stop = extent.end if most is None else min(extent.end, extent.start + most - copied)
+        _copy_range(src_fd, dst_fd, extent.start, stop, buffer)
+        copied += stop - extent.start
+        if most is not None and copied >= most and stop < end:
+            return stop
+    return end
 
 
 def _copy_range(src_fd: int, dst_fd: int, offset: int, end: int, buffer: bytearray | None) -> None:

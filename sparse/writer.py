@@ -94,6 +94,7 @@ class SparseWriter:
         self._started = 0  # data bytes started since the last wait
         self._wait_from = offset  # what a wait covers: [wait_from, wait_to)
         self._wait_to: int | None = None
+        self._tail_at: int | None = None  # where ``copy_tail`` goes on, once it started
         self.zero_bytes = 0  # data bytes found to be zero and not written
 
     @property
@@ -191,6 +192,33 @@ class SparseWriter:
         if self._pos < self._size:
             files.punch_hole(self._fd, self._pos, min(end, self._size) - self._pos)
         self._pos = end
+
+    def copy_tail(self, source: int, end: int, most: int) -> bool:
+        """After the stream: make ``[position, end)`` hold what ``source`` holds there.
+
+        Only ``source``'s data extents are copied (``files.copy_sparse``), at
+        most ``most`` bytes of them per call, so its holes stay holes and a long
+        copy goes in steps; the file is first made ``end`` long with that range
+        reading as zeros. Nothing happens when the stream reached ``end``.
+
+        Returns:
+            True once the whole range is copied.
+
+        Raises:
+            OSError: reading ``source`` or writing the file failed.
+        """
+        if self._tail_at is None:
+            self._tail_at = self._pos
+            if end > self._pos:
+                if self._pos < self._size:
+                    files.punch_hole(self._fd, self._pos, min(end, self._size) - self._pos)
+                if end > self._size:
+                    os.ftruncate(self._fd, end)
+                    self._size = end
+        if self._tail_at >= end:
+            return True
+        self._tail_at = files.copy_sparse(source, self._fd, end, start=self._tail_at, most=most)
+        return self._tail_at >= end
 
     def finish(self) -> None:
         """Extend the file over a trailing hole and, with ``sync``, flush it to disk.

@@ -94,6 +94,38 @@ def test_writer_leaves_zero_blocks_and_holes_unwritten(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_writer_copies_the_tail_of_another_file_past_the_stream(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    with old.open("wb") as handle:  # data, a hole of 20 blocks, data
+        handle.write(os.urandom(4 * ZERO_BLOCK))
+        handle.seek(24 * ZERO_BLOCK)
+        handle.write(os.urandom(ZERO_BLOCK + 3))
+    old_bytes = old.read_bytes()
+    source = os.open(old, os.O_RDONLY)
+    fd = os.open(tmp_path / "new", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        writer = SparseWriter(fd)
+        head = os.urandom(ZERO_BLOCK + 5)
+        writer.apply([head, ZERO_BLOCK])  # the stream ends in a hole
+        steps = 1
+        while not writer.copy_tail(source, len(old_bytes), ZERO_BLOCK):
+            steps += 1
+        writer.finish()
+        tail = old_bytes[2 * ZERO_BLOCK + 5 :]
+        assert (tmp_path / "new").read_bytes() == head + bytes(ZERO_BLOCK) + tail
+        assert steps == 3  # 3 blocks less 2 bytes of data, a block a step; the hole free
+        assert allocated(tmp_path / "new") <= 7 * ZERO_BLOCK
+        # A stream that went past the other file's end has nothing to copy.
+        longer = SparseWriter(fd)
+        longer.skip(len(old_bytes) + 1)
+        assert longer.copy_tail(source, len(old_bytes), ZERO_BLOCK)
+        longer.finish()
+        assert os.fstat(fd).st_size == len(old_bytes) + 1
+    finally:
+        os.close(fd)
+        os.close(source)
+
+
 def test_writer_punches_inside_the_old_size_and_keeps_its_limit(tmp_path: Path) -> None:
     path = tmp_path / "vol"
     path.write_bytes(b"\xee" * 8 * ZERO_BLOCK)

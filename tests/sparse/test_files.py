@@ -205,3 +205,17 @@ def test_allocate_reserves_blocks(make_file: MakeFile) -> None:
     assert os.fstat(fd).st_size == 4 * B
     assert os.fstat(fd).st_blocks * 512 == 4 * B
     sparsefile.allocate(fd, 0, 0)
+
+
+def test_copy_sparse_in_steps_from_an_offset(make_file: MakeFile) -> None:
+    src = make_file(64 * B, [(0, b"a" * 4 * B), (10 * B, b"b" * 3 * B), (60 * B, b"c" * B)])
+    dst = make_file(64 * B, [])
+    stops = []
+    at = 2 * B
+    while at < 64 * B:
+        at = sparsefile.copy_sparse(src, dst, 64 * B, start=at, most=2 * B)
+        stops.append(at)
+    # Two blocks of data a step; the holes cost no step.
+    assert stops == [4 * B, 12 * B, 61 * B, 64 * B]
+    assert os.pread(dst, 64 * B, 0) == bytes(2 * B) + os.pread(src, 62 * B, 2 * B)
+    assert os.fstat(dst).st_blocks * 512 == 6 * B
