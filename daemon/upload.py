@@ -10,7 +10,8 @@ than ``HELD_MAX`` bytes are held (queued or being written; each frame also count
 leaves a batch's worth of room, while queued batches remain for the worker: TCP pushes
 back on a client faster than the disk, memory stays bounded, and the worker does not
 wait for the socket to refill an empty queue. The client's finish commits the writer (for a
-whole-volume upload: fdatasync, then the atomic rename) and is acknowledged, and only
+whole-volume upload: the old volume's bytes past the stream's end copied in steps, each a
+worker job, then fdatasync and the atomic rename) and is acknowledged, and only
 then is the replaced content let go (slow for a big volume, and nothing the client waits
 for); an abort, an error or a lost connection aborts it, leaving the old content. A
 write error aborts it in a worker and is then reported as STREAM/ERROR, so the client
@@ -141,6 +142,10 @@ class Upload:
                 if self._end is not None and not self._queue:
                     break
             if self._end is _End.FINISH:
+                # A job per step of the kept tail: a lost connection or a stopping daemon
+                # ends a long copy between two, and the abort leaves the old volume.
+                while not await self._file.run(self._writer.keep_tail):
+                    pass
                 await self._file.run(self._writer.commit)
             else:
                 await self._file.run(self._writer.abort)

@@ -36,8 +36,9 @@ class ChunkReader(Protocol):
 @runtime_checkable
 class ChunkWriter(Protocol):
     """The volume side of an upload: ``apply`` (or ``write``/``skip``) in stream
-    order, then ``commit`` or ``abort``, then ``release_replaced`` after the
-    acknowledgement."""
+    order, then ``keep_tail`` until it returns True (a whole-volume upload copies
+    the replaced volume's bytes past the stream's end, a step per call), then
+    ``commit`` or ``abort``, then ``release_replaced`` after the acknowledgement."""
 
     @property
     def position(self) -> int: ...
@@ -47,6 +48,8 @@ class ChunkWriter(Protocol):
     def write(self, data: memoryview | bytes | bytearray) -> None: ...
 
     def skip(self, length: int) -> None: ...
+
+    def keep_tail(self) -> bool: ...
 
     def commit(self) -> None: ...
 

@@ -13,8 +13,11 @@ call at a time from a worker thread.
   all-zero blocks into ``write_zeroes`` (in steps below 2 GiB, which librbd
   refuses). A whole-volume upload goes to a fresh hidden image, where holes
   cost nothing at all (a new image reads as zeros) and the image grows as the
-  stream does; on commit it is cut to the stream's end and swapped in
-  (``RbdVolumes.replace``). An abort, an error or a lost connection removes it
+  stream does. A stream shorter than the volume keeps the volume's size and
+  its bytes past the stream's end, as libvirt's in-place write of a file
+  does: ``keep_tail`` copies the old image's allocated extents there, in steps
+  of ``TAIL_STEP`` bytes of data. On commit the image is cut to its final size
+  and swapped in (``RbdVolumes.replace``). An abort, an error or a lost connection removes it
   and leaves the volume as it was.
 * Memory: one frame's worth of data at a time (librbd takes ``bytes``, so a
   frame is copied once on its way out).
@@ -30,7 +33,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse.reader import Chunk, read_pieces
 from virtvol.sparse.zeros import zero_runs
 
-from .rbdvolumes import RbdVolumes, data_extents, zero_range
+from .rbdvolumes import RbdVolumes, copy_range, data_extents, zero_range
 from .reports import storage_error, system_error
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ EXTENT_WINDOW = 1 << 30
 # A whole-volume upload grows its fresh image by at least this much at a time
 # (a resize is a metadata update; the final size is set on commit).
 GROW_STEP = 1 << 30
+
+# Bytes of the replaced image's data one ``keep_tail`` call copies (one worker job).
+TAIL_STEP = 64 << 20
 
 
 def _io_error(what: str, exc: BaseException) -> Exception:
@@ -178,6 +184,8 @@ class RbdWriter:
         fresh: the image is new and empty (a whole-volume upload).
         finish: called once with True on commit, False on abort, after the image
             is closed; may return what lets go of a replaced image.
+        keep: the volume a fresh image replaces: its size and its bytes past the
+            stream's end are kept (``keep_tail``).
     """
 
     def __init__(
@@ -189,6 +197,7 @@ class RbdWriter:
         *,
         fresh: bool,
         finish: Callable[[bool], Callable[[], None] | None],
+        keep: str | None = None,
     ) -> None:
         volumes.acquire()
         self._volumes: RbdVolumes | None = volumes
@@ -197,6 +206,10 @@ class RbdWriter:
         self._fresh = fresh
         self._pos = offset
         self._limit = offset + length if length else None
+        self._keep = keep
+        self._kept: Any = None  # the replaced image, open while its tail is copied
+        self._keep_end = 0
+        self._tail_at = 0
         try:
             self._image: Any = volumes.open_image(name, hidden=fresh)
             self._size: int = self._image.size()
@@ -268,13 +281,53 @@ class RbdWriter:
         self._grow_to(end)
         self._pos = end
 
-    def commit(self) -> None:
-        """Make the upload visible: a fresh image is cut to the stream's end and swapped in."""
+    def keep_tail(self) -> bool:
+        """After the stream's end: copy up to ``TAIL_STEP`` more bytes of the replaced
+        image's data past it, at the same offsets; True once all is there."""
         self._check_open()
         try:
-            if self._fresh and self._size != self._pos:
-                self._image.resize(self._pos)
+            return self._copy_tail_step()
+        except ErrorReport:
+            raise
+        except Exception as exc:
+            raise _io_error("cannot write to stream", exc) from None
+
+    def _copy_tail_step(self) -> bool:
+        if self._keep is None:
+            return True
+        if self._kept is None:
+            assert self._volumes is not None
+            self._kept = self._volumes.open_image(self._keep, read_only=True)
+            self._keep_end = self._kept.size()
+            self._tail_at = self._pos
+            self._grow_to(self._keep_end)
+        copied = 0
+        while self._tail_at < self._keep_end and copied < TAIL_STEP:
+            window_end = min(self._keep_end, self._tail_at + EXTENT_WINDOW)
+            for start, end in data_extents(self._kept, self._tail_at, window_end - self._tail_at):
+                stop = min(end, start + TAIL_STEP - copied)
+                copy_range(self._kept, self._image, start, stop)
+                copied += stop - start
+                if copied >= TAIL_STEP:
+                    window_end = stop
+                    break
+            self._tail_at = window_end
+        return self._tail_at >= self._keep_end
+
+    def commit(self) -> None:
+        """Make the upload visible: a fresh image is cut to its final size (the stream's
+        end, or the kept volume's when that is further) and swapped in."""
+        self._check_open()
+        try:
+            while not self._copy_tail_step():
+                pass
+            final = max(self._pos, self._keep_end)
+            if self._fresh and self._size != final:
+                self._image.resize(final)
             self._image.flush()
+        except ErrorReport:
+            self.abort()
+            raise
         except Exception as exc:
             self.abort()
             raise _io_error("cannot write to stream", exc) from None
@@ -301,8 +354,13 @@ class RbdWriter:
         assert finish is not None
         assert self._volumes is not None
         image, self._image = self._image, None
+        kept, self._kept = self._kept, None
         try:
-            self._volumes.close_image(image)
+            try:
+                self._volumes.close_image(image)
+            finally:
+                if kept is not None:
+                    self._volumes.close_image(kept)
         except BaseException:
             finish(False)
             raise

@@ -400,7 +400,7 @@ class RbdVolumes:
             try:
                 with self.image(name) as target:
                     for start, end in data_extents(image, 0, size):
-                        _copy_range(image, target, start, end)
+                        copy_range(image, target, start, end)
             except BaseException:
                 self._remove_quietly(name)
                 raise
@@ -565,7 +565,8 @@ def _has_snapshots(image: Any) -> bool:
     return any(True for _ in image.list_snaps())
 
 
-def _copy_range(source: Any, target: Any, start: int, end: int) -> None:
+def copy_range(source: Any, target: Any, start: int, end: int) -> None:
+    """Copy ``[start, end)`` of image ``source`` to ``target``; zero blocks are not written."""
     step = 4 << 20
     zeros = bytes(step)
     while start < end:

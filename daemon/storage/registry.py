@@ -834,11 +834,13 @@ class StorageRegistry:
         """STORAGE_VOL_UPLOAD: a writer for the stream; the volume is busy until
         ``commit()`` or ``abort()``.
 
-        offset 0 and length 0 replace the whole volume atomically (it ends up
-        exactly as long as the stream); otherwise the stream writes in place
+        offset 0 and length 0 replace the whole volume atomically (keeping its
+        size and its bytes past the stream's end when the stream is shorter, as
+        libvirt's in-place write does); otherwise the stream writes in place
         from ``offset`` and may not exceed a non-zero ``length``.
         """
         _check_flags(flags, VolStreamFlags.SPARSE, "storageVolUpload")
+        keep: int | None = None
         with self._lock:
             pool = self._volume_pool(volume)
             volumes = pool.active_volumes()
@@ -847,9 +849,15 @@ class StorageRegistry:
             if offset == 0 and length == 0:
                 # Replacing the file needs only the directory's permission; libvirt writes
                 # in place, so a volume it may not write (read-only, another user's) is
-                # refused there, and here too.
+                # refused there, and here too. Its end is read to be kept: held open from
+                # here, while the volume is busy, so it is the file the rename replaces.
                 os.close(volumes.open(volume.name, os.O_WRONLY, stream=True))
-                temp, fd = volumes.create_upload_temp(volume.name)
+                keep = volumes.open(volume.name, os.O_RDONLY, stream=True)
+                try:
+                    temp, fd = volumes.create_upload_temp(volume.name)
+                except BaseException:
+                    os.close(keep)
+                    raise
             else:
                 temp, fd = None, volumes.open_in_place(volume.name, os.O_WRONLY, stream=True)
                 try:
@@ -876,9 +884,12 @@ class StorageRegistry:
                 finish=finish,
                 sync=temp is not None and self._sync_uploads,
                 writeback=temp is not None,
+                keep=keep,
             )
         except BaseException:
             os.close(fd)
+            if keep is not None:
+                os.close(keep)
             finish(False)
             raise
 
@@ -911,7 +922,7 @@ class StorageRegistry:
         try:
             if offset == 0 and length == 0:
                 temp = images.create_upload_temp(volume.name)
-                return RbdWriter(images, temp, 0, 0, fresh=True, finish=finish)
+                return RbdWriter(images, temp, 0, 0, fresh=True, finish=finish, keep=volume.name)
             return RbdWriter(images, volume.name, offset, length, fresh=False, finish=finish)
         except BaseException:
             finish(False)

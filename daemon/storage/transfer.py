@@ -10,9 +10,14 @@ libvirt's errors and the volume's life cycle.
   there, which is never what the sender meant.
 * An upload of the whole volume (offset 0, length 0) writes a hidden temporary
   file in the pool directory and renames it over the volume on commit, so the
-  volume holds either the old or the new content, never a mix, and ends
-  exactly where the stream ended. With ``sync_uploads`` (the default) the data
-  is flushed with fdatasync before the rename: without it a power cut soon
+  volume holds either the old or the new content, never a mix. As libvirt's
+  in-place write does, a stream shorter than the volume keeps the volume's size
+  and its bytes past the stream's end: before the rename those are copied from
+  the old file into the temporary at the same offsets (``keep_tail``, in steps
+  of ``TAIL_STEP`` bytes of data; only its data extents, so holes stay holes
+  and an empty tail costs nothing). A longer stream grows the volume. With
+  ``sync_uploads`` (the default) the data, kept tail included, is flushed with
+  fdatasync before the rename: without it a power cut soon
   after the rename could leave a file with the new name but unwritten blocks,
   which breaks the "old or new" promise. The directory itself is not fsynced:
   losing the rename in a crash only brings the old content back, which is
@@ -39,7 +44,11 @@ if TYPE_CHECKING:
 
     from virtvol.sparse.zeros import Bytes
 
-__all__ = ["VolumeReader", "VolumeWriter"]
+__all__ = ["TAIL_STEP", "VolumeReader", "VolumeWriter"]
+
+# Bytes of the replaced volume's data that one ``keep_tail`` call copies: each call is
+# one job of the upload's worker, and an upload cut between two ends the copy there.
+TAIL_STEP = 64 << 20
 
 
 class VolumeReader:
@@ -99,7 +108,8 @@ class VolumeWriter:
     """Writer of an upload stream into a volume file.
 
     Created by ``StorageRegistry.open_upload``; the stream layer calls
-    ``apply`` (or ``write``/``skip``) in stream order, then exactly one of
+    ``apply`` (or ``write``/``skip``) in stream order, then ``keep_tail`` until
+    it returns True (or not: ``commit`` finishes it), then exactly one of
     ``commit``/``abort``.
     """
 
@@ -112,6 +122,7 @@ class VolumeWriter:
         finish: Callable[[bool], Callable[[], None] | None],
         sync: bool = False,
         writeback: bool = False,
+        keep: int | None = None,
     ) -> None:
         """Args:
         fd: the open target file (the volume, or the temporary that replaces it).
@@ -123,8 +134,13 @@ class VolumeWriter:
             run by ``release_replaced``.
         sync: fdatasync before ``finish(True)`` (and start writeback early).
         writeback: start writeback early without the fdatasync (``SparseWriter``).
+        keep: the volume a whole-volume upload replaces, open for reading; its size
+            and its bytes past the stream's end are kept (``keep_tail``). Owned:
+            closed with ``fd``.
         """
         self._fd = fd
+        self._keep = keep
+        self._keep_end: int | None = None
         self._writer = SparseWriter(fd, offset, length, sync=sync, writeback=writeback)
         self._finish: Callable[[bool], Callable[[], None] | None] | None = finish
         self._release: Callable[[], None] | None = None
@@ -164,10 +180,32 @@ class VolumeWriter:
         """Apply a hole frame: the next ``length`` bytes read as zeros afterwards."""
         self.apply((length,))
 
+    def keep_tail(self) -> bool:
+        """After the stream's end: copy up to ``TAIL_STEP`` more bytes of the replaced
+        volume's data past it (see ``SparseWriter.copy_tail``); True once all is there.
+
+        Raises:
+            ErrorReport: reading the volume or writing the temporary failed.
+        """
+        self._check_open()
+        try:
+            return self._copy_tail_step()
+        except OSError as exc:
+            raise system_error("cannot write to stream", exc, ErrorDomain.STREAMS) from None
+
+    def _copy_tail_step(self) -> bool:
+        if self._keep is None:
+            return True
+        if self._keep_end is None:
+            self._keep_end = os.fstat(self._keep).st_size
+        return self._writer.copy_tail(self._keep, self._keep_end, TAIL_STEP)
+
     def commit(self) -> None:
         """Finish successfully (the stream's STREAM/OK): make the upload visible."""
         self._check_open()
         try:
+            while not self._copy_tail_step():
+                pass
             self._writer.finish()
         except OSError as exc:
             self.abort()
@@ -196,6 +234,9 @@ class VolumeWriter:
     def _close(self, success: bool) -> None:
         finish, self._finish = self._finish, None
         os.close(self._fd)
+        keep, self._keep = self._keep, None
+        if keep is not None:
+            os.close(keep)
         assert finish is not None
         self._release = finish(success)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.rbd.conftest import CEPH_POOL, volume_name
-from virtvol.daemon.storage import rbdvolumes
+from virtvol.daemon.storage import rbdtransfer, rbdvolumes
 from virtvol.daemon.storage.rbdtransfer import RbdReader, RbdWriter
 from virtvol.daemon.storage.rbdvolumes import RbdVolumes, zero_range
 from virtvol.daemon.storage.rbdxml import RbdSource
@@ -18,7 +18,7 @@ from virtvol.protocol.errors import ErrorReport
 from virtvol.sparse.reader import Chunk
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from tools.ceph_cluster import CephCluster
 
@@ -110,6 +110,39 @@ def test_whole_upload_replaces_exactly(images: RbdVolumes) -> None:
     content = _content(images, name)
     assert len(content) == 3000 + 6 * MIB + 4 + 200_000
     assert content == head + bytes(6 * MIB) + b"tail" + bytes(200_000)
+    assert images.names().count(name) == 1
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+
+
+def test_whole_upload_keeps_the_old_end_in_steps(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rbdtransfer, "TAIL_STEP", MIB)
+    name = volume_name("keep")
+    images.create(VolumeRequest(name, 12 * MIB, None))
+    first, last = os.urandom(2 * MIB), os.urandom(2 * MIB + 3)
+    with images.image(name) as image:
+        image.write(first, 0)
+        image.write(last, 12 * MIB - len(last))
+    temp = images.create_upload_temp(name)
+
+    def finish(success: bool) -> Callable[[], None]:
+        assert success
+        return images.replace(temp, name)  # what removes the old image
+
+    writer = RbdWriter(images, temp, 0, 0, fresh=True, finish=finish, keep=name)
+    head = os.urandom(MIB + 7)
+    writer.write(head)
+    steps: list[bool] = []
+    while not steps or not steps[-1]:
+        steps.append(writer.keep_tail())
+    # A mebibyte of extents a step (whole 4 MiB objects, clipped): the two objects past
+    # the stream take several steps, the hole between them none.
+    assert len(steps) >= 3
+    writer.commit()
+    writer.release_replaced()
+    middle = bytes(12 * MIB - len(last) - 2 * MIB)
+    assert _content(images, name) == head + first[len(head) :] + middle + last
     assert images.names().count(name) == 1
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
 

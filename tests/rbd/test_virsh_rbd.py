@@ -158,6 +158,33 @@ def test_virsh_sparse_round_trip_over_old_content(
     assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
 
 
+def test_whole_upload_keeps_the_size_and_the_bytes_past_the_stream(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """As a dir pool's volume (and libvirtd's in-place write of a file): a shorter stream
+    leaves the old size and the old bytes past its end; a longer one grows the image."""
+    uri, name = rbd_virtvold.tcp_uri, volume_name("tail")
+    old = make_sparse_file(
+        tmp_path / "old", 16 * MIB, [(0, os.urandom(2 * MIB)), (12 * MIB, os.urandom(4 * MIB))]
+    )
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, str(16 * MIB))
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(old), "--sparse")
+    new = tmp_path / "new"
+    new.write_bytes(os.urandom(MIB + 5))
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(new))
+    expected = new.read_bytes() + old.read_bytes()[MIB + 5 :]
+    assert exported(ceph, name, tmp_path) == expected
+    info = run_virsh(uri, "vol-info", "--pool", RBD_POOL, name, "--bytes").stdout
+    assert f"{16 * MIB} bytes" in info
+    allocation = int(re.search(r"Allocation:\s+(\d+)", info).group(1))  # type: ignore[union-attr]
+    assert allocation <= 8 * MIB  # the old hole in the middle stays one: 4 MiB objects
+    longer = tmp_path / "longer"
+    longer.write_bytes(os.urandom(17 * MIB))
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(longer))
+    assert exported(ceph, name, tmp_path) == longer.read_bytes()
+    assert [n for n in images(ceph) if n.startswith(".virtvol-")] == []
+
+
 def test_virsh_offset_and_length(rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path) -> None:
     uri, name = rbd_virtvold.tcp_uri, volume_name("range")
     base = os.urandom(8 * MIB)
@@ -334,11 +361,12 @@ def test_whole_upload_and_clone_keep_the_image_layout(
     assert before[:4] == (MIB, 64 * 1024, 4, "virtvol-data")
     source = make_sparse_file(tmp_path / "source", 5 * MIB + 1, [(MIB + 3, os.urandom(200_000))])
     run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(source), "--sparse")
-    assert exported(ceph, name, tmp_path) == source.read_bytes()
+    expected = source.read_bytes() + bytes(MIB - 1)  # the volume's size is kept
+    assert exported(ceph, name, tmp_path) == expected
     assert _layout(ceph, name) == before
     clone = volume_name("layout-clone")
     run_virsh(uri, "vol-clone", "--pool", RBD_POOL, name, clone)
-    assert exported(ceph, clone, tmp_path) == source.read_bytes()
+    assert exported(ceph, clone, tmp_path) == expected
     assert _layout(ceph, clone) == before
 
 

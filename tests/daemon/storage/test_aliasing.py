@@ -76,11 +76,12 @@ def test_hard_linked_volume_is_not_changed_in_place(setup: PoolSetup, tmp_path: 
     with fails(ErrorCode.OPERATION_INVALID, refusal):
         setup.registry.open_upload(volume, 10, 0)
     assert outside.read_bytes() == b"precious" * 512
-    # A whole-volume upload replaces the pool's name only; the other file keeps its bytes.
+    # A whole-volume upload replaces the pool's name only (the volume's bytes past the
+    # stream's end copied, as the volume keeps them); the other file keeps its bytes.
     with setup.registry.open_upload(volume, 0, 0) as writer:
         writer.write(b"new")
         writer.commit()
-    assert (setup.pool_dir / "linked").read_bytes() == b"new"
+    assert (setup.pool_dir / "linked").read_bytes() == b"new" + (b"precious" * 512)[3:]
     assert outside.read_bytes() == b"precious" * 512
     # The volume has one link now: in-place changes are fine again.
     setup.registry.resize_volume(volume, 4096)

