@@ -220,6 +220,24 @@ def test_upload_refused_for_a_volume_the_daemon_cannot_write(setup: PoolSetup) -
     assert path.read_bytes() == b"new" + b"golden"[3:]
 
 
+def test_whole_upload_refused_for_a_volume_the_daemon_cannot_read(setup: PoolSetup) -> None:
+    # The volume's bytes past the stream's end are read to be kept: a volume the daemon
+    # may write but not read refuses a whole-volume upload up front, losing nothing.
+    volume = setup.file("drop", b"dropbox")
+    path = setup.pool_dir / "drop"
+    path.chmod(0o222)
+    refusal = f"Unable to open stream for '{path}': Permission denied"
+    with unprivileged(setup.pool_dir):
+        with fails(ErrorCode.SYSTEM_ERROR, refusal, ErrorDomain.STREAMS):
+            setup.registry.open_upload(volume, 0, 0)
+        assert os.listdir(setup.pool_dir) == ["drop"]
+        # In place it needs no reading, as in libvirtd.
+        with setup.registry.open_upload(volume, 0, 3) as writer:
+            writer.write(b"new")
+            writer.commit()
+    assert path.read_bytes() == b"newpbox"
+
+
 def test_whole_upload_of_nothing_keeps_the_volume(setup: PoolSetup) -> None:
     volume = setup.file("v", b"old")
     setup.registry.open_upload(volume, 0, 0).commit()
