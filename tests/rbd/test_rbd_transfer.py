@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import os
 from typing import TYPE_CHECKING
 
@@ -144,6 +145,34 @@ def test_whole_upload_keeps_the_old_end_in_steps(
     middle = bytes(12 * MIB - len(last) - 2 * MIB)
     assert _content(images, name) == head + first[len(head) :] + middle + last
     assert images.names().count(name) == 1
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+
+
+def test_a_failure_copying_the_old_end_leaves_the_image(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = volume_name("keepfail")
+    images.create(VolumeRequest(name, 8 * MIB, None))
+    old = os.urandom(8 * MIB)
+    with images.image(name) as image:
+        image.write(old, 0)
+    temp = images.create_upload_temp(name)
+
+    def finish(success: bool) -> None:
+        assert not success
+        images.remove_temp(temp)
+
+    def broken(*args: object) -> None:
+        raise OSError(errno.EIO, "the cluster went away")
+
+    monkeypatch.setattr(rbdtransfer, "copy_range", broken)
+    writer = RbdWriter(images, temp, 0, 0, fresh=True, finish=finish, keep=name)
+    writer.write(os.urandom(MIB))
+    with pytest.raises(ErrorReport) as failed:
+        writer.keep_tail()
+    assert failed.value.message == "cannot write to stream: Input/output error"
+    writer.abort()
+    assert _content(images, name) == old
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
 
 
