@@ -181,6 +181,10 @@ def unprivileged(directory: Path) -> Iterator[None]:
     modes = {path: path.stat().st_mode for path in (directory, *directory.parents)}
     for path, mode in modes.items():
         path.chmod(mode | (0o777 if path == directory else 0o001))
+    # The interpreter's own modules may lie where nobody cannot read (a Python under
+    # /root): what the body imports on first use is imported now, as root.
+    import ctypes  # noqa: F401 (the sparse engine's libc calls)
+
     groups, group = os.getgroups(), os.getegid()
     os.setgroups([])
     os.setegid(65534)
