@@ -43,7 +43,14 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
-__all__ = ["WRITEBACK_START", "WRITEBACK_STEP", "AtomicFile", "SparseWriter", "take_over"]
+__all__ = [
+    "WRITEBACK_START",
+    "WRITEBACK_STEP",
+    "AtomicFile",
+    "SparseWriter",
+    "StreamLimitError",
+    "take_over",
+]
 
 # Data written before its writeback is started, and data started before what was
 # started a step earlier is waited for. Both count data, not file offsets: data
@@ -53,6 +60,11 @@ WRITEBACK_STEP = 32 << 20
 
 # The largest file offset (off_t): no stream may write or reach past it.
 MAX_OFFSET = (1 << 63) - 1
+
+
+class StreamLimitError(OSError):
+    """Data past the stream's length limit (ENOSPC) or past the largest file offset
+    (EFBIG): the stream's fault, not the file system's."""
 
 
 class SparseWriter:
@@ -106,7 +118,8 @@ class SparseWriter:
         """Write the next data at the stream position (zero blocks become holes).
 
         Raises:
-            OSError: ENOSPC when the data goes beyond the length limit; I/O errors.
+            StreamLimitError: ENOSPC when the data goes beyond the length limit.
+            OSError: I/O errors.
         """
         self.apply((data,))
 
@@ -118,8 +131,9 @@ class SparseWriter:
         """Apply data (buffers) and holes (lengths) in order, with one ``pwritev`` per data run.
 
         Raises:
-            OSError: ENOSPC when data goes beyond the length limit, EFBIG beyond
-                the largest file offset (what was before it is written); I/O errors.
+            StreamLimitError: ENOSPC when data goes beyond the length limit, EFBIG
+                beyond the largest file offset (what was before it is written).
+            OSError: I/O errors.
         """
         run: list[memoryview] = []  # data contiguous in the file, ending at self._pos
         run_start = self._pos
@@ -129,16 +143,16 @@ class SparseWriter:
                 if length > 0:
                     run = self._flush(run, run_start)
                     if self._pos + length > MAX_OFFSET:
-                        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+                        raise StreamLimitError(errno.EFBIG, os.strerror(errno.EFBIG))
                     self._zero(length)
                 continue
             view = memoryview(item).cast("B")
             if self._limit is not None and self._pos + len(view) > self._limit:
                 self._flush(run, run_start)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise StreamLimitError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             if self._pos + len(view) > MAX_OFFSET:
                 self._flush(run, run_start)
-                raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+                raise StreamLimitError(errno.EFBIG, os.strerror(errno.EFBIG))
             if not self._detect_zeroes:
                 if not run:
                     run_start = self._pos

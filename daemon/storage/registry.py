@@ -885,6 +885,7 @@ class StorageRegistry:
                 sync=temp is not None and self._sync_uploads,
                 writeback=temp is not None,
                 keep=keep,
+                path=volumes.volume_path(volume.name),
             )
         except BaseException:
             os.close(fd)

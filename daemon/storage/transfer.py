@@ -32,9 +32,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse.reader import Chunk, SparseReader, read_pieces
-from virtvol.sparse.writer import SparseWriter
+from virtvol.sparse.writer import SparseWriter, StreamLimitError
 
 from .reports import storage_error, system_error
 
@@ -123,6 +123,7 @@ class VolumeWriter:
         sync: bool = False,
         writeback: bool = False,
         keep: int | None = None,
+        path: str | None = None,
     ) -> None:
         """Args:
         fd: the open target file (the volume, or the temporary that replaces it).
@@ -137,8 +138,11 @@ class VolumeWriter:
         keep: the volume a whole-volume upload replaces, open for reading; its size
             and its bytes past the stream's end are kept (``keep_tail``). Owned:
             closed with ``fd``.
+        path: the volume's path, named when the file system fails a write, as
+            libvirtd names it ("Unable to write PATH: No space left on device").
         """
         self._fd = fd
+        self._path = path
         self._keep = keep
         self._keep_end: int | None = None
         self._writer = SparseWriter(fd, offset, length, sync=sync, writeback=writeback)
@@ -170,7 +174,14 @@ class VolumeWriter:
         try:
             self._writer.apply(items)
         except OSError as exc:
-            raise system_error("cannot write to stream", exc, ErrorDomain.STREAMS) from None
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: OSError) -> ErrorReport:
+        """libvirtd's words: the stream's own limits are "cannot write to stream", the
+        file system's refusals (a full disk) name the volume."""
+        if isinstance(exc, StreamLimitError) or self._path is None:
+            return system_error("cannot write to stream", exc, ErrorDomain.STREAMS)
+        return system_error(f"Unable to write {self._path}", exc, ErrorDomain.STREAMS)
 
     def write(self, data: Bytes) -> None:
         """Write the next data frame at the stream position (see ``apply``)."""
@@ -191,7 +202,7 @@ class VolumeWriter:
         try:
             return self._copy_tail_step()
         except OSError as exc:
-            raise system_error("cannot write to stream", exc, ErrorDomain.STREAMS) from None
+            raise self._failure(exc) from None
 
     def _copy_tail_step(self) -> bool:
         if self._keep is None:
@@ -209,7 +220,7 @@ class VolumeWriter:
             self._writer.finish()
         except OSError as exc:
             self.abort()
-            raise system_error("cannot write to stream", exc, ErrorDomain.STREAMS) from None
+            raise self._failure(exc) from None
         self._close(True)
 
     def abort(self) -> None:

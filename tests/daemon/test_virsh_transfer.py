@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import Virtvold, run_virsh
+from tests.conftest import (
+    ReferenceLibvirtd,
+    Virtvold,
+    run_virsh,
+    start_virtvold,
+    stop_virtvold,
+)
 from tests.daemon.conftest import allocated, assert_same_content, make_sparse_file
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 MIB = 1 << 20
@@ -160,3 +168,49 @@ def test_log_lines_count_what_crossed_the_wire(
         assert data < MIB
     for _, data, holes, hole_bytes in (lines[1], lines[3]):
         assert (data, holes, hole_bytes) == (3 * MIB, None, None), lines
+
+
+@pytest.fixture
+def small_disk(reference_libvirtd: ReferenceLibvirtd) -> Iterator[Path]:
+    """A 1 MiB file system that anyone may write into, where libvirtd (an unprivileged
+    user) reaches it: in its state directory (a tmpfs: mounting needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    mount = reference_libvirtd.state_dir / "small"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_in_libvirtds_words(
+    reference_libvirtd: ReferenceLibvirtd, small_disk: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "big.img"
+    source.write_bytes(os.urandom(2 * MIB))
+
+    def full_disk_line(uri: str, folder: Path) -> str:
+        run_virsh(uri, "vol-create-as", "small", "v", "2M", "--allocation", "0")
+        upload = run_virsh(uri, "vol-upload", "v", str(source), "small", check=False)
+        assert upload.returncode == 1
+        (cause,) = [line for line in upload.stderr.splitlines() if "No space" in line]
+        return cause.replace(str(folder), "POOL")
+
+    folders = {name: small_disk / name for name in ("libvirtd", "virtvold")}
+    for folder in folders.values():
+        folder.mkdir()
+        folder.chmod(0o777)
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "pool-create-as", "small", "dir", "--target", str(folders["libvirtd"]))
+    # libvirtd leaves what it wrote: the disk stays full for virtvold too.
+    theirs = full_disk_line(uri, folders["libvirtd"])
+    daemon = start_virtvold(tmp_path / "virtvold", "--pool", f"small={folders['virtvold']}")
+    try:
+        ours = full_disk_line(daemon.tcp_uri, folders["virtvold"])
+    finally:
+        stop_virtvold(daemon)
+    assert ours == theirs == "error: Unable to write POOL/v: No space left on device"
