@@ -22,15 +22,22 @@ from .extents import iter_extents
 from .zeros import ZEROS, zero_view
 
 __all__ = [
+    "access_acl",
     "allocate",
     "copy_sparse",
     "punch_hole",
     "pwrite_all",
     "pwritev_all",
+    "set_access_acl",
     "start_writeback",
     "wait_writeback",
     "write_zeros",
 ]
+
+# Where a file keeps its POSIX access ACL (the kernel's binary form, copied as it is).
+_ACCESS_ACL = "system.posix_acl_access"
+# An ACL to read or remove is not there, or the file system keeps none.
+_NO_ACL = (errno.ENODATA, errno.EOPNOTSUPP)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -224,3 +231,27 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, end: int, buffer: bytearr
         while written < count:
             written += os.pwrite(dst_fd, view[written:count], offset + written)
         offset += count
+
+
+def access_acl(fd: int) -> bytes | None:
+    """The file's POSIX access ACL as the kernel stores it; None when it has none."""
+    try:
+        return os.getxattr(fd, _ACCESS_ACL)
+    except OSError as exc:
+        if exc.errno in _NO_ACL:
+            return None
+        raise
+
+
+def set_access_acl(fd: int, acl: bytes | None) -> None:
+    """Give the file exactly the access ACL ``acl`` (from ``access_acl``): None removes
+    one it has, such as one inherited from its directory's default ACL. The ACL sets the
+    group permission bits too (they show its mask), so it goes after any ``fchmod``."""
+    if acl is not None:
+        os.setxattr(fd, _ACCESS_ACL, acl)
+        return
+    try:
+        os.removexattr(fd, _ACCESS_ACL)
+    except OSError as exc:
+        if exc.errno not in _NO_ACL:
+            raise

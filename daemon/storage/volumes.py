@@ -304,13 +304,16 @@ class VolumeDir:
         """Create a hidden temporary file for replacing volume ``like``.
 
         It gets the volume's permission bits (never a set-user-ID or set-group-ID
-        bit: those were given to the old content) and its owner and group where
-        permitted (``take_over``); its name starts with the reserved prefix, so
+        bit: those were given to the old content), its owner and group where
+        permitted (``take_over``) and exactly its access ACL (an in-place write
+        keeps the ACL; without it the group bits, which show the ACL's mask, would
+        let the owning group in); its name starts with the reserved prefix, so
         listings never show it. It stays locked (``flock``) until ``replace`` or
         ``remove_temp``: another daemon serving the directory must not take it for
         a crash's leftover (``remove_stale_temps``).
         """
         st = self.require(like)
+        acl = self._access_acl(like)
         for _ in range(_TEMP_ATTEMPTS):
             name = _UPLOAD_PREFIX + secrets.token_hex(8)
             fd = self._create_file(name, VOLUME_MODE)
@@ -320,6 +323,7 @@ class VolumeDir:
                     os.close(fd)
                     continue
                 take_over(fd, st)
+                self._set_access_acl(name, fd, acl)
                 self._temps[name] = os.dup(fd)  # keeps the lock once the writer closes fd
             except BaseException:
                 self._discard(name, fd)
@@ -328,6 +332,29 @@ class VolumeDir:
         raise storage_error(
             ErrorCode.OPERATION_FAILED, f"cannot keep an upload temporary in '{self.path}'"
         )
+
+    def _access_acl(self, name: str) -> bytes | None:
+        """Volume ``name``'s access ACL, read through a descriptor that reads, or only
+        writes where the volume may not be read (an upload needs only that)."""
+        try:
+            try:
+                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+            except PermissionError:
+                fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+            try:
+                return sparse_files.access_acl(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            path = self.volume_path(name)
+            raise system_error(f"cannot read the ACL of '{path}'", exc) from None
+
+    def _set_access_acl(self, name: str, fd: int, acl: bytes | None) -> None:
+        try:
+            sparse_files.set_access_acl(fd, acl)
+        except OSError as exc:
+            path = self.volume_path(name)
+            raise system_error(f"cannot set the ACL of '{path}'", exc) from None
 
     def replace(self, temp: str, name: str) -> Callable[[], None] | None:
         """Atomically put file ``temp`` in place of volume ``name``.

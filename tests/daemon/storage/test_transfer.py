@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 from typing import TYPE_CHECKING
 
 import pytest
@@ -169,6 +170,50 @@ def test_whole_upload_gives_new_content_no_set_id_bits(setup: PoolSetup) -> None
         writer.commit()
     assert path.read_bytes() == b"new"
     assert path.stat().st_mode & 0o7777 == 0o755
+
+
+ACCESS_ACL, DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
+
+
+def posix_acl(named_user: int, rights: int) -> bytes:
+    """A POSIX ACL as the kernel stores it: owner rw-, ``named_user`` with ``rights``,
+    owning group and others nothing, mask ``rights``."""
+    anyone = 0xFFFFFFFF
+    entries = [(0x01, 6, anyone), (0x02, rights, named_user), (0x04, 0, anyone)]
+    entries += [(0x10, rights, anyone), (0x20, 0, anyone)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def test_whole_upload_keeps_the_volumes_access_acl(setup: PoolSetup) -> None:
+    # libvirt writes in place, so a volume keeps the ACL that lets one user (a VM's) in
+    # and keeps its group out. Group bits show an ACL's mask: copied without the ACL
+    # they would let the owning group read and write the new content.
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    os.chown(path, -1, 100)
+    acl = posix_acl(1234, 6)
+    os.setxattr(path, ACCESS_ACL, acl)
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert path.read_bytes() == b"new"
+    assert os.getxattr(path, ACCESS_ACL) == acl
+    assert path.stat().st_mode & 0o777 == 0o660
+
+
+def test_whole_upload_takes_no_acl_from_the_pool_directory(setup: PoolSetup) -> None:
+    # A directory's default ACL is inherited by files made in it, the upload's
+    # temporary among them; the volume it replaces had none and its new content has none.
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    os.chmod(path, 0o640)
+    os.setxattr(setup.pool_dir, DEFAULT_ACL, posix_acl(4321, 6))
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert path.read_bytes() == b"new"
+    assert ACCESS_ACL not in os.listxattr(path)
+    assert path.stat().st_mode & 0o777 == 0o640
 
 
 @contextlib.contextmanager
