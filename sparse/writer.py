@@ -240,6 +240,10 @@ class SparseWriter:
         Raises:
             OSError: the flush or the truncate failed.
         """
+        # Only ever extend: another writer of the file (another daemon serving the same
+        # directory) may have grown it past the stream's end meanwhile.
+        if self._pos > self._size:
+            self._size = max(self._size, os.fstat(self._fd).st_size)
         if self._pos > self._size:
             os.ftruncate(self._fd, self._pos)
             self._size = self._pos

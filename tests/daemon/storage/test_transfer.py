@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, allocated, fails
-from virtvol.daemon.storage import Chunk, VolumeReader, VolumeRef
+from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeRef
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse.writer import MAX_OFFSET
 
@@ -422,6 +422,35 @@ def test_in_place_upload_extends_with_holes(setup: PoolSetup) -> None:
     writer = setup.registry.open_upload(volume, 0, 0)
     writer.abort()
     assert path.stat().st_size == 4 * BLOCK + BLOCK // 2
+
+
+def test_in_place_upload_never_shortens_what_another_daemon_grew(
+    setup: PoolSetup, tmp_path: Path
+) -> None:
+    # Two daemons may serve one directory. One's upload ends in a hole past the volume's
+    # end, which it extends the volume over; meanwhile the other grew the volume and wrote
+    # past that point: the extension must not cut the volume back and lose those bytes.
+    path = setup.pool_dir / "v"
+    path.write_bytes(b"x" * BLOCK)
+    volume = setup.registry.lookup_volume_by_name(setup.ref, "v")
+    writer = setup.registry.open_upload(volume, BLOCK // 2, 0, 1)
+    writer.skip(4 * BLOCK)
+    other = StorageRegistry(tmp_path / "other-state", sync_uploads=False)
+    try:
+        other_ref = other.ensure_pool("other", setup.pool_dir)
+        other_volume = other.lookup_volume_by_name(other_ref, "v")
+        other.resize_volume(other_volume, 64 * BLOCK)
+        with other.open_upload(other_volume, 32 * BLOCK, 0, 1) as other_writer:
+            other_writer.write(b"kept" * BLOCK)
+            other_writer.commit()
+    finally:
+        other.close()
+    writer.commit()
+    content = path.read_bytes()
+    assert len(content) == 64 * BLOCK
+    assert content[: BLOCK // 2] == b"x" * (BLOCK // 2)
+    assert content[BLOCK // 2 : 32 * BLOCK] == bytes(32 * BLOCK - BLOCK // 2)
+    assert content[32 * BLOCK : 36 * BLOCK] == b"kept" * BLOCK
 
 
 def test_upload_to_missing_or_inactive(setup: PoolSetup) -> None:
