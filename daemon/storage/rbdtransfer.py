@@ -268,11 +268,19 @@ class RbdWriter:
     def _grow_to(self, end: int) -> None:
         if end <= self._size:
             return
-        # A fresh image grows in big steps and is cut to size on commit;
-        # an existing one grows exactly, as a file written past its end.
-        new = max(end, self._size + GROW_STEP) if self._fresh else end
-        self._image.resize(new)
-        self._size = new
+        if self._fresh:
+            # A fresh image grows in big steps and is cut to size on commit.
+            new = max(end, self._size + GROW_STEP)
+            self._image.resize(new)
+            self._size = new
+            return
+        # An existing one grows exactly, as a file written past its end, and never
+        # shrinks: another daemon serving the Ceph pool may have grown it meanwhile (one
+        # that grows it between these two calls makes the resize fail, not cut it back).
+        current = self._image.size()
+        if end > current:
+            self._image.resize(end, allow_shrink=False)
+        self._size = max(end, current)
 
     def _zero(self, length: int) -> None:
         end = self._pos + length

@@ -186,6 +186,33 @@ def test_in_place_holes_zero_old_content(images: RbdVolumes) -> None:
     assert content == b"new" + bytes(6 * MIB) + b"\xaa" * (2 * MIB - 3)
 
 
+def test_in_place_upload_never_shrinks_what_another_daemon_grew(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    # Several daemons may serve one Ceph pool. One's upload writes past the image's end,
+    # which it grows the image to; meanwhile the other grew the image and wrote further
+    # on: the growth must not cut the image back and lose those bytes.
+    name = volume_name("grown")
+    images.create(VolumeRequest(name, MIB, None))
+    writer = RbdWriter(images, name, MIB, 0, fresh=False, finish=lambda success: None)
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    other = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        with other.image(name) as image:
+            image.resize(8 * MIB)
+            image.write(b"kept", 6 * MIB)
+    finally:
+        other.close()
+    writer.write(b"new")
+    writer.skip(10)
+    writer.commit()
+    writer.release_replaced()
+    content = _content(images, name)
+    assert len(content) == 8 * MIB
+    assert content[MIB : MIB + 3] == b"new"
+    assert content[6 * MIB : 6 * MIB + 4] == b"kept"
+
+
 def test_aborted_whole_upload_keeps_the_volume(images: RbdVolumes) -> None:
     name = volume_name("abort")
     images.create(VolumeRequest(name, MIB, None))
