@@ -233,10 +233,11 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, end: int, buffer: bytearr
         offset += count
 
 
-def access_acl(fd: int) -> bytes | None:
-    """The file's POSIX access ACL as the kernel stores it; None when it has none."""
+def access_acl(file: int | str) -> bytes | None:
+    """The POSIX access ACL of a file (a descriptor, or a path, followed if a symbolic
+    link) as the kernel stores it; None when it has none."""
     try:
-        return os.getxattr(fd, _ACCESS_ACL)
+        return os.getxattr(file, _ACCESS_ACL)
     except OSError as exc:
         if exc.errno in _NO_ACL:
             return None

@@ -257,9 +257,9 @@ class AtomicFile:
     Usable as a context manager: leaving it without a commit removes the
     temporary. ``fd`` is open for writing until ``commit`` or ``abort``.
 
-    A temporary that will replace an existing file takes that file's permissions
-    and, where this process may give it away, its owner and group: the file named
-    stays as its owner made it, as when it is written in place.
+    A temporary that will replace an existing file takes that file's permissions, its
+    access ACL and, where this process may give it away, its owner and group: the file
+    named stays as its owner made it, as when it is written in place.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: int = 0o666) -> None:
@@ -277,6 +277,9 @@ class AtomicFile:
         if existing is not None:
             try:
                 take_over(self.fd, existing)
+                # Exactly the replaced file's ACL: without it the group bits, which show
+                # the ACL's mask, would let the owning group in.
+                files.set_access_acl(self.fd, files.access_acl(self.target))
             except BaseException:
                 self.abort()
                 raise

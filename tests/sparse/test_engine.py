@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import struct
 import subprocess
 import threading
 from typing import TYPE_CHECKING
@@ -256,6 +257,24 @@ def test_atomic_file_keeps_what_it_may_of_an_owner_it_cannot_give_the_file_to(
     made = target.stat()
     assert target.read_bytes() == b"new"
     assert (made.st_uid, made.st_gid, made.st_mode & 0o7777) == (os.geteuid(), 65533, 0o640)
+
+
+def test_atomic_file_keeps_the_access_acl_of_the_file_it_replaces(tmp_path: Path) -> None:
+    """A file that lets one other user in through an ACL and keeps its group out: the group
+    bits show the ACL's mask, so copied without the ACL they would let the group in."""
+    anyone = 0xFFFFFFFF
+    entries = [(0x01, 6, anyone), (0x02, 6, 1234), (0x04, 0, anyone), (0x10, 6, anyone)]
+    entries.append((0x20, 0, anyone))
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    target = tmp_path / "t"
+    target.write_bytes(b"old")
+    os.setxattr(target, "system.posix_acl_access", acl)
+    with AtomicFile(target) as out:
+        os.write(out.fd, b"new")
+        out.commit()
+    assert target.read_bytes() == b"new"
+    assert os.getxattr(target, "system.posix_acl_access") == acl
+    assert target.stat().st_mode & 0o777 == 0o660
 
 
 def test_reader_reads_a_block_device_to_its_end(tmp_path: Path) -> None:
