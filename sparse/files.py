@@ -172,6 +172,12 @@ def _pwritev_fully(fd: int, call: list[memoryview], offset: int, total: int) -> 
         written = os.pwritev(fd, call, offset)
 
 
+def fully_allocated(st: os.stat_result) -> bool:
+    """Whether a file holds blocks for all its bytes (libvirt's preallocated volume):
+    its space is reserved, and operations that zero it keep the reservation."""
+    return st.st_size > 0 and st.st_blocks * 512 >= st.st_size
+
+
 def allocate(fd: int, offset: int, length: int) -> None:
     """Reserve disk blocks for ``[offset, offset + length)``, growing the file if needed."""
     if length > 0:

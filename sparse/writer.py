@@ -83,6 +83,7 @@ class SparseWriter:
         sync: bool = False,
         writeback: bool = False,
         detect_zeroes: bool = True,
+        reserve: int = 0,
     ) -> None:
         """Args:
         fd: the open target file.
@@ -93,6 +94,9 @@ class SparseWriter:
             will be written back anyway and soon (a temporary renamed over a volume,
             which ext4 writes back at the rename when nobody flushed it).
         detect_zeroes: leave zero blocks of the data as holes.
+        reserve: keep ``[offset, reserve)`` allocated: holes and zero blocks there
+            are zeroed, not left unallocated (a preallocated volume's space stays
+            reserved, as libvirtd's in-place write leaves it). 0: no reservation.
         """
         self._fd = fd
         self._pos = offset
@@ -101,6 +105,8 @@ class SparseWriter:
         self._sync = sync
         self._writeback = sync or writeback
         self._detect_zeroes = detect_zeroes
+        self._start = offset
+        self._reserve = reserve
         self._writeback_from = offset  # where the data not yet started begins
         self._unstarted = 0  # data bytes written since writeback last started
         self._started = 0  # data bytes started since the last wait
@@ -205,6 +211,8 @@ class SparseWriter:
         end = self._pos + length
         if self._pos < self._size:
             files.punch_hole(self._fd, self._pos, min(end, self._size) - self._pos)
+        if self._pos < self._reserve:  # zeroed blocks, still reserved
+            files.allocate(self._fd, self._pos, min(end, self._reserve) - self._pos)
         self._pos = end
 
     def copy_tail(self, source: int, end: int, most: int) -> bool:
@@ -247,6 +255,9 @@ class SparseWriter:
         if self._pos > self._size:
             os.ftruncate(self._fd, self._pos)
             self._size = self._pos
+        if self._reserve > self._start:
+            # What the stream never reached of the reservation (a temporary's, new).
+            files.allocate(self._fd, self._start, min(self._pos, self._reserve) - self._start)
         if self._sync:
             os.fdatasync(self._fd)
 

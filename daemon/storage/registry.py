@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
+from virtvol.sparse import files as sparse_files
 from virtvol.sparse.writer import MAX_OFFSET
 
 from .configstore import ConfigStore
@@ -877,6 +878,9 @@ class StorageRegistry:
                     pool.busy.pop(volume.name, None)
 
         try:
+            # A preallocated volume's space stays reserved, as libvirtd's in-place
+            # write leaves it: holes and zeros of the stream are allocated there.
+            old = os.fstat(fd if keep is None else keep)
             return VolumeWriter(
                 fd,
                 offset,
@@ -886,6 +890,7 @@ class StorageRegistry:
                 writeback=temp is not None,
                 keep=keep,
                 path=volumes.volume_path(volume.name),
+                reserve=old.st_size if sparse_files.fully_allocated(old) else 0,
             )
         except BaseException:
             os.close(fd)

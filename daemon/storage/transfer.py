@@ -124,6 +124,7 @@ class VolumeWriter:
         writeback: bool = False,
         keep: int | None = None,
         path: str | None = None,
+        reserve: int = 0,
     ) -> None:
         """Args:
         fd: the open target file (the volume, or the temporary that replaces it).
@@ -140,12 +141,15 @@ class VolumeWriter:
             closed with ``fd``.
         path: the volume's path, named when the file system fails a write, as
             libvirtd names it ("Unable to write PATH: No space left on device").
+        reserve: keep the file allocated up to there (``SparseWriter``'s ``reserve``).
         """
         self._fd = fd
         self._path = path
         self._keep = keep
         self._keep_end: int | None = None
-        self._writer = SparseWriter(fd, offset, length, sync=sync, writeback=writeback)
+        self._writer = SparseWriter(
+            fd, offset, length, sync=sync, writeback=writeback, reserve=reserve
+        )
         self._finish: Callable[[bool], Callable[[], None] | None] | None = finish
         self._release: Callable[[], None] | None = None
 

@@ -244,7 +244,7 @@ class VolumeDir:
         try:
             st = os.fstat(fd)
             sparse_files.punch_hole(fd, 0, st.st_size)
-            if st.st_blocks * 512 >= st.st_size:
+            if sparse_files.fully_allocated(st):
                 sparse_files.allocate(fd, 0, st.st_size)
         except OSError as exc:
             raise system_error(f"Failed to wipe vol '{self.volume_path(name)}'", exc) from None

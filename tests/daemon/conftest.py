@@ -176,6 +176,19 @@ def allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
 
 
+def leave_a_hole(path: Path, offset: int, length: int) -> None:
+    """Free ``[offset, offset + length)`` of a file just written: a volume that holds data
+    but is not preallocated, whose holes an upload may leave unallocated (a fully
+    allocated one keeps its space reserved: test_preallocated_upload.py)."""
+    from virtvol.sparse import files
+
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        files.punch_hole(fd, offset, length)
+    finally:
+        os.close(fd)
+
+
 class RawClient:
     """A bare libvirt RPC client on the protocol core, for what virsh cannot be made to do."""
 

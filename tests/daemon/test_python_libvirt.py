@@ -11,6 +11,7 @@ from tests.daemon.conftest import (
     BLOCK,
     allocated,
     assert_same_content,
+    leave_a_hole,
     make_sparse_file,
     run_client,
 )
@@ -83,6 +84,7 @@ def test_upload_over_other_bytes_leaves_real_holes(virtvold: Virtvold, tmp_path:
     volume = virtvold.pool_dir / "dense"
     run_client(virtvold.tcp_uri, "dense", "sparse-upload", make_sparse_file(tmp_path / "x", 1, []))
     volume.write_bytes(b"\xee" * (size + MIB))
+    leave_a_hole(volume, BLOCK, BLOCK)  # not preallocated, where the source has a hole
     # In place (offset 0, explicit length): skips must punch, not keep the old bytes.
     run_client(virtvold.tcp_uri, "dense", "sparse-upload", source, 0, size)
     content = volume.read_bytes()
@@ -91,6 +93,7 @@ def test_upload_over_other_bytes_leaves_real_holes(virtvold: Virtvold, tmp_path:
     assert allocated(volume) <= allocated(source) + MIB + 64 * KIB
     # The whole volume: replaced, keeping its size and its bytes past the stream's end.
     volume.write_bytes(b"\xee" * (size + MIB))
+    leave_a_hole(volume, BLOCK, BLOCK)
     run_client(virtvold.tcp_uri, "dense", "sparse-upload", source)
     assert volume.read_bytes() == source.read_bytes() + b"\xee" * MIB
     assert allocated(volume) <= allocated(source) + MIB + 64 * KIB

@@ -16,7 +16,12 @@ from tests.conftest import (
     start_virtvold,
     stop_virtvold,
 )
-from tests.daemon.conftest import allocated, assert_same_content, make_sparse_file
+from tests.daemon.conftest import (
+    allocated,
+    assert_same_content,
+    leave_a_hole,
+    make_sparse_file,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,7 +48,8 @@ def test_upload_then_download(
     uri: str, virtvold: Virtvold, source: Path, tmp_path: Path, sparse: bool
 ) -> None:
     flag = ["--sparse"] if sparse else []
-    run_virsh(uri, "vol-create-as", "default", "disk", "1M")
+    # Not preallocated: a preallocated volume keeps its space (test_preallocated_upload).
+    run_virsh(uri, "vol-create-as", "default", "disk", "1M", "--allocation", "0")
     run_virsh(uri, "vol-upload", "--pool", "default", "disk", str(source), *flag)
     volume = virtvold.pool_dir / "disk"
     assert_same_content(source, volume)
@@ -62,6 +68,7 @@ def test_sparse_upload_over_other_bytes(uri: str, virtvold: Virtvold, source: Pa
     volume = virtvold.pool_dir / "full"
     run_virsh(uri, "vol-create-as", "default", "full", "4M")
     volume.write_bytes(b"\xab" * 4 * MIB)
+    leave_a_hole(volume, MIB, MIB)  # not preallocated, where the source has a hole
     run_virsh(uri, "vol-upload", "--pool", "default", "full", str(source), "--sparse")
     # The stream's holes read as zeros; past its end the volume keeps its bytes.
     assert volume.read_bytes() == source.read_bytes() + b"\xab" * MIB
@@ -190,11 +197,13 @@ def small_disk(reference_libvirtd: ReferenceLibvirtd) -> Iterator[Path]:
 def test_a_full_disk_fails_in_libvirtds_words(
     reference_libvirtd: ReferenceLibvirtd, small_disk: Path, tmp_path: Path
 ) -> None:
+    # Far more than the disk takes: libvirtd notices its writer's failure only at a
+    # later frame or at the finish, and must have noticed it by the end.
     source = tmp_path / "big.img"
-    source.write_bytes(os.urandom(2 * MIB))
+    source.write_bytes(os.urandom(16 * MIB))
 
     def full_disk_line(uri: str, folder: Path) -> str:
-        run_virsh(uri, "vol-create-as", "small", "v", "2M", "--allocation", "0")
+        run_virsh(uri, "vol-create-as", "small", "v", "16M", "--allocation", "0")
         upload = run_virsh(uri, "vol-upload", "v", str(source), "small", check=False)
         assert upload.returncode == 1
         (cause,) = [line for line in upload.stderr.splitlines() if "No space" in line]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.daemon.conftest import leave_a_hole
 from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, allocated, fails
 from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeRef
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
@@ -131,6 +132,7 @@ def test_whole_upload_replaces_exactly(setup: PoolSetup) -> None:
     registry = setup.registry
     path = setup.pool_dir / "v"
     path.write_bytes(b"\xee" * 32 * BLOCK)
+    leave_a_hole(path, 2 * BLOCK, BLOCK)  # where the stream has a hole (not preallocated)
     os.chmod(path, 0o640)
     volume = registry.lookup_volume_by_name(setup.ref, "v")
     first, second = os.urandom(BLOCK + 7), os.urandom(3 * BLOCK)
@@ -141,7 +143,7 @@ def test_whole_upload_replaces_exactly(setup: PoolSetup) -> None:
     writer.skip(4 * BLOCK)
     assert writer.position == 11 * BLOCK
     # Nothing changes until commit, and the temporary file is not a volume.
-    assert path.read_bytes() == b"\xee" * 32 * BLOCK
+    assert path.read_bytes() == b"\xee" * 2 * BLOCK + bytes(BLOCK) + b"\xee" * 29 * BLOCK
     assert registry.list_volume_names(setup.ref, 10) == ["v"]
     writer.commit()
     expected = first + bytes(3 * BLOCK - 7) + second + bytes(4 * BLOCK) + b"\xee" * 21 * BLOCK
@@ -389,6 +391,7 @@ def test_failed_sync_keeps_old_content(setup: PoolSetup, monkeypatch: pytest.Mon
 def test_partial_upload_writes_in_place(setup: PoolSetup) -> None:
     path = setup.pool_dir / "v"
     path.write_bytes(b"\xee" * 16 * BLOCK)
+    leave_a_hole(path, 4 * BLOCK, BLOCK)  # where the stream skips (not preallocated)
     volume = setup.registry.lookup_volume_by_name(setup.ref, "v")
     writer = setup.registry.open_upload(volume, 2 * BLOCK, 8 * BLOCK, 1)
     writer.write(b"A" * BLOCK)
@@ -481,6 +484,7 @@ def test_zero_blocks_in_data_become_holes(setup: PoolSetup, whole_volume: bool) 
     exact bytes and a sparse volume: zero blocks are punched or skipped, never written."""
     size = 4 * MIB + 1234
     old = setup.file("dense", b"\xaa" * size)
+    leave_a_hole(setup.pool_dir / "dense", 0, BLOCK)  # where the payload is zeros
     payload = bytearray(size)
     payload[MIB + 5 : MIB + 300005] = os.urandom(300000)
     payload[-1000:] = b"\x01" * 1000
