@@ -176,6 +176,14 @@ def _start_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
     reg.start_pool(pool_ref(a.pool), a.flags)
 
 
+def _build_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
+    reg.build_pool(pool_ref(a.pool), a.flags)
+
+
+def _delete_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
+    reg.delete_pool(pool_ref(a.pool), a.flags)
+
+
 def _destroy_pool(reg: StorageRegistry, a: r.PoolArgs) -> None:
     reg.destroy_pool(pool_ref(a.pool))
 
@@ -266,7 +274,9 @@ HANDLERS = handler_table(
         p.STORAGE_POOL_DEFINE_XML, lambda reg, a: _pool_ret(reg.define_pool_xml(a.xml, a.flags))
     ),
     storage(p.STORAGE_POOL_CREATE, _start_pool),
+    storage(p.STORAGE_POOL_BUILD, _build_pool),
     storage(p.STORAGE_POOL_DESTROY, _destroy_pool),
+    storage(p.STORAGE_POOL_DELETE, _delete_pool),
     storage(p.STORAGE_POOL_UNDEFINE, _undefine_pool),
     storage(p.STORAGE_POOL_REFRESH, _refresh_pool),
     storage(

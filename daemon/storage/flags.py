@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from virtvol.protocol.constants import ListPoolsFlags as ListPoolsFlags
+from virtvol.protocol.constants import PoolBuildFlags as PoolBuildFlags
 from virtvol.protocol.constants import PoolCreateFlags as PoolCreateFlags
 from virtvol.protocol.constants import PoolDefineFlags as PoolDefineFlags
+from virtvol.protocol.constants import PoolDeleteFlags as PoolDeleteFlags
 from virtvol.protocol.constants import PoolXMLFlags as PoolXMLFlags
 from virtvol.protocol.constants import VolCreateFlags as VolCreateFlags
 from virtvol.protocol.constants import VolInfoFlags as VolInfoFlags

@@ -8,12 +8,13 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.errors import ErrorCode, ErrorReport, check_flags
 
+from .flags import PoolBuildFlags
 from .model import PoolRef
 from .poolxml import DEFAULT_DIR_MODE, PoolDefinition, PoolRuntime
 from .rbdvolumes import RbdVolumes
-from .reports import pool_not_active, storage_error, system_error, volume_in_use
+from .reports import STORAGE, pool_not_active, storage_error, system_error, volume_in_use
 from .volumes import VolumeDir
 
 if TYPE_CHECKING:
@@ -114,14 +115,7 @@ class Pool:
             return
         target = self.live.target
         if build:
-            try:
-                created = not os.path.isdir(target)
-                os.makedirs(target, exist_ok=True)
-                # As libvirt: an existing directory keeps its mode unless one is asked for.
-                if created or self.live.mode is not None:
-                    os.chmod(target, DEFAULT_DIR_MODE if self.live.mode is None else self.live.mode)
-            except OSError as exc:
-                raise system_error(f"cannot create path '{target}'", exc) from None
+            self.make_directory()
         try:
             fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -134,6 +128,50 @@ class Pool:
             self.volumes = None
             volumes.close()
             raise system_error(f"cannot read directory '{target}'", exc) from None
+
+    def make_directory(self) -> None:
+        """Create the target directory and its parents (an existing one is kept)."""
+        target = self.live.target
+        try:
+            created = not os.path.isdir(target)
+            os.makedirs(target, exist_ok=True)
+            # As libvirt: an existing directory keeps its mode unless one is asked for.
+            if created or self.live.mode is not None:
+                os.chmod(target, DEFAULT_DIR_MODE if self.live.mode is None else self.live.mode)
+        except OSError as exc:
+            raise system_error(f"cannot create path '{target}'", exc) from None
+
+    def build(self, flags: int) -> None:
+        """STORAGE_POOL_BUILD of an inactive directory pool: make its directory.
+
+        Overwriting or not a source device's file system asks for a device this pool type
+        does not have; libvirt refuses that only once the directory is made, and so do we.
+        """
+        formats = PoolBuildFlags.OVERWRITE | PoolBuildFlags.NO_OVERWRITE
+        check_flags(flags, int(formats), "virStorageBackendFileSystemBuild", STORAGE)
+        if flags & formats == formats:
+            raise ErrorReport(
+                ErrorCode.INVALID_ARG,
+                STORAGE,
+                "Flags 'VIR_STORAGE_POOL_BUILD_OVERWRITE' and "
+                "'VIR_STORAGE_POOL_BUILD_NO_OVERWRITE' are mutually exclusive",
+            )
+        self.make_directory()
+        if flags & formats:
+            raise storage_error(
+                ErrorCode.OPERATION_INVALID,
+                f"No source device specified when formatting pool '{self.name}'",
+            )
+
+    def delete_directory(self, flags: int) -> None:
+        """STORAGE_POOL_DELETE of an inactive directory pool: remove its (empty) directory."""
+        check_flags(flags, 0, "virStorageBackendDeleteLocal", STORAGE)
+        try:
+            os.rmdir(self.live.target)
+        except OSError as exc:
+            raise system_error(
+                f"failed to remove pool '{self.live.target}'", exc, STORAGE
+            ) from None
 
     def remove_stale_temps(self) -> None:
         """Delete the upload temporaries a crash left in the directory (this pool's running

@@ -368,6 +368,31 @@ class StorageRegistry:
             pool.starting = True
         self._start_rbd(pool)
 
+    def build_pool(self, ref: PoolRef, flags: int = 0) -> None:
+        """STORAGE_POOL_BUILD: make an inactive pool's directory (an rbd pool has nothing
+        to make, and libvirt's rbd backend takes the call as done)."""
+        with self._lock:
+            pool = self._inactive(ref, pool_already_active)
+            if pool.live.rbd is None:
+                pool.build(flags)
+
+    def delete_pool(self, ref: PoolRef, flags: int = 0) -> None:
+        """STORAGE_POOL_DELETE: remove an inactive pool's empty directory."""
+        with self._lock:
+            pool = self._inactive(ref, pool_still_active)
+            if pool.live.rbd is not None:
+                raise storage_error(ErrorCode.NO_SUPPORT, "pool does not support pool deletion")
+            pool.delete_directory(flags)
+
+    def _inactive(self, ref: PoolRef, refusal: Callable[[str], ErrorReport]) -> Pool:
+        """The pool, or ``refusal`` (libvirt's words for the call) of a running one."""
+        pool = self._pool(ref)
+        if pool.active:
+            raise refusal(pool.name)
+        if pool.starting:
+            raise pool_starting(pool.name)
+        return pool
+
     def _start(self, pool: Pool, flags: int) -> None:
         _check_no_format(pool, flags)
         self._check_free_path(pool)
