@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from virtvol.daemon.session import Session
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
+from virtvol.daemon.storage.poolxml import capabilities_xml
 from virtvol.daemon.storage.reports import uuid_text
 from virtvol.protocol import procedures as p
 from virtvol.protocol import remote as r
@@ -260,6 +261,15 @@ HANDLERS = handler_table(
     Handler(p.CONNECT_CLOSE, Runs.CLOSE),
     stream(p.STORAGE_VOL_UPLOAD),
     stream(p.STORAGE_VOL_DOWNLOAD),
+    session(p.CONNECT_IS_SECURE, Session.is_secure),
+    storage(
+        p.CONNECT_GET_CAPABILITIES,
+        lambda reg, a: r.ConnectGetCapabilitiesRet(capabilities=capabilities_xml()),
+    ),
+    storage(
+        p.STORAGE_POOL_LOOKUP_BY_TARGET_PATH,
+        lambda reg, a: _pool_ret(reg.lookup_pool_by_target_path(a.path)),
+    ),
     storage(p.CONNECT_NUM_OF_STORAGE_POOLS, lambda reg, a: r.NumRet(num=reg.num_active_pools())),
     storage(p.CONNECT_LIST_STORAGE_POOLS, _list_pools),
     storage(

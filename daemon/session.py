@@ -168,6 +168,11 @@ class Session:
     def get_version(self, args: None) -> r.ConnectGetVersionRet:
         return r.ConnectGetVersionRet(hv_ver=DRIVER_VERSION)
 
+    def is_secure(self, args: None) -> r.ConnectIsSecureRet:
+        # As libvirtd's storage driver: the daemon end is trivially secure; the client
+        # library weighs its own transport (TCP, TLS, Unix socket) against this answer.
+        return r.ConnectIsSecureRet(secure=1)
+
     def get_lib_version(self, args: None) -> r.ConnectGetLibVersionRet:
         return r.ConnectGetLibVersionRet(lib_ver=LEGACY_LIB_VERSION if self.legacy else LIB_VERSION)
 

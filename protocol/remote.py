@@ -310,6 +310,18 @@ class FindPoolSourcesRet(XdrStruct):
     xml: NonnullString
 
 
+class PoolLookupByTargetPathArgs(XdrStruct):
+    path: NonnullString
+
+
+class ConnectIsSecureRet(XdrStruct):
+    secure: I32
+
+
+class ConnectGetCapabilitiesRet(XdrStruct):
+    capabilities: NonnullString
+
+
 class ActiveRet(XdrStruct):
     active: I32
 

@@ -63,6 +63,20 @@ class PoolRuntime:
     group: int
 
 
+# The pool types virtvold has a backend for, in libvirt's order of backends.
+SERVED_POOL_TYPES = ("dir", "rbd")
+
+
+def capabilities_xml() -> str:
+    """CONNECT_GET_CAPABILITIES of a storage-only daemon: the pool types it can run,
+    laid out as libvirtd's storage driver lays out its own list."""
+    values = "".join(f"      <value>{kind}</value>\n" for kind in SERVED_POOL_TYPES)
+    return (
+        "<capabilities>\n\n  <pool>\n    <enum name='type'>\n"
+        f"{values}    </enum>\n  </pool>\n\n</capabilities>\n"
+    )
+
+
 def clean_path(path: str) -> str:
     """Collapse repeated slashes and drop a trailing one, as libvirt does (no '..' resolution)."""
     cleaned = re.sub(r"/{2,}", "/", path)
@@ -87,7 +101,7 @@ def parse_pool_xml(text: str) -> PoolDefinition:
             f"Invalid value for attribute 'type' in element 'pool': '{pool_type}'.",
             ErrorDomain.XML,
         )
-    if pool_type not in ("dir", "rbd"):
+    if pool_type not in SERVED_POOL_TYPES:
         number = POOL_TYPES.index(pool_type)
         raise storage_error(
             ErrorCode.INTERNAL_ERROR, f"missing backend for pool type {number} ({pool_type})"

@@ -196,6 +196,23 @@ class StorageRegistry:
     # ------------------------------------------------------------------
     # Listing pools
 
+    def lookup_pool_by_target_path(self, path: str) -> PoolRef:
+        """STORAGE_POOL_LOOKUP_BY_TARGET_PATH: the running directory pool at ``path``
+        (repeated and trailing slashes aside, as libvirt compares)."""
+        cleaned = clean_path(path)
+        with self._lock:
+            for pool in self._sorted_pools():
+                if (
+                    pool.active
+                    and pool.live.rbd is None
+                    and clean_path(pool.live.target) == cleaned
+                ):
+                    return pool.ref
+        detail = f"no storage pool with matching target path '{path}'"
+        if cleaned != path:
+            detail += f" ({cleaned})"
+        raise storage_error(ErrorCode.NO_STORAGE_POOL, detail)
+
     def num_active_pools(self) -> int:
         """CONNECT_NUM_OF_STORAGE_POOLS."""
         with self._lock:

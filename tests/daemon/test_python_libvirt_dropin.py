@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import textwrap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tests.conftest import run_system_python
+from virtvol.daemon.storage.poolxml import SERVED_POOL_TYPES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -49,13 +50,14 @@ print(json.dumps(record))
 """
 
 
-def _record(uri: str, scratch: Path, pool_dir: Path, body: str) -> list[list[object]]:
+def _record(
+    uri: str, scratch: Path, pool_dir: Path, body: str, *more_args: str
+) -> list[tuple[str, list[Any]]]:
     scratch.mkdir(parents=True, exist_ok=True)
     scratch.chmod(0o777)  # the reference libvirtd runs as nobody
     code = PRELUDE + textwrap.dedent(body) + EPILOGUE
-    out = run_system_python(code, uri, str(scratch), str(pool_dir)).stdout
-    result: list[list[object]] = json.loads(out)
-    return result
+    out = run_system_python(code, uri, str(scratch), str(pool_dir), *more_args).stdout
+    return [(label, result) for label, result in json.loads(out)]
 
 
 def assert_same_answers(
@@ -134,3 +136,89 @@ def test_pool_delete(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_DELETE)
+
+
+TARGET_PATH_LOOKUP = """
+step("pool's own path", lambda: conn.storagePoolLookupByTargetPath(POOL_DIR))
+step("trailing slash", lambda: conn.storagePoolLookupByTargetPath(POOL_DIR + "/"))
+doubled = os.path.dirname(POOL_DIR) + "//" + os.path.basename(POOL_DIR)
+step("doubled slash inside", lambda: conn.storagePoolLookupByTargetPath(doubled))
+step("dot at the end", lambda: conn.storagePoolLookupByTargetPath(POOL_DIR + "/."))
+step("relative", lambda: conn.storagePoolLookupByTargetPath("pool"))
+step("empty", lambda: conn.storagePoolLookupByTargetPath(""))
+step("unknown", lambda: conn.storagePoolLookupByTargetPath("/nonexistent"))
+inactive = os.path.join(BASE, "inactive")
+os.mkdir(inactive)
+define_dir_pool("inactive", inactive)
+step("an inactive pool's path", lambda: conn.storagePoolLookupByTargetPath(inactive))
+read_only = libvirt.openReadOnly(URI)
+step("read-only", lambda: read_only.storagePoolLookupByTargetPath(POOL_DIR))
+"""
+
+
+def test_pool_lookup_by_target_path(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, TARGET_PATH_LOOKUP)
+
+
+CONNECTION_SECURITY = """
+step("tcp isSecure", conn.isSecure)
+step("tcp isEncrypted", conn.isEncrypted)
+local = libvirt.open(sys.argv[4])
+step("unix isSecure", local.isSecure)
+step("unix isEncrypted", local.isEncrypted)
+step("read-only unix isSecure", libvirt.openReadOnly(sys.argv[4]).isSecure)
+"""
+
+
+def test_connection_security(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    scratch = tmp_path / "unused"
+    expected = _record(
+        reference_libvirtd.tcp_uri,
+        scratch,
+        reference_libvirtd.pool_dir,
+        CONNECTION_SECURITY,
+        reference_libvirtd.unix_uri,
+    )
+    got = _record(
+        virtvold.tcp_uri, scratch, virtvold.pool_dir, CONNECTION_SECURITY, virtvold.unix_uri
+    )
+    assert got == expected
+
+
+CAPABILITIES = """
+import xml.etree.ElementTree as ET
+caps = ET.fromstring(conn.getCapabilities())
+step("layout", lambda: [e.tag for e in caps.iter()][:4])
+step("type enum", lambda: [e.get("name") for e in caps.iter("enum")])
+step("types", lambda: [e.text for e in caps.iter("value")])
+step("text", conn.getCapabilities)
+"""
+
+
+def test_capabilities_list_the_pool_types_the_daemon_runs(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """The layout is libvirtd's; the types are those a pool definition is accepted for."""
+    expected = dict(
+        _record(
+            reference_libvirtd.tcp_uri, tmp_path / "a", reference_libvirtd.pool_dir, CAPABILITIES
+        )
+    )
+    got = dict(_record(virtvold.tcp_uri, tmp_path / "b", virtvold.pool_dir, CAPABILITIES))
+    assert got["layout"] == expected["layout"]
+    assert got["type enum"] == expected["type enum"]
+    want_types = expected["types"][1]
+    assert isinstance(want_types, list)
+    assert "dir" in want_types
+    assert got["types"][1] == list(SERVED_POOL_TYPES)
+    # With each side's own types taken out, the documents are the same text.
+    reference_text, virtvold_text = str(expected["text"][1]), str(got["text"][1])
+    for kind in want_types:
+        reference_text = reference_text.replace(f"      <value>{kind}</value>\n", "")
+    for kind in SERVED_POOL_TYPES:
+        virtvold_text = virtvold_text.replace(f"      <value>{kind}</value>\n", "")
+    assert virtvold_text == reference_text
