@@ -48,9 +48,10 @@ from typing import TYPE_CHECKING, cast
 from virtvol.daemon.dispatch import HANDLERS, Runs, vol_ref
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.sendbuffers import SendBuffers
-from virtvol.daemon.session import Session
-from virtvol.daemon.storage import VolStreamFlags
+from virtvol.daemon.session import POOL_EVENT_LIFECYCLE, POOL_EVENT_REFRESH, Session
+from virtvol.daemon.storage import PoolRef, VolStreamFlags
 from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
+from virtvol.daemon.storage.model import PoolEvent
 from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
@@ -317,6 +318,23 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._bytes_queued += len(frame)
             if transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
                 self.pause_reading(_OUTPUT_BACKLOG)
+
+    def pool_event(self, pool: PoolRef, event: PoolEvent) -> None:
+        """Tell the client of a pool event, once per callback it registered for it."""
+        wire_pool = r.StoragePool(name=pool.name, uuid=pool.uuid)
+        event_id = POOL_EVENT_REFRESH if event is PoolEvent.REFRESHED else POOL_EVENT_LIFECYCLE
+        for callback_id, callback in self.session.pool_event_callbacks.items():
+            if not callback.wants(event_id, pool.uuid):
+                continue
+            if event is PoolEvent.REFRESHED:
+                message: XdrStruct = r.PoolRefreshEventMsg(callback_id=callback_id, pool=wire_pool)
+                procedure = Proc.STORAGE_POOL_EVENT_REFRESH
+            else:
+                message = r.PoolLifecycleEventMsg(
+                    callback_id=callback_id, pool=wire_pool, event=int(event), detail=0
+                )
+                procedure = Proc.STORAGE_POOL_EVENT_LIFECYCLE
+            self.send(self.rpc.send_message(procedure, message))
 
     def send_parts(self, parts: Sequence[Payload]) -> None:
         transport = self._transport

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from virtvol.daemon.fairqueue import FairExecutor
 from virtvol.daemon.limits import (
@@ -14,8 +14,11 @@ from virtvol.daemon.limits import (
     nofile_soft_limit,
     open_descriptor_count,
 )
-from virtvol.daemon.storage import StorageRegistry
+from virtvol.daemon.storage import PoolRef, StorageRegistry
 from virtvol.protocol.frames import PayloadBuffers
+
+if TYPE_CHECKING:
+    from virtvol.daemon.storage.model import PoolEvent
 
 # Worker threads. Calls and stream I/O get separate pools so that many busy
 # streams cannot make a pool-list wait, nor a slow wipe hold up a stream.
@@ -38,6 +41,8 @@ class TrackedConnection(Protocol):
     async def wait_streams(self) -> None: ...
 
     async def wait_closed(self) -> None: ...
+
+    def pool_event(self, pool: PoolRef, event: PoolEvent) -> None: ...
 
 
 @dataclass

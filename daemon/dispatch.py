@@ -262,6 +262,8 @@ HANDLERS = handler_table(
     stream(p.STORAGE_VOL_UPLOAD),
     stream(p.STORAGE_VOL_DOWNLOAD),
     session(p.CONNECT_IS_SECURE, Session.is_secure),
+    session(p.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY, Session.register_pool_events),
+    session(p.CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY, Session.deregister_pool_events),
     storage(
         p.CONNECT_GET_CAPABILITIES,
         lambda reg, a: r.ConnectGetCapabilitiesRet(capabilities=capabilities_xml()),

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 from virtvol.daemon import tcpauth
 from virtvol.daemon.config import ConfigError, Overrides, Settings, resolve
@@ -31,10 +32,13 @@ from virtvol.daemon.listeners import (
     from_activation,
 )
 from virtvol.daemon.statelock import StateDirInUse, StateDirLock, lock_state_dir
-from virtvol.daemon.storage import StorageRegistry
+from virtvol.daemon.storage import PoolRef, StorageRegistry
 from virtvol.daemon.systemd import ActivationError, Notifier, activated_listeners
 from virtvol.daemon.tls import TlsFiles, TlsListener, TlsPolicy, TlsSetupError
 from virtvol.protocol.errors import ErrorReport
+
+if TYPE_CHECKING:
+    from virtvol.daemon.storage.model import PoolEvent
 
 log = logging.getLogger("virtvol.daemon")
 
@@ -104,6 +108,10 @@ class Daemon:
             self._release_state_dir()
             raise
 
+    def _tell_connections(self, pool: PoolRef, event: PoolEvent) -> None:
+        for connection in list(self.context.connections):
+            connection.pool_event(pool, event)
+
     def _release_state_dir(self) -> None:
         if self._state_lock is not None:
             self._state_lock.release()
@@ -111,6 +119,12 @@ class Daemon:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
+
+        # Pool events happen in the worker threads; the connections hear of them on the loop.
+        def pass_event(pool: PoolRef, event: PoolEvent) -> None:
+            loop.call_soon_threadsafe(self._tell_connections, pool, event)
+
+        self._registry.on_event = pass_event
         fd_limit = raise_nofile_limit()
         try:
             await loop.run_in_executor(self.context.calls, self._load_pools, self.settings)

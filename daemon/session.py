@@ -12,9 +12,10 @@ and downloads), with libvirt's own "read only access prevents <function>".
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -122,6 +123,23 @@ def check_open_name(name: str | None) -> str:
     return name
 
 
+# Callback numbers are unique across the daemon, as libvirt's are.
+_callback_ids = itertools.count(1)
+# virStoragePoolEventID: LIFECYCLE, REFRESH.
+POOL_EVENT_LIFECYCLE, POOL_EVENT_REFRESH = 0, 1
+
+
+@dataclass(frozen=True)
+class PoolEventCallback:
+    """A client's registration for one kind of pool event, of one pool or of all."""
+
+    event_id: int
+    pool_uuid: bytes | None
+
+    def wants(self, event_id: int, pool_uuid: bytes) -> bool:
+        return event_id == self.event_id and self.pool_uuid in (None, pool_uuid)
+
+
 @dataclass
 class Session:
     """The connection-level state of one client."""
@@ -131,6 +149,7 @@ class Session:
     uri: str | None = None  # set once CONNECT_OPEN succeeded
     close_callback: bool = False
     keepalive_requested: bool = False
+    pool_event_callbacks: dict[int, PoolEventCallback] = field(default_factory=dict)
 
     @property
     def opened(self) -> bool:
@@ -188,6 +207,26 @@ class Session:
 
     def unregister_close_callback(self, args: None) -> None:
         self.close_callback = False
+
+    def register_pool_events(self, args: r.PoolEventRegisterArgs) -> r.PoolEventRegisterRet:
+        if args.event_id not in (POOL_EVENT_LIFECYCLE, POOL_EVENT_REFRESH):
+            raise ErrorReport.raised(
+                ErrorCode.INTERNAL_ERROR,
+                ErrorDomain.RPC,
+                f"unsupported storage pool event ID {args.event_id}",
+            )
+        callback_id = next(_callback_ids)
+        uuid = None if args.pool is None else args.pool.uuid
+        self.pool_event_callbacks[callback_id] = PoolEventCallback(args.event_id, uuid)
+        return r.PoolEventRegisterRet(callback_id=callback_id)
+
+    def deregister_pool_events(self, args: r.PoolEventDeregisterArgs) -> None:
+        if self.pool_event_callbacks.pop(args.callback_id, None) is None:
+            raise ErrorReport.raised(
+                ErrorCode.INTERNAL_ERROR,
+                ErrorDomain.RPC,
+                f"storage pool event callback {args.callback_id} not registered",
+            )
 
     def _feature(self, feature: int) -> int:
         if feature == DriverFeature.PROGRAM_KEEPALIVE:

@@ -322,6 +322,36 @@ class ConnectGetCapabilitiesRet(XdrStruct):
     capabilities: NonnullString
 
 
+OptionalStoragePool = Annotated[StoragePool | None, Optional(StoragePool.codec())]
+
+
+class PoolEventRegisterArgs(XdrStruct):
+    """``{eventID, pool}``: a pool's events, or every pool's (``pool`` absent)."""
+
+    event_id: I32
+    pool: OptionalStoragePool
+
+
+class PoolEventRegisterRet(XdrStruct):
+    callback_id: I32
+
+
+class PoolEventDeregisterArgs(XdrStruct):
+    callback_id: I32
+
+
+class PoolLifecycleEventMsg(XdrStruct):
+    callback_id: I32
+    pool: StoragePool
+    event: I32
+    detail: I32
+
+
+class PoolRefreshEventMsg(XdrStruct):
+    callback_id: I32
+    pool: StoragePool
+
+
 class ActiveRet(XdrStruct):
     active: I32
 

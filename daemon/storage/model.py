@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from virtvol.protocol.constants import PoolInfo as PoolInfo
@@ -29,3 +30,19 @@ class VolumeRef:
     pool: str
     name: str
     key: str
+
+
+class PoolEvent(enum.IntEnum):
+    """What happened to a pool, as libvirt's storage pool events tell it.
+
+    The lifecycle values are ``virStoragePoolEventLifecycleType``'s; ``REFRESHED`` is
+    the separate refresh event (its own event ID, no lifecycle number).
+    """
+
+    DEFINED = 0
+    UNDEFINED = 1
+    STARTED = 2
+    STOPPED = 3
+    CREATED = 4  # built
+    DELETED = 5
+    REFRESHED = -1

@@ -36,7 +36,7 @@ from .flags import (
     VolResizeFlags,
     VolStreamFlags,
 )
-from .model import PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
+from .model import PoolEvent, PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
 from .names import check_new_volume_name
 from .pool import Busy, Pool
 from .poolxml import PoolDefinition, PoolRuntime, clean_path, format_pool_xml, parse_pool_xml
@@ -90,6 +90,13 @@ class StorageRegistry:
         self._sync_uploads = sync_uploads
         # libvirt's secret objects: the keys rbd pools authenticate with.
         self.secrets = SecretStore(os.path.join(state_dir, "secrets"))
+        # Told of every pool event, from whichever thread made it, in the order they
+        # happen (the daemon passes them to the clients that registered for them).
+        self.on_event: Callable[[PoolRef, PoolEvent], None] | None = None
+
+    def _tell(self, ref: PoolRef, event: PoolEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(ref, event)
 
     # ------------------------------------------------------------------
     # Lifecycle of the registry itself
@@ -255,7 +262,9 @@ class StorageRegistry:
         _check_flags(flags, PoolDefineFlags.VALIDATE, "storagePoolDefineXML")
         definition = parse_pool_xml(xml)
         with self._lock:
-            return self._define(definition)
+            ref = self._define(definition)
+            self._tell(ref, PoolEvent.DEFINED)
+            return ref
 
     def _define(self, definition: PoolDefinition) -> PoolRef:
         existing = self._check_duplicate(definition)
@@ -362,6 +371,7 @@ class StorageRegistry:
                     pool.stop()  # a defined pool goes back to its persisted definition
                     raise
                 self._pools[pool.name] = pool
+                self._tell(pool.ref, PoolEvent.STARTED)
                 return pool.ref
             pool.starting = True
             self._pools[pool.name] = pool
@@ -380,6 +390,7 @@ class StorageRegistry:
             if pool.live.rbd is None:
                 self._start(pool, flags)
                 self._claim_directory(pool)
+                self._tell(pool.ref, PoolEvent.STARTED)
                 return
             _check_no_format(pool, flags)
             pool.starting = True
@@ -392,6 +403,7 @@ class StorageRegistry:
             pool = self._inactive(ref, pool_already_active)
             if pool.live.rbd is None:
                 pool.build(flags)
+                self._tell(pool.ref, PoolEvent.CREATED)
 
     def delete_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_DELETE: remove an inactive pool's empty directory."""
@@ -400,6 +412,7 @@ class StorageRegistry:
             if pool.live.rbd is not None:
                 raise storage_error(ErrorCode.NO_SUPPORT, "pool does not support pool deletion")
             pool.delete_directory(flags)
+            self._tell(pool.ref, PoolEvent.DELETED)
 
     def _inactive(self, ref: PoolRef, refusal: Callable[[str], ErrorReport]) -> Pool:
         """The pool, or ``refusal`` (libvirt's words for the call) of a running one."""
@@ -430,6 +443,7 @@ class StorageRegistry:
         with self._lock:
             pool.starting = False
             pool.rbd, pool.runtime = volumes, runtime
+            self._tell(pool.ref, PoolEvent.STARTED)
 
     def destroy_pool(self, ref: PoolRef) -> None:
         """STORAGE_POOL_DESTROY: stop the pool; a transient one disappears."""
@@ -443,7 +457,9 @@ class StorageRegistry:
 
     def _stop(self, pool: Pool) -> None:
         """Stop the pool; a transient one disappears."""
+        ref = pool.ref  # the name and UUID it ran under, before the definition reverts
         pool.stop()
+        self._tell(ref, PoolEvent.STOPPED)
         if not pool.persistent and self._pools.get(pool.name) is pool:
             del self._pools[pool.name]
 
@@ -457,6 +473,7 @@ class StorageRegistry:
                 raise pool_starting(pool.name)
             self._store.remove(pool.name)
             del self._pools[pool.name]
+            self._tell(pool.ref, PoolEvent.UNDEFINED)
 
     def refresh_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_REFRESH: re-read sizes and drop upload temporaries left by a crash.
@@ -480,6 +497,7 @@ class StorageRegistry:
                         raise
                 pool.remove_stale_temps()
         self._current_runtime(pool)
+        self._tell(pool.ref, PoolEvent.REFRESHED)
 
     # ------------------------------------------------------------------
     # Pool properties

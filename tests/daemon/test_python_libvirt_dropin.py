@@ -222,3 +222,68 @@ def test_capabilities_list_the_pool_types_the_daemon_runs(
     for kind in SERVED_POOL_TYPES:
         virtvold_text = virtvold_text.replace(f"      <value>{kind}</value>\n", "")
     assert virtvold_text == reference_text
+
+
+POOL_EVENTS = """
+import threading, time
+libvirt.virEventRegisterDefaultImpl()
+
+def run_loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+threading.Thread(target=run_loop, daemon=True).start()
+watcher = libvirt.open(URI)
+events = []
+
+def lifecycle(_conn, pool, event, detail, tag):
+    events.append([tag, pool.name(), event, detail])
+
+def refreshed(_conn, pool, tag):
+    events.append([tag, pool.name(), "refresh"])
+
+LIFECYCLE, REFRESH = (libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE,
+                      libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH)
+every_pool = watcher.storagePoolEventRegisterAny(None, LIFECYCLE, lifecycle, "all")
+watcher.storagePoolEventRegisterAny(None, REFRESH, refreshed, "all")
+default = watcher.storagePoolLookupByName("default")
+watcher.storagePoolEventRegisterAny(default, LIFECYCLE, lifecycle, "default")
+watcher.storagePoolEventRegisterAny(default, REFRESH, refreshed, "default")
+
+target = os.path.join(BASE, "watched")
+pool = define_dir_pool("watched", target)
+step("build", lambda: pool.build(0))
+step("failed build", lambda: pool.build(libvirt.VIR_STORAGE_POOL_BUILD_OVERWRITE))
+step("start", lambda: pool.create(0))
+step("failed start", lambda: pool.create(0))
+step("refresh", lambda: pool.refresh(0))
+step("failed refresh", lambda: pool.refresh(1))
+step("destroy", pool.destroy)
+step("delete", lambda: pool.delete(0))
+step("start with build", lambda: pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD))
+step("destroy again", pool.destroy)
+step("undefine", pool.undefine)
+transient = os.path.join(BASE, "transient")
+os.mkdir(transient)
+step("create transient", lambda: conn.storagePoolCreateXML(
+    "<pool type='dir'><name>transient</name><target><path>%s</path></target></pool>"
+    % transient, 0))
+step("destroy transient", lambda: conn.storagePoolLookupByName("transient").destroy())
+mine = conn.storagePoolLookupByName("default")
+step("refresh default", lambda: mine.refresh(0))
+step("destroy default", mine.destroy)
+step("start default", lambda: mine.create(0))
+time.sleep(1.5)
+watcher.storagePoolEventDeregisterAny(every_pool)
+step("refresh default, one lifecycle callback gone", lambda: mine.refresh(0))
+step("destroy default, one lifecycle callback gone", mine.destroy)
+step("start default, one lifecycle callback gone", lambda: mine.create(0))
+time.sleep(1.5)
+step("events", lambda: events)
+"""
+
+
+def test_pool_events(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_EVENTS)
