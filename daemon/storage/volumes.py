@@ -282,8 +282,9 @@ class VolumeDir:
                 raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
             try:
                 if allocate and new > current:
+                    # libvirt allocates the whole volume, the holes already in it too.
                     try:
-                        sparse_files.allocate(fd, current, new - current)
+                        sparse_files.allocate(fd, 0, new)
                     except OSError:
                         os.ftruncate(fd, current)  # give back what the failed call took
                         raise

@@ -287,3 +287,27 @@ def test_pool_events(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_EVENTS)
+
+
+VOLUME_RESIZE = """
+pool = conn.storagePoolLookupByName("default")
+sparse = pool.createXML(
+    "<volume><name>sparse</name><capacity>1048576</capacity><allocation>0</allocation>"
+    "</volume>", 0)
+step("created", sparse.info)
+step("grow allocating", lambda: sparse.resize(4 << 20, libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE))
+step("grown", sparse.info)
+step("shrink below the allocation by a delta", lambda: sparse.resize(
+    1 << 20, libvirt.VIR_STORAGE_VOL_RESIZE_DELTA | libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK))
+step("unchanged", sparse.info)
+full = pool.createXML("<volume><name>full</name><capacity>1048576</capacity></volume>", 0)
+step("grow by a delta allocating", lambda: full.resize(
+    2 << 20, libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE | libvirt.VIR_STORAGE_VOL_RESIZE_DELTA))
+step("grown by the delta", full.info)
+"""
+
+
+def test_volume_resize(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_RESIZE)
