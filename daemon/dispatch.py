@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from virtvol.daemon.session import Session
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
-from virtvol.daemon.storage.poolxml import capabilities_xml
+from virtvol.daemon.storage.poolxml import capabilities_xml, find_pool_sources
 from virtvol.daemon.storage.reports import uuid_text
 from virtvol.protocol import procedures as p
 from virtvol.protocol import remote as r
@@ -267,6 +267,10 @@ HANDLERS = handler_table(
     storage(
         p.CONNECT_GET_CAPABILITIES,
         lambda reg, a: r.ConnectGetCapabilitiesRet(capabilities=capabilities_xml()),
+    ),
+    storage(
+        p.CONNECT_FIND_STORAGE_POOL_SOURCES,
+        lambda reg, a: r.FindPoolSourcesRet(xml=find_pool_sources(a.type)),
     ),
     storage(
         p.STORAGE_POOL_LOOKUP_BY_TARGET_PATH,

@@ -6,7 +6,7 @@ import re
 import uuid as uuidlib
 from dataclasses import dataclass
 
-from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 from .names import check_pool_name
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
@@ -77,6 +77,25 @@ def capabilities_xml() -> str:
     )
 
 
+def find_pool_sources(pool_type: str) -> str:
+    """CONNECT_FIND_STORAGE_POOL_SOURCES: neither backend here discovers sources, so every
+    type gets libvirt's refusal for it: unknown, without a backend, or without discovery."""
+    if pool_type not in POOL_TYPES:
+        raise storage_error(ErrorCode.INTERNAL_ERROR, f"unknown storage pool type {pool_type}")
+    if pool_type not in SERVED_POOL_TYPES:
+        raise missing_backend(pool_type)
+    raise storage_error(
+        ErrorCode.NO_SUPPORT, f"pool type '{pool_type}' does not support source discovery"
+    )
+
+
+def missing_backend(pool_type: str) -> ErrorReport:
+    number = POOL_TYPES.index(pool_type)
+    return storage_error(
+        ErrorCode.INTERNAL_ERROR, f"missing backend for pool type {number} ({pool_type})"
+    )
+
+
 def clean_path(path: str) -> str:
     """Collapse repeated slashes and drop a trailing one, as libvirt does (no '..' resolution)."""
     cleaned = re.sub(r"/{2,}", "/", path)
@@ -102,10 +121,7 @@ def parse_pool_xml(text: str) -> PoolDefinition:
             ErrorDomain.XML,
         )
     if pool_type not in SERVED_POOL_TYPES:
-        number = POOL_TYPES.index(pool_type)
-        raise storage_error(
-            ErrorCode.INTERNAL_ERROR, f"missing backend for pool type {number} ({pool_type})"
-        )
+        raise missing_backend(pool_type)
     name = child_string(root, "name")
     if name is None:
         raise xml_error("missing pool source name element")

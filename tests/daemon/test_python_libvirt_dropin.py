@@ -311,3 +311,20 @@ def test_volume_resize(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_RESIZE)
+
+
+FIND_POOL_SOURCES = """
+for kind in ("dir", "bogus", "", "DIR"):
+    step("find %r" % kind, lambda: conn.findStoragePoolSources(kind, None, 0))
+step("dir with a spec", lambda: conn.findStoragePoolSources("dir", "<source/>", 0))
+step("dir with a broken spec", lambda: conn.findStoragePoolSources("dir", "<sou", 0))
+step("dir with a flag", lambda: conn.findStoragePoolSources("dir", None, 1))
+read_only = libvirt.openReadOnly(URI)
+step("read-only", lambda: read_only.findStoragePoolSources("dir", None, 0))
+"""
+
+
+def test_find_pool_sources(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, FIND_POOL_SOURCES)
