@@ -733,7 +733,12 @@ class StorageRegistry:
             )
         with self._building(ref, request.name, source=source.name) as (pool, volumes):
             try:
-                volumes.create_from(request, source.name)
+                if isinstance(volumes, VolumeDir):
+                    volumes.create_from(
+                        request, source.name, reflink=bool(flags & VolCreateFlags.REFLINK)
+                    )
+                else:  # an rbd image is copied; block sharing is a file system's
+                    volumes.create_from(request, source.name)
             except ErrorReport as exc:
                 if exc.code is ErrorCode.STORAGE_VOL_EXIST:  # made meanwhile, outside the daemon
                     raise clone_name_taken(request.name) from None

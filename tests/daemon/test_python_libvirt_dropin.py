@@ -328,3 +328,28 @@ def test_find_pool_sources(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, FIND_POOL_SOURCES)
+
+
+VOLUME_CLONE_FLAGS = """
+pool = conn.storagePoolLookupByName("default")
+source = pool.createXML("<volume><name>source</name><capacity>4096</capacity></volume>", 0)
+METADATA = libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+REFLINK = libvirt.VIR_STORAGE_VOL_CREATE_REFLINK
+
+def volume(name, capacity=4096):
+    return "<volume><name>%s</name><capacity>%d</capacity></volume>" % (name, capacity)
+
+step("create with metadata preallocation", lambda: pool.createXML(volume("meta"), METADATA))
+step("clone with metadata preallocation",
+     lambda: pool.createXMLFrom(volume("meta-clone"), source, METADATA))
+step("clone sharing blocks", lambda: pool.createXMLFrom(volume("shared"), source, REFLINK))
+step("clone sharing blocks, larger",
+     lambda: pool.createXMLFrom(volume("shared-larger", 8192), source, REFLINK))
+step("volumes", lambda: sorted(pool.listVolumes()))
+"""
+
+
+def test_volume_clone_flags(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_CLONE_FLAGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -218,8 +219,8 @@ def test_create_errors(setup: PoolSetup) -> None:
     with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x2) in function storageVolCreateXML"):
         registry.create_volume_xml(ref, ok, 2)
     with fails(
-        ErrorCode.OPERATION_UNSUPPORTED,
-        "Operation not supported: metadata preallocation is not supported for raw volumes",
+        ErrorCode.CONFIG_UNSUPPORTED,
+        "unsupported configuration: metadata preallocation is not supported for raw volumes",
     ):
         registry.create_volume_xml(ref, ok, 1)
     assert registry.list_volume_names(ref, 100) == ["v1"]
@@ -380,12 +381,34 @@ def test_clone_is_sparse(setup: PoolSetup) -> None:
         ErrorCode.INVALID_ARG, "unsupported flags (0x8) in function storageVolCreateXMLFrom"
     ):
         registry.create_volume_xml_from(setup.ref, "<volume><name>c3</name></volume>", source, 8)
-    assert (
-        registry.create_volume_xml_from(
-            setup.ref, "<volume><name>c4</name></volume>", source, 2
-        ).name
-        == "c4"
-    )
+    # REFLINK shares the source's blocks where the file system can, and fails there
+    # otherwise (no copy instead), leaving no file behind.
+    reflink = "<volume><name>c4</name></volume>"
+    refusal = _block_sharing_refusal(setup.pool_dir)
+    if refusal is None:
+        registry.create_volume_xml_from(setup.ref, reflink, source, 2)
+        assert (setup.pool_dir / "c4").read_bytes() == (setup.pool_dir / "src").read_bytes()
+    else:
+        src = setup.pool_dir / "src"
+        with fails(
+            ErrorCode.SYSTEM_ERROR,
+            f"failed to clone files from '{src}': {os.strerror(refusal)}",
+        ):
+            registry.create_volume_xml_from(setup.ref, reflink, source, 2)
+        assert not (setup.pool_dir / "c4").exists()
+
+
+def _block_sharing_refusal(folder: Path) -> int | None:
+    """The errno Linux's FICLONE gets under ``folder``; None where it shares blocks."""
+    with open(folder / "probe-a", "w+b") as a, open(folder / "probe-b", "wb") as b:
+        try:
+            fcntl.ioctl(b.fileno(), 0x40049409, a.fileno())
+        except OSError as exc:
+            return exc.errno
+        finally:
+            os.unlink(folder / "probe-a")
+            os.unlink(folder / "probe-b")
+    return None
 
 
 def test_delete(setup: PoolSetup) -> None:
