@@ -42,7 +42,7 @@ from virtvol.protocol.constants import (
     MessageStatus,
     MessageType,
 )
-from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.protocol.exceptions import (
     LocalProtocolError,
     ProtocolError,
@@ -63,7 +63,7 @@ from virtvol.protocol.frames import (
     encode_head,
 )
 from virtvol.protocol.hints import TYPE_CHECKING
-from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
+from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES, api_error_domain, api_function
 from virtvol.protocol.procedures import PROCEDURES, Procedure
 from virtvol.protocol.record import Record
 from virtvol.protocol.remote import RemoteError, StreamHole
@@ -211,6 +211,13 @@ Event = (
 def rpc_error(message: str, code: ErrorCode = ErrorCode.RPC) -> RemoteError:
     """An RPC-layer error as libvirtd words it (domain RPC, level error)."""
     return RemoteError(code=code, domain=ErrorDomain.RPC, message=message)
+
+
+def _unsupported(name: str) -> RemoteError:
+    """libvirtd's answer to a procedure of a driver it does not run: its API function,
+    finding no driver for it, reports VIR_ERR_NO_SUPPORT under its own domain."""
+    report = ErrorReport.raised(ErrorCode.NO_SUPPORT, api_error_domain(name), api_function(name))
+    return RemoteError.from_report(report)
 
 
 # The payload of a well-formed skip frame, and its words (length, flags) without a record:
@@ -363,8 +370,7 @@ class Connection:
             name = REMOTE_PROCEDURE_NAMES.get(header.procedure)
             if name is None:
                 return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))
-            message = f"this function is not supported by the connection driver: {name}"
-            return self._reject(header, rpc_error(message, ErrorCode.NO_SUPPORT))
+            return self._reject(header, _unsupported(name))
         try:
             args = procedure.args.decode(frame.payload) if procedure.args else None
             if procedure.args is None and frame.payload:

@@ -4,6 +4,59 @@ Used to name frames in dumps and to tell a known procedure that virtvold does no
 serve (VIR_ERR_NO_SUPPORT) from a number no libvirt ever had.
 """
 
+from __future__ import annotations
+
+from virtvol.protocol.errors import ErrorDomain
+
+# Words libvirt's API names spell otherwise than capitalized (virStoragePoolCreateXML,
+# virConnectNumOfNWFilters, virDomainAddIOThread, virDomainGetCPUStats).
+_SPELLED_WORDS = {
+    word.upper(): word
+    for word in ("XML", "UUID", "URI", "NWFilter", "IOThread", "CPU", "PM", "FS", "ID", "OS")
+}
+
+
+def api_function(name: str) -> str:
+    """The libvirt API function of a procedure (``STORAGE_VOL_CREATE_XML`` ->
+    ``virStorageVolCreateXML``), as libvirt's errors name it."""
+    return "vir" + "".join(_spell(word) for word in name.split("_"))
+
+
+def _spell(word: str) -> str:
+    if word in _SPELLED_WORDS:
+        return _SPELLED_WORDS[word]
+    if word.endswith("S") and word[:-1] in _SPELLED_WORDS:  # NWFILTERS, IOTHREADS
+        return _SPELLED_WORDS[word[:-1]] + "s"
+    return word.capitalize()
+
+
+def api_error_domain(name: str) -> ErrorDomain:
+    """The domain of the errors the procedure's API function raises itself (its
+    "not supported" above all): each object family's functions report under their own,
+    and the domain and host ones under DOMAIN."""
+    families: tuple[tuple[str, ErrorDomain], ...]
+    if name.startswith("DOMAIN_") or "_DOMAIN_" in name:
+        families = (
+            ("SNAPSHOT", ErrorDomain.DOMAIN_SNAPSHOT),
+            ("CHECKPOINT", ErrorDomain.DOMAIN_CHECKPOINT),
+        )
+    else:
+        families = (
+            ("NWFILTER", ErrorDomain.NWFILTER),
+            ("NODE_DEVICE", ErrorDomain.NODEDEV),
+            ("NODE_NUM_OF_DEVICES", ErrorDomain.NODEDEV),
+            ("NODE_LIST_DEVICES", ErrorDomain.NODEDEV),
+            ("INTERFACE", ErrorDomain.INTERFACE),
+            ("NETWORK", ErrorDomain.NETWORK),
+            ("SECRET", ErrorDomain.SECRET),
+            ("STORAGE", ErrorDomain.STORAGE),
+        )
+    for word, domain in families:
+        if word in name:
+            return domain
+    return ErrorDomain.DOMAIN
+
+
 REMOTE_PROCEDURE_NAMES: dict[int, str] = {
     1: "CONNECT_OPEN",
     2: "CONNECT_CLOSE",

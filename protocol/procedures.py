@@ -21,14 +21,12 @@ else:
     from virtvol.protocol.hints import Generic, TypeVar, overload
 
 from virtvol.protocol import remote as r
+from virtvol.protocol.procedure_names import api_function
 from virtvol.protocol.record import Record
 from virtvol.protocol.xdr import XdrStruct
 
 ArgsT = TypeVar("ArgsT", bound=XdrStruct | None)
 RetT = TypeVar("RetT", bound=XdrStruct | None)
-
-# Words libvirt's API names spell in capitals (virStoragePoolCreateXML).
-_CAPITAL_WORDS = frozenset({"XML", "UUID", "URI"})
 
 
 class StreamDirection(Enum):
@@ -61,8 +59,7 @@ class Procedure(Record, Generic[ArgsT, RetT]):
     def api_name(self) -> str:
         """The libvirt API function of the procedure (``virStorageVolCreateXML``),
         as libvirt's errors name it."""
-        words = self.name.split("_")
-        return "vir" + "".join(w if w in _CAPITAL_WORDS else w.capitalize() for w in words)
+        return api_function(self.name)
 
 
 class Proc(IntEnum):

@@ -353,3 +353,27 @@ def test_volume_clone_flags(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_CLONE_FLAGS)
+
+
+OTHER_DRIVERS = """
+step("getSysinfo", lambda: conn.getSysinfo(0))
+step("getMaxVcpus", lambda: conn.getMaxVcpus(None))
+step("getInfo", conn.getInfo)
+step("listDomainsID", conn.listDomainsID)
+step("listAllDomains", lambda: conn.listAllDomains(0))
+step("lookupByName", lambda: conn.lookupByName("guest"))
+step("listNetworks", conn.listNetworks)
+step("listAllNetworks", lambda: conn.listAllNetworks(0))
+step("listDevices", lambda: conn.listDevices(None, 0))
+step("listAllDevices", lambda: conn.listAllDevices(0))
+step("listInterfaces", conn.listInterfaces)
+step("listNWFilters", conn.listNWFilters)
+step("listNWFilterBindings", lambda: conn.listAllNWFilterBindings(0))
+"""
+
+
+def test_procedures_of_other_drivers(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """Their API functions find no driver: libvirt's "not supported" under each one's domain."""
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, OTHER_DRIVERS)

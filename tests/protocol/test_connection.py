@@ -725,8 +725,9 @@ def test_hypervisor_procedure_is_not_supported() -> None:
     event = _rejected(pair, call)
     assert event.serial == serial
     assert event.error.code == ErrorCode.NO_SUPPORT
+    assert event.error.domain == ErrorDomain.DOMAIN
     assert event.error.message == (
-        "this function is not supported by the connection driver: DOMAIN_CREATE_XML"
+        "this function is not supported by the connection driver: virDomainCreateXML"
     )
     _check_rejection(pair, event, read_frames(call)[0].header)
 
