@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from virtvol.daemon.session import Session
 from virtvol.daemon.storage import PoolRef, StorageRegistry, VolumeRef
+from virtvol.daemon.storage.poolcaps import pool_capabilities_xml
 from virtvol.daemon.storage.poolxml import capabilities_xml, find_pool_sources
 from virtvol.daemon.storage.reports import uuid_text
 from virtvol.protocol import procedures as p
@@ -29,7 +30,7 @@ from virtvol.protocol.constants import (
     REMOTE_STORAGE_POOL_LIST_MAX,
     REMOTE_STORAGE_VOL_LIST_MAX,
 )
-from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.procedures import ArgsT, Procedure, RetT
 from virtvol.protocol.xdr import XdrStruct
 
@@ -177,6 +178,11 @@ def _start_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
     reg.start_pool(pool_ref(a.pool), a.flags)
 
 
+def _pool_capabilities(reg: StorageRegistry, a: r.FlagsArgs) -> r.PoolCapabilitiesRet:
+    check_flags(a.flags, 0, "storageConnectGetStoragePoolCapabilities", ErrorDomain.STORAGE)
+    return r.PoolCapabilitiesRet(capabilities=pool_capabilities_xml())
+
+
 def _build_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
     reg.build_pool(pool_ref(a.pool), a.flags)
 
@@ -268,6 +274,7 @@ HANDLERS = handler_table(
         p.CONNECT_GET_CAPABILITIES,
         lambda reg, a: r.ConnectGetCapabilitiesRet(capabilities=capabilities_xml()),
     ),
+    storage(p.CONNECT_GET_STORAGE_POOL_CAPABILITIES, _pool_capabilities),
     storage(
         p.CONNECT_FIND_STORAGE_POOL_SOURCES,
         lambda reg, a: r.FindPoolSourcesRet(xml=find_pool_sources(a.type)),

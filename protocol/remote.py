@@ -310,6 +310,14 @@ class FindPoolSourcesRet(XdrStruct):
     xml: NonnullString
 
 
+class FlagsArgs(XdrStruct):
+    flags: U32
+
+
+class PoolCapabilitiesRet(XdrStruct):
+    capabilities: NonnullString
+
+
 class PoolLookupByTargetPathArgs(XdrStruct):
     path: NonnullString
 

@@ -377,3 +377,30 @@ def test_procedures_of_other_drivers(
 ) -> None:
     """Their API functions find no driver: libvirt's "not supported" under each one's domain."""
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, OTHER_DRIVERS)
+
+
+POOL_CAPABILITIES = """
+import re
+step("flag", lambda: conn.getStoragePoolCapabilities(1))
+text = conn.getStoragePoolCapabilities(0)
+step("supported", lambda: re.findall(r"<pool type='([^']+)' supported='yes'>", text))
+step("document, support aside", lambda: re.sub(r" supported='(yes|no)'", "", text))
+"""
+
+
+def test_pool_capabilities(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """The same document, but for which types each daemon runs."""
+    expected = dict(
+        _record(
+            reference_libvirtd.tcp_uri,
+            tmp_path / "a",
+            reference_libvirtd.pool_dir,
+            POOL_CAPABILITIES,
+        )
+    )
+    got = dict(_record(virtvold.tcp_uri, tmp_path / "b", virtvold.pool_dir, POOL_CAPABILITIES))
+    assert got["flag"] == expected["flag"]
+    assert got["document, support aside"] == expected["document, support aside"]
+    assert got["supported"] == ["ok", list(SERVED_POOL_TYPES)]
