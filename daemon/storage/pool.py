@@ -227,7 +227,8 @@ class Pool:
         self.runtime = PoolRuntime(
             capacity=capacity,
             allocation=capacity - fs.f_frsize * fs.f_bfree,
-            available=fs.f_frsize * fs.f_bavail,
+            # As libvirt: every free block, those kept for root included (f_bfree).
+            available=fs.f_frsize * fs.f_bfree,
             mode=stat.S_IMODE(st.st_mode),
             owner=st.st_uid,
             group=st.st_gid,

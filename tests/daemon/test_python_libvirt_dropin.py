@@ -404,3 +404,26 @@ def test_pool_capabilities(
     assert got["flag"] == expected["flag"]
     assert got["document, support aside"] == expected["document, support aside"]
     assert got["supported"] == ["ok", list(SERVED_POOL_TYPES)]
+
+
+def test_pool_sizes_count_the_blocks_kept_for_root(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """Both pools sit on the file system of the temporary folder: their sizes agree, up
+    to what was written meanwhile."""
+    code = PRELUDE + "step('info', conn.storagePoolLookupByName('default').info)" + EPILOGUE
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o777)
+
+    def sizes(uri: str, pool_dir: Path) -> list[int]:
+        out = run_system_python(code, uri, str(scratch), str(pool_dir)).stdout
+        [[_, [_, info]]] = json.loads(out)
+        return [int(value) for value in info]
+
+    state, capacity, allocation, available = sizes(virtvold.tcp_uri, virtvold.pool_dir)
+    want = sizes(reference_libvirtd.tcp_uri, reference_libvirtd.pool_dir)
+    slack = 256 << 20
+    assert [state, capacity] == want[:2]
+    assert abs(allocation - want[2]) < slack
+    assert abs(available - want[3]) < slack
