@@ -97,8 +97,14 @@ def missing_backend(pool_type: str) -> ErrorReport:
 
 
 def clean_path(path: str) -> str:
-    """Collapse repeated slashes and drop a trailing one, as libvirt does (no '..' resolution)."""
+    """Collapse repeated slashes and drop a trailing one, as libvirt does (no '..' resolution).
+
+    Exactly two leading slashes stay: POSIX leaves their meaning to the system, so
+    libvirt does not take "//a" for "/a" (three or more are one).
+    """
     cleaned = re.sub(r"/{2,}", "/", path)
+    if path.startswith("//") and not path.startswith("///"):
+        cleaned = "/" + cleaned
     if len(cleaned) > 1 and cleaned.endswith("/"):
         cleaned = cleaned[:-1]
     return cleaned

@@ -36,7 +36,8 @@ def step(label, call):
         result = ["ok", value]
     except libvirt.libvirtError as e:
         result = ["error", e.get_error_code(), e.get_error_domain(), e.get_error_message()]
-    text = json.dumps(result).replace(POOL_DIR, "POOL_DIR").replace(BASE, "BASE")
+    text = json.dumps(result).replace(POOL_DIR.replace("/", "//")[1:], "POOL_DIR_DOUBLED")
+    text = text.replace(POOL_DIR, "POOL_DIR").replace(BASE, "BASE")
     record.append([label, json.loads(text)])
 
 def define_dir_pool(name, path, extra=""):
@@ -143,6 +144,8 @@ step("pool's own path", lambda: conn.storagePoolLookupByTargetPath(POOL_DIR))
 step("trailing slash", lambda: conn.storagePoolLookupByTargetPath(POOL_DIR + "/"))
 doubled = os.path.dirname(POOL_DIR) + "//" + os.path.basename(POOL_DIR)
 step("doubled slash inside", lambda: conn.storagePoolLookupByTargetPath(doubled))
+step("two leading slashes", lambda: conn.storagePoolLookupByTargetPath("/" + POOL_DIR))
+step("three leading slashes", lambda: conn.storagePoolLookupByTargetPath("//" + POOL_DIR))
 step("dot at the end", lambda: conn.storagePoolLookupByTargetPath(POOL_DIR + "/."))
 step("relative", lambda: conn.storagePoolLookupByTargetPath("pool"))
 step("empty", lambda: conn.storagePoolLookupByTargetPath(""))
@@ -427,3 +430,24 @@ def test_pool_sizes_count_the_blocks_kept_for_root(
     assert [state, capacity] == want[:2]
     assert abs(allocation - want[2]) < slack
     assert abs(available - want[3]) < slack
+
+
+VOLUME_PATH_SPELLINGS = """
+pool = conn.storagePoolLookupByName("default")
+volume = pool.createXML("<volume><name>v</name><capacity>4096</capacity></volume>", 0)
+for label, path in [
+    ("plain", POOL_DIR + "/v"),
+    ("two leading slashes", "/" + POOL_DIR + "/v"),
+    ("three leading slashes", "//" + POOL_DIR + "/v"),
+    ("doubled inside", POOL_DIR.replace("/", "//") + "/v"),
+    ("doubled inside, one leading", "/" + POOL_DIR.replace("/", "//")[2:] + "/v"),
+]:
+    step("by path, " + label, lambda: conn.storageVolLookupByPath(path))
+    step("by key, " + label, lambda: conn.storageVolLookupByKey(path))
+"""
+
+
+def test_volume_path_spellings(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_PATH_SPELLINGS)
