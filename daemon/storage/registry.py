@@ -403,7 +403,7 @@ class StorageRegistry:
             pool = self._inactive(ref, pool_already_active)
             if pool.live.rbd is None:
                 pool.build(flags)
-                self._tell(pool.ref, PoolEvent.CREATED)
+            self._tell(pool.ref, PoolEvent.CREATED)
 
     def delete_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_DELETE: remove an inactive pool's empty directory."""

@@ -19,6 +19,7 @@ from virtvol.daemon.storage import (
     StorageRegistry,
 )
 from virtvol.daemon.storage import volumes as volumes_module
+from virtvol.daemon.storage.model import PoolEvent
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 if TYPE_CHECKING:
@@ -616,3 +617,23 @@ def test_a_leftover_that_cannot_be_removed_does_not_stop_the_pool(
     assert leftover.exists()
     assert setup.registry.list_volume_names(setup.ref, 10) == []
     assert leftover.name in caplog.text
+
+
+def test_an_rbd_pool_has_nothing_to_build_and_cannot_be_deleted(tmp_path: Path) -> None:
+    # libvirt's rbd backend has no build step (the call succeeds, and tells of it as a
+    # build) and no delete step (refused as not supported); no cluster is asked.
+    registry = StorageRegistry(tmp_path / "state")
+    events: list[tuple[str, PoolEvent]] = []
+    registry.on_event = lambda pool, event: events.append((pool.name, event))
+    ref = registry.define_pool_xml(
+        "<pool type='rbd'><name>ceph</name>"
+        "<source><name>rbd</name><host name='mon-a'/></source></pool>"
+    )
+    registry.build_pool(ref, 0)
+    with fails(
+        ErrorCode.NO_SUPPORT,
+        "this function is not supported by the connection driver: "
+        "pool does not support pool deletion",
+    ):
+        registry.delete_pool(ref, 0)
+    assert events == [("ceph", PoolEvent.DEFINED), ("ceph", PoolEvent.CREATED)]
