@@ -178,9 +178,11 @@ def _start_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:
     reg.start_pool(pool_ref(a.pool), a.flags)
 
 
-def _pool_capabilities(reg: StorageRegistry, a: r.FlagsArgs) -> r.PoolCapabilitiesRet:
+def _pool_capabilities(
+    reg: StorageRegistry, a: r.StoragePoolCapabilitiesArgs
+) -> r.StoragePoolCapabilitiesRet:
     check_flags(a.flags, 0, "storageConnectGetStoragePoolCapabilities", ErrorDomain.STORAGE)
-    return r.PoolCapabilitiesRet(capabilities=pool_capabilities_xml())
+    return r.StoragePoolCapabilitiesRet(capabilities=pool_capabilities_xml())
 
 
 def _build_pool(reg: StorageRegistry, a: r.PoolFlagsArgs) -> None:

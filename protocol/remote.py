@@ -314,10 +314,6 @@ class FlagsArgs(XdrStruct):
     flags: U32
 
 
-class PoolCapabilitiesRet(XdrStruct):
-    capabilities: NonnullString
-
-
 class PoolLookupByTargetPathArgs(XdrStruct):
     path: NonnullString
 
