@@ -35,6 +35,7 @@ one busy client cannot starve others.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import functools
 import logging
@@ -92,6 +93,10 @@ _CLOSE_REASON_EOF = 1
 _PEERCRED = struct.Struct("3i")
 # Reply bytes a client may leave unread before we stop reading its calls.
 OUTPUT_HIGH_WATER = 256 << 10
+# Pool events a client may leave unread once its output is backed up: events come from
+# other clients' calls, which nothing on this connection holds back, so past this the
+# connection is dropped rather than let grow.
+MAX_HELD_EVENTS = 1024
 # Owners of a read pause (besides the upload handlers): they also hold back the
 # frames already read, since serving those would add to what they limit.
 _REQUEST_LIMIT = "max_client_requests"
@@ -158,6 +163,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._streams: dict[int, Upload | Download] = {}
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._held_events: collections.deque[bytes] = collections.deque()
         self._read_pausers: set[object] = set()
         self._keepalive: KeepaliveTracker | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -304,6 +310,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._stall_timer.cancel()
             self._stall_timer = None
         self._send_buffers.reclaim()
+        while self._held_events and not self._write_paused:
+            self.send(self._held_events.popleft())
         self._wake_drain_waiters()
         if _OUTPUT_BACKLOG in self._read_pausers:
             self.resume_reading(_OUTPUT_BACKLOG)
@@ -334,7 +342,22 @@ class ClientConnection(asyncio.BufferedProtocol):
                     callback_id=callback_id, pool=wire_pool, event=int(event), detail=0
                 )
                 procedure = Proc.STORAGE_POOL_EVENT_LIFECYCLE
-            self.send(self.rpc.send_message(procedure, message))
+            self._send_event(self.rpc.send_message(procedure, message))
+
+    def _send_event(self, frame: bytes) -> None:
+        """Send an event, or hold it while the client's output is backed up (sent from
+        ``resume_writing``); a client that leaves too many unread is dropped."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._held_events or transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
+            if len(self._held_events) >= MAX_HELD_EVENTS:
+                self._held_events.clear()
+                self.abort(f"the client left {MAX_HELD_EVENTS} pool events unread")
+                return
+            self._held_events.append(frame)
+            return
+        self.send(frame)
 
     def send_parts(self, parts: Sequence[Payload]) -> None:
         transport = self._transport

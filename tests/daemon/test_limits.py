@@ -658,3 +658,35 @@ async def test_aborted_downloads_give_their_buffers_back(tmp_path: Path) -> None
         assert await asyncio.wait_for(_download(client, vol, abort_after=None), 20) == 32 << 20
         await client.close()
         assert daemon.log_text().count("download default/big.img: aborted") == 6
+
+
+async def test_pool_events_left_unread_are_bounded(tmp_path: Path) -> None:
+    # Events come from other clients' calls, so a listener that reads nothing is not held
+    # back by its own calls: past a bound of unread events it is dropped, also where the
+    # daemon never pings (keepalive_interval = -1, no stall timer).
+    with running(daemon_with(tmp_path, "keepalive_interval = -1\n")) as daemon:
+        listener = connect(daemon, "unix")
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        rpc = open_session(listener)
+        _, frame = rpc.call(
+            Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY,
+            r.PoolEventRegisterArgs(event_id=1, pool=None),  # refresh events of every pool
+        )
+        listener.sendall(frame)
+        client = await honest_client(daemon)
+        found = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(found, ReplyReceived)
+        assert isinstance(found.result, r.PoolRet)
+        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+        started = time.monotonic()
+        dropped = False
+        while not dropped and time.monotonic() - started < 60:
+            for _ in range(100):
+                await client.call(Proc.STORAGE_POOL_REFRESH, refresh)
+            dropped = "pool events unread" in daemon.log_text()
+        assert dropped, "a listener that reads nothing was never dropped"
+        assert status_mib(daemon.process.pid, "VmHWM") < RSS_BOUND_MIB
+        listener.close()
+        await client.close()
