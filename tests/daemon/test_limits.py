@@ -29,6 +29,7 @@ from virtvol.daemon.limits import FD_RESERVE_MIN
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     Connection,
+    MessageReceived,
     ReplyReceived,
     StreamDataReceived,
     StreamEndReceived,
@@ -688,5 +689,42 @@ async def test_pool_events_left_unread_are_bounded(tmp_path: Path) -> None:
             dropped = "pool events unread" in daemon.log_text()
         assert dropped, "a listener that reads nothing was never dropped"
         assert status_mib(daemon.process.pid, "VmHWM") < RSS_BOUND_MIB
+        listener.close()
+        await client.close()
+
+
+async def test_pool_events_held_for_a_backed_up_client_all_arrive(tmp_path: Path) -> None:
+    # Enough events to back the listener's output up past the reply limit (256 KiB of
+    # ~60-byte events, plus what the kernel holds), fewer than the 1024 more that drop
+    # it: the held ones are sent as it reads, none lost.
+    refreshes = 5100
+    with running(daemon_with(tmp_path, "")) as daemon:
+        listener = connect(daemon, "unix")
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        rpc = open_session(listener)
+        _, frame = rpc.call(
+            Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY,
+            r.PoolEventRegisterArgs(event_id=1, pool=None),
+        )
+        listener.sendall(frame)
+        client = await honest_client(daemon)
+        found = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(found, ReplyReceived)
+        assert isinstance(found.result, r.PoolRet)
+        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+        for _ in range(refreshes):
+            await client.call(Proc.STORAGE_POOL_REFRESH, refresh)
+        received = 0
+        listener.settimeout(2)
+        with suppress(TimeoutError):
+            while data := listener.recv(1 << 20):
+                rpc.receive_data(data)
+                while (event := rpc.next_event()) is not None:
+                    if isinstance(event, MessageReceived):
+                        received += 1
+        assert received == refreshes
+        assert "pool events unread" not in daemon.log_text()
         listener.close()
         await client.close()
