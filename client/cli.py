@@ -60,9 +60,13 @@ from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     import asyncio
-    from typing import NoReturn
+    from typing import NoReturn, TypeVar
+else:
+    from virtvol.protocol.hints import TypeVar
 
 __all__ = ["main"]
+
+_T = TypeVar("_T")
 
 
 _STATE_DETAILS = {
@@ -164,9 +168,16 @@ def _read_xml_file(path: str) -> str:
     return data.partition(b"\0")[0].decode("utf-8", "surrogateescape")
 
 
-def _unsendable(context: str, exc: UnsendableValue) -> NoReturn:
-    """A text over the wire's limits (an XML file over 4 MiB): libvirt's client's words."""
-    raise CommandError(context, "Unable to encode message payload") from exc
+async def _sending_text(context: str, call: Awaitable[_T]) -> _T:
+    """Await a call that carries a user's text (an XML file): a refusal is reported under
+    ``context``, as is a text over the wire's limits (over 4 MiB), in libvirt's client's
+    words."""
+    try:
+        return await call
+    except LibvirtError as exc:
+        _fail(context, exc)
+    except UnsendableValue as exc:
+        raise CommandError(context, "Unable to encode message payload") from exc
 
 
 # -- lookups, as virsh resolves its arguments --------------------------------------------------
@@ -493,25 +504,18 @@ async def _delete(pool: StoragePool, args: SimpleNamespace) -> None:
 
 async def pool_define(conn: Connection, args: SimpleNamespace) -> str:
     xml = _read_xml_file(args.file)
-    context = f"Failed to define pool from {args.file}"
-    try:
-        pool = await conn.define_pool(xml, flags=PoolDefineFlags.VALIDATE if args.validate else 0)
-    except LibvirtError as exc:
-        _fail(context, exc)
-    except UnsendableValue as exc:
-        _unsendable(context, exc)
+    pool = await _sending_text(
+        f"Failed to define pool from {args.file}",
+        conn.define_pool(xml, flags=PoolDefineFlags.VALIDATE if args.validate else 0),
+    )
     return Notice(f"Pool {pool.name} defined from {args.file}\n")
 
 
 async def pool_create(conn: Connection, args: SimpleNamespace) -> str:
     xml = _read_xml_file(args.file)
-    context = f"Failed to create pool from {args.file}"
-    try:
-        pool = await conn.create_pool(xml, flags=_build_flags(args))
-    except LibvirtError as exc:
-        _fail(context, exc)
-    except UnsendableValue as exc:
-        _unsendable(context, exc)
+    pool = await _sending_text(
+        f"Failed to create pool from {args.file}", conn.create_pool(xml, flags=_build_flags(args))
+    )
     return Notice(f"Pool {pool.name} created from {args.file}\n")
 
 
@@ -524,13 +528,10 @@ async def pool_capabilities(conn: Connection, args: SimpleNamespace) -> str:
 
 
 async def _find_sources(conn: Connection, pool_type: str, src_spec: str | None) -> str:
-    context = f"Failed to find any {pool_type} pool sources"
-    try:
-        return await conn.find_storage_pool_sources(pool_type, src_spec=src_spec)
-    except LibvirtError as exc:
-        _fail(context, exc)
-    except UnsendableValue as exc:
-        _unsendable(context, exc)
+    return await _sending_text(
+        f"Failed to find any {pool_type} pool sources",
+        conn.find_storage_pool_sources(pool_type, src_spec=src_spec),
+    )
 
 
 async def find_storage_pool_sources(conn: Connection, args: SimpleNamespace) -> str:
@@ -732,13 +733,10 @@ def _vol_create_flags(args: SimpleNamespace) -> int:
 async def vol_create(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     xml = _read_xml_file(args.file)
-    context = f"Failed to create vol from {args.file}"
-    try:
-        vol = await pool.create_volume(xml, flags=_vol_create_flags(args))
-    except LibvirtError as exc:
-        _fail(context, exc)
-    except UnsendableValue as exc:
-        _unsendable(context, exc)
+    vol = await _sending_text(
+        f"Failed to create vol from {args.file}",
+        pool.create_volume(xml, flags=_vol_create_flags(args)),
+    )
     return Notice(f"Vol {vol.name} created from {args.file}\n")
 
 
@@ -746,13 +744,10 @@ async def vol_create_from(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     source = await _volume(conn, args.vol, args.inputpool, pool_option="inputpool")
     xml = _read_xml_file(args.file)
-    context = f"Failed to create vol from {args.file}"
-    try:
-        vol = await pool.create_volume_from(xml, source, flags=_vol_create_flags(args))
-    except LibvirtError as exc:
-        _fail(context, exc)
-    except UnsendableValue as exc:
-        _unsendable(context, exc)
+    vol = await _sending_text(
+        f"Failed to create vol from {args.file}",
+        pool.create_volume_from(xml, source, flags=_vol_create_flags(args)),
+    )
     return Notice(f"Vol {vol.name} created from input vol {source.name}\n")
 
 
