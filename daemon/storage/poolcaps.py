@@ -10,29 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .poolxml import POOL_TYPES, SERVED_POOL_TYPES
+from .volxml import FILE_FORMATS
 
-# The formats a file volume may have (virStorageFileFormat, in its order).
-_FILE_FORMATS = tuple(
-    [
-        "none",
-        "raw",
-        "dir",
-        "bochs",
-        "cloop",
-        "dmg",
-        "iso",
-        "vpc",
-        "vdi",
-        "fat",
-        "vhd",
-        "ploop",
-        "cow",
-        "qcow",
-        "qcow2",
-        "qed",
-        "vmdk",
-    ]
-)
 _FS_FORMATS = tuple(
     [
         "auto",
@@ -65,7 +44,7 @@ class _Formats:
     choices: tuple[str, ...]
 
 
-_FILE_VOLUMES = _Formats("raw", _FILE_FORMATS)
+_FILE_VOLUMES = _Formats("raw", FILE_FORMATS)
 
 # Per pool type: the formats of its source, then of its volumes (None: it has no choice).
 _OPTIONS: dict[str, tuple[_Formats | None, _Formats | None]] = {

@@ -24,28 +24,29 @@ _NO_ID = (1 << 32) - 1
 # virStorageVolType names ("type" of <volume>); the file itself is always made a file.
 _VOLUME_TYPES = frozenset(["file", "block", "dir", "network", "netdir", "ploop"])
 
-# virStorageFileFormat names libvirt knows for file volumes ("none", its zero, is
-# refused as unknown). Only raw can be created without qemu-img, which virtvol does not use.
-_KNOWN_FORMATS = frozenset(
-    [
-        "raw",
-        "dir",
-        "bochs",
-        "cloop",
-        "dmg",
-        "iso",
-        "vpc",
-        "vdi",
-        "fat",
-        "vhd",
-        "ploop",
-        "cow",
-        "qcow",
-        "qcow2",
-        "qed",
-        "vmdk",
-    ]
+# virStorageFileFormat: the formats libvirt knows for file volumes, in its order.
+FILE_FORMATS = (
+    "none",
+    "raw",
+    "dir",
+    "bochs",
+    "cloop",
+    "dmg",
+    "iso",
+    "vpc",
+    "vdi",
+    "fat",
+    "vhd",
+    "ploop",
+    "cow",
+    "qcow",
+    "qcow2",
+    "qed",
+    "vmdk",
 )
+# What a volume's XML may name: "none", the enum's zero, is refused as unknown. Only raw
+# can be created without qemu-img, which virtvol does not use.
+_KNOWN_FORMATS = frozenset(FILE_FORMATS) - {"none"}
 
 
 @dataclass(frozen=True, slots=True)
