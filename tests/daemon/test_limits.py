@@ -661,26 +661,32 @@ async def test_aborted_downloads_give_their_buffers_back(tmp_path: Path) -> None
         assert daemon.log_text().count("download default/big.img: aborted") == 6
 
 
+async def _refresh_listener(
+    daemon: Virtvold,
+) -> tuple[socket.socket, Connection, RawClient, r.PoolFlagsArgs]:
+    """A blocking Unix client with a small receive buffer, registered for every pool's
+    refresh events; an honest client; and the arguments that refresh pool "default"."""
+    listener = connect(daemon, "unix")
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    rpc = open_session(listener)
+    _, frame = rpc.call(
+        Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY,
+        r.PoolEventRegisterArgs(event_id=1, pool=None),  # refresh events of every pool
+    )
+    listener.sendall(frame)
+    client = await honest_client(daemon)
+    found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default"))
+    assert isinstance(found, ReplyReceived)
+    assert isinstance(found.result, r.PoolRet)
+    return listener, rpc, client, r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+
+
 async def test_pool_events_left_unread_are_bounded(tmp_path: Path) -> None:
     # Events come from other clients' calls, so a listener that reads nothing is not held
     # back by its own calls: past a bound of unread events it is dropped, also where the
     # daemon never pings (keepalive_interval = -1, no stall timer).
     with running(daemon_with(tmp_path, "keepalive_interval = -1\n")) as daemon:
-        listener = connect(daemon, "unix")
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        rpc = open_session(listener)
-        _, frame = rpc.call(
-            Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY,
-            r.PoolEventRegisterArgs(event_id=1, pool=None),  # refresh events of every pool
-        )
-        listener.sendall(frame)
-        client = await honest_client(daemon)
-        found = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
-        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+        listener, _, client, refresh = await _refresh_listener(daemon)
         started = time.monotonic()
         dropped = False
         while not dropped and time.monotonic() - started < 60:
@@ -699,21 +705,7 @@ async def test_pool_events_held_for_a_backed_up_client_all_arrive(tmp_path: Path
     # it: the held ones are sent as it reads, none lost.
     refreshes = 5100
     with running(daemon_with(tmp_path, "")) as daemon:
-        listener = connect(daemon, "unix")
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        rpc = open_session(listener)
-        _, frame = rpc.call(
-            Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY,
-            r.PoolEventRegisterArgs(event_id=1, pool=None),
-        )
-        listener.sendall(frame)
-        client = await honest_client(daemon)
-        found = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
-        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+        listener, rpc, client, refresh = await _refresh_listener(daemon)
         for _ in range(refreshes):
             await client.call(Proc.STORAGE_POOL_REFRESH, refresh)
         received = 0
