@@ -105,7 +105,6 @@ class SparseWriter:
         self._sync = sync
         self._writeback = sync or writeback
         self._detect_zeroes = detect_zeroes
-        self._start = offset
         self._reserve = reserve
         self._writeback_from = offset  # where the data not yet started begins
         self._unstarted = 0  # data bytes written since writeback last started
@@ -255,9 +254,6 @@ class SparseWriter:
         if self._pos > self._size:
             os.ftruncate(self._fd, self._pos)
             self._size = self._pos
-        if self._reserve > self._start:
-            # What the stream never reached of the reservation (a temporary's, new).
-            files.allocate(self._fd, self._start, min(self._pos, self._reserve) - self._start)
         if self._sync:
             os.fdatasync(self._fd)
 
