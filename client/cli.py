@@ -44,7 +44,7 @@ from virtvol.client.errors import (
 from virtvol.client.log import when_first_used
 from virtvol.client.objects import PoolState, StoragePool, StorageVolume, VolumeType
 from virtvol.client.progress import TransferProgress, summary_line
-from virtvol.client.sizes import SizeError, format_size, parse_size
+from virtvol.client.sizes import C_BLANKS, SizeError, format_size, parse_size
 from virtvol.client.uri import DEFAULT_URI_ENV
 from virtvol.client.xmldesc import escape, renamed_volume_xml, volume_xml
 from virtvol.protocol.constants import (
@@ -775,7 +775,7 @@ async def vol_wipe(conn: Connection, args: SimpleNamespace) -> str:
 async def vol_resize(conn: Connection, args: SimpleNamespace) -> str:
     # As virsh reads it: blanks skipped; a "-" asks for a shrink by that much (the
     # wire takes no negative size); a "+" is only a sign, the size stays absolute.
-    text: str = args.capacity.lstrip(" \t\n\v\f\r")
+    text: str = args.capacity.lstrip(C_BLANKS)
     delta = args.delta
     if text.startswith("-"):
         if not args.shrink:

@@ -12,12 +12,12 @@ least 1 (``0.00 B``, ``9.77 KiB``, ``251.97 GiB``).
 
 from __future__ import annotations
 
-__all__ = ["SizeError", "format_size", "parse_size"]
+__all__ = ["C_BLANKS", "SizeError", "format_size", "parse_size"]
 
 _UNITS = "kmgtpe"
 _PRETTY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 # What C's isspace() takes in the C locale: strtoull skips these before the number.
-_C_BLANKS = " \t\n\v\f\r"
+C_BLANKS = " \t\n\v\f\r"
 _MAX = (1 << 64) - 1
 
 
@@ -41,7 +41,7 @@ def parse_size(text: str) -> int:
     Raises:
         SizeError: not a number, an unknown suffix, or more than 64 bits.
     """
-    number = text.lstrip(_C_BLANKS)
+    number = text.lstrip(C_BLANKS)
     number = number[1:] if number.startswith("+") else number
     digits = len(number) - len(number.lstrip("0123456789"))
     try:

@@ -183,9 +183,7 @@ async def _skips_leave_zeros(volume: VolumeLike) -> bool:
             conn.upload_skips_leave_zeros = False
     if conn.upload_skips_leave_zeros:
         return True
-    info = await volume.connection._rpc.call(
-        procedures.STORAGE_VOL_GET_INFO, r.VolArgs(volume.wire)
-    )
+    info = await conn._rpc.call(procedures.STORAGE_VOL_GET_INFO, r.VolArgs(volume.wire))
     if info.allocation == 0:
         return True
     log.info(
