@@ -22,8 +22,10 @@ from .extents import iter_extents
 from .zeros import ZEROS, zero_view
 
 __all__ = [
+    "AttributeNotKept",
     "access_acl",
     "allocate",
+    "copy_extended_attributes",
     "copy_sparse",
     "punch_hole",
     "pwrite_all",
@@ -38,6 +40,12 @@ __all__ = [
 _ACCESS_ACL = "system.posix_acl_access"
 # An ACL to read or remove is not there, or the file system keeps none.
 _NO_ACL = (errno.ENODATA, errno.EOPNOTSUPP)
+# Extended attributes a replacement does not take from the file it replaces. The POSIX
+# ACLs go with ``access_acl``/``set_access_acl``, after the mode whose group bits the
+# access ACL's mask sets (a default ACL belongs to directories only). File capabilities
+# are privileges given to the old content, as set-user-ID is: the kernel removes them
+# from a file written in place, as libvirtd's upload and virsh's download write.
+_NOT_COPIED = frozenset({_ACCESS_ACL, "system.posix_acl_default", "security.capability"})
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -262,3 +270,74 @@ def set_access_acl(fd: int, acl: bytes | None) -> None:
     except OSError as exc:
         if exc.errno not in _NO_ACL:
             raise
+
+
+class AttributeNotKept(OSError):
+    """A file's extended attribute its replacement could not be given: ``attribute``
+    names it, ``errno`` and ``strerror`` say why (``filename``: the file, where known)."""
+
+    def __init__(self, attribute: str, cause: OSError, filename: str | None = None) -> None:
+        super().__init__(cause.errno, cause.strerror, filename)
+        self.attribute = attribute
+
+    def __str__(self) -> str:
+        return f"cannot keep extended attribute '{self.attribute}': {self.strerror}"
+
+
+def copy_extended_attributes(source: int | str, fd: int) -> None:
+    """Give the file open as ``fd`` the extended attributes of ``source`` (a descriptor, or
+    a path, followed if a symbolic link): every one this process may list (``trusted.*``
+    only with CAP_SYS_ADMIN), the SELinux label ``security.selinux`` among them, but not
+    the POSIX ACLs nor file capabilities (``_NOT_COPIED``). One the file already has with
+    the same value (a label the new file got from the policy) is left as it is.
+
+    All or nothing, by choice: libvirtd and virsh write a file in place, so it keeps every
+    attribute, and a replacement that silently lacks one is a different file. A VM's disk
+    without its SELinux label is one the VM may no longer open, which shows only when it
+    starts; a backup tool's mark gone makes it copy or skip the wrong files. So an
+    attribute the file system or this process's privileges refuse (setting ``security.*``
+    takes CAP_SYS_ADMIN or the SELinux policy's relabel permission) fails the copy, and
+    the caller keeps the old file and says why, instead of renaming a lesser copy over it.
+    Give the attributes while the new file is still its creator's to write: setting a
+    ``user.*`` attribute takes write permission on the file, not only a writable descriptor.
+
+    Raises:
+        AttributeNotKept: an attribute ``fd`` could not be given.
+        OSError: ``source``'s attributes could not be read (EACCES: ``user.*`` ones take
+            read permission on the file).
+    """
+    filename = source if isinstance(source, str) else None
+    for name, value in _extended_attributes(source).items():
+        if _attribute_value(fd, name) == value:
+            continue
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as exc:
+            raise AttributeNotKept(name, exc, filename) from None
+
+
+def _extended_attributes(file: int | str) -> dict[str, bytes]:
+    """The attributes of ``file`` that ``copy_extended_attributes`` copies, by name."""
+    try:
+        names = os.listxattr(file)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:  # a file system that keeps none
+            return {}
+        raise
+    attributes = {}
+    for name in names:
+        if name not in _NOT_COPIED:
+            value = _attribute_value(file, name)
+            if value is not None:  # not removed since it was listed
+                attributes[name] = value
+    return attributes
+
+
+def _attribute_value(file: int | str, name: str) -> bytes | None:
+    """The value of extended attribute ``name``; None when the file has none of that name."""
+    try:
+        return os.getxattr(file, name)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        raise

@@ -265,8 +265,9 @@ class AtomicFile:
     temporary. ``fd`` is open for writing until ``commit`` or ``abort``.
 
     A temporary that will replace an existing file takes that file's permissions, its
-    access ACL and, where this process may give it away, its owner and group: the file
-    named stays as its owner made it, as when it is written in place.
+    access ACL, its extended attributes (``files.copy_extended_attributes``: one that cannot
+    be given refuses the replacement) and, where this process may give it away, its owner
+    and group: the file named stays as its owner made it, as when it is written in place.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: int = 0o666) -> None:
@@ -283,6 +284,9 @@ class AtomicFile:
         self._done = False
         if existing is not None:
             try:
+                # Before the mode is taken: a read-only file's attributes could not be
+                # given once the temporary is read-only too (unless root).
+                files.copy_extended_attributes(self.target, self.fd)
                 take_over(self.fd, existing)
                 # Exactly the replaced file's ACL: without it the group bits, which show
                 # the ACL's mask, would let the owning group in.

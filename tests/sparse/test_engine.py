@@ -277,6 +277,61 @@ def test_atomic_file_keeps_the_access_acl_of_the_file_it_replaces(tmp_path: Path
     assert target.stat().st_mode & 0o777 == 0o660
 
 
+def attributes_of(path: Path) -> dict[str, bytes]:
+    return {name: os.getxattr(path, name) for name in os.listxattr(path)}
+
+
+def test_atomic_file_keeps_the_extended_attributes_of_the_file_it_replaces(
+    tmp_path: Path,
+) -> None:
+    """virsh writes a download over an existing file in place (O_TRUNC), so the file keeps
+    what users and tools attached to it: a backup tool's marks, a note, any bytes. The
+    file is read-only: its attributes must be given before its mode is (an unprivileged
+    owner may not set them on a file it may not write)."""
+    target = tmp_path / "t"
+    target.write_bytes(b"old")
+    attributes = {"user.backup.id": b"2026-12-01T05:00", "user.note": b"\0any \xff bytes"}
+    for name, value in attributes.items():
+        os.setxattr(target, name, value)
+    target.chmod(0o444)
+    with AtomicFile(target) as out:
+        os.write(out.fd, b"new")
+        out.commit()
+    assert target.read_bytes() == b"new"
+    assert attributes_of(target) == attributes
+    assert target.stat().st_mode & 0o777 == 0o444
+
+
+def test_atomic_file_that_cannot_keep_an_attribute_leaves_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attribute the process may not give the replacement (the kernel refuses a label
+    to a process without the privilege, EPERM) refuses the replacement: the file keeps its
+    content and attributes, no temporary is left, and the error names the attribute."""
+    target = tmp_path / "t"
+    target.write_bytes(b"old")
+    os.setxattr(target, "user.kept", b"1")
+    os.setxattr(target, "user.label", b"vm-disk")
+    real_setxattr = os.setxattr
+
+    def setxattr(path: int | str, name: str, value: bytes, flags: int = 0) -> None:
+        if name == "user.label":
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        real_setxattr(path, name, value, flags)
+
+    monkeypatch.setattr(os, "setxattr", setxattr)
+    with pytest.raises(files.AttributeNotKept) as refused:
+        AtomicFile(target)
+    assert refused.value.errno == errno.EPERM
+    assert (
+        str(refused.value) == "cannot keep extended attribute 'user.label': Operation not permitted"
+    )
+    assert refused.value.filename == str(target)
+    assert target.read_bytes() == b"old"
+    assert attributes_of(target) == {"user.kept": b"1", "user.label": b"vm-disk"}
+    assert os.listdir(tmp_path) == ["t"]
+
+
 def test_reader_reads_a_block_device_to_its_end(tmp_path: Path) -> None:
     """A block device's fstat size is 0: the reader must take its size from lseek."""
     image = tmp_path / "disk.img"
