@@ -321,12 +321,13 @@ class VolumeDir:
 
         It gets the volume's permission bits (never a set-user-ID or set-group-ID
         bit: those were given to the old content), its owner and group where
-        permitted (``take_over``) and exactly its access ACL (an in-place write
+        permitted (``take_over``), exactly its access ACL (an in-place write
         keeps the ACL; without it the group bits, which show the ACL's mask, would
-        let the owning group in); its name starts with the reserved prefix, so
-        listings never show it. It stays locked (``flock``) until ``replace`` or
-        ``remove_temp``: another daemon serving the directory must not take it for
-        a crash's leftover (``remove_stale_temps``).
+        let the owning group in) and its extended attributes, an SELinux label among
+        them (an attribute that cannot be given refuses the upload); its name starts
+        with the reserved prefix, so listings never show it. It stays locked
+        (``flock``) until ``replace`` or ``remove_temp``: another daemon serving the
+        directory must not take it for a crash's leftover (``remove_stale_temps``).
         """
         st = self.require(like)
         acl = self._access_acl(like)
@@ -338,6 +339,9 @@ class VolumeDir:
                     # Another daemon's clean-up came between the creation and the lock.
                     os.close(fd)
                     continue
+                # Before the mode is taken: an unprivileged daemon may not set a
+                # ``user.*`` attribute on a read-only file, even one it created.
+                self._copy_extended_attributes(like, fd)
                 take_over(fd, st)
                 self._set_access_acl(name, fd, acl)
                 self._temps[name] = os.dup(fd)  # keeps the lock once the writer closes fd
@@ -364,6 +368,24 @@ class VolumeDir:
         except OSError as exc:
             path = self.volume_path(name)
             raise system_error(f"cannot read the ACL of '{path}'", exc) from None
+
+    def _copy_extended_attributes(self, name: str, fd: int) -> None:
+        """Give the temporary ``fd`` volume ``name``'s extended attributes, or refuse the
+        upload (``sparse_files.copy_extended_attributes`` says why all or nothing)."""
+        path = self.volume_path(name)
+        try:
+            volume = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        except OSError as exc:
+            raise system_error(f"cannot read the extended attributes of '{path}'", exc) from None
+        try:
+            sparse_files.copy_extended_attributes(volume, fd)
+        except sparse_files.AttributeNotKept as exc:
+            what = f"cannot keep extended attribute '{exc.attribute}' of '{path}'"
+            raise system_error(what, exc) from None
+        except OSError as exc:
+            raise system_error(f"cannot read the extended attributes of '{path}'", exc) from None
+        finally:
+            os.close(volume)
 
     def _set_access_acl(self, name: str, fd: int, acl: bytes | None) -> None:
         try:

@@ -218,6 +218,70 @@ def test_whole_upload_takes_no_acl_from_the_pool_directory(setup: PoolSetup) -> 
     assert path.stat().st_mode & 0o777 == 0o640
 
 
+def attributes_of(path: Path) -> dict[str, bytes]:
+    return {name: os.getxattr(path, name) for name in os.listxattr(path)}
+
+
+def test_whole_upload_keeps_the_volumes_extended_attributes(setup: PoolSetup) -> None:
+    # libvirt writes in place, so a volume keeps what users and tools attached to it (a
+    # backup tool's marks, notes).
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    attributes = {"user.backup.id": b"2026-12-01T05:00", "user.note": b"\0any \xff bytes"}
+    for name, value in attributes.items():
+        os.setxattr(path, name, value)
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert path.read_bytes() == b"new"
+    assert attributes_of(path) == attributes
+
+
+def refusing(monkeypatch: pytest.MonkeyPatch, call: str, attribute: str, refusal: int) -> None:
+    """Make ``os.<call>`` fail for ``attribute`` as the kernel refuses it (``refusal``)."""
+    real = getattr(os, call)
+
+    def refused(path: int | str, name: str, *args: object) -> object:
+        if name == attribute:
+            raise OSError(refusal, os.strerror(refusal))
+        return real(path, name, *args)
+
+    monkeypatch.setattr(os, call, refused)
+
+
+@pytest.mark.parametrize(
+    ("call", "refusal", "message"),
+    [
+        # setting security.* takes CAP_SYS_ADMIN, or SELinux's relabel permission
+        ("setxattr", errno.EPERM, "cannot keep extended attribute 'user.label' of '{path}'"),
+        # reading a user.* attribute takes read permission on the file
+        ("getxattr", errno.EACCES, "cannot read the extended attributes of '{path}'"),
+    ],
+    ids=["set", "read"],
+)
+def test_whole_upload_refused_for_an_attribute_it_cannot_keep(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch, call: str, refusal: int, message: str
+) -> None:
+    # A volume that would lose its SELinux label is one its VM may no longer open: the
+    # upload is refused, the volume keeps its content and attributes, no temporary stays.
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    os.setxattr(path, "user.kept", b"1")
+    os.setxattr(path, "user.label", b"vm-disk")
+    refusing(monkeypatch, call, "user.label", refusal)
+    reason = f"{message.format(path=path)}: {os.strerror(refusal)}"
+    with fails(ErrorCode.SYSTEM_ERROR, reason, ErrorDomain.NONE):
+        setup.registry.open_upload(volume, 0, 0)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old"
+    assert attributes_of(path) == {"user.kept": b"1", "user.label": b"vm-disk"}
+    assert os.listdir(setup.pool_dir) == ["v"]
+    with setup.registry.open_upload(volume, 0, 0) as writer:  # the volume is not left busy
+        writer.write(b"new")
+        writer.commit()
+    assert path.read_bytes() == b"new"
+
+
 @contextlib.contextmanager
 def unprivileged(directory: Path) -> Iterator[None]:
     """Run the body without root's power to write any file: as ``nobody`` for root,
