@@ -310,6 +310,27 @@ def unprivileged(directory: Path) -> Iterator[None]:
             path.chmod(mode)
 
 
+def test_whole_upload_refused_for_a_label_the_daemon_may_not_give(setup: PoolSetup) -> None:
+    # The kernel's own refusal: a daemon without the privilege to label files may read a
+    # volume's label (here Smack's: setting it takes CAP_SYS_ADMIN where no security
+    # module claims it; on an SELinux host the SELinux label is refused alike) but not
+    # give it to new content, so it refuses the upload and leaves the volume as it was.
+    if os.geteuid() != 0:
+        pytest.fail("labelling a volume takes root", pytrace=False)
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    os.chown(path, 65534, 65534)
+    os.setxattr(path, "security.SMACK64", b"vm-disk")
+    refusal = (
+        f"cannot keep extended attribute 'security.SMACK64' of '{path}': Operation not permitted"
+    )
+    with unprivileged(setup.pool_dir), fails(ErrorCode.SYSTEM_ERROR, refusal, ErrorDomain.NONE):
+        setup.registry.open_upload(volume, 0, 0)
+    assert path.read_bytes() == b"old"
+    assert attributes_of(path) == {"security.SMACK64": b"vm-disk"}
+    assert os.listdir(setup.pool_dir) == ["v"]
+
+
 def test_upload_refused_for_a_volume_the_daemon_cannot_write(setup: PoolSetup) -> None:
     # libvirt writes an upload in place, so a volume it cannot open for writing (a
     # read-only golden image, another user's file) refuses it. A whole-volume upload
