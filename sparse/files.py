@@ -295,9 +295,10 @@ def copy_extended_attributes(source: int | str, fd: int) -> None:
     attribute, and a replacement that silently lacks one is a different file. A VM's disk
     without its SELinux label is one the VM may no longer open, which shows only when it
     starts; a backup tool's mark gone makes it copy or skip the wrong files. So an
-    attribute the file system or this process's privileges refuse (setting ``security.*``
-    takes CAP_SYS_ADMIN or the SELinux policy's relabel permission) fails the copy, and
-    the caller keeps the old file and says why, instead of renaming a lesser copy over it.
+    attribute the file system or this process's privileges refuse (a ``security.*`` label
+    takes a privilege: the SELinux policy's relabel permission, Smack's CAP_MAC_ADMIN,
+    CAP_SYS_ADMIN where no security module handles the name) fails the copy, and the
+    caller keeps the old file and says why, instead of renaming a lesser copy over it.
     Give the attributes while the new file is still its creator's to write: setting a
     ``user.*`` attribute takes write permission on the file, not only a writable descriptor.
 
