@@ -13,7 +13,9 @@ in by name when the stream commits. RBD refuses to rename onto an existing
 image, so the swap is two renames: the old image to a hidden name
 (``.virtvol-old-…``), then the new one to the volume's name, and the old one is
 removed after the client has its acknowledgement. If the second rename fails,
-the first is undone. Hidden names never show in volume lists.
+the first is undone. Hidden names never show in volume lists. The new image gets
+the old one's image-meta (the key/values ``rbd image-meta`` sets) before the
+swap: libvirt writes into the image in place, which keeps them.
 
 An image removed under an open handle reads as zeros, without an error: a
 download (or a clone's source) would end "successfully" with zeros where the
@@ -280,10 +282,6 @@ class RbdVolumes:
             finally:
                 self.release()
 
-    def _image_id(self, name: str) -> str:
-        with self.image(name, read_only=True) as image:
-            return _id_of(image)
-
     def _claim_unless_open(self, image_id: str) -> bool:
         """Mark an image as being removed, unless this daemon has it open."""
         with self._lock:
@@ -532,7 +530,7 @@ class RbdVolumes:
         rbd = self._rbd.RBD()
         old = REPLACED_PREFIX + secrets.token_hex(8)
         try:
-            old_id = self._image_id(name)
+            old_id = self._prepare_swap(temp, name)
             rbd.rename(self._ioctx, name, old)
         except Exception as exc:
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
@@ -542,6 +540,20 @@ class RbdVolumes:
             rbd.rename(self._ioctx, old, name)
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
         return lambda: self._remove_hidden(old, old_id)
+
+    def _prepare_swap(self, temp: str, name: str) -> str:
+        """Before volume ``name`` is hidden: give upload image ``temp`` the volume's
+        image-meta (libvirt's in-place upload keeps it). Returns the volume image's id."""
+        with self.image(name, read_only=True) as image:
+            image_id = _id_of(image)
+            meta = list(image.metadata_list())
+        upload = self.open_image(temp, hidden=True)
+        try:
+            for key, value in meta:
+                upload.metadata_set(key, value)
+        finally:
+            self.close_image(upload)
+        return image_id
 
     def remove_temp(self, temp: str) -> None:
         self._remove_quietly(temp)

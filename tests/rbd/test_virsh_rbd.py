@@ -442,3 +442,20 @@ def test_whole_upload_refused_while_a_guest_uses_the_image(
         guest.close()
     run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(source))
     assert exported(ceph, name, tmp_path) == source.read_bytes()
+
+
+def test_whole_upload_keeps_the_image_meta(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """Key/values set with ``rbd image-meta`` (by users and other tools) stay with the
+    volume through a whole-volume upload, as through libvirtd's in-place one."""
+    uri, name = rbd_virtvold.tcp_uri, volume_name("meta")
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "1M")
+    ceph.rbd("image-meta", "set", f"{CEPH_POOL}/{name}", "owner", "team blue")
+    ceph.rbd("image-meta", "set", f"{CEPH_POOL}/{name}", "conf_rbd_cache", "false")
+    new = tmp_path / "new"
+    new.write_bytes(os.urandom(2 * MIB))
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(new))
+    assert exported(ceph, name, tmp_path) == new.read_bytes()
+    listed = ceph.rbd("image-meta", "list", "--format", "json", f"{CEPH_POOL}/{name}")
+    assert json.loads(listed) == {"owner": "team blue", "conf_rbd_cache": "false"}
