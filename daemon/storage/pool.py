@@ -185,7 +185,8 @@ class Pool:
 
     def connect_rbd(self, secrets: SecretStore) -> tuple[RbdVolumes, PoolRuntime]:
         """Connect an rbd pool to its cluster with the key of the secret its ``<auth>``
-        names, and read its sizes; the pool is not started by this (see ``start``)."""
+        names, set right what a crash left in the Ceph pool, and read its sizes; the pool
+        is not started by this (see ``start``). Only a start comes here, not a refresh."""
         source = self.live.rbd
         assert source is not None
         key = None
@@ -193,6 +194,7 @@ class Pool:
             key = secrets.value_for_pool(source.secret_uuid, source.secret_usage)
         volumes = RbdVolumes.connect(source, key)
         try:
+            volumes.recover_after_crash()
             return volumes, volumes.runtime()
         except BaseException:
             volumes.close()

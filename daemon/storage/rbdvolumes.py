@@ -17,6 +17,24 @@ the first is undone. Hidden names never show in volume lists. The new image gets
 the old one's image-meta (the key/values ``rbd image-meta`` sets) before the
 swap: libvirt writes into the image in place, which keeps them.
 
+A daemon killed between the two renames leaves no image under the volume's
+name. So before the first rename the swap records on the old image, in its
+image-meta (``SWAP_RECORD_KEY``), the volume's name, the hidden name it is
+about to get and the upload image's name; the record is removed once the
+second rename is done. When the pool next starts (``recover_after_crash``), a
+hidden image is renamed back to its volume only if its record names the very
+name it is hidden under (a record a crash left on a live volume, which a
+delete later hid under another name, does not), the volume is missing, and
+the upload image is still there under its hidden name (so the upload was never
+acknowledged: the old content is the right one). Then the hidden images
+nobody has open are removed: uploads a crash cut short, old images a crashed
+daemon still read. librbd's watchers tell who has an image open; a reader
+registers none, so an old image waiting here for its last reader is held open
+for writing meanwhile (``_keepers``), and another daemon starting the same
+Ceph pool keeps it. A killed client's watch stays until the OSD's watch
+timeout (30 s by default): what it had open is kept by a start within that,
+and removed by a later one.
+
 An image removed under an open handle reads as zeros, without an error: a
 download (or a clone's source) would end "successfully" with zeros where the
 data was. So an image this daemon has open is never removed: a replaced or
@@ -36,6 +54,7 @@ import base64
 import collections
 import errno
 import importlib
+import json
 import logging
 import secrets
 import threading
@@ -66,6 +85,9 @@ log = logging.getLogger(__name__)
 
 UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
 REPLACED_PREFIX = RESERVED_PREFIX + "old-"
+
+# The image-meta key of the record a swap leaves on the image it hides (see ``_swap``).
+SWAP_RECORD_KEY = "virtvol.swap"
 
 # librbd's discard and write_zeroes take the length as an int: 2 GiB or more is
 # refused (EINVAL) or wraps. Zeroing goes in steps of this size.
@@ -147,6 +169,10 @@ class RbdVolumes:
         # Ids of images being removed or removed (Ceph never gives an id again): a handle
         # that opened one meanwhile, counted only after the removal, is refused.
         self._removing: set[str] = set()
+        # A handle open for writing on each hidden image waiting for its last reader here:
+        # librbd registers no watch for a reader, and a watch is what tells another
+        # daemon's clean-up of leftovers (``recover_after_crash``) that the image is in use.
+        self._keepers: dict[str, Any] = {}
 
     @classmethod
     def connect(cls, source: RbdSource, key: bytes | None) -> RbdVolumes:
@@ -270,12 +296,14 @@ class RbdVolumes:
             try:
                 with self._lock:
                     image_id = self._handle_ids.pop(image, None)
-                    hidden = None
+                    hidden = keeper = None
                     if image_id is not None:
                         self._handles[image_id] -= 1
                         if not self._handles[image_id]:
                             del self._handles[image_id]
                             hidden = self._remove_when_closed.pop(image_id, None)
+                            keeper = self._keepers.pop(image_id, None)
+                _close_quietly(keeper)
                 if hidden is not None:
                     assert image_id is not None
                     self._remove_hidden(hidden, image_id)
@@ -301,7 +329,12 @@ class RbdVolumes:
             self._unclaim(image_id)
 
     def _remove_hidden(self, hidden: str, image_id: str) -> None:
-        """Remove a replaced or deleted image now, or at the close of its last handle."""
+        """Remove a replaced or deleted image now, or at the close of its last handle
+        (watched meanwhile, so that no other daemon takes it for a crash's leftover)."""
+        with self._lock:
+            read_here = bool(self._handles[image_id])
+        if read_here and self._defer_removal(hidden, image_id):
+            return
         with self._lock:
             if self._handles[image_id]:
                 self._remove_when_closed[image_id] = hidden
@@ -314,6 +347,37 @@ class RbdVolumes:
             log.error("cannot remove the replaced RBD image '%s': %s", hidden, exc)
             return
         self._removed(image_id)
+
+    def _defer_removal(self, hidden: str, image_id: str) -> bool:
+        """Leave the hidden image to the close of its last handle here, watched meanwhile;
+        False when that handle is closed already."""
+        try:
+            with self._in_use():
+                keeper = self._open_for_watch(hidden)
+                with self._lock:
+                    if self._handles[image_id]:
+                        self._remove_when_closed[image_id] = hidden
+                        if keeper is not None:
+                            self._keepers[image_id] = keeper
+                        return True
+                _close_quietly(keeper)
+                return False
+        except ErrorReport:  # the pool stopped as its last reader closed: a leftover
+            log.warning("kept the replaced RBD image '%s' of a stopped pool", hidden)
+            return True
+
+    def _open_for_watch(self, hidden: str) -> Any:
+        """A handle open for writing on a hidden image (librbd watches it), or None."""
+        try:
+            return self._rbd.Image(self._ioctx, hidden)
+        except Exception as exc:
+            log.warning(
+                "hidden RBD image '%s' read here is not watched, another daemon starting "
+                "the pool may remove it: %s",
+                hidden,
+                exc,
+            )
+            return None
 
     # -- the pool -------------------------------------------------------------------
 
@@ -530,30 +594,150 @@ class RbdVolumes:
         rbd = self._rbd.RBD()
         old = REPLACED_PREFIX + secrets.token_hex(8)
         try:
-            old_id = self._prepare_swap(temp, name)
+            old_id = self._prepare_swap(temp, name, old)
             rbd.rename(self._ioctx, name, old)
         except Exception as exc:
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
+        # A crash from here to the next rename leaves no image ``name``: the record
+        # tells the next pool start to rename ``old`` back (``recover_after_crash``).
         try:
             rbd.rename(self._ioctx, temp, name)
         except Exception as exc:
-            rbd.rename(self._ioctx, old, name)
+            self._unhide(old, name)
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
+        self._drop_swap_record(old)
         return lambda: self._remove_hidden(old, old_id)
 
-    def _prepare_swap(self, temp: str, name: str) -> str:
-        """Before volume ``name`` is hidden: give upload image ``temp`` the volume's
-        image-meta (libvirt's in-place upload keeps it). Returns the volume image's id."""
-        with self.image(name, read_only=True) as image:
+    def _prepare_swap(self, temp: str, name: str, old: str) -> str:
+        """Before volume ``name`` is hidden as ``old``: give upload image ``temp`` the
+        volume's image-meta (libvirt's in-place upload keeps it), then record on the volume
+        what the swap is about to make of it. Returns the volume image's id."""
+        with self.image(name) as image:
             image_id = _id_of(image)
-            meta = list(image.metadata_list())
-        upload = self.open_image(temp, hidden=True)
-        try:
-            for key, value in meta:
-                upload.metadata_set(key, value)
-        finally:
-            self.close_image(upload)
+            meta = [(k, v) for k, v in image.metadata_list() if k != SWAP_RECORD_KEY]
+            upload = self.open_image(temp, hidden=True)
+            try:
+                for key, value in meta:
+                    upload.metadata_set(key, value)
+            finally:
+                self.close_image(upload)
+            record = {"volume": name, "hidden": old, "upload": temp}
+            image.metadata_set(SWAP_RECORD_KEY, json.dumps(record))
         return image_id
+
+    def _unhide(self, old: str, name: str) -> None:
+        """Undo the first rename of a swap whose second one failed."""
+        try:
+            self._rbd.RBD().rename(self._ioctx, old, name)
+        except Exception as exc:
+            # The record on ``old`` lets the next pool start do it.
+            log.error("cannot give volume '%s' back its image '%s': %s", name, old, exc)
+
+    def _drop_swap_record(self, image_name: str) -> None:
+        """Remove a swap's record that no longer matters (a leftover one is harmless)."""
+        try:
+            with self._in_use(), suppress(KeyError):
+                image = self._rbd.Image(self._ioctx, image_name)
+                try:
+                    image.metadata_remove(SWAP_RECORD_KEY)
+                finally:
+                    image.close()
+        except Exception as exc:
+            log.warning("cannot remove the swap record of RBD image '%s': %s", image_name, exc)
+
+    # -- what a crash leaves -------------------------------------------------------------
+
+    def recover_after_crash(self) -> None:
+        """At pool start: give back the volumes a crash left hidden in the middle of a
+        swap, then remove the hidden images nobody has open. Never fails the start: what
+        cannot be looked at or removed is logged and kept."""
+        try:
+            names = set(self._all_names())
+        except ErrorReport as exc:
+            log.error("cannot look for leftovers in Ceph pool '%s': %s", self.path, exc)
+            return
+        for hidden in sorted(n for n in names if n.startswith(REPLACED_PREFIX)):
+            volume = self._interrupted_swap(hidden, names)
+            if volume is not None and self._restore(hidden, volume):
+                names.discard(hidden)
+                names.add(volume)
+        for name in sorted(names):
+            if name.startswith((UPLOAD_PREFIX, REPLACED_PREFIX)):
+                self._remove_leftover(name)
+
+    def _interrupted_swap(self, hidden: str, names: set[str]) -> str | None:
+        """The volume a swap hid as ``hidden`` and a crash kept from being replaced, or
+        None. The record must name ``hidden`` itself (a record a crash left on a live
+        volume goes with it when that is deleted and hidden under another name), the
+        volume must be missing, and the upload image still there under its hidden name
+        (after the second rename it is not: the upload was done)."""
+        try:
+            with self._in_use():
+                image = self._rbd.Image(self._ioctx, hidden, read_only=True)
+                try:
+                    text = image.metadata_get(SWAP_RECORD_KEY)
+                finally:
+                    image.close()
+        except (KeyError, self._rbd.ImageNotFound):
+            return None
+        except Exception as exc:
+            log.warning("cannot read the swap record of RBD image '%s': %s", hidden, exc)
+            return None
+        record = _parse_swap_record(text)
+        if record is None or record["hidden"] != hidden:
+            return None
+        volume, upload = record["volume"], record["upload"]
+        if not is_volume_name(volume) or volume in names or upload not in names:
+            return None
+        return volume
+
+    def _restore(self, hidden: str, volume: str) -> bool:
+        try:
+            with self._in_use():
+                self._rbd.RBD().rename(self._ioctx, hidden, volume)
+        except Exception as exc:  # another daemon restored it first, or made a new one
+            log.warning("cannot restore volume '%s' from %s: %s", volume, hidden, exc)
+            return False
+        log.warning(
+            "restored volume '%s' from %s, which a whole-volume upload cut short by a crash "
+            "had hidden (Ceph pool '%s')",
+            volume,
+            hidden,
+            self.path,
+        )
+        self._drop_swap_record(volume)
+        return True
+
+    def _remove_leftover(self, name: str) -> None:
+        """Remove hidden image ``name`` unless someone has it open (librbd's watchers: a
+        running upload, an old image another daemon still reads) or that cannot be told."""
+        try:
+            with self._in_use():
+                image = self._rbd.Image(self._ioctx, name, read_only=True)
+                try:
+                    image_id = _id_of(image)
+                    watched = any(True for _ in image.watchers_list())
+                finally:
+                    image.close()
+        except self._rbd.ImageNotFound:
+            return  # its upload finished, or another daemon's clean-up came first
+        except Exception as exc:
+            log.warning("kept %s: cannot tell whether it is in use: %s", name, exc)
+            return
+        if watched:
+            log.info("kept %s: open elsewhere (Ceph pool '%s')", name, self.path)
+            return
+        if not self._claim_unless_open(image_id):
+            log.info("kept %s: open here (Ceph pool '%s')", name, self.path)
+            return
+        try:
+            self._remove_quietly(name)
+        except Exception as exc:  # Ceph refuses too while it is watched
+            self._unclaim(image_id)
+            log.warning("kept %s: cannot remove it: %s", name, exc)
+            return
+        self._removed(image_id)
+        log.info("removed %s, left by a crash (Ceph pool '%s')", name, self.path)
 
     def remove_temp(self, temp: str) -> None:
         self._remove_quietly(temp)
@@ -571,6 +755,28 @@ def _id_of(image: Any) -> str:
     except Exception:
         return ""
     return image_id
+
+
+def _parse_swap_record(text: str) -> dict[str, str] | None:
+    """A swap's record (``SWAP_RECORD_KEY``), or None for anything else found there."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    fields = ("volume", "hidden", "upload")
+    if not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in fields):
+        return None
+    return {field: record[field] for field in fields}
+
+
+def _close_quietly(image: Any) -> None:
+    """Close a handle of our own whose closing nothing waits for (errors are logged)."""
+    if image is None:
+        return
+    try:
+        image.close()
+    except Exception as exc:
+        log.warning("cannot close an RBD image: %s", exc)
 
 
 def _has_snapshots(image: Any) -> bool:

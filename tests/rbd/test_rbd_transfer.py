@@ -288,3 +288,41 @@ def test_an_image_opened_as_it_is_deleted_is_refused(
     with pytest.raises(ErrorReport, match="no storage vol with matching name"):
         images.close_image(images.open_image(name, read_only=True))
     assert deleted
+
+
+def test_a_swap_the_cluster_stops_halfway_is_finished_by_the_next_start(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload's rename fails, and so does the undo of the volume's: the client gets
+    the daemon's error, and the next pool start gives the volume its image back."""
+    name = volume_name("halfway")
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    temp = images.create_upload_temp(name)
+    binding = images._rbd
+
+    class RenamesOnlyTheVolume:
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(binding.RBD(), attribute)
+
+        def rename(self, ioctx: object, old: str, new: str) -> None:
+            if old != name:
+                raise OSError(errno.EIO, "the cluster went away")
+            binding.RBD().rename(ioctx, old, new)
+
+    class Binding:
+        RBD = RenamesOnlyTheVolume
+
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(binding, attribute)
+
+    monkeypatch.setattr(images, "_rbd", Binding())
+    with pytest.raises(ErrorReport) as failed:
+        images.replace(temp, name)
+    assert failed.value.message == f"cannot replace volume '{name}': Input/output error"
+    monkeypatch.undo()
+    assert name not in images.names()
+    images.recover_after_crash()
+    assert _content(images, name)[:3] == b"old"
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
