@@ -164,7 +164,7 @@ def test_a_crash_between_the_swap_renames_is_undone_at_pool_start(
     log = _wait_for_log(rbd_virtvold, f"removed {upload}")
     assert f"restored volume '{name}' from {hidden_as}" in log
     assert _image_meta(ceph, name) == {}  # nor the record of the swap
-    # The volume takes whole-volume uploads again, and keeps no record of the crash.
+    # The volume takes whole-volume uploads again.
     new = tmp_path / "new"
     new.write_bytes(os.urandom(MIB))
     run_virsh(rbd_virtvold.tcp_uri, "vol-upload", "--pool", RBD_POOL, name, str(new))
@@ -207,6 +207,7 @@ def test_a_record_left_by_a_crash_resurrects_nothing(ceph: CephCluster, tmp_path
         old = os.urandom(2 * MIB)
         name = _new_volume(daemon, tmp_path, "record", old)
         upload, _ = _crash_in_upload(ceph, 1, name, os.urandom(MIB))
+        assert "virtvol.swap" in _image_meta(ceph, name)
         _restart_pool(daemon)
         assert exported(ceph, name, tmp_path) == old
         assert upload not in _hidden(ceph)
