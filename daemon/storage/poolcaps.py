@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .poolxml import POOL_TYPES, SERVED_POOL_TYPES
-from .volxml import FILE_FORMATS
+from .probe import FILE_FORMATS
 
 _FS_FORMATS = tuple(
     [

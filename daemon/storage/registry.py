@@ -60,7 +60,7 @@ from .reports import (
 from .secrets import SecretStore
 from .transfer import VolumeReader, VolumeWriter
 from .volumes import VolumeDir, metadata_prealloc_unsupported
-from .volxml import format_rbd_volume_xml, format_volume_xml, parse_volume_xml
+from .volxml import format_rbd_volume_xml, format_volume_xml, parse_volume_xml, volume_type
 from .xmldoc import escape
 
 if TYPE_CHECKING:
@@ -645,21 +645,25 @@ class StorageRegistry:
     # Volume properties
 
     def volume_info(self, volume: VolumeRef, flags: int = 0) -> VolumeInfo:
-        """STORAGE_VOL_GET_INFO(_FLAGS): capacity is the file size, allocation the
-        blocks in use, or the file size again with GET_PHYSICAL."""
+        """STORAGE_VOL_GET_INFO(_FLAGS): capacity is what the file's header says (a qcow2
+        image's virtual size) or else its size; allocation the blocks in use, or the file
+        size with GET_PHYSICAL."""
         _check_flags(flags, VolInfoFlags.GET_PHYSICAL, "storageVolGetInfoFlags")
         with self._lock:
             pool = self._volume_pool(volume)
             images = pool.rbd
             if images is None:
-                st = pool.active_volumes().require(volume.name)
+                volumes = pool.active_volumes()
+                st = volumes.require(volume.name)
+                header = volumes.header(volume.name)
         if images is not None:
             capacity, allocation = images.info(volume.name)
             if flags & VolInfoFlags.GET_PHYSICAL:
                 allocation = capacity
             return VolumeInfo(VolumeType.NETWORK, capacity, allocation)
         allocation = st.st_size if flags & VolInfoFlags.GET_PHYSICAL else st.st_blocks * 512
-        return VolumeInfo(VolumeType.FILE, st.st_size, allocation)
+        capacity = st.st_size if header.capacity is None else header.capacity
+        return VolumeInfo(volume_type(header), capacity, allocation)
 
     def volume_xml(self, volume: VolumeRef, flags: int = 0) -> str:
         """STORAGE_VOL_GET_XML_DESC."""
@@ -675,7 +679,11 @@ class StorageRegistry:
         with self._lock:
             volumes = self._volume_pool(volume).active_volumes()
             st = volumes.require(volume.name)
-            return format_volume_xml(volume.name, volumes.volume_path(volume.name), st)
+            header = volumes.header(volume.name)
+            backing = volumes.backing_store(header)
+            return format_volume_xml(
+                volume.name, volumes.volume_path(volume.name), st, header, backing
+            )
 
     def volume_path(self, volume: VolumeRef) -> str:
         """STORAGE_VOL_GET_PATH."""

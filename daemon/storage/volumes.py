@@ -22,6 +22,7 @@ from virtvol.sparse import files as sparse_files
 from virtvol.sparse.writer import take_over
 
 from .names import RESERVED_PREFIX, is_volume_name
+from .probe import HEADER_LIMIT, BackingStore, ImageHeader, detect_format, probe_header
 from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
 from .volxml import MAX_FILE_SIZE, VolumeRequest
 
@@ -136,6 +137,51 @@ class VolumeDir:
                 "every file linked to it",
             )
         return fd
+
+    # -- what the files hold -------------------------------------------------
+
+    def header(self, name: str) -> ImageHeader:
+        """What volume ``name``'s first bytes say it is (``probe.probe_header``); a file
+        that cannot be read counts as raw, as its bytes cannot tell otherwise."""
+        try:
+            fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        except OSError:
+            return ImageHeader()
+        try:
+            return probe_header(_read_start(fd))
+        except OSError:
+            return ImageHeader()
+        finally:
+            os.close(fd)
+
+    def backing_store(self, header: ImageHeader) -> BackingStore | None:
+        """The backing file a volume's header names, resolved as libvirt resolves it: a
+        relative name from the pool directory. Its format is the header's word for it, or
+        else what its own first bytes say; a file that is not there is reported raw. Only
+        a regular file is ever opened (a FIFO or a device named by a header could block or
+        act on being opened)."""
+        if header.backing_name is None:
+            return None
+        name = header.backing_name
+        directory = b"" if self.path == "/" else os.fsencode(self.path)
+        path = name if name.startswith(b"/") else directory + b"/" + name
+        try:
+            text: str | None = path.decode()
+        except UnicodeDecodeError:
+            text = None
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return BackingStore(text, header.backing_format or "raw", None)
+        fmt = header.backing_format
+        if fmt is None:
+            if stat.S_ISDIR(st.st_mode):
+                fmt = "dir"
+            elif stat.S_ISREG(st.st_mode):
+                fmt = _probe_file_format(path)
+            else:
+                fmt = "raw"
+        return BackingStore(text, fmt, st)
 
     # -- creating ---------------------------------------------------------
 
@@ -463,6 +509,35 @@ class VolumeDir:
             return _lock(fd)
         finally:
             os.close(fd)
+
+
+def _read_start(fd: int) -> bytes:
+    """The file's first ``HEADER_LIMIT`` bytes (fewer if it is shorter)."""
+    parts = []
+    got = 0
+    while got < HEADER_LIMIT:
+        part = os.pread(fd, HEADER_LIMIT - got, got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _probe_file_format(path: bytes) -> str:
+    """The format of the regular file at ``path``; raw when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return "raw"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at
+            return "raw"
+        return detect_format(_read_start(fd))
+    except OSError:
+        return "raw"
+    finally:
+        os.close(fd)
 
 
 def _lock(fd: int) -> bool:

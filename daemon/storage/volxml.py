@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorReport
 
+from .model import VolumeType
+from .probe import FILE_FORMATS, BackingStore, ImageHeader
 from .reports import storage_error, xml_error
 from .units import scaled_size
-from .xmldoc import child_string, escape, parse_document
+from .xmldoc import child_string, escape, escape_text, parse_document
 
 if TYPE_CHECKING:
     import os
@@ -24,26 +26,6 @@ _NO_ID = (1 << 32) - 1
 # virStorageVolType names ("type" of <volume>); the file itself is always made a file.
 _VOLUME_TYPES = frozenset(["file", "block", "dir", "network", "netdir", "ploop"])
 
-# virStorageFileFormat: the formats libvirt knows for file volumes, in its order.
-FILE_FORMATS = (
-    "none",
-    "raw",
-    "dir",
-    "bochs",
-    "cloop",
-    "dmg",
-    "iso",
-    "vpc",
-    "vdi",
-    "fat",
-    "vhd",
-    "ploop",
-    "cow",
-    "qcow",
-    "qcow2",
-    "qed",
-    "vmdk",
-)
 # What a volume's XML may name: "none", the enum's zero, is refused as unknown. Only raw
 # can be created without qemu-img, which virtvol does not use.
 _KNOWN_FORMATS = frozenset(FILE_FORMATS) - {"none"}
@@ -160,18 +142,9 @@ def _timestamp(tag: str, ns: int) -> str:
     return f"      <{tag}>{value}</{tag}>"
 
 
-def format_volume_xml(name: str, path: str, st: os.stat_result) -> str:
-    """The volume's XML as libvirt 9.0 prints it for a raw file in a directory pool."""
-    lines = [
-        "<volume type='file'>",
-        f"  <name>{escape(name)}</name>",
-        f"  <key>{escape(path)}</key>",
-        f"  <capacity unit='bytes'>{st.st_size}</capacity>",
-        f"  <allocation unit='bytes'>{st.st_blocks * 512}</allocation>",
-        f"  <physical unit='bytes'>{st.st_size}</physical>",
-        "  <target>",
-        f"    <path>{escape(path)}</path>",
-        "    <format type='raw'/>",
+def _permissions_and_times(st: os.stat_result) -> list[str]:
+    """The file's mode, owner, group and times, as libvirt lists them for a volume."""
+    return [
         "    <permissions>",
         f"      <mode>{st.st_mode & 0o7777:04o}</mode>",
         f"      <owner>{st.st_uid}</owner>",
@@ -183,10 +156,73 @@ def format_volume_xml(name: str, path: str, st: os.stat_result) -> str:
         _timestamp("ctime", st.st_ctime_ns),
         "      <btime>0</btime>",
         "    </timestamps>",
-        "  </target>",
-        "</volume>",
-        "",
     ]
+
+
+def _header_details(header: ImageHeader) -> list[str]:
+    """What a probed header adds to ``<target>``: compat and features (qcow2 v3), cluster size."""
+    lines = []
+    if header.features is not None:
+        lines.append("    <compat>1.1</compat>")
+    if header.cluster_size is not None:
+        lines.append(f"    <clusterSize unit='B'>{header.cluster_size}</clusterSize>")
+    if header.features is not None:
+        if header.features:
+            lines.append("    <features>")
+            lines += [f"      <{feature}/>" for feature in header.features]
+            lines.append("    </features>")
+        else:
+            lines.append("    <features/>")
+    return lines
+
+
+def _backing_store(backing: BackingStore) -> list[str]:
+    lines = ["  <backingStore>"]
+    if backing.path is not None:
+        lines.append(f"    <path>{escape_text(backing.path)}</path>")
+    lines.append(f"    <format type='{backing.format}'/>")
+    if backing.st is not None:
+        lines += _permissions_and_times(backing.st)
+    lines.append("  </backingStore>")
+    return lines
+
+
+def volume_type(header: ImageHeader) -> VolumeType:
+    """The volume type libvirt gives a file of this format (ploop images have their own)."""
+    return VolumeType.PLOOP if header.format == "ploop" else VolumeType.FILE
+
+
+def format_volume_xml(
+    name: str,
+    path: str,
+    st: os.stat_result,
+    header: ImageHeader | None = None,
+    backing: BackingStore | None = None,
+) -> str:
+    """The volume's XML as libvirt 9.0 prints it for a file in a directory pool, with what
+    its header says (``probe.probe_header``; None: a raw file) and its backing file."""
+    header = header or ImageHeader()
+    capacity = st.st_size if header.capacity is None else header.capacity
+    lines = [
+        f"<volume type='{volume_type(header).name.lower()}'>",
+        f"  <name>{escape(name)}</name>",
+        f"  <key>{escape(path)}</key>",
+        f"  <capacity unit='bytes'>{capacity}</capacity>",
+        f"  <allocation unit='bytes'>{st.st_blocks * 512}</allocation>",
+    ]
+    if st.st_size:  # libvirt leaves a zero physical size out
+        lines.append(f"  <physical unit='bytes'>{st.st_size}</physical>")
+    lines += [
+        "  <target>",
+        f"    <path>{escape(path)}</path>",
+        f"    <format type='{header.format}'/>",
+        *_permissions_and_times(st),
+        *_header_details(header),
+        "  </target>",
+    ]
+    if backing is not None:
+        lines += _backing_store(backing)
+    lines += ["</volume>", ""]
     return "\n".join(lines)
 
 

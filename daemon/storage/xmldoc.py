@@ -26,6 +26,13 @@ def escape(text: str) -> str:
     return "".join(_ESCAPES.get(ch, ch) for ch in text)
 
 
+def escape_text(text: str) -> str:
+    """``escape`` for text that came from a file rather than a checked name: control
+    characters other than tab and line ends, which XML 1.0 cannot hold, are left out,
+    as libvirt leaves them out."""
+    return escape("".join(ch for ch in text if ch >= " " or ch in "\t\n\r"))
+
+
 def parse_document(text: str, root: str, source: str) -> Element:
     """Parse ``text`` and check that its root element is ``root``.
 

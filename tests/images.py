@@ -1,0 +1,203 @@
+"""Disk image headers written from the formats' public specifications, for probing tests.
+
+No qemu-img here: each function returns the bytes of a small but well-formed header
+(and what must follow it for the probe to read), enough for a prober to tell the
+format, its virtual size and its backing file. The images are not meant to be usable
+by a hypervisor beyond that.
+
+``qcow2(size, version=3, backing=None, backing_format=None, cluster_bits=16,
+compatible=0, incompatible=0, encryption=0)``, ``qcow1(size, backing=None)``,
+``qed(size, backing=None)``, ``vmdk(sectors, parent=None)``, ``vpc(size)``,
+``vdi(size)``, ``iso()``, ``luks()``, ``cow(size, backing=None)``, ``ploop(sectors)``:
+the header bytes. ``place(directory, name, header, file_size=None)`` writes one as a
+file, sparse up to ``file_size``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+QCOW_MAGIC = b"QFI\xfb"
+# qcow2 header extension: the backing file's format name.
+_QCOW2_BACKING_FORMAT_EXTENSION = 0xE2792ACA
+
+
+def qcow2(
+    size: int,
+    *,
+    version: int = 3,
+    backing: bytes | None = None,
+    backing_format: bytes | None = None,
+    cluster_bits: int = 16,
+    compatible: int = 0,
+    incompatible: int = 0,
+    encryption: int = 0,
+) -> bytes:
+    """A qcow2 header (v2: 72 bytes, v3: 104), its extensions, then the backing name."""
+    header_length = 72 if version == 2 else 104
+    extensions = b""
+    if backing_format is not None:
+        padded = backing_format + b"\0" * (-len(backing_format) % 8)
+        extensions += struct.pack(">II", _QCOW2_BACKING_FORMAT_EXTENSION, len(backing_format))
+        extensions += padded
+    extensions += struct.pack(">II", 0, 0)  # end of the extensions
+    backing_offset = header_length + len(extensions) if backing else 0
+    head = struct.pack(
+        ">4sIQIIQIIQQIIQ",
+        QCOW_MAGIC,
+        version,
+        backing_offset,
+        len(backing or b""),
+        cluster_bits,
+        size,
+        encryption,
+        1,  # l1_size
+        1 << cluster_bits,  # l1_table_offset
+        2 << cluster_bits,  # refcount_table_offset
+        1,  # refcount_table_clusters
+        0,  # nb_snapshots
+        0,  # snapshots_offset
+    )
+    if version != 2:
+        head += struct.pack(">QQQII", incompatible, compatible, 0, 4, header_length)
+    return head + extensions + (backing or b"")
+
+
+def qcow1(size: int, *, backing: bytes | None = None) -> bytes:
+    """A qcow (version 1) header, then the backing name."""
+    header_length = 48
+    head = struct.pack(
+        ">4sIQIIQBBHIQ",
+        QCOW_MAGIC,
+        1,
+        header_length if backing else 0,
+        len(backing or b""),
+        0,  # mtime
+        size,
+        12,  # cluster_bits
+        9,  # l2_bits
+        0,  # padding
+        0,  # crypt_method
+        0,  # l1_table_offset
+    )
+    return head + (backing or b"")
+
+
+def qed(size: int, *, backing: bytes | None = None) -> bytes:
+    """A QED header (little endian), then the backing name."""
+    header_size = 1  # in clusters
+    features = 1 if backing else 0  # QED_F_BACKING_FILE
+    name_offset = 64 if backing else 0
+    head = struct.pack(
+        "<4sIIIQQQQQII",
+        b"QED\0",
+        65536,  # cluster_size
+        4,  # table_size
+        header_size,
+        features,
+        0,  # compat_features
+        0,  # autoclear_features
+        65536,  # l1_table_offset
+        size,
+        name_offset,
+        len(backing or b""),
+    )
+    return head + (backing or b"")
+
+
+def vmdk(sectors: int, *, parent: bytes | None = None) -> bytes:
+    """A hosted sparse VMDK extent header (version 1) with its descriptor at sector 1."""
+    head = struct.pack(
+        "<4sIIQQQQ",
+        b"KDMV",
+        1,
+        3,  # flags
+        sectors,  # capacity in sectors
+        128,  # grain size
+        1,  # descriptor offset (sectors)
+        20,  # descriptor size (sectors)
+    )
+    head += b"\0" * (512 - len(head))
+    descriptor = (
+        b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
+        b'createType="monolithicSparse"\n'
+    )
+    if parent is not None:
+        descriptor += b'parentFileNameHint="' + parent + b'"\n'
+    descriptor += b'\n# Extent description\nRW %d SPARSE "x.vmdk"\n' % sectors
+    return head + descriptor
+
+
+def vpc(size: int) -> bytes:
+    """A Virtual PC footer copy at the start of a dynamic VHD: "conectix", big endian."""
+    return struct.pack(
+        ">8sIIQI4sI4sQQI",
+        b"conectix",
+        2,  # features
+        0x10000,  # file format version
+        512,  # data offset
+        0,  # time stamp
+        b"qemu",
+        0x50003,
+        b"Wi2k",
+        size,  # original size
+        size,  # current size
+        0,  # disk geometry
+    ) + b"\0" * (512 - 64)
+
+
+def vdi(size: int) -> bytes:
+    """A VirtualBox VDI 1.1 header: text, magic at 64, version at 68, size at 368."""
+    head = b"<<< Oracle VM VirtualBox Disk Image >>>\n".ljust(64, b"\0")
+    head += struct.pack("<II", 0xBEDA107F, 0x00010001)
+    head = head.ljust(368, b"\0")
+    head += struct.pack("<Q", size)
+    return head.ljust(512, b"\0")
+
+
+def iso() -> bytes:
+    """An ISO 9660 primary volume descriptor at sector 16 (identifier "CD001")."""
+    return b"\0" * 32768 + b"\x01CD001\x01" + b"\0" * (2048 - 7)
+
+
+def luks() -> bytes:
+    """A LUKS1 header's start: magic, version 1, cipher, mode, hash, payload offset."""
+    return (
+        b"LUKS\xba\xbe"
+        + struct.pack(">H", 1)
+        + b"aes".ljust(32, b"\0")
+        + b"xts-plain64".ljust(32, b"\0")
+        + b"sha256".ljust(32, b"\0")
+        + struct.pack(">I", 4096)
+    ).ljust(592, b"\0")
+
+
+def cow(size: int, *, backing: bytes | None = None) -> bytes:
+    """A User-Mode Linux COW v2 header: magic, version, 1024-byte backing name, ..., size."""
+    name = (backing or b"").ljust(1024, b"\0")
+    return struct.pack(">4sI", b"OOOM", 2) + name + struct.pack(">IQ", 0, size)
+
+
+def ploop(sectors: int) -> bytes:
+    """A Parallels ploop header: its signature, then the size in sectors at offset 36."""
+    head = b"WithouFreSpacExt" + struct.pack("<IIII", 2, 0, 0, 0)
+    head = head.ljust(36, b"\0") + struct.pack("<Q", sectors)
+    return head.ljust(64, b"\0")
+
+
+def place(directory: Path, name: str, header: bytes, file_size: int | None = None) -> Path:
+    """Write ``header`` as file ``name`` in ``directory``, sparse up to ``file_size``."""
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, header)
+        if file_size is not None:
+            os.ftruncate(fd, file_size)
+    finally:
+        os.close(fd)
+    return path
