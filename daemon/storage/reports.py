@@ -66,6 +66,36 @@ def pool_has_jobs(name: str) -> ErrorReport:
     return storage_error(ErrorCode.INTERNAL_ERROR, f"pool '{name}' has asynchronous jobs running.")
 
 
+def needs_qemu_img() -> ErrorReport:
+    """A new volume that is not a plain raw copy: libvirt makes those with qemu-img, which
+    virtvold does not use, and words its refusal as libvirt without qemu-img does."""
+    return storage_error(
+        ErrorCode.INTERNAL_ERROR,
+        "creation of non-raw file images is not supported without qemu-img.",
+    )
+
+
+def cannot_resize_image(image_format: str, *, allocate: bool) -> ErrorReport:
+    """Resizing an image that is not raw bytes: libvirt hands that to ploop's tools or to
+    qemu-img (neither of which virtvold runs), and refuses to preallocate such images."""
+    if image_format == "ploop":
+        return storage_error(
+            ErrorCode.INTERNAL_ERROR, "unable to find ploop, please install ploop tools"
+        )
+    if allocate:
+        return storage_error(
+            ErrorCode.OPERATION_UNSUPPORTED, "preallocate is only supported for raw type volume"
+        )
+    return storage_error(ErrorCode.INTERNAL_ERROR, "unable to find qemu-img")
+
+
+def cannot_wipe_ploop() -> ErrorReport:
+    """libvirt wipes a ploop image with ploop's own tools, which virtvold does not run."""
+    return storage_error(
+        ErrorCode.INTERNAL_ERROR, "unable to find ploop tools, please install them"
+    )
+
+
 def no_volume_named(name: str) -> ErrorReport:
     return storage_error(ErrorCode.NO_STORAGE_VOL, f"no storage vol with matching name '{name}'")
 

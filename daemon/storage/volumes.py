@@ -23,7 +23,16 @@ from virtvol.sparse.writer import take_over
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .probe import HEADER_LIMIT, BackingStore, ImageHeader, detect_format, probe_header
-from .reports import invalid_arg, no_volume_named, storage_error, system_error, volume_exists
+from .reports import (
+    cannot_resize_image,
+    cannot_wipe_ploop,
+    invalid_arg,
+    needs_qemu_img,
+    no_volume_named,
+    storage_error,
+    system_error,
+    volume_exists,
+)
 from .volxml import MAX_FILE_SIZE, VolumeRequest
 
 log = logging.getLogger(__name__)
@@ -148,9 +157,7 @@ class VolumeDir:
         except OSError:
             return ImageHeader()
         try:
-            return probe_header(_read_start(fd))
-        except OSError:
-            return ImageHeader()
+            return _header_of(fd)
         finally:
             os.close(fd)
 
@@ -249,6 +256,10 @@ class VolumeDir:
         """
         src_fd = self.open(source, os.O_RDONLY)
         try:
+            if not _header_of(src_fd).is_raw:
+                # A byte copy of an image is that image, not the raw volume asked for;
+                # libvirt converts it with qemu-img.
+                raise needs_qemu_img()
             size = os.fstat(src_fd).st_size
             capacity = max(request.capacity or 0, size)
             dst_fd = self._create_file(request.name)
@@ -299,10 +310,15 @@ class VolumeDir:
         """Make the whole volume read as zeros, keeping its size.
 
         As libvirt: a sparse volume is left with no blocks, a fully allocated one
-        keeps them all (its space stays reserved), now holding zeros.
+        keeps them all (its space stays reserved), now holding zeros. An image file
+        (qcow2 and the like) is zeroed whole, header included, as libvirt zeroes it: it
+        is an empty raw volume afterwards. A ploop image is refused (libvirt wipes those
+        with ploop's tools).
         """
         fd = self.open_in_place(name, os.O_WRONLY)
         try:
+            if self.header(name).format == "ploop":
+                raise cannot_wipe_ploop()
             st = os.fstat(fd)
             sparse_files.punch_hole(fd, 0, st.st_size)
             if sparse_files.fully_allocated(st):
@@ -320,9 +336,14 @@ class VolumeDir:
         path = self.volume_path(name)
         try:
             st = os.fstat(fd)
-            current, allocation = st.st_size, st.st_blocks * 512
+            header = _header_of(fd)
+            # An image's capacity is its virtual size: the shrink rules apply to that.
+            current = st.st_size if header.capacity is None else header.capacity
+            allocation = st.st_blocks * 512
             if delta:
-                new = current - min(capacity, current) if shrink else current + capacity
+                # libvirt's unsigned sum: an image claiming a near-2^64 size wraps round.
+                grown = (current + capacity) % _SIZE_RANGE
+                new = current - min(capacity, current) if shrink else grown
             else:
                 new = capacity
             if new < current:
@@ -339,6 +360,9 @@ class VolumeDir:
                 raise storage_error(
                     ErrorCode.OPERATION_FAILED, "Not enough space left in storage pool"
                 )
+            if not header.is_raw:
+                # Truncating an image would cut or pad its structure, not change its size.
+                raise cannot_resize_image(header.format, allocate=allocate)
             if new > MAX_FILE_SIZE:
                 raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
             try:
@@ -524,6 +548,14 @@ def _read_start(fd: int) -> bytes:
     return b"".join(parts)
 
 
+def _header_of(fd: int) -> ImageHeader:
+    """What the open file's first bytes say it is; raw when they cannot be read."""
+    try:
+        return probe_header(_read_start(fd))
+    except OSError:
+        return ImageHeader()
+
+
 def _probe_file_format(path: bytes) -> str:
     """The format of the regular file at ``path``; raw when it cannot be read."""
     try:
@@ -553,6 +585,9 @@ def _lock(fd: int) -> bool:
         raise
     return True
 
+
+# Sizes are 64-bit unsigned numbers in libvirt.
+_SIZE_RANGE = 1 << 64
 
 # Linux's ioctl that makes a file share all of another's blocks (copy on write).
 _FICLONE = 0x40049409

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from virtvol.protocol.errors import ErrorCode, ErrorReport
+from virtvol.protocol.errors import ErrorCode
 
 from .model import VolumeType
 from .probe import FILE_FORMATS, BackingStore, ImageHeader
-from .reports import storage_error, xml_error
+from .reports import needs_qemu_img, storage_error, xml_error
 from .units import scaled_size
 from .xmldoc import child_string, escape, escape_text, parse_document
 
@@ -81,13 +81,13 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     if fmt is not None and fmt != "raw":
         if fmt not in _KNOWN_FORMATS:
             raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
-        raise _needs_qemu_img()
+        raise needs_qemu_img()
     # What a raw file cannot be: refused, not ignored (an empty volume instead of an
     # overlay, or a plain one where encryption was asked for).
     if child_string(root, "backingStore/path") is not None:
         raise storage_error(ErrorCode.NO_SUPPORT, "backing storage not supported for raw volumes")
     if root.find("target/encryption") is not None:
-        raise _needs_qemu_img()
+        raise needs_qemu_img()
     if capacity is not None and allocation is not None and allocation > capacity:
         # libvirt grows the capacity to the requested allocation.
         capacity = allocation
@@ -98,13 +98,6 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         mode=_mode(root),
         owner=_id(root, "owner"),
         group=_id(root, "group"),
-    )
-
-
-def _needs_qemu_img() -> ErrorReport:
-    return storage_error(
-        ErrorCode.INTERNAL_ERROR,
-        "creation of non-raw file images is not supported without qemu-img.",
     )
 
 
