@@ -1,0 +1,97 @@
+"""Hostile and truncated image headers: probed within the bytes at hand, never trusted further.
+
+The headers that make libvirtd itself fail (its pool refresh stops the pool) cannot be
+compared with it; here virtvold must answer with what could be read, promptly, and keep
+the rest of the pool usable.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests import images
+from virtvol.daemon.storage import VolumeType
+from virtvol.daemon.storage.probe import HEADER_LIMIT, ImageHeader, probe_header
+
+if TYPE_CHECKING:
+    from tests.daemon.storage.conftest import PoolSetup
+
+GIB = 1 << 30
+
+
+def test_a_qcow2_v3_header_too_short_for_its_features_keeps_size_and_clusters() -> None:
+    # libvirtd fails its whole pool refresh on these; the size and cluster bits are there.
+    for length in (72, 99):
+        header = probe_header(images.qcow2(GIB, compatible=1)[:length])
+        assert header == ImageHeader("qcow2", capacity=GIB, cluster_size=65536)
+
+
+def test_cluster_bits_past_63_name_no_cluster_size() -> None:
+    header = images.qcow2(GIB)
+    odd = header[:20] + struct.pack(">I", 70) + header[24:]
+    assert probe_header(odd).cluster_size is None
+
+
+def test_a_header_is_read_no_further_than_libvirt_reads() -> None:
+    # A backing name placed just past the bytes libvirt reads is not seen.
+    name = b"raw.img"
+    for offset, seen in ((HEADER_LIMIT - len(name), name), (HEADER_LIMIT - len(name) + 1, None)):
+        header = bytearray(images.qcow2(GIB, backing=name))
+        header[8:16] = offset.to_bytes(8, "big")
+        data = bytes(header[: len(images.qcow2(GIB))]).ljust(offset, b"\0") + name
+        assert probe_header(data).backing_name == seen
+
+
+def test_an_extension_claiming_4_gib_ends_the_walk() -> None:
+    base = images.qcow2(GIB)[:104]
+    data = base + struct.pack(">II", 0x1234, 0xFFFFFFFF) + b"\0" * 16
+    data = data[:8] + struct.pack(">Q", len(data)) + struct.pack(">I", 3) + data[20:] + b"abc"
+    header = probe_header(data)
+    assert (header.backing_name, header.backing_format) == (b"abc", None)
+    assert header.features == ()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    prefix=st.sampled_from([b"QFI\xfb", b"QED\0", b"KDMV", b"OOOM", b"conectix", b""]),
+    body=st.binary(max_size=2048),
+)
+def test_any_bytes_give_an_answer(prefix: bytes, body: bytes) -> None:
+    header = probe_header(prefix + body)
+    assert header.format in {"raw", "qcow", "qcow2", "qed", "vmdk", "cow", "vpc"}
+    assert header.capacity is None or 0 <= header.capacity < 1 << 64
+    assert header.backing_name is None or len(header.backing_name) <= 2048
+
+
+def test_backing_names_that_are_not_text_or_lead_nowhere(setup: PoolSetup) -> None:
+    fifo = setup.pool_dir.parent / "fifo"
+    os.mkfifo(fifo)
+    cases = {
+        "not-text.qcow2": (b"\xff\xfe.img", "    <format type='raw'/>"),
+        "fifo.qcow2": (str(fifo).encode(), f"    <path>{fifo}</path>"),
+        "too-long.qcow2": (b"b" * 1000, "    <format type='raw'/>"),
+        # An empty name (all NULs) names the pool directory itself, as in libvirt.
+        "dir.qcow2": (b"\0\0", "    <format type='dir'/>"),
+    }
+    for name, (backing, _) in cases.items():
+        images.place(setup.pool_dir, name, images.qcow2(GIB, backing=backing))
+    registry = setup.registry
+    for name, (_, expected) in cases.items():
+        xml = registry.volume_xml(registry.lookup_volume_by_name(setup.ref, name))
+        assert expected in xml.split("<backingStore>")[1], name
+    not_text = registry.volume_xml(registry.lookup_volume_by_name(setup.ref, "not-text.qcow2"))
+    assert "<path>" not in not_text.split("<backingStore>")[1]
+    # A FIFO is looked at, never opened (opening one for reading would wait for a writer).
+    fifo_xml = registry.volume_xml(registry.lookup_volume_by_name(setup.ref, "fifo.qcow2"))
+    assert "<format type='raw'/>" in fifo_xml.split("<backingStore>")[1]
+
+
+def test_a_ploop_image_is_a_ploop_volume(setup: PoolSetup) -> None:
+    images.place(setup.pool_dir, "disk.hds", images.ploop(GIB // 512), 8192)
+    info = setup.registry.volume_info(setup.registry.lookup_volume_by_name(setup.ref, "disk.hds"))
+    assert (info.type, info.capacity) == (VolumeType.PLOOP, 8192)
