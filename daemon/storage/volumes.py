@@ -252,7 +252,9 @@ class VolumeDir:
         The new capacity is the larger of the requested one and the source's
         size. Only the source's data extents are copied, so its holes stay holes.
         With ``reflink`` the file shares the source's blocks instead, and a file
-        system that cannot share them fails the call, as in libvirt (no copy).
+        system that cannot share them fails the call, as in libvirt (no copy). A
+        source that is an image (qcow2 and the like) is refused: libvirt converts
+        those with qemu-img.
         """
         src_fd = self.open(source, os.O_RDONLY)
         try:
@@ -331,7 +333,11 @@ class VolumeDir:
     def resize(
         self, name: str, capacity: int, *, delta: bool, shrink: bool, allocate: bool
     ) -> None:
-        """Change the volume's size with libvirt's rules (see StorageRegistry.resize_volume)."""
+        """Change the volume's size with libvirt's rules (see StorageRegistry.resize_volume).
+
+        The rules measure an image's virtual size; an image passes them and is then
+        refused, since only qemu-img (or ploop's tools) could resize it.
+        """
         fd = self.open_in_place(name, os.O_RDWR)
         path = self.volume_path(name)
         try:
