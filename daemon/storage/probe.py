@@ -115,6 +115,11 @@ class ImageHeader:
         return self.format == "raw" and not self.encrypted
 
 
+# A sub-directory of a pool, which libvirt lists as a volume of format dir: nothing in it
+# is counted (capacity and allocation 0).
+DIRECTORY = ImageHeader("dir", capacity=0)
+
+
 @dataclass(frozen=True, slots=True)
 class BackingStore:
     """A volume's backing file as its XML shows it.

@@ -58,9 +58,15 @@ from .reports import (
     volume_exists,
 )
 from .secrets import SecretStore
-from .transfer import VolumeReader, VolumeWriter
+from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
 from .volumes import VolumeDir, metadata_prealloc_unsupported
-from .volxml import format_rbd_volume_xml, format_volume_xml, parse_volume_xml, volume_type
+from .volxml import (
+    format_rbd_volume_xml,
+    format_volume_xml,
+    parse_volume_xml,
+    volume_sizes,
+    volume_type,
+)
 from .xmldoc import escape
 
 if TYPE_CHECKING:
@@ -661,8 +667,9 @@ class StorageRegistry:
             if flags & VolInfoFlags.GET_PHYSICAL:
                 allocation = capacity
             return VolumeInfo(VolumeType.NETWORK, capacity, allocation)
-        allocation = st.st_size if flags & VolInfoFlags.GET_PHYSICAL else st.st_blocks * 512
-        capacity = st.st_size if header.capacity is None else header.capacity
+        capacity, allocation, physical = volume_sizes(st, header)
+        if flags & VolInfoFlags.GET_PHYSICAL:
+            allocation = physical
         return VolumeInfo(volume_type(header), capacity, allocation)
 
     def volume_xml(self, volume: VolumeRef, flags: int = 0) -> str:
@@ -865,9 +872,25 @@ class StorageRegistry:
             if images is not None and pool.busy.get(volume.name) is Busy.BUILDING:
                 pool.check_not_busy(volume.name)
         if images is None:
-            return self.open_download(volume, offset, length, flags)
+            return self._open_file_download(volume, offset, length, flags)
         _check_flags(flags, VolStreamFlags.SPARSE, "storageVolDownload")
         return RbdReader(images, volume.name, offset, length)
+
+    def _open_file_download(
+        self, volume: VolumeRef, offset: int, length: int, flags: int
+    ) -> ChunkReader:
+        """``open_download``, or for a sub-directory a stream that fails its first read,
+        as libvirt's does (the call itself succeeds)."""
+        with self._lock:
+            volumes = self._volume_pool(volume).active_volumes()
+            directory = volumes.is_directory(volume.name)
+            path = volumes.volume_path(volume.name)
+        if directory:
+            _check_flags(flags, VolStreamFlags.SPARSE, "storageVolDownload")
+            return UnreadableVolume(
+                system_error(f"Unable to read {path}", errno.EISDIR, STREAMS_DOMAIN)
+            )
+        return self.open_download(volume, offset, length, flags)
 
     def open_volume_upload(
         self, volume: VolumeRef, offset: int, length: int, flags: int = 0

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from virtvol.sparse.zeros import Bytes
 
-__all__ = ["TAIL_STEP", "VolumeReader", "VolumeWriter"]
+__all__ = ["TAIL_STEP", "UnreadableVolume", "VolumeReader", "VolumeWriter"]
 
 # Bytes of the replaced volume's data that one ``keep_tail`` call copies: each call is
 # one job of the upload's worker, and an upload cut between two ends the copy there.
@@ -102,6 +102,31 @@ class VolumeReader:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class UnreadableVolume:
+    """The download of a volume that holds no bytes to read (a sub-directory): the stream
+    opens, as libvirt's does, and its first read fails with ``failure``."""
+
+    def __init__(self, failure: ErrorReport) -> None:
+        self._failure = failure
+
+    @property
+    def position(self) -> int:
+        return 0
+
+    @property
+    def end(self) -> int:
+        return 0
+
+    def next_chunk(self, buffer: memoryview | bytearray) -> Chunk:
+        raise self._failure
+
+    def read_pieces(self, buffer: memoryview | bytearray) -> list[Chunk]:
+        raise self._failure
+
+    def close(self) -> None:
+        """Nothing is held."""
 
 
 class VolumeWriter:

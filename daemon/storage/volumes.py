@@ -8,6 +8,7 @@ the pool directory, whatever symlinks are planted in it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -22,7 +23,14 @@ from virtvol.sparse import files as sparse_files
 from virtvol.sparse.writer import take_over
 
 from .names import RESERVED_PREFIX, is_volume_name
-from .probe import HEADER_LIMIT, BackingStore, ImageHeader, detect_format, probe_header
+from .probe import (
+    DIRECTORY,
+    HEADER_LIMIT,
+    BackingStore,
+    ImageHeader,
+    detect_format,
+    probe_header,
+)
 from .reports import (
     cannot_resize_image,
     cannot_wipe_ploop,
@@ -81,14 +89,20 @@ class VolumeDir:
     # -- looking up -------------------------------------------------------
 
     def stat(self, name: str) -> os.stat_result | None:
-        """The volume's stat, or None when ``name`` is not a regular file of the pool."""
+        """The volume's stat, or None when ``name`` is not a volume of the pool: a regular
+        file or, as libvirt lists them, a sub-directory."""
         if not is_volume_name(name):
             return None
         try:
             st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except OSError:
             return None
-        return st if stat.S_ISREG(st.st_mode) else None
+        return st if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
+
+    def is_directory(self, name: str) -> bool:
+        """Whether volume ``name`` is a sub-directory (a volume of type dir)."""
+        st = self.stat(name)
+        return st is not None and stat.S_ISDIR(st.st_mode)
 
     def require(self, name: str) -> os.stat_result:
         """The volume's stat, or libvirt's "no storage vol with matching name" error."""
@@ -98,17 +112,20 @@ class VolumeDir:
         return st
 
     def names(self) -> list[str]:
-        """Volume names in sorted order: regular files only; symlinks, directories and
-        temporary files are not volumes."""
+        """Volume names in sorted order: regular files and sub-directories; symlinks,
+        other kinds of file and upload temporaries are not volumes."""
         found = []
         with os.scandir(self.fd) as entries:
             for entry in entries:
-                if is_volume_name(entry.name) and entry.is_file(follow_symlinks=False):
+                if is_volume_name(entry.name) and (
+                    entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
+                ):
                     found.append(entry.name)
         return sorted(found)
 
     def open(self, name: str, flags: int, *, stream: bool = False) -> int:
-        """Open an existing volume file; symlinks and non-regular files count as missing.
+        """Open an existing volume file; symlinks and other non-regular files count as
+        missing, but a sub-directory opened for writing fails as libvirt's open does (EISDIR).
 
         ``stream``: for an upload or a download, refused with libvirt's words for those.
         """
@@ -117,7 +134,7 @@ class VolumeDir:
         try:
             fd = os.open(name, flags | _OPEN_FLAGS, dir_fd=self.fd)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
                 raise no_volume_named(name) from None
             path = self.volume_path(name)
             if stream:
@@ -200,14 +217,14 @@ class VolumeDir:
         except FileExistsError:
             raise volume_exists(name) from None
         except OSError as exc:
-            raise _build_error(f"Failed to create file '{self.volume_path(name)}'", exc) from None
+            raise _driver_error(f"Failed to create file '{self.volume_path(name)}'", exc) from None
 
     def _extend(self, fd: int, name: str, capacity: int) -> None:
         """Give a new volume file its size (past the file system's largest file: EFBIG)."""
         try:
             os.ftruncate(fd, capacity)
         except OSError as exc:
-            raise _build_error(f"cannot extend file '{self.volume_path(name)}'", exc) from None
+            raise _driver_error(f"cannot extend file '{self.volume_path(name)}'", exc) from None
 
     def _apply_permissions(self, fd: int, request: VolumeRequest) -> None:
         """The mode, owner and group the volume's XML asks for (open's mode is under umask)."""
@@ -219,7 +236,7 @@ class VolumeDir:
                 os.fchown(fd, -1 if owner is None else owner, -1 if group is None else group)
         except OSError as exc:
             path = self.volume_path(request.name)
-            raise _build_error(f"Failed to create file '{path}'", exc) from None
+            raise _driver_error(f"Failed to create file '{path}'", exc) from None
 
     def _discard(self, name: str, fd: int) -> None:
         os.close(fd)
@@ -238,7 +255,7 @@ class VolumeDir:
             try:
                 sparse_files.allocate(fd, 0, allocation)
             except OSError as exc:
-                raise _build_error(
+                raise _driver_error(
                     f"cannot allocate {allocation} bytes in file '{path}'", exc
                 ) from None
         except BaseException:
@@ -256,6 +273,10 @@ class VolumeDir:
         source that is an image (qcow2 and the like) is refused: libvirt converts
         those with qemu-img.
         """
+        if self.is_directory(source):
+            # libvirt reads no bytes from a directory: the copy is an empty raw file.
+            self.create(dataclasses.replace(request, allocation=0))
+            return
         src_fd = self.open(source, os.O_RDONLY)
         try:
             if not _header_of(src_fd).is_raw:
@@ -299,14 +320,20 @@ class VolumeDir:
     # -- changing ---------------------------------------------------------
 
     def delete(self, name: str) -> None:
-        """Remove the volume file."""
-        self.require(name)
+        """Remove the volume file, or the sub-directory when it is empty (as libvirt)."""
+        directory = stat.S_ISDIR(self.require(name).st_mode)
         try:
-            os.unlink(name, dir_fd=self.fd)
+            if directory:
+                os.rmdir(name, dir_fd=self.fd)
+            else:
+                os.unlink(name, dir_fd=self.fd)
         except FileNotFoundError:
             raise no_volume_named(name) from None
         except OSError as exc:
-            raise system_error(f"cannot unlink file '{self.volume_path(name)}'", exc) from None
+            path = self.volume_path(name)
+            if directory:
+                raise _driver_error(f"cannot remove directory '{path}'", exc) from None
+            raise system_error(f"cannot unlink file '{path}'", exc) from None
 
     def wipe(self, name: str) -> None:
         """Make the whole volume read as zeros, keeping its size.
@@ -317,6 +344,9 @@ class VolumeDir:
         is an empty raw volume afterwards. A ploop image is refused (libvirt wipes those
         with ploop's tools).
         """
+        if self.is_directory(name):
+            path = self.volume_path(name)
+            raise _driver_error(f"Failed to open storage volume with path '{path}'", errno.EISDIR)
         fd = self.open_in_place(name, os.O_WRONLY)
         try:
             if self.header(name).format == "ploop":
@@ -338,6 +368,10 @@ class VolumeDir:
         The rules measure an image's virtual size; an image passes them and is then
         refused, since only qemu-img (or ploop's tools) could resize it.
         """
+        if self.is_directory(name):
+            # Nothing counted in a directory: the rules see size 0, then qemu-img's turn.
+            self._new_size(0, 0, capacity, delta=delta, shrink=shrink, allocate=allocate)
+            raise cannot_resize_image(DIRECTORY.format, allocate=allocate)
         fd = self.open_in_place(name, os.O_RDWR)
         path = self.volume_path(name)
         try:
@@ -346,26 +380,9 @@ class VolumeDir:
             # An image's capacity is its virtual size: the shrink rules apply to that.
             current = st.st_size if header.capacity is None else header.capacity
             allocation = st.st_blocks * 512
-            if delta:
-                # libvirt's unsigned sum: an image claiming a near-2^64 size wraps round.
-                grown = (current + capacity) % _SIZE_RANGE
-                new = current - min(capacity, current) if shrink else grown
-            else:
-                new = capacity
-            if new < current:
-                if new < allocation:
-                    raise invalid_arg("can't shrink capacity below existing allocation")
-                if not shrink:
-                    raise invalid_arg(
-                        "Can't shrink capacity below current capacity unless shrink flag "
-                        "explicitly specified"
-                    )
-            if allocate and new - allocation > self.available():
-                # Checked first, as libvirt does: a failing fallocate keeps the blocks
-                # it got, so trying would fill the file system before failing.
-                raise storage_error(
-                    ErrorCode.OPERATION_FAILED, "Not enough space left in storage pool"
-                )
+            new = self._new_size(
+                current, allocation, capacity, delta=delta, shrink=shrink, allocate=allocate
+            )
             if not header.is_raw:
                 # Truncating an image would cut or pad its structure, not change its size.
                 raise cannot_resize_image(header.format, allocate=allocate)
@@ -384,6 +401,38 @@ class VolumeDir:
                 raise system_error(f"Failed to truncate file '{path}'", exc) from None
         finally:
             os.close(fd)
+
+    def _new_size(
+        self,
+        current: int,
+        allocation: int,
+        capacity: int,
+        *,
+        delta: bool,
+        shrink: bool,
+        allocate: bool,
+    ) -> int:
+        """The size a resize asks for, after libvirt's checks of it against the volume's
+        capacity, its allocation and (to preallocate) the pool's free space."""
+        if delta:
+            # libvirt's unsigned sum: an image claiming a near-2^64 size wraps round.
+            grown = (current + capacity) % _SIZE_RANGE
+            new = current - min(capacity, current) if shrink else grown
+        else:
+            new = capacity
+        if new < current:
+            if new < allocation:
+                raise invalid_arg("can't shrink capacity below existing allocation")
+            if not shrink:
+                raise invalid_arg(
+                    "Can't shrink capacity below current capacity unless shrink flag "
+                    "explicitly specified"
+                )
+        if allocate and new - allocation > self.available():
+            # Checked first, as libvirt does: a failing fallocate keeps the blocks
+            # it got, so trying would fill the file system before failing.
+            raise storage_error(ErrorCode.OPERATION_FAILED, "Not enough space left in storage pool")
+        return new
 
     def available(self) -> int:
         """Bytes the pool's file system has free for unprivileged use (the pool's "available")."""
@@ -555,8 +604,11 @@ def _read_start(fd: int) -> bytes:
 
 
 def _header_of(fd: int) -> ImageHeader:
-    """What the open file's first bytes say it is; raw when they cannot be read."""
+    """What the open file's first bytes say it is; raw when they cannot be read. A
+    directory is format dir, as libvirt calls it, with nothing in it counted."""
     try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            return DIRECTORY
         return probe_header(_read_start(fd))
     except OSError:
         return ImageHeader()
@@ -599,9 +651,10 @@ _SIZE_RANGE = 1 << 64
 _FICLONE = 0x40049409
 
 
-def _build_error(what: str, exc: OSError) -> ErrorReport:
-    """A failure making a new volume's file: libvirt's storage driver reports these itself,
-    so they carry its domain (the util layer's helpers, such as resize's, carry none)."""
+def _driver_error(what: str, exc: OSError | int) -> ErrorReport:
+    """A failure libvirt's storage driver reports itself (making a new volume's file,
+    removing a directory volume, opening one to wipe it), so it carries the driver's
+    domain (the util layer's helpers, such as resize's, carry none)."""
     return system_error(what, exc, ErrorDomain.STORAGE)
 
 

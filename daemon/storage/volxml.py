@@ -181,8 +181,22 @@ def _backing_store(backing: BackingStore) -> list[str]:
 
 
 def volume_type(header: ImageHeader) -> VolumeType:
-    """The volume type libvirt gives a file of this format (ploop images have their own)."""
-    return VolumeType.PLOOP if header.format == "ploop" else VolumeType.FILE
+    """The volume type libvirt gives a file of this format: ploop images and
+    sub-directories have their own."""
+    return _VOLUME_TYPE_OF_FORMAT.get(header.format, VolumeType.FILE)
+
+
+_VOLUME_TYPE_OF_FORMAT = {"ploop": VolumeType.PLOOP, "dir": VolumeType.DIR}
+
+
+def volume_sizes(st: os.stat_result, header: ImageHeader) -> tuple[int, int, int]:
+    """Capacity, allocation and physical size as libvirt reports them: the header's
+    virtual size (or the file's size), the blocks in use, the file's size; all 0 for a
+    sub-directory, whose content libvirt does not count."""
+    if header.format == "dir":
+        return 0, 0, 0
+    capacity = st.st_size if header.capacity is None else header.capacity
+    return capacity, st.st_blocks * 512, st.st_size
 
 
 def format_volume_xml(
@@ -192,19 +206,20 @@ def format_volume_xml(
     header: ImageHeader | None = None,
     backing: BackingStore | None = None,
 ) -> str:
-    """The volume's XML as libvirt 9.0 prints it for a file in a directory pool, with what
-    its header says (``probe.probe_header``; None: a raw file) and its backing file."""
+    """The volume's XML as libvirt 9.0 prints it for a file (or a sub-directory) in a
+    directory pool, with what its header says (``probe.probe_header``; None: a raw file)
+    and its backing file."""
     header = header or ImageHeader()
-    capacity = st.st_size if header.capacity is None else header.capacity
+    capacity, allocation, physical = volume_sizes(st, header)
     lines = [
         f"<volume type='{volume_type(header).name.lower()}'>",
         f"  <name>{escape(name)}</name>",
         f"  <key>{escape(path)}</key>",
         f"  <capacity unit='bytes'>{capacity}</capacity>",
-        f"  <allocation unit='bytes'>{st.st_blocks * 512}</allocation>",
+        f"  <allocation unit='bytes'>{allocation}</allocation>",
     ]
-    if st.st_size:  # libvirt leaves a zero physical size out
-        lines.append(f"  <physical unit='bytes'>{st.st_size}</physical>")
+    if physical:  # libvirt leaves a zero physical size out
+        lines.append(f"  <physical unit='bytes'>{physical}</physical>")
     lines += [
         "  <target>",
         f"    <path>{escape(path)}</path>",

@@ -228,3 +228,65 @@ def test_changes_to_images_match_libvirtd(
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, "import re\n" + CHANGES)
     for name, content in kept.items():
         assert (virtvold.pool_dir / name).read_bytes() == content, f"{name} was changed"
+
+
+# Sub-directories of the pool are volumes of type dir, with nothing in them counted.
+DIRECTORIES = r"""
+import re
+pool = conn.storagePoolLookupByName("default")
+pool.refresh()
+vol = pool.storageVolLookupByName
+step("listed", lambda: sorted(pool.listVolumes()))
+step("count", pool.numOfVolumes)
+for name in ("empty-dir", "full-dir"):
+    step(name + " info", vol(name).info)
+    step(name + " physical", lambda: vol(name).infoFlags(1))
+    step(name + " xml", lambda: re.sub(r"\s*<timestamps>.*?</timestamps>", "",
+                                       vol(name).XMLDesc(), flags=re.S))
+step("by path", lambda: conn.storageVolLookupByPath(POOL_DIR + "/full-dir").name())
+step("resize", lambda: vol("empty-dir").resize(1 << 20))
+step("resize allocate", lambda: vol("empty-dir").resize(1 << 20, 1))
+step("wipe", lambda: vol("empty-dir").wipe(0))
+
+def upload(name):
+    stream = conn.newStream(0)
+    vol(name).upload(stream, 0, 0, 0)
+    stream.send(b"x" * 10)
+    stream.finish()
+
+def download(name, flags):
+    stream = conn.newStream(0)
+    vol(name).download(stream, 0, 0, flags)
+    got = stream.recv(100)
+    stream.finish()
+    return got
+
+step("upload", lambda: upload("empty-dir"))
+step("download", lambda: download("empty-dir", 0))
+step("sparse download", lambda: download("empty-dir", 1))
+step("clone", lambda: pool.createXMLFrom(
+    "<volume><name>copy</name><capacity>0</capacity></volume>", vol("full-dir"), 0))
+step("clone's info", lambda: vol("copy").info())
+step("create over", lambda: pool.createXML(
+    "<volume><name>empty-dir</name><capacity>0</capacity></volume>", 0))
+step("delete full", lambda: vol("full-dir").delete(0))
+step("delete empty", lambda: vol("empty-dir").delete(0))
+step("listed after", lambda: sorted(pool.listVolumes()))
+"""
+
+
+def _place_directories(pool_dir: Path) -> None:
+    for name in ("empty-dir", "full-dir"):
+        (pool_dir / name).mkdir()
+        (pool_dir / name).chmod(0o777)  # the reference libvirtd runs as nobody
+    images.place(pool_dir / "full-dir", "inside.qcow2", images.qcow2(GIB), FILE_SIZE)
+    images.place(pool_dir, "file.img", b"data", 4096).chmod(0o666)
+
+
+def test_sub_directories_are_volumes_as_in_libvirtd(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    _place_directories(reference_libvirtd.pool_dir)
+    _place_directories(virtvold.pool_dir)
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, DIRECTORIES)
+    assert (virtvold.pool_dir / "full-dir" / "inside.qcow2").stat().st_size == FILE_SIZE

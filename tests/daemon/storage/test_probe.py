@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests import images
 from virtvol.daemon.storage import VolumeType
-from virtvol.daemon.storage.probe import HEADER_LIMIT, ImageHeader, probe_header
+from virtvol.daemon.storage.probe import FILE_FORMATS, HEADER_LIMIT, ImageHeader, probe_header
 
 if TYPE_CHECKING:
     from tests.daemon.storage.conftest import PoolSetup
@@ -63,7 +63,7 @@ def test_an_extension_claiming_4_gib_ends_the_walk() -> None:
 )
 def test_any_bytes_give_an_answer(prefix: bytes, body: bytes) -> None:
     header = probe_header(prefix + body)
-    assert header.format in {"raw", "qcow", "qcow2", "qed", "vmdk", "cow", "vpc"}
+    assert header.format in FILE_FORMATS
     assert header.capacity is None or 0 <= header.capacity < 1 << 64
     assert header.backing_name is None or len(header.backing_name) <= 2048
 

@@ -312,13 +312,13 @@ def test_symlinks_and_other_files_are_not_volumes(setup: PoolSetup, tmp_path: Pa
     outside.write_bytes(b"do not touch")
     (setup.pool_dir / "link").symlink_to(outside)
     (setup.pool_dir / "dangling").symlink_to(tmp_path / "missing")
-    (setup.pool_dir / "subdir").mkdir()
+    (setup.pool_dir / "subdir").mkdir()  # a volume of type dir (tests/daemon/test_image_formats.py)
     os.mkfifo(setup.pool_dir / "fifo")
     (setup.pool_dir / ".virtvol-upload-feed").write_bytes(b"temp")
     setup.volume("real", 1)
-    assert registry.list_volume_names(ref, 100) == ["real"]
-    assert registry.num_volumes(ref) == 1
-    for name in ("link", "dangling", "subdir", "fifo"):
+    assert registry.list_volume_names(ref, 100) == ["real", "subdir"]
+    assert registry.num_volumes(ref) == 2
+    for name in ("link", "dangling", "fifo"):
         with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + f"name '{name}'"):
             registry.lookup_volume_by_name(ref, name)
         forged = VolumeRef("default", name, str(setup.pool_dir / name))
