@@ -59,7 +59,7 @@ from .reports import (
 )
 from .secrets import SecretStore
 from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
-from .volumes import VolumeDir, metadata_prealloc_unsupported
+from .volumes import VolumeDir, backing_store, metadata_prealloc_unsupported
 from .volxml import (
     format_rbd_volume_xml,
     format_volume_xml,
@@ -687,10 +687,10 @@ class StorageRegistry:
             volumes = self._volume_pool(volume).active_volumes()
             st = volumes.require(volume.name)
             header = volumes.header(volume.name)
-            backing = volumes.backing_store(header)
-            return format_volume_xml(
-                volume.name, volumes.volume_path(volume.name), st, header, backing
-            )
+            path, directory = volumes.volume_path(volume.name), volumes.path
+        # A backing file may be anywhere (a hung mount too): looked at outside the lock.
+        backing = backing_store(directory, header)
+        return format_volume_xml(volume.name, path, st, header, backing)
 
     def volume_path(self, volume: VolumeRef) -> str:
         """STORAGE_VOL_GET_PATH."""

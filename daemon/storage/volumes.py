@@ -178,35 +178,6 @@ class VolumeDir:
         finally:
             os.close(fd)
 
-    def backing_store(self, header: ImageHeader) -> BackingStore | None:
-        """The backing file a volume's header names, resolved as libvirt resolves it: a
-        relative name from the pool directory. Its format is the header's word for it, or
-        else what its own first bytes say; a file that is not there is reported raw. Only
-        a regular file is ever opened (a FIFO or a device named by a header could block or
-        act on being opened)."""
-        if header.backing_name is None:
-            return None
-        name = header.backing_name
-        directory = b"" if self.path == "/" else os.fsencode(self.path)
-        path = name if name.startswith(b"/") else directory + b"/" + name
-        try:
-            text: str | None = path.decode()
-        except UnicodeDecodeError:
-            text = None
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return BackingStore(text, header.backing_format or "raw", None)
-        fmt = header.backing_format
-        if fmt is None:
-            if stat.S_ISDIR(st.st_mode):
-                fmt = "dir"
-            elif stat.S_ISREG(st.st_mode):
-                fmt = _probe_file_format(path)
-            else:
-                fmt = "raw"
-        return BackingStore(text, fmt, st)
-
     # -- creating ---------------------------------------------------------
 
     def _create_file(self, name: str, mode: int = VOLUME_MODE) -> int:
@@ -588,6 +559,37 @@ class VolumeDir:
             return _lock(fd)
         finally:
             os.close(fd)
+
+
+def backing_store(directory: str, header: ImageHeader) -> BackingStore | None:
+    """The backing file a volume's header names, resolved as libvirt resolves it: a
+    relative name from the pool ``directory``. Its format is the header's word for it, or
+    else what its own first bytes say; a file that is not there is reported raw. Only a
+    regular file is ever opened (a FIFO or a device named by a header could block or act
+    on being opened). It may be anywhere, on a slow mount too: callers look outside the
+    registry's lock."""
+    if header.backing_name is None:
+        return None
+    name = header.backing_name
+    parent = b"" if directory == "/" else os.fsencode(directory)
+    path = name if name.startswith(b"/") else parent + b"/" + name
+    try:
+        text: str | None = path.decode()
+    except UnicodeDecodeError:
+        text = None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return BackingStore(text, header.backing_format or "raw", None)
+    fmt = header.backing_format
+    if fmt is None:
+        if stat.S_ISDIR(st.st_mode):
+            fmt = "dir"
+        elif stat.S_ISREG(st.st_mode):
+            fmt = _probe_file_format(path)
+        else:
+            fmt = "raw"
+    return BackingStore(text, fmt, st)
 
 
 def _read_start(fd: int) -> bytes:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,8 @@ from virtvol.daemon.storage import VolumeType
 from virtvol.daemon.storage.probe import FILE_FORMATS, HEADER_LIMIT, ImageHeader, probe_header
 
 if TYPE_CHECKING:
+    import pytest
+
     from tests.daemon.storage.conftest import PoolSetup
 
 GIB = 1 << 30
@@ -95,3 +98,35 @@ def test_a_ploop_image_is_a_ploop_volume(setup: PoolSetup) -> None:
     images.place(setup.pool_dir, "disk.hds", images.ploop(GIB // 512), 8192)
     info = setup.registry.volume_info(setup.registry.lookup_volume_by_name(setup.ref, "disk.hds"))
     assert (info.type, info.capacity) == (VolumeType.PLOOP, 8192)
+
+
+def test_a_slow_backing_file_holds_up_no_other_call(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A header may name a file on a mount that stopped answering: only the call that
+    # asked about that volume waits for it.
+    slow = b"/slow-mount/base.img"
+    images.place(setup.pool_dir, "overlay.qcow2", images.qcow2(GIB, backing=slow))
+    entered, release = threading.Event(), threading.Event()
+    real_stat = os.stat
+
+    def stat(path: object, *args: Any, **kwargs: Any) -> os.stat_result:
+        if path == slow:
+            entered.set()
+            release.wait(10)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    registry = setup.registry
+    overlay = registry.lookup_volume_by_name(setup.ref, "overlay.qcow2")
+    describing = threading.Thread(target=registry.volume_xml, args=(overlay,))
+    describing.start()
+    try:
+        assert entered.wait(10)
+        listing = threading.Thread(target=registry.list_volume_names, args=(setup.ref, 10))
+        listing.start()
+        listing.join(5)
+        assert not listing.is_alive(), "listing waited for the backing file's stat"
+    finally:
+        release.set()
+        describing.join(10)
