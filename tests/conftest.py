@@ -17,6 +17,10 @@ API (keep it small; everything here is importable from ``conftest`` too):
     Start-up takes well under a second. If libvirtd or its storage driver is
     missing, the fixture fails (it never skips).
 
+``reference_libvirtd_with_secrets`` (fixture) -> ``ReferenceLibvirtd``
+    The same with libvirt's secret driver loaded too, which an encrypted volume's XML
+    needs.
+
 ``run_virsh(uri, *args, check=True) -> CompletedProcess[str]``
     Runs ``virsh -c URI ARGS...`` (C locale, captured text output). With
     ``check`` a non-zero exit fails the test, showing stdout and stderr.
@@ -137,10 +141,10 @@ class ReferenceLibvirtd:
         return self.peer.pid
 
 
-def start_reference_libvirtd(state_dir: Path) -> ReferenceLibvirtd:
+def start_reference_libvirtd(state_dir: Path, *, secret_driver: bool = False) -> ReferenceLibvirtd:
     """Start libvirtd in ``state_dir`` and make the pool; raise RuntimeError on failure."""
     try:
-        peer = libvirtd_peer.start(state_dir, free_port())
+        peer = libvirtd_peer.start(state_dir, free_port(), secret_driver=secret_driver)
     except libvirtd_peer.PeerError as exc:
         raise RuntimeError(str(exc)) from exc
     daemon = ReferenceLibvirtd(
@@ -169,6 +173,16 @@ def start_reference_libvirtd(state_dir: Path) -> ReferenceLibvirtd:
 @pytest.fixture
 def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
     """A fresh real libvirtd 9.0 with an active dir pool "default" (see module doc)."""
+    yield from _reference_libvirtd(secret_driver=False)
+
+
+@pytest.fixture
+def reference_libvirtd_with_secrets() -> Iterator[ReferenceLibvirtd]:
+    """``reference_libvirtd`` with libvirt's secret driver loaded too."""
+    yield from _reference_libvirtd(secret_driver=True)
+
+
+def _reference_libvirtd(*, secret_driver: bool) -> Iterator[ReferenceLibvirtd]:
     if shutil.which("libvirtd") is None and not Path("/usr/sbin/libvirtd").exists():
         pytest.fail(
             "libvirtd missing: apt-get install -y --no-install-recommends "
@@ -182,7 +196,7 @@ def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
         base = Path(tempfile.mkdtemp(prefix="virtvol-ref-", dir="/tmp"))
         base.chmod(0o755)
         try:
-            daemon = start_reference_libvirtd(base / "state")
+            daemon = start_reference_libvirtd(base / "state", secret_driver=secret_driver)
         except RuntimeError as exc:
             errors.append(str(exc))
             shutil.rmtree(base, ignore_errors=True)

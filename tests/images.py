@@ -8,7 +8,8 @@ by a hypervisor beyond that.
 ``qcow2(size, version=3, backing=None, backing_format=None, cluster_bits=16,
 compatible=0, incompatible=0, encryption=0)``, ``qcow1(size, backing=None)``,
 ``qed(size, backing=None)``, ``vmdk(sectors, parent=None)``, ``vpc(size)``,
-``vdi(size)``, ``iso()``, ``luks()``, ``cow(size, backing=None)``, ``ploop(sectors)``:
+``vdi(size)``, ``iso()``, ``luks(payload_sectors=4096)``, ``cow(size, backing=None)``,
+``ploop(sectors)``:
 the header bytes. ``place(directory, name, header, file_size=None)`` writes one as a
 file, sparse up to ``file_size``.
 """
@@ -165,7 +166,7 @@ def iso() -> bytes:
     return b"\0" * 32768 + b"\x01CD001\x01" + b"\0" * (2048 - 7)
 
 
-def luks() -> bytes:
+def luks(payload_sectors: int = 4096) -> bytes:
     """A LUKS1 header's start: magic, version 1, cipher, mode, hash, payload offset."""
     return (
         b"LUKS\xba\xbe"
@@ -173,7 +174,7 @@ def luks() -> bytes:
         + b"aes".ljust(32, b"\0")
         + b"xts-plain64".ljust(32, b"\0")
         + b"sha256".ljust(32, b"\0")
-        + struct.pack(">I", 4096)
+        + struct.pack(">I", payload_sectors)
     ).ljust(592, b"\0")
 
 

@@ -31,6 +31,9 @@ from pathlib import Path
 
 PEER_USER = "nobody"
 STORAGE_DRIVER = "libvirt_driver_storage.so"
+# Loaded on request: the storage driver asks it about encrypted volumes' secrets, and an
+# encrypted image's XML cannot be read without it.
+SECRET_DRIVER = "libvirt_driver_secret.so"
 # Where Debian and other distributions install libvirt's loadable drivers.
 DRIVER_DIR_PATTERNS = (
     "/usr/lib/*-linux-gnu/libvirt/connection-driver",
@@ -179,10 +182,15 @@ def _answers(port: int) -> bool:
 
 
 def start(
-    state_dir: Path, port: int, *, timeout: float = 10.0, tls: PeerTls | None = None
+    state_dir: Path,
+    port: int,
+    *,
+    timeout: float = 10.0,
+    tls: PeerTls | None = None,
+    secret_driver: bool = False,
 ) -> LibvirtdPeer:
     """Start libvirtd with its state in ``state_dir``; return once it answers on ``port``
-    (and on ``tls.port`` when given).
+    (and on ``tls.port`` when given). ``secret_driver`` loads libvirt's secret driver too.
 
     Raises:
         PeerError: libvirtd or its storage driver is missing, or the daemon did not come up.
@@ -195,9 +203,13 @@ def start(
     for sub in ("run", "pool", "drivers", "home"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     _check_reachable(state_dir)
-    link = state_dir / "drivers" / STORAGE_DRIVER
-    if not link.is_symlink():
-        link.symlink_to(driver)
+    modules = [driver]
+    if secret_driver:
+        modules.append(driver.parent / SECRET_DRIVER)
+    for module in modules:
+        link = state_dir / "drivers" / module.name
+        if not link.is_symlink():
+            link.symlink_to(module)
     pki = state_dir / "pki"
     if tls is not None:
         _copy_pki(tls, pki)

@@ -35,6 +35,8 @@ _COW_BACKING_NAME_MAX = 1024
 _VMDK_DESCRIPTOR_OFFSET = 0x200
 _VMDK_PARENT_KEY = b'parentFileNameHint="'
 _LUKS_MAGIC = b"LUKS\xba\xbe"
+# After the magic, version, cipher name, cipher mode and hash spec.
+_LUKS_PAYLOAD_OFFSET = 6 + 2 + 32 + 32 + 32
 
 # virStorageFileFormat: the formats libvirt knows for file volumes, in its order.
 FILE_FORMATS = (
@@ -98,7 +100,9 @@ class ImageHeader:
     backing file exactly as the header names it (None: no backing file).
     ``backing_format`` None: the header does not say; the backing file is probed.
     ``features`` None: no feature list (only qcow2 v3 headers have one, and those are
-    reported with compat 1.1). ``encrypted``: a LUKS or qcow encryption header.
+    reported with compat 1.1). ``encryption``: "luks" or "qcow" for an encrypted image
+    (None: not encrypted); ``payload_offset``: where a raw LUKS volume's data starts, in
+    bytes, which libvirt takes off its capacity.
     """
 
     format: str = "raw"
@@ -107,12 +111,13 @@ class ImageHeader:
     backing_name: bytes | None = None
     backing_format: str | None = None
     features: tuple[str, ...] | None = None
-    encrypted: bool = False
+    encryption: str | None = None
+    payload_offset: int | None = None
 
     @property
     def is_raw(self) -> bool:
         """Plain bytes that may be changed as bytes (resized, copied) without qemu-img."""
-        return self.format == "raw" and not self.encrypted
+        return self.format == "raw" and self.encryption is None
 
 
 # A sub-directory of a pool, which libvirt lists as a volume of format dir: nothing in it
@@ -169,36 +174,46 @@ def probe_header(data: bytes) -> ImageHeader:
     data = data[:HEADER_LIMIT]
     signature = next((s for s in _SIGNATURES if _matches(s, data)), None)
     if signature is None:
-        return ImageHeader(encrypted=data.startswith(_LUKS_MAGIC) and _luks_version_1(data))
-    encrypted = _qcow_encrypted(signature.name, data)
+        return _raw_header(data)
+    encryption = _qcow_encryption(signature.name, data)
     if signature.size_offset is None:
-        return ImageHeader(signature.name, encrypted=encrypted)
+        return ImageHeader(signature.name, encryption=encryption)
     size = _number(data, signature.size_offset, 8, big_endian=signature.big_endian)
     if size is None:
-        return ImageHeader(signature.name, encrypted=encrypted)
+        return ImageHeader(signature.name, encryption=encryption)
     if size > _U64_MAX // signature.size_unit:
         # libvirt keeps the unscaled number and reads nothing further.
-        return ImageHeader(signature.name, capacity=size, encrypted=encrypted)
+        return ImageHeader(signature.name, capacity=size, encryption=encryption)
     header = ImageHeader(
         signature.name,
         capacity=size * signature.size_unit,
         cluster_size=_qcow2_cluster_size(data) if signature.name == "qcow2" else None,
-        encrypted=encrypted,
+        encryption=encryption,
     )
     return _with_backing_and_features(header, data)
 
 
-def _luks_version_1(data: bytes) -> bool:
-    return _number(data, len(_LUKS_MAGIC), 2, big_endian=True) == 1
+def _raw_header(data: bytes) -> ImageHeader:
+    """A raw file, or a LUKS (version 1) volume: its data starts at the header's payload
+    offset (in 512-byte sectors, 4 bytes big endian at 104)."""
+    if not data.startswith(_LUKS_MAGIC):
+        return ImageHeader()
+    if _number(data, len(_LUKS_MAGIC), 2, big_endian=True) != 1:
+        return ImageHeader()
+    sectors = _number(data, _LUKS_PAYLOAD_OFFSET, 4, big_endian=True)
+    payload = None if sectors is None else sectors * 512
+    return ImageHeader(encryption="luks", payload_offset=payload)
 
 
-def _qcow_encrypted(name: str, data: bytes) -> bool:
-    """qcow's crypt method field (AES 1; qcow2 also LUKS 2)."""
+def _qcow_encryption(name: str, data: bytes) -> str | None:
+    """qcow's crypt method field: 1 is qcow's own AES, 2 (qcow2 only) LUKS."""
     if name == "qcow":
-        return _number(data, 36, 4, big_endian=True) == 1
+        method = _number(data, 36, 4, big_endian=True)
+        return "qcow" if method == 1 else None
     if name == "qcow2":
-        return _number(data, 32, 4, big_endian=True) in (1, 2)
-    return False
+        method = _number(data, 32, 4, big_endian=True)
+        return {1: "qcow", 2: "luks"}.get(method or 0)
+    return None
 
 
 def _qcow2_cluster_size(data: bytes) -> int | None:
@@ -232,7 +247,7 @@ def _with_backing_and_features(header: ImageHeader, data: bytes) -> ImageHeader:
         backing_name=backing.name,
         backing_format=backing.format,
         features=features,
-        encrypted=header.encrypted,
+        encryption=header.encryption,
     )
 
 

@@ -75,16 +75,24 @@ def needs_qemu_img() -> ErrorReport:
     )
 
 
-def cannot_resize_image(image_format: str, *, allocate: bool) -> ErrorReport:
-    """Resizing an image that is not raw bytes: libvirt hands that to ploop's tools or to
-    qemu-img (neither of which virtvold runs), and refuses to preallocate such images."""
+def cannot_resize_image(
+    image_format: str, encryption: str | None, *, allocate: bool
+) -> ErrorReport:
+    """Resizing an image that is not plain raw bytes: libvirt hands that to ploop's tools
+    or to qemu-img (neither of which virtvold runs), and refuses before that to
+    preallocate such an image or to resize one with qcow's own encryption."""
     if image_format == "ploop":
         return storage_error(
             ErrorCode.INTERNAL_ERROR, "unable to find ploop, please install ploop tools"
         )
     if allocate:
+        kind = "an unencrypted raw volume" if image_format == "raw" else "raw type volume"
         return storage_error(
-            ErrorCode.OPERATION_UNSUPPORTED, "preallocate is only supported for raw type volume"
+            ErrorCode.OPERATION_UNSUPPORTED, f"preallocate is only supported for {kind}"
+        )
+    if encryption == "qcow":
+        return storage_error(
+            ErrorCode.CONFIG_UNSUPPORTED, "resize of qcow2 encrypted image is not supported"
         )
     return storage_error(ErrorCode.INTERNAL_ERROR, "unable to find qemu-img")
 

@@ -342,7 +342,7 @@ class VolumeDir:
         if self.is_directory(name):
             # Nothing counted in a directory: the rules see size 0, then qemu-img's turn.
             self._new_size(0, 0, capacity, delta=delta, shrink=shrink, allocate=allocate)
-            raise cannot_resize_image(DIRECTORY.format, allocate=allocate)
+            raise cannot_resize_image(DIRECTORY.format, None, allocate=allocate)
         fd = self.open_in_place(name, os.O_RDWR)
         path = self.volume_path(name)
         try:
@@ -356,7 +356,7 @@ class VolumeDir:
             )
             if not header.is_raw:
                 # Truncating an image would cut or pad its structure, not change its size.
-                raise cannot_resize_image(header.format, allocate=allocate)
+                raise cannot_resize_image(header.format, header.encryption, allocate=allocate)
             if new > MAX_FILE_SIZE:
                 raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
             try:

@@ -153,8 +153,12 @@ def _permissions_and_times(st: os.stat_result) -> list[str]:
 
 
 def _header_details(header: ImageHeader) -> list[str]:
-    """What a probed header adds to ``<target>``: compat and features (qcow2 v3), cluster size."""
+    """What a probed header adds to ``<target>``: the encryption format (libvirt prints the
+    element open, as it does when a secret would follow), compat and features (qcow2 v3),
+    cluster size."""
     lines = []
+    if header.encryption is not None:
+        lines += [f"    <encryption format='{header.encryption}'>", "    </encryption>"]
     if header.features is not None:
         lines.append("    <compat>1.1</compat>")
     if header.cluster_size is not None:
@@ -196,6 +200,10 @@ def volume_sizes(st: os.stat_result, header: ImageHeader) -> tuple[int, int, int
     if header.format == "dir":
         return 0, 0, 0
     capacity = st.st_size if header.capacity is None else header.capacity
+    if header.payload_offset is not None:
+        # A LUKS volume's data starts past its header; libvirt's unsigned difference
+        # wraps round when the file is shorter than that.
+        capacity = (capacity - header.payload_offset) % (1 << 64)
     return capacity, st.st_blocks * 512, st.st_size
 
 

@@ -89,6 +89,11 @@ IMAGES: dict[str, tuple[bytes, int | None]] = {
     "plain.cow": (images.cow(GIB), FILE_SIZE),
     "backed.cow": (images.cow(GIB, backing=b"raw.img"), FILE_SIZE),
     "image.hds": (images.ploop(GIB // 512), FILE_SIZE),
+    # Encrypted: LUKS (its data starts at the payload offset), qcow2's AES and LUKS.
+    "luks.img": (images.luks(payload_sectors=8), 1 << 20),
+    "short-luks.img": (images.luks(payload_sectors=4096), FILE_SIZE),
+    "aes.qcow2": (images.qcow2(GIB, encryption=1), FILE_SIZE),
+    "luks.qcow2": (images.qcow2(GIB, encryption=2), FILE_SIZE),
 }
 
 
@@ -113,11 +118,11 @@ for name in sorted(pool.listVolumes()):
 
 
 def test_volume_xml_and_info_match_libvirtd(
-    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    _place_images(reference_libvirtd.pool_dir)
+    _place_images(reference_libvirtd_with_secrets.pool_dir)
     _place_images(virtvold.pool_dir)
-    assert_same_answers(reference_libvirtd, virtvold, tmp_path, DESCRIBE_ALL)
+    assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, DESCRIBE_ALL)
 
 
 def _details(uri: str, pool_dir: Path) -> list[str]:
@@ -128,11 +133,13 @@ def _details(uri: str, pool_dir: Path) -> list[str]:
 
 
 def test_vol_list_details_match_libvirtd(
-    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold
 ) -> None:
-    _place_images(reference_libvirtd.pool_dir)
+    _place_images(reference_libvirtd_with_secrets.pool_dir)
     _place_images(virtvold.pool_dir)
-    expected = _details(reference_libvirtd.tcp_uri, reference_libvirtd.pool_dir)
+    expected = _details(
+        reference_libvirtd_with_secrets.tcp_uri, reference_libvirtd_with_secrets.pool_dir
+    )
     assert " ".join(expected).count("1.00 GiB") > 10  # the images' virtual sizes
     assert _details(virtvold.tcp_uri, virtvold.pool_dir) == expected
 
@@ -158,6 +165,12 @@ for name, size, flags in [
     ("disc.iso", 1 << 20, 0),
     ("cut-at-30.qcow2", 1 << 20, 0),
     ("version-9.qcow2", 300 << 10, 0),
+    ("luks.img", 2 << 20, 0),
+    ("aes.qcow2", 2 * G, 0),
+    ("aes.qcow2", 2 * G, ALLOCATE),
+    ("aes.qcow2", 1, SHRINK),
+    ("luks.qcow2", 2 * G, 0),
+    ("luks.img", 2 << 20, ALLOCATE),
 ]:
     step("resize %s %d %d" % (name, size, flags), lambda: vol(name).resize(size, flags))
     step("after resize " + name, vol(name).info)
@@ -170,6 +183,7 @@ for source, target, extra in [
     ("disc.iso", "copy3", ""),
     ("plain.vmdk", "copy4", raw_format),
     ("raw.img", "copy5", ""),
+    ("luks.img", "copy6", raw_format),
 ]:
     step("clone %s %s" % (source, extra),
          lambda: pool.createXMLFrom(new % (target, extra), vol(source), 0))
@@ -217,15 +231,17 @@ step("qcow2 turned raw", lambda: vol("raw.img").info()[:2])
 
 
 def test_changes_to_images_match_libvirtd(
-    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    _place_images(reference_libvirtd.pool_dir)
+    _place_images(reference_libvirtd_with_secrets.pool_dir)
     _place_images(virtvold.pool_dir)
     kept = {
         name: (virtvold.pool_dir / name).read_bytes()
-        for name in ("v3.qcow2", "huge.qcow2", "disc.iso", "image.hds", "plain.vmdk")
+        for name in ("v3.qcow2", "huge.qcow2", "disc.iso", "image.hds", "plain.vmdk", "luks.img")
     }
-    assert_same_answers(reference_libvirtd, virtvold, tmp_path, "import re\n" + CHANGES)
+    assert_same_answers(
+        reference_libvirtd_with_secrets, virtvold, tmp_path, "import re\n" + CHANGES
+    )
     for name, content in kept.items():
         assert (virtvold.pool_dir / name).read_bytes() == content, f"{name} was changed"
 
@@ -284,9 +300,9 @@ def _place_directories(pool_dir: Path) -> None:
 
 
 def test_sub_directories_are_volumes_as_in_libvirtd(
-    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    _place_directories(reference_libvirtd.pool_dir)
+    _place_directories(reference_libvirtd_with_secrets.pool_dir)
     _place_directories(virtvold.pool_dir)
-    assert_same_answers(reference_libvirtd, virtvold, tmp_path, DIRECTORIES)
+    assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, DIRECTORIES)
     assert (virtvold.pool_dir / "full-dir" / "inside.qcow2").stat().st_size == FILE_SIZE
