@@ -129,8 +129,9 @@ DIRECTORY = ImageHeader("dir", capacity=0)
 class BackingStore:
     """A volume's backing file as its XML shows it.
 
-    ``path`` None: a name that is not UTF-8 text, which libvirt leaves out. ``st`` None:
-    nothing could be found there (its mode, owner and times are left out then).
+    ``path`` None: a name that is not UTF-8 text, left out (libvirt sends its bytes in
+    a document its own Python binding cannot decode). ``st`` None: nothing could be
+    found there (its mode, owner and times are left out then).
     """
 
     path: str | None
