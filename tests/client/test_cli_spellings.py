@@ -70,14 +70,22 @@ def both(uri: str, *args: str) -> tuple[str, str, int]:
     return theirs.stdout, theirs.stderr, theirs.returncode
 
 
+# What ``{}`` becomes in the names virsh's run and virtvol's run change (``both_changing``).
+VIRSH_TAG = "A"
+VIRTVOL_TAG = "B"
+
+
 def both_changing(uri: str, *template: str) -> None:
-    """A command that changes something: virsh acts on names ending in "-a", virtvol on
-    the same names ending in "-b"; their answers must match once the names are swapped."""
-    theirs = run_virsh(uri, *(w.replace("{}", "a") for w in template), check=False)
-    ours = run_virtvol("-c", uri, *(w.replace("{}", "b") for w in template))
+    """A command that changes something: virsh acts on names ending in "-A", virtvol on
+    the same names ending in "-B"; their answers must match once the names are swapped.
+    The tags are capitals: the peers' messages also name temporary folders, whose random
+    names (``tempfile``'s) are lower case and may hold "-a" or "-b"."""
+    theirs = run_virsh(uri, *(w.replace("{}", VIRSH_TAG) for w in template), check=False)
+    ours = run_virtvol("-c", uri, *(w.replace("{}", VIRTVOL_TAG) for w in template))
     assert ours.returncode == theirs.returncode, (template, theirs.stderr, ours.stderr)
-    assert ours.stdout.replace("-b", "-a") == theirs.stdout, template
-    assert ours.stderr.replace("-b", "-a") == theirs.stderr, template
+    ours_as_theirs = (f"-{VIRTVOL_TAG}", f"-{VIRSH_TAG}")
+    assert ours.stdout.replace(*ours_as_theirs) == theirs.stdout, template
+    assert ours.stderr.replace(*ours_as_theirs) == theirs.stderr, template
 
 
 def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: Path) -> None:
@@ -364,7 +372,9 @@ def test_changing_spellings_match_virsh(
         ["-q", "pool-undefine", "--pool", "p-{}"],
     ):
         both_changing(uri, *template)
-    assert (tmp_path / "out-a").read_bytes() == (tmp_path / "out-b").read_bytes()
+    assert (tmp_path / f"out-{VIRSH_TAG}").read_bytes() == (
+        tmp_path / f"out-{VIRTVOL_TAG}"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -606,7 +616,7 @@ def _xml_files(folder: Path, pool_dir: Path) -> dict[str, Path]:
     }
     files = {}
     for name, text in texts.items():
-        for tag in ("a", "b") if "{}" in name else ("",):
+        for tag in (VIRSH_TAG, VIRTVOL_TAG) if "{}" in name else ("",):
             path = folder / name.replace("{}", tag)
             path.write_text(text.replace("{}", tag))
             files[name.replace("{}", tag)] = path
@@ -636,26 +646,31 @@ def test_file_and_build_commands_match_virsh(
         ["pool-define", f"{t}/truncated.xml"],
         ["pool-define", "--file", f"{t}/junk.xml"],
         ["pool-define", f"{t}/nul.xml"],
-        ["pool-define", f"{t}/vol-a.xml"],
-        ["pool-define", f"{t}/extra-a.xml", "--validate"],
+        ["pool-define", f"{t}/vol-{VIRSH_TAG}.xml"],
+        ["pool-define", f"{t}/extra-{VIRSH_TAG}.xml", "--validate"],
         ["pool-define", ""],
         ["pool-define"],
         ["pool-create", f"{t}/missing.xml"],
-        ["pool-create", f"{t}/pool-a.xml", "--overwrite", "--no-overwrite"],
+        ["pool-create", f"{t}/pool-{VIRSH_TAG}.xml", "--overwrite", "--no-overwrite"],
         ["pool-create", f"{t}/truncated.xml", "--build"],
         ["vol-create", "default", f"{t}/missing.xml"],
         ["vol-create", "nope", f"{t}/missing.xml"],
-        ["vol-create", "default", f"{t}/pool-a.xml"],
+        ["vol-create", "default", f"{t}/pool-{VIRSH_TAG}.xml"],
         ["vol-create", "default", f"{t}/truncated.xml"],
-        ["vol-create", "default", "--file", f"{t}/vol-a.xml", "--validate"],
+        ["vol-create", "default", "--file", f"{t}/vol-{VIRSH_TAG}.xml", "--validate"],
         ["vol-create", "default", ""],
-        ["vol-create-from", "default", f"{t}/copy-a.xml", "v1"],  # no --inputpool: no name
+        [
+            "vol-create-from",
+            "default",
+            f"{t}/copy-{VIRSH_TAG}.xml",
+            "v1",
+        ],  # no --inputpool: no name
         ["vol-create-from", "default", f"{t}/missing.xml", str(reference_libvirtd.pool_dir / "v1")],
         ["vol-create-from", "default", f"{t}/missing.xml", "nosuch", "--inputpool", "default"],
         ["vol-create-from", "default", f"{t}/missing.xml", "v1", "--inputpool", "default"],
-        ["vol-create-from", "nope", f"{t}/copy-a.xml", "v1"],
-        ["vol-create-from", "default", f"{t}/copy-a.xml", "v1", "--inputpool", "nope"],
-        ["vol-create-from", "default", f"{t}/copy-a.xml", "v1", "--inputpool", ""],
+        ["vol-create-from", "nope", f"{t}/copy-{VIRSH_TAG}.xml", "v1"],
+        ["vol-create-from", "default", f"{t}/copy-{VIRSH_TAG}.xml", "v1", "--inputpool", "nope"],
+        ["vol-create-from", "default", f"{t}/copy-{VIRSH_TAG}.xml", "v1", "--inputpool", ""],
         # Pools that cannot be built or deleted now.
         ["pool-build", "nope"],
         ["pool-build", "default"],  # active
@@ -696,8 +711,7 @@ def test_changing_file_and_build_commands_match_virsh(
     reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:
     uri = reference_libvirtd.tcp_uri
-    # libvirtd runs as nobody: the pools' folders go where it may write, under a name
-    # that holds no "-a" or "-b" (the outputs are compared with those swapped).
+    # libvirtd runs as nobody: the pools' folders go where it may write.
     pools = Path(tempfile.mkdtemp(prefix="virtvol_pools_", dir="/tmp"))
     pools.chmod(0o777)
     try:
