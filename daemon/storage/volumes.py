@@ -245,6 +245,13 @@ class VolumeDir:
         those with qemu-img.
         """
         if self.is_directory(source):
+            if reflink:
+                # A directory has no blocks to share; libvirt's clone ioctl fails so.
+                raise system_error(
+                    f"failed to clone files from '{self.volume_path(source)}'",
+                    errno.EISDIR,
+                    ErrorDomain.STORAGE,
+                )
             # libvirt reads no bytes from a directory: the copy is an empty raw file.
             self.create(dataclasses.replace(request, allocation=0))
             return

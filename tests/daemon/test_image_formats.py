@@ -323,3 +323,25 @@ def test_sub_directories_are_volumes_as_in_libvirtd(
     _place_directories(virtvold.pool_dir)
     assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, DIRECTORIES)
     assert (virtvold.pool_dir / "full-dir" / "inside.qcow2").stat().st_size == FILE_SIZE
+
+
+# A sub-directory has no blocks to share: cloning one with REFLINK fails as in libvirtd,
+# where a plain clone of it is an empty file.
+DIRECTORY_REFLINK = r"""
+pool = conn.storagePoolLookupByName("default")
+pool.refresh()
+vol = pool.storageVolLookupByName
+REFLINK = 2
+step("clone by reflink", lambda: pool.createXMLFrom(
+    "<volume><name>copy</name><capacity>0</capacity></volume>", vol("full-dir"), REFLINK))
+step("listed after", lambda: sorted(pool.listVolumes()))
+"""
+
+
+def test_a_sub_directory_cloned_by_reflink_fails_as_in_libvirtd(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    _place_directories(reference_libvirtd.pool_dir)
+    _place_directories(virtvold.pool_dir)
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, DIRECTORY_REFLINK)
+    assert not (virtvold.pool_dir / "copy").exists()
