@@ -833,7 +833,9 @@ class StorageRegistry:
         if algorithm == WIPE_ZERO:
             self.wipe_volume(volume)
             return
-        with self._changing(volume):
+        with self._changing(volume) as volumes:
+            if isinstance(volumes, VolumeDir):
+                volumes.check_wipeable(volume.name)
             if algorithm == WIPE_TRIM:
                 raise storage_error(
                     ErrorCode.ARGUMENT_UNSUPPORTED, "'trim' algorithm not supported"

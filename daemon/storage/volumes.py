@@ -322,9 +322,7 @@ class VolumeDir:
         is an empty raw volume afterwards. A ploop image is refused (libvirt wipes those
         with ploop's tools).
         """
-        if self.is_directory(name):
-            path = self.volume_path(name)
-            raise _driver_error(f"Failed to open storage volume with path '{path}'", errno.EISDIR)
+        self.check_wipeable(name)
         fd = self.open_in_place(name, os.O_WRONLY)
         try:
             if self.header(name).format == "ploop":
@@ -337,6 +335,13 @@ class VolumeDir:
             raise system_error(f"Failed to wipe vol '{self.volume_path(name)}'", exc) from None
         finally:
             os.close(fd)
+
+    def check_wipeable(self, name: str) -> None:
+        """Refuse a sub-directory as libvirt's wipe does, whatever the algorithm: it opens
+        the volume before it looks at the algorithm, and a directory fails there."""
+        if self.is_directory(name):
+            path = self.volume_path(name)
+            raise _driver_error(f"Failed to open storage volume with path '{path}'", errno.EISDIR)
 
     def resize(
         self, name: str, capacity: int, *, delta: bool, shrink: bool, allocate: bool

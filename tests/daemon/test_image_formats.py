@@ -280,6 +280,9 @@ step("by path", lambda: conn.storageVolLookupByPath(POOL_DIR + "/full-dir").name
 step("resize", lambda: vol("empty-dir").resize(1 << 20))
 step("resize allocate", lambda: vol("empty-dir").resize(1 << 20, 1))
 step("wipe", lambda: vol("empty-dir").wipe(0))
+# Every algorithm opens the volume first, so a directory fails there, trim and scrub's too.
+for algorithm in (1, 8, 9):
+    step("wipe pattern %d" % algorithm, lambda: vol("empty-dir").wipePattern(algorithm, 0))
 
 def upload(name):
     stream = conn.newStream(0)
