@@ -661,7 +661,7 @@ class StorageRegistry:
             if images is None:
                 volumes = pool.active_volumes()
                 st = volumes.require(volume.name)
-                header = volumes.header(volume.name)
+                header = volumes.header(volume.name, st)
         if images is not None:
             capacity, allocation = images.info(volume.name)
             if flags & VolInfoFlags.GET_PHYSICAL:
@@ -686,7 +686,7 @@ class StorageRegistry:
         with self._lock:
             volumes = self._volume_pool(volume).active_volumes()
             st = volumes.require(volume.name)
-            header = volumes.header(volume.name)
+            header = volumes.header(volume.name, st)
             path, directory = volumes.volume_path(volume.name), volumes.path
         # A backing file may be anywhere (a hung mount too): looked at outside the lock.
         backing = backing_store(directory, header)

@@ -166,9 +166,13 @@ class VolumeDir:
 
     # -- what the files hold -------------------------------------------------
 
-    def header(self, name: str) -> ImageHeader:
-        """What volume ``name``'s first bytes say it is (``probe.probe_header``); a file
-        that cannot be read counts as raw, as its bytes cannot tell otherwise."""
+    def header(self, name: str, st: os.stat_result) -> ImageHeader:
+        """What volume ``name`` (found with ``st``) is: a sub-directory is format dir,
+        whether or not it may be opened; a file is what its first bytes say
+        (``probe.probe_header``), raw when it cannot be read, as its bytes cannot tell
+        otherwise."""
+        if stat.S_ISDIR(st.st_mode):
+            return DIRECTORY
         try:
             fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
         except OSError:
@@ -325,9 +329,10 @@ class VolumeDir:
         self.check_wipeable(name)
         fd = self.open_in_place(name, os.O_WRONLY)
         try:
-            if self.header(name).format == "ploop":
-                raise cannot_wipe_ploop()
             st = os.fstat(fd)
+            # Read through a descriptor of its own: ``fd`` may only write.
+            if self.header(name, st).format == "ploop":
+                raise cannot_wipe_ploop()
             sparse_files.punch_hole(fd, 0, st.st_size)
             if sparse_files.fully_allocated(st):
                 sparse_files.allocate(fd, 0, st.st_size)

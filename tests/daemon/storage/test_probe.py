@@ -8,21 +8,26 @@ the rest of the pool usable.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import struct
+import tempfile
 import threading
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import images
-from virtvol.daemon.storage import VolumeType
+from tests.daemon.storage.conftest import PoolSetup
+from virtvol.daemon.storage import StorageRegistry, VolumeType
 from virtvol.daemon.storage.probe import FILE_FORMATS, HEADER_LIMIT, ImageHeader, probe_header
 
 if TYPE_CHECKING:
-    import pytest
-
-    from tests.daemon.storage.conftest import PoolSetup
+    from collections.abc import Iterator
 
 GIB = 1 << 30
 
@@ -130,3 +135,49 @@ def test_a_slow_backing_file_holds_up_no_other_call(
     finally:
         release.set()
         describing.join(10)
+
+
+@contextmanager
+def acting_as_nobody() -> Iterator[None]:
+    """Run the block with ``nobody``'s file permissions, as a daemon not run as root has."""
+    nobody = pwd.getpwnam("nobody")
+    os.setegid(nobody.pw_gid)
+    os.seteuid(nobody.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def reachable_pool() -> Iterator[PoolSetup]:
+    """A running pool in a folder ``nobody`` can reach (pytest's own are root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="virtvol-probe-", dir="/tmp"))
+    base.chmod(0o755)
+    registry = StorageRegistry(base / "state", sync_uploads=False)
+    try:
+        ref = registry.ensure_pool("default", base / "pool")
+        (base / "pool").chmod(0o755)
+        yield PoolSetup(registry, ref, base / "state", base / "pool")
+    finally:
+        registry.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_sub_directory_the_daemon_may_not_open_is_still_a_dir_volume(
+    reachable_pool: PoolSetup,
+) -> None:
+    # Its entry says what it is, and what it holds is never counted: a daemon not run as
+    # root lists it as libvirt lists sub-directories, not as a 4 KiB raw file.
+    locked = reachable_pool.pool_dir / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    registry = reachable_pool.registry
+    volume = registry.lookup_volume_by_name(reachable_pool.ref, "locked")
+    with acting_as_nobody():
+        info = registry.volume_info(volume)
+        xml = registry.volume_xml(volume)
+    assert (info.type, info.capacity, info.allocation) == (VolumeType.DIR, 0, 0)
+    assert "<volume type='dir'>" in xml
+    assert "<format type='dir'/>" in xml
