@@ -609,12 +609,15 @@ def backing_store(directory: str, header: ImageHeader) -> BackingStore | None:
     return BackingStore(text, fmt, st)
 
 
-def _read_start(fd: int) -> bytes:
-    """The file's first ``HEADER_LIMIT`` bytes (fewer if it is shorter)."""
+def _read_start(fd: int, st: os.stat_result) -> bytes:
+    """The regular file's first ``HEADER_LIMIT`` bytes, no more than its size (``st``) says
+    it has: files of /proc and /sys claim none, and reading some of them acts (/proc/kmsg
+    hands over the kernel's messages, which the system log then misses)."""
+    limit = min(HEADER_LIMIT, st.st_size)
     parts = []
     got = 0
-    while got < HEADER_LIMIT:
-        part = os.pread(fd, HEADER_LIMIT - got, got)
+    while got < limit:
+        part = os.pread(fd, limit - got, got)
         if not part:
             break
         parts.append(part)
@@ -626,9 +629,10 @@ def _header_of(fd: int) -> ImageHeader:
     """What the open file's first bytes say it is; raw when they cannot be read. A
     directory is format dir, as libvirt calls it, with nothing in it counted."""
     try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
             return DIRECTORY
-        return probe_header(_read_start(fd))
+        return probe_header(_read_start(fd, st))
     except OSError:
         return ImageHeader()
 
@@ -640,9 +644,10 @@ def _probe_file_format(path: bytes) -> str:
     except OSError:
         return "raw"
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced since it was looked at
             return "raw"
-        return detect_format(_read_start(fd))
+        return detect_format(_read_start(fd, st))
     except OSError:
         return "raw"
     finally:

@@ -181,3 +181,25 @@ def test_a_sub_directory_the_daemon_may_not_open_is_still_a_dir_volume(
     assert (info.type, info.capacity, info.allocation) == (VolumeType.DIR, 0, 0)
     assert "<volume type='dir'>" in xml
     assert "<format type='dir'/>" in xml
+
+
+def test_a_backing_file_of_no_size_is_never_read(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files of /proc and /sys are regular files of size 0 whose reads may act: reading
+    # /proc/kmsg takes the kernel's messages from the system log. A guest may name one in
+    # an image header; looking at its volume must not read it, and it holds no image.
+    images.place(setup.pool_dir, "overlay.qcow2", images.qcow2(GIB, backing=b"/proc/self/status"))
+    read_from: list[str] = []
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        read_from.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    registry = setup.registry
+    xml = registry.volume_xml(registry.lookup_volume_by_name(setup.ref, "overlay.qcow2"))
+    assert "<format type='raw'/>" in xml.split("<backingStore>")[1]
+    assert str(setup.pool_dir / "overlay.qcow2") in read_from  # the volume itself is read
+    assert [path for path in read_from if path.startswith("/proc/")] == []
