@@ -611,7 +611,7 @@ def backing_store(directory: str, header: ImageHeader) -> BackingStore | None:
 
 def _read_start(fd: int, st: os.stat_result) -> bytes:
     """The regular file's first ``HEADER_LIMIT`` bytes, no more than its size (``st``) says
-    it has: files of /proc and /sys claim none, and reading some of them acts (/proc/kmsg
+    it has: files of /proc claim none, and reading some of them acts (/proc/kmsg
     hands over the kernel's messages, which the system log then misses)."""
     limit = min(HEADER_LIMIT, st.st_size)
     parts = []

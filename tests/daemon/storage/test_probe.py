@@ -186,7 +186,7 @@ def test_a_sub_directory_the_daemon_may_not_open_is_still_a_dir_volume(
 def test_a_backing_file_of_no_size_is_never_read(
     setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Files of /proc and /sys are regular files of size 0 whose reads may act: reading
+    # Files of /proc are regular files of size 0 whose reads may act: reading
     # /proc/kmsg takes the kernel's messages from the system log. A guest may name one in
     # an image header; looking at its volume must not read it, and it holds no image.
     images.place(setup.pool_dir, "overlay.qcow2", images.qcow2(GIB, backing=b"/proc/self/status"))
