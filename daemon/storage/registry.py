@@ -20,6 +20,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_f
 from virtvol.sparse import files as sparse_files
 from virtvol.sparse.writer import MAX_OFFSET
 
+from .buildrules import check_new_file, check_new_image
 from .configstore import ConfigStore
 from .flags import (
     LIST_POOLS_ACTIVITY,
@@ -59,7 +60,7 @@ from .reports import (
 )
 from .secrets import SecretStore
 from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
-from .volumes import VolumeDir, backing_store, metadata_prealloc_unsupported
+from .volumes import VolumeDir, backing_store
 from .volxml import (
     format_rbd_volume_xml,
     format_volume_xml,
@@ -718,9 +719,12 @@ class StorageRegistry:
             flags, VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.VALIDATE, "storageVolCreateXML"
         )
         request = parse_volume_xml(xml)
-        if flags & VolCreateFlags.PREALLOC_METADATA:
-            raise metadata_prealloc_unsupported()
+        prealloc_metadata = bool(flags & VolCreateFlags.PREALLOC_METADATA)
         with self._building(ref, request.name) as (pool, volumes):
+            if isinstance(volumes, VolumeDir):
+                check_new_file(request, prealloc_metadata=prealloc_metadata)
+            else:
+                check_new_image(request, prealloc_metadata=prealloc_metadata)
             volumes.create(request)
         return VolumeRef(pool.name, request.name, volumes.volume_path(request.name))
 
@@ -734,8 +738,7 @@ class StorageRegistry:
         """
         _check_flags(flags, _CLONE_FLAGS, "storageVolCreateXMLFrom")
         request = parse_volume_xml(xml, capacity_required=False)
-        if flags & VolCreateFlags.PREALLOC_METADATA:
-            raise metadata_prealloc_unsupported()
+        prealloc_metadata = bool(flags & VolCreateFlags.PREALLOC_METADATA)
         with self._lock:
             source_pool = self._volume_pool(source)
             if source_pool.rbd is None:  # an rbd pool finds out when it opens the image
@@ -749,10 +752,16 @@ class StorageRegistry:
         with self._building(ref, request.name, source=source.name) as (pool, volumes):
             try:
                 if isinstance(volumes, VolumeDir):
+                    check_new_file(
+                        request,
+                        prealloc_metadata=prealloc_metadata,
+                        source=volumes.source_header(source.name),
+                    )
                     volumes.create_from(
                         request, source.name, reflink=bool(flags & VolCreateFlags.REFLINK)
                     )
                 else:  # an rbd image is copied; block sharing is a file system's
+                    check_new_image(request, prealloc_metadata=prealloc_metadata)
                     volumes.create_from(request, source.name)
             except ErrorReport as exc:
                 if exc.code is ErrorCode.STORAGE_VOL_EXIST:  # made meanwhile, outside the daemon

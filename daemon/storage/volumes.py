@@ -219,7 +219,11 @@ class VolumeDir:
             os.unlink(name, dir_fd=self.fd)
 
     def create(self, request: VolumeRequest) -> None:
-        """Create a raw file: sparse, with ``request.allocation`` bytes preallocated."""
+        """Create a raw file: sparse, with ``request.allocation`` bytes preallocated; or a
+        sub-directory, for format dir (``buildrules`` has checked the request)."""
+        if request.format == "dir":
+            self._create_directory(request)
+            return
         capacity = request.capacity or 0
         allocation = capacity if request.allocation is None else request.allocation
         fd = self._create_file(request.name)
@@ -237,6 +241,36 @@ class VolumeDir:
             self._discard(request.name, fd)
             raise
         os.close(fd)
+
+    def _create_directory(self, request: VolumeRequest) -> None:
+        """A new, empty sub-directory with the mode (libvirt's 0600 for new volumes unless
+        the XML gives one), owner and group asked for; capacity and allocation mean
+        nothing for it, as in libvirt."""
+        name, path = request.name, self.volume_path(request.name)
+        try:
+            os.mkdir(name, 0o700, dir_fd=self.fd)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=self.fd)
+        except FileExistsError:
+            raise volume_exists(name) from None
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=self.fd)
+            raise _driver_error(f"cannot create path '{path}'", exc) from None
+        try:
+            os.fchmod(fd, VOLUME_MODE if request.mode is None else request.mode)
+            if request.owner is not None or request.group is not None:
+                owner, group = request.owner, request.group
+                os.fchown(fd, -1 if owner is None else owner, -1 if group is None else group)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=self.fd)
+            raise _driver_error(f"cannot create path '{path}'", exc) from None
+        finally:
+            os.close(fd)
+
+    def source_header(self, name: str) -> ImageHeader:
+        """What volume ``name``, the source of a clone, is (``header``)."""
+        return self.header(name, self.require(name))
 
     def create_from(self, request: VolumeRequest, source: str, *, reflink: bool = False) -> None:
         """Create a raw file holding a sparse copy of volume ``source``.
@@ -680,10 +714,3 @@ def _driver_error(what: str, exc: OSError | int) -> ErrorReport:
     removing a directory volume, opening one to wipe it), so it carries the driver's
     domain (the util layer's helpers, such as resize's, carry none)."""
     return system_error(what, exc, ErrorDomain.STORAGE)
-
-
-def metadata_prealloc_unsupported() -> ErrorReport:
-    """PREALLOC_METADATA makes no sense for raw files; libvirt refuses it the same way."""
-    return storage_error(
-        ErrorCode.CONFIG_UNSUPPORTED, "metadata preallocation is not supported for raw volumes"
-    )

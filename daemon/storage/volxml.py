@@ -9,7 +9,7 @@ from virtvol.protocol.errors import ErrorCode
 
 from .model import VolumeType
 from .probe import FILE_FORMATS, BackingStore, ImageHeader
-from .reports import needs_qemu_img, storage_error, xml_error
+from .reports import storage_error, xml_error
 from .units import scaled_size
 from .xmldoc import child_string, escape, escape_text, parse_document
 
@@ -26,8 +26,7 @@ _NO_ID = (1 << 32) - 1
 # virStorageVolType names ("type" of <volume>); the file itself is always made a file.
 _VOLUME_TYPES = frozenset(["file", "block", "dir", "network", "netdir", "ploop"])
 
-# What a volume's XML may name: "none", the enum's zero, is refused as unknown. Only raw
-# can be created without qemu-img, which virtvol does not use.
+# What a volume's XML may name: "none", the enum's zero, is refused as unknown.
 _KNOWN_FORMATS = frozenset(FILE_FORMATS) - {"none"}
 
 
@@ -46,6 +45,11 @@ class VolumeRequest:
     mode: int | None = None
     owner: int | None = None
     group: int | None = None
+    # <target><format type>, and whether a backing store or encryption is asked for:
+    # what can be made of those is for ``buildrules`` to say, once the name is checked.
+    format: str = "raw"
+    backing: bool = False
+    encrypted: bool = False
 
 
 def _size(root: Element, tag: str) -> int | None:
@@ -59,11 +63,11 @@ def _size(root: Element, tag: str) -> int | None:
 
 
 def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequest:
-    """Parse a volume definition for a directory pool (raw files only).
+    """Parse a volume definition (``buildrules`` says which can be made).
 
     Raises:
         ErrorReport: malformed XML, missing name or capacity, bad sizes or units,
-            or a format other than raw.
+            or a format libvirt does not know.
     """
     root = parse_document(text, "volume", "storage_volume_definition")
     name = child_string(root, "name")
@@ -78,16 +82,8 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     allocation = _size(root, "allocation")
     fmt_element = root.find("target/format")
     fmt = fmt_element.get("type") if fmt_element is not None else None
-    if fmt is not None and fmt != "raw":
-        if fmt not in _KNOWN_FORMATS:
-            raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
-        raise needs_qemu_img()
-    # What a raw file cannot be: refused, not ignored (an empty volume instead of an
-    # overlay, or a plain one where encryption was asked for).
-    if child_string(root, "backingStore/path") is not None:
-        raise storage_error(ErrorCode.NO_SUPPORT, "backing storage not supported for raw volumes")
-    if root.find("target/encryption") is not None:
-        raise needs_qemu_img()
+    if fmt is not None and fmt not in _KNOWN_FORMATS:
+        raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
     if capacity is not None and allocation is not None and allocation > capacity:
         # libvirt grows the capacity to the requested allocation.
         capacity = allocation
@@ -98,6 +94,11 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         mode=_mode(root),
         owner=_id(root, "owner"),
         group=_id(root, "group"),
+        format=fmt or "raw",
+        # Refused, not ignored, where they cannot be made: an empty volume instead of an
+        # overlay, or a plain one where encryption was asked for.
+        backing=child_string(root, "backingStore/path") is not None,
+        encrypted=root.find("target/encryption") is not None,
     )
 
 

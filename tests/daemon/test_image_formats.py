@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tests import images
 from tests.conftest import run_virsh
-from tests.daemon.test_python_libvirt_dropin import assert_same_answers
+from tests.daemon.test_python_libvirt_dropin import _record, assert_same_answers
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -348,3 +348,118 @@ def test_a_sub_directory_cloned_by_reflink_fails_as_in_libvirtd(
     _place_directories(virtvold.pool_dir)
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, DIRECTORY_REFLINK)
     assert not (virtvold.pool_dir / "copy").exists()
+
+
+# New volumes of other formats than raw: libvirtd checks the name first, then what the
+# format asks for. A sub-directory (format dir) it makes itself; ploop images need ploop's
+# tools, the rest qemu-img, and both daemons refuse those with libvirtd's words.
+NEW_VOLUMES = r"""
+pool = conn.storagePoolLookupByName("default")
+pool.refresh()
+vol = pool.storageVolLookupByName
+PREALLOC_METADATA = 1
+NEW = "<volume><name>%s</name><capacity>%d</capacity><target>%s%s</target>%s</volume>"
+BACKING = "<backingStore><path>/elsewhere.img</path></backingStore>"
+ENCRYPTED = "<encryption format='luks'/>"
+PERMISSIONS = "<permissions><mode>0751</mode></permissions>"
+VARIANTS = [("", "", ""), (" backed", "", BACKING), (" encrypted", ENCRYPTED, ""),
+            (" backed and encrypted", ENCRYPTED, BACKING)]
+SOURCES = ("file.img", "full-dir", "image.qcow2", "image.hds")
+
+def new(name, fmt, extra="", backing="", capacity=1 << 20):
+    return NEW % (name, capacity, "<format type='%s'/>" % fmt, extra, backing)
+
+def differs(fmt, label, flags, source=None):
+    # What libvirtd makes and virtvold refuses (test_volumes_virtvold_refuses_to_make):
+    # a clone into a directory (libvirtd writes a raw file), a copy of a ploop image,
+    # a directory asked to be encrypted (libvirtd makes a plain one).
+    if source is not None:
+        return fmt == "dir" or (source == "image.hds" and not flags and not label)
+    return fmt == "dir" and "encrypted" in label and not flags
+
+for fmt in ("qcow2", "dir", "ploop", "raw"):
+    step(fmt + " named like a file", lambda: pool.createXML(new("file.img", fmt), 0))
+    step(fmt + " named like a directory", lambda: pool.createXML(new("empty-dir", fmt), 0))
+    step(fmt + " with a slash", lambda: pool.createXML(new("a/b", fmt), 0))
+    step(fmt + " clone named like a file",
+         lambda: pool.createXMLFrom(new("file.img", fmt), vol("file.img"), 0))
+    for flags in (0, PREALLOC_METADATA):
+        for label, extra, backing in VARIANTS:
+            name = "new-%s-%d-%s" % (fmt, flags, label.strip().replace(" ", "-"))
+            if not differs(fmt, label, flags):
+                step("%s%s, flags %d" % (fmt, label, flags),
+                     lambda: pool.createXML(new(name, fmt, extra, backing), flags))
+            for source in SOURCES:
+                if differs(fmt, label, flags, source):
+                    continue
+                step("clone %s to %s%s, flags %d" % (source, fmt, label, flags),
+                     lambda: pool.createXMLFrom(
+                         new("copy-" + name + "-" + source, fmt, extra, backing),
+                         vol(source), flags))
+step("a directory with its mode", lambda: pool.createXML(new("moded", "dir", PERMISSIONS), 0))
+step("directories listed", lambda: sorted(
+    name for name in pool.listVolumes() if vol(name).info()[0] == 2))
+step("new directory", lambda: vol("new-dir-0-").info())
+step("its mode", lambda: oct(os.stat(os.path.join(POOL_DIR, "new-dir-0-")).st_mode))
+step("mode asked for", lambda: oct(os.stat(os.path.join(POOL_DIR, "moded")).st_mode))
+step("removed", lambda: vol("new-dir-0-").delete(0))
+step("all listed", lambda: sorted(pool.listVolumes()))
+"""
+
+
+def _place_sources(pool_dir: Path) -> None:
+    _place_directories(pool_dir)
+    images.place(pool_dir, "image.qcow2", images.qcow2(GIB), FILE_SIZE).chmod(0o666)
+    images.place(pool_dir, "image.hds", images.ploop(GIB // 512), FILE_SIZE).chmod(0o666)
+
+
+def test_new_volumes_of_other_formats_as_in_libvirtd(
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    _place_sources(reference_libvirtd_with_secrets.pool_dir)
+    _place_sources(virtvold.pool_dir)
+    assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, NEW_VOLUMES)
+
+
+REFUSED = r"""
+pool = conn.storagePoolLookupByName("default")
+vol = pool.storageVolLookupByName
+NEW = "<volume><name>%s</name><capacity>0</capacity><target><format type='%s'/>%s</target></volume>"
+for source in ("file.img", "full-dir"):
+    step("clone %s to dir" % source, lambda: pool.createXMLFrom(
+        NEW % ("copy-" + source, "dir", ""), vol(source), 0))
+step("copy a ploop image", lambda: pool.createXMLFrom(
+    NEW % ("copy-ploop", "ploop", ""), vol("image.hds"), 0))
+step("an encrypted directory", lambda: pool.createXML(
+    NEW % ("secret-dir", "dir", "<encryption format='luks'/>"), 0))
+step("all listed", lambda: sorted(pool.listVolumes()))
+"""
+
+
+def test_volumes_virtvold_refuses_to_make(virtvold: Virtvold, tmp_path: Path) -> None:
+    # What libvirtd makes otherwise than asked: a raw file for a clone into a directory
+    # (which it reports as a directory until the next refresh), a byte copy of a ploop
+    # image without ploop's tools, a plain directory where encryption was asked for.
+    _place_sources(virtvold.pool_dir)
+    qemu_img = "internal error: creation of non-raw file images is not supported without qemu-img."
+    assert _record(virtvold.tcp_uri, tmp_path / "scratch", virtvold.pool_dir, REFUSED) == [
+        ("clone file.img to dir", ["error", 1, 18, qemu_img]),
+        ("clone full-dir to dir", ["error", 1, 18, qemu_img]),
+        (
+            "copy a ploop image",
+            ["error", 1, 18, "internal error: unable to find ploop, please install ploop tools"],
+        ),
+        (
+            "an encrypted directory",
+            [
+                "error",
+                67,
+                18,
+                "unsupported configuration: storage pool does not support encrypted volumes",
+            ],
+        ),
+        (
+            "all listed",
+            ["ok", ["empty-dir", "file.img", "full-dir", "image.hds", "image.qcow2"]],
+        ),
+    ]
