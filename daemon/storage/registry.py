@@ -603,10 +603,12 @@ class StorageRegistry:
         with self._lock:
             pool = self._pool(ref)
             images = pool.rbd
-            if images is None:
-                volumes = pool.active_volumes()
-                volumes.require(name)
-                return VolumeRef(pool.name, name, volumes.volume_path(name))
+            view = pool.active_volumes().view() if images is None else None
+        if view is not None:  # its entry is looked at outside the lock (``VolumeDir.view``)
+            with view:
+                view.require(name)
+                return VolumeRef(pool.name, name, view.volume_path(name))
+        assert images is not None
         images.require(name)  # a cluster round trip: outside the lock
         return VolumeRef(pool.name, name, images.volume_path(name))
 
@@ -659,15 +661,16 @@ class StorageRegistry:
         with self._lock:
             pool = self._volume_pool(volume)
             images = pool.rbd
-            if images is None:
-                volumes = pool.active_volumes()
-                st = volumes.require(volume.name)
-                header = volumes.header(volume.name, st)
+            view = pool.active_volumes().view() if images is None else None
         if images is not None:
             capacity, allocation = images.info(volume.name)
             if flags & VolInfoFlags.GET_PHYSICAL:
                 allocation = capacity
             return VolumeInfo(VolumeType.NETWORK, capacity, allocation)
+        assert view is not None
+        with view:  # the volume is looked at outside the lock (``VolumeDir.view``)
+            st = view.require(volume.name)
+            header = view.header(volume.name, st)
         capacity, allocation, physical = volume_sizes(st, header)
         if flags & VolInfoFlags.GET_PHYSICAL:
             allocation = physical
@@ -685,11 +688,13 @@ class StorageRegistry:
                 volume.name, images.volume_path(volume.name), capacity, allocation
             )
         with self._lock:
-            volumes = self._volume_pool(volume).active_volumes()
-            st = volumes.require(volume.name)
-            header = volumes.header(volume.name, st)
-            path, directory = volumes.volume_path(volume.name), volumes.path
-        # A backing file may be anywhere (a hung mount too): looked at outside the lock.
+            view = self._volume_pool(volume).active_volumes().view()
+        # The volume and its backing file, which may be anywhere (a mount that stopped
+        # answering too), are looked at outside the lock.
+        with view:
+            st = view.require(volume.name)
+            header = view.header(volume.name, st)
+            path, directory = view.volume_path(volume.name), view.path
         backing = backing_store(directory, header)
         return format_volume_xml(volume.name, path, st, header, backing)
 
@@ -698,10 +703,12 @@ class StorageRegistry:
         with self._lock:
             pool = self._volume_pool(volume)
             images = pool.rbd
-            if images is None:
-                volumes = pool.active_volumes()
-                volumes.require(volume.name)
-                return volumes.volume_path(volume.name)
+            view = pool.active_volumes().view() if images is None else None
+        if view is not None:  # looked at outside the lock (``VolumeDir.view``)
+            with view:
+                view.require(volume.name)
+                return view.volume_path(volume.name)
+        assert images is not None
         images.require(volume.name)
         return images.volume_path(volume.name)
 

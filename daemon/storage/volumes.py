@@ -76,6 +76,19 @@ class VolumeDir:
         """Close the pool directory descriptor."""
         os.close(self.fd)
 
+    def view(self) -> VolumeDir:
+        """The same directory through a descriptor of its own, for looking at its entries
+        outside the registry lock: a sub-directory may be the mount point of a file system
+        that stopped answering, and only the call looking at it should wait. Stopping the
+        pool meanwhile leaves the view's descriptor valid. Close it after use (``with``)."""
+        return VolumeDir(self.path, os.dup(self.fd))
+
+    def __enter__(self) -> VolumeDir:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def in_place(self) -> bool:
         """True while ``path`` still names the directory that was opened (not one moved,
         removed or replaced by a symbolic link to another since)."""

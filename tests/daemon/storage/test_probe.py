@@ -203,3 +203,49 @@ def test_a_backing_file_of_no_size_is_never_read(
     assert "<format type='raw'/>" in xml.split("<backingStore>")[1]
     assert str(setup.pool_dir / "overlay.qcow2") in read_from  # the volume itself is read
     assert [path for path in read_from if path.startswith("/proc/")] == []
+
+
+def test_a_sub_directory_that_stopped_answering_holds_up_only_calls_about_it(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sub-directory may be where a network file system is mounted, whose server went
+    # away: looking at it (its stat) waits then. virsh's vol-list looks at every volume;
+    # the pool's other volumes must still answer meanwhile.
+    (setup.pool_dir / "mounted").mkdir()
+    setup.volume("disk.img", 4096)
+    entered, release = threading.Event(), threading.Event()
+    real_stat = os.stat
+
+    def stat(path: object, *args: Any, **kwargs: Any) -> os.stat_result:
+        if path == "mounted":
+            entered.set()
+            release.wait(10)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    registry = setup.registry
+    mounted = registry.lookup_volume_by_name(setup.ref, "mounted")
+    disk = registry.lookup_volume_by_name(setup.ref, "disk.img")
+
+    def look_at_the_others(answers: list[object]) -> None:
+        answers.append(registry.lookup_volume_by_name(setup.ref, "disk.img"))
+        answers.append(registry.volume_info(disk))
+        answers.append(registry.volume_path(disk))
+
+    monkeypatch.setattr(os, "stat", stat)
+    for call in (registry.volume_info, registry.volume_xml, registry.volume_path):
+        entered.clear()
+        release.clear()
+        looking = threading.Thread(target=call, args=(mounted,))
+        looking.start()
+        answers: list[object] = []
+        other = threading.Thread(target=look_at_the_others, args=(answers,))
+        try:
+            assert entered.wait(10)
+            other.start()
+            other.join(5)
+            assert len(answers) == 3, f"{call.__name__} of 'mounted' held up the others"
+        finally:
+            release.set()
+            looking.join(10)
+            if other.ident is not None:
+                other.join(10)
