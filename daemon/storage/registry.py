@@ -721,7 +721,8 @@ class StorageRegistry:
 
     def create_volume_xml(self, ref: PoolRef, xml: str, flags: int = 0) -> VolumeRef:
         """STORAGE_VOL_CREATE_XML: a raw file, sparse except for the requested allocation
-        (which defaults to the capacity, as in libvirt)."""
+        (which defaults to the capacity, as in libvirt), or a sub-directory (format dir);
+        what else the XML asks for is refused once its name is checked (``buildrules``)."""
         _check_flags(
             flags, VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.VALIDATE, "storageVolCreateXML"
         )
