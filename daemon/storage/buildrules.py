@@ -5,8 +5,9 @@ libvirtd checks a new volume's name (a '/', a name in use) before anything about
 format, so these run once the name is reserved; only an unknown format name is refused
 earlier, while the XML is read (``volxml.parse_volume_xml``).
 
-A directory pool makes raw files (new, or copies of a raw file or of a sub-directory)
-and new sub-directories (format dir). An rbd pool makes raw images only.
+A directory pool makes raw files (new, or copies of a raw file or of a sub-directory,
+whatever format the copy's definition names but a qcow2 or other image's) and new
+sub-directories (format dir). An rbd pool makes raw images only.
 """
 
 from __future__ import annotations
@@ -40,15 +41,20 @@ def check_new_file(
     if request.format == "dir" and source is None:
         _check_new_directory(request, prealloc_metadata=prealloc_metadata)
         return
-    if request.format != "raw" or request.encrypted or _is_file_image(source):
-        # A clone into format dir too: libvirtd writes a raw file then, which it calls a
-        # directory until the next refresh; virtvold makes no volume that is not what
-        # its definition says.
+    # A clone into format dir is a raw copy, as libvirt makes it (what virsh's vol-clone
+    # of a sub-directory asks for); libvirtd calls it a directory until the next refresh,
+    # virtvold reports the file it is.
+    copy_into_directory = request.format == "dir"
+    if request.format not in ("raw", "dir") or _is_file_image(source):
         raise needs_qemu_img()
+    if request.encrypted and not copy_into_directory:
+        raise needs_qemu_img()  # libvirt encrypts a raw file with qemu-img
     if prealloc_metadata:
         raise metadata_prealloc_unsupported()
     if request.backing:
         raise _no_backing_store("raw volumes")
+    if request.encrypted:
+        raise _no_encryption()
     if source is not None and source.format == "ploop":
         # libvirtd copies a ploop image's bytes into a file it calls raw.
         raise needs_qemu_img()
@@ -89,9 +95,7 @@ def _check_new_directory(request: VolumeRequest, *, prealloc_metadata: bool) -> 
     if request.backing:
         raise _no_backing_store("directories volumes")
     if request.encrypted:
-        raise storage_error(
-            ErrorCode.CONFIG_UNSUPPORTED, "storage pool does not support encrypted volumes"
-        )
+        raise _no_encryption()
 
 
 def _ploop_refusal(
@@ -119,6 +123,12 @@ def _ploop_refusal(
         )
     return storage_error(
         ErrorCode.INTERNAL_ERROR, "unable to find ploop, please install ploop tools"
+    )
+
+
+def _no_encryption() -> ErrorReport:
+    return storage_error(
+        ErrorCode.CONFIG_UNSUPPORTED, "storage pool does not support encrypted volumes"
     )
 
 

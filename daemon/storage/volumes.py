@@ -303,8 +303,9 @@ class VolumeDir:
                     errno.EISDIR,
                     ErrorDomain.STORAGE,
                 )
-            # libvirt reads no bytes from a directory: the copy is an empty raw file.
-            self.create(dataclasses.replace(request, allocation=0))
+            # libvirt reads no bytes from a directory: the copy is an empty raw file,
+            # whatever format its definition names.
+            self.create(dataclasses.replace(request, allocation=0, format="raw"))
             return
         src_fd = self.open(source, os.O_RDONLY)
         try:
