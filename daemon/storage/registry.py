@@ -615,9 +615,9 @@ class StorageRegistry:
     def lookup_volume_by_key(self, key: str) -> VolumeRef:
         """STORAGE_VOL_LOOKUP_BY_KEY: the key is the volume's absolute path, compared exactly."""
         with self._lock:
-            found = self._volume_at(key)
+            candidates = self._directories_holding(key)
             rbd_pools = self._rbd_pools()
-        found = found or _image_at(rbd_pools, key)
+        found = _volume_at(candidates, key) or _image_at(rbd_pools, key)
         if found is None:
             raise no_volume_with_key(key)
         return found
@@ -626,26 +626,23 @@ class StorageRegistry:
         """STORAGE_VOL_LOOKUP_BY_PATH: like the key, after collapsing repeated slashes."""
         cleaned = clean_path(path)
         with self._lock:
-            found = self._volume_at(cleaned)
+            candidates = self._directories_holding(cleaned)
             rbd_pools = self._rbd_pools()
-        found = found or _image_at(rbd_pools, cleaned)
+        found = _volume_at(candidates, cleaned) or _image_at(rbd_pools, cleaned)
         if found is None:
             raise no_volume_with_path(path, cleaned)
         return found
 
-    def _volume_at(self, path: str) -> VolumeRef | None:
-        directory, _, name = path.rpartition("/")
-        directory = directory or "/"
-        for pool in self._sorted_pools():
-            volumes = pool.volumes
-            if (
-                volumes is not None
-                and volumes.path == directory
-                and volumes.stat(name)
-                and volumes.in_place()
-            ):
-                return VolumeRef(pool.name, name, volumes.volume_path(name))
-        return None
+    def _directories_holding(self, path: str) -> list[tuple[str, VolumeDir]]:
+        """The running directory pools whose path is ``path``'s folder, in name order, each
+        with a view of its directory (``VolumeDir.view``): the entry is looked at outside
+        the lock, by ``_volume_at``, which closes the views."""
+        directory = path.rpartition("/")[0] or "/"
+        return [
+            (pool.name, pool.volumes.view())
+            for pool in self._sorted_pools()
+            if pool.volumes is not None and pool.volumes.path == directory
+        ]
 
     def _rbd_pools(self) -> list[tuple[str, RbdVolumes]]:
         return [(pool.name, pool.rbd) for pool in self._sorted_pools() if pool.rbd is not None]
@@ -1048,6 +1045,18 @@ class StorageRegistry:
         except BaseException:
             finish(False)
             raise
+
+
+def _volume_at(candidates: list[tuple[str, VolumeDir]], path: str) -> VolumeRef | None:
+    """The volume at ``path`` in the first of ``candidates`` (pool name and directory view)
+    that holds it and still serves its path; every view is closed."""
+    name = path.rpartition("/")[2]
+    found = None
+    for pool_name, view in candidates:
+        with view:
+            if found is None and view.stat(name) and view.in_place():
+                found = VolumeRef(pool_name, name, view.volume_path(name))
+    return found
 
 
 def _image_at(rbd_pools: list[tuple[str, RbdVolumes]], key: str) -> VolumeRef | None:

@@ -27,7 +27,7 @@ from virtvol.daemon.storage import StorageRegistry, VolumeType
 from virtvol.daemon.storage.probe import FILE_FORMATS, HEADER_LIMIT, ImageHeader, probe_header
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 GIB = 1 << 30
 
@@ -231,11 +231,18 @@ def test_a_sub_directory_that_stopped_answering_holds_up_only_calls_about_it(
         answers.append(registry.volume_info(disk))
         answers.append(registry.volume_path(disk))
 
+    looks: list[tuple[Callable[..., object], object]] = [
+        (registry.volume_info, mounted),
+        (registry.volume_xml, mounted),
+        (registry.volume_path, mounted),
+        (registry.lookup_volume_by_path, mounted.key),
+        (registry.lookup_volume_by_key, mounted.key),
+    ]
     monkeypatch.setattr(os, "stat", stat)
-    for call in (registry.volume_info, registry.volume_xml, registry.volume_path):
+    for call, argument in looks:
         entered.clear()
         release.clear()
-        looking = threading.Thread(target=call, args=(mounted,))
+        looking = threading.Thread(target=call, args=(argument,))
         looking.start()
         answers: list[object] = []
         other = threading.Thread(target=look_at_the_others, args=(answers,))
