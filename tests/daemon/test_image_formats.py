@@ -297,9 +297,20 @@ def download(name, flags):
     stream.finish()
     return got
 
-step("upload", lambda: upload("empty-dir"))
-step("download", lambda: download("empty-dir", 0))
-step("sparse download", lambda: download("empty-dir", 1))
+def settled(action):
+    # libvirtd sometimes sends the stream's error before the call's reply, a race of its
+    # own that python3-libvirt reports as "Unexpected message type 0" (about one run in
+    # twelve); its answer when that race does not happen is the one compared.
+    for attempt in range(5):
+        try:
+            return action()
+        except libvirt.libvirtError as exc:
+            if "Unexpected message type" not in str(exc) or attempt == 4:
+                raise
+
+step("upload", lambda: settled(lambda: upload("empty-dir")))
+step("download", lambda: settled(lambda: download("empty-dir", 0)))
+step("sparse download", lambda: settled(lambda: download("empty-dir", 1)))
 step("clone", lambda: pool.createXMLFrom(
     "<volume><name>copy</name><capacity>0</capacity></volume>", vol("full-dir"), 0))
 step("clone's info", lambda: vol("copy").info())
