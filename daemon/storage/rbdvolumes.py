@@ -552,7 +552,7 @@ class RbdVolumes:
                     f"volume '{like}' has snapshots, which a whole-volume upload would leave "
                     "behind: upload with an offset or a length to write into it in place",
                 )
-            if any(True for _ in image.watchers_list()):
+            if _watcher_count(image):
                 # Open for writing elsewhere (a running guest): the swap would leave it
                 # writing to the old image, which Ceph refuses to remove while it is open.
                 raise volume_in_use(like)
@@ -596,6 +596,8 @@ class RbdVolumes:
         try:
             old_id = self._prepare_swap(temp, name, old)
             rbd.rename(self._ioctx, name, old)
+        except ErrorReport:
+            raise
         except Exception as exc:
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
         # A crash from here to the next rename leaves no image ``name``: the record
@@ -609,11 +611,17 @@ class RbdVolumes:
         return lambda: self._remove_hidden(old, old_id)
 
     def _prepare_swap(self, temp: str, name: str, old: str) -> str:
-        """Before volume ``name`` is hidden as ``old``: give upload image ``temp`` the
-        volume's image-meta (libvirt's in-place upload keeps it), then record on the volume
-        what the swap is about to make of it. Returns the volume image's id."""
+        """Before volume ``name`` is hidden as ``old``: refuse if another client has it
+        open for writing now, give upload image ``temp`` the volume's image-meta
+        (libvirt's in-place upload keeps it), then record on the volume what the swap is
+        about to make of it. Returns the volume image's id."""
         with self.image(name) as image:
             image_id = _id_of(image)
+            # create_upload_temp found nobody writing it, but a guest may have opened it
+            # since: the swap would leave it writing into the hidden old image, every
+            # write after it lost. This handle, open for writing, is one watcher itself.
+            if _watcher_count(image) > 1:
+                raise volume_in_use(name)
             meta = [(k, v) for k, v in image.metadata_list() if k != SWAP_RECORD_KEY]
             upload = self.open_image(temp, hidden=True)
             try:
@@ -777,6 +785,11 @@ def _close_quietly(image: Any) -> None:
         image.close()
     except Exception as exc:
         log.warning("cannot close an RBD image: %s", exc)
+
+
+def _watcher_count(image: Any) -> int:
+    """Handles open for writing on the image, cluster-wide (a reader registers none)."""
+    return sum(1 for _ in image.watchers_list())
 
 
 def _has_snapshots(image: Any) -> bool:

@@ -326,3 +326,46 @@ def test_a_swap_the_cluster_stops_halfway_is_finished_by_the_next_start(
     images.recover_after_crash()
     assert _content(images, name)[:3] == b"old"
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+
+
+def test_a_whole_upload_is_refused_once_the_volume_was_opened_for_writing_meanwhile(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    """A guest (here another client) opens the volume for writing while a whole-volume
+    upload runs: the swap would leave it writing into the hidden old image, every write
+    after it lost. So the upload ends with libvirt's "in use" error, the volume keeps its
+    content and the guest's writes, and no hidden image stays."""
+    name = volume_name("guest")
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    temp = images.create_upload_temp(name)
+    outcome: list[bool] = []
+
+    def finish(success: bool) -> Callable[[], None] | None:
+        outcome.append(success)
+        try:
+            return images.replace(temp, name)
+        except BaseException:
+            images.remove_temp(temp)
+            raise
+
+    writer = RbdWriter(images, temp, 0, 0, fresh=True, finish=finish, keep=name)
+    writer.write(b"new")
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    guest = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        with guest.image(name) as disk:
+            disk.write(b"guest", 3)
+            with pytest.raises(ErrorReport) as refused:
+                writer.commit()
+            disk.write(b"later", 8)
+    finally:
+        guest.close()
+    in_use = f"Requested operation is not valid: volume '{name}' is still in use."
+    assert refused.value.message == in_use
+    assert outcome == [True]
+    assert _content(images, name)[:13] == b"oldguestlater"
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+    with images.image(name, read_only=True) as image:
+        assert "virtvol.swap" not in dict(image.metadata_list())
