@@ -27,13 +27,13 @@ name it is hidden under (a record a crash left on a live volume, which a
 delete later hid under another name, does not), the volume is missing, and
 the upload image is still there under its hidden name (so the upload was never
 acknowledged: the old content is the right one). Then the hidden images
-nobody has open are removed: uploads a crash cut short, old images a crashed
-daemon still read. librbd's watchers tell who has an image open; a reader
-registers none, so an old image waiting here for its last reader is held open
-for writing meanwhile (``_keepers``), and another daemon starting the same
-Ceph pool keeps it. A killed client's watch stays until the OSD's watch
-timeout (30 s by default): what it had open is kept by a start within that,
-and removed by a later one.
+nobody has open are removed, in a thread beside the started pool: uploads a
+crash cut short, old images a crashed daemon still read. librbd's watchers
+tell who has an image open; a reader registers none, so an old image waiting
+here for its last reader is held open for writing meanwhile (``_keepers``),
+and another daemon starting the same Ceph pool keeps it. A killed client's
+watch stays until the OSD's watch timeout (30 s by default): what it had open
+is kept by a start within that, and removed by a later one.
 
 An image removed under an open handle reads as zeros, without an error: a
 download (or a clone's source) would end "successfully" with zeros where the
@@ -173,6 +173,8 @@ class RbdVolumes:
         # librbd registers no watch for a reader, and a watch is what tells another
         # daemon's clean-up of leftovers (``recover_after_crash``) that the image is in use.
         self._keepers: dict[str, Any] = {}
+        # The thread removing what a crash left (``recover_after_crash``), while it runs.
+        self._sweeper: threading.Thread | None = None
 
     @classmethod
     def connect(cls, source: RbdSource, key: bytes | None) -> RbdVolumes:
@@ -237,6 +239,15 @@ class RbdVolumes:
             idle = self._users == 0
         if idle:
             self._shutdown()
+
+    def wait_for_sweep(self, timeout: float) -> bool:
+        """After ``close``: wait up to ``timeout`` seconds for the removal of a crash's
+        leftovers to give up (it stops at the next object); False if it still runs."""
+        sweeper = self._sweeper
+        if sweeper is None:
+            return True
+        sweeper.join(timeout)
+        return not sweeper.is_alive()
 
     def _shutdown(self) -> None:
         self._ioctx.close()
@@ -657,8 +668,16 @@ class RbdVolumes:
 
     def recover_after_crash(self) -> None:
         """At pool start: give back the volumes a crash left hidden in the middle of a
-        swap, then remove the hidden images nobody has open. Never fails the start: what
-        cannot be looked at or removed is logged and kept."""
+        swap, then start removing the hidden images nobody has open, in a thread of its
+        own. Never fails the start: what cannot be looked at or removed is logged and kept.
+
+        The renames back are done before the pool serves anything: a volume must be
+        there when it is listed. The removals are not waited for: librbd removes an
+        image object by object, by name where the image has no object map, and a 1 TiB
+        sparse one took 44 s on a one-OSD test cluster; neither the daemon's start
+        (systemd's start timeout) nor a pool-start should wait for that. A stop of the
+        pool cancels a removal at its next object (the image is kept for the next start).
+        """
         try:
             names = set(self._all_names())
         except ErrorReport as exc:
@@ -669,9 +688,29 @@ class RbdVolumes:
             if volume is not None and self._restore(hidden, volume):
                 names.discard(hidden)
                 names.add(volume)
-        for name in sorted(names):
-            if name.startswith((UPLOAD_PREFIX, REPLACED_PREFIX)):
+        leftovers = sorted(n for n in names if n.startswith((UPLOAD_PREFIX, REPLACED_PREFIX)))
+        if leftovers:
+            self._sweeper = threading.Thread(
+                target=self._remove_leftovers,
+                args=(leftovers,),
+                name=f"rbd-leftovers-{self.path}",
+                daemon=True,  # a daemon's stop waits for it only so long (wait_for_sweep)
+            )
+            self._sweeper.start()
+
+    def _remove_leftovers(self, names: list[str]) -> None:
+        """The sweeper thread: remove each of ``names`` (``_remove_leftover``) until the
+        pool stops."""
+        for name in names:
+            if self._closing:
+                log.info("kept %s: the pool stopped (Ceph pool '%s')", name, self.path)
+                continue
+            try:
                 self._remove_leftover(name)
+            except ErrorReport:  # the pool stopped and its connection is gone
+                log.info("kept %s: the pool stopped (Ceph pool '%s')", name, self.path)
+            except Exception:
+                log.exception("kept %s: its removal failed (Ceph pool '%s')", name, self.path)
 
     def _interrupted_swap(self, hidden: str, names: set[str]) -> str | None:
         """The volume a swap hid as ``hidden`` and a crash kept from being replaced, or
@@ -728,7 +767,8 @@ class RbdVolumes:
                 finally:
                     image.close()
         except self._rbd.ImageNotFound:
-            return  # its upload finished, or another daemon's clean-up came first
+            self._finish_cut_removal(name)
+            return
         except Exception as exc:
             log.warning("kept %s: cannot tell whether it is in use: %s", name, exc)
             return
@@ -739,20 +779,47 @@ class RbdVolumes:
             log.info("kept %s: open here (Ceph pool '%s')", name, self.path)
             return
         try:
-            self._remove_quietly(name)
+            self._remove_quietly(name, on_progress=self._cancel_when_stopping)
         except Exception as exc:  # Ceph refuses too while it is watched
             self._unclaim(image_id)
-            log.warning("kept %s: cannot remove it: %s", name, exc)
+            if self._closing:
+                log.info("kept %s: the pool stopped during its removal", name)
+            else:
+                log.warning("kept %s: cannot remove it: %s", name, exc)
             return
         self._removed(image_id)
+        log.info("removed %s, left by a crash (Ceph pool '%s')", name, self.path)
+
+    def _finish_cut_removal(self, name: str) -> None:
+        """A listed image that does not open: gone since it was listed (its upload was
+        done, another daemon's clean-up came first), or one whose removal a stop or a
+        crash cut short, which took its header and left its name listed. Nobody can open
+        that one, and only librbd's removal takes it away."""
+        try:
+            with self._in_use():
+                self._rbd.RBD().remove(self._ioctx, name, on_progress=self._cancel_when_stopping)
+        except self._rbd.ImageNotFound:
+            return
+        except Exception as exc:
+            if self._closing:
+                log.info("kept %s: the pool stopped during its removal", name)
+            else:
+                log.warning("kept %s: cannot remove it: %s", name, exc)
+            return
         log.info("removed %s, left by a crash (Ceph pool '%s')", name, self.path)
 
     def remove_temp(self, temp: str) -> None:
         self._remove_quietly(temp)
 
-    def _remove_quietly(self, name: str) -> None:
+    def _cancel_when_stopping(self, _done: int, _total: int) -> int:
+        """librbd's progress callback of a removal: non-zero makes it give up."""
+        return -errno.ECANCELED if self._closing else 0
+
+    def _remove_quietly(
+        self, name: str, on_progress: Callable[[int, int], int] | None = None
+    ) -> None:
         with self._in_use(), suppress(self._rbd.ImageNotFound):
-            self._rbd.RBD().remove(self._ioctx, name)
+            self._rbd.RBD().remove(self._ioctx, name, on_progress=on_progress)
 
 
 def _id_of(image: Any) -> str:

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,10 @@ if TYPE_CHECKING:
     from .backend import ChunkReader, ChunkWriter
 
 log = logging.getLogger(__name__)
+
+# Seconds a daemon's stop waits for its rbd pools' removals of leftovers to give up
+# (each stops at its next object; one stuck on a cluster that stopped answering does not).
+_SWEEP_WAIT = 5.0
 
 STORAGE = ErrorDomain.STORAGE
 STREAMS_DOMAIN = ErrorDomain.STREAMS
@@ -163,7 +168,10 @@ class StorageRegistry:
             return ref
 
     def close(self) -> None:
-        """Close every pool directory (the daemon is stopping); definitions stay."""
+        """Close every pool directory (the daemon is stopping); definitions stay. The
+        removals of a crash's leftovers in rbd pools give up at their next object, and
+        are waited for only so long (what they did not remove, the next start does)."""
+        stopped = []
         with self._lock:
             for pool in self._pools.values():
                 if pool.volumes is not None:
@@ -171,7 +179,14 @@ class StorageRegistry:
                     pool.volumes = None
                 if pool.rbd is not None:
                     pool.rbd.close()
+                    stopped.append(pool.rbd)
                     pool.rbd = None
+        deadline = time.monotonic() + _SWEEP_WAIT
+        for images in stopped:
+            if not images.wait_for_sweep(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "stopping: the removal of leftovers in Ceph pool '%s' still runs", images.path
+                )
 
     # ------------------------------------------------------------------
     # Finding pools

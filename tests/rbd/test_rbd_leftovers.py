@@ -126,9 +126,9 @@ def _image_meta(ceph: CephCluster, name: str) -> dict[str, str]:
     return meta
 
 
-def _wait_for_log(daemon: Virtvold, text: str) -> str:
+def _wait_for_log(daemon: Virtvold, text: str, timeout: float = 10) -> str:
     """The daemon's log once it holds ``text`` (log lines may trail the reply a little)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     while text not in (log := daemon.log_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return log
@@ -160,8 +160,8 @@ def test_a_crash_between_the_swap_renames_is_undone_at_pool_start(
     _restart_pool(rbd_virtvold)
     assert name in run_virsh(rbd_virtvold.tcp_uri, "vol-list", RBD_POOL).stdout
     assert exported(ceph, name, tmp_path) == old
-    assert not {upload, hidden_as} & _hidden(ceph)
     log = _wait_for_log(rbd_virtvold, f"removed {upload}")
+    assert not {upload, hidden_as} & _hidden(ceph)
     assert f"restored volume '{name}' from {hidden_as}" in log
     assert _image_meta(ceph, name) == {}  # nor the record of the swap
     # The volume takes whole-volume uploads again.
@@ -189,6 +189,8 @@ def test_a_crash_after_the_swap_keeps_the_new_content(
         leftovers.add(hidden_as)
     run_virsh(uri, "vol-delete", "--pool", RBD_POOL, deleted)
     _restart_pool(rbd_virtvold)
+    for leftover in leftovers:
+        _wait_for_log(rbd_virtvold, f"removed {leftover}")
     assert exported(ceph, kept, tmp_path) == new
     assert deleted not in images(ceph)
     assert not leftovers & _hidden(ceph)
@@ -210,6 +212,7 @@ def test_a_record_left_by_a_crash_resurrects_nothing(ceph: CephCluster, tmp_path
         assert "virtvol.swap" in _image_meta(ceph, name)
         _restart_pool(daemon)
         assert exported(ceph, name, tmp_path) == old
+        _wait_for_log(daemon, f"removed {upload}")
         assert upload not in _hidden(ceph)
         upload, _ = _crash_in_upload(ceph, 1, name, os.urandom(MIB))
     finally:
@@ -221,9 +224,9 @@ def test_a_record_left_by_a_crash_resurrects_nothing(ceph: CephCluster, tmp_path
     try:
         assert name not in run_virsh(again.tcp_uri, "vol-list", RBD_POOL).stdout
         assert name not in images(ceph)
-        assert not {deleted_as, upload} & _hidden(ceph)
         log = _wait_for_log(again, f"removed {deleted_as}")
-        assert f"removed {upload}" in log
+        assert f"removed {upload}" in _wait_for_log(again, f"removed {upload}")
+        assert not {deleted_as, upload} & _hidden(ceph)
         assert "restored" not in log
     finally:
         stop_virtvold(again)
@@ -251,6 +254,7 @@ def test_leftovers_open_elsewhere_are_kept(
                 run_virsh(rbd_virtvold.tcp_uri, "pool-refresh", RBD_POOL)
                 assert stale in _hidden(ceph)  # only a start looks for leftovers
                 _restart_pool(rbd_virtvold)
+                _wait_for_log(rbd_virtvold, f"removed {stale}")
                 assert reader.read(0, len(data)) == data
                 left = _hidden(ceph)
                 assert {running, read_as} <= left
@@ -282,3 +286,57 @@ def test_an_image_replaced_under_a_reader_carries_no_swap_record(
         assert _image_meta(ceph, name) == meta
         release()
     assert replaced_as not in _hidden(ceph)
+
+
+def _large_leftover(ceph: CephCluster, size: str) -> str:
+    """A hidden upload image without an object map, which librbd removes object by object,
+    each by name: 256 GiB (65536 objects) take seconds on the test cluster."""
+    leftover = f".virtvol-upload-{volume_name('large')}"
+    ceph.rbd("create", "--size", size, "--image-feature", "layering", f"{CEPH_POOL}/{leftover}")
+    return leftover
+
+
+def test_a_pool_start_does_not_wait_for_the_removal_of_a_large_leftover(
+    rbd_virtvold: Virtvold, ceph: CephCluster
+) -> None:
+    """A start (here virsh's pool-start; a daemon's start with an autostarted pool is the
+    same call, before it tells systemd it is ready) answers at once; the removal follows."""
+    leftover = _large_leftover(ceph, "384G")
+    uri = rbd_virtvold.tcp_uri
+    run_virsh(uri, "pool-destroy", RBD_POOL)
+    started = time.monotonic()
+    run_virsh(uri, "pool-start", RBD_POOL)
+    assert time.monotonic() - started < 4
+    assert leftover in images(ceph)  # still being removed
+    assert f"removed {leftover}" in _wait_for_log(rbd_virtvold, f"removed {leftover}", 90)
+    assert leftover not in images(ceph)
+
+
+def test_a_stop_cancels_the_removal_of_a_leftover_and_the_next_start_finishes_it(
+    ceph: CephCluster, tmp_path: Path
+) -> None:
+    """pool-destroy and the daemon's stop end the removal at its next object: the image is
+    kept (logged), nothing waits for the whole removal, and a later start removes it."""
+    leftover = _large_leftover(ceph, "512G")
+    daemon = start_virtvold(tmp_path / "daemon")
+    try:
+        define_rbd_pool(daemon.tcp_uri, ceph, tmp_path)  # starts the removal
+        stopping = time.monotonic()
+        run_virsh(daemon.tcp_uri, "pool-destroy", RBD_POOL)
+        kept = f"kept {leftover}: the pool stopped"
+        assert kept in _wait_for_log(daemon, kept, 5)
+        assert time.monotonic() - stopping < 5
+        assert leftover in images(ceph)
+        run_virsh(daemon.tcp_uri, "pool-start", RBD_POOL)
+        stopping = time.monotonic()
+    finally:
+        assert stop_virtvold(daemon) == 0
+    assert time.monotonic() - stopping < 8
+    assert daemon.log_text().count(kept) == 2
+    assert leftover in images(ceph)
+    again = start_virtvold(tmp_path / "again")
+    try:
+        define_rbd_pool(again.tcp_uri, ceph, tmp_path)
+        assert f"removed {leftover}" in _wait_for_log(again, f"removed {leftover}", 90)
+    finally:
+        stop_virtvold(again)

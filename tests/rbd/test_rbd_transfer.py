@@ -324,7 +324,9 @@ def test_a_swap_the_cluster_stops_halfway_is_finished_by_the_next_start(
     monkeypatch.undo()
     assert name not in images.names()
     images.recover_after_crash()
-    assert _content(images, name)[:3] == b"old"
+    assert _content(images, name)[:3] == b"old"  # restored before the start returns
+    assert images._sweeper is not None
+    images._sweeper.join(60)  # the upload's image is removed beside the running pool
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
 
 
@@ -369,3 +371,27 @@ def test_a_whole_upload_is_refused_once_the_volume_was_opened_for_writing_meanwh
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
     with images.image(name, read_only=True) as image:
         assert "virtvol.swap" not in dict(image.metadata_list())
+
+
+def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
+    """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
+    that is still listed but no longer opens: the next start's sweep removes it all the same."""
+    rbd = images._rbd
+    leftover = f".virtvol-upload-{volume_name('cut')}"
+    # No object map: librbd removes it object by object, reporting each step.
+    rbd.RBD().create(images._ioctx, leftover, 64 << 30, features=rbd.RBD_FEATURE_LAYERING)
+    steps: list[int] = []
+
+    def stop_after_three(done: int, total: int) -> int:
+        steps.append(done)
+        return -errno.ECANCELED if len(steps) > 3 else 0
+
+    with pytest.raises(rbd.OperationCanceled):
+        rbd.RBD().remove(images._ioctx, leftover, on_progress=stop_after_three)
+    assert leftover in images._all_names()
+    with pytest.raises(rbd.ImageNotFound):
+        rbd.Image(images._ioctx, leftover, read_only=True)
+    images.recover_after_crash()
+    assert images._sweeper is not None
+    images._sweeper.join(60)
+    assert leftover not in images._all_names()
