@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from virtvol.protocol.hints import TYPE_CHECKING
 
@@ -284,7 +284,9 @@ class AttributeNotKept(OSError):
         return f"cannot keep extended attribute '{self.attribute}': {self.strerror}"
 
 
-def copy_extended_attributes(source: int | str, fd: int) -> None:
+def copy_extended_attributes(
+    source: int | str, fd: int, *, given: Collection[str] = ()
+) -> set[str]:
     """Give the file open as ``fd`` the extended attributes of ``source`` (a descriptor, or
     a path, followed if a symbolic link): every one this process may list (``trusted.*``
     only with CAP_SYS_ADMIN), the SELinux label ``security.selinux`` among them, but not
@@ -302,19 +304,34 @@ def copy_extended_attributes(source: int | str, fd: int) -> None:
     Give the attributes while the new file is still its creator's to write: setting a
     ``user.*`` attribute takes write permission on the file, not only a writable descriptor.
 
+    ``given``: the names an earlier call gave ``fd`` (what it returned). Those ``source``
+    no longer has are removed: a second call just before the replacement takes what
+    changed on ``source`` while the new content was written.
+
+    Returns:
+        The names of the attributes ``fd`` was given.
+
     Raises:
         AttributeNotKept: an attribute ``fd`` could not be given.
         OSError: ``source``'s attributes could not be read (EACCES: ``user.*`` ones take
             read permission on the file).
     """
     filename = source if isinstance(source, str) else None
-    for name, value in _extended_attributes(source).items():
+    attributes = _extended_attributes(source)
+    for name, value in attributes.items():
         if _attribute_value(fd, name) == value:
             continue
         try:
             os.setxattr(fd, name, value)
         except OSError as exc:
             raise AttributeNotKept(name, exc, filename) from None
+    for name in set(given) - attributes.keys():
+        try:
+            os.removexattr(fd, name)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise AttributeNotKept(name, exc, filename) from None
+    return set(attributes)
 
 
 def _extended_attributes(file: int | str) -> dict[str, bytes]:

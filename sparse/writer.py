@@ -282,21 +282,41 @@ class AtomicFile:
         # Never wider than the file it replaces, not even before its mode is copied.
         self.fd = os.open(self.temp, flags, mode if existing is None else 0o600)
         self._done = False
+        self._replaces = existing is not None
+        self._given: set[str] = set()  # the extended attributes taken from the target
         if existing is not None:
             try:
-                # Before the mode is taken: a read-only file's attributes could not be
-                # given once the temporary is read-only too (unless root).
-                files.copy_extended_attributes(self.target, self.fd)
-                take_over(self.fd, existing)
-                # Exactly the replaced file's ACL: without it the group bits, which show
-                # the ACL's mask, would let the owning group in.
-                files.set_access_acl(self.fd, files.access_acl(self.target))
+                self._take_metadata(existing)
             except BaseException:
                 self.abort()
                 raise
 
+    def _take_metadata(self, existing: os.stat_result) -> None:
+        """Give the temporary the target's extended attributes, owner, mode and ACL."""
+        # Before the mode is taken: a read-only file's attributes could not be given
+        # once the temporary is read-only too (unless root).
+        self._given = files.copy_extended_attributes(self.target, self.fd, given=self._given)
+        take_over(self.fd, existing)
+        # Exactly the replaced file's ACL: without it the group bits, which show the
+        # ACL's mask, would let the owning group in.
+        files.set_access_acl(self.fd, files.access_acl(self.target))
+
     def commit(self) -> None:
-        """Close the temporary and rename it over the target."""
+        """Take the target's metadata again (what changed on it while the temporary was
+        written is kept, as a write in place keeps it), close the temporary and rename it
+        over the target."""
+        if self._replaces and self.fd >= 0:
+            try:
+                existing = os.stat(self.target)
+            except FileNotFoundError:
+                existing = None  # removed meanwhile: the temporary keeps what it took
+            try:
+                if existing is not None:
+                    os.fchmod(self.fd, 0o600)  # its creator's to write again, as at the start
+                    self._take_metadata(existing)
+            except BaseException:
+                self.abort()
+                raise
         self._close()
         try:
             os.replace(self.temp, self.target)

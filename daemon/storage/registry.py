@@ -1139,6 +1139,9 @@ def _settle_upload_temp(
         return None
     try:
         return volumes.replace(temp, name)
+    except ErrorReport:  # the volume's metadata could not be taken again
+        volumes.remove_temp(temp)
+        raise
     except OSError as exc:
         volumes.remove_temp(temp)
         raise storage_error(

@@ -67,6 +67,8 @@ class VolumeDir:
         # The upload temporaries made here and not yet replaced or removed, each with a
         # descriptor of its own that holds its lock (see ``create_upload_temp``).
         self._temps: dict[str, int] = {}
+        # The names of the extended attributes each of those was given from its volume.
+        self._given: dict[str, set[str]] = {}
 
     def volume_path(self, name: str) -> str:
         """The volume's absolute path, which is also its key."""
@@ -502,7 +504,7 @@ class VolumeDir:
                     continue
                 # Before the mode is taken: an unprivileged daemon may not set a
                 # ``user.*`` attribute on a read-only file, even one it created.
-                self._copy_extended_attributes(like, fd)
+                self._given[name] = self._copy_extended_attributes(like, fd)
                 take_over(fd, st)
                 self._set_access_acl(name, fd, acl)
                 self._temps[name] = os.dup(fd)  # keeps the lock once the writer closes fd
@@ -530,16 +532,19 @@ class VolumeDir:
             path = self.volume_path(name)
             raise system_error(f"cannot read the ACL of '{path}'", exc) from None
 
-    def _copy_extended_attributes(self, name: str, fd: int) -> None:
+    def _copy_extended_attributes(
+        self, name: str, fd: int, given: set[str] | None = None
+    ) -> set[str]:
         """Give the temporary ``fd`` volume ``name``'s extended attributes, or refuse the
-        upload (``sparse_files.copy_extended_attributes`` says why all or nothing)."""
+        upload (``sparse_files.copy_extended_attributes`` says why all or nothing);
+        ``given``: what an earlier call gave it. Returns the names given."""
         path = self.volume_path(name)
         try:
             volume = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
         except OSError as exc:
             raise system_error(f"cannot read the extended attributes of '{path}'", exc) from None
         try:
-            sparse_files.copy_extended_attributes(volume, fd)
+            return sparse_files.copy_extended_attributes(volume, fd, given=given or ())
         except sparse_files.AttributeNotKept as exc:
             what = f"cannot keep extended attribute '{exc.attribute}' of '{path}'"
             raise system_error(what, exc) from None
@@ -558,11 +563,18 @@ class VolumeDir:
     def replace(self, temp: str, name: str) -> Callable[[], None] | None:
         """Atomically put file ``temp`` in place of volume ``name``.
 
+        An upload temporary first takes again the volume's extended attributes, owner,
+        permissions and ACL (``_take_changes``): the upload ran for a while, and what
+        changed on the volume meanwhile is kept, as a write in place keeps it.
+
         The replaced file stays referenced (an ``O_PATH`` descriptor) until the
         returned callable runs: the last reference to a large file is what
         frees its page cache and blocks, which takes a while for a large file
         (docs/performance.md), and whoever waits for the rename need not wait for that.
         """
+        held = self._temps.get(temp)
+        if held is not None:
+            self._take_changes(name, held, self._given.get(temp, set()))
         try:
             old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
         except OSError:
@@ -577,6 +589,19 @@ class VolumeDir:
             self._unlock(temp)
         return None if old < 0 else functools.partial(os.close, old)
 
+    def _take_changes(self, name: str, fd: int, given: set[str]) -> None:
+        """Give the temporary ``fd`` volume ``name``'s metadata as it is now; a volume gone
+        meanwhile leaves it as it is (the rename makes it the volume again)."""
+        st = self.stat(name)
+        if st is None:
+            return
+        # Its creator's to write again, as when it was made: an unprivileged daemon may not
+        # set a ``user.*`` attribute on a file whose mode does not let it write.
+        os.fchmod(fd, VOLUME_MODE)
+        self._copy_extended_attributes(name, fd, given)
+        take_over(fd, st)
+        self._set_access_acl(name, fd, self._access_acl(name))
+
     def remove_temp(self, temp: str) -> None:
         """Remove a temporary file, ignoring one that is already gone."""
         try:
@@ -586,6 +611,7 @@ class VolumeDir:
             self._unlock(temp)
 
     def _unlock(self, temp: str) -> None:
+        self._given.pop(temp, None)
         held = self._temps.pop(temp, None)
         if held is not None:
             os.close(held)

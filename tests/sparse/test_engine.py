@@ -302,6 +302,29 @@ def test_atomic_file_keeps_the_extended_attributes_of_the_file_it_replaces(
     assert target.stat().st_mode & 0o777 == 0o444
 
 
+def test_atomic_file_keeps_what_changed_on_the_file_while_it_was_written(
+    tmp_path: Path,
+) -> None:
+    """A download takes a while; a backup tool marking the file meanwhile, a note changed,
+    another dropped, a chmod: virsh's write in place keeps all of it, and so does the
+    replacement, which takes the file's metadata again just before its rename."""
+    target = tmp_path / "t"
+    target.write_bytes(b"old")
+    os.setxattr(target, "user.note", b"first")
+    os.setxattr(target, "user.gone", b"soon")
+    with AtomicFile(target) as out:
+        os.write(out.fd, b"new")
+        os.setxattr(target, "user.backup.id", b"2026-12-01T06:00")
+        os.setxattr(target, "user.note", b"second")
+        os.removexattr(target, "user.gone")
+        target.chmod(0o400)
+        out.commit()
+    assert target.read_bytes() == b"new"
+    assert attributes_of(target) == {"user.note": b"second", "user.backup.id": b"2026-12-01T06:00"}
+    assert target.stat().st_mode & 0o777 == 0o400
+    assert os.listdir(tmp_path) == ["t"]
+
+
 def test_atomic_file_that_cannot_keep_an_attribute_leaves_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

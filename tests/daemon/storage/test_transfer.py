@@ -237,6 +237,27 @@ def test_whole_upload_keeps_the_volumes_extended_attributes(setup: PoolSetup) ->
     assert attributes_of(path) == attributes
 
 
+def test_whole_upload_keeps_what_changed_on_the_volume_while_it_ran(setup: PoolSetup) -> None:
+    # An upload takes minutes; meanwhile a backup tool marks the volume, a user changes a
+    # note, drops another and narrows the permissions. libvirtd's write in place keeps all
+    # of that; so does the replacement, which takes them again just before its rename.
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    os.setxattr(path, "user.note", b"first")
+    os.setxattr(path, "user.gone", b"soon")
+    path.chmod(0o640)
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        os.setxattr(path, "user.backup.id", b"2026-12-01T06:00")
+        os.setxattr(path, "user.note", b"second")
+        os.removexattr(path, "user.gone")
+        path.chmod(0o600)
+        writer.commit()
+    assert path.read_bytes() == b"new"
+    assert attributes_of(path) == {"user.note": b"second", "user.backup.id": b"2026-12-01T06:00"}
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
 def refusing(monkeypatch: pytest.MonkeyPatch, call: str, attribute: str, refusal: int) -> None:
     """Make ``os.<call>`` fail for ``attribute`` as the kernel refuses it (``refusal``)."""
     real = getattr(os, call)
