@@ -504,10 +504,11 @@ class VolumeDir:
                     continue
                 # Before the mode is taken: an unprivileged daemon may not set a
                 # ``user.*`` attribute on a read-only file, even one it created.
-                self._given[name] = self._copy_extended_attributes(like, fd)
+                given = self._copy_extended_attributes(like, fd)
                 take_over(fd, st)
                 self._set_access_acl(name, fd, acl)
                 self._temps[name] = os.dup(fd)  # keeps the lock once the writer closes fd
+                self._given[name] = given
             except BaseException:
                 self._discard(name, fd)
                 raise
