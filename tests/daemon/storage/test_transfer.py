@@ -258,6 +258,28 @@ def test_whole_upload_keeps_what_changed_on_the_volume_while_it_ran(setup: PoolS
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_whole_upload_refused_while_its_temporary_is_made_leaves_nothing_behind(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The permissions refused after the attributes were given: no temporary, nothing of
+    # it kept by the pool (each refused upload would otherwise leave a little behind).
+    from virtvol.daemon.storage import volumes as volumes_module
+
+    volume = setup.file("v", b"old")
+    os.setxattr(setup.pool_dir / "v", "user.note", b"kept")
+
+    def refused(fd: int, existing: os.stat_result) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(volumes_module, "take_over", refused)
+    with pytest.raises(OSError, match="Input/output error"):
+        setup.registry.open_upload(volume, 0, 0)
+    pool_files = setup.registry._pools["default"].opened_directory()
+    assert pool_files._given == {}
+    assert pool_files._temps == {}
+    assert os.listdir(setup.pool_dir) == ["v"]
+
+
 def refusing(monkeypatch: pytest.MonkeyPatch, call: str, attribute: str, refusal: int) -> None:
     """Make ``os.<call>`` fail for ``attribute`` as the kernel refuses it (``refusal``)."""
     real = getattr(os, call)
