@@ -317,38 +317,38 @@ def copy_extended_attributes(
             read permission on the file).
     """
     filename = source if isinstance(source, str) else None
-    attributes = _extended_attributes(source)
-    for name, value in attributes.items():
+    copied = set()
+    # One value at a time: a file may carry thousands of 64 KiB values (XFS keeps as
+    # many as fit the listing's 64 KiB of names), and whoever may set them chooses.
+    for name in _copied_names(source):
+        value = _attribute_value(source, name)
+        if value is None:  # removed since it was listed
+            continue
+        copied.add(name)
         if _attribute_value(fd, name) == value:
             continue
         try:
             os.setxattr(fd, name, value)
         except OSError as exc:
             raise AttributeNotKept(name, exc, filename) from None
-    for name in set(given) - attributes.keys():
+    for name in set(given) - copied:
         try:
             os.removexattr(fd, name)
         except OSError as exc:
             if exc.errno != errno.ENODATA:
                 raise AttributeNotKept(name, exc, filename) from None
-    return set(attributes)
+    return copied
 
 
-def _extended_attributes(file: int | str) -> dict[str, bytes]:
-    """The attributes of ``file`` that ``copy_extended_attributes`` copies, by name."""
+def _copied_names(file: int | str) -> list[str]:
+    """The names of the attributes of ``file`` that ``copy_extended_attributes`` copies."""
     try:
         names = os.listxattr(file)
     except OSError as exc:
         if exc.errno == errno.EOPNOTSUPP:  # a file system that keeps none
-            return {}
+            return []
         raise
-    attributes = {}
-    for name in names:
-        if name not in _NOT_COPIED:
-            value = _attribute_value(file, name)
-            if value is not None:  # not removed since it was listed
-                attributes[name] = value
-    return attributes
+    return [name for name in names if name not in _NOT_COPIED]
 
 
 def _attribute_value(file: int | str, name: str) -> bytes | None:

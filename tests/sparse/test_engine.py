@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import threading
+import tracemalloc
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,6 +20,7 @@ from virtvol.sparse.writer import WRITEBACK_START, WRITEBACK_STEP, AtomicFile, S
 from virtvol.sparse.zeros import ZERO_BLOCK, is_zero, zero_runs
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 KIB = 1024
@@ -323,6 +325,49 @@ def test_atomic_file_keeps_what_changed_on_the_file_while_it_was_written(
     assert attributes_of(target) == {"user.note": b"second", "user.backup.id": b"2026-12-01T06:00"}
     assert target.stat().st_mode & 0o777 == 0o400
     assert os.listdir(tmp_path) == ["t"]
+
+
+@pytest.fixture
+def xfs(tmp_path: Path) -> Iterator[Path]:
+    """A small XFS mounted from a file: XFS keeps values up to 64 KiB and as many
+    attributes as the listing's 64 KiB of names allows (ext4 keeps one block's worth)."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a file system takes root", pytrace=False)
+    image, mount = tmp_path / "xfs.img", tmp_path / "xfs"
+    with image.open("wb") as created:
+        created.truncate(300 << 20)
+    subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True)
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_copying_extended_attributes_holds_one_value_at_a_time(xfs: Path) -> None:
+    """Whoever may set attributes on a file (its owner; for a volume, often its VM's
+    user) may give it thousands of 64 KiB values: a copy holding them all at once would
+    take hundreds of MiB of the daemon's memory for each upload. They are copied one by
+    one, and all of them."""
+    source, copy = xfs / "source", xfs / "copy"
+    source.write_bytes(b"")
+    copy.write_bytes(b"")
+    value = os.urandom(64 << 10)
+    count = 200  # 12.5 MiB of values
+    for index in range(count):
+        os.setxattr(source, f"user.{index}", value)
+    fd = os.open(copy, os.O_WRONLY)
+    tracemalloc.start()
+    try:
+        given = files.copy_extended_attributes(str(source), fd)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert peak < 1 << 20
+    assert given == {f"user.{index}" for index in range(count)}
+    assert all(os.getxattr(copy, f"user.{index}") == value for index in range(count))
 
 
 def test_atomic_file_that_cannot_keep_an_attribute_leaves_the_file(
