@@ -258,6 +258,30 @@ def test_whole_upload_keeps_what_changed_on_the_volume_while_it_ran(setup: PoolS
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_whole_upload_refused_at_its_end_for_an_attribute_set_meanwhile_it_cannot_keep(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A label given to the volume while the upload ran, which the daemon may not give:
+    # the upload is refused at its end as it would have been at its start, the volume
+    # keeps its content and attributes, and no temporary nor descriptor stays.
+    volume = setup.file("v", b"old")
+    path = setup.pool_dir / "v"
+    before = len(os.listdir("/proc/self/fd"))
+    writer = setup.registry.open_upload(volume, 0, 0)
+    writer.write(b"new")
+    os.setxattr(path, "user.label", b"vm-disk")
+    refusing(monkeypatch, "setxattr", "user.label", errno.EPERM)
+    reason = f"cannot keep extended attribute 'user.label' of '{path}': Operation not permitted"
+    with fails(ErrorCode.SYSTEM_ERROR, reason, ErrorDomain.NONE):
+        writer.commit()
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old"
+    assert attributes_of(path) == {"user.label": b"vm-disk"}
+    assert os.listdir(setup.pool_dir) == ["v"]
+    assert len(os.listdir("/proc/self/fd")) == before
+    setup.registry.delete_volume(volume)  # not left busy
+
+
 def test_whole_upload_refused_while_its_temporary_is_made_leaves_nothing_behind(
     setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
