@@ -93,6 +93,10 @@ SWAP_RECORD_KEY = "virtvol.swap"
 # refused (EINVAL) or wraps. Zeroing goes in steps of this size.
 ZERO_STEP = 1 << 30
 
+# Seconds a listed image that does not open is given to open (librbd lists a new image
+# a moment before its header is written) before it is taken for a removal cut short.
+CREATION_GRACE = 2.0
+
 # Seconds librados waits for the monitors and OSDs before giving up, as libvirt sets them.
 CLUSTER_TIMEOUT = "30"
 
@@ -175,6 +179,7 @@ class RbdVolumes:
         self._keepers: dict[str, Any] = {}
         # The thread removing what a crash left (``recover_after_crash``), while it runs.
         self._sweeper: threading.Thread | None = None
+        self._stopped = threading.Event()  # set by ``close``: ends the sweeper's waits
 
     @classmethod
     def connect(cls, source: RbdSource, key: bytes | None) -> RbdVolumes:
@@ -236,6 +241,7 @@ class RbdVolumes:
             if self._closing:
                 return
             self._closing = True
+            self._stopped.set()
             idle = self._users == 0
         if idle:
             self._shutdown()
@@ -792,9 +798,25 @@ class RbdVolumes:
 
     def _finish_cut_removal(self, name: str) -> None:
         """A listed image that does not open: gone since it was listed (its upload was
-        done, another daemon's clean-up came first), or one whose removal a stop or a
-        crash cut short, which took its header and left its name listed. Nobody can open
-        that one, and only librbd's removal takes it away."""
+        done, another daemon's clean-up came first), one being made (another host's
+        upload: librbd lists it a moment before it opens), or one whose removal a stop
+        or a crash cut short, which took its header and left its name listed. Nobody can
+        open that one, and only librbd's removal takes it away; so an image still not
+        opening after ``CREATION_GRACE`` seconds is removed, one opening then is kept."""
+        if self._stopped.wait(CREATION_GRACE):
+            log.info("kept %s: the pool stopped", name)
+            return
+        try:
+            with self._in_use():
+                self._rbd.Image(self._ioctx, name, read_only=True).close()
+        except self._rbd.ImageNotFound:
+            pass  # still not opening
+        except Exception as exc:
+            log.warning("kept %s: cannot tell whether it is in use: %s", name, exc)
+            return
+        else:
+            log.info("kept %s: it was being made (Ceph pool '%s')", name, self.path)
+            return
         try:
             with self._in_use():
                 self._rbd.RBD().remove(self._ioctx, name, on_progress=self._cancel_when_stopping)

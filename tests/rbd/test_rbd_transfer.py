@@ -395,3 +395,38 @@ def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -
     assert images._sweeper is not None
     images._sweeper.join(60)
     assert leftover not in images._all_names()
+
+
+def test_an_image_listed_before_it_opens_is_left_to_its_maker(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """librbd lists a new image a moment before it can be opened (another host's upload
+    creating its image): a start's sweep that finds it not opening yet, then opening, keeps
+    it, and only one that still does not open is taken for a removal cut short."""
+    monkeypatch.setattr(rbdvolumes, "CREATION_GRACE", 0.1)
+    rbd = images._rbd
+    starting = f".virtvol-upload-{volume_name('starting')}"
+    rbd.RBD().create(images._ioctx, starting, MIB)
+    opens: list[str] = []
+
+    def not_yet_at_first(ioctx: object, name: str, **options: object) -> object:
+        opens.append(name)
+        if name == starting and opens.count(name) == 1:
+            raise rbd.ImageNotFound("not made yet")
+        return rbd.Image(ioctx, name, **options)
+
+    class Binding:
+        Image = staticmethod(not_yet_at_first)
+
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(rbd, attribute)
+
+    monkeypatch.setattr(images, "_rbd", Binding())
+    caplog.set_level("INFO")
+    images.recover_after_crash()
+    assert images._sweeper is not None
+    images._sweeper.join(30)
+    monkeypatch.undo()
+    assert starting in images._all_names()
+    assert f"kept {starting}: it was being made" in caplog.text
+    images.remove_temp(starting)
