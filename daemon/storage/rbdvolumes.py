@@ -784,17 +784,10 @@ class RbdVolumes:
         if not self._claim_unless_open(image_id):
             log.info("kept %s: open here (Ceph pool '%s')", name, self.path)
             return
-        try:
-            self._remove_quietly(name, on_progress=self._cancel_when_stopping)
-        except Exception as exc:  # Ceph refuses too while it is watched
+        if self._remove_swept(name) is False:
             self._unclaim(image_id)
-            if self._closing:
-                log.info("kept %s: the pool stopped during its removal", name)
-            else:
-                log.warning("kept %s: cannot remove it: %s", name, exc)
             return
         self._removed(image_id)
-        log.info("removed %s, left by a crash (Ceph pool '%s')", name, self.path)
 
     def _finish_cut_removal(self, name: str) -> None:
         """A listed image that does not open: gone since it was listed (its upload was
@@ -817,18 +810,24 @@ class RbdVolumes:
         else:
             log.info("kept %s: it was being made (Ceph pool '%s')", name, self.path)
             return
+        self._remove_swept(name)
+
+    def _remove_swept(self, name: str) -> bool | None:
+        """Remove a leftover, given up when the pool stops; True once removed (logged),
+        None when it was gone already, False when kept (logged)."""
         try:
             with self._in_use():
                 self._rbd.RBD().remove(self._ioctx, name, on_progress=self._cancel_when_stopping)
         except self._rbd.ImageNotFound:
-            return
-        except Exception as exc:
+            return None
+        except Exception as exc:  # Ceph refuses too while it is watched
             if self._closing:
                 log.info("kept %s: the pool stopped during its removal", name)
             else:
                 log.warning("kept %s: cannot remove it: %s", name, exc)
-            return
+            return False
         log.info("removed %s, left by a crash (Ceph pool '%s')", name, self.path)
+        return True
 
     def remove_temp(self, temp: str) -> None:
         self._remove_quietly(temp)
@@ -837,11 +836,9 @@ class RbdVolumes:
         """librbd's progress callback of a removal: non-zero makes it give up."""
         return -errno.ECANCELED if self._closing else 0
 
-    def _remove_quietly(
-        self, name: str, on_progress: Callable[[int, int], int] | None = None
-    ) -> None:
+    def _remove_quietly(self, name: str) -> None:
         with self._in_use(), suppress(self._rbd.ImageNotFound):
-            self._rbd.RBD().remove(self._ioctx, name, on_progress=on_progress)
+            self._rbd.RBD().remove(self._ioctx, name)
 
 
 def _id_of(image: Any) -> str:
