@@ -63,7 +63,6 @@ from virtvol.protocol.frames import (
     encode_head,
 )
 from virtvol.protocol.hints import TYPE_CHECKING
-from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES, api_error_domain, api_function
 from virtvol.protocol.procedures import PROCEDURES, Procedure
 from virtvol.protocol.record import Record
 from virtvol.protocol.remote import RemoteError, StreamHole
@@ -216,6 +215,8 @@ def rpc_error(message: str, code: ErrorCode = ErrorCode.RPC) -> RemoteError:
 def _unsupported(name: str) -> RemoteError:
     """libvirtd's answer to a procedure of a driver it does not run: its API function,
     finding no driver for it, reports VIR_ERR_NO_SUPPORT under its own domain."""
+    from virtvol.protocol.procedure_names import api_error_domain, api_function
+
     report = ErrorReport.raised(ErrorCode.NO_SUPPORT, api_error_domain(name), api_function(name))
     return RemoteError.from_report(report)
 
@@ -367,6 +368,9 @@ class Connection:
             # libvirtd has no handler for what only a server sends.
             return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))
         if procedure is None:
+            # libvirt's ~450 names are read only for such a call (not on a client's path).
+            from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
+
             name = REMOTE_PROCEDURE_NAMES.get(header.procedure)
             if name is None:
                 return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))

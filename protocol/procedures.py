@@ -21,7 +21,6 @@ else:
     from virtvol.protocol.hints import Generic, TypeVar, overload
 
 from virtvol.protocol import remote as r
-from virtvol.protocol.procedure_names import api_function
 from virtvol.protocol.record import Record
 from virtvol.protocol.xdr import XdrStruct
 
@@ -59,6 +58,9 @@ class Procedure(Record, Generic[ArgsT, RetT]):
     def api_name(self) -> str:
         """The libvirt API function of the procedure (``virStorageVolCreateXML``),
         as libvirt's errors name it."""
+        # Only errors name it: the module of every procedure's name is imported then.
+        from virtvol.protocol.procedure_names import api_function
+
         return api_function(self.name)
 
 
