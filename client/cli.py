@@ -16,7 +16,6 @@ stderr. The README lists where virtvol differs on purpose.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import sys
@@ -1551,9 +1550,11 @@ def _flush_output(text: str = "") -> None:
     """Write ``text`` to stdout and flush it around an error, unless its reader went
     away: the error may be that very reader's going (a download into /dev/stdout piped
     to ``head``)."""
-    with contextlib.suppress(OSError):
+    try:
         sys.stdout.write(text)
         sys.stdout.flush()
+    except OSError:
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,14 +31,12 @@ The protocol core raises its own exceptions (``virtvol.protocol.exceptions``);
 
 from __future__ import annotations
 
-import contextlib
-
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorLevel
 from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
 from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from types import TracebackType
 
     from virtvol.protocol.remote import RemoteError
 
@@ -226,16 +224,34 @@ class StreamError(VirtvolError):
         self.stage = stage
 
 
-@contextlib.contextmanager
-def core_errors(description: str) -> Iterator[None]:
-    """Turn the protocol core's exceptions into the client's.
+def core_errors(description: str) -> _CoreErrors:
+    """Turn the protocol core's exceptions into the client's, in a ``with`` block.
 
     Args:
         description: the peer, for the messages (its URI).
     """
-    try:
-        yield
-    except LocalProtocolError as exc:
-        raise UnsendableValue(f"cannot send to {description}: {exc}") from exc
-    except RemoteProtocolError as exc:
-        raise ProtocolViolation(f"protocol error from {description}: {exc}") from exc
+    return _CoreErrors(description)
+
+
+class _CoreErrors:
+    """The context manager of ``core_errors``: a class, as contextlib's decorator would
+    cost every command its import (~0.5 ms) and each use a generator."""
+
+    __slots__ = ("description",)
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, LocalProtocolError):
+            raise UnsendableValue(f"cannot send to {self.description}: {exc}") from exc
+        if isinstance(exc, RemoteProtocolError):
+            raise ProtocolViolation(f"protocol error from {self.description}: {exc}") from exc
