@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar
 
 import pytest
 
+from virtvol.protocol import record as record_module
 from virtvol.protocol.connection import (
     PingReceived,
     StreamDataReceived,
@@ -230,6 +231,48 @@ def test_a_class_body_init_is_kept() -> None:
             object.__setattr__(self, "value", 2 * half)
 
     assert Doubled(2).value == 4
+
+
+def test_a_record_class_makes_its_constructor_when_first_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Declaring a class must not pay for its constructor: most of the protocol's
+    # classes are never built by a command.
+    made: list[tuple[str, ...]] = []
+    make_init = record_module._make_init
+
+    def counting_make_init(qualname: str, fields: tuple[str, ...], *rest: Any) -> Any:
+        made.append(fields)
+        return make_init(qualname, fields, *rest)
+
+    monkeypatch.setattr(record_module, "_make_init", counting_make_init)
+
+    class Pair(Record):
+        first: int
+        second: str = "b"
+
+    assert made == []
+    assert Pair(1) == Pair(first=1, second="b")
+    assert Pair(2, "c").second == "c"
+    assert made == [("first", "second")]
+
+
+def test_a_base_built_through_a_subclass_makes_its_own_constructor() -> None:
+    class Base(Record):
+        value: int
+
+    class Tagged(Base):
+        tag: str
+
+        def __init__(self, value: int) -> None:
+            Base.__init__(self, value)  # the base's fields only; the tag set after
+            object.__setattr__(self, "tag", f"#{value}")
+
+    tagged = Tagged(3)
+    assert (tagged.value, tagged.tag) == (3, "#3")
+    assert Base(4).value == 4
+    with pytest.raises(TypeError, match=r"takes 1 positional arguments but 2 were given"):
+        Base(1, 2)  # type: ignore[call-arg]
 
 
 def test_declarations_a_dataclass_would_refuse_are_refused() -> None:
