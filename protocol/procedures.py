@@ -1,7 +1,8 @@
 """The procedure table: what each procedure number takes, returns and opens.
 
 Every procedure virtvol serves or calls is listed once, here, with its argument
-and result structs (``None`` for void), whether it opens a stream (and in which
+and result structs (``None`` for void; given as functions that return them, so that
+the table imports none of them), whether it opens a stream (and in which
 direction), whether it changes state, whether a read-only connection refuses it
 and libvirtd's scheduling priority. Each entry is a module constant typed by its
 argument and result (``STORAGE_POOL_GET_INFO: Procedure[PoolArgs,
@@ -16,6 +17,8 @@ from virtvol.protocol.enums import Enum, IntEnum
 from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    # Records read their annotations as text: none is needed at run time.
+    from collections.abc import Callable  # noqa: TC004
     from typing import Any, Generic, TypeVar, overload
 else:
     from virtvol.protocol.hints import Generic, TypeVar, overload
@@ -42,8 +45,11 @@ class StreamDirection(Enum):
 class Procedure(Record, Generic[ArgsT, RetT]):
     number: int
     name: str
-    args: type[ArgsT] | None
-    ret: type[RetT] | None
+    # The argument and result structs, as functions that return them: the table names
+    # every procedure's structs without importing them (``remote`` declares the
+    # volume, secret and event families on first use).
+    args_struct: Callable[[], type[ArgsT]] | None
+    ret_struct: Callable[[], type[RetT]] | None
     high_priority: bool = True
     stream: StreamDirection | None = None
     mutating: bool = False
@@ -53,6 +59,16 @@ class Procedure(Record, Generic[ArgsT, RetT]):
     # API checks for it in every call that changes state, and in a few that only
     # read what not every user may see (a volume's content).
     refused_read_only: bool = False
+
+    @property
+    def args(self) -> type[ArgsT] | None:
+        """The struct of the arguments (None: the procedure takes none)."""
+        return None if self.args_struct is None else self.args_struct()
+
+    @property
+    def ret(self) -> type[RetT] | None:
+        """The struct of the result (None: it returns nothing)."""
+        return None if self.ret_struct is None else self.ret_struct()
 
     @property
     def api_name(self) -> str:
@@ -158,7 +174,7 @@ def _p(
 @overload
 def _p(
     proc: Proc,
-    args: type[ArgsT],
+    args: Callable[[], type[ArgsT]],
     ret: None,
     *,
     low: bool = ...,
@@ -171,7 +187,7 @@ def _p(
 def _p(
     proc: Proc,
     args: None,
-    ret: type[RetT],
+    ret: Callable[[], type[RetT]],
     *,
     low: bool = ...,
     stream: StreamDirection | None = ...,
@@ -182,8 +198,8 @@ def _p(
 @overload
 def _p(
     proc: Proc,
-    args: type[ArgsT],
-    ret: type[RetT],
+    args: Callable[[], type[ArgsT]],
+    ret: Callable[[], type[RetT]],
     *,
     low: bool = ...,
     stream: StreamDirection | None = ...,
@@ -193,8 +209,8 @@ def _p(
 ) -> Procedure[ArgsT, RetT]: ...
 def _p(
     proc: Proc,
-    args: type[Any] | None,
-    ret: type[Any] | None,
+    args: Callable[[], type[Any]] | None,
+    ret: Callable[[], type[Any]] | None,
     *,
     low: bool = False,
     stream: StreamDirection | None = None,
@@ -203,6 +219,9 @@ def _p(
     refused_read_only: bool | None = None,
 ) -> Procedure[Any, Any]:
     """Enter a procedure in ``PROCEDURES`` (once) and return its typed entry.
+
+    ``args`` and ``ret`` are functions returning the structs (``lambda: r.PoolArgs``),
+    called when the entry's ``args`` or ``ret`` is read.
 
     ``refused_read_only`` defaults to ``mutating``."""
     if proc.value in PROCEDURES:
@@ -222,90 +241,145 @@ def _p(
     return procedure
 
 
-CONNECT_OPEN = _p(Proc.CONNECT_OPEN, r.ConnectOpenArgs, None)
+CONNECT_OPEN = _p(Proc.CONNECT_OPEN, lambda: r.ConnectOpenArgs, None)
 CONNECT_CLOSE = _p(Proc.CONNECT_CLOSE, None, None)
-CONNECT_GET_TYPE = _p(Proc.CONNECT_GET_TYPE, None, r.ConnectGetTypeRet)
-CONNECT_GET_CAPABILITIES = _p(Proc.CONNECT_GET_CAPABILITIES, None, r.ConnectGetCapabilitiesRet)
-CONNECT_IS_SECURE = _p(Proc.CONNECT_IS_SECURE, None, r.ConnectIsSecureRet)
-CONNECT_GET_VERSION = _p(Proc.CONNECT_GET_VERSION, None, r.ConnectGetVersionRet)
-CONNECT_GET_HOSTNAME = _p(Proc.CONNECT_GET_HOSTNAME, None, r.ConnectGetHostnameRet)
+CONNECT_GET_TYPE = _p(Proc.CONNECT_GET_TYPE, None, lambda: r.ConnectGetTypeRet)
+CONNECT_GET_CAPABILITIES = _p(
+    Proc.CONNECT_GET_CAPABILITIES, None, lambda: r.ConnectGetCapabilitiesRet
+)
+CONNECT_IS_SECURE = _p(Proc.CONNECT_IS_SECURE, None, lambda: r.ConnectIsSecureRet)
+CONNECT_GET_VERSION = _p(Proc.CONNECT_GET_VERSION, None, lambda: r.ConnectGetVersionRet)
+CONNECT_GET_HOSTNAME = _p(Proc.CONNECT_GET_HOSTNAME, None, lambda: r.ConnectGetHostnameRet)
 CONNECT_SUPPORTS_FEATURE = _p(
-    Proc.CONNECT_SUPPORTS_FEATURE, r.ConnectSupportsFeatureArgs, r.ConnectSupportsFeatureRet
+    Proc.CONNECT_SUPPORTS_FEATURE,
+    lambda: r.ConnectSupportsFeatureArgs,
+    lambda: r.ConnectSupportsFeatureRet,
 )
-AUTH_LIST = _p(Proc.AUTH_LIST, None, r.AuthListRet)
-CONNECT_NUM_OF_STORAGE_POOLS = _p(Proc.CONNECT_NUM_OF_STORAGE_POOLS, None, r.NumRet)
+AUTH_LIST = _p(Proc.AUTH_LIST, None, lambda: r.AuthListRet)
+CONNECT_NUM_OF_STORAGE_POOLS = _p(Proc.CONNECT_NUM_OF_STORAGE_POOLS, None, lambda: r.NumRet)
 CONNECT_LIST_STORAGE_POOLS = _p(
-    Proc.CONNECT_LIST_STORAGE_POOLS, r.ListNamesArgs, r.ListPoolNamesRet
+    Proc.CONNECT_LIST_STORAGE_POOLS, lambda: r.ListNamesArgs, lambda: r.ListPoolNamesRet
 )
-CONNECT_NUM_OF_DEFINED_STORAGE_POOLS = _p(Proc.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS, None, r.NumRet)
+CONNECT_NUM_OF_DEFINED_STORAGE_POOLS = _p(
+    Proc.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS, None, lambda: r.NumRet
+)
 CONNECT_LIST_DEFINED_STORAGE_POOLS = _p(
-    Proc.CONNECT_LIST_DEFINED_STORAGE_POOLS, r.ListNamesArgs, r.ListPoolNamesRet
+    Proc.CONNECT_LIST_DEFINED_STORAGE_POOLS, lambda: r.ListNamesArgs, lambda: r.ListPoolNamesRet
 )
 STORAGE_POOL_CREATE_XML = _p(
-    Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs, r.PoolRet, low=True, mutating=True
+    Proc.STORAGE_POOL_CREATE_XML, lambda: r.PoolXmlArgs, lambda: r.PoolRet, low=True, mutating=True
 )
-STORAGE_POOL_DEFINE_XML = _p(Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs, r.PoolRet, mutating=True)
-STORAGE_POOL_CREATE = _p(Proc.STORAGE_POOL_CREATE, r.PoolFlagsArgs, None, low=True, mutating=True)
+STORAGE_POOL_DEFINE_XML = _p(
+    Proc.STORAGE_POOL_DEFINE_XML, lambda: r.PoolXmlArgs, lambda: r.PoolRet, mutating=True
+)
+STORAGE_POOL_CREATE = _p(
+    Proc.STORAGE_POOL_CREATE, lambda: r.PoolFlagsArgs, None, low=True, mutating=True
+)
 CONNECT_FIND_STORAGE_POOL_SOURCES = _p(
     Proc.CONNECT_FIND_STORAGE_POOL_SOURCES,
-    r.FindPoolSourcesArgs,
-    r.FindPoolSourcesRet,
+    lambda: r.FindPoolSourcesArgs,
+    lambda: r.FindPoolSourcesRet,
     refused_read_only=True,
 )
-STORAGE_POOL_BUILD = _p(Proc.STORAGE_POOL_BUILD, r.PoolFlagsArgs, None, low=True, mutating=True)
-STORAGE_POOL_DESTROY = _p(Proc.STORAGE_POOL_DESTROY, r.PoolArgs, None, mutating=True)
-STORAGE_POOL_DELETE = _p(Proc.STORAGE_POOL_DELETE, r.PoolFlagsArgs, None, low=True, mutating=True)
-STORAGE_POOL_UNDEFINE = _p(Proc.STORAGE_POOL_UNDEFINE, r.PoolArgs, None, mutating=True)
-STORAGE_POOL_REFRESH = _p(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs, None, low=True, mutating=True)
-STORAGE_POOL_LOOKUP_BY_NAME = _p(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs, r.PoolRet)
-STORAGE_POOL_LOOKUP_BY_UUID = _p(Proc.STORAGE_POOL_LOOKUP_BY_UUID, r.LookupByUuidArgs, r.PoolRet)
-STORAGE_POOL_LOOKUP_BY_VOLUME = _p(Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs, r.PoolRet)
-STORAGE_POOL_GET_INFO = _p(Proc.STORAGE_POOL_GET_INFO, r.PoolArgs, r.PoolGetInfoRet)
-STORAGE_POOL_GET_XML_DESC = _p(Proc.STORAGE_POOL_GET_XML_DESC, r.PoolFlagsArgs, r.XmlRet)
-STORAGE_POOL_GET_AUTOSTART = _p(Proc.STORAGE_POOL_GET_AUTOSTART, r.PoolArgs, r.AutostartRet)
-STORAGE_POOL_SET_AUTOSTART = _p(
-    Proc.STORAGE_POOL_SET_AUTOSTART, r.PoolSetAutostartArgs, None, mutating=True
+STORAGE_POOL_BUILD = _p(
+    Proc.STORAGE_POOL_BUILD, lambda: r.PoolFlagsArgs, None, low=True, mutating=True
 )
-STORAGE_POOL_NUM_OF_VOLUMES = _p(Proc.STORAGE_POOL_NUM_OF_VOLUMES, r.PoolArgs, r.NumRet)
+STORAGE_POOL_DESTROY = _p(Proc.STORAGE_POOL_DESTROY, lambda: r.PoolArgs, None, mutating=True)
+STORAGE_POOL_DELETE = _p(
+    Proc.STORAGE_POOL_DELETE, lambda: r.PoolFlagsArgs, None, low=True, mutating=True
+)
+STORAGE_POOL_UNDEFINE = _p(Proc.STORAGE_POOL_UNDEFINE, lambda: r.PoolArgs, None, mutating=True)
+STORAGE_POOL_REFRESH = _p(
+    Proc.STORAGE_POOL_REFRESH, lambda: r.PoolFlagsArgs, None, low=True, mutating=True
+)
+STORAGE_POOL_LOOKUP_BY_NAME = _p(
+    Proc.STORAGE_POOL_LOOKUP_BY_NAME, lambda: r.LookupByNameArgs, lambda: r.PoolRet
+)
+STORAGE_POOL_LOOKUP_BY_UUID = _p(
+    Proc.STORAGE_POOL_LOOKUP_BY_UUID, lambda: r.LookupByUuidArgs, lambda: r.PoolRet
+)
+STORAGE_POOL_LOOKUP_BY_VOLUME = _p(
+    Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, lambda: r.VolArgs, lambda: r.PoolRet
+)
+STORAGE_POOL_GET_INFO = _p(Proc.STORAGE_POOL_GET_INFO, lambda: r.PoolArgs, lambda: r.PoolGetInfoRet)
+STORAGE_POOL_GET_XML_DESC = _p(
+    Proc.STORAGE_POOL_GET_XML_DESC, lambda: r.PoolFlagsArgs, lambda: r.XmlRet
+)
+STORAGE_POOL_GET_AUTOSTART = _p(
+    Proc.STORAGE_POOL_GET_AUTOSTART, lambda: r.PoolArgs, lambda: r.AutostartRet
+)
+STORAGE_POOL_SET_AUTOSTART = _p(
+    Proc.STORAGE_POOL_SET_AUTOSTART, lambda: r.PoolSetAutostartArgs, None, mutating=True
+)
+STORAGE_POOL_NUM_OF_VOLUMES = _p(
+    Proc.STORAGE_POOL_NUM_OF_VOLUMES, lambda: r.PoolArgs, lambda: r.NumRet
+)
 STORAGE_POOL_LIST_VOLUMES = _p(
-    Proc.STORAGE_POOL_LIST_VOLUMES, r.PoolListVolumesArgs, r.ListVolNamesRet
+    Proc.STORAGE_POOL_LIST_VOLUMES, lambda: r.PoolListVolumesArgs, lambda: r.ListVolNamesRet
 )
 STORAGE_VOL_CREATE_XML = _p(
-    Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs, r.VolRet, low=True, mutating=True
-)
-STORAGE_VOL_DELETE = _p(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs, None, low=True, mutating=True)
-STORAGE_VOL_LOOKUP_BY_NAME = _p(Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs, r.VolRet)
-STORAGE_VOL_LOOKUP_BY_KEY = _p(Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs, r.VolRet)
-STORAGE_VOL_LOOKUP_BY_PATH = _p(Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs, r.VolRet)
-STORAGE_VOL_GET_INFO = _p(Proc.STORAGE_VOL_GET_INFO, r.VolArgs, r.VolGetInfoRet)
-STORAGE_VOL_GET_XML_DESC = _p(Proc.STORAGE_VOL_GET_XML_DESC, r.VolFlagsArgs, r.XmlRet)
-STORAGE_VOL_GET_PATH = _p(Proc.STORAGE_VOL_GET_PATH, r.VolArgs, r.VolGetPathRet)
-CONNECT_GET_URI = _p(Proc.CONNECT_GET_URI, None, r.ConnectGetUriRet)
-STORAGE_VOL_CREATE_XML_FROM = _p(
-    Proc.STORAGE_VOL_CREATE_XML_FROM,
-    r.VolCreateXmlFromArgs,
-    r.VolRet,
+    Proc.STORAGE_VOL_CREATE_XML,
+    lambda: r.VolCreateXmlArgs,
+    lambda: r.VolRet,
     low=True,
     mutating=True,
 )
-CONNECT_NUM_OF_SECRETS = _p(Proc.CONNECT_NUM_OF_SECRETS, None, r.NumRet)
-CONNECT_LIST_SECRETS = _p(Proc.CONNECT_LIST_SECRETS, r.ListSecretsArgs, r.ListSecretsRet)
-SECRET_LOOKUP_BY_UUID = _p(Proc.SECRET_LOOKUP_BY_UUID, r.LookupByUuidArgs, r.SecretRet)
-SECRET_DEFINE_XML = _p(Proc.SECRET_DEFINE_XML, r.SecretXmlArgs, r.SecretRet, mutating=True)
-SECRET_GET_XML_DESC = _p(Proc.SECRET_GET_XML_DESC, r.SecretFlagsArgs, r.XmlRet)
-SECRET_SET_VALUE = _p(Proc.SECRET_SET_VALUE, r.SecretSetValueArgs, None, mutating=True)
-SECRET_GET_VALUE = _p(
-    Proc.SECRET_GET_VALUE, r.SecretFlagsArgs, r.SecretGetValueRet, refused_read_only=True
+STORAGE_VOL_DELETE = _p(
+    Proc.STORAGE_VOL_DELETE, lambda: r.VolFlagsArgs, None, low=True, mutating=True
 )
-SECRET_UNDEFINE = _p(Proc.SECRET_UNDEFINE, r.SecretArgs, None, mutating=True)
-SECRET_LOOKUP_BY_USAGE = _p(Proc.SECRET_LOOKUP_BY_USAGE, r.SecretLookupByUsageArgs, r.SecretRet)
-STORAGE_POOL_IS_ACTIVE = _p(Proc.STORAGE_POOL_IS_ACTIVE, r.PoolArgs, r.ActiveRet)
-STORAGE_POOL_IS_PERSISTENT = _p(Proc.STORAGE_POOL_IS_PERSISTENT, r.PoolArgs, r.PersistentRet)
-CONNECT_GET_LIB_VERSION = _p(Proc.CONNECT_GET_LIB_VERSION, None, r.ConnectGetLibVersionRet)
-STORAGE_VOL_WIPE = _p(Proc.STORAGE_VOL_WIPE, r.VolFlagsArgs, None, low=True, mutating=True)
+STORAGE_VOL_LOOKUP_BY_NAME = _p(
+    Proc.STORAGE_VOL_LOOKUP_BY_NAME, lambda: r.VolLookupByNameArgs, lambda: r.VolRet
+)
+STORAGE_VOL_LOOKUP_BY_KEY = _p(
+    Proc.STORAGE_VOL_LOOKUP_BY_KEY, lambda: r.VolLookupByKeyArgs, lambda: r.VolRet
+)
+STORAGE_VOL_LOOKUP_BY_PATH = _p(
+    Proc.STORAGE_VOL_LOOKUP_BY_PATH, lambda: r.VolLookupByPathArgs, lambda: r.VolRet
+)
+STORAGE_VOL_GET_INFO = _p(Proc.STORAGE_VOL_GET_INFO, lambda: r.VolArgs, lambda: r.VolGetInfoRet)
+STORAGE_VOL_GET_XML_DESC = _p(
+    Proc.STORAGE_VOL_GET_XML_DESC, lambda: r.VolFlagsArgs, lambda: r.XmlRet
+)
+STORAGE_VOL_GET_PATH = _p(Proc.STORAGE_VOL_GET_PATH, lambda: r.VolArgs, lambda: r.VolGetPathRet)
+CONNECT_GET_URI = _p(Proc.CONNECT_GET_URI, None, lambda: r.ConnectGetUriRet)
+STORAGE_VOL_CREATE_XML_FROM = _p(
+    Proc.STORAGE_VOL_CREATE_XML_FROM,
+    lambda: r.VolCreateXmlFromArgs,
+    lambda: r.VolRet,
+    low=True,
+    mutating=True,
+)
+CONNECT_NUM_OF_SECRETS = _p(Proc.CONNECT_NUM_OF_SECRETS, None, lambda: r.NumRet)
+CONNECT_LIST_SECRETS = _p(
+    Proc.CONNECT_LIST_SECRETS, lambda: r.ListSecretsArgs, lambda: r.ListSecretsRet
+)
+SECRET_LOOKUP_BY_UUID = _p(
+    Proc.SECRET_LOOKUP_BY_UUID, lambda: r.LookupByUuidArgs, lambda: r.SecretRet
+)
+SECRET_DEFINE_XML = _p(
+    Proc.SECRET_DEFINE_XML, lambda: r.SecretXmlArgs, lambda: r.SecretRet, mutating=True
+)
+SECRET_GET_XML_DESC = _p(Proc.SECRET_GET_XML_DESC, lambda: r.SecretFlagsArgs, lambda: r.XmlRet)
+SECRET_SET_VALUE = _p(Proc.SECRET_SET_VALUE, lambda: r.SecretSetValueArgs, None, mutating=True)
+SECRET_GET_VALUE = _p(
+    Proc.SECRET_GET_VALUE,
+    lambda: r.SecretFlagsArgs,
+    lambda: r.SecretGetValueRet,
+    refused_read_only=True,
+)
+SECRET_UNDEFINE = _p(Proc.SECRET_UNDEFINE, lambda: r.SecretArgs, None, mutating=True)
+SECRET_LOOKUP_BY_USAGE = _p(
+    Proc.SECRET_LOOKUP_BY_USAGE, lambda: r.SecretLookupByUsageArgs, lambda: r.SecretRet
+)
+STORAGE_POOL_IS_ACTIVE = _p(Proc.STORAGE_POOL_IS_ACTIVE, lambda: r.PoolArgs, lambda: r.ActiveRet)
+STORAGE_POOL_IS_PERSISTENT = _p(
+    Proc.STORAGE_POOL_IS_PERSISTENT, lambda: r.PoolArgs, lambda: r.PersistentRet
+)
+CONNECT_GET_LIB_VERSION = _p(Proc.CONNECT_GET_LIB_VERSION, None, lambda: r.ConnectGetLibVersionRet)
+STORAGE_VOL_WIPE = _p(Proc.STORAGE_VOL_WIPE, lambda: r.VolFlagsArgs, None, low=True, mutating=True)
 STORAGE_VOL_UPLOAD = _p(
     Proc.STORAGE_VOL_UPLOAD,
-    r.VolTransferArgs,
+    lambda: r.VolTransferArgs,
     None,
     low=True,
     stream=StreamDirection.UPLOAD,
@@ -313,51 +387,59 @@ STORAGE_VOL_UPLOAD = _p(
 )
 STORAGE_VOL_DOWNLOAD = _p(
     Proc.STORAGE_VOL_DOWNLOAD,
-    r.VolTransferArgs,
+    lambda: r.VolTransferArgs,
     None,
     low=True,
     stream=StreamDirection.DOWNLOAD,
     refused_read_only=True,
 )
 STORAGE_VOL_WIPE_PATTERN = _p(
-    Proc.STORAGE_VOL_WIPE_PATTERN, r.VolWipePatternArgs, None, low=True, mutating=True
+    Proc.STORAGE_VOL_WIPE_PATTERN, lambda: r.VolWipePatternArgs, None, low=True, mutating=True
 )
-STORAGE_VOL_RESIZE = _p(Proc.STORAGE_VOL_RESIZE, r.VolResizeArgs, None, low=True, mutating=True)
+STORAGE_VOL_RESIZE = _p(
+    Proc.STORAGE_VOL_RESIZE, lambda: r.VolResizeArgs, None, low=True, mutating=True
+)
 CONNECT_LIST_ALL_STORAGE_POOLS = _p(
-    Proc.CONNECT_LIST_ALL_STORAGE_POOLS, r.ListAllPoolsArgs, r.ListAllPoolsRet
+    Proc.CONNECT_LIST_ALL_STORAGE_POOLS, lambda: r.ListAllPoolsArgs, lambda: r.ListAllPoolsRet
 )
 STORAGE_POOL_LIST_ALL_VOLUMES = _p(
-    Proc.STORAGE_POOL_LIST_ALL_VOLUMES, r.PoolListAllVolumesArgs, r.PoolListAllVolumesRet
+    Proc.STORAGE_POOL_LIST_ALL_VOLUMES,
+    lambda: r.PoolListAllVolumesArgs,
+    lambda: r.PoolListAllVolumesRet,
 )
 CONNECT_LIST_ALL_SECRETS = _p(
-    Proc.CONNECT_LIST_ALL_SECRETS, r.ListAllSecretsArgs, r.ListAllSecretsRet
+    Proc.CONNECT_LIST_ALL_SECRETS, lambda: r.ListAllSecretsArgs, lambda: r.ListAllSecretsRet
 )
 CONNECT_REGISTER_CLOSE_CALLBACK = _p(Proc.CONNECT_REGISTER_CLOSE_CALLBACK, None, None)
 CONNECT_UNREGISTER_CLOSE_CALLBACK = _p(Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK, None, None)
 CONNECT_EVENT_CONNECTION_CLOSED = _p(
     Proc.CONNECT_EVENT_CONNECTION_CLOSED,
-    r.ConnectEventConnectionClosedMsg,
+    lambda: r.ConnectEventConnectionClosedMsg,
     None,
     event=True,
 )
-STORAGE_VOL_GET_INFO_FLAGS = _p(Proc.STORAGE_VOL_GET_INFO_FLAGS, r.VolFlagsArgs, r.VolGetInfoRet)
+STORAGE_VOL_GET_INFO_FLAGS = _p(
+    Proc.STORAGE_VOL_GET_INFO_FLAGS, lambda: r.VolFlagsArgs, lambda: r.VolGetInfoRet
+)
 CONNECT_GET_STORAGE_POOL_CAPABILITIES = _p(
     Proc.CONNECT_GET_STORAGE_POOL_CAPABILITIES,
-    r.StoragePoolCapabilitiesArgs,
-    r.StoragePoolCapabilitiesRet,
+    lambda: r.StoragePoolCapabilitiesArgs,
+    lambda: r.StoragePoolCapabilitiesRet,
 )
 STORAGE_POOL_LOOKUP_BY_TARGET_PATH = _p(
-    Proc.STORAGE_POOL_LOOKUP_BY_TARGET_PATH, r.PoolLookupByTargetPathArgs, r.PoolRet
+    Proc.STORAGE_POOL_LOOKUP_BY_TARGET_PATH, lambda: r.PoolLookupByTargetPathArgs, lambda: r.PoolRet
 )
 CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY = _p(
-    Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY, r.PoolEventRegisterArgs, r.PoolEventRegisterRet
+    Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY,
+    lambda: r.PoolEventRegisterArgs,
+    lambda: r.PoolEventRegisterRet,
 )
 CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY = _p(
-    Proc.CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY, r.PoolEventDeregisterArgs, None
+    Proc.CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY, lambda: r.PoolEventDeregisterArgs, None
 )
 STORAGE_POOL_EVENT_LIFECYCLE = _p(
-    Proc.STORAGE_POOL_EVENT_LIFECYCLE, r.PoolLifecycleEventMsg, None, event=True
+    Proc.STORAGE_POOL_EVENT_LIFECYCLE, lambda: r.PoolLifecycleEventMsg, None, event=True
 )
 STORAGE_POOL_EVENT_REFRESH = _p(
-    Proc.STORAGE_POOL_EVENT_REFRESH, r.PoolRefreshEventMsg, None, event=True
+    Proc.STORAGE_POOL_EVENT_REFRESH, lambda: r.PoolRefreshEventMsg, None, event=True
 )

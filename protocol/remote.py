@@ -6,6 +6,11 @@ Names follow libvirt's ``remote_<procedure>_args`` / ``_ret`` in CamelCase.
 Every field is annotated with a name defined in this module (an ``Annotated``
 alias or a struct): the codec looks the name up, which needs no ``typing`` at
 run time (``xdr._field_hints``).
+
+The structs of volumes, secrets and pool events are declared in modules of their
+own (``remote_volumes``, ``remote_secrets``, ``remote_events``) and handed out here
+under this module's name, each family imported when one of its names is first
+read: a command that touches none of them (``pool-list``) declares 24 structs of 61.
 """
 
 from __future__ import annotations
@@ -22,10 +27,7 @@ else:
 from virtvol.protocol.constants import (
     MESSAGE_STRING_MAX,
     REMOTE_AUTH_TYPE_LIST_MAX,
-    REMOTE_SECRET_LIST_MAX,
-    REMOTE_SECRET_VALUE_MAX,
     REMOTE_STORAGE_POOL_LIST_MAX,
-    REMOTE_STORAGE_VOL_LIST_MAX,
     REMOTE_STRING_MAX,
     VIR_UUID_BUFLEN,
     AuthType,
@@ -36,7 +38,6 @@ from virtvol.protocol.xdr import (
     FixedOpaque,
     Hyper,
     Int,
-    Opaque,
     Optional,
     String,
     UHyper,
@@ -200,7 +201,6 @@ class ConnectEventConnectionClosedMsg(XdrStruct):
 PoolNames = Annotated[
     tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_STORAGE_POOL_LIST_MAX)
 ]
-VolNames = Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_STORAGE_VOL_LIST_MAX)]
 
 
 class NumRet(XdrStruct):
@@ -263,12 +263,6 @@ class LookupByUuidArgs(XdrStruct):
     uuid: Uuid
 
 
-class VolArgs(XdrStruct):
-    """``{vol}``: pool lookup by volume, volume info, path."""
-
-    vol: StorageVol
-
-
 class PoolGetInfoRet(XdrStruct):
     state: I32
     capacity: U64
@@ -289,15 +283,6 @@ class AutostartRet(XdrStruct):
 class PoolSetAutostartArgs(XdrStruct):
     pool: StoragePool
     autostart: I32
-
-
-class PoolListVolumesArgs(XdrStruct):
-    pool: StoragePool
-    maxnames: I32
-
-
-class ListVolNamesRet(XdrStruct):
-    names: VolNames
 
 
 class FindPoolSourcesArgs(XdrStruct):
@@ -326,36 +311,6 @@ class ConnectGetCapabilitiesRet(XdrStruct):
     capabilities: NonnullString
 
 
-OptionalStoragePool = Annotated[StoragePool | None, Optional(StoragePool.codec())]
-
-
-class PoolEventRegisterArgs(XdrStruct):
-    """``{eventID, pool}``: a pool's events, or every pool's (``pool`` absent)."""
-
-    event_id: I32
-    pool: OptionalStoragePool
-
-
-class PoolEventRegisterRet(XdrStruct):
-    callback_id: I32
-
-
-class PoolEventDeregisterArgs(XdrStruct):
-    callback_id: I32
-
-
-class PoolLifecycleEventMsg(XdrStruct):
-    callback_id: I32
-    pool: StoragePool
-    event: I32
-    detail: I32
-
-
-class PoolRefreshEventMsg(XdrStruct):
-    callback_id: I32
-    pool: StoragePool
-
-
 class ActiveRet(XdrStruct):
     active: I32
 
@@ -377,172 +332,37 @@ class ListAllPoolsRet(XdrStruct):
     ret: U32
 
 
-class PoolListAllVolumesArgs(XdrStruct):
-    pool: StoragePool
-    need_results: I32
-    flags: U32
-
-
-Volumes = Annotated[tuple[StorageVol, ...], Array(StorageVol.codec(), REMOTE_STORAGE_VOL_LIST_MAX)]
-
-
-class PoolListAllVolumesRet(XdrStruct):
-    vols: Volumes
-    ret: U32
-
-
-# -- volumes --------------------------------------------------------------------
-
-
-class VolCreateXmlArgs(XdrStruct):
-    pool: StoragePool
-    xml: NonnullString
-    flags: U32
-
-
-class VolCreateXmlFromArgs(XdrStruct):
-    pool: StoragePool
-    xml: NonnullString
-    clonevol: StorageVol
-    flags: U32
-
-
-class VolRet(XdrStruct):
-    """``{vol}``: the result of every call that returns a volume."""
-
-    vol: StorageVol
-
-
-class VolFlagsArgs(XdrStruct):
-    """``{vol, flags}``: delete, wipe, XML description, info with flags."""
-
-    vol: StorageVol
-    flags: U32
-
-
-class VolLookupByNameArgs(XdrStruct):
-    pool: StoragePool
-    name: NonnullString
-
-
-class VolLookupByKeyArgs(XdrStruct):
-    key: NonnullString
-
-
-class VolLookupByPathArgs(XdrStruct):
-    path: NonnullString
-
-
-class VolGetInfoRet(XdrStruct):
-    type: I32
-    capacity: U64
-    allocation: U64
-
-
-class VolGetPathRet(XdrStruct):
-    """The path of a volume; libvirt names the field ``name``."""
-
-    name: NonnullString
-
-
-class VolTransferArgs(XdrStruct):
-    """Arguments of STORAGE_VOL_UPLOAD and STORAGE_VOL_DOWNLOAD; flag 1 asks for sparse."""
-
-    vol: StorageVol
-    offset: U64
-    length: U64
-    flags: U32
-
-
-class VolResizeArgs(XdrStruct):
-    vol: StorageVol
-    capacity: U64
-    flags: U32
-
-
-class VolWipePatternArgs(XdrStruct):
-    vol: StorageVol
-    algorithm: U32
-    flags: U32
-
-
-# -- secrets --------------------------------------------------------------------
-
-
-class Secret(XdrStruct):
-    """``remote_nonnull_secret``: UUID, usage type and usage ID (e.g. the ceph name)."""
-
-    uuid: Uuid
-    usage_type: I32
-    usage_id: NonnullString
-
-
-SecretValue = Annotated[bytes, Opaque(REMOTE_SECRET_VALUE_MAX)]
-
-
-class ListSecretsArgs(XdrStruct):
-    maxuuids: I32
-
-
-SecretUuids = Annotated[tuple[str, ...], Array(String(REMOTE_STRING_MAX), REMOTE_SECRET_LIST_MAX)]
-
-
-class ListSecretsRet(XdrStruct):
-    uuids: SecretUuids
-
-
-class SecretXmlArgs(XdrStruct):
-    """``{xml, flags}`` of SECRET_DEFINE_XML."""
-
-    xml: NonnullString
-    flags: U32
-
-
-class SecretRet(XdrStruct):
-    secret: Secret
-
-
-class SecretArgs(XdrStruct):
-    secret: Secret
-
-
-class SecretFlagsArgs(XdrStruct):
-    """``{secret, flags}``: XML description, get value."""
-
-    secret: Secret
-    flags: U32
-
-
-class SecretSetValueArgs(XdrStruct):
-    secret: Secret
-    value: SecretValue
-    flags: U32
-
-    def __repr__(self) -> str:
-        # The value is a credential: never in a log line or a traceback.
-        return f"SecretSetValueArgs(secret={self.secret!r}, value=<{len(self.value)} bytes>)"
-
-
-class SecretGetValueRet(XdrStruct):
-    value: SecretValue
-
-    def __repr__(self) -> str:
-        return f"SecretGetValueRet(value=<{len(self.value)} bytes>)"
-
-
-class SecretLookupByUsageArgs(XdrStruct):
-    usage_type: I32
-    usage_id: NonnullString
-
-
-class ListAllSecretsArgs(XdrStruct):
-    need_results: I32
-    flags: U32
-
-
-Secrets = Annotated[tuple[Secret, ...], Array(Secret.codec(), REMOTE_SECRET_LIST_MAX)]
-
-
-class ListAllSecretsRet(XdrStruct):
-    secrets: Secrets
-    ret: U32
+# -- the families declared in their own modules -------------------------------
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import ModuleType
+
+    from virtvol.protocol.remote_events import *  # noqa: F403
+    from virtvol.protocol.remote_secrets import *  # noqa: F403
+    from virtvol.protocol.remote_volumes import *  # noqa: F403
+else:
+
+    def __getattr__(name: str) -> object:
+        """A struct or alias of one of the families, imported on first use (PEP 562)."""
+        # The import system asks modules for dunders (``__path__``): no family has any.
+        if not name.startswith("__"):
+            for family in _families():
+                if name in family.__all__:
+                    value = getattr(family, name)
+                    globals()[name] = value  # read as a plain attribute from now on
+                    return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _families() -> Iterator[ModuleType]:
+    """The family modules, each imported only when the search reaches it."""
+    from virtvol.protocol import remote_volumes
+
+    yield remote_volumes
+    from virtvol.protocol import remote_secrets
+
+    yield remote_secrets
+    from virtvol.protocol import remote_events
+
+    yield remote_events

@@ -510,6 +510,8 @@ CLI_PROBE = (
     "print('socket imported:', 'socket' in sys.modules)\n"
     "print('procedure names imported:', 'virtvol.protocol.procedure_names' in sys.modules)\n"
     "print('contextlib imported:', 'contextlib' in sys.modules)\n"
+    "from virtvol.protocol.xdr import XdrStruct\n"
+    "print('structs declared:', sorted(c.__name__ for c in XdrStruct.__subclasses__()))\n"
 )
 
 
@@ -547,6 +549,12 @@ def test_cli_runs_tcp_and_unix_commands_without_an_event_loop(
     assert "procedure names imported: False" in probe.stdout
     # Nor contextlib (~0.5 ms), for two context managers written as classes instead.
     assert "contextlib imported: False" in probe.stdout
+    # Nor the REMOTE structs of volumes, secrets and pool events (virtvol.protocol.remote).
+    declared = probe.stdout.split("structs declared: ")[1]
+    assert "'StoragePool'" in declared
+    assert "'ListAllPoolsRet'" in declared
+    for family_struct in ("VolRet", "Secret", "PoolLifecycleEventMsg"):
+        assert f"'{family_struct}'" not in declared
 
 
 def test_cli_keeps_the_event_loop_for_tls() -> None:

@@ -38,7 +38,7 @@ def test_a_second_handler_or_entry_is_refused() -> None:
     with pytest.raises(ValueError, match="a stream procedure needs a stream handler"):
         handler_table(Handler(p.STORAGE_VOL_DOWNLOAD, Runs.CLOSE))
     with pytest.raises(ValueError, match="CONNECT_GET_TYPE entered twice"):
-        p._p(Proc.CONNECT_GET_TYPE, None, r.ConnectGetTypeRet)
+        p._p(Proc.CONNECT_GET_TYPE, None, lambda: r.ConnectGetTypeRet)
 
 
 def test_the_table_names_procedures_as_libvirt_numbers_them() -> None:

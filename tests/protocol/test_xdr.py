@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.protocol.conftest import struct_strategy
-from virtvol.protocol import remote
+from virtvol.protocol import remote, remote_events, remote_secrets, remote_volumes
 from virtvol.protocol.constants import AuthType
 from virtvol.protocol.exceptions import XdrDecodeError, XdrEncodeError, XdrError
 from virtvol.protocol.remote import StreamHole
@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 STRUCTS = sorted(
     (
         cls
-        for _, cls in inspect.getmembers(remote, inspect.isclass)
-        if issubclass(cls, XdrStruct) and cls.__module__ == remote.__name__
+        for module in (remote, remote_volumes, remote_secrets, remote_events)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, XdrStruct) and cls.__module__ == module.__name__
     ),
     key=lambda cls: cls.__name__,
 )
