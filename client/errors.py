@@ -31,7 +31,6 @@ The protocol core raises its own exceptions (``virtvol.protocol.exceptions``);
 
 from __future__ import annotations
 
-from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorLevel
 from virtvol.protocol.exceptions import LocalProtocolError, RemoteProtocolError
 from virtvol.protocol.hints import TYPE_CHECKING
 
@@ -146,17 +145,25 @@ class StorageVolumeExists(LibvirtError):
     """A volume with that name exists already."""
 
 
-_BY_CODE: dict[int, type[LibvirtError]] = {
-    ErrorCode.NO_SUPPORT: NoSupport,
-    ErrorCode.INVALID_ARG: InvalidArgument,
-    ErrorCode.OPERATION_FAILED: OperationFailed,
-    ErrorCode.OPERATION_DENIED: OperationDenied,
-    ErrorCode.ACCESS_DENIED: OperationDenied,
-    ErrorCode.OPERATION_INVALID: OperationInvalid,
-    ErrorCode.NO_STORAGE_POOL: NoStoragePool,
-    ErrorCode.NO_STORAGE_VOL: NoStorageVolume,
-    ErrorCode.STORAGE_VOL_EXIST: StorageVolumeExists,
-}
+def _by_code() -> dict[int, type[LibvirtError]]:
+    """The exception class of each code users catch, made at the first error: the
+    error numbers are imported then (``virtvol.protocol.errors``)."""
+    from virtvol.protocol.error_codes import ErrorCode
+
+    return {
+        ErrorCode.NO_SUPPORT: NoSupport,
+        ErrorCode.INVALID_ARG: InvalidArgument,
+        ErrorCode.OPERATION_FAILED: OperationFailed,
+        ErrorCode.OPERATION_DENIED: OperationDenied,
+        ErrorCode.ACCESS_DENIED: OperationDenied,
+        ErrorCode.OPERATION_INVALID: OperationInvalid,
+        ErrorCode.NO_STORAGE_POOL: NoStoragePool,
+        ErrorCode.NO_STORAGE_VOL: NoStorageVolume,
+        ErrorCode.STORAGE_VOL_EXIST: StorageVolumeExists,
+    }
+
+
+_BY_CODE: dict[int, type[LibvirtError]] = {}
 
 
 def error_from_remote(error: RemoteError, *, stage: str | None = None) -> LibvirtError:
@@ -166,6 +173,10 @@ def error_from_remote(error: RemoteError, *, stage: str | None = None) -> Libvir
     As libvirt's client does, an RPC-layer "unknown procedure" error becomes
     ``NoSupport`` (code VIR_ERR_NO_SUPPORT), so old peers read as "not supported".
     """
+    from virtvol.protocol.error_codes import ErrorCode, ErrorDomain, ErrorLevel
+
+    if not _BY_CODE:
+        _BY_CODE.update(_by_code())
     code, domain = error.code, error.domain
     message = error.message if error.message is not None else "unknown error"
     if (

@@ -42,7 +42,7 @@ from virtvol.protocol.constants import (
     MessageStatus,
     MessageType,
 )
-from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.exceptions import (
     LocalProtocolError,
     ProtocolError,
@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 
     # Records read their annotations as text: none is needed at run time.
     from typing import Any  # noqa: TC004
+
+    from virtvol.protocol.error_codes import ErrorCode
 
 _SERIAL_MODULUS = 1 << 32
 _ENDED_STREAMS_KEPT = 64
@@ -207,14 +209,21 @@ Event = (
 )
 
 
-def rpc_error(message: str, code: ErrorCode = ErrorCode.RPC) -> RemoteError:
-    """An RPC-layer error as libvirtd words it (domain RPC, level error)."""
-    return RemoteError(code=code, domain=ErrorDomain.RPC, message=message)
+def rpc_error(message: str, code: ErrorCode | None = None) -> RemoteError:
+    """An RPC-layer error as libvirtd words it (domain RPC, level error; the code
+    VIR_ERR_RPC unless given)."""
+    # The error numbers are imported when an error is made (virtvol.protocol.errors).
+    from virtvol.protocol.error_codes import ErrorCode, ErrorDomain
+
+    return RemoteError(
+        code=ErrorCode.RPC if code is None else code, domain=ErrorDomain.RPC, message=message
+    )
 
 
 def _unsupported(name: str) -> RemoteError:
     """libvirtd's answer to a procedure of a driver it does not run: its API function,
     finding no driver for it, reports VIR_ERR_NO_SUPPORT under its own domain."""
+    from virtvol.protocol.error_codes import ErrorCode
     from virtvol.protocol.procedure_names import api_error_domain, api_function
 
     report = ErrorReport.raised(ErrorCode.NO_SUPPORT, api_error_domain(name), api_function(name))

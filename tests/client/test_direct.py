@@ -510,6 +510,8 @@ CLI_PROBE = (
     "print('socket imported:', 'socket' in sys.modules)\n"
     "print('procedure names imported:', 'virtvol.protocol.procedure_names' in sys.modules)\n"
     "print('contextlib imported:', 'contextlib' in sys.modules)\n"
+    "errors = vars(sys.modules['virtvol.protocol.errors'])\n"
+    "print('error numbers made:', [n for n in ('ErrorCode', 'ErrorDomain') if n in errors])\n"
     "from virtvol.protocol.xdr import XdrStruct\n"
     "print('structs declared:', sorted(c.__name__ for c in XdrStruct.__subclasses__()))\n"
 )
@@ -549,6 +551,8 @@ def test_cli_runs_tcp_and_unix_commands_without_an_event_loop(
     assert "procedure names imported: False" in probe.stdout
     # Nor contextlib (~0.5 ms), for two context managers written as classes instead.
     assert "contextlib imported: False" in probe.stdout
+    # Nor libvirt's error numbers and domains (~180 enum members) when no error came.
+    assert "error numbers made: []" in probe.stdout
     # Nor the REMOTE structs of volumes, secrets and pool events (virtvol.protocol.remote).
     declared = probe.stdout.split("structs declared: ")[1]
     assert "'StoragePool'" in declared
