@@ -10,7 +10,7 @@ run time (``xdr._field_hints``).
 The structs of volumes, secrets and pool events are declared in modules of their
 own (``remote_volumes``, ``remote_secrets``, ``remote_events``) and handed out here
 under this module's name, each family imported when one of its names is first
-read: a command that touches none of them (``pool-list``) declares 24 structs of 61.
+read: a command that touches none of them (``pool-list``) declares 41 structs of 75.
 """
 
 from __future__ import annotations
