@@ -55,6 +55,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+
+# A shell starts a background job (`make test &`, a runner's detached step) with SIGINT
+# ignored, and Python then leaves it ignored: the tests of what Ctrl-C does to virtvol
+# (in-process and in child processes, which inherit an ignored signal) need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 POOL_NAME = "default"
 _COMMAND_TIMEOUT = 60.0
 
