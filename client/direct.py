@@ -487,6 +487,31 @@ class DirectRpc:
                 warn=True,
             )
 
+    def attend(self) -> bool:
+        """Handle what the peer sent meanwhile, without waiting (its PINGs answered, ours
+        sent when it is silent), for a command that waits on something else: a FIFO's
+        reader to come. True: go on waiting.
+
+        Raises:
+            TransportError: the connection failed.
+        """
+        self.receive(time.monotonic())
+        return True
+
+    def hold_reading(self) -> None:
+        """Called while the command holds back reading (a FIFO whose reader is slow): the
+        peer hears nothing from this end meanwhile and would drop it after its keepalive
+        tolerance, so a PING goes every ``interval``; the peer's unread answers are not
+        counted against it. Nothing without keepalive (a peer that has none)."""
+        tracker = self._keepalive
+        if tracker is None or self._failure is not None or self._writing:
+            return
+        if tracker.hold(time.monotonic()) is KeepaliveAction.SEND_PING:
+            log.debug("keepalive: ping %s while reading is held back", self.description)
+            self.pings_sent += 1
+            self._control.append(self.core.send_ping())
+            self.write(())
+
     # -- writing -------------------------------------------------------------------------------
 
     def write(self, parts: Sequence[Payload], *, stream: int | None = None) -> None:

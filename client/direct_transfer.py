@@ -369,8 +369,15 @@ async def download_file(
     ``transfer.download_file``)."""
     rpc = _engine(volume)
     started = time.monotonic()
-    # A FIFO's reader is waited for in steps: Ctrl-C still ends the wait.
-    with DownloadOutput(download_target(path), detect_zeroes=detect_zeroes) as output:
+    # A FIFO's reader is waited for in steps: Ctrl-C still ends the wait. The connection
+    # keeps the peer's keepalive satisfied meanwhile (reading), and while the reader
+    # stalls (nothing is read then: PINGs of its own).
+    with DownloadOutput(
+        download_target(path),
+        detect_zeroes=detect_zeroes,
+        wanted=rpc.attend,
+        on_wait=rpc.hold_reading,
+    ) as output:
         receiver = _Receiver(output.writer, progress, length, volume.connection.uri)
         stream = _Stream(
             rpc,

@@ -123,6 +123,9 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._read_pausers: set[object] = set()
         self._last_heard = self.loop.time()
         self._keepalive_task: asyncio.Task[None] | None = None
+        # Set when reading is first held back: the keepalive task, asleep until its next
+        # step, wakes to ping on the shorter hold cadence.
+        self._reading_held = asyncio.Event()
         # uvloop references written views instead of copying them.
         self._copies_on_write = True
         # (bytes written when the memory was handed over, its release), oldest first.
@@ -464,9 +467,11 @@ class RpcProtocol(asyncio.BufferedProtocol):
 
     def pause_reading(self, owner: object) -> None:
         """Stop reading the socket until ``owner`` (and any other pauser) resumes."""
-        if not self._read_pausers and self.transport is not None:
-            with contextlib.suppress(RuntimeError):
-                self.transport.pause_reading()
+        if not self._read_pausers:
+            self._reading_held.set()
+            if self.transport is not None:
+                with contextlib.suppress(RuntimeError):
+                    self.transport.pause_reading()
         self._read_pausers.add(owner)
 
     def resume_reading(self, owner: object) -> None:
@@ -493,11 +498,14 @@ class RpcProtocol(asyncio.BufferedProtocol):
         while self._failure is None:
             now = self.loop.time()
             if self._read_pausers:
-                self._last_heard = now
-            if self._last_heard != heard:
-                heard = self._last_heard
-                tracker.heard(heard)
-            action = tracker.poll(now)
+                # Held back here (a slow consumer): the peer's silence is ours, ours is not.
+                action = tracker.hold(now)
+                heard = self._last_heard = now
+            else:
+                if self._last_heard != heard:
+                    heard = self._last_heard
+                    tracker.heard(heard)
+                action = tracker.poll(now)
             if action is KeepaliveAction.SEND_PING:
                 log.debug("keepalive: ping %s", self.description)
                 self.pings_sent += 1
@@ -510,7 +518,14 @@ class RpcProtocol(asyncio.BufferedProtocol):
                     )
                 )
                 return
-            await asyncio.sleep(max(0.05, tracker.deadline() - self.loop.time()))
+            self._reading_held.clear()
+            if not self._read_pausers:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._reading_held.wait(), max(0.05, tracker.deadline() - self.loop.time())
+                    )
+            else:
+                await asyncio.sleep(max(0.05, tracker.deadline() - self.loop.time()))
 
     # -- whole files --------------------------------------------------------------------------
 

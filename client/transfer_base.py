@@ -297,7 +297,8 @@ class DownloadOutput:
       written has been read or stored already.
 
     Opening a FIFO waits for its reader while ``wanted()`` holds (see
-    ``sparse.sequential.open_in_place``).
+    ``sparse.sequential.open_in_place``); ``on_wait`` is called while a write into it
+    waits for room (``SequentialWriter``).
     """
 
     def __init__(
@@ -306,13 +307,14 @@ class DownloadOutput:
         *,
         detect_zeroes: bool,
         wanted: Callable[[], bool] = lambda: True,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self.target = target
         self._atomic: AtomicFile | None = None
         self._fd = -1
         if target.in_place:
             self._fd = open_in_place(target.path, wanted)
-            self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd)
+            self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd, on_wait)
         else:
             self._atomic = AtomicFile(target.path)
             self.writer = SparseWriter(self._atomic.fd, detect_zeroes=detect_zeroes)

@@ -4,12 +4,20 @@ Theory of operation: any frame received proves the peer alive and resets the
 countdown. After ``interval`` seconds of silence the tracker asks for a PING
 and spends one of ``count`` tries; when no try is left and one more interval
 passes in silence, the peer is dead. Tolerance is interval * (count + 1), as
-in libvirt.
+in libvirt. While this side holds back its own reading (a consumer slower than the
+peer), the peer's silence proves nothing and the countdown stays full; the peer's
+tracker counts this side's silence all the same, so a PING still goes at least every
+``HOLD_PING_INTERVAL`` (``hold``): any frame tells a libvirt peer its client is alive.
 """
 
 from __future__ import annotations
 
 from virtvol.protocol.enums import Enum
+
+# While this side holds back its reading, a PING goes at least this often: a libvirt
+# peer drops a client it has not heard from for keepalive_interval * (keepalive_count + 1)
+# seconds, and its interval is a whole number of seconds, so never less than 1.
+HOLD_PING_INTERVAL = 1.0
 
 
 class KeepaliveAction(Enum):
@@ -29,17 +37,35 @@ class KeepaliveTracker:
         self._last_heard = now
         self._tries_left = count
         self._last_ping = now
+        self._hold_interval = min(interval, HOLD_PING_INTERVAL)
+        self._holding = False
 
     def heard(self, now: float) -> None:
         """Record that a frame arrived."""
+        self._holding = False
         self._last_heard = now
         self._tries_left = self.count
 
     def deadline(self) -> float:
-        """When ``poll`` next has something to do."""
+        """When ``poll`` (or, while holding, ``hold``) next has something to do."""
+        if self._holding:
+            return self._last_ping + self._hold_interval
         return max(self._last_heard, self._last_ping) + self.interval
 
+    def hold(self, now: float) -> KeepaliveAction:
+        """This side holds back reading: restart the countdown and ask for a PING once
+        ``HOLD_PING_INTERVAL`` (or ``interval``, if shorter) passed since the last one,
+        until a frame is heard or ``poll`` is called again. Never PEER_DEAD."""
+        self._holding = True
+        self._last_heard = now
+        self._tries_left = self.count
+        if now < self._last_ping + self._hold_interval:
+            return KeepaliveAction.NOTHING
+        self._last_ping = now
+        return KeepaliveAction.SEND_PING
+
     def poll(self, now: float) -> KeepaliveAction:
+        self._holding = False
         if now < self.deadline():
             return KeepaliveAction.NOTHING
         if self._tries_left == 0:

@@ -9,8 +9,9 @@ would show through a skip), so holes and zero runs are written as zeros.
 The target is open non-blocking: a write waits for room with ``poll`` in steps of
 ``WAIT_STEP`` seconds, so a reader that stalls holds the stream back (nothing is
 buffered beyond what is being written) and the writer still sees that it was
-``stop``-ped or interrupted (Ctrl-C) in between. A FIFO nobody reads yet is waited for
-the same way: it opens once a reader opened it.
+``stop``-ped or interrupted (Ctrl-C) in between, and calls ``on_wait`` after each step
+(the connection keeps its peer from taking the wait for a dead client). A FIFO nobody
+reads yet is waited for the same way: it opens once a reader opened it.
 """
 
 from __future__ import annotations
@@ -71,10 +72,13 @@ class SequentialWriter:
     holes as zeros. The interface of ``SparseWriter`` (``apply``, ``finish``...).
 
     Does not own ``fd``. One thread writes; ``stop`` may come from any other.
+    ``on_wait`` is called in the writing thread after each ``WAIT_STEP`` spent waiting
+    for room.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_wait: Callable[[], None] | None = None) -> None:
         self._fd = fd
+        self._on_wait = on_wait
         self._pos = 0
         self._stopped = threading.Event()
         self.zero_bytes = 0  # nothing is left as a hole here
@@ -118,6 +122,8 @@ class SequentialWriter:
                 written = os.write(self._fd, view[:WRITE_CALL_MAX])
             except BlockingIOError:
                 _wait_for_room(self._fd)
+                if self._on_wait is not None:
+                    self._on_wait()
                 continue
             if written == 0:  # a device that takes nothing more: its end
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

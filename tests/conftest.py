@@ -52,7 +52,7 @@ import pytest
 from tools import libvirtd_peer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -148,10 +148,15 @@ class ReferenceLibvirtd:
         return self.peer.pid
 
 
-def start_reference_libvirtd(state_dir: Path, *, secret_driver: bool = False) -> ReferenceLibvirtd:
-    """Start libvirtd in ``state_dir`` and make the pool; raise RuntimeError on failure."""
+def start_reference_libvirtd(
+    state_dir: Path, *, secret_driver: bool = False, settings: Sequence[str] = ()
+) -> ReferenceLibvirtd:
+    """Start libvirtd in ``state_dir`` (``settings``: more libvirtd.conf lines) and make
+    the pool; raise RuntimeError on failure."""
     try:
-        peer = libvirtd_peer.start(state_dir, free_port(), secret_driver=secret_driver)
+        peer = libvirtd_peer.start(
+            state_dir, free_port(), secret_driver=secret_driver, settings=settings
+        )
     except libvirtd_peer.PeerError as exc:
         raise RuntimeError(str(exc)) from exc
     daemon = ReferenceLibvirtd(
@@ -180,16 +185,20 @@ def start_reference_libvirtd(state_dir: Path, *, secret_driver: bool = False) ->
 @pytest.fixture
 def reference_libvirtd() -> Iterator[ReferenceLibvirtd]:
     """A fresh real libvirtd 9.0 with an active dir pool "default" (see module doc)."""
-    yield from _reference_libvirtd(secret_driver=False)
+    yield from reference_libvirtd_with()
 
 
 @pytest.fixture
 def reference_libvirtd_with_secrets() -> Iterator[ReferenceLibvirtd]:
     """``reference_libvirtd`` with libvirt's secret driver loaded too."""
-    yield from _reference_libvirtd(secret_driver=True)
+    yield from reference_libvirtd_with(secret_driver=True)
 
 
-def _reference_libvirtd(*, secret_driver: bool) -> Iterator[ReferenceLibvirtd]:
+def reference_libvirtd_with(
+    *, secret_driver: bool = False, settings: Sequence[str] = ()
+) -> Iterator[ReferenceLibvirtd]:
+    """A fixture's body: a fresh reference libvirtd (``start_reference_libvirtd``'s
+    arguments) for the test, stopped and removed after it."""
     if shutil.which("libvirtd") is None and not Path("/usr/sbin/libvirtd").exists():
         pytest.fail(
             "libvirtd missing: apt-get install -y --no-install-recommends "
@@ -203,7 +212,9 @@ def _reference_libvirtd(*, secret_driver: bool) -> Iterator[ReferenceLibvirtd]:
         base = Path(tempfile.mkdtemp(prefix="virtvol-ref-", dir="/tmp"))
         base.chmod(0o755)
         try:
-            daemon = start_reference_libvirtd(base / "state", secret_driver=secret_driver)
+            daemon = start_reference_libvirtd(
+                base / "state", secret_driver=secret_driver, settings=settings
+            )
         except RuntimeError as exc:
             errors.append(str(exc))
             shutil.rmtree(base, ignore_errors=True)

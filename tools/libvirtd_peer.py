@@ -28,6 +28,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 PEER_USER = "nobody"
 STORAGE_DRIVER = "libvirt_driver_storage.so"
@@ -120,7 +124,7 @@ def _libvirtd() -> str:
     return found
 
 
-def _config(port: int, tls: PeerTls | None, pki: Path) -> str:
+def _config(port: int, tls: PeerTls | None, pki: Path, settings: Sequence[str]) -> str:
     # Loopback TCP without authentication: this peer exists for local tests only.
     lines = [
         "listen_tcp = 1",
@@ -144,7 +148,7 @@ def _config(port: int, tls: PeerTls | None, pki: Path) -> str:
         if tls.allowed_dn_list is not None:
             patterns = ", ".join(f'"{pattern}"' for pattern in tls.allowed_dn_list)
             lines.append(f"tls_allowed_dn_list = [{patterns}]")
-    return "\n".join([*lines, ""])
+    return "\n".join([*lines, *settings, ""])
 
 
 def _copy_pki(tls: PeerTls, pki: Path) -> None:
@@ -188,9 +192,11 @@ def start(
     timeout: float = 10.0,
     tls: PeerTls | None = None,
     secret_driver: bool = False,
+    settings: Sequence[str] = (),
 ) -> LibvirtdPeer:
     """Start libvirtd with its state in ``state_dir``; return once it answers on ``port``
-    (and on ``tls.port`` when given). ``secret_driver`` loads libvirt's secret driver too.
+    (and on ``tls.port`` when given). ``secret_driver`` loads libvirt's secret driver too;
+    ``settings`` are more libvirtd.conf lines (``keepalive_interval = 1``).
 
     Raises:
         PeerError: libvirtd or its storage driver is missing, or the daemon did not come up.
@@ -214,7 +220,7 @@ def start(
     if tls is not None:
         _copy_pki(tls, pki)
     config = state_dir / "libvirtd.conf"
-    config.write_text(_config(port, tls, pki))
+    config.write_text(_config(port, tls, pki, settings))
     user = pwd.getpwnam(PEER_USER)
     group = grp.getgrgid(user.pw_gid)
     _chown_tree(state_dir, user.pw_uid, user.pw_gid)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer, stream_error
 from tests.client.helpers import MIB, write_sparse_image
-from tests.conftest import run_virsh
+from tests.conftest import reference_libvirtd_with, run_virsh
 from virtvol.client import LibvirtError, StorageVolume, connect
 from virtvol.client.direct import open_direct, run_blocking
 from virtvol.protocol.procedures import Proc
@@ -436,3 +436,84 @@ def test_ctrl_c_ends_a_vol_download_into_a_stalled_fifo(
                     _, err = process.communicate(timeout=10)
                 assert (err, process.returncode) == (b"", status), argv
     assert sorted(os.listdir(tmp_path)) == ["stalled", "unread"]
+
+
+# libvirtd drops a client it has heard nothing from for interval * (count + 1) seconds:
+# 2 s here, 30 s with libvirt's defaults.
+KEEPALIVE_TOLERANCE = 2
+STALL = 3 * KEEPALIVE_TOLERANCE
+
+
+@pytest.fixture
+def impatient_libvirtd() -> Iterator[ReferenceLibvirtd]:
+    """A reference libvirtd that drops a silent client after ``KEEPALIVE_TOLERANCE`` s."""
+    yield from reference_libvirtd_with(settings=["keepalive_interval = 1", "keepalive_count = 1"])
+
+
+@pytest.fixture
+def impatient_volume(impatient_libvirtd: ReferenceLibvirtd, tmp_path: Path) -> bytes:
+    """Volume "v.img" of 64 MiB on ``impatient_libvirtd``: far more than the socket
+    buffers and the FIFO hold, so a stalled reader holds the download back."""
+    volume = os.urandom(64 * MIB)
+    source = tmp_path / "source.img"
+    source.write_bytes(volume)
+    uri = impatient_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "v.img", str(len(volume)))
+    run_virsh(uri, "vol-upload", "v.img", str(source), "--pool", "default")
+    source.unlink()
+    return volume
+
+
+def stalled_reader(fifo: Path) -> FifoReader:
+    """A reader of ``fifo`` that stalls ``STALL`` seconds before it reads."""
+    reader = FifoReader(fifo)
+    reader.paused.clear()  # before its thread gets past opening the FIFO
+
+    def stall() -> None:
+        time.sleep(STALL)
+        reader.paused.set()
+
+    threading.Thread(target=stall, daemon=True).start()
+    return reader
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_reader_stalled_past_libvirtds_keepalive_keeps_the_download(
+    impatient_libvirtd: ReferenceLibvirtd, impatient_volume: bytes, downloads: Path, engine: str
+) -> None:
+    """While the download waits for room in the FIFO it reads nothing, and libvirtd
+    hears nothing from it: the client's keepalive PINGs tell libvirtd it is alive."""
+    fifo = make_fifo(downloads)
+    reader = stalled_reader(fifo)
+    started = time.monotonic()
+    result = download(engine, impatient_libvirtd.tcp_uri, fifo)
+    assert time.monotonic() - started > STALL  # the reader did hold it back
+    assert reader.result() == impatient_volume
+    assert result.total_bytes == len(impatient_volume)
+
+
+def test_vol_download_into_a_fifo_stalled_past_libvirtds_keepalive(
+    impatient_libvirtd: ReferenceLibvirtd, impatient_volume: bytes, downloads: Path
+) -> None:
+    fifo = make_fifo(downloads)
+    reader = stalled_reader(fifo)
+    _, ours = virsh_and_virtvol(
+        impatient_libvirtd.tcp_uri, "vol-download", "v.img", str(fifo), "--pool", "default"
+    )
+    done = run_binary(ours)
+    assert (done.stdout, done.returncode) == (b"\n", 0), done.stderr
+    assert reader.result() == impatient_volume
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_reader_that_comes_after_libvirtds_keepalive_gets_the_download(
+    impatient_libvirtd: ReferenceLibvirtd, impatient_volume: bytes, downloads: Path, engine: str
+) -> None:
+    """The download waits for the FIFO's reader before it opens the stream; the
+    connection stays of use meanwhile."""
+    fifo = make_fifo(downloads)
+    readers: list[FifoReader] = []
+    threading.Timer(STALL, lambda: readers.append(FifoReader(fifo))).start()
+    result = download(engine, impatient_libvirtd.tcp_uri, fifo)
+    assert readers[0].result() == impatient_volume
+    assert result.total_bytes == len(impatient_volume)
