@@ -66,13 +66,13 @@ from virtvol.protocol.errors import ErrorCode, ErrorReport
 from .names import RESERVED_PREFIX, is_volume_name
 from .poolxml import PoolRuntime
 from .reports import (
-    invalid_arg,
     no_volume_named,
     storage_error,
     system_error,
     volume_exists,
     volume_in_use,
 )
+from .resizerules import new_capacity
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -535,19 +535,13 @@ class RbdVolumes:
             )
         with self.image(name) as image:
             current = image.size()
-            if delta:
-                new = current - min(capacity, current) if shrink else current + capacity
-            else:
-                new = capacity
-            if new < current:
-                allocation = sum(end - start for start, end in data_extents(image, 0, current))
-                if new < allocation:
-                    raise invalid_arg("can't shrink capacity below existing allocation")
-                if not shrink:
-                    raise invalid_arg(
-                        "Can't shrink capacity below current capacity unless shrink flag "
-                        "explicitly specified"
-                    )
+            new = new_capacity(
+                current,
+                capacity,
+                lambda: sum(end - start for start, end in data_extents(image, 0, current)),
+                delta=delta,
+                shrink=shrink,
+            )
             try:
                 image.resize(new)
             except Exception as exc:

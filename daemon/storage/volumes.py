@@ -34,13 +34,13 @@ from .probe import (
 from .reports import (
     cannot_resize_image,
     cannot_wipe_ploop,
-    invalid_arg,
     needs_qemu_img,
     no_volume_named,
     storage_error,
     system_error,
     volume_exists,
 )
+from .resizerules import new_capacity
 from .volxml import MAX_FILE_SIZE, VolumeRequest
 
 log = logging.getLogger(__name__)
@@ -450,22 +450,9 @@ class VolumeDir:
         shrink: bool,
         allocate: bool,
     ) -> int:
-        """The size a resize asks for, after libvirt's checks of it against the volume's
-        capacity, its allocation and (to preallocate) the pool's free space."""
-        if delta:
-            # libvirt's unsigned sum: an image claiming a near-2^64 size wraps round.
-            grown = (current + capacity) % _SIZE_RANGE
-            new = current - min(capacity, current) if shrink else grown
-        else:
-            new = capacity
-        if new < current:
-            if new < allocation:
-                raise invalid_arg("can't shrink capacity below existing allocation")
-            if not shrink:
-                raise invalid_arg(
-                    "Can't shrink capacity below current capacity unless shrink flag "
-                    "explicitly specified"
-                )
+        """The size a resize asks for, after libvirt's checks of it (``new_capacity``) and,
+        to preallocate, of the pool's free space."""
+        new = new_capacity(current, capacity, lambda: allocation, delta=delta, shrink=shrink)
         if allocate and new - allocation > self.available():
             # Checked first, as libvirt does: a failing fallocate keeps the blocks
             # it got, so trying would fill the file system before failing.
@@ -742,9 +729,6 @@ def _lock(fd: int) -> bool:
         raise
     return True
 
-
-# Sizes are 64-bit unsigned numbers in libvirt.
-_SIZE_RANGE = 1 << 64
 
 # Linux's ioctl that makes a file share all of another's blocks (copy on write).
 _FICLONE = 0x40049409

@@ -110,6 +110,12 @@ def test_volume_lifecycle(rbd_virtvold: Virtvold, ceph: CephCluster) -> None:
     assert "Can't shrink capacity below current capacity unless shrink flag" in refused.stderr
     run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "4M", "--shrink")
     assert image_size(ceph, name) == 4 * MIB
+    # libvirt's sum is unsigned 64-bit: 4 MiB + (2^64 - 1) wraps round to 4 MiB - 1.
+    wrapped = run_virsh(
+        uri, "vol-resize", "--pool", RBD_POOL, name, str((1 << 64) - 1), "--delta", check=False
+    )
+    assert "Can't shrink capacity below current capacity unless shrink flag" in wrapped.stderr
+    assert image_size(ceph, name) == 4 * MIB
 
     run_virsh(uri, "vol-delete", "--pool", RBD_POOL, name)
     assert name not in images(ceph)

@@ -1,0 +1,38 @@
+"""libvirt's rules for a resized volume's new size, shared by every pool type."""
+
+from __future__ import annotations
+
+import pytest
+
+from virtvol.daemon.storage.resizerules import new_capacity
+from virtvol.protocol.errors import ErrorCode, ErrorReport
+
+BELOW_ALLOCATION = "invalid argument: can't shrink capacity below existing allocation"
+WITHOUT_SHRINK = (
+    "invalid argument: Can't shrink capacity below current capacity unless shrink flag "
+    "explicitly specified"
+)
+
+
+def _refusal(current: int, capacity: int, allocation: int, **flags: bool) -> str:
+    with pytest.raises(ErrorReport) as info:
+        new_capacity(current, capacity, lambda: allocation, **flags)
+    assert info.value.code == ErrorCode.INVALID_ARG
+    return info.value.message
+
+
+def test_the_new_size() -> None:
+    assert new_capacity(1000, 5000, lambda: 0, delta=False, shrink=False) == 5000
+    assert new_capacity(1000, 5000, lambda: 0, delta=True, shrink=False) == 6000
+    assert new_capacity(1000, 300, lambda: 0, delta=True, shrink=True) == 700
+    assert new_capacity(1000, 5000, lambda: 0, delta=True, shrink=True) == 0  # stops at zero
+    assert new_capacity(1000, 5000, lambda: 0, delta=False, shrink=True) == 5000
+
+
+def test_a_delta_sum_wraps_round_as_libvirt_s_unsigned_one() -> None:
+    huge = (1 << 64) - 1
+    # A header claiming a near-2^64 size, grown by 1: the sum wraps round to 0.
+    assert _refusal(huge, 1, 4096, delta=True, shrink=False) == BELOW_ALLOCATION
+    assert new_capacity(huge, 1, lambda: 0, delta=True, shrink=True) == huge - 1
+    # 4 MiB grown by 2^64 - 1 is 4 MiB - 1: a shrink without the flag.
+    assert _refusal(4 << 20, huge, 0, delta=True, shrink=False) == WITHOUT_SHRINK
