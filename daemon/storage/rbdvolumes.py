@@ -541,6 +541,9 @@ class RbdVolumes:
                 lambda: sum(end - start for start, end in data_extents(image, 0, current)),
                 delta=delta,
                 shrink=shrink,
+                # Measuring the allocation walks the whole image (diff_iterate), and an
+                # image never has more allocated than its size: only a shrink needs it.
+                allocation_within_capacity=True,
             )
             try:
                 image.resize(new)

@@ -1,8 +1,9 @@
 """libvirt 9.0's rules for the new size of a resized volume, for every pool type.
 
-libvirtd works the new size out, then refuses a smaller one below the volume's
-allocation, or without the SHRINK flag. What a pool type checks after that (the free
-space to preallocate) and how it resizes are its own.
+libvirtd works the new size out, then refuses one below the volume's allocation (even
+one that grows the volume: a file's allocation can exceed its size), then a smaller one
+without the SHRINK flag. What a pool type checks after that (the free space to
+preallocate) and how it resizes are its own.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ def new_capacity(
     *,
     delta: bool,
     shrink: bool,
+    allocation_within_capacity: bool = False,
 ) -> int:
     """The size a resize to ``capacity`` asks of a volume of ``current`` bytes, once
-    libvirt's checks of it against the volume's allocation and size have passed
-    (``allocation`` is called only for a smaller size).
+    libvirt's checks of it against the volume's allocation and size have passed.
+
+    ``allocation_within_capacity``: the volume's allocation never exceeds its size, so
+    only a smaller size can fall below it and ``allocation`` is called only for one.
     """
     if delta and shrink:
         new = current - min(capacity, current)
@@ -37,12 +41,10 @@ def new_capacity(
         new = (current + capacity) % _SIZE_RANGE
     else:
         new = capacity
-    if new < current:
-        if new < allocation():
-            raise invalid_arg("can't shrink capacity below existing allocation")
-        if not shrink:
-            raise invalid_arg(
-                "Can't shrink capacity below current capacity unless shrink flag "
-                "explicitly specified"
-            )
+    if (new < current or not allocation_within_capacity) and new < allocation():
+        raise invalid_arg("can't shrink capacity below existing allocation")
+    if new < current and not shrink:
+        raise invalid_arg(
+            "Can't shrink capacity below current capacity unless shrink flag explicitly specified"
+        )
     return new

@@ -9,6 +9,7 @@ so the expectation is libvirt's own behaviour, not one written down here.
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from tests.conftest import run_system_python
 from virtvol.daemon.storage.poolxml import SERVED_POOL_TYPES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from tests.conftest import ReferenceLibvirtd, Virtvold
@@ -62,8 +64,18 @@ def _record(
 
 
 def assert_same_answers(
-    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path, body: str
+    reference_libvirtd: ReferenceLibvirtd,
+    virtvold: Virtvold,
+    tmp_path: Path,
+    body: str,
+    *,
+    place: Callable[[Path], None] | None = None,
 ) -> None:
+    """Run ``body`` against both daemons, after ``place`` has put files in each one's
+    "default" pool folder, and compare what each step got."""
+    if place is not None:
+        place(reference_libvirtd.pool_dir)
+        place(virtvold.pool_dir)
     expected = _record(
         reference_libvirtd.tcp_uri,
         reference_libvirtd.state_dir / "scratch",
@@ -314,6 +326,48 @@ def test_volume_resize(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_RESIZE)
+
+
+# A file's allocation can exceed its size: libvirtd refuses any new size below it, even
+# one that grows the file.
+RESIZE_BELOW_ALLOCATION = """
+pool = conn.storagePoolLookupByName("default")
+pool.refresh()
+vol = pool.storageVolLookupByName
+ALLOCATE, DELTA = 1, 2
+for name, size, flags in [
+    ("small.img", 2000, 0),
+    ("small.img", 1000, DELTA),
+    ("small.img", 2000, ALLOCATE),
+    ("small.img", 4096, 0),
+    ("kept.img", 8192, 0),
+    ("kept.img", 1 << 20, 0),
+]:
+    step("resize %s %d %d" % (name, size, flags), lambda: vol(name).resize(size, flags))
+    step("after resize " + name, vol(name).info)
+"""
+
+
+def _place_files_allocated_past_their_size(pool_dir: Path) -> None:
+    small = pool_dir / "small.img"
+    small.write_bytes(b"s" * 1000)  # in a block of its own
+    kept = pool_dir / "kept.img"
+    kept.write_bytes(b"k" * 4096)
+    subprocess.run(["fallocate", "--keep-size", "--length", "1M", str(kept)], check=True)
+    for path in (small, kept):
+        path.chmod(0o666)  # the reference libvirtd runs as nobody
+
+
+def test_volume_resize_below_the_allocation(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(
+        reference_libvirtd,
+        virtvold,
+        tmp_path,
+        RESIZE_BELOW_ALLOCATION,
+        place=_place_files_allocated_past_their_size,
+    )
 
 
 FIND_POOL_SOURCES = """

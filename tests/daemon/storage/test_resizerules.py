@@ -14,6 +14,10 @@ WITHOUT_SHRINK = (
 )
 
 
+def _unmeasured() -> int:
+    raise AssertionError("the allocation was measured")
+
+
 def _refusal(current: int, capacity: int, allocation: int, **flags: bool) -> str:
     with pytest.raises(ErrorReport) as info:
         new_capacity(current, capacity, lambda: allocation, **flags)
@@ -27,6 +31,24 @@ def test_the_new_size() -> None:
     assert new_capacity(1000, 300, lambda: 0, delta=True, shrink=True) == 700
     assert new_capacity(1000, 5000, lambda: 0, delta=True, shrink=True) == 0  # stops at zero
     assert new_capacity(1000, 5000, lambda: 0, delta=False, shrink=True) == 5000
+
+
+def test_a_size_below_the_allocation_is_refused_even_growing() -> None:
+    assert _refusal(1000, 2000, 4096, delta=False, shrink=False) == BELOW_ALLOCATION
+    assert _refusal(1000, 500, 4096, delta=True, shrink=False) == BELOW_ALLOCATION
+    # Below the allocation is said before the missing SHRINK flag.
+    assert _refusal(8192, 1000, 4096, delta=False, shrink=False) == BELOW_ALLOCATION
+    assert _refusal(8192, 5000, 4096, delta=False, shrink=False) == WITHOUT_SHRINK
+    assert new_capacity(1000, 4096, lambda: 4096, delta=False, shrink=False) == 4096
+
+
+def test_an_allocation_within_the_size_is_measured_only_for_a_smaller_size() -> None:
+    grown = new_capacity(
+        1000, 2000, _unmeasured, delta=False, shrink=False, allocation_within_capacity=True
+    )
+    assert grown == 2000
+    refused = _refusal(8192, 1000, 4096, delta=False, shrink=True, allocation_within_capacity=True)
+    assert refused == BELOW_ALLOCATION
 
 
 def test_a_delta_sum_wraps_round_as_libvirt_s_unsigned_one() -> None:

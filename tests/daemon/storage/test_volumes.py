@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -481,6 +482,34 @@ def test_resize_rules(setup: PoolSetup) -> None:
         registry.resize_volume(full, 1 << 63)
     with fails(ErrorCode.INVALID_ARG, "unsupported flags (0x8) in function storageVolResize"):
         registry.resize_volume(full, 1, 8)
+
+
+def test_resize_below_the_allocation_is_refused_growing_too(setup: PoolSetup) -> None:
+    """As libvirtd: a new size below the allocation is refused whether the volume grows or
+    not, and a file's allocation can exceed its size (the block its end is in, blocks
+    allocated past its end)."""
+    registry = setup.registry
+    below = "invalid argument: can't shrink capacity below existing allocation"
+    small = setup.file("small", b"x" * 1000)
+    assert allocated(setup.pool_dir / "small") == BLOCK
+    with fails(ErrorCode.INVALID_ARG, below):
+        registry.resize_volume(small, 2000)
+    with fails(ErrorCode.INVALID_ARG, below):
+        registry.resize_volume(small, 1000, 2)  # by a delta
+    with fails(ErrorCode.INVALID_ARG, below):
+        registry.resize_volume(small, 2000, 1)  # allocating
+    assert registry.volume_info(small) == VolumeInfo(VolumeType.FILE, 1000, BLOCK)
+    registry.resize_volume(small, BLOCK)
+    assert registry.volume_info(small).capacity == BLOCK
+    kept = setup.file("kept", b"k" * BLOCK)
+    subprocess.run(
+        ["fallocate", "--keep-size", "--length", str(MIB), str(setup.pool_dir / "kept")],
+        check=True,
+    )
+    with fails(ErrorCode.INVALID_ARG, below):
+        registry.resize_volume(kept, MIB - 1)
+    registry.resize_volume(kept, MIB)
+    assert registry.volume_info(kept) == VolumeInfo(VolumeType.FILE, MIB, MIB)
 
 
 def test_busy_volume_refuses_changes(setup: PoolSetup) -> None:
