@@ -120,9 +120,9 @@ for name in sorted(pool.listVolumes()):
 def test_volume_xml_and_info_match_libvirtd(
     reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    _place_images(reference_libvirtd_with_secrets.pool_dir)
-    _place_images(virtvold.pool_dir)
-    assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, DESCRIBE_ALL)
+    assert_same_answers(
+        reference_libvirtd_with_secrets, virtvold, tmp_path, DESCRIBE_ALL, place=_place_images
+    )
 
 
 def _details(uri: str, pool_dir: Path) -> list[str]:
@@ -333,9 +333,9 @@ def _place_directories(pool_dir: Path) -> None:
 def test_sub_directories_are_volumes_as_in_libvirtd(
     reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    _place_directories(reference_libvirtd_with_secrets.pool_dir)
-    _place_directories(virtvold.pool_dir)
-    assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, DIRECTORIES)
+    assert_same_answers(
+        reference_libvirtd_with_secrets, virtvold, tmp_path, DIRECTORIES, place=_place_directories
+    )
     assert (virtvold.pool_dir / "full-dir" / "inside.qcow2").stat().st_size == FILE_SIZE
 
 
@@ -355,9 +355,9 @@ step("listed after", lambda: sorted(pool.listVolumes()))
 def test_a_sub_directory_cloned_by_reflink_fails_as_in_libvirtd(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    _place_directories(reference_libvirtd.pool_dir)
-    _place_directories(virtvold.pool_dir)
-    assert_same_answers(reference_libvirtd, virtvold, tmp_path, DIRECTORY_REFLINK)
+    assert_same_answers(
+        reference_libvirtd, virtvold, tmp_path, DIRECTORY_REFLINK, place=_place_directories
+    )
     assert not (virtvold.pool_dir / "copy").exists()
 
 
@@ -433,9 +433,9 @@ def _place_sources(pool_dir: Path) -> None:
 def test_new_volumes_of_other_formats_as_in_libvirtd(
     reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    _place_sources(reference_libvirtd_with_secrets.pool_dir)
-    _place_sources(virtvold.pool_dir)
-    assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, NEW_VOLUMES)
+    assert_same_answers(
+        reference_libvirtd_with_secrets, virtvold, tmp_path, NEW_VOLUMES, place=_place_sources
+    )
 
 
 REFUSED = r"""
