@@ -74,7 +74,7 @@ from virtvol.protocol.constants import MESSAGE_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
 from virtvol.protocol.frames import SCRATCH_SIZE
-from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
+from virtvol.protocol.keepalive import HOLD_PING_INTERVAL, KeepaliveAction, KeepaliveTracker
 from virtvol.protocol.procedures import Proc, StreamDirection
 from virtvol.protocol.stream import Side
 
@@ -389,9 +389,22 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_reading(self, owner: object) -> None:
         transport = self._transport
-        if not self._read_pausers and transport is not None and not transport.is_closing():
-            transport.pause_reading()
+        if not self._read_pausers:
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+            self._keepalive_soon()
         self._read_pausers.add(owner)
+
+    def _keepalive_soon(self) -> None:
+        """Bring the keepalive's next look forward to ``HOLD_PING_INTERVAL`` from now at
+        the latest: held-back reading is pinged through at that cadence."""
+        timer = self._keepalive_timer
+        if timer is None or timer.cancelled():  # no keepalive, or the connection is gone
+            return
+        soon = self._loop.time() + HOLD_PING_INTERVAL
+        if timer.when() > soon:
+            timer.cancel()
+            self._keepalive_timer = self._loop.call_at(soon, self._keepalive_due)
 
     def resume_reading(self, owner: object) -> None:
         if owner not in self._read_pausers:
@@ -758,9 +771,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         tracker = self._keepalive
         assert tracker is not None
         now = self._loop.time()
-        if self._read_pausers:
-            tracker.heard(now)  # we stopped listening; the silence is ours
-        action = tracker.poll(now)
+        # Reading held back (a slow disk under an upload): the client's silence is ours,
+        # but it hears nothing from us either, and would take us for dead.
+        action = tracker.hold(now) if self._read_pausers else tracker.poll(now)
         if action is KeepaliveAction.PEER_DEAD:
             self.abort("no keepalive answer")
             return

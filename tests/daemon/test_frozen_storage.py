@@ -1,0 +1,147 @@
+"""An upload that outlasts a stall of the pool's storage: the file system frozen
+(``fsfreeze``, as a backup's snapshot does) for longer than the client's keepalive
+tolerates silence.
+
+While the disk takes nothing, virtvold stops reading the client (it holds a bounded
+amount of the upload), and the client, blocked on a full socket, hears nothing from
+it: virsh (``-k 1 -K 1``: dead after 2 s of silence) and virtvol's engine gave the
+connection up. virtvold now pings a client it has stopped reading."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.conftest import POOL_NAME, run_virsh, start_virtvold, stop_virtvold
+from virtvol.client.direct import open_direct, run_blocking
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.conftest import Virtvold
+
+pytestmark = pytest.mark.interop
+
+MIB = 1 << 20
+SIZE = 192 * MIB
+FREEZE = 5.0  # seconds: more than twice the clients' 2 s tolerance
+FROZEN_AFTER = 32 * MIB  # of the upload's temporary written
+
+
+@pytest.fixture
+def frozen_pool_virtvold(tmp_path: Path) -> Iterator[Virtvold]:
+    """virtvold whose pool is a small ext4 of its own, which a test may freeze."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting and freezing a file system takes root", pytrace=False)
+    image, base = tmp_path / "ext4.img", tmp_path / "virtvold"
+    with image.open("wb") as created:
+        created.truncate(3 * SIZE)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    (base / "pool").mkdir(parents=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(base / "pool")], check=True)
+    try:
+        daemon = start_virtvold(base)
+        try:
+            yield daemon
+        finally:
+            stop_virtvold(daemon)
+    finally:
+        subprocess.run(
+            ["fsfreeze", "--unfreeze", str(base / "pool")], capture_output=True, check=False
+        )
+        subprocess.run(["umount", str(base / "pool")], check=True)
+
+
+class Freezer:
+    """Freezes ``pool`` for ``FREEZE`` seconds once an upload's temporary there holds
+    ``FROZEN_AFTER`` bytes; ``froze_for`` tells how long it was frozen."""
+
+    def __init__(self, pool: Path) -> None:
+        self.pool = pool
+        self.froze_for = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _temporary_size(self) -> int:
+        with os.scandir(self.pool) as entries:
+            return max(
+                (e.stat().st_size for e in entries if e.name.startswith(".virtvol-upload-")),
+                default=0,
+            )
+
+    def _run(self) -> None:
+        give_up = time.monotonic() + 60
+        while self._temporary_size() < FROZEN_AFTER:
+            if self._done.is_set() or time.monotonic() > give_up:
+                return
+            time.sleep(0.002)
+        subprocess.run(["fsfreeze", "--freeze", str(self.pool)], check=True)
+        started = time.monotonic()
+        time.sleep(FREEZE)
+        subprocess.run(["fsfreeze", "--unfreeze", str(self.pool)], check=True)
+        self.froze_for = time.monotonic() - started
+
+    def join(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=FREEZE + 60)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, bytes]:
+    data = os.urandom(SIZE)
+    path = tmp_path / "source.img"
+    path.write_bytes(data)
+    return path, data
+
+
+def test_virsh_upload_outlasts_frozen_storage(
+    frozen_pool_virtvold: Virtvold, source: tuple[Path, bytes]
+) -> None:
+    path, data = source
+    uri = frozen_pool_virtvold.tcp_uri
+    run_virsh(uri, "vol-create-as", POOL_NAME, "v", str(SIZE), "--allocation", "0")
+    freezer = Freezer(frozen_pool_virtvold.pool_dir)
+    upload = subprocess.run(
+        ["virsh", "-k", "1", "-K", "1", "-c", uri, "vol-upload", "v", str(path), POOL_NAME],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    freezer.join()
+    assert freezer.froze_for >= FREEZE
+    assert (upload.returncode, upload.stderr) == (0, "")
+    assert (frozen_pool_virtvold.pool_dir / "v").read_bytes() == data
+
+
+def test_an_upload_on_virtvols_engine_outlasts_frozen_storage(
+    frozen_pool_virtvold: Virtvold, source: tuple[Path, bytes]
+) -> None:
+    path, data = source
+    uri = frozen_pool_virtvold.tcp_uri
+    run_virsh(uri, "vol-create-as", POOL_NAME, "v", str(SIZE), "--allocation", "0")
+
+    async def upload() -> None:
+        conn = await open_direct(uri, keepalive=(1, 1))
+        try:
+            pool = await conn.lookup_pool_by_name(POOL_NAME)
+            volume = await pool.lookup_volume("v")
+            freezer = Freezer(frozen_pool_virtvold.pool_dir)
+            try:
+                await volume.upload_file(path)
+            finally:
+                freezer.join()
+            assert freezer.froze_for >= FREEZE
+            await volume.info()  # the connection is still of use
+        finally:
+            await conn.close()
+
+    run_blocking(upload())
+    assert (frozen_pool_virtvold.pool_dir / "v").read_bytes() == data
