@@ -203,6 +203,22 @@ class VolResizeFlags(IntFlag):
     SHRINK = 4
 
 
+class VolWipeAlgorithm(IntEnum):
+    """``virStorageVolWipeAlgorithm``: zero, then the patterns of the ``scrub`` tool,
+    then trim (discard). virsh's ``vol-wipe --algorithm`` names are these, lower case."""
+
+    ZERO = 0
+    NNSA = 1
+    DOD = 2
+    BSI = 3
+    GUTMANN = 4
+    SCHNEIER = 5
+    PFITZNER7 = 6
+    PFITZNER33 = 7
+    RANDOM = 8
+    TRIM = 9
+
+
 class VolInfoFlags(IntFlag):
     """``virStorageVolInfoFlags``."""
 

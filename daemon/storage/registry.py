@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from virtvol.protocol.constants import VolWipeAlgorithm
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.sparse import files as sparse_files
 from virtvol.sparse.writer import MAX_OFFSET
@@ -855,17 +856,17 @@ class StorageRegistry:
         """STORAGE_VOL_WIPE_PATTERN: the zero algorithm is ``wipe_volume`` (libvirt's wipe
         is this call with it); the others would need scrub, which virtvold does not run."""
         _check_flags(flags, 0, "storageVolWipePattern")
-        if algorithm >= WIPE_ALGORITHMS:
+        if algorithm >= len(VolWipeAlgorithm):
             raise storage_error(
                 ErrorCode.INVALID_ARG, f"wiping algorithm {algorithm} not supported"
             )
-        if algorithm == WIPE_ZERO:
+        if algorithm == VolWipeAlgorithm.ZERO:
             self.wipe_volume(volume)
             return
         with self._changing(volume) as volumes:
             if isinstance(volumes, VolumeDir):
                 volumes.check_wipeable(volume.name)
-            if algorithm == WIPE_TRIM:
+            if algorithm == VolWipeAlgorithm.TRIM:
                 raise storage_error(
                     ErrorCode.ARGUMENT_UNSUPPORTED, "'trim' algorithm not supported"
                 )
@@ -1171,6 +1172,4 @@ _CREATE_FLAGS = (
     | PoolCreateFlags.WITH_BUILD_NO_OVERWRITE
 )
 _CLONE_FLAGS = VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.REFLINK | VolCreateFlags.VALIDATE
-# virStorageVolWipeAlgorithm: ZERO, then scrub's patterns, then TRIM (the last).
-WIPE_ZERO, WIPE_TRIM, WIPE_ALGORITHMS = 0, 9, 10
 _RESIZE_FLAGS = VolResizeFlags.ALLOCATE | VolResizeFlags.DELTA | VolResizeFlags.SHRINK
