@@ -8,10 +8,10 @@ async with virtvol.client.connect("storage+tcp://host/system") as conn:
 The names in ``__all__`` are the public API: connecting (``connect``,
 ``PendingConnection``, ``Connection``, ``default_uri``), pools and volumes
 (``StoragePool``, ``StorageVolume``, ``PoolInfo``, ``VolumeInfo``, ``PoolState``,
-``VolumeType``, ``volume_xml``), transfers (``Upload``, ``Download``, ``Hole``,
-``upload_file``, ``download_file``, ``TransferResult``) and the errors (rooted at
-``VirtvolError``). ``virtvol.client.testing`` offers an in-memory daemon for
-tests. Other modules and names are internal: they may change in any release.
+``VolumeType``, ``VolWipeAlgorithm``, ``volume_xml``), transfers (``Upload``,
+``Download``, ``Hole``, ``upload_file``, ``download_file``, ``TransferResult``) and the
+errors (rooted at ``VirtvolError``). ``virtvol.client.testing`` offers an in-memory
+daemon for tests. Other modules and names are internal: they may change in any release.
 """
 
 from virtvol.client.connection import Connection, PendingConnection, connect
@@ -43,6 +43,7 @@ from virtvol.client.objects import (
     StorageVolume,
     VolumeInfo,
     VolumeType,
+    VolWipeAlgorithm,
 )
 from virtvol.client.uri import default_uri
 from virtvol.client.xmldesc import volume_xml
@@ -104,6 +105,7 @@ __all__ = [
     "UnsupportedTransport",
     "Upload",
     "VirtvolError",
+    "VolWipeAlgorithm",
     "VolumeInfo",
     "VolumeType",
     "connect",

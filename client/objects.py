@@ -13,6 +13,7 @@ from virtvol.protocol.constants import PoolState as PoolState
 from virtvol.protocol.constants import PoolXMLFlags, VolInfoFlags, VolResizeFlags
 from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
+from virtvol.protocol.constants import VolWipeAlgorithm as VolWipeAlgorithm
 from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "PoolState",
     "StoragePool",
     "StorageVolume",
+    "VolWipeAlgorithm",
     "VolumeInfo",
     "VolumeType",
 ]
@@ -326,6 +328,19 @@ class StorageVolume:
     async def wipe(self, *, timeout: float | None = None) -> None:
         """Overwrite the volume's contents with zeros."""
         await self._call(procedures.STORAGE_VOL_WIPE, r.VolFlagsArgs(self.wire, 0), timeout=timeout)
+
+    async def wipe_pattern(
+        self, algorithm: VolWipeAlgorithm, *, timeout: float | None = None
+    ) -> None:
+        """Overwrite the volume's contents by ``algorithm``: zeros (``ZERO``), one of the
+        ``scrub`` tool's patterns, or a discard (``TRIM``); the daemon refuses what its
+        pool or host cannot do. A daemon without this call raises ``NoSupport``: ``wipe``
+        is the zero algorithm there."""
+        await self._call(
+            procedures.STORAGE_VOL_WIPE_PATTERN,
+            r.VolWipePatternArgs(self.wire, algorithm, 0),
+            timeout=timeout,
+        )
 
     async def resize(
         self,

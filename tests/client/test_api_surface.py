@@ -47,6 +47,7 @@ PUBLIC = [
     "UnsupportedTransport",
     "Upload",
     "VirtvolError",
+    "VolWipeAlgorithm",
     "VolumeInfo",
     "VolumeType",
     "connect",
