@@ -36,12 +36,19 @@ from virtvol.client.connection import Connection, connect
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
+    NoSupport,
     TransportError,
     UnsendableValue,
     VirtvolError,
 )
 from virtvol.client.log import when_first_used
-from virtvol.client.objects import PoolState, StoragePool, StorageVolume, VolumeType
+from virtvol.client.objects import (
+    PoolState,
+    StoragePool,
+    StorageVolume,
+    VolumeType,
+    VolWipeAlgorithm,
+)
 from virtvol.client.progress import TransferProgress, summary_line
 from virtvol.client.sizes import C_BLANKS, SizeError, format_size, parse_size
 from virtvol.client.uri import DEFAULT_URI_ENV
@@ -759,13 +766,25 @@ async def vol_delete(conn: Connection, args: SimpleNamespace) -> str:
     return Notice(f"Vol {args.vol} deleted\n")
 
 
+# virsh's --algorithm names: libvirt's own, lower case, spelt exactly.
+_WIPE_ALGORITHMS = {algorithm.name.lower(): algorithm for algorithm in VolWipeAlgorithm}
+
+
 async def vol_wipe(conn: Connection, args: SimpleNamespace) -> str:
-    if args.algorithm not in (None, "zero"):
-        # virsh's other algorithms need STORAGE_VOL_WIPE_PATTERN, which virtvol does not send.
-        raise CommandError(f"wipe algorithm '{args.algorithm}' is not supported by virtvol")
-    vol = await _volume(conn, args.vol, args.pool)
+    vol = await _volume(conn, args.vol, args.pool)  # before the name check, as virsh
+    algorithm = VolWipeAlgorithm.ZERO
+    if args.algorithm is not None:
+        if args.algorithm not in _WIPE_ALGORITHMS:
+            raise CommandError(f"Unsupported algorithm '{args.algorithm}'")
+        algorithm = _WIPE_ALGORITHMS[args.algorithm]
     try:
-        await vol.wipe()
+        try:
+            await vol.wipe_pattern(algorithm)
+        except NoSupport:
+            # A daemon without the pattern call still wipes with zeros, as virsh falls back.
+            if algorithm != VolWipeAlgorithm.ZERO:
+                raise
+            await vol.wipe()
     except LibvirtError as exc:
         _fail(f"Failed to wipe vol {args.vol}", exc)
     return Notice(f"Vol {args.vol} wiped\n")
@@ -1335,11 +1354,11 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
         _command(
             "vol-wipe",
             vol_wipe,
-            "overwrite a volume with zeros",
-            "Overwrite all of a volume's data with zeros.",
+            "overwrite a volume's data",
+            "Overwrite all of a volume's data, with zeros unless --algorithm names another way.",
             _VOL,
             _POOL_OF_VOL,
-            Option("algorithm", "how to wipe; virtvol does 'zero' only"),
+            Option("algorithm", f"one of {', '.join(_WIPE_ALGORITHMS)}; zero by default"),
         ),
     )
 }

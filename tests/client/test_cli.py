@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.client.fake_peer import POOL, VOLUME, FakePeer
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
 from tests.conftest import ReferenceLibvirtd, run_virsh, start_virtvold, stop_virtvold
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import CallReceived, rpc_error
+from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -170,6 +174,103 @@ def test_pool_and_volume_lifecycle(daemon: Daemon) -> None:
         "Pool t created\n\n"
     )
     assert "t " in run_virsh(uri, "pool-list").stdout
+
+
+def _run(client: str, uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``args`` run by virsh or by virtvol, failing or not."""
+    if client == "virsh":
+        return run_virsh(uri, *args, check=False)
+    return virtvol(uri, *args, check=False)
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        [],  # virsh's default: the zero algorithm, through the pattern call all the same
+        ["--algorithm", "zero"],
+        ["--algorithm", "trim"],  # a dir pool cannot discard
+        ["--algorithm=dod"],  # libvirtd needs scrub (not installed), virtvold does not run it
+        ["--algorithm", "Zero"],  # virsh's names are spelt exactly: its own local refusal
+    ],
+    ids=["default", "zero", "trim", "dod", "unknown"],
+)
+def test_wipe_algorithms_match_virsh(daemon: Daemon, algorithm: list[str]) -> None:
+    """virsh wipes one volume, virtvol its twin: the same answers, the same bytes left."""
+    uri = daemon.tcp_uri
+    content = os.urandom(64 * 1024)
+    answers = {}
+    for client, name in (("virsh", "w-A"), ("virtvol", "w-B")):
+        run_virsh(uri, "vol-create-as", "default", name, "64K")
+        (daemon.pool_dir / name).write_bytes(content)
+        proc = _run(client, uri, "vol-wipe", name, "--pool", "default", *algorithm)
+        answers[client] = (
+            proc.stdout.replace(name, "w"),
+            proc.stderr.replace(name, "w"),
+            proc.returncode,
+        )
+    assert answers["virtvol"] == answers["virsh"]
+    ours, theirs = daemon.pool_dir / "w-B", daemon.pool_dir / "w-A"
+    assert ours.read_bytes() == theirs.read_bytes()
+    assert allocated(ours) == allocated(theirs)
+    wiped = answers["virsh"][2] == 0
+    assert ours.read_bytes() == (bytes(len(content)) if wiped else content)
+
+
+def _serve_wipes_without_the_pattern_call(peer: FakePeer) -> None:
+    """``peer`` holds pool "default" and its volume, and answers the pattern call as a
+    daemon from before it does ("unknown procedure"); the plain wipe succeeds."""
+
+    def pool(peer: FakePeer, call: CallReceived) -> None:
+        peer.reply(call.serial, r.PoolRet(r.StoragePool(name=POOL, uuid=bytes(16))))
+
+    def unknown(peer: FakePeer, call: CallReceived) -> None:
+        error = rpc_error(f"unknown procedure: {call.procedure.number}")
+        with peer.core_lock:
+            peer.send(peer.core.reply_error(call.serial, error))
+
+    peer.handlers.update(
+        {
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME: pool,
+            Proc.STORAGE_POOL_LOOKUP_BY_VOLUME: pool,
+            Proc.STORAGE_POOL_IS_ACTIVE: lambda peer, call: peer.reply(call.serial, r.ActiveRet(1)),
+            Proc.STORAGE_VOL_LOOKUP_BY_NAME: lambda peer, call: peer.reply(
+                call.serial, r.VolRet(VOLUME)
+            ),
+            Proc.STORAGE_VOL_WIPE_PATTERN: unknown,
+            Proc.STORAGE_VOL_WIPE: lambda peer, call: peer.reply(call.serial),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "calls"),
+    [
+        ([], [Proc.STORAGE_VOL_WIPE_PATTERN, Proc.STORAGE_VOL_WIPE]),
+        (["--algorithm", "zero"], [Proc.STORAGE_VOL_WIPE_PATTERN, Proc.STORAGE_VOL_WIPE]),
+        (["--algorithm", "nnsa"], [Proc.STORAGE_VOL_WIPE_PATTERN]),
+    ],
+    ids=["default", "zero", "nnsa"],
+)
+def test_wipe_falls_back_to_the_plain_call_as_virsh_does(
+    tmp_path: Path, algorithm: list[str], calls: list[Proc]
+) -> None:
+    """A daemon without the pattern call: virsh asks again with the plain wipe for the
+    zero algorithm only, and fails any other with the daemon's answer; so does virtvol."""
+    answers = {}
+    for client in ("virsh", "virtvol"):
+        folder = tmp_path / client
+        folder.mkdir()
+        with FakePeer(folder) as peer:
+            _serve_wipes_without_the_pattern_call(peer)
+            proc = _run(client, peer.uri, "vol-wipe", VOLUME.name, POOL, *algorithm)
+            wipes = [
+                number
+                for number in peer.calls
+                if number in (Proc.STORAGE_VOL_WIPE, Proc.STORAGE_VOL_WIPE_PATTERN)
+            ]
+        answers[client] = (proc.stdout, proc.stderr, proc.returncode, wipes)
+    assert answers["virtvol"] == answers["virsh"]
+    assert answers["virsh"][3] == calls
 
 
 @pytest.mark.parametrize("mode", ["--sparse", "--no-sparse", None])
