@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import ReferenceLibvirtd, run_virsh
 from virtvol.client import (
     InvalidArgument,
+    LibvirtError,
     NoStoragePool,
     NoStorageVolume,
     NoSupport,
@@ -18,8 +19,10 @@ from virtvol.client import (
     PoolState,
     StorageVolumeExists,
     VolumeType,
+    VolWipeAlgorithm,
     connect,
 )
+from virtvol.protocol.error_codes import ErrorCode
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -162,3 +165,21 @@ async def test_pool_capabilities_and_source_discovery(
         spec = "<source><host name='localhost'/></source>"
         with pytest.raises(OperationFailed, match="no storage pools were found"):
             await conn.find_storage_pool_sources("netfs", src_spec=spec)
+
+
+async def test_wipe_pattern(reference_libvirtd: ReferenceLibvirtd) -> None:
+    """Each algorithm reaches the daemon as its libvirt number: zero wipes, trim and
+    scrub's patterns come back with libvirtd's refusals (no scrub installed)."""
+    path = reference_libvirtd.pool_dir / "w.img"
+    # Allocated whole: libvirtd zeroes as much as it last saw allocated.
+    run_virsh(reference_libvirtd.tcp_uri, "vol-create-as", "default", "w.img", "4096")
+    path.write_bytes(b"\xff" * 4096)
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        vol = await (await conn.lookup_pool_by_name("default")).lookup_volume("w.img")
+        await vol.wipe_pattern(VolWipeAlgorithm.ZERO)
+        assert path.read_bytes() == bytes(4096)
+        with pytest.raises(LibvirtError, match="'trim' algorithm not supported") as trim:
+            await vol.wipe_pattern(VolWipeAlgorithm.TRIM)
+        assert trim.value.code == ErrorCode.ARGUMENT_UNSUPPORTED
+        with pytest.raises(LibvirtError, match="Cannot find 'scrub' in path"):
+            await vol.wipe_pattern(VolWipeAlgorithm.GUTMANN)
