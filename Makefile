@@ -12,7 +12,7 @@ STATE_DIR ?= $(CURDIR)/.virtvol-state
 # TCP port of `make run` (make run PORT=16510 when 16509 is taken).
 PORT ?= 16509
 
-.PHONY: setup venv-interpreter ceph-binding peers run test lint typecheck unit bench bench-rbd clean install
+.PHONY: setup FORCE ceph-binding peers run test lint typecheck unit bench bench-rbd clean install
 
 # The real libvirt 9.0 peers of the interop tests (Debian packages).
 PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps \
@@ -27,13 +27,21 @@ CEPH_PY_DIR ?= /usr/lib/python3/dist-packages
 # A strict editable install links each module file: reinstall when modules come or go.
 PACKAGE_FILES := $(wildcard protocol/*.py sparse/*.py client/*.py daemon/*.py daemon/*/*.py)
 
-# An environment made by another interpreter than $(PYTHON) is made again.
+# The interpreter an environment was made with, recorded in it: one made by another
+# interpreter than $(PYTHON) (the default, or PYTHON= given) is made again.
 INTERPRETER_ID := import sys; print(sys.base_prefix, sys.version)
-venv-interpreter:
-	@[ ! -e $(BIN)/python ] || [ "$$($(BIN)/python -c '$(INTERPRETER_ID)' 2>/dev/null)" = \
-	  "$$($(PYTHON) -c '$(INTERPRETER_ID)')" ] || { echo "$(VENV) is made again with $(PYTHON)"; rm -rf $(VENV); }
+INTERPRETER_RECORD := $(VENV)/made-with
 
-$(BIN)/virtvold: pyproject.toml $(PACKAGE_FILES)
+$(INTERPRETER_RECORD): FORCE
+	@want="$$($(PYTHON) -c '$(INTERPRETER_ID)')"; \
+	if [ "$$(cat $@ 2>/dev/null)" != "$$want" ]; then \
+	  [ ! -e $(VENV) ] || echo "$(VENV) is made again with $(PYTHON)"; \
+	  rm -rf $(VENV); mkdir -p $(VENV); printf '%s\n' "$$want" > $@; \
+	fi
+
+FORCE:
+
+$(BIN)/virtvold: $(INTERPRETER_RECORD) pyproject.toml $(PACKAGE_FILES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
@@ -52,7 +60,7 @@ ceph-binding: $(BIN)/virtvold
 	  fi; \
 	done
 
-setup: venv-interpreter $(BIN)/virtvold ceph-binding
+setup: $(BIN)/virtvold ceph-binding
 
 # A directory pool "default" under a local state dir, loopback TCP and a Unix socket.
 # Plain TCP has no authentication: virtvold opens it only when told (--auth-tcp none).
@@ -138,7 +146,8 @@ UNIT_FILES := virtvold.service virtvold.socket virtvold-ro.socket virtvold-tcp.s
 STAGED := $(DESTDIR)$(PREFIX)
 
 install:
-	$(PYTHON) -m venv $(STAGED)
+	@# --clear: an environment left by an earlier install may come from another interpreter.
+	$(PYTHON) -m venv --clear $(STAGED)
 	$(STAGED)/bin/pip install -q --disable-pip-version-check .
 	@if [ -n "$(DESTDIR)" ]; then \
 	  grep -rlF "$(STAGED)" $(STAGED)/bin $(STAGED)/pyvenv.cfg | \

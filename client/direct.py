@@ -501,15 +501,17 @@ class DirectRpc:
     def hold_reading(self) -> None:
         """Called while the command holds back reading (a FIFO whose reader is slow): the
         peer hears nothing from this end meanwhile and would drop it after its keepalive
-        tolerance, so a PING goes every ``interval``; the peer's unread answers are not
-        counted against it. Nothing without keepalive (a peer that has none)."""
+        tolerance, so an unasked PONG goes every ``HOLD_PONG_INTERVAL`` (an answer to a
+        PING could not be read); the peer's silence meanwhile is not held against it.
+        Nothing on a connection without keepalive of its own (``keepalive=None``), which
+        a libvirt client with keepalive off does not send either.
+        """
         tracker = self._keepalive
         if tracker is None or self._failure is not None or self._writing:
             return
-        if tracker.hold(time.monotonic()) is KeepaliveAction.SEND_PING:
-            log.debug("keepalive: ping %s while reading is held back", self.description)
-            self.pings_sent += 1
-            self._control.append(self.core.send_ping())
+        if tracker.hold(time.monotonic()) is KeepaliveAction.SEND_PONG:
+            log.debug("keepalive: pong %s while reading is held back", self.description)
+            self._control.append(self.core.send_pong())
             self.write(())
 
     # -- writing -------------------------------------------------------------------------------

@@ -510,6 +510,8 @@ class RpcProtocol(asyncio.BufferedProtocol):
                 log.debug("keepalive: ping %s", self.description)
                 self.pings_sent += 1
                 self._write(self.core.send_ping())
+            elif action is KeepaliveAction.SEND_PONG:
+                self._write(self.core.send_pong())
             elif action is KeepaliveAction.PEER_DEAD:
                 self._fail(
                     ConnectionClosed(

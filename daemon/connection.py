@@ -74,7 +74,7 @@ from virtvol.protocol.constants import MESSAGE_MAX
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 from virtvol.protocol.exceptions import ProtocolError, XdrEncodeError
 from virtvol.protocol.frames import SCRATCH_SIZE
-from virtvol.protocol.keepalive import HOLD_PING_INTERVAL, KeepaliveAction, KeepaliveTracker
+from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 from virtvol.protocol.procedures import Proc, StreamDirection
 from virtvol.protocol.stream import Side
 
@@ -172,8 +172,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._bytes_queued = 0  # every byte handed to the transport
-        # What the output looked like at the last stall check (see _output_progress).
-        self._output_mark: tuple[int, int] = (0, 0)
+        self._bytes_received = 0  # every byte read from the client
+        # What the client had taken and sent at the last stall check (_client_progress).
+        self._output_mark: tuple[int, int, int] = (0, 0, 0)
         self._calls_in_flight = 0
         self._frames_this_turn = 0
         self._streams_opening = 0
@@ -219,6 +220,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         return self.rpc.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._bytes_received += nbytes
         try:
             self.rpc.buffer_updated(nbytes)
         except ProtocolError as exc:
@@ -301,7 +303,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return  # no keepalive: a peer that stops reading is waited for, as libvirtd does
         stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
         if self._stall_timer is None and not self._refused:
-            self._output_mark = self._output_progress()
+            self._output_mark = self._client_progress()
             self._stall_timer = self._loop.call_later(stall, self._output_stalled, stall)
 
     def resume_writing(self) -> None:
@@ -396,15 +398,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._read_pausers.add(owner)
 
     def _keepalive_soon(self) -> None:
-        """Bring the keepalive's next look forward to ``HOLD_PING_INTERVAL`` from now at
-        the latest: held-back reading is pinged through at that cadence."""
+        """Let the keepalive look now: held-back reading starts its PONGs at once (the
+        client's silence clock runs since our last frame, not since the pause)."""
         timer = self._keepalive_timer
         if timer is None or timer.cancelled():  # no keepalive, or the connection is gone
             return
-        soon = self._loop.time() + HOLD_PING_INTERVAL
-        if timer.when() > soon:
-            timer.cancel()
-            self._keepalive_timer = self._loop.call_at(soon, self._keepalive_due)
+        timer.cancel()
+        self._keepalive_timer = self._loop.call_at(self._loop.time(), self._keepalive_due)
 
     def resume_reading(self, owner: object) -> None:
         if owner not in self._read_pausers:
@@ -530,12 +530,15 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
 
-    def _output_progress(self) -> tuple[int, int]:
-        """(bytes the transport has passed to the kernel, bytes the kernel still holds).
+    def _client_progress(self) -> tuple[int, int, int]:
+        """(bytes the transport has passed to the kernel, bytes the kernel still holds,
+        bytes read from the client).
 
         A transport reports progress only when a whole write completes (uvloop), so
         a client slowly reading one large frame shows up in the kernel's queue
-        (SIOCOUTQ: unread on a Unix socket, unacknowledged on TCP) instead."""
+        (SIOCOUTQ: unread on a Unix socket, unacknowledged on TCP) instead. What the
+        client sends counts only while we read it: a client that sends calls and never
+        reads their replies gets its reading paused once they back up."""
         transport = self._transport
         if transport is None:
             return self._output_mark
@@ -548,14 +551,16 @@ class ClientConnection(asyncio.BufferedProtocol):
                 in_kernel = int.from_bytes(raw, sys.byteorder, signed=True)
             except OSError:
                 pass
-        return passed, in_kernel
+        return passed, in_kernel, self._bytes_received
 
     def _output_stalled(self, seconds: float) -> None:
-        """A slow reader is fine; one that took nothing for ``seconds`` is gone."""
+        """A slow reader is fine, and so is one that holds its reading back but tells us
+        it is alive (a client writing into a stalled FIFO sends keepalive frames); one
+        that took nothing and sent nothing for ``seconds`` is gone."""
         self._stall_timer = None
         if self.write_buffer_empty():
             return
-        progress = self._output_progress()
+        progress = self._client_progress()
         if progress != self._output_mark:
             self._output_mark = progress
             self._stall_timer = self._loop.call_later(seconds, self._output_stalled, seconds)
@@ -779,6 +784,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if action is KeepaliveAction.SEND_PING:
             self.send(self.rpc.send_ping())
+        elif action is KeepaliveAction.SEND_PONG:
+            self.send(self.rpc.send_pong())
         self._schedule_keepalive()
 
 

@@ -6,23 +6,27 @@ and spends one of ``count`` tries; when no try is left and one more interval
 passes in silence, the peer is dead. Tolerance is interval * (count + 1), as
 in libvirt. While this side holds back its own reading (a consumer slower than the
 peer), the peer's silence proves nothing and the countdown stays full; the peer's
-tracker counts this side's silence all the same, so a PING still goes at least every
-``HOLD_PING_INTERVAL`` (``hold``): any frame tells a libvirt peer its client is alive.
+tracker counts this side's silence all the same, so a PONG goes at least every
+``HOLD_PONG_INTERVAL`` (``hold``): any frame tells a libvirt peer the other end is
+alive, and a PONG, unlike a PING, asks for no answer, which could not be read and
+would pile up at the peer.
 """
 
 from __future__ import annotations
 
 from virtvol.protocol.enums import Enum
 
-# While this side holds back its reading, a PING goes at least this often: a libvirt
-# peer drops a client it has not heard from for keepalive_interval * (keepalive_count + 1)
-# seconds, and its interval is a whole number of seconds, so never less than 1.
-HOLD_PING_INTERVAL = 1.0
+# While this side holds back its reading, a PONG goes at least this often: a libvirt
+# peer drops an end it has not heard from for keepalive_interval * (keepalive_count + 1)
+# seconds, counted in whole seconds, with an interval of at least 1 and a count of at
+# least 0: half a second stays inside the shortest tolerance.
+HOLD_PONG_INTERVAL = 0.5
 
 
 class KeepaliveAction(Enum):
     NOTHING = "nothing"
     SEND_PING = "send-ping"
+    SEND_PONG = "send-pong"  # unasked: this side is alive, while it does not read
     PEER_DEAD = "peer-dead"
 
 
@@ -37,7 +41,7 @@ class KeepaliveTracker:
         self._last_heard = now
         self._tries_left = count
         self._last_ping = now
-        self._hold_interval = min(interval, HOLD_PING_INTERVAL)
+        self._hold_interval = min(interval, HOLD_PONG_INTERVAL)
         self._holding = False
 
     def heard(self, now: float) -> None:
@@ -53,16 +57,17 @@ class KeepaliveTracker:
         return max(self._last_heard, self._last_ping) + self.interval
 
     def hold(self, now: float) -> KeepaliveAction:
-        """This side holds back reading: restart the countdown and ask for a PING once
-        ``HOLD_PING_INTERVAL`` (or ``interval``, if shorter) passed since the last one,
-        until a frame is heard or ``poll`` is called again. Never PEER_DEAD."""
+        """This side holds back reading: restart the countdown and ask for a PONG once
+        ``HOLD_PONG_INTERVAL`` (or ``interval``, if shorter) passed since the last frame
+        sent for keepalive, until a frame is heard or ``poll`` is called again. Never
+        PEER_DEAD."""
         self._holding = True
         self._last_heard = now
         self._tries_left = self.count
         if now < self._last_ping + self._hold_interval:
             return KeepaliveAction.NOTHING
         self._last_ping = now
-        return KeepaliveAction.SEND_PING
+        return KeepaliveAction.SEND_PONG
 
     def poll(self, now: float) -> KeepaliveAction:
         self._holding = False

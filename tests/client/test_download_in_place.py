@@ -19,7 +19,7 @@ import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer, stream_error
 from tests.client.helpers import MIB, write_sparse_image
-from tests.conftest import reference_libvirtd_with, run_virsh
+from tests.conftest import reference_libvirtd_with, run_virsh, start_virtvold, stop_virtvold
 from virtvol.client import LibvirtError, StorageVolume, connect
 from virtvol.client.direct import open_direct, run_blocking
 from virtvol.protocol.procedures import Proc
@@ -517,3 +517,31 @@ def test_a_reader_that_comes_after_libvirtds_keepalive_gets_the_download(
     result = download(engine, impatient_libvirtd.tcp_uri, fifo)
     assert readers[0].result() == impatient_volume
     assert result.total_bytes == len(impatient_volume)
+
+
+@pytest.fixture
+def impatient_virtvold(tmp_path: Path) -> Iterator[Virtvold]:
+    """virtvold with libvirtd's keepalive settings of ``impatient_libvirtd``: it also
+    drops a client that takes nothing of its output and sends nothing for 2 s."""
+    config = tmp_path / "virtvold.toml"
+    config.write_text("keepalive_interval = 1\nkeepalive_count = 1\n")
+    daemon = start_virtvold(tmp_path / "virtvold", "--config", str(config))
+    try:
+        yield daemon
+    finally:
+        stop_virtvold(daemon)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_reader_stalled_past_virtvolds_keepalive_keeps_the_download(
+    impatient_virtvold: Virtvold, downloads: Path, engine: str
+) -> None:
+    volume = os.urandom(64 * MIB)
+    (impatient_virtvold.pool_dir / "v.img").write_bytes(volume)
+    fifo = make_fifo(downloads)
+    reader = stalled_reader(fifo)
+    started = time.monotonic()
+    result = download(engine, impatient_virtvold.tcp_uri, fifo)
+    assert time.monotonic() - started > STALL  # the reader did hold it back
+    assert reader.result() == volume
+    assert result.total_bytes == len(volume)

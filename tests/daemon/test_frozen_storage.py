@@ -5,7 +5,7 @@ tolerates silence.
 While the disk takes nothing, virtvold stops reading the client (it holds a bounded
 amount of the upload), and the client, blocked on a full socket, hears nothing from
 it: virsh (``-k 1 -K 1``: dead after 2 s of silence) and virtvol's engine gave the
-connection up. virtvold now pings a client it has stopped reading."""
+connection up. virtvold now sends keepalive PONGs to a client it has stopped reading."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 NOTHING = KeepaliveAction.NOTHING
 PING = KeepaliveAction.SEND_PING
 DEAD = KeepaliveAction.PEER_DEAD
+PONG = KeepaliveAction.SEND_PONG
 
 
 def test_nothing_before_the_first_interval() -> None:
@@ -79,16 +80,17 @@ def test_bad_settings(interval: float, count: int) -> None:
         KeepaliveTracker(interval=interval, count=count, now=0.0)
 
 
-def test_while_reading_is_held_a_ping_goes_every_second_and_the_peer_never_dies() -> None:
+def test_while_reading_is_held_a_pong_goes_every_half_second_and_the_peer_never_dies() -> None:
     """A consumer slower than the peer holds its reading back for a minute: the peer's
     silence is this side's doing, and this side's silence must not look like death to
-    the peer, whose tolerance can be as short as 1 s."""
+    the peer, whose tolerance can be as short as 1 s. PONGs, which ask for no answer
+    (one could not be read)."""
     tracker = KeepaliveTracker(interval=5, count=5, now=-3.0)  # quiet for 3 s before
     actions = [tracker.hold(t / 10) for t in range(600)]
-    assert actions[0] is PING  # the first hold after a quiet spell pings at once
-    assert [t for t, action in enumerate(actions) if action is PING] == list(range(0, 600, 10))
-    assert DEAD not in actions
-    assert tracker.deadline() == 60.0  # the next hold ping, a second after the last
+    assert actions[0] is PONG  # the first hold after a quiet spell signals at once
+    assert [t for t, action in enumerate(actions) if action is PONG] == list(range(0, 600, 5))
+    assert set(actions) == {PONG, NOTHING}
+    assert tracker.deadline() == 60.0  # the next hold signal, half a second after the last
 
 
 def test_a_short_interval_sets_the_hold_cadence() -> None:
@@ -97,7 +99,7 @@ def test_a_short_interval_sets_the_hold_cadence() -> None:
         NOTHING,
         NOTHING,
         NOTHING,
-        PING,
+        PONG,
         NOTHING,
         NOTHING,
     ]
@@ -105,7 +107,7 @@ def test_a_short_interval_sets_the_hold_cadence() -> None:
 
 def test_after_a_hold_the_countdown_starts_full_from_its_end() -> None:
     tracker = KeepaliveTracker(interval=5, count=1, now=0.0)
-    assert tracker.hold(40.0) is PING
+    assert tracker.hold(40.0) is PONG
     assert tracker.poll(44.9) is NOTHING  # polling ends the hold: the full interval again
     assert tracker.deadline() == 45.0
     assert tracker.poll(45.0) is PING
@@ -115,6 +117,6 @@ def test_after_a_hold_the_countdown_starts_full_from_its_end() -> None:
 def test_a_frame_heard_ends_the_hold() -> None:
     tracker = KeepaliveTracker(interval=5, count=5, now=0.0)
     tracker.hold(10.0)
-    assert tracker.deadline() == 11.0
+    assert tracker.deadline() == 10.5
     tracker.heard(10.5)
     assert tracker.deadline() == 15.5
