@@ -527,12 +527,8 @@ class RbdVolumes:
     def resize(
         self, name: str, capacity: int, *, delta: bool, shrink: bool, allocate: bool
     ) -> None:
-        """libvirt's resize rules; RBD images cannot be preallocated."""
-        if allocate:
-            raise storage_error(
-                ErrorCode.INVALID_ARG,
-                "unsupported flags (0x1) in function virStorageBackendRBDResizeVol",
-            )
+        """libvirt's resize rules; RBD images cannot be preallocated, which libvirt's rbd
+        backend says once the rules passed."""
         with self.image(name) as image:
             current = image.size()
             new = new_capacity(
@@ -545,6 +541,11 @@ class RbdVolumes:
                 # image never has more allocated than its size: only a shrink needs it.
                 allocation_within_capacity=True,
             )
+            if allocate:
+                raise storage_error(
+                    ErrorCode.INVALID_ARG,
+                    "unsupported flags (0x1) in function virStorageBackendRBDResizeVol",
+                )
             try:
                 image.resize(new)
             except Exception as exc:

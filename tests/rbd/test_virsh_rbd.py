@@ -108,6 +108,16 @@ def test_volume_lifecycle(rbd_virtvold: Virtvold, ceph: CephCluster) -> None:
     assert image_size(ceph, name) == 16 * MIB
     refused = run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "4M", check=False)
     assert "Can't shrink capacity below current capacity unless shrink flag" in refused.stderr
+    # libvirt checks the new size before its rbd backend refuses to preallocate.
+    refused = run_virsh(
+        uri, "vol-resize", "--pool", RBD_POOL, name, "4M", "--allocate", check=False
+    )
+    assert "Can't shrink capacity below current capacity unless shrink flag" in refused.stderr
+    refused = run_virsh(
+        uri, "vol-resize", "--pool", RBD_POOL, name, "32M", "--allocate", check=False
+    )
+    assert "unsupported flags (0x1) in function virStorageBackendRBDResizeVol" in refused.stderr
+    assert image_size(ceph, name) == 16 * MIB
     run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "4M", "--shrink")
     assert image_size(ceph, name) == 4 * MIB
     # libvirt's sum is unsigned 64-bit: 4 MiB + (2^64 - 1) wraps round to 4 MiB - 1.
