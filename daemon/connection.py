@@ -391,20 +391,23 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_reading(self, owner: object) -> None:
         transport = self._transport
-        if not self._read_pausers:
-            if transport is not None and not transport.is_closing():
-                transport.pause_reading()
+        if not self._read_pausers and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        if owner not in _DISPATCH_HOLDS and not self._read_pausers - _DISPATCH_HOLDS:
             self._keepalive_soon()
         self._read_pausers.add(owner)
 
     def _keepalive_soon(self) -> None:
-        """Let the keepalive look now: held-back reading starts its PONGs at once (the
-        client's silence clock runs since our last frame, not since the pause)."""
-        timer = self._keepalive_timer
-        if timer is None or timer.cancelled():  # no keepalive, or the connection is gone
+        """An upload starts holding reading back: let the keepalive look when its first
+        PONG is due (the client's silence clock runs since our last frame, not since
+        the pause)."""
+        timer, tracker = self._keepalive_timer, self._keepalive
+        if timer is None or timer.cancelled() or tracker is None:  # none, or the connection is gone
             return
-        timer.cancel()
-        self._keepalive_timer = self._loop.call_at(self._loop.time(), self._keepalive_due)
+        due = max(self._loop.time(), tracker.next_hold_signal())
+        if timer.when() > due:
+            timer.cancel()
+            self._keepalive_timer = self._loop.call_at(due, self._keepalive_due)
 
     def resume_reading(self, owner: object) -> None:
         if owner not in self._read_pausers:
@@ -776,9 +779,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         tracker = self._keepalive
         assert tracker is not None
         now = self._loop.time()
-        # Reading held back (a slow disk under an upload): the client's silence is ours,
-        # but it hears nothing from us either, and would take us for dead.
-        action = tracker.hold(now) if self._read_pausers else tracker.poll(now)
+        if self._read_pausers - _DISPATCH_HOLDS:
+            # An upload holds reading back (a slow disk): the client's silence is ours,
+            # but it hears nothing from us either, and would take us for dead.
+            action = tracker.hold(now)
+        else:
+            if self._read_pausers:
+                tracker.heard(now)  # we stopped listening to pace its calls: the silence is ours
+            action = tracker.poll(now)
         if action is KeepaliveAction.PEER_DEAD:
             self.abort("no keepalive answer")
             return

@@ -53,8 +53,12 @@ class KeepaliveTracker:
     def deadline(self) -> float:
         """When ``poll`` (or, while holding, ``hold``) next has something to do."""
         if self._holding:
-            return self._last_ping + self._hold_interval
+            return self.next_hold_signal()
         return max(self._last_heard, self._last_ping) + self.interval
+
+    def next_hold_signal(self) -> float:
+        """When ``hold`` would next ask for a PONG."""
+        return self._last_ping + self._hold_interval
 
     def hold(self, now: float) -> KeepaliveAction:
         """This side holds back reading: restart the countdown and ask for a PONG once
@@ -64,7 +68,7 @@ class KeepaliveTracker:
         self._holding = True
         self._last_heard = now
         self._tries_left = self.count
-        if now < self._last_ping + self._hold_interval:
+        if now < self.next_hold_signal():
             return KeepaliveAction.NOTHING
         self._last_ping = now
         return KeepaliveAction.SEND_PONG

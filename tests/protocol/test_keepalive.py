@@ -116,7 +116,8 @@ def test_after_a_hold_the_countdown_starts_full_from_its_end() -> None:
 
 def test_a_frame_heard_ends_the_hold() -> None:
     tracker = KeepaliveTracker(interval=5, count=5, now=0.0)
+    assert tracker.next_hold_signal() == 0.5  # since the tracker began
     tracker.hold(10.0)
-    assert tracker.deadline() == 10.5
+    assert tracker.deadline() == tracker.next_hold_signal() == 10.5
     tracker.heard(10.5)
     assert tracker.deadline() == 15.5
