@@ -30,6 +30,7 @@ from virtvol.protocol.constants import (
     PoolState,
     VolStreamFlags,
     VolumeType,
+    VolWipeAlgorithm,
 )
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, unsupported_flags
 from virtvol.protocol.exceptions import ProtocolError
@@ -142,6 +143,7 @@ class MemoryServer:
             Proc.STORAGE_VOL_GET_PATH: self._vol_path,
             Proc.STORAGE_VOL_DELETE: self._vol_delete,
             Proc.STORAGE_VOL_WIPE: self._vol_wipe,
+            Proc.STORAGE_VOL_WIPE_PATTERN: self._vol_wipe_pattern,
             Proc.STORAGE_VOL_RESIZE: self._vol_resize,
         }
 
@@ -391,6 +393,23 @@ class MemoryServer:
 
     def _vol_wipe(self, args: XdrStruct | None) -> None:
         _, volume = self._volume(_args(args, r.VolFlagsArgs).vol)
+        volume.write(0, bytes(volume.capacity))
+
+    def _vol_wipe_pattern(self, args: XdrStruct | None) -> None:
+        """Zeroes, as libvirt's wipe is this call with the zero algorithm; the scrub
+        patterns and trim are refused as virtvold refuses them."""
+        wanted = _args(args, r.VolWipePatternArgs)
+        _, volume = self._volume(wanted.vol)
+        if wanted.algorithm >= len(VolWipeAlgorithm):
+            raise _storage_error(
+                ErrorCode.INVALID_ARG, f"wiping algorithm {wanted.algorithm} not supported"
+            )
+        if wanted.algorithm != VolWipeAlgorithm.ZERO:
+            raise _storage_error(
+                ErrorCode.ARGUMENT_UNSUPPORTED,
+                f"wiping algorithm {VolWipeAlgorithm(wanted.algorithm).name.lower()} "
+                "is not run by the in-memory daemon",
+            )
         volume.write(0, bytes(volume.capacity))
 
     def _vol_resize(self, args: XdrStruct | None) -> None:

@@ -28,6 +28,7 @@ from virtvol.client import (
     StorageVolumeExists,
     TransportError,
     VolumeType,
+    VolWipeAlgorithm,
     memory_server,
     memory_storage,
     memory_transport,
@@ -282,6 +283,22 @@ async def test_more_refusals_as_libvirt_words_them() -> None:
         await vol.wipe()
         assert (await vol.info()).allocation == 8
         assert await pool.num_of_volumes() == 1
+
+
+async def test_pattern_wipes_zero_or_are_refused_as_virtvold_refuses_them() -> None:
+    daemon = MemoryDaemon(pools={"p": {"v": b"\xff" * 8, "w": b"\xff" * 8}})
+    async with daemon.connect() as conn:
+        pool = await conn.lookup_pool_by_name("p")
+        await (await pool.lookup_volume("v")).wipe_pattern(VolWipeAlgorithm.ZERO)
+        assert daemon.volume("p", "v").content == bytes(8)
+        kept = await pool.lookup_volume("w")
+        for refused in (VolWipeAlgorithm.TRIM, VolWipeAlgorithm.DOD):
+            with pytest.raises(LibvirtError, match=f"{refused.name.lower()} is not run") as no:
+                await kept.wipe_pattern(refused)
+            assert no.value.code == ErrorCode.ARGUMENT_UNSUPPORTED
+        with pytest.raises(InvalidArgument, match="wiping algorithm 10 not supported"):
+            await kept.wipe_pattern(10)  # type: ignore[arg-type]
+        assert daemon.volume("p", "w").content == b"\xff" * 8
 
 
 async def test_a_client_that_breaks_the_protocol_is_dropped() -> None:
