@@ -33,7 +33,8 @@ INTERPRETER_ID := import sys; print(sys.base_prefix, sys.version)
 INTERPRETER_RECORD := $(VENV)/made-with
 
 $(INTERPRETER_RECORD): FORCE
-	@want="$$($(PYTHON) -c '$(INTERPRETER_ID)')"; \
+	@want="$$($(PYTHON) -c '$(INTERPRETER_ID)')" && [ -n "$$want" ] || \
+	  { echo "$(PYTHON) does not run: $(VENV) is left as it is" >&2; exit 1; }; \
 	if [ "$$(cat $@ 2>/dev/null)" != "$$want" ]; then \
 	  [ ! -e $(VENV) ] || echo "$(VENV) is made again with $(PYTHON)"; \
 	  rm -rf $(VENV); mkdir -p $(VENV); printf '%s\n' "$$want" > $@; \
@@ -146,8 +147,14 @@ UNIT_FILES := virtvold.service virtvold.socket virtvold-ro.socket virtvold-tcp.s
 STAGED := $(DESTDIR)$(PREFIX)
 
 install:
-	@# --clear: an environment left by an earlier install may come from another interpreter.
-	$(PYTHON) -m venv --clear $(STAGED)
+	@# An environment an earlier install made with another interpreter is made again: its
+	@# own parts only, as PREFIX may hold more (venv --clear would empty the directory).
+	@want="$$($(PYTHON) -c '$(INTERPRETER_ID)')" && [ -n "$$want" ] || exit 1; \
+	if [ -e $(STAGED)/pyvenv.cfg ] && [ "$$(cat $(STAGED)/made-with 2>/dev/null)" != "$$want" ]; then \
+	  rm -rf $(STAGED)/bin $(STAGED)/include $(STAGED)/lib $(STAGED)/lib64 $(STAGED)/pyvenv.cfg; \
+	fi
+	$(PYTHON) -m venv $(STAGED)
+	$(PYTHON) -c '$(INTERPRETER_ID)' > $(STAGED)/made-with
 	$(STAGED)/bin/pip install -q --disable-pip-version-check .
 	@if [ -n "$(DESTDIR)" ]; then \
 	  grep -rlF "$(STAGED)" $(STAGED)/bin $(STAGED)/pyvenv.cfg | \

@@ -52,7 +52,11 @@ if TYPE_CHECKING:
 
 # The figure the daemon promises: under 256 MiB resident with 100 hostile connections.
 RSS_BOUND_MIB = 256
-ANSWER_WITHIN = 1.0
+# The suite runs the daemon under coverage's tracer, which makes its Python two to three
+# times slower: the slowest honest answer under the call floods took 0.35-0.5 s without
+# it and 0.5-1.25 s with it. A daemon that served a flood's calls before others' would
+# keep the honest call waiting for the whole flood (seconds).
+ANSWER_WITHIN = 2.0
 FLOOD_SECONDS = 3.0
 
 
