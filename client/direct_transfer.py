@@ -371,7 +371,7 @@ async def download_file(
     started = time.monotonic()
     # A FIFO's reader is waited for in steps: Ctrl-C still ends the wait. The connection
     # keeps the peer's keepalive satisfied meanwhile (reading), and while the reader
-    # stalls (nothing is read then: PINGs of its own).
+    # stalls (nothing is read then: unasked PONGs).
     with DownloadOutput(
         download_target(path),
         detect_zeroes=detect_zeroes,

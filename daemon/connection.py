@@ -26,8 +26,11 @@ calls or PINGs and never reads the answers costs a bounded amount of memory.
 After ``FRAMES_PER_TURN`` frames a connection pauses until the event loop has
 gone round once, so a flood on one socket delays the others by a turn, not by
 everything it sent. A client whose unsent bytes do not drain at all (not a
-byte taken) for ``interval * (count + 1)`` keepalive seconds has stopped
-reading and is dropped, keepalive or not; a slow reader is not. Thread-bound
+byte taken) and that sends nothing for ``interval * (count + 1)`` keepalive
+seconds has stopped reading and is dropped, keepalive or not; a slow reader is
+not, nor one that holds its reading back and sends keepalive frames meanwhile.
+While an upload holds reading back (a slow disk), the client gets an unasked
+keepalive PONG every ``HOLD_PONG_INTERVAL``, since it hears nothing else. Thread-bound
 work waits in this connection's own queue of the shared ``FairExecutor``, so
 one busy client cannot starve others.
 """

@@ -18,8 +18,9 @@ from virtvol.protocol.enums import Enum
 
 # While this side holds back its reading, a PONG goes at least this often: a libvirt
 # peer drops an end it has not heard from for keepalive_interval * (keepalive_count + 1)
-# seconds, counted in whole seconds, with an interval of at least 1 and a count of at
-# least 0: half a second stays inside the shortest tolerance.
+# seconds, counted in whole seconds, with an interval of at least 1: half a second stays
+# inside the tolerance of any count of 1 or more (with a count of 0, a peer that checks
+# just past a whole second can still count one second of silence as its whole interval).
 HOLD_PONG_INTERVAL = 0.5
 
 
