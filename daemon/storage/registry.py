@@ -854,7 +854,8 @@ class StorageRegistry:
 
     def wipe_volume_pattern(self, volume: VolumeRef, algorithm: int, flags: int = 0) -> None:
         """STORAGE_VOL_WIPE_PATTERN: the zero algorithm is ``wipe_volume`` (libvirt's wipe
-        is this call with it); the others would need scrub, which virtvold does not run."""
+        is this call with it); in a directory pool the others would need scrub, which
+        virtvold does not run; an rbd pool discards for trim, as libvirt's does."""
         _check_flags(flags, 0, "storageVolWipePattern")
         if algorithm >= len(VolWipeAlgorithm):
             raise storage_error(
@@ -864,8 +865,14 @@ class StorageRegistry:
             self.wipe_volume(volume)
             return
         with self._changing(volume) as volumes:
-            if isinstance(volumes, VolumeDir):
-                volumes.check_wipeable(volume.name)
+            if isinstance(volumes, RbdVolumes):
+                # libvirt's rbd backend discards the whole image for trim (the zero wipe
+                # here frees whole objects too) and knows no other pattern.
+                if algorithm != VolWipeAlgorithm.TRIM:
+                    raise storage_error(ErrorCode.INVALID_ARG, f"unsupported algorithm {algorithm}")
+                volumes.wipe(volume.name)
+                return
+            volumes.check_wipeable(volume.name)
             if algorithm == VolWipeAlgorithm.TRIM:
                 raise storage_error(
                     ErrorCode.ARGUMENT_UNSUPPORTED, "'trim' algorithm not supported"

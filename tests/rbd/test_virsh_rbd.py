@@ -239,6 +239,28 @@ def test_vol_wipe_frees_the_image(
     assert allocation <= 2 * MIB
 
 
+def test_vol_wipe_algorithms_as_libvirts_rbd_backend(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """libvirt's rbd backend discards the image for trim and refuses scrub's patterns
+    with INVALID_ARG "unsupported algorithm N" (a directory pool answers otherwise)."""
+    uri, name = rbd_virtvold.tcp_uri, volume_name("trim")
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(6 * MIB))
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "6M")
+    run_virsh(uri, "vol-upload", "--pool", RBD_POOL, name, str(data))
+    refused = run_virsh(
+        uri, "vol-wipe", "--pool", RBD_POOL, name, "--algorithm", "dod", check=False
+    )
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        f"error: Failed to wipe vol {name}\nerror: invalid argument: unsupported algorithm 2\n",
+    )
+    assert exported(ceph, name, tmp_path) == data.read_bytes()
+    run_virsh(uri, "vol-wipe", "--pool", RBD_POOL, name, "--algorithm", "trim")
+    assert exported(ceph, name, tmp_path) == bytes(6 * MIB)
+
+
 def test_python_libvirt_transfers(
     rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
 ) -> None:
