@@ -396,19 +396,23 @@ class MemoryServer:
         volume.write(0, bytes(volume.capacity))
 
     def _vol_wipe_pattern(self, args: XdrStruct | None) -> None:
-        """Zeroes, as libvirt's wipe is this call with the zero algorithm; the scrub
-        patterns and trim are refused as virtvold refuses them."""
+        """Zeroes, as libvirt's wipe is this call with the zero algorithm; the others are
+        refused as virtvold refuses them in a directory pool, after the same checks in
+        the same order (flags, the algorithm's range, the volume)."""
         wanted = _args(args, r.VolWipePatternArgs)
-        _, volume = self._volume(wanted.vol)
+        if wanted.flags:
+            raise unsupported_flags(wanted.flags, "storageVolWipePattern", ErrorDomain.STORAGE)
         if wanted.algorithm >= len(VolWipeAlgorithm):
             raise _storage_error(
                 ErrorCode.INVALID_ARG, f"wiping algorithm {wanted.algorithm} not supported"
             )
+        _, volume = self._volume(wanted.vol)
+        if wanted.algorithm == VolWipeAlgorithm.TRIM:
+            raise _storage_error(ErrorCode.ARGUMENT_UNSUPPORTED, "'trim' algorithm not supported")
         if wanted.algorithm != VolWipeAlgorithm.ZERO:
             raise _storage_error(
                 ErrorCode.ARGUMENT_UNSUPPORTED,
-                f"wiping algorithm {VolWipeAlgorithm(wanted.algorithm).name.lower()} "
-                "is not run by the in-memory daemon",
+                f"wiping algorithm {wanted.algorithm} needs scrub, which virtvold does not run",
             )
         volume.write(0, bytes(volume.capacity))
 
