@@ -540,6 +540,7 @@ class RbdVolumes:
                 # Measuring the allocation walks the whole image (diff_iterate), and an
                 # image never has more allocated than its size: only a shrink needs it.
                 allocation_within_capacity=True,
+                available=(lambda: self.runtime().available) if allocate else None,
             )
             if allocate:
                 raise storage_error(

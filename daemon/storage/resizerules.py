@@ -2,15 +2,17 @@
 
 libvirtd works the new size out, then refuses one below the volume's allocation (even
 one that grows the volume: a file's allocation can exceed its size), then a smaller one
-without the SHRINK flag. What a pool type checks after that (the free space to
-preallocate) and how it resizes are its own.
+without the SHRINK flag, then, to preallocate, one whose growth the pool has no room
+for. Whether a pool type can preallocate at all, and how it resizes, are its own.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .reports import invalid_arg
+from virtvol.protocol.errors import ErrorCode
+
+from .reports import invalid_arg, storage_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,12 +29,14 @@ def new_capacity(
     delta: bool,
     shrink: bool,
     allocation_within_capacity: bool = False,
+    available: Callable[[], int] | None = None,
 ) -> int:
     """The size a resize to ``capacity`` asks of a volume of ``current`` bytes, once
     libvirt's checks of it against the volume's allocation and size have passed.
 
     ``allocation_within_capacity``: the volume's allocation never exceeds its size, so
     only a smaller size can fall below it and ``allocation`` is called only for one.
+    ``available``: the pool's free bytes, given to preallocate (the ALLOCATE flag).
     """
     if delta and shrink:
         new = current - min(capacity, current)
@@ -47,4 +51,6 @@ def new_capacity(
         raise invalid_arg(
             "Can't shrink capacity below current capacity unless shrink flag explicitly specified"
         )
+    if available is not None and new - allocation() > available():
+        raise storage_error(ErrorCode.OPERATION_FAILED, "Not enough space left in storage pool")
     return new

@@ -452,12 +452,16 @@ class VolumeDir:
     ) -> int:
         """The size a resize asks for, after libvirt's checks of it (``new_capacity``) and,
         to preallocate, of the pool's free space."""
-        new = new_capacity(current, capacity, lambda: allocation, delta=delta, shrink=shrink)
-        if allocate and new - allocation > self.available():
-            # Checked first, as libvirt does: a failing fallocate keeps the blocks
-            # it got, so trying would fill the file system before failing.
-            raise storage_error(ErrorCode.OPERATION_FAILED, "Not enough space left in storage pool")
-        return new
+        # The free space is checked first, as libvirt does: a failing fallocate keeps the
+        # blocks it got, so trying would fill the file system before failing.
+        return new_capacity(
+            current,
+            capacity,
+            lambda: allocation,
+            delta=delta,
+            shrink=shrink,
+            available=self.available if allocate else None,
+        )
 
     def available(self) -> int:
         """Bytes the pool's file system has free for unprivileged use (the pool's "available")."""

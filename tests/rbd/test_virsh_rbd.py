@@ -113,10 +113,16 @@ def test_volume_lifecycle(rbd_virtvold: Virtvold, ceph: CephCluster) -> None:
         uri, "vol-resize", "--pool", RBD_POOL, name, "4M", "--allocate", check=False
     )
     assert "Can't shrink capacity below current capacity unless shrink flag" in refused.stderr
+    # Past the size checks and needing no room (the image holds no data; this cluster's
+    # memstore reports no free space at all), the backend's refusal to preallocate.
     refused = run_virsh(
-        uri, "vol-resize", "--pool", RBD_POOL, name, "32M", "--allocate", check=False
+        uri, "vol-resize", "--pool", RBD_POOL, name, "0", "--shrink", "--allocate", check=False
     )
     assert "unsupported flags (0x1) in function virStorageBackendRBDResizeVol" in refused.stderr
+    refused = run_virsh(
+        uri, "vol-resize", "--pool", RBD_POOL, name, "100T", "--allocate", check=False
+    )
+    assert "Not enough space left in storage pool" in refused.stderr
     assert image_size(ceph, name) == 16 * MIB
     run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, "4M", "--shrink")
     assert image_size(ceph, name) == 4 * MIB

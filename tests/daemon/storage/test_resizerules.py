@@ -18,9 +18,24 @@ def _unmeasured() -> int:
     raise AssertionError("the allocation was measured")
 
 
-def _refusal(current: int, capacity: int, allocation: int, **flags: bool) -> str:
+def _refusal(
+    current: int,
+    capacity: int,
+    allocation: int,
+    *,
+    delta: bool,
+    shrink: bool,
+    allocation_within_capacity: bool = False,
+) -> str:
     with pytest.raises(ErrorReport) as info:
-        new_capacity(current, capacity, lambda: allocation, **flags)
+        new_capacity(
+            current,
+            capacity,
+            lambda: allocation,
+            delta=delta,
+            shrink=shrink,
+            allocation_within_capacity=allocation_within_capacity,
+        )
     assert info.value.code == ErrorCode.INVALID_ARG
     return info.value.message
 
@@ -58,3 +73,20 @@ def test_a_delta_sum_wraps_round_as_libvirt_s_unsigned_one() -> None:
     assert new_capacity(huge, 1, lambda: 0, delta=True, shrink=True) == huge - 1
     # 4 MiB grown by 2^64 - 1 is 4 MiB - 1: a shrink without the flag.
     assert _refusal(4 << 20, huge, 0, delta=True, shrink=False) == WITHOUT_SHRINK
+
+
+def test_preallocating_needs_room_for_the_growth_after_the_other_checks() -> None:
+    assert (
+        new_capacity(1000, 5000, lambda: 1000, delta=False, shrink=False, available=lambda: 4000)
+        == 5000
+    )
+    with pytest.raises(ErrorReport) as info:
+        new_capacity(1000, 5001, lambda: 1000, delta=False, shrink=False, available=lambda: 4000)
+    assert (info.value.code, info.value.message) == (
+        ErrorCode.OPERATION_FAILED,
+        "operation failed: Not enough space left in storage pool",
+    )
+    # The shrink flag is asked for before the room.
+    with pytest.raises(ErrorReport) as info:
+        new_capacity(9000, 5000, lambda: 1000, delta=False, shrink=False, available=lambda: 0)
+    assert info.value.message == WITHOUT_SHRINK
