@@ -520,14 +520,13 @@ class RpcProtocol(asyncio.BufferedProtocol):
                     )
                 )
                 return
+            # Until the next step, or until reading is first held back (while it is held,
+            # nothing sets the event again).
             self._reading_held.clear()
-            if not self._read_pausers:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._reading_held.wait(), max(0.05, tracker.deadline() - self.loop.time())
-                    )
-            else:
-                await asyncio.sleep(max(0.05, tracker.deadline() - self.loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._reading_held.wait(), max(0.05, tracker.deadline() - self.loop.time())
+                )
 
     # -- whole files --------------------------------------------------------------------------
 

@@ -30,9 +30,9 @@ byte taken) and that sends nothing for ``interval * (count + 1)`` keepalive
 seconds has stopped reading and is dropped, keepalive or not; a slow reader is
 not, nor one that holds its reading back and sends keepalive frames meanwhile.
 While an upload holds reading back (a slow disk), the client gets an unasked
-keepalive PONG every ``HOLD_PONG_INTERVAL``, since it hears nothing else. Thread-bound
-work waits in this connection's own queue of the shared ``FairExecutor``, so
-one busy client cannot starve others.
+keepalive PONG every ``HOLD_PONG_INTERVAL``, since it hears nothing else.
+Thread-bound work waits in this connection's own queue of the shared
+``FairExecutor``, so one busy client cannot starve others.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._bytes_queued = 0  # every byte handed to the transport
         self._bytes_received = 0  # every byte read from the client
         # What the client had taken and sent at the last stall check (_client_progress).
-        self._output_mark: tuple[int, int, int] = (0, 0, 0)
+        self._progress_mark: tuple[int, int, int] = (0, 0, 0)
         self._calls_in_flight = 0
         self._frames_this_turn = 0
         self._streams_opening = 0
@@ -306,7 +306,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return  # no keepalive: a peer that stops reading is waited for, as libvirtd does
         stall = self._ctx.keepalive_interval * (self._ctx.keepalive_count + 1)
         if self._stall_timer is None and not self._refused:
-            self._output_mark = self._client_progress()
+            self._progress_mark = self._client_progress()
             self._stall_timer = self._loop.call_later(stall, self._output_stalled, stall)
 
     def resume_writing(self) -> None:
@@ -396,9 +396,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport = self._transport
         if not self._read_pausers and transport is not None and not transport.is_closing():
             transport.pause_reading()
-        if owner not in _DISPATCH_HOLDS and not self._read_pausers - _DISPATCH_HOLDS:
+        if owner not in _DISPATCH_HOLDS and not self._upload_holds_reading():
             self._keepalive_soon()
         self._read_pausers.add(owner)
+
+    def _upload_holds_reading(self) -> bool:
+        """Whether reading is held back for an upload (its disk behind), not only to pace
+        the client's calls and output (``_DISPATCH_HOLDS``)."""
+        return not self._read_pausers <= _DISPATCH_HOLDS
 
     def _keepalive_soon(self) -> None:
         """An upload starts holding reading back: let the keepalive look when its first
@@ -547,7 +552,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         reads their replies gets its reading paused once they back up."""
         transport = self._transport
         if transport is None:
-            return self._output_mark
+            return self._progress_mark
         passed = self._bytes_queued - transport.get_write_buffer_size()
         in_kernel = -1
         sock = transport.get_extra_info("socket")
@@ -567,8 +572,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.write_buffer_empty():
             return
         progress = self._client_progress()
-        if progress != self._output_mark:
-            self._output_mark = progress
+        if progress != self._progress_mark:
+            self._progress_mark = progress
             self._stall_timer = self._loop.call_later(seconds, self._output_stalled, seconds)
             return
         self.abort(f"the client read nothing of its replies for {seconds:g} s")
@@ -782,7 +787,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         tracker = self._keepalive
         assert tracker is not None
         now = self._loop.time()
-        if self._read_pausers - _DISPATCH_HOLDS:
+        if self._upload_holds_reading():
             # An upload holds reading back (a slow disk): the client's silence is ours,
             # but it hears nothing from us either, and would take us for dead.
             action = tracker.hold(now)

@@ -477,19 +477,28 @@ def stalled_reader(fifo: Path) -> FifoReader:
     return reader
 
 
+def assert_download_outlasts_a_stalled_reader(
+    engine: str, uri: str, volume: bytes, downloads: Path
+) -> None:
+    """While the download waits for room in the FIFO it reads nothing, and the daemon
+    hears nothing from it but the client's unasked keepalive PONGs, which tell it the
+    client is alive: the whole volume arrives once the reader reads again."""
+    fifo = make_fifo(downloads)
+    reader = stalled_reader(fifo)
+    started = time.monotonic()
+    result = download(engine, uri, fifo)
+    assert time.monotonic() - started > STALL  # the reader did hold it back
+    assert reader.result() == volume
+    assert result.total_bytes == len(volume)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_reader_stalled_past_libvirtds_keepalive_keeps_the_download(
     impatient_libvirtd: ReferenceLibvirtd, impatient_volume: bytes, downloads: Path, engine: str
 ) -> None:
-    """While the download waits for room in the FIFO it reads nothing, and libvirtd
-    hears nothing from it: the client's keepalive PINGs tell libvirtd it is alive."""
-    fifo = make_fifo(downloads)
-    reader = stalled_reader(fifo)
-    started = time.monotonic()
-    result = download(engine, impatient_libvirtd.tcp_uri, fifo)
-    assert time.monotonic() - started > STALL  # the reader did hold it back
-    assert reader.result() == impatient_volume
-    assert result.total_bytes == len(impatient_volume)
+    assert_download_outlasts_a_stalled_reader(
+        engine, impatient_libvirtd.tcp_uri, impatient_volume, downloads
+    )
 
 
 def test_vol_download_into_a_fifo_stalled_past_libvirtds_keepalive(
@@ -538,10 +547,4 @@ def test_a_reader_stalled_past_virtvolds_keepalive_keeps_the_download(
 ) -> None:
     volume = os.urandom(64 * MIB)
     (impatient_virtvold.pool_dir / "v.img").write_bytes(volume)
-    fifo = make_fifo(downloads)
-    reader = stalled_reader(fifo)
-    started = time.monotonic()
-    result = download(engine, impatient_virtvold.tcp_uri, fifo)
-    assert time.monotonic() - started > STALL  # the reader did hold it back
-    assert reader.result() == volume
-    assert result.total_bytes == len(volume)
+    assert_download_outlasts_a_stalled_reader(engine, impatient_virtvold.tcp_uri, volume, downloads)

@@ -94,10 +94,13 @@ class Freezer:
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> tuple[Path, bytes]:
+def source(frozen_pool_virtvold: Virtvold, tmp_path: Path) -> tuple[Path, bytes]:
+    """An image to upload, and the empty volume "v" of its size to upload it into."""
     data = os.urandom(SIZE)
     path = tmp_path / "source.img"
     path.write_bytes(data)
+    uri = frozen_pool_virtvold.tcp_uri
+    run_virsh(uri, "vol-create-as", POOL_NAME, "v", str(SIZE), "--allocation", "0")
     return path, data
 
 
@@ -106,7 +109,6 @@ def test_virsh_upload_outlasts_frozen_storage(
 ) -> None:
     path, data = source
     uri = frozen_pool_virtvold.tcp_uri
-    run_virsh(uri, "vol-create-as", POOL_NAME, "v", str(SIZE), "--allocation", "0")
     freezer = Freezer(frozen_pool_virtvold.pool_dir)
     upload = subprocess.run(
         ["virsh", "-k", "1", "-K", "1", "-c", uri, "vol-upload", "v", str(path), POOL_NAME],
@@ -126,7 +128,6 @@ def test_an_upload_on_virtvols_engine_outlasts_frozen_storage(
 ) -> None:
     path, data = source
     uri = frozen_pool_virtvold.tcp_uri
-    run_virsh(uri, "vol-create-as", POOL_NAME, "v", str(SIZE), "--allocation", "0")
 
     async def upload() -> None:
         conn = await open_direct(uri, keepalive=(1, 1))
