@@ -47,6 +47,8 @@ _LENGTH_WORD = struct.Struct(">I")
 PAYLOAD_FIRST_STEP = 64 << 10
 # The default buffer for small frames: a server keeps one per connection.
 SCRATCH_SIZE = 16 << 10
+# What a payload pool keeps for reuse, by default.
+POOLED_MAX = 64 << 20
 
 Payload = bytes | memoryview
 
@@ -126,7 +128,7 @@ class PayloadBuffers:
 
     MIN_POOLED = 128 << 10
 
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, max_bytes: int = POOLED_MAX) -> None:
         self._buffers: collections.deque[bytearray] = collections.deque()
         self._pooled_bytes = 0
         self._max_bytes = max_bytes

@@ -20,6 +20,7 @@ from tests.daemon.fake_sink import FakeSink
 from virtvol.daemon.storage import StorageRegistry, VolumeWriter
 from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import BATCH_BYTES, HELD_MAX, Upload
+from virtvol.protocol.frames import POOLED_MAX
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
@@ -169,3 +170,11 @@ async def test_a_flood_of_skips_is_held_to_the_bound_too(tmp_path: Path) -> None
         writer.permits.release(1000)
         await asyncio.wait_for(stepped.task, 30)
     assert (tmp_path / "pool" / "vol").stat().st_size == MIB + skips * 4096
+
+
+def test_eight_uploads_at_once_hold_no_more_than_the_payload_pool_recycles() -> None:
+    """What the uploads hold is received into the daemon's shared payload pool; beyond
+    the pool each frame is a fresh allocation. With 16 MiB per upload, eight uploads at
+    once took the daemon's peak from 96 MiB to 155 MiB and cost a tenth of their time."""
+    assert 8 * HELD_MAX <= POOLED_MAX
+    assert HELD_MAX >= 2 * BATCH_BYTES, "no batch would be queued while one is written"
