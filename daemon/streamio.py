@@ -67,23 +67,26 @@ class StreamChannel:
         if items:
             self._sink.send_parts(self._sink.rpc.send_stream_items(self.serial, items))
 
-    def send_hole(self, length: int) -> None:
-        """Queue a hole (skip) frame."""
-        self._sink.send(self._sink.rpc.send_hole(self.serial, length))
-
     def send_eof(self) -> None:
         """Queue the end of a download."""
-        self._sink.send(self._sink.rpc.send_eof(self.serial))
+        self._send_own(self._sink.rpc.send_eof(self.serial))
 
     def acknowledge_end(self) -> None:
         """Confirm the client's finish or abort (libvirtd sends an empty STREAM/OK for both)."""
-        self._sink.send(self._sink.rpc.send_finish_ack(self.serial))
+        self._send_own(self._sink.rpc.send_finish_ack(self.serial))
 
     def send_error(self, report: ErrorReport) -> None:
         """Report a failure as STREAM/ERROR, unless the stream is already over on the wire."""
         rpc = self._sink.rpc
         if self.serial in rpc.streams:
-            self._sink.send(rpc.send_stream_error(self.serial, RemoteError.from_report(report)))
+            self._send_own(rpc.send_stream_error(self.serial, RemoteError.from_report(report)))
+
+    def _send_own(self, frame: bytes) -> None:
+        # As parts, like the data: a stream ends once, so its frames cannot pile up as
+        # replies to calls can, and ``send`` would stop reading the socket behind a backlog
+        # of data. A client whose FIFO reader stalls just after the download's end was
+        # queued would then go unheard, keepalive frames and all, and be dropped.
+        self._sink.send_parts((frame,))
 
     def write_buffer_empty(self) -> bool:
         """True when the transport holds no unsent bytes (so no reference to our buffers)."""

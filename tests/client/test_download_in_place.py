@@ -542,9 +542,14 @@ def impatient_virtvold(tmp_path: Path) -> Iterator[Virtvold]:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "size", [64 * MIB, 12 * MIB], ids=["stalled-midway", "stalled-after-the-end"]
+)
 def test_a_reader_stalled_past_virtvolds_keepalive_keeps_the_download(
-    impatient_virtvold: Virtvold, downloads: Path, engine: str
+    impatient_virtvold: Virtvold, downloads: Path, engine: str, size: int
 ) -> None:
-    volume = os.urandom(64 * MIB)
+    """64 MiB: the reader stalls while the daemon still sends data. 12 MiB: the daemon
+    has queued all of it, and the end of the stream, before the client took much."""
+    volume = os.urandom(size)
     (impatient_virtvold.pool_dir / "v.img").write_bytes(volume)
     assert_download_outlasts_a_stalled_reader(engine, impatient_virtvold.tcp_uri, volume, downloads)
