@@ -61,6 +61,7 @@ import threading
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
+from virtvol.protocol.constants import VolResizeFlags
 from virtvol.protocol.errors import ErrorCode, ErrorReport
 
 from .names import RESERVED_PREFIX, is_volume_name
@@ -543,9 +544,12 @@ class RbdVolumes:
                 available=(lambda: self.runtime().available) if allocate else None,
             )
             if allocate:
+                # libvirt's backend names every flag it was given but the delta, which the
+                # driver has already applied.
+                flags = VolResizeFlags.ALLOCATE | (VolResizeFlags.SHRINK if shrink else 0)
                 raise storage_error(
                     ErrorCode.INVALID_ARG,
-                    "unsupported flags (0x1) in function virStorageBackendRBDResizeVol",
+                    f"unsupported flags ({flags:#x}) in function virStorageBackendRBDResizeVol",
                 )
             try:
                 image.resize(new)
