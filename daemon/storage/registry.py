@@ -869,6 +869,7 @@ class StorageRegistry:
                 # libvirt's rbd backend discards the whole image for trim (the zero wipe
                 # here frees whole objects too) and knows no other pattern.
                 if algorithm != VolWipeAlgorithm.TRIM:
+                    volumes.require(volume.name)  # libvirtd looks the volume up first
                     raise storage_error(ErrorCode.INVALID_ARG, f"unsupported algorithm {algorithm}")
                 volumes.wipe(volume.name)
                 return

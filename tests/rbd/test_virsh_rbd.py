@@ -266,6 +266,24 @@ def test_vol_wipe_algorithms_as_libvirts_rbd_backend(
     assert exported(ceph, name, tmp_path) == data.read_bytes()
     run_virsh(uri, "vol-wipe", "--pool", RBD_POOL, name, "--algorithm", "trim")
     assert exported(ceph, name, tmp_path) == bytes(6 * MIB)
+    # A volume gone since it was looked up is not found before its algorithm is judged.
+    answer = run_system_python(STALE_WIPE_SCRIPT, uri, RBD_POOL, name).stdout
+    assert answer.strip() == (
+        f"50 Storage volume not found: no storage vol with matching name '{name}'"
+    )
+
+
+STALE_WIPE_SCRIPT = r"""
+import sys, libvirt
+uri, pool, name = sys.argv[1:4]
+conn = libvirt.open(uri)
+vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+vol.delete(0)
+try:
+    vol.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_DOD, 0)
+except libvirt.libvirtError as exc:
+    print(exc.get_error_code(), exc.get_error_message())
+"""
 
 
 def test_python_libvirt_transfers(
