@@ -70,6 +70,8 @@ IMAGES: dict[str, tuple[bytes, int | None]] = {
         FILE_SIZE,
     ),
     "huge.qcow2": (images.qcow2((1 << 64) - 1), FILE_SIZE),
+    # A virtual size of 0 counts as none: the file's size is the capacity.
+    "empty.qcow2": (images.qcow2(0), FILE_SIZE),
     "no-clusters.qcow2": (images.qcow2(GIB, cluster_bits=0), FILE_SIZE),
     "header-only.qcow2": (images.qcow2(GIB, backing=b"raw.img"), None),
     "cut-at-100.qcow2": (images.qcow2(GIB, compatible=1)[:100], None),
@@ -144,6 +146,90 @@ def test_vol_list_details_match_libvirtd(
     assert _details(virtvold.tcp_uri, virtvold.pool_dir) == expected
 
 
+# Formats libvirt names but whose headers its probe does not look for (bochs, cloop,
+# dmg), and VHD, which it recognises only by a footer copy at the file's start. name:
+# (header, file size or None for just long enough, trailer: the file's last bytes).
+_DMG_PLIST_AT = FILE_SIZE - 512 - 256
+OTHER_FORMATS: dict[str, tuple[bytes, int | None, bytes]] = {
+    "disk.bochs": (images.bochs(GIB), FILE_SIZE, b""),
+    "disk.cloop": (images.cloop(64 * 1024, 16), FILE_SIZE, b""),
+    # A small disk image: its koly trailer among the bytes libvirt reads.
+    "small.dmg": (images.dmg(2048), None, b""),
+    "large.dmg": (
+        b"\0" * 512,
+        FILE_SIZE,
+        images.dmg_trailer(
+            GIB // 512, data_length=_DMG_PLIST_AT, xml_offset=_DMG_PLIST_AT, xml_length=256
+        ),
+    ),
+    "dynamic.vhd": (images.vhd_dynamic(GIB), None, b""),
+    # Grown after it was made: the original size (at 40) and the current one differ.
+    "resized.vhd": (images.vhd_dynamic(GIB, current=2 * GIB), None, b""),
+    # A fixed disk has its footer at the end only, past libvirt's bytes or among them.
+    "fixed.vhd": (b"", FILE_SIZE, images.vhd_footer(FILE_SIZE - 512, fixed=True)),
+    "small-fixed.vhd": (b"", 16384 + 512, images.vhd_footer(16384, fixed=True)),
+    # Disks of size 0: the footer (a fixed one's only bytes) says 0 bytes.
+    "empty-fixed.vhd": (images.vhd_footer(0, fixed=True), None, b""),
+    "empty-dynamic.vhd": (images.vhd_dynamic(0), None, b""),
+}
+
+
+def _place_other_formats(pool_dir: Path) -> None:
+    for name, (header, size, trailer) in OTHER_FORMATS.items():
+        images.place(pool_dir, name, header, size, trailer=trailer).chmod(0o666)
+
+
+def test_bochs_cloop_dmg_and_vhd_images_match_libvirtd(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(
+        reference_libvirtd, virtvold, tmp_path, DESCRIBE_ALL, place=_place_other_formats
+    )
+
+
+def _dumpxml_and_info(uri: str, pool_dir: Path) -> dict[str, tuple[str, str]]:
+    """virsh's vol-dumpxml (timestamps aside, the pool's path as POOL) and vol-info."""
+    run_virsh(uri, "pool-refresh", "default")
+    answers = {}
+    for name in OTHER_FORMATS:
+        xml = run_virsh(uri, "vol-dumpxml", "--pool", "default", name).stdout
+        xml = re.sub(r"\s*<timestamps>.*?</timestamps>", "", xml, flags=re.S)
+        info = run_virsh(uri, "vol-info", "--pool", "default", "--bytes", name).stdout
+        answers[name] = (xml.replace(str(pool_dir), "POOL"), info)
+    return answers
+
+
+def _format_and_capacity(xml: str) -> tuple[str, int]:
+    fmt = re.search(r"<format type='(\w+)'/>", xml)
+    capacity = re.search(r"<capacity unit='bytes'>(\d+)</capacity>", xml)
+    assert fmt is not None, xml
+    assert capacity is not None, xml
+    return fmt.group(1), int(capacity.group(1))
+
+
+def test_bochs_cloop_dmg_and_vhd_in_virsh_as_in_libvirtd(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold
+) -> None:
+    _place_other_formats(reference_libvirtd.pool_dir)
+    _place_other_formats(virtvold.pool_dir)
+    expected = _dumpxml_and_info(reference_libvirtd.tcp_uri, reference_libvirtd.pool_dir)
+    # What libvirtd answers: only a file starting with a VHD footer is vpc, sized by the
+    # footer's original size, or by the file when that is 0; the rest are raw files.
+    assert {name: _format_and_capacity(xml) for name, (xml, _) in expected.items()} == {
+        "disk.bochs": ("raw", FILE_SIZE),
+        "disk.cloop": ("raw", FILE_SIZE),
+        "small.dmg": ("raw", len(images.dmg(2048))),
+        "large.dmg": ("raw", FILE_SIZE),
+        "dynamic.vhd": ("vpc", GIB),
+        "resized.vhd": ("vpc", GIB),
+        "fixed.vhd": ("raw", FILE_SIZE),
+        "small-fixed.vhd": ("raw", 16384 + 512),
+        "empty-fixed.vhd": ("vpc", 512),
+        "empty-dynamic.vhd": ("vpc", len(images.vhd_dynamic(0))),
+    }
+    assert _dumpxml_and_info(virtvold.tcp_uri, virtvold.pool_dir) == expected
+
+
 # What would need qemu-img (or ploop's tools) is refused with libvirt's words; what
 # libvirt does itself (wiping, streaming the file's bytes) is done the same way.
 CHANGES = r"""
@@ -161,6 +247,7 @@ for name, size, flags in [
     ("v3.qcow2", 1, SHRINK | DELTA),
     ("v3.qcow2", 2 * G, ALLOCATE),
     ("huge.qcow2", 1, DELTA),
+    ("empty.qcow2", 100 << 10, 0),
     ("image.hds", 2 * G, ALLOCATE),
     ("disc.iso", 1 << 20, 0),
     ("cut-at-30.qcow2", 1 << 20, 0),
