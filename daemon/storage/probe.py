@@ -96,7 +96,8 @@ _SIGNATURES = (
 class ImageHeader:
     """What a file's header says, as libvirt's probe reads it.
 
-    ``capacity`` None: the file's size is the volume's capacity. ``backing_name``: the
+    ``capacity`` None: the file's size is the volume's capacity (as when the header
+    says 0). ``backing_name``: the
     backing file exactly as the header names it (None: no backing file).
     ``backing_format`` None: the header does not say; the backing file is probed.
     ``features`` None: no feature list (only qcow2 v3 headers have one, and those are
@@ -187,7 +188,9 @@ def probe_header(data: bytes) -> ImageHeader:
         return ImageHeader(signature.name, capacity=size, encryption=encryption)
     header = ImageHeader(
         signature.name,
-        capacity=size * signature.size_unit,
+        # libvirt takes a virtual size of 0 for none and keeps the file's size, though
+        # it reads the rest of the header.
+        capacity=size * signature.size_unit or None,
         cluster_size=_qcow2_cluster_size(data) if signature.name == "qcow2" else None,
         encryption=encryption,
     )

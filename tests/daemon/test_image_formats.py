@@ -72,6 +72,8 @@ IMAGES: dict[str, tuple[bytes, int | None]] = {
     "huge.qcow2": (images.qcow2((1 << 64) - 1), FILE_SIZE),
     # A virtual size of 0 counts as none: the file's size is the capacity.
     "empty.qcow2": (images.qcow2(0), FILE_SIZE),
+    # ... and the rest of the header is read all the same.
+    "empty-backed.qcow2": (images.qcow2(0, backing=b"raw.img", compatible=1), FILE_SIZE),
     "no-clusters.qcow2": (images.qcow2(GIB, cluster_bits=0), FILE_SIZE),
     "header-only.qcow2": (images.qcow2(GIB, backing=b"raw.img"), None),
     "cut-at-100.qcow2": (images.qcow2(GIB, compatible=1)[:100], None),
