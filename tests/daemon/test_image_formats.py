@@ -562,3 +562,74 @@ def test_volumes_virtvold_refuses_to_make(virtvold: Virtvold, tmp_path: Path) ->
             ["ok", ["empty-dir", "file.img", "full-dir", "image.hds", "image.qcow2"]],
         ),
     ]
+
+
+# An encrypted volume's XML names the passphrase secret whose usage (type volume) is the
+# volume's path, spelled exactly as the volume's <path>; other usages and other spellings
+# name nothing, and a plain image shows no secret whatever names it.
+_SECRETS = r"""
+import re
+sconn = libvirt.open(URI.replace("storage+", "secret+", 1))
+pool = conn.storagePoolLookupByName("default")
+pool.refresh()
+NAMES = ("luks.img", "aes.qcow2", "luks.qcow2", "v3.qcow2")
+SECRET = "<secret %s><uuid>%s</uuid><usage type='%s'><%s>%s</%s></usage></secret>"
+
+def define(uuid, usage_id, usage="volume", attributes=""):
+    element = "volume" if usage == "volume" else "name"
+    return sconn.secretDefineXML(
+        SECRET % (attributes, uuid, usage, element, usage_id, element), 0)
+
+def without_times(text):
+    return re.sub(r"\s*<timestamps>.*?</timestamps>", "", text, flags=re.S)
+
+def xml(name):
+    return without_times(pool.storageVolLookupByName(name).XMLDesc())
+
+def describe(label):
+    for name in NAMES:
+        step(label + ": " + name, lambda: xml(name))
+
+describe("no secret")
+defined = [define("0c2d6a4e-5b1f-4c3a-9e8d-7f6a5b4c3d%02x" % i, POOL_DIR + "/" + name)
+           for i, name in enumerate(NAMES)]
+describe("secrets defined")
+step("info", lambda: pool.storageVolLookupByName("luks.img").info())
+step("by path", lambda: without_times(
+    conn.storageVolLookupByPath(POOL_DIR + "/aes.qcow2").XMLDesc()))
+pool.refresh()
+describe("refreshed")
+for secret in defined:
+    secret.undefine()
+pool.refresh()
+describe("undefined and refreshed")
+others = [define("1d3e7b5f-6c20-4d4b-8f9e-8a7b6c5d4e%02x" % i, usage_id, usage)
+          for i, (usage, usage_id) in enumerate([
+              ("volume", POOL_DIR + "//luks.img"),
+              ("volume", POOL_DIR + "/./aes.qcow2"),
+              ("volume", "luks.qcow2"),
+              ("ceph", POOL_DIR + "/luks.img"),
+          ])]
+describe("other names")
+for secret in others:
+    secret.undefine()
+pool.refresh()
+hidden = define("2e4f8c60-7d31-4e5c-9a0f-9b8c7d6e5f01", POOL_DIR + "/luks.qcow2",
+                attributes="ephemeral='yes' private='yes'")
+hidden.setValue(b"passphrase")
+step("private and ephemeral", lambda: xml("luks.qcow2"))
+"""
+
+
+def _place_encrypted(pool_dir: Path) -> None:
+    for name in ("luks.img", "aes.qcow2", "luks.qcow2", "v3.qcow2"):
+        header, size = IMAGES[name]
+        images.place(pool_dir, name, header, size).chmod(0o666)
+
+
+def test_volume_secrets_match_libvirtd(
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(
+        reference_libvirtd_with_secrets, virtvold, tmp_path, _SECRETS, place=_place_encrypted
+    )
