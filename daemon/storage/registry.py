@@ -60,7 +60,7 @@ from .reports import (
     uuid_text,
     volume_exists,
 )
-from .secrets import SecretStore
+from .secrets import SecretStore, UsageType
 from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
 from .volumes import VolumeDir, backing_store
 from .volxml import (
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from .backend import ChunkReader, ChunkWriter
+    from .probe import ImageHeader
 
 log = logging.getLogger(__name__)
 
@@ -709,7 +710,19 @@ class StorageRegistry:
             header = view.header(volume.name, st)
             path, directory = view.volume_path(volume.name), view.path
         backing = backing_store(directory, header)
-        return format_volume_xml(volume.name, path, st, header, backing)
+        return format_volume_xml(
+            volume.name, path, st, header, backing, self._volume_secret(path, header)
+        )
+
+    def _volume_secret(self, path: str, header: ImageHeader) -> bytes | None:
+        """The UUID of the secret whose usage (type volume) is the encrypted volume's path,
+        spelled exactly as its XML's <path>. libvirtd keeps the first one it finds until
+        the pool's next refresh; the secret store as it is now is answered here, so a
+        secret undefined or replaced is never named."""
+        if header.encryption is None:
+            return None
+        found = self.secrets.find_by_usage(UsageType.VOLUME, path)
+        return None if found is None else found.uuid
 
     def volume_path(self, volume: VolumeRef) -> str:
         """STORAGE_VOL_GET_PATH."""

@@ -224,12 +224,20 @@ class SecretStore:
 
     def lookup_by_usage(self, usage_type: int, usage_id: str) -> SecretDefinition:
         """SECRET_LOOKUP_BY_USAGE."""
+        found = self.find_by_usage(usage_type, usage_id)
+        if found is None:
+            raise no_secret_with_usage(usage_id)
+        return found
+
+    def find_by_usage(self, usage_type: int, usage_id: str) -> SecretDefinition | None:
+        """The secret of this usage, or None: for callers to whom none is no error (an
+        encrypted volume's XML names its secret only when there is one)."""
         with self._lock:
             for entry in self._entries.values():
                 found = entry.definition
                 if found.usage_type == usage_type and found.usage_id == usage_id:
                     return found
-        raise no_secret_with_usage(usage_id)
+        return None
 
     def list_all(self, flags: int = 0) -> list[SecretDefinition]:
         """CONNECT_LIST_ALL_SECRETS with libvirt's filters, sorted by UUID."""

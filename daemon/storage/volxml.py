@@ -9,7 +9,7 @@ from virtvol.protocol.errors import ErrorCode
 
 from .model import VolumeType
 from .probe import FILE_FORMATS, BackingStore, ImageHeader
-from .reports import storage_error, xml_error
+from .reports import storage_error, uuid_text, xml_error
 from .units import scaled_size
 from .xmldoc import child_string, escape, escape_text, parse_document
 
@@ -153,13 +153,16 @@ def _permissions_and_times(st: os.stat_result) -> list[str]:
     ]
 
 
-def _header_details(header: ImageHeader) -> list[str]:
-    """What a probed header adds to ``<target>``: the encryption format (libvirt prints the
-    element open, as it does when a secret would follow), compat and features (qcow2 v3),
-    cluster size."""
+def _header_details(header: ImageHeader, secret: bytes | None) -> list[str]:
+    """What a probed header adds to ``<target>``: the encryption format with its passphrase
+    secret (libvirt prints the element open, with or without one), compat and features
+    (qcow2 v3), cluster size."""
     lines = []
     if header.encryption is not None:
-        lines += [f"    <encryption format='{header.encryption}'>", "    </encryption>"]
+        lines.append(f"    <encryption format='{header.encryption}'>")
+        if secret is not None:
+            lines.append(f"      <secret type='passphrase' uuid='{uuid_text(secret)}'/>")
+        lines.append("    </encryption>")
     if header.features is not None:
         lines.append("    <compat>1.1</compat>")
     if header.cluster_size is not None:
@@ -214,10 +217,11 @@ def format_volume_xml(
     st: os.stat_result,
     header: ImageHeader | None = None,
     backing: BackingStore | None = None,
+    secret: bytes | None = None,
 ) -> str:
     """The volume's XML as libvirt 9.0 prints it for a file (or a sub-directory) in a
-    directory pool, with what its header says (``probe.probe_header``; None: a raw file)
-    and its backing file."""
+    directory pool, with what its header says (``probe.probe_header``; None: a raw file),
+    its backing file and, for an encrypted image, the UUID of its passphrase secret."""
     header = header or ImageHeader()
     capacity, allocation, physical = volume_sizes(st, header)
     lines = [
@@ -234,7 +238,7 @@ def format_volume_xml(
         f"    <path>{escape(path)}</path>",
         f"    <format type='{header.format}'/>",
         *_permissions_and_times(st),
-        *_header_details(header),
+        *_header_details(header, secret),
         "  </target>",
     ]
     if backing is not None:

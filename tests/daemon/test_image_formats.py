@@ -614,6 +614,12 @@ describe("other names")
 for secret in others:
     secret.undefine()
 pool.refresh()
+# A pool's refresh does not look for secrets itself: one gone since is not named.
+gone = define("3f5a9d71-8e42-4f6d-8b1a-ac9d8e7f6a01", POOL_DIR + "/luks.img")
+pool.refresh()
+gone.undefine()
+step("undefined after a refresh", lambda: xml("luks.img"))
+pool.refresh()
 hidden = define("2e4f8c60-7d31-4e5c-9a0f-9b8c7d6e5f01", POOL_DIR + "/luks.qcow2",
                 attributes="ephemeral='yes' private='yes'")
 hidden.setValue(b"passphrase")
@@ -633,3 +639,73 @@ def test_volume_secrets_match_libvirtd(
     assert_same_answers(
         reference_libvirtd_with_secrets, virtvold, tmp_path, _SECRETS, place=_place_encrypted
     )
+
+
+# libvirtd looks for the secret when a volume's XML or info is asked for and it has none
+# yet, then keeps what it found until the pool's next refresh; virtvold names the secret
+# that names the volume now.
+_SECRET_CHANGES = r"""
+import re
+sconn = libvirt.open(URI.replace("storage+", "secret+", 1))
+pool = conn.storagePoolLookupByName("default")
+pool.refresh()
+vol = pool.storageVolLookupByName("luks.img")
+SECRET = "<secret><uuid>%s</uuid><usage type='volume'><volume>%s</volume></usage></secret>"
+
+def define(uuid):
+    return sconn.secretDefineXML(SECRET % (uuid, POOL_DIR + "/luks.img"), 0)
+
+def named():
+    found = re.search(r"<secret type='passphrase' uuid='([^']*)'/>", vol.XMLDesc())
+    return found and found.group(1)
+
+first = define("4a6b0e82-9f53-4a7e-8c2b-bd0e9f8a7b01")
+step("defined", named)
+first.undefine()
+step("undefined", named)
+second = define("4a6b0e82-9f53-4a7e-8c2b-bd0e9f8a7b02")
+step("another defined", named)
+pool.refresh()
+step("refreshed", named)
+second.undefine()
+pool.refresh()
+third = define("4a6b0e82-9f53-4a7e-8c2b-bd0e9f8a7b03")
+step("info", vol.info)
+third.undefine()
+step("undefined after info", named)
+"""
+
+
+def _names(record: list[tuple[str, list[object]]]) -> dict[str, object]:
+    return {label: result[1] for label, result in record if label != "info"}
+
+
+def test_volume_secrets_are_current_where_libvirtd_keeps_its_own(
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    uuid = "4a6b0e82-9f53-4a7e-8c2b-bd0e9f8a7b0"
+    answers = []
+    for daemon, scratch in (
+        (reference_libvirtd_with_secrets, reference_libvirtd_with_secrets.state_dir),
+        (virtvold, tmp_path),
+    ):
+        _place_encrypted(daemon.pool_dir)
+        answers.append(
+            _names(_record(daemon.tcp_uri, scratch / "scratch", daemon.pool_dir, _SECRET_CHANGES))
+        )
+    assert answers == [
+        {
+            "defined": uuid + "1",
+            "undefined": uuid + "1",
+            "another defined": uuid + "1",
+            "refreshed": uuid + "2",
+            "undefined after info": uuid + "3",
+        },
+        {
+            "defined": uuid + "1",
+            "undefined": None,
+            "another defined": uuid + "2",
+            "refreshed": uuid + "2",
+            "undefined after info": None,
+        },
+    ]
