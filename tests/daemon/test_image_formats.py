@@ -609,8 +609,12 @@ others = [define("1d3e7b5f-6c20-4d4b-8f9e-8a7b6c5d4e%02x" % i, usage_id, usage)
               ("volume", POOL_DIR + "/./aes.qcow2"),
               ("volume", "luks.qcow2"),
               ("ceph", POOL_DIR + "/luks.img"),
+              ("volume", " %s/luks.img\n" % POOL_DIR),
           ])]
 describe("other names")
+# A usage is kept as written, blanks and all, and matches only as written.
+step("padded usage", lambda: (others[-1].usageID(), others[-1].XMLDesc(0)))
+step("padded lookup", lambda: sconn.secretLookupByUsage(1, POOL_DIR + "/luks.img").UUIDString())
 for secret in others:
     secret.undefine()
 pool.refresh()
