@@ -1,4 +1,6 @@
-"""libvirt's secret objects: the Ceph keys rbd pools authenticate with.
+"""libvirt's secret objects: the Ceph keys rbd pools authenticate with, and the
+passphrase secrets an encrypted volume's XML names (those whose usage, of type volume,
+is the volume's path).
 
 A secret is an XML definition (UUID, private/ephemeral flags, a usage such as
 ``<usage type='ceph'><name>...</name></usage>``) plus an optional value. The
@@ -29,7 +31,7 @@ from pathlib import Path
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 
 from .reports import system_error, uuid_text
-from .xmldoc import child_text, escape, parse_document
+from .xmldoc import child_string, child_text, escape, parse_document
 
 log = logging.getLogger(__name__)
 
