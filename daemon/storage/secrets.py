@@ -142,7 +142,9 @@ def parse_secret_xml(text: str) -> SecretDefinition:
                 ErrorCode.INTERNAL_ERROR, f"unknown secret usage type {kind}"
             ) from None
         if usage_type is not UsageType.NONE:
-            found = child_text(usage, _USAGE_ELEMENT[usage_type])
+            # Untrimmed, as libvirt keeps it: a padded usage then names no volume's path
+            # (nor a pool's key) there either.
+            found = child_string(usage, _USAGE_ELEMENT[usage_type])
             if found is None:
                 raise secret_error(ErrorCode.INTERNAL_ERROR, _USAGE_MISSING[usage_type])
             usage_id = found
