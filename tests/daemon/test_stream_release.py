@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.fake_sink import FakeSink
-from virtvol.daemon.connection import ClientConnection
+from virtvol.daemon.connection import OUTPUT_HIGH_WATER, ClientConnection
 from virtvol.daemon.context import DaemonContext
 from virtvol.daemon.download import BUFFERS_PER_CONNECTION, FRAME_SIZE, Download
 from virtvol.daemon.fileworker import FileWorker
@@ -28,7 +28,13 @@ from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeR
 from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
-from virtvol.protocol.connection import Connection, ErrorReplyReceived, ReplyReceived, Side
+from virtvol.protocol.connection import (
+    Connection,
+    ErrorReplyReceived,
+    ReplyReceived,
+    Side,
+    StreamEndReceived,
+)
 from virtvol.protocol.errors import ErrorReport
 from virtvol.protocol.procedures import Proc
 
@@ -439,3 +445,63 @@ def test_daemon_start_removes_temporaries_left_by_a_crash(tmp_path: Path) -> Non
         assert sorted(os.listdir(pool_dir)) == ["vol"]
     finally:
         stop_virtvold(daemon)
+
+
+class BackedUpTransport(FakeTransport):
+    """A transport whose peer takes nothing: every byte written stays in its buffer."""
+
+    def __init__(self, protocol: ClientConnection) -> None:
+        super().__init__(protocol)
+        self.unsent = 0
+        self.reading_paused = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.unsent += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+
+async def test_a_downloads_end_behind_unsent_data_leaves_the_client_heard(pool: Pool) -> None:
+    """The end of a download goes out while its data waits for a reader (a FIFO that
+    stalled): the connection keeps reading, so the client's keepalive frames are heard
+    and it is not taken for gone. Replies to calls are what a backlog stops reading for."""
+    volume = pool.volume("vol", os.urandom(1 << 20))
+    context = DaemonContext(
+        registry=pool.registry, legacy=False, keepalive_interval=5, keepalive_count=5
+    )
+    conn = ClientConnection(context, "test", read_only=False)
+    transport = BackedUpTransport(conn)
+    conn.connection_made(transport)
+    client = Connection(Side.CLIENT)
+    serial, frame = client.call(Proc.CONNECT_OPEN, r.ConnectOpenArgs(name="", flags=0))
+    feed(conn, frame)
+    assert isinstance(await reply_to(client, transport, serial), ReplyReceived)
+    assert not transport.reading_paused
+    wire = r.StorageVol(pool=volume.pool, name=volume.name, key=volume.key)
+    serial, frame = client.call(
+        Proc.STORAGE_VOL_DOWNLOAD, r.VolTransferArgs(vol=wire, offset=0, length=0, flags=0)
+    )
+    feed(conn, frame)
+    ended = False
+    for _ in range(500):
+        client.receive_data(bytes(transport.written))
+        transport.written.clear()
+        while (event := client.next_event()) is not None:
+            ended = ended or isinstance(event, StreamEndReceived)
+        if ended:
+            break
+        await asyncio.sleep(0.01)
+    assert ended, "the download's end was not sent"
+    assert transport.unsent > OUTPUT_HIGH_WATER  # the end went out behind a backlog
+    assert not transport.reading_paused, "the connection stopped reading at the end"
+    transport.abort()
+    async with asyncio.timeout(10):
+        await conn.wait_closed()
