@@ -189,13 +189,18 @@ class SecretStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._entries: dict[bytes, _Entry] = {}
+        # ``_lock`` guards the entries and is never held across file I/O: a volume's XML
+        # looks its secret up, and must not wait for another client's secret to reach
+        # the disk. ``_changing`` makes changes one at a time, their files included.
         self._lock = threading.Lock()
+        self._changing = threading.Lock()
 
     def load(self) -> None:
         """Read persisted secrets; unreadable ones are logged (never their value) and skipped."""
         if not self.directory.is_dir():
             return
-        with self._lock:
+        with self._changing:
+            loaded: dict[bytes, _Entry] = {}
             for path in sorted(self.directory.glob("*" + _XML)):
                 try:
                     definition = parse_secret_xml(path.read_text(encoding="utf-8"))
@@ -211,7 +216,9 @@ class SecretStore:
                 if path.name != uuid_text(definition.uuid) + _XML:
                     log.error("ignoring secret %s: it defines another UUID", path.name)
                     continue
-                self._entries[definition.uuid] = _Entry(definition, value)
+                loaded[definition.uuid] = _Entry(definition, value)
+            with self._lock:
+                self._entries.update(loaded)
 
     # -- lookups ------------------------------------------------------------------
 
@@ -265,15 +272,17 @@ class SecretStore:
         """SECRET_DEFINE_XML: a new secret, or new XML for an existing UUID (value kept)."""
         check_flags(flags, _DEFINE_VALIDATE, "secretDefineXML", SECRET)
         definition = parse_secret_xml(xml)
-        with self._lock:
-            self._check_usage_free(definition)
-            existing = self._entries.get(definition.uuid)
+        with self._changing:
+            with self._lock:
+                self._check_usage_free(definition)
+                existing = self._entries.get(definition.uuid)
             value = existing.value if existing is not None else None
             if not definition.ephemeral:
                 self._save(definition, value)
             elif existing is not None and not existing.definition.ephemeral:
                 self._forget_files(definition.uuid)
-            self._entries[definition.uuid] = _Entry(definition, value)
+            with self._lock:
+                self._entries[definition.uuid] = _Entry(definition, value)
             return definition
 
     def _check_usage_free(self, definition: SecretDefinition) -> None:
@@ -304,11 +313,13 @@ class SecretStore:
     def set_value(self, uuid: bytes, value: bytes, flags: int = 0) -> None:
         """SECRET_SET_VALUE: kept in memory, and on disk for a persistent secret."""
         check_flags(flags, 0, "secretSetValue", SECRET)
-        with self._lock:
-            entry = self._entry(uuid)
+        with self._changing:
+            with self._lock:
+                entry = self._entry(uuid)
             if not entry.definition.ephemeral:
                 self._save(entry.definition, value)
-            entry.value = bytes(value)
+            with self._lock:
+                entry.value = bytes(value)
 
     def get_value(self, uuid: bytes, flags: int = 0) -> bytes:
         """SECRET_GET_VALUE: refused for a private secret, as libvirt refuses it to clients."""
@@ -354,18 +365,20 @@ class SecretStore:
             private=True,
             description=f"cephx key from {path}",
         )
-        with self._lock:
+        with self._changing, self._lock:
             self._check_usage_free(definition)
             self._entries[definition.uuid] = _Entry(definition, key)
         return definition
 
     def undefine(self, uuid: bytes) -> None:
         """SECRET_UNDEFINE: the definition and its value are gone, from memory and disk."""
-        with self._lock:
-            entry = self._entry(uuid)
+        with self._changing:
+            with self._lock:
+                entry = self._entry(uuid)
             if not entry.definition.ephemeral:
                 self._forget_files(uuid)
-            del self._entries[uuid]
+            with self._lock:
+                del self._entries[uuid]
 
     # -- files --------------------------------------------------------------------
 

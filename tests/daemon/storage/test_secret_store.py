@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import os
 import stat
+import threading
 import uuid
 from typing import TYPE_CHECKING
 
@@ -103,3 +106,34 @@ def test_config_ceph_keys_must_name_files() -> None:
     assert settings_from_toml({"ceph_keys": {"k": "/a"}}, "f").ceph_keys == {"k": "/a"}
     with pytest.raises(ConfigError, match=r"\[ceph_keys\] must map usage names to key files"):
         settings_from_toml({"ceph_keys": {"k": 1}}, "f")
+
+
+def test_lookups_do_not_wait_for_a_secret_reaching_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encrypted volume's XML looks its secret up: a state directory slow to flush
+    another secret's files holds up that secret's change, never the lookups."""
+    store = SecretStore(tmp_path / "secrets")
+    known = store.define_xml(_xml("known"))
+    flushing, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def stalled_fsync(fd: int) -> None:
+        flushing.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stalled_fsync)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        change = pool.submit(store.define_xml, _xml("new"))
+        try:
+            assert flushing.wait(5)
+            with concurrent.futures.ThreadPoolExecutor(1) as reader:
+                lookup = reader.submit(store.find_by_usage, UsageType.CEPH, "known")
+                assert lookup.result(timeout=2) == known
+                listing = reader.submit(store.list_all)
+                assert listing.result(timeout=2) == [known]
+        finally:
+            release.set()
+        assert change.result(timeout=10).usage_id == "new"
+    assert store.find_by_usage(UsageType.CEPH, "new") is not None
