@@ -47,9 +47,9 @@ log = logging.getLogger("virtvol.daemon.stream")
 
 # Bytes held per upload (waiting or being written), and taken per worker-thread hop.
 # Reading resumes when a batch's worth of room is free, which is while the worker
-# writes the next batch from what is still queued. Eight uploads at once then hold no
-# more than the daemon's payload pool recycles (``frames.POOLED_MAX``); payloads beyond
-# it land in fresh memory: an allocation, its page faults and the copies of a buffer
+# writes the next batch from what is still queued. Eight uploads at once then hold about
+# what the daemon's payload pool recycles (``frames.POOLED_MAX``); payloads beyond it
+# land in fresh memory: an allocation, its page faults and the copies of a buffer
 # grown as the bytes arrive.
 HELD_MAX = 8 << 20
 BATCH_BYTES = 2 << 20
