@@ -705,19 +705,38 @@ def _header_of(fd: int) -> ImageHeader:
 
 def _probe_file_format(path: bytes) -> str:
     """The format of the regular file at ``path``; raw when it cannot be read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
+    fd = _open_regular(path)
+    if fd is None:
         return "raw"
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # replaced since it was looked at
-            return "raw"
-        return detect_format(_read_start(fd, st))
+        return detect_format(_read_start(fd, os.fstat(fd)))
     except OSError:
         return "raw"
     finally:
         os.close(fd)
+
+
+def _open_regular(path: bytes) -> int | None:
+    """``path`` opened for reading if it is a regular file, else None (also when it cannot
+    be opened). Whoever wrote a header may swap the file it names for a link to a device
+    or a FIFO after its stat: an open of those acts (/dev/watchdog starts its countdown,
+    a FIFO lets a waiting writer go). So the file is first taken with ``O_PATH``, which
+    opens nothing, and only once that is seen to be a regular file is that same file
+    opened, through its descriptor's entry in /proc."""
+    try:
+        found = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(found).st_mode):
+            return None
+        return os.open(
+            f"/proc/self/fd/{found}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        )
+    except OSError:
+        return None
+    finally:
+        os.close(found)
 
 
 def _lock(fd: int) -> bool:

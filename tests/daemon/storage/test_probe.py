@@ -7,6 +7,7 @@ the rest of the pool usable.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -256,3 +257,53 @@ def test_a_sub_directory_that_stopped_answering_holds_up_only_calls_about_it(
             looking.join(10)
             if other.ident is not None:
                 other.join(10)
+
+
+def _watch_opens(path: Path) -> int:
+    """An inotify descriptor (non-blocking) that hears every open of ``path``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd: int = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    if libc.inotify_add_watch(fd, os.fsencode(path), _IN_OPEN) < 0:
+        os.close(fd)
+        raise OSError(ctypes.get_errno(), "inotify_add_watch")
+    return fd
+
+
+_IN_OPEN = 0x20
+
+
+def test_a_backing_file_swapped_for_a_fifo_after_its_stat_is_not_opened(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backing name comes from the volume's header (a guest writes it) and may lead
+    # to a place its writer controls: looked at, it is a regular file; swapped for a
+    # link to a FIFO or a device (/dev/watchdog starts its countdown when opened) before
+    # the daemon opens it, it must not be opened.
+    outside = setup.pool_dir.parent
+    base, fifo = outside / "base.img", outside / "fifo"
+    base.write_bytes(bytes(4096))
+    os.mkfifo(fifo)
+    images.place(setup.pool_dir, "overlay.qcow2", images.qcow2(GIB, backing=os.fsencode(base)))
+    real_stat = os.stat
+
+    def stat(path: object, *args: Any, **kwargs: Any) -> os.stat_result:
+        found = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+        if path == os.fsencode(base):
+            swapped = outside / "swapped"
+            swapped.symlink_to(fifo)
+            swapped.replace(base)
+        return found
+
+    watch = _watch_opens(fifo)
+    try:
+        monkeypatch.setattr(os, "stat", stat)
+        registry = setup.registry
+        xml = registry.volume_xml(registry.lookup_volume_by_name(setup.ref, "overlay.qcow2"))
+        monkeypatch.undo()
+        assert "<format type='raw'/>" in xml.split("<backingStore>")[1]
+        with pytest.raises(BlockingIOError):
+            os.read(watch, 4096)  # no open of the FIFO was heard
+    finally:
+        os.close(watch)
