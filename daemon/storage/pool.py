@@ -25,7 +25,8 @@ class Busy(enum.Enum):
     """Why a volume may not be uploaded to, deleted, wiped or resized right now."""
 
     BUILDING = "building"
-    UPLOADING = "uploading"
+    UPLOADING = "uploading"  # a whole-volume upload: a new file replaces it at the end
+    WRITING = "writing"  # an upload with an offset or a length: written in place
     CHANGING = "changing"  # being deleted, wiped or resized
 
 
@@ -244,11 +245,12 @@ class Pool:
             raise storage_error(
                 ErrorCode.OPERATION_INVALID, f"volume '{name}' is still being allocated."
             )
-        if reason in (Busy.UPLOADING, Busy.CHANGING) or self.cloning[name]:
+        if reason in (Busy.UPLOADING, Busy.WRITING, Busy.CHANGING) or self.cloning[name]:
             raise volume_in_use(name)
 
     def check_can_clone(self, name: str) -> None:
-        """A clone's source may be read while it is uploaded to (as in libvirt), but not
-        while it is being built or changed: the copy would take a half-made file."""
-        if self.busy.get(name) in (Busy.BUILDING, Busy.CHANGING):
+        """A clone's source may be read while a whole-volume upload replaces it (the copy
+        takes the old content or the new, whole), but not while it is being built, changed
+        or written in place by an upload: the copy would take a half-made file."""
+        if self.busy.get(name) in (Busy.BUILDING, Busy.CHANGING, Busy.WRITING):
             self.check_not_busy(name)

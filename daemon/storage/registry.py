@@ -1015,7 +1015,7 @@ class StorageRegistry:
                 except BaseException:
                     os.close(fd)
                     raise
-            pool.busy[volume.name] = Busy.UPLOADING
+            pool.busy[volume.name] = Busy.WRITING if temp is None else Busy.UPLOADING
 
         def finish(success: bool) -> Callable[[], None] | None:
             try:
@@ -1055,7 +1055,8 @@ class StorageRegistry:
         with self._lock:
             pool = self._volume_pool(volume)
             pool.check_not_busy(volume.name)
-            pool.busy[volume.name] = Busy.UPLOADING
+            whole = offset == 0 and length == 0  # else written in place
+            pool.busy[volume.name] = Busy.UPLOADING if whole else Busy.WRITING
         temp: str | None = None
 
         def finish(success: bool) -> Callable[[], None] | None:
@@ -1075,7 +1076,7 @@ class StorageRegistry:
                     pool.busy.pop(volume.name, None)
 
         try:
-            if offset == 0 and length == 0:
+            if whole:
                 temp = images.create_upload_temp(volume.name)
                 return RbdWriter(images, temp, 0, 0, fresh=True, finish=finish, keep=volume.name)
             return RbdWriter(images, volume.name, offset, length, fresh=False, finish=finish)

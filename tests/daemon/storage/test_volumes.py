@@ -591,6 +591,35 @@ def test_clone_source_is_in_use_while_it_is_copied(
     registry.delete_volume(source)
 
 
+def test_a_volume_written_in_place_is_no_clone_source(setup: PoolSetup) -> None:
+    """An upload with an offset or a length writes the volume in place, as a wipe does: a
+    clone started meanwhile would copy it half old, half new, so it is refused as a clone
+    of a volume being wiped is. A whole-volume upload writes a new file and the clone
+    copies the old one whole: that goes ahead."""
+    registry = setup.registry
+    source = setup.file("src", b"s" * 2 * BLOCK)
+    clone_xml = "<volume><name>copy</name></volume>"
+    writer = registry.open_upload(source, 0, 2 * BLOCK)
+    try:
+        writer.apply([b"n" * BLOCK])  # half of the new bytes are in
+        with fails(ErrorCode.OPERATION_INVALID, NOT_VALID + "volume 'src' is still in use."):
+            registry.create_volume_xml_from(setup.ref, clone_xml, source)
+        writer.apply([b"n" * BLOCK])
+        writer.commit()
+    finally:
+        writer.abort()
+    assert not (setup.pool_dir / "copy").exists()
+    whole = registry.open_upload(source, 0, 0)
+    try:
+        whole.apply([b"w" * BLOCK])
+        registry.create_volume_xml_from(setup.ref, clone_xml, source)
+        whole.commit()
+    finally:
+        whole.abort()
+    assert (setup.pool_dir / "copy").read_bytes() == b"n" * 2 * BLOCK
+    assert (setup.pool_dir / "src").read_bytes() == b"w" * BLOCK + b"n" * BLOCK
+
+
 def test_a_busy_name_is_taken_for_a_new_volume(setup: PoolSetup) -> None:
     """A volume that is being uploaded to still exists: creating or cloning onto its
     name is refused as for any existing volume (libvirt's errors), not as "in use"."""
