@@ -505,3 +505,39 @@ def test_volume_path_spellings(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_PATH_SPELLINGS)
+
+
+# libvirt reads <capacity> and <allocation> with strtoull's rules (blanks and a "+" in
+# front taken, nothing after the digits, nothing past 64 bits) and one message for both;
+# an empty element counts as none.
+VOLUME_XML_SIZES = """
+pool = conn.storagePoolLookupByName("default")
+for label, capacity, allocation in [
+    ("plus", "<capacity>+4096</capacity>", ""),
+    ("blanks before", "<capacity>\\t 4096</capacity>", ""),
+    ("blank after", "<capacity>4096 </capacity>", ""),
+    ("empty", "<capacity></capacity>", ""),
+    ("blank", "<capacity> </capacity>", ""),
+    ("past 64 bits", "<capacity>18446744073709551616</capacity>", ""),
+    ("past 63 bits", "<capacity>9223372036854775808</capacity>", ""),
+    ("minus zero", "<capacity>-0</capacity>", ""),
+    ("plus plus", "<capacity>++1</capacity>", ""),
+    ("in a child", "<capacity><x>4096</x></capacity>", ""),
+    ("malformed allocation", "<capacity>4096</capacity>", "<allocation>x</allocation>"),
+    ("allocation past 64 bits", "<capacity>4096</capacity>",
+     "<allocation>18446744073709551616</allocation>"),
+    ("allocation with a plus", "<capacity>4096</capacity>", "<allocation>+0</allocation>"),
+    ("empty allocation", "<capacity>4096</capacity>", "<allocation></allocation>"),
+]:
+    name = label.replace(" ", "-")
+    xml = "<volume><name>%s</name>%s%s</volume>" % (name, capacity, allocation)
+    step("create, " + label, lambda: pool.createXML(xml, 0))
+    step("info, " + label, lambda: pool.storageVolLookupByName(name).info())
+"""
+
+
+def test_volume_xml_sizes(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_XML_SIZES)
+
