@@ -425,7 +425,9 @@ class VolumeDir:
                 # Truncating an image would cut or pad its structure, not change its size.
                 raise cannot_resize_image(header.format, header.encryption, allocate=allocate)
             if new > MAX_FILE_SIZE:
-                raise system_error(f"Failed to truncate file '{path}'", errno.EFBIG)
+                # libvirt hands the size to ftruncate, whose off_t is signed: 2**63 and
+                # more are negative there.
+                raise system_error(f"Failed to truncate file '{path}'", errno.EINVAL)
             try:
                 if allocate and new > current:
                     # libvirt allocates the whole volume, the holes already in it too.

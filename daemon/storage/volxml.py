@@ -10,7 +10,7 @@ from virtvol.protocol.errors import ErrorCode
 from .model import VolumeType
 from .probe import FILE_FORMATS, BackingStore, ImageHeader
 from .reports import storage_error, uuid_text, xml_error
-from .units import scaled_size
+from .units import U64_MAX, scaled_size
 from .xmldoc import child_string, escape, escape_text, parse_document
 
 if TYPE_CHECKING:
@@ -52,14 +52,25 @@ class VolumeRequest:
     encrypted: bool = False
 
 
+# What C's isspace() skips in the C locale, as strtoull does before the number.
+_C_BLANKS = " \t\n\v\f\r"
+
+
 def _size(root: Element, tag: str) -> int | None:
+    """``<capacity>`` or ``<allocation>`` as libvirt reads it: the element's text (its
+    children's too, XPath's string()), empty counting as absent, then strtoull's rules
+    (blanks and one "+" in front, digits to the end, 64 bits at most)."""
     element = root.find(tag)
     if element is None:
         return None
-    text = (element.text or "").strip()
-    if not text.isascii() or not text.isdigit():
-        raise xml_error(f"malformed {tag} element")
-    return scaled_size(int(text), element.get("unit"), MAX_FILE_SIZE)
+    text = "".join(element.itertext())
+    if not text:
+        return None
+    digits = text.lstrip(_C_BLANKS).removeprefix("+")
+    if not digits.isascii() or not digits.isdigit() or int(digits) > U64_MAX:
+        # libvirt says "capacity" for a malformed allocation too.
+        raise xml_error("malformed capacity element")
+    return scaled_size(int(digits), element.get("unit"), MAX_FILE_SIZE)
 
 
 def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequest:

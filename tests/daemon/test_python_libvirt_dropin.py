@@ -540,4 +540,3 @@ def test_volume_xml_sizes(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_XML_SIZES)
-
