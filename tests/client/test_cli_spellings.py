@@ -272,6 +272,8 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-create-as", "default", "x", "1X"],
         ["vol-create-as", "default", "x", "abc"],
         ["vol-create-as", "default", "x", "1M", "--allocation", "2Q"],
+        # An empty allocation is no allocation (virsh reads it quietly), not a bad size.
+        ["vol-create-as", "default", "x", "1M", "--allocation", "", "--print-xml"],
         # libvirt's scaled integers: strtoull's number, then the suffix straight after it.
         ["vol-create-as", "default", "x", "1 M"],
         ["vol-create-as", "default", "x", "1M "],
@@ -365,6 +367,8 @@ def test_changing_spellings_match_virsh(
         ["vol-delete", "c-{}", "default"],
         ["vol-delete", "--vol", "n-{}", "--pool", "default"],
         ["-q", "vol-create-as", "default", "s-{}", "1M"],
+        ["vol-create-as", "default", "e-{}", "1M", "--allocation", ""],
+        ["vol-info", "e-{}", "default", "--bytes"],
         ["-q", "vol-delete", "s-{}", "default"],
         ["pool-define-as", "--name", "p-{}", "--type", "dir", "--target", f"{tmp_path}/p-{{}}"],
         ["pool-autostart", "--pool", "p-{}"],
