@@ -683,7 +683,8 @@ async def _backing_volume(conn: Connection, pool: StoragePool, name: str) -> str
 async def vol_create_as(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
     capacity = _size_argument(args.capacity)
-    allocation = None if args.allocation is None else _size_argument(args.allocation)
+    # virsh reads --allocation quietly: an empty value is no allocation, not a bad size.
+    allocation = _size_argument(args.allocation) if args.allocation else None
     backing = None
     if args.backing_vol is not None:
         backing = await _backing_volume(conn, pool, args.backing_vol)
