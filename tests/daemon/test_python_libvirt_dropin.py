@@ -540,3 +540,68 @@ def test_volume_xml_sizes(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_XML_SIZES)
+
+
+# A pool's <permissions>: what libvirt keeps of them, prints, refuses, and builds with.
+# The running pool's owner and group are each daemon's own user: masked.
+POOL_PERMISSIONS = """
+import re
+def xml_of(pool, flags=0):
+    text = pool.XMLDesc(flags)
+    text = re.sub(r"<uuid>.*</uuid>", "<uuid/>", text)
+    return re.sub(r"<(capacity|allocation|available) unit='bytes'>\\d+<", r"<\\1 unit='bytes'>N<", text)
+
+def running_xml_of(pool):
+    return re.sub(r"<(owner|group)>\\d+<", r"<\\1>ID<", xml_of(pool))
+
+for label, permissions in [
+    ("owner and group", "<owner>0</owner><group>0</group>"),
+    ("owner only", "<owner>0</owner>"),
+    ("owner -1", "<owner>-1</owner><group>-1</group>"),
+    ("owner 2**32-1", "<owner>4294967295</owner>"),
+    ("owner 2**31", "<owner>2147483648</owner>"),
+    ("owner blank before", "<owner> 7</owner>"),
+    ("owner blank after", "<owner>7 </owner>"),
+    ("owner plus", "<owner>+7</owner>"),
+    ("owner fraction", "<owner>7.5</owner>"),
+    ("owner text", "<owner>x</owner>"),
+    ("owner empty", "<owner></owner>"),
+    ("owner past 32 bits", "<owner>4294967296</owner>"),
+    ("owner -2", "<owner>-2</owner>"),
+    ("group text", "<group>x</group>"),
+    ("group 5", "<group>5</group>"),
+    ("label", "<label>system_u:object_r:virt_image_t:s0</label>"),
+    ("empty label", "<label></label>"),
+    ("mode 0", "<mode>0</mode>"),
+    ("mode 055", "<mode>55</mode>"),
+    ("mode plus", "<mode>+750</mode>"),
+    ("mode minus zero", "<mode>-0</mode>"),
+    ("mode blank before", "<mode> 750</mode>"),
+    ("mode blank after", "<mode>750 </mode>"),
+    ("mode 0o", "<mode>0o750</mode>"),
+    ("mode sticky", "<mode>1777</mode>"),
+    ("mode empty", "<mode></mode>"),
+    ("empty", ""),
+]:
+    name = label.replace(" ", "-").replace("*", "")
+    step("define, " + label, lambda: define_dir_pool(
+        name, os.path.join(BASE, name), "<permissions>%s</permissions>" % permissions))
+    step("xml, " + label, lambda: xml_of(conn.storagePoolLookupByName(name)))
+
+built = define_dir_pool("built", os.path.join(BASE, "built"),
+                        "<permissions><mode>0750</mode><label>l</label></permissions>")
+step("build", lambda: built.build(0))
+step("built mode", lambda: oct(os.stat(os.path.join(BASE, "built")).st_mode))
+step("start", lambda: built.create(0))
+os.chmod(os.path.join(BASE, "built"), 0o705)
+step("refresh", lambda: built.refresh(0))
+step("running xml", lambda: running_xml_of(built))
+step("destroy", built.destroy)
+step("xml after running", lambda: running_xml_of(built))
+"""
+
+
+def test_pool_permissions(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_PERMISSIONS)
