@@ -141,6 +141,16 @@ class Pool:
                 os.chmod(target, DEFAULT_DIR_MODE if self.live.mode is None else self.live.mode)
         except OSError as exc:
             raise system_error(f"cannot create path '{target}'", exc) from None
+        # The owner and group asked for, as libvirt gives them to the folder it builds
+        # (and to one that was there already).
+        uid = -1 if self.live.owner is None else self.live.owner
+        gid = -1 if self.live.group is None else self.live.group
+        if uid != -1 or gid != -1:
+            try:
+                os.chown(target, uid, gid)
+            except OSError as exc:
+                unsigned = f"({uid & 0xFFFFFFFF}, {gid & 0xFFFFFFFF})"
+                raise system_error(f"cannot chown '{target}' to {unsigned}", exc) from None
 
     def build(self, flags: int) -> None:
         """STORAGE_POOL_BUILD of an inactive directory pool: make its directory.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
@@ -12,6 +13,9 @@ from .names import check_pool_name
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
 from .xmldoc import child_string, child_text, escape, parse_document
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
 
 # virStoragePoolType, in enum order: libvirt names the number in its errors.
 POOL_TYPES = (
@@ -49,6 +53,11 @@ class PoolDefinition:
     # <target><permissions><mode>, used when the pool directory is built.
     mode: int | None = None
     rbd: RbdSource | None = None
+    # <owner> and <group>, which a build gives the directory, and <label>: kept and
+    # printed as libvirt keeps them; None when not given (or given as -1).
+    owner: int | None = None
+    group: int | None = None
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +161,59 @@ def parse_pool_xml(text: str) -> PoolDefinition:
         # libvirt accepts it and resolves it against the daemon's working
         # directory; a daemon should not depend on where it was started.
         raise xml_error(f"storage pool target path '{target}' must be absolute")
-    mode_text = child_text(root, "target/permissions/mode")
+    permissions = root.find("target/permissions")
+    if permissions is None:
+        return PoolDefinition(name=name, uuid=raw_uuid, target=clean_path(target))
+    mode_text = child_string(permissions, "mode")
     mode = None
     if mode_text is not None:
-        try:
-            mode = int(mode_text, 8)
-        except ValueError:
-            mode = -1
-        if not 0 <= mode <= 0o7777:
+        mode = _c_integer(mode_text, "01234567")
+        # libvirt takes permission bits only: no set-id or sticky bit.
+        if mode is None or mode & ~0o777:
             raise xml_error("malformed octal mode")
-    return PoolDefinition(name=name, uuid=raw_uuid, target=clean_path(target), mode=mode)
+    return PoolDefinition(
+        name=name,
+        uuid=raw_uuid,
+        target=clean_path(target),
+        mode=mode,
+        owner=_id(permissions, "owner"),
+        group=_id(permissions, "group"),
+        label=child_string(permissions, "label"),
+    )
+
+
+# What C's isspace() skips in the C locale, as strtol does before the number.
+_C_BLANKS = " \t\n\v\f\r"
+_NO_ID = (1 << 32) - 1  # (uid_t)-1
+
+
+def _c_integer(text: str, digits: str) -> int | None:
+    """``text`` as libvirt's virStrToLong_* read it whole: blanks and one sign in front,
+    then only ``digits`` to the end; None when it is not such a number."""
+    body = text.lstrip(_C_BLANKS)
+    negative = body.startswith("-")
+    body = body[1:] if body[:1] in "+-" else body
+    if not body or any(c not in digits for c in body):
+        return None
+    value = int(body, len(digits))
+    return -value if negative else value
+
+
+def _id(permissions: Element, tag: str) -> int | None:
+    """``<owner>`` or ``<group>``: a uid_t, or -1 for none; libvirt refuses anything
+    else, an empty element too."""
+    element = permissions.find(tag)
+    if element is None:
+        return None
+    value = _c_integer("".join(element.itertext()), "0123456789")
+    if value is None or not (0 <= value <= _NO_ID or value == -1):
+        raise xml_error(f"malformed {tag} element")
+    return None if value in (-1, _NO_ID) else value
+
+
+def _signed_id(value: int) -> int:
+    """An id as libvirt prints it, cast to int: 2**31 and above come out negative."""
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> str:
@@ -193,13 +245,26 @@ def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> 
         "  <target>",
         f"    <path>{escape(definition.target)}</path>",
     ]
-    mode = runtime.mode if runtime is not None else definition.mode
+    # Once the pool has run, libvirt shows what its refresh found of the directory (and
+    # no label without a security driver's), until the daemon reads the definition again.
+    mode: int | None
+    owner: int | None
+    group: int | None
+    if runtime is not None:
+        mode, owner, group, label = runtime.mode, runtime.owner, runtime.group, None
+    else:
+        mode, owner, group = definition.mode, definition.owner, definition.group
+        label = definition.label
+    permissions = []
     if mode is not None:
-        lines.append("    <permissions>")
-        lines.append(f"      <mode>{mode:04o}</mode>")
-        if runtime is not None:
-            lines.append(f"      <owner>{runtime.owner}</owner>")
-            lines.append(f"      <group>{runtime.group}</group>")
-        lines.append("    </permissions>")
+        permissions.append(f"      <mode>0{mode:o}</mode>")  # libvirt's "0%o"
+    if owner is not None:
+        permissions.append(f"      <owner>{_signed_id(owner)}</owner>")
+    if group is not None:
+        permissions.append(f"      <group>{_signed_id(group)}</group>")
+    if label is not None:
+        permissions.append(f"      <label>{escape(label)}</label>")
+    if permissions:
+        lines += ["    <permissions>", *permissions, "    </permissions>"]
     lines += ["  </target>", "</pool>", ""]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.constants import VolWipeAlgorithm
@@ -149,7 +150,8 @@ class StorageRegistry:
                 self.destroy_pool(existing.ref)
             existing = self._pools.get(name)
             if existing is not None and existing.config is not None:
-                definition = PoolDefinition(name, existing.uuid, target, existing.config.mode)
+                # Its permissions stay as defined; only the folder moves.
+                definition = replace(existing.config, target=target, rbd=None)
             else:
                 definition = parse_pool_xml(
                     f"<pool type='dir'><name>{escape(name)}</name>"

@@ -549,7 +549,8 @@ import re
 def xml_of(pool, flags=0):
     text = pool.XMLDesc(flags)
     text = re.sub(r"<uuid>.*</uuid>", "<uuid/>", text)
-    return re.sub(r"<(capacity|allocation|available) unit='bytes'>\\d+<", r"<\\1 unit='bytes'>N<", text)
+    sizes = r"<(capacity|allocation|available) unit='bytes'>\\d+<"
+    return re.sub(sizes, r"<\\1 unit='bytes'>N<", text)
 
 def running_xml_of(pool):
     return re.sub(r"<(owner|group)>\\d+<", r"<\\1>ID<", xml_of(pool))
@@ -598,6 +599,16 @@ step("refresh", lambda: built.refresh(0))
 step("running xml", lambda: running_xml_of(built))
 step("destroy", built.destroy)
 step("xml after running", lambda: running_xml_of(built))
+
+# Built by root (virtvold) or by nobody (the reference libvirtd): given to nobody alike.
+import pwd
+nobody = pwd.getpwnam("nobody")
+owned = define_dir_pool("owned", os.path.join(BASE, "owned"),
+                        "<permissions><owner>%d</owner><group>%d</group></permissions>"
+                        % (nobody.pw_uid, nobody.pw_gid))
+step("build owned", lambda: owned.build(0))
+step("built owner", lambda: (lambda st: (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid))(
+    os.stat(os.path.join(BASE, "owned"))))
 """
 
 
