@@ -616,3 +616,38 @@ def test_pool_permissions(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_PERMISSIONS)
+
+
+# The mode a refresh finds on a volume or on the pool's folder, as libvirt writes it.
+MODES_FOUND = """
+import re
+pool = conn.storagePoolLookupByName("default")
+# Each readable by others: the reference libvirtd runs as nobody, and skips what it
+# cannot open.
+for name, mode in [("setuid", 0o4755), ("group-only", 0o044), ("others-only", 0o004),
+                   ("plain", 0o644)]:
+    os.chmod(os.path.join(POOL_DIR, name), mode)
+pool.refresh(0)
+for name in ("setuid", "group-only", "others-only", "plain"):
+    step("mode of " + name, lambda: re.findall(
+        "<mode>.*</mode>", pool.storageVolLookupByName(name).XMLDesc(0)))
+sticky = os.path.join(BASE, "sticky")
+os.mkdir(sticky)
+os.chmod(sticky, 0o1777)
+other = define_dir_pool("sticky", sticky)
+step("start", lambda: other.create(0))
+step("pool mode", lambda: re.findall("<mode>.*</mode>", other.XMLDesc(0)))
+"""
+
+
+def _place_plain_files(pool_dir: Path) -> None:
+    for name in ("setuid", "group-only", "others-only", "plain"):
+        (pool_dir / name).write_bytes(b"x")
+
+
+def test_modes_found_on_the_disk(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(
+        reference_libvirtd, virtvold, tmp_path, MODES_FOUND, place=_place_plain_files
+    )
