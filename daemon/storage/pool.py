@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import enum
 import os
-import stat
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorReport, check_flags
@@ -242,7 +241,8 @@ class Pool:
             allocation=capacity - fs.f_frsize * fs.f_bfree,
             # As libvirt: every free block, those kept for root included (f_bfree).
             available=fs.f_frsize * fs.f_bfree,
-            mode=stat.S_IMODE(st.st_mode),
+            # Permission bits only, as libvirt's refresh keeps them (no sticky bit).
+            mode=st.st_mode & 0o777,
             owner=st.st_uid,
             group=st.st_gid,
         )

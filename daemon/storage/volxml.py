@@ -151,7 +151,8 @@ def _permissions_and_times(st: os.stat_result) -> list[str]:
     """The file's mode, owner, group and times, as libvirt lists them for a volume."""
     return [
         "    <permissions>",
-        f"      <mode>{st.st_mode & 0o7777:04o}</mode>",
+        # libvirt keeps the permission bits only (no set-id or sticky bit), as "0%o".
+        f"      <mode>0{st.st_mode & 0o777:o}</mode>",
         f"      <owner>{st.st_uid}</owner>",
         f"      <group>{st.st_gid}</group>",
         "    </permissions>",
