@@ -651,3 +651,33 @@ def test_modes_found_on_the_disk(
     assert_same_answers(
         reference_libvirtd, virtvold, tmp_path, MODES_FOUND, place=_place_plain_files
     )
+
+
+# A definition's <uuid> as libvirt's virUUIDParse reads it: 32 hex digits in pairs, with
+# blanks around and dashes or spaces anywhere between pairs, nothing else.
+UUID_SPELLINGS = """
+for label, text in [
+    ("plain", "0a0a0a0a-0000-4000-8000-000000000001"),
+    ("no dashes", "0a0a0a0a000040008000000000000002"),
+    ("dashes between every pair", "0a-0a-0a-0a-00-00-40-00-80-00-00-00-00-00-00-03"),
+    ("spaces inside", "0a0a0a0a 0000 4000 8000 000000000004"),
+    ("blanks around", " \\t0a0a0a0a-0000-4000-8000-000000000005 \\n"),
+    ("upper case", "0A0A0A0A-0000-4000-8000-00000000000F"),
+    ("braces", "{0a0a0a0a-0000-4000-8000-000000000006}"),
+    ("urn", "urn:uuid:0a0a0a0a-0000-4000-8000-000000000007"),
+    ("dash inside a pair", "0a0a0a0a-0000-4000-8000-00000000000-8"),
+    ("blank", "  "),
+    ("short", "0a0a0a0a-0000-4000-8000-00000000009"),
+    ("long", "0a0a0a0a-0000-4000-8000-0000000000100"),
+]:
+    name = label.replace(" ", "-")
+    xml = "<pool type='dir'><name>%s</name><uuid>%s</uuid><target><path>%s</path></target></pool>"
+    step("define, " + label, lambda: conn.storagePoolDefineXML(
+        xml % (name, text, os.path.join(BASE, name)), 0).UUIDString())
+"""
+
+
+def test_uuid_spellings(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, UUID_SPELLINGS)
