@@ -12,7 +12,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from .names import check_pool_name
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
-from .xmldoc import child_string, child_text, escape, parse_document
+from .xmldoc import child_string, child_text, escape, parse_document, parse_uuid
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element
@@ -141,14 +141,14 @@ def parse_pool_xml(text: str) -> PoolDefinition:
     if name is None:
         raise xml_error("missing pool source name element")
     check_pool_name(name)
-    uuid_text = child_text(root, "uuid")
+    uuid_text = child_string(root, "uuid")
     if uuid_text is None:
         raw_uuid = uuidlib.uuid4().bytes
     else:
-        try:
-            raw_uuid = uuidlib.UUID(uuid_text).bytes
-        except ValueError:
-            raise xml_error("malformed uuid element") from None
+        parsed = parse_uuid(uuid_text)
+        if parsed is None:
+            raise xml_error("malformed uuid element")
+        raw_uuid = parsed
     if pool_type == "rbd":
         source = parse_rbd_source(root)
         return PoolDefinition(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from virtvol.protocol.errors import ErrorCode
 
 from .reports import storage_error, xml_error
-from .xmldoc import child_text, escape
+from .xmldoc import child_text, escape, parse_uuid
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element
@@ -80,12 +80,9 @@ def parse_rbd_source(root: Element) -> RbdSource:
         raise xml_error("either secret uuid or usage expected")
     secret_uuid = None
     if secret_uuid_text is not None:
-        try:
-            secret_uuid = uuidlib.UUID(secret_uuid_text).bytes
-        except ValueError:
-            raise storage_error(
-                ErrorCode.XML_ERROR, f"invalid secret uuid '{secret_uuid_text}'"
-            ) from None
+        secret_uuid = parse_uuid(secret_uuid_text)
+        if secret_uuid is None:
+            raise storage_error(ErrorCode.XML_ERROR, f"invalid secret uuid '{secret_uuid_text}'")
     return RbdSource(name, tuple(hosts), username, secret_uuid, usage)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 
 from .reports import system_error, uuid_text
-from .xmldoc import child_string, child_text, escape, parse_document
+from .xmldoc import child_string, child_text, escape, parse_document, parse_uuid
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +121,14 @@ def _yes_no(value: str | None, attribute: str) -> bool:
 def parse_secret_xml(text: str) -> SecretDefinition:
     """A ``<secret>`` document as libvirt reads it; a missing UUID gets a random one."""
     root = parse_document(text, "secret", "secret_definition")
-    raw_uuid = child_text(root, "uuid")
+    raw_uuid = child_string(root, "uuid")
     if raw_uuid is None:
         uuid = uuidlib.uuid4().bytes
     else:
-        try:
-            uuid = uuidlib.UUID(raw_uuid).bytes
-        except ValueError:
-            raise secret_error(ErrorCode.INTERNAL_ERROR, "malformed uuid element") from None
+        parsed = parse_uuid(raw_uuid)
+        if parsed is None:
+            raise secret_error(ErrorCode.INTERNAL_ERROR, "malformed uuid element")
+        uuid = parsed
     usage_type, usage_id = UsageType.NONE, ""
     usage = root.find("usage")
     if usage is not None:

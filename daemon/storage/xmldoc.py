@@ -76,3 +76,29 @@ def child_text(parent: Element, path: str) -> str | None:
         return None
     text = found.text.strip()
     return text or None
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+# What glib's g_ascii_isspace() takes around a UUID.
+_ASCII_BLANKS = " \t\n\v\f\r"
+
+
+def parse_uuid(text: str) -> bytes | None:
+    """A UUID as libvirt's virUUIDParse reads it: blanks around, then 32 hex digits in
+    pairs with any dashes or spaces between pairs (not inside one); None otherwise.
+    Python's uuid.UUID differs both ways (braces and "urn:uuid:" taken, spaces not)."""
+    body = text.strip(_ASCII_BLANKS)
+    pairs: list[str] = []
+    i = 0
+    while len(pairs) < 16:
+        if i >= len(body):
+            return None
+        if body[i] in "- ":
+            i += 1
+            continue
+        pair = body[i : i + 2]
+        if len(pair) < 2 or not set(pair) <= _HEX_DIGITS:
+            return None
+        pairs.append(pair)
+        i += 2
+    return bytes.fromhex("".join(pairs)) if i == len(body) else None

@@ -681,3 +681,21 @@ def test_uuid_spellings(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, UUID_SPELLINGS)
+
+
+SECRET_UUID_SPELLINGS = """
+secrets = libvirt.open(URI.replace("storage+", "secret+", 1))
+for label, text in [
+    ("spaces inside", "0b0b0b0b 0000 4000 8000 000000000001"),
+    ("braces", "{0b0b0b0b-0000-4000-8000-000000000002}"),
+    ("blank", "  "),
+]:
+    xml = "<secret ephemeral='no' private='yes'><uuid>%s</uuid></secret>" % text
+    step("define, " + label, lambda: secrets.secretDefineXML(xml, 0).UUIDString())
+"""
+
+
+def test_secret_uuid_spellings(
+    reference_libvirtd_with_secrets: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, SECRET_UUID_SPELLINGS)
