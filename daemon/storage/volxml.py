@@ -50,6 +50,8 @@ class VolumeRequest:
     format: str = "raw"
     backing: bool = False
     encrypted: bool = False
+    # <target><nocow/>: a file without copy on write, which only btrfs can make.
+    nocow: bool = False
 
 
 # What C's isspace() skips in the C locale, as strtoull does before the number.
@@ -110,6 +112,7 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         # overlay, or a plain one where encryption was asked for.
         backing=child_string(root, "backingStore/path") is not None,
         encrypted=root.find("target/encryption") is not None,
+        nocow=root.find("target/nocow") is not None,
     )
 
 
