@@ -720,3 +720,59 @@ def test_nocow_off_btrfs(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, NOCOW)
+
+
+# What libvirt checks in a volume's <target> before any file is made (in its order:
+# format, permissions, encryption, compat, cluster size, features), for a new volume and
+# a clone alike. An empty format is no format.
+VOLUME_TARGET_CHECKS = """
+pool = conn.storagePoolLookupByName("default")
+source = pool.createXML("<volume><name>source</name><capacity>4096</capacity></volume>", 0)
+for label, target in [
+    ("empty format", "<format type=''/>"),
+    ("encryption without a format", "<encryption/>"),
+    ("encryption format empty", "<encryption format=''/>"),
+    ("unknown encryption format", "<encryption format='LUKS'/>"),
+    ("encryption secret uuid", "<encryption format='default'><secret type='passphrase' uuid='zz'/>"
+                               "</encryption>"),
+    ("cluster size", "<clusterSize unit='K'>64</clusterSize>"),
+    ("cluster size empty", "<clusterSize></clusterSize>"),
+    ("cluster size plus", "<clusterSize>+1</clusterSize>"),
+    ("cluster size minus", "<clusterSize>-1</clusterSize>"),
+    ("cluster size blanks", "<clusterSize> 1 </clusterSize>"),
+    ("cluster size past 64 bits", "<clusterSize>18446744073709551616</clusterSize>"),
+    ("cluster size unit", "<clusterSize unit='Q'>64</clusterSize>"),
+    ("cluster size overflow", "<clusterSize unit='E'>100</clusterSize>"),
+    ("compat 0.10", "<compat>0.10</compat>"),
+    ("compat blanks before", "<compat> 1. 1</compat>"),
+    ("compat signs", "<compat>+1.-1</compat>"),
+    ("compat one number", "<compat>9</compat>"),
+    ("compat 1.", "<compat>1.</compat>"),
+    ("compat .1", "<compat>.1</compat>"),
+    ("compat three numbers", "<compat>1.1.1</compat>"),
+    ("compat blank after", "<compat>1.1 </compat>"),
+    ("compat past 32 bits", "<compat>4294967296.1</compat>"),
+    ("compat empty", "<compat></compat>"),
+    ("features", "<features><lazy_refcounts/><extended_l2/></features>"),
+    ("unknown feature", "<features><lazy_refcounts/><bogus/></features>"),
+    ("empty features", "<features/>"),
+    ("format before encryption", "<format type='bogus'/><encryption format='bogus'/>"),
+    ("permissions before encryption", "<permissions><owner>x</owner></permissions>"
+                                      "<encryption format='bogus'/>"),
+    ("encryption before compat", "<encryption format='bogus'/><compat>x</compat>"),
+    ("compat before cluster size", "<clusterSize>x</clusterSize><compat>x</compat>"),
+    ("cluster size before features", "<clusterSize>x</clusterSize><features><bogus/></features>"),
+    ("compat before features", "<compat>x</compat><features><bogus/></features>"),
+]:
+    name = "".join(c if c.isalnum() else "-" for c in label)
+    xml = "<volume><name>%s</name><capacity>4096</capacity><target>%s</target></volume>"
+    step("create, " + label, lambda: pool.createXML(xml % (name, target), 0))
+    step("clone, " + label, lambda: pool.createXMLFrom(xml % (name + "-c", target), source, 0))
+step("volumes", lambda: sorted(pool.listVolumes()))
+"""
+
+
+def test_volume_target_checks(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_TARGET_CHECKS)
