@@ -12,7 +12,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from .names import check_pool_name
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
-from .xmldoc import child_string, child_text, escape, parse_document, parse_uuid
+from .xmldoc import c_integer, child_string, child_text, escape, parse_document, parse_uuid
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element
@@ -167,7 +167,7 @@ def parse_pool_xml(text: str) -> PoolDefinition:
     mode_text = child_string(permissions, "mode")
     mode = None
     if mode_text is not None:
-        mode = _c_integer(mode_text, "01234567")
+        mode = c_integer(mode_text, "01234567")
         # libvirt takes permission bits only: no set-id or sticky bit.
         if mode is None or mode & ~0o777:
             raise xml_error("malformed octal mode")
@@ -182,21 +182,7 @@ def parse_pool_xml(text: str) -> PoolDefinition:
     )
 
 
-# What C's isspace() skips in the C locale, as strtol does before the number.
-_C_BLANKS = " \t\n\v\f\r"
 _NO_ID = (1 << 32) - 1  # (uid_t)-1
-
-
-def _c_integer(text: str, digits: str) -> int | None:
-    """``text`` as libvirt's virStrToLong_* read it whole: blanks and one sign in front,
-    then only ``digits`` to the end; None when it is not such a number."""
-    body = text.lstrip(_C_BLANKS)
-    negative = body.startswith("-")
-    body = body[1:] if body[:1] in "+-" else body
-    if not body or any(c not in digits for c in body):
-        return None
-    value = int(body, len(digits))
-    return -value if negative else value
 
 
 def _id(permissions: Element, tag: str) -> int | None:
@@ -205,7 +191,7 @@ def _id(permissions: Element, tag: str) -> int | None:
     element = permissions.find(tag)
     if element is None:
         return None
-    value = _c_integer("".join(element.itertext()), "0123456789")
+    value = c_integer("".join(element.itertext()), "0123456789")
     if value is None or not (0 <= value <= _NO_ID or value == -1):
         raise xml_error(f"malformed {tag} element")
     return None if value in (-1, _NO_ID) else value

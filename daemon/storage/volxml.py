@@ -5,13 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
 
 from .model import VolumeType
 from .probe import FILE_FORMATS, BackingStore, ImageHeader
 from .reports import storage_error, uuid_text, xml_error
 from .units import U64_MAX, scaled_size
-from .xmldoc import child_string, escape, escape_text, parse_document
+from .xmldoc import (
+    C_BLANKS,
+    c_integer,
+    child_string,
+    escape,
+    escape_text,
+    parse_document,
+    parse_uuid,
+)
 
 if TYPE_CHECKING:
     import os
@@ -54,10 +62,6 @@ class VolumeRequest:
     nocow: bool = False
 
 
-# What C's isspace() skips in the C locale, as strtoull does before the number.
-_C_BLANKS = " \t\n\v\f\r"
-
-
 def _size(root: Element, tag: str) -> int | None:
     """``<capacity>`` or ``<allocation>`` as libvirt reads it: the element's text (its
     children's too, XPath's string()), empty counting as absent, then strtoull's rules
@@ -68,7 +72,7 @@ def _size(root: Element, tag: str) -> int | None:
     text = "".join(element.itertext())
     if not text:
         return None
-    digits = text.lstrip(_C_BLANKS).removeprefix("+")
+    digits = text.lstrip(C_BLANKS).removeprefix("+")
     if not digits.isascii() or not digits.isdigit() or int(digits) > U64_MAX:
         # libvirt says "capacity" for a malformed allocation too.
         raise xml_error("malformed capacity element")
@@ -94,19 +98,26 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         raise xml_error("missing capacity element")
     allocation = _size(root, "allocation")
     fmt_element = root.find("target/format")
-    fmt = fmt_element.get("type") if fmt_element is not None else None
+    # An empty type is no type: the default format.
+    fmt = (fmt_element.get("type") or None) if fmt_element is not None else None
     if fmt is not None and fmt not in _KNOWN_FORMATS:
         raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
     if capacity is not None and allocation is not None and allocation > capacity:
         # libvirt grows the capacity to the requested allocation.
         capacity = allocation
+    mode, owner, group = _mode(root), _id(root, "owner"), _id(root, "group")
+    # The rest of <target> is refused in libvirt's order even where nothing uses it.
+    _check_encryption(root)
+    _check_compat(root)
+    _check_cluster_size(root)
+    _check_features(root)
     return VolumeRequest(
         name=name,
         capacity=capacity,
         allocation=allocation,
-        mode=_mode(root),
-        owner=_id(root, "owner"),
-        group=_id(root, "group"),
+        mode=mode,
+        owner=owner,
+        group=group,
         format=fmt or "raw",
         # Refused, not ignored, where they cannot be made: an empty volume instead of an
         # overlay, or a plain one where encryption was asked for.
@@ -114,6 +125,63 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         encrypted=root.find("target/encryption") is not None,
         nocow=root.find("target/nocow") is not None,
     )
+
+
+# virStorageEncryptionFormat and virStorageFileFeature, as libvirt 9.0 names them.
+_ENCRYPTION_FORMATS = frozenset(["default", "qcow", "luks", "luks2"])
+_FEATURES = frozenset(["lazy_refcounts", "extended_l2"])
+_UINT_MAX = (1 << 32) - 1
+
+
+def _check_encryption(root: Element) -> None:
+    """<encryption>'s format, and the UUIDs its secrets name."""
+    encryption = root.find("target/encryption")
+    if encryption is None:
+        return
+    kind = encryption.get("format")
+    if not kind:
+        raise xml_error("unknown volume encryption format")
+    if kind not in _ENCRYPTION_FORMATS:
+        raise storage_error(
+            ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume encryption format type {kind}"
+        )
+    for secret in encryption.findall("secret"):
+        uuid = secret.get("uuid")
+        if uuid is not None and parse_uuid(uuid) is None:
+            raise xml_error(f"invalid secret uuid '{uuid}'", ErrorDomain.NONE)
+
+
+def _check_compat(root: Element) -> None:
+    """<compat>: two unsigned ints (virStrToLong_ui, "-1" taken) around the first dot."""
+    compat = child_string(root, "target/compat")
+    if compat is None:
+        return
+    numbers = compat.split(".", 1)
+    values = [c_integer(number) for number in numbers]
+    if len(values) != 2 or any(v is None or abs(v) > _UINT_MAX for v in values):
+        raise xml_error("forbidden characters in 'compat' attribute")
+
+
+def _check_cluster_size(root: Element) -> None:
+    """<clusterSize>: strtoull's number (no minus sign), scaled by its unit."""
+    text = child_string(root, "target/clusterSize")
+    if text is None:
+        return
+    value = c_integer(text)
+    if value is None or not 0 <= value <= U64_MAX or "-" in text:
+        raise xml_error(
+            f"Invalid value '{text}' for element or attribute './target/clusterSize'",
+            ErrorDomain.XML,
+        )
+    element = root.find("target/clusterSize")
+    scaled_size(value, element.get("unit") if element is not None else None)
+
+
+def _check_features(root: Element) -> None:
+    features = root.find("target/features")
+    for feature in features if features is not None else ():
+        if feature.tag not in _FEATURES:
+            raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unsupported feature {feature.tag}")
 
 
 def _mode(root: Element) -> int | None:

@@ -102,3 +102,20 @@ def parse_uuid(text: str) -> bytes | None:
         pairs.append(pair)
         i += 2
     return bytes.fromhex("".join(pairs)) if i == len(body) else None
+
+
+# What C's isspace() skips in the C locale, as strtol and strtoull do before the number.
+C_BLANKS = " \t\n\v\f\r"
+
+
+def c_integer(text: str, digits: str = "0123456789") -> int | None:
+    """``text`` as libvirt's virStrToLong_* read it whole: blanks and one sign in front,
+    then only ``digits`` (their count is the base) to the end; None when it is not such
+    a number. The callers check the range (and whether a sign may be there)."""
+    body = text.lstrip(C_BLANKS)
+    negative = body.startswith("-")
+    body = body[1:] if body[:1] in "+-" else body
+    if not body or any(c not in digits for c in body):
+        return None
+    value = int(body, len(digits))
+    return -value if negative else value
