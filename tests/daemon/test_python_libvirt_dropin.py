@@ -776,3 +776,27 @@ def test_volume_target_checks(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_TARGET_CHECKS)
+
+
+# libvirt's storage driver refuses a pool name holding a newline once the XML is read,
+# defined or created; other characters pass.
+POOL_NAME_CHARACTERS = """
+xml = "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>"
+for label, name in [("newline", "a&#10;b"), ("space", "c d"), ("tab", "e&#9;f"),
+                    ("carriage return", "g&#13;h"), ("accent", "caf\\u00e9")]:
+    path = os.path.join(BASE, label.replace(" ", "-"))
+    step("define, " + label, lambda: conn.storagePoolDefineXML(xml % (name, path), 0).name())
+    step("create, " + label,
+         lambda: conn.storagePoolCreateXML(xml % (name + "2", path + "2"), 0).name())
+step("newline with a bad uuid", lambda: conn.storagePoolDefineXML(
+    "<pool type='dir'><name>a&#10;b</name><uuid>x</uuid><target><path>/x</path></target></pool>",
+    0))
+step("defined", lambda: sorted(conn.listDefinedStoragePools()))
+step("running", lambda: sorted(conn.listStoragePools()))
+"""
+
+
+def test_pool_name_characters(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_NAME_CHARACTERS)
