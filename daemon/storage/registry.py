@@ -287,6 +287,11 @@ class StorageRegistry:
         """STORAGE_POOL_DEFINE_XML: add or update a persistent pool (not started)."""
         _check_flags(flags, PoolDefineFlags.VALIDATE, "storagePoolDefineXML")
         definition = parse_pool_xml(xml)
+        if "\n" in definition.name:
+            # libvirt's define refuses it once the XML is read (pool-create takes it).
+            raise ErrorReport.raised(
+                ErrorCode.XML_DETAIL, ErrorDomain.XML, "invalid char in name: \n"
+            )
         with self._lock:
             ref = self._define(definition)
             self._tell(ref, PoolEvent.DEFINED)
