@@ -9,6 +9,7 @@ so the expectation is libvirt's own behaviour, not one written down here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from typing import TYPE_CHECKING, Any
@@ -800,3 +801,30 @@ def test_pool_name_characters(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_NAME_CHARACTERS)
+
+
+# The owner and group a refresh finds, printed as libvirt prints them: as a C int.
+IDS_FOUND = """
+import re
+pool = conn.storagePoolLookupByName("default")
+pool.refresh()
+for name in ("high-ids", "low-ids"):
+    step("ids of " + name, lambda: re.findall(
+        "<(?:owner|group)>.*</", pool.storageVolLookupByName(name).XMLDesc(0)))
+"""
+
+
+def _place_files_with_high_ids(pool_dir: Path) -> None:
+    for name, uid, gid in (("high-ids", 1 << 31, (1 << 32) - 2), ("low-ids", 1000, 1001)):
+        path = pool_dir / name
+        path.write_bytes(b"x")
+        path.chmod(0o644)  # the reference libvirtd runs as nobody
+        os.chown(path, uid, gid)
+
+
+def test_ids_found_on_the_disk(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(
+        reference_libvirtd, virtvold, tmp_path, IDS_FOUND, place=_place_files_with_high_ids
+    )
