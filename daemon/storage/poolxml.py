@@ -12,7 +12,15 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from .names import check_pool_name
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
-from .xmldoc import c_integer, child_string, child_text, escape, parse_document, parse_uuid
+from .xmldoc import (
+    c_int_id,
+    c_integer,
+    child_string,
+    child_text,
+    escape,
+    parse_document,
+    parse_uuid,
+)
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element
@@ -197,11 +205,6 @@ def _id(permissions: Element, tag: str) -> int | None:
     return None if value in (-1, _NO_ID) else value
 
 
-def _signed_id(value: int) -> int:
-    """An id as libvirt prints it, cast to int: 2**31 and above come out negative."""
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
 def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> str:
     """The pool's XML as libvirt 9.0 prints it (sizes and permissions once it has run)."""
     sizes = runtime or PoolRuntime(0, 0, 0, 0, 0, 0)
@@ -245,9 +248,9 @@ def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> 
     if mode is not None:
         permissions.append(f"      <mode>0{mode:o}</mode>")  # libvirt's "0%o"
     if owner is not None:
-        permissions.append(f"      <owner>{_signed_id(owner)}</owner>")
+        permissions.append(f"      <owner>{c_int_id(owner)}</owner>")
     if group is not None:
-        permissions.append(f"      <group>{_signed_id(group)}</group>")
+        permissions.append(f"      <group>{c_int_id(group)}</group>")
     if label is not None:
         permissions.append(f"      <label>{escape(label)}</label>")
     if permissions:

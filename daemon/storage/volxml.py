@@ -13,6 +13,7 @@ from .reports import storage_error, uuid_text, xml_error
 from .units import U64_MAX, scaled_size
 from .xmldoc import (
     C_BLANKS,
+    c_int_id,
     c_integer,
     child_string,
     escape,
@@ -224,8 +225,8 @@ def _permissions_and_times(st: os.stat_result) -> list[str]:
         "    <permissions>",
         # libvirt keeps the permission bits only (no set-id or sticky bit), as "0%o".
         f"      <mode>0{st.st_mode & 0o777:o}</mode>",
-        f"      <owner>{st.st_uid}</owner>",
-        f"      <group>{st.st_gid}</group>",
+        f"      <owner>{c_int_id(st.st_uid)}</owner>",
+        f"      <group>{c_int_id(st.st_gid)}</group>",
         "    </permissions>",
         "    <timestamps>",
         _timestamp("atime", st.st_atime_ns),

@@ -119,3 +119,8 @@ def c_integer(text: str, digits: str = "0123456789") -> int | None:
         return None
     value = int(body, len(digits))
     return -value if negative else value
+
+
+def c_int_id(value: int) -> str:
+    """A uid or gid as libvirt prints it, cast to int: 2**31 and above come out negative."""
+    return str(value - (1 << 32) if value >= 1 << 31 else value)
