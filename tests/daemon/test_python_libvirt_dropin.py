@@ -828,3 +828,57 @@ def test_ids_found_on_the_disk(
     assert_same_answers(
         reference_libvirtd, virtvold, tmp_path, IDS_FOUND, place=_place_files_with_high_ids
     )
+
+
+# A dir pool's <features><cow> and <refresh>: kept and printed as libvirt keeps them; a
+# build sets the folder's copy on write as asked, which only btrfs can (the test folders
+# are not on btrfs). <refresh> changes nothing for a dir pool's volumes.
+POOL_FEATURES_AND_REFRESH = """
+import re
+def xml_of(pool):
+    text = pool.XMLDesc(0)
+    text = re.sub(r"<uuid>.*</uuid>", "<uuid/>", text)
+    text = re.sub(r"<(owner|group)>\\\\d+<", r"<\\\\1>ID<", text)
+    sizes = r"<(capacity|allocation|available) unit='bytes'>\\\\d+<"
+    return re.sub(sizes, r"<\\\\1 unit='bytes'>N<", text)
+
+for label, inner in [
+    ("refresh capacity", "<refresh><volume allocation='capacity'/></refresh>"),
+    ("refresh default", "<refresh><volume allocation='default'/></refresh>"),
+    ("refresh empty", "<refresh/>"),
+    ("refresh volume only", "<refresh><volume/></refresh>"),
+    ("refresh empty allocation", "<refresh><volume allocation=''/></refresh>"),
+    ("refresh unknown", "<refresh><volume allocation='bogus'/></refresh>"),
+    ("cow no", "<features><cow state='no'/></features>"),
+    ("cow yes", "<features><cow state='yes'/></features>"),
+    ("cow without a state", "<features><cow/></features>"),
+    ("cow absent", "<features><cow state='absent'/></features>"),
+    ("cow unknown", "<features><cow state='x'/></features>"),
+    ("empty features", "<features/>"),
+    ("both", "<features><cow state='no'/></features>"
+             "<refresh><volume allocation='capacity'/></refresh>"),
+]:
+    name = label.replace(" ", "-")
+    xml = "<pool type='dir'><name>%s</name>%s<target><path>%s/%s</path></target></pool>" % (
+        name, inner, BASE, name)
+    step("define, " + label, lambda: conn.storagePoolDefineXML(xml, 0).name())
+    step("xml, " + label, lambda: xml_of(conn.storagePoolLookupByName(name)))
+
+for name in ("cow-no", "cow-yes", "cow-without-a-state", "refresh-capacity"):
+    pool = conn.storagePoolLookupByName(name)
+    step("build " + name, lambda: pool.build(0))
+    step("made by the build of " + name, lambda: os.path.isdir(os.path.join(BASE, name)))
+    step("start " + name, lambda: pool.create(0))
+pool = conn.storagePoolLookupByName("refresh-capacity")
+vol = pool.createXML(
+    "<volume><name>v</name><capacity>1048576</capacity><allocation>0</allocation></volume>", 0)
+step("refresh", lambda: pool.refresh(0))
+step("volume info", vol.info)
+step("running xml", lambda: xml_of(pool))
+"""
+
+
+def test_pool_features_and_refresh(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_FEATURES_AND_REFRESH)
