@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorReport, check_flags
 
+from .copyonwrite import set_copy_on_write
 from .flags import PoolBuildFlags
 from .model import PoolRef
 from .poolxml import DEFAULT_DIR_MODE, PoolDefinition, PoolRuntime
@@ -150,6 +151,17 @@ class Pool:
             except OSError as exc:
                 unsigned = f"({uid & 0xFFFFFFFF}, {gid & 0xFFFFFFFF})"
                 raise system_error(f"cannot chown '{target}' to {unsigned}", exc) from None
+        if self.live.cow is not None:
+            # Copy on write as <features><cow> asks, which fails the build off btrfs (the
+            # folder stays made), as in libvirt.
+            try:
+                fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                raise system_error(f"unable to open '{target}'", exc) from None
+            try:
+                set_copy_on_write(fd, target, enabled=self.live.cow)
+            finally:
+                os.close(fd)
 
     def build(self, flags: int) -> None:
         """STORAGE_POOL_BUILD of an inactive directory pool: make its directory.

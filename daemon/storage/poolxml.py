@@ -66,6 +66,11 @@ class PoolDefinition:
     owner: int | None = None
     group: int | None = None
     label: str | None = None
+    # <features><cow state>: copy on write for the folder a build makes (None: as it is).
+    cow: bool | None = None
+    # <refresh><volume allocation>: "default" or "capacity", kept and printed; nothing a
+    # dir pool's volumes are measured by changes with it, in libvirt either.
+    refresh_allocation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,25 +174,55 @@ def parse_pool_xml(text: str) -> PoolDefinition:
         # libvirt accepts it and resolves it against the daemon's working
         # directory; a daemon should not depend on where it was started.
         raise xml_error(f"storage pool target path '{target}' must be absolute")
+    mode = owner = group = label = None
     permissions = root.find("target/permissions")
-    if permissions is None:
-        return PoolDefinition(name=name, uuid=raw_uuid, target=clean_path(target))
-    mode_text = child_string(permissions, "mode")
-    mode = None
-    if mode_text is not None:
-        mode = c_integer(mode_text, "01234567")
-        # libvirt takes permission bits only: no set-id or sticky bit.
-        if mode is None or mode & ~0o777:
-            raise xml_error("malformed octal mode")
+    if permissions is not None:
+        mode_text = child_string(permissions, "mode")
+        if mode_text is not None:
+            mode = c_integer(mode_text, "01234567")
+            # libvirt takes permission bits only: no set-id or sticky bit.
+            if mode is None or mode & ~0o777:
+                raise xml_error("malformed octal mode")
+        owner, group = _id(permissions, "owner"), _id(permissions, "group")
+        label = child_string(permissions, "label")
     return PoolDefinition(
         name=name,
         uuid=raw_uuid,
         target=clean_path(target),
         mode=mode,
-        owner=_id(permissions, "owner"),
-        group=_id(permissions, "group"),
-        label=child_string(permissions, "label"),
+        owner=owner,
+        group=group,
+        label=label,
+        cow=_cow(root),
+        refresh_allocation=_refresh_allocation(root),
     )
+
+
+def _refresh_allocation(root: Element) -> str | None:
+    """<refresh><volume allocation>: an empty or missing one is no <refresh> at all."""
+    volume = root.find("refresh/volume")
+    allocation = volume.get("allocation") if volume is not None else None
+    if not allocation:
+        return None
+    if allocation not in ("default", "capacity"):
+        raise storage_error(
+            ErrorCode.CONFIG_UNSUPPORTED,
+            f"unknown storage pool volume refresh allocation type {allocation}",
+        )
+    return allocation
+
+
+def _cow(root: Element) -> bool | None:
+    """<features><cow state>: yes or no; a <cow/> without one says nothing."""
+    cow = root.find("features/cow")
+    state = cow.get("state") if cow is not None else None
+    if state is None:
+        return None
+    if state not in ("yes", "no"):
+        raise xml_error(
+            f"Invalid value for attribute 'state' in element 'cow': '{state}'.", ErrorDomain.XML
+        )
+    return state == "yes"
 
 
 _NO_ID = (1 << 32) - 1  # (uid_t)-1
@@ -229,6 +264,11 @@ def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> 
         f"  <capacity unit='bytes'>{sizes.capacity}</capacity>",
         f"  <allocation unit='bytes'>{sizes.allocation}</allocation>",
         f"  <available unit='bytes'>{sizes.available}</available>",
+    ]
+    if definition.cow is not None:
+        state = "yes" if definition.cow else "no"
+        lines += ["  <features>", f"    <cow state='{state}'/>", "  </features>"]
+    lines += [
         "  <source>",
         "  </source>",
         "  <target>",
@@ -255,5 +295,12 @@ def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> 
         permissions.append(f"      <label>{escape(label)}</label>")
     if permissions:
         lines += ["    <permissions>", *permissions, "    </permissions>"]
-    lines += ["  </target>", "</pool>", ""]
+    lines.append("  </target>")
+    if definition.refresh_allocation is not None:
+        lines += [
+            "  <refresh>",
+            f"    <volume allocation='{definition.refresh_allocation}'/>",
+            "  </refresh>",
+        ]
+    lines += ["</pool>", ""]
     return "\n".join(lines)

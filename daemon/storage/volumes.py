@@ -7,7 +7,6 @@ the pool directory, whatever symlinks are planted in it.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import dataclasses
 import errno
@@ -21,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse import files as sparse_files
-from virtvol.sparse import libc
 from virtvol.sparse.writer import take_over
 
+from .copyonwrite import set_copy_on_write
 from .names import RESERVED_PREFIX, is_volume_name
 from .probe import (
     DIRECTORY,
@@ -248,7 +247,7 @@ class VolumeDir:
         try:
             self._apply_permissions(fd, request)
             if request.nocow:
-                _turn_off_copy_on_write(fd, path)
+                set_copy_on_write(fd, path, enabled=False)
             self._extend(fd, request.name, capacity)
             try:
                 sparse_files.allocate(fd, 0, allocation)
@@ -325,7 +324,7 @@ class VolumeDir:
             try:
                 self._apply_permissions(dst_fd, request)
                 if request.nocow:
-                    _turn_off_copy_on_write(dst_fd, self.volume_path(request.name))
+                    set_copy_on_write(dst_fd, self.volume_path(request.name), enabled=False)
                 if reflink:
                     self._share_blocks(src_fd, dst_fd, source)
                 self._extend(dst_fd, request.name, capacity)
@@ -763,48 +762,6 @@ def _lock(fd: int) -> bool:
 
 # Linux's ioctl that makes a file share all of another's blocks (copy on write).
 _FICLONE = 0x40049409
-
-# What <nocow/> needs: btrfs (statfs's f_type), and its inode flag, read and set by ioctl.
-_BTRFS_SUPER_MAGIC = 0x9123683E
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
-_FS_NOCOW_FL = 0x00800000
-
-
-def _file_system_type(fd: int) -> int:
-    """statfs's f_type for ``fd`` (Python's statvfs does not give it)."""
-    import ctypes
-
-    fstatfs = libc.function("fstatfs", "c_int", "c_int", "c_void_p")
-    if fstatfs is None:
-        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
-    buffer = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit Linux
-    if fstatfs(fd, buffer) != 0:
-        libc.raise_errno()
-    return ctypes.c_long.from_buffer(buffer).value  # f_type is its first field
-
-
-def _turn_off_copy_on_write(fd: int, path: str) -> None:
-    """<nocow/> as libvirt's virFileSetCOW carries it out, in its words (typos kept): on
-    btrfs the file's NOCOW flag is set; anywhere else the volume fails, as it does there."""
-    try:
-        kind = _file_system_type(fd)
-    except OSError as exc:
-        raise system_error(f"unable query filesystem type on '{path}'", exc) from None
-    if kind != _BTRFS_SUPER_MAGIC:
-        raise system_error(f"unable to control COW flag on '{path}', not btrfs", errno.ENOSYS)
-    flags = array.array("i", [0])  # the kernel reads and writes an int
-    try:
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
-    except OSError as exc:
-        raise system_error(f"unable query COW flag on '{path}'", exc) from None
-    if flags[0] & _FS_NOCOW_FL:
-        return
-    flags[0] |= _FS_NOCOW_FL
-    try:
-        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags, False)
-    except OSError as exc:
-        raise system_error(f"unable control COW flag on '{path}'", exc) from None
 
 
 def _driver_error(what: str, exc: OSError | int) -> ErrorReport:

@@ -838,9 +838,9 @@ import re
 def xml_of(pool):
     text = pool.XMLDesc(0)
     text = re.sub(r"<uuid>.*</uuid>", "<uuid/>", text)
-    text = re.sub(r"<(owner|group)>\\\\d+<", r"<\\\\1>ID<", text)
-    sizes = r"<(capacity|allocation|available) unit='bytes'>\\\\d+<"
-    return re.sub(sizes, r"<\\\\1 unit='bytes'>N<", text)
+    text = re.sub(r"<(owner|group)>\\d+<", r"<\\1>ID<", text)
+    sizes = r"<(capacity|allocation|available) unit='bytes'>\\d+<"
+    return re.sub(sizes, r"<\\1 unit='bytes'>N<", text)
 
 for label, inner in [
     ("refresh capacity", "<refresh><volume allocation='capacity'/></refresh>"),
