@@ -882,3 +882,43 @@ def test_pool_features_and_refresh(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_FEATURES_AND_REFRESH)
+
+
+# A pool defined anew while it runs keeps running as it was; its XML shows the new
+# definition once it stops, without the sizes and permissions of its last run (which a
+# pool stopped without a new definition keeps showing), even when nothing changed.
+REDEFINED_WHILE_RUNNING = """
+import re
+def xml_of(pool, flags=0):
+    text = re.sub(r"<uuid>.*</uuid>", "<uuid/>", pool.XMLDesc(flags))
+    return re.sub(r"<(owner|group)>\\d+<", r"<\\1>ID<", text)
+
+def sizes_masked(pool, flags=0):
+    sizes = r"<(capacity|allocation|available) unit='bytes'>\\d+<"
+    return re.sub(sizes, r"<\\1 unit='bytes'>N<", xml_of(pool, flags))
+
+xml = "<pool type='dir'><name>%s</name><uuid>%s</uuid><target><path>%s</path>%s</target>%s</pool>"
+changed = ("<permissions><mode>0700</mode><owner>1234</owner></permissions>",
+           "<features><cow state='no'/></features>")
+for name, new, new_target in (("changed", changed, "-new"), ("same", ("", ""), ""),
+                              ("kept", None, "")):
+    path = os.path.join(BASE, name)
+    os.mkdir(path)
+    os.chmod(path, 0o755)
+    pool = define_dir_pool(name, path)
+    pool.create(0)
+    if new is not None:
+        step("define anew " + name, lambda: conn.storagePoolDefineXML(
+            xml % (name, pool.UUIDString(), path + new_target, new[0], new[1]), 0).name())
+    step("running " + name, lambda: sizes_masked(pool))
+    step("running, inactive XML " + name, lambda: sizes_masked(pool, 1))
+    pool.destroy()
+    step("stopped " + name, lambda: xml_of(pool) if new is not None else sizes_masked(pool))
+    step("info " + name, lambda: pool.info() if new is not None else pool.info()[0])
+"""
+
+
+def test_pool_defined_anew_while_running(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, REDEFINED_WHILE_RUNNING)
