@@ -238,6 +238,10 @@ class Pool:
             self.volumes.close()
             self.volumes = None
         if self.config is not None:
+            if self.config is not self.live:
+                # Defined anew while it ran (or started from other XML): libvirt puts the
+                # definition in place of the one that ran, and shows nothing of the run.
+                self.runtime = None
             self.live = self.config
 
     def refresh_runtime(self) -> PoolRuntime:

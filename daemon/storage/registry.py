@@ -549,7 +549,8 @@ class StorageRegistry:
         with self._lock:
             pool = self._pool(ref)
             config = pool.config
-            if flags & PoolXMLFlags.INACTIVE and config is not None and config != pool.live:
+            # Any definition made while it runs, even one like the running one, as libvirt's.
+            if flags & PoolXMLFlags.INACTIVE and config is not None and config is not pool.live:
                 return format_pool_xml(config, None)
             live = pool.live
         return format_pool_xml(live, self._current_runtime(pool))
