@@ -922,3 +922,62 @@ def test_pool_defined_anew_while_running(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, REDEFINED_WHILE_RUNNING)
+
+
+# pool-build where the target is not a folder to make: libvirt makes the parents as glib
+# does, then the folder unless something is there already, and says which step failed.
+BUILD_OVER_OTHER_FILES = """
+afile = os.path.join(BASE, "afile")
+open(afile, "w").close()
+os.symlink("/nonexistent-target", os.path.join(BASE, "dangling"))
+for label, path in [
+    ("under a file", os.path.join(afile, "x")),
+    ("two below a file", os.path.join(afile, "x", "y")),
+    ("a dangling link", os.path.join(BASE, "dangling")),
+    ("nested", os.path.join(BASE, "a", "b", "c")),
+]:
+    name = label.replace(" ", "-")
+    pool = define_dir_pool(name, path)
+    step("build " + label, lambda: pool.build(0))
+    step("start " + label, lambda: pool.create(0))
+"""
+
+
+def test_build_over_other_files(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, BUILD_OVER_OTHER_FILES)
+
+
+# libvirtd "builds" a pool over a file that is not a folder: it finds something there,
+# makes nothing, and gives the file the pool's mode (and owner). virtvold refuses, in the
+# words mkdir would give, and leaves the file alone: a pool's definition is not a way to
+# change any file's permissions.
+BUILD_OVER_A_FILE = """
+import pwd
+nobody = pwd.getpwnam("nobody")
+path = os.path.join(BASE, "afile")
+open(path, "w").close()
+os.chmod(path, 0o666)
+os.chown(path, nobody.pw_uid, nobody.pw_gid)  # the reference libvirtd's own
+pool = define_dir_pool("afile", path, "<permissions><mode>0640</mode></permissions>")
+step("build", lambda: pool.build(0))
+step("mode", lambda: oct(os.stat(path).st_mode))
+"""
+
+
+def test_build_over_a_file_leaves_it_alone(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    theirs = _record(
+        reference_libvirtd.tcp_uri,
+        reference_libvirtd.state_dir / "scratch",
+        reference_libvirtd.pool_dir,
+        BUILD_OVER_A_FILE,
+    )
+    ours = _record(virtvold.tcp_uri, tmp_path / "scratch", virtvold.pool_dir, BUILD_OVER_A_FILE)
+    assert theirs == [("build", ["ok", 0]), ("mode", ["ok", "0o100640"])]
+    assert ours == [
+        ("build", ["error", 38, 0, "failed to create directory 'BASE/afile': File exists"]),
+        ("mode", ["ok", "0o100666"]),
+    ]
