@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
+import errno
 import os
 from typing import TYPE_CHECKING
 
@@ -131,26 +133,32 @@ class Pool:
             raise system_error(f"cannot read directory '{target}'", exc) from None
 
     def make_directory(self) -> None:
-        """Create the target directory and its parents (an existing one is kept)."""
+        """Make the target directory in libvirt's steps and words (its BuildLocal): the
+        parents as glib makes them, the folder unless something is there already (an
+        existing folder keeps its mode unless one is asked for), its owner and group, its
+        mode, then its copy on write."""
         target = self.live.target
-        try:
-            created = not os.path.isdir(target)
-            os.makedirs(target, exist_ok=True)
-            # As libvirt: an existing directory keeps its mode unless one is asked for.
-            if created or self.live.mode is not None:
-                os.chmod(target, DEFAULT_DIR_MODE if self.live.mode is None else self.live.mode)
-        except OSError as exc:
-            raise system_error(f"cannot create path '{target}'", exc) from None
-        # The owner and group asked for, as libvirt gives them to the folder it builds
-        # (and to one that was there already).
-        uid = -1 if self.live.owner is None else self.live.owner
-        gid = -1 if self.live.group is None else self.live.group
-        if uid != -1 or gid != -1:
+        parent = os.path.dirname(target)
+        if parent != "/":
+            _make_parents(parent)
+        existed = os.path.exists(target)
+        if existed and not os.path.isdir(target):
+            # libvirt finds something there, makes nothing and gives even a file the pool's
+            # mode and owner; a definition is not to be a way to change a file's
+            # permissions, so this is refused as mkdir would refuse it.
+            raise system_error(f"failed to create directory '{target}'", errno.EEXIST)
+        if not existed:
             try:
-                os.chown(target, uid, gid)
+                os.mkdir(target, 0o700)
             except OSError as exc:
-                unsigned = f"({uid & 0xFFFFFFFF}, {gid & 0xFFFFFFFF})"
-                raise system_error(f"cannot chown '{target}' to {unsigned}", exc) from None
+                raise system_error(f"failed to create directory '{target}'", exc) from None
+        try:
+            self._set_owner_and_mode(target, created=not existed)
+        except BaseException:
+            if not existed:
+                with contextlib.suppress(OSError):
+                    os.rmdir(target)
+            raise
         if self.live.cow is not None:
             # Copy on write as <features><cow> asks, which fails the build off btrfs (the
             # folder stays made), as in libvirt.
@@ -162,6 +170,27 @@ class Pool:
                 set_copy_on_write(fd, target, enabled=self.live.cow)
             finally:
                 os.close(fd)
+
+    def _set_owner_and_mode(self, target: str, *, created: bool) -> None:
+        """libvirt's virDirCreate after its mkdir; a folder it made is removed again when
+        this fails (by the caller)."""
+        # The owner and group asked for, as libvirt gives them to the folder it builds
+        # (and to one that was there already).
+        uid = -1 if self.live.owner is None else self.live.owner
+        gid = -1 if self.live.group is None else self.live.group
+        if uid != -1 or gid != -1:
+            try:
+                os.chown(target, uid, gid)
+            except OSError as exc:
+                unsigned = f"({uid & 0xFFFFFFFF}, {gid & 0xFFFFFFFF})"
+                raise system_error(f"cannot chown '{target}' to {unsigned}", exc) from None
+        # As libvirt: an existing directory keeps its mode unless one is asked for.
+        mode = DEFAULT_DIR_MODE if self.live.mode is None and created else self.live.mode
+        if mode is not None:
+            try:
+                os.chmod(target, mode)
+            except OSError as exc:
+                raise system_error(f"cannot set mode of '{target}' to {mode:04o}", exc) from None
 
     def build(self, flags: int) -> None:
         """STORAGE_POOL_BUILD of an inactive directory pool: make its directory.
@@ -280,3 +309,22 @@ class Pool:
         or written in place by an upload: the copy would take a half-made file."""
         if self.busy.get(name) in (Busy.BUILDING, Busy.CHANGING, Busy.WRITING):
             self.check_not_busy(name)
+
+
+def _make_parents(path: str) -> None:
+    """The folders down to ``path`` made as glib's g_mkdir_with_parents makes them for
+    libvirt (mode 0777 under the umask), failing in its words with its errno: ENOTDIR
+    where something else is in the way."""
+    prefixes = [path[:i] for i in range(1, len(path)) if path[i] == "/"] + [path]
+    for prefix in prefixes:
+        if not os.path.exists(prefix):
+            try:
+                os.mkdir(prefix, 0o777)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                # glib goes on past a missing folder above the last (the next mkdir fails).
+                if exc.errno != errno.ENOENT or prefix == path:
+                    raise system_error(f"cannot create path '{path}'", exc, STORAGE) from None
+        elif not os.path.isdir(prefix):
+            raise system_error(f"cannot create path '{path}'", errno.ENOTDIR, STORAGE)
