@@ -810,3 +810,53 @@ def test_file_and_build_commands_against_virtvold(virtvold: Virtvold, tmp_path: 
         ["find-storage-pool-sources-as", "netfs", "localhost"],
     ):
         both_changing(uri, *template)
+
+
+def _in_locale(locale_name: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        env=dict(os.environ, LC_ALL=locale_name),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_tables_write_names_as_virsh_does(reference_libvirtd: ReferenceLibvirtd) -> None:
+    """virsh's tables escape what the locale cannot print (a tab as ``\\x09``, four
+    columns) and give each character the columns wcwidth says (a CJK letter 2, a
+    combining accent 0)."""
+    uri = reference_libvirtd.tcp_uri
+    for name in ("café", "e\u0301", "tab\there", "日本語"):
+        run_virsh(uri, "vol-create-as", "default", name, "1M")
+    run_virsh(uri, "pool-define-as", "pöol", "dir", "--target", "/nonexistent/pöol")
+    for args in (
+        ["vol-list", "default"],
+        ["vol-list", "default", "--details"],
+        ["-q", "vol-list", "default"],
+        ["pool-list", "--all"],
+        ["pool-list", "--all", "--details"],
+    ):
+        theirs = _in_locale("C.UTF-8", ["virsh", "-c", uri, *args])
+        ours = _in_locale("C.UTF-8", [*_COMMAND, "-c", uri, *args])
+        assert (_mask_pool_sizes(ours.stdout), ours.stderr, ours.returncode) == (
+            _mask_pool_sizes(theirs.stdout),
+            theirs.stderr,
+            theirs.returncode,
+        ), args
+    # In the C locale every byte past ASCII is escaped too, in the same columns; virsh
+    # writes each as \xff (a signed char through %02x, cut short), virtvol as it is.
+    theirs = _in_locale("C", ["virsh", "-c", uri, "-q", "vol-list", "default"])
+    ours = _in_locale("C", [*_COMMAND, "-c", uri, "-q", "vol-list", "default"])
+    assert theirs.stdout.splitlines()[0].startswith(" caf\\xff\\xff ")
+    assert ours.stdout.splitlines()[0].startswith(" caf\\xc3\\xa9 ")
+    assert (
+        ours.stdout.replace("\\xc3\\xa9", "\\xff\\xff")
+        .replace("\\xcc\\x81", "\\xff\\xff")
+        .replace("\\xe6\\x97\\xa5\\xe6\\x9c\\xac\\xe8\\xaa\\x9e", "\\xff" * 9)
+        == theirs.stdout
+    )
