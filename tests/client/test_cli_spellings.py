@@ -278,6 +278,8 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["pool-list", "--inactive", "--autostart", "--no-autostart", "--details"],
         # An empty value virsh reads after the volume's lookup: a missing volume first.
         ["vol-resize", "nope", "", "default"],
+        ["vol-resize", "nope", "-1M", "default"],
+        ["vol-resize", "nope", "5X", "default"],
         ["vol-resize", "v1", "", "default"],
         ["vol-upload", "nope", "", "default"],
         ["vol-upload", "v1", "", "default"],
