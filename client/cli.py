@@ -27,6 +27,7 @@ from virtvol.client.cli_args import (
     Command,
     Option,
     check_exclusive,
+    check_late_option,
     check_not_empty,
     format_command_help,
     parse_arguments,
@@ -119,6 +120,14 @@ def _unsupported(args: SimpleNamespace, *names: str) -> None:
     for name in names:
         if getattr(args, name.replace("-", "_")):
             raise CommandError(f"option --{name} is not supported by virtvol")
+
+
+def _late(args: SimpleNamespace, name: str) -> None:
+    """An option virsh reads after the volume's lookup: its emptiness is said now."""
+    try:
+        check_late_option(name, getattr(args, name.replace("-", "_")))
+    except ArgumentError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _size_argument(text: str) -> int:
@@ -256,6 +265,27 @@ _POOL_TYPES = [
 ]
 
 
+def _virsh_list(text: str) -> list[str]:
+    """A list option as virsh's vshStringToArray reads it: items apart at each comma,
+    ",," standing for a comma within an item."""
+    items: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "," and text[i + 1 : i + 2] == ",":
+            current.append(",")
+            i += 2
+            continue
+        if text[i] == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(text[i])
+        i += 1
+    items.append("".join(current))
+    return items
+
+
 def _pool_list_flags(args: SimpleNamespace) -> int:
     flags = 0 if args.all else ListPoolsFlags.INACTIVE if args.inactive else ListPoolsFlags.ACTIVE
     for given, bit in (
@@ -267,7 +297,7 @@ def _pool_list_flags(args: SimpleNamespace) -> int:
         if given:
             flags |= bit
     if args.type:
-        for name in args.type.split(","):
+        for name in _virsh_list(args.type):
             if name not in _POOL_TYPES:
                 raise CommandError(f"Invalid pool type '{name}'")
             flags |= ListPoolsFlags.DIR << _POOL_TYPES.index(name)
@@ -708,6 +738,7 @@ async def vol_create_as(conn: Connection, args: SimpleNamespace) -> str:
 
 async def vol_clone(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
+    _late(args, "newname")
     flags = VolCreateFlags.PREALLOC_METADATA if args.prealloc_metadata else 0
     if args.reflink:
         flags |= VolCreateFlags.REFLINK
@@ -773,6 +804,7 @@ _WIPE_ALGORITHMS = {algorithm.name.lower(): algorithm for algorithm in VolWipeAl
 
 async def vol_wipe(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)  # before the name check, as virsh
+    _late(args, "algorithm")
     algorithm = VolWipeAlgorithm.ZERO
     if args.algorithm is not None:
         if args.algorithm not in _WIPE_ALGORITHMS:
@@ -792,6 +824,8 @@ async def vol_wipe(conn: Connection, args: SimpleNamespace) -> str:
 
 
 async def vol_resize(conn: Connection, args: SimpleNamespace) -> str:
+    vol = await _volume(conn, args.vol, args.pool)  # before the size is read, as virsh
+    _late(args, "capacity")
     # As virsh reads it: blanks skipped; a "-" asks for a shrink by that much (the
     # wire takes no negative size); a "+" is only a sign, the size stays absolute.
     text: str = args.capacity.lstrip(C_BLANKS)
@@ -801,7 +835,6 @@ async def vol_resize(conn: Connection, args: SimpleNamespace) -> str:
             raise CommandError("negative size requires --shrink")
         delta, text = True, text[1:]
     capacity = _size_argument(text)
-    vol = await _volume(conn, args.vol, args.pool)
     change = f"{'by' if delta else 'to'} {text}"
     try:
         await vol.resize(capacity, allocate=args.allocate, delta=delta, shrink=args.shrink)
@@ -854,6 +887,7 @@ def _read_range(args: SimpleNamespace) -> None:
 async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:
     _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
+    _late(args, "file")
     try:
         source = os.stat(args.file)
     except OSError as exc:
@@ -912,6 +946,7 @@ def _check_destination(path: str) -> None:
 async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
     _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
+    _late(args, "file")
     _check_destination(args.file)
     total: int | None = None
     try:
@@ -1146,13 +1181,9 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("details", "more columns: persistence and sizes", "bool"),
             Option("uuid", "only the pools' UUIDs", "bool"),
             Option("name", "only the pools' names", "bool"),
-            exclusive=(
-                ("all", "inactive"),
-                ("persistent", "transient"),
-                ("autostart", "no-autostart"),
-                ("details", "uuid"),
-                ("details", "name"),
-            ),
+            # Both of --persistent and --transient (or of the autostart pair) ask for
+            # either, which virsh leaves to the daemon: no filter.
+            exclusive=(("all", "inactive"), ("details", "uuid"), ("details", "name")),
         ),
         _command(
             "pool-name",
@@ -1201,7 +1232,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option(
                 "vol", "the volume to copy: a name (with --pool), a key or a path", required=True
             ),
-            Option("newname", "name of the copy", required=True),
+            Option("newname", "name of the copy", required=True, late=True),
             _POOL_OF_VOL,
             Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
             Option("reflink", "share the data blocks (copy-on-write file systems)", "bool"),
@@ -1268,7 +1299,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "Copy a volume's contents into a local file, sparse, written in place only once"
             " complete.",
             _VOL,
-            Option("file", "the local file to write", required=True),
+            Option("file", "the local file to write", required=True, late=True),
             *_TRANSFER,
             exclusive=(("sparse", "no-sparse"),),
         ),
@@ -1336,7 +1367,9 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "change a volume's size",
             "Grow or shrink a volume.",
             _VOL,
-            Option("capacity", "new size, e.g. 20G, or +5G/-5G with --delta", required=True),
+            Option(
+                "capacity", "new size, e.g. 20G, or +5G/-5G with --delta", required=True, late=True
+            ),
             _POOL_OF_VOL,
             Option("allocate", "allocate the new space now", "bool"),
             Option("delta", "the capacity is a change, not the new size", "bool"),
@@ -1348,7 +1381,7 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "copy a file into a volume",
             "Copy a local file's contents into a volume; holes and zero blocks travel as holes.",
             _VOL,
-            Option("file", "the local file to read", required=True),
+            Option("file", "the local file to read", required=True, late=True),
             *_TRANSFER,
             exclusive=(("sparse", "no-sparse"),),
         ),
@@ -1359,7 +1392,9 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "Overwrite all of a volume's data, with zeros unless --algorithm names another way.",
             _VOL,
             _POOL_OF_VOL,
-            Option("algorithm", f"one of {', '.join(_WIPE_ALGORITHMS)}; zero by default"),
+            Option(
+                "algorithm", f"one of {', '.join(_WIPE_ALGORITHMS)}; zero by default", late=True
+            ),
         ),
     )
 }

@@ -29,6 +29,7 @@ __all__ = [
     "Command",
     "Option",
     "check_exclusive",
+    "check_late_option",
     "check_not_empty",
     "format_command_help",
     "parse_arguments",
@@ -51,6 +52,8 @@ class Option(Record):
         required: the command cannot run without it (shown as ``<name>``).
         extension: virtvol's own option, which virsh does not have.
         empty_ok: an empty text is a value (virsh refuses it for most options).
+        late: virsh reads it only after looking the volume up, so a missing volume is
+            said before an empty value (the command checks it: ``check_late_option``).
     """
 
     name: str
@@ -59,6 +62,7 @@ class Option(Record):
     required: bool = False
     extension: bool = False
     empty_ok: bool = False
+    late: bool = False
 
     @property
     def dest(self) -> str:
@@ -162,8 +166,18 @@ def check_not_empty(command: Command, values: dict[str, object]) -> None:
         ArgumentError: the first such option, in declaration order.
     """
     for opt in command.options:
-        if opt.kind == "string" and not opt.empty_ok and values.get(opt.dest) == "":
-            raise ArgumentError(f"Failed to get option '{opt.name}': Option argument is empty")
+        if opt.kind == "string" and not (opt.empty_ok or opt.late):
+            check_late_option(opt.name, values.get(opt.dest))
+
+
+def check_late_option(name: str, value: object) -> None:
+    """virsh's refusal of an empty text for option ``name``, when it reads it.
+
+    Raises:
+        ArgumentError: ``value`` is empty.
+    """
+    if value == "":
+        raise ArgumentError(f"Failed to get option '{name}': Option argument is empty")
 
 
 def _synopsis_part(opt: Option) -> str:
