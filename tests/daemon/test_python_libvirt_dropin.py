@@ -731,6 +731,11 @@ pool = conn.storagePoolLookupByName("default")
 source = pool.createXML("<volume><name>source</name><capacity>4096</capacity></volume>", 0)
 for label, target in [
     ("empty format", "<format type=''/>"),
+    ("mode with a plus", "<permissions><mode>+0640</mode></permissions>"),
+    ("mode with blanks before", "<permissions><mode>\t 0640</mode></permissions>"),
+    ("mode with a blank after", "<permissions><mode>0640 </mode></permissions>"),
+    ("mode 0o", "<permissions><mode>0o640</mode></permissions>"),
+    ("mode with an underscore", "<permissions><mode>06_40</mode></permissions>"),
     ("encryption without a format", "<encryption/>"),
     ("encryption format empty", "<encryption format=''/>"),
     ("unknown encryption format", "<encryption format='LUKS'/>"),
