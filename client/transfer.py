@@ -358,8 +358,9 @@ async def download_file(
 
     Raises:
         OSError: the destination cannot be written (before anything is transferred
-            when it is a directory, ``IsADirectoryError``, or a socket; a symbolic
-            link's target is replaced); ``BrokenPipeError`` when a FIFO's reader went
+            when it is a directory, ``IsADirectoryError``, a file this process may not
+            write, ``PermissionError``, or a socket; a symbolic link's target is
+            replaced); ``BrokenPipeError`` when a FIFO's reader went
             away before the end.
         LibvirtError: the peer refused or failed the download.
         TransportError: the connection failed.

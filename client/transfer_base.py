@@ -267,6 +267,7 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     Raises:
         IsADirectoryError: ``path`` is a directory, or names one ("copy/", "copy/."),
             which no file can be created as, even where none exists.
+        PermissionError: ``path`` is a file this process may not write.
         OSError: ``path`` is a socket, which cannot be opened and the rename would replace.
     """
     given = os.fspath(path)
@@ -282,7 +283,15 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
         return DownloadTarget(given, in_place=True)
     if mode is not None and not stat.S_ISREG(mode):
         raise OSError(f"not a regular file: {given} (a download would replace it, not fill it)")
+    # The rename that replaces the file needs only its folder's permission: a read-only
+    # file, or another user's, would be replaced where virsh's open for writing is refused.
+    # The effective ids decide, as they decide that open.
+    if mode is not None and not os.access(given, os.W_OK, effective_ids=_EFFECTIVE_IDS):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), given)
     return DownloadTarget(os.path.realpath(given), in_place=False)
+
+
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
 
 
 class DownloadOutput:

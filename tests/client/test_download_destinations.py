@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -23,8 +26,7 @@ from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from pathlib import Path
+    from collections.abc import Callable, Iterator
 
     from virtvol.client.connection import Connection
     from virtvol.client.transfer_base import TransferResult
@@ -176,3 +178,68 @@ def test_a_download_of_exactly_the_length_asked_for_succeeds(tmp_path: Path, eng
         result = download(engine, peer, tmp_path / "copy.img", length=3 * len(CHUNK))
     assert result.data_bytes == 3 * len(CHUNK)
     assert (tmp_path / "copy.img").read_bytes() == CHUNK * 3
+
+
+# -- a file the user may not write ----------------------------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobodys_folder() -> Iterator[Path]:
+    """A folder of ``nobody``'s that ``nobody`` can reach (pytest's own are root's alone)."""
+    if os.geteuid() != 0:
+        pytest.fail("acting as another user takes root", pytrace=False)
+    folder = Path(tempfile.mkdtemp(prefix="virtvol-download-", dir="/tmp"))
+    folder.chmod(0o755)
+    os.chown(folder, NOBODY, NOBODY)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def download_as_nobody(engine: str, peer: FakePeer, path: Path) -> TransferResult:
+    """Download into ``path`` with ``nobody``'s file permissions (the connection is made
+    as root: the peer's socket is in root's folder)."""
+
+    async def move(conn: Connection) -> TransferResult:
+        try:
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            os.setegid(NOBODY)
+            os.seteuid(NOBODY)
+            try:
+                return await volume.download_file(path)
+            finally:
+                os.seteuid(0)
+                os.setegid(0)
+        finally:
+            await conn.close()
+
+    if engine == "direct":
+        return run_blocking(move(run_blocking(open_direct(peer.uri, keepalive=None))))
+
+    async def on_a_loop() -> TransferResult:
+        return await move(await connect(peer.uri, keepalive=None))
+
+    return asyncio.run(on_a_loop())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("owner", [NOBODY, 0], ids=["read-only", "another-users"])
+def test_a_download_over_a_file_the_user_may_not_write_is_refused(
+    tmp_path: Path, nobodys_folder: Path, engine: str, owner: int
+) -> None:
+    """virsh opens the file to write it and is refused ("cannot create"); so is the
+    command line. A rename needs only the folder's permission: the library replaced a
+    read-only file, or another user's, which then became the downloader's."""
+    target = nobodys_folder / "kept.img"
+    target.write_bytes(b"old")
+    os.chown(target, owner, owner)
+    target.chmod(0o444 if owner == NOBODY else 0o644)
+    with serving_peer(tmp_path) as peer, pytest.raises(PermissionError) as refused:
+        download_as_nobody(engine, peer, target)
+    assert refused.value.filename == str(target)
+    assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    assert target.read_bytes() == b"old"
+    assert (target.stat().st_uid, os.listdir(nobodys_folder)) == (owner, ["kept.img"])
