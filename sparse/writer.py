@@ -272,16 +272,31 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike[str], mode: int = 0o666) -> None:
         self.target = os.fspath(path)
-        head, name = os.path.split(self.target)
-        self.temp = os.path.join(head, f".{_shortened(name)}.{os.urandom(4).hex()}.part")
-        try:
-            existing: os.stat_result | None = os.stat(self.target)
-        except FileNotFoundError:
-            existing = None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        # Never wider than the file it replaces, not even before its mode is copied.
-        self.fd = os.open(self.temp, flags, mode if existing is None else 0o600)
+        head, self._name = os.path.split(self.target)
+        self._temp_name = f".{_shortened(self._name)}.{os.urandom(4).hex()}.part"
+        self.temp = os.path.join(head, self._temp_name)
+        self.fd = -1
         self._done = False
+        # The temporary is made, renamed and removed in the folder held open here, not by
+        # a path looked up again at the end: a folder moved meanwhile takes the download
+        # along (as it takes the file virsh writes into), and no temporary is left in it.
+        self._folder = os.open(head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # The file replaced, held (not opened for reading or writing) so that its identity
+        # stays its own: what is at its name at the end is asked again only if it is still
+        # that file, and a file made there after it was removed could otherwise get its
+        # inode number.
+        self._replaced = -1
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self._replaced = os.open(self._name, os.O_PATH | os.O_CLOEXEC, dir_fd=self._folder)
+            existing = os.fstat(self._replaced) if self._replaced >= 0 else None
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            # Never wider than the file it replaces, not even before its mode is copied.
+            mode = mode if existing is None else 0o600
+            self.fd = os.open(self._temp_name, flags, mode, dir_fd=self._folder)
+        except BaseException:
+            self._close_folder()
+            raise
         self._replaces = existing is not None
         self._given: set[str] = set()  # the extended attributes taken from the target
         if existing is not None:
@@ -307,10 +322,7 @@ class AtomicFile:
         over the target."""
         if self._replaces and self.fd >= 0:
             try:
-                existing = os.stat(self.target)
-            except FileNotFoundError:
-                existing = None  # removed meanwhile: the temporary keeps what it took
-            try:
+                existing = self._still_replaced()
                 if existing is not None:
                     os.fchmod(self.fd, 0o600)  # its creator's to write again, as at the start
                     self._take_metadata(existing)
@@ -319,24 +331,54 @@ class AtomicFile:
                 raise
         self._close()
         try:
-            os.replace(self.temp, self.target)
+            os.replace(
+                self._temp_name, self._name, src_dir_fd=self._folder, dst_dir_fd=self._folder
+            )
         except BaseException:
             self.abort()
             raise
         self._done = True
+        self._close_folder()
+
+    def _still_replaced(self) -> os.stat_result | None:
+        """The file the temporary replaces, as it is now, if the target's name (in the
+        folder and by path, which the attributes are read by) still leads to that very
+        file; None where it was removed, moved or swapped for another file or a link
+        meanwhile: the temporary then keeps what it took. Another's file or link put
+        there must not give the new content its owner and mode (the content would be
+        theirs to read), nor its attributes."""
+        try:
+            here = os.stat(self._name, dir_fd=self._folder, follow_symlinks=False)
+            named = os.stat(self.target, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        held = os.fstat(self._replaced)
+        if not os.path.samestat(here, held) or not os.path.samestat(named, held):
+            return None
+        return here
 
     def abort(self) -> None:
         """Close and remove the temporary; safe to call twice, a no-op after ``commit``."""
         self._close()
         if not self._done:
             self._done = True
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.temp)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._temp_name, dir_fd=self._folder)
+            finally:
+                self._close_folder()
 
     def _close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+
+    def _close_folder(self) -> None:
+        """Let go of the folder and of the file replaced."""
+        for fd in (self._folder, self._replaced):
+            if fd >= 0:
+                os.close(fd)
+        self._folder = self._replaced = -1
 
     def __enter__(self) -> AtomicFile:
         return self

@@ -29,20 +29,27 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from virtvol.client.connection import Connection
-    from virtvol.client.transfer_base import TransferResult
+    from virtvol.client.transfer_base import Progress, TransferResult
 
 CHUNK = bytes(range(1, 256)) * 16
 FRAMES = 3
 ENGINES = ["direct", "event-loop"]
 
 
-def download(engine: str, peer: FakePeer, path: Path | str, *, length: int = 0) -> TransferResult:
+def download(
+    engine: str,
+    peer: FakePeer,
+    path: Path | str,
+    *,
+    length: int = 0,
+    progress: Progress | None = None,
+) -> TransferResult:
     """Download the peer's volume into ``path`` over a connection of ``engine``."""
 
     async def move(conn: Connection) -> TransferResult:
         try:
             volume = StorageVolume.from_wire(conn, VOLUME)
-            return await volume.download_file(path, length=length)
+            return await volume.download_file(path, length=length, progress=progress)
         finally:
             await conn.close()
 
@@ -243,3 +250,77 @@ def test_a_download_over_a_file_the_user_may_not_write_is_refused(
     assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
     assert target.read_bytes() == b"old"
     assert (target.stat().st_uid, os.listdir(nobodys_folder)) == (owner, ["kept.img"])
+
+
+# -- what happens around the file while it downloads ----------------------------------------
+
+
+def once(action: Callable[[], None]) -> Progress:
+    """A progress callback that runs ``action`` at its first call: while the stream runs,
+    after the temporary was made and before it is renamed."""
+    done: list[bool] = []
+
+    def progress(data: int, holes: int) -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return progress
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("swap", ["symlink", "file"])
+def test_a_file_swapped_in_during_a_download_does_not_give_it_away(
+    tmp_path: Path, engine: str, swap: str
+) -> None:
+    """root downloads over its private image in a folder another user may write; that user
+    swaps the image for a link to a file of theirs, or for such a file, while the stream
+    runs. The download must not take that file's owner and mode (it did, just before the
+    rename: the user could then read the volume), and nothing is written through the link:
+    virsh, writing into the file it opened, leaves the other user's file alone too."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "private.img"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    theirs = tmp_path / "theirs"
+    theirs.write_bytes(b"theirs")
+    os.chown(theirs, 65534, 65534)
+    theirs.chmod(0o644)
+
+    def swap_it() -> None:
+        if swap == "symlink":
+            target.unlink()
+            target.symlink_to(theirs)
+        else:
+            shutil.copy2(theirs, work / "planted")
+            os.chown(work / "planted", 65534, 65534)
+            os.replace(work / "planted", target)
+
+    with serving_peer(tmp_path) as peer:
+        download(engine, peer, target, progress=once(swap_it))
+    made = target.lstat()
+    assert (made.st_uid, made.st_gid, made.st_mode) == (0, 0, stat.S_IFREG | 0o600)
+    assert target.read_bytes() == CHUNK * FRAMES
+    assert theirs.read_bytes() == b"theirs"
+    assert os.listdir(work) == ["private.img"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "over-a-file"])
+def test_a_download_whose_folder_is_moved_meanwhile_lands_in_it(
+    tmp_path: Path, engine: str, existing: bool
+) -> None:
+    """The folder is renamed while the stream runs (a user tidying up, a rotation). virsh
+    writes into the file it opened, which moved with its folder; the download did its
+    rename by the old path, failed, and left its hidden temporary in the moved folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    if existing:
+        (work / "copy.img").write_bytes(b"old")
+    moved = tmp_path / "moved"
+    with serving_peer(tmp_path) as peer:
+        download(engine, peer, work / "copy.img", progress=once(lambda: os.rename(work, moved)))
+    assert os.listdir(moved) == ["copy.img"]
+    assert (moved / "copy.img").read_bytes() == CHUNK * FRAMES
+    assert not work.exists()
