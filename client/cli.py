@@ -17,6 +17,7 @@ stderr. The README lists where virtvol differs on purpose.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,6 +68,7 @@ from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     import asyncio
+    from types import FrameType
     from typing import NoReturn, TypeVar
 else:
     from virtvol.protocol.hints import TypeVar
@@ -1490,7 +1492,37 @@ def _execute(command: Command, handler: Handler, args: SimpleNamespace) -> str:
     if not direct.needs_event_loop(args.connect, read_only=args.readonly):
         return direct.run_blocking(_run(command, handler, args, direct.open_direct))
     with _event_loop_runner(handler) as runner:
-        return runner.run(_run(command, handler, args, connect))
+        return runner.run(_ending_cancels(_run(command, handler, args, connect)))
+
+
+async def _ending_cancels(command: Awaitable[str]) -> str:
+    """Await ``command`` with the ``_ENDING`` signals caught cancelling it, as asyncio's
+    runner cancels on Ctrl-C, then raise ``_Ended``: raised by ``_end`` inside the loop's
+    own callbacks (a transport's), it broke the connection instead of ending the command."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    came: list[int] = []
+
+    def cancel(signum: int) -> None:
+        if not came and task is not None:  # once, as ``_end``
+            came.append(signum)
+            task.cancel()
+
+    caught = [signum for signum in _ENDING if signal.getsignal(signum) is _end]
+    for signum in caught:
+        loop.add_signal_handler(signum, cancel, signum)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if came:
+            raise _Ended(came[0]) from None
+        raise
+    finally:
+        for signum in caught:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN if came else _end)
 
 
 def _show_warnings() -> None:
@@ -1612,8 +1644,58 @@ def _flush_output(text: str = "") -> None:
         pass
 
 
+class _Ended(BaseException):
+    """A signal that ends the command (``_ENDING``), raised where the command stands as
+    Ctrl-C's KeyboardInterrupt is, so that it undoes what it started the same way: a
+    download's stream aborted and its hidden temporary removed (killed outright, it left
+    the temporary behind)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SignalHandler = Callable[[int, "FrameType | None"], object] | int | None
+
+# What ``timeout`` and service managers send (SIGTERM), and a closed terminal or a dropped
+# ssh session (SIGHUP).
+_ENDING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _end(signum: int, frame: FrameType | None) -> None:
+    # Once: a second signal must not cut the undoing short (SIGKILL still ends it).
+    for ending in _ENDING:
+        signal.signal(ending, signal.SIG_IGN)
+    raise _Ended(signum)
+
+
+def _catch_ending_signals() -> dict[int, _SignalHandler]:
+    """Make ``_ENDING`` signals raise ``_Ended``; returns the handlers they had. One this
+    process was started with ignored stays ignored (``nohup virtvol ...`` goes on after
+    a hangup)."""
+    previous: dict[int, _SignalHandler] = {}
+    for signum in _ENDING:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            try:
+                previous[signum] = signal.signal(signum, _end)
+            except ValueError:  # run from another thread: signals are its caller's to handle
+                break
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``virtvol`` command; returns the exit status (0, or 1 on error)."""
+    previous = _catch_ending_signals()
+    try:
+        return _main(argv)
+    except _Ended as ended:  # before or after the command: nothing of it to undo
+        return 128 + ended.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     quiet = False
     _held_failures.clear()
     try:
@@ -1639,6 +1721,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _show_held_failures()
         return 130
+    except _Ended as ended:  # the shell's status for a death by that signal
+        _show_held_failures()
+        return 128 + ended.signum
     _show_held_failures()
     try:
         _print(output, quiet=quiet)

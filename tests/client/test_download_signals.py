@@ -1,0 +1,103 @@
+"""A ``vol-download`` ended by a signal other than Ctrl-C: ``timeout`` and service managers
+send SIGTERM, a closed terminal or a dropped ssh session SIGHUP. The file named stays as it
+was and the hidden temporary goes, as for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.client.fake_peer import POOL, VOLUME, FakePeer
+from tests.client.helpers import leftovers
+from tests.client.test_cli_spellings import _COMMAND
+from virtvol.protocol import remote as r
+from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from virtvol.protocol.connection import CallReceived
+
+CHUNK = bytes(range(1, 256)) * 16
+# The command line on its event loop's engine (the one it takes for TLS), here over the
+# peer's Unix socket.
+_ON_A_LOOP = [
+    sys.executable,
+    "-c",
+    "import virtvol.client.direct as direct; direct.needs_event_loop = lambda *_, **__: True;"
+    " from virtvol.client.cli import main; raise SystemExit(main())",
+]
+
+
+def serve_a_download_that_stalls(peer: FakePeer, sent: threading.Event) -> None:
+    """``peer`` holds pool "default" and its volume; a download of it gets its opening
+    reply and one frame of data, then nothing: it runs until it is ended."""
+
+    def download(peer: FakePeer, call: CallReceived) -> None:
+        with peer.core_lock:
+            frame = b"".join(peer.core.send_data(call.serial, CHUNK))
+            peer.send(peer.core.reply(call.serial) + frame)
+        sent.set()
+
+    peer.handlers.update(
+        {
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME: lambda peer, call: peer.reply(
+                call.serial, r.PoolRet(r.StoragePool(name=POOL, uuid=bytes(16)))
+            ),
+            Proc.STORAGE_POOL_IS_ACTIVE: lambda peer, call: peer.reply(call.serial, r.ActiveRet(1)),
+            Proc.STORAGE_VOL_LOOKUP_BY_NAME: lambda peer, call: peer.reply(
+                call.serial, r.VolRet(VOLUME)
+            ),
+            Proc.STORAGE_VOL_DOWNLOAD: download,
+        }
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "over-a-file"])
+@pytest.mark.parametrize("engine", ["direct", "event-loop"])
+def test_a_vol_download_ended_by_a_signal_leaves_no_temporary(
+    tmp_path: Path, signum: signal.Signals, existing: bool, engine: str
+) -> None:
+    """The signal came while the stream ran: the download's temporary stayed behind,
+    hidden, as large as what had arrived (a volume's worth after a long one). It goes now
+    as for Ctrl-C, and the command ends with the shell's status for the signal. On the
+    event loop the signal cancels the command, as Ctrl-C does there: raised inside the
+    loop's handling of the socket, it broke the connection ("disconnected from ...")."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "copy.img"
+    if existing:
+        target.write_bytes(b"old")
+    sent = threading.Event()
+    with FakePeer(tmp_path) as peer:
+        serve_a_download_that_stalls(peer, sent)
+        command = _COMMAND if engine == "direct" else _ON_A_LOOP
+        argv = [*command, "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
+        with subprocess.Popen(
+            [*argv, "--pool", POOL],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, LC_ALL="C"),
+        ) as process:
+            try:
+                assert sent.wait(30), "the download never opened"
+                # Made before the stream is opened.
+                assert len(leftovers(work, target.name)) == 1
+                process.send_signal(signum)
+                _, err = process.communicate(timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+    assert os.listdir(work) == (["copy.img"] if existing else [])
+    assert (err, process.returncode) == (b"", 128 + signum)
+    if existing:
+        assert target.read_bytes() == b"old"
