@@ -293,7 +293,10 @@ class AtomicFile:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             # Never wider than the file it replaces, not even before its mode is copied.
             mode = mode if existing is None else 0o600
-            self.fd = os.open(self._temp_name, flags, mode, dir_fd=self._folder)
+            try:
+                self.fd = os.open(self._temp_name, flags, mode, dir_fd=self._folder)
+            except OSError as exc:
+                raise _named(exc, self.temp) from None
         except BaseException:
             self._close_folder()
             raise
@@ -334,6 +337,9 @@ class AtomicFile:
             os.replace(
                 self._temp_name, self._name, src_dir_fd=self._folder, dst_dir_fd=self._folder
             )
+        except OSError as exc:
+            self.abort()
+            raise _named(exc, self.temp, self.target) from None
         except BaseException:
             self.abort()
             raise
@@ -387,6 +393,12 @@ class AtomicFile:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.abort()
+
+
+def _named(exc: OSError, filename: str, filename2: str | None = None) -> OSError:
+    """``exc`` naming the files by the paths the caller knows, not by the names in the
+    folder held open that the call was given."""
+    return type(exc)(exc.errno, exc.strerror, filename, None, filename2)
 
 
 # Bytes of the target's name kept in its temporary's: with the dot and the random

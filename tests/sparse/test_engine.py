@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import shutil
 import struct
 import subprocess
 import threading
@@ -216,6 +217,23 @@ def test_atomic_file_replaces_on_commit_and_vanishes_otherwise(tmp_path: Path) -
     assert os.listdir(tmp_path) == ["t"]
     assert is_zero(b"")
     assert not is_zero(b"\0\1")
+
+
+def test_atomic_file_whose_folder_is_removed_meanwhile_fails_naming_its_paths(
+    tmp_path: Path,
+) -> None:
+    """The folder (and the temporary in it) removed before the commit: the rename fails,
+    naming the paths the caller knows, not the names in the folder held open."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    target = folder / "t"
+    with AtomicFile(target) as out:
+        os.write(out.fd, b"new")
+        shutil.rmtree(folder)
+        with pytest.raises(FileNotFoundError) as failed:
+            out.commit()
+    assert (failed.value.filename, failed.value.filename2) == (out.temp, str(target))
+    assert os.listdir(tmp_path) == []
 
 
 def test_atomic_file_temporary_of_a_long_name_cuts_it_between_characters(
