@@ -39,7 +39,7 @@ from virtvol.protocol.constants import UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE, VolStre
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
-from virtvol.sparse.sequential import SequentialWriter, is_filled_in_place, open_in_place
+from virtvol.sparse.sequential import SequentialWriter, is_filled_in_place, node_of, open_in_place
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 from virtvol.sparse.zeros import zero_runs
 
@@ -249,10 +249,13 @@ def piece_runs(
 
 class DownloadTarget(Record):
     """Where a download goes: ``path`` to open, and whether it is filled in place (a
-    FIFO or a device, written as the bytes arrive) or replaced by a complete copy."""
+    FIFO or a device, written as the bytes arrive) or replaced by a complete copy;
+    ``node``: the FIFO or device looked at (``sequential.node_of``), which is the only
+    node its opening may take."""
 
     path: str
     in_place: bool
+    node: tuple[int, int, int, int] | None = None
 
 
 def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
@@ -272,15 +275,16 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     """
     given = os.fspath(path)
     try:
-        mode = os.stat(given).st_mode
+        found: os.stat_result | None = os.stat(given)
     except FileNotFoundError:
-        mode = None
+        found = None
+    mode = found.st_mode if found is not None else None
     if os.path.basename(given) in ("", ".", ".."):  # "copy/" must not become "copy"
         mode = stat.S_IFDIR
     if mode is not None and stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
-    if mode is not None and is_filled_in_place(mode):
-        return DownloadTarget(given, in_place=True)
+    if found is not None and mode is not None and is_filled_in_place(mode):
+        return DownloadTarget(given, in_place=True, node=node_of(found))
     if mode is not None and not stat.S_ISREG(mode):
         raise OSError(f"not a regular file: {given} (a download would replace it, not fill it)")
     # The rename that replaces the file needs only its folder's permission: a read-only
@@ -322,7 +326,7 @@ class DownloadOutput:
         self._atomic: AtomicFile | None = None
         self._fd = -1
         if target.in_place:
-            self._fd = open_in_place(target.path, wanted)
+            self._fd = open_in_place(target.path, wanted, node=target.node)
             self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd, on_wait)
         else:
             self._atomic = AtomicFile(target.path)

@@ -30,7 +30,7 @@ from .zeros import ZEROS, Bytes, zero_view
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["WAIT_STEP", "SequentialWriter", "is_filled_in_place", "open_in_place"]
+__all__ = ["WAIT_STEP", "SequentialWriter", "is_filled_in_place", "node_of", "open_in_place"]
 
 # Seconds a write waits for room (or an open for a FIFO's reader) between looks at
 # whether the download is still wanted.
@@ -47,24 +47,53 @@ def is_filled_in_place(mode: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
-def open_in_place(path: str, wanted: Callable[[], bool] = lambda: True) -> int:
+def node_of(found: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a FIFO or device from any node put at its path later: its file system,
+    inode number, kind and device number. The inode number of one removed is soon given
+    to a new file (a FIFO replaced by a regular file may have its very number); the kind
+    and the device number then still differ."""
+    return (found.st_dev, found.st_ino, stat.S_IFMT(found.st_mode), found.st_rdev)
+
+
+def open_in_place(
+    path: str,
+    wanted: Callable[[], bool] = lambda: True,
+    *,
+    node: tuple[int, int, int, int] | None = None,
+) -> int:
     """Open the FIFO or device at ``path`` for writing, non-blocking, neither created nor
-    truncated; a FIFO without a reader is waited for while ``wanted()`` holds.
+    truncated; a FIFO without a reader is waited for while ``wanted()`` holds. With
+    ``node`` (``node_of`` the one looked at), only that FIFO or device is taken.
 
     Raises:
         InterruptedError: ``wanted()`` turned false before a reader came.
-        OSError: the open failed.
+        OSError: the open failed, or ``path`` is no longer ``node``.
     """
     flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     while True:
         try:
-            return os.open(path, flags)
+            fd = os.open(path, flags)
         except OSError as exc:
             if exc.errno != errno.ENXIO or not stat.S_ISFIFO(os.stat(path).st_mode):
                 raise
+        else:
+            _check_node(fd, path, node)
+            return fd
         if not wanted():
             raise InterruptedError(errno.EINTR, "the download was cancelled", path)
         time.sleep(WAIT_STEP)
+
+
+def _check_node(fd: int, path: str, node: tuple[int, int, int, int] | None) -> None:
+    """Close ``fd`` and refuse it unless it is ``node``. The path is opened again and
+    again while a FIFO's reader is awaited: one replaced meanwhile by a regular file, or
+    by a link to one or to another device, would otherwise have the stream written over
+    its start, in place."""
+    if node is None or node_of(os.fstat(fd)) == node:
+        return
+    os.close(fd)
+    # ESTALE: the node looked at is gone from its path; the words say what happened.
+    raise OSError(errno.ESTALE, "no longer the FIFO or device it was, not written", path)
 
 
 class SequentialWriter:

@@ -19,8 +19,16 @@ import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer, stream_error
 from tests.client.helpers import MIB, write_sparse_image
+from tests.client.test_direct_faults import send_whole_download
 from tests.conftest import reference_libvirtd_with, run_virsh, start_virtvold, stop_virtvold
-from virtvol.client import LibvirtError, StorageVolume, connect
+from virtvol.client import (
+    LibvirtError,
+    StorageVolume,
+    connect,
+    direct_transfer,
+    transfer,
+    transfer_base,
+)
 from virtvol.client.direct import open_direct, run_blocking
 from virtvol.protocol.procedures import Proc
 
@@ -226,6 +234,43 @@ async def test_a_cancelled_download_does_not_wait_for_a_fifo(
             os.close(never_read)
         assert (await volume.info()).capacity == SIZE
     assert sorted(os.listdir(downloads)) == ["stalled", "unread"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("swap", ["symlink", "file"])
+def test_a_fifo_swapped_for_a_file_while_its_reader_is_awaited_is_not_written(
+    tmp_path: Path, downloads: Path, engine: str, swap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download waits for the FIFO's reader, opening its path again every step; the
+    FIFO is replaced meanwhile (by whoever may write its folder) with a link to the
+    user's file, or with a file. The next open took that file, and the volume was written
+    over its start in place, through the link. The node opened must be the one looked at:
+    anything else is refused before the stream opens."""
+    fifo = make_fifo(downloads)
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"precious" * 1000)
+    looked_at = transfer_base.download_target
+
+    def then_swapped(path: str | os.PathLike[str]) -> transfer_base.DownloadTarget:
+        target = looked_at(path)
+        fifo.unlink()
+        if swap == "symlink":
+            fifo.symlink_to(precious)
+        else:
+            fifo.write_bytes(b"theirs" * 1000)
+        return target
+
+    monkeypatch.setattr(direct_transfer, "download_target", then_swapped)
+    monkeypatch.setattr(transfer, "download_target", then_swapped)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"volume" * 1000, 3)
+        with pytest.raises(OSError, match="no longer the FIFO or device") as refused:
+            download_from_peer(engine, peer, fifo)
+    assert refused.value.filename == str(fifo)
+    assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    assert precious.read_bytes() == b"precious" * 1000
+    if swap == "file":
+        assert fifo.read_bytes() == b"theirs" * 1000
 
 
 @pytest.mark.parametrize("engine", ENGINES)
