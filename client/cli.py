@@ -1683,8 +1683,30 @@ def _catch_ending_signals() -> dict[int, _SignalHandler]:
     return previous
 
 
+def _open_closed_standard_streams() -> None:
+    """Give a standard descriptor the process was started without (``>&-``, ``2>&-``)
+    /dev/null, and Python's stream for it (None then) a file on it: what the command says
+    there goes nowhere, and it still succeeds, as virsh does. A None stream failed the
+    command with a traceback, after a download had replaced the file; and the number
+    left free went to the first file or socket opened (a temporary, the connection),
+    where a write meant for the terminal would have landed."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            if opened != fd:  # the lowest free number, which this one is, unless raced
+                os.dup2(opened, fd, inheritable=False)
+                os.close(opened)
+        if getattr(sys, name) is None:
+            # Open for the process's life, as Python's own standard streams are.
+            stream = open(fd, "r" if fd == 0 else "w", closefd=False)  # noqa: SIM115
+            setattr(sys, name, stream)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``virtvol`` command; returns the exit status (0, or 1 on error)."""
+    _open_closed_standard_streams()
     previous = _catch_ending_signals()
     try:
         return _main(argv)

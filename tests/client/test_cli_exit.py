@@ -113,3 +113,44 @@ def test_a_range_number_of_thousands_of_digits_is_out_of_range_not_a_traceback(
     name = option.removeprefix("--")
     expected = f"error: Numeric value '{digits}' for <{name}> option is malformed or out of range\n"
     assert capsys.readouterr().err == expected
+
+
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout", "stderr"])
+@pytest.mark.parametrize("command", ["vol-download", "vol-upload"])
+def test_a_transfer_with_an_output_closed_succeeds_as_virshs_does(
+    virtvold: Virtvold, tmp_path: Path, closed: int, command: str
+) -> None:
+    """Started with stdout or stderr closed (``>&-``, ``2>&-``), Python gives the command
+    None for that stream: the progress bar's look at stderr failed a transfer before it
+    began, and the blank line on stdout failed one after its work was done (a download had
+    replaced the file) with a traceback and status 1. virsh succeeds, saying nothing where
+    it cannot; so does virtvol, the missing output going to /dev/null."""
+    content = os.urandom(100_000)
+    (virtvold.pool_dir / "vol").write_bytes(b"old" if command == "vol-upload" else content)
+    local = tmp_path / "local.img"
+    local.write_bytes(content if command == "vol-upload" else b"old")
+    done = subprocess.run(
+        [
+            str(_VENV_VIRTVOL),
+            "-c",
+            virtvold.unix_uri,
+            command,
+            "vol",
+            str(local),
+            "--pool",
+            "default",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        preexec_fn=lambda: os.close(closed),
+    )
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert local.read_bytes() == content
+    assert (virtvold.pool_dir / "vol").read_bytes() == content
+    if closed == 1:
+        assert done.stderr.startswith(f"{command.removeprefix('vol-')}ed ")
+    else:
+        assert done.stdout == "\n"
