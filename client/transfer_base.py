@@ -270,7 +270,8 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     Raises:
         IsADirectoryError: ``path`` is a directory, or names one ("copy/", "copy/."),
             which no file can be created as, even where none exists.
-        PermissionError: ``path`` is a file this process may not write.
+        PermissionError: ``path`` is a file this process may not write (``OSError``
+            EROFS where its file system is read-only).
         OSError: ``path`` is a socket, which cannot be opened and the rename would replace.
     """
     given = os.fspath(path)
@@ -291,7 +292,9 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     # file, or another user's, would be replaced where virsh's open for writing is refused.
     # The effective ids decide, as they decide that open.
     if mode is not None and not os.access(given, os.W_OK, effective_ids=_EFFECTIVE_IDS):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), given)
+        # access() does not say why: a read-only file system is named as the open names it.
+        why = errno.EROFS if os.statvfs(given).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(why, os.strerror(why), given)
     return DownloadTarget(os.path.realpath(given), in_place=False)
 
 

@@ -7,9 +7,11 @@ against a scripted peer that sends a small volume.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -324,3 +326,31 @@ def test_a_download_whose_folder_is_moved_meanwhile_lands_in_it(
     assert os.listdir(moved) == ["copy.img"]
     assert (moved / "copy.img").read_bytes() == CHUNK * FRAMES
     assert not work.exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_download_over_a_file_on_a_read_only_file_system_says_so(
+    tmp_path: Path, engine: str
+) -> None:
+    """Refused before the stream opens, in the words virsh's open gets."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a file system takes root", pytrace=False)
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        (mount / "kept.img").write_bytes(b"old")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        with (
+            serving_peer(tmp_path) as peer,
+            pytest.raises(OSError, match="Read-only file system") as refused,
+        ):
+            download(engine, peer, mount / "kept.img")
+        assert (refused.value.errno, refused.value.filename) == (
+            errno.EROFS,
+            str(mount / "kept.img"),
+        )
+        assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+        assert (mount / "kept.img").read_bytes() == b"old"
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
