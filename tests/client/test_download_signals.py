@@ -1,6 +1,6 @@
-"""A ``vol-download`` ended by a signal other than Ctrl-C: ``timeout`` and service managers
-send SIGTERM, a closed terminal or a dropped ssh session SIGHUP. The file named stays as it
-was and the hidden temporary goes, as for Ctrl-C.
+"""A ``vol-download`` ended by a signal: Ctrl-C's SIGINT, and those ``timeout`` and service
+managers send (SIGTERM) or a closed terminal or a dropped ssh session (SIGHUP). The file
+named stays as it was and the hidden temporary goes, whichever it is.
 """
 
 from __future__ import annotations
@@ -60,15 +60,18 @@ def serve_a_download_that_stalls(peer: FakePeer, sent: threading.Event) -> None:
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "over-a-file"])
 @pytest.mark.parametrize("engine", ["direct", "event-loop"])
 def test_a_vol_download_ended_by_a_signal_leaves_no_temporary(
     tmp_path: Path, signum: signal.Signals, existing: bool, engine: str
 ) -> None:
-    """The signal came while the stream ran: the download's temporary stayed behind,
-    hidden, as large as what had arrived (a volume's worth after a long one). It goes now
-    as for Ctrl-C, and the command ends with the shell's status for the signal. On the
+    """The signal comes while the stream runs. SIGTERM and SIGHUP left the download's
+    temporary behind, hidden, as large as what had arrived (a volume's worth after a long
+    one); it goes now as for Ctrl-C, and the command ends with the shell's status for the
+    signal. On the
     event loop the signal cancels the command, as Ctrl-C does there: raised inside the
     loop's handling of the socket, it broke the connection ("disconnected from ...")."""
     work = tmp_path / "work"
