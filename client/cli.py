@@ -17,7 +17,6 @@ stderr. The README lists where virtvol differs on purpose.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,9 +67,14 @@ from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     import asyncio
+    import signal as _signal
     from types import FrameType
     from typing import NoReturn, TypeVar
 else:
+    # The C module: the signal module turns its names into enums as it is imported,
+    # which every command would pay for. Typed as the signal module (same functions).
+    import _signal
+
     from virtvol.protocol.hints import TypeVar
 
 __all__ = ["main"]
@@ -1510,7 +1514,7 @@ async def _ending_cancels(command: Awaitable[str]) -> str:
             came.append(signum)
             task.cancel()
 
-    caught = [signum for signum in _ENDING if signal.getsignal(signum) is _end]
+    caught = [signum for signum in _ENDING if _signal.getsignal(signum) is _end]
     for signum in caught:
         loop.add_signal_handler(signum, cancel, signum)
     try:
@@ -1522,7 +1526,7 @@ async def _ending_cancels(command: Awaitable[str]) -> str:
     finally:
         for signum in caught:
             loop.remove_signal_handler(signum)
-            signal.signal(signum, signal.SIG_IGN if came else _end)
+            _signal.signal(signum, _signal.SIG_IGN if came else _end)
 
 
 def _show_warnings() -> None:
@@ -1659,13 +1663,13 @@ _SignalHandler = Callable[[int, "FrameType | None"], object] | int | None
 
 # What ``timeout`` and service managers send (SIGTERM), and a closed terminal or a dropped
 # ssh session (SIGHUP).
-_ENDING = (signal.SIGTERM, signal.SIGHUP)
+_ENDING = (_signal.SIGTERM, _signal.SIGHUP)
 
 
 def _end(signum: int, frame: FrameType | None) -> None:
     # Once: a second signal must not cut the undoing short (SIGKILL still ends it).
     for ending in _ENDING:
-        signal.signal(ending, signal.SIG_IGN)
+        _signal.signal(ending, _signal.SIG_IGN)
     raise _Ended(signum)
 
 
@@ -1675,9 +1679,9 @@ def _catch_ending_signals() -> dict[int, _SignalHandler]:
     a hangup)."""
     previous: dict[int, _SignalHandler] = {}
     for signum in _ENDING:
-        if signal.getsignal(signum) is signal.SIG_DFL:
+        if _signal.getsignal(signum) == _signal.SIG_DFL:
             try:
-                previous[signum] = signal.signal(signum, _end)
+                previous[signum] = _signal.signal(signum, _end)
             except ValueError:  # run from another thread: signals are its caller's to handle
                 break
     return previous
@@ -1714,7 +1718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + ended.signum
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -508,6 +508,7 @@ CLI_PROBE = (
     "print('typing, urllib.parse, re imported:', "
     "[name in sys.modules for name in ('typing', 'urllib.parse', 're')])\n"
     "print('socket imported:', 'socket' in sys.modules)\n"
+    "print('signal imported:', 'signal' in sys.modules)\n"
     "print('procedure names imported:', 'virtvol.protocol.procedure_names' in sys.modules)\n"
     "print('contextlib imported:', 'contextlib' in sys.modules)\n"
     "errors = vars(sys.modules['virtvol.protocol.errors'])\n"
@@ -546,6 +547,8 @@ def test_cli_runs_tcp_and_unix_commands_without_an_event_loop(
     assert "typing, urllib.parse, re imported: [False, False, False]" in probe.stdout
     # Nor socket.py, whose enums of the C module's constants cost ~3 ms.
     assert "socket imported: False" in probe.stdout
+    # Nor signal.py, which does the same to the signals (the C module catches SIGTERM).
+    assert "signal imported: False" in probe.stdout
     # Nor the names of libvirt's ~450 procedures, which only a server's answer to an
     # unknown call and the dumps need (~0.7 ms).
     assert "procedure names imported: False" in probe.stdout
