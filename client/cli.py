@@ -1676,10 +1676,11 @@ def _end(signum: int, frame: FrameType | None) -> None:
 def _catch_ending_signals() -> dict[int, _SignalHandler]:
     """Make ``_ENDING`` signals raise ``_Ended``; returns the handlers they had. One this
     process was started with ignored stays ignored (``nohup virtvol ...`` goes on after
-    a hangup)."""
+    a hangup); one with a handler of its own gets ours for the command's time (a
+    coverage hook's, which would end the process at once and leave the temporary)."""
     previous: dict[int, _SignalHandler] = {}
     for signum in _ENDING:
-        if _signal.getsignal(signum) == _signal.SIG_DFL:
+        if _signal.getsignal(signum) != _signal.SIG_IGN:
             try:
                 previous[signum] = _signal.signal(signum, _end)
             except ValueError:  # run from another thread: signals are its caller's to handle
