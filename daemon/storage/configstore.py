@@ -48,7 +48,7 @@ class ConfigStore:
             if not path.is_file():
                 continue
             try:
-                definition = parse_pool_xml(path.read_text(encoding="utf-8"))
+                definition = parse_pool_xml(path.read_text(encoding="utf-8"), stored=True)
             except (OSError, UnicodeDecodeError, ErrorReport) as exc:
                 log.error("ignoring pool definition %s: %s", path, exc)
                 continue

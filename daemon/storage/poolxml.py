@@ -132,8 +132,9 @@ def clean_path(path: str) -> str:
     return cleaned
 
 
-def parse_pool_xml(text: str) -> PoolDefinition:
-    """Parse a pool definition; a missing UUID is generated.
+def parse_pool_xml(text: str, *, stored: bool = False) -> PoolDefinition:
+    """Parse a pool definition; a missing UUID is generated. ``stored``: one the daemon
+    saved itself, read back as it was printed (see ``_id`` and the mode below).
 
     Raises:
         ErrorReport: for malformed XML, missing or bad elements, or pool types
@@ -180,10 +181,13 @@ def parse_pool_xml(text: str) -> PoolDefinition:
         mode_text = child_string(permissions, "mode")
         if mode_text is not None:
             mode = c_integer(mode_text, "01234567")
-            # libvirt takes permission bits only: no set-id or sticky bit.
+            # libvirt takes permission bits only: no set-id or sticky bit. Definitions
+            # stored before that rule may hold them, and lose them, not the pool.
+            if mode is not None and stored:
+                mode &= 0o777
             if mode is None or mode & ~0o777:
                 raise xml_error("malformed octal mode")
-        owner, group = _id(permissions, "owner"), _id(permissions, "group")
+        owner, group = _id(permissions, "owner", stored), _id(permissions, "group", stored)
         label = child_string(permissions, "label")
     return PoolDefinition(
         name=name,
@@ -228,13 +232,17 @@ def _cow(root: Element) -> bool | None:
 _NO_ID = (1 << 32) - 1  # (uid_t)-1
 
 
-def _id(permissions: Element, tag: str) -> int | None:
+def _id(permissions: Element, tag: str, stored: bool) -> int | None:
     """``<owner>`` or ``<group>``: a uid_t, or -1 for none; libvirt refuses anything
-    else, an empty element too."""
+    else, an empty element too. An id from 2^31 up is printed as a C int, as libvirt
+    prints it (-2 for 4294967294), so a ``stored`` definition is read back that way:
+    libvirtd's own would not be, and the pool would be lost at the next start."""
     element = permissions.find(tag)
     if element is None:
         return None
     value = c_integer("".join(element.itertext()), "0123456789")
+    if value is not None and stored and -(2**31) <= value < 0:
+        value &= _NO_ID
     if value is None or not (0 <= value <= _NO_ID or value == -1):
         raise xml_error(f"malformed {tag} element")
     return None if value in (-1, _NO_ID) else value

@@ -637,3 +637,47 @@ def test_an_rbd_pool_has_nothing_to_build_and_cannot_be_deleted(tmp_path: Path) 
     ):
         registry.delete_pool(ref, 0)
     assert events == [("ceph", PoolEvent.DEFINED), ("ceph", PoolEvent.CREATED)]
+
+
+def test_a_definition_stored_with_a_large_owner_comes_back(tmp_path: Path) -> None:
+    """An owner or group from 2^31 up is printed as libvirt prints it, a C int
+    (3000000000 as -1294967296), and the stored definition is that print: read back, it
+    must be the same id, or the pool would be ignored at the daemon's next start."""
+    state = tmp_path / "state"
+    registry = StorageRegistry(state)
+    xml = (
+        f"<pool type='dir'><name>big</name><target><path>{tmp_path / 'big'}</path>"
+        "<permissions><mode>0750</mode><owner>3000000000</owner><group>4294967294</group>"
+        "</permissions></target></pool>"
+    )
+    ref = registry.define_pool_xml(xml)
+    before = registry.pool_xml(ref)
+    registry.close()
+    again = StorageRegistry(state)
+    again.load()
+    assert again.list_all_pools() == [ref]
+    assert again.pool_xml(ref) == before
+    assert "<owner>-1294967296</owner>" in before
+
+
+def test_a_definition_stored_with_a_set_id_mode_by_an_older_daemon_comes_back(
+    tmp_path: Path,
+) -> None:
+    """Modes with set-id or sticky bits were kept before definitions took permission
+    bits only, as libvirt's do; such a stored pool is read with those bits dropped,
+    not ignored at the daemon's start."""
+    state = tmp_path / "state"
+    StorageRegistry(state).close()
+    (state / "pools").mkdir(parents=True, exist_ok=True)
+    stored = state / "pools" / "shared.xml"
+    stored.write_text(
+        "<pool type='dir'>\n  <name>shared</name>\n"
+        "  <uuid>0f1d8c52-4c55-4a47-9a1f-6b0e5cd0f2a1</uuid>\n"
+        f"  <target>\n    <path>{tmp_path / 'shared'}</path>\n"
+        "    <permissions>\n      <mode>2775</mode>\n    </permissions>\n  </target>\n</pool>\n"
+    )
+    again = StorageRegistry(state)
+    again.load()
+    (ref,) = again.list_all_pools()
+    assert ref.name == "shared"
+    assert "<mode>0775</mode>" in again.pool_xml(ref)
