@@ -173,14 +173,28 @@ class Pool:
 
     def _set_owner_and_mode(self, target: str, *, created: bool) -> None:
         """libvirt's virDirCreate after its mkdir; a folder it made is removed again when
-        this fails (by the caller)."""
+        this fails (by the caller). Done on the folder opened, not by its path: whoever may
+        write the parent could swap a folder just made for a link to another file, and
+        the owner and mode asked for would go to that file. A folder that was there is
+        followed through a link, as libvirt follows it (a pool's path may be a link)."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if created else 0)
+        try:
+            fd = os.open(target, flags)
+        except OSError as exc:
+            raise system_error(f"cannot open directory '{target}'", exc) from None
+        try:
+            self._give_owner_and_mode(fd, target, created=created)
+        finally:
+            os.close(fd)
+
+    def _give_owner_and_mode(self, fd: int, target: str, *, created: bool) -> None:
         # The owner and group asked for, as libvirt gives them to the folder it builds
         # (and to one that was there already).
         uid = -1 if self.live.owner is None else self.live.owner
         gid = -1 if self.live.group is None else self.live.group
         if uid != -1 or gid != -1:
             try:
-                os.chown(target, uid, gid)
+                os.fchown(fd, uid, gid)
             except OSError as exc:
                 unsigned = f"({uid & 0xFFFFFFFF}, {gid & 0xFFFFFFFF})"
                 raise system_error(f"cannot chown '{target}' to {unsigned}", exc) from None
@@ -188,7 +202,7 @@ class Pool:
         mode = DEFAULT_DIR_MODE if self.live.mode is None and created else self.live.mode
         if mode is not None:
             try:
-                os.chmod(target, mode)
+                os.fchmod(fd, mode)
             except OSError as exc:
                 raise system_error(f"cannot set mode of '{target}' to {mode:04o}", exc) from None
 

@@ -681,3 +681,42 @@ def test_a_definition_stored_with_a_set_id_mode_by_an_older_daemon_comes_back(
     (ref,) = again.list_all_pools()
     assert ref.name == "shared"
     assert "<mode>0775</mode>" in again.pool_xml(ref)
+
+
+def test_a_folder_built_and_swapped_for_a_link_does_not_pass_its_owner_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may write the pool's parent folder could swap the folder just made for a
+    link to another file before its owner and mode are given: the root daemon would
+    give that file the pool's owner. The folder is changed as opened, not by its path."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"secret")
+    victim.chmod(0o600)
+    before = victim.stat()
+    target = tmp_path / "parent" / "pool"
+    target.parent.mkdir()
+    registry = StorageRegistry(tmp_path / "state")
+    ref = registry.define_pool_xml(
+        f"<pool type='dir'><name>swapped</name><target><path>{target}</path>"
+        "<permissions><mode>0777</mode><owner>12345</owner><group>12345</group>"
+        "</permissions></target></pool>"
+    )
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path: Any, mode: int = 0o777, **kwargs: Any) -> None:
+        real_mkdir(path, mode, **kwargs)
+        if os.fspath(path) == str(target):
+            os.rmdir(path)
+            os.symlink(victim, path)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    with pytest.raises(ErrorReport):
+        registry.build_pool(ref)
+    after = victim.stat()
+    assert (after.st_uid, after.st_gid, after.st_mode) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mode,
+    )
+    assert victim.read_bytes() == b"secret"
+    registry.close()
