@@ -1,4 +1,5 @@
-"""Helpers shared by the client tests: sparse test images and file comparisons."""
+"""Helpers shared by the client tests: sparse test images, file comparisons, and work
+run on either of the client's engines."""
 
 from __future__ import annotations
 
@@ -7,12 +8,48 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from virtvol.client import connect
+from virtvol.client.direct import open_direct, run_blocking
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
+    from typing import TypeVar
+
+    from virtvol.client import Connection
+
+    T = TypeVar("T")
 
 KIB = 1024
 MIB = 1024 * KIB
+
+# The command line's blocking engine, and the library's event loop.
+ENGINES = ["direct", "event-loop"]
+
+
+def on_engine(
+    engine: str,
+    uri: str,
+    work: Callable[[Connection], Awaitable[T]],
+    *,
+    keepalive: tuple[float, int] | None = (5, 5),
+) -> T:
+    """``work`` on a connection to ``uri`` made by ``engine`` (one of ``ENGINES``), which
+    is closed after it, whatever the outcome."""
+
+    async def closing(conn: Connection) -> T:
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    if engine == "direct":
+        return run_blocking(closing(run_blocking(open_direct(uri, keepalive=keepalive))))
+
+    async def on_a_loop() -> T:
+        return await closing(await connect(uri, keepalive=keepalive))
+
+    return asyncio.run(on_a_loop())
 
 
 def write_sparse_image(path: Path, size: int = 8 * MIB, *, seed: int = 1) -> bytes:

@@ -6,7 +6,6 @@ against a scripted peer that sends a small volume.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import shutil
@@ -19,9 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer
+from tests.client.helpers import ENGINES, on_engine
 from tests.client.test_direct_faults import send_whole_download
-from virtvol.client import connect
-from virtvol.client.direct import open_direct, run_blocking
 from virtvol.client.errors import StreamError
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
 
 CHUNK = bytes(range(1, 256)) * 16
 FRAMES = 3
-ENGINES = ["direct", "event-loop"]
 
 
 def download(
@@ -49,19 +46,10 @@ def download(
     """Download the peer's volume into ``path`` over a connection of ``engine``."""
 
     async def move(conn: Connection) -> TransferResult:
-        try:
-            volume = StorageVolume.from_wire(conn, VOLUME)
-            return await volume.download_file(path, length=length, progress=progress)
-        finally:
-            await conn.close()
+        volume = StorageVolume.from_wire(conn, VOLUME)
+        return await volume.download_file(path, length=length, progress=progress)
 
-    if engine == "direct":
-        return run_blocking(move(run_blocking(open_direct(peer.uri, keepalive=None))))
-
-    async def on_a_loop() -> TransferResult:
-        return await move(await connect(peer.uri, keepalive=None))
-
-    return asyncio.run(on_a_loop())
+    return on_engine(engine, peer.uri, move, keepalive=None)
 
 
 def serving_peer(folder: Path) -> FakePeer:
@@ -213,25 +201,16 @@ def download_as_nobody(engine: str, peer: FakePeer, path: Path) -> TransferResul
     as root: the peer's socket is in root's folder)."""
 
     async def move(conn: Connection) -> TransferResult:
+        volume = StorageVolume.from_wire(conn, VOLUME)
+        os.setegid(NOBODY)
+        os.seteuid(NOBODY)
         try:
-            volume = StorageVolume.from_wire(conn, VOLUME)
-            os.setegid(NOBODY)
-            os.seteuid(NOBODY)
-            try:
-                return await volume.download_file(path)
-            finally:
-                os.seteuid(0)
-                os.setegid(0)
+            return await volume.download_file(path)
         finally:
-            await conn.close()
+            os.seteuid(0)
+            os.setegid(0)
 
-    if engine == "direct":
-        return run_blocking(move(run_blocking(open_direct(peer.uri, keepalive=None))))
-
-    async def on_a_loop() -> TransferResult:
-        return await move(await connect(peer.uri, keepalive=None))
-
-    return asyncio.run(on_a_loop())
+    return on_engine(engine, peer.uri, move, keepalive=None)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.client.fake_peer import VOLUME, FakePeer, stream_error
-from tests.client.helpers import MIB, write_sparse_image
+from tests.client.helpers import ENGINES, MIB, on_engine, write_sparse_image
 from tests.client.test_direct_faults import send_whole_download
 from tests.conftest import reference_libvirtd_with, run_virsh, start_virtvold, stop_virtvold
 from virtvol.client import (
@@ -29,7 +29,6 @@ from virtvol.client import (
     transfer,
     transfer_base,
 )
-from virtvol.client.direct import open_direct, run_blocking
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.interop
 
 SIZE = 8 * MIB
-ENGINES = ["direct", "event-loop"]
 # The command line as users run it: ``run`` ends the process without a final flush of a
 # stdout whose reader went away.
 _COMMAND = [sys.executable, "-c", "from virtvol.client.cli import run; run()"]
@@ -96,40 +94,22 @@ def download(
     """Download volume "v.img" of pool "default" into ``target`` on ``engine``."""
 
     async def move(conn: Connection) -> TransferResult:
-        try:
-            pool = await conn.lookup_pool_by_name("default")
-            volume = await pool.lookup_volume("v.img")
-            result = await volume.download_file(target, progress=progress, **options)  # type: ignore[arg-type]
-            await volume.info()  # the connection is still of use
-            return result
-        finally:
-            await conn.close()
+        pool = await conn.lookup_pool_by_name("default")
+        volume = await pool.lookup_volume("v.img")
+        result = await volume.download_file(target, progress=progress, **options)  # type: ignore[arg-type]
+        await volume.info()  # the connection is still of use
+        return result
 
-    if engine == "direct":
-        return run_blocking(move(run_blocking(open_direct(uri))))
-
-    async def on_a_loop() -> TransferResult:
-        return await move(await connect(uri))
-
-    return asyncio.run(on_a_loop())
+    return on_engine(engine, uri, move)
 
 
 def download_from_peer(engine: str, peer: FakePeer, target: Path) -> TransferResult:
     """Download the scripted peer's volume into ``target`` on ``engine``."""
 
     async def move(conn: Connection) -> TransferResult:
-        try:
-            return await StorageVolume.from_wire(conn, VOLUME).download_file(target)
-        finally:
-            await conn.close()
+        return await StorageVolume.from_wire(conn, VOLUME).download_file(target)
 
-    if engine == "direct":
-        return run_blocking(move(run_blocking(open_direct(peer.uri, keepalive=None))))
-
-    async def on_a_loop() -> TransferResult:
-        return await move(await connect(peer.uri, keepalive=None))
-
-    return asyncio.run(on_a_loop())
+    return on_engine(engine, peer.uri, move, keepalive=None)
 
 
 @pytest.fixture
