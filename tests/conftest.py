@@ -331,6 +331,25 @@ def stop_virtvold(daemon: Virtvold, timeout: float = 10.0) -> int:
     return daemon.process.wait()
 
 
+# The uid and gid of ``nobody``: a user without privileges, for what only root may do.
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobodys_folder() -> Iterator[Path]:
+    """A folder of ``nobody``'s that ``nobody`` can reach (pytest's own are root's alone).
+    Making it takes root."""
+    if os.geteuid() != 0:
+        pytest.fail("a folder of nobody's takes root to make", pytrace=False)
+    folder = Path(tempfile.mkdtemp(prefix="virtvol-nobody-", dir="/tmp"))
+    folder.chmod(0o755)
+    os.chown(folder, NOBODY, NOBODY)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def virtvold(tmp_path: Path) -> Iterator[Virtvold]:
     """A fresh virtvold with an active pool "default" (see the section comment above)."""

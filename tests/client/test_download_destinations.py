@@ -11,8 +11,6 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,13 +18,15 @@ import pytest
 from tests.client.fake_peer import VOLUME, FakePeer
 from tests.client.helpers import ENGINES, on_engine
 from tests.client.test_direct_faults import send_whole_download
+from tests.conftest import NOBODY
 from virtvol.client.errors import StreamError
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
+    from pathlib import Path
 
     from virtvol.client.connection import Connection
     from virtvol.client.transfer_base import Progress, TransferResult
@@ -178,22 +178,6 @@ def test_a_download_of_exactly_the_length_asked_for_succeeds(tmp_path: Path, eng
 
 
 # -- a file the user may not write ----------------------------------------------------------
-
-NOBODY = 65534
-
-
-@pytest.fixture
-def nobodys_folder() -> Iterator[Path]:
-    """A folder of ``nobody``'s that ``nobody`` can reach (pytest's own are root's alone)."""
-    if os.geteuid() != 0:
-        pytest.fail("acting as another user takes root", pytrace=False)
-    folder = Path(tempfile.mkdtemp(prefix="virtvol-download-", dir="/tmp"))
-    folder.chmod(0o755)
-    os.chown(folder, NOBODY, NOBODY)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def download_as_nobody(engine: str, peer: FakePeer, path: Path) -> TransferResult:

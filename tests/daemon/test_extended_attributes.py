@@ -8,21 +8,18 @@ same upload into its pool, virsh 9.0 downloading over an existing file.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.test_cli_spellings import _COMMAND as VIRTVOL
 from tests.client.test_cli_spellings import run_virtvol
-from tests.conftest import POOL_NAME, run_virsh
+from tests.conftest import NOBODY, POOL_NAME, run_virsh
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from pathlib import Path
 
     from tests.conftest import ReferenceLibvirtd, Virtvold
 
@@ -111,23 +108,6 @@ def test_a_download_over_a_file_keeps_what_virshs_keeps(
 # on a Smack host, and CAP_SYS_ADMIN where no security module claims it, as here. On an
 # SELinux host the SELinux label is refused alike, without the policy's relabel permission.
 LABEL = ("security.SMACK64", b"vm-disk")
-NOBODY = 65534
-
-
-@pytest.fixture
-def nobodys_folder() -> Iterator[Path]:
-    """A folder of ``nobody``'s that ``nobody`` can reach (pytest's own are root's alone).
-    Labelling a file in it takes root; ``nobody``'s lack of that privilege is what the
-    test needs."""
-    if os.geteuid() != 0:
-        pytest.fail("labelling a file for nobody takes root", pytrace=False)
-    folder = Path(tempfile.mkdtemp(prefix="virtvol-xattr-", dir="/tmp"))
-    folder.chmod(0o755)
-    os.chown(folder, NOBODY, NOBODY)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def labelled_file(path: Path, content: bytes) -> None:
