@@ -8,9 +8,11 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import time
 from typing import TYPE_CHECKING
 
-from tests.conftest import run_system_python
+from tests.conftest import run_system_python, run_virsh
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     Connection,
@@ -22,7 +24,7 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
     from pathlib import Path
 
     from virtvol.daemon.context import DaemonContext
@@ -320,3 +322,45 @@ async def in_process_client(context: DaemonContext) -> AsyncIterator[RawClient]:
 def error_of(event: Event) -> tuple[int, int, str | None]:
     assert isinstance(event, ErrorReplyReceived), event
     return event.error.code, event.error.domain, event.error.message
+
+
+def assert_no_clone_while_written_in_place(
+    uri: str, pool: str, name: str, clone: str, fifo: Path, written: Callable[[], bytes]
+) -> None:
+    """virsh uploads 2 MiB into volume ``name`` with a length, so in place, from ``fifo``,
+    which is fed 1 MiB and held there until a vol-clone of ``name`` as ``clone`` has been
+    refused as still in use (the copy would be half new); then the upload ends, whole.
+    ``written``: the volume's bytes as they are now, to see the first ones arrive."""
+    half = 1 << 20
+    os.mkfifo(fifo)
+    upload = subprocess.Popen(
+        [
+            "virsh", "-c", uri, "vol-upload", "--pool", pool, name, str(fifo),
+            "--offset", "0", "--length", str(2 * half),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "LC_ALL": "C"},
+    )  # fmt: skip
+    try:
+        with fifo.open("wb") as feed:
+            feed.write(b"n" * half)
+            feed.flush()
+            deadline = time.monotonic() + 20
+            # virsh sends what it read in frames of 262120 bytes: the first is written.
+            while not written().startswith(b"n" * (half // 8)):
+                assert time.monotonic() < deadline, "the new bytes never reached the volume"
+                time.sleep(0.02)
+            refused = run_virsh(uri, "vol-clone", "--pool", pool, name, clone, check=False)
+            assert refused.returncode == 1
+            assert f"Requested operation is not valid: volume '{name}' is still in use." in (
+                refused.stderr
+            )
+            feed.write(b"n" * half)
+        output, _ = upload.communicate(timeout=30)
+    finally:
+        if upload.poll() is None:
+            upload.kill()
+            upload.wait()
+    assert upload.returncode == 0, output

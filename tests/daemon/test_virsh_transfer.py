@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,6 +18,7 @@ from tests.conftest import (
 )
 from tests.daemon.conftest import (
     allocated,
+    assert_no_clone_while_written_in_place,
     assert_same_content,
     leave_a_hole,
     make_sparse_file,
@@ -229,42 +229,12 @@ def test_a_full_disk_fails_in_libvirtds_words(
 def test_a_volume_uploaded_to_in_place_is_no_clone_source(
     virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    # virsh uploads from a FIFO that the test feeds: the upload with a length, written in
-    # place, stays open halfway while vol-clone is tried; the copy would be half new.
     uri = virtvold.unix_uri
     volume = virtvold.pool_dir / "src"
     volume.write_bytes(b"s" * 2 * MIB)
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    argv = ["virsh", "-c", uri, "vol-upload", "--pool", "default", "src", str(fifo)]
-    upload = subprocess.Popen(
-        [*argv, "--offset", "0", "--length", str(2 * MIB)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "LC_ALL": "C"},
+    assert_no_clone_while_written_in_place(
+        uri, "default", "src", "copy", tmp_path / "fifo", volume.read_bytes
     )
-    try:
-        with fifo.open("wb") as feed:
-            feed.write(b"n" * MIB)
-            feed.flush()
-            deadline = time.monotonic() + 20
-            # virsh sends what it read in frames of 262120 bytes: the first is in the volume.
-            while not volume.read_bytes().startswith(b"n" * (MIB // 8)):
-                assert time.monotonic() < deadline, "the new bytes never reached the volume"
-                time.sleep(0.01)
-            clone = run_virsh(uri, "vol-clone", "--pool", "default", "src", "copy", check=False)
-            assert clone.returncode == 1
-            assert "Requested operation is not valid: volume 'src' is still in use." in (
-                clone.stderr
-            )
-            feed.write(b"n" * MIB)
-        output, _ = upload.communicate(timeout=30)
-    finally:
-        if upload.poll() is None:
-            upload.kill()
-            upload.wait()
-    assert upload.returncode == 0, output
     assert volume.read_bytes() == b"n" * 2 * MIB
     assert not (virtvold.pool_dir / "copy").exists()
     run_virsh(uri, "vol-clone", "--pool", "default", "src", "copy")  # free once it is done

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,12 @@ from tests.conftest import (
     start_virtvold,
     stop_virtvold,
 )
-from tests.daemon.conftest import allocated, make_sparse_file, run_client
+from tests.daemon.conftest import (
+    allocated,
+    assert_no_clone_while_written_in_place,
+    make_sparse_file,
+    run_client,
+)
 from tests.rbd.conftest import (
     CEPH_POOL,
     RBD_POOL,
@@ -528,43 +532,12 @@ def test_whole_upload_keeps_the_image_meta(
 def test_an_image_uploaded_to_in_place_is_no_clone_source(
     rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
 ) -> None:
-    # As in a directory pool: virsh's upload with a length, fed by a FIFO, writes the
-    # image in place and stays open halfway while vol-clone is tried.
+    # As in a directory pool: an upload with a length writes the image in place.
     uri, name, clone = rbd_virtvold.tcp_uri, volume_name("written"), volume_name("copy")
     run_virsh(uri, "vol-create-as", RBD_POOL, name, "2M")
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    upload = subprocess.Popen(
-        [
-            "virsh", "-c", uri, "vol-upload", "--pool", RBD_POOL, name, str(fifo),
-            "--offset", "0", "--length", str(2 * MIB),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "LC_ALL": "C"},
-    )  # fmt: skip
-    try:
-        with fifo.open("wb") as feed:
-            feed.write(b"n" * MIB)
-            feed.flush()
-            deadline = time.monotonic() + 20
-            # virsh sends what it read in frames of 262120 bytes: the first is in the image.
-            while not exported(ceph, name, tmp_path).startswith(b"n" * (MIB // 8)):
-                assert time.monotonic() < deadline, "the new bytes never reached the image"
-                time.sleep(0.05)
-            refused = run_virsh(uri, "vol-clone", "--pool", RBD_POOL, name, clone, check=False)
-            assert refused.returncode == 1
-            assert f"Requested operation is not valid: volume '{name}' is still in use." in (
-                refused.stderr
-            )
-            feed.write(b"n" * MIB)
-        output, _ = upload.communicate(timeout=30)
-    finally:
-        if upload.poll() is None:
-            upload.kill()
-            upload.wait()
-    assert upload.returncode == 0, output
+    assert_no_clone_while_written_in_place(
+        uri, RBD_POOL, name, clone, tmp_path / "fifo", lambda: exported(ceph, name, tmp_path)
+    )
     assert clone not in images(ceph)
     run_virsh(uri, "vol-clone", "--pool", RBD_POOL, name, clone)  # free once it is done
     assert exported(ceph, clone, tmp_path) == b"n" * 2 * MIB
