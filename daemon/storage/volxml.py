@@ -12,7 +12,6 @@ from .probe import FILE_FORMATS, BackingStore, ImageHeader
 from .reports import storage_error, uuid_text, xml_error
 from .units import U64_MAX, scaled_size
 from .xmldoc import (
-    C_BLANKS,
     c_int_id,
     c_integer,
     child_string,
@@ -73,11 +72,20 @@ def _size(root: Element, tag: str) -> int | None:
     text = "".join(element.itertext())
     if not text:
         return None
-    digits = text.lstrip(C_BLANKS).removeprefix("+")
-    if not digits.isascii() or not digits.isdigit() or int(digits) > U64_MAX:
+    value = _strtoull(text)
+    if value is None:
         # libvirt says "capacity" for a malformed allocation too.
         raise xml_error("malformed capacity element")
-    return scaled_size(int(digits), element.get("unit"), MAX_FILE_SIZE)
+    return scaled_size(value, element.get("unit"), MAX_FILE_SIZE)
+
+
+def _strtoull(text: str) -> int | None:
+    """``text`` whole as strtoull reads an unsigned 64-bit number (blanks and a "+" in
+    front, no minus), as libvirt reads sizes; None when it is not one."""
+    value = c_integer(text)
+    if value is None or "-" in text or value > U64_MAX:
+        return None
+    return value
 
 
 def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequest:
@@ -168,8 +176,8 @@ def _check_cluster_size(root: Element) -> None:
     text = child_string(root, "target/clusterSize")
     if text is None:
         return
-    value = c_integer(text)
-    if value is None or not 0 <= value <= U64_MAX or "-" in text:
+    value = _strtoull(text)
+    if value is None:
         raise xml_error(
             f"Invalid value '{text}' for element or attribute './target/clusterSize'",
             ErrorDomain.XML,

@@ -79,15 +79,16 @@ def child_text(parent: Element, path: str) -> str | None:
 
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-# What glib's g_ascii_isspace() takes around a UUID.
-_ASCII_BLANKS = " \t\n\v\f\r"
+# What C's isspace() skips in the C locale, as strtol and strtoull do before the number;
+# glib's g_ascii_isspace(), around a UUID, takes the same.
+C_BLANKS = " \t\n\v\f\r"
 
 
 def parse_uuid(text: str) -> bytes | None:
     """A UUID as libvirt's virUUIDParse reads it: blanks around, then 32 hex digits in
     pairs with any dashes or spaces between pairs (not inside one); None otherwise.
     Python's uuid.UUID differs both ways (braces and "urn:uuid:" taken, spaces not)."""
-    body = text.strip(_ASCII_BLANKS)
+    body = text.strip(C_BLANKS)
     pairs: list[str] = []
     i = 0
     while len(pairs) < 16:
@@ -102,10 +103,6 @@ def parse_uuid(text: str) -> bytes | None:
         pairs.append(pair)
         i += 2
     return bytes.fromhex("".join(pairs)) if i == len(body) else None
-
-
-# What C's isspace() skips in the C locale, as strtol and strtoull do before the number.
-C_BLANKS = " \t\n\v\f\r"
 
 
 def c_integer(text: str, digits: str = "0123456789") -> int | None:
