@@ -926,7 +926,7 @@ def _check_destination(path: str) -> None:
     """Refuse at once, as virsh does (it creates the file before the stream starts), a
     destination that cannot be written: a directory, a missing folder, no permission, a
     socket. A FIFO or a device is written in place: only its own permission counts."""
-    from virtvol.client.transfer_base import download_target
+    from virtvol.client.download_output import download_target
     from virtvol.sparse.sequential import is_filled_in_place
 
     try:

@@ -4,7 +4,7 @@ The same promises as ``transfer`` (which serves event-loop connections): holes
 and, with ``detect_zeroes``, all-zero blocks travel as skips on a sparse
 stream and as zeros on a dense one; a download appears at its path only once
 the stream finished cleanly, in an ``AtomicFile``, or goes into a FIFO or
-device as it arrives (``transfer_base.DownloadOutput``). Only the driving differs:
+device as it arrives (``download_output.DownloadOutput``). Only the driving differs:
 one thread reads the file and writes the socket in turn, or reads the socket
 and writes the file, with no thread hops and no queues. The kernel's socket
 buffers keep the peer busy while the file is read or written, and the disk's
@@ -42,10 +42,8 @@ from virtvol.client.errors import (
 from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
     SOURCE_WAIT_STEP,
-    DownloadOutput,
     TransferResult,
     at_stage,
-    download_target,
     negotiate_stream,
     past_length,
     piece_runs,
@@ -367,13 +365,15 @@ async def download_file(
     """Download ``volume`` into a local sparse file, which appears at ``path`` only once
     complete, or into the FIFO or device there as the bytes arrive (the arguments of
     ``transfer.download_file``)."""
+    from virtvol.client import download_output  # downloads only: a start-up cost otherwise
+
     rpc = _engine(volume)
     started = time.monotonic()
     # A FIFO's reader is waited for in steps: Ctrl-C still ends the wait. The connection
     # keeps the peer's keepalive satisfied meanwhile (reading), and while the reader
     # stalls (nothing is read then: unasked PONGs).
-    with DownloadOutput(
-        download_target(path),
+    with download_output.DownloadOutput(
+        download_output.download_target(path),
         detect_zeroes=detect_zeroes,
         wanted=rpc.attend,
         on_wait=rpc.hold_reading,

@@ -31,15 +31,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
+from virtvol.client import download_output
 from virtvol.client.errors import LibvirtError
 from virtvol.client.streams import Download, Hole, Upload
 from virtvol.client.transfer_base import (
     FRAME_DATA_MAX,
     SOURCE_WAIT_STEP,
-    DownloadOutput,
     Progress,
     TransferResult,
-    download_target,
     piece_runs,
 )
 from virtvol.sparse.reader import BufferPool, SparseReader, StreamReader, open_source, source_reader
@@ -299,17 +298,19 @@ async def _send_items(stream: Upload, reader: _Reader, progress: Progress | None
 # -- download -------------------------------------------------------------------------
 
 
-async def _open_output(path: str | os.PathLike[str], detect_zeroes: bool) -> DownloadOutput:
+async def _open_output(
+    path: str | os.PathLike[str], detect_zeroes: bool
+) -> download_output.DownloadOutput:
     """Open the download's destination off the loop. A FIFO opens once a reader came,
     which may take long: the thread that waits for it gives up when this is cancelled."""
     loop = asyncio.get_running_loop()
-    target = await loop.run_in_executor(None, download_target, path)
+    target = await loop.run_in_executor(None, download_output.download_target, path)
     if not target.in_place:
-        return DownloadOutput(target, detect_zeroes=detect_zeroes)
+        return download_output.DownloadOutput(target, detect_zeroes=detect_zeroes)
     cancelled = threading.Event()
 
-    def open_it() -> DownloadOutput:
-        return DownloadOutput(
+    def open_it() -> download_output.DownloadOutput:
+        return download_output.DownloadOutput(
             target, detect_zeroes=detect_zeroes, wanted=lambda: not cancelled.is_set()
         )
 

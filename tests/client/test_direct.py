@@ -513,6 +513,8 @@ CLI_PROBE = (
     "print('contextlib imported:', 'contextlib' in sys.modules)\n"
     "errors = vars(sys.modules['virtvol.protocol.errors'])\n"
     "print('error numbers made:', [n for n in ('ErrorCode', 'ErrorDomain') if n in errors])\n"
+    "download_side = ('virtvol.client.download_output', 'virtvol.sparse.writer')\n"
+    "print('download side imported:', [n for n in download_side if n in sys.modules])\n"
     "from virtvol.protocol.xdr import XdrStruct\n"
     "print('structs declared:', sorted(c.__name__ for c in XdrStruct.__subclasses__()))\n"
 )
@@ -562,6 +564,29 @@ def test_cli_runs_tcp_and_unix_commands_without_an_event_loop(
     assert "'ListAllPoolsRet'" in declared
     for family_struct in ("VolRet", "Secret", "PoolLifecycleEventMsg"):
         assert f"'{family_struct}'" not in declared
+
+
+def test_cli_transfers_import_only_their_own_side(virtvold: Virtvold, tmp_path: Path) -> None:
+    # An upload read libvirt's error numbers (~0.5 ms) and imported the download's
+    # writers (~1.2 ms) before its first byte; a download read the error numbers too.
+    source = tmp_path / "src.img"
+    source.write_bytes(os.urandom(64 * 1024))
+    (virtvold.pool_dir / "vol").write_bytes(b"")
+    up = run_cli_probe(
+        "-c", virtvold.unix_uri, "vol-upload", "--pool", "default", "vol", str(source)
+    )
+    assert "asyncio imported: False status: 0" in up.stdout, up.stderr
+    assert (virtvold.pool_dir / "vol").read_bytes() == source.read_bytes()
+    assert "error numbers made: []" in up.stdout
+    assert "download side imported: []" in up.stdout
+
+    target = tmp_path / "down.img"
+    down = run_cli_probe(
+        "-c", virtvold.unix_uri, "vol-download", "--pool", "default", "vol", str(target)
+    )
+    assert "asyncio imported: False status: 0" in down.stdout, down.stderr
+    assert target.read_bytes() == source.read_bytes()
+    assert "error numbers made: []" in down.stdout
 
 
 def test_cli_keeps_the_event_loop_for_tls() -> None:

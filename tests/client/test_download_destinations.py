@@ -1,6 +1,6 @@
 """Where a download lands: the file the user named, as virsh would leave it, and nothing
 more. Both engines (the command line's blocking one and the library's event loop) share
-``transfer_base.download_target`` and ``sparse.writer.AtomicFile``; each is run here
+``download_output.download_target`` and ``sparse.writer.AtomicFile``; each is run here
 against a scripted peer that sends a small volume.
 """
 

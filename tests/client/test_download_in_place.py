@@ -25,9 +25,7 @@ from virtvol.client import (
     LibvirtError,
     StorageVolume,
     connect,
-    direct_transfer,
-    transfer,
-    transfer_base,
+    download_output,
 )
 from virtvol.protocol.procedures import Proc
 
@@ -229,9 +227,9 @@ def test_a_fifo_swapped_for_a_file_while_its_reader_is_awaited_is_not_written(
     fifo = make_fifo(downloads)
     precious = tmp_path / "precious"
     precious.write_bytes(b"precious" * 1000)
-    looked_at = transfer_base.download_target
+    looked_at = download_output.download_target
 
-    def then_swapped(path: str | os.PathLike[str]) -> transfer_base.DownloadTarget:
+    def then_swapped(path: str | os.PathLike[str]) -> download_output.DownloadTarget:
         target = looked_at(path)
         fifo.unlink()
         if swap == "symlink":
@@ -240,8 +238,7 @@ def test_a_fifo_swapped_for_a_file_while_its_reader_is_awaited_is_not_written(
             fifo.write_bytes(b"theirs" * 1000)
         return target
 
-    monkeypatch.setattr(direct_transfer, "download_target", then_swapped)
-    monkeypatch.setattr(transfer, "download_target", then_swapped)
+    monkeypatch.setattr(download_output, "download_target", then_swapped)
     with FakePeer(tmp_path) as peer:
         peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"volume" * 1000, 3)
         with pytest.raises(OSError, match="no longer the FIFO or device") as refused:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def test_a_download_onto_a_socket_is_refused_as_a_file_not_a_stream(
     virtvold: Virtvold, tmp_path: Path
 ) -> None:
-    """The refusal comes before the stream opens (transfer_base.download_target): it is
+    """The refusal comes before the stream opens (download_output.download_target): it is
     about the file, not a failing receive handler. A socket takes no open(), and a
     rename would replace it (a FIFO or a device is written in place instead)."""
     (virtvold.pool_dir / "v").write_bytes(b"x" * 4096)

@@ -1,0 +1,142 @@
+"""Where a download's bytes go, whichever engine drives its stream.
+
+A regular file (or a new one) is replaced by a complete copy (``AtomicFile``); a FIFO or
+a device takes the bytes itself as they arrive (``sparse.sequential``). Only downloads
+import this module: an upload, or a command moving no bytes, starts without it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from virtvol.protocol.hints import TYPE_CHECKING
+from virtvol.protocol.record import Record
+from virtvol.sparse.sequential import SequentialWriter, is_filled_in_place, node_of, open_in_place
+from virtvol.sparse.writer import AtomicFile, SparseWriter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["DownloadOutput", "DownloadTarget", "download_target"]
+
+
+class DownloadTarget(Record):
+    """Where a download goes: ``path`` to open, and whether it is filled in place (a
+    FIFO or a device, written as the bytes arrive) or replaced by a complete copy;
+    ``node``: the FIFO or device looked at (``sequential.node_of``), which is the only
+    node its opening may take."""
+
+    path: str
+    in_place: bool
+    node: tuple[int, int, int, int] | None = None
+
+
+def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
+    """Where a download of ``path`` goes. A FIFO or a device (``/dev/stdout``, ``/dev/null``)
+    takes the bytes itself, as virsh writes into it. Anything else is replaced by an
+    ``AtomicFile``: ``path``, or the file a symbolic link there leads to (the link stays
+    a link, as when virsh writes through it).
+
+    Checked before the stream opens, not found by the final rename after the whole
+    volume went by.
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory, or names one ("copy/", "copy/."),
+            which no file can be created as, even where none exists.
+        PermissionError: ``path`` is a file this process may not write (``OSError``
+            EROFS where its file system is read-only).
+        OSError: ``path`` is a socket, which cannot be opened and the rename would replace.
+    """
+    given = os.fspath(path)
+    try:
+        found: os.stat_result | None = os.stat(given)
+    except FileNotFoundError:
+        found = None
+    mode = found.st_mode if found is not None else None
+    if os.path.basename(given) in ("", ".", ".."):  # "copy/" must not become "copy"
+        mode = stat.S_IFDIR
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
+    if found is not None and mode is not None and is_filled_in_place(mode):
+        return DownloadTarget(given, in_place=True, node=node_of(found))
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OSError(f"not a regular file: {given} (a download would replace it, not fill it)")
+    # The rename that replaces the file needs only its folder's permission: a read-only
+    # file, or another user's, would be replaced where virsh's open for writing is refused.
+    # The effective ids decide, as they decide that open.
+    if mode is not None and not os.access(given, os.W_OK, effective_ids=_EFFECTIVE_IDS):
+        # access() does not say why: a read-only file system is named as the open names it.
+        why = errno.EROFS if os.statvfs(given).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(why, os.strerror(why), given)
+    return DownloadTarget(os.path.realpath(given), in_place=False)
+
+
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
+class DownloadOutput:
+    """A download's destination, open: ``writer`` takes the stream in order; ``commit``
+    makes the result final and ``abort`` (or leaving it as a context manager uncommitted)
+    drops it. The one place both engines decide how a target is written:
+
+    - a regular file (or a new one): an ``AtomicFile`` written by a ``SparseWriter``,
+      renamed over the target on commit, removed on abort;
+    - a FIFO or a device: the node itself, written by a ``SequentialWriter`` as the
+      bytes arrive (holes as zeros); commit and abort only close it, as whatever was
+      written has been read or stored already.
+
+    Opening a FIFO waits for its reader while ``wanted()`` holds (see
+    ``sparse.sequential.open_in_place``); ``on_wait`` is called while a write into it
+    waits for room (``SequentialWriter``).
+    """
+
+    def __init__(
+        self,
+        target: DownloadTarget,
+        *,
+        detect_zeroes: bool,
+        wanted: Callable[[], bool] = lambda: True,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
+        self.target = target
+        self._atomic: AtomicFile | None = None
+        self._fd = -1
+        if target.in_place:
+            self._fd = open_in_place(target.path, wanted, node=target.node)
+            self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd, on_wait)
+        else:
+            self._atomic = AtomicFile(target.path)
+            self.writer = SparseWriter(self._atomic.fd, detect_zeroes=detect_zeroes)
+
+    def stop(self) -> None:
+        """Make a write into a FIFO or device that waits for room give up (from any
+        thread): a cancelled download must not wait for a reader that stalls."""
+        if isinstance(self.writer, SequentialWriter):
+            self.writer.stop()
+
+    def commit(self) -> None:
+        """Make the download final (after the writer's ``finish``)."""
+        if self._atomic is not None:
+            self._atomic.commit()
+        else:
+            self._close()
+
+    def abort(self) -> None:
+        """Drop a download not committed; a no-op after ``commit``, safe to call twice."""
+        if self._atomic is not None:
+            self._atomic.abort()
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> DownloadOutput:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()
