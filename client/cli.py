@@ -50,7 +50,7 @@ from virtvol.client.objects import (
     VolumeType,
     VolWipeAlgorithm,
 )
-from virtvol.client.progress import TransferProgress, summary_line
+from virtvol.client.progress import TransferProgress, draws_a_bar, summary_line
 from virtvol.client.sizes import C_BLANKS, SizeError, format_size, parse_size
 from virtvol.client.uri import DEFAULT_URI_ENV
 from virtvol.client.xmldesc import escape, renamed_volume_xml, volume_xml
@@ -955,13 +955,14 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
     _late(args, "file")
     _check_destination(args.file)
     total: int | None = None
-    try:
-        capacity = (await vol.info()).capacity
-        total = max(0, capacity - args.offset)
-        if args.length:
-            total = min(total, args.length)
-    except LibvirtError:
-        total = None
+    if draws_a_bar(not args.quiet):  # the bar's length: a call virsh does not make
+        try:
+            capacity = (await vol.info()).capacity
+            total = max(0, capacity - args.offset)
+            if args.length:
+                total = min(total, args.length)
+        except LibvirtError:
+            total = None
     return await _transfer(vol, args, upload=False, total=total)
 
 

@@ -15,7 +15,14 @@ if TYPE_CHECKING:
 
     from virtvol.client.transfer import TransferResult
 
-__all__ = ["TransferProgress", "summary_line"]
+__all__ = ["TransferProgress", "draws_a_bar", "summary_line"]
+
+
+def draws_a_bar(enabled: bool, stream: TextIO | None = None) -> bool:
+    """Whether a ``TransferProgress`` made with ``enabled`` draws on ``stream`` (stderr by
+    default): only on a terminal. What only the bar shows need not be asked for otherwise."""
+    out = stream if stream is not None else sys.stderr
+    return enabled and out.isatty()
 
 
 class TransferProgress:
@@ -44,7 +51,7 @@ class TransferProgress:
         out = stream if stream is not None else sys.stderr
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        if enabled and out.isatty():
+        if draws_a_bar(enabled, out):
             # rich only when a bar is drawn: importing it costs every run of the
             # CLI more than a small transfer takes (docs/performance.md).
             from rich.console import Console

@@ -15,6 +15,7 @@ import pytest
 
 from tests.client.fake_peer import POOL, VOLUME, FakePeer
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.client.test_direct_faults import send_whole_download
 from tests.conftest import ReferenceLibvirtd, run_virsh, start_virtvold, stop_virtvold
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, rpc_error
@@ -216,17 +217,11 @@ def test_wipe_algorithms_match_virsh(daemon: Daemon, algorithm: list[str]) -> No
     assert ours.read_bytes() == (bytes(len(content)) if wiped else content)
 
 
-def _serve_wipes_without_the_pattern_call(peer: FakePeer) -> None:
-    """``peer`` holds pool "default" and its volume, and answers the pattern call as a
-    daemon from before it does ("unknown procedure"); the plain wipe succeeds."""
+def _serve_the_volume(peer: FakePeer) -> None:
+    """``peer`` holds pool "default", active, and its volume, found by name."""
 
     def pool(peer: FakePeer, call: CallReceived) -> None:
         peer.reply(call.serial, r.PoolRet(r.StoragePool(name=POOL, uuid=bytes(16))))
-
-    def unknown(peer: FakePeer, call: CallReceived) -> None:
-        error = rpc_error(f"unknown procedure: {call.procedure.number}")
-        with peer.core_lock:
-            peer.send(peer.core.reply_error(call.serial, error))
 
     peer.handlers.update(
         {
@@ -236,6 +231,22 @@ def _serve_wipes_without_the_pattern_call(peer: FakePeer) -> None:
             Proc.STORAGE_VOL_LOOKUP_BY_NAME: lambda peer, call: peer.reply(
                 call.serial, r.VolRet(VOLUME)
             ),
+        }
+    )
+
+
+def _serve_wipes_without_the_pattern_call(peer: FakePeer) -> None:
+    """``peer`` holds pool "default" and its volume, and answers the pattern call as a
+    daemon from before it does ("unknown procedure"); the plain wipe succeeds."""
+
+    def unknown(peer: FakePeer, call: CallReceived) -> None:
+        error = rpc_error(f"unknown procedure: {call.procedure.number}")
+        with peer.core_lock:
+            peer.send(peer.core.reply_error(call.serial, error))
+
+    _serve_the_volume(peer)
+    peer.handlers.update(
+        {
             Proc.STORAGE_VOL_WIPE_PATTERN: unknown,
             Proc.STORAGE_VOL_WIPE: lambda peer, call: peer.reply(call.serial),
         }
@@ -271,6 +282,21 @@ def test_wipe_falls_back_to_the_plain_call_as_virsh_does(
         answers[client] = (proc.stdout, proc.stderr, proc.returncode, wipes)
     assert answers["virtvol"] == answers["virsh"]
     assert answers["virsh"][3] == calls
+
+
+def test_a_download_drawing_no_bar_asks_no_volume_info(tmp_path: Path) -> None:
+    """The volume's size is the progress bar's length, asked for only when a bar is drawn.
+    With none (stderr not a terminal, as here, or --quiet) the download makes no call that
+    virsh's does not: the round trip and the daemon's look at the volume cost every small
+    download a millisecond."""
+    with FakePeer(tmp_path) as peer:
+        _serve_the_volume(peer)
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"x" * 4096, 2)
+        proc = virtvol(peer.uri, "vol-download", VOLUME.name, str(tmp_path / "out"), "--pool", POOL)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out").read_bytes() == b"x" * 8192
+    assert Proc.STORAGE_VOL_DOWNLOAD in peer.calls
+    assert Proc.STORAGE_VOL_GET_INFO not in peer.calls
 
 
 @pytest.mark.parametrize("mode", ["--sparse", "--no-sparse", None])
