@@ -60,7 +60,6 @@ from virtvol.protocol.connection import (
 )
 from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.hints import TYPE_CHECKING
-from virtvol.sparse.reader import StreamReader, open_source, source_reader
 from virtvol.sparse.zeros import zero_view
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ if TYPE_CHECKING:
     from virtvol.client.transfer_base import Progress
     from virtvol.protocol.frames import Payload
     from virtvol.protocol.procedures import Procedure
-    from virtvol.sparse.reader import SparseReader
+    from virtvol.sparse.reader import SparseReader, StreamReader
     from virtvol.sparse.sequential import SequentialWriter
     from virtvol.sparse.writer import SparseWriter
 
@@ -242,6 +241,8 @@ async def upload_file(
     progress: Progress | None = None,
 ) -> TransferResult:
     """Upload a local file into ``volume`` (the arguments of ``transfer.upload_file``)."""
+    from virtvol.sparse.reader import StreamReader, open_source, source_reader  # uploads only
+
     rpc = _engine(volume)
     started = time.monotonic()
     fd = open_source(path)
@@ -254,7 +255,8 @@ async def upload_file(
         stream = _Stream(rpc, volume, procedures.STORAGE_VOL_UPLOAD, offset=offset, length=length)
         await stream.open(sparse, "upload")
         try:
-            data, holes = _send_file(stream, source, detect_zeroes, progress)
+            pipe = source if isinstance(source, StreamReader) else None
+            data, holes = _send_file(stream, source, pipe, detect_zeroes, progress)
             stream.finish()
         except BaseException:
             stream.abort()
@@ -270,9 +272,14 @@ async def upload_file(
 
 
 def _send_file(
-    stream: _Stream, source: Source, detect_zeroes: bool, progress: Progress | None
+    stream: _Stream,
+    source: Source,
+    pipe: StreamReader | None,
+    detect_zeroes: bool,
+    progress: Progress | None,
 ) -> tuple[int, int]:
-    """Send the source's data and holes; returns (data bytes, hole bytes) as they travelled."""
+    """Send the source's data and holes (``pipe``: the source again when it is a pipe,
+    which may make it wait); returns (data bytes, hole bytes) as they travelled."""
     buffer = bytearray(READ_BUFFER)
     view = memoryview(buffer)
     end = source.end
@@ -301,10 +308,10 @@ def _send_file(
                 stream.check()
 
     while True:
-        if isinstance(source, StreamReader):
+        if pipe is not None:
             # A pipe's producer may stall for longer than the peer's keepalive allows:
             # its PINGs are answered (and its errors heard) while the pipe is empty.
-            while not source.wait(SOURCE_WAIT_STEP):
+            while not pipe.wait(SOURCE_WAIT_STEP):
                 stream.poll()
                 stream.check()
         position = source.position

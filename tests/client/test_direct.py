@@ -515,6 +515,7 @@ CLI_PROBE = (
     "print('error numbers made:', [n for n in ('ErrorCode', 'ErrorDomain') if n in errors])\n"
     "download_side = ('virtvol.client.download_output', 'virtvol.sparse.writer')\n"
     "print('download side imported:', [n for n in download_side if n in sys.modules])\n"
+    "print('upload side imported:', 'virtvol.sparse.reader' in sys.modules)\n"
     "from virtvol.protocol.xdr import XdrStruct\n"
     "print('structs declared:', sorted(c.__name__ for c in XdrStruct.__subclasses__()))\n"
 )
@@ -568,7 +569,8 @@ def test_cli_runs_tcp_and_unix_commands_without_an_event_loop(
 
 def test_cli_transfers_import_only_their_own_side(virtvold: Virtvold, tmp_path: Path) -> None:
     # An upload read libvirt's error numbers (~0.5 ms) and imported the download's
-    # writers (~1.2 ms) before its first byte; a download read the error numbers too.
+    # writers (~1.2 ms) before its first byte; a download read the error numbers too,
+    # and imported the upload's reader (~0.7 ms).
     source = tmp_path / "src.img"
     source.write_bytes(os.urandom(64 * 1024))
     (virtvold.pool_dir / "vol").write_bytes(b"")
@@ -587,6 +589,7 @@ def test_cli_transfers_import_only_their_own_side(virtvold: Virtvold, tmp_path: 
     assert "asyncio imported: False status: 0" in down.stdout, down.stderr
     assert target.read_bytes() == source.read_bytes()
     assert "error numbers made: []" in down.stdout
+    assert "upload side imported: False" in down.stdout
 
 
 def test_cli_keeps_the_event_loop_for_tls() -> None:
