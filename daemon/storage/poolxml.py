@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 from .names import check_pool_name
+from .permissions import parse_permissions
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
 from .xmldoc import (
     c_int_id,
-    c_integer,
     child_string,
     child_text,
     escape,
@@ -175,28 +175,15 @@ def parse_pool_xml(text: str, *, stored: bool = False) -> PoolDefinition:
         # libvirt accepts it and resolves it against the daemon's working
         # directory; a daemon should not depend on where it was started.
         raise xml_error(f"storage pool target path '{target}' must be absolute")
-    mode = owner = group = label = None
-    permissions = root.find("target/permissions")
-    if permissions is not None:
-        mode_text = child_string(permissions, "mode")
-        if mode_text is not None:
-            mode = c_integer(mode_text, "01234567")
-            # libvirt takes permission bits only: no set-id or sticky bit. Definitions
-            # stored before that rule may hold them, and lose them, not the pool.
-            if mode is not None and stored:
-                mode &= 0o777
-            if mode is None or mode & ~0o777:
-                raise xml_error("malformed octal mode")
-        owner, group = _id(permissions, "owner", stored), _id(permissions, "group", stored)
-        label = child_string(permissions, "label")
+    permissions = parse_permissions(root.find("target/permissions"), stored=stored)
     return PoolDefinition(
         name=name,
         uuid=raw_uuid,
         target=clean_path(target),
-        mode=mode,
-        owner=owner,
-        group=group,
-        label=label,
+        mode=permissions.mode,
+        owner=permissions.owner,
+        group=permissions.group,
+        label=permissions.label,
         cow=_cow(root),
         refresh_allocation=_refresh_allocation(root),
     )
@@ -227,25 +214,6 @@ def _cow(root: Element) -> bool | None:
             f"Invalid value for attribute 'state' in element 'cow': '{state}'.", ErrorDomain.XML
         )
     return state == "yes"
-
-
-_NO_ID = (1 << 32) - 1  # (uid_t)-1
-
-
-def _id(permissions: Element, tag: str, stored: bool) -> int | None:
-    """``<owner>`` or ``<group>``: a uid_t, or -1 for none; libvirt refuses anything
-    else, an empty element too. An id from 2^31 up is printed as a C int, as libvirt
-    prints it (-2 for 4294967294), so a ``stored`` definition is read back that way:
-    libvirtd's own would not be, and the pool would be lost at the next start."""
-    element = permissions.find(tag)
-    if element is None:
-        return None
-    value = c_integer("".join(element.itertext()), "0123456789")
-    if value is not None and stored and -(2**31) <= value < 0:
-        value &= _NO_ID
-    if value is None or not (0 <= value <= _NO_ID or value == -1):
-        raise xml_error(f"malformed {tag} element")
-    return None if value in (-1, _NO_ID) else value
 
 
 def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> str:

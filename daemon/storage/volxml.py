@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 
 from .model import VolumeType
+from .permissions import parse_permissions
 from .probe import FILE_FORMATS, BackingStore, ImageHeader
 from .reports import storage_error, uuid_text, xml_error
 from .units import U64_MAX, scaled_size
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 
 # Largest size a Linux file can have (off_t).
 MAX_FILE_SIZE = (1 << 63) - 1
-
-# (uid_t)-1: "leave the owner (or group) as it is" to chown.
-_NO_ID = (1 << 32) - 1
 
 # virStorageVolType names ("type" of <volume>); the file itself is always made a file.
 _VOLUME_TYPES = frozenset(["file", "block", "dir", "network", "netdir", "ploop"])
@@ -114,7 +112,7 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     if capacity is not None and allocation is not None and allocation > capacity:
         # libvirt grows the capacity to the requested allocation.
         capacity = allocation
-    mode, owner, group = _mode(root), _id(root, "owner"), _id(root, "group")
+    permissions = parse_permissions(root.find("target/permissions"))
     # The rest of <target> is refused in libvirt's order even where nothing uses it.
     _check_encryption(root)
     _check_compat(root)
@@ -124,9 +122,9 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         name=name,
         capacity=capacity,
         allocation=allocation,
-        mode=mode,
-        owner=owner,
-        group=group,
+        mode=permissions.mode,
+        owner=permissions.owner,
+        group=permissions.group,
         format=fmt or "raw",
         # Refused, not ignored, where they cannot be made: an empty volume instead of an
         # overlay, or a plain one where encryption was asked for.
@@ -191,34 +189,6 @@ def _check_features(root: Element) -> None:
     for feature in features if features is not None else ():
         if feature.tag not in _FEATURES:
             raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unsupported feature {feature.tag}")
-
-
-def _mode(root: Element) -> int | None:
-    """``<permissions><mode>``: octal, permission bits only (libvirt's rules)."""
-    text = child_string(root, "target/permissions/mode")
-    if text is None:
-        return None
-    digits = text.lstrip().removeprefix("+")
-    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) & ~0o777:
-        raise xml_error("malformed octal mode")
-    return int(digits, 8)
-
-
-def _id(root: Element, tag: str) -> int | None:
-    """``<permissions><owner>`` or ``<group>``: a uid or gid; -1 (or absent) keeps the default."""
-    element = root.find(f"target/permissions/{tag}")
-    if element is None:
-        return None
-    text = "".join(element.itertext()).lstrip()
-    digits = text[1:] if text[:1] in "+-" else text
-    if not digits.isascii() or not digits.isdigit():
-        raise xml_error(f"malformed {tag} element")
-    value = int(text)
-    if value == -1 or value == _NO_ID:
-        return None
-    if not 0 <= value < _NO_ID:
-        raise xml_error(f"malformed {tag} element")
-    return value
 
 
 def _timestamp(tag: str, ns: int) -> str:

@@ -543,20 +543,9 @@ def test_volume_xml_sizes(
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_XML_SIZES)
 
 
-# A pool's <permissions>: what libvirt keeps of them, prints, refuses, and builds with.
-# The running pool's owner and group are each daemon's own user: masked.
-POOL_PERMISSIONS = """
-import re
-def xml_of(pool, flags=0):
-    text = pool.XMLDesc(flags)
-    text = re.sub(r"<uuid>.*</uuid>", "<uuid/>", text)
-    sizes = r"<(capacity|allocation|available) unit='bytes'>\\d+<"
-    return re.sub(sizes, r"<\\1 unit='bytes'>N<", text)
-
-def running_xml_of(pool):
-    return re.sub(r"<(owner|group)>\\d+<", r"<\\1>ID<", xml_of(pool))
-
-for label, permissions in [
+# <permissions> of a pool's target and of a volume's, as libvirt reads both with one
+# function: C blanks only before a number (a no-break space is none), a sign, no more.
+PERMISSION_SPELLINGS = [
     ("owner and group", "<owner>0</owner><group>0</group>"),
     ("owner only", "<owner>0</owner>"),
     ("owner -1", "<owner>-1</owner><group>-1</group>"),
@@ -584,7 +573,27 @@ for label, permissions in [
     ("mode sticky", "<mode>1777</mode>"),
     ("mode empty", "<mode></mode>"),
     ("empty", ""),
-]:
+    ("mode tab before", "<mode>\t750</mode>"),
+    ("mode no-break space before", "<mode>\u00a0750</mode>"),
+    ("mode em space before", "<mode>\u2003750</mode>"),
+    ("owner no-break space before", "<owner>\u00a07</owner>"),
+    ("owner -0", "<owner>-0</owner>"),
+]
+
+POOL_PERMISSIONS = (
+    f"PERMISSION_SPELLINGS = {PERMISSION_SPELLINGS!r}\n"
+    + """
+import re
+def xml_of(pool, flags=0):
+    text = pool.XMLDesc(flags)
+    text = re.sub(r"<uuid>.*</uuid>", "<uuid/>", text)
+    sizes = r"<(capacity|allocation|available) unit='bytes'>\\d+<"
+    return re.sub(sizes, r"<\\1 unit='bytes'>N<", text)
+
+def running_xml_of(pool):
+    return re.sub(r"<(owner|group)>\\d+<", r"<\\1>ID<", xml_of(pool))
+
+for label, permissions in PERMISSION_SPELLINGS:
     name = label.replace(" ", "-").replace("*", "")
     step("define, " + label, lambda: define_dir_pool(
         name, os.path.join(BASE, name), "<permissions>%s</permissions>" % permissions))
@@ -611,12 +620,42 @@ step("build owned", lambda: owned.build(0))
 step("built owner", lambda: (lambda st: (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid))(
     os.stat(os.path.join(BASE, "owned"))))
 """
+)
 
 
 def test_pool_permissions(
     reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
 ) -> None:
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_PERMISSIONS)
+
+
+# The same spellings in a new volume's <target>: read or refused as for a pool. Only the
+# reading is compared: what the file then gets depends on who the daemon runs as (the
+# reference libvirtd cannot give root a file, nor open one it made with mode 0).
+VOLUME_PERMISSIONS = (
+    f"PERMISSION_SPELLINGS = {PERMISSION_SPELLINGS!r}\n"
+    + """
+pool = conn.storagePoolLookupByName("default")
+XML_ERROR = 27
+for label, permissions in PERMISSION_SPELLINGS:
+    xml = ("<volume><name>%s</name><capacity>0</capacity>"
+           "<target><permissions>%s</permissions></target></volume>")
+    def create():
+        try:
+            pool.createXML(xml % (label.replace(" ", "-"), permissions), 0).delete(0)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == XML_ERROR:
+                raise
+        return "read"
+    step("create, " + label, create)
+"""
+)
+
+
+def test_volume_permissions_are_read_as_a_pool_s(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_PERMISSIONS)
 
 
 # The mode a refresh finds on a volume or on the pool's folder, as libvirt writes it.
