@@ -49,6 +49,7 @@ from virtvol.client.objects import (
     StorageVolume,
     VolumeType,
     VolWipeAlgorithm,
+    describe_volumes,
 )
 from virtvol.client.progress import TransferProgress, draws_a_bar, summary_line
 from virtvol.client.sizes import C_BLANKS, SizeError, format_size, parse_size
@@ -619,16 +620,16 @@ async def vol_list(conn: Connection, args: SimpleNamespace) -> str:
     except LibvirtError as exc:
         _fail("Failed to list volumes", exc)
     rows = []
-    for vol in vols:
-        path = await vol.path()
-        if not args.details:
-            rows.append([vol.name, path])
-            continue
-        info = await vol.info()
-        kind = _VOL_TYPES.get(VolumeType(info.type), "unknown")
-        rows.append(
-            [vol.name, path, kind, format_size(info.capacity), format_size(info.allocation)]
-        )
+    # A volume deleted since the listing is a row of "unknown", as in virsh's table.
+    described = await describe_volumes(vols, info=args.details)
+    for vol, (path, info) in zip(vols, described, strict=True):
+        row = [vol.name, path if path is not None else "unknown"]
+        if args.details and info is None:
+            row += ["unknown"] * 3
+        elif info is not None:
+            kind = _VOL_TYPES.get(VolumeType(info.type), "unknown")
+            row += [kind, format_size(info.capacity), format_size(info.allocation)]
+        rows.append(row)
     header = ["Name", "Path"]
     if args.details:
         header += ["Type", "Capacity", "Allocation"]

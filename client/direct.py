@@ -46,6 +46,7 @@ from virtvol.client.connection import Connection, connect_failure, handshake
 from virtvol.client.errors import (
     CallTimeout,
     ConnectionClosed,
+    LibvirtError,
     ProtocolViolation,
     TransportError,
     VirtvolError,
@@ -365,6 +366,32 @@ class DirectRpc:
         serial = self.start_call(procedure, args)
         result: RetT = self.wait_reply(serial, procedure.name, timeout)
         return result
+
+    async def call_all(
+        self, calls: Sequence[tuple[Procedure[Any, Any], XdrStruct | None]], *, window: int
+    ) -> list[Any]:
+        """Make ``calls`` with up to ``window`` of them in flight (see
+        ``rpc.RpcProtocol.call_all``); never suspends."""
+        results: list[Any] = []
+        in_flight: collections.deque[tuple[int, str]] = collections.deque()
+        try:
+            for procedure, args in calls:
+                if len(in_flight) >= window:
+                    results.append(self._result_or_error(*in_flight.popleft()))
+                in_flight.append((self.start_call(procedure, args), procedure.name))
+            while in_flight:
+                results.append(self._result_or_error(*in_flight.popleft()))
+        finally:  # a failed connection, or Ctrl-C: the answers still due are dropped
+            for serial, _ in in_flight:
+                self._awaited.discard(serial)
+                self._replies.pop(serial, None)
+        return results
+
+    def _result_or_error(self, serial: int, name: str) -> Any:
+        try:
+            return self.wait_reply(serial, name)
+        except LibvirtError as exc:
+            return exc
 
     def forget_sink(self, serial: int) -> None:
         """Stop routing a stream's frames (its call failed)."""

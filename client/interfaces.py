@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
     from virtvol.client.errors import TransportError
     from virtvol.client.transfer_base import Progress, TransferResult
@@ -44,6 +45,13 @@ class CallEngine(Protocol):
         *,
         timeout: float | None = None,
     ) -> RetT: ...
+
+    async def call_all(
+        self, calls: Sequence[tuple[Procedure[Any, Any], XdrStruct | None]], *, window: int
+    ) -> list[Any]:
+        """Make ``calls`` with up to ``window`` of them in flight; each one's result, or
+        the ``LibvirtError`` the peer answered it with, in their order."""
+        ...
 
     def start_keepalive(self, interval: float, count: int) -> None: ...
 

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, overload
 from virtvol.client.errors import (
     CallTimeout,
     ConnectionClosed,
+    LibvirtError,
     ProtocolViolation,
     TransportError,
     core_errors,
@@ -68,7 +69,7 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from virtvol.client.interfaces import FileTransfers
     from virtvol.protocol.frames import Payload
@@ -335,6 +336,32 @@ class RpcProtocol(asyncio.BufferedProtocol):
                 f"no answer to {procedure.name} from {self.description} within {timeout:g} s"
             ) from None
 
+    async def call_all(
+        self, calls: Sequence[tuple[Procedure[Any, Any], XdrStruct | None]], *, window: int
+    ) -> list[Any]:
+        """Make ``calls`` with up to ``window`` of them in flight: each one's result, or
+        the ``LibvirtError`` the peer answered it with, in their order. A peer answers
+        calls in the order they came, one round trip's wait for ``window`` calls.
+
+        Raises:
+            TransportError: the connection failed before every answer came.
+            UnsendableValue: a call's arguments cannot be encoded.
+        """
+        results: list[Any] = []
+        in_flight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+        try:
+            for procedure, args in calls:
+                if len(in_flight) >= window:
+                    results.append(await _result_or_error(in_flight.popleft()[1]))
+                in_flight.append(self.start_call(procedure, args))
+            while in_flight:
+                results.append(await _result_or_error(in_flight.popleft()[1]))
+        finally:  # failed or cancelled: the answers still due are dropped
+            for serial, waiter in in_flight:
+                self._waiters.pop(serial, None)
+                waiter.cancel()
+        return results
+
     def forget_sink(self, serial: int) -> None:
         """Stop routing a stream's frames (its call failed)."""
         self._sinks.pop(serial, None)
@@ -549,3 +576,11 @@ class RpcProtocol(asyncio.BufferedProtocol):
     async def wait_closed(self) -> None:
         """Wait until the transport is gone."""
         await self.closed
+
+
+async def _result_or_error(waiter: asyncio.Future[Any]) -> Any:
+    """A call's result, or the ``LibvirtError`` the peer answered it with."""
+    try:
+        return await waiter
+    except LibvirtError as exc:
+        return exc

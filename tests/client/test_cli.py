@@ -19,6 +19,7 @@ from tests.client.test_direct_faults import send_whole_download
 from tests.conftest import ReferenceLibvirtd, run_virsh, start_virtvold, stop_virtvold
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, rpc_error
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
@@ -282,6 +283,60 @@ def test_wipe_falls_back_to_the_plain_call_as_virsh_does(
         answers[client] = (proc.stdout, proc.stderr, proc.returncode, wipes)
     assert answers["virtvol"] == answers["virsh"]
     assert answers["virsh"][3] == calls
+
+
+def _serve_a_volume_deleted_while_listed(peer: FakePeer) -> None:
+    """``peer`` lists two volumes in pool "default"; "gone" was deleted since, and the
+    calls that describe it fail as libvirtd fails them."""
+    gone = r.StorageVol(pool=POOL, name="gone", key="/pool/gone")
+
+    def vanished(peer: FakePeer, call: CallReceived) -> None:
+        assert isinstance(call.args, r.VolArgs)
+        if call.args.vol.name != "gone":
+            answers = {
+                Proc.STORAGE_VOL_GET_PATH: r.VolGetPathRet("/pool/vol"),
+                Proc.STORAGE_VOL_GET_INFO: r.VolGetInfoRet(type=0, capacity=1 << 20, allocation=0),
+            }
+            peer.reply(call.serial, answers[Proc(call.procedure.number)])
+            return
+        error = r.RemoteError(
+            code=ErrorCode.NO_STORAGE_VOL,
+            domain=ErrorDomain.STORAGE,
+            message="Storage volume not found: no storage vol with matching name 'gone'",
+            level=2,
+        )
+        with peer.core_lock:
+            peer.send(peer.core.reply_error(call.serial, error))
+
+    _serve_the_volume(peer)
+    peer.handlers.update(
+        {
+            Proc.STORAGE_POOL_LIST_ALL_VOLUMES: lambda peer, call: peer.reply(
+                call.serial, r.PoolListAllVolumesRet(vols=(VOLUME, gone), ret=2)
+            ),
+            Proc.STORAGE_VOL_GET_PATH: vanished,
+            Proc.STORAGE_VOL_GET_INFO: vanished,
+        }
+    )
+
+
+@pytest.mark.parametrize("details", [[], ["--details"]], ids=["plain", "details"])
+def test_vol_list_shows_a_volume_deleted_meanwhile_as_unknown_as_virsh_does(
+    tmp_path: Path, details: list[str]
+) -> None:
+    """A volume deleted between the listing and the calls that describe it is a row of
+    "unknown" in virsh's table, and the command succeeds; virtvol failed the whole
+    listing with the error of that one volume."""
+    answers = {}
+    for client in ("virsh", "virtvol"):
+        folder = tmp_path / client
+        folder.mkdir()
+        with FakePeer(folder) as peer:
+            _serve_a_volume_deleted_while_listed(peer)
+            proc = _run(client, peer.uri, "vol-list", POOL, *details)
+        answers[client] = (proc.stdout, proc.stderr, proc.returncode)
+    assert answers["virtvol"] == answers["virsh"]
+    assert "unknown" in answers["virsh"][0]
 
 
 def test_a_download_drawing_no_bar_asks_no_volume_info(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.client.helpers import ENGINES, on_engine
 from tests.conftest import ReferenceLibvirtd, run_virsh
 from virtvol.client import (
     InvalidArgument,
@@ -22,10 +23,15 @@ from virtvol.client import (
     VolWipeAlgorithm,
     connect,
 )
+from virtvol.client.objects import CALLS_IN_FLIGHT, describe_volumes
+from virtvol.client.rpc import RpcProtocol
 from virtvol.protocol.error_codes import ErrorCode
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from virtvol.client.connection import Connection
+    from virtvol.client.objects import VolumeInfo
 
 pytestmark = pytest.mark.interop
 
@@ -183,3 +189,59 @@ async def test_wipe_pattern(reference_libvirtd: ReferenceLibvirtd) -> None:
         assert trim.value.code == ErrorCode.ARGUMENT_UNSUPPORTED
         with pytest.raises(LibvirtError, match="Cannot find 'scrub' in path"):
             await vol.wipe_pattern(VolWipeAlgorithm.GUTMANN)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_describe_volumes_keeps_their_order_and_leaves_a_deleted_one_undescribed(
+    reference_libvirtd: ReferenceLibvirtd, engine: str
+) -> None:
+    """Paths and infos asked for with several calls in flight come back in the volumes'
+    order; one deleted since the listing has None where virsh prints "unknown"."""
+    uri = reference_libvirtd.tcp_uri
+    names = [f"v{index:02}" for index in range(3 * CALLS_IN_FLIGHT)]
+    for index, name in enumerate(names):
+        run_virsh(uri, "vol-create-as", "default", name, str(4096 * (index + 1)))
+
+    async def describe(conn: Connection) -> list[tuple[str | None, VolumeInfo | None]]:
+        pool = await conn.lookup_pool_by_name("default")
+        volumes = await pool.list_volumes()
+        run_virsh(uri, "vol-delete", "--pool", "default", "v07")
+        assert await describe_volumes([], info=True) == []
+        paths_only = await describe_volumes(volumes, info=False)
+        assert [info for _, info in paths_only] == [None] * len(names)
+        described = await describe_volumes(volumes, info=True)
+        assert [path for path, _ in paths_only] == [path for path, _ in described]
+        return described
+
+    described = on_engine(engine, uri, describe)
+    pool_dir = reference_libvirtd.pool_dir
+    for index, (name, (path, info)) in enumerate(zip(names, described, strict=True)):
+        if name == "v07":
+            assert (path, info) == (None, None)
+            continue
+        assert path == str(pool_dir / name)
+        assert info is not None
+        assert (info.type, info.capacity) == (VolumeType.FILE, 4096 * (index + 1))
+
+
+async def test_describe_volumes_cancelled_leaves_the_connection_usable(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    """Cancelled with calls in flight, the answers still due are dropped as they come,
+    and the connection goes on serving calls."""
+    for index in range(4 * CALLS_IN_FLIGHT):
+        run_virsh(reference_libvirtd.tcp_uri, "vol-create-as", "default", f"v{index}", "4096")
+    async with connect(reference_libvirtd.tcp_uri) as conn:
+        volumes = await (await conn.lookup_pool_by_name("default")).list_volumes()
+        describing = asyncio.ensure_future(describe_volumes(volumes, info=True))
+        await asyncio.sleep(0)  # the first calls are out, their answers not yet in
+        describing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await describing
+        assert await conn.get_type() == "storage"
+        assert [path for path, _ in await describe_volumes(volumes[:2], info=False)] == [
+            str(reference_libvirtd.pool_dir / volume.name) for volume in volumes[:2]
+        ]
+        rpc = conn._rpc
+        assert isinstance(rpc, RpcProtocol)
+        assert not rpc._waiters
