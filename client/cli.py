@@ -899,9 +899,14 @@ async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:
         source = os.stat(args.file)
     except OSError as exc:
         raise CommandError(f"cannot read {args.file}") from exc
-    total = _source_size(args.file, source)
-    if args.length:
-        total = args.length if total is None else min(total, args.length)
+
+    async def total() -> int | None:
+        size = _source_size(args.file, source)
+        length: int = args.length
+        if length:
+            return length if size is None else min(size, length)
+        return size
+
     return await _transfer(vol, args, upload=True, total=total)
 
 
@@ -955,27 +960,37 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     _late(args, "file")
     _check_destination(args.file)
-    total: int | None = None
-    if draws_a_bar(not args.quiet):  # the bar's length: a call virsh does not make
+
+    async def total() -> int | None:
         try:
             capacity = (await vol.info()).capacity
-            total = max(0, capacity - args.offset)
-            if args.length:
-                total = min(total, args.length)
         except LibvirtError:
-            total = None
+            return None
+        offset: int = args.offset
+        remaining = max(0, capacity - offset)
+        length: int = args.length
+        return min(remaining, length) if length else remaining
+
     return await _transfer(vol, args, upload=False, total=total)
 
 
 async def _transfer(
-    vol: StorageVolume, args: SimpleNamespace, *, upload: bool, total: int | None
+    vol: StorageVolume,
+    args: SimpleNamespace,
+    *,
+    upload: bool,
+    total: Callable[[], Awaitable[int | None]],
 ) -> str:
-    """Move the file with a progress bar, map failures to virsh's messages, print the summary."""
+    """Move the file with a progress bar, map failures to virsh's messages, print the
+    summary. ``total`` says the bar's length; it is asked only when a bar is drawn (for a
+    download it is a call virsh does not make)."""
     verb, way = ("upload", "upload to") if upload else ("download", "download from")
     move = vol.upload_file if upload else vol.download_file
     sparse = _sparse_choice(args)
+    enabled = not args.quiet
+    length = await total() if draws_a_bar(enabled) else None
     with TransferProgress(
-        f"{verb} {vol.name}", total, enabled=not args.quiet, holes=sparse is not False
+        f"{verb} {vol.name}", length, enabled=enabled, holes=sparse is not False
     ) as bar:
         try:
             result = await move(

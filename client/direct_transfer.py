@@ -255,8 +255,8 @@ async def upload_file(
         stream = _Stream(rpc, volume, procedures.STORAGE_VOL_UPLOAD, offset=offset, length=length)
         await stream.open(sparse, "upload")
         try:
-            pipe = source if isinstance(source, StreamReader) else None
-            data, holes = _send_file(stream, source, pipe, detect_zeroes, progress)
+            unseekable = source if isinstance(source, StreamReader) else None
+            data, holes = _send_file(stream, source, unseekable, detect_zeroes, progress)
             stream.finish()
         except BaseException:
             stream.abort()
@@ -274,12 +274,13 @@ async def upload_file(
 def _send_file(
     stream: _Stream,
     source: Source,
-    pipe: StreamReader | None,
+    unseekable: StreamReader | None,
     detect_zeroes: bool,
     progress: Progress | None,
 ) -> tuple[int, int]:
-    """Send the source's data and holes (``pipe``: the source again when it is a pipe,
-    which may make it wait); returns (data bytes, hole bytes) as they travelled."""
+    """Send the source's data and holes (``unseekable``: the source again when it cannot
+    seek, a pipe or a character device, whose reads may wait); returns (data bytes, hole
+    bytes) as they travelled."""
     buffer = bytearray(READ_BUFFER)
     view = memoryview(buffer)
     end = source.end
@@ -308,10 +309,10 @@ def _send_file(
                 stream.check()
 
     while True:
-        if pipe is not None:
+        if unseekable is not None:
             # A pipe's producer may stall for longer than the peer's keepalive allows:
             # its PINGs are answered (and its errors heard) while the pipe is empty.
-            while not pipe.wait(SOURCE_WAIT_STEP):
+            while not unseekable.wait(SOURCE_WAIT_STEP):
                 stream.poll()
                 stream.check()
         position = source.position

@@ -341,8 +341,8 @@ def test_vol_list_shows_a_volume_deleted_meanwhile_as_unknown_as_virsh_does(
 
 def test_a_download_drawing_no_bar_asks_no_volume_info(tmp_path: Path) -> None:
     """The volume's size is the progress bar's length, asked for only when a bar is drawn.
-    With none (stderr not a terminal, as here, or --quiet) the download makes no call that
-    virsh's does not: the round trip and the daemon's look at the volume cost every small
+    With none (stderr is not a terminal here) the download makes no call that virsh's does
+    not: the round trip and the daemon's look at the volume cost every small
     download a millisecond."""
     with FakePeer(tmp_path) as peer:
         _serve_the_volume(peer)

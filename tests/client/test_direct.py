@@ -513,7 +513,9 @@ CLI_PROBE = (
     "print('contextlib imported:', 'contextlib' in sys.modules)\n"
     "errors = vars(sys.modules['virtvol.protocol.errors'])\n"
     "print('error numbers made:', [n for n in ('ErrorCode', 'ErrorDomain') if n in errors])\n"
-    "download_side = ('virtvol.client.download_output', 'virtvol.sparse.writer')\n"
+    "print('error numbers imported:', 'virtvol.protocol.error_codes' in sys.modules)\n"
+    "download_side = ('virtvol.client.download_output', 'virtvol.sparse.writer',\n"
+    "                 'virtvol.sparse.sequential')\n"
     "print('download side imported:', [n for n in download_side if n in sys.modules])\n"
     "print('upload side imported:', 'virtvol.sparse.reader' in sys.modules)\n"
     "from virtvol.protocol.xdr import XdrStruct\n"
@@ -579,8 +581,9 @@ def test_cli_transfers_import_only_their_own_side(virtvold: Virtvold, tmp_path: 
     )
     assert "asyncio imported: False status: 0" in up.stdout, up.stderr
     assert (virtvold.pool_dir / "vol").read_bytes() == source.read_bytes()
-    assert "error numbers made: []" in up.stdout
+    assert "error numbers imported: False" in up.stdout
     assert "download side imported: []" in up.stdout
+    assert "upload side imported: True" in up.stdout
 
     target = tmp_path / "down.img"
     down = run_cli_probe(
@@ -588,8 +591,12 @@ def test_cli_transfers_import_only_their_own_side(virtvold: Virtvold, tmp_path: 
     )
     assert "asyncio imported: False status: 0" in down.stdout, down.stderr
     assert target.read_bytes() == source.read_bytes()
-    assert "error numbers made: []" in down.stdout
+    assert "error numbers imported: False" in down.stdout
     assert "upload side imported: False" in down.stdout
+    downloads = (
+        "'virtvol.client.download_output', 'virtvol.sparse.writer', 'virtvol.sparse.sequential'"
+    )
+    assert f"download side imported: [{downloads}]" in down.stdout
 
 
 def test_cli_keeps_the_event_loop_for_tls() -> None:
