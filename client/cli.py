@@ -49,6 +49,7 @@ from virtvol.client.objects import (
     StorageVolume,
     VolumeType,
     VolWipeAlgorithm,
+    describe_pools,
     describe_volumes,
 )
 from virtvol.client.progress import TransferProgress, draws_a_bar, summary_line
@@ -326,20 +327,31 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
             lines.append(" ".join(parts) + "\n")
         return "".join(lines)
     rows = []
-    for pool in pools:
-        info = await pool.info()
-        autostart = _yes_no(await pool.autostart())
-        active = info.state != PoolState.INACTIVE
+    # virsh's words for what it could not learn of a pool (one destroyed meanwhile).
+    for pool, found in zip(
+        pools, await describe_pools(pools, persistence=args.details), strict=True
+    ):
+        autostart = "no autostart" if found.autostart is None else _yes_no(found.autostart)
+        info = found.info
+        if info is None:
+            sys.stderr.write("error: Could not retrieve pool information\n")
         if not args.details:
-            rows.append([pool.name, "active" if active else "inactive", autostart])
+            # virsh asks whether the pool is active, and takes a failed answer for yes.
+            state = "unknown" if info is None else "inactive" if found.active is False else "active"
+            rows.append([pool.name, state, autostart])
             continue
+        persistent = "unknown" if found.persistent is None else _yes_no(found.persistent)
+        if info is None:
+            rows.append([pool.name, "unknown", autostart, persistent, *["unknown"] * 3])
+            continue
+        active = info.state != PoolState.INACTIVE
         state = _STATE_DETAILS.get(PoolState(info.state), "unknown") if active else "inactive"
         sizes = (
             [format_size(info.capacity), format_size(info.allocation), format_size(info.available)]
             if info.state in (PoolState.RUNNING, PoolState.DEGRADED)
             else ["-", "-", "-"]
         )
-        rows.append([pool.name, state, autostart, _yes_no(await pool.is_persistent()), *sizes])
+        rows.append([pool.name, state, autostart, persistent, *sizes])
     header = ["Name", "State", "Autostart"]
     if args.details:
         header += ["Persistent", "Capacity", "Allocation", "Available"]

@@ -15,6 +15,7 @@ from virtvol.protocol.constants import VolumeInfo as VolumeInfo
 from virtvol.protocol.constants import VolumeType as VolumeType
 from virtvol.protocol.constants import VolWipeAlgorithm as VolWipeAlgorithm
 from virtvol.protocol.hints import TYPE_CHECKING
+from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
     import enum
@@ -47,6 +48,10 @@ def _enum_or_int(kind: type[enum.IntEnum], value: int) -> int:
         return value
 
 
+def _pool_info(ret: r.PoolGetInfoRet) -> PoolInfo:
+    return PoolInfo(_enum_or_int(PoolState, ret.state), ret.capacity, ret.allocation, ret.available)
+
+
 def _volume_info(ret: r.VolGetInfoRet) -> VolumeInfo:
     return VolumeInfo(_enum_or_int(VolumeType, ret.type), ret.capacity, ret.allocation)
 
@@ -55,6 +60,50 @@ def _volume_info(ret: r.VolGetInfoRet) -> VolumeInfo:
 # max_client_requests (5 by default) of a client's calls at once; more would only wait
 # in its socket.
 CALLS_IN_FLIGHT = 5
+
+
+class PoolSummary(Record):
+    """What ``describe_pools`` found of a pool; None for each answer the daemon could not
+    give (a transient pool destroyed since it was listed)."""
+
+    autostart: bool | None
+    persistent: bool | None
+    info: PoolInfo | None
+    active: bool | None
+
+
+async def describe_pools(pools: Sequence[StoragePool], *, persistence: bool) -> list[PoolSummary]:
+    """Each pool's autostart flag, whether it is persistent (with ``persistence``), its
+    info and whether it is active, asked with ``CALLS_IN_FLIGHT`` calls out at a time
+    (see ``describe_volumes``), in order.
+
+    Raises:
+        TransportError: the connection failed.
+    """
+    if not pools:
+        return []
+    asked: list[Procedure[Any, Any]] = [procedures.STORAGE_POOL_GET_AUTOSTART]
+    if persistence:
+        asked.append(procedures.STORAGE_POOL_IS_PERSISTENT)
+    asked += [procedures.STORAGE_POOL_GET_INFO, procedures.STORAGE_POOL_IS_ACTIVE]
+    calls: list[tuple[Procedure[Any, Any], XdrStruct | None]] = [
+        (procedure, r.PoolArgs(pool.wire)) for pool in pools for procedure in asked
+    ]
+    answers = iter(await pools[0].connection._rpc.call_all(calls, window=CALLS_IN_FLIGHT))
+    summaries = []
+    for _ in pools:
+        autostart = next(answers)
+        persistent = next(answers) if persistence else None
+        info, active = next(answers), next(answers)
+        summaries.append(
+            PoolSummary(
+                autostart.autostart == 1 if isinstance(autostart, r.AutostartRet) else None,
+                persistent.persistent == 1 if isinstance(persistent, r.PersistentRet) else None,
+                _pool_info(info) if isinstance(info, r.PoolGetInfoRet) else None,
+                active.active == 1 if isinstance(active, r.ActiveRet) else None,
+            )
+        )
+    return summaries
 
 
 async def describe_volumes(
@@ -149,9 +198,7 @@ class StoragePool:
         ret = await self._call(
             procedures.STORAGE_POOL_GET_INFO, r.PoolArgs(self.wire), timeout=timeout
         )
-        return PoolInfo(
-            _enum_or_int(PoolState, ret.state), ret.capacity, ret.allocation, ret.available
-        )
+        return _pool_info(ret)
 
     async def xml_desc(self, *, inactive: bool = False, timeout: float | None = None) -> str:
         """The pool's XML (``inactive``: the persistent definition)."""

@@ -21,6 +21,7 @@ from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, rpc_error
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.procedures import Proc
+from virtvol.protocol.xdr import XdrStruct
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -334,6 +335,66 @@ def test_vol_list_shows_a_volume_deleted_meanwhile_as_unknown_as_virsh_does(
         with FakePeer(folder) as peer:
             _serve_a_volume_deleted_while_listed(peer)
             proc = _run(client, peer.uri, "vol-list", POOL, *details)
+        answers[client] = (proc.stdout, proc.stderr, proc.returncode)
+    assert answers["virtvol"] == answers["virsh"]
+    assert "unknown" in answers["virsh"][0]
+
+
+def _serve_a_pool_gone_while_listed(peer: FakePeer) -> None:
+    """``peer`` lists pools "default" and "gone"; "gone" (a transient pool) was destroyed
+    since, and the calls about it fail as libvirtd fails them."""
+    gone = r.StoragePool(name="gone", uuid=bytes(range(16)))
+    default = r.StoragePool(name=POOL, uuid=bytes(16))
+
+    def about(peer: FakePeer, call: CallReceived) -> None:
+        assert isinstance(call.args, r.PoolArgs)
+        if call.args.pool.name != "gone":
+            answers: dict[int, XdrStruct] = {
+                Proc.STORAGE_POOL_GET_INFO: r.PoolGetInfoRet(
+                    state=2, capacity=8 << 30, allocation=1 << 30, available=7 << 30
+                ),
+                Proc.STORAGE_POOL_GET_AUTOSTART: r.AutostartRet(1),
+                Proc.STORAGE_POOL_IS_PERSISTENT: r.PersistentRet(1),
+                Proc.STORAGE_POOL_IS_ACTIVE: r.ActiveRet(1),
+            }
+            peer.reply(call.serial, answers[call.procedure.number])
+            return
+        error = r.RemoteError(
+            code=ErrorCode.NO_STORAGE_POOL,
+            domain=ErrorDomain.STORAGE,
+            message="Storage pool not found: no storage pool with matching uuid",
+            level=2,
+        )
+        with peer.core_lock:
+            peer.send(peer.core.reply_error(call.serial, error))
+
+    peer.handlers.update(
+        {
+            Proc.CONNECT_LIST_ALL_STORAGE_POOLS: lambda peer, call: peer.reply(
+                call.serial, r.ListAllPoolsRet(pools=(default, gone), ret=2)
+            ),
+            Proc.STORAGE_POOL_GET_INFO: about,
+            Proc.STORAGE_POOL_GET_AUTOSTART: about,
+            Proc.STORAGE_POOL_IS_PERSISTENT: about,
+            Proc.STORAGE_POOL_IS_ACTIVE: about,
+        }
+    )
+
+
+@pytest.mark.parametrize("details", [[], ["--details"]], ids=["plain", "details"])
+def test_pool_list_shows_a_pool_gone_meanwhile_as_virsh_does(
+    tmp_path: Path, details: list[str]
+) -> None:
+    """A pool destroyed between the listing and the calls about it: virsh says it could
+    not retrieve its information, shows "no autostart" and "unknown" in its row, and
+    succeeds; virtvol failed the whole listing."""
+    answers = {}
+    for client in ("virsh", "virtvol"):
+        folder = tmp_path / client
+        folder.mkdir()
+        with FakePeer(folder) as peer:
+            _serve_a_pool_gone_while_listed(peer)
+            proc = _run(client, peer.uri, "pool-list", *details)
         answers[client] = (proc.stdout, proc.stderr, proc.returncode)
     assert answers["virtvol"] == answers["virsh"]
     assert "unknown" in answers["virsh"][0]
