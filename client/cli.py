@@ -84,14 +84,15 @@ __all__ = ["main"]
 _T = TypeVar("_T")
 
 
-_STATE_DETAILS = {
+# By number: a daemon newer than this client may answer one it has no name for ("unknown").
+_STATE_DETAILS: dict[int, str] = {
     PoolState.INACTIVE: "inactive",
     PoolState.BUILDING: "building",
     PoolState.RUNNING: "running",
     PoolState.DEGRADED: "degraded",
     PoolState.INACCESSIBLE: "inaccessible",
 }
-_VOL_TYPES = {
+_VOL_TYPES: dict[int, str] = {
     VolumeType.FILE: "file",
     VolumeType.BLOCK: "block",
     VolumeType.DIR: "dir",
@@ -345,7 +346,7 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
             rows.append([pool.name, "unknown", autostart, persistent, *["unknown"] * 3])
             continue
         active = info.state != PoolState.INACTIVE
-        state = _STATE_DETAILS.get(PoolState(info.state), "unknown") if active else "inactive"
+        state = _STATE_DETAILS.get(info.state, "unknown") if active else "inactive"
         sizes = (
             [format_size(info.capacity), format_size(info.allocation), format_size(info.available)]
             if info.state in (PoolState.RUNNING, PoolState.DEGRADED)
@@ -385,7 +386,7 @@ async def pool_info(conn: Connection, args: SimpleNamespace) -> str:
         fields = [
             ("Name", pool.name),
             ("UUID", pool.uuid_string),
-            ("State", _STATE_DETAILS.get(PoolState(info.state), "unknown")),
+            ("State", _STATE_DETAILS.get(info.state, "unknown")),
             ("Persistent", _yes_no(await pool.is_persistent())),
             ("Autostart", _yes_no(await pool.autostart())),
         ]
@@ -639,7 +640,7 @@ async def vol_list(conn: Connection, args: SimpleNamespace) -> str:
         if args.details and info is None:
             row += ["unknown"] * 3
         elif info is not None:
-            kind = _VOL_TYPES.get(VolumeType(info.type), "unknown")
+            kind = _VOL_TYPES.get(info.type, "unknown")
             row += [kind, format_size(info.capacity), format_size(info.allocation)]
         rows.append(row)
     header = ["Name", "Path"]
@@ -658,7 +659,7 @@ async def vol_info(conn: Connection, args: SimpleNamespace) -> str:
     return format_fields(
         [
             ("Name", vol.name),
-            ("Type", _VOL_TYPES.get(VolumeType(info.type), "unknown")),
+            ("Type", _VOL_TYPES.get(info.type, "unknown")),
             ("Capacity", show(info.capacity)),
             ("Physical" if args.physical else "Allocation", show(info.allocation)),
         ]

@@ -21,10 +21,11 @@ from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, rpc_error
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.procedures import Proc
-from virtvol.protocol.xdr import XdrStruct
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from virtvol.protocol.xdr import XdrStruct
 
 pytestmark = pytest.mark.interop
 
@@ -219,11 +220,14 @@ def test_wipe_algorithms_match_virsh(daemon: Daemon, algorithm: list[str]) -> No
     assert ours.read_bytes() == (bytes(len(content)) if wiped else content)
 
 
+DEFAULT_POOL = r.StoragePool(name=POOL, uuid=bytes(16))
+
+
 def _serve_the_volume(peer: FakePeer) -> None:
     """``peer`` holds pool "default", active, and its volume, found by name."""
 
     def pool(peer: FakePeer, call: CallReceived) -> None:
-        peer.reply(call.serial, r.PoolRet(r.StoragePool(name=POOL, uuid=bytes(16))))
+        peer.reply(call.serial, r.PoolRet(DEFAULT_POOL))
 
     peer.handlers.update(
         {
@@ -344,7 +348,6 @@ def _serve_a_pool_gone_while_listed(peer: FakePeer) -> None:
     """``peer`` lists pools "default" and "gone"; "gone" (a transient pool) was destroyed
     since, and the calls about it fail as libvirtd fails them."""
     gone = r.StoragePool(name="gone", uuid=bytes(range(16)))
-    default = r.StoragePool(name=POOL, uuid=bytes(16))
 
     def about(peer: FakePeer, call: CallReceived) -> None:
         assert isinstance(call.args, r.PoolArgs)
@@ -371,7 +374,7 @@ def _serve_a_pool_gone_while_listed(peer: FakePeer) -> None:
     peer.handlers.update(
         {
             Proc.CONNECT_LIST_ALL_STORAGE_POOLS: lambda peer, call: peer.reply(
-                call.serial, r.ListAllPoolsRet(pools=(default, gone), ret=2)
+                call.serial, r.ListAllPoolsRet(pools=(DEFAULT_POOL, gone), ret=2)
             ),
             Proc.STORAGE_POOL_GET_INFO: about,
             Proc.STORAGE_POOL_GET_AUTOSTART: about,
@@ -398,6 +401,59 @@ def test_pool_list_shows_a_pool_gone_meanwhile_as_virsh_does(
         answers[client] = (proc.stdout, proc.stderr, proc.returncode)
     assert answers["virtvol"] == answers["virsh"]
     assert "unknown" in answers["virsh"][0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["vol-list", POOL, "--details"],
+        ["vol-info", VOLUME.name, "--pool", POOL],
+        ["pool-list", "--details"],
+        ["pool-info", POOL],
+    ],
+    ids=["vol-list", "vol-info", "pool-list", "pool-info"],
+)
+def test_a_type_or_state_newer_than_ours_is_unknown_as_virsh_says(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A daemon newer than the client may answer a volume type or a pool state the client
+    has no name for: virsh prints "unknown"; virtvol failed with a traceback."""
+    answers = {}
+    for client in ("virsh", "virtvol"):
+        folder = tmp_path / client
+        folder.mkdir()
+        with FakePeer(folder) as peer:
+            _serve_the_volume(peer)
+            peer.handlers.update(
+                {
+                    Proc.STORAGE_POOL_LIST_ALL_VOLUMES: lambda peer, call: peer.reply(
+                        call.serial, r.PoolListAllVolumesRet(vols=(VOLUME,), ret=1)
+                    ),
+                    Proc.STORAGE_VOL_GET_PATH: lambda peer, call: peer.reply(
+                        call.serial, r.VolGetPathRet("/pool/vol")
+                    ),
+                    Proc.STORAGE_VOL_GET_INFO: lambda peer, call: peer.reply(
+                        call.serial, r.VolGetInfoRet(type=9, capacity=1, allocation=1)
+                    ),
+                    Proc.CONNECT_LIST_ALL_STORAGE_POOLS: lambda peer, call: peer.reply(
+                        call.serial, r.ListAllPoolsRet(pools=(DEFAULT_POOL,), ret=1)
+                    ),
+                    Proc.STORAGE_POOL_GET_INFO: lambda peer, call: peer.reply(
+                        call.serial,
+                        r.PoolGetInfoRet(state=9, capacity=1, allocation=1, available=1),
+                    ),
+                    Proc.STORAGE_POOL_GET_AUTOSTART: lambda peer, call: peer.reply(
+                        call.serial, r.AutostartRet(0)
+                    ),
+                    Proc.STORAGE_POOL_IS_PERSISTENT: lambda peer, call: peer.reply(
+                        call.serial, r.PersistentRet(1)
+                    ),
+                }
+            )
+            proc = _run(client, peer.uri, *command)
+        answers[client] = (proc.stdout, proc.stderr, proc.returncode)
+    assert answers["virtvol"] == answers["virsh"]
+    assert answers["virsh"][2] == 0
 
 
 def test_a_download_drawing_no_bar_asks_no_volume_info(tmp_path: Path) -> None:
