@@ -1001,9 +1001,9 @@ async def _transfer(
     move = vol.upload_file if upload else vol.download_file
     sparse = _sparse_choice(args)
     enabled = not args.quiet
-    length = await total() if draws_a_bar(enabled) else None
+    bar_total = await total() if draws_a_bar(enabled) else None
     with TransferProgress(
-        f"{verb} {vol.name}", length, enabled=enabled, holes=sparse is not False
+        f"{verb} {vol.name}", bar_total, enabled=enabled, holes=sparse is not False
     ) as bar:
         try:
             result = await move(

@@ -320,7 +320,12 @@ class DirectRpc:
         self._awaited.add(serial)
         if sink is not None:
             self._sinks[serial] = sink
-        self.write((frame,))
+        try:
+            self.write((frame,))
+        except BaseException:  # not sent: nothing of it is kept for an answer
+            self._awaited.discard(serial)
+            self._sinks.pop(serial, None)
+            raise
         return serial
 
     def wait_reply(self, serial: int, name: str, timeout: float | None = None) -> Any:
@@ -372,15 +377,19 @@ class DirectRpc:
     ) -> list[Any]:
         """Make ``calls`` with up to ``window`` of them in flight (see
         ``rpc.RpcProtocol.call_all``); never suspends."""
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
         results: list[Any] = []
         in_flight: collections.deque[tuple[int, str]] = collections.deque()
         try:
             for procedure, args in calls:
                 if len(in_flight) >= window:
-                    results.append(self._result_or_error(*in_flight.popleft()))
+                    results.append(self._result_or_error(*in_flight[0]))
+                    in_flight.popleft()
                 in_flight.append((self.start_call(procedure, args), procedure.name))
             while in_flight:
-                results.append(self._result_or_error(*in_flight.popleft()))
+                results.append(self._result_or_error(*in_flight[0]))
+                in_flight.popleft()
         finally:  # a failed connection, or Ctrl-C: the answers still due are dropped
             for serial, _ in in_flight:
                 self._awaited.discard(serial)

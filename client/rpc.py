@@ -340,23 +340,28 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self, calls: Sequence[tuple[Procedure[Any, Any], XdrStruct | None]], *, window: int
     ) -> list[Any]:
         """Make ``calls`` with up to ``window`` of them in flight: each one's result, or
-        the ``LibvirtError`` the peer answered it with, in their order. A peer answers
-        calls in the order they came, one round trip's wait for ``window`` calls.
+        the ``LibvirtError`` the peer answered it with, in their order. A new call goes
+        out each time the oldest one is answered (peers may answer in any order).
 
         Raises:
+            ValueError: ``window`` is below 1.
             TransportError: the connection failed before every answer came.
             UnsendableValue: a call's arguments cannot be encoded.
         """
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
         results: list[Any] = []
         in_flight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
         try:
             for procedure, args in calls:
                 if len(in_flight) >= window:
-                    results.append(await _result_or_error(in_flight.popleft()[1]))
+                    results.append(await _result_or_error(in_flight[0][1]))
+                    in_flight.popleft()
                 in_flight.append(self.start_call(procedure, args))
             while in_flight:
-                results.append(await _result_or_error(in_flight.popleft()[1]))
-        finally:  # failed or cancelled: the answers still due are dropped
+                results.append(await _result_or_error(in_flight[0][1]))
+                in_flight.popleft()
+        finally:  # failed or cancelled: the answers still due are dropped as they come
             for serial, waiter in in_flight:
                 self._waiters.pop(serial, None)
                 waiter.cancel()

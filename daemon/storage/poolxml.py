@@ -134,7 +134,7 @@ def clean_path(path: str) -> str:
 
 def parse_pool_xml(text: str, *, stored: bool = False) -> PoolDefinition:
     """Parse a pool definition; a missing UUID is generated. ``stored``: one the daemon
-    saved itself, read back as it was printed (see ``_id`` and the mode below).
+    saved itself, read back as it was printed (see ``permissions.parse_permissions``).
 
     Raises:
         ErrorReport: for malformed XML, missing or bad elements, or pool types
