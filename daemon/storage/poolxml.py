@@ -163,6 +163,7 @@ def parse_pool_xml(text: str, *, stored: bool = False) -> PoolDefinition:
         if parsed is None:
             raise xml_error("malformed uuid element")
         raw_uuid = parsed
+    cow = _cow(root)  # libvirt reads <features> before the source and the target
     if pool_type == "rbd":
         source = parse_rbd_source(root)
         return PoolDefinition(
@@ -184,7 +185,7 @@ def parse_pool_xml(text: str, *, stored: bool = False) -> PoolDefinition:
         owner=permissions.owner,
         group=permissions.group,
         label=permissions.label,
-        cow=_cow(root),
+        cow=cow,
         refresh_allocation=_refresh_allocation(root),
     )
 

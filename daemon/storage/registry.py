@@ -760,6 +760,10 @@ class StorageRegistry:
         _check_flags(
             flags, VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.VALIDATE, "storageVolCreateXML"
         )
+        with self._lock:  # libvirtd reads the definition only once the pool is found active
+            pool = self._pool(ref)
+            if pool.rbd is None:
+                pool.active_volumes()
         request = parse_volume_xml(xml)
         prealloc_metadata = bool(flags & VolCreateFlags.PREALLOC_METADATA)
         with self._building(ref, request.name) as (pool, volumes):

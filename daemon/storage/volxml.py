@@ -100,15 +100,16 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     kind = root.get("type")
     if kind is not None and kind not in _VOLUME_TYPES:
         raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume type '{kind}'")
+    backing = child_string(root, "backingStore/path") is not None
+    if backing:  # read as the target's are, though nothing is made of it (buildrules)
+        _format_type(root, "backingStore/format")
+        parse_permissions(root.find("backingStore/permissions"))
     capacity = _size(root, "capacity")
-    if capacity is None and capacity_required:
+    # An overlay may leave its size to its backing file.
+    if capacity is None and capacity_required and not backing:
         raise xml_error("missing capacity element")
     allocation = _size(root, "allocation")
-    fmt_element = root.find("target/format")
-    # An empty type is no type: the default format.
-    fmt = (fmt_element.get("type") or None) if fmt_element is not None else None
-    if fmt is not None and fmt not in _KNOWN_FORMATS:
-        raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
+    fmt = _format_type(root, "target/format")
     if capacity is not None and allocation is not None and allocation > capacity:
         # libvirt grows the capacity to the requested allocation.
         capacity = allocation
@@ -128,10 +129,20 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
         format=fmt or "raw",
         # Refused, not ignored, where they cannot be made: an empty volume instead of an
         # overlay, or a plain one where encryption was asked for.
-        backing=child_string(root, "backingStore/path") is not None,
+        backing=backing,
         encrypted=root.find("target/encryption") is not None,
         nocow=root.find("target/nocow") is not None,
     )
+
+
+def _format_type(root: Element, path: str) -> str | None:
+    """The ``type`` of the ``<format>`` at ``path``: None for none (the default format; an
+    empty type is none), libvirt's refusal for a type it does not know."""
+    element = root.find(path)
+    fmt = (element.get("type") or None) if element is not None else None
+    if fmt is not None and fmt not in _KNOWN_FORMATS:
+        raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume format type {fmt}")
+    return fmt
 
 
 # virStorageEncryptionFormat and virStorageFileFeature, as libvirt 9.0 names them.

@@ -658,6 +658,59 @@ def test_volume_permissions_are_read_as_a_pool_s(
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_PERMISSIONS)
 
 
+# What libvirt reads of a definition, and in which order, before it looks further: a
+# volume's <backingStore> (format, permissions) after its type and before its capacity;
+# a new volume's definition only once its pool is found active; a pool's <features>
+# after its UUID and before its target.
+DEFINITION_ORDER = """
+pool = conn.storagePoolLookupByName("default")
+pool.refresh(0)  # libvirtd learns of the placed source volume
+volume = "<volume><name>%s</name>%s%s</volume>"
+backing = "<backingStore><path>/nowhere</path>%s</backingStore>"
+for label, inside, capacity in [
+    ("backing mode", "<permissions><mode>9</mode></permissions>", "<capacity>0</capacity>"),
+    ("backing owner", "<permissions><owner>x</owner></permissions>", "<capacity>0</capacity>"),
+    ("backing format", "<format type='nope'/>", "<capacity>0</capacity>"),
+    ("backing mode, no capacity", "<permissions><mode>9</mode></permissions>", ""),
+    ("backing, no capacity", "", ""),
+]:
+    name = label.replace(" ", "-").replace(",", "")
+    step("create, " + label,
+         lambda: pool.createXML(volume % (name, backing % inside, capacity), 0))
+    step("clone, " + label,
+         lambda: pool.createXMLFrom(volume % (name, backing % inside, capacity),
+                                    pool.storageVolLookupByName("source"), 0))
+stopped = define_dir_pool("stopped", os.path.join(BASE, "stopped"))
+for label, xml in [
+    ("bad mode", volume % ("v", "<capacity>0</capacity>",
+                           "<target><permissions><mode>9</mode></permissions></target>")),
+    ("no name", "<volume><capacity>0</capacity></volume>"),
+    ("not XML", "<volume>"),
+]:
+    step("create in a stopped pool, " + label, lambda: stopped.createXML(xml, 0))
+for label, features, target in [
+    ("bad cow, bad mode", "<features><cow state='maybe'/></features>",
+     "<target><path>%s</path><permissions><mode>9</mode></permissions></target>"),
+    ("bad cow, no target", "<features><cow state='maybe'/></features>", ""),
+]:
+    xml = "<pool type='dir'><name>p</name>%s%s</pool>" % (
+        features, target % os.path.join(BASE, "p") if target else "")
+    step("define, " + label, lambda: conn.storagePoolDefineXML(xml, 0))
+"""
+
+
+def _place_a_source_volume(pool_dir: Path) -> None:
+    (pool_dir / "source").write_bytes(b"x" * 4096)
+
+
+def test_definitions_are_read_in_libvirt_s_order(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(
+        reference_libvirtd, virtvold, tmp_path, DEFINITION_ORDER, place=_place_a_source_volume
+    )
+
+
 # The mode a refresh finds on a volume or on the pool's folder, as libvirt writes it.
 MODES_FOUND = """
 import re
