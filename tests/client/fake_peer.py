@@ -47,6 +47,11 @@ POOL = "default"
 VOLUME = r.StorageVol(pool=POOL, name="vol", key="/pool/vol")
 
 
+def storage_error(code: ErrorCode, message: str) -> r.RemoteError:
+    """A storage driver's refusal, as libvirtd words them (level: error)."""
+    return r.RemoteError(code=code, domain=ErrorDomain.STORAGE, message=message, level=2)
+
+
 def stream_error(message: str) -> r.RemoteError:
     """A storage error as the peer reports it on a stream."""
     return r.RemoteError(
@@ -103,6 +108,11 @@ class FakePeer:
     def reply(self, serial: int, result: XdrStruct | None = None) -> None:
         with self.core_lock:
             self.send(self.core.reply(serial, result))
+
+    def refuse(self, serial: int, error: r.RemoteError) -> None:
+        """Answer call ``serial`` with ``error``."""
+        with self.core_lock:
+            self.send(self.core.reply_error(serial, error))
 
     def later(self, delay: float, action: Callable[..., object], *args: object) -> None:
         """Run ``action(*args)`` in ``delay`` seconds (unless the peer stopped by then; a

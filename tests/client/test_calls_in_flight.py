@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.client.fake_peer import POOL, FakePeer
+from tests.client.fake_peer import POOL, FakePeer, storage_error
 from tests.client.helpers import ENGINES, on_engine
 from virtvol.client.direct import DirectRpc
 from virtvol.client.errors import ConnectionClosed, NoStorageVolume
@@ -17,7 +17,7 @@ from virtvol.client.objects import CALLS_IN_FLIGHT, StorageVolume, describe_volu
 from virtvol.client.rpc import RpcProtocol
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
-from virtvol.protocol.error_codes import ErrorCode, ErrorDomain
+from virtvol.protocol.error_codes import ErrorCode
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
@@ -66,14 +66,8 @@ class HoldingPeer:
             assert isinstance(call.args, r.VolArgs)
             name = call.args.vol.name
             if name == "v05":
-                error = r.RemoteError(
-                    code=ErrorCode.NO_STORAGE_VOL,
-                    domain=ErrorDomain.STORAGE,
-                    message=f"Storage volume not found: no storage vol with matching name '{name}'",
-                    level=2,
-                )
-                with self.peer.core_lock:
-                    self.peer.send(self.peer.core.reply_error(call.serial, error))
+                message = f"Storage volume not found: no storage vol with matching name '{name}'"
+                self.peer.refuse(call.serial, storage_error(ErrorCode.NO_STORAGE_VOL, message))
             else:
                 self.peer.reply(call.serial, r.VolGetPathRet(f"/pool/{name}"))
 
