@@ -1002,32 +1002,22 @@ class StorageRegistry:
         from ``offset`` and may not exceed a non-zero ``length``.
         """
         _check_flags(flags, VolStreamFlags.SPARSE, "storageVolUpload")
-        keep: int | None = None
+        whole = offset == 0 and length == 0
         with self._lock:
             pool = self._volume_pool(volume)
             volumes = pool.active_volumes()
             volumes.require(volume.name)
             pool.check_not_busy(volume.name)
-            if offset == 0 and length == 0:
-                # Replacing the file needs only the directory's permission; libvirt writes
-                # in place, so a volume it may not write (read-only, another user's) is
-                # refused there, and here too. Its end is read to be kept: held open from
-                # here, while the volume is busy, so it is the file the rename replaces.
-                os.close(volumes.open(volume.name, os.O_WRONLY, stream=True))
-                keep = volumes.open(volume.name, os.O_RDONLY, stream=True)
-                try:
-                    temp, fd = volumes.create_upload_temp(volume.name)
-                except BaseException:
-                    os.close(keep)
-                    raise
-            else:
-                temp, fd = None, volumes.open_in_place(volume.name, os.O_WRONLY, stream=True)
-                try:
-                    _seek_to(fd, offset, volumes.volume_path(volume.name))
-                except BaseException:
-                    os.close(fd)
-                    raise
-            pool.busy[volume.name] = Busy.WRITING if temp is None else Busy.UPLOADING
+            # Reserved before its files are opened, which is done outside the lock: making
+            # the temporary waits while the pool's file system is frozen (a snapshot), and
+            # no call about another volume or pool is to wait with it.
+            pool.busy[volume.name] = Busy.UPLOADING if whole else Busy.WRITING
+        try:
+            temp, fd, keep = _open_upload_files(volumes, volume.name, offset, whole=whole)
+        except BaseException:
+            with self._lock:
+                pool.busy.pop(volume.name, None)
+            raise
 
         def finish(success: bool) -> Callable[[], None] | None:
             try:
@@ -1145,6 +1135,35 @@ def _seek_to(fd: int, offset: int, path: str) -> None:
         os.lseek(fd, offset, os.SEEK_SET)
     except OSError as exc:
         raise system_error(f"Unable to seek {path} to {offset}", exc, STREAMS_DOMAIN) from None
+
+
+def _open_upload_files(
+    volumes: VolumeDir, name: str, offset: int, *, whole: bool
+) -> tuple[str | None, int, int | None]:
+    """The files of an upload into volume ``name``, which the caller holds busy: for a
+    ``whole`` one, the hidden temporary (its name and descriptor) and the volume open for
+    reading, to keep its end; otherwise no temporary and the volume open for writing in
+    place at ``offset``."""
+    if not whole:
+        fd = volumes.open_in_place(name, os.O_WRONLY, stream=True)
+        try:
+            _seek_to(fd, offset, volumes.volume_path(name))
+        except BaseException:
+            os.close(fd)
+            raise
+        return None, fd, None
+    # Replacing the file needs only the directory's permission; libvirt writes in place,
+    # so a volume it may not write (read-only, another user's) is refused there, and here
+    # too. Its end is read to be kept: held open from here, while the volume is busy, so
+    # it is the file the rename replaces.
+    os.close(volumes.open(name, os.O_WRONLY, stream=True))
+    keep = volumes.open(name, os.O_RDONLY, stream=True)
+    try:
+        temp, fd = volumes.create_upload_temp(name)
+    except BaseException:
+        os.close(keep)
+        raise
+    return temp, fd, keep
 
 
 def _check_no_format(pool: Pool, flags: int) -> None:

@@ -630,23 +630,26 @@ class VolumeDir:
             ]
         for name in candidates:
             try:
-                if self._is_unlocked(name):
-                    self.remove_temp(name)
+                self._remove_if_unlocked(name)
             except FileNotFoundError:
                 continue  # its upload finished or another clean-up came first
             except OSError as exc:
                 log.warning("kept upload leftover '%s' in '%s': %s", name, self.path, exc.strerror)
 
-    def _is_unlocked(self, name: str) -> bool:
-        """Whether no process holds temporary ``name``'s lock. The lock needs a descriptor
-        that can read or write (a temporary has its volume's permission bits, which may
-        allow only one of them); a file that allows neither raises."""
+    def _remove_if_unlocked(self, name: str) -> None:
+        """Remove temporary ``name`` if no process holds its lock, holding the lock while it
+        is removed: an upload that makes a temporary takes its lock, then sees whether it
+        is still linked (``create_upload_temp``), so it never writes one removed here. The
+        lock needs a descriptor that can read or write (a temporary has its volume's
+        permission bits, which may allow only one of them); a file that allows neither
+        raises."""
         try:
             fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
         except PermissionError:
             fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
         try:
-            return _lock(fd)
+            if _lock(fd):
+                os.unlink(name, dir_fd=self.fd)
         finally:
             os.close(fd)
 

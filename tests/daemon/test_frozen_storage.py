@@ -146,3 +146,44 @@ def test_an_upload_on_virtvols_engine_outlasts_frozen_storage(
 
     run_blocking(upload())
     assert (frozen_pool_virtvold.pool_dir / "v").read_bytes() == data
+
+
+def test_an_upload_opened_on_frozen_storage_holds_up_no_other_pool(
+    frozen_pool_virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """A whole-volume upload makes its hidden temporary as it opens, which waits while the
+    pool's file system is frozen; meanwhile a pool on another file system is listed."""
+    uri = frozen_pool_virtvold.tcp_uri
+    pool = frozen_pool_virtvold.pool_dir
+    run_virsh(uri, "vol-create-as", POOL_NAME, "v", "4096", "--allocation", "0")
+    other = tmp_path / "other"
+    other.mkdir()
+    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
+    (other / "o").write_bytes(b"o")
+    source = tmp_path / "source.img"
+    source.write_bytes(b"n" * 4096)
+    subprocess.run(["fsfreeze", "--freeze", str(pool)], check=True)
+    thaw = threading.Timer(
+        4.0, subprocess.run, (["fsfreeze", "--unfreeze", str(pool)],), {"check": False}
+    )
+    thaw.start()
+    upload = subprocess.Popen(
+        ["virsh", "-c", uri, "vol-upload", "v", str(source), POOL_NAME],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # the upload's call waits in the daemon for the frozen disk
+        assert upload.poll() is None
+        started = time.monotonic()
+        listed = run_virsh(uri, "vol-list", "other")
+        took = time.monotonic() - started
+    finally:
+        thaw.cancel()
+        subprocess.run(["fsfreeze", "--unfreeze", str(pool)], check=False)
+        output, _ = upload.communicate(timeout=30)
+    assert " o " in listed.stdout
+    assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
+    assert upload.returncode == 0, output
+    assert (pool / "v").read_bytes() == b"n" * 4096
