@@ -242,11 +242,7 @@ class Pool:
         """Delete the upload temporaries a crash left in the directory (this pool's running
         uploads keep theirs). Only for a directory no other running pool serves: the
         temporaries of that pool's uploads are not stale."""
-        volumes = self.opened_directory()
-        try:
-            volumes.remove_stale_temps()
-        except OSError as exc:
-            raise system_error(f"cannot read directory '{volumes.path}'", exc) from None
+        remove_leftovers(self.opened_directory())
 
     def connect_rbd(self, secrets: SecretStore) -> tuple[RbdVolumes, PoolRuntime]:
         """Connect an rbd pool to its cluster with the key of the secret its ``<auth>``
@@ -323,6 +319,15 @@ class Pool:
         or written in place by an upload: the copy would take a half-made file."""
         if self.busy.get(name) in (Busy.BUILDING, Busy.CHANGING, Busy.WRITING):
             self.check_not_busy(name)
+
+
+def remove_leftovers(volumes: VolumeDir) -> None:
+    """Delete the upload temporaries a crash left in ``volumes`` (see
+    ``VolumeDir.remove_stale_temps``), failing in the words of a directory not read."""
+    try:
+        volumes.remove_stale_temps()
+    except OSError as exc:
+        raise system_error(f"cannot read directory '{volumes.path}'", exc) from None
 
 
 def _make_parents(path: str) -> None:

@@ -42,7 +42,7 @@ from .flags import (
 )
 from .model import PoolEvent, PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
 from .names import check_new_volume_name
-from .pool import Busy, Pool
+from .pool import Busy, Pool, remove_leftovers
 from .poolxml import PoolDefinition, PoolRuntime, clean_path, format_pool_xml, parse_pool_xml
 from .rbdtransfer import RbdReader, RbdWriter
 from .rbdvolumes import RbdVolumes
@@ -514,6 +514,7 @@ class StorageRegistry:
         as libvirt stops a pool whose refresh fails (a transient pool then vanishes).
         """
         _check_flags(flags, 0, "storagePoolRefresh")
+        view = None
         with self._lock:
             pool = self._pool(ref)
             if pool.rbd is None:
@@ -526,7 +527,13 @@ class StorageRegistry:
                     except BaseException:
                         self._stop(pool)
                         raise
-                pool.remove_stale_temps()
+                # Removing a leftover waits while the file system is frozen (a snapshot),
+                # and a large one takes the kernel a while: done outside the lock, through
+                # a descriptor of its own, so that other calls do not wait for it.
+                view = pool.opened_directory().view()
+        if view is not None:
+            with view:
+                remove_leftovers(view)
         self._current_runtime(pool)
         self._tell(pool.ref, PoolEvent.REFRESHED)
 

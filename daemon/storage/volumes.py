@@ -62,12 +62,13 @@ _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 class VolumeDir:
     """The files of an active pool; ``fd`` is the open pool directory."""
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, temps: dict[str, int] | None = None) -> None:
         self.path = path
         self.fd = fd
         # The upload temporaries made here and not yet replaced or removed, each with a
-        # descriptor of its own that holds its lock (see ``create_upload_temp``).
-        self._temps: dict[str, int] = {}
+        # descriptor of its own that holds its lock (see ``create_upload_temp``); a view
+        # shares its directory's (``view``).
+        self._temps: dict[str, int] = {} if temps is None else temps
         # The names of the extended attributes each of those was given from its volume.
         self._given: dict[str, set[str]] = {}
 
@@ -83,8 +84,10 @@ class VolumeDir:
         """The same directory through a descriptor of its own, for looking at its entries
         outside the registry lock: a sub-directory may be the mount point of a file system
         that stopped answering, and only the call looking at it should wait. Stopping the
-        pool meanwhile leaves the view's descriptor valid. Close it after use (``with``)."""
-        return VolumeDir(self.path, os.dup(self.fd))
+        pool meanwhile leaves the view's descriptor valid. Close it after use (``with``).
+        It knows the directory's running uploads, so its ``remove_stale_temps`` leaves
+        their temporaries alone."""
+        return VolumeDir(self.path, os.dup(self.fd), self._temps)
 
     def __enter__(self) -> VolumeDir:
         return self
