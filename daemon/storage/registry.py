@@ -1166,6 +1166,7 @@ def _open_upload_files(
     os.close(volumes.open(name, os.O_WRONLY, stream=True))
     keep = volumes.open(name, os.O_RDONLY, stream=True)
     try:
+        volumes.check_no_guest_writes(name, keep)
         temp, fd = volumes.create_upload_temp(name)
     except BaseException:
         os.close(keep)

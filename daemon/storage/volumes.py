@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import stat
+import struct
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
@@ -40,6 +41,7 @@ from .reports import (
     storage_error,
     system_error,
     volume_exists,
+    volume_in_use,
 )
 from .resizerules import new_capacity
 from .volxml import MAX_FILE_SIZE, VolumeRequest
@@ -182,6 +184,34 @@ class VolumeDir:
                 "every file linked to it",
             )
         return fd
+
+    def check_no_guest_writes(self, name: str, fd: int) -> None:
+        """Refuse, as libvirt refuses a volume in use, to replace volume ``name`` (open as
+        ``fd``) while a guest writes it: the guest would go on writing into the replaced
+        file, every write after the rename lost."""
+        if _held_by_a_writing_guest(fd):
+            raise volume_in_use(name)
+
+    def _check_no_guest_writes_now(self, name: str) -> None:
+        """``check_no_guest_writes`` for whatever volume ``name`` is now: only a regular
+        file is opened for it (a sub-directory refuses the rename, and a volume gone or
+        swapped for a link, a FIFO or a device is no guest's disk)."""
+        st = self.stat(name)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return
+        try:
+            try:
+                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+            except PermissionError:
+                fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                return  # gone or swapped since its stat
+            raise
+        try:
+            self.check_no_guest_writes(name, fd)
+        finally:
+            os.close(fd)
 
     # -- what the files hold -------------------------------------------------
 
@@ -576,6 +606,8 @@ class VolumeDir:
         """
         held = self._temps.get(temp)
         if held is not None:
+            # A guest may have started on the volume since the upload was opened.
+            self._check_no_guest_writes_now(name)
             self._take_changes(name, held, self._given.get(temp, set()))
         try:
             old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
@@ -764,6 +796,27 @@ def _lock(fd: int) -> bool:
             return True
         raise
     return True
+
+
+# QEMU holds an image it may write with a lock on this byte (its first lock byte, 100,
+# plus the bit number of its write permission, 1), through an open file description.
+_GUEST_WRITE_BYTE = 101
+# struct flock on Linux: type, whence, start, length, pid (and padding).
+_FLOCK = struct.Struct("hhqqi4x")
+
+
+def _held_by_a_writing_guest(fd: int) -> bool:
+    """Whether another open file description holds a lock on the open file's
+    ``_GUEST_WRITE_BYTE``, as QEMU does on a disk it writes. A file system without
+    locks shows none."""
+    probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _GUEST_WRITE_BYTE, 1, 0)
+    try:
+        found = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    return bool(_FLOCK.unpack(found)[0] != fcntl.F_UNLCK)
 
 
 # Linux's ioctl that makes a file share all of another's blocks (copy on write).
