@@ -63,7 +63,7 @@ from .reports import (
 )
 from .secrets import SecretStore, UsageType
 from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
-from .volumes import VolumeDir, backing_store
+from .volumes import VolumeDir, backing_store, mark_as_written
 from .volxml import (
     format_rbd_volume_xml,
     format_volume_xml,
@@ -1152,7 +1152,7 @@ def _open_upload_files(
     reading, to keep its end; otherwise no temporary and the volume open for writing in
     place at ``offset``."""
     if not whole:
-        fd = volumes.open_in_place(name, os.O_WRONLY, stream=True)
+        fd = _open_to_write_in_place(volumes, name)
         try:
             _seek_to(fd, offset, volumes.volume_path(name))
         except BaseException:
@@ -1166,12 +1166,27 @@ def _open_upload_files(
     os.close(volumes.open(name, os.O_WRONLY, stream=True))
     keep = volumes.open(name, os.O_RDONLY, stream=True)
     try:
-        volumes.check_no_guest_writes(name, keep)
+        volumes.check_not_written_elsewhere(name, keep)
         temp, fd = volumes.create_upload_temp(name)
     except BaseException:
         os.close(keep)
         raise
     return temp, fd, keep
+
+
+def _open_to_write_in_place(volumes: VolumeDir, name: str) -> int:
+    """Volume ``name`` open to be written in place by an upload, marked as written
+    (``mark_as_written``), for which it is opened for reading too where the daemon may
+    read it; libvirt opens it for writing only, which is all a volume that may not be
+    read gets."""
+    try:
+        fd = volumes.open_in_place(name, os.O_RDWR, stream=True)
+    except ErrorReport as exc:
+        if exc.code != ErrorCode.SYSTEM_ERROR:
+            raise
+        return volumes.open_in_place(name, os.O_WRONLY, stream=True)
+    mark_as_written(fd)
+    return fd
 
 
 def _check_no_format(pool: Pool, flags: int) -> None:

@@ -185,17 +185,18 @@ class VolumeDir:
             )
         return fd
 
-    def check_no_guest_writes(self, name: str, fd: int) -> None:
+    def check_not_written_elsewhere(self, name: str, fd: int) -> None:
         """Refuse, as libvirt refuses a volume in use, to replace volume ``name`` (open as
-        ``fd``) while a guest writes it: the guest would go on writing into the replaced
-        file, every write after the rename lost."""
-        if _held_by_a_writing_guest(fd):
+        ``fd``) while a guest, or another daemon serving the directory, writes it
+        (``mark_as_written``): the writer would go on writing into the replaced file,
+        every write after the rename lost."""
+        if _marked_as_written(fd):
             raise volume_in_use(name)
 
-    def _check_no_guest_writes_now(self, name: str) -> None:
-        """``check_no_guest_writes`` for whatever volume ``name`` is now: only a regular
-        file is opened for it (a sub-directory refuses the rename, and a volume gone or
-        swapped for a link, a FIFO or a device is no guest's disk)."""
+    def _check_not_written_elsewhere_now(self, name: str) -> None:
+        """``check_not_written_elsewhere`` for whatever volume ``name`` is now: only a
+        regular file is opened for it (a sub-directory refuses the rename, and a volume
+        gone or swapped for a link, a FIFO or a device is nobody's disk)."""
         st = self.stat(name)
         if st is None or not stat.S_ISREG(st.st_mode):
             return
@@ -209,7 +210,7 @@ class VolumeDir:
                 return  # gone or swapped since its stat
             raise
         try:
-            self.check_no_guest_writes(name, fd)
+            self.check_not_written_elsewhere(name, fd)
         finally:
             os.close(fd)
 
@@ -607,7 +608,7 @@ class VolumeDir:
         held = self._temps.get(temp)
         if held is not None:
             # A guest may have started on the volume since the upload was opened.
-            self._check_no_guest_writes_now(name)
+            self._check_not_written_elsewhere_now(name)
             self._take_changes(name, held, self._given.get(temp, set()))
         try:
             old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
@@ -805,9 +806,20 @@ _GUEST_WRITE_BYTE = 101
 _FLOCK = struct.Struct("hhqqi4x")
 
 
-def _held_by_a_writing_guest(fd: int) -> bool:
+def mark_as_written(fd: int) -> None:
+    """Lock the open file's ``_GUEST_WRITE_BYTE`` as QEMU locks a disk it writes (shared,
+    held by the descriptor's open file description until it is closed), so that another
+    daemon serving the directory sees the volume written and does not replace it
+    (``VolumeDir.check_not_written_elsewhere``). A descriptor that may not read cannot
+    take it, nor can one on a file system without locks: the write goes ahead unmarked."""
+    lock = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, _GUEST_WRITE_BYTE, 1, 0)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+
+
+def _marked_as_written(fd: int) -> bool:
     """Whether another open file description holds a lock on the open file's
-    ``_GUEST_WRITE_BYTE``, as QEMU does on a disk it writes. A file system without
+    ``_GUEST_WRITE_BYTE`` (a guest's, ``mark_as_written``'s). A file system without
     locks shows none."""
     probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _GUEST_WRITE_BYTE, 1, 0)
     try:

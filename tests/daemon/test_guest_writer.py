@@ -15,7 +15,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING
 
-from tests.conftest import run_virsh
+from tests.conftest import run_virsh, start_virtvold, stop_virtvold
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,4 +96,55 @@ def test_a_guest_that_opens_the_volume_during_a_whole_upload_keeps_its_writes(
     assert upload.returncode == 1, output
     assert "volume 'disk' is still in use." in output
     assert volume.read_bytes() == b"guest" + bytes(4091)
+    assert _leftovers(pool) == []
+
+
+def test_a_whole_upload_through_another_daemon_waits_for_a_write_in_place(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """Two daemons serve one directory (a system and a session one): while one writes a
+    volume in place (an upload with a length, held halfway by its FIFO), the other's
+    whole-volume upload would rename a new file over it, and the rest of the first upload,
+    reported done, would go into the replaced file."""
+    uri, pool, half = virtvold.tcp_uri, virtvold.pool_dir, 1 << 20
+    other = start_virtvold(tmp_path / "other", "--pool", f"shared={pool}")
+    try:
+        run_virsh(uri, "vol-create-as", virtvold.pool_name, "disk", str(2 * half))
+        replacement = tmp_path / "replacement.img"
+        replacement.write_bytes(b"r" * 2 * half)
+        fifo = tmp_path / "feed"
+        os.mkfifo(fifo)
+        upload = subprocess.Popen(
+            [
+                "virsh", "-c", uri, "vol-upload", "disk", str(fifo), virtvold.pool_name,
+                "--offset", "0", "--length", str(2 * half),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        try:
+            with fifo.open("wb") as feed:
+                feed.write(b"n" * half)
+                feed.flush()
+                deadline = time.monotonic() + 20
+                while not (pool / "disk").read_bytes().startswith(b"n" * (half // 8)):
+                    assert time.monotonic() < deadline, "the new bytes never reached the volume"
+                    time.sleep(0.02)
+                refused = run_virsh(
+                    other.tcp_uri, "vol-upload", "disk", str(replacement), "shared", check=False
+                )
+                feed.write(b"n" * half)
+            output, _ = upload.communicate(timeout=30)
+        finally:
+            if upload.poll() is None:
+                upload.kill()
+                upload.wait()
+    finally:
+        stop_virtvold(other)
+    assert upload.returncode == 0, output
+    assert refused.returncode == 1
+    assert "Requested operation is not valid: volume 'disk' is still in use." in refused.stderr
+    assert (pool / "disk").read_bytes() == b"n" * 2 * half
     assert _leftovers(pool) == []
