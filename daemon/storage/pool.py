@@ -16,7 +16,14 @@ from .flags import PoolBuildFlags
 from .model import PoolRef
 from .poolxml import DEFAULT_DIR_MODE, PoolDefinition, PoolRuntime
 from .rbdvolumes import RbdVolumes
-from .reports import STORAGE, pool_not_active, storage_error, system_error, volume_in_use
+from .reports import (
+    STORAGE,
+    pool_in_job,
+    pool_not_active,
+    storage_error,
+    system_error,
+    volume_in_use,
+)
 from .volumes import VolumeDir
 
 if TYPE_CHECKING:
@@ -30,6 +37,15 @@ class Busy(enum.Enum):
     UPLOADING = "uploading"  # a whole-volume upload: a new file replaces it at the end
     WRITING = "writing"  # an upload with an offset or a length: written in place
     CHANGING = "changing"  # being deleted, wiped or resized
+
+
+class PoolJob(enum.Enum):
+    """Work on an inactive pool that the registry waits for without holding its lock, and
+    the words for it that refuse other changes to the pool meanwhile."""
+
+    STARTING = "starting"  # an rbd pool connecting to its cluster
+    BUILDING = "being built"  # its folder being made (a frozen file system waits)
+    DELETING = "being deleted"  # its folder being removed
 
 
 class Pool:
@@ -52,8 +68,8 @@ class Pool:
         # Volumes being read as a clone's source, with the number of clones reading
         # each: they may be read and cloned again, but not changed under the copy.
         self.cloning: collections.Counter[str] = collections.Counter()
-        # An rbd pool connecting to its cluster, which the registry waits for unlocked.
-        self.starting = False
+        # Work on the inactive pool that the registry waits for unlocked.
+        self.job: PoolJob | None = None
 
     @property
     def name(self) -> str:
@@ -91,6 +107,11 @@ class Pool:
                 "pool opened any more: refresh the pool to use the one there now",
             )
         return volumes
+
+    def check_no_job(self) -> None:
+        """Refuse to change a pool while a ``job`` runs on it."""
+        if self.job is not None:
+            raise pool_in_job(self.name, self.job.value)
 
     def opened_directory(self) -> VolumeDir:
         """The directory the pool opened, wherever its path leads now; or "not active"."""

@@ -42,7 +42,7 @@ from .flags import (
 )
 from .model import PoolEvent, PoolInfo, PoolRef, PoolState, VolumeInfo, VolumeRef, VolumeType
 from .names import check_new_volume_name
-from .pool import Busy, Pool, remove_leftovers
+from .pool import Busy, Pool, PoolJob, remove_leftovers
 from .poolxml import PoolDefinition, PoolRuntime, clean_path, format_pool_xml, parse_pool_xml
 from .rbdtransfer import RbdReader, RbdWriter
 from .rbdvolumes import RbdVolumes
@@ -54,7 +54,6 @@ from .reports import (
     no_volume_with_path,
     pool_already_active,
     pool_has_jobs,
-    pool_starting,
     pool_still_active,
     storage_error,
     system_error,
@@ -305,7 +304,7 @@ class StorageRegistry:
             self._pools[pool.name] = pool
         else:
             existing.config = definition
-            if not existing.active and not existing.starting:
+            if not existing.active and existing.job is None:
                 existing.live = definition
         return PoolRef(definition.name, definition.uuid)
 
@@ -387,8 +386,8 @@ class StorageRegistry:
                 raise storage_error(
                     ErrorCode.OPERATION_INVALID, f"pool is already active as '{existing.name}'"
                 )
-            if existing is not None and existing.starting:
-                raise pool_starting(existing.name)
+            if existing is not None:
+                existing.check_no_job()
             pool = Pool(definition, None) if existing is None else existing
             if definition.rbd is not None:
                 # Before the live definition changes: nothing puts a defined pool's back.
@@ -404,7 +403,7 @@ class StorageRegistry:
                 self._pools[pool.name] = pool
                 self._tell(pool.ref, PoolEvent.STARTED)
                 return pool.ref
-            pool.starting = True
+            pool.job = PoolJob.STARTING
             self._pools[pool.name] = pool
         self._start_rbd(pool)
         return pool.ref
@@ -416,15 +415,14 @@ class StorageRegistry:
             pool = self._pool(ref)
             if pool.active:
                 raise pool_already_active(pool.name)
-            if pool.starting:
-                raise pool_starting(pool.name)
+            pool.check_no_job()
             if pool.live.rbd is None:
                 self._start(pool, flags)
                 self._claim_directory(pool)
                 self._tell(pool.ref, PoolEvent.STARTED)
                 return
             _check_no_format(pool, flags)
-            pool.starting = True
+            pool.job = PoolJob.STARTING
         self._start_rbd(pool)
 
     def build_pool(self, ref: PoolRef, flags: int = 0) -> None:
@@ -432,9 +430,12 @@ class StorageRegistry:
         to make, and libvirt's rbd backend takes the call as done)."""
         with self._lock:
             pool = self._inactive(ref, pool_already_active)
-            if pool.live.rbd is None:
-                pool.build(flags)
-            self._tell(pool.ref, PoolEvent.CREATED)
+            directory = pool.live.rbd is None
+            if directory:
+                pool.job = PoolJob.BUILDING
+        if directory:
+            self._run_job(pool, lambda: pool.build(flags))
+        self._tell(pool.ref, PoolEvent.CREATED)
 
     def delete_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_DELETE: remove an inactive pool's empty directory."""
@@ -442,16 +443,29 @@ class StorageRegistry:
             pool = self._inactive(ref, pool_still_active)
             if pool.live.rbd is not None:
                 raise storage_error(ErrorCode.NO_SUPPORT, "pool does not support pool deletion")
-            pool.delete_directory(flags)
-            self._tell(pool.ref, PoolEvent.DELETED)
+            pool.job = PoolJob.DELETING
+        self._run_job(pool, lambda: pool.delete_directory(flags))
+        self._tell(pool.ref, PoolEvent.DELETED)
+
+    def _run_job(self, pool: Pool, work: Callable[[], None]) -> None:
+        """Do ``work``, the ``job`` the caller marked on the inactive pool, without the lock:
+        making or removing a folder waits while its file system is frozen (a snapshot),
+        and no call about another pool is to wait with it. A definition made meanwhile is
+        the pool's afterwards, as it would have been at once (``_define``)."""
+        try:
+            work()
+        finally:
+            with self._lock:
+                pool.job = None
+                if pool.config is not None:
+                    pool.live = pool.config
 
     def _inactive(self, ref: PoolRef, refusal: Callable[[str], ErrorReport]) -> Pool:
         """The pool, or ``refusal`` (libvirt's words for the call) of a running one."""
         pool = self._pool(ref)
         if pool.active:
             raise refusal(pool.name)
-        if pool.starting:
-            raise pool_starting(pool.name)
+        pool.check_no_job()
         return pool
 
     def _start(self, pool: Pool, flags: int) -> None:
@@ -460,19 +474,19 @@ class StorageRegistry:
         pool.start(build=bool(flags & PoolCreateFlags.WITH_BUILD), secrets=self.secrets)
 
     def _start_rbd(self, pool: Pool) -> None:
-        """Connect an rbd pool marked ``starting`` without holding the lock: a monitor that
+        """Connect an rbd pool marked ``PoolJob.STARTING`` without holding the lock: a monitor that
         does not answer takes librados' timeout (30 s), which no other call waits for."""
         try:
             volumes, runtime = pool.connect_rbd(self.secrets)
         except BaseException:
             with self._lock:
-                pool.starting = False
+                pool.job = None
                 pool.stop()  # a defined pool goes back to its persisted definition
                 if not pool.persistent and self._pools.get(pool.name) is pool:
                     del self._pools[pool.name]  # a transient pool that did not start
             raise
         with self._lock:
-            pool.starting = False
+            pool.job = None
             pool.rbd, pool.runtime = volumes, runtime
             self._tell(pool.ref, PoolEvent.STARTED)
 
@@ -500,8 +514,7 @@ class StorageRegistry:
             pool = self._pool(ref)
             if pool.active:
                 raise pool_still_active(pool.name)
-            if pool.starting:
-                raise pool_starting(pool.name)
+            pool.check_no_job()
             self._store.remove(pool.name)
             del self._pools[pool.name]
             self._tell(pool.ref, PoolEvent.UNDEFINED)

@@ -51,9 +51,10 @@ def pool_already_active(name: str) -> ErrorReport:
     return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is already active")
 
 
-def pool_starting(name: str) -> ErrorReport:
-    # An rbd pool waiting for its cluster; libvirt's callers would wait for it instead.
-    return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is starting")
+def pool_in_job(name: str, job: str) -> ErrorReport:
+    # An rbd pool waiting for its cluster, a folder being made or removed (``PoolJob``);
+    # libvirt's callers would wait for it instead.
+    return storage_error(ErrorCode.OPERATION_INVALID, f"storage pool '{name}' is {job}")
 
 
 def pool_still_active(name: str) -> ErrorReport:

@@ -227,3 +227,42 @@ def test_a_refresh_on_frozen_storage_holds_up_no_other_pool(
     assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
     assert refresh.returncode == 0, output
     assert not leftover.exists()
+
+
+def test_a_build_on_frozen_storage_holds_up_no_other_pool(
+    frozen_pool_virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """pool-build makes its folder, which waits while the file system it goes on is
+    frozen; meanwhile a pool on another file system is listed."""
+    uri = frozen_pool_virtvold.tcp_uri
+    frozen = frozen_pool_virtvold.pool_dir
+    run_virsh(uri, "pool-define-as", "fresh", "dir", "--target", str(frozen / "fresh"))
+    other = tmp_path / "other"
+    other.mkdir()
+    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
+    (other / "o").write_bytes(b"o")
+    subprocess.run(["fsfreeze", "--freeze", str(frozen)], check=True)
+    thaw = threading.Timer(
+        4.0, subprocess.run, (["fsfreeze", "--unfreeze", str(frozen)],), {"check": False}
+    )
+    thaw.start()
+    build = subprocess.Popen(
+        ["virsh", "-c", uri, "pool-build", "fresh"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # the build waits in the daemon for the frozen disk
+        assert build.poll() is None
+        started = time.monotonic()
+        listed = run_virsh(uri, "vol-list", "other")
+        took = time.monotonic() - started
+    finally:
+        thaw.cancel()
+        subprocess.run(["fsfreeze", "--unfreeze", str(frozen)], check=False)
+        output, _ = build.communicate(timeout=30)
+    assert " o " in listed.stdout
+    assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
+    assert build.returncode == 0, output
+    assert (frozen / "fresh").is_dir()
