@@ -338,10 +338,12 @@ class StorageRegistry:
             )
         return same_name
 
-    def _claim_directory(self, pool: Pool) -> None:
+    def _claim_directory(self, pool: Pool, *, clear: bool = True) -> None:
         """Refuse to run a pool over a directory another running pool already serves
         (a definition made before its directory existed escapes ``_check_duplicate``),
-        then clear what a crash left there; the pool is stopped if either fails."""
+        then, with ``clear``, clear what a crash left there; the pool is stopped if either
+        fails. Without ``clear`` the caller clears it once it has let go of the lock
+        (``_clear_leftovers``)."""
         identity = pool.directory_identity()
         if identity is None:  # an rbd pool: no directory (its source was checked at define)
             return
@@ -349,11 +351,30 @@ class StorageRegistry:
         if other is not None:
             pool.stop()
             raise _source_conflict(other)
+        if not clear:
+            return
         try:
             pool.remove_stale_temps()
         except BaseException:
             pool.stop()
             raise
+
+    def _clear_leftovers(self, pool: Pool) -> None:
+        """Remove what a crash left in the running pool's directory (upload temporaries no
+        running upload holds) without holding the lock: removing a file waits while the
+        file system is frozen (a snapshot), and a large one takes the kernel a while to
+        free, which no call about another pool is to wait for. A directory that cannot be
+        read then is logged and the pool kept: a leftover costs space, not the pool, and
+        the next refresh tries again."""
+        with self._lock:
+            if pool.volumes is None:
+                return  # stopped meanwhile
+            view = pool.volumes.view()
+        with view:
+            try:
+                remove_leftovers(view)
+            except ErrorReport as exc:
+                log.warning("storage pool '%s': %s", pool.name, exc.message)
 
     def _running_pool_at(self, identity: tuple[int, int] | None, pool: Pool) -> Pool | None:
         """The running pool other than ``pool`` serving the directory of ``identity``."""
@@ -396,16 +417,19 @@ class StorageRegistry:
             if definition.rbd is None:
                 try:
                     self._start(pool, flags)
-                    self._claim_directory(pool)
+                    self._claim_directory(pool, clear=False)
                 except BaseException:
                     pool.stop()  # a defined pool goes back to its persisted definition
                     raise
                 self._pools[pool.name] = pool
                 self._tell(pool.ref, PoolEvent.STARTED)
-                return pool.ref
-            pool.job = PoolJob.STARTING
-            self._pools[pool.name] = pool
-        self._start_rbd(pool)
+            else:
+                pool.job = PoolJob.STARTING
+                self._pools[pool.name] = pool
+        if definition.rbd is None:
+            self._clear_leftovers(pool)
+        else:
+            self._start_rbd(pool)
         return pool.ref
 
     def start_pool(self, ref: PoolRef, flags: int = 0) -> None:
@@ -416,14 +440,18 @@ class StorageRegistry:
             if pool.active:
                 raise pool_already_active(pool.name)
             pool.check_no_job()
-            if pool.live.rbd is None:
+            directory = pool.live.rbd is None
+            if directory:
                 self._start(pool, flags)
-                self._claim_directory(pool)
+                self._claim_directory(pool, clear=False)
                 self._tell(pool.ref, PoolEvent.STARTED)
-                return
-            _check_no_format(pool, flags)
-            pool.job = PoolJob.STARTING
-        self._start_rbd(pool)
+            else:
+                _check_no_format(pool, flags)
+                pool.job = PoolJob.STARTING
+        if directory:
+            self._clear_leftovers(pool)
+        else:
+            self._start_rbd(pool)
 
     def build_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_BUILD: make an inactive pool's directory (an rbd pool has nothing
@@ -536,7 +564,7 @@ class StorageRegistry:
                         raise pool_has_jobs(pool.name)
                     try:
                         pool.reopen()
-                        self._claim_directory(pool)
+                        self._claim_directory(pool, clear=False)  # cleared below
                     except BaseException:
                         self._stop(pool)
                         raise

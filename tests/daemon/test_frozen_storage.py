@@ -266,3 +266,44 @@ def test_a_build_on_frozen_storage_holds_up_no_other_pool(
     assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
     assert build.returncode == 0, output
     assert (frozen / "fresh").is_dir()
+
+
+def test_a_start_on_frozen_storage_holds_up_no_other_pool(
+    frozen_pool_virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """A pool's start removes the upload temporaries a crash left, which waits while the
+    pool's file system is frozen; meanwhile a pool on another file system is listed."""
+    uri = frozen_pool_virtvold.tcp_uri
+    pool = frozen_pool_virtvold.pool_dir
+    other = tmp_path / "other"
+    other.mkdir()
+    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
+    (other / "o").write_bytes(b"o")
+    run_virsh(uri, "pool-destroy", POOL_NAME)
+    leftover = pool / ".virtvol-upload-0123456789abcdef"
+    leftover.write_bytes(b"left by a crash")
+    subprocess.run(["fsfreeze", "--freeze", str(pool)], check=True)
+    thaw = threading.Timer(
+        4.0, subprocess.run, (["fsfreeze", "--unfreeze", str(pool)],), {"check": False}
+    )
+    thaw.start()
+    start = subprocess.Popen(
+        ["virsh", "-c", uri, "pool-start", POOL_NAME],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # the start waits in the daemon for the frozen disk
+        assert start.poll() is None
+        started = time.monotonic()
+        listed = run_virsh(uri, "vol-list", "other")
+        took = time.monotonic() - started
+    finally:
+        thaw.cancel()
+        subprocess.run(["fsfreeze", "--unfreeze", str(pool)], check=False)
+        output, _ = start.communicate(timeout=30)
+    assert " o " in listed.stdout
+    assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
+    assert start.returncode == 0, output
+    assert not leftover.exists()
