@@ -502,8 +502,9 @@ class StorageRegistry:
         pool.start(build=bool(flags & PoolCreateFlags.WITH_BUILD), secrets=self.secrets)
 
     def _start_rbd(self, pool: Pool) -> None:
-        """Connect an rbd pool marked ``PoolJob.STARTING`` without holding the lock: a monitor that
-        does not answer takes librados' timeout (30 s), which no other call waits for."""
+        """Connect an rbd pool marked ``PoolJob.STARTING`` without holding the lock: a
+        monitor that does not answer takes librados' timeout (30 s), which no other call
+        waits for."""
         try:
             volumes, runtime = pool.connect_rbd(self.secrets)
         except BaseException:
