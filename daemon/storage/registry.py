@@ -1226,8 +1226,13 @@ def _open_to_write_in_place(volumes: VolumeDir, name: str) -> int:
     except ErrorReport as exc:
         if exc.code != ErrorCode.SYSTEM_ERROR:
             raise
-        return volumes.open_in_place(name, os.O_WRONLY, stream=True)
-    mark_as_written(fd)
+        fd = volumes.open_in_place(name, os.O_WRONLY, stream=True)
+    try:
+        mark_as_written(fd)
+        volumes.check_not_being_replaced(name, fd)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

@@ -193,27 +193,6 @@ class VolumeDir:
         if _marked_as_written(fd):
             raise volume_in_use(name)
 
-    def _check_not_written_elsewhere_now(self, name: str) -> None:
-        """``check_not_written_elsewhere`` for whatever volume ``name`` is now: only a
-        regular file is opened for it (a sub-directory refuses the rename, and a volume
-        gone or swapped for a link, a FIFO or a device is nobody's disk)."""
-        st = self.stat(name)
-        if st is None or not stat.S_ISREG(st.st_mode):
-            return
-        try:
-            try:
-                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
-            except PermissionError:
-                fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
-                return  # gone or swapped since its stat
-            raise
-        try:
-            self.check_not_written_elsewhere(name, fd)
-        finally:
-            os.close(fd)
-
     # -- what the files hold -------------------------------------------------
 
     def header(self, name: str, st: os.stat_result) -> ImageHeader:
@@ -605,24 +584,68 @@ class VolumeDir:
         frees its page cache and blocks, which takes a while for a large file
         (docs/performance.md), and whoever waits for the rename need not wait for that.
         """
-        held = self._temps.get(temp)
-        if held is not None:
-            # A guest may have started on the volume since the upload was opened.
-            self._check_not_written_elsewhere_now(name)
-            self._take_changes(name, held, self._given.get(temp, set()))
+        guard = -1
         try:
-            old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-        except OSError:
-            old = -1
-        try:
-            os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            if old >= 0:
-                os.close(old)
-            raise
+            held = self._temps.get(temp)
+            if held is not None:
+                self._take_changes(name, held, self._given.get(temp, set()))
+                # Last, right before the rename: a guest may have started on the volume
+                # since the upload was opened, or while its metadata was taken.
+                guard = self._keep_writers_out(name)
+            try:
+                old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            except OSError:
+                old = -1
+            try:
+                os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            except BaseException:
+                if old >= 0:
+                    os.close(old)
+                raise
         finally:
+            if guard >= 0:
+                os.close(guard)  # its locks go with it
             self._unlock(temp)
         return None if old < 0 else functools.partial(os.close, old)
+
+    def _keep_writers_out(self, name: str) -> int:
+        """Open whatever volume ``name`` is now and lock it against writers that start
+        from here (``_REPLACING_BYTES``), then refuse it if one already writes it
+        (``check_not_written_elsewhere``). Returns the descriptor holding the locks, which
+        the caller closes once the rename is done; -1 when there is no regular file to
+        guard (a sub-directory refuses the rename, and a volume gone or swapped for a
+        link, a FIFO or a device is nobody's disk)."""
+        st = self.stat(name)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return -1
+        try:
+            try:
+                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+            except PermissionError:
+                fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                return -1  # gone or swapped since its stat
+            raise
+        try:
+            for byte in _REPLACING_BYTES:
+                if not _hold(fd, byte):
+                    raise volume_in_use(name)
+            self.check_not_written_elsewhere(name, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def check_not_being_replaced(self, name: str, fd: int) -> None:
+        """Refuse, as a volume in use, a write in place into volume ``name`` (open as
+        ``fd``, already marked with ``mark_as_written``) that a whole-volume upload is
+        about to rename a new file over (``_keep_writers_out``), or that a process which
+        does not share writing holds, as QEMU refuses to start writing it: the write would
+        go into the replaced file. Marking first, then looking, leaves no gap: of the two,
+        whichever looks last sees the other."""
+        if any(_locked_elsewhere(fd, byte, 1) for byte in _REPLACING_BYTES):
+            raise volume_in_use(name)
 
     def _take_changes(self, name: str, fd: int, given: set[str]) -> None:
         """Give the temporary ``fd`` volume ``name``'s metadata as it is now; a volume gone
@@ -785,6 +808,10 @@ def _open_regular(path: bytes) -> int | None:
         os.close(found)
 
 
+# What a file system without locks answers a lock call with.
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+
+
 def _lock(fd: int) -> bool:
     """Take the file's lock without waiting; False when another holder has it. On a file
     system without locks no holder can be seen: the file counts as unlocked."""
@@ -793,42 +820,74 @@ def _lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     except OSError as exc:
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+        if exc.errno in _NO_LOCKS:
             return True
         raise
     return True
 
 
-# QEMU holds an image it may write with a lock on this byte (its first lock byte, 100,
-# plus the bit number of its write permission, 1), through an open file description.
-_GUEST_WRITE_BYTE = 101
+# QEMU locks, through an open file description, byte 100 plus the bit number of each
+# permission it holds on an image, and byte 200 plus the bit number of each it does not
+# share with others; it takes write permission only if nobody holds byte 201.
+# Write (bit 1) and write-unchanged (bit 2): someone who holds either may write.
+_GUEST_WRITE_BYTES = (101, 2)  # start, length
+# Held by a whole-volume upload from its last look for writers until its rename: QEMU's
+# "does not share write" byte, and one of virtvold's own, far past QEMU's 100-299, that
+# another daemon's write in place looks at (``VolumeDir.check_not_being_replaced``).
+_NOT_SHARING_WRITE_BYTE = 201
+_VIRTVOLD_REPLACING_BYTE = 1 << 62
+_REPLACING_BYTES = (_NOT_SHARING_WRITE_BYTE, _VIRTVOLD_REPLACING_BYTE)
 # struct flock on Linux: type, whence, start, length, pid (and padding).
 _FLOCK = struct.Struct("hhqqi4x")
 
 
 def mark_as_written(fd: int) -> None:
-    """Lock the open file's ``_GUEST_WRITE_BYTE`` as QEMU locks a disk it writes (shared,
+    """Lock the open file's write permission byte as QEMU locks a disk it writes (shared,
     held by the descriptor's open file description until it is closed), so that another
     daemon serving the directory sees the volume written and does not replace it
-    (``VolumeDir.check_not_written_elsewhere``). A descriptor that may not read cannot
-    take it, nor can one on a file system without locks: the write goes ahead unmarked."""
-    lock = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, _GUEST_WRITE_BYTE, 1, 0)
+    (``VolumeDir.check_not_written_elsewhere``), and QEMU and ``qemu-img`` (without
+    ``-U``) refuse to open it for a writing guest meanwhile. A descriptor that may not
+    read cannot take it, nor can one on a file system without locks: the write goes ahead
+    unmarked."""
+    lock = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, _GUEST_WRITE_BYTES[0], 1, 0)
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
 
 
 def _marked_as_written(fd: int) -> bool:
-    """Whether another open file description holds a lock on the open file's
-    ``_GUEST_WRITE_BYTE`` (a guest's, ``mark_as_written``'s). A file system without
-    locks shows none."""
-    probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _GUEST_WRITE_BYTE, 1, 0)
+    """Whether another open file description holds a lock on the open file's write or
+    write-unchanged byte (a guest's, ``mark_as_written``'s)."""
+    return _locked_elsewhere(fd, *_GUEST_WRITE_BYTES)
+
+
+def _locked_elsewhere(fd: int, start: int, length: int) -> bool:
+    """Whether another open file description holds a lock on any of the ``length`` bytes
+    from ``start`` of the open file. A file system without locks shows none."""
+    probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
     try:
         found = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe)
     except OSError as exc:
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+        if exc.errno in _NO_LOCKS:
             return False
         raise
     return bool(_FLOCK.unpack(found)[0] != fcntl.F_UNLCK)
+
+
+def _hold(fd: int, byte: int) -> bool:
+    """Lock ``byte`` of the open file for its open file description, shared where the
+    descriptor may read (as QEMU locks), else exclusive; False when another holder's lock
+    is in the way. On a file system without locks there is nothing to hold: True."""
+    readable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
+    kind = fcntl.F_RDLCK if readable else fcntl.F_WRLCK
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        if exc.errno in _NO_LOCKS:
+            return True
+        raise
+    return True
 
 
 # Linux's ioctl that makes a file share all of another's blocks (copy on write).

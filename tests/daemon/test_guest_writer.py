@@ -12,16 +12,23 @@ import fcntl
 import os
 import struct
 import subprocess
+import threading
 import time
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.conftest import run_virsh, start_virtvold, stop_virtvold
+from virtvol.daemon.storage import StorageRegistry
+from virtvol.daemon.storage import volumes as volumes_module
+from virtvol.protocol.errors import ErrorReport
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from tests.conftest import Virtvold
+    from virtvol.daemon.storage.model import VolumeRef
 
 _WRITE_PERMISSION_BYTE = 101
 
@@ -148,3 +155,94 @@ def test_a_whole_upload_through_another_daemon_waits_for_a_write_in_place(
     assert "Requested operation is not valid: volume 'disk' is still in use." in refused.stderr
     assert (pool / "disk").read_bytes() == b"n" * 2 * half
     assert _leftovers(pool) == []
+
+
+_Seen = tuple[StorageRegistry, "VolumeRef"]
+
+
+def _two_daemons_on(tmp_path: Path) -> tuple[_Seen, _Seen]:
+    """Volume "disk" (8 bytes "o") of one directory as two daemons' registries see it."""
+    refs: list[_Seen] = []
+    for state in ("a", "b"):
+        registry = StorageRegistry(tmp_path / state, sync_uploads=False)
+        pool = registry.ensure_pool("p", tmp_path / "pool")
+        (tmp_path / "pool" / "disk").write_bytes(b"o" * 8)
+        refs.append((registry, registry.lookup_volume_by_name(pool, "disk")))
+    return refs[0], refs[1]
+
+
+def test_a_write_in_place_starting_in_a_whole_uploads_last_steps_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Daemon a's whole-volume upload takes the volume's metadata again (which waits on a
+    frozen file system) before its rename; daemon b's write in place starts then."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    taking, go = threading.Event(), threading.Event()
+    take_changes = volumes_module.VolumeDir._take_changes
+
+    def frozen(self: volumes_module.VolumeDir, name: str, fd: int, given: set[str]) -> None:
+        taking.set()
+        go.wait()
+        take_changes(self, name, fd, given)
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "_take_changes", frozen)
+    whole = a.open_upload(volume_a, 0, 0)
+    whole.write(b"A" * 8)
+    errors: list[BaseException] = []
+    commit = threading.Thread(target=lambda: _collect(whole.commit, errors))
+    commit.start()
+    assert taking.wait(10)
+    in_place = b.open_upload(volume_b, 0, 8)
+    in_place.write(b"B" * 4)
+    go.set()
+    commit.join(10)
+    in_place.write(b"B" * 4)
+    in_place.commit()
+    assert [str(e) for e in errors] == [
+        "Requested operation is not valid: volume 'disk' is still in use."
+    ]
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"B" * 8
+    assert _leftovers(tmp_path / "pool") == []
+
+
+def _collect(call: Callable[[], object], errors: list[BaseException]) -> None:
+    try:
+        call()
+    except ErrorReport as exc:
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("byte", [201, 1 << 62])
+def test_a_write_in_place_is_refused_while_the_volume_is_held_against_writers(
+    tmp_path: Path, byte: int
+) -> None:
+    """201: a QEMU that does not share writing (or a whole-volume upload's last steps);
+    1 << 62: virtvold's own byte, held by another daemon's whole-volume upload then."""
+    (a, volume), _ = _two_daemons_on(tmp_path)
+    held = _locked(tmp_path / "pool" / "disk", byte)
+    with held, pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."):
+        a.open_upload(volume, 0, 8)
+    writer = a.open_upload(volume, 0, 8)  # nothing held once refused
+    writer.write(b"n" * 8)
+    writer.commit()
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"n" * 8
+
+
+def test_a_whole_upload_is_refused_while_a_guest_holds_write_unchanged(tmp_path: Path) -> None:
+    (a, volume), _ = _two_daemons_on(tmp_path)
+    held = _locked(tmp_path / "pool" / "disk", 102)
+    with held, pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."):
+        a.open_upload(volume, 0, 0)
+    assert _leftovers(tmp_path / "pool") == []
+
+
+@contextlib.contextmanager
+def _locked(path: Path, byte: int) -> Iterator[None]:
+    """``byte`` of ``path`` held, shared, by an open file description of another holder."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        lock = struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, byte, 1, 0)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+        yield
+    finally:
+        os.close(fd)
