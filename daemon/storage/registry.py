@@ -130,6 +130,9 @@ class StorageRegistry:
                 self._pools[pool.name] = pool
             for pool in list(self._pools.values()):
                 if pool.autostart and not pool.active:
+                    if pool.job is not None:
+                        _log_not_started(pool.name, pool.job)
+                        continue
                     try:
                         pool.start(build=False, secrets=self.secrets)
                         self._claim_directory(pool)
@@ -164,7 +167,9 @@ class StorageRegistry:
             pool = self._pools[name]
             if not pool.autostart:
                 self.set_pool_autostart(ref, True)
-            if not pool.active:
+            if pool.job is not None:
+                _log_not_started(name, pool.job)
+            elif not pool.active:
                 self._check_free_path(pool)
                 pool.start(build=True)
                 self._claim_directory(pool)
@@ -485,7 +490,7 @@ class StorageRegistry:
         finally:
             with self._lock:
                 pool.job = None
-                if pool.config is not None:
+                if pool.config is not None and not pool.active:
                     pool.live = pool.config
 
     def _inactive(self, ref: PoolRef, refusal: Callable[[str], ErrorReport]) -> Pool:
@@ -1134,6 +1139,12 @@ class StorageRegistry:
         except BaseException:
             finish(False)
             raise
+
+
+def _log_not_started(name: str, job: PoolJob) -> None:
+    """A reload leaves a pool whose folder is being made or removed (or an rbd pool still
+    connecting) as it is: started now, it could run over a folder removed a moment later."""
+    log.warning("storage pool '%s' not started: it is %s", name, job.value)
 
 
 def _volume_at(candidates: list[tuple[str, VolumeDir]], path: str) -> VolumeRef | None:

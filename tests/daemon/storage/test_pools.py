@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from virtvol.daemon.storage import (
     PoolXMLFlags,
     StorageRegistry,
 )
+from virtvol.daemon.storage import pool as pool_module
 from virtvol.daemon.storage import volumes as volumes_module
 from virtvol.daemon.storage.model import PoolEvent
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
@@ -720,3 +722,38 @@ def test_a_folder_built_and_swapped_for_a_link_does_not_pass_its_owner_on(
     )
     assert victim.read_bytes() == b"secret"
     registry.close()
+
+
+@pytest.mark.parametrize("reload", ["load", "ensure_pool"])
+def test_a_reload_leaves_a_pool_whose_folder_is_being_deleted_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reload: str
+) -> None:
+    """SIGHUP's reload starts autostart pools; one whose pool-delete waits on a frozen file
+    system (here: until ``go``) must not end up running over the removed folder."""
+    target = tmp_path / "p"
+    target.mkdir()
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    ref = registry.define_pool_xml(pool_xml("p", target))
+    registry.set_pool_autostart(ref, True)
+    deleting, go = threading.Event(), threading.Event()
+    delete_directory = pool_module.Pool.delete_directory
+
+    def frozen(self: pool_module.Pool, flags: int) -> None:
+        deleting.set()
+        go.wait()
+        delete_directory(self, flags)
+
+    monkeypatch.setattr(pool_module.Pool, "delete_directory", frozen)
+    delete = threading.Thread(target=registry.delete_pool, args=(ref,))
+    delete.start()
+    assert deleting.wait(10)
+    if reload == "load":
+        registry.load()
+    else:
+        registry.ensure_pool("p", target)
+    running_meanwhile = registry.pool_is_active(ref)
+    go.set()
+    delete.join(10)
+    assert not running_meanwhile
+    assert not registry.pool_is_active(ref)
+    assert not target.exists()
