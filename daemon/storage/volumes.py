@@ -64,13 +64,13 @@ _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 class VolumeDir:
     """The files of an active pool; ``fd`` is the open pool directory."""
 
-    def __init__(self, path: str, fd: int, temps: dict[str, int] | None = None) -> None:
+    def __init__(self, path: str, fd: int, temps: dict[str, int | None] | None = None) -> None:
         self.path = path
         self.fd = fd
         # The upload temporaries made here and not yet replaced or removed, each with a
-        # descriptor of its own that holds its lock (see ``create_upload_temp``); a view
-        # shares its directory's (``view``).
-        self._temps: dict[str, int] = {} if temps is None else temps
+        # descriptor of its own that holds its lock, None while it is being made (see
+        # ``create_upload_temp``); a view shares its directory's (``view``).
+        self._temps: dict[str, int | None] = {} if temps is None else temps
         # The names of the extended attributes each of those was given from its volume.
         self._given: dict[str, set[str]] = {}
 
@@ -507,11 +507,19 @@ class VolumeDir:
         acl = self._access_acl(like)
         for _ in range(_TEMP_ATTEMPTS):
             name = _UPLOAD_PREFIX + secrets.token_hex(8)
-            fd = self._create_file(name, VOLUME_MODE)
+            # Known as a running upload's before it exists: a clean-up of this daemon
+            # leaves it, whether or not the file system has locks to show it held.
+            self._temps[name] = None
+            try:
+                fd = self._create_file(name, VOLUME_MODE)
+            except BaseException:
+                self._unlock(name)
+                raise
             try:
                 if not _lock(fd) or os.fstat(fd).st_nlink == 0:
                     # Another daemon's clean-up came between the creation and the lock.
                     os.close(fd)
+                    self._unlock(name)
                     continue
                 # Before the mode is taken: an unprivileged daemon may not set a
                 # ``user.*`` attribute on a read-only file, even one it created.
@@ -522,6 +530,7 @@ class VolumeDir:
                 self._given[name] = given
             except BaseException:
                 self._discard(name, fd)
+                self._unlock(name)
                 raise
             return name, fd
         raise storage_error(

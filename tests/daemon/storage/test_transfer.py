@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import struct
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.daemon.conftest import leave_a_hole
 from tests.daemon.storage.conftest import BLOCK, NO_VOL, NOT_VALID, PoolSetup, allocated, fails
-from virtvol.daemon.storage import Chunk, StorageRegistry, VolumeReader, VolumeRef
+from virtvol.daemon.storage import (
+    Chunk,
+    StorageRegistry,
+    VolumeReader,
+    VolumeRef,
+    VolumeWriter,
+)
+from virtvol.daemon.storage import volumes as volumes_module
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse.writer import MAX_OFFSET
 
@@ -687,3 +696,41 @@ def test_write_past_the_largest_offset_is_a_stream_error(setup: PoolSetup) -> No
             ErrorCode.SYSTEM_ERROR, "cannot write to stream: File too large", ErrorDomain.STREAMS
         ):
             writer.skip(4)
+
+
+def test_a_refresh_on_a_file_system_without_flock_keeps_an_upload_being_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without flock a temporary's lock shows nothing: a refresh of the same daemon, which
+    runs beside an upload being opened, must know the temporary is that upload's from
+    the moment it exists (here the upload stops while its attributes are copied)."""
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    pool = registry.ensure_pool("p", tmp_path / "pool")
+    (tmp_path / "pool" / "disk").write_bytes(b"o" * 8)
+    volume = registry.lookup_volume_by_name(pool, "disk")
+    copying, go = threading.Event(), threading.Event()
+    copy = volumes_module.VolumeDir._copy_extended_attributes
+
+    def frozen(
+        self: volumes_module.VolumeDir, name: str, fd: int, given: set[str] | None = None
+    ) -> set[str]:
+        copying.set()
+        go.wait()
+        return copy(self, name, fd, given)
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "_copy_extended_attributes", frozen)
+    opened: list[VolumeWriter] = []
+    upload = threading.Thread(target=lambda: opened.append(registry.open_upload(volume, 0, 0)))
+    upload.start()
+    assert copying.wait(10)
+    registry.refresh_pool(pool)
+    go.set()
+    upload.join(10)
+    opened[0].write(b"n" * 8)
+    opened[0].commit()
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"n" * 8
