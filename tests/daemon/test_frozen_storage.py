@@ -9,10 +9,12 @@ connection up. virtvold now sends keepalive PONGs to a client it has stopped rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,7 +24,6 @@ from virtvol.client.direct import open_direct, run_blocking
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.conftest import Virtvold
 
@@ -148,44 +149,81 @@ def test_an_upload_on_virtvols_engine_outlasts_frozen_storage(
     assert (frozen_pool_virtvold.pool_dir / "v").read_bytes() == data
 
 
-def test_an_upload_opened_on_frozen_storage_holds_up_no_other_pool(
-    frozen_pool_virtvold: Virtvold, tmp_path: Path
-) -> None:
-    """A whole-volume upload makes its hidden temporary as it opens, which waits while the
-    pool's file system is frozen; meanwhile a pool on another file system is listed."""
-    uri = frozen_pool_virtvold.tcp_uri
-    pool = frozen_pool_virtvold.pool_dir
-    run_virsh(uri, "vol-create-as", POOL_NAME, "v", "4096", "--allocation", "0")
-    other = tmp_path / "other"
-    other.mkdir()
-    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
-    (other / "o").write_bytes(b"o")
-    source = tmp_path / "source.img"
-    source.write_bytes(b"n" * 4096)
-    subprocess.run(["fsfreeze", "--freeze", str(pool)], check=True)
+# The thaw of a test that does not thaw first; the other pool's listing must end while
+# the file system is still frozen, which a listing waiting for it could not.
+FROZEN_AT_MOST = 60.0
+
+
+def _waits_uninterruptibly(pid: int) -> bool:
+    """Whether a thread of process ``pid`` sleeps uninterruptibly (state D), as one
+    waiting for a frozen file system does."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            if stat.rpartition(")")[2].split()[0] == "D":
+                return True
+    return False
+
+
+def _listed_while_frozen(daemon: Virtvold, frozen: Path, call: list[str]) -> tuple[str, str]:
+    """Freeze ``frozen``, run virsh ``call``, and once the daemon waits in it for the
+    frozen disk, list the volumes of pool "other" (on another file system) and see the
+    call still waiting: the listing did not wait for the thaw. Returns the listing and the
+    call's output, once the thaw let it finish."""
+    subprocess.run(["fsfreeze", "--freeze", str(frozen)], check=True)
     thaw = threading.Timer(
-        4.0, subprocess.run, (["fsfreeze", "--unfreeze", str(pool)],), {"check": False}
+        FROZEN_AT_MOST,
+        subprocess.run,
+        (["fsfreeze", "--unfreeze", str(frozen)],),
+        {"check": False},
     )
     thaw.start()
-    upload = subprocess.Popen(
-        ["virsh", "-c", uri, "vol-upload", "v", str(source), POOL_NAME],
+    frozen_at = time.monotonic()
+    blocked = subprocess.Popen(
+        ["virsh", "-c", daemon.tcp_uri, *call],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        time.sleep(0.5)  # the upload's call waits in the daemon for the frozen disk
-        assert upload.poll() is None
-        started = time.monotonic()
-        listed = run_virsh(uri, "vol-list", "other")
-        took = time.monotonic() - started
+        while not _waits_uninterruptibly(daemon.process.pid):
+            assert blocked.poll() is None, "the call did not wait for the frozen disk"
+            assert time.monotonic() - frozen_at < FROZEN_AT_MOST / 2, "the call never came"
+            time.sleep(0.01)
+        listed = run_virsh(daemon.tcp_uri, "vol-list", "other")
+        listed_after = time.monotonic() - frozen_at
+        call_still_waits = blocked.poll() is None
     finally:
         thaw.cancel()
-        subprocess.run(["fsfreeze", "--unfreeze", str(pool)], check=False)
-        output, _ = upload.communicate(timeout=30)
-    assert " o " in listed.stdout
-    assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
-    assert upload.returncode == 0, output
+        subprocess.run(["fsfreeze", "--unfreeze", str(frozen)], check=False)
+        output, _ = blocked.communicate(timeout=30)
+    assert listed_after < FROZEN_AT_MOST, "listing another pool waited for the frozen one's thaw"
+    assert call_still_waits, "the call was done before the listing: the listing waited for it"
+    assert blocked.returncode == 0, output
+    return listed.stdout, output
+
+
+def _other_pool(uri: str, tmp_path: Path) -> None:
+    """Pool "other", with volume "o", in a folder on another file system."""
+    other = tmp_path / "other"
+    other.mkdir()
+    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
+    (other / "o").write_bytes(b"o")
+
+
+def test_an_upload_opened_on_frozen_storage_holds_up_no_other_pool(
+    frozen_pool_virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """A whole-volume upload makes its hidden temporary as it opens, which waits while the
+    pool's file system is frozen; meanwhile a pool on another file system is listed."""
+    uri, pool = frozen_pool_virtvold.tcp_uri, frozen_pool_virtvold.pool_dir
+    run_virsh(uri, "vol-create-as", POOL_NAME, "v", "4096", "--allocation", "0")
+    _other_pool(uri, tmp_path)
+    source = tmp_path / "source.img"
+    source.write_bytes(b"n" * 4096)
+    call = ["vol-upload", "v", str(source), POOL_NAME]
+    listed, _ = _listed_while_frozen(frozen_pool_virtvold, pool, call)
+    assert " o " in listed
     assert (pool / "v").read_bytes() == b"n" * 4096
 
 
@@ -194,38 +232,12 @@ def test_a_refresh_on_frozen_storage_holds_up_no_other_pool(
 ) -> None:
     """A refresh removes the upload temporaries a crash left, which waits while the pool's
     file system is frozen; meanwhile a pool on another file system is listed."""
-    uri = frozen_pool_virtvold.tcp_uri
-    pool = frozen_pool_virtvold.pool_dir
+    uri, pool = frozen_pool_virtvold.tcp_uri, frozen_pool_virtvold.pool_dir
     leftover = pool / ".virtvol-upload-0123456789abcdef"
     leftover.write_bytes(b"left by a crash")
-    other = tmp_path / "other"
-    other.mkdir()
-    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
-    (other / "o").write_bytes(b"o")
-    subprocess.run(["fsfreeze", "--freeze", str(pool)], check=True)
-    thaw = threading.Timer(
-        4.0, subprocess.run, (["fsfreeze", "--unfreeze", str(pool)],), {"check": False}
-    )
-    thaw.start()
-    refresh = subprocess.Popen(
-        ["virsh", "-c", uri, "pool-refresh", POOL_NAME],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        time.sleep(0.5)  # the refresh waits in the daemon for the frozen disk
-        assert refresh.poll() is None
-        started = time.monotonic()
-        listed = run_virsh(uri, "vol-list", "other")
-        took = time.monotonic() - started
-    finally:
-        thaw.cancel()
-        subprocess.run(["fsfreeze", "--unfreeze", str(pool)], check=False)
-        output, _ = refresh.communicate(timeout=30)
-    assert " o " in listed.stdout
-    assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
-    assert refresh.returncode == 0, output
+    _other_pool(uri, tmp_path)
+    listed, _ = _listed_while_frozen(frozen_pool_virtvold, pool, ["pool-refresh", POOL_NAME])
+    assert " o " in listed
     assert not leftover.exists()
 
 
@@ -234,37 +246,11 @@ def test_a_build_on_frozen_storage_holds_up_no_other_pool(
 ) -> None:
     """pool-build makes its folder, which waits while the file system it goes on is
     frozen; meanwhile a pool on another file system is listed."""
-    uri = frozen_pool_virtvold.tcp_uri
-    frozen = frozen_pool_virtvold.pool_dir
+    uri, frozen = frozen_pool_virtvold.tcp_uri, frozen_pool_virtvold.pool_dir
     run_virsh(uri, "pool-define-as", "fresh", "dir", "--target", str(frozen / "fresh"))
-    other = tmp_path / "other"
-    other.mkdir()
-    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
-    (other / "o").write_bytes(b"o")
-    subprocess.run(["fsfreeze", "--freeze", str(frozen)], check=True)
-    thaw = threading.Timer(
-        4.0, subprocess.run, (["fsfreeze", "--unfreeze", str(frozen)],), {"check": False}
-    )
-    thaw.start()
-    build = subprocess.Popen(
-        ["virsh", "-c", uri, "pool-build", "fresh"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        time.sleep(0.5)  # the build waits in the daemon for the frozen disk
-        assert build.poll() is None
-        started = time.monotonic()
-        listed = run_virsh(uri, "vol-list", "other")
-        took = time.monotonic() - started
-    finally:
-        thaw.cancel()
-        subprocess.run(["fsfreeze", "--unfreeze", str(frozen)], check=False)
-        output, _ = build.communicate(timeout=30)
-    assert " o " in listed.stdout
-    assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
-    assert build.returncode == 0, output
+    _other_pool(uri, tmp_path)
+    listed, _ = _listed_while_frozen(frozen_pool_virtvold, frozen, ["pool-build", "fresh"])
+    assert " o " in listed
     assert (frozen / "fresh").is_dir()
 
 
@@ -273,37 +259,11 @@ def test_a_start_on_frozen_storage_holds_up_no_other_pool(
 ) -> None:
     """A pool's start removes the upload temporaries a crash left, which waits while the
     pool's file system is frozen; meanwhile a pool on another file system is listed."""
-    uri = frozen_pool_virtvold.tcp_uri
-    pool = frozen_pool_virtvold.pool_dir
-    other = tmp_path / "other"
-    other.mkdir()
-    run_virsh(uri, "pool-create-as", "other", "dir", "--target", str(other))
-    (other / "o").write_bytes(b"o")
+    uri, pool = frozen_pool_virtvold.tcp_uri, frozen_pool_virtvold.pool_dir
+    _other_pool(uri, tmp_path)
     run_virsh(uri, "pool-destroy", POOL_NAME)
     leftover = pool / ".virtvol-upload-0123456789abcdef"
     leftover.write_bytes(b"left by a crash")
-    subprocess.run(["fsfreeze", "--freeze", str(pool)], check=True)
-    thaw = threading.Timer(
-        4.0, subprocess.run, (["fsfreeze", "--unfreeze", str(pool)],), {"check": False}
-    )
-    thaw.start()
-    start = subprocess.Popen(
-        ["virsh", "-c", uri, "pool-start", POOL_NAME],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        time.sleep(0.5)  # the start waits in the daemon for the frozen disk
-        assert start.poll() is None
-        started = time.monotonic()
-        listed = run_virsh(uri, "vol-list", "other")
-        took = time.monotonic() - started
-    finally:
-        thaw.cancel()
-        subprocess.run(["fsfreeze", "--unfreeze", str(pool)], check=False)
-        output, _ = start.communicate(timeout=30)
-    assert " o " in listed.stdout
-    assert took < 1.5, f"listing another pool waited {took:.1f} s for the frozen one"
-    assert start.returncode == 0, output
+    listed, _ = _listed_while_frozen(frozen_pool_virtvold, pool, ["pool-start", POOL_NAME])
+    assert " o " in listed
     assert not leftover.exists()
