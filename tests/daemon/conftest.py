@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tests.conftest import run_system_python, run_virsh
 from virtvol.protocol import remote as r
@@ -324,13 +324,21 @@ def error_of(event: Event) -> tuple[int, int, str | None]:
     return event.error.code, event.error.domain, event.error.message
 
 
-def assert_no_clone_while_written_in_place(
-    uri: str, pool: str, name: str, clone: str, fifo: Path, written: Callable[[], bytes]
-) -> None:
-    """virsh uploads 2 MiB into volume ``name`` with a length, so in place, from ``fifo``,
-    which is fed 1 MiB and held there until a vol-clone of ``name`` as ``clone`` has been
-    refused as still in use (the copy would be half new); then the upload ends, whole.
-    ``written``: the volume's bytes as they are now, to see the first ones arrive."""
+T = TypeVar("T")
+
+
+def while_written_in_place(
+    uri: str,
+    pool: str,
+    name: str,
+    fifo: Path,
+    written: Callable[[], bytes],
+    meanwhile: Callable[[], T],
+) -> T:
+    """virsh uploads 2 MiB into volume ``name`` of ``pool`` with a length, so in place,
+    from ``fifo``, which is fed 1 MiB and held there while ``meanwhile`` runs; then the
+    upload ends, and must succeed. ``written``: the volume's bytes as they are now, to see
+    the first ones arrive. Returns what ``meanwhile`` returned."""
     half = 1 << 20
     os.mkfifo(fifo)
     upload = subprocess.Popen(
@@ -342,6 +350,7 @@ def assert_no_clone_while_written_in_place(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "LC_ALL": "C"},
+        text=True,
     )  # fmt: skip
     try:
         with fifo.open("wb") as feed:
@@ -352,11 +361,7 @@ def assert_no_clone_while_written_in_place(
             while not written().startswith(b"n" * (half // 8)):
                 assert time.monotonic() < deadline, "the new bytes never reached the volume"
                 time.sleep(0.02)
-            refused = run_virsh(uri, "vol-clone", "--pool", pool, name, clone, check=False)
-            assert refused.returncode == 1
-            assert f"Requested operation is not valid: volume '{name}' is still in use." in (
-                refused.stderr
-            )
+            result = meanwhile()
             feed.write(b"n" * half)
         output, _ = upload.communicate(timeout=30)
     finally:
@@ -364,3 +369,21 @@ def assert_no_clone_while_written_in_place(
             upload.kill()
             upload.wait()
     assert upload.returncode == 0, output
+    return result
+
+
+def assert_no_clone_while_written_in_place(
+    uri: str, pool: str, name: str, clone: str, fifo: Path, written: Callable[[], bytes]
+) -> None:
+    """A vol-clone of ``name`` as ``clone`` while an upload writes it in place
+    (``while_written_in_place``) is refused as still in use: the copy would be half new."""
+    refused = while_written_in_place(
+        uri,
+        pool,
+        name,
+        fifo,
+        written,
+        lambda: run_virsh(uri, "vol-clone", "--pool", pool, name, clone, check=False),
+    )
+    assert refused.returncode == 1
+    assert f"Requested operation is not valid: volume '{name}' is still in use." in refused.stderr

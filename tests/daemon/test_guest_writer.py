@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import run_virsh, start_virtvold, stop_virtvold
+from tests.daemon.conftest import while_written_in_place
 from virtvol.daemon.storage import StorageRegistry
 from virtvol.daemon.storage import volumes as volumes_module
 from virtvol.protocol.errors import ErrorReport
@@ -119,38 +120,18 @@ def test_a_whole_upload_through_another_daemon_waits_for_a_write_in_place(
         run_virsh(uri, "vol-create-as", virtvold.pool_name, "disk", str(2 * half))
         replacement = tmp_path / "replacement.img"
         replacement.write_bytes(b"r" * 2 * half)
-        fifo = tmp_path / "feed"
-        os.mkfifo(fifo)
-        upload = subprocess.Popen(
-            [
-                "virsh", "-c", uri, "vol-upload", "disk", str(fifo), virtvold.pool_name,
-                "--offset", "0", "--length", str(2 * half),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        try:
-            with fifo.open("wb") as feed:
-                feed.write(b"n" * half)
-                feed.flush()
-                deadline = time.monotonic() + 20
-                while not (pool / "disk").read_bytes().startswith(b"n" * (half // 8)):
-                    assert time.monotonic() < deadline, "the new bytes never reached the volume"
-                    time.sleep(0.02)
-                refused = run_virsh(
-                    other.tcp_uri, "vol-upload", "disk", str(replacement), "shared", check=False
-                )
-                feed.write(b"n" * half)
-            output, _ = upload.communicate(timeout=30)
-        finally:
-            if upload.poll() is None:
-                upload.kill()
-                upload.wait()
+        refused = while_written_in_place(
+            uri,
+            virtvold.pool_name,
+            "disk",
+            tmp_path / "feed",
+            (pool / "disk").read_bytes,
+            lambda: run_virsh(
+                other.tcp_uri, "vol-upload", "disk", str(replacement), "shared", check=False
+            ),
+        )
     finally:
         stop_virtvold(other)
-    assert upload.returncode == 0, output
     assert refused.returncode == 1
     assert "Requested operation is not valid: volume 'disk' is still in use." in refused.stderr
     assert (pool / "disk").read_bytes() == b"n" * 2 * half
