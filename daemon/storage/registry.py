@@ -463,12 +463,11 @@ class StorageRegistry:
         to make, and libvirt's rbd backend takes the call as done)."""
         with self._lock:
             pool = self._inactive(ref, pool_already_active)
-            directory = pool.live.rbd is None
-            if directory:
-                pool.job = PoolJob.BUILDING
-        if directory:
-            self._run_job(pool, lambda: pool.build(flags))
-        self._tell(pool.ref, PoolEvent.CREATED)
+            if pool.live.rbd is not None:
+                self._tell(pool.ref, PoolEvent.CREATED)
+                return
+            pool.job = PoolJob.BUILDING
+        self._run_job(pool, lambda: pool.build(flags), PoolEvent.CREATED)
 
     def delete_pool(self, ref: PoolRef, flags: int = 0) -> None:
         """STORAGE_POOL_DELETE: remove an inactive pool's empty directory."""
@@ -477,21 +476,26 @@ class StorageRegistry:
             if pool.live.rbd is not None:
                 raise storage_error(ErrorCode.NO_SUPPORT, "pool does not support pool deletion")
             pool.job = PoolJob.DELETING
-        self._run_job(pool, lambda: pool.delete_directory(flags))
-        self._tell(pool.ref, PoolEvent.DELETED)
+        self._run_job(pool, lambda: pool.delete_directory(flags), PoolEvent.DELETED)
 
-    def _run_job(self, pool: Pool, work: Callable[[], None]) -> None:
+    def _run_job(self, pool: Pool, work: Callable[[], None], done: PoolEvent) -> None:
         """Do ``work``, the ``job`` the caller marked on the inactive pool, without the lock:
         making or removing a folder waits while its file system is frozen (a snapshot),
         and no call about another pool is to wait with it. A definition made meanwhile is
-        the pool's afterwards, as it would have been at once (``_define``)."""
+        the pool's afterwards, as it would have been at once (``_define``). ``done`` is
+        told once the work succeeded, before the lock lets a start or an undefine of the
+        pool in, so that clients hear of them in the order they happened."""
+        succeeded = False
         try:
             work()
+            succeeded = True
         finally:
             with self._lock:
                 pool.job = None
                 if pool.config is not None and not pool.active:
                     pool.live = pool.config
+                if succeeded:
+                    self._tell(pool.ref, done)
 
     def _inactive(self, ref: PoolRef, refusal: Callable[[str], ErrorReport]) -> Pool:
         """The pool, or ``refusal`` (libvirt's words for the call) of a running one."""

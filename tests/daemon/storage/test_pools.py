@@ -757,3 +757,44 @@ def test_a_reload_leaves_a_pool_whose_folder_is_being_deleted_alone(
     assert not running_meanwhile
     assert not registry.pool_is_active(ref)
     assert not target.exists()
+
+
+def test_build_and_delete_are_told_before_what_follows_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pool-build and pool-delete do their folder work outside the registry's lock; their
+    events were told after it too, so a start, a destroy or an undefine of the pool in
+    that instant reached clients first: CREATED after STARTED and STOPPED, DELETED for a
+    pool already undefined."""
+    registry = StorageRegistry(tmp_path / "state")
+    told: list[PoolEvent] = []
+    registry.on_event = lambda ref, event: told.append(event)
+    ref = registry.define_pool_xml(pool_xml("p", tmp_path / "p"))
+    job_done = threading.Event()
+    go_on = threading.Event()
+    run_job = StorageRegistry._run_job
+
+    def pausing_after(self: StorageRegistry, *args: Any) -> None:
+        run_job(self, *args)
+        job_done.set()
+        assert go_on.wait(10)
+
+    monkeypatch.setattr(StorageRegistry, "_run_job", pausing_after)
+
+    def meanwhile(call: Callable[[PoolRef], None], *then: Callable[[PoolRef], None]) -> None:
+        job_done.clear()
+        go_on.clear()
+        worker = threading.Thread(target=call, args=(ref,))
+        worker.start()
+        assert job_done.wait(10)
+        for step in then:
+            step(ref)
+        go_on.set()
+        worker.join(10)
+
+    told.clear()
+    meanwhile(registry.build_pool, registry.start_pool, registry.destroy_pool)
+    assert told == [PoolEvent.CREATED, PoolEvent.STARTED, PoolEvent.STOPPED]
+    told.clear()
+    meanwhile(registry.delete_pool, registry.undefine_pool)
+    assert told == [PoolEvent.DELETED, PoolEvent.UNDEFINED]
