@@ -70,6 +70,10 @@ class Pool:
         self.cloning: collections.Counter[str] = collections.Counter()
         # Work on the inactive pool that the registry waits for unlocked.
         self.job: PoolJob | None = None
+        # The upload temporaries of this daemon in the pool's directory, shared by every
+        # ``VolumeDir`` the pool opens: a clean-up through a view taken before the pool
+        # was stopped and started again still sees those the new one reserved.
+        self.upload_temps: dict[str, int | None] = {}
 
     @property
     def name(self) -> str:
@@ -144,7 +148,7 @@ class Pool:
             fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise system_error(f"cannot open directory '{target}'", exc) from None
-        volumes = VolumeDir(target, fd)
+        volumes = VolumeDir(target, fd, self.upload_temps)
         try:
             self.volumes = volumes
             self.refresh_runtime()

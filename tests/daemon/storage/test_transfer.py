@@ -21,6 +21,8 @@ from virtvol.daemon.storage import (
     VolumeRef,
     VolumeWriter,
 )
+from virtvol.daemon.storage import pool as pool_module
+from virtvol.daemon.storage import registry as registry_module
 from virtvol.daemon.storage import volumes as volumes_module
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse.writer import MAX_OFFSET
@@ -733,4 +735,43 @@ def test_a_refresh_on_a_file_system_without_flock_keeps_an_upload_being_opened(
     upload.join(10)
     opened[0].write(b"n" * 8)
     opened[0].commit()
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"n" * 8
+
+
+def test_a_refresh_without_flock_keeps_an_upload_opened_after_a_restart_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh looks for leftovers after letting the registry's lock go, through a view
+    of the directory it had. Destroyed and started again meanwhile, the pool opened the
+    directory anew, and an upload reserved its temporary there: without flock the
+    refresh must still see that reservation, or it removes the temporary and the upload
+    fails at its end."""
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    pool = registry.ensure_pool("p", tmp_path / "pool")
+    (tmp_path / "pool" / "disk").write_bytes(b"o" * 8)
+    looking, go = threading.Event(), threading.Event()
+    remove = pool_module.remove_leftovers
+
+    def after_a_pause(view: volumes_module.VolumeDir) -> None:
+        if threading.current_thread() is refresh:  # not the start's own clean-up
+            looking.set()
+            assert go.wait(10)
+        remove(view)
+
+    monkeypatch.setattr(registry_module, "remove_leftovers", after_a_pause)
+    refresh = threading.Thread(target=registry.refresh_pool, args=(pool,))
+    refresh.start()
+    assert looking.wait(10)
+    registry.destroy_pool(pool)
+    registry.start_pool(pool)
+    upload = registry.open_upload(registry.lookup_volume_by_name(pool, "disk"), 0, 0)
+    go.set()
+    refresh.join(10)
+    upload.write(b"n" * 8)
+    upload.commit()
     assert (tmp_path / "pool" / "disk").read_bytes() == b"n" * 8
