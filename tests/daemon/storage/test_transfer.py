@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from virtvol.daemon.storage import PoolRef
+
 MIB = 1 << 20
 
 
@@ -700,12 +702,11 @@ def test_write_past_the_largest_offset_is_a_stream_error(setup: PoolSetup) -> No
             writer.skip(4)
 
 
-def test_a_refresh_on_a_file_system_without_flock_keeps_an_upload_being_opened(
+def _without_flock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without flock a temporary's lock shows nothing: a refresh of the same daemon, which
-    runs beside an upload being opened, must know the temporary is that upload's from
-    the moment it exists (here the upload stops while its attributes are copied)."""
+) -> tuple[StorageRegistry, PoolRef]:
+    """A registry on a file system whose flock fails (ENOLCK, as NFS without its lock
+    daemon), with pool "p" holding volume "disk" (8 bytes "o")."""
 
     def no_flock(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
@@ -714,6 +715,17 @@ def test_a_refresh_on_a_file_system_without_flock_keeps_an_upload_being_opened(
     registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
     pool = registry.ensure_pool("p", tmp_path / "pool")
     (tmp_path / "pool" / "disk").write_bytes(b"o" * 8)
+    return registry, pool
+
+
+def test_a_refresh_on_a_file_system_without_flock_keeps_an_upload_being_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without flock a temporary's lock shows nothing: a refresh of the same daemon, which
+    runs beside an upload being opened, must know the temporary is that upload's from
+    the moment it exists (here the upload stops while its attributes are copied)."""
+
+    registry, pool = _without_flock(tmp_path, monkeypatch)
     volume = registry.lookup_volume_by_name(pool, "disk")
     copying, go = threading.Event(), threading.Event()
     copy = volumes_module.VolumeDir._copy_extended_attributes
@@ -747,13 +759,7 @@ def test_a_refresh_without_flock_keeps_an_upload_opened_after_a_restart_meanwhil
     refresh must still see that reservation, or it removes the temporary and the upload
     fails at its end."""
 
-    def no_flock(fd: int, operation: int) -> None:
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
-    monkeypatch.setattr(fcntl, "flock", no_flock)
-    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
-    pool = registry.ensure_pool("p", tmp_path / "pool")
-    (tmp_path / "pool" / "disk").write_bytes(b"o" * 8)
+    registry, pool = _without_flock(tmp_path, monkeypatch)
     looking, go = threading.Event(), threading.Event()
     remove = pool_module.remove_leftovers
 
