@@ -537,14 +537,21 @@ class VolumeDir:
             ErrorCode.OPERATION_FAILED, f"cannot keep an upload temporary in '{self.path}'"
         )
 
+    def _open_reading_or_writing(self, name: str) -> int:
+        """A descriptor on entry ``name`` that reads, or only writes where it may not be
+        read: a lock, an ACL or a look at a volume needs one or the other, and a volume (or
+        an upload's temporary, with its volume's permission bits) may allow only one of
+        them. PermissionError where it allows neither."""
+        try:
+            return os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        except PermissionError:
+            return os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+
     def _access_acl(self, name: str) -> bytes | None:
         """Volume ``name``'s access ACL, read through a descriptor that reads, or only
         writes where the volume may not be read (an upload needs only that)."""
         try:
-            try:
-                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
-            except PermissionError:
-                fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+            fd = self._open_reading_or_writing(name)
             try:
                 return sparse_files.access_acl(fd)
             finally:
@@ -628,10 +635,7 @@ class VolumeDir:
         if st is None or not stat.S_ISREG(st.st_mode):
             return -1
         try:
-            try:
-                fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
-            except PermissionError:
-                fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+            fd = self._open_reading_or_writing(name)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
                 return -1  # gone or swapped since its stat
@@ -711,10 +715,7 @@ class VolumeDir:
         lock needs a descriptor that can read or write (a temporary has its volume's
         permission bits, which may allow only one of them); a file that allows neither
         raises."""
-        try:
-            fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
-        except PermissionError:
-            fd = os.open(name, os.O_WRONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        fd = self._open_reading_or_writing(name)
         try:
             if _lock(fd):
                 os.unlink(name, dir_fd=self.fd)
