@@ -329,9 +329,7 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
         return "".join(lines)
     rows = []
     # virsh's words for what it could not learn of a pool (one destroyed meanwhile).
-    for pool, found in zip(
-        pools, await describe_pools(pools, persistence=args.details), strict=True
-    ):
+    for pool, found in zip(pools, await describe_pools(pools, details=args.details), strict=True):
         autostart = "no autostart" if found.autostart is None else _yes_no(found.autostart)
         info = found.info
         if info is None:

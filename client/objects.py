@@ -63,8 +63,8 @@ CALLS_IN_FLIGHT = 5
 
 
 class PoolSummary(Record):
-    """What ``describe_pools`` found of a pool; None for each answer the daemon could not
-    give (a transient pool destroyed since it was listed)."""
+    """What ``describe_pools`` found of a pool; None for each answer not asked for, or
+    that the daemon could not give (a transient pool destroyed since it was listed)."""
 
     autostart: bool | None
     persistent: bool | None
@@ -72,29 +72,29 @@ class PoolSummary(Record):
     active: bool | None
 
 
-async def describe_pools(pools: Sequence[StoragePool], *, persistence: bool) -> list[PoolSummary]:
-    """Each pool's autostart flag, whether it is persistent (with ``persistence``), its
-    info and whether it is active, asked with ``CALLS_IN_FLIGHT`` calls out at a time
-    (see ``describe_volumes``), in order.
+async def describe_pools(pools: Sequence[StoragePool], *, details: bool) -> list[PoolSummary]:
+    """Each pool's autostart flag and info, and what virsh's pool-list asks besides:
+    whether it is persistent with ``details``, whether it is active without; asked with
+    ``CALLS_IN_FLIGHT`` calls out at a time (see ``describe_volumes``), in order.
 
     Raises:
         TransportError: the connection failed.
     """
     if not pools:
         return []
-    asked: list[Procedure[Any, Any]] = [procedures.STORAGE_POOL_GET_AUTOSTART]
-    if persistence:
-        asked.append(procedures.STORAGE_POOL_IS_PERSISTENT)
-    asked += [procedures.STORAGE_POOL_GET_INFO, procedures.STORAGE_POOL_IS_ACTIVE]
+    besides = (
+        procedures.STORAGE_POOL_IS_PERSISTENT if details else procedures.STORAGE_POOL_IS_ACTIVE
+    )
+    asked = (procedures.STORAGE_POOL_GET_AUTOSTART, besides, procedures.STORAGE_POOL_GET_INFO)
     calls: list[tuple[Procedure[Any, Any], XdrStruct | None]] = [
         (procedure, r.PoolArgs(pool.wire)) for pool in pools for procedure in asked
     ]
     answers = iter(await pools[0].connection._rpc.call_all(calls, window=CALLS_IN_FLIGHT))
     summaries = []
     for _ in pools:
-        autostart = next(answers)
-        persistent = next(answers) if persistence else None
-        info, active = next(answers), next(answers)
+        autostart, persistent_or_active, info = next(answers), next(answers), next(answers)
+        persistent = persistent_or_active if details else None
+        active = None if details else persistent_or_active
         summaries.append(
             PoolSummary(
                 autostart.autostart == 1 if isinstance(autostart, r.AutostartRet) else None,
