@@ -565,26 +565,20 @@ class StorageRegistry:
         as libvirt stops a pool whose refresh fails (a transient pool then vanishes).
         """
         _check_flags(flags, 0, "storagePoolRefresh")
-        view = None
         with self._lock:
             pool = self._pool(ref)
-            if pool.rbd is None:
-                if not pool.opened_directory().in_place():
-                    if pool.busy:
-                        raise pool_has_jobs(pool.name)
-                    try:
-                        pool.reopen()
-                        self._claim_directory(pool, clear=False)  # cleared below
-                    except BaseException:
-                        self._stop(pool)
-                        raise
-                # Removing a leftover waits while the file system is frozen (a snapshot),
-                # and a large one takes the kernel a while: done outside the lock, through
-                # a descriptor of its own, so that other calls do not wait for it.
-                view = pool.opened_directory().view()
-        if view is not None:
-            with view:
-                remove_leftovers(view)
+            directory = pool.rbd is None
+            if directory and not pool.opened_directory().in_place():
+                if pool.busy:
+                    raise pool_has_jobs(pool.name)
+                try:
+                    pool.reopen()
+                    self._claim_directory(pool, clear=False)  # cleared below
+                except BaseException:
+                    self._stop(pool)
+                    raise
+        if directory:
+            self._clear_leftovers(pool)
         self._current_runtime(pool)
         self._tell(pool.ref, PoolEvent.REFRESHED)
 

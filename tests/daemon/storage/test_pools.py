@@ -798,3 +798,21 @@ def test_build_and_delete_are_told_before_what_follows_them(
     told.clear()
     meanwhile(registry.delete_pool, registry.undefine_pool)
     assert told == [PoolEvent.DELETED, PoolEvent.UNDEFINED]
+
+
+def test_a_directory_unread_for_the_clean_up_is_logged_and_keeps_the_pool(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leftovers' clean-up runs once the pool runs and its start or refresh was
+    answered for: a directory whose entries cannot be read for it then is a warning in
+    the log, for pool-refresh as for pool-start, not a failure of the call."""
+
+    def unreadable(self: volumes_module.VolumeDir) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", self.path)
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "remove_stale_temps", unreadable)
+    setup.registry.refresh_pool(setup.ref)
+    setup.registry.destroy_pool(setup.ref)
+    setup.registry.start_pool(setup.ref)
+    assert setup.registry.pool_is_active(setup.ref)
+    assert caplog.text.count(f"cannot read directory '{setup.pool_dir}'") == 2
