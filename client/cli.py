@@ -343,8 +343,7 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
         if info is None:
             rows.append([pool.name, "unknown", autostart, persistent, *["unknown"] * 3])
             continue
-        active = info.state != PoolState.INACTIVE
-        state = _STATE_DETAILS.get(info.state, "unknown") if active else "inactive"
+        state = _STATE_DETAILS.get(info.state, "unknown")
         sizes = (
             [format_size(info.capacity), format_size(info.allocation), format_size(info.available)]
             if info.state in (PoolState.RUNNING, PoolState.DEGRADED)
