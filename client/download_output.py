@@ -83,7 +83,8 @@ class DownloadOutput:
     drops it. The one place both engines decide how a target is written:
 
     - a regular file (or a new one): an ``AtomicFile`` written by a ``SparseWriter``,
-      renamed over the target on commit, removed on abort;
+      renamed over the target on commit, removed on abort; written back as it comes
+      when it replaces a file;
     - a FIFO or a device: the node itself, written by a ``SequentialWriter`` as the
       bytes arrive (holes as zeros); commit and abort only close it, as whatever was
       written has been read or stored already.
@@ -109,7 +110,12 @@ class DownloadOutput:
             self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd, on_wait)
         else:
             self._atomic = AtomicFile(target.path)
-            self.writer = SparseWriter(self._atomic.fd, detect_zeroes=detect_zeroes)
+            # Renamed over a file, the new one is written back by ext4 at the rename
+            # (auto_da_alloc), all of it then, and the command waits for it: started as
+            # the data comes, the disk writes it while the rest arrives.
+            self.writer = SparseWriter(
+                self._atomic.fd, detect_zeroes=detect_zeroes, writeback=self._atomic.replaces
+            )
 
     def stop(self) -> None:
         """Make a write into a FIFO or device that waits for room give up (from any

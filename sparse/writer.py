@@ -91,8 +91,9 @@ class SparseWriter:
         length: the most bytes the stream may cover, 0 for no limit.
         sync: make ``finish`` durable (fdatasync) and start writeback early.
         writeback: start writeback early without the final flush: for a file that
-            will be written back anyway and soon (a temporary renamed over a volume,
-            which ext4 writes back at the rename when nobody flushed it).
+            will be written back anyway and soon (a temporary renamed over a volume or
+            over a downloaded file, which ext4 writes back at the rename when nobody
+            flushed it).
         detect_zeroes: leave zero blocks of the data as holes.
         reserve: keep ``[offset, reserve)`` allocated: holes and zero blocks there
             are zeroed, not left unallocated (a preallocated volume's space stays
@@ -318,6 +319,11 @@ class AtomicFile:
         # Exactly the replaced file's ACL: without it the group bits, which show the
         # ACL's mask, would let the owning group in.
         files.set_access_acl(self.fd, files.access_acl(self.target))
+
+    @property
+    def replaces(self) -> bool:
+        """Whether a file was at the target's name when this one was made."""
+        return self._replaces
 
     def commit(self) -> None:
         """Take the target's metadata again (what changed on it while the temporary was

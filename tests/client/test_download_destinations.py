@@ -7,6 +7,7 @@ against a scripted peer that sends a small volume.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import stat
@@ -23,6 +24,7 @@ from virtvol.client.errors import StreamError
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
+from virtvol.sparse import files
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +73,33 @@ def test_a_download_over_a_file_keeps_its_permissions(tmp_path: Path, engine: st
         download(engine, peer, target)
     assert target.read_bytes() == CHUNK * FRAMES
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_download_over_a_file_is_written_back_as_it_arrives(
+    tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ext4 writes back a file renamed over another at the rename, all of it then, and
+    the command waits: started as the data comes, the disk writes it while the rest
+    arrives. A new file is left to the kernel's own writeback."""
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(files, "start_writeback", lambda fd, at, n: started.append((at, n)))
+    size, chunk = 12 << 20, os.urandom(256 << 10)
+    existing, new = tmp_path / "existing.raw", tmp_path / "new.raw"
+    existing.write_bytes(b"old")
+    for target in (new, existing):
+        (tmp_path / target.stem).mkdir()  # a peer's socket each
+        peer = FakePeer(tmp_path / target.stem)
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(chunk, size // len(chunk))
+        with peer:
+            download(engine, peer, target)
+        assert target.read_bytes() == chunk * (size // len(chunk))
+        if target == new:
+            assert started == []
+    # Started every 4 MiB of data, in order, from the start.
+    assert started[0][0] == 0
+    assert all(at + n == following for (at, n), (following, _) in itertools.pairwise(started))
+    assert sum(n for _, n in started) >= 8 << 20
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
