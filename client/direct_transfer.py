@@ -8,7 +8,9 @@ device as it arrives (``download_output.DownloadOutput``). Only the driving diff
 one thread reads the file and writes the socket in turn, or reads the socket
 and writes the file, with no thread hops and no queues. The kernel's socket
 buffers keep the peer busy while the file is read or written, and the disk's
-read-ahead and writeback run on their own.
+read-ahead runs on its own. So does writeback, except for a download over an
+existing file (``DownloadOutput``): that thread then waits for the disk every
+32 MiB, for data started 32 MiB before, as ext4's rename would wait for all of it.
 
 Upload: ``read_pieces`` fills a buffer with as many extents as fit (a
 fragmented image costs one call per buffer, not per extent), ``piece_runs``

@@ -2,8 +2,8 @@
 
 ctypes costs a command that moves a file a few milliseconds to import, and most
 transfers never call into libc (fallocate, sync_file_range and mincore serve
-punching, durable uploads and the daemon's page-cache hygiene), so it is imported
-by the first call that needs it.
+punching, the writeback of durable uploads and of downloads over a file, and the
+daemon's page-cache hygiene), so it is imported by the first call that needs it.
 """
 
 from __future__ import annotations
