@@ -110,12 +110,16 @@ class DownloadOutput:
             self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd, on_wait)
         else:
             self._atomic = AtomicFile(target.path)
-            # Renamed over a file, the new one is written back by ext4 at the rename
-            # (auto_da_alloc), all of it then, and the command waits for it: started as
-            # the data comes, the disk writes it while the rest arrives.
-            self.writer = SparseWriter(
-                self._atomic.fd, detect_zeroes=detect_zeroes, writeback=self._atomic.replaces
-            )
+            try:
+                # Renamed over a file, the new one is written back by ext4 at the rename
+                # (auto_da_alloc), all of it then, and the command waits for it: started
+                # as the data comes, the disk writes it while the rest arrives.
+                self.writer = SparseWriter(
+                    self._atomic.fd, detect_zeroes=detect_zeroes, writeback=self._atomic.replaces
+                )
+            except BaseException:  # nobody would leave this as a context manager
+                self._atomic.abort()
+                raise
 
     def stop(self) -> None:
         """Make a write into a FIFO or device that waits for room give up (from any

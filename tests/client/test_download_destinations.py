@@ -20,6 +20,7 @@ from tests.client.fake_peer import VOLUME, FakePeer
 from tests.client.helpers import ENGINES, on_engine
 from tests.client.test_direct_faults import send_whole_download
 from tests.conftest import NOBODY
+from virtvol.client import download_output
 from virtvol.client.errors import StreamError
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
@@ -100,6 +101,23 @@ def test_a_download_over_a_file_is_written_back_as_it_arrives(
     assert started[0][0] == 0
     assert all(at + n == following for (at, n), (following, _) in itertools.pairwise(started))
     assert sum(n for _, n in started) >= 8 << 20
+
+
+def test_an_output_that_fails_to_open_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary is made before its writer: a writer that cannot start (a file the
+    kernel cannot describe) takes the temporary away with it."""
+
+    def failing(fd: int, **options: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(download_output, "SparseWriter", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        download_output.DownloadOutput(
+            download_output.download_target(tmp_path / "image.raw"), detect_zeroes=True
+        )
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
