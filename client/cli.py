@@ -274,6 +274,12 @@ _POOL_TYPES = [
 ]
 
 
+def _virsh_order(name: str) -> bytes:
+    """The key virsh sorts its pool and volume lists by: strcasecmp's, which lowers ASCII
+    letters only and compares the bytes (``_x`` before ``a``, ``a`` before ``B``)."""
+    return name.encode("utf-8", "surrogateescape").lower()
+
+
 def _virsh_list(text: str) -> list[str]:
     """A list option as virsh's vshStringToArray reads it: items apart at each comma,
     ",," standing for a comma within an item."""
@@ -318,6 +324,7 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
         pools = await conn.list_pools(flags=_pool_list_flags(args))
     except LibvirtError as exc:
         _fail("Failed to list pools", exc)
+    pools.sort(key=lambda pool: _virsh_order(pool.name))
     if args.name or args.uuid:
         # virsh's layout: the UUID, then the name padded to 20 columns.
         lines = []
@@ -629,6 +636,7 @@ async def vol_list(conn: Connection, args: SimpleNamespace) -> str:
         vols = await pool.list_volumes()
     except LibvirtError as exc:
         _fail("Failed to list volumes", exc)
+    vols.sort(key=lambda vol: _virsh_order(vol.name))
     rows = []
     # A volume deleted since the listing is a row of "unknown", as in virsh's table.
     described = await describe_volumes(vols, info=args.details)

@@ -115,6 +115,24 @@ def test_listings_match_virsh(daemon: Daemon) -> None:
         assert ours.stderr == ""
 
 
+def test_listings_are_in_virshs_case_blind_order(reference_libvirtd: ReferenceLibvirtd) -> None:
+    """virsh sorts pools and volumes as strcasecmp orders their names, not by code point."""
+    uri = reference_libvirtd.tcp_uri
+    for name in ("Zed", "alpha", "_p"):
+        run_virsh(uri, "pool-define-as", name, "dir", "--target", f"/nonexistent/{name}")
+    for name in ("B", "a", "C", "_x", "10", "9"):
+        run_virsh(uri, "vol-create-as", "default", name, "1k")
+    for args in (
+        ["pool-list", "--all"],
+        ["pool-list", "--all", "--name"],
+        ["vol-list", "default"],
+    ):
+        ours = virtvol(uri, *args)
+        theirs = run_virsh(uri, *args)
+        assert ours.stdout == theirs.stdout, args
+    assert virtvol(uri, "-q", "vol-list", "default").stdout.split()[4:12:2] == ["_x", "a", "B", "C"]
+
+
 def test_errors_match_virsh(daemon: Daemon, tmp_path: Path) -> None:
     uri = daemon.tcp_uri
     other = daemon.state_dir / "otherpool"
