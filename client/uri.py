@@ -405,17 +405,37 @@ def split_uri(uri: str) -> UriParts:
 def _split_with_urllib(uri: str) -> UriParts:
     import urllib.parse
 
-    parts = urllib.parse.urlsplit(uri)
+    # urllib refuses a bracketed host that is no IP address ("[foo]", "[127.0.0.1]"),
+    # which libvirt's parser takes and hands to the resolver: urllib is shown a stand-in.
+    literal = _bracketed_host(uri)
+    parts = urllib.parse.urlsplit(uri.replace(literal, _STAND_IN, 1) if literal else uri)
+    netloc = parts.netloc.replace(_STAND_IN, literal, 1) if literal else parts.netloc
     return UriParts(
         parts.scheme,
-        parts.netloc,
+        netloc,
         parts.path,
         parts.query,
         parts.fragment,
-        parts.hostname or None,
+        literal[1:-1].lower() or None if literal else parts.hostname or None,
         parts.port,
         query_params(parts.query),
     )
+
+
+_STAND_IN = "[::]"
+
+
+def _bracketed_host(uri: str) -> str:
+    """The "[...]" host of ``uri``'s authority as written, or "" when it has none."""
+    colon = uri.find(":")
+    if colon <= 0 or uri[colon + 1 : colon + 3] != "//":
+        return ""
+    start = colon + 3
+    end = min((i for i in (uri.find(c, start) for c in "/?#") if i >= 0), default=len(uri))
+    authority = uri[start:end].rpartition("@")[2]
+    if not authority.startswith("["):
+        return ""
+    return authority[: authority.find("]") + 1]
 
 
 def query_params(query: str) -> tuple[tuple[str, str], ...]:
@@ -477,11 +497,14 @@ def _escape(text: str, keeps: frozenset[str]) -> str:
 
 
 def _written_host(netloc: str) -> str | None:
-    """The host of an authority as libvirt takes it: without user, port and brackets,
-    in the case it is written in, its %-escapes undone (None when empty)."""
+    """The host of an authority as libvirt takes it: without user and port, in the case
+    it is written in, its %-escapes undone (None when empty); brackets are dropped only
+    around a host with a colon (an IPv6 address), as libvirt drops them: "[foo]" is
+    looked up as it is written, brackets and all."""
     host_port = netloc.rpartition("@")[2]
     if host_port.startswith("["):
-        host = host_port[1 : host_port.find("]")]
+        literal = host_port[: host_port.find("]") + 1]
+        host = literal[1:-1] if ":" in literal else literal
     else:
         host = host_port.partition(":")[0]
     return _unescape(host) or None

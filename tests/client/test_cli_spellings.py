@@ -412,6 +412,12 @@ def test_changing_spellings_match_virsh(
         "LocalHost:{port}",
         "local%68ost:{port}",
         "h%C3%A9:{port}",
+        # Brackets go only from around a host with a colon; libvirt's parser takes any
+        # host in brackets, and the resolver is then asked for it as it stands.
+        "[127.0.0.1]:{port}",
+        "u@[no-such-host.invalid]:{port}",
+        "[no:such:host]:{port}",
+        "[]:{port}",
     ],
 )
 def test_a_daemon_out_of_reach_is_reported_in_virshs_words(address: str) -> None:
