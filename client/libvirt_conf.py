@@ -9,45 +9,33 @@ otherwise; never both. Two of its settings decide where a client connects:
 * ``uri_aliases = [ "name=URI", ... ]``: a URI (given or default) that equals
   an alias name is replaced by its URI. Alias names use ``a-z A-Z 0-9 _ -``.
 
-The file uses libvirt's configuration syntax: ``key = value`` lines, values
-being quoted strings, integers or ``[ ... ]`` lists (which may span lines),
-``#`` comments. Only what these two settings need is read; other keys are
-skipped.
+The file is read as libvirt's configuration parser reads it, and refused where
+it refuses it, in its words (``configuration file syntax error: FILE:LINE:
+expecting a separator``), whichever URI is opened: ``name = value``
+statements apart at line ends or ``;``, names of ASCII letters, digits and
+``_`` (a letter first), values that are strings (``"..."`` or ``'...'`` on one
+line, three double quotes across lines), numbers (a sign, digits) or ``[ ... ]``
+lists (which may span lines, but hold no comments), ``#`` comments. The first
+statement of a name counts. A setting of the wrong type is refused only when
+it is used: ``uri_default`` when no URI is given, ``uri_aliases`` when there
+is a URI to resolve.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 from virtvol.client.errors import InvalidURI
-from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
-
-if TYPE_CHECKING:
-    import re
 
 __all__ = ["ClientConfig", "config_path", "load_client_config"]
 
 _ALIAS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_TOKEN = (
-    r"""\s+|\#[^\n]*|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<string>"[^"\n]*"|'[^'\n]*')"""
-    r"""|(?P<number>-?\d+)|(?P<punct>[=\[\],;])"""
-)
-
-
-@functools.cache
-def _token_pattern() -> re.Pattern[str]:
-    # Imported when a file has settings: re is ~2 ms of a command's start-up, and
-    # the file as installed holds comments only.
-    import re
-
-    return re.compile(_TOKEN)
-
-
-def _holds_nothing(text: str) -> bool:
-    """True for blank lines and comments only: there is nothing to read."""
-    return all(not line.strip() or line.lstrip().startswith("#") for line in text.split("\n"))
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_NAME_CHARS = _LETTERS | frozenset("0123456789_")
+_DIGITS = frozenset("0123456789")
+_BLANKS = " \t"
+_ENDS_OF_LINE = "\r\n"
 
 
 class ClientConfig(Record):
@@ -62,13 +50,34 @@ class ClientConfig(Record):
     path: str | None
     uri_default: str | None
     uri_aliases: tuple[str, ...]
+    # libvirt's refusal of a setting of the wrong type, said when the setting is used.
+    default_refused: str | None = None
+    aliases_refused: str | None = None
+
+    def default(self) -> str | None:
+        """``uri_default``, as libvirt takes it when no URI is given.
+
+        Raises:
+            InvalidURI: it is not a string, or it is empty (which libvirt takes for a
+                URI naming no driver).
+        """
+        if self.default_refused is not None:
+            raise InvalidURI(self.default_refused)
+        if self.uri_default == "":
+            raise InvalidURI(
+                "no connection driver available for URI '(null)' does not include a driver name"
+            )
+        return self.uri_default
 
     def resolve_alias(self, uri: str) -> str:
         """``uri`` itself, or the URI of the alias it names.
 
         Raises:
-            InvalidURI: a malformed ``uri_aliases`` entry was met before a match.
+            InvalidURI: ``uri_aliases`` is not a list of strings, or a malformed entry
+                was met before a match.
         """
+        if self.aliases_refused is not None:
+            raise InvalidURI(self.aliases_refused)
         for entry in self.uri_aliases:
             name, equals, target = entry.partition("=")
             if not equals:
@@ -94,58 +103,142 @@ def config_path() -> str:
     return os.path.join(base, "libvirt", "libvirt.conf")
 
 
-def _values(text: str, path: str) -> dict[str, str | list[str] | int]:
-    if _holds_nothing(text):
-        return {}
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    pattern = _token_pattern()
-    while pos < len(text):
-        match = pattern.match(text, pos)
-        if match is None:
-            line = text.count("\n", 0, pos) + 1
-            raise InvalidURI(f"{path}:{line}: cannot read the configuration near {text[pos]!r}")
-        pos = match.end()
-        if match.lastgroup is not None:
-            tokens.append((match.lastgroup, match.group()))
-    values: dict[str, str | list[str] | int] = {}
-    i = 0
+class _Parser:
+    """libvirt's configuration grammar over ``text``, one statement at a time, with its
+    line count and its messages. ``text`` ends as a C string does, at an implicit NUL,
+    which no rule takes (a file of blanks alone "expects a name", as in libvirt)."""
 
-    def bad(what: str) -> InvalidURI:
-        return InvalidURI(f"{path}: configuration syntax error: {what}")
+    def __init__(self, text: str, path: str) -> None:
+        self.text = text
+        self.path = path
+        self.pos = 0
+        self.line = 1
 
-    while i < len(tokens):
-        kind, name = tokens[i]
-        if kind == "punct" and name == ";":
-            i += 1
-            continue
-        if kind != "name" or i + 2 > len(tokens) or tokens[i + 1] != ("punct", "="):
-            raise bad(f"expected 'name = value' at '{name}'")
-        i += 2
-        if i >= len(tokens):
-            raise bad(f"no value for '{name}'")
-        kind, token = tokens[i]
-        i += 1
-        if kind == "string":
-            values[name] = token[1:-1]
-        elif kind == "number":
-            values[name] = int(token)
-        elif token == "[":
-            items: list[str] = []
-            while i < len(tokens) and tokens[i] != ("punct", "]"):
-                kind, token = tokens[i]
-                if kind == "string":
-                    items.append(token[1:-1])
-                elif token != ",":
-                    raise bad(f"unexpected '{token}' in the list '{name}'")
-                i += 1
-            if i >= len(tokens):
-                raise bad(f"unterminated list '{name}'")
-            i += 1
-            values[name] = items
-        else:
-            raise bad(f"unexpected '{token}' after '{name} ='")
-    return values
+    def error(self, what: str) -> InvalidURI:
+        return InvalidURI(f"configuration file syntax error: {self.path}:{self.line}: {what}")
+
+    def char(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else "\0"
+
+    def skip_blanks(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in _BLANKS:
+            self.pos += 1
+
+    def skip_blanks_and_lines(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in _BLANKS + _ENDS_OF_LINE:
+            self.line += self.text[self.pos] == "\n"
+            self.pos += 1
+
+    def skip_to_line_end(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] not in _ENDS_OF_LINE:
+            self.pos += 1
+
+    def statements(self) -> dict[str, object]:
+        """Each name's first value."""
+        values: dict[str, object] = {}
+        while self.pos < len(self.text):
+            statement = self.statement()
+            if statement is not None:
+                values.setdefault(*statement)
+            self.separator()
+        return values
+
+    def statement(self) -> tuple[str, object] | None:
+        self.skip_blanks_and_lines()
+        if self.char() == "#":
+            self.skip_to_line_end()
+            return None
+        if self.char() not in _LETTERS:
+            raise self.error("expecting a name")
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] in _NAME_CHARS:
+            self.pos += 1
+        name = self.text[start : self.pos]
+        self.skip_blanks()
+        if self.char() != "=":
+            raise self.error("expecting an assignment")
+        self.pos += 1
+        self.skip_blanks()
+        value = self.value()
+        self.skip_blanks()
+        if self.char() == "#":
+            self.skip_to_line_end()
+        return name, value
+
+    def separator(self) -> None:
+        self.skip_blanks()
+        if self.pos >= len(self.text):
+            return
+        if self.char() == ";":
+            self.pos += 1
+        elif self.char() not in _ENDS_OF_LINE:
+            raise self.error("expecting a separator")
+        self.skip_blanks_and_lines()
+
+    def value(self) -> object:
+        self.skip_blanks()
+        if self.pos >= len(self.text):
+            raise self.error("expecting a value")
+        first = self.char()
+        if first in "'\"":
+            return self.quoted()
+        if first == "[":
+            return self.bracketed()
+        if first in _DIGITS or first in "+-":
+            return self.signed_number()
+        raise self.error("expecting a value")
+
+    def quoted(self) -> str:
+        text = self.text
+        if text.startswith('"""', self.pos) and self.pos + 6 < len(text):
+            start = self.pos = self.pos + 3
+            while self.pos + 2 < len(text) and not text.startswith('"""', self.pos):
+                self.line += text[self.pos] == "\n"
+                self.pos += 1
+            if not text.startswith('"""', self.pos):
+                raise self.error("unterminated string")
+            self.pos += 3
+            return text[start : self.pos - 3]
+        quote = text[self.pos]
+        start = self.pos = self.pos + 1
+        while self.pos < len(text) and text[self.pos] not in quote + _ENDS_OF_LINE:
+            self.pos += 1
+        if self.char() != quote:
+            raise self.error("unterminated string")
+        self.pos += 1
+        return text[start : self.pos - 1]
+
+    def signed_number(self) -> int:
+        sign = -1 if self.char() == "-" else 1
+        if self.char() in "+-":
+            self.pos += 1
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] in _DIGITS:
+            self.pos += 1
+        if self.pos == start:
+            raise self.error("unterminated number")
+        return sign * int(self.text[start : self.pos])
+
+    def bracketed(self) -> list[object]:
+        self.pos += 1
+        self.skip_blanks_and_lines()
+        items: list[object] = []
+        if self.pos < len(self.text) and self.char() != "]":
+            items.append(self.value())
+            self.skip_blanks_and_lines()
+        while self.pos < len(self.text) and self.char() != "]":
+            if self.char() != ",":
+                raise self.error("expecting a separator in list")
+            self.pos += 1
+            self.skip_blanks_and_lines()
+            if self.char() == "]":
+                break
+            items.append(self.value())
+            self.skip_blanks_and_lines()
+        if self.char() != "]":
+            raise self.error("list is not closed with ]")
+        self.pos += 1
+        return items
 
 
 def load_client_config(path: str | os.PathLike[str] | None = None) -> ClientConfig:
@@ -158,17 +251,34 @@ def load_client_config(path: str | os.PathLike[str] | None = None) -> ClientConf
     """
     where = os.fspath(path) if path is not None else config_path()
     try:
-        with open(where, encoding="utf-8", errors="replace") as file:
+        with open(where, encoding="utf-8", errors="surrogateescape") as file:
             text = file.read()
     except FileNotFoundError:
         return ClientConfig(None, None, ())
     except OSError as exc:
         raise InvalidURI(f"cannot read {where}: {exc.strerror or exc}") from exc
-    values = _values(text, where)
+    values = _Parser(text, where).statements() if text else {}
     default = values.get("uri_default")
     aliases = values.get("uri_aliases", [])
+    default_refused = aliases_refused = None
     if default is not None and not isinstance(default, str):
-        raise InvalidURI(f"{where}: uri_default must be a string")
+        default_refused = f"internal error: {where}: expected a string for 'uri_default' parameter"
+        default = None
     if not isinstance(aliases, list):
-        raise InvalidURI(f"{where}: uri_aliases must be a list of strings")
-    return ClientConfig(where, default or None, tuple(aliases))
+        aliases_refused = (
+            f"internal error: {where}: expected a string list for 'uri_aliases' parameter"
+        )
+        aliases = []
+    elif not all(isinstance(alias, str) for alias in aliases):
+        aliases_refused = (
+            f"configuration file syntax error: {where}: expected a string list for"
+            " 'uri_aliases' parameter"
+        )
+        aliases = []
+    return ClientConfig(
+        where,
+        default,
+        tuple(str(alias) for alias in aliases),
+        default_refused=default_refused,
+        aliases_refused=aliases_refused,
+    )

@@ -139,25 +139,38 @@ def default_uri(*, config: ClientConfig | None = None) -> str:
     Raises:
         InvalidURI: the client configuration cannot be read.
     """
+    chosen = _chosen_default(config if config is not None else load_client_config())
+    if chosen is not None:
+        return chosen
+    return _local_default_uri()
+
+
+def _local_default_uri() -> str:
+    return "storage:///system" if os.geteuid() == 0 else "storage:///session"
+
+
+def _chosen_default(config: ClientConfig) -> str | None:
+    """The default URI a variable or ``uri_default`` names, or None for none."""
     for name in (DEFAULT_URI_ENV, LIBVIRT_DEFAULT_URI_ENV):
         env = os.environ.get(name)
         if env:
             return env
-    if config is None:
-        config = load_client_config()
-    if config.uri_default:
-        return config.uri_default
-    return "storage:///system" if os.geteuid() == 0 else "storage:///session"
+    return config.default()
 
 
 def resolve_uri(uri: str | None) -> str:
-    """The URI to open for ``uri`` (None: ``default_uri()``), after libvirt's ``uri_aliases``.
+    """The URI to open for ``uri`` (None: ``default_uri()``), after libvirt's ``uri_aliases``,
+    which libvirt consults only for a URI given or named as the default.
 
     Raises:
-        InvalidURI: the client configuration cannot be read or has a malformed alias.
+        InvalidURI: the client configuration cannot be read, or a setting it uses is
+            malformed (``uri_default``, ``uri_aliases``).
     """
     config = load_client_config()
-    return config.resolve_alias(uri if uri else default_uri(config=config))
+    chosen = uri if uri else _chosen_default(config)
+    if chosen is None:
+        return _local_default_uri()
+    return config.resolve_alias(chosen)
 
 
 def _runtime_dir() -> str:

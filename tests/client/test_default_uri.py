@@ -187,6 +187,43 @@ def test_client_configuration_and_session_sockets(home: Path, tmp_path: Path) ->
         stop_virtvold(daemon)
 
 
+_SOCKET = "storage+unix:///system?socket=/nowhere"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # The first statement of a name counts.
+        f'uri_default = "{_SOCKET}-1"\nuri_default = "{_SOCKET}-2"\n',
+        # Strings in three double quotes; numbers with a sign.
+        f'uri_default = """{_SOCKET}-3"""\nlevel = +5\n',
+        # Syntax libvirt refuses, said with the file and the line.
+        f'uri_default = "{_SOCKET}-4" uri_aliases = []\n',
+        "x.y = 1\n",
+        "_x = 1\n",
+        "x = -\n",
+        "x = 1\n\n\n  ;\n",
+        "\n\n",
+        'uri_aliases = [\n  # a comment\n  "a=storage:///system",\n]\n',
+        'uri_aliases = [ "a=storage:///system" "b=storage:///system" ]\n',
+        "uri_aliases = [ 1,\n",
+        # A setting of the wrong type is refused where it is used: uri_default without a
+        # URI, uri_aliases with one; an empty uri_default names no driver.
+        "uri_default = 5\n",
+        'uri_aliases = "mine=storage:///system"\n',
+        "uri_aliases = [ 1 ]\n",
+        'uri_default = ""\n',
+    ],
+)
+def test_the_client_configuration_is_read_as_libvirt_reads_it(home: Path, text: str) -> None:
+    config = home / "config" / "libvirt"
+    config.mkdir(parents=True)
+    (config / "libvirt.conf").write_text(text)
+    env = {"XDG_CONFIG_HOME": str(home / "config"), "XDG_RUNTIME_DIR": str(home)}
+    compare(home, ["pool-list"], env, as_nobody=True)
+    compare(home, ["-c", "mine", "pool-list"], env, as_nobody=True)
+
+
 # Runs inside `unshare -m`: a private /run, virtvold on the system sockets, then virsh and
 # virtvol side by side; prints what each answered, as JSON.
 _SYSTEM_SCRIPT = r"""
