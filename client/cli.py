@@ -111,17 +111,25 @@ class CommandError(Exception):
 
     ``ran`` is False for failures before the command ran (connecting, an unknown
     command): virsh ends a command that ran, even one that failed, with a blank line.
+    ``output``: what the command printed on stdout before it failed (vol-info's name).
     """
 
-    def __init__(self, *lines: str, ran: bool = True) -> None:
+    def __init__(self, *lines: str, ran: bool = True, output: str = "") -> None:
         super().__init__(lines[-1] if lines else "")
         self.lines = lines
         self.ran = ran
+        self.output = output
 
 
 def _fail(context: str, exc: BaseException) -> NoReturn:
     message = exc.message if isinstance(exc, LibvirtError) else str(exc)
     raise CommandError(context, message) from exc
+
+
+def _fail_alone(exc: LibvirtError, *, output: str = "") -> NoReturn:
+    """A failure virsh reports with the daemon's message alone: the command gives up
+    without a line of its own."""
+    raise CommandError(exc.message, output=output) from exc
 
 
 def _unsupported(args: SimpleNamespace, *names: str) -> None:
@@ -385,17 +393,25 @@ async def pool_name(conn: Connection, args: SimpleNamespace) -> str:
 
 async def pool_info(conn: Connection, args: SimpleNamespace) -> str:
     pool = await _pool(conn, args.pool)
+    fields = [("Name", pool.name), ("UUID", pool.uuid_string)]
     try:
         info = await pool.info()
-        fields = [
-            ("Name", pool.name),
-            ("UUID", pool.uuid_string),
-            ("State", _STATE_DETAILS.get(info.state, "unknown")),
-            ("Persistent", _yes_no(await pool.is_persistent())),
-            ("Autostart", _yes_no(await pool.autostart())),
-        ]
-    except LibvirtError as exc:
-        _fail(f"failed to get pool '{args.pool}' info", exc)
+    except LibvirtError as exc:  # a pool gone since its lookup: what virsh printed first
+        _fail_alone(exc, output=format_fields(fields))
+    # virsh's words for an answer it could not get, the command still succeeding.
+    try:
+        persistent = _yes_no(await pool.is_persistent())
+    except LibvirtError:
+        persistent = "unknown"
+    try:
+        autostart = _yes_no(await pool.autostart())
+    except LibvirtError:
+        autostart = "no autostart"
+    fields += [
+        ("State", _STATE_DETAILS.get(info.state, "unknown")),
+        ("Persistent", persistent),
+        ("Autostart", autostart),
+    ]
     if info.state in (PoolState.RUNNING, PoolState.DEGRADED):
         show = str if args.bytes else format_size
         fields += [
@@ -412,7 +428,7 @@ async def pool_dumpxml(conn: Connection, args: SimpleNamespace) -> str:
     try:
         xml = await pool.xml_desc(inactive=args.inactive)
     except LibvirtError as exc:
-        _fail(f"failed to get pool '{args.pool}' XML", exc)
+        _fail_alone(exc)
     return xml if xml.endswith("\n") else xml + "\n"
 
 
@@ -658,8 +674,8 @@ async def vol_info(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     try:
         info = await vol.info(physical=args.physical)
-    except LibvirtError as exc:
-        _fail(f"failed to get vol '{args.vol}' info", exc)
+    except LibvirtError as exc:  # a volume gone since its lookup: virsh printed its name
+        _fail_alone(exc, output=format_fields([("Name", vol.name)]))
     show = (lambda v: f"{v} bytes") if args.bytes else format_size
     return format_fields(
         [
@@ -677,7 +693,7 @@ async def vol_dumpxml(conn: Connection, args: SimpleNamespace) -> str:
     try:
         xml = await vol.xml_desc()
     except LibvirtError as exc:
-        _fail(f"failed to get vol '{args.vol}' XML", exc)
+        _fail_alone(exc)
     return xml if xml.endswith("\n") else xml + "\n"
 
 
@@ -686,7 +702,7 @@ async def vol_path(conn: Connection, args: SimpleNamespace) -> str:
     try:
         return await vol.path() + "\n"
     except LibvirtError as exc:
-        _fail(f"failed to get vol '{args.vol}' path", exc)
+        _fail_alone(exc)
 
 
 async def _volume_by_key_or_path(conn: Connection, text: str) -> StorageVolume:
@@ -711,7 +727,7 @@ async def vol_pool(conn: Connection, args: SimpleNamespace) -> str:
     try:
         pool = await vol.pool()
     except LibvirtError as exc:
-        _fail(f"failed to get parent pool of vol '{vol.name}'", exc)
+        _fail("failed to get parent pool", exc)
     return (pool.uuid_string if args.uuid else pool.name) + "\n"
 
 
@@ -731,7 +747,7 @@ async def _backing_volume(conn: Connection, pool: StoragePool, name: str) -> str
         try:
             return await vol.path()
         except LibvirtError as exc:
-            _fail(f"failed to get vol '{name}'", exc)
+            _fail_alone(exc)
     _fail(f"failed to get vol '{name}'", error)
 
 
@@ -769,10 +785,13 @@ async def vol_clone(conn: Connection, args: SimpleNamespace) -> str:
         flags |= VolCreateFlags.REFLINK
     try:
         pool = await vol.pool()
+    except LibvirtError as exc:
+        _fail("failed to get parent pool", exc)
+    try:
         # As virsh: the original's XML under the new name, so the copy keeps its format.
         xml = renamed_volume_xml(await vol.xml_desc(), args.newname)
     except LibvirtError as exc:
-        _fail(f"Failed to clone vol from {vol.name}", exc)
+        _fail_alone(exc)
     except ValueError as exc:
         raise CommandError(f"Failed to clone vol from {vol.name}", str(exc)) from exc
     if args.print_xml:
@@ -1772,7 +1791,7 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     except CommandError as exc:
-        _flush_output()
+        _flush_output(exc.output)
         _show_held_failures(exc.lines)
         for line in exc.lines:
             sys.stderr.write(f"error: {line}\n")

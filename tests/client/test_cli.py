@@ -472,6 +472,98 @@ def test_a_type_or_state_newer_than_ours_is_unknown_as_virsh_says(
     assert answers["virsh"][2] == 0
 
 
+_VOLUME_GONE = storage_error(
+    ErrorCode.NO_STORAGE_VOL, "Storage volume not found: no storage vol with matching name 'vol'"
+)
+_POOL_GONE = storage_error(
+    ErrorCode.NO_STORAGE_POOL, "Storage pool not found: no storage pool with matching uuid"
+)
+_RUNNING = r.PoolGetInfoRet(state=2, capacity=8 << 30, allocation=1 << 30, available=7 << 30)
+
+
+def _refusing(error: r.RemoteError) -> Callable[[FakePeer, CallReceived], None]:
+    return lambda peer, call: peer.refuse(call.serial, error)
+
+
+def _answering(ret: XdrStruct) -> Callable[[FakePeer, CallReceived], None]:
+    return lambda peer, call: peer.reply(call.serial, ret)
+
+
+@pytest.mark.parametrize(
+    ("answers", "command"),
+    [
+        # virsh printed the name (and the pool's UUID) before the call that failed.
+        (
+            {Proc.STORAGE_VOL_GET_INFO: _refusing(_VOLUME_GONE)},
+            ["vol-info", VOLUME.name, POOL],
+        ),
+        (
+            {Proc.STORAGE_VOL_GET_INFO_FLAGS: _refusing(_VOLUME_GONE)},
+            ["vol-info", VOLUME.name, POOL, "--physical"],
+        ),
+        ({Proc.STORAGE_POOL_GET_INFO: _refusing(_POOL_GONE)}, ["pool-info", POOL]),
+        # What pool-info cannot learn besides is "unknown" or "no autostart", and it succeeds.
+        (
+            {
+                Proc.STORAGE_POOL_GET_INFO: _answering(_RUNNING),
+                Proc.STORAGE_POOL_IS_PERSISTENT: _refusing(_POOL_GONE),
+                Proc.STORAGE_POOL_GET_AUTOSTART: _answering(r.AutostartRet(1)),
+            },
+            ["pool-info", POOL],
+        ),
+        (
+            {
+                Proc.STORAGE_POOL_GET_INFO: _answering(_RUNNING),
+                Proc.STORAGE_POOL_IS_PERSISTENT: _answering(r.PersistentRet(1)),
+                Proc.STORAGE_POOL_GET_AUTOSTART: _refusing(_POOL_GONE),
+            },
+            ["pool-info", POOL],
+        ),
+        # The daemon's message alone: virsh gives up without a line of its own.
+        ({Proc.STORAGE_VOL_GET_PATH: _refusing(_VOLUME_GONE)}, ["vol-path", VOLUME.name, POOL]),
+        (
+            {Proc.STORAGE_VOL_GET_XML_DESC: _refusing(_VOLUME_GONE)},
+            ["vol-dumpxml", VOLUME.name, POOL],
+        ),
+        ({Proc.STORAGE_POOL_GET_XML_DESC: _refusing(_POOL_GONE)}, ["pool-dumpxml", POOL]),
+        (
+            {Proc.STORAGE_VOL_GET_XML_DESC: _refusing(_VOLUME_GONE)},
+            ["vol-clone", VOLUME.name, "new", POOL],
+        ),
+        (
+            {Proc.STORAGE_VOL_GET_PATH: _refusing(_VOLUME_GONE)},
+            ["vol-create-as", POOL, "new", "1M", "--backing-vol", VOLUME.name],
+        ),
+        # The pool of a volume: "failed to get parent pool", naming neither.
+        (
+            {
+                Proc.STORAGE_VOL_LOOKUP_BY_KEY: _answering(r.VolRet(VOLUME)),
+                Proc.STORAGE_POOL_LOOKUP_BY_VOLUME: _refusing(_POOL_GONE),
+            },
+            ["vol-pool", VOLUME.key],
+        ),
+        (
+            {Proc.STORAGE_POOL_LOOKUP_BY_VOLUME: _refusing(_POOL_GONE)},
+            ["vol-clone", VOLUME.name, "new", POOL],
+        ),
+    ],
+)
+def test_a_failure_after_the_lookup_reads_as_virsh_says_it(
+    tmp_path: Path,
+    answers: dict[int, Callable[[FakePeer, CallReceived], None]],
+    command: list[str],
+) -> None:
+    """A volume or pool gone between its lookup and the next call (another client deleted
+    it): the same output, messages and status as virsh's."""
+
+    def serve(peer: FakePeer) -> None:
+        _serve_the_volume(peer)
+        peer.handlers.update(answers)
+
+    said = _on_fake_peers(tmp_path, serve, *command)
+    assert said["virtvol"][:3] == said["virsh"][:3]
+
+
 def test_a_download_drawing_no_bar_asks_no_volume_info(tmp_path: Path) -> None:
     """The volume's size is the progress bar's length, asked for only when a bar is drawn.
     With none (stderr is not a terminal here) the download makes no call that virsh's does
