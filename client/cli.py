@@ -236,8 +236,14 @@ async def _volume(
     pool = None
     if pool_name is not None:
         pool = await _pool(conn, pool_name)
-        if not await pool.is_active():
-            raise CommandError(f"pool '{pool.name}' is not active")
+        # Named as given (a UUID too), as virsh names it; an unanswered question is a no,
+        # the daemon's reason said after.
+        try:
+            active = await pool.is_active()
+        except LibvirtError as exc:
+            _fail(f"pool '{pool_name}' is not active", exc)
+        if not active:
+            raise CommandError(f"pool '{pool_name}' is not active")
     error: LibvirtError | None = None
     vol = None
     if pool is not None:

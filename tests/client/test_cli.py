@@ -138,9 +138,11 @@ def test_errors_match_virsh(daemon: Daemon, tmp_path: Path) -> None:
     other = daemon.state_dir / "otherpool"
     run_virsh(uri, "pool-define-as", "other", "dir", "--target", str(other))
     run_virsh(uri, "vol-create-as", "default", "vol1", "1M", "--format", "raw")
+    other_uuid = run_virsh(uri, "pool-uuid", "other").stdout.strip()
     source = tmp_path / "h.txt"
     source.write_text("hello")
     for args in (
+        ["vol-info", "--pool", other_uuid, "x"],  # the inactive pool named as given
         ["pool-info", "nope"],
         ["vol-info", "--pool", "default", "nope"],
         ["vol-info", "nope"],
@@ -533,6 +535,11 @@ def _answering(ret: XdrStruct) -> Callable[[FakePeer, CallReceived], None]:
         (
             {Proc.STORAGE_VOL_GET_PATH: _refusing(_VOLUME_GONE)},
             ["vol-create-as", POOL, "new", "1M", "--backing-vol", VOLUME.name],
+        ),
+        # A pool that cannot say it is active is taken for an inactive one.
+        (
+            {Proc.STORAGE_POOL_IS_ACTIVE: _refusing(_POOL_GONE)},
+            ["vol-info", VOLUME.name, POOL],
         ),
         # The pool of a volume: "failed to get parent pool", naming neither.
         (
