@@ -974,19 +974,16 @@ def _source_size(path: str, source: os.stat_result) -> int | None:
 def _check_destination(path: str) -> None:
     """Refuse at once, as virsh does (it creates the file before the stream starts), a
     destination that cannot be written: a directory, a missing folder, no permission, a
-    socket. A FIFO or a device is written in place: only its own permission counts."""
+    socket. Whatever is there already (a file, a FIFO, a device) is opened, as virsh opens
+    it: only its own permission counts; a new file needs its folder's."""
     from virtvol.client.download_output import download_target
-    from virtvol.sparse.sequential import is_filled_in_place
 
-    try:
-        in_place = is_filled_in_place(os.stat(path).st_mode)
-    except OSError:
-        in_place = False
+    new = not os.path.exists(path)
     folder = os.path.dirname(os.path.abspath(path))
     if (
         os.path.isdir(path)
-        or (not in_place and not os.path.isdir(folder))
-        or (not in_place and not os.access(folder, os.W_OK | os.X_OK))
+        or (new and not os.path.isdir(folder))
+        or (new and not os.access(folder, os.W_OK | os.X_OK))
         or (os.path.lexists(path) and not os.access(path, os.W_OK))
     ):
         raise CommandError(f"cannot create {path}")

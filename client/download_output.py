@@ -27,18 +27,23 @@ class DownloadTarget(Record):
     """Where a download goes: ``path`` to open, and whether it is filled in place (a
     FIFO or a device, written as the bytes arrive) or replaced by a complete copy;
     ``node``: the FIFO or device looked at (``sequential.node_of``), which is the only
-    node its opening may take."""
+    node its opening may take. ``overwrite``: a regular file this process may write but
+    not replace, written in place as virsh writes it (``node`` is then that file)."""
 
     path: str
     in_place: bool
     node: tuple[int, int, int, int] | None = None
+    overwrite: bool = False
 
 
 def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     """Where a download of ``path`` goes. A FIFO or a device (``/dev/stdout``, ``/dev/null``)
     takes the bytes itself, as virsh writes into it. Anything else is replaced by an
     ``AtomicFile``: ``path``, or the file a symbolic link there leads to (the link stays
-    a link, as when virsh writes through it).
+    a link, as when virsh writes through it). A file that cannot be replaced, as its
+    folder may not be written, or is sticky and neither it nor the file is this user's,
+    is overwritten in place instead, as virsh opens it: where virsh writes, the rename
+    would be refused (in a sticky folder, after the whole volume went by).
 
     Checked before the stream opens, not found by the final rename after the whole
     volume went by.
@@ -71,10 +76,40 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
         # access() does not say why: a read-only file system is named as the open names it.
         why = errno.EROFS if os.statvfs(given).f_flag & os.ST_RDONLY else errno.EACCES
         raise OSError(why, os.strerror(why), given)
-    return DownloadTarget(os.path.realpath(given), in_place=False)
+    real = os.path.realpath(given)
+    if found is not None and not _replaceable(real, found):
+        return DownloadTarget(real, in_place=False, node=node_of(found), overwrite=True)
+    return DownloadTarget(real, in_place=False)
+
+
+def _replaceable(path: str, found: os.stat_result) -> bool:
+    """Whether this process may rename a new file over the file ``found`` at ``path``."""
+    folder = os.path.dirname(path)
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS):
+        return False
+    user = os.geteuid()
+    if user == 0:  # a sticky folder's rule does not hold root back
+        return True
+    held = os.stat(folder)
+    return not held.st_mode & stat.S_ISVTX or user in (held.st_uid, found.st_uid)
 
 
 _EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
+def _open_to_overwrite(target: DownloadTarget) -> int:
+    """The file of ``target`` (``overwrite``), truncated as virsh's open truncates it;
+    only the very file looked at: one put at its name since is refused."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    fd = os.open(target.path, flags)
+    try:
+        if node_of(os.fstat(fd)) != target.node:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), target.path)
+        os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class DownloadOutput:
@@ -87,7 +122,10 @@ class DownloadOutput:
       when it replaces a file;
     - a FIFO or a device: the node itself, written by a ``SequentialWriter`` as the
       bytes arrive (holes as zeros); commit and abort only close it, as whatever was
-      written has been read or stored already.
+      written has been read or stored already;
+    - a regular file that cannot be replaced (``DownloadTarget.overwrite``): the file
+      itself, truncated and written by a ``SparseWriter``; commit and abort close it,
+      a failure leaving it cut short, as virsh leaves it.
 
     Opening a FIFO waits for its reader while ``wanted()`` holds (see
     ``sparse.sequential.open_in_place``); ``on_wait`` is called while a write into it
@@ -108,6 +146,9 @@ class DownloadOutput:
         if target.in_place:
             self._fd = open_in_place(target.path, wanted, node=target.node)
             self.writer: SparseWriter | SequentialWriter = SequentialWriter(self._fd, on_wait)
+        elif target.overwrite:
+            self._fd = _open_to_overwrite(target)
+            self.writer = SparseWriter(self._fd, detect_zeroes=detect_zeroes)
         else:
             self._atomic = AtomicFile(target.path)
             try:

@@ -516,6 +516,61 @@ def test_a_download_the_disk_refuses_fails_in_virshs_words(
         run_virsh(uri, "vol-delete", "unwritable", "default")
 
 
+@pytest.mark.parametrize("folder_mode", [0o755, 0o1777], ids=["read-only", "sticky"])
+def test_a_download_over_a_file_that_cannot_be_replaced_writes_it_as_virsh_does(
+    reference_libvirtd: ReferenceLibvirtd, folder_mode: int
+) -> None:
+    """A user downloads over a file they may write, root's, in root's folder that they
+    may not write or that is sticky (as /tmp): virsh opens the file and writes it;
+    virtvol refused the first at once and failed the second at its final rename, after
+    the whole volume went by."""
+    uri = reference_libvirtd.tcp_uri
+    content = os.urandom(MIB) + bytes(MIB)
+    source = reference_libvirtd.state_dir / "content.img"
+    source.write_bytes(content)
+    run_virsh(uri, "vol-create-as", "default", "shared", "2M")
+    run_virsh(uri, "vol-upload", "shared", str(source), "--pool", "default")
+    base = Path(tempfile.mkdtemp(prefix="virtvol-shared-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        folder = base / "folder"
+        folder.mkdir()
+        folder.chmod(folder_mode)
+        answers = []
+        for client, name in (("virsh", "A.img"), ("virtvol", "B.img")):
+            target = folder / name
+            target.write_bytes(b"old")
+            target.chmod(0o666)
+            program = ["virsh"] if client == "virsh" else _COMMAND
+            download = ["-c", uri, "vol-download", "shared", str(target), "--pool", "default"]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+            proc = subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    *program,
+                    *download,
+                ],
+                capture_output=True,
+                text=True,
+                env=dict(env, LC_ALL="C", HOME=str(base)),
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+                cwd="/",
+            )
+            answers.append((proc.stdout, proc.returncode))
+            assert target.read_bytes() == content, (client, proc.stderr)
+            assert target.stat().st_uid == 0
+        assert answers[1] == answers[0] == ("\n", 0)
+        assert sorted(os.listdir(folder)) == ["A.img", "B.img"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        run_virsh(uri, "vol-delete", "shared", "default")
+
+
 def test_an_upload_the_source_refuses_fails_in_virshs_words(
     reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:

@@ -12,6 +12,8 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -29,7 +31,6 @@ from virtvol.sparse import files
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     from virtvol.client.connection import Connection
     from virtvol.client.transfer_base import Progress, TransferResult
@@ -262,6 +263,35 @@ def test_a_download_over_a_file_the_user_may_not_write_is_refused(
     assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
     assert target.read_bytes() == b"old"
     assert (target.stat().st_uid, os.listdir(nobodys_folder)) == (owner, ["kept.img"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("folder_mode", [0o755, 0o1777], ids=["read-only", "sticky"])
+def test_a_file_that_cannot_be_replaced_is_written_in_place(
+    tmp_path: Path, engine: str, folder_mode: int
+) -> None:
+    """A file the user may write in a folder where no file of theirs may take its place
+    (root's, not writable to them, or sticky as /tmp): virsh writes into it; both engines
+    refused the first before the stream and failed the second at the rename at its end.
+    It is now written in place: the same file, its owner kept, nothing else left."""
+    base = Path(tempfile.mkdtemp(prefix="virtvol-shared-", dir="/tmp"))  # nobody reaches it
+    try:
+        base.chmod(0o755)
+        folder = base / "folder"
+        folder.mkdir()
+        folder.chmod(folder_mode)
+        target = folder / "shared.img"
+        target.write_bytes(b"old content, longer than nothing")
+        target.chmod(0o666)
+        before = target.stat()
+        with serving_peer(tmp_path) as peer:
+            download_as_nobody(engine, peer, target)
+        assert target.read_bytes() == CHUNK * FRAMES
+        after = target.stat()
+        assert (after.st_ino, after.st_uid) == (before.st_ino, 0)
+        assert os.listdir(folder) == ["shared.img"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- what happens around the file while it downloads ----------------------------------------
