@@ -241,22 +241,56 @@ class _Parser:
         return items
 
 
+# libvirt reads a configuration file of up to 10 MiB.
+_MAX_FILE = 10 * 1024 * 1024
+
+
+def _read_whole(path: str) -> bytes:
+    """The file's bytes, or libvirt's words for why not ("Failed to open file" when the
+    open fails, "Failed to read file" when the reading does: a folder, which opens as in
+    C, or a file over 10 MiB)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidURI(f"Failed to open file '{path}': {_reason(exc)}") from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= _MAX_FILE:
+            chunk = os.read(fd, _MAX_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise InvalidURI(f"Failed to read file '{path}': {_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if size > _MAX_FILE:
+        import errno
+
+        raise InvalidURI(f"Failed to read file '{path}': {os.strerror(errno.EOVERFLOW)}")
+    return b"".join(chunks)
+
+
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def load_client_config(path: str | os.PathLike[str] | None = None) -> ClientConfig:
     """Read libvirt's client configuration (``config_path()`` unless ``path`` is given).
 
-    A missing file is an empty configuration.
+    A missing file, or one out of reach (``access`` fails), is an empty configuration.
 
     Raises:
-        InvalidURI: the file cannot be parsed, or a setting has the wrong type.
+        InvalidURI: the file cannot be opened, read or parsed.
     """
     where = os.fspath(path) if path is not None else config_path()
-    try:
-        with open(where, encoding="utf-8", errors="surrogateescape") as file:
-            text = file.read()
-    except FileNotFoundError:
+    # libvirt reads the file only if access() finds it: one out of reach (a home folder
+    # this user may not enter) is no file, not a failure.
+    if not os.access(where, os.F_OK):
         return ClientConfig(None, None, ())
-    except OSError as exc:
-        raise InvalidURI(f"cannot read {where}: {exc.strerror or exc}") from exc
+    text = _read_whole(where).decode("utf-8", "surrogateescape")
     values = _Parser(text, where).statements() if text else {}
     default = values.get("uri_default")
     aliases = values.get("uri_aliases", [])

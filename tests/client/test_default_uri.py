@@ -224,6 +224,32 @@ def test_the_client_configuration_is_read_as_libvirt_reads_it(home: Path, text: 
     compare(home, ["-c", "mine", "pool-list"], env, as_nobody=True)
 
 
+@pytest.mark.parametrize("case", ["out-of-reach", "unreadable", "folder"])
+def test_a_client_configuration_that_cannot_be_read_as_libvirt_says(home: Path, case: str) -> None:
+    """libvirt looks for the file with access(): one in a folder the user may not enter is
+    no file (virtvol failed every command then, as a user whose $HOME is root's); one it
+    finds but cannot open or read fails the connection in libvirt's words."""
+    config = home / "config"
+    (config / "libvirt").mkdir(parents=True)
+    conf = config / "libvirt" / "libvirt.conf"
+    if case == "folder":
+        conf.mkdir()
+    else:
+        conf.write_text(f'uri_default = "{_SOCKET}"\n')
+    if case == "unreadable":
+        conf.chmod(0o000)
+    if case == "out-of-reach":
+        config.chmod(0o700)  # root's: nobody cannot enter it
+    else:
+        for folder in (config, config / "libvirt"):
+            os.chown(folder, _NOBODY.pw_uid, _NOBODY.pw_gid)
+    env = {"XDG_CONFIG_HOME": str(config), "XDG_RUNTIME_DIR": str(home)}
+    said = compare(
+        home, ["-c", "storage+unix:///system?socket=/nowhere", "pool-list"], env, as_nobody=True
+    )
+    assert said.stderr.startswith("error: failed to connect to the hypervisor\n")
+
+
 # Runs inside `unshare -m`: a private /run, virtvold on the system sockets, then virsh and
 # virtvol side by side; prints what each answered, as JSON.
 _SYSTEM_SCRIPT = r"""
