@@ -215,12 +215,42 @@ async def _sending_text(context: str, call: Awaitable[_T]) -> _T:
 # -- lookups, as virsh resolves its arguments --------------------------------------------------
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_UUID_BLANKS = " \t\n\f\r"  # glib's g_ascii_isspace
+
+
+def _uuid_sized(text: str) -> bool:
+    """Whether virsh takes ``text`` for a UUID to look up: it has a UUID's 36 bytes."""
+    return len(text.encode("utf-8", "surrogateescape")) == 36
+
+
+def _virsh_uuid(text: str) -> bytes | None:
+    """The UUID in ``text`` as libvirt reads one, or None: 32 hex digits in pairs, "-"
+    and " " anywhere between pairs, blanks around ("{...}" or "urn:uuid:..." are none)."""
+    body = text.lstrip(_UUID_BLANKS)
+    pairs: list[str] = []
+    i = 0
+    while len(pairs) < 16:
+        if body[i : i + 1] in ("-", " "):
+            i += 1
+            continue
+        pair = body[i : i + 2]
+        if len(pair) < 2 or not _HEX_DIGITS.issuperset(pair):
+            return None
+        pairs.append(pair)
+        i += 2
+    if body[i:].strip(_UUID_BLANKS):
+        return None
+    return bytes.fromhex("".join(pairs))
+
+
 async def _pool(conn: Connection, name: str) -> StoragePool:
-    """By UUID when the argument looks like one, then by name."""
-    if len(name) == 36:
+    """By UUID when the argument is one as virsh reads it, then by name."""
+    uuid = _virsh_uuid(name) if _uuid_sized(name) else None
+    if uuid is not None:
         try:
-            return await conn.lookup_pool_by_uuid(name)
-        except (LibvirtError, ValueError):
+            return await conn.lookup_pool_by_uuid(uuid)
+        except LibvirtError:
             pass
     try:
         return await conn.lookup_pool_by_name(name)
@@ -388,10 +418,16 @@ async def pool_uuid(conn: Connection, args: SimpleNamespace) -> str:
 
 async def pool_name(conn: Connection, args: SimpleNamespace) -> str:
     """By UUID only: text that is no UUID fails with no daemon's answer, as in virsh."""
+    if not _uuid_sized(args.pool):
+        raise CommandError(f"failed to get pool '{args.pool}'")
+    uuid = _virsh_uuid(args.pool)
+    if uuid is None:  # libvirt's own refusal, before any call
+        raise CommandError(
+            f"failed to get pool '{args.pool}'",
+            "uuidstr in virStoragePoolLookupByUUIDString must be a valid UUID",
+        )
     try:
-        pool = await conn.lookup_pool_by_uuid(args.pool)
-    except ValueError:
-        raise CommandError(f"failed to get pool '{args.pool}'") from None
+        pool = await conn.lookup_pool_by_uuid(uuid)
     except LibvirtError as exc:
         _fail(f"failed to get pool '{args.pool}'", exc)
     return pool.name + "\n"

@@ -348,6 +348,29 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
     assert both(uri, "pool-uuid", uuid)[2] == 1  # by name only
 
 
+def test_pool_uuids_are_read_as_virsh_reads_them(reference_libvirtd: ReferenceLibvirtd) -> None:
+    """virsh takes a pool argument of 36 bytes for a UUID and reads it as libvirt does:
+    hex pairs with "-" or " " between any of them and blanks around; braces or a
+    "urn:uuid:" prefix, which Python's uuid module takes, make none."""
+    uri = reference_libvirtd.tcp_uri
+    uuid = run_virsh(uri, "pool-uuid", "default").stdout.strip()
+    digits = uuid.replace("-", "")
+    for text in (
+        uuid,
+        uuid.upper(),
+        uuid.replace("-", " "),  # found by virsh, not by virtvol
+        f"  {digits[:12]}-{digits[12:20]}-{digits[20:]}",
+        f"\t{digits[:2]}---{digits[2:]} ",
+        digits,  # no UUID's length: pool-name fails, virtvol's found the pool
+        f"{{{uuid}}}",
+        f"urn:uuid:{uuid}",
+        f"{uuid}-",
+        f"-{digits}---",  # a UUID's length, not one: libvirt's own refusal
+    ):
+        for command in ("pool-name", "pool-info"):
+            both(uri, command, text)
+
+
 def test_changing_spellings_match_virsh(
     reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:
