@@ -1,7 +1,8 @@
 """Where a download's bytes go, whichever engine drives its stream.
 
-A regular file (or a new one) is replaced by a complete copy (``AtomicFile``); a FIFO or
-a device takes the bytes itself as they arrive (``sparse.sequential``). On the command
+A regular file (or a new one) is replaced by a complete copy (``AtomicFile``), unless no
+rename of this process may replace it (then it is written in place, as virsh writes it);
+a FIFO or a device takes the bytes itself as they arrive (``sparse.sequential``). On the command
 line's blocking engine only downloads import this module: an upload, or a command moving
 no bytes, starts without it.
 """
