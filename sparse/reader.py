@@ -303,6 +303,11 @@ class SparseReader:
         self.close()
 
 
+# The most one read of a stream asks for: procfs's sysctl files refuse a read of 4 MiB
+# or more (ENOMEM); a pipe hands out no more than it holds (1 MiB at most) anyway.
+_STREAM_READ_MOST = 1 << 20
+
+
 class StreamReader:
     """Sequential reader of what cannot seek: the bytes of ``fd`` from where it stands,
     all of them data, to its end or ``length`` bytes (0: no limit).
@@ -357,7 +362,7 @@ class StreamReader:
         ready = self._ready
         used = 0
         while used < len(view):
-            count = os.readv(self._fd, [view[used:]])
+            count = os.readv(self._fd, [view[used : used + _STREAM_READ_MOST]])
             if count == 0:  # the end of the stream
                 break
             used += count
@@ -397,12 +402,28 @@ def open_source(path: str | os.PathLike[str]) -> int:
 def source_reader(fd: int, length: int = 0) -> SparseReader | StreamReader:
     """The reader for an upload's source ``fd`` (owned by it from now on), from its start:
     a file or a block device by its extents, leaving the page cache to the kernel (the
-    source is the user's file, as ``cp`` and virsh leave it); anything else as a stream.
+    source is the user's file, as ``cp`` and virsh leave it); anything else as a stream,
+    and so a file that tells no size: procfs's say 0 bytes, and most refuse a seek to
+    their end, yet have content, which virsh reads to its end.
     """
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+    found = os.fstat(fd)
+    if stat.S_ISBLK(found.st_mode) or (stat.S_ISREG(found.st_mode) and _has_size(fd, found)):
         return SparseReader(fd, 0, length, drop_cache=False)
     return StreamReader(fd, length)
+
+
+def _has_size(fd: int, found: os.stat_result) -> bool:
+    """Whether the regular file ``fd`` has a size to read by (an empty file read as a
+    stream is read as quickly)."""
+    if not found.st_size:
+        return False
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ESPIPE):
+            return False
+        raise
+    return True
 
 
 def read_pieces(

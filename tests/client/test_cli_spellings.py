@@ -594,6 +594,31 @@ def test_a_download_over_a_file_that_cannot_be_replaced_writes_it_as_virsh_does(
         run_virsh(uri, "vol-delete", "shared", "default")
 
 
+@pytest.mark.parametrize("source", ["/proc/version", "/proc/sys/kernel/ostype"])
+def test_an_upload_from_a_file_that_tells_no_size_sends_its_content(
+    reference_libvirtd: ReferenceLibvirtd, source: str
+) -> None:
+    """procfs's files say they hold 0 bytes (most also refuse a seek to their end, the
+    sysctl ones a read of 4 MiB) and have content, which virsh reads to its end: virtvol
+    failed with "Invalid argument", or sent nothing and succeeded."""
+    uri = reference_libvirtd.tcp_uri
+    for name in ("from-A", "from-B"):
+        run_virsh(uri, "vol-create-as", "default", name, "4k")
+    try:
+        theirs = run_in_c_locale(
+            ["virsh", "-c", uri, "vol-upload", "from-A", source, "--pool", "default"]
+        )
+        ours = run_virtvol("-q", "-c", uri, "vol-upload", "from-B", source, "--pool", "default")
+        assert (ours.stderr, ours.returncode) == (theirs.stderr, theirs.returncode) == ("", 0)
+        content = Path(source).read_bytes()
+        for name in ("from-A", "from-B"):
+            landed = (reference_libvirtd.pool_dir / name).read_bytes()
+            assert landed[: len(content)] == content, name
+    finally:
+        for name in ("from-A", "from-B"):
+            run_virsh(uri, "vol-delete", name, "default")
+
+
 def test_an_upload_the_source_refuses_fails_in_virshs_words(
     reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:
