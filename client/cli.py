@@ -951,12 +951,12 @@ def _stream_failure(verb: str, vol: StorageVolume, exc: LibvirtError) -> NoRetur
 
 def _file_failure(exc: OSError, vol: StorageVolume, path: str, *, upload: bool) -> NoReturn:
     """virsh's words for a local file that fails. Opening it (the error names the file):
-    "cannot read FILE" or "cannot create FILE". Reading or writing it while the stream
-    runs (the error names none): "cannot send data to volume V" or "cannot receive data
-    from volume V", then libvirt's stream loop's "send handler failed: REASON" or
-    "recv handler failed: REASON"."""
+    "cannot read FILE" or "cannot create FILE", no reason given, as virsh gives none.
+    Reading or writing it while the stream runs (the error names none): "cannot send
+    data to volume V" or "cannot receive data from volume V", then libvirt's stream
+    loop's "send handler failed: REASON" or "recv handler failed: REASON"."""
     if exc.filename is not None:
-        raise CommandError(f"cannot {'read' if upload else 'create'} {path}", str(exc)) from exc
+        raise CommandError(f"cannot {'read' if upload else 'create'} {path}") from exc
     reason = exc.strerror or str(exc)
     if upload:
         context, detail = f"cannot send data to volume {vol.name}", "send handler failed"

@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -617,6 +618,24 @@ def test_an_upload_from_a_file_that_tells_no_size_sends_its_content(
     finally:
         for name in ("from-A", "from-B"):
             run_virsh(uri, "vol-delete", name, "default")
+
+
+def test_an_upload_whose_source_does_not_open_says_only_that(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    """A socket passes stat() and refuses open() (ENXIO), as a file the user may not read
+    does (EACCES): virsh says "cannot read FILE" and no more; virtvol added Python's text
+    of the error ("[Errno 6] No such device or address: 'FILE'")."""
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "unopened", "1M")
+    source = tmp_path / "sock"
+    try:
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(source))
+            _, err, code = both(uri, "vol-upload", "unopened", str(source), "default")
+        assert (err, code) == (f"error: cannot read {source}\n", 1)
+    finally:
+        run_virsh(uri, "vol-delete", "unopened", "default")
 
 
 def test_an_upload_the_source_refuses_fails_in_virshs_words(
