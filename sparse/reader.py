@@ -403,8 +403,8 @@ def source_reader(fd: int, length: int = 0) -> SparseReader | StreamReader:
     """The reader for an upload's source ``fd`` (owned by it from now on), from its start:
     a file or a block device by its extents, leaving the page cache to the kernel (the
     source is the user's file, as ``cp`` and virsh leave it); anything else as a stream,
-    and so a file that tells no size: procfs's say 0 bytes, and most refuse a seek to
-    their end, yet have content, which virsh reads to its end.
+    and so a file that tells no true size: procfs's say 0 bytes (most refuse a seek to
+    their end too), sysfs's a page, whatever their content, which virsh reads to its end.
     """
     found = os.fstat(fd)
     if stat.S_ISBLK(found.st_mode) or (stat.S_ISREG(found.st_mode) and _has_size(fd, found)):
@@ -413,9 +413,10 @@ def source_reader(fd: int, length: int = 0) -> SparseReader | StreamReader:
 
 
 def _has_size(fd: int, found: os.stat_result) -> bool:
-    """Whether the regular file ``fd`` has a size to read by (an empty file read as a
-    stream is read as quickly)."""
-    if not found.st_size:
+    """Whether the regular file ``fd`` has a size to read by. A small file with no blocks
+    (sysfs's) is read as a stream whatever it is: one all holes, or held in its inode,
+    reads the same bytes so, and an empty file as quickly."""
+    if not found.st_size or (not found.st_blocks and found.st_size <= _STREAM_READ_MOST):
         return False
     try:
         os.lseek(fd, 0, os.SEEK_END)

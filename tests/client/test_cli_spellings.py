@@ -595,13 +595,16 @@ def test_a_download_over_a_file_that_cannot_be_replaced_writes_it_as_virsh_does(
         run_virsh(uri, "vol-delete", "shared", "default")
 
 
-@pytest.mark.parametrize("source", ["/proc/version", "/proc/sys/kernel/ostype"])
+@pytest.mark.parametrize(
+    "source", ["/proc/version", "/proc/sys/kernel/ostype", "/sys/devices/system/cpu/online"]
+)
 def test_an_upload_from_a_file_that_tells_no_size_sends_its_content(
     reference_libvirtd: ReferenceLibvirtd, source: str
 ) -> None:
     """procfs's files say they hold 0 bytes (most also refuse a seek to their end, the
-    sysctl ones a read of 4 MiB) and have content, which virsh reads to its end: virtvol
-    failed with "Invalid argument", or sent nothing and succeeded."""
+    sysctl ones a read of 4 MiB), sysfs's a page, and have other content, which virsh
+    reads to its end: virtvol failed with "Invalid argument" or "the source file shrank",
+    or sent nothing and succeeded."""
     uri = reference_libvirtd.tcp_uri
     for name in ("from-A", "from-B"):
         run_virsh(uri, "vol-create-as", "default", name, "4k")
