@@ -420,9 +420,16 @@ def _split_with_urllib(uri: str) -> UriParts:
 
     # urllib refuses a bracketed host that is no IP address ("[foo]", "[127.0.0.1]"),
     # which libvirt's parser takes and hands to the resolver: urllib is shown a stand-in.
-    literal = _bracketed_host(uri)
-    parts = urllib.parse.urlsplit(uri.replace(literal, _STAND_IN, 1) if literal else uri)
-    netloc = parts.netloc.replace(_STAND_IN, literal, 1) if literal else parts.netloc
+    # The stand-in goes where the host is, not where its text first appears (the user
+    # part may be written alike), and the host is put back after the netloc's last "@".
+    start, literal = _bracketed_host(uri)
+    if literal:
+        uri = uri[:start] + _STAND_IN + uri[start + len(literal) :]
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc
+    if literal:
+        user, at, host_port = netloc.rpartition("@")
+        netloc = user + at + literal + host_port[len(_STAND_IN) :]
     return UriParts(
         parts.scheme,
         netloc,
@@ -438,17 +445,18 @@ def _split_with_urllib(uri: str) -> UriParts:
 _STAND_IN = "[::]"
 
 
-def _bracketed_host(uri: str) -> str:
-    """The "[...]" host of ``uri``'s authority as written, or "" when it has none."""
+def _bracketed_host(uri: str) -> tuple[int, str]:
+    """Where the "[...]" host of ``uri``'s authority starts, and the host as written;
+    (0, "") when it has none."""
     colon = uri.find(":")
     if colon <= 0 or uri[colon + 1 : colon + 3] != "//":
-        return ""
+        return 0, ""
     start = colon + 3
     end = min((i for i in (uri.find(c, start) for c in "/?#") if i >= 0), default=len(uri))
-    authority = uri[start:end].rpartition("@")[2]
+    user, at, authority = uri[start:end].rpartition("@")
     if not authority.startswith("["):
-        return ""
-    return authority[: authority.find("]") + 1]
+        return 0, ""
+    return start + len(user + at), authority[: authority.find("]") + 1]
 
 
 def query_params(query: str) -> tuple[tuple[str, str], ...]:

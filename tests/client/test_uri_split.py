@@ -180,6 +180,18 @@ def test_brackets_stand_in_a_host_or_a_fragment() -> None:
             parse_uri(refused)
 
 
+def test_the_stand_in_takes_the_hosts_place_not_a_like_user() -> None:
+    # The user part may be written as the bracketed host is: only the host is swapped.
+    for uri in ("storage+tcp://[::]@[foo]:1/system", "storage+tcp://[foo]@[foo]:1/system"):
+        parts = split_uri(uri)
+        user = uri.split("//")[1].split("@")[0]
+        assert (parts.netloc, parts.host, parts.port) == (f"{user}@[foo]:1", "foo", 1)
+        assert parts.path == "/system"
+    # parse_uri refuses a bracket in the user part, as libvirt does.
+    with pytest.raises(InvalidURI, match="Unable to parse URI"):
+        parse_uri("storage+tcp://[::]@[foo]:1/system")
+
+
 def test_an_ipv6_zone_is_not_taken_for_a_bad_escape() -> None:
     # "%" inside the brackets starts a zone (libvirt takes it); elsewhere it must
     # start an escape of two hex digits.
