@@ -220,25 +220,42 @@ class _Parser:
         return sign * int(self.text[start : self.pos])
 
     def bracketed(self) -> list[object]:
+        # Lists are read with a stack of the open ones, not by recursion: a file may nest
+        # them deeper than Python recurses ("x = [[[[..."), and libvirt reads it.
+        outer: list[list[object]] = []
+        items: list[object] = []
         self.pos += 1
         self.skip_blanks_and_lines()
-        items: list[object] = []
-        if self.pos < len(self.text) and self.char() != "]":
-            items.append(self.value())
-            self.skip_blanks_and_lines()
-        while self.pos < len(self.text) and self.char() != "]":
-            if self.char() != ",":
-                raise self.error("expecting a separator in list")
+        want_value = self.pos < len(self.text) and self.char() != "]"
+        while True:
+            if want_value:
+                want_value = False
+                self.skip_blanks()
+                if self.char() == "[":
+                    outer.append(items)
+                    items = []
+                    self.pos += 1
+                    self.skip_blanks_and_lines()
+                    want_value = self.pos < len(self.text) and self.char() != "]"
+                    continue
+                items.append(self.value())  # not a list: value() does not come back here
+                self.skip_blanks_and_lines()
+            if self.pos < len(self.text) and self.char() != "]":
+                if self.char() != ",":
+                    raise self.error("expecting a separator in list")
+                self.pos += 1
+                self.skip_blanks_and_lines()
+                if self.char() != "]":
+                    want_value = True
+                    continue
+            if self.char() != "]":
+                raise self.error("list is not closed with ]")
             self.pos += 1
+            if not outer:
+                return items
+            inner, items = items, outer.pop()
+            items.append(inner)
             self.skip_blanks_and_lines()
-            if self.char() == "]":
-                break
-            items.append(self.value())
-            self.skip_blanks_and_lines()
-        if self.char() != "]":
-            raise self.error("list is not closed with ]")
-        self.pos += 1
-        return items
 
 
 # libvirt reads a configuration file of up to 10 MiB.

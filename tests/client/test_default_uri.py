@@ -207,6 +207,10 @@ _SOCKET = "storage+unix:///system?socket=/nowhere"
         'uri_aliases = [\n  # a comment\n  "a=storage:///system",\n]\n',
         'uri_aliases = [ "a=storage:///system" "b=storage:///system" ]\n',
         "uri_aliases = [ 1,\n",
+        # Lists nested deeper than Python's recursion goes, left open or closed.
+        "x = " + "[" * 5000 + "\n",
+        "x = " + "[" * 5000 + "]" * 5000 + "\n",
+        "x = " + "[ 1, " * 5000 + "2" + "]," * 4999 + "\n",
         # A setting of the wrong type is refused where it is used: uri_default without a
         # URI, uri_aliases with one; an empty uri_default names no driver.
         "uri_default = 5\n",
