@@ -949,15 +949,24 @@ def _stream_failure(verb: str, vol: StorageVolume, exc: LibvirtError) -> NoRetur
     _fail(context, exc)
 
 
-def _file_failure(exc: OSError, vol: StorageVolume, path: str, *, upload: bool) -> NoReturn:
+def _file_failure(
+    exc: OSError, vol: StorageVolume, path: str, *, upload: bool, started: bool
+) -> NoReturn:
     """virsh's words for a local file that fails. Opening it (the error names the file):
     "cannot read FILE" or "cannot create FILE", no reason given, as virsh gives none.
     Reading or writing it while the stream runs (the error names none): "cannot send
     data to volume V" or "cannot receive data from volume V", then libvirt's stream
-    loop's "send handler failed: REASON" or "recv handler failed: REASON"."""
-    if exc.filename is not None:
-        raise CommandError(f"cannot {'read' if upload else 'create'} {path}") from exc
+    loop's "send handler failed: REASON" or "recv handler failed: REASON".
+
+    A file that fails so once data moved (``started``: a download's final rename
+    refused, the old file's metadata not copied), where virsh never fails, is said the
+    same way with the reason after it, the only clue to what went wrong."""
     reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        line = f"cannot {'read' if upload else 'create'} {path}"
+        if started:
+            raise CommandError(line, reason) from exc
+        raise CommandError(line) from exc
     if upload:
         context, detail = f"cannot send data to volume {vol.name}", "send handler failed"
     else:
@@ -1065,23 +1074,33 @@ async def _transfer(
     sparse = _sparse_choice(args)
     enabled = not args.quiet
     bar_total = await total() if draws_a_bar(enabled) else None
+    # Whether data moved: a file that fails after that is not one that did not open.
+    started = False
     with TransferProgress(
         f"{verb} {vol.name}", bar_total, enabled=enabled, holes=sparse is not False
     ) as bar:
+
+        def progress(data_bytes: int, hole_bytes: int) -> None:
+            nonlocal started
+            started = True
+            bar.update(data_bytes, hole_bytes)
+
         try:
             result = await move(
                 args.file,
                 offset=args.offset,
                 length=args.length,
                 sparse=sparse,
-                progress=bar.update,
+                progress=progress,
             )
         except LibvirtError as exc:  # SparseUnsupported too: it fails the opening call
             _stream_failure(way, vol, exc)
         except OSError as exc:
             if isinstance(exc, (TransportError, VirtvolError)):
                 raise  # the connection's, not the file's (a lost peer, a call timed out)
-            _file_failure(exc, vol, args.file, upload=upload)
+            # A rename names two files: only the commit of a download renames.
+            moved = started or exc.filename2 is not None
+            _file_failure(exc, vol, args.file, upload=upload, started=moved)
     if not args.quiet:
         sys.stderr.write(summary_line(f"{verb}ed", result) + "\n")
     return ""

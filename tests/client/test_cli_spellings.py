@@ -641,6 +641,46 @@ def test_an_upload_whose_source_does_not_open_says_only_that(
         run_virsh(uri, "vol-delete", "unopened", "default")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root (CAP_LINUX_IMMUTABLE)")
+def test_a_download_refused_after_the_volume_went_by_says_why(
+    virtvold: Virtvold,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The target made immutable while the volume goes by: the final rename is refused
+    (EPERM), after the whole transfer. virsh never fails there; virtvol says "cannot
+    create FILE" as for a target that does not open, and then the reason, which is the
+    only clue (a failure before any data moved keeps virsh's bare line)."""
+    from virtvol.client import cli
+    from virtvol.client.progress import TransferProgress
+
+    (virtvold.pool_dir / "vol").write_bytes(b"x" * MIB)
+    target = tmp_path / "copy"
+    target.write_bytes(b"old")
+    update = TransferProgress.update
+    locked: list[Path] = []
+
+    def lock_the_target(bar: TransferProgress, data_bytes: int, hole_bytes: int) -> None:
+        if not locked:
+            subprocess.run(["chattr", "+i", str(target)], check=True)
+            locked.append(target)
+        update(bar, data_bytes, hole_bytes)
+
+    monkeypatch.setattr(TransferProgress, "update", lock_the_target)
+    command = ["vol-download", "vol", str(target), "--pool", "default"]
+    try:
+        assert cli.main(["-c", virtvold.unix_uri, *command]) == 1
+    finally:
+        if locked:
+            subprocess.run(["chattr", "-i", str(target)], check=True)
+    assert locked
+    assert capsys.readouterr().err == (
+        f"error: cannot create {target}\nerror: Operation not permitted\n"
+    )
+    assert target.read_bytes() == b"old"
+
+
 def test_an_upload_the_source_refuses_fails_in_virshs_words(
     reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:
