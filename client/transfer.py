@@ -302,10 +302,12 @@ async def _open_output(
     path: str | os.PathLike[str], detect_zeroes: bool
 ) -> download_output.DownloadOutput:
     """Open the download's destination off the loop. A FIFO opens once a reader came,
-    which may take long: the thread that waits for it gives up when this is cancelled."""
+    which may take long: the thread that waits for it gives up when this is cancelled.
+    A file written in place is truncated as it opens, which may take long too (a file of
+    many GB): it is opened in the same way."""
     loop = asyncio.get_running_loop()
     target = await loop.run_in_executor(None, download_output.download_target, path)
-    if not target.in_place:
+    if not target.in_place and not target.overwrite:
         return download_output.DownloadOutput(target, detect_zeroes=detect_zeroes)
     cancelled = threading.Event()
 

@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -292,6 +293,38 @@ def test_a_file_that_cannot_be_replaced_is_written_in_place(
         assert os.listdir(folder) == ["shared.img"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_event_loop_truncates_a_file_written_in_place_off_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Truncating a file of many GB takes long: the library's engine opened and truncated
+    a file written in place on the event loop's thread, which held every other task up.
+    It is opened in the executor, as a FIFO or device is."""
+    opened_on: list[threading.Thread] = []
+    open_to_overwrite = download_output._open_to_overwrite
+
+    def recording(target: download_output.DownloadTarget) -> int:
+        opened_on.append(threading.current_thread())
+        return open_to_overwrite(target)
+
+    monkeypatch.setattr(download_output, "_open_to_overwrite", recording)
+    base = Path(tempfile.mkdtemp(prefix="virtvol-shared-", dir="/tmp"))  # nobody reaches it
+    try:
+        base.chmod(0o755)
+        folder = base / "folder"
+        folder.mkdir()
+        folder.chmod(0o1777)
+        target = folder / "shared.img"
+        target.write_bytes(b"old content")
+        target.chmod(0o666)
+        with serving_peer(tmp_path) as peer:
+            download_as_nobody("event-loop", peer, target)
+        assert target.read_bytes() == CHUNK * FRAMES
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert len(opened_on) == 1
+    assert opened_on[0] is not threading.main_thread()
 
 
 # -- what happens around the file while it downloads ----------------------------------------
