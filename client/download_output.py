@@ -27,14 +27,16 @@ __all__ = ["DownloadOutput", "DownloadTarget", "download_target"]
 class DownloadTarget(Record):
     """Where a download goes: ``path`` to open, and whether it is filled in place (a
     FIFO or a device, written as the bytes arrive) or replaced by a complete copy;
-    ``node``: the FIFO or device looked at (``sequential.node_of``), which is the only
-    node its opening may take. ``overwrite``: a regular file this process may write but
-    not replace, written in place as virsh writes it (``node`` is then that file)."""
+    ``node``: the FIFO or device looked at (``sequential.node_of``: file system, inode
+    number, kind, device number), which is the only node its opening may take.
+    ``overwrite``: a regular file this process may write but not replace, written in
+    place as virsh writes it (``node`` is then that file's, ``owner`` its owner's id)."""
 
     path: str
     in_place: bool
     node: tuple[int, int, int, int] | None = None
     overwrite: bool = False
+    owner: int | None = None
 
 
 def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
@@ -79,7 +81,9 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
         raise OSError(why, os.strerror(why), given)
     real = os.path.realpath(given)
     if found is not None and not _replaceable(real, found):
-        return DownloadTarget(real, in_place=False, node=node_of(found), overwrite=True)
+        return DownloadTarget(
+            real, in_place=False, node=node_of(found), overwrite=True, owner=found.st_uid
+        )
     return DownloadTarget(real, in_place=False)
 
 
@@ -99,12 +103,23 @@ _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 
 
 def _open_to_overwrite(target: DownloadTarget) -> int:
-    """The file of ``target`` (``overwrite``), truncated as virsh's open truncates it;
-    only the very file looked at: one put at its name since is refused."""
+    """The file of ``target`` (``overwrite``), truncated as virsh's open truncates it.
+
+    Only if what opens is on the same file system with the same inode number, kind and
+    owner as the file looked at; otherwise (ESTALE) nothing is truncated. That tells a
+    file put at the name since from the one looked at, but not in every case: a removed
+    file's inode number is soon given to a new one, and a new file of the same owner
+    that got it passes (one of another user's does not, by its owner)."""
+    # What opens may no longer be a regular file: O_NONBLOCK keeps a FIFO swapped in
+    # from holding the open until a reader comes, O_NOCTTY a terminal swapped in from
+    # becoming this process's controlling terminal; either is then refused (a FIFO
+    # without a reader by the open itself, ENXIO; anything else as not the file looked
+    # at, ESTALE).
     flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     fd = os.open(target.path, flags)
     try:
-        if node_of(os.fstat(fd)) != target.node:
+        opened = os.fstat(fd)
+        if node_of(opened) != target.node or opened.st_uid != target.owner:
             raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), target.path)
         os.ftruncate(fd, 0)
     except BaseException:

@@ -29,6 +29,7 @@ from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
 from virtvol.sparse import files
+from virtvol.sparse.sequential import node_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -325,6 +326,35 @@ def test_the_event_loop_truncates_a_file_written_in_place_off_its_thread(
         shutil.rmtree(base, ignore_errors=True)
     assert len(opened_on) == 1
     assert opened_on[0] is not threading.main_thread()
+
+
+@pytest.mark.parametrize("swap", ["another-file", "another-owner"])
+def test_a_file_to_write_in_place_swapped_before_its_opening_is_not_written(
+    tmp_path: Path, swap: str
+) -> None:
+    """Between the look at a file to write in place and its opening, another may take
+    its name (a new file), or one of another user's may come with the same inode number
+    (a removed file's number is soon reused; played here by giving the file away): it is
+    refused with ESTALE, and neither file is truncated."""
+    target_path = tmp_path / "shared.img"
+    target_path.write_bytes(b"looked at")
+    found = os.stat(target_path)
+    target = download_output.DownloadTarget(
+        str(target_path),
+        in_place=False,
+        node=node_of(found),
+        overwrite=True,
+        owner=found.st_uid,
+    )
+    if swap == "another-file":
+        target_path.rename(tmp_path / "moved.img")
+        target_path.write_bytes(b"swapped in")
+    else:
+        os.chown(target_path, NOBODY, NOBODY)
+    with pytest.raises(OSError, match="Stale file handle") as refused:
+        download_output.DownloadOutput(target, detect_zeroes=True)
+    assert refused.value.errno == errno.ESTALE
+    assert target_path.read_bytes() == (b"swapped in" if swap == "another-file" else b"looked at")
 
 
 # -- what happens around the file while it downloads ----------------------------------------
