@@ -1000,18 +1000,21 @@ async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:
 
 def _source_size(path: str, source: os.stat_result) -> int | None:
     """The bytes an upload of ``path`` will read, for the progress bar: a file's size, a
-    block device's (its ``stat`` says 0, its end says how large it is), and None for a
-    pipe or a character device, which are read to their end."""
-    if stat.S_ISREG(source.st_mode):
-        return source.st_size
-    if not stat.S_ISBLK(source.st_mode):
+    block device's (its ``stat`` says 0, its end says how large it is), and None for
+    whatever is read as a stream, to its end: a pipe, a character device, and a file
+    that tells no true size (procfs's say 0 bytes, sysfs's a page)."""
+    if not (stat.S_ISREG(source.st_mode) or stat.S_ISBLK(source.st_mode)):
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # the upload itself will say why it cannot read the device
+    except OSError:  # the upload itself will say why it cannot read the file
         return None
     try:
-        return os.lseek(fd, 0, os.SEEK_END)
+        from virtvol.sparse.reader import reads_as_stream  # the upload reads with it anyway
+
+        return None if reads_as_stream(fd) else os.lseek(fd, 0, os.SEEK_END)
+    except OSError:  # no size for the bar, as for a stream
+        return None
     finally:
         os.close(fd)
 

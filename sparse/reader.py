@@ -406,10 +406,18 @@ def source_reader(fd: int, length: int = 0) -> SparseReader | StreamReader:
     and so a file that tells no true size: procfs's say 0 bytes (most refuse a seek to
     their end too), sysfs's a page, whatever their content, which virsh reads to its end.
     """
+    if reads_as_stream(fd):
+        return StreamReader(fd, length)
+    return SparseReader(fd, 0, length, drop_cache=False)
+
+
+def reads_as_stream(fd: int) -> bool:
+    """Whether ``source_reader`` reads ``fd`` as a stream, to its end, its size unknown
+    until then: anything but a block device or a regular file with a size to go by."""
     found = os.fstat(fd)
-    if stat.S_ISBLK(found.st_mode) or (stat.S_ISREG(found.st_mode) and _has_size(fd, found)):
-        return SparseReader(fd, 0, length, drop_cache=False)
-    return StreamReader(fd, length)
+    return not (
+        stat.S_ISBLK(found.st_mode) or (stat.S_ISREG(found.st_mode) and _has_size(fd, found))
+    )
 
 
 def _has_size(fd: int, found: os.stat_result) -> bool:
