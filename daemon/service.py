@@ -122,7 +122,10 @@ class Daemon:
 
         # Pool events happen in the worker threads; the connections hear of them on the loop.
         def pass_event(pool: PoolRef, event: PoolEvent) -> None:
-            loop.call_soon_threadsafe(self._tell_connections, pool, event)
+            # An upload let go of after the stop closed the loop tells its pool's refresh
+            # to no connection.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._tell_connections, pool, event)
 
         self._registry.on_event = pass_event
         fd_limit = raise_nofile_limit()

@@ -1071,7 +1071,7 @@ class StorageRegistry:
                 pool.busy.pop(volume.name, None)
             raise
 
-        def finish(success: bool) -> Callable[[], None] | None:
+        def finish(success: bool, *, opened: bool = True) -> Callable[[], None] | None:
             try:
                 if temp is not None:
                     return _settle_upload_temp(volumes, temp, volume.name, success)
@@ -1079,6 +1079,11 @@ class StorageRegistry:
             finally:
                 with self._lock:
                     pool.busy.pop(volume.name, None)
+                    if opened:
+                        # libvirtd refreshes the pool once an upload's stream ends, however
+                        # it ended, and tells the refresh event: clients that show the
+                        # pool's volumes (virt-manager) read their sizes again on it.
+                        self._tell(pool.ref, PoolEvent.REFRESHED)
 
         try:
             # A preallocated volume's space stays reserved, as libvirtd's in-place
@@ -1099,7 +1104,7 @@ class StorageRegistry:
             os.close(fd)
             if keep is not None:
                 os.close(keep)
-            finish(False)
+            finish(False, opened=False)
             raise
 
     def _open_rbd_upload(

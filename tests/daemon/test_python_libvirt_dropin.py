@@ -305,6 +305,59 @@ def test_pool_events(
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_EVENTS)
 
 
+UPLOAD_EVENTS = """
+import threading, time
+libvirt.virEventRegisterDefaultImpl()
+
+def run_loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+threading.Thread(target=run_loop, daemon=True).start()
+watcher = libvirt.open(URI)
+events = []
+watcher.storagePoolEventRegisterAny(
+    None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH,
+    lambda _conn, pool, tag: events.append([pool.name(), "refresh"]), None)
+pool = conn.storagePoolLookupByName("default")
+vol = pool.createXML(
+    "<volume><name>v</name><capacity>8192</capacity><allocation>0</allocation></volume>", 0)
+
+def upload(offset, length, end):
+    stream = conn.newStream(0)
+    vol.upload(stream, offset, length, 0)
+    stream.send(b"x" * 10)
+    end(stream)
+    time.sleep(1.5)  # libvirtd refreshes the pool in a thread of its own
+    return list(events)
+
+step("whole upload finished", lambda: upload(0, 0, lambda stream: stream.finish()))
+step("whole upload aborted", lambda: upload(0, 0, lambda stream: stream.abort()))
+step("upload in place finished", lambda: upload(100, 10, lambda stream: stream.finish()))
+
+def download():
+    stream = conn.newStream(0)
+    vol.download(stream, 0, 0, 0)
+    while stream.recv(65536):
+        pass
+    stream.finish()
+    vol.wipe(0)
+    vol.resize(16384, 0)
+    time.sleep(1.5)
+    return list(events)
+
+step("download, wipe and resize", download)
+"""
+
+
+def test_an_upload_ends_with_the_pools_refresh_event(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """libvirtd refreshes the pool once an upload's stream ends, finished or aborted, and
+    tells the refresh event, on which clients showing the pool's volumes update them."""
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, UPLOAD_EVENTS)
+
+
 VOLUME_RESIZE = """
 pool = conn.storagePoolLookupByName("default")
 sparse = pool.createXML(
