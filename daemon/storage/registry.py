@@ -829,10 +829,12 @@ class StorageRegistry:
     def create_volume_xml_from(
         self, ref: PoolRef, xml: str, source: VolumeRef, flags: int = 0
     ) -> VolumeRef:
-        """STORAGE_VOL_CREATE_XML_FROM: a sparse copy of ``source`` (same pool only).
+        """STORAGE_VOL_CREATE_XML_FROM: a copy of ``source`` (same pool only).
 
         Capacity may be omitted (the source's size is used) and is never below
-        the source's size. Only the source's data is copied: holes stay holes.
+        the source's size. Only the source's data is copied: holes stay holes, unless
+        the allocation asked for (the capacity when none is) is at least the source's
+        size, which is then allocated first, as libvirt does (``VolumeDir.create_from``).
         """
         _check_flags(flags, _CLONE_FLAGS, "storageVolCreateXMLFrom")
         request = parse_volume_xml(xml, capacity_required=False)

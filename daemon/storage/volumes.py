@@ -230,6 +230,16 @@ class VolumeDir:
         except OSError as exc:
             raise _driver_error(f"cannot extend file '{self.volume_path(name)}'", exc) from None
 
+    def _allocate(self, fd: int, name: str, allocation: int) -> None:
+        """Reserve the blocks of a new volume's first ``allocation`` bytes."""
+        try:
+            sparse_files.allocate(fd, 0, allocation)
+        except OSError as exc:
+            path = self.volume_path(name)
+            raise _driver_error(
+                f"cannot allocate {allocation} bytes in file '{path}'", exc
+            ) from None
+
     def _apply_permissions(self, fd: int, request: VolumeRequest) -> None:
         """The mode, owner and group the volume's XML asks for (open's mode is under umask)."""
         try:
@@ -262,12 +272,7 @@ class VolumeDir:
             if request.nocow:
                 set_copy_on_write(fd, path, enabled=False)
             self._extend(fd, request.name, capacity)
-            try:
-                sparse_files.allocate(fd, 0, allocation)
-            except OSError as exc:
-                raise _driver_error(
-                    f"cannot allocate {allocation} bytes in file '{path}'", exc
-                ) from None
+            self._allocate(fd, request.name, allocation)
         except BaseException:
             self._discard(request.name, fd)
             raise
@@ -304,10 +309,13 @@ class VolumeDir:
         return self.header(name, self.require(name))
 
     def create_from(self, request: VolumeRequest, source: str, *, reflink: bool = False) -> None:
-        """Create a raw file holding a sparse copy of volume ``source``.
+        """Create a raw file holding a copy of volume ``source``.
 
         The new capacity is the larger of the requested one and the source's
-        size. Only the source's data extents are copied, so its holes stay holes.
+        size. Only the source's data extents are copied, so its holes stay holes,
+        unless the allocation asked for (the new capacity when none is) is at least
+        the source's size: then, as libvirt does, that much is allocated first, and
+        a thick volume asked for is not handed over thin.
         With ``reflink`` the file shares the source's blocks instead, and a file
         system that cannot share them fails the call, as in libvirt (no copy). A
         source that is an image (qcow2 and the like) is refused: libvirt converts
@@ -333,6 +341,7 @@ class VolumeDir:
                 raise needs_qemu_img()
             size = os.fstat(src_fd).st_size
             capacity = max(request.capacity or 0, size)
+            allocation = capacity if request.allocation is None else request.allocation
             dst_fd = self._create_file(request.name)
             try:
                 self._apply_permissions(dst_fd, request)
@@ -341,6 +350,8 @@ class VolumeDir:
                 if reflink:
                     self._share_blocks(src_fd, dst_fd, source)
                 self._extend(dst_fd, request.name, capacity)
+                if allocation >= size:
+                    self._allocate(dst_fd, request.name, allocation)
                 if not reflink:
                     sparse_files.copy_sparse(src_fd, dst_fd, size)
             except OSError as exc:

@@ -752,6 +752,54 @@ for label, features, target in [
 """
 
 
+CLONE_ALLOCATION = """
+import hashlib
+pool = conn.storagePoolLookupByName("default")
+pool.refresh(0)
+source = pool.storageVolLookupByName("source")
+
+def clone(name, capacity, allocation=None):
+    xml = "<volume><name>%s</name><capacity>%d</capacity>%s</volume>" % (
+        name, capacity, "" if allocation is None else
+        "<allocation>%d</allocation>" % allocation)
+    pool.createXMLFrom(xml, source, 0)
+    with open(os.path.join(POOL_DIR, name), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return pool.storageVolLookupByName(name).info(), digest
+
+M = 1 << 20
+step("no allocation: the capacity, the source's size", lambda: clone("whole", 0))
+step("no allocation, larger capacity", lambda: clone("larger", 2 * M))
+step("allocation of the source's size", lambda: clone("as-source", 0, M))
+step("allocation past the source's size", lambda: clone("past", 4 * M, 2 * M))
+step("allocation below the source's size", lambda: clone("thin", 0, M // 2))
+step("no allocation asked", lambda: clone("none", 0, 0))
+"""
+
+
+def _place_a_partly_written_volume(pool_dir: Path) -> None:
+    source = pool_dir / "source"
+    with source.open("wb") as file:
+        file.write(bytes(range(256)) * 256)  # 64 KiB of data, then a hole
+        file.truncate(1 << 20)
+    source.chmod(0o666)  # the reference libvirtd runs as nobody
+
+
+def test_a_clone_is_allocated_as_its_definition_asks(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """libvirtd allocates a clone's whole allocation (the new capacity when none is given)
+    unless it asks for less than the source's size, which leaves it as sparse as the
+    copied data: a thick disk asked for is not handed over thin."""
+    assert_same_answers(
+        reference_libvirtd,
+        virtvold,
+        tmp_path,
+        CLONE_ALLOCATION,
+        place=_place_a_partly_written_volume,
+    )
+
+
 def _place_a_source_volume(pool_dir: Path) -> None:
     (pool_dir / "source").write_bytes(b"x" * 4096)
 

@@ -342,6 +342,8 @@ def test_symlinks_and_other_files_are_not_volumes(setup: PoolSetup, tmp_path: Pa
 
 
 def test_clone_is_sparse(setup: PoolSetup) -> None:
+    """A clone asked to be allocated less than its source's size copies only the
+    source's data (one asked for no allocation is allocated whole, as in libvirt)."""
     registry = setup.registry
     source = setup.volume("src", 64 * BLOCK)
     with open(setup.pool_dir / "src", "r+b") as f:
@@ -350,7 +352,9 @@ def test_clone_is_sparse(setup: PoolSetup) -> None:
         f.seek(40 * BLOCK)
         f.write(b"2" * 10)
     clone = registry.create_volume_xml_from(
-        setup.ref, "<volume><name>copy</name><capacity>1</capacity></volume>", source
+        setup.ref,
+        "<volume><name>copy</name><capacity>1</capacity><allocation>0</allocation></volume>",
+        source,
     )
     copy = setup.pool_dir / "copy"
     assert copy.read_bytes() == (setup.pool_dir / "src").read_bytes()
