@@ -65,3 +65,26 @@ def test_an_upload_into_a_thin_volume_keeps_its_holes(virtvold: Virtvold, tmp_pa
     run_virsh(uri, "vol-create-as", POOL_NAME, "thin", str(SIZE), "--allocation", "0")
     run_virsh(uri, "vol-upload", "thin", str(source), POOL_NAME, "--sparse")
     assert _allocation(uri, "thin") < MIB
+
+
+def test_a_shorter_whole_upload_keeps_the_old_end_allocated(
+    virtvold: Virtvold, reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+) -> None:
+    """The bytes past a shorter stream's end are the preallocated volume's own, blocks
+    reserved but never written, which a look for data extents takes for holes: they stay
+    allocated, as in libvirtd's volume, where the stream never reached them. (libvirtd
+    cuts the volume at a sparse stream's trailing hole, so only virtvold is asked to keep
+    it allocated after a sparse upload.)"""
+    source = make_sparse_file(tmp_path / "source.img", MIB, [(0, os.urandom(4096))])
+    results = []
+    for uri, folder, options in (
+        (reference_libvirtd.tcp_uri, reference_libvirtd.pool_dir, []),
+        (virtvold.tcp_uri, virtvold.pool_dir, []),
+        (virtvold.tcp_uri, virtvold.pool_dir, ["--sparse"]),
+    ):
+        run_virsh(uri, "vol-create-as", POOL_NAME, "thick", str(SIZE))  # fully allocated
+        run_virsh(uri, "vol-upload", "thick", str(source), POOL_NAME, *options)
+        assert (folder / "thick").read_bytes() == source.read_bytes() + bytes(SIZE - MIB)
+        results.append(_allocation(uri, "thick") >= SIZE)
+        run_virsh(uri, "vol-delete", "thick", "--pool", POOL_NAME)
+    assert results == [True, True, True]
