@@ -667,8 +667,11 @@ class VolumeDir:
         about to rename a new file over (``_keep_writers_out``), or that a process which
         does not share writing holds, as QEMU refuses to start writing it: the write would
         go into the replaced file. Marking first, then looking, leaves no gap: of the two,
-        whichever looks last sees the other."""
+        whichever looks last sees the other. A file replaced between its opening and its
+        marking (the upload's guard already let go) is seen by its links: none are left."""
         if any(_locked_elsewhere(fd, byte, 1) for byte in _REPLACING_BYTES):
+            raise volume_in_use(name)
+        if os.fstat(fd).st_nlink == 0:
             raise volume_in_use(name)
 
     def _take_changes(self, name: str, fd: int, given: set[str]) -> None:

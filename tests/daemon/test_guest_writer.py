@@ -21,7 +21,9 @@ import pytest
 from tests.conftest import run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import while_written_in_place
 from virtvol.daemon.storage import StorageRegistry
+from virtvol.daemon.storage import registry as registry_module
 from virtvol.daemon.storage import volumes as volumes_module
+from virtvol.daemon.storage.backend import ChunkWriter
 from virtvol.protocol.errors import ErrorReport
 
 if TYPE_CHECKING:
@@ -184,6 +186,50 @@ def test_a_write_in_place_starting_in_a_whole_uploads_last_steps_is_not_lost(
     ]
     assert (tmp_path / "pool" / "disk").read_bytes() == b"B" * 8
     assert _leftovers(tmp_path / "pool") == []
+
+
+def test_a_write_in_place_whose_file_was_replaced_before_it_marked_it_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Daemon b opens the volume for a write in place; before it marks the file as
+    written, daemon a's whole-volume upload renames its new file over it and lets go of
+    its guard. Marked then, the file b holds is no volume any more: every byte b writes
+    would be lost with a success reported."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    opened, go = threading.Event(), threading.Event()
+    mark = volumes_module.mark_as_written
+
+    def late(fd: int) -> None:
+        opened.set()
+        assert go.wait(10)
+        mark(fd)
+
+    monkeypatch.setattr(registry_module, "mark_as_written", late)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def open_in_place() -> None:
+        try:
+            results.append(b.open_upload(volume_b, 0, 8))
+        except ErrorReport as exc:
+            errors.append(exc)
+
+    in_place = threading.Thread(target=open_in_place)
+    in_place.start()
+    assert opened.wait(10)
+    whole = a.open_upload(volume_a, 0, 0)
+    whole.write(b"A" * 8)
+    whole.commit()
+    go.set()
+    in_place.join(10)
+    for writer in results:  # what b would write, had it been let in
+        assert isinstance(writer, ChunkWriter)
+        writer.apply([b"B" * 8])
+        writer.commit()
+    assert [str(e) for e in errors] == [
+        "Requested operation is not valid: volume 'disk' is still in use."
+    ]
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 8
 
 
 def _collect(call: Callable[[], object], errors: list[BaseException]) -> None:
