@@ -330,8 +330,9 @@ class VolumeDir:
                     ErrorDomain.STORAGE,
                 )
             # libvirt reads no bytes from a directory: the copy is an empty raw file,
-            # whatever format its definition names.
-            self.create(dataclasses.replace(request, allocation=0, format="raw"))
+            # whatever format its definition names, allocated as a new one (a directory's
+            # size is 0, which no allocation is less than).
+            self.create(dataclasses.replace(request, format="raw"))
             return
         src_fd = self.open(source, os.O_RDONLY)
         try:

@@ -774,6 +774,10 @@ step("allocation of the source's size", lambda: clone("as-source", 0, M))
 step("allocation past the source's size", lambda: clone("past", 4 * M, 2 * M))
 step("allocation below the source's size", lambda: clone("thin", 0, M // 2))
 step("no allocation asked", lambda: clone("none", 0, 0))
+source = pool.storageVolLookupByName("folder")  # size 0, and no bytes to read
+step("from a folder, no allocation", lambda: clone("folder-whole", M))
+step("from a folder, some allocation", lambda: clone("folder-half", M, M // 2))
+step("from a folder, no allocation asked", lambda: clone("folder-none", M, 0))
 """
 
 
@@ -783,6 +787,7 @@ def _place_a_partly_written_volume(pool_dir: Path) -> None:
         file.write(bytes(range(256)) * 256)  # 64 KiB of data, then a hole
         file.truncate(1 << 20)
     source.chmod(0o666)  # the reference libvirtd runs as nobody
+    (pool_dir / "folder").mkdir(mode=0o777)
 
 
 def test_a_clone_is_allocated_as_its_definition_asks(
