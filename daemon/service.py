@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -178,14 +179,22 @@ class Daemon:
         assert self._tls_policy is not None
         return self._tls_policy
 
-    def _load_pools(self, settings: Settings) -> None:
+    def _load_pools(self, settings: Settings, *, reloading: bool = False) -> None:
         # Keys from the config join the stored secrets before pools autostart with them.
         self._registry.secrets.load()
         for usage, path in settings.ceph_keys.items():
             self._registry.secrets.offer_key_file(usage, path)
         self._registry.load()
         for name, directory in settings.pools.items():
-            self._registry.ensure_pool(name, directory)
+            try:
+                self._registry.ensure_pool(name, directory)
+            except (ErrorReport, OSError) as exc:
+                if not reloading:
+                    raise
+                # A reload goes on with the other pools and the rest of the settings: a
+                # folder that cannot be made now (a mount not there) is no reason to
+                # keep old TLS credentials or leave the pools after it out.
+                log.error("cannot set up storage pool '%s': %s", name, exc)
 
     def _open_listeners(self) -> list[BoundSocket]:
         try:
@@ -292,7 +301,9 @@ class Daemon:
         try:
             settings = resolve(self._overrides)
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.context.calls, self._load_pools, settings)
+            await loop.run_in_executor(
+                self.context.calls, functools.partial(self._load_pools, settings, reloading=True)
+            )
             if self._tls_policy is not None:
                 self._tls_policy = self._load_tls(settings)
             logging.getLogger("virtvol").setLevel(settings.log_level.upper())

@@ -490,6 +490,33 @@ def test_sighup_reloads_the_config_file(base: Path, path_notify_receiver: Notify
         assert _stop(daemon.process) == 0, daemon.log_text()
 
 
+def test_a_pool_that_cannot_be_set_up_holds_up_no_other_part_of_a_reload(
+    base: Path, path_notify_receiver: NotifyReceiver
+) -> None:
+    """A reload sets up each pool of the settings in turn: one whose folder cannot be made
+    (a file where a parent folder should be, a mount that is not there) is reported, and
+    the pools after it, the log level and the TLS settings are still taken up."""
+    receiver = path_notify_receiver
+    config = base / "virtvold.toml"
+    config.write_text('log_level = "info"\n')
+    daemon = start_daemon(base, receiver, "--config", str(config))
+    try:
+        (base / "a-file").write_bytes(b"")
+        config.write_text(
+            'log_level = "debug"\n[pools]\n'
+            f'blocked = "{base / "a-file" / "pool"}"\nextra = "{base / "extra"}"\n'
+        )
+        daemon.process.send_signal(signal.SIGHUP)
+        receiver.wait_for("READY", "1")
+        listing = run_virsh(daemon.tcp_uri, "pool-list").stdout
+        assert " extra     active   yes" in listing, listing
+        log = daemon.log_text()
+        assert "cannot set up storage pool 'blocked'" in log, log
+        assert "configuration reloaded" in log, log
+    finally:
+        assert _stop(daemon.process) == 0, daemon.log_text()
+
+
 # --------------------------------------------------------------------------------------------
 # SIGTERM: drain, never a half-written volume
 # --------------------------------------------------------------------------------------------
