@@ -689,10 +689,16 @@ class VolumeDir:
         self._set_access_acl(name, fd, self._access_acl(name))
 
     def remove_temp(self, temp: str) -> None:
-        """Remove a temporary file, ignoring one that is already gone."""
+        """Remove a temporary file, ignoring one that is already gone. One the directory
+        refuses to remove (append-only, a file system gone read-only) is logged and kept,
+        as a leftover is: this is a clean-up, whose failure must not hide why the upload
+        ended, nor fail its abort."""
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp, dir_fd=self.fd)
+            os.unlink(temp, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("kept upload temporary '%s' in '%s': %s", temp, self.path, exc.strerror)
         finally:
             self._unlock(temp)
 

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import struct
+import subprocess
 import threading
 from typing import TYPE_CHECKING
 
@@ -781,3 +782,37 @@ def test_a_refresh_without_flock_keeps_an_upload_opened_after_a_restart_meanwhil
     upload.write(b"n" * 8)
     upload.commit()
     assert (tmp_path / "pool" / "disk").read_bytes() == b"n" * 8
+
+
+@contextlib.contextmanager
+def _append_only(folder: Path) -> Iterator[None]:
+    """``folder`` append-only (chattr +a): files may be made in it, none renamed or removed."""
+    subprocess.run(["chattr", "+a", str(folder)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-a", str(folder)], check=True)
+
+
+def test_a_whole_upload_the_folder_refuses_to_rename_fails_with_the_renames_words(
+    setup: PoolSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An append-only pool folder (or a file system gone read-only) refuses the rename of
+    a finished upload and the removal of its temporary alike: the client must hear why
+    the volume was not replaced, not that the temporary could not be removed, and an
+    abort must not fail for it either. The temporary left is logged, as a leftover is."""
+    volume = setup.file("v", b"o" * 8)
+    with _append_only(setup.pool_dir):
+        whole = setup.registry.open_upload(volume, 0, 0)
+        whole.write(b"n" * 8)
+        with fails(
+            ErrorCode.OPERATION_FAILED,
+            "operation failed: cannot replace volume 'v': Operation not permitted",
+        ):
+            whole.commit()
+        setup.registry.open_upload(volume, 0, 0).abort()
+        in_place = setup.registry.open_upload(volume, 0, 8)  # the volume was let go
+        in_place.write(b"i" * 8)
+        in_place.commit()
+    assert (setup.pool_dir / "v").read_bytes() == b"i" * 8
+    assert caplog.text.count("kept upload temporary") == 2, caplog.text
