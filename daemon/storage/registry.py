@@ -882,13 +882,22 @@ class StorageRegistry:
             pool = self._pool(ref)
             volumes = pool.rbd or pool.active_volumes()
             check_new_volume_name(name, volumes.path)
+            other = volumes.other_file(name) if isinstance(volumes, VolumeDir) else None
             # A name being built, uploaded to or changed is a volume that exists.
-            if name in pool.busy or (
-                isinstance(volumes, VolumeDir) and volumes.stat(name) is not None
+            if (
+                name in pool.busy
+                or other == "volume"
+                or (isinstance(volumes, VolumeDir) and volumes.stat(name) is not None)
             ):
                 raise volume_exists(name) if source is None else clone_name_taken(name)
             if source is not None:
                 pool.check_can_clone(source)
+            if other == "path":
+                # libvirt looks for anything at the new volume's path before making it.
+                raise storage_error(
+                    ErrorCode.OPERATION_INVALID,
+                    f"volume target path '{volumes.volume_path(name)}' already exists",
+                )
             pool.busy[name] = Busy.BUILDING
             if source is not None:
                 pool.cloning[source] += 1

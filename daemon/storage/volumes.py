@@ -120,6 +120,24 @@ class VolumeDir:
             return None
         return st if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
 
+    def other_file(self, name: str) -> str | None:
+        """What stands at ``name`` that ``stat`` does not take for a volume, in libvirt's
+        eyes: "volume" for a symbolic link to a file or a folder (libvirt lists those as
+        volumes), "path" for anything else there once links are followed (a FIFO, a socket,
+        a device), None for nothing, a volume, or a dangling link."""
+        try:
+            found = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            if stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode):
+                return None
+            target = os.stat(name, dir_fd=self.fd)
+        except OSError:
+            return None
+        if stat.S_ISLNK(found.st_mode) and (
+            stat.S_ISREG(target.st_mode) or stat.S_ISDIR(target.st_mode)
+        ):
+            return "volume"
+        return "path"
+
     def is_directory(self, name: str) -> bool:
         """Whether volume ``name`` is a sub-directory (a volume of type dir)."""
         st = self.stat(name)
@@ -218,9 +236,9 @@ class VolumeDir:
             return os.open(
                 name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, mode, dir_fd=self.fd
             )
-        except FileExistsError:
-            raise volume_exists(name) from None
         except OSError as exc:
+            # A file made there since the name was checked, or a dangling symbolic link
+            # (which libvirt does not list either): EEXIST, in libvirt's words for it.
             raise _driver_error(f"Failed to create file '{self.volume_path(name)}'", exc) from None
 
     def _extend(self, fd: int, name: str, capacity: int) -> None:

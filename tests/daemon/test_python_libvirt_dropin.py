@@ -805,6 +805,43 @@ def test_a_clone_is_allocated_as_its_definition_asks(
     )
 
 
+NAMES_TAKEN = """
+pool = conn.storagePoolLookupByName("default")
+pool.refresh(0)
+source = pool.storageVolLookupByName("source")
+raw = "<volume><name>%s</name><capacity>10</capacity></volume>"
+folder = ("<volume><name>%s</name><capacity>0</capacity>"
+          "<target><format type='dir'/></target></volume>")
+for name in ("fifo", "dangling", "link"):
+    step("create over " + name, lambda: pool.createXML(raw % name, 0))
+    step("clone over " + name, lambda: pool.createXMLFrom(raw % name, source, 0))
+step("folder over fifo", lambda: pool.createXML(folder % "fifo", 0))
+step("folder over link", lambda: pool.createXML(folder % "link", 0))
+"""
+
+
+def _place_names_taken(pool_dir: Path) -> None:
+    _place_a_source_volume(pool_dir)
+    (pool_dir / "source").chmod(0o666)  # the reference libvirtd runs as nobody
+    os.mkfifo(pool_dir / "fifo")
+    (pool_dir / "dangling").symlink_to("nowhere")
+    (pool_dir / "link").symlink_to("source")
+
+
+def test_names_taken_by_other_files_are_refused_as_libvirtd_refuses_them(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """A new volume's name taken by something that is no volume: a FIFO (or a socket, a
+    device) is a path that exists, a dangling link a file that cannot be made, a link to
+    a file the volume libvirtd lists it as. (libvirtd then removes the dangling link, a
+    file it did not make; virtvold leaves it.)"""
+    assert_same_answers(
+        reference_libvirtd, virtvold, tmp_path, NAMES_TAKEN, place=_place_names_taken
+    )
+    assert sorted(os.listdir(virtvold.pool_dir)) == ["dangling", "fifo", "link", "source"]
+    assert (virtvold.pool_dir / "dangling").is_symlink()
+
+
 def _place_a_source_volume(pool_dir: Path) -> None:
     (pool_dir / "source").write_bytes(b"x" * 4096)
 
