@@ -466,6 +466,9 @@ class StorageRegistry:
             if pool.live.rbd is not None:
                 self._tell(pool.ref, PoolEvent.CREATED)
                 return
+            # A path that leads to a running pool's folder now: the build would give that
+            # folder this definition's owner and mode.
+            self._check_free_path(pool)
             pool.job = PoolJob.BUILDING
         self._run_job(pool, lambda: pool.build(flags), PoolEvent.CREATED)
 
@@ -475,6 +478,8 @@ class StorageRegistry:
             pool = self._inactive(ref, pool_still_active)
             if pool.live.rbd is not None:
                 raise storage_error(ErrorCode.NO_SUPPORT, "pool does not support pool deletion")
+            # Nor may it remove a running pool's folder, empty, from under that pool.
+            self._check_free_path(pool)
             pool.job = PoolJob.DELETING
         self._run_job(pool, lambda: pool.delete_directory(flags), PoolEvent.DELETED)
 

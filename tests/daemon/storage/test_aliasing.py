@@ -124,6 +124,27 @@ def test_refused_build_leaves_the_other_pools_directory_mode(
     assert setup.pool_dir.stat().st_mode & 0o7777 == 0o700
 
 
+def test_build_and_delete_of_a_path_leading_to_a_running_pools_directory_are_refused(
+    setup: PoolSetup, tmp_path: Path
+) -> None:
+    """pool-build and pool-delete of an inactive pool whose path leads, through a link made
+    after its definition, to a running pool's directory: the build would give that
+    directory the definition's mode, the delete would remove it (empty) from under the
+    running pool."""
+    setup.pool_dir.chmod(0o700)
+    parent = tmp_path / "parent"
+    ref = setup.registry.define_pool_xml(pool_xml("later", parent / "pool", "0777"))
+    parent.symlink_to(tmp_path)  # later's folder is now the running pool's
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.build_pool(ref, 0)
+    assert setup.pool_dir.stat().st_mode & 0o7777 == 0o700
+    with fails(ErrorCode.OPERATION_FAILED, CONFLICT):
+        setup.registry.delete_pool(ref, 0)
+    assert setup.pool_dir.is_dir()
+    assert setup.registry.list_volume_names(setup.ref, 10) == []
+    setup.registry.undefine_pool(ref)  # no job left behind on the refused pool
+
+
 def test_virsh_cannot_define_a_second_pool_over_the_directory(virtvold: Virtvold) -> None:
     result = run_virsh(
         virtvold.tcp_uri,
