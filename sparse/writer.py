@@ -221,8 +221,8 @@ class SparseWriter:
         Only ``source``'s data extents are copied (``files.copy_sparse``), at
         most ``most`` bytes of them per call, so its holes stay holes and a long
         copy goes in steps; the file is first made ``end`` long with that range
-        reading as zeros, allocated up to ``reserve``. Nothing happens when the stream
-        reached ``end``.
+        reading as zeros, and once the copy is done what it left empty is allocated up
+        to ``reserve``. Nothing happens when the stream reached ``end``.
 
         Returns:
             True once the whole range is copied.
@@ -238,14 +238,17 @@ class SparseWriter:
                 if end > self._size:
                     os.ftruncate(self._fd, end)
                     self._size = end
-                if self._pos < self._reserve:
-                    # A preallocated volume's blocks never written read as holes to the
-                    # extent search, so the copy leaves them out: reserved here instead.
-                    files.allocate(self._fd, self._pos, min(end, self._reserve) - self._pos)
         if self._tail_at >= end:
             return True
         self._tail_at = files.copy_sparse(source, self._fd, end, start=self._tail_at, most=most)
-        return self._tail_at >= end
+        if self._tail_at < end:
+            return False
+        if self._pos < self._reserve:
+            # A preallocated volume's blocks never written read as holes to the extent
+            # search, so the copy left them out: reserved now, after the copy, which a file
+            # system that shares blocks (XFS, Btrfs) did without taking new ones.
+            files.allocate(self._fd, self._pos, min(end, self._reserve) - self._pos)
+        return True
 
     def finish(self) -> None:
         """Extend the file over a trailing hole and, with ``sync``, flush it to disk.
