@@ -1087,10 +1087,14 @@ class StorageRegistry:
                 pool.busy.pop(volume.name, None)
             raise
 
+        # The volume as the upload found it: written by another daemon (or a guest gone
+        # since) before the upload's end, it is not to be replaced (``VolumeDir.replace``).
+        found = None if keep is None else os.fstat(keep)
+
         def finish(success: bool, *, opened: bool = True) -> Callable[[], None] | None:
             try:
                 if temp is not None:
-                    return _settle_upload_temp(volumes, temp, volume.name, success)
+                    return _settle_upload_temp(volumes, temp, volume.name, success, found)
                 return None
             finally:
                 with self._lock:
@@ -1282,17 +1286,22 @@ def _check_flags(flags: int, supported: int, function: str) -> None:
 
 
 def _settle_upload_temp(
-    volumes: VolumeDir, temp: str, name: str, success: bool
+    volumes: VolumeDir,
+    temp: str,
+    name: str,
+    success: bool,
+    kept_from: os.stat_result | None = None,
 ) -> Callable[[], None] | None:
     """Put a finished whole-volume upload in place, or throw it away.
 
-    On success, returns what frees the replaced content (see ``VolumeDir.replace``).
+    On success, returns what frees the replaced content (see ``VolumeDir.replace``;
+    ``kept_from``: the volume as the upload found it).
     """
     if not success:
         volumes.remove_temp(temp)
         return None
     try:
-        return volumes.replace(temp, name)
+        return volumes.replace(temp, name, kept_from=kept_from)
     except ErrorReport:  # the volume's metadata could not be taken again
         volumes.remove_temp(temp)
         raise

@@ -618,12 +618,17 @@ class VolumeDir:
             path = self.volume_path(name)
             raise system_error(f"cannot set the ACL of '{path}'", exc) from None
 
-    def replace(self, temp: str, name: str) -> Callable[[], None] | None:
+    def replace(
+        self, temp: str, name: str, *, kept_from: os.stat_result | None = None
+    ) -> Callable[[], None] | None:
         """Atomically put file ``temp`` in place of volume ``name``.
 
         An upload temporary first takes again the volume's extended attributes, owner,
         permissions and ACL (``_take_changes``): the upload ran for a while, and what
-        changed on the volume meanwhile is kept, as a write in place keeps it.
+        changed on the volume meanwhile is kept, as a write in place keeps it. Its
+        bytes are another matter: ``kept_from`` is the volume as the upload found it, and
+        one written since (another daemon's write in place or wipe, a guest gone since)
+        is refused as in use: renamed over, every byte of that write would be lost.
 
         The replaced file stays referenced (an ``O_PATH`` descriptor) until the
         returned callable runs: the last reference to a large file is what
@@ -637,7 +642,7 @@ class VolumeDir:
                 self._take_changes(name, held, self._given.get(temp, set()))
                 # Last, right before the rename: a guest may have started on the volume
                 # since the upload was opened, or while its metadata was taken.
-                guard = self._keep_writers_out(name)
+                guard = self._keep_writers_out(name, kept_from)
             try:
                 old = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
             except OSError:
@@ -654,13 +659,16 @@ class VolumeDir:
             self._unlock(temp)
         return None if old < 0 else functools.partial(os.close, old)
 
-    def _keep_writers_out(self, name: str) -> int:
+    def _keep_writers_out(self, name: str, kept_from: os.stat_result | None = None) -> int:
         """Open whatever volume ``name`` is now and lock it against writers that start
         from here (``_REPLACING_BYTES``), then refuse it if one already writes it
-        (``check_not_written_elsewhere``). Returns the descriptor holding the locks, which
-        the caller closes once the rename is done; -1 when there is no regular file to
-        guard (a sub-directory refuses the rename, and a volume gone or swapped for a
-        link, a FIFO or a device is nobody's disk)."""
+        (``check_not_written_elsewhere``) or wrote it since it was ``kept_from`` (a
+        writer done before the lock: its size or its modification time moved; a file
+        put in its place by another whole-volume upload is that upload's, not written).
+        Returns the descriptor holding the locks, which the caller closes once the rename
+        is done; -1 when there is no regular file to guard (a sub-directory refuses the
+        rename, and a volume gone or swapped for a link, a FIFO or a device is nobody's
+        disk)."""
         st = self.stat(name)
         if st is None or not stat.S_ISREG(st.st_mode):
             return -1
@@ -675,6 +683,8 @@ class VolumeDir:
                 if not _hold(fd, byte):
                     raise volume_in_use(name)
             self.check_not_written_elsewhere(name, fd)
+            if kept_from is not None and _written_since(os.fstat(fd), kept_from):
+                raise volume_in_use(name)
         except BaseException:
             os.close(fd)
             raise
@@ -760,6 +770,14 @@ class VolumeDir:
                 os.unlink(name, dir_fd=self.fd)
         finally:
             os.close(fd)
+
+
+def _written_since(now: os.stat_result, then: os.stat_result) -> bool:
+    """Whether the file ``then`` described, seen ``now``, was written (its size or its
+    modification time moved, which a write, a punched hole or a truncation moves)."""
+    if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
+        return False  # another file now: not a write into the one looked at
+    return (now.st_size, now.st_mtime_ns) != (then.st_size, then.st_mtime_ns)
 
 
 def backing_store(directory: str, header: ImageHeader) -> BackingStore | None:

@@ -232,6 +232,32 @@ def test_a_write_in_place_whose_file_was_replaced_before_it_marked_it_is_refused
     assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 8
 
 
+@pytest.mark.parametrize("offset", [0, 4])
+def test_a_write_in_place_done_during_a_whole_upload_is_not_lost(
+    tmp_path: Path, offset: int
+) -> None:
+    """Daemon b writes the volume in place, and is done, while daemon a's whole-volume
+    upload runs (into the bytes a's stream sent, or into the old end a keeps, copied
+    already): a's look for writers in its last steps finds none. Renamed over the volume,
+    a's file would lose b's acknowledged write (a wipe so done would find the old bytes
+    back)."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    whole = a.open_upload(volume_a, 0, 0)
+    whole.apply([b"A" * 4])
+    assert isinstance(whole, ChunkWriter)
+    whole.keep_tail()  # the old end, as it is now, is in a's temporary
+    time.sleep(0.05)  # past the granularity of the file's timestamps
+    in_place = b.open_upload(volume_b, offset, 4)
+    in_place.apply([b"B" * 4])
+    in_place.commit()
+    with pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."):
+        whole.commit()
+    expected = bytearray(b"o" * 8)
+    expected[offset : offset + 4] = b"B" * 4
+    assert (tmp_path / "pool" / "disk").read_bytes() == expected
+    assert _leftovers(tmp_path / "pool") == []
+
+
 def _collect(call: Callable[[], object], errors: list[BaseException]) -> None:
     try:
         call()
