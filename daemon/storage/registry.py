@@ -1089,7 +1089,8 @@ class StorageRegistry:
 
         # The volume as the upload found it: written by another daemon (or a guest gone
         # since) before the upload's end, it is not to be replaced (``VolumeDir.replace``).
-        found = None if keep is None else os.fstat(keep)
+        # Taken below, where a failing stat closes the files and frees the volume.
+        found: os.stat_result | None = None
 
         def finish(success: bool, *, opened: bool = True) -> Callable[[], None] | None:
             try:
@@ -1109,6 +1110,8 @@ class StorageRegistry:
             # A preallocated volume's space stays reserved, as libvirtd's in-place
             # write leaves it: holes and zeros of the stream are allocated there.
             old = os.fstat(fd if keep is None else keep)
+            if keep is not None:
+                found = old
             return VolumeWriter(
                 fd,
                 offset,

@@ -8,6 +8,7 @@ the volume open and locked as QEMU does."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import struct
@@ -256,6 +257,43 @@ def test_a_write_in_place_done_during_a_whole_upload_is_not_lost(
     expected[offset : offset + 4] = b"B" * 4
     assert (tmp_path / "pool" / "disk").read_bytes() == expected
     assert _leftovers(tmp_path / "pool") == []
+
+
+def test_a_whole_upload_whose_first_look_at_the_volume_fails_leaves_nothing_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The volume's stat, taken once the upload's temporary is made, fails (EIO, a stale
+    NFS handle): the files opened are closed, the temporary is removed and the volume is
+    free for the next upload."""
+    (a, volume_a), _ = _two_daemons_on(tmp_path)
+    open_files = registry_module._open_upload_files
+    fstat = os.fstat
+    failing: list[int] = []
+
+    def opened(*args: object, **kwargs: object) -> tuple[str | None, int, int | None]:
+        temp, fd, keep = open_files(*args, **kwargs)  # type: ignore[arg-type]
+        assert keep is not None
+        failing.append(keep)
+        return temp, fd, keep
+
+    def stat_fails_once(fd: int) -> os.stat_result:
+        if failing and fd == failing[0]:
+            failing.clear()
+            raise OSError(errno.EIO, "Input/output error")
+        return fstat(fd)
+
+    monkeypatch.setattr(registry_module, "_open_upload_files", opened)
+    monkeypatch.setattr(os, "fstat", stat_fails_once)
+    descriptors = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="Input/output error"):
+        a.open_upload(volume_a, 0, 0)
+    assert sorted(os.listdir("/proc/self/fd")) == descriptors
+    assert _leftovers(tmp_path / "pool") == []
+    monkeypatch.setattr(registry_module, "_open_upload_files", open_files)
+    with a.open_upload(volume_a, 0, 0) as again:
+        again.apply([b"A" * 8])
+        again.commit()
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 8
 
 
 def _collect(call: Callable[[], object], errors: list[BaseException]) -> None:
