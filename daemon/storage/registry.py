@@ -1093,18 +1093,35 @@ class StorageRegistry:
         found: os.stat_result | None = None
 
         def finish(success: bool, *, opened: bool = True) -> Callable[[], None] | None:
+            release = None
             try:
                 if temp is not None:
-                    return _settle_upload_temp(volumes, temp, volume.name, success, found)
-                return None
+                    release = _settle_upload_temp(volumes, temp, volume.name, success, found)
             finally:
                 with self._lock:
                     pool.busy.pop(volume.name, None)
-                    if opened:
-                        # libvirtd refreshes the pool once an upload's stream ends, however
-                        # it ended, and tells the refresh event: clients that show the
-                        # pool's volumes (virt-manager) read their sizes again on it.
-                        self._tell(pool.ref, PoolEvent.REFRESHED)
+                    if opened and release is None:
+                        tell_refreshed()
+            if release is None or not opened:
+                return release
+            replaced = release
+
+            def release_then_tell() -> None:
+                # Told once the replaced file is let go of: its blocks are free then, and
+                # the pool's sizes read on the event count them so.
+                try:
+                    replaced()
+                finally:
+                    with self._lock:
+                        tell_refreshed()
+
+            return release_then_tell
+
+        def tell_refreshed() -> None:
+            # libvirtd refreshes the pool once an upload's stream ends, finished or
+            # aborted, and tells the refresh event: clients that show the pool's volumes
+            # (virt-manager) read their sizes again on it.
+            self._tell(pool.ref, PoolEvent.REFRESHED)
 
         try:
             # A preallocated volume's space stays reserved, as libvirtd's in-place

@@ -9,7 +9,7 @@ import os
 import struct
 import subprocess
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,6 +25,7 @@ from virtvol.daemon.storage import (
 from virtvol.daemon.storage import pool as pool_module
 from virtvol.daemon.storage import registry as registry_module
 from virtvol.daemon.storage import volumes as volumes_module
+from virtvol.daemon.storage.model import PoolEvent
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse.writer import MAX_OFFSET
 
@@ -186,6 +187,44 @@ def test_whole_upload_gives_new_content_no_set_id_bits(setup: PoolSetup) -> None
         writer.commit()
     assert path.read_bytes() == b"new"
     assert path.stat().st_mode & 0o7777 == 0o755
+
+
+def test_an_uploads_refresh_event_is_told_once_the_replaced_file_is_let_go_of(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client reads the pool's sizes on the refresh event: told while the replaced
+    file of a whole-volume upload was still open, its blocks were still counted as used
+    (a preallocated volume's all of them). Each stream tells the event once."""
+    volume = setup.volume("v", MIB, None)  # fully allocated
+    seen: list[str] = []
+    setup.registry.on_event = lambda ref, event: seen.append(f"{event.name} of {ref.name}")
+    replace = volumes_module.VolumeDir.replace
+
+    def noting_the_release(self: volumes_module.VolumeDir, *args: Any, **kwargs: Any) -> Any:
+        release = replace(self, *args, **kwargs)
+        assert release is not None
+
+        def released() -> None:
+            release()
+            seen.append("released")
+
+        return released
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "replace", noting_the_release)
+    writer = setup.registry.open_upload(volume, 0, 0)
+    writer.write(b"new")
+    writer.commit()
+    assert seen == []
+    writer.release_replaced()
+    writer.abort()  # as the stream's end does once more
+    assert seen == ["released", f"{PoolEvent.REFRESHED.name} of default"]
+    seen.clear()
+    for offset, length, end in [(0, 0, "abort"), (4, 3, "commit"), (4, 3, "abort")]:
+        with setup.registry.open_upload(volume, offset, length) as writer:
+            writer.write(b"new")
+            getattr(writer, end)()
+        assert seen == [f"{PoolEvent.REFRESHED.name} of default"], (offset, end)
+        seen.clear()
 
 
 ACCESS_ACL, DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
