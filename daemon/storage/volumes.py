@@ -697,10 +697,17 @@ class VolumeDir:
         does not share writing holds, as QEMU refuses to start writing it: the write would
         go into the replaced file. Marking first, then looking, leaves no gap: of the two,
         whichever looks last sees the other. A file replaced between its opening and its
-        marking (the upload's guard already let go) is seen by its links: none are left."""
+        marking (the upload's guard already let go) is seen by its name: it leads to
+        another file, or to none. Its links cannot tell: NFS keeps a replaced file that is
+        still open linked (renamed to ``.nfsXXXX``), as does a link of its own elsewhere."""
         if any(_locked_elsewhere(fd, byte, 1) for byte in _REPLACING_BYTES):
             raise volume_in_use(name)
-        if os.fstat(fd).st_nlink == 0:
+        held = os.fstat(fd)
+        try:
+            named = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise volume_in_use(name) from None
+        if held.st_nlink == 0 or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
             raise volume_in_use(name)
 
     def _take_changes(self, name: str, fd: int, given: set[str]) -> None:

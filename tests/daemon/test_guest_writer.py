@@ -189,13 +189,15 @@ def test_a_write_in_place_starting_in_a_whole_uploads_last_steps_is_not_lost(
     assert _leftovers(tmp_path / "pool") == []
 
 
+@pytest.mark.parametrize("linked_elsewhere", [False, True])
 def test_a_write_in_place_whose_file_was_replaced_before_it_marked_it_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked_elsewhere: bool
 ) -> None:
     """Daemon b opens the volume for a write in place; before it marks the file as
     written, daemon a's whole-volume upload renames its new file over it and lets go of
     its guard. Marked then, the file b holds is no volume any more: every byte b writes
-    would be lost with a success reported."""
+    would be lost with a success reported. ``linked_elsewhere``: the replaced file keeps
+    a link, as NFS keeps one (its client renames a file still open to ``.nfsXXXX``)."""
     (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
     opened, go = threading.Event(), threading.Event()
     mark = volumes_module.mark_as_written
@@ -218,6 +220,8 @@ def test_a_write_in_place_whose_file_was_replaced_before_it_marked_it_is_refused
     in_place = threading.Thread(target=open_in_place)
     in_place.start()
     assert opened.wait(10)
+    if linked_elsewhere:
+        os.link(tmp_path / "pool" / "disk", tmp_path / "replaced")
     whole = a.open_upload(volume_a, 0, 0)
     whole.write(b"A" * 8)
     whole.commit()
