@@ -49,6 +49,7 @@ _NOT_COPIED = frozenset({_ACCESS_ACL, "system.posix_acl_default", "security.capa
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_FALLOC_FL_UNSHARE_RANGE = 0x40
 
 
 _CFunction = Callable[[int, int, int, int], int]
@@ -190,6 +191,25 @@ def allocate(fd: int, offset: int, length: int) -> None:
     """Reserve disk blocks for ``[offset, offset + length)``, growing the file if needed."""
     if length > 0:
         os.posix_fallocate(fd, offset, length)
+
+
+def unshare(fd: int, offset: int, length: int) -> None:
+    """Give ``[offset, offset + length)`` blocks of the file's own where the file system
+    shares them with another file (a ``copy_file_range`` on XFS shares them), with
+    fallocate's UNSHARE_RANGE, so that an allocated range stays allocated whatever
+    happens to the other file.
+
+    Best effort: a file system that shares no blocks or cannot unshare them (ext4,
+    Btrfs) refuses the mode (EOPNOTSUPP or EINVAL), and the range is left as it is.
+    """
+    fallocate = _fallocate()
+    if fallocate is None or length <= 0:
+        return
+    if fallocate(fd, _FALLOC_FL_UNSHARE_RANGE, offset, length) == 0:
+        return
+    err = libc.errno()
+    if err not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+        raise OSError(err, os.strerror(err))
 
 
 def copy_sparse(

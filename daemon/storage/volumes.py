@@ -332,8 +332,13 @@ class VolumeDir:
         The new capacity is the larger of the requested one and the source's
         size. Only the source's data extents are copied, so its holes stay holes,
         unless the allocation asked for (the new capacity when none is) is at least
-        the source's size: then, as libvirt does, that much is allocated first, and
-        a thick volume asked for is not handed over thin.
+        the source's size: then that much is allocated, as libvirt allocates it, and a
+        thick volume asked for is not handed over thin. libvirt allocates before it
+        copies; here the copy comes first, as ``copy_file_range`` may share the source's
+        blocks (XFS, Btrfs), and the copied range is then unshared with fallocate's
+        UNSHARE_RANGE. Only ext4, which shares no blocks, is tested: on XFS the unsharing
+        is untested, and on Btrfs, which cannot unshare a range, the copied data may stay
+        shared with the source (its holes are allocated).
         With ``reflink`` the file shares the source's blocks instead, and a file
         system that cannot share them fails the call, as in libvirt (no copy). A
         source that is an image (qcow2 and the like) is refused: libvirt converts
@@ -369,10 +374,15 @@ class VolumeDir:
                 if reflink:
                     self._share_blocks(src_fd, dst_fd, source)
                 self._extend(dst_fd, request.name, capacity)
-                if allocation >= size:
-                    self._allocate(dst_fd, request.name, allocation)
                 if not reflink:
                     sparse_files.copy_sparse(src_fd, dst_fd, size)
+                if allocation >= size:
+                    # After the copy, which may share the source's blocks (copy_file_range
+                    # on XFS): allocated before, a shared range would no longer be the
+                    # clone's own. Unsharing it is left out of a clone asked to share.
+                    self._allocate(dst_fd, request.name, allocation)
+                    if not reflink:
+                        sparse_files.unshare(dst_fd, 0, size)
             except OSError as exc:
                 self._discard(request.name, dst_fd)
                 raise system_error(

@@ -132,6 +132,23 @@ def test_punch_hole_keeps_size_and_frees_blocks(make_file: MakeFile) -> None:
     sparsefile.punch_hole(fd, 0, 0)  # nothing to do
 
 
+def test_unshare_leaves_a_file_whose_blocks_are_its_own_as_it_is(
+    make_file: MakeFile, tmp_path: Path
+) -> None:
+    """ext4 shares no blocks and refuses the mode: nothing changes, nothing is raised
+    (sharing file systems, XFS, are not tested here). Other refusals are raised."""
+    fd = make_file(8 * B, [(0, b"q" * 2 * B)])
+    sparsefile.unshare(fd, 0, 8 * B)
+    assert os.fstat(fd).st_size == 8 * B
+    assert os.pread(fd, 3 * B, 0) == b"q" * 2 * B + bytes(B)
+    read_only = os.open(tmp_path / "f0", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match=os.strerror(errno.EBADF)):
+            sparsefile.unshare(read_only, 0, B)
+    finally:
+        os.close(read_only)
+
+
 def test_punch_hole_falls_back_to_zeros(
     make_file: MakeFile,
     monkeypatch: pytest.MonkeyPatch,
