@@ -1120,8 +1120,11 @@ class StorageRegistry:
         def tell_refreshed() -> None:
             # libvirtd refreshes the pool once an upload's stream ends, finished or
             # aborted, and tells the refresh event: clients that show the pool's volumes
-            # (virt-manager) read their sizes again on it.
-            self._tell(pool.ref, PoolEvent.REFRESHED)
+            # (virt-manager) read their sizes again on it. It passes over the refresh, and
+            # tells nothing, while a volume of the pool is being built or cloned (an
+            # async job of the pool's).
+            if Busy.BUILDING not in pool.busy.values():
+                self._tell(pool.ref, PoolEvent.REFRESHED)
 
         try:
             # A preallocated volume's space stays reserved, as libvirtd's in-place

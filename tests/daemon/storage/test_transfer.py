@@ -227,6 +227,41 @@ def test_an_uploads_refresh_event_is_told_once_the_replaced_file_is_let_go_of(
         seen.clear()
 
 
+def test_an_upload_ending_while_a_volume_is_built_tells_no_refresh_event(
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvirtd's refresh after an upload passes over a pool with a volume being built or
+    cloned (an async job), and tells no event then."""
+    volume = setup.file("v", b"old")
+    seen: list[PoolEvent] = []
+    setup.registry.on_event = lambda ref, event: seen.append(event)
+    building, go = threading.Event(), threading.Event()
+    create = volumes_module.VolumeDir.create
+
+    def slow(self: volumes_module.VolumeDir, request: Any) -> None:
+        building.set()
+        assert go.wait(10)
+        create(self, request)
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "create", slow)
+    build = threading.Thread(target=setup.volume, args=("new", MIB))
+    build.start()
+    try:
+        assert building.wait(10)
+        for offset, length in [(0, 0), (0, 3)]:
+            with setup.registry.open_upload(volume, offset, length) as writer:
+                writer.write(b"new")
+                writer.commit()
+    finally:
+        go.set()
+        build.join(10)
+    assert seen == []
+    with setup.registry.open_upload(volume, 0, 0) as writer:
+        writer.write(b"new")
+        writer.commit()
+    assert seen == [PoolEvent.REFRESHED]
+
+
 ACCESS_ACL, DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
 
 
