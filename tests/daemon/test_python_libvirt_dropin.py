@@ -323,13 +323,20 @@ pool = conn.storagePoolLookupByName("default")
 vol = pool.createXML(
     "<volume><name>v</name><capacity>8192</capacity><allocation>0</allocation></volume>", 0)
 
+def told(count):
+    # libvirtd refreshes the pool in a thread of its own
+    deadline = time.monotonic() + 10
+    while len(events) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return list(events)
+
 def upload(offset, length, end):
+    before = len(events)
     stream = conn.newStream(0)
     vol.upload(stream, offset, length, 0)
     stream.send(b"x" * 10)
     end(stream)
-    time.sleep(1.5)  # libvirtd refreshes the pool in a thread of its own
-    return list(events)
+    return told(before + 1)
 
 step("whole upload finished", lambda: upload(0, 0, lambda stream: stream.finish()))
 step("whole upload aborted", lambda: upload(0, 0, lambda stream: stream.abort()))
@@ -343,7 +350,7 @@ def download():
     stream.finish()
     vol.wipe(0)
     vol.resize(16384, 0)
-    time.sleep(1.5)
+    time.sleep(0.5)  # no event is told: a late one, of these or of the uploads, shows here
     return list(events)
 
 step("download, wipe and resize", download)
