@@ -62,7 +62,7 @@ from .reports import (
 )
 from .secrets import SecretStore, UsageType
 from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
-from .volumes import VolumeDir, backing_store, mark_as_written
+from .volumes import OtherFile, VolumeDir, backing_store, mark_as_written
 from .volxml import (
     format_rbd_volume_xml,
     format_volume_xml,
@@ -891,13 +891,13 @@ class StorageRegistry:
             # A name being built, uploaded to or changed is a volume that exists.
             if (
                 name in pool.busy
-                or other == "volume"
+                or other is OtherFile.LISTED_AS_VOLUME
                 or (isinstance(volumes, VolumeDir) and volumes.stat(name) is not None)
             ):
                 raise volume_exists(name) if source is None else clone_name_taken(name)
             if source is not None:
                 pool.check_can_clone(source)
-            if other == "path":
+            if other is OtherFile.PATH_TAKEN:
                 # libvirt looks for anything at the new volume's path before making it.
                 raise storage_error(
                     ErrorCode.OPERATION_INVALID,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import errno
 import fcntl
 import functools
@@ -53,6 +54,19 @@ if TYPE_CHECKING:
 
 VOLUME_MODE = 0o600  # what libvirt gives the files it creates in a dir pool
 _UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
+
+
+class OtherFile(enum.Enum):
+    """A file at a volume's name that ``VolumeDir.stat`` does not take for a volume, as
+    libvirt sees it (``VolumeDir.other_file``)."""
+
+    # A symbolic link to a file or a folder: libvirt lists it as a volume of that name.
+    LISTED_AS_VOLUME = "listed as a volume"
+    # Anything else there once links are followed (a FIFO, a socket, a device): libvirt
+    # finds the new volume's path taken.
+    PATH_TAKEN = "path taken"
+
+
 # Fresh names tried for an upload temporary that another daemon's clean-up removes at once.
 _TEMP_ATTEMPTS = 3
 
@@ -120,11 +134,9 @@ class VolumeDir:
             return None
         return st if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
 
-    def other_file(self, name: str) -> str | None:
+    def other_file(self, name: str) -> OtherFile | None:
         """What stands at ``name`` that ``stat`` does not take for a volume, in libvirt's
-        eyes: "volume" for a symbolic link to a file or a folder (libvirt lists those as
-        volumes), "path" for anything else there once links are followed (a FIFO, a socket,
-        a device), None for nothing, a volume, or a dangling link."""
+        eyes (``OtherFile``); None for nothing, a volume, or a dangling link."""
         try:
             found = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
             if stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode):
@@ -135,8 +147,8 @@ class VolumeDir:
         if stat.S_ISLNK(found.st_mode) and (
             stat.S_ISREG(target.st_mode) or stat.S_ISDIR(target.st_mode)
         ):
-            return "volume"
-        return "path"
+            return OtherFile.LISTED_AS_VOLUME
+        return OtherFile.PATH_TAKEN
 
     def is_directory(self, name: str) -> bool:
         """Whether volume ``name`` is a sub-directory (a volume of type dir)."""
