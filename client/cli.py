@@ -960,10 +960,14 @@ def _file_failure(
 
     A file that fails so once data moved (``started``: a download's final rename
     refused, the old file's metadata not copied), where virsh never fails, is said the
-    same way with the reason after it, the only clue to what went wrong."""
+    same way with the reason after it, the only clue to what went wrong; and so is a
+    refusal in virtvol's own words (an extended attribute the replacement could not be
+    given), which virsh, writing in place, never meets either."""
     reason = exc.strerror or str(exc)
     if exc.filename is not None:
         line = f"cannot {'read' if upload else 'create'} {path}"
+        if type(exc).__str__ is not OSError.__str__:  # says what it is itself
+            raise CommandError(line, str(exc)) from exc
         if started:
             raise CommandError(line, reason) from exc
         raise CommandError(line) from exc
