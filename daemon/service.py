@@ -157,9 +157,6 @@ class Daemon:
         )
         for bound in self._bound:
             log.info("listening on %s%s", bound.label, " (read-only)" if bound.read_only else "")
-        mode = "legacy (no sparse streams)" if self.settings.legacy else "current"
-        log.info("virtvold ready, protocol %s", mode)
-        self._notifier.ready(self._status())
 
     @staticmethod
     def _load_tls(settings: Settings) -> TlsPolicy:
@@ -259,6 +256,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        # Ready only now: systemd may send SIGHUP (a reload) or SIGTERM the moment it
+        # hears READY=1, and a signal that finds no handler yet ends the process.
+        mode = "legacy (no sparse streams)" if self.settings.legacy else "current"
+        log.info("virtvold ready, protocol %s", mode)
+        self._notifier.ready(self._status())
         watchdog = loop.create_task(self._notifier.watchdog_loop())
         status = loop.create_task(self._report_status())
         try:

@@ -490,6 +490,45 @@ def test_sighup_reloads_the_config_file(base: Path, path_notify_receiver: Notify
         assert _stop(daemon.process) == 0, daemon.log_text()
 
 
+# Run by the daemon's interpreter at its start (a ``sitecustomize`` on its PYTHONPATH):
+# half a second between the daemon's start and its serving loop.
+_LATE_SERVING_LOOP = """
+import time
+from virtvol.daemon import service
+
+_serve = service.Daemon.run_until_stopped
+
+
+async def _late(self):
+    time.sleep(0.5)
+    await _serve(self)
+
+
+service.Daemon.run_until_stopped = _late
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["reload", "stop"])
+def test_a_signal_sent_as_soon_as_the_daemon_is_ready_finds_it_handling_signals(
+    base: Path, path_notify_receiver: NotifyReceiver, sig: signal.Signals
+) -> None:
+    """systemd sends a reload (SIGHUP) or a stop (SIGTERM) the moment it hears READY=1,
+    and a signal that finds no handler yet ends the process: READY=1 must come only once
+    the daemon handles them. The daemon is slowed between its start and its serving
+    loop, where that moment used to be."""
+    hooks = base / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_LATE_SERVING_LOOP)
+    daemon = start_daemon(base, path_notify_receiver, env={"PYTHONPATH": str(hooks)})
+    daemon.process.send_signal(sig)
+    if sig == signal.SIGHUP:
+        path_notify_receiver.wait_for("READY", "1")  # reloaded
+        assert daemon.process.poll() is None, daemon.log_text()
+        assert _stop(daemon.process) == 0, daemon.log_text()
+    else:
+        assert daemon.process.wait(15) == 0, daemon.log_text()
+
+
 def test_a_pool_that_cannot_be_set_up_holds_up_no_other_part_of_a_reload(
     base: Path, path_notify_receiver: NotifyReceiver
 ) -> None:
