@@ -240,7 +240,9 @@ def test_capabilities_list_the_pool_types_the_daemon_runs(
     assert virtvold_text == reference_text
 
 
-POOL_EVENTS = """
+# A second connection, ``watcher``, whose events a thread of its own runs; ``events``
+# collects what its callbacks hear.
+WATCHING = """
 import threading, time
 libvirt.virEventRegisterDefaultImpl()
 
@@ -251,6 +253,11 @@ def run_loop():
 threading.Thread(target=run_loop, daemon=True).start()
 watcher = libvirt.open(URI)
 events = []
+"""
+
+POOL_EVENTS = (
+    WATCHING
+    + """
 
 def lifecycle(_conn, pool, event, detail, tag):
     events.append([tag, pool.name(), event, detail])
@@ -297,6 +304,7 @@ step("start default, one lifecycle callback gone", lambda: mine.create(0))
 time.sleep(1.5)
 step("events", lambda: events)
 """
+)
 
 
 def test_pool_events(
@@ -305,17 +313,9 @@ def test_pool_events(
     assert_same_answers(reference_libvirtd, virtvold, tmp_path, POOL_EVENTS)
 
 
-UPLOAD_EVENTS = """
-import threading, time
-libvirt.virEventRegisterDefaultImpl()
-
-def run_loop():
-    while True:
-        libvirt.virEventRunDefaultImpl()
-
-threading.Thread(target=run_loop, daemon=True).start()
-watcher = libvirt.open(URI)
-events = []
+UPLOAD_EVENTS = (
+    WATCHING
+    + """
 watcher.storagePoolEventRegisterAny(
     None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH,
     lambda _conn, pool, tag: events.append([pool.name(), "refresh"]), None)
@@ -355,6 +355,7 @@ def download():
 
 step("download, wipe and resize", download)
 """
+)
 
 
 def test_an_upload_ends_with_the_pools_refresh_event(
