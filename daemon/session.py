@@ -104,7 +104,16 @@ def check_open_name(name: str | None) -> str:
     """The URI a CONNECT_OPEN name selects, or libvirt's refusal."""
     if not name:
         return _default_uri()
-    parts = urlsplit(name)
+    try:
+        parts = urlsplit(name)
+    except ValueError:
+        # An unclosed "[" or a stray "]" in the host, which libvirt's parser (libxml2's)
+        # refuses too: libvirtd's answer, not an internal error and a traceback in the log
+        # for every connection that sends one. (urllib also refuses a bracketed host that
+        # is no IP address, which libvirt would take: a refusal all the same.)
+        raise ErrorReport.raised(
+            ErrorCode.INTERNAL_ERROR, ErrorDomain.URI, f"Unable to parse URI {name}"
+        ) from None
     scheme = parts.scheme.split("+", 1)[0].lower()
     if scheme not in _DRIVER_SCHEMES:
         raise ErrorReport(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MIB = 1 << 20
 SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38
 RPC_ERROR, RPC_DOMAIN = 39, 7
+INTERNAL_ERROR, URI_DOMAIN = 1, 45
 QEMU_PROGRAM = 0x20008087
 
 
@@ -203,3 +204,23 @@ async def test_calls_sent_after_connect_close_are_not_served(virtvold: Virtvold)
     async with raw_client(virtvold.port) as later:
         await later.volume("vol")  # a round trip: the deletion would have been done by now
     assert (virtvold.pool_dir / "vol").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("name", ["storage://[/system", "qemu://host]/system", "qemu://[::1/x"])
+async def test_a_name_libvirt_cannot_parse_is_refused_in_libvirts_words(
+    virtvold: Virtvold, name: str
+) -> None:
+    """A CONNECT_OPEN name with an unclosed or stray bracket in its host made the URI
+    split raise: every connection that sent one, before any authentication, put a
+    traceback in the log and heard of an internal failure. libvirtd's parser refuses
+    such a name with its own error, and the connection may open afterwards."""
+    for _ in range(3):
+        async with raw_client(virtvold.port, open_name=None) as client:
+            open_args = r.ConnectOpenArgs(name=name, flags=0)
+            assert error_of(await client.call(Proc.CONNECT_OPEN, open_args)) == (
+                INTERNAL_ERROR,
+                URI_DOMAIN,
+                f"internal error: Unable to parse URI {name}",
+            )
+            await client.open()
+    assert "Traceback" not in virtvold.log_text()
