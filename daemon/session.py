@@ -136,6 +136,12 @@ def check_open_name(name: str | None) -> str:
 _callback_ids = itertools.count(1)
 # virStoragePoolEventID: LIFECYCLE, REFRESH.
 POOL_EVENT_LIFECYCLE, POOL_EVENT_REFRESH = 0, 1
+# Pool event callbacks one connection may hold. Registering is allowed on the read-only
+# socket, which every local user may reach, and each pool event goes out once per
+# callback: without a bound, one client's registrations grew the daemon's memory without
+# end and made every event as many frames, encoded on the event loop. A client registers
+# one or two per pool it watches.
+MAX_POOL_EVENT_CALLBACKS = 256
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,13 @@ class Session:
                 ErrorCode.INTERNAL_ERROR,
                 ErrorDomain.RPC,
                 f"unsupported storage pool event ID {args.event_id}",
+            )
+        if len(self.pool_event_callbacks) >= MAX_POOL_EVENT_CALLBACKS:
+            raise ErrorReport.raised(
+                ErrorCode.OPERATION_FAILED,
+                ErrorDomain.RPC,
+                f"too many storage pool event callbacks registered on this connection"
+                f" ({MAX_POOL_EVENT_CALLBACKS})",
             )
         callback_id = next(_callback_ids)
         uuid = None if args.pool is None else args.pool.uuid

@@ -26,6 +26,7 @@ import pytest
 from tests.conftest import Virtvold, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.daemon.limits import FD_RESERVE_MIN
+from virtvol.daemon.session import MAX_POOL_EVENT_CALLBACKS
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
     Connection,
@@ -42,7 +43,7 @@ from virtvol.protocol.constants import (
     MessageStatus,
     MessageType,
 )
-from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.frames import Header, encode_head
 from virtvol.protocol.procedures import Proc
 from virtvol.protocol.stream import Side
@@ -723,4 +724,36 @@ async def test_pool_events_held_for_a_backed_up_client_all_arrive(tmp_path: Path
         assert received == refreshes
         assert "pool events unread" not in daemon.log_text()
         listener.close()
+        await client.close()
+
+
+async def test_pool_event_callbacks_per_connection_are_bounded(virtvold: Virtvold) -> None:
+    # Registering is allowed on the read-only socket, every local user's: each
+    # registration held memory for as long as the connection lived, however many were
+    # made, and each pool event went out once per registration.
+    reader, writer = await asyncio.open_unix_connection(unix_path(virtvold.ro_uri))
+    client = RawClient(reader, writer)
+    try:
+        await client.open()
+        register = r.PoolEventRegisterArgs(event_id=1, pool=None)
+        ids = []
+        for _ in range(MAX_POOL_EVENT_CALLBACKS):
+            reply = await client.call(Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY, register)
+            assert isinstance(reply, ReplyReceived), reply
+            assert isinstance(reply.result, r.PoolEventRegisterRet)
+            ids.append(reply.result.callback_id)
+        refused = await client.call(Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY, register)
+        assert error_of(refused) == (
+            ErrorCode.OPERATION_FAILED,
+            ErrorDomain.RPC,
+            "operation failed: too many storage pool event callbacks registered on this"
+            f" connection ({MAX_POOL_EVENT_CALLBACKS})",
+        )
+        # A deregistration makes room for one more.
+        deregister = r.PoolEventDeregisterArgs(callback_id=ids[0])
+        reply = await client.call(Proc.CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY, deregister)
+        assert isinstance(reply, ReplyReceived), reply
+        reply = await client.call(Proc.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY, register)
+        assert isinstance(reply, ReplyReceived), reply
+    finally:
         await client.close()
