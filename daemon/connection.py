@@ -526,12 +526,17 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
-        if not self.session.opened:
-            self.close(
-                f"no CONNECT_OPEN within handshake_timeout"
-                f" ({self._ctx.limits.handshake_timeout:g} s)",
-                notify=False,
-            )
+        if self.session.opened:
+            return
+        timeout = self._ctx.limits.handshake_timeout
+        reason = f"no CONNECT_OPEN within handshake_timeout ({timeout:g} s)"
+        if self.write_buffer_empty():
+            self.close(reason, notify=False)
+        else:
+            # A close waits for the replies it left unread, and they may never be read:
+            # with keepalive_interval = -1 nothing else would ever drop it, and it would
+            # keep its place among max_anonymous_clients for good.
+            self.abort(reason)
 
     def _opened(self) -> None:
         self._ctx.anonymous.discard(self)

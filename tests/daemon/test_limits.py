@@ -757,3 +757,37 @@ async def test_pool_event_callbacks_per_connection_are_bounded(virtvold: Virtvol
         assert isinstance(reply, ReplyReceived), reply
     finally:
         await client.close()
+
+
+async def test_a_client_that_never_opens_nor_reads_loses_its_place(tmp_path: Path) -> None:
+    # The handshake timeout closed such a client gracefully, after the replies it never
+    # read: with keepalive_interval = -1 (no stall timer) the close never came, and the
+    # client kept its place among max_anonymous_clients for good.
+    config = "keepalive_interval = -1\nhandshake_timeout = 0.5\nmax_anonymous_clients = 1\n"
+    with running(daemon_with(tmp_path, config)) as daemon:
+        await asyncio.sleep(0.2)  # start-up's probe connection is gone
+        hostile = connect(daemon, "unix")
+        hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hostile.setblocking(False)
+        # AUTH_LIST is served before CONNECT_OPEN: far more answers than the daemon and
+        # the kernel hold for a client that reads none.
+        rpc = Connection(Side.CLIENT)
+        flood = b"".join(rpc.call(Proc.AUTH_LIST)[1] for _ in range(40_000))
+        with suppress(BlockingIOError):
+            while flood:
+                flood = flood[hostile.send(flood) :]
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                client = await RawClient.connect(daemon.port)
+                try:
+                    await client.open()
+                    break
+                except (AssertionError, ConnectionError):
+                    assert time.monotonic() < deadline, "the hostile client kept its place"
+                    await asyncio.sleep(0.1)
+                finally:
+                    await client.close()
+            assert "no CONNECT_OPEN within handshake_timeout (0.5 s)" in daemon.log_text()
+        finally:
+            hostile.close()
