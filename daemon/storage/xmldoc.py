@@ -47,7 +47,7 @@ def parse_document(text: str, root: str, source: str) -> Element:
             wording), VIR_ERR_XML_ERROR for forbidden constructs or a wrong root.
     """
     try:
-        element: Element = _defused_et.fromstring(text, forbid_dtd=True)
+        element: Element = _defused_et.fromstring(_parser_input(text), forbid_dtd=True)
     except ParseError as exc:
         line = exc.position[0]
         message = f"({source}):{line}: {exc.msg}"
@@ -59,6 +59,19 @@ def parse_document(text: str, root: str, source: str) -> Element:
     if element.tag != root:
         raise xml_error(f"expecting root element of '{root}', not '{element.tag}'", ErrorDomain.XML)
     return element
+
+
+def _parser_input(text: str) -> str | bytes:
+    """``text`` as the parser is to read it. Bytes that were not UTF-8 on the wire are
+    kept in a string as surrogates (``surrogateescape``), which the parser cannot take as
+    text: they go to it as the bytes they were, to be refused as malformed XML (or read
+    as the document's encoding declaration says), as libvirt's parser does, instead of
+    failing the call with an internal error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
 
 
 def child_string(parent: Element, path: str) -> str | None:

@@ -32,6 +32,7 @@ MIB = 1 << 20
 SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38
 RPC_ERROR, RPC_DOMAIN = 39, 7
 INTERNAL_ERROR, URI_DOMAIN = 1, 45
+XML_DETAIL, STORAGE_DOMAIN = 35, 18
 QEMU_PROGRAM = 0x20008087
 
 
@@ -224,3 +225,40 @@ async def test_a_name_libvirt_cannot_parse_is_refused_in_libvirts_words(
             )
             await client.open()
     assert "Traceback" not in virtvold.log_text()
+
+
+async def test_xml_that_is_not_utf_8_is_malformed_xml(virtvold: Virtvold) -> None:
+    """A byte that is not UTF-8 in a definition (kept by the decoder as a surrogate) made
+    the XML parser fail with UnicodeEncodeError: the client heard "internal error" and
+    the daemon logged a traceback. libvirtd reports such a document as malformed XML
+    (VIR_ERR_XML_DETAIL, storage domain), and so does virtvold now."""
+    bad = "\udcff"  # the byte 0xff on the wire
+    async with raw_client(virtvold.port) as client:
+        found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
+        assert isinstance(found, ReplyReceived)
+        assert isinstance(found.result, r.PoolRet)
+        pool_xml = f"<pool type='dir'><name>x{bad}</name><target><path>/x</path></target></pool>"
+        volume_xml = f"<volume><name>v{bad}</name><capacity>1</capacity></volume>"
+        calls = [
+            (
+                Proc.STORAGE_POOL_DEFINE_XML,
+                r.PoolXmlArgs(xml=pool_xml, flags=0),
+                "storage_pool_definition",
+            ),
+            (
+                Proc.STORAGE_VOL_CREATE_XML,
+                r.VolCreateXmlArgs(pool=found.result.pool, xml=volume_xml, flags=0),
+                "storage_volume_definition",
+            ),
+            (
+                Proc.SECRET_DEFINE_XML,
+                r.SecretXmlArgs(xml=f"<secret>{bad}</secret>", flags=0),
+                "secret_definition",
+            ),
+        ]
+        for procedure, args, source in calls:
+            code, domain, message = error_of(await client.call(procedure, args))
+            assert (code, domain) == (XML_DETAIL, STORAGE_DOMAIN), message
+            assert str(message).startswith(f"({source}):1: "), message
+    assert "Traceback" not in virtvold.log_text()
+    assert list(virtvold.pool_dir.iterdir()) == []
