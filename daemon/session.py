@@ -124,10 +124,12 @@ def check_open_name(name: str | None) -> str:
             str2=name,
         )
     if scheme == "storage" and parts.path not in ("/system", "/session"):
+        # libvirt's check of a driver URI's path (shared by its drivers) reports without a
+        # domain, and names the path a daemon of its kind serves.
         raise ErrorReport.raised(
             ErrorCode.INTERNAL_ERROR,
-            ErrorDomain.STORAGE,
-            f"unexpected storage URI path '{parts.path}', try storage:///system",
+            ErrorDomain.NONE,
+            f"unexpected storage URI path '{parts.path}', try {_default_uri()}",
         )
     return name
 

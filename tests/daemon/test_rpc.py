@@ -76,6 +76,24 @@ async def test_hypervisor_uri_gives_storage(virtvold: Virtvold) -> None:
     assert " default   active   yes" in listing
 
 
+@pytest.mark.parametrize("path", ["", "/", "/system/", "/SYSTEM"])
+async def test_a_storage_uri_with_another_path_is_refused_in_libvirts_words(
+    virtvold: Virtvold, path: str
+) -> None:
+    # libvirt's check of a driver URI's path reports without a domain (VIR_FROM_NONE, as
+    # the reference libvirtd 9.0 answers) and names the path its daemon serves: /system
+    # for root (the tests' daemon), /session for others.
+    async with raw_client(virtvold.port, open_name=None) as client:
+        name = f"storage://{path}"
+        refused = await client.call(Proc.CONNECT_OPEN, r.ConnectOpenArgs(name=name, flags=0))
+        expected = "/system" if os.geteuid() == 0 else "/session"
+        assert error_of(refused) == (
+            1,
+            0,
+            f"internal error: unexpected storage URI path '{path}', try storage://{expected}",
+        )
+
+
 async def test_bad_frame_closes_only_that_connection(virtvold: Virtvold) -> None:
     async with raw_client(virtvold.port) as good, raw_client(virtvold.port) as bad:
         bad.send(b"\x00\x00\x00\x05garbage")
