@@ -11,8 +11,7 @@ write limits are set to zero, so "writing paused" means exactly "the transport
 holds unsent bytes"; the download handler uses that to know when its buffers
 are no longer referenced. Keepalive: every PING gets a PONG; a client that
 asked for feature 10 is pinged after ``interval`` seconds of silence and
-dropped after ``interval * (count + 1)``, as libvirtd does; a client still
-taking the output queued before our PING is not silent. When the
+dropped after ``interval * (count + 1)``, as libvirtd does. When the
 connection goes, every stream opened on it is closed (not only cancelled: a
 task cancelled before its first step never runs its own cleanup). Calls it
 cannot serve get libvirtd's error and one log line per connection.
@@ -179,10 +178,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._bytes_received = 0  # every byte read from the client
         # What the client had taken and sent at the last stall check (_client_progress).
         self._progress_mark: tuple[int, int, int] = (0, 0, 0)
-        # What the client's side had taken of our output at the last keepalive check, and
-        # where in our output our last PING ends (``_bytes_queued`` once it was queued).
-        self._keepalive_taken = 0
-        self._ping_end = 0
         self._calls_in_flight = 0
         self._frames_this_turn = 0
         self._streams_opening = 0
@@ -574,12 +569,6 @@ class ClientConnection(asyncio.BufferedProtocol):
                 pass
         return passed, in_kernel, self._bytes_received
 
-    def _output_taken(self) -> int:
-        """Bytes of our output the client's side has taken: passed to the kernel and gone
-        from its queue (read by the peer on a Unix socket, acknowledged on TCP)."""
-        passed, in_kernel, _ = self._client_progress()
-        return passed - max(in_kernel, 0)
-
     def _output_stalled(self, seconds: float) -> None:
         """A slow reader is fine, and so is one that holds its reading back but tells us
         it is alive (a client writing into a stalled FIFO sends keepalive frames); one
@@ -808,22 +797,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             # but it hears nothing from us either, and would take us for dead.
             action = tracker.hold(now)
         else:
-            taken = self._output_taken()
-            reading_to_ping = taken != self._keepalive_taken and taken < self._ping_end
-            if self._read_pausers or reading_to_ping:
-                # We stopped listening to pace its calls (the silence is ours), or it is
-                # still taking what we queued before our PING: a client reading a download
-                # slowly reaches the PING, and can answer it, only once that is through,
-                # which may take longer than a silence of interval * (count + 1).
-                tracker.heard(now)
-            self._keepalive_taken = taken
+            if self._read_pausers:
+                tracker.heard(now)  # we stopped listening to pace its calls: the silence is ours
             action = tracker.poll(now)
         if action is KeepaliveAction.PEER_DEAD:
             self.abort("no keepalive answer")
             return
         if action is KeepaliveAction.SEND_PING:
             self.send(self.rpc.send_ping())
-            self._ping_end = self._bytes_queued
         elif action is KeepaliveAction.SEND_PONG:
             self.send(self.rpc.send_pong())
         self._schedule_keepalive()
