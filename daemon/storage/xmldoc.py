@@ -56,6 +56,11 @@ def parse_document(text: str, root: str, source: str) -> Element:
         raise xml_error(
             f"({source}): DTDs, entity declarations and external references are not accepted"
         ) from None
+    except (LookupError, ValueError) as exc:
+        # Bytes are read by their encoding declaration, which may name no codec known
+        # here (LookupError) or one the parser cannot use (ValueError): malformed too.
+        message = f"({source}):1: {exc}"
+        raise ErrorReport(ErrorCode.XML_DETAIL, ErrorDomain.STORAGE, message) from None
     if element.tag != root:
         raise xml_error(f"expecting root element of '{root}', not '{element.tag}'", ErrorDomain.XML)
     return element

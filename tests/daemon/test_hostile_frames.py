@@ -255,6 +255,11 @@ async def test_xml_that_is_not_utf_8_is_malformed_xml(virtvold: Virtvold) -> Non
                 r.SecretXmlArgs(xml=f"<secret>{bad}</secret>", flags=0),
                 "secret_definition",
             ),
+            (  # read by its declaration, which names no encoding known
+                Proc.STORAGE_POOL_DEFINE_XML,
+                r.PoolXmlArgs(xml=f"<?xml version='1.0' encoding='bogus'?>{pool_xml}", flags=0),
+                "storage_pool_definition",
+            ),
         ]
         for procedure, args, source in calls:
             code, domain, message = error_of(await client.call(procedure, args))
