@@ -120,7 +120,7 @@ def _yes_no(value: str | None, attribute: str) -> bool:
 
 def parse_secret_xml(text: str) -> SecretDefinition:
     """A ``<secret>`` document as libvirt reads it; a missing UUID gets a random one."""
-    root = parse_document(text, "secret", "secret_definition")
+    root = parse_document(text, "secret", "definition_of_secret", SECRET)
     raw_uuid = child_string(root, "uuid")
     if raw_uuid is None:
         uuid = uuidlib.uuid4().bytes
@@ -134,12 +134,12 @@ def parse_secret_xml(text: str) -> SecretDefinition:
     if usage is not None:
         kind = usage.get("type")
         if kind is None:
-            raise secret_error(ErrorCode.INTERNAL_ERROR, "unknown secret usage type")
+            raise secret_error(ErrorCode.XML_ERROR, "unknown secret usage type")
         try:
             usage_type = next(t for t in UsageType if t.name.lower() == kind)
         except StopIteration:
             raise secret_error(
-                ErrorCode.INTERNAL_ERROR, f"unknown secret usage type {kind}"
+                ErrorCode.CONFIG_UNSUPPORTED, f"unknown secret usage type {kind}"
             ) from None
         if usage_type is not UsageType.NONE:
             # Untrimmed, as libvirt keeps it: a padded usage then names no volume's path
@@ -243,6 +243,8 @@ class SecretStore:
     def find_by_usage(self, usage_type: int, usage_id: str) -> SecretDefinition | None:
         """The secret of this usage, or None: for callers to whom none is no error (an
         encrypted volume's XML names its secret only when there is one)."""
+        if usage_type == UsageType.NONE:  # a secret of no usage is found by none
+            return None
         with self._lock:
             for entry in self._entries.values():
                 found = entry.definition
@@ -286,32 +288,47 @@ class SecretStore:
             return definition
 
     def _check_usage_free(self, definition: SecretDefinition) -> None:
+        """libvirt's checks of a definition against those it has, in its order: a UUID
+        defined already keeps its usage's name (its type may change) and stays private
+        once private; a new UUID may not take a usage another secret has."""
+        existing = self._entries.get(definition.uuid)
+        if existing is not None:
+            old = existing.definition
+            if _usage_name(old) != _usage_name(definition):
+                raise secret_error(
+                    ErrorCode.INTERNAL_ERROR,
+                    f"a secret with UUID {uuid_text(old.uuid)} is already defined for use "
+                    f"with {_usage_name(old) or '(null)'}",
+                )
+            if old.private and not definition.private:
+                raise secret_error(
+                    ErrorCode.INTERNAL_ERROR, "cannot change private flag on existing secret"
+                )
+            return
         if definition.usage_type is UsageType.NONE:
             return
         for entry in self._entries.values():
             other = entry.definition
-            if (
-                other.uuid != definition.uuid
-                and other.usage_type == definition.usage_type
-                and other.usage_id == definition.usage_id
-            ):
+            if other.usage_type == definition.usage_type and other.usage_id == definition.usage_id:
                 raise secret_error(
                     ErrorCode.INTERNAL_ERROR,
                     f"a secret with UUID {uuid_text(other.uuid)} already defined for use "
                     f"with {definition.usage_id}",
                 )
-        existing = self._entries.get(definition.uuid)
-        if existing is not None:
-            old = existing.definition
-            if (old.usage_type, old.usage_id) != (definition.usage_type, definition.usage_id):
-                raise secret_error(
-                    ErrorCode.INTERNAL_ERROR,
-                    f"a secret with UUID {uuid_text(old.uuid)} is already defined for use "
-                    f"with {old.usage_id}",
-                )
 
     def set_value(self, uuid: bytes, value: bytes, flags: int = 0) -> None:
-        """SECRET_SET_VALUE: kept in memory, and on disk for a persistent secret."""
+        """SECRET_SET_VALUE: kept in memory, and on disk for a persistent secret. An empty
+        value is none: libvirt's API refuses it before the driver looks at the flags."""
+        if not value:
+            raise ErrorReport(
+                ErrorCode.INVALID_ARG,
+                SECRET,
+                "value in virSecretSetValue must not be NULL",
+                str1="virSecretSetValue",
+                str2="value",
+                int1=0,
+                int2=0,
+            )
         check_flags(flags, 0, "secretSetValue", SECRET)
         with self._changing:
             with self._lock:
@@ -435,6 +452,12 @@ def read_key_file(path: str) -> bytes:
         return base64.b64decode(text.strip(), validate=True)
     except binascii.Error:
         raise secret_error(ErrorCode.INTERNAL_ERROR, f"no cephx key in '{path}'") from None
+
+
+def _usage_name(definition: SecretDefinition) -> str | None:
+    """What libvirt compares of two usages of one UUID: the name alone (none for a
+    secret of no usage)."""
+    return None if definition.usage_type is UsageType.NONE else definition.usage_id
 
 
 def _matches(definition: SecretDefinition, wanted: ListSecretsFlags) -> bool:

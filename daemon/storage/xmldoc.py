@@ -33,7 +33,9 @@ def escape_text(text: str) -> str:
     return escape("".join(ch for ch in text if ch >= " " or ch in "\t\n\r"))
 
 
-def parse_document(text: str, root: str, source: str) -> Element:
+def parse_document(
+    text: str, root: str, source: str, domain: ErrorDomain = ErrorDomain.STORAGE
+) -> Element:
     """Parse ``text`` and check that its root element is ``root``.
 
     Args:
@@ -41,6 +43,8 @@ def parse_document(text: str, root: str, source: str) -> Element:
         root: the expected root tag ("pool", "volume").
         source: the document name libvirt puts in parse errors, e.g.
             "storage_pool_definition".
+        domain: the error domain of the driver that reads it (the secret driver's for
+            a secret).
 
     Raises:
         ErrorReport: VIR_ERR_XML_DETAIL for malformed XML (libvirt's code and
@@ -51,10 +55,11 @@ def parse_document(text: str, root: str, source: str) -> Element:
     except ParseError as exc:
         line = exc.position[0]
         message = f"({source}):{line}: {exc.msg}"
-        raise ErrorReport(ErrorCode.XML_DETAIL, ErrorDomain.STORAGE, message) from None
+        raise ErrorReport(ErrorCode.XML_DETAIL, domain, message) from None
     except _defused_common.DefusedXmlException:
         raise xml_error(
-            f"({source}): DTDs, entity declarations and external references are not accepted"
+            f"({source}): DTDs, entity declarations and external references are not accepted",
+            domain,
         ) from None
     except (LookupError, ValueError) as exc:
         # Bytes are read by their encoding declaration, which may name no codec known
