@@ -158,17 +158,26 @@ def _size_argument(text: str) -> int:
         raise CommandError(*lines) from exc
 
 
-def _number_argument(text: str | None, name: str) -> int:
+def _number_argument(text: str | None, name: str, *, wraps: bool = False) -> int:
     """--offset/--length: virsh takes plain numbers, with a "+" in front too, up to
-    2**64 - 1, the wire's limit (strtoull's rules); virtvol also takes a size suffix."""
+    2**64 - 1, the wire's limit (strtoull's rules); virtvol also takes a size suffix.
+    ``wraps`` (--length): a "-" before plain digits is taken too, the number counted back
+    from 2**64 as strtoull counts it (``-1`` is 2**64 - 1, the whole volume)."""
     if text is None:
         return 0
-    try:
-        return parse_size(text)
-    except SizeError:
-        raise CommandError(
-            f"Numeric value '{text}' for <{name}> option is malformed or out of range"
-        ) from None
+    digits = text.lstrip(C_BLANKS)[1:]
+    if wraps and text.lstrip(C_BLANKS).startswith("-") and digits.isascii() and digits.isdigit():
+        if int(digits) <= _WIRE_MAX:
+            return -int(digits) % (_WIRE_MAX + 1)
+    else:
+        try:
+            return parse_size(text)
+        except SizeError:
+            pass
+    raise CommandError(f"Numeric value '{text}' for <{name}> option is malformed or out of range")
+
+
+_WIRE_MAX = (1 << 64) - 1
 
 
 def _yes_no(flag: bool) -> str:
@@ -980,7 +989,7 @@ def _file_failure(
 
 def _read_range(args: SimpleNamespace) -> None:
     args.offset = _number_argument(args.offset, "offset")
-    args.length = _number_argument(args.length, "length")
+    args.length = _number_argument(args.length, "length", wraps=True)
 
 
 async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:

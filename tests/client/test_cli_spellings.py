@@ -312,6 +312,11 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+-1"],
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+ 1"],
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "1 "],
+        # A length may be negative, counted back from 2**64 (an offset may not).
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "-1"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "-+1"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "-1M"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "-18446744073709551616"],
         ["vol-upload", "--vol", "v1", "--file", str(tmp_path / "none"), "--pool", "default"],
         # Lookups by key or path, by name only, by UUID only.
         ["vol-name", str(reference_libvirtd.pool_dir / "v1")],
@@ -341,8 +346,20 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["pool-refresh", "default"],
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--offset", "+4096"],
         ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", " +1"],
+        ["vol-upload", "v1", str(tmp_path / "o"), "default", "--length", "-2"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "-1"],
+        ["vol-download", "v1", str(tmp_path / "o"), "default", "--length", "-0"],
+        [
+            "vol-download",
+            "v1",
+            str(tmp_path / "o"),
+            "default",
+            "--length",
+            " -18446744073709551615",
+        ],
     ):
         both(uri, "-q", *args)
+    assert (tmp_path / "o").stat().st_size == 1  # the last download's length: 1
     assert both(uri, "-q", "vol-list", "default")[0].startswith(" v1 ")
     uuid = both(uri, "pool-uuid", "default")[0].strip()
     assert both(uri, "pool-name", uuid)[0] == "default\n\n"
