@@ -55,7 +55,7 @@ from virtvol.client.objects import (
 from virtvol.client.progress import TransferProgress, draws_a_bar, summary_line
 from virtvol.client.sizes import C_BLANKS, SizeError, format_size, parse_size
 from virtvol.client.uri import DEFAULT_URI_ENV
-from virtvol.client.xmldesc import escape, renamed_volume_xml, volume_xml
+from virtvol.client.xmldesc import renamed_volume_xml, virsh_volume_xml
 from virtvol.protocol.constants import (
     ListPoolsFlags,
     PoolBuildFlags,
@@ -485,53 +485,46 @@ async def pool_dumpxml(conn: Connection, args: SimpleNamespace) -> str:
 
 def _pool_xml(args: SimpleNamespace) -> str:
     """The pool XML virsh's pool-define-as/pool-create-as build from their options (the
-    same elements, order and conditions as virsh 9.0)."""
+    same elements, order and conditions as virsh 9.0), the values as given, unescaped, as
+    virsh writes them: a name holding "&" is the daemon's XML error, not a pool so named."""
     a = args
-    lines = [f"<pool type='{escape(a.type)}'>", f"  <name>{escape(a.name)}</name>"]
+    lines = [f"<pool type='{a.type}'>", f"  <name>{a.name}</name>"]
     fc_host = a.adapter_wwnn and a.adapter_wwpn
     source = []
     if a.source_host:
-        source.append(f"<host name='{escape(a.source_host)}'/>")
+        source.append(f"<host name='{a.source_host}'/>")
     if a.source_path:
-        source.append(f"<dir path='{escape(a.source_path)}'/>")
+        source.append(f"<dir path='{a.source_path}'/>")
     if a.source_dev:
-        source.append(f"<device path='{escape(a.source_dev)}'/>")
+        source.append(f"<device path='{a.source_dev}'/>")
     if a.source_initiator:
-        source += ["<initiator>", f"  <iqn name='{escape(a.source_initiator)}'/>", "</initiator>"]
+        source += ["<initiator>", f"  <iqn name='{a.source_initiator}'/>", "</initiator>"]
     if fc_host:
         parent = ""
         if a.adapter_parent:
-            parent = f" parent='{escape(a.adapter_parent)}'"
+            parent = f" parent='{a.adapter_parent}'"
         elif a.adapter_parent_wwnn and a.adapter_parent_wwpn:
-            parent = (
-                f" parent_wwnn='{escape(a.adapter_parent_wwnn)}'"
-                f" parent_wwpn='{escape(a.adapter_parent_wwpn)}'"
-            )
+            parent = f" parent_wwnn='{a.adapter_parent_wwnn}' parent_wwpn='{a.adapter_parent_wwpn}'"
         elif a.adapter_parent_fabric_wwn:
-            parent = f" parent_fabric_wwn='{escape(a.adapter_parent_fabric_wwn)}'"
+            parent = f" parent_fabric_wwn='{a.adapter_parent_fabric_wwn}'"
         source.append(
-            f"<adapter type='fc_host'{parent} wwnn='{escape(a.adapter_wwnn)}'"
-            f" wwpn='{escape(a.adapter_wwpn)}'/>"
+            f"<adapter type='fc_host'{parent} wwnn='{a.adapter_wwnn}' wwpn='{a.adapter_wwpn}'/>"
         )
     elif a.adapter_name:
-        source.append(f"<adapter type='scsi_host' name='{escape(a.adapter_name)}'/>")
+        source.append(f"<adapter type='scsi_host' name='{a.adapter_name}'/>")
     if a.auth_type and a.auth_username and (a.secret_usage or a.secret_uuid):
-        secret = (
-            f"usage='{escape(a.secret_usage)}'"
-            if a.secret_usage
-            else f"uuid='{escape(a.secret_uuid)}'"
-        )
+        secret = f"usage='{a.secret_usage}'" if a.secret_usage else f"uuid='{a.secret_uuid}'"
         source += [
-            f"<auth type='{escape(a.auth_type)}' username='{escape(a.auth_username)}'>",
+            f"<auth type='{a.auth_type}' username='{a.auth_username}'>",
             f"  <secret {secret}/>",
             "</auth>",
         ]
     if a.source_format:
-        source.append(f"<format type='{escape(a.source_format)}'/>")
+        source.append(f"<format type='{a.source_format}'/>")
     if a.source_name:
-        source.append(f"<name>{escape(a.source_name)}</name>")
+        source.append(f"<name>{a.source_name}</name>")
     if a.source_protocol_ver:
-        source.append(f"<protocol ver='{escape(a.source_protocol_ver)}'/>")
+        source.append(f"<protocol ver='{a.source_protocol_ver}'/>")
     # virsh writes <source> only for these options (auth or a protocol version alone: none).
     if (
         a.source_host
@@ -545,7 +538,7 @@ def _pool_xml(args: SimpleNamespace) -> str:
     ):
         lines += ["  <source>", *(f"    {line}" for line in source), "  </source>"]
     if a.target:
-        lines += ["  <target>", f"    <path>{escape(a.target)}</path>", "  </target>"]
+        lines += ["  <target>", f"    <path>{a.target}</path>", "  </target>"]
     lines.append("</pool>")
     return "\n".join(lines) + "\n"
 
@@ -810,7 +803,7 @@ async def vol_create_as(conn: Connection, args: SimpleNamespace) -> str:
     backing = None
     if args.backing_vol is not None:
         backing = await _backing_volume(conn, pool, args.backing_vol)
-    xml = volume_xml(
+    xml = virsh_volume_xml(
         args.name,
         capacity,
         allocation=allocation,

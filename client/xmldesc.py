@@ -7,7 +7,7 @@ volume as ``virsh vol-create-as POOL disk.img 10G``.
 
 from __future__ import annotations
 
-__all__ = ["escape", "renamed_volume_xml", "volume_xml"]
+__all__ = ["escape", "renamed_volume_xml", "virsh_volume_xml", "volume_xml"]
 
 
 def escape(text: str) -> str:
@@ -48,17 +48,39 @@ def volume_xml(
     Returns:
         ``<volume>`` as virsh's vol-create-as writes it.
     """
+    return virsh_volume_xml(
+        escape(name),
+        capacity,
+        allocation=allocation,
+        format=None if format is None else escape(format),
+        backing_path=None if backing_path is None else escape(backing_path),
+        backing_format=None if backing_format is None else escape(backing_format),
+    )
+
+
+def virsh_volume_xml(
+    name: str,
+    capacity: int,
+    *,
+    allocation: int | None = None,
+    format: str | None = None,
+    backing_path: str | None = None,
+    backing_format: str | None = None,
+) -> str:
+    """``volume_xml``'s document with the texts put in as they are, unescaped, as virsh's
+    vol-create-as writes them (for the command line: a name holding "&" is then the
+    daemon's XML error, as with virsh)."""
     if capacity < 0 or (allocation is not None and allocation < 0):
         raise ValueError("capacity and allocation must not be negative")
-    lines = ["<volume>", f"  <name>{escape(name)}</name>", f"  <capacity>{capacity}</capacity>"]
+    lines = ["<volume>", f"  <name>{name}</name>", f"  <capacity>{capacity}</capacity>"]
     if allocation is not None:
         lines.append(f"  <allocation>{allocation}</allocation>")
     if format:
-        lines += ["  <target>", f"    <format type='{escape(format)}'/>", "  </target>"]
+        lines += ["  <target>", f"    <format type='{format}'/>", "  </target>"]
     if backing_path is not None:
-        lines += ["  <backingStore>", f"    <path>{escape(backing_path)}</path>"]
+        lines += ["  <backingStore>", f"    <path>{backing_path}</path>"]
         if backing_format:
-            lines.append(f"    <format type='{escape(backing_format)}'/>")
+            lines.append(f"    <format type='{backing_format}'/>")
         lines.append("  </backingStore>")
     lines.append("</volume>")
     return "\n".join(lines) + "\n"

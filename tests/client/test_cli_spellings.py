@@ -256,6 +256,23 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
             "--print-xml",
         ],
         ["pool-define-as", "p", "iscsi", "--secret-usage", "a", "--secret-uuid", "b"],
+        # Values go into the XML as given, unescaped, as virsh writes them: the daemon's
+        # XML parser then refuses what breaks the document.
+        ["pool-define-as", "a&b", "dir", "--target", "/t<x", "--source-host", "h'", "--print-xml"],
+        ["pool-create-as", "a'b", "dir", "--target", "/t&amp;u", "--print-xml"],
+        ["pool-define-as", "a&b", "dir", "--target", "/t"],
+        ["vol-create-as", "default", "a&b", "1M", "--format", "q<", "--print-xml"],
+        [
+            "vol-create-as",
+            "default",
+            "x",
+            "1M",
+            "--backing-vol",
+            "v1",
+            "--backing-vol-format",
+            "r&",
+        ],
+        ["vol-create-as", "default", "a&b", "1M"],
         # The refusals, word for word.
         ["vol-info"],
         ["vol-info", "v1", "default", "extra"],
