@@ -11,6 +11,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 from .names import check_pool_name
 from .permissions import parse_permissions
+from .poolsource import dir_pool_source
 from .rbdxml import RbdSource, format_rbd_source, parse_rbd_source
 from .reports import storage_error, xml_error
 from .xmldoc import (
@@ -71,6 +72,8 @@ class PoolDefinition:
     # <refresh><volume allocation>: "default" or "capacity", kept and printed; nothing a
     # dir pool's volumes are measured by changes with it, in libvirt either.
     refresh_allocation: str | None = None
+    # What libvirt keeps and prints of a dir pool's <source> (``poolsource``): lines.
+    source: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,8 @@ def parse_pool_xml(text: str, *, stored: bool = False) -> PoolDefinition:
         )
     if pool_type not in SERVED_POOL_TYPES:
         raise missing_backend(pool_type)
+    # libvirt reads the source before the name.
+    source_lines = dir_pool_source(root.find("source")) if pool_type == "dir" else ()
     name = child_string(root, "name")
     if name is None:
         raise xml_error("missing pool source name element")
@@ -187,6 +192,7 @@ def parse_pool_xml(text: str, *, stored: bool = False) -> PoolDefinition:
         label=permissions.label,
         cow=cow,
         refresh_allocation=_refresh_allocation(root),
+        source=source_lines,
     )
 
 
@@ -247,6 +253,7 @@ def format_pool_xml(definition: PoolDefinition, runtime: PoolRuntime | None) -> 
         lines += ["  <features>", f"    <cow state='{state}'/>", "  </features>"]
     lines += [
         "  <source>",
+        *definition.source,
         "  </source>",
         "  <target>",
         f"    <path>{escape(definition.target)}</path>",

@@ -945,6 +945,41 @@ def test_secret_uuid_spellings(
     assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, SECRET_UUID_SPELLINGS)
 
 
+# A dir pool has no source, but libvirt reads <source> for every pool type: it refuses
+# what it cannot read, in its order, and keeps and prints some parts of it.
+DIR_POOL_SOURCES = """
+for i, source in enumerate([
+    "<host/>",
+    "<host name='h' port=' 1'/><host name='h' port=''/>",
+    "<host name='h' port='99999999999'/>",
+    "<device path='/d' part_separator='yes'/><device/>",
+    "<device path='/d' part_separator='default'/>",
+    "<auth type='bogus'/><adapter type='bogus'/>",
+    "<adapter type='scsi_host'/><auth type='chap' username=''/>",
+    "<auth type='bogus' username='u'/>",
+    "<auth type='' username='u'/>",
+    "<auth type='chap' username='u'><secret/></auth>",
+    "<auth type='chap' username='u'><secret uuid='zz'/></auth>",
+    "<auth type='chap' username='u'><secret uuid='zz' usage='x'/></auth>",
+    "<auth username='u'><secret usage='x'/></auth>",
+    "<auth type='ceph' username='u&amp;'>"
+    "<secret type='t' uuid='0a0a0a0a 0000-4000-8000-000000000001'/></auth>"
+    "<product name='p&lt;'/><protocol ver='x'/><vendor name=''/><vendor name='v'/>",
+    "<protocol ver=''/><format type='x'/><name>n</name><dir path='/x'/><initiator/>",
+]):
+    xml = ("<pool type='dir'><name>s%d</name><source>%s</source>"
+           "<target><path>%s/s%d</path></target></pool>" % (i, source, BASE, i))
+    step("define " + source, lambda: conn.storagePoolDefineXML(xml, 0).XMLDesc(0).split(
+        "<source>")[1].split("</source>")[0])
+"""
+
+
+def test_dir_pool_sources(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, DIR_POOL_SOURCES)
+
+
 SECRET_DEFINITIONS = """
 secrets = libvirt.open(URI.replace("storage+", "secret+", 1))
 A, B, C = ("0c0c0c0c-0000-4000-8000-00000000000%d" % n for n in (1, 2, 3))
