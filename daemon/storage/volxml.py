@@ -98,7 +98,7 @@ def parse_volume_xml(text: str, *, capacity_required: bool = True) -> VolumeRequ
     if name is None:
         raise xml_error("missing volume name element")
     kind = root.get("type")
-    if kind is not None and kind not in _VOLUME_TYPES:
+    if kind and kind not in _VOLUME_TYPES:  # an empty type is none, as in libvirt
         raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, f"unknown volume type '{kind}'")
     backing = child_string(root, "backingStore/path") is not None
     if backing:  # read as the target's are, though nothing is made of it (buildrules)

@@ -945,6 +945,22 @@ def test_secret_uuid_spellings(
     assert_same_answers(reference_libvirtd_with_secrets, virtvold, tmp_path, SECRET_UUID_SPELLINGS)
 
 
+# A new volume's type attribute: libvirt's names (the file is made a file whatever they
+# say), an empty one as none, another refused.
+VOLUME_TYPES = """
+pool = conn.storagePoolLookupByName("default")
+for kind in ("file", "block", "", "bogus"):
+    xml = "<volume type='%s'><name>t-%s</name><capacity>4096</capacity></volume>" % (kind, kind)
+    step("type " + kind, lambda: pool.createXML(xml, 0).XMLDesc(0).split("<key>")[0])
+"""
+
+
+def test_volume_types(
+    reference_libvirtd: ReferenceLibvirtd, virtvold: Virtvold, tmp_path: Path
+) -> None:
+    assert_same_answers(reference_libvirtd, virtvold, tmp_path, VOLUME_TYPES)
+
+
 # A dir pool has no source, but libvirt reads <source> for every pool type: it refuses
 # what it cannot read, in its order, and keeps and prints some parts of it.
 DIR_POOL_SOURCES = """
