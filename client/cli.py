@@ -55,7 +55,7 @@ from virtvol.client.objects import (
 from virtvol.client.progress import TransferProgress, draws_a_bar, summary_line
 from virtvol.client.sizes import C_BLANKS, SizeError, format_size, parse_size
 from virtvol.client.uri import DEFAULT_URI_ENV
-from virtvol.client.xmldesc import renamed_volume_xml, virsh_volume_xml
+from virtvol.client.xmldesc import name_content, renamed_volume_xml, virsh_volume_xml
 from virtvol.protocol.constants import (
     ListPoolsFlags,
     PoolBuildFlags,
@@ -838,13 +838,16 @@ async def vol_clone(conn: Connection, args: SimpleNamespace) -> str:
         _fail_alone(exc)
     except ValueError as exc:
         raise CommandError(f"Failed to clone vol from {vol.name}", str(exc)) from exc
+    complaint = name_content(args.newname)[1]
+    if complaint is not None:  # libxml2's own line, as virsh's library writes it
+        sys.stderr.write(f"(volume_definition):-1: error : {complaint}\n")
     if args.print_xml:
         return xml  # no newline of its own: virsh prints it so, then the blank line
     try:
-        await pool.create_volume_from(xml, vol, flags=flags)
+        clone = await pool.create_volume_from(xml, vol, flags=flags)
     except LibvirtError as exc:
         _fail(f"Failed to clone vol from {vol.name}", exc)
-    return Notice(f"Vol {args.newname} cloned from {vol.name}\n")
+    return Notice(f"Vol {clone.name} cloned from {vol.name}\n")
 
 
 def _vol_create_flags(args: SimpleNamespace) -> int:

@@ -7,7 +7,7 @@ volume as ``virsh vol-create-as POOL disk.img 10G``.
 
 from __future__ import annotations
 
-__all__ = ["escape", "renamed_volume_xml", "virsh_volume_xml", "volume_xml"]
+__all__ = ["escape", "name_content", "renamed_volume_xml", "virsh_volume_xml", "volume_xml"]
 
 
 def escape(text: str) -> str:
@@ -91,7 +91,9 @@ def renamed_volume_xml(xml: str, name: str) -> str:
     sends to create the copy, so that it keeps the original's format and settings.
 
     The document is written back as libxml2 writes it (double-quoted attributes,
-    ``<tag/>``), which is what ``virsh vol-clone --print-xml`` shows.
+    ``<tag/>``), which is what ``virsh vol-clone --print-xml`` shows. ``name`` is put in
+    as libxml2's xmlNodeSetContent reads it (``name_content``): its references stand for
+    what they name, so ``a&amp;b`` names ``a&b``.
 
     Raises:
         ValueError: ``xml`` is not a volume's XML.
@@ -106,5 +108,57 @@ def renamed_volume_xml(xml: str, name: str) -> str:
     element = root.find("name")
     if root.tag != "volume" or element is None:
         raise ValueError("not a volume's XML: no <volume><name>")
-    element.text = name
-    return ElementTree.tostring(root, encoding="unicode").replace(" />", "/>")
+    placeholder = "virtvol-new-name-" + "0" * 8
+    element.text = placeholder
+    text = ElementTree.tostring(root, encoding="unicode").replace(" />", "/>")
+    content = name_content(name)[0]
+    written = f"<name>{content}</name>" if content else "<name/>"
+    return text.replace(f"<name>{placeholder}</name>", written, 1)
+
+
+_PREDEFINED_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def name_content(text: str) -> tuple[str, str | None]:
+    """``text`` as libxml2's xmlNodeSetContent takes it, written back as libxml2 writes
+    an element's content, and libxml2's complaint, if any.
+
+    The text may hold references: ``&amp;`` and the other predefined entities and
+    ``&#65;``/``&#x41;`` stand for their characters (written escaped again where XML
+    needs it), another ``&name;`` stays a reference to an entity the daemon will not
+    know. A ``&`` with no ``;`` after it empties the content, with libxml2's
+    "unterminated entity reference" line naming what follows it.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "&":
+            out.append(escape(char) if char in "<>" else char)
+            i += 1
+            continue
+        end = text.find(";", i + 1)
+        if end < 0:
+            return "", f"unterminated entity reference {text[i + 1 :]:>15}"
+        body = text[i + 1 : end]
+        character = _character_reference(body)
+        if character is not None:
+            out.append(escape(character) if character in "&<>" else character)
+        elif body in _PREDEFINED_ENTITIES:
+            out.append(escape(_PREDEFINED_ENTITIES[body]))
+        else:
+            out.append(f"&{body};")
+        i = end + 1
+    return "".join(out).replace("&apos;", "'").replace("&quot;", '"'), None
+
+
+def _character_reference(body: str) -> str | None:
+    """The character ``&#NN;`` or ``&#xHH;`` stands for (``body`` without ``&`` and ``;``)."""
+    if not body.startswith("#"):
+        return None
+    digits, base = (body[2:], 16) if body[1:2] in ("x", "X") else (body[1:], 10)
+    try:
+        value = int(digits, base) if digits.isascii() and digits.isalnum() else 0
+    except ValueError:
+        return None
+    return chr(value) if 0 < value <= 0x10FFFF else None

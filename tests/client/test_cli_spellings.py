@@ -138,6 +138,11 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
         ["vol-create-as", "default", "x", "1M", "--backing-vol", "nope", "--print-xml"],
         ["vol-clone", "v1", "w", "default", "--print-xml"],
         ["-q", "vol-clone", "--vol", "v1", "--newname", "w", "--pool", "default", "--print-xml"],
+        # The new name is put in as libxml2's xmlNodeSetContent reads it: references stand
+        # for what they name; a "&" without a ";" empties it, which the daemon refuses.
+        ["vol-clone", "v1", "a&amp;b&#65;&#x42;&lt;&foo;>", "default", "--print-xml"],
+        ["vol-clone", "v1", "x&y", "default"],
+        ["vol-clone", "v1", "&", "default", "--print-xml"],
         ["vol-create-as", "default", "x", "1M", "--backing-vol-format", "raw", "--print-xml"],
         [
             "pool-define-as",
@@ -442,6 +447,8 @@ def test_changing_spellings_match_virsh(
         ["vol-resize", "n-{}", "+5X", "default"],
         ["vol-info", "n-{}", "default", "--bytes"],
         ["vol-clone", "--vol", "n-{}", "--newname", "c-{}", "--pool", "default"],
+        ["vol-clone", "n-{}", "x&lt;-{}", "default"],  # said as the daemon named it
+        ["vol-delete", "x<-{}", "default"],
         ["vol-wipe", "c-{}", "default", "--algorithm", "zero"],
         ["vol-delete", "c-{}", "default"],
         ["vol-delete", "--vol", "n-{}", "--pool", "default"],
