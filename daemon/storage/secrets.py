@@ -31,7 +31,7 @@ from pathlib import Path
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
 
 from .reports import system_error, uuid_text
-from .xmldoc import child_string, child_text, escape, parse_document, parse_uuid
+from .xmldoc import child_string, escape, parse_document, parse_uuid
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def parse_secret_xml(text: str) -> SecretDefinition:
         usage_id=usage_id,
         ephemeral=_yes_no(root.get("ephemeral"), "ephemeral"),
         private=_yes_no(root.get("private"), "private"),
-        description=child_text(root, "description"),
+        description=child_string(root, "description"),  # untrimmed, its children's text too
     )
 
 

@@ -1031,6 +1031,10 @@ step("set", lambda: b.setValue(b"abc", 0))
 step("set an empty value", lambda: b.setValue(b"", 0))
 step("set an empty value with flags", lambda: b.setValue(b"", 1))
 step("value", lambda: list(b.value(0)))
+# A description as libvirt reads it: untrimmed, the text of its children too.
+for text in ("", " a\\nb ", "x<b>y</b>z&amp;"):
+    define("description " + text, secret(C, "<description>%s</description>" % text))
+    step("xml, description " + text, lambda: secrets.secretLookupByUUIDString(C).XMLDesc(0))
 """
 
 
