@@ -7,7 +7,8 @@ volume as ``virsh vol-create-as POOL disk.img 10G``.
 
 from __future__ import annotations
 
-__all__ = ["escape", "name_content", "renamed_volume_xml", "virsh_volume_xml", "volume_xml"]
+# ``virsh_volume_xml`` is the command line's alone: it takes its texts as markup.
+__all__ = ["escape", "name_content", "renamed_volume_xml", "volume_xml"]
 
 
 def escape(text: str) -> str:
@@ -69,7 +70,8 @@ def virsh_volume_xml(
 ) -> str:
     """``volume_xml``'s document with the texts put in as they are, unescaped, as virsh's
     vol-create-as writes them (for the command line: a name holding "&" is then the
-    daemon's XML error, as with virsh)."""
+    daemon's XML error, as with virsh). The texts are markup: never hand it text from
+    elsewhere that is to stay text (``volume_xml`` escapes it)."""
     if capacity < 0 or (allocation is not None and allocation < 0):
         raise ValueError("capacity and allocation must not be negative")
     lines = ["<volume>", f"  <name>{name}</name>", f"  <capacity>{capacity}</capacity>"]

@@ -99,12 +99,12 @@ def _auth(auth: Element | None) -> list[str]:
         if raw is None:
             raise xml_error(f"invalid secret uuid '{uuid}'", ErrorDomain.NONE)
         named = f" uuid='{uuid_text(raw)}'"
-    elif usage:
+    elif usage is not None:  # an empty usage is kept too: stored, it must read back
         named = f" usage='{escape(usage)}'"
     if kind == "none":
         raise storage_error(ErrorCode.CONFIG_UNSUPPORTED, "storage pool missing auth type")
     secret_type = secret.get("type")
-    typed = f" type='{escape(secret_type)}'" if secret_type else ""
+    typed = f" type='{escape(secret_type)}'" if secret_type is not None else ""
     return [
         f"    <auth type='{kind}' username='{escape(username)}'>",
         f"      <secret{typed}{named}/>",

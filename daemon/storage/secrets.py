@@ -133,7 +133,7 @@ def parse_secret_xml(text: str) -> SecretDefinition:
     usage = root.find("usage")
     if usage is not None:
         kind = usage.get("type")
-        if kind is None:
+        if not kind:  # libvirt's XPath read takes an empty type for none
             raise secret_error(ErrorCode.XML_ERROR, "unknown secret usage type")
         try:
             usage_type = next(t for t in UsageType if t.name.lower() == kind)
