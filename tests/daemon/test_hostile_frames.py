@@ -32,7 +32,7 @@ MIB = 1 << 20
 SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38
 RPC_ERROR, RPC_DOMAIN = 39, 7
 INTERNAL_ERROR, URI_DOMAIN = 1, 45
-XML_DETAIL, STORAGE_DOMAIN = 35, 18
+XML_DETAIL, STORAGE_DOMAIN, SECRET_DOMAIN = 35, 18, 30
 QEMU_PROGRAM = 0x20008087
 
 
@@ -244,26 +244,30 @@ async def test_xml_that_is_not_utf_8_is_malformed_xml(virtvold: Virtvold) -> Non
                 Proc.STORAGE_POOL_DEFINE_XML,
                 r.PoolXmlArgs(xml=pool_xml, flags=0),
                 "storage_pool_definition",
+                STORAGE_DOMAIN,
             ),
             (
                 Proc.STORAGE_VOL_CREATE_XML,
                 r.VolCreateXmlArgs(pool=found.result.pool, xml=volume_xml, flags=0),
                 "storage_volume_definition",
+                STORAGE_DOMAIN,
             ),
             (
                 Proc.SECRET_DEFINE_XML,
                 r.SecretXmlArgs(xml=f"<secret>{bad}</secret>", flags=0),
-                "secret_definition",
+                "definition_of_secret",  # libvirtd's secret driver names it so
+                SECRET_DOMAIN,
             ),
             (  # read by its declaration, which names no encoding known
                 Proc.STORAGE_POOL_DEFINE_XML,
                 r.PoolXmlArgs(xml=f"<?xml version='1.0' encoding='bogus'?>{pool_xml}", flags=0),
                 "storage_pool_definition",
+                STORAGE_DOMAIN,
             ),
         ]
-        for procedure, args, source in calls:
+        for procedure, args, source, expected_domain in calls:
             code, domain, message = error_of(await client.call(procedure, args))
-            assert (code, domain) == (XML_DETAIL, STORAGE_DOMAIN), message
+            assert (code, domain) == (XML_DETAIL, expected_domain), message
             assert str(message).startswith(f"({source}):1: "), message
     assert "Traceback" not in virtvold.log_text()
     assert list(virtvold.pool_dir.iterdir()) == []
