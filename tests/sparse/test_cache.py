@@ -93,7 +93,9 @@ def test_half_resident_volume_keeps_exactly_its_resident_half(volume: Path) -> N
     assert download(volume) == SIZE
     fd = os.open(volume, os.O_RDONLY)
     try:
-        assert resident_pages(fd, 0, 8 * MIB).count(0) == 0
+        # A few pages may go to the kernel's own reclaim at any time (a VM's proactive
+        # reclaim does); a download that dropped what was resident drops them all.
+        assert resident_pages(fd, 0, 8 * MIB).count(0) <= 8 * MIB // PAGE_SIZE // 100
         assert resident_pages(fd, 16 * MIB, SIZE - 16 * MIB).count(1) < SIZE // PAGE_SIZE // 10
     finally:
         os.close(fd)
