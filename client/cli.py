@@ -224,33 +224,16 @@ async def _sending_text(context: str, call: Awaitable[_T]) -> _T:
 # -- lookups, as virsh resolves its arguments --------------------------------------------------
 
 
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-_UUID_BLANKS = " \t\n\f\r"  # glib's g_ascii_isspace
-
-
 def _uuid_sized(text: str) -> bool:
     """Whether virsh takes ``text`` for a UUID to look up: it has a UUID's 36 bytes."""
     return len(text.encode("utf-8", "surrogateescape")) == 36
 
 
 def _virsh_uuid(text: str) -> bytes | None:
-    """The UUID in ``text`` as libvirt reads one, or None: 32 hex digits in pairs, "-"
-    and " " anywhere between pairs, blanks around ("{...}" or "urn:uuid:..." are none)."""
-    body = text.lstrip(_UUID_BLANKS)
-    pairs: list[str] = []
-    i = 0
-    while len(pairs) < 16:
-        if body[i : i + 1] in ("-", " "):
-            i += 1
-            continue
-        pair = body[i : i + 2]
-        if len(pair) < 2 or not _HEX_DIGITS.issuperset(pair):
-            return None
-        pairs.append(pair)
-        i += 2
-    if body[i:].strip(_UUID_BLANKS):
-        return None
-    return bytes.fromhex("".join(pairs))
+    """The UUID in ``text`` as libvirt reads one, or None."""
+    from virtvol.protocol.uuids import parse_uuid  # for the commands that look pools up
+
+    return parse_uuid(text)
 
 
 async def _pool(conn: Connection, name: str) -> StoragePool:

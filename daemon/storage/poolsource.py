@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.protocol.uuids import parse_uuid
 
 from .reports import storage_error, uuid_text, xml_error
-from .xmldoc import c_integer, escape, parse_uuid
+from .xmldoc import c_integer, escape
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.protocol.uuids import parse_uuid
 
 from .names import check_pool_name
 from .permissions import parse_permissions
@@ -20,7 +21,6 @@ from .xmldoc import (
     child_text,
     escape,
     parse_document,
-    parse_uuid,
 )
 
 if TYPE_CHECKING:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.uuids import parse_uuid
 
 from .reports import storage_error, xml_error
-from .xmldoc import child_text, escape, parse_uuid
+from .xmldoc import child_text, escape
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element

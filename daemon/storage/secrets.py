@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport, check_flags
+from virtvol.protocol.uuids import parse_uuid
 
 from .reports import system_error, uuid_text
-from .xmldoc import child_string, escape, parse_document, parse_uuid
+from .xmldoc import child_string, escape, parse_document
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.uuids import parse_uuid
 
 from .model import VolumeType
 from .permissions import parse_permissions
@@ -19,7 +20,6 @@ from .xmldoc import (
     escape,
     escape_text,
     parse_document,
-    parse_uuid,
 )
 
 if TYPE_CHECKING:

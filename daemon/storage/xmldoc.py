@@ -101,31 +101,8 @@ def child_text(parent: Element, path: str) -> str | None:
     return text or None
 
 
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-# What C's isspace() skips in the C locale, as strtol and strtoull do before the number;
-# glib's g_ascii_isspace(), around a UUID, takes the same.
+# What C's isspace() skips in the C locale, as strtol and strtoull do before the number.
 C_BLANKS = " \t\n\v\f\r"
-
-
-def parse_uuid(text: str) -> bytes | None:
-    """A UUID as libvirt's virUUIDParse reads it: blanks around, then 32 hex digits in
-    pairs with any dashes or spaces between pairs (not inside one); None otherwise.
-    Python's uuid.UUID differs both ways (braces and "urn:uuid:" taken, spaces not)."""
-    body = text.strip(C_BLANKS)
-    pairs: list[str] = []
-    i = 0
-    while len(pairs) < 16:
-        if i >= len(body):
-            return None
-        if body[i] in "- ":
-            i += 1
-            continue
-        pair = body[i : i + 2]
-        if len(pair) < 2 or not set(pair) <= _HEX_DIGITS:
-            return None
-        pairs.append(pair)
-        i += 2
-    return bytes.fromhex("".join(pairs)) if i == len(body) else None
 
 
 def c_integer(text: str, digits: str = "0123456789") -> int | None:
