@@ -119,14 +119,12 @@ def test_block_device_upload_bar_knows_the_device_size(virtvold: Virtvold, tmp_p
 
 @pytest.mark.parametrize(
     "source",
-    ["/proc/version", "/sys/kernel/mm/transparent_hugepage/enabled"],
+    ["/proc/version", "/sys/devices/system/cpu/online"],
     ids=["procfs", "sysfs"],
 )
 def test_a_file_read_as_a_stream_has_a_bar_without_a_total(virtvold: Virtvold, source: str) -> None:
     """procfs's files say 0 bytes, sysfs's a page, whatever they hold: read as streams,
     their bar showed that size as its total ("…/0 B"); it now has none, as a pipe's."""
-    if not os.path.exists(source):
-        pytest.skip(f"{source} is not on this system")
     run_virsh(virtvold.tcp_uri, "vol-create-as", "default", "img", "1M")
     code, drawn = run_on_terminal(
         "-c", virtvold.tcp_uri, "vol-upload", "img", source, "--pool", "default"
