@@ -32,7 +32,9 @@ not, nor one that holds its reading back and sends keepalive frames meanwhile.
 While an upload holds reading back (a slow disk), the client gets an unasked
 keepalive PONG every ``HOLD_PONG_INTERVAL``, since it hears nothing else.
 Thread-bound work waits in this connection's own queue of the shared
-``FairExecutor``, so one busy client cannot starve others.
+``FairExecutor``, so one busy client cannot starve others; storage calls that touch
+no file are answered on the loop when the registry's lock is free at once
+(``dispatch.Runs.MEMORY``), and queue there like the rest when it is not.
 """
 
 from __future__ import annotations
@@ -614,6 +616,13 @@ class ClientConnection(asyncio.BufferedProtocol):
                     self._opened()
                 if self.session.keepalive_requested:
                     self._start_keepalive()
+            elif handler.runs is Runs.MEMORY and self._ctx.registry.lock_at_once():
+                # Answered here, which costs less than a worker's hop; a thread that
+                # holds the lock (over file work) sends it to a worker, to wait there.
+                try:
+                    result = handler.function(self._ctx.registry, call.args)
+                finally:
+                    self._ctx.registry.unlock()
             else:
                 result = await self._ctx.call_queue.submit(
                     self,

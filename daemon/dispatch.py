@@ -4,7 +4,11 @@
 connection-level procedures on the event loop with the connection's ``Session``;
 storage procedures (wire structs in, one StorageRegistry method, wire structs
 out) in a worker thread, since they may touch the disk (the registry is
-thread-safe); stream procedures open an ``Upload`` or ``Download``; CONNECT_CLOSE
+thread-safe), except those whose work touches no file and no Ceph cluster
+(``memory``: lookups of pools, their lists and flags, secrets, the capability
+documents), which the event loop answers itself whenever it can take the
+registry's lock without waiting (a hop to a worker and back costs more than
+their work); stream procedures open an ``Upload`` or ``Download``; CONNECT_CLOSE
 closes the connection. What a procedure takes and returns, whether a read-only
 connection may call it and its priority come from the procedure table
 (``protocol/procedures.py``), not from here; handlers are type-checked against
@@ -43,6 +47,9 @@ class Runs(enum.Enum):
 
     SESSION = "session"  # on the event loop, with the connection's Session
     STORAGE = "storage"  # in the connection's worker queue, with the StorageRegistry
+    # On the event loop with the StorageRegistry, its lock taken without waiting, or else
+    # as STORAGE: the function may touch no file and no Ceph cluster, even under the lock.
+    MEMORY = "memory"
     STREAM = "stream"  # opens an upload or a download (daemon/upload.py, download.py)
     CLOSE = "close"  # answered, then the connection closes
 
@@ -65,6 +72,13 @@ def storage(
     procedure: Procedure[ArgsT, RetT], function: Callable[[StorageRegistry, ArgsT], RetT]
 ) -> Handler:
     return Handler(procedure, Runs.STORAGE, function)
+
+
+def memory(
+    procedure: Procedure[ArgsT, RetT], function: Callable[[StorageRegistry, ArgsT], RetT]
+) -> Handler:
+    """A storage procedure whose work is in memory only (see ``Runs.MEMORY``)."""
+    return Handler(procedure, Runs.MEMORY, function)
 
 
 def stream(procedure: Procedure[Any, Any]) -> Handler:
@@ -272,26 +286,26 @@ HANDLERS = handler_table(
     session(p.CONNECT_IS_SECURE, Session.is_secure),
     session(p.CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY, Session.register_pool_events),
     session(p.CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY, Session.deregister_pool_events),
-    storage(
+    memory(
         p.CONNECT_GET_CAPABILITIES,
         lambda reg, a: r.ConnectGetCapabilitiesRet(capabilities=capabilities_xml()),
     ),
-    storage(p.CONNECT_GET_STORAGE_POOL_CAPABILITIES, _pool_capabilities),
-    storage(
+    memory(p.CONNECT_GET_STORAGE_POOL_CAPABILITIES, _pool_capabilities),
+    memory(
         p.CONNECT_FIND_STORAGE_POOL_SOURCES,
         lambda reg, a: r.FindPoolSourcesRet(xml=find_pool_sources(a.type)),
     ),
-    storage(
+    memory(
         p.STORAGE_POOL_LOOKUP_BY_TARGET_PATH,
         lambda reg, a: _pool_ret(reg.lookup_pool_by_target_path(a.path)),
     ),
-    storage(p.CONNECT_NUM_OF_STORAGE_POOLS, lambda reg, a: r.NumRet(num=reg.num_active_pools())),
-    storage(p.CONNECT_LIST_STORAGE_POOLS, _list_pools),
-    storage(
+    memory(p.CONNECT_NUM_OF_STORAGE_POOLS, lambda reg, a: r.NumRet(num=reg.num_active_pools())),
+    memory(p.CONNECT_LIST_STORAGE_POOLS, _list_pools),
+    memory(
         p.CONNECT_NUM_OF_DEFINED_STORAGE_POOLS, lambda reg, a: r.NumRet(num=reg.num_defined_pools())
     ),
-    storage(p.CONNECT_LIST_DEFINED_STORAGE_POOLS, _list_defined_pools),
-    storage(p.CONNECT_LIST_ALL_STORAGE_POOLS, _list_all_pools),
+    memory(p.CONNECT_LIST_DEFINED_STORAGE_POOLS, _list_defined_pools),
+    memory(p.CONNECT_LIST_ALL_STORAGE_POOLS, _list_all_pools),
     storage(
         p.STORAGE_POOL_CREATE_XML, lambda reg, a: _pool_ret(reg.create_pool_xml(a.xml, a.flags))
     ),
@@ -304,13 +318,13 @@ HANDLERS = handler_table(
     storage(p.STORAGE_POOL_DELETE, _delete_pool),
     storage(p.STORAGE_POOL_UNDEFINE, _undefine_pool),
     storage(p.STORAGE_POOL_REFRESH, _refresh_pool),
-    storage(
+    memory(
         p.STORAGE_POOL_LOOKUP_BY_NAME, lambda reg, a: _pool_ret(reg.lookup_pool_by_name(a.name))
     ),
-    storage(
+    memory(
         p.STORAGE_POOL_LOOKUP_BY_UUID, lambda reg, a: _pool_ret(reg.lookup_pool_by_uuid(a.uuid))
     ),
-    storage(
+    memory(
         p.STORAGE_POOL_LOOKUP_BY_VOLUME,
         lambda reg, a: _pool_ret(reg.lookup_pool_by_volume(vol_ref(a.vol))),
     ),
@@ -319,16 +333,16 @@ HANDLERS = handler_table(
         p.STORAGE_POOL_GET_XML_DESC,
         lambda reg, a: r.XmlRet(xml=reg.pool_xml(pool_ref(a.pool), a.flags)),
     ),
-    storage(
+    memory(
         p.STORAGE_POOL_GET_AUTOSTART,
         lambda reg, a: r.AutostartRet(autostart=int(reg.pool_autostart(pool_ref(a.pool)))),
     ),
     storage(p.STORAGE_POOL_SET_AUTOSTART, _set_autostart),
-    storage(
+    memory(
         p.STORAGE_POOL_IS_ACTIVE,
         lambda reg, a: r.ActiveRet(active=int(reg.pool_is_active(pool_ref(a.pool)))),
     ),
-    storage(
+    memory(
         p.STORAGE_POOL_IS_PERSISTENT,
         lambda reg, a: r.PersistentRet(persistent=int(reg.pool_is_persistent(pool_ref(a.pool)))),
     ),
@@ -369,25 +383,23 @@ HANDLERS = handler_table(
     storage(
         p.STORAGE_VOL_GET_PATH, lambda reg, a: r.VolGetPathRet(name=reg.volume_path(vol_ref(a.vol)))
     ),
-    storage(p.CONNECT_NUM_OF_SECRETS, lambda reg, a: r.NumRet(num=len(reg.secrets.list_all()))),
-    storage(p.CONNECT_LIST_SECRETS, _list_secrets),
-    storage(p.CONNECT_LIST_ALL_SECRETS, _list_all_secrets),
-    storage(
-        p.SECRET_LOOKUP_BY_UUID, lambda reg, a: _secret_ret(reg.secrets.lookup_by_uuid(a.uuid))
-    ),
-    storage(
+    memory(p.CONNECT_NUM_OF_SECRETS, lambda reg, a: r.NumRet(num=len(reg.secrets.list_all()))),
+    memory(p.CONNECT_LIST_SECRETS, _list_secrets),
+    memory(p.CONNECT_LIST_ALL_SECRETS, _list_all_secrets),
+    memory(p.SECRET_LOOKUP_BY_UUID, lambda reg, a: _secret_ret(reg.secrets.lookup_by_uuid(a.uuid))),
+    memory(
         p.SECRET_LOOKUP_BY_USAGE,
         lambda reg, a: _secret_ret(reg.secrets.lookup_by_usage(a.usage_type, a.usage_id)),
     ),
     storage(
         p.SECRET_DEFINE_XML, lambda reg, a: _secret_ret(reg.secrets.define_xml(a.xml, a.flags))
     ),
-    storage(
+    memory(
         p.SECRET_GET_XML_DESC,
         lambda reg, a: r.XmlRet(xml=reg.secrets.xml(a.secret.uuid, a.flags)),
     ),
     storage(p.SECRET_SET_VALUE, _set_secret_value),
-    storage(
+    memory(
         p.SECRET_GET_VALUE,
         lambda reg, a: r.SecretGetValueRet(value=reg.secrets.get_value(a.secret.uuid, a.flags)),
     ),

@@ -3,7 +3,12 @@
 All methods are synchronous and thread-safe: the RPC layer may run the slow
 ones (volume create/clone/wipe/resize, pool start) in worker threads. A
 registry lock guards the bookkeeping; long file work runs outside it while the
-volume is marked busy, so other requests are not held up.
+volume is marked busy, so other requests are not held up. Short file work (a
+definition written, a pool's sizes read, a directory listed) runs under it, so
+the event loop never waits for it: it answers the methods that touch no file
+(the lookups and lists of pools, their flags) only when ``lock_at_once`` takes
+the lock; ``daemon/dispatch.py`` names them (``memory``), and they are to stay
+free of file work.
 """
 
 from __future__ import annotations
@@ -107,6 +112,17 @@ class StorageRegistry:
         # Told of every pool event, from whichever thread made it, in the order they
         # happen (the daemon passes them to the clients that registered for them).
         self.on_event: Callable[[PoolRef, PoolEvent], None] | None = None
+
+    def lock_at_once(self) -> bool:
+        """Take the registry's lock if no other thread holds it, without waiting: True if
+        taken, then given back with ``unlock``. For the event loop, which must not wait
+        for a thread that holds it across file work (a frozen file system holds that
+        thread, and would hold every client with the loop)."""
+        return self._lock.acquire(blocking=False)
+
+    def unlock(self) -> None:
+        """Give back the lock ``lock_at_once`` took."""
+        self._lock.release()
 
     def _tell(self, ref: PoolRef, event: PoolEvent) -> None:
         if self.on_event is not None:

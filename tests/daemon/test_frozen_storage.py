@@ -9,6 +9,7 @@ connection up. virtvold now sends keepalive PONGs to a client it has stopped rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -20,7 +21,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import POOL_NAME, run_virsh, start_virtvold, stop_virtvold
+from tests.daemon.conftest import raw_client
 from virtvol.client.direct import open_direct, run_blocking
+from virtvol.daemon.context import CALL_WORKERS, PRIORITY_CALL_WORKERS
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import Event, ReplyReceived
+from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -285,3 +291,137 @@ def test_a_start_on_frozen_storage_holds_up_no_other_pool(
     listed = _listed_while_frozen(frozen_pool_virtvold, pool, ["pool-start", POOL_NAME])
     assert " o " in listed
     assert not leftover.exists()
+
+
+@pytest.fixture
+def frozen_state_virtvold(tmp_path: Path) -> Iterator[Virtvold]:
+    """virtvold whose state directory (pool definitions, secrets) is a small ext4 of its
+    own, which a test may freeze; its pool is elsewhere. A connection may have 16 calls
+    in flight."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting and freezing a file system takes root", pytrace=False)
+    image, base = tmp_path / "state.img", tmp_path / "virtvold"
+    with image.open("wb") as created:
+        created.truncate(64 * MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    (base / "state").mkdir(parents=True)
+    config = tmp_path / "virtvold.toml"
+    config.write_text("max_client_requests = 16\n")
+    subprocess.run(["mount", "-o", "loop", str(image), str(base / "state")], check=True)
+    try:
+        daemon = start_virtvold(base, "--config", str(config))
+        try:
+            yield daemon
+        finally:
+            stop_virtvold(daemon)
+    finally:
+        subprocess.run(
+            ["fsfreeze", "--unfreeze", str(base / "state")], capture_output=True, check=False
+        )
+        subprocess.run(["umount", str(base / "state")], check=True)
+
+
+@contextlib.contextmanager
+def _frozen(path: Path) -> Iterator[None]:
+    """``path``'s file system frozen, thawed at the end or after ``FROZEN_AT_MOST``."""
+    subprocess.run(["fsfreeze", "--freeze", str(path)], check=True)
+    thaw = threading.Timer(
+        FROZEN_AT_MOST, subprocess.run, (["fsfreeze", "--unfreeze", str(path)],), {"check": False}
+    )
+    thaw.start()
+    try:
+        yield
+    finally:
+        thaw.cancel()
+        subprocess.run(["fsfreeze", "--unfreeze", str(path)], check=False)
+
+
+def _reply_to(event: Event | None, serial: int) -> ReplyReceived:
+    assert isinstance(event, ReplyReceived), event
+    assert event.serial == serial, f"the reply to call {event.serial} came first"
+    return event
+
+
+def _pool_named(reply: ReplyReceived) -> str:
+    assert isinstance(reply.result, r.PoolRet)
+    return reply.result.pool.name
+
+
+def _thaw(path: Path) -> None:
+    subprocess.run(["fsfreeze", "--unfreeze", str(path)], check=True)
+
+
+async def _lookup_waits_and_the_loop_answers(
+    daemon: Virtvold, define: subprocess.Popen[str]
+) -> None:
+    """A pool lookup, then a call served on the event loop, on one connection: the second
+    is answered while ``define`` holds the registry's lock, then the first once thawed."""
+    async with raw_client(daemon.port) as client:
+        lookup, lookup_frame = client.rpc.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name=POOL_NAME)
+        )
+        get_type, get_type_frame = client.rpc.call(Proc.CONNECT_GET_TYPE)
+        client.send(lookup_frame, get_type_frame)
+        _reply_to(await client.next_event(wait=FROZEN_AT_MOST / 2), get_type)
+        assert define.poll() is None, "the definition was written before the lookup's answer"
+        await asyncio.to_thread(_thaw, daemon.state_dir)
+        assert _pool_named(_reply_to(await client.next_event(), lookup)) == POOL_NAME
+
+
+def test_the_loop_answers_while_a_pool_lookup_waits_for_a_definition_on_frozen_storage(
+    frozen_state_virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """pool-define-as writes the definition holding the registry's lock, which waits while
+    the state directory is frozen. A pool lookup, which the event loop answers itself
+    when it can take that lock at once, goes to a worker to wait for it instead: the
+    call after it on the same connection, served on the loop, is answered meanwhile."""
+    daemon = frozen_state_virtvold
+    target = str(tmp_path / "fresh")
+    with _frozen(daemon.state_dir):
+        define = subprocess.Popen(
+            ["virsh", "-c", daemon.tcp_uri, "pool-define-as", "fresh", "dir", "--target", target],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            _wait_until_held_by_the_freeze(daemon, define)
+            asyncio.run(_lookup_waits_and_the_loop_answers(daemon, define))
+        finally:
+            output, _ = define.communicate(timeout=30)
+    assert define.returncode == 0, output
+
+
+def _secret_xml(index: int) -> str:
+    return f"<secret ephemeral='no' private='no'><uuid>{index:032x}</uuid></secret>"
+
+
+async def test_a_pool_lookup_is_answered_while_every_worker_waits_for_frozen_storage(
+    frozen_state_virtvold: Virtvold,
+) -> None:
+    """Secrets are written outside the registry's lock, one at a time: while the state
+    directory is frozen, the first waits for the disk and the others for it, one worker
+    each, every worker taken. A pool lookup sent after them does not wait for a worker:
+    the event loop answers it."""
+    daemon = frozen_state_virtvold
+    workers = CALL_WORKERS + PRIORITY_CALL_WORKERS
+    async with raw_client(daemon.port) as client:
+        with _frozen(daemon.state_dir):
+            defines = [
+                client.rpc.call(
+                    Proc.SECRET_DEFINE_XML, r.SecretXmlArgs(xml=_secret_xml(i), flags=0)
+                )
+                for i in range(workers)
+            ]
+            lookup, lookup_frame = client.rpc.call(
+                Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name=POOL_NAME)
+            )
+            client.send(*(frame for _, frame in defines), lookup_frame)
+            reply = _reply_to(await client.next_event(wait=FROZEN_AT_MOST / 2), lookup)
+            assert _pool_named(reply) == POOL_NAME
+        defined = {serial for serial, _ in defines}
+        while defined:
+            event = await client.next_event()
+            assert isinstance(event, ReplyReceived), event
+            defined.remove(event.serial)
+    assert len(list((daemon.state_dir / "secrets").glob("*.xml"))) == workers

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import builtins
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.daemon.conftest import RawClient, error_of
 from virtvol.daemon.dispatch import HANDLERS, Handler, Runs, handler_table, stream
+from virtvol.daemon.storage import StorageRegistry
 from virtvol.protocol import procedures as p
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived
 from virtvol.protocol.constants import ConnectOpenFlags
-from virtvol.protocol.errors import ErrorCode
+from virtvol.protocol.errors import ErrorCode, ErrorReport
 from virtvol.protocol.procedure_names import REMOTE_PROCEDURE_NAMES
 from virtvol.protocol.procedures import PROCEDURES, Proc, Procedure
 from virtvol.protocol.xdr import Reader, XdrStruct
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.conftest import ReferenceLibvirtd, Virtvold
 
 REFUSED_READ_ONLY = [proc for proc in PROCEDURES.values() if proc.refused_read_only]
@@ -51,6 +56,110 @@ def test_refused_read_only_covers_every_mutating_procedure() -> None:
     mutating = {proc.name for proc in PROCEDURES.values() if proc.mutating}
     assert mutating <= {proc.name for proc in REFUSED_READ_ONLY}
     assert "STORAGE_VOL_DOWNLOAD" in {proc.name for proc in REFUSED_READ_ONLY}
+
+
+class _FileTouched(BaseException):
+    """Raised by every file function while the event loop's calls run (a BaseException:
+    no ``except OSError`` or ``except Exception`` on the way may take it for a failure)."""
+
+
+# What a call could reach a file or a directory through.
+_FILE_FUNCTIONS = [
+    "stat",
+    "lstat",
+    "fstat",
+    "statvfs",
+    "fstatvfs",
+    "open",
+    "listdir",
+    "scandir",
+    "read",
+    "pread",
+    "readv",
+    "preadv",
+    "write",
+    "pwrite",
+    "pwritev",
+    "mkdir",
+    "rmdir",
+    "rename",
+    "replace",
+    "unlink",
+    "remove",
+    "fsync",
+    "fdatasync",
+    "chmod",
+    "fchmod",
+]
+
+
+def _memory_call_args(
+    procedure: Procedure[Any, Any], values: dict[str, object]
+) -> XdrStruct | None:
+    args: type[XdrStruct] | None = procedure.args
+    return None if args is None else args(**{field: values[field] for field in args._record_fields})
+
+
+def test_the_calls_answered_on_the_event_loop_touch_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``Runs.MEMORY`` handler, answered about a running pool, a volume and a secret
+    that exist, with each file function of ``os`` and ``open`` raising: the event loop
+    runs them, and a file they touched could keep it waiting for a frozen disk."""
+    registry = StorageRegistry(tmp_path / "state")
+    registry.load()
+    pool = registry.ensure_pool("default", tmp_path / "pool")
+    (tmp_path / "pool" / "disk.img").write_bytes(b"data")
+    secret = registry.secrets.define_xml(
+        "<secret ephemeral='no' private='no'><usage type='ceph'><name>key</name></usage></secret>"
+    )
+    registry.secrets.set_value(secret.uuid, b"value")
+    wire_pool = r.StoragePool(name=pool.name, uuid=pool.uuid)
+    values: dict[str, object] = {
+        "flags": 0,
+        "type": "dir",
+        "src_spec": None,
+        "path": str(tmp_path / "pool"),
+        "maxnames": 16,
+        "maxuuids": 16,
+        "need_results": 1,
+        "name": "default",
+        "pool": wire_pool,
+        "vol": r.StorageVol(pool="default", name="disk.img", key=str(tmp_path / "pool/disk.img")),
+        "usage_type": int(secret.usage_type),
+        "usage_id": secret.usage_id,
+        "secret": r.Secret(
+            uuid=secret.uuid, usage_type=int(secret.usage_type), usage_id=secret.usage_id or ""
+        ),
+    }
+    memory = [handler for handler in HANDLERS.values() if handler.runs is Runs.MEMORY]
+    answered: dict[str, object] = {}
+    try:
+        with monkeypatch.context() as patched:
+            for name in _FILE_FUNCTIONS:
+                patched.setattr(os, name, _touched)
+            patched.setattr(builtins, "open", _touched)
+            for handler in memory:
+                procedure, function = handler.procedure, handler.function
+                assert function is not None
+                uuid = secret.uuid if procedure.name.startswith("SECRET_") else pool.uuid
+                args = _memory_call_args(procedure, {**values, "uuid": uuid})
+                try:
+                    answered[procedure.name] = function(registry, args)
+                except ErrorReport as exc:
+                    answered[procedure.name] = exc.message
+    finally:
+        registry.close()
+    assert len(answered) == len(memory)
+    assert answered["STORAGE_POOL_LOOKUP_BY_NAME"] == r.PoolRet(pool=wire_pool)
+    assert answered["SECRET_GET_VALUE"] == r.SecretGetValueRet(value=b"value")
+    # Only source discovery is refused, as libvirt refuses it for a dir pool.
+    refused = {name for name, answer in answered.items() if isinstance(answer, str)}
+    assert refused == {"CONNECT_FIND_STORAGE_POOL_SOURCES"}
+
+
+def _touched(*args: object, **kwargs: object) -> None:
+    raise _FileTouched(args)
 
 
 def _placeholder_args(procedure: Procedure[Any, Any]) -> XdrStruct | None:
