@@ -48,7 +48,8 @@ class Runs(enum.Enum):
     SESSION = "session"  # on the event loop, with the connection's Session
     STORAGE = "storage"  # in the connection's worker queue, with the StorageRegistry
     # On the event loop with the StorageRegistry, its lock taken without waiting, or else
-    # as STORAGE: the function may touch no file and no Ceph cluster, even under the lock.
+    # as STORAGE: the function may touch no file and no Ceph cluster, even under the lock
+    # (the secret store's lock, which secrets' calls wait for, is never held over files).
     MEMORY = "memory"
     STREAM = "stream"  # opens an upload or a download (daemon/upload.py, download.py)
     CLOSE = "close"  # answered, then the connection closes
