@@ -650,7 +650,8 @@ class VolumeDir:
         changed on the volume meanwhile is kept, as a write in place keeps it. Its
         bytes are another matter: ``kept_from`` is the volume as the upload found it, and
         one written since (another daemon's write in place or wipe, a guest gone since)
-        is refused as in use: renamed over, every byte of that write would be lost.
+        is refused as in use: renamed over, every byte of that write would be lost; one
+        deleted since (perhaps made again under its name) is refused as no volume.
 
         The replaced file stays referenced (an ``O_PATH`` descriptor) until the
         returned callable runs: the last reference to a large file is what
@@ -685,28 +686,41 @@ class VolumeDir:
         """Open whatever volume ``name`` is now and lock it against writers that start
         from here (``_REPLACING_BYTES``), then refuse it if one already writes it
         (``check_not_written_elsewhere``) or wrote it since it was ``kept_from`` (a
-        writer done before the lock: its size or its modification time moved; a file
-        put in its place by another whole-volume upload is that upload's, not written).
+        writer done before the lock: its size or its modification time moved).
+        A name that no longer leads to the very file ``kept_from`` describes (the volume
+        deleted meanwhile, and perhaps made again, or another whole-volume upload's file
+        put there) is refused as a volume no longer there: the rename would bring a
+        deleted volume back, or put the upload's bytes in place of a volume it was never
+        about, as libvirtd's write into the file it opened never does.
         Returns the descriptor holding the locks, which the caller closes once the rename
         is done; -1 when there is no regular file to guard (a sub-directory refuses the
         rename, and a volume gone or swapped for a link, a FIFO or a device is nobody's
         disk)."""
         st = self.stat(name)
+        if kept_from is not None and (st is None or not _same_file(st, kept_from)):
+            raise no_volume_named(name)
         if st is None or not stat.S_ISREG(st.st_mode):
             return -1
         try:
             fd = self._open_reading_or_writing(name)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
-                return -1  # gone or swapped since its stat
-            raise
+            if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                raise
+            # Gone or swapped since its stat.
+            if kept_from is not None:
+                raise no_volume_named(name) from None
+            return -1
         try:
             for byte in _REPLACING_BYTES:
                 if not _hold(fd, byte):
                     raise volume_in_use(name)
             self.check_not_written_elsewhere(name, fd)
-            if kept_from is not None and _written_since(os.fstat(fd), kept_from):
-                raise volume_in_use(name)
+            if kept_from is not None:
+                now = os.fstat(fd)
+                if not _same_file(now, kept_from):  # swapped since its stat
+                    raise no_volume_named(name)
+                if _written_since(now, kept_from):
+                    raise volume_in_use(name)
         except BaseException:
             os.close(fd)
             raise
@@ -801,11 +815,14 @@ class VolumeDir:
             os.close(fd)
 
 
+def _same_file(one: os.stat_result, other: os.stat_result) -> bool:
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
 def _written_since(now: os.stat_result, then: os.stat_result) -> bool:
-    """Whether the file ``then`` described, seen ``now``, was written (its size or its
-    modification time moved, which a write, a punched hole or a truncation moves)."""
-    if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
-        return False  # another file now: not a write into the one looked at
+    """Whether the file ``then`` described, seen ``now`` (the same file), was written (its
+    size or its modification time moved, which a write, a punched hole or a truncation
+    moves)."""
     return (now.st_size, now.st_mtime_ns) != (then.st_size, then.st_mtime_ns)
 
 

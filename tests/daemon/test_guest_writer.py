@@ -341,3 +341,31 @@ def _locked(path: Path, byte: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("created_again", [False, True])
+def test_a_whole_upload_whose_volume_was_deleted_meanwhile_lands_in_no_volume(
+    tmp_path: Path, created_again: bool
+) -> None:
+    """Daemon b deletes the volume daemon a's whole-volume upload is replacing (and, with
+    ``created_again``, makes and writes a new volume of that name). a's rename would put
+    its bytes in place of b's new volume, or bring the deleted one back; the upload is
+    refused instead, as for a volume no longer there, and leaves nothing behind."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    disk = tmp_path / "pool" / "disk"
+    whole = a.open_upload(volume_a, 0, 0)
+    whole.apply([b"A" * 8])
+    b.delete_volume(volume_b)
+    if created_again:
+        pool_b = b.lookup_pool_by_name("p")
+        b.create_volume_xml(pool_b, "<volume><name>disk</name><capacity>8</capacity></volume>")
+        with b.open_upload(volume_b, 0, 8) as new:
+            new.apply([b"N" * 8])
+            new.commit()
+    with pytest.raises(ErrorReport, match=r"no storage vol with matching name 'disk'"):
+        whole.commit()
+    if created_again:
+        assert disk.read_bytes() == b"N" * 8
+    else:
+        assert not disk.exists()
+    assert _leftovers(tmp_path / "pool") == []
