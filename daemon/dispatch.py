@@ -127,10 +127,13 @@ def _vol_ret(ref: VolumeRef) -> r.VolRet:
     return r.VolRet(vol=_wire_vol(ref))
 
 
-def _check_maxnames(maxnames: int, limit: int, what: str) -> None:
-    # libvirtd's generated dispatcher refuses a request above the protocol's maximum.
-    if maxnames > limit:
-        raise ErrorReport(ErrorCode.RPC, ErrorDomain.RPC, f"maxnames > {what}")
+def _check_count(count: int, limit: int, what: str, argument: str = "maxnames") -> None:
+    # libvirtd's generated dispatcher refuses a count above the protocol's maximum, and a
+    # negative one, naming the argument, before anything is looked up.
+    if count > limit:
+        raise ErrorReport(ErrorCode.RPC, ErrorDomain.RPC, f"{argument} > {what}")
+    if count < 0:
+        raise ErrorReport(ErrorCode.RPC, ErrorDomain.RPC, f"{argument} must be non-negative")
 
 
 def _check_list_length(count: int, limit: int, what: str) -> None:
@@ -145,17 +148,17 @@ def _check_list_length(count: int, limit: int, what: str) -> None:
 
 
 def _list_pools(reg: StorageRegistry, a: r.ListNamesArgs) -> r.ListPoolNamesRet:
-    _check_maxnames(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
+    _check_count(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
     return r.ListPoolNamesRet(names=tuple(reg.list_active_pool_names(a.maxnames)))
 
 
 def _list_defined_pools(reg: StorageRegistry, a: r.ListNamesArgs) -> r.ListPoolNamesRet:
-    _check_maxnames(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
+    _check_count(a.maxnames, REMOTE_STORAGE_POOL_LIST_MAX, "REMOTE_STORAGE_POOL_LIST_MAX")
     return r.ListPoolNamesRet(names=tuple(reg.list_defined_pool_names(a.maxnames)))
 
 
 def _list_volumes(reg: StorageRegistry, a: r.PoolListVolumesArgs) -> r.ListVolNamesRet:
-    _check_maxnames(a.maxnames, REMOTE_STORAGE_VOL_LIST_MAX, "REMOTE_STORAGE_VOL_LIST_MAX")
+    _check_count(a.maxnames, REMOTE_STORAGE_VOL_LIST_MAX, "REMOTE_STORAGE_VOL_LIST_MAX")
     return r.ListVolNamesRet(names=tuple(reg.list_volume_names(pool_ref(a.pool), a.maxnames)))
 
 
@@ -251,8 +254,8 @@ def _secret_ret(definition: SecretDefinition) -> r.SecretRet:
 
 
 def _list_secrets(reg: StorageRegistry, a: r.ListSecretsArgs) -> r.ListSecretsRet:
-    _check_maxnames(a.maxuuids, REMOTE_SECRET_LIST_MAX, "REMOTE_SECRET_LIST_MAX")
-    found = reg.secrets.list_all()[: max(a.maxuuids, 0)]
+    _check_count(a.maxuuids, REMOTE_SECRET_LIST_MAX, "REMOTE_SECRET_LIST_MAX", "maxuuids")
+    found = reg.secrets.list_all()[: a.maxuuids]
     return r.ListSecretsRet(uuids=tuple(uuid_text(d.uuid) for d in found))
 
 
