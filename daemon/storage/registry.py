@@ -858,6 +858,9 @@ class StorageRegistry:
         size, which is then allocated first, as libvirt does (``VolumeDir.create_from``).
         """
         _check_flags(flags, _CLONE_FLAGS, "storageVolCreateXMLFrom")
+        with self._lock:  # libvirtd finds the pool named, then the source's, before the XML
+            self._pool(ref)
+            self._volume_pool(source)
         request = parse_volume_xml(xml, capacity_required=False)
         prealloc_metadata = bool(flags & VolCreateFlags.PREALLOC_METADATA)
         with self._lock:
