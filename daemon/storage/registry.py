@@ -1001,6 +1001,15 @@ class StorageRegistry:
         Shrinking needs SHRINK and may not go below the current allocation;
         DELTA makes ``capacity`` relative; ALLOCATE preallocates the new part.
         """
+        if capacity == 0 and not flags & (VolResizeFlags.DELTA | VolResizeFlags.SHRINK):
+            # libvirt's API refuses it before the driver looks at the flags, in its words
+            # for an invalid argument (no "invalid argument: " before them).
+            raise ErrorReport(
+                ErrorCode.INVALID_ARG,
+                STORAGE,
+                "capacity in virStorageVolResize cannot be zero without 'delta' or 'shrink'"
+                " flags set",
+            )
         _check_flags(flags, _RESIZE_FLAGS, "storageVolResize")
         with self._changing(volume) as volumes:
             volumes.resize(

@@ -1,6 +1,5 @@
-"""A clone (STORAGE_VOL_CREATE_XML_FROM) into a pool that is not there: libvirtd looks
-up the pool the call names (by its UUID) before anything else, the definition included,
-and says it is not found."""
+"""Calls libvirtd refuses for one reason before it looks at another: a clone
+(STORAGE_VOL_CREATE_XML_FROM) into a pool that is not there, a resize to nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import pytest
 from tests.daemon.conftest import error_of, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived
+from virtvol.protocol.constants import VolResizeFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.procedures import Proc
 
@@ -47,3 +47,32 @@ async def test_a_clone_into_a_pool_not_there_is_refused_as_no_pool(
             NOT_FOUND,
         )
     assert sorted(os.listdir(peer.pool_dir)) == ["source"]
+
+
+@pytest.mark.parametrize("flags", [0, VolResizeFlags.ALLOCATE, 1 << 31])
+@pytest.mark.parametrize("daemon", ["virtvold", "reference_libvirtd"])
+async def test_a_resize_to_zero_without_delta_or_shrink_is_refused_first(
+    request: pytest.FixtureRequest, daemon: str, flags: int
+) -> None:
+    """libvirt's API refuses a capacity of 0 without DELTA or SHRINK before the driver
+    looks at the flags or the volume."""
+    peer = request.getfixturevalue(daemon)
+    (peer.pool_dir / "disk").write_bytes(b"d" * 4096)
+    os.chmod(peer.pool_dir / "disk", 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    async with raw_client(peer.port, open_name=name) as client:
+        found = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(found, ReplyReceived)
+        assert isinstance(found.result, r.PoolRet)
+        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+        assert isinstance(await client.call(Proc.STORAGE_POOL_REFRESH, refresh), ReplyReceived)
+        disk = await client.volume("disk")
+        args = r.VolResizeArgs(vol=disk, capacity=0, flags=flags)
+        assert error_of(await client.call(Proc.STORAGE_VOL_RESIZE, args)) == (
+            ErrorCode.INVALID_ARG,
+            ErrorDomain.STORAGE,
+            "capacity in virStorageVolResize cannot be zero without 'delta' or 'shrink' flags set",
+        )
+    assert (peer.pool_dir / "disk").read_bytes() == b"d" * 4096
