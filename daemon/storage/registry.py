@@ -953,8 +953,9 @@ class StorageRegistry:
 
     def delete_volume(self, volume: VolumeRef, flags: int = 0) -> None:
         """STORAGE_VOL_DELETE: remove the file (no flags are supported for files)."""
-        _check_flags(flags, 0, "virStorageBackendVolDeleteLocal")
         with self._changing(volume) as volumes:
+            # libvirtd's backend checks them once the volume is found, and found free.
+            _check_flags(flags, 0, "virStorageBackendVolDeleteLocal")
             volumes.delete(volume.name)
 
     def wipe_volume(self, volume: VolumeRef, flags: int = 0) -> None:

@@ -1,5 +1,6 @@
 """Calls libvirtd refuses for one reason before it looks at another: a clone
-(STORAGE_VOL_CREATE_XML_FROM) into a pool that is not there, a resize to nothing."""
+(STORAGE_VOL_CREATE_XML_FROM) into a pool that is not there, a resize to nothing, a
+delete with flags."""
 
 from __future__ import annotations
 
@@ -74,5 +75,42 @@ async def test_a_resize_to_zero_without_delta_or_shrink_is_refused_first(
             ErrorCode.INVALID_ARG,
             ErrorDomain.STORAGE,
             "capacity in virStorageVolResize cannot be zero without 'delta' or 'shrink' flags set",
+        )
+    assert (peer.pool_dir / "disk").read_bytes() == b"d" * 4096
+
+
+@pytest.mark.parametrize("daemon", ["virtvold", "reference_libvirtd"])
+async def test_a_delete_with_flags_looks_the_volume_up_first(
+    request: pytest.FixtureRequest, daemon: str
+) -> None:
+    """libvirtd's file backend checks a delete's flags only once it has found the volume
+    (in an active pool) and seen it free."""
+    peer = request.getfixturevalue(daemon)
+    (peer.pool_dir / "disk").write_bytes(b"d" * 4096)
+    os.chmod(peer.pool_dir / "disk", 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    async with raw_client(peer.port, open_name=name) as client:
+        found = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(found, ReplyReceived)
+        assert isinstance(found.result, r.PoolRet)
+        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+        assert isinstance(await client.call(Proc.STORAGE_POOL_REFRESH, refresh), ReplyReceived)
+        disk = await client.volume("disk")
+        gone = r.StorageVol(pool="default", name="gone", key=str(peer.pool_dir / "gone"))
+        assert error_of(
+            await client.call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(vol=gone, flags=1))
+        ) == (
+            ErrorCode.NO_STORAGE_VOL,
+            ErrorDomain.STORAGE,
+            "Storage volume not found: no storage vol with matching name 'gone'",
+        )
+        assert error_of(
+            await client.call(Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(vol=disk, flags=1))
+        ) == (
+            ErrorCode.INVALID_ARG,
+            ErrorDomain.STORAGE,
+            "unsupported flags (0x1) in function virStorageBackendVolDeleteLocal",
         )
     assert (peer.pool_dir / "disk").read_bytes() == b"d" * 4096
