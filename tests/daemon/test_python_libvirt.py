@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.conftest import run_system_python
 from tests.daemon.conftest import (
     BLOCK,
     allocated,
@@ -97,3 +99,34 @@ def test_upload_over_other_bytes_leaves_real_holes(virtvold: Virtvold, tmp_path:
     run_client(virtvold.tcp_uri, "dense", "sparse-upload", source)
     assert volume.read_bytes() == source.read_bytes() + b"\xee" * MIB
     assert allocated(volume) <= allocated(source) + MIB + 64 * KIB
+
+
+EMPTY_SEND = r"""
+import json, sys, libvirt
+libvirt.registerErrorHandler(lambda *args: None, None)
+conn = libvirt.open(sys.argv[1])
+pool = conn.storagePoolLookupByName("default")
+vol = pool.storageVolLookupByName(sys.argv[2])
+stream = conn.newStream(0)
+vol.upload(stream, 0, 0, 0)
+answer = []
+try:
+    for piece in (b"", b"new ", b"", b"content"):
+        answer.append(stream.send(piece))
+    stream.finish()
+    answer.append("finished")
+except libvirt.libvirtError as exc:
+    answer.append(exc.get_error_message())
+answer.append(pool.numOfVolumes())
+print(json.dumps(answer))
+"""
+
+
+def test_an_empty_send_in_an_upload_writes_nothing_and_ends_nothing(virtvold: Virtvold) -> None:
+    """``stream.send(b"")`` goes out as a data frame without bytes: nothing to write. The
+    upload goes on with what follows (libvirtd loses it: its writer takes the empty frame
+    for the end), and the connection stays up."""
+    (virtvold.pool_dir / "disk").write_bytes(b"old")
+    proc = run_system_python(EMPTY_SEND, virtvold.tcp_uri, "disk")
+    assert json.loads(proc.stdout) == [0, 4, 0, 7, "finished", 1]
+    assert (virtvold.pool_dir / "disk").read_bytes() == b"new content"

@@ -291,8 +291,8 @@ def test_a_run_of_items_ends_where_the_stream_or_the_kind_of_frame_changes() -> 
         (False, _header(0, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)),
         # a skip of length 0
         (True, _header(0, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)),
-        # an empty data frame
-        (True, _header(0, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE)),
+        # a finish, then data
+        (True, _header(0, UPLOAD, MessageType.STREAM, MessageStatus.OK)),
     ],
 )
 def test_a_refused_frame_after_a_run_is_refused_after_the_run(
@@ -302,13 +302,16 @@ def test_a_refused_frame_after_a_run_is_refused_after_the_run(
     serial = _open_stream(pair, UPLOAD, sparse=sparse)
     assert serial == bad_frame.serial
     payload = StreamHole(4096 if not sparse else 0, 0).encode()
+    after = b""
     if bad_frame.type == MessageType.STREAM:
         payload = b""
+        after = joined(pair.client.send_data(serial, b"late"))
     good = [joined(pair.client.send_data(serial, b"d" * 10)) for _ in range(2)]
-    pair.server.receive_data(b"".join(good) + encode_frame(bad_frame, payload))
+    pair.server.receive_data(b"".join(good) + encode_frame(bad_frame, payload) + after)
     assert pair.server.next_event() == StreamItemsReceived(serial, [b"d" * 10] * 2)
-    with pytest.raises(RemoteProtocolError):
-        pair.server.next_event()
+    with pytest.raises(RemoteProtocolError):  # the bad frame, or the data after the finish
+        for _ in range(2):
+            pair.server.next_event()
 
 
 def test_gathered_and_single_frames_carry_the_same_items() -> None:
@@ -1003,16 +1006,29 @@ def test_second_reply_to_the_same_call() -> None:
         pair.to_client(reply)
 
 
-def test_eof_from_the_client() -> None:
+def test_a_data_frame_without_bytes_from_the_client_is_dropped_where_data_may_come() -> None:
+    """libvirt's client sends one for ``virStreamSend`` of nothing: no bytes to write, and
+    no end (only the server ends a stream with one, a download's). Where the client may
+    send no data (a download, an upload it finished) it is refused as data is."""
     pair = Pair()
-    for procedure in (UPLOAD, DOWNLOAD):
-        serial = _open_stream(pair, procedure, sparse=True)
-        with pytest.raises(LocalProtocolError):
-            pair.client.send_eof(serial)
-        eof = encode_frame(_header(serial, procedure, MessageType.STREAM, MessageStatus.CONTINUE))
-        with pytest.raises(RemoteProtocolError):
-            pair.to_server(eof)
-        pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    with pytest.raises(LocalProtocolError):
+        pair.client.send_eof(serial)
+    empty = encode_frame(_header(serial, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE))
+    [dropped] = pair.to_server(empty)
+    assert isinstance(dropped, FrameIgnored)
+    assert dropped.header.serial == serial
+    data = joined(pair.client.send_data(serial, b"x"))
+    assert pair.to_server(data) == [StreamDataReceived(serial, b"x")]
+    assert pair.to_server(pair.client.send_finish(serial)) == [StreamFinishReceived(serial)]
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(empty)
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(
+            encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE))
+        )
 
 
 def test_client_data_before_the_reply() -> None:
