@@ -36,6 +36,9 @@ class StreamState(Enum):
 
     OPEN = "open"
     EOF_SEEN = "eof-seen"  # download: the server has sent its EOF frame
+    # download: the client finished before the EOF (it read what it wanted, a header);
+    # what the server sent meanwhile crosses the finish on the wire
+    FINISHING_EARLY = "finishing-early"
     FINISHING = "finishing"  # the client asked to finish; waiting for the server's answer
     ABORTING = "aborting"  # the client aborted; waiting for the server's answer
     CLOSED = "closed"
@@ -95,6 +98,7 @@ _TRANSITIONS: dict[StreamDirection, dict[tuple[StreamState, StreamInput], Stream
         (_S.OPEN, _I.DATA): _S.OPEN,
         (_S.OPEN, _I.HOLE): _S.OPEN,
         (_S.OPEN, _I.EOF): _S.EOF_SEEN,
+        (_S.OPEN, _I.FINISH): _S.FINISHING_EARLY,
         (_S.OPEN, _I.ABORT): _S.ABORTING,
         (_S.OPEN, _I.ERROR): _S.FAILED,
         (_S.EOF_SEEN, _I.FINISH): _S.FINISHING,
@@ -102,6 +106,13 @@ _TRANSITIONS: dict[StreamDirection, dict[tuple[StreamState, StreamInput], Stream
         (_S.EOF_SEEN, _I.ERROR): _S.FAILED,
         (_S.FINISHING, _I.FINISH_ACK): _S.CLOSED,
         (_S.FINISHING, _I.ERROR): _S.FAILED,
+        # Data the server sent before it saw the finish crosses it on the wire, as libvirtd
+        # lets a client finish a download before its end.
+        (_S.FINISHING_EARLY, _I.DATA): _S.FINISHING_EARLY,
+        (_S.FINISHING_EARLY, _I.HOLE): _S.FINISHING_EARLY,
+        (_S.FINISHING_EARLY, _I.EOF): _S.FINISHING_EARLY,
+        (_S.FINISHING_EARLY, _I.FINISH_ACK): _S.CLOSED,
+        (_S.FINISHING_EARLY, _I.ERROR): _S.FAILED,
         # Data the server sent before it saw the abort crosses it on the wire.
         (_S.ABORTING, _I.DATA): _S.ABORTING,
         (_S.ABORTING, _I.HOLE): _S.ABORTING,

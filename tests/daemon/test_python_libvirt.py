@@ -130,3 +130,33 @@ def test_an_empty_send_in_an_upload_writes_nothing_and_ends_nothing(virtvold: Vi
     proc = run_system_python(EMPTY_SEND, virtvold.tcp_uri, "disk")
     assert json.loads(proc.stdout) == [0, 4, 0, 7, "finished", 1]
     assert (virtvold.pool_dir / "disk").read_bytes() == b"new content"
+
+
+EARLY_FINISH = r"""
+import json, sys, libvirt
+libvirt.registerErrorHandler(lambda *args: None, None)
+conn = libvirt.open(sys.argv[1])
+pool = conn.storagePoolLookupByName("default")
+vol = pool.storageVolLookupByName(sys.argv[2])
+answer = []
+for flags in (0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM):
+    stream = conn.newStream(0)
+    vol.download(stream, 0, 0, flags)
+    try:
+        answer.append(stream.recv(65536)[:4].decode())
+        stream.finish()
+        answer.append("finished")
+    except libvirt.libvirtError as exc:
+        answer.append(exc.get_error_message())
+answer.append(pool.numOfVolumes())
+print(json.dumps(answer))
+"""
+
+
+def test_a_download_finished_before_its_end_ends_there(virtvold: Virtvold) -> None:
+    """A program that reads a volume's first bytes (a header) and then finishes the
+    stream, as libvirtd lets it: the download ends, and the connection serves on."""
+    make_sparse_file(virtvold.pool_dir / "disk", 64 * MIB, [(0, b"head" * 100_000)])
+    proc = run_system_python(EARLY_FINISH, virtvold.tcp_uri, "disk")
+    assert json.loads(proc.stdout) == ["head", "finished", "head", "finished", 1]
+    assert "Traceback" not in virtvold.log_text()
