@@ -178,6 +178,9 @@ class RbdVolumes:
         # librbd registers no watch for a reader, and a watch is what tells another
         # daemon's clean-up of leftovers (``recover_after_crash``) that the image is in use.
         self._keepers: dict[str, Any] = {}
+        # The id of the image each running whole-volume upload's image is to replace: a
+        # name that leads to another image at the swap was deleted and made again.
+        self._replacing: dict[str, str] = {}
         # The thread removing what a crash left (``recover_after_crash``), while it runs.
         self._sweeper: threading.Thread | None = None
         self._stopped = threading.Event()  # set by ``close``: ends the sweeper's waits
@@ -578,8 +581,10 @@ class RbdVolumes:
                 raise volume_in_use(like)
             size = image.size()
             layout = self._layout(image)
+            replaced_id = _id_of(image)
         temp = UPLOAD_PREFIX + secrets.token_hex(8)
         self._create(temp, size, layout)
+        self._replacing[temp] = replaced_id
         return temp
 
     def _layout(self, image: Any) -> dict[str, Any]:
@@ -628,6 +633,7 @@ class RbdVolumes:
             self._unhide(old, name)
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
         self._drop_swap_record(old)
+        self._replacing.pop(temp, None)
         return lambda: self._remove_hidden(old, old_id)
 
     def _prepare_swap(self, temp: str, name: str, old: str) -> str:
@@ -637,6 +643,10 @@ class RbdVolumes:
         about to make of it. Returns the volume image's id."""
         with self.image(name) as image:
             image_id = _id_of(image)
+            if self._replacing.get(temp, image_id) != image_id:
+                # Deleted and made again since the upload began (by another daemon on the
+                # Ceph pool): that image is not the upload's to replace.
+                raise no_volume_named(name)
             # create_upload_temp found nobody writing it, but a guest may have opened it
             # since: the swap would leave it writing into the hidden old image, every
             # write after it lost. This handle, open for writing, is one watcher itself.
@@ -833,6 +843,7 @@ class RbdVolumes:
         return True
 
     def remove_temp(self, temp: str) -> None:
+        self._replacing.pop(temp, None)
         self._remove_quietly(temp)
 
     def _cancel_when_stopping(self, _done: int, _total: int) -> int:

@@ -226,6 +226,31 @@ def test_aborted_whole_upload_keeps_the_volume(images: RbdVolumes) -> None:
     assert temp not in images._all_names()
 
 
+def test_a_whole_upload_lands_in_no_image_made_again_under_its_name(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    """Another daemon on the Ceph pool deletes the volume a whole-volume upload replaces
+    and makes a new one of that name: the swap would hide the new image (and remove it)
+    and put the upload in its place. It is refused as a volume no longer there."""
+    name = volume_name("remade")
+    images.create(VolumeRequest(name, MIB, None))
+    temp = images.create_upload_temp(name)
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    other = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        other.delete(name)
+        other.create(VolumeRequest(name, MIB, None))
+        with other.image(name) as image:
+            image.write(b"new volume", 0)
+    finally:
+        other.close()
+    with pytest.raises(ErrorReport, match=f"no storage vol with matching name '{name}'"):
+        images.replace(temp, name)
+    images.remove_temp(temp)
+    assert _content(images, name)[:10] == b"new volume"
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+
+
 def test_zeroing_more_than_two_gib(images: RbdVolumes) -> None:
     name = volume_name("big")
     images.create(VolumeRequest(name, 3 << 30, None))
