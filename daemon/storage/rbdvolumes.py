@@ -646,7 +646,7 @@ class RbdVolumes:
             if self._replacing.get(temp, image_id) != image_id:
                 # Deleted and made again since the upload began (by another daemon on the
                 # Ceph pool): that image is not the upload's to replace.
-                raise no_volume_named(name)
+                raise volume_in_use(name)
             # create_upload_temp found nobody writing it, but a guest may have opened it
             # since: the swap would leave it writing into the hidden old image, every
             # write after it lost. This handle, open for writing, is one watcher itself.

@@ -650,8 +650,8 @@ class VolumeDir:
         changed on the volume meanwhile is kept, as a write in place keeps it. Its
         bytes are another matter: ``kept_from`` is the volume as the upload found it, and
         one written since (another daemon's write in place or wipe, a guest gone since)
-        is refused as in use: renamed over, every byte of that write would be lost; one
-        deleted since (perhaps made again under its name) is refused as no volume.
+        is refused as in use: renamed over, every byte of that write would be lost; so is
+        one deleted and made again since, and one deleted since is refused as no volume.
 
         The replaced file stays referenced (an ``O_PATH`` descriptor) until the
         returned callable runs: the last reference to a large file is what
@@ -687,18 +687,21 @@ class VolumeDir:
         from here (``_REPLACING_BYTES``), then refuse it if one already writes it
         (``check_not_written_elsewhere``) or wrote it since it was ``kept_from`` (a
         writer done before the lock: its size or its modification time moved).
-        A name that no longer leads to the very file ``kept_from`` describes (the volume
-        deleted meanwhile, and perhaps made again, or another whole-volume upload's file
-        put there) is refused as a volume no longer there: the rename would bring a
-        deleted volume back, or put the upload's bytes in place of a volume it was never
-        about, as libvirtd's write into the file it opened never does.
+        A name that no longer leads to the very file ``kept_from`` describes is refused:
+        the rename would bring a volume deleted meanwhile back (refused as no volume), or
+        put the upload's bytes in place of a volume made again under its name, or of
+        another whole-volume upload's file (refused as in use, as a write meanwhile is),
+        where libvirtd's write into the file it opened never lands in either.
         Returns the descriptor holding the locks, which the caller closes once the rename
         is done; -1 when there is no regular file to guard (a sub-directory refuses the
         rename, and a volume gone or swapped for a link, a FIFO or a device is nobody's
         disk)."""
         st = self.stat(name)
-        if kept_from is not None and (st is None or not _same_file(st, kept_from)):
-            raise no_volume_named(name)
+        if kept_from is not None:
+            if st is None:
+                raise no_volume_named(name)
+            if not _same_file(st, kept_from):
+                raise volume_in_use(name)
         if st is None or not stat.S_ISREG(st.st_mode):
             return -1
         try:
@@ -717,9 +720,7 @@ class VolumeDir:
             self.check_not_written_elsewhere(name, fd)
             if kept_from is not None:
                 now = os.fstat(fd)
-                if not _same_file(now, kept_from):  # swapped since its stat
-                    raise no_volume_named(name)
-                if _written_since(now, kept_from):
+                if not _same_file(now, kept_from) or _written_since(now, kept_from):
                     raise volume_in_use(name)
         except BaseException:
             os.close(fd)

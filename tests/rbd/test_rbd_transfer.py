@@ -231,7 +231,7 @@ def test_a_whole_upload_lands_in_no_image_made_again_under_its_name(
 ) -> None:
     """Another daemon on the Ceph pool deletes the volume a whole-volume upload replaces
     and makes a new one of that name: the swap would hide the new image (and remove it)
-    and put the upload in its place. It is refused as a volume no longer there."""
+    and put the upload in its place. It is refused as a volume changed meanwhile is."""
     name = volume_name("remade")
     images.create(VolumeRequest(name, MIB, None))
     temp = images.create_upload_temp(name)
@@ -244,7 +244,7 @@ def test_a_whole_upload_lands_in_no_image_made_again_under_its_name(
             image.write(b"new volume", 0)
     finally:
         other.close()
-    with pytest.raises(ErrorReport, match=f"no storage vol with matching name '{name}'"):
+    with pytest.raises(ErrorReport, match=rf"volume '{name}' is still in use\."):
         images.replace(temp, name)
     images.remove_temp(temp)
     assert _content(images, name)[:10] == b"new volume"
