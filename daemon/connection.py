@@ -335,36 +335,48 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.pause_reading(_OUTPUT_BACKLOG)
 
     def pool_event(self, pool: PoolRef, event: PoolEvent) -> None:
-        """Tell the client of a pool event, once per callback it registered for it."""
-        wire_pool = r.StoragePool(name=pool.name, uuid=pool.uuid)
-        event_id = POOL_EVENT_REFRESH if event is PoolEvent.REFRESHED else POOL_EVENT_LIFECYCLE
-        for callback_id, callback in self.session.pool_event_callbacks.items():
-            if not callback.wants(event_id, pool.uuid):
-                continue
-            if event is PoolEvent.REFRESHED:
-                message: XdrStruct = r.PoolRefreshEventMsg(callback_id=callback_id, pool=wire_pool)
-                procedure = Proc.STORAGE_POOL_EVENT_REFRESH
-            else:
-                message = r.PoolLifecycleEventMsg(
-                    callback_id=callback_id, pool=wire_pool, event=int(event), detail=0
-                )
-                procedure = Proc.STORAGE_POOL_EVENT_LIFECYCLE
-            self._send_event(self.rpc.send_message(procedure, message))
+        """Tell the client of a pool event, once per callback it registered for it.
 
-    def _send_event(self, frame: bytes) -> None:
-        """Send an event, or hold it while the client's output is backed up (sent from
+        Every pool event reaches every connection, on the event loop: the message is
+        encoded once for all of this client's callbacks and their frames go out in one
+        write, so that a client holding many (any local user may, on the read-only
+        socket) costs the others little time per event."""
+        event_id = POOL_EVENT_REFRESH if event is PoolEvent.REFRESHED else POOL_EVENT_LIFECYCLE
+        told = [
+            callback_id
+            for callback_id, callback in self.session.pool_event_callbacks.items()
+            if callback.wants(event_id, pool.uuid)
+        ]
+        if not told:
+            return
+        wire_pool = r.StoragePool(name=pool.name, uuid=pool.uuid)
+        if event is PoolEvent.REFRESHED:
+            message: XdrStruct = r.PoolRefreshEventMsg(callback_id=told[0], pool=wire_pool)
+            procedure = Proc.STORAGE_POOL_EVENT_REFRESH
+        else:
+            message = r.PoolLifecycleEventMsg(
+                callback_id=told[0], pool=wire_pool, event=int(event), detail=0
+            )
+            procedure = Proc.STORAGE_POOL_EVENT_LIFECYCLE
+        self._send_events(self.rpc.send_callback_messages(procedure, message, told))
+
+    def _send_events(self, frames: list[bytes]) -> None:
+        """Send events, or hold them while the client's output is backed up (sent from
         ``resume_writing``); a client that leaves too many unread is dropped."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         if self._held_events or transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
-            if len(self._held_events) >= MAX_HELD_EVENTS:
+            if len(self._held_events) + len(frames) > MAX_HELD_EVENTS:
                 self._held_events.clear()
                 self.abort(f"the client left {MAX_HELD_EVENTS} pool events unread")
                 return
-            self._held_events.append(frame)
+            self._held_events.extend(frames)
             return
-        self.send(frame)
+        transport.writelines(frames)
+        self._bytes_queued += sum(len(frame) for frame in frames)
+        if transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
+            self.pause_reading(_OUTPUT_BACKLOG)
 
     def send_parts(self, parts: Sequence[Payload]) -> None:
         transport = self._transport

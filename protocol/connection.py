@@ -70,7 +70,7 @@ from virtvol.protocol.stream import Side, Stream, StreamInput
 from virtvol.protocol.xdr import XdrStruct
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     # Records read their annotations as text: none is needed at run time.
     from typing import Any  # noqa: TC004
@@ -234,6 +234,8 @@ def _unsupported(name: str) -> RemoteError:
 # a fragmented image has a skip per extent (a test holds this to ``StreamHole``).
 _HOLE = struct.Struct(">qI")
 _HOLE_SIZE = _HOLE.size
+# The first field of libvirt's event messages: the number of the callback told.
+_CALLBACK_ID = struct.Struct(">i")
 # Plain ints for the per-frame comparisons of a run of stream frames.
 _CONTINUE = int(MessageStatus.CONTINUE)
 _STREAM = int(MessageType.STREAM)
@@ -781,6 +783,19 @@ class Connection:
             REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, procedure, MessageType.MESSAGE, 0, 0
         )
         return encode_frame(header, body.encode())
+
+    def send_callback_messages(
+        self, procedure: int, body: XdrStruct, callback_ids: Sequence[int]
+    ) -> list[bytes]:
+        """Server: event ``body`` once for each of ``callback_ids``, whatever ``body``'s own.
+
+        libvirt's event messages (``remote_*_event_msg``) start with the number of the
+        callback told (``callbackID``); the rest is the same for every callback, so it is
+        encoded once: a client may hold hundreds of callbacks, each told of every event.
+        """
+        frame = self.send_message(procedure, body)
+        head, tail = frame[:FRAME_OVERHEAD], frame[FRAME_OVERHEAD + _CALLBACK_ID.size :]
+        return [b"".join((head, _CALLBACK_ID.pack(number), tail)) for number in callback_ids]
 
 
 def _encode(value: XdrStruct | None) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from tests.protocol.conftest import Pair, joined, read_frames
@@ -45,6 +47,8 @@ from virtvol.protocol.remote import (
     ConnectSupportsFeatureArgs,
     ConnectSupportsFeatureRet,
     LookupByNameArgs,
+    PoolLifecycleEventMsg,
+    PoolRefreshEventMsg,
     PoolRet,
     RemoteError,
     StoragePool,
@@ -53,6 +57,11 @@ from virtvol.protocol.remote import (
     VolTransferArgs,
 )
 from virtvol.protocol.stream import _TRANSITIONS, Side, StreamInput, StreamState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from virtvol.protocol.xdr import XdrStruct
 
 UPLOAD = Proc.STORAGE_VOL_UPLOAD
 DOWNLOAD = Proc.STORAGE_VOL_DOWNLOAD
@@ -827,6 +836,32 @@ def test_event_message_reaches_the_client() -> None:
     assert ConnectEventConnectionClosedMsg.decode(event.payload).reason == 2
     with pytest.raises(LocalProtocolError):
         pair.client.send_message(362, ConnectEventConnectionClosedMsg(reason=0))
+
+
+def test_one_event_for_many_callbacks_is_each_callbacks_own_message() -> None:
+    pair = Pair()
+    pool = StoragePool(name="p" * 40, uuid=bytes(range(16)))
+    numbers = [7, 1, -1, 2**31 - 1, -(2**31)]
+    events: list[tuple[Proc, Callable[[int], XdrStruct]]] = [
+        (
+            Proc.STORAGE_POOL_EVENT_LIFECYCLE,
+            lambda number: PoolLifecycleEventMsg(callback_id=number, pool=pool, event=3, detail=0),
+        ),
+        (
+            Proc.STORAGE_POOL_EVENT_REFRESH,
+            lambda number: PoolRefreshEventMsg(callback_id=number, pool=pool),
+        ),
+    ]
+    for procedure, message in events:
+        frames = pair.server.send_callback_messages(procedure, message(99), numbers)
+        assert frames == [pair.server.send_message(procedure, message(n)) for n in numbers]
+        received = pair.to_client(b"".join(frames))
+        decoded = [
+            type(message(0)).decode(e.payload) for e in received if isinstance(e, MessageReceived)
+        ]
+        assert decoded == [message(n) for n in numbers]
+    refresh = PoolRefreshEventMsg(callback_id=1, pool=pool)
+    assert pair.server.send_callback_messages(Proc.STORAGE_POOL_EVENT_REFRESH, refresh, []) == []
 
 
 # -- keepalive ----------------------------------------------------------------------
