@@ -16,8 +16,8 @@ command line::
     sync_uploads = true           # flush a whole-volume upload to disk before it replaces
                                   # the volume (false: survives daemon crashes, not power cuts)
     max_clients = 5000            # connections at once (libvirtd's name and default)
-    max_anonymous_clients = 20    # of them, connections that have not sent CONNECT_OPEN yet
-                                  # (0: no such limit, as in libvirtd)
+    max_anonymous_clients = 20    # TLS handshakes in progress (clients whose certificate is
+                                  # not checked yet; 0: no such limit, as in libvirtd)
     max_client_requests = 5       # calls in flight per connection; reading pauses beyond
     max_client_streams = 16       # upload/download streams open per connection
     handshake_timeout = 30        # seconds a connection may take to send CONNECT_OPEN

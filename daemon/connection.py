@@ -200,9 +200,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._transport.set_write_buffer_limits(high=0, low=0)
         self.peer = describe_peer(transport)
         ctx = self._ctx
-        refusal = ctx.admission.refusal(
-            len(ctx.connections), len(ctx.anonymous), ctx.active_streams()
-        )
+        refusal = ctx.admission.refusal(len(ctx.connections), ctx.active_streams())
         if refusal is not None:
             # Closed before anything is read or allocated; logged once per burst.
             ctx.admission.refusals.refused(f"{self.peer} on {self._listener}", refusal)
@@ -210,7 +208,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._transport.abort()
             return
         ctx.connections.add(self)
-        ctx.anonymous.add(self)
         ctx.total_connections += 1
         if ctx.connection_lines.allow():
             identity = f" as {self.peer_identity}" if self.peer_identity else ""
@@ -289,7 +286,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             stream.close()
         self._wake_drain_waiters()
         self._ctx.connections.discard(self)
-        self._ctx.anonymous.discard(self)
         if self._ctx.connection_lines.allow():
             log.info(
                 "%s: %s after %.3f s, %d calls, %d streams",
@@ -549,11 +545,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         else:
             # A close waits for the replies it left unread, and they may never be read:
             # with keepalive_interval = -1 nothing else would ever drop it, and it would
-            # keep its place among max_anonymous_clients for good.
+            # keep its descriptor and its place among max_clients for good.
             self.abort(reason)
 
     def _opened(self) -> None:
-        self._ctx.anonymous.discard(self)
         if not self.session.read_only:
             self.rpc.reader.max_message = MESSAGE_MAX  # uploads send large data frames
         if self._handshake_timer is not None:

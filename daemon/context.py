@@ -66,8 +66,6 @@ class DaemonContext:
     # frames reuse what earlier ones left free instead of growing fresh buffers.
     payload_buffers: PayloadBuffers = field(default_factory=PayloadBuffers)
     connections: set[TrackedConnection] = field(default_factory=set)
-    # Connections that have not sent CONNECT_OPEN yet (max_anonymous_clients).
-    anonymous: set[TrackedConnection] = field(default_factory=set)
     accepting: bool = True
     total_connections: int = 0
     # The per-connection log lines, which any local user can cause at will.

@@ -1,10 +1,14 @@
 """Admission: how many connections the daemon takes, and what it does with the rest.
 
-Theory of operation: every accepted connection is checked against three limits
-before it is served: ``max_clients`` connections in all, ``max_anonymous_clients``
-of them that have not sent CONNECT_OPEN yet (libvirtd's names and defaults),
-and the file descriptors left. A refused connection is closed at once, so the
-refusal itself costs no descriptor for longer than the accept. The descriptor
+Theory of operation: every accepted connection is checked against two limits
+before it is served: ``max_clients`` connections in all (libvirtd's name and
+default) and the file descriptors left. ``max_anonymous_clients`` bounds, as in
+libvirtd, the clients whose authentication is under way: with authentication
+"none" on every listener, only the TLS handshakes (the certificate checks), which
+the TLS listener bounds before a connection comes here. A connection that has not
+sent CONNECT_OPEN yet is no anonymous client (libvirtd counts none of them): it
+only has ``handshake_timeout`` to send it. A refused connection is closed at
+once, so the refusal itself costs no descriptor for longer than the accept. The descriptor
 budget is the soft RLIMIT_NOFILE (raised to the hard limit at start, as far as
 the kernel lets us) minus the descriptors open at start minus a reserve kept
 for volume files, directory handles and log rotation; each connection takes
@@ -167,17 +171,11 @@ class Admission:
         self.fd_budget = max(1, fd_limit - fds_at_start - self.fd_reserve)
         self.refusals = RefusalLog()
 
-    def refusal(self, clients: int, anonymous: int, streams: int = 0) -> str | None:
+    def refusal(self, clients: int, streams: int = 0) -> str | None:
         """Why one more connection cannot be taken (None: it can). Counts exclude it;
         each open stream is counted as two descriptors (its file and a spare)."""
         if clients >= self.limits.max_clients:
             return f"max_clients ({self.limits.max_clients}) connections are open"
-        # 0 turns this limit off, as in libvirtd.conf.
-        if self.limits.max_anonymous_clients and anonymous >= self.limits.max_anonymous_clients:
-            return (
-                f"max_anonymous_clients ({self.limits.max_anonymous_clients}) connections"
-                " have not sent CONNECT_OPEN yet"
-            )
         if clients + STREAM_DESCRIPTORS * streams >= self.fd_budget:
             return (
                 f"out of file descriptors: {clients} connections and {streams} streams"
