@@ -16,8 +16,8 @@ command line::
     sync_uploads = true           # flush a whole-volume upload to disk before it replaces
                                   # the volume (false: survives daemon crashes, not power cuts)
     max_clients = 5000            # connections at once (libvirtd's name and default)
-    max_anonymous_clients = 20    # TLS handshakes in progress (clients whose certificate is
-                                  # not checked yet; 0: no such limit, as in libvirtd)
+    max_anonymous_clients = 20    # clients waiting for authentication: none, with "none"
+                                  # (read as libvirtd reads it; 0: no such limit)
     max_client_requests = 5       # calls in flight per connection; reading pauses beyond
     max_client_streams = 16       # upload/download streams open per connection
     handshake_timeout = 30        # seconds a connection may take to send CONNECT_OPEN

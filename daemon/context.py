@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -66,6 +67,9 @@ class DaemonContext:
     # frames reuse what earlier ones left free instead of growing fresh buffers.
     payload_buffers: PayloadBuffers = field(default_factory=PayloadBuffers)
     connections: set[TrackedConnection] = field(default_factory=set)
+    # The TLS handshakes in progress on every tls:// listener: not connections yet, but
+    # counted as such by admission.
+    tls_handshakes: set[asyncio.Task[None]] = field(default_factory=set)
     accepting: bool = True
     total_connections: int = 0
     # The per-connection log lines, which any local user can cause at will.

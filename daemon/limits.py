@@ -3,12 +3,12 @@
 Theory of operation: every accepted connection is checked against two limits
 before it is served: ``max_clients`` connections in all (libvirtd's name and
 default) and the file descriptors left. ``max_anonymous_clients`` bounds, as in
-libvirtd, the clients whose authentication is under way: with authentication
-"none" on every listener, only the TLS handshakes (the certificate checks), which
-the TLS listener bounds before a connection comes here. A connection that has not
-sent CONNECT_OPEN yet is no anonymous client (libvirtd counts none of them): it
-only has ``handshake_timeout`` to send it. A refused connection is closed at
-once, so the refusal itself costs no descriptor for longer than the accept. The descriptor
+libvirtd, the clients whose authentication is under way, and with authentication
+"none" on every listener there are none: a connection that has not sent
+CONNECT_OPEN yet, or whose TLS handshake runs, is counted among ``max_clients``
+only (the TLS listener asks before each handshake), and ``handshake_timeout``
+closes it. A refused connection is closed at once, so the refusal itself costs
+no descriptor for longer than the accept. The descriptor
 budget is the soft RLIMIT_NOFILE (raised to the hard limit at start, as far as
 the kernel lets us) minus the descriptors open at start minus a reserve kept
 for volume files, directory handles and log rotation; each connection takes
@@ -42,6 +42,8 @@ CONNECTION_LINES_BURST = 200
 CONNECTION_LINES_PERIOD = 10.0
 # What an open stream holds: its volume file, and room for a temp file or a directory.
 STREAM_DESCRIPTORS = 2
+# What a TLS handshake in progress holds: its socket, and a second handle on it (``tls``).
+HANDSHAKE_DESCRIPTORS = 2
 
 
 @dataclass(frozen=True)
@@ -171,15 +173,19 @@ class Admission:
         self.fd_budget = max(1, fd_limit - fds_at_start - self.fd_reserve)
         self.refusals = RefusalLog()
 
-    def refusal(self, clients: int, streams: int = 0) -> str | None:
+    def refusal(self, clients: int, streams: int = 0, handshakes: int = 0) -> str | None:
         """Why one more connection cannot be taken (None: it can). Counts exclude it;
-        each open stream is counted as two descriptors (its file and a spare)."""
-        if clients >= self.limits.max_clients:
+        each open stream is counted as two descriptors (its file and a spare), and each
+        TLS handshake in progress as a connection, as libvirtd counts it, of two."""
+        if clients + handshakes >= self.limits.max_clients:
             return f"max_clients ({self.limits.max_clients}) connections are open"
-        if clients + STREAM_DESCRIPTORS * streams >= self.fd_budget:
+        descriptors = clients + STREAM_DESCRIPTORS * streams + HANDSHAKE_DESCRIPTORS * handshakes
+        if descriptors >= self.fd_budget:
+            in_handshake = f", {handshakes} TLS handshakes" if handshakes else ""
             return (
-                f"out of file descriptors: {clients} connections and {streams} streams"
-                f" open, soft limit {self.fd_limit}, {self.fd_reserve} kept for volume files"
+                f"out of file descriptors: {clients} connections{in_handshake} and {streams}"
+                f" streams open, soft limit {self.fd_limit}, {self.fd_reserve} kept for"
+                " volume files"
             )
         return None
 

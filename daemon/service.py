@@ -239,7 +239,12 @@ class Daemon:
                 bound.sock,
                 self._current_tls_policy,
                 factory,
-                max_handshakes=self.settings.max_anonymous_clients,
+                in_progress=context.tls_handshakes,
+                refusal=lambda: context.admission.refusal(
+                    len(context.connections),
+                    context.active_streams(),
+                    handshakes=len(context.tls_handshakes),
+                ),
                 handshake_timeout=self.settings.handshake_timeout,
                 refused=lambda peer, reason: context.admission.refusals.refused(
                     f"{peer} on {label}", reason

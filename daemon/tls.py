@@ -160,16 +160,20 @@ class TlsListener:
         policy: Callable[[], TlsPolicy],
         make_connection: Callable[[], ServedProtocol],
         *,
-        max_handshakes: int,
+        in_progress: set[asyncio.Task[None]],
+        refusal: Callable[[], str | None],
         handshake_timeout: float,
         refused: Callable[[str, str], None],
     ) -> None:
         self._sock = sock
         self._policy = policy
         self._make_connection = make_connection
-        # Connections still in their handshake are not yet counted by admission (that
-        # happens once they are handed over): bound them here, each holds descriptors.
-        self._max_handshakes = max_handshakes
+        # Connections still in their handshake are no connections yet (admission sees
+        # them once handed over), but they count as such, as libvirtd counts them, and
+        # each holds descriptors: ``refusal`` (counting the handshakes of every listener,
+        # ``in_progress``) says whether one more may start.
+        self._in_progress = in_progress
+        self._refusal = refusal
         # handshake_timeout: the TLS handshake gets as long as a client has for CONNECT_OPEN
         # afterwards, so a peer that never finishes it holds its place no longer.
         self._handshake_timeout = handshake_timeout
@@ -190,18 +194,18 @@ class TlsListener:
                 log.error("accepting a TLS connection failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if self._max_handshakes and len(self._handshakes) >= self._max_handshakes:
+            refusal = self._refusal()
+            if refusal is not None:
                 client.close()
-                self._refused(
-                    _describe_address(address),
-                    f"{self._max_handshakes} TLS handshakes in progress (max_anonymous_clients)",
-                )
+                self._refused(_describe_address(address), refusal)
                 continue
             accepted = _Accepted(client)
             task = loop.create_task(self._handshake(accepted, _describe_address(address)))
             self._handshakes.add(task)
+            self._in_progress.add(task)
             task.add_done_callback(accepted.done)
             task.add_done_callback(self._handshakes.discard)
+            task.add_done_callback(self._in_progress.discard)
 
     async def _handshake(self, accepted: _Accepted, peer: str) -> None:
         loop = asyncio.get_running_loop()

@@ -182,10 +182,15 @@ def test_admission_names_the_limit_that_refuses() -> None:
     admission = Admission(limits, fd_limit=1024, fds_at_start=20)
     assert admission.refusal(clients=9) is None
     assert "max_clients (10)" in (admission.refusal(clients=10) or "")
+    # TLS handshakes in progress count as connections, of two descriptors each.
+    assert admission.refusal(clients=7, handshakes=2) is None
+    assert "max_clients (10)" in (admission.refusal(clients=8, handshakes=2) or "")
     tight = Admission(ConnectionLimits(), fd_limit=1024, fds_at_start=20)
     assert tight.fd_budget == 1024 - 20 - 64
     assert tight.refusal(clients=tight.fd_budget - 1) is None
     assert "out of file descriptors" in (tight.refusal(clients=tight.fd_budget) or "")
+    assert tight.refusal(clients=tight.fd_budget - 3, handshakes=1) is None
+    assert "1 TLS handshakes" in (tight.refusal(clients=tight.fd_budget - 2, handshakes=1) or "")
     # Streams hold descriptors too.
     assert tight.refusal(clients=tight.fd_budget - 10, streams=4) is None
     assert "5 streams" in (tight.refusal(clients=tight.fd_budget - 10, streams=5) or "")

@@ -397,10 +397,11 @@ def _open_descriptors(pid: int) -> int:
 
 
 async def test_unfinished_handshakes_are_bounded(tmp_path: Path, pki: Pki) -> None:
-    """Connections that never finish their TLS handshake are not yet counted by admission;
-    max_anonymous_clients bounds them too, so they cannot eat the daemon's descriptors,
-    and a client that does speak TLS still gets in once they are gone."""
-    config = _write_config(tmp_path / "virtvold.toml", pki, extra="max_anonymous_clients = 3")
+    """Connections that never finish their TLS handshake are no connections yet, but count
+    as such (as libvirtd counts them) among max_clients and the descriptors: they cannot
+    eat the daemon's descriptors, and a client that does speak TLS still gets in once
+    they are gone."""
+    config = _write_config(tmp_path / "virtvold.toml", pki, extra="max_clients = 3")
     port = free_port()
     daemon = start_virtvold(
         tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
@@ -413,12 +414,12 @@ async def test_unfinished_handshakes_are_bounded(tmp_path: Path, pki: Pki) -> No
         await asyncio.sleep(0.5)  # accepted; no ClientHello ever comes
         # Each handshake in progress holds two descriptors; the rest are closed at once.
         assert _open_descriptors(daemon.process.pid) <= baseline + 2 * 3 + 2
-        TlsDaemon(daemon, port, config).wait_for_log("TLS handshakes in progress")
+        TlsDaemon(daemon, port, config).wait_for_log("max_clients (3) connections are open")
         for sock in stuck:
             sock.close()
         stuck.clear()
         # The daemon frees their places as it sees them closed, a moment later: a client
-        # that came before that would still find max_anonymous_clients reached.
+        # that came before that would still find max_clients reached.
         for _ in range(500):  # 10 s at most
             if _open_descriptors(daemon.process.pid) <= baseline:
                 break
@@ -430,6 +431,22 @@ async def test_unfinished_handshakes_are_bounded(tmp_path: Path, pki: Pki) -> No
         for sock in stuck:
             sock.close()
         stop_daemon(daemon)
+
+
+async def test_stalled_handshakes_keep_no_tls_client_out(tls_daemon: TlsDaemon, pki: Pki) -> None:
+    """Anyone who reaches the TLS port could keep every TLS client out with 20 connections
+    that send nothing, made again as the handshake timeout closes them: libvirtd counts
+    such connections among max_clients only, and so does virtvold now."""
+    stuck = [
+        socket.create_connection(("127.0.0.1", tls_daemon.port), timeout=10) for _ in range(25)
+    ]
+    try:
+        await asyncio.sleep(0.5)  # all accepted; no ClientHello ever comes
+        async with virtvol.client.connect(tls_daemon.uri(pki, "client"), timeout=10) as conn:
+            assert await conn.get_type() == "storage"
+    finally:
+        for sock in stuck:
+            sock.close()
 
 
 @pytest.mark.parametrize("intermediate_revoked", [False, True])
@@ -513,7 +530,7 @@ async def test_clients_refuse_a_server_from_a_revoked_sub_ca(tmp_path: Path, pki
 
 def test_handshake_timeout_bounds_the_tls_handshake(tmp_path: Path, pki: Pki) -> None:
     """handshake_timeout covers the TLS handshake too: a peer that connects to the TLS port
-    and sends nothing holds a place among max_anonymous_clients that long, not 30 s."""
+    and sends nothing holds a place among max_clients that long, not 30 s."""
     config = _write_config(tmp_path / "virtvold.toml", pki, extra="handshake_timeout = 1")
     port = free_port()
     daemon = start_virtvold(
