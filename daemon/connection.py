@@ -73,6 +73,7 @@ from virtvol.protocol.connection import (
     StreamFinishReceived,
     StreamHoleReceived,
     StreamItemsReceived,
+    StreamWrittenByClient,
     rpc_error,
 )
 from virtvol.protocol.constants import MESSAGE_MAX
@@ -501,6 +502,10 @@ class ClientConnection(asyncio.BufferedProtocol):
                 stream.client_finished()
             elif stream is not None:
                 stream.client_aborted()
+        elif isinstance(event, StreamWrittenByClient):
+            handler = self._streams.get(event.serial)
+            if isinstance(handler, Download):
+                handler.client_wrote()
         elif isinstance(event, PingReceived):
             self.send(self.rpc.send_pong())
         elif isinstance(event, CallRejected):

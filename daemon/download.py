@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from virtvol.daemon.fileworker import FileWorker
 from virtvol.daemon.streamio import FrameSink, StreamChannel, TransferStats, unexpected_failure
-from virtvol.protocol.errors import ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -78,6 +78,7 @@ class Download:
         self._file = FileWorker(executor, self._release_file)
         self.stats = stats
         self._client_ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._client_wrote = False
         self._outcome = "dropped"
 
     # -- events routed here by the connection --------------------------------
@@ -90,6 +91,11 @@ class Download:
         if not self._client_ended.done():
             self._client_ended.set_result("aborted")
 
+    def client_wrote(self) -> None:
+        """The client sent data or a skip into the download: dropped, as libvirtd drops
+        them, and its finish is refused as libvirtd refuses it."""
+        self._client_wrote = True
+
     # -- the task ---------------------------------------------------------------
 
     async def run(self) -> None:
@@ -98,6 +104,10 @@ class Download:
             if complete:
                 self._channel.send_eof()
             self._outcome = await self._client_ended
+            if self._client_wrote and self._outcome == "finished":
+                raise ErrorReport(
+                    ErrorCode.RPC, ErrorDomain.STREAMS, "stream had unexpected termination"
+                )
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._channel.acknowledge_end()
         except Exception as exc:

@@ -63,10 +63,10 @@ from virtvol.protocol.frames import (
     encode_head,
 )
 from virtvol.protocol.hints import TYPE_CHECKING
-from virtvol.protocol.procedures import PROCEDURES, Procedure
+from virtvol.protocol.procedures import PROCEDURES, Procedure, StreamDirection
 from virtvol.protocol.record import Record
 from virtvol.protocol.remote import RemoteError, StreamHole
-from virtvol.protocol.stream import Side, Stream, StreamInput
+from virtvol.protocol.stream import Side, Stream, StreamInput, StreamState
 from virtvol.protocol.xdr import XdrStruct
 
 if TYPE_CHECKING:
@@ -154,6 +154,14 @@ class StreamAbortReceived(Record):
     serial: int
 
 
+class StreamWrittenByClient(Record):
+    """Server: the client sent data or a skip into a download, where only the server
+    sends them (libvirt's client sends what a program gives ``virStreamSend``, whatever
+    the stream). libvirtd drops them and goes on, and fails the client's finish."""
+
+    serial: int
+
+
 class StreamFinished(Record):
     """Client: the server confirmed a finish or an abort."""
 
@@ -200,6 +208,7 @@ Event = (
     | StreamEndReceived
     | StreamFinishReceived
     | StreamAbortReceived
+    | StreamWrittenByClient
     | StreamFinished
     | StreamFailed
     | PingReceived
@@ -447,10 +456,23 @@ class Connection:
                 return FrameIgnored(header, "stream frame after the stream ended")
             raise RemoteProtocolError(f"stream frame for no open stream: {header.describe()}")
         what, event = self._classify_stream_frame(frame)
+        if self._written_by_client(stream, what):
+            return StreamWrittenByClient(stream.serial)
         stream.receive(what)
         if stream.finished:
             self._forget_stream(stream)
         return event
+
+    def _written_by_client(self, stream: Stream, what: StreamInput) -> bool:
+        """Whether a server's download got data or a skip from the client while both
+        could still come from the server (the stream replied to, not finishing)."""
+        return (
+            self.side is Side.SERVER
+            and stream.direction is StreamDirection.DOWNLOAD
+            and (what is StreamInput.DATA or what is StreamInput.HOLE)
+            and stream.replied
+            and (stream.state is StreamState.OPEN or stream.state is StreamState.EOF_SEEN)
+        )
 
     def _gather(self, first: StreamDataReceived | StreamHoleReceived) -> Event:
         """``first`` and the data frames and skips of its stream that follow it among the
@@ -839,5 +861,6 @@ __all__ = [
     "StreamFinished",
     "StreamHoleReceived",
     "StreamItemsReceived",
+    "StreamWrittenByClient",
     "rpc_error",
 ]

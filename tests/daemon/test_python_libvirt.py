@@ -160,3 +160,53 @@ def test_a_download_finished_before_its_end_ends_there(virtvold: Virtvold) -> No
     proc = run_system_python(EARLY_FINISH, virtvold.tcp_uri, "disk")
     assert json.loads(proc.stdout) == ["head", "finished", "head", "finished", 1]
     assert "Traceback" not in virtvold.log_text()
+
+
+WRITE_TO_DOWNLOAD = r"""
+import json, sys, libvirt
+libvirt.registerErrorHandler(lambda *args: None, None)
+conn = libvirt.open(sys.argv[1])
+pool = conn.storagePoolLookupByName("default")
+pool.refresh(0)
+vol = pool.storageVolLookupByName(sys.argv[2])
+answer = []
+for hole in (False, True):
+    stream = conn.newStream(0)
+    vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+    try:
+        if hole:
+            stream.sendHole(4096, 0)
+        else:
+            answer.append(stream.send(b"xyz"))
+        got = 0
+        while True:
+            data = stream.recv(1 << 20)
+            if data == -3:
+                got += stream.recvHole(0)
+                continue
+            if not data:
+                break
+            got += len(data)
+        answer.append(got)
+        stream.finish()
+        answer.append("finished")
+    except libvirt.libvirtError as exc:
+        answer.append([exc.get_error_code(), exc.get_error_domain(), exc.get_error_message()])
+answer.append(pool.numOfVolumes())
+print(json.dumps(answer))
+"""
+
+
+@pytest.mark.parametrize("daemon", ["virtvold", "reference_libvirtd"])
+def test_data_sent_into_a_download_fails_its_finish_not_the_connection(
+    request: pytest.FixtureRequest, daemon: str
+) -> None:
+    """A program that sends into a download stream (``stream.send``, ``sendHole``): the
+    download goes on to its end, its finish fails as libvirtd fails it, and the
+    connection serves on (virtvold dropped it, and every other stream on it)."""
+    peer = request.getfixturevalue(daemon)
+    (peer.pool_dir / "disk").write_bytes(b"d" * 300_000)
+    os.chmod(peer.pool_dir / "disk", 0o666)  # the reference libvirtd runs as nobody
+    proc = run_system_python(WRITE_TO_DOWNLOAD, peer.tcp_uri, "disk")
+    refused = [39, 38, "stream had unexpected termination"]
+    assert json.loads(proc.stdout) == [3, 300_000, refused, 300_000, refused, 1]

@@ -26,6 +26,7 @@ from virtvol.protocol.connection import (
     StreamFinishReceived,
     StreamHoleReceived,
     StreamItemsReceived,
+    StreamWrittenByClient,
     rpc_error,
 )
 from virtvol.protocol.constants import (
@@ -1064,7 +1065,8 @@ def test_second_reply_to_the_same_call() -> None:
 def test_a_data_frame_without_bytes_from_the_client_is_dropped_where_data_may_come() -> None:
     """libvirt's client sends one for ``virStreamSend`` of nothing: no bytes to write, and
     no end (only the server ends a stream with one, a download's). Where the client may
-    send no data (a download, an upload it finished) it is refused as data is."""
+    send no data it is taken as data is: refused after an upload's finish, told on a
+    download."""
     pair = Pair()
     serial = _open_stream(pair, UPLOAD, sparse=True)
     with pytest.raises(LocalProtocolError):
@@ -1080,10 +1082,8 @@ def test_a_data_frame_without_bytes_from_the_client_is_dropped_where_data_may_co
         pair.to_server(empty)
     pair = Pair()
     serial = _open_stream(pair, DOWNLOAD, sparse=True)
-    with pytest.raises(RemoteProtocolError):
-        pair.to_server(
-            encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE))
-        )
+    empty = encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE))
+    assert pair.to_server(empty) == [StreamWrittenByClient(serial)]
 
 
 def test_client_data_before_the_reply() -> None:
@@ -1110,18 +1110,40 @@ def test_upload_data_from_the_server() -> None:
         pair.to_client(wrong)
 
 
-def test_download_data_from_the_client() -> None:
+@pytest.mark.parametrize("sparse", [True, False])
+def test_download_data_from_the_client(sparse: bool) -> None:
+    """Ours refuses to send it; libvirt's client sends what a program gives it, and the
+    server is told (libvirtd drops it and fails the finish) while the download may still
+    send, a protocol error once it is over or before it was answered."""
     pair = Pair()
-    serial = _open_stream(pair, DOWNLOAD, sparse=True)
+    serial = _open_stream(pair, DOWNLOAD, sparse=sparse)
     with pytest.raises(LocalProtocolError):
         pair.client.send_data(serial, b"wrong way")
     with pytest.raises(LocalProtocolError):
         pair.client.send_hole(serial, 5)
-    wrong = encode_frame(
+    data = encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"w")
+    skip = encode_frame(
+        _header(serial, DOWNLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE),
+        StreamHole(5).encode(),
+    )
+    written = [StreamWrittenByClient(serial)]
+    assert pair.to_server(data) == written
+    assert pair.to_server(skip) == written
+    pair.to_client(pair.server.send_eof(serial))
+    assert pair.to_server(data) == written  # crossing the EOF
+    pair.to_server(pair.client.send_finish(serial))
+    with pytest.raises(RemoteProtocolError):
+        pair.to_server(data)
+    # Before the answer to the call, as any frame of the client's.
+    pair = Pair()
+    args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=0)
+    serial, call = pair.client.call(DOWNLOAD, args)
+    pair.to_server(call)
+    early = encode_frame(
         _header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"w"
     )
     with pytest.raises(RemoteProtocolError):
-        pair.to_server(wrong)
+        pair.to_server(early)
 
 
 def test_empty_data_frame_cannot_be_sent() -> None:
