@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from virtvol.daemon.distinguished_names import (
+    certificate_dn,
     compile_dn_patterns,
-    distinguished_name,
     dn_allowed,
 )
 from virtvol.daemon.tlscreds import (
@@ -77,9 +77,15 @@ class TlsPolicy:
 
     def admit(self, ssl_object: ssl.SSLObject | None) -> tuple[str | None, str | None]:
         """``(client DN or None, reason for refusal or None)`` after a finished handshake."""
-        cert = ssl_object.getpeercert() if ssl_object is not None else None
-        subject = cert.get("subject") if cert else None
-        dn = distinguished_name(subject) if subject else None  # type: ignore[arg-type]
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            # From the certificate's own bytes: what libvirt matches shows the string
+            # types of the values, which the decoded form (getpeercert()) loses.
+            dn = certificate_dn(der) if der else None
+        except ValueError as exc:
+            if self.verify_clients:
+                return None, str(exc)
+            dn = None
         if not self.verify_clients:
             return dn, None
         if dn is None:

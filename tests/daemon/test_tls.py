@@ -338,6 +338,66 @@ def test_logged_dn_is_the_one_libvirt_computes(tmp_path: Path, pki: Pki) -> None
         stop_daemon(daemon)
 
 
+def test_the_allowed_dn_list_means_what_it_means_to_libvirtd(tmp_path: Path, pki: Pki) -> None:
+    """DNs with attributes gnutls prints as their OID and the hex of their encoding (an EV
+    certificate's organizationIdentifier, any attribute it has no name for) and under its
+    own names (jurisdictionOfIncorporationCountryName): a list written from libvirt's DN
+    let such a client in to libvirtd only, and a pattern matched the text of a value
+    libvirtd sees in hex ("*,CN=admin" against a value "x,CN=admin"), letting a client in
+    to virtvold only."""
+    query = shutil.which("virt-pki-query-dn")
+    assert query is not None, "virt-pki-query-dn missing: apt-get install -y libvirt-clients"
+    organization_id = x509.ObjectIdentifier("2.5.4.97")
+    subjects = {
+        "ev": x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "GB"),
+                x509.NameAttribute(NameOID.JURISDICTION_COUNTRY_NAME, "GB"),
+                x509.NameAttribute(organization_id, "VATGB-123456789"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "client"),
+            ]
+        ),
+        "sneaky": x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "GB"),
+                x509.NameAttribute(x509.ObjectIdentifier("1.2.3.4"), "x,CN=admin"),
+            ]
+        ),
+    }
+    dns = {}
+    for case, subject in subjects.items():
+        issue_client(pki.ca, tmp_path / case, subject=subject)
+        dns[case] = subprocess.run(
+            [query, str(tmp_path / case / "clientcert.pem")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.rstrip("\n")
+    assert "CN=admin" not in dns["sneaky"]  # libvirt sees the value in hex
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        f'ca_file = "{pki.server / "cacert.pem"}"\n'
+        f'cert_file = "{pki.server / "servercert.pem"}"\n'
+        f'key_file = "{pki.server / "serverkey.pem"}"\n'
+        f'tls_allowed_dn_list = ["{dns["ev"]}", "*,CN=admin"]\n'
+    )
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    try:
+        tls = TlsDaemon(daemon, port, config)
+        run_virsh(f"storage+tls://127.0.0.1:{port}/system?pkipath={tmp_path / 'ev'}", "uri")
+        tls.wait_for_log(f"as DN '{dns['ev']}'")
+        sneaky = f"storage+tls://127.0.0.1:{port}/system?pkipath={tmp_path / 'sneaky'}"
+        refused = run_virsh(sneaky, "uri", check=False)
+        assert refused.returncode == 1
+        assert REFUSED in refused.stderr
+        tls.wait_for_log(f"client's distinguished name '{dns['sneaky']}' is not on the list")
+    finally:
+        stop_daemon(daemon)
+
+
 def test_stop_abandons_unfinished_handshakes(tls_daemon: TlsDaemon) -> None:
     """SIGTERM with a client stuck before its handshake: the daemon stops at once and the
     client's connection is closed, not left open."""

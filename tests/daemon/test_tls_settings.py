@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import datetime
 import os
+import shutil
+import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.name import _ASN1Type
 
 from virtvol.client import tls as client_tls
 from virtvol.daemon.config import ConfigError, settings_from_toml
 from virtvol.daemon.distinguished_names import (
+    certificate_dn,
     compile_dn_patterns,
-    distinguished_name,
     dn_allowed,
 )
 from virtvol.daemon.listeners import parse_listen_url
@@ -31,27 +38,117 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_dn_in_certificate_order_with_short_names() -> None:
-    subject = (
-        (("countryName", "GB"),),
-        (("stateOrProvinceName", "London"),),
-        (("localityName", "London"),),
-        (("organizationName", "Red Hat"),),
-        (("commonName", "client"),),
+def _self_signed(subject: x509.Name, path: Path) -> bytes:
+    """A certificate of ``subject`` written to ``path`` (PEM); its DER bytes."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
     )
-    assert distinguished_name(subject) == "C=GB,ST=London,L=London,O=Red Hat,CN=client"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
-def test_dn_escapes_specials_and_joins_multivalued_rdns() -> None:
-    subject = (
-        (("organizationName", "Acme, Inc."),),
-        (("organizationalUnitName", "ops"), ("commonName", "a+b")),
-        (("emailAddress", "root@example.org"),),
-        (("title", "a=b"),),  # gnutls leaves "=" in a value as it is
-    )
-    assert distinguished_name(subject) == (
-        "O=Acme\\, Inc.,OU=ops+CN=a\\+b,EMAIL=root@example.org,title=a=b"
-    )
+def _attribute(
+    oid: str, value: str, kind: _ASN1Type = _ASN1Type.UTF8String
+) -> x509.NameAttribute[str]:
+    return x509.NameAttribute(x509.ObjectIdentifier(oid), value, _type=kind)
+
+
+_KINDS = (
+    _ASN1Type.UTF8String,
+    _ASN1Type.PrintableString,
+    _ASN1Type.IA5String,
+    _ASN1Type.BMPString,
+    _ASN1Type.T61String,
+    _ASN1Type.UniversalString,
+)
+SUBJECTS = {
+    "short names in certificate order": [
+        [_attribute(oid, value)]
+        for oid, value in (
+            ("2.5.4.6", "GB"),
+            ("2.5.4.8", "London"),
+            ("2.5.4.7", "London"),
+            ("2.5.4.10", "Red Hat"),
+            ("2.5.4.3", "client"),
+        )
+    ],
+    "specials escaped, multi-valued joined": [
+        [_attribute("2.5.4.10", "Acme, Inc. <storage> a=b")],
+        [_attribute("2.5.4.11", "ops"), _attribute("0.9.2342.19200300.100.1.1", "u1")],
+        [_attribute("2.5.4.3", '#backup+1 \\"x";')],
+        [_attribute("1.2.840.113549.1.9.1", "root@example.org", _ASN1Type.IA5String)],
+    ],
+    "names gnutls has": [
+        [_attribute(oid, "v")]
+        for oid in (
+            "2.5.4.4",
+            "2.5.4.9",
+            "2.5.4.12",
+            "2.5.4.13",
+            "2.5.4.15",
+            "2.5.4.17",
+            "2.5.4.41",
+            "2.5.4.42",
+            "2.5.4.43",
+            "2.5.4.44",
+            "2.5.4.65",
+            "1.3.6.1.4.1.311.60.2.1.1",
+            "1.3.6.1.4.1.311.60.2.1.2",
+            "1.3.6.1.5.5.7.9.2",
+        )
+    ],
+    "attributes gnutls has no name for": [
+        [_attribute(oid, "v")]
+        for oid in ("2.5.4.97", "1.2.840.113549.1.9.2", "2.5.4.14", "1.2.3.4", "2.999.1")
+    ],
+    "printable attributes in other types": [
+        [_attribute(oid, "GB", kind)]
+        for oid in ("2.5.4.6", "2.5.4.5", "1.3.6.1.4.1.311.60.2.1.3", "1.3.6.1.5.5.7.9.4")
+        for kind in (_ASN1Type.PrintableString, _ASN1Type.UTF8String, _ASN1Type.IA5String)
+    ],
+    "ia5 attributes in other types": [
+        [_attribute(oid, "root", kind)]
+        for oid in ("1.2.840.113549.1.9.1", "0.9.2342.19200300.100.1.25")
+        for kind in (_ASN1Type.IA5String, _ASN1Type.UTF8String, _ASN1Type.PrintableString)
+    ],
+    "directory strings in every type": [
+        [_attribute("2.5.4.3", value, kind)]
+        for value in ("val", "Jörg")
+        for kind in _KINDS
+        if value.isascii() or kind not in (_ASN1Type.PrintableString, _ASN1Type.IA5String)
+    ],
+    "blanks at either end": [[_attribute("2.5.4.10", " lead")], [_attribute("2.5.4.3", "trail ")]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUBJECTS))
+def test_dn_is_the_one_libvirt_prints(case: str, tmp_path: Path) -> None:
+    """As virt-pki-query-dn (libvirt's own code, gnutls_x509_crt_get_dn) prints it."""
+    query = shutil.which("virt-pki-query-dn")
+    assert query is not None, "virt-pki-query-dn missing: apt-get install -y libvirt-clients"
+    for index, rdn in enumerate(SUBJECTS[case]):
+        # One certificate per attribute but the first case's: a whole name at once.
+        names = [rdn] if case != "short names in certificate order" else SUBJECTS[case]
+        path = tmp_path / f"{index}.pem"
+        der = _self_signed(x509.Name([x509.RelativeDistinguishedName(n) for n in names]), path)
+        expected = subprocess.run(
+            [query, str(path)], capture_output=True, text=True, check=True
+        ).stdout.rstrip("\n")
+        assert certificate_dn(der) == expected
+
+
+def test_dn_of_bytes_that_are_no_certificate_is_refused() -> None:
+    with pytest.raises(ValueError, match="unreadable certificate subject"):
+        certificate_dn(b"\x30\x03\x30\x01")
 
 
 def _glib_pattern_match() -> Callable[[str, str], bool] | None:
