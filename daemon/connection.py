@@ -58,7 +58,7 @@ from virtvol.daemon.session import POOL_EVENT_LIFECYCLE, POOL_EVENT_REFRESH, Ses
 from virtvol.daemon.storage import PoolRef, VolStreamFlags
 from virtvol.daemon.storage.backend import ChunkReader, ChunkWriter
 from virtvol.daemon.storage.model import PoolEvent
-from virtvol.daemon.streamio import TransferStats
+from virtvol.daemon.streamio import TransferStats, unexpected_status
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -68,6 +68,7 @@ from virtvol.protocol.connection import (
     Event,
     FrameIgnored,
     PingReceived,
+    StreamAbortedByStatus,
     StreamAbortReceived,
     StreamDataReceived,
     StreamFinishReceived,
@@ -502,6 +503,10 @@ class ClientConnection(asyncio.BufferedProtocol):
                 stream.client_finished()
             elif stream is not None:
                 stream.client_aborted()
+        elif isinstance(event, StreamAbortedByStatus):
+            stream = self._streams.get(event.serial)
+            if stream is not None:
+                stream.client_aborted(unexpected_status(event.status))
         elif isinstance(event, StreamWrittenByClient):
             handler = self._streams.get(event.serial)
             if isinstance(handler, Download):

@@ -79,6 +79,7 @@ class Download:
         self.stats = stats
         self._client_ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._client_wrote = False
+        self._abort_answer: ErrorReport | None = None
         self._outcome = "dropped"
 
     # -- events routed here by the connection --------------------------------
@@ -87,8 +88,11 @@ class Download:
         if not self._client_ended.done():
             self._client_ended.set_result("finished")
 
-    def client_aborted(self) -> None:
+    def client_aborted(self, answer: ErrorReport | None = None) -> None:
+        """The client aborted; ``answer``: the error to answer with (an abort by a frame
+        libvirt has no meaning for), instead of STREAM/OK."""
         if not self._client_ended.done():
+            self._abort_answer = answer
             self._client_ended.set_result("aborted")
 
     def client_wrote(self) -> None:
@@ -108,6 +112,8 @@ class Download:
                 raise ErrorReport(
                     ErrorCode.RPC, ErrorDomain.STREAMS, "stream had unexpected termination"
                 )
+            if self._abort_answer is not None:
+                raise self._abort_answer
             # libvirtd confirms a finish and an abort alike with an empty STREAM/OK.
             self._channel.acknowledge_end()
         except Exception as exc:

@@ -105,6 +105,14 @@ class StreamChannel:
         self._sink.resume_reading(owner)
 
 
+def unexpected_status(status: int) -> ErrorReport:
+    """What answers a client's stream frame of a status libvirt has no meaning for, which
+    aborts the stream (libvirtd's words)."""
+    return ErrorReport(
+        ErrorCode.RPC, ErrorDomain.STREAMS, f"stream aborted with unexpected status {status}"
+    )
+
+
 def unexpected_failure(what: str, exc: Exception) -> ErrorReport:
     """A stream that broke for a reason nobody foresaw still ends with an error the client
     hears (instead of a client waiting forever); the traceback goes to the log.

@@ -90,6 +90,7 @@ class Upload:
         self._end: _End | None = None
         self._wakeup = asyncio.Event()
         self._failed = False
+        self._abort_answer: ErrorReport | None = None  # an abort's error, not STREAM/OK
         self._reading_paused = False
         self._outcome = "dropped"
 
@@ -125,8 +126,11 @@ class Upload:
         self._end = _End.FINISH
         self._wakeup.set()
 
-    def client_aborted(self) -> None:
+    def client_aborted(self, answer: ErrorReport | None = None) -> None:
+        """The client aborted; ``answer``: the error to answer with (an abort by a frame
+        libvirt has no meaning for), instead of STREAM/OK."""
         # Nothing queued matters any more: the writer is about to be aborted.
+        self._abort_answer = answer
         self._end = _End.ABORT
         self._queue.clear()
         self._queued_bytes = 0
@@ -152,6 +156,8 @@ class Upload:
                 await self._file.run(self._writer.commit)
             else:
                 await self._file.run(self._writer.abort)
+                if self._abort_answer is not None:
+                    raise self._abort_answer
             self._outcome = self._end.value
             self._channel.acknowledge_end()
             # After the acknowledgement: the client need not wait for this.

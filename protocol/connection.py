@@ -154,6 +154,14 @@ class StreamAbortReceived(Record):
     serial: int
 
 
+class StreamAbortedByStatus(Record):
+    """Server: the client sent a frame of its stream with a status libvirt has no meaning
+    for; libvirtd takes it for an abort, answered with an error instead of STREAM/OK."""
+
+    serial: int
+    status: int
+
+
 class StreamWrittenByClient(Record):
     """Server: the client sent data or a skip into a download, where only the server
     sends them (libvirt's client sends what a program gives ``virStreamSend``, whatever
@@ -208,6 +216,7 @@ Event = (
     | StreamEndReceived
     | StreamFinishReceived
     | StreamAbortReceived
+    | StreamAbortedByStatus
     | StreamWrittenByClient
     | StreamFinished
     | StreamFailed
@@ -565,6 +574,8 @@ class Connection:
                     raise RemoteProtocolError("stream abort frame with a payload")
                 return StreamInput.ABORT, StreamAbortReceived(serial)
             return StreamInput.ERROR, StreamFailed(serial, RemoteError.decode(payload))
+        if self.side is Side.SERVER:
+            return StreamInput.ABORT, StreamAbortedByStatus(serial, header.status)
         raise RemoteProtocolError(f"stream frame with status {header.status}")
 
     # -- sending: calls and replies -------------------------------------------
@@ -854,6 +865,7 @@ __all__ = [
     "ReplyReceived",
     "Side",
     "StreamAbortReceived",
+    "StreamAbortedByStatus",
     "StreamDataReceived",
     "StreamEndReceived",
     "StreamFailed",

@@ -271,3 +271,46 @@ async def test_xml_that_is_not_utf_8_is_malformed_xml(virtvold: Virtvold) -> Non
             assert str(message).startswith(f"({source}):1: "), message
     assert "Traceback" not in virtvold.log_text()
     assert list(virtvold.pool_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("procedure", [Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD])
+@pytest.mark.parametrize("daemon", ["virtvold", "reference_libvirtd"])
+async def test_a_stream_frame_of_an_unknown_status_aborts_that_stream_only(
+    request: pytest.FixtureRequest, daemon: str, procedure: Proc
+) -> None:
+    """libvirtd takes a client's stream frame with a status it does not know for an abort
+    it answers with an error, and serves the connection on; virtvold dropped it."""
+    peer = request.getfixturevalue(daemon)
+    (peer.pool_dir / "vol").write_bytes(b"old")
+    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    async with raw_client(peer.port, open_name=name) as client:
+        pool = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(pool, ReplyReceived)
+        assert isinstance(pool.result, r.PoolRet)
+        await client.call(
+            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
+        )
+        vol = await client.volume("vol")
+        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+        opened = await client.call(procedure, args)
+        assert isinstance(opened, ReplyReceived)
+        header = Header(
+            REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, procedure, MessageType.STREAM, opened.serial, 7
+        )
+        client.send(encode_frame(header, b""))
+        while True:
+            event = await client.next_event()
+            assert event is not None, "the connection was dropped"
+            if isinstance(event, StreamFailed):
+                break
+        assert (event.error.code, event.error.domain, event.error.message) == (
+            39,
+            STREAMS_DOMAIN,
+            "stream aborted with unexpected status 7",
+        )
+        again = await client.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
+        assert isinstance(again, ReplyReceived), again
+    assert (peer.pool_dir / "vol").read_bytes() == b"old"

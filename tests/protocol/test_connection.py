@@ -18,6 +18,7 @@ from virtvol.protocol.connection import (
     PingReceived,
     PongReceived,
     ReplyReceived,
+    StreamAbortedByStatus,
     StreamAbortReceived,
     StreamDataReceived,
     StreamEndReceived,
@@ -1084,6 +1085,23 @@ def test_a_data_frame_without_bytes_from_the_client_is_dropped_where_data_may_co
     serial = _open_stream(pair, DOWNLOAD, sparse=True)
     empty = encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE))
     assert pair.to_server(empty) == [StreamWrittenByClient(serial)]
+
+
+def test_a_stream_frame_of_an_unknown_status() -> None:
+    """From the client, an abort that libvirtd answers with an error; from the server, a
+    protocol error."""
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=False)
+    odd = encode_frame(_header(serial, UPLOAD, MessageType.STREAM, 7), b"x")
+    assert pair.to_server(odd) == [StreamAbortedByStatus(serial, 7)]
+    assert pair.server.streams[serial].state is StreamState.ABORTING
+    answer = pair.server.send_stream_error(serial, WRITE_ERROR)
+    assert serial not in pair.server.streams
+    assert pair.to_client(answer) == [StreamFailed(serial, WRITE_ERROR)]
+    pair = Pair()
+    serial = _open_stream(pair, DOWNLOAD, sparse=False)
+    with pytest.raises(RemoteProtocolError, match="stream frame with status 7"):
+        pair.to_client(encode_frame(_header(serial, DOWNLOAD, MessageType.STREAM, 7), b"x"))
 
 
 def test_client_data_before_the_reply() -> None:
