@@ -562,16 +562,16 @@ class Connection:
             # No bytes to write, where data may come: libvirt's client sends one for
             # ``virStreamSend`` of nothing, and the upload goes on after it.
             return StreamInput.DATA, FrameIgnored(header, "a data frame without bytes")
+        # libvirtd reads a client's finish and abort by their status, whatever bytes they
+        # carry; libvirt's client takes no bytes with the server's acknowledgement.
         if header.status == MessageStatus.OK:
+            if self.side is Side.SERVER:
+                return StreamInput.FINISH, StreamFinishReceived(serial)
             if payload:
                 raise RemoteProtocolError("stream finish frame with a payload")
-            if self.side is Side.CLIENT:
-                return StreamInput.FINISH_ACK, StreamFinished(serial)
-            return StreamInput.FINISH, StreamFinishReceived(serial)
+            return StreamInput.FINISH_ACK, StreamFinished(serial)
         if header.status == MessageStatus.ERROR:
             if self.side is Side.SERVER:
-                if payload:
-                    raise RemoteProtocolError("stream abort frame with a payload")
                 return StreamInput.ABORT, StreamAbortReceived(serial)
             return StreamInput.ERROR, StreamFailed(serial, RemoteError.decode(payload))
         if self.side is Side.SERVER:

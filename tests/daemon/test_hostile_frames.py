@@ -314,3 +314,53 @@ async def test_a_stream_frame_of_an_unknown_status_aborts_that_stream_only(
         again = await client.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
         assert isinstance(again, ReplyReceived), again
     assert (peer.pool_dir / "vol").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("end", ["finish", "abort"])
+@pytest.mark.parametrize("daemon", ["virtvold", "reference_libvirtd"])
+async def test_a_finish_or_abort_with_a_payload_is_a_finish_or_an_abort(
+    request: pytest.FixtureRequest, daemon: str, end: str
+) -> None:
+    """libvirtd reads a client's STREAM/OK or STREAM/ERROR by its status, whatever bytes it
+    carries, and answers it as it answers any finish or abort; virtvold dropped the
+    connection (and the upload with it)."""
+    peer = request.getfixturevalue(daemon)
+    (peer.pool_dir / "vol").write_bytes(b"old")
+    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    async with raw_client(peer.port, open_name=name) as client:
+        pool = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(pool, ReplyReceived)
+        assert isinstance(pool.result, r.PoolRet)
+        await client.call(
+            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
+        )
+        vol = await client.volume("vol")
+        upload = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+        opened = await client.call(Proc.STORAGE_VOL_UPLOAD, upload)
+        assert isinstance(opened, ReplyReceived)
+        serial = opened.serial
+        client.send(*client.rpc.send_data(serial, b"new"))
+        # Our state machine records the end; the frame that goes carries bytes besides.
+        if end == "finish":
+            client.rpc.send_finish(serial)
+            status = MessageStatus.OK
+        else:
+            client.rpc.send_abort(serial)
+            status = MessageStatus.ERROR
+        header = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            Proc.STORAGE_VOL_UPLOAD,
+            MessageType.STREAM,
+            serial,
+            status,
+        )
+        client.send(encode_frame(header, b"junk"))
+        assert await client.next_event() == StreamFinished(serial)
+        again = await client.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
+        assert isinstance(again, ReplyReceived), again
+    if end == "finish":
+        assert (peer.pool_dir / "vol").read_bytes() == b"new"
