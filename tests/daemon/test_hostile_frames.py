@@ -364,3 +364,43 @@ async def test_a_finish_or_abort_with_a_payload_is_a_finish_or_an_abort(
         assert isinstance(again, ReplyReceived), again
     if end == "finish":
         assert (peer.pool_dir / "vol").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("status", [MessageStatus.OK, MessageStatus.ERROR, 7])
+@pytest.mark.parametrize("daemon", ["virtvold", "reference_libvirtd"])
+async def test_a_skip_is_a_skip_whatever_its_status(
+    request: pytest.FixtureRequest, daemon: str, status: int
+) -> None:
+    """libvirtd reads a skip frame (STREAM_HOLE) by its type and length, not its status;
+    virtvold dropped the connection and the upload with it."""
+    peer = request.getfixturevalue(daemon)
+    (peer.pool_dir / "vol").write_bytes(b"old")
+    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    async with raw_client(peer.port, open_name=name) as client:
+        pool = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(pool, ReplyReceived)
+        assert isinstance(pool.result, r.PoolRet)
+        await client.call(
+            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
+        )
+        serial = await client.open_upload("vol")
+        client.send(*client.rpc.send_data(serial, b"new"))
+        client.rpc.send_hole(serial, 5)  # recorded; the frame that goes has another status
+        header = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            Proc.STORAGE_VOL_UPLOAD,
+            MessageType.STREAM_HOLE,
+            serial,
+            status,
+        )
+        client.send(encode_frame(header, r.StreamHole(5).encode()))
+        client.send(*client.rpc.send_data(serial, b"end"))
+        client.send(client.rpc.send_finish(serial))
+        assert await client.next_event() == StreamFinished(serial)
+        again = await client.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
+        assert isinstance(again, ReplyReceived), again
+    assert (peer.pool_dir / "vol").read_bytes() == b"new" + bytes(5) + b"end"
