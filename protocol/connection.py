@@ -252,6 +252,10 @@ def _unsupported(name: str) -> RemoteError:
 # a fragmented image has a skip per extent (a test holds this to ``StreamHole``).
 _HOLE = struct.Struct(">qI")
 _HOLE_SIZE = _HOLE.size
+# The states of a stream the client has finished or aborted.
+_ENDED_BY_CLIENT = frozenset(
+    {StreamState.FINISHING, StreamState.FINISHING_EARLY, StreamState.ABORTING}
+)
 # The first field of libvirt's event messages: the number of the callback told.
 _CALLBACK_ID = struct.Struct(">i")
 # Plain ints for the per-frame comparisons of a run of stream frames.
@@ -464,6 +468,9 @@ class Connection:
             if (header.serial, header.procedure) in self._ended_streams:
                 return FrameIgnored(header, "stream frame after the stream ended")
             raise RemoteProtocolError(f"stream frame for no open stream: {header.describe()}")
+        if self.side is Side.SERVER and stream.state in _ENDED_BY_CLIENT:
+            # As libvirtd: the client's finish or abort is answered, what follows dropped.
+            return FrameIgnored(header, "stream frame after the client's finish or abort")
         what, event = self._classify_stream_frame(frame)
         if self._written_by_client(stream, what):
             return StreamWrittenByClient(stream.serial)

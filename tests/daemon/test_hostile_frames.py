@@ -404,3 +404,61 @@ async def test_a_skip_is_a_skip_whatever_its_status(
         again = await client.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
         assert isinstance(again, ReplyReceived), again
     assert (peer.pool_dir / "vol").read_bytes() == b"new" + bytes(5) + b"end"
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ("finish", "finish"),
+        ("finish", "abort"),
+        ("finish", "data"),
+        ("abort", "abort"),
+        ("abort", "finish"),
+    ],
+)
+@pytest.mark.parametrize("daemon", ["virtvold", "reference_libvirtd"])
+async def test_frames_after_the_clients_end_of_a_stream_are_dropped(
+    request: pytest.FixtureRequest, daemon: str, first: str, then: str
+) -> None:
+    """Once the client finished or aborted an upload, libvirtd drops what else the client
+    sends on it (a second finish, an abort, data) and answers the first; virtvold dropped
+    the connection, and a finished upload with it."""
+    peer = request.getfixturevalue(daemon)
+    (peer.pool_dir / "vol").write_bytes(b"old")
+    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+
+    def frame(serial: int, what: str) -> bytes:
+        status = {"finish": MessageStatus.OK, "abort": MessageStatus.ERROR}.get(
+            what, MessageStatus.CONTINUE
+        )
+        header = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            Proc.STORAGE_VOL_UPLOAD,
+            MessageType.STREAM,
+            serial,
+            status,
+        )
+        return encode_frame(header, b"late" if what == "data" else b"")
+
+    async with raw_client(peer.port, open_name=name) as client:
+        pool = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(pool, ReplyReceived)
+        assert isinstance(pool.result, r.PoolRet)
+        await client.call(
+            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
+        )
+        serial = await client.open_upload("vol", flags=0)
+        client.send(*client.rpc.send_data(serial, b"new"))
+        ended = (
+            client.rpc.send_finish(serial) if first == "finish" else client.rpc.send_abort(serial)
+        )
+        client.send(ended, frame(serial, then))
+        assert await client.next_event() == StreamFinished(serial)
+        again = await client.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
+        assert isinstance(again, ReplyReceived), again
+    if first == "finish":
+        assert (peer.pool_dir / "vol").read_bytes() == b"new"
