@@ -18,7 +18,11 @@ Streams. A call to a stream procedure creates a ``Stream`` (see
 flags carry bit 1. An error reply removes it, an OK reply lets the client
 start. Stream frames are checked against the stream's table; a stream that
 reached a terminal state is forgotten, and frames for a stream the server does
-not know are dropped (``FrameIgnored``), as libvirtd does.
+not know, or that the client sent after its finish or abort, are dropped
+(``FrameIgnored``), as libvirtd does. Where libvirtd lets a client's misuse of
+one stream end that stream only (data sent into a download, a status it has no
+meaning for), the server is told (``StreamWrittenByClient``,
+``StreamAbortedByStatus``) instead of the connection being broken.
 
 Keepalive frames (program KEEPALIVE, type MESSAGE) are reported as
 ``PingReceived``/``PongReceived``; answering and timing them belongs to the
