@@ -202,7 +202,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._transport.set_write_buffer_limits(high=0, low=0)
         self.peer = describe_peer(transport)
         ctx = self._ctx
-        refusal = ctx.admission.refusal(len(ctx.connections), ctx.active_streams())
+        refusal = ctx.connection_refusal()
         if refusal is not None:
             # Closed before anything is read or allocated; logged once per burst.
             ctx.admission.refusals.refused(f"{self.peer} on {self._listener}", refusal)
@@ -710,9 +710,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 ErrorDomain.STREAMS,
                 f"too many streams open on this connection (max_client_streams is {limit})",
             )
-        refusal = self._ctx.admission.stream_refusal(
-            len(self._ctx.connections), self._ctx.active_streams()
-        )
+        refusal = self._ctx.stream_refusal()
         if refusal is not None:
             raise ErrorReport.raised(ErrorCode.OPERATION_FAILED, ErrorDomain.STREAMS, refusal)
         self._streams_opening += 1

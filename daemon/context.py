@@ -90,6 +90,19 @@ class DaemonContext:
     def active_streams(self) -> int:
         return sum(conn.stream_count() for conn in self.connections)
 
+    def connection_refusal(self) -> str | None:
+        """Why one more connection, or TLS handshake, cannot be taken now (None: it can);
+        every listener asks it, so that none admits past what the others hold."""
+        return self.admission.refusal(
+            len(self.connections), self.active_streams(), handshakes=len(self.tls_handshakes)
+        )
+
+    def stream_refusal(self) -> str | None:
+        """Why one more stream cannot be opened now (None: it can)."""
+        return self.admission.stream_refusal(
+            len(self.connections), self.active_streams(), handshakes=len(self.tls_handshakes)
+        )
+
     def shutdown_executors(self) -> None:
         self.calls.shutdown(wait=True, cancel_futures=True)
         self.io.shutdown(wait=True, cancel_futures=True)

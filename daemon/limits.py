@@ -12,7 +12,8 @@ no descriptor for longer than the accept. The descriptor
 budget is the soft RLIMIT_NOFILE (raised to the hard limit at start, as far as
 the kernel lets us) minus the descriptors open at start minus a reserve kept
 for volume files, directory handles and log rotation; each connection takes
-one descriptor of it and each open stream two: a daemon that runs out
+one descriptor of it, each open stream two and each TLS handshake in progress
+two, whichever listener or call asks: a daemon that runs out
 of descriptors serves nobody, since it can no longer open a volume or accept
 on any socket. Refusals are logged once per burst: the first one, then at most
 one summary line every ``REFUSAL_LOG_PERIOD`` seconds while they go on.
@@ -189,14 +190,17 @@ class Admission:
             )
         return None
 
-    def stream_refusal(self, clients: int, streams: int) -> str | None:
+    def stream_refusal(self, clients: int, streams: int, handshakes: int = 0) -> str | None:
         """Why one more stream cannot be opened (None: it can). Counts exclude it.
 
         Connections already in may open streams past the budget, into the reserve,
         but never into its second half: that stays for pool directories and whatever
         else a call opens, so the daemon keeps serving calls with every stream open.
         """
-        if clients + STREAM_DESCRIPTORS * (streams + 1) > self.fd_budget + self.fd_reserve // 2:
+        descriptors = (
+            clients + STREAM_DESCRIPTORS * (streams + 1) + HANDSHAKE_DESCRIPTORS * handshakes
+        )
+        if descriptors > self.fd_budget + self.fd_reserve // 2:
             return (
                 f"too many streams open in the daemon ({streams}) for its open-files limit"
                 f" ({self.fd_limit})"

@@ -240,11 +240,7 @@ class Daemon:
                 self._current_tls_policy,
                 factory,
                 in_progress=context.tls_handshakes,
-                refusal=lambda: context.admission.refusal(
-                    len(context.connections),
-                    context.active_streams(),
-                    handshakes=len(context.tls_handshakes),
-                ),
+                refusal=context.connection_refusal,
                 handshake_timeout=self.settings.handshake_timeout,
                 refused=lambda peer, reason: context.admission.refusals.refused(
                     f"{peer} on {label}", reason

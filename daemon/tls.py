@@ -115,13 +115,22 @@ class TlsGate(asyncio.Protocol):
     its transport is switched to the protocol that serves it.
     """
 
-    def __init__(self, policy: TlsPolicy, connection: ServedProtocol, peer: str) -> None:
+    def __init__(
+        self,
+        policy: TlsPolicy,
+        connection: ServedProtocol,
+        peer: str,
+        handshake_over: Callable[[], None],
+    ) -> None:
         self._policy = policy
         self._connection = connection
         self._peer = peer
+        self._handshake_over = handshake_over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tls = cast("asyncio.Transport", transport)
+        # Counted as a handshake no more before admission counts it as a connection.
+        self._handshake_over()
         dn, refusal = self._policy.admit(tls.get_extra_info("ssl_object"))
         if refusal is not None:
             log.warning("%s: TLS client refused: %s", self._peer, refusal)
@@ -222,9 +231,15 @@ class TlsListener:
         # fails, maybe with the client's last records unread, and a close with unread
         # data sends a reset that can kill the client (SIGPIPE) before it reads our alert.
         spare = client.dup()
+        this_handshake = asyncio.current_task()
+        assert this_handshake is not None
+
+        def handshake_over() -> None:
+            self._in_progress.discard(this_handshake)
+
         try:
             await loop.connect_accepted_socket(
-                lambda: TlsGate(policy, connection, peer),
+                lambda: TlsGate(policy, connection, peer, handshake_over),
                 client,
                 ssl=policy.context,
                 ssl_handshake_timeout=self._handshake_timeout,

@@ -175,6 +175,9 @@ def test_streams_may_take_half_the_reserve_and_no_more() -> None:
     assert admission.stream_refusal(clients=10, streams=479) == (
         "too many streams open in the daemon (479) for its open-files limit (1024)"
     )
+    # A TLS handshake in progress holds two descriptors of them.
+    assert admission.stream_refusal(clients=10, streams=477, handshakes=1) is None
+    assert admission.stream_refusal(clients=10, streams=478, handshakes=1) is not None
 
 
 def test_admission_names_the_limit_that_refuses() -> None:
@@ -197,8 +200,8 @@ def test_admission_names_the_limit_that_refuses() -> None:
 
 
 def test_max_anonymous_clients_zero_turns_the_limit_off() -> None:
-    # libvirtd.conf: "Set this to zero to turn this feature off" (the bound on TLS
-    # handshakes in progress, tests/daemon/test_tls.py).
+    # libvirtd.conf: "Set this to zero to turn this feature off"; read, as libvirtd reads
+    # it, though with authentication "none" no client waits for authentication.
     settings = settings_from_toml({"max_anonymous_clients": 0}, "test.toml")
     assert settings.max_anonymous_clients == 0
     with pytest.raises(ConfigError, match="max_anonymous_clients"):

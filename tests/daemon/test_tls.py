@@ -28,9 +28,12 @@ from cryptography.x509.oid import NameOID
 import virtvol.client
 from tests.conftest import Virtvold, free_port, run_system_python, run_virsh, start_virtvold
 from tests.conftest import stop_virtvold as stop_daemon
-from tests.daemon.conftest import allocated, assert_same_content, make_sparse_file
+from tests.daemon.conftest import RawClient, allocated, assert_same_content, make_sparse_file
 from tests.tlsca import CLIENT_DN, Pki, issue_client, write_crl
 from virtvol.client.errors import LibvirtError
+from virtvol.protocol.connection import Connection
+from virtvol.protocol.procedures import Proc
+from virtvol.protocol.stream import Side
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -507,6 +510,52 @@ async def test_stalled_handshakes_keep_no_tls_client_out(tls_daemon: TlsDaemon, 
     finally:
         for sock in stuck:
             sock.close()
+
+
+async def test_tls_handshakes_in_progress_count_on_every_listener(tmp_path: Path, pki: Pki) -> None:
+    """A TLS handshake in progress holds a place among max_clients and two descriptors, and
+    anyone who reaches the TLS port can stall one for handshake_timeout: the TCP listener
+    let clients in without counting them, so stalled handshakes and plain connections
+    together went past max_clients and into the descriptors kept for volume files. A
+    handshake that ends in a connection counts as that connection only."""
+    config = _write_config(tmp_path / "virtvold.toml", pki, extra="max_clients = 2")
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    tls_daemon = TlsDaemon(daemon, port, config)
+    stalled: socket.socket | None = None
+    try:
+        tls_daemon.wait_for_log("closed by the client after")  # start-up's probe is gone
+        plain = await RawClient.connect(daemon.port)
+        try:
+            await plain.open()
+            # One place left: a TLS client takes it, its handshake not counted besides.
+            async with virtvol.client.connect(tls_daemon.uri(pki, "client"), timeout=10) as conn:
+                assert await conn.get_type() == "storage"
+            deadline = time.monotonic() + 10
+            while "closed by CONNECT_CLOSE after" not in daemon.log_text():
+                assert time.monotonic() < deadline, "the TLS client's place stayed taken"
+                await asyncio.sleep(0.02)  # until the daemon sees the TLS client gone
+            stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+            # The next one on the TLS port is refused: the stalled handshake is counted.
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+                assert refused.recv(1) == b""
+            # And so it is on the TCP port.
+            with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as refused:
+                refused.sendall(Connection(Side.CLIENT).call(Proc.AUTH_LIST)[1])
+                try:  # closed unread: a reset, or an end if the call was not there yet
+                    answer = refused.recv(1)
+                except ConnectionResetError:
+                    answer = b""
+                assert answer == b"", "served"
+        finally:
+            await plain.close()
+        assert daemon.log_text().count("max_clients (2) connections are open") >= 1
+    finally:
+        if stalled is not None:
+            stalled.close()
+        stop_daemon(daemon)
 
 
 @pytest.mark.parametrize("intermediate_revoked", [False, True])
