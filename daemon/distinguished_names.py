@@ -110,17 +110,27 @@ def _oid_text(content: bytes) -> str:
 def _value_text(tag: int, content: bytes) -> str | None:
     """The value as gnutls prints a string it takes for text (escaped afterwards), or
     None where it prints the encoding in hex instead."""
-    if tag == _UTF8:
-        return content.decode("utf-8", "replace")
-    if tag in (_PRINTABLE, _IA5):
-        return content.decode("latin-1")
-    if tag == _BMP:
-        return content.decode("utf-16-be", "replace")
-    if tag == _T61 and content.isascii():
-        return content.decode("ascii")
+    if tag == _T61 and all(0x20 <= byte < 0x7F for byte in content):
+        return content.decode("ascii")  # printable ASCII only: what gnutls takes for text
     if tag in (_T61, _UNIVERSAL):
         return "#" + content.hex()  # text all the same: escaped as a leading "#"
-    return None
+    if tag == _UTF8:
+        text = content.decode("utf-8", "replace")
+    elif tag in (_PRINTABLE, _IA5):
+        text = content.decode("latin-1")
+    elif tag == _BMP:
+        try:
+            text = content.decode("utf-16-be")
+        except UnicodeDecodeError:  # a lone surrogate: no text to gnutls either
+            return "#" + content.hex()
+        # gnutls's conversion to UTF-8 ends the text before one last NUL, if any; no text
+        # is left of a lone one.
+        if text.endswith("\x00"):
+            text = text[:-1] or "\x00"
+    else:
+        return None
+    # gnutls refuses a string with a NUL in it as text: such a value is its encoding's hex.
+    return None if "\x00" in text else text
 
 
 def certificate_dn(der: bytes) -> str:
@@ -160,7 +170,10 @@ def certificate_dn(der: bytes) -> str:
 def _attribute(oid: str, der: bytes, value: tuple[int, int, int, int]) -> str:
     tag, start, content, end = value
     name, types = _DN_ATTRIBUTES.get(oid, (oid, frozenset()))
-    text = _value_text(tag, der[content:end]) if tag in types else None
+    if content == end and types is _DIRECTORY:
+        # gnutls prints no DN at all then, and libvirtd refuses the client.
+        raise ValueError(f"{name} without a value")
+    text = _value_text(tag, der[content:end]) if tag in types and content < end else None
     if text is None:
         return f"{name}=#{der[start:end].hex()}"
     return f"{name}={_escape_dn_value(text)}"

@@ -3,6 +3,7 @@ the config keys libvirtd.conf shares with virtvold, and tls:// listen URLs."""
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
 import datetime
@@ -127,6 +128,23 @@ SUBJECTS = {
         if value.isascii() or kind not in (_ASN1Type.PrintableString, _ASN1Type.IA5String)
     ],
     "blanks at either end": [[_attribute("2.5.4.10", " lead")], [_attribute("2.5.4.3", "trail ")]],
+    # gnutls refuses a string with a NUL in it as text, and takes a T61String for text
+    # only when every character is printable ASCII.
+    "strings with a nul": [
+        [_attribute("2.5.4.3", value, kind)]
+        for value in ("adm\x00n", "admin\x00")
+        for kind in _KINDS
+        if kind is not _ASN1Type.PrintableString  # which cannot carry one
+    ],
+    "empty values of other attributes than directory strings": [
+        [_attribute(oid, "", kind)]
+        for oid in ("2.5.4.5", "0.9.2342.19200300.100.1.25", "1.2.840.113549.1.9.1", "1.2.3.4")
+        for kind in (_ASN1Type.UTF8String, _ASN1Type.PrintableString, _ASN1Type.IA5String)
+    ],
+    "teletex strings beyond printable ascii": [
+        [_attribute("2.5.4.3", value, _ASN1Type.T61String)]
+        for value in ("a b~", "a\x01b", "a\tb", "a\x7fb")
+    ],
 }
 
 
@@ -144,6 +162,43 @@ def test_dn_is_the_one_libvirt_prints(case: str, tmp_path: Path) -> None:
             [query, str(path)], capture_output=True, text=True, check=True
         ).stdout.rstrip("\n")
         assert certificate_dn(der) == expected
+
+
+@pytest.mark.parametrize("kind", [_ASN1Type.UTF8String, _ASN1Type.IA5String, _ASN1Type.BMPString])
+@pytest.mark.parametrize("oid", ["2.5.4.10", "2.5.4.41", "0.9.2342.19200300.100.1.1"])
+def test_a_directory_string_without_a_value_makes_no_dn(
+    oid: str, kind: _ASN1Type, tmp_path: Path
+) -> None:
+    """gnutls prints no DN for a subject with an empty directory string (an O, a name, a
+    UID), and libvirtd refuses such a client: so does virtvold, whatever the patterns."""
+    query = shutil.which("virt-pki-query-dn")
+    assert query is not None, "virt-pki-query-dn missing: apt-get install -y libvirt-clients"
+    path = tmp_path / "empty.pem"
+    subject = x509.Name(
+        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "client"), _attribute(oid, "", kind)]
+    )
+    der = _self_signed(subject, path)
+    assert subprocess.run([query, str(path)], capture_output=True).returncode != 0
+    with pytest.raises(ValueError, match="without a value"):
+        certificate_dn(der)
+
+
+def test_a_bmp_string_with_a_lone_surrogate_is_its_hex(tmp_path: Path) -> None:
+    """No text in UTF-16 (a high surrogate without its low one): gnutls prints it as the
+    hex of its content. The certificate is made with a stand-in value, then patched (its
+    signature no longer matters to the DN)."""
+    query = shutil.which("virt-pki-query-dn")
+    assert query is not None, "virt-pki-query-dn missing: apt-get install -y libvirt-clients"
+    stand_in = "Zb".encode("utf-16-be")
+    der = _self_signed(
+        x509.Name([_attribute("2.5.4.3", "Zb", _ASN1Type.BMPString)]), tmp_path / "x"
+    )
+    der = der.replace(b"\x1e\x04" + stand_in, b"\x1e\x04\xd8\x00\x00b")
+    path = tmp_path / "surrogate.pem"
+    pem = base64.encodebytes(der).decode()  # cryptography reads no such value back
+    path.write_text(f"-----BEGIN CERTIFICATE-----\n{pem}-----END CERTIFICATE-----\n")
+    expected = subprocess.run([query, str(path)], capture_output=True, text=True, check=True)
+    assert certificate_dn(der) == expected.stdout.rstrip("\n") == "CN=\\#d8000062"
 
 
 def test_dn_of_bytes_that_are_no_certificate_is_refused() -> None:
