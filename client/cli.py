@@ -31,8 +31,9 @@ from virtvol.client.cli_args import (
     check_not_empty,
     format_command_help,
     parse_arguments,
+    split_command_string,
 )
-from virtvol.client.cli_globals import USAGE, read_globals, version_text
+from virtvol.client.cli_globals import USAGE, Globals, read_globals, version_text
 from virtvol.client.connection import Connection, connect
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
@@ -1684,25 +1685,45 @@ def _show_held_failures(errors: Sequence[str] = ()) -> None:
 
 
 class _Invocation(Record):
-    """What the command line asks for: a text to print (help, version), or a command."""
+    """What the command line asks for: a text to print (help, version), a command, or a
+    failure to report when its turn comes (help on a topic that does not exist)."""
 
     args: SimpleNamespace
     text: str | None = None
     command: Command | None = None
     handler: Handler | None = None
+    failure: CommandError | None = None
 
 
-def _prepare(argv: Sequence[str]) -> _Invocation:
-    """Read the command line (raises ArgumentError or CommandError as virsh would)."""
+class _EmptyCommand(Exception):
+    """A command line whose command is an empty word, which virsh refuses without a word."""
+
+
+def _prepare(argv: Sequence[str]) -> list[_Invocation]:
+    """Read the command line (raises ArgumentError or CommandError as virsh would).
+
+    The command and its words may also come as one word holding one or more commands
+    (``virtvol 'vol-path v p; vol-key v p'``), as virsh takes them; every one of them
+    is read before the first runs, so a refused one runs none.
+    """
     found, rest = read_globals(argv)
     plain = SimpleNamespace(quiet=found.quiet)
     if found.show == "help":
-        return _Invocation(plain, text=USAGE + _command_list())
+        return [_Invocation(plain, text=USAGE + _command_list())]
     if found.show is not None:
-        return _Invocation(plain, text=version_text(found.show.removeprefix("version-")))
+        return [_Invocation(plain, text=version_text(found.show.removeprefix("version-")))]
     if not rest:
         raise ArgumentError("no command given (see 'virtvol help')")
-    name, words = rest[0], rest[1:]
+    if len(rest) > 1:
+        return [_prepare_command(found, rest[0], rest[1:])]
+    if not rest[0]:
+        raise _EmptyCommand
+    return [_prepare_command(found, words[0], words[1:]) for words in split_command_string(rest[0])]
+
+
+def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation:
+    """Read one command and its words (raises ArgumentError or CommandError)."""
+    plain = SimpleNamespace(quiet=found.quiet)
     # --quiet after the command: virtvol's own spelling (virsh takes it only before).
     end = words.index("--") if "--" in words else len(words)
     quiet = found.quiet or "--quiet" in words[:end]
@@ -1711,7 +1732,10 @@ def _prepare(argv: Sequence[str]) -> _Invocation:
     if name == "help":
         help_command = Command("help", "", "", "", (Option("command", ""),))
         topic = parse_arguments(help_command, words)["command"]
-        text = _help(topic if isinstance(topic, str) else None)
+        try:
+            text = _help(topic if isinstance(topic, str) else None)
+        except CommandError as exc:
+            return _Invocation(plain, failure=exc)
         return _Invocation(plain, text=text if quiet else text + "\n")
     if name in _INTERACTIVE:
         raise CommandError(f"command '{name}' is not supported by virtvol", ran=False)
@@ -1830,19 +1854,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    quiet = False
+    try:
+        invocations = _prepare(sys.argv[1:] if argv is None else argv)
+    except _EmptyCommand:
+        return 1
+    except ArgumentError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except CommandError as exc:  # an unknown command, refused before any ran
+        for line in exc.lines:
+            sys.stderr.write(f"error: {line}\n")
+        return 1
+    status = 0
+    for invocation in invocations:
+        status, go_on = _run_invocation(invocation)
+        if not go_on:
+            break
+    return status
+
+
+def _run_invocation(invocation: _Invocation) -> tuple[int, bool]:
+    """Run one command as read; returns its exit status and whether the commands after
+    it may run (not after Ctrl-C, a reader gone, or a failed connection to ``-c``'s URI,
+    which virsh makes once, before the first command)."""
+    quiet = invocation.args.quiet
     _held_failures.clear()
     try:
-        invocation = _prepare(sys.argv[1:] if argv is None else argv)
-        quiet = invocation.args.quiet
+        if invocation.failure is not None:
+            raise invocation.failure
         if invocation.command is None or invocation.handler is None:
             sys.stdout.write(invocation.text or "")
-            return 0
+            return 0, True
         _show_warnings()
         output = _execute(invocation.command, invocation.handler, invocation.args)
     except ArgumentError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return 1
+        return 1, True
     except CommandError as exc:
         _flush_output(exc.output)
         _show_held_failures(exc.lines)
@@ -1851,22 +1898,22 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stderr.flush()
         if exc.ran and not quiet:
             _flush_output("\n")
-        return 1
+        return 1, exc.ran
     except KeyboardInterrupt:
         _show_held_failures()
-        return 130
+        return 130, False
     except _Ended as ended:  # the shell's status for a death by that signal
         _show_held_failures()
-        return 128 + ended.signum
+        return 128 + ended.signum, False
     _show_held_failures()
     try:
         _print(output, quiet=quiet)
     except BrokenPipeError:  # the reader went away (``virtvol vol-list | head``)
-        return 1
+        return 1, False
     except OSError as exc:  # a full disk, an I/O error: said, not a traceback
         sys.stderr.write(f"error: cannot write the output: {exc.strerror or exc}\n")
-        return 1
-    return 0
+        return 1, False
+    return 0, True
 
 
 def run() -> NoReturn:

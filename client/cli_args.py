@@ -21,7 +21,7 @@ from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from typing import Literal, TypeAlias
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "check_not_empty",
     "format_command_help",
     "parse_arguments",
+    "split_command_string",
 ]
 
 Kind: TypeAlias = 'Literal["bool", "string", "number"]'
@@ -145,6 +146,80 @@ def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]
         opt.dest: given.get(opt.name, False if opt.kind == "bool" else None)
         for opt in command.options
     }
+
+
+# What virsh's reading of a command string gives a meaning to; a word without any of
+# them is one command of one word.
+_COMMAND_STRING_SIGNS = frozenset(" \t\n;#'\"\\")
+
+
+def split_command_string(text: str) -> Iterator[list[str]]:
+    """The commands of ``text``, one word of virsh's command line (``virsh 'a x; b'``),
+    each as its words, read as virsh reads them (observed with virsh 9.0):
+
+    * words are apart at blanks (spaces, tabs, a backslash before a new line);
+    * a command ends at ``;`` or a new line; a word beginning with ``#`` begins a
+      comment, which ends the command and runs to the end of the line;
+    * ``'...'`` is taken as it is; a backslash outside it takes the next character as
+      it is, or joins the lines around it; ``"..."`` keeps blanks, ``;`` and ``'``;
+      a quote left open is closed by the end of the text, a ``"`` excepted.
+
+    Raises:
+        ArgumentError: ``missing "`` or ``dangling \\`` (when reading that command).
+    """
+    if not _COMMAND_STRING_SIGNS.intersection(text):
+        yield [text]
+        return
+    end = len(text)
+    pos = 0
+    words: list[str] = []
+    while True:
+        while pos < end and (text[pos] in " \t" or text.startswith("\\\n", pos)):
+            pos += 2 if text[pos] == "\\" else 1
+        if pos == end:
+            break
+        if text[pos] in ";\n#":
+            if text[pos] == "#":
+                newline = text.find("\n", pos)
+                pos = end if newline < 0 else newline
+            pos = min(pos + 1, end)
+            if words:
+                yield words
+            words = []
+            continue
+        word, pos = _read_word(text, pos)
+        words.append(word)
+    if words:
+        yield words
+
+
+def _read_word(text: str, pos: int) -> tuple[str, int]:
+    """The word beginning at ``pos`` of a command string, and where it ends."""
+    chars: list[str] = []
+    single = double = False
+    end = len(text)
+    while pos < end:
+        char = text[pos]
+        if not (single or double) and char in " \t;\n":
+            break
+        pos += 1
+        if char == "'" and not double:
+            single = not single
+            continue
+        if char == '"' and not single:
+            double = not double
+            continue
+        if char == "\\" and not single:
+            if pos == end:
+                raise ArgumentError("dangling \\")
+            char = text[pos]
+            pos += 1
+            if char == "\n":
+                continue
+        chars.append(char)
+    if double:
+        raise ArgumentError('missing "')
+    return "".join(chars), pos
 
 
 def check_exclusive(command: Command, values: dict[str, object]) -> None:

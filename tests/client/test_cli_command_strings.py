@@ -1,0 +1,77 @@
+"""Commands given as one word, as virsh reads them: ``virtvol 'vol-path v default;
+vol-key v default'``. The words of each command are split at blanks, quotes and
+backslashes as a shell would (without its expansions), commands end at ``;`` or a new
+line, and ``#`` begins a comment; every command is read before the first runs. Compared
+with virsh itself against one real libvirtd."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.client.test_cli_spellings import run_in_c_locale, run_virtvol, same
+from tests.conftest import ReferenceLibvirtd, free_port, run_virsh
+
+pytestmark = pytest.mark.interop
+
+
+def both(*args: str) -> None:
+    same(run_virtvol(*args), run_in_c_locale(["virsh", *args]))
+
+
+def test_a_command_string_is_read_and_run_as_virsh_does(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "v1", "1M")
+    for text in (
+        "pool-list --all",
+        "pool-uuid default; vol-path v1 default",
+        "vol-info v1 default;vol-key v1 default;",
+        ";  vol-info v1 default   ;  ; pool-uuid default  ",
+        # The status is the last command's.
+        "pool-name nope; pool-uuid default",
+        "pool-uuid default; pool-name nope",
+        "pool-list --all --inactive; pool-uuid default",
+        # A command line refused anywhere: nothing runs.
+        "pool-uuid default; nope; pool-uuid default",
+        "pool-uuid default; vol-info --bogus",
+        "pool-uuid default; vol-info v1 default extra",
+        "pool-uuid default; pool-uuid",
+        # Quotes and backslashes.
+        'vol-path "v1" default',
+        "vol-path 'v1' 'def'ault",
+        'vol-path v\\1 "d\\ef"ault',
+        'pool-uuid "def ault"',
+        "pool-uuid 'de\\fault'",
+        "pool-uuid 'de;fault",
+        'pool-uuid "de\\"fault"',
+        'pool-uuid --pool=def"au"lt',
+        'vol-info v1 "--pool" default',
+        "vol-info v1 -- default",
+        'vol-info v1 "" default',
+        'pool-uuid ""',
+        'pool-uuid "default',
+        "pool-uuid default\\",
+        'nope; pool-uuid "x',
+        # Comments, new lines and continued lines.
+        "pool-uuid default # the UUID\npool-uuid default",
+        "pool-uuid default;#x;pool-uuid default",
+        "pool-uuid #x",
+        "pool-uuid de#fault",
+        "pool-uuid \\\n default",
+        "pool-uuid de\\\nfault\tdefault",
+        "pool-uuid default\r",
+        # Nothing to run.
+        "",
+        " ",
+        ";",
+        "# nothing",
+    ):
+        both("-c", uri, text)
+        both("-q", "-c", uri, text)
+
+
+def test_a_command_string_needs_its_connection_first() -> None:
+    # virsh connects once, before the first command: a daemon out of reach runs none.
+    uri = f"storage+tcp://127.0.0.1:{free_port()}/system"
+    both("-c", uri, "pool-uuid a; pool-uuid b")
