@@ -34,7 +34,7 @@ from virtvol.client.cli_args import (
     split_command_string,
 )
 from virtvol.client.cli_globals import USAGE, Globals, read_globals, version_text
-from virtvol.client.connection import Connection, connect
+from virtvol.client.connection import DEFAULT_KEEPALIVE, Connection, connect
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
@@ -1544,18 +1544,37 @@ def _help(topic: str | None) -> str:
 
 Opener = Callable[..., Awaitable[Connection]]
 
+_KEEPALIVE_INTERVAL_MAX = (2**31 - 1) // 1000  # seconds whose milliseconds fit an int
+
 
 async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener: Opener) -> str:
     # virsh connects before the command when given -c, and within it otherwise (so a
     # failure then ends with the command's blank line).
     ran = not args.connect_given
+    keepalive: tuple[float, int] | None = args.keepalive
+    # libvirt's client refuses an interval whose milliseconds overflow an int, once
+    # connected; virsh then gives the connection up, having asked for that interval.
+    refused_interval = keepalive is not None and keepalive[0] > _KEEPALIVE_INTERVAL_MAX
     try:
-        conn = await opener(args.connect, protocol=args.protocol, read_only=args.readonly)
+        conn = await opener(
+            args.connect,
+            protocol=args.protocol,
+            read_only=args.readonly,
+            keepalive=None if refused_interval else keepalive,
+        )
     except TimeoutError as exc:
         raise CommandError("failed to connect to the hypervisor", "timed out", ran=ran) from exc
     except (TransportError, VirtvolError, LibvirtError) as exc:
         message = exc.message if isinstance(exc, LibvirtError) else str(exc)
         raise CommandError("failed to connect to the hypervisor", message, ran=ran) from exc
+    if refused_interval and keepalive is not None:
+        await conn.close()
+        raise CommandError(
+            "Cannot setup keepalive on connection as requested, disconnecting",
+            "failed to connect to the hypervisor",
+            f"internal error: keepalive interval {keepalive[0]} too large",
+            ran=ran,
+        )
     try:
         try:
             check_exclusive(command, vars(args))
@@ -1753,8 +1772,19 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
         quiet=quiet,
         readonly=found.readonly,
         protocol=found.protocol,
+        keepalive=_keepalive(found),
     )
     return _Invocation(args, command=command, handler=handler)
+
+
+def _keepalive(found: Globals) -> tuple[float, int]:
+    """``-k`` and ``-K``, each the connection's own when not given (an interval of 0: none)."""
+    interval, count = DEFAULT_KEEPALIVE
+    if found.keepalive_interval is not None:
+        interval = found.keepalive_interval
+    if found.keepalive_count is not None:
+        count = found.keepalive_count
+    return interval, count
 
 
 def _print(output: str, *, quiet: bool) -> None:

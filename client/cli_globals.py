@@ -22,6 +22,10 @@ virtvol [options]... <command> [args...]
   options:
     -c | --connect=URI      the daemon to talk to (libvirt URI or alias)
     -h | --help             this help
+    -k | --keepalive-interval=SECONDS
+                            silence before a keepalive ping (0: no pings)
+    -K | --keepalive-count=NUM
+                            unanswered pings before giving the daemon up
     -q | --quiet            quiet mode: no table headers, notices, progress or summary
     -r | --readonly         open the connection read-only
     -v                      short version
@@ -37,10 +41,21 @@ virtvol [options]... <command> [args...]
 class Globals:
     """The options before the command, read as virsh reads its own (getopt)."""
 
-    __slots__ = ("connect", "protocol", "quiet", "readonly", "show")
+    __slots__ = (
+        "connect",
+        "keepalive_count",
+        "keepalive_interval",
+        "protocol",
+        "quiet",
+        "readonly",
+        "show",
+    )
 
     def __init__(self) -> None:
         self.connect: str | None = None
+        # None: the connection's own (``-k``/``-K`` not given).
+        self.keepalive_interval: int | None = None
+        self.keepalive_count: int | None = None
         self.quiet = False
         self.readonly = False
         self.protocol = "current"
@@ -54,7 +69,37 @@ _SHORT_FLAGS = {
     "v": "version-short",
     "V": "version-long",
 }
-_LONG = ("connect", "quiet", "readonly", "help", "version", "protocol")
+_LONG = (
+    "connect",
+    "keepalive-interval",
+    "keepalive-count",
+    "quiet",
+    "readonly",
+    "help",
+    "version",
+    "protocol",
+)
+# The options that take a number, by their letter.
+_NUMBERS = {"k": "keepalive-interval", "K": "keepalive-count"}
+_INT_MAX = 2**31 - 1
+
+
+def _c_int(text: str) -> int | None:
+    """``text`` read as C's strtol reads an int (base 0: blanks before it, a sign, ``0x``
+    for hex, ``0`` for octal), the whole text; None for anything else or out of range."""
+    body = text.lstrip(" \t\n\v\f\r")
+    sign = -1 if body.startswith("-") else 1
+    body = body[1:] if body[:1] in "+-" else body
+    base = 10
+    if body[:2].lower() == "0x" and len(body) > 2:
+        base, body = 16, body[2:]
+    elif body.startswith("0") and len(body) > 1:
+        base, body = 8, body[1:]
+    digits = "0123456789abcdef"[:base]
+    if not body or any(char not in digits for char in body.lower()):
+        return None
+    number = sign * int(body, base)
+    return number if -_INT_MAX - 1 <= number <= _INT_MAX else None
 
 
 def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
@@ -71,10 +116,25 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
         if attached is not None:
             return attached
         if i >= len(argv):
-            short = "'-c'/" if name == "connect" else ""
+            letters = {"connect": "c", **{long: short for short, long in _NUMBERS.items()}}
+            short = f"'-{letters[name]}'/" if name in letters else ""
             raise ArgumentError(f"option {short}'--{name}' requires an argument")
         i += 1
         return argv[i - 1]
+
+    def number(spelling: str, text: str) -> int:
+        value = _c_int(text)
+        if value is None:
+            raise ArgumentError(f"Invalid value for option {spelling}")
+        if value < 0:
+            raise ArgumentError(f"option {spelling} requires a positive integer argument")
+        return value
+
+    def keepalive(long: str, spelling: str, text: str) -> None:
+        if long == "keepalive-interval":
+            found.keepalive_interval = number(spelling, text)
+        else:
+            found.keepalive_count = number(spelling, text)
 
     def flag(name: str) -> None:
         if name == "quiet":
@@ -99,6 +159,8 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
             long = matches[0]
             if long == "connect":
                 found.connect = value_of("connect", attached if equals else None)
+            elif long in _NUMBERS.values():
+                keepalive(long, f"--{long}", value_of(long, attached if equals else None))
             elif long == "protocol":
                 found.protocol = value_of("protocol", attached if equals else None)
                 if found.protocol not in ("current", "legacy"):
@@ -122,6 +184,9 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
                         found.connect, letters = letters, ""
                     else:
                         found.connect = value_of("connect", None)
+                elif letter in _NUMBERS:
+                    text, letters = letters or value_of(_NUMBERS[letter], None), ""
+                    keepalive(_NUMBERS[letter], f"-{letter}", text)
                 elif letter in _SHORT_FLAGS:
                     flag(_SHORT_FLAGS[letter])
                 else:

@@ -53,7 +53,10 @@ else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Connection", "PendingConnection", "ProtocolMode", "connect"]
+__all__ = ["DEFAULT_KEEPALIVE", "Connection", "PendingConnection", "ProtocolMode", "connect"]
+
+# (interval, count) of a connection that asks for nothing else: libvirt's client's.
+DEFAULT_KEEPALIVE: tuple[float, int] = (5, 5)
 
 
 # Seconds the goodbye calls may take together before the connection is closed anyway.
@@ -556,7 +559,7 @@ def connect(
     uri: str | None = None,
     *,
     timeout: float | None = 30.0,
-    keepalive: tuple[float, int] | None = (5, 5),
+    keepalive: tuple[float, int] | None = DEFAULT_KEEPALIVE,
     protocol: ProtocolMode = "current",
     read_only: bool = False,
 ) -> PendingConnection:

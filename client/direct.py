@@ -42,7 +42,12 @@ if TYPE_CHECKING:
 else:
     from virtvol.protocol.hints import TypeVar, overload
 
-from virtvol.client.connection import Connection, connect_failure, handshake
+from virtvol.client.connection import (
+    DEFAULT_KEEPALIVE,
+    Connection,
+    connect_failure,
+    handshake,
+)
 from virtvol.client.errors import (
     CallTimeout,
     ConnectionClosed,
@@ -145,7 +150,7 @@ async def open_direct(
     protocol: ProtocolMode = "current",
     read_only: bool = False,
     time_limit: float | None = 30.0,
-    keepalive: tuple[float, int] | None = (5, 5),
+    keepalive: tuple[float, int] | None = DEFAULT_KEEPALIVE,
 ) -> Connection:
     """Open a ``Connection`` over a blocking socket, handshake included (as ``connect``).
 

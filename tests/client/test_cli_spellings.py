@@ -13,11 +13,18 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.client.helpers import MIB, leftovers
 from tests.conftest import ReferenceLibvirtd, Virtvold, free_port, run_virsh
+from virtvol.client import cli, direct
+from virtvol.client.connection import DEFAULT_KEEPALIVE
+from virtvol.client.errors import TransportError
+
+if TYPE_CHECKING:
+    from virtvol.client.connection import Connection
 
 pytestmark = pytest.mark.interop
 
@@ -808,6 +815,68 @@ def test_global_options_as_virsh_reads_them(virtvold: Virtvold) -> None:
     ):
         theirs = run_in_c_locale(["virsh", *args])
         same(run_virtvol(*args), theirs)
+
+
+def test_keepalive_options_as_virsh_reads_them(reference_libvirtd: ReferenceLibvirtd) -> None:
+    uri = reference_libvirtd.tcp_uri
+    for keepalive in (
+        # Read as C's strtol reads an int: blanks before, a sign, 0x and 0 prefixes.
+        ["-k", "0"],
+        ["-k", "1", "-K", "1"],
+        ["-k5"],
+        ["-K0", "-k", "0"],
+        ["--keepalive-interval=3"],
+        ["--keepalive-count", "3"],
+        ["-k", "0x10"],
+        ["-k", "010"],
+        ["-k", " +3"],
+        ["-k", "-0"],
+        ["-K", "2147483647"],
+        ["-k", "2147483"],
+        # Refused while reading the options.
+        ["-k", "x"],
+        ["-k", ""],
+        ["-k", "3 "],
+        ["-k", "08"],
+        ["-k", "0x"],
+        ["-k", "2147483648"],
+        ["-k", "-1"],
+        ["-k", "-2147483649"],
+        ["--keepalive-interval=-5"],
+        ["-K", "x"],
+        ["-K", "-1"],
+        ["-k"],
+        ["--keep=3"],
+        # Taken, then refused by libvirt's client once connected.
+        ["-k", "2147484"],
+        ["-k", "2147484", "-K", "0"],
+    ):
+        args = [*keepalive, "-c", uri, "pool-uuid", "default"]
+        same(run_virtvol(*args), run_in_c_locale(["virsh", *args]))
+
+
+@pytest.mark.parametrize(
+    ("options", "keepalive"),
+    [
+        ([], DEFAULT_KEEPALIVE),
+        (["-k", "2", "-K", "0"], (2, 0)),
+        (["-K3"], (DEFAULT_KEEPALIVE[0], 3)),
+        (["--keepalive-interval=0"], (0, DEFAULT_KEEPALIVE[1])),
+    ],
+)
+def test_keepalive_options_reach_the_connection(
+    options: list[str], keepalive: tuple[float, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[object] = []
+
+    async def opener(uri: str | None, **settings: object) -> Connection:
+        asked.append(settings["keepalive"])
+        raise TransportError("refused")
+
+    monkeypatch.setattr(direct, "open_direct", opener)
+    uri = f"storage+tcp://127.0.0.1:{free_port()}/system"
+    assert cli.main([*options, "-c", uri, "pool-list"]) == 1
+    assert asked == [keepalive]
 
 
 def _synopsis(help_text: str) -> str:
