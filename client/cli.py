@@ -363,12 +363,14 @@ async def pool_list(conn: Connection, args: SimpleNamespace) -> str:
         _fail("Failed to list pools", exc)
     pools.sort(key=lambda pool: _virsh_order(pool.name))
     if args.name or args.uuid:
-        # virsh's layout: the UUID, then the name padded to 20 columns.
+        # virsh's layout: the UUID, then the name padded to 20 bytes (printf's "%-20s",
+        # which counts bytes, not characters: "pöol" gets 15 spaces).
         lines = []
         for pool in pools:
             parts = [pool.uuid_string] if args.uuid else []
             if args.name:
-                parts.append(f"{pool.name:<20}")
+                padding = 20 - len(pool.name.encode("utf-8", "surrogateescape"))
+                parts.append(pool.name + " " * padding)
             lines.append(" ".join(parts) + "\n")
         return "".join(lines)
     rows = []

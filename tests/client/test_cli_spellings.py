@@ -1142,6 +1142,9 @@ def test_tables_write_names_as_virsh_does(reference_libvirtd: ReferenceLibvirtd)
         ["-q", "vol-list", "default"],
         ["pool-list", "--all"],
         ["pool-list", "--all", "--details"],
+        # Not a table: a name padded to 20 bytes, as printf pads it, in every locale.
+        ["pool-list", "--all", "--name"],
+        ["pool-list", "--all", "--name", "--uuid"],
     ):
         theirs = _in_locale("C.UTF-8", ["virsh", "-c", uri, *args])
         ours = _in_locale("C.UTF-8", [*_COMMAND, "-c", uri, *args])
