@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 
@@ -1707,10 +1708,12 @@ def _show_held_failures(errors: Sequence[str] = ()) -> None:
 
 class _Invocation(Record):
     """What the command line asks for: a text to print (help, version), a command, or a
-    failure to report when its turn comes (help on a topic that does not exist)."""
+    failure to report when its turn comes (help on a topic that does not exist).
+    ``ran``: the text is a command's output (``help``), which ends as a command's does."""
 
     args: SimpleNamespace
     text: str | None = None
+    ran: bool = False
     command: Command | None = None
     handler: Handler | None = None
     failure: CommandError | None = None
@@ -1728,7 +1731,7 @@ def _prepare(argv: Sequence[str]) -> list[_Invocation]:
     is read before the first runs, so a refused one runs none.
     """
     found, rest = read_globals(argv)
-    plain = SimpleNamespace(quiet=found.quiet)
+    plain = SimpleNamespace(quiet=found.quiet, timing=found.timing)
     if found.show == "help":
         return [_Invocation(plain, text=USAGE + _command_list())]
     if found.show is not None:
@@ -1744,7 +1747,7 @@ def _prepare(argv: Sequence[str]) -> list[_Invocation]:
 
 def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation:
     """Read one command and its words (raises ArgumentError or CommandError)."""
-    plain = SimpleNamespace(quiet=found.quiet)
+    plain = SimpleNamespace(quiet=found.quiet, timing=found.timing)
     # --quiet after the command: virtvol's own spelling (virsh takes it only before).
     end = words.index("--") if "--" in words else len(words)
     quiet = found.quiet or "--quiet" in words[:end]
@@ -1757,7 +1760,7 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
             text = _help(topic if isinstance(topic, str) else None)
         except CommandError as exc:
             return _Invocation(plain, failure=exc)
-        return _Invocation(plain, text=text if quiet else text + "\n")
+        return _Invocation(plain, text=text, ran=True)
     if name in _INTERACTIVE:
         raise CommandError(f"command '{name}' is not supported by virtvol", ran=False)
     if name not in _COMMANDS:
@@ -1765,7 +1768,7 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
     command, handler = _COMMANDS[name]
     if "--help" in words[:end]:
         text = format_command_help(command)
-        return _Invocation(plain, text=text if quiet else text + "\n")
+        return _Invocation(plain, text=text, ran=True)
     values = parse_arguments(command, words)
     args = SimpleNamespace(
         **values,
@@ -1775,6 +1778,7 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
         readonly=found.readonly,
         protocol=found.protocol,
         keepalive=_keepalive(found),
+        timing=found.timing,
     )
     return _Invocation(args, command=command, handler=handler)
 
@@ -1789,15 +1793,19 @@ def _keepalive(found: Globals) -> tuple[float, int]:
     return interval, count
 
 
-def _print(output: str, *, quiet: bool) -> None:
-    """virsh's way: a blank line after each command's output; with --quiet, neither
-    the blank line nor notices such as "Vol x created"."""
-    if quiet:
-        if not isinstance(output, Notice):
-            sys.stdout.write(output)
-    else:
-        sys.stdout.write(output + "\n")
+def _print(output: str, *, quiet: bool, end: str) -> None:
+    """virsh's way: the command's output, then ``end`` (``_command_end``); with --quiet,
+    no notices such as "Vol x created"."""
+    sys.stdout.write(end if quiet and isinstance(output, Notice) else output + end)
     sys.stdout.flush()
+
+
+def _command_end(args: SimpleNamespace, started: float) -> str:
+    """What virsh writes after a command that ran, whatever its outcome: a blank line
+    (none with --quiet), or with --timing how long the command took."""
+    if args.timing:
+        return f"\n(Time: {(time.perf_counter() - started) * 1000:.3f} ms)\n\n"
+    return "" if args.quiet else "\n"
 
 
 def _flush_output(text: str = "") -> None:
@@ -1910,12 +1918,14 @@ def _run_invocation(invocation: _Invocation) -> tuple[int, bool]:
     it may run (not after Ctrl-C, a reader gone, or a failed connection to ``-c``'s URI,
     which virsh makes once, before the first command)."""
     quiet = invocation.args.quiet
+    started = time.perf_counter()
     _held_failures.clear()
     try:
         if invocation.failure is not None:
             raise invocation.failure
         if invocation.command is None or invocation.handler is None:
-            sys.stdout.write(invocation.text or "")
+            end = _command_end(invocation.args, started) if invocation.ran else ""
+            sys.stdout.write((invocation.text or "") + end)
             return 0, True
         _show_warnings()
         output = _execute(invocation.command, invocation.handler, invocation.args)
@@ -1928,8 +1938,8 @@ def _run_invocation(invocation: _Invocation) -> tuple[int, bool]:
         for line in exc.lines:
             sys.stderr.write(f"error: {line}\n")
         sys.stderr.flush()
-        if exc.ran and not quiet:
-            _flush_output("\n")
+        if exc.ran:
+            _flush_output(_command_end(invocation.args, started))
         return 1, exc.ran
     except KeyboardInterrupt:
         _show_held_failures()
@@ -1939,7 +1949,7 @@ def _run_invocation(invocation: _Invocation) -> tuple[int, bool]:
         return 128 + ended.signum, False
     _show_held_failures()
     try:
-        _print(output, quiet=quiet)
+        _print(output, quiet=quiet, end=_command_end(invocation.args, started))
     except BrokenPipeError:  # the reader went away (``virtvol vol-list | head``)
         return 1, False
     except OSError as exc:  # a full disk, an I/O error: said, not a traceback

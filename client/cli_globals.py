@@ -28,6 +28,7 @@ virtvol [options]... <command> [args...]
                             unanswered pings before giving the daemon up
     -q | --quiet            quiet mode: no table headers, notices, progress or summary
     -r | --readonly         open the connection read-only
+    -t | --timing           how long each command took
     -v                      short version
     -V                      long version
          --version[=TYPE]   version, TYPE is short or long (default short)
@@ -49,6 +50,7 @@ class Globals:
         "quiet",
         "readonly",
         "show",
+        "timing",
     )
 
     def __init__(self) -> None:
@@ -58,6 +60,7 @@ class Globals:
         self.keepalive_count: int | None = None
         self.quiet = False
         self.readonly = False
+        self.timing = False
         self.protocol = "current"
         self.show: str | None = None  # "help", "version-short", "version-long"
 
@@ -65,6 +68,7 @@ class Globals:
 _SHORT_FLAGS = {
     "q": "quiet",
     "r": "readonly",
+    "t": "timing",
     "h": "help",
     "v": "version-short",
     "V": "version-long",
@@ -75,6 +79,7 @@ _LONG = (
     "keepalive-count",
     "quiet",
     "readonly",
+    "timing",
     "help",
     "version",
     "protocol",
@@ -141,6 +146,8 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
             found.quiet = True
         elif name == "readonly":
             found.readonly = True
+        elif name == "timing":
+            found.timing = True
         elif found.show is None:
             found.show = name
 

@@ -855,6 +855,37 @@ def test_keepalive_options_as_virsh_reads_them(reference_libvirtd: ReferenceLibv
         same(run_virtvol(*args), run_in_c_locale(["virsh", *args]))
 
 
+def _mask_times(text: str) -> str:
+    return re.sub(r"\(Time: \d+\.\d{3} ms\)", "(Time: T ms)", text)
+
+
+def test_timing_as_virsh_prints_it(reference_libvirtd: ReferenceLibvirtd) -> None:
+    uri = reference_libvirtd.tcp_uri
+    for args in (
+        ["-t", "pool-uuid", "default"],
+        ["--timing", "-q", "pool-uuid", "default"],
+        ["-t", "pool-name", "nope"],
+        ["-tq", "pool-name", "nope"],
+        ["-t", "vol-info", "nope", "default"],
+        ["-t", "pool-list", "--all", "--inactive"],
+        ["-t", "vol-info", "--bogus"],
+        ["-t", "pool-uuid default; pool-name nope"],
+        ["-t", "help", "pool-uuid"],
+    ):
+        ours = run_virtvol("-c", uri, *args)
+        theirs = run_in_c_locale(["virsh", "-c", uri, *args])
+        assert "(Time: " in theirs.stdout or args[1] == "vol-info", args
+        if args[1] == "help":  # the help's words are virtvol's own
+            assert _mask_times(ours.stdout).endswith("\n\n(Time: T ms)\n\n"), ours.stdout
+            assert _mask_times(theirs.stdout).endswith("\n\n(Time: T ms)\n\n")
+            continue
+        assert (_mask_times(ours.stdout), ours.stderr, ours.returncode) == (
+            _mask_times(theirs.stdout),
+            theirs.stderr,
+            theirs.returncode,
+        ), args
+
+
 @pytest.mark.parametrize(
     ("options", "keepalive"),
     [
