@@ -3,7 +3,8 @@
 virsh does not use getopt for a command's arguments; its rules, which this
 module follows (checked against virsh 9.0):
 
-* ``--name value`` and ``--name=value`` for options that take a value,
+* ``--name value`` and ``--name=value`` for options that take a value (a name begins
+  with a letter or digit: ``---x`` is a value),
   ``--name`` alone for flags (``--flag=x`` is an error); names are never
   abbreviated, and an option may appear once;
 * any other word fills the next option that takes a value and has not been
@@ -96,6 +97,12 @@ class Command(Record):
         return None
 
 
+def _is_option(word: str) -> bool:
+    """virsh takes a word for an option's name when a letter or digit (ASCII) follows its
+    ``--``: ``--=x``, ``---`` or ``--_x`` is a value."""
+    return word.startswith("--") and word[2:3].isascii() and word[2:3].isalnum()
+
+
 def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]:
     """Read ``words`` (what follows the command's name) as virsh would.
 
@@ -114,7 +121,7 @@ def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]
         if not only_values and word == "--":
             only_values = True
             continue
-        if not only_values and word.startswith("--") and len(word) > 2:
+        if not only_values and _is_option(word):
             name, equals, value = word[2:].partition("=")
             opt = command.option(name)
             if opt is None:

@@ -855,6 +855,16 @@ def test_keepalive_options_as_virsh_reads_them(reference_libvirtd: ReferenceLibv
         same(run_virtvol(*args), run_in_c_locale(["virsh", *args]))
 
 
+def test_words_beginning_with_dashes_as_virsh_reads_them(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    # An option's name begins with a letter or digit; any other word is a value.
+    uri = reference_libvirtd.tcp_uri
+    for word in ("--=x", "---vol", "--_x", "--.x", "--\u00e9", "--1", "--A", "--a="):
+        both(uri, "vol-info", word)
+        both(uri, "vol-info", word, "default")
+
+
 def _mask_times(text: str) -> str:
     return re.sub(r"\(Time: \d+\.\d{3} ms\)", "(Time: T ms)", text)
 
