@@ -32,6 +32,7 @@ from virtvol.client.cli_args import (
     check_not_empty,
     format_command_help,
     parse_arguments,
+    read_arguments,
     split_command_string,
 )
 from virtvol.client.cli_globals import USAGE, Globals, read_globals, version_text
@@ -1766,10 +1767,9 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
     if name not in _COMMANDS:
         raise CommandError(f"unknown command: '{name}'", ran=False)
     command, handler = _COMMANDS[name]
-    if "--help" in words[:end]:
-        text = format_command_help(command)
-        return _Invocation(plain, text=text, ran=True)
-    values = parse_arguments(command, words)
+    values, help_asked = read_arguments(command, words)
+    if help_asked:
+        return _Invocation(plain, text=format_command_help(command), ran=True)
     args = SimpleNamespace(
         **values,
         connect=_connect_uri(found.connect),

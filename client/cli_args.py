@@ -34,6 +34,7 @@ __all__ = [
     "check_not_empty",
     "format_command_help",
     "parse_arguments",
+    "read_arguments",
     "split_command_string",
 ]
 
@@ -112,7 +113,23 @@ def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]
     Raises:
         ArgumentError: with virsh's message.
     """
+    values, _help = read_arguments(command, words, help_flag=False)
+    return values
+
+
+def read_arguments(
+    command: Command, words: Sequence[str], *, help_flag: bool = True
+) -> tuple[dict[str, object], bool]:
+    """``parse_arguments``'s values, and whether ``words`` hold ``--help`` (``help_flag``),
+    virsh's flag of every command, which shows the command's help instead of running it:
+    the words must read as the command's all the same (``--foo --help`` is refused for
+    ``--foo``), but its required options may then be missing.
+
+    Raises:
+        ArgumentError: with virsh's message.
+    """
     given: dict[str, object] = {}
+    help_asked = False
     only_values = False
     i = 0
     while i < len(words):
@@ -123,6 +140,11 @@ def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]
             continue
         if not only_values and _is_option(word):
             name, equals, value = word[2:].partition("=")
+            if help_flag and name == "help":
+                if equals:
+                    raise ArgumentError("invalid '=' after option --help")
+                help_asked = True
+                continue
             opt = command.option(name)
             if opt is None:
                 raise ArgumentError(f"command '{command.name}' doesn't support option --{name}")
@@ -147,12 +169,13 @@ def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]
             raise ArgumentError(f"unexpected data '{word}'")
         given[target.name] = word
     for opt in command.options:
-        if opt.required and opt.name not in given:
+        if opt.required and opt.name not in given and not help_asked:
             raise ArgumentError(f"command '{command.name}' requires <{opt.name}> option")
-    return {
+    values = {
         opt.dest: given.get(opt.name, False if opt.kind == "bool" else None)
         for opt in command.options
     }
+    return values, help_asked
 
 
 # What virsh's reading of a command string gives a meaning to; a word without any of

@@ -865,6 +865,32 @@ def test_words_beginning_with_dashes_as_virsh_reads_them(
         both(uri, "vol-info", word, "default")
 
 
+def test_a_commands_help_option_as_virsh_reads_it(reference_libvirtd: ReferenceLibvirtd) -> None:
+    """``--help`` is a flag of every command: the rest of the line is read as usual (a
+    refusal wins), but required options may be missing; a value may be "--help"."""
+    uri = reference_libvirtd.tcp_uri
+    for args in (
+        ["vol-info", "--help=x"],
+        ["vol-info", "--help="],
+        ["pool-list", "--foo", "--help"],
+        ["vol-info", "--help", "--vol"],
+        ["vol-info", "--help", "a", "b", "c"],
+        ["vol-info", "--bytes", "--help", "--bytes"],
+        ["vol-info", "--vol", "--help"],
+        ["vol-info", "--vol", "--help", "--pool", "default"],
+    ):
+        both(uri, *args)
+    for args in (
+        ["vol-info", "--help", "--help"],
+        ["vol-info", "v1", "--help"],
+        ["vol-info", "--help", "--", "--help"],
+        ["vol-info", "--pool", "default", "--help", "--vol=v"],
+    ):
+        ours = run_virtvol("-c", uri, *args)
+        assert (ours.returncode, ours.stderr) == (0, ""), args
+        assert ours.stdout == run_virtvol("help", "vol-info").stdout, args
+
+
 def _mask_times(text: str) -> str:
     return re.sub(r"\(Time: \d+\.\d{3} ms\)", "(Time: T ms)", text)
 
