@@ -173,12 +173,11 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
                 if found.protocol not in ("current", "legacy"):
                     raise ArgumentError(f"unknown protocol '{found.protocol}' (current, legacy)")
             elif long == "version":
-                kind = attached if equals else "short"
-                if kind not in ("short", "long"):
-                    raise ArgumentError(f"unsupported option '{word}'. See --help.")
+                kind = "long" if equals and attached == "long" else "short"
                 found.show = found.show or f"version-{kind}"
-            elif equals:
-                raise ArgumentError(f"option '--{long}' doesn't allow an argument")
+            elif equals:  # virsh names the option by its letter then
+                letter = next(short for short, name in _SHORT_FLAGS.items() if name == long)
+                raise ArgumentError(f"unsupported option '-{letter}'. See --help.")
             else:
                 flag(long)
             continue

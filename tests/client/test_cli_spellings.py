@@ -769,7 +769,15 @@ def test_help_and_version() -> None:
     assert run_virtvol("vol-upload", "--help").stdout == ours
     assert run_virtvol("-q", "help", "vol-upload").stdout == ours[:-1]
     installed = importlib.metadata.version("virtvol")
-    for flag in ("--version", "-v", "--version=short"):
+    # Any --version but "long" is the short one.
+    for flag in (
+        "--version",
+        "-v",
+        "--version=short",
+        "--version=x",
+        "--version=",
+        "--version=LONG",
+    ):
         version = run_virtvol(flag)
         assert version.returncode == 0
         assert version.stdout == installed + "\n"
@@ -812,6 +820,11 @@ def test_global_options_as_virsh_reads_them(virtvold: Virtvold) -> None:
         ["--foo"],
         ["-c"],
         ["-Z"],
+        # A flag given a value is refused by its letter.
+        ["--readonly=x", "pool-list"],
+        ["-c", uri, "--quiet=1", "pool-list"],
+        ["--help=x"],
+        ["--timing=", "pool-list"],
     ):
         theirs = run_in_c_locale(["virsh", *args])
         same(run_virtvol(*args), theirs)
