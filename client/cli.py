@@ -31,7 +31,6 @@ from virtvol.client.cli_args import (
     check_late_option,
     check_not_empty,
     format_command_help,
-    parse_arguments,
     read_arguments,
     split_command_string,
 )
@@ -1536,9 +1535,20 @@ def _command_list(group: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+_HELP = Command(
+    "help",
+    "list the commands, or describe one",
+    "Describe a command, list the commands of a group, or list them all.",
+    "",
+    (Option("command", "a command, or a group's help keyword"),),
+)
+
+
 def _help(topic: str | None) -> str:
     if topic is None:
         return "Grouped commands:\n\n" + _command_list()
+    if topic == _HELP.name:
+        return format_command_help(_HELP)
     if topic in _COMMANDS:
         return format_command_help(_COMMANDS[topic][0])
     if topic in dict(_GROUPS):
@@ -1755,10 +1765,15 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
     words = [w for i, w in enumerate(words) if i >= end or w != "--quiet"]
     plain.quiet = quiet
     if name == "help":
-        help_command = Command("help", "", "", "", (Option("command", ""),))
-        topic = parse_arguments(help_command, words)["command"]
+        overlooked: list[str] = []
+        values, help_asked = read_arguments(_HELP, words, overlooked=overlooked)
+        for complaint in overlooked:  # said as the line is read, as virsh says it
+            sys.stderr.write(f"error: {complaint}\n")
+        if help_asked:
+            return _Invocation(plain, text=format_command_help(_HELP), ran=True)
+        topic = values["command"]
         try:
-            text = _help(topic if isinstance(topic, str) else None)
+            text = _help(topic if isinstance(topic, str) and topic else None)
         except CommandError as exc:
             return _Invocation(plain, failure=exc)
         return _Invocation(plain, text=text, ran=True)

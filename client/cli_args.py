@@ -33,7 +33,6 @@ __all__ = [
     "check_late_option",
     "check_not_empty",
     "format_command_help",
-    "parse_arguments",
     "read_arguments",
     "split_command_string",
 ]
@@ -104,26 +103,24 @@ def _is_option(word: str) -> bool:
     return word.startswith("--") and word[2:3].isascii() and word[2:3].isalnum()
 
 
-def parse_arguments(command: Command, words: Sequence[str]) -> dict[str, object]:
+def read_arguments(
+    command: Command,
+    words: Sequence[str],
+    *,
+    overlooked: list[str] | None = None,
+) -> tuple[dict[str, object], bool]:
     """Read ``words`` (what follows the command's name) as virsh would.
 
     Returns:
-        Every option's ``dest``: True/False for flags, the text or None for the others.
+        Every option's ``dest``: True/False for flags, the text or None for the others;
+        and whether ``words`` hold ``--help``, virsh's flag of every command, which shows
+        the command's help instead of running it: the words must read as the command's
+        all the same (``--foo --help`` is refused for ``--foo``), but its required
+        options may then be missing.
 
-    Raises:
-        ArgumentError: with virsh's message.
-    """
-    values, _help = read_arguments(command, words, help_flag=False)
-    return values
-
-
-def read_arguments(
-    command: Command, words: Sequence[str], *, help_flag: bool = True
-) -> tuple[dict[str, object], bool]:
-    """``parse_arguments``'s values, and whether ``words`` hold ``--help`` (``help_flag``),
-    virsh's flag of every command, which shows the command's help instead of running it:
-    the words must read as the command's all the same (``--foo --help`` is refused for
-    ``--foo``), but its required options may then be missing.
+    With ``overlooked`` (virsh's reading of its ``help`` command's words), an unknown
+    option and a word with no option left to fill are passed over, and so is an option
+    given again, after ``overlooked`` got virsh's complaint about it.
 
     Raises:
         ArgumentError: with virsh's message.
@@ -140,15 +137,20 @@ def read_arguments(
             continue
         if not only_values and _is_option(word):
             name, equals, value = word[2:].partition("=")
-            if help_flag and name == "help":
+            if name == "help":
                 if equals:
                     raise ArgumentError("invalid '=' after option --help")
                 help_asked = True
                 continue
             opt = command.option(name)
             if opt is None:
+                if overlooked is not None:
+                    continue
                 raise ArgumentError(f"command '{command.name}' doesn't support option --{name}")
             if opt.name in given:
+                if overlooked is not None:
+                    overlooked.append(f"option --{opt.name} already seen")
+                    continue
                 raise ArgumentError(f"option --{opt.name} already seen")
             if opt.kind == "bool":
                 if equals:
@@ -166,6 +168,8 @@ def read_arguments(
             (o for o in command.options if o.kind != "bool" and o.name not in given), None
         )
         if target is None:
+            if overlooked is not None:
+                continue
             raise ArgumentError(f"unexpected data '{word}'")
         given[target.name] = word
     for opt in command.options:

@@ -904,6 +904,36 @@ def test_a_commands_help_option_as_virsh_reads_it(reference_libvirtd: ReferenceL
         assert ours.stdout == run_virtvol("help", "vol-info").stdout, args
 
 
+def test_the_help_command_reads_its_words_as_virsh_does() -> None:
+    """virsh's help overlooks options and words it has no use for; a second topic is
+    said, then overlooked too. The texts are virtvol's own: compared are the topic shown,
+    stderr and the status."""
+    for args, topic in (
+        (["help", "--foo=x", "pool-list"], ["pool-list"]),
+        (["help", "--foo", "x"], None),
+        (["help", "pool-list", "extra"], ["pool-list"]),
+        (["help", "pool-list", "--command"], ["pool-list"]),
+        (["help", "--command", "pool-list", "--command", "vol-list"], ["pool-list"]),
+        (["help", "--command=pool-list", "--bar"], ["pool-list"]),
+        (["help", "--", "pool-list", "extra"], ["pool-list"]),
+        (["help", "-q"], None),
+        (["help", "--command", "--help"], None),
+        (["help", ""], []),
+        (["help", "--command="], []),
+        # The help command's own help.
+        (["help", "help"], ["help", "--help"]),
+        (["help", "pool-list", "--help"], ["help", "--help"]),
+        (["help", "--command"], None),
+    ):
+        ours = run_virtvol(*args)
+        theirs = run_in_c_locale(["virsh", *args])
+        assert (ours.stderr, ours.returncode) == (theirs.stderr, theirs.returncode), args
+        if topic is not None:
+            assert ours.stdout == run_virtvol("help", *topic).stdout, args
+    helps_help = run_virtvol("help", "--help").stdout
+    assert _synopsis(helps_help) == "help [--command <string>]"
+
+
 def _mask_times(text: str) -> str:
     return re.sub(r"\(Time: \d+\.\d{3} ms\)", "(Time: T ms)", text)
 
