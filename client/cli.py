@@ -1170,18 +1170,10 @@ _POOL_FILE = Option("file", "a file holding the pool's XML", required=True)
 _VALIDATE = Option("validate", "check the XML against libvirt's schema", "bool")
 _PREALLOC_METADATA = Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool")
 
+# In virsh's order, which ``help`` lists them in.
 _COMMANDS: dict[str, tuple[Command, Handler]] = {
     c.name: (c, h)
     for c, h in (
-        _command(
-            "find-storage-pool-sources",
-            find_storage_pool_sources,
-            "find storage a pool could use",
-            "Print the <sources> XML of the storage a pool of the type could use, looking"
-            " where a <source> XML file says.",
-            Option("type", "the type of pool (netfs, logical, iscsi...)", required=True),
-            Option("srcSpec", "a file holding a <source> XML: where to look"),
-        ),
         _command(
             "find-storage-pool-sources-as",
             find_storage_pool_sources_as,
@@ -1192,6 +1184,15 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("host", "the host to look at"),
             Option("port", "its port"),
             Option("initiator", "the iSCSI initiator IQN to look with"),
+        ),
+        _command(
+            "find-storage-pool-sources",
+            find_storage_pool_sources,
+            "find storage a pool could use",
+            "Print the <sources> XML of the storage a pool of the type could use, looking"
+            " where a <source> XML file says.",
+            Option("type", "the type of pool (netfs, logical, iscsi...)", required=True),
+            Option("srcSpec", "a file holding a <source> XML: where to look"),
         ),
         _command(
             "pool-autostart",
@@ -1211,10 +1212,13 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("overwrite", "overwrite any data already there", "bool"),
         ),
         _command(
-            "pool-capabilities",
-            pool_capabilities,
-            "the pool types the daemon supports",
-            "Print the daemon's storage pool capabilities XML: pool types and their formats.",
+            "pool-create-as",
+            pool_create_as,
+            "create and start a pool from options",
+            "Create and start a transient pool described by the options.",
+            *_POOL_AS,
+            *_BUILD,
+            exclusive=(("overwrite", "no-overwrite"), ("secret-usage", "secret-uuid")),
         ),
         _command(
             "pool-create",
@@ -1226,13 +1230,12 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             exclusive=(("overwrite", "no-overwrite"),),
         ),
         _command(
-            "pool-create-as",
-            pool_create_as,
-            "create and start a pool from options",
-            "Create and start a transient pool described by the options.",
+            "pool-define-as",
+            pool_define_as,
+            "define a pool from options",
+            "Define a persistent pool described by the options; it stays inactive.",
             *_POOL_AS,
-            *_BUILD,
-            exclusive=(("overwrite", "no-overwrite"), ("secret-usage", "secret-uuid")),
+            exclusive=(("secret-usage", "secret-uuid"),),
         ),
         _command(
             "pool-define",
@@ -1242,14 +1245,6 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             " one; it stays as it is until started.",
             _POOL_FILE,
             _VALIDATE,
-        ),
-        _command(
-            "pool-define-as",
-            pool_define_as,
-            "define a pool from options",
-            "Define a persistent pool described by the options; it stays inactive.",
-            *_POOL_AS,
-            exclusive=(("secret-usage", "secret-uuid"),),
         ),
         _command(
             "pool-delete",
@@ -1326,13 +1321,6 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             exclusive=(("overwrite", "no-overwrite"),),
         ),
         _command(
-            "pool-uuid",
-            pool_uuid,
-            "a pool's UUID from its name",
-            "Print the UUID of the pool with a given name.",
-            Option("pool", "the pool's name", required=True),
-        ),
-        _command(
             "pool-undefine",
             _pool_action(
                 _undefine, "Failed to undefine pool {name}", "Pool {name} has been undefined"
@@ -1340,6 +1328,19 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             "forget an inactive pool",
             "Remove the definition of an inactive pool; its data stays.",
             _POOL,
+        ),
+        _command(
+            "pool-uuid",
+            pool_uuid,
+            "a pool's UUID from its name",
+            "Print the UUID of the pool with a given name.",
+            Option("pool", "the pool's name", required=True),
+        ),
+        _command(
+            "pool-capabilities",
+            pool_capabilities,
+            "the pool types the daemon supports",
+            "Print the daemon's storage pool capabilities XML: pool types and their formats.",
         ),
         _command(
             "vol-clone",
@@ -1354,6 +1355,23 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
             Option("reflink", "share the data blocks (copy-on-write file systems)", "bool"),
             Option("print-xml", "only print the copy's XML", "bool"),
+        ),
+        _command(
+            "vol-create-as",
+            vol_create_as,
+            "create a volume from options",
+            "Create a volume in a pool from a name, a size and the options.",
+            Option("pool", "name or UUID of the pool", required=True),
+            Option("name", "name of the new volume", required=True),
+            Option("capacity", "its size, e.g. 10G (bytes without a suffix)", required=True),
+            Option(
+                "allocation", "bytes to allocate now, e.g. 0 for a sparse volume", empty_ok=True
+            ),
+            Option("format", "image format: raw, qcow2, ..."),
+            Option("backing-vol", "a volume to overlay (copy-on-write formats)"),
+            Option("backing-vol-format", "the format of --backing-vol"),
+            Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
+            Option("print-xml", "only print the volume's XML", "bool"),
         ),
         _command(
             "vol-create",
@@ -1382,23 +1400,6 @@ _COMMANDS: dict[str, tuple[Command, Handler]] = {
             _PREALLOC_METADATA,
             Option("reflink", "share the data blocks (copy-on-write file systems)", "bool"),
             _VALIDATE,
-        ),
-        _command(
-            "vol-create-as",
-            vol_create_as,
-            "create a volume from options",
-            "Create a volume in a pool from a name, a size and the options.",
-            Option("pool", "name or UUID of the pool", required=True),
-            Option("name", "name of the new volume", required=True),
-            Option("capacity", "its size, e.g. 10G (bytes without a suffix)", required=True),
-            Option(
-                "allocation", "bytes to allocate now, e.g. 0 for a sparse volume", empty_ok=True
-            ),
-            Option("format", "image format: raw, qcow2, ..."),
-            Option("backing-vol", "a volume to overlay (copy-on-write formats)"),
-            Option("backing-vol-format", "the format of --backing-vol"),
-            Option("prealloc-metadata", "preallocate only metadata (qcow2)", "bool"),
-            Option("print-xml", "only print the volume's XML", "bool"),
         ),
         _command(
             "vol-delete",
@@ -1528,7 +1529,7 @@ def _command_list(group: str | None = None) -> str:
         if group is not None and group != keyword:
             continue
         lines.append(f" {title} (help keyword '{keyword}'):")
-        for command, _ in sorted(_COMMANDS.values(), key=lambda c: c[0].name):
+        for command, _ in _COMMANDS.values():
             if command.group == keyword:
                 lines.append(f"    {command.name:<30} {command.summary}")
         lines.append("")

@@ -934,6 +934,16 @@ def test_the_help_command_reads_its_words_as_virsh_does() -> None:
     assert _synopsis(helps_help) == "help [--command <string>]"
 
 
+def test_help_lists_the_commands_in_virshs_order() -> None:
+    def listed(text: str) -> list[str]:
+        return [line.split()[0] for line in text.splitlines() if line.startswith("    ")]
+
+    for args in (["help", "pool"], ["help", "volume"], ["help"]):
+        ours = listed(run_virtvol(*args).stdout)
+        theirs = [name for name in listed(run_in_c_locale(["virsh", *args]).stdout) if name in ours]
+        assert ours == theirs, args
+
+
 def _mask_times(text: str) -> str:
     return re.sub(r"\(Time: \d+\.\d{3} ms\)", "(Time: T ms)", text)
 
