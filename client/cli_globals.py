@@ -21,6 +21,7 @@ virtvol [options]... <command> [args...]
 
   options:
     -c | --connect=URI      the daemon to talk to (libvirt URI or alias)
+    -e | --escape <char>    checked as virsh checks it; virtvol has no console
     -h | --help             this help
     -k | --keepalive-interval=SECONDS
                             silence before a keepalive ping (0: no pings)
@@ -75,6 +76,7 @@ _SHORT_FLAGS = {
 }
 _LONG = (
     "connect",
+    "escape",
     "keepalive-interval",
     "keepalive-count",
     "quiet",
@@ -121,7 +123,11 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
         if attached is not None:
             return attached
         if i >= len(argv):
-            letters = {"connect": "c", **{long: short for short, long in _NUMBERS.items()}}
+            letters = {
+                "connect": "c",
+                "escape": "e",
+                **{long: short for short, long in _NUMBERS.items()},
+            }
             short = f"'-{letters[name]}'/" if name in letters else ""
             raise ArgumentError(f"option {short}'--{name}' requires an argument")
         i += 1
@@ -166,6 +172,8 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
             long = matches[0]
             if long == "connect":
                 found.connect = value_of("connect", attached if equals else None)
+            elif long == "escape":
+                _check_escape(value_of("escape", attached if equals else None))
             elif long in _NUMBERS.values():
                 keepalive(long, f"--{long}", value_of(long, attached if equals else None))
             elif long == "protocol":
@@ -190,6 +198,9 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
                         found.connect, letters = letters, ""
                     else:
                         found.connect = value_of("connect", None)
+                elif letter == "e":
+                    _check_escape(letters or value_of("escape", None))
+                    letters = ""
                 elif letter in _NUMBERS:
                     text, letters = letters or value_of(_NUMBERS[letter], None), ""
                     keepalive(_NUMBERS[letter], f"-{letter}", text)
@@ -200,6 +211,14 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
             continue
         return found, [word, *argv[i:]]
     return found, list(argv[i:])
+
+
+def _check_escape(text: str) -> None:
+    """virsh's console escape: one byte but ``^``, or ``^`` and one. virtvol has no
+    console, so it is only checked, as virsh checks it whatever the command."""
+    escape = text.encode("utf-8", "surrogateescape")
+    if len(escape) != 1 + escape.startswith(b"^"):
+        raise ArgumentError(f"Invalid string '{text}' for escape sequence")
 
 
 def version_text(kind: str) -> str:
