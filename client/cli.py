@@ -1536,6 +1536,9 @@ def _command_list(group: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# virsh's commands that end its shell, and a command string where they stand.
+_QUIT_COMMANDS = ("quit", "exit")
+
 _HELP = Command(
     "help",
     "list the commands, or describe one",
@@ -1721,11 +1724,13 @@ def _show_held_failures(errors: Sequence[str] = ()) -> None:
 class _Invocation(Record):
     """What the command line asks for: a text to print (help, version), a command, or a
     failure to report when its turn comes (help on a topic that does not exist).
-    ``ran``: the text is a command's output (``help``), which ends as a command's does."""
+    ``ran``: the text is a command's output (``help``), which ends as a command's does.
+    ``ends``: ``quit`` or ``exit``, which end the commands with status 0."""
 
     args: SimpleNamespace
     text: str | None = None
     ran: bool = False
+    ends: bool = False
     command: Command | None = None
     handler: Handler | None = None
     failure: CommandError | None = None
@@ -1778,6 +1783,9 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
         except CommandError as exc:
             return _Invocation(plain, failure=exc)
         return _Invocation(plain, text=text, ran=True)
+    if name in _QUIT_COMMANDS:
+        read_arguments(Command(name, "", "", "", ()), words)
+        return _Invocation(plain, ends=True)
     if name in _INTERACTIVE:
         raise CommandError(f"command '{name}' is not supported by virtvol", ran=False)
     if name not in _COMMANDS:
@@ -1923,6 +1931,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
     status = 0
     for invocation in invocations:
+        if invocation.ends:
+            return 0
         status, go_on = _run_invocation(invocation)
         if not go_on:
             break

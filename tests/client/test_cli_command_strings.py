@@ -61,6 +61,11 @@ def test_a_command_string_is_read_and_run_as_virsh_does(
         "pool-uuid \\\n default",
         "pool-uuid de\\\nfault\tdefault",
         "pool-uuid default\r",
+        # quit and exit end the commands, with status 0.
+        "pool-uuid default; quit; pool-uuid default",
+        "pool-name nope; exit",
+        "quit; nope",
+        "exit extra",
         # Nothing to run.
         "",
         " ",
