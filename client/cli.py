@@ -1905,7 +1905,8 @@ def _open_closed_standard_streams() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``virtvol`` command; returns the exit status (0, or 1 on error)."""
+    """Run the ``virtvol`` command line (its command, or each of its command string's);
+    returns the exit status (0, or 1 on error: the last command's)."""
     _open_closed_standard_streams()
     previous = _catch_ending_signals()
     try:
