@@ -35,7 +35,7 @@ from virtvol.client.cli_args import (
     split_command_string,
 )
 from virtvol.client.cli_globals import USAGE, Globals, read_globals, version_text
-from virtvol.client.connection import DEFAULT_KEEPALIVE, Connection, connect
+from virtvol.client.connection import Connection, connect
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
@@ -1807,9 +1807,13 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
     return _Invocation(args, command=command, handler=handler)
 
 
+# virsh's keepalive where -k or -K leaves it: its own count, one more than libvirtd's 5.
+VIRSH_KEEPALIVE: tuple[float, int] = (5, 6)
+
+
 def _keepalive(found: Globals) -> tuple[float, int]:
-    """``-k`` and ``-K``, each the connection's own when not given (an interval of 0: none)."""
-    interval, count = DEFAULT_KEEPALIVE
+    """``-k`` and ``-K``, each virsh's own when not given (an interval of 0: none)."""
+    interval, count = VIRSH_KEEPALIVE
     if found.keepalive_interval is not None:
         interval = found.keepalive_interval
     if found.keepalive_count is not None:

@@ -17,13 +17,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.client.fake_peer import FakePeer
 from tests.client.helpers import MIB, leftovers
 from tests.conftest import ReferenceLibvirtd, Virtvold, free_port, run_virsh
 from virtvol.client import cli, direct
-from virtvol.client.connection import DEFAULT_KEEPALIVE
 from virtvol.client.errors import TransportError
+from virtvol.protocol.connection import CallReceived, PingReceived
+from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from virtvol.client.connection import Connection
 
 pytestmark = pytest.mark.interop
@@ -986,10 +990,10 @@ def test_timing_as_virsh_prints_it(reference_libvirtd: ReferenceLibvirtd) -> Non
 @pytest.mark.parametrize(
     ("options", "keepalive"),
     [
-        ([], DEFAULT_KEEPALIVE),
+        ([], cli.VIRSH_KEEPALIVE),
         (["-k", "2", "-K", "0"], (2, 0)),
-        (["-K3"], (DEFAULT_KEEPALIVE[0], 3)),
-        (["--keepalive-interval=0"], (0, DEFAULT_KEEPALIVE[1])),
+        (["-K3"], (cli.VIRSH_KEEPALIVE[0], 3)),
+        (["--keepalive-interval=0"], (0, cli.VIRSH_KEEPALIVE[1])),
     ],
 )
 def test_keepalive_options_reach_the_connection(
@@ -1005,6 +1009,42 @@ def test_keepalive_options_reach_the_connection(
     uri = f"storage+tcp://127.0.0.1:{free_port()}/system"
     assert cli.main([*options, "-c", uri, "pool-list"]) == 1
     assert asked == [keepalive]
+
+
+def _go_silent(peer: FakePeer, event: CallReceived) -> None:
+    peer.silent = True  # answers neither this call nor the PINGs that follow
+
+
+def _pings_before_giving_up(tmp_path: Path, run: Callable[[str], int]) -> tuple[int, int]:
+    """The exit status of ``run`` (given a peer's URI) and how many PINGs it sent to a
+    peer that goes silent at the command's first call, until it gave the peer up."""
+    tmp_path.mkdir()
+    with FakePeer(tmp_path, keepalive=True) as peer:
+        peer.handlers[Proc.CONNECT_LIST_ALL_STORAGE_POOLS] = _go_silent
+        status = run(peer.uri)
+        assert peer.hung_up.wait(30), "the client kept its connection"
+        return status, sum(isinstance(event, PingReceived) for event in peer.events)
+
+
+@pytest.mark.parametrize("options", [["-k", "1"], ["-k", "1", "-K", "1"]])
+def test_keepalive_gives_a_silent_daemon_up_after_as_many_pings_as_virsh(
+    options: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # virsh's count when -K is not given is its own (6), not libvirt's daemon's (5).
+    def with_virsh(uri: str) -> int:
+        return run_in_c_locale(["virsh", *options, "-c", uri, "pool-list"]).returncode
+
+    def with_virtvol(uri: str) -> int:  # over the blocking socket
+        return run_virtvol(*options, "-c", uri, "pool-list").returncode
+
+    def with_virtvol_event_loop(uri: str) -> int:  # as over TLS
+        monkeypatch.setattr(direct, "needs_event_loop", lambda *args, **kwargs: True)
+        return cli.main([*options, "-c", uri, "pool-list"])
+
+    theirs = _pings_before_giving_up(tmp_path / "virsh", with_virsh)
+    assert theirs[0] == 1
+    assert _pings_before_giving_up(tmp_path / "direct", with_virtvol) == theirs
+    assert _pings_before_giving_up(tmp_path / "event-loop", with_virtvol_event_loop) == theirs
 
 
 def _synopsis(help_text: str) -> str:
