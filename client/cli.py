@@ -1537,7 +1537,16 @@ def _command_list(group: str | None = None) -> str:
 
 
 # virsh's commands that end its shell, and a command string where they stand.
-_QUIT_COMMANDS = ("quit", "exit")
+_QUIT_COMMANDS = {
+    name: Command(
+        name,
+        "end the commands",
+        "End a command string: the commands after it do not run, and the status is 0.",
+        "",
+        (),
+    )
+    for name in ("quit", "exit")
+}
 
 _HELP = Command(
     "help",
@@ -1553,6 +1562,8 @@ def _help(topic: str | None) -> str:
         return "Grouped commands:\n\n" + _command_list()
     if topic == _HELP.name:
         return format_command_help(_HELP)
+    if topic in _QUIT_COMMANDS:
+        return format_command_help(_QUIT_COMMANDS[topic])
     if topic in _COMMANDS:
         return format_command_help(_COMMANDS[topic][0])
     if topic in dict(_GROUPS):
@@ -1784,7 +1795,9 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
             return _Invocation(plain, failure=exc)
         return _Invocation(plain, text=text, ran=True)
     if name in _QUIT_COMMANDS:
-        read_arguments(Command(name, "", "", "", ()), words)
+        _, help_asked = read_arguments(_QUIT_COMMANDS[name], words)
+        if help_asked:  # virsh's ``help quit``, which ends nothing
+            return _Invocation(plain, text=format_command_help(_QUIT_COMMANDS[name]), ran=True)
         return _Invocation(plain, ends=True)
     if name in _INTERACTIVE:
         raise CommandError(f"command '{name}' is not supported by virtvol", ran=False)

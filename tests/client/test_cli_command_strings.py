@@ -80,3 +80,24 @@ def test_a_command_string_needs_its_connection_first() -> None:
     # virsh connects once, before the first command: a daemon out of reach runs none.
     uri = f"storage+tcp://127.0.0.1:{free_port()}/system"
     both("-c", uri, "pool-uuid a; pool-uuid b")
+
+
+@pytest.mark.parametrize("command", ["quit", "exit"])
+def test_quit_and_exit_describe_themselves_as_virsh_does(
+    reference_libvirtd: ReferenceLibvirtd, command: str
+) -> None:
+    # Their help's words are virtvol's own: each program is compared with itself, then
+    # with virsh's outcome. ``quit --help`` is virsh's ``help quit``, which does not end.
+    uri = reference_libvirtd.tcp_uri
+    uuid = run_virsh(uri, "pool-uuid", "default").stdout
+    for run in (run_virtvol, lambda *args: run_in_c_locale(["virsh", *args])):
+        for text in (f"{command} --help", f"help {command}"):
+            described = run("-c", uri, text)
+            assert described.returncode == 0, described.stderr
+            assert f"    {command} - " in described.stdout
+            then = run("-c", uri, f"{text}; pool-uuid default")
+            assert (then.stdout, then.stderr, then.returncode) == (
+                described.stdout + uuid,
+                "",
+                0,
+            )
