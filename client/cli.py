@@ -1767,6 +1767,8 @@ def _prepare(argv: Sequence[str]) -> list[_Invocation]:
     if not rest:
         raise ArgumentError("no command given (see 'virtvol help')")
     if len(rest) > 1:
+        if rest[0].startswith("#"):  # virsh takes the whole line for a comment
+            return []
         return [_prepare_command(found, rest[0], rest[1:])]
     if not rest[0]:
         raise _EmptyCommand

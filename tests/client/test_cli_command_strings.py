@@ -76,6 +76,29 @@ def test_a_command_string_is_read_and_run_as_virsh_does(
         both("-q", "-c", uri, text)
 
 
+def test_a_command_line_of_several_words_is_read_as_virsh_does(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    # Several words are the command and its words as they are: no ';', quote or '#'
+    # in them means anything (a volume named so is that volume), but a first word
+    # beginning with '#', which virsh takes for a comment: nothing runs.
+    uri = reference_libvirtd.tcp_uri
+    name = "a; pool-destroy default"
+    run_virsh(uri, "vol-create-as", "default", name, "1M")
+    for words in (
+        ["vol-info", name, "--pool", "default"],
+        ["vol-path", "--pool", "default", name],
+        ["pool-uuid", "default;", "pool-destroy"],
+        ["pool-uuid", "'default'"],
+        ["pool-uuid", "#default"],
+        ["#", "pool-destroy", "default"],
+        ["#x", "pool-destroy", "default"],
+        ["pool-uuid;", "default"],
+    ):
+        both("-c", uri, *words)
+    assert "running" in run_virsh(uri, "pool-info", "default").stdout
+
+
 def test_a_command_string_needs_its_connection_first() -> None:
     # virsh connects once, before the first command: a daemon out of reach runs none.
     uri = f"storage+tcp://127.0.0.1:{free_port()}/system"
