@@ -154,7 +154,7 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
             found.readonly = True
         elif name == "timing":
             found.timing = True
-        elif found.show is None:
+        else:
             found.show = name
 
     while i < len(argv):
@@ -182,12 +182,14 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
                     raise ArgumentError(f"unknown protocol '{found.protocol}' (current, legacy)")
             elif long == "version":
                 kind = "long" if equals and attached == "long" else "short"
-                found.show = found.show or f"version-{kind}"
+                found.show = f"version-{kind}"
             elif equals:  # virsh names the option by its letter then
                 letter = next(short for short, name in _SHORT_FLAGS.items() if name == long)
                 raise ArgumentError(f"unsupported option '-{letter}'. See --help.")
             else:
                 flag(long)
+            if found.show is not None:  # virsh shows it at once: the rest is not read
+                return found, []
             continue
         if word.startswith("-") and len(word) > 1:
             letters = word[1:]
@@ -206,6 +208,8 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
                     keepalive(_NUMBERS[letter], f"-{letter}", text)
                 elif letter in _SHORT_FLAGS:
                     flag(_SHORT_FLAGS[letter])
+                    if found.show is not None:
+                        return found, []
                 else:
                     raise ArgumentError(f"unsupported option '-{letter}'. See --help.")
             continue

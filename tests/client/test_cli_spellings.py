@@ -789,6 +789,18 @@ def test_help_and_version() -> None:
     assert "-c | --connect=URI" in run_virtvol("--help").stdout
 
 
+def test_help_and_version_end_the_options_as_in_virsh() -> None:
+    # virsh shows its help or version as soon as it meets the option: what follows it,
+    # a refused option too, is not read.
+    for show in ("-v", "-V", "--version", "--version=long", "-h", "--help", "-vq"):
+        alone = run_virtvol(show)
+        for after in (["-k", "x"], ["-K", "-1"], ["-e", "xy"], ["--bogus"], ["-c"], ["-X"]):
+            ours = run_virtvol(show, *after, "pool-list")
+            theirs = run_in_c_locale(["virsh", show, *after, "pool-list"])
+            assert (ours.stderr, ours.returncode) == (theirs.stderr, theirs.returncode)
+            assert (ours.stdout, ours.returncode) == (alone.stdout, alone.returncode)
+
+
 def test_what_virtvol_cannot_do_is_refused_clearly(virtvold: Virtvold) -> None:
     uri = virtvold.unix_uri
     for args, message in (
