@@ -217,11 +217,19 @@ def read_globals(argv: Sequence[str]) -> tuple[Globals, list[str]]:
     return found, list(argv[i:])
 
 
+# What may follow ``^`` in an escape: a letter, or one of ``@[\]^_`` (``^]`` is Ctrl-]).
+_CONTROL_LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyz@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_")
+
+
 def _check_escape(text: str) -> None:
-    """virsh's console escape: one byte but ``^``, or ``^`` and one. virtvol has no
-    console, so it is only checked, as virsh checks it whatever the command."""
+    """virsh's console escape: one byte but ``^``, or ``^`` and a control letter. virtvol
+    has no console, so it is only checked, as virsh checks it whatever the command."""
     escape = text.encode("utf-8", "surrogateescape")
-    if len(escape) != 1 + escape.startswith(b"^"):
+    if escape.startswith(b"^"):
+        valid = len(escape) == 2 and escape[1] in _CONTROL_LETTERS
+    else:
+        valid = len(escape) == 1
+    if not valid:
         raise ArgumentError(f"Invalid string '{text}' for escape sequence")
 
 

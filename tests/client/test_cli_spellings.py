@@ -841,10 +841,20 @@ def test_global_options_as_virsh_reads_them(virtvold: Virtvold) -> None:
         ["-c", uri, "--quiet=1", "pool-list"],
         ["--help=x"],
         ["--timing=", "pool-list"],
-        # The console's escape: one character, or ^ and one; nothing else is checked.
+        # The console's escape: one byte, or ^ and a letter or one of @[\]^_ (a control
+        # character); nothing else is checked.
         ["-e", "^]", "-c", uri, "pool-list"],
         ["--escape=x", "-c", uri, "pool-list"],
         ["-e^^", "-c", uri, "pool-list"],
+        ["-e^a", "-c", uri, "pool-list"],
+        ["-e^@", "-c", uri, "pool-list"],
+        ["-e^_", "-c", uri, "pool-list"],
+        ["-e^1", "pool-list"],
+        ["-e^`", "pool-list"],
+        ["-e^{", "pool-list"],
+        ["-e^~", "pool-list"],
+        ["-e^?", "pool-list"],
+        ["-e^ ", "pool-list"],
         ["-e", "ab", "-c", uri, "pool-list"],
         ["--esc", "^\u00e9", "pool-list"],
         ["-e", "^", "pool-list"],
