@@ -193,7 +193,9 @@ def split_command_string(text: str) -> Iterator[list[str]]:
 
     * words are apart at blanks (spaces, tabs, a backslash before a new line);
     * a command ends at ``;`` or a new line; a word beginning with ``#`` begins a
-      comment, which ends the command and runs to the end of the line;
+      comment, which ends the command and runs to the end of the line; a command whose
+      first word begins with ``#`` once read (``'#x'``, ``\\#x``) is a comment to the
+      command's end, where a ``"`` left open is no error;
     * ``'...'`` is taken as it is; a backslash outside it takes the next character as
       it is, or joins the lines around it; ``"..."`` keeps blanks, ``;`` and ``'``;
       a quote left open is closed by the end of the text, a ``"`` excepted.
@@ -207,6 +209,7 @@ def split_command_string(text: str) -> Iterator[list[str]]:
     end = len(text)
     pos = 0
     words: list[str] = []
+    commented = False  # the command's first word began with '#'
     while True:
         while pos < end and (text[pos] in " \t" or text.startswith("\\\n", pos)):
             pos += 2 if text[pos] == "\\" else 1
@@ -220,15 +223,22 @@ def split_command_string(text: str) -> Iterator[list[str]]:
             if words:
                 yield words
             words = []
+            commented = False
             continue
-        word, pos = _read_word(text, pos)
+        word, pos = _read_word(text, pos, open_quote_ends=commented)
+        if commented:
+            continue
+        if not words and word.startswith("#"):
+            commented = True
+            continue
         words.append(word)
     if words:
         yield words
 
 
-def _read_word(text: str, pos: int) -> tuple[str, int]:
-    """The word beginning at ``pos`` of a command string, and where it ends."""
+def _read_word(text: str, pos: int, *, open_quote_ends: bool = False) -> tuple[str, int]:
+    """The word beginning at ``pos`` of a command string, and where it ends
+    (``open_quote_ends``: a ``"`` left open is closed by the end of the text)."""
     chars: list[str] = []
     single = double = False
     end = len(text)
@@ -251,7 +261,7 @@ def _read_word(text: str, pos: int) -> tuple[str, int]:
             if char == "\n":
                 continue
         chars.append(char)
-    if double:
+    if double and not open_quote_ends:
         raise ArgumentError('missing "')
     return "".join(chars), pos
 
