@@ -25,6 +25,7 @@ from types import SimpleNamespace
 
 from virtvol.client.cli_args import (
     ArgumentError,
+    Arguments,
     Command,
     Option,
     check_exclusive,
@@ -1777,28 +1778,24 @@ def _prepare(argv: Sequence[str]) -> list[_Invocation]:
 
 def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation:
     """Read one command and its words (raises ArgumentError or CommandError)."""
-    plain = SimpleNamespace(quiet=found.quiet, timing=found.timing)
-    # --quiet after the command: virtvol's own spelling (virsh takes it only before).
-    end = words.index("--") if "--" in words else len(words)
-    quiet = found.quiet or "--quiet" in words[:end]
-    words = [w for i, w in enumerate(words) if i >= end or w != "--quiet"]
-    plain.quiet = quiet
     if name == "help":
         overlooked: list[str] = []
-        values, help_asked = read_arguments(_HELP, words, overlooked=overlooked)
+        reading = read_arguments(_HELP, words, overlooked=overlooked)
         for complaint in overlooked:  # said as the line is read, as virsh says it
             sys.stderr.write(f"error: {complaint}\n")
-        if help_asked:
+        plain = _plain(found, reading)
+        if reading.help_asked:
             return _Invocation(plain, text=format_command_help(_HELP), ran=True)
-        topic = values["command"]
+        topic = reading.values["command"]
         try:
             text = _help(topic if isinstance(topic, str) and topic else None)
         except CommandError as exc:
             return _Invocation(plain, failure=exc)
         return _Invocation(plain, text=text, ran=True)
     if name in _QUIT_COMMANDS:
-        _, help_asked = read_arguments(_QUIT_COMMANDS[name], words)
-        if help_asked:  # virsh's ``help quit``, which ends nothing
+        reading = read_arguments(_QUIT_COMMANDS[name], words)
+        plain = _plain(found, reading)
+        if reading.help_asked:  # virsh's ``help quit``, which ends nothing
             return _Invocation(plain, text=format_command_help(_QUIT_COMMANDS[name]), ran=True)
         return _Invocation(plain, ends=True)
     if name in _INTERACTIVE:
@@ -1806,20 +1803,26 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
     if name not in _COMMANDS:
         raise CommandError(f"unknown command: '{name}'", ran=False)
     command, handler = _COMMANDS[name]
-    values, help_asked = read_arguments(command, words)
-    if help_asked:
-        return _Invocation(plain, text=format_command_help(command), ran=True)
+    reading = read_arguments(command, words)
+    if reading.help_asked:
+        return _Invocation(_plain(found, reading), text=format_command_help(command), ran=True)
     args = SimpleNamespace(
-        **values,
+        **reading.values,
         connect=_connect_uri(found.connect),
         connect_given=found.connect is not None,
-        quiet=quiet,
+        quiet=found.quiet or reading.quiet,
         readonly=found.readonly,
         protocol=found.protocol,
         keepalive=_keepalive(found),
         timing=found.timing,
     )
     return _Invocation(args, command=command, handler=handler)
+
+
+def _plain(found: Globals, reading: Arguments) -> SimpleNamespace:
+    """What a command that prints a text needs of the options: -q (before the command,
+    or virtvol's ``--quiet`` after it) and -t."""
+    return SimpleNamespace(quiet=found.quiet or reading.quiet, timing=found.timing)
 
 
 # virsh's keepalive where -k or -K leaves it: its own count, one more than libvirtd's 5.

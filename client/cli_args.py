@@ -13,6 +13,10 @@ module follows (checked against virsh 9.0):
 * a command's required options must all be present; exclusive options are
   refused when the command runs (``check_exclusive``), as virsh does.
 
+virtvol's own: ``--quiet`` where an option's name may stand is the ``-q`` given before
+the command (virsh takes it there only); where virsh reads a value (``--vol --quiet``,
+after ``--``), it is that value.
+
 The error texts are virsh's, so that a typo reads the same in both.
 """
 
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ArgumentError",
+    "Arguments",
     "Command",
     "Option",
     "check_exclusive",
@@ -103,20 +108,29 @@ def _is_option(word: str) -> bool:
     return word.startswith("--") and word[2:3].isascii() and word[2:3].isalnum()
 
 
+class Arguments(Record):
+    """A command's words as ``read_arguments`` read them.
+
+    ``values``: every option's ``dest``: True/False for flags, the text or None for the
+    others. ``help_asked``: the words hold ``--help``, virsh's flag of every command,
+    which shows the command's help instead of running it: the words must read as the
+    command's all the same (``--foo --help`` is refused for ``--foo``), but its required
+    options may then be missing. ``quiet``: virtvol's own ``--quiet`` stood where an
+    option may (see the module's docstring).
+    """
+
+    values: dict[str, object]
+    help_asked: bool
+    quiet: bool
+
+
 def read_arguments(
     command: Command,
     words: Sequence[str],
     *,
     overlooked: list[str] | None = None,
-) -> tuple[dict[str, object], bool]:
+) -> Arguments:
     """Read ``words`` (what follows the command's name) as virsh would.
-
-    Returns:
-        Every option's ``dest``: True/False for flags, the text or None for the others;
-        and whether ``words`` hold ``--help``, virsh's flag of every command, which shows
-        the command's help instead of running it: the words must read as the command's
-        all the same (``--foo --help`` is refused for ``--foo``), but its required
-        options may then be missing.
 
     With ``overlooked`` (virsh's reading of its ``help`` command's words), an unknown
     option and a word with no option left to fill are passed over, and so is an option
@@ -126,7 +140,7 @@ def read_arguments(
         ArgumentError: with virsh's message.
     """
     given: dict[str, object] = {}
-    help_asked = False
+    help_asked = quiet = False
     only_values = False
     i = 0
     while i < len(words):
@@ -143,6 +157,9 @@ def read_arguments(
                 help_asked = True
                 continue
             opt = command.option(name)
+            if opt is None and word == "--quiet":
+                quiet = True
+                continue
             if opt is None:
                 if overlooked is not None:
                     continue
@@ -179,7 +196,7 @@ def read_arguments(
         opt.dest: given.get(opt.name, False if opt.kind == "bool" else None)
         for opt in command.options
     }
-    return values, help_asked
+    return Arguments(values, help_asked, quiet)
 
 
 # What virsh's reading of a command string gives a meaning to; a word without any of

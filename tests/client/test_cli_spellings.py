@@ -902,6 +902,35 @@ def test_keepalive_options_as_virsh_reads_them(reference_libvirtd: ReferenceLibv
         same(run_virtvol(*args), run_in_c_locale(["virsh", *args]))
 
 
+def test_quiet_after_the_command_is_taken_only_where_an_option_stands(
+    reference_libvirtd: ReferenceLibvirtd,
+) -> None:
+    # virtvol's own --quiet after the command: where virsh reads a value (--vol's, or
+    # past "--"), the word "--quiet" is that value, a volume of that name, as in virsh.
+    uri = reference_libvirtd.tcp_uri
+    for name in ("--quiet", "--pool", "v1"):
+        run_virsh(uri, "vol-create-as", "default", "--", name, "1M")
+    for args in (
+        ["vol-path", "--vol", "--quiet", "--pool", "default"],
+        ["vol-path", "--vol", "--quiet", "default"],
+        ["vol-path", "--pool", "default", "--", "--quiet"],
+        ["vol-path --vol --quiet --pool default"],
+    ):
+        both(uri, *args)
+    for args in (
+        ["vol-path", "v1", "--quiet", "--pool", "default"],
+        ["vol-path v1 default --quiet; vol-key v1 default --quiet"],
+    ):
+        ours = run_virtvol("-c", uri, *args)
+        before = [a.replace(" --quiet", "") for a in args if a != "--quiet"]
+        theirs = run_in_c_locale(["virsh", "-q", "-c", uri, *before])
+        assert (ours.stdout, ours.stderr, ours.returncode) == (
+            theirs.stdout,
+            theirs.stderr,
+            theirs.returncode,
+        ), args
+
+
 def test_words_beginning_with_dashes_as_virsh_reads_them(
     reference_libvirtd: ReferenceLibvirtd,
 ) -> None:
