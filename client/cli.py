@@ -1581,10 +1581,10 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
     # virsh connects before the command when given -c, and within it otherwise (so a
     # failure then ends with the command's blank line).
     ran = not args.connect_given
-    keepalive: tuple[float, int] | None = args.keepalive
+    keepalive: tuple[float, int] = args.keepalive
     # libvirt's client refuses an interval whose milliseconds overflow an int, once
-    # connected; virsh then gives the connection up, having asked for that interval.
-    refused_interval = keepalive is not None and keepalive[0] > _KEEPALIVE_INTERVAL_MAX
+    # connected to a daemon that does keepalive.
+    refused_interval = keepalive[0] > _KEEPALIVE_INTERVAL_MAX
     try:
         conn = await opener(
             args.connect,
@@ -1597,12 +1597,17 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
     except (TransportError, VirtvolError, LibvirtError) as exc:
         message = exc.message if isinstance(exc, LibvirtError) else str(exc)
         raise CommandError("failed to connect to the hypervisor", message, ran=ran) from exc
-    if refused_interval and keepalive is not None:
+    # virsh gives the connection up when the keepalive -k or -K asked for (an interval
+    # of 0 asks for none) cannot be had: the daemon does none, or the client refuses it.
+    keepalive_refused = not conn.keepalive_supported or refused_interval
+    if args.keepalive_asked and keepalive[0] > 0 and keepalive_refused:
         await conn.close()
+        reasons = ["failed to connect to the hypervisor"]
+        if conn.keepalive_supported:
+            reasons.append(f"internal error: keepalive interval {keepalive[0]} too large")
         raise CommandError(
             "Cannot setup keepalive on connection as requested, disconnecting",
-            "failed to connect to the hypervisor",
-            f"internal error: keepalive interval {keepalive[0]} too large",
+            *reasons,
             ran=ran,
         )
     try:
@@ -1814,6 +1819,7 @@ def _prepare_command(found: Globals, name: str, words: list[str]) -> _Invocation
         readonly=found.readonly,
         protocol=found.protocol,
         keepalive=_keepalive(found),
+        keepalive_asked=found.keepalive_interval is not None or found.keepalive_count is not None,
         timing=found.timing,
     )
     return _Invocation(args, command=command, handler=handler)

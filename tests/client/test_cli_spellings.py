@@ -22,6 +22,7 @@ from tests.client.helpers import MIB, leftovers
 from tests.conftest import ReferenceLibvirtd, Virtvold, free_port, run_virsh
 from virtvol.client import cli, direct
 from virtvol.client.errors import TransportError
+from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, PingReceived
 from virtvol.protocol.procedures import Proc
 
@@ -1075,6 +1076,28 @@ def _pings_before_giving_up(tmp_path: Path, run: Callable[[str], int]) -> tuple[
         status = run(peer.uri)
         assert peer.hung_up.wait(30), "the client kept its connection"
         return status, sum(isinstance(event, PingReceived) for event in peer.events)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["-k", "5"], ["-K", "3"], ["-k", "2147484"], ["-k", "0", "-K", "3"], []],
+)
+def test_keepalive_asked_of_a_daemon_without_it_as_virsh_asks(
+    options: list[str], tmp_path: Path
+) -> None:
+    # virsh gives the connection up when -k or -K asked for a keepalive the daemon does
+    # not do; its own default, or -k 0, asks for none.
+    outcomes: list[tuple[str, str, int]] = []
+    for program in (["virsh"], _COMMAND):
+        folder = tmp_path / str(len(outcomes))
+        folder.mkdir()
+        with FakePeer(folder, keepalive=False) as peer:
+            peer.handlers[Proc.CONNECT_LIST_ALL_STORAGE_POOLS] = lambda peer, call: peer.reply(
+                call.serial, r.ListAllPoolsRet(pools=(), ret=0)
+            )
+            done = run_in_c_locale([*program, *options, "-c", peer.uri, "pool-list", "--name"])
+            outcomes.append((done.stdout, done.stderr, done.returncode))
+    assert outcomes[1] == outcomes[0]
 
 
 @pytest.mark.parametrize("options", [["-k", "1"], ["-k", "1", "-K", "1"]])
