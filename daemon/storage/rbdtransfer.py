@@ -33,7 +33,7 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse.reader import Chunk, read_pieces
 from virtvol.sparse.zeros import zero_runs
 
-from .rbdvolumes import RbdVolumes, copy_range, data_extents, zero_range
+from .rbdvolumes import MAX_IMAGE_SIZE, RbdVolumes, copy_range, data_extents, zero_range
 from .reports import storage_error, system_error
 
 if TYPE_CHECKING:
@@ -268,9 +268,11 @@ class RbdWriter:
     def _grow_to(self, end: int) -> None:
         if end <= self._size:
             return
+        if end > MAX_IMAGE_SIZE:
+            raise system_error("cannot write to stream", errno.EFBIG, ErrorDomain.STREAMS)
         if self._fresh:
             # A fresh image grows in big steps and is cut to size on commit.
-            new = max(end, self._size + GROW_STEP)
+            new = min(max(end, self._size + GROW_STEP), MAX_IMAGE_SIZE)
             self._image.resize(new)
             self._size = new
             return

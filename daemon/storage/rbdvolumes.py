@@ -74,6 +74,7 @@ from .reports import (
     volume_in_use,
 )
 from .resizerules import new_capacity
+from .volxml import MAX_FILE_SIZE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -97,6 +98,12 @@ ZERO_STEP = 1 << 30
 # Seconds a listed image that does not open is given to open (librbd lists a new image
 # a moment before its header is written) before it is taken for a removal cut short.
 CREATION_GRACE = 2.0
+
+# The largest image size made or read here: the largest capacity a volume's XML takes.
+# librbd accepts sizes up to 2^64 - 1 but counts objects with an overflow past 2^64
+# minus one object; walking such an image's object map aborts the whole process (a
+# failed assertion in librbd), so no size near that is ever made or walked.
+MAX_IMAGE_SIZE = MAX_FILE_SIZE
 
 # Seconds librados waits for the monitors and OSDs before giving up, as libvirt sets them.
 CLUSTER_TIMEOUT = "30"
@@ -122,6 +129,20 @@ def _errno(exc: BaseException) -> int:
     return value if isinstance(value, int) and value > 0 else errno.EIO
 
 
+def too_large(what: str) -> ErrorReport:
+    """libvirt's system error for a size past ``MAX_IMAGE_SIZE``."""
+    return system_error(what, errno.EFBIG)
+
+
+def walkable_size(image: Any) -> int:
+    """The image's size; ``OSError`` (EFBIG) when librbd cannot walk it (``MAX_IMAGE_SIZE``:
+    one another Ceph client made)."""
+    size: int = image.size()
+    if size > MAX_IMAGE_SIZE:
+        raise OSError(errno.EFBIG, "image too large to walk")
+    return size
+
+
 def zero_range(image: Any, offset: int, length: int) -> None:
     """Make ``[offset, offset+length)`` read as zeros, freeing whole objects."""
     end = offset + length
@@ -139,6 +160,7 @@ def data_extents(image: Any, offset: int, length: int) -> list[tuple[int, int]]:
     reading it.
     """
     found: list[tuple[int, int]] = []
+    walkable_size(image)  # never hand librbd an image it would abort on
 
     def seen(start: int, size: int, exists: bool) -> int:
         if exists and size:
@@ -452,8 +474,7 @@ class RbdVolumes:
         """(capacity, allocation): allocation is what the object map says is written."""
         with self.image(name, read_only=True) as image:
             size = image.size()
-            allocated = sum(end - start for start, end in data_extents(image, 0, size))
-            return size, allocated
+            return size, _allocation(image, size)
 
     # -- changes ----------------------------------------------------------------------
 
@@ -462,6 +483,8 @@ class RbdVolumes:
         self._create(request.name, request.capacity or 0)
 
     def _create(self, name: str, capacity: int, layout: dict[str, Any] | None = None) -> None:
+        if capacity > MAX_IMAGE_SIZE:
+            raise too_large(f"failed to create volume '{self.volume_path(name)}'")
         try:
             with self._in_use():
                 self._rbd.RBD().create(
@@ -524,7 +547,7 @@ class RbdVolumes:
         """The whole image reads as zeros; its objects are freed."""
         with self.image(name) as image:
             try:
-                zero_range(image, 0, image.size())
+                zero_range(image, 0, walkable_size(image))
             except Exception as exc:
                 raise system_error(f"failed to wipe RBD image {name}", _errno(exc)) from None
 
@@ -538,7 +561,7 @@ class RbdVolumes:
             new = new_capacity(
                 current,
                 capacity,
-                lambda: sum(end - start for start, end in data_extents(image, 0, current)),
+                lambda: _allocation(image, current),
                 delta=delta,
                 shrink=shrink,
                 # Measuring the allocation walks the whole image (diff_iterate), and an
@@ -554,6 +577,8 @@ class RbdVolumes:
                     ErrorCode.INVALID_ARG,
                     f"unsupported flags ({flags:#x}) in function virStorageBackendRBDResizeVol",
                 )
+            if new > MAX_IMAGE_SIZE:
+                raise too_large(f"failed to resize the RBD image '{name}'")
             try:
                 image.resize(new)
             except Exception as exc:
@@ -890,6 +915,14 @@ def _close_quietly(image: Any) -> None:
 def _watcher_count(image: Any) -> int:
     """Handles open for writing on the image, cluster-wide (a reader registers none)."""
     return sum(1 for _ in image.watchers_list())
+
+
+def _allocation(image: Any, size: int) -> int:
+    """What the object map says is written; the capacity for an image too large to walk,
+    as libvirt reports an image whose object map cannot tell."""
+    if size > MAX_IMAGE_SIZE:
+        return size
+    return sum(end - start for start, end in data_extents(image, 0, size))
 
 
 def _has_snapshots(image: Any) -> bool:

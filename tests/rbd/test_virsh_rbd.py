@@ -541,3 +541,59 @@ def test_an_image_uploaded_to_in_place_is_no_clone_source(
     assert clone not in images(ceph)
     run_virsh(uri, "vol-clone", "--pool", RBD_POOL, name, clone)  # free once it is done
     assert exported(ceph, clone, tmp_path) == b"n" * 2 * MIB
+
+
+def test_sizes_past_librbds_object_arithmetic_are_refused(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """librbd takes an image size up to 2^64 - 1, but counts its objects with an overflow
+    past 2^64 minus one object: such an image aborts the process that later walks its
+    object map (vol-info, a download), every daemon of the Ceph pool. Growing an image
+    there, by a resize or by writing at an offset, is refused, and nothing changes."""
+    uri, name = rbd_virtvold.tcp_uri, volume_name("huge")
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "1M")
+    huge = str((1 << 64) - 1)
+    grown = run_virsh(uri, "vol-resize", "--pool", RBD_POOL, name, huge, check=False)
+    assert grown.returncode == 1
+    assert "File too large" in grown.stderr
+    patch = tmp_path / "patch"
+    patch.write_bytes(b"far")
+    written = run_virsh(
+        uri, "vol-upload", "--pool", RBD_POOL, name, str(patch),
+        "--offset", str((1 << 64) - 3), check=False,
+    )  # fmt: skip
+    assert written.returncode == 1
+    assert "File too large" in written.stderr
+    assert image_size(ceph, name) == MIB
+    info = run_virsh(uri, "vol-info", "--pool", RBD_POOL, name, "--bytes")  # still answering
+    assert re.search(r"Capacity:\s+1048576 bytes", info.stdout), info.stdout
+
+
+def test_an_image_too_large_for_librbd_made_elsewhere_is_answered_safely(
+    rbd_virtvold: Virtvold, ceph: CephCluster, tmp_path: Path
+) -> None:
+    """An image another Ceph client made of 2^64 - 1 bytes (librbd takes it) is listed
+    with its allocation unknown (the capacity, as libvirt reports an image without a
+    usable object map), refused for downloads and wipes, and can be deleted."""
+    uri, name = rbd_virtvold.tcp_uri, volume_name("huge")
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "1M")
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    elsewhere = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        with elsewhere.image(name) as image:
+            image.resize((1 << 64) - 1)
+    finally:
+        elsewhere.close()
+    listed = run_virsh(uri, "vol-list", "--details", RBD_POOL)
+    assert name in listed.stdout
+    target = tmp_path / "out"
+    read = run_virsh(
+        uri, "vol-download", "--pool", RBD_POOL, name, str(target), "--sparse", check=False
+    )
+    assert read.returncode == 1
+    assert "File too large" in read.stderr
+    wiped = run_virsh(uri, "vol-wipe", "--pool", RBD_POOL, name, check=False)
+    assert wiped.returncode == 1
+    assert "File too large" in wiped.stderr
+    run_virsh(uri, "vol-delete", "--pool", RBD_POOL, name)
+    assert name not in images(ceph)
