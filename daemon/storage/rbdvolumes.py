@@ -636,7 +636,13 @@ class RbdVolumes:
         }
 
     def replace(self, temp: str, name: str) -> Callable[[], None]:
-        """Swap image ``temp`` in as volume ``name``; returns what removes the old image."""
+        """Swap image ``temp`` in as volume ``name``; returns what removes the old image.
+
+        When the swap fails, the upload image ``temp`` is removed, except while the
+        volume's image stays hidden (the undo failed too): the next pool start gives it
+        back only while ``temp`` is there (``recover_after_crash``), and would take it
+        for a leftover without.
+        """
         with self._in_use():
             return self._swap(temp, name)
 
@@ -645,21 +651,35 @@ class RbdVolumes:
         old = REPLACED_PREFIX + secrets.token_hex(8)
         try:
             old_id = self._prepare_swap(temp, name, old)
-            rbd.rename(self._ioctx, name, old)
-        except ErrorReport:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            self._drop_upload(temp)
+            if isinstance(exc, ErrorReport) or not isinstance(exc, Exception):
+                raise
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
-        # A crash from here to the next rename leaves no image ``name``: the record
-        # tells the next pool start to rename ``old`` back (``recover_after_crash``).
+        # A crash from the first rename to the second leaves no image ``name``: the
+        # record tells the next pool start to rename ``old`` back (``recover_after_crash``).
         try:
+            rbd.rename(self._ioctx, name, old)
             rbd.rename(self._ioctx, temp, name)
-        except Exception as exc:
-            self._unhide(old, name)
+        except BaseException as exc:
+            # A rename that failed may have been done all the same (a timeout): what
+            # decides is whether the volume's image is found hidden and cannot be unhidden.
+            if self._unhide(old, name):
+                self._drop_upload(temp)
+            if not isinstance(exc, Exception):
+                raise
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
         self._drop_swap_record(old)
         self._replacing.pop(temp, None)
         return lambda: self._remove_hidden(old, old_id)
+
+    def _drop_upload(self, temp: str) -> None:
+        """Remove the image of an upload whose swap failed; one that stays is removed by
+        the next pool start."""
+        try:
+            self._remove_quietly(temp)
+        except Exception as exc:
+            log.warning("cannot remove the upload image '%s': %s", temp, exc)
 
     def _prepare_swap(self, temp: str, name: str, old: str) -> str:
         """Before volume ``name`` is hidden as ``old``: refuse if another client has it
@@ -688,13 +708,18 @@ class RbdVolumes:
             image.metadata_set(SWAP_RECORD_KEY, json.dumps(record))
         return image_id
 
-    def _unhide(self, old: str, name: str) -> None:
-        """Undo the first rename of a swap whose second one failed."""
+    def _unhide(self, old: str, name: str) -> bool:
+        """Undo the first rename of a swap that failed; True once the volume's image is not
+        hidden as ``old`` (any more, or at all), False if it still may be."""
         try:
             self._rbd.RBD().rename(self._ioctx, old, name)
+        except self._rbd.ImageNotFound:
+            return True  # never hidden, or given back by another daemon's pool start
         except Exception as exc:
             # The record on ``old`` lets the next pool start do it.
             log.error("cannot give volume '%s' back its image '%s': %s", name, old, exc)
+            return False
+        return True
 
     def _drop_swap_record(self, image_name: str) -> None:
         """Remove a swap's record that no longer matters (a leftover one is harmless)."""

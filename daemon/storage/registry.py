@@ -1194,12 +1194,8 @@ class StorageRegistry:
             try:
                 if temp is None:
                     return None
-                if success:
-                    try:
-                        return images.replace(temp, volume.name)
-                    except BaseException:
-                        images.remove_temp(temp)
-                        raise
+                if success:  # a failed swap removes the upload image where that is safe
+                    return images.replace(temp, volume.name)
                 images.remove_temp(temp)
                 return None
             finally:

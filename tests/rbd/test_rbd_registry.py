@@ -1,0 +1,94 @@
+"""The rbd pool through the storage registry (the daemon's layer under the wire), with
+faults the cluster would have to be made to show: injected into the binding."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.rbd.conftest import SECRET_UUID, rbd_pool_xml, volume_name
+from virtvol.daemon.storage import PoolRef, StorageRegistry
+from virtvol.protocol.errors import ErrorReport
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tools.ceph_cluster import CephCluster
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def registry(ceph: CephCluster, tmp_path: Path) -> Iterator[tuple[StorageRegistry, PoolRef]]:
+    """A registry with the session's Ceph pool as its started rbd pool."""
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    try:
+        registry.secrets.define_xml(
+            f"<secret ephemeral='yes' private='yes'><uuid>{SECRET_UUID}</uuid>"
+            "<usage type='ceph'><name>client.admin secret</name></usage></secret>"
+        )
+        registry.secrets.set_value(uuid.UUID(SECRET_UUID).bytes, base64.b64decode(ceph.admin_key))
+        ref = registry.define_pool_xml(rbd_pool_xml(ceph))
+        registry.start_pool(ref)
+        yield registry, ref
+    finally:
+        registry.close()
+
+
+def test_a_swap_whose_undo_fails_keeps_what_the_next_start_needs(
+    registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload's rename fails after the volume's image was hidden, and so does the undo:
+    the upload image must stay, since the next pool start gives the volume its image back
+    only while the upload image is there (else it takes the hidden image for a leftover
+    and removes it: the volume and its content gone)."""
+    storage, ref = registry
+    name = volume_name("undo")
+    volume = storage.create_volume_xml(
+        ref, f"<volume><name>{name}</name><capacity>{MIB}</capacity></volume>"
+    )
+    images = storage._pool(ref).rbd
+    assert images is not None
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    writer = storage.open_volume_upload(volume, 0, 0)
+    writer.write(b"new")
+    binding = images._rbd
+
+    class RenamesOnlyTheVolume:
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(binding.RBD(), attribute)
+
+        def rename(self, ioctx: object, old: str, new: str) -> None:
+            if old != name:
+                raise OSError(errno.EIO, "the cluster went away")
+            binding.RBD().rename(ioctx, old, new)
+
+    class Binding:
+        RBD = RenamesOnlyTheVolume
+
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(binding, attribute)
+
+    monkeypatch.setattr(images, "_rbd", Binding())
+    with pytest.raises(ErrorReport) as failed:
+        writer.commit()
+    assert failed.value.message == f"cannot replace volume '{name}': Input/output error"
+    writer.abort()
+    monkeypatch.undo()
+    assert name not in images.names()
+    storage.destroy_pool(ref)
+    storage.start_pool(ref)
+    restarted = storage._pool(ref).rbd
+    assert restarted is not None
+    with restarted.image(name, read_only=True) as image:
+        assert image.read(0, 3) == b"old"
+        assert image.size() == MIB
+    assert restarted._sweeper is not None
+    restarted._sweeper.join(60)  # the upload's image is removed beside the running pool
+    assert not [n for n in restarted._all_names() if n.startswith(".virtvol-")]
