@@ -203,6 +203,9 @@ class RbdVolumes:
         # The id of the image each running whole-volume upload's image is to replace: a
         # name that leads to another image at the swap was deleted and made again.
         self._replacing: dict[str, str] = {}
+        # What tells each running whole-volume upload, by its image's name, whether its
+        # volume was changed meanwhile (``create_upload_temp``, ``_prepare_swap``).
+        self._change_watches: dict[str, ChangeWatch] = {}
         # The thread removing what a crash left (``recover_after_crash``), while it runs.
         self._sweeper: threading.Thread | None = None
         self._stopped = threading.Event()  # set by ``close``: ends the sweeper's waits
@@ -590,9 +593,11 @@ class RbdVolumes:
 
     def create_upload_temp(self, like: str) -> str:
         """A hidden empty image laid out as volume ``like`` is, of its size, to be swapped
-        in on commit; refused for an image with snapshots, which the swap would leave
-        behind in the old image (and Ceph keeps an image while it has snapshots), and
-        for one open for writing elsewhere."""
+        in on commit (``replace``) or removed (``remove_temp``); refused for an image with
+        snapshots, which the swap would leave behind in the old image (and Ceph keeps an
+        image while it has snapshots), and for one open for writing elsewhere. The
+        volume is watched meanwhile (``ChangeWatch``): one changed by another client is
+        not replaced."""
         with self.image(like, read_only=True) as image:
             if _has_snapshots(image):
                 raise storage_error(
@@ -607,9 +612,16 @@ class RbdVolumes:
             size = image.size()
             layout = self._layout(image)
             replaced_id = _id_of(image)
+            watch = ChangeWatch(self, image, like)
         temp = UPLOAD_PREFIX + secrets.token_hex(8)
-        self._create(temp, size, layout)
-        self._replacing[temp] = replaced_id
+        try:
+            self._create(temp, size, layout)
+        except BaseException:
+            watch.close()
+            raise
+        with self._lock:
+            self._change_watches[temp] = watch
+            self._replacing[temp] = replaced_id
         return temp
 
     def _layout(self, image: Any) -> dict[str, Any]:
@@ -649,8 +661,11 @@ class RbdVolumes:
     def _swap(self, temp: str, name: str) -> Callable[[], None]:
         rbd = self._rbd.RBD()
         old = REPLACED_PREFIX + secrets.token_hex(8)
+        with self._lock:
+            watch = self._change_watches.pop(temp, None)
+            replaced_id = self._replacing.pop(temp, None)
         try:
-            old_id = self._prepare_swap(temp, name, old)
+            old_id = self._prepare_swap(temp, name, old, watch, replaced_id)
         except BaseException as exc:
             self._drop_upload(temp)
             if isinstance(exc, ErrorReport) or not isinstance(exc, Exception):
@@ -670,7 +685,6 @@ class RbdVolumes:
                 raise
             raise system_error(f"cannot replace volume '{name}'", _errno(exc)) from None
         self._drop_swap_record(old)
-        self._replacing.pop(temp, None)
         return lambda: self._remove_hidden(old, old_id)
 
     def _drop_upload(self, temp: str) -> None:
@@ -681,21 +695,34 @@ class RbdVolumes:
         except Exception as exc:
             log.warning("cannot remove the upload image '%s': %s", temp, exc)
 
-    def _prepare_swap(self, temp: str, name: str, old: str) -> str:
-        """Before volume ``name`` is hidden as ``old``: refuse if another client has it
-        open for writing now, give upload image ``temp`` the volume's image-meta
-        (libvirt's in-place upload keeps it), then record on the volume what the swap is
-        about to make of it. Returns the volume image's id."""
-        with self.image(name) as image:
+    def _prepare_swap(
+        self, temp: str, name: str, old: str, watch: ChangeWatch | None, replaced_id: str | None
+    ) -> str:
+        """Before volume ``name`` is hidden as ``old``: refuse if another client changed
+        it since the upload began (``watch``) or has it open for writing now, give upload
+        image ``temp`` the volume's image-meta (libvirt's in-place upload keeps it), then
+        record on the volume what the swap is about to make of it. Returns the volume
+        image's id."""
+        try:
+            image = self.open_image(name)
+        except BaseException:
+            if watch is not None:
+                watch.close()
+            raise
+        try:
             image_id = _id_of(image)
-            if self._replacing.get(temp, image_id) != image_id:
+            # Swapped in, the upload would drop what another client wrote meanwhile.
+            changed = watch is None or watch.changed(image)
+            if watch is not None:
+                watch.close()  # before this swap's own changes to the volume
+            if replaced_id not in (None, image_id):
                 # Deleted and made again since the upload began (by another daemon on the
                 # Ceph pool): that image is not the upload's to replace.
-                raise volume_in_use(name)
+                changed = True
             # create_upload_temp found nobody writing it, but a guest may have opened it
             # since: the swap would leave it writing into the hidden old image, every
             # write after it lost. This handle, open for writing, is one watcher itself.
-            if _watcher_count(image) > 1:
+            if changed or _watcher_count(image) > 1:
                 raise volume_in_use(name)
             meta = [(k, v) for k, v in image.metadata_list() if k != SWAP_RECORD_KEY]
             upload = self.open_image(temp, hidden=True)
@@ -706,6 +733,8 @@ class RbdVolumes:
                 self.close_image(upload)
             record = {"volume": name, "hidden": old, "upload": temp}
             image.metadata_set(SWAP_RECORD_KEY, json.dumps(record))
+        finally:
+            self.close_image(image)
         return image_id
 
     def _unhide(self, old: str, name: str) -> bool:
@@ -893,8 +922,15 @@ class RbdVolumes:
         return True
 
     def remove_temp(self, temp: str) -> None:
-        self._replacing.pop(temp, None)
-        self._remove_quietly(temp)
+        """Remove the image of a whole-volume upload given up (``create_upload_temp``)."""
+        with self._lock:
+            watch = self._change_watches.pop(temp, None)
+            self._replacing.pop(temp, None)
+        try:
+            self._remove_quietly(temp)
+        finally:
+            if watch is not None:
+                watch.close()
 
     def _cancel_when_stopping(self, _done: int, _total: int) -> int:
         """librbd's progress callback of a removal: non-zero makes it give up."""
@@ -903,6 +939,73 @@ class RbdVolumes:
     def _remove_quietly(self, name: str) -> None:
         with self._in_use(), suppress(self._rbd.ImageNotFound):
             self._rbd.RBD().remove(self._ioctx, name)
+
+
+class ChangeWatch:
+    """Whether another client of the Ceph pool changed an image since this was made.
+
+    librbd notifies the watchers of an image's header object when a writer takes the
+    image's exclusive lock (every writer does before its first write, with the feature
+    Ceph enables by default), and when its size or image-meta change; readers send
+    nothing. So a notification is a change. Without the feature, a changed size or
+    modification time is (librbd moves the latter at most once a minute). A watch that
+    fails (a lost connection) can no longer tell: that counts as a change too.
+
+    The watch is one of the image's watchers (``watchers_list``) until ``close``, which
+    keeps the connection open meanwhile (``RbdVolumes.acquire``).
+    """
+
+    def __init__(self, volumes: RbdVolumes, image: Any, name: str) -> None:
+        self._volumes: RbdVolumes | None = volumes
+        self._image_id = _id_of(image)
+        self._size: int = image.size()
+        self._modified = _modified_at(image)
+        self._notified = threading.Event()
+        self._watch: Any = None
+        volumes.acquire()
+        if not self._image_id:  # an old-format image has no header object by its id
+            return
+        try:
+            self._watch = volumes._ioctx.watch(
+                f"rbd_header.{self._image_id}", self._on_notify, self._on_error
+            )
+        except Exception as exc:
+            self.close()
+            raise system_error(f"cannot watch volume '{name}' for changes", _errno(exc)) from None
+
+    def _on_notify(self, *_args: object) -> None:
+        self._notified.set()
+
+    def _on_error(self, *_args: object) -> None:
+        self._notified.set()
+
+    def changed(self, image: Any) -> bool:
+        """True if ``image`` (the volume now) is another image, or this one was changed."""
+        return (
+            self._notified.is_set()
+            or _id_of(image) != self._image_id
+            or image.size() != self._size
+            or _modified_at(image) != self._modified
+        )
+
+    def close(self) -> None:
+        """Stop watching; safe to call twice."""
+        watch, self._watch = self._watch, None
+        volumes, self._volumes = self._volumes, None
+        try:
+            if watch is not None:
+                _close_quietly(watch)
+        finally:
+            if volumes is not None:
+                volumes.release()
+
+
+def _modified_at(image: Any) -> object:
+    """The image's modification time, None where librbd cannot tell it."""
+    try:
+        return image.modify_timestamp()
+    except Exception:
+        return None
 
 
 def _id_of(image: Any) -> str:

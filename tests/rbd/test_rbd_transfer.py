@@ -398,6 +398,106 @@ def test_a_whole_upload_is_refused_once_the_volume_was_opened_for_writing_meanwh
         assert "virtvol.swap" not in dict(image.metadata_list())
 
 
+def _whole_upload(images: RbdVolumes, name: str) -> tuple[RbdWriter, list[bool]]:
+    """A whole-volume upload of ``name`` opened as the daemon opens one."""
+    temp = images.create_upload_temp(name)
+    outcome: list[bool] = []
+
+    def finish(success: bool) -> Callable[[], None] | None:
+        outcome.append(success)
+        if success:
+            return images.replace(temp, name)
+        images.remove_temp(temp)
+        return None
+
+    return RbdWriter(images, temp, 0, 0, fresh=True, finish=finish, keep=name), outcome
+
+
+@pytest.mark.parametrize("change", ["write", "resize"])
+def test_a_whole_upload_is_refused_once_the_volume_was_changed_meanwhile(
+    images: RbdVolumes, ceph: CephCluster, change: str
+) -> None:
+    """Another client of the Ceph pool (a guest gone since, another daemon's write in
+    place) writes the volume or resizes it and closes it while a whole-volume upload
+    runs: swapped in, the upload would drop that change without a word. It ends with
+    libvirt's "in use" error, as a directory pool's does, and the volume keeps the
+    change. Reading it meanwhile (a download) changes nothing."""
+    name = volume_name("changed")
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    writer, outcome = _whole_upload(images, name)
+    writer.write(b"new")
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    other = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        assert _read_all(other, name)  # a reader elsewhere
+        with other.image(name) as disk:
+            if change == "write":
+                disk.write(b"guest", 3)
+            else:
+                disk.resize(2 * MIB)
+    finally:
+        other.close()
+    with pytest.raises(ErrorReport) as refused:
+        writer.commit()
+    in_use = f"Requested operation is not valid: volume '{name}' is still in use."
+    assert refused.value.message == in_use
+    assert outcome == [True]
+    kept = _content(images, name)
+    assert kept[:8] == b"oldguest" if change == "write" else len(kept) == 2 * MIB
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+
+
+def test_a_whole_upload_read_meanwhile_is_swapped_in(images: RbdVolumes, ceph: CephCluster) -> None:
+    """Readers elsewhere (downloads, another daemon's look at the volume) are no change."""
+    name = volume_name("read")
+    images.create(VolumeRequest(name, MIB, None))
+    writer, outcome = _whole_upload(images, name)
+    writer.write(b"new")
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    other = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        assert _read_all(other, name)
+        assert other.info(name)[0] == MIB
+    finally:
+        other.close()
+    writer.commit()
+    writer.release_replaced()
+    assert outcome == [True]
+    assert _content(images, name)[:3] == b"new"
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+
+
+def test_a_whole_upload_keeps_other_daemons_from_replacing_or_removing_its_volume(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    """The upload's watch on its volume is a watcher every daemon of the Ceph pool sees.
+    librbd takes the image's exclusive lock to try a removal: the upload then ends as in
+    use too, the volume as it was."""
+    name = volume_name("watched")
+    images.create(VolumeRequest(name, MIB, None))
+    writer, outcome = _whole_upload(images, name)
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    other = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    try:
+        in_use = f"Requested operation is not valid: volume '{name}' is still in use."
+        with pytest.raises(ErrorReport) as second:
+            other.create_upload_temp(name)
+        assert second.value.message == in_use
+        with pytest.raises(ErrorReport) as removal:
+            other.delete(name)
+        assert removal.value.message.endswith("Device or resource busy")
+    finally:
+        other.close()
+    writer.write(b"new")
+    with pytest.raises(ErrorReport) as refused:
+        writer.commit()
+    assert refused.value.message == in_use
+    assert outcome == [True]
+    assert _content(images, name) == bytes(MIB)
+
+
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
     """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
     that is still listed but no longer opens: the next start's sweep removes it all the same."""
