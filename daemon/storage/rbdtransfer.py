@@ -64,6 +64,8 @@ class RbdReader:
 
     def __init__(self, volumes: RbdVolumes, name: str, offset: int, length: int) -> None:
         self._volumes = volumes
+        self._name = name
+        self._checked = False  # whether the image was found whole at the end (``_check``)
         self._image: Any = volumes.open_image(name, read_only=True)
         try:
             size: int = self._image.size()
@@ -112,7 +114,16 @@ class RbdReader:
             memoryview(buffer)[: stop - start] = self._pending[start:stop]
             self._take_run()
             return Chunk(data=True, length=stop - start)
-        return Chunk(data=False, length=hole) if hole else _EOF
+        if hole:
+            return Chunk(data=False, length=hole)
+        if not self._checked:
+            # Before the stream's end tells the client all is well: an image another
+            # daemon removed meanwhile read as zeros.
+            self._volumes.check_not_removed(
+                self._image, self._name, ErrorDomain.STREAMS, "cannot read from stream: "
+            )
+            self._checked = True
+        return _EOF
 
     def read_pieces(self, buffer: memoryview | bytearray) -> list[Chunk]:
         """As many following chunks as fit in ``buffer``, data back to back from its

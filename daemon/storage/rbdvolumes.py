@@ -62,7 +62,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.constants import VolResizeFlags
-from virtvol.protocol.errors import ErrorCode, ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .poolxml import PoolRuntime
@@ -425,6 +425,33 @@ class RbdVolumes:
             )
             return None
 
+    def check_not_removed(
+        self, image: Any, name: str, domain: ErrorDomain = ErrorDomain.STORAGE, context: str = ""
+    ) -> None:
+        """Refuse what was read from ``image`` if another client of the Ceph pool removed it
+        meanwhile, or is removing it: librbd reads zeros from a removed image's handle,
+        without an error. A removal first moves the image to the trash, then removes its
+        data, then its header object, then the trash entry: an image neither in the trash
+        nor without its header was not being removed while it was read before this."""
+        image_id = _id_of(image)
+        if not image_id:  # an old-format image is removed without the trash
+            return
+        try:
+            with self._in_use():
+                try:
+                    self._rbd.RBD().trash_get(self._ioctx, image_id)
+                except self._rbd.ImageNotFound:
+                    pass
+                else:
+                    raise OSError(errno.ENOENT, "in the trash")
+                self._ioctx.stat(f"rbd_header.{image_id}")
+        except ErrorReport:
+            raise
+        except Exception as exc:
+            raise system_error(
+                f"{context}RBD image '{name}' was removed while it was read", _errno(exc), domain
+            ) from None
+
     # -- the pool -------------------------------------------------------------------
 
     def volume_path(self, name: str) -> str:
@@ -510,6 +537,7 @@ class RbdVolumes:
                 with self.image(name) as target:
                     for start, end in data_extents(image, 0, size):
                         copy_range(image, target, start, end)
+                self.check_not_removed(image, source)
             except BaseException:
                 self._remove_quietly(name)
                 raise

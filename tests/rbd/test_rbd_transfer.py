@@ -498,6 +498,72 @@ def test_a_whole_upload_keeps_other_daemons_from_replacing_or_removing_its_volum
     assert _content(images, name) == bytes(MIB)
 
 
+def _other_daemon(ceph: CephCluster) -> RbdVolumes:
+    """The same Ceph pool as another daemon (another host) serves it."""
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    return RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+
+
+def test_a_download_of_an_image_another_daemon_removed_meanwhile_fails(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    """librbd reads zeros, without an error, from an image removed under an open handle;
+    a daemon keeps the images it reads itself, but not those another daemon reads. So a
+    download through one host of a volume deleted through another would end as if all
+    were well, with zeros for the data: it fails at its end instead."""
+    name = volume_name("gone")
+    data = os.urandom(8 * MIB)
+    images.create(VolumeRequest(name, len(data), None))
+    with images.image(name) as image:
+        image.write(data, 0)
+    reader = RbdReader(images, name, 0, 0)
+    buffer = bytearray(MIB)
+    try:
+        first = reader.next_chunk(buffer)
+        assert first == Chunk(data=True, length=MIB)
+        assert bytes(buffer) == data[:MIB]
+        other = _other_daemon(ceph)
+        try:
+            other.delete(name)
+        finally:
+            other.close()
+        with pytest.raises(ErrorReport) as failed:
+            reader.read_pieces(bytearray(16 * MIB))  # the rest, and the end
+    finally:
+        reader.close()
+    assert failed.value.message == (
+        f"cannot read from stream: RBD image '{name}' was removed while it was read: "
+        "No such file or directory"
+    )
+
+
+def test_a_clone_of_an_image_another_daemon_removed_meanwhile_fails(
+    images: RbdVolumes, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a clone's source: the copy is not left with zeros for its data."""
+    name, copy = volume_name("source"), volume_name("copy")
+    images.create(VolumeRequest(name, 12 * MIB, None))
+    with images.image(name) as image:  # two extents, 4 MiB objects: one copied before
+        image.write(os.urandom(MIB), 0)
+        image.write(os.urandom(MIB), 8 * MIB)
+    copied = rbdvolumes.copy_range
+
+    def copy_then_lose_the_source(source: object, target: object, start: int, end: int) -> None:
+        copied(source, target, start, end)
+        if name in images.names():
+            other = _other_daemon(ceph)
+            try:
+                other.delete(name)
+            finally:
+                other.close()
+
+    monkeypatch.setattr(rbdvolumes, "copy_range", copy_then_lose_the_source)
+    with pytest.raises(ErrorReport) as failed:
+        images.create_from(VolumeRequest(copy, None, None), name)
+    assert failed.value.message.startswith(f"RBD image '{name}' was removed while it was read")
+    assert copy not in images.names()
+
+
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
     """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
     that is still listed but no longer opens: the next start's sweep removes it all the same."""
