@@ -41,8 +41,15 @@ if TYPE_CHECKING:
 
 _EOF = Chunk(data=False, length=0)
 
-# How much of the image one object-map query covers: bounds the extent list.
+# How much of the image one object-map query covers at first, and again after one that
+# found data: bounds the extent list.
 EXTENT_WINDOW = 1 << 30
+
+# A query that finds no data doubles the next one, up to this many objects. librbd
+# (16.2) loads the whole object map for every query, whatever range it asks about (64
+# MiB for the largest image an object map allows): a large thin image is walked in a
+# few dozen queries, not one per EXTENT_WINDOW, and one query still returns few extents.
+MAX_WINDOW_OBJECTS = 1 << 16
 
 # A whole-volume upload grows its fresh image by at least this much at a time
 # (a resize is a metadata update; the final size is set on commit).
@@ -59,6 +66,23 @@ def _io_error(what: str, exc: BaseException) -> Exception:
     )
 
 
+class _Windows:
+    """The sizes of the object-map queries (``data_extents``) walking one image."""
+
+    def __init__(self, image: Any) -> None:
+        object_size: int = image.stat()["obj_size"]
+        self._most = max(EXTENT_WINDOW, MAX_WINDOW_OBJECTS * object_size)
+        self._next = EXTENT_WINDOW
+
+    def size(self, rest: int) -> int:
+        """The next query's length, at most ``rest``."""
+        return min(self._next, rest)
+
+    def found(self, extents: list[tuple[int, int]]) -> None:
+        """What the last query found decides the next one's length."""
+        self._next = EXTENT_WINDOW if extents else min(2 * self._next, self._most)
+
+
 class RbdReader:
     """Sequential reader of ``[offset, end)`` of an image; always reports holes."""
 
@@ -69,6 +93,7 @@ class RbdReader:
         self._image: Any = volumes.open_image(name, read_only=True)
         try:
             size: int = self._image.size()
+            self._windows = _Windows(self._image)
         except BaseException:
             self.close()
             raise
@@ -92,7 +117,8 @@ class RbdReader:
         """Data into ``buffer[:chunk.length]`` or a hole's length; length 0 at the end.
 
         Neighbouring holes (gaps between extents, zero blocks read inside them)
-        come out as one, up to ``EXTENT_WINDOW`` bytes.
+        come out as one, ended by data or once it reaches ``EXTENT_WINDOW`` bytes (an
+        empty object-map window, which may be larger, comes out whole).
         """
         hole = 0
         while self._pos < self._end and hole < EXTENT_WINDOW:
@@ -146,11 +172,12 @@ class RbdReader:
                 return self._end - self._pos
             if self._window_end > self._pos:
                 return self._window_end - self._pos
-            window = min(EXTENT_WINDOW, self._end - self._pos)
+            window = self._windows.size(self._end - self._pos)
             try:
                 found = data_extents(self._image, self._pos, window)
             except Exception as exc:
                 raise _io_error("cannot read from stream", exc) from None
+            self._windows.found(found)
             self._extents.extend(found)
             self._window_end = self._pos + window
         start, end = self._extents[0]
@@ -219,6 +246,7 @@ class RbdWriter:
         self._limit = offset + length if length else None
         self._keep = keep
         self._kept: Any = None  # the replaced image, open while its tail is copied
+        self._kept_windows: _Windows | None = None
         self._keep_end = 0
         self._tail_at = 0
         try:
@@ -319,13 +347,17 @@ class RbdWriter:
         if self._kept is None:
             assert self._volumes is not None
             self._kept = self._volumes.open_image(self._keep, read_only=True)
+            self._kept_windows = _Windows(self._kept)
             self._keep_end = self._kept.size()
             self._tail_at = self._pos
             self._grow_to(self._keep_end)
+        assert self._kept_windows is not None
         copied = 0
         while self._tail_at < self._keep_end and copied < TAIL_STEP:
-            window_end = min(self._keep_end, self._tail_at + EXTENT_WINDOW)
-            for start, end in data_extents(self._kept, self._tail_at, window_end - self._tail_at):
+            window_end = self._tail_at + self._kept_windows.size(self._keep_end - self._tail_at)
+            found = data_extents(self._kept, self._tail_at, window_end - self._tail_at)
+            self._kept_windows.found(found)
+            for start, end in found:
                 stop = min(end, start + TAIL_STEP - copied)
                 copy_range(self._kept, self._image, start, stop)
                 copied += stop - start
