@@ -740,9 +740,11 @@ class RbdVolumes:
         try:
             image_id = _id_of(image)
             # Swapped in, the upload would drop what another client wrote meanwhile.
-            changed = watch is None or watch.changed(image)
-            if watch is not None:
-                watch.close()  # before this swap's own changes to the volume
+            try:
+                changed = watch is None or watch.changed(image)
+            finally:
+                if watch is not None:
+                    watch.close()  # before this swap's own changes to the volume
             if replaced_id not in (None, image_id):
                 # Deleted and made again since the upload began (by another daemon on the
                 # Ceph pool): that image is not the upload's to replace.

@@ -490,6 +490,28 @@ def test_a_whole_upload_is_refused_once_the_volume_was_changed_meanwhile(
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
 
 
+
+def test_a_swap_that_cannot_tell_whether_the_volume_changed_lets_go_of_its_watch(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing look at the volume (the cluster went away) ends the upload and its watch:
+    left behind, the watch would keep every daemon from removing or replacing the volume."""
+    name = volume_name("lookfail")
+    images.create(VolumeRequest(name, MIB, None))
+    writer, _outcome = _whole_upload(images, name)
+    writer.write(b"new")
+
+    def broken(self: object, image: object) -> bool:
+        raise OSError(errno.EIO, "the cluster went away")
+
+    monkeypatch.setattr(rbdvolumes.ChangeWatch, "changed", broken)
+    with pytest.raises(ErrorReport) as failed:
+        writer.commit()
+    assert failed.value.message == f"cannot replace volume '{name}': Input/output error"
+    with images.image(name, read_only=True) as image:
+        assert list(image.watchers_list()) == []
+    assert _content(images, name) == bytes(MIB)
+
 def test_a_whole_upload_read_meanwhile_is_swapped_in(images: RbdVolumes, ceph: CephCluster) -> None:
     """Readers elsewhere (downloads, another daemon's look at the volume) are no change."""
     name = volume_name("read")
