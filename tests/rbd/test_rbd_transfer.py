@@ -490,7 +490,6 @@ def test_a_whole_upload_is_refused_once_the_volume_was_changed_meanwhile(
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
 
 
-
 def test_a_swap_that_cannot_tell_whether_the_volume_changed_lets_go_of_its_watch(
     images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -511,6 +510,7 @@ def test_a_swap_that_cannot_tell_whether_the_volume_changed_lets_go_of_its_watch
     with images.image(name, read_only=True) as image:
         assert list(image.watchers_list()) == []
     assert _content(images, name) == bytes(MIB)
+
 
 def test_a_whole_upload_read_meanwhile_is_swapped_in(images: RbdVolumes, ceph: CephCluster) -> None:
     """Readers elsewhere (downloads, another daemon's look at the volume) are no change."""
