@@ -88,6 +88,10 @@ log = logging.getLogger(__name__)
 UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
 REPLACED_PREFIX = RESERVED_PREFIX + "old-"
 
+# What a refusal of a whole-volume upload suggests instead: an upload with an offset or a
+# length writes into the image, which keeps its id and all that knows it by that.
+WRITE_IN_PLACE = "upload with an offset or a length to write into it in place"
+
 # The image-meta key of the record a swap leaves on the image it hides (see ``_swap``).
 SWAP_RECORD_KEY = "virtvol.swap"
 
@@ -627,11 +631,12 @@ class RbdVolumes:
         volume is watched meanwhile (``ChangeWatch``): one changed by another client is
         not replaced."""
         with self.image(like, read_only=True) as image:
+            self._check_nothing_holds_by_id(image, like)
             if _has_snapshots(image):
                 raise storage_error(
                     ErrorCode.OPERATION_INVALID,
                     f"volume '{like}' has snapshots, which a whole-volume upload would leave "
-                    "behind: upload with an offset or a length to write into it in place",
+                    f"behind: {WRITE_IN_PLACE}",
                 )
             if _watcher_count(image):
                 # Open for writing elsewhere (a running guest): the swap would leave it
@@ -651,6 +656,25 @@ class RbdVolumes:
             self._change_watches[temp] = watch
             self._replacing[temp] = replaced_id
         return temp
+
+    def _check_nothing_holds_by_id(self, image: Any, name: str) -> None:
+        """Refuse a whole-volume upload to an image that an RBD group or mirroring holds:
+        they know it by its id, and the swap would leave them with the old image (which
+        Ceph cannot remove while it is in a group) and the volume outside them. Any
+        change to either while the upload runs is seen by its watch (``ChangeWatch``)."""
+        group = image.group()
+        if group["pool"] >= 0:
+            raise storage_error(
+                ErrorCode.OPERATION_INVALID,
+                f"volume '{name}' is in the RBD group '{group['name']}', which a whole-volume "
+                f"upload would leave with the old image: {WRITE_IN_PLACE}",
+            )
+        if image.mirror_image_get_info()["state"] != self._rbd.RBD_MIRROR_IMAGE_DISABLED:
+            raise storage_error(
+                ErrorCode.OPERATION_INVALID,
+                f"volume '{name}' is mirrored, which a whole-volume upload would leave to the "
+                f"old image: {WRITE_IN_PLACE}",
+            )
 
     def _layout(self, image: Any) -> dict[str, Any]:
         """What a new image needs to be laid out as ``image`` is (``RBD.create``'s

@@ -627,6 +627,51 @@ def test_a_clone_of_an_image_another_daemon_removed_meanwhile_fails(
     assert copy not in images.names()
 
 
+def test_a_whole_upload_is_refused_for_an_image_in_a_group_or_mirrored(
+    images: RbdVolumes,
+) -> None:
+    """A group (consistency-group snapshots) and mirroring hold the image by its id: the
+    swap would leave them with the old image (which Ceph then cannot remove, while in a
+    group) and the volume outside them. Written in place, the image keeps both."""
+    binding, ioctx = images._rbd, images._ioctx
+    rbd = binding.RBD()
+    grouped, group = volume_name("grouped"), volume_name("group")
+    images.create(VolumeRequest(grouped, MIB, None))
+    rbd.group_create(ioctx, group)
+    members = binding.Group(ioctx, group)
+    members.add_image(ioctx, grouped)
+    mirrored = volume_name("mirrored")
+    features = binding.RBD_FEATURE_EXCLUSIVE_LOCK | binding.RBD_FEATURE_JOURNALING
+    rbd.create(ioctx, mirrored, MIB, old_format=False, features=features)
+    rbd.mirror_mode_set(ioctx, binding.RBD_MIRROR_MODE_IMAGE)
+    try:
+        with images.image(mirrored) as image:
+            image.mirror_image_enable(binding.RBD_MIRROR_IMAGE_MODE_JOURNAL)
+        with pytest.raises(ErrorReport) as in_group:
+            images.create_upload_temp(grouped)
+        assert in_group.value.message == (
+            f"Requested operation is not valid: volume '{grouped}' is in the RBD group "
+            f"'{group}', which a whole-volume upload would leave with the old image: "
+            "upload with an offset or a length to write into it in place"
+        )
+        with pytest.raises(ErrorReport) as is_mirrored:
+            images.create_upload_temp(mirrored)
+        assert is_mirrored.value.message == (
+            f"Requested operation is not valid: volume '{mirrored}' is mirrored, which a "
+            "whole-volume upload would leave to the old image: upload with an offset or a "
+            "length to write into it in place"
+        )
+        assert not [n for n in images._all_names() if n.startswith(".virtvol-upload-")]
+    finally:
+        with images.image(mirrored) as image:
+            image.mirror_image_disable(True)
+        rbd.mirror_mode_set(ioctx, binding.RBD_MIRROR_MODE_DISABLED)
+        members.remove_image(ioctx, grouped)
+        rbd.group_remove(ioctx, group)
+    images.delete(grouped)
+    images.delete(mirrored)
+
+
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
     """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
     that is still listed but no longer opens: the next start's sweep removes it all the same."""
