@@ -88,6 +88,11 @@ log = logging.getLogger(__name__)
 UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
 REPLACED_PREFIX = RESERVED_PREFIX + "old-"
 
+# The random part of a hidden image's name: its hex digits, and nothing else, follow the
+# prefix. The clean-up after a crash removes only names of that shape, never another
+# client's image that merely starts alike.
+_TOKEN_BYTES = 8
+
 # What a refusal of a whole-volume upload suggests instead: an upload with an offset or a
 # length writes into the image, which keeps its id and all that knows it by that.
 WRITE_IN_PLACE = "upload with an offset or a length to write into it in place"
@@ -556,7 +561,7 @@ class RbdVolumes:
             snapshots = _has_snapshots(image)
         claimed = not snapshots and self._claim_unless_open(image_id)
         hide = not snapshots and not claimed
-        hidden = REPLACED_PREFIX + secrets.token_hex(8)
+        hidden = _hidden_name(REPLACED_PREFIX)
         try:
             with self._in_use():
                 if hide:
@@ -646,7 +651,7 @@ class RbdVolumes:
             layout = self._layout(image)
             replaced_id = _id_of(image)
             watch = ChangeWatch(self, image, like)
-        temp = UPLOAD_PREFIX + secrets.token_hex(8)
+        temp = _hidden_name(UPLOAD_PREFIX)
         try:
             self._create(temp, size, layout)
         except BaseException:
@@ -712,7 +717,7 @@ class RbdVolumes:
 
     def _swap(self, temp: str, name: str) -> Callable[[], None]:
         rbd = self._rbd.RBD()
-        old = REPLACED_PREFIX + secrets.token_hex(8)
+        old = _hidden_name(REPLACED_PREFIX)
         with self._lock:
             watch = self._change_watches.pop(temp, None)
             replaced_id = self._replacing.pop(temp, None)
@@ -835,12 +840,12 @@ class RbdVolumes:
         except ErrorReport as exc:
             log.error("cannot look for leftovers in Ceph pool '%s': %s", self.path, exc)
             return
-        for hidden in sorted(n for n in names if n.startswith(REPLACED_PREFIX)):
+        for hidden in sorted(n for n in names if _is_hidden_name(n, REPLACED_PREFIX)):
             volume = self._interrupted_swap(hidden, names)
             if volume is not None and self._restore(hidden, volume):
                 names.discard(hidden)
                 names.add(volume)
-        leftovers = sorted(n for n in names if n.startswith((UPLOAD_PREFIX, REPLACED_PREFIX)))
+        leftovers = sorted(n for n in names if _is_hidden_name(n, UPLOAD_PREFIX, REPLACED_PREFIX))
         if leftovers:
             self._sweeper = threading.Thread(
                 target=self._remove_leftovers,
@@ -1060,6 +1065,20 @@ def _modified_at(image: Any) -> object:
         return image.modify_timestamp()
     except Exception:
         return None
+
+
+def _hidden_name(prefix: str) -> str:
+    """A new hidden image name: ``prefix`` and random hex digits."""
+    return prefix + secrets.token_hex(_TOKEN_BYTES)
+
+
+def _is_hidden_name(name: str, *prefixes: str) -> bool:
+    """Whether ``name`` is one ``_hidden_name`` makes with one of ``prefixes``."""
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            token = name[len(prefix) :]
+            return len(token) == 2 * _TOKEN_BYTES and all(c in "0123456789abcdef" for c in token)
+    return False
 
 
 def _id_of(image: Any) -> str:

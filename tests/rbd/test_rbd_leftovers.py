@@ -218,7 +218,7 @@ def test_a_record_left_by_a_crash_resurrects_nothing(ceph: CephCluster, tmp_path
     finally:
         stop_virtvold(daemon)
     # The delete's hiding rename: a delete done while a download read the volume.
-    deleted_as = f".virtvol-old-{volume_name('deleted')}"
+    deleted_as = f".virtvol-old-{os.urandom(8).hex()}"
     ceph.rbd("mv", f"{CEPH_POOL}/{name}", f"{CEPH_POOL}/{deleted_as}")
     again = start_virtvold(base)
     try:
@@ -238,8 +238,8 @@ def test_leftovers_open_elsewhere_are_kept(
     """Another daemon's running upload (its image open for writing) and the image another
     daemon still reads (a volume deleted or replaced under a download there) are kept by
     a pool start; what nobody has open goes (at a start, not at a refresh)."""
-    running = f".virtvol-upload-{volume_name('running')}"
-    stale = f".virtvol-upload-{volume_name('stale')}"
+    running = f".virtvol-upload-{os.urandom(8).hex()}"
+    stale = f".virtvol-upload-{os.urandom(8).hex()}"
     for leftover in (running, stale):
         ceph.rbd("create", "--size", "1M", f"{CEPH_POOL}/{leftover}")
     data = os.urandom(2 * MIB)
@@ -291,7 +291,7 @@ def test_an_image_replaced_under_a_reader_carries_no_swap_record(
 def _large_leftover(ceph: CephCluster, size: str) -> str:
     """A hidden upload image without an object map, which librbd removes object by object,
     each by name: 256 GiB (65536 objects) take seconds on the test cluster."""
-    leftover = f".virtvol-upload-{volume_name('large')}"
+    leftover = f".virtvol-upload-{os.urandom(8).hex()}"
     ceph.rbd("create", "--size", size, "--image-feature", "layering", f"{CEPH_POOL}/{leftover}")
     return leftover
 

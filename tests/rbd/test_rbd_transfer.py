@@ -672,11 +672,32 @@ def test_a_whole_upload_is_refused_for_an_image_in_a_group_or_mirrored(
     images.delete(mirrored)
 
 
+def test_the_clean_up_removes_only_names_the_daemon_makes(images: RbdVolumes) -> None:
+    """Another client's image whose name merely starts like the daemon's hidden ones
+    (``rbd create .virtvol-old-backup``) is no leftover: only the names the daemon
+    makes, the prefix and 16 hex digits, are removed at a pool start."""
+    rbd = images._rbd.RBD()
+    theirs = [".virtvol-old-backup", ".virtvol-upload-" + "0" * 15, ".virtvol-old-" + "A" * 16]
+    ours = ".virtvol-old-" + os.urandom(8).hex()
+    for name in [*theirs, ours]:
+        rbd.create(images._ioctx, name, MIB, old_format=False)
+    try:
+        images.recover_after_crash()
+        assert images._sweeper is not None
+        images._sweeper.join(60)
+        left = images._all_names()
+        assert ours not in left
+        assert set(theirs) <= set(left)
+    finally:
+        for name in theirs:
+            rbd.remove(images._ioctx, name)
+
+
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
     """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
     that is still listed but no longer opens: the next start's sweep removes it all the same."""
     rbd = images._rbd
-    leftover = f".virtvol-upload-{volume_name('cut')}"
+    leftover = f".virtvol-upload-{os.urandom(8).hex()}"
     # No object map: librbd removes it object by object, reporting each step.
     rbd.RBD().create(images._ioctx, leftover, 64 << 30, features=rbd.RBD_FEATURE_LAYERING)
     steps: list[int] = []
@@ -704,7 +725,7 @@ def test_an_image_listed_before_it_opens_is_left_to_its_maker(
     it, and only one that still does not open is taken for a removal cut short."""
     monkeypatch.setattr(rbdvolumes, "CREATION_GRACE", 0.1)
     rbd = images._rbd
-    starting = f".virtvol-upload-{volume_name('starting')}"
+    starting = f".virtvol-upload-{os.urandom(8).hex()}"
     rbd.RBD().create(images._ioctx, starting, MIB)
     opens: list[str] = []
 

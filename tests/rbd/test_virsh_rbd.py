@@ -468,7 +468,7 @@ def test_hidden_images_are_no_volumes(
 ) -> None:
     """An upload's or a replaced volume's hidden image is no volume by its name either, as
     in a directory pool: not to be looked up, read, written or deleted by a client."""
-    uri, hidden = rbd_virtvold.tcp_uri, f".virtvol-old-{volume_name('x')}"
+    uri, hidden = rbd_virtvold.tcp_uri, f".virtvol-old-{os.urandom(8).hex()}"
     ceph.rbd("create", "--size", "1M", f"{CEPH_POOL}/{hidden}")
     out = tmp_path / "out"
     for command in (
