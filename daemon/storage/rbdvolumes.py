@@ -554,13 +554,17 @@ class RbdVolumes:
     def delete(self, name: str) -> None:
         """Remove the image; one this daemon still reads is hidden, and removed when read.
 
-        An image with snapshots is not hidden: Ceph refuses to remove it, now or later.
+        An image Ceph refuses to remove (one with snapshots, in a group, or open for
+        writing: a guest's disk) is not hidden: it would be removed later, behind the
+        back of whoever made Ceph refuse. Ceph's removal says no at once instead.
         """
         with self.image(name, read_only=True) as image:
             image_id = _id_of(image)
-            snapshots = _has_snapshots(image)
-        claimed = not snapshots and self._claim_unless_open(image_id)
-        hide = not snapshots and not claimed
+            refused = (
+                _has_snapshots(image) or image.group()["pool"] >= 0 or _watcher_count(image) > 0
+            )
+        claimed = not refused and self._claim_unless_open(image_id)
+        hide = not refused and not claimed
         hidden = _hidden_name(REPLACED_PREFIX)
         try:
             with self._in_use():

@@ -693,6 +693,30 @@ def test_the_clean_up_removes_only_names_the_daemon_makes(images: RbdVolumes) ->
             rbd.remove(images._ioctx, name)
 
 
+def test_deleting_an_image_read_here_and_open_elsewhere_is_refused(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    """Ceph refuses to remove an image a guest has open (or one in a group): the delete of
+    one this daemon also reads may not hide it instead, to remove it behind the guest's
+    back once both are done. It fails as Ceph's removal does, the volume untouched."""
+    name = volume_name("guestdisk")
+    images.create(VolumeRequest(name, MIB, None))
+    other = _other_daemon(ceph)
+    try:
+        with images.image(name, read_only=True), other.image(name) as guest:
+            guest.write(b"guest", 0)
+            with pytest.raises(ErrorReport) as refused:
+                images.delete(name)
+            assert refused.value.message == (
+                f"failed to remove volume '{CEPH_POOL}/{name}': Device or resource busy"
+            )
+    finally:
+        other.close()
+    assert name in images.names()
+    assert _content(images, name)[:5] == b"guest"
+    images.delete(name)
+
+
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
     """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
     that is still listed but no longer opens: the next start's sweep removes it all the same."""
