@@ -114,6 +114,11 @@ CREATION_GRACE = 2.0
 # failed assertion in librbd), so no size near that is ever made or walked.
 MAX_IMAGE_SIZE = MAX_FILE_SIZE
 
+# Names one read of the pool's image directory returns (``_names_in_directory``), and
+# the room for them: Ceph's longest object names (2048 bytes) and an id each.
+DIRECTORY_PAGE = 1024
+DIRECTORY_PAGE_BYTES = DIRECTORY_PAGE * (2 * 4 + 2048 + 64)
+
 # Seconds librados waits for the monitors and OSDs before giving up, as libvirt sets them.
 CLUSTER_TIMEOUT = "30"
 
@@ -487,11 +492,35 @@ class RbdVolumes:
         )
 
     def _all_names(self) -> list[str]:
+        """The names of the Ceph pool's images that are text (UTF-8)."""
         try:
             with self._in_use():
-                return list(self._rbd.RBD().list(self._ioctx))
+                try:
+                    return list(self._rbd.RBD().list(self._ioctx))
+                except UnicodeDecodeError:
+                    # Another client named an image with bytes that are no UTF-8, and
+                    # Ceph's binding fails the whole listing: read the directory itself.
+                    return self._names_in_directory()
         except Exception as exc:
             raise system_error("Unable to list RBD images", _errno(exc)) from None
+
+    def _names_in_directory(self) -> list[str]:
+        """The images' names as the pool's ``rbd_directory`` object holds them (class
+        ``rbd``, method ``dir_list``), a page at a time; those that are no UTF-8 left out."""
+        names: list[str] = []
+        after = b""
+        while True:
+            request = _ceph_string(after) + DIRECTORY_PAGE.to_bytes(8, "little")
+            _, reply = self._ioctx.execute(
+                "rbd_directory", "rbd", "dir_list", request, DIRECTORY_PAGE_BYTES
+            )
+            page = list(_decode_string_map(bytes(reply)))
+            for raw in page:
+                with suppress(UnicodeDecodeError):
+                    names.append(raw.decode())
+            if len(page) < DIRECTORY_PAGE:
+                return names
+            after = page[-1]
 
     def names(self) -> list[str]:
         """Volume names, sorted; hidden upload images are not volumes."""
@@ -1083,6 +1112,22 @@ def _is_hidden_name(name: str, *prefixes: str) -> bool:
             token = name[len(prefix) :]
             return len(token) == 2 * _TOKEN_BYTES and all(c in "0123456789abcdef" for c in token)
     return False
+
+
+def _ceph_string(raw: bytes) -> bytes:
+    """A string as Ceph encodes it: its length (32 bits, little-endian), then its bytes."""
+    return len(raw).to_bytes(4, "little") + raw
+
+
+def _decode_string_map(data: bytes) -> Iterator[bytes]:
+    """The keys of a map of strings to strings in Ceph's encoding, in its order."""
+    count, at = int.from_bytes(data[:4], "little"), 4
+    for _ in range(count):
+        for is_key in (True, False):
+            length = int.from_bytes(data[at : at + 4], "little")
+            if is_key:
+                yield data[at + 4 : at + 4 + length]
+            at += 4 + length
 
 
 def _id_of(image: Any) -> str:

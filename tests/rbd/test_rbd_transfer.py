@@ -717,6 +717,30 @@ def test_deleting_an_image_read_here_and_open_elsewhere_is_refused(
     images.delete(name)
 
 
+def test_an_image_name_that_is_no_text_hides_nothing(images: RbdVolumes) -> None:
+    """Another Ceph client may name an image with bytes that are no UTF-8 (Ceph's binding
+    then fails the whole listing): it is no volume, and every other image is still
+    listed, and still cleaned up after a crash."""
+    rbd = images._rbd.RBD()
+    not_text = volume_name("bad").encode() + b"\xff"
+    entry = rbdvolumes._ceph_string(not_text) + rbdvolumes._ceph_string(b"0bad")
+    volume = volume_name("good")
+    leftover = ".virtvol-upload-" + os.urandom(8).hex()
+    images.create(VolumeRequest(volume, MIB, None))
+    rbd.create(images._ioctx, leftover, MIB, old_format=False)
+    # The binding takes str names, encoded as UTF-8: the one Ceph's CLI makes is bytes.
+    images._ioctx.execute("rbd_directory", "rbd", "dir_add_image", entry)
+    try:
+        assert volume in images.names()
+        images.recover_after_crash()
+        assert images._sweeper is not None
+        images._sweeper.join(60)
+        assert leftover not in images._all_names()
+    finally:
+        images._ioctx.execute("rbd_directory", "rbd", "dir_remove_image", entry)
+    images.delete(volume)
+
+
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
     """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
     that is still listed but no longer opens: the next start's sweep removes it all the same."""
