@@ -9,6 +9,7 @@ from virtvol.protocol.constants import PoolDefineFlags as PoolDefineFlags
 from virtvol.protocol.constants import PoolDeleteFlags as PoolDeleteFlags
 from virtvol.protocol.constants import PoolXMLFlags as PoolXMLFlags
 from virtvol.protocol.constants import VolCreateFlags as VolCreateFlags
+from virtvol.protocol.constants import VolDeleteFlags as VolDeleteFlags
 from virtvol.protocol.constants import VolInfoFlags as VolInfoFlags
 from virtvol.protocol.constants import VolResizeFlags as VolResizeFlags
 from virtvol.protocol.constants import VolStreamFlags as VolStreamFlags

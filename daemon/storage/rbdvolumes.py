@@ -580,13 +580,17 @@ class RbdVolumes:
                 self._remove_quietly(name)
                 raise
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, with_snapshots: bool = False) -> None:
         """Remove the image; one this daemon still reads is hidden, and removed when read.
 
         An image Ceph refuses to remove (one with snapshots, in a group, or open for
         writing: a guest's disk) is not hidden: it would be removed later, behind the
         back of whoever made Ceph refuse. Ceph's removal says no at once instead.
+        ``with_snapshots`` first removes its snapshots, unprotecting them, one by one, as
+        libvirt's rbd backend does (until one fails: one a clone depends on).
         """
+        if with_snapshots:
+            self._remove_snapshots(name)
         with self.image(name, read_only=True) as image:
             image_id = _id_of(image)
             refused = (
@@ -615,6 +619,28 @@ class RbdVolumes:
             self._removed(image_id)
         if hide:
             self._remove_hidden(hidden, image_id)
+
+    def _remove_snapshots(self, name: str) -> None:
+        """Remove the image's snapshots (those of users, as ``rbd snap ls`` shows them)."""
+        user = self._rbd.RBD_SNAP_NAMESPACE_TYPE_USER
+        with self.image(name) as image:
+            for snapshot in list(image.list_snaps()):
+                if snapshot.get("namespace", user) != user:
+                    continue
+                label = f"{self.volume_path(name)}@{snapshot['name']}"
+                try:
+                    if image.is_protected_snap(snapshot["name"]):
+                        image.unprotect_snap(snapshot["name"])
+                except Exception as exc:
+                    raise system_error(
+                        f"failed to unprotect snapshot '{label}'", _errno(exc)
+                    ) from None
+                try:
+                    image.remove_snap(snapshot["name"])
+                except Exception as exc:
+                    raise system_error(
+                        f"failed to remove snapshot '{label}'", _errno(exc)
+                    ) from None
 
     def wipe(self, name: str) -> None:
         """The whole image reads as zeros; its objects are freed."""

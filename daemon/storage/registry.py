@@ -41,6 +41,7 @@ from .flags import (
     PoolDefineFlags,
     PoolXMLFlags,
     VolCreateFlags,
+    VolDeleteFlags,
     VolInfoFlags,
     VolResizeFlags,
     VolStreamFlags,
@@ -952,11 +953,21 @@ class StorageRegistry:
                 pool.busy.pop(volume.name, None)
 
     def delete_volume(self, volume: VolumeRef, flags: int = 0) -> None:
-        """STORAGE_VOL_DELETE: remove the file (no flags are supported for files)."""
+        """STORAGE_VOL_DELETE: remove the file (no flags are supported for files) or the
+        rbd image, as libvirt's rbd backend does: with WITH_SNAPSHOTS its snapshots first,
+        and ZEROED taken, with a warning, for a plain removal."""
         with self._changing(volume) as volumes:
-            # libvirtd's backend checks them once the volume is found, and found free.
-            _check_flags(flags, 0, "virStorageBackendVolDeleteLocal")
-            volumes.delete(volume.name)
+            # libvirtd's backends check them once the volume is found, and found free.
+            if isinstance(volumes, RbdVolumes):
+                _check_flags(flags, _RBD_DELETE_FLAGS, "virStorageBackendRBDDeleteVol")
+                if flags & VolDeleteFlags.ZEROED:
+                    log.warning("rbd pools do not support zeroed removal of volumes")
+                volumes.delete(
+                    volume.name, with_snapshots=bool(flags & VolDeleteFlags.WITH_SNAPSHOTS)
+                )
+            else:
+                _check_flags(flags, 0, "virStorageBackendVolDeleteLocal")
+                volumes.delete(volume.name)
 
     def wipe_volume(self, volume: VolumeRef, flags: int = 0) -> None:
         """STORAGE_VOL_WIPE: the volume reads as zeros afterwards, same size and, as in
@@ -1383,3 +1394,4 @@ _CREATE_FLAGS = (
 )
 _CLONE_FLAGS = VolCreateFlags.PREALLOC_METADATA | VolCreateFlags.REFLINK | VolCreateFlags.VALIDATE
 _RESIZE_FLAGS = VolResizeFlags.ALLOCATE | VolResizeFlags.DELTA | VolResizeFlags.SHRINK
+_RBD_DELETE_FLAGS = VolDeleteFlags.ZEROED | VolDeleteFlags.WITH_SNAPSHOTS

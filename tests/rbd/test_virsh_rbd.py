@@ -597,3 +597,27 @@ def test_an_image_too_large_for_librbd_made_elsewhere_is_answered_safely(
     assert "File too large" in wiped.stderr
     run_virsh(uri, "vol-delete", "--pool", RBD_POOL, name)
     assert name not in images(ceph)
+
+
+def test_vol_delete_with_snapshots_as_libvirts_rbd_backend(
+    rbd_virtvold: Virtvold, ceph: CephCluster
+) -> None:
+    """libvirt's rbd backend takes ``vol-delete --delete-snapshots``: it unprotects and
+    removes the volume's snapshots, then the volume. Without the flag Ceph refuses to
+    remove an image with snapshots; one a clone depends on stays protected."""
+    uri, name, clone = rbd_virtvold.tcp_uri, volume_name("snaps"), volume_name("child")
+    run_virsh(uri, "vol-create-as", RBD_POOL, name, "1M")
+    for snapshot in ("one", "two"):
+        ceph.rbd("snap", "create", f"{CEPH_POOL}/{name}@{snapshot}")
+    ceph.rbd("snap", "protect", f"{CEPH_POOL}/{name}@two")
+    plain = run_virsh(uri, "vol-delete", "--pool", RBD_POOL, name, check=False)
+    assert plain.returncode == 1
+    assert f"failed to remove volume '{CEPH_POOL}/{name}'" in plain.stderr
+    ceph.rbd("clone", f"{CEPH_POOL}/{name}@two", f"{CEPH_POOL}/{clone}")
+    held = run_virsh(uri, "vol-delete", "--pool", RBD_POOL, name, "--delete-snapshots", check=False)
+    assert held.returncode == 1
+    assert f"failed to unprotect snapshot '{CEPH_POOL}/{name}@two'" in held.stderr
+    assert name in images(ceph)
+    run_virsh(uri, "vol-delete", "--pool", RBD_POOL, clone)
+    run_virsh(uri, "vol-delete", "--pool", RBD_POOL, name, "--delete-snapshots")
+    assert name not in images(ceph)
