@@ -89,7 +89,7 @@ class RbdReader:
     def __init__(self, volumes: RbdVolumes, name: str, offset: int, length: int) -> None:
         self._volumes = volumes
         self._name = name
-        self._checked = False  # whether the image was found whole at the end (``_check``)
+        self._checked = False  # whether the end found the image not removed meanwhile
         self._image: Any = volumes.open_image(name, read_only=True)
         try:
             size: int = self._image.size()
