@@ -566,19 +566,37 @@ class RbdVolumes:
             ) from None
 
     def create_from(self, request: VolumeRequest, source: str) -> None:
-        """A copy of ``source`` (only its data is copied) of at least its size."""
+        """A copy of ``source`` (only its data is copied) of at least its size.
+
+        The copy reads one extent after another: a source another client writes
+        meanwhile would give a copy that is neither its old content nor its new. So a
+        source open for writing elsewhere (a running guest, which writes without telling
+        anyone while it holds the image's lock) is refused as in use, and so is one
+        changed while it was copied (``ChangeWatch``), the copy removed.
+        """
         name = request.name
         with self.image(source, read_only=True) as image:
+            if _watcher_count(image):
+                raise volume_in_use(source)
             size = image.size()
-            self._create(name, max(request.capacity or 0, size), self._layout(image))
+            watch = ChangeWatch(self, image, source)
             try:
-                with self.image(name) as target:
-                    for start, end in data_extents(image, 0, size):
-                        copy_range(image, target, start, end)
-                self.check_not_removed(image, source)
-            except BaseException:
-                self._remove_quietly(name)
-                raise
+                self._create(name, max(request.capacity or 0, size), self._layout(image))
+                try:
+                    with self.image(name) as target:
+                        for start, end in data_extents(image, 0, size):
+                            copy_range(image, target, start, end)
+                    # Watched, the source cannot have been removed (Ceph refuses), unless
+                    # the watch broke: then it counts as changed.
+                    changed = watch.changed(image)
+                    watch.close()  # itself one of the image's watchers
+                    if changed or _watcher_count(image):
+                        raise volume_in_use(source)
+                except BaseException:
+                    self._remove_quietly(name)
+                    raise
+            finally:
+                watch.close()
 
     def delete(self, name: str, *, with_snapshots: bool = False) -> None:
         """Remove the image; one this daemon still reads is hidden, and removed when read.

@@ -600,31 +600,44 @@ def test_a_download_of_an_image_another_daemon_removed_meanwhile_fails(
     )
 
 
-def test_a_clone_of_an_image_another_daemon_removed_meanwhile_fails(
+def test_a_clone_source_is_not_removed_by_another_daemon_meanwhile(
     images: RbdVolumes, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same for a clone's source: the copy is not left with zeros for its data."""
+    """The clone watches its source while it copies it: Ceph refuses another daemon's
+    removal of it (and librbd's try, which takes the image's lock, ends the clone as in
+    use), so the copy is never left with zeros for the source's data."""
     name, copy = volume_name("source"), volume_name("copy")
     images.create(VolumeRequest(name, 12 * MIB, None))
+    data = os.urandom(MIB)
     with images.image(name) as image:  # two extents, 4 MiB objects: one copied before
-        image.write(os.urandom(MIB), 0)
-        image.write(os.urandom(MIB), 8 * MIB)
+        image.write(data, 0)
+        image.write(data, 8 * MIB)
     copied = rbdvolumes.copy_range
+    refusals: list[str] = []
 
-    def copy_then_lose_the_source(source: object, target: object, start: int, end: int) -> None:
+    def copy_then_try_to_remove_the_source(
+        source: object, target: object, start: int, end: int
+    ) -> None:
         copied(source, target, start, end)
-        if name in images.names():
+        if not refusals:
             other = _other_daemon(ceph)
             try:
                 other.delete(name)
+            except ErrorReport as exc:
+                refusals.append(exc.message)
             finally:
                 other.close()
 
-    monkeypatch.setattr(rbdvolumes, "copy_range", copy_then_lose_the_source)
+    monkeypatch.setattr(rbdvolumes, "copy_range", copy_then_try_to_remove_the_source)
     with pytest.raises(ErrorReport) as failed:
         images.create_from(VolumeRequest(copy, None, None), name)
-    assert failed.value.message.startswith(f"RBD image '{name}' was removed while it was read")
+    assert refusals == [f"failed to remove volume '{CEPH_POOL}/{name}': Device or resource busy"]
+    assert (
+        failed.value.message
+        == f"Requested operation is not valid: volume '{name}' is still in use."
+    )
     assert copy not in images.names()
+    assert _content(images, name)[8 * MIB : 9 * MIB] == data
 
 
 def test_a_whole_upload_is_refused_for_an_image_in_a_group_or_mirrored(
@@ -739,6 +752,47 @@ def test_an_image_name_that_is_no_text_hides_nothing(images: RbdVolumes) -> None
     finally:
         images._ioctx.execute("rbd_directory", "rbd", "dir_remove_image", entry)
     images.delete(volume)
+
+
+@pytest.mark.parametrize("writer", ["open", "done"])
+def test_a_clone_of_an_image_written_elsewhere_meanwhile_is_refused(
+    images: RbdVolumes, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """A clone copies the source's bytes one extent after another: bytes a guest (or any
+    other client) writes meanwhile make a copy that is neither the old content nor the
+    new. A source open for writing elsewhere (whose writes librbd announces to nobody
+    while it holds the image's lock) or written while it was copied is refused as in
+    use, and the half-made copy removed; libvirt's rbd backend clones from a snapshot."""
+    name, copy = volume_name("source"), volume_name("copy")
+    images.create(VolumeRequest(name, 12 * MIB, None))
+    with images.image(name) as image:
+        image.write(os.urandom(MIB), 0)
+        image.write(os.urandom(MIB), 8 * MIB)
+    other = _other_daemon(ceph)
+    guest = other.open_image(name) if writer == "open" else None
+    copied = rbdvolumes.copy_range
+
+    def copy_while_the_guest_writes(source: object, target: object, start: int, end: int) -> None:
+        copied(source, target, start, end)
+        if guest is None:
+            with other.image(name) as disk:
+                disk.write(b"guest", 8 * MIB)
+
+    monkeypatch.setattr(rbdvolumes, "copy_range", copy_while_the_guest_writes)
+    try:
+        with pytest.raises(ErrorReport) as refused:
+            images.create_from(VolumeRequest(copy, None, None), name)
+    finally:
+        if guest is not None:
+            other.close_image(guest)
+        other.close()
+    assert refused.value.message == (
+        f"Requested operation is not valid: volume '{name}' is still in use."
+    )
+    assert copy not in images.names()
+    monkeypatch.undo()
+    images.create_from(VolumeRequest(copy, None, None), name)  # nobody writes it now
+    assert _content(images, copy) == _content(images, name)
 
 
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
