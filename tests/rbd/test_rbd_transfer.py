@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -439,6 +439,31 @@ def test_a_whole_upload_is_refused_once_the_volume_was_opened_for_writing_meanwh
         assert "virtvol.swap" not in dict(image.metadata_list())
 
 
+def _told(watch: rbdvolumes.ChangeWatch) -> None:
+    """Wait until librbd's notification of a change has reached ``watch``: it is sent as
+    the change is made, and heard a moment later."""
+    assert watch._notified.wait(10)
+
+
+def _uploads_told(images: RbdVolumes) -> None:
+    """Wait until the watch of every running whole-volume upload has heard of a change."""
+    for watch in list(images._change_watches.values()):
+        _told(watch)
+
+
+def _watches_made(monkeypatch: pytest.MonkeyPatch) -> list[rbdvolumes.ChangeWatch]:
+    """The ``ChangeWatch`` objects made from here on, in order."""
+    made: list[rbdvolumes.ChangeWatch] = []
+
+    class Recorded(rbdvolumes.ChangeWatch):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(rbdvolumes, "ChangeWatch", Recorded)
+    return made
+
+
 def _whole_upload(images: RbdVolumes, name: str) -> tuple[RbdWriter, list[bool]]:
     """A whole-volume upload of ``name`` opened as the daemon opens one."""
     temp = images.create_upload_temp(name)
@@ -480,6 +505,7 @@ def test_a_whole_upload_is_refused_once_the_volume_was_changed_meanwhile(
                 disk.resize(2 * MIB)
     finally:
         other.close()
+    _uploads_told(images)
     with pytest.raises(ErrorReport) as refused:
         writer.commit()
     in_use = f"Requested operation is not valid: volume '{name}' is still in use."
@@ -551,6 +577,7 @@ def test_a_whole_upload_keeps_other_daemons_from_replacing_or_removing_its_volum
         with pytest.raises(ErrorReport) as removal:
             other.delete(name)
         assert removal.value.message.endswith("Device or resource busy")
+        _uploads_told(images)
     finally:
         other.close()
     writer.write(b"new")
@@ -614,6 +641,7 @@ def test_a_clone_source_is_not_removed_by_another_daemon_meanwhile(
         image.write(data, 8 * MIB)
     copied = rbdvolumes.copy_range
     refusals: list[str] = []
+    watches = _watches_made(monkeypatch)
 
     def copy_then_try_to_remove_the_source(
         source: object, target: object, start: int, end: int
@@ -627,6 +655,7 @@ def test_a_clone_source_is_not_removed_by_another_daemon_meanwhile(
                 refusals.append(exc.message)
             finally:
                 other.close()
+            _told(watches[-1])
 
     monkeypatch.setattr(rbdvolumes, "copy_range", copy_then_try_to_remove_the_source)
     with pytest.raises(ErrorReport) as failed:
@@ -771,12 +800,14 @@ def test_a_clone_of_an_image_written_elsewhere_meanwhile_is_refused(
     other = _other_daemon(ceph)
     guest = other.open_image(name) if writer == "open" else None
     copied = rbdvolumes.copy_range
+    watches = _watches_made(monkeypatch)
 
     def copy_while_the_guest_writes(source: object, target: object, start: int, end: int) -> None:
         copied(source, target, start, end)
-        if guest is None:
+        if guest is None and start == 0:
             with other.image(name) as disk:
                 disk.write(b"guest", 8 * MIB)
+            _told(watches[-1])
 
     monkeypatch.setattr(rbdvolumes, "copy_range", copy_while_the_guest_writes)
     try:
