@@ -145,9 +145,13 @@ class RbdReader:
         if not self._checked:
             # Before the stream's end tells the client all is well: an image another
             # daemon removed meanwhile read as zeros.
-            self._volumes.check_not_removed(
-                self._image, self._name, ErrorDomain.STREAMS, "cannot read from stream: "
-            )
+            if self._volumes.removed_meanwhile(self._image):
+                raise system_error(
+                    f"cannot read from stream: RBD image '{self._name}' was removed while it "
+                    "was read",
+                    errno.ENOENT,
+                    ErrorDomain.STREAMS,
+                )
             self._checked = True
         return _EOF
 

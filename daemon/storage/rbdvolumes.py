@@ -62,7 +62,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from virtvol.protocol.constants import VolResizeFlags
-from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.protocol.errors import ErrorCode, ErrorReport
 
 from .names import RESERVED_PREFIX, is_volume_name
 from .poolxml import PoolRuntime
@@ -439,17 +439,15 @@ class RbdVolumes:
             )
             return None
 
-    def check_not_removed(
-        self, image: Any, name: str, domain: ErrorDomain = ErrorDomain.STORAGE, context: str = ""
-    ) -> None:
-        """Refuse what was read from ``image`` if another client of the Ceph pool removed it
-        meanwhile, or is removing it: librbd reads zeros from a removed image's handle,
-        without an error. A removal first moves the image to the trash, then removes its
-        data, then its header object, then the trash entry: an image neither in the trash
-        nor without its header was not being removed while it was read before this."""
+    def removed_meanwhile(self, image: Any) -> bool:
+        """Whether another client of the Ceph pool removed ``image`` (open here), or is
+        removing it, or that cannot be told: librbd reads zeros from a removed image's
+        handle, without an error. A removal first moves the image to the trash, then
+        removes its data, then its header object, then the trash entry: an image neither
+        in the trash nor without its header was not being removed while it was read."""
         image_id = _id_of(image)
         if not image_id:  # an old-format image is removed without the trash
-            return
+            return False
         try:
             with self._in_use():
                 try:
@@ -457,14 +455,12 @@ class RbdVolumes:
                 except self._rbd.ImageNotFound:
                     pass
                 else:
-                    raise OSError(errno.ENOENT, "in the trash")
+                    return True
                 self._ioctx.stat(f"rbd_header.{image_id}")
-        except ErrorReport:
-            raise
         except Exception as exc:
-            raise system_error(
-                f"{context}RBD image '{name}' was removed while it was read", _errno(exc), domain
-            ) from None
+            log.info("RBD image '%s' taken for removed: %s", image_id, exc)
+            return True
+        return False
 
     # -- the pool -------------------------------------------------------------------
 
