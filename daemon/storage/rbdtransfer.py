@@ -305,14 +305,21 @@ class RbdWriter:
             return
         try:
             self._zero(length)
+        except ErrorReport:
+            raise
         except Exception as exc:
             raise _io_error("cannot write to stream", exc) from None
+
+    def _check_within_bounds(self, end: int) -> None:
+        """Refuse to take the image past ``MAX_IMAGE_SIZE``, as a file system refuses a
+        file past its largest size."""
+        if end > max(self._size, MAX_IMAGE_SIZE):
+            raise system_error("cannot write to stream", errno.EFBIG, ErrorDomain.STREAMS)
 
     def _grow_to(self, end: int) -> None:
         if end <= self._size:
             return
-        if end > MAX_IMAGE_SIZE:
-            raise system_error("cannot write to stream", errno.EFBIG, ErrorDomain.STREAMS)
+        self._check_within_bounds(end)
         if self._fresh:
             # A fresh image grows in big steps and is cut to size on commit.
             new = min(max(end, self._size + GROW_STEP), MAX_IMAGE_SIZE)
@@ -329,6 +336,7 @@ class RbdWriter:
 
     def _zero(self, length: int) -> None:
         end = self._pos + length
+        self._check_within_bounds(end)  # before any old content is zeroed
         if not self._fresh and self._pos < self._size:
             zero_range(self._image, self._pos, min(end, self._size) - self._pos)
         self._grow_to(end)

@@ -227,6 +227,26 @@ def test_in_place_holes_zero_old_content(images: RbdVolumes) -> None:
     assert content == b"new" + bytes(6 * MIB) + b"\xaa" * (2 * MIB - 3)
 
 
+def test_an_in_place_hole_past_the_largest_size_zeroes_nothing(images: RbdVolumes) -> None:
+    """A hole frame can say up to 2^63 - 1 bytes: one that would take the image past the
+    largest size (``MAX_IMAGE_SIZE``) is refused before it zeroes the old content it
+    covers, not after."""
+    name = volume_name("farhole")
+    old = os.urandom(8 * MIB)
+    images.create(VolumeRequest(name, len(old), None))
+    with images.image(name) as image:
+        image.write(old, 0)
+    writer = RbdWriter(images, name, 0, 0, fresh=False, finish=lambda ok: None)
+    try:
+        writer.write(b"new")
+        with pytest.raises(ErrorReport) as refused:
+            writer.skip((1 << 63) - 1)
+        assert refused.value.message == "cannot write to stream: File too large"
+    finally:
+        writer.abort()
+    assert _content(images, name) == b"new" + old[3:]
+
+
 def test_in_place_upload_never_shrinks_what_another_daemon_grew(
     images: RbdVolumes, ceph: CephCluster
 ) -> None:
