@@ -77,7 +77,7 @@ from .resizerules import new_capacity
 from .volxml import MAX_FILE_SIZE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Collection, Iterator
     from types import ModuleType
 
     from .rbdxml import RbdSource
@@ -220,6 +220,12 @@ class RbdVolumes:
         # What tells each running whole-volume upload, by its image's name, whether its
         # volume was changed meanwhile (``create_upload_temp``, ``_prepare_swap``).
         self._change_watches: dict[str, ChangeWatch] = {}
+        # The cookies of this daemon's ChangeWatch objects (uploads' and clones'): they
+        # write nothing, and are no writers elsewhere (``_writers_elsewhere``).
+        self._own_watches: set[int] = set()
+        # This connection's client id: notifications it sends (a swap's own changes to
+        # the image it hides) are no change by another client (``ChangeWatch``).
+        self.client_id: int = cluster.get_instance_id()
         # The thread removing what a crash left (``recover_after_crash``), while it runs.
         self._sweeper: threading.Thread | None = None
         self._stopped = threading.Event()  # set by ``close``: ends the sweeper's waits
@@ -439,6 +445,13 @@ class RbdVolumes:
             )
             return None
 
+    def _writers_elsewhere(self, image: Any) -> int:
+        """The image's watchers but this daemon's ``ChangeWatch`` objects: handles open
+        for writing (this daemon's own among them), and other daemons' watches."""
+        with self._lock:
+            own = set(self._own_watches)
+        return _watcher_count(image, own)
+
     def removed_meanwhile(self, image: Any) -> bool:
         """Whether another client of the Ceph pool removed ``image`` (open here), or is
         removing it, or that cannot be told: librbd reads zeros from a removed image's
@@ -572,7 +585,7 @@ class RbdVolumes:
         """
         name = request.name
         with self.image(source, read_only=True) as image:
-            if _watcher_count(image):
+            if self._writers_elsewhere(image):
                 raise volume_in_use(source)
             size = image.size()
             watch = ChangeWatch(self, image, source)
@@ -585,8 +598,8 @@ class RbdVolumes:
                     # Watched, the source cannot have been removed (Ceph refuses), unless
                     # the watch broke: then it counts as changed.
                     changed = watch.changed(image)
-                    watch.close()  # itself one of the image's watchers
-                    if changed or _watcher_count(image):
+                    watch.close()
+                    if changed or self._writers_elsewhere(image):
                         raise volume_in_use(source)
                 except BaseException:
                     self._remove_quietly(name)
@@ -608,7 +621,9 @@ class RbdVolumes:
         with self.image(name, read_only=True) as image:
             image_id = _id_of(image)
             refused = (
-                _has_snapshots(image) or image.group()["pool"] >= 0 or _watcher_count(image) > 0
+                _has_snapshots(image)
+                or image.group()["pool"] >= 0
+                or self._writers_elsewhere(image) > 0
             )
         claimed = not refused and self._claim_unless_open(image_id)
         hide = not refused and not claimed
@@ -716,7 +731,7 @@ class RbdVolumes:
                     f"volume '{like}' has snapshots, which a whole-volume upload would leave "
                     f"behind: {WRITE_IN_PLACE}",
                 )
-            if _watcher_count(image):
+            if self._writers_elsewhere(image):
                 # Open for writing elsewhere (a running guest): the swap would leave it
                 # writing to the old image, which Ceph refuses to remove while it is open.
                 raise volume_in_use(like)
@@ -854,7 +869,7 @@ class RbdVolumes:
             # create_upload_temp found nobody writing it, but a guest may have opened it
             # since: the swap would leave it writing into the hidden old image, every
             # write after it lost. This handle, open for writing, is one watcher itself.
-            if changed or _watcher_count(image) > 1:
+            if changed or self._writers_elsewhere(image) > 1:
                 raise volume_in_use(name)
             meta = [(k, v) for k, v in image.metadata_list() if k != SWAP_RECORD_KEY]
             upload = self.open_image(temp, hidden=True)
@@ -1083,8 +1098,12 @@ class ChangeWatch:
     modification time is (librbd moves the latter at most once a minute). A watch that
     fails (a lost connection) can no longer tell: that counts as a change too.
 
-    The watch is one of the image's watchers (``watchers_list``) until ``close``, which
-    keeps the connection open meanwhile (``RbdVolumes.acquire``).
+    Notifications this daemon's own connection sends (a swap's changes to the image it
+    hides while a clone here reads it) are no change: the daemon changes no volume it
+    uploads to or clones meanwhile but so. The watch is one of the image's watchers
+    (``watchers_list``) until ``close``, one other daemons see, and this one does not
+    count (``RbdVolumes._writers_elsewhere``); it keeps the connection open meanwhile
+    (``RbdVolumes.acquire``).
     """
 
     def __init__(self, volumes: RbdVolumes, image: Any, name: str) -> None:
@@ -1093,6 +1112,7 @@ class ChangeWatch:
         self._size: int = image.size()
         self._modified = _modified_at(image)
         self._notified = threading.Event()
+        self._client_id = volumes.client_id
         self._watch: Any = None
         volumes.acquire()
         if not self._image_id:  # an old-format image has no header object by its id
@@ -1104,9 +1124,12 @@ class ChangeWatch:
         except Exception as exc:
             self.close()
             raise system_error(f"cannot watch volume '{name}' for changes", _errno(exc)) from None
+        with volumes._lock:
+            volumes._own_watches.add(self._watch.get_id())
 
-    def _on_notify(self, *_args: object) -> None:
-        self._notified.set()
+    def _on_notify(self, _notify_id: int, notifier_id: int, *_args: object) -> None:
+        if notifier_id != self._client_id:  # this daemon's own changes are none
+            self._notified.set()
 
     def _on_error(self, *_args: object) -> None:
         self._notified.set()
@@ -1126,7 +1149,11 @@ class ChangeWatch:
         volumes, self._volumes = self._volumes, None
         try:
             if watch is not None:
+                assert volumes is not None
+                cookie = watch.get_id()
                 _close_quietly(watch)
+                with volumes._lock:
+                    volumes._own_watches.discard(cookie)
         finally:
             if volumes is not None:
                 volumes.release()
@@ -1202,9 +1229,10 @@ def _close_quietly(image: Any) -> None:
         log.warning("cannot close an RBD image: %s", exc)
 
 
-def _watcher_count(image: Any) -> int:
-    """Handles open for writing on the image, cluster-wide (a reader registers none)."""
-    return sum(1 for _ in image.watchers_list())
+def _watcher_count(image: Any, ignored: Collection[int] = ()) -> int:
+    """Handles open for writing on the image, cluster-wide (a reader registers none), and
+    other watches, but those whose cookies are ``ignored``."""
+    return sum(1 for watcher in image.watchers_list() if watcher["cookie"] not in ignored)
 
 
 def _allocation(image: Any, size: int) -> int:

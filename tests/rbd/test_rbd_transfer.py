@@ -846,6 +846,41 @@ def test_a_clone_of_an_image_written_elsewhere_meanwhile_is_refused(
     assert _content(images, copy) == _content(images, name)
 
 
+def test_a_clone_and_a_whole_upload_of_one_volume_through_one_daemon_both_succeed(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon's own watches are no writers elsewhere, and its own swap no change: a
+    clone taken while a whole-volume upload of its source runs (and swaps) copies the
+    old content whole, and the upload is swapped in, as in a directory pool."""
+    name, early, late = volume_name("both"), volume_name("early"), volume_name("late")
+    old = os.urandom(MIB)
+    images.create(VolumeRequest(name, 12 * MIB, None))
+    with images.image(name) as image:  # two extents, 4 MiB objects
+        image.write(old, 0)
+        image.write(old, 8 * MIB)
+    writer, outcome = _whole_upload(images, name)
+    writer.write(b"new")
+    images.create_from(VolumeRequest(early, None, None), name)  # while the upload runs
+    copied = rbdvolumes.copy_range
+
+    def copy_while_the_upload_swaps(source: object, target: object, start: int, end: int) -> None:
+        copied(source, target, start, end)
+        if start == 0:
+            writer.commit()
+
+    monkeypatch.setattr(rbdvolumes, "copy_range", copy_while_the_upload_swaps)
+    images.create_from(VolumeRequest(late, None, None), name)
+    monkeypatch.undo()
+    writer.release_replaced()
+    assert outcome == [True]
+    assert _content(images, name)[:3] == b"new"
+    for copy in (early, late):
+        content = _content(images, copy)
+        assert content[:MIB] == old
+        assert content[8 * MIB : 9 * MIB] == old
+        images.delete(copy)
+
+
 def test_a_removal_cut_short_is_finished_by_the_next_start(images: RbdVolumes) -> None:
     """A removal stopped halfway (the pool stopped, the daemon was killed) leaves an image
     that is still listed but no longer opens: the next start's sweep removes it all the same."""
