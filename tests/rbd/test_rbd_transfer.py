@@ -290,16 +290,19 @@ def test_aborted_whole_upload_keeps_the_volume(images: RbdVolumes) -> None:
 def test_a_whole_upload_lands_in_no_image_made_again_under_its_name(
     images: RbdVolumes, ceph: CephCluster
 ) -> None:
-    """Another daemon on the Ceph pool deletes the volume a whole-volume upload replaces
-    and makes a new one of that name: the swap would hide the new image (and remove it)
-    and put the upload in its place. It is refused as a volume changed meanwhile is."""
+    """Another client of the Ceph pool moves the volume a whole-volume upload replaces
+    aside (``rbd rename``: Ceph refuses to remove it while the upload watches it) and
+    makes a new image of that name: the swap would hide the new image (and remove it)
+    and put the upload in its place. It is refused as a volume changed meanwhile is, both
+    images as they were."""
     name = volume_name("remade")
     images.create(VolumeRequest(name, MIB, None))
     temp = images.create_upload_temp(name)
+    aside = volume_name("aside")
+    ceph.rbd("rename", f"{CEPH_POOL}/{name}", f"{CEPH_POOL}/{aside}")
     source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
     other = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
     try:
-        other.delete(name)
         other.create(VolumeRequest(name, MIB, None))
         with other.image(name) as image:
             image.write(b"new volume", 0)
@@ -307,9 +310,11 @@ def test_a_whole_upload_lands_in_no_image_made_again_under_its_name(
         other.close()
     with pytest.raises(ErrorReport, match=rf"volume '{name}' is still in use\."):
         images.replace(temp, name)
-    images.remove_temp(temp)
     assert _content(images, name)[:10] == b"new volume"
+    assert _content(images, aside) == bytes(MIB)
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+    with images.image(aside, read_only=True) as image:
+        assert list(image.watchers_list()) == []  # the upload's watch is gone
 
 
 def test_zeroing_more_than_two_gib(images: RbdVolumes) -> None:
