@@ -214,11 +214,9 @@ class RbdVolumes:
         # librbd registers no watch for a reader, and a watch is what tells another
         # daemon's clean-up of leftovers (``recover_after_crash``) that the image is in use.
         self._keepers: dict[str, Any] = {}
-        # The id of the image each running whole-volume upload's image is to replace: a
-        # name that leads to another image at the swap was deleted and made again.
-        self._replacing: dict[str, str] = {}
         # What tells each running whole-volume upload, by its image's name, whether its
-        # volume was changed meanwhile (``create_upload_temp``, ``_prepare_swap``).
+        # volume was changed meanwhile, or its name now leads to another image (deleted
+        # and made again): ``create_upload_temp``, ``_prepare_swap``.
         self._change_watches: dict[str, ChangeWatch] = {}
         # The cookies of this daemon's ChangeWatch objects (uploads' and clones'): they
         # write nothing, and are no writers elsewhere (``_writers_elsewhere``).
@@ -737,7 +735,6 @@ class RbdVolumes:
                 raise volume_in_use(like)
             size = image.size()
             layout = self._layout(image)
-            replaced_id = _id_of(image)
             watch = ChangeWatch(self, image, like)
         temp = _hidden_name(UPLOAD_PREFIX)
         try:
@@ -747,7 +744,6 @@ class RbdVolumes:
             raise
         with self._lock:
             self._change_watches[temp] = watch
-            self._replacing[temp] = replaced_id
         return temp
 
     def _check_nothing_holds_by_id(self, image: Any, name: str) -> None:
@@ -808,9 +804,8 @@ class RbdVolumes:
         old = _hidden_name(REPLACED_PREFIX)
         with self._lock:
             watch = self._change_watches.pop(temp, None)
-            replaced_id = self._replacing.pop(temp, None)
         try:
-            old_id = self._prepare_swap(temp, name, old, watch, replaced_id)
+            old_id = self._prepare_swap(temp, name, old, watch)
         except BaseException as exc:
             self._drop_upload(temp)
             if isinstance(exc, ErrorReport) or not isinstance(exc, Exception):
@@ -840,32 +835,25 @@ class RbdVolumes:
         except Exception as exc:
             log.warning("cannot remove the upload image '%s': %s", temp, exc)
 
-    def _prepare_swap(
-        self, temp: str, name: str, old: str, watch: ChangeWatch | None, replaced_id: str | None
-    ) -> str:
+    def _prepare_swap(self, temp: str, name: str, old: str, watch: ChangeWatch | None) -> str:
         """Before volume ``name`` is hidden as ``old``: refuse if another client changed
-        it since the upload began (``watch``) or has it open for writing now, give upload
-        image ``temp`` the volume's image-meta (libvirt's in-place upload keeps it), then
-        record on the volume what the swap is about to make of it. Returns the volume
-        image's id."""
+        it since the upload began, or made it again (``watch``, closed here whatever
+        happens), or has it open for writing now, give upload image ``temp`` the
+        volume's image-meta (libvirt's in-place upload keeps it), then record on the
+        volume what the swap is about to make of it. Returns the volume image's id."""
         try:
             image = self.open_image(name)
-        except BaseException:
+            try:
+                # Swapped in, the upload would drop what another client wrote meanwhile.
+                changed = watch is None or watch.changed(image)
+            except BaseException:
+                self.close_image(image)
+                raise
+        finally:
             if watch is not None:
-                watch.close()
-            raise
+                watch.close()  # before this swap's own changes to the volume
         try:
             image_id = _id_of(image)
-            # Swapped in, the upload would drop what another client wrote meanwhile.
-            try:
-                changed = watch is None or watch.changed(image)
-            finally:
-                if watch is not None:
-                    watch.close()  # before this swap's own changes to the volume
-            if replaced_id not in (None, image_id):
-                # Deleted and made again since the upload began (by another daemon on the
-                # Ceph pool): that image is not the upload's to replace.
-                changed = True
             # create_upload_temp found nobody writing it, but a guest may have opened it
             # since: the swap would leave it writing into the hidden old image, every
             # write after it lost. This handle, open for writing, is one watcher itself.
@@ -1072,7 +1060,6 @@ class RbdVolumes:
         """Remove the image of a whole-volume upload given up (``create_upload_temp``)."""
         with self._lock:
             watch = self._change_watches.pop(temp, None)
-            self._replacing.pop(temp, None)
         try:
             self._remove_quietly(temp)
         finally:
