@@ -612,17 +612,18 @@ class RbdVolumes:
         writing: a guest's disk) is not hidden: it would be removed later, behind the
         back of whoever made Ceph refuse. Ceph's removal says no at once instead.
         ``with_snapshots`` first removes its snapshots, unprotecting them, one by one, as
-        libvirt's rbd backend does (until one fails: one a clone depends on).
+        libvirt's rbd backend does (until one fails: one a clone depends on); not for an
+        image Ceph would refuse to remove all the same, which keeps them.
         """
         if with_snapshots:
+            with self.image(name, read_only=True) as image:
+                held = self._held_elsewhere(image)
+            if held:
+                raise system_error(f"failed to remove volume '{self.volume_path(name)}'", held)
             self._remove_snapshots(name)
         with self.image(name, read_only=True) as image:
             image_id = _id_of(image)
-            refused = (
-                _has_snapshots(image)
-                or image.group()["pool"] >= 0
-                or self._writers_elsewhere(image) > 0
-            )
+            refused = _has_snapshots(image) or bool(self._held_elsewhere(image))
         claimed = not refused and self._claim_unless_open(image_id)
         hide = not refused and not claimed
         hidden = _hidden_name(REPLACED_PREFIX)
@@ -646,6 +647,15 @@ class RbdVolumes:
             self._removed(image_id)
         if hide:
             self._remove_hidden(hidden, image_id)
+
+    def _held_elsewhere(self, image: Any) -> int:
+        """The errno of Ceph's refusal to remove ``image`` for what holds it beside its
+        snapshots (an RBD group, a handle open for writing: a guest's disk); 0 if none."""
+        if image.group()["pool"] >= 0:
+            return errno.EMLINK
+        if self._writers_elsewhere(image) > 0:
+            return errno.EBUSY
+        return 0
 
     def _remove_snapshots(self, name: str) -> None:
         """Remove the image's snapshots (those of users, as ``rbd snap ls`` shows them)."""

@@ -784,6 +784,50 @@ def test_deleting_an_image_read_here_and_open_elsewhere_is_refused(
     images.delete(name)
 
 
+@pytest.mark.parametrize("holder", ["guest", "group"])
+def test_a_delete_with_snapshots_ceph_refuses_keeps_the_snapshots(
+    images: RbdVolumes, ceph: CephCluster, holder: str
+) -> None:
+    """A volume a guest has open for writing, or in an RBD group, is not removed by Ceph,
+    snapshots or not: removing its snapshots first would lose them for a delete that then
+    fails. It fails before, as Ceph's removal does, the snapshots kept."""
+    name = volume_name("snapheld")
+    images.create(VolumeRequest(name, MIB, None))
+    ceph.rbd("snap", "create", f"{CEPH_POOL}/{name}@keep")
+    ceph.rbd("snap", "protect", f"{CEPH_POOL}/{name}@keep")
+    binding, ioctx = images._rbd, images._ioctx
+    group = volume_name("snapgroup")
+    other = _other_daemon(ceph)
+    try:
+        if holder == "guest":
+            guest = other.open_image(name)
+            guest.write(b"guest", 0)
+            busy = "Device or resource busy"
+        else:
+            binding.RBD().group_create(ioctx, group)
+            binding.Group(ioctx, group).add_image(ioctx, name)
+            busy = "Too many links"
+        try:
+            with pytest.raises(ErrorReport) as refused:
+                images.delete(name, with_snapshots=True)
+            assert refused.value.message == (
+                f"failed to remove volume '{CEPH_POOL}/{name}': {busy}"
+            )
+            with images.image(name, read_only=True) as image:
+                assert [s["name"] for s in image.list_snaps()] == ["keep"]
+                assert image.is_protected_snap("keep")
+        finally:
+            if holder == "guest":
+                other.close_image(guest)
+            else:
+                binding.Group(ioctx, group).remove_image(ioctx, name)
+                binding.RBD().group_remove(ioctx, group)
+    finally:
+        other.close()
+    images.delete(name, with_snapshots=True)
+    assert name not in images._all_names()
+
+
 def test_an_image_name_that_is_no_text_hides_nothing(images: RbdVolumes) -> None:
     """Another Ceph client may name an image with bytes that are no UTF-8 (Ceph's binding
     then fails the whole listing): it is no volume, and every other image is still
