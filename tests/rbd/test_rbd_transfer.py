@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.rbd.conftest import CEPH_POOL, volume_name
+from tests.rbd.test_virsh_rbd import exported
 from virtvol.daemon.storage import rbdtransfer, rbdvolumes
 from virtvol.daemon.storage.rbdtransfer import RbdReader, RbdWriter
 from virtvol.daemon.storage.rbdvolumes import RbdVolumes, zero_range
@@ -20,6 +21,7 @@ from virtvol.sparse.reader import Chunk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from tools.ceph_cluster import CephCluster
 
@@ -139,6 +141,49 @@ def test_a_large_sparse_image_is_walked_in_few_object_map_queries(
     with images.image(name, read_only=True) as image:
         assert image.read(0, 4) == b"head"
         assert image.read(size // 2, len(island)) == island
+    images.delete(name)
+
+
+def test_a_download_walked_in_growing_windows_reads_what_rbd_export_reads(
+    images: RbdVolumes, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Windows of the object-map walk that grow while they find nothing, and shrink back
+    where data is, miss no byte and invent none: data on either side of each window's
+    edge, in the image's last byte, comes out as Ceph's own export reads it. The windows
+    are made small (objects of 4 KiB) so that a small image has many edges."""
+    monkeypatch.setattr(rbdtransfer, "EXTENT_WINDOW", 16 << 10)
+    monkeypatch.setattr(rbdtransfer, "MAX_WINDOW_OBJECTS", 64)
+    name = volume_name("edges")
+    size = 3 * MIB + 4097
+    ceph.rbd("create", "--object-size", "4K", "--size", f"{size}B", f"{CEPH_POOL}/{name}")
+    # The edges of windows walked from 0 through empty space: 16, 48, 112, 240, 496 KiB,
+    # then every 256 KiB; and some anywhere, which reset the windows at random places.
+    edges = [16 << 10, 48 << 10, 112 << 10, 240 << 10, 496 << 10]
+    edges += [edges[-1] + k * (256 << 10) for k in range(1, 10)]
+    spots = {at for edge in edges for at in (edge - 1, edge) if at < size}
+    spots |= {int.from_bytes(os.urandom(4), "little") % size for _ in range(8)}
+    spots.add(size - 1)
+    with images.image(name) as image:
+        for at in spots:
+            image.write(b"\xff", at)
+    queries: list[int] = []
+    walk = rbdvolumes.data_extents
+
+    def counted(image: object, offset: int, length: int) -> list[tuple[int, int]]:
+        queries.append(length)
+        return walk(image, offset, length)
+
+    monkeypatch.setattr(rbdtransfer, "data_extents", counted)
+    read = bytearray()
+    reader = RbdReader(images, name, 0, 0)
+    buffer = bytearray(MIB)
+    try:
+        while not (chunk := reader.next_chunk(buffer)).eof:
+            read += buffer[: chunk.length] if chunk.data else bytes(chunk.length)
+    finally:
+        reader.close()
+    assert max(queries) > 16 << 10  # the windows did grow
+    assert bytes(read) == exported(ceph, name, tmp_path)
     images.delete(name)
 
 
