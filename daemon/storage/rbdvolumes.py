@@ -218,12 +218,13 @@ class RbdVolumes:
         # volume was changed meanwhile, or its name now leads to another image (deleted
         # and made again): ``create_upload_temp``, ``_prepare_swap``.
         self._change_watches: dict[str, ChangeWatch] = {}
-        # The cookies of this daemon's ChangeWatch objects (uploads' and clones'): they
-        # write nothing, and are no writers elsewhere (``_writers_elsewhere``).
-        self._own_watches: set[int] = set()
         # This connection's client id: notifications it sends (a swap's own changes to
         # the image it hides) are no change by another client (``ChangeWatch``).
         self.client_id: int = cluster.get_instance_id()
+        # The cookies of this daemon's ChangeWatch objects (uploads' and clones'): they
+        # write nothing, and are no writers elsewhere (``_writers_elsewhere``). A cookie
+        # is one only with ``client_id``: each client picks its own.
+        self._own_watches: set[int] = set()
         # The thread removing what a crash left (``recover_after_crash``), while it runs.
         self._sweeper: threading.Thread | None = None
         self._stopped = threading.Event()  # set by ``close``: ends the sweeper's waits
@@ -447,7 +448,7 @@ class RbdVolumes:
         """The image's watchers but this daemon's ``ChangeWatch`` objects: handles open
         for writing (this daemon's own among them), and other daemons' watches."""
         with self._lock:
-            own = set(self._own_watches)
+            own = {(self.client_id, cookie) for cookie in self._own_watches}
         return _watcher_count(image, own)
 
     def removed_meanwhile(self, image: Any) -> bool:
@@ -1226,10 +1227,12 @@ def _close_quietly(image: Any) -> None:
         log.warning("cannot close an RBD image: %s", exc)
 
 
-def _watcher_count(image: Any, ignored: Collection[int] = ()) -> int:
+def _watcher_count(image: Any, ignored: Collection[tuple[int, int]] = ()) -> int:
     """Handles open for writing on the image, cluster-wide (a reader registers none), and
-    other watches, but those whose cookies are ``ignored``."""
-    return sum(1 for watcher in image.watchers_list() if watcher["cookie"] not in ignored)
+    other watches, but those ``ignored`` (by client id and cookie)."""
+    return sum(
+        1 for watcher in image.watchers_list() if (watcher["id"], watcher["cookie"]) not in ignored
+    )
 
 
 def _allocation(image: Any, size: int) -> int:

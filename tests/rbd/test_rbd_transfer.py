@@ -608,6 +608,29 @@ def test_a_swap_that_cannot_tell_whether_the_volume_changed_lets_go_of_its_watch
     assert _content(images, name) == bytes(MIB)
 
 
+def test_only_this_daemons_own_watch_is_no_writer(images: RbdVolumes) -> None:
+    """A watch's cookie is a number its client picks: another client's handle, a running
+    guest's, may carry the cookie of one of this daemon's watches. Only the watch of
+    this daemon's own connection is passed over; the other is a writer."""
+    name = volume_name("cookie")
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name, read_only=True) as image:
+        watch = rbdvolumes.ChangeWatch(images, image, name)
+        try:
+            assert images._writers_elsewhere(image) == 0
+            (own,) = image.watchers_list()
+            assert own["id"] == images.client_id
+
+            class GuestAlike:
+                def watchers_list(self) -> list[dict[str, Any]]:
+                    return [own, {**own, "id": images.client_id + 1, "addr": "elsewhere"}]
+
+            assert images._writers_elsewhere(GuestAlike()) == 1
+        finally:
+            watch.close()
+    images.delete(name)
+
+
 def test_a_whole_upload_read_meanwhile_is_swapped_in(images: RbdVolumes, ceph: CephCluster) -> None:
     """Readers elsewhere (downloads, another daemon's look at the volume) are no change."""
     name = volume_name("read")
