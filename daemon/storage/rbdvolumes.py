@@ -225,6 +225,9 @@ class RbdVolumes:
         # write nothing, and are no writers elsewhere (``_writers_elsewhere``). A cookie
         # is one only with ``client_id``: each client picks its own.
         self._own_watches: set[int] = set()
+        # Watches whose closing failed: librados may still call them until the
+        # connection goes (``ChangeWatch.close``).
+        self._unclosed_watches: list[Any] = []
         # The thread removing what a crash left (``recover_after_crash``), while it runs.
         self._sweeper: threading.Thread | None = None
         self._stopped = threading.Event()  # set by ``close``: ends the sweeper's waits
@@ -306,6 +309,14 @@ class RbdVolumes:
     def _shutdown(self) -> None:
         self._ioctx.close()
         self._cluster.shutdown()
+        with self._lock:
+            self._unclosed_watches.clear()  # nothing calls them any more
+
+    def keep_until_shutdown(self, watch: Any) -> None:
+        """Keep a watch whose closing failed, and what its callbacks touch, for as long
+        as librados may call it: until the connection is shut down."""
+        with self._lock:
+            self._unclosed_watches.append(watch)
 
     @contextmanager
     def _in_use(self) -> Iterator[None]:
@@ -1149,7 +1160,14 @@ class ChangeWatch:
             if watch is not None:
                 assert volumes is not None
                 cookie = watch.get_id()
-                _close_quietly(watch)
+                try:
+                    watch.close()
+                except Exception as exc:
+                    # librados stops the watch even when its unwatch fails, but the
+                    # binding then skips the wait for callbacks under way (and would
+                    # unwatch again when collected): the object they call stays.
+                    log.warning("cannot stop watching an RBD image: %s", exc)
+                    volumes.keep_until_shutdown(watch)
                 with volumes._lock:
                     volumes._own_watches.discard(cookie)
         finally:

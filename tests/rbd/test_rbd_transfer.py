@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import errno
+import gc
 import os
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -629,6 +631,60 @@ def test_only_this_daemons_own_watch_is_no_writer(images: RbdVolumes) -> None:
         finally:
             watch.close()
     images.delete(name)
+
+
+def test_a_watch_that_fails_to_close_outlives_what_may_call_it(
+    ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librados stops a watch whose unwatch fails (a cluster that stops answering), but
+    the binding then skips the wait for callbacks under way: the watch, which they call,
+    is kept until the connection is shut down, and let go of then."""
+    source = RbdSource(CEPH_POOL, (("127.0.0.1", ceph.port),), "admin")
+    volumes = RbdVolumes.connect(source, base64.b64decode(ceph.admin_key))
+    made: list[weakref.ref[Any]] = []
+
+    class FailingToClose:
+        def __init__(self, watch: Any) -> None:
+            self._watch = watch
+
+        def get_id(self) -> int:
+            cookie: int = self._watch.get_id()
+            return cookie
+
+        def close(self) -> None:
+            self._watch.close()
+            raise OSError(errno.ETIMEDOUT, "unwatch error")
+
+    class Pool:
+        def __init__(self, ioctx: Any) -> None:
+            self._ioctx = ioctx
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._ioctx, name)
+
+        def watch(self, *args: Any) -> FailingToClose:
+            watch = FailingToClose(self._ioctx.watch(*args))
+            made.append(weakref.ref(watch))
+            return watch
+
+    # The log's captured records would keep the watch (their error's traceback has it).
+    monkeypatch.setattr(rbdvolumes.log, "propagate", False)
+    name = volume_name("unwatch")
+    volumes.create(VolumeRequest(name, MIB, None))
+    ioctx = volumes._ioctx
+    try:
+        with volumes.image(name, read_only=True) as image:
+            volumes._ioctx = Pool(ioctx)  # only what ChangeWatch asks of it
+            watch = rbdvolumes.ChangeWatch(volumes, image, name)
+            volumes._ioctx = ioctx
+            watch.close()
+        gc.collect()
+        assert made[0]() is not None
+        volumes.delete(name)
+    finally:
+        volumes.close()
+    gc.collect()
+    assert made[0]() is None
 
 
 def test_a_whole_upload_read_meanwhile_is_swapped_in(images: RbdVolumes, ceph: CephCluster) -> None:
