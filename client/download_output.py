@@ -45,8 +45,9 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     ``AtomicFile``: ``path``, or the file a symbolic link there leads to (the link stays
     a link, as when virsh writes through it). A file that cannot be replaced, as its
     folder may not be written, or is sticky and neither it nor the file is this user's,
-    is overwritten in place instead, as virsh opens it: where virsh writes, the rename
-    would be refused (in a sticky folder, after the whole volume went by).
+    or it is mounted there (bound over the name), is overwritten in place instead, as
+    virsh opens it: where virsh writes, the rename would be refused (in a sticky folder
+    or over a mount, after the whole volume went by).
 
     Checked before the stream opens, not found by the final rename after the whole
     volume went by.
@@ -92,6 +93,8 @@ def _replaceable(path: str, found: os.stat_result) -> bool:
     folder = os.path.dirname(path)
     if not os.access(folder, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS):
         return False
+    if _is_mount_point(path, found, folder):
+        return False  # a rename over it is refused (EBUSY), whoever asks
     user = os.geteuid()
     if user == 0:  # a sticky folder's rule does not hold root back
         return True
@@ -100,6 +103,33 @@ def _replaceable(path: str, found: os.stat_result) -> bool:
 
 
 _EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
+def _is_mount_point(path: str, found: os.stat_result, folder: str) -> bool:
+    """Whether the file ``found`` at ``path`` (a real path) is mounted there: a file bound
+    over the name, as a container's /etc/hosts or an image from another file system.
+
+    The mount table says so: a file bound from the same file system has its folder's
+    device number, and an overlay gives its files other device numbers than its folders.
+    Without the table (no /proc), a device number other than the folder's tells."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return found.st_dev != os.stat(folder).st_dev
+    wanted = os.fsencode(path)
+    # The fifth field is the mount point, its space, tab, newline and backslash escaped
+    # as three octal digits.
+    return any(
+        len(fields) > 4 and _unescaped(fields[4]) == wanted
+        for fields in (line.split(b" ") for line in lines)
+    )
+
+
+def _unescaped(field: bytes) -> bytes:
+    """A mount table's field with its octal escapes (``\\040``) undone."""
+    first, *rest = field.split(b"\\")
+    return first + b"".join(bytes((int(piece[:3], 8),)) + piece[3:] for piece in rest)
 
 
 def _open_to_overwrite(target: DownloadTarget) -> int:

@@ -347,7 +347,8 @@ async def download_file(
     arrive, from its start, holes as zeros, as virsh does: a FIFO is waited for
     until a reader opens it, and a reader slower than the stream holds it back.
     A file this process may write but not replace (its folder may not be written,
-    or is sticky and holds another user's file) is written in place, as virsh
+    or is sticky and holds another user's file, or the file is mounted there) is
+    written in place, as virsh
     writes it: truncated first, left cut short if anything fails.
 
     Args:

@@ -6,6 +6,7 @@ against a scripted peer that sends a small volume.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -457,3 +458,41 @@ def test_a_download_over_a_file_on_a_read_only_file_system_says_so(
         assert (mount / "kept.img").read_bytes() == b"old"
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("source", ["same-file-system", "another-file-system"])
+def test_a_download_over_a_file_mounted_there_writes_into_it(
+    tmp_path: Path, engine: str, source: str
+) -> None:
+    """A file bind-mounted over the name (as containers get /etc/hosts, or a disk image
+    from another file system) cannot be renamed over: the whole volume went by, then the
+    rename failed (EBUSY) and the download was lost. virsh writes into the file; so does
+    the download now, and the mount stays as it was, with nothing left beside it."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting takes root", pytrace=False)
+    work = tmp_path / "a folder"  # named in the mount table as "a\\040folder"
+    work.mkdir()
+    target = work / "disk.img"
+    target.write_bytes(b"the file under the mount")
+    with contextlib.ExitStack() as undo:
+        if source == "another-file-system":
+            other = tmp_path / "other"
+            other.mkdir()
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(other)], check=True
+            )
+            undo.callback(subprocess.run, ["umount", str(other)], check=True)
+        else:
+            other = tmp_path
+        mounted = other / "mounted.img"
+        mounted.write_bytes(b"old content of the mounted file")
+        subprocess.run(["mount", "--bind", str(mounted), str(target)], check=True)
+        undo.callback(subprocess.run, ["umount", str(target)], check=True)
+        with serving_peer(tmp_path) as peer:
+            download(engine, peer, target)
+        assert target.read_bytes() == CHUNK * FRAMES
+        assert target.stat().st_ino == mounted.stat().st_ino
+        assert mounted.read_bytes() == CHUNK * FRAMES
+        assert os.listdir(work) == ["disk.img"]
+    assert target.read_bytes() == b"the file under the mount"
