@@ -177,7 +177,9 @@ class _StreamBase:
             raise self._error
 
     async def abort(self) -> None:
-        """Abort the stream and wait for the peer's confirmation (errors are swallowed)."""
+        """Abort the stream and wait for the peer's confirmation (errors are swallowed);
+        in a task being cancelled (a time limit ran out) the abort is sent, not waited for:
+        a peer that never confirms it must not hold the caller 30 s past the limit."""
         if self._closed or self._done is None or self._done.done():
             self._closed = True
             return
@@ -187,6 +189,12 @@ class _StreamBase:
             self._closed = True
             return
         self._on_abort()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # What the peer still sends on the stream is dropped (``_on_abort``) until
+            # its confirmation, which ends the stream for the connection.
+            self._closed = True
+            return
         try:
             async with asyncio.timeout(30):
                 await asyncio.shield(self._done)

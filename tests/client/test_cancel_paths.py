@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -351,3 +352,53 @@ async def test_a_cancellation_as_the_waited_job_ends_is_raised() -> None:
     job.set_result(None)
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+async def test_a_time_limit_on_a_transfer_whose_peer_stops_answering_holds(
+    tmp_path: Path, direction: str
+) -> None:
+    """The transfer stalls (a pipe that gives nothing to upload, a peer that sends
+    nothing more to download) and the peer confirms no abort. The caller's time limit
+    ran out, the stream was aborted, and the abort then waited 30 s for a confirmation
+    that never came: a 0.5 s limit held the caller for 30.5 s. Cancelled, the abort is
+    sent and not waited for; the connection goes on."""
+    work = tmp_path / "work"
+    work.mkdir()
+    source = work / "source"
+    os.mkfifo(source)
+    # Its writer stays, silent: the upload waits for data that never comes.
+    writer = os.open(source, os.O_RDWR | os.O_CLOEXEC)
+
+    def one_frame_then_nothing(peer: FakePeer, event: CallReceived) -> None:
+        peer.send(peer.core.reply(event.serial) + b"".join(peer.core.send_data(event.serial, b"x")))
+
+    try:
+        with FakePeer(tmp_path) as peer:
+            peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda peer, event: peer.reply(event.serial)
+            peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = one_frame_then_nothing
+            peer.on_stream_end = lambda peer, event: None  # never confirmed
+            async with connect(peer.uri, keepalive=None) as conn:
+                volume = StorageVolume.from_wire(conn, VOLUME)
+                if direction == "upload":
+                    transferring = volume.upload_file(source)
+                else:
+                    transferring = volume.download_file(work / "copy.img")
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await transferring
+                assert time.monotonic() - started < 5
+                opened = next(
+                    call
+                    for call in peer.events
+                    if isinstance(call, CallReceived)
+                    and call.procedure.number
+                    in (Proc.STORAGE_VOL_UPLOAD, Proc.STORAGE_VOL_DOWNLOAD)
+                )
+                await _aborted(peer, opened.serial)
+                assert os.listdir(work) == ["source"]
+                assert await conn.get_type() == "storage"
+            assert peer.protocol_error is None
+    finally:
+        os.close(writer)
