@@ -276,6 +276,8 @@ class DirectRpc:
         self._keepalive: KeepaliveTracker | None = None
         # Control frames (PONG, PING) that wait for the write under way to be complete.
         self._control: collections.deque[bytes] = collections.deque()
+        # The PONG among them, if one waits: one answers every PING before it.
+        self._queued_pong: bytes | None = None
         # Stream frames that wait to go out together (``send_stream_data(more=True)``).
         self._batch: list[Payload] = []
         self._writing = False
@@ -483,7 +485,7 @@ class DirectRpc:
                 self._sinks.pop(event.serial, None)
         elif isinstance(event, PingReceived):
             self.pings_received += 1
-            self._control.append(self.core.send_pong())
+            self._queue_pong()
         elif isinstance(event, PongReceived):
             pass
         elif isinstance(event, MessageReceived):
@@ -500,6 +502,13 @@ class DirectRpc:
                 self._sinks.pop(event.serial, None)
         else:  # pragma: no cover - server-side events never reach a client
             log.debug("unexpected event %r", event)
+
+    def _queue_pong(self) -> None:
+        """Queue a PONG, unless one waits already: a peer that sends PINGs without reading
+        them would otherwise fill this process's memory with PONGs, one for each."""
+        if self._queued_pong is None:
+            self._queued_pong = self.core.send_pong()
+            self._control.append(self._queued_pong)
 
     # -- keepalive ---------------------------------------------------------------------------
 
@@ -552,7 +561,7 @@ class DirectRpc:
             return
         if tracker.hold(time.monotonic()) is KeepaliveAction.SEND_PONG:
             log.debug("keepalive: pong %s while reading is held back", self.description)
-            self._control.append(self.core.send_pong())
+            self._queue_pong()
             self.write(())
 
     # -- writing -------------------------------------------------------------------------------
@@ -583,7 +592,10 @@ class DirectRpc:
                 stream,
             )
             while self._control:
-                self._write_all([self._control.popleft()], None)
+                frame = self._control.popleft()
+                if frame is self._queued_pong:
+                    self._queued_pong = None
+                self._write_all([frame], None)
         finally:
             self._writing = False
 

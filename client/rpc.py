@@ -135,6 +135,8 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._written = 0
         self._release_poll: asyncio.TimerHandle | None = None
         self._writelines = False
+        # Where the last PONG written ends, in ``_written``'s count.
+        self._pong_end = 0
         self.pings_received = 0
         self.pings_sent = 0
 
@@ -226,7 +228,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
                 self._sinks.pop(event.serial, None)
         elif isinstance(event, PingReceived):
             self.pings_received += 1
-            self._write(self.core.send_pong())
+            self._answer_ping()
         elif isinstance(event, PongReceived):
             pass
         elif isinstance(event, MessageReceived):
@@ -235,6 +237,18 @@ class RpcProtocol(asyncio.BufferedProtocol):
             log.debug("frame ignored (%s): %s", event.reason, event.header.describe())
         else:  # pragma: no cover - server-side events never reach a client
             log.debug("unexpected event %r", event)
+
+    def _answer_ping(self) -> None:
+        """PONG, unless the last one has not left the transport's buffer yet: one answers
+        every PING before it, and a peer that sends PINGs without reading would otherwise
+        fill this process's memory with PONGs, one for each."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._written - transport.get_write_buffer_size() < self._pong_end:
+            return
+        self._write(self.core.send_pong())
+        self._pong_end = self._written
 
     # -- failure ------------------------------------------------------------------------
 
