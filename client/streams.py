@@ -53,6 +53,12 @@ READ_HIGH_WATER = 8 * 1024 * 1024
 READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
 
+# Seconds an aborted stream waits for the peer's confirmation, which frees the volume for
+# the next stream: an honest peer confirms at once. In a task being cancelled (a time
+# limit ran out) a peer that never confirms must not hold the caller for long.
+ABORT_WAIT = 30.0
+ABORT_WAIT_CANCELLED = 1.0
+
 _ZEROS = bytes(FRAME_DATA_MAX)
 
 _T = TypeVar("_T")
@@ -177,9 +183,9 @@ class _StreamBase:
             raise self._error
 
     async def abort(self) -> None:
-        """Abort the stream and wait for the peer's confirmation (errors are swallowed);
-        in a task being cancelled (a time limit ran out) the abort is sent, not waited for:
-        a peer that never confirms it must not hold the caller 30 s past the limit."""
+        """Abort the stream and wait for the peer's confirmation (errors are swallowed):
+        ``ABORT_WAIT`` seconds at most, ``ABORT_WAIT_CANCELLED`` in a task being cancelled
+        (a time limit ran out)."""
         if self._closed or self._done is None or self._done.done():
             self._closed = True
             return
@@ -190,13 +196,11 @@ class _StreamBase:
             return
         self._on_abort()
         task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # What the peer still sends on the stream is dropped (``_on_abort``) until
-            # its confirmation, which ends the stream for the connection.
-            self._closed = True
-            return
+        cancelled = task is not None and task.cancelling() > 0
         try:
-            async with asyncio.timeout(30):
+            # Unconfirmed, what the peer still sends on the stream is dropped
+            # (``_on_abort``) until the confirmation ends the stream for the connection.
+            async with asyncio.timeout(ABORT_WAIT_CANCELLED if cancelled else ABORT_WAIT):
                 await asyncio.shield(self._done)
         except TimeoutError:
             log.warning("no answer to the abort of a stream on %s", self.volume.connection.uri)
