@@ -24,7 +24,8 @@ read of the socket brings are written to the file together (one
 them slowly holds the next read of the socket back: the peer waits, nothing piles up.
 
 Any failure, Ctrl-C included, aborts the stream (the peer's confirmation is
-awaited for ``ABORT_WAIT`` seconds), or drops the connection when it cut a
+awaited for ``ABORT_WAIT`` seconds, ``ABORT_WAIT_INTERRUPTED`` after Ctrl-C or a
+signal that ends the command), or drops the connection when it cut a
 frame short or lost bytes a read took, and removes a download's temporary file.
 """
 
@@ -42,6 +43,8 @@ from virtvol.client.errors import (
     error_from_remote,
 )
 from virtvol.client.transfer_base import (
+    ABORT_WAIT,
+    ABORT_WAIT_INTERRUPTED,
     FRAME_DATA_MAX,
     SOURCE_WAIT_STEP,
     TransferResult,
@@ -83,8 +86,6 @@ __all__ = ["download_file", "upload_file"]
 
 # Bytes read from the source per ``read_pieces`` call (sent as frames of FRAME_DATA_MAX).
 READ_BUFFER = 4 * FRAME_DATA_MAX
-# Seconds an aborted stream waits for the peer's confirmation.
-ABORT_WAIT = 30.0
 
 
 def _engine(volume: VolumeLike) -> DirectRpc:
@@ -219,13 +220,15 @@ class _Stream:
         except LibvirtError as exc:
             raise at_stage(exc, "finish") from exc.__cause__
 
-    def abort(self) -> None:
-        """Abort the stream and wait a while for the peer's confirmation (errors swallowed)."""
+    def abort(self, failure: BaseException) -> None:
+        """Abort the stream ``failure`` ended and wait a while for the peer's confirmation
+        (errors swallowed): not long for an interruption (Ctrl-C, a signal)."""
         if self.done or self.serial < 0 or self.rpc.failure is not None:
             return
+        interrupted = not isinstance(failure, Exception)
         try:
             self.rpc.abort_stream(self.serial)
-            limit = time.monotonic() + ABORT_WAIT
+            limit = time.monotonic() + (ABORT_WAIT_INTERRUPTED if interrupted else ABORT_WAIT)
             while not self._ended() and time.monotonic() < limit:
                 self.rpc.receive(limit)
         except (LocalProtocolError, TransportError, TimeoutError):
@@ -260,8 +263,8 @@ async def upload_file(
             unseekable = source if isinstance(source, StreamReader) else None
             data, holes = _send_file(stream, source, unseekable, detect_zeroes, progress)
             stream.finish()
-        except BaseException:
-            stream.abort()
+        except BaseException as failure:
+            stream.abort(failure)
             raise
     return TransferResult(
         data_bytes=data,
@@ -411,9 +414,9 @@ async def download_file(
             stream.check()
             if not stream.done:
                 stream.finish()
-        except BaseException:
+        except BaseException as failure:
             receiver.stopped = True
-            stream.abort()
+            stream.abort(failure)
             raise
         receiver.writer.finish()
         output.commit()

@@ -24,7 +24,14 @@ from virtvol.client.errors import (
 from virtvol.client.errors import StreamError as StreamError  # re-exported for older imports
 from virtvol.client.log import log
 from virtvol.client.rpc import RpcProtocol
-from virtvol.client.transfer_base import FRAME_DATA_MAX, at_stage, negotiate_stream, past_length
+from virtvol.client.transfer_base import (
+    ABORT_WAIT,
+    ABORT_WAIT_INTERRUPTED,
+    FRAME_DATA_MAX,
+    at_stage,
+    negotiate_stream,
+    past_length,
+)
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -52,12 +59,6 @@ __all__ = ["FRAME_DATA_MAX", "Download", "Hole", "Upload"]
 READ_HIGH_WATER = 8 * 1024 * 1024
 READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
-
-# Seconds an aborted stream waits for the peer's confirmation, which frees the volume for
-# the next stream: an honest peer confirms at once. In a task being cancelled (a time
-# limit ran out) a peer that never confirms must not hold the caller for long.
-ABORT_WAIT = 30.0
-ABORT_WAIT_CANCELLED = 1.0
 
 _ZEROS = bytes(FRAME_DATA_MAX)
 
@@ -184,8 +185,8 @@ class _StreamBase:
 
     async def abort(self) -> None:
         """Abort the stream and wait for the peer's confirmation (errors are swallowed):
-        ``ABORT_WAIT`` seconds at most, ``ABORT_WAIT_CANCELLED`` in a task being cancelled
-        (a time limit ran out)."""
+        ``ABORT_WAIT`` seconds at most, ``ABORT_WAIT_INTERRUPTED`` in a task being
+        cancelled (a time limit ran out)."""
         if self._closed or self._done is None or self._done.done():
             self._closed = True
             return
@@ -200,7 +201,7 @@ class _StreamBase:
         try:
             # Unconfirmed, what the peer still sends on the stream is dropped
             # (``_on_abort``) until the confirmation ends the stream for the connection.
-            async with asyncio.timeout(ABORT_WAIT_CANCELLED if cancelled else ABORT_WAIT):
+            async with asyncio.timeout(ABORT_WAIT_INTERRUPTED if cancelled else ABORT_WAIT):
                 await asyncio.shield(self._done)
         except TimeoutError:
             log.warning("no answer to the abort of a stream on %s", self.volume.connection.uri)

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from virtvol.sparse.reader import Chunk
 
 __all__ = [
+    "ABORT_WAIT",
+    "ABORT_WAIT_INTERRUPTED",
     "FRAME_DATA_MAX",
     "SOURCE_WAIT_STEP",
     "Progress",
@@ -65,6 +67,13 @@ FRAME_DATA_MAX = 1024 * 1024
 # command line answers the peer's keepalive PINGs (libvirtd's default allows 30 s of
 # silence) and the library's reading thread sees whether its upload is still wanted.
 SOURCE_WAIT_STEP = 0.1
+
+# Seconds an aborted stream waits for the peer's confirmation, which frees the volume for
+# the next stream (an honest peer confirms at once); a stream ended by an interruption
+# (Ctrl-C, SIGTERM, a cancelled task: a time limit ran out) waits
+# ``ABORT_WAIT_INTERRUPTED``: a peer that never confirms must not hold the user long.
+ABORT_WAIT = 30.0
+ABORT_WAIT_INTERRUPTED = 1.0
 
 # Called as ``progress(data_bytes, hole_bytes)`` while a file moves.
 Progress = Callable[[int, int], None]

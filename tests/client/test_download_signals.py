@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -104,3 +105,41 @@ def test_a_vol_download_ended_by_a_signal_leaves_no_temporary(
     assert (err, process.returncode) == (b"", 128 + signum)
     if existing:
         assert target.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("engine", ["direct", "event-loop"])
+def test_a_vol_download_ended_by_a_signal_does_not_wait_long_for_a_silent_daemon(
+    tmp_path: Path, signum: signal.Signals, engine: str
+) -> None:
+    """The daemon stopped answering, so the user ends the command; it aborted the stream
+    and waited 30 s for a confirmation that never came, silent (a second SIGTERM is
+    ignored while the command undoes its work). It now waits a second at most."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "copy.img"
+    sent = threading.Event()
+    with FakePeer(tmp_path) as peer:
+        serve_a_download_that_stalls(peer, sent)
+        peer.on_stream_end = lambda peer, event: None  # the abort is never confirmed
+        command = _COMMAND if engine == "direct" else _ON_A_LOOP
+        argv = [*command, "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
+        with subprocess.Popen(
+            [*argv, "--pool", POOL],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, LC_ALL="C"),
+        ) as process:
+            try:
+                assert sent.wait(30), "the download never opened"
+                process.send_signal(signum)
+                started = time.monotonic()
+                _, err = process.communicate(timeout=60)
+                ended = time.monotonic() - started
+            finally:
+                if process.poll() is None:
+                    process.kill()
+    assert ended < 5
+    assert (err, process.returncode) == (b"", 128 + signum)
+    assert os.listdir(work) == []
