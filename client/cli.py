@@ -36,7 +36,7 @@ from virtvol.client.cli_args import (
     split_command_string,
 )
 from virtvol.client.cli_globals import USAGE, Globals, read_globals, version_text
-from virtvol.client.connection import Connection, connect
+from virtvol.client.connection import GOODBYE_TIMEOUT_INTERRUPTED, Connection, connect
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
@@ -1610,6 +1610,7 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
             *reasons,
             ran=ran,
         )
+    interrupted = False
     try:
         try:
             check_exclusive(command, vars(args))
@@ -1619,8 +1620,11 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
         return await handler(conn, args)
     except VirtvolError as exc:  # a lost connection, a value the wire cannot carry
         raise CommandError(str(exc)) from exc
+    except BaseException as exc:  # Ctrl-C, a signal that ends the command
+        interrupted = not isinstance(exc, Exception)
+        raise
     finally:
-        await conn.close()
+        await conn.close(timeout=GOODBYE_TIMEOUT_INTERRUPTED if interrupted else None)
 
 
 def _connect_uri(given: str | None) -> str | None:

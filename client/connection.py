@@ -61,6 +61,10 @@ DEFAULT_KEEPALIVE: tuple[float, int] = (5, 5)
 
 # Seconds the goodbye calls may take together before the connection is closed anyway.
 _GOODBYE_TIMEOUT = 5
+# The goodbye of a connection left by an interruption (Ctrl-C, a signal that ends the
+# command, a cancelled task): a daemon that stopped answering, often the reason for the
+# interruption, must not hold the exit for long.
+GOODBYE_TIMEOUT_INTERRUPTED = 1.0
 
 
 class Connection:
@@ -114,30 +118,32 @@ class Connection:
         if keepalive is not None and keepalive[0] > 0 and self.keepalive_supported:
             self._rpc.start_keepalive(keepalive[0], keepalive[1])
 
-    async def close(self) -> None:
+    async def close(self, *, timeout: float | None = None) -> None:
         """Say goodbye as virsh does (UNREGISTER_CLOSE_CALLBACK, CONNECT_CLOSE) and close.
 
         Safe to call more than once and on a broken connection.
+
+        Args:
+            timeout: seconds the goodbye may take (None: 5; leaving ``async with`` by a
+                cancellation or Ctrl-C: 1); the connection is closed all the same.
         """
         if self._closed:
             return
         self._closed = True
         try:
             if self._rpc.failure is None:
-                await self._say_goodbye()
+                await self._say_goodbye(_GOODBYE_TIMEOUT if timeout is None else timeout)
         finally:
             # Cancelled during the goodbye, the connection is closed all the same: nothing
             # else would close it (a second close returns at once).
             self._rpc.close()
         await self._rpc.wait_closed()
 
-    async def _say_goodbye(self) -> None:
+    async def _say_goodbye(self, timeout: float) -> None:
         try:
-            deadline = time.monotonic() + _GOODBYE_TIMEOUT
+            deadline = time.monotonic() + timeout
             if self._close_callback:
-                await self._rpc.call(
-                    procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK, timeout=_GOODBYE_TIMEOUT
-                )
+                await self._rpc.call(procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK, timeout=timeout)
             left = max(0.0, deadline - time.monotonic())
             await self._rpc.call(procedures.CONNECT_CLOSE, timeout=left)
         except (LibvirtError, TransportError, TimeoutError) as exc:
@@ -157,7 +163,8 @@ class Connection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        await self.close(timeout=GOODBYE_TIMEOUT_INTERRUPTED if interrupted else None)
 
     # -- connection-level calls ----------------------------------------------------------
 
@@ -552,7 +559,7 @@ class PendingConnection:
         tb: TracebackType | None,
     ) -> None:
         if self._conn is not None:
-            await self._conn.close()
+            await self._conn.__aexit__(exc_type, exc, tb)
 
 
 def connect(

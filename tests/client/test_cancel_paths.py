@@ -402,3 +402,26 @@ async def test_a_time_limit_on_a_transfer_whose_peer_stops_answering_holds(
             assert peer.protocol_error is None
     finally:
         os.close(writer)
+
+
+async def test_a_time_limit_on_a_connection_whose_peer_stops_answering_holds(
+    tmp_path: Path,
+) -> None:
+    """``async with connect()`` left by the caller's time limit: the goodbye then waited
+    5 s for answers a silent peer never sends. Left by a cancellation, it waits a second
+    at most, and the connection is closed all the same."""
+    held = HeldCalls()
+    with FakePeer(tmp_path) as peer:
+        for procedure in (
+            Proc.CONNECT_GET_TYPE,
+            Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK,
+            Proc.CONNECT_CLOSE,
+        ):
+            peer.handlers[procedure] = held
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5), connect(peer.uri, keepalive=None) as conn:
+                await conn.get_type()
+        assert time.monotonic() - started < 3
+        assert not conn.is_alive
+        assert await asyncio.to_thread(peer.hung_up.wait, 10)

@@ -143,3 +143,45 @@ def test_a_vol_download_ended_by_a_signal_does_not_wait_long_for_a_silent_daemon
     assert ended < 5
     assert (err, process.returncode) == (b"", 128 + signum)
     assert os.listdir(work) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("engine", ["direct", "event-loop"])
+def test_a_command_ended_by_a_signal_does_not_wait_long_for_a_silent_daemons_goodbye(
+    tmp_path: Path, signum: signal.Signals, engine: str
+) -> None:
+    """Any command, not only a transfer: the daemon answers neither the call nor the
+    goodbye, and the command waited 5 s for the goodbye's answer, silent, before it
+    exited; virsh exits at once. It now waits a second at most."""
+    asked = threading.Event()
+
+    def never_answered(peer: FakePeer, call: CallReceived) -> None:
+        asked.set()
+
+    with FakePeer(tmp_path) as peer:
+        serve_a_download_that_stalls(peer, threading.Event())
+        for procedure in (
+            Proc.STORAGE_VOL_GET_INFO,
+            Proc.CONNECT_UNREGISTER_CLOSE_CALLBACK,
+            Proc.CONNECT_CLOSE,
+        ):
+            peer.handlers[procedure] = never_answered
+        command = _COMMAND if engine == "direct" else _ON_A_LOOP
+        with subprocess.Popen(
+            [*command, "-c", peer.uri, "vol-info", VOLUME.name, "--pool", POOL],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, LC_ALL="C"),
+        ) as process:
+            try:
+                assert asked.wait(30), "the call never came"
+                process.send_signal(signum)
+                started = time.monotonic()
+                _, err = process.communicate(timeout=60)
+                ended = time.monotonic() - started
+            finally:
+                if process.poll() is None:
+                    process.kill()
+    assert ended < 3
+    assert (err, process.returncode) == (b"", 128 + signum)
