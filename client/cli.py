@@ -1037,7 +1037,9 @@ def _check_destination(path: str) -> None:
     except IsADirectoryError:  # "copy/" names a folder, as one that exists above
         raise CommandError(f"cannot create {path}") from None
     except OSError as exc:
-        raise CommandError(f"cannot create {path}", str(exc)) from exc
+        if exc.errno is not None:  # an open's failure: virsh gives no reason
+            raise CommandError(f"cannot create {path}") from exc
+        raise CommandError(f"cannot create {path}", str(exc)) from exc  # virtvol's own words
 
 
 async def vol_download(conn: Connection, args: SimpleNamespace) -> str:

@@ -7,6 +7,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from tests.client.test_cli_spellings import run_virtvol
+from tests.conftest import run_virsh
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -49,3 +50,20 @@ def test_a_download_into_a_folder_that_does_not_exist_is_refused(virtvold: Virtv
     assert done.returncode == 1
     assert done.stderr == f"error: cannot create {folder}/copy/\n", done.stderr
     assert os.listdir(folder) == []
+
+
+def test_a_path_through_a_file_is_refused_in_virshs_words(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """ "image.raw/" names a file as if it were a folder: virsh says only that it cannot
+    create it; a second line gave Python's own rendering of the error ("[Errno 20] Not a
+    directory: 'image.raw/'"). The file is left alone."""
+    (virtvold.pool_dir / "v").write_bytes(b"x" * 4096)
+    image = tmp_path / "image.raw"
+    image.write_bytes(b"old")
+    args = ("vol-download", "v", f"{image}/", "--pool", "default")
+    theirs = run_virsh(virtvold.tcp_uri, *args, check=False)
+    ours = run_virtvol("-c", virtvold.tcp_uri, *args)
+    assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr)
+    assert theirs.stderr == f"error: cannot create {image}/\n"
+    assert image.read_bytes() == b"old"
