@@ -130,6 +130,7 @@ class _Reader:
         self.slots = threading.Semaphore(UPLOAD_BUFFERS * 4)
         self.stop = threading.Event()
         self.finished: asyncio.Future[None] = loop.create_future()
+        self.thread = threading.Thread(target=self._run, name="virtvol-read", daemon=True)
 
     def _hand_over(self, item: _Item | BaseException) -> bool:
         while not self.stop.is_set():
@@ -144,7 +145,7 @@ class _Reader:
         return self.reader.fileno()
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="virtvol-read", daemon=True).start()
+        self.thread.start()
 
     def _run(self) -> None:
         try:
@@ -244,6 +245,9 @@ async def upload_file(
                 reader.stop.set()
                 # Cancelled here, the thread still closes the file after its last read.
                 await asyncio.shield(reader.finished)
+                # It said so as its last act: its end is near, and waited for off the loop,
+                # so that none is left running on return.
+                await loop.run_in_executor(None, reader.thread.join)
         return TransferResult(
             data_bytes=stream.data_bytes,
             hole_bytes=stream.hole_bytes,
@@ -455,3 +459,6 @@ async def download_file(
         finally:
             executor.shutdown(wait=False)
             output.abort()  # a no-op after the commit
+            # The thread ends once it sees the shutdown: waited for off the loop (through
+            # a cancellation, raised after), so that none is left running on return.
+            await _settle(loop.run_in_executor(None, executor.shutdown))

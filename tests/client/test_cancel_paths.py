@@ -7,6 +7,7 @@ the connection, and a cancelled download leaves nothing behind and holds nobody 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from virtvol.protocol.procedures import Proc
 from virtvol.sparse.writer import SparseWriter
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from tests.conftest import Virtvold
@@ -425,3 +427,69 @@ async def test_a_time_limit_on_a_connection_whose_peer_stops_answering_holds(
         assert time.monotonic() - started < 3
         assert not conn.is_alive
         assert await asyncio.to_thread(peer.hung_up.wait, 10)
+
+
+def _own_threads() -> set[threading.Thread]:
+    """The threads the library started (its reader and writer threads) that still run."""
+    return {thread for thread in threading.enumerate() if thread.name.startswith("virtvol-")}
+
+
+@pytest.mark.parametrize("ending", ["finished", "cancelled"])
+async def test_a_download_leaves_no_thread_running_when_it_returns(
+    tmp_path: Path, ending: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread was let go (its executor shut down without waiting) and still
+    ran when ``download_file`` returned: a caller that checks what it left behind found
+    it. It is waited for, off the event loop. (The thread's own end is made slow here,
+    so that returning before it shows every time.)"""
+    worker: Callable[..., None] = concurrent.futures.thread._worker
+
+    def slow_to_end(*args: Any) -> None:
+        worker(*args)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(concurrent.futures.thread, "_worker", slow_to_end)
+    work = tmp_path / "work"
+    work.mkdir()
+    held = HeldCalls()
+    with FakePeer(tmp_path) as peer:
+        if ending == "finished":
+            peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(b"x" * 4096, 3)
+        else:
+            peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = held
+        async with connect(peer.uri, keepalive=None) as conn:
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            before = _own_threads()
+            task = asyncio.create_task(volume.download_file(work / "copy.img"))
+            if ending == "cancelled":
+                await held.wait()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                await task
+            assert _own_threads() == before
+
+
+async def test_an_upload_leaves_no_thread_running_when_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reading thread said it was done as its last act, and ``upload_file`` returned
+    on that word, before the thread had ended. It is waited for, off the event loop.
+    (The thread's own end is made slow here, so that returning before it shows.)"""
+    run = transfer._Reader._run
+
+    def slow_to_end(reader: transfer._Reader) -> None:
+        run(reader)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(transfer._Reader, "_run", slow_to_end)
+    source = tmp_path / "source"
+    write_sparse_image(source, MIB)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda peer, event: peer.reply(event.serial)
+        async with connect(peer.uri, keepalive=None) as conn:
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            before = _own_threads()
+            await volume.upload_file(source)
+            assert _own_threads() == before
