@@ -15,6 +15,7 @@ import stat
 
 from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
+from virtvol.sparse import files
 from virtvol.sparse.sequential import SequentialWriter, is_filled_in_place, node_of, open_in_place
 from virtvol.sparse.writer import AtomicFile, SparseWriter
 
@@ -30,7 +31,9 @@ class DownloadTarget(Record):
     ``node``: the FIFO or device looked at (``sequential.node_of``: file system, inode
     number, kind, device number), which is the only node its opening may take.
     ``overwrite``: a regular file this process may write but not replace, written in
-    place as virsh writes it (``node`` is then that file's, ``owner`` its owner's id)."""
+    place as virsh writes it (``node`` is then that file's, ``owner`` its owner's id);
+    without ``node``, a new file made in place, as virsh makes it, where no temporary
+    could be renamed (a folder whose names cannot be renamed or removed: append-only)."""
 
     path: str
     in_place: bool
@@ -45,9 +48,11 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     ``AtomicFile``: ``path``, or the file a symbolic link there leads to (the link stays
     a link, as when virsh writes through it). A file that cannot be replaced, as its
     folder may not be written, or is sticky and neither it nor the file is this user's,
-    or it is mounted there (bound over the name), is overwritten in place instead, as
-    virsh opens it: where virsh writes, the rename would be refused (in a sticky folder
-    or over a mount, after the whole volume went by).
+    or it is mounted there (bound over the name), or its folder is append-only, is
+    overwritten in place instead, as virsh opens it: where virsh writes, the rename would
+    be refused (in a sticky folder, over a mount, in an append-only folder, after the
+    whole volume went by); so is a new file made in an append-only folder, where no
+    temporary could be renamed or removed.
 
     Checked before the stream opens, not found by the final rename after the whole
     volume went by.
@@ -56,7 +61,7 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
         IsADirectoryError: ``path`` is a directory, or names one ("copy/", "copy/."),
             which no file can be created as, even where none exists.
         PermissionError: ``path`` is a file this process may not write (``OSError``
-            EROFS where its file system is read-only).
+            EROFS where its file system is read-only), or an append-only one (EPERM).
         OSError: ``path`` is a socket, which cannot be opened and the rename would replace.
     """
     given = os.fspath(path)
@@ -80,12 +85,36 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
         # access() does not say why: a read-only file system is named as the open names it.
         why = errno.EROFS if os.statvfs(given).f_flag & os.ST_RDONLY else errno.EACCES
         raise OSError(why, os.strerror(why), given)
+    if found is not None and _append_only(given, os.O_RDONLY):
+        # access() lets it be written (at its end): virsh's open to write it over is
+        # refused, and so would the rename over it be, once the whole volume went by.
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), given)
     real = os.path.realpath(given)
-    if found is not None and not _replaceable(real, found):
+    if found is None:
+        if _append_only(os.path.dirname(real), os.O_RDONLY | os.O_DIRECTORY):
+            return DownloadTarget(real, in_place=False, overwrite=True)
+    elif not _replaceable(real, found):
         return DownloadTarget(
             real, in_place=False, node=node_of(found), overwrite=True, owner=found.st_uid
         )
     return DownloadTarget(real, in_place=False)
+
+
+def _append_only(path: str, flags: int) -> bool:
+    """Whether the file or folder at ``path`` is append-only (``chattr +a``): a file
+    takes writes at its end only; a folder's names cannot be renamed or removed, so no
+    temporary there can take a file's place, nor be removed after a failure. False where
+    it cannot be opened (``flags``) to ask, or its file system keeps no such flags."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return bool(files.inode_flags(fd) & files.FS_APPEND_FL)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _replaceable(path: str, found: os.stat_result) -> bool:
@@ -95,6 +124,8 @@ def _replaceable(path: str, found: os.stat_result) -> bool:
         return False
     if _is_mount_point(path, found, folder):
         return False  # a rename over it is refused (EBUSY), whoever asks
+    if _append_only(folder, os.O_RDONLY | os.O_DIRECTORY):
+        return False  # so is one in such a folder (EPERM)
     user = os.geteuid()
     if user == 0:  # a sticky folder's rule does not hold root back
         return True
@@ -133,7 +164,9 @@ def _unescaped(field: bytes) -> bytes:
 
 
 def _open_to_overwrite(target: DownloadTarget) -> int:
-    """The file of ``target`` (``overwrite``), truncated as virsh's open truncates it.
+    """The file of ``target`` (``overwrite``), truncated as virsh's open truncates it;
+    made, as virsh's open makes it, where ``target`` names no file (``node`` None): one
+    that appeared at the name since is refused (EEXIST), untouched.
 
     Only if what opens is on the same file system with the same inode number, kind and
     owner as the file looked at; otherwise (ESTALE) nothing is truncated. That tells a
@@ -146,6 +179,8 @@ def _open_to_overwrite(target: DownloadTarget) -> int:
     # without a reader by the open itself, ENXIO; anything else as not the file looked
     # at, ESTALE).
     flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if target.node is None:
+        return os.open(target.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
     fd = os.open(target.path, flags)
     try:
         opened = os.fstat(fd)
@@ -170,8 +205,9 @@ class DownloadOutput:
       bytes arrive (holes as zeros); commit and abort only close it, as whatever was
       written has been read or stored already;
     - a regular file that cannot be replaced (``DownloadTarget.overwrite``): the file
-      itself, truncated and written by a ``SparseWriter``; commit and abort close it,
-      a failure leaving it cut short, as virsh leaves it.
+      itself, truncated (or made, in an append-only folder) and written by a
+      ``SparseWriter``; commit and abort close it, a failure leaving it cut short, as
+      virsh leaves it.
 
     Opening a FIFO waits for its reader while ``wanted()`` holds (see
     ``sparse.sequential.open_in_place``); ``on_wait`` is called while a write into it

@@ -351,8 +351,8 @@ async def download_file(
     arrive, from its start, holes as zeros, as virsh does: a FIFO is waited for
     until a reader opens it, and a reader slower than the stream holds it back.
     A file this process may write but not replace (its folder may not be written,
-    or is sticky and holds another user's file, or the file is mounted there) is
-    written in place, as virsh
+    or is sticky and holds another user's file, or is append-only, or the file is
+    mounted there) is written in place, as virsh
     writes it: truncated first, left cut short if anything fails.
 
     Args:
@@ -370,8 +370,8 @@ async def download_file(
     Raises:
         OSError: the destination cannot be written (before anything is transferred
             when it is a directory, ``IsADirectoryError``, a file this process may not
-            write, ``PermissionError``, or a socket; a symbolic link's target is
-            replaced); ``BrokenPipeError`` when a FIFO's reader went
+            write or an append-only one, ``PermissionError``, or a socket; a symbolic
+            link's target is replaced); ``BrokenPipeError`` when a FIFO's reader went
             away before the end.
         LibvirtError: the peer refused or failed the download.
         TransportError: the connection failed.

@@ -22,11 +22,15 @@ from .extents import iter_extents
 from .zeros import ZEROS, zero_view
 
 __all__ = [
+    "FS_APPEND_FL",
+    "FS_IOC_GETFLAGS",
+    "FS_IOC_SETFLAGS",
     "AttributeNotKept",
     "access_acl",
     "allocate",
     "copy_extended_attributes",
     "copy_sparse",
+    "inode_flags",
     "punch_hole",
     "pwrite_all",
     "pwritev_all",
@@ -46,6 +50,12 @@ _NO_ACL = (errno.ENODATA, errno.EOPNOTSUPP)
 # are privileges given to the old content, as set-user-ID is: the kernel removes them
 # from a file written in place, as libvirtd's upload and virsh's download write.
 _NOT_COPIED = frozenset({_ACCESS_ACL, "system.posix_acl_default", "security.capability"})
+
+# Linux's ioctls that read and set an inode's attribute flags (``chattr``'s), and the
+# append-only one: its names cannot be removed or renamed, a file not written but at its end.
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_APPEND_FL = 0x00000020
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -265,6 +275,20 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, end: int, buffer: bytearr
         while written < count:
             written += os.pwrite(dst_fd, view[written:count], offset + written)
         offset += count
+
+
+def inode_flags(fd: int) -> int:
+    """The attribute flags (``FS_IOC_GETFLAGS``) of the file or folder open as ``fd``.
+
+    Raises:
+        OSError: the file system keeps none (ENOTTY, EOPNOTSUPP), or another failure.
+    """
+    import array  # the few callers pay for these imports, not every command
+    import fcntl
+
+    flags = array.array("i", [0])  # the kernel reads and writes an int
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+    return flags[0]
 
 
 def access_acl(file: int | str) -> bytes | None:

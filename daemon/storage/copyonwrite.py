@@ -9,13 +9,11 @@ import errno
 import fcntl
 import os
 
-from virtvol.sparse import libc
+from virtvol.sparse import files, libc
 
 from .reports import system_error
 
 _BTRFS_SUPER_MAGIC = 0x9123683E
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
 _FS_NOCOW_FL = 0x00800000
 
 
@@ -41,16 +39,15 @@ def set_copy_on_write(fd: int, path: str, enabled: bool) -> None:
         raise system_error(f"unable query filesystem type on '{path}'", exc) from None
     if kind != _BTRFS_SUPER_MAGIC:
         raise system_error(f"unable to control COW flag on '{path}', not btrfs", errno.ENOSYS)
-    flags = array.array("i", [0])  # the kernel reads and writes an int
     try:
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+        held = files.inode_flags(fd)
     except OSError as exc:
         raise system_error(f"unable query COW flag on '{path}'", exc) from None
-    wanted = flags[0] & ~_FS_NOCOW_FL if enabled else flags[0] | _FS_NOCOW_FL
-    if wanted == flags[0]:
+    wanted = held & ~_FS_NOCOW_FL if enabled else held | _FS_NOCOW_FL
+    if wanted == held:
         return
-    flags[0] = wanted
+    flags = array.array("i", [wanted])  # the kernel reads an int
     try:
-        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags, False)
+        fcntl.ioctl(fd, files.FS_IOC_SETFLAGS, flags, False)
     except OSError as exc:
         raise system_error(f"unable control COW flag on '{path}'", exc) from None

@@ -33,7 +33,7 @@ from virtvol.sparse import files
 from virtvol.sparse.sequential import node_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from virtvol.client.connection import Connection
     from virtvol.client.transfer_base import Progress, TransferResult
@@ -496,3 +496,60 @@ def test_a_download_over_a_file_mounted_there_writes_into_it(
         assert mounted.read_bytes() == CHUNK * FRAMES
         assert os.listdir(work) == ["disk.img"]
     assert target.read_bytes() == b"the file under the mount"
+
+
+@contextlib.contextmanager
+def append_only(path: Path) -> Iterator[None]:
+    """``path`` (a file or folder) append-only for the block's time (``chattr +a``): a
+    folder's names can be added, not removed or renamed; a file takes only appends."""
+    subprocess.run(["chattr", "+a", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-a", str(path)], check=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "over-a-file"])
+def test_a_download_into_an_append_only_folder_is_written_in_place(
+    tmp_path: Path, engine: str, existing: bool
+) -> None:
+    """No name in an append-only folder (a log or backup folder) can be renamed or
+    removed: the whole volume went by into a temporary, the rename was refused, and the
+    temporary, which could not be removed either, stayed behind, as large as the volume.
+    virsh writes the file in place, or makes it; so does the download now."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "copy.img"
+    if existing:
+        target.write_bytes(b"old content, longer than nothing")
+    before = target.stat() if existing else None
+    with append_only(work), serving_peer(tmp_path) as peer:
+        download(engine, peer, target)
+        assert target.read_bytes() == CHUNK * FRAMES
+        assert os.listdir(work) == ["copy.img"]
+    if before is not None:
+        assert target.stat().st_ino == before.st_ino
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_download_over_an_append_only_file_is_refused_before_the_stream(
+    tmp_path: Path, engine: str
+) -> None:
+    """An append-only file cannot be truncated, written over or renamed over: virsh's
+    open is refused at once; the download moved the whole volume and then failed at the
+    rename ("Operation not permitted")."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "log.img"
+    target.write_bytes(b"kept")
+    with (
+        append_only(target),
+        serving_peer(tmp_path) as peer,
+        pytest.raises(PermissionError) as refused,
+    ):
+        download(engine, peer, target)
+    assert (refused.value.errno, refused.value.filename) == (errno.EPERM, str(target))
+    assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    assert target.read_bytes() == b"kept"
+    assert os.listdir(work) == ["log.img"]
