@@ -980,6 +980,8 @@ async def vol_upload(conn: Connection, args: SimpleNamespace) -> str:
     _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
     _late(args, "file")
+    if _names_a_missing_standard_stream(args.file):  # /dev/stdin, the command's /dev/null
+        raise CommandError(f"cannot read {args.file}")
     try:
         source = os.stat(args.file)
     except OSError as exc:
@@ -1023,6 +1025,8 @@ def _check_destination(path: str) -> None:
     it: only its own permission counts; a new file needs its folder's."""
     from virtvol.client.download_output import download_target
 
+    if _names_a_missing_standard_stream(path):  # /dev/stdout, the command's /dev/null
+        raise CommandError(f"cannot create {path}")
     new = not os.path.exists(path)
     folder = os.path.dirname(os.path.abspath(path))
     if (
@@ -1923,11 +1927,13 @@ def _open_closed_standard_streams() -> None:
     there goes nowhere, and it still succeeds, as virsh does. A None stream failed the
     command with a traceback, after a download had replaced the file; and the number
     left free went to the first file or socket opened (a temporary, the connection),
-    where a write meant for the terminal would have landed."""
+    where a write meant for the terminal would have landed. A transfer through one
+    (``/dev/stdout``) is refused all the same (``_names_a_missing_standard_stream``)."""
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         try:
             os.fstat(fd)
         except OSError:
+            _started_without.add(fd)
             opened = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             if opened != fd:  # the lowest free number, which this one is, unless raced
                 os.dup2(opened, fd, inheritable=False)
@@ -1936,6 +1942,30 @@ def _open_closed_standard_streams() -> None:
             # Open for the process's life, as Python's own standard streams are.
             stream = open(fd, "r" if fd == 0 else "w", closefd=False)  # noqa: SIM115
             setattr(sys, name, stream)
+
+
+# The standard descriptors this process was started without, now /dev/null's: a transfer
+# through one (``/dev/stdout``) is refused as virsh's open of it is, not sent to /dev/null.
+_started_without: set[int] = set()
+
+
+def _names_a_missing_standard_stream(path: str) -> bool:
+    """Whether ``path`` names a standard descriptor the process was started without:
+    ``/dev/stdout``, ``/dev/fd/1``, ``/proc/self/fd/1``, or a symbolic link to one."""
+    if not _started_without:
+        return False
+    folders = {"/dev/fd", "/proc/self/fd", "/proc/thread-self/fd", f"/proc/{os.getpid()}/fd"}
+    name = os.path.abspath(path)
+    for _ in range(40):  # the links the kernel follows at most
+        folder, number = os.path.split(name)
+        if folder in folders and number.isdigit() and int(number) in _started_without:
+            return True
+        try:
+            link = os.readlink(name)  # /dev/stdout leads to /proc/self/fd/1
+        except OSError:
+            return False
+        name = os.path.normpath(os.path.join(folder, link))
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -154,3 +154,37 @@ def test_a_transfer_with_an_output_closed_succeeds_as_virshs_does(
         assert done.stderr.startswith(f"{command.removeprefix('vol-')}ed ")
     else:
         assert done.stdout == "\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "closed", "path"),
+    [
+        ("vol-download", 1, "/dev/stdout"),
+        ("vol-download", 1, "/dev/fd/1"),
+        ("vol-download", 2, "/proc/self/fd/2"),
+        ("vol-upload", 0, "/dev/stdin"),
+    ],
+)
+def test_a_transfer_through_a_standard_stream_the_command_was_started_without_fails(
+    virtvold: Virtvold, command: str, closed: int, path: str
+) -> None:
+    """Started with stdout closed (``>&-``), ``vol-download VOL /dev/stdout`` sent the
+    volume into /dev/null, which the command puts in the closed descriptor's place, and
+    said it had downloaded it, status 0: a backup that went nowhere. virsh cannot open
+    /dev/stdout then and fails; so does virtvol now, in virsh's words (and an upload from
+    a closed /dev/stdin, which read nothing and succeeded)."""
+    content = os.urandom(100_000)
+    (virtvold.pool_dir / "vol").write_bytes(content)
+    done = subprocess.run(
+        [str(_VENV_VIRTVOL), "-c", virtvold.unix_uri, command, "vol", path, "--pool", "default"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        preexec_fn=lambda: os.close(closed),
+    )
+    verb = "create" if command == "vol-download" else "read"
+    assert done.returncode == 1
+    if closed != 2:
+        assert done.stderr == f"error: cannot {verb} {path}\n"
+    assert (virtvold.pool_dir / "vol").read_bytes() == content
