@@ -75,6 +75,8 @@ if TYPE_CHECKING:
     import signal as _signal
     from types import FrameType
     from typing import NoReturn, TypeVar
+
+    from virtvol.client.download_output import DownloadTarget
 else:
     # The C module: the signal module turns its names into enums as it is imported,
     # which every command would pay for. Typed as the signal module (same functions).
@@ -1018,11 +1020,12 @@ def _source_size(path: str, source: os.stat_result) -> int | None:
         os.close(fd)
 
 
-def _check_destination(path: str) -> None:
+def _check_destination(path: str) -> DownloadTarget:
     """Refuse at once, as virsh does (it creates the file before the stream starts), a
     destination that cannot be written: a directory, a missing folder, no permission, a
     socket. Whatever is there already (a file, a FIFO, a device) is opened, as virsh opens
-    it: only its own permission counts; a new file needs its folder's."""
+    it: only its own permission counts; a new file needs its folder's. Returns where the
+    download goes."""
     from virtvol.client.download_output import download_target
 
     if _names_a_missing_standard_stream(path):  # /dev/stdout, the command's /dev/null
@@ -1037,7 +1040,7 @@ def _check_destination(path: str) -> None:
     ):
         raise CommandError(f"cannot create {path}")
     try:  # a socket: refused before the stream opens, as a file
-        download_target(path)
+        return download_target(path)
     except IsADirectoryError:  # "copy/" names a folder, as one that exists above
         raise CommandError(f"cannot create {path}") from None
     except OSError as exc:
@@ -1050,7 +1053,7 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
     _read_range(args)
     vol = await _volume(conn, args.vol, args.pool)
     _late(args, "file")
-    _check_destination(args.file)
+    target = _check_destination(args.file)
 
     async def total() -> int | None:
         try:
@@ -1062,7 +1065,26 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
         length: int = args.length
         return min(remaining, length) if length else remaining
 
-    return await _transfer(vol, args, upload=False, total=total)
+    summary = await _transfer(vol, args, upload=False, total=total)
+    _after_the_bytes_written_to_stdout(target)
+    return summary
+
+
+def _after_the_bytes_written_to_stdout(target: DownloadTarget) -> None:
+    """Where the download wrote stdout's own file in place (``/dev/stdout`` on a file
+    caught by a program, or one no rename may replace), move stdout past the volume: the
+    blank line after the command then follows the bytes, as it does into a pipe, instead
+    of overwriting the first one (the download opened the file anew, from its start, and
+    stdout's descriptor stood at its start too, as virsh's do)."""
+    from virtvol.sparse.sequential import node_of
+
+    if not target.overwrite or target.node is None:
+        return
+    try:
+        if node_of(os.fstat(1)) == target.node:
+            os.lseek(1, 0, os.SEEK_END)
+    except OSError:  # stdout is closed, or no file
+        pass
 
 
 async def _transfer(

@@ -33,13 +33,16 @@ class DownloadTarget(Record):
     ``overwrite``: a regular file this process may write but not replace, written in
     place as virsh writes it (``node`` is then that file's, ``owner`` its owner's id);
     without ``node``, a new file made in place, as virsh makes it, where no temporary
-    could be renamed (a folder whose names cannot be renamed or removed: append-only)."""
+    could be renamed (a folder whose names cannot be renamed or removed: append-only).
+    ``follow``: ``path`` is opened through symbolic links (a file no name leads to,
+    reached as ``/dev/stdout``'s or ``/proc/self/fd/N``'s target)."""
 
     path: str
     in_place: bool
     node: tuple[int, int, int, int] | None = None
     overwrite: bool = False
     owner: int | None = None
+    follow: bool = False
 
 
 def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
@@ -52,7 +55,8 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     overwritten in place instead, as virsh opens it: where virsh writes, the rename would
     be refused (in a sticky folder, over a mount, in an append-only folder, after the
     whole volume went by); so is a new file made in an append-only folder, where no
-    temporary could be renamed or removed.
+    temporary could be renamed or removed, and a file no name leads to (a program's
+    stdout caught in an unlinked file), which no rename can replace.
 
     Checked before the stream opens, not found by the final rename after the whole
     volume went by.
@@ -90,6 +94,19 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
         # refused, and so would the rename over it be, once the whole volume went by.
         raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), given)
     real = os.path.realpath(given)
+    if found is not None and not _leads_to(real, found):
+        # No name leads to the file (unlinked, or never named: a program's stdout caught in
+        # Python's TemporaryFile, O_TMPFILE; /proc names it "/tmp/#12345 (deleted)"): it
+        # is written through the path given, as virsh writes it, or a new file would be
+        # made at that made-up name and the one asked for left empty.
+        return DownloadTarget(
+            given,
+            in_place=False,
+            node=node_of(found),
+            overwrite=True,
+            owner=found.st_uid,
+            follow=True,
+        )
     if found is None:
         if _append_only(os.path.dirname(real), os.O_RDONLY | os.O_DIRECTORY):
             return DownloadTarget(real, in_place=False, overwrite=True)
@@ -98,6 +115,14 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
             real, in_place=False, node=node_of(found), overwrite=True, owner=found.st_uid
         )
     return DownloadTarget(real, in_place=False)
+
+
+def _leads_to(path: str, found: os.stat_result) -> bool:
+    """Whether ``path`` names the file ``found``."""
+    try:
+        return os.path.samestat(os.stat(path), found)
+    except OSError:
+        return False
 
 
 def _append_only(path: str, flags: int) -> bool:
@@ -178,7 +203,9 @@ def _open_to_overwrite(target: DownloadTarget) -> int:
     # becoming this process's controlling terminal; either is then refused (a FIFO
     # without a reader by the open itself, ENXIO; anything else as not the file looked
     # at, ESTALE).
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if not target.follow:
+        flags |= os.O_NOFOLLOW
     if target.node is None:
         return os.open(target.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
     fd = os.open(target.path, flags)

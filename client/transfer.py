@@ -352,7 +352,7 @@ async def download_file(
     until a reader opens it, and a reader slower than the stream holds it back.
     A file this process may write but not replace (its folder may not be written,
     or is sticky and holds another user's file, or is append-only, or the file is
-    mounted there) is written in place, as virsh
+    mounted there, or no name leads to it) is written in place, as virsh
     writes it: truncated first, left cut short if anything fails.
 
     Args:

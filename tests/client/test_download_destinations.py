@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.client.fake_peer import VOLUME, FakePeer
+from tests.client.fake_peer import POOL, VOLUME, FakePeer
 from tests.client.helpers import ENGINES, on_engine
+from tests.client.test_cli import _serve_the_volume
 from tests.client.test_direct_faults import send_whole_download
 from tests.conftest import NOBODY
 from virtvol.client import download_output
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 CHUNK = bytes(range(1, 256)) * 16
 FRAMES = 3
+_VENV_VIRTVOL = Path(sys.executable).with_name("virtvol")
 
 
 def download(
@@ -553,3 +556,54 @@ def test_a_download_over_an_append_only_file_is_refused_before_the_stream(
     assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
     assert target.read_bytes() == b"kept"
     assert os.listdir(work) == ["log.img"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_download_into_a_file_no_name_leads_to_fills_it(tmp_path: Path, engine: str) -> None:
+    """A program that captures the command's stdout in a nameless file (Python's
+    ``tempfile.TemporaryFile``, an O_TMPFILE) and asks for ``/dev/stdout``: that link
+    leads to "/tmp/#12345 (deleted)", a name no file has. The download made a new file of
+    that name beside it and left the captured one empty, status 0. virsh writes into
+    the file itself; so does the download now (through ``/proc/self/fd/N`` here)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    captured = os.open(work, os.O_TMPFILE | os.O_RDWR, 0o600)
+    try:
+        os.write(captured, b"what was there before")
+        with serving_peer(tmp_path) as peer:
+            download(engine, peer, f"/proc/self/fd/{captured}")
+        assert os.pread(captured, 1 << 20, 0) == CHUNK * FRAMES
+    finally:
+        os.close(captured)
+    assert os.listdir(work) == []
+
+
+def test_vol_download_to_dev_stdout_captured_in_a_nameless_file_fills_it(
+    tmp_path: Path,
+) -> None:
+    """The command line as such a program runs it, next to virsh: both write the volume
+    into the captured file. virsh's blank line then overwrites its first byte (stdout's
+    descriptor still stood at the start); virtvol's follows the bytes, as into a pipe."""
+    captured = {}
+    for client in ("virsh", "virtvol"):
+        folder = tmp_path / client
+        folder.mkdir()
+        with (
+            serving_peer(folder) as peer,
+            tempfile.TemporaryFile(dir=folder) as out,
+        ):
+            _serve_the_volume(peer)
+            program = "virsh" if client == "virsh" else str(_VENV_VIRTVOL)
+            arguments = ["vol-download", VOLUME.name, "/dev/stdout", "--pool", POOL]
+            done = subprocess.run(
+                [program, "-c", peer.uri, *arguments],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                check=False,
+                timeout=60,
+            )
+            out.seek(0)
+            captured[client] = (done.returncode, out.read(), sorted(os.listdir(folder)))
+    volume = CHUNK * FRAMES
+    assert captured["virsh"] == (0, b"\n" + volume[1:], ["peer-sock"])
+    assert captured["virtvol"] == (0, volume + b"\n", ["peer-sock"])
