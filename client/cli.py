@@ -1072,19 +1072,24 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
 
 def _after_the_bytes_written_to_stdout(target: DownloadTarget) -> None:
     """Where the download wrote stdout's own file in place (``/dev/stdout`` on a file
-    caught by a program, or one no rename may replace), move stdout past the volume: the
-    blank line after the command then follows the bytes, as it does into a pipe, instead
-    of overwriting the first one (the download opened the file anew, from its start, and
-    stdout's descriptor stood at its start too, as virsh's do)."""
+    caught by a program, or one no rename may replace), what the command prints there
+    after it (the blank line) goes to /dev/null: the file holds exactly the volume, as one
+    the download replaced does (that line then goes to the file replaced). Written to the
+    file, it overwrote the volume's first byte (the download opened the file anew, and
+    stdout's descriptor stood at its start), as virsh's blank line does."""
     from virtvol.sparse.sequential import node_of
 
     if not target.overwrite or target.node is None:
         return
     try:
-        if node_of(os.fstat(1)) == target.node:
-            os.lseek(1, 0, os.SEEK_END)
+        if node_of(os.fstat(1)) != target.node:
+            return
+        sys.stdout.flush()
+        nowhere = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     except OSError:  # stdout is closed, or no file
-        pass
+        return
+    os.dup2(nowhere, 1)
+    os.close(nowhere)
 
 
 async def _transfer(
