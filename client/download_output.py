@@ -163,29 +163,37 @@ _EFFECTIVE_IDS = os.access in os.supports_effective_ids
 
 def _is_mount_point(path: str, found: os.stat_result, folder: str) -> bool:
     """Whether the file ``found`` at ``path`` (a real path) is mounted there: a file bound
-    over the name, as a container's /etc/hosts or an image from another file system.
+    over the name, as a container's /etc/hosts or an image from another file system, which
+    no rename may replace (EBUSY).
 
-    The mount table says so: a file bound from the same file system has its folder's
-    device number, and an overlay gives its files other device numbers than its folders.
-    Without the table (no /proc), a device number other than the folder's tells."""
+    It is when its mount is not its folder's, each as the name leads to it now. The mount
+    table is not asked: it also lists a mount hidden by another mounted over its folder,
+    and the file then at the name is that file system's own, which a rename replaces
+    (written in place, a failure would cut it short). Where the kernel cannot say (no
+    /proc), the file is taken as not mounted: the download goes as it always went, and a
+    rename refused at the end loses nothing."""
     try:
-        with open("/proc/self/mountinfo", "rb") as table:
-            lines = table.read().splitlines()
+        mounts = {_mount_id(path, found), _mount_id(folder, None)}
     except OSError:
-        return found.st_dev != os.stat(folder).st_dev
-    wanted = os.fsencode(path)
-    # The fifth field is the mount point, its space, tab, newline and backslash escaped
-    # as three octal digits.
-    return any(
-        len(fields) > 4 and _unescaped(fields[4]) == wanted
-        for fields in (line.split(b" ") for line in lines)
-    )
+        return False
+    return None not in mounts and len(mounts) == 2
 
 
-def _unescaped(field: bytes) -> bytes:
-    """A mount table's field with its octal escapes (``\\040``) undone."""
-    first, *rest = field.split(b"\\")
-    return first + b"".join(bytes((int(piece[:3], 8),)) + piece[3:] for piece in rest)
+def _mount_id(path: str, expected: os.stat_result | None) -> int | None:
+    """The id of the mount ``path`` is on (``/proc/self/fdinfo``'s ``mnt_id``), its last
+    name not followed; None where it is no longer the file ``expected``, or unsaid."""
+    # O_PATH: a look at the name, not an open of the file (no device's open runs).
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if expected is not None and not os.path.samestat(os.fstat(fd), expected):
+            return None
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    finally:
+        os.close(fd)
+    return None
 
 
 def _open_to_overwrite(target: DownloadTarget) -> int:

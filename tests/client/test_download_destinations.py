@@ -501,6 +501,38 @@ def test_a_download_over_a_file_mounted_there_writes_into_it(
     assert target.read_bytes() == b"the file under the mount"
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_file_under_a_mount_hidden_by_another_is_replaced_not_written_in_place(
+    tmp_path: Path, engine: str
+) -> None:
+    """A file bound over "work/disk.img", then a file system mounted over "work" with a
+    file of that name on it: the mount table still names "work/disk.img" as a mount
+    point, but the file there now is the new file system's own, which a rename replaces.
+    Taken for the hidden mount, it was written in place, and a download that failed
+    midway left it cut short instead of as it was."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting takes root", pytrace=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "disk.img"
+    target.write_bytes(b"the file under both mounts")
+    hidden = tmp_path / "hidden.img"
+    hidden.write_bytes(b"the file bound there first")
+    with contextlib.ExitStack() as undo:
+        subprocess.run(["mount", "--bind", str(hidden), str(target)], check=True)
+        undo.callback(subprocess.run, ["umount", str(target)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(work)], check=True)
+        undo.callback(subprocess.run, ["umount", str(work)], check=True)
+        target.write_bytes(b"kept: the file the name leads to now")
+        with FakePeer(tmp_path) as peer:
+            peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_past_the_length(0)
+            with pytest.raises(StreamError):
+                download(engine, peer, target, length=2 * len(CHUNK))
+        assert target.read_bytes() == b"kept: the file the name leads to now"
+        assert os.listdir(work) == ["disk.img"]
+    assert hidden.read_bytes() == b"the file bound there first"
+
+
 @contextlib.contextmanager
 def append_only(path: Path) -> Iterator[None]:
     """``path`` (a file or folder) append-only for the block's time (``chattr +a``): a
