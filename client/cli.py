@@ -1088,8 +1088,27 @@ def _after_the_bytes_written_to_stdout(target: DownloadTarget) -> None:
         nowhere = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     except OSError:  # stdout is closed, or no file
         return
+    _stdout_set_aside.append(os.dup(1))
     os.dup2(nowhere, 1)
     os.close(nowhere)
+
+
+# Stdout's own descriptor while /dev/null stands in for it (``_after_the_bytes_written_to_
+# stdout``): given back as ``main`` returns, so that a caller of ``main`` still has it.
+_stdout_set_aside: list[int] = []
+
+
+def _give_stdout_back() -> None:
+    if not _stdout_set_aside:
+        return
+    import contextlib  # only here: a command that writes no stdout file in place does without
+
+    while _stdout_set_aside:
+        kept = _stdout_set_aside.pop()
+        with contextlib.suppress(OSError):  # what is still buffered goes to /dev/null
+            sys.stdout.flush()
+        os.dup2(kept, 1)
+        os.close(kept)
 
 
 async def _transfer(
@@ -2005,6 +2024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Ended as ended:  # before or after the command: nothing of it to undo
         return 128 + ended.signum
     finally:
+        _give_stdout_back()
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
 

@@ -640,3 +640,29 @@ def test_vol_download_to_dev_stdout_captured_in_a_nameless_file_fills_it(
     volume = CHUNK * FRAMES
     assert captured["virsh"] == (0, b"\n" + volume[1:], ["peer-sock"])
     assert captured["virtvol"] == (0, volume, ["peer-sock"])
+
+
+def test_main_gives_stdout_back_after_a_download_into_its_own_file(tmp_path: Path) -> None:
+    """``main`` runs one command and returns. Where the download filled stdout's own file
+    in place, /dev/null stood in for stdout so that the blank line after the command did
+    not land in the file; it stayed there once ``main`` had returned, and whatever the
+    caller wrote to stdout after went nowhere."""
+    script = (
+        "import os, sys; from virtvol.client.cli import main; before = os.fstat(1);"
+        " status = main(sys.argv[1:]);"
+        " sys.stderr.write(f'\\n{status} {os.path.samestat(os.fstat(1), before)}')"
+    )
+    arguments = ["vol-download", VOLUME.name, "/dev/stdout", "--pool", POOL]
+    with serving_peer(tmp_path) as peer, tempfile.TemporaryFile(dir=tmp_path) as out:
+        _serve_the_volume(peer)
+        done = subprocess.run(
+            [sys.executable, "-c", script, "-c", peer.uri, *arguments],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=60,
+        )
+        out.seek(0)
+        # stderr: the summary, then what the caller saw as ``main`` returned
+        said = done.stderr.splitlines()[-1]
+        assert (done.returncode, said, out.read()) == (0, b"0 True", CHUNK * FRAMES)
