@@ -243,11 +243,13 @@ async def upload_file(
                 await _send_items(stream, reader, progress)
             finally:
                 reader.stop.set()
-                # Cancelled here, the thread still closes the file after its last read.
-                await asyncio.shield(reader.finished)
-                # It said so as its last act: its end is near, and waited for off the loop,
-                # so that none is left running on return.
-                await loop.run_in_executor(None, reader.thread.join)
+                # The thread closes the file after its last read and says so as its last
+                # act; its end, near then, is waited for off the loop, so that none is left
+                # running on return, even through a cancellation (raised after).
+                try:
+                    await _settle(reader.finished)
+                finally:
+                    await _settle(loop.run_in_executor(None, reader.thread.join))
         return TransferResult(
             data_bytes=stream.data_bytes,
             hole_bytes=stream.hole_bytes,

@@ -493,3 +493,50 @@ async def test_an_upload_leaves_no_thread_running_when_it_returns(
             before = _own_threads()
             await volume.upload_file(source)
             assert _own_threads() == before
+
+
+async def test_an_upload_cancelled_while_its_thread_ends_still_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while it waited for its reading thread to end, ``upload_file`` returned
+    at once, the thread still running. The wait goes on through the cancellation, which
+    is raised once the thread has ended. (The thread is held at its end until the
+    cancellation is on its way, then made slow to end, so that returning before it shows.)"""
+    run = transfer._Reader._run
+    start = transfer._Reader.start
+    joining = threading.Event()
+    release = threading.Event()
+
+    def held_at_its_end(reader: transfer._Reader) -> None:
+        run(reader)
+        release.wait()
+        time.sleep(0.2)
+
+    def start_watched(reader: transfer._Reader) -> None:
+        join = reader.thread.join
+
+        def watched_join(timeout: float | None = None) -> None:
+            joining.set()
+            join(timeout)
+
+        reader.thread.join = watched_join  # type: ignore[method-assign]
+        start(reader)
+
+    monkeypatch.setattr(transfer._Reader, "_run", held_at_its_end)
+    monkeypatch.setattr(transfer._Reader, "start", start_watched)
+    source = tmp_path / "source"
+    write_sparse_image(source, MIB)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda peer, event: peer.reply(event.serial)
+        async with connect(peer.uri, keepalive=None) as conn:
+            volume = StorageVolume.from_wire(conn, VOLUME)
+            before = _own_threads()
+            task = asyncio.create_task(volume.upload_file(source))
+            try:
+                assert await asyncio.to_thread(joining.wait, 30), "never waited for its thread"
+                task.cancel()
+            finally:
+                release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _own_threads() == before
