@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -35,6 +34,22 @@ _ON_A_LOOP = [
     "import virtvol.client.direct as direct; direct.needs_event_loop = lambda *_, **__: True;"
     " from virtvol.client.cli import main; raise SystemExit(main())",
 ]
+
+# The command with the waits it keeps when nothing interrupts it (an abort's confirmation,
+# the goodbye) an hour long: only the short waits of an interruption end it in time.
+_LONG_WAITS = (
+    "import virtvol.client.connection as connection, virtvol.client.direct_transfer as d,"
+    " virtvol.client.streams as streams;"
+    " connection._GOODBYE_TIMEOUT = d.ABORT_WAIT = streams.ABORT_WAIT = 3600.0;"
+)
+_WAITING_LONG = {
+    "direct": [
+        sys.executable,
+        "-c",
+        _LONG_WAITS + " from virtvol.client.cli import main; raise SystemExit(main())",
+    ],
+    "event-loop": [*_ON_A_LOOP[:2], _LONG_WAITS + _ON_A_LOOP[2]],
+}
 
 
 def serve_a_download_that_stalls(peer: FakePeer, sent: threading.Event) -> None:
@@ -122,8 +137,7 @@ def test_a_vol_download_ended_by_a_signal_does_not_wait_long_for_a_silent_daemon
     with FakePeer(tmp_path) as peer:
         serve_a_download_that_stalls(peer, sent)
         peer.on_stream_end = lambda peer, event: None  # the abort is never confirmed
-        command = _COMMAND if engine == "direct" else _ON_A_LOOP
-        argv = [*command, "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
+        argv = [*_WAITING_LONG[engine], "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
         with subprocess.Popen(
             [*argv, "--pool", POOL],
             stdout=subprocess.PIPE,
@@ -134,13 +148,10 @@ def test_a_vol_download_ended_by_a_signal_does_not_wait_long_for_a_silent_daemon
             try:
                 assert sent.wait(30), "the download never opened"
                 process.send_signal(signum)
-                started = time.monotonic()
                 _, err = process.communicate(timeout=60)
-                ended = time.monotonic() - started
             finally:
                 if process.poll() is None:
                     process.kill()
-    assert ended < 5
     assert (err, process.returncode) == (b"", 128 + signum)
     assert os.listdir(work) == []
 
@@ -166,9 +177,8 @@ def test_a_command_ended_by_a_signal_does_not_wait_long_for_a_silent_daemons_goo
             Proc.CONNECT_CLOSE,
         ):
             peer.handlers[procedure] = never_answered
-        command = _COMMAND if engine == "direct" else _ON_A_LOOP
         with subprocess.Popen(
-            [*command, "-c", peer.uri, "vol-info", VOLUME.name, "--pool", POOL],
+            [*_WAITING_LONG[engine], "-c", peer.uri, "vol-info", VOLUME.name, "--pool", POOL],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -177,11 +187,8 @@ def test_a_command_ended_by_a_signal_does_not_wait_long_for_a_silent_daemons_goo
             try:
                 assert asked.wait(30), "the call never came"
                 process.send_signal(signum)
-                started = time.monotonic()
                 _, err = process.communicate(timeout=60)
-                ended = time.monotonic() - started
             finally:
                 if process.poll() is None:
                     process.kill()
-    assert ended < 3
     assert (err, process.returncode) == (b"", 128 + signum)
