@@ -1065,49 +1065,52 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
         length: int = args.length
         return min(remaining, length) if length else remaining
 
-    summary = await _transfer(vol, args, upload=False, total=total)
-    _after_the_bytes_written_to_stdout(target)
-    return summary
+    return await _transfer(
+        vol, args, upload=False, total=total, after_move=lambda: _nothing_more_into(target)
+    )
 
 
-def _after_the_bytes_written_to_stdout(target: DownloadTarget) -> None:
-    """Where the download wrote stdout's own file in place (``/dev/stdout`` on a file
-    caught by a program, or one no rename may replace), what the command prints there
-    after it (the blank line) goes to /dev/null: the file holds exactly the volume, as one
-    the download replaced does (that line then goes to the file replaced). Written to the
-    file, it overwrote the volume's first byte (the download opened the file anew, and
-    stdout's descriptor stood at its start), as virsh's blank line does."""
+def _nothing_more_into(target: DownloadTarget) -> None:
+    """Where the download wrote stdout's or stderr's own file in place (``/dev/stdout`` on
+    a file caught by a program, or one no rename may replace), what the command says there
+    after it (the summary line, the blank line) goes to /dev/null: the file holds exactly
+    the volume, as one the download replaced does (those lines then go to the file
+    replaced). Written to the file, they overwrote the volume's first bytes (the download
+    opened the file anew, and the descriptor stood at its start), as virsh's blank line
+    does. Only a download that succeeded comes here: no failure is left to say."""
     from virtvol.sparse.sequential import node_of
 
     if not target.overwrite or target.node is None:
         return
-    try:
-        if node_of(os.fstat(1)) != target.node:
-            return
-        sys.stdout.flush()
-        nowhere = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:  # stdout is closed, or no file
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            if node_of(os.fstat(fd)) != target.node:
+                continue
+            stream.flush()
+            nowhere = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:  # closed, or no file
+            continue
+        _set_aside.append((fd, os.dup(fd)))
+        os.dup2(nowhere, fd)
+        os.close(nowhere)
+
+
+# The standard descriptors /dev/null stands in for (``_nothing_more_into``), each with a
+# copy of its own: given back as ``main`` returns, so that a caller of ``main`` has them.
+_set_aside: list[tuple[int, int]] = []
+
+
+def _give_standard_streams_back() -> None:
+    if not _set_aside:
         return
-    _stdout_set_aside.append(os.dup(1))
-    os.dup2(nowhere, 1)
-    os.close(nowhere)
+    import contextlib  # only here: a command that fills no such file does without
 
-
-# Stdout's own descriptor while /dev/null stands in for it (``_after_the_bytes_written_to_
-# stdout``): given back as ``main`` returns, so that a caller of ``main`` still has it.
-_stdout_set_aside: list[int] = []
-
-
-def _give_stdout_back() -> None:
-    if not _stdout_set_aside:
-        return
-    import contextlib  # only here: a command that writes no stdout file in place does without
-
-    while _stdout_set_aside:
-        kept = _stdout_set_aside.pop()
+    for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError):  # what is still buffered goes to /dev/null
-            sys.stdout.flush()
-        os.dup2(kept, 1)
+            stream.flush()
+    while _set_aside:
+        fd, kept = _set_aside.pop()
+        os.dup2(kept, fd)
         os.close(kept)
 
 
@@ -1117,10 +1120,12 @@ async def _transfer(
     *,
     upload: bool,
     total: Callable[[], Awaitable[int | None]],
+    after_move: Callable[[], None] | None = None,
 ) -> str:
     """Move the file with a progress bar, map failures to virsh's messages, print the
     summary. ``total`` says the bar's length; it is asked only when a bar is drawn (for a
-    download it is a call virsh does not make)."""
+    download it is a call virsh does not make). ``after_move`` is called once the file
+    has moved, before the summary."""
     verb, way = ("upload", "upload to") if upload else ("download", "download from")
     move = vol.upload_file if upload else vol.download_file
     sparse = _sparse_choice(args)
@@ -1153,6 +1158,8 @@ async def _transfer(
             # A rename names two files: only the commit of a download renames.
             moved = started or exc.filename2 is not None
             _file_failure(exc, vol, args.file, upload=upload, started=moved)
+    if after_move is not None:
+        after_move()
     if not args.quiet:
         sys.stderr.write(summary_line(f"{verb}ed", result) + "\n")
     return ""
@@ -2024,7 +2031,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Ended as ended:  # before or after the command: nothing of it to undo
         return 128 + ended.signum
     finally:
-        _give_stdout_back()
+        _give_standard_streams_back()
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
 

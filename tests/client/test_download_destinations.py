@@ -666,3 +666,23 @@ def test_main_gives_stdout_back_after_a_download_into_its_own_file(tmp_path: Pat
         # stderr: the summary, then what the caller saw as ``main`` returned
         said = done.stderr.splitlines()[-1]
         assert (done.returncode, said, out.read()) == (0, b"0 True", CHUNK * FRAMES)
+
+
+def test_vol_download_to_dev_stdout_caught_with_stderr_in_one_nameless_file_fills_it(
+    tmp_path: Path,
+) -> None:
+    """A program that catches stdout and stderr in one unlinked file (``stderr=STDOUT``)
+    and asks for ``/dev/stdout``: the summary line said on stderr after the download went
+    where stderr's descriptor stood, the file's start, over the volume's first bytes."""
+    arguments = ["vol-download", VOLUME.name, "/dev/stdout", "--pool", POOL]
+    with serving_peer(tmp_path) as peer, tempfile.TemporaryFile(dir=tmp_path) as out:
+        _serve_the_volume(peer)
+        done = subprocess.run(
+            [str(_VENV_VIRTVOL), "-c", peer.uri, *arguments],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=60,
+        )
+        out.seek(0)
+        assert (done.returncode, out.read()) == (0, CHUNK * FRAMES)
