@@ -2012,13 +2012,24 @@ def _names_a_missing_standard_stream(path: str) -> bool:
     for _ in range(40):  # the links the kernel follows at most
         folder, number = os.path.split(name)
         if folder in folders and number.isdigit() and int(number) in _started_without:
-            return True
+            return _still_stood_in(int(number))
         try:
             link = os.readlink(name)  # /dev/stdout leads to /proc/self/fd/1
         except OSError:
             return False
         name = os.path.normpath(os.path.join(folder, link))
     return False
+
+
+def _still_stood_in(fd: int) -> bool:
+    """Whether /dev/null still stands in for the standard descriptor ``fd``: a program
+    running ``main`` again may have given it a file of its own since."""
+    try:
+        held = os.fstat(fd)
+        null = os.stat(os.devnull)
+    except OSError:  # closed again
+        return True
+    return stat.S_ISCHR(held.st_mode) and held.st_rdev == null.st_rdev
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -188,3 +188,30 @@ def test_a_transfer_through_a_standard_stream_the_command_was_started_without_fa
     if closed != 2:
         assert done.stderr == f"error: cannot {verb} {path}\n"
     assert (virtvold.pool_dir / "vol").read_bytes() == content
+
+
+def test_a_download_to_dev_stdout_given_a_file_after_an_earlier_main_without_it_succeeds(
+    virtvold: Virtvold, tmp_path: Path
+) -> None:
+    """A program calling ``main`` twice: the first time without stdout, which ``main``
+    gives /dev/null; then with a file of its own there. ``vol-download VOL /dev/stdout``
+    was refused the second time as by a command started without stdout, though stdout
+    was the program's file by then."""
+    content = os.urandom(100_000)
+    (virtvold.pool_dir / "vol").write_bytes(content)
+    caught = tmp_path / "caught"
+    script = (
+        "import os, sys; from virtvol.client.cli import main; os.close(1);"
+        " main(['--version']); out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600);"
+        " os.dup2(out, 1); os.close(out); raise SystemExit(main(sys.argv[2:]))"
+    )
+    arguments = ["-q", "-c", virtvold.unix_uri, "vol-download", "vol", "/dev/stdout"]
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(caught), *arguments, "--pool", "default"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert caught.read_bytes() == content
