@@ -244,12 +244,14 @@ async def upload_file(
             finally:
                 reader.stop.set()
                 # The thread closes the file after its last read and says so as its last
-                # act; its end, near then, is waited for off the loop, so that none is left
-                # running on return, even through a cancellation (raised after).
+                # act, waited for even through a cancellation (raised after); it then only
+                # ends, and is joined here so that none is left running on return. Not in
+                # the loop's default executor: the caller's own jobs there could hold the
+                # join up for as long as they run.
                 try:
                     await _settle(reader.finished)
                 finally:
-                    await _settle(loop.run_in_executor(None, reader.thread.join))
+                    reader.thread.join()
         return TransferResult(
             data_bytes=stream.data_bytes,
             hole_bytes=stream.hole_bytes,

@@ -500,31 +500,32 @@ async def test_an_upload_leaves_no_thread_running_when_it_returns(
 async def test_an_upload_cancelled_while_its_thread_ends_still_waits_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled while it waited for its reading thread to end, ``upload_file`` returned
-    at once, the thread still running. The wait goes on through the cancellation, which
-    is raised once the thread has ended. (The thread is held at its end until the
-    cancellation is on its way, then made slow to end, so that returning before it shows.)"""
-    run = transfer._Reader._run
+    """Cancelled while it waited for its reading thread's last word, ``upload_file``
+    returned at once, the thread still running. The wait goes on through the
+    cancellation, which is raised once the thread has ended. (The thread is held after
+    its last read until the cancellation is on its way, then made slow to end, so that
+    returning before it shows.)"""
+    walk = transfer._Reader._walk
     start = transfer._Reader.start
-    joining = threading.Event()
+    stopping = threading.Event()
     release = threading.Event()
 
-    def held_at_its_end(reader: transfer._Reader) -> None:
-        run(reader)
+    def held_after_its_last_read(reader: transfer._Reader) -> None:
+        walk(reader)
         release.wait()
         time.sleep(0.2)
 
     def start_watched(reader: transfer._Reader) -> None:
-        join = reader.thread.join
+        stop = reader.stop.set
 
-        def watched_join(timeout: float | None = None) -> None:
-            joining.set()
-            join(timeout)
+        def watched_stop() -> None:  # the upload's last step: it waits for the thread next
+            stop()
+            stopping.set()
 
-        reader.thread.join = watched_join  # type: ignore[method-assign]
+        reader.stop.set = watched_stop  # type: ignore[method-assign]
         start(reader)
 
-    monkeypatch.setattr(transfer._Reader, "_run", held_at_its_end)
+    monkeypatch.setattr(transfer._Reader, "_walk", held_after_its_last_read)
     monkeypatch.setattr(transfer._Reader, "start", start_watched)
     source = tmp_path / "source"
     write_sparse_image(source, MIB)
@@ -535,10 +536,39 @@ async def test_an_upload_cancelled_while_its_thread_ends_still_waits_for_it(
             before = _own_threads()
             task = asyncio.create_task(volume.upload_file(source))
             try:
-                assert await asyncio.to_thread(joining.wait, 30), "never waited for its thread"
+                assert await asyncio.to_thread(stopping.wait, 30), "never waited for its thread"
                 task.cancel()
             finally:
                 release.set()
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert _own_threads() == before
+
+
+async def test_an_upload_does_not_wait_behind_the_callers_jobs_for_its_thread(
+    tmp_path: Path,
+) -> None:
+    """The caller's own blocking jobs fill the event loop's default executor. An upload
+    that waited there for its reading thread to end did not return before one of those
+    jobs had ended, however long it ran: the upload waits for its thread itself."""
+    loop = asyncio.get_running_loop()
+    callers = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(callers)
+    release = threading.Event()
+    callers_job = loop.run_in_executor(None, release.wait)
+    # Ends the caller's job in any case, so that a transfer waiting behind it ends too
+    # (and this test fails, not hangs): the transfer's own end takes far less.
+    ending = loop.call_later(30, release.set)
+    source = tmp_path / "source"
+    write_sparse_image(source, MIB)
+    try:
+        with FakePeer(tmp_path) as peer:
+            peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda peer, event: peer.reply(event.serial)
+            async with connect(peer.uri, keepalive=None) as conn:
+                volume = StorageVolume.from_wire(conn, VOLUME)
+                await volume.upload_file(source)
+                assert not callers_job.done()
+    finally:
+        ending.cancel()
+        release.set()
+        await callers_job
