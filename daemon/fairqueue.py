@@ -105,7 +105,12 @@ class FairExecutor:
 
     def _finished(self, future: asyncio.Future[Any], running: asyncio.Future[Any]) -> None:
         self._running -= 1
-        if not future.cancelled():
+        if future.cancelled():
+            # Nobody waits for the outcome (the call's connection went): it is taken
+            # here, or asyncio logs an error that no one retrieved it.
+            if not running.cancelled():
+                running.exception()
+        else:
             if running.cancelled():
                 future.cancel()
             elif (exc := running.exception()) is not None:

@@ -352,6 +352,7 @@ class Daemon:
         for bound in self._bound:
             bound.close()
         loop = asyncio.get_running_loop()
+        self._registry.give_up_starts()  # their workers would hold up the executors' stop
         await loop.run_in_executor(None, self.context.shutdown_executors)
         self._registry.close()
         self._release_state_dir()

@@ -15,7 +15,7 @@ from .copyonwrite import set_copy_on_write
 from .flags import PoolBuildFlags
 from .model import PoolRef
 from .poolxml import DEFAULT_DIR_MODE, PoolDefinition, PoolRuntime
-from .rbdvolumes import RbdVolumes
+from .rbdvolumes import RbdVolumes, Stopping
 from .reports import (
     STORAGE,
     pool_in_job,
@@ -269,16 +269,19 @@ class Pool:
         temporaries of that pool's uploads are not stale."""
         remove_leftovers(self.opened_directory())
 
-    def connect_rbd(self, secrets: SecretStore) -> tuple[RbdVolumes, PoolRuntime]:
+    def connect_rbd(
+        self, secrets: SecretStore, stopping: Stopping | None = None
+    ) -> tuple[RbdVolumes, PoolRuntime]:
         """Connect an rbd pool to its cluster with the key of the secret its ``<auth>``
-        names, set right what a crash left in the Ceph pool, and read its sizes; the pool
-        is not started by this (see ``start``). Only a start comes here, not a refresh."""
+        names (given up when ``stopping`` is set), set right what a crash left in the Ceph
+        pool, and read its sizes; the pool is not started by this (see ``start``). Only a
+        start comes here, not a refresh."""
         source = self.live.rbd
         assert source is not None
         key = None
         if source.username is not None:
             key = secrets.value_for_pool(source.secret_uuid, source.secret_usage)
-        volumes = RbdVolumes.connect(source, key)
+        volumes = RbdVolumes.connect(source, key, stopping)
         try:
             volumes.recover_after_crash()
             return volumes, volumes.runtime()

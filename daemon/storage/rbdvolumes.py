@@ -238,8 +238,11 @@ class RbdVolumes:
         self._stopped = threading.Event()  # set by ``close``: ends the sweeper's waits
 
     @classmethod
-    def connect(cls, source: RbdSource, key: bytes | None) -> RbdVolumes:
-        """Log in to the cluster and open the Ceph pool (the key comes from a libvirt secret)."""
+    def connect(
+        cls, source: RbdSource, key: bytes | None, stopping: Stopping | None = None
+    ) -> RbdVolumes:
+        """Log in to the cluster and open the Ceph pool (the key comes from a libvirt secret);
+        given up when ``stopping`` is set (the daemon stops)."""
         rados, rbd = load_binding()
         conf = {
             "mon_host": source.mon_host,
@@ -255,12 +258,11 @@ class RbdVolumes:
             # libvirt keeps the decoded key; librados wants it in base64.
             conf["key"] = base64.b64encode(key).decode()
         cluster = rados.Rados(rados_id=source.username, conf=conf)
-        try:
-            cluster.connect(timeout=int(CLUSTER_TIMEOUT))
-        except Exception as exc:
-            cluster.shutdown()
+        attempt = _Connecting(cluster, stopping or Stopping())
+        failure = attempt.wait()
+        if failure is not None:
             raise system_error(
-                f"failed to connect to the RADOS monitor on: {source.mon_host}", _errno(exc)
+                f"failed to connect to the RADOS monitor on: {source.mon_host}", _errno(failure)
             ) from None
         try:
             ioctx = cluster.open_ioctx(source.pool)
@@ -1101,6 +1103,56 @@ class RbdVolumes:
     def _remove_quietly(self, name: str) -> None:
         with self._in_use(), suppress(self._rbd.ImageNotFound):
             self._rbd.RBD().remove(self._ioctx, name)
+
+
+class Stopping:
+    """Set when the daemon stops: a pool start waiting for a cluster gives up (``connect``)."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.stopped = False
+
+    def set(self) -> None:
+        with self.condition:
+            self.stopped = True
+            self.condition.notify_all()
+
+
+class _Connecting:
+    """librados' connect to a cluster, in a thread of its own: a monitor that does not
+    answer takes librados' timeout (30 s), which a daemon's stop does not wait for. The
+    connection belongs to whoever is first under ``stopping``'s lock: the waiter, once
+    the connect ended, or else the thread, which shuts down the one it made for nobody."""
+
+    def __init__(self, cluster: Any, stopping: Stopping) -> None:
+        self._cluster = cluster
+        self._stopping = stopping
+        self._ended = False
+        self._given_up = False
+        self._failure: BaseException | None = None
+        threading.Thread(target=self._connect, name="rados-connect", daemon=True).start()
+
+    def _connect(self) -> None:
+        failure: BaseException | None = None
+        try:
+            self._cluster.connect(timeout=int(CLUSTER_TIMEOUT))
+        except Exception as exc:
+            failure = exc
+        with self._stopping.condition:
+            self._ended, self._failure = True, failure
+            given_up = self._given_up
+            self._stopping.condition.notify_all()
+        if given_up or failure is not None:
+            self._cluster.shutdown()
+
+    def wait(self) -> BaseException | None:
+        """None once connected; librados' error; or the daemon's stop, as an error."""
+        with self._stopping.condition:
+            self._stopping.condition.wait_for(lambda: self._ended or self._stopping.stopped)
+            if self._ended:
+                return self._failure
+            self._given_up = True
+        return InterruptedError(errno.EINTR, "the daemon is stopping")
 
 
 class ChangeWatch:

@@ -51,7 +51,7 @@ from .names import check_new_volume_name
 from .pool import Busy, Pool, PoolJob, remove_leftovers
 from .poolxml import PoolDefinition, PoolRuntime, clean_path, format_pool_xml, parse_pool_xml
 from .rbdtransfer import RbdReader, RbdWriter
-from .rbdvolumes import RbdVolumes
+from .rbdvolumes import RbdVolumes, Stopping
 from .reports import (
     clone_name_taken,
     no_pool_named,
@@ -113,6 +113,8 @@ class StorageRegistry:
         # Told of every pool event, from whichever thread made it, in the order they
         # happen (the daemon passes them to the clients that registered for them).
         self.on_event: Callable[[PoolRef, PoolEvent], None] | None = None
+        # Set when the daemon stops: rbd pool starts waiting for their cluster give up.
+        self._stopping = Stopping()
 
     def lock_at_once(self) -> bool:
         """Take the registry's lock if no other thread holds it, without waiting: True if
@@ -192,10 +194,16 @@ class StorageRegistry:
                 self._claim_directory(pool)
             return ref
 
+    def give_up_starts(self) -> None:
+        """The daemon is stopping: rbd pool starts still waiting for their cluster (up to
+        librados' 30 s timeout) fail now, so that their workers are free for the stop."""
+        self._stopping.set()
+
     def close(self) -> None:
         """Close every pool directory (the daemon is stopping); definitions stay. The
         removals of a crash's leftovers in rbd pools give up at their next object, and
         are waited for only so long (what they did not remove, the next start does)."""
+        self.give_up_starts()
         stopped = []
         with self._lock:
             for pool in self._pools.values():
@@ -537,7 +545,7 @@ class StorageRegistry:
         monitor that does not answer takes librados' timeout (30 s), which no other call
         waits for."""
         try:
-            volumes, runtime = pool.connect_rbd(self.secrets)
+            volumes, runtime = pool.connect_rbd(self.secrets, self._stopping)
         except BaseException:
             with self._lock:
                 pool.job = None

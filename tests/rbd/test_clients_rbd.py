@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -258,6 +259,42 @@ def test_a_pool_connecting_holds_up_no_other_call(
     assert not registry.pool_is_active(ref)
     registry.undefine_pool(ref)
     registry.close()
+
+
+def test_a_stop_while_a_pool_start_waits_for_its_cluster_leaves_nothing_unretrieved(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while an rbd pool's start waits for a monitor that does not answer
+    (librados' 30 s): the start gives up at once, so its worker does not hold up the
+    stop, and its failure, which no connection waits for any more, is not left for
+    asyncio to log as an error "never retrieved"."""
+    daemon = start_virtvold(tmp_path / "virtvold")
+    try:
+        with socket.socket() as silent:  # accepts connections, never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            pool = tmp_path / "silent.xml"
+            pool.write_text(
+                f"<pool type='rbd'><name>silent</name><source><name>{CEPH_POOL}</name>"
+                f"<host name='127.0.0.1' port='{silent.getsockname()[1]}'/></source></pool>"
+            )
+            run_virsh(daemon.tcp_uri, "pool-define", str(pool))
+            starting = subprocess.Popen(
+                ["virsh", "-c", daemon.tcp_uri, "pool-start", "silent"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            silent.settimeout(60)
+            monitor, _ = silent.accept()  # librados is waiting for the monitor's answer
+            with monitor:
+                stopped = stop_virtvold(daemon, timeout=60)
+            starting.wait(60)
+    finally:
+        stop_virtvold(daemon)
+    assert stopped == 0
+    log = daemon.log_text()
+    assert "never retrieved" not in log
+    assert "stopped" in log
 
 
 def test_a_slow_cluster_holds_up_no_other_call(
