@@ -176,11 +176,12 @@ def test_the_info_of_a_huge_thin_volume_walks_a_bounded_object_map(
 ) -> None:
     """librbd goes through an image's whole object map for any query: the allocation of a
     thin 1 PiB volume took about a minute and 64 MiB of a high-priority worker, on every
-    vol-info (librbd maps up to 256 million objects: with 4 MiB ones, just short of 1 PiB).
-    Past ``INFO_WALK_OBJECTS`` objects vol-info walks nothing and reports the capacity, as
-    libvirt does for an image whose object map cannot tell; a smaller image still reports
-    what its object map says is written (whole objects)."""
-    huge, small, size = volume_name("huge"), volume_name("small"), 1 << 49
+    vol-info. Past ``INFO_WALK_OBJECTS`` objects (an image twice that size shows it, and
+    is removed in moments) vol-info walks nothing and reports the capacity, as libvirt
+    does for an image whose object map cannot tell; a smaller image still reports what
+    its object map says is written (whole objects)."""
+    huge, small = volume_name("huge"), volume_name("small")
+    size = 2 * rbdvolumes.INFO_WALK_OBJECTS * 4 * MIB
     images.create(VolumeRequest(huge, size, None))
     images.create(VolumeRequest(small, 16 * MIB, None))
     queries = _ObjectMapQueries(images._rbd)
