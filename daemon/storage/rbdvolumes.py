@@ -643,7 +643,16 @@ class RbdVolumes:
             self._remove_snapshots(name)
         with self.image(name, read_only=True) as image:
             image_id = _id_of(image)
-            refused = _has_snapshots(image) or bool(self._held_elsewhere(image))
+            has_snapshots = _has_snapshots(image)
+            held = self._held_elsewhere(image)
+        if held == errno.EBUSY:
+            # Open for writing or watched elsewhere (a guest, another host's whole-volume
+            # upload): Ceph refuses too, but only after taking the image's exclusive
+            # lock, which tells every watcher of a write and so ends such an upload.
+            # Ceph looks at the snapshots first.
+            refusal = errno.ENOTEMPTY if has_snapshots else held
+            raise system_error(f"failed to remove volume '{self.volume_path(name)}'", refusal)
+        refused = has_snapshots or bool(held)
         claimed = not refused and self._claim_unless_open(image_id)
         hide = not refused and not claimed
         hidden = _hidden_name(REPLACED_PREFIX)
@@ -670,11 +679,12 @@ class RbdVolumes:
 
     def _held_elsewhere(self, image: Any) -> int:
         """The errno of Ceph's refusal to remove ``image`` for what holds it beside its
-        snapshots (an RBD group, a handle open for writing: a guest's disk); 0 if none."""
-        if image.group()["pool"] >= 0:
-            return errno.EMLINK
+        snapshots (a handle open for writing: a guest's disk, another host's watch; an RBD
+        group), in the order Ceph looks at them; 0 if none."""
         if self._writers_elsewhere(image) > 0:
             return errno.EBUSY
+        if image.group()["pool"] >= 0:
+            return errno.EMLINK
         return 0
 
     def _remove_snapshots(self, name: str) -> None:
