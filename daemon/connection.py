@@ -74,6 +74,7 @@ from virtvol.protocol.connection import (
     StreamFinishReceived,
     StreamHoleReceived,
     StreamItemsReceived,
+    StreamSkipRefused,
     StreamWrittenByClient,
     rpc_error,
 )
@@ -507,6 +508,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             stream = self._streams.get(event.serial)
             if stream is not None:
                 stream.client_aborted(unexpected_status(event.status))
+        elif isinstance(event, StreamSkipRefused):
+            handler = self._streams.get(event.serial)
+            if isinstance(handler, Upload):
+                handler.skip_refused(event)  # answers once the upload is dropped
+            else:
+                self.send(self.rpc.refuse_stream_frame(event))
         elif isinstance(event, StreamWrittenByClient):
             handler = self._streams.get(event.serial)
             if isinstance(handler, Download):

@@ -13,7 +13,7 @@ from virtvol.protocol.remote import RemoteError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from virtvol.protocol.connection import Connection
+    from virtvol.protocol.connection import Connection, StreamSkipRefused
     from virtvol.protocol.frames import Payload
 
 log = logging.getLogger("virtvol.daemon.stream")
@@ -74,6 +74,10 @@ class StreamChannel:
     def acknowledge_end(self) -> None:
         """Confirm the client's finish or abort (libvirtd sends an empty STREAM/OK for both)."""
         self._send_own(self._sink.rpc.send_finish_ack(self.serial))
+
+    def refuse(self, refused: StreamSkipRefused) -> None:
+        """Answer a frame the core refused on this stream (libvirtd's error REPLY)."""
+        self._send_own(self._sink.rpc.refuse_stream_frame(refused))
 
     def send_error(self, report: ErrorReport) -> None:
         """Report a failure as STREAM/ERROR, unless the stream is already over on the wire."""

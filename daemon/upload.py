@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import concurrent.futures
 
     from virtvol.daemon.storage.backend import ChunkWriter
+    from virtvol.protocol.connection import StreamSkipRefused
 
 log = logging.getLogger("virtvol.daemon.stream")
 
@@ -91,6 +92,7 @@ class Upload:
         self._wakeup = asyncio.Event()
         self._failed = False
         self._abort_answer: ErrorReport | None = None  # an abort's error, not STREAM/OK
+        self._refused: StreamSkipRefused | None = None  # answered instead of any end
         self._reading_paused = False
         self._outcome = "dropped"
 
@@ -137,6 +139,12 @@ class Upload:
         self._resume_reading()
         self._wakeup.set()
 
+    def skip_refused(self, refused: StreamSkipRefused) -> None:
+        """The client sent a skip libvirtd refuses: the stream is over on the wire; the
+        upload is dropped as an abort is, then the refusal answers it."""
+        self._refused = refused
+        self.client_aborted()
+
     # -- the task ---------------------------------------------------------------
 
     async def run(self) -> None:
@@ -158,6 +166,10 @@ class Upload:
                 await self._file.run(self._writer.abort)
                 if self._abort_answer is not None:
                     raise self._abort_answer
+            if self._refused is not None:
+                self._outcome = "refused a skip"
+                self._channel.refuse(self._refused)
+                return
             self._outcome = self._end.value
             self._channel.acknowledge_end()
             # After the acknowledgement: the client need not wait for this.

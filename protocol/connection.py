@@ -22,7 +22,11 @@ not know, or that the client sent after its finish or abort, are dropped
 (``FrameIgnored``), as libvirtd does. Where libvirtd lets a client's misuse of
 one stream end that stream only (data sent into a download, a status it has no
 meaning for), the server is told (``StreamWrittenByClient``,
-``StreamAbortedByStatus``) instead of the connection being broken.
+``StreamAbortedByStatus``) instead of the connection being broken. A skip libvirtd
+cannot apply (a length not above zero, flags) ends its stream the same way
+(``StreamSkipRefused``), and frames a client sends on a stream before the reply to
+the call that opened it are dropped, as libvirtd drops frames for a stream it has
+not set up yet.
 
 Keepalive frames (program KEEPALIVE, type MESSAGE) are reported as
 ``PingReceived``/``PongReceived``; answering and timing them belongs to the
@@ -166,6 +170,17 @@ class StreamAbortedByStatus(Record):
     status: int
 
 
+class StreamSkipRefused(Record):
+    """Server: the client sent a well-formed skip that libvirtd refuses to apply (its
+    length is not above zero, or it carries flags). libvirtd aborts the stream and
+    answers with an error REPLY (not a stream frame) on the stream's serial; the core
+    has forgotten the stream: send ``refuse_stream_frame`` and drop the transfer."""
+
+    serial: int
+    procedure: int
+    error: RemoteError
+
+
 class StreamWrittenByClient(Record):
     """Server: the client sent data or a skip into a download, where only the server
     sends them (libvirt's client sends what a program gives ``virStreamSend``, whatever
@@ -221,6 +236,7 @@ Event = (
     | StreamFinishReceived
     | StreamAbortReceived
     | StreamAbortedByStatus
+    | StreamSkipRefused
     | StreamWrittenByClient
     | StreamFinished
     | StreamFailed
@@ -239,6 +255,20 @@ def rpc_error(message: str, code: ErrorCode | None = None) -> RemoteError:
 
     return RemoteError(
         code=ErrorCode.RPC if code is None else code, domain=ErrorDomain.RPC, message=message
+    )
+
+
+def _unapplied_skip() -> RemoteError:
+    """libvirtd's answer to a skip its stream refuses: the refusal leaves no error
+    behind for the RPC layer, which reports that instead (and zeroes the numbers)."""
+    from virtvol.protocol.error_codes import ErrorCode, ErrorDomain
+
+    return RemoteError(
+        code=ErrorCode.INTERNAL_ERROR,
+        domain=ErrorDomain.RPC,
+        message="Library function returned error but did not set virError",
+        int1=0,
+        int2=0,
     )
 
 
@@ -472,14 +502,20 @@ class Connection:
             if (header.serial, header.procedure) in self._ended_streams:
                 return FrameIgnored(header, "stream frame after the stream ended")
             raise RemoteProtocolError(f"stream frame for no open stream: {header.describe()}")
-        if self.side is Side.SERVER and stream.state in _ENDED_BY_CLIENT:
-            # As libvirtd: the client's finish or abort is answered, what follows dropped.
-            return FrameIgnored(header, "stream frame after the client's finish or abort")
+        if self.side is Side.SERVER:
+            if stream.state in _ENDED_BY_CLIENT:
+                # As libvirtd: the client's finish or abort is answered, what follows
+                # dropped.
+                return FrameIgnored(header, "stream frame after the client's finish or abort")
+            if not stream.replied:
+                # libvirtd sets a stream up while it serves the call: what comes before
+                # finds no stream and is dropped.
+                return FrameIgnored(header, "stream frame before the call was answered")
         what, event = self._classify_stream_frame(frame)
         if self._written_by_client(stream, what):
             return StreamWrittenByClient(stream.serial)
         stream.receive(what)
-        if stream.finished:
+        if stream.finished or type(event) is StreamSkipRefused:
             self._forget_stream(stream)
         return event
 
@@ -560,7 +596,17 @@ class Connection:
         header, payload, serial = frame.header, frame.payload, frame.header.serial
         if header.type == MessageType.STREAM_HOLE:
             # libvirtd reads a client's skip by its type and length, whatever its status.
-            if self.side is Side.CLIENT and header.status != MessageStatus.CONTINUE:
+            if self.side is Side.SERVER:
+                # libvirtd decodes the skip's two words, whatever follows them; it closes
+                # the connection over fewer bytes, and refuses a skip it cannot apply.
+                if len(payload) < _HOLE_SIZE:
+                    raise RemoteProtocolError(f"skip frame of {len(payload)} bytes")
+                length, flags = _HOLE.unpack_from(payload)
+                if length <= 0 or flags != 0:
+                    refused = StreamSkipRefused(serial, header.procedure, _unapplied_skip())
+                    return StreamInput.HOLE, refused
+                return StreamInput.HOLE, StreamHoleReceived(serial, length)
+            if header.status != MessageStatus.CONTINUE:
                 raise RemoteProtocolError(f"skip frame with status {header.status}")
             hole = StreamHole.decode(payload)
             if hole.length <= 0 or hole.flags != 0:
@@ -667,6 +713,21 @@ class Connection:
             procedure,
             MessageType.REPLY,
             serial,
+            MessageStatus.ERROR,
+        )
+        return encode_frame(header, payload)
+
+    def refuse_stream_frame(self, refused: StreamSkipRefused) -> bytes:
+        """Server: libvirtd's answer to a refused stream frame, an error REPLY on the
+        stream's serial (its stream errors go as STREAM frames, this one does not)."""
+        self._require(Side.SERVER, "reply")
+        payload = _encode(refused.error)
+        header = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            refused.procedure,
+            MessageType.REPLY,
+            refused.serial,
             MessageStatus.ERROR,
         )
         return encode_frame(header, payload)
@@ -885,6 +946,7 @@ __all__ = [
     "StreamFinished",
     "StreamHoleReceived",
     "StreamItemsReceived",
+    "StreamSkipRefused",
     "StreamWrittenByClient",
     "rpc_error",
 ]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.conftest import ReferenceLibvirtd, Virtvold
 from tests.daemon.conftest import RawClient, error_of, raw_client
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived, StreamFailed, StreamFinished
@@ -22,11 +24,11 @@ from virtvol.protocol.constants import (
     MessageStatus,
     MessageType,
 )
-from virtvol.protocol.frames import Header, encode_frame
+from virtvol.protocol.frames import FrameReader, Header, encode_frame
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from tests.conftest import Virtvold
+    from collections.abc import Callable, Sequence
 
 MIB = 1 << 20
 SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38
@@ -462,3 +464,172 @@ async def test_frames_after_the_clients_end_of_a_stream_are_dropped(
         assert isinstance(again, ReplyReceived), again
     if first == "finish":
         assert (peer.pool_dir / "vol").read_bytes() == b"new"
+
+
+async def _frames_until(
+    client: RawClient, reader: FrameReader, last: Callable[[Header], bool]
+) -> list[str]:
+    """The frames the daemon sends up to the one ``last`` picks (or the connection's
+    end), each as its header and any error it carries."""
+    seen = []
+    async with asyncio.timeout(10):
+        while True:
+            for frame in reader:
+                header = frame.header
+                text = header.describe()
+                if header.status == MessageStatus.ERROR and frame.payload:
+                    text += f" {r.RemoteError.decode(frame.payload)!r}"
+                seen.append(text)
+                if last(header):
+                    return seen
+            try:
+                data = await client.reader.read(1 << 20)
+            except ConnectionError:  # the daemon closed with our bytes unread
+                data = b""
+            if not data:
+                return [*seen, "connection closed"]
+            reader.feed(data)
+
+
+FrameSpec = tuple[int, int, bytes]  # type, status, payload of a frame of an upload
+
+
+def _upload_frame(serial: int, kind: int, status: int, payload: bytes = b"") -> bytes:
+    header = Header(
+        REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, Proc.STORAGE_VOL_UPLOAD, kind, serial, status
+    )
+    return encode_frame(header, payload)
+
+
+async def _odd_upload_then_another(
+    peer: Virtvold | ReferenceLibvirtd,
+    *,
+    with_call: Sequence[FrameSpec] = (),
+    after_reply: Sequence[FrameSpec] = (),
+) -> str:
+    """Open a sparse upload into "vol" of ``peer``, sending the frames ``with_call`` right
+    behind the call and ``after_reply`` once it is answered; then send data and a
+    finish on it and upload into "other" on the same connection. What the daemon sent
+    back from the upload's reply on, in no order (the first upload's end and the second's
+    reply race in both), the serials being the same on both daemons (the calls are)."""
+    (peer.pool_dir / "vol").write_bytes(b"old")
+    (peer.pool_dir / "other").write_bytes(b"old")
+    for volume in ("vol", "other"):
+        os.chmod(peer.pool_dir / volume, 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///system" if isinstance(peer, Virtvold) else "storage:///session"
+
+    def on_stream(specs: Sequence[FrameSpec], serial: int) -> bytes:
+        return b"".join(_upload_frame(serial, *spec) for spec in specs)
+
+    async with raw_client(peer.port, open_name=name) as client:
+        pool = await client.call(
+            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
+        )
+        assert isinstance(pool, ReplyReceived)
+        assert isinstance(pool.result, r.PoolRet)
+        await client.call(
+            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
+        )
+        vol, other_vol = [await client.volume(volume) for volume in ("vol", "other")]
+        # From here on the frames are read raw: libvirtd's answers include a reply to a
+        # call the client core no longer waits for.
+        reader = FrameReader()
+        serial, call = client.rpc.call(
+            Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol=vol, offset=0, length=0, flags=1)
+        )
+        client.send(call + on_stream(with_call, serial))
+        seen = await _frames_until(client, reader, lambda h: h.type == MessageType.REPLY)
+        client.send(
+            on_stream(after_reply, serial),
+            _upload_frame(serial, MessageType.STREAM, MessageStatus.CONTINUE, b"after"),
+            _upload_frame(serial, MessageType.STREAM, MessageStatus.OK),
+        )
+        other, call = client.rpc.call(
+            Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol=other_vol, offset=0, length=0, flags=1)
+        )
+        client.send(call)
+        # Until both uploads ended: the first by its finish's answer or an error reply
+        # (whichever it gets), the second by its finish's answer.
+        ended: set[int] = set()
+
+        def note_end(header: Header) -> None:
+            if header.type == MessageType.STREAM or header.status == MessageStatus.ERROR:
+                ended.add(header.serial)
+
+        def replied_to_other(header: Header) -> bool:
+            note_end(header)
+            return header.serial == other
+
+        def both_ended(header: Header) -> bool:
+            note_end(header)
+            return ended >= {serial, other}
+
+        seen += await _frames_until(client, reader, replied_to_other)
+        if seen[-1] != "connection closed":
+            client.send(
+                _upload_frame(other, MessageType.STREAM, MessageStatus.CONTINUE, b"x"),
+                _upload_frame(other, MessageType.STREAM, MessageStatus.OK),
+            )
+            seen += await _frames_until(client, reader, both_ended)
+    return "\n".join(sorted(seen))
+
+
+def _skip(payload: bytes) -> FrameSpec:
+    return (MessageType.STREAM_HOLE, MessageStatus.CONTINUE, payload)
+
+
+_DATA = (MessageType.STREAM, MessageStatus.CONTINUE, b"new")
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([_skip(struct.pack(">qI", 0, 0))], id="length-0"),
+        pytest.param([_skip(struct.pack(">qI", -1, 0))], id="negative-length"),
+        pytest.param([_skip(struct.pack(">qI", 5, 1))], id="flags"),
+        pytest.param([_skip(struct.pack(">q", 5))], id="short"),
+        # Data first: libvirtd writes in place where virtvold replaces the volume.
+        pytest.param([_DATA, _skip(struct.pack(">qI", 5, 0) + b"more")], id="long"),
+    ],
+)
+async def test_an_odd_skip_gets_what_libvirtd_answers(
+    virtvold: Virtvold, reference_libvirtd: ReferenceLibvirtd, frames: list[FrameSpec]
+) -> None:
+    """libvirtd answers a skip it cannot apply (length not above zero, flags) with an
+    error REPLY on the stream's serial, drops the stream (its finish goes unanswered)
+    and serves the connection on; it reads a skip's two words whatever follows them,
+    and closes the connection over fewer bytes. virtvold dropped the connection over
+    all of them."""
+    seen = {
+        daemon: await _odd_upload_then_another(peer, after_reply=frames)
+        for daemon, peer in (("libvirtd", reference_libvirtd), ("virtvold", virtvold))
+    }
+    assert seen["virtvold"] == seen["libvirtd"]
+    for volume in ("vol", "other"):
+        written = [(peer.pool_dir / volume).read_bytes() for peer in (reference_libvirtd, virtvold)]
+        assert written[1] == written[0], volume
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([_DATA], id="data"),
+        pytest.param([_skip(struct.pack(">qI", 3, 0))], id="skip"),
+        pytest.param([(MessageType.STREAM, MessageStatus.OK, b"")], id="finish"),
+    ],
+)
+async def test_stream_frames_before_the_reply_are_dropped_like_libvirtd(
+    virtvold: Virtvold, reference_libvirtd: ReferenceLibvirtd, frames: list[FrameSpec]
+) -> None:
+    """libvirtd sets up an upload's stream while it serves the call: frames the client
+    sends behind the call find no stream and are dropped, and the upload goes on.
+    virtvold dropped the connection. (A refused skip there is dropped too; libvirtd's
+    answer to it depends on which of its threads wins, so it is not compared.)"""
+    seen = {
+        daemon: await _odd_upload_then_another(peer, with_call=frames)
+        for daemon, peer in (("libvirtd", reference_libvirtd), ("virtvold", virtvold))
+    }
+    assert seen["virtvold"] == seen["libvirtd"]
+    # libvirtd may write a frame that lands after its stream was set up, just before
+    # the reply went (a race of its threads); virtvold never does.
+    assert (virtvold.pool_dir / "vol").read_bytes() == b"after"

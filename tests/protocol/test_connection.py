@@ -27,6 +27,7 @@ from virtvol.protocol.connection import (
     StreamFinishReceived,
     StreamHoleReceived,
     StreamItemsReceived,
+    StreamSkipRefused,
     StreamWrittenByClient,
     rpc_error,
 )
@@ -295,27 +296,24 @@ def test_a_run_of_items_ends_where_the_stream_or_the_kind_of_frame_changes() -> 
     ]
 
 
-@pytest.mark.parametrize(
-    ("sparse", "bad_frame"),
-    [
-        # a skip on a plain stream, after data the stream took
-        (False, _header(0, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)),
-        # a skip of length 0
-        (True, _header(0, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)),
-    ],
-)
-def test_a_refused_frame_after_a_run_is_refused_after_the_run(
-    sparse: bool, bad_frame: Header
-) -> None:
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_refused_frame_after_a_run_is_refused_after_the_run(sparse: bool) -> None:
+    """A skip on a plain stream breaks the connection, a skip of length 0 on a sparse one
+    ends the stream: either after the run of data before it."""
     pair = Pair(gather_stream_items=True)
     serial = _open_stream(pair, UPLOAD, sparse=sparse)
-    assert serial == bad_frame.serial
+    bad_frame = _header(serial, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)
     payload = StreamHole(4096 if not sparse else 0, 0).encode()
     good = [joined(pair.client.send_data(serial, b"d" * 10)) for _ in range(2)]
     pair.server.receive_data(b"".join(good) + encode_frame(bad_frame, payload))
     assert pair.server.next_event() == StreamItemsReceived(serial, [b"d" * 10] * 2)
-    with pytest.raises(RemoteProtocolError):
-        pair.server.next_event()
+    if sparse:
+        refused = pair.server.next_event()
+        assert isinstance(refused, StreamSkipRefused)
+        assert serial not in pair.server.streams
+    else:
+        with pytest.raises(RemoteProtocolError):
+            pair.server.next_event()
 
 
 def test_gathered_and_single_frames_carry_the_same_items() -> None:
@@ -1113,8 +1111,44 @@ def test_client_data_before_the_reply() -> None:
         pair.client.send_data(serial, b"eager")
     assert [type(event) for event in pair.to_server(call)] == [CallReceived]
     eager = encode_frame(_header(serial, UPLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"x")
-    with pytest.raises(RemoteProtocolError, match="before the call was answered"):
-        pair.to_server(eager)
+    # libvirtd has no stream for them yet: dropped, and the stream goes on.
+    (ignored,) = pair.to_server(eager)
+    assert isinstance(ignored, FrameIgnored)
+    assert ignored.reason == "stream frame before the call was answered"
+    pair.to_client(pair.server.reply(serial))
+    assert pair.to_server(joined(pair.client.send_data(serial, b"y"))) == [
+        StreamDataReceived(serial, b"y")
+    ]
+
+
+@pytest.mark.parametrize("words", [(0, 0), (-1, 0), (5, 1)])
+def test_a_skip_the_server_cannot_apply_ends_its_stream_with_an_error_reply(
+    words: tuple[int, int],
+) -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    skip = _header(serial, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)
+    (refused,) = pair.to_server(encode_frame(skip, StreamHole(*words).encode()))
+    assert isinstance(refused, StreamSkipRefused)
+    assert (refused.serial, refused.procedure) == (serial, UPLOAD)
+    assert (refused.error.code, refused.error.domain) == (1, 7)
+    assert serial not in pair.server.streams
+    (answer,) = read_frames(pair.server.refuse_stream_frame(refused))
+    assert answer.header == _header(serial, UPLOAD, MessageType.REPLY, MessageStatus.ERROR)
+    assert RemoteError.decode(answer.payload) == refused.error
+    # What the client sends on the stream afterwards is dropped.
+    finish = encode_frame(_header(serial, UPLOAD, MessageType.STREAM, MessageStatus.OK))
+    assert [type(event) for event in pair.to_server(finish)] == [FrameIgnored]
+
+
+def test_the_server_reads_a_skips_two_words_and_needs_them() -> None:
+    pair = Pair()
+    serial = _open_stream(pair, UPLOAD, sparse=True)
+    skip = _header(serial, UPLOAD, MessageType.STREAM_HOLE, MessageStatus.CONTINUE)
+    longer = encode_frame(skip, StreamHole(5).encode() + b"more")
+    assert pair.to_server(longer) == [StreamHoleReceived(serial, 5)]
+    with pytest.raises(RemoteProtocolError, match="skip frame of 8 bytes"):
+        pair.to_server(encode_frame(skip, StreamHole(5).encode()[:8]))
 
 
 def test_upload_data_from_the_server() -> None:
@@ -1133,7 +1167,7 @@ def test_upload_data_from_the_server() -> None:
 def test_download_data_from_the_client(sparse: bool) -> None:
     """Ours refuses to send it; libvirt's client sends what a program gives it, and the
     server is told (libvirtd drops it and fails the finish) while the download may still
-    send, dropped once the client finished, a protocol error before it was answered."""
+    send, dropped once the client finished and before it was answered."""
     pair = Pair()
     serial = _open_stream(pair, DOWNLOAD, sparse=sparse)
     with pytest.raises(LocalProtocolError):
@@ -1153,7 +1187,7 @@ def test_download_data_from_the_client(sparse: bool) -> None:
     pair.to_server(pair.client.send_finish(serial))
     [dropped] = pair.to_server(data)  # after the finish, as anything else
     assert isinstance(dropped, FrameIgnored)
-    # Before the answer to the call, as any frame of the client's.
+    # Before the answer to the call, dropped as any frame of the client's.
     pair = Pair()
     args = VolTransferArgs(vol=VOL, offset=0, length=0, flags=0)
     serial, call = pair.client.call(DOWNLOAD, args)
@@ -1161,8 +1195,8 @@ def test_download_data_from_the_client(sparse: bool) -> None:
     early = encode_frame(
         _header(serial, DOWNLOAD, MessageType.STREAM, MessageStatus.CONTINUE), b"w"
     )
-    with pytest.raises(RemoteProtocolError):
-        pair.to_server(early)
+    [dropped] = pair.to_server(early)
+    assert isinstance(dropped, FrameIgnored)
 
 
 def test_empty_data_frame_cannot_be_sent() -> None:
