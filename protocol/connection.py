@@ -443,7 +443,8 @@ class Connection:
                 return self._reject(header, rpc_error(f"unknown procedure: {header.procedure}"))
             return self._reject(header, _unsupported(name))
         try:
-            args = procedure.args.decode(frame.payload) if procedure.args else None
+            # libvirtd reads a call's strings as C strings, up to their first NUL.
+            args = procedure.args.decode(frame.payload, c_strings=True) if procedure.args else None
             if procedure.args is None and frame.payload:
                 raise XdrDecodeError(
                     procedure.name, "arguments given to a procedure that takes none"

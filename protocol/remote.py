@@ -137,9 +137,9 @@ class StreamHole(XdrStruct):
             return super().encode()  # out of range: the generic encoder names the field
 
     @classmethod
-    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+    def decode(cls, data: bytes | bytearray | memoryview, *, c_strings: bool = False) -> Self:
         # As ``encode``: one struct for the one well-formed size, the generic decoder
-        # (and its error messages) for anything else.
+        # (and its error messages) for anything else. It holds no string to cut.
         if len(data) == _STREAM_HOLE.size:
             length, flags = _STREAM_HOLE.unpack(data)
             return cls(length, flags)

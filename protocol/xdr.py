@@ -36,13 +36,19 @@ _UHYPER = struct.Struct(">Q")
 
 
 class Reader:
-    """A cursor over bytes being decoded, with bounds checked on every read."""
+    """A cursor over bytes being decoded, with bounds checked on every read.
 
-    __slots__ = ("_data", "_pos")
+    With ``c_strings``, strings end at their first NUL byte, as libvirtd's C code
+    reads every string it decodes: what follows a NUL never reaches a lookup, a
+    message or a file name.
+    """
 
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+    __slots__ = ("_data", "_pos", "c_strings")
+
+    def __init__(self, data: bytes | bytearray | memoryview, *, c_strings: bool = False) -> None:
         self._data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         self._pos = 0
+        self.c_strings = c_strings
 
     @property
     def remaining(self) -> int:
@@ -237,7 +243,10 @@ class String(Record, Codec):
         writer.variable(raw)
 
     def unpack(self, reader: Reader, path: str) -> Any:
-        return reader.variable(self.maximum, path).decode("utf-8", "surrogateescape")
+        raw = reader.variable(self.maximum, path)
+        if reader.c_strings:
+            raw = raw.partition(b"\0")[0]
+        return raw.decode("utf-8", "surrogateescape")
 
 
 class Opaque(Record, Codec):
@@ -381,9 +390,10 @@ class XdrStruct(Record):
         return writer.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
-        """Decode exactly one value from ``data``; trailing bytes are an error."""
-        reader = Reader(data)
+    def decode(cls, data: bytes | bytearray | memoryview, *, c_strings: bool = False) -> Self:
+        """Decode exactly one value from ``data``; trailing bytes are an error.
+        ``c_strings``: cut strings at their first NUL (``Reader``)."""
+        reader = Reader(data, c_strings=c_strings)
         value = cls.unpack(reader)
         reader.expect_end(cls.__name__)
         return value

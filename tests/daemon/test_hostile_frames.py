@@ -30,6 +30,8 @@ from virtvol.protocol.procedures import Proc
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from virtvol.protocol.xdr import XdrStruct
+
 MIB = 1 << 20
 SYSTEM_ERROR, STREAMS_DOMAIN = 38, 38
 RPC_ERROR, RPC_DOMAIN = 39, 7
@@ -633,3 +635,86 @@ async def test_stream_frames_before_the_reply_are_dropped_like_libvirtd(
     # libvirtd may write a frame that lands after its stream was set up, just before
     # the reply went (a race of its threads); virtvold never does.
     assert (virtvold.pool_dir / "vol").read_bytes() == b"after"
+
+
+async def _answers_to_names_with_nul(peer: Virtvold | ReferenceLibvirtd) -> list[str]:
+    """What ``peer`` answers to lookups, creates, a clone and a delete whose names and
+    paths hold a NUL byte, its XML_DETAIL errors by code and domain only (libxml words
+    malformed XML as virtvold's parser does not); then what the pool's folder and the
+    folder above it hold."""
+    pool_dir = peer.pool_dir
+    (pool_dir / "vol").write_bytes(b"old")
+    os.chmod(pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
+    name = "storage:///system" if isinstance(peer, Virtvold) else "storage:///session"
+    answers = []
+    async with raw_client(peer.port, open_name=name) as client:
+        found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
+        assert isinstance(found, ReplyReceived)
+        assert isinstance(found.result, r.PoolRet)
+        pool = found.result.pool
+        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+        cut_pool = r.StoragePool(name="default\0/..", uuid=pool.uuid)
+        escaping = r.StorageVol(pool="default\0x", name="vol\0/../x", key="k\0")
+
+        def volume_xml(name: str) -> str:
+            return f"<volume><name>{name}</name><capacity>1</capacity></volume>"
+
+        calls: list[tuple[Proc, XdrStruct]] = [
+            (Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default\0junk")),
+            (Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("nope\0junk")),
+            (Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("\0default")),
+            (Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(pool, "vol\0junk")),
+            (Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(pool, "nope\0/../vol")),
+            (Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(cut_pool, "vol")),
+            (Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(f"{pool_dir}/vol\0/x")),
+            (Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs(f"{pool_dir}/vol\0/x")),
+            (Proc.STORAGE_VOL_GET_PATH, r.VolArgs(escaping)),
+            (Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(pool, volume_xml("a\0/../x"), 0)),
+            (Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(pool, volume_xml("b") + "\0x", 0)),
+            (
+                Proc.STORAGE_VOL_CREATE_XML_FROM,
+                r.VolCreateXmlFromArgs(pool, volume_xml("c"), escaping, 0),
+            ),
+            (
+                Proc.STORAGE_POOL_DEFINE_XML,
+                r.PoolXmlArgs(
+                    "<pool type='dir'><name>p\0/../x</name><target><path>/x</path></target></pool>",
+                    0,
+                ),
+            ),
+            (
+                Proc.STORAGE_VOL_DELETE,
+                r.VolFlagsArgs(r.StorageVol("default", "b\0/../vol", "k"), 0),
+            ),
+        ]
+        for procedure, args in calls:
+            event = await client.call(procedure, args)
+            if isinstance(event, ReplyReceived):
+                answers.append(f"{procedure.name}: {event.result!r}")
+                continue
+            error = error_of(event)
+            if error[0] == XML_DETAIL:
+                error = (*error[:2], None)
+            answers.append(f"{procedure.name}: {error}")
+    return [
+        *(
+            answer.replace(str(pool_dir), "POOL").replace(repr(pool.uuid), "UUID")
+            for answer in answers
+        ),
+        f"pool: {sorted(os.listdir(pool_dir))}",
+        f"above: {sorted(os.listdir(pool_dir.parent))}",
+    ]
+
+
+async def test_names_are_read_up_to_their_first_nul_like_libvirtd(
+    virtvold: Virtvold, reference_libvirtd: ReferenceLibvirtd
+) -> None:
+    """libvirtd's C code reads a call's strings up to their first NUL byte: "vol\\0junk"
+    finds "vol", a pool "default\\0/.." is "default", a volume "a\\0/../x" in a
+    definition cuts the XML short (malformed), and nothing lands outside the pool.
+    virtvold kept the whole string: lookups failed, naming the NUL in the message."""
+    libvirtd = await _answers_to_names_with_nul(reference_libvirtd)
+    ours = await _answers_to_names_with_nul(virtvold)
+    assert ours[:-1] == libvirtd[:-1]
+    # Each daemon keeps its own files beside the pool; none of them is a volume's.
+    assert "x" not in ours[-1]

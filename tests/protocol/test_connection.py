@@ -1151,6 +1151,14 @@ def test_the_server_reads_a_skips_two_words_and_needs_them() -> None:
         pair.to_server(encode_frame(skip, StreamHole(5).encode()[:8]))
 
 
+def test_the_server_reads_a_calls_strings_up_to_their_first_nul() -> None:
+    pair = Pair()
+    _, call = pair.client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, LookupByNameArgs("a\0/../x"))
+    (received,) = pair.to_server(call)
+    assert isinstance(received, CallReceived)
+    assert received.args == LookupByNameArgs("a")
+
+
 def test_upload_data_from_the_server() -> None:
     pair = Pair()
     serial = _open_stream(pair, UPLOAD, sparse=True)

@@ -274,3 +274,16 @@ def test_a_struct_whose_module_is_gone() -> None:
     metaclass: Any = type(XdrStruct)
     orphan = metaclass("Orphan", (XdrStruct,), namespace)
     assert orphan.decode(orphan(5).encode()) == orphan(5)
+
+
+def test_c_strings_end_at_their_first_nul() -> None:
+    """As libvirtd's C code reads them: what follows a NUL is gone, nested or not."""
+    args = remote.VolLookupByNameArgs(
+        pool=remote.StoragePool(name="default\0/..", uuid=bytes(16)), name="a\0/../x"
+    )
+    assert remote.VolLookupByNameArgs.decode(args.encode()) == args
+    assert remote.VolLookupByNameArgs.decode(args.encode(), c_strings=True) == (
+        remote.VolLookupByNameArgs(
+            pool=remote.StoragePool(name="default", uuid=bytes(16)), name="a"
+        )
+    )
