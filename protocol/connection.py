@@ -258,6 +258,24 @@ def rpc_error(message: str, code: ErrorCode | None = None) -> RemoteError:
     )
 
 
+def _without_descriptors(frame: Frame) -> Frame:
+    """A CALL_WITH_FDS as the call it is when it passes no file descriptor.
+
+    Its payload starts with the number of descriptors passed beside the frame.
+    libvirtd serves such a call that passes none as any call, and closes the
+    connection over a frame too short to hold the number, over more than it takes,
+    and over any at all on TCP; descriptors are not received here, on any socket.
+    """
+    if len(frame.payload) < _DESCRIPTOR_COUNT.size:
+        raise RemoteProtocolError(f"a call with descriptors, uncounted: {frame.header.describe()}")
+    (count,) = _DESCRIPTOR_COUNT.unpack_from(frame.payload)
+    if count:
+        raise RemoteProtocolError(
+            f"a call passing {count} file descriptors: {frame.header.describe()}"
+        )
+    return Frame(frame.header, frame.payload[_DESCRIPTOR_COUNT.size :])
+
+
 def _unapplied_skip() -> RemoteError:
     """libvirtd's answer to a skip its stream refuses: the refusal leaves no error
     behind for the RPC layer, which reports that instead (and zeroes the numbers)."""
@@ -290,6 +308,8 @@ _HOLE_SIZE = _HOLE.size
 _ENDED_BY_CLIENT = frozenset(
     {StreamState.FINISHING, StreamState.FINISHING_EARLY, StreamState.ABORTING}
 )
+# The first word of a CALL_WITH_FDS payload: how many descriptors come with it.
+_DESCRIPTOR_COUNT = struct.Struct(">I")
 # The first field of libvirt's event messages: the number of the callback told.
 _CALLBACK_ID = struct.Struct(">i")
 # Plain ints for the per-frame comparisons of a run of stream frames.
@@ -392,6 +412,8 @@ class Connection:
         if self.side is Side.SERVER:
             if kind == MessageType.CALL:
                 return self._handle_call(frame)
+            if kind == MessageType.CALL_WITH_FDS:
+                return self._handle_call(_without_descriptors(frame))
             return FrameIgnored(header, f"unexpected message type {kind}")
         if kind == MessageType.REPLY:
             return self._handle_reply(frame)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import struct
+import urllib.parse
 from typing import TYPE_CHECKING
 
 import pytest
@@ -718,3 +719,58 @@ async def test_names_are_read_up_to_their_first_nul_like_libvirtd(
     assert ours[:-1] == libvirtd[:-1]
     # Each daemon keeps its own files beside the pool; none of them is a volume's.
     assert "x" not in ours[-1]
+
+
+async def _answers_to_a_call_with_descriptors(
+    peer: Virtvold | ReferenceLibvirtd, transport: str, descriptors: bytes
+) -> list[str]:
+    """Send CONNECT_NUM_OF_STORAGE_POOLS as a CALL_WITH_FDS whose payload is
+    ``descriptors`` (the count, if any; no descriptor goes beside it), then the same
+    call plainly: what comes back until the plain call's answer or the end."""
+    if transport == "tcp":
+        client = await RawClient.connect(peer.port)
+    else:
+        socket_path = urllib.parse.parse_qs(urllib.parse.urlsplit(peer.unix_uri).query)["socket"]
+        client = RawClient(*await asyncio.open_unix_connection(socket_path[0]))
+    try:
+        await client.open(
+            "storage:///system" if isinstance(peer, Virtvold) else "storage:///session"
+        )
+        with_fds, call = client.rpc.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
+        header = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            Proc.CONNECT_NUM_OF_STORAGE_POOLS,
+            MessageType.CALL_WITH_FDS,
+            with_fds,
+            MessageStatus.OK,
+        )
+        plain, call = client.rpc.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
+        client.send(encode_frame(header, descriptors), call)
+        return await _frames_until(client, FrameReader(), lambda h: h.serial == plain)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("transport", "descriptors"),
+    [
+        ("tcp", struct.pack(">I", 0)),
+        ("unix", struct.pack(">I", 0)),
+        ("tcp", struct.pack(">I", 1)),
+        ("tcp", struct.pack(">I", 99)),
+        ("unix", struct.pack(">I", 99)),  # more than libvirt's 32
+        ("tcp", b""),
+        ("unix", b"\0\0"),
+    ],
+)
+async def test_a_call_with_descriptors_is_answered_like_libvirtd(
+    virtvold: Virtvold, reference_libvirtd: ReferenceLibvirtd, transport: str, descriptors: bytes
+) -> None:
+    """libvirtd serves a CALL_WITH_FDS that passes no descriptor as a call, and closes the
+    connection over one that passes some on TCP, more than it takes, or no count at all.
+    virtvold ignored them all and left the client waiting. (On a Unix socket libvirtd
+    waits for the descriptors announced; virtvold, which receives none, closes.)"""
+    libvirtd = await _answers_to_a_call_with_descriptors(reference_libvirtd, transport, descriptors)
+    ours = await _answers_to_a_call_with_descriptors(virtvold, transport, descriptors)
+    assert ours == libvirtd

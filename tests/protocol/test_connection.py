@@ -35,6 +35,7 @@ from virtvol.protocol.constants import (
     KEEPALIVE_PROGRAM,
     QEMU_PROGRAM,
     REMOTE_PROGRAM,
+    REMOTE_PROTOCOL_VERSION,
     AuthType,
     KeepaliveProcedure,
     MessageStatus,
@@ -1157,6 +1158,30 @@ def test_the_server_reads_a_calls_strings_up_to_their_first_nul() -> None:
     (received,) = pair.to_server(call)
     assert isinstance(received, CallReceived)
     assert received.args == LookupByNameArgs("a")
+
+
+def test_a_call_with_descriptors_is_a_call_while_it_passes_none() -> None:
+    pair = Pair()
+    serial = 0
+    with_fds = Header(
+        REMOTE_PROGRAM,
+        REMOTE_PROTOCOL_VERSION,
+        Proc.STORAGE_POOL_LOOKUP_BY_NAME,
+        MessageType.CALL_WITH_FDS,
+        serial,
+        MessageStatus.OK,
+    )
+    payload = LookupByNameArgs("x").encode()
+    (received,) = pair.to_server(encode_frame(with_fds, b"\0\0\0\0" + payload))
+    assert received == CallReceived(
+        serial, PROCEDURES[Proc.STORAGE_POOL_LOOKUP_BY_NAME], LookupByNameArgs("x")
+    )
+    for odd, message in (
+        (b"\0\0\0\1" + payload, "passing 1 file descriptors"),
+        (b"\0", "uncounted"),
+    ):
+        with pytest.raises(RemoteProtocolError, match=message):
+            Pair().to_server(encode_frame(with_fds, odd))
 
 
 def test_upload_data_from_the_server() -> None:
