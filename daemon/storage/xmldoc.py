@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from xml.etree.ElementTree import Element, ParseError
+from xml.parsers import expat
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 
@@ -54,7 +55,7 @@ def parse_document(
         element: Element = _defused_et.fromstring(_parser_input(text), forbid_dtd=True)
     except ParseError as exc:
         line = exc.position[0]
-        message = f"({source}):{line}: {exc.msg}"
+        message = f"({source}):{line}: {_premature_end(text) or exc.msg}"
         raise ErrorReport(ErrorCode.XML_DETAIL, domain, message) from None
     except _defused_common.DefusedXmlException:
         raise xml_error(
@@ -69,6 +70,47 @@ def parse_document(
     if element.tag != root:
         raise xml_error(f"expecting root element of '{root}', not '{element.tag}'", ErrorDomain.XML)
     return element
+
+
+def _premature_end(text: str) -> str | None:
+    """libxml's words, with libvirt's excerpt of the last line and its pointer, for a
+    document that ends inside an element (a definition cut short, as one is at a NUL
+    byte); None for any other fault.
+
+    libxml names the innermost element left open and the line it opened on; libvirt
+    adds the line the parser stopped on (the text's last), and a dash for each of its
+    characters (at most 80) before a caret.
+    """
+    parser = expat.ParserCreate()
+    open_elements: list[tuple[str, int]] = []
+
+    def opened(name: str, _attributes: object) -> None:
+        open_elements.append((name, parser.CurrentLineNumber))
+
+    def closed(_name: str) -> None:
+        open_elements.pop()
+
+    parser.StartElementHandler = opened
+    parser.EndElementHandler = closed
+    # The hardened parse refused any DTD before this fault; this one never reads one.
+    parser.StartDoctypeDeclHandler = _refuse_doctype
+    try:
+        parser.Parse(_parser_input(text), True)
+    except expat.ExpatError as exc:
+        no_elements = expat.errors.codes[expat.errors.XML_ERROR_NO_ELEMENTS]
+        if getattr(exc, "code", None) != no_elements or not open_elements:
+            return None
+    else:
+        return None
+    name, line = open_elements[-1]
+    last_line = text[max(text.rfind("\n"), text.rfind("\r")) + 1 :]
+    pointer = "-" * min(len(last_line), 80) + "^"
+    # An empty line is no excerpt at all: libvirt formats its missing text as "(null)".
+    return f"Premature end of data in tag {name} line {line}\n{last_line or '(null)'}\n{pointer}"
+
+
+def _refuse_doctype(*_declaration: object) -> None:
+    raise expat.ExpatError("a DTD")
 
 
 def _parser_input(text: str) -> str | bytes:

@@ -640,9 +640,7 @@ async def test_stream_frames_before_the_reply_are_dropped_like_libvirtd(
 
 async def _answers_to_names_with_nul(peer: Virtvold | ReferenceLibvirtd) -> list[str]:
     """What ``peer`` answers to lookups, creates, a clone and a delete whose names and
-    paths hold a NUL byte, its XML_DETAIL errors by code and domain only (libxml words
-    malformed XML as virtvold's parser does not); then what the pool's folder and the
-    folder above it hold."""
+    paths hold a NUL byte; then what the pool's folder and the folder above it hold."""
     pool_dir = peer.pool_dir
     (pool_dir / "vol").write_bytes(b"old")
     os.chmod(pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
@@ -673,6 +671,14 @@ async def _answers_to_names_with_nul(peer: Virtvold | ReferenceLibvirtd) -> list
             (Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(pool, volume_xml("a\0/../x"), 0)),
             (Proc.STORAGE_VOL_CREATE_XML, r.VolCreateXmlArgs(pool, volume_xml("b") + "\0x", 0)),
             (
+                Proc.STORAGE_VOL_CREATE_XML,
+                r.VolCreateXmlArgs(pool, "<volume>\n  <name>d\0</name></volume>", 0),
+            ),
+            (
+                Proc.STORAGE_VOL_CREATE_XML,
+                r.VolCreateXmlArgs(pool, "<volume>\n  <name>d</name>\n\0</volume>", 0),
+            ),
+            (
                 Proc.STORAGE_VOL_CREATE_XML_FROM,
                 r.VolCreateXmlFromArgs(pool, volume_xml("c"), escaping, 0),
             ),
@@ -693,10 +699,7 @@ async def _answers_to_names_with_nul(peer: Virtvold | ReferenceLibvirtd) -> list
             if isinstance(event, ReplyReceived):
                 answers.append(f"{procedure.name}: {event.result!r}")
                 continue
-            error = error_of(event)
-            if error[0] == XML_DETAIL:
-                error = (*error[:2], None)
-            answers.append(f"{procedure.name}: {error}")
+            answers.append(f"{procedure.name}: {error_of(event)}")
     return [
         *(
             answer.replace(str(pool_dir), "POOL").replace(repr(pool.uuid), "UUID")

@@ -381,7 +381,8 @@ def test_define_errors(setup: PoolSetup, tmp_path: Path) -> None:
         ("<volume/>", ErrorCode.XML_ERROR, ErrorDomain.XML,
          "XML error: expecting root element of 'pool', not 'volume'"),
         ("<pool type='dir'>", ErrorCode.XML_DETAIL, ErrorDomain.STORAGE,
-         "(storage_pool_definition):1: no element found: line 1, column 17"),
+         "(storage_pool_definition):1: Premature end of data in tag pool line 1\n"
+         "<pool type='dir'>\n" + "-" * 17 + "^"),
         ("<!DOCTYPE pool [<!ENTITY e 'x'>]><pool type='dir'><name>&e;</name></pool>",
          ErrorCode.XML_ERROR, ErrorDomain.STORAGE,
          "XML error: (storage_pool_definition): DTDs, entity declarations and external "

@@ -210,7 +210,9 @@ def test_create_errors(setup: PoolSetup) -> None:
             "<volume><name>x</name>",
             ErrorCode.XML_DETAIL,
             ErrorDomain.STORAGE,
-            "(storage_volume_definition):1: no element found: line 1, column 22",
+            # libxml's words, as libvirtd reports them, with libvirt's excerpt
+            "(storage_volume_definition):1: Premature end of data in tag volume line 1\n"
+            "<volume><name>x</name>\n" + "-" * 22 + "^",
         ),
     ]
     for xml, code, domain, message in cases:
