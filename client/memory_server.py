@@ -20,6 +20,7 @@ from virtvol.protocol.connection import (
     StreamDataReceived,
     StreamFinishReceived,
     StreamHoleReceived,
+    StreamSkipRefused,
 )
 from virtvol.protocol.connection import (
     Connection as ProtocolConnection,
@@ -189,6 +190,12 @@ class MemoryServer:
             if transfer is not None and transfer.task is not None:
                 transfer.task.cancel()
             self.send(self.core.send_finish_ack(event.serial))
+        elif isinstance(event, StreamSkipRefused):
+            # As libvirtd: the stream is aborted (what it wrote stays, written in place)
+            # and the refusal is an error REPLY on its serial; the core forgot the stream,
+            # so the client's finish after it goes unanswered, as libvirtd leaves it.
+            self.transfers.pop(event.serial, None)
+            self.send(self.core.refuse_stream_frame(event))
         elif isinstance(event, PingReceived):
             self.send(self.core.send_pong())
 

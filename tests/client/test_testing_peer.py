@@ -10,6 +10,7 @@ import socket
 import stat
 import uuid
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -36,7 +37,19 @@ from virtvol.client import (
 )
 from virtvol.client.rpc import RpcProtocol
 from virtvol.client.testing import MemoryDaemon, memory_daemon
+from virtvol.protocol import remote as r
+from virtvol.protocol.connection import Connection as ProtocolConnection
+from virtvol.protocol.connection import Side
+from virtvol.protocol.constants import (
+    REMOTE_PROGRAM,
+    REMOTE_PROTOCOL_VERSION,
+    MessageStatus,
+    MessageType,
+    VolStreamFlags,
+)
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.frames import Frame, FrameReader, Header, encode_frame
+from virtvol.protocol.procedures import Proc
 
 KIB = 1024
 
@@ -363,3 +376,84 @@ def test_the_testing_module_never_imports_the_daemon() -> None:
                 imported.update(alias.name for alias in node.names)
     assert "virtvol.protocol.connection" in imported
     assert [name for name in imported if name.startswith("virtvol.daemon")] == []
+
+
+class _FramesToClient:
+    """The client end of a ``MemoryServer`` driven by hand: what it is sent, as frames."""
+
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.dropped: Exception | None = None
+
+    def deliver(self, data: bytes) -> None:
+        self.reader.feed(data)
+
+    def drop(self, reason: Exception) -> None:
+        self.dropped = reason
+
+    def take(self) -> list[Frame]:
+        return list(self.reader)
+
+
+def _upload_frame(serial: int, kind: MessageType, status: MessageStatus, payload: bytes) -> bytes:
+    header = Header(
+        REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION, Proc.STORAGE_VOL_UPLOAD, kind, serial, status
+    )
+    return encode_frame(header, payload)
+
+
+def test_a_refused_skip_ends_its_upload_as_libvirtd_ends_it() -> None:
+    """A skip libvirtd cannot apply (length 0) aborts its upload, answered by an error
+    REPLY on the stream's serial; the finish after it goes unanswered and the
+    connection is served on. The in-memory daemon answered nothing (a client waiting
+    for the end waited forever) and kept the transfer."""
+    daemon = MemoryDaemon(pools={"p": {"v": b"old"}})
+    sent = _FramesToClient()
+    server = memory_server.MemoryServer(
+        daemon.pools, sparse_streams=True, client=cast("memory_transport.MemoryTransport", sent)
+    )
+    client = ProtocolConnection(Side.CLIENT)
+    vol = r.StorageVol("p", "v", "/p/v")
+    serial, call = client.call(
+        Proc.STORAGE_VOL_UPLOAD,
+        r.VolTransferArgs(vol=vol, offset=0, length=0, flags=VolStreamFlags.SPARSE),
+    )
+    server.receive(call)
+    [reply] = sent.take()
+    assert (reply.header.type, reply.header.status) == (MessageType.REPLY, MessageStatus.OK)
+    continuing = (MessageType.STREAM, MessageStatus.CONTINUE)
+    server.receive(
+        _upload_frame(serial, *continuing, b"new")
+        + _upload_frame(serial, MessageType.STREAM_HOLE, MessageStatus.CONTINUE, bytes(12))
+    )
+    [refusal] = sent.take()
+    assert refusal.header == Header(
+        REMOTE_PROGRAM,
+        REMOTE_PROTOCOL_VERSION,
+        Proc.STORAGE_VOL_UPLOAD,
+        MessageType.REPLY,
+        serial,
+        MessageStatus.ERROR,
+    )
+    error = r.RemoteError.decode(refusal.payload)
+    assert (error.code, error.domain, error.message, error.int1, error.int2) == (
+        ErrorCode.INTERNAL_ERROR,
+        ErrorDomain.RPC,
+        "Library function returned error but did not set virError",
+        0,
+        0,
+    )
+    assert server.transfers == {}
+    # Data and a finish after the refusal: dropped, unanswered.
+    server.receive(
+        _upload_frame(serial, *continuing, b"late")
+        + _upload_frame(serial, MessageType.STREAM, MessageStatus.OK, b"")
+    )
+    assert sent.take() == []
+    # libvirtd writes in place: what came before the skip stays.
+    assert daemon.volume("p", "v").content == b"new"
+    other, call = client.call(Proc.CONNECT_GET_LIB_VERSION)
+    server.receive(call)
+    [answer] = sent.take()
+    assert (answer.header.serial, answer.header.status) == (other, MessageStatus.OK)
+    assert sent.dropped is None
