@@ -182,7 +182,12 @@ class Upload:
             )
             self._outcome = f"failed: {report.message}"
             await self._abort_quietly()
-            self._fail(report)
+            if self._refused is not None:
+                # The core ended the stream with the refusal: no stream error can go on
+                # it, and the refusal is the answer the client waits for.
+                self._channel.refuse(self._refused)
+            else:
+                self._fail(report)
         finally:
             self.close()
             await self._file.wait_closed()

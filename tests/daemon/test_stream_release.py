@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import os
 import threading
 from dataclasses import dataclass
@@ -29,13 +30,22 @@ from virtvol.daemon.streamio import TransferStats
 from virtvol.daemon.upload import Upload
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
+    CallReceived,
     Connection,
     ErrorReplyReceived,
     ReplyReceived,
     Side,
     StreamEndReceived,
+    StreamSkipRefused,
+)
+from virtvol.protocol.constants import (
+    REMOTE_PROGRAM,
+    REMOTE_PROTOCOL_VERSION,
+    MessageStatus,
+    MessageType,
 )
 from virtvol.protocol.errors import ErrorReport
+from virtvol.protocol.frames import FrameReader, Header, encode_frame
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
@@ -505,3 +515,89 @@ async def test_a_downloads_end_behind_unsent_data_leaves_the_client_heard(pool: 
     transport.abort()
     async with asyncio.timeout(10):
         await conn.wait_closed()
+
+
+def _refused_skip(sink: FakeSink, volume: VolumeRef) -> tuple[int, StreamSkipRefused]:
+    """Open a sparse upload of ``volume`` on ``sink``'s core, as a client would, and
+    have the core refuse a skip of length 0 on it."""
+    client = Connection(Side.CLIENT)
+    wire = r.StorageVol(volume.pool, volume.name, volume.key)
+    serial, call = client.call(
+        Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol=wire, offset=0, length=0, flags=1)
+    )
+    sink.rpc.receive_data(call)
+    assert isinstance(sink.rpc.next_event(), CallReceived)
+    sink.rpc.reply(serial)
+    head = Header(
+        REMOTE_PROGRAM,
+        REMOTE_PROTOCOL_VERSION,
+        Proc.STORAGE_VOL_UPLOAD,
+        MessageType.STREAM_HOLE,
+        serial,
+        MessageStatus.CONTINUE,
+    )
+    sink.rpc.receive_data(encode_frame(head, bytes(12)))
+    refused = sink.rpc.next_event()
+    assert isinstance(refused, StreamSkipRefused)
+    return serial, refused
+
+
+def _refusals(sink: FakeSink) -> list[tuple[int, int, str | None]]:
+    """What ``sink`` was asked to send, each frame as its serial, status and error."""
+    frames = FrameReader()
+    frames.feed(b"".join(sink.sent))
+    return [
+        (frame.header.serial, frame.header.status, r.RemoteError.decode(frame.payload).message)
+        for frame in frames
+        if frame.header.type == MessageType.REPLY
+    ]
+
+
+_UNAPPLIED = "Library function returned error but did not set virError"
+
+
+async def test_a_refused_skip_is_answered_once_the_upload_is_dropped(pool: Pool) -> None:
+    """The refusal goes once the temporary is gone and the volume free: a client that
+    hears it may upload again at once, and finds the old content."""
+    volume = pool.volume("vol", b"old")
+    sink = FakeSink()
+    serial, refused = _refused_skip(sink, volume)
+    writer = pool.registry.open_upload(volume, 0, 0)
+    upload = Upload(sink, serial, writer, executor=pool.executor, stats=_stats("upload"))
+    task = asyncio.create_task(upload.run())
+    upload.data_received(memoryview(b"new"))
+    upload.skip_refused(refused)
+    await task
+    assert _refusals(sink) == [(serial, MessageStatus.ERROR, _UNAPPLIED)]
+    assert _temps(pool) == []
+    assert (pool.directory / "vol").read_bytes() == b"old"
+    pool.registry.open_upload(volume, 0, 0).abort()  # free again
+    assert serial not in sink.rpc.streams
+
+
+async def test_a_refused_skip_is_answered_when_dropping_the_upload_fails(pool: Pool) -> None:
+    """The stream is over on the wire once the core refused the skip: a failure while
+    the upload is dropped cannot go as a stream error, and the refusal still answers
+    it (the client would otherwise wait for an answer forever)."""
+    volume = pool.volume("vol", b"old")
+    sink = FakeSink()
+    serial, refused = _refused_skip(sink, volume)
+    writer = pool.registry.open_upload(volume, 0, 0)
+    real_abort = writer.abort
+    aborts: list[None] = []
+
+    def abort() -> None:
+        aborts.append(None)
+        if len(aborts) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_abort()
+
+    writer.abort = abort  # type: ignore[method-assign]
+    upload = Upload(sink, serial, writer, executor=pool.executor, stats=_stats("upload"))
+    task = asyncio.create_task(upload.run())
+    upload.skip_refused(refused)
+    await task
+    assert len(aborts) >= 2  # the failed drop was tried again
+    assert _refusals(sink) == [(serial, MessageStatus.ERROR, _UNAPPLIED)]
+    assert _temps(pool) == []
+    assert (pool.directory / "vol").read_bytes() == b"old"
