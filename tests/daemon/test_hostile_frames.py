@@ -693,6 +693,18 @@ async def _answers_to_names_with_nul(peer: Virtvold | ReferenceLibvirtd) -> list
                 Proc.STORAGE_VOL_DELETE,
                 r.VolFlagsArgs(r.StorageVol("default", "b\0/../vol", "k"), 0),
             ),
+            # Names and paths a NUL leaves empty: they name no pool, volume or folder.
+            (Proc.STORAGE_VOL_LOOKUP_BY_NAME, r.VolLookupByNameArgs(pool, "\0vol")),
+            (Proc.STORAGE_VOL_LOOKUP_BY_PATH, r.VolLookupByPathArgs(f"\0{pool_dir}/vol")),
+            (Proc.STORAGE_VOL_LOOKUP_BY_KEY, r.VolLookupByKeyArgs("\0k")),
+            (
+                Proc.STORAGE_POOL_LOOKUP_BY_TARGET_PATH,
+                r.PoolLookupByTargetPathArgs(f"\0{pool_dir}"),
+            ),
+            (Proc.STORAGE_VOL_GET_PATH, r.VolArgs(r.StorageVol("default", "\0vol", "k"))),
+            (Proc.STORAGE_VOL_GET_INFO, r.VolArgs(r.StorageVol("\0default", "vol", "k"))),
+            (Proc.STORAGE_POOL_LOOKUP_BY_VOLUME, r.VolArgs(r.StorageVol("\0default", "", ""))),
+            (Proc.STORAGE_VOL_DELETE, r.VolFlagsArgs(r.StorageVol("default", "\0vol", "k"), 0)),
         ]
         for procedure, args in calls:
             event = await client.call(procedure, args)
