@@ -78,8 +78,9 @@ def _premature_end(text: str) -> str | None:
     byte); None for any other fault.
 
     libxml names the innermost element left open and the line it opened on; libvirt
-    adds the line the parser stopped on (the text's last), and a dash for each of its
-    characters (at most 80) before a caret.
+    adds the line the parser stopped on (the text's last), whole, and under it a dash
+    for each of its bytes (it walks the UTF-8, not characters), a tab kept as a tab so
+    that the caret lines up, then the caret.
     """
     parser = expat.ParserCreate()
     open_elements: list[tuple[str, int]] = []
@@ -104,7 +105,8 @@ def _premature_end(text: str) -> str | None:
         return None
     name, line = open_elements[-1]
     last_line = text[max(text.rfind("\n"), text.rfind("\r")) + 1 :]
-    pointer = "-" * min(len(last_line), 80) + "^"
+    line_bytes = last_line.encode("utf-8", "surrogateescape")
+    pointer = "".join("\t" if byte == 0x09 else "-" for byte in line_bytes) + "^"
     # An empty line is no excerpt at all: libvirt formats its missing text as "(null)".
     return f"Premature end of data in tag {name} line {line}\n{last_line or '(null)'}\n{pointer}"
 

@@ -214,6 +214,29 @@ def test_create_errors(setup: PoolSetup) -> None:
             "(storage_volume_definition):1: Premature end of data in tag volume line 1\n"
             "<volume><name>x</name>\n" + "-" * 22 + "^",
         ),
+        # As libvirtd 9.0 answers them: the pointer has a dash for each byte of the
+        # line, however long, and keeps its tabs.
+        (
+            "<volume><name>" + "a" * 200,
+            ErrorCode.XML_DETAIL,
+            ErrorDomain.STORAGE,
+            "(storage_volume_definition):1: Premature end of data in tag name line 1\n"
+            "<volume><name>" + "a" * 200 + "\n" + "-" * 214 + "^",
+        ),
+        (
+            "<volume>\n\t<name>x\t\ty",
+            ErrorCode.XML_DETAIL,
+            ErrorDomain.STORAGE,
+            "(storage_volume_definition):2: Premature end of data in tag name line 2\n"
+            "\t<name>x\t\ty\n\t-------\t\t-^",
+        ),
+        (
+            "<volume><name>\u00e9\u00e9\u00e9",
+            ErrorCode.XML_DETAIL,
+            ErrorDomain.STORAGE,
+            "(storage_volume_definition):1: Premature end of data in tag name line 1\n"
+            "<volume><name>\u00e9\u00e9\u00e9\n" + "-" * 20 + "^",
+        ),
     ]
     for xml, code, domain, message in cases:
         with fails(code, message, domain):
