@@ -254,6 +254,15 @@ class RawClient:
         assert isinstance(vol.result, r.VolRet)
         return vol.result.vol
 
+    async def refresh_pool(self, pool: str = "default") -> None:
+        """Look ``pool`` up and refresh it: a daemon lists files made beside it only then."""
+        found = await self.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name=pool))
+        assert isinstance(found, ReplyReceived), found
+        assert isinstance(found.result, r.PoolRet)
+        args = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
+        refreshed = await self.call(Proc.STORAGE_POOL_REFRESH, args)
+        assert isinstance(refreshed, ReplyReceived), refreshed
+
     async def open_upload(self, name: str, *, flags: int = 1) -> int:
         """Open a whole-volume upload into volume ``name`` of the default pool (sparse
         unless ``flags`` says otherwise); the stream's serial."""
@@ -262,6 +271,18 @@ class RawClient:
         reply = await self.call(Proc.STORAGE_VOL_UPLOAD, args)
         assert isinstance(reply, ReplyReceived), reply
         return reply.serial
+
+
+def storage_driver_uri(daemon: str) -> str:
+    """What to open on the ``virtvold`` or ``reference_libvirtd`` fixture: the reference
+    libvirtd runs unprivileged, so its storage driver is the session one."""
+    return "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+
+
+def shared_volume_file(pool_dir: Path, name: str, content: bytes) -> None:
+    """A file in a pool that the reference libvirtd, which runs as nobody, may change."""
+    (pool_dir / name).write_bytes(content)
+    os.chmod(pool_dir / name, 0o666)
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import ReferenceLibvirtd, Virtvold
-from tests.daemon.conftest import RawClient, error_of, raw_client
+from tests.daemon.conftest import (
+    RawClient,
+    error_of,
+    raw_client,
+    shared_volume_file,
+    storage_driver_uri,
+)
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived, StreamFailed, StreamFinished
 from virtvol.protocol.constants import (
@@ -286,18 +292,10 @@ async def test_a_stream_frame_of_an_unknown_status_aborts_that_stream_only(
     """libvirtd takes a client's stream frame with a status it does not know for an abort
     it answers with an error, and serves the connection on; virtvold dropped it."""
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "vol").write_bytes(b"old")
-    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    shared_volume_file(peer.pool_dir, "vol", b"old")
+    name = storage_driver_uri(daemon)
     async with raw_client(peer.port, open_name=name) as client:
-        pool = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(pool, ReplyReceived)
-        assert isinstance(pool.result, r.PoolRet)
-        await client.call(
-            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
-        )
+        await client.refresh_pool()
         vol = await client.volume("vol")
         args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
         opened = await client.call(procedure, args)
@@ -330,18 +328,10 @@ async def test_a_finish_or_abort_with_a_payload_is_a_finish_or_an_abort(
     carries, and answers it as it answers any finish or abort; virtvold dropped the
     connection (and the upload with it)."""
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "vol").write_bytes(b"old")
-    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    shared_volume_file(peer.pool_dir, "vol", b"old")
+    name = storage_driver_uri(daemon)
     async with raw_client(peer.port, open_name=name) as client:
-        pool = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(pool, ReplyReceived)
-        assert isinstance(pool.result, r.PoolRet)
-        await client.call(
-            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
-        )
+        await client.refresh_pool()
         vol = await client.volume("vol")
         upload = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
         opened = await client.call(Proc.STORAGE_VOL_UPLOAD, upload)
@@ -379,18 +369,10 @@ async def test_a_skip_is_a_skip_whatever_its_status(
     """libvirtd reads a skip frame (STREAM_HOLE) by its type and length, not its status;
     virtvold dropped the connection and the upload with it."""
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "vol").write_bytes(b"old")
-    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    shared_volume_file(peer.pool_dir, "vol", b"old")
+    name = storage_driver_uri(daemon)
     async with raw_client(peer.port, open_name=name) as client:
-        pool = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(pool, ReplyReceived)
-        assert isinstance(pool.result, r.PoolRet)
-        await client.call(
-            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
-        )
+        await client.refresh_pool()
         serial = await client.open_upload("vol")
         client.send(*client.rpc.send_data(serial, b"new"))
         client.rpc.send_hole(serial, 5)  # recorded; the frame that goes has another status
@@ -429,9 +411,8 @@ async def test_frames_after_the_clients_end_of_a_stream_are_dropped(
     sends on it (a second finish, an abort, data) and answers the first; virtvold dropped
     the connection, and a finished upload with it."""
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "vol").write_bytes(b"old")
-    os.chmod(peer.pool_dir / "vol", 0o666)  # the reference libvirtd runs as nobody
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    shared_volume_file(peer.pool_dir, "vol", b"old")
+    name = storage_driver_uri(daemon)
 
     def frame(serial: int, what: str) -> bytes:
         status = {"finish": MessageStatus.OK, "abort": MessageStatus.ERROR}.get(
@@ -448,14 +429,7 @@ async def test_frames_after_the_clients_end_of_a_stream_are_dropped(
         return encode_frame(header, b"late" if what == "data" else b"")
 
     async with raw_client(peer.port, open_name=name) as client:
-        pool = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(pool, ReplyReceived)
-        assert isinstance(pool.result, r.PoolRet)
-        await client.call(
-            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
-        )
+        await client.refresh_pool()
         serial = await client.open_upload("vol", flags=0)
         client.send(*client.rpc.send_data(serial, b"new"))
         ended = (
@@ -515,24 +489,15 @@ async def _odd_upload_then_another(
     finish on it and upload into "other" on the same connection. What the daemon sent
     back from the upload's reply on, in no order (the first upload's end and the second's
     reply race in both), the serials being the same on both daemons (the calls are)."""
-    (peer.pool_dir / "vol").write_bytes(b"old")
-    (peer.pool_dir / "other").write_bytes(b"old")
     for volume in ("vol", "other"):
-        os.chmod(peer.pool_dir / volume, 0o666)  # the reference libvirtd runs as nobody
+        shared_volume_file(peer.pool_dir, volume, b"old")
     name = "storage:///system" if isinstance(peer, Virtvold) else "storage:///session"
 
     def on_stream(specs: Sequence[FrameSpec], serial: int) -> bytes:
         return b"".join(_upload_frame(serial, *spec) for spec in specs)
 
     async with raw_client(peer.port, open_name=name) as client:
-        pool = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(pool, ReplyReceived)
-        assert isinstance(pool.result, r.PoolRet)
-        await client.call(
-            Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool.result.pool, flags=0)
-        )
+        await client.refresh_pool()
         vol, other_vol = [await client.volume(volume) for volume in ("vol", "other")]
         # From here on the frames are read raw: libvirtd's answers include a reply to a
         # call the client core no longer waits for.

@@ -30,6 +30,7 @@ from tests.daemon.conftest import (
     in_process_client,
     in_process_daemon,
     raw_client,
+    storage_driver_uri,
 )
 from virtvol.daemon.connection import ClientConnection
 from virtvol.daemon.limits import FD_RESERVE_MIN
@@ -496,7 +497,7 @@ async def test_connections_that_never_open_keep_nobody_out(
     socket too) kept every new client out of virtvold, root's on the read-write socket
     included, for as long as their owner made them again."""
     peer = request.getfixturevalue(daemon)
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    name = storage_driver_uri(daemon)
     idle = [socket.create_connection(("127.0.0.1", peer.port), timeout=5) for _ in range(25)]
     try:
         for sock in idle:  # each one accepted and served as far as it goes

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.daemon.conftest import error_of, raw_client
+from tests.daemon.conftest import error_of, raw_client, storage_driver_uri
 from virtvol.protocol import remote as r
 from virtvol.protocol.constants import (
     REMOTE_SECRET_LIST_MAX,
@@ -63,8 +63,7 @@ async def test_a_count_out_of_range_is_refused_as_libvirtd_refuses_it(
     request: pytest.FixtureRequest, daemon: str
 ) -> None:
     peer = request.getfixturevalue(daemon)
-    # The reference libvirtd runs unprivileged: its storage driver is the session one.
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    name = storage_driver_uri(daemon)
     async with raw_client(peer.port, open_name=name) as client:
         for procedure, argument, maximum, args in CALLS:
             for count in (-1, -(2**31)):

@@ -16,6 +16,7 @@ from tests.daemon.conftest import (
     leave_a_hole,
     make_sparse_file,
     run_client,
+    shared_volume_file,
 )
 
 if TYPE_CHECKING:
@@ -205,8 +206,7 @@ def test_data_sent_into_a_download_fails_its_finish_not_the_connection(
     download goes on to its end, its finish fails as libvirtd fails it, and the
     connection serves on (virtvold dropped it, and every other stream on it)."""
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "disk").write_bytes(b"d" * 300_000)
-    os.chmod(peer.pool_dir / "disk", 0o666)  # the reference libvirtd runs as nobody
+    shared_volume_file(peer.pool_dir, "disk", b"d" * 300_000)
     proc = run_system_python(WRITE_TO_DOWNLOAD, peer.tcp_uri, "disk")
     refused = [39, 38, "stream had unexpected termination"]
     assert json.loads(proc.stdout) == [3, 300_000, refused, 300_000, refused, 1]

@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from tests.daemon.conftest import error_of, raw_client
+from tests.daemon.conftest import error_of, raw_client, shared_volume_file, storage_driver_uri
 from virtvol.protocol import remote as r
-from virtvol.protocol.connection import ReplyReceived
 from virtvol.protocol.constants import VolResizeFlags
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.procedures import Proc
@@ -28,18 +27,10 @@ async def test_a_clone_into_a_pool_not_there_is_refused_as_no_pool(
     request: pytest.FixtureRequest, daemon: str, xml: str
 ) -> None:
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "source").write_bytes(b"s" * 4096)
-    os.chmod(peer.pool_dir / "source", 0o666)  # the reference libvirtd runs as nobody
-    # The reference libvirtd runs unprivileged: its storage driver is the session one.
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    shared_volume_file(peer.pool_dir, "source", b"s" * 4096)
+    name = storage_driver_uri(daemon)
     async with raw_client(peer.port, open_name=name) as client:
-        found = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
-        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
-        assert isinstance(await client.call(Proc.STORAGE_POOL_REFRESH, refresh), ReplyReceived)
+        await client.refresh_pool()
         source = await client.volume("source")
         args = r.VolCreateXmlFromArgs(pool=NOWHERE, xml=xml, clonevol=source, flags=0)
         assert error_of(await client.call(Proc.STORAGE_VOL_CREATE_XML_FROM, args)) == (
@@ -58,17 +49,10 @@ async def test_a_resize_to_zero_without_delta_or_shrink_is_refused_first(
     """libvirt's API refuses a capacity of 0 without DELTA or SHRINK before the driver
     looks at the flags or the volume."""
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "disk").write_bytes(b"d" * 4096)
-    os.chmod(peer.pool_dir / "disk", 0o666)  # the reference libvirtd runs as nobody
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    shared_volume_file(peer.pool_dir, "disk", b"d" * 4096)
+    name = storage_driver_uri(daemon)
     async with raw_client(peer.port, open_name=name) as client:
-        found = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
-        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
-        assert isinstance(await client.call(Proc.STORAGE_POOL_REFRESH, refresh), ReplyReceived)
+        await client.refresh_pool()
         disk = await client.volume("disk")
         args = r.VolResizeArgs(vol=disk, capacity=0, flags=flags)
         assert error_of(await client.call(Proc.STORAGE_VOL_RESIZE, args)) == (
@@ -86,17 +70,10 @@ async def test_a_delete_with_flags_looks_the_volume_up_first(
     """libvirtd's file backend checks a delete's flags only once it has found the volume
     (in an active pool) and seen it free."""
     peer = request.getfixturevalue(daemon)
-    (peer.pool_dir / "disk").write_bytes(b"d" * 4096)
-    os.chmod(peer.pool_dir / "disk", 0o666)  # the reference libvirtd runs as nobody
-    name = "storage:///session" if daemon == "reference_libvirtd" else "storage:///system"
+    shared_volume_file(peer.pool_dir, "disk", b"d" * 4096)
+    name = storage_driver_uri(daemon)
     async with raw_client(peer.port, open_name=name) as client:
-        found = await client.call(
-            Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs(name="default")
-        )
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
-        refresh = r.PoolFlagsArgs(pool=found.result.pool, flags=0)
-        assert isinstance(await client.call(Proc.STORAGE_POOL_REFRESH, refresh), ReplyReceived)
+        await client.refresh_pool()
         disk = await client.volume("disk")
         gone = r.StorageVol(pool="default", name="gone", key=str(peer.pool_dir / "gone"))
         assert error_of(
