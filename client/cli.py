@@ -1638,8 +1638,12 @@ _KEEPALIVE_INTERVAL_MAX = (2**31 - 1) // 1000  # seconds whose milliseconds fit 
 
 async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener: Opener) -> str:
     # virsh connects before the command when given -c, and within it otherwise (so a
-    # failure then ends with the command's blank line).
-    ran = not args.connect_given
+    # failure then ends with the command's blank line). Once a command of the run has
+    # connected, virsh holds that connection for the rest: a later failure is its attempt
+    # to reconnect within the command, and the commands after it still run.
+    reconnecting = args.connect in _reached
+    ran = reconnecting or not args.connect_given
+    failed = "Failed to reconnect" if reconnecting else "failed to connect"
     keepalive: tuple[float, int] = args.keepalive
     # libvirt's client refuses an interval whose milliseconds overflow an int, once
     # connected to a daemon that does keepalive.
@@ -1652,16 +1656,17 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
             keepalive=None if refused_interval else keepalive,
         )
     except TimeoutError as exc:
-        raise CommandError("failed to connect to the hypervisor", "timed out", ran=ran) from exc
+        raise CommandError(f"{failed} to the hypervisor", "timed out", ran=ran) from exc
     except (TransportError, VirtvolError, LibvirtError) as exc:
         message = exc.message if isinstance(exc, LibvirtError) else str(exc)
-        raise CommandError("failed to connect to the hypervisor", message, ran=ran) from exc
+        raise CommandError(f"{failed} to the hypervisor", message, ran=ran) from exc
+    _reached.add(args.connect)
     # virsh gives the connection up when the keepalive -k or -K asked for (an interval
     # of 0 asks for none) cannot be had: the daemon does none, or the client refuses it.
     keepalive_refused = not conn.keepalive_supported or refused_interval
     if args.keepalive_asked and keepalive[0] > 0 and keepalive_refused:
         await conn.close()
-        reasons = ["failed to connect to the hypervisor"]
+        reasons = [f"{failed} to the hypervisor"]
         if conn.keepalive_supported:
             reasons.append(f"internal error: keepalive interval {keepalive[0]} too large")
         raise CommandError(
@@ -1684,6 +1689,11 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
         raise
     finally:
         await conn.close(timeout=GOODBYE_TIMEOUT_INTERRUPTED if interrupted else None)
+
+
+# The URIs a command of this run has connected to (``None``: the library's default), which
+# virsh would still hold a connection to.
+_reached: set[str | None] = set()
 
 
 def _connect_uri(given: str | None) -> str | None:
@@ -2048,6 +2058,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    _reached.clear()
     try:
         invocations = _prepare(sys.argv[1:] if argv is None else argv)
     except _EmptyCommand:

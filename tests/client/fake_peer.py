@@ -140,6 +140,12 @@ class FakePeer:
                 self._conn.shutdown(socket.SHUT_RDWR)
         self.hung_up.set()
 
+    def go_away(self) -> None:
+        """Hang up and take no more connections, as a daemon that stopped: a client's next
+        connection is refused."""
+        self._listener.close()
+        self.hang_up()
+
     def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()

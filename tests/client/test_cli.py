@@ -571,6 +571,25 @@ def test_a_failure_after_the_lookup_reads_as_virsh_says_it(
     assert said["virtvol"][:3] == said["virsh"][:3]
 
 
+def test_each_command_after_the_daemon_went_away_fails_as_virsh_says(tmp_path: Path) -> None:
+    """The daemon stops during the first command of a string: virsh goes on, failing to
+    reconnect for each command left, each with its blank line, and ends with status 1.
+    virtvol connects for each command and so fails the same way, not once for all."""
+
+    def serve(peer: FakePeer) -> None:
+        peer.handlers[Proc.STORAGE_POOL_LOOKUP_BY_NAME] = lambda peer, _call: peer.go_away()
+
+    said = _on_fake_peers(tmp_path, serve, "pool-uuid default; pool-list; vol-list default")
+    outputs = {}
+    for client, (stdout, stderr, status, _calls) in said.items():
+        # How the first command's own failure is worded is documented as not yet virsh's.
+        reconnecting = stderr[stderr.index("error: Failed to reconnect") :]
+        sockets = str(tmp_path / client)
+        outputs[client] = (stdout, reconnecting.replace(sockets, "FOLDER"), status)
+    assert outputs["virtvol"] == outputs["virsh"]
+    assert outputs["virsh"][1].count("error: Failed to reconnect to the hypervisor\n") == 2
+
+
 def test_a_download_drawing_no_bar_asks_no_volume_info(tmp_path: Path) -> None:
     """The volume's size is the progress bar's length, asked for only when a bar is drawn.
     With none (stderr is not a terminal here) the download makes no call that virsh's does
