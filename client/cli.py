@@ -1054,6 +1054,7 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
     vol = await _volume(conn, args.vol, args.pool)
     _late(args, "file")
     target = _check_destination(args.file)
+    stand_ins = _stand_ins_for(target, args.file)
 
     async def total() -> int | None:
         try:
@@ -1065,32 +1066,70 @@ async def vol_download(conn: Connection, args: SimpleNamespace) -> str:
         length: int = args.length
         return min(remaining, length) if length else remaining
 
-    return await _transfer(
-        vol, args, upload=False, total=total, after_move=lambda: _nothing_more_into(target)
-    )
+    try:
+        return await _transfer(
+            vol,
+            args,
+            upload=False,
+            total=total,
+            after_move=lambda: _nothing_more_into(stand_ins),
+        )
+    finally:
+        _close_stand_ins(stand_ins)
 
 
-def _nothing_more_into(target: DownloadTarget) -> None:
-    """Where the download wrote stdout's or stderr's own file in place (``/dev/stdout`` on
-    a file caught by a program, or one no rename may replace), what the command says there
-    after it (the summary line, the blank line) goes to /dev/null: the file holds exactly
-    the volume, as one the download replaced does (those lines then go to the file
-    replaced). Written to the file, they overwrote the volume's first bytes (the download
-    opened the file anew, and the descriptor stood at its start), as virsh's blank line
-    does. Only a download that succeeded comes here: no failure is left to say."""
+def _stand_ins_for(target: DownloadTarget, path: str) -> list[tuple[int, int]]:
+    """Where the download fills stdout's or stderr's own file in place (``/dev/stdout`` on
+    a file caught by a program, or one no rename may replace), each such descriptor with
+    the copy that ``_nothing_more_into`` sets aside once it has: taken before the stream
+    opens, so that a process with no descriptor to spare (a low ``ulimit -n``) fails
+    here, its file untouched, and not after the volume was written. (/dev/null is opened
+    after, in the place of the downloaded file's descriptor, closed by then.)"""
     from virtvol.sparse.sequential import node_of
 
     if not target.overwrite or target.node is None:
-        return
-    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        return []
+    stand_ins: list[tuple[int, int]] = []
+    for fd in (1, 2):
         try:
             if node_of(os.fstat(fd)) != target.node:
                 continue
-            stream.flush()
-            nowhere = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:  # closed, or no file
+        except OSError:  # closed
             continue
-        _set_aside.append((fd, os.dup(fd)))
+        try:
+            stand_ins.append((fd, os.dup(fd)))
+        except OSError as exc:
+            _close_stand_ins(stand_ins)
+            raise CommandError(f"cannot create {path}", exc.strerror or str(exc)) from exc
+    return stand_ins
+
+
+def _close_stand_ins(stand_ins: list[tuple[int, int]]) -> None:
+    """Close the copies ``_nothing_more_into`` did not take (all when the download failed)."""
+    while stand_ins:
+        _fd, kept = stand_ins.pop()
+        os.close(kept)
+
+
+def _nothing_more_into(stand_ins: list[tuple[int, int]]) -> None:
+    """Where the download wrote stdout's or stderr's own file in place, what the command
+    says there after it (the summary line, the blank line) goes to /dev/null: the file
+    holds exactly the volume, as one the download replaced does (those lines then go to
+    the file replaced). Written to the file, they overwrote the volume's first bytes (the
+    download opened the file anew, and the descriptor stood at its start), as virsh's
+    blank line does. Only a download that succeeded comes here: no failure is left to
+    say. Takes the copies ``_stand_ins_for`` made; one it cannot use (stdout's flush
+    failed, /dev/null found no descriptor) is left to ``_close_stand_ins``, its stream
+    writing into the file as virsh's does."""
+    streams = {1: sys.stdout, 2: sys.stderr}
+    for fd, kept in list(stand_ins):
+        try:
+            streams[fd].flush()
+            nowhere = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        stand_ins.remove((fd, kept))
+        _set_aside.append((fd, kept))
         os.dup2(nowhere, fd)
         os.close(nowhere)
 

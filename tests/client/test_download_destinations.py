@@ -10,6 +10,7 @@ import contextlib
 import errno
 import itertools
 import os
+import resource
 import shutil
 import stat
 import subprocess
@@ -686,3 +687,47 @@ def test_vol_download_to_dev_stdout_caught_with_stderr_in_one_nameless_file_fill
         )
         out.seek(0)
         assert (done.returncode, out.read()) == (0, CHUNK * FRAMES)
+
+
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_vol_download_into_stdouts_own_file_without_a_descriptor_to_spare(
+    tmp_path: Path, stderr_too: bool
+) -> None:
+    """A download into stdout's own file (caught in a nameless file) sets stdout, and
+    stderr where it shares the file, aside once the volume is in: under a low ``ulimit
+    -n`` that copy failed with a traceback after the volume was written. Now each limit
+    from the lowest one Python starts under either fails cleanly, before any byte of the
+    volume moves (a clear error, status 1, the file holding no more than what the command
+    said), or succeeds; the first fails."""
+    arguments = ["vol-download", VOLUME.name, "/dev/stdout", "--pool", POOL]
+    outcomes = []
+    for limit in itertools.count(5):
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+
+        def lower_the_limit(limit: int = limit) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        with serving_peer(folder) as peer, tempfile.TemporaryFile(dir=folder) as out:
+            _serve_the_volume(peer)
+            done = subprocess.run(
+                [str(_VENV_VIRTVOL), "-c", peer.uri, *arguments],
+                stdout=out,
+                stderr=out if stderr_too else subprocess.PIPE,
+                check=False,
+                timeout=60,
+                preexec_fn=lower_the_limit,
+            )
+            out.seek(0)
+            written = out.read()
+        said = (written if stderr_too else done.stderr).decode(errors="replace")
+        assert "Traceback" not in said, said
+        assert os.listdir(folder) == ["peer-sock"]  # no temporary left
+        outcomes.append(done.returncode)
+        if done.returncode == 0:
+            break
+        assert done.returncode == 1
+        assert "error: cannot create /dev/stdout\n" in said
+        assert written.strip(b"\n").startswith(b"error: ") or written == b"\n"
+    assert outcomes[0] == 1
+    assert written == CHUNK * FRAMES
