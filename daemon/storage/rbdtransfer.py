@@ -33,23 +33,21 @@ from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse.reader import Chunk, read_pieces
 from virtvol.sparse.zeros import zero_runs
 
-from .rbdvolumes import MAX_IMAGE_SIZE, RbdVolumes, copy_range, data_extents, zero_range
+from .rbdvolumes import (
+    EXTENT_WINDOW,
+    MAX_IMAGE_SIZE,
+    ExtentWindows,
+    RbdVolumes,
+    copy_range,
+    data_extents,
+    zero_range,
+)
 from .reports import storage_error, system_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
 _EOF = Chunk(data=False, length=0)
-
-# How much of the image one object-map query covers at first, and again after one that
-# found data: bounds the extent list.
-EXTENT_WINDOW = 1 << 30
-
-# A query that finds no data doubles the next one, up to this many objects. librbd
-# (16.2) loads the whole object map for every query, whatever range it asks about (64
-# MiB for the largest image an object map allows): a large thin image is walked in a
-# few dozen queries, not one per EXTENT_WINDOW, and one query still returns few extents.
-MAX_WINDOW_OBJECTS = 1 << 16
 
 # A whole-volume upload grows its fresh image by at least this much at a time
 # (a resize is a metadata update; the final size is set on commit).
@@ -66,23 +64,6 @@ def _io_error(what: str, exc: BaseException) -> Exception:
     )
 
 
-class _Windows:
-    """The sizes of the object-map queries (``data_extents``) walking one image."""
-
-    def __init__(self, image: Any) -> None:
-        object_size: int = image.stat()["obj_size"]
-        self._most = max(EXTENT_WINDOW, MAX_WINDOW_OBJECTS * object_size)
-        self._next = EXTENT_WINDOW
-
-    def size(self, rest: int) -> int:
-        """The next query's length, at most ``rest``."""
-        return min(self._next, rest)
-
-    def found(self, extents: list[tuple[int, int]]) -> None:
-        """What the last query found decides the next one's length."""
-        self._next = EXTENT_WINDOW if extents else min(2 * self._next, self._most)
-
-
 class RbdReader:
     """Sequential reader of ``[offset, end)`` of an image; always reports holes."""
 
@@ -93,7 +74,7 @@ class RbdReader:
         self._image: Any = volumes.open_image(name, read_only=True)
         try:
             size: int = self._image.size()
-            self._windows = _Windows(self._image)
+            self._windows = ExtentWindows(self._image)
         except BaseException:
             self.close()
             raise
@@ -250,7 +231,7 @@ class RbdWriter:
         self._limit = offset + length if length else None
         self._keep = keep
         self._kept: Any = None  # the replaced image, open while its tail is copied
-        self._kept_windows: _Windows | None = None
+        self._kept_windows: ExtentWindows | None = None
         self._keep_end = 0
         self._tail_at = 0
         try:
@@ -359,7 +340,7 @@ class RbdWriter:
         if self._kept is None:
             assert self._volumes is not None
             self._kept = self._volumes.open_image(self._keep, read_only=True)
-            self._kept_windows = _Windows(self._kept)
+            self._kept_windows = ExtentWindows(self._kept)
             self._keep_end = self._kept.size()
             self._tail_at = self._pos
             self._grow_to(self._keep_end)

@@ -87,6 +87,9 @@ log = logging.getLogger(__name__)
 
 UPLOAD_PREFIX = RESERVED_PREFIX + "upload-"
 REPLACED_PREFIX = RESERVED_PREFIX + "old-"
+# The snapshots a clone reads its source at (``create_from``); a crash's are removed at the
+# next pool start (``recover_after_crash``).
+CLONE_SNAPSHOT_PREFIX = RESERVED_PREFIX + "clone-"
 
 # The random part of a hidden image's name: its hex digits, and nothing else, follow the
 # prefix. The clean-up after a crash removes only names of that shape, never another
@@ -123,6 +126,16 @@ DIRECTORY_PAGE_BYTES = DIRECTORY_PAGE * (2 * 4 + 2048 + 64)
 # 4 MiB objects, a 256 KiB map, a fraction of a second): librbd goes through the whole map
 # for any query, so a larger image is not walked there (``_reported_allocation``).
 INFO_WALK_OBJECTS = 1 << 20
+
+# How much of the image one object-map query covers at first, and again after one that
+# found data: bounds the extent list.
+EXTENT_WINDOW = 1 << 30
+
+# A query that finds no data doubles the next one, up to this many objects. librbd
+# (16.2) loads the whole object map for every query, whatever range it asks about (64
+# MiB for the largest image an object map allows): a large thin image is walked in a
+# few dozen queries, not one per EXTENT_WINDOW, and one query still returns few extents.
+MAX_WINDOW_OBJECTS = 1 << 16
 
 # Seconds librados waits for the monitors and OSDs before giving up, as libvirt sets them.
 CLUSTER_TIMEOUT = "30"
@@ -193,6 +206,37 @@ def data_extents(image: Any, offset: int, length: int) -> list[tuple[int, int]]:
         image.diff_iterate(offset, length, None, seen, whole_object=True)
     end = offset + length
     return [(max(a, offset), min(b, end)) for a, b in found if b > offset and a < end]
+
+
+class ExtentWindows:
+    """The sizes of the object-map queries (``data_extents``) walking one image."""
+
+    def __init__(self, image: Any) -> None:
+        object_size: int = image.stat()["obj_size"]
+        self._most = max(EXTENT_WINDOW, MAX_WINDOW_OBJECTS * object_size)
+        self._next = EXTENT_WINDOW
+
+    def size(self, rest: int) -> int:
+        """The next query's length, at most ``rest``."""
+        return min(self._next, rest)
+
+    def found(self, extents: list[tuple[int, int]]) -> None:
+        """What the last query found decides the next one's length."""
+        self._next = EXTENT_WINDOW if extents else min(2 * self._next, self._most)
+
+
+def data_extents_walked(image: Any, size: int) -> Iterator[tuple[int, int]]:
+    """Allocated ``(start, end)`` ranges of the image's first ``size`` bytes, in order, one
+    object-map query (``data_extents``) after another, in windows (``ExtentWindows``): the
+    extents held at a time are those of one window, whatever the image's size."""
+    windows = ExtentWindows(image)
+    at = 0
+    while at < size:
+        window = windows.size(size - at)
+        found = data_extents(image, at, window)
+        windows.found(found)
+        yield from found
+        at += window
 
 
 class RbdVolumes:
@@ -593,37 +637,107 @@ class RbdVolumes:
             ) from None
 
     def create_from(self, request: VolumeRequest, source: str) -> None:
-        """A copy of ``source`` (only its data is copied) of at least its size.
+        """A copy of ``source`` as it was at one instant (only its data is copied) of at
+        least its size.
 
-        The copy reads one extent after another: a source another client writes
-        meanwhile would give a copy that is neither its old content nor its new. So a
-        source open for writing elsewhere (a running guest, which writes without telling
-        anyone while it holds the image's lock) is refused as in use, and so is one
-        changed while it was copied (``ChangeWatch``), the copy removed.
+        The copy reads one extent after another, which a guest (or any other client)
+        may write meanwhile: it reads a snapshot of the source instead, taken for it and
+        removed after it, as libvirt's rbd backend clones from one. A guest's writes are
+        then crash-consistent in the copy, as libvirt's. The source is watched meanwhile
+        (``ChangeWatch``): Ceph refuses to remove a watched image, and other daemons
+        refuse to (``_held_elsewhere``), so its snapshot stays until the copy is done.
         """
         name = request.name
         with self.image(source, read_only=True) as image:
-            if self._writers_elsewhere(image):
-                raise volume_in_use(source)
-            size = image.size()
+            image_id = _id_of(image)
+            layout = self._layout(image)
             watch = ChangeWatch(self, image, source)
             try:
-                self._create(name, max(request.capacity or 0, size), self._layout(image))
+                snapshot = self._take_clone_snapshot(image_id, source)
+                made = False
                 try:
-                    with self.image(name) as target:
-                        for start, end in data_extents(image, 0, size):
-                            copy_range(image, target, start, end)
-                    # Watched, the source cannot have been removed (Ceph refuses), unless
-                    # the watch broke: then it counts as changed.
-                    changed = watch.changed(image)
-                    watch.close()
-                    if changed or self._writers_elsewhere(image):
-                        raise volume_in_use(source)
+                    with self._opened_at(image_id, source, snapshot) as frozen:
+                        size = frozen.size()
+                        self._create(name, max(request.capacity or 0, size), layout)
+                        made = True
+                        with self.image(name) as target:
+                            for start, end in data_extents_walked(frozen, size):
+                                copy_range(frozen, target, start, end)
+                    # A snapshot removed by another client meanwhile may have read as zeros.
+                    self._drop_clone_snapshot(image_id, source, snapshot)
                 except BaseException:
-                    self._remove_quietly(name)
+                    try:
+                        self._drop_clone_snapshot(image_id, source, snapshot)
+                    except ErrorReport as exc:  # the next pool start removes it
+                        log.warning("kept snapshot '%s': %s", snapshot, exc)
+                    if made:
+                        self._remove_quietly(name)
                     raise
             finally:
                 watch.close()
+
+    def _take_clone_snapshot(self, image_id: str, source: str) -> str:
+        """A new snapshot of the image ``image_id`` (volume ``source``) for a clone to read.
+
+        Taken through a handle open for writing (librbd refuses it through a reader): on
+        an image whose exclusive lock a guest holds, librbd asks the guest for the lock,
+        which gives it up and takes it back at its next write. Open only for the moment,
+        that handle is no writer that would keep this daemon's own whole-volume upload of
+        the volume from its swap (``_prepare_swap``)."""
+        snapshot = _hidden_name(CLONE_SNAPSHOT_PREFIX)
+        try:
+            with self._in_use():
+                image = self._by_id(image_id, source)
+                try:
+                    image.create_snap(snapshot)
+                finally:
+                    image.close()
+        except Exception as exc:
+            raise system_error(
+                f"failed to create a snapshot of volume '{self.volume_path(source)}'",
+                _errno(exc),
+            ) from None
+        return snapshot
+
+    @contextmanager
+    def _opened_at(self, image_id: str, source: str, snapshot: str) -> Iterator[Any]:
+        """The image ``image_id`` open read-only at ``snapshot`` for the length of a call.
+        By its id: a whole-volume upload may swap another image in under its name."""
+        with self._in_use():
+            try:
+                image = self._by_id(image_id, source, snapshot=snapshot, read_only=True)
+            except Exception as exc:
+                raise system_error(
+                    f"failed to open the snapshot of volume '{self.volume_path(source)}'",
+                    _errno(exc),
+                ) from None
+            try:
+                yield image
+            finally:
+                image.close()
+
+    def _by_id(self, image_id: str, name: str, **options: Any) -> Any:
+        """A new handle of the image ``image_id``; of the image ``name`` for an old-format
+        image, which has no id (``_id_of``). The caller holds the connection."""
+        if not image_id:
+            return self._rbd.Image(self._ioctx, name, **options)
+        return self._rbd.Image(self._ioctx, image_id=image_id, **options)
+
+    def _drop_clone_snapshot(self, image_id: str, source: str, snapshot: str) -> None:
+        """Remove a clone's snapshot (through a handle open for writing, as it was taken);
+        an error when it is gone already: someone removed it while the copy read it."""
+        try:
+            with self._in_use():
+                image = self._by_id(image_id, source)
+                try:
+                    image.remove_snap(snapshot)
+                finally:
+                    image.close()
+        except Exception as exc:
+            raise system_error(
+                f"failed to remove the snapshot of volume '{self.volume_path(source)}'",
+                _errno(exc),
+            ) from None
 
     def delete(self, name: str, *, with_snapshots: bool = False) -> None:
         """Remove the image; one this daemon still reads is hidden, and removed when read.
@@ -962,18 +1076,22 @@ class RbdVolumes:
                 names.discard(hidden)
                 names.add(volume)
         leftovers = sorted(n for n in names if _is_hidden_name(n, UPLOAD_PREFIX, REPLACED_PREFIX))
-        if leftovers:
+        # A clone's snapshot may be on any image: a volume, or one a swap or delete hid
+        # (``_remove_leftover`` removes those with the image).
+        snapshotted = sorted(n for n in names if is_volume_name(n))
+        if snapshotted or leftovers:
             self._sweeper = threading.Thread(
                 target=self._remove_leftovers,
-                args=(leftovers,),
+                args=(leftovers, snapshotted),
                 name=f"rbd-leftovers-{self.path}",
                 daemon=True,  # a daemon's stop waits for it only so long (wait_for_sweep)
             )
             self._sweeper.start()
 
-    def _remove_leftovers(self, names: list[str]) -> None:
-        """The sweeper thread: remove each of ``names`` (``_remove_leftover``) until the
-        pool stops."""
+    def _remove_leftovers(self, names: list[str], snapshotted: list[str]) -> None:
+        """The sweeper thread: remove each of ``names`` (``_remove_leftover``), then the
+        clones' snapshots of each of ``snapshotted`` (``_remove_clone_snapshots``), until
+        the pool stops."""
         for name in names:
             if self._closing:
                 log.info("kept %s: the pool stopped (Ceph pool '%s')", name, self.path)
@@ -984,6 +1102,15 @@ class RbdVolumes:
                 log.info("kept %s: the pool stopped (Ceph pool '%s')", name, self.path)
             except Exception:
                 log.exception("kept %s: its removal failed (Ceph pool '%s')", name, self.path)
+        for name in snapshotted:
+            if self._closing:
+                return
+            try:
+                self._remove_clone_snapshots(name)
+            except ErrorReport:  # the pool stopped and its connection is gone
+                return
+            except Exception:
+                log.exception("kept the clone snapshots of %s (Ceph pool '%s')", name, self.path)
 
     def _interrupted_swap(self, hidden: str, names: set[str]) -> str | None:
         """The volume a swap hid as ``hidden`` and a crash kept from being replaced, or
@@ -1037,6 +1164,7 @@ class RbdVolumes:
                 try:
                     image_id = _id_of(image)
                     watched = any(True for _ in image.watchers_list())
+                    snapshots_left = _clone_snapshots(image)
                 finally:
                     image.close()
         except self._rbd.ImageNotFound:
@@ -1051,10 +1179,57 @@ class RbdVolumes:
         if not self._claim_unless_open(image_id):
             log.info("kept %s: open here (Ceph pool '%s')", name, self.path)
             return
+        if snapshots_left:  # Ceph removes no image with snapshots
+            try:
+                with self._in_use():
+                    self._remove_snapshots_left(image_id, name, snapshots_left)
+            except Exception as exc:
+                self._unclaim(image_id)
+                log.warning("kept %s: cannot remove its snapshots: %s", name, exc)
+                return
         if self._remove_swept(name) is False:
             self._unclaim(image_id)
             return
         self._removed(image_id)
+
+    def _remove_clone_snapshots(self, name: str) -> None:
+        """Remove the snapshots of image ``name`` that clones cut short by a crash left
+        (only names ``create_from`` makes), unless someone has the image open for writing
+        or watches it (librbd's watchers): a clone running now, here or through another
+        daemon, watches its source (a guest's disk keeps them until it is closed)."""
+        with self._in_use():
+            try:
+                image = self._rbd.Image(self._ioctx, name, read_only=True)
+            except self._rbd.ImageNotFound:
+                return
+            try:
+                left = _clone_snapshots(image)
+                watched = bool(left) and any(True for _ in image.watchers_list())
+                image_id = _id_of(image)
+            finally:
+                image.close()
+            if not left:
+                return
+            if watched:
+                log.info("kept the clone snapshots of %s: open elsewhere", name)
+                return
+            self._remove_snapshots_left(image_id, name, left)
+
+    def _remove_snapshots_left(self, image_id: str, name: str, left: list[str]) -> None:
+        """Remove the snapshots ``left`` of an image nobody watches; the caller holds the
+        connection."""
+        image = self._by_id(image_id, name)
+        try:
+            for snapshot in left:
+                image.remove_snap(snapshot)
+                log.info(
+                    "removed snapshot %s@%s, left by a crash (Ceph pool '%s')",
+                    name,
+                    snapshot,
+                    self.path,
+                )
+        finally:
+            image.close()
 
     def _finish_cut_removal(self, name: str) -> None:
         """A listed image that does not open: gone since it was listed (its upload was
@@ -1371,6 +1546,15 @@ def _fast_diff_usable(rbd: ModuleType, image: Any) -> bool:
         return not image.flags() & rbd.RBD_FLAG_FAST_DIFF_INVALID
     except Exception:
         return False
+
+
+def _clone_snapshots(image: Any) -> list[str]:
+    """The names of the image's snapshots that clones take (``CLONE_SNAPSHOT_PREFIX``)."""
+    return [
+        snapshot["name"]
+        for snapshot in image.list_snaps()
+        if _is_hidden_name(snapshot["name"], CLONE_SNAPSHOT_PREFIX)
+    ]
 
 
 def _has_snapshots(image: Any) -> bool:
