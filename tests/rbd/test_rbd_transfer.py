@@ -1131,6 +1131,39 @@ def test_a_clone_that_fails_removes_its_snapshot_and_its_copy(
     images.delete(name)
 
 
+def test_a_pool_stopped_during_a_clone_keeps_no_snapshot_of_the_source(
+    images: RbdVolumes, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool stopped while a clone copies (``pool-destroy``, the daemon's stop, which
+    waits for the copy's thread) keeps its connection until the copy is done, and the
+    clone's snapshot of the source is removed all the same."""
+    name, copy = volume_name("source"), volume_name("copy")
+    other = _other_daemon(ceph)
+    try:
+        other.create(VolumeRequest(name, 8 * MIB, None))
+        with other.image(name) as image:
+            image.write(os.urandom(MIB), 0)
+        seen: list[list[str]] = []
+        copied = rbdvolumes.copy_range
+
+        def copy_as_the_pool_stops(source: object, target: object, start: int, end: int) -> None:
+            seen.append(_snapshots(other, name))
+            images.close()
+            copied(source, target, start, end)
+
+        monkeypatch.setattr(rbdvolumes, "copy_range", copy_as_the_pool_stops)
+        images.create_from(VolumeRequest(copy, None, None), name)
+        assert [[rbdvolumes._is_hidden_name(s, ".virtvol-clone-") for s in n] for n in seen] == [
+            [True]
+        ]
+        assert _snapshots(other, name) == []
+        assert _content(other, copy) == _content(other, name)
+        other.delete(copy)
+        other.delete(name)
+    finally:
+        other.close()
+
+
 def test_a_clone_walks_its_source_in_windows(
     images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
