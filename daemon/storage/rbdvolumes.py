@@ -35,6 +35,11 @@ and another daemon starting the same Ceph pool keeps it. A killed client's
 watch stays until the OSD's watch timeout (30 s by default): what it had open
 is kept by a start within that, and removed by a later one.
 
+A clone reads its source at a snapshot of its own (``.virtvol-clone-…``), removed when
+the copy ends, however it ends; the snapshots a crash left are removed at the next pool
+start from images nobody has open for writing or watches (a running clone watches its
+source).
+
 An image removed under an open handle reads as zeros, without an error: a
 download (or a clone's source) would end "successfully" with zeros where the
 data was. So an image this daemon has open is never removed: a replaced or
@@ -663,8 +668,6 @@ class RbdVolumes:
                         with self.image(name) as target:
                             for start, end in data_extents_walked(frozen, size):
                                 copy_range(frozen, target, start, end)
-                    # A snapshot removed by another client meanwhile may have read as zeros.
-                    self._drop_clone_snapshot(image_id, source, snapshot)
                 except BaseException:
                     try:
                         self._drop_clone_snapshot(image_id, source, snapshot)
@@ -672,6 +675,13 @@ class RbdVolumes:
                         log.warning("kept snapshot '%s': %s", snapshot, exc)
                     if made:
                         self._remove_quietly(name)
+                    raise
+                try:
+                    # Failing, the snapshot may have been removed by another client while
+                    # it was read, and have read as zeros.
+                    self._drop_clone_snapshot(image_id, source, snapshot)
+                except BaseException:
+                    self._remove_quietly(name)
                     raise
             finally:
                 watch.close()

@@ -1131,6 +1131,36 @@ def test_a_clone_that_fails_removes_its_snapshot_and_its_copy(
     images.delete(name)
 
 
+def test_a_clone_whose_snapshot_another_client_removed_meanwhile_fails(
+    images: RbdVolumes, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot removed under the copy (``rbd snap rm`` by hand) may read as zeros
+    from then on: the clone fails, its copy removed, rather than end with a copy that
+    lacks data."""
+    name, copy = volume_name("source"), volume_name("copy")
+    images.create(VolumeRequest(name, 12 * MIB, None))
+    with images.image(name) as image:  # two extents, 4 MiB objects
+        image.write(os.urandom(MIB), 0)
+        image.write(os.urandom(MIB), 8 * MIB)
+    removed: list[str] = []
+    copied = rbdvolumes.copy_range
+
+    def copy_as_the_snapshot_goes(source: object, target: object, start: int, end: int) -> None:
+        if not removed:
+            removed.extend(_snapshots(images, name))
+            for snapshot in removed:
+                ceph.rbd("snap", "rm", f"{CEPH_POOL}/{name}@{snapshot}")
+        copied(source, target, start, end)
+
+    monkeypatch.setattr(rbdvolumes, "copy_range", copy_as_the_snapshot_goes)
+    with pytest.raises(ErrorReport):
+        images.create_from(VolumeRequest(copy, None, None), name)
+    assert len(removed) == 1
+    assert copy not in images._all_names()
+    assert _snapshots(images, name) == []
+    images.delete(name)
+
+
 def test_a_pool_stopped_during_a_clone_keeps_no_snapshot_of_the_source(
     images: RbdVolumes, ceph: CephCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
