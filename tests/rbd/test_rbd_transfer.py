@@ -642,6 +642,38 @@ def test_a_whole_upload_is_refused_once_the_volume_was_changed_meanwhile(
     assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
 
 
+def test_a_clone_through_another_daemon_ends_a_whole_upload_as_in_use(
+    images: RbdVolumes, ceph: CephCluster
+) -> None:
+    """A clone through another host takes a snapshot of its source, a change a
+    whole-volume upload of it here hears of: swapped in, the upload would leave the
+    snapshot with the old image. It ends as in use, the volume and the copy as they were,
+    and no snapshot left."""
+    name, copy = volume_name("cloned"), volume_name("copy")
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    writer, outcome = _whole_upload(images, name)
+    writer.write(b"new")
+    other = _other_daemon(ceph)
+    try:
+        other.create_from(VolumeRequest(copy, None, None), name)
+    finally:
+        other.close()
+    _uploads_told(images)
+    with pytest.raises(ErrorReport) as refused:
+        writer.commit()
+    in_use = f"Requested operation is not valid: volume '{name}' is still in use."
+    assert refused.value.message == in_use
+    assert outcome == [True]
+    assert _content(images, name)[:3] == b"old"
+    assert _content(images, copy)[:3] == b"old"
+    assert _snapshots(images, name) == []
+    assert not [n for n in images._all_names() if n.startswith(".virtvol-")]
+    images.delete(copy)
+    images.delete(name)
+
+
 def test_a_swap_that_cannot_tell_whether_the_volume_changed_lets_go_of_its_watch(
     images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
