@@ -1559,12 +1559,27 @@ def _fast_diff_usable(rbd: ModuleType, image: Any) -> bool:
 
 
 def _clone_snapshots(image: Any) -> list[str]:
-    """The names of the image's snapshots that clones take (``CLONE_SNAPSHOT_PREFIX``)."""
-    return [
+    """The names of the image's snapshots that clones take (``CLONE_SNAPSHOT_PREFIX``),
+    but for a protected one or one with children: ``create_from`` does neither to its
+    snapshot, so such a one is another client's, and librbd would move one with (clone
+    v2) children to its trash rather than refuse to remove it."""
+    names = [
         snapshot["name"]
         for snapshot in image.list_snaps()
         if _is_hidden_name(snapshot["name"], CLONE_SNAPSHOT_PREFIX)
     ]
+    ours = []
+    for name in names:
+        if image.is_protected_snap(name):
+            continue
+        image.set_snap(name)
+        try:
+            children = any(True for _ in image.list_children2())
+        finally:
+            image.set_snap(None)
+        if not children:
+            ours.append(name)
+    return ours
 
 
 def _has_snapshots(image: Any) -> bool:

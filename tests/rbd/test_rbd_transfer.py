@@ -1297,6 +1297,34 @@ def test_the_clean_up_removes_only_clone_snapshots_nobody_uses(
     images.delete(busy, with_snapshots=True)
 
 
+def test_the_clean_up_keeps_a_clone_snapshot_that_is_protected_or_has_children(
+    images: RbdVolumes,
+) -> None:
+    """A snapshot named as a clone's that is protected, or that has a child, is another
+    client's (a clone protects its snapshot never, and makes no child of it): the clean-up
+    keeps it (librbd would move one with a clone v2 child to its trash) and still removes
+    the leftovers after it on the same image."""
+    name, child = volume_name("parent"), volume_name("child")
+    protected, parent, left = (".virtvol-clone-" + os.urandom(8).hex() for _ in range(3))
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        for snapshot in (protected, parent, left):  # listed in this order
+            image.create_snap(snapshot)
+        image.protect_snap(protected)
+    # Clone v2: a child of an unprotected snapshot, which librbd then does not refuse to
+    # remove, but moves to its trash.
+    images._cluster.conf_set("rbd_default_clone_format", "2")
+    images._rbd.RBD().clone(images._ioctx, name, parent, images._ioctx, child)
+    images.recover_after_crash()
+    assert images._sweeper is not None
+    images._sweeper.join(60)
+    assert _snapshots(images, name) == [protected, parent]
+    images._rbd.RBD().remove(images._ioctx, child)
+    with images.image(name) as image:
+        image.unprotect_snap(protected)
+    images.delete(name, with_snapshots=True)
+
+
 def test_a_clone_and_a_whole_upload_of_one_volume_through_one_daemon_both_succeed(
     images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
