@@ -1231,7 +1231,12 @@ class RbdVolumes:
         image = self._by_id(image_id, name)
         try:
             for snapshot in left:
-                image.remove_snap(snapshot)
+                try:
+                    image.remove_snap(snapshot)
+                except self._rbd.ImageNotFound:
+                    # Its clone ended (and removed it) after the image was looked at:
+                    # the rest are still leftovers.
+                    continue
                 log.info(
                     "removed snapshot %s@%s, left by a crash (Ceph pool '%s')",
                     name,

@@ -1297,6 +1297,35 @@ def test_the_clean_up_removes_only_clone_snapshots_nobody_uses(
     images.delete(busy, with_snapshots=True)
 
 
+def test_the_clean_up_removes_the_rest_after_a_snapshot_its_clone_removed(
+    images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone may end, removing its snapshot, between the clean-up's look at the image
+    and its removals: the snapshots a crash left after that one are removed all the same."""
+    name = volume_name("ended")
+    ended, left = (".virtvol-clone-" + os.urandom(8).hex() for _ in range(2))
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        for snapshot in (ended, left):  # listed in this order
+            image.create_snap(snapshot)
+    listed = rbdvolumes._clone_snapshots
+
+    def the_clone_ends_after_the_look(image: Any) -> list[str]:
+        found = listed(image)
+        if ended in found:
+            with images.image(name) as writable:
+                writable.remove_snap(ended)
+        return found
+
+    monkeypatch.setattr(rbdvolumes, "_clone_snapshots", the_clone_ends_after_the_look)
+    images.recover_after_crash()
+    assert images._sweeper is not None
+    images._sweeper.join(60)
+    monkeypatch.undo()
+    assert _snapshots(images, name) == []
+    images.delete(name)
+
+
 def test_the_clean_up_keeps_a_clone_snapshot_that_is_protected_or_has_children(
     images: RbdVolumes,
 ) -> None:
