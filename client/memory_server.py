@@ -16,6 +16,7 @@ from virtvol.protocol.connection import (
     Event,
     PingReceived,
     Side,
+    StreamAbortedByStatus,
     StreamAbortReceived,
     StreamDataReceived,
     StreamFinishReceived,
@@ -196,6 +197,18 @@ class MemoryServer:
             # so the client's finish after it goes unanswered, as libvirtd leaves it.
             self.transfers.pop(event.serial, None)
             self.send(self.core.refuse_stream_frame(event))
+        elif isinstance(event, StreamAbortedByStatus):
+            # As libvirtd (and virtvold): an abort, answered with an error instead of the
+            # abort's STREAM/OK; the client waits for that answer.
+            transfer = self.transfers.pop(event.serial, None)
+            if transfer is not None and transfer.task is not None:
+                transfer.task.cancel()
+            failure = ErrorReport(
+                ErrorCode.RPC,
+                ErrorDomain.STREAMS,
+                f"stream aborted with unexpected status {event.status}",
+            )
+            self.send(self.core.send_stream_error(event.serial, r.RemoteError.from_report(failure)))
         elif isinstance(event, PingReceived):
             self.send(self.core.send_pong())
 

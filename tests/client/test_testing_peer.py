@@ -457,3 +457,49 @@ def test_a_refused_skip_ends_its_upload_as_libvirtd_ends_it() -> None:
     [answer] = sent.take()
     assert (answer.header.serial, answer.header.status) == (other, MessageStatus.OK)
     assert sent.dropped is None
+
+
+def test_a_stream_frame_of_an_unknown_status_aborts_its_upload_as_libvirtd_does() -> None:
+    """A stream frame whose status libvirt has no meaning for aborts its upload, answered
+    by a stream error, and the connection is served on (as virtvold and libvirtd answer
+    it). The in-memory daemon answered nothing, so the client waited for good, and kept
+    the transfer."""
+    daemon = MemoryDaemon(pools={"p": {"v": b"old"}})
+    sent = _FramesToClient()
+    server = memory_server.MemoryServer(
+        daemon.pools, sparse_streams=True, client=cast("memory_transport.MemoryTransport", sent)
+    )
+    client = ProtocolConnection(Side.CLIENT)
+    vol = r.StorageVol("p", "v", "/p/v")
+    serial, call = client.call(
+        Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+    )
+    server.receive(call)
+    [reply] = sent.take()
+    assert (reply.header.type, reply.header.status) == (MessageType.REPLY, MessageStatus.OK)
+    server.receive(
+        _upload_frame(serial, MessageType.STREAM, MessageStatus.CONTINUE, b"new")
+        + _upload_frame(serial, MessageType.STREAM, cast("MessageStatus", 7), b"")
+    )
+    [failure] = sent.take()
+    assert (failure.header.type, failure.header.serial, failure.header.status) == (
+        MessageType.STREAM,
+        serial,
+        MessageStatus.ERROR,
+    )
+    error = r.RemoteError.decode(failure.payload)
+    assert (error.code, error.domain, error.message) == (
+        ErrorCode.RPC,
+        ErrorDomain.STREAMS,
+        "stream aborted with unexpected status 7",
+    )
+    assert server.transfers == {}
+    # What comes after it on that stream is dropped, unanswered.
+    server.receive(_upload_frame(serial, MessageType.STREAM, MessageStatus.CONTINUE, b"late"))
+    assert sent.take() == []
+    assert daemon.volume("p", "v").content == b"new"
+    other, call = client.call(Proc.CONNECT_GET_LIB_VERSION)
+    server.receive(call)
+    [answer] = sent.take()
+    assert (answer.header.serial, answer.header.status) == (other, MessageStatus.OK)
+    assert sent.dropped is None
