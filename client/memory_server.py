@@ -22,6 +22,7 @@ from virtvol.protocol.connection import (
     StreamFinishReceived,
     StreamHoleReceived,
     StreamSkipRefused,
+    StreamWrittenByClient,
 )
 from virtvol.protocol.connection import (
     Connection as ProtocolConnection,
@@ -97,6 +98,8 @@ class _Transfer:
         self.end = offset + length if length else None
         self.sparse = sparse
         self.task: asyncio.Task[None] | None = None
+        # The client sent data or a skip into this download: its finish is refused.
+        self.client_wrote = False
 
 
 class MemoryServer:
@@ -186,11 +189,28 @@ class MemoryServer:
             else:
                 transfer.volume.punch(transfer.position, event.length)
                 transfer.position += event.length
+        elif isinstance(event, StreamWrittenByClient):
+            # As libvirtd: dropped, the download goes on, and the finish is refused.
+            transfer = self.transfers.get(event.serial)
+            if transfer is not None:
+                transfer.client_wrote = True
         elif isinstance(event, StreamFinishReceived | StreamAbortReceived):
             transfer = self.transfers.pop(event.serial, None)
             if transfer is not None and transfer.task is not None:
                 transfer.task.cancel()
-            self.send(self.core.send_finish_ack(event.serial))
+            if (
+                isinstance(event, StreamFinishReceived)
+                and transfer is not None
+                and transfer.client_wrote
+            ):
+                failure = ErrorReport(
+                    ErrorCode.RPC, ErrorDomain.STREAMS, "stream had unexpected termination"
+                )
+                self.send(
+                    self.core.send_stream_error(event.serial, r.RemoteError.from_report(failure))
+                )
+            else:
+                self.send(self.core.send_finish_ack(event.serial))
         elif isinstance(event, StreamSkipRefused):
             # As libvirtd: the stream is aborted (what it wrote stays, written in place)
             # and the refusal is an error REPLY on its serial; the core forgot the stream,

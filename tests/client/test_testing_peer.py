@@ -503,3 +503,67 @@ def test_a_stream_frame_of_an_unknown_status_aborts_its_upload_as_libvirtd_does(
     [answer] = sent.take()
     assert (answer.header.serial, answer.header.status) == (other, MessageStatus.OK)
     assert sent.dropped is None
+
+
+class _RoomyFramesToClient(_FramesToClient):
+    """A client end that reads at once: a download's sender never waits for room."""
+
+    async def room(self) -> None:
+        return None
+
+
+async def test_data_sent_into_a_download_fails_its_finish_as_libvirtd_fails_it() -> None:
+    """Data a client sends into a download is dropped and the download goes on to its
+    end, but the client's finish is refused as libvirtd refuses it (and virtvold). The
+    in-memory daemon confirmed the finish as if nothing had happened."""
+    daemon = MemoryDaemon(pools={"p": {"v": b"old"}})
+    sent = _RoomyFramesToClient()
+    server = memory_server.MemoryServer(
+        daemon.pools, sparse_streams=True, client=cast("memory_transport.MemoryTransport", sent)
+    )
+    client = ProtocolConnection(Side.CLIENT)
+    vol = r.StorageVol("p", "v", "/p/v")
+    serial, call = client.call(
+        Proc.STORAGE_VOL_DOWNLOAD, r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+    )
+    server.receive(call)
+    [reply] = sent.take()
+    assert (reply.header.type, reply.header.status) == (MessageType.REPLY, MessageStatus.OK)
+
+    def frame(status: MessageStatus, payload: bytes) -> bytes:
+        header = Header(
+            REMOTE_PROGRAM,
+            REMOTE_PROTOCOL_VERSION,
+            Proc.STORAGE_VOL_DOWNLOAD,
+            MessageType.STREAM,
+            serial,
+            status,
+        )
+        return encode_frame(header, payload)
+
+    server.receive(frame(MessageStatus.CONTINUE, b"into a download"))
+    transfer = server.transfers[serial]
+    assert transfer.task is not None
+    await transfer.task
+    data, eof = sent.take()
+    assert (data.payload, eof.payload) == (b"old", b"")  # the end: an empty data frame
+    server.receive(frame(MessageStatus.OK, b""))
+    [failure] = sent.take()
+    assert (failure.header.type, failure.header.serial, failure.header.status) == (
+        MessageType.STREAM,
+        serial,
+        MessageStatus.ERROR,
+    )
+    error = r.RemoteError.decode(failure.payload)
+    assert (error.code, error.domain, error.message) == (
+        ErrorCode.RPC,
+        ErrorDomain.STREAMS,
+        "stream had unexpected termination",
+    )
+    assert server.transfers == {}
+    assert daemon.volume("p", "v").content == b"old"
+    other, call = client.call(Proc.CONNECT_GET_LIB_VERSION)
+    server.receive(call)
+    [answer] = sent.take()
+    assert (answer.header.serial, answer.header.status) == (other, MessageStatus.OK)
+    assert sent.dropped is None
