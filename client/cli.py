@@ -1699,7 +1699,6 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
     except (TransportError, VirtvolError, LibvirtError) as exc:
         message = exc.message if isinstance(exc, LibvirtError) else str(exc)
         raise CommandError(f"{failed} to the hypervisor", message, ran=ran) from exc
-    _reached.add(args.connect)
     # virsh gives the connection up when the keepalive -k or -K asked for (an interval
     # of 0 asks for none) cannot be had: the daemon does none, or the client refuses it.
     keepalive_refused = not conn.keepalive_supported or refused_interval
@@ -1713,6 +1712,9 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
             *reasons,
             ran=ran,
         )
+    # Only now held: a connection given up over its keepalive leaves virsh none, and the
+    # next command's failure is then to connect, not to reconnect.
+    _reached.add(args.connect)
     interrupted = False
     try:
         try:

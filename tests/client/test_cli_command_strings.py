@@ -132,3 +132,15 @@ def test_quit_and_exit_describe_themselves_as_virsh_does(
                 "",
                 0,
             )
+
+
+def test_a_keepalive_refused_leaves_no_connection_to_reconnect(
+    reference_libvirtd: ReferenceLibvirtd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without -c each command connects when it needs to. One whose keepalive virsh gives
+    # up (an interval past an int's milliseconds) leaves it no connection: the next
+    # command's failure is to connect, not to reconnect.
+    monkeypatch.setenv("VIRSH_DEFAULT_CONNECT_URI", reference_libvirtd.tcp_uri)
+    for name in ("VIRTVOL_DEFAULT_URI", "LIBVIRT_DEFAULT_URI"):
+        monkeypatch.delenv(name, raising=False)
+    both("-k", "2147484", "pool-uuid default; pool-uuid default")
