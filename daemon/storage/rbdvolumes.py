@@ -695,18 +695,9 @@ class RbdVolumes:
         that handle is no writer that would keep this daemon's own whole-volume upload of
         the volume from its swap (``_prepare_swap``)."""
         snapshot = _hidden_name(CLONE_SNAPSHOT_PREFIX)
-        try:
-            with self._in_use():
-                image = self._by_id(image_id, source)
-                try:
-                    image.create_snap(snapshot)
-                finally:
-                    image.close()
-        except Exception as exc:
-            raise system_error(
-                f"failed to create a snapshot of volume '{self.volume_path(source)}'",
-                _errno(exc),
-            ) from None
+        self._through_writer(
+            image_id, source, lambda image: image.create_snap(snapshot), "create a snapshot"
+        )
         return snapshot
 
     @contextmanager
@@ -736,17 +727,25 @@ class RbdVolumes:
     def _drop_clone_snapshot(self, image_id: str, source: str, snapshot: str) -> None:
         """Remove a clone's snapshot (through a handle open for writing, as it was taken);
         an error when it is gone already: someone removed it while the copy read it."""
+        self._through_writer(
+            image_id, source, lambda image: image.remove_snap(snapshot), "remove the snapshot"
+        )
+
+    def _through_writer(
+        self, image_id: str, source: str, change: Callable[[Any], None], what: str
+    ) -> None:
+        """``change`` the image ``image_id`` (volume ``source``) through a handle open for
+        writing for just that; a failure is said as "failed to ``what`` of volume ..."."""
         try:
             with self._in_use():
                 image = self._by_id(image_id, source)
                 try:
-                    image.remove_snap(snapshot)
+                    change(image)
                 finally:
                     image.close()
         except Exception as exc:
             raise system_error(
-                f"failed to remove the snapshot of volume '{self.volume_path(source)}'",
-                _errno(exc),
+                f"failed to {what} of volume '{self.volume_path(source)}'", _errno(exc)
             ) from None
 
     def delete(self, name: str, *, with_snapshots: bool = False) -> None:
