@@ -105,6 +105,20 @@ def test_reader_merges_holes_and_finds_zeros_inside_objects(images: RbdVolumes) 
     assert part == [Chunk(data=True, length=10)]
 
 
+def _counted_queries(monkeypatch: pytest.MonkeyPatch, walker: Any) -> list[int]:
+    """The length of each object-map query (``data_extents``) the module ``walker`` makes
+    from now on, in order."""
+    queries: list[int] = []
+    walk = rbdvolumes.data_extents
+
+    def counted(image: object, offset: int, length: int) -> list[tuple[int, int]]:
+        queries.append(length)
+        return walk(image, offset, length)
+
+    monkeypatch.setattr(walker, "data_extents", counted)
+    return queries
+
+
 def test_a_large_sparse_image_is_walked_in_few_object_map_queries(
     images: RbdVolumes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,14 +133,7 @@ def test_a_large_sparse_image_is_walked_in_few_object_map_queries(
     island = os.urandom(5000)
     with images.image(name) as image:
         image.write(island, size // 2)
-    queries: list[int] = []
-    walk = rbdvolumes.data_extents
-
-    def counted(image: object, offset: int, length: int) -> list[tuple[int, int]]:
-        queries.append(length)
-        return walk(image, offset, length)
-
-    monkeypatch.setattr(rbdtransfer, "data_extents", counted)
+    queries = _counted_queries(monkeypatch, rbdtransfer)
     chunks = _read_all(images, name)
     assert sum(c.length for c in chunks) == size
     assert [c for c in chunks if c.data] == [Chunk(data=True, length=64 * 1024)]
@@ -222,14 +229,7 @@ def test_a_download_walked_in_growing_windows_reads_what_rbd_export_reads(
     with images.image(name) as image:
         for at in spots:
             image.write(b"\xff", at)
-    queries: list[int] = []
-    walk = rbdvolumes.data_extents
-
-    def counted(image: object, offset: int, length: int) -> list[tuple[int, int]]:
-        queries.append(length)
-        return walk(image, offset, length)
-
-    monkeypatch.setattr(rbdtransfer, "data_extents", counted)
+    queries = _counted_queries(monkeypatch, rbdtransfer)
     read = bytearray()
     reader = RbdReader(images, name, 0, 0)
     buffer = bytearray(MIB)
@@ -1240,21 +1240,14 @@ def test_a_clone_walks_its_source_in_windows(
     with images.image(name) as image:
         for at in spots:
             image.write(b"\xff", at)
-    queries: list[int] = []
-    walk = rbdvolumes.data_extents
-
-    def counted(image: object, offset: int, length: int) -> list[tuple[int, int]]:
-        queries.append(length)
-        return walk(image, offset, length)
-
-    monkeypatch.setattr(rbdvolumes, "data_extents", counted)
+    queries = _counted_queries(monkeypatch, rbdvolumes)
     images.create_from(VolumeRequest(copy, None, None), name)
     monkeypatch.undo()
     assert len(queries) > 1
     assert max(queries) < size
     with images.image(name, read_only=True) as source, images.image(copy) as target:
-        extents = walk(source, 0, size)
-        assert walk(target, 0, size) == extents
+        extents = rbdvolumes.data_extents(source, 0, size)
+        assert rbdvolumes.data_extents(target, 0, size) == extents
         for start, end in extents:
             assert target.read(start, end - start) == source.read(start, end - start)
     images.delete(copy)
