@@ -402,25 +402,36 @@ def _upload_frame(serial: int, kind: MessageType, status: MessageStatus, payload
     return encode_frame(header, payload)
 
 
-def test_a_refused_skip_ends_its_upload_as_libvirtd_ends_it() -> None:
-    """A skip libvirtd cannot apply (length 0) aborts its upload, answered by an error
-    REPLY on the stream's serial; the finish after it goes unanswered and the
-    connection is served on. The in-memory daemon answered nothing (a client waiting
-    for the end waited forever) and kept the transfer."""
+def _stream_opened(
+    procedure: Proc, sent: _FramesToClient, *, flags: int = 0
+) -> tuple[MemoryDaemon, memory_server.MemoryServer, ProtocolConnection, int]:
+    """An in-memory daemon holding volume "v" (b"old") in pool "p", its server talking to
+    ``sent``, the client's protocol core and the serial of the stream ``procedure`` opened
+    on "v" (its reply taken, and checked to be OK)."""
     daemon = MemoryDaemon(pools={"p": {"v": b"old"}})
-    sent = _FramesToClient()
     server = memory_server.MemoryServer(
         daemon.pools, sparse_streams=True, client=cast("memory_transport.MemoryTransport", sent)
     )
     client = ProtocolConnection(Side.CLIENT)
     vol = r.StorageVol("p", "v", "/p/v")
     serial, call = client.call(
-        Proc.STORAGE_VOL_UPLOAD,
-        r.VolTransferArgs(vol=vol, offset=0, length=0, flags=VolStreamFlags.SPARSE),
+        procedure, r.VolTransferArgs(vol=vol, offset=0, length=0, flags=flags)
     )
     server.receive(call)
     [reply] = sent.take()
     assert (reply.header.type, reply.header.status) == (MessageType.REPLY, MessageStatus.OK)
+    return daemon, server, client, serial
+
+
+def test_a_refused_skip_ends_its_upload_as_libvirtd_ends_it() -> None:
+    """A skip libvirtd cannot apply (length 0) aborts its upload, answered by an error
+    REPLY on the stream's serial; the finish after it goes unanswered and the
+    connection is served on. The in-memory daemon answered nothing (a client waiting
+    for the end waited forever) and kept the transfer."""
+    sent = _FramesToClient()
+    daemon, server, client, serial = _stream_opened(
+        Proc.STORAGE_VOL_UPLOAD, sent, flags=VolStreamFlags.SPARSE
+    )
     continuing = (MessageType.STREAM, MessageStatus.CONTINUE)
     server.receive(
         _upload_frame(serial, *continuing, b"new")
@@ -464,19 +475,8 @@ def test_a_stream_frame_of_an_unknown_status_aborts_its_upload_as_libvirtd_does(
     by a stream error, and the connection is served on (as virtvold and libvirtd answer
     it). The in-memory daemon answered nothing, so the client waited for good, and kept
     the transfer."""
-    daemon = MemoryDaemon(pools={"p": {"v": b"old"}})
     sent = _FramesToClient()
-    server = memory_server.MemoryServer(
-        daemon.pools, sparse_streams=True, client=cast("memory_transport.MemoryTransport", sent)
-    )
-    client = ProtocolConnection(Side.CLIENT)
-    vol = r.StorageVol("p", "v", "/p/v")
-    serial, call = client.call(
-        Proc.STORAGE_VOL_UPLOAD, r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
-    )
-    server.receive(call)
-    [reply] = sent.take()
-    assert (reply.header.type, reply.header.status) == (MessageType.REPLY, MessageStatus.OK)
+    daemon, server, client, serial = _stream_opened(Proc.STORAGE_VOL_UPLOAD, sent)
     server.receive(
         _upload_frame(serial, MessageType.STREAM, MessageStatus.CONTINUE, b"new")
         + _upload_frame(serial, MessageType.STREAM, cast("MessageStatus", 7), b"")
@@ -516,19 +516,8 @@ async def test_data_sent_into_a_download_fails_its_finish_as_libvirtd_fails_it()
     """Data a client sends into a download is dropped and the download goes on to its
     end, but the client's finish is refused as libvirtd refuses it (and virtvold). The
     in-memory daemon confirmed the finish as if nothing had happened."""
-    daemon = MemoryDaemon(pools={"p": {"v": b"old"}})
     sent = _RoomyFramesToClient()
-    server = memory_server.MemoryServer(
-        daemon.pools, sparse_streams=True, client=cast("memory_transport.MemoryTransport", sent)
-    )
-    client = ProtocolConnection(Side.CLIENT)
-    vol = r.StorageVol("p", "v", "/p/v")
-    serial, call = client.call(
-        Proc.STORAGE_VOL_DOWNLOAD, r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
-    )
-    server.receive(call)
-    [reply] = sent.take()
-    assert (reply.header.type, reply.header.status) == (MessageType.REPLY, MessageStatus.OK)
+    daemon, server, client, serial = _stream_opened(Proc.STORAGE_VOL_DOWNLOAD, sent)
 
     def frame(status: MessageStatus, payload: bytes) -> bytes:
         header = Header(
