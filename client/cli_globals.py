@@ -9,6 +9,7 @@ first word that is not an option: the command.
 from __future__ import annotations
 
 from virtvol.client.cli_args import ArgumentError
+from virtvol.client.sizes import C_BLANKS
 from virtvol.protocol.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ _INT_MAX = 2**31 - 1
 def _c_int(text: str) -> int | None:
     """``text`` read as C's strtol reads an int (base 0: blanks before it, a sign, ``0x``
     for hex, ``0`` for octal), the whole text; None for anything else or out of range."""
-    body = text.lstrip(" \t\n\v\f\r")
+    body = text.lstrip(C_BLANKS)
     sign = -1 if body.startswith("-") else 1
     body = body[1:] if body[:1] in "+-" else body
     base = 10
