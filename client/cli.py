@@ -36,7 +36,7 @@ from virtvol.client.cli_args import (
     split_command_string,
 )
 from virtvol.client.cli_globals import USAGE, Globals, read_globals, version_text
-from virtvol.client.connection import GOODBYE_TIMEOUT_INTERRUPTED, Connection, connect
+from virtvol.client.connection import Connection, connect
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
@@ -170,10 +170,11 @@ def _number_argument(text: str | None, name: str, *, wraps: bool = False) -> int
     from 2**64 as strtoull counts it (``-1`` is 2**64 - 1, the whole volume)."""
     if text is None:
         return 0
-    digits = text.lstrip(C_BLANKS)[1:]
-    if wraps and text.lstrip(C_BLANKS).startswith("-") and digits.isascii() and digits.isdigit():
-        if int(digits) <= _WIRE_MAX:
-            return -int(digits) % (_WIRE_MAX + 1)
+    stripped = text.lstrip(C_BLANKS)
+    digits = stripped[1:]
+    if wraps and stripped.startswith("-") and digits.isascii() and digits.isdigit():
+        if (back := int(digits)) <= _WIRE_MAX:
+            return -back % (_WIRE_MAX + 1)
     else:
         try:
             return parse_size(text)
@@ -1715,21 +1716,16 @@ async def _run(command: Command, handler: Handler, args: SimpleNamespace, opener
     # Only now held: a connection given up over its keepalive leaves virsh none, and the
     # next command's failure is then to connect, not to reconnect.
     _reached.add(args.connect)
-    interrupted = False
-    try:
+    async with conn:  # a short goodbye after Ctrl-C or a signal that ends the command
         try:
-            check_exclusive(command, vars(args))
-            check_not_empty(command, vars(args))
-        except ArgumentError as exc:
-            raise CommandError(str(exc)) from None
-        return await handler(conn, args)
-    except VirtvolError as exc:  # a lost connection, a value the wire cannot carry
-        raise CommandError(str(exc)) from exc
-    except BaseException as exc:  # Ctrl-C, a signal that ends the command
-        interrupted = not isinstance(exc, Exception)
-        raise
-    finally:
-        await conn.close(timeout=GOODBYE_TIMEOUT_INTERRUPTED if interrupted else None)
+            try:
+                check_exclusive(command, vars(args))
+                check_not_empty(command, vars(args))
+            except ArgumentError as exc:
+                raise CommandError(str(exc)) from None
+            return await handler(conn, args)
+        except VirtvolError as exc:  # a lost connection, a value the wire cannot carry
+            raise CommandError(str(exc)) from exc
 
 
 # The URIs a command of this run has connected to (``None``: the library's default), which
