@@ -102,6 +102,19 @@ class _Transfer:
         self.client_wrote = False
 
 
+def _refused_end(
+    event: StreamFinishReceived | StreamAbortReceived | StreamAbortedByStatus,
+    transfer: _Transfer | None,
+) -> str | None:
+    """What the end of a stream is refused with, as libvirtd refuses it (the client waits
+    for that answer instead of the end's STREAM/OK); None when it is acknowledged."""
+    if isinstance(event, StreamAbortedByStatus):  # an abort by a status of no meaning
+        return f"stream aborted with unexpected status {event.status}"
+    if isinstance(event, StreamFinishReceived) and transfer is not None and transfer.client_wrote:
+        return "stream had unexpected termination"
+    return None
+
+
 class MemoryServer:
     """libvirt's storage procedures over a daemon's pools, for one connection."""
 
@@ -194,41 +207,24 @@ class MemoryServer:
             transfer = self.transfers.get(event.serial)
             if transfer is not None:
                 transfer.client_wrote = True
-        elif isinstance(event, StreamFinishReceived | StreamAbortReceived):
+        elif isinstance(event, StreamFinishReceived | StreamAbortReceived | StreamAbortedByStatus):
             transfer = self.transfers.pop(event.serial, None)
             if transfer is not None and transfer.task is not None:
                 transfer.task.cancel()
-            if (
-                isinstance(event, StreamFinishReceived)
-                and transfer is not None
-                and transfer.client_wrote
-            ):
-                failure = ErrorReport(
-                    ErrorCode.RPC, ErrorDomain.STREAMS, "stream had unexpected termination"
-                )
+            refusal = _refused_end(event, transfer)
+            if refusal is None:
+                self.send(self.core.send_finish_ack(event.serial))
+            else:
+                failure = ErrorReport(ErrorCode.RPC, ErrorDomain.STREAMS, refusal)
                 self.send(
                     self.core.send_stream_error(event.serial, r.RemoteError.from_report(failure))
                 )
-            else:
-                self.send(self.core.send_finish_ack(event.serial))
         elif isinstance(event, StreamSkipRefused):
             # As libvirtd: the stream is aborted (what it wrote stays, written in place)
             # and the refusal is an error REPLY on its serial; the core forgot the stream,
             # so the client's finish after it goes unanswered, as libvirtd leaves it.
             self.transfers.pop(event.serial, None)
             self.send(self.core.refuse_stream_frame(event))
-        elif isinstance(event, StreamAbortedByStatus):
-            # As libvirtd (and virtvold): an abort, answered with an error instead of the
-            # abort's STREAM/OK; the client waits for that answer.
-            transfer = self.transfers.pop(event.serial, None)
-            if transfer is not None and transfer.task is not None:
-                transfer.task.cancel()
-            failure = ErrorReport(
-                ErrorCode.RPC,
-                ErrorDomain.STREAMS,
-                f"stream aborted with unexpected status {event.status}",
-            )
-            self.send(self.core.send_stream_error(event.serial, r.RemoteError.from_report(failure)))
         elif isinstance(event, PingReceived):
             self.send(self.core.send_pong())
 
