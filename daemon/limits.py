@@ -52,7 +52,6 @@ class ConnectionLimits:
     """The per-daemon and per-connection limits (see ``config.Settings``)."""
 
     max_clients: int = 5000
-    max_anonymous_clients: int = 20
     max_client_requests: int = 5
     max_client_streams: int = 16
     handshake_timeout: float = 30.0

@@ -89,7 +89,6 @@ class Daemon:
             keepalive_count=settings.keepalive_count,
             limits=ConnectionLimits(
                 max_clients=settings.max_clients,
-                max_anonymous_clients=settings.max_anonymous_clients,
                 max_client_requests=settings.max_client_requests,
                 max_client_streams=settings.max_client_streams,
                 handshake_timeout=settings.handshake_timeout,

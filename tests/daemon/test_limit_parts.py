@@ -181,7 +181,7 @@ def test_streams_may_take_half_the_reserve_and_no_more() -> None:
 
 
 def test_admission_names_the_limit_that_refuses() -> None:
-    limits = ConnectionLimits(max_clients=10, max_anonymous_clients=3)
+    limits = ConnectionLimits(max_clients=10)
     admission = Admission(limits, fd_limit=1024, fds_at_start=20)
     assert admission.refusal(clients=9) is None
     assert "max_clients (10)" in (admission.refusal(clients=10) or "")
