@@ -7,10 +7,12 @@ entities and external references refused.
 from __future__ import annotations
 
 import importlib
-from xml.etree.ElementTree import Element, ParseError
+import re
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 from xml.parsers import expat
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
+from virtvol.sparse import libc
 
 from .reports import xml_error
 
@@ -18,6 +20,14 @@ from .reports import xml_error
 # whether or not a stub package is installed.
 _defused_et = importlib.import_module("defusedxml.ElementTree")
 _defused_common = importlib.import_module("defusedxml.common")
+
+# An XML declaration's encoding (XML 1.0's EncodingDecl, its EncName in group "name"),
+# which must open the document.
+_ENCODING_DECLARATION = re.compile(
+    r"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*(?:'[^']*'|\"[^\"]*\")"
+    r"[ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*(?P<quote>['\"])"
+    r"(?P<name>[A-Za-z][A-Za-z0-9._-]*)(?P=quote)"
+)
 
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"}
 
@@ -49,10 +59,19 @@ def parse_document(
 
     Raises:
         ErrorReport: VIR_ERR_XML_DETAIL for malformed XML (libvirt's code and
-            wording), VIR_ERR_XML_ERROR for forbidden constructs or a wrong root.
+            wording) and for an encoding declaration naming an encoding the system does
+            not know, VIR_ERR_XML_ERROR for forbidden constructs or a wrong root.
     """
+    unsupported = _unsupported_encoding(text)
+    if unsupported is not None:
+        raise ErrorReport(ErrorCode.XML_DETAIL, domain, f"({source}):{unsupported}")
+    # The text is read as UTF-8 whatever its declaration says, as libvirt hands libxml
+    # the document: bytes that are not UTF-8 are malformed, never read as Latin-1 or as
+    # another encoding the declaration names.
+    parser = _defused_et.DefusedXMLParser(target=TreeBuilder(), encoding="utf-8", forbid_dtd=True)
     try:
-        element: Element = _defused_et.fromstring(_parser_input(text), forbid_dtd=True)
+        parser.feed(_parser_input(text))
+        element: Element = parser.close()
     except ParseError as exc:
         line = exc.position[0]
         message = f"({source}):{line}: {_premature_end(text) or exc.msg}"
@@ -62,14 +81,56 @@ def parse_document(
             f"({source}): DTDs, entity declarations and external references are not accepted",
             domain,
         ) from None
-    except (LookupError, ValueError) as exc:
-        # Bytes are read by their encoding declaration, which may name no codec known
-        # here (LookupError) or one the parser cannot use (ValueError): malformed too.
-        message = f"({source}):1: {exc}"
-        raise ErrorReport(ErrorCode.XML_DETAIL, ErrorDomain.STORAGE, message) from None
     if element.tag != root:
         raise xml_error(f"expecting root element of '{root}', not '{element.tag}'", ErrorDomain.XML)
     return element
+
+
+def _unsupported_encoding(text: str) -> str | None:
+    """libxml's words, after libvirt's document name, for a document whose declaration
+    names an encoding the system does not know, whatever the text holds: the line of the
+    declaration's end, "Unsupported encoding NAME", libvirt's excerpt of that line and its
+    pointer just past the name's closing quote. None for a document without such a
+    declaration."""
+    declared = _ENCODING_DECLARATION.match(text)
+    if declared is None or _known_encoding(declared["name"]):
+        return None
+    end = declared.end()
+    line = text.count("\n", 0, end) + 1
+    return f"{line}: Unsupported encoding {declared['name']}\n{_excerpt(text, end)}"
+
+
+def _known_encoding(name: str) -> bool:
+    """Whether libxml could read ``name``: it asks iconv for a converter each way, and so
+    does this. Without iconv in the C library every name passes: the text is read as
+    UTF-8 all the same."""
+    import ctypes
+
+    iconv_open = libc.function("iconv_open", "c_void_p", "c_char_p", "c_char_p")
+    iconv_close = libc.function("iconv_close", "c_int", "c_void_p")
+    if iconv_open is None or iconv_close is None:
+        return True
+    failed = ctypes.c_void_p(-1).value
+    known = True
+    for to, from_ in ((b"UTF-8", name.encode()), (name.encode(), b"UTF-8")):
+        handle = iconv_open(to, from_)
+        if handle == failed:
+            known = False
+        else:
+            iconv_close(handle)
+    return known
+
+
+def _excerpt(text: str, offset: int) -> str:
+    """libvirt's excerpt of the line of ``text`` that holds ``offset``: the line, whole,
+    and under it a dash for each byte before ``offset`` (it walks the UTF-8, not
+    characters), a tab kept as a tab so that the caret lines up, then the caret."""
+    start = max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
+    ends = [at for at in (text.find("\n", offset), text.find("\r", offset)) if at >= 0]
+    line = text[start : min(ends, default=len(text))]
+    before = text[start:offset].encode("utf-8", "surrogateescape")
+    pointer = "".join("\t" if byte == 0x09 else "-" for byte in before) + "^"
+    return f"{line}\n{pointer}"
 
 
 def _premature_end(text: str) -> str | None:
@@ -82,7 +143,7 @@ def _premature_end(text: str) -> str | None:
     for each of its bytes (it walks the UTF-8, not characters), a tab kept as a tab so
     that the caret lines up, then the caret.
     """
-    parser = expat.ParserCreate()
+    parser = expat.ParserCreate("utf-8")  # as parse_document reads it, whatever it declares
     open_elements: list[tuple[str, int]] = []
 
     def opened(name: str, _attributes: object) -> None:
@@ -104,28 +165,23 @@ def _premature_end(text: str) -> str | None:
     else:
         return None
     name, line = open_elements[-1]
-    last_line = text[max(text.rfind("\n"), text.rfind("\r")) + 1 :]
-    line_bytes = last_line.encode("utf-8", "surrogateescape")
-    pointer = "".join("\t" if byte == 0x09 else "-" for byte in line_bytes) + "^"
-    # An empty line is no excerpt at all: libvirt formats its missing text as "(null)".
-    return f"Premature end of data in tag {name} line {line}\n{last_line or '(null)'}\n{pointer}"
+    excerpt = _excerpt(text, len(text))
+    if excerpt.startswith("\n"):
+        # An empty line is no excerpt at all: libvirt formats its missing text as "(null)".
+        excerpt = f"(null){excerpt}"
+    return f"Premature end of data in tag {name} line {line}\n{excerpt}"
 
 
 def _refuse_doctype(*_declaration: object) -> None:
     raise expat.ExpatError("a DTD")
 
 
-def _parser_input(text: str) -> str | bytes:
-    """``text`` as the parser is to read it. Bytes that were not UTF-8 on the wire are
-    kept in a string as surrogates (``surrogateescape``), which the parser cannot take as
-    text: they go to it as the bytes they were, to be refused as malformed XML (or read
-    as the document's encoding declaration says), as libvirt's parser does, instead of
-    failing the call with an internal error."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")
-    return text
+def _parser_input(text: str) -> bytes:
+    """``text`` as the parser is to read it: its UTF-8. Bytes that were not UTF-8 on the
+    wire, kept in the string as surrogates (``surrogateescape``), go to it as the bytes
+    they were, to be refused as malformed XML as libvirt's parser refuses them, instead
+    of failing the call with an internal error."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def child_string(parent: Element, path: str) -> str | None:

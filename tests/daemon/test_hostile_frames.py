@@ -37,6 +37,7 @@ from virtvol.protocol.procedures import Proc
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from virtvol.protocol.connection import Event
     from virtvol.protocol.xdr import XdrStruct
 
 MIB = 1 << 20
@@ -754,3 +755,79 @@ async def test_a_call_with_descriptors_is_answered_like_libvirtd(
     libvirtd = await _answers_to_a_call_with_descriptors(reference_libvirtd, transport, descriptors)
     ours = await _answers_to_a_call_with_descriptors(virtvold, transport, descriptors)
     assert ours == libvirtd
+
+
+async def _answers_to_encoding_declarations(peer: Virtvold | ReferenceLibvirtd) -> list[str]:
+    """Define a pool (and create one), a volume and a secret from documents whose
+    declaration names an encoding no parser knows, or a known one over bytes that are not
+    UTF-8: each answer's code, domain and message (the malformed ones' message only up to
+    its first colon past the document's name: libxml's words differ from expat's)."""
+    bad = "\udcff"  # the byte 0xff on the wire
+    ours = isinstance(peer, Virtvold)
+    answers: list[str] = []
+    async with raw_client(
+        peer.port, open_name="storage:///system" if ours else "storage:///session"
+    ) as client:
+        found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
+        assert isinstance(found, ReplyReceived)
+        assert isinstance(found.result, r.PoolRet)
+        pool = found.result.pool
+        for encoding, text in (("bogus", ""), ("ebcdic", bad), ("latin1", bad)):
+            declaration = f"<?xml version='1.0' encoding='{encoding}'?>"
+            pool_xml = (
+                f"{declaration}<pool type='dir'><name>p-{encoding}</name>"
+                f"<target><path>/nonexistent/{encoding}{text}</path></target></pool>"
+            )
+            volume_xml = (
+                f"{declaration}<volume><name>v-{encoding}</name><capacity>1</capacity>"
+                f"<target><path>{text}</path></target></volume>"
+            )
+            calls = [
+                (Proc.STORAGE_POOL_DEFINE_XML, r.PoolXmlArgs(xml=pool_xml, flags=0)),
+                (Proc.STORAGE_POOL_CREATE_XML, r.PoolXmlArgs(xml=pool_xml, flags=0)),
+                (
+                    Proc.STORAGE_VOL_CREATE_XML,
+                    r.VolCreateXmlArgs(pool=pool, xml=volume_xml, flags=0),
+                ),
+            ]
+            for procedure, args in calls:
+                answer = _xml_answer(await client.call(procedure, args))
+                answers.append(f"{procedure.name} {encoding}: {answer}")
+    async with raw_client(
+        peer.port, open_name="secret:///system" if ours else "secret:///session"
+    ) as client:
+        for encoding, text in (("bogus", ""), ("ebcdic", bad), ("latin1", bad)):
+            secret_xml = (
+                f"<?xml version='1.0' encoding='{encoding}'?>"
+                f"<secret><description>{text}</description></secret>"
+            )
+            defined = await client.call(
+                Proc.SECRET_DEFINE_XML, r.SecretXmlArgs(xml=secret_xml, flags=0)
+            )
+            answers.append(f"SECRET_DEFINE_XML {encoding}: {_xml_answer(defined)}")
+    return answers
+
+
+def _xml_answer(event: Event) -> str:
+    if isinstance(event, ReplyReceived):
+        return "taken"
+    code, domain, message = error_of(event)
+    assert message is not None
+    if "Unsupported encoding" not in message:
+        message = ":".join(message.split(":")[:2])
+    return f"{code} {domain} {message!r}"
+
+
+async def test_encoding_declarations_are_read_like_libvirtd(
+    virtvold: Virtvold, reference_libvirtd_with_secrets: ReferenceLibvirtd
+) -> None:
+    """libvirtd reads every definition as UTF-8 and refuses one whose declaration names an
+    encoding it does not know, whatever the text, with "Unsupported encoding NAME", an
+    excerpt and a pointer, in the domain of the driver that reads it. virtvold read the
+    bytes by the declaration: it took such a document when it held only UTF-8, refused a
+    secret's in the storage domain, and read bytes that are not UTF-8 as Latin-1 when the
+    declaration said so, where libvirtd refuses them as malformed."""
+    libvirtd = await _answers_to_encoding_declarations(reference_libvirtd_with_secrets)
+    ours = await _answers_to_encoding_declarations(virtvold)
+    assert ours == libvirtd
+    assert "Traceback" not in virtvold.log_text()
