@@ -127,6 +127,12 @@ MAX_IMAGE_SIZE = MAX_FILE_SIZE
 DIRECTORY_PAGE = 1024
 DIRECTORY_PAGE_BYTES = DIRECTORY_PAGE * (2 * 4 + 2048 + 64)
 
+# Room for what an image's header object answers when its snapshots are read there
+# (``_snapshots``): a snapshot context (8192 snapshot ids, far more than Ceph keeps on an
+# image), and one snapshot's name.
+SNAPSHOT_CONTEXT_BYTES = 8 + 4 + 8192 * 8
+SNAPSHOT_NAME_BYTES = 4 + 65536
+
 # The most objects whose object map ``vol-info`` walks for a volume's allocation (4 TiB of
 # 4 MiB objects, a 256 KiB map, a fraction of a second): librbd goes through the whole map
 # for any query, so a larger image is not walked there (``_reported_allocation``).
@@ -766,7 +772,7 @@ class RbdVolumes:
             self._remove_snapshots(name)
         with self.image(name, read_only=True) as image:
             image_id = _id_of(image)
-            has_snapshots = _has_snapshots(image)
+            has_snapshots = _has_snapshots(self._ioctx, image)
             held = self._held_elsewhere(image)
         if held == errno.EBUSY:
             # Open for writing or watched elsewhere (a guest, another host's whole-volume
@@ -814,19 +820,20 @@ class RbdVolumes:
         """Remove the image's snapshots (those of users, as ``rbd snap ls`` shows them)."""
         user = self._rbd.RBD_SNAP_NAMESPACE_TYPE_USER
         with self.image(name) as image:
-            for snapshot in list(image.list_snaps()):
-                if snapshot.get("namespace", user) != user:
+            for snapshot, namespace in _snapshots(self._ioctx, image):
+                if namespace not in (None, user):
                     continue
-                label = f"{self.volume_path(name)}@{snapshot['name']}"
+                # A name that is no UTF-8 goes to the client as the bytes it is.
+                label = f"{self.volume_path(name)}@{snapshot.decode('utf-8', 'surrogateescape')}"
                 try:
-                    if image.is_protected_snap(snapshot["name"]):
-                        image.unprotect_snap(snapshot["name"])
+                    if image.is_protected_snap(snapshot):
+                        image.unprotect_snap(snapshot)
                 except Exception as exc:
                     raise system_error(
                         f"failed to unprotect snapshot '{label}'", _errno(exc)
                     ) from None
                 try:
-                    image.remove_snap(snapshot["name"])
+                    image.remove_snap(snapshot)
                 except Exception as exc:
                     raise system_error(
                         f"failed to remove snapshot '{label}'", _errno(exc)
@@ -886,7 +893,7 @@ class RbdVolumes:
         not replaced."""
         with self.image(like, read_only=True) as image:
             self._check_nothing_holds_by_id(image, like)
-            if _has_snapshots(image):
+            if _has_snapshots(self._ioctx, image):
                 raise storage_error(
                     ErrorCode.OPERATION_INVALID,
                     f"volume '{like}' has snapshots, which a whole-volume upload would leave "
@@ -1173,7 +1180,7 @@ class RbdVolumes:
                 try:
                     image_id = _id_of(image)
                     watched = any(True for _ in image.watchers_list())
-                    snapshots_left = _clone_snapshots(image)
+                    snapshots_left = _clone_snapshots(self._ioctx, image)
                 finally:
                     image.close()
         except self._rbd.ImageNotFound:
@@ -1212,7 +1219,7 @@ class RbdVolumes:
             except self._rbd.ImageNotFound:
                 return
             try:
-                left = _clone_snapshots(image)
+                left = _clone_snapshots(self._ioctx, image)
                 watched = bool(left) and any(True for _ in image.watchers_list())
                 image_id = _id_of(image)
             finally:
@@ -1562,15 +1569,49 @@ def _fast_diff_usable(rbd: ModuleType, image: Any) -> bool:
         return False
 
 
-def _clone_snapshots(image: Any) -> list[str]:
+def _snapshots(ioctx: Any, image: Any) -> list[tuple[bytes, int | None]]:
+    """The image's snapshots, in Ceph's order: each one's name, the bytes Ceph holds, and
+    its namespace type (None where the binding does not say).
+
+    Ceph's binding fails the whole listing over a name that is no UTF-8 (another client
+    may make one: librbd takes any bytes): the names are then read from the image's
+    header object (class ``rbd``: ``get_snapcontext`` for the ids, ``get_snapshot_name``
+    for each one's name), and the binding takes them back as bytes.
+    """
+    try:
+        return [
+            (snapshot["name"].encode(), snapshot.get("namespace"))
+            for snapshot in image.list_snaps()
+        ]
+    except UnicodeDecodeError:
+        pass
+    header = f"rbd_header.{image.id()}"
+    _, context = ioctx.execute(header, "rbd", "get_snapcontext", b"", SNAPSHOT_CONTEXT_BYTES)
+    context = bytes(context)
+    # The sequence number (64 bits), then the ids (a count, 64 bits each), newest first.
+    count = int.from_bytes(context[8:12], "little")
+    ids = [int.from_bytes(context[12 + 8 * i : 20 + 8 * i], "little") for i in range(count)]
+    snapshots: list[tuple[bytes, int | None]] = []
+    for snap_id in sorted(ids):
+        _, reply = ioctx.execute(
+            header, "rbd", "get_snapshot_name", snap_id.to_bytes(8, "little"), SNAPSHOT_NAME_BYTES
+        )
+        reply = bytes(reply)
+        name = reply[4 : 4 + int.from_bytes(reply[:4], "little")]
+        snapshots.append((name, image.snap_get_namespace_type(snap_id)))
+    return snapshots
+
+
+def _clone_snapshots(ioctx: Any, image: Any) -> list[str]:
     """The names of the image's snapshots that clones take (``CLONE_SNAPSHOT_PREFIX``),
     but for a protected one or one with children: ``create_from`` does neither to its
     snapshot, so such a one is another client's, and librbd would move one with (clone
-    v2) children to its trash rather than refuse to remove it."""
+    v2) children to its trash rather than refuse to remove it. (A name that is no UTF-8
+    is never one: kept as surrogates, it has no hex digits to match.)"""
     names = [
-        snapshot["name"]
-        for snapshot in image.list_snaps()
-        if _is_hidden_name(snapshot["name"], CLONE_SNAPSHOT_PREFIX)
+        name
+        for name in (raw.decode("utf-8", "surrogateescape") for raw, _ in _snapshots(ioctx, image))
+        if _is_hidden_name(name, CLONE_SNAPSHOT_PREFIX)
     ]
     ours = []
     for name in names:
@@ -1586,8 +1627,8 @@ def _clone_snapshots(image: Any) -> list[str]:
     return ours
 
 
-def _has_snapshots(image: Any) -> bool:
-    return any(True for _ in image.list_snaps())
+def _has_snapshots(ioctx: Any, image: Any) -> bool:
+    return bool(_snapshots(ioctx, image))
 
 
 def copy_range(source: Any, target: Any, start: int, end: int) -> None:

@@ -1087,6 +1087,36 @@ def test_an_image_name_that_is_no_text_hides_nothing(images: RbdVolumes) -> None
     images.delete(volume)
 
 
+def test_a_snapshot_name_that_is_no_text_is_kept_unless_asked_for(images: RbdVolumes) -> None:
+    """Another Ceph client may name a snapshot with bytes that are no UTF-8 (Ceph's binding
+    then fails the whole listing of the image's snapshots): the clean-up at pool start
+    still removes a clone's snapshot a crash left beside it and keeps it, a delete is
+    refused as for any volume with snapshots, and a delete with its snapshots removes it,
+    protected, with the rest."""
+    name = volume_name("snapped")
+    not_text = b"daily-\xff"
+    ours = ".virtvol-clone-" + os.urandom(8).hex()
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        # The binding takes str names, encoded as UTF-8, or bytes as they are.
+        for snapshot in (not_text, ours, "weekly"):  # listed in this order
+            image.create_snap(snapshot)
+        image.protect_snap(not_text)
+    images.recover_after_crash()
+    assert images._sweeper is not None
+    images._sweeper.join(60)
+    with images.image(name, read_only=True) as image:
+        kept = [image.snap_exists(snapshot) for snapshot in (not_text, ours, "weekly")]
+    assert kept == [True, False, True]
+    with pytest.raises(ErrorReport) as refused:
+        images.delete(name)
+    assert refused.value.message == (
+        f"failed to remove volume '{CEPH_POOL}/{name}': Directory not empty"
+    )
+    images.delete(name, with_snapshots=True)
+    assert name not in images._all_names()
+
+
 def _snapshots(volumes: RbdVolumes, name: str) -> list[str]:
     with volumes.image(name, read_only=True) as image:
         return [snapshot["name"] for snapshot in image.list_snaps()]
@@ -1303,8 +1333,8 @@ def test_the_clean_up_removes_the_rest_after_a_snapshot_its_clone_removed(
             image.create_snap(snapshot)
     listed = rbdvolumes._clone_snapshots
 
-    def the_clone_ends_after_the_look(image: Any) -> list[str]:
-        found = listed(image)
+    def the_clone_ends_after_the_look(ioctx: Any, image: Any) -> list[str]:
+        found = listed(ioctx, image)
         if ended in found:
             with images.image(name) as writable:
                 writable.remove_snap(ended)
