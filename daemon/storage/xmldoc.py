@@ -22,11 +22,18 @@ _defused_et = importlib.import_module("defusedxml.ElementTree")
 _defused_common = importlib.import_module("defusedxml.common")
 
 # An XML declaration's encoding (XML 1.0's EncodingDecl, its EncName in group "name"),
-# which must open the document.
+# which must open the document, after a byte order mark if there is one (libxml skips it
+# and still checks the encoding the declaration names).
 _ENCODING_DECLARATION = re.compile(
-    r"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*(?:'[^']*'|\"[^\"]*\")"
+    r"\ufeff?<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*(?:'[^']*'|\"[^\"]*\")"
     r"[ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*(?P<quote>['\"])"
     r"(?P<name>[A-Za-z][A-Za-z0-9._-]*)(?P=quote)"
+)
+
+# The names libxml knows without iconv (its own converters, and its own spellings of
+# encodings iconv knows by other names), in capitals: it compares them so.
+_LIBXML_ENCODINGS = frozenset(
+    {"HTML", "ISO-LATIN-1", "ISO-LATIN-2", "ISO-10646-UCS-2", "ISO-10646-UCS-4"}
 )
 
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"}
@@ -101,10 +108,14 @@ def _unsupported_encoding(text: str) -> str | None:
 
 
 def _known_encoding(name: str) -> bool:
-    """Whether libxml could read ``name``: it asks iconv for a converter each way, and so
-    does this. Without iconv in the C library every name passes: the text is read as
-    UTF-8 all the same."""
+    """Whether libxml could read ``name``: one of its own, or one iconv has a converter
+    for each way (libxml asks so). Without iconv in the C library every name passes: the
+    text is read as UTF-8 all the same. (libxml built with ICU also takes the names only
+    ICU knows, such as CESU-8 or x-mac-roman: those are refused here.)"""
     import ctypes
+
+    if name.upper() in _LIBXML_ENCODINGS:
+        return True
 
     iconv_open = libc.function("iconv_open", "c_void_p", "c_char_p", "c_char_p")
     iconv_close = libc.function("iconv_close", "c_int", "c_void_p")
