@@ -80,6 +80,29 @@ def _storage_error(code: ErrorCode, detail: str) -> ErrorReport:
     return ErrorReport.raised(code, ErrorDomain.STORAGE, detail)
 
 
+def _volume_definition(xml: str) -> ET.Element:
+    """The root of a volume definition, read as virtvold reads one: as UTF-8 whatever its
+    declaration says (a byte that was not UTF-8 on the wire, kept as a surrogate, goes to
+    the parser as that byte, to be refused), malformed XML refused with VIR_ERR_XML_DETAIL,
+    the document's name and line, and another root element with VIR_ERR_XML_ERROR. The
+    encoding a declaration names is not checked: virtvold asks the C library's iconv,
+    and this module stays free of the daemon's code."""
+    parser = ET.XMLParser(encoding="utf-8")
+    try:
+        parser.feed(xml.encode("utf-8", "surrogateescape"))
+        root = parser.close()
+    except ET.ParseError as exc:
+        message = f"(storage_volume_definition):{exc.position[0]}: {exc.msg}"
+        raise ErrorReport(ErrorCode.XML_DETAIL, ErrorDomain.STORAGE, message) from None
+    if root.tag != "volume":
+        raise ErrorReport.raised(
+            ErrorCode.XML_ERROR,
+            ErrorDomain.XML,
+            f"expecting root element of 'volume', not '{root.tag}'",
+        )
+    return root
+
+
 def _size(element: ET.Element | None) -> int:
     if element is None or element.text is None:
         return 0
@@ -384,10 +407,7 @@ class MemoryServer:
     def _vol_create(self, args: XdrStruct | None) -> XdrStruct:
         wanted = _args(args, r.VolCreateXmlArgs)
         pool = self._pool(wanted.pool.name, active=True)
-        try:
-            root = ET.fromstring(wanted.xml)
-        except ET.ParseError as exc:
-            raise ErrorReport.raised(ErrorCode.XML_ERROR, ErrorDomain.STORAGE, str(exc)) from None
+        root = _volume_definition(wanted.xml)
         name = (root.findtext("name") or "").strip()
         if not name:
             raise ErrorReport.raised(

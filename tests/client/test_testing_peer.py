@@ -10,7 +10,7 @@ import socket
 import stat
 import uuid
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
@@ -50,6 +50,9 @@ from virtvol.protocol.constants import (
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.protocol.frames import Frame, FrameReader, Header, encode_frame
 from virtvol.protocol.procedures import Proc
+
+if TYPE_CHECKING:
+    from tests.conftest import Virtvold
 
 KIB = 1024
 
@@ -281,7 +284,7 @@ async def test_more_refusals_as_libvirt_words_them() -> None:
             await conn.lookup_volume_by_path("/p/w")
         with pytest.raises(LibvirtError) as bad_xml:
             await pool.create_volume("<volume><name>w</name>")
-        assert bad_xml.value.code == ErrorCode.XML_ERROR
+        assert bad_xml.value.code == ErrorCode.XML_DETAIL
         with pytest.raises(LibvirtError) as no_name:
             await pool.create_volume("<volume><capacity>1</capacity></volume>")
         assert no_name.value.code == ErrorCode.XML_ERROR
@@ -556,3 +559,39 @@ async def test_data_sent_into_a_download_fails_its_finish_as_libvirtd_fails_it()
     [answer] = sent.take()
     assert (answer.header.serial, answer.header.status) == (other, MessageStatus.OK)
     assert sent.dropped is None
+
+
+# Volume definitions a parser refuses: cut short, malformed, holding a byte that is not
+# UTF-8 (with or without a declaration naming an encoding that has it), without a name,
+# and another definition's.
+BAD_DEFINITIONS = (
+    "<volume><name>w</name>",
+    "<volume><name>w</name><capacity>1</capacity></volume",
+    "<volume><name>w\udcff</name><capacity>1</capacity></volume>",
+    "<?xml version='1.0' encoding='latin1'?><volume><name>w\udcff</name></volume>",
+    "<volume><capacity>1</capacity></volume>",
+    "<pool><name>w</name><capacity>1</capacity></pool>",
+)
+
+
+async def _refusals_of_bad_definitions(conn: virtvol.client.Connection) -> list[str]:
+    """Each refusal's code, domain and message up to its line number (the parsers' words
+    differ past it)."""
+    pool = await conn.lookup_pool_by_name("default")
+    answers = []
+    for xml in BAD_DEFINITIONS:
+        with pytest.raises(LibvirtError) as refused:
+            await pool.create_volume(xml)
+        error = refused.value
+        answers.append(f"{error.code} {error.domain} {':'.join(error.message.split(':')[:2])}")
+    return answers
+
+
+async def test_bad_definitions_are_refused_as_virtvold_refuses_them(virtvold: Virtvold) -> None:
+    """The in-memory daemon answered malformed XML with VIR_ERR_XML_ERROR without the
+    document's name and line, took a definition's bytes by its encoding declaration, and
+    failed the call with an uncaught exception over a byte that is not UTF-8."""
+    async with memory_daemon(pools={"default": {}}) as conn:
+        ours = await _refusals_of_bad_definitions(conn)
+    async with virtvol.client.connect(virtvold.tcp_uri) as conn:
+        assert ours == await _refusals_of_bad_definitions(conn)
