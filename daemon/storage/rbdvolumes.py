@@ -128,8 +128,9 @@ DIRECTORY_PAGE = 1024
 DIRECTORY_PAGE_BYTES = DIRECTORY_PAGE * (2 * 4 + 2048 + 64)
 
 # Room for what an image's header object answers when its snapshots are read there
-# (``_snapshots``): a snapshot context (8192 snapshot ids, far more than Ceph keeps on an
-# image), and one snapshot's name.
+# (``_snapshots``): a snapshot context of up to 8192 snapshot ids, and one snapshot's name
+# of up to 64 KiB. A longer answer fails the call (librados: "Numerical result out of
+# range"), never a shorter read.
 SNAPSHOT_CONTEXT_BYTES = 8 + 4 + 8192 * 8
 SNAPSHOT_NAME_BYTES = 4 + 65536
 
@@ -1466,15 +1467,20 @@ def _ceph_string(raw: bytes) -> bytes:
     return len(raw).to_bytes(4, "little") + raw
 
 
+def _ceph_string_at(data: bytes, at: int) -> tuple[bytes, int]:
+    """The string ``_ceph_string`` encoded at offset ``at`` of ``data``, and the offset
+    just past it."""
+    end = at + 4 + int.from_bytes(data[at : at + 4], "little")
+    return data[at + 4 : end], end
+
+
 def _decode_string_map(data: bytes) -> Iterator[bytes]:
     """The keys of a map of strings to strings in Ceph's encoding, in its order."""
     count, at = int.from_bytes(data[:4], "little"), 4
     for _ in range(count):
-        for is_key in (True, False):
-            length = int.from_bytes(data[at : at + 4], "little")
-            if is_key:
-                yield data[at + 4 : at + 4 + length]
-            at += 4 + length
+        key, at = _ceph_string_at(data, at)
+        _, at = _ceph_string_at(data, at)
+        yield key
 
 
 def _id_of(image: Any) -> str:
@@ -1596,8 +1602,7 @@ def _snapshots(ioctx: Any, image: Any) -> list[tuple[bytes, int | None]]:
         _, reply = ioctx.execute(
             header, "rbd", "get_snapshot_name", snap_id.to_bytes(8, "little"), SNAPSHOT_NAME_BYTES
         )
-        reply = bytes(reply)
-        name = reply[4 : 4 + int.from_bytes(reply[:4], "little")]
+        name, _ = _ceph_string_at(bytes(reply), 0)
         snapshots.append((name, image.snap_get_namespace_type(snap_id)))
     return snapshots
 

@@ -1117,6 +1117,56 @@ def test_a_snapshot_name_that_is_no_text_is_kept_unless_asked_for(images: RbdVol
     assert name not in images._all_names()
 
 
+class _ListingFails:
+    """An image whose snapshot listing fails as Ceph's binding fails it over a name that
+    is no UTF-8; all else is the image's."""
+
+    def __init__(self, image: Any) -> None:
+        self._image = image
+
+    def list_snaps(self) -> Any:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._image, name)
+
+
+def test_snapshots_read_from_the_header_are_those_the_binding_lists(
+    images: RbdVolumes,
+) -> None:
+    """Read from the image's header object, the snapshots are those the binding lists, in
+    its order, each with its own namespace: a removed one a clone still depends on (in
+    Ceph's trash) among those of users, with ids out of the order they were made in."""
+    name = volume_name("listed")
+    clone = volume_name("listed-clone")
+    images.create(VolumeRequest(name, MIB, None))
+    with images.image(name) as image:
+        for snapshot in ("one", "two", "three", "four"):
+            image.create_snap(snapshot)
+        image.protect_snap("one")
+    images._cluster.conf_set("rbd_default_clone_format", "2")  # clones of any snapshot
+    images._rbd.RBD().clone(images._ioctx, name, "three", images._ioctx, clone)
+    with images.image(name) as image:
+        for snapshot in ("three", "two"):  # "three" goes to the trash: a clone has it
+            image.remove_snap(snapshot)
+        image.create_snap("five")
+        listed = rbdvolumes._snapshots(images._ioctx, image)
+        read = rbdvolumes._snapshots(images._ioctx, _ListingFails(image))
+    user, trash = (
+        images._rbd.RBD_SNAP_NAMESPACE_TYPE_USER,
+        images._rbd.RBD_SNAP_NAMESPACE_TYPE_TRASH,
+    )
+    assert [namespace for _, namespace in listed] == [user, trash, user, user]
+    assert [snapshot for snapshot, namespace in listed if namespace == user] == [
+        b"one",
+        b"four",
+        b"five",
+    ]
+    assert read == listed
+    images.delete(clone)
+    images.delete(name, with_snapshots=True)
+
+
 def _snapshots(volumes: RbdVolumes, name: str) -> list[str]:
     with volumes.image(name, read_only=True) as image:
         return [snapshot["name"] for snapshot in image.list_snaps()]
