@@ -109,7 +109,12 @@ def _size(element: ET.Element | None) -> int:
     unit = (element.get("unit") or "bytes").lower()
     if unit not in _UNITS:
         raise _storage_error(ErrorCode.INVALID_ARG, f"unknown storage size unit '{unit}'")
-    return int(element.text.strip()) * _UNITS[unit]
+    text = element.text.strip()
+    if not text.isascii() or not text.removeprefix("+").isdigit():
+        raise ErrorReport.raised(
+            ErrorCode.XML_ERROR, ErrorDomain.STORAGE, "malformed capacity element"
+        )
+    return int(text) * _UNITS[unit]
 
 
 class _Transfer:
@@ -263,6 +268,14 @@ class MemoryServer:
             result = handler(call.args)
         except ErrorReport as report:
             self.send(self.core.reply_error(call.serial, r.RemoteError.from_report(report)))
+            return
+        except Exception as exc:
+            # A fault of this daemon's own: answered as virtvold answers one, since a
+            # call left unanswered keeps the client waiting forever.
+            failure = ErrorReport.raised(
+                ErrorCode.INTERNAL_ERROR, ErrorDomain.RPC, f"{call.procedure.name} failed: {exc}"
+            )
+            self.send(self.core.reply_error(call.serial, r.RemoteError.from_report(failure)))
             return
         self.send(self.core.reply(call.serial, result))
 

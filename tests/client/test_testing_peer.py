@@ -563,7 +563,7 @@ async def test_data_sent_into_a_download_fails_its_finish_as_libvirtd_fails_it()
 
 # Volume definitions a parser refuses: cut short, malformed, holding a byte that is not
 # UTF-8 (with or without a declaration naming an encoding that has it), without a name,
-# and another definition's.
+# another definition's, and one whose capacity is no number.
 BAD_DEFINITIONS = (
     "<volume><name>w</name>",
     "<volume><name>w</name><capacity>1</capacity></volume",
@@ -571,6 +571,7 @@ BAD_DEFINITIONS = (
     "<?xml version='1.0' encoding='latin1'?><volume><name>w\udcff</name></volume>",
     "<volume><capacity>1</capacity></volume>",
     "<pool><name>w</name><capacity>1</capacity></pool>",
+    "<volume><name>w</name><capacity>many</capacity></volume>",
 )
 
 
@@ -595,3 +596,24 @@ async def test_bad_definitions_are_refused_as_virtvold_refuses_them(virtvold: Vi
         ours = await _refusals_of_bad_definitions(conn)
     async with virtvol.client.connect(virtvold.tcp_uri) as conn:
         assert ours == await _refusals_of_bad_definitions(conn)
+
+
+async def test_a_call_the_daemon_fails_on_is_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call whose handler fails with an exception other than a libvirt error (a fault of
+    the in-memory daemon's own) is answered with an internal error, as virtvold answers
+    one, instead of being left unanswered, the client waiting forever."""
+
+    def fails(_element: object) -> int:
+        raise RuntimeError("a fault")
+
+    monkeypatch.setattr(memory_server, "_size", fails)
+    async with memory_daemon(pools={"default": {}}) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        with pytest.raises(LibvirtError) as failed:
+            await pool.create_volume(virtvol.client.volume_xml("w", 1))
+        assert (failed.value.code, failed.value.domain) == (
+            ErrorCode.INTERNAL_ERROR,
+            ErrorDomain.RPC,
+        )
+        assert failed.value.message == "internal error: STORAGE_VOL_CREATE_XML failed: a fault"
+        assert await pool.num_of_volumes() == 0
