@@ -36,6 +36,12 @@ _LIBXML_ENCODINGS = frozenset(
     {"HTML", "ISO-LATIN-1", "ISO-LATIN-2", "ISO-10646-UCS-2", "ISO-10646-UCS-4"}
 )
 
+# The longest encoding name asked of iconv (glibc's longest has 22 characters): iconv
+# keeps every pair of names it was asked to open, for good, when it reads its modules'
+# list rather than its cache (GCONV_PATH set, or no cache), so a client sending long
+# names, each new, would grow the daemon without bound. A longer one is unknown.
+_LONGEST_ENCODING_NAME = 255
+
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"}
 
 
@@ -116,6 +122,8 @@ def _known_encoding(name: str) -> bool:
 
     if name.upper() in _LIBXML_ENCODINGS:
         return True
+    if len(name) > _LONGEST_ENCODING_NAME:
+        return False
 
     iconv_open = libc.function("iconv_open", "c_void_p", "c_char_p", "c_char_p")
     iconv_close = libc.function("iconv_close", "c_int", "c_void_p")
