@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.client.helpers import MIB, allocated, assert_same_file, write_sparse_image
+from tests.conftest import reference_libvirtd_with
 from virtvol.client import Connection, Hole, StorageVolume, connect
 from virtvol.client.rpc import RpcProtocol
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from tests.conftest import ReferenceLibvirtd
@@ -93,19 +95,43 @@ async def test_event_loop_stays_responsive(
     assert max(gaps) < 0.25, f"longest gap {max(gaps):.3f} s"
 
 
-@pytest.mark.timeout(180)
+# libvirtd pings a client it has heard nothing from for keepalive_interval seconds and
+# drops it after keepalive_count unanswered PINGs: after interval * (count + 1) seconds
+# of silence. libvirt's default interval of 5 s would make that 30 s; 1 s (with the
+# default count, 5) makes it 6 s, with the same 5 s between the first PING and the drop.
+LIBVIRTD_KEEPALIVE_INTERVAL = 1
+LIBVIRTD_KEEPALIVE_COUNT = 5
+LIBVIRTD_KEEPALIVE_TOLERANCE = LIBVIRTD_KEEPALIVE_INTERVAL * (LIBVIRTD_KEEPALIVE_COUNT + 1)
+
+
+@pytest.fixture
+def pinging_libvirtd() -> Iterator[ReferenceLibvirtd]:
+    """A reference libvirtd that drops a silent client after
+    ``LIBVIRTD_KEEPALIVE_TOLERANCE`` s."""
+    yield from reference_libvirtd_with(
+        settings=[
+            f"keepalive_interval = {LIBVIRTD_KEEPALIVE_INTERVAL}",
+            f"keepalive_count = {LIBVIRTD_KEEPALIVE_COUNT}",
+        ]
+    )
+
+
 async def test_slow_download_survives_libvirtd_keepalive(
-    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
+    pinging_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:
-    """The client sends nothing of its own for ~40 s; libvirtd pings it and it answers."""
+    """The client sends nothing of its own for longer than libvirtd's keepalive
+    tolerance; libvirtd pings it and it answers."""
     size = 48 * MIB
-    rate = 1.2 * MIB  # bytes per second the consumer takes
+    # Bytes per second the consumer takes: the download lasts 10 s, well past the
+    # tolerance, and the 10 MiB or so the socket buffers hold ahead of a PING are read
+    # in 2 s, well inside the 5 s between libvirtd's first PING and its giving up.
+    rate = 4.8 * MIB
     source = tmp_path / "slow.src"
     source.write_bytes(os.urandom(size))
-    async with connect(reference_libvirtd.tcp_uri) as conn:
+    async with connect(pinging_libvirtd.tcp_uri) as conn:
         vol = await _volume(conn, "slow.img", size)
         await vol.upload_file(source)
-    async with connect(reference_libvirtd.tcp_uri, keepalive=None) as conn:
+    async with connect(pinging_libvirtd.tcp_uri, keepalive=None) as conn:
         vol = await (await conn.lookup_pool_by_name("default")).lookup_volume("slow.img")
         started = time.monotonic()
         received = bytearray()
@@ -120,5 +146,5 @@ async def test_slow_download_survives_libvirtd_keepalive(
         assert conn._rpc.pings_received >= 1
         assert conn.is_alive
         assert await conn.lib_version() == 9000000
-    assert elapsed > 35
+    assert elapsed > 1.5 * LIBVIRTD_KEEPALIVE_TOLERANCE
     assert received == source.read_bytes()
