@@ -438,25 +438,36 @@ def test_ctrl_c_ends_a_vol_download_into_a_stalled_fifo(
     uri = reference_libvirtd.tcp_uri
     unread = make_fifo(tmp_path, "unread")
     stalled = make_fifo(tmp_path, "stalled")
-    with open(os.open(stalled, os.O_RDONLY | os.O_NONBLOCK), "rb"):  # opened, never read
+    with (
+        open(os.open(stalled, os.O_RDONLY | os.O_NONBLOCK), "rb"),  # opened, never read
+        contextlib.ExitStack() as stack,
+    ):
+        # None of the four downloads can move on, so they wait side by side.
+        downloads: list[tuple[list[str], int, subprocess.Popen[bytes]]] = []
         for fifo in (unread, stalled):
             for argv, status in zip(
                 virsh_and_virtvol(uri, "vol-download", "v.img", str(fifo), "--pool", "default"),
                 (-signal.SIGINT, 130),
                 strict=True,
             ):
-                with subprocess.Popen(
-                    argv,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    stdin=subprocess.DEVNULL,
-                    env=dict(os.environ, LC_ALL="C"),
-                ) as process:
-                    time.sleep(1.5)
-                    assert process.poll() is None
-                    process.send_signal(signal.SIGINT)
-                    _, err = process.communicate(timeout=10)
-                assert (err, process.returncode) == (b"", status), argv
+                process = stack.enter_context(
+                    subprocess.Popen(
+                        argv,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        stdin=subprocess.DEVNULL,
+                        env=dict(os.environ, LC_ALL="C"),
+                    )
+                )
+                stack.callback(process.kill)  # a failed test leaves none of them waiting
+                downloads.append((argv, status, process))
+        time.sleep(1.5)
+        for argv, _, process in downloads:
+            assert process.poll() is None, argv
+            process.send_signal(signal.SIGINT)
+        for argv, status, process in downloads:
+            _, err = process.communicate(timeout=10)
+            assert (err, process.returncode) == (b"", status), argv
     assert sorted(os.listdir(tmp_path)) == ["stalled", "unread"]
 
 
