@@ -311,9 +311,14 @@ def test_a_slow_cluster_holds_up_no_other_call(
     ref = registry.define_pool_xml(rbd_pool_xml(ceph))
     registry.start_pool(ref)
     slow_runtime = rbdvolumes.RbdVolumes.runtime
+    # The cluster answers 2 s after it is asked, or as soon as the test has made its other
+    # call: a call held up behind it would take those 2 s.
+    asked = threading.Event()
+    answer = threading.Event()
 
     def slow(self: rbdvolumes.RbdVolumes) -> PoolRuntime:
-        time.sleep(2)
+        asked.set()
+        answer.wait(2)
         return slow_runtime(self)
 
     monkeypatch.setattr(rbdvolumes.RbdVolumes, "runtime", slow)
@@ -323,12 +328,15 @@ def test_a_slow_cluster_holds_up_no_other_call(
         lambda: registry.refresh_pool(ref),
     ]
     for call in calls:
+        asked.clear()
+        answer.clear()
         asking = threading.Thread(target=call)
         asking.start()
-        time.sleep(0.3)
+        assert asked.wait(10)
         began = time.monotonic()
         assert [pool.name for pool in registry.list_all_pools()] == [RBD_POOL]
         assert time.monotonic() - began < 1.0
+        answer.set()
         asking.join()
     assert registry.pool_is_active(ref)
     registry.close()
