@@ -317,7 +317,7 @@ def test_a_stop_cancels_the_removal_of_a_leftover_and_the_next_start_finishes_it
 ) -> None:
     """pool-destroy and the daemon's stop end the removal at its next object: the image is
     kept (logged), nothing waits for the whole removal, and a later start removes it."""
-    leftover = _large_leftover(ceph, "512G")
+    leftover = _large_leftover(ceph, "256G")
     daemon = start_virtvold(tmp_path / "daemon")
     try:
         define_rbd_pool(daemon.tcp_uri, ceph, tmp_path)  # starts the removal
