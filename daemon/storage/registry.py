@@ -68,7 +68,7 @@ from .reports import (
 )
 from .secrets import SecretStore, UsageType
 from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
-from .volumes import OtherFile, VolumeDir, backing_store, mark_as_written
+from .volumes import OtherFile, VolumeDir, backing_store
 from .volxml import (
     format_rbd_volume_xml,
     format_volume_xml,
@@ -1295,7 +1295,7 @@ def _open_upload_files(
     reading, to keep its end; otherwise no temporary and the volume open for writing in
     place at ``offset``."""
     if not whole:
-        fd = _open_to_write_in_place(volumes, name)
+        fd = volumes.open_to_change(name, write_only_will_do=True, stream=True)
         try:
             _seek_to(fd, offset, volumes.volume_path(name))
         except BaseException:
@@ -1315,26 +1315,6 @@ def _open_upload_files(
         os.close(keep)
         raise
     return temp, fd, keep
-
-
-def _open_to_write_in_place(volumes: VolumeDir, name: str) -> int:
-    """Volume ``name`` open to be written in place by an upload, marked as written
-    (``mark_as_written``), for which it is opened for reading too where the daemon may
-    read it; libvirt opens it for writing only, which is all a volume that may not be
-    read gets."""
-    try:
-        fd = volumes.open_in_place(name, os.O_RDWR, stream=True)
-    except ErrorReport as exc:
-        if exc.code != ErrorCode.SYSTEM_ERROR:
-            raise
-        fd = volumes.open_in_place(name, os.O_WRONLY, stream=True)
-    try:
-        mark_as_written(fd)
-        volumes.check_not_being_replaced(name, fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _check_no_format(pool: Pool, flags: int) -> None:

@@ -215,6 +215,28 @@ class VolumeDir:
             )
         return fd
 
+    def open_to_change(self, name: str, *, write_only_will_do: bool, stream: bool = False) -> int:
+        """Volume ``name`` open to be changed in place (``open_in_place``) and marked as
+        written (``mark_as_written``), or refused as in use where another daemon's
+        whole-volume upload is about to rename a new file over it
+        (``check_not_being_replaced``): a write, wipe or resize done there would go into
+        the replaced file, reported done. Opened for reading too, which the mark needs;
+        with ``write_only_will_do``, for writing only where the daemon may not read it
+        (as libvirt opens it), unmarked then."""
+        try:
+            fd = self.open_in_place(name, os.O_RDWR, stream=stream)
+        except ErrorReport as exc:
+            if not write_only_will_do or exc.code != ErrorCode.SYSTEM_ERROR:
+                raise
+            fd = self.open_in_place(name, os.O_WRONLY, stream=stream)
+        try:
+            mark_as_written(fd)
+            self.check_not_being_replaced(name, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def check_not_written_elsewhere(self, name: str, fd: int) -> None:
         """Refuse, as libvirt refuses a volume in use, to replace volume ``name`` (open as
         ``fd``) while a guest, or another daemon serving the directory, writes it
@@ -447,7 +469,7 @@ class VolumeDir:
         with ploop's tools).
         """
         self.check_wipeable(name)
-        fd = self.open_in_place(name, os.O_WRONLY)
+        fd = self.open_to_change(name, write_only_will_do=True)
         try:
             st = os.fstat(fd)
             # Read through a descriptor of its own: ``fd`` may only write.
@@ -480,7 +502,7 @@ class VolumeDir:
             # Nothing counted in a directory: the rules see size 0, then qemu-img's turn.
             self._new_size(0, 0, capacity, delta=delta, shrink=shrink, allocate=allocate)
             raise cannot_resize_image(DIRECTORY.format, None, allocate=allocate)
-        fd = self.open_in_place(name, os.O_RDWR)
+        fd = self.open_to_change(name, write_only_will_do=False)
         path = self.volume_path(name)
         try:
             st = os.fstat(fd)

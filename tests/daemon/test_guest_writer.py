@@ -207,7 +207,7 @@ def test_a_write_in_place_whose_file_was_replaced_before_it_marked_it_is_refused
         assert go.wait(10)
         mark(fd)
 
-    monkeypatch.setattr(registry_module, "mark_as_written", late)
+    monkeypatch.setattr(volumes_module, "mark_as_written", late)
     results: list[object] = []
     errors: list[BaseException] = []
 
@@ -370,4 +370,92 @@ def test_a_whole_upload_whose_volume_was_deleted_meanwhile_lands_in_no_volume(
         assert disk.read_bytes() == b"N" * 8
     else:
         assert not disk.exists()
+    assert _leftovers(tmp_path / "pool") == []
+
+
+def _change(registry: StorageRegistry, volume: VolumeRef, change: str) -> None:
+    """Daemon ``registry``'s wipe of ``volume``, or its growth to 64 KiB."""
+    if change == "wipe":
+        registry.wipe_volume(volume)
+    else:
+        registry.resize_volume(volume, 64 << 10)
+
+
+@pytest.mark.parametrize("change", ["wipe", "resize"])
+def test_a_wipe_or_resize_in_a_whole_uploads_last_steps_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Daemon a's whole-volume upload has looked for writers and holds the volume against
+    new ones; daemon b wipes or resizes the volume before a's rename. Done, b's change
+    would go into the file the rename replaces, reported done: a wiped volume with its old
+    end still readable (kept by a's upload), a resize undone."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    guarded, go = threading.Event(), threading.Event()
+    keep_writers_out = volumes_module.VolumeDir._keep_writers_out
+
+    def held_before_the_rename(
+        self: volumes_module.VolumeDir, name: str, kept_from: os.stat_result | None = None
+    ) -> int:
+        guard = keep_writers_out(self, name, kept_from)
+        guarded.set()
+        assert go.wait(10)
+        return guard
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "_keep_writers_out", held_before_the_rename)
+    whole = a.open_upload(volume_a, 0, 0)
+    whole.write(b"A" * 4)
+    errors: list[BaseException] = []
+    commit = threading.Thread(target=lambda: _collect(whole.commit, errors))
+    commit.start()
+    assert guarded.wait(10)
+    try:
+        with pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."):
+            _change(b, volume_b, change)
+    finally:
+        go.set()
+        commit.join(10)
+    assert errors == []
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 4 + b"o" * 4
+    assert _leftovers(tmp_path / "pool") == []
+
+
+@pytest.mark.parametrize("change", ["wipe", "resize"])
+def test_a_wipe_or_resize_whose_file_was_replaced_after_it_was_opened_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Daemon b opens the volume to wipe or resize it; daemon a's whole-volume upload then
+    renames its new file over it. b's change would go into the replaced file, reported
+    done, and the volume would keep the old end a's upload kept."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    opened, go = threading.Event(), threading.Event()
+    open_in_place = volumes_module.VolumeDir.open_in_place
+    changer: list[threading.Thread] = []
+
+    def held_once_open(
+        self: volumes_module.VolumeDir, name: str, flags: int, *, stream: bool = False
+    ) -> int:
+        fd = open_in_place(self, name, flags, stream=stream)
+        if threading.current_thread() in changer:
+            opened.set()
+            assert go.wait(10)
+        return fd
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "open_in_place", held_once_open)
+    errors: list[BaseException] = []
+    changer.append(
+        threading.Thread(target=lambda: _collect(lambda: _change(b, volume_b, change), errors))
+    )
+    changer[0].start()
+    try:
+        assert opened.wait(10)
+        whole = a.open_upload(volume_a, 0, 0)
+        whole.write(b"A" * 4)
+        whole.commit()
+    finally:
+        go.set()
+        changer[0].join(10)
+    assert [str(e) for e in errors] == [
+        "Requested operation is not valid: volume 'disk' is still in use."
+    ]
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 4 + b"o" * 4
     assert _leftovers(tmp_path / "pool") == []
