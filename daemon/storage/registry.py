@@ -1295,7 +1295,9 @@ def _open_upload_files(
     reading, to keep its end; otherwise no temporary and the volume open for writing in
     place at ``offset``."""
     if not whole:
-        fd = volumes.open_to_change(name, write_only_will_do=True, stream=True)
+        fd = volumes.open_to_change(
+            name, write_only_will_do=True, refuse_unshared_writers=True, stream=True
+        )
         try:
             _seek_to(fd, offset, volumes.volume_path(name))
         except BaseException:

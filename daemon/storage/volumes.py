@@ -215,14 +215,22 @@ class VolumeDir:
             )
         return fd
 
-    def open_to_change(self, name: str, *, write_only_will_do: bool, stream: bool = False) -> int:
+    def open_to_change(
+        self,
+        name: str,
+        *,
+        write_only_will_do: bool,
+        refuse_unshared_writers: bool = False,
+        stream: bool = False,
+    ) -> int:
         """Volume ``name`` open to be changed in place (``open_in_place``) and marked as
         written (``mark_as_written``), or refused as in use where another daemon's
         whole-volume upload is about to rename a new file over it
         (``check_not_being_replaced``): a write, wipe or resize done there would go into
         the replaced file, reported done. Opened for reading too, which the mark needs;
         with ``write_only_will_do``, for writing only where the daemon may not read it
-        (as libvirt opens it), unmarked then."""
+        (as libvirt opens it), unmarked then. ``refuse_unshared_writers``: refused too
+        while a process that does not share writing (QEMU) holds it."""
         try:
             fd = self.open_in_place(name, os.O_RDWR, stream=stream)
         except ErrorReport as exc:
@@ -231,7 +239,7 @@ class VolumeDir:
             fd = self.open_in_place(name, os.O_WRONLY, stream=stream)
         try:
             mark_as_written(fd)
-            self.check_not_being_replaced(name, fd)
+            self.check_not_being_replaced(name, fd, refuse_unshared_writers=refuse_unshared_writers)
         except BaseException:
             os.close(fd)
             raise
@@ -446,6 +454,7 @@ class VolumeDir:
     def delete(self, name: str) -> None:
         """Remove the volume file, or the sub-directory when it is empty (as libvirt)."""
         directory = stat.S_ISDIR(self.require(name).st_mode)
+        marked = -1 if directory else self._mark_for_removal(name)
         try:
             if directory:
                 os.rmdir(name, dir_fd=self.fd)
@@ -458,6 +467,28 @@ class VolumeDir:
             if directory:
                 raise _driver_error(f"cannot remove directory '{path}'", exc) from None
             raise system_error(f"cannot unlink file '{path}'", exc) from None
+        finally:
+            if marked >= 0:
+                os.close(marked)
+
+    def _mark_for_removal(self, name: str) -> int:
+        """Volume file ``name`` marked as written (``mark_as_written``) until it is removed,
+        or refused as in use where another daemon's whole-volume upload is about to rename
+        a new file over it (``check_not_being_replaced``): removed then, the volume would
+        come back with the upload's bytes, its removal reported done. Returns the
+        descriptor that holds the mark; -1 for a file the daemon may not read (which the
+        mark needs) or one gone meanwhile (the removal then says so)."""
+        try:
+            fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
+        except OSError:
+            return -1
+        try:
+            mark_as_written(fd)
+            self.check_not_being_replaced(name, fd, refuse_unshared_writers=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def wipe(self, name: str) -> None:
         """Make the whole volume read as zeros, keeping its size.
@@ -749,7 +780,9 @@ class VolumeDir:
             raise
         return fd
 
-    def check_not_being_replaced(self, name: str, fd: int) -> None:
+    def check_not_being_replaced(
+        self, name: str, fd: int, *, refuse_unshared_writers: bool = True
+    ) -> None:
         """Refuse, as a volume in use, a write in place into volume ``name`` (open as
         ``fd``, already marked with ``mark_as_written``) that a whole-volume upload is
         about to rename a new file over (``_keep_writers_out``), or that a process which
@@ -758,8 +791,11 @@ class VolumeDir:
         whichever looks last sees the other. A file replaced between its opening and its
         marking (the upload's guard already let go) is seen by its name: it leads to
         another file, or to none. Its links cannot tell: NFS keeps a replaced file that is
-        still open linked (renamed to ``.nfsXXXX``), as does a link of its own elsewhere."""
-        if any(_locked_elsewhere(fd, byte, 1) for byte in _REPLACING_BYTES):
+        still open linked (renamed to ``.nfsXXXX``), as does a link of its own elsewhere.
+        Without ``refuse_unshared_writers`` only virtvold's own byte is looked at: a wipe,
+        a resize or a removal goes ahead under a guest, as libvirt's does."""
+        held_against = _REPLACING_BYTES if refuse_unshared_writers else (_VIRTVOLD_REPLACING_BYTE,)
+        if any(_locked_elsewhere(fd, byte, 1) for byte in held_against):
             raise volume_in_use(name)
         held = os.fstat(fd)
         try:

@@ -374,21 +374,24 @@ def test_a_whole_upload_whose_volume_was_deleted_meanwhile_lands_in_no_volume(
 
 
 def _change(registry: StorageRegistry, volume: VolumeRef, change: str) -> None:
-    """Daemon ``registry``'s wipe of ``volume``, or its growth to 64 KiB."""
+    """Daemon ``registry``'s wipe of ``volume``, its growth to 64 KiB, or its removal."""
     if change == "wipe":
         registry.wipe_volume(volume)
-    else:
+    elif change == "resize":
         registry.resize_volume(volume, 64 << 10)
+    else:
+        registry.delete_volume(volume)
 
 
-@pytest.mark.parametrize("change", ["wipe", "resize"])
-def test_a_wipe_or_resize_in_a_whole_uploads_last_steps_is_refused(
+@pytest.mark.parametrize("change", ["wipe", "resize", "delete"])
+def test_a_wipe_resize_or_delete_in_a_whole_uploads_last_steps_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     """Daemon a's whole-volume upload has looked for writers and holds the volume against
-    new ones; daemon b wipes or resizes the volume before a's rename. Done, b's change
-    would go into the file the rename replaces, reported done: a wiped volume with its old
-    end still readable (kept by a's upload), a resize undone."""
+    new ones; daemon b wipes, resizes or deletes the volume before a's rename. Done, b's
+    change would go into the file the rename replaces, reported done: a wiped volume with
+    its old end still readable (kept by a's upload), a resize undone, a deleted volume
+    back."""
     (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
     guarded, go = threading.Event(), threading.Event()
     keep_writers_out = volumes_module.VolumeDir._keep_writers_out
@@ -459,3 +462,20 @@ def test_a_wipe_or_resize_whose_file_was_replaced_after_it_was_opened_is_refused
     ]
     assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 4 + b"o" * 4
     assert _leftovers(tmp_path / "pool") == []
+
+
+@pytest.mark.parametrize("change", ["wipe", "resize", "delete"])
+def test_a_wipe_resize_or_delete_goes_ahead_under_a_guest_that_does_not_share_writing(
+    tmp_path: Path, change: str
+) -> None:
+    """As libvirtd's do: only an upload, which would lose the guest's writes or its own,
+    is refused there."""
+    (_, _), (b, volume) = _two_daemons_on(tmp_path)
+    disk = tmp_path / "pool" / "disk"
+    with _locked(disk, 201):
+        _change(b, volume, change)
+    expected = {"wipe": bytes(8), "resize": b"o" * 8 + bytes((64 << 10) - 8)}
+    if change == "delete":
+        assert not disk.exists()
+    else:
+        assert disk.read_bytes() == expected[change]
