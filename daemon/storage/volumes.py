@@ -737,9 +737,10 @@ class VolumeDir:
 
     def _keep_writers_out(self, name: str, kept_from: os.stat_result | None = None) -> int:
         """Open whatever volume ``name`` is now and lock it against writers that start
-        from here (``_REPLACING_BYTES``), then refuse it if one already writes it
-        (``check_not_written_elsewhere``) or wrote it since it was ``kept_from`` (a
-        writer done before the lock: its size or its modification time moved).
+        from here (``_REPLACING_BYTES``), then refuse it if another daemon's whole-volume
+        upload holds it so too, if one already writes it (``check_not_written_elsewhere``)
+        or wrote it since it was ``kept_from`` (a writer done before the lock: its size or
+        its modification time moved).
         A name that no longer leads to the very file ``kept_from`` describes is refused:
         the rename would bring a volume deleted meanwhile back (refused as no volume), or
         put the upload's bytes in place of a volume made again under its name, or of
@@ -770,6 +771,11 @@ class VolumeDir:
             for byte in _REPLACING_BYTES:
                 if not _hold(fd, byte):
                     raise volume_in_use(name)
+            # Held shared, so another daemon's whole-volume upload in its own last steps got
+            # it too: of two renames one would drop the other's upload, reported done.
+            # Whichever looks last sees the other.
+            if _locked_elsewhere(fd, _VIRTVOLD_REPLACING_BYTE, 1):
+                raise volume_in_use(name)
             self.check_not_written_elsewhere(name, fd)
             if kept_from is not None:
                 now = os.fstat(fd)

@@ -479,3 +479,44 @@ def test_a_wipe_resize_or_delete_goes_ahead_under_a_guest_that_does_not_share_wr
         assert not disk.exists()
     else:
         assert disk.read_bytes() == expected[change]
+
+
+def test_two_daemons_whole_uploads_in_their_last_steps_together_lose_neither(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Daemon a's whole-volume upload holds the volume against writers before its rename;
+    daemon b's, which opened the same volume, comes to its own last steps then. Both
+    renamed, b's upload, reported done, would be gone under a's, and with it b's bytes a
+    kept none of (a's old end is the old volume's). b's is refused instead."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    guarded, go = threading.Event(), threading.Event()
+    keep_writers_out = volumes_module.VolumeDir._keep_writers_out
+    first: list[threading.Thread] = []
+
+    def held_before_the_rename(
+        self: volumes_module.VolumeDir, name: str, kept_from: os.stat_result | None = None
+    ) -> int:
+        guard = keep_writers_out(self, name, kept_from)
+        if threading.current_thread() in first:
+            guarded.set()
+            assert go.wait(10)
+        return guard
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "_keep_writers_out", held_before_the_rename)
+    upload_a = a.open_upload(volume_a, 0, 0)
+    upload_a.write(b"A" * 4)
+    upload_b = b.open_upload(volume_b, 0, 0)
+    upload_b.write(b"B" * 8)
+    errors: list[BaseException] = []
+    first.append(threading.Thread(target=lambda: _collect(upload_a.commit, errors)))
+    first[0].start()
+    try:
+        assert guarded.wait(10)
+        with pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."):
+            upload_b.commit()
+    finally:
+        go.set()
+        first[0].join(10)
+    assert errors == []
+    assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 4 + b"o" * 4
+    assert _leftovers(tmp_path / "pool") == []
