@@ -741,7 +741,8 @@ class VolumeDir:
         upload holds it so too, if one already writes it (``check_not_written_elsewhere``)
         or wrote it since it was ``kept_from`` (a writer done before the lock: its size or
         its modification time moved).
-        A name that no longer leads to the very file ``kept_from`` describes is refused:
+        A name that no longer leads to the very file ``kept_from`` describes, before or
+        after the holds, is refused:
         the rename would bring a volume deleted meanwhile back (refused as no volume), or
         put the upload's bytes in place of a volume made again under its name, or of
         another whole-volume upload's file (refused as in use, as a write meanwhile is),
@@ -777,13 +778,25 @@ class VolumeDir:
             if _locked_elsewhere(fd, _VIRTVOLD_REPLACING_BYTE, 1):
                 raise volume_in_use(name)
             self.check_not_written_elsewhere(name, fd)
-            if kept_from is not None:
-                now = os.fstat(fd)
-                if not _same_file(now, kept_from) or _written_since(now, kept_from):
-                    raise volume_in_use(name)
+            now = os.fstat(fd)
+            if kept_from is not None and (
+                not _same_file(now, kept_from) or _written_since(now, kept_from)
+            ):
+                raise volume_in_use(name)
+            # Looked at again with the holds taken: another daemon's upload that renamed
+            # its file over the volume (or a removal) between the open and the holds let
+            # go of it before, so the holds found nobody; the name tells.
+            named = self.stat(name)
+            if named is None and kept_from is not None:
+                raise no_volume_named(name)
+            if named is not None and (now.st_nlink == 0 or not _same_file(named, now)):
+                raise volume_in_use(name)
         except BaseException:
             os.close(fd)
             raise
+        if named is None:  # gone meanwhile: nothing left to guard
+            os.close(fd)
+            return -1
         return fd
 
     def check_not_being_replaced(

@@ -520,3 +520,54 @@ def test_two_daemons_whole_uploads_in_their_last_steps_together_lose_neither(
     assert errors == []
     assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 4 + b"o" * 4
     assert _leftovers(tmp_path / "pool") == []
+
+
+@pytest.mark.parametrize("other", ["upload", "delete"])
+def test_a_whole_upload_whose_volume_is_replaced_or_deleted_before_its_hold_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    """Daemon b's whole-volume upload has opened the volume for its last steps, but not yet
+    held it against writers; daemon a's whole upload then renames its file over the volume
+    and lets go of it (or a deletes the volume). b's holds, taken on the file it opened,
+    find nobody: renamed, b's upload would drop a's, both reported done, or bring the
+    deleted volume back."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    opened, go = threading.Event(), threading.Event()
+    hold = volumes_module._hold
+    late: list[threading.Thread] = []
+
+    def held_late(fd: int, byte: int) -> bool:
+        if threading.current_thread() in late and not opened.is_set():
+            opened.set()
+            assert go.wait(10)
+        return hold(fd, byte)
+
+    monkeypatch.setattr(volumes_module, "_hold", held_late)
+    upload_b = b.open_upload(volume_b, 0, 0)
+    upload_b.write(b"B" * 8)
+    errors: list[BaseException] = []
+    late.append(threading.Thread(target=lambda: _collect(upload_b.commit, errors)))
+    late[0].start()
+    try:
+        assert opened.wait(10)
+        if other == "upload":
+            upload_a = a.open_upload(volume_a, 0, 0)
+            upload_a.write(b"A" * 4)
+            upload_a.commit()
+        else:
+            a.delete_volume(volume_a)
+    finally:
+        go.set()
+        late[0].join(10)
+    disk = tmp_path / "pool" / "disk"
+    if other == "upload":
+        assert [str(e) for e in errors] == [
+            "Requested operation is not valid: volume 'disk' is still in use."
+        ]
+        assert disk.read_bytes() == b"A" * 4 + b"o" * 4
+    else:
+        assert [str(e) for e in errors] == [
+            "Storage volume not found: no storage vol with matching name 'disk'"
+        ]
+        assert not disk.exists()
+    assert _leftovers(tmp_path / "pool") == []
