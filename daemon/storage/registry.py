@@ -60,6 +60,7 @@ from .reports import (
     no_volume_with_path,
     pool_already_active,
     pool_has_jobs,
+    pool_not_active,
     pool_still_active,
     storage_error,
     system_error,
@@ -1082,7 +1083,7 @@ class StorageRegistry:
         if images is None:
             return self.open_upload(volume, offset, length, flags)
         _check_flags(flags, VolStreamFlags.SPARSE, "storageVolUpload")
-        return self._open_rbd_upload(images, volume, offset, length)
+        return self._open_rbd_upload(volume, offset, length)
 
     def open_download(
         self, volume: VolumeRef, offset: int, length: int, flags: int = 0
@@ -1198,12 +1199,16 @@ class StorageRegistry:
             finish(False, opened=False)
             raise
 
-    def _open_rbd_upload(
-        self, images: RbdVolumes, volume: VolumeRef, offset: int, length: int
-    ) -> RbdWriter:
+    def _open_rbd_upload(self, volume: VolumeRef, offset: int, length: int) -> RbdWriter:
         """STORAGE_VOL_UPLOAD into an rbd pool (see ``open_upload`` and ``rbdtransfer``)."""
         with self._lock:
             pool = self._volume_pool(volume)
+            # Taken again with the volume held busy, which keeps a stop out from here: one
+            # since the caller's look leaves the pool stopped (its connection may still
+            # serve a download), or running on another connection.
+            images = pool.rbd
+            if images is None:
+                raise pool_not_active(pool.name)
             pool.check_not_busy(volume.name)
             whole = offset == 0 and length == 0  # else written in place
             pool.busy[volume.name] = Busy.UPLOADING if whole else Busy.WRITING

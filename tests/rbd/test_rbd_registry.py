@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tools.ceph_cluster import CephCluster
+    from virtvol.daemon.storage.model import VolumeRef
+    from virtvol.daemon.storage.rbdtransfer import RbdWriter
 
 MIB = 1 << 20
 
@@ -91,4 +93,46 @@ def test_a_swap_whose_undo_fails_keeps_what_the_next_start_needs(
         assert image.size() == MIB
     assert restarted._sweeper is not None
     restarted._sweeper.join(60)  # the upload's image is removed beside the running pool
+    assert not [n for n in restarted._all_names() if n.startswith(".virtvol-")]
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_an_upload_into_a_pool_stopped_while_it_opens_is_refused(
+    registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    """The pool is stopped after the upload found it an rbd pool, before the volume is held
+    busy (nothing then keeps the stop out). A download still reading an image keeps the
+    stopped pool's connection: an upload through it would write the volume of a stopped
+    pool, which libvirtd refuses."""
+    storage, ref = registry
+    name = volume_name("stopped")
+    volume = storage.create_volume_xml(
+        ref, f"<volume><name>{name}</name><capacity>{MIB}</capacity></volume>"
+    )
+    images = storage._pool(ref).rbd
+    assert images is not None
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    reading = images.open_image(name, read_only=True)  # a download's
+    opening = storage._open_rbd_upload
+
+    def stopped_first(volume: VolumeRef, offset: int, length: int) -> RbdWriter:
+        storage.destroy_pool(ref)
+        return opening(volume, offset, length)
+
+    monkeypatch.setattr(storage, "_open_rbd_upload", stopped_first)
+    try:
+        with pytest.raises(ErrorReport) as refused:
+            storage.open_volume_upload(volume, 0, 0 if whole else 3)
+    finally:
+        images.close_image(reading)
+    assert refused.value.message == (
+        "Requested operation is not valid: storage pool 'ceph' is not active"
+    )
+    monkeypatch.undo()
+    storage.start_pool(ref)
+    restarted = storage._pool(ref).rbd
+    assert restarted is not None
+    with restarted.image(name, read_only=True) as image:
+        assert image.read(0, 3) == b"old"
     assert not [n for n in restarted._all_names() if n.startswith(".virtvol-")]
