@@ -571,3 +571,44 @@ def test_a_whole_upload_whose_volume_is_replaced_or_deleted_before_its_hold_is_r
         ]
         assert not disk.exists()
     assert _leftovers(tmp_path / "pool") == []
+
+
+def test_hard_links_meeting_in_a_whole_uploads_last_steps_are_refused_for_that_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Volume "twin" is a second hard link to "disk". Daemon a's whole-volume upload of "disk"
+    holds the file in its last steps; daemon b's removal of "twin" looks at the file's
+    locks, not at the name the upload replaces, so it is refused then, and goes through
+    once the upload is done, which leaves "disk" with the upload's bytes."""
+    (a, volume_a), (b, _) = _two_daemons_on(tmp_path)
+    pool = tmp_path / "pool"
+    os.link(pool / "disk", pool / "twin")
+    twin = b.lookup_volume_by_name(b.lookup_pool_by_name("p"), "twin")
+    guarded, go = threading.Event(), threading.Event()
+    keep_writers_out = volumes_module.VolumeDir._keep_writers_out
+
+    def held_before_the_rename(
+        self: volumes_module.VolumeDir, name: str, kept_from: os.stat_result | None = None
+    ) -> int:
+        guard = keep_writers_out(self, name, kept_from)
+        guarded.set()
+        assert go.wait(10)
+        return guard
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "_keep_writers_out", held_before_the_rename)
+    whole = a.open_upload(volume_a, 0, 0)
+    whole.write(b"A" * 4)
+    errors: list[BaseException] = []
+    commit = threading.Thread(target=lambda: _collect(whole.commit, errors))
+    commit.start()
+    assert guarded.wait(10)
+    try:
+        with pytest.raises(ErrorReport, match=r"volume 'twin' is still in use\."):
+            b.delete_volume(twin)
+    finally:
+        go.set()
+        commit.join(10)
+    assert errors == []
+    b.delete_volume(twin)
+    assert sorted(os.listdir(pool)) == ["disk"]
+    assert (pool / "disk").read_bytes() == b"A" * 4 + b"o" * 4
