@@ -477,7 +477,8 @@ class VolumeDir:
         a new file over it (``check_not_being_replaced``): removed then, the volume would
         come back with the upload's bytes, its removal reported done. Returns the
         descriptor that holds the mark; -1 for a file the daemon may not read (which the
-        mark needs) or one gone meanwhile (the removal then says so)."""
+        mark needs) or one gone meanwhile (the removal then says so). One gone once
+        opened is no volume, as it is to the removal."""
         try:
             fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
         except OSError:
@@ -485,6 +486,11 @@ class VolumeDir:
         try:
             mark_as_written(fd)
             self.check_not_being_replaced(name, fd, refuse_unshared_writers=False)
+        except ErrorReport:
+            os.close(fd)
+            if self.stat(name) is None:  # removed meanwhile, by another daemon
+                raise no_volume_named(name) from None
+            raise
         except BaseException:
             os.close(fd)
             raise

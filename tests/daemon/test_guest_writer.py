@@ -612,3 +612,38 @@ def test_hard_links_meeting_in_a_whole_uploads_last_steps_are_refused_for_that_m
     b.delete_volume(twin)
     assert sorted(os.listdir(pool)) == ["disk"]
     assert (pool / "disk").read_bytes() == b"A" * 4 + b"o" * 4
+
+
+def test_a_removal_whose_volume_another_daemon_removed_meanwhile_finds_no_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Daemon b has opened the volume to mark it for its removal; daemon a removes it
+    first. b's removal ends as it did before it marked anything, and as libvirtd's ends
+    when the file is gone: no such volume, not a volume in use."""
+    (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
+    opened, go = threading.Event(), threading.Event()
+    mark = volumes_module.mark_as_written
+    late: list[threading.Thread] = []
+
+    def marked_late(fd: int) -> None:
+        if threading.current_thread() in late:
+            opened.set()
+            assert go.wait(10)
+        mark(fd)
+
+    monkeypatch.setattr(volumes_module, "mark_as_written", marked_late)
+    errors: list[BaseException] = []
+    late.append(
+        threading.Thread(target=lambda: _collect(lambda: b.delete_volume(volume_b), errors))
+    )
+    late[0].start()
+    try:
+        assert opened.wait(10)
+        a.delete_volume(volume_a)
+    finally:
+        go.set()
+        late[0].join(10)
+    assert [str(e) for e in errors] == [
+        "Storage volume not found: no storage vol with matching name 'disk'"
+    ]
+    assert os.listdir(tmp_path / "pool") == []
