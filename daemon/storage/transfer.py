@@ -273,12 +273,21 @@ class VolumeWriter:
 
     def _close(self, success: bool) -> None:
         finish, self._finish = self._finish, None
-        os.close(self._fd)
-        keep, self._keep = self._keep, None
-        if keep is not None:
-            os.close(keep)
         assert finish is not None
-        self._release = finish(success)
+        keep, self._keep = self._keep, None
+        failed = None
+        for fd in (self._fd, keep):
+            # Closed even when the call fails; a failure may be a write the file system
+            # could not make (NFS reports a failed write-back here): no success then, and
+            # the volume is let go of all the same.
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    failed = failed or exc
+        self._release = finish(success and failed is None)
+        if success and failed is not None:
+            raise self._failure(failed)
 
     def __enter__(self) -> VolumeWriter:
         return self

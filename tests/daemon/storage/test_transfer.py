@@ -26,7 +26,7 @@ from virtvol.daemon.storage import pool as pool_module
 from virtvol.daemon.storage import registry as registry_module
 from virtvol.daemon.storage import volumes as volumes_module
 from virtvol.daemon.storage.model import PoolEvent
-from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
 from virtvol.sparse.writer import MAX_OFFSET
 
 if TYPE_CHECKING:
@@ -893,3 +893,40 @@ def test_a_whole_upload_the_folder_refuses_to_rename_fails_with_the_renames_word
         in_place.commit()
     assert (setup.pool_dir / "v").read_bytes() == b"i" * 8
     assert caplog.text.count("kept upload temporary") == 2, caplog.text
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_an_upload_whose_file_fails_to_close_ends_with_the_volume_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    """Closing the written file reports a write the file system could not make (NFS
+    reports a failed write-back at close): the upload ends with that error, a whole one
+    leaves the volume as it was, and the volume is free for the next upload, not left "in
+    use" until the daemon restarts."""
+    registry = StorageRegistry(tmp_path / "state", sync_uploads=False)
+    pool = registry.ensure_pool("p", tmp_path / "pool")
+    disk = tmp_path / "pool" / "disk"
+    disk.write_bytes(b"o" * 8)
+    volume = registry.lookup_volume_by_name(pool, "disk")
+    writer = registry.open_upload(volume, 0, 0 if whole else 8)
+    writer.write(b"n" * 8)
+    written = writer._fd
+    close = os.close
+
+    def failing_close(fd: int) -> None:
+        close(fd)
+        if fd == written:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "close", failing_close)
+    with pytest.raises(ErrorReport, match="Input/output error"):
+        writer.commit()
+    monkeypatch.undo()
+    writer.abort()
+    if whole:
+        assert disk.read_bytes() == b"o" * 8
+    assert os.listdir(tmp_path / "pool") == ["disk"]
+    with registry.open_upload(volume, 0, 8) as again:
+        again.write(b"A" * 8)
+        again.commit()
+    assert disk.read_bytes() == b"A" * 8
