@@ -935,6 +935,7 @@ class StorageRegistry:
             pool.busy[name] = Busy.BUILDING
             if source is not None:
                 pool.cloning[source] += 1
+            _hold(volumes)
         try:
             yield pool, volumes
         finally:
@@ -944,6 +945,7 @@ class StorageRegistry:
                     pool.cloning[source] -= 1
                     if not pool.cloning[source]:
                         del pool.cloning[source]
+            _let_go(volumes)
 
     @contextmanager
     def _changing(self, volume: VolumeRef) -> Iterator[VolumeDir | RbdVolumes]:
@@ -955,11 +957,13 @@ class StorageRegistry:
                 volumes.require(volume.name)
             pool.check_not_busy(volume.name)
             pool.busy[volume.name] = Busy.CHANGING
+            _hold(volumes)
         try:
             yield volumes
         finally:
             with self._lock:
                 pool.busy.pop(volume.name, None)
+            _let_go(volumes)
 
     def delete_volume(self, volume: VolumeRef, flags: int = 0) -> None:
         """STORAGE_VOL_DELETE: remove the file (no flags are supported for files) or the
@@ -1129,11 +1133,15 @@ class StorageRegistry:
             # the temporary waits while the pool's file system is frozen (a snapshot), and
             # no call about another volume or pool is to wait with it.
             pool.busy[volume.name] = Busy.UPLOADING if whole else Busy.WRITING
+            # Until ``finish``, which may run after the pool stopped (a stream let go of
+            # as the daemon stops): it renames or removes the temporary there.
+            volumes.hold()
         try:
             temp, fd, keep = _open_upload_files(volumes, volume.name, offset, whole=whole)
         except BaseException:
             with self._lock:
                 pool.busy.pop(volume.name, None)
+            volumes.let_go()
             raise
 
         # The volume as the upload found it: written by another daemon (or a guest gone
@@ -1147,10 +1155,13 @@ class StorageRegistry:
                 if temp is not None:
                     release = _settle_upload_temp(volumes, temp, volume.name, success, found)
             finally:
-                with self._lock:
-                    pool.busy.pop(volume.name, None)
-                    if opened and release is None:
-                        tell_refreshed()
+                try:
+                    with self._lock:
+                        pool.busy.pop(volume.name, None)
+                        if opened and release is None:
+                            tell_refreshed()
+                finally:
+                    volumes.let_go()
             if release is None or not opened:
                 return release
             replaced = release
@@ -1240,6 +1251,19 @@ def _log_not_started(name: str, job: PoolJob) -> None:
     """A reload leaves a pool whose folder is being made or removed (or an rbd pool still
     connecting) as it is: started now, it could run over a folder removed a moment later."""
     log.warning("storage pool '%s' not started: it is %s", name, job.value)
+
+
+def _hold(volumes: VolumeDir | RbdVolumes) -> None:
+    """Keep a directory pool's descriptor open for a call working in it outside the lock
+    (an rbd pool keeps its connection for each of its calls: ``RbdVolumes.acquire``)."""
+    if isinstance(volumes, VolumeDir):
+        volumes.hold()
+
+
+def _let_go(volumes: VolumeDir | RbdVolumes) -> None:
+    """The end of ``_hold``."""
+    if isinstance(volumes, VolumeDir):
+        volumes.let_go()
 
 
 def _volume_at(candidates: list[tuple[str, VolumeDir]], path: str) -> VolumeRef | None:

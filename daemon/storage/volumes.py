@@ -18,6 +18,7 @@ import os
 import secrets
 import stat
 import struct
+import threading
 from typing import TYPE_CHECKING
 
 from virtvol.protocol.errors import ErrorCode, ErrorDomain, ErrorReport
@@ -87,14 +88,42 @@ class VolumeDir:
         self._temps: dict[str, int | None] = {} if temps is None else temps
         # The names of the extended attributes each of those was given from its volume.
         self._given: dict[str, set[str]] = {}
+        # Calls working in the directory outside the registry's lock (``hold``), and
+        # whether ``close`` was asked for: the descriptor is closed after the last of them.
+        self._users_lock = threading.Lock()
+        self._users = 0
+        self._closing = False
 
     def volume_path(self, name: str) -> str:
         """The volume's absolute path, which is also its key."""
         return ("" if self.path == "/" else self.path) + "/" + name
 
     def close(self) -> None:
-        """Close the pool directory descriptor."""
-        os.close(self.fd)
+        """Close the pool directory descriptor once no call holds it (``hold``); safe to
+        call twice. A closed number goes to the next file opened: a call going on with it
+        would make, rename or remove files in whatever directory got it."""
+        with self._users_lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            os.close(self.fd)
+
+    def hold(self) -> None:
+        """Keep the descriptor open, whatever stops the pool, until ``let_go``. Taken
+        under the registry's lock from a running pool, so never after ``close``."""
+        with self._users_lock:
+            assert not self._closing, "a stopped pool's directory is held"
+            self._users += 1
+
+    def let_go(self) -> None:
+        """The end of a ``hold``: the last one after ``close`` closes the descriptor."""
+        with self._users_lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            os.close(self.fd)
 
     def view(self) -> VolumeDir:
         """The same directory through a descriptor of its own, for looking at its entries
