@@ -269,7 +269,8 @@ class Daemon:
             watchdog.cancel()
             status.cancel()
         # Until the stop is done a further signal must not kill the daemon (an upload's
-        # temporary would stay behind) nor reload it; shutdown_timeout bounds the stop.
+        # temporary would stay behind) nor reload it; shutdown_timeout bounds the streams'
+        # part of the stop (calls in worker threads are let finish: ``stop``).
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._signal_while_stopping, sig)
         try:
