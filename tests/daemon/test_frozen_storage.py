@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -425,3 +426,37 @@ async def test_a_pool_lookup_is_answered_while_every_worker_waits_for_frozen_sto
             assert isinstance(event, ReplyReceived), event
             defined.remove(event.serial)
     assert len(list((daemon.state_dir / "secrets").glob("*.xml"))) == workers
+
+
+def test_a_stop_lets_a_call_waiting_for_frozen_storage_finish_in_its_pool(
+    frozen_pool_virtvold: Virtvold,
+) -> None:
+    """SIGTERM while a volume is being made on a frozen pool: the stop closes the
+    connections, then waits for the call before it stops the pools (closing the pool's
+    directory under the call would let it make its file wherever the number went next);
+    once thawed, the volume is made whole and the daemon exits cleanly."""
+    daemon = frozen_pool_virtvold
+    pool = daemon.pool_dir
+    subprocess.run(["fsfreeze", "--freeze", str(pool)], check=True)
+    create = subprocess.Popen(
+        ["virsh", "-c", daemon.tcp_uri, "vol-create-as", POOL_NAME, "made", "1M"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_until_held_by_the_freeze(daemon, create)
+        daemon.process.send_signal(signal.SIGTERM)
+        give_up = time.monotonic() + FROZEN_AT_MOST / 2
+        while "the daemon is stopping after" not in daemon.log_text():
+            assert time.monotonic() < give_up, "the stop never closed the connection"
+            time.sleep(0.01)
+        # The call's thread sleeps on the frozen disk, so the stop cannot be past it.
+        assert daemon.process.poll() is None
+        assert "stopped" not in daemon.log_text().rpartition("stopping:")[2]
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", str(pool)], check=False)
+        create.communicate(timeout=30)
+    assert daemon.process.wait(FROZEN_AT_MOST / 2) == 0
+    assert (pool / "made").stat().st_size == 1 << 20
+    assert "virtvold INFO virtvol.daemon: stopped" in daemon.log_text()
