@@ -281,7 +281,7 @@ class Pool:
         key = None
         if source.username is not None:
             key = secrets.value_for_pool(source.secret_uuid, source.secret_usage)
-        volumes = RbdVolumes.connect(source, key, stopping)
+        volumes = RbdVolumes.connect(source, key, stopping, pool_name=self.name)
         try:
             volumes.recover_after_crash()
             return volumes, volumes.runtime()

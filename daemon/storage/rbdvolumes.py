@@ -73,6 +73,7 @@ from .names import RESERVED_PREFIX, is_volume_name
 from .poolxml import PoolRuntime
 from .reports import (
     no_volume_named,
+    pool_not_active,
     storage_error,
     system_error,
     volume_exists,
@@ -254,9 +255,13 @@ def data_extents_walked(image: Any, size: int) -> Iterator[tuple[int, int]]:
 class RbdVolumes:
     """The images of an active rbd pool; thread-safe."""
 
-    def __init__(self, source: RbdSource, rbd: ModuleType, cluster: Any, ioctx: Any) -> None:
+    def __init__(
+        self, source: RbdSource, rbd: ModuleType, cluster: Any, ioctx: Any, *, pool_name: str
+    ) -> None:
         self.source = source
         self.path = source.pool
+        # The libvirt pool's name, for the refusal of a call that finds the pool stopped.
+        self.pool_name = pool_name
         self._rbd = rbd
         self._cluster = cluster
         self._ioctx = ioctx
@@ -295,10 +300,16 @@ class RbdVolumes:
 
     @classmethod
     def connect(
-        cls, source: RbdSource, key: bytes | None, stopping: Stopping | None = None
+        cls,
+        source: RbdSource,
+        key: bytes | None,
+        stopping: Stopping | None = None,
+        *,
+        pool_name: str | None = None,
     ) -> RbdVolumes:
         """Log in to the cluster and open the Ceph pool (the key comes from a libvirt secret);
-        given up when ``stopping`` is set (the daemon stops)."""
+        given up when ``stopping`` is set (the daemon stops). ``pool_name``: the libvirt
+        pool's (the Ceph pool's when there is none)."""
         rados, rbd = load_binding()
         conf = {
             "mon_host": source.mon_host,
@@ -328,7 +339,7 @@ class RbdVolumes:
                 f"failed to create the RBD IoCTX. Does the pool '{source.pool}' exist?",
                 _errno(exc),
             ) from None
-        return cls(source, rbd, cluster, ioctx)
+        return cls(source, rbd, cluster, ioctx, pool_name=pool_name or source.pool)
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -338,7 +349,7 @@ class RbdVolumes:
             # Once closing, only work on an open image's behalf may go on (the
             # connection is still there); with no image open it is gone.
             if self._closing and self._users == 0:
-                raise storage_error(ErrorCode.OPERATION_INVALID, "storage pool is not active")
+                raise pool_not_active(self.pool_name)
             self._users += 1
 
     def release(self) -> None:

@@ -136,3 +136,36 @@ def test_an_upload_into_a_pool_stopped_while_it_opens_is_refused(
     with restarted.image(name, read_only=True) as image:
         assert image.read(0, 3) == b"old"
     assert not [n for n in restarted._all_names() if n.startswith(".virtvol-")]
+
+
+def test_a_volume_looked_at_as_its_pool_stops_is_refused_in_libvirts_words(
+    registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vol-info found the pool running and took its images, then the pool was stopped
+    before the image was opened (outside the registry's lock): its connection is gone, and
+    the call is refused as one on a stopped pool is."""
+    storage, ref = registry
+    name = volume_name("info")
+    volume = storage.create_volume_xml(
+        ref, f"<volume><name>{name}</name><capacity>{MIB}</capacity></volume>"
+    )
+    images = storage._pool(ref).rbd
+    assert images is not None
+    if images._sweeper is not None:
+        # The start's clean-up of other tests' volumes would keep the connection a while.
+        images._sweeper.join(60)
+    looking = images.info
+
+    def stopped_first(image: str) -> tuple[int, int]:
+        storage.destroy_pool(ref)
+        return looking(image)
+
+    monkeypatch.setattr(images, "info", stopped_first)
+    with pytest.raises(ErrorReport) as refused:
+        storage.volume_info(volume)
+    assert refused.value.message == (
+        "Requested operation is not valid: storage pool 'ceph' is not active"
+    )
+    monkeypatch.undo()
+    storage.start_pool(ref)
+    storage.delete_volume(volume)
