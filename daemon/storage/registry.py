@@ -646,7 +646,15 @@ class StorageRegistry:
             images = pool.rbd
             if images is None:
                 return pool.refresh_runtime() if pool.active else pool.runtime
-        runtime = images.runtime()
+        try:
+            runtime = images.runtime()
+        except ErrorReport:
+            with self._lock:
+                if pool.rbd is not images:
+                    # Stopped since (the connection went with it): the call answers as of
+                    # when it found the pool running, with the sizes last read.
+                    return pool.runtime
+            raise
         with self._lock:
             if pool.rbd is images:
                 pool.runtime = runtime

@@ -12,6 +12,7 @@ import pytest
 
 from tests.rbd.conftest import SECRET_UUID, rbd_pool_xml, volume_name
 from virtvol.daemon.storage import PoolRef, StorageRegistry
+from virtvol.daemon.storage.model import PoolState
 from virtvol.protocol.errors import ErrorReport
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from tools.ceph_cluster import CephCluster
     from virtvol.daemon.storage.model import VolumeRef
+    from virtvol.daemon.storage.poolxml import PoolRuntime
     from virtvol.daemon.storage.rbdtransfer import RbdWriter
 
 MIB = 1 << 20
@@ -169,3 +171,31 @@ def test_a_volume_looked_at_as_its_pool_stops_is_refused_in_libvirts_words(
     monkeypatch.undo()
     storage.start_pool(ref)
     storage.delete_volume(volume)
+
+
+def test_a_pools_info_read_as_it_stops_gives_what_the_call_found(
+    registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pool-info found the pool running, then the pool was stopped before its sizes were
+    read from the cluster (outside the registry's lock): the call answers as of when it
+    found the pool, with the sizes last read, instead of failing as a cluster that cannot
+    be asked would."""
+    storage, ref = registry
+    images = storage._pool(ref).rbd
+    assert images is not None
+    if images._sweeper is not None:
+        images._sweeper.join(60)  # it would keep the connection a while
+    found = storage.pool_info(ref)
+    reading = images.runtime
+
+    def stopped_first() -> PoolRuntime:
+        storage.destroy_pool(ref)
+        return reading()
+
+    monkeypatch.setattr(images, "runtime", stopped_first)
+    info = storage.pool_info(ref)
+    assert info.state is PoolState.RUNNING
+    assert info.capacity == found.capacity
+    monkeypatch.undo()
+    assert storage.pool_info(ref).state is PoolState.INACTIVE
+    storage.start_pool(ref)
