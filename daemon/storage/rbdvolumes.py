@@ -567,14 +567,16 @@ class RbdVolumes:
 
     def runtime(self) -> PoolRuntime:
         """Cluster-wide sizes, as libvirt reports them for an rbd pool."""
-        try:
-            with self._in_use():
+        # Held outside the try: a pool stopped meanwhile is refused as such, not as a
+        # cluster that failed to answer.
+        with self._in_use():
+            try:
                 stats = self._cluster.get_cluster_stats()
                 pool = self._ioctx.get_stats()
-        except Exception as exc:
-            raise system_error(
-                f"failed to stat the RADOS pool '{self.source.pool}'", _errno(exc)
-            ) from None
+            except Exception as exc:
+                raise system_error(
+                    f"failed to stat the RADOS pool '{self.source.pool}'", _errno(exc)
+                ) from None
         return PoolRuntime(
             capacity=stats["kb"] * 1024,
             allocation=pool["num_bytes"],
@@ -586,16 +588,16 @@ class RbdVolumes:
 
     def _all_names(self) -> list[str]:
         """The names of the Ceph pool's images that are text (UTF-8)."""
-        try:
-            with self._in_use():
+        with self._in_use():  # outside the try, as in ``runtime``
+            try:
                 try:
                     return list(self._rbd.RBD().list(self._ioctx))
                 except UnicodeDecodeError:
                     # Another client named an image with bytes that are no UTF-8, and
                     # Ceph's binding fails the whole listing: read the directory itself.
                     return self._names_in_directory()
-        except Exception as exc:
-            raise system_error("Unable to list RBD images", _errno(exc)) from None
+            except Exception as exc:
+                raise system_error("Unable to list RBD images", _errno(exc)) from None
 
     def _names_in_directory(self) -> list[str]:
         """The images' names as the pool's ``rbd_directory`` object holds them (class

@@ -199,3 +199,30 @@ def test_a_pools_info_read_as_it_stops_gives_what_the_call_found(
     monkeypatch.undo()
     assert storage.pool_info(ref).state is PoolState.INACTIVE
     storage.start_pool(ref)
+
+
+def test_volumes_listed_as_their_pool_stops_are_refused_in_libvirts_words(
+    registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vol-list found the pool running, then the pool was stopped before the cluster was
+    asked for the images (outside the registry's lock): refused as a call on a stopped
+    pool is, not as a cluster that failed to answer."""
+    storage, ref = registry
+    images = storage._pool(ref).rbd
+    assert images is not None
+    if images._sweeper is not None:
+        images._sweeper.join(60)  # it would keep the connection a while
+    listing = images.names
+
+    def stopped_first() -> list[str]:
+        storage.destroy_pool(ref)
+        return listing()
+
+    monkeypatch.setattr(images, "names", stopped_first)
+    with pytest.raises(ErrorReport) as refused:
+        storage.list_volume_names(ref, 10)
+    assert refused.value.message == (
+        "Requested operation is not valid: storage pool 'ceph' is not active"
+    )
+    monkeypatch.undo()
+    storage.start_pool(ref)
