@@ -297,7 +297,8 @@ class Pool:
         return (st.st_dev, st.st_ino)
 
     def stop(self) -> None:
-        """Close the target directory; the definition stays."""
+        """Close the target directory (after the calls still working in it: ``VolumeDir.hold``);
+        the definition stays."""
         if self.rbd is not None:
             self.rbd.close()
             self.rbd = None

@@ -201,7 +201,8 @@ class StorageRegistry:
         self._stopping.set()
 
     def close(self) -> None:
-        """Close every pool directory (the daemon is stopping); definitions stay. The
+        """Close every pool directory (the daemon is stopping); definitions stay. One a
+        call still works in is closed once that call is done (``VolumeDir.hold``). The
         removals of a crash's leftovers in rbd pools give up at their next object, and
         are waited for only so long (what they did not remove, the next start does)."""
         self.give_up_starts()
