@@ -647,6 +647,8 @@ class StorageRegistry:
             images = pool.rbd
             if images is None:
                 return pool.refresh_runtime() if pool.active else pool.runtime
+            # Taken now: a stop drops them when the pool was defined anew meanwhile.
+            last_read = pool.runtime
         try:
             runtime = images.runtime()
         except ErrorReport:
@@ -654,7 +656,7 @@ class StorageRegistry:
                 if pool.rbd is not images:
                     # Stopped since (the connection went with it): the call answers as of
                     # when it found the pool running, with the sizes last read.
-                    return pool.runtime
+                    return last_read
             raise
         with self._lock:
             if pool.rbd is images:

@@ -4,6 +4,7 @@ faults the cluster would have to be made to show: injected into the binding."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import uuid
 from typing import TYPE_CHECKING
@@ -225,4 +226,37 @@ def test_volumes_listed_as_their_pool_stops_are_refused_in_libvirts_words(
         "Requested operation is not valid: storage pool 'ceph' is not active"
     )
     monkeypatch.undo()
+    storage.start_pool(ref)
+
+
+def test_a_pools_info_read_as_it_stops_keeps_its_sizes_when_redefined_meanwhile(
+    registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, for a pool defined anew while it ran, whose stop drops the run's sizes
+    (the new definition's next start reads its own): the call found the pool running
+    with sizes, and answers those, not a running pool of no size."""
+    storage, ref = registry
+    pool = storage._pool(ref)
+    images = pool.rbd
+    assert images is not None
+    if images._sweeper is not None:
+        images._sweeper.join(60)  # it would keep the connection a while
+    storage.define_pool_xml(storage.pool_xml(ref))  # reads the sizes too
+    assert pool.runtime is not None
+    # A young test cluster reports no space yet: sizes as a later read gives them.
+    pool.runtime = dataclasses.replace(
+        pool.runtime, capacity=64 * MIB, allocation=3 * MIB, available=61 * MIB
+    )
+    reading = images.runtime
+
+    def stopped_first() -> PoolRuntime:
+        storage.destroy_pool(ref)
+        return reading()
+
+    monkeypatch.setattr(images, "runtime", stopped_first)
+    info = storage.pool_info(ref)
+    assert info.state is PoolState.RUNNING
+    assert (info.capacity, info.allocation, info.available) == (64 * MIB, 3 * MIB, 61 * MIB)
+    monkeypatch.undo()
+    assert storage.pool_info(ref).state is PoolState.INACTIVE
     storage.start_pool(ref)
