@@ -612,7 +612,12 @@ class StorageRegistry:
         if directory:
             self._clear_leftovers(pool)
         self._current_runtime(pool)
-        self._tell(pool.ref, PoolEvent.REFRESHED)
+        with self._lock:
+            # Stopped meanwhile (its sizes are the last read): refused as libvirtd refuses
+            # a refresh that comes after the stop, and no refresh told after the stop's.
+            if not pool.active:
+                raise pool_not_active(pool.name)
+            self._tell(pool.ref, PoolEvent.REFRESHED)
 
     # ------------------------------------------------------------------
     # Pool properties

@@ -13,7 +13,7 @@ import pytest
 
 from tests.rbd.conftest import SECRET_UUID, rbd_pool_xml, volume_name
 from virtvol.daemon.storage import PoolRef, StorageRegistry
-from virtvol.daemon.storage.model import PoolState
+from virtvol.daemon.storage.model import PoolEvent, PoolState
 from virtvol.protocol.errors import ErrorReport
 
 if TYPE_CHECKING:
@@ -259,4 +259,34 @@ def test_a_pools_info_read_as_it_stops_keeps_its_sizes_when_redefined_meanwhile(
     assert (info.capacity, info.allocation, info.available) == (64 * MIB, 3 * MIB, 61 * MIB)
     monkeypatch.undo()
     assert storage.pool_info(ref).state is PoolState.INACTIVE
+    storage.start_pool(ref)
+
+
+def test_a_pool_refreshed_as_it_stops_is_refused_and_no_refresh_is_told(
+    registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pool-refresh found the pool running, then the pool was stopped before its sizes
+    came back from the cluster: nothing was refreshed, so the call is refused as one on a
+    stopped pool is, and clients hear of the stop, not of a refresh after it."""
+    storage, ref = registry
+    images = storage._pool(ref).rbd
+    assert images is not None
+    if images._sweeper is not None:
+        images._sweeper.join(60)  # it would keep the connection a while
+    told: list[PoolEvent] = []
+    storage.on_event = lambda _, event: told.append(event)
+    reading = images.runtime
+
+    def stopped_first() -> PoolRuntime:
+        storage.destroy_pool(ref)
+        return reading()
+
+    monkeypatch.setattr(images, "runtime", stopped_first)
+    with pytest.raises(ErrorReport) as refused:
+        storage.refresh_pool(ref)
+    assert refused.value.message == (
+        "Requested operation is not valid: storage pool 'ceph' is not active"
+    )
+    assert told == [PoolEvent.STOPPED]
+    monkeypatch.undo()
     storage.start_pool(ref)
