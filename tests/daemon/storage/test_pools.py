@@ -817,3 +817,40 @@ def test_a_directory_unread_for_the_clean_up_is_logged_and_keeps_the_pool(
     setup.registry.start_pool(setup.ref)
     assert setup.registry.pool_is_active(setup.ref)
     assert caplog.text.count(f"cannot read directory '{setup.pool_dir}'") == 2
+
+
+class _StopsAtTheSecondLock:
+    """The registry's lock, which runs ``stop`` as a call takes it a second time: a stop
+    that comes between two steps of the call."""
+
+    def __init__(self, registry: StorageRegistry, stop: Callable[[], None]) -> None:
+        self._registry = registry
+        self._real = registry._lock
+        self._stop = stop
+        self._taken = 0
+
+    def __enter__(self) -> None:
+        self._taken += 1
+        if self._taken == 2:
+            self._registry._lock = self._real
+            self._stop()
+        self._real.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._real.release()
+
+
+def test_pool_info_racing_a_stop_gives_the_pool_before_or_after_it(setup: PoolSetup) -> None:
+    """pool-info and pool-destroy of a pool defined anew while it ran: the info is either
+    the running pool's with its sizes or the stopped pool's, as libvirtd (which answers it
+    under the pool's lock) gives it; never a running pool of no size."""
+    registry, ref = setup.registry, setup.ref
+    running = registry.pool_info(ref)
+    assert running.capacity > 0
+    registry.define_pool_xml(registry.pool_xml(ref, PoolXMLFlags.INACTIVE))
+    registry._lock = _StopsAtTheSecondLock(  # type: ignore[assignment]
+        registry, lambda: registry.destroy_pool(ref)
+    )
+    info = registry.pool_info(ref)
+    assert not registry.pool_is_active(ref)  # stopped during the call
+    assert info.state is PoolState.INACTIVE or info == running
