@@ -626,7 +626,7 @@ class StorageRegistry:
         """STORAGE_POOL_GET_INFO: state and sizes (last known ones for an inactive pool)."""
         with self._lock:
             pool = self._pool(ref)
-        running, runtime = self._current_runtime(pool)
+        _, running, runtime = self._current_runtime(pool)
         state = PoolState.RUNNING if running else PoolState.INACTIVE
         if runtime is None:
             return PoolInfo(state, 0, 0, 0)
@@ -641,20 +641,22 @@ class StorageRegistry:
             # Any definition made while it runs, even one like the running one, as libvirt's.
             if flags & PoolXMLFlags.INACTIVE and config is not None and config is not pool.live:
                 return format_pool_xml(config, None)
-            live = pool.live
-        return format_pool_xml(live, self._current_runtime(pool)[1])
+        live, _, runtime = self._current_runtime(pool)
+        return format_pool_xml(live, runtime)
 
-    def _current_runtime(self, pool: Pool) -> tuple[bool, PoolRuntime | None]:
-        """Whether the pool is running, and its sizes: read anew when it is (the last known
-        ones otherwise), as one answer, whatever stops the pool meanwhile. An rbd pool's
-        come from its cluster without holding the lock, since a cluster that stopped
-        answering takes librados' timeout (30 s), which no other call waits for."""
+    def _current_runtime(self, pool: Pool) -> tuple[PoolDefinition, bool, PoolRuntime | None]:
+        """The pool's definition, whether it is running, and its sizes (read anew when it
+        is, the last known ones otherwise), as one answer whatever stops the pool
+        meanwhile. An rbd pool's sizes come from its cluster without holding the lock,
+        since a cluster that stopped answering takes librados' timeout (30 s), which no
+        other call waits for."""
         with self._lock:
+            live = pool.live
             images = pool.rbd
             if images is None:
                 if pool.active:
-                    return True, pool.refresh_runtime()
-                return False, pool.runtime
+                    return live, True, pool.refresh_runtime()
+                return live, False, pool.runtime
             # Taken now: a stop drops them when the pool was defined anew meanwhile.
             last_read = pool.runtime
         try:
@@ -664,12 +666,12 @@ class StorageRegistry:
                 if pool.rbd is not images:
                     # Stopped since (the connection went with it): the call answers as of
                     # when it found the pool running, with the sizes last read.
-                    return True, last_read
+                    return live, True, last_read
             raise
         with self._lock:
             if pool.rbd is images:
                 pool.runtime = runtime
-        return True, runtime
+        return live, True, runtime
 
     def pool_autostart(self, ref: PoolRef) -> bool:
         """STORAGE_POOL_GET_AUTOSTART."""

@@ -854,3 +854,24 @@ def test_pool_info_racing_a_stop_gives_the_pool_before_or_after_it(setup: PoolSe
     info = registry.pool_info(ref)
     assert not registry.pool_is_active(ref)  # stopped during the call
     assert info.state is PoolState.INACTIVE or info == running
+
+
+def test_pool_xml_racing_a_stop_gives_the_pool_before_or_after_it(
+    setup: PoolSetup, tmp_path: Path
+) -> None:
+    """As pool-info above, for pool-dumpxml: the running definition with its sizes, or the
+    one the stop put in its place; never the running one with no sizes."""
+    registry, ref = setup.registry, setup.ref
+    running = registry.pool_xml(ref)
+    assert "<capacity unit='bytes'>0</capacity>" not in running
+    other = tmp_path / "other"
+    other.mkdir()
+    registry.define_pool_xml(
+        registry.pool_xml(ref, PoolXMLFlags.INACTIVE).replace(str(setup.pool_dir), str(other))
+    )
+    registry._lock = _StopsAtTheSecondLock(  # type: ignore[assignment]
+        registry, lambda: registry.destroy_pool(ref)
+    )
+    xml = registry.pool_xml(ref)
+    assert not registry.pool_is_active(ref)  # stopped during the call
+    assert str(other) in xml or "<capacity unit='bytes'>0</capacity>" not in xml
