@@ -315,7 +315,7 @@ class Pool:
     def refresh_runtime(self) -> PoolRuntime:
         """Sizes of the file system holding the pool, and the directory's permissions (an
         rbd pool's sizes come from its cluster, outside the registry's lock: see
-        ``StorageRegistry._current_runtime``)."""
+        ``StorageRegistry._definition_and_sizes``)."""
         volumes = self.opened_directory()
         fs = os.statvfs(volumes.fd)
         st = os.fstat(volumes.fd)

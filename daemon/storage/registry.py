@@ -611,7 +611,7 @@ class StorageRegistry:
                     raise
         if directory:
             self._clear_leftovers(pool)
-        self._current_runtime(pool)
+        self._definition_and_sizes(pool)
         with self._lock:
             # Stopped meanwhile (its sizes are the last read): refused as libvirtd refuses
             # a refresh that comes after the stop, and no refresh told after the stop's.
@@ -626,7 +626,7 @@ class StorageRegistry:
         """STORAGE_POOL_GET_INFO: state and sizes (last known ones for an inactive pool)."""
         with self._lock:
             pool = self._pool(ref)
-        _, running, runtime = self._current_runtime(pool)
+        _, running, runtime = self._definition_and_sizes(pool)
         state = PoolState.RUNNING if running else PoolState.INACTIVE
         if runtime is None:
             return PoolInfo(state, 0, 0, 0)
@@ -641,10 +641,10 @@ class StorageRegistry:
             # Any definition made while it runs, even one like the running one, as libvirt's.
             if flags & PoolXMLFlags.INACTIVE and config is not None and config is not pool.live:
                 return format_pool_xml(config, None)
-        live, _, runtime = self._current_runtime(pool)
+        live, _, runtime = self._definition_and_sizes(pool)
         return format_pool_xml(live, runtime)
 
-    def _current_runtime(self, pool: Pool) -> tuple[PoolDefinition, bool, PoolRuntime | None]:
+    def _definition_and_sizes(self, pool: Pool) -> tuple[PoolDefinition, bool, PoolRuntime | None]:
         """The pool's definition, whether it is running, and its sizes (read anew when it
         is, the last known ones otherwise), as one answer whatever stops the pool
         meanwhile. An rbd pool's sizes come from its cluster without holding the lock,
