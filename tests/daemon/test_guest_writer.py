@@ -307,6 +307,41 @@ def _collect(call: Callable[[], object], errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
+@contextlib.contextmanager
+def _whole_upload_in_its_last_steps(
+    monkeypatch: pytest.MonkeyPatch, registry: StorageRegistry, volume: VolumeRef
+) -> Iterator[None]:
+    """A whole-volume upload of b"A" * 4 into ``volume`` through ``registry``, its commit
+    held in another thread once it holds the volume against writers, before its rename:
+    the body runs there; the commit then goes on and must succeed."""
+    guarded, go = threading.Event(), threading.Event()
+    keep_writers_out = volumes_module.VolumeDir._keep_writers_out
+    holder: list[threading.Thread] = []
+
+    def held_before_the_rename(
+        self: volumes_module.VolumeDir, name: str, kept_from: os.stat_result | None = None
+    ) -> int:
+        guard = keep_writers_out(self, name, kept_from)
+        if threading.current_thread() in holder:
+            guarded.set()
+            assert go.wait(10)
+        return guard
+
+    monkeypatch.setattr(volumes_module.VolumeDir, "_keep_writers_out", held_before_the_rename)
+    upload = registry.open_upload(volume, 0, 0)
+    upload.write(b"A" * 4)
+    errors: list[BaseException] = []
+    holder.append(threading.Thread(target=lambda: _collect(upload.commit, errors)))
+    holder[0].start()
+    try:
+        assert guarded.wait(10)
+        yield
+    finally:
+        go.set()
+        holder[0].join(10)
+    assert errors == []
+
+
 @pytest.mark.parametrize("byte", [201, 1 << 62])
 def test_a_write_in_place_is_refused_while_the_volume_is_held_against_writers(
     tmp_path: Path, byte: int
@@ -393,31 +428,11 @@ def test_a_wipe_resize_or_delete_in_a_whole_uploads_last_steps_is_refused(
     its old end still readable (kept by a's upload), a resize undone, a deleted volume
     back."""
     (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
-    guarded, go = threading.Event(), threading.Event()
-    keep_writers_out = volumes_module.VolumeDir._keep_writers_out
-
-    def held_before_the_rename(
-        self: volumes_module.VolumeDir, name: str, kept_from: os.stat_result | None = None
-    ) -> int:
-        guard = keep_writers_out(self, name, kept_from)
-        guarded.set()
-        assert go.wait(10)
-        return guard
-
-    monkeypatch.setattr(volumes_module.VolumeDir, "_keep_writers_out", held_before_the_rename)
-    whole = a.open_upload(volume_a, 0, 0)
-    whole.write(b"A" * 4)
-    errors: list[BaseException] = []
-    commit = threading.Thread(target=lambda: _collect(whole.commit, errors))
-    commit.start()
-    assert guarded.wait(10)
-    try:
-        with pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."):
-            _change(b, volume_b, change)
-    finally:
-        go.set()
-        commit.join(10)
-    assert errors == []
+    with (
+        _whole_upload_in_its_last_steps(monkeypatch, a, volume_a),
+        pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."),
+    ):
+        _change(b, volume_b, change)
     assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 4 + b"o" * 4
     assert _leftovers(tmp_path / "pool") == []
 
@@ -489,35 +504,13 @@ def test_two_daemons_whole_uploads_in_their_last_steps_together_lose_neither(
     renamed, b's upload, reported done, would be gone under a's, and with it b's bytes a
     kept none of (a's old end is the old volume's). b's is refused instead."""
     (a, volume_a), (b, volume_b) = _two_daemons_on(tmp_path)
-    guarded, go = threading.Event(), threading.Event()
-    keep_writers_out = volumes_module.VolumeDir._keep_writers_out
-    first: list[threading.Thread] = []
-
-    def held_before_the_rename(
-        self: volumes_module.VolumeDir, name: str, kept_from: os.stat_result | None = None
-    ) -> int:
-        guard = keep_writers_out(self, name, kept_from)
-        if threading.current_thread() in first:
-            guarded.set()
-            assert go.wait(10)
-        return guard
-
-    monkeypatch.setattr(volumes_module.VolumeDir, "_keep_writers_out", held_before_the_rename)
-    upload_a = a.open_upload(volume_a, 0, 0)
-    upload_a.write(b"A" * 4)
     upload_b = b.open_upload(volume_b, 0, 0)
     upload_b.write(b"B" * 8)
-    errors: list[BaseException] = []
-    first.append(threading.Thread(target=lambda: _collect(upload_a.commit, errors)))
-    first[0].start()
-    try:
-        assert guarded.wait(10)
-        with pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."):
-            upload_b.commit()
-    finally:
-        go.set()
-        first[0].join(10)
-    assert errors == []
+    with (
+        _whole_upload_in_its_last_steps(monkeypatch, a, volume_a),
+        pytest.raises(ErrorReport, match=r"volume 'disk' is still in use\."),
+    ):
+        upload_b.commit()
     assert (tmp_path / "pool" / "disk").read_bytes() == b"A" * 4 + b"o" * 4
     assert _leftovers(tmp_path / "pool") == []
 
@@ -584,31 +577,11 @@ def test_hard_links_meeting_in_a_whole_uploads_last_steps_are_refused_for_that_m
     pool = tmp_path / "pool"
     os.link(pool / "disk", pool / "twin")
     twin = b.lookup_volume_by_name(b.lookup_pool_by_name("p"), "twin")
-    guarded, go = threading.Event(), threading.Event()
-    keep_writers_out = volumes_module.VolumeDir._keep_writers_out
-
-    def held_before_the_rename(
-        self: volumes_module.VolumeDir, name: str, kept_from: os.stat_result | None = None
-    ) -> int:
-        guard = keep_writers_out(self, name, kept_from)
-        guarded.set()
-        assert go.wait(10)
-        return guard
-
-    monkeypatch.setattr(volumes_module.VolumeDir, "_keep_writers_out", held_before_the_rename)
-    whole = a.open_upload(volume_a, 0, 0)
-    whole.write(b"A" * 4)
-    errors: list[BaseException] = []
-    commit = threading.Thread(target=lambda: _collect(whole.commit, errors))
-    commit.start()
-    assert guarded.wait(10)
-    try:
-        with pytest.raises(ErrorReport, match=r"volume 'twin' is still in use\."):
-            b.delete_volume(twin)
-    finally:
-        go.set()
-        commit.join(10)
-    assert errors == []
+    with (
+        _whole_upload_in_its_last_steps(monkeypatch, a, volume_a),
+        pytest.raises(ErrorReport, match=r"volume 'twin' is still in use\."),
+    ):
+        b.delete_volume(twin)
     b.delete_volume(twin)
     assert sorted(os.listdir(pool)) == ["disk"]
     assert (pool / "disk").read_bytes() == b"A" * 4 + b"o" * 4
