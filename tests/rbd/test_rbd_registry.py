@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from virtvol.daemon.storage.model import VolumeRef
     from virtvol.daemon.storage.poolxml import PoolRuntime
     from virtvol.daemon.storage.rbdtransfer import RbdWriter
+    from virtvol.daemon.storage.rbdvolumes import RbdVolumes
 
 MIB = 1 << 20
 
@@ -45,6 +46,21 @@ def registry(ceph: CephCluster, tmp_path: Path) -> Iterator[tuple[StorageRegistr
         registry.close()
 
 
+def _volume_holding_old(
+    storage: StorageRegistry, ref: PoolRef, name: str
+) -> tuple[VolumeRef, RbdVolumes]:
+    """Volume ``name`` of 1 MiB made in the pool, b"old" written at its start; with the
+    pool's images."""
+    volume = storage.create_volume_xml(
+        ref, f"<volume><name>{name}</name><capacity>{MIB}</capacity></volume>"
+    )
+    images = storage._pool(ref).rbd
+    assert images is not None
+    with images.image(name) as image:
+        image.write(b"old", 0)
+    return volume, images
+
+
 def test_a_swap_whose_undo_fails_keeps_what_the_next_start_needs(
     registry: tuple[StorageRegistry, PoolRef], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -54,13 +70,7 @@ def test_a_swap_whose_undo_fails_keeps_what_the_next_start_needs(
     and removes it: the volume and its content gone)."""
     storage, ref = registry
     name = volume_name("undo")
-    volume = storage.create_volume_xml(
-        ref, f"<volume><name>{name}</name><capacity>{MIB}</capacity></volume>"
-    )
-    images = storage._pool(ref).rbd
-    assert images is not None
-    with images.image(name) as image:
-        image.write(b"old", 0)
+    volume, images = _volume_holding_old(storage, ref, name)
     writer = storage.open_volume_upload(volume, 0, 0)
     writer.write(b"new")
     binding = images._rbd
@@ -109,13 +119,7 @@ def test_an_upload_into_a_pool_stopped_while_it_opens_is_refused(
     pool, which libvirtd refuses."""
     storage, ref = registry
     name = volume_name("stopped")
-    volume = storage.create_volume_xml(
-        ref, f"<volume><name>{name}</name><capacity>{MIB}</capacity></volume>"
-    )
-    images = storage._pool(ref).rbd
-    assert images is not None
-    with images.image(name) as image:
-        image.write(b"old", 0)
+    volume, images = _volume_holding_old(storage, ref, name)
     reading = images.open_image(name, read_only=True)  # a download's
     opening = storage._open_rbd_upload
 
