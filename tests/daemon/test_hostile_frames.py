@@ -246,9 +246,7 @@ async def test_xml_that_is_not_utf_8_is_malformed_xml(virtvold: Virtvold) -> Non
     (VIR_ERR_XML_DETAIL, storage domain), and so does virtvold now."""
     bad = "\udcff"  # the byte 0xff on the wire
     async with raw_client(virtvold.port) as client:
-        found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
+        default = await _default_pool(client)
         pool_xml = f"<pool type='dir'><name>x{bad}</name><target><path>/x</path></target></pool>"
         volume_xml = f"<volume><name>v{bad}</name><capacity>1</capacity></volume>"
         calls = [
@@ -260,7 +258,7 @@ async def test_xml_that_is_not_utf_8_is_malformed_xml(virtvold: Virtvold) -> Non
             ),
             (
                 Proc.STORAGE_VOL_CREATE_XML,
-                r.VolCreateXmlArgs(pool=found.result.pool, xml=volume_xml, flags=0),
+                r.VolCreateXmlArgs(pool=default, xml=volume_xml, flags=0),
                 "storage_volume_definition",
                 STORAGE_DOMAIN,
             ),
@@ -613,10 +611,7 @@ async def _answers_to_names_with_nul(peer: Virtvold | ReferenceLibvirtd) -> list
     name = "storage:///system" if isinstance(peer, Virtvold) else "storage:///session"
     answers = []
     async with raw_client(peer.port, open_name=name) as client:
-        found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
-        pool = found.result.pool
+        pool = await _default_pool(client)
         await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
         cut_pool = r.StoragePool(name="default\0/..", uuid=pool.uuid)
         escaping = r.StorageVol(pool="default\0x", name="vol\0/../x", key="k\0")
@@ -707,7 +702,8 @@ async def _answers_to_a_call_with_descriptors(
 ) -> list[str]:
     """Send CONNECT_NUM_OF_STORAGE_POOLS as a CALL_WITH_FDS whose payload is
     ``descriptors`` (the count, if any; no descriptor goes beside it), then the same
-    call plainly: what comes back until the plain call's answer or the end."""
+    call plainly: what comes back until both are answered or the end, in order of
+    serial (libvirtd's workers may answer the second call first)."""
     if transport == "tcp":
         client = await RawClient.connect(peer.port)
     else:
@@ -728,7 +724,13 @@ async def _answers_to_a_call_with_descriptors(
         )
         plain, call = client.rpc.call(Proc.CONNECT_NUM_OF_STORAGE_POOLS)
         client.send(encode_frame(header, descriptors), call)
-        return await _frames_until(client, FrameReader(), lambda h: h.serial == plain)
+        answered: set[int] = set()
+
+        def both_answered(header: Header) -> bool:
+            answered.add(header.serial)
+            return {with_fds, plain} <= answered
+
+        return sorted(await _frames_until(client, FrameReader(), both_answered))
     finally:
         await client.close()
 
@@ -768,10 +770,7 @@ async def _answers_to_encoding_declarations(peer: Virtvold | ReferenceLibvirtd) 
     async with raw_client(
         peer.port, open_name="storage:///system" if ours else "storage:///session"
     ) as client:
-        found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
-        pool = found.result.pool
+        pool = await _default_pool(client)
         for encoding, text in (("bogus", ""), ("ebcdic", bad), ("latin1", bad)):
             declaration = f"<?xml version='1.0' encoding='{encoding}'?>"
             pool_xml = (
@@ -865,14 +864,12 @@ async def _answers_to_declarations(peer: Virtvold | ReferenceLibvirtd) -> list[s
     async with raw_client(
         peer.port, open_name="storage:///system" if ours else "storage:///session"
     ) as client:
-        found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
-        assert isinstance(found, ReplyReceived)
-        assert isinstance(found.result, r.PoolRet)
+        default = await _default_pool(client)
         for number, declaration in enumerate(DECLARATIONS):
             xml = f"{declaration}<volume><name>d{number}-é</name><capacity>1</capacity></volume>"
             created = await client.call(
                 Proc.STORAGE_VOL_CREATE_XML,
-                r.VolCreateXmlArgs(pool=found.result.pool, xml=xml, flags=0),
+                r.VolCreateXmlArgs(pool=default, xml=xml, flags=0),
             )
             if isinstance(created, ReplyReceived):
                 assert isinstance(created.result, r.VolRet)
@@ -892,3 +889,11 @@ async def test_declarations_libxml_reads_its_own_way_are_answered_like_libvirtd(
     libvirtd = await _answers_to_declarations(reference_libvirtd)
     ours = await _answers_to_declarations(virtvold)
     assert ours == libvirtd
+
+
+async def _default_pool(client: RawClient) -> r.StoragePool:
+    """The pool "default", looked up by name."""
+    found = await client.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, r.LookupByNameArgs("default"))
+    assert isinstance(found, ReplyReceived)
+    assert isinstance(found.result, r.PoolRet)
+    return found.result.pool
