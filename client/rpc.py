@@ -341,8 +341,11 @@ class RpcProtocol(asyncio.BufferedProtocol):
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
-            if not waiter.cancelled():
-                raise  # not our deadline
+            if waiter.done() and not waiter.cancelled():
+                # The answer came in the loop's turn the deadline fell due in, before
+                # this task resumed: it is the call's outcome (dropped, it would be lost;
+                # a call that changed something would look as if it had not).
+                return waiter.result()
             # The core keeps the call pending, so a late answer is still matched
             # (and dropped, having no waiter) instead of breaking the connection.
             self._waiters.pop(serial, None)

@@ -17,6 +17,8 @@ import pytest
 import virtvol.client
 from tests.client.helpers import until
 from tests.conftest import free_port
+from virtvol.client.rpc import RpcProtocol
+from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, Connection, Side
 from virtvol.protocol.constants import REMOTE_STRING_MAX, AuthType
@@ -127,3 +129,48 @@ async def test_an_argument_too_long_for_the_wire_is_refused_before_sending() -> 
         assert await conn.get_type(timeout=5) == "storage"
         assert peer.calls[sent:] == [Proc.CONNECT_GET_TYPE]
         assert conn.is_alive
+
+
+class AnsweringNextTurn(asyncio.Transport):
+    """A peer on the protocol core that answers each call on the next turn of the loop,
+    ahead of any timer that falls due in that turn: as a reply read from the socket in
+    the same turn as the deadline's timer, when the loop was busy for a while."""
+
+    def __init__(self, client: RpcProtocol) -> None:
+        super().__init__()
+        self.client = client
+        self.server = Connection(Side.SERVER)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        asyncio.get_running_loop().call_soon(self._answer, bytes(data))
+
+    def _answer(self, data: bytes) -> None:
+        self.server.receive_data(data)
+        for event in self.server.events():
+            assert isinstance(event, CallReceived), event
+            reply = memoryview(self.server.reply(event.serial, ANSWERS[event.procedure.number]))
+            while reply:
+                buffer = self.client.get_buffer(-1)
+                count = min(len(buffer), len(reply))
+                buffer[:count] = reply[:count]
+                self.client.buffer_updated(count)
+                reply = reply[count:]
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_an_answer_that_comes_as_the_deadline_passes_is_the_calls_result() -> None:
+    """The answer and the deadline reach the waiting call in the same turn of the loop
+    (a timeout of 0 falls due in the very next turn): the call has its answer, which the
+    peer gave; it is neither lost nor turned into a bare ``TimeoutError``."""
+    rpc = RpcProtocol("storage+tcp://peer/system")
+    rpc.connection_made(AnsweringNextTurn(rpc))
+    assert (await rpc.call(procedures.CONNECT_GET_TYPE, timeout=0)).type == "storage"
+    assert (await rpc.call(procedures.CONNECT_GET_TYPE, timeout=5)).type == "storage"
