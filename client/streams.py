@@ -108,11 +108,38 @@ class _StreamBase:
             # Shielded: an opener that gives up (cancelled) leaves the answer to come.
             await asyncio.shield(waiter)
         except BaseException:
-            self._rpc.forget_sink(serial)
             # Also when the answer came before the cancellation reached this task: the
             # stream is open then, and nobody else will abort it.
-            waiter.add_done_callback(lambda _: self._abort_unwanted(waiter, serial))
+            await self._abandon_open(waiter, serial)
             raise
+
+    async def _abandon_open(self, waiter: asyncio.Future[None], serial: int) -> None:
+        """Close the stream whose opener gave up before it resumed: wait (as an
+        interrupted abort waits, ``ABORT_WAIT_INTERRUPTED``) for the peer's answer and,
+        if it opened the stream, for the confirmation of its abort. The peer then no
+        longer holds the volume when the opener's caller goes on, and another stream on
+        it is not refused as 'in use'. A peer too slow for that has the stream aborted
+        whenever its answer comes."""
+        self._on_abort()
+        try:
+            async with asyncio.timeout(ABORT_WAIT_INTERRUPTED):
+                with contextlib.suppress(LibvirtError, TransportError):
+                    await asyncio.shield(waiter)
+                if waiter.cancelled() or waiter.exception() is not None:
+                    return  # never opened
+                try:
+                    self._rpc.abort_stream(serial)
+                except (LocalProtocolError, TransportError):
+                    return
+                assert self._done is not None  # made by ``_call``
+                await asyncio.shield(self._done)
+        except TimeoutError:
+            log.warning("no answer to the abort of a stream on %s", self.volume.connection.uri)
+        finally:
+            if not waiter.done():
+                waiter.add_done_callback(lambda _: self._abort_unwanted(waiter, serial))
+            self._rpc.forget_sink(serial)
+            self._closed = True
 
     def _abort_unwanted(self, waiter: asyncio.Future[None], serial: int) -> None:
         """Abort the stream the peer opened after its opener gave up: nobody will use it,

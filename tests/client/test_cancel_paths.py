@@ -572,3 +572,27 @@ async def test_an_upload_does_not_wait_behind_the_callers_jobs_for_its_thread(
         ending.cancel()
         release.set()
         await callers_job
+
+
+async def test_an_upload_whose_open_was_cancelled_no_longer_holds_the_volume(
+    virtvold: Virtvold,
+) -> None:
+    """The opener is cancelled once its call has left, before the daemon answered: when
+    the cancellation reaches the caller, the stream the daemon opened meanwhile has been
+    aborted, so the next upload on the connection is not refused as 'still in use'."""
+    (virtvold.pool_dir / "vol.img").write_bytes(b"\x05" * MIB)
+    new = os.urandom(MIB)
+    async with connect(virtvold.unix_uri, keepalive=None) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        volume = await pool.lookup_volume("vol.img")
+        stream = volume.upload(sparse=False)
+        opening = asyncio.create_task(stream.open())
+        await asyncio.sleep(0)  # one turn of the loop: the opener writes its call, no more
+        assert stream.serial >= 0
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        async with volume.upload(sparse=False) as upload:
+            await upload.send(new)
+        assert (virtvold.pool_dir / "vol.img").read_bytes() == new
+        assert conn.is_alive
