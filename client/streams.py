@@ -108,6 +108,9 @@ class _StreamBase:
             # Shielded: an opener that gives up (cancelled) leaves the answer to come.
             await asyncio.shield(waiter)
         except BaseException:
+            if waiter.done() and (waiter.cancelled() or waiter.exception() is not None):
+                self._rpc.forget_sink(serial)  # refused: the stream never opened
+                raise
             # Also when the answer came before the cancellation reached this task: the
             # stream is open then, and nobody else will abort it.
             await self._abandon_open(waiter, serial)
