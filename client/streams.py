@@ -207,8 +207,18 @@ class _StreamBase:
             raise StreamError("the stream is closed")
 
     async def _wait_done(self) -> None:
+        """Wait for the peer's answer to our finish."""
         assert self._done is not None
-        await self._done
+        try:
+            await asyncio.shield(self._done)
+        except asyncio.CancelledError:
+            # The finish is out: the peer commits (or fails) the stream whatever this
+            # task does. Waited for as an interrupted abort is, so that the peer no longer
+            # holds the volume when the cancellation reaches the caller.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ABORT_WAIT_INTERRUPTED):
+                    await asyncio.shield(self._done)
+            raise
         self._closed = True
         if self._error is not None:
             raise self._error

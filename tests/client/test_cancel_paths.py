@@ -596,3 +596,29 @@ async def test_an_upload_whose_open_was_cancelled_no_longer_holds_the_volume(
             await upload.send(new)
         assert (virtvold.pool_dir / "vol.img").read_bytes() == new
         assert conn.is_alive
+
+
+async def test_an_upload_cancelled_while_its_finish_is_confirmed_no_longer_holds_the_volume(
+    virtvold: Virtvold,
+) -> None:
+    """Cancelled once its finish has left, an upload waits for the daemon's confirmation
+    before the cancellation reaches the caller: the daemon has committed it by then, and
+    the next upload on the connection is not refused as 'still in use'."""
+    (virtvold.pool_dir / "vol.img").write_bytes(b"\x05" * MIB)
+    first, second = os.urandom(MIB), os.urandom(MIB)
+    async with connect(virtvold.unix_uri, keepalive=None) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        volume = await pool.lookup_volume("vol.img")
+        upload = volume.upload(sparse=False)
+        await upload.open()
+        await upload.send(first)
+        finishing = asyncio.create_task(upload.finish())
+        await asyncio.sleep(0)  # one turn of the loop: the finish is written, no more
+        finishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await finishing
+        assert (virtvold.pool_dir / "vol.img").read_bytes() == first
+        async with volume.upload(sparse=False) as again:
+            await again.send(second)
+        assert (virtvold.pool_dir / "vol.img").read_bytes() == second
+        assert conn.is_alive
