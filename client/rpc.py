@@ -23,7 +23,11 @@ Flow control, both ways, with bounded memory:
 
 * receiving: a sink that holds too much unconsumed data calls
   ``pause_reading(owner)``; the socket is not read until every owner resumed.
-  The kernel's socket buffer then fills and TCP stops the peer.
+  The kernel's socket buffer then fills and TCP stops the peer. It is read all
+  the same while a call or a stream waits for the peer (``want_reading``): the
+  lagging stream's consumer may be the very one waiting for it (two streams read
+  in turn, a call made in the middle of a download); that stream's data queues
+  meanwhile, as libvirt's client queues it.
 * sending: ``drain()`` waits while the transport is above its high-water mark
   (``pause_writing``/``resume_writing``). Data frames are written as the 28-byte
   head and the payload view, never joined. The stdlib transports copy whatever
@@ -122,6 +126,11 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._read_pausers: set[object] = set()
+        # Those waiting for the peer (a stream's consumer, an upload's finish), for whom
+        # the socket is read whoever paused it; calls waiting are ``_waiters``.
+        self._read_wanters: set[object] = set()
+        # Whether the transport's reading is paused (``_update_reading``).
+        self._reading_paused = False
         self._last_heard = self.loop.time()
         self._keepalive_task: asyncio.Task[None] | None = None
         # Set when reading is first held back: the keepalive task, asleep until its next
@@ -206,13 +215,17 @@ class RpcProtocol(asyncio.BufferedProtocol):
                 sink.stream_event(event)
             return
         if isinstance(event, ReplyReceived):
-            waiter = self._waiters.pop(event.serial, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event.result)
+            waiter = self._waiters.get(event.serial)
+            if waiter is not None:
+                self._forget_waiter(event.serial)
+                if not waiter.done():
+                    waiter.set_result(event.result)
         elif isinstance(event, ErrorReplyReceived):
-            waiter = self._waiters.pop(event.serial, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(error_from_remote(event.error))
+            waiter = self._waiters.get(event.serial)
+            if waiter is not None:
+                self._forget_waiter(event.serial)
+                if not waiter.done():
+                    waiter.set_exception(error_from_remote(event.error))
         elif isinstance(
             event,
             StreamDataReceived
@@ -303,6 +316,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
         # The core decodes the reply with the procedure's result struct: a RetT.
         waiter: asyncio.Future[RetT] = self.loop.create_future()
         self._waiters[serial] = cast("asyncio.Future[XdrStruct | None]", waiter)
+        self._update_reading()
         if sink is not None:
             self._sinks[serial] = sink
         self._write(frame)
@@ -335,23 +349,26 @@ class RpcProtocol(asyncio.BufferedProtocol):
             UnsendableValue: ``args`` cannot be encoded; nothing was sent.
         """
         serial, waiter = self.start_call(procedure, args)
-        if timeout is None:
-            return await waiter
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 return await waiter
-        except TimeoutError:
-            if waiter.done() and not waiter.cancelled():
-                # The answer came in the loop's turn the deadline fell due in, before
-                # this task resumed: it is the call's outcome (dropped, it would be lost;
-                # a call that changed something would look as if it had not).
-                return waiter.result()
-            # The core keeps the call pending, so a late answer is still matched
-            # (and dropped, having no waiter) instead of breaking the connection.
-            self._waiters.pop(serial, None)
-            raise CallTimeout(
-                f"no answer to {procedure.name} from {self.description} within {timeout:g} s"
-            ) from None
+            try:
+                async with asyncio.timeout(timeout):
+                    return await waiter
+            except TimeoutError:
+                if waiter.done() and not waiter.cancelled():
+                    # The answer came in the loop's turn the deadline fell due in, before
+                    # this task resumed: it is the call's outcome (dropped, it would be
+                    # lost; a call that changed something would look as if it had not).
+                    return waiter.result()
+                raise CallTimeout(
+                    f"no answer to {procedure.name} from {self.description} within {timeout:g} s"
+                ) from None
+        finally:
+            # Given up (timed out, cancelled): the core keeps the call pending, so a late
+            # answer is still matched (and dropped, having no waiter) instead of breaking
+            # the connection; nobody waits for it, so it keeps no socket reading on.
+            self._forget_waiter(serial)
 
     async def call_all(
         self, calls: Sequence[tuple[Procedure[Any, Any], XdrStruct | None]], *, window: int
@@ -380,7 +397,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
                 in_flight.popleft()
         finally:  # failed or cancelled: the answers still due are dropped as they come
             for serial, waiter in in_flight:
-                self._waiters.pop(serial, None)
+                self._forget_waiter(serial)
                 waiter.cancel()
         return results
 
@@ -515,24 +532,53 @@ class RpcProtocol(asyncio.BufferedProtocol):
     # -- reading flow control --------------------------------------------------------------
 
     def pause_reading(self, owner: object) -> None:
-        """Stop reading the socket until ``owner`` (and any other pauser) resumes."""
-        if not self._read_pausers:
-            self._reading_held.set()
-            if self.transport is not None:
-                with contextlib.suppress(RuntimeError):
-                    self.transport.pause_reading()
+        """Stop reading the socket until ``owner`` (and any other pauser) resumes, while
+        nothing waits for the peer (``_update_reading``)."""
         self._read_pausers.add(owner)
+        self._update_reading()
 
     def resume_reading(self, owner: object) -> None:
         """Withdraw ``owner``'s pause."""
-        if owner not in self._read_pausers:
+        if owner in self._read_pausers:
+            self._read_pausers.discard(owner)
+            self._update_reading()
+
+    def want_reading(self, owner: object) -> None:
+        """Read the socket while ``owner`` waits for the peer, whoever paused it."""
+        self._read_wanters.add(owner)
+        self._update_reading()
+
+    def stop_wanting_reading(self, owner: object) -> None:
+        """``owner`` no longer waits for the peer."""
+        if owner in self._read_wanters:
+            self._read_wanters.discard(owner)
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Hold the socket's reading back while a stream's consumer lags (a pauser), unless
+        a call or a stream waits for what the peer sends: held then, the socket would
+        never bring it, since the lagging consumer may be the one waiting. The lagging
+        stream's data queues meanwhile, as libvirt's client queues it."""
+        hold = bool(self._read_pausers) and not self._waiters and not self._read_wanters
+        if hold is self._reading_paused:
             return
-        self._read_pausers.discard(owner)
-        if not self._read_pausers and self.transport is not None:
+        self._reading_paused = hold
+        if hold:
+            self._reading_held.set()
+        else:
             # Time spent paused is our silence, not the peer's.
             self._last_heard = self.loop.time()
+        if self.transport is not None:
             with contextlib.suppress(RuntimeError):
-                self.transport.resume_reading()
+                if hold:
+                    self.transport.pause_reading()
+                else:
+                    self.transport.resume_reading()
+
+    def _forget_waiter(self, serial: int) -> None:
+        """Stop waiting for the answer to call ``serial`` (answered, or given up)."""
+        if self._waiters.pop(serial, None) is not None:
+            self._update_reading()
 
     # -- keepalive --------------------------------------------------------------------------
 
@@ -546,7 +592,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
         heard = self._last_heard
         while self._failure is None:
             now = self.loop.time()
-            if self._read_pausers:
+            if self._reading_paused:
                 # Held back here (a slow consumer): the peer's silence is ours, ours is not.
                 action = tracker.hold(now)
                 heard = self._last_heard = now

@@ -45,7 +45,7 @@ from virtvol.protocol.exceptions import LocalProtocolError
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from types import TracebackType
 
     from virtvol.client.interfaces import VolumeLike as StorageVolume
@@ -135,7 +135,7 @@ class _StreamBase:
                 except (LocalProtocolError, TransportError):
                     return
                 assert self._done is not None  # made by ``_call``
-                await asyncio.shield(self._done)
+                await self._peers_word(asyncio.shield(self._done))
         except TimeoutError:
             log.warning("no answer to the abort of a stream on %s", self.volume.connection.uri)
         finally:
@@ -143,6 +143,15 @@ class _StreamBase:
                 waiter.add_done_callback(lambda _: self._abort_unwanted(waiter, serial))
             self._rpc.forget_sink(serial)
             self._closed = True
+
+    async def _peers_word(self, waiting: Awaitable[None]) -> None:
+        """Await ``waiting``, which the peer's frames end: the socket is read meanwhile,
+        even when another stream's lagging consumer holds its reading back."""
+        self._rpc.want_reading(self)
+        try:
+            await waiting
+        finally:
+            self._rpc.stop_wanting_reading(self)
 
     def _abort_unwanted(self, waiter: asyncio.Future[None], serial: int) -> None:
         """Abort the stream the peer opened after its opener gave up: nobody will use it,
@@ -210,14 +219,14 @@ class _StreamBase:
         """Wait for the peer's answer to our finish."""
         assert self._done is not None
         try:
-            await asyncio.shield(self._done)
+            await self._peers_word(asyncio.shield(self._done))
         except asyncio.CancelledError:
             # The finish is out: the peer commits (or fails) the stream whatever this
             # task does. Waited for as an interrupted abort is, so that the peer no longer
             # holds the volume when the cancellation reaches the caller.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ABORT_WAIT_INTERRUPTED):
-                    await asyncio.shield(self._done)
+                    await self._peers_word(asyncio.shield(self._done))
             raise
         self._closed = True
         if self._error is not None:
@@ -242,7 +251,7 @@ class _StreamBase:
             # Unconfirmed, what the peer still sends on the stream is dropped
             # (``_on_abort``) until the confirmation ends the stream for the connection.
             async with asyncio.timeout(ABORT_WAIT_INTERRUPTED if cancelled else ABORT_WAIT):
-                await asyncio.shield(self._done)
+                await self._peers_word(asyncio.shield(self._done))
         except TimeoutError:
             log.warning("no answer to the abort of a stream on %s", self.volume.connection.uri)
         self._closed = True
@@ -398,7 +407,9 @@ class Download(_StreamBase):
     closes the iteration it left.
 
     Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
-    connection stops reading its socket until the consumer catches up. A peer that
+    connection stops reading its socket until the consumer catches up, unless a call
+    or another stream on the connection waits for the peer meanwhile (the items
+    then queue up, as libvirt's client queues them). A peer that
     sends more than the ``length`` asked for (when not 0) fails the stream with
     ``StreamError`` after the items within it, and it is aborted.
 
@@ -543,7 +554,7 @@ class Download(_StreamBase):
             self._resume()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await self._peers_word(self._waiter)
             finally:
                 self._waiter = None
 

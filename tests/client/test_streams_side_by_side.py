@@ -1,0 +1,82 @@
+"""Streams and calls side by side on one connection of the event-loop client, against
+virtvold: a download whose consumer does not read holds the socket back only while
+nothing else on the connection waits for the daemon. Another download, a call, an
+upload's finish all get their answers, as python3-libvirt's do (libvirt's client
+queues a stream's data whoever reads it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+from tests.client.helpers import MIB, until
+from virtvol.client import Download, Hole, StorageVolume, connect
+
+if TYPE_CHECKING:
+    from tests.conftest import Virtvold
+
+# Well above what one download queues before it holds the socket back (8 MiB).
+SIZE = 32 * MIB
+# Fails the test instead of hanging it; the work takes well under a second.
+BOUND = 10
+
+
+async def _read(stream: Download) -> bytes:
+    content = bytearray()
+    async for item in stream:
+        content += bytes(item.length) if isinstance(item, Hole) else item
+    return bytes(content)
+
+
+async def _volumes(virtvold: Virtvold, *names: str) -> dict[str, bytes]:
+    contents = {name: os.urandom(SIZE) for name in names}
+    for name, content in contents.items():
+        (virtvold.pool_dir / name).write_bytes(content)
+    return contents
+
+
+async def test_a_download_is_read_while_another_waits_unread(virtvold: Virtvold) -> None:
+    contents = await _volumes(virtvold, "a.img", "b.img")
+    async with connect(virtvold.unix_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        await pool.refresh()
+        first: StorageVolume = await pool.lookup_volume("a.img")
+        second = await pool.lookup_volume("b.img")
+        async with asyncio.timeout(BOUND):
+            async with first.download() as unread, second.download() as read:
+                assert await _read(read) == contents["b.img"]
+                assert await _read(unread) == contents["a.img"]
+            assert await conn.get_type() == "storage"
+
+
+async def test_a_call_is_answered_while_a_download_waits_unread(virtvold: Virtvold) -> None:
+    await _volumes(virtvold, "a.img")
+    async with connect(virtvold.unix_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        await pool.refresh()
+        volume = await pool.lookup_volume("a.img")
+        async with asyncio.timeout(BOUND):
+            async with volume.download() as unread:
+                await until(lambda: unread._paused)  # it holds the socket back
+                assert (await volume.info()).capacity == SIZE
+                await unread.abort()
+            assert await conn.get_type() == "storage"
+
+
+async def test_an_upload_is_confirmed_while_a_download_waits_unread(virtvold: Virtvold) -> None:
+    contents = await _volumes(virtvold, "a.img", "b.img")
+    new = os.urandom(MIB)
+    async with connect(virtvold.unix_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        await pool.refresh()
+        source = await pool.lookup_volume("a.img")
+        target = await pool.lookup_volume("b.img")
+        async with asyncio.timeout(BOUND):
+            async with source.download() as unread:
+                async with target.upload(sparse=False) as upload:
+                    await upload.send(new)
+                # The volume's bytes past the upload's end stay, as libvirtd's do.
+                assert (virtvold.pool_dir / "b.img").read_bytes() == new + contents["b.img"][MIB:]
+                assert await _read(unread) == contents["a.img"]
