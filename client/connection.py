@@ -130,24 +130,33 @@ class Connection:
         if self._closed:
             return
         self._closed = True
+        answered = False
         try:
             if self._rpc.failure is None:
-                await self._say_goodbye(_GOODBYE_TIMEOUT if timeout is None else timeout)
+                answered = await self._say_goodbye(_GOODBYE_TIMEOUT if timeout is None else timeout)
         finally:
             # Cancelled during the goodbye, the connection is closed all the same: nothing
-            # else would close it (a second close returns at once).
-            self._rpc.close()
+            # else would close it (a second close returns at once). A peer that did not
+            # answer may read nothing more: what it has not read is dropped, or the close
+            # would wait for it forever (an answer means it read all we sent before).
+            self._rpc.close(drop_unsent=not answered)
         await self._rpc.wait_closed()
 
-    async def _say_goodbye(self, timeout: float) -> None:
+    async def _say_goodbye(self, timeout: float) -> bool:
+        """Whether the peer answered the goodbye."""
         try:
             deadline = time.monotonic() + timeout
             if self._close_callback:
                 await self._rpc.call(procedures.CONNECT_UNREGISTER_CLOSE_CALLBACK, timeout=timeout)
             left = max(0.0, deadline - time.monotonic())
             await self._rpc.call(procedures.CONNECT_CLOSE, timeout=left)
-        except (LibvirtError, TransportError, TimeoutError) as exc:
+        except LibvirtError as exc:
             log.debug("close of %s: %s", self.uri, exc)
+            return True
+        except (TransportError, TimeoutError) as exc:
+            log.debug("close of %s: %s", self.uri, exc)
+            return False
+        return True
 
     @property
     def is_alive(self) -> bool:

@@ -709,8 +709,9 @@ class DirectRpc:
 
     # -- closing -------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the socket; later calls raise ``ConnectionClosed``."""
+    def close(self, *, drop_unsent: bool = False) -> None:
+        """Close the socket; later calls raise ``ConnectionClosed``. (Every write has
+        left once it returned: nothing is held to send, ``drop_unsent`` or not.)"""
         self._fail(ConnectionClosed("the connection is closed"))
         self._sock.close()
 

@@ -633,13 +633,21 @@ class RpcProtocol(asyncio.BufferedProtocol):
 
     # -- closing ------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the transport (pending waiters get ``ConnectionClosed``)."""
+    def close(self, *, drop_unsent: bool = False) -> None:
+        """Close the transport (pending waiters get ``ConnectionClosed``).
+
+        Args:
+            drop_unsent: close at once, without sending what the transport still holds:
+                a peer that reads nothing more would otherwise hold the close forever.
+        """
         self._closing = True
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
         if self.transport is not None:
-            self.transport.close()
+            if drop_unsent:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     async def wait_closed(self) -> None:
         """Wait until the transport is gone."""

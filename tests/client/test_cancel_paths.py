@@ -622,3 +622,32 @@ async def test_an_upload_cancelled_while_its_finish_is_confirmed_no_longer_holds
             await again.send(second)
         assert (virtvold.pool_dir / "vol.img").read_bytes() == second
         assert conn.is_alive
+
+
+async def test_a_connection_whose_peer_stopped_reading_closes_with_bytes_unsent(
+    tmp_path: Path,
+) -> None:
+    """The peer stops reading in the middle of an upload, which is then cancelled: the
+    goodbye goes unanswered, and the connection's close drops what the peer never read
+    instead of waiting for it forever."""
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_UPLOAD] = lambda peer, call: peer.reply(call.serial)
+        conn = await connect(peer.uri, keepalive=None)
+        rpc = conn._rpc
+        assert isinstance(rpc, RpcProtocol)
+
+        async def upload() -> None:
+            async with StorageVolume.from_wire(conn, VOLUME).upload(sparse=False) as stream:
+                peer.stop_reading()
+                while True:
+                    await stream.send(bytes(MIB))
+
+        uploading = asyncio.create_task(upload())
+        await until(lambda: not rpc._write_ready.is_set())  # the socket is full
+        uploading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await uploading
+        async with asyncio.timeout(10):
+            await conn.close(timeout=0.5)
+        assert not conn.is_alive
+        assert rpc.transport is None
