@@ -147,11 +147,12 @@ class _StreamBase:
     async def _peers_word(self, waiting: Awaitable[None]) -> None:
         """Await ``waiting``, which the peer's frames end: the socket is read meanwhile,
         even when another stream's lagging consumer holds its reading back."""
-        self._rpc.want_reading(self)
+        waiting_task = object()  # one per wait: several tasks may read one stream
+        self._rpc.want_reading(waiting_task)
         try:
             await waiting
         finally:
-            self._rpc.stop_wanting_reading(self)
+            self._rpc.stop_wanting_reading(waiting_task)
 
     def _abort_unwanted(self, waiter: asyncio.Future[None], serial: int) -> None:
         """Abort the stream the peer opened after its opener gave up: nobody will use it,
@@ -432,6 +433,7 @@ class Download(_StreamBase):
         self._aborting = False
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._finish_sent = False
         self._received = 0  # data and hole bytes the peer sent
         self._overrun: StreamError | None = None  # they went past ``length``
         self.data_bytes = 0
@@ -552,15 +554,22 @@ class Download(_StreamBase):
                 await self._finish()
                 raise StopAsyncIteration
             self._resume()
-            self._waiter = asyncio.get_running_loop().create_future()
+            # One waiter for every task reading the stream at once, which the peer's next
+            # frame wakes together; shielded, so that one cancelled leaves it to the others.
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._peers_word(self._waiter)
+                await self._peers_word(asyncio.shield(waiter))
             finally:
-                self._waiter = None
+                if waiter.done() and self._waiter is waiter:
+                    self._waiter = None
 
     async def _finish(self) -> None:
-        try:
-            self._rpc.finish_stream(self.serial)
-        except LocalProtocolError as exc:
-            raise StreamError(str(exc)) from None
+        if not self._finish_sent:  # another task reading the stream may have sent it
+            try:
+                self._rpc.finish_stream(self.serial)
+            except LocalProtocolError as exc:
+                raise StreamError(str(exc)) from None
+            self._finish_sent = True
         await self._wait_done()

@@ -80,3 +80,28 @@ async def test_an_upload_is_confirmed_while_a_download_waits_unread(virtvold: Vi
                 # The volume's bytes past the upload's end stay, as libvirtd's do.
                 assert (virtvold.pool_dir / "b.img").read_bytes() == new + contents["b.img"][MIB:]
                 assert await _read(unread) == contents["a.img"]
+
+
+async def test_two_tasks_reading_one_download_share_its_items(virtvold: Virtvold) -> None:
+    """Each item goes to one of the tasks, in the stream's order; neither waits forever
+    for an item the other took, and the stream finishes once."""
+    contents = await _volumes(virtvold, "a.img")
+    async with connect(virtvold.unix_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        await pool.refresh()
+        volume = await pool.lookup_volume("a.img")
+        taken: list[bytes] = []
+        takers: list[int] = []
+
+        async def take(stream: Download, taker: int) -> None:
+            async for item in stream:
+                taken.append(bytes(item.length) if isinstance(item, Hole) else bytes(item))
+                takers.append(taker)
+                await asyncio.sleep(0)  # the other task's turn
+
+        async with asyncio.timeout(BOUND):
+            async with volume.download() as stream:
+                await asyncio.gather(take(stream, 0), take(stream, 1))
+            assert b"".join(taken) == contents["a.img"]
+            assert set(takers) == {0, 1}
+            assert await conn.get_type() == "storage"
