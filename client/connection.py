@@ -121,13 +121,16 @@ class Connection:
     async def close(self, *, timeout: float | None = None) -> None:
         """Say goodbye as virsh does (UNREGISTER_CLOSE_CALLBACK, CONNECT_CLOSE) and close.
 
-        Safe to call more than once and on a broken connection.
+        Safe to call more than once, from several tasks at once, and on a broken
+        connection; each call returns once the connection is closed.
 
         Args:
             timeout: seconds the goodbye may take (None: 5; leaving ``async with`` by a
                 cancellation or Ctrl-C: 1); the connection is closed all the same.
         """
         if self._closed:
+            # Another close may still be saying goodbye: this one returns once it closed.
+            await self._rpc.wait_closed()
             return
         self._closed = True
         answered = False

@@ -651,3 +651,22 @@ async def test_a_connection_whose_peer_stopped_reading_closes_with_bytes_unsent(
             await conn.close(timeout=0.5)
         assert not conn.is_alive
         assert rpc.transport is None
+
+
+async def test_a_second_close_returns_once_the_connection_is_closed(tmp_path: Path) -> None:
+    """A close made while another is saying goodbye returns when the connection is
+    closed, not at once with the socket still open."""
+    held = HeldCalls()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_CLOSE] = held
+        conn = await connect(peer.uri, keepalive=None)
+        rpc = conn._rpc
+        assert isinstance(rpc, RpcProtocol)
+        first = asyncio.create_task(conn.close())
+        serial = await held.wait()
+        second = asyncio.create_task(conn.close())
+        await asyncio.sleep(0)  # one turn of the loop: the second close has run, no more
+        assert not second.done()
+        peer.reply(serial)
+        await asyncio.gather(first, second)
+        assert rpc.transport is None
