@@ -238,12 +238,12 @@ class _StreamBase:
         ``ABORT_WAIT`` seconds at most, ``ABORT_WAIT_INTERRUPTED`` in a task being
         cancelled (a time limit ran out)."""
         if self._closed or self._done is None or self._done.done():
-            self._closed = True
+            self._end_readers_wait()
             return
         try:
             self._rpc.abort_stream(self.serial)
         except (LocalProtocolError, TransportError):
-            self._closed = True
+            self._end_readers_wait()
             return
         self._on_abort()
         task = asyncio.current_task()
@@ -255,7 +255,14 @@ class _StreamBase:
                 await self._peers_word(asyncio.shield(self._done))
         except TimeoutError:
             log.warning("no answer to the abort of a stream on %s", self.volume.connection.uri)
+        finally:
+            self._end_readers_wait()
+
+    def _end_readers_wait(self) -> None:
+        """Close the stream for its users: a task still waiting for its data (another
+        one aborted it, and no confirmation woke them) sees it closed."""
         self._closed = True
+        self._wake()
 
     def _on_abort(self) -> None:
         pass

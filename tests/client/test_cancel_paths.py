@@ -670,3 +670,26 @@ async def test_a_second_close_returns_once_the_connection_is_closed(tmp_path: Pa
         peer.reply(serial)
         await asyncio.gather(first, second)
         assert rpc.transport is None
+
+
+async def test_a_download_aborted_without_confirmation_ends_its_readers_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One task reads a download while another aborts it, and the peer never confirms
+    the abort: the reader's iteration ends with the abort instead of waiting forever."""
+    monkeypatch.setattr(streams, "ABORT_WAIT", 0.1)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = lambda peer, call: peer.reply(call.serial)
+        peer.on_stream_end = lambda peer, event: None  # never confirmed
+        async with connect(peer.uri, keepalive=None) as conn:
+            stream = StorageVolume.from_wire(conn, VOLUME).download()
+            await stream.open()
+
+            async def read() -> int:
+                return sum([1 async for _ in stream])
+
+            reading = asyncio.create_task(read())
+            await until(lambda: stream._waiter is not None)  # the reader waits for data
+            await stream.abort()
+            async with asyncio.timeout(10):
+                assert await reading == 0
