@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from virtvol.client import Hole, StoragePool, connect
+from virtvol.client import CallTimeout, Hole, StoragePool, connect
 from virtvol.client.testing import memory_daemon
 
 if TYPE_CHECKING:
@@ -71,6 +71,35 @@ async def test_calls_cancelled_at_random_never_take_each_others_answers(seed: in
         pool = await conn.lookup_pool_by_name("default")
         for _ in range(4):
             await _outcomes([look_up(pool, name) for name in sizes], rnd, 8)
+            assert await conn.get_type() == "storage"
+        assert conn.is_alive
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_calls_timed_out_at_random_never_take_each_others_answers(seed: int) -> None:
+    """Each call's ``timeout=`` is drawn (0 falls due in the next turn of the loop, as the
+    in-memory daemon's answer may): a call that answers has its own answer, one that
+    does not raises ``CallTimeout``, and the connection goes on."""
+    rnd = random.Random(seed)
+    sizes = {f"v{i}.img": 4 * KIB * (i + 1) for i in range(16)}
+    timeouts: list[float | None] = [None, 0, 1e-6, 1e-4, 5]
+
+    async def look_up(pool: StoragePool, name: str) -> str:
+        try:
+            volume = await pool.lookup_volume(name, timeout=rnd.choice(timeouts))
+            assert volume.name == name
+            info = await volume.info(timeout=rnd.choice(timeouts))
+        except CallTimeout:
+            return "timed out"
+        assert info.capacity == sizes[name]
+        return name
+
+    async with memory_daemon(pools={"default": sizes}) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        for _ in range(4):
+            async with asyncio.timeout(BOUND):
+                outcomes = await asyncio.gather(*(look_up(pool, name) for name in sizes))
+            assert set(outcomes) <= {*sizes, "timed out"}
             assert await conn.get_type() == "storage"
         assert conn.is_alive
 
