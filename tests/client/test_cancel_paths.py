@@ -1,7 +1,9 @@
 """What a cancelled task leaves behind on a connection of the event-loop client: a stream
 the peer opens after its opener gave up is aborted, and a cancelled goodbye still closes
-the connection, and a cancelled download leaves nothing behind and holds nobody up. The peer is
-``FakePeer``, scripted to hold back the answers in question.
+the connection, and a cancelled download leaves nothing behind and holds nobody up; an
+upload cancelled as it opens or finishes leaves the volume free for the next one; a close
+goes through a peer that stopped reading, and a second close waits for the first. The peer
+is ``FakePeer``, scripted to hold back the answers in question, or a real virtvold.
 """
 
 from __future__ import annotations
