@@ -27,7 +27,8 @@ Flow control, both ways, with bounded memory:
   the same while a call or a stream waits for the peer (``want_reading``): the
   lagging stream's consumer may be the very one waiting for it (two streams read
   in turn, a call made in the middle of a download); that stream's data queues
-  meanwhile, as libvirt's client queues it.
+  meanwhile, up to a bound past which the stream gives itself up
+  (``streams.READ_HARD_LIMIT``).
 * sending: ``drain()`` waits while the transport is above its high-water mark
   (``pause_writing``/``resume_writing``). Data frames are written as the 28-byte
   head and the payload view, never joined. The stdlib transports copy whatever
@@ -558,7 +559,7 @@ class RpcProtocol(asyncio.BufferedProtocol):
         """Hold the socket's reading back while a stream's consumer lags (a pauser), unless
         a call or a stream waits for what the peer sends: held then, the socket would
         never bring it, since the lagging consumer may be the one waiting. The lagging
-        stream's data queues meanwhile, as libvirt's client queues it."""
+        stream's data queues meanwhile, up to its own bound."""
         hold = bool(self._read_pausers) and not self._waiters and not self._read_wanters
         if hold is self._reading_paused:
             return

@@ -59,6 +59,13 @@ __all__ = ["FRAME_DATA_MAX", "Download", "Hole", "Upload"]
 READ_HIGH_WATER = 8 * 1024 * 1024
 READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
+# The socket is read past a download's pause while a call or another stream waits for the
+# peer (the lagging consumer may be the one waiting); its items queue meanwhile up to this
+# bound, past which the download is aborted and its reader told why: memory stays bounded
+# whatever the peer sends before it answers.
+READ_HARD_LIMIT = 4 * READ_HIGH_WATER
+# Items too, for a peer's tiny frames and holes (a few hundred bytes each held).
+READ_HARD_ITEMS = 64 * READ_MAX_ITEMS
 
 _ZEROS = bytes(FRAME_DATA_MAX)
 
@@ -96,6 +103,7 @@ class _StreamBase:
         self._done: asyncio.Future[None] | None = None
         self._opened = False
         self._closed = False
+        self._abort_sent = False  # the abort went out (``abort``, ``Download._fall_behind``)
 
     # -- opening with negotiation ------------------------------------------------------
 
@@ -241,7 +249,9 @@ class _StreamBase:
             self._end_readers_wait()
             return
         try:
-            self._rpc.abort_stream(self.serial)
+            if not self._abort_sent:
+                self._rpc.abort_stream(self.serial)
+                self._abort_sent = True
         except (LocalProtocolError, TransportError):
             self._end_readers_wait()
             return
@@ -416,8 +426,9 @@ class Download(_StreamBase):
 
     Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
     connection stops reading its socket until the consumer catches up, unless a call
-    or another stream on the connection waits for the peer meanwhile (the items
-    then queue up, as libvirt's client queues them). A peer that
+    or another stream on the connection waits for the peer meanwhile: the items then
+    queue up to ``READ_HARD_LIMIT``, past which the download is aborted and its reader
+    gets a ``StreamError`` saying it fell behind. A peer that
     sends more than the ``length`` asked for (when not 0) fails the stream with
     ``StreamError`` after the items within it, and it is aborted.
 
@@ -478,11 +489,30 @@ class Download(_StreamBase):
             self._items.append(Hole(event.length))
         else:
             self._eof = True
+        if self._queued > READ_HARD_LIMIT or len(self._items) > READ_HARD_ITEMS:
+            self._fall_behind()
+            return
         if not self._paused and (
             self._queued > READ_HIGH_WATER or len(self._items) > READ_MAX_ITEMS
         ):
             self._paused = True
             self._rpc.pause_reading(self)
+        self._wake()
+
+    def _fall_behind(self) -> None:
+        """Give the download up, its consumer too far behind (``READ_HARD_LIMIT``): its
+        items go, the peer is told to stop, and the reader gets the error next."""
+        self._overrun = StreamError(
+            f"the download from {self.volume.connection.uri} fell behind its consumer by "
+            f"more than {READ_HARD_LIMIT >> 20} MiB while the connection was read for "
+            "another call or stream; it was aborted"
+        )
+        self._items.clear()
+        self._queued = 0
+        self._resume()
+        with contextlib.suppress(LocalProtocolError, TransportError):
+            self._rpc.abort_stream(self.serial)
+            self._abort_sent = True
         self._wake()
 
     def _wake(self) -> None:

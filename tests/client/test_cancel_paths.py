@@ -23,6 +23,7 @@ from tests.client.test_direct_faults import send_whole_download
 from virtvol.client import connect, connection, streams, transfer
 from virtvol.client.objects import StorageVolume
 from virtvol.client.rpc import RpcProtocol
+from virtvol.protocol import remote as r
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
 from virtvol.sparse.writer import SparseWriter
@@ -695,3 +696,37 @@ async def test_a_download_aborted_without_confirmation_ends_its_readers_wait(
             await stream.abort()
             async with asyncio.timeout(10):
                 assert await reading == 0
+
+
+async def test_a_download_left_unread_during_a_long_call_is_failed_at_its_bound(
+    tmp_path: Path,
+) -> None:
+    """While a call waits, the socket is read past an unread download's pause; a peer
+    that sends far more of the download before it answers (a long call, a hostile peer)
+    does not make it queue without bound: past ``READ_HARD_LIMIT`` the download is
+    aborted and its reader told why, and the call still gets its answer."""
+    chunk = os.urandom(256 * 1024)
+    frames = 2 * streams.READ_HARD_LIMIT // len(chunk)
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = lambda peer, call: peer.reply(call.serial)
+        stream_serials: list[int] = []
+
+        def answer_after_data(peer: FakePeer, call: CallReceived) -> None:
+            (serial,) = stream_serials
+            for _ in range(frames):
+                peer.send(b"".join(peer.core.send_data(serial, chunk)))
+            peer.reply(call.serial, r.ConnectGetTypeRet(type="storage"))
+
+        peer.handlers[Proc.CONNECT_GET_TYPE] = answer_after_data
+        async with connect(peer.uri, keepalive=None) as conn:
+            stream = StorageVolume.from_wire(conn, VOLUME).download()
+            await stream.open()
+            stream_serials.append(stream.serial)
+            async with asyncio.timeout(10):
+                # Answered after every frame: all of them were read by then.
+                assert await conn.get_type() == "storage"
+                assert stream._queued <= streams.READ_HARD_LIMIT
+                with pytest.raises(streams.StreamError, match="fell behind"):
+                    async for _ in stream:
+                        pass
+                await _aborted(peer, stream.serial)
