@@ -422,7 +422,9 @@ class Download(_StreamBase):
     ``async for`` alone opens the stream on first use. Leaving the block early
     (or on an exception) aborts the stream; so does leaving an ``async for``
     alone early (a ``break``, an exception, a cancelled task), once the event loop
-    closes the iteration it left.
+    closes the iteration it left. Tasks iterating one download at once share its items:
+    each goes to one of them, taken in the stream's order (a task's items are in order,
+    but have gaps; joining them up is the caller's business); one reader gets them all.
 
     Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
     connection stops reading its socket until the consumer catches up, unless a call
