@@ -27,8 +27,9 @@ Flow control, both ways, with bounded memory:
   the same while a call or a stream waits for the peer (``want_reading``): the
   lagging stream's consumer may be the very one waiting for it (two streams read
   in turn, a call made in the middle of a download); that stream's data queues
-  meanwhile, up to a bound past which the stream gives itself up
-  (``streams.READ_HARD_LIMIT``).
+  meanwhile, up to a bound (``streams.READ_HARD_LIMIT``): past it the socket is read
+  only while an answer is awaited (a call's, a stream's finish or abort), and a stream
+  that would queue more then gives itself up.
 * sending: ``drain()`` waits while the transport is above its high-water mark
   (``pause_writing``/``resume_writing``). Data frames are written as the 28-byte
   head and the payload view, never joined. The stdlib transports copy whatever
@@ -127,9 +128,13 @@ class RpcProtocol(asyncio.BufferedProtocol):
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._read_pausers: set[object] = set()
-        # Those waiting for the peer (a stream's consumer, an upload's finish), for whom
-        # the socket is read whoever paused it; calls waiting are ``_waiters``.
+        # Those waiting for the peer, for whom the socket is read whoever paused it: a
+        # stream's consumer waiting for its data, and those waiting for an answer (a
+        # stream's finish or abort confirmed; calls waiting are ``_waiters``).
         self._read_wanters: set[object] = set()
+        self._answer_wanters: set[object] = set()
+        # Streams too far behind to queue more unless an answer is awaited (``hold_reading``).
+        self._read_holders: set[object] = set()
         # Whether the transport's reading is paused (``_update_reading``).
         self._reading_paused = False
         self._last_heard = self.loop.time()
@@ -544,15 +549,34 @@ class RpcProtocol(asyncio.BufferedProtocol):
             self._read_pausers.discard(owner)
             self._update_reading()
 
-    def want_reading(self, owner: object) -> None:
-        """Read the socket while ``owner`` waits for the peer, whoever paused it."""
-        self._read_wanters.add(owner)
+    def want_reading(self, owner: object, *, answer: bool = False) -> None:
+        """Read the socket while ``owner`` waits for the peer, whoever paused it; an
+        ``answer`` (a stream's finish or abort confirmed) even past ``hold_reading``."""
+        (self._answer_wanters if answer else self._read_wanters).add(owner)
         self._update_reading()
 
     def stop_wanting_reading(self, owner: object) -> None:
         """``owner`` no longer waits for the peer."""
-        if owner in self._read_wanters:
+        if owner in self._read_wanters or owner in self._answer_wanters:
             self._read_wanters.discard(owner)
+            self._answer_wanters.discard(owner)
+            self._update_reading()
+
+    @property
+    def answer_awaited(self) -> bool:
+        """Whether a call's answer, or a stream's finish or abort, is waited for."""
+        return bool(self._waiters or self._answer_wanters)
+
+    def hold_reading(self, owner: object) -> None:
+        """Stop reading the socket for another stream's consumer (``owner`` has queued
+        all it may): only an awaited answer keeps it read, until ``release_reading``."""
+        self._read_holders.add(owner)
+        self._update_reading()
+
+    def release_reading(self, owner: object) -> None:
+        """Withdraw ``owner``'s ``hold_reading``."""
+        if owner in self._read_holders:
+            self._read_holders.discard(owner)
             self._update_reading()
 
     def _update_reading(self) -> None:
@@ -560,7 +584,12 @@ class RpcProtocol(asyncio.BufferedProtocol):
         a call or a stream waits for what the peer sends: held then, the socket would
         never bring it, since the lagging consumer may be the one waiting. The lagging
         stream's data queues meanwhile, up to its own bound."""
-        hold = bool(self._read_pausers) and not self._waiters and not self._read_wanters
+        if self.answer_awaited:
+            hold = False
+        elif self._read_holders:
+            hold = True
+        else:
+            hold = bool(self._read_pausers) and not self._read_wanters
         if hold is self._reading_paused:
             return
         self._reading_paused = hold

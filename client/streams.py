@@ -61,8 +61,9 @@ READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
 # The socket is read past a download's pause while a call or another stream waits for the
 # peer (the lagging consumer may be the one waiting); its items queue meanwhile up to this
-# bound, past which the download is aborted and its reader told why: memory stays bounded
-# whatever the peer sends before it answers.
+# bound. Past it, another stream's reader waits for this download's consumer (the socket
+# is held again); an awaited answer (a call's, a finish's) may not wait, and the download
+# is aborted, its reader told why: memory stays bounded whatever the peer sends.
 READ_HARD_LIMIT = 4 * READ_HIGH_WATER
 # Items too, for a peer's tiny frames and holes (a few hundred bytes each held).
 READ_HARD_ITEMS = 64 * READ_MAX_ITEMS
@@ -152,11 +153,12 @@ class _StreamBase:
             self._rpc.forget_sink(serial)
             self._closed = True
 
-    async def _peers_word(self, waiting: Awaitable[None]) -> None:
+    async def _peers_word(self, waiting: Awaitable[None], *, answer: bool = True) -> None:
         """Await ``waiting``, which the peer's frames end: the socket is read meanwhile,
-        even when another stream's lagging consumer holds its reading back."""
+        even when another stream's lagging consumer holds its reading back (past that
+        stream's ``READ_HARD_LIMIT``, only for an ``answer``: a finish or an abort)."""
         waiting_task = object()  # one per wait: several tasks may read one stream
-        self._rpc.want_reading(waiting_task)
+        self._rpc.want_reading(waiting_task, answer=answer)
         try:
             await waiting
         finally:
@@ -429,8 +431,9 @@ class Download(_StreamBase):
     Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
     connection stops reading its socket until the consumer catches up, unless a call
     or another stream on the connection waits for the peer meanwhile: the items then
-    queue up to ``READ_HARD_LIMIT``, past which the download is aborted and its reader
-    gets a ``StreamError`` saying it fell behind. A peer that
+    queue up to ``READ_HARD_LIMIT``. Past it other streams' readers wait for this one's
+    consumer; an awaited answer (a call's, a finish's) does not, and the download is
+    aborted, its reader getting a ``StreamError`` saying it fell behind. A peer that
     sends more than the ``length`` asked for (when not 0) fails the stream with
     ``StreamError`` after the items within it, and it is aborted.
 
@@ -452,6 +455,7 @@ class Download(_StreamBase):
         self._eof = False
         self._aborting = False
         self._paused = False
+        self._held = False  # past READ_HARD_LIMIT: other streams' readers wait for ours
         self._waiter: asyncio.Future[None] | None = None
         self._finish_sent = False
         self._received = 0  # data and hole bytes the peer sent
@@ -492,8 +496,13 @@ class Download(_StreamBase):
         else:
             self._eof = True
         if self._queued > READ_HARD_LIMIT or len(self._items) > READ_HARD_ITEMS:
-            self._fall_behind()
-            return
+            if self._rpc.answer_awaited:
+                # Held back, the answer may never come: its waiter may be this consumer.
+                self._fall_behind()
+                return
+            # Only other streams' consumers keep reading on: they wait for this one's.
+            self._held = True
+            self._rpc.hold_reading(self)
         if not self._paused and (
             self._queued > READ_HIGH_WATER or len(self._items) > READ_MAX_ITEMS
         ):
@@ -506,8 +515,8 @@ class Download(_StreamBase):
         items go, the peer is told to stop, and the reader gets the error next."""
         self._overrun = StreamError(
             f"the download from {self.volume.connection.uri} fell behind its consumer by "
-            f"more than {READ_HARD_LIMIT >> 20} MiB while the connection was read for "
-            "another call or stream; it was aborted"
+            f"more than {READ_HARD_LIMIT >> 20} MiB while the connection was read for an "
+            "answer (a call's, a stream's finish); it was aborted"
         )
         self._items.clear()
         self._queued = 0
@@ -522,6 +531,9 @@ class Download(_StreamBase):
             self._waiter.set_result(None)
 
     def _resume(self) -> None:
+        if self._held:
+            self._held = False
+            self._rpc.release_reading(self)
         if self._paused:
             self._paused = False
             self._rpc.resume_reading(self)
@@ -599,7 +611,7 @@ class Download(_StreamBase):
             if waiter is None:
                 waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._peers_word(asyncio.shield(waiter))
+                await self._peers_word(asyncio.shield(waiter), answer=False)
             finally:
                 if waiter.done() and self._waiter is waiter:
                     self._waiter = None

@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 from tests.client.helpers import MIB, until
-from virtvol.client import Download, Hole, StorageVolume, connect
+from virtvol.client import Download, Hole, StorageVolume, connect, streams
 
 if TYPE_CHECKING:
     from tests.conftest import Virtvold
@@ -105,4 +105,36 @@ async def test_two_tasks_reading_one_download_share_its_items(virtvold: Virtvold
                 await asyncio.gather(take(stream, 0), take(stream, 1))
             assert b"".join(taken) == contents["a.img"]
             assert set(takers) == {0, 1}
+            assert await conn.get_type() == "storage"
+
+
+async def test_a_download_read_meanwhile_waits_for_a_far_behind_one(virtvold: Virtvold) -> None:
+    """One task reads a download while another's consumer lags: the socket is read for
+    the first until the lagging one has queued ``READ_HARD_LIMIT``, then the first waits
+    for the lagging consumer, as a paused socket makes it; both end whole, neither
+    failed, and no more than the bound (and one read of the socket) queued."""
+    size = 2 * streams.READ_HARD_LIMIT
+    contents = {name: os.urandom(size) for name in ("a.img", "b.img")}
+    for name, content in contents.items():
+        (virtvold.pool_dir / name).write_bytes(content)
+    async with connect(virtvold.unix_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        await pool.refresh()
+        first = await pool.lookup_volume("a.img")
+        second = await pool.lookup_volume("b.img")
+        async with asyncio.timeout(BOUND):
+            async with first.download() as read, second.download() as lagging:
+                most = 0
+
+                def watch() -> bool:
+                    nonlocal most
+                    most = max(most, lagging._queued)
+                    return lagging._held or reading.done()
+
+                reading = asyncio.create_task(_read(read))
+                await until(watch)  # the lagging consumer starts once it holds the socket
+                assert await _read(lagging) == contents["b.img"]
+                assert await reading == contents["a.img"]
+                # The bound, and the rest of the socket's read that crossed it.
+                assert most <= streams.READ_HARD_LIMIT + streams.READ_HIGH_WATER
             assert await conn.get_type() == "storage"
