@@ -27,9 +27,9 @@ Flow control, both ways, with bounded memory:
   the same while a call or a stream waits for the peer (``want_reading``): the
   lagging stream's consumer may be the very one waiting for it (two streams read
   in turn, a call made in the middle of a download); that stream's data queues
-  meanwhile, up to a bound (``streams.READ_HARD_LIMIT``): past it the socket is read
-  only while an answer is awaited (a call's, a stream's finish or abort), and a stream
-  that would queue more then gives itself up.
+  meanwhile, up to a bound (``streams.READ_HOLD_LIMIT``): past it the socket is read
+  only while an answer is awaited (a call's, a stream's finish or abort), up to a hard
+  bound past which the stream gives itself up (``streams.READ_HARD_LIMIT``).
 * sending: ``drain()`` waits while the transport is above its high-water mark
   (``pause_writing``/``resume_writing``). Data frames are written as the 28-byte
   head and the payload view, never joined. The stdlib transports copy whatever

@@ -60,12 +60,15 @@ READ_HIGH_WATER = 8 * 1024 * 1024
 READ_LOW_WATER = 2 * 1024 * 1024
 READ_MAX_ITEMS = 256
 # The socket is read past a download's pause while a call or another stream waits for the
-# peer (the lagging consumer may be the one waiting); its items queue meanwhile up to this
-# bound. Past it, another stream's reader waits for this download's consumer (the socket
-# is held again); an awaited answer (a call's, a finish's) may not wait, and the download
-# is aborted, its reader told why: memory stays bounded whatever the peer sends.
-READ_HARD_LIMIT = 4 * READ_HIGH_WATER
+# peer (the lagging consumer may be the one waiting); its items queue meanwhile. Past
+# READ_HOLD_LIMIT another stream's reader waits for this download's consumer (the socket
+# is held again); an awaited answer (a call's, a finish's) may not wait (its waiter may be
+# this consumer) and the items queue on, behind which the answer comes from an honest
+# peer, up to READ_HARD_LIMIT: past that the download is aborted, its reader told why.
+READ_HOLD_LIMIT = 4 * READ_HIGH_WATER
+READ_HARD_LIMIT = 8 * READ_HIGH_WATER
 # Items too, for a peer's tiny frames and holes (a few hundred bytes each held).
+READ_HOLD_ITEMS = 32 * READ_MAX_ITEMS
 READ_HARD_ITEMS = 64 * READ_MAX_ITEMS
 
 _ZEROS = bytes(FRAME_DATA_MAX)
@@ -156,7 +159,7 @@ class _StreamBase:
     async def _peers_word(self, waiting: Awaitable[None], *, answer: bool = True) -> None:
         """Await ``waiting``, which the peer's frames end: the socket is read meanwhile,
         even when another stream's lagging consumer holds its reading back (past that
-        stream's ``READ_HARD_LIMIT``, only for an ``answer``: a finish or an abort)."""
+        stream's ``READ_HOLD_LIMIT``, only for an ``answer``: a finish or an abort)."""
         waiting_task = object()  # one per wait: several tasks may read one stream
         self._rpc.want_reading(waiting_task, answer=answer)
         try:
@@ -431,9 +434,10 @@ class Download(_StreamBase):
     Memory is bounded: when ``READ_HIGH_WATER`` bytes wait for the consumer the
     connection stops reading its socket until the consumer catches up, unless a call
     or another stream on the connection waits for the peer meanwhile: the items then
-    queue up to ``READ_HARD_LIMIT``. Past it other streams' readers wait for this one's
-    consumer; an awaited answer (a call's, a finish's) does not, and the download is
-    aborted, its reader getting a ``StreamError`` saying it fell behind. A peer that
+    queue up to ``READ_HOLD_LIMIT``. Past it other streams' readers wait for this one's
+    consumer; an awaited answer (a call's, a finish's) does not, and they queue on to
+    ``READ_HARD_LIMIT``, past which the download is aborted, its reader getting a
+    ``StreamError`` saying it fell behind. A peer that
     sends more than the ``length`` asked for (when not 0) fails the stream with
     ``StreamError`` after the items within it, and it is aborted.
 
@@ -455,7 +459,7 @@ class Download(_StreamBase):
         self._eof = False
         self._aborting = False
         self._paused = False
-        self._held = False  # past READ_HARD_LIMIT: other streams' readers wait for ours
+        self._held = False  # past READ_HOLD_LIMIT: other streams' readers wait for ours
         self._waiter: asyncio.Future[None] | None = None
         self._finish_sent = False
         self._received = 0  # data and hole bytes the peer sent
@@ -496,11 +500,13 @@ class Download(_StreamBase):
         else:
             self._eof = True
         if self._queued > READ_HARD_LIMIT or len(self._items) > READ_HARD_ITEMS:
-            if self._rpc.answer_awaited:
-                # Held back, the answer may never come: its waiter may be this consumer.
-                self._fall_behind()
-                return
-            # Only other streams' consumers keep reading on: they wait for this one's.
+            # Only an awaited answer reads this far: held back, it might never come.
+            self._fall_behind()
+            return
+        if not self._held and (
+            self._queued > READ_HOLD_LIMIT or len(self._items) > READ_HOLD_ITEMS
+        ):
+            # Other streams' consumers keep reading no further: they wait for this one's.
             self._held = True
             self._rpc.hold_reading(self)
         if not self._paused and (

@@ -2,7 +2,7 @@
 virtvold: a download whose consumer does not read holds the socket back only while
 nothing else on the connection waits for the daemon. Another download, a call, an
 upload's finish all get their answers, as python3-libvirt's do, while the unread
-download queues its items (up to ``READ_HARD_LIMIT``).
+download queues its items (up to ``READ_HOLD_LIMIT``, then others wait for it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from tests.conftest import Virtvold
 
 # Well above what one download queues before it holds the socket back (8 MiB), within
-# what it may queue while the connection is read for another (32 MiB, READ_HARD_LIMIT).
+# what it may queue while the connection is read for another (32 MiB, READ_HOLD_LIMIT).
 SIZE = 24 * MIB
 # Fails the test instead of hanging it; the work takes well under a second.
 BOUND = 10
@@ -110,10 +110,10 @@ async def test_two_tasks_reading_one_download_share_its_items(virtvold: Virtvold
 
 async def test_a_download_read_meanwhile_waits_for_a_far_behind_one(virtvold: Virtvold) -> None:
     """One task reads a download while another's consumer lags: the socket is read for
-    the first until the lagging one has queued ``READ_HARD_LIMIT``, then the first waits
+    the first until the lagging one has queued ``READ_HOLD_LIMIT``, then the first waits
     for the lagging consumer, as a paused socket makes it; both end whole, neither
     failed, and no more than the bound (and one read of the socket) queued."""
-    size = 2 * streams.READ_HARD_LIMIT
+    size = 2 * streams.READ_HOLD_LIMIT
     contents = {name: os.urandom(size) for name in ("a.img", "b.img")}
     for name, content in contents.items():
         (virtvold.pool_dir / name).write_bytes(content)
@@ -136,5 +136,29 @@ async def test_a_download_read_meanwhile_waits_for_a_far_behind_one(virtvold: Vi
                 assert await _read(lagging) == contents["b.img"]
                 assert await reading == contents["a.img"]
                 # The bound, and the rest of the socket's read that crossed it.
-                assert most <= streams.READ_HARD_LIMIT + streams.READ_HIGH_WATER
+                assert most <= streams.READ_HOLD_LIMIT + streams.READ_HIGH_WATER
             assert await conn.get_type() == "storage"
+
+
+async def test_a_call_made_while_a_download_holds_the_socket_leaves_it_whole(
+    virtvold: Virtvold,
+) -> None:
+    """A download far behind (past ``READ_HOLD_LIMIT``) holds the socket back from
+    another download's reader; a call made then is answered (the socket read for it, the
+    lagging download queueing on meanwhile) and the lagging download goes on, whole."""
+    size = 2 * streams.READ_HOLD_LIMIT
+    contents = {name: os.urandom(size) for name in ("a.img", "b.img")}
+    for name, content in contents.items():
+        (virtvold.pool_dir / name).write_bytes(content)
+    async with connect(virtvold.unix_uri) as conn:
+        pool = await conn.lookup_pool_by_name("default")
+        await pool.refresh()
+        first = await pool.lookup_volume("a.img")
+        second = await pool.lookup_volume("b.img")
+        async with asyncio.timeout(BOUND):
+            async with first.download() as read, second.download() as lagging:
+                reading = asyncio.create_task(_read(read))
+                await until(lambda: lagging._held)
+                assert await conn.get_type() == "storage"
+                assert await _read(lagging) == contents["b.img"]
+                assert await reading == contents["a.img"]
