@@ -437,7 +437,9 @@ class Download(_StreamBase):
     queue up to ``READ_HOLD_LIMIT``. Past it other streams' readers wait for this one's
     consumer; an awaited answer (a call's, a finish's) does not, and they queue on to
     ``READ_HARD_LIMIT``, past which the download is aborted, its reader getting a
-    ``StreamError`` saying it fell behind. A peer that
+    ``StreamError`` saying it fell behind. (A task reading one download to its end while
+    another it opened goes unread thus waits forever once that one holds the socket.)
+    A peer that
     sends more than the ``length`` asked for (when not 0) fails the stream with
     ``StreamError`` after the items within it, and it is aborted.
 
