@@ -65,8 +65,8 @@ READ_MAX_ITEMS = 256
 # is held again); an awaited answer (a call's, a finish's) may not wait (its waiter may be
 # this consumer) and the items queue on, behind which the answer comes from an honest
 # peer, up to READ_HARD_LIMIT: past that the download is aborted, its reader told why.
-READ_HOLD_LIMIT = 4 * READ_HIGH_WATER
-READ_HARD_LIMIT = 8 * READ_HIGH_WATER
+READ_HOLD_LIMIT = 2 * READ_HIGH_WATER
+READ_HARD_LIMIT = 4 * READ_HIGH_WATER
 # Items too, for a peer's tiny frames and holes (a few hundred bytes each held).
 READ_HOLD_ITEMS = 32 * READ_MAX_ITEMS
 READ_HARD_ITEMS = 64 * READ_MAX_ITEMS

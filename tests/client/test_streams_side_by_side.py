@@ -17,9 +17,9 @@ from virtvol.client import Download, Hole, StorageVolume, connect, streams
 if TYPE_CHECKING:
     from tests.conftest import Virtvold
 
-# Well above what one download queues before it holds the socket back (8 MiB), within
-# what it may queue while the connection is read for another (32 MiB, READ_HOLD_LIMIT).
-SIZE = 24 * MIB
+# Above what one download queues before it holds the socket back (8 MiB), within what it
+# may queue while the connection is read for another (16 MiB, READ_HOLD_LIMIT).
+SIZE = 12 * MIB
 # Fails the test instead of hanging it; the work takes well under a second.
 BOUND = 10
 
@@ -135,8 +135,9 @@ async def test_a_download_read_meanwhile_waits_for_a_far_behind_one(virtvold: Vi
                 await until(watch)  # the lagging consumer starts once it holds the socket
                 assert await _read(lagging) == contents["b.img"]
                 assert await reading == contents["a.img"]
-                # The bound, and the rest of the socket's read that crossed it.
-                assert most <= streams.READ_HOLD_LIMIT + streams.READ_HIGH_WATER
+                # Twice what pauses the socket, and the rest of the read that crossed it:
+                # with the process's own, within the 64 MiB a transfer may take.
+                assert most <= 3 * streams.READ_HIGH_WATER
             assert await conn.get_type() == "storage"
 
 
