@@ -439,9 +439,8 @@ class Download(_StreamBase):
     ``READ_HARD_LIMIT``, past which the download is aborted, its reader getting a
     ``StreamError`` saying it fell behind. (A task reading one download to its end while
     another it opened goes unread thus waits forever once that one holds the socket.)
-    A peer that
-    sends more than the ``length`` asked for (when not 0) fails the stream with
-    ``StreamError`` after the items within it, and it is aborted.
+    A peer that sends more than the ``length`` asked for (when not 0) fails the stream
+    with ``StreamError`` after the items within it, and it is aborted.
 
     Attributes:
         sparse: whether the peer sends holes (else every byte comes as data).

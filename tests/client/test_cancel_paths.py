@@ -2,7 +2,8 @@
 the peer opens after its opener gave up is aborted, and a cancelled goodbye still closes
 the connection, and a cancelled download leaves nothing behind and holds nobody up; an
 upload cancelled as it opens or finishes leaves the volume free for the next one; a close
-goes through a peer that stopped reading, and a second close waits for the first. The peer
+goes through a peer that stopped reading, and a second close waits for the first; a
+download left unread while a long call is read for is given up at its bound. The peer
 is ``FakePeer``, scripted to hold back the answers in question, or a real virtvold.
 """
 
