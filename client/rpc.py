@@ -680,8 +680,9 @@ class RpcProtocol(asyncio.BufferedProtocol):
                 self.transport.close()
 
     async def wait_closed(self) -> None:
-        """Wait until the transport is gone."""
-        await self.closed
+        """Wait until the transport is gone (several tasks may: one cancelled leaves the
+        others waiting, shielded from cancelling the future they share)."""
+        await asyncio.shield(self.closed)
 
 
 async def _result_or_error(waiter: asyncio.Future[Any]) -> Any:

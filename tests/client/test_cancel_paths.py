@@ -676,6 +676,29 @@ async def test_a_second_close_returns_once_the_connection_is_closed(tmp_path: Pa
         assert rpc.transport is None
 
 
+async def test_a_second_close_cancelled_leaves_the_first_to_end(tmp_path: Path) -> None:
+    """A close made while another is saying goodbye, then cancelled, ends with its
+    cancellation alone: the first close still returns, closed, without a cancellation
+    that nobody asked of it."""
+    held = HeldCalls()
+    with FakePeer(tmp_path) as peer:
+        peer.handlers[Proc.CONNECT_CLOSE] = held
+        conn = await connect(peer.uri, keepalive=None)
+        rpc = conn._rpc
+        assert isinstance(rpc, RpcProtocol)
+        first = asyncio.create_task(conn.close())
+        serial = await held.wait()
+        second = asyncio.create_task(conn.close())
+        await asyncio.sleep(0)  # one turn of the loop: the second close waits, no more
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        peer.reply(serial)
+        async with asyncio.timeout(10):
+            await first
+        assert rpc.transport is None
+
+
 async def test_a_download_aborted_without_confirmation_ends_its_readers_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
