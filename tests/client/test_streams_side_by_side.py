@@ -31,8 +31,8 @@ async def _read(stream: Download) -> bytes:
     return bytes(content)
 
 
-async def _volumes(virtvold: Virtvold, *names: str) -> dict[str, bytes]:
-    contents = {name: os.urandom(SIZE) for name in names}
+async def _volumes(virtvold: Virtvold, *names: str, size: int = SIZE) -> dict[str, bytes]:
+    contents = {name: os.urandom(size) for name in names}
     for name, content in contents.items():
         (virtvold.pool_dir / name).write_bytes(content)
     return contents
@@ -113,10 +113,7 @@ async def test_a_download_read_meanwhile_waits_for_a_far_behind_one(virtvold: Vi
     the first until the lagging one has queued ``READ_HOLD_LIMIT``, then the first waits
     for the lagging consumer, as a paused socket makes it; both end whole, neither
     failed, and no more than the bound (and one read of the socket) queued."""
-    size = 2 * streams.READ_HOLD_LIMIT
-    contents = {name: os.urandom(size) for name in ("a.img", "b.img")}
-    for name, content in contents.items():
-        (virtvold.pool_dir / name).write_bytes(content)
+    contents = await _volumes(virtvold, "a.img", "b.img", size=2 * streams.READ_HOLD_LIMIT)
     async with connect(virtvold.unix_uri) as conn:
         pool = await conn.lookup_pool_by_name("default")
         await pool.refresh()
@@ -147,10 +144,7 @@ async def test_a_call_made_while_a_download_holds_the_socket_leaves_it_whole(
     """A download far behind (past ``READ_HOLD_LIMIT``) holds the socket back from
     another download's reader; a call made then is answered (the socket read for it, the
     lagging download queueing on meanwhile) and the lagging download goes on, whole."""
-    size = 2 * streams.READ_HOLD_LIMIT
-    contents = {name: os.urandom(size) for name in ("a.img", "b.img")}
-    for name, content in contents.items():
-        (virtvold.pool_dir / name).write_bytes(content)
+    contents = await _volumes(virtvold, "a.img", "b.img", size=2 * streams.READ_HOLD_LIMIT)
     async with connect(virtvold.unix_uri) as conn:
         pool = await conn.lookup_pool_by_name("default")
         await pool.refresh()
