@@ -143,15 +143,21 @@ async def test_a_call_made_while_a_download_holds_the_socket_leaves_it_whole(
 ) -> None:
     """A download far behind (past ``READ_HOLD_LIMIT``) holds the socket back from
     another download's reader; a call made then is answered (the socket read for it, the
-    lagging download queueing on meanwhile) and the lagging download goes on, whole."""
-    contents = await _volumes(virtvold, "a.img", "b.img", size=2 * streams.READ_HOLD_LIMIT)
+    lagging download queueing on meanwhile) and the lagging download goes on, whole.
+
+    The lagging download opens first, past the hold and short of the hard limit, and the
+    other is larger: its reader still waits for the socket when the lagging one passes
+    the hold, whichever stream the daemon sends more of first."""
+    lagging_size = streams.READ_HOLD_LIMIT + streams.READ_HIGH_WATER
+    contents = await _volumes(virtvold, "b.img", size=lagging_size)
+    contents |= await _volumes(virtvold, "a.img", size=3 * streams.READ_HOLD_LIMIT)
     async with connect(virtvold.unix_uri) as conn:
         pool = await conn.lookup_pool_by_name("default")
         await pool.refresh()
         first = await pool.lookup_volume("a.img")
         second = await pool.lookup_volume("b.img")
         async with asyncio.timeout(BOUND):
-            async with first.download() as read, second.download() as lagging:
+            async with second.download() as lagging, first.download() as read:
                 reading = asyncio.create_task(_read(read))
                 await until(lambda: lagging._held)
                 assert await conn.get_type() == "storage"
