@@ -38,6 +38,10 @@ def images(ceph: CephCluster) -> Iterator[RbdVolumes]:
         yield volumes
     finally:
         volumes.close()
+    # Every reader and writer let go of the connection (a writer whose commit failed is
+    # aborted, as the daemon aborts it): else it was never shut down, and librados'
+    # threads, left running, can abort the process as it exits.
+    assert volumes._users == 0, "an image or a writer still holds the pool's connection"
 
 
 def _read_all(volumes: RbdVolumes, name: str, offset: int = 0, length: int = 0) -> list[Chunk]:
@@ -553,6 +557,7 @@ def test_a_whole_upload_is_refused_once_the_volume_was_opened_for_writing_meanwh
             disk.write(b"guest", 3)
             with pytest.raises(ErrorReport) as refused:
                 writer.commit()
+            writer.abort()
             disk.write(b"later", 8)
     finally:
         guest.close()
@@ -634,6 +639,7 @@ def test_a_whole_upload_is_refused_once_the_volume_was_changed_meanwhile(
     _uploads_told(images)
     with pytest.raises(ErrorReport) as refused:
         writer.commit()
+    writer.abort()
     in_use = f"Requested operation is not valid: volume '{name}' is still in use."
     assert refused.value.message == in_use
     assert outcome == [True]
@@ -663,6 +669,7 @@ def test_a_clone_through_another_daemon_ends_a_whole_upload_as_in_use(
     _uploads_told(images)
     with pytest.raises(ErrorReport) as refused:
         writer.commit()
+    writer.abort()
     in_use = f"Requested operation is not valid: volume '{name}' is still in use."
     assert refused.value.message == in_use
     assert outcome == [True]
@@ -690,6 +697,7 @@ def test_a_swap_that_cannot_tell_whether_the_volume_changed_lets_go_of_its_watch
     monkeypatch.setattr(rbdvolumes.ChangeWatch, "changed", broken)
     with pytest.raises(ErrorReport) as failed:
         writer.commit()
+    writer.abort()
     assert failed.value.message == f"cannot replace volume '{name}': Input/output error"
     with images.image(name, read_only=True) as image:
         assert list(image.watchers_list()) == []
