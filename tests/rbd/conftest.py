@@ -3,6 +3,8 @@
 ``ceph`` (fixture, session scope) -> ``tools.ceph_cluster.CephCluster``: one monitor
 and one memstore OSD under a temporary folder, on a free loopback port, with an
 RBD pool ``CEPH_POOL`` of one replica. Stopped (OSD first) and removed at the end.
+Each pytest-xdist worker is a session of its own: a worker that runs rbd tests starts
+its own cluster, on its own port and folder.
 """
 
 from __future__ import annotations
