@@ -3,7 +3,9 @@
 API (keep it small; everything here is importable from ``conftest`` too):
 
 ``free_port() -> int``
-    A TCP port on 127.0.0.1 that was free a moment ago.
+    A TCP port on 127.0.0.1 that was free a moment ago, from a block of ports that is
+    this pytest-xdist worker's alone: no other worker picks it, and the kernel never
+    hands it out by itself (it is below the ephemeral range).
 
 ``reference_libvirtd`` (fixture, function scope) -> ``ReferenceLibvirtd``
     A fresh real libvirtd (Debian's 9.0, storage driver only, running as
@@ -35,7 +37,9 @@ Import the helpers in test modules with ``from tests.conftest import ...``
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -66,12 +70,43 @@ POOL_NAME = "default"
 _COMMAND_TIMEOUT = 60.0
 
 
+# The ports free_port() hands out: below Linux's default ephemeral range (32768-60999),
+# from which the kernel picks the port of every bind() to port 0 and of every outgoing
+# connection, so nothing but free_port() lands on them. Each pytest-xdist worker has a
+# block of its own: a port picked by one worker is bound by its daemon a moment (or, for
+# a fresh `make run`, minutes) later, and the other worker must not pick it meanwhile.
+TEST_PORTS = range(20000, 32768)
+
+
+def _worker_ports() -> range:
+    """This worker's block of ``TEST_PORTS`` (all of them without pytest-xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = len(TEST_PORTS) // count
+    start = TEST_PORTS.start + int(worker.removeprefix("gw")) * size
+    return range(start, start + size)
+
+
+WORKER_PORTS = _worker_ports()
+# Ports go round the block, so a test never gets a port the worker handed out just
+# before (which a daemon may be about to bind); a random start keeps a restarted
+# worker off the ports its predecessor's daemons may still hold.
+_next_ports = itertools.islice(
+    itertools.cycle(WORKER_PORTS), random.randrange(len(WORKER_PORTS)), None
+)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing was listening on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 of this worker's block that was free a moment ago."""
+    for _ in WORKER_PORTS:
+        port = next(_next_ports)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, by this worker's daemons or by anything else
+            return port
+    raise RuntimeError(f"no free port in {WORKER_PORTS}")
 
 
 def _env() -> dict[str, str]:
