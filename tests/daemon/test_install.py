@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import fields
@@ -54,9 +55,14 @@ def test_make_install_into_a_staging_dir(tmp_path: Path) -> None:
     kept = destdir / "etc" / "virtvol" / "virtvold.toml"
     kept.parent.mkdir(parents=True)
     kept.write_text('log_level = "debug"\n')  # an admin's own config survives
+    # pip builds in the source tree, writing build/ and virtvol.egg-info there, and the
+    # other worker's Pythons read this checkout's egg-info (the package's version) all
+    # along: the install runs from a copy.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info"))
     done = subprocess.run(
         ["make", "install", f"DESTDIR={destdir}", f"PREFIX={PREFIX}", f"PYTHON={sys.executable}"],
-        cwd=REPO,
+        cwd=source,
         capture_output=True,
         text=True,
         timeout=280,
