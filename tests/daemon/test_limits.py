@@ -867,14 +867,16 @@ async def test_a_client_that_never_opens_nor_reads_loses_its_place(tmp_path: Pat
     # read: with keepalive_interval = -1 (no stall timer) the close never came, and the
     # client kept its descriptor and its place among max_clients for good.
     config = "keepalive_interval = -1\nhandshake_timeout = 0.5\n"
+    # AUTH_LIST is served before CONNECT_OPEN: far more answers than the daemon and the
+    # kernel hold for a client that reads none. Encoded before connecting: it takes about
+    # as long as the handshake timeout (longer under coverage or beside other work), and
+    # the flood must be in before the timeout closes the connection.
+    rpc = Connection(Side.CLIENT)
+    flood = b"".join(rpc.call(Proc.AUTH_LIST)[1] for _ in range(40_000))
     with running(daemon_with(tmp_path, config)) as daemon:
         hostile = connect(daemon, "unix")
         hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         hostile.setblocking(False)
-        # AUTH_LIST is served before CONNECT_OPEN: far more answers than the daemon and
-        # the kernel hold for a client that reads none.
-        rpc = Connection(Side.CLIENT)
-        flood = b"".join(rpc.call(Proc.AUTH_LIST)[1] for _ in range(40_000))
         with suppress(BlockingIOError):
             while flood:
                 flood = flood[hostile.send(flood) :]
