@@ -23,6 +23,11 @@ API (keep it small; everything here is importable from ``conftest`` too):
     The same with libvirt's secret driver loaded too, which an encrypted volume's XML
     needs.
 
+``wait_until_ready(log_path, log_start, process, deadline) -> bool``
+    Until a virtvold logging to ``log_path`` says it is ready (past byte ``log_start``):
+    every listener serves and signals are handled. False if it exits or the
+    ``time.monotonic()`` ``deadline`` passes first.
+
 ``run_virsh(uri, *args, check=True) -> CompletedProcess[str]``
     Runs ``virsh -c URI ARGS...`` (C locale, captured text output). With
     ``check`` a non-zero exit fails the test, showing stdout and stderr.
@@ -292,15 +297,23 @@ class Virtvold:
         return self.log_path.read_text(errors="replace")
 
 
-def _wait_for_socket(path: Path, process: subprocess.Popen[bytes], deadline: float) -> bool:
+# What virtvold logs once every listener serves and its signal handlers are in place.
+# Its sockets answer earlier: the first ones while it still binds the next (an extra
+# --listen given last), and a SIGTERM or SIGHUP sent then ends it with no handler.
+READY_LINE = b"virtvold ready"
+
+
+def wait_until_ready(
+    log_path: Path, log_start: int, process: subprocess.Popen[bytes], deadline: float
+) -> bool:
+    """Until the daemon logs ``READY_LINE`` past ``log_start`` (the log may hold earlier
+    runs'); False if it exits or ``deadline`` passes first."""
     while time.monotonic() < deadline and process.poll() is None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(path))
-            except OSError:
-                time.sleep(0.02)
-                continue
-            return True
+        with log_path.open("rb") as log:
+            log.seek(log_start)
+            if READY_LINE in log.read():
+                return True
+        time.sleep(0.02)
     return False
 
 
@@ -335,10 +348,11 @@ def start_virtvold(
             *extra_args,
         ]
         with log_path.open("ab") as log:
+            log_start = log.tell()
             process = subprocess.Popen(
                 args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn
             )
-        if _wait_for_socket(ro_sock, process, time.monotonic() + 15.0):
+        if wait_until_ready(log_path, log_start, process, time.monotonic() + 15.0):
             return Virtvold(
                 tcp_uri=f"storage+tcp://127.0.0.1:{port}/system",
                 unix_uri=f"storage+unix:///system?socket={sock}",

@@ -12,12 +12,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.conftest import SYSTEM_PYTHON, ReferenceLibvirtd, free_port
+from tests.conftest import SYSTEM_PYTHON, ReferenceLibvirtd, free_port, wait_until_ready
 from tests.interop.recorder import Endpoint
 
 if TYPE_CHECKING:
@@ -71,10 +72,12 @@ def virtvold(*, legacy: bool, extra_args: Sequence[str] = ()) -> Iterator[Daemon
         "legacy" if legacy else "current",
         *extra_args,
     ]
-    log = (workdir / "virtvold.log").open("wb")
+    log_path = workdir / "virtvold.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        _wait_until_listening(port, socket_path, process, workdir)
+        if not wait_until_ready(log_path, 0, process, time.monotonic() + 20):
+            raise RuntimeError("virtvold did not start: " + log_path.read_text(errors="replace"))
         yield DaemonUnderTest(
             "virtvold-legacy" if legacy else "virtvold",
             Endpoint(port=port),
@@ -90,28 +93,6 @@ def virtvold(*, legacy: bool, extra_args: Sequence[str] = ()) -> Iterator[Daemon
             process.wait()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait_until_listening(
-    port: int, socket_path: Path, process: subprocess.Popen[bytes], workdir: Path
-) -> None:
-    import socket
-    import time
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                "virtvold exited: " + (workdir / "virtvold.log").read_text(errors="replace")
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                if socket_path.exists():
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("virtvold did not start listening")
 
 
 def libvirtd_under_test(reference: ReferenceLibvirtd) -> DaemonUnderTest:
