@@ -868,9 +868,9 @@ async def test_a_client_that_never_opens_nor_reads_loses_its_place(tmp_path: Pat
     # client kept its descriptor and its place among max_clients for good.
     config = "keepalive_interval = -1\nhandshake_timeout = 0.5\n"
     # AUTH_LIST is served before CONNECT_OPEN: far more answers than the daemon and the
-    # kernel hold for a client that reads none. Encoded before connecting: it takes about
-    # as long as the handshake timeout (longer under coverage or beside other work), and
-    # the flood must be in before the timeout closes the connection.
+    # kernel hold for a client that reads none. Encoded before connecting: under coverage
+    # that takes most of the handshake timeout, and beside other work all of it, while the
+    # flood must be in before the timeout closes the connection.
     rpc = Connection(Side.CLIENT)
     flood = b"".join(rpc.call(Proc.AUTH_LIST)[1] for _ in range(40_000))
     with running(daemon_with(tmp_path, config)) as daemon:
