@@ -475,7 +475,6 @@ async def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
 
 async def test_handshake_timeout_closes_connections_that_never_open(tmp_path: Path) -> None:
     with running(daemon_with(tmp_path, "handshake_timeout = 0.5\n")) as daemon:
-        await asyncio.sleep(0.2)  # start-up's probe connection is gone
         idle = [connect(daemon, where) for where in ("tcp", "unix", "ro")]
         # They keep nobody out meanwhile.
         client = await honest_client(daemon)
