@@ -578,6 +578,17 @@ async def test_an_upload_does_not_wait_behind_the_callers_jobs_for_its_thread(
         await callers_job
 
 
+async def _uploaded_again(
+    conn: connection.Connection, volume: StorageVolume, virtvold: Virtvold, content: bytes
+) -> None:
+    """The next upload of ``volume`` ("vol.img") on ``conn`` is taken, not refused as
+    'still in use', and the file holds ``content`` after it."""
+    async with volume.upload(sparse=False) as upload:
+        await upload.send(content)
+    assert (virtvold.pool_dir / "vol.img").read_bytes() == content
+    assert conn.is_alive
+
+
 async def test_an_upload_whose_open_was_cancelled_no_longer_holds_the_volume(
     virtvold: Virtvold,
 ) -> None:
@@ -596,10 +607,7 @@ async def test_an_upload_whose_open_was_cancelled_no_longer_holds_the_volume(
         opening.cancel()
         with pytest.raises(asyncio.CancelledError):
             await opening
-        async with volume.upload(sparse=False) as upload:
-            await upload.send(new)
-        assert (virtvold.pool_dir / "vol.img").read_bytes() == new
-        assert conn.is_alive
+        await _uploaded_again(conn, volume, virtvold, new)
 
 
 async def test_an_upload_cancelled_while_its_finish_is_confirmed_no_longer_holds_the_volume(
@@ -622,10 +630,7 @@ async def test_an_upload_cancelled_while_its_finish_is_confirmed_no_longer_holds
         with pytest.raises(asyncio.CancelledError):
             await finishing
         assert (virtvold.pool_dir / "vol.img").read_bytes() == first
-        async with volume.upload(sparse=False) as again:
-            await again.send(second)
-        assert (virtvold.pool_dir / "vol.img").read_bytes() == second
-        assert conn.is_alive
+        await _uploaded_again(conn, volume, virtvold, second)
 
 
 async def test_a_connection_whose_peer_stopped_reading_closes_with_bytes_unsent(

@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 from tests.client.helpers import MIB, until
-from virtvol.client import Download, Hole, StorageVolume, connect, streams
+from virtvol.client import Connection, Download, Hole, StorageVolume, connect, streams
 
 if TYPE_CHECKING:
     from tests.conftest import Virtvold
@@ -38,13 +38,18 @@ async def _volumes(virtvold: Virtvold, *names: str, size: int = SIZE) -> dict[st
     return contents
 
 
+async def _looked_up(conn: Connection, *names: str) -> list[StorageVolume]:
+    """The default pool's volumes ``names``, after a refresh that finds the files
+    ``_volumes`` wrote."""
+    pool = await conn.lookup_pool_by_name("default")
+    await pool.refresh()
+    return [await pool.lookup_volume(name) for name in names]
+
+
 async def test_a_download_is_read_while_another_waits_unread(virtvold: Virtvold) -> None:
     contents = await _volumes(virtvold, "a.img", "b.img")
     async with connect(virtvold.unix_uri) as conn:
-        pool = await conn.lookup_pool_by_name("default")
-        await pool.refresh()
-        first: StorageVolume = await pool.lookup_volume("a.img")
-        second = await pool.lookup_volume("b.img")
+        first, second = await _looked_up(conn, "a.img", "b.img")
         async with asyncio.timeout(BOUND):
             async with first.download() as unread, second.download() as read:
                 assert await _read(read) == contents["b.img"]
@@ -55,9 +60,7 @@ async def test_a_download_is_read_while_another_waits_unread(virtvold: Virtvold)
 async def test_a_call_is_answered_while_a_download_waits_unread(virtvold: Virtvold) -> None:
     await _volumes(virtvold, "a.img")
     async with connect(virtvold.unix_uri) as conn:
-        pool = await conn.lookup_pool_by_name("default")
-        await pool.refresh()
-        volume = await pool.lookup_volume("a.img")
+        (volume,) = await _looked_up(conn, "a.img")
         async with asyncio.timeout(BOUND):
             async with volume.download() as unread:
                 await until(lambda: unread._paused)  # it holds the socket back
@@ -70,10 +73,7 @@ async def test_an_upload_is_confirmed_while_a_download_waits_unread(virtvold: Vi
     contents = await _volumes(virtvold, "a.img", "b.img")
     new = os.urandom(MIB)
     async with connect(virtvold.unix_uri) as conn:
-        pool = await conn.lookup_pool_by_name("default")
-        await pool.refresh()
-        source = await pool.lookup_volume("a.img")
-        target = await pool.lookup_volume("b.img")
+        source, target = await _looked_up(conn, "a.img", "b.img")
         async with asyncio.timeout(BOUND):
             async with source.download() as unread:
                 async with target.upload(sparse=False) as upload:
@@ -88,9 +88,7 @@ async def test_two_tasks_reading_one_download_share_its_items(virtvold: Virtvold
     for an item the other took, and the stream finishes once."""
     contents = await _volumes(virtvold, "a.img")
     async with connect(virtvold.unix_uri) as conn:
-        pool = await conn.lookup_pool_by_name("default")
-        await pool.refresh()
-        volume = await pool.lookup_volume("a.img")
+        (volume,) = await _looked_up(conn, "a.img")
         taken: list[bytes] = []
         takers: list[int] = []
 
@@ -115,10 +113,7 @@ async def test_a_download_read_meanwhile_waits_for_a_far_behind_one(virtvold: Vi
     failed, and no more than the bound (and one read of the socket) queued."""
     contents = await _volumes(virtvold, "a.img", "b.img", size=2 * streams.READ_HOLD_LIMIT)
     async with connect(virtvold.unix_uri) as conn:
-        pool = await conn.lookup_pool_by_name("default")
-        await pool.refresh()
-        first = await pool.lookup_volume("a.img")
-        second = await pool.lookup_volume("b.img")
+        first, second = await _looked_up(conn, "a.img", "b.img")
         async with asyncio.timeout(BOUND):
             async with first.download() as read, second.download() as lagging:
                 most = 0
@@ -152,10 +147,7 @@ async def test_a_call_made_while_a_download_holds_the_socket_leaves_it_whole(
     contents = await _volumes(virtvold, "b.img", size=lagging_size)
     contents |= await _volumes(virtvold, "a.img", size=3 * streams.READ_HOLD_LIMIT)
     async with connect(virtvold.unix_uri) as conn:
-        pool = await conn.lookup_pool_by_name("default")
-        await pool.refresh()
-        first = await pool.lookup_volume("a.img")
-        second = await pool.lookup_volume("b.img")
+        first, second = await _looked_up(conn, "a.img", "b.img")
         async with asyncio.timeout(BOUND):
             async with second.download() as lagging, first.download() as read:
                 reading = asyncio.create_task(_read(read))
