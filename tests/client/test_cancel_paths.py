@@ -662,19 +662,29 @@ async def test_a_connection_whose_peer_stopped_reading_closes_with_bytes_unsent(
         assert rpc.transport is None
 
 
+async def _second_close_during_goodbye(
+    peer: FakePeer,
+) -> tuple[RpcProtocol, asyncio.Task[None], asyncio.Task[None], int]:
+    """A connection to ``peer`` whose first close waits for the answer to its
+    CONNECT_CLOSE (serial given back), and a second close made then, after one turn of
+    the loop: it has run as far as it goes without the answer, no further."""
+    held = HeldCalls()
+    peer.handlers[Proc.CONNECT_CLOSE] = held
+    conn = await connect(peer.uri, keepalive=None)
+    rpc = conn._rpc
+    assert isinstance(rpc, RpcProtocol)
+    first = asyncio.create_task(conn.close())
+    serial = await held.wait()
+    second = asyncio.create_task(conn.close())
+    await asyncio.sleep(0)
+    return rpc, first, second, serial
+
+
 async def test_a_second_close_returns_once_the_connection_is_closed(tmp_path: Path) -> None:
     """A close made while another is saying goodbye returns when the connection is
     closed, not at once with the socket still open."""
-    held = HeldCalls()
     with FakePeer(tmp_path) as peer:
-        peer.handlers[Proc.CONNECT_CLOSE] = held
-        conn = await connect(peer.uri, keepalive=None)
-        rpc = conn._rpc
-        assert isinstance(rpc, RpcProtocol)
-        first = asyncio.create_task(conn.close())
-        serial = await held.wait()
-        second = asyncio.create_task(conn.close())
-        await asyncio.sleep(0)  # one turn of the loop: the second close has run, no more
+        rpc, first, second, serial = await _second_close_during_goodbye(peer)
         assert not second.done()
         peer.reply(serial)
         await asyncio.gather(first, second)
@@ -685,16 +695,8 @@ async def test_a_second_close_cancelled_leaves_the_first_to_end(tmp_path: Path) 
     """A close made while another is saying goodbye, then cancelled, ends with its
     cancellation alone: the first close still returns, closed, without a cancellation
     that nobody asked of it."""
-    held = HeldCalls()
     with FakePeer(tmp_path) as peer:
-        peer.handlers[Proc.CONNECT_CLOSE] = held
-        conn = await connect(peer.uri, keepalive=None)
-        rpc = conn._rpc
-        assert isinstance(rpc, RpcProtocol)
-        first = asyncio.create_task(conn.close())
-        serial = await held.wait()
-        second = asyncio.create_task(conn.close())
-        await asyncio.sleep(0)  # one turn of the loop: the second close waits, no more
+        rpc, first, second, serial = await _second_close_during_goodbye(peer)
         second.cancel()
         with pytest.raises(asyncio.CancelledError):
             await second
