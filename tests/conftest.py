@@ -114,6 +114,13 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {WORKER_PORTS}")
 
 
+def send_buffer_granted(requested: int) -> int:
+    """What ``SO_SNDBUF`` reads back after ``requested`` was set: Linux caps the request at
+    ``net.core.wmem_max`` and books twice it."""
+    with open("/proc/sys/net/core/wmem_max") as limit:
+        return 2 * min(requested, int(limit.read()))
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["LC_ALL"] = "C"
