@@ -47,6 +47,7 @@ from virtvol.client.connection import (
     Connection,
     connect_failure,
     handshake,
+    widen_unix_send_buffer,
 )
 from virtvol.client.errors import (
     CallTimeout,
@@ -192,6 +193,7 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
             if target.socket_path is None:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             else:
+                widen_unix_send_buffer(sock)
                 sock.settimeout(time_limit)
                 sock.connect(target.socket_path)
         except BaseException:
