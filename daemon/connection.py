@@ -125,11 +125,12 @@ UPLOAD_RECEIVE_BUFFER = 256 << 10
 # have a turn of the event loop (the loop reads a busy socket many times over).
 FRAMES_PER_TURN = 16
 # A Unix socket's send buffer once its connection downloads. Linux gives a Unix stream
-# socket ~208 KiB (net.core.wmem_default); with 1 MiB (the kernel books twice that), one
-# process moved 1 GiB to another in 0.21 s instead of 0.32 s (docs/performance.md). Set
-# only when a download opens, next to its 12 MiB of frame buffers: a connection that
-# reads nothing can make the kernel hold ~2 MiB for it instead of ~0.4 MiB. TCP sizes
-# its buffers itself, and a fixed size there was no faster.
+# socket ~208 KiB (net.core.wmem_default); with 1 MiB (the kernel books twice that, and
+# caps the request at net.core.wmem_max), one process moved 1 GiB to another in 0.21 s
+# instead of 0.32 s (docs/performance.md). Set only when a download opens, next to its
+# 12 MiB of frame buffers: a connection that reads nothing can make the kernel hold
+# ~2 MiB for it instead of ~0.2 MiB. TCP sizes its buffers itself, and a fixed size
+# there was no faster.
 DOWNLOAD_UNIX_SEND_BUFFER = 1 << 20
 
 
@@ -788,10 +789,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         return handler
 
     def _widen_unix_send_buffer(self) -> None:
-        sock = None if self._transport is None else self._transport.get_extra_info("socket")
+        # Not once the transport is closing: uvloop's abort closes the descriptor at once,
+        # and the number may already belong to a file a worker thread opened.
+        if self._gone():
+            return
+        assert self._transport is not None
+        sock = self._transport.get_extra_info("socket")
         if sock is None or sock.family != socket.AF_UNIX:
             return
-        # The kernel caps it at net.core.wmem_max; a smaller buffer only costs speed.
+        # A smaller buffer than asked for (net.core.wmem_max) only costs speed.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DOWNLOAD_UNIX_SEND_BUFFER)
 

@@ -115,10 +115,19 @@ def free_port() -> int:
 
 
 def send_buffer_granted(requested: int) -> int:
-    """What ``SO_SNDBUF`` reads back after ``requested`` was set: Linux caps the request at
-    ``net.core.wmem_max`` and books twice it."""
-    with open("/proc/sys/net/core/wmem_max") as limit:
-        return 2 * min(requested, int(limit.read()))
+    """What ``SO_SNDBUF`` reads back on a Unix socket after ``requested`` was set (Linux
+    caps the request at ``net.core.wmem_max`` and books twice it): asked of a new socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, requested)
+        granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        return granted
+
+
+def default_send_buffer() -> int:
+    """``SO_SNDBUF`` of a new Unix socket (``net.core.wmem_default``)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        size: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        return size
 
 
 def _env() -> dict[str, str]:
