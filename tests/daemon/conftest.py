@@ -12,6 +12,8 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, TypeVar
 
+import pytest
+
 from tests.conftest import run_system_python, run_virsh
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import (
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
     from pathlib import Path
 
+    from virtvol.daemon.connection import ClientConnection
     from virtvol.daemon.context import DaemonContext
     from virtvol.protocol.xdr import XdrStruct
 
@@ -316,6 +319,23 @@ def in_process_daemon(tmp_path: Path, *, sync_uploads: bool = True) -> Iterator[
     finally:
         ctx.shutdown_executors()
         registry.close()
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Iterator[DaemonContext]:
+    """An ``in_process_daemon`` with ``sync_uploads = false`` (a test module may define a
+    ``context`` of its own)."""
+    with in_process_daemon(tmp_path, sync_uploads=False) as ctx:
+        yield ctx
+
+
+def served_connection(context: DaemonContext) -> ClientConnection:
+    """The one connection ``context`` serves (an ``in_process_client``'s)."""
+    from virtvol.daemon.connection import ClientConnection
+
+    (served,) = context.connections
+    assert isinstance(served, ClientConnection)
+    return served
 
 
 @contextlib.asynccontextmanager

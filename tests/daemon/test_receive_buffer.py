@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-import pytest
-
-from tests.daemon.conftest import in_process_client, in_process_daemon
-from virtvol.daemon.connection import UPLOAD_RECEIVE_BUFFER, ClientConnection
+from tests.daemon.conftest import in_process_client, served_connection
+from virtvol.daemon.connection import UPLOAD_RECEIVE_BUFFER
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived, StreamFinished
 from virtvol.protocol.constants import (
@@ -22,26 +20,13 @@ from virtvol.protocol.frames import SCRATCH_SIZE, Header, encode_frame
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from virtvol.daemon.context import DaemonContext
 
 
-@pytest.fixture
-def context(tmp_path: Path) -> Iterator[DaemonContext]:
-    with in_process_daemon(tmp_path, sync_uploads=False) as ctx:
-        yield ctx
-
-
-def _served(context: DaemonContext) -> ClientConnection:
-    (served,) = context.connections
-    assert isinstance(served, ClientConnection)
-    return served
-
-
 def _scratch_size(context: DaemonContext) -> int:
-    return _served(context).rpc.reader.scratch_size
+    return served_connection(context).rpc.reader.scratch_size
 
 
 async def test_an_upload_reads_small_frames_into_a_larger_buffer(
@@ -65,7 +50,7 @@ async def test_an_upload_reads_small_frames_into_a_larger_buffer(
         # The stream's task ends a moment after its acknowledgement (it lets go of the
         # replaced content first).
         async with asyncio.timeout(10):
-            await _served(context).wait_streams()
+            await served_connection(context).wait_streams()
         assert _scratch_size(context) == SCRATCH_SIZE
         written = (tmp_path / "pool" / "disk.img").read_bytes()
     assert len(written) == extents * 65536
@@ -98,7 +83,7 @@ async def test_a_frame_cut_across_the_end_of_an_upload_is_still_read(
         while not isinstance(await client.next_event(), StreamFinished):
             pass
         async with asyncio.timeout(10):
-            await _served(context).wait_streams()
+            await served_connection(context).wait_streams()
         assert _scratch_size(context) <= cut
         # The rest of the late frame (dropped: its stream is over), then a call.
         client.send(frame[cut:])

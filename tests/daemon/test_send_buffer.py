@@ -10,35 +10,23 @@ import socket
 import termios
 from typing import TYPE_CHECKING
 
-import pytest
-
 from tests.client.helpers import until
 from tests.conftest import default_send_buffer, send_buffer_granted
-from tests.daemon.conftest import RawClient, in_process_client, in_process_daemon
-from virtvol.daemon.connection import DOWNLOAD_UNIX_SEND_BUFFER, ClientConnection
+from tests.daemon.conftest import RawClient, in_process_client, served_connection
+from virtvol.daemon.connection import DOWNLOAD_UNIX_SEND_BUFFER
 from virtvol.protocol import remote as r
 from virtvol.protocol.connection import ReplyReceived
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
     from tests.conftest import Virtvold
     from virtvol.daemon.context import DaemonContext
 
 MIB = 1 << 20
 
 
-@pytest.fixture
-def context(tmp_path: Path) -> Iterator[DaemonContext]:
-    with in_process_daemon(tmp_path, sync_uploads=False) as ctx:
-        yield ctx
-
-
 def _send_buffer(context: DaemonContext) -> int:
-    (served,) = context.connections
-    assert isinstance(served, ClientConnection)
+    served = served_connection(context)
     assert served._transport is not None
     sock = served._transport.get_extra_info("socket")
     assert sock.family == socket.AF_UNIX
