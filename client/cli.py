@@ -36,7 +36,7 @@ from virtvol.client.cli_args import (
     split_command_string,
 )
 from virtvol.client.cli_globals import USAGE, Globals, read_globals, version_text
-from virtvol.client.connection import Connection, connect
+from virtvol.client.connection import Connection
 from virtvol.client.display import format_fields, format_table
 from virtvol.client.errors import (
     LibvirtError,
@@ -71,7 +71,6 @@ from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
-    import asyncio
     import signal as _signal
     from types import FrameType
     from typing import NoReturn, TypeVar
@@ -1746,59 +1745,12 @@ def _connect_uri(given: str | None) -> str | None:
     return None
 
 
-def _event_loop_runner(handler: Handler) -> asyncio.Runner:
-    # uvloop moves stream data faster, but importing it costs more than a
-    # short command spends in its loop: only transfers use it.
-    import asyncio
-
-    if handler not in (vol_upload, vol_download):
-        return asyncio.Runner()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-
-
 def _execute(command: Command, handler: Handler, args: SimpleNamespace) -> str:
-    """Run the command: over a blocking socket (``direct``) where the transport allows,
-    which spares a short command the event loop's start-up; TLS keeps the event loop."""
+    """Run the command over a blocking socket (``direct``), whatever the transport: that
+    spares a short command the event loop's start-up."""
     from virtvol.client import direct
 
-    if not direct.needs_event_loop(args.connect, read_only=args.readonly):
-        return direct.run_blocking(_run(command, handler, args, direct.open_direct))
-    with _event_loop_runner(handler) as runner:
-        return runner.run(_ending_cancels(_run(command, handler, args, connect)))
-
-
-async def _ending_cancels(command: Awaitable[str]) -> str:
-    """Await ``command`` with the ``_ENDING`` signals caught cancelling it, as asyncio's
-    runner cancels on Ctrl-C, then raise ``_Ended``: raised by ``_end`` inside the loop's
-    own callbacks (a transport's), it broke the connection instead of ending the command."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    came: list[int] = []
-
-    def cancel(signum: int) -> None:
-        if not came and task is not None:  # once, as ``_end``
-            came.append(signum)
-            task.cancel()
-
-    caught = [signum for signum in _ENDING if _signal.getsignal(signum) is _end]
-    for signum in caught:
-        loop.add_signal_handler(signum, cancel, signum)
-    try:
-        return await command
-    except asyncio.CancelledError:
-        if came:
-            raise _Ended(came[0]) from None
-        raise
-    finally:
-        for signum in caught:
-            loop.remove_signal_handler(signum)
-            _signal.signal(signum, _signal.SIG_IGN if came else _end)
+    return direct.run_blocking(_run(command, handler, args, direct.open_direct))
 
 
 def _show_warnings() -> None:

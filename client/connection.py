@@ -34,6 +34,7 @@ from virtvol.protocol.hints import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
     import socket
+    import ssl
     import uuid as uuidlib
     from collections.abc import Coroutine, Generator
     from types import TracebackType
@@ -343,7 +344,8 @@ async def _open_transport(target: Target) -> RpcProtocol:
     import asyncio
 
     from virtvol.client.rpc import RpcProtocol
-    from virtvol.client.tls import client_context, locate_credentials, open_tls
+    from virtvol.client.tls import client_context, locate_credentials
+    from virtvol.client.tls_transport import open_tls
 
     loop = asyncio.get_running_loop()
     description = target.uri
@@ -369,12 +371,7 @@ async def _open_transport(target: Target) -> RpcProtocol:
             sock, _ = await _connect_first(loop, addresses)
             _, protocol = await loop.create_connection(lambda: RpcProtocol(description), sock=sock)
         else:
-            idna_refused = _idna_refuses(target.host)
-            if idna_refused and context.check_hostname:
-                raise TransportError(
-                    f"unable to connect to server at '{target.host}:{target.port}': "
-                    "the host name cannot be checked against a certificate"
-                )
+            idna_refused = tls_name_refused(target, context)
             sock, address = await _connect_first(loop, addresses)
             # Without a check of the name, SNI may carry the address the ssl module takes
             # where it refuses the name.
@@ -473,12 +470,36 @@ async def _connect_socket(
         raise OSError(error, os.strerror(error))
 
 
-def _idna_refuses(host: str) -> bool:
-    """True for a name the IDNA codec refuses ("a..b", a label over 63 characters): the
-    ssl module cannot check a certificate against it."""
+def open_target(uri: str | None, *, read_only: bool) -> Target:
+    """Where ``uri`` (or the default URI) leads, for a transport virtvol opens.
+
+    Raises:
+        InvalidURI: the URI cannot be used (``UnsupportedTransport``: ssh and others).
+    """
+    target = parse_uri(resolve_uri(uri), read_only=read_only)
+    if target.transport not in SUPPORTED_TRANSPORTS:
+        *others, last = sorted(SUPPORTED_TRANSPORTS)
+        raise UnsupportedTransport(target.transport, f"{', '.join(others)} or {last}")
+    return target
+
+
+def tls_name_refused(target: Target, context: ssl.SSLContext) -> bool:
+    """True for a host name the IDNA codec refuses ("a..b", a label over 63 characters),
+    which the ssl module cannot check a certificate against nor send as SNI: the address
+    connected to goes as SNI instead, where ``context`` checks no name.
+
+    Raises:
+        TransportError: ``context`` checks the name and the name is refused.
+    """
+    assert target.host is not None
     try:
-        host.encode("idna")
+        target.host.encode("idna")
     except UnicodeError:
+        if context.check_hostname:
+            raise TransportError(
+                f"unable to connect to server at '{target.host}:{target.port}': "
+                "the host name cannot be checked against a certificate"
+            ) from None
         return True
     return False
 
@@ -512,10 +533,7 @@ async def _connect(
 ) -> Connection:
     if protocol not in ("current", "legacy"):
         raise ValueError(f"protocol must be 'current' or 'legacy', not {protocol!r}")
-    target = parse_uri(resolve_uri(uri), read_only=read_only)
-    if target.transport not in SUPPORTED_TRANSPORTS:
-        *others, last = sorted(SUPPORTED_TRANSPORTS)
-        raise UnsupportedTransport(target.transport, f"{', '.join(others)} or {last}")
+    target = open_target(uri, read_only=read_only)
     import asyncio
 
     async with asyncio.timeout(time_limit):

@@ -20,8 +20,11 @@ reports a stream error and stops reading is heard. Control frames that arise
 while frames are being written (a PONG) wait until that write is complete: one
 frame, or the frames of one read buffer (``send_stream_data(more=True)``).
 
-Unix and TCP connections are direct; TLS ones keep the event loop
-(``needs_event_loop``).
+Unix, TCP and TLS connections are all direct. Over TLS the socket is the ssl
+module's, which sends no vector of buffers: small parts are joined into one write
+(``TLS_JOIN_MAX``), large ones go one by one. Data it has decrypted but not handed
+over yet does not wake a poll, so every read goes on while such data waits
+(``SSLSocket.pending``), and a write that waits for the socket reads that first.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from virtvol.client.connection import (
     Connection,
     connect_failure,
     handshake,
+    open_target,
     widen_unix_send_buffer,
 )
 from virtvol.client.errors import (
@@ -55,12 +59,10 @@ from virtvol.client.errors import (
     LibvirtError,
     ProtocolViolation,
     TransportError,
-    VirtvolError,
     core_errors,
     error_from_remote,
 )
 from virtvol.client.log import CONNECTION_FAILURE, log
-from virtvol.client.uri import Target, parse_uri, resolve_uri
 from virtvol.protocol.connection import (
     Connection as ProtocolCore,
 )
@@ -83,10 +85,12 @@ from virtvol.protocol.connection import (
 from virtvol.protocol.keepalive import KeepaliveAction, KeepaliveTracker
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Coroutine, Iterable, Sequence
 
     from virtvol.client.interfaces import FileTransfers
     from virtvol.client.rpc import StreamEvent
+    from virtvol.client.uri import Target
 
     # What a stream's sink hears: the asyncio engine's events, and runs of data and
     # skips gathered into one (``gather_stream_items``).
@@ -96,12 +100,15 @@ if TYPE_CHECKING:
     from virtvol.protocol.procedures import ArgsT, Procedure, RetT
     from virtvol.protocol.xdr import XdrStruct
 
-__all__ = ["DirectRpc", "needs_event_loop", "open_direct", "run_blocking"]
+__all__ = ["DirectRpc", "open_direct", "run_blocking"]
 
 
-# The transports a blocking socket serves; TLS keeps the event loop's transport.
-DIRECT_TRANSPORTS = frozenset({"unix", "tcp"})
-
+# Over TLS, parts are joined into writes of up to this many bytes (each write is TLS
+# records and a system call); a part this large goes alone, uncopied.
+TLS_JOIN_MAX = 64 << 10
+# What one wake-up reads over TLS, a record (16 KiB at most) at a time, before the
+# events it completes are handled.
+TLS_READ_ROUND = 4 << 20
 # The most buffers one sendmsg takes (Linux's IOV_MAX), and so the most parts a batch
 # of stream frames collects before it goes out.
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
@@ -133,18 +140,6 @@ def run_blocking(coroutine: Coroutine[Any, Any, _T]) -> _T:
     raise RuntimeError("a blocking command waited on an event loop")
 
 
-def needs_event_loop(uri: str | None, *, read_only: bool) -> bool:
-    """True when ``uri`` leads to a transport that ``DirectRpc`` does not open (TLS).
-
-    A URI that cannot be used at all reads as False: opening it directly raises the error.
-    """
-    try:
-        target = parse_uri(resolve_uri(uri), read_only=read_only)
-    except VirtvolError:
-        return False
-    return target.transport not in DIRECT_TRANSPORTS
-
-
 async def open_direct(
     uri: str | None,
     *,
@@ -158,19 +153,16 @@ async def open_direct(
     A coroutine that never suspends: await it from code ``run_blocking`` runs.
 
     Raises:
-        InvalidURI: the URI cannot be used (``UnsupportedTransport``: not unix or tcp).
+        InvalidURI: the URI cannot be used (``UnsupportedTransport``: ssh and others).
         TransportError: the daemon cannot be reached or dropped the connection.
-        LibvirtError: the daemon refused to open the connection.
+        LibvirtError: the daemon refused to open the connection, or TLS failed
+            (libvirt's messages).
         TimeoutError: connecting and the handshake took longer than ``time_limit``.
     """
-    from virtvol.client.errors import UnsupportedTransport
-
-    target = parse_uri(resolve_uri(uri), read_only=read_only)
-    if target.transport not in DIRECT_TRANSPORTS:
-        raise UnsupportedTransport(target.transport, "unix or tcp")
+    target = open_target(uri, read_only=read_only)
     started = time.monotonic()
     sock = _open_socket(target, time_limit)
-    rpc = DirectRpc(sock, target.uri)
+    rpc = DirectRpc(sock, target.uri, tls=target.transport == "tls")
     rpc.deadline = None if time_limit is None else started + time_limit
     conn = await handshake(rpc, target, protocol=protocol, keepalive=keepalive)
     rpc.deadline = None
@@ -178,6 +170,8 @@ async def open_direct(
 
 
 def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
+    if target.transport == "tls":
+        return _tls_socket(target, time_limit)
     try:
         if target.socket_path is None:
             assert target.host is not None
@@ -200,6 +194,33 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
             sock.close()
             raise
         return sock
+    except OSError as exc:
+        if isinstance(exc, TimeoutError) and exc.errno is None:
+            raise  # the time limit ran out; the kernel's own ETIMEDOUT is a failure
+        raise connect_failure(target, exc) from exc
+
+
+def _tls_socket(target: Target, time_limit: float | None) -> _socket.socket:
+    """A TLS connection whose server confirmed it, over the first of the host's addresses
+    that answers; the credentials are read before connecting, as libvirt reads them."""
+    from virtvol.client.connection import tls_name_refused
+    from virtvol.client.tls import client_context, locate_credentials, open_tls_socket
+
+    assert target.host is not None
+    assert target.port is not None
+    context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
+    name_refused = tls_name_refused(target, context)
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    try:
+        sock = _tcp_socket(target.host.encode("utf-8", "surrogateescape"), target.port, time_limit)
+        try:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            server_name = str(sock.getpeername()[0]) if name_refused else target.host
+        except BaseException:
+            sock.close()
+            raise
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        return open_tls_socket(sock, server_name, context, left)
     except OSError as exc:
         if isinstance(exc, TimeoutError) and exc.errno is None:
             raise  # the time limit ran out; the kernel's own ETIMEDOUT is a failure
@@ -253,7 +274,7 @@ class DirectRpc:
             ``TimeoutError`` (the connection's time limit), or None.
     """
 
-    def __init__(self, sock: _socket.socket, description: str) -> None:
+    def __init__(self, sock: _socket.socket, description: str, *, tls: bool = False) -> None:
         # A fragmented download is two small frames per extent: they reach the stream's
         # sink a read's worth at a time.
         self.core = ProtocolCore(
@@ -267,6 +288,19 @@ class DirectRpc:
         self.pings_received = 0
         self.pings_sent = 0
         self._sock = sock
+        # What a read or write that cannot go on at once raises, and whether decrypted
+        # bytes wait in the socket that no poll would wake for (TLS).
+        self._would_block: tuple[type[OSError], ...] = (BlockingIOError,)
+        self._send: Callable[[list[bytes | memoryview]], int] = sock.sendmsg
+        self._waiting: Callable[[], int] = _nothing_waits
+        self._tls = tls
+        if tls:
+            import ssl
+
+            assert isinstance(sock, ssl.SSLSocket)
+            self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+            self._send = _tls_sender(sock)
+            self._waiting = sock.pending
         sock.setblocking(False)
         self._fd = sock.fileno()
         self._poller = select.poll()
@@ -428,7 +462,7 @@ class DirectRpc:
         self.check()
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise TimeoutError(f"no answer from {self.description} in time")
-        if self._poller.poll(self._wait_ms(limit)):
+        if self._waiting() or self._poller.poll(self._wait_ms(limit)):
             self._read()
         self._keep_alive()
 
@@ -443,24 +477,22 @@ class DirectRpc:
         return max(0, math.ceil((min(ends) - time.monotonic()) * 1000))
 
     def _read(self) -> None:
-        try:
-            count = self._sock.recv_into(self.core.get_buffer())
-            if count:
-                with core_errors(self.description):
-                    self.core.buffer_updated(count)
-        except BlockingIOError:
+        self._read_once()
+        while self._waiting():
+            self._read_once()
+
+    def _read_once(self) -> None:
+        count = self._take()
+        if count is None:
             return
-        except ProtocolViolation as exc:  # an OSError too: before the socket's errors
-            raise self._fail(exc, warn=True) from None
-        except OSError as exc:
-            raise self._lost(exc) from exc
-        except BaseException:
-            # An interrupt (Ctrl-C) that lands as the read returns loses the bytes it
-            # took from the socket: nothing after them can be read any more.
-            self._fail(ConnectionClosed(f"a read from {self.description} was cut short"))
-            raise
         if count == 0:
             raise self._lost(None)
+        # Over TLS a read brings one record (16 KiB at most): the records the socket
+        # holds already are taken before the events are handled (an end among them is
+        # met by the next read).
+        taken = count
+        while self._tls and taken < TLS_READ_ROUND and (count := self._take()):
+            taken += count
         if self._keepalive is not None:
             self._keepalive.heard(time.monotonic())
         try:
@@ -471,6 +503,27 @@ class DirectRpc:
             raise self._fail(exc, warn=True) from None
         if self._control and not self._writing:
             self.write(())
+
+    def _take(self) -> int | None:
+        """Read what the socket holds into the core: the count, 0 at the end, None when
+        nothing waits."""
+        try:
+            count: int = self._sock.recv_into(self.core.get_buffer())
+            if count:
+                with core_errors(self.description):
+                    self.core.buffer_updated(count)
+        except self._would_block:
+            return None
+        except ProtocolViolation as exc:  # an OSError too: before the socket's errors
+            raise self._fail(exc, warn=True) from None
+        except OSError as exc:
+            raise self._lost(exc) from exc
+        except BaseException:
+            # An interrupt (Ctrl-C) that lands as the read returns loses the bytes it
+            # took from the socket: nothing after them can be read any more.
+            self._fail(ConnectionClosed(f"a read from {self.description} was cut short"))
+            raise
+        return count
 
     def _dispatch(self, event: Event) -> None:
         if type(event) is StreamDataReceived or type(event) is StreamItemsReceived:
@@ -607,8 +660,8 @@ class DirectRpc:
             while first < len(views):
                 parts = views[first : first + _IOV_MAX]
                 try:
-                    sent = self._sock.sendmsg(parts)
-                except BlockingIOError:
+                    sent = self._send(parts)
+                except self._would_block:
                     sent = 0
                 except OSError as exc:
                     raise self._lost(exc) from exc
@@ -631,6 +684,8 @@ class DirectRpc:
             raise
 
     def _wait_writable(self, stream: int | None) -> None:
+        if self._waiting():
+            self._read()
         self._poller.modify(self._fd, select.POLLIN | select.POLLOUT)
         try:
             ready = self._poller.poll(self._wait_ms(None))
@@ -719,3 +774,27 @@ class DirectRpc:
 
     async def wait_closed(self) -> None:
         """Nothing to wait for: ``close`` closed the socket."""
+
+
+def _nothing_waits() -> int:
+    return 0
+
+
+def _tls_sender(sock: ssl.SSLSocket) -> Callable[[list[bytes | memoryview]], int]:
+    """``sendmsg`` for a TLS socket: the first part alone when it is large, else the
+    small parts that fit ``TLS_JOIN_MAX`` joined. A write the socket cannot take at once
+    is retried with the same parts, so with the same bytes, as TLS requires."""
+
+    def send(parts: list[bytes | memoryview]) -> int:
+        first = parts[0]
+        if len(first) >= TLS_JOIN_MAX or len(parts) == 1:
+            return sock.send(first)
+        size = count = 0
+        for part in parts:
+            if size + len(part) > TLS_JOIN_MAX:
+                break
+            size += len(part)
+            count += 1
+        return sock.send(b"".join(parts[:count]))
+
+    return send

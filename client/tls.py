@@ -13,37 +13,45 @@ otherwise, when not root, in ``~/.pki/libvirt`` where present, and else in
 ``/etc/pki/CA/cacert.pem``, ``/etc/pki/CA/cacrl.pem``,
 ``/etc/pki/libvirt/clientcert.pem`` and ``/etc/pki/libvirt/private/clientkey.pem``.
 A client without a certificate still connects; the server decides.
+
+This module holds what both engines share: the credentials, the context, the wording
+of a failed handshake and the check of the confirmation byte, and the command line's
+blocking handshake (``open_tls_socket``). The event loop's is ``tls_transport``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from virtvol.client.errors import LibvirtError
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
+from virtvol.protocol.record import Record
 
 if TYPE_CHECKING:
-    import socket
-    from collections.abc import Callable
+    import _socket
 
-__all__ = ["ClientCredentials", "client_context", "locate_credentials", "open_tls"]
+__all__ = [
+    "ClientCredentials",
+    "check_confirmation",
+    "client_context",
+    "handshake_failure",
+    "locate_credentials",
+    "open_tls_socket",
+    "unconfirmed",
+]
 
 SYSTEM_CA_FILE = "/etc/pki/CA/cacert.pem"
 SYSTEM_CRL_FILE = "/etc/pki/CA/cacrl.pem"
 SYSTEM_CLIENT_CERT = "/etc/pki/libvirt/clientcert.pem"
 SYSTEM_CLIENT_KEY = "/etc/pki/libvirt/private/clientkey.pem"
-USER_PKI_DIR = Path(".pki") / "libvirt"
+USER_PKI_DIR = os.path.join(".pki", "libvirt")
 
 CONFIRMATION = b"\x01"
 
 
-@dataclass(frozen=True, slots=True)
-class ClientCredentials:
+class ClientCredentials(Record):
     ca_file: str
     crl_file: str | None
     cert_file: str | None  # None: connect without a client certificate
@@ -54,29 +62,30 @@ def _error(code: ErrorCode, message: str) -> LibvirtError:
     return LibvirtError(code, ErrorDomain.RPC, message)
 
 
-def locate_credentials(pkipath: str | None, *, home: Path | None = None) -> ClientCredentials:
+def locate_credentials(pkipath: str | None, *, home: str | None = None) -> ClientCredentials:
     """The CA, CRL, certificate and key files, chosen as libvirt's client chooses them."""
+    join, exists = os.path.join, os.path.exists
     if pkipath:
-        directory = Path(pkipath)
-        ca, crl = directory / "cacert.pem", directory / "cacrl.pem"
-        cert, key = directory / "clientcert.pem", directory / "clientkey.pem"
+        ca, crl = join(pkipath, "cacert.pem"), join(pkipath, "cacrl.pem")
+        cert, key = join(pkipath, "clientcert.pem"), join(pkipath, "clientkey.pem")
     else:
-        ca, crl = Path(SYSTEM_CA_FILE), Path(SYSTEM_CRL_FILE)
-        cert, key = Path(SYSTEM_CLIENT_CERT), Path(SYSTEM_CLIENT_KEY)
+        ca, crl = SYSTEM_CA_FILE, SYSTEM_CRL_FILE
+        cert, key = SYSTEM_CLIENT_CERT, SYSTEM_CLIENT_KEY
         if os.geteuid() != 0:
-            user_dir = (home or Path.home()) / USER_PKI_DIR
-            if (user_dir / "cacert.pem").exists():
-                ca = user_dir / "cacert.pem"
-            if (user_dir / "cacrl.pem").exists():
-                crl = user_dir / "cacrl.pem"
-            if (user_dir / "clientcert.pem").exists() and (user_dir / "clientkey.pem").exists():
-                cert, key = user_dir / "clientcert.pem", user_dir / "clientkey.pem"
-    has_pair = cert.exists() and key.exists()
+            user_dir = join(os.path.expanduser("~") if home is None else home, USER_PKI_DIR)
+            if exists(join(user_dir, "cacert.pem")):
+                ca = join(user_dir, "cacert.pem")
+            if exists(join(user_dir, "cacrl.pem")):
+                crl = join(user_dir, "cacrl.pem")
+            user_cert, user_key = join(user_dir, "clientcert.pem"), join(user_dir, "clientkey.pem")
+            if exists(user_cert) and exists(user_key):
+                cert, key = user_cert, user_key
+    has_pair = exists(cert) and exists(key)
     return ClientCredentials(
-        ca_file=str(ca),
-        crl_file=str(crl) if crl.exists() else None,
-        cert_file=str(cert) if has_pair else None,
-        key_file=str(key) if has_pair else None,
+        ca_file=ca,
+        crl_file=crl if exists(crl) else None,
+        cert_file=cert if has_pair else None,
+        key_file=key if has_pair else None,
     )
 
 
@@ -123,69 +132,66 @@ def client_context(creds: ClientCredentials, *, verify: bool) -> ssl.SSLContext:
     return context
 
 
-class _Confirmation(asyncio.Protocol):
-    """Waits for the server's confirmation byte, then hands the transport over."""
-
-    def __init__(self) -> None:
-        self.result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        if not self.result.done():
-            self.result.set_result(data)
-
-    def eof_received(self) -> bool | None:
-        # Not every event loop tells a clean TLS close from a dropped connection here,
-        # and libvirtd refuses by dropping: both read as "Unable to read TLS confirmation".
-        self.connection_lost(None)
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.result.done():
-            self.result.set_exception(ConnectionResetError("connection closed"))
+def handshake_failure(exc: ssl.SSLError) -> LibvirtError:
+    """A failed TLS handshake in libvirt's client's words."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _error(
+            ErrorCode.AUTH_FAILED, "authentication failed: Failed to verify peer's certificate"
+        )
+    return _error(
+        ErrorCode.AUTH_FAILED, f"authentication failed: TLS handshake failed {exc.reason}"
+    )
 
 
-async def open_tls(
-    sock: socket.socket,
-    server_name: str,
-    context: ssl.SSLContext,
-    make_protocol: Callable[[], asyncio.BaseProtocol],
-) -> asyncio.BaseProtocol:
-    """Over the connected ``sock``, shake hands with ``server_name`` (checked against
-    its certificate if ``context`` says so), wait for the confirmation byte and return
-    the RPC protocol.
+def unconfirmed() -> LibvirtError:
+    """The connection ended (or broke) before the server's confirmation byte came."""
+    return _error(ErrorCode.SYSTEM_ERROR, "Unable to read TLS confirmation: Input/output error")
+
+
+def check_confirmation(first: bytes) -> None:
+    """Raise libvirt's refusal unless ``first`` is the server's confirmation byte."""
+    if first != CONFIRMATION:
+        raise _error(ErrorCode.RPC, "server verification (of our certificate or IP address) failed")
+
+
+def open_tls_socket(
+    sock: _socket.socket, server_name: str, context: ssl.SSLContext, time_limit: float | None
+) -> ssl.SSLSocket:
+    """Over the connected blocking ``sock``, shake hands with ``server_name`` (checked
+    against its certificate if ``context`` says so) and read the confirmation byte,
+    within ``time_limit`` for each; the TLS socket that returns owns ``sock``'s
+    descriptor, ``sock`` is closed whatever happens.
 
     Raises:
         LibvirtError: the handshake failed, the server's certificate did not pass,
             or the server refused ours (libvirt's messages).
-        OSError: the connection broke.
+        OSError: the connection broke (``TimeoutError`` when the time ran out).
     """
-    loop = asyncio.get_running_loop()
     try:
-        transport, gate = await loop.create_connection(
-            _Confirmation, sock=sock, ssl=context, server_hostname=server_name
+        sock.settimeout(time_limit)
+        tls = context.wrap_socket(
+            sock,  # type: ignore[arg-type]  # the C socket: all that wrap_socket uses
+            server_hostname=server_name,
+            do_handshake_on_connect=False,
         )
-    except ssl.SSLCertVerificationError:
-        raise _error(
-            ErrorCode.AUTH_FAILED, "authentication failed: Failed to verify peer's certificate"
-        ) from None
-    except ssl.SSLError as exc:
-        raise _error(
-            ErrorCode.AUTH_FAILED, f"authentication failed: TLS handshake failed {exc.reason}"
-        ) from None
-    try:
-        first = await gate.result
-    except (OSError, ssl.SSLError):
-        transport.abort()
-        raise _error(
-            ErrorCode.SYSTEM_ERROR, "Unable to read TLS confirmation: Input/output error"
-        ) from None
-    except BaseException:  # a time limit, a cancelled task: the connection goes too
-        transport.abort()
+    except BaseException:
+        sock.close()
         raise
-    if first != CONFIRMATION:
-        transport.abort()
-        raise _error(ErrorCode.RPC, "server verification (of our certificate or IP address) failed")
-    protocol = make_protocol()
-    transport.set_protocol(protocol)
-    protocol.connection_made(transport)
-    return protocol
+    try:
+        try:
+            tls.do_handshake()
+        except ssl.SSLError as exc:
+            raise handshake_failure(exc) from None
+        try:
+            first = tls.recv(1)
+        except TimeoutError:
+            raise
+        except OSError:  # ssl.SSLError included
+            raise unconfirmed() from None
+        if not first:
+            raise unconfirmed()
+        check_confirmation(first)
+    except BaseException:
+        tls.close()
+        raise
+    return tls

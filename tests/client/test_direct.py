@@ -33,12 +33,11 @@ from tests.client.helpers import (
 )
 from tests.conftest import free_port
 from virtvol.client import connect, direct
-from virtvol.client.direct import DirectRpc, needs_event_loop, open_direct, run_blocking
+from virtvol.client.direct import DirectRpc, open_direct, run_blocking
 from virtvol.client.errors import (
     ConnectionClosed,
     SparseUnsupported,
     TransportError,
-    UnsupportedTransport,
 )
 from virtvol.protocol import procedures
 from virtvol.protocol.procedures import Proc
@@ -103,29 +102,6 @@ def test_run_blocking_refuses_a_coroutine_that_suspends_and_closes_it() -> None:
         run_blocking(coroutine)
     assert cleaned_up == ["closed"]
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
-
-
-# -- needs_event_loop --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("uri", "expected"),
-    [
-        ("storage+tls://127.0.0.1/system", True),
-        ("storage+tls://host:16514/system?no_verify=1", True),
-        ("storage+tcp://127.0.0.1:16509/system", False),
-        ("storage+unix:///system?socket=/nonexistent/sock", False),
-        ("storage:///system", False),
-        ("not a uri at all", False),
-    ],
-)
-def test_needs_event_loop_only_for_tls(uri: str, *, expected: bool) -> None:
-    assert needs_event_loop(uri, read_only=False) is expected
-
-
-def test_open_direct_refuses_tls() -> None:
-    with pytest.raises(UnsupportedTransport):
-        run_blocking(open_direct("storage+tls://127.0.0.1/system"))
 
 
 # -- opening and closing -------------------------------------------------------------------
@@ -599,7 +575,8 @@ def test_cli_transfers_import_only_their_own_side(virtvold: Virtvold, tmp_path: 
     assert f"download side imported: [{downloads}]" in down.stdout
 
 
-def test_cli_keeps_the_event_loop_for_tls() -> None:
-    # The same probe tells the engines apart: a TLS URI goes through asyncio.
+def test_cli_takes_the_blocking_socket_for_tls_too() -> None:
+    # The same probe: a TLS URI goes through the blocking socket as well (here to a port
+    # nothing listens on, which fails as the other transports do).
     probe = run_cli_probe("-c", f"storage+tls://127.0.0.1:{free_port()}/system", "pool-list")
-    assert "asyncio imported: True status: 1" in probe.stdout, probe.stderr
+    assert "asyncio imported: False status: 1" in probe.stdout, probe.stderr

@@ -26,15 +26,6 @@ if TYPE_CHECKING:
     from virtvol.protocol.connection import CallReceived
 
 CHUNK = bytes(range(1, 256)) * 16
-# The command line on its event loop's engine (the one it takes for TLS), here over the
-# peer's Unix socket.
-_ON_A_LOOP = [
-    sys.executable,
-    "-c",
-    "import virtvol.client.direct as direct; direct.needs_event_loop = lambda *_, **__: True;"
-    " from virtvol.client.cli import main; raise SystemExit(main())",
-]
-
 # The command with the waits it keeps when nothing interrupts it (an abort's confirmation,
 # the goodbye) an hour long: only the short waits of an interruption end it in time.
 _LONG_WAITS = (
@@ -42,14 +33,11 @@ _LONG_WAITS = (
     " virtvol.client.streams as streams;"
     " connection._GOODBYE_TIMEOUT = d.ABORT_WAIT = streams.ABORT_WAIT = 3600.0;"
 )
-_WAITING_LONG = {
-    "direct": [
-        sys.executable,
-        "-c",
-        _LONG_WAITS + " from virtvol.client.cli import main; raise SystemExit(main())",
-    ],
-    "event-loop": [*_ON_A_LOOP[:2], _LONG_WAITS + _ON_A_LOOP[2]],
-}
+_WAITING_LONG = [
+    sys.executable,
+    "-c",
+    _LONG_WAITS + " from virtvol.client.cli import main; raise SystemExit(main())",
+]
 
 
 def serve_a_download_that_stalls(peer: FakePeer, sent: threading.Event) -> None:
@@ -86,16 +74,13 @@ def _hangup_by_default() -> None:
     "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
 )
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "over-a-file"])
-@pytest.mark.parametrize("engine", ["direct", "event-loop"])
 def test_a_vol_download_ended_by_a_signal_leaves_no_temporary(
-    tmp_path: Path, signum: signal.Signals, existing: bool, engine: str
+    tmp_path: Path, signum: signal.Signals, existing: bool
 ) -> None:
     """The signal comes while the stream runs. SIGTERM and SIGHUP left the download's
     temporary behind, hidden, as large as what had arrived (a volume's worth after a long
     one); it goes now as for Ctrl-C, and the command ends with the shell's status for the
-    signal. On the
-    event loop the signal cancels the command, as Ctrl-C does there: raised inside the
-    loop's handling of the socket, it broke the connection ("disconnected from ...")."""
+    signal."""
     work = tmp_path / "work"
     work.mkdir()
     target = work / "copy.img"
@@ -104,8 +89,7 @@ def test_a_vol_download_ended_by_a_signal_leaves_no_temporary(
     sent = threading.Event()
     with FakePeer(tmp_path) as peer:
         serve_a_download_that_stalls(peer, sent)
-        command = _COMMAND if engine == "direct" else _ON_A_LOOP
-        argv = [*command, "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
+        argv = [*_COMMAND, "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
         with subprocess.Popen(
             [*argv, "--pool", POOL],
             stdout=subprocess.PIPE,
@@ -130,9 +114,8 @@ def test_a_vol_download_ended_by_a_signal_leaves_no_temporary(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("engine", ["direct", "event-loop"])
 def test_a_vol_download_ended_by_a_signal_does_not_wait_long_for_a_silent_daemon(
-    tmp_path: Path, signum: signal.Signals, engine: str
+    tmp_path: Path, signum: signal.Signals
 ) -> None:
     """The daemon stopped answering, so the user ends the command; it aborted the stream
     and waited 30 s for a confirmation that never came, silent (a second SIGTERM is
@@ -144,7 +127,7 @@ def test_a_vol_download_ended_by_a_signal_does_not_wait_long_for_a_silent_daemon
     with FakePeer(tmp_path) as peer:
         serve_a_download_that_stalls(peer, sent)
         peer.on_stream_end = lambda peer, event: None  # the abort is never confirmed
-        argv = [*_WAITING_LONG[engine], "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
+        argv = [*_WAITING_LONG, "-c", peer.uri, "vol-download", VOLUME.name, str(target)]
         with subprocess.Popen(
             [*argv, "--pool", POOL],
             stdout=subprocess.PIPE,
@@ -164,9 +147,8 @@ def test_a_vol_download_ended_by_a_signal_does_not_wait_long_for_a_silent_daemon
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("engine", ["direct", "event-loop"])
 def test_a_command_ended_by_a_signal_does_not_wait_long_for_a_silent_daemons_goodbye(
-    tmp_path: Path, signum: signal.Signals, engine: str
+    tmp_path: Path, signum: signal.Signals
 ) -> None:
     """Any command, not only a transfer: the daemon answers neither the call nor the
     goodbye, and the command waited 5 s for the goodbye's answer, silent, before it
@@ -185,7 +167,7 @@ def test_a_command_ended_by_a_signal_does_not_wait_long_for_a_silent_daemons_goo
         ):
             peer.handlers[procedure] = never_answered
         with subprocess.Popen(
-            [*_WAITING_LONG[engine], "-c", peer.uri, "vol-info", VOLUME.name, "--pool", POOL],
+            [*_WAITING_LONG, "-c", peer.uri, "vol-info", VOLUME.name, "--pool", POOL],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

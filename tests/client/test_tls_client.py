@@ -1,4 +1,5 @@
-"""The client's side of libvirt's TLS exchange against a scripted server."""
+"""The client's side of libvirt's TLS exchange against a scripted server, on both
+engines: the library's event loop and the command line's blocking socket (``direct``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,25 @@ import pytest
 
 import virtvol.client
 from tests.tlsca import Pki, write_server_pki
+from virtvol.client.direct import open_direct, run_blocking
 from virtvol.client.errors import LibvirtError
 from virtvol.protocol.errors import ErrorCode
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from virtvol.client.connection import Connection
+
+ENGINES = ["event-loop", "direct"]
+
+
+async def _open(engine: str, uri: str, timeout: float | None = None) -> Connection:
+    """A connection to ``uri`` on ``engine``; the blocking one in a thread, so that this
+    loop goes on serving the scripted server."""
+    if engine == "event-loop":
+        return await virtvol.client.connect(uri, timeout=timeout)
+    return await asyncio.to_thread(run_blocking, open_direct(uri, time_limit=timeout))
 
 
 @pytest.fixture(scope="module")
@@ -59,43 +73,52 @@ async def misnamed_server(pki: Pki, tmp_path: Path) -> AsyncIterator[int]:
         yield port
 
 
-async def test_a_server_that_does_not_confirm(wrong_byte_server: int, pki: Pki) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_server_that_does_not_confirm(
+    wrong_byte_server: int, pki: Pki, engine: str
+) -> None:
     uri = f"storage+tls://127.0.0.1:{wrong_byte_server}/system?pkipath={pki.client_dir('client')}"
     with pytest.raises(LibvirtError) as caught:
-        await virtvol.client.connect(uri, timeout=10)
+        await _open(engine, uri, timeout=10)
     assert caught.value.code == ErrorCode.RPC
     assert caught.value.message == "server verification (of our certificate or IP address) failed"
 
 
-async def test_the_server_name_must_match(misnamed_server: int, pki: Pki) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_the_server_name_must_match(misnamed_server: int, pki: Pki, engine: str) -> None:
     """A certificate for another name than the URI's host fails, unless no_verify=1."""
     client = pki.client_dir("client")
     uri = f"storage+tls://127.0.0.1:{misnamed_server}/system?pkipath={client}"
     with pytest.raises(LibvirtError) as caught:
-        await virtvol.client.connect(uri, timeout=10)
+        await _open(engine, uri, timeout=10)
     assert caught.value.code == ErrorCode.AUTH_FAILED
+    assert caught.value.message == "authentication failed: Failed to verify peer's certificate"
     with pytest.raises(LibvirtError) as unverified:
-        await virtvol.client.connect(uri + "&no_verify=1", timeout=10)
+        await _open(engine, uri + "&no_verify=1", timeout=10)
     # Past the certificate check: now the missing confirmation is what fails.
     assert unverified.value.code == ErrorCode.RPC
 
 
-async def test_a_time_limit_during_the_confirmation_hangs_up(pki: Pki) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_time_limit_during_the_confirmation_hangs_up(pki: Pki, engine: str) -> None:
     # A server that never sends the confirmation byte: the time limit ends the wait and
     # the connection with it (it used to stay open until the event loop closed).
     hung_up = asyncio.Event()
     async for port in _scripted_server(pki, b"", pki.server, hung_up):
         uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={pki.client_dir('client')}"
         with pytest.raises(TimeoutError):
-            await virtvol.client.connect(uri, timeout=0.5)
+            await _open(engine, uri, timeout=0.5)
         await asyncio.wait_for(hung_up.wait(), 5)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
-async def test_missing_ca_is_reported_before_connecting(tmp_path: Path, host: str) -> None:
+async def test_missing_ca_is_reported_before_connecting(
+    tmp_path: Path, host: str, engine: str
+) -> None:
     # Before the name is even looked up, as libvirt reads its credentials first.
     with pytest.raises(LibvirtError) as caught:
-        await virtvol.client.connect(f"storage+tls://{host}:1/system?pkipath={tmp_path}")
+        await _open(engine, f"storage+tls://{host}:1/system?pkipath={tmp_path}")
     assert caught.value.message == (
         f"Cannot read CA certificate '{tmp_path}/cacert.pem': No such file or directory"
     )

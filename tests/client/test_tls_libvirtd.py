@@ -95,3 +95,49 @@ def test_cli_lists_pools(tls_libvirtd: libvirtd_peer.LibvirtdPeer, pki: Pki) -> 
     )
     assert proc.returncode == 0, proc.stderr
     assert " default   active   no" in proc.stdout
+
+
+def _virtvol(*args: str) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / "virtvol"
+    return subprocess.run(
+        [str(cli), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_cli_moves_exact_bytes_over_its_blocking_tls_socket(
+    tls_libvirtd: libvirtd_peer.LibvirtdPeer, pki: Pki, tmp_path: Path, *, sparse: bool
+) -> None:
+    """The command line's own TLS socket (no event loop): data in many TLS records each
+    way, a sparse image's holes as skips or a dense file's bytes."""
+    source = tmp_path / "source.img"
+    if sparse:
+        data = write_sparse_image(source, 24 * MIB)
+    else:
+        data = os.urandom(8 * MIB + 12345)
+        source.write_bytes(data)
+    connection = ["-c", tls_libvirtd.tls_uri(pki.client_dir("client"))]
+    run_virsh(tls_libvirtd.tcp_uri, f"vol-create-as default disk {len(data)} --allocation 0")
+    flags = ["--sparse"] if sparse else []
+    up = _virtvol(*connection, "vol-upload", "disk", str(source), "--pool", "default", *flags)
+    assert up.returncode == 0, up.stderr
+    out = tmp_path / "out.img"
+    down = _virtvol(*connection, "vol-download", "disk", str(out), "--pool", "default", *flags)
+    assert down.returncode == 0, down.stderr
+    assert out.read_bytes() == data
+    if sparse:
+        assert allocated(out) <= allocated(source) + 64 * 1024
+
+
+def test_cli_refused_as_virsh_is(tls_libvirtd: libvirtd_peer.LibvirtdPeer, pki: Pki) -> None:
+    uri = tls_libvirtd.tls_uri(pki.client_dir("other"))
+    ours = _virtvol("-c", uri, "pool-list")
+    virsh = run_virsh(uri, "pool-list", check=False)
+    assert (ours.returncode, virsh.returncode) == (1, 1)
+    assert f"error: {REFUSED}" in ours.stderr
+    assert f"error: {REFUSED}" in virsh.stderr

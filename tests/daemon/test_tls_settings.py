@@ -300,7 +300,7 @@ def test_client_credentials_in_pkipath_and_user_dir(
     user.mkdir(parents=True)
     (user / "cacert.pem").write_text("ca")
     (user / "cacrl.pem").write_text("crl")
-    creds = client_tls.locate_credentials(None, home=tmp_path)
+    creds = client_tls.locate_credentials(None, home=str(tmp_path))
     assert creds.ca_file == str(user / "cacert.pem")
     assert creds.crl_file == str(user / "cacrl.pem")
 
