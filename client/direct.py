@@ -92,6 +92,9 @@ if TYPE_CHECKING:
     from virtvol.client.rpc import StreamEvent
     from virtvol.client.uri import Target
 
+    # What the resolver gives for one address: family, type, protocol, name, address.
+    _Address = tuple[int, int, int, str, tuple[Any, ...]]
+
     # What a stream's sink hears: the asyncio engine's events, and runs of data and
     # skips gathered into one (``gather_stream_items``).
     DirectStreamEvent = StreamEvent | StreamItemsReceived
@@ -209,10 +212,12 @@ def _tls_socket(target: Target, time_limit: float | None) -> _socket.socket:
     assert target.host is not None
     assert target.port is not None
     context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
-    name_refused = tls_name_refused(target, context)
     deadline = None if time_limit is None else time.monotonic() + time_limit
     try:
-        sock = _tcp_socket(target.host.encode("utf-8", "surrogateescape"), target.port, time_limit)
+        # The name is looked up before it is judged, as the library does.
+        addresses = _addresses(target.host.encode("utf-8", "surrogateescape"), target.port)
+        name_refused = tls_name_refused(target, context)
+        sock = _connect_first(addresses, time_limit)
         try:
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             server_name = str(sock.getpeername()[0]) if name_refused else target.host
@@ -234,9 +239,19 @@ def _tcp_socket(host: bytes, port: int, time_limit: float | None) -> _socket.soc
     host cannot open (IPv6 disabled) is passed over, as ``socket.create_connection``
     does.
     """
+    return _connect_first(_addresses(host, port), time_limit)
+
+
+def _addresses(host: bytes, port: int) -> list[_Address]:
+    """``host``'s addresses for a stream socket, in the resolver's order."""
+    return _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+
+
+def _connect_first(addresses: list[_Address], time_limit: float | None) -> _socket.socket:
+    """See ``_tcp_socket``."""
     deadline = None if time_limit is None else time.monotonic() + time_limit
     last_failure: OSError | None = None
-    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+    for family, kind, proto, _, address in addresses:
         if deadline is not None and last_failure is not None and time.monotonic() >= deadline:
             break
         sock = None
@@ -255,7 +270,7 @@ def _tcp_socket(host: bytes, port: int, time_limit: float | None) -> _socket.soc
             raise
         return sock
     if last_failure is None:  # pragma: no cover - the resolver raises gaierror instead
-        raise OSError(f"the resolver gave no address for {host!r}")
+        raise OSError("the resolver gave no address")
     try:
         raise last_failure
     finally:
@@ -291,6 +306,7 @@ class DirectRpc:
         # What a read or write that cannot go on at once raises, and whether decrypted
         # bytes wait in the socket that no poll would wake for (TLS).
         self._would_block: tuple[type[OSError], ...] = (BlockingIOError,)
+        self._wants_read: tuple[type[OSError], ...] = ()  # a TLS write that must read first
         self._send: Callable[[list[bytes | memoryview]], int] = sock.sendmsg
         self._waiting: Callable[[], int] = _nothing_waits
         self._tls = tls
@@ -299,6 +315,7 @@ class DirectRpc:
 
             assert isinstance(sock, ssl.SSLSocket)
             self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+            self._wants_read = (ssl.SSLWantReadError,)
             self._send = _tls_sender(sock)
             self._waiting = sock.pending
         sock.setblocking(False)
@@ -659,10 +676,13 @@ class DirectRpc:
         try:
             while first < len(views):
                 parts = views[first : first + _IOV_MAX]
+                wanted = select.POLLIN | select.POLLOUT
                 try:
                     sent = self._send(parts)
-                except self._would_block:
+                except self._would_block as exc:
                     sent = 0
+                    if isinstance(exc, self._wants_read):
+                        wanted = select.POLLIN  # TLS must read first: writable says nothing
                 except OSError as exc:
                     raise self._lost(exc) from exc
                 if sent == sum(map(len, parts)):  # all of them: no counting part by part
@@ -676,17 +696,17 @@ class DirectRpc:
                 if sent:
                     views[first] = memoryview(views[first])[sent:]
                     continue  # the kernel took part: it may take more at once
-                self._wait_writable(stream)
+                self._wait_writable(stream, wanted)
         except BaseException:
             # Part of the frame may be out (an interrupt can land before ``sent`` is
             # known): an abort or a PONG written now would be read as its payload.
             self._fail(ConnectionClosed(f"a frame to {self.description} was cut short"))
             raise
 
-    def _wait_writable(self, stream: int | None) -> None:
+    def _wait_writable(self, stream: int | None, wanted: int) -> None:
         if self._waiting():
             self._read()
-        self._poller.modify(self._fd, select.POLLIN | select.POLLOUT)
+        self._poller.modify(self._fd, wanted)
         try:
             ready = self._poller.poll(self._wait_ms(None))
         finally:

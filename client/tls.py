@@ -21,8 +21,10 @@ blocking handshake (``open_tls_socket``). The event loop's is ``tls_transport``.
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from virtvol.client.errors import LibvirtError
@@ -159,14 +161,17 @@ def open_tls_socket(
 ) -> ssl.SSLSocket:
     """Over the connected blocking ``sock``, shake hands with ``server_name`` (checked
     against its certificate if ``context`` says so) and read the confirmation byte,
-    within ``time_limit`` for each; the TLS socket that returns owns ``sock``'s
-    descriptor, ``sock`` is closed whatever happens.
+    both within ``time_limit``; the TLS socket that returns owns ``sock``'s descriptor,
+    ``sock`` is closed whatever happens.
 
     Raises:
         LibvirtError: the handshake failed, the server's certificate did not pass,
             or the server refused ours (libvirt's messages).
-        OSError: the connection broke (``TimeoutError`` when the time ran out).
+        OSError: the connection broke (``TimeoutError`` when the time ran out); a
+            server that hangs up during the handshake reads as a reset, as on the
+            event loop's transport.
     """
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     try:
         sock.settimeout(time_limit)
         tls = context.wrap_socket(
@@ -180,8 +185,12 @@ def open_tls_socket(
     try:
         try:
             tls.do_handshake()
+        except ssl.SSLEOFError:
+            raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)) from None
         except ssl.SSLError as exc:
             raise handshake_failure(exc) from None
+        if deadline is not None:
+            tls.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             first = tls.recv(1)
         except TimeoutError:

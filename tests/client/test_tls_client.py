@@ -13,7 +13,7 @@ import pytest
 import virtvol.client
 from tests.tlsca import Pki, write_server_pki
 from virtvol.client.direct import open_direct, run_blocking
-from virtvol.client.errors import LibvirtError
+from virtvol.client.errors import LibvirtError, TransportError
 from virtvol.protocol.errors import ErrorCode
 
 if TYPE_CHECKING:
@@ -122,3 +122,29 @@ async def test_missing_ca_is_reported_before_connecting(
     assert caught.value.message == (
         f"Cannot read CA certificate '{tmp_path}/cacert.pem': No such file or directory"
     )
+
+
+@pytest.fixture
+async def hanging_up_server() -> AsyncIterator[int]:
+    """A TCP server that closes every connection at once, before any TLS (a plain
+    listener in the TLS port's place, a daemon at its client limit)."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    async with listener:
+        yield listener.sockets[0].getsockname()[1]
+
+
+async def test_a_hang_up_during_the_handshake_reads_alike_on_both_engines(
+    hanging_up_server: int, pki: Pki
+) -> None:
+    uri = f"storage+tls://127.0.0.1:{hanging_up_server}/system?pkipath={pki.client_dir('client')}"
+    messages = []
+    for engine in ENGINES:
+        with pytest.raises(TransportError) as caught:
+            await _open(engine, uri, timeout=10)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(f"unable to connect to server at '127.0.0.1:{hanging_up_server}'")

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 import virtvol.client
+from tests.client.test_direct import run_cli_probe
 from tests.conftest import Virtvold, free_port, run_system_python, run_virsh, start_virtvold
 from tests.conftest import stop_virtvold as stop_daemon
 from tests.daemon.conftest import RawClient, allocated, assert_same_content, make_sparse_file
@@ -110,6 +111,33 @@ def test_virsh_sparse_round_trip(tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path
     assert allocated(out) <= allocated(source) + 64 * 1024
     log = tls_daemon.wait_for_log(f"as DN '{CLIENT_DN}'")
     assert "on tls://127.0.0.1:" in log
+
+
+def test_virtvol_command_round_trip_without_an_event_loop(
+    tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path
+) -> None:
+    """The command line over its own blocking TLS socket: a sparse image up and back with
+    its bytes and holes, and asyncio never imported."""
+    uri = tls_daemon.uri(pki, "client")
+    source = make_sparse_file(
+        tmp_path / "source.img",
+        6 * MIB,
+        [(0, os.urandom(3 * MIB + 17)), (5 * MIB, b"WORLD")],
+    )
+    run_virsh(uri, "vol-create-as", "default", "disk", "1M")
+    up = run_cli_probe(
+        "-c", uri, "vol-upload", "--pool", "default", "disk", str(source), "--sparse"
+    )
+    assert "asyncio imported: False status: 0" in up.stdout, up.stderr
+    volume = tls_daemon.daemon.pool_dir / "disk"
+    assert_same_content(source, volume)
+    out = tmp_path / "out.img"
+    down = run_cli_probe(
+        "-c", uri, "vol-download", "--pool", "default", "disk", str(out), "--sparse"
+    )
+    assert "asyncio imported: False status: 0" in down.stdout, down.stderr
+    assert out.read_bytes() == source.read_bytes()
+    assert allocated(out) <= allocated(source) + 64 * 1024
 
 
 def test_python_libvirt_connects(tls_daemon: TlsDaemon, pki: Pki) -> None:
