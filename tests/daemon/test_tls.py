@@ -93,14 +93,20 @@ def tls_daemon(tmp_path: Path, pki: Pki) -> Iterator[TlsDaemon]:
         stop_daemon(daemon)
 
 
-def test_virsh_sparse_round_trip(tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path) -> None:
-    uri = tls_daemon.uri(pki, "client")
+def _sparse_source_and_volume(uri: str, tmp_path: Path) -> Path:
+    """A 6 MiB sparse image with two runs of data, and a volume "disk" to upload it into."""
     source = make_sparse_file(
         tmp_path / "source.img",
         6 * MIB,
         [(0, os.urandom(3 * MIB + 17)), (5 * MIB, b"WORLD")],
     )
     run_virsh(uri, "vol-create-as", "default", "disk", "1M")
+    return source
+
+
+def test_virsh_sparse_round_trip(tls_daemon: TlsDaemon, pki: Pki, tmp_path: Path) -> None:
+    uri = tls_daemon.uri(pki, "client")
+    source = _sparse_source_and_volume(uri, tmp_path)
     run_virsh(uri, "vol-upload", "--pool", "default", "disk", str(source), "--sparse")
     volume = tls_daemon.daemon.pool_dir / "disk"
     assert_same_content(source, volume)
@@ -119,12 +125,7 @@ def test_virtvol_command_round_trip_without_an_event_loop(
     """The command line over its own blocking TLS socket: a sparse image up and back with
     its bytes and holes, and asyncio never imported."""
     uri = tls_daemon.uri(pki, "client")
-    source = make_sparse_file(
-        tmp_path / "source.img",
-        6 * MIB,
-        [(0, os.urandom(3 * MIB + 17)), (5 * MIB, b"WORLD")],
-    )
-    run_virsh(uri, "vol-create-as", "default", "disk", "1M")
+    source = _sparse_source_and_volume(uri, tmp_path)
     up = run_cli_probe(
         "-c", uri, "vol-upload", "--pool", "default", "disk", str(source), "--sparse"
     )
