@@ -688,6 +688,7 @@ class DirectRpc:
                 if sent == sum(map(len, parts)):  # all of them: no counting part by part
                     first += len(parts)
                     continue
+                took = sent
                 while first < len(views) and sent >= len(views[first]):
                     sent -= len(views[first])
                     first += 1
@@ -695,7 +696,10 @@ class DirectRpc:
                     return
                 if sent:
                     views[first] = memoryview(views[first])[sent:]
-                    continue  # the kernel took part: it may take more at once
+                if took:
+                    # The socket took some (over TLS, a part or a few at a time): it may
+                    # take more at once.
+                    continue
                 self._wait_writable(stream, wanted)
         except BaseException:
             # Part of the frame may be out (an interrupt can land before ``sent`` is

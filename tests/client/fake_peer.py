@@ -9,6 +9,11 @@ each data frame of an upload; it answers the client's
 PINGs with PONGs unless ``silent``, confirms finishes and aborts (unless
 ``on_stream_end`` says otherwise), and can stop
 reading (``stop_reading``: the client's socket fills up) or hang up (``hang_up``).
+With ``tls`` it listens on 127.0.0.1 instead and serves libvirt's TLS transport (the
+handshake, then the confirmation byte) with that ``Pki``'s server certificate; ``uri``
+names the client folder to connect with. Only the serving thread reads and writes the
+TLS socket while it serves: ``later`` actions may write only while the peer does not
+read (``stop_reading``).
 Data frames of an upload are counted (``data_bytes``), not kept. Helpers send
 frames as a handler needs them: ``reply``, ``send``, and the core (``core``).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from typing import TYPE_CHECKING
 
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
+    from tests.tlsca import Pki
     from virtvol.protocol.xdr import XdrStruct
 
 POOL = "default"
@@ -65,9 +72,10 @@ def stream_error(message: str) -> r.RemoteError:
 class FakePeer:
     """See the module docstring. Use it as a context manager (it stops on leaving)."""
 
-    def __init__(self, folder: Path, *, keepalive: bool = False) -> None:
+    def __init__(self, folder: Path, *, keepalive: bool = False, tls: Pki | None = None) -> None:
         self.path = folder / "peer-sock"
         self.uri = f"storage+unix:///system?socket={self.path}"
+        self._tls: ssl.SSLContext | None = None
         self.core = Connection(Side.SERVER)
         self.keepalive = keepalive
         self.handlers: dict[int, Callable[[FakePeer, CallReceived], None]] = {}
@@ -91,8 +99,20 @@ class FakePeer:
         # The core is used by the serving thread and by delayed actions (``later``).
         self.core_lock = threading.RLock()
         self._timers: list[threading.Timer] = []
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(self.path))
+        if tls is None:
+            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listener.bind(str(self.path))
+        else:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(tls.server / "servercert.pem", tls.server / "serverkey.pem")
+            self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # A small receive buffer (TCP would grow it to megabytes): a peer that stops
+            # reading makes the client's writes wait soon, as a Unix socket does.
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            self._listener.bind(("127.0.0.1", 0))
+            port = self._listener.getsockname()[1]
+            client = tls.client_dir("client")
+            self.uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={client}"
         self._listener.listen(1)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -171,6 +191,9 @@ class FakePeer:
     def _serve(self) -> None:
         try:
             conn, _ = self._listener.accept()
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+                conn.sendall(b"\x01")  # libvirt's confirmation byte
         except OSError:
             return
         self._conn = conn
