@@ -409,19 +409,21 @@ def test_ctrl_c_in_the_middle_of_a_frame_drops_the_connection_at_once(tmp_path: 
     assert open_descriptors() == before  # the socket and the source: both closed
 
 
+def ping_while_full(peer: FakePeer, event: CallReceived) -> None:
+    """An upload handler: the reply, then no reading while the client's writes fill the
+    socket; 0.3 s later a PING, and reading again 0.2 s after it."""
+    stop_reading_after_reply(peer, event)
+
+    def ping_and_resume() -> None:
+        peer.send(peer.core.send_ping())
+        time.sleep(0.2)  # the client reads the PING while its frame is half written
+        peer.resume_reading()
+
+    peer.later(0.3, ping_and_resume)
+
+
 def test_a_ping_while_a_write_waits_is_answered_after_the_frame(tmp_path: Path) -> None:
     source = data_file(tmp_path / "src.img", 8 * MIB)
-
-    def ping_while_full(peer: FakePeer, event: CallReceived) -> None:
-        stop_reading_after_reply(peer, event)
-
-        def ping_and_resume() -> None:
-            peer.send(peer.core.send_ping())
-            time.sleep(0.2)  # the client reads the PING while its frame is half written
-            peer.resume_reading()
-
-        peer.later(0.3, ping_and_resume)
-
     with FakePeer(tmp_path) as peer:
         peer.handlers[Proc.STORAGE_VOL_UPLOAD] = ping_while_full
         conn = open_conn(peer.uri)

@@ -5,7 +5,6 @@ bytes that arrive each way."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,6 +16,7 @@ from tests.client.test_direct_faults import (
     data_file,
     fake_volume,
     open_conn,
+    ping_while_full,
     rpc_of,
     send_whole_download,
     stop_reading_after_reply,
@@ -67,17 +67,6 @@ def test_a_ping_while_a_tls_write_waits_is_answered_after_the_frame(
     tmp_path: Path, pki: Pki
 ) -> None:
     source = data_file(tmp_path / "src.img", 16 * MIB + 12345)
-
-    def ping_while_full(peer: FakePeer, event: CallReceived) -> None:
-        stop_reading_after_reply(peer, event)
-
-        def ping_and_resume() -> None:
-            peer.send(peer.core.send_ping())
-            time.sleep(0.2)  # the client reads the PING while its frame is half written
-            peer.resume_reading()
-
-        peer.later(0.3, ping_and_resume)
-
     with FakePeer(tmp_path, tls=pki) as peer:
         peer.handlers[Proc.STORAGE_VOL_UPLOAD] = ping_while_full
         data = _recording(peer)
