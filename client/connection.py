@@ -507,7 +507,11 @@ def tls_name_refused(target: Target, context: ssl.SSLContext) -> bool:
 def connect_failure(target: Target, exc: OSError) -> TransportError:
     """Why ``target`` could not be reached, in libvirt's client's words (virsh users
     recognise them): the system's text for the error number, as libvirt prints it, not
-    the wording of whichever layer raised it (asyncio's is "Connect call failed (...)")."""
+    the wording of whichever layer raised it (asyncio's is "Connect call failed (...)").
+    A ``TransportError`` is worded already (a host name TLS cannot check): it is returned
+    as it is."""
+    if isinstance(exc, TransportError):
+        return exc
     # A name lookup's failure (socket.gaierror) carries a negative EAI code, not an errno:
     # its own text is the one to show ("Name or service not known").
     if exc.errno and exc.errno > 0 and not isinstance(exc, _socket.gaierror):

@@ -3,15 +3,17 @@ engines: the library's event loop and the command line's blocking socket (``dire
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import virtvol.client
 from tests.tlsca import Pki, write_server_pki
+from virtvol.client import connection, direct
 from virtvol.client.direct import open_direct, run_blocking
 from virtvol.client.errors import LibvirtError, TransportError
 from virtvol.protocol.errors import ErrorCode
@@ -148,3 +150,29 @@ async def test_a_hang_up_during_the_handshake_reads_alike_on_both_engines(
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
     assert messages[0].startswith(f"unable to connect to server at '127.0.0.1:{hanging_up_server}'")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_host_name_tls_cannot_check_is_refused_in_one_sentence(
+    pki: Pki, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name the IDNA codec refuses (a label over 63 characters) that resolves: with the
+    certificate checked, the connection is refused before connecting, said once (it read
+    "unable to connect to server at ...: unable to connect to server at ...: ...")."""
+    host = "a" * 64 + ".example"
+
+    def loopback(_host: bytes, port: int) -> list[Any]:
+        return _socket.getaddrinfo("127.0.0.1", port, 0, _socket.SOCK_STREAM)
+
+    async def loopback_on_a_loop(_loop: object, target: Any) -> list[Any]:
+        return [(*found[:3], found[4]) for found in loopback(b"", target.port)]
+
+    monkeypatch.setattr(direct, "_addresses", loopback)
+    monkeypatch.setattr(connection, "_addresses", loopback_on_a_loop)
+    uri = f"storage+tls://{host}:1/system?pkipath={pki.client_dir('client')}"
+    with pytest.raises(TransportError) as caught:
+        await _open(engine, uri, timeout=10)
+    assert str(caught.value) == (
+        f"unable to connect to server at '{host}:1': "
+        "the host name cannot be checked against a certificate"
+    )
