@@ -173,17 +173,12 @@ async def open_direct(
 
 
 def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
-    if target.transport == "tls":
-        return _tls_socket(target, time_limit)
     try:
+        if target.transport == "tls":
+            return _tls_socket(target, time_limit)
         if target.socket_path is None:
-            assert target.host is not None
             assert target.port is not None
-            # The name goes to the resolver as bytes, as libvirt passes it: as text, it
-            # would first be IDNA-encoded, and that codec's import (with re) is ~4 ms
-            # of a command (and refuses names such as "a..b" before any lookup).
-            host = target.host.encode("utf-8", "surrogateescape")
-            sock = _tcp_socket(host, target.port, time_limit)
+            sock = _tcp_socket(_resolver_name(target), target.port, time_limit)
         else:
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
@@ -203,9 +198,18 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
         raise connect_failure(target, exc) from exc
 
 
+def _resolver_name(target: Target) -> bytes:
+    """The host name as it goes to the resolver: bytes, as libvirt passes it. As text, it
+    would first be IDNA-encoded, and that codec's import (with re) is ~4 ms of a command
+    (and refuses names such as "a..b" before any lookup)."""
+    assert target.host is not None
+    return target.host.encode("utf-8", "surrogateescape")
+
+
 def _tls_socket(target: Target, time_limit: float | None) -> _socket.socket:
     """A TLS connection whose server confirmed it, over the first of the host's addresses
-    that answers; the credentials are read before connecting, as libvirt reads them."""
+    that answers; the credentials are read before connecting, as libvirt reads them.
+    Failures to connect are worded by ``_open_socket``."""
     from virtvol.client.connection import tls_name_refused
     from virtvol.client.tls import client_context, locate_credentials, open_tls_socket
 
@@ -213,23 +217,18 @@ def _tls_socket(target: Target, time_limit: float | None) -> _socket.socket:
     assert target.port is not None
     context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
     deadline = None if time_limit is None else time.monotonic() + time_limit
+    # The name is looked up before it is judged, as the library does.
+    addresses = _addresses(_resolver_name(target), target.port)
+    name_refused = tls_name_refused(target, context)
+    sock = _connect_first(addresses, time_limit)
     try:
-        # The name is looked up before it is judged, as the library does.
-        addresses = _addresses(target.host.encode("utf-8", "surrogateescape"), target.port)
-        name_refused = tls_name_refused(target, context)
-        sock = _connect_first(addresses, time_limit)
-        try:
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            server_name = str(sock.getpeername()[0]) if name_refused else target.host
-        except BaseException:
-            sock.close()
-            raise
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-        return open_tls_socket(sock, server_name, context, left)
-    except OSError as exc:
-        if isinstance(exc, TimeoutError) and exc.errno is None:
-            raise  # the time limit ran out; the kernel's own ETIMEDOUT is a failure
-        raise connect_failure(target, exc) from exc
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        server_name = str(sock.getpeername()[0]) if name_refused else target.host
+    except BaseException:
+        sock.close()
+        raise
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+    return open_tls_socket(sock, server_name, context, left)
 
 
 def _tcp_socket(host: bytes, port: int, time_limit: float | None) -> _socket.socket:
