@@ -517,7 +517,7 @@ def connect_failure(target: Target, exc: OSError) -> TransportError:
     if exc.errno and exc.errno > 0 and not isinstance(exc, _socket.gaierror):
         reason = os.strerror(exc.errno)
     else:
-        reason = exc.strerror or str(exc)
+        reason = exc.strerror or str(exc) or _unnumbered_reason(exc)
     if target.socket_path is not None:
         return TransportError(f"Failed to connect socket to '{target.socket_path}': {reason}")
     if isinstance(exc, _socket.gaierror):
@@ -525,6 +525,24 @@ def connect_failure(target: Target, exc: OSError) -> TransportError:
             f"Unable to resolve address '{target.host}' service '{target.port}': {reason}"
         )
     return TransportError(f"unable to connect to server at '{target.host}:{target.port}': {reason}")
+
+
+# The error numbers of the OSError subclasses asyncio raises bare, with no number and no
+# text (the event loop's TLS transport, for a server that hangs up in the handshake).
+_UNNUMBERED = (
+    (ConnectionResetError, errno.ECONNRESET),
+    (ConnectionAbortedError, errno.ECONNABORTED),
+    (ConnectionRefusedError, errno.ECONNREFUSED),
+    (BrokenPipeError, errno.EPIPE),
+)
+
+
+def _unnumbered_reason(exc: OSError) -> str:
+    """The system's text for what ``exc``'s class stands for ("" when it names nothing)."""
+    for kind, number in _UNNUMBERED:
+        if isinstance(exc, kind):
+            return os.strerror(number)
+    return ""
 
 
 async def _connect(

@@ -185,7 +185,9 @@ def open_tls_socket(
     try:
         try:
             tls.do_handshake()
-        except ssl.SSLEOFError:
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLSyscallError):
+            # The server hung up: before any TLS (a close, most often), in the middle of
+            # it, or with no error number. The event loop's transport says "reset".
             raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET)) from None
         except ssl.SSLError as exc:
             raise handshake_failure(exc) from None

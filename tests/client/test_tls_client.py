@@ -126,12 +126,16 @@ async def test_missing_ca_is_reported_before_connecting(
     )
 
 
-@pytest.fixture
-async def hanging_up_server() -> AsyncIterator[int]:
-    """A TCP server that closes every connection at once, before any TLS (a plain
-    listener in the TLS port's place, a daemon at its client limit)."""
+@pytest.fixture(params=["at once", "after the hello"])
+async def hanging_up_server(request: pytest.FixtureRequest) -> AsyncIterator[int]:
+    """A TCP server that closes every connection before any TLS (a plain listener in the
+    TLS port's place, a daemon at its client limit): at once (the client meets a reset or
+    a clean end, whichever its hello races), or once it read the client's hello (a clean
+    end in the middle of the handshake)."""
 
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if request.param == "after the hello":
+            await reader.read(65536)
         writer.close()
 
     listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
