@@ -20,7 +20,6 @@ import errno
 import os
 import select
 import stat
-import threading
 import time
 
 from virtvol.protocol.hints import TYPE_CHECKING
@@ -109,6 +108,10 @@ class SequentialWriter:
         self._fd = fd
         self._on_wait = on_wait
         self._pos = 0
+        # Imported here: every download looks its target up through this module, and
+        # threading is ~1 ms of a command's start that only a FIFO or a device needs.
+        import threading
+
         self._stopped = threading.Event()
         self.zero_bytes = 0  # nothing is left as a hole here
 
