@@ -1,7 +1,7 @@
 """The command line's blocking engine over TLS against a scripted peer: writes the socket
 cannot take at once (retried with the same bytes), a PING read while a frame is half
-written, frames decrypted a record at a time, small parts joined into one write, and the
-bytes that arrive each way."""
+written, frames decrypted a record at a time, a frame left decrypted in the TLS socket,
+small parts joined into one write, and the bytes that arrive each way."""
 
 from __future__ import annotations
 
@@ -22,18 +22,24 @@ from tests.client.test_direct_faults import (
     stop_reading_after_reply,
 )
 from tests.tlsca import Pki
-from virtvol.client.direct import run_blocking
+from virtvol.client import direct
+from virtvol.client.direct import RECEIVE_BUFFER, run_blocking
 from virtvol.protocol.connection import (
     PongReceived,
     StreamDataReceived,
     StreamHoleReceived,
 )
+from virtvol.protocol.constants import FRAME_OVERHEAD
 from virtvol.protocol.procedures import Proc
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from virtvol.protocol.connection import CallReceived
+
+
+# The most plaintext one TLS record carries.
+TLS_RECORD = 16 << 10
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +128,41 @@ def test_a_download_over_tls_arrives_whole(
         close(conn)
     assert result.data_bytes == chunk * frames
     assert target.read_bytes() == content * frames
+
+
+@pytest.mark.timeout(20)
+def test_a_frame_left_decrypted_in_the_tls_socket_is_read_without_a_wake_up(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply, a data frame larger than the core's buffer for small frames, and the
+    end, sent at once: the last TLS record holds the data frame's tail and the whole end
+    frame. The core asks for the large frame's remaining bytes only, so the end stays
+    decrypted inside the TLS socket, where no poll of the raw socket sees it, and the
+    peer sends nothing more until the client speaks. With one record taken per read
+    (a tiny read round) nothing drains it by chance: the engine must look for such bytes
+    before it waits, or the download hangs. No keepalive: its PINGs' answers would wake
+    the poll and hide the hang."""
+    chunk = bytes(range(1, 256)) * (RECEIVE_BUFFER // 255 + 200)  # one large frame
+    # Behind the reply, the data frame ends inside a record, with room there for the end.
+    tail = (FRAME_OVERHEAD + FRAME_OVERHEAD + len(chunk)) % TLS_RECORD
+    assert 0 < tail <= TLS_RECORD - FRAME_OVERHEAD
+    monkeypatch.setattr(direct, "TLS_READ_ROUND", 1)
+    with FakePeer(tmp_path, tls=pki) as peer:
+        peer.handlers[Proc.STORAGE_VOL_DOWNLOAD] = send_whole_download(chunk, 1)
+        conn = open_conn(peer.uri, keepalive=None)
+        rpc = rpc_of(conn)
+        waiting = rpc._waiting
+        seen: list[int] = []  # the decrypted bytes the engine found waiting, each look
+
+        def watched() -> int:
+            count = waiting()
+            seen.append(count)
+            return count
+
+        monkeypatch.setattr(rpc, "_waiting", watched)
+        target = tmp_path / "down.img"
+        result = run_blocking(fake_volume(conn).download_file(target))
+        close(conn)
+    assert FRAME_OVERHEAD in seen  # the end frame did wait in the TLS socket
+    assert result.data_bytes == len(chunk)
+    assert target.read_bytes() == chunk
