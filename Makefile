@@ -42,10 +42,19 @@ $(INTERPRETER_RECORD): FORCE
 
 FORCE:
 
+# Python 3.11's venv brings setuptools, whose start-up hook (distutils-precedence.pth)
+# runs in every start of the environment's Python: ~0.5 ms of each virtvol command
+# (docs/performance.md). Nothing needs it installed: pip builds in an environment of its own.
+define drop_setuptools
+	@if $(1)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("setuptools") is None)'; \
+	then $(1)/pip uninstall -q -y setuptools; fi
+endef
+
 $(BIN)/virtvold: $(INTERPRETER_RECORD) pyproject.toml $(PACKAGE_FILES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	$(call drop_setuptools,$(BIN))
 	@# Byte-code now, as an installed package has it: where PYTHONDONTWRITEBYTECODE is set,
 	@# every virtvol command would otherwise compile its modules anew (~50 ms a start).
 	$(BIN)/python -m compileall -q $$($(BIN)/python -c 'import virtvol; print(*virtvol.__path__)') >/dev/null
@@ -159,6 +168,7 @@ install:
 	$(PYTHON) -m venv $(STAGED)
 	$(PYTHON) -c '$(INTERPRETER_ID)' > $(STAGED)/made-with
 	$(STAGED)/bin/pip install -q --disable-pip-version-check .
+	$(call drop_setuptools,$(STAGED)/bin)
 	@if [ -n "$(DESTDIR)" ]; then \
 	  grep -rlF "$(STAGED)" $(STAGED)/bin $(STAGED)/pyvenv.cfg | \
 	    xargs -r sed -i "s|$(STAGED)|$(PREFIX)|g"; \

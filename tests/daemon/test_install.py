@@ -98,6 +98,19 @@ def test_make_install_into_a_staging_dir(tmp_path: Path) -> None:
         check=True,
     )
     assert located.stdout.startswith(str(staged / "lib")), located.stdout
+    # Without setuptools, whose start-up hook would run in every command (~0.5 ms).
+    hooks = subprocess.run(
+        [
+            str(staged / "bin" / "python"),
+            "-c",
+            "import sys; print('_distutils_hack' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert hooks.stdout == "False\n"
 
     units = destdir / "etc" / "systemd" / "system"
     service = (units / "virtvold.service").read_text()
