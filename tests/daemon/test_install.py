@@ -49,6 +49,18 @@ def test_example_config_parses_and_shows_the_defaults(tmp_path: Path) -> None:
     assert switched_on.pools == {"default": "/var/lib/virtvol/pools/default"}
 
 
+def _staged_python(staged: Path, *args: str) -> str:
+    """What the staged environment's Python prints, run with ``args``."""
+    run = subprocess.run(
+        [str(staged / "bin" / "python"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return run.stdout
+
+
 @pytest.mark.timeout(300)
 def test_make_install_into_a_staging_dir(tmp_path: Path) -> None:
     destdir = tmp_path / "stage"
@@ -77,40 +89,14 @@ def test_make_install_into_a_staging_dir(tmp_path: Path) -> None:
     assert script.read_text().splitlines()[0].startswith(f"#!{PREFIX}/bin/python")
     for name in ("virtvold", "virtvol", "python3", "activate"):
         assert str(destdir) not in (staged / "bin" / name).read_text(errors="replace")
-    version = subprocess.run(
-        [str(staged / "bin" / "python"), str(script), "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert version.stdout == f"virtvold (virtvol) {importlib.metadata.version('virtvol')}\n"
+    version = _staged_python(staged, str(script), "--version")
+    assert version == f"virtvold (virtvol) {importlib.metadata.version('virtvol')}\n"
     # A real install, not a link back to this checkout.
-    located = subprocess.run(
-        [
-            str(staged / "bin" / "python"),
-            "-c",
-            "import virtvol.daemon; print(virtvol.daemon.__file__)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert located.stdout.startswith(str(staged / "lib")), located.stdout
+    located = _staged_python(staged, "-c", "import virtvol.daemon; print(virtvol.daemon.__file__)")
+    assert located.startswith(str(staged / "lib")), located
     # Without setuptools, whose start-up hook would run in every command (~0.5 ms).
-    hooks = subprocess.run(
-        [
-            str(staged / "bin" / "python"),
-            "-c",
-            "import sys; print('_distutils_hack' in sys.modules)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert hooks.stdout == "False\n"
+    hooked = _staged_python(staged, "-c", "import sys; print('_distutils_hack' in sys.modules)")
+    assert hooked == "False\n"
 
     units = destdir / "etc" / "systemd" / "system"
     service = (units / "virtvold.service").read_text()
