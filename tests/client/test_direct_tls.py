@@ -140,8 +140,8 @@ def test_a_frame_left_decrypted_in_the_tls_socket_is_read_without_a_wake_up(
     decrypted inside the TLS socket, where no poll of the raw socket sees it, and the
     peer sends nothing more until the client speaks. With one record taken per read
     (a tiny read round) nothing drains it by chance: the engine must look for such bytes
-    before it waits, or the download hangs. No keepalive: its PINGs' answers would wake
-    the poll and hide the hang."""
+    (after a read, and before it polls), or the download hangs; either look finds them
+    here. No keepalive: its PINGs' answers would wake the poll and hide the hang."""
     chunk = bytes(range(1, 256)) * (RECEIVE_BUFFER // 255 + 200)  # one large frame
     # Behind the reply, the data frame ends inside a record, with room there for the end.
     tail = (FRAME_OVERHEAD + FRAME_OVERHEAD + len(chunk)) % TLS_RECORD

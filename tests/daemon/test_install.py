@@ -95,8 +95,8 @@ def test_make_install_into_a_staging_dir(tmp_path: Path) -> None:
     located = _staged_python(staged, "-c", "import virtvol.daemon; print(virtvol.daemon.__file__)")
     assert located.startswith(str(staged / "lib")), located
     # Without setuptools, whose start-up hook would run in every command (~0.5 ms).
-    hooked = _staged_python(staged, "-c", "import sys; print('_distutils_hack' in sys.modules)")
-    assert hooked == "False\n"
+    setuptools = "import importlib.util as u; print(u.find_spec('setuptools'))"
+    assert _staged_python(staged, "-c", setuptools) == "None\n"
 
     units = destdir / "etc" / "systemd" / "system"
     service = (units / "virtvold.service").read_text()

@@ -131,8 +131,8 @@ def test_virtvol_command_round_trip_without_an_event_loop(
     )
     assert "asyncio imported: False status: 0" in up.stdout, up.stderr
     # Nor typing, nor libvirt's error numbers while no error came (~2-4 ms of a TLS
-    # command's start); re comes with the ssl module.
-    assert "typing, urllib.parse, re imported: [False, False, True]" in up.stdout
+    # command's start); re may come with the ssl module.
+    assert "typing, urllib.parse, re imported: [False, False, " in up.stdout
     assert "error numbers imported: False" in up.stdout
     volume = tls_daemon.daemon.pool_dir / "disk"
     assert_same_content(source, volume)
@@ -141,7 +141,7 @@ def test_virtvol_command_round_trip_without_an_event_loop(
         "-c", uri, "vol-download", "--pool", "default", "disk", str(out), "--sparse"
     )
     assert "asyncio imported: False status: 0" in down.stdout, down.stderr
-    assert "typing, urllib.parse, re imported: [False, False, True]" in down.stdout
+    assert "typing, urllib.parse, re imported: [False, False, " in down.stdout
     assert "error numbers imported: False" in down.stdout
     assert out.read_bytes() == source.read_bytes()
     assert allocated(out) <= allocated(source) + 64 * 1024
