@@ -29,7 +29,7 @@ import time
 from virtvol.client.errors import LibvirtError
 
 # libvirt's error numbers are read through the module when an error is made: importing
-# them (and typing) up front was ~2-4 ms of every TLS command's start.
+# them (and typing) up front was ~1.7 ms of every TLS command (docs/performance.md).
 from virtvol.protocol import errors as wire
 from virtvol.protocol.hints import TYPE_CHECKING
 from virtvol.protocol.record import Record

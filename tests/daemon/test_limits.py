@@ -627,9 +627,10 @@ async def test_streams_leave_descriptors_for_the_calls(tmp_path: Path) -> None:
 
 async def test_a_slow_reader_is_not_dropped(tmp_path: Path) -> None:
     # The reader takes 2.5 MB/s: 8 MiB of volume (and some 4 MB that the kernel's send
-    # buffer holds) leaves the transport's buffer non-empty for far longer than the
-    # 0.4 s allowed for taking nothing at all.
-    config = "keepalive_interval = 0.2\nkeepalive_count = 1\n"
+    # buffer holds) leaves the transport's buffer non-empty for ~5 s, far longer than the
+    # 1 s allowed for taking nothing at all. (A window much shorter than that would fail
+    # the test whenever this process stalls for it on a loaded machine.)
+    config = "keepalive_interval = 0.5\nkeepalive_count = 1\n"
     with running(daemon_with(tmp_path, config)) as daemon:
         _data_volume(daemon, 8 << 20)
         client = await honest_client(daemon)
@@ -643,7 +644,7 @@ async def test_a_slow_reader_is_not_dropped(tmp_path: Path) -> None:
         assert isinstance(reply, ReplyReceived), reply
         received = 0
         while received < 8 << 20:
-            data = await asyncio.wait_for(client.reader.read(256 << 10), 5)
+            data = await asyncio.wait_for(client.reader.read(256 << 10), 10)
             assert data, "the daemon dropped a client that was reading"
             received += len(data)
             await asyncio.sleep(0.1)

@@ -130,7 +130,7 @@ def test_virtvol_command_round_trip_without_an_event_loop(
         "-c", uri, "vol-upload", "--pool", "default", "disk", str(source), "--sparse"
     )
     assert "asyncio imported: False status: 0" in up.stdout, up.stderr
-    # Nor typing, nor libvirt's error numbers while no error came (~2-4 ms of a TLS
+    # Nor typing, nor libvirt's error numbers while no error came (~1.7 ms of a TLS
     # command's start); re may come with the ssl module.
     assert "typing, urllib.parse, re imported: [False, False, " in up.stdout
     assert "error numbers imported: False" in up.stdout
