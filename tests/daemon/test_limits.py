@@ -634,22 +634,26 @@ async def test_a_slow_reader_is_not_dropped(tmp_path: Path) -> None:
     with running(daemon_with(tmp_path, config)) as daemon:
         _data_volume(daemon, 8 << 20)
         client = await honest_client(daemon)
-        sock = client.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        pool = await _pool(client)
-        await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
-        vol = await client.volume("big.img")
-        args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
-        reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
-        assert isinstance(reply, ReplyReceived), reply
-        received = 0
-        while received < 8 << 20:
-            data = await asyncio.wait_for(client.reader.read(256 << 10), 10)
-            assert data, "the daemon dropped a client that was reading"
-            received += len(data)
-            await asyncio.sleep(0.1)
-        assert "read nothing" not in daemon.log_text()
-        await client.close()
+        try:
+            sock = client.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            pool = await _pool(client)
+            await client.call(Proc.STORAGE_POOL_REFRESH, r.PoolFlagsArgs(pool=pool, flags=0))
+            vol = await client.volume("big.img")
+            args = r.VolTransferArgs(vol=vol, offset=0, length=0, flags=0)
+            reply = await client.call(Proc.STORAGE_VOL_DOWNLOAD, args)
+            assert isinstance(reply, ReplyReceived), reply
+            received = 0
+            while received < 8 << 20:
+                data = await asyncio.wait_for(client.reader.read(256 << 10), 10)
+                assert data, "the daemon dropped a client that was reading"
+                received += len(data)
+                await asyncio.sleep(0.1)
+            assert "read nothing" not in daemon.log_text()
+        finally:
+            # Closed on a failure too: a socket left to the garbage collector warns in
+            # whatever test runs next on this worker, and fails that one as well.
+            await client.close()
 
 
 async def _download(client: RawClient, vol: r.StorageVol, *, abort_after: int | None) -> int:
