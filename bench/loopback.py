@@ -15,7 +15,7 @@ import tempfile
 import time
 from multiprocessing import Process
 
-from virtvol.client.connection import UNIX_SEND_BUFFER
+from virtvol.client.connection import widen_unix_send_buffer
 
 CHUNK = 1 << 20
 
@@ -51,7 +51,7 @@ def measure(total: int, transport: str = "tcp") -> float:
             family = listener.family
             with socket.socket(family, socket.SOCK_STREAM) as sender:
                 if family == socket.AF_UNIX:
-                    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
+                    widen_unix_send_buffer(sender)
                 sender.connect(listener.getsockname())
                 started = time.perf_counter()
                 sent = 0

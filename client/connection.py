@@ -78,6 +78,24 @@ def widen_unix_send_buffer(sock: _socket.socket) -> None:
     sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, UNIX_SEND_BUFFER)
 
 
+def set_no_delay(sock: _socket.socket) -> None:
+    """Set TCP_NODELAY on ``sock``, a connected TCP socket (a call is a small write that
+    waits for its answer); close ``sock`` if that fails."""
+    try:
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def resolver_name(target: Target) -> bytes:
+    """The host name as it goes to the resolver: bytes, as libvirt passes it. As text, it
+    would first be IDNA-encoded, and that codec's import (with re) is ~4 ms of a command
+    (and refuses names such as "a..b" before any lookup)."""
+    assert target.host is not None
+    return target.host.encode("utf-8", "surrogateescape")
+
+
 class Connection:
     """An open connection to a libvirt-compatible storage daemon.
 
@@ -379,14 +397,6 @@ async def _open_transport(target: Target) -> RpcProtocol:
             opened = await open_tls(sock, server_name, context, lambda: RpcProtocol(description))
             assert isinstance(opened, RpcProtocol)
             protocol = opened
-        if protocol.transport is not None:
-            try:
-                protocol.transport.get_extra_info("socket").setsockopt(
-                    _socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1
-                )
-            except OSError:
-                protocol.transport.abort()
-                raise
     except OSError as exc:
         raise connect_failure(target, exc) from exc
     return protocol
@@ -396,15 +406,12 @@ async def _addresses(
     loop: asyncio.AbstractEventLoop, target: Target
 ) -> list[tuple[int, int, int, tuple[Any, ...]]]:
     """The host's addresses in the resolver's order, as (family, type, proto, address).
-    The name goes to the resolver as it is written (bytes: no IDNA step, which refuses
-    names such as "a..b" before any lookup), as libvirt asks.
+    The name goes to the resolver as it is written (``resolver_name``).
 
     Raises:
         OSError: the resolver does not know the name.
     """
-    assert target.host is not None
-    host = target.host.encode("utf-8", "surrogateescape")
-    found = await loop.getaddrinfo(host, target.port, type=_socket.SOCK_STREAM)
+    found = await loop.getaddrinfo(resolver_name(target), target.port, type=_socket.SOCK_STREAM)
     return [(family, kind, proto, address) for family, kind, proto, _, address in found]
 
 
@@ -433,6 +440,7 @@ async def _connect_first(
             if sock is not None:
                 sock.close()
             raise
+        set_no_delay(sock)
         return sock, address
     if last_failure is None:  # pragma: no cover - the resolver raises gaierror instead
         raise OSError("the resolver gave no address")

@@ -51,6 +51,8 @@ from virtvol.client.connection import (
     connect_failure,
     handshake,
     open_target,
+    resolver_name,
+    set_no_delay,
     widen_unix_send_buffer,
 )
 from virtvol.client.errors import (
@@ -178,16 +180,12 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
             return _tls_socket(target, time_limit)
         if target.socket_path is None:
             assert target.port is not None
-            sock = _tcp_socket(_resolver_name(target), target.port, time_limit)
-        else:
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            return _tcp_socket(resolver_name(target), target.port, time_limit)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            if target.socket_path is None:
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            else:
-                widen_unix_send_buffer(sock)
-                sock.settimeout(time_limit)
-                sock.connect(target.socket_path)
+            widen_unix_send_buffer(sock)
+            sock.settimeout(time_limit)
+            sock.connect(target.socket_path)
         except BaseException:
             sock.close()
             raise
@@ -196,14 +194,6 @@ def _open_socket(target: Target, time_limit: float | None) -> _socket.socket:
         if isinstance(exc, TimeoutError) and exc.errno is None:
             raise  # the time limit ran out; the kernel's own ETIMEDOUT is a failure
         raise connect_failure(target, exc) from exc
-
-
-def _resolver_name(target: Target) -> bytes:
-    """The host name as it goes to the resolver: bytes, as libvirt passes it. As text, it
-    would first be IDNA-encoded, and that codec's import (with re) is ~4 ms of a command
-    (and refuses names such as "a..b" before any lookup)."""
-    assert target.host is not None
-    return target.host.encode("utf-8", "surrogateescape")
 
 
 def _tls_socket(target: Target, time_limit: float | None) -> _socket.socket:
@@ -218,11 +208,10 @@ def _tls_socket(target: Target, time_limit: float | None) -> _socket.socket:
     context = client_context(locate_credentials(target.pkipath), verify=target.tls_verify)
     deadline = None if time_limit is None else time.monotonic() + time_limit
     # The name is looked up before it is judged, as the library does.
-    addresses = _addresses(_resolver_name(target), target.port)
+    addresses = _addresses(resolver_name(target), target.port)
     name_refused = tls_name_refused(target, context)
     sock = _connect_first(addresses, time_limit)
     try:
-        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         server_name = str(sock.getpeername()[0]) if name_refused else target.host
     except BaseException:
         sock.close()
@@ -267,6 +256,7 @@ def _connect_first(addresses: list[_Address], time_limit: float | None) -> _sock
             if sock is not None:
                 sock.close()
             raise
+        set_no_delay(sock)
         return sock
     if last_failure is None:  # pragma: no cover - the resolver raises gaierror instead
         raise OSError("the resolver gave no address")
