@@ -131,8 +131,15 @@ class VolumeDir:
         that stopped answering, and only the call looking at it should wait. Stopping the
         pool meanwhile leaves the view's descriptor valid. Close it after use (``with``).
         It knows the directory's running uploads, so its ``remove_stale_temps`` leaves
-        their temporaries alone."""
-        return VolumeDir(self.path, os.dup(self.fd), self._temps)
+        their temporaries alone.
+
+        The view's descriptor is opened anew, not duplicated: a duplicate shares the
+        directory's read position, and ``os.scandir`` reads from that position and rewinds
+        it when done, so a scan of the view (a refresh's look for leftovers) and one of
+        the directory (a listing under the lock) at the same time would each find some
+        entries, none or some twice."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        return VolumeDir(self.path, fd, self._temps)
 
     def __enter__(self) -> VolumeDir:
         return self

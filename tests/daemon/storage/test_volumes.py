@@ -19,6 +19,7 @@ from tests.daemon.storage.conftest import (
     fails,
 )
 from virtvol.daemon.storage import VolumeInfo, VolumeRef, VolumeType
+from virtvol.daemon.storage.volumes import VolumeDir
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse import files as sparse_files
 
@@ -330,6 +331,24 @@ def test_lookups_and_lists(setup: PoolSetup) -> None:
     for call in (registry.volume_info, registry.volume_xml, registry.volume_path):
         with fails(ErrorCode.NO_STORAGE_VOL, NO_VOL + "name 'gone'"):
             call(stale)
+
+
+def test_a_view_reads_the_directory_at_a_position_of_its_own(tmp_path: Path) -> None:
+    """A scan of a view (a refresh's look for leftovers, outside the registry's lock)
+    under way while the directory itself is listed: the listing finds every volume, and
+    the scan every entry."""
+    names = [f"vol{index:02}" for index in range(40)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    volumes = VolumeDir(str(tmp_path), os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        with volumes.view() as view, os.scandir(view.fd) as scan:
+            first = next(scan)
+            assert volumes.names() == names
+            assert sorted([first.name, *(entry.name for entry in scan)]) == names
+        assert volumes.names() == names
+    finally:
+        volumes.close()
 
 
 def test_symlinks_and_other_files_are_not_volumes(setup: PoolSetup, tmp_path: Path) -> None:
