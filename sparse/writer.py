@@ -99,6 +99,7 @@ class SparseWriter:
             reserved, as libvirtd's in-place write leaves it). 0: no reservation.
         """
         self._fd = fd
+        self._start = offset
         self._pos = offset
         self._limit = offset + length if length else None
         self._size = os.fstat(fd).st_size
@@ -252,16 +253,19 @@ class SparseWriter:
     def finish(self) -> None:
         """Extend the file over a trailing hole and, with ``sync``, flush it to disk.
 
+        A stream that covered nothing extends nothing, even one that starts past the
+        file's end: its offset alone is no byte of the file (libvirtd leaves it too).
+
         Raises:
             OSError: the flush or the truncate failed.
         """
         # Only ever extend: another writer of the file (another daemon serving the same
         # directory) may have grown it past the stream's end meanwhile.
-        if self._pos > self._size:
+        if self._pos > self._size and self._pos > self._start:
             self._size = max(self._size, os.fstat(self._fd).st_size)
-        if self._pos > self._size:
-            os.ftruncate(self._fd, self._pos)
-            self._size = self._pos
+            if self._pos > self._size:
+                os.ftruncate(self._fd, self._pos)
+                self._size = self._pos
         if self._sync:
             os.fdatasync(self._fd)
 

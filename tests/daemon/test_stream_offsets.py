@@ -55,6 +55,23 @@ async def test_an_offset_past_the_largest_file_offset_is_refused_at_open(
         assert info.capacity == 1 << 20
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+async def test_an_empty_upload_past_the_end_leaves_the_volume_as_it_was(
+    daemon: tuple[str, Path], sparse: bool
+) -> None:
+    """An upload that sends nothing, opened past the volume's end, grows it no more than
+    libvirtd's does: a stream that covered no byte leaves the size alone."""
+    uri, pool_dir = daemon
+    async with virtvol.client.connect(uri) as conn:
+        pool = await conn.lookup_pool_by_name(POOL_NAME)
+        volume = await pool.lookup_volume("v")
+        async with volume.upload(offset=1 << 30, sparse=sparse):
+            pass
+        info = await volume.info(timeout=30)
+    assert info.capacity == 1 << 20
+    assert (pool_dir / "v").stat().st_size == 1 << 20
+
+
 def test_an_offset_the_wire_cannot_carry_is_a_clear_error(
     daemon: tuple[str, Path], tmp_path: Path
 ) -> None:
