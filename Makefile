@@ -16,9 +16,9 @@ PORT ?= 16509
 
 # The real libvirt 9.0 peers of the interop tests (Debian packages).
 PEER_PACKAGES := libvirt-clients libvirt-daemon python3-libvirt tshark libvirt-wireshark systemd procps \
-	ceph-mon ceph-osd ceph-common python3-rbd python3-rados xfsprogs
+	ceph-mon ceph-osd ceph-common python3-rbd python3-rados xfsprogs btrfs-progs
 PEER_TOOLS := virsh libvirtd tshark systemd-analyze systemd-socket-activate \
-	ceph-mon ceph-osd ceph rbd monmaptool ceph-authtool mkfs.xfs
+	ceph-mon ceph-osd ceph rbd monmaptool ceph-authtool mkfs.xfs mkfs.btrfs
 # Ceph's Python binding (rbd pools) exists only as Debian's python3-rbd / python3-rados,
 # built for the system's CPython; setup links just those modules into the venv.
 CEPH_MODULES := rados rbd

@@ -25,16 +25,21 @@ __all__ = [
     "FS_APPEND_FL",
     "FS_IOC_GETFLAGS",
     "FS_IOC_SETFLAGS",
+    "FS_NOCOW_FL",
+    "KEPT_INODE_FLAGS",
     "AttributeNotKept",
+    "FlagsNotKept",
     "access_acl",
     "allocate",
     "copy_extended_attributes",
+    "copy_inode_flags",
     "copy_sparse",
     "inode_flags",
     "punch_hole",
     "pwrite_all",
     "pwritev_all",
     "set_access_acl",
+    "set_inode_flags",
     "start_writeback",
     "wait_writeback",
     "write_zeros",
@@ -56,6 +61,29 @@ _NOT_COPIED = frozenset({_ACCESS_ACL, "system.posix_acl_default", "security.capa
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_APPEND_FL = 0x00000020
+# btrfs's switch for copy on write (libvirt's ``<nocow/>``); other file systems have none.
+FS_NOCOW_FL = 0x00800000
+# The flags a replacement takes from the file it replaces, each with ``chattr``'s letter:
+# what its owner chose for the file's contents and how they are kept. Not immutable (i)
+# nor append-only (a), which would refuse the replacement its writes and its rename (a
+# file with either is not replaced); not what the file system sets itself (extents,
+# inline data, encryption, verity) nor what only folders take.
+_KEPT_FLAG_LETTERS = {
+    0x00000001: "s",  # secure deletion
+    0x00000002: "u",  # undeletable
+    0x00000004: "c",  # compressed
+    0x00000008: "S",  # synchronous writes
+    0x00000040: "d",  # no dump
+    0x00000080: "A",  # no access times
+    0x00000400: "m",  # not compressed
+    0x00004000: "j",  # data journaled
+    0x00008000: "t",  # no tail merging
+    FS_NOCOW_FL: "C",  # no copy on write (btrfs takes it while the file is empty)
+    0x02000000: "x",  # direct access
+}
+KEPT_INODE_FLAGS = sum(_KEPT_FLAG_LETTERS)
+# What an attribute-flag ioctl fails with on a file system that keeps none.
+_NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOSYS)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -291,6 +319,53 @@ def inode_flags(fd: int) -> int:
     return flags[0]
 
 
+def set_inode_flags(fd: int, flags: int) -> None:
+    """Set the attribute flags (``FS_IOC_SETFLAGS``) of the file or folder open as ``fd``
+    to ``flags`` (all of them: read them first with ``inode_flags``)."""
+    import array  # the few callers pay for these imports, not every command
+    import fcntl
+
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, array.array("i", [flags]), False)  # the kernel reads an int
+
+
+def copy_inode_flags(source: int, fd: int, *, filename: str | None = None) -> None:
+    """Give the file open as ``fd`` the ``KEPT_INODE_FLAGS`` of the file open as
+    ``source``, exactly: one ``fd`` has that ``source`` lacks (``C`` from its folder) is
+    taken off too. A file system that keeps no flags leaves both as they are.
+    ``filename``: ``source``'s name, for the error.
+
+    All or nothing, as ``copy_extended_attributes`` is and for its reasons: libvirtd and
+    virsh write a file in place, so it keeps its flags, and a replacement without them is
+    a different file (``S`` makes every write synchronous, ``C`` keeps a VM's disk from
+    fragmenting on btrfs). Give them while the new file is still empty (btrfs takes ``C``
+    only then) and its creator's (only the owner, or CAP_FOWNER, may set flags).
+
+    Raises:
+        FlagsNotKept: the file system or this process's privileges refused the flags
+            (``j`` takes CAP_SYS_RESOURCE).
+        OSError: ``source``'s flags could not be read.
+    """
+    try:
+        held = inode_flags(fd)
+        wanted = (held & ~KEPT_INODE_FLAGS) | (inode_flags(source) & KEPT_INODE_FLAGS)
+    except OSError as exc:
+        if exc.errno in _NO_FLAGS:
+            return
+        raise
+    if wanted == held:
+        return
+    try:
+        set_inode_flags(fd, wanted)
+    except OSError as exc:
+        changed = held ^ wanted
+        letters = "".join(
+            ("+" if bit & wanted else "-") + letter
+            for bit, letter in _KEPT_FLAG_LETTERS.items()
+            if bit & changed
+        )
+        raise FlagsNotKept(letters, exc, filename) from None
+
+
 def access_acl(file: int | str) -> bytes | None:
     """The POSIX access ACL of a file (a descriptor, or a path, followed if a symbolic
     link) as the kernel stores it; None when it has none."""
@@ -326,6 +401,19 @@ class AttributeNotKept(OSError):
 
     def __str__(self) -> str:
         return f"cannot keep extended attribute '{self.attribute}': {self.strerror}"
+
+
+class FlagsNotKept(OSError):
+    """Attribute flags a file's replacement could not be given: ``letters`` says which,
+    as ``chattr`` writes them (``+S-C``), ``errno`` and ``strerror`` say why
+    (``filename``: the file, where known)."""
+
+    def __init__(self, letters: str, cause: OSError, filename: str | None = None) -> None:
+        super().__init__(cause.errno, cause.strerror, filename)
+        self.letters = letters
+
+    def __str__(self) -> str:
+        return f"cannot keep attribute flags '{self.letters}': {self.strerror}"
 
 
 def copy_extended_attributes(

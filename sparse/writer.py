@@ -277,8 +277,9 @@ class AtomicFile:
     temporary. ``fd`` is open for writing until ``commit`` or ``abort``.
 
     A temporary that will replace an existing file takes that file's permissions, its
-    access ACL, its extended attributes (``files.copy_extended_attributes``: one that cannot
-    be given refuses the replacement) and, where this process may give it away, its owner
+    access ACL, its extended attributes and its attribute flags
+    (``files.copy_extended_attributes``, ``files.copy_inode_flags``: one that cannot be
+    given refuses the replacement) and, where this process may give it away, its owner
     and group: the file named stays as its owner made it, as when it is written in place.
     """
 
@@ -321,14 +322,33 @@ class AtomicFile:
                 raise
 
     def _take_metadata(self, existing: os.stat_result) -> None:
-        """Give the temporary the target's extended attributes, owner, mode and ACL."""
+        """Give the temporary the target's extended attributes, attribute flags, owner,
+        mode and ACL."""
         # Before the mode is taken: a read-only file's attributes could not be given
         # once the temporary is read-only too (unless root).
         self._given = files.copy_extended_attributes(self.target, self.fd, given=self._given)
+        # Before the owner is: only a file's owner may set its flags (or CAP_FOWNER).
+        self._take_flags()
         take_over(self.fd, existing)
         # Exactly the replaced file's ACL: without it the group bits, which show the
         # ACL's mask, would let the owning group in.
         files.set_access_acl(self.fd, files.access_acl(self.target))
+
+    def _take_flags(self) -> None:
+        """Give the temporary the target's attribute flags (``files.copy_inode_flags``):
+        the first time while it is still empty, as btrfs takes ``C`` only then."""
+        try:
+            source = _open_to_look(self._name, self._folder)
+        except OSError as exc:
+            raise _named(exc, self.target) from None
+        try:
+            files.copy_inode_flags(source, self.fd, filename=self.target)
+        except files.FlagsNotKept:
+            raise
+        except OSError as exc:
+            raise _named(exc, self.target) from None
+        finally:
+            os.close(source)
 
     @property
     def replaces(self) -> bool:
@@ -470,6 +490,17 @@ def _give(fd: int, uid: int, gid: int) -> bool:
 
 # Plain ``try`` statements here, not ``contextlib.suppress``: importing contextlib is
 # ~0.4 ms of every download's start (docs/performance.md).
+def _open_to_look(name: str, folder: int) -> int:
+    """``name`` in ``folder`` open for reading, or for writing where it may not be read:
+    its attribute flags are read through a descriptor that does either (virsh, which
+    writes the file in place, needs to write it)."""
+    flags = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        return os.open(name, os.O_RDONLY | flags, dir_fd=folder)
+    except PermissionError:
+        return os.open(name, os.O_WRONLY | flags, dir_fd=folder)
+
+
 def _hold(name: str, folder: int) -> int:
     """An ``O_PATH`` descriptor of ``name`` in ``folder``; -1 where there is none."""
     try:

@@ -4,9 +4,7 @@ has a switch for it (the inode's NOCOW flag); anywhere else asking for either st
 
 from __future__ import annotations
 
-import array
 import errno
-import fcntl
 import os
 
 from virtvol.sparse import files, libc
@@ -14,7 +12,6 @@ from virtvol.sparse import files, libc
 from .reports import system_error
 
 _BTRFS_SUPER_MAGIC = 0x9123683E
-_FS_NOCOW_FL = 0x00800000
 
 
 def _file_system_type(fd: int) -> int:
@@ -43,11 +40,10 @@ def set_copy_on_write(fd: int, path: str, enabled: bool) -> None:
         held = files.inode_flags(fd)
     except OSError as exc:
         raise system_error(f"unable query COW flag on '{path}'", exc) from None
-    wanted = held & ~_FS_NOCOW_FL if enabled else held | _FS_NOCOW_FL
+    wanted = held & ~files.FS_NOCOW_FL if enabled else held | files.FS_NOCOW_FL
     if wanted == held:
         return
-    flags = array.array("i", [wanted])  # the kernel reads an int
     try:
-        fcntl.ioctl(fd, files.FS_IOC_SETFLAGS, flags, False)
+        files.set_inode_flags(fd, wanted)
     except OSError as exc:
         raise system_error(f"unable control COW flag on '{path}'", exc) from None

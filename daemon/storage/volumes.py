@@ -644,9 +644,10 @@ class VolumeDir:
         bit: those were given to the old content), its owner and group where
         permitted (``take_over``), exactly its access ACL (an in-place write
         keeps the ACL; without it the group bits, which show the ACL's mask, would
-        let the owning group in) and its extended attributes, an SELinux label among
-        them (an attribute that cannot be given refuses the upload); its name starts
-        with the reserved prefix, so listings never show it. It stays locked
+        let the owning group in), its extended attributes, an SELinux label among
+        them, and its attribute flags (``chattr``'s: synchronous writes, no copy on
+        write...): an attribute or a flag that cannot be given refuses the upload. Its
+        name starts with the reserved prefix, so listings never show it. It stays locked
         (``flock``) until ``replace`` or ``remove_temp``: another daemon serving the
         directory must not take it for a crash's leftover (``remove_stale_temps``).
         """
@@ -671,6 +672,7 @@ class VolumeDir:
                 # Before the mode is taken: an unprivileged daemon may not set a
                 # ``user.*`` attribute on a read-only file, even one it created.
                 given = self._copy_extended_attributes(like, fd)
+                self._copy_inode_flags(like, fd)  # while it is empty: btrfs takes C only so
                 take_over(fd, st)
                 self._set_access_acl(name, fd, acl)
                 self._temps[name] = os.dup(fd)  # keeps the lock once the writer closes fd
@@ -706,6 +708,24 @@ class VolumeDir:
         except OSError as exc:
             path = self.volume_path(name)
             raise system_error(f"cannot read the ACL of '{path}'", exc) from None
+
+    def _copy_inode_flags(self, name: str, fd: int) -> None:
+        """Give the temporary ``fd`` volume ``name``'s attribute flags (``chattr``'s), or
+        refuse the upload (``sparse_files.copy_inode_flags`` says why all or nothing)."""
+        path = self.volume_path(name)
+        try:
+            volume = self._open_reading_or_writing(name)
+        except OSError as exc:
+            raise system_error(f"cannot read the attribute flags of '{path}'", exc) from None
+        try:
+            sparse_files.copy_inode_flags(volume, fd)
+        except sparse_files.FlagsNotKept as exc:
+            what = f"cannot keep attribute flags '{exc.letters}' of '{path}'"
+            raise system_error(what, exc) from None
+        except OSError as exc:
+            raise system_error(f"cannot read the attribute flags of '{path}'", exc) from None
+        finally:
+            os.close(volume)
 
     def _copy_extended_attributes(
         self, name: str, fd: int, given: set[str] | None = None
@@ -876,6 +896,7 @@ class VolumeDir:
         # set a ``user.*`` attribute on a file whose mode does not let it write.
         os.fchmod(fd, VOLUME_MODE)
         self._copy_extended_attributes(name, fd, given)
+        self._copy_inode_flags(name, fd)
         take_over(fd, st)
         self._set_access_acl(name, fd, self._access_acl(name))
 

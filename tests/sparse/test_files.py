@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -236,3 +237,64 @@ def test_copy_sparse_in_steps_from_an_offset(make_file: MakeFile) -> None:
     assert stops == [4 * B, 12 * B, 61 * B, 64 * B]
     assert os.pread(dst, 64 * B, 0) == bytes(2 * B) + os.pread(src, 62 * B, 2 * B)
     assert os.fstat(dst).st_blocks * 512 == 6 * B
+
+
+# ``chattr``'s S, d and A: synchronous writes, no dump, no access times.
+SYNC, NODUMP, NOATIME = 0x08, 0x40, 0x80
+
+
+def _flags(fd: int) -> int:
+    return sparsefile.inode_flags(fd) & sparsefile.KEPT_INODE_FLAGS
+
+
+def test_a_copy_of_the_flags_gives_the_sources_and_takes_off_the_others(
+    make_file: MakeFile,
+) -> None:
+    source, copy = make_file(0, []), make_file(0, [])
+    sparsefile.set_inode_flags(source, sparsefile.inode_flags(source) | SYNC | NOATIME)
+    sparsefile.set_inode_flags(copy, sparsefile.inode_flags(copy) | NODUMP)
+    sparsefile.copy_inode_flags(source, copy)
+    assert _flags(copy) == _flags(source) == SYNC | NOATIME
+
+
+def test_a_file_without_flags_has_none_to_give() -> None:
+    """A pipe has no attribute flags (ENOTTY): the copy leaves both as they are."""
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(OSError, match="Inappropriate ioctl") as no_flags:
+            sparsefile.inode_flags(read_end)
+        assert no_flags.value.errno == errno.ENOTTY
+        sparsefile.copy_inode_flags(read_end, write_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs: it keeps few attribute flags (d and A, not S)."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a file system takes root", pytrace=False)
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_flags_the_file_system_refuses_refuse_the_copy(make_file: MakeFile, tmpfs: Path) -> None:
+    source = make_file(0, [])
+    sparsefile.set_inode_flags(source, sparsefile.inode_flags(source) | SYNC | NODUMP)
+    copy = os.open(tmpfs / "copy", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(sparsefile.FlagsNotKept) as refused:
+            sparsefile.copy_inode_flags(source, copy, filename="/the/source")
+        assert refused.value.letters == "+S+d"
+        assert refused.value.errno == errno.EOPNOTSUPP
+        assert refused.value.filename == "/the/source"
+        assert str(refused.value) == "cannot keep attribute flags '+S+d': Operation not supported"
+        assert _flags(copy) == 0
+    finally:
+        os.close(copy)
