@@ -82,8 +82,9 @@ _KEPT_FLAG_LETTERS = {
     0x02000000: "x",  # direct access
 }
 KEPT_INODE_FLAGS = sum(_KEPT_FLAG_LETTERS)
-# What an attribute-flag ioctl fails with on a file system that keeps none.
-_NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOSYS)
+# What reading attribute flags fails with on a file system that keeps none: FUSE passes
+# the ioctl to its server, and some (ntfs-3g) answer a command they do not know EINVAL.
+_NO_FLAGS = (errno.ENOTTY, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02

@@ -488,8 +488,6 @@ def _give(fd: int, uid: int, gid: int) -> bool:
     return True
 
 
-# Plain ``try`` statements here, not ``contextlib.suppress``: importing contextlib is
-# ~0.4 ms of every download's start (docs/performance.md).
 def _open_to_look(name: str, folder: int) -> int:
     """``name`` in ``folder`` open for reading, or for writing where it may not be read:
     its attribute flags are read through a descriptor that does either (virsh, which
@@ -501,6 +499,8 @@ def _open_to_look(name: str, folder: int) -> int:
         return os.open(name, os.O_WRONLY | flags, dir_fd=folder)
 
 
+# Plain ``try`` statements here, not ``contextlib.suppress``: importing contextlib is
+# ~0.4 ms of every download's start (docs/performance.md).
 def _hold(name: str, folder: int) -> int:
     """An ``O_PATH`` descriptor of ``name`` in ``folder``; -1 where there is none."""
     try:

@@ -79,9 +79,22 @@ _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 class VolumeDir:
     """The files of an active pool; ``fd`` is the open pool directory."""
 
-    def __init__(self, path: str, fd: int, temps: dict[str, int | None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        temps: dict[str, int | None] | None = None,
+        *,
+        scanning: threading.Lock | None = None,
+    ) -> None:
         self.path = path
         self.fd = fd
+        # Held while the directory's entries are read through ``fd`` (``names``,
+        # ``remove_stale_temps``). A view's ``fd`` is a duplicate, which shares the
+        # directory's read position with the one it was made from, and ``os.scandir``
+        # reads from that position and rewinds it when done: two scans at once would each
+        # find some entries, none or some twice. So a view shares its directory's lock.
+        self._scanning = threading.Lock() if scanning is None else scanning
         # The upload temporaries made here and not yet replaced or removed, each with a
         # descriptor of its own that holds its lock, None while it is being made (see
         # ``create_upload_temp``); a view shares its directory's (``view``).
@@ -131,15 +144,9 @@ class VolumeDir:
         that stopped answering, and only the call looking at it should wait. Stopping the
         pool meanwhile leaves the view's descriptor valid. Close it after use (``with``).
         It knows the directory's running uploads, so its ``remove_stale_temps`` leaves
-        their temporaries alone.
-
-        The view's descriptor is opened anew, not duplicated: a duplicate shares the
-        directory's read position, and ``os.scandir`` reads from that position and rewinds
-        it when done, so a scan of the view (a refresh's look for leftovers) and one of
-        the directory (a listing under the lock) at the same time would each find some
-        entries, none or some twice."""
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
-        return VolumeDir(self.path, fd, self._temps)
+        their temporaries alone, and its scans take turns with the directory's
+        (``_scanning``)."""
+        return VolumeDir(self.path, os.dup(self.fd), self._temps, scanning=self._scanning)
 
     def __enter__(self) -> VolumeDir:
         return self
@@ -202,7 +209,7 @@ class VolumeDir:
         """Volume names in sorted order: regular files and sub-directories; symlinks,
         other kinds of file and upload temporaries are not volumes."""
         found = []
-        with os.scandir(self.fd) as entries:
+        with self._scanning, os.scandir(self.fd) as entries:
             for entry in entries:
                 if is_volume_name(entry.name) and (
                     entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
@@ -925,7 +932,7 @@ class VolumeDir:
         nor those another process holds locked (another daemon's running uploads), nor
         those whose lock cannot be looked at. One that cannot be removed is logged and
         kept: a leftover costs space, not the pool."""
-        with os.scandir(self.fd) as entries:
+        with self._scanning, os.scandir(self.fd) as entries:
             candidates = [
                 entry.name
                 for entry in entries

@@ -19,6 +19,8 @@ from tests.daemon.storage.conftest import (
     fails,
 )
 from virtvol.daemon.storage import VolumeInfo, VolumeRef, VolumeType
+from virtvol.daemon.storage import names as names_module
+from virtvol.daemon.storage import volumes as volumes_module
 from virtvol.daemon.storage.volumes import VolumeDir
 from virtvol.protocol.errors import ErrorCode, ErrorDomain
 from virtvol.sparse import files as sparse_files
@@ -333,20 +335,40 @@ def test_lookups_and_lists(setup: PoolSetup) -> None:
             call(stale)
 
 
-def test_a_view_reads_the_directory_at_a_position_of_its_own(tmp_path: Path) -> None:
-    """A scan of a view (a refresh's look for leftovers, outside the registry's lock)
-    under way while the directory itself is listed: the listing finds every volume, and
-    the scan every entry."""
+def test_a_listing_and_a_look_for_leftovers_through_a_view_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh looks for leftovers through a view, outside the registry's lock, while a
+    listing reads the directory under it. A view's descriptor is a duplicate, which shares
+    the directory's read position: the look started in the middle of the listing must
+    wait for it, and then find the leftover, as the listing finds every volume."""
     names = [f"vol{index:02}" for index in range(40)]
     for name in names:
         (tmp_path / name).write_bytes(b"")
+    leftover = tmp_path / ".virtvol-upload-0123456789abcdef"
+    leftover.write_bytes(b"left by a crash")
     volumes = VolumeDir(str(tmp_path), os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    looks: list[threading.Thread] = []
+
+    def look_for_leftovers_at_the_first_entry(name: str) -> bool:
+        if not looks:
+            view = volumes.view()
+
+            def look() -> None:
+                with view:
+                    view.remove_stale_temps()
+
+            looks.append(threading.Thread(target=look))
+            looks[0].start()
+            looks[0].join(0.5)  # as long as it needs, unless it waits for the listing
+        return names_module.is_volume_name(name)
+
+    monkeypatch.setattr(volumes_module, "is_volume_name", look_for_leftovers_at_the_first_entry)
     try:
-        with volumes.view() as view, os.scandir(view.fd) as scan:
-            first = next(scan)
-            assert volumes.names() == names
-            assert sorted([first.name, *(entry.name for entry in scan)]) == names
         assert volumes.names() == names
+        looks[0].join(10)
+        assert not looks[0].is_alive()
+        assert not leftover.exists()
     finally:
         volumes.close()
 
