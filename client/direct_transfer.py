@@ -48,6 +48,7 @@ from virtvol.client.transfer_base import (
     SOURCE_WAIT_STEP,
     TransferResult,
     at_stage,
+    check_stream_arguments,
     negotiate_stream,
     past_length,
     piece_runs,
@@ -107,8 +108,7 @@ class _Stream:
         length: int,
         on_data: Callable[[DirectStreamEvent], None] | None = None,
     ) -> None:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        check_stream_arguments(volume, offset, length, None)
         self.rpc = rpc
         self.volume = volume
         self.procedure = procedure
@@ -377,6 +377,7 @@ async def download_file(
 
     rpc = _engine(volume)
     started = time.monotonic()
+    check_stream_arguments(volume, offset, length, sparse)  # before the file is touched
     # A FIFO's reader is waited for in steps: Ctrl-C still ends the wait. The connection
     # keeps the peer's keepalive satisfied meanwhile (reading), and while the reader
     # stalls (nothing is read then: unasked PONGs).

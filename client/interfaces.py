@@ -27,6 +27,9 @@ class CallEngine(Protocol):
     event loop's ``rpc.RpcProtocol``, or the command line's blocking
     ``direct.DirectRpc``, whose coroutines finish without ever suspending."""
 
+    # Who the calls go to, as errors name it ("the daemon at URI").
+    description: str
+
     @property
     def failure(self) -> TransportError | None: ...
 

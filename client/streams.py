@@ -29,6 +29,7 @@ from virtvol.client.transfer_base import (
     ABORT_WAIT_INTERRUPTED,
     FRAME_DATA_MAX,
     at_stage,
+    check_stream_arguments,
     negotiate_stream,
     past_length,
 )
@@ -89,8 +90,7 @@ class _StreamBase:
     def __init__(
         self, volume: StorageVolume, *, offset: int, length: int, sparse: bool | None
     ) -> None:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
+        check_stream_arguments(volume, offset, length, sparse)
         self.volume = volume
         self.offset = offset
         self.length = length

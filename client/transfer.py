@@ -39,6 +39,7 @@ from virtvol.client.transfer_base import (
     SOURCE_WAIT_STEP,
     Progress,
     TransferResult,
+    check_stream_arguments,
     piece_runs,
 )
 from virtvol.sparse.reader import BufferPool, SparseReader, StreamReader, open_source, source_reader
@@ -382,6 +383,7 @@ async def download_file(
     """
     started = time.monotonic()
     loop = asyncio.get_running_loop()
+    check_stream_arguments(volume, offset, length, sparse)  # before the file is touched
     output = await _open_output(path, detect_zeroes)
     writer = output.writer
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="virtvol-write")

@@ -28,7 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from virtvol.client.errors import InvalidArgument, LibvirtError, SparseUnsupported, StreamError
+from virtvol.client.errors import (
+    InvalidArgument,
+    LibvirtError,
+    SparseUnsupported,
+    StreamError,
+    core_errors,
+)
 from virtvol.client.log import log
 from virtvol.protocol import procedures
 from virtvol.protocol import remote as r
@@ -49,6 +55,7 @@ __all__ = [
     "Progress",
     "TransferResult",
     "at_stage",
+    "check_stream_arguments",
     "negotiate_stream",
     "past_length",
     "piece_runs",
@@ -108,6 +115,40 @@ def _is_sparse_refusal(exc: InvalidArgument) -> bool:
     return "unsupported flags (0x1)" in exc.message
 
 
+def check_stream_arguments(
+    volume: VolumeLike, offset: int, length: int, requested: bool | None
+) -> None:
+    """Refuse what a stream's opening would refuse before it sends anything: a negative
+    offset or length, one the wire cannot carry, sparse required where the connection
+    cannot have it. A download checks this before it touches its destination, which it
+    may truncate (a file written in place): a mistake in the arguments must cost no file.
+
+    Raises:
+        ValueError: a negative offset or length.
+        UnsendableValue: an offset or length past what the wire carries (2**64 - 1).
+        SparseUnsupported: ``requested`` is True on a ``protocol="legacy"`` connection.
+    """
+    if offset < 0 or length < 0:
+        raise ValueError("offset and length must not be negative")
+    with core_errors(volume.connection._rpc.description):
+        r.VolTransferArgs(volume.wire, offset, length, 0).encode()
+    if requested is True and volume.connection.protocol == "legacy":
+        raise _no_sparse_when_legacy()
+
+
+def _no_sparse_when_legacy() -> SparseUnsupported:
+    # Imported here, not with the module: every transfer would pay for making libvirt's
+    # error numbers (~0.5 ms), which only this refusal names.
+    from virtvol.protocol.error_codes import ErrorCode, ErrorDomain
+
+    return SparseUnsupported(
+        ErrorCode.NO_SUPPORT,
+        ErrorDomain.STREAMS,
+        "sparse streams are not available with protocol='legacy'",
+        stage="open",
+    )
+
+
 async def negotiate_stream(
     volume: VolumeLike,
     requested: bool | None,
@@ -128,16 +169,7 @@ async def negotiate_stream(
     """
     legacy = volume.connection.protocol == "legacy"
     if requested is True and legacy:
-        # Imported here, not with the module: every transfer would pay for making libvirt's
-        # error numbers (~0.5 ms), which only this refusal names.
-        from virtvol.protocol.error_codes import ErrorCode, ErrorDomain
-
-        raise SparseUnsupported(
-            ErrorCode.NO_SUPPORT,
-            ErrorDomain.STREAMS,
-            "sparse streams are not available with protocol='legacy'",
-            stage="open",
-        )
+        raise _no_sparse_when_legacy()
     ask = requested is not False and not legacy
     if ask and requested is None and direction == "upload":
         ask = await _skips_leave_zeros(volume)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     from virtvol.client import Connection
+    from virtvol.protocol.constants import ProtocolMode
 
     T = TypeVar("T")
 
@@ -33,6 +34,7 @@ def on_engine(
     work: Callable[[Connection], Awaitable[T]],
     *,
     keepalive: tuple[float, int] | None = (5, 5),
+    protocol: ProtocolMode = "current",
 ) -> T:
     """``work`` on a connection to ``uri`` made by ``engine`` (one of ``ENGINES``), which
     is closed after it, whatever the outcome."""
@@ -44,10 +46,11 @@ def on_engine(
             await conn.close()
 
     if engine == "direct":
-        return run_blocking(closing(run_blocking(open_direct(uri, keepalive=keepalive))))
+        opening = open_direct(uri, keepalive=keepalive, protocol=protocol)
+        return run_blocking(closing(run_blocking(opening)))
 
     async def on_a_loop() -> T:
-        return await closing(await connect(uri, keepalive=keepalive))
+        return await closing(await connect(uri, keepalive=keepalive, protocol=protocol))
 
     return asyncio.run(on_a_loop())
 

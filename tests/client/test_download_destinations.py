@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -28,7 +28,7 @@ from tests.client.test_cli import _serve_the_volume
 from tests.client.test_direct_faults import send_whole_download
 from tests.conftest import NOBODY
 from virtvol.client import download_output
-from virtvol.client.errors import StreamError
+from virtvol.client.errors import SparseUnsupported, StreamError, UnsendableValue
 from virtvol.client.objects import StorageVolume
 from virtvol.protocol.connection import CallReceived, StreamAbortReceived
 from virtvol.protocol.procedures import Proc
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from virtvol.client.connection import Connection
     from virtvol.client.transfer_base import Progress, TransferResult
+    from virtvol.protocol.constants import ProtocolMode
 
 CHUNK = bytes(range(1, 256)) * 16
 FRAMES = 3
@@ -566,6 +567,44 @@ def test_a_download_into_an_append_only_folder_is_written_in_place(
         assert os.listdir(work) == ["copy.img"]
     if before is not None:
         assert target.stat().st_ino == before.st_ino
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("arguments", "protocol", "refusal"),
+    [
+        ({"offset": -1}, "current", ValueError),
+        ({"length": -1}, "current", ValueError),
+        ({"offset": 1 << 64}, "current", UnsendableValue),
+        ({"length": 1 << 64}, "current", UnsendableValue),
+        ({"sparse": True}, "legacy", SparseUnsupported),
+    ],
+    ids=["negative-offset", "negative-length", "offset-2**64", "length-2**64", "legacy-sparse"],
+)
+def test_arguments_a_download_refuses_cost_no_file_written_in_place(
+    tmp_path: Path,
+    engine: str,
+    arguments: dict[str, Any],
+    protocol: ProtocolMode,
+    refusal: type[Exception],
+) -> None:
+    """A file written in place (here: in an append-only folder) is truncated as it opens:
+    arguments the stream would refuse are refused before, and the file keeps its bytes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "copy.img"
+    target.write_bytes(b"the only copy")
+
+    async def move(conn: Connection) -> TransferResult:
+        volume = StorageVolume.from_wire(conn, VOLUME)
+        return await volume.download_file(target, **arguments)
+
+    with append_only(work), serving_peer(tmp_path) as peer:
+        with pytest.raises(refusal):
+            on_engine(engine, peer.uri, move, keepalive=None, protocol=protocol)
+        assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
+    assert target.read_bytes() == b"the only copy"
+    assert os.listdir(work) == ["copy.img"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
