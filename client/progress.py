@@ -58,7 +58,9 @@ class TransferProgress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             sizes, rate = _binary_columns()
-            columns = [TextColumn("{task.description}"), BarColumn(), sizes]
+            # Not read as rich's markup: a volume's name may hold brackets ("x[bold]y"),
+            # and a daemon may send any name at all.
+            columns = [TextColumn("{task.description}", markup=False), BarColumn(), sizes]
             if holes:
                 columns.append(TextColumn("holes {task.fields[holes]}"))
             self._progress = Progress(

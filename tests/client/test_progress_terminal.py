@@ -73,6 +73,20 @@ def test_progress_bar_then_summary(virtvold: Virtvold, tmp_path: Path, verb: str
     )
 
 
+def test_a_name_in_brackets_is_drawn_as_it_is(virtvold: Virtvold, tmp_path: Path) -> None:
+    """A volume's name is text, not rich's markup: "x[bold]y" stays as it is written."""
+    source = tmp_path / "src.img"
+    source.write_bytes(os.urandom(32 * MIB))
+    name = "x[bold]y"
+    run_virsh(virtvold.tcp_uri, "vol-create-as", "default", name, "32M")
+    code, drawn = run_on_terminal(
+        "-c", virtvold.tcp_uri, "vol-upload", name, str(source), "--pool", "default"
+    )
+    assert code == 0, drawn
+    assert f"upload {name}" in drawn, drawn
+    assert (virtvold.pool_dir / name).read_bytes() == source.read_bytes()
+
+
 def test_quiet_draws_nothing(virtvold: Virtvold, tmp_path: Path) -> None:
     source = tmp_path / "src.img"
     write_sparse_image(source, 8 * MIB)
