@@ -16,6 +16,8 @@ stderr. The README lists where virtvol differs on purpose.
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import stat
 import sys
@@ -2035,6 +2037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``virtvol`` command line (its command, or each of its command string's);
     returns the exit status (0, or 1 on error: the last command's)."""
     _open_closed_standard_streams()
+    stderr_errors = _write_undecodable_bytes_as_they_came()
     previous = _catch_ending_signals()
     try:
         return _main(argv)
@@ -2042,8 +2045,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + ended.signum
     finally:
         _give_standard_streams_back()
+        if stderr_errors is not None:
+            sys.stderr.reconfigure(errors=stderr_errors)  # type: ignore[union-attr]
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
+
+
+# stderr's handler for what its encoding cannot take (``_write_undecodable_bytes...``).
+_STDERR_ERRORS = "virtvol-bytes-as-they-came"
+
+
+def _write_undecodable_bytes_as_they_came() -> str | None:
+    """Make stderr write each byte that came in undecodable (a name typed in another
+    encoding, a daemon's text that is not UTF-8: kept as a lone surrogate by
+    ``surrogateescape``) as that byte, as virsh writes it, not as Python's ``\\udcff``,
+    which a script matching the name would not find; what else stderr cannot encode it
+    still escapes. Returns stderr's handler before, for ``main`` to give back (None: a
+    stream that cannot change it, left as it is)."""
+    stream = sys.stderr
+    if not isinstance(stream, io.TextIOWrapper):
+        return None
+    codecs.register_error(_STDERR_ERRORS, _bytes_as_they_came)
+    previous = stream.errors
+    stream.reconfigure(errors=_STDERR_ERRORS)
+    return previous
+
+
+def _bytes_as_they_came(error: UnicodeError) -> tuple[str | bytes, int]:
+    if isinstance(error, UnicodeEncodeError):
+        piece = error.object[error.start : error.end]
+        if all(0xDC80 <= ord(char) <= 0xDCFF for char in piece):
+            return bytes(ord(char) - 0xDC00 for char in piece), error.end
+    return codecs.backslashreplace_errors(error)
 
 
 def _main(argv: Sequence[str] | None) -> int:

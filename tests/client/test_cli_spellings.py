@@ -401,6 +401,41 @@ def test_spellings_match_virsh(reference_libvirtd: ReferenceLibvirtd, tmp_path: 
     assert both(uri, "pool-uuid", uuid)[2] == 1  # by name only
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        [b"vol-info", b"nx\xff", b"--pool", b"default"],
+        [b"vol-download", b"--pool", b"default", b"missing", b"no\xffdir/copy"],
+    ],
+    ids=["daemon-error", "local-error"],
+)
+def test_bytes_that_are_not_utf8_come_back_as_they_went_in(
+    virtvold: Virtvold, command: list[bytes]
+) -> None:
+    """A name in another encoding is written back in the error lines byte for byte, as
+    virsh writes it, not as Python's escape of it (``\\udcff``)."""
+    virsh = shutil.which("virsh")
+    assert virsh is not None
+    if command[0] == b"vol-download":
+        (virtvold.pool_dir / "missing").write_bytes(b"data")
+    argv = [b"-c", virtvold.tcp_uri.encode(), *command]
+    runs = [
+        subprocess.run(
+            [*program, *argv],
+            capture_output=True,
+            env=dict(os.environ, LC_ALL="C"),
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+        for program in (_COMMAND, [virsh])
+    ]
+    ours, theirs = runs
+    assert ours.returncode == theirs.returncode == 1
+    assert b"\xff" in theirs.stderr, theirs.stderr
+    assert ours.stderr == theirs.stderr
+
+
 def test_pool_uuids_are_read_as_virsh_reads_them(reference_libvirtd: ReferenceLibvirtd) -> None:
     """virsh takes a pool argument of 36 bytes for a UUID and reads it as libvirt does:
     hex pairs with "-" or " " between any of them and blanks around; braces or a
