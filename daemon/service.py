@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import socket
@@ -175,7 +174,7 @@ class Daemon:
         assert self._tls_policy is not None
         return self._tls_policy
 
-    def _load_pools(self, settings: Settings, *, reloading: bool = False) -> None:
+    def _load_pools(self, settings: Settings) -> None:
         # Keys from the config join the stored secrets before pools autostart with them.
         self._registry.secrets.load()
         for usage, path in settings.ceph_keys.items():
@@ -185,11 +184,12 @@ class Daemon:
             try:
                 self._registry.ensure_pool(name, directory)
             except (ErrorReport, OSError) as exc:
-                if not reloading:
-                    raise
-                # A reload goes on with the other pools and the rest of the settings: a
-                # folder that cannot be made now (a mount not there) is no reason to
-                # keep old TLS credentials or leave the pools after it out.
+                # A start or a reload goes on with the other pools and the rest of the
+                # settings, as libvirtd starts whatever pool fails: a folder that cannot be
+                # made now (a mount not there), or one a client has since defined as
+                # another pool or given settings the folder cannot take, is no reason to
+                # leave every client without a daemon, keep old TLS credentials or leave
+                # the pools after it out.
                 log.error("cannot set up storage pool '%s': %s", name, exc)
 
     def _open_listeners(self) -> list[BoundSocket]:
@@ -304,9 +304,7 @@ class Daemon:
         try:
             settings = resolve(self._overrides)
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                self.context.calls, functools.partial(self._load_pools, settings, reloading=True)
-            )
+            await loop.run_in_executor(self.context.calls, self._load_pools, settings)
             if self._tls_policy is not None:
                 self._tls_policy = self._load_tls(settings)
             logging.getLogger("virtvol").setLevel(settings.log_level.upper())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,45 @@ def test_restart_keeps_pools_and_sighup_adds_new_ones(tmp_path: Path) -> None:
             if "extra" in run_virsh(daemon.tcp_uri, "pool-list").stdout:
                 break
         assert " extra     active   yes" in run_virsh(daemon.tcp_uri, "pool-list").stdout
+    finally:
+        assert stop_virtvold(daemon) == 0
+
+
+@pytest.mark.parametrize("change", ["another-pool-on-its-folder", "settings-it-cannot-take"])
+def test_a_settings_pool_a_client_changed_does_not_keep_the_daemon_from_starting(
+    tmp_path: Path, change: str
+) -> None:
+    """A client may undefine the pool of ``--pool default=DIR`` and define another on that
+    folder, or give it settings the folder cannot take (no copy on write, which only
+    btrfs has) and delete the folder: the next start cannot set the pool up again. It is
+    logged, and the daemon starts and serves the rest, as libvirtd starts whatever pool
+    fails."""
+    base = tmp_path / "d"
+    daemon = start_virtvold(base)
+    folder = str(daemon.pool_dir)
+    if change == "another-pool-on-its-folder":
+        run_virsh(daemon.tcp_uri, "pool-destroy", "default")
+        run_virsh(daemon.tcp_uri, "pool-undefine", "default")
+        run_virsh(daemon.tcp_uri, "pool-define-as", "other", "dir", "--target", folder)
+        run_virsh(daemon.tcp_uri, "pool-start", "other")
+        expected = r"^ other\s"  # defined, served (whether it runs is another matter)
+    else:
+        definition = tmp_path / "default.xml"
+        xml = run_virsh(daemon.tcp_uri, "pool-dumpxml", "default").stdout
+        definition.write_text(
+            xml.replace("</pool>", "<features><cow state='no'/></features></pool>")
+        )
+        run_virsh(daemon.tcp_uri, "pool-define", str(definition))
+        run_virsh(daemon.tcp_uri, "pool-destroy", "default")
+        run_virsh(daemon.tcp_uri, "pool-delete", "default")
+        expected = r"^ default\s+inactive\s+yes$"
+    assert stop_virtvold(daemon) == 0
+    daemon = start_virtvold(base)
+    try:
+        listing = run_virsh(daemon.tcp_uri, "pool-list", "--all").stdout
+        assert re.search(expected, listing, re.MULTILINE), listing
+        log = daemon.log_path.read_text()
+        assert "cannot set up storage pool 'default'" in log, log
     finally:
         assert stop_virtvold(daemon) == 0
 
