@@ -130,6 +130,7 @@ class Daemon:
         fd_limit = raise_nofile_limit()
         try:
             await loop.run_in_executor(self.context.calls, self._load_pools, self.settings)
+            await loop.run_in_executor(self.context.calls, self._registry.start_present_directories)
         except (ErrorReport, OSError) as exc:
             raise StartupError(f"cannot set up the storage pools: {exc}") from None
         self._bound = self._open_listeners()

@@ -159,6 +159,27 @@ class StorageRegistry:
                     except Exception as exc:
                         log.error("cannot autostart storage pool %r: %s", pool.name, exc)
 
+    def start_present_directories(self) -> None:
+        """Start every directory pool whose folder is there, autostart or not, as libvirtd
+        does when it starts (its directory backend's check takes a folder that exists
+        for a running pool): after a restart of the daemon, the pools that ran serve as
+        before (a destroyed one runs again too, as with libvirtd). Only at the daemon's
+        start, not on a reload (libvirtd's reload only autostarts). A pool that fails to
+        start is logged and stays inactive; rbd pools start only by autostart."""
+        with self._lock:
+            for pool in self._sorted_pools():
+                # No client is connected yet, so no pool has a job under way.
+                if pool.active or pool.live.rbd is not None:
+                    continue
+                if not os.path.isdir(pool.live.target):
+                    continue
+                try:
+                    self._check_free_path(pool)
+                    pool.start(build=False, secrets=self.secrets)
+                    self._claim_directory(pool)
+                except Exception as exc:
+                    log.error("cannot start storage pool %r: %s", pool.name, exc)
+
     def ensure_pool(self, name: str, path: str | os.PathLike[str]) -> PoolRef:
         """Define (persistently, with autostart), build and start pool ``name`` at ``path``.
 
