@@ -891,7 +891,7 @@ class StorageRegistry:
                 pool.active_volumes()
         request = parse_volume_xml(xml)
         prealloc_metadata = bool(flags & VolCreateFlags.PREALLOC_METADATA)
-        with self._building(ref, request.name) as (pool, volumes):
+        with self._building(ref, request.name) as (pool, volumes, _):
             if isinstance(volumes, VolumeDir):
                 check_new_file(request, prealloc_metadata=prealloc_metadata)
             else:
@@ -902,7 +902,9 @@ class StorageRegistry:
     def create_volume_xml_from(
         self, ref: PoolRef, xml: str, source: VolumeRef, flags: int = 0
     ) -> VolumeRef:
-        """STORAGE_VOL_CREATE_XML_FROM: a copy of ``source`` (same pool only).
+        """STORAGE_VOL_CREATE_XML_FROM: a copy of ``source``, from the same pool or, for a
+        directory pool, from another directory pool (libvirt's directory backend copies a
+        file from wherever its path is; an rbd image is copied within its pool only).
 
         Capacity may be omitted (the source's size is used) and is never below
         the source's size. Only the source's data is copied: holes stay holes, unless
@@ -920,21 +922,27 @@ class StorageRegistry:
             if source_pool.rbd is None:  # an rbd pool finds out when it opens the image
                 source_pool.active_volumes().require(source.name)
             source_pool.check_can_clone(source.name)
-        if source_pool.uuid != ref.uuid:
-            raise storage_error(
-                ErrorCode.OPERATION_UNSUPPORTED,
-                "cloning a volume from another pool is not supported",
-            )
-        with self._building(ref, request.name, source=source.name) as (pool, volumes):
+        with self._building(ref, request.name, source=source) as (pool, volumes, origin):
+            if origin is not volumes and not (
+                isinstance(volumes, VolumeDir) and isinstance(origin, VolumeDir)
+            ):
+                raise storage_error(
+                    ErrorCode.OPERATION_UNSUPPORTED,
+                    "cloning a volume from another pool is not supported",
+                )
             try:
                 if isinstance(volumes, VolumeDir):
+                    assert isinstance(origin, VolumeDir)
                     check_new_file(
                         request,
                         prealloc_metadata=prealloc_metadata,
-                        source=volumes.source_header(source.name),
+                        source=origin.source_header(source.name),
                     )
                     volumes.create_from(
-                        request, source.name, reflink=bool(flags & VolCreateFlags.REFLINK)
+                        request,
+                        source.name,
+                        reflink=bool(flags & VolCreateFlags.REFLINK),
+                        origin=origin,
                     )
                 else:  # an rbd image is copied; block sharing is a file system's
                     check_new_image(request, prealloc_metadata=prealloc_metadata)
@@ -947,16 +955,25 @@ class StorageRegistry:
 
     @contextmanager
     def _building(
-        self, ref: PoolRef, name: str, *, source: str | None = None
-    ) -> Iterator[tuple[Pool, VolumeDir | RbdVolumes]]:
-        """Reserve a new volume name while its file is being made, outside the lock.
+        self, ref: PoolRef, name: str, *, source: VolumeRef | None = None
+    ) -> Iterator[tuple[Pool, VolumeDir | RbdVolumes, VolumeDir | RbdVolumes]]:
+        """Reserve a new volume name while its file is being made, outside the lock: the
+        pool, its volumes and the volumes of the clone's ``source``'s pool (its own
+        volumes when there is no source, or the source is in the same pool).
 
         A clone's ``source`` is held in use meanwhile, as libvirt holds it: a wipe,
-        resize or upload there would leave the copy part old, part new.
+        resize or upload there would leave the copy part old, part new; and its pool's
+        directory stays open, whatever stops that pool.
         """
         with self._lock:
             pool = self._pool(ref)
             volumes = pool.rbd or pool.active_volumes()
+            origin_pool = pool if source is None else self._volume_pool(source)
+            origin = (
+                volumes
+                if origin_pool is pool
+                else (origin_pool.rbd or origin_pool.active_volumes())
+            )
             check_new_volume_name(name, volumes.path)
             other = volumes.other_file(name) if isinstance(volumes, VolumeDir) else None
             # A name being built, uploaded to or changed is a volume that exists.
@@ -967,7 +984,7 @@ class StorageRegistry:
             ):
                 raise volume_exists(name) if source is None else clone_name_taken(name)
             if source is not None:
-                pool.check_can_clone(source)
+                origin_pool.check_can_clone(source.name)
             if other is OtherFile.PATH_TAKEN:
                 # libvirt looks for anything at the new volume's path before making it.
                 raise storage_error(
@@ -976,18 +993,22 @@ class StorageRegistry:
                 )
             pool.busy[name] = Busy.BUILDING
             if source is not None:
-                pool.cloning[source] += 1
+                origin_pool.cloning[source.name] += 1
             _hold(volumes)
+            if origin is not volumes:
+                _hold(origin)
         try:
-            yield pool, volumes
+            yield pool, volumes, origin
         finally:
             with self._lock:
                 pool.busy.pop(name, None)
                 if source is not None:
-                    pool.cloning[source] -= 1
-                    if not pool.cloning[source]:
-                        del pool.cloning[source]
+                    origin_pool.cloning[source.name] -= 1
+                    if not origin_pool.cloning[source.name]:
+                        del origin_pool.cloning[source.name]
             _let_go(volumes)
+            if origin is not volumes:
+                _let_go(origin)
 
     @contextmanager
     def _changing(self, volume: VolumeRef) -> Iterator[VolumeDir | RbdVolumes]:

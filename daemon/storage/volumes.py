@@ -411,8 +411,16 @@ class VolumeDir:
         """What volume ``name``, the source of a clone, is (``header``)."""
         return self.header(name, self.require(name))
 
-    def create_from(self, request: VolumeRequest, source: str, *, reflink: bool = False) -> None:
-        """Create a raw file holding a copy of volume ``source``.
+    def create_from(
+        self,
+        request: VolumeRequest,
+        source: str,
+        *,
+        reflink: bool = False,
+        origin: VolumeDir | None = None,
+    ) -> None:
+        """Create a raw file holding a copy of volume ``source`` of ``origin`` (another
+        pool's directory; this one when None).
 
         The new capacity is the larger of the requested one and the source's
         size. Only the source's data extents are copied, so its holes stay holes,
@@ -429,11 +437,12 @@ class VolumeDir:
         source that is an image (qcow2 and the like) is refused: libvirt converts
         those with qemu-img.
         """
-        if self.is_directory(source):
+        origin = self if origin is None else origin
+        if origin.is_directory(source):
             if reflink:
                 # A directory has no blocks to share; libvirt's clone ioctl fails so.
                 raise system_error(
-                    f"failed to clone files from '{self.volume_path(source)}'",
+                    f"failed to clone files from '{origin.volume_path(source)}'",
                     errno.EISDIR,
                     ErrorDomain.STORAGE,
                 )
@@ -442,7 +451,7 @@ class VolumeDir:
             # size is 0, which no allocation is less than).
             self.create(dataclasses.replace(request, format="raw"))
             return
-        src_fd = self.open(source, os.O_RDONLY)
+        src_fd = origin.open(source, os.O_RDONLY)
         try:
             if not _header_of(src_fd).is_raw:
                 # A byte copy of an image is that image, not the raw volume asked for;
@@ -457,7 +466,7 @@ class VolumeDir:
                 if request.nocow:
                     set_copy_on_write(dst_fd, self.volume_path(request.name), enabled=False)
                 if reflink:
-                    self._share_blocks(src_fd, dst_fd, source)
+                    _share_blocks(src_fd, dst_fd, origin.volume_path(source))
                 self._extend(dst_fd, request.name, capacity)
                 if not reflink:
                     sparse_files.copy_sparse(src_fd, dst_fd, size)
@@ -471,7 +480,7 @@ class VolumeDir:
             except OSError as exc:
                 self._discard(request.name, dst_fd)
                 raise system_error(
-                    f"failed to copy '{self.volume_path(source)}' to "
+                    f"failed to copy '{origin.volume_path(source)}' to "
                     f"'{self.volume_path(request.name)}'",
                     exc,
                 ) from None
@@ -481,16 +490,6 @@ class VolumeDir:
             os.close(dst_fd)
         finally:
             os.close(src_fd)
-
-    def _share_blocks(self, src_fd: int, dst_fd: int, source: str) -> None:
-        try:
-            fcntl.ioctl(dst_fd, _FICLONE, src_fd)
-        except OSError as exc:
-            raise system_error(
-                f"failed to clone files from '{self.volume_path(source)}'",
-                exc,
-                ErrorDomain.STORAGE,
-            ) from None
 
     # -- changing ---------------------------------------------------------
 
@@ -1160,3 +1159,14 @@ def _driver_error(what: str, exc: OSError | int) -> ErrorReport:
     removing a directory volume, opening one to wipe it), so it carries the driver's
     domain (the util layer's helpers, such as resize's, carry none)."""
     return system_error(what, exc, ErrorDomain.STORAGE)
+
+
+def _share_blocks(src_fd: int, dst_fd: int, source_path: str) -> None:
+    """The clone shares the blocks of the file at ``source_path`` (FICLONE), or fails in
+    libvirt's words where the file system cannot share them."""
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+    except OSError as exc:
+        raise system_error(
+            f"failed to clone files from '{source_path}'", exc, ErrorDomain.STORAGE
+        ) from None

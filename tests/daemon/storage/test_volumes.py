@@ -10,6 +10,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.daemon.storage.conftest import (
     BLOCK,
     NO_VOL,
@@ -27,8 +29,6 @@ from virtvol.sparse import files as sparse_files
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
 MIB = 1 << 20
 
@@ -623,14 +623,20 @@ def _held_when_called(
     return called, release
 
 
+@pytest.mark.parametrize("across_pools", [False, True], ids=["same-pool", "another-pool"])
 def test_clone_source_is_in_use_while_it_is_copied(
-    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch
+    setup: PoolSetup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, across_pools: bool
 ) -> None:
     """As libvirt: the source of a clone cannot be changed under the copy (a wipe or an
     in-place upload there would leave the clone half old, half new); reading it, or
-    cloning it again, stays allowed."""
+    cloning it again, stays allowed. So too when it is in another pool."""
     registry = setup.registry
-    source = setup.file("src", b"s" * BLOCK)
+    if across_pools:
+        images = registry.ensure_pool("images", tmp_path / "images")
+        (tmp_path / "images" / "src").write_bytes(b"s" * BLOCK)
+        source = registry.lookup_volume_by_name(images, "src")
+    else:
+        source = setup.file("src", b"s" * BLOCK)
     copying, release = _held_when_called(monkeypatch, "copy_sparse")
     with ThreadPoolExecutor(1) as pool:
         clone = pool.submit(
