@@ -46,16 +46,17 @@ class DownloadTarget(Record):
 
 
 def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
-    """Where a download of ``path`` goes. A FIFO or a device (``/dev/stdout``, ``/dev/null``)
-    takes the bytes itself, as virsh writes into it. Anything else is replaced by an
-    ``AtomicFile``: ``path``, or the file a symbolic link there leads to (the link stays
-    a link, as when virsh writes through it). A file that cannot be replaced, as its
-    folder may not be written, or is sticky and neither it nor the file is this user's,
+    """Where a download of ``path`` goes. A FIFO or a device (``/dev/stdout``,
+    ``/dev/null``) takes the bytes itself, as virsh writes into it. Anything else is
+    replaced by an ``AtomicFile``: ``path``, or the file a symbolic link there leads to (the
+    link stays a link, as when virsh writes through it). A file that cannot be replaced, as
+    its folder may not be written, or is sticky and neither it nor the file is this user's,
     or it is mounted there (bound over the name), or its folder is append-only, is
-    overwritten in place instead, as virsh opens it: where virsh writes, the rename would
-    be refused (in a sticky folder, over a mount, in an append-only folder, after the
-    whole volume went by); so is a new file made in an append-only folder, where no
-    temporary could be renamed or removed, and a file no name leads to (a program's
+    overwritten in place instead, as virsh opens it (so is one this process may write but
+    not read, whose ``user.*`` attributes it could not give a replacement): where virsh
+    writes, the rename would be refused (in a sticky folder, over a mount, in an append-only
+    folder, after the whole volume went by); so is a new file made in an append-only folder,
+    where no temporary could be renamed or removed, and a file no name leads to (a program's
     stdout caught in an unlinked file), which no rename can replace.
 
     Checked before the stream opens, not found by the final rename after the whole
@@ -110,7 +111,12 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     if found is None:
         if _append_only(os.path.dirname(real), os.O_RDONLY | os.O_DIRECTORY):
             return DownloadTarget(real, in_place=False, overwrite=True)
-    elif not _replaceable(real, found):
+    elif not _replaceable(real, found) or not os.access(
+        given, os.R_OK, effective_ids=_EFFECTIVE_IDS
+    ):
+        # A file this process may write but not read has extended attributes (``user.*``)
+        # it cannot read, so none it could give a replacement: written in place, it keeps
+        # them, as virsh's write keeps them.
         return DownloadTarget(
             real, in_place=False, node=node_of(found), overwrite=True, owner=found.st_uid
         )

@@ -149,3 +149,41 @@ def test_a_download_that_cannot_keep_the_label_leaves_the_file(
     assert target.read_bytes() == b"old content"
     assert attributes_of(target) == {LABEL[0]: LABEL[1], "user.note": b"golden"}
     assert os.listdir(nobodys_folder) == ["copy"]
+
+
+def test_a_download_over_a_file_the_user_may_write_but_not_read_keeps_its_attributes(
+    virtvold: Virtvold, nobodys_folder: Path
+) -> None:
+    """``nobody`` downloading over its own write-only file (mode 0200) that carries a
+    ``user.*`` attribute: reading that attribute takes read permission, so no replacement
+    could be given it. The file is written in place, as virsh writes it, and keeps it."""
+    (virtvold.pool_dir / "v").write_bytes(b"new content")
+    results = {}
+    for name in ("by-virsh", "by-virtvol"):
+        target = nobodys_folder / name
+        target.write_bytes(b"old content, longer than the new")
+        os.chown(target, NOBODY, NOBODY)
+        os.setxattr(target, "user.note", b"golden")
+        target.chmod(0o200)
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+    for name, program in (("by-virsh", ["virsh"]), ("by-virtvol", VIRTVOL)):
+        download = ["vol-download", "--pool", POOL_NAME, "v", str(nobodys_folder / name)]
+        results[name] = subprocess.run(
+            [*as_nobody, *program, "-c", virtvold.tcp_uri, *download],
+            capture_output=True,
+            text=True,
+            env={**env, "LC_ALL": "C", "HOME": "/nonexistent"},
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+            cwd="/",
+        )
+    assert results["by-virsh"].returncode == 0, results["by-virsh"].stderr
+    assert results["by-virtvol"].returncode == 0, results["by-virtvol"].stderr
+    for name in ("by-virsh", "by-virtvol"):
+        target = nobodys_folder / name
+        assert target.read_bytes() == b"new content", name
+        assert attributes_of(target) == {"user.note": b"golden"}, name
+        assert target.stat().st_mode & 0o777 == 0o200, name
+    assert sorted(os.listdir(nobodys_folder)) == ["by-virsh", "by-virtvol"]
