@@ -67,6 +67,7 @@ from .reports import (
     uuid_text,
     volume_exists,
 )
+from .runningstore import RunningStore
 from .secrets import SecretStore, UsageType
 from .transfer import UnreadableVolume, VolumeReader, VolumeWriter
 from .volumes import OtherFile, VolumeDir, backing_store
@@ -106,6 +107,9 @@ class StorageRegistry:
 
     def __init__(self, state_dir: str | os.PathLike[str], *, sync_uploads: bool = True) -> None:
         self._store = ConfigStore(state_dir)
+        # What the running directory pools run with, for the next start (``load``).
+        self._running = RunningStore(state_dir)
+        self._restored = False
         self._pools: dict[str, Pool] = {}
         self._lock = threading.RLock()
         self._sync_uploads = sync_uploads
@@ -138,6 +142,10 @@ class StorageRegistry:
     def load(self) -> None:
         """Restore persisted pools and start those marked autostart.
 
+        The first time (the daemon's start), the directory pools that ran before the
+        daemon stopped, in this boot, come back as they ran (``RunningStore``): a
+        transient one is defined again, and a persistent one defined anew meanwhile runs
+        with what it ran with until it stops; ``start_present_directories`` starts them.
         A pool that fails to start is logged and stays defined but inactive.
         """
         self.secrets.load()
@@ -148,6 +156,14 @@ class StorageRegistry:
                 pool = Pool(stored.definition, stored.definition)
                 pool.autostart = stored.autostart
                 self._pools[pool.name] = pool
+            if not self._restored:
+                self._restored = True
+                for ran in self._running.load():
+                    known = self._pools.get(ran.name)
+                    if known is None:
+                        self._pools[ran.name] = Pool(ran, None)
+                    elif known.uuid == ran.uuid:
+                        known.live = ran
             for pool in list(self._pools.values()):
                 if pool.autostart and not pool.active:
                     if pool.job is not None:
@@ -156,6 +172,7 @@ class StorageRegistry:
                     try:
                         pool.start(build=False, secrets=self.secrets)
                         self._claim_directory(pool)
+                        self._now_running(pool)
                     except Exception as exc:
                         log.error("cannot autostart storage pool %r: %s", pool.name, exc)
 
@@ -165,20 +182,31 @@ class StorageRegistry:
         for a running pool): after a restart of the daemon, the pools that ran serve as
         before (a destroyed one runs again too, as with libvirtd). Only at the daemon's
         start, not on a reload (libvirtd's reload only autostarts). A pool that fails to
-        start is logged and stays inactive; rbd pools start only by autostart."""
+        start is logged and stays inactive, a transient one (restored by ``load``)
+        vanishes; rbd pools start only by autostart."""
         with self._lock:
             for pool in self._sorted_pools():
                 # No client is connected yet, so no pool has a job under way.
                 if pool.active or pool.live.rbd is not None:
                     continue
-                if not os.path.isdir(pool.live.target):
-                    continue
-                try:
-                    self._check_free_path(pool)
-                    pool.start(build=False, secrets=self.secrets)
-                    self._claim_directory(pool)
-                except Exception as exc:
-                    log.error("cannot start storage pool %r: %s", pool.name, exc)
+                started = False
+                if os.path.isdir(pool.live.target):
+                    try:
+                        self._check_free_path(pool)
+                        pool.start(build=False, secrets=self.secrets)
+                        self._claim_directory(pool)
+                        self._now_running(pool)
+                        started = True
+                    except Exception as exc:
+                        log.error("cannot start storage pool %r: %s", pool.name, exc)
+                if not started and not pool.persistent:
+                    del self._pools[pool.name]
+                    self._running.remove(pool.name)
+
+    def _now_running(self, pool: Pool) -> None:
+        """Record what the directory pool just started runs with, for the next start."""
+        if pool.live.rbd is None:
+            self._running.save(pool.live)
 
     def ensure_pool(self, name: str, path: str | os.PathLike[str]) -> PoolRef:
         """Define (persistently, with autostart), build and start pool ``name`` at ``path``.
@@ -214,6 +242,7 @@ class StorageRegistry:
                 self._check_free_path(pool)
                 pool.start(build=True)
                 self._claim_directory(pool)
+                self._now_running(pool)
             return ref
 
     def give_up_starts(self) -> None:
@@ -475,6 +504,7 @@ class StorageRegistry:
                     pool.stop()  # a defined pool goes back to its persisted definition
                     raise
                 self._pools[pool.name] = pool
+                self._now_running(pool)
                 self._tell(pool.ref, PoolEvent.STARTED)
             else:
                 pool.job = PoolJob.STARTING
@@ -497,6 +527,7 @@ class StorageRegistry:
             if directory:
                 self._start(pool, flags)
                 self._claim_directory(pool, clear=False)
+                self._now_running(pool)
                 self._tell(pool.ref, PoolEvent.STARTED)
             else:
                 _check_no_format(pool, flags)
@@ -595,6 +626,7 @@ class StorageRegistry:
         """Stop the pool; a transient one disappears."""
         ref = pool.ref  # the name and UUID it ran under, before the definition reverts
         pool.stop()
+        self._running.remove(pool.name)
         self._tell(ref, PoolEvent.STOPPED)
         if not pool.persistent and self._pools.get(pool.name) is pool:
             del self._pools[pool.name]

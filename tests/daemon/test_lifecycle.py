@@ -174,6 +174,70 @@ def test_a_restart_starts_the_directory_pools_whose_folder_is_there(
         assert stop_virtvold(daemon) == 0
 
 
+def _state_of(uri: str, name: str) -> tuple[str, str, str] | None:
+    """(state, persistent, the folder it runs with) of pool ``name``; None if it is gone."""
+    info = run_virsh(uri, "pool-info", name, check=False)
+    if info.returncode != 0:
+        return None
+    fields = dict(line.split(":", 1) for line in info.stdout.splitlines() if ":" in line)
+    target = re.search(r"<path>(.*)</path>", run_virsh(uri, "pool-dumpxml", name).stdout)
+    assert target is not None
+    return fields["State"].strip(), fields["Persistent"].strip(), target[1]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_restart_keeps_what_the_pools_ran_with_and_a_new_boot_forgets_it(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """As libvirtd keeps it in its run directory: a transient pool runs again after a
+    restart (one destroyed before it does not come back), and a pool defined anew with
+    another folder while it ran runs its old folder until it is stopped. After a restart
+    of the host (another boot), the transient pool is gone and the new definition runs."""
+    base = tmp_path / "d"
+    for folder in ("transient", "gone", "old", "new"):
+        (tmp_path / folder).mkdir()
+    daemon = start_virtvold(base)
+    uri = daemon.tcp_uri
+    run_virsh(uri, "pool-create-as", "transient", "dir", "--target", str(tmp_path / "transient"))
+    run_virsh(uri, "pool-create-as", "gone", "dir", "--target", str(tmp_path / "gone"))
+    run_virsh(uri, "pool-destroy", "gone")
+    run_virsh(uri, "pool-define-as", "moved", "dir", "--target", str(tmp_path / "old"))
+    run_virsh(uri, "pool-start", "moved")
+    definition = tmp_path / "moved.xml"
+    old_xml = run_virsh(uri, "pool-dumpxml", "moved").stdout
+    definition.write_text(old_xml.replace(str(tmp_path / "old"), str(tmp_path / "new")))
+    run_virsh(uri, "pool-define", str(definition))
+    daemon.process.send_signal(stop)
+    daemon.process.wait(15)
+
+    daemon = start_virtvold(base)
+    uri = daemon.tcp_uri
+    try:
+        assert _state_of(uri, "transient") == ("running", "no", str(tmp_path / "transient"))
+        assert _state_of(uri, "gone") is None
+        assert _state_of(uri, "moved") == ("running", "yes", str(tmp_path / "old"))
+        run_virsh(uri, "pool-destroy", "moved")
+        run_virsh(uri, "pool-start", "moved")
+        assert _state_of(uri, "moved") == ("running", "yes", str(tmp_path / "new"))
+        run_virsh(uri, "pool-destroy", "moved")
+        run_virsh(uri, "pool-define", str(tmp_path / "moved.xml"))  # the new folder again
+        definition.write_text(old_xml)
+        run_virsh(uri, "pool-start", "moved")  # runs "new"; now defined anew as "old"
+        run_virsh(uri, "pool-define", str(definition))
+    finally:
+        assert stop_virtvold(daemon) == 0
+
+    # Another boot: what ran is forgotten, as a host's restart empties a run directory.
+    (base / "state" / "running" / "boot_id").write_text("another boot\n")
+    daemon = start_virtvold(base)
+    uri = daemon.tcp_uri
+    try:
+        assert _state_of(uri, "transient") is None
+        assert _state_of(uri, "moved") == ("running", "yes", str(tmp_path / "old"))
+    finally:
+        assert stop_virtvold(daemon) == 0
+
+
 def _shutdown_config(tmp_path: Path, seconds: float) -> Path:
     config = tmp_path / "virtvold.toml"
     config.write_text(f"shutdown_timeout = {seconds}\n")
