@@ -42,6 +42,7 @@ Import the helpers in test modules with ``from tests.conftest import ...``
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -398,6 +399,37 @@ def stop_virtvold(daemon: Virtvold, timeout: float = 10.0) -> int:
 
 # The uid and gid of ``nobody``: a user without privileges, for what only root may do.
 NOBODY = 65534
+
+
+@contextlib.contextmanager
+def small_file_system(image: Path, mount: Path, size: int, *mkfs: str) -> Iterator[Path]:
+    """A file system made by the command ``mkfs`` (the image's path put last) in a file
+    of ``size`` bytes at ``image``, mounted at ``mount`` (made if missing) from a loop
+    device for the block's time. Mounting takes root."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a file system takes root", pytrace=False)
+    with image.open("wb") as created:
+        created.truncate(size)
+    subprocess.run([*mkfs, str(image)], check=True)
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount: Path) -> Iterator[Path]:
+    """A tmpfs of 1 MiB mounted at ``mount`` (made) for the block's time. Takes root."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a file system takes root", pytrace=False)
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.fixture

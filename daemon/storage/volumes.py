@@ -677,8 +677,7 @@ class VolumeDir:
                     continue
                 # Before the mode is taken: an unprivileged daemon may not set a
                 # ``user.*`` attribute on a read-only file, even one it created.
-                given = self._copy_extended_attributes(like, fd)
-                self._copy_inode_flags(like, fd)  # while it is empty: btrfs takes C only so
+                given = self._take_attributes(like, fd)  # while it is empty (btrfs's C)
                 take_over(fd, st)
                 self._set_access_acl(name, fd, acl)
                 self._temps[name] = os.dup(fd)  # keeps the lock once the writer closes fd
@@ -715,44 +714,35 @@ class VolumeDir:
             path = self.volume_path(name)
             raise system_error(f"cannot read the ACL of '{path}'", exc) from None
 
-    def _copy_inode_flags(self, name: str, fd: int) -> None:
-        """Give the temporary ``fd`` volume ``name``'s attribute flags (``chattr``'s), or
-        refuse the upload (``sparse_files.copy_inode_flags`` says why all or nothing)."""
-        path = self.volume_path(name)
-        try:
-            volume = self._open_reading_or_writing(name)
-        except OSError as exc:
-            raise system_error(f"cannot read the attribute flags of '{path}'", exc) from None
-        try:
-            sparse_files.copy_inode_flags(volume, fd)
-        except sparse_files.FlagsNotKept as exc:
-            what = f"cannot keep attribute flags '{exc.letters}' of '{path}'"
-            raise system_error(what, exc) from None
-        except OSError as exc:
-            raise system_error(f"cannot read the attribute flags of '{path}'", exc) from None
-        finally:
-            os.close(volume)
-
-    def _copy_extended_attributes(
-        self, name: str, fd: int, given: set[str] | None = None
-    ) -> set[str]:
-        """Give the temporary ``fd`` volume ``name``'s extended attributes, or refuse the
-        upload (``sparse_files.copy_extended_attributes`` says why all or nothing);
-        ``given``: what an earlier call gave it. Returns the names given."""
+    def _take_attributes(self, name: str, fd: int, given: set[str] | None = None) -> set[str]:
+        """Give the temporary ``fd`` volume ``name``'s extended attributes and attribute
+        flags (``chattr``'s), or refuse the upload (``sparse_files.copy_extended_attributes``
+        and ``copy_inode_flags`` say why all or nothing); ``given``: the attributes an
+        earlier call gave it. Returns the names of the attributes given."""
         path = self.volume_path(name)
         try:
             volume = os.open(name, os.O_RDONLY | _OPEN_FLAGS, dir_fd=self.fd)
         except OSError as exc:
             raise system_error(f"cannot read the extended attributes of '{path}'", exc) from None
         try:
-            return sparse_files.copy_extended_attributes(volume, fd, given=given or ())
-        except sparse_files.AttributeNotKept as exc:
-            what = f"cannot keep extended attribute '{exc.attribute}' of '{path}'"
-            raise system_error(what, exc) from None
-        except OSError as exc:
-            raise system_error(f"cannot read the extended attributes of '{path}'", exc) from None
+            try:
+                copied = sparse_files.copy_extended_attributes(volume, fd, given=given or ())
+            except sparse_files.AttributeNotKept as exc:
+                what = f"cannot keep extended attribute '{exc.attribute}' of '{path}'"
+                raise system_error(what, exc) from None
+            except OSError as exc:
+                what = f"cannot read the extended attributes of '{path}'"
+                raise system_error(what, exc) from None
+            try:
+                sparse_files.copy_inode_flags(volume, fd)
+            except sparse_files.FlagsNotKept as exc:
+                what = f"cannot keep attribute flags '{exc.letters}' of '{path}'"
+                raise system_error(what, exc) from None
+            except OSError as exc:
+                raise system_error(f"cannot read the attribute flags of '{path}'", exc) from None
         finally:
             os.close(volume)
+        return copied
 
     def _set_access_acl(self, name: str, fd: int, acl: bytes | None) -> None:
         try:
@@ -901,8 +891,7 @@ class VolumeDir:
         # Its creator's to write again, as when it was made: an unprivileged daemon may not
         # set a ``user.*`` attribute on a file whose mode does not let it write.
         os.fchmod(fd, VOLUME_MODE)
-        self._copy_extended_attributes(name, fd, given)
-        self._copy_inode_flags(name, fd)
+        self._take_attributes(name, fd, given)
         take_over(fd, st)
         self._set_access_acl(name, fd, self._access_acl(name))
 

@@ -26,7 +26,7 @@ from tests.client.fake_peer import POOL, VOLUME, FakePeer
 from tests.client.helpers import ENGINES, on_engine
 from tests.client.test_cli import _serve_the_volume
 from tests.client.test_direct_faults import send_whole_download
-from tests.conftest import NOBODY
+from tests.conftest import NOBODY, small_tmpfs
 from virtvol.client import download_output
 from virtvol.client.errors import SparseUnsupported, StreamError, UnsendableValue
 from virtvol.client.objects import StorageVolume
@@ -442,12 +442,7 @@ def test_a_download_over_a_file_on_a_read_only_file_system_says_so(
     tmp_path: Path, engine: str
 ) -> None:
     """Refused before the stream opens, in the words virsh's open gets."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a file system takes root", pytrace=False)
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "ro") as mount:
         (mount / "kept.img").write_bytes(b"old")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         with (
@@ -461,8 +456,6 @@ def test_a_download_over_a_file_on_a_read_only_file_system_says_so(
         )
         assert Proc.STORAGE_VOL_DOWNLOAD not in peer.calls
         assert (mount / "kept.img").read_bytes() == b"old"
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import POOL_NAME, run_virsh, start_virtvold, stop_virtvold
+from tests.conftest import (
+    POOL_NAME,
+    run_virsh,
+    small_file_system,
+    start_virtvold,
+    stop_virtvold,
+)
 from tests.daemon.conftest import raw_client
 from virtvol.client.direct import open_direct, run_blocking
 from virtvol.daemon.context import CALL_WORKERS, PRIORITY_CALL_WORKERS
@@ -45,25 +51,19 @@ FROZEN_AFTER = 32 * MIB  # of the upload's temporary written
 @pytest.fixture
 def frozen_pool_virtvold(tmp_path: Path) -> Iterator[Virtvold]:
     """virtvold whose pool is a small ext4 of its own, which a test may freeze."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting and freezing a file system takes root", pytrace=False)
-    image, base = tmp_path / "ext4.img", tmp_path / "virtvold"
-    with image.open("wb") as created:
-        created.truncate(3 * SIZE)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    (base / "pool").mkdir(parents=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(base / "pool")], check=True)
-    try:
-        daemon = start_virtvold(base)
+    base = tmp_path / "virtvold"
+    image = tmp_path / "ext4.img"
+    with small_file_system(image, base / "pool", 3 * SIZE, "mkfs.ext4", "-q", "-F"):
         try:
-            yield daemon
+            daemon = start_virtvold(base)
+            try:
+                yield daemon
+            finally:
+                stop_virtvold(daemon)
         finally:
-            stop_virtvold(daemon)
-    finally:
-        subprocess.run(
-            ["fsfreeze", "--unfreeze", str(base / "pool")], capture_output=True, check=False
-        )
-        subprocess.run(["umount", str(base / "pool")], check=True)
+            subprocess.run(
+                ["fsfreeze", "--unfreeze", str(base / "pool")], capture_output=True, check=False
+            )
 
 
 class Freezer:

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.client.test_cli_spellings import run_virtvol
-from tests.conftest import POOL_NAME, run_virsh, start_virtvold, stop_virtvold
+from tests.conftest import (
+    POOL_NAME,
+    run_virsh,
+    small_file_system,
+    start_virtvold,
+    stop_virtvold,
+)
 from virtvol.sparse import files
 
 if TYPE_CHECKING:
@@ -102,22 +108,14 @@ def test_a_download_over_a_file_keeps_the_flags_virshs_keeps(
 def btrfs_virtvold(tmp_path: Path) -> Iterator[Virtvold]:
     """virtvold whose pool is a small btrfs of its own (the only file system with a
     switch for copy on write)."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a file system takes root", pytrace=False)
-    image, base = tmp_path / "btrfs.img", tmp_path / "virtvold"
-    with image.open("wb") as created:
-        created.truncate(256 << 20)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True)
-    (base / "pool").mkdir(parents=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(base / "pool")], check=True)
-    try:
+    base = tmp_path / "virtvold"
+    image = tmp_path / "btrfs.img"
+    with small_file_system(image, base / "pool", 256 << 20, "mkfs.btrfs", "-q", "-f"):
         daemon = start_virtvold(base)
         try:
             yield daemon
         finally:
             stop_virtvold(daemon)
-    finally:
-        subprocess.run(["umount", str(base / "pool")], check=True)
 
 
 NOCOW_VOLUME = """<volume><name>{name}</name><capacity>1048576</capacity>

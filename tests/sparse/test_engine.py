@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.conftest import small_file_system
 from tests.sparse.helpers import evict
 from virtvol.sparse import files
 from virtvol.sparse.reader import BufferPool, Chunk, SparseReader
@@ -349,18 +350,10 @@ def test_atomic_file_keeps_what_changed_on_the_file_while_it_was_written(
 def xfs(tmp_path: Path) -> Iterator[Path]:
     """A small XFS mounted from a file: XFS keeps values up to 64 KiB and as many
     attributes as the listing's 64 KiB of names allows (ext4 keeps one block's worth)."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a file system takes root", pytrace=False)
-    image, mount = tmp_path / "xfs.img", tmp_path / "xfs"
-    with image.open("wb") as created:
-        created.truncate(300 << 20)
-    subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True)
-    mount.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-    try:
+    with small_file_system(
+        tmp_path / "xfs.img", tmp_path / "xfs", 300 << 20, "mkfs.xfs", "-q", "-f"
+    ) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_copying_extended_attributes_holds_one_value_at_a_time(xfs: Path) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.conftest import small_tmpfs
 from virtvol.sparse import files as sparsefile
 from virtvol.sparse.extents import Extent, iter_extents, next_extent, span_after_hole
 from virtvol.sparse.zeros import is_zero
@@ -273,15 +273,8 @@ def test_a_file_without_flags_has_none_to_give() -> None:
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs: it keeps few attribute flags (d and A, not S)."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a file system takes root", pytrace=False)
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "tmpfs") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_flags_the_file_system_refuses_refuse_the_copy(make_file: MakeFile, tmpfs: Path) -> None:

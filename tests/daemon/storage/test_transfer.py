@@ -803,7 +803,7 @@ def test_a_refresh_on_a_file_system_without_flock_keeps_an_upload_being_opened(
     registry, pool = _without_flock(tmp_path, monkeypatch)
     volume = registry.lookup_volume_by_name(pool, "disk")
     copying, go = threading.Event(), threading.Event()
-    copy = volumes_module.VolumeDir._copy_extended_attributes
+    copy = volumes_module.VolumeDir._take_attributes
 
     def frozen(
         self: volumes_module.VolumeDir, name: str, fd: int, given: set[str] | None = None
@@ -812,7 +812,7 @@ def test_a_refresh_on_a_file_system_without_flock_keeps_an_upload_being_opened(
         go.wait()
         return copy(self, name, fd, given)
 
-    monkeypatch.setattr(volumes_module.VolumeDir, "_copy_extended_attributes", frozen)
+    monkeypatch.setattr(volumes_module.VolumeDir, "_take_attributes", frozen)
     opened: list[VolumeWriter] = []
     upload = threading.Thread(target=lambda: opened.append(registry.open_upload(volume, 0, 0)))
     upload.start()
