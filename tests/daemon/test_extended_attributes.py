@@ -47,6 +47,19 @@ def attributes_of(path: Path) -> dict[str, bytes]:
     return {name: os.getxattr(path, name) for name in os.listxattr(path)}
 
 
+def upload_by_each_client(
+    virtvold: Virtvold, reference_libvirtd: ReferenceLibvirtd, image: Path
+) -> None:
+    """The same whole upload of ``image`` by each client: virsh into libvirtd's volume
+    "v", virsh and virtvol into virtvold's "by-virsh" and "by-virtvol"."""
+    run_virsh(reference_libvirtd.tcp_uri, "vol-upload", "--pool", POOL_NAME, "v", str(image))
+    run_virsh(virtvold.tcp_uri, "vol-upload", "--pool", POOL_NAME, "by-virsh", str(image))
+    uploaded = run_virtvol(
+        "-c", virtvold.tcp_uri, "vol-upload", "--pool", POOL_NAME, "by-virtvol", str(image)
+    )
+    assert uploaded.returncode == 0, uploaded.stderr
+
+
 def test_a_whole_upload_keeps_what_libvirtds_keeps(
     virtvold: Virtvold, reference_libvirtd: ReferenceLibvirtd, tmp_path: Path
 ) -> None:
@@ -59,12 +72,7 @@ def test_a_whole_upload_keeps_what_libvirtds_keeps(
         give(virtvold.pool_dir / name, attributes)
     give(reference_libvirtd.pool_dir / "v", attributes)
 
-    run_virsh(reference_libvirtd.tcp_uri, "vol-upload", "--pool", POOL_NAME, "v", str(image))
-    run_virsh(virtvold.tcp_uri, "vol-upload", "--pool", POOL_NAME, "by-virsh", str(image))
-    uploaded = run_virtvol(
-        "-c", virtvold.tcp_uri, "vol-upload", "--pool", POOL_NAME, "by-virtvol", str(image)
-    )
-    assert uploaded.returncode == 0, uploaded.stderr
+    upload_by_each_client(virtvold, reference_libvirtd, image)
 
     expected = attributes_of(reference_libvirtd.pool_dir / "v")
     # What libvirtd's in-place write did, as this test reads it: all kept but the file

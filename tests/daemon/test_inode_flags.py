@@ -23,6 +23,7 @@ from tests.conftest import (
     start_virtvold,
     stop_virtvold,
 )
+from tests.daemon.test_extended_attributes import upload_by_each_client
 from virtvol.sparse import files
 
 if TYPE_CHECKING:
@@ -59,12 +60,7 @@ def test_a_whole_upload_keeps_the_flags_libvirtds_keeps(
         run_virsh(virtvold.tcp_uri, "vol-create-as", POOL_NAME, name, "1M")
         chattr(virtvold.pool_dir / name, "+" + GIVEN)
 
-    run_virsh(reference_libvirtd.tcp_uri, "vol-upload", "--pool", POOL_NAME, "v", str(image))
-    run_virsh(virtvold.tcp_uri, "vol-upload", "--pool", POOL_NAME, "by-virsh", str(image))
-    uploaded = run_virtvol(
-        "-c", virtvold.tcp_uri, "vol-upload", "--pool", POOL_NAME, "by-virtvol", str(image)
-    )
-    assert uploaded.returncode == 0, uploaded.stderr
+    upload_by_each_client(virtvold, reference_libvirtd, image)
 
     expected = flags_of(reference_libvirtd.pool_dir / "v")
     assert expected == 0x08 | 0x40 | 0x80  # what libvirtd's write in place kept: S, d, A
