@@ -116,7 +116,7 @@ def client_context(creds: ClientCredentials, *, verify: bool) -> ssl.SSLContext:
     try:
         context.load_verify_locations(cafile=creds.ca_file)
         if creds.crl_file is not None:
-            context.load_verify_locations(cafile=creds.crl_file)
+            _load_revocation_lists(context, creds.crl_file)
             # Every certificate of the chain, as libvirt checks it: a revoked sub-CA
             # withdraws the server certificates it signed.
             context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
@@ -216,3 +216,25 @@ def open_tls_socket(
         tls.close()
         raise
     return tls
+
+# A PEM revocation list's armour. OpenSSL's loading of a CA file takes every certificate in
+# it for a trusted CA, CRL file or not; gnutls, which libvirt uses, reads only the lists.
+_CRL_BEGIN, _CRL_END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
+
+
+def _load_revocation_lists(context: ssl.SSLContext, path: str) -> None:
+    """Give ``context`` the revocation lists in the PEM file ``path``, and nothing else
+    of it: a certificate there is no trusted CA (through a memory file, as OpenSSL
+    loads lists from files only)."""
+    with open(path, "rb") as source:
+        pem = source.read()
+    lists, at = [], pem.find(_CRL_BEGIN)
+    while at >= 0 and (end := pem.find(_CRL_END, at)) >= 0:
+        lists.append(pem[at : end + len(_CRL_END)] + b"\n")
+        at = pem.find(_CRL_BEGIN, end)
+    memory = os.memfd_create("revocation-lists", os.MFD_CLOEXEC)
+    try:
+        os.write(memory, b"".join(lists))
+        context.load_verify_locations(cafile=f"/proc/self/fd/{memory}")
+    finally:
+        os.close(memory)

@@ -121,7 +121,7 @@ def server_context(creds: ServerCredentials, *, verify_clients: bool) -> ssl.SSL
     try:
         context.load_verify_locations(cafile=creds.ca_file)
         if creds.crl_file is not None:
-            context.load_verify_locations(cafile=creds.crl_file)
+            _load_revocation_lists(context, creds.crl_file)
             # Every certificate of the chain, not only the client's: revoking a sub-CA
             # must withdraw what it signed. Each CA of the chain then needs its CRL here.
             context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
@@ -131,3 +131,25 @@ def server_context(creds: ServerCredentials, *, verify_clients: bool) -> ssl.SSL
     # is refused afterwards with a clear reason; a bad certificate fails the handshake.
     context.verify_mode = ssl.CERT_OPTIONAL if verify_clients else ssl.CERT_NONE
     return context
+
+# A PEM revocation list's armour. OpenSSL's loading of a CA file takes every certificate in
+# it for a trusted CA, CRL file or not; gnutls, which libvirt uses, reads only the lists.
+_CRL_BEGIN, _CRL_END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
+
+
+def _load_revocation_lists(context: ssl.SSLContext, path: str) -> None:
+    """Give ``context`` the revocation lists in the PEM file ``path``, and nothing else
+    of it: a certificate there is no trusted CA (through a memory file, as OpenSSL
+    loads lists from files only)."""
+    with open(path, "rb") as source:
+        pem = source.read()
+    lists, at = [], pem.find(_CRL_BEGIN)
+    while at >= 0 and (end := pem.find(_CRL_END, at)) >= 0:
+        lists.append(pem[at : end + len(_CRL_END)] + b"\n")
+        at = pem.find(_CRL_BEGIN, end)
+    memory = os.memfd_create("revocation-lists", os.MFD_CLOEXEC)
+    try:
+        os.write(memory, b"".join(lists))
+        context.load_verify_locations(cafile=f"/proc/self/fd/{memory}")
+    finally:
+        os.close(memory)

@@ -30,7 +30,7 @@ from tests.client.test_direct import run_cli_probe
 from tests.conftest import Virtvold, free_port, run_system_python, run_virsh, start_virtvold
 from tests.conftest import stop_virtvold as stop_daemon
 from tests.daemon.conftest import RawClient, allocated, assert_same_content, make_sparse_file
-from tests.tlsca import CLIENT_DN, Pki, issue_client, write_crl
+from tests.tlsca import CLIENT_DN, Pki, issue_client, new_ca, write_crl, write_server_pki
 from virtvol.client.errors import LibvirtError
 from virtvol.protocol.connection import Connection
 from virtvol.protocol.procedures import Proc
@@ -266,6 +266,72 @@ def test_sighup_reloads_the_revocation_list(tmp_path: Path, pki: Pki) -> None:
         assert REFUSED in proc.stderr
         tls.wait_for_log("certificate revoked")
         run_virsh(tls.uri(pki, "client"), "uri")
+    finally:
+        stop_daemon(daemon)
+
+
+def _revocation_lists_with_a_certificate(pki: Pki, tmp_path: Path) -> tuple[Path, trustme.CA]:
+    """A CRL file that holds, beside the CA's list, another CA's certificate and list:
+    the file and that other CA."""
+    other = new_ca()
+    bundle = tmp_path / "crl-bundle.pem"
+    other_list = write_crl(other, tmp_path / "other-crl.pem", [])
+    bundle.write_bytes(pki.crl.read_bytes() + other.cert_pem.bytes() + other_list.read_bytes())
+    return bundle, other
+
+
+def test_a_certificate_in_the_crl_file_is_no_trusted_ca(tmp_path: Path, pki: Pki) -> None:
+    """libvirt (gnutls) reads only revocation lists from its CRL file; OpenSSL would take
+    a certificate there for a trusted CA, and let in the clients it signed."""
+    bundle, other = _revocation_lists_with_a_certificate(pki, tmp_path)
+    issue_client(other, tmp_path / "signed-by-other", trust=pki.ca)
+    config = _write_config(tmp_path / "virtvold.toml", pki, crl=bundle)
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    tls = TlsDaemon(daemon, port, config)
+    try:
+        run_virsh(tls.uri(pki, "client"), "uri")
+        stranger = (
+            f"storage+tls://127.0.0.1:{port}/system"
+            f"?pkipath={tmp_path / 'signed-by-other'}&no_sanity=1"
+        )
+        assert REFUSED in run_virsh(stranger, "uri", check=False).stderr
+        proc = run_virsh(tls.uri(pki, "revoked", "&no_sanity=1"), "uri", check=False)
+        assert REFUSED in proc.stderr  # the CA's own list still counts
+    finally:
+        stop_daemon(daemon)
+
+
+async def test_a_certificate_in_the_clients_crl_file_is_no_trusted_ca(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """The same on virtvol's side: a server whose certificate another CA signed is not
+    trusted because that CA's certificate sits in the client's cacrl.pem."""
+    bundle, other = _revocation_lists_with_a_certificate(pki, tmp_path)
+    server = write_server_pki(other, tmp_path / "server")
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        f'ca_file = "{server / "cacert.pem"}"\n'
+        f'cert_file = "{server / "servercert.pem"}"\n'
+        f'key_file = "{server / "serverkey.pem"}"\n'
+        "tls_no_verify_certificate = true\n"
+    )
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    client = tmp_path / "client"
+    shutil.copytree(pki.client_dir("client"), client)
+    shutil.copy(bundle, client / "cacrl.pem")
+    uri = f"storage+tls://127.0.0.1:{port}/system?pkipath={client}"
+    try:
+        with pytest.raises(LibvirtError) as caught:
+            await virtvol.client.connect(uri)
+        assert caught.value.message == "authentication failed: Failed to verify peer's certificate"
+        virsh = run_virsh(uri, "uri", check=False)
+        assert "authentication failed: Failed to verify peer's certificate" in virsh.stderr
     finally:
         stop_daemon(daemon)
 
