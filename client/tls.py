@@ -217,6 +217,7 @@ def open_tls_socket(
         raise
     return tls
 
+
 # A PEM revocation list's armour. OpenSSL's loading of a CA file takes every certificate in
 # it for a trusted CA, CRL file or not; gnutls, which libvirt uses, reads only the lists.
 _CRL_BEGIN, _CRL_END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"

@@ -132,6 +132,7 @@ def server_context(creds: ServerCredentials, *, verify_clients: bool) -> ssl.SSL
     context.verify_mode = ssl.CERT_OPTIONAL if verify_clients else ssl.CERT_NONE
     return context
 
+
 # A PEM revocation list's armour. OpenSSL's loading of a CA file takes every certificate in
 # it for a trusted CA, CRL file or not; gnutls, which libvirt uses, reads only the lists.
 _CRL_BEGIN, _CRL_END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
