@@ -2037,7 +2037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``virtvol`` command line (its command, or each of its command string's);
     returns the exit status (0, or 1 on error: the last command's)."""
     _open_closed_standard_streams()
-    stderr_errors = _write_undecodable_bytes_as_they_came()
+    stderr_before = _write_undecodable_bytes_as_they_came()
     previous = _catch_ending_signals()
     try:
         return _main(argv)
@@ -2045,8 +2045,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + ended.signum
     finally:
         _give_standard_streams_back()
-        if stderr_errors is not None:
-            sys.stderr.reconfigure(errors=stderr_errors)  # type: ignore[union-attr]
+        if stderr_before is not None:
+            _give_stderr_back(*stderr_before)
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
 
@@ -2055,28 +2055,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 _STDERR_ERRORS = "virtvol-bytes-as-they-came"
 
 
-def _write_undecodable_bytes_as_they_came() -> str | None:
+def _write_undecodable_bytes_as_they_came() -> tuple[io.TextIOWrapper, str | None] | None:
     """Make stderr write each byte that came in undecodable (a name typed in another
     encoding, a daemon's text that is not UTF-8: kept as a lone surrogate by
     ``surrogateescape``) as that byte, as virsh writes it, not as Python's ``\\udcff``,
     which a script matching the name would not find; what else stderr cannot encode it
-    still escapes. Returns stderr's handler before, for ``main`` to give back (None: a
-    stream that cannot change it, left as it is)."""
+    still escapes. Returns the stream and its handler before, for ``main`` to give back
+    (None: a stream that cannot change it, left as it is)."""
     stream = sys.stderr
     if not isinstance(stream, io.TextIOWrapper):
         return None
     codecs.register_error(_STDERR_ERRORS, _bytes_as_they_came)
     previous = stream.errors
     stream.reconfigure(errors=_STDERR_ERRORS)
-    return previous
+    return stream, previous
+
+
+def _give_stderr_back(stream: io.TextIOWrapper, errors: str | None) -> None:
+    """Give the stream ``_write_undecodable_bytes_as_they_came`` changed its handler back."""
+    try:
+        stream.reconfigure(errors=errors)
+    except (OSError, ValueError):  # closed meanwhile: nothing more goes through it
+        return
 
 
 def _bytes_as_they_came(error: UnicodeError) -> tuple[str | bytes, int]:
-    if isinstance(error, UnicodeEncodeError):
-        piece = error.object[error.start : error.end]
-        if all(0xDC80 <= ord(char) <= 0xDCFF for char in piece):
-            return bytes(ord(char) - 0xDC00 for char in piece), error.end
-    return codecs.backslashreplace_errors(error)
+    if not isinstance(error, UnicodeEncodeError):
+        return codecs.backslashreplace_errors(error)
+    # Character by character: an encoder may report a run that mixes such bytes with
+    # characters it cannot take either (ASCII's "é\udcff").
+    written = bytearray()
+    for char in error.object[error.start : error.end]:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            written.append(code - 0xDC00)
+        else:
+            written += char.encode("ascii", "backslashreplace")
+    return bytes(written), error.end
 
 
 def _main(argv: Sequence[str] | None) -> int:

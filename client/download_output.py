@@ -53,7 +53,7 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     its folder may not be written, or is sticky and neither it nor the file is this user's,
     or it is mounted there (bound over the name), or its folder is append-only, is
     overwritten in place instead, as virsh opens it (so is one this process may write but
-    not read, whose ``user.*`` attributes it could not give a replacement): where virsh
+    not read that has ``user.*`` attributes, which it could not give a replacement): where virsh
     writes, the rename would be refused (in a sticky folder, over a mount, in an append-only
     folder, after the whole volume went by); so is a new file made in an append-only folder,
     where no temporary could be renamed or removed, and a file no name leads to (a program's
@@ -111,16 +111,25 @@ def download_target(path: str | os.PathLike[str]) -> DownloadTarget:
     if found is None:
         if _append_only(os.path.dirname(real), os.O_RDONLY | os.O_DIRECTORY):
             return DownloadTarget(real, in_place=False, overwrite=True)
-    elif not _replaceable(real, found) or not os.access(
-        given, os.R_OK, effective_ids=_EFFECTIVE_IDS
-    ):
-        # A file this process may write but not read has extended attributes (``user.*``)
-        # it cannot read, so none it could give a replacement: written in place, it keeps
-        # them, as virsh's write keeps them.
+    elif not _replaceable(real, found) or _attributes_unreadable(given):
+        # A file this process may write but not read whose ``user.*`` attributes it cannot
+        # read, so none it could give a replacement: written in place, it keeps them, as
+        # virsh's write keeps them.
         return DownloadTarget(
             real, in_place=False, node=node_of(found), overwrite=True, owner=found.st_uid
         )
     return DownloadTarget(real, in_place=False)
+
+
+def _attributes_unreadable(path: str) -> bool:
+    """Whether ``path`` carries ``user.*`` extended attributes this process may not read:
+    reading one takes read permission on the file, listing them does not."""
+    if os.access(path, os.R_OK, effective_ids=_EFFECTIVE_IDS):
+        return False
+    try:
+        return any(name.startswith("user.") for name in os.listxattr(path))
+    except OSError:  # a file system that keeps none
+        return False
 
 
 def _leads_to(path: str, found: os.stat_result) -> bool:

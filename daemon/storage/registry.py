@@ -160,10 +160,14 @@ class StorageRegistry:
                 self._restored = True
                 for ran in self._running.load():
                     known = self._pools.get(ran.name)
-                    if known is None:
+                    same_uuid = [p for p in self._pools.values() if p.uuid == ran.uuid]
+                    if known is None and not same_uuid:
                         self._pools[ran.name] = Pool(ran, None)
-                    elif known.uuid == ran.uuid:
+                    elif known is not None and known.uuid == ran.uuid:
                         known.live = ran
+                    else:  # its name or UUID is another pool's now: it cannot run again
+                        log.warning("forgetting what pool %r ran with: it clashes", ran.name)
+                        self._running.remove(ran.name)
             for pool in list(self._pools.values()):
                 if pool.autostart and not pool.active:
                     if pool.job is not None:
@@ -175,6 +179,7 @@ class StorageRegistry:
                         self._now_running(pool)
                     except Exception as exc:
                         log.error("cannot autostart storage pool %r: %s", pool.name, exc)
+                        self._not_restored(pool)
 
     def start_present_directories(self) -> None:
         """Start every directory pool whose folder is there, autostart or not, as libvirtd
@@ -199,9 +204,19 @@ class StorageRegistry:
                         started = True
                     except Exception as exc:
                         log.error("cannot start storage pool %r: %s", pool.name, exc)
-                if not started and not pool.persistent:
-                    del self._pools[pool.name]
-                    self._running.remove(pool.name)
+                if not started:
+                    self._not_restored(pool)
+
+    def _not_restored(self, pool: Pool) -> None:
+        """A pool that did not start at the daemon's start: what it ran with before is
+        forgotten, as libvirtd forgets it. A transient one vanishes; a persistent one
+        goes back to its definition (it ran with another, defined anew while it ran)."""
+        self._running.remove(pool.name)
+        if not pool.persistent:
+            if self._pools.get(pool.name) is pool:
+                del self._pools[pool.name]
+        elif pool.config is not None:
+            pool.live = pool.config
 
     def _now_running(self, pool: Pool) -> None:
         """Record what the directory pool just started runs with, for the next start."""
@@ -618,7 +633,9 @@ class StorageRegistry:
             pool = self._pool(ref)
             if pool.rbd is None:
                 pool.opened_directory()
-            if pool.busy:
+            # A volume read as the source of a clone into another pool is this pool's job
+            # too, as libvirtd counts it on both pools.
+            if pool.busy or pool.cloning:
                 raise pool_has_jobs(pool.name)
             self._stop(pool)
 
@@ -654,7 +671,7 @@ class StorageRegistry:
             pool = self._pool(ref)
             directory = pool.rbd is None
             if directory and not pool.opened_directory().in_place():
-                if pool.busy:
+                if pool.busy or pool.cloning:
                     raise pool_has_jobs(pool.name)
                 try:
                     pool.reopen()

@@ -41,7 +41,8 @@ class RunningStore:
             written_in = (self.directory / _BOOT).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
             written_in = None
-        if written_in != _this_boot():
+        this_boot = _this_boot()
+        if this_boot is None or written_in != this_boot:  # no boot to tell them apart by
             self._forget_all()
             return []
         records = []
@@ -63,7 +64,7 @@ class RunningStore:
             self.directory.mkdir(mode=0o700, exist_ok=True)
             boot = self.directory / _BOOT
             if not boot.exists():
-                boot.write_text(_this_boot() + "\n", encoding="ascii")
+                boot.write_text(f"{_this_boot()}\n", encoding="ascii")
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with open(fd, "w", encoding="utf-8") as out:
                 out.write(format_pool_xml(definition, None))
@@ -79,16 +80,23 @@ class RunningStore:
             log.warning("cannot remove the running record of pool '%s': %s", name, exc)
 
     def _forget_all(self) -> None:
-        for path in self.directory.iterdir():
+        try:
+            paths = list(self.directory.iterdir())
+        except OSError as exc:
+            log.warning("cannot read the running pool records in %s: %s", self.directory, exc)
+            return
+        for path in paths:
             try:
                 path.unlink()
             except OSError as exc:
                 log.warning("cannot remove running pool record %s: %s", path, exc)
 
 
-def _this_boot() -> str:
+def _this_boot() -> str | None:
+    """The kernel's id of this boot; None where it cannot be read (no records are then
+    trusted: a host's restart would not show)."""
     try:
         with open(_BOOT_ID, encoding="ascii") as source:
-            return source.read().strip()
-    except OSError:
-        return "unknown"
+            return source.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None

@@ -238,6 +238,30 @@ def test_a_restart_keeps_what_the_pools_ran_with_and_a_new_boot_forgets_it(
         assert stop_virtvold(daemon) == 0
 
 
+def test_what_a_pool_ran_with_is_forgotten_when_it_cannot_run_again(tmp_path: Path) -> None:
+    """A pool defined anew while it ran, whose old folder is gone by the restart: it does
+    not run, and it is its new definition that stays (and runs at the next restart), as
+    libvirtd forgets the state of a pool its check finds inactive."""
+    base = tmp_path / "d"
+    for folder in ("old", "new"):
+        (tmp_path / folder).mkdir()
+    daemon = start_virtvold(base)
+    run_virsh(daemon.tcp_uri, "pool-define-as", "moved", "dir", "--target", str(tmp_path / "old"))
+    run_virsh(daemon.tcp_uri, "pool-start", "moved")
+    definition = tmp_path / "moved.xml"
+    xml = run_virsh(daemon.tcp_uri, "pool-dumpxml", "moved").stdout
+    definition.write_text(xml.replace(str(tmp_path / "old"), str(tmp_path / "new")))
+    run_virsh(daemon.tcp_uri, "pool-define", str(definition))
+    assert stop_virtvold(daemon) == 0
+    (tmp_path / "old").rmdir()
+    for state in ("inactive", "running"):
+        daemon = start_virtvold(base)
+        try:
+            assert _state_of(daemon.tcp_uri, "moved") == (state, "yes", str(tmp_path / "new"))
+        finally:
+            assert stop_virtvold(daemon) == 0
+
+
 def _shutdown_config(tmp_path: Path, seconds: float) -> Path:
     config = tmp_path / "virtvold.toml"
     config.write_text(f"shutdown_timeout = {seconds}\n")

@@ -659,6 +659,13 @@ def test_clone_source_is_in_use_while_it_is_copied(
             with fails(ErrorCode.OPERATION_INVALID, in_use):
                 registry.open_upload(source, 0, 0)
             registry.open_download(source, 0, 0).close()
+            if across_pools:  # nor may the source's pool stop under the copy, as in libvirtd
+                with fails(
+                    ErrorCode.INTERNAL_ERROR,
+                    "internal error: pool 'images' has asynchronous jobs running.",
+                    ErrorDomain.STORAGE,
+                ):
+                    registry.destroy_pool(images)
         finally:
             release.set()
         clone.result(10)
