@@ -130,7 +130,63 @@ def server_context(creds: ServerCredentials, *, verify_clients: bool) -> ssl.SSL
     # CERT_OPTIONAL: a client without a certificate completes the handshake and
     # is refused afterwards with a clear reason; a bad certificate fails the handshake.
     context.verify_mode = ssl.CERT_OPTIONAL if verify_clients else ssl.CERT_NONE
+    _check_own_certificate(context, creds)
     return context
+
+
+# What libvirtd says of its own certificate where OpenSSL's verification fails so
+# (X509_V_ERR_*), in gnutls's words for the reason; any other reason is OpenSSL's.
+_OWN_CERTIFICATE_REASONS = {
+    2: "The certificate hasn't got a known issuer.",  # unable to get the issuer's certificate
+    20: "The certificate hasn't got a known issuer.",  # unable to get the local issuer
+    21: "The certificate hasn't got a known issuer.",  # unable to verify the first one
+    23: "The certificate has been revoked.",
+}
+_EXPIRED, _NOT_YET_VALID = 10, 9
+
+
+def _check_own_certificate(server: ssl.SSLContext, creds: ServerCredentials) -> None:
+    """Refuse, as libvirtd refuses to start, a server certificate every client would
+    refuse: expired, not yet valid, not issued under the CA (or revoked, with a CRL). A
+    handshake in memory with a client that trusts the CA alone (and its lists) tells;
+    otherwise the daemon would serve, and each client fail to verify it."""
+    checker = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    checker.check_hostname = False  # the names are the clients' business
+    checker.load_verify_locations(cafile=creds.ca_file)
+    if creds.crl_file is not None:
+        _load_revocation_lists(checker, creds.crl_file)
+        checker.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+    to_client, to_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = checker.wrap_bio(to_client, to_server)
+    served = server.wrap_bio(to_server, to_client, server_side=True)
+    for _ in range(8):  # a handshake takes a few rounds
+        try:
+            client.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsSetupError(_own_certificate_refusal(exc, creds)) from None
+        try:
+            served.do_handshake()
+        except ssl.SSLWantReadError:
+            continue
+        except ssl.SSLError as exc:
+            raise TlsSetupError(
+                f"Unable to check the server certificate {creds.cert_file}: {exc}"
+            ) from None
+    raise TlsSetupError(f"Unable to check the server certificate {creds.cert_file}")
+
+
+def _own_certificate_refusal(exc: ssl.SSLCertVerificationError, creds: ServerCredentials) -> str:
+    if exc.verify_code == _EXPIRED:
+        return f"The server certificate {creds.cert_file} has expired"
+    if exc.verify_code == _NOT_YET_VALID:
+        return f"The server certificate {creds.cert_file} is not yet active"
+    reason = _OWN_CERTIFICATE_REASONS.get(exc.verify_code, exc.verify_message)
+    return (
+        f"Our own certificate {creds.cert_file} failed validation against {creds.ca_file}: {reason}"
+    )
 
 
 # A PEM revocation list's armour. OpenSSL's loading of a CA file takes every certificate in

@@ -8,6 +8,7 @@ only DNs matching ``tls_allowed_dn_list``; refused clients get libvirt's error.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import re
 import shutil
@@ -339,6 +340,12 @@ async def test_a_certificate_in_the_clients_crl_file_is_no_trusted_ca(
 def test_bad_tls_setup_stops_start_up(tmp_path: Path, pki: Pki) -> None:
     config = tmp_path / "virtvold.toml"
     config.write_text(f'ca_file = "{pki.server / "cacert.pem"}"\n')
+    refusal = _start_up_refusal(config, tmp_path)
+    assert "cannot set up TLS: cert_file, key_file must be set too" in refusal
+
+
+def _start_up_refusal(config: Path, tmp_path: Path) -> str:
+    """What virtvold says as it refuses to start with TLS as ``config`` sets it up."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -356,8 +363,44 @@ def test_bad_tls_setup_stops_start_up(tmp_path: Path, pki: Pki) -> None:
         check=False,
         timeout=60,
     )
-    assert proc.returncode == 1
-    assert "cannot set up TLS: cert_file, key_file must be set too" in proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("fault", ["expired", "not-yet-valid", "another-ca"])
+def test_a_server_certificate_clients_would_refuse_stops_start_up(
+    tmp_path: Path, pki: Pki, fault: str
+) -> None:
+    """As libvirtd refuses to start with it, rather than serve and have every client fail
+    to verify it."""
+    now = datetime.datetime.now(datetime.UTC)
+    server = tmp_path / "server"
+    server.mkdir()
+    issuer = new_ca() if fault == "another-ca" else pki.ca
+    # Valid from and until, in days from now: expired, not yet valid, or valid.
+    days = {"expired": (-30, -1), "not-yet-valid": (1, 30)}.get(fault, (-1, 30))
+    leaf = issuer.issue_cert(
+        "127.0.0.1",
+        key_type=trustme.KeyType.RSA,
+        not_before=now + datetime.timedelta(days=days[0]),
+        not_after=now + datetime.timedelta(days=days[1]),
+    )
+    leaf.cert_chain_pems[0].write_to_path(str(server / "servercert.pem"))
+    leaf.private_key_pem.write_to_path(str(server / "serverkey.pem"))
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        f'ca_file = "{pki.server / "cacert.pem"}"\n'
+        f'cert_file = "{server / "servercert.pem"}"\n'
+        f'key_file = "{server / "serverkey.pem"}"\n'
+    )
+    cert = server / "servercert.pem"
+    expected = {
+        "expired": f"The server certificate {cert} has expired",
+        "not-yet-valid": f"The server certificate {cert} is not yet active",
+        "another-ca": f"Our own certificate {cert} failed validation against"
+        f" {pki.server / 'cacert.pem'}: The certificate hasn't got a known issuer.",
+    }[fault]
+    assert f"cannot set up TLS: {expected}" in _start_up_refusal(config, tmp_path)
 
 
 def test_unix_socket_modes_and_group(tmp_path: Path, virtvold: Virtvold) -> None:
