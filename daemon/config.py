@@ -209,13 +209,20 @@ def _check_auth_tcp(value: object) -> str:
 def _number(table: dict[str, Any], key: str, default: float, *, minimum: float) -> float:
     value = table.get(key, default)
     # TOML has inf and nan; neither is a usable time or count.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < minimum
-    ):
-        raise ConfigError(f"{key} must be a finite number >= {minimum}, not {value!r}")
+    try:
+        # An integer past what a float holds (TOML takes any number of digits) is no
+        # usable number either; math.isfinite cannot even take it.
+        usable = (
+            not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and math.isfinite(value)
+            and value >= minimum
+        )
+    except OverflowError:
+        usable = False
+    if not usable:
+        shown = value if not isinstance(value, int) or value.bit_length() < 64 else "too large"
+        raise ConfigError(f"{key} must be a finite number >= {minimum}, not {shown!r}")
     return float(value)
 
 
@@ -380,7 +387,7 @@ def resolve(overrides: Overrides) -> Settings:
     for text in overrides.pools:
         name, directory = parse_pool_option(text)
         pools[name] = directory
-    return replace(
+    settings = replace(
         base,
         listen=overrides.listen or base.listen,
         pools=pools,
@@ -393,3 +400,21 @@ def resolve(overrides: Overrides) -> Settings:
         else base.unix_sock_dir,
         mode=overrides.mode or base.mode,
     )
+    _check_no_nul(settings)
+    return settings
+
+
+def _check_no_nul(settings: Settings) -> None:
+    """Refuse a path or name with a NUL byte, which no file can have: the system calls
+    would fail with a Python error deep in the start-up (or in a pool's set-up)."""
+    named = [
+        ("state_dir", settings.state_dir or ""),
+        ("unix_sock_dir", settings.unix_sock_dir or ""),
+        *[(f"pool {name!r}", f"{name}={directory}") for name, directory in settings.pools.items()],
+        *[(key, getattr(settings, key)) for key in _TLS_FILE_KEYS],
+        ("unix_sock_group", settings.unix_sock_group),
+        *[("listen", url) for url in settings.listen],
+    ]
+    for what, text in named:
+        if "\0" in text:
+            raise ConfigError(f"{what}: a NUL byte cannot be part of a path or name")

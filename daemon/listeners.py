@@ -64,8 +64,12 @@ class UnixSocketAccess:
         """The group id for ``group``; -1 leaves the group alone."""
         if not self.group:
             return -1
-        if self.group.isdigit():
-            return int(self.group)
+        if self.group.isascii() and self.group.isdigit():
+            number = int(self.group)
+            # (gid_t)-1 would leave the group alone, and more does not fit the system's type.
+            if number >= 0xFFFFFFFF:
+                raise ListenError(f"unix_sock_group: no group numbered {self.group}")
+            return number
         try:
             return grp.getgrnam(self.group).gr_gid
         except KeyError:

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import Virtvold, run_virsh, start_virtvold, stop_virtvold
 from tests.daemon.conftest import RawClient
 from virtvol.daemon.config import ConfigError, Overrides, resolve
+from virtvol.daemon.listeners import ListenError, UnixSocketAccess
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -67,6 +68,7 @@ def test_sync_uploads_setting(tmp_path: Path) -> None:
         "keepalive_interval = inf",
         "handshake_timeout = -inf",
         "handshake_timeout = nan",
+        "handshake_timeout = 1" + "0" * 400,  # an integer no float holds
     ],
 )
 def test_numbers_that_are_not_finite_are_refused(tmp_path: Path, line: str) -> None:
@@ -74,6 +76,31 @@ def test_numbers_that_are_not_finite_are_refused(tmp_path: Path, line: str) -> N
     config.write_text(line + "\n")
     with pytest.raises(ConfigError, match=line.split()[0] + " must be"):
         resolve(Overrides(config_file=str(config)))
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [
+        ('state_dir = "/var/lib/a\\u0000b"', "state_dir"),
+        ('unix_sock_dir = "/run/a\\u0000b"', "unix_sock_dir"),
+        ('[pools]\nimages = "/srv/a\\u0000b"', "pool 'images'"),
+        ('ca_file = "/etc/a\\u0000b"', "ca_file"),
+    ],
+)
+def test_a_nul_byte_in_a_path_is_refused_as_a_setting(tmp_path: Path, line: str, what: str) -> None:
+    """Not a Python error deep in the start-up, or in the set-up of one pool."""
+    config = tmp_path / "virtvold.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(what)}: a NUL byte cannot be part"):
+        resolve(Overrides(config_file=str(config)))
+
+
+@pytest.mark.parametrize("group", ["\u0663", "99999999999", "4294967295"])
+def test_a_group_number_no_group_can_have_is_refused(group: str) -> None:
+    """An Arabic-Indic digit is no number to the system; (gid_t)-1 would leave the group
+    alone; larger numbers do not fit."""
+    with pytest.raises(ListenError, match="unix_sock_group: no group"):
+        UnixSocketAccess(group=group).gid()
 
 
 def test_restart_keeps_pools_and_sighup_adds_new_ones(tmp_path: Path) -> None:
