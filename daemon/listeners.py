@@ -9,6 +9,7 @@ take the same road.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import grp
 import os
@@ -97,7 +98,9 @@ def parse_listen_url(url: str) -> ListenAddress:
             raise ListenError(f"listen URL {url!r} needs a host and a port")
         return ListenAddress("tcp", read_only=False, host=parts.hostname, port=port)
     if parts.scheme in ("unix", "unix-ro"):
-        path = parts.path
+        # The path as written, "#" and "?" included: a URL parser would cut it there and
+        # bind another socket than the one asked for.
+        path = url.split("://", 1)[1] if "://" in url else ""
         if parts.netloc or not path.startswith("/"):
             raise ListenError(f"listen URL {url!r} needs an absolute path: unix:///PATH")
         return ListenAddress("unix", read_only=parts.scheme == "unix-ro", path=path)
@@ -204,13 +207,15 @@ def bind(
     """Open the listening socket for ``address``; with ``private_dirs`` (a session
     daemon), the directories made for a Unix socket are its owner's alone."""
     try:
-        if address.kind == "tcp":
-            return BoundSocket(_bind_tcp(address), False, address.describe())
-        if address.kind == "tls":
-            return BoundSocket(_bind_tcp(address), False, address.describe(), tls=True)
+        if address.kind in ("tcp", "tls"):
+            sock = _bind_tcp(address)
+            # Port 0 asks the system for one: the log and the status name the one it gave.
+            bound = dataclasses.replace(address, port=sock.getsockname()[1])
+            return BoundSocket(sock, False, bound.describe(), tls=address.kind == "tls")
         sock = _bind_unix(address, access or UnixSocketAccess(), private_dirs=private_dirs)
     except OSError as exc:
-        raise ListenError(f"cannot listen on {address.describe()}: {exc.strerror}") from None
+        reason = exc.strerror or str(exc)  # an over-long Unix path has no errno, only words
+        raise ListenError(f"cannot listen on {address.describe()}: {reason}") from None
     return BoundSocket(sock, address.read_only, address.describe(), unlink_path=address.path)
 
 

@@ -25,7 +25,7 @@ from virtvol.daemon.distinguished_names import (
     compile_dn_patterns,
     dn_allowed,
 )
-from virtvol.daemon.listeners import parse_listen_url
+from virtvol.daemon.listeners import ListenError, bind, parse_listen_url
 from virtvol.daemon.tlscreds import (
     SYSTEM_CA_FILE,
     SYSTEM_SERVER_CERT,
@@ -353,3 +353,27 @@ def test_tls_listen_urls() -> None:
         "tls://127.0.0.1:16514",
     )
     assert parse_listen_url("tls://[::1]:1234").describe() == "tls://[::1]:1234"
+
+
+def test_a_unix_path_is_taken_as_written() -> None:
+    """A URL parser would cut the path at "#" or "?" and bind another socket."""
+    assert parse_listen_url("unix:///run/a#b").path == "/run/a#b"
+    assert parse_listen_url("unix-ro:///run/c?d").path == "/run/c?d"
+    assert parse_listen_url("unix-ro:///run/c?d").describe() == "unix-ro:///run/c?d"
+
+
+def test_a_unix_path_too_long_for_a_socket_says_why(tmp_path: Path) -> None:
+    address = parse_listen_url(f"unix://{tmp_path}/{'x' * 120}")
+    with pytest.raises(ListenError) as refused:
+        bind(address)
+    assert str(refused.value).startswith(f"cannot listen on {address.describe()}: ")
+    assert not str(refused.value).endswith("None")
+
+
+def test_port_0_is_named_by_the_port_bound() -> None:
+    bound = bind(parse_listen_url("tcp://127.0.0.1:0"))
+    try:
+        assert bound.label == f"tcp://127.0.0.1:{bound.sock.getsockname()[1]}"
+        assert not bound.label.endswith(":0")
+    finally:
+        bound.close()
