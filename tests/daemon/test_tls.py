@@ -81,6 +81,15 @@ class TlsDaemon:
         pytest.fail(f"{text!r} not in the daemon log:\n{self.daemon.log_text()}")
 
 
+def start_tls_daemon(tmp_path: Path, config: Path) -> TlsDaemon:
+    """virtvold under ``tmp_path`` with ``config``, listening for TLS on a free port."""
+    port = free_port()
+    daemon = start_virtvold(
+        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
+    )
+    return TlsDaemon(daemon, port, config)
+
+
 @pytest.fixture
 def tls_daemon(tmp_path: Path, pki: Pki) -> Iterator[TlsDaemon]:
     config = _write_config(tmp_path / "virtvold.toml", pki, crl=pki.crl)
@@ -253,11 +262,8 @@ def test_sighup_reloads_the_revocation_list(tmp_path: Path, pki: Pki) -> None:
     crl = tmp_path / "cacrl.pem"
     write_crl(pki.ca, crl, [])
     config = _write_config(tmp_path / "virtvold.toml", pki, crl=crl)
-    port = free_port()
-    daemon = start_virtvold(
-        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
-    )
-    tls = TlsDaemon(daemon, port, config)
+    tls = start_tls_daemon(tmp_path, config)
+    daemon = tls.daemon
     try:
         run_virsh(tls.uri(pki, "revoked"), "uri")
         write_crl(pki.ca, crl, [pki.revoked_serial])
@@ -287,11 +293,8 @@ def test_a_certificate_in_the_crl_file_is_no_trusted_ca(tmp_path: Path, pki: Pki
     bundle, other = _revocation_lists_with_a_certificate(pki, tmp_path)
     issue_client(other, tmp_path / "signed-by-other", trust=pki.ca)
     config = _write_config(tmp_path / "virtvold.toml", pki, crl=bundle)
-    port = free_port()
-    daemon = start_virtvold(
-        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
-    )
-    tls = TlsDaemon(daemon, port, config)
+    tls = start_tls_daemon(tmp_path, config)
+    daemon, port = tls.daemon, tls.port
     try:
         run_virsh(tls.uri(pki, "client"), "uri")
         stranger = (
@@ -435,11 +438,8 @@ def test_no_verify_certificate_lets_clients_in_unchecked(tmp_path: Path, pki: Pk
     config = _write_config(
         tmp_path / "virtvold.toml", pki, extra="tls_no_verify_certificate = true"
     )
-    port = free_port()
-    daemon = start_virtvold(
-        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
-    )
-    tls = TlsDaemon(daemon, port, config)
+    tls = start_tls_daemon(tmp_path, config)
+    daemon = tls.daemon
     try:
         # No certificate at all, and one off the allow-list: both get in.
         run_virsh(tls.uri(pki, "nocert"), "uri")
@@ -583,11 +583,8 @@ def test_sighup_with_broken_certificates_keeps_the_running_ones(tmp_path: Path, 
         f'cert_file = "{server / "servercert.pem"}"\n'
         f'key_file = "{server / "serverkey.pem"}"\n'
     )
-    port = free_port()
-    daemon = start_virtvold(
-        tmp_path / "virtvold", "--config", str(config), "--listen", f"tls://127.0.0.1:{port}"
-    )
-    tls = TlsDaemon(daemon, port, config)
+    tls = start_tls_daemon(tmp_path, config)
+    daemon = tls.daemon
     try:
         run_virsh(tls.uri(pki, "client"), "uri")  # serving: the SIGHUP handler is in place
         (server / "serverkey.pem").unlink()
