@@ -62,6 +62,17 @@ def _write_config(path: Path, pki: Pki, *, crl: Path | None = None, extra: str =
     return path
 
 
+def _server_config(tmp_path: Path, pki: Pki, server: Path, extra: str = "") -> Path:
+    """A config with ``server``'s certificate and key, and the PKI's CA."""
+    config = tmp_path / "virtvold.toml"
+    config.write_text(
+        f'ca_file = "{pki.server / "cacert.pem"}"\n'
+        f'cert_file = "{server / "servercert.pem"}"\n'
+        f'key_file = "{server / "serverkey.pem"}"\n{extra}'
+    )
+    return config
+
+
 class TlsDaemon:
     def __init__(self, daemon: Virtvold, port: int, config: Path) -> None:
         self.daemon = daemon
@@ -390,12 +401,7 @@ def test_a_server_certificate_clients_would_refuse_stops_start_up(
     )
     leaf.cert_chain_pems[0].write_to_path(str(server / "servercert.pem"))
     leaf.private_key_pem.write_to_path(str(server / "serverkey.pem"))
-    config = tmp_path / "virtvold.toml"
-    config.write_text(
-        f'ca_file = "{pki.server / "cacert.pem"}"\n'
-        f'cert_file = "{server / "servercert.pem"}"\n'
-        f'key_file = "{server / "serverkey.pem"}"\n'
-    )
+    config = _server_config(tmp_path, pki, server)
     cert = server / "servercert.pem"
     expected = {
         "expired": f"The server certificate {cert} has expired",
@@ -744,12 +750,7 @@ async def test_clients_refuse_a_server_from_a_revoked_sub_ca(tmp_path: Path, pki
     server.mkdir()
     (server / "servercert.pem").write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(server / "serverkey.pem"))
-    config = tmp_path / "virtvold.toml"
-    config.write_text(
-        f'ca_file = "{pki.server / "cacert.pem"}"\n'
-        f'cert_file = "{server / "servercert.pem"}"\n'
-        f'key_file = "{server / "serverkey.pem"}"\n'
-    )
+    config = _server_config(tmp_path, pki, server)
     client = tmp_path / "client"
     shutil.copytree(pki.client_dir("client"), client)
     serial = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes()).serial_number
