@@ -121,10 +121,10 @@ class _Stream:
         self.error: LibvirtError | None = None
         self._on_data = on_data
 
-    async def open(self, requested: bool | None, direction: str) -> None:
+    async def open(self, requested: bool | None, direction: str, *, end: int | None = None) -> None:
         try:
             self.sparse, self.fell_back = await negotiate_stream(
-                self.volume, requested, direction, self._open_call, offset=self.offset
+                self.volume, requested, direction, self._open_call, offset=self.offset, end=end
             )
         except LibvirtError as exc:
             raise at_stage(exc, "open") from exc.__cause__
@@ -253,9 +253,10 @@ async def upload_file(
         raise
     with source:
         stream = _Stream(rpc, volume, procedures.STORAGE_VOL_UPLOAD, offset=offset, length=length)
-        await stream.open(sparse, "upload")
+        unseekable = source if isinstance(source, StreamReader) else None
+        end = None if unseekable is not None else offset + source.end
+        await stream.open(sparse, "upload", end=end)
         try:
-            unseekable = source if isinstance(source, StreamReader) else None
             data, holes = _send_file(stream, source, unseekable, detect_zeroes, progress)
             stream.finish()
         except BaseException as failure:

@@ -94,6 +94,9 @@ class _StreamBase:
         self.volume = volume
         self.offset = offset
         self.length = length
+        # Where an upload's data ends in the volume, when known before it opens
+        # (``transfer.upload_file`` sets it): see ``transfer_base._skips_leave_zeros``.
+        self.source_end: int | None = None
         self.requested_sparse = sparse
         self.sparse = False
         self.fell_back = False
@@ -187,7 +190,12 @@ class _StreamBase:
             raise StreamError("the stream is already open", stage="open")
         self._opened = True
         self.sparse, self.fell_back = await negotiate_stream(
-            self.volume, self.requested_sparse, self.direction, self._call, offset=self.offset
+            self.volume,
+            self.requested_sparse,
+            self.direction,
+            self._call,
+            offset=self.offset,
+            end=self.source_end,
         )
 
     # -- sink ---------------------------------------------------------------------------

@@ -236,7 +236,10 @@ async def upload_file(
         os.close(fd)
         raise
     try:
-        async with Upload(volume, offset=offset, length=length, sparse=sparse) as stream:
+        upload = Upload(volume, offset=offset, length=length, sparse=sparse)
+        if not isinstance(source, StreamReader):
+            upload.source_end = offset + source.end
+        async with upload as stream:
             started_reader = _Reader(source, detect_zeroes=detect_zeroes, loop=loop)
             started_reader.start()
             reader = started_reader

@@ -17,7 +17,9 @@ mode the flag is never sent.
 
 An upload asks for sparse (``sparse=None``) only where a skip leaves zeros: on a
 daemon that says so (virtvold's ``UPLOAD_SKIPS_LEAVE_ZEROS_FEATURE``), or on a
-volume that holds no data at all. libvirtd seeks over a skip in a file, keeping
+volume that holds no data at all, and then (libvirtd ending a sparse upload's file where
+the stream ends) only when the upload, where its end is known (a file's), reaches the
+volume's size. libvirtd seeks over a skip in a file, keeping
 the bytes the volume held there, so an upload over a libvirtd volume that holds
 data sends every byte: the volume then holds exactly the source's bytes. A
 download from an offset past the volume's end does not ask (libvirtd fails a
@@ -156,8 +158,10 @@ async def negotiate_stream(
     open_call: Callable[[int], Awaitable[None]],
     *,
     offset: int = 0,
+    end: int | None = None,
 ) -> tuple[bool, bool]:
     """Open a stream by calling ``open_call(flags)`` as the module docstring says.
+    ``end``: where an upload's data ends in the volume, where known before it opens.
 
     Returns:
         ``(sparse, fell_back)``: whether the stream is sparse, and whether it is
@@ -172,7 +176,7 @@ async def negotiate_stream(
         raise _no_sparse_when_legacy()
     ask = requested is not False and not legacy
     if ask and requested is None and direction == "upload":
-        ask = await _skips_leave_zeros(volume)
+        ask = await _skips_leave_zeros(volume, end)
     elif ask and requested is None and offset > 0:
         ask = await _starts_within(volume, offset)
     try:
@@ -204,9 +208,10 @@ async def _starts_within(volume: VolumeLike, offset: int) -> bool:
     return offset <= info.capacity
 
 
-async def _skips_leave_zeros(volume: VolumeLike) -> bool:
-    """Whether skipping a hole of an upload into ``volume`` leaves zeros there (see the
-    module docstring). The daemon's answer is asked once per connection."""
+async def _skips_leave_zeros(volume: VolumeLike, end: int | None) -> bool:
+    """Whether skipping a hole of an upload into ``volume`` leaves zeros there, and leaves
+    its size as a dense upload ending at ``end`` (where known) would (see the module
+    docstring). The daemon's answer is asked once per connection."""
     conn = volume.connection
     if conn.upload_skips_leave_zeros is None:
         try:
@@ -220,13 +225,21 @@ async def _skips_leave_zeros(volume: VolumeLike) -> bool:
     if conn.upload_skips_leave_zeros:
         return True
     info = await conn._rpc.call(procedures.STORAGE_VOL_GET_INFO, r.VolArgs(volume.wire))
-    if info.allocation == 0:
+    if info.allocation != 0:
+        why = "holds data"
+    # libvirtd ends a sparse upload's file where its stream ends (its skips truncate):
+    # one ending before the volume's size would cut the volume, which a dense one keeps.
+    # (A stream whose end is not known beforehand, one a caller writes, is the caller's.)
+    elif end is not None and end < info.capacity:
+        why = "is larger than what the upload covers"
+    else:
         return True
     log.info(
-        "%s keeps a volume's old bytes where an upload skips a hole, and volume '%s' holds"
-        " data: the upload sends every byte, holes included",
+        "%s keeps a volume's old bytes where an upload skips a hole, and ends the volume"
+        " with a sparse stream; volume '%s' %s: the upload sends every byte, holes included",
         conn.uri,
         volume.name,
+        why,
     )
     return False
 

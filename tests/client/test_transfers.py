@@ -237,3 +237,29 @@ async def test_sparse_image_over_old_bytes_reads_back_exactly(
     assert_same_file(source, reference_libvirtd.pool_dir / "over.img")
     assert fresh.sparse
     assert_same_file(source, reference_libvirtd.pool_dir / "empty.img")
+
+
+@pytest.mark.parametrize("client", ["library", "command-line"])
+async def test_an_upload_into_a_larger_empty_libvirtd_volume_keeps_its_size(
+    reference_libvirtd: ReferenceLibvirtd, tmp_path: Path, client: str
+) -> None:
+    """libvirtd ends a sparse upload's file where its stream ends (its skips truncate):
+    into an empty volume larger than the image that would cut the volume, where virsh's
+    upload, dense, keeps its size. virtvol then sends every byte, as virsh does."""
+    from tests.client.test_cli_spellings import run_virtvol
+
+    source = tmp_path / "src.img"
+    write_sparse_image(source, SIZE)
+    uri = reference_libvirtd.tcp_uri
+    run_virsh(uri, "vol-create-as", "default", "big.img", str(4 * SIZE), "--allocation", "0")
+    if client == "library":
+        async with connect(uri) as conn:
+            pool = await conn.lookup_pool_by_name("default")
+            result = await (await pool.lookup_volume("big.img")).upload_file(source)
+        assert not result.sparse
+    else:
+        uploaded = run_virtvol("-c", uri, "vol-upload", "--pool", "default", "big.img", str(source))
+        assert uploaded.returncode == 0, uploaded.stderr
+    on_disk = reference_libvirtd.pool_dir / "big.img"
+    assert on_disk.stat().st_size == 4 * SIZE
+    assert on_disk.read_bytes()[:SIZE] == source.read_bytes()
