@@ -1443,3 +1443,18 @@ def test_tables_write_names_as_virsh_does(reference_libvirtd: ReferenceLibvirtd)
         .replace("\\xe6\\x97\\xa5\\xe6\\x9c\\xac\\xe8\\xaa\\x9e", "\\xff" * 9)
         == theirs.stdout
     )
+
+
+def test_stderr_writes_undecodable_bytes_as_they_came_and_escapes_the_rest() -> None:
+    """The handler the command line gives stderr, on an encoder that reports a run mixing
+    both at once (ASCII): each undecodable byte as itself, each other character escaped."""
+    from virtvol.client import cli
+
+    before = cli._write_undecodable_bytes_as_they_came()  # registers the handler
+    try:
+        mixed = "n\u00e9\udcff-x\udcfe"
+        assert mixed.encode("ascii", cli._STDERR_ERRORS) == b"n\\xe9\xff-x\xfe"
+        assert mixed.encode("utf-8", cli._STDERR_ERRORS) == b"n\xc3\xa9\xff-x\xfe"
+    finally:
+        if before is not None:
+            cli._give_stderr_back(*before)
