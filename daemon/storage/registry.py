@@ -160,8 +160,7 @@ class StorageRegistry:
                 self._restored = True
                 for ran in self._running.load():
                     known = self._pools.get(ran.name)
-                    same_uuid = [p for p in self._pools.values() if p.uuid == ran.uuid]
-                    if known is None and not same_uuid:
+                    if known is None and all(p.uuid != ran.uuid for p in self._pools.values()):
                         self._pools[ran.name] = Pool(ran, None)
                     elif known is not None and known.uuid == ran.uuid:
                         known.live = ran
@@ -173,13 +172,7 @@ class StorageRegistry:
                     if pool.job is not None:
                         _log_not_started(pool.name, pool.job)
                         continue
-                    try:
-                        pool.start(build=False, secrets=self.secrets)
-                        self._claim_directory(pool)
-                        self._now_running(pool)
-                    except Exception as exc:
-                        log.error("cannot autostart storage pool %r: %s", pool.name, exc)
-                        self._not_restored(pool)
+                    self._start_unbuilt(pool, "autostart")
 
     def start_present_directories(self) -> None:
         """Start every directory pool whose folder is there, autostart or not, as libvirtd
@@ -194,18 +187,22 @@ class StorageRegistry:
                 # No client is connected yet, so no pool has a job under way.
                 if pool.active or pool.live.rbd is not None:
                     continue
-                started = False
                 if os.path.isdir(pool.live.target):
-                    try:
-                        self._check_free_path(pool)
-                        pool.start(build=False, secrets=self.secrets)
-                        self._claim_directory(pool)
-                        self._now_running(pool)
-                        started = True
-                    except Exception as exc:
-                        log.error("cannot start storage pool %r: %s", pool.name, exc)
-                if not started:
+                    self._start_unbuilt(pool, "start")
+                else:
                     self._not_restored(pool)
+
+    def _start_unbuilt(self, pool: Pool, what: str) -> None:
+        """Start ``pool`` as the daemon starts or reloads (nothing built: a folder held by
+        another running pool is refused by ``_claim_directory``) and record what it runs
+        with; one that fails is logged (``what``: the start's kind) and forgets it."""
+        try:
+            pool.start(build=False, secrets=self.secrets)
+            self._claim_directory(pool)
+            self._now_running(pool)
+        except Exception as exc:
+            log.error("cannot %s storage pool %r: %s", what, pool.name, exc)
+            self._not_restored(pool)
 
     def _not_restored(self, pool: Pool) -> None:
         """A pool that did not start at the daemon's start: what it ran with before is
